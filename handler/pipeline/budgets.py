@@ -151,15 +151,18 @@ class Meter:
         clock: Callable[[], float] | None = None,
         spool: SettlementSpool | None = None,
         spawn: Callable[[Coroutine[Any, Any, None]], None] | None = None,
+        awaiting: set[asyncio.Future[Any]] | None = None,
     ) -> None:
         """`spawn` runs what must finish after the request that started it (the gateway's `spawn`, whose work a
-        drain waits for); else a task of the meter's own."""
+        drain waits for); else a task of the meter's own. `awaiting`: where the admissions that run on past their
+        request's deadline wait for their outcome (the gateway's, which a shutdown waits for)."""
         self.store = store
         self.keys = keys
         self.reservation_ttl = reservation_ttl
         self.clock = clock if clock is not None else time.time  # (looked up now: a test's clock is found too)
         self.spool = spool if spool is not None else SettlementSpool.for_store(store)
         self.spawn = spawn if spawn is not None else self._spawn
+        self.awaiting: set[asyncio.Future[Any]] = awaiting if awaiting is not None else set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def admit(
@@ -391,9 +394,11 @@ class Meter:
         before its answer goes), and a bounded drain (`Gateway.settle_within`) that cancelled the task lost the
         release (found by review)."""
         settlement = self.settlement(reservation, 0.0, 0, None, unsent=True)
+        self.awaiting.add(landing)  # (`gateway serve`'s shutdown waits for it, within its bound)
         landing.add_done_callback(lambda done: self._written_late(done, settlement))
 
     def _written_late(self, landing: asyncio.Future[MeterSnapshot], settlement: Settlement) -> None:
+        self.awaiting.discard(landing)
         if written(landing):
             self.spawn(self.settle(settlement))
 

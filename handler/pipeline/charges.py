@@ -286,20 +286,27 @@ class Charges:
         return self.gateway.router.unasked_tiers.get(id(attempt)) if ex.tier_unnamed else None
 
     def _cost(
-        self, ex: Exchange, attempt: Attempt, usage: Usage, served: Served | None = None, reserved: bool = False
+        self,
+        ex: Exchange,
+        attempt: Attempt,
+        usage: Usage,
+        served: Served | None = None,
+        reserved: bool = False,
+        advised: int = 0,
     ) -> Cost:
         """What `usage` at `attempt` costs, with the options billed per request; `served`: what the answer says of
         how it was served (the speed it ran at, the tokens other models ran for it). `reserved`: `usage` is the
         attempt's worst case (`Pipeline._worst`), charged for an answer never seen, with its advisors' worst case
-        too, which the provider may have billed beside it."""
+        too, which the provider may have billed beside it. `advised`: the advisor calls the answer showed before it
+        was cut (`Exchange.advised`), the answer's own: never an earlier attempt's."""
         cost = cost_of(usage, self._price(ex, attempt, served), self.fee)
         apart = self._per_request_usd(ex) + (usage.web_searches * ex.search_usd if ex.search_usd else 0.0)
         if served is not None and served.others:
             apart += self._others_usd(ex, attempt, served)
         if reserved and ex.advisors:
             apart += self._advisors_usd(ex, attempt, usage.prompt_tokens, usage.completion_tokens)
-        elif ex.advised:  # (a stream cut before its usage: the advisor calls it showed)
-            apart += self._advisors_usd(ex, attempt, usage.prompt_tokens, usage.completion_tokens, ex.advised)
+        elif advised:  # (a stream cut before its usage: the advisor calls it showed)
+            apart += self._advisors_usd(ex, attempt, usage.prompt_tokens, usage.completion_tokens, advised)
         if apart and cost.provider_usd is not None:
             provider = cost.provider_usd + apart
             cost = Cost(provider, fee_for(provider, self.fee), usage, cost.unit_prices)

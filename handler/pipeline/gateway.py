@@ -98,6 +98,10 @@ class Gateway:
         # those queued in its batch.
         self.queued = 0
         self.landing: set[asyncio.Future[None]] = set()
+        # Admissions that run on past their request's deadline (a 503 answered): their outcome, on which a written
+        # one is released (`Meter._release_once_written`). Nothing on a request's path waits for them; a shutdown
+        # does, within its bound (`settle_before_exit`).
+        self.awaiting: set[asyncio.Future[Any]] = set()
         # Deployment label -> the output ceiling its provider named when refusing a larger cap
         # (handler/pipeline/output_caps.py); bounded by the config's deployments.
         self.ceilings: dict[str, int] = {}
@@ -196,7 +200,12 @@ class Gateway:
         """Shutdown's `drain`, bounded by `timeout_s` (`SHUTDOWN_SETTLE_S`) as `settle_within` bounds it, to be
         re-driven at the next start: the process exits without losing a settlement."""
         timeout_s = SHUTDOWN_SETTLE_S if timeout_s is None else timeout_s
-        if await self.settle_within(timeout_s, "the server stopped"):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if self.awaiting:  # (their releases are settlements too: cut at the exit, a written one held till expiry)
+            await asyncio.wait(list(self.awaiting), timeout=timeout_s)  # (not cancelled at the bound: left to run)
+        left = max(0.0, timeout_s - (loop.time() - started))
+        if await self.settle_within(left, "the server stopped"):
             logger.warning(
                 "shutdown: settlements the store did not take within %.1f s are spooled, re-driven at the next start "
                 "(each in a `settlement spooled` line)",

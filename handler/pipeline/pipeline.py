@@ -93,7 +93,11 @@ class Pipeline(Charges):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.meter = Meter(
-            gateway.store, gateway.keys, gateway.config.gateway.reservation_ttl_seconds, spawn=gateway.spawn
+            gateway.store,
+            gateway.keys,
+            gateway.config.gateway.reservation_ttl_seconds,
+            spawn=gateway.spawn,
+            awaiting=gateway.awaiting,
         )
         self.fee = gateway.config.gateway.fee
         self.threads: HeldThreads | None = None  # (with the first thread's answer)
@@ -214,8 +218,9 @@ class Pipeline(Charges):
             # The answer's generated part: a message's `content` (Messages), a response's `output` (Responses).
             generated = outcome.body.get("content", outcome.body.get("output"))
             usage, source = self._checked(outcome.usage, ex, lambda: len(orjson.dumps(generated)))
-            if source == "provider" and "thread" in call.body:
-                self.thread_answered(call, ex, outcome.body.get("id"), usage, outcome.served)
+            if "thread" in call.body:  # (without the provider's usage, its advisors are still known)
+                known = usage if source == "provider" else None
+                self.thread_answered(call, ex, outcome.body.get("id"), known, outcome.served)
             served = outcome.served or tier_served(outcome.body, ex.service_tier)
             await self._settle(ex, usage, 200, background=True, source=source, served=served)
             return outcome
@@ -1051,7 +1056,7 @@ class Pipeline(Charges):
             if free:
                 ex.cost = Cost(0.0, 0.0, usage, None)
             else:
-                ex.cost = self._cost(ex, attempt, usage, served, reserved=unseen)
+                ex.cost = self._cost(ex, attempt, usage, served, reserved=unseen, advised=ex.advised)
             if ex.wasted_usd and ex.cost.provider_usd is not None:
                 provider = ex.cost.provider_usd + ex.wasted_usd  # the fee is on the whole, once
                 ex.cost = Cost(provider, fee_for(provider, self.fee), usage, ex.cost.unit_prices)

@@ -887,3 +887,26 @@ async def test_a_late_admissions_release_is_not_lost_when_a_drain_is_cut_short(d
         assert meter.rates == {"rpm": 0, "tpm": 0}, meter
     finally:
         await served.gateway.aclose()
+
+
+async def test_a_shutdown_drain_waits_for_a_late_admissions_answer_within_its_bound(dynamo: DynamoServer) -> None:
+    """`gateway serve`'s shutdown (`Gateway.settle_before_exit`, bounded) right after a 503 whose DynamoDB admission
+    landed and answers 1 s late: the answer comes within the bound, so the shutdown waits for it and releases the
+    reservation before the store closes. Nothing waited for it (found by review): the shutdown returned at once, the
+    store closed, and $0.02001 of the key's budget, one request and its tokens stayed held until expiry (960 s)."""
+    transport = SlowAnswers()
+    transport.delay = 1.0
+    dynamodb = DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url, transport=transport)
+    store = DynamoDBStore(dynamodb, dynamo.create_table(), owned=[dynamodb])
+    served, key, auth, body = await limited_on(store)
+    transport.slowed = 1
+    cut = await served.http.post("/v1/chat/completions", json=body, headers={**auth, "x-gateway-deadline-ms": "300"})
+    assert cut.status_code == 503, cut.text
+    await served.gateway.settle_before_exit(5.0)  # the shutdown's bound: the answer comes within it
+    period = period_of("month", time.time())
+    meter = await store.meter(key.record.id, period)
+    try:
+        assert meter.committed_usd[period] == pytest.approx(0, abs=1e-9), meter.committed_usd
+        assert meter.rates == {"rpm": 0, "tpm": 0}, meter
+    finally:
+        await served.gateway.aclose()

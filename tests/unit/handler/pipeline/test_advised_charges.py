@@ -1,0 +1,60 @@
+"""`Exchange.advised` (the advisor calls a stream cut before its usage showed): charged on the answer's own line
+alone."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from adapters.providers.registry import REGISTRY
+from handler.config import parse_config
+from handler.pipeline.exchange import Controls, Exchange
+from handler.pipeline.gateway import build_adapters
+from handler.pipeline.pipeline import Pipeline
+from handler.pipeline.routing import RouteControls, Router, any_model
+from handler.ports import KeyRecord
+from handler.schemas import Usage
+
+
+def pipeline_and_plan() -> tuple[Pipeline, list]:
+    data = {
+        "providers": {
+            "first": {"type": "anthropic", "api_key": "sk-ant-test", "base_url": "http://127.0.0.1:9"},
+            "second": {"type": "anthropic", "api_key": "sk-ant-test", "base_url": "http://127.0.0.1:9"},
+        },
+        "models": {
+            "claude": {
+                "deployments": [
+                    {"provider": "first", "model": "claude-x"},
+                    {"provider": "second", "model": "claude-x"},
+                ],
+                "price": {"input": 3.0, "output": 15.0},
+            }
+        },
+    }
+    config = parse_config(data, set(REGISTRY))
+    router = Router(config, build_adapters(config, REGISTRY, {}), "us-east-1")
+    pipeline = Pipeline.__new__(Pipeline)
+    pipeline.gateway = SimpleNamespace(config=config, router=router)  # type: ignore[assignment]
+    pipeline.fee = config.gateway.fee
+    pipeline.threads = None
+    return pipeline, router.plan("claude", RouteControls(), any_model)
+
+
+def test_a_missed_attempts_worst_case_is_not_charged_the_advisor_calls_the_answering_stream_showed() -> None:
+    """A `continue` of a thread this process did not relay, naming no advisor beta (`Exchange.advisors` empty: no
+    advisor reserved): its first attempt is missed (billable, never answered: `ex.missed`, charged its worst case,
+    `_waste(..., reserved=True)`), the second streams one advisor call and is cut before its usage, so `metered()`
+    sets `ex.advised = 1`. `_settle` then charges each missed attempt through `_cost(reserved=True)`, whose `elif
+    ex.advised` branch adds the *answering* stream's advisor call to the missed attempt as well: the one call is
+    charged once per missed attempt on top of the answer's own. The missed attempt's waste should not depend on the
+    calls another attempt showed (a fix: pass the calls to `_cost` for the answering attempt only, or skip
+    `ex.advised` when `reserved`)."""
+    pipeline, plan = pipeline_and_plan()
+    missed, answering = plan
+    key = KeyRecord(id="k", name="k", secret_hash="", created_at=0)
+    ex = Exchange("req_1", key, "claude", Controls())
+    worst = Usage.of(1_000, 300)
+    alone = pipeline._cost(ex, missed, worst, None, reserved=True).provider_usd
+    ex.advised = 1  # (set by the answering stream's `metered()`, after the missed attempt had timed out)
+    with_advice_elsewhere = pipeline._cost(ex, missed, worst, None, reserved=True).provider_usd
+    assert with_advice_elsewhere == alone, (alone, with_advice_elsewhere)
