@@ -862,6 +862,18 @@ async def test_a_fallbacks_count_written_while_the_request_is_cancelled_twice_is
     await served.gateway.aclose()
 
 
+async def nothing_held_and_closed(served: Any, store: DynamoDBStore, key_id: str) -> None:
+    """The key of `limited_on` holds nothing of the request's this month (committed, requests, tokens); `served` is
+    closed either way."""
+    period = period_of("month", time.time())
+    meter = await store.meter(key_id, period)
+    try:
+        assert meter.committed_usd[period] == pytest.approx(0, abs=1e-9), meter.committed_usd
+        assert meter.rates == {"rpm": 0, "tpm": 0}, meter
+    finally:
+        await served.gateway.aclose()
+
+
 async def test_a_late_admissions_release_is_not_lost_when_a_drain_is_cut_short(dynamo: DynamoServer) -> None:
     """The admission lands at once and DynamoDB answers 1.5 s later, past `x-gateway-deadline-ms: 300` (503); the
     settlements' bounded drain (`Gateway.settle_within`: the streaming function's last byte, `gateway serve`'s
@@ -880,13 +892,7 @@ async def test_a_late_admissions_release_is_not_lost_when_a_drain_is_cut_short(d
     await served.gateway.settle_within(0.2, "cut short for the review")  # the last byte's / shutdown's bound
     await asyncio.sleep(2.0)  # the admission's answer comes meanwhile
     await served.gateway.drain()
-    period = period_of("month", time.time())
-    meter = await store.meter(key.record.id, period)
-    try:
-        assert meter.committed_usd[period] == pytest.approx(0, abs=1e-9), meter.committed_usd
-        assert meter.rates == {"rpm": 0, "tpm": 0}, meter
-    finally:
-        await served.gateway.aclose()
+    await nothing_held_and_closed(served, store, key.record.id)
 
 
 async def test_a_shutdown_drain_waits_for_a_late_admissions_answer_within_its_bound(dynamo: DynamoServer) -> None:
@@ -903,10 +909,4 @@ async def test_a_shutdown_drain_waits_for_a_late_admissions_answer_within_its_bo
     cut = await served.http.post("/v1/chat/completions", json=body, headers={**auth, "x-gateway-deadline-ms": "300"})
     assert cut.status_code == 503, cut.text
     await served.gateway.settle_before_exit(5.0)  # the shutdown's bound: the answer comes within it
-    period = period_of("month", time.time())
-    meter = await store.meter(key.record.id, period)
-    try:
-        assert meter.committed_usd[period] == pytest.approx(0, abs=1e-9), meter.committed_usd
-        assert meter.rates == {"rpm": 0, "tpm": 0}, meter
-    finally:
-        await served.gateway.aclose()
+    await nothing_held_and_closed(served, store, key.record.id)
