@@ -36,7 +36,7 @@ from handler.errors import (
     UpstreamTimeoutError,
 )
 from handler.pipeline.attribution import line_tags
-from handler.pipeline.budgets import Meter, Reservation, remaining_usd
+from handler.pipeline.budgets import Counted, Meter, Reservation, remaining_usd
 from handler.pipeline.charges import DEFAULT_ADVICE_TOKENS, DEFAULT_ADVISOR_USES, Charges
 from handler.pipeline.exchange import CUT_SLACK_S, Exchange, deadline_passed, too_short_to_send
 from handler.pipeline.gateway import Gateway
@@ -636,15 +636,27 @@ class Pipeline(Charges):
         released, and held the key's budget until it expired. A request cancelled so
         ends once the write is known, its reservation released (nothing was sent); a client that leaves meanwhile
         does not cancel it (`Exchange.reserving`)."""
+
+        async def released(_: None, cut: asyncio.CancelledError) -> None:
+            ex.reservation = reservation
+            await self._unanswered(ex, cut)
+
+        await self._written(ex, self.meter.write(reservation, ex.key), released)
+
+    async def _written(
+        self, ex: Exchange, write: Awaitable[T], given_back: Callable[[T, asyncio.CancelledError], Awaitable[None]]
+    ) -> T:
+        """What `write` (a store write the request has to know of: its reservation, a fallback's count) returns,
+        waited for however often the request is cancelled meanwhile (`outlasting`). A request cancelled so ends once
+        the write is known, after `given_back` (given what it returned) has given back what it wrote; a client that
+        leaves meanwhile does not cancel it (`Exchange.reserving`)."""
         ex.reserving = True
-        writing = asyncio.ensure_future(self.meter.write(reservation, ex.key))
+        writing = asyncio.ensure_future(write)
         try:
-            await asyncio.shield(writing)
+            return await asyncio.shield(writing)
         except asyncio.CancelledError as cut:
             with contextlib.suppress(GatewayError):
-                await outlasting(writing)
-                ex.reservation = reservation
-                await self._unanswered(ex, cut)
+                await given_back(await outlasting(writing), cut)
             raise
         finally:
             ex.reserving = False
@@ -952,22 +964,17 @@ class Pipeline(Charges):
             reservation = ex.reservation
             tokens = reservation.prompt_tokens + reservation.output_tokens if reservation is not None else 0
             counted = [ex.model, *(m for m, refused in ex.fallbacks.items() if refused is None)]
-            ex.reserving = True
-            writing = asyncio.ensure_future(
-                self.meter.admit_fallback(ex.lineage, model, tokens, f"{ex.request_id}@{model}", counted)
-            )
+
+            async def given_back(own: Counted | None, _: asyncio.CancelledError) -> None:
+                if own is not None:
+                    ex.unsent_fallbacks[model] = own  # (given back as the cancelled request settles)
+
+            counting = self.meter.admit_fallback(ex.lineage, model, tokens, f"{ex.request_id}@{model}", counted)
             try:
-                own = await asyncio.shield(writing)
+                own = await self._written(ex, counting, given_back)
                 ex.fallbacks[model] = None
             except RateLimitError as refused:
                 own, ex.fallbacks[model] = None, refused
-            except asyncio.CancelledError:
-                with contextlib.suppress(GatewayError):
-                    if (own := await outlasting(writing)) is not None:
-                        ex.unsent_fallbacks[model] = own  # (given back as the cancelled request settles)
-                raise
-            finally:
-                ex.reserving = False
             if own is not None:
                 ex.counted.append(own)
                 ex.unsent_fallbacks[model] = own
