@@ -160,6 +160,34 @@ def document_fields(part: BaseModel) -> dict[str, Any]:
 # model, or a signature lost): Gemini 3 refuses a step's first call without one. Sent by the Gemini adapter and to
 # Gemini's OpenAI-compatible endpoint (`openai.adapter.signed_calls`).
 SKIP_SIGNATURE = "skip_thought_signature_validator"
+# Gemini's thought signature of a function call rides in the call's id through clients that know nothing of it
+# (an OpenAI `tool_calls[].id`, an Anthropic `tool_use.id`: letters, digits, `_` and `-`), so it goes back
+# with the call on the next turn, as Gemini 3 requires. Both ways of reaching Gemini write it so and read it back
+# (the Gemini adapter, and the `google` profile of Gemini's OpenAI-compatible endpoint): a conversation that moves
+# from one to the other (a fallback, a routing rule, a client that switches deployment) keeps its signatures.
+SIGNATURE_MARK = "__gts_"
+
+
+def signed_call_id(call_id: str, signature: str | None) -> str:
+    """`call_id` carrying `signature` (base64) in URL-safe base64, or `call_id` itself when Gemini gave none to
+    carry: no signature, an empty one, or padding alone (an id ending in an empty mark would carry nothing)."""
+    encoded = (signature or "").replace("+", "-").replace("/", "_").rstrip("=")
+    return call_id + SIGNATURE_MARK + encoded if encoded else call_id
+
+
+def call_signature(call_id: str) -> str | None:
+    """The thought signature a call id carries, back in standard base64."""
+    _, mark, encoded = call_id.partition(SIGNATURE_MARK)
+    if not mark or not encoded:
+        return None
+    return encoded.replace("-", "+").replace("_", "/") + "=" * (-len(encoded) % 4)
+
+
+def wire_call_id(call_id: str) -> str:
+    """The id a call goes to Gemini with: the client's, without the thought signature it may carry."""
+    return call_id.partition(SIGNATURE_MARK)[0]
+
+
 # An image part's `detail` the provider has no equivalent for: "low" asks for a cheaper image (OpenAI's 85 tokens),
 # "high" for a finer one; "auto", the default, asks for nothing.
 IMAGE_DETAIL = "image_url.detail"

@@ -11,7 +11,7 @@ import jsonschema
 import orjson
 import pytest
 
-from adapters.providers.gemini.adapter import call_signature
+from adapters.providers.params import call_signature
 from adapters.providers.registry import REGISTRY
 from handler.api.messages_out import EventWriter, to_message
 from handler.api.streaming import answer_json, sse_chunk

@@ -31,12 +31,23 @@ empty (`finishReason: MAX_TOKENS`, a content without parts), as Gemini's is. Eve
 `app.state.requests`. A request's `stopSequences` end the answer's text before the first it holds (`finishReason`
 `STOP`, as Gemini gives it), and its `candidateCount` is the number of candidates answered (each numbered by `index`,
 in every stream event, their tokens together in `candidatesTokenCount`), as Gemini's `GenerationConfig` documents.
+
+`POST /v1beta/openai/chat/completions` is Gemini's OpenAI-compatible endpoint (`compatible`): Chat Completions bodies
+with the key as `Authorization: Bearer`, a function call's thought signature carried both ways in the tool call's
+`extra_content.google.thought_signature`, as Google's OpenAI compatibility page documents it. It refuses what Gemini
+refuses of the `contents` it makes of them (an empty signature; on Gemini 3, a step's first call without one; a tool
+message answering no call of the turn before it), in Google's error body wrapped in a list, as that endpoint sends
+it; it calls a tool a user message scripts or `tool_choice: required` asks for, its id of Gemini's form
+(`function-call-` and digits), signed on Gemini 3, and otherwise answers `TEXT`; a stream carries each call whole in
+one chunk, its signature beside its id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import secrets
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -381,8 +392,117 @@ def _answer(parts: list[dict[str, Any]], usage: dict[str, Any], finish: str | No
     return {"candidates": candidates, "usageMetadata": usage, "modelVersion": MODEL_VERSION, "responseId": RESPONSE_ID}
 
 
+# A function call's id as Gemini's OpenAI-compatible endpoint gives it.
+COMPATIBLE_CALL_ID = "function-call-{}"
+
+
+def _compatible_error(code: int, message: str, status: str) -> Response:
+    """Google's error body as Gemini's OpenAI-compatible endpoint sends it: in a list."""
+    error = {"code": code, "message": message, "status": status}
+    return Response(orjson.dumps([{"error": error}]), code, media_type="application/json")
+
+
+def _compatible_refusal(body: dict[str, Any]) -> str | None:
+    """What Gemini refuses of a Chat Completions history, as it refuses the `contents` made of it (`_unsigned_call`,
+    `_pairs`): an empty thought signature on any model, a Gemini 3 step's first call without one, and a tool message
+    that answers no call of the assistant turn before it."""
+    model = str(body.get("model", ""))
+    asked: set[str] = set()  # the ids of the calls of the assistant turn the tool messages now follow
+    for i, message in enumerate(body.get("messages") or []):
+        if message.get("role") == "tool":
+            if message.get("tool_call_id") not in asked:
+                return f"messages[{i}]: a tool message's tool_call_id names no function call of the turn before it."
+            continue
+        calls = message.get("tool_calls") or [] if message.get("role") == "assistant" else []
+        asked = {str(call.get("id")) for call in calls}
+        for j, call in enumerate(calls):
+            google = (call.get("extra_content") or {}).get("google") or {}
+            signature = google.get("thought_signature")
+            if signature == "":
+                return "Corrupted thought signature."
+            if j == 0 and signature is None and GEMINI_3.search(model):
+                name = (call.get("function") or {}).get("name")
+                return f"Function call `{name}` in the `{i}.` content block is missing a `thought_signature`."
+    return None
+
+
+def _compatible_turn(body: dict[str, Any]) -> dict[str, Any] | str:
+    """The tool call the model makes (a user message's script, or the first tool where a call is required), with
+    its thought signature on Gemini 3; else the answer's text."""
+    messages = body.get("messages") or []
+    tools = [str(tool["function"]["name"]) for tool in body.get("tools") or []]
+    last = messages[-1] if messages else {}
+    result = texts(last.get("content")) if last.get("role") == "tool" else None
+    script = scripted_turn([texts(m.get("content")) for m in messages if m.get("role") == "user"], tools, result)
+    if isinstance(script, str):
+        return script
+    if isinstance(script, ScriptedCall):
+        name, arguments = script.name, script.arguments_json
+    elif tools and body.get("tool_choice") == "required":
+        name, arguments = tools[0], orjson.dumps(CALL_ARGS).decode()
+    else:
+        return TEXT
+    call: dict[str, Any] = {
+        "id": COMPATIBLE_CALL_ID.format(secrets.randbelow(10**20)),
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
+    if GEMINI_3.search(str(body.get("model", ""))):
+        call["extra_content"] = {"google": {"thought_signature": CALL_SIGNATURE}}
+    return call
+
+
+def _compatible_answer(body: dict[str, Any]) -> Response:
+    """A Chat Completions answer to `body` (`_compatible_turn`), whole or streamed."""
+    turn = _compatible_turn(body)
+    usage = {"prompt_tokens": max(1, len(orjson.dumps(body.get("messages"))) // 4), "completion_tokens": 5}
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    head = {"id": RESPONSE_ID, "created": int(time.time()), "model": body.get("model")}
+    finish = "stop" if isinstance(turn, str) else "tool_calls"
+    if not body.get("stream"):
+        message: dict[str, Any] = {"role": "assistant", "content": turn if isinstance(turn, str) else None}
+        if not isinstance(turn, str):
+            message["tool_calls"] = [turn]
+        choice = {"index": 0, "message": message, "finish_reason": finish}
+        answer = {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
+        return Response(orjson.dumps(answer), media_type="application/json")
+    if isinstance(turn, str):
+        deltas: list[dict[str, Any]] = [{"content": piece} for piece in pieces(turn)]
+    else:
+        deltas = [{"tool_calls": [{**turn, "index": 0}]}]
+    deltas[0]["role"] = "assistant"
+    chunks = [
+        {**head, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        for delta in deltas
+    ]
+    chunks[-1]["choices"][0]["finish_reason"] = finish
+    if (body.get("stream_options") or {}).get("include_usage"):
+        chunks.append({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+    events = b"".join(b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks) + b"data: [DONE]\n\n"
+    return Response(events, media_type="text/event-stream")
+
+
 def create_app() -> Starlette:
     requests: list[dict[str, Any]] = []
+
+    async def compatible(request: Request) -> Response:
+        """Gemini's OpenAI-compatible Chat Completions endpoint."""
+        body = orjson.loads(await request.body() or b"{}")
+        requests.append(
+            {
+                "path": request.url.path,
+                "model": body.get("model"),
+                "method": "chat/completions",
+                "headers": dict(request.headers),
+                "json": body,
+            }
+        )
+        if request.headers.get("authorization") != f"Bearer {API_KEY}":
+            return _compatible_error(400, "API key not valid. Please pass a valid API key.", "INVALID_ARGUMENT")
+        refused = _compatible_refusal(body)
+        if refused is not None:
+            return _compatible_error(400, refused, "INVALID_ARGUMENT")
+        return _compatible_answer(body)
 
     async def dispatch(request: Request) -> Response:
         raw = await request.body()
@@ -537,6 +657,11 @@ def create_app() -> Starlette:
             embeddings.append({"values": [round(0.1 * (n + 1) * scale, 6) for n in range(size)]})
         return Response(orjson.dumps({"embeddings": embeddings}), media_type="application/json")
 
-    app = Starlette(routes=[Route("/v1beta/models/{target}", dispatch, methods=["POST"])])
+    app = Starlette(
+        routes=[
+            Route("/v1beta/models/{target}", dispatch, methods=["POST"]),
+            Route("/v1beta/openai/chat/completions", compatible, methods=["POST"]),
+        ]
+    )
     app.state.requests = requests
     return app

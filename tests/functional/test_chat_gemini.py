@@ -14,6 +14,7 @@ import openai
 import orjson
 import pytest
 
+from adapters.providers.params import SIGNATURE_MARK, call_signature, wire_call_id
 from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
 from tests.fakes import gemini as gemini_fake
@@ -730,3 +731,180 @@ def test_a_responses_allowed_tools_choice_reaches_gemini_as_its_allowed_function
         "mode": "ANY",
         "allowedFunctionNames": [alias],
     }
+
+
+# --- Gemini reached two ways: its own API and its OpenAI-compatible endpoint (`profile: google`) ----------------
+
+NATIVE, COMPATIBLE = "gemini-3-native", "gemini-3-compatible"
+WEATHER_CALL = 'Weather in Paris? CALL get_weather {"city":"Paris"}'  # (the fakes' script: the model calls it)
+CLAUDE_WEATHER_TOOL: Any = {
+    "name": "get_weather",
+    "description": "Weather in a city",
+    "input_schema": WEATHER_TOOL["function"]["parameters"],
+}
+RESPONSES_WEATHER_TOOL: Any = {"type": "function", **WEATHER_TOOL["function"]}
+
+
+@pytest.fixture(scope="module")
+def both_ways(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    """Gemini 3 on Gemini's own API and on its OpenAI-compatible endpoint, as a fallback, a routing rule or a client
+    switching deployment moves a conversation between them."""
+    server, fakes = upstream
+    compatible = {"type": "openai", "profile": "google", "api_key": "env:GEMINI_API_KEY"}
+    data = {
+        "providers": {
+            "gemini": {"type": "gemini", "api_key": "env:GEMINI_API_KEY", "base_url": f"{server.url}/gemini"},
+            "gemini-openai": {**compatible, "base_url": f"{server.url}/gemini/v1beta/openai"},
+        },
+        "models": {
+            NATIVE: {"deployments": [{"provider": "gemini", "model": "gemini-3-pro-preview"}], "price": PRICE},
+            COMPATIBLE: {
+                "deployments": [{"provider": "gemini-openai", "model": "gemini-3-pro-preview"}],
+                "price": PRICE,
+            },
+        },
+    }
+    store_url = f"sqlite:///{Path(tmp_path_factory.mktemp('gemini-both-store')) / 'gateway.db'}"
+    running, gateway_server = serve_gateway(parse_config(data, set(REGISTRY)), store_url, server, fakes)
+    yield running
+    gateway_server.stop()
+
+
+def sse_data(raw: str) -> list[Any]:
+    return [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: {")]
+
+
+def weather_call(running: Running, key: str, model: str, api: str, stream: bool) -> str:
+    """The id of the call `model` answers the weather question with, as a client of `api` gets it (`chat`: the
+    OpenAI SDK, `messages`: the Anthropic SDK, `responses`: the Responses API's `call_id`), whole or streamed."""
+    if api == "chat":
+        settings: Any = {
+            "model": model,
+            "messages": [{"role": "user", "content": WEATHER_CALL}],
+            "tools": [WEATHER_TOOL],
+        }
+        if not stream:
+            calls = client(running, key).chat.completions.create(**settings).choices[0].message.tool_calls or []
+            return calls[0].id
+        chunks = client(running, key).chat.completions.create(**settings, stream=True)
+        return [d.id for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or () if d.id][0]
+    if api == "messages":
+        sdk = anthropic_client(running, key)
+        asked: Any = {"model": model, "max_tokens": 200, "tools": [CLAUDE_WEATHER_TOOL]}
+        asked["messages"] = [{"role": "user", "content": WEATHER_CALL}]
+        if not stream:
+            return next(block.id for block in sdk.messages.create(**asked).content if block.type == "tool_use")
+        with sdk.messages.stream(**asked) as events:
+            return next(block.id for block in events.get_final_message().content if block.type == "tool_use")
+    body = {"model": model, "input": WEATHER_CALL, "tools": [RESPONSES_WEATHER_TOOL], "stream": stream}
+    answer = httpx.post(f"{running.url}/v1/responses", json=body, headers={"authorization": f"Bearer {key}"})
+    assert answer.status_code == 200, answer.text
+    if stream:
+        done = [e["item"] for e in sse_data(answer.text) if e["type"] == "response.output_item.done"]
+        return str(next(item["call_id"] for item in done if item["type"] == "function_call"))
+    return str(next(item["call_id"] for item in answer.json()["output"] if item["type"] == "function_call"))
+
+
+def answered_call(running: Running, key: str, model: str, api: str, call_id: str) -> None:
+    """The call sent back to `model` with its result, as a client of `api` keeps it: its id, name and arguments,
+    none of the fields Chat Completions does not define."""
+    ask: Any = {"role": "user", "content": WEATHER_CALL}
+    if api == "chat":
+        messages: Any = [
+            ask,
+            {"role": "assistant", "content": None, "tool_calls": [named_call("get_weather", call_id)]},
+            {"role": "tool", "tool_call_id": call_id, "content": "18C"},
+        ]
+        answer = client(running, key).chat.completions.create(model=model, messages=messages, tools=[WEATHER_TOOL])
+        assert answer.choices[0].message.content == "DONE: 18C"
+    elif api == "messages":
+        use = {"type": "tool_use", "id": call_id, "name": "get_weather", "input": {"city": "Paris"}}
+        history: Any = [
+            ask,
+            {"role": "assistant", "content": [use]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call_id, "content": "18C"}]},
+        ]
+        asked = anthropic_client(running, key).messages.create(
+            model=model, max_tokens=200, tools=[CLAUDE_WEATHER_TOOL], messages=history
+        )
+        assert asked.content[0].type == "text" and asked.content[0].text == "DONE: 18C"
+    else:
+        items = [
+            ask,
+            {"type": "function_call", "call_id": call_id, "name": "get_weather", "arguments": '{"city":"Paris"}'},
+            {"type": "function_call_output", "call_id": call_id, "output": "18C"},
+        ]
+        body = {"model": model, "input": items, "tools": [RESPONSES_WEATHER_TOOL]}
+        answer = httpx.post(f"{running.url}/v1/responses", json=body, headers={"authorization": f"Bearer {key}"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["output"][0]["content"][0]["text"] == "DONE: 18C"
+
+
+def call_as_sent(running: Running) -> tuple[str | None, str | None, str | None]:
+    """The history's call as Gemini got it last, by either API: its thought signature, its id and its result's."""
+    request = sent(running)
+    if request["method"] == "chat/completions":
+        messages = request["json"]["messages"]
+        call = messages[1]["tool_calls"][0]
+        signature = ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
+        return signature, call["id"], messages[2]["tool_call_id"]
+    contents = request["json"]["contents"]
+    part, result = contents[1]["parts"][0], contents[2]["parts"][0]["functionResponse"]
+    return part.get("thoughtSignature"), part["functionCall"].get("id"), result.get("id")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("api", ["chat", "messages", "responses"])
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [(NATIVE, COMPATIBLE), (COMPATIBLE, NATIVE), (COMPATIBLE, COMPATIBLE), (NATIVE, NATIVE)],
+    ids=["native-then-compatible", "compatible-then-native", "compatible", "native"],
+)
+def test_a_calls_thought_signature_goes_back_to_gemini_whichever_way_it_is_reached(
+    both_ways: Running, first: str, then: str, api: str, stream: bool
+) -> None:
+    """A Gemini 3 call's signature rides in its id, which every client sends back, from either API: Gemini's
+    OpenAI-compatible endpoint read none there (its `google` profile sent Gemini's stand-in,
+    `skip_thought_signature_validator`, and Gemini lost its reasoning) and gave clients none there (a client keeping
+    Chat Completions' fields, a Messages or a Responses client, lost the `extra_content` it came in). Each API gets
+    the call's id as Gemini gave it, the signature where it reads one."""
+    key = both_ways.mint(name="signatures")
+    call_id = weather_call(both_ways, key, first, api, stream)
+    assert call_signature(call_id) == CALL_SIGNATURE
+    answered_call(both_ways, key, then, api, call_id)
+    bare = wire_call_id(call_id)
+    assert call_as_sent(both_ways) == (CALL_SIGNATURE, bare, bare)
+    assert SIGNATURE_MARK not in bare and bare.startswith("function-call-" if first == COMPATIBLE else "call_")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_chat_client_gets_the_compatible_endpoints_extra_content_beside_the_signed_id(
+    both_ways: Running, stream: bool
+) -> None:
+    """Gemini's OpenAI-compatible endpoint hands a call's signature out in its `extra_content`, as Google documents
+    it: a Chat client written for it still finds it there, and one that sends both back sends one signature."""
+    key = both_ways.mint(name="extra-content")
+    settings: Any = {
+        "model": COMPATIBLE,
+        "messages": [{"role": "user", "content": WEATHER_CALL}],
+        "tools": [WEATHER_TOOL],
+    }
+    oa = client(both_ways, key)
+    if stream:
+        chunks = oa.chat.completions.create(**settings, stream=True)
+        call: Any = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or ()][0]
+    else:
+        call = (oa.chat.completions.create(**settings).choices[0].message.tool_calls or [])[0]
+    extra = {"google": {"thought_signature": CALL_SIGNATURE}}
+    assert call.model_extra["extra_content"] == extra and call_signature(call.id) == CALL_SIGNATURE
+    back = {**named_call("get_weather", call.id), "extra_content": extra}
+    messages: Any = [
+        *settings["messages"],
+        {"role": "assistant", "content": None, "tool_calls": [back]},
+        {"role": "tool", "tool_call_id": call.id, "content": "18C"},
+    ]
+    for model in (COMPATIBLE, NATIVE):
+        assert oa.chat.completions.create(model=model, messages=messages).choices[0].message.content == "DONE: 18C"
+        assert call_as_sent(both_ways) == (CALL_SIGNATURE, wire_call_id(call.id), wire_call_id(call.id))

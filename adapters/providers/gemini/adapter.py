@@ -31,13 +31,16 @@ from adapters.providers.params import (
     apply_rules,
     asks,
     at_most,
+    call_signature,
     chosen_tools,
     named_messages,
     require_turns,
+    signed_call_id,
     strict_schema,
     thinking_blocks,
     unsent_part_fields,
     unsent_reasoning,
+    wire_call_id,
 )
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
@@ -288,38 +291,12 @@ def _json_object(raw: str, key: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {key: value}
 
 
-# Gemini's thought signature of a function call rides in the call's id through clients that know nothing of it
-# (an OpenAI `tool_calls[].id`, an Anthropic `tool_use.id`: letters, digits, `_` and `-`), so it goes back
-# with the call on the next turn, as Gemini 3 requires.
-SIGNATURE_MARK = "__gts_"
-
-
-def signed_call_id(call_id: str, signature: str | None) -> str:
-    """`call_id` carrying `signature` (base64) in URL-safe base64, or `call_id` itself when Gemini gave none to
-    carry: no signature, an empty one, or padding alone (an id ending in an empty mark would carry nothing)."""
-    encoded = (signature or "").replace("+", "-").replace("/", "_").rstrip("=")
-    return call_id + SIGNATURE_MARK + encoded if encoded else call_id
-
-
-def call_signature(call_id: str) -> str | None:
-    """The thought signature a call id carries, back in standard base64."""
-    _, mark, encoded = call_id.partition(SIGNATURE_MARK)
-    if not mark or not encoded:
-        return None
-    return encoded.replace("-", "+").replace("_", "/") + "=" * (-len(encoded) % 4)
-
-
 def given_signature(call: ToolCall) -> str | None:
     """The thought signature a client sent back with a call: in its `extra_content.google.thought_signature`
     (as Google's OpenAI-compatible API hands it out), else in its id (as the gateway hands it out)."""
     google = (call.extra_content or {}).get("google")
     given = google.get("thought_signature") if isinstance(google, dict) else None
     return given if isinstance(given, str) and given else call_signature(call.id)
-
-
-def wire_call_id(call_id: str) -> str:
-    """The id a call goes to Gemini with: the client's, without the thought signature it may carry."""
-    return call_id.partition(SIGNATURE_MARK)[0]
 
 
 def _contents(

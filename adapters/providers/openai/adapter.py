@@ -22,8 +22,11 @@ from adapters.providers.params import (
     SKIP_SIGNATURE,
     ToolNames,
     apply_rules,
+    call_signature,
     chosen_tools,
+    signed_call_id,
     unsent_part_fields,
+    wire_call_id,
 )
 from handler import schemas
 from handler.call_ids import MAX_CALL_ID, claude_takes, shorten_message_call_ids
@@ -50,7 +53,7 @@ LATER_MODULES.add("adapters.providers.prefill")  # (a Messages client's prefill'
 if TYPE_CHECKING:
     from adapters.providers.openai.responses import ResponsesMeter
     from adapters.providers.prefill import RepeatedPrefix
-    from handler.schemas import ChatCompletionChunk, EmbeddingsRequest, EmbeddingsResponse
+    from handler.schemas import ChatCompletionChunk, EmbeddingsRequest, EmbeddingsResponse, ToolCall, ToolCallDelta
 
 
 def error_from_body(status: int, body: bytes, headers: Mapping[str, str], note: str = "") -> UpstreamError:
@@ -219,19 +222,34 @@ def conform_messages(messages: list[dict[str, Any]], profile: Profile) -> None:
 
 def signed_calls(messages: list[dict[str, Any]], model: str) -> None:
     """Each tool call's thought signature as Gemini's OpenAI-compatible endpoint reads it back (its
-    `extra_content.google.thought_signature`), in place: an empty one a client sent is no signature, and is left out
-    (Gemini refuses `""`, "Corrupted thought signature."); a model that signs its calls (Gemini 3) gets its
+    `extra_content.google.thought_signature`), in place: the one a client sent there, else the one the call's id
+    carries (`params.signed_call_id`: the gateway hands Gemini's signatures out so, from this endpoint and from
+    Gemini's own API, and a client that keeps Chat Completions' fields alone, or a Messages or Responses client, sends
+    them back so). The id goes as Gemini gave it, without the signature, in the call and in its result alike
+    (`params.wire_call_id`, as the Gemini adapter sends it). An empty signature a client sent is no signature, and is
+    left out (Gemini refuses `""`, "Corrupted thought signature."); a model that signs its calls (Gemini 3) gets its
     documented stand-in on a turn's first call that carries none, which it would refuse unsigned. As the Gemini
-    adapter sends a call (`gemini.adapter.given_signature`)."""
+    adapter sends a call (`gemini.adapter.given_signature`): a conversation that moves from one to the other (a
+    fallback, a routing rule, a client switching deployment) keeps its signatures, where the stand-in went in their
+    place and Gemini lost its reasoning."""
     stand_in = rules_for(model).signed_function_calls
     for message in messages:
+        answered = message.get("tool_call_id")
+        if isinstance(answered, str):
+            message["tool_call_id"] = wire_call_id(answered) or answered
         for position, call in enumerate(message.get("tool_calls") or ()):
+            call_id = call.get("id")
+            carried = call_signature(call_id) if isinstance(call_id, str) else None
+            if isinstance(call_id, str):
+                call["id"] = wire_call_id(call_id) or call_id  # (an id that is all signature goes whole, as its result)
             extra = call.get("extra_content") or {}
             google = extra.get("google", {})
             if not isinstance(google, dict):
                 continue  # (not Gemini's shape: as the client sent it, for the endpoint to judge)
             if google.get("thought_signature") == "":
                 del google["thought_signature"]
+            if carried is not None and "thought_signature" not in google:
+                google["thought_signature"] = carried
             if stand_in and position == 0 and "thought_signature" not in google:
                 google["thought_signature"] = SKIP_SIGNATURE
             extra = {name: value for name, value in extra.items() if name != "google"}
@@ -243,6 +261,24 @@ def signed_calls(messages: list[dict[str, Any]], model: str) -> None:
                 call.pop("extra_content", None)
 
 
+def signature_in_id(call: ToolCall | ToolCallDelta) -> None:
+    """The call's id carrying the thought signature Gemini's OpenAI-compatible endpoint gave in its `extra_content`
+    (`params.signed_call_id`), in place, as the Gemini adapter hands Gemini's out: a client that keeps Chat
+    Completions' fields alone, or a Messages or Responses client (whose APIs have no `extra_content`), sends it back
+    so, to either way of reaching Gemini (`signed_calls`). The `extra_content` stays, where Google's documents tell
+    a client to look. A signature that would not come back from the id as it was (not standard base64, which is how
+    Gemini writes its signatures' bytes) stays there alone: sent back altered, Gemini would refuse it, where the
+    stand-in passes. A streamed call's id comes on its first delta; a signature on a later one stays in
+    `extra_content` alone (Gemini's endpoint streams a call whole, in one delta)."""
+    google = (call.extra_content or {}).get("google")
+    signature = google.get("thought_signature") if isinstance(google, dict) else None
+    if not call.id or not isinstance(signature, str) or not signature:
+        return
+    signed = signed_call_id(call.id, signature)
+    if call_signature(signed) == signature:
+        call.id = signed
+
+
 class OpenAIStreamParser:
     """Chunks are already in the gateway's form; this validates them and keeps the usage. A compatible API that
     differs in a chunk's shape overrides `conformed`. `model`, the deployment's, heads the chunks of a server that
@@ -251,9 +287,12 @@ class OpenAIStreamParser:
     served: Served | None = None  # (the service tier it ran at is on its chunks, read from there)
     opening_usage: Usage | None = None  # (its usage comes at the end, or on every chunk as `usage`)
 
-    def __init__(self, model: str, repeated: str | None = None, names: ToolNames | None = None) -> None:
+    def __init__(
+        self, model: str, repeated: str | None = None, names: ToolNames | None = None, signed: bool = False
+    ) -> None:
         self.usage: Usage | None = None
         self.names = names  # a request with tools: its calls' names as the client gave them (`ToolNames.client`)
+        self.signed = signed  # its calls' thought signatures ride in their ids too (`Profile.signed_calls`)
         self.ended = False  # `[DONE]` came: the stream is whole, with or without a finish reason
         # A Messages client's prefill the answer repeats (`Profile.prefix`), taken off its text.
         self.repeated: RepeatedPrefix | None = None
@@ -290,11 +329,13 @@ class OpenAIStreamParser:
             self.usage = normalize_usage(chunk.usage)
         if self.repeated is not None:
             self.repeated.strip(chunk)
-        if self.names is not None and chunk.choices:
+        if (self.names is not None or self.signed) and chunk.choices:
             for choice in chunk.choices:
                 for call in choice.delta.tool_calls or ():
-                    if call.function is not None and call.function.name:
+                    if self.names is not None and call.function is not None and call.function.name:
                         call.function.name = self.names.client(call.function.name)
+                    if self.signed:
+                        signature_in_id(call)
         return [chunk]
 
     def finish(self) -> list[ChatCompletionChunk]:
@@ -682,9 +723,13 @@ class OpenAIAdapter(ProviderAdapter):
             raise billed_unusable(data, exc, "answer") from exc
         completion.usage = normalize_usage(completion.usage)
         names = tool_names(req)
-        if names is not None:
+        signed = self.profile(target).signed_calls
+        if names is not None or signed:
             for call in (call for choice in completion.choices for call in choice.message.tool_calls or ()):
-                call.function.name = names.client(call.function.name)
+                if names is not None:
+                    call.function.name = names.client(call.function.name)
+                if signed:
+                    signature_in_id(call)
         repeated = self.repeated_prefix(req, target)
         if repeated is not None:
             from adapters.providers.prefill import strip_repeated
@@ -702,7 +747,8 @@ class OpenAIAdapter(ProviderAdapter):
         return data
 
     def stream_parser(self, req: ChatRequest, target: Target) -> OpenAIStreamParser:
-        return OpenAIStreamParser(target.model, self.repeated_prefix(req, target), tool_names(req))
+        signed = self.profile(target).signed_calls
+        return OpenAIStreamParser(target.model, self.repeated_prefix(req, target), tool_names(req), signed)
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         if status in (400, 422) and b"stream_options" in body:  # (only a stream is sent `stream_options`)

@@ -44,9 +44,11 @@ class Profile(Value):
     asks). Only OpenAI's own API (Azure's with it) is known to take it, and only its profile says so: vLLM's request
     model refuses it, and Groq's, Mistral's and DeepSeek's APIs document a `tool_choice` of none, auto, required or a
     named function; a server the gateway knows no better is sent what all of them take. `signed_calls` whether the
-    API reads a tool call's thought signature back from its `extra_content.google.thought_signature` (Gemini's):
-    an empty one is left out, and a signing model's first call of a turn without one gets Gemini's stand-in
-    (`signed_calls` in the adapter). A provider's `stream_usage` option overrides the profile's (`OpenAIAdapter`)."""
+    API is Gemini's, reading a tool call's thought signature back from its `extra_content.google.thought_signature`
+    and handing it out there: a signature a call's id carries goes there too, the id without it, an empty one is
+    left out, and a signing model's first call of a turn without one gets Gemini's stand-in (`signed_calls` in the
+    adapter); an answer's calls carry theirs in their ids as well, as the Gemini adapter's do (`signature_in_id`).
+    A provider's `stream_usage` option overrides the profile's (`OpenAIAdapter`)."""
 
     __slots__ = (
         "rules",
@@ -169,8 +171,8 @@ PROFILES: dict[str, Profile] = {
     ),
     "xai": Profile(rules={"logit_bias": DROP, "store": DROP, "metadata": DROP}),
     # Gemini's OpenAI-compatible endpoint reads a tool call's `extra_content` (its thought signature), and refuses an
-    # empty one ("Corrupted thought signature."), as Gemini does; a call's id goes as it came, whatever signature it
-    # carries.
+    # empty one ("Corrupted thought signature."), as Gemini does; a call's id goes as Gemini gave it, its signature
+    # in `extra_content` (`signed_calls`): a conversation moves between this endpoint and Gemini's own API signed.
     "google": Profile(strip_tool_call_fields=(), short_call_ids=False, signed_calls=True),
 }
 

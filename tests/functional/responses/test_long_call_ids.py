@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from adapters.providers.gemini.adapter import signed_call_id
+from adapters.providers.params import signed_call_id
 from tests.fakes import openai as openai_fake
 from tests.fakes.openai_responses import MAX_ID
 from tests.functional.conftest import Running, openai_client

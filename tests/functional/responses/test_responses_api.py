@@ -12,7 +12,7 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
-from adapters.providers.gemini.adapter import call_signature
+from adapters.providers.params import call_signature
 from handler.wire import issued
 from tests.fakes import azure as azure_fake
 from tests.fakes.anthropic import INTERLEAVED_TEXT, SECOND_THINKING, SIGNATURE, THINKING

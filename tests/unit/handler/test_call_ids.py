@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from adapters.providers.azure import AzureOpenAIAdapter
-from adapters.providers.gemini.adapter import signed_call_id
 from adapters.providers.openai import OpenAIAdapter
+from adapters.providers.params import call_signature, signed_call_id
 from handler.call_ids import MAX_CALL_ID, claude_call_id, converse_call_id, short_call_id
 from handler.ports import RESPONSES_API, NativeCall, Target
 from handler.schemas import ChatRequest
@@ -96,10 +96,14 @@ def test_chat_completions_history_goes_with_short_paired_ids(adapter: OpenAIAdap
     assert call == result == short_call_id(SIGNED) and len(call) <= MAX_CALL_ID
 
 
-def test_gemini_openai_compatible_endpoint_keeps_the_signed_id() -> None:
+def test_gemini_openai_compatible_endpoint_gets_the_id_as_gemini_gave_it_and_the_signature_where_it_reads_one() -> None:
+    """The signed id went whole, and the call with Gemini's stand-in for a signature: the endpoint reads one in the
+    call's `extra_content` alone. The id goes as the Gemini adapter sends it, with no stand-in of 64 characters."""
     google = openai_target("gemini-3-pro", "https://generativelanguage.googleapis.com/v1beta/openai")
     built = OpenAIAdapter("g", "k", {}).chat_request(chat_history(SIGNED), google, stream=False)
-    assert sent_chat_ids(built.request.body) == (SIGNED, SIGNED)
+    assert sent_chat_ids(built.request.body) == ("call_0_0123456789abcdef", "call_0_0123456789abcdef")
+    call = orjson.loads(built.request.body)["messages"][1]["tool_calls"][0]
+    assert call["extra_content"] == {"google": {"thought_signature": call_signature(SIGNED)}}
 
 
 def test_responses_history_goes_with_short_paired_call_ids_of_every_kind() -> None:

@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from adapters.providers.gemini import GeminiAdapter
-from adapters.providers.gemini.adapter import SIGNATURE_MARK, SKIP_SIGNATURE, call_signature, signed_call_id
 from adapters.providers.gemini.stream import GeminiStreamParser
+from adapters.providers.params import SIGNATURE_MARK, SKIP_SIGNATURE, call_signature, signed_call_id
 from adapters.providers.registry import REGISTRY
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import BuiltRequest, Target

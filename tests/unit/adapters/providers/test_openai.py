@@ -10,12 +10,12 @@ import orjson
 import pytest
 
 from adapters.providers.openai import OpenAIAdapter
-from adapters.providers.params import SKIP_SIGNATURE
+from adapters.providers.params import SKIP_SIGNATURE, call_signature, signed_call_id
 from handler.api.messages_api import MessagesRequest, to_chat_request
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import Target
 from handler.schemas import ChatRequest
-from handler.wire import SSEDecoder
+from handler.wire import SSEDecoder, StreamEvent
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "openai"
 
@@ -314,6 +314,98 @@ def test_an_empty_thought_signature_is_not_sent_to_geminis_compatible_endpoint(m
     sent = [call.get("extra_content") for m in body["messages"] for call in m.get("tool_calls") or ()]
     first = None if model == "gemini-2.5-flash" else {"google": {"thought_signature": SKIP_SIGNATURE}}
     assert sent == [first, None, {"google": {"thought_signature": "c2ln"}}, {"x": 1}]
+
+
+GOOGLE = "https://generativelanguage.googleapis.com/v1beta/openai"
+
+
+def test_a_signature_a_call_id_carries_reaches_geminis_compatible_endpoint_in_extra_content() -> None:
+    """The gateway hands Gemini's signatures out in the call's id (`params.signed_call_id`), from Gemini's own API
+    and from this endpoint; its `google` profile read none there, and sent the id whole beside Gemini's stand-in.
+    The signature goes where the endpoint reads it, the id as Gemini gave it, in the call and its result alike; a
+    signature the client sent in `extra_content` wins (an empty one is none); an id that is all signature goes whole
+    (it has nothing else to go as), still paired with its result."""
+
+    def call(call_id: str, extra: object = None) -> dict[str, object]:
+        made: dict[str, object] = {"id": call_id, "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        return made if extra is None else {**made, "extra_content": extra}
+
+    turns = [
+        [call(signed_call_id("c1", "c2ln+/8=")), call(signed_call_id("c2", "b3RoZXI="))],
+        [call(signed_call_id("c3", "aWQ="), {"google": {"thought_signature": "Z2l2ZW4="}})],
+        [call(signed_call_id("c4", "aWQ="), {"google": {"thought_signature": ""}, "x": 1})],
+        [call(signed_call_id("", "YWxs"), {"google": "not Gemini's"})],
+        [call("c5")],
+    ]
+    messages: list[dict[str, object]] = [{"role": "user", "content": "hi"}]
+    for calls in turns:
+        messages.append({"role": "assistant", "content": None, "tool_calls": calls})
+        messages += [{"role": "tool", "tool_call_id": c["id"], "content": "ok"} for c in calls]
+    body = orjson.loads(
+        adapter()
+        .chat_request(request(messages=messages), target(GOOGLE, "gemini-3-pro-preview"), stream=False)
+        .request.body
+    )
+    calls = [(c["id"], c.get("extra_content")) for m in body["messages"] for c in m.get("tool_calls") or ()]
+    assert calls == [
+        ("c1", {"google": {"thought_signature": "c2ln+/8="}}),
+        ("c2", {"google": {"thought_signature": "b3RoZXI="}}),
+        ("c3", {"google": {"thought_signature": "Z2l2ZW4="}}),
+        ("c4", {"google": {"thought_signature": "aWQ="}, "x": 1}),
+        (signed_call_id("", "YWxs"), {"google": "not Gemini's"}),
+        ("c5", {"google": {"thought_signature": SKIP_SIGNATURE}}),
+    ]
+    answered = [m["tool_call_id"] for m in body["messages"] if m["role"] == "tool"]
+    assert answered == [call_id for call_id, _ in calls]
+    # Another profile is sent the ids as they came (shortened past 64 characters), and no signature.
+    body = orjson.loads(adapter().chat_request(request(messages=messages), target(), stream=False).request.body)
+    assert [c["id"] for c in body["messages"][1]["tool_calls"]] == [
+        signed_call_id("c1", "c2ln+/8="),
+        signed_call_id("c2", "b3RoZXI="),
+    ]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_signature_geminis_compatible_endpoint_gives_rides_in_the_calls_id_too(stream: bool) -> None:
+    """The endpoint's signature reached clients in `extra_content` alone, which a Messages or Responses client (and
+    a Chat client that keeps the standard fields) does not send back: the next turn went with Gemini's stand-in. It
+    rides in the call's id too, as the Gemini adapter hands it out, its `extra_content` kept; a signature that would
+    not come back from the id as it was (not standard base64), or none, leaves the id as it came; another profile's
+    answer is as it came."""
+    signatures = ["CiQBcsjafake+thought/signature==", "not base64!", "", None]
+    calls = [
+        {
+            "id": f"function-call-{i}",
+            "type": "function",
+            "function": {"name": "f", "arguments": "{}"},
+            "extra_content": {"google": {"thought_signature": signature}},
+        }
+        for i, signature in enumerate(signatures)
+    ]
+    answer = {
+        "id": "x", "object": "chat.completion", "created": 1, "model": "gemini-3-pro-preview",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": calls},
+                     "finish_reason": "tool_calls"}],
+    }  # fmt: skip
+    expected = [
+        signed_call_id("function-call-0", signatures[0]),
+        "function-call-1",
+        "function-call-2",
+        "function-call-3",
+    ]
+    for base_url, ids in ((GOOGLE, expected), ("https://openrouter.ai/api/v1", [c["id"] for c in calls])):
+        where = target(base_url, "gemini-3-pro-preview")
+        if stream:
+            parser = adapter().stream_parser(request(), where)
+            deltas = [{**c, "index": i} for i, c in enumerate(calls)]
+            choice = {"index": 0, "delta": {"tool_calls": deltas}, "finish_reason": "tool_calls"}
+            chunk = {**answer, "object": "chat.completion.chunk", "choices": [choice]}
+            got = parser.feed(StreamEvent(None, orjson.dumps(chunk)))[0].choices[0].delta.tool_calls or []
+        else:
+            got = adapter().chat_response(orjson.dumps(answer), request(), where).choices[0].message.tool_calls or []
+        assert [c.id for c in got] == ids
+        assert [c.extra_content for c in got] == [c["extra_content"] for c in calls]
+        assert call_signature(ids[0]) == (signatures[0] if base_url == GOOGLE else None)
 
 
 def sent(req: ChatRequest, model: str = "gpt-4o-mini") -> tuple[dict[str, object], list[str]]:
