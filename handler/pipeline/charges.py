@@ -117,7 +117,7 @@ class Charges:
                         f"for it in the model's `price.options.{name}`)",
                         param=name,
                     )
-        ex.native_api, ex.native_options = call.api, asked
+        ex.native_options = asked
 
     @staticmethod
     def search_limit(value: Any, param: str) -> int:
@@ -181,7 +181,13 @@ class Charges:
         dearest input and output prices of the advisor's model (`upstream_price`), else of the executor's, as its
         tokens are charged once they are known (`_others_usd`). `calls`: only that many calls, those a stream cut
         before its usage showed, each tool's in turn, at most all their `max_uses`; a request with no advisor known
-        (a `continue` that named none) at the default's bound, each call shown."""
+        (a `continue` that named none) at the default's bound, each call shown. Nothing at an attempt that is not sent
+        the tool: only a deployment the request passes through to as written (Anthropic's Messages API) runs it; a
+        translation leaves it out and names it dropped (`tools.advisor_*`), and its model calls no advisor. Reserved
+        there too, an advised Sonnet request behind a fallback at $150/$600 a million was held $3.46 for the
+        fallback's $2.47, and that fallback, cut unanswered, was charged $0.94 for its own $0.07 (review)."""
+        if not attempt.adapter.speaks(ex.native_api, attempt.target):
+            return 0.0
         from handler.config import FeeConfig  # (only a request with the advisor tool gets here)
 
         no_fee = FeeConfig()

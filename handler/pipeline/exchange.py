@@ -143,9 +143,12 @@ class Exchange:
         # The client asked `service_tier: "default"`: OpenAI runs and bills it at the plain price, whatever tier the
         # deployment runs a request that names none (or `auto`) at (`Router.unasked_tiers`).
         self.plain_tier = False
+        # The API of a request in a provider's own format (`NativeCall.api`; none for the internal form): passed
+        # through as written to each deployment that speaks it, with what only that API carries (the options below,
+        # Anthropic's advisor tool), and translated, without them, for any other.
+        self.native_api = ""
         # Options that change the model's price (`pricing.PRICED_PER_MODEL`) of a request passed through as written
         # in `native_api`: priced at each deployment that speaks that API (`pricing.with_options`).
-        self.native_api = ""
         self.native_options: dict[str, str] = {}
         self.per_request_usd = 0.0  # options billed per request (web search)
         self.search_usd = 0.0  # the price of a search a provider's own search tool runs (`allow_searches`)

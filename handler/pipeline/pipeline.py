@@ -508,6 +508,7 @@ class Pipeline(Charges):
         if call is not None:
             if call.native_only is not None and not native:
                 raise call.native_only  # (before anything is reserved; a deployment that cannot is passed over later)
+            ex.native_api = call.api
             self._price_native_options(ex, plan, call)
         ex.prompt = prompt_estimate(req)
         if call is not None and native:
@@ -517,13 +518,18 @@ class Pipeline(Charges):
                 if not ex.advisors:  # (a `continue` sends no `tools`: the thread keeps its own)
                     ex.advisors = self._thread_advisors(call)
         cap = OutputCap(req, self.gateway.config.gateway.default_max_output_tokens, self.gateway.ceilings)
+        # A request only a deployment that speaks its API can take (a message thread) is sent to no other: the rest
+        # of the plan is passed over unsent (`=unsupported`), so the worst case is theirs alone. The whole plan's
+        # reserved a thread's `continue` with a translated fallback for its context window at the fallback's prices
+        # (review: $152.47 for Sonnet's $12.09, behind a fallback at $150/$600 a million).
+        reached = native if call is not None and call.native_only is not None else plan
         # Each attempt's worst case at its own cap: the plan's largest cap priced at every attempt's price held a
         # budget four times what any attempt could spend (gpt-4o-mini's 16,384 at a fallback Claude's price, which
         # is sent 4,096), and refused requests it could serve.
-        outputs = [cap.of(attempt) for attempt in plan]
+        outputs = [cap.of(attempt) for attempt in reached]
         extra = predicted_tokens(req)
         try:
-            await self._admit_tokens(ex, plan, [(output + extra) * (req.n or 1) for output in outputs])
+            await self._admit_tokens(ex, reached, [(output + extra) * (req.n or 1) for output in outputs])
         except (BudgetExceededError, CostLimitError) as exc:
             if call is None or not call.held or call.native_only is None:
                 raise
@@ -534,7 +540,7 @@ class Pipeline(Charges):
             # cap as it was then; none may be sent more, or a provider's own (larger) default, or a ceiling learned
             # since, could spend past it. Each attempt gets its own model's cap: the chain's largest sent to a smaller
             # model is a 400 (gpt-4o-mini's 16,384 against a fallback's 64,000).
-            cap.reserved = {id(attempt): output for attempt, output in zip(plan, outputs, strict=True)}
+            cap.reserved = {id(attempt): output for attempt, output in zip(reached, outputs, strict=True)}
         ex.output_cap = cap
 
     def _thread_holds(self, call: NativeCall, native: list[Attempt]) -> int:
