@@ -528,6 +528,13 @@ def settle_by(scope: Any) -> float | None:
     return None if left is None else asyncio.get_running_loop().time() + (left - SETTLE_MARGIN_MS) / 1000
 
 
+def late_answers_by(by: float | None) -> float | None:
+    """The loop's time by which an invocation ends its wait for late admissions' answers (`Gateway.answered_within`):
+    its settlements' (`settle_by`, `SETTLE_BY`) less `SETTLE_MARGIN_MS` again, left to the releases they spawn to be
+    written (or spooled) in time. None: no deadline."""
+    return None if by is None else by - SETTLE_MARGIN_MS / 1000
+
+
 NO_CONTROLS = Controls()
 
 
@@ -840,7 +847,11 @@ class SettledBeforeTheEnd:
     lost with the environment or left to land only on the next invocation's thaw. The client has every byte of the
     answer but the end of the stream by then; what it waits is the store's one write, or, past `LAST_BYTE_SETTLE_S`
     (or the invocation's deadline less `SETTLE_MARGIN_MS`, `settle_by`, if sooner), the spool's: a settlement is
-    never lost, but a store that stalls or throttles must not hold every stream's end for its whole retry budget."""
+    never lost, but a store that stalls or throttles must not hold every stream's end for its whole retry budget.
+    Within the same bound it waits first for the answers of admissions that ran on past a request's deadline
+    (`Gateway.awaiting`, a 503's), then for the releases they spawn (`Gateway.settle_late_within`): left behind, a
+    written one was released only at the next thaw, or never, its reservation holding the key's budget and its
+    minute's counts until it expired. One still unanswered at the bound is left to run; the response ends."""
 
     def __init__(self, app: GatewayApp, gateway: Gateway) -> None:
         self.app = app
@@ -853,19 +864,28 @@ class SettledBeforeTheEnd:
         gateway = self.gateway
 
         async def send_when_settled(message: Any) -> None:
-            if message["type"] == "http.response.body" and not message.get("more_body", False) and gateway.unsettled:
-                await gateway.settle_within(LAST_BYTE_SETTLE_S, LAST_BYTE_SPOOLED)
+            if (
+                message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+                and (gateway.unsettled or gateway.awaiting)
+            ):
+                await self.settled()
             await send(message)
 
         by = SETTLE_BY.set(settle_by(scope))  # (the settlements' tasks and callbacks take it along)
         try:
             await self.app(scope, receive, send_when_settled)
         finally:
-            if gateway.unsettled:
+            if gateway.unsettled or gateway.awaiting:
                 # A response that never sent its end (its client left mid-stream): the server ends it, and the
                 # invocation with it, once the app returns.
-                await gateway.settle_within(LAST_BYTE_SETTLE_S, LAST_BYTE_SPOOLED)
+                await self.settled()
             SETTLE_BY.reset(by)
+
+    async def settled(self) -> None:
+        """The late admissions' answers, then the settlements, within `LAST_BYTE_SETTLE_S` in all."""
+        by = late_answers_by(SETTLE_BY.get())
+        await self.gateway.settle_late_within(LAST_BYTE_SETTLE_S, LAST_BYTE_SPOOLED, by)
 
 
 def serving_app(gateway: Gateway) -> GatewayApp | SettledBeforeTheEnd:

@@ -394,7 +394,7 @@ class Meter:
         before its answer goes), and a bounded drain (`Gateway.settle_within`) that cancelled the task lost the
         release (found by review)."""
         settlement = self.settlement(reservation, 0.0, 0, None, unsent=True)
-        self.awaiting.add(landing)  # (`gateway serve`'s shutdown waits for it, within its bound)
+        self.awaiting.add(landing)  # (what ends with it waits for it, within its bound: `Gateway.answered_within`)
         landing.add_done_callback(lambda done: self._written_late(done, settlement))
 
     def _written_late(self, landing: asyncio.Future[MeterSnapshot], settlement: Settlement) -> None:

@@ -26,7 +26,7 @@ from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
 from handler.ports import KeyRecord, UsageQuery
 from tests.functional.conftest import param_store_url
-from tests.support.dynamo import DynamoServer
+from tests.support.dynamo import DynamoServer, SlowAnswers
 from tests.support.inprocess import serve
 
 HI = [{"role": "user", "content": "hi"}]
@@ -741,27 +741,6 @@ async def test_a_reservation_written_while_the_request_is_cancelled_twice_is_rel
     state = (await served.get("/v1/key")).json()
     assert state["reserved_usd"] == 0 and state["spent_usd"] == 0, state
     await served.gateway.aclose()
-
-
-class SlowAnswers(httpx.AsyncBaseTransport):
-    """moto behind the gateway's DynamoDB client; the next `slowed` admissions (`UpdateItem`) land at once, their
-    answers `delay` s later, as from a DynamoDB slowed down."""
-
-    def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
-        self.slowed = 0
-        self.delay = 1.0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self.inner.handle_async_request(request)
-        await response.aread()
-        if self.slowed and request.headers["x-amz-target"].endswith(".UpdateItem"):
-            self.slowed -= 1
-            await asyncio.sleep(self.delay)
-        return response
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 def slowed_boto3(dynamo: DynamoServer) -> tuple[Any, Callable[[], None]]:

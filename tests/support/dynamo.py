@@ -9,6 +9,7 @@ Run as `python -m tests.support.dynamo PORT` to serve on that port.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 from tests.support.servers import free_port
@@ -140,6 +142,27 @@ class DynamoServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class SlowAnswers(httpx.AsyncBaseTransport):
+    """moto behind the gateway's DynamoDB client; the next `slowed` admissions (`UpdateItem`) land at once, their
+    answers `delay` s later, as from a DynamoDB slowed down."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.slowed = 0
+        self.delay = 1.0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        await response.aread()
+        if self.slowed and request.headers["x-amz-target"].endswith(".UpdateItem"):
+            self.slowed -= 1
+            await asyncio.sleep(self.delay)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 def normalize_sums() -> None:
