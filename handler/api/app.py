@@ -448,6 +448,13 @@ SETTLE_MARGIN_MS = 500
 # `SETTLE_MARGIN_MS`), a stalled DynamoDB held a stream's end 77 s after its last event, and a throttling one 11.5 s.
 LAST_BYTE_SETTLE_S = 5.0
 LAST_BYTE_SPOOLED = f"the store did not take it within {LAST_BYTE_SETTLE_S:g} s of the response's end"
+# How long a buffered invocation's answer waits for the answers of admissions that ran on past a request's deadline
+# (`Gateway.awaiting`: a 503's, or an earlier invocation's not yet answered), whose releases are then written before
+# it goes. Its settlements run before it anyway, but a whole late admission waited for held the 503 for the
+# admission's own timeouts (15 s); not waited for at all, one answered after the invocation was released only with
+# the environment's next invocation, or never (an environment reclaimed), its reservation holding the key's budget
+# until it expired. An answer late by a throttled retry's backoff comes within it.
+LATE_ANSWER_WAIT_S = 0.5
 
 
 def from_web_adapter(request: Request) -> bool:
@@ -798,7 +805,10 @@ class Settling:
     is not sent before they are written, and a second loop run would cost more than the wait itself). They are
     deferred while the app runs and written after it, in this task (`Gateway.settle_now`); if the app raises,
     they become tasks, which the Lambda handler drains. Each is durable by the invocation's deadline less
-    `SETTLE_MARGIN_MS` (`settle_by`): written, or else spooled, before Lambda can kill the environment.
+    `SETTLE_MARGIN_MS` (`settle_by`): written, or else spooled, before Lambda can kill the environment. Where an
+    admission ran on past a request's deadline (`Gateway.awaiting`), its answer is waited for first, at most
+    `LATE_ANSWER_WAIT_S`: a written one's release joins the settlements, as does that of one an earlier invocation
+    left, answered while the environment was frozen.
 
     With an `answer_limit` (the buffered Lambda function's, its app's too), the answer's messages are held until the
     app is done (Mangum holds the whole answer anyway), and one past the limit is replaced by a 413 (`deliverable`)."""
@@ -829,6 +839,8 @@ class Settling:
                 for message in held:
                     await send(message)
                 raise
+            if gateway.awaiting:  # (their releases deferred with the rest, written under this invocation's deadline)
+                await gateway.answered_within(LATE_ANSWER_WAIT_S, late_answers_by(SETTLE_BY.get()))
             gateway.deferred = None
             if limit is not None:
                 for message in deliverable(limit, scope, held):
