@@ -101,22 +101,23 @@ class DynamoServer:
                     raise RuntimeError("the DynamoDB test server did not start") from None
                 time.sleep(0.1)
 
-    def client(self) -> Any:
+    def client(self, region: str = "us-east-1") -> Any:
+        """A boto3 client of `region`'s tables: moto keeps tables per region, as DynamoDB does."""
         import boto3
         from botocore.config import Config
 
         return boto3.session.Session(
-            aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=region
         ).client(
             "dynamodb",
             endpoint_url=self.url,
             config=Config(retries={"max_attempts": 2, "mode": "standard"}, max_pool_connections=128),
         )
 
-    def create_table(self, name: str | None = None) -> str:
-        """A new, empty gateway table named after the template's schema; returns its name."""
+    def create_table(self, name: str | None = None, region: str = "us-east-1") -> str:
+        """A new, empty gateway table named after the template's schema, in `region`; returns its name."""
         name = name or f"gateway-{uuid.uuid4().hex[:8]}"
-        client = self.client()
+        client = self.client(region)
         client.create_table(TableName=name, **table_spec())
         client.update_time_to_live(
             TableName=name, TimeToLiveSpecification={"AttributeName": ttl_attribute(), "Enabled": True}
