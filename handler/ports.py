@@ -935,6 +935,11 @@ class Store(ABC):
     async def settle(self, settlement: Settlement) -> None:
         """Apply a settlement exactly once (see `Settlement`)."""
 
+    async def settle_at(self, settlement: Settlement, region: str | None) -> None:
+        """`settle`, in `region` as a process there settles it, where the store spans regions: for what an
+        `admit_at` counted there. A store in one region (or `region` None) settles here."""
+        await self.settle(settlement)
+
     @abstractmethod
     async def release_expired(self, key_id: str, now: float) -> float:
         """Release reservations on `key_id`'s counters written in this store's region whose expiry passed;

@@ -226,11 +226,21 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
         this region's alone (a family minted its limit a minute in each region)."""
         if region is None or not self.leases.remote(region):
             return await self.admit(admission)
+        return await self._replica(region).admit(admission)
+
+    async def settle_at(self, settlement: Settlement, region: str | None) -> None:
+        """`Store.settle_at`: in another region, by the store of that region's replica that `admit_at` counted in."""
+        if region is None or not self.leases.remote(region):
+            return await self.settle(settlement)
+        return await self._replica(region).settle(settlement)
+
+    def _replica(self, region: str) -> DynamoDBStore:
+        """A store of `region`'s replica, as a process there has it (made once, kept for the next call)."""
         if region not in self._replicas:
             self._replicas[region] = DynamoDBStore(
                 self.leases.client_for(region), self.table, self.clock, region=region, client_for=self.leases.client_for
             )
-        return await self._replicas[region].admit(admission)
+        return self._replicas[region]
 
     @staticmethod
     def _meter_key(key_id: str) -> Item:

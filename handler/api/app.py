@@ -448,6 +448,13 @@ SETTLE_MARGIN_MS = 500
 # `SETTLE_MARGIN_MS`), a stalled DynamoDB held a stream's end 77 s after its last event, and a throttling one 11.5 s.
 LAST_BYTE_SETTLE_S = 5.0
 LAST_BYTE_SPOOLED = f"the store did not take it within {LAST_BYTE_SETTLE_S:g} s of the response's end"
+# How long a buffered invocation's answer waits for the answers of admissions that ran on past a request's deadline
+# (`Gateway.awaiting`: a 503's, or an earlier invocation's not yet answered), whose releases are then written before
+# it goes. Its settlements run before it anyway, but a whole late admission waited for held the 503 for the
+# admission's own timeouts (15 s); not waited for at all, one answered after the invocation was released only with
+# the environment's next invocation, or never (an environment reclaimed), its reservation holding the key's budget
+# until it expired. An answer late by a throttled retry's backoff comes within it.
+LATE_ANSWER_WAIT_S = 0.5
 
 
 def from_web_adapter(request: Request) -> bool:
@@ -526,6 +533,13 @@ def settle_by(scope: Any) -> float | None:
         if from_web_adapter(request):
             left = web_adapter_ms_left(request.headers.get("x-amzn-lambda-context"))
     return None if left is None else asyncio.get_running_loop().time() + (left - SETTLE_MARGIN_MS) / 1000
+
+
+def late_answers_by(by: float | None) -> float | None:
+    """The loop's time by which an invocation ends its wait for late admissions' answers (`Gateway.answered_within`):
+    its settlements' (`settle_by`, `SETTLE_BY`) less `SETTLE_MARGIN_MS` again, left to the releases they spawn to be
+    written (or spooled) in time. None: no deadline."""
+    return None if by is None else by - SETTLE_MARGIN_MS / 1000
 
 
 NO_CONTROLS = Controls()
@@ -791,7 +805,10 @@ class Settling:
     is not sent before they are written, and a second loop run would cost more than the wait itself). They are
     deferred while the app runs and written after it, in this task (`Gateway.settle_now`); if the app raises,
     they become tasks, which the Lambda handler drains. Each is durable by the invocation's deadline less
-    `SETTLE_MARGIN_MS` (`settle_by`): written, or else spooled, before Lambda can kill the environment.
+    `SETTLE_MARGIN_MS` (`settle_by`): written, or else spooled, before Lambda can kill the environment. Where an
+    admission ran on past a request's deadline (`Gateway.awaiting`), its answer is waited for first, at most
+    `LATE_ANSWER_WAIT_S`: a written one's release joins the settlements, as does that of one an earlier invocation
+    left, answered while the environment was frozen.
 
     With an `answer_limit` (the buffered Lambda function's, its app's too), the answer's messages are held until the
     app is done (Mangum holds the whole answer anyway), and one past the limit is replaced by a 413 (`deliverable`)."""
@@ -822,6 +839,8 @@ class Settling:
                 for message in held:
                     await send(message)
                 raise
+            if gateway.awaiting:  # (their releases deferred with the rest, written under this invocation's deadline)
+                await gateway.answered_within(LATE_ANSWER_WAIT_S, late_answers_by(SETTLE_BY.get()))
             gateway.deferred = None
             if limit is not None:
                 for message in deliverable(limit, scope, held):
@@ -840,7 +859,11 @@ class SettledBeforeTheEnd:
     lost with the environment or left to land only on the next invocation's thaw. The client has every byte of the
     answer but the end of the stream by then; what it waits is the store's one write, or, past `LAST_BYTE_SETTLE_S`
     (or the invocation's deadline less `SETTLE_MARGIN_MS`, `settle_by`, if sooner), the spool's: a settlement is
-    never lost, but a store that stalls or throttles must not hold every stream's end for its whole retry budget."""
+    never lost, but a store that stalls or throttles must not hold every stream's end for its whole retry budget.
+    Within the same bound it waits first for the answers of admissions that ran on past a request's deadline
+    (`Gateway.awaiting`, a 503's), then for the releases they spawn (`Gateway.settle_late_within`): left behind, a
+    written one was released only at the next thaw, or never, its reservation holding the key's budget and its
+    minute's counts until it expired. One still unanswered at the bound is left to run; the response ends."""
 
     def __init__(self, app: GatewayApp, gateway: Gateway) -> None:
         self.app = app
@@ -853,19 +876,28 @@ class SettledBeforeTheEnd:
         gateway = self.gateway
 
         async def send_when_settled(message: Any) -> None:
-            if message["type"] == "http.response.body" and not message.get("more_body", False) and gateway.unsettled:
-                await gateway.settle_within(LAST_BYTE_SETTLE_S, LAST_BYTE_SPOOLED)
+            if (
+                message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+                and (gateway.unsettled or gateway.awaiting)
+            ):
+                await self.settled()
             await send(message)
 
         by = SETTLE_BY.set(settle_by(scope))  # (the settlements' tasks and callbacks take it along)
         try:
             await self.app(scope, receive, send_when_settled)
         finally:
-            if gateway.unsettled:
+            if gateway.unsettled or gateway.awaiting:
                 # A response that never sent its end (its client left mid-stream): the server ends it, and the
                 # invocation with it, once the app returns.
-                await gateway.settle_within(LAST_BYTE_SETTLE_S, LAST_BYTE_SPOOLED)
+                await self.settled()
             SETTLE_BY.reset(by)
+
+    async def settled(self) -> None:
+        """The late admissions' answers, then the settlements, within `LAST_BYTE_SETTLE_S` in all."""
+        by = late_answers_by(SETTLE_BY.get())
+        await self.gateway.settle_late_within(LAST_BYTE_SETTLE_S, LAST_BYTE_SPOOLED, by)
 
 
 def serving_app(gateway: Gateway) -> GatewayApp | SettledBeforeTheEnd:

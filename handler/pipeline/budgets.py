@@ -372,10 +372,8 @@ class Meter:
                 headers={"retry-after": str(wait), **self._refusal_headers(admission.rates, refused, wait)},
             ) from None
         except StoreError as exc:
-            # (In another region, `admit_at`, only a key's minting counts, on a rate alone: its late count is left
-            # to its minute.)
-            if isinstance(exc, StoreDeadlineError) and exc.landing is not None and region is None:
-                self._release_once_written(exc.landing, Reservation(admission, amount, 0))
+            if isinstance(exc, StoreDeadlineError) and exc.landing is not None:
+                self._release_once_written(exc.landing, Reservation(admission, amount, 0), region)
             why = (
                 "did not answer within the request's deadline"
                 if isinstance(exc, StoreDeadlineError)
@@ -385,22 +383,25 @@ class Meter:
                 f"the key store {why}, so limits cannot be checked; retry shortly", code="store_unavailable"
             ) from exc
 
-    def _release_once_written(self, landing: asyncio.Future[MeterSnapshot], reservation: Reservation) -> None:
+    def _release_once_written(
+        self, landing: asyncio.Future[MeterSnapshot], reservation: Reservation, region: str | None = None
+    ) -> None:
         """Release `reservation` once its admission, which runs on past the request's deadline (`landing`, see
         `StoreDeadlineError`), is written: the request was answered 503 and sent nothing, so it gives back all it
-        counted, as a request never sent does (`settlement`, `unsent`). Refused or failed, nothing is released.
-        Nothing waits for the outcome: a callback spawns the release when it comes. A task waiting for it held the
-        buffered Lambda function's 503 until the admission's own timeouts (15 s; the invocation's settlements run
-        before its answer goes), and a bounded drain (`Gateway.settle_within`) that cancelled the task lost the
-        release (found by review)."""
+        counted, as a request never sent does (`settlement`, `unsent`); in `region`, where it was counted there
+        (`Store.admit_at`: a mint's count, given back as the key it was for was never made). Refused or failed,
+        nothing is released. Nothing on the request's path waits for the outcome: a callback spawns the release
+        when it comes. A task waiting for it held the buffered Lambda function's 503 until the admission's own
+        timeouts (15 s; the invocation's settlements run before its answer goes), and a bounded drain
+        (`Gateway.settle_within`) that cancelled the task lost the release (found by review)."""
         settlement = self.settlement(reservation, 0.0, 0, None, unsent=True)
-        self.awaiting.add(landing)  # (`gateway serve`'s shutdown waits for it, within its bound)
-        landing.add_done_callback(lambda done: self._written_late(done, settlement))
+        self.awaiting.add(landing)  # (what ends with it waits for it, within its bound: `Gateway.answered_within`)
+        landing.add_done_callback(lambda done: self._written_late(done, settlement, region))
 
-    def _written_late(self, landing: asyncio.Future[MeterSnapshot], settlement: Settlement) -> None:
+    def _written_late(self, landing: asyncio.Future[MeterSnapshot], settlement: Settlement, region: str | None) -> None:
         self.awaiting.discard(landing)
         if written(landing):
-            self.spawn(self.settle(settlement))
+            self.spawn(self.settle(settlement, region))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
@@ -518,12 +519,14 @@ class Meter:
             admission.expires_at,
         )
 
-    async def settle(self, settlement: Settlement) -> None:
+    async def settle(self, settlement: Settlement, region: str | None = None) -> None:
         """Apply a settlement, retrying a failed store call; if the store still refuses it, spool it (see
         handler/pipeline/spool.py): a settled cost must never be lost. Under a deadline (`SETTLE_BY`) the attempts,
         every retry of the layers below included, end there and the settlement is spooled (at once, without a store
         call, if that time has passed); a write cut off may have landed, and its re-drive then changes nothing.
-        Never raises but for cancellation (the settlement is spooled first)."""
+        `region`: where its admission was counted (`Store.settle_at`; spooled, it is re-driven here, where a count
+        kept in another region is not found: that count then stays to the end of its minute, as it did before such
+        counts were given back). Never raises but for cancellation (the settlement is spooled first)."""
         if not settlement.budgets and not settlement.rates and settlement.item is None:
             return
         by = SETTLE_BY.get()
@@ -531,11 +534,11 @@ class Meter:
         bound = None if STORE_DEADLINE.get() == by else STORE_DEADLINE.set(by)
         try:
             if by is None:
-                await self._attempts(settlement)
+                await self._attempts(settlement, region)
             elif by > asyncio.get_running_loop().time():
                 try:
                     async with asyncio.timeout_at(by):
-                        await self._attempts(settlement)
+                        await self._attempts(settlement, region)
                 except TimeoutError:
                     self.spool.add(settlement, OUT_OF_TIME)
             else:
@@ -548,12 +551,15 @@ class Meter:
                 STORE_DEADLINE.reset(bound)
         self.spool.watch(self.store)  # the store answers again, or was just refused: re-drive what waits
 
-    async def _attempts(self, settlement: Settlement) -> None:
-        """`SETTLE_ATTEMPTS` store calls, further apart each time, then the spool."""
+    async def _attempts(self, settlement: Settlement, region: str | None = None) -> None:
+        """`SETTLE_ATTEMPTS` store calls (in `region`, where given), further apart each time, then the spool."""
         delay = SETTLE_FIRST_DELAY_S
         for attempt in range(1, SETTLE_ATTEMPTS + 1):
             try:
-                await self.store.settle(settlement)
+                if region is None:
+                    await self.store.settle(settlement)
+                else:
+                    await self.store.settle_at(settlement, region)
                 return
             except Exception as exc:  # noqa: BLE001 - whatever failed, the cost must reach the spool
                 if attempt == SETTLE_ATTEMPTS:

@@ -99,8 +99,8 @@ class Gateway:
         self.queued = 0
         self.landing: set[asyncio.Future[None]] = set()
         # Admissions that run on past their request's deadline (a 503 answered): their outcome, on which a written
-        # one is released (`Meter._release_once_written`). Nothing on a request's path waits for them; a shutdown
-        # does, within its bound (`settle_before_exit`).
+        # one is released (`Meter._release_once_written`). Nothing on a request's path waits for them; what ends
+        # with them does, within its bound (`answered_within`): a shutdown, a Lambda invocation.
         self.awaiting: set[asyncio.Future[Any]] = set()
         # Deployment label -> the output ceiling its provider named when refusing a larger cap
         # (handler/pipeline/output_caps.py); bounded by the config's deployments.
@@ -197,15 +197,10 @@ class Gateway:
                     pass
 
     async def settle_before_exit(self, timeout_s: float | None = None) -> None:
-        """Shutdown's `drain`, bounded by `timeout_s` (`SHUTDOWN_SETTLE_S`) as `settle_within` bounds it, to be
+        """Shutdown's `drain`, bounded by `timeout_s` (`SHUTDOWN_SETTLE_S`) as `settle_late_within` bounds it, to be
         re-driven at the next start: the process exits without losing a settlement."""
         timeout_s = SHUTDOWN_SETTLE_S if timeout_s is None else timeout_s
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        if self.awaiting:  # (their releases are settlements too: cut at the exit, a written one held till expiry)
-            await asyncio.wait(list(self.awaiting), timeout=timeout_s)  # (not cancelled at the bound: left to run)
-        left = max(0.0, timeout_s - (loop.time() - started))
-        if await self.settle_within(left, "the server stopped"):
+        if await self.settle_late_within(timeout_s, "the server stopped"):
             logger.warning(
                 "shutdown: settlements the store did not take within %.1f s are spooled, re-driven at the next start "
                 "(each in a `settlement spooled` line)",
@@ -229,6 +224,30 @@ class Gateway:
                 timeout_s,
                 redaction.redact_message(str(exc)) or type(exc).__name__,
             )
+
+    async def answered_within(self, timeout_s: float, by: float | None = None) -> None:
+        """Wait at most `timeout_s`, and not past the loop's time `by` where given, for the admissions that ran on
+        past their request's deadline (`awaiting`): a written one's release is spawned as its answer comes
+        (`Meter._written_late`), for the settlements' drain to write. One still unanswered then is left to run, not
+        cancelled: its release comes with its answer, whenever that is (on Lambda, in the environment's next
+        invocation, after a thaw)."""
+        if not self.awaiting:
+            return
+        if by is not None:
+            timeout_s = min(timeout_s, by - asyncio.get_running_loop().time())
+        if timeout_s > 0:
+            await asyncio.wait(list(self.awaiting), timeout=timeout_s)
+
+    async def settle_late_within(self, timeout_s: float, reason: str, by: float | None = None) -> bool:
+        """`settle_within`, the late admissions' answers waited for first (`answered_within`, until `by` where
+        given), all within the one bound `timeout_s`: the releases they spawn are among the settlements it waits
+        for. Cut at the exit (`gateway serve`'s shutdown) or the response's end (the streaming function's), a
+        written one held the key's budget and its minute's counts until its reservation expired. Returns whether any
+        settlement was spooled (`settle_within`)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await self.answered_within(timeout_s, by)
+        return await self.settle_within(max(0.0, timeout_s - (loop.time() - started)), reason)
 
     async def settle_within(self, timeout_s: float, reason: str) -> bool:
         """`drain`, bounded by `timeout_s`: each settlement the store has not taken by then has its attempt

@@ -26,7 +26,7 @@ from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
 from handler.ports import KeyRecord, UsageQuery
 from tests.functional.conftest import param_store_url
-from tests.support.dynamo import DynamoServer
+from tests.support.dynamo import DynamoServer, SlowAnswers
 from tests.support.inprocess import serve
 
 HI = [{"role": "user", "content": "hi"}]
@@ -743,27 +743,6 @@ async def test_a_reservation_written_while_the_request_is_cancelled_twice_is_rel
     await served.gateway.aclose()
 
 
-class SlowAnswers(httpx.AsyncBaseTransport):
-    """moto behind the gateway's DynamoDB client; the next `slowed` admissions (`UpdateItem`) land at once, their
-    answers `delay` s later, as from a DynamoDB slowed down."""
-
-    def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
-        self.slowed = 0
-        self.delay = 1.0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self.inner.handle_async_request(request)
-        await response.aread()
-        if self.slowed and request.headers["x-amz-target"].endswith(".UpdateItem"):
-            self.slowed -= 1
-            await asyncio.sleep(self.delay)
-        return response
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
 def slowed_boto3(dynamo: DynamoServer) -> tuple[Any, Callable[[], None]]:
     """A boto3 client of moto whose next admission (`UpdateItem`) lands at once and returns a second later (its thread
     sleeps on), and what arms it."""
@@ -910,3 +889,43 @@ async def test_a_shutdown_drain_waits_for_a_late_admissions_answer_within_its_bo
     assert cut.status_code == 503, cut.text
     await served.gateway.settle_before_exit(5.0)  # the shutdown's bound: the answer comes within it
     await nothing_held_and_closed(served, store, key.record.id)
+
+
+@pytest.mark.parametrize("minted_in", ["home", "elsewhere"])
+async def test_a_mint_counted_past_the_deadline_is_given_back_once_its_answer_comes(
+    dynamo: DynamoServer, minted_in: str
+) -> None:
+    """A child's mint (`POST /v1/keys`) is counted on its family's root key, in the root's home region
+    (`Meter.count_request`, `Store.admit_at`). DynamoDB wrote that count and answered 1 s past
+    `x-gateway-deadline-ms: 300`: the client was answered 503 and no key was minted, yet the count was left to its
+    minute (only an admission counted with no region named was given back): one of the family's mints a minute spent
+    on a key never made, minted in the root's home region (every key on DynamoDB has one) as in another. Now it is
+    given back once its answer comes, in the region where it was counted."""
+    home_region, other_region = "us-east-1", "eu-west-1"
+    credentials = Credentials("testing", "testing")
+    table = dynamo.create_table()
+    transport = SlowAnswers()
+    at_home = DynamoDBClient(home_region, credentials, dynamo.url, transport=transport)
+    home = DynamoDBStore(at_home, table, region=home_region, owned=[at_home])
+    root = await KeyAdmin(KeyService(home, 0)).mint(KeyRecord(id="", name="root", secret_hash="", created_at=0))
+    store = home
+    if minted_in == "elsewhere":
+        dynamo.create_table(table, other_region)
+        there = DynamoDBClient(other_region, credentials, dynamo.url)
+        store = DynamoDBStore(there, table, region=other_region, client_for=lambda region: at_home, owned=[there])
+        await store.create_key(root.record)  # (as the global table's replication brings it there)
+    served = await serve(lambda request: httpx.Response(200, json=completion()), {"m": MODEL}, store=store)
+    auth = {"authorization": f"Bearer {root.key}"}
+    assert (await served.http.get("/v1/key", headers=auth)).status_code == 200  # (its key cached)
+    transport.slowed = 1
+    cut = await served.http.post("/v1/keys", json={"name": "c"}, headers={**auth, "x-gateway-deadline-ms": "300"})
+    assert cut.status_code == 503 and cut.json()["error"]["code"] == "store_unavailable", cut.text
+    await asyncio.sleep(1.2)  # the count's answer comes
+    await served.gateway.drain()
+    try:
+        meter = await home.meter(root.record.id, period_of("month", time.time()))
+        assert {name: count for name, count in meter.rates.items() if count} == {}, meter.rates
+    finally:
+        await served.gateway.aclose()
+        if store is not home:
+            await home.close()

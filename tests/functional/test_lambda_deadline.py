@@ -37,6 +37,7 @@ import pytest
 import yaml
 
 from adapters.store import open_store
+from handler.api.app import LATE_ANSWER_WAIT_S
 from handler.pipeline.budgets import OUT_OF_TIME, period_of
 from handler.pipeline.gateway import SHUTDOWN_SETTLE_S
 from handler.pipeline.keys import hash_secret, split_key
@@ -86,13 +87,28 @@ def settling_refused(target: str, mode: str) -> Any:
     return app
 
 
-async def budgeted_sample_key(store_url: str) -> None:
-    """The events' sample key, with a budget: the settlement moves its committed and spent too."""
+async def budgeted_sample_key(store_url: str, rpm: int | None = None) -> None:
+    """The events' sample key, with a budget (and `rpm`, where given): the settlement moves its committed and spent
+    too."""
     store = open_store(store_url)
     try:
         secret_hash = hash_secret(SAMPLE_SECRET)
-        record = KeyRecord(id=SAMPLE_KEY_ID, name="sample", secret_hash=secret_hash, created_at=0, budget_usd=1.0)
+        record = KeyRecord(
+            id=SAMPLE_KEY_ID, name="sample", secret_hash=secret_hash, created_at=0, budget_usd=1.0, rpm=rpm
+        )
         await store.create_key(record)
+    finally:
+        await store.close()
+
+
+async def held(store_url: str, key_id: str = SAMPLE_KEY_ID) -> tuple[float, dict[str, int]]:
+    """What `key_id` holds: its committed (the total period's), and the rate counters that count anything this
+    minute (none, once it has ended)."""
+    store = open_store(store_url)
+    try:
+        period = period_of("total", time.time())
+        meter = await store.meter(key_id, period)
+        return round(meter.committed_usd[period], 9), {name: count for name, count in meter.rates.items() if count}
     finally:
         await store.close()
 
@@ -282,9 +298,12 @@ def openai_config(tmp_path: Path, upstream_url: str, upstream_model: str = "gpt-
     return path
 
 
-def replay(events: list[Path], config: Path, store_url: str, timeout_ms: int | None) -> list[dict[str, Any]]:
+def replay(
+    events: list[Path], config: Path, store_url: str, timeout_ms: int | None, freeze_s: float = 0
+) -> list[dict[str, Any]]:
     """`events` through the Lambda handler, in one fresh interpreter (tests/support/lambda_replay.py), each under a
-    context with `timeout_ms` left (None: a context that tells none): a result line each."""
+    context with `timeout_ms` left (None: a context that tells none), the process frozen `freeze_s` between them: a
+    result line each."""
     env = {
         **os.environ,
         "GATEWAY_CONFIG": str(config),
@@ -292,6 +311,7 @@ def replay(events: list[Path], config: Path, store_url: str, timeout_ms: int | N
         "GATEWAY_SETTLEMENT_SPOOL": str(config.parent / "settlements.jsonl"),
         "OPENAI_API_KEY": "test-openai-key",
         "AWS_REGION": "us-east-1",
+        "LAMBDA_FREEZE_S": str(freeze_s),
     }
     if timeout_ms is not None:
         env["LAMBDA_TIMEOUT_MS"] = str(timeout_ms)
@@ -447,7 +467,8 @@ def test_an_admission_never_answered_is_a_503_by_the_header_deadline_on_the_buff
     """A budgeted key's admission that DynamoDB never answers, with `x-gateway-deadline-ms: 1000` on a function whose
     timeout is 29 s (template.yaml's): the 503 by the deadline, the admission's call running on. A release that
     waited for the call's outcome in a task held the buffered function's answer (its settlements run before it goes)
-    for the admission's own timeouts: the 503 after 15 s (found by review)."""
+    for the admission's own timeouts: the 503 after 15 s (found by review). Its answer is waited for at most
+    `LATE_ANSWER_WAIT_S` past the deadline (0.5 s), in vain here."""
     table = dynamo.create_table()
     asyncio.run(budgeted_sample_key(dynamo.store_url(table)))
     proxy = ServerThread(stalling(dynamo.url, admitting_or_reading_responses)).start()
@@ -458,4 +479,46 @@ def test_an_admission_never_answered_is_a_503_by_the_header_deadline_on_the_buff
         [result] = replay([with_deadline(tmp_path, "chat-completions-ok", 1000)], config, store_url, 29_000)
     finally:
         proxy.stop()
-    store_unavailable_by(result, 1000 + 500)
+    store_unavailable_by(result, 1000 + LATE_ANSWER_WAIT_S * 1000 + SLACK_MS)  # (its answer waited for, in vain)
+
+
+def first_admission() -> Callable[[str, bytes], bool]:
+    """Picks a key's first admission (its meter's `UpdateItem`), and nothing after it."""
+    picked: list[bytes] = []
+
+    def stalled(operation: str, body: bytes) -> bool:
+        if picked or operation != "UpdateItem" or b'"METER#' not in body:
+            return False
+        picked.append(body)
+        return True
+
+    return stalled
+
+
+@pytest.mark.parametrize("late_s", [1.05, 1.8])
+def test_a_late_admission_on_the_buffered_function_is_released_before_an_answer_goes(
+    late_s: float, tmp_path: Path, dynamo: DynamoServer, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """A budgeted key's admission DynamoDB writes and answers `late_s` after it was sent, past
+    `x-gateway-deadline-ms: 1000` (a 503), on a function whose timeout is 29 s: nothing waited for its answer, which
+    the environment took in only with its next invocation (after a thaw), or never (the environment reclaimed): the
+    reservation held the key's budget and its minute's request until it expired (960 s). Now each invocation's answer
+    waits for such answers at most `LATE_ANSWER_WAIT_S` (0.5 s): 1.05 s late, the reservation is released before the
+    503 goes; 1.8 s late, the 503 goes without it, and the next invocation (a `/health` after a 3 s freeze) releases
+    it before its own answer goes."""
+    table = dynamo.create_table()
+    asyncio.run(budgeted_sample_key(dynamo.store_url(table), rpm=10))
+    proxy = ServerThread(stalling(dynamo.url, first_admission(), late_s=late_s)).start()
+    server, _ = upstream
+    config = openai_config(tmp_path, server.url)
+    within = late_s < 1.5
+    events = [with_deadline(tmp_path, "chat-completions-ok", 1000), *([] if within else [EVENTS / "health.json"])]
+    try:
+        store_url = f"dynamodb://{table}?region=us-east-1&endpoint_url={proxy.url}"
+        results = replay(events, config, store_url, 29_000, freeze_s=3.0)
+    finally:
+        proxy.stop()
+    store_unavailable_by(results[0], 1000 + LATE_ANSWER_WAIT_S * 1000 + SLACK_MS)
+    assert [r["status"] for r in results[1:]] == ([] if within else [200])
+    assert [r["awaiting"] for r in results] == ([0] if within else [1, 0]), results
+    assert asyncio.run(held(dynamo.store_url(table))) == (0, {})

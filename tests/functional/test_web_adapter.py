@@ -17,16 +17,20 @@ import orjson
 import pytest
 
 from adapters.providers.registry import REGISTRY
+from adapters.sigv4 import Credentials
+from adapters.store.dynamo_client import DynamoDBClient
+from adapters.store.dynamodb import DynamoDBStore
 from handler.api import app as app_module
 from handler.api.app import serving_app
 from handler.config import parse_config
-from handler.pipeline.budgets import CANCELLED
+from handler.pipeline.budgets import CANCELLED, period_of
 from handler.pipeline.gateway import Gateway, build_gateway
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
 from handler.pipeline.spool import ENV
-from handler.ports import KeyRecord, Settlement, StoreError
+from handler.ports import STORE_DEADLINE, KeyRecord, MeterSnapshot, Settlement, StoreError
 from tests.support.asgi import post_scope
+from tests.support.dynamo import DynamoServer, SlowAnswers
 
 HI = [{"role": "user", "content": "hi"}]
 USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
@@ -53,21 +57,26 @@ def upstream(request: httpx.Request) -> httpx.Response:
 
 async def behind_the_adapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Gateway, Path, str]:
     """A gateway as the streaming function runs it (behind the adapter), on a SQLite file; and a budgeted key."""
-    monkeypatch.setattr(app_module, "BEHIND_WEB_ADAPTER", True)
     store = tmp_path / "gateway.db"
+    gateway = adapted(monkeypatch, store_url=f"sqlite:///{store}")
+    record = KeyRecord(id="", name="k", secret_hash="", created_at=0, budget_usd=10.0)
+    return gateway, store, (await KeyAdmin(KeyService(gateway.store, 0)).mint(record)).key
+
+
+def adapted(monkeypatch: pytest.MonkeyPatch, **store: Any) -> Gateway:
+    """A gateway as the streaming function runs it (behind the adapter), on `store` (`build_gateway`'s)."""
+    monkeypatch.setattr(app_module, "BEHIND_WEB_ADAPTER", True)
     model = {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": {"input": 1.0, "output": 2.0}}
     data = {
         "providers": {"openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": "http://up/v1"}},
         "models": {"m": model},
     }
-    gateway = build_gateway(
+    return build_gateway(
         config=parse_config(data, set(REGISTRY)),
-        store_url=f"sqlite:///{store}",
         environ={"OPENAI_API_KEY": "sk-test-000000000000"},
         transport=httpx.MockTransport(upstream),
+        **store,
     )
-    record = KeyRecord(id="", name="k", secret_hash="", created_at=0, budget_usd=10.0)
-    return gateway, store, (await KeyAdmin(KeyService(gateway.store, 0)).mint(record)).key
 
 
 def lines(store: Path) -> int:
@@ -78,10 +87,12 @@ def lines(store: Path) -> int:
         return count
 
 
-def call(key: str, stream: bool) -> tuple[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], asyncio.Event]:
-    """The scope and `receive` of one chat call from the adapter (on loopback); setting the event makes the
-    client leave."""
-    body = orjson.dumps({"model": "m", "messages": HI, "stream": stream})
+def call(
+    key: str, stream: bool, **fields: Any
+) -> tuple[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], asyncio.Event]:
+    """The scope and `receive` of one chat call from the adapter (on loopback), `fields` added to its body; setting
+    the event makes the client leave."""
+    body = orjson.dumps({"model": "m", "messages": HI, "stream": stream, **fields})
     headers = [(b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json")]
     scope = post_scope("/v1/chat/completions", headers, ("127.0.0.1", 5000))
     received = False
@@ -230,4 +241,72 @@ async def test_the_last_byte_waits_for_the_settlement_a_few_seconds_then_it_is_s
         assert lines(db) == 1 and gateway.spool.count() == 0
     finally:
         answering.set()
+        await gateway.aclose()
+
+
+async def held(store: DynamoDBStore, key_id: str) -> tuple[float, dict[str, int]]:
+    """What `key_id` holds this month: committed, and the rate counters that count anything this minute (none, once
+    it has ended); read under no request's deadline."""
+    period = period_of("month", time.time())
+
+    async def read() -> MeterSnapshot:
+        STORE_DEADLINE.set(None)  # (this task's own context)
+        return await store.meter(key_id, period)
+
+    meter = await asyncio.ensure_future(read())
+    return round(meter.committed_usd[period], 9), {name: count for name, count in meter.rates.items() if count}
+
+
+@pytest.mark.parametrize("bound", ["none", "last_byte", "deadline"])
+async def test_the_last_byte_waits_for_a_late_admissions_answer_and_its_release(
+    bound: str, dynamo: DynamoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 503 whose DynamoDB admission landed and was answered 1 s past `x-gateway-deadline-ms: 300`: its last byte
+    went at once, the environment was frozen with the answer still to come, and the reservation the admission wrote
+    was released only at the next thaw, or never (the environment reclaimed): $0.02001 of the key's $1 budget, its
+    minute's request and tokens held until it expired (960 s). Now the last byte waits for the answer, then for the
+    release, within `LAST_BYTE_SETTLE_S` in all: nothing is held when it goes. An answer that has not come by the
+    bound (`last_byte`, 0.3 s here), or by the invocation's deadline less the margins (`deadline`), does not hold the
+    end; the release comes with the answer (through the spool, past the invocation's deadline)."""
+    monkeypatch.setenv(ENV, str(tmp_path / "settlements.jsonl"))
+    transport = SlowAnswers()
+    dynamodb = DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url, transport=transport)
+    store = DynamoDBStore(dynamodb, dynamo.create_table(), owned=[dynamodb])
+    gateway = adapted(monkeypatch, store=store)
+    limited = KeyRecord(
+        id="", name="l", secret_hash="", created_at=0, budget_usd=1.0, budget_period="month", rpm=10, tpm=100_000
+    )
+    key = await KeyAdmin(KeyService(store, 0)).mint(limited)
+    scope, receive, _ = call(key.key, False, max_tokens=10_000)  # (a worst case of $0.02001)
+    # The invocation's deadline: 900 s off (the template's), or 2 s, its late answers waited for until 1 s before it.
+    left_ms = 2000 if bound == "deadline" else 900_000
+    lambda_context = orjson.dumps({"request_id": "r", "deadline": time.time() * 1000 + left_ms})
+    scope["headers"] += [(b"x-gateway-deadline-ms", b"300"), (b"x-amzn-lambda-context", lambda_context)]
+    if bound == "last_byte":
+        monkeypatch.setattr(app_module, "LAST_BYTE_SETTLE_S", 0.3)
+    transport.slowed, transport.delay = 1, 1.0 if bound == "none" else 2.5
+    statuses: list[int] = []
+    at_the_end: list[tuple[float, tuple[float, dict[str, int]]]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+        elif not message.get("more_body", False):
+            at_the_end.append((time.perf_counter() - started, await held(store, key.record.id)))
+
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(10):
+            await serving_app(gateway)(scope, receive, send)
+        [(ended, held_then)] = at_the_end
+        assert statuses == [503]
+        if bound == "none":
+            assert held_then == (0, {}) and 1.0 < ended < 1.5, at_the_end
+        else:  # (the 503 at 0.3 s; the bound 0.3 s later, or 1 s before the invocation's deadline)
+            assert held_then[0] == 0.02001 and ended < (0.8 if bound == "last_byte" else 1.2), at_the_end
+            await asyncio.sleep(2.7 - ended)  # the answer comes (at the next thaw)
+            await gateway.drain()
+            await gateway.spool.redrive(gateway.store)
+            assert await held(store, key.record.id) == (0, {}) and gateway.spool.count() == 0
+    finally:
         await gateway.aclose()

@@ -9,6 +9,7 @@ Run as `python -m tests.support.dynamo PORT` to serve on that port.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 from tests.support.servers import free_port
@@ -99,22 +101,23 @@ class DynamoServer:
                     raise RuntimeError("the DynamoDB test server did not start") from None
                 time.sleep(0.1)
 
-    def client(self) -> Any:
+    def client(self, region: str = "us-east-1") -> Any:
+        """A boto3 client of `region`'s tables: moto keeps tables per region, as DynamoDB does."""
         import boto3
         from botocore.config import Config
 
         return boto3.session.Session(
-            aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=region
         ).client(
             "dynamodb",
             endpoint_url=self.url,
             config=Config(retries={"max_attempts": 2, "mode": "standard"}, max_pool_connections=128),
         )
 
-    def create_table(self, name: str | None = None) -> str:
-        """A new, empty gateway table named after the template's schema; returns its name."""
+    def create_table(self, name: str | None = None, region: str = "us-east-1") -> str:
+        """A new, empty gateway table named after the template's schema, in `region`; returns its name."""
         name = name or f"gateway-{uuid.uuid4().hex[:8]}"
-        client = self.client()
+        client = self.client(region)
         client.create_table(TableName=name, **table_spec())
         client.update_time_to_live(
             TableName=name, TimeToLiveSpecification={"AttributeName": ttl_attribute(), "Enabled": True}
@@ -140,6 +143,27 @@ class DynamoServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class SlowAnswers(httpx.AsyncBaseTransport):
+    """moto behind the gateway's DynamoDB client; the next `slowed` admissions (`UpdateItem`) land at once, their
+    answers `delay` s later, as from a DynamoDB slowed down."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.slowed = 0
+        self.delay = 1.0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        await response.aread()
+        if self.slowed and request.headers["x-amz-target"].endswith(".UpdateItem"):
+            self.slowed -= 1
+            await asyncio.sleep(self.delay)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 def normalize_sums() -> None:

@@ -1,7 +1,7 @@
 """Replays events through the Lambda handler in a fresh interpreter, as one warm execution environment.
 
 Usage: python -m tests.support.lambda_replay EVENT.json [EVENT.json ...] — prints one JSON line per
-invocation: {"event", "status", "headers", "body", "ms", "payload_bytes", "request_lines", "unsettled",
+invocation: {"event", "status", "headers", "body", "ms", "payload_bytes", "request_lines", "unsettled", "awaiting",
 "ledger_lines"}. The
 environment (GATEWAY_CONFIG, GATEWAY_STORE, provider keys) comes from the caller; `ledger_lines` is counted for an
 embedded store's sqlite:/// URL only (None for another). `LAMBDA_FREEZE_S`, if set, is a pause between invocations
@@ -122,6 +122,7 @@ def main(paths: list[str]) -> None:
             "payload_bytes": len(json.dumps(response, ensure_ascii=False).encode()),
             "request_lines": logged.requests - before,  # written before the handler returned
             "unsettled": len(gateway.background),  # settlements still running when it returned
+            "awaiting": len(gateway.awaiting),  # admissions past a request's deadline still unanswered then
             # committed before it returned
             "ledger_lines": None if lines_before is None or lines_after is None else lines_after - lines_before,
         }
