@@ -848,7 +848,8 @@ async def nothing_held_and_closed(served: Any, store: DynamoDBStore, key_id: str
     meter = await store.meter(key_id, period)
     try:
         assert meter.committed_usd[period] == pytest.approx(0, abs=1e-9), meter.committed_usd
-        assert meter.rates == {"rpm": 0, "tpm": 0}, meter
+        # (a counter of a minute that has ended reads as none: the count is checked, not the window's presence)
+        assert {name: count for name, count in meter.rates.items() if count} == {}, meter
     finally:
         await served.gateway.aclose()
 
