@@ -79,7 +79,9 @@ def threaded(call: NativeCall) -> NativeCall:
     its last question without the conversation before it (an answer to something else, and charged). Any other
     deployment refuses it with Anthropic's `thread_unsupported_request`, on which the SDK's thread helpers (its tool
     runner's, by default) send the whole conversation again without a thread. A `continue` is reserved for the
-    conversation Anthropic holds, which the body does not show (`NativeCall.held`)."""
+    conversation Anthropic holds, which the body does not show (`NativeCall.held`), and goes only where the answer it
+    continues was relayed to the key or one of its descendants (`Pipeline._continued_thread`): Anthropic holds every
+    key's threads under the one account."""
     thread = call.body["thread"]
     refusal = NativeOnlyError(
         "thread: no deployment this request may go to speaks Anthropic's Messages API, so none can keep a message "

@@ -605,7 +605,9 @@ def test_a_continue_of_a_thread_not_relayed_here_with_the_advisor_beta_is_reserv
     """A thread another instance relayed: whether it holds the advisor tool is not known here. A continue that names
     the advisor's beta is reserved for the default advisor (`DEFAULT_ADVISOR_USES` calls of `DEFAULT_ADVICE_TOKENS`, at
     the executor's price); one that does not is reserved for none."""
-    sdk = anthropic_client(priced, priced.mint(name="advised-thread-elsewhere")).beta.messages
+    key = priced.mint(name="advised-thread-elsewhere")
+    priced.answered_elsewhere(key, "msg_01elsewhere")
+    sdk = anthropic_client(priced, key).beta.messages
     following: Any = {
         "model": "sonnet",
         "max_tokens": 100,
