@@ -734,6 +734,24 @@ def test_hosted_tools_billed_per_container_call_or_image_are_left_out_and_named(
     assert "tools.code_execution_20250825" in refused_m.value.message
 
 
+def test_a_container_goes_with_code_execution(priced: Running) -> None:
+    """A Messages `container` (a container's id from an earlier answer, or a new one's skills) went to Anthropic as
+    sent. A container is code execution's, which Anthropic keeps under the one account for every key (and bills per
+    container-hour): the gateway keeps no owner of one, so an id another key was given reached it. Code execution is
+    always left out, and its container now goes with it: named, and under `x-gateway-strict` a 400."""
+    claude = anthropic_client(priced, priced.mint(name="contained"))
+    named: Any = {"container": "container_011another_keys"}
+    raw = claude.messages.with_raw_response.create(model="claude", max_tokens=100, messages=HI, extra_body=named)
+    assert raw.parse().content
+    assert "container" not in sent(priced, "anthropic")
+    assert raw.headers["x-gateway-dropped-params"] == "container"
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        claude.messages.create(
+            model="claude", max_tokens=100, messages=HI, extra_body=named, extra_headers={"x-gateway-strict": "true"}
+        )
+    assert "container" in refused.value.message
+
+
 # --- Anthropic's cache writes by how long they are kept ------------------------------------------------
 
 
