@@ -11,6 +11,8 @@
     ├── BudgetExceededError           402 budget_exceeded
     ├── PermissionDeniedError         403 model_not_allowed | ip_not_allowed | admin_only
     ├── NotFoundError                 404 model_not_found | not_found
+    │   └── ThreadNotFoundError       404 thread_not_found (a Messages `continue` of an answer not relayed to the key
+    │                                     or a descendant of it: Anthropic's own code, in `error.details.error_code`)
     ├── KeyChangedError               409 key_changed (a key kept changing under an admin write; retry)
     ├── RequestTooLargeError          413 request_too_large
     │   └── AnswerTooLargeError       413 request_too_large (the buffered Lambda function: an answer past 6 MB)
@@ -111,8 +113,14 @@ class NativeOnlyError(InvalidRequestError):
     helpers send the whole conversation again without a thread)."""
 
     def anthropic_body(self) -> dict[str, object]:
-        error = {"type": self.anthropic_type, "message": self.message, "details": {"error_code": self.code}}
-        return {"type": "error", "error": error}
+        return coded_body(self)
+
+
+def coded_body(err: GatewayError) -> dict[str, object]:
+    """`err` in Anthropic's shape with its code where Anthropic gives its own (`error.details.error_code`), which
+    Anthropic's SDK reads (`APIStatusError.error_code`) and its thread helpers act on."""
+    error = {"type": err.anthropic_type, "message": err.message, "details": {"error_code": err.code}}
+    return {"type": "error", "error": error}
 
 
 class AuthenticationError(GatewayError):
@@ -160,6 +168,18 @@ class NotFoundError(GatewayError):
     default_code = "model_not_found"
     error_type = "invalid_request_error"
     anthropic_type = "not_found_error"
+
+
+class ThreadNotFoundError(NotFoundError):
+    """A message thread's `continue` whose `previous_message_id` names no answer the gateway relayed to the key or
+    one of its descendants (unknown, expired, or another key's: alike, as for a stored response), refused as
+    Anthropic refuses a thread it holds none of (`thread_not_found`), on which the SDK's thread helpers send the
+    whole conversation again as a new thread."""
+
+    default_code = "thread_not_found"
+
+    def anthropic_body(self) -> dict[str, object]:
+        return coded_body(self)
 
 
 class KeyChangedError(GatewayError):

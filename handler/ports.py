@@ -860,6 +860,21 @@ class StoredResponse(Value):
         self.body: Final = body
 
 
+class ThreadAnswer(Value):
+    """An answer of an Anthropic message thread the gateway relayed, by its message id (`id`, which a `continue`
+    names as `previous_message_id`): Anthropic keeps every key's threads under the one account, so only `key_id`,
+    the key it was answered to, and that key's `ancestors` may continue it, until `expires_at` (as a stored
+    response may be read)."""
+
+    __slots__ = ("id", "key_id", "ancestors", "expires_at")
+
+    def __init__(self, id: str, key_id: str, ancestors: list[str], expires_at: float) -> None:
+        self.id: Final = id
+        self.key_id: Final = key_id
+        self.ancestors: Final = ancestors
+        self.expires_at: Final = expires_at
+
+
 class Store(ABC):
     """Keys, meters and the ledger. Every method is one round trip to the backend at most, except an
     admission in a region that must first top up its lease of a budget homed in another region (two more:
@@ -994,6 +1009,15 @@ class Store(ABC):
         """`gateway store migrate`: index the items every live stored response holds (`held_in` says which, as
         `put_response`'s `held`) where their entries are missing (responses kept before the index, or by an older
         release beside this one); returns how many entries it wrote. A second run writes nothing."""
+
+    @abstractmethod
+    async def put_thread_answer(self, answer: ThreadAnswer) -> None:
+        """Keep whose a thread's answer is until its `expires_at` (its message id is the provider's, and unique: a
+        write of the same id again, a call sent again, writes the same)."""
+
+    @abstractmethod
+    async def get_thread_answer(self, message_id: str) -> ThreadAnswer | None:
+        """The thread's answer of `message_id`, or None when unknown or expired."""
 
     @abstractmethod
     async def put_sign_in(self, token_hash: str, key_id: str, expires_at: float) -> None:

@@ -57,6 +57,7 @@ from adapters.store.dynamo_client import CONDITION_FAILED, ConditionFailed, Dyna
 from adapters.store.dynamo_keys import DynamoDBKeys
 from adapters.store.dynamo_responses import DynamoDBResponses
 from adapters.store.dynamo_signins import DynamoDBSignIns
+from adapters.store.dynamo_threads import DynamoDBThreads
 from adapters.store.expressions import (
     Expression,
     Item,
@@ -154,7 +155,7 @@ def closed_attributes(item: Item, now: float) -> list[str]:
     return [name for names in closed.values() for name in names]
 
 
-class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredStore):
+class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBThreads, DynamoDBSignIns, MeteredStore):
     """`Store` on one DynamoDB table; `client` is a boto3 DynamoDB client (injected, so tests and
     Lambda's init choose endpoint, retries and timeouts)."""
 

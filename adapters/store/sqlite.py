@@ -72,6 +72,7 @@ from adapters.store.slices import (
     Slices,
 )
 from adapters.store.sqlite_slices import LOWER_COMMITTED, SPEND, SliceCache
+from adapters.store.threads import SQLiteThreads
 from handler.ports import (
     STORE_DEADLINE,
     ChildLimitReached,
@@ -229,7 +230,7 @@ class Checkpointer:
             self.fd = None
 
 
-class SQLiteStore(SQLiteResponses, SQLiteSignIns, SliceCache):
+class SQLiteStore(SQLiteResponses, SQLiteThreads, SQLiteSignIns, SliceCache):
     """`Store` on one SQLite file; see the module docstring."""
 
     def __init__(self, path: str) -> None:

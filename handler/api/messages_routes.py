@@ -79,7 +79,9 @@ def threaded(call: NativeCall) -> NativeCall:
     its last question without the conversation before it (an answer to something else, and charged). Any other
     deployment refuses it with Anthropic's `thread_unsupported_request`, on which the SDK's thread helpers (its tool
     runner's, by default) send the whole conversation again without a thread. A `continue` is reserved for the
-    conversation Anthropic holds, which the body does not show (`NativeCall.held`)."""
+    conversation Anthropic holds, which the body does not show (`NativeCall.held`), and goes only where the answer it
+    continues was relayed to the key or one of its descendants (`Pipeline._continued_thread`): Anthropic holds every
+    key's threads under the one account."""
     thread = call.body["thread"]
     refusal = NativeOnlyError(
         "thread: no deployment this request may go to speaks Anthropic's Messages API, so none can keep a message "
@@ -95,6 +97,11 @@ def threaded(call: NativeCall) -> NativeCall:
 # Anthropic's server tools billed beyond tokens at rates the gateway does not price: code execution (per
 # container-hour).
 UNPRICED_SERVER_TOOLS = ("code_execution_",)
+# The request's container (code execution's, which skills and programmatic tool calls run in): a container's id
+# from an earlier answer, or a new one's settings. Only code execution makes or reads one, and it is always left out,
+# so the container goes with it: an id passed on would name what Anthropic keeps under the one account for every
+# key (another key's files and state, in a container the gateway keeps no owner of), at its per-hour price.
+CONTAINER = "container"
 
 
 def server_tools(pipeline: Pipeline, ex: Exchange, data: dict[str, Any]) -> list[str]:
@@ -102,11 +109,15 @@ def server_tools(pipeline: Pipeline, ex: Exchange, data: dict[str, Any]) -> list
     search): kept when searches are priced, each tool's `max_uses` (`DEFAULT_SEARCHES` when it sets none)
     reserved for. The advisor tool (`advisor_*`: another model's tokens), its calls' worst case reserved
     (`Charges.allow_advisors`). Code execution (`UNPRICED_SERVER_TOOLS`), and unpriced searches: left out of the
-    body sent (a 400 under `x-gateway-strict`), with a `tool_choice` that named one or has no tool left to choose.
-    Returns what was left out."""
+    body sent (a 400 under `x-gateway-strict`), with a `tool_choice` that named one or has no tool left to choose;
+    and `container` (`CONTAINER`), with code execution. Returns what was left out."""
+    contained = [CONTAINER] if CONTAINER in data else []
+    if contained:
+        pipeline.refuse_unpriced_tools(ex, contained)
+        del data[CONTAINER]
     tools = data.get("tools")
     if not isinstance(tools, list):
-        return []
+        return contained
     typed = [t for t in tools if isinstance(t, dict)]
     left_out = [t for t in typed if str(t.get("type") or "").startswith(UNPRICED_SERVER_TOOLS)]
     pipeline.refuse_unpriced_tools(ex, [f"tools.{tool['type']}" for tool in left_out])
@@ -122,7 +133,7 @@ def server_tools(pipeline: Pipeline, ex: Exchange, data: dict[str, Any]) -> list
     if any(str(t.get("type") or "").startswith("advisor_") for t in typed):
         pipeline.allow_advisors(ex, tools)
     if not left_out:
-        return []
+        return contained
     names = [f"tools.{tool['type']}" for tool in left_out]
     kept = [tool for tool in tools if not any(tool is out for out in left_out)]
     if kept:
@@ -134,7 +145,7 @@ def server_tools(pipeline: Pipeline, ex: Exchange, data: dict[str, Any]) -> list
     if choice is not None and (not kept or (isinstance(choice, dict) and choice.get("name") in named)):
         del data["tool_choice"]  # Anthropic refuses a choice without tools, or of a tool not offered
         names.append("tool_choice")
-    return names
+    return names + contained
 
 
 def anthropic_headers(ex: Exchange) -> dict[str, str]:

@@ -265,6 +265,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda o: o.proxied(
             o.stream_or(o.ANY_OBJECT, "an Anthropic message, or its SSE event sequence"),
             o.ref("MessagesRequest"),
+            errors={"404": "model_not_found, thread_not_found (thread.previous_message_id)"},
             error_schema=o.ANTHROPIC_ERROR,
         ),
         direct=True,
@@ -279,6 +280,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda o: o.proxied(
             o.json_answer({"type": "object", "required": ["input_tokens"]}, "`{input_tokens}`"),
             o.ref("MessagesCountRequest"),
+            errors={"404": "model_not_found, thread_not_found (thread.previous_message_id)"},
             error_schema=o.ANTHROPIC_ERROR,
         ),
         counted=True,

@@ -30,6 +30,7 @@ from handler.errors import (
     SchemaViolationError,
     ServiceUnavailableError,
     StrictParamsError,
+    ThreadNotFoundError,
     UpstreamError,
     UpstreamOverloadedError,
     UpstreamRateLimitedError,
@@ -57,8 +58,8 @@ from handler.pipeline.pricing import (
 )
 from handler.pipeline.routing import Attempt, Plan
 from handler.pipeline.upstream import UpstreamResponse
-from handler.ports import BuiltRequest, LedgerItem, NativeCall, Served, as_client_named
-from handler.redaction import unkeyed
+from handler.ports import BuiltRequest, LedgerItem, NativeCall, Served, StoreError, ThreadAnswer, as_client_named
+from handler.redaction import clipped, unkeyed
 from handler.schemas import LATER_MODULES, ChatCompletion, ChatRequest, Usage
 from handler.telemetry.observability import span
 from handler.wire import OVERLOADED, SHAPE_ERRORS, error_answer, json_body, malformed, misshapen
@@ -85,6 +86,9 @@ MAX_RETRY_WAIT_S = 5
 # The `retry-after` of a 429 whose providers named no wait (Bedrock's ThrottlingException): the least the header can
 # say. Codex retries a 429 only when it carries one (without, it gave up after the one request).
 UNNAMED_WAIT_S = 1
+# The longest message id a thread's answer is kept under, or looked up by (Anthropic's are some 30 characters; a
+# DynamoDB key holds 2 KB): a longer `previous_message_id` names no answer the gateway kept.
+LONGEST_MESSAGE_ID = 256
 
 
 class Pipeline(Charges):
@@ -223,6 +227,8 @@ class Pipeline(Charges):
                 self.thread_answered(call, ex, outcome.body.get("id"), known, outcome.served)
             served = outcome.served or tier_served(outcome.body, ex.service_tier)
             await self._settle(ex, usage, 200, background=True, source=source, served=served)
+            if "thread" in call.body:
+                await self._keep_thread(ex, outcome.body.get("id"))
             return outcome
         completion, served = outcome
         usage, source = self._checked(completion.usage, ex, lambda: answer_chars(completion))
@@ -248,10 +254,18 @@ class Pipeline(Charges):
             return stream
 
         try:
-            return await self._deadline(ex, self._failover(ex, plan, self._native_build(call, req, True), accept))
+            stream = await self._deadline(ex, self._failover(ex, plan, self._native_build(call, req, True), accept))
         except BaseException as exc:
             await self._unanswered(ex, exc)
             raise
+        if "thread" in call.body and isinstance(stream, NativeStream):
+            # Kept before the client is sent a byte: the answer's id is in its first event (`message_start`).
+            try:
+                await self._keep_thread(ex, stream.meter.answer_id)
+            except BaseException:  # (cancelled: the client left, and the stream is settled as one it left)
+                await stream.close()
+                raise
+        return stream
 
     async def count_tokens(self, call: NativeCall, req: ChatRequest, ex: Exchange) -> int | None:
         """The prompt's input tokens as the serving deployment's provider counts them, or None where it has
@@ -264,6 +278,8 @@ class Pipeline(Charges):
         counting = [a for a in plan if a.target.provider_type == kind and a.adapter.counts_tokens(a.target)]
         if not counting:
             return None
+        if call.held and any(attempt.adapter.speaks(call.api, attempt.target) for attempt in counting):
+            await self._continued_thread(ex, call)  # (Anthropic counts the thread it holds: only the key's own)
         counted = await self.meter.admit_count(ex.lineage, ex.model, ex.request_id)
         if counted is not None:
             ex.counted.append(counted)
@@ -508,6 +524,8 @@ class Pipeline(Charges):
         if call is not None:
             if call.native_only is not None and not native:
                 raise call.native_only  # (before anything is reserved; a deployment that cannot is passed over later)
+            if call.held and native:
+                await self._continued_thread(ex, call)  # (before anything is reserved or sent)
             ex.native_api = call.api
             self._price_native_options(ex, plan, call)
         ex.prompt = prompt_estimate(req)
@@ -542,6 +560,47 @@ class Pipeline(Charges):
             # model is a 400 (gpt-4o-mini's 16,384 against a fallback's 64,000).
             cap.reserved = {id(attempt): output for attempt, output in zip(reached, outputs, strict=True)}
         ex.output_cap = cap
+
+    async def _continued_thread(self, ex: Exchange, call: NativeCall) -> None:
+        """Refuses a thread's `continue` (`call`) of an answer not relayed to `ex`'s key or one of its descendants
+        (`_keep_thread`), as a stored response is refused to any other key: Anthropic keeps every key's threads under
+        the one account, and continued what any key named (another key's conversation read back, and charged to the
+        key that named it). Unknown, expired, kept before owners were, or another key's: the same 404, Anthropic's
+        own `thread_not_found`, on which the SDK's thread helpers send the whole conversation again as a new thread.
+        One store read per `continue`."""
+        previous = call.body["thread"].get("previous_message_id")
+        if not isinstance(previous, str) or not previous:
+            raise InvalidRequestError(
+                "thread.previous_message_id: a `continue` names the message it continues, by its id",
+                param="thread.previous_message_id",
+            )
+        answer = None
+        if len(previous) <= LONGEST_MESSAGE_ID:
+            answer = await self.gateway.store.get_thread_answer(previous)
+        key = ex.key
+        if answer is None or not (answer.key_id == key.id or key.id in answer.ancestors):
+            raise ThreadNotFoundError(
+                f"No thread this key may continue holds the message '{clipped(previous)}': a thread is continued "
+                "by the key it was answered to, or one of that key's parents. Send the whole conversation with "
+                '`thread: {"type": "create"}` to start a new one.',
+                param="thread.previous_message_id",
+            )
+
+    async def _keep_thread(self, ex: Exchange, message_id: object) -> None:
+        """An answer of a thread, `message_id` (the provider's), relayed to `ex`'s key: kept as that key's, with its
+        ancestors, for as long as a stored response (`gateway.responses_ttl_seconds`), in the store, so that every
+        process knows it (`_continued_thread`). One write per thread's answer. One the store cannot keep is still
+        answered (the provider was paid for it): its `continue` is then the 404 that starts a new thread."""
+        if not isinstance(message_id, str) or not message_id or len(message_id) > LONGEST_MESSAGE_ID:
+            return
+        key = ex.key
+        answer = ThreadAnswer(
+            message_id, key.id, list(key.ancestors), time.time() + self.gateway.config.gateway.responses_ttl_seconds
+        )
+        try:
+            await self.gateway.store.put_thread_answer(answer)
+        except StoreError as exc:
+            log.warning("a thread's answer not kept: %s", exc, extra={"request_id": ex.request_id})
 
     def _thread_holds(self, call: NativeCall, native: list[Attempt]) -> int:
         """The most input a thread's `continue` (`call`) reads beyond its body, where `native` may serve it: what

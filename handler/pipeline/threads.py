@@ -15,6 +15,8 @@ tokenizer counts the same conversation otherwise: Opus 4.7's up to 35 % more), f
 A thread also keeps its `tools`, which a `continue` does not send: an advisor tool among them may be called again. So
 each answer keeps the advisors its request was reserved for (`Exchange.advisors`), which a `continue` of it is
 reserved for again (`Pipeline._thread_advisors`).
+What is held here is read for a `continue` the store says is the key's (`Pipeline._continued_thread`): whose an answer
+is lives in the store, which every process reads, not here.
 Imported with the first thread: a plain request loads none of it.
 """
 

@@ -24,7 +24,7 @@ from handler.config import Config, parse_config
 from handler.pipeline.gateway import Gateway, build_gateway
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService, split_key
-from handler.ports import KeyRecord, LedgerItem, UsageQuery
+from handler.ports import KeyRecord, LedgerItem, ThreadAnswer, UsageQuery
 from tests.conftest import outlives_the_test
 from tests.support.dynamo import DynamoServer
 from tests.support.servers import ServerThread, free_port
@@ -231,6 +231,24 @@ class Running:
                 await store.close()
 
         return asyncio.run(go())
+
+    def answered_elsewhere(self, key: str, message_id: str) -> None:
+        """`message_id` kept as an answer of a message thread to `key`, as another instance that relayed it keeps it
+        (through a separate store connection): the thread is the key's, and this instance knows nothing more of it
+        (not what it holds: `HeldThreads`)."""
+        key_id = (split_key(key) or ("", ""))[0]
+
+        async def go() -> None:
+            store = open_store(self.store_url)
+            try:
+                record = await store.get_key(key_id)
+                assert record is not None, key_id
+                answer = ThreadAnswer(message_id, key_id, list(record.ancestors), time.time() + 3600)
+                await store.put_thread_answer(answer)
+            finally:
+                await store.close()
+
+        asyncio.run(go())
 
     def ledger(self, key: str) -> list[LedgerItem]:
         """The key's ledger lines once every settlement has landed, read as another process would."""

@@ -149,7 +149,9 @@ def test_a_thread_is_reserved_at_the_deployments_that_can_keep_it(falling_back: 
     passed over unsent (`=unsupported`), so the plan's worst case is Sonnet's, as with no fallback. A `continue` of a
     thread this process did not relay was reserved for the context window at the fallback's prices ($152.47, and
     $622.78 with the advisor beta, for Sonnet's $12.09 and $49.09), and refused on any smaller budget."""
-    sdk = anthropic_client(falling_back, falling_back.mint(name=f"advfb-thread-{len(betas)}")).beta.messages
+    key = falling_back.mint(name=f"advfb-thread-{len(betas)}")
+    falling_back.answered_elsewhere(key, "msg_01elsewhere")
+    sdk = anthropic_client(falling_back, key).beta.messages
     following: Any = {
         "model": "sonnet",
         "max_tokens": 4096,

@@ -226,6 +226,7 @@ def test_a_continue_of_a_thread_answer_cut_here_is_reserved_for_its_advisor(pric
             sdk.create(**following, extra_headers={"x-gateway-max-cost-usd": "0.000000001"})
         return float(str(refused.value.body).split("worst-case cost $")[1].split(" ")[0])
 
+    priced.answered_elsewhere(key, "msg_01unknown")  # (the key's, relayed by another instance)
     plain = reserved("msg_01unknown", [THREADS_BETA])  # (no advisor: the conversation's whole window alone)
     default = reserved("msg_01unknown", betas)  # the default advisor at Sonnet's prices
     cut = reserved(answer_id, betas)
@@ -241,6 +242,7 @@ def test_a_reasoning_stream_cut_after_an_advisor_call_no_tool_named_is_charged_i
     the calls were counted (found by review). Charged one call's bound at least more than the same stream without
     the call."""
     key = advising.mint(name="reasoning-continue")
+    advising.answered_elsewhere(key, "msg_unknown")
 
     def cut(user: str) -> str:
         request = {

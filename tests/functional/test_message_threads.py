@@ -7,15 +7,20 @@ could not recover from) or a question without its history (a charged 200 answeri
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 from anthropic import beta_tool
-from anthropic.types import ThreadUnsupportedRequestError
+from anthropic.types import ThreadNotFoundError, ThreadUnsupportedRequestError
 
+from handler.pipeline.pipeline import Pipeline
 from handler.pipeline.threads import HeldThreads
-from tests.functional.conftest import Running, anthropic_client
+from handler.ports import StoreError, ThreadAnswer
+from tests.functional.conftest import Running, anthropic_client, start_gateway
+from tests.support.servers import ServerThread
 
 THREADS_BETA = "message-threads-2026-08-12"
 ADVISOR_BETA = "advisor-tool-2026-03-01"
@@ -154,6 +159,7 @@ def test_a_continued_thread_is_reserved_for_the_conversation_anthropic_holds(run
     )
     requests = running.fakes["anthropic"].state.requests
     sent = len(requests)
+    running.answered_elsewhere(key, "msg_relayed_by_another_instance")
     with pytest.raises(ThreadUnsupportedRequestError) as refused:
         continue_thread(sdk, "msg_relayed_by_another_instance", extra_headers=at_most)
     assert refused.value.status_code == 400 and "x-gateway-max-cost-usd" in refused.value.message
@@ -258,3 +264,144 @@ def test_a_continue_after_an_advisors_answer_is_reserved_for_the_advice_it_reads
     # What Anthropic bills the continue's own model (claude-haiku-4-5: $1 and $5 a million), its advisor's apart.
     billed = (continued.usage.input_tokens * 1.0 + continued.usage.output_tokens * 5.0) / 1e6
     assert billed <= reserved, (billed, reserved)
+
+
+# --- whose a thread is ------------------------------------------------------------------------------------------
+
+
+def said(message: Any) -> str:
+    return "".join(getattr(block, "text", "") for block in message.content)
+
+
+def start_thread(sdk: Any, text: str, *, stream: bool = False) -> Any:
+    """A thread on claude-haiku-4-5 whose answer says `text` (the fake says what a `SAY` asks), whole or streamed."""
+    settings: Any = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": f"SAY {text}"}],
+        "thread": {"type": "create"},
+        "betas": [THREADS_BETA],
+    }
+    if not stream:
+        return sdk.beta.messages.create(**settings)
+    with sdk.beta.messages.stream(**settings) as events:
+        return events.get_final_message()
+
+
+def child_of(running: Running, parent: str) -> str:
+    minted = httpx.post(f"{running.url}/v1/keys", json={"name": "run"}, headers={"authorization": f"Bearer {parent}"})
+    assert minted.status_code == 201, minted.text
+    return str(minted.json()["key"])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_key_cannot_continue_a_thread_another_key_started(on_each_store: Running, stream: bool) -> None:
+    """Key A starts a thread holding its own conversation. Key B, unrelated to A, named A's answer as
+    `previous_message_id`: the gateway passed the `continue` through, Anthropic (one account for every key) rebuilt
+    A's conversation, and B's answer was A's private text, charged to B; a child of A read A's threads the same way.
+    A thread is now kept as a stored response is: continued by the key it was answered to or one of that key's
+    ancestors, and for any other key it does not exist: Anthropic's own 404 `thread_not_found`, before anything is
+    reserved, sent or written to the ledger, on either store, for an answer relayed whole or streamed."""
+    running = on_each_store
+    alice, bob = running.mint(name="alice"), running.mint(name="bob")
+    alices_child = child_of(running, alice)
+    created = start_thread(anthropic_client(running, alice), "alice-private-launch-code-4471", stream=stream)
+    assert said(created) == "alice-private-launch-code-4471"
+    requests = running.fakes["anthropic"].state.requests
+    sent = len(requests)
+    for other in (bob, alices_child):
+        with pytest.raises(ThreadNotFoundError) as refused:
+            continue_thread(anthropic_client(running, other), created.id)  # (was a 200 saying alice's text)
+        body = refused.value.body
+        assert isinstance(body, dict) and body["type"] == "error"
+        assert body["error"]["type"] == "not_found_error"
+        assert body["error"]["details"] == {"error_code": "thread_not_found"}
+        assert "alice-private" not in str(body)
+    assert len(requests) == sent, "another key's continue of alice's thread was sent upstream"
+    assert running.ledger(bob) == []  # (nothing reserved, nothing charged)
+    continued = continue_thread(anthropic_client(running, alice), created.id)  # (its own: continued)
+    assert continued.usage.input_tokens > created.usage.input_tokens
+
+
+def test_a_parent_may_continue_its_childs_thread(running: Running, key: str) -> None:
+    """As a parent may read its child's stored responses: the thread is the child's, and its ancestors'."""
+    child = child_of(running, key)
+    created = start_thread(anthropic_client(running, child), "the child's answer")
+    continued = continue_thread(anthropic_client(running, key), created.id)
+    assert continued.usage.input_tokens > created.usage.input_tokens  # (the child's thread, continued)
+
+
+def test_whose_a_thread_is_holds_in_every_process_on_the_store(
+    on_each_store: Running, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """What a process relayed is known to every other on its store (another server, another Lambda invocation): the
+    owner continues there, another key is refused there."""
+    running = on_each_store
+    alice, bob = running.mint(name="alice"), running.mint(name="bob")
+    created = start_thread(anthropic_client(running, alice), "alice-private")
+    other, server = start_gateway(upstream, running.store_url)
+    try:
+        with pytest.raises(ThreadNotFoundError):
+            continue_thread(anthropic_client(other, bob), created.id)
+        continued = continue_thread(anthropic_client(other, alice), created.id)
+        assert continued.usage.input_tokens > created.usage.input_tokens
+    finally:
+        server.stop()
+
+
+def test_a_thread_whose_owner_is_not_known_is_started_again_by_the_sdk(
+    running: Running, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer no owner was kept for (relayed before owners were, or the store failed to keep it) is not known, as
+    any other key's: the 404 `thread_not_found`, on which the SDK's thread helper sends the whole conversation again
+    as a new thread, and goes on."""
+    sdk = anthropic_client(running, key)
+    thread = sdk.beta.messages.thread(model="claude-haiku-4-5", max_tokens=100, system="You are terse.")
+    with monkeypatch.context() as unkept:
+        unkept.setattr(Pipeline, "_keep_thread", lambda *_: asyncio.sleep(0))
+        thread.send({"role": "user", "content": "My name is Ada."})
+    requests = running.fakes["anthropic"].state.requests
+    before = len(requests)
+    thread.send({"role": "user", "content": "What is my name?"})
+    [again] = [request["json"] for request in requests[before:]]  # (the continue was refused, never sent)
+    assert again["thread"] == {"type": "create"} and again["system"] == "You are terse."
+    assert "My name is Ada." in str(again["messages"]) and "What is my name?" in str(again["messages"])
+    thread.send({"role": "user", "content": "And now?"})
+    assert requests[-1]["json"]["thread"]["type"] == "continue"  # (the new thread is the key's)
+
+
+def test_a_key_cannot_count_the_tokens_of_another_keys_thread(running: Running, mint: Callable[..., str]) -> None:
+    """Anthropic counts a `continue` with the thread it holds: another key's is a 404 too, and never asked."""
+    alice, bob = mint(name="alice"), mint(name="bob")
+    created = start_thread(anthropic_client(running, alice), "alice-private")
+    counting: Any = {
+        "model": "claude-haiku-4-5",
+        "messages": [{"role": "user", "content": "And now?"}],
+        "betas": [THREADS_BETA],
+        "extra_body": {"thread": {"type": "continue", "previous_message_id": created.id}},
+    }
+    requests = running.fakes["anthropic"].state.requests
+    sent = len(requests)
+    with pytest.raises(ThreadNotFoundError):
+        anthropic_client(running, bob).beta.messages.count_tokens(**counting)
+    assert len(requests) == sent
+    assert anthropic_client(running, alice).beta.messages.count_tokens(**counting).input_tokens > 0
+
+
+def test_an_answer_the_store_cannot_keep_as_the_keys_is_still_answered(
+    running: Running, key: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The provider was paid for the answer: it is relayed (whole and streamed) and the failure logged; its
+    `continue` is the 404 on which the SDK starts the thread again."""
+
+    async def failing(answer: ThreadAnswer) -> None:
+        raise StoreError("the store is down")
+
+    monkeypatch.setattr(running.gateway.store, "put_thread_answer", failing)
+    sdk = anthropic_client(running, key)
+    for stream in (False, True):
+        created = start_thread(sdk, "kept or not", stream=stream)
+        assert said(created) == "kept or not"
+        with pytest.raises(ThreadNotFoundError):
+            continue_thread(sdk, created.id)
+    assert caplog.text.count("a thread's answer not kept: the store is down") == 2

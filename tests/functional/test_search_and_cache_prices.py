@@ -605,7 +605,9 @@ def test_a_continue_of_a_thread_not_relayed_here_with_the_advisor_beta_is_reserv
     """A thread another instance relayed: whether it holds the advisor tool is not known here. A continue that names
     the advisor's beta is reserved for the default advisor (`DEFAULT_ADVISOR_USES` calls of `DEFAULT_ADVICE_TOKENS`, at
     the executor's price); one that does not is reserved for none."""
-    sdk = anthropic_client(priced, priced.mint(name="advised-thread-elsewhere")).beta.messages
+    key = priced.mint(name="advised-thread-elsewhere")
+    priced.answered_elsewhere(key, "msg_01elsewhere")
+    sdk = anthropic_client(priced, key).beta.messages
     following: Any = {
         "model": "sonnet",
         "max_tokens": 100,
@@ -730,6 +732,24 @@ def test_hosted_tools_billed_per_container_call_or_image_are_left_out_and_named(
             model="claude", max_tokens=100, messages=HI, tools=[execution], extra_headers={"x-gateway-strict": "true"}
         )
     assert "tools.code_execution_20250825" in refused_m.value.message
+
+
+def test_a_container_goes_with_code_execution(priced: Running) -> None:
+    """A Messages `container` (a container's id from an earlier answer, or a new one's skills) went to Anthropic as
+    sent. A container is code execution's, which Anthropic keeps under the one account for every key (and bills per
+    container-hour): the gateway keeps no owner of one, so an id another key was given reached it. Code execution is
+    always left out, and its container now goes with it: named, and under `x-gateway-strict` a 400."""
+    claude = anthropic_client(priced, priced.mint(name="contained"))
+    named: Any = {"container": "container_011another_keys"}
+    raw = claude.messages.with_raw_response.create(model="claude", max_tokens=100, messages=HI, extra_body=named)
+    assert raw.parse().content
+    assert "container" not in sent(priced, "anthropic")
+    assert raw.headers["x-gateway-dropped-params"] == "container"
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        claude.messages.create(
+            model="claude", max_tokens=100, messages=HI, extra_body=named, extra_headers={"x-gateway-strict": "true"}
+        )
+    assert "container" in refused.value.message
 
 
 # --- Anthropic's cache writes by how long they are kept ------------------------------------------------

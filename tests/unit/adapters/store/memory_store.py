@@ -1,7 +1,7 @@
 """A third store backend, in memory, to show what a backend needs: `MeteredStore`'s primitives over plain dicts
-and one asyncio lock (plus the records every store keeps: keys, the ledger, stored responses, sign-ins). It
-holds no budget, rate or settlement rule of its own; the contract suite runs against it beside SQLite and
-DynamoDB."""
+and one asyncio lock (plus the records every store keeps: keys, the ledger, stored responses, the owners of threads'
+answers, sign-ins). It holds no budget, rate or settlement rule of its own; the contract suite runs against it beside
+SQLite and DynamoDB."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from handler.ports import (
     LedgerItem,
     Settlement,
     StoredResponse,
+    ThreadAnswer,
     UsageQuery,
     family_root,
 )
@@ -58,6 +59,7 @@ class MemoryStore(MeteredStore):
         self.children: dict[str, set[str]] = {}  # parent id -> its children's ids, kept past their records
         self.responses: dict[str, StoredResponse] = {}
         self.holders: dict[str, list[str]] = {}  # item id: the responses holding it, the newest first
+        self.thread_answers: dict[str, ThreadAnswer] = {}
         self.sign_ins: dict[str, tuple[str, float]] = {}
 
     def _meter(self, key_id: str) -> Meter:
@@ -208,6 +210,13 @@ class MemoryStore(MeteredStore):
         live = await self.get_response(response_id) is not None
         self.responses.pop(response_id, None)
         return live
+
+    async def put_thread_answer(self, answer: ThreadAnswer) -> None:
+        self.thread_answers[answer.id] = answer
+
+    async def get_thread_answer(self, message_id: str) -> ThreadAnswer | None:
+        answer = self.thread_answers.get(message_id)
+        return answer if answer is not None and answer.expires_at >= time.time() else None
 
     async def put_sign_in(self, token_hash: str, key_id: str, expires_at: float) -> None:
         self.sign_ins[token_hash] = (key_id, expires_at)

@@ -1,0 +1,69 @@
+"""Whose each answer of a message thread is, on every backend (the `Store` port's thread methods): what a `continue`
+is checked against, in every process on the store (`handler.pipeline.pipeline.Pipeline._continued_thread`)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from adapters.store import open_store
+from handler.ports import Store, ThreadAnswer
+from tests.support.dynamo import ttl_attribute
+from tests.unit.adapters.store import test_contract
+from tests.unit.adapters.store.test_contract import storage_only
+
+# The contract's fixtures: the store on SQLite, on moto's DynamoDB server, and in memory.
+store_url = test_contract.store_url
+store = test_contract.store
+
+
+def answer(message_id: str, key_id: str = "child", ttl: float = 60) -> ThreadAnswer:
+    return ThreadAnswer(message_id, key_id, ["root", "parent"], time.time() + ttl)
+
+
+async def test_an_answer_is_kept_with_its_key_and_ancestors(store: Store) -> None:
+    kept = answer("msg_01a")
+    await store.put_thread_answer(kept)
+    assert await store.get_thread_answer("msg_01a") == kept
+    assert await store.get_thread_answer("msg_01other") is None
+    await store.put_thread_answer(kept)  # (a call sent again writes the same)
+    assert await store.get_thread_answer("msg_01a") == kept
+
+
+async def test_an_answer_of_a_key_without_ancestors_is_kept(store: Store) -> None:
+    kept = ThreadAnswer("msg_01root", "root", [], time.time() + 60)
+    await store.put_thread_answer(kept)
+    assert await store.get_thread_answer("msg_01root") == kept
+
+
+async def test_an_expired_answer_is_gone(store: Store) -> None:
+    await store.put_thread_answer(answer("msg_01old", ttl=-1))
+    assert await store.get_thread_answer("msg_01old") is None
+
+
+async def test_another_process_on_the_store_reads_whose_an_answer_is(store: Store, store_url: str) -> None:
+    """A `continue` may come to another server, or another Lambda invocation, than the one that relayed the answer:
+    each has its own connection to the store."""
+    storage_only(store_url, "a second connection to the same storage")
+    kept = answer("msg_01shared")
+    await store.put_thread_answer(kept)
+    other = open_store(store_url)
+    try:
+        assert await other.get_thread_answer("msg_01shared") == kept
+    finally:
+        await other.close()
+
+
+async def test_dynamodb_removes_an_answer_with_the_tables_ttl(store: Store, store_url: str) -> None:
+    """The answer's item carries the table's TTL attribute (template.yaml), past its expiry: DynamoDB removes it."""
+    if not store_url.startswith("dynamodb"):
+        pytest.skip("DynamoDB's item")
+    kept = answer("msg_01ttl")
+    await store.put_thread_answer(kept)
+    item = await store.client.get_item(  # type: ignore[attr-defined]
+        TableName=store.table,  # type: ignore[attr-defined]
+        Key={"pk": {"S": "THREAD#msg_01ttl"}, "sk": {"S": "THREAD"}},
+        ConsistentRead=True,
+    )
+    assert int(item["Item"][ttl_attribute()]["N"]) >= kept.expires_at
