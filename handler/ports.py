@@ -332,6 +332,11 @@ class ProviderAdapter(ABC):
         where its API says nothing of it, or where, as OpenAI's service tier, the completion carries it."""
         return self.chat_response(body, req, target), None
 
+    def reasons_unasked(self, target: Target) -> bool:
+        """Whether the deployment's model reasons, and bills its reasoning, on a request that names no reasoning
+        effort (OpenAI's reasoning models do, at their default effort): reasoning it may never show."""
+        return False
+
     @abstractmethod
     def stream_parser(self, req: ChatRequest, target: Target) -> StreamParser:
         """A fresh parser for one streaming answer."""

@@ -140,6 +140,25 @@ class Charges:
         ex.search_usd, ex.searches = price, most
         return True
 
+    @staticmethod
+    def _sent_as_written(ex: Exchange, attempt: Attempt) -> bool:
+        """Whether `attempt` gets the request as its client wrote it, with what only the request's own API carries (a
+        provider's own tools: Anthropic's web search and advisor, the Responses API's hosted web search; the options
+        `_price_native_options` prices): a deployment that speaks that API (`Exchange.native_api`). Any other gets the
+        translation, which leaves them out and names them dropped: its model runs none of them, and is billed none."""
+        return attempt.adapter.speaks(ex.native_api, attempt.target)
+
+    @staticmethod
+    def _searches_at(ex: Exchange, attempt: Attempt) -> int:
+        """The most searches `attempt` may run (`Exchange.searches`, the limit `allow_searches` sent): none where it
+        gets the request translated (`_sent_as_written`), which leaves the provider's search tool out and names it
+        dropped (`tools[web_search]`, `tools.web_search_*`), so that no search can run there. Counted at every attempt,
+        a Responses request with the hosted tool (Codex sends it) to Claude, Gemini, DeepSeek or a Chat Completions
+        server was held ten searches at $0.01, $0.100042 for its own $0.00004: a 402 under
+        `x-gateway-max-cost-usd: 0.01` and on a key with $0.05 left, and $0.100042 charged once cut unanswered
+        (review)."""
+        return ex.searches if ex.searches and Charges._sent_as_written(ex, attempt) else 0
+
     def allow_advisors(self, ex: Exchange, tools: list[Any]) -> None:
         """Anthropic's advisor tool (`advisor_*` among `tools`) runs another model inside the answer, billed at that
         model's prices: each tool's worst case is reserved (`_advisors_usd`). It is called at most `max_uses` times
@@ -186,7 +205,7 @@ class Charges:
         translation leaves it out and names it dropped (`tools.advisor_*`), and its model calls no advisor. Reserved
         there too, an advised Sonnet request behind a fallback at $150/$600 a million was held $3.46 for the
         fallback's $2.47, and that fallback, cut unanswered, was charged $0.94 for its own $0.07 (review)."""
-        if not attempt.adapter.speaks(ex.native_api, attempt.target):
+        if not self._sent_as_written(ex, attempt):
             return 0.0
         from handler.config import FeeConfig  # (only a request with the advisor tool gets here)
 
@@ -246,7 +265,7 @@ class Charges:
         tier (or `auto`: the project's default) at the tier its deployment runs such requests at
         (`Router.unasked_tiers`); one that names `default` at the plain price, as OpenAI bills it."""
         price = price_for(attempt.model, attempt.spec, attempt.target.model)
-        asked = ex.native_options if ex.native_options and attempt.adapter.speaks(ex.native_api, attempt.target) else {}
+        asked = ex.native_options if ex.native_options and self._sent_as_written(ex, attempt) else {}
         if served is not None and served.options:  # (the answer says how it ran: as asked or not, billed so)
             price = with_options(price, as_served(price, asked, served.options))
         elif asked:
@@ -306,7 +325,7 @@ class Charges:
         too, which the provider may have billed beside it. `advised`: the advisor calls the answer showed before it
         was cut (`Exchange.advised`), the answer's own: never an earlier attempt's."""
         cost = cost_of(usage, self._price(ex, attempt, served), self.fee)
-        apart = self._per_request_usd(ex) + (usage.web_searches * ex.search_usd if ex.search_usd else 0.0)
+        apart = self._per_request_usd(ex, attempt) + (usage.web_searches * ex.search_usd if ex.search_usd else 0.0)
         if served is not None and served.others:
             apart += self._others_usd(ex, attempt, served)
         if reserved and ex.advisors:
@@ -319,10 +338,12 @@ class Charges:
         return cost
 
     @staticmethod
-    def _per_request_usd(ex: Exchange) -> float:
-        """The options billed per request (web search), unless the deployment that answered was not sent them
-        (dropped and named): Azure's Chat Completions has no `web_search_options`, and its search fee was billed."""
-        if ex.per_request_usd and "web_search_options" in ex.dropped:
+    def _per_request_usd(ex: Exchange, attempt: Attempt) -> float:
+        """The options billed per request (web search), unless `attempt` was not sent them (dropped and named, as its
+        request was built: `Exchange.dropped_at`): Azure's Chat Completions has no `web_search_options`, and its search
+        fee was billed; nor has a translation for Claude, Gemini or Bedrock, and such an attempt cut unanswered was
+        charged the fee, its answer's `dropped` never known ($0.010054 for Claude's $0.000054: review)."""
+        if ex.per_request_usd and "web_search_options" in ex.dropped_at.get(id(attempt), ex.dropped):
             return 0.0
         return ex.per_request_usd
 

@@ -62,7 +62,7 @@ class Exchange:
         "service_tier", "plain_tier", "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected",
         "client_left", "fallbacks", "counted", "stream", "native_api", "native_options", "anthropic", "audio_output",
         "ledger_item", "ends_at", "lifetime_s", "wasted_usage", "unsent_fallbacks", "reserving", "advisors",
-        "advised",
+        "advised", "dropped_at",
     )  # fmt: skip
 
     def __init__(
@@ -94,7 +94,10 @@ class Exchange:
             deadline = lifetime_s
         self.ends_at = None if deadline is None else (arrived or self.started) + deadline
         self.route: list[str] = []
-        self.dropped: list[str] = []
+        self.dropped: list[str] = []  # what the attempt that answered was not sent (`BuiltRequest.dropped`)
+        # The same for each attempt built, by `id(attempt)`: an attempt charged unanswered (cut in flight, timed out)
+        # is charged only the options it was sent (`Charges._per_request_usd`).
+        self.dropped_at: dict[int, list[str]] = {}
         self.inbound_dropped = [] if inbound_dropped is None else inbound_dropped
         self.store_ms = 0.0
         self.upstream_ms = 0.0

@@ -167,8 +167,9 @@ class UpstreamStream(ABC, Generic[T]):
         usage once it finished; for a stream cut short or without usage, an estimate: the provider's input counts
         where it gave them (exact from its first: Anthropic's `message_start`), else the prompt's estimate, and the
         output the provider counted so far or the relayed text's estimate, whichever is larger; and for a reasoning
-        request cut short, whose hidden reasoning cannot be seen, the reserved worst case (with the provider's input
-        counts, where it gave them)."""
+        request cut short (one that asks for reasoning, or to a model that reasons unasked: `wants_reasoning`), whose
+        hidden reasoning cannot be seen, the reserved worst case (with the provider's input counts, where it gave
+        them)."""
         usage = self._reported()
         if usage is not None and not plausible(usage):
             usage = None
@@ -181,7 +182,7 @@ class UpstreamStream(ABC, Generic[T]):
         # Each advisor call that started is billed too, in the final usage alone: charged its reserved bound (a
         # reasoning stream's worst case holds its advisors' where the request named them; the calls seen where not).
         self.ex.advised = self._advised()
-        if not finished and wants_reasoning(self.req):
+        if not finished and wants_reasoning(self.req, self.attempt.adapter.reasons_unasked(self.attempt.target)):
             return counted or Usage(), "reserved"
         estimate, source = self.pipeline._checked(None, self.ex, self._relayed_chars)
         if counted is not None:

@@ -360,12 +360,14 @@ class Pipeline(Charges):
         rules differ) and its own output (`_worst_output`). Priced at its deployment, it is within the reservation,
         which is the largest of them; the plan's largest prompt at a pricier deployment was not (review: a $1 key
         spent $4.82 through an image a cheap fallback counted 48,000 tokens). `counted`: the provider's counts so
-        far (a stream's opening usage), whose input, where it gave one, is exact and taken instead of the estimate."""
+        far (a stream's opening usage), whose input, where it gave one, is exact and taken instead of the estimate.
+        Its searches are those it may run (`_searches_at`: none where the request is translated)."""
         output = Pipeline._worst_output(ex, reservation, attempt)
+        searches = ex.searches if attempt is None else Pipeline._searches_at(ex, attempt)
         if counted is not None and counted.prompt_tokens:
             worst = counted.counted_as(counted.prompt_tokens, output)
-            if ex.searches:
-                worst.set_count("web_searches", ex.searches)
+            if searches:
+                worst.set_count("web_searches", searches)
             return worst
         estimate = ex.prompt
         if estimate is not None and attempt is not None:
@@ -373,8 +375,8 @@ class Pipeline(Charges):
         else:
             prompt = reservation.prompt_tokens
         worst = Usage.of(prompt, output)
-        if ex.searches:
-            worst.set_count("web_searches", ex.searches)
+        if searches:
+            worst.set_count("web_searches", searches)
         return worst
 
     @staticmethod
@@ -655,7 +657,7 @@ class Pipeline(Charges):
             tokens = estimate.tokens(attempt.target.provider_type, attempt.target.model)
             prompt = max(prompt, tokens)
             case = worst_case_usd(tokens, written, self._price(ex, attempt, worst=True), self.fee, ex.audio_output)
-            apart = ex.per_request_usd + ex.searches * ex.search_usd
+            apart = ex.per_request_usd + self._searches_at(ex, attempt) * ex.search_usd
             if ex.advisors and case is not None:  # (Anthropic's advisor tool: another model's calls, billed apart)
                 apart += self._advisors_usd(ex, attempt, tokens, written)
             if case is not None and apart:
@@ -833,6 +835,7 @@ class Pipeline(Charges):
                 if ex.audio_output:
                     self._audio_priced(attempt)
                 built = build(attempt)
+                ex.dropped_at[id(attempt)] = built.dropped
                 if ex.service_tier is not None:
                     self._tier_priced(ex, attempt, built.dropped)
                 key = attempt.adapter.secret  # (the key `built` carries: a 401 may have it read again)

@@ -515,8 +515,15 @@ def plausible(usage: Usage) -> bool:
     )
 
 
-def wants_reasoning(req: ChatRequest) -> bool:
-    """Whether the request asks for reasoning the provider may bill without showing it."""
+def wants_reasoning(req: ChatRequest, reasons_unasked: bool) -> bool:
+    """Whether the answer to the request may hold reasoning the provider bills without showing it: the request asks
+    for reasoning, or its model reasons unasked (`reasons_unasked`: the serving deployment's
+    `ProviderAdapter.reasons_unasked`, OpenAI's reasoning models at their default effort). The request alone was
+    looked at: o4 asked with no effort (as the Agents SDK and most clients ask), its stream cut short, was charged
+    the 15 tokens of text it relayed, where the same request naming an effort was charged the 4,000 reserved
+    (review)."""
+    if reasons_unasked:
+        return True
     extra = req.model_extra or {}
     thinking = req.thinking is not None and req.thinking.type != "disabled"
     return bool(req.reasoning_effort or thinking or extra.get("reasoning"))

@@ -74,6 +74,8 @@ def config(url: str, searches: float | None) -> dict[str, Any]:
                 "price": ADVISOR_PRICE,
             },
             "gpt": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": GPT_PRICE},
+            # The same, answering after the fake's 2 seconds.
+            "gpt-slow": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini-slow"}], "price": GPT_PRICE},
             # No price: the built-in table's, audio in and out at their own rates.
             "voice": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini-audio-preview"}]},
             # A price with no audio output: such a request goes to its fallback.
@@ -169,6 +171,53 @@ def test_the_worst_case_covers_every_search_the_request_allows(priced: Running) 
     assert refused.value.status_code == 402 and "exceeds x-gateway-max-cost-usd" in str(refused.value.body)
     two = [{**SEARCH, "max_uses": 2}]
     assert sdk.messages.create(model="claude", max_tokens=100, messages=HI, tools=two, extra_headers=ceiling).content
+
+
+def test_a_search_a_translated_deployment_cannot_run_is_neither_reserved_nor_charged(priced: Running) -> None:
+    """A deployment that gets the Messages request translated (OpenAI's) is sent no web search tool (it is named
+    dropped), and no search can run there. Its ten searches at $0.01 were reserved all the same ($0.10023 for a
+    request whose own worst case is $0.00023: a 402 under `x-gateway-max-cost-usd: 0.05`), and charged to it cut
+    unanswered ($0.10023; review)."""
+    sdk = anthropic_client(priced, priced.mint(name="search-translated"))
+    ceiling = {"x-gateway-max-cost-usd": "0.05"}
+    raw = sdk.messages.with_raw_response.create(
+        model="gpt", max_tokens=100, messages=HI, tools=[SEARCH], extra_headers=ceiling
+    )
+    assert raw.parse().content and raw.headers["x-gateway-dropped-params"] == "tools.web_search_20250305"
+    key = priced.mint(name="search-translated-cut", budget_usd=1.0)
+    cut = anthropic_client(priced, key).with_options(max_retries=0).messages
+    deadline = {"x-gateway-deadline-ms": "300"}
+    with pytest.raises(anthropic.APIStatusError) as timed_out:
+        cut.create(model="gpt-slow", max_tokens=100, messages=HI, tools=[SEARCH], extra_headers=deadline)
+    assert timed_out.value.status_code == 504
+    [line] = priced.ledger(key)
+    assert (line.cost_source, line.output_tokens) == ("reserved", 100)
+    assert line.cost_usd == pytest.approx((line.input_tokens * 1.0 + 100 * 2.0) / 1e6)  # GPT_PRICE, no search
+
+
+@pytest.mark.parametrize(("model", "searched"), [("claude", False), ("gpt-slow", True)])
+def test_a_chat_search_cut_unanswered_is_charged_where_it_was_sent(priced: Running, model: str, searched: bool) -> None:
+    """Chat Completions' `web_search_options`, billed once per request, is sent to OpenAI's Chat Completions, and
+    left out and named for Claude: an attempt cut unanswered is charged its reserved worst case, with the search
+    only where it was sent. Claude's was charged the search all the same, its dropped parameters known only from an
+    answer: $0.01159 for $0.00159 (review)."""
+    key = priced.mint(name=f"chat-search-cut-{model}", budget_usd=1.0)
+    sdk = openai_client(priced, key).with_options(max_retries=0)
+    with pytest.raises(openai.APIStatusError) as timed_out:
+        sdk.chat.completions.create(
+            model=model,
+            max_tokens=100,
+            messages=HI,
+            user="slow",  # (Claude's fake waits 2 seconds for it; OpenAI's for `gpt-slow`)
+            extra_body={"web_search_options": {}},
+            extra_headers={"x-gateway-deadline-ms": "300"},
+        )
+    assert timed_out.value.status_code == 504
+    [line] = priced.ledger(key)
+    assert (line.cost_source, line.output_tokens) == ("reserved", 100)
+    price = GPT_PRICE if searched else CLAUDE_PRICE
+    tokens = (line.input_tokens * price["input"] + 100 * price["output"]) / 1e6
+    assert line.cost_usd == pytest.approx(tokens + (SEARCH_USD if searched else 0.0))
 
 
 def test_a_null_search_limit_is_no_limit_set(priced: Running) -> None:

@@ -438,6 +438,12 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
                 "price": WORDY_PRICE,
             },
             "gpt-wordy": {"deployments": [{"provider": "wordy", "model": "gpt-x"}], "price": WORDY_PRICE},
+            # Reasoning models, which reason at their default effort unasked: by name, and by the deployment's word.
+            "o4-wordy": {"deployments": [{"provider": "wordy", "model": "o4-x"}], "price": WORDY_PRICE},
+            "thinker-wordy": {
+                "deployments": [{"provider": "wordy", "model": "prod-thinker", "reasoning": True}],
+                "price": WORDY_PRICE,
+            },
             # A cheap model that writes up to 16,384 tokens, down, then a dear one that writes at most 1,000.
             "gpt-down-wide": {
                 "deployments": [{"provider": "down", "model": "gpt-x"}],
@@ -633,6 +639,31 @@ def test_a_reasoning_stream_left_after_a_failover_is_charged_the_output_its_atte
     assert line.cost_usd == pytest.approx((12 + 1000) * 10.0 / 1_000_000)  # on `message_start`'s 12 tokens in
     spent = httpx.get(f"{scripted.url}/v1/key", headers={"authorization": f"Bearer {key}"}).json()["spent_usd"]
     assert spent == pytest.approx((line.cost_usd or 0) + line.fee_usd) and spent <= 0.05
+
+
+@pytest.mark.parametrize(
+    ("model", "source"),
+    [("o4-wordy", "reserved"), ("thinker-wordy", "reserved"), ("gpt-wordy", "estimate")],
+    ids=["reasoner-by-name", "reasoner-by-config", "not-reasoning"],
+)
+def test_a_stream_left_early_is_charged_its_reserved_output_where_its_model_reasons_unasked(
+    scripted: Running, model: str, source: str
+) -> None:
+    """OpenAI's reasoning models (o-series, gpt-5; an Azure deployment marked `reasoning:`) reason at their default
+    effort where the request names none, and OpenAI bills that reasoning: cut short, such a stream is charged the
+    output reserved for it, as one that names an effort is. It was charged the text it relayed alone, where the
+    client left after the first words (review). A model that does not reason (gpt-x, as gpt-4o-mini) is still
+    charged what it relayed."""
+    key = scripted.mint(name=f"left-unasked-{model}")
+    body = {"model": model, "max_tokens": 40, "messages": HI, "stream": True}
+    leave_after(scripted, "/v1/chat/completions", body, key, WORD.encode())
+    line = left_line(scripted, key)
+    assert (line.status, line.cost_source) == (499, source)
+    if source == "reserved":
+        assert line.output_tokens == 40
+        assert line.cost_usd == pytest.approx((line.input_tokens * 1.0 + 40 * 2.0) / 1_000_000)
+    else:
+        assert 0 < line.output_tokens < 40
 
 
 @pytest.mark.parametrize(

@@ -654,6 +654,11 @@ class OpenAIAdapter(ProviderAdapter):
         request = UpstreamRequest("POST", f"{target.base_url}/chat/completions", self.headers(), orjson.dumps(body))
         return BuiltRequest(request, dropped)
 
+    def reasons_unasked(self, target: Target) -> bool:
+        """A reasoning model (`reasoning.openai_reasons`: by its name, or the deployment's `reasoning:`) reasons at its
+        default effort when the request names none, and OpenAI bills that reasoning."""
+        return reasoning.openai_reasons(target)
+
     def shows_reasoning(self, body: dict[str, Any], target: Target) -> bool:
         """Whether the answer to `body` will carry the model's reasoning as text (`Profile.reasoning_shown`): what a
         Responses client's `reasoning.summary` asks to see."""

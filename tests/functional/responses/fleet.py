@@ -109,6 +109,11 @@ def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
             "claude-opus": {"deployments": [{"provider": "anthropic", "model": "claude-opus-4-7"}], "price": PRICE},
             "gpt-keeps": {"deployments": [{"provider": "openai-keeps", "model": "gpt-4o-mini"}], "price": PRICE},
             "gpt-reasoner": {"deployments": [{"provider": "openai", "model": "o4-reasoner"}], "price": PRICE},
+            # The same, its stream breaking off mid-answer.
+            "reasoner-cut": {
+                "deployments": [{"provider": "openai", "model": "o4-reasoner-stream-cut"}],
+                "price": PRICE,
+            },
             # A reasoning model at two OpenAI organisations: the first serves while it is up (`-a-down`: a 500).
             "gpt-orgs": {
                 "deployments": [

@@ -245,6 +245,25 @@ def test_a_passed_through_stream_cut_short_is_charged_its_prompt_and_relayed_tex
     assert (line.cost_usd or 0) > 0
 
 
+@pytest.mark.parametrize("reasoning", [{"effort": "medium"}, None], ids=["effort-named", "default-effort"])
+def test_a_passed_through_reasoning_stream_cut_short_is_charged_its_reserved_output(
+    fleet: Running, reasoning: dict[str, str] | None
+) -> None:
+    """A reasoning model's stream cut short is charged the output reserved for it: its reasoning is billed and never
+    shown. o4 reasons at its default effort where the request names none (as the Agents SDK's and most clients'
+    requests leave it), and OpenAI bills that reasoning: such a stream was charged the text it relayed, 15 tokens
+    for the 4,000 reserved (review). (`native-cut`, whose model does not reason, is charged what it relayed.)"""
+    key = fleet.mint(name="reasoner-cut", budget_usd=1.0)
+    body: dict[str, Any] = {"model": "reasoner-cut", "input": "Hi", "max_output_tokens": 4000, "stream": True}
+    if reasoning is not None:
+        body["reasoning"] = reasoning
+    with httpx.stream("POST", f"{fleet.url}/v1/responses", json=body, headers={"authorization": f"Bearer {key}"}) as a:
+        assert b"response.failed" in b"".join(a.iter_bytes())
+    [line] = fleet.ledger(key)
+    assert (line.cost_source, line.output_tokens) == ("reserved", 4000)
+    assert line.cost_usd == pytest.approx((line.input_tokens * PRICE["input"] + 4000 * PRICE["output"]) / 1e6)
+
+
 def test_a_passed_through_request_cut_in_flight_is_charged_the_reserved_worst_case(fleet: Running) -> None:
     key = fleet.mint(name="deadline", budget_usd=1.0)
     headers = {"authorization": f"Bearer {key}", "x-gateway-deadline-ms": "300"}

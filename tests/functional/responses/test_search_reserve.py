@@ -1,0 +1,108 @@
+"""The Responses API's hosted `web_search` tool (Codex sends it) at a deployment that gets the request translated
+(Claude, Gemini, DeepSeek, a Chat Completions server): the translation leaves the tool out and names it dropped
+(`tools[web_search]`), so no search can run there, and neither that attempt's worst case nor its charge may hold
+searches. Before, every attempt of the plan was reserved for `max_tool_calls` searches (10 when unset) at
+`web_search_usd`: at the fleet's $0.01 a search, a request whose own worst case is some $0.00004 was held $0.100042,
+refused under `x-gateway-max-cost-usd: 0.01` and on a key with $0.05 left; cut before Claude answered, it was charged
+$0.100042; and a translated reasoning stream cut by its deadline $0.10201, $0.10 of it for searches (review). A
+deployment that passes the request through (OpenAI's Responses API) is sent the tool, and still reserved for every
+search it allows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from adapters.providers.registry import REGISTRY
+from handler.config import parse_config
+from tests.functional.conftest import Running, serving
+from tests.functional.responses.fleet import PRICE, SEARCH_USD
+
+SEARCH: Any = [{"type": "web_search"}]
+
+
+def bearer(key: str, **more: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}", **more}
+
+
+@pytest.mark.parametrize("model", ["claude", "gemini", "deepseek", "gpt-chat"])
+def test_a_search_the_deployment_cannot_run_is_not_held_against_the_max_cost(fleet: Running, model: str) -> None:
+    key = fleet.mint(name=f"search-max-cost-{model}")
+    body = {"model": model, "input": "Hi", "max_output_tokens": 16, "tools": SEARCH}
+    headers = bearer(key, **{"x-gateway-max-cost-usd": "0.01"})
+    answer = httpx.post(f"{fleet.url}/v1/responses", json=body, headers=headers, timeout=30)
+    # (It was the 402 "worst-case cost $0.100042 exceeds x-gateway-max-cost-usd $0.01".)
+    assert answer.status_code == 200, answer.text
+    assert "tools[web_search]" in answer.headers["x-gateway-dropped-params"].split(",")  # (the provider had none)
+
+
+def test_a_search_the_deployment_runs_is_still_held_against_the_max_cost(fleet: Running) -> None:
+    """OpenAI's Responses API is sent the tool: the searches it allows at $0.01 are in its worst case."""
+    key = fleet.mint(name="search-max-cost-native")
+    body = {"model": "gpt", "input": "Hi", "max_output_tokens": 16, "tools": SEARCH}
+    headers = bearer(key, **{"x-gateway-max-cost-usd": "0.05"})
+    refused = httpx.post(f"{fleet.url}/v1/responses", json=body, headers=headers, timeout=30)
+    assert refused.status_code == 402 and "worst-case cost $0.1" in refused.json()["error"]["message"], refused.text
+    four = {**body, "max_tool_calls": 4}
+    assert httpx.post(f"{fleet.url}/v1/responses", json=four, headers=headers, timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("model", ["claude", "gemini", "deepseek"])
+def test_a_search_the_deployment_cannot_run_does_not_refuse_a_key_with_budget_left(fleet: Running, model: str) -> None:
+    key = fleet.mint(name=f"search-budget-{model}", budget_usd=0.05)
+    body = {"model": model, "input": "Hi", "max_output_tokens": 16, "tools": SEARCH}
+    answer = httpx.post(f"{fleet.url}/v1/responses", json=body, headers=bearer(key), timeout=30)
+    assert answer.status_code == 200, answer.text  # (a 402: ten searches at $0.01 held against $0.05)
+
+
+def test_a_translated_request_cut_in_flight_is_not_charged_searches_it_could_not_run(fleet: Running) -> None:
+    """Cut before Claude answered (its deadline), the request is charged its reserved worst case: Claude's own, 5
+    input tokens and 16 output at $1 and $2 a million, with no search in it (it was $0.100042)."""
+    key = fleet.mint(name="search-cut", budget_usd=1.0)
+    body = {"model": "claude", "input": "Hi", "max_output_tokens": 16, "tools": SEARCH, "user": "slow"}
+    headers = bearer(key, **{"x-gateway-deadline-ms": "300"})
+    cut = httpx.post(f"{fleet.url}/v1/responses", json=body, headers=headers, timeout=30)
+    assert cut.status_code == 504, cut.text
+    [line] = fleet.ledger(key)
+    assert (line.cost_source, line.status) == ("reserved", 504)
+    assert line.cost_usd == pytest.approx((line.input_tokens * PRICE["input"] + 16 * PRICE["output"]) / 1e6)
+
+
+def test_a_translated_reasoning_stream_cut_by_its_deadline_is_not_charged_searches(
+    upstream: tuple[Any, dict[str, Any]], tmp_path: Path
+) -> None:
+    """A reasoning model on a Chat Completions server (sent the translation, without the tool) streams slowly, and
+    its deadline cuts it: a reasoning stream cut short is charged its reserved worst case, its 1,000 output tokens
+    with no search in it (it was $0.10201, ten searches of it)."""
+    server, _ = upstream
+    config = parse_config(
+        {
+            "gateway": {"priced_options": {"web_search_usd": SEARCH_USD}},
+            "providers": {
+                "chat": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/openai/v1"}
+            },
+            # The fake's `drip`: a stream whose chunks come seconds apart.
+            "models": {"o4-drip": {"deployments": [{"provider": "chat", "model": "o4-mini-drip"}], "price": PRICE}},
+        },
+        set(REGISTRY),
+    )
+    for running in serving(config, f"sqlite:///{tmp_path / 'gateway.db'}", upstream):
+        key = running.mint(name="search-deadline", budget_usd=1.0)
+        body = {
+            "model": "o4-drip",
+            "input": "Hi",
+            "max_output_tokens": 1000,
+            "reasoning": {"effort": "low"},
+            "tools": SEARCH,
+            "stream": True,
+        }
+        headers = bearer(key, **{"x-gateway-deadline-ms": "2500"})
+        with httpx.stream("POST", f"{running.url}/v1/responses", json=body, headers=headers, timeout=30) as answer:
+            text = b"".join(answer.iter_bytes()).decode()
+        assert answer.status_code == 200 and "response.failed" in text
+        [line] = running.ledger(key)
+        assert (line.cost_source, line.status, line.output_tokens) == ("reserved", 504, 1000), line
+        assert line.cost_usd == pytest.approx((line.input_tokens * PRICE["input"] + 1000 * PRICE["output"]) / 1e6)

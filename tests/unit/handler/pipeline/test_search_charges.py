@@ -1,0 +1,101 @@
+"""Web searches charged only at an attempt that is sent the provider's search tool or option: the searches a request
+allows (Anthropic's `web_search_*`, the Responses API's hosted `web_search`) in the worst case of a deployment that
+gets the request as written, none in a translation's; Chat Completions' `web_search_options` at an attempt whose
+request carried it, as that request was built."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from adapters.providers.registry import REGISTRY
+from handler.config import parse_config
+from handler.pipeline.budgets import Reservation
+from handler.pipeline.exchange import Controls, Exchange
+from handler.pipeline.gateway import build_adapters
+from handler.pipeline.pipeline import Pipeline
+from handler.pipeline.routing import Attempt, RouteControls, Router, any_model
+from handler.ports import MESSAGES_API, RESPONSES_API, KeyRecord
+from handler.schemas import ChatRequest, Usage
+
+SEARCH_USD = 0.01
+
+
+def pipeline_and_plan() -> tuple[Pipeline, list[Attempt]]:
+    """A plan of one model on Anthropic, on OpenAI's Responses API, then on a Chat Completions server; searches
+    priced at SEARCH_USD."""
+    data = {
+        "gateway": {"priced_options": {"web_search_usd": SEARCH_USD}},
+        "providers": {
+            "anthropic": {"type": "anthropic", "api_key": "sk-ant-test", "base_url": "http://127.0.0.1:9"},
+            "openai": {
+                "type": "openai",
+                "api_key": "sk-test",
+                "base_url": "http://127.0.0.1:9/v1",
+                "responses_api": "native",
+            },
+            "chat": {"type": "openai", "api_key": "sk-test", "base_url": "http://127.0.0.1:9/v1"},
+        },
+        "models": {
+            "m": {
+                "deployments": [
+                    {"provider": "anthropic", "model": "claude-x"},
+                    {"provider": "openai", "model": "gpt-x"},
+                    {"provider": "chat", "model": "gpt-x"},
+                ],
+                "price": {"input": 1.0, "output": 2.0},
+            }
+        },
+    }
+    config = parse_config(data, set(REGISTRY))
+    router = Router(config, build_adapters(config, REGISTRY, {}), "us-east-1")
+    pipeline = Pipeline.__new__(Pipeline)
+    pipeline.gateway = SimpleNamespace(config=config, router=router)  # type: ignore[assignment]
+    pipeline.fee = config.gateway.fee
+    pipeline.threads = None
+    return pipeline, router.plan("m", RouteControls(), any_model)
+
+
+def exchange(api: str = "") -> Exchange:
+    ex = Exchange("req_1", KeyRecord(id="k", name="k", secret_hash="", created_at=0), "m", Controls())
+    ex.native_api = api  # (as `_admit` leaves a request in a provider's own API)
+    return ex
+
+
+def test_the_searches_are_in_the_worst_case_of_the_attempts_sent_the_tool_alone() -> None:
+    """Ten searches allowed: in the worst case (and its charge, cut unanswered) of the deployment that speaks the
+    request's API, none in a translation's, which leaves the tool out: $0.100042 was charged such an attempt."""
+    pipeline, (claude, responses, chat) = pipeline_and_plan()
+    reservation = Reservation(None, 1.0, 0)
+    reservation.prompt_tokens, reservation.output_tokens = 100, 16
+    for api, sent in ((RESPONSES_API, responses), (MESSAGES_API, claude)):
+        ex = exchange(api)
+        pipeline.allow_searches(ex, 10, ["tools[web_search]"])
+        for attempt in (claude, responses, chat):
+            worst = pipeline._worst(ex, reservation, attempt)
+            searches = 10 if attempt is sent else 0
+            assert worst.web_searches == searches, (api, attempt.target.label)
+            charged = pipeline._cost(ex, attempt, worst, reserved=True).provider_usd
+            assert charged == pytest.approx((100 * 1.0 + 16 * 2.0) / 1e6 + searches * SEARCH_USD)
+
+
+def test_web_search_options_is_charged_at_an_attempt_only_as_its_own_request_was_sent() -> None:
+    """A Chat Completions request with `web_search_options`, its attempt at Claude (which leaves it out and names it)
+    timed out, then answered by the Chat Completions server (sent it): the missed attempt is charged its worst case
+    without the search fee, the answer with it. Only the answering attempt's dropped parameters were known
+    (`Exchange.dropped`), and the missed Claude was charged the fee too."""
+    pipeline, (claude, _, chat) = pipeline_and_plan()
+    req = ChatRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "web_search_options": {}}
+    )
+    ex = exchange()
+    pipeline._price_options(ex, req, [claude, chat])
+    for attempt in (claude, chat):  # (as `_failover` builds each)
+        ex.dropped_at[id(attempt)] = attempt.adapter.chat_request(req, attempt.target, stream=False).dropped
+    ex.dropped = ex.dropped_at[id(chat)]  # (the answer's)
+    assert "web_search_options" in ex.dropped_at[id(claude)] and "web_search_options" not in ex.dropped
+    usage = Usage.of(100, 16)
+    tokens = (100 * 1.0 + 16 * 2.0) / 1e6
+    assert pipeline._cost(ex, claude, usage, reserved=True).provider_usd == pytest.approx(tokens)
+    assert pipeline._cost(ex, chat, usage).provider_usd == pytest.approx(tokens + SEARCH_USD)
