@@ -10,7 +10,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from handler.config import PLAIN_TIERS, SERVICE_TIER
-from handler.errors import InvalidRequestError, StrictParamsError
+from handler.errors import InvalidRequestError, NativeOnlyError, PermissionDeniedError, StrictParamsError
+from handler.pipeline.keys import allows_model
 from handler.pipeline.pricing import (
     Cost,
     as_served,
@@ -26,7 +27,7 @@ from handler.pipeline.pricing import (
     worst_case_usd,
 )
 from handler.ports import Served
-from handler.redaction import redact_message
+from handler.redaction import clipped, redact_message
 
 if TYPE_CHECKING:
     from handler.config import FeeConfig, Price
@@ -161,7 +162,8 @@ class Charges:
 
     def allow_advisors(self, ex: Exchange, tools: list[Any]) -> None:
         """Anthropic's advisor tool (`advisor_*` among `tools`) runs another model inside the answer, billed at that
-        model's prices: each tool's worst case is reserved (`_advisors_usd`). It is called at most `max_uses` times
+        model's prices: a model the key's chain may use (`_advisor_allowed`), each tool's worst case reserved
+        (`_advisors_usd`). It is called at most `max_uses` times
         (`DEFAULT_ADVISOR_USES`, sent, when the tool sets none or null), each writing at most its `max_tokens`, else
         its model's `max_output_tokens` where the config names one, else `DEFAULT_ADVICE_TOKENS` (either sent as the
         tool's `max_tokens`). A limit that is not a positive integer is the client's 400."""
@@ -173,6 +175,8 @@ class Charges:
             tool["max_uses"] = uses = DEFAULT_ADVISOR_USES if uses is None else positive(uses, f"tools.{i}.max_uses")
             model = tool.get("model")
             model = model if isinstance(model, str) else ""  # (Anthropic's 400, which costs nothing)
+            if model:
+                self._advisor_allowed(ex, model, f"tools.{i}.model")
             written = tool.get("max_tokens")
             if written is not None:
                 written = positive(written, f"tools.{i}.max_tokens")
@@ -182,6 +186,46 @@ class Charges:
                 tool["max_tokens"] = written = self._advisor_ceiling(model) or DEFAULT_ADVICE_TOKENS
             advisors.append((model, uses, written))
         ex.advisors = tuple(advisors)
+
+    def _advisor_models(self, model: str) -> list[str]:
+        """The config's models an advisor's model (`model`: its upstream id) runs as: those that deploy it or are
+        named so, as its price is found (`upstream_price`)."""
+        return [
+            name
+            for name, spec in self.gateway.config.models.items()
+            if name == model or any(d.model == model for d in spec.deployments)
+        ]
+
+    def _advisor_allowed(self, ex: Exchange, model: str, param: str) -> None:
+        """Refuses an advisor whose model (`model`: its upstream id) the key may not use: Anthropic runs it inside
+        the answer, billed at its prices, so the key and every ancestor must allow a model of the config's that it
+        runs as (`_advisor_models`); under scoped `models`, an id the config deploys as none is refused too (the
+        scopes name the gateway's models: nothing says whether they hold it). A chain with every model (`*`) may
+        call any advisor. A key limited to Sonnet reached Opus through the tool, charged $0.037709 where Sonnet alone
+        was about $0.0002 (found by review)."""
+        if all("*" in holder.models for holder in ex.lineage):
+            return
+        names = self._advisor_models(model)
+        if not any(allows_model(ex.lineage, name) for name in names):
+            raise advisor_not_allowed(model, param, deployed=bool(names))
+
+    def _held_advisors_allowed(self, ex: Exchange, refusal: InvalidRequestError) -> None:
+        """Refuses a thread's `continue` whose thread holds an advisor (`Exchange.advisors`, as `_thread_advisors`
+        found them) the continuing key may not use: a `continue` sends no `tools`, and Anthropic calls the thread's
+        advisor again. One not known here (another instance relayed the thread: its model is not known) is refused
+        a chain with scoped `models` as a request Anthropic cannot thread (`refusal`'s code), on which the SDK's thread
+        helpers send the whole conversation again without a thread, whose `tools` are checked."""
+        for model, _, _ in ex.advisors:
+            if model:
+                self._advisor_allowed(ex, model, "thread")
+            elif not all("*" in holder.models for holder in ex.lineage):
+                raise NativeOnlyError(
+                    "thread: this key may use only some models, and which advisor the thread holds, if any, is not "
+                    "known here (another instance relayed it): send the whole conversation without `thread`, whose "
+                    "advisor tool is checked",
+                    code=refusal.code,
+                    param="thread",
+                )
 
     def _advisor_ceiling(self, model: str) -> int | None:
         """The `max_output_tokens` the config names for an advisor's model (`model`: its upstream id), of a model
@@ -373,6 +417,18 @@ def positive(value: Any, param: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidRequestError(f"{param} must be a positive integer", param=param)
     return value
+
+
+def advisor_not_allowed(model: str, param: str, deployed: bool) -> PermissionDeniedError:
+    """The 403 for an advisor whose model (`model`, its upstream id) is outside the scopes of the key (or an
+    ancestor), as a model named so is (`errors.model_not_allowed`); `deployed`: the config has a model that runs it."""
+    why = "the models that deploy it are" if deployed else "it is none this gateway deploys, so it is"
+    return PermissionDeniedError(
+        f"this key may not use model '{clipped(model)}' (the advisor tool's, which Anthropic runs for the answer): "
+        f"the key is valid, {why} outside its scopes (GET /v1/models lists the models it may use)",
+        code="model_not_allowed",
+        param=param,
+    )
 
 
 def unpriced_tier(tier: object, model: str) -> InvalidRequestError:

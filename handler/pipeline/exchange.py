@@ -62,7 +62,7 @@ class Exchange:
         "service_tier", "plain_tier", "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected",
         "client_left", "fallbacks", "counted", "stream", "native_api", "native_options", "anthropic", "audio_output",
         "ledger_item", "ends_at", "lifetime_s", "wasted_usage", "unsent_fallbacks", "reserving", "advisors",
-        "advised", "dropped_at",
+        "advised", "dropped_at", "advisor_models", "unsent_advisors",
     )  # fmt: skip
 
     def __init__(
@@ -162,6 +162,11 @@ class Exchange:
         # The advisor calls a stream cut before its final usage showed (`UpstreamStream.metered`): each charged its
         # reserved bound, as the provider bills them and its usage never said (`Charges._cost`).
         self.advised = 0
+        # The config's models the `advisors` run as, counted on their own per-model limits before the first attempt
+        # sent the tool (None: not yet; `Pipeline._count_advisors`), and what they counted while no such attempt has
+        # gone out: given back when the request settles (`Meter.given_back`), as a fallback's unsent counts are.
+        self.advisor_models: tuple[str, ...] | None = None
+        self.unsent_advisors: list[Counted] = []
         self.audio_output = False  # it asks for audio output: priced at each model's `audio_output`, else not sent
         self.trace: Trace | None = None  # what its OpenTelemetry spans need, when OTLP export is on (tracing.py)
         # Its ledger line, once settled: the buffered Lambda function marks it when the answer cannot be delivered

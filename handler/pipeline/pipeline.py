@@ -537,6 +537,8 @@ class Pipeline(Charges):
                 ex.prompt = ex.prompt.holding(self._thread_holds(call, native))
                 if not ex.advisors:  # (a `continue` sends no `tools`: the thread keeps its own)
                     ex.advisors = self._thread_advisors(call)
+                    if ex.advisors and call.native_only is not None:
+                        self._held_advisors_allowed(ex, call.native_only)
         cap = OutputCap(req, self.gateway.config.gateway.default_max_output_tokens, self.gateway.ceilings)
         # A request only a deployment that speaks its API can take (a message thread) is sent to no other: the rest
         # of the plan is passed over unsent (`=unsupported`), so the worst case is theirs alone. The whole plan's
@@ -825,6 +827,8 @@ class Pipeline(Charges):
                 ex.route.append(f"{label}=rate_limited")
                 passed = True
                 continue
+            if ex.advisors and ex.advisor_models is None and attempt.adapter.speaks(ex.native_api, attempt.target):
+                await self._count_advisors(ex)  # (before the first attempt that is sent the tool)
             if len(ex.extra) < len(ex.missed) + ex.rejected and last is not None:
                 await self._cover_missed(ex, last)
             if ex.client_left:  # while a reservation was written: the request ends before sending anything more
@@ -866,6 +870,8 @@ class Pipeline(Charges):
                 ex.inflight = attempt
                 if ex.unsent_fallbacks:  # (it goes out: what its own limits counted stays counted)
                     ex.unsent_fallbacks.pop(attempt.model, None)
+                if ex.unsent_advisors and attempt.adapter.speaks(ex.native_api, attempt.target):
+                    ex.unsent_advisors = []  # (it is sent the tool: what its advisors' limits counted stays counted)
                 ex.inflight_status = 0
                 try:
                     async with span("upstream", provider=attempt.target.provider, region=attempt.target.region):
@@ -1032,6 +1038,7 @@ class Pipeline(Charges):
             reservation = ex.reservation
             tokens = reservation.prompt_tokens + reservation.output_tokens if reservation is not None else 0
             counted = [ex.model, *(m for m, refused in ex.fallbacks.items() if refused is None)]
+            counted += ex.advisor_models or ()  # (a pattern its advisors' models matched has counted it already)
 
             async def given_back(own: Counted | None, _: asyncio.CancelledError) -> None:
                 if own is not None:
@@ -1047,6 +1054,38 @@ class Pipeline(Charges):
                 ex.counted.append(own)
                 ex.unsent_fallbacks[model] = own
         return ex.fallbacks[model] is not None
+
+    async def _count_advisors(self, ex: Exchange) -> None:
+        """Count the request on the per-model limits of its advisors' models along the key's chain, before the first
+        attempt that is sent the tool: Anthropic runs that model for the answer, so its limits bind the tool as they
+        bind a request for it (an advisor ran Opus past a key's Opus limit, counted on nothing: found by review).
+        Each model of the config's that an advisor runs as and the chain may use (`_advisor_models`) is counted as a
+        fallback is (`Meter.admit_fallback`), for the most its calls read and write (`advisor_tokens`), a pattern a
+        model counted before matched (the one asked for, the fallbacks counted, another advisor's) not again; one
+        spent refuses the request with its 429, nothing sent. What they counted is given back, as a fallback's is,
+        when no attempt that is sent the tool goes out (`Exchange.unsent_advisors`); waited for however often the
+        request is cancelled meanwhile, as a fallback's count is (`_written`)."""
+        reservation = ex.reservation
+        prompt = reservation.prompt_tokens - (ex.prompt.referenced if ex.prompt else 0) if reservation else 0
+        written = reservation.output_tokens if reservation else 0
+        tokens: dict[str, int] = {}
+        for model, uses, advice in ex.advisors:
+            for name in self._advisor_models(model) if model else ():
+                if allows_model(ex.lineage, name):
+                    tokens[name] = tokens.get(name, 0) + advisor_tokens(prompt, written, uses, advice)
+        ex.advisor_models = tuple(tokens)
+        counted = [ex.model, *(m for m, refused in ex.fallbacks.items() if refused is None)]
+
+        async def given_back(own: Counted | None, _: asyncio.CancelledError) -> None:
+            if own is not None:
+                ex.unsent_advisors.append(own)  # (given back as the cancelled request settles)
+
+        for name, worst in tokens.items():
+            counting = self.meter.admit_fallback(ex.lineage, name, worst, f"{ex.request_id}@advisor:{name}", counted)
+            own = await self._written(ex, counting, given_back)
+            counted.append(name)
+            if own is not None:
+                ex.unsent_advisors.append(own)
 
     async def _cover_missed(self, ex: Exchange, last: UpstreamError) -> None:
         """Before the next attempt: a worst case more on the key's budgets for the attempt the provider may still
@@ -1180,11 +1219,20 @@ class Pipeline(Charges):
         # What fallbacks that nothing was sent to counted on their own limits: given back, as a request never sent
         # gives back its own counts (they held the key's requests a minute to that model for nothing).
         settlements += [self.meter.given_back(counted) for counted in ex.unsent_fallbacks.values()]
+        # And what its advisors' models counted when no attempt that is sent the tool went out (`_count_advisors`).
+        settlements += [self.meter.given_back(counted) for counted in ex.unsent_advisors]
         for settlement in settlements:
             if background:
                 self.gateway.settle_soon(self.meter, settlement)
             else:
                 await self.meter.settle(settlement)
+
+
+def advisor_tokens(prompt: int, written: int, uses: int, advice: int) -> int:
+    """The most tokens an advisor tool's calls read and write (`uses` calls, each writing at most `advice`) on a
+    request whose worst case reads `prompt` and writes `written`: each reads the conversation as the executor has it
+    then, the advice before it included, as its worst case is priced (`Charges._advisors_usd`)."""
+    return uses * (prompt + written) + advice * uses * (uses - 1) // 2 + uses * advice
 
 
 def unpriced(unknown_model: str, model: str) -> str:

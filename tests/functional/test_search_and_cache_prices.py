@@ -31,6 +31,7 @@ from starlette.testclient import TestClient
 from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
 from handler.pipeline.charges import DEFAULT_ADVICE_TOKENS, DEFAULT_ADVISOR_USES, DEFAULT_SEARCHES, Charges
+from handler.ports import KeyRecord
 from tests.fakes import anthropic as fake_anthropic
 from tests.fakes import openai as fake_openai
 from tests.functional.conftest import Running, anthropic_client, openai_client, serving
@@ -898,9 +899,9 @@ def test_an_advisors_output_bound_reserved_from_the_config_is_the_one_sent() -> 
         },
         set(REGISTRY),
     )
-    charges: Any = SimpleNamespace(gateway=SimpleNamespace(config=config))
-    charges._advisor_ceiling = lambda model: Charges._advisor_ceiling(charges, model)
-    ex: Any = SimpleNamespace(advisors=())
+    charges: Any = Charges()
+    charges.gateway = SimpleNamespace(config=config)
+    ex: Any = SimpleNamespace(advisors=(), lineage=[KeyRecord(id="k", name="k", secret_hash="", created_at=0)])
     tool = {"type": "advisor_20260301", "name": "advisor", "model": "claude-advisor-x"}
     Charges.allow_advisors(charges, ex, [tool])
     assert ex.advisors == (("claude-advisor-x", 3, 2048),)  # reserved for 2,048 a call
