@@ -74,8 +74,11 @@ class GatewayError(Exception):
         message = redact_secrets(message)  # (it may quote what a client sent: a key where a name belongs)
         super().__init__(message)
         self.message = message
-        self.code = code or self.default_code
-        self.param = param
+        # The client's own names, as the message quotes them: a tag's name (`tags.<key>`), a tool's type
+        # (`tools[<key>]`), a provider's code. Redacted beside the message, not only in it: a `param` of
+        # `tags.gwk_...` gave back the key the message said `[REDACTED]`.
+        self.code = clipped(code) if code else self.default_code
+        self.param = clipped(param) if param else param
         self.headers = headers or {}
         self._retry_policy(retry)
 

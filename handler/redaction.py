@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Iterable
 from functools import cache
 
 import orjson
@@ -301,6 +302,14 @@ def clipped(name: str, limit: int = NAME_CHARS) -> str:
     if len(name) <= limit:
         return redact_secrets(name)
     return redact_secrets(_window(name, limit))[:limit]
+
+
+def names_clipped(names: Iterable[str]) -> list[str]:
+    """`names`, a client's (the fields of its body a translation left out: an unknown field, an `include`, a tool's
+    type), as an answer echoes them (`x-gateway-dropped-params`, a strict 400): each as `clipped` has it, through
+    `unkeyed`, which runs no regular expression on a name without a key's first letters (the header is written on
+    a 200, per request)."""
+    return [unkeyed(name, NAME_CHARS) for name in names]
 
 
 def path_clipped(path: str, limit: int = NAME_CHARS) -> str:

@@ -52,7 +52,7 @@ from handler.pipeline.keys import hop_address, network
 from handler.pipeline.pipeline import Pipeline
 from handler.pipeline.routing import RouteControls
 from handler.ports import STORE_DEADLINE, KeyRecord, StoreDeadlineError, StoreError
-from handler.redaction import path_clipped, scrub
+from handler.redaction import names_clipped, path_clipped, scrub
 from handler.schemas import ChatRequest
 from handler.telemetry import prometheus
 from handler.telemetry.observability import observe, observe_failure
@@ -311,9 +311,8 @@ class Api:
         if controls.strict and known is not None:
             refuse_unknown(extra, known)
         if inbound_dropped and controls.strict:
-            raise StrictParamsError(
-                f"cannot honour: {', '.join(inbound_dropped)} (x-gateway-strict is on)", param=inbound_dropped[0]
-            )
+            named = names_clipped(inbound_dropped)  # (the client's names, as the header would carry them)
+            raise StrictParamsError(f"cannot honour: {', '.join(named)} (x-gateway-strict is on)", param=named[0])
         ex = Exchange(
             request.state.request_id,
             key,

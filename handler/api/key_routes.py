@@ -23,12 +23,14 @@ from handler.pipeline.key_admin import (
     glob_within,
     key_names,
     models_within,
+    unkeyed_name,
     validate_networks,
     with_descendants,
 )
 from handler.pipeline.keys import NOT_THE_KEY, may_hold_a_secret, network
 from handler.pipeline.pricing import dollars
 from handler.ports import ConflictError, KeyRecord, RateCharge, UsageQuery
+from handler.redaction import unkeyed
 
 if TYPE_CHECKING:
     from handler.api.app import Api
@@ -104,17 +106,19 @@ def no_such_key(key_id: str) -> str:
 
 
 def key_view(record: KeyRecord) -> dict[str, Any]:
-    """A key as shown to its holder or an admin: never a hash, never a secret."""
+    """A key as shown to its holder or an admin: never a hash, never a secret. Its name and model patterns, which
+    its creator chose, with any key in them redacted: a record made before such names were refused
+    (`unkeyed_name`) showed the key in every admin's key list."""
     return {
         "id": record.id,
-        "name": record.name,
-        "models": record.models,
+        "name": unkeyed(record.name),
+        "models": [unkeyed(pattern) for pattern in record.models],
         "budget_usd": record.budget_usd,
         "budget_period": record.budget_period if record.budget_usd is not None else None,
         "expires_at": record.expires_at,
         "rpm": record.rpm,
         "tpm": record.tpm,
-        "model_limits": record.model_limits,
+        "model_limits": {unkeyed(pattern): limits for pattern, limits in record.model_limits.items()},
         "allow_ips": record.allow_ips,
         "admin": record.admin,
         "parent_id": record.parent_id,
@@ -131,7 +135,7 @@ def key_view(record: KeyRecord) -> dict[str, Any]:
 
 def record_from(spec: KeySpec, *, admin: bool = False, now: float) -> KeyRecord:
     limits: dict[str, dict[str, int]] = {
-        pattern: {str(name): value for name, value in values.items()}
+        unkeyed_name(pattern, "model_limits", "a model pattern"): {str(name): value for name, value in values.items()}
         for pattern, values in (spec.model_limits or {}).items()
     }
     for pattern, values in limits.items():
@@ -145,10 +149,10 @@ def record_from(spec: KeySpec, *, admin: bool = False, now: float) -> KeyRecord:
         )
     return KeyRecord(
         id="",
-        name=spec.name,
+        name=unkeyed_name(spec.name, "name", "a key's name"),
         secret_hash="",
         created_at=now,
-        models=spec.models or ["*"],
+        models=[unkeyed_name(pattern, "models", "a model pattern") for pattern in spec.models or ["*"]],
         budget_usd=spec.budget_usd,
         budget_period=spec.budget_period,
         expires_at=now + spec.expires_in_seconds if spec.expires_in_seconds else None,

@@ -19,6 +19,7 @@ from handler.pipeline.pricing import Cost, PromptEstimate, usd
 from handler.pipeline.routing import Attempt, RouteControls
 from handler.ports import KeyRecord, LedgerItem
 from handler.records import Value
+from handler.redaction import names_clipped
 
 if TYPE_CHECKING:
     from handler.schemas import Usage
@@ -190,9 +191,10 @@ class Exchange:
         if self.route:
             headers["x-gateway-route"] = ", ".join(self.route)
         if self.dropped or self.inbound_dropped:
-            # The names come from the client's body: percent-encoded, a header value stays Latin-1 with no CR/LF
-            # and the list's commas stay separators; the brackets of `tools[web_search]` are kept as written.
-            names = [*self.inbound_dropped, *self.dropped]
+            # The names come from the client's body: redacted and clipped as any name it chose (a field named by
+            # its key was echoed whole, on a 200), then percent-encoded, so a header value stays Latin-1 with no
+            # CR/LF and the list's commas stay separators; the brackets of `tools[web_search]` are kept as written.
+            names = names_clipped([*self.inbound_dropped, *self.dropped])
             headers["x-gateway-dropped-params"] = ",".join(urllib.parse.quote(n, safe="[]") for n in names)
         if self.cost is not None:
             provider = self.cost.provider_usd

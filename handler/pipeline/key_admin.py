@@ -20,7 +20,7 @@ from handler.errors import AuthenticationError, InvalidRequestError, PermissionD
 from handler.pipeline.keys import ID_LENGTH, KeyService, format_key, hash_secret, network
 from handler.ports import ChildLimitReached, ConflictError, KeyRecord, Store, family_root
 from handler.records import Value
-from handler.redaction import REDACTED
+from handler.redaction import REDACTED, unkeyed
 
 ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
 
@@ -119,6 +119,19 @@ def glob_within(child: str, parent: str) -> bool:
     return within(0, 0)
 
 
+def unkeyed_name(name: str, param: str, what: str) -> str:
+    """`name`, one a key's creator chose (`what`: the key's name, a model pattern of its scopes), unless it holds a key
+    or a known secret (as `unkeyed` finds them): then a 400 naming `param`, not the name. Each is shown as stored in
+    every admin's key list, and a key's name in the usage reports grouped by key (the dashboard's tables, their CSV)
+    and in its parent's `/v1/usage`: a holder that named a child `agent gwk_...` put its own key in all of them, as
+    a tag's name would have (`handler.pipeline.attribution.tag_name`)."""
+    if unkeyed(name) != name:
+        raise InvalidRequestError(
+            f"{what} may not hold a key or a secret (every admin's key list and usage report shows it)", param=param
+        )
+    return name
+
+
 def validate_networks(networks: list[str]) -> list[str]:
     out = []
     for net in networks:
@@ -196,11 +209,12 @@ async def with_descendants(store: Store, key_id: str, root_home: str | None = No
 
 
 async def key_names(lookup: Callable[[str], Awaitable[KeyRecord | None]], key_ids: Iterable[str]) -> dict[str, str]:
-    """The names of the keys `key_ids`, for reports (a key deleted since has none)."""
+    """The names of the keys `key_ids`, for reports (a key deleted since has none), each with any key in it redacted:
+    a key named before such names were refused (`unkeyed_name`) showed it in every report grouped by key."""
     names = {}
     for key_id in set(key_ids):
         record = await lookup(key_id)
-        names[key_id] = record.name if record is not None else ""
+        names[key_id] = unkeyed(record.name) if record is not None else ""
     return names
 
 

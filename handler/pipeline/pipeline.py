@@ -59,7 +59,7 @@ from handler.pipeline.pricing import (
 from handler.pipeline.routing import Attempt, Plan
 from handler.pipeline.upstream import UpstreamResponse
 from handler.ports import BuiltRequest, LedgerItem, NativeCall, Served, StoreError, ThreadAnswer, as_client_named
-from handler.redaction import clipped, unkeyed
+from handler.redaction import clipped, names_clipped, unkeyed
 from handler.schemas import LATER_MODULES, ChatCompletion, ChatRequest, Usage
 from handler.telemetry.observability import span
 from handler.wire import OVERLOADED, SHAPE_ERRORS, error_answer, json_body, malformed, misshapen
@@ -844,10 +844,10 @@ class Pipeline(Charges):
                     self._tier_priced(ex, attempt, built.dropped)
                 key = attempt.adapter.secret  # (the key `built` carries: a 401 may have it read again)
                 if built.dropped and ex.controls.strict:
-                    named = ", ".join(built.dropped)
+                    named = names_clipped(built.dropped)  # (the client's names, as the header would carry them)
                     raise StrictParamsError(
-                        f"{attempt.target.provider} cannot honour: {named} (x-gateway-strict is on)",
-                        param=built.dropped[0],
+                        f"{attempt.target.provider} cannot honour: {', '.join(named)} (x-gateway-strict is on)",
+                        param=named[0],
                     )
             except InvalidRequestError as cannot:
                 # This deployment's provider cannot take the request as written (an image by URL for Bedrock, an

@@ -1398,6 +1398,52 @@ def test_a_key_in_default_tags_stored_before_they_were_checked_reaches_no_line_n
     assert httpx.get(f"{gw.url}/v1/key", headers=auth(tagged)).json()["line_tags"] == kept
 
 
+def test_a_key_or_a_secret_in_a_keys_name_or_model_patterns_is_refused_unsaid(gw: Running) -> None:
+    """`POST /v1/keys {"name": "agent gwk_..."}` was a 201, and the name shown as given in every admin's key list,
+    in `/admin/usage` and the parent's `/v1/usage` grouped by key (JSON and CSV: the dashboard's tables), as a key's
+    model patterns were in the key list (review). A name or a pattern holding a key or a known secret is a 400
+    naming its field and not the key, on both ways of making a key (the command line's: `test_cli.py`)."""
+    key, admin = gw.mint(), gw.mint(admin=True)
+    secret = key.split("_", 2)[2]
+    body = key.removeprefix("gwk_")
+    for held, said in ((key, secret), (body, secret), (PROXY_KEY, PROXY_KEY)):
+        for spec, param in (
+            ({"name": f"agent {held}"}, "name"),
+            ({"name": "k", "models": ["gpt-test", f"{held}*"]}, "models"),
+            ({"name": "k", "model_limits": {held: {"rpm": 1}}}, "model_limits"),
+        ):
+            for path, who in (("/v1/keys", key), ("/admin/keys", admin)):
+                refused = post(gw, path, who, spec)
+                assert refused.status_code == 400, (path, spec, refused.text)
+                assert refused.json()["error"]["param"] == param and said not in refused.text, refused.text
+    assert post(gw, "/v1/keys", key, {"name": "agent ci-7", "models": ["gpt-*"]}).status_code == 201
+
+
+def test_a_key_in_a_keys_name_stored_before_it_was_refused_reaches_no_view_nor_report(gw: Running) -> None:
+    """A key named (or scoped) with a key before such names were refused shows it redacted wherever the key is shown:
+    the key lists, the key's own view, and the reports grouped by key (JSON and CSV)."""
+    other = gw.mint()
+    secret, body = other.split("_", 2)[2], other.removeprefix("gwk_")
+    # (Written as it is, without the checks of the key API, as a record of an earlier version was.)
+    named = gw.mint(name=f"agent {other}", models=["gpt-test", f"{body}*"], model_limits={other: {"rpm": 100}})
+    admin = gw.mint(admin=True)
+    assert chat(gw, named).status_code == 200
+    views = [
+        ("/v1/key", named),
+        ("/v1/usage?group_by=key", named),
+        ("/v1/usage?group_by=key&format=csv", named),
+        (f"/admin/keys/{key_id_of(named)}", admin),
+        ("/admin/keys", admin),
+        (f"/admin/usage?group_by=key&key={key_id_of(named)}", admin),
+        (f"/admin/usage?group_by=key&key={key_id_of(named)}&format=csv", admin),
+    ]
+    for path, who in views:
+        shown = httpx.get(f"{gw.url}{path}", headers=auth(who))
+        assert shown.status_code == 200 and secret not in shown.text and "agent [REDACTED]" in shown.text, path
+    view = httpx.get(f"{gw.url}/v1/key", headers=auth(named)).json()
+    assert view["models"] == ["gpt-test", "[REDACTED]*"] and view["model_limits"] == {"[REDACTED]": {"rpm": 100}}
+
+
 def test_reports_filter_by_tag_user_and_session_with_cache_and_reasoning_columns(gw: Running) -> None:
     key = gw.mint()
     sent = [

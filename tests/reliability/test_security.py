@@ -82,6 +82,48 @@ def test_no_secret_in_logs_errors_headers_or_ledger(
     assert not any(s in ledger for s in secrets)
 
 
+def test_a_key_where_a_name_belongs_is_in_no_errors_param(running: Running, key: str) -> None:
+    """A client that puts its key where the gateway echoes a name (a tag's name in a child's spec, a tool's type, an
+    `include`): the 400's message said `[REDACTED]` and its `param` beside it the key whole (review), in OpenAI's
+    shape and in a Responses stream's `error` event alike (they read the same error)."""
+    secret = key.split("_", 2)[2]
+    strict = {**auth(key), "x-gateway-strict": "true"}
+    hi = {"model": "vllm-llama", "input": "Hi"}  # (a server without the Responses API: translated)
+    refused = [
+        ("tags.[REDACTED]", "/v1/keys", {"name": "child", "tags": {key: 5}}, auth(key)),
+        ("model_limits.[REDACTED].rpm", "/v1/keys", {"name": "child", "model_limits": {key: {"rpm": "x"}}}, auth(key)),
+        ("tools[[REDACTED]]", "/v1/responses", {**hi, "tools": [{"type": key}]}, strict),
+        ("include[[REDACTED]]", "/v1/responses", {**hi, "include": [key]}, strict),
+    ]
+    for param, path, body, headers in refused:
+        answer = httpx.post(f"{running.url}{path}", json=body, headers=headers, timeout=15)
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == param, answer.text
+        assert secret not in answer.text, answer.text
+    # Anthropic's shape has no `param`: its message alone names the tool, redacted as it was.
+    body = {"model": "gpt-4o-mini", "max_tokens": 10, "messages": HI, "tools": [{"type": key, "name": "t"}]}
+    answer = httpx.post(f"{running.url}/v1/messages", json=body, headers=strict, timeout=15)
+    assert answer.status_code == 400 and secret not in answer.text, answer.text
+
+
+def test_a_key_where_a_name_belongs_is_not_in_the_dropped_params_header(running: Running, key: str) -> None:
+    """`x-gateway-dropped-params` names what the translation left out in the client's own words: a Messages field
+    named by the key, a Responses `include` or tool type holding it were listed whole, on a 200 (review). Each name
+    is redacted, with or without its `gwk_`, and clipped to 256 characters as an echoed model name is."""
+    secret, body = key.split("_", 2)[2], key.removeprefix("gwk_")
+    sent = [
+        ("/v1/messages", {"model": "gpt-4o-mini", "max_tokens": 10, "messages": HI, key: 1}, "[REDACTED]"),
+        ("/v1/messages", {"model": "gpt-4o-mini", "max_tokens": 10, "messages": HI, f"x-{body}": 1}, "x-[REDACTED]"),
+        ("/v1/responses", {"model": "vllm-llama", "input": "Hi", "include": [key]}, "include[[REDACTED]]"),
+        ("/v1/responses", {"model": "vllm-llama", "input": "Hi", "tools": [{"type": body}]}, "tools[[REDACTED]]"),
+        ("/v1/messages", {"model": "gpt-4o-mini", "max_tokens": 10, "messages": HI, "f" * 5000: 1}, "f" * 256),
+    ]
+    for path, request, named in sent:
+        answer = httpx.post(f"{running.url}{path}", json=request, headers=auth(key), timeout=15)
+        assert answer.status_code == 200, answer.text
+        dropped = answer.headers["x-gateway-dropped-params"].split(",")
+        assert named in dropped and secret not in repr(answer.headers), dropped
+
+
 def test_client_auth_and_hop_by_hop_headers_never_reach_the_upstream(running: Running, key: str) -> None:
     recorded = running.fakes["openai"].state.requests
     before = len(recorded)

@@ -17,6 +17,16 @@ def test_dropped_params_are_listed_as_named_with_anything_unsafe_percent_encoded
     )
 
 
+def test_dropped_params_hold_no_key_and_no_name_past_256_characters() -> None:
+    """The names are the client's (a field, an `include`, a tool's type): one holding a key, with or without its
+    `gwk_`, was listed whole on a 200 (review); one of 5,000 characters made a header of 5,000."""
+    key = KeyRecord(id="abcdefghijkm", name="n", secret_hash="h", created_at=0)
+    held = "gwk_abcdefghijkm_" + "S3cr3t" * 7 + "S"  # (a secret of 43 characters, as minted)
+    ex = Exchange("req_1", key, "m", Controls(), inbound_dropped=[f"include[{held}]", "f" * 5000])
+    ex.dropped = [f"x-{held.removeprefix('gwk_')}", "seed"]
+    assert ex.headers()["x-gateway-dropped-params"] == f"include[[REDACTED]],{'f' * 256},x-[REDACTED],seed"
+
+
 def test_a_refusal_counts_in_the_estimate_of_an_answer_without_usage() -> None:
     """An answer without usage is charged an estimate of what it generated; a refusal's text (a blocked prompt's
     answer) counted as nothing, so a refused answer was estimated free of output."""
