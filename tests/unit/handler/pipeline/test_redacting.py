@@ -258,3 +258,14 @@ def test_where_a_secret_was_in_the_text_written_again_is_kept_for_the_relay() ->
     assert [orjson.loads(e.data)["delta"] for e in out] == ["the ", f"{REDACTED} is {REDACTED} ok"]
     assert redactor.placed == {written: [(0, len(SECRET)), (len(SECRET) + 4, len(SECRET))]}  # (in what it said)
     assert EventRedactor(messages_delta, messages_within).placed is None  # (kept for a relay that reads it alone)
+
+
+def test_audio_between_two_deltas_of_its_transcript_waits_with_them() -> None:
+    def said(kind: str, sequence: int, delta: str) -> StreamEvent:
+        return StreamEvent(kind, orjson.dumps({"type": kind, "sequence_number": sequence, "delta": delta}))
+
+    redactor = EventRedactor(responses_delta, responses_within)
+    audio = said("response.audio.delta", 2, "UklGRiQAAABXQVZF")
+    out = redactor.relay([said("response.audio.transcript.delta", 1, "key " + SECRET[:5]), audio])
+    out += redactor.relay([said("response.audio.transcript.delta", 3, SECRET[5:] + ".")])
+    assert [orjson.loads(e.data)["delta"] for e in out] == [f"key {REDACTED}.", "UklGRiQAAABXQVZF"] and out[1] is audio
