@@ -399,6 +399,36 @@ def secret_start(text: str) -> int:
     return held
 
 
+def redactions(text: str) -> list[tuple[int, int]]:
+    """Where the known secrets are in `text`, as `withheld` redacts them: each one's start and length, in order. (What
+    a position in a text means once it is redacted: a Responses annotation's, `client_position`.)"""
+    if _firsts.isdisjoint(text) or len(text) < _shortest:
+        return []
+    found: list[tuple[int, int]] = []
+    for secret in _secrets:  # (the longest first, as `withheld` replaces them: one within another is not found)
+        at = text.find(secret)
+        while at != -1:
+            end = at + len(secret)
+            if all(end <= start or start + length <= at for start, length in found):
+                found.append((at, len(secret)))
+            at = text.find(secret, end)
+    return sorted(found)
+
+
+def client_position(redacted: list[tuple[int, int]], position: int, end: bool = False) -> int:
+    """`position` in a text as the client has it once the secrets `redactions` found in it are `REDACTED`: moved by
+    what each redaction before it took out or put in; one within a secret is the redaction's start (its end, for
+    the `end` of a span)."""
+    moved = 0
+    for start, length in redacted:
+        if position <= start:
+            break
+        if position < start + length:
+            return start + moved + (len(REDACTED) if end else 0)
+        moved += len(REDACTED) - length
+    return position + moved
+
+
 def withheld(text: str) -> tuple[str, str]:
     """`text` without the known secrets, cut where its end could begin one: what may go, and what to hold back.
     (A delta with none of the secrets' first characters, the usual one, costs a set's look-up of each of its

@@ -28,8 +28,9 @@ from handler.api.responses_api import (
 from handler.api.streaming import sse_event
 from handler.errors import GatewayError
 from handler.pipeline.exchange import Exchange
-from handler.pipeline.passthrough import NativeStream, guarded, sse_frame
+from handler.pipeline.passthrough import OUTPUT_TEXT_DELTA, NativeStream, guarded, sse_frame
 from handler.ports import RESPONSES_API, NativeCall
+from handler.redaction import REDACTED, client_position, redactions, withheld
 from handler.wire import (
     ISSUED_PREFIX,
     RESPONSES_TERMINAL,
@@ -44,6 +45,8 @@ Finished = Callable[[dict[str, Any]], Awaitable[None]]
 # The stream events that carry a whole output item (a reasoning item's `encrypted_content` among its members).
 ITEM_EVENTS = frozenset({"response.output_item.added", "response.output_item.done"})
 ARGUMENTS_DONE = "response.function_call_arguments.done"
+ANNOTATION_ADDED = "response.output_text.annotation.added"
+PART_DONE = "response.content_part.done"
 # The events that carry the response in progress, before the terminal one.
 LIFECYCLE_EVENTS = frozenset({"response.created", "response.queued", "response.in_progress"})
 
@@ -126,8 +129,12 @@ class Relay:
         return marked is not sealed
 
     def item_out(self, item: Any) -> bool:
-        """An output item as the client's (`reasoning_out`, `call_out`); whether it changed."""
+        """An output item as the client's (`reasoning_out`, `call_out`, its text's annotations `placed`); whether it
+        changed."""
         changed = self.reasoning_out(item)
+        if isinstance(item, dict) and item.get("type") == "message" and isinstance(item.get("content"), list):
+            for part in item["content"]:
+                changed = placed(part) or changed
         return self.call_out(item) or changed
 
     def call_out(self, item: Any) -> bool:
@@ -228,6 +235,7 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
 
     async def events() -> AsyncGenerator[bytes]:
         terminal: tuple[str, dict[str, Any], dict[str, Any]] | None = None
+        redacted = stream.redactor.placed  # (where secrets were redacted from the text deltas written again)
         async for batch in stream.batches():
             out = b""
             for event in batch:
@@ -248,11 +256,17 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
                     out += sse_event(event.event or kind, payload)
                 elif kind == ARGUMENTS_DONE and relay.call_out(payload):  # (it names the function now)
                     out += sse_event(event.event or kind, payload)
+                elif kind == ANNOTATION_ADDED and progress.placed(payload):
+                    out += sse_event(event.event or kind, payload)
+                elif kind == PART_DONE and placed(payload.get("part")):
+                    out += sse_event(event.event or kind, payload)
                 elif kind == "error":  # the provider's failure, in its own words: redacted as an error answer's
                     redact_error(payload)
                     out += sse_event(event.event or kind, payload)
                 else:
                     out += sse_frame(event)
+                if redacted and (secrets := redacted.pop(event, None)) and kind == OUTPUT_TEXT_DELTA:
+                    progress.redacted(payload, secrets)
                 if kind in OUTPUT_EVENTS:
                     progress.output.feed(kind, payload)
             if out:
@@ -301,6 +315,39 @@ def failed_status(error: Any) -> int:
     return 400 if code.startswith("invalid") else 502
 
 
+# An annotation's positions in its output text (`url_citation`'s span, `file_citation`'s `index`), and whether each
+# ends a span.
+POSITIONS = (("start_index", False), ("end_index", True), ("index", False))
+
+
+def placed(part: Any) -> bool:
+    """An output text part with annotations, whose positions are in its text as the provider wrote it: the text
+    redacted now (as `scrub` would write it) and the positions moved to where they are in it; whether it changed.
+    (Once: a part that passes here again, a stream's that broke off, has no secret left to move them past.)"""
+    if not isinstance(part, dict) or not part.get("annotations") or not isinstance(part.get("text"), str):
+        return False
+    secrets = redactions(part["text"])
+    if not secrets:
+        return False
+    positions_moved(part["annotations"], secrets)
+    part["text"] = "".join(withheld(part["text"]))
+    return True
+
+
+def positions_moved(annotations: Any, secrets: list[tuple[int, int]]) -> bool:
+    """`annotations` (one, or a list) with their positions moved past the `secrets` redacted before them
+    (`client_position`), in place; whether any moved."""
+    moved = False
+    for annotation in annotations if isinstance(annotations, list) else [annotations]:
+        if not isinstance(annotation, dict):
+            continue
+        for name, end in POSITIONS:
+            at = annotation.get(name)
+            if isinstance(at, int) and not isinstance(at, bool) and (there := client_position(secrets, at, end)) != at:
+                annotation[name], moved = there, True
+    return moved
+
+
 class _Progress:
     """What the client was sent of a stream: the last `sequence_number` (the gateway's own closing events number
     on from it), the response in progress as the provider last gave it (its closing `response.failed` is that
@@ -311,10 +358,31 @@ class _Progress:
         self.last = -1
         self.response: dict[str, Any] | None = None
         self.output = StreamedOutput()
+        # Where secrets were redacted from an output text so far, by output and content index: each one's start and
+        # length in the text as the provider wrote it (`redactions`), for its annotations' positions (`placed`).
+        self.secrets: dict[tuple[int, int], list[tuple[int, int]]] = {}
 
     def next(self) -> int:
         self.last += 1
         return self.last
+
+    def redacted(self, delta: dict[str, Any], secrets: list[tuple[int, int]]) -> None:
+        """An output text's delta the gateway wrote again, and where the secrets it redacted were in what the
+        provider wrote of it (`EventRedactor.placed`), before the client's text so far has it (`output`)."""
+        index, part = delta.get("output_index"), delta.get("content_index")
+        if not isinstance(index, int) or not isinstance(part, int):
+            return
+        known = self.secrets.setdefault((index, part), [])
+        pieces = self.output.pieces.get((index, "content", part, "text"), ())
+        said = sum(map(len, pieces)) + sum(length - len(REDACTED) for _, length in known)  # (the provider's so far)
+        known += [(said + start, length) for start, length in secrets]
+
+    def placed(self, added: dict[str, Any]) -> bool:
+        """An annotation added to an output text, its positions (in the text as the provider wrote it) moved to
+        where they are in the client's, if a secret was redacted before them; whether it changed."""
+        index, part = added.get("output_index"), added.get("content_index")
+        secrets = self.secrets.get((index, part)) if isinstance(index, int) and isinstance(part, int) else None
+        return secrets is not None and positions_moved(added.get("annotation"), secrets)
 
 
 # The events that build a Responses stream's output items, and what each delta adds to (the member of the item, the

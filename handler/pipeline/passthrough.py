@@ -331,9 +331,13 @@ class NativeStream(UpstreamStream[StreamEvent]):
         super().__init__(pipeline, ex, req, attempt, response)
         self.meter = attempt.adapter.native_meter(call)
         self.call = call
-        from handler.pipeline.redacting import EventRedactor, messages_delta, responses_delta  # (first stream)
+        from handler.pipeline import redacting  # (with the first stream)
 
-        self.redactor = EventRedactor(responses_delta if call.api == RESPONSES_API else messages_delta)
+        if call.api == RESPONSES_API:
+            # (an annotation's indices are positions in its text: `placed` says where secrets were redacted from it)
+            self.redactor = redacting.EventRedactor(redacting.responses_delta, redacting.responses_within, placed=True)
+        else:
+            self.redactor = redacting.EventRedactor(redacting.messages_delta, redacting.messages_within)
         self.api = call.api
 
     def _items(self, events: list[StreamEvent]) -> list[StreamEvent]:

@@ -10,7 +10,8 @@ choice finished, its block or item closed, the stream over) goes then: it is no 
   Messages and Responses translated from another provider);
 - `EventRedactor`, on a provider's own events passed through (a Messages stream from Anthropic, a Responses stream
   from OpenAI), holds back the events themselves: while nothing is redacted they go on as the provider wrote them,
-  later; an event that completes a secret is written again, with the events it was cut across joined into it.
+  later; an event that completes a secret is written again, with the events it was cut across joined into it. An
+  event of the same text that carries none of it (a citation, an annotation) waits with them, in its place.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import orjson
 
-from handler.redaction import withheld
+from handler.redaction import redactions, withheld
 from handler.wire import MESSAGES_DELTA_TEXT, StreamEvent
 
 if TYPE_CHECKING:
@@ -154,6 +155,8 @@ def _chunk(like: ChatCompletionChunk, choices: list[ChunkChoice]) -> ChatComplet
 # Where a delta's text is: the event's channel (what the client joins it with), and the object and member holding it.
 Located = tuple[Hashable, dict[str, Any], str]
 Locate = Callable[[StreamEvent], "tuple[Located, dict[str, Any]] | None"]
+# The channel of the text an event that carries none belongs to, without ending it (None: it belongs to none).
+Within = Callable[[StreamEvent], Hashable]
 
 # The Responses API's events that stream text (not `response.audio.delta`: audio, in base64 pieces).
 RESPONSES_DELTAS = frozenset(
@@ -174,6 +177,12 @@ RESPONSES_DELTAS = frozenset(
 # Events that may come between two deltas of one text and end nothing: Anthropic's `ping` ("any number of ping
 # events"), the Responses API's `keepalive`. They go on at once, ahead of the deltas held.
 PASSING = frozenset({"ping", "keepalive"})
+# The Responses API's events that belong to a text without ending it, and the delta event of that text: an annotation
+# of an output text (a citation, its indices positions in that text), audio beside its transcript.
+RESPONSES_WITHIN = {
+    "response.output_text.annotation.added": "response.output_text.delta",
+    "response.audio.delta": "response.audio.transcript.delta",
+}
 
 
 def messages_delta(event: StreamEvent) -> tuple[Located, dict[str, Any]] | None:
@@ -190,6 +199,15 @@ def messages_delta(event: StreamEvent) -> tuple[Located, dict[str, Any]] | None:
     return (payload.get("index"), delta, member), payload
 
 
+def messages_within(event: StreamEvent) -> Hashable:
+    """The block a Messages `content_block_delta` that carries no text belongs to (a `citations_delta` of a text
+    block, a thinking block's `signature_delta`): a block's text goes on until its `content_block_stop`."""
+    if event.event != "content_block_delta":
+        return None
+    payload = orjson.loads(event.data)
+    return payload.get("index") if isinstance(payload, dict) else None
+
+
 def responses_delta(event: StreamEvent) -> tuple[Located, dict[str, Any]] | None:
     """A Responses text delta's text: its item's part (by type, item, output, content and summary index)."""
     if event.event is not None and event.event not in RESPONSES_DELTAS:
@@ -204,16 +222,33 @@ def responses_delta(event: StreamEvent) -> tuple[Located, dict[str, Any]] | None
     return (where, payload, "delta"), payload
 
 
-class _Held:
-    """An event held back: its text, and its payload once the text was changed (it is then written again)."""
+def responses_within(event: StreamEvent) -> Hashable:
+    """The part of a Responses output an event that carries no text belongs to (`RESPONSES_WITHIN`), as
+    `responses_delta` names the part of that text's deltas."""
+    if event.event is not None and event.event not in RESPONSES_WITHIN:
+        return None
+    payload = orjson.loads(event.data)
+    if not isinstance(payload, dict):
+        return None
+    text = RESPONSES_WITHIN.get(str(payload.get("type")))
+    if text is None:
+        return None
+    get = payload.get
+    return (text, get("item_id"), get("output_index"), get("content_index"), get("summary_index"))
 
-    __slots__ = ("event", "payload", "place", "member", "text", "changed")
+
+class _Held:
+    """An event held back: its text, and its payload once the text was changed (it is then written again); what the
+    provider wrote of that text (`said`: the deltas joined into it, as they came)."""
+
+    __slots__ = ("event", "payload", "place", "member", "text", "said", "changed")
 
     def __init__(self, event: StreamEvent, located: Located, payload: dict[str, Any]) -> None:
         self.event = event
         self.payload = payload
         _, self.place, self.member = located
         self.text: str = self.place[self.member]
+        self.said = self.text
         self.changed = False
 
     def written(self) -> StreamEvent:
@@ -221,6 +256,21 @@ class _Held:
             return self.event
         self.place[self.member] = self.text
         return StreamEvent(self.event.event, orjson.dumps(self.payload))
+
+
+class _Alongside:
+    """An event of the held text's channel that carries none of it (`Within`), held in its place among the deltas
+    and written as it came."""
+
+    __slots__ = ("event",)
+    text = said = ""
+    changed = False
+
+    def __init__(self, event: StreamEvent) -> None:
+        self.event = event
+
+    def written(self) -> StreamEvent:
+        return self.event
 
 
 def _passes(located: Located) -> bool:
@@ -235,17 +285,26 @@ class EventRedactor:
 
     While the end of a channel's text could begin a secret, its events wait (`held`); any other event (but a ping),
     or the stream's end, sends them on as they are (the channel has ended, or another began: nothing of theirs joins
-    what follows).
+    what follows). An event of the channel that carries no text and does not end it (`within`: a citation, an
+    annotation) waits with them in its place (it let them go, and the client joined the text after it to the
+    beginning of a secret it had been sent: the secret whole).
     The events that complete a secret are joined into the first of them, its text redacted, and written again; the
-    others are left out (an SDK accumulates the same text).
+    others are left out (an SDK accumulates the same text), but for those that carry no text, which follow it as they
+    came (a Responses stream's `sequence_number`s stay in order). With `placed`, the redactor keeps where the secrets
+    were in the text of each event it writes again (`placed`, by event), for a relay that moves what gives a position
+    in that text (a Responses annotation's indices) to where it is in the client's.
     """
 
-    __slots__ = ("locate", "held", "channel")
+    __slots__ = ("locate", "within", "held", "channel", "placed")
 
-    def __init__(self, locate: Locate) -> None:
+    def __init__(self, locate: Locate, within: Within, placed: bool = False) -> None:
         self.locate = locate
-        self.held: list[_Held] = []
+        self.within = within
+        self.held: list[_Held | _Alongside] = []
         self.channel: Hashable = None
+        # The events written again, by event: where the secrets redacted in each were in what the provider wrote of
+        # its text (`redactions`), until the relay takes them.
+        self.placed: dict[StreamEvent, list[tuple[int, int]]] | None = {} if placed else None
 
     def relay(self, events: list[StreamEvent]) -> list[StreamEvent]:
         """The events that may go now, of `events` and of those held before."""
@@ -257,6 +316,9 @@ class EventRedactor:
                 found = None  # (the relay says what is wrong with it)
             if found is None:
                 if self.held and event.event not in PASSING:
+                    if self._within(event):
+                        self.held.append(_Alongside(event))
+                        continue
                     out += self.release()
                 out.append(event)
                 continue
@@ -274,7 +336,23 @@ class EventRedactor:
     def release(self) -> list[StreamEvent]:
         """The events held, to go now: their channel has ended."""
         held, self.held = self.held, []
-        return [h.written() for h in held]
+        return self._written(held)
+
+    def _written(self, held: list[_Held | _Alongside]) -> list[StreamEvent]:
+        """Events held, as they go: the first written again if it was redacted (the events a secret completed are
+        joined into the first held), and where, in `placed`."""
+        out = [h.written() for h in held]
+        if out and held[0].changed and self.placed is not None:
+            self.placed[out[0]] = redactions(held[0].said)
+        return out
+
+    def _within(self, event: StreamEvent) -> bool:
+        """Whether `event` carries none of the held channel's text and leaves it open (`within`)."""
+        try:
+            channel = self.within(event)
+        except orjson.JSONDecodeError:
+            return False  # (the relay says what is wrong with it)
+        return channel is not None and channel == self.channel
 
     def _add(self, event: _Held, out: list[StreamEvent]) -> None:
         held = self.held
@@ -282,11 +360,11 @@ class EventRedactor:
         joined = "".join(h.text for h in held)
         passed, rest = withheld(joined)
         if passed + rest != joined:
-            # A secret completed: the first event held carries the text of all, redacted (the others are left out),
-            # and waits as the others did if its end could begin a secret again.
+            # A secret completed: the first event held carries the text of all, redacted (the other deltas are left
+            # out, those without text follow it), and waits as the others did if its end could begin a secret again.
             first = held[0]
-            first.text, first.changed = passed + rest, True
-            self.held = [first]
+            first.text, first.said, first.changed = passed + rest, "".join(h.said for h in held), True
+            self.held = [first, *(h for h in held if isinstance(h, _Alongside))]
             if not rest:
                 out += self.release()
             return
@@ -297,7 +375,7 @@ class EventRedactor:
         start = 0
         for i, h in enumerate(held):
             if start + len(h.text) > len(passed):
-                out += [g.written() for g in held[:i]]
+                out += self._written(held[:i])
                 self.held = held[i:]
                 return
             start += len(h.text)

@@ -22,7 +22,14 @@ from collections.abc import Callable
 import orjson
 
 from handler import redaction
-from handler.pipeline.redacting import ChunkRedactor, EventRedactor, messages_delta, responses_delta
+from handler.pipeline.redacting import (
+    ChunkRedactor,
+    EventRedactor,
+    messages_delta,
+    messages_within,
+    responses_delta,
+    responses_within,
+)
 from handler.schemas import ChatCompletionChunk
 from handler.wire import StreamEvent
 
@@ -127,13 +134,13 @@ def main() -> None:
                 redactor.redact(batch, False, None)
 
         def passed_through(events: list[StreamEvent] = events) -> None:
-            redactor = EventRedactor(messages_delta)
+            redactor = EventRedactor(messages_delta, messages_within)
             for event in events:
                 redactor.relay([event])
             redactor.release()
 
         def responses_passed_through(events: list[StreamEvent] = responses) -> None:
-            redactor = EventRedactor(responses_delta)
+            redactor = EventRedactor(responses_delta, responses_within, placed=True)
             for event in events:
                 redactor.relay([event])
             redactor.release()

@@ -2,8 +2,9 @@
 search is billed, the stream cut or not), or after the provider counted the input (those counts are charged, only
 the output estimated, and the estimate no more than the output cap), and a Responses stream the provider ends with
 `response.failed` (its status, not a 200, in the ledger and the metrics); and what a stream that breaks off (its
-deadline passed, the provider's connection reset) tells its client it was charged. The upstreams here are scripted
-streams in the providers' documented event formats, paced where the test needs a stream still running."""
+deadline passed, the provider's connection reset, the server's own failure part way) tells its client it was
+charged. The upstreams here are scripted streams in the providers' documented event formats, paced where the test
+needs a stream still running."""
 
 from __future__ import annotations
 
@@ -322,9 +323,15 @@ def broken_events(path: bytes, model: str) -> list[bytes]:
     ]
 
 
+# The failure an OpenAI-compatible server (or a proxy) writes part way, in any API's stream: Chat Completions' in-stream
+# error, `{"error": ...}` with no `type` and no event name.
+UNTYPED_FAILURE = b'data: {"error": {"message": "The server had an error.", "type": "server_error"}}\n\n'
+
+
 def breaking(conn: socket.socket) -> None:
     """An upstream whose stream breaks off after a few words, as its model's name says: `stall-...` holds the
-    connection silent (until the gateway closes it, 5 s at most), `reset-...` resets it."""
+    connection silent (until the gateway closes it, 5 s at most), `reset-...` resets it, `error-...` ends it with
+    `UNTYPED_FAILURE`."""
     with conn:
         conn.settimeout(5)
         data = b""
@@ -336,11 +343,17 @@ def breaking(conn: socket.socket) -> None:
         while len(body) < length:
             body += conn.recv(65536)
         model = str(orjson.loads(body)["model"])
-        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        closing = b"connection: close\r\n" if model.startswith("error") else b""
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n" + closing + b"\r\n"
+        )
         for event in broken_events(lines[0].split(b" ")[1], model):
             conn.sendall(b"%x\r\n" % len(event) + event + b"\r\n")
         if model.startswith("reset"):
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return
+        if closing:  # (the stream's end, and the connection's)
+            conn.sendall(b"%x\r\n" % len(UNTYPED_FAILURE) + UNTYPED_FAILURE + b"\r\n0\r\n\r\n")
             return
         try:
             conn.recv(1)  # (the gateway closing it, or the timeout)
@@ -465,7 +478,7 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         "breaking-native": {**native("x"), "base_url": f"{breaker.url}/v1"},
         "breaking-anthropic": {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": breaker.url},
     }
-    for fault in ("stall", "reset"):
+    for fault in BROKEN:
         for case, provider in BREAKING_CASES.items():
             deployment = {"provider": provider, "model": f"{fault}-{case}"}
             data["models"][f"broken-{fault}-{case}"] = {"deployments": [deployment], "price": BROKEN_PRICE}
@@ -913,8 +926,11 @@ def charged_as(cost: dict[str, Any], line: LedgerItem) -> None:
     assert line.cost_usd > 0
 
 
-# How each way of breaking off ends the stream: its status (the ledger line's) and error code.
-BROKEN = {"stall": (504, "upstream_timeout"), "reset": (502, "upstream_error")}
+# How each way of breaking off ends the stream: its status (the ledger line's) and error code. The server's own
+# failure part way ends every API's stream alike, in the gateway's words (the server's quoted in them): passed
+# through, a Messages or Responses stream relayed it as it came, the key it may quote back with it, and ended as one
+# cut short.
+BROKEN = {"stall": (504, "upstream_timeout"), "reset": (502, "upstream_error"), "error": (502, "upstream_error")}
 BROKEN_HEADERS = {"x-gateway-deadline-ms": str(BROKEN_DEADLINE_MS)}
 
 
@@ -937,6 +953,7 @@ def test_a_chat_stream_that_breaks_off_says_what_it_was_charged(scripted: Runnin
     assert "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in chunks) == "".join(BROKEN_WORDS)
     status, code = BROKEN[fault]
     assert last["error"]["code"] == code
+    assert ("The server had an error." in last["error"]["message"]) == (fault == "error")
     [line] = scripted.ledger(key)
     assert (line.status, line.cost_source) == (status, "estimate")
     charged_as(last["cost"], line)
@@ -966,6 +983,7 @@ def test_a_messages_stream_that_breaks_off_says_what_it_was_charged(scripted: Ru
     event = raised.value.body
     assert isinstance(event, dict) and event["type"] == "error"
     assert event["error"]["type"] == ("timeout_error" if fault == "stall" else "api_error")
+    assert ("The server had an error." in event["error"]["message"]) == (fault == "error")
     status, _ = BROKEN[fault]
     [line] = scripted.ledger(key)
     assert (line.status, line.cost_source) == (status, "estimate")
@@ -996,6 +1014,7 @@ def test_a_responses_stream_that_breaks_off_fails_with_what_was_streamed_and_cha
     status, code = BROKEN[fault]
     error, failed = events[-2:]
     assert (error.type, error.code, failed.type) == ("error", code, "response.failed")  # type: ignore[union-attr]
+    assert ("The server had an error." in error.message) == (fault == "error")  # type: ignore[union-attr]
     response = failed.response  # type: ignore[union-attr]
     assert response.status == "failed" and response.error is not None and response.error.code == code
     [message] = response.output

@@ -14,13 +14,16 @@ from typing import Any
 
 import anthropic
 import httpx
+import httpx2
 import openai
 import orjson
 import pytest
 
 from handler import redaction
+from handler.api.app import create_app
 from tests.functional.agents_gateway import agents_gateway
 from tests.functional.conftest import FAKE_KEYS, Running
+from tests.support.inprocess import PROVIDER_KEYS, serve
 
 PROVIDER_KEY = FAKE_KEYS["OPENAI_API_KEY"]  # the gateway holds it: registered at start-up
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # AWS's documented example; its `/` an encoder may escape
@@ -215,3 +218,192 @@ def test_a_stored_response_keeps_no_secret_the_model_said(agents: Running, model
     body = asyncio.run(stored())
     assert SHOWN.encode() in body  # (the answer is there, as the client saw it)
     assert_secret_free(body)
+
+
+# --- a citation or an annotation between two deltas of the secret -------------------------------------------------
+# A provider's own stream passed through, scripted (`tests.support.inprocess`): its text cut inside the key, with an
+# event of the same text that carries none of it between the halves. Each event had let the first half go, and the
+# SDK, which joins a block's (or a part's) text deltas whatever comes between them, held the key whole.
+
+SCRIPTED_KEY = PROVIDER_KEYS["OPENAI_API_KEY"]  # the scripted deployments' key: a secret the gateway knows
+CITED = f"The key is {SCRIPTED_KEY} as cited."
+CITED_SHOWN = "The key is [REDACTED] as cited."
+CITATION = {
+    "type": "char_location",
+    "cited_text": "The",
+    "document_index": 0,
+    "document_title": "Keys",
+    "start_char_index": 0,
+    "end_char_index": 3,
+}
+ANNOTATION = {"type": "url_citation", "url": "https://example.com/", "title": "x", "start_index": 0, "end_index": 3}
+GPT = {"gpt": {"deployments": [{"provider": "openai", "model": "gpt-x"}], "price": {"input": 1, "output": 2}}}
+
+
+def sse_events(events: list[tuple[str, dict[str, Any]]]) -> Any:
+    body = b"".join(b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n" for name, data in events)
+    return lambda request: httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+
+def cited_message(between: list[dict[str, Any]]) -> Any:
+    """Anthropic's stream of a text block with citations (`citations_delta`), its text cut inside the key."""
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x", "content": []}
+    message |= {"stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 1}}
+    block = {"type": "text", "text": "", "citations": []}
+    ended = {"stop_reason": "end_turn", "stop_sequence": None}
+    deltas = [{"type": "text_delta", "text": CITED[:20]}, *between, {"type": "text_delta", "text": CITED[20:]}]
+    return sse_events(
+        [
+            ("message_start", {"type": "message_start", "message": message}),
+            ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block}),
+            *(("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d}) for d in deltas),
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ("message_delta", {"type": "message_delta", "delta": ended, "usage": {"output_tokens": 10}}),
+            ("message_stop", {"type": "message_stop"}),
+        ]
+    )
+
+
+@pytest.mark.parametrize("cited", [False, True], ids=["deltas_alone", "a_citation_between"])
+async def test_a_passed_through_messages_stream_redacts_a_secret_cut_around_a_citation(cited: bool) -> None:
+    between = [{"type": "citations_delta", "citation": CITATION}] if cited else []
+    served = await serve(
+        cited_message(between),
+        {"claude": {"deployments": [{"provider": "openai", "model": "claude-x"}], "price": {"input": 1, "output": 2}}},
+        provider={"type": "anthropic", "api_key": "env:OPENAI_API_KEY", "base_url": "http://up"},
+    )
+    asgi = anthropic.DefaultAsyncHttpxClient(transport=httpx2.ASGITransport(app=create_app(served.gateway)))
+    sdk = anthropic.AsyncAnthropic(base_url="http://gw", api_key=served.key.key, http_client=asgi)
+    asked: Any = {"model": "claude", "max_tokens": 100, "messages": [{"role": "user", "content": "Cite it."}]}
+    async with sdk.messages.stream(**asked) as stream:
+        deltas = [text async for text in stream.text_stream]
+        final = await stream.get_final_message()
+    await served.gateway.aclose()
+    [block] = final.content
+    assert block.type == "text" and block.text == "".join(deltas) == CITED_SHOWN
+    assert [citation.model_dump(exclude_none=True) for citation in block.citations or ()] == (
+        [CITATION] if cited else []
+    )
+
+
+def url_citation(word: str) -> dict[str, Any]:
+    """A `url_citation` of `word` in `CITED`, as the provider gives it: its positions in the text it wrote."""
+    at = CITED.index(word)
+    return {"type": "url_citation", "url": f"https://example.com/{word}", "title": word, "start_index": at} | {
+        "end_index": at + len(word)
+    }
+
+
+CITING = ["The", "cited"]  # (a word before the key, and one after it)
+NATIVE_GPT = {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": "http://up/v1", "responses_api": "native"}
+
+
+def annotated_response(between: bool) -> Any:
+    """OpenAI's stream of a message whose text cites `CITING` (each `response.output_text.annotation.added` after the
+    word it cites, the first of them, with `between`, between two deltas of the key), its text cut inside the key."""
+    where = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+    item = {"id": "msg_1", "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+    annotations = [url_citation(word) for word in CITING] if between else []
+    text = {"type": "output_text", "text": CITED, "annotations": annotations}
+    done = {**item, "status": "completed", "content": [text]}
+    added = [
+        {"type": "response.output_text.annotation.added", **where, "annotation_index": n, "annotation": annotation}
+        for n, annotation in enumerate(annotations)
+    ]
+    response = {"id": "resp_1", "object": "response", "created_at": 1, "model": "gpt-x", "output": []}
+    usage = {"input_tokens": 5, "output_tokens": 10, "total_tokens": 15}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": {**response, "status": "in_progress"}},
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
+        {"type": "response.content_part.added", **where, "part": {**text, "text": "", "annotations": []}},
+        {"type": "response.output_text.delta", **where, "delta": CITED[:20]},
+        *added[:1],
+        {"type": "response.output_text.delta", **where, "delta": CITED[20:]},
+        *added[1:],
+        {"type": "response.output_text.done", **where, "text": CITED},
+        {"type": "response.content_part.done", **where, "part": text},
+        {"type": "response.output_item.done", "output_index": 0, "item": done},
+        {
+            "type": "response.completed",
+            "response": {**response, "status": "completed", "output": [done], "usage": usage},
+        },
+    ]
+    return sse_events([(e["type"], {**e, "sequence_number": n}) for n, e in enumerate(events)])
+
+
+def cites(text: str, annotations: list[Any]) -> list[str]:
+    """What each annotation's positions mark in `text`."""
+    return [text[annotation.start_index : annotation.end_index] for annotation in annotations]
+
+
+@pytest.mark.parametrize("annotated", [False, True], ids=["deltas_alone", "an_annotation_between"])
+async def test_a_passed_through_responses_stream_redacts_a_secret_cut_around_an_annotation(annotated: bool) -> None:
+    """The annotations stay where they came, after the text they cite (the stream's `sequence_number`s in order),
+    and cite the words they cited: their positions, in the text the provider wrote, are moved past the key's
+    redaction, in the events that add them and in the finished and stored response (`cited` was cited as `sited.`)."""
+    served = await serve(annotated_response(annotated), GPT, provider=NATIVE_GPT)
+    sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key=served.key.key, http_client=served.http)
+    async with sdk.responses.stream(model="gpt", input="Cite it.") as stream:
+        events = [event async for event in stream]
+        final = await stream.get_final_response()
+    stored = await sdk.responses.retrieve(final.id)
+    await served.gateway.aclose()
+    deltas = [event.delta for event in events if event.type == "response.output_text.delta"]
+    assert final.output_text == "".join(deltas) == stored.output_text == CITED_SHOWN
+    sequence = [event.sequence_number for event in events]
+    assert sequence == sorted(set(sequence))  # (the deltas the key was cut across joined into the first)
+    kinds = [event.type.removeprefix("response.output_text.") for event in events]
+    assert [kind for kind in kinds if kind in ("delta", "annotation.added")] == ["delta"] + ["annotation.added"] * (
+        2 * annotated
+    )  # (the two deltas joined into the first, then the annotations in their order)
+    added = [event.annotation for event in events if event.type == "response.output_text.annotation.added"]
+    cited = CITING if annotated else []
+    for given in (added, final.output[0].content[0].annotations, stored.output[0].content[0].annotations):  # type: ignore[union-attr]
+        assert cites(CITED_SHOWN, given) == cited
+
+
+async def test_a_passed_through_answer_s_annotations_cite_what_they_cited_once_the_key_is_redacted() -> None:
+    text = {"type": "output_text", "text": CITED, "annotations": [url_citation(word) for word in CITING]}
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed", "content": [text]}
+    answer = {"id": "resp_1", "object": "response", "created_at": 1, "model": "gpt-x", "status": "completed"}
+    answer |= {"output": [message], "usage": {"input_tokens": 5, "output_tokens": 10, "total_tokens": 15}}
+    served = await serve(lambda request: httpx.Response(200, json=answer), GPT, provider=NATIVE_GPT)
+    sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key=served.key.key, http_client=served.http)
+    whole = await sdk.responses.create(model="gpt", input="Cite it.")
+    stored = await sdk.responses.retrieve(whole.id)
+    await served.gateway.aclose()
+    for response in (whole, stored):
+        assert response.output_text == CITED_SHOWN
+        assert cites(CITED_SHOWN, response.output[0].content[0].annotations) == CITING  # type: ignore[union-attr]
+
+
+def annotated_chunks(annotated: bool) -> Any:
+    """OpenAI's Chat Completions stream of an answer with an annotation (a search model's `url_citation`), in a delta
+    of its own between two deltas of the text, cut inside the key."""
+    chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-x"}
+    cited = {name: value for name, value in ANNOTATION.items() if name != "type"}
+    annotations = [{"type": "url_citation", "url_citation": cited}] if annotated else []
+    deltas: list[dict[str, Any]] = [
+        {"role": "assistant", "content": CITED[:20]},
+        *({"annotations": annotations} for _ in annotations[:1]),
+        {"content": CITED[20:]},
+    ]
+    choices = [[{"index": 0, "delta": delta, "finish_reason": None}] for delta in deltas]
+    choices.append([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+    body = b"".join(b"data: " + orjson.dumps({**chunk, "choices": c}) + b"\n\n" for c in choices) + b"data: [DONE]\n\n"
+    return lambda request: httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+
+@pytest.mark.parametrize("annotated", [False, True], ids=["deltas_alone", "an_annotation_between"])
+async def test_a_chat_stream_redacts_a_secret_cut_around_an_annotations_delta(annotated: bool) -> None:
+    """The streams the gateway writes itself hold a choice's text until it goes on or finishes: a delta of
+    annotations alone lets nothing go."""
+    served = await serve(annotated_chunks(annotated), GPT)
+    sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key=served.key.key, http_client=served.http)
+    messages: Any = [{"role": "user", "content": "Cite it."}]
+    async with sdk.chat.completions.stream(model="gpt", messages=messages) as stream:
+        deltas = [event.delta async for event in stream if event.type == "content.delta"]
+        final = await stream.get_final_completion()
+    await served.gateway.aclose()
+    assert final.choices[0].message.content == "".join(deltas) == CITED_SHOWN
+    assert len(final.choices[0].message.annotations or ()) == annotated

@@ -276,6 +276,16 @@ class MessagesMeter:
                 elif block.get("name") == "advisor":
                     self.advised += 1
             return
+        if kind is None and b'"error"' in event.data:
+            # Anthropic names every event; a compatible server or proxy may write its failure part way as
+            # OpenAI-compatible servers do, `data: {"error": {...}}` with no name and no `type`: the stream's error
+            # all the same, in the gateway's words (relayed as it came, it carried the key quoted back in it).
+            try:
+                said = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                said = None  # (not JSON: relayed as it came, as before)
+            if isinstance(said, dict) and "error" in said and said.get("type") is None:
+                raise error_from_body(500, event.data, {})
         if kind not in ("message_start", "message_delta", "error"):
             return
         payload = event_payload(event)

@@ -210,7 +210,15 @@ def response_usage(response: dict[str, Any]) -> Usage | None:
 
 class ResponsesMeter:
     """Reads the usage of a Responses stream passed through unchanged: the terminal event's response has
-    it. A stream that never got there has none, and is estimated from the deltas' text (`output_chars`)."""
+    it. A stream that never got there has none, and is estimated from the deltas' text (`output_chars`).
+
+    A server's failure part way in the shape OpenAI-compatible servers and proxies write it, `{"error": {...}}` with
+    no `type` and no event name (Chat Completions' in-stream error, which the openai SDK raises as the stream's end)
+    is the stream's error, raised as the Chat Completions parser raises it (`OpenAIStreamParser.feed`): the client
+    gets the gateway's `error` and `response.failed` in words redacted as an error answer's, where it got the
+    server's event as it came (the key it quoted back, less only its whole form); before the stream's first event,
+    the next deployment is tried. OpenAI's own `error` event (typed) is the Responses API's and goes on, redacted
+    (`handler.api.responses_native.relayed_events`)."""
 
     def __init__(self) -> None:
         self.usage: Usage | None = None
@@ -226,6 +234,10 @@ class ResponsesMeter:
             return
         payload = event_payload(event)
         kind = str(payload.get("type") or event.event or "")
+        if not kind and "error" in payload:
+            from adapters.providers.openai.adapter import error_from_body
+
+            raise error_from_body(500, event.data, {})
         delta = payload.get("delta")
         if isinstance(delta, str):
             self.output_chars += len(delta)

@@ -1,8 +1,9 @@
 """A provider's failure told inside a 200 answer, relayed from a deployment that serves the Responses API itself
 (`responses_api: native`): an `error` event or a `response.failed` event in a stream, a whole response with `"status":
-"failed"`. Its words go to the client, and into the gateway's store, as those of an error answer do (`upstream_error`):
-without the provider's key, quoted back whole, masked, without its prefix or encoded. In-process
-(`tests.support.inprocess`)."""
+"failed"`; or the failure OpenAI-compatible servers write part way in any stream, `{"error": ...}` with no `type`, which
+ends the stream in the gateway's words. Its words go to the client, and into the gateway's store, as those of an error
+answer do (`upstream_error`): without the provider's key, quoted back whole, masked, without its prefix or encoded.
+In-process (`tests.support.inprocess`)."""
 
 from __future__ import annotations
 
@@ -184,3 +185,82 @@ async def test_a_gemini_stream_that_fails_ends_without_the_key(echo: str) -> Non
         answer = await served.post(path, {"model": "m", "stream": True, **body})
         assert answer.status_code == 200 and "[REDACTED]" in answer.text
         assert_no_part_of_the_key(answer.text)
+
+
+# --- a failure part way as OpenAI-compatible servers write it: `data: {"error": ...}`, no `type`, no event name -----
+
+AZURE = {"type": "azure", "api_key": "env:AZURE_OPENAI_API_KEY", "base_url": "https://res.openai.azure.com"}
+
+
+def untyped_failure(words: str) -> bytes:
+    """Chat Completions' in-stream error, which OpenAI-compatible servers and proxies write in any stream."""
+    said = {"message": words, "type": "invalid_request_error", "code": "invalid_api_key", "param": None}
+    return b"data: " + orjson.dumps({"error": said}) + b"\n\n"
+
+
+def begun(model: str = "gpt-4o-mini") -> tuple[bytes, ...]:
+    """A Responses stream's opening, as far as a message's first words."""
+    where = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+    item = {"id": "msg_1", "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+    return (
+        frame("response.created", sequence_number=0, response={**response("in_progress"), "model": model}),
+        frame("response.output_item.added", sequence_number=1, output_index=0, item=item),
+        frame("response.content_part.added", sequence_number=2, **where, part={"type": "output_text", "text": ""}),
+        frame("response.output_text.delta", sequence_number=3, **where, delta="Hello"),
+    )
+
+
+@pytest.mark.parametrize("provider", [NATIVE, AZURE], ids=["openai-compatible", "azure"])
+@pytest.mark.parametrize("echo", list(ECHOES))
+async def test_an_untyped_error_part_way_ends_the_stream_in_the_gateways_words(
+    echo: str, provider: dict[str, Any]
+) -> None:
+    """It was relayed as it came (`relayed_events` redacted only an event it read as `error`): `Incorrect API key
+    provided: test-000000000000 (sk-test-0*****0000)`, the key without its prefix and its masked form, and through
+    an Azure deployment 22 characters of its key; the openai SDK raised it as the stream's end, so the gateway's
+    closing events were never read. It is the stream's error, as Chat Completions' parser reads it: the gateway's
+    `error` and `response.failed`, in words redacted as an error answer's; charged, settled and kept as a stream that
+    fails is."""
+    environ = {"OPENAI_API_KEY": KEY, "AZURE_OPENAI_API_KEY": KEY}
+    frames = (*begun(), untyped_failure(ECHOES[echo]))
+    served = await serve(lambda request: read_by_read(*frames), MODELS, provider=provider, environ=environ)
+    answer = await served.post("/v1/responses", {"model": "m", "input": "hi", "stream": True})
+    assert answer.status_code == 200
+    assert_no_part_of_the_key(answer.text)
+    relayed_events = events(answer)
+    assert [event.get("type") for event in relayed_events][-3:] == [
+        "response.output_text.delta",
+        "error",
+        "response.failed",
+    ]
+    error, failed = relayed_events[-2:]
+    assert error["code"] == "upstream_error" and error["message"].startswith("upstream returned 500: ")
+    assert "[REDACTED]" in error["message"] and failed["response"]["error"]["message"] == error["message"]
+    assert failed["response"]["id"] == "resp_1" and failed["response"]["output"][0]["content"][0]["text"] == "Hello"
+    [line] = await served.ledger()
+    assert (line.status, line.cost_source) == (502, "estimate") and line.output_tokens > 0
+    assert failed["response"]["cost"]["provider_usd"] == line.cost_usd
+    stored = await served.get("/v1/responses/resp_1")
+    assert stored.status_code == 200 and stored.json()["status"] == "failed"
+    assert_no_part_of_the_key(stored.text)
+
+
+async def test_an_untyped_error_before_the_streams_first_event_fails_over() -> None:
+    """Before anything reached the client (here in the same read as the stream's opening), the next deployment is
+    tried, as after any other failure there; the attempt that failed is free, as an error answer is. It began the
+    client's stream with the server's words as they came."""
+    two = {"m": {**MODELS["m"], "deployments": [{"provider": "openai", "model": m} for m in ("first", "second")]}}
+    done = {**response("completed"), "model": "second"}
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if orjson.loads(request.content)["model"] == "first":
+            return streamed(*begun("first")[:1], untyped_failure(ECHOES["masked"]))
+        return streamed(*begun("second"), frame("response.completed", sequence_number=4, response=done))
+
+    served = await serve(upstream, two, provider=NATIVE, environ={"OPENAI_API_KEY": KEY})
+    answer = await served.post("/v1/responses", {"model": "m", "input": "hi", "stream": True})
+    assert answer.status_code == 200
+    assert answer.headers["x-gateway-route"] == "openai/first@global=500, openai/second@global=200"
+    assert_no_part_of_the_key(answer.text)
+    assert [event.get("type") for event in events(answer)][-1] == "response.completed"
+    assert [line.status for line in await served.ledger()] == [200]

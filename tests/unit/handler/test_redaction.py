@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from handler.pipeline.redacting import HeldText
-from handler.redaction import REDACTED, scrub
+from handler.redaction import REDACTED, client_position, redactions, scrub, withheld
 
 SECRET = "sk-proj-Zq81LmN0pX4vR7tY2uW9"
 SLASHED = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # an AWS secret key: `/` and `+` in it
@@ -125,6 +125,22 @@ def test_a_secret_inside_a_longer_one_leaves_nothing_of_the_longer(only_secrets:
         for redact in (redact_message, redact_secrets, unkeyed):
             assert redact(f"bad credentials {longer}.") == f"bad credentials {REDACTED}.", (redact, n)
             assert redact(f"or {short}!") == f"or {REDACTED}!"
+
+
+def test_a_position_in_a_text_is_moved_past_the_secrets_redacted_before_it() -> None:
+    """Where an annotation's position is once the text is redacted: what each secret before it took out (or put in)
+    moved it; one within a secret is the redaction's start, or its end for the end of a span."""
+    text = f"a {SECRET} b {QUOTED} c"
+    assert redactions(text) == [(2, len(SECRET)), (2 + len(SECRET) + 3, len(QUOTED))]
+    shown = "".join(withheld(text))
+    assert shown == f"a {REDACTED} b {REDACTED} c"
+    secrets = redactions(text)
+    for word in ("a", "b", "c"):
+        assert client_position(secrets, text.index(word)) == shown.index(word)
+    assert client_position(secrets, len(text)) == len(shown)
+    inside = text.index(SECRET) + 3
+    assert (client_position(secrets, inside), client_position(secrets, inside, end=True)) == (2, 2 + len(REDACTED))
+    assert redactions("nothing here") == [] and client_position([], 5) == 5
 
 
 def test_an_upstream_error_keeps_ordinary_text_and_the_short_runs_it_shares_with_a_key() -> None:

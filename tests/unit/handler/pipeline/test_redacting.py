@@ -9,7 +9,14 @@ from typing import Any
 import orjson
 import pytest
 
-from handler.pipeline.redacting import ChunkRedactor, EventRedactor, messages_delta, responses_delta
+from handler.pipeline.redacting import (
+    ChunkRedactor,
+    EventRedactor,
+    messages_delta,
+    messages_within,
+    responses_delta,
+    responses_within,
+)
 from handler.redaction import REDACTED
 from handler.schemas import ChatCompletionChunk
 from handler.wire import StreamEvent
@@ -125,7 +132,7 @@ def texts(events: list[StreamEvent]) -> str:
 
 
 def test_events_without_a_secret_go_on_as_the_provider_wrote_them() -> None:
-    redactor = EventRedactor(messages_delta)
+    redactor = EventRedactor(messages_delta, messages_within)
     first, held, third = block_delta("Hello "), block_delta("this"), block_delta(" went")
     assert redactor.relay([first]) == [first]
     assert redactor.relay([held]) == []  # `s`, the beginning of the key, waits for what follows
@@ -136,7 +143,7 @@ def test_events_without_a_secret_go_on_as_the_provider_wrote_them() -> None:
 
 
 def test_a_secret_cut_across_events_goes_in_the_first_of_them_redacted() -> None:
-    redactor = EventRedactor(messages_delta)
+    redactor = EventRedactor(messages_delta, messages_within)
     pieces = ["key ", SECRET[:4], SECRET[4:9], SECRET[9:], " ok"]
     out = [e for p in pieces for e in redactor.relay([block_delta(p)])] + redactor.release()
     assert texts(out) == f"key {REDACTED} ok" and SECRET.encode() not in b"".join(e.data for e in out)
@@ -144,14 +151,47 @@ def test_a_secret_cut_across_events_goes_in_the_first_of_them_redacted() -> None
 
 
 def test_a_ping_between_two_deltas_does_not_release_what_was_held() -> None:
-    redactor = EventRedactor(messages_delta)
+    redactor = EventRedactor(messages_delta, messages_within)
     ping = StreamEvent("ping", b'{"type":"ping"}')
     out = redactor.relay([block_delta("key " + SECRET[:6]), ping, block_delta(SECRET[6:] + ".")])
     assert out[0] is ping and texts(out) == f"key {REDACTED}."
 
 
+def test_a_choices_delta_without_text_lets_nothing_go() -> None:
+    """A search model's `annotations` in a delta of their own go on; the text held waits for the next."""
+    out = relayed([chunk({"content": "key " + SECRET[:6]}), chunk({"annotations": []}), chunk({"content": SECRET[6:]})])
+    assert field(out, "content") == f"key {REDACTED}"
+    assert [c.choices[0].delta.content for c in out] == ["key ", None, REDACTED]
+
+
+def block_event(index: int, delta: dict[str, Any]) -> StreamEvent:
+    payload = {"type": "content_block_delta", "index": index, "delta": delta}
+    return StreamEvent("content_block_delta", orjson.dumps(payload))
+
+
+def test_a_citation_between_two_deltas_of_its_block_waits_with_them() -> None:
+    """A `citations_delta` leaves its text block open: it let the held text go, and the client joined the key."""
+    redactor = EventRedactor(messages_delta, messages_within)
+    citation = block_event(0, {"type": "citations_delta", "citation": {"type": "char_location", "cited_text": "k"}})
+    assert redactor.relay([block_delta("key " + SECRET[:6]), citation]) == []
+    out = redactor.relay([block_delta(SECRET[6:] + ".")])
+    assert texts(out) == f"key {REDACTED}." and out[1] is citation and len(out) == 2
+    # Without a secret, in the order they came.
+    first, then = block_delta("a s"), block_delta("ome")
+    assert redactor.relay([first, citation, then]) == [first, citation, then]
+
+
+def test_a_signature_waits_with_its_thinking_and_goes_in_its_place() -> None:
+    redactor = EventRedactor(messages_delta, messages_within)
+    thought = block_event(1, {"type": "thinking_delta", "thinking": "I will say sk"})
+    signed = block_event(1, {"type": "signature_delta", "signature": "EqQBCkYIBxgCKkA"})
+    stop = StreamEvent("content_block_stop", b'{"type":"content_block_stop","index":1}')
+    assert redactor.relay([thought, signed]) == []
+    assert redactor.relay([stop]) == [thought, signed, stop]
+
+
 def test_another_blocks_event_releases_what_was_held() -> None:
-    redactor = EventRedactor(messages_delta)
+    redactor = EventRedactor(messages_delta, messages_within)
     assert redactor.relay([block_delta("a sk", 0)]) == []
     out = redactor.relay([block_delta("-live", 1)])
     assert texts(out) == "a sk-live"  # two blocks: a client does not join them
@@ -169,10 +209,63 @@ def test_a_responses_stream_keeps_its_sequence_in_order() -> None:
         }
         return StreamEvent("response.output_text.delta", orjson.dumps(payload))
 
-    redactor = EventRedactor(responses_delta)
+    redactor = EventRedactor(responses_delta, responses_within)
     pieces = ["the ", SECRET[:7], SECRET[7:], " is"]
     out = [e for i, p in enumerate(pieces) for e in redactor.relay([delta(p, i + 3)])] + redactor.release()
     payloads = [orjson.loads(e.data) for e in out]
     assert "".join(p["delta"] for p in payloads) == f"the {REDACTED} is"
     sequence = [p["sequence_number"] for p in payloads]
     assert sequence == sorted(set(sequence))
+
+
+def responses_event(kind: str, sequence: int, content_index: int = 0, **fields: Any) -> StreamEvent:
+    where = {"item_id": "msg_1", "output_index": 0, "content_index": content_index}
+    return StreamEvent(kind, orjson.dumps({"type": kind, "sequence_number": sequence, **where, **fields}))
+
+
+def test_an_annotation_between_two_deltas_of_its_text_waits_with_them() -> None:
+    """Joined into the first delta, the text goes before the annotation; the sequence stays in order."""
+    annotation = {"type": "url_citation", "url": "https://example.com/", "start_index": 0, "end_index": 3}
+    added = responses_event("response.output_text.annotation.added", 4, annotation=annotation, annotation_index=0)
+    redactor = EventRedactor(responses_delta, responses_within)
+    first = responses_event("response.output_text.delta", 3, delta="the " + SECRET[:7])
+    assert redactor.relay([first, added]) == []
+    out = redactor.relay([responses_event("response.output_text.delta", 5, delta=SECRET[7:] + " ok")])
+    payloads = [orjson.loads(e.data) for e in out]
+    assert [p["sequence_number"] for p in payloads] == [3, 4] and out[1] is added
+    assert payloads[0]["delta"] == f"the {REDACTED} ok"
+
+
+def test_an_annotation_of_another_part_releases_what_was_held() -> None:
+    redactor = EventRedactor(responses_delta, responses_within)
+    held = responses_event("response.output_text.delta", 3, delta="a sk")
+    other = responses_event("response.output_text.annotation.added", 4, content_index=1, annotation={})
+    assert redactor.relay([held]) == []
+    assert redactor.relay([other]) == [held, other]
+
+
+def test_where_a_secret_was_in_the_text_written_again_is_kept_for_the_relay() -> None:
+    """The positions an annotation gives are in the text as the provider wrote it: the relay moves them past what
+    was redacted (`placed`), by the event the secret's text was joined into."""
+    redactor = EventRedactor(responses_delta, responses_within, placed=True)
+    pieces = ["the ", SECRET[:7], SECRET[7:] + " is " + SECRET[:3], SECRET[3:] + " ok"]
+    out = [
+        e
+        for i, p in enumerate(pieces)
+        for e in redactor.relay([responses_event("response.output_text.delta", i, delta=p)])
+    ]
+    [first, written] = out
+    assert [orjson.loads(e.data)["delta"] for e in out] == ["the ", f"{REDACTED} is {REDACTED} ok"]
+    assert redactor.placed == {written: [(0, len(SECRET)), (len(SECRET) + 4, len(SECRET))]}  # (in what it said)
+    assert EventRedactor(messages_delta, messages_within).placed is None  # (kept for a relay that reads it alone)
+
+
+def test_audio_between_two_deltas_of_its_transcript_waits_with_them() -> None:
+    def said(kind: str, sequence: int, delta: str) -> StreamEvent:
+        return StreamEvent(kind, orjson.dumps({"type": kind, "sequence_number": sequence, "delta": delta}))
+
+    redactor = EventRedactor(responses_delta, responses_within)
+    audio = said("response.audio.delta", 2, "UklGRiQAAABXQVZF")
+    out = redactor.relay([said("response.audio.transcript.delta", 1, "key " + SECRET[:5]), audio])
+    out += redactor.relay([said("response.audio.transcript.delta", 3, SECRET[5:] + ".")])
+    assert [orjson.loads(e.data)["delta"] for e in out] == [f"key {REDACTED}.", "UklGRiQAAABXQVZF"] and out[1] is audio
