@@ -802,8 +802,9 @@ class Pipeline(Charges):
                     raise deadline_passed(ex, "an answer") if failed else too_short_to_send(ex, within)
                 ex.inflight_at = started
                 ex.inflight = attempt
-                if ex.unsent_fallbacks:  # (it goes out: what its own limits counted stays counted)
-                    ex.unsent_fallbacks.pop(attempt.model, None)
+                ex.sent_to.add(attempt.model)
+                if ex.unsent_counts:  # (it goes out: what its own limits counted stays counted)
+                    ex.unsent_counts.pop(attempt.model, None)
                 ex.inflight_status = 0
                 try:
                     async with span("upstream", provider=attempt.target.provider, region=attempt.target.region):
@@ -973,7 +974,7 @@ class Pipeline(Charges):
 
             async def given_back(own: Counted | None, _: asyncio.CancelledError) -> None:
                 if own is not None:
-                    ex.unsent_fallbacks[model] = own  # (given back as the cancelled request settles)
+                    ex.unsent_counts[model] = own  # (given back as the cancelled request settles)
 
             counting = self.meter.admit_fallback(ex.lineage, model, tokens, f"{ex.request_id}@{model}", counted)
             try:
@@ -983,7 +984,7 @@ class Pipeline(Charges):
                 own, ex.fallbacks[model] = None, refused
             if own is not None:
                 ex.counted.append(own)
-                ex.unsent_fallbacks[model] = own
+                ex.unsent_counts[model] = own
         return ex.fallbacks[model] is not None
 
     async def _cover_missed(self, ex: Exchange, last: UpstreamError) -> None:
@@ -1112,12 +1113,22 @@ class Pipeline(Charges):
                 session=ex.controls.session,
             )
         ex.ledger_item = item
+        unsent_counts = list(ex.unsent_counts.values())
+        if ex.sent_to and ex.model not in ex.sent_to:
+            # Nothing went to the model asked for, though the request was sent (its deployments passed over or pinned
+            # away, a fallback's went out): what it counted on limits binding none of those sent to is given back, as
+            # a fallback's is, and its answer tells the limits that bind the model that answered.
+            own = self.meter.taken_apart(reservation, ex.model, ex.sent_to)
+            if own is not None:
+                unsent_counts.append(own)
+                if attempt is not None:
+                    ex.limit_headers = self.meter.served_headers(reservation, ex.counted, attempt.model)
         settlements = [self.meter.settlement(reservation, actual, tokens, item, unsent)]
         # The worst cases reserved more for attempts the provider may bill: released (the line carries their cost).
         settlements += [self.meter.settlement(extra, 0.0, 0, None) for extra in ex.extra]
-        # What fallbacks that nothing was sent to counted on their own limits: given back, as a request never sent
-        # gives back its own counts (they held the key's requests a minute to that model for nothing).
-        settlements += [self.meter.given_back(counted) for counted in ex.unsent_fallbacks.values()]
+        # What models nothing was sent to counted on their own limits: given back, as a request never sent gives
+        # back its own counts (they held the key's requests a minute to that model for nothing).
+        settlements += [self.meter.given_back(counted, ex.sent_to) for counted in unsent_counts]
         for settlement in settlements:
             if background:
                 self.gateway.settle_soon(self.meter, settlement)

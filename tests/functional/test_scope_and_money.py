@@ -398,6 +398,52 @@ def test_a_fallback_nothing_was_sent_to_gives_back_what_it_counted(gw: Running) 
     assert chat(gw, key, "claude-test").status_code == 429
 
 
+CLAUDE = "anthropic/claude-haiku-4-5@global"  # claude-test's one deployment
+
+
+def test_the_model_asked_for_gives_back_its_own_limits_counts_when_nothing_was_sent_to_it(gw: Running) -> None:
+    """A request for claude-test with its deployment's breaker open (or pinned away from it) was served by its
+    fallback, nothing sent to Anthropic, yet it kept what it counted on claude-test's own limit: the key's one
+    Claude request a minute was spent, and the next Claude request was refused (429 `rpm:claude-test=1`), where a
+    fallback nothing was sent to gives back what it counted (found by review). What the model asked for counted on
+    limits that bind none of the models sent to is given back; the key's own `rpm`, and a pattern that binds the
+    model that served, keep it: the request was sent."""
+    fresh_minute()
+    breakers = gw.gateway.router.breakers
+    own = {"model_limits": {"claude-test": {"rpm": 1, "tpm": 100_000}}}
+    for away, spec in (
+        ({}, {"rpm": 3, **own}),  # the breaker open: the key's own rpm binds the fallback
+        ({"x-gateway-provider": "openai"}, {"model_limits": {"claude-test": {"rpm": 1}, "*": {"rpm": 3}}}),
+    ):
+        key = gw.mint(**spec)
+        since = len(gw.fakes["anthropic"].state.requests)
+        for _ in range(breakers.threshold if not away else 0):
+            breakers.failure(CLAUDE)
+        try:
+            served = chat(gw, key, "claude-test", **{"x-gateway-fallbacks": "gpt-test", **away})
+        finally:
+            breakers.success(CLAUDE)
+        assert served.status_code == 200 and served.headers["x-gateway-model"] == "gpt-4o-mini", served.text
+        assert received(gw, "anthropic", since) == []
+        # Its answer tells the limits that bind the model that served, which keep their count: 3, one used.
+        told = (served.headers["x-ratelimit-limit-requests"], served.headers["x-ratelimit-remaining-requests"])
+        assert told == ("3", "2"), (away, served.headers)
+        time.sleep(0.3)  # (the settlement, in the background)
+        again = chat(gw, key, "claude-test")
+        assert again.status_code == 200, (away, again.text)  # the minute's one Claude request, still there
+        assert again.headers["x-ratelimit-remaining-requests"] == "0"
+        assert len(received(gw, "anthropic", since)) == 1
+        if not away:
+            # Claude's tokens a minute as if the first had never counted on them: given back whole, not corrected to
+            # the tokens the fallback used, nor twice.
+            fresh = chat(gw, gw.mint(**own), "claude-test")
+            assert again.headers["x-ratelimit-remaining-tokens"] == fresh.headers["x-ratelimit-remaining-tokens"]
+        # The limit that binds the fallback kept the first request: its third is the last of the minute.
+        assert chat(gw, key, "gpt-test").status_code == 200
+        refused = chat(gw, key, "gpt-test")
+        assert refused.status_code == 429, (away, refused.text)
+
+
 def test_every_matching_model_limit_binds_whatever_its_place(gw: Running) -> None:
     """The first matching pattern alone bound: `{"gpt-test": rpm 1, "*": rpm 5}` gave 200, 429, 429, 429 on
     gpt-test, the same in the other order four 200s; and a child of a parent with the second order had 4 of 4,
