@@ -278,8 +278,9 @@ class Meter:
         """What gives back what a model's own limits counted when nothing was sent to it, as a request never sent
         gives back what its admission counted (`settlement`, `unsent`): a fallback's (`admit_fallback`: the request
         ended first, its deadline, the client gone, the worst case its attempt needed not covered), the model asked
-        for's (`taken_apart`: its deployments passed over, or pinned away). But for a limit that binds a model in
-        `sent`, which an attempt went out to: the request was sent under it (a key's own `rpm`)."""
+        for's (`taken_apart`: its deployments passed over, or pinned away; a token count's, `admit_count`). But for a
+        limit that binds a model in `sent`, which an attempt went out to: the request was sent under it (a key's own
+        `rpm`)."""
         admission = counted.admission
         rates = unbound(admission.rates, sent) if sent else admission.rates
         if len(rates) < len(admission.rates):

@@ -135,9 +135,9 @@ class Exchange:
         # What the request was counted on beyond its admission (a token count's requests a minute, a fallback's own
         # limits), for the `x-ratelimit-*` of an answer a fallback served (`Meter.served_headers`).
         self.counted: list[Counted] = []
-        # What a fallback's own limits counted (among `counted`) while nothing has been sent to it, by model: given
-        # back when the request settles (`Meter.given_back`), but for the limits that bind a model an attempt went
-        # out to.
+        # What a model's own limits counted while nothing has been sent to it, by model (a fallback's, among `counted`;
+        # a token count's, on the model asked for): given back when the request settles (`Meter.given_back`), but for
+        # the limits that bind a model an attempt went out to.
         self.unsent_counts: dict[str, Counted] = {}
         self.sent_to: set[str] = set()  # the models an attempt went out to
         self.user: str | None = None  # the end user the client named, for attribution

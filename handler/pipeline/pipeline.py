@@ -258,15 +258,24 @@ class Pipeline(Charges):
         no count (the route then estimates). Free at the providers, so no budget or tokens a minute; but the
         provider limits its counting per organisation, on the operator's key, so a count it is asked for is
         held to the requests a minute of the key's chain (a 429 when they are spent). A count a provider gave
-        still leaves its ledger line, at no cost."""
+        still leaves its ledger line, at no cost. An estimate calls no provider and is held to nothing: where no
+        count will be sent (every deployment that counts passed over for its open breaker, or a deadline too
+        short to send one) nothing is counted, and a count nothing was sent for after all gives back what it
+        counted (it took a request of the key's minute for an estimate: with `rpm: 1` the next count was a 429,
+        not the estimate, and so was the next request: review)."""
         plan = await self._plan(ex, req.model, shed=False)  # (breakers open: the route's estimate serves)
         kind = plan[0].target.provider_type
         counting = [a for a in plan if a.target.provider_type == kind and a.adapter.counts_tokens(a.target)]
-        if not counting:
+        breakers = self.gateway.router.breakers
+        passed = [attempt for attempt in counting if not breakers.available(attempt.target.label)]
+        ends_at = ex.ends_at
+        if len(passed) == len(counting) or (ends_at is not None and ends_at - time.perf_counter() <= CUT_SLACK_S):
+            ex.route.extend(f"{attempt.target.label}=breaker-open" for attempt in passed)  # (as `_failover` names them)
             return None
         counted = await self.meter.admit_count(ex.lineage, ex.model, ex.request_id)
         if counted is not None:
             ex.counted.append(counted)
+            ex.unsent_counts[ex.model] = counted  # (given back as it settles, unless a count of the model goes out)
             ex.limit_headers = self.meter.count_headers(counted)
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> int:
@@ -279,6 +288,8 @@ class Pipeline(Charges):
         try:
             count = await self._deadline(ex, self._failover(ex, counting, build, accept))
         except GatewayError as err:
+            if ex.inflight_at == 0.0:  # (nothing was sent: what it counted is given back, and its answer tells none)
+                ex.limit_headers = {}
             await self._unanswered(ex, err)
             if isinstance(err, UpstreamError) or isinstance(err.__cause__, UpstreamError) or shed(err):
                 return None  # the provider would not count (now, or this prompt, or its breaker is open): an estimate
