@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
@@ -100,7 +100,8 @@ class Counted:
     """What one admission counted on the rate limits of a key's chain (`rates`, its `admission`'s), with the counts
     the store reported for them (`snapshot`): the `x-ratelimit-*` of an answer a model other than the one asked for
     served are read from every admission of the request that counted on a limit binding that model
-    (`Meter.served_headers`); a fallback's, when nothing was sent to it, is given back (`Meter.given_back`)."""
+    (`Meter.served_headers`); what a model's own limits counted, when nothing was sent to it, is given back
+    (`Meter.given_back`)."""
 
     __slots__ = ("admission", "rates", "snapshot")
 
@@ -115,6 +116,11 @@ def binds(rate: RateCharge, model: str) -> bool:
     entry's (`rpm:<pattern>`) the models its pattern matches."""
     pattern = rate.name[4:]
     return not pattern or model_allowed([pattern], model)
+
+
+def unbound(rates: list[RateCharge], sent: Collection[str]) -> list[RateCharge]:
+    """The charges of `rates` that bind none of the models in `sent` (`binds`)."""
+    return [rate for rate in rates if not any(binds(rate, model) for model in sent)]
 
 
 def written(landing: asyncio.Future[MeterSnapshot]) -> bool:
@@ -268,11 +274,37 @@ class Meter:
             return {}
         return self._rate_headers(rates, snapshot, max(rate.window for rate in rates))
 
-    def given_back(self, counted: Counted) -> Settlement:
-        """What gives back all that a fallback's own limits counted (`admit_fallback`) when nothing was sent to it
-        (the request ended first: its deadline, the client gone, the worst case its attempt needed not covered), as
-        a request never sent gives back what its admission counted (`settlement`, `unsent`)."""
-        return self.settlement(Reservation(counted.admission, 0.0, 0), 0.0, 0, None, unsent=True)
+    def given_back(self, counted: Counted, sent: Collection[str] = ()) -> Settlement:
+        """What gives back what a model's own limits counted when nothing was sent to it, as a request never sent
+        gives back what its admission counted (`settlement`, `unsent`): a fallback's (`admit_fallback`: the request
+        ended first, its deadline, the client gone, the worst case its attempt needed not covered), the model asked
+        for's (`taken_apart`: its deployments passed over, or pinned away; a token count's, `admit_count`). But for a
+        limit that binds a model in `sent`, which an attempt went out to: the request was sent under it (a key's own
+        `rpm`)."""
+        admission = counted.admission
+        rates = unbound(admission.rates, sent) if sent else admission.rates
+        if len(rates) < len(admission.rates):
+            admission = admission._replace(rates=rates)
+        return self.settlement(Reservation(admission, 0.0, 0), 0.0, 0, None, unsent=True)
+
+    @staticmethod
+    def taken_apart(reservation: Reservation, model: str, sent: Collection[str]) -> Counted | None:
+        """What `reservation`'s admission counted on limits of the model asked for (`model`) that bind none of the
+        models an attempt went out to (`sent`; none to `model`: its deployments passed over, or pinned away), taken
+        out of the admission, whose settlement then leaves them be: a count of their own under their own id, as a
+        fallback's own limits' is (`admit_fallback`), for `given_back` to give back whole. (Settled with the rest,
+        their tokens were corrected to the answer's on a limit the model that served it is not held to, and the
+        model asked for was refused for the minute though nothing went to it: review.) The key's own `rpm`/`tpm` bind
+        every model and stay. None: there are none."""
+        admission = reservation.admission
+        if admission is None:
+            return None
+        apart = unbound(admission.rates, sent)
+        if not apart:
+            return None
+        reservation.admission = admission._replace(rates=[rate for rate in admission.rates if rate not in apart])
+        own = admission._replace(reservation_id=f"{admission.reservation_id}@{model}", budgets=[], rates=apart)
+        return Counted(own, reservation.snapshot)
 
     async def reserve_again(self, reservation: Reservation, key: KeyRecord, n: int) -> Reservation:
         """The `n`th worst case more on every budget `reservation` holds, and no rate counted: for an attempt the

@@ -62,7 +62,7 @@ class Exchange:
         "lineage", "inflight", "inflight_at", "inflight_status", "answered", "missed", "extra", "prompt", "user",
         "service_tier", "plain_tier", "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected",
         "client_left", "fallbacks", "counted", "stream", "native_api", "native_options", "anthropic", "audio_output",
-        "ledger_item", "ends_at", "lifetime_s", "wasted_usage", "unsent_fallbacks", "reserving", "advisors",
+        "ledger_item", "ends_at", "lifetime_s", "wasted_usage", "unsent_counts", "sent_to", "reserving", "advisors",
         "advised", "dropped_at", "advisor_models", "unsent_advisors",
     )  # fmt: skip
 
@@ -139,9 +139,11 @@ class Exchange:
         # What the request was counted on beyond its admission (a token count's requests a minute, a fallback's own
         # limits), for the `x-ratelimit-*` of an answer a fallback served (`Meter.served_headers`).
         self.counted: list[Counted] = []
-        # A fallback's own counts (among `counted`) while nothing has been sent to it: given back when the request
-        # settles (`Meter.given_back`), by model.
-        self.unsent_fallbacks: dict[str, Counted] = {}
+        # What a model's own limits counted while nothing has been sent to it, by model (a fallback's, among `counted`;
+        # a token count's, on the model asked for): given back when the request settles (`Meter.given_back`), but for
+        # the limits that bind a model an attempt went out to.
+        self.unsent_counts: dict[str, Counted] = {}
+        self.sent_to: set[str] = set()  # the models an attempt went out to
         self.user: str | None = None  # the end user the client named, for attribution
         self.service_tier: str | None = None  # the OpenAI service tier asked, one priced apart from the plain price
         # The client asked `service_tier: "default"`: OpenAI runs and bills it at the plain price, whatever tier the

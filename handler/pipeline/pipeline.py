@@ -272,17 +272,26 @@ class Pipeline(Charges):
         no count (the route then estimates). Free at the providers, so no budget or tokens a minute; but the
         provider limits its counting per organisation, on the operator's key, so a count it is asked for is
         held to the requests a minute of the key's chain (a 429 when they are spent). A count a provider gave
-        still leaves its ledger line, at no cost."""
+        still leaves its ledger line, at no cost. An estimate calls no provider and is held to nothing: where no
+        count will be sent (every deployment that counts passed over for its open breaker, or a deadline too
+        short to send one) nothing is counted, and a count nothing was sent for after all gives back what it
+        counted (it took a request of the key's minute for an estimate: with `rpm: 1` the next count was a 429,
+        not the estimate, and so was the next request: review)."""
         plan = await self._plan(ex, req.model, shed=False)  # (breakers open: the route's estimate serves)
         kind = plan[0].target.provider_type
         counting = [a for a in plan if a.target.provider_type == kind and a.adapter.counts_tokens(a.target)]
-        if not counting:
+        breakers = self.gateway.router.breakers
+        passed = [attempt for attempt in counting if not breakers.available(attempt.target.label)]
+        ends_at = ex.ends_at
+        if len(passed) == len(counting) or (ends_at is not None and ends_at - time.perf_counter() <= CUT_SLACK_S):
+            ex.route.extend(f"{attempt.target.label}=breaker-open" for attempt in passed)  # (as `_failover` names them)
             return None
         if call.held and any(attempt.adapter.speaks(call.api, attempt.target) for attempt in counting):
             await self._continued_thread(ex, call)  # (Anthropic counts the thread it holds: only the key's own)
         counted = await self.meter.admit_count(ex.lineage, ex.model, ex.request_id)
         if counted is not None:
             ex.counted.append(counted)
+            ex.unsent_counts[ex.model] = counted  # (given back as it settles, unless a count of the model goes out)
             ex.limit_headers = self.meter.count_headers(counted)
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> int:
@@ -295,6 +304,8 @@ class Pipeline(Charges):
         try:
             count = await self._deadline(ex, self._failover(ex, counting, build, accept))
         except GatewayError as err:
+            if ex.inflight_at == 0.0:  # (nothing was sent: what it counted is given back, and its answer tells none)
+                ex.limit_headers = {}
             await self._unanswered(ex, err)
             if isinstance(err, UpstreamError) or isinstance(err.__cause__, UpstreamError) or shed(err):
                 return None  # the provider would not count (now, or this prompt, or its breaker is open): an estimate
@@ -868,8 +879,9 @@ class Pipeline(Charges):
                     raise deadline_passed(ex, "an answer") if failed else too_short_to_send(ex, within)
                 ex.inflight_at = started
                 ex.inflight = attempt
-                if ex.unsent_fallbacks:  # (it goes out: what its own limits counted stays counted)
-                    ex.unsent_fallbacks.pop(attempt.model, None)
+                ex.sent_to.add(attempt.model)
+                if ex.unsent_counts:  # (it goes out: what its own limits counted stays counted)
+                    ex.unsent_counts.pop(attempt.model, None)
                 if ex.unsent_advisors and attempt.adapter.speaks(ex.native_api, attempt.target):
                     ex.unsent_advisors = []  # (it is sent the tool: what its advisors' limits counted stays counted)
                 ex.inflight_status = 0
@@ -1042,7 +1054,7 @@ class Pipeline(Charges):
 
             async def given_back(own: Counted | None, _: asyncio.CancelledError) -> None:
                 if own is not None:
-                    ex.unsent_fallbacks[model] = own  # (given back as the cancelled request settles)
+                    ex.unsent_counts[model] = own  # (given back as the cancelled request settles)
 
             counting = self.meter.admit_fallback(ex.lineage, model, tokens, f"{ex.request_id}@{model}", counted)
             try:
@@ -1052,7 +1064,7 @@ class Pipeline(Charges):
                 own, ex.fallbacks[model] = None, refused
             if own is not None:
                 ex.counted.append(own)
-                ex.unsent_fallbacks[model] = own
+                ex.unsent_counts[model] = own
         return ex.fallbacks[model] is not None
 
     async def _count_advisors(self, ex: Exchange) -> None:
@@ -1213,14 +1225,24 @@ class Pipeline(Charges):
                 session=ex.controls.session,
             )
         ex.ledger_item = item
+        unsent_counts = list(ex.unsent_counts.values())
+        if ex.sent_to and ex.model not in ex.sent_to:
+            # Nothing went to the model asked for, though the request was sent (its deployments passed over or pinned
+            # away, a fallback's went out): what it counted on limits binding none of those sent to is given back, as
+            # a fallback's is, and its answer tells the limits that bind the model that answered.
+            own = self.meter.taken_apart(reservation, ex.model, ex.sent_to)
+            if own is not None:
+                unsent_counts.append(own)
+                if attempt is not None:
+                    ex.limit_headers = self.meter.served_headers(reservation, ex.counted, attempt.model)
         settlements = [self.meter.settlement(reservation, actual, tokens, item, unsent)]
         # The worst cases reserved more for attempts the provider may bill: released (the line carries their cost).
         settlements += [self.meter.settlement(extra, 0.0, 0, None) for extra in ex.extra]
-        # What fallbacks that nothing was sent to counted on their own limits: given back, as a request never sent
-        # gives back its own counts (they held the key's requests a minute to that model for nothing).
-        settlements += [self.meter.given_back(counted) for counted in ex.unsent_fallbacks.values()]
+        # What models nothing was sent to counted on their own limits: given back, as a request never sent gives
+        # back its own counts (they held the key's requests a minute to that model for nothing).
+        settlements += [self.meter.given_back(counted, ex.sent_to) for counted in unsent_counts]
         # And what its advisors' models counted when no attempt that is sent the tool went out (`_count_advisors`).
-        settlements += [self.meter.given_back(counted) for counted in ex.unsent_advisors]
+        settlements += [self.meter.given_back(counted, ex.sent_to) for counted in ex.unsent_advisors]
         for settlement in settlements:
             if background:
                 self.gateway.settle_soon(self.meter, settlement)

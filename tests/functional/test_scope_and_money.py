@@ -398,6 +398,122 @@ def test_a_fallback_nothing_was_sent_to_gives_back_what_it_counted(gw: Running) 
     assert chat(gw, key, "claude-test").status_code == 429
 
 
+CLAUDE = "anthropic/claude-haiku-4-5@global"  # claude-test's one deployment
+
+
+def test_the_model_asked_for_gives_back_its_own_limits_counts_when_nothing_was_sent_to_it(gw: Running) -> None:
+    """A request for claude-test with its deployment's breaker open (or pinned away from it) was served by its
+    fallback, nothing sent to Anthropic, yet it kept what it counted on claude-test's own limit: the key's one
+    Claude request a minute was spent, and the next Claude request was refused (429 `rpm:claude-test=1`), where a
+    fallback nothing was sent to gives back what it counted (found by review). What the model asked for counted on
+    limits that bind none of the models sent to is given back; the key's own `rpm`, and a pattern that binds the
+    model that served, keep it: the request was sent."""
+    fresh_minute()
+    breakers = gw.gateway.router.breakers
+    own = {"model_limits": {"claude-test": {"rpm": 1, "tpm": 100_000}}}
+    for away, spec in (
+        ({}, {"rpm": 3, **own}),  # the breaker open: the key's own rpm binds the fallback
+        ({"x-gateway-provider": "openai"}, {"model_limits": {"claude-test": {"rpm": 1}, "*": {"rpm": 3}}}),
+    ):
+        key = gw.mint(**spec)
+        since = len(gw.fakes["anthropic"].state.requests)
+        for _ in range(breakers.threshold if not away else 0):
+            breakers.failure(CLAUDE)
+        try:
+            served = chat(gw, key, "claude-test", **{"x-gateway-fallbacks": "gpt-test", **away})
+        finally:
+            breakers.success(CLAUDE)
+        assert served.status_code == 200 and served.headers["x-gateway-model"] == "gpt-4o-mini", served.text
+        assert received(gw, "anthropic", since) == []
+        # Its answer tells the limits that bind the model that served, which keep their count: 3, one used.
+        told = (served.headers["x-ratelimit-limit-requests"], served.headers["x-ratelimit-remaining-requests"])
+        assert told == ("3", "2"), (away, served.headers)
+        time.sleep(0.3)  # (the settlement, in the background)
+        again = chat(gw, key, "claude-test")
+        assert again.status_code == 200, (away, again.text)  # the minute's one Claude request, still there
+        assert again.headers["x-ratelimit-remaining-requests"] == "0"
+        assert len(received(gw, "anthropic", since)) == 1
+        if not away:
+            # Claude's tokens a minute as if the first had never counted on them: given back whole, not corrected to
+            # the tokens the fallback used, nor twice.
+            fresh = chat(gw, gw.mint(**own), "claude-test")
+            assert again.headers["x-ratelimit-remaining-tokens"] == fresh.headers["x-ratelimit-remaining-tokens"]
+        # The limit that binds the fallback kept the first request: its third is the last of the minute.
+        assert chat(gw, key, "gpt-test").status_code == 200
+        refused = chat(gw, key, "gpt-test")
+        assert refused.status_code == 429, (away, refused.text)
+
+
+def count(gw: Running, key: str, **headers: str) -> httpx.Response:
+    body = {"model": "claude-test", "messages": HI}
+    return post(gw, "/v1/messages/count_tokens", key, body, **{"anthropic-version": "2023-06-01", **headers})
+
+
+def test_a_count_nothing_is_sent_for_is_an_estimate_that_takes_no_request_of_the_keys_rpm(gw: Running) -> None:
+    """messages-api.md: "An estimate calls no provider and is not held to them". With Anthropic's breaker open, a
+    count was an estimate, nothing sent, yet it took the key's one request a minute first: the second count was a
+    429 instead of an estimate, and so was a real request after it (found by review). So did a count whose deadline
+    was too short to send one. Nothing will be sent: the estimate, counted on nothing; a count that would be sent
+    is still held to the key's rpm."""
+    fresh_minute()
+    key = gw.mint(rpm=1)
+    breakers = gw.gateway.router.breakers
+    since = len(gw.fakes["anthropic"].state.requests)
+    for _ in range(breakers.threshold):
+        breakers.failure(CLAUDE)
+    try:
+        estimates = [count(gw, key), count(gw, key)]
+    finally:
+        breakers.success(CLAUDE)
+    estimates.append(count(gw, key, **{"x-gateway-deadline-ms": "1"}))
+    assert received(gw, "anthropic", since) == []
+    assert [(e.status_code, e.headers.get("x-gateway-estimate")) for e in estimates] == [(200, "true")] * 3
+    assert not any("x-ratelimit-limit-requests" in estimate.headers for estimate in estimates)  # (counted on nothing)
+    assert estimates[0].headers["x-gateway-route"] == f"{CLAUDE}=breaker-open"
+    assert chat(gw, key, "claude-test").status_code == 200  # the key's one request of the minute, still there
+    refused = count(gw, key)
+    assert refused.status_code == 429 and refused.json()["error"]["type"] == "rate_limit_error", refused.text
+    assert len(received(gw, "anthropic", since)) == 1
+
+
+def test_a_count_not_sent_once_it_was_counted_gives_back_the_request_it_counted(
+    gw: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A count whose deadline ran out while its request was counted (a slow store) was answered with an estimate,
+    nothing sent, and kept the request it counted on the key's rpm (found by review): it is given back, and the
+    estimate tells no count (it told the one it gave back)."""
+    fresh_minute()
+    key = gw.mint(rpm=2)
+    assert chat(gw, key, "claude-test").status_code == 200  # (the key looked up once: the store is not what is cut)
+    deadline_ms = 60
+    store = gw.gateway.store
+    written = store.admit
+    admitted: list[str] = []
+
+    async def slow_admission(admission: Any) -> Any:
+        snapshot = await written(admission)
+        admitted.append(admission.reservation_id)
+        await asyncio.sleep(deadline_ms / 1000)  # (a slow DynamoDB round trip: the request's deadline passes)
+        return snapshot
+
+    since = len(gw.fakes["anthropic"].state.requests)
+    monkeypatch.setattr(store, "admit", slow_admission)
+    for _ in range(20):  # (one that had too little left before it was counted counted nothing: again)
+        cut = count(gw, key, **{"x-gateway-deadline-ms": str(deadline_ms)})
+        if admitted:
+            break
+    monkeypatch.undo()
+    assert admitted, "always an estimate before it was counted: the test needs the deadline to run out during it"
+    assert cut.status_code == 200 and cut.headers.get("x-gateway-estimate") == "true", cut.text
+    assert received(gw, "anthropic", since) == []
+    time.sleep(0.3)  # (the settlement, in the background)
+    second = count(gw, key)
+    assert second.status_code == 200 and "x-gateway-estimate" not in second.headers, second.text
+    assert second.headers["x-ratelimit-remaining-requests"] == "0"
+    assert count(gw, key).status_code == 429
+    assert "x-ratelimit-limit-requests" not in cut.headers
+
+
 def test_every_matching_model_limit_binds_whatever_its_place(gw: Running) -> None:
     """The first matching pattern alone bound: `{"gpt-test": rpm 1, "*": rpm 5}` gave 200, 429, 429, 429 on
     gpt-test, the same in the other order four 200s; and a child of a parent with the second order had 4 of 4,
