@@ -1,5 +1,5 @@
 """Tests marked `both_loops` run once on asyncio's own event loop and once on uvloop's. `only_secrets`: the
-secrets the gateway knows, for one test."""
+secrets the gateway knows, for one test. Every test gives back the secrets it registered (`secrets_kept_apart`)."""
 
 from __future__ import annotations
 
@@ -31,3 +31,19 @@ def only_secrets(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None
     yield redaction.register
     monkeypatch.undo()
     redaction._rebuild()
+
+
+@pytest.fixture(autouse=True)
+def secrets_kept_apart() -> Iterator[None]:
+    """The secrets a unit test registers (a provider's headers resolved, a config checked) are forgotten after it: the
+    redactor holds back a stream's text that ends with the first letters of any secret it knows, so one left behind
+    (`now-it-is-set-...`) held back each " implementation" of a functional test's stream run after it in the same
+    process, by its last `n`, and that test's client, waiting for a word that never came, read the whole stream."""
+    fixed, current = set(redaction._fixed), dict(redaction._current)
+    yield
+    if redaction._fixed != fixed or redaction._current != current:
+        redaction._fixed.clear()
+        redaction._fixed.update(fixed)
+        redaction._current.clear()
+        redaction._current.update(current)
+        redaction._rebuild()
