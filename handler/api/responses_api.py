@@ -205,6 +205,63 @@ class ReasoningItem(BaseModel):
     content: list[SummaryPart] | None = None
 
 
+# The Responses API's input item types (OpenAI's `ResponseInputItem` union). The translation carries messages,
+# function calls, their outputs and reasoning (an `item_reference` is replaced before by the item it names:
+# `responses_routes.StoredItems`); an item of another of these types is left out and named (`input[web_search_call]`),
+# and one of a type not among them is the client's 400, as OpenAI answers it, whichever deployment would serve it.
+ITEM_TYPES = frozenset(
+    {
+        "message",
+        "function_call",
+        "function_call_output",
+        "reasoning",
+        "item_reference",
+        "file_search_call",
+        "web_search_call",
+        "computer_call",
+        "computer_call_output",
+        "code_interpreter_call",
+        "image_generation_call",
+        "local_shell_call",
+        "local_shell_call_output",
+        "shell_call",
+        "shell_call_output",
+        "apply_patch_call",
+        "apply_patch_call_output",
+        "custom_tool_call",
+        "custom_tool_call_output",
+        "mcp_list_tools",
+        "mcp_approval_request",
+        "mcp_approval_response",
+        "mcp_call",
+        "tool_search_call",
+        "tool_search_output",
+        "additional_tools",
+        "configuration_update",
+        "compaction",
+        "compaction_trigger",
+        "program",
+        "program_output",
+    }
+)
+
+
+def is_reference(item: dict[str, Any]) -> bool:
+    """Whether an input item is an `item_reference`: its type says so, or, as the API takes one, it has an `id` and
+    neither a type nor a role (which would make it a message)."""
+    kind = item.get("type")
+    return kind == "item_reference" or (kind is None and "role" not in item and "id" in item)
+
+
+def no_such_item(kind: Any, where: str) -> InvalidRequestError:
+    """OpenAI's 400 for an input item of no type the API has (a typo, a content part sent as an item, none)."""
+    if kind is None:
+        return InvalidRequestError(f"Missing required parameter: '{where}.type'.", param=where)
+    shown = repr(kind) if len(repr(kind)) <= 64 else repr(kind)[:61] + "..."
+    known = ", ".join(f"'{name}'" for name in sorted(ITEM_TYPES))
+    return InvalidRequestError(f"Invalid value: {shown}. Supported values are: {known}.", param=where)
+
+
 def input_items(req: ResponsesRequest) -> list[dict[str, Any]]:
     """The request's input as a list of items (a string input is one user message)."""
     if isinstance(req.input, str):
@@ -352,7 +409,9 @@ class _Conversation:
         if name not in self.dropped:
             self.dropped.append(name)
 
-    def add(self, raw: dict[str, Any], where: str) -> None:
+    def add(self, raw: dict[str, Any], where: str, stored: bool = False) -> None:
+        """Translate one item (`stored`: of the conversation `previous_response_id` continues, taken when it was
+        sent: one of a type the API does not have, kept by an older release, is left out and named as it was)."""
         kind = raw.get("type", "message" if "role" in raw else None)
         try:
             if kind == "message":
@@ -376,8 +435,10 @@ class _Conversation:
                 self.messages.append({"role": "tool", "tool_call_id": result.call_id, "content": content})
             elif kind == "reasoning":
                 self._reasoning(ReasoningItem.model_validate(raw))
-            else:
+            elif kind in ITEM_TYPES or stored:
                 self.drop(f"input[{kind}]")
+            else:
+                raise no_such_item(kind, where)
         except ValidationError as exc:
             first = exc.errors()[0]
             loc = ".".join(str(p) for p in first["loc"])
@@ -520,8 +581,10 @@ def to_chat_request(
     if req.instructions:
         conversation.messages.append({"role": "system", "content": req.instructions})
     items = input_items(req)
-    for i, item in enumerate([*history, *(with_sealed_reasoning(items, kept) if kept else items)]):
-        conversation.add(item, f"input[{i - len(history)}]" if i >= len(history) else f"previous[{i}]")
+    for i, item in enumerate(history):
+        conversation.add(item, f"previous[{i}]", stored=True)
+    for i, item in enumerate(with_sealed_reasoning(items, kept) if kept else items):
+        conversation.add(item, f"input[{i}]")
     _ordered_turns(conversation.messages)
     if not any(m["role"] != "system" for m in conversation.messages):
         raise InvalidRequestError("input must hold at least one message or item", param="input")

@@ -3,13 +3,15 @@ response (whole, or as a stream ends it)."""
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import pytest
-from openai.types.responses import Response
+from openai.types.responses import Response, response_input_item_param
 
 from handler import schemas
 from handler.api.responses_api import (
+    ITEM_TYPES,
     ReasoningSeal,
     ResponseIds,
     ResponsesRequest,
@@ -93,6 +95,40 @@ def test_a_seal_from_another_key_is_not_trusted() -> None:
     )
     assert dropped == ["input[reasoning].encrypted_content"]
     assert "thinking_blocks" not in messages[1] and messages[1]["reasoning_content"] == "summary"
+
+
+def test_the_item_types_are_the_apis() -> None:
+    """The input item types the gateway knows are those of OpenAI's `ResponseInputItem` union, as the SDK has them
+    (an SDK that adds one fails this, until the list has it)."""
+    union = typing.get_args(response_input_item_param.ResponseInputItemParam)
+    kinds = set()
+    for member in union:
+        declared = typing.get_type_hints(member)["type"]
+        while typing.get_origin(declared) is not typing.Literal:
+            declared = next(arg for arg in typing.get_args(declared) if arg is not type(None))
+        kinds.update(typing.get_args(declared))
+    assert kinds == ITEM_TYPES
+
+
+def test_an_item_of_no_type_the_api_has_is_refused_and_one_the_translation_cannot_carry_named() -> None:
+    """Refused, naming the item, as OpenAI answers it; left out without a word but a name, the model answered
+    without it. A real item type no translation carries (a hosted tool's call) is left out and named as before; an
+    item of the conversation `previous_response_id` continues, taken when it was sent, too."""
+    question = {"role": "user", "content": "go"}
+    for item, said in (
+        ({"type": "user_message", "content": "hi"}, "Invalid value: 'user_message'. Supported values are: "),
+        ({"type": 5}, "Invalid value: 5."),
+        ({"type": "x" * 500}, "Invalid value: '" + "x" * 60 + "..."),
+        ({"content": "hi"}, "Missing required parameter: 'input[1].type'."),
+    ):
+        with pytest.raises(InvalidRequestError) as refused:
+            translate([question, item])
+        assert refused.value.param == "input[1]" and refused.value.message.startswith(said)
+    messages, dropped = translate([question, {"type": "web_search_call", "id": "ws_1", "status": "completed"}])
+    assert messages == [question] and dropped == ["input[web_search_call]"]
+    body = ResponsesRequest.model_validate({"model": "m", "input": "and?"})
+    req, dropped = to_chat_request(body, [question, {"type": "user_message", "content": "hi"}], SEAL)
+    assert len(req.messages) == 2 and dropped == ["input[user_message]"]
 
 
 @pytest.mark.parametrize(
