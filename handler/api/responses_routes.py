@@ -427,8 +427,14 @@ class ResponsesRoutes:
 
         async def keep(response: dict[str, Any]) -> None:
             if body.stored:
+                # (the seals of turns sealed before they were encrypted, sealed anew: the store keeps none readable)
+                reasoning = {**sealed, **kept, **(seal.items or {}), **relay.kept}
                 await self.archive.keep(
-                    key, conversation, response, history_ids, {**sealed, **kept, **(seal.items or {}), **relay.kept}
+                    key,
+                    seal.upgraded_items(conversation),
+                    response,
+                    history_ids,
+                    {item_id: seal.upgraded(token) for item_id, token in reasoning.items()},
                 )
 
         ids = ResponseIds(ex.request_id)
