@@ -8,7 +8,7 @@ equivalent are named in `x-gateway-dropped-params`, like any parameter a provide
 The conversation is the client's to keep (`store: false`, as Codex sends) or the gateway's
 (`store: true`, the API's default: `previous_response_id` then continues it; see `ResponseArchive`).
 Reasoning a provider returns travels back to the client inside a reasoning item's `encrypted_content`,
-sealed with an HMAC (`ReasoningSeal`), so the next turn can hand it back to the provider without the
+encrypted and signed (`ReasoningSeal`), so the next turn can hand it back to the provider without the
 gateway keeping state; a stored response keeps it sealed in the store (`with_sealed_reasoning`).
 """
 
@@ -205,6 +205,63 @@ class ReasoningItem(BaseModel):
     content: list[SummaryPart] | None = None
 
 
+# The Responses API's input item types (OpenAI's `ResponseInputItem` union). The translation carries messages,
+# function calls, their outputs and reasoning (an `item_reference` is replaced before by the item it names:
+# `responses_routes.StoredItems`); an item of another of these types is left out and named (`input[web_search_call]`),
+# and one of a type not among them is the client's 400, as OpenAI answers it, whichever deployment would serve it.
+ITEM_TYPES = frozenset(
+    {
+        "message",
+        "function_call",
+        "function_call_output",
+        "reasoning",
+        "item_reference",
+        "file_search_call",
+        "web_search_call",
+        "computer_call",
+        "computer_call_output",
+        "code_interpreter_call",
+        "image_generation_call",
+        "local_shell_call",
+        "local_shell_call_output",
+        "shell_call",
+        "shell_call_output",
+        "apply_patch_call",
+        "apply_patch_call_output",
+        "custom_tool_call",
+        "custom_tool_call_output",
+        "mcp_list_tools",
+        "mcp_approval_request",
+        "mcp_approval_response",
+        "mcp_call",
+        "tool_search_call",
+        "tool_search_output",
+        "additional_tools",
+        "configuration_update",
+        "compaction",
+        "compaction_trigger",
+        "program",
+        "program_output",
+    }
+)
+
+
+def is_reference(item: dict[str, Any]) -> bool:
+    """Whether an input item is an `item_reference`: its type says so, or, as the API takes one, it has an `id` and
+    neither a type nor a role (which would make it a message)."""
+    kind = item.get("type")
+    return kind == "item_reference" or (kind is None and "role" not in item and "id" in item)
+
+
+def no_such_item(kind: Any, where: str) -> InvalidRequestError:
+    """OpenAI's 400 for an input item of no type the API has (a typo, a content part sent as an item, none)."""
+    if kind is None:
+        return InvalidRequestError(f"Missing required parameter: '{where}.type'.", param=where)
+    shown = repr(kind) if len(repr(kind)) <= 64 else repr(kind)[:61] + "..."
+    known = ", ".join(f"'{name}'" for name in sorted(ITEM_TYPES))
+    return InvalidRequestError(f"Invalid value: {shown}. Supported values are: {known}.", param=where)
+
+
 def input_items(req: ResponsesRequest) -> list[dict[str, Any]]:
     """The request's input as a list of items (a string input is one user message)."""
     if isinstance(req.input, str):
@@ -236,29 +293,52 @@ def with_sealed_reasoning(items: list[dict[str, Any]], sealed: Mapping[str, str]
 
 
 class ReasoningSeal:
-    """Seals what a provider needs back from its reasoning (text, signatures) into an opaque string
-    the client returns on the next turn: base64 of the JSON and an HMAC-SHA256 tag over it, keyed by a
-    secret every gateway process shares (see `ResponsesRoutes.seal`); without one, a one-off random key."""
+    """Seals what a provider needs back from its reasoning (text, signatures) into an opaque string the client
+    returns on the next turn, keyed by a secret every gateway process shares (see `ResponsesRoutes.seal`); without
+    one, a one-off random key.
 
-    PREFIX = "gwr1."
-    __slots__ = ("key", "items")
+    Encrypted, not only signed: the payload is the reasoning as the provider wrote it (Claude's thinking, whose
+    signature covers its exact text, so it cannot be redacted there), which may quote a secret the gateway redacts
+    everywhere else. A `gwr2.` seal is a stream cipher built from the standard library's hashes (the gateway takes no
+    `cryptography`): the JSON XORed with a SHAKE-256 keystream of the cipher key and a random 16-byte nonce, then an
+    HMAC-SHA256 tag over the version, the nonce and the ciphertext (encrypt-then-MAC), checked in constant time before
+    anything is decrypted. The cipher and tag keys are derived apart from the secret (HMAC under labels of their own).
+    A `gwr1.` seal, what the gateway made before (base64 of the JSON and an HMAC tag over it: readable by anyone), is
+    still opened, checked by its tag, so that a conversation begun before the upgrade goes on; none is made now."""
+
+    PREFIX = "gwr2."
+    SIGNED = "gwr1."  # (signed only: opened, never made)
+    PREFIXES = (PREFIX, SIGNED)
+    NONCE_BYTES = 16
+    __slots__ = ("cipher_key", "tag_key", "signed_key", "items")
 
     def __init__(self, secret: bytes | None = None) -> None:
-        self.key = hashlib.sha256(b"gateway reasoning seal\x00" + (secret or os.urandom(32))).digest()
+        root = secret or os.urandom(32)
+        self.cipher_key = hmac.new(root, b"gateway reasoning seal: cipher", hashlib.sha256).digest()
+        self.tag_key = hmac.new(root, b"gateway reasoning seal: tag", hashlib.sha256).digest()
+        self.signed_key = hashlib.sha256(b"gateway reasoning seal\x00" + root).digest()  # (`gwr1.`'s tag key)
         self.items: dict[str, str] | None = None  # (see `for_response`)
 
     def for_response(self) -> ReasoningSeal:
         """The same seal, keeping what it seals for one response's reasoning items (`items`, by item id): the
         gateway stores that beside the response, since the client gets it only when `include` asks."""
         seal = object.__new__(ReasoningSeal)  # (`copy.copy` took a Responses request 7 µs)
-        seal.key = self.key
+        seal.cipher_key, seal.tag_key, seal.signed_key = self.cipher_key, self.tag_key, self.signed_key
         seal.items = {}
         return seal
 
+    def _keystream_xor(self, data: bytes, nonce: bytes) -> bytes:
+        stream = hashlib.shake_256(self.cipher_key + nonce).digest(len(data))
+        return (int.from_bytes(data, "little") ^ int.from_bytes(stream, "little")).to_bytes(len(data), "little")
+
+    def _tag(self, nonce: bytes, ciphertext: bytes) -> bytes:
+        return hmac.new(self.tag_key, self.PREFIX.encode() + nonce + ciphertext, hashlib.sha256).digest()
+
     def seal(self, payload: dict[str, Any]) -> str:
-        body = orjson.dumps(payload)
-        tag = hmac.new(self.key, body, hashlib.sha256).digest()
-        return self.PREFIX + base64.urlsafe_b64encode(body).decode() + "." + base64.urlsafe_b64encode(tag).decode()
+        nonce = os.urandom(self.NONCE_BYTES)
+        ciphertext = self._keystream_xor(orjson.dumps(payload), nonce)
+        body = base64.urlsafe_b64encode(nonce + ciphertext).decode()
+        return self.PREFIX + body + "." + base64.urlsafe_b64encode(self._tag(nonce, ciphertext)).decode()
 
     def seal_item(self, item_id: str, payload: dict[str, Any]) -> str:
         """`seal`, for a reasoning item of the response being made."""
@@ -269,18 +349,43 @@ class ReasoningSeal:
 
     def open(self, token: str) -> dict[str, Any] | None:
         """The sealed payload, or None for a blob not sealed by this key (or altered)."""
-        if not token.startswith(self.PREFIX):
+        if not token.startswith(self.PREFIXES):
             return None
-        body_b64, _, tag_b64 = token[len(self.PREFIX) :].partition(".")
+        body_b64, _, tag_b64 = token[len(self.PREFIX) :].partition(".")  # (both prefixes are five characters)
         try:
             body = base64.urlsafe_b64decode(body_b64)
             tag = base64.urlsafe_b64decode(tag_b64)
         except ValueError:
             return None
-        if not hmac.compare_digest(tag, hmac.new(self.key, body, hashlib.sha256).digest()):
-            return None
+        if token.startswith(self.SIGNED):
+            if not hmac.compare_digest(tag, hmac.new(self.signed_key, body, hashlib.sha256).digest()):
+                return None
+        else:
+            nonce, ciphertext = body[: self.NONCE_BYTES], body[self.NONCE_BYTES :]
+            if len(nonce) < self.NONCE_BYTES or not hmac.compare_digest(tag, self._tag(nonce, ciphertext)):
+                return None
+            body = self._keystream_xor(ciphertext, nonce)
         payload = orjson.loads(body)
         return payload if isinstance(payload, dict) else None
+
+    def upgraded(self, token: str) -> str:
+        """A `gwr1.` seal of this key sealed anew (`gwr2.`), for what the gateway keeps: a conversation begun before
+        the upgrade would otherwise carry its readable seals into every turn it stores. Any other blob as it is."""
+        if not token.startswith(self.SIGNED):
+            return token
+        payload = self.open(token)
+        return token if payload is None else self.seal(payload)
+
+    def upgraded_items(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`items` with the `gwr1.` seals of their reasoning items `upgraded`."""
+        return [
+            {**item, "encrypted_content": self.upgraded(item["encrypted_content"])}
+            if item.get("type") == "reasoning"
+            and isinstance(item.get("encrypted_content"), str)
+            and item["encrypted_content"].startswith(self.SIGNED)
+            else item
+            for item in items
+        ]
 
 
 def merge(fields: dict[str, Any], more: dict[str, Any]) -> None:
@@ -352,7 +457,9 @@ class _Conversation:
         if name not in self.dropped:
             self.dropped.append(name)
 
-    def add(self, raw: dict[str, Any], where: str) -> None:
+    def add(self, raw: dict[str, Any], where: str, stored: bool = False) -> None:
+        """Translate one item (`stored`: of the conversation `previous_response_id` continues, taken when it was
+        sent: one of a type the API does not have, kept by an older release, is left out and named as it was)."""
         kind = raw.get("type", "message" if "role" in raw else None)
         try:
             if kind == "message":
@@ -376,8 +483,10 @@ class _Conversation:
                 self.messages.append({"role": "tool", "tool_call_id": result.call_id, "content": content})
             elif kind == "reasoning":
                 self._reasoning(ReasoningItem.model_validate(raw))
-            else:
+            elif kind in ITEM_TYPES or stored:
                 self.drop(f"input[{kind}]")
+            else:
+                raise no_such_item(kind, where)
         except ValidationError as exc:
             first = exc.errors()[0]
             loc = ".".join(str(p) for p in first["loc"])
@@ -520,8 +629,10 @@ def to_chat_request(
     if req.instructions:
         conversation.messages.append({"role": "system", "content": req.instructions})
     items = input_items(req)
-    for i, item in enumerate([*history, *(with_sealed_reasoning(items, kept) if kept else items)]):
-        conversation.add(item, f"input[{i - len(history)}]" if i >= len(history) else f"previous[{i}]")
+    for i, item in enumerate(history):
+        conversation.add(item, f"previous[{i}]", stored=True)
+    for i, item in enumerate(with_sealed_reasoning(items, kept) if kept else items):
+        conversation.add(item, f"input[{i}]")
     _ordered_turns(conversation.messages)
     if not any(m["role"] != "system" for m in conversation.messages):
         raise InvalidRequestError("input must hold at least one message or item", param="input")

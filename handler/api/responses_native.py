@@ -106,7 +106,7 @@ class Relay:
         if not isinstance(item, dict) or item.get("type") != "reasoning":
             return False
         sealed = item.get("encrypted_content")
-        return isinstance(sealed, str) and sealed.startswith(ReasoningSeal.PREFIX)
+        return isinstance(sealed, str) and sealed.startswith(ReasoningSeal.PREFIXES)
 
     def reasoning_out(self, item: Any) -> bool:
         """Mark an output reasoning item's `encrypted_content` with the deployment that issued it, and take it out
@@ -154,7 +154,7 @@ class Relay:
     def _marked(self, sealed: str) -> str:
         """`sealed` marked with its issuer, the deployment that served (`ex.attempt`); as it is when marked already
         (the items of a stream that broke off pass here again, `relayed_events`)."""
-        if sealed.startswith((ISSUED_PREFIX, ReasoningSeal.PREFIX)):
+        if sealed.startswith((ISSUED_PREFIX, *ReasoningSeal.PREFIXES)):
             return sealed
         if self._issuer is None:
             attempt = self.ex.attempt

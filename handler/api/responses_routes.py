@@ -29,6 +29,7 @@ from handler.api.responses_api import (
     ResponseIds,
     ResponsesRequest,
     input_items,
+    is_reference,
     to_chat_request,
     to_response,
     unsealed_reasoning,
@@ -318,12 +319,12 @@ class StoredItems:
     async def resolved(self, items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
         """`items` with each `item_reference` replaced by the stored item it names (with that id), and the sealed
         reasoning kept for the reasoning items among them; a reference to nothing this key may read is a 400."""
-        if not any(item.get("type") == "item_reference" for item in items):
+        if not any(is_reference(item) for item in items):
             return items, {}
         out: list[dict[str, Any]] = []
         kept: dict[str, str] = {}
         for position, item in enumerate(items):
-            if item.get("type") != "item_reference":
+            if not is_reference(item):
                 out.append(item)
                 continue
             item_id = item.get("id")
@@ -426,8 +427,14 @@ class ResponsesRoutes:
 
         async def keep(response: dict[str, Any]) -> None:
             if body.stored:
+                # (the seals of turns sealed before they were encrypted, sealed anew: the store keeps none readable)
+                reasoning = {**sealed, **kept, **(seal.items or {}), **relay.kept}
                 await self.archive.keep(
-                    key, conversation, response, history_ids, {**sealed, **kept, **(seal.items or {}), **relay.kept}
+                    key,
+                    seal.upgraded_items(conversation),
+                    response,
+                    history_ids,
+                    {item_id: seal.upgraded(token) for item_id, token in reasoning.items()},
                 )
 
         ids = ResponseIds(ex.request_id)

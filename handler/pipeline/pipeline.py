@@ -124,10 +124,7 @@ class Pipeline(Charges):
         except BaseException as exc:
             await self._unanswered(ex, exc)
             raise
-        usage, source = self._checked(completion.usage, ex, lambda: answer_chars(completion))
-        served = served or tier_served(completion.model_extra, ex.service_tier)
-        await self._settle(ex, usage, 200, background=True, source=source, served=served)
-        return completion
+        return await self._settled_answer(ex, completion, served)
 
     async def chat_stream(self, req: ChatRequest, ex: Exchange) -> ChunkStream:
         """A streaming chat completion whose first chunks have arrived (failover is over by then)."""
@@ -231,7 +228,15 @@ class Pipeline(Charges):
                 await self._keep_thread(ex, outcome.body.get("id"))
             return outcome
         completion, served = outcome
+        return await self._settled_answer(ex, completion, served)
+
+    async def _settled_answer(self, ex: Exchange, completion: ChatCompletion, served: Served | None) -> ChatCompletion:
+        """Settle a whole answer in the internal form, which then says the usage it was charged for, as a stream's
+        last event does (`ChunkStream.final_chunk`): the provider's, or the estimate that stood for usage it did not
+        give, or gave impossible (the answer said none, or -1,000,000 tokens, while its cost and line said the
+        estimate's)."""
         usage, source = self._checked(completion.usage, ex, lambda: answer_chars(completion))
+        completion.usage = usage
         served = served or tier_served(completion.model_extra, ex.service_tier)
         await self._settle(ex, usage, 200, background=True, source=source, served=served)
         return completion

@@ -1008,6 +1008,37 @@ def test_an_answer_without_usage_is_estimated_and_impossible_usage_never_credits
     assert spent(gw, key) > before
 
 
+# Each API's route, its body, and the names of the counts its `usage` gives (input, output).
+ANSWERS: Any = {
+    "chat": ("/v1/chat/completions", {"messages": HI}, ("prompt_tokens", "completion_tokens")),
+    "messages": ("/v1/messages", {"messages": HI, "max_tokens": 100}, ("input_tokens", "output_tokens")),
+    "responses": ("/v1/responses", {"input": "Hi"}, ("input_tokens", "output_tokens")),
+}
+
+
+@pytest.mark.parametrize("api", list(ANSWERS))
+@pytest.mark.parametrize("model", ["no-usage-test", "negative-test"])
+def test_a_whole_answer_s_usage_is_what_it_was_charged(gw: Running, api: str, model: str) -> None:
+    """A whole answer whose provider gave no usage, or impossible usage, is charged an estimate; its `usage` said
+    what the provider said (none on Chat Completions, 0/0 on Messages and Responses; -1,000,000 each), while its cost
+    and its ledger line were the estimate's. A stream says what it was charged; a whole answer now does too."""
+    key = gw.mint(budget_usd=1.0)
+    path, body, names = ANSWERS[api]
+
+    def counts(usage: dict[str, int]) -> tuple[int, ...]:
+        return tuple(usage[name] for name in names)
+
+    answer = post(gw, path, key, {"model": model, **body})
+    assert answer.status_code == 200, answer.text
+    [line] = ledger(gw, key)
+    assert line.cost_source == "estimate" and line.input_tokens > 0 and line.output_tokens > 0
+    charged = (line.input_tokens, line.output_tokens)
+    assert counts(answer.json()["usage"]) == charged
+    if api == "responses":  # (and as it was kept)
+        stored = httpx.get(f"{gw.url}/v1/responses/{answer.json()['id']}", headers=auth(key))
+        assert counts(stored.json()["usage"]) == charged
+
+
 def test_an_upstream_cut_stream_is_charged_its_prompt_and_relayed_text(gw: Running) -> None:
     key = gw.mint(budget_usd=1.0)
     body = {"model": "cut-test", "messages": HI, "stream": True}

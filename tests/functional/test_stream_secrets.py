@@ -8,6 +8,9 @@ deltas; a scripted call's arguments are streamed in halves, cut inside the key. 
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,11 +22,16 @@ import openai
 import orjson
 import pytest
 
+from adapters.store import open_store
 from handler import redaction
 from handler.api.app import create_app
+from handler.api.responses_api import ReasoningSeal
+from handler.api.responses_routes import SEAL_SECRET_ID
+from handler.ports import StoredResponse
 from tests.functional.agents_gateway import agents_gateway
 from tests.functional.conftest import FAKE_KEYS, Running
 from tests.support.inprocess import PROVIDER_KEYS, serve
+from tests.unit.handler.api.test_responses_api import signed_only
 
 PROVIDER_KEY = FAKE_KEYS["OPENAI_API_KEY"]  # the gateway holds it: registered at start-up
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # AWS's documented example; its `/` an encoder may escape
@@ -53,9 +61,33 @@ def anthropic_sdk(agents: Running) -> Iterator[anthropic.Anthropic]:
 
 
 def assert_secret_free(data: str | bytes) -> None:
-    text = data.decode() if isinstance(data, bytes) else data
+    raw = data.encode() if isinstance(data, str) else data  # (bytes: a seal's are not text)
     for secret in (PROVIDER_KEY, AWS_SECRET, AWS_SECRET.replace("/", "\\/")):
-        assert secret not in text
+        assert secret.encode() not in raw
+
+
+def readable(sealed: str) -> bytes:
+    """Whatever a `gwr<n>.<base64>.<base64>` seal gives away to anyone: each of its parts, base64-decoded."""
+    parts = sealed.split(".")[1:]
+    return b"".join(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)) for part in parts)
+
+
+def stored_record(agents: Running, response_id: str) -> bytes:
+    async def read() -> bytes:
+        store = open_store(agents.store_url)
+        try:
+            kept = await store.get_response(response_id)
+            assert kept is not None
+            return kept.body
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def readable_seals(agents: Running, response_id: str) -> bytes:
+    """What anyone reading a stored response's record learns from the seals kept beside it."""
+    return b"".join(readable(sealed) for sealed in orjson.loads(stored_record(agents, response_id))["sealed"].values())
 
 
 # --- text, cut across deltas ---------------------------------------------------------------------
@@ -198,26 +230,100 @@ def test_a_whole_chat_answer_carries_no_escaped_secret(openai_sdk: openai.OpenAI
 def test_a_stored_response_keeps_no_secret_the_model_said(agents: Running, model: str) -> None:
     """A stored response was redacted only when read back: the store held the secret the model said as the
     provider wrote it (a passed-through answer, `escaping-gpt`) or as the gateway translated it (`claude`)."""
-    import asyncio
-
-    from adapters.store import open_store
-
     headers = {"authorization": f"Bearer {agents.mint()}"}
     answer = httpx.post(f"{agents.url}/v1/responses", json={"model": model, "input": SAID}, headers=headers)
     assert answer.status_code == 200 and answer.json()["output"], answer.text
+    body = stored_record(agents, answer.json()["id"])
+    assert SHOWN.encode() in body  # (the answer is there, as the client saw it)
+    assert_secret_free(body)
 
-    async def stored() -> bytes:
+
+# --- reasoning sealed for the next turn ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_sealed_reasoning_item_carries_no_secret(agents: Running, openai_sdk: openai.OpenAI, stream: bool) -> None:
+    """Claude's thinking goes into the reasoning item's `encrypted_content` as Claude wrote it (it checks its
+    signature against that exact text, so the gateway cannot redact it there): a secret it quoted, shown
+    `[REDACTED]` in the summary, was read back by base64-decoding the blob (a seal was signed, not encrypted). The
+    thinking still goes back to Claude whole on the next turn (the fake refuses a block whose text was changed)."""
+    asked: Any = {
+        "model": "claude",
+        "input": SAID,
+        "reasoning": {"effort": "low", "summary": "auto"},
+        "include": ["reasoning.encrypted_content"],
+        "store": False,
+    }
+    if stream:
+        with openai_sdk.responses.stream(**asked) as events:
+            response = events.get_final_response()
+    else:
+        response = openai_sdk.responses.create(**asked)
+    [reasoning] = [item for item in response.output if item.type == "reasoning"]
+    assert reasoning.summary[0].text == SHOWN  # redacted where the client reads the text
+    sealed = reasoning.encrypted_content
+    assert sealed and sealed.startswith("gwr")
+    assert_secret_free(readable(sealed))
+
+    back: Any = [{"role": "user", "content": SAID}, *[item.model_dump(exclude_none=True) for item in response.output]]
+    again = openai_sdk.responses.create(**{**asked, "input": [*back, {"role": "user", "content": "And?"}]})
+    assert again.status == "completed"
+    sent = agents.fakes["anthropic"].state.requests[-1]["json"]["messages"][1]["content"][0]
+    assert sent["type"] == "thinking" and PROVIDER_KEY in sent["thinking"]  # as Claude wrote it, signed
+
+
+def test_a_stored_responses_sealed_reasoning_keeps_no_readable_secret(
+    agents: Running, openai_sdk: openai.OpenAI
+) -> None:
+    """A stored response keeps its reasoning items' seals beside it (the client may not have asked for them): the
+    store's record is scrubbed of the secrets it holds as text, and the seals, which scrubbing cannot read, are
+    encrypted. The next turn still hands Claude its thinking whole."""
+    first = openai_sdk.responses.create(model="claude", input=SAID, reasoning={"effort": "low", "summary": "auto"})
+    body = stored_record(agents, first.id)
+    record = orjson.loads(body)
+    assert record["sealed"] and record["response"]["output"][0]["type"] == "reasoning"
+    assert_secret_free(body)
+    assert_secret_free(readable_seals(agents, first.id))
+    again = openai_sdk.responses.create(model="claude", input="And?", previous_response_id=first.id)
+    assert again.status == "completed"
+    sent = agents.fakes["anthropic"].state.requests[-1]["json"]["messages"][1]["content"][0]
+    assert sent["type"] == "thinking" and PROVIDER_KEY in sent["thinking"]
+
+
+def test_a_conversation_sealed_before_seals_were_encrypted_goes_on_and_is_kept_encrypted(
+    agents: Running, openai_sdk: openai.OpenAI
+) -> None:
+    """A response an older release stored holds its reasoning's seals as it made them (`gwr1.`: signed, readable):
+    continued after the upgrade, it hands Claude its thinking whole, and the turn kept then holds those seals
+    encrypted, so that a conversation begun before does not carry readable ones into every turn it stores."""
+    first = openai_sdk.responses.create(model="claude", input=SAID, reasoning={"effort": "low", "summary": "auto"})
+
+    async def as_kept_before() -> str:
         store = open_store(agents.store_url)
         try:
-            kept = await store.get_response(answer.json()["id"])
-            assert kept is not None
-            return kept.body
+            kept, secret = await store.get_response(first.id), await store.get_response(SEAL_SECRET_ID)
+            assert kept is not None and secret is not None
+            record = orjson.loads(kept.body)
+            seal = ReasoningSeal(secret.body)
+            record["sealed"] = {
+                item_id: signed_only(secret.body, seal.open(token) or {}) for item_id, token in record["sealed"].items()
+            }
+            older = "resp_" + "0" * 31 + "1"
+            now = time.time()
+            body = orjson.dumps(record)
+            await store.put_response(StoredResponse(older, kept.key_id, kept.ancestors, now, now + 600, body))
+            return older
         finally:
             await store.close()
 
-    body = asyncio.run(stored())
-    assert SHOWN.encode() in body  # (the answer is there, as the client saw it)
-    assert_secret_free(body)
+    older = asyncio.run(as_kept_before())
+    assert b"gwr1." in stored_record(agents, older) and PROVIDER_KEY.encode() in readable_seals(agents, older)
+    again = openai_sdk.responses.create(model="claude", input="And?", previous_response_id=older)
+    assert again.status == "completed"
+    sent = agents.fakes["anthropic"].state.requests[-1]["json"]["messages"][1]["content"][0]
+    assert sent["type"] == "thinking" and PROVIDER_KEY in sent["thinking"]
+    assert b"gwr1." not in stored_record(agents, again.id)
+    assert_secret_free(readable_seals(agents, again.id))
 
 
 # --- a citation or an annotation between two deltas of the secret -------------------------------------------------

@@ -261,6 +261,46 @@ def test_bad_input_is_a_400_in_openais_shape(fleet: Running, fleet_key: str, bod
     assert error["type"] == "invalid_request_error" and error["message"]
 
 
+NO_SUCH_ITEMS: Any = [
+    {"type": "user_message", "content": "Answer in French."},  # no such type (a client's typo)
+    {"type": "input_text", "text": "Answer in French."},  # a content part given as an item
+    {"type": 5, "role": "user", "content": "Answer in French."},  # a type that is no string
+    {},  # an item with nothing
+]
+
+
+@pytest.mark.parametrize("model", ["gpt", "claude", "gemini", "gpt-chat", "bedrock-claude", "deepseek"])
+@pytest.mark.parametrize("item", NO_SUCH_ITEMS, ids=["typo", "part-as-item", "number-type", "empty"])
+def test_an_item_of_no_type_the_api_has_is_a_400_on_every_deployment(fleet: Running, model: str, item: Any) -> None:
+    """An input item whose type the Responses API does not have is OpenAI's 400, naming the item, before anything is
+    reserved, whichever deployment would serve it. Translated, it was left out (named `input[user_message]`, or
+    `input[5]`, `input[None]`) and the model answered without it, charged to the key."""
+    key = fleet.mint(name="no-such-item", budget_usd=1.0)
+    headers = {"authorization": f"Bearer {key}"}
+    body = {"model": model, "input": [{"role": "user", "content": "Hi"}, item]}
+    answer = httpx.post(f"{fleet.url}/v1/responses", json=body, headers=headers)
+    assert answer.status_code == 400, (answer.status_code, answer.headers.get("x-gateway-dropped-params"))
+    error = answer.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == "input[1]"
+    said = f"Invalid value: {item['type']!r}." if "type" in item else "Missing required parameter: 'input[1].type'."
+    assert error["message"].startswith(said)
+    meter = httpx.get(f"{fleet.url}/v1/key", headers=headers).json()
+    assert meter["reserved_usd"] == meter["spent_usd"] == 0  # (nothing held for it, nothing charged)
+
+
+def test_an_item_of_the_api_no_translation_carries_is_named_as_dropped(fleet: Running, fleet_key: str) -> None:
+    """An item of a type the Responses API has that a translation cannot carry (a hosted tool's call) is left out
+    and named, as before; passed through to OpenAI's own API it goes as it is."""
+    searched: Any = {"type": "web_search_call", "id": "ws_1", "status": "completed", "action": {"type": "search"}}
+    items: Any = [{"role": "user", "content": "Hi"}, searched]
+    raw = openai_client(fleet, fleet_key).responses.with_raw_response.create(model="claude", input=items, store=False)
+    assert raw.parse().status == "completed" and dropped(raw.headers) == ["input[web_search_call]"]
+    raw = openai_client(fleet, fleet_key).responses.with_raw_response.create(model="gpt", input=items, store=False)
+    assert raw.parse().status == "completed" and dropped(raw.headers) == []
+    sent = fleet.fakes["openai"].state.requests[-1]["json"]["input"][1]
+    assert sent == {name: value for name, value in searched.items() if name != "id"}  # (OpenAI keeps no ids here)
+
+
 def test_an_upstream_failure_mid_stream_ends_with_response_failed(fleet: Running, fleet_key: str) -> None:
     headers = {"authorization": f"Bearer {fleet_key}"}
     with httpx.stream(

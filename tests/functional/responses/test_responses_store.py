@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -264,7 +265,8 @@ def test_an_item_reference_stands_for_the_stored_item(
 def test_an_item_reference_finds_only_what_the_key_may_read(fleet_on_each_store: Running) -> None:
     """A reference resolves among the responses the key may read, as `previous_response_id` does; one to nothing
     it may read is a 400 naming the id, as OpenAI's is, not a silent drop: an item of another key's response, of a
-    deleted one, or an id never given. A stored input item's made id (from `input_items`) names it too."""
+    deleted one, or an id never given. A stored input item's made id (from `input_items`) names it too. A reference
+    may leave out its type, as the API takes it (an item of no type was dropped: the request had no message left)."""
     running = fleet_on_each_store
     key, stranger = running.mint(name="owner"), running.mint(name="stranger")
     sdk = openai_client(running, key)
@@ -273,14 +275,15 @@ def test_an_item_reference_finds_only_what_the_key_may_read(fleet_on_each_store:
     question = next(iter(sdk.responses.input_items.list(translated.id)))
     assert question.id.startswith("msg_") and question.id != "msg_fake1"
 
-    def refer(to: str, by: str = key) -> httpx.Response:
-        body = {"model": "claude", "input": [{"type": "item_reference", "id": to}]}
+    def refer(to: str, by: str = key, typed: bool = True) -> httpx.Response:
+        reference = {"type": "item_reference", "id": to} if typed else {"id": to}  # (the API's type is optional)
+        body = {"model": "claude", "input": [reference]}
         return httpx.post(f"{running.url}/v1/responses", json=body, headers=bearer(by))
 
     # (a natively served response's input ids are made from OpenAI's response id: `resp_<hex>`, any length)
     native_question = next(iter(sdk.responses.input_items.list(native.id)))
-    for made in (question.id, native_question.id):
-        answered = refer(made)
+    for made, typed in itertools.product((question.id, native_question.id), (True, False)):
+        answered = refer(made, typed=typed)
         assert answered.status_code == 200, answered.text
         assert running.fakes["anthropic"].state.requests[-1]["json"]["messages"][0]["content"][0]["text"] == ASKED
     call = translated.output[-1].id

@@ -3,13 +3,19 @@ response (whole, or as a stream ends it)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import typing
 from typing import Any
 
+import orjson
 import pytest
-from openai.types.responses import Response
+from openai.types.responses import Response, response_input_item_param
 
 from handler import schemas
 from handler.api.responses_api import (
+    ITEM_TYPES,
     ReasoningSeal,
     ResponseIds,
     ResponsesRequest,
@@ -93,6 +99,105 @@ def test_a_seal_from_another_key_is_not_trusted() -> None:
     )
     assert dropped == ["input[reasoning].encrypted_content"]
     assert "thinking_blocks" not in messages[1] and messages[1]["reasoning_content"] == "summary"
+
+
+def signed_only(secret: bytes, payload: dict[str, Any]) -> str:
+    """A seal as the gateway made them before they were encrypted (`gwr1.`): base64 of the JSON, an HMAC tag."""
+    key = hashlib.sha256(b"gateway reasoning seal\x00" + secret).digest()
+    body = orjson.dumps(payload)
+    tag = hmac.new(key, body, hashlib.sha256).digest()
+    return "gwr1." + base64.urlsafe_b64encode(body).decode() + "." + base64.urlsafe_b64encode(tag).decode()
+
+
+def given_away(sealed: str) -> bytes:
+    """What a seal shows anyone: its parts, base64-decoded."""
+    return b"".join(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)) for part in sealed.split(".")[1:])
+
+
+SECRET_THOUGHT = {"text": "the key is sk-live-123", "fields": {"thinking_blocks": [block("the key is sk-live-123")]}}
+
+
+def test_a_seal_is_encrypted_each_time_anew() -> None:
+    """A seal was base64 of its JSON: Claude's thinking, and any secret it quoted, read by anyone. Now its payload
+    is encrypted under a fresh nonce (the same reasoning sealed twice gives two unrelated blobs), and opens whole."""
+    first, second = SEAL.seal(SECRET_THOUGHT), SEAL.seal(SECRET_THOUGHT)
+    assert first.startswith("gwr2.") and first != second
+    for sealed in (first, second):
+        assert b"sk-live-123" not in given_away(sealed) and b"thinking" not in given_away(sealed)
+        assert SEAL.open(sealed) == SECRET_THOUGHT
+    assert SEAL.open(SEAL.seal({})) == {}
+
+
+def test_an_altered_or_cut_seal_is_not_opened() -> None:
+    """The tag covers the version, the nonce and the ciphertext, and is checked before anything is decrypted."""
+    sealed = SEAL.seal(SECRET_THOUGHT)
+    body, tag = sealed.removeprefix("gwr2.").split(".")
+    raw = base64.urlsafe_b64decode(body)
+    for changed in (raw[:5] + bytes([raw[5] ^ 1]) + raw[6:], raw[:-1] + bytes([raw[-1] ^ 1]), raw[:16], raw[:10]):
+        assert SEAL.open("gwr2." + base64.urlsafe_b64encode(changed).decode() + "." + tag) is None
+    assert SEAL.open("gwr2." + body + "." + base64.urlsafe_b64encode(bytes(32)).decode()) is None
+    assert SEAL.open("gwr1." + body + "." + tag) is None  # (another version's tag)
+    assert SEAL.open("gwr2.!!.??") is None and SEAL.open("gwr3." + body + "." + tag) is None
+
+
+def test_a_seal_made_before_seals_were_encrypted_still_opens_and_is_kept_encrypted() -> None:
+    """A Codex session under way across the upgrade hands back `gwr1.` seals (and stored responses hold them): they
+    open as before, checked by their tag, and what the gateway keeps of them is sealed anew."""
+    old = signed_only(b"unit", SECRET_THOUGHT)
+    assert SEAL.open(old) == SECRET_THOUGHT
+    messages, dropped = translate(
+        [
+            {"role": "user", "content": "go"},
+            {"type": "reasoning", "summary": [], "encrypted_content": old},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        ]
+    )
+    assert dropped == [] and messages[1]["thinking_blocks"] == SECRET_THOUGHT["fields"]["thinking_blocks"]
+    assert SEAL.open(signed_only(b"other", SECRET_THOUGHT)) is None
+    assert SEAL.open(old[:-8] + "AAAAAAA=") is None
+
+    again = SEAL.upgraded(old)
+    assert again.startswith("gwr2.") and SEAL.open(again) == SECRET_THOUGHT
+    foreign = signed_only(b"other", SECRET_THOUGHT)
+    assert SEAL.upgraded(foreign) == foreign and SEAL.upgraded("enc_openai") == "enc_openai"
+    items = [{"role": "user", "content": "go"}, {"type": "reasoning", "summary": [], "encrypted_content": old}]
+    [question, reasoning] = SEAL.upgraded_items(items)
+    assert question is items[0] and SEAL.open(reasoning["encrypted_content"]) == SECRET_THOUGHT
+    assert reasoning["encrypted_content"].startswith("gwr2.")
+
+
+def test_the_item_types_are_the_apis() -> None:
+    """The input item types the gateway knows are those of OpenAI's `ResponseInputItem` union, as the SDK has them
+    (an SDK that adds one fails this, until the list has it)."""
+    union = typing.get_args(response_input_item_param.ResponseInputItemParam)
+    kinds = set()
+    for member in union:
+        declared = typing.get_type_hints(member)["type"]
+        while typing.get_origin(declared) is not typing.Literal:
+            declared = next(arg for arg in typing.get_args(declared) if arg is not type(None))
+        kinds.update(typing.get_args(declared))
+    assert kinds == ITEM_TYPES
+
+
+def test_an_item_of_no_type_the_api_has_is_refused_and_one_the_translation_cannot_carry_named() -> None:
+    """Refused, naming the item, as OpenAI answers it; left out without a word but a name, the model answered
+    without it. A real item type no translation carries (a hosted tool's call) is left out and named as before; an
+    item of the conversation `previous_response_id` continues, taken when it was sent, too."""
+    question = {"role": "user", "content": "go"}
+    for item, said in (
+        ({"type": "user_message", "content": "hi"}, "Invalid value: 'user_message'. Supported values are: "),
+        ({"type": 5}, "Invalid value: 5."),
+        ({"type": "x" * 500}, "Invalid value: '" + "x" * 60 + "..."),
+        ({"content": "hi"}, "Missing required parameter: 'input[1].type'."),
+    ):
+        with pytest.raises(InvalidRequestError) as refused:
+            translate([question, item])
+        assert refused.value.param == "input[1]" and refused.value.message.startswith(said)
+    messages, dropped = translate([question, {"type": "web_search_call", "id": "ws_1", "status": "completed"}])
+    assert messages == [question] and dropped == ["input[web_search_call]"]
+    body = ResponsesRequest.model_validate({"model": "m", "input": "and?"})
+    req, dropped = to_chat_request(body, [question, {"type": "user_message", "content": "hi"}], SEAL)
+    assert len(req.messages) == 2 and dropped == ["input[user_message]"]
 
 
 @pytest.mark.parametrize(
