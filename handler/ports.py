@@ -869,15 +869,24 @@ class ThreadAnswer(Value):
     """An answer of an Anthropic message thread the gateway relayed, by its message id (`id`, which a `continue`
     names as `previous_message_id`): Anthropic keeps every key's threads under the one account, so only `key_id`,
     the key it was answered to, and that key's `ancestors` may continue it, until `expires_at` (as a stored
-    response may be read)."""
+    response may be read). `advisors`: the advisor tools the thread holds after it (as `Exchange.advisors` holds
+    them: each one's model, its calls, its bound per call), which a `continue`, sending no `tools`, may call again."""
 
-    __slots__ = ("id", "key_id", "ancestors", "expires_at")
+    __slots__ = ("id", "key_id", "ancestors", "expires_at", "advisors")
 
-    def __init__(self, id: str, key_id: str, ancestors: list[str], expires_at: float) -> None:
+    def __init__(
+        self,
+        id: str,
+        key_id: str,
+        ancestors: list[str],
+        expires_at: float,
+        advisors: tuple[tuple[str, int, int], ...] = (),
+    ) -> None:
         self.id: Final = id
         self.key_id: Final = key_id
         self.ancestors: Final = ancestors
         self.expires_at: Final = expires_at
+        self.advisors: Final = advisors
 
 
 class Store(ABC):
@@ -1017,8 +1026,8 @@ class Store(ABC):
 
     @abstractmethod
     async def put_thread_answer(self, answer: ThreadAnswer) -> None:
-        """Keep whose a thread's answer is until its `expires_at` (its message id is the provider's, and unique: a
-        write of the same id again, a call sent again, writes the same)."""
+        """Keep whose a thread's answer is, and the advisors its thread holds, until its `expires_at` (its message id
+        is the provider's, and unique: a write of the same id again, a call sent again, writes the same)."""
 
     @abstractmethod
     async def get_thread_answer(self, message_id: str) -> ThreadAnswer | None:

@@ -32,6 +32,13 @@ class DynamoDBThreads:
             "expires_at": num(answer.expires_at),
             "ttl": num(int(answer.expires_at) + 1),
         }
+        if answer.advisors:  # (absent: the thread holds none)
+            item["advisors"] = {
+                "L": [
+                    {"M": {"model": text(model), "max_uses": num(uses), "max_tokens": num(advice)}}
+                    for model, uses, advice in answer.advisors
+                ]
+            }
         await call(self.client, "put_item", TableName=self.table, Item=item)
 
     async def get_thread_answer(self, message_id: str) -> ThreadAnswer | None:
@@ -44,4 +51,8 @@ class DynamoDBThreads:
         if not item or read_num(item, "expires_at") < time.time():
             return None
         ancestors = [str(entry["S"]) for entry in item.get("ancestors", {}).get("L", [])]
-        return ThreadAnswer(message_id, str(item["key_id"]["S"]), ancestors, read_num(item, "expires_at"))
+        advisors = tuple(
+            (str(tool["model"]["S"]), int(tool["max_uses"]["N"]), int(tool["max_tokens"]["N"]))
+            for tool in (entry["M"] for entry in item.get("advisors", {}).get("L", []))
+        )
+        return ThreadAnswer(message_id, str(item["key_id"]["S"]), ancestors, read_num(item, "expires_at"), advisors)

@@ -10,7 +10,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from handler.config import PLAIN_TIERS, SERVICE_TIER
-from handler.errors import InvalidRequestError, NativeOnlyError, PermissionDeniedError, StrictParamsError
+from handler.errors import InvalidRequestError, PermissionDeniedError, StrictParamsError
 from handler.pipeline.keys import allows_model
 from handler.pipeline.pricing import (
     Cost,
@@ -209,23 +209,15 @@ class Charges:
         if not any(allows_model(ex.lineage, name) for name in names):
             raise advisor_not_allowed(model, param, deployed=bool(names))
 
-    def _held_advisors_allowed(self, ex: Exchange, refusal: InvalidRequestError) -> None:
-        """Refuses a thread's `continue` whose thread holds an advisor (`Exchange.advisors`, as `_thread_advisors`
-        found them) the continuing key may not use: a `continue` sends no `tools`, and Anthropic calls the thread's
-        advisor again. One not known here (another instance relayed the thread: its model is not known) is refused
-        a chain with scoped `models` as a request Anthropic cannot thread (`refusal`'s code), on which the SDK's thread
-        helpers send the whole conversation again without a thread, whose `tools` are checked."""
+    def _held_advisors_allowed(self, ex: Exchange) -> None:
+        """Refuses a thread's `continue` whose thread holds an advisor (`Exchange.advisors`, as the answer it continues
+        keeps them: `ThreadAnswer.advisors`) the continuing key may not use: a `continue` sends no `tools`, and
+        Anthropic calls the thread's advisor again. The key that made the thread was allowed it, and the continuing
+        key is that one or an ancestor, whose chain holds no more; but the config's models, which the scopes name,
+        may have changed since (another instance's config, or before a rollout)."""
         for model, _, _ in ex.advisors:
             if model:
                 self._advisor_allowed(ex, model, "thread")
-            elif not all("*" in holder.models for holder in ex.lineage):
-                raise NativeOnlyError(
-                    "thread: this key may use only some models, and which advisor the thread holds, if any, is not "
-                    "known here (another instance relayed it): send the whole conversation without `thread`, whose "
-                    "advisor tool is checked",
-                    code=refusal.code,
-                    param="thread",
-                )
 
     def _advisor_ceiling(self, model: str) -> int | None:
         """The `max_output_tokens` the config names for an advisor's model (`model`: its upstream id), of a model
@@ -244,7 +236,8 @@ class Charges:
         dearest input and output prices of the advisor's model (`upstream_price`), else of the executor's, as its
         tokens are charged once they are known (`_others_usd`). `calls`: only that many calls, those a stream cut
         before its usage showed, each tool's in turn, at most all their `max_uses`; a request with no advisor known
-        (a `continue` that named none) at the default's bound, each call shown. Nothing at an attempt that is not sent
+        (none sent, none its thread's record holds) at the default's bound, each call shown, which Anthropic billed
+        all the same. Nothing at an attempt that is not sent
         the tool: only a deployment the request passes through to as written (Anthropic's Messages API) runs it; a
         translation leaves it out and names it dropped (`tools.advisor_*`), and its model calls no advisor. Reserved
         there too, an advised Sonnet request behind a fallback at $150/$600 a million was held $3.46 for the

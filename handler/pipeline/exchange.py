@@ -159,7 +159,8 @@ class Exchange:
         self.per_request_usd = 0.0  # options billed per request (web search)
         self.search_usd = 0.0  # the price of a search a provider's own search tool runs (`allow_searches`)
         self.searches = 0  # the most searches the request allows (reserved for)
-        # Anthropic's advisor tools the request offers (`allow_advisors`): each one's model (its upstream id), the most
+        # Anthropic's advisor tools the request offers (`allow_advisors`), or a thread's `continue` its thread holds
+        # (`ThreadAnswer.advisors`, kept with the answer it continues): each one's model (its upstream id), the most
         # calls it may make and the most it writes per call, reserved for.
         self.advisors: tuple[tuple[str, int, int], ...] = ()
         # The advisor calls a stream cut before its final usage showed (`UpstreamStream.metered`): each charged its

@@ -357,9 +357,8 @@ class NativeStream(UpstreamStream[StreamEvent]):
     async def _settle_once(self, status: int) -> None:
         if not self._settled and "thread" in self.call.body:  # (its answer's size, for a `continue` of it)
             usage, source = self.metered()
-            # (Cut short, the answer is still in the thread Anthropic holds: its advisors are kept, not its size.)
-            known = usage if source == "provider" else None
-            self.pipeline.thread_answered(self.call, self.ex, self.meter.answer_id, known, self.meter.served)
+            if source == "provider":  # (cut short, its size is not known: a `continue` of it holds the whole window)
+                self.pipeline.thread_answered(self.ex, self.meter.answer_id, usage, self.meter.served)
         await super()._settle_once(status)
 
     def _reported(self) -> Usage | None:

@@ -38,7 +38,7 @@ from handler.errors import (
 )
 from handler.pipeline.attribution import line_tags
 from handler.pipeline.budgets import Counted, Meter, Reservation, remaining_usd
-from handler.pipeline.charges import DEFAULT_ADVICE_TOKENS, DEFAULT_ADVISOR_USES, Charges
+from handler.pipeline.charges import Charges
 from handler.pipeline.exchange import CUT_SLACK_S, Exchange, deadline_passed, too_short_to_send
 from handler.pipeline.gateway import Gateway
 from handler.pipeline.keys import allows_model
@@ -219,9 +219,8 @@ class Pipeline(Charges):
             # The answer's generated part: a message's `content` (Messages), a response's `output` (Responses).
             generated = outcome.body.get("content", outcome.body.get("output"))
             usage, source = self._checked(outcome.usage, ex, lambda: len(orjson.dumps(generated)))
-            if "thread" in call.body:  # (without the provider's usage, its advisors are still known)
-                known = usage if source == "provider" else None
-                self.thread_answered(call, ex, outcome.body.get("id"), known, outcome.served)
+            if "thread" in call.body and source == "provider":  # (its size, for a `continue` of it)
+                self.thread_answered(ex, outcome.body.get("id"), usage, outcome.served)
             served = outcome.served or tier_served(outcome.body, ex.service_tier)
             await self._settle(ex, usage, 200, background=True, source=source, served=served)
             if "thread" in call.body:
@@ -539,22 +538,22 @@ class Pipeline(Charges):
             ex.user = unkeyed(who, MAX_USER_CHARS)
         self._price_options(ex, req, plan)
         native = [attempt for attempt in plan if attempt.adapter.speaks(call.api, attempt.target)] if call else []
+        thread = None  # (a `continue`'s: the answer it continues, as the store keeps it)
         if call is not None:
             if call.native_only is not None and not native:
                 raise call.native_only  # (before anything is reserved; a deployment that cannot is passed over later)
             if call.held and native:
-                await self._continued_thread(ex, call)  # (before anything is reserved or sent)
+                thread = await self._continued_thread(ex, call)  # (before anything is reserved or sent)
             ex.native_api = call.api
             self._price_native_options(ex, plan, call)
         ex.prompt = prompt_estimate(req)
         if call is not None and native:
             ex.prompt = sent_as_written(ex.prompt, call.body)  # (what the translation left out goes too)
-            if call.held:
+            if thread is not None:
                 ex.prompt = ex.prompt.holding(self._thread_holds(call, native))
-                if not ex.advisors:  # (a `continue` sends no `tools`: the thread keeps its own)
-                    ex.advisors = self._thread_advisors(call)
-                    if ex.advisors and call.native_only is not None:
-                        self._held_advisors_allowed(ex, call.native_only)
+                if not ex.advisors:  # (a `continue` sends no `tools`: its thread's advisors, as its record keeps them)
+                    ex.advisors = thread.advisors
+                    self._held_advisors_allowed(ex)
         cap = OutputCap(req, self.gateway.config.gateway.default_max_output_tokens, self.gateway.ceilings)
         # A request only a deployment that speaks its API can take (a message thread) is sent to no other: the rest
         # of the plan is passed over unsent (`=unsupported`), so the worst case is theirs alone. The whole plan's
@@ -581,9 +580,11 @@ class Pipeline(Charges):
             cap.reserved = {id(attempt): output for attempt, output in zip(reached, outputs, strict=True)}
         ex.output_cap = cap
 
-    async def _continued_thread(self, ex: Exchange, call: NativeCall) -> None:
-        """Refuses a thread's `continue` (`call`) of an answer not relayed to `ex`'s key or one of its descendants
-        (`_keep_thread`), as a stored response is refused to any other key: Anthropic keeps every key's threads under
+    async def _continued_thread(self, ex: Exchange, call: NativeCall) -> ThreadAnswer:
+        """The answer a thread's `continue` (`call`) continues, as the store keeps it (`_keep_thread`): its owner, and
+        the advisors its thread holds, which the `continue` is reserved for and held to its key's scopes for
+        (`_admit`), whichever process relayed it. Refuses an answer not relayed to `ex`'s key or one of its
+        descendants, as a stored response is refused to any other key: Anthropic keeps every key's threads under
         the one account, and continued what any key named (another key's conversation read back, and charged to the
         key that named it). Unknown, expired, kept before owners were, or another key's: the same 404, Anthropic's
         own `thread_not_found`, on which the SDK's thread helpers send the whole conversation again as a new thread.
@@ -605,18 +606,20 @@ class Pipeline(Charges):
                 '`thread: {"type": "create"}` to start a new one.',
                 param="thread.previous_message_id",
             )
+        return answer
 
     async def _keep_thread(self, ex: Exchange, message_id: object) -> None:
         """An answer of a thread, `message_id` (the provider's), relayed to `ex`'s key: kept as that key's, with its
-        ancestors, for as long as a stored response (`gateway.responses_ttl_seconds`), in the store, so that every
-        process knows it (`_continued_thread`). One write per thread's answer. One the store cannot keep is still
-        answered (the provider was paid for it): its `continue` is then the 404 that starts a new thread."""
+        ancestors and the advisors its thread holds (`Exchange.advisors`: those its request offered and was reserved
+        for, a `create`'s as sent, a `continue`'s its thread's), for as long as a stored response
+        (`gateway.responses_ttl_seconds`), in the store, so that every process knows it (`_continued_thread`). One
+        write per thread's answer. One the store cannot keep is still answered (the provider was paid for it): its
+        `continue` is then the 404 that starts a new thread."""
         if not isinstance(message_id, str) or not message_id or len(message_id) > LONGEST_MESSAGE_ID:
             return
         key = ex.key
-        answer = ThreadAnswer(
-            message_id, key.id, list(key.ancestors), time.time() + self.gateway.config.gateway.responses_ttl_seconds
-        )
+        expires_at = time.time() + self.gateway.config.gateway.responses_ttl_seconds
+        answer = ThreadAnswer(message_id, key.id, list(key.ancestors), expires_at, ex.advisors)
         try:
             await self.gateway.store.put_thread_answer(answer)
         except StoreError as exc:
@@ -633,27 +636,10 @@ class Pipeline(Charges):
         held = self.threads.holds(thread.get("previous_message_id"), {attempt.target.model for attempt in native})
         return window if held is None else min(held, window)
 
-    def _thread_advisors(self, call: NativeCall) -> tuple[tuple[str, int, int], ...]:
-        """The advisor tools a thread's `continue` (`call`) may call, which it does not send (Anthropic keeps the
-        thread's `tools`): those of the answer it continues, where this process relayed it (`HeldThreads`). Where it
-        did not, whether the thread holds one is not known here: a `continue` that names the advisor tool's beta is
-        reserved for the tool with the limits the gateway sends one without its own (`DEFAULT_ADVISOR_USES` calls
-        of `DEFAULT_ADVICE_TOKENS`, at the executor's price: its model is not known either), and one that does not
-        for none (an advisor reserved for every such `continue` would hold, for each, a cost few of them run up)."""
-        held = self.threads.advisors(call.body["thread"].get("previous_message_id")) if self.threads else None
-        if held is not None:
-            return held
-        if "advisor-tool-" not in call.headers.get("anthropic-beta", ""):
-            return ()
-        return (("", DEFAULT_ADVISOR_USES, DEFAULT_ADVICE_TOKENS),)
-
-    def thread_answered(
-        self, call: NativeCall, ex: Exchange, message_id: object, usage: Usage | None, served: Served | None
-    ) -> None:
-        """An answer to a request of a thread (`call`), relayed whole or streamed, that the provider gave `usage` for
-        (`served`: the tokens other models wrote into it, an advisor's): its thread's size is known for a `continue`
-        of it (`_thread_holds`), and its advisors (`_thread_advisors`). `usage` None: the provider gave none (a
-        stream cut short), and only the advisors are known."""
+    def thread_answered(self, ex: Exchange, message_id: object, usage: Usage, served: Served | None) -> None:
+        """An answer of a thread, relayed whole or streamed, that the provider gave `usage` for (`served`: the tokens
+        other models wrote into it, an advisor's): its thread's size is known here for a `continue` of it
+        (`_thread_holds`). Its advisors are in its record, for every process (`_keep_thread`)."""
         if ex.attempt is None:
             return
         if self.threads is None:
@@ -661,7 +647,7 @@ class Pipeline(Charges):
 
             self.threads = HeldThreads()
         others = sum(other.completion_tokens for _, other in served.others) if served is not None else 0
-        self.threads.answered(message_id, ex.attempt.target.model, usage, others, ex.advisors)
+        self.threads.answered(message_id, ex.attempt.target.model, usage, others)
 
     async def _admit_tokens(self, ex: Exchange, plan: list[Attempt], outputs: list[int]) -> None:
         """Reserve the plan's worst case: the dearest attempt's, each at its own output tokens (`outputs`, in the

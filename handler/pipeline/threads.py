@@ -10,13 +10,13 @@ answer reads that, the turn's framing and its own new messages, which the body s
 counts as any request's. So it is reserved for the answer's input and output, a margin
 (`MARGIN_TOKENS`, `MARGIN_FRACTION`: the framing, and the answer's text read back as input, which a tokenizer may
 count otherwise than it generated it), capped at the model's context window; where this process did not relay that
-answer (another instance did, or it was forgotten: `MOST_ANSWERS`), or relayed it from another model (another
-tokenizer counts the same conversation otherwise: Opus 4.7's up to 35 % more), for the whole window, as before.
-A thread also keeps its `tools`, which a `continue` does not send: an advisor tool among them may be called again. So
-each answer keeps the advisors its request was reserved for (`Exchange.advisors`), which a `continue` of it is
-reserved for again (`Pipeline._thread_advisors`).
-What is held here is read for a `continue` the store says is the key's (`Pipeline._continued_thread`): whose an answer
-is lives in the store, which every process reads, not here.
+answer with the provider's usage (another instance did, or its stream was cut short, or it was forgotten:
+`MOST_ANSWERS`), or relayed it from another model (another tokenizer counts the same conversation otherwise: Opus
+4.7's up to 35 % more), for the whole window, as before. (A streamed answer's size is known only at its end, and its
+record is written before its first byte: so the size is held here, not in the store.)
+What else a `continue` needs of its thread lives in the store, which every process reads, in the answer's record
+(`ThreadAnswer`, read by `Pipeline._continued_thread`): whose it is, and the advisor tools the thread keeps with its
+`tools` (which a `continue` does not send, and Anthropic may call again).
 Imported with the first thread: a plain request loads none of it.
 """
 
@@ -36,43 +36,26 @@ MARGIN_FRACTION = 0.1
 
 
 class HeldThreads:
-    """By the id of each answer of a thread this process relayed with the provider's usage: the model that wrote it,
-    the tokens its thread holds once it is in it, and the advisor tools it holds (as `Exchange.advisors` holds them),
-    bounded in memory (`MOST_ANSWERS`)."""
+    """By the id of each answer of a thread this process relayed with the provider's usage: the model that wrote it
+    and the tokens its thread holds once it is in it, bounded in memory (`MOST_ANSWERS`)."""
 
     def __init__(self) -> None:
-        self._held: dict[str, tuple[str, int | None, tuple[tuple[str, int, int], ...]]] = {}
+        self._held: dict[str, tuple[str, int]] = {}
 
-    def answered(
-        self,
-        message_id: object,
-        model: str,
-        usage: Usage | None,
-        others: int = 0,
-        advisors: tuple[tuple[str, int, int], ...] = (),
-    ) -> None:
+    def answered(self, message_id: object, model: str, usage: Usage, others: int = 0) -> None:
         """An answer of a thread (its `message_id`, as the provider named it), written by `model` (the upstream
         model) and billed `usage`, the provider's own counts, which leave out the `others` tokens other models
-        wrote for it (an advisor's: its advice, in the answer, is read back by a `continue`); None where the
-        provider gave none (a stream cut short: the thread's size is not known, its advisors are); `advisors`: the
-        advisor tools its thread holds, which a `continue` of it may call again."""
+        wrote for it (an advisor's: its advice, in the answer, is read back by a `continue`)."""
         if not isinstance(message_id, str) or not message_id:
             return
         if len(self._held) >= MOST_ANSWERS and message_id not in self._held:
             del self._held[next(iter(self._held))]
-        size = None if usage is None else usage.prompt_tokens + usage.completion_tokens + others
-        self._held[message_id] = (model, size, advisors)
-
-    def advisors(self, previous_message_id: object) -> tuple[tuple[str, int, int], ...] | None:
-        """The advisor tools the thread holds after `previous_message_id` (none: an empty tuple); None where that is
-        not known here."""
-        known = self._held.get(previous_message_id) if isinstance(previous_message_id, str) else None
-        return None if known is None else known[2]
+        self._held[message_id] = (model, usage.prompt_tokens + usage.completion_tokens + others)
 
     def holds(self, previous_message_id: object, models: set[str]) -> int | None:
         """The most input tokens a thread holds after `previous_message_id`, margin included, for a `continue` of it
         that any of `models` (upstream models) may serve; None where that is not known here."""
         known = self._held.get(previous_message_id) if isinstance(previous_message_id, str) else None
-        if known is None or known[1] is None or models != {known[0]}:
+        if known is None or models != {known[0]}:
             return None
         return known[1] + MARGIN_TOKENS + math.ceil(known[1] * MARGIN_FRACTION)

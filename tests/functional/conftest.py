@@ -232,10 +232,10 @@ class Running:
 
         return asyncio.run(go())
 
-    def answered_elsewhere(self, key: str, message_id: str) -> None:
+    def answered_elsewhere(self, key: str, message_id: str, advisors: tuple[tuple[str, int, int], ...] = ()) -> None:
         """`message_id` kept as an answer of a message thread to `key`, as another instance that relayed it keeps it
-        (through a separate store connection): the thread is the key's, and this instance knows nothing more of it
-        (not what it holds: `HeldThreads`)."""
+        (through a separate store connection): the thread is the key's, and holds `advisors` (`ThreadAnswer`); this
+        instance knows nothing more of it (not its size: `HeldThreads`)."""
         key_id = (split_key(key) or ("", ""))[0]
 
         async def go() -> None:
@@ -243,7 +243,7 @@ class Running:
             try:
                 record = await store.get_key(key_id)
                 assert record is not None, key_id
-                answer = ThreadAnswer(message_id, key_id, list(record.ancestors), time.time() + 3600)
+                answer = ThreadAnswer(message_id, key_id, list(record.ancestors), time.time() + 3600, advisors)
                 await store.put_thread_answer(answer)
             finally:
                 await store.close()

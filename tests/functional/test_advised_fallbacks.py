@@ -143,14 +143,17 @@ def test_a_translated_fallback_cut_unanswered_is_charged_no_advisor(falling_back
     assert advised.cost_usd == pytest.approx(plain.cost_usd, abs=0.01), (advised.cost_usd, plain.cost_usd)
 
 
-@pytest.mark.parametrize("betas", [[THREADS_BETA], [THREADS_BETA, ADVISOR_BETA]], ids=["plain", "advisor-beta"])
-def test_a_thread_is_reserved_at_the_deployments_that_can_keep_it(falling_back: Running, betas: list[str]) -> None:
+@pytest.mark.parametrize("advised", [False, True], ids=["plain", "advised"])
+def test_a_thread_is_reserved_at_the_deployments_that_can_keep_it(falling_back: Running, advised: bool) -> None:
     """A request with `thread` goes only to a deployment that speaks Anthropic's API; the translated fallback is
     passed over unsent (`=unsupported`), so the plan's worst case is Sonnet's, as with no fallback. A `continue` of a
     thread this process did not relay was reserved for the context window at the fallback's prices ($152.47, and
-    $622.78 with the advisor beta, for Sonnet's $12.09 and $49.09), and refused on any smaller budget."""
-    key = falling_back.mint(name=f"advfb-thread-{len(betas)}")
-    falling_back.answered_elsewhere(key, "msg_01elsewhere")
+    $622.78 with the advisor beta, for Sonnet's $12.09 and $49.09), and refused on any smaller budget. (A thread
+    relayed elsewhere holds the advisor its record keeps: Opus's here.)"""
+    key = falling_back.mint(name=f"advfb-thread-{advised}")
+    betas = [THREADS_BETA, ADVISOR_BETA] if advised else [THREADS_BETA]
+    advisors = (("claude-opus-4-6", 3, 8192),) if advised else ()
+    falling_back.answered_elsewhere(key, "msg_01elsewhere", advisors)
     sdk = anthropic_client(falling_back, key).beta.messages
     following: Any = {
         "model": "sonnet",
@@ -168,7 +171,7 @@ def test_a_continue_of_an_advised_thread_behind_a_translated_fallback_is_served_
     falling_back: Running,
 ) -> None:
     """A thread created here with an Opus advisor: its `continue` is reserved for that advisor again
-    (`Pipeline._thread_advisors`), at Anthropic alone, where the thread is. It was reserved at the fallback too,
+    (`ThreadAnswer.advisors`), at Anthropic alone, where the thread is. It was reserved at the fallback too,
     the advisor's calls at Opus's prices on the fallback's own worst case ($3.22 for Anthropic's $1.25), and the
     $1.31 this budget had left refused it as a request Anthropic cannot thread (400 `thread_unsupported_request`)."""
     key = falling_back.mint(name="advfb-continue", budget_usd=1.5)

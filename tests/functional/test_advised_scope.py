@@ -3,7 +3,8 @@ answer, billed at that model's prices: a key may call it only where its whole ch
 that deploys it, and a call is counted on that model's per-model limits. Before, a key limited to `sonnet` was refused
 `opus` by name (403), and the same key's Sonnet request with an advisor tool naming `claude-opus-4-6` was sent on and
 answered 200: charged $0.037709, nearly all of it Opus (Sonnet alone about $0.0002), and counted on no limit of Opus's
-(found by review). A thread's `continue` calls the advisor its thread holds, which its body does not show."""
+(found by review). A thread's `continue` calls the advisor its thread holds, which its body does not show: the store
+keeps it with the thread's owner."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
-from anthropic.types import ThreadUnsupportedRequestError
+from anthropic.types import ThreadNotFoundError
 
 from handler.pipeline.budgets import period_of
 from handler.pipeline.key_admin import KeyAdmin
@@ -148,11 +149,14 @@ def test_an_advisor_is_counted_on_its_models_own_limits(priced: Running) -> None
 
 def test_a_continue_is_held_to_the_continuing_keys_scope_for_its_threads_advisor(priced: Running) -> None:
     """A `continue` sends no `tools`: Anthropic keeps the thread's, and calls its advisor again. A key limited to
-    `sonnet`, continuing a thread its parent started with an Opus advisor, reached Opus through it; the thread's
-    advisor is checked against the continuing key's chain. Where this instance did not relay the thread, whether it
-    holds an advisor, and of which model, is not known: a scoped key's `continue` that names the advisor's beta is
-    refused as a request Anthropic cannot thread (on which the SDK's thread helpers send the whole conversation,
-    its `tools` checked), one of a key with every model reserved for the default advisor as before."""
+    `sonnet`, continuing a thread its parent started with an Opus advisor, reached Opus through it; now a child may
+    not continue its parent's thread at all (Anthropic's 404, before anything else is checked). The thread's advisor,
+    kept with its owner in the store, is still checked against the continuing key's chain, in any instance: the
+    chain that made the thread allowed it, but the config's models, which the scopes name, may have changed since
+    (another instance's config, or before a rollout). Such a record, written through the store: its key's
+    `continue` is the 403 naming the advisor's model, nothing sent, whether or not it names the advisor's beta (a
+    scoped key's `continue` of a thread another instance relayed was refused as a request Anthropic cannot thread
+    with the beta, and sent on without it, its advisor checked against nothing)."""
     parent = priced.mint(name="advised-thread-parent")
     betas = [ADVISOR_BETA, THREADS_BETA]
     first = anthropic_client(priced, parent).beta.messages.create(
@@ -169,12 +173,14 @@ def test_a_continue_is_held_to_the_continuing_keys_scope_for_its_threads_advisor
         "thread": {"type": "continue", "previous_message_id": first.id},
         "betas": betas,
     }
-    error = refused(priced, child, following)
-    assert isinstance(error, anthropic.PermissionDeniedError) and f"may not use model '{OPUS}'" in str(error.body)
+    assert isinstance(refused(priced, child, following), ThreadNotFoundError)
 
-    elsewhere = {**following, "thread": {"type": "continue", "previous_message_id": "msg_01elsewhere"}}
-    unknown = refused(priced, child, elsewhere)
-    assert isinstance(unknown, ThreadUnsupportedRequestError), unknown.body
+    priced.answered_elsewhere(child, "msg_01opusadvised", advisors=((OPUS, 3, 8192),))
+    elsewhere = {**following, "thread": {"type": "continue", "previous_message_id": "msg_01opusadvised"}}
+    for named in (betas, [THREADS_BETA]):
+        error = refused(priced, child, {**elsewhere, "betas": named})
+        assert isinstance(error, anthropic.PermissionDeniedError), error.body
+        assert f"may not use model '{OPUS}'" in str(error.body), error.body
 
     before = len(priced.fakes["anthropic"].state.requests)
     continued = anthropic_client(priced, parent).beta.messages.create(**following)

@@ -202,7 +202,8 @@ def test_a_continue_of_a_thread_answer_cut_here_is_reserved_for_its_advisor(pric
     Anthropic holds the thread (and its tools) under the id `message_start` gave, which a `continue` names. Its
     advisor was forgotten (`thread_answered` needed the provider's final usage), so the `continue` was reserved for
     the default advisor at the executor's price with the advisor beta, and for none without it: a budget could be
-    passed by all of the advisor's calls. Now it is remembered with the answer (its size, unknown, is not)."""
+    passed by all of the advisor's calls. Now it is kept in the answer's record, written before the stream's first
+    byte (its size, unknown, is not)."""
     key = priced.mint(name="rev23c-cut-thread", budget_usd=5.0)
     sdk = anthropic_client(priced, key).beta.messages
     betas = [ADVISOR_BETA, THREADS_BETA]
@@ -226,17 +227,20 @@ def test_a_continue_of_a_thread_answer_cut_here_is_reserved_for_its_advisor(pric
             sdk.create(**following, extra_headers={"x-gateway-max-cost-usd": "0.000000001"})
         return float(str(refused.value.body).split("worst-case cost $")[1].split(" ")[0])
 
-    priced.answered_elsewhere(key, "msg_01unknown")  # (the key's, relayed by another instance)
-    plain = reserved("msg_01unknown", [THREADS_BETA])  # (no advisor: the conversation's whole window alone)
-    default = reserved("msg_01unknown", betas)  # the default advisor at Sonnet's prices
+    # The key's, relayed by another instance (as long as the answer's id: the body's estimate is the same).
+    plain_id, opus_id = (name.ljust(len(answer_id), "0") for name in ("msg_01plain", "msg_01opus"))
+    priced.answered_elsewhere(key, plain_id)  # (no advisor: the conversation's whole window alone)
+    priced.answered_elsewhere(key, opus_id, ((ADVISOR_MODEL, 3, DEFAULT_ADVICE_TOKENS),))
+    plain = reserved(plain_id, betas)
     cut = reserved(answer_id, betas)
-    # The thread's own advisor (Opus, its own rates), whether or not the `continue` names the beta.
-    assert cut > plain and cut != default, (plain, default, cut)
-    assert reserved(answer_id, [THREADS_BETA]) == cut
+    # The thread's own advisor (Opus, its own rates, as its `create` sent it), whether or not the `continue` names
+    # the beta: the answer's record keeps it, its size unknown (the whole window, as another instance's answer).
+    assert cut > plain + 3 * ONE_CALL_USD, (plain, cut)
+    assert cut == reserved(opus_id, betas) == reserved(answer_id, [THREADS_BETA])
 
 
 def test_a_reasoning_stream_cut_after_an_advisor_call_no_tool_named_is_charged_it(advising: Running) -> None:
-    """A `continue` of a thread this process did not relay, without the advisor beta (no advisor reserved), that
+    """A `continue` of a thread whose record holds no advisor (none reserved), though the upstream runs one, that
     thinks, and whose client leaves after the thread's advisor ran: charged its reserved worst case (its reasoning
     cannot be seen), which held no advisor, and the call it showed was left out: the reasoning path returned before
     the calls were counted (found by review). Charged one call's bound at least more than the same stream without

@@ -34,13 +34,14 @@ from handler.pipeline.charges import DEFAULT_ADVICE_TOKENS, DEFAULT_ADVISOR_USES
 from handler.ports import KeyRecord
 from tests.fakes import anthropic as fake_anthropic
 from tests.fakes import openai as fake_openai
-from tests.functional.conftest import Running, anthropic_client, openai_client, serving
+from tests.functional.conftest import Running, anthropic_client, openai_client, serve_gateway, serving
 from tests.support.servers import ServerThread
 
 SEARCH_USD = 0.01
 SEARCH: Any = {"type": "web_search_20250305", "name": "web_search"}
 CLAUDE_PRICE = {"input": 3.0, "output": 15.0, "cached_input": 0.3, "cache_write": 3.75, "cache_write_1h": 6.0}
 GPT_PRICE = {"input": 1.0, "output": 2.0}
+OPUS = "claude-opus-4-6"  # the upstream id the config's `opus` deploys, advised_settings' advisor
 HI: Any = [{"role": "user", "content": "What is new today?"}]
 FAST_BETA = "fast-mode-2026-02-01"
 COMPACT_BETA = "compact-2026-01-12"
@@ -649,24 +650,48 @@ def test_a_continue_of_an_advised_thread_is_reserved_for_its_advisors_calls(pric
     assert line.cost_source == "provider" and 0.15 < line.cost_usd <= reserved, (line.cost_usd, reserved)
 
 
-def test_a_continue_of_a_thread_not_relayed_here_with_the_advisor_beta_is_reserved_for_the_default_advisor(
-    priced: Running,
+def test_a_continue_served_by_another_instance_is_reserved_for_its_threads_advisor(
+    priced: Running, upstream: tuple[ServerThread, dict[str, Any]]
 ) -> None:
-    """A thread another instance relayed: whether it holds the advisor tool is not known here. A continue that names
-    the advisor's beta is reserved for the default advisor (`DEFAULT_ADVISOR_USES` calls of `DEFAULT_ADVICE_TOKENS`, at
-    the executor's price); one that does not is reserved for none."""
+    """A thread created here with an Opus advisor, continued through another instance on the same store (another
+    server, or another Lambda invocation): only this one's memory held the thread's advisor, so the other reserved
+    the `continue` for none ($12.003246, as a thread without an advisor), or, where it named the advisor's beta, for
+    the default advisor at Sonnet's price ($48.857706: over the window's million tokens, Sonnet's long-context input
+    price is above Opus's), and Anthropic called Opus's either way. The advisor is kept with the thread's owner in
+    the store: every instance reserves for it, as the thread's `create` sent it (its model, its calls, its bound per
+    call), from the one read that checks the owner, beta or not ($42.868896); and the `continue`'s own answer keeps
+    it for the next."""
     key = priced.mint(name="advised-thread-elsewhere")
-    priced.answered_elsewhere(key, "msg_01elsewhere")
     sdk = anthropic_client(priced, key).beta.messages
-    following: Any = {
-        "model": "sonnet",
-        "max_tokens": 100,
-        "messages": [{"role": "user", "content": "And now?"}],
-        "thread": {"type": "continue", "previous_message_id": "msg_01elsewhere"},
-    }
-    plain = worst_case_of_continue(sdk, {**following, "betas": [THREADS_BETA]})
-    advised = worst_case_of_continue(sdk, {**following, "betas": [ADVISOR_BETA, THREADS_BETA]})
-    assert advised > plain + DEFAULT_ADVISOR_USES * DEFAULT_ADVICE_TOKENS * 15.0 / 1e6  # (Sonnet's output price)
+    betas = [ADVISOR_BETA, THREADS_BETA]
+    first = sdk.create(**{**advised_settings(), "betas": betas}, thread={"type": "create"})
+    plain_id, opus_id = (name.ljust(len(first.id), "0") for name in ("msg_01plain", "msg_01opus"))  # (as long)
+    priced.answered_elsewhere(key, plain_id)
+    priced.answered_elsewhere(key, opus_id, ((OPUS, DEFAULT_ADVISOR_USES, DEFAULT_ADVICE_TOKENS),))
+
+    def following(previous: str, named: list[str] = betas) -> Any:
+        thread = {"type": "continue", "previous_message_id": previous}
+        asked = [{"role": "user", "content": "And now?"}]
+        return {"model": "sonnet", "max_tokens": 100, "messages": asked, "thread": thread, "betas": named}
+
+    server, fakes = upstream
+    other, other_server = serve_gateway(priced.gateway.config, priced.store_url, server, fakes)
+    try:
+        elsewhere = anthropic_client(other, key).beta.messages
+        plain = worst_case_of_continue(elsewhere, following(plain_id))  # (a thread without an advisor)
+        advised = worst_case_of_continue(elsewhere, following(first.id))
+        assert advised > plain + DEFAULT_ADVISOR_USES * DEFAULT_ADVICE_TOKENS * 25.0 / 1e6, (plain, advised)
+        assert worst_case_of_continue(elsewhere, following(first.id, [THREADS_BETA])) == advised
+        assert worst_case_of_continue(elsewhere, following(opus_id)) == advised  # (Opus's, as sent)
+        message = elsewhere.create(**{**following(first.id), "metadata": {"user_id": "long-advice"}})
+        [advice] = [entry for entry in message.usage.iterations or () if entry.type == "advisor_message"]
+        assert advice.output_tokens > 7000  # (the thread's advisor advised the continue)
+        line = other.ledger(key)[0]
+        assert line.cost_source == "provider" and 0.15 < line.cost_usd <= advised, (line.cost_usd, advised)
+    finally:
+        other_server.stop()
+    # Neither has this instance relayed that answer: it reads the advisor the continue's answer keeps.
+    assert worst_case_of_continue(sdk, following(message.id, [THREADS_BETA])) == advised
 
 
 def test_an_advised_stream_cut_before_its_usage_is_charged_each_advisor_call_it_saw(priced: Running) -> None:

@@ -31,6 +31,19 @@ async def test_an_answer_is_kept_with_its_key_and_ancestors(store: Store) -> Non
     assert await store.get_thread_answer("msg_01a") == kept
 
 
+async def test_an_answer_is_kept_with_the_advisors_its_thread_holds(store: Store) -> None:
+    """A `continue` sends no `tools`, and Anthropic may call the thread's advisors again: every process reads them
+    from the answer's record, each as the request was reserved for it (its model, its calls, its bound per call)."""
+    advisors = (("claude-opus-4-6", 3, 8_192), ("claude-advisor-x", 1, 2_048))
+    kept = ThreadAnswer("msg_01advised", "child", ["root"], time.time() + 60, advisors)
+    await store.put_thread_answer(kept)
+    read = await store.get_thread_answer("msg_01advised")
+    assert read == kept and read is not None and read.advisors == advisors
+    await store.put_thread_answer(answer("msg_01plain"))
+    plain = await store.get_thread_answer("msg_01plain")
+    assert plain is not None and plain.advisors == ()
+
+
 async def test_an_answer_of_a_key_without_ancestors_is_kept(store: Store) -> None:
     kept = ThreadAnswer("msg_01root", "root", [], time.time() + 60)
     await store.put_thread_answer(kept)

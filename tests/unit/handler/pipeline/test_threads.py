@@ -32,24 +32,3 @@ def test_the_answers_remembered_are_bounded_the_oldest_forgotten(monkeypatch: py
     for n in range(3):
         held.answered(f"msg_{n}", "m", Usage.of(100, 10))
     assert [held.holds(f"msg_{n}", {"m"}) is not None for n in range(3)] == [False, True, True]
-
-
-def test_a_thread_keeps_the_advisors_of_its_answers_whatever_model_continues_it() -> None:
-    """A `continue` sends no `tools`: the thread's advisor may be called again, whichever model continues it."""
-    held = HeldThreads()
-    advisor = ("claude-opus-4-6", 3, 8_192)
-    held.answered("msg_1", "claude-sonnet-4-5", Usage.of(100, 10), advisors=(advisor,))
-    held.answered("msg_2", "claude-sonnet-4-5", Usage.of(100, 10))
-    assert held.advisors("msg_1") == (advisor,)
-    assert held.advisors("msg_2") == ()
-    assert held.advisors("msg_3") is None
-
-
-def test_an_answer_cut_before_its_usage_keeps_its_advisors_not_a_size() -> None:
-    """A stream cut before its final usage is still in the thread Anthropic holds: its advisors are kept, and a
-    `continue` of it is reserved for the whole window (its size is not known)."""
-    held = HeldThreads()
-    advisor = ("claude-opus-4-6", 3, 8_192)
-    held.answered("msg_1", "claude-sonnet-4-5", None, advisors=(advisor,))
-    assert held.advisors("msg_1") == (advisor,)
-    assert held.holds("msg_1", {"claude-sonnet-4-5"}) is None
