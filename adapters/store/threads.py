@@ -58,6 +58,11 @@ class SQLiteThreads:
         if not self._threads_ready:
             self.db.execute(THREAD_ANSWERS_SCHEMA)
             self.db.execute(THREAD_ANSWERS_EXPIRY_INDEX)
+            # A table an earlier build made before answers kept their thread's advisors: the column added (its
+            # answers hold none known), or every write and read of it failed (found by review).
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(thread_answers)")}
+            if "advisors" not in columns:
+                self.db.execute("ALTER TABLE thread_answers ADD COLUMN advisors TEXT NOT NULL DEFAULT '[]'")
             self._threads_ready = True
         return self.db
 

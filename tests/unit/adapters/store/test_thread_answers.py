@@ -3,7 +3,10 @@ is checked against, in every process on the store (`handler.pipeline.pipeline.Pi
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from contextlib import closing
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +83,29 @@ async def test_dynamodb_removes_an_answer_with_the_tables_ttl(store: Store, stor
         ConsistentRead=True,
     )
     assert int(item["Item"][ttl_attribute()]["N"]) >= kept.expires_at
+
+
+# The table as a build before answers kept their advisors made it.
+WITHOUT_ADVISORS = (
+    "CREATE TABLE thread_answers (id TEXT PRIMARY KEY, key_id TEXT NOT NULL, ancestors TEXT NOT NULL, "
+    "expires_at REAL NOT NULL) WITHOUT ROWID"
+)
+
+
+async def test_a_table_made_before_answers_kept_advisors_keeps_and_reads_them(tmp_path: Path) -> None:
+    """`CREATE TABLE IF NOT EXISTS` left such a table as it was: every answer's write failed (its `continue` then the
+    404 that starts a new thread) and every `continue`'s read was the client's 503 (found by review)."""
+    path = tmp_path / "gateway.db"
+    await open_store(f"sqlite:///{path}").close()
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute(WITHOUT_ADVISORS)
+        db.execute("INSERT INTO thread_answers VALUES ('msg_01before', 'key1', '[]', ?)", (time.time() + 3600,))
+    store = open_store(f"sqlite:///{path}")
+    try:
+        kept = ThreadAnswer("msg_01after", "key1", [], time.time() + 3600, (("claude-opus-4-6", 3, 8192),))
+        await store.put_thread_answer(kept)
+        assert await store.get_thread_answer("msg_01after") == kept
+        before = await store.get_thread_answer("msg_01before")  # (its key may still continue it, no advisor known)
+        assert before is not None and before.key_id == "key1" and before.advisors == ()
+    finally:
+        await store.close()
