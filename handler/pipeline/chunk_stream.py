@@ -61,9 +61,15 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
         if self.sniffer.whole is not None:
             chunks = [c for e in events for c in self._whole(e.data)]
         else:
-            chunks = [c for e in events for c in self.parser.feed(e)]
-            if self._finished:
-                chunks += self.parser.finish()
+            chunks = []
+            try:
+                for event in events:
+                    chunks += self.parser.feed(event)
+            except Exception as error:  # (the parser raises the stream's error: the chunks before it go on first)
+                self._broke_off(error)
+            else:
+                if self._finished:
+                    chunks += self.parser.finish()
         kept = []
         for chunk in chunks:
             if self._template is None:
@@ -72,7 +78,7 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
                 continue
             chunk.usage = None
             kept.append(chunk)
-        self.redactor.redact(kept, self._finished, self._template)
+        self.redactor.redact(kept, self._finished or self._failure is not None, self._template)
         return kept
 
     async def __aiter__(self) -> AsyncIterator[ChatCompletionChunk]:
