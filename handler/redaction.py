@@ -26,6 +26,7 @@ import base64
 import re
 from collections.abc import Iterable
 from functools import cache
+from typing import Any
 
 import orjson
 
@@ -427,6 +428,39 @@ def client_position(redacted: list[tuple[int, int]], position: int, end: bool = 
             return start + moved + (len(REDACTED) if end else 0)
         moved += len(REDACTED) - length
     return position + moved
+
+
+# An annotation's positions in the text it annotates (a `url_citation`'s span, a `file_citation`'s `index`), and
+# whether each ends a span.
+POSITIONS = (("start_index", False), ("end_index", True), ("index", False))
+
+
+def positions_moved(annotations: Any, secrets: list[tuple[int, int]]) -> bool:
+    """`annotations` (one, or a list) with their positions moved past the `secrets` redacted before them
+    (`client_position`), in place; whether any moved. A position is the annotation's own (the Responses API's) or
+    its `url_citation`'s (Chat Completions')."""
+    moved = False
+    for annotation in annotations if isinstance(annotations, list) else [annotations]:
+        if not isinstance(annotation, dict):
+            continue
+        cited = annotation.get("url_citation")
+        placed = cited if isinstance(cited, dict) else annotation
+        for name, end in POSITIONS:
+            at = placed.get(name)
+            if isinstance(at, int) and not isinstance(at, bool) and (there := client_position(secrets, at, end)) != at:
+                placed[name], moved = there, True
+    return moved
+
+
+def annotated(text: str, annotations: Any) -> str | None:
+    """A whole text with annotations whose positions are in it as the provider wrote it (a Responses output text's,
+    a Chat Completions message's): the text redacted, as `scrub` would write it, and the positions moved to where
+    they are in it (`positions_moved`, in place); None where it holds no known secret (nothing moves)."""
+    secrets = redactions(text)
+    if not secrets:
+        return None
+    positions_moved(annotations, secrets)
+    return "".join(withheld(text))
 
 
 def withheld(text: str) -> tuple[str, str]:

@@ -30,7 +30,7 @@ from handler.errors import GatewayError
 from handler.pipeline.exchange import Exchange
 from handler.pipeline.passthrough import OUTPUT_TEXT_DELTA, NativeStream, guarded, sse_frame
 from handler.ports import RESPONSES_API, NativeCall
-from handler.redaction import REDACTED, client_position, redactions, withheld
+from handler.redaction import REDACTED, annotated, positions_moved
 from handler.wire import (
     ISSUED_PREFIX,
     RESPONSES_TERMINAL,
@@ -315,37 +315,18 @@ def failed_status(error: Any) -> int:
     return 400 if code.startswith("invalid") else 502
 
 
-# An annotation's positions in its output text (`url_citation`'s span, `file_citation`'s `index`), and whether each
-# ends a span.
-POSITIONS = (("start_index", False), ("end_index", True), ("index", False))
-
-
 def placed(part: Any) -> bool:
     """An output text part with annotations, whose positions are in its text as the provider wrote it: the text
-    redacted now (as `scrub` would write it) and the positions moved to where they are in it; whether it changed.
-    (Once: a part that passes here again, a stream's that broke off, has no secret left to move them past.)"""
+    redacted now (as `scrub` would write it) and the positions moved to where they are in it (`annotated`); whether
+    it changed. (Once: a part that passes here again, a stream's that broke off, has no secret left to move them
+    past.)"""
     if not isinstance(part, dict) or not part.get("annotations") or not isinstance(part.get("text"), str):
         return False
-    secrets = redactions(part["text"])
-    if not secrets:
+    text = annotated(part["text"], part["annotations"])
+    if text is None:
         return False
-    positions_moved(part["annotations"], secrets)
-    part["text"] = "".join(withheld(part["text"]))
+    part["text"] = text
     return True
-
-
-def positions_moved(annotations: Any, secrets: list[tuple[int, int]]) -> bool:
-    """`annotations` (one, or a list) with their positions moved past the `secrets` redacted before them
-    (`client_position`), in place; whether any moved."""
-    moved = False
-    for annotation in annotations if isinstance(annotations, list) else [annotations]:
-        if not isinstance(annotation, dict):
-            continue
-        for name, end in POSITIONS:
-            at = annotation.get(name)
-            if isinstance(at, int) and not isinstance(at, bool) and (there := client_position(secrets, at, end)) != at:
-                annotation[name], moved = there, True
-    return moved
 
 
 class _Progress:

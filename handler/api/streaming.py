@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from handler.errors import ClientClosedError
-from handler.redaction import scrub
+from handler.redaction import annotated, scrub
 from handler.schemas import ChatCompletion
 
 if TYPE_CHECKING:
@@ -43,7 +43,17 @@ def sse_chunk_usage_null(chunk: ChatCompletionChunk) -> bytes:
 
 
 def answer_json(completion: ChatCompletion) -> bytes:
-    """A whole chat answer, with the members OpenAI requires even when null (see `Omitted`)."""
+    """A whole chat answer, with the members OpenAI requires even when null (see `Omitted`). A message's
+    `annotations` (a search model's `url_citation`) give positions in its text as the provider wrote it: where a
+    secret in it is redacted (`scrub` would), the text is redacted now and they are moved past it (`annotated`), so
+    that one after a key cites what it cited. (Only a message with annotations is read for secrets here.)"""
+    for choice in completion.choices:
+        message = choice.message
+        extra = message.model_extra
+        if extra and extra.get("annotations") and message.content:
+            text = annotated(message.content, extra["annotations"])
+            if text is not None:
+                message.content = text
     return completion.model_dump_json().encode()
 
 

@@ -44,9 +44,11 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
         self._whole_served: Served | None = None
         self._template: ChatCompletionChunk | None = None
         self._chars = 0
-        self._choices: set[int] = set()
+        # Each choice handed out so far, with the characters of its text (for the redactor, which moves the positions
+        # of the choice's annotations past a secret it redacts from that text).
+        self._choices: dict[int, int] = {}
         self._finished_choices: set[int] = set()
-        self.redactor = ChunkRedactor()
+        self.redactor = ChunkRedactor(self._choices)
 
     @property
     def cut(self) -> bool:
@@ -55,15 +57,21 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
         which some compatible servers send with no finish reason) is whole."""
         if getattr(self.parser, "ended", False):
             return False
-        return not self._finished_choices or self._choices != self._finished_choices
+        return not self._finished_choices or self._choices.keys() != self._finished_choices
 
     def _items(self, events: list[StreamEvent]) -> list[ChatCompletionChunk]:
         if self.sniffer.whole is not None:
             chunks = [c for e in events for c in self._whole(e.data)]
         else:
-            chunks = [c for e in events for c in self.parser.feed(e)]
-            if self._finished:
-                chunks += self.parser.finish()
+            chunks = []
+            try:
+                for event in events:
+                    chunks += self.parser.feed(event)
+            except Exception as error:  # (the parser raises the stream's error: the chunks before it go on first)
+                self._broke_off(error)
+            else:
+                if self._finished:
+                    chunks += self.parser.finish()
         kept = []
         for chunk in chunks:
             if self._template is None:
@@ -72,7 +80,7 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
                 continue
             chunk.usage = None
             kept.append(chunk)
-        self.redactor.redact(kept, self._finished, self._template)
+        self.redactor.redact(kept, self._finished or self._failure is not None, self._template)
         return kept
 
     async def __aiter__(self) -> AsyncIterator[ChatCompletionChunk]:
@@ -85,15 +93,18 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
             self._count(chunk)
 
     def _count(self, chunk: ChatCompletionChunk) -> None:
+        choices = self._choices
         for choice in chunk.choices:
-            self._choices.add(choice.index)
+            index, delta = choice.index, choice.delta
+            text = delta.content
+            content = len(text) if text else 0
+            choices[index] = choices.get(index, 0) + content
             if choice.finish_reason:
-                self._finished_choices.add(choice.index)
-            delta = choice.delta
-            self._chars += len(delta.content or "") + len(delta.reasoning_content or "") + len(delta.refusal or "")
-            if self.schema is not None and choice.index == 0 and choice.delta.content:
-                self._text.append(choice.delta.content)
-            for call in choice.delta.tool_calls or ():
+                self._finished_choices.add(index)
+            self._chars += content + len(delta.reasoning_content or "") + len(delta.refusal or "")
+            if text and self.schema is not None and index == 0:
+                self._text.append(text)
+            for call in delta.tool_calls or ():
                 self._chars += len(call.function.arguments or "") if call.function else 0
 
     def _whole(self, body: bytes) -> list[ChatCompletionChunk]:

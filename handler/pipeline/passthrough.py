@@ -116,6 +116,8 @@ class UpstreamStream(ABC, Generic[T]):
         self._settled = False
         self._head: bytes | None = b""  # the stream's start, until its first item
         self._ended_status = 0  # an error's status, if one ended the stream (`failed`)
+        # An error one of a read's events raised after the events before it brought items (`_broke_off`).
+        self._failure: Exception | None = None
         self.status = 0  # the status it was settled with (its ledger line's): 200, an error's, or 499
         self.schema = pipeline._enforced_schema(req, attempt, ex)
         self._text: list[str] = []  # the answer's text as it was handed out, where `schema` is enforced
@@ -123,7 +125,17 @@ class UpstreamStream(ABC, Generic[T]):
 
     @abstractmethod
     def _items(self, events: list[StreamEvent]) -> list[T]:
-        """The items these decoded events bring (the provider has finished when `_finished` is set)."""
+        """The items these decoded events bring (the provider has finished when `_finished` is set); where one of
+        them is the stream's error (`_broke_off`), those the events before it bring, with all that was held."""
+
+    def _broke_off(self, error: Exception) -> None:
+        """One of a read's events is the stream's error (a server's failure, which it writes in the same read as
+        its last words): the items of the events before it are handed out first, then it ends the stream
+        (`batches`), or fails the attempt before the first item (`prime`). Raised at once, it took them along:
+        the client lost the text the meter had counted, and was charged for it."""
+        self._failure = misshapen("stream event", error) if isinstance(error, SHAPE_ERRORS) else error
+        if self._failure is not error:
+            self._failure.__cause__ = error
 
     @abstractmethod
     def _reported(self) -> Usage | None:
@@ -206,8 +218,10 @@ class UpstreamStream(ABC, Generic[T]):
         request, a body of no events) is the provider's malformed answer: retryable, so the plan goes on, and
         never a successful empty completion."""
         try:
-            while not self._pending and not self._finished:
+            while not self._pending and not self._finished and self._failure is None:
                 await self._pull()
+            if self._failure is not None:  # (nothing has gone to the client: the next deployment is tried)
+                raise self._failure
             if not self._pending:
                 said = error_excerpt(self._head or b"")
                 raise malformed(f"the provider's stream ended before its first event: {said}")
@@ -259,6 +273,8 @@ class UpstreamStream(ABC, Generic[T]):
                 if self.ex.trace is not None:
                     self.ex.trace.relayed(batch)
                 yield batch
+            if self._failure is not None:
+                raise self._failure
             if self._finished:
                 return
             if ends is None:
@@ -341,10 +357,14 @@ class NativeStream(UpstreamStream[StreamEvent]):
         self.api = call.api
 
     def _items(self, events: list[StreamEvent]) -> list[StreamEvent]:
-        for event in events:
-            self.meter.feed(event)
+        try:
+            for event in events:
+                self.meter.feed(event)
+        except Exception as error:  # (the meter raises the stream's error: an untyped `{"error": ...}`, Anthropic's)
+            self._broke_off(error)
+            events = events[: next(at for at, fed in enumerate(events) if fed is event)]  # (those it metered)
         relayed = self.redactor.relay(events)
-        return relayed + self.redactor.release() if self._finished else relayed
+        return relayed + self.redactor.release() if self._finished or self._failure is not None else relayed
 
     def _handing_out(self, batch: list[StreamEvent]) -> None:
         if self.schema is None:

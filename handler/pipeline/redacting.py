@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import orjson
 
-from handler.redaction import redactions, withheld
+from handler.redaction import REDACTED, positions_moved, redactions, withheld
 from handler.wire import MESSAGES_DELTA_TEXT, StreamEvent
 
 if TYPE_CHECKING:
@@ -62,12 +62,25 @@ TEXT_FIELDS = ("reasoning_content", "content", "refusal")  # in the order the Me
 
 class ChunkRedactor:
     """The secrets held back from one stream of internal chunks, by choice and by field or tool call (a channel:
-    the field's name, or "call", the choice's index, and the call's, -1 for a field)."""
+    the field's name, or "call", the choice's index, and the call's, -1 for a field).
 
-    __slots__ = ("text",)
+    A choice's `annotations` (a search model's `url_citation`, in a delta of their own after the text) give positions
+    in its text as the provider wrote it. Once a secret is redacted from a choice's text, where it was in that text
+    is kept (`placed`), found from how much of the text the client was handed before (`shown`, which the relay
+    counts as it hands the chunks out: `ChunkStream._count`), and the positions of the annotations that follow are
+    moved past it (`positions_moved`). A stream with no secret redacted pays for none of it."""
 
-    def __init__(self) -> None:
+    __slots__ = ("text", "shown", "placed", "_redacted")
+
+    def __init__(self, shown: dict[int, int] | None = None) -> None:
         self.text: HeldText[tuple[str, int, int]] = HeldText()
+        self.shown = {} if shown is None else shown  # the characters of each choice's text handed out, by choice
+        # Where the secrets redacted from a choice's text were in it as the provider wrote it: each one's start and
+        # length (`redactions`), by choice.
+        self.placed: dict[int, list[tuple[int, int]]] = {}
+        # The deltas of a batch a secret was redacted from, each with its text as the provider wrote it (what was
+        # held of it before, and its own), for `_place`.
+        self._redacted: list[tuple[ChunkDelta, str]] = []
 
     def redact(self, chunks: list[ChatCompletionChunk], ended: bool, template: ChatCompletionChunk | None) -> None:
         """Redact `chunks` in place. What a channel held goes in a chunk of its own once the channel ends, right
@@ -89,6 +102,10 @@ class ChunkRedactor:
         if ended and self.text.held and template is not None:
             choices = [self._released(channel) for channel in list(self.text.held)]
             chunks.append(_chunk(template, sorted(choices, key=lambda choice: choice.index)))
+        if self._redacted:
+            self._place(chunks)
+        if self.placed:
+            self._cited(chunks)
 
     def _delta(self, index: int, delta: ChunkDelta, finished: bool) -> ChunkChoice | None:
         """Redact one delta; what a channel it ended had held, if any."""
@@ -100,12 +117,17 @@ class ChunkRedactor:
             if not held or (len(held) == 1 and channel in held):
                 content = delta.content or ""
                 if content or (held and finished):
-                    passed, rest = withheld(held.pop(channel) + content if held else content)
+                    said = held.pop(channel) + content if held else content
+                    passed, rest = withheld(said)
                     if rest and not finished:
                         held[channel] = rest
                         delta.content = passed
                     elif passed != content or rest:
                         delta.content = passed + rest
+                    else:
+                        return None  # (the usual delta, as it came)
+                    if passed + rest != said:  # (a secret was redacted from it)
+                        self._redacted.append((delta, said))
                 return None
         written = [(name, index, -1) for name in TEXT_FIELDS if getattr(delta, name)]
         if calls:
@@ -120,17 +142,50 @@ class ChunkRedactor:
         for at, channel in enumerate(written):
             ends = finished or at < last
             if channel[0] != "call":
-                setattr(delta, channel[0], self._passed(channel, getattr(delta, channel[0]), ends))
+                setattr(delta, channel[0], self._passed(delta, channel, getattr(delta, channel[0]), ends))
                 continue
             for call in calls or ():
                 function = call.function
                 if call.index == channel[2] and function is not None and function.arguments:
-                    function.arguments = self._passed(channel, function.arguments, ends)
+                    function.arguments = self._passed(delta, channel, function.arguments, ends)
         return ended
 
-    def _passed(self, channel: tuple[str, int, int], value: str, ends: bool) -> str:
-        passed = self.text.pass_on(channel, value)
+    def _passed(self, delta: ChunkDelta, channel: tuple[str, int, int], value: str, ends: bool) -> str:
+        if channel[0] != "content":
+            passed = self.text.pass_on(channel, value)
+        else:  # (`HeldText.pass_on`, the secrets it redacts kept: `_place`)
+            held = self.text.held
+            said = held.pop(channel) + value if channel in held else value
+            passed, rest = withheld(said)
+            if rest:
+                held[channel] = rest
+            if passed + rest != said:
+                self._redacted.append((delta, said))
         return passed + self.text.release(channel) if ends else passed
+
+    def _place(self, chunks: list[ChatCompletionChunk]) -> None:
+        """Where the secrets redacted from this batch's deltas were in their choice's text as the provider wrote it
+        (`placed`): past what the client was handed of it before them (`shown`, and the batch's deltas before),
+        with each secret redacted before put back."""
+        redacted, self._redacted = self._redacted, []
+        before = dict(self.shown)
+        for chunk in chunks:
+            for choice in chunk.choices:
+                index, delta = choice.index, choice.delta
+                if redacted and delta is redacted[0][0]:
+                    known = self.placed.setdefault(index, [])
+                    start = before.get(index, 0) + sum(length - len(REDACTED) for _, length in known)
+                    known += [(start + at, length) for at, length in redactions(redacted.pop(0)[1])]
+                before[index] = before.get(index, 0) + len(delta.content or "")
+
+    def _cited(self, chunks: list[ChatCompletionChunk]) -> None:
+        """The annotations of the choices a secret was redacted from, their positions moved past it."""
+        for chunk in chunks:
+            for choice in chunk.choices:
+                extra = choice.delta.model_extra
+                secrets = self.placed.get(choice.index)
+                if extra and secrets and extra.get("annotations"):
+                    positions_moved(extra["annotations"], secrets)
 
     def _released(self, channel: tuple[str, int, int]) -> ChunkChoice:
         """A choice with what `channel` held, which has ended."""

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
 from handler.ports import LedgerItem
 from tests.functional.conftest import Running, anthropic_client, openai_client, serve_gateway
+from tests.support.inprocess import PROVIDER_KEYS, serve
 from tests.support.servers import ServerThread, SocketServer
 
 SEARCH_USD = 0.01
@@ -1027,3 +1029,117 @@ def test_a_responses_stream_that_breaks_off_fails_with_what_was_streamed_and_cha
     assert (response.usage.input_tokens, response.usage.output_tokens) == (line.input_tokens, line.output_tokens)
     stored = client.responses.retrieve(response.id)
     assert stored.model_dump() == response.model_dump()
+
+
+# --- a server's failure in the same read as its last words ------------------------------------------------------
+# In-process (`tests.support.inprocess`), the upstream's reads scripted: the first opens the answer ("Hello"), the
+# second is a long delta and the server's failure together, as a server writes its last words and its failure in one
+# write. The delta ends with the beginning of the provider's key, which waits for the text to go on (it does not).
+
+LAST_WORDS = "x" * 3000 + PROVIDER_KEYS["OPENAI_API_KEY"][:6]
+ANTHROPIC_FAILURE = sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+SAME_READ_MODELS = {"m": {"deployments": [{"provider": "openai", "model": "m-x"}], "price": {"input": 1, "output": 2}}}
+# Each API's path and the provider that serves it: Messages passed through from Anthropic, Responses from a deployment
+# that serves the Responses API.
+SAME_READ_APIS: dict[str, tuple[str, dict[str, Any] | None]] = {
+    "chat": ("/v1/chat/completions", None),
+    "messages": ("/v1/messages", {"type": "anthropic", "api_key": "env:OPENAI_API_KEY", "base_url": "http://up"}),
+    "responses": (
+        "/v1/responses",
+        {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": "http://up/v1", "responses_api": "native"},
+    ),
+}
+
+
+def opening_and_delta(api: str) -> tuple[bytes, Callable[[str], bytes]]:
+    """A stream's opening as far as its first words ("Hello"), in `api`'s events, and its next delta of text."""
+    if api == "chat":
+        chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m-x"}
+
+        def chat_delta(text: str, **more: Any) -> bytes:
+            choice = {"index": 0, "delta": {"content": text, **more}, "finish_reason": None}
+            return b"data: " + orjson.dumps({**chunk, "choices": [choice]}) + b"\n\n"
+
+        return chat_delta("Hello", role="assistant"), chat_delta
+    if api == "messages":
+        message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m-x", "content": []}
+        message |= {"stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 1}}
+        block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+
+        def text_delta(text: str) -> bytes:
+            delta = {"type": "text_delta", "text": text}
+            return sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+
+        opening = sse("message_start", {"type": "message_start", "message": message})
+        return opening + sse("content_block_start", block) + text_delta("Hello"), text_delta
+    where = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+    item = {"id": "msg_1", "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+    response = {"id": "resp_1", "object": "response", "created_at": 1, "model": "m-x", "status": "in_progress"}
+    said = [
+        ("response.created", {"response": {**response, "output": [], "usage": None}}),
+        ("response.output_item.added", {"output_index": 0, "item": item}),
+        ("response.content_part.added", {**where, "part": {"type": "output_text", "text": "", "annotations": []}}),
+    ]
+    numbered = iter(range(100))
+
+    def event(kind: str, data: dict[str, Any]) -> bytes:
+        return sse(kind, {"type": kind, "sequence_number": next(numbered), **data})
+
+    def output_delta(text: str) -> bytes:
+        return event("response.output_text.delta", {**where, "delta": text})
+
+    return b"".join(event(kind, data) for kind, data in said) + output_delta("Hello"), output_delta
+
+
+def reads(*chunks: bytes) -> httpx.Response:
+    """A 200 stream whose body comes in these reads."""
+
+    async def body() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+
+
+@pytest.mark.parametrize(
+    ("api", "failure"),
+    [
+        ("chat", UNTYPED_FAILURE),
+        ("messages", UNTYPED_FAILURE),
+        ("messages", ANTHROPIC_FAILURE),
+        ("responses", UNTYPED_FAILURE),
+    ],
+    ids=["chat", "messages-untyped", "messages-anthropics-error", "responses-untyped"],
+)
+async def test_a_failure_in_the_same_read_as_the_last_words_ends_the_stream_after_them(
+    api: str, failure: bytes
+) -> None:
+    """A passed-through stream's meter read every event of a read before any went on, and raised the failure among
+    them (`MessagesMeter.feed`, `ResponsesMeter.feed`): the words that came with it reached neither the client nor
+    the closing `response.failed`, and were charged (5 characters sent, 1,004 output tokens on the line). A stream in
+    chunks lost them too (charged only for what it sent). The events before the failure go on, with what the
+    redactor held of them (their text ends there), then the failure ends the stream as it did; the charge is what was
+    sent."""
+    path, provider = SAME_READ_APIS[api]
+    opening, delta = opening_and_delta(api)
+    served = await serve(
+        lambda request: reads(opening, delta(LAST_WORDS) + failure), SAME_READ_MODELS, provider=provider
+    )
+    asked: dict[str, Any] = {"model": "m", "stream": True, "max_tokens": 2000, "messages": HI}
+    answer = await served.post(path, {"model": "m", "stream": True, "input": "hi"} if api == "responses" else asked)
+    [line] = await served.ledger()
+    await served.gateway.aclose()
+    events = [orjson.loads(data[6:]) for data in answer.text.splitlines() if data.startswith("data: {")]
+    if api == "chat":
+        sent = "".join(event["choices"][0]["delta"].get("content") or "" for event in events if event.get("choices"))
+        assert events[-1]["error"]["code"] == "upstream_error"
+    elif api == "messages":
+        sent = "".join(event["delta"]["text"] for event in events if event["type"] == "content_block_delta")
+        assert events[-1]["type"] == "error"
+    else:
+        sent = "".join(event["delta"] for event in events if event["type"] == "response.output_text.delta")
+        assert [event["type"] for event in events[-2:]] == ["error", "response.failed"]
+        assert events[-1]["response"]["output"][0]["content"][0]["text"] == sent
+    assert sent == "Hello" + LAST_WORDS, (len(sent), line.output_tokens)
+    assert (line.status, line.cost_source) == (502, "estimate")
+    assert line.output_tokens == math.ceil(len(sent) / 3)

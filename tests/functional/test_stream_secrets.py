@@ -513,3 +513,89 @@ async def test_a_chat_stream_redacts_a_secret_cut_around_an_annotations_delta(an
     await served.gateway.aclose()
     assert final.choices[0].message.content == "".join(deltas) == CITED_SHOWN
     assert len(final.choices[0].message.annotations or ()) == annotated
+
+
+# A search model's citations in Chat Completions (`message.annotations`, each a `url_citation` with its span), whose
+# positions are in the text as the provider wrote it, as a Responses annotation's are.
+
+
+def chat_url_citation(word: str) -> dict[str, Any]:
+    """Chat Completions' `url_citation` of `word` in `CITED`: its positions in the text the provider wrote."""
+    cited = {name: value for name, value in url_citation(word).items() if name != "type"}
+    return {"type": "url_citation", "url_citation": cited}
+
+
+def chat_cites(text: str, annotations: list[Any] | None) -> list[str]:
+    """What each Chat Completions annotation's span marks in `text`."""
+    return [text[a.url_citation.start_index : a.url_citation.end_index] for a in annotations or ()]
+
+
+async def test_a_chat_answer_s_url_citations_cite_what_they_cited_once_the_key_is_redacted() -> None:
+    """The key was redacted from the text (`scrub`) and the spans left where they were in the provider's: the one
+    after the key marked `''` (past the text's end), where a key shorter than `[REDACTED]` would have made it mark
+    other words."""
+    message = {"role": "assistant", "content": CITED, "annotations": [chat_url_citation(word) for word in CITING]}
+    answer = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-x"}
+    answer |= {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+    answer |= {"usage": {"prompt_tokens": 5, "completion_tokens": 10, "total_tokens": 15}}
+    served = await serve(lambda request: httpx.Response(200, json=answer), GPT)
+    sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key=served.key.key, http_client=served.http)
+    whole = await sdk.chat.completions.create(model="gpt", messages=[{"role": "user", "content": "Cite it."}])
+    await served.gateway.aclose()
+    got = whole.choices[0].message
+    assert got.content == CITED_SHOWN
+    assert chat_cites(CITED_SHOWN, got.annotations) == CITING
+
+
+def cited_chunks(how: str) -> Any:
+    """OpenAI's Chat Completions stream of `CITED`, cut inside the key, and its annotations in a delta of their own
+    after the text: in one read, or a read a chunk (the key is redacted in a later read than the text before it was
+    sent in); or, `whole`, the answer whole to a stream request (streamed from it: its text and annotations in one
+    delta)."""
+    annotations = [chat_url_citation(word) for word in CITING]
+    head = {"id": "chatcmpl-1", "created": 1, "model": "gpt-x"}
+    if how == "whole":
+        message = {"role": "assistant", "content": CITED, "annotations": annotations}
+        answer = {
+            **head,
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        }
+        return lambda request: httpx.Response(200, json=answer)
+    deltas: list[dict[str, Any]] = [
+        {"role": "assistant", "content": CITED[:14]},
+        {"content": CITED[14:24]},
+        {"content": CITED[24:]},
+        {"annotations": annotations},
+    ]
+    choices = [[{"index": 0, "delta": delta, "finish_reason": None}] for delta in deltas]
+    choices.append([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+    chunks = [
+        b"data: " + orjson.dumps({**head, "object": "chat.completion.chunk", "choices": c}) + b"\n\n" for c in choices
+    ]
+    chunks.append(b"data: [DONE]\n\n")
+
+    def streamed(request: httpx.Request) -> httpx.Response:
+        async def reads() -> Any:
+            for chunk in chunks if how == "read_by_read" else [b"".join(chunks)]:
+                yield chunk
+
+        return httpx.Response(200, content=reads(), headers={"content-type": "text/event-stream"})
+
+    return streamed
+
+
+@pytest.mark.parametrize("how", ["one_read", "read_by_read", "whole"])
+async def test_a_chat_stream_s_url_citations_cite_what_they_cited_once_the_key_is_redacted(how: str) -> None:
+    """The same, streamed: the stream's redactor moves the spans of the annotations that follow a secret it redacted
+    from the choice's text, counting what the client was sent of it before."""
+    served = await serve(cited_chunks(how), GPT)
+    sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key=served.key.key, http_client=served.http)
+    messages: Any = [{"role": "user", "content": "Cite it."}]
+    async with sdk.chat.completions.stream(model="gpt", messages=messages) as stream:
+        deltas = [event.delta async for event in stream if event.type == "content.delta"]
+        final = await stream.get_final_completion()
+    await served.gateway.aclose()
+    got = final.choices[0].message
+    assert got.content == "".join(deltas) == CITED_SHOWN
+    assert chat_cites(CITED_SHOWN, got.annotations) == CITING

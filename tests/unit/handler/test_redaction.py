@@ -8,12 +8,13 @@ import itertools
 import secrets
 import string
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 import pytest
 
 from handler.pipeline.redacting import HeldText
-from handler.redaction import REDACTED, client_position, redactions, scrub, withheld
+from handler.redaction import REDACTED, annotated, client_position, redactions, scrub, withheld
 
 SECRET = "sk-proj-Zq81LmN0pX4vR7tY2uW9"
 SLASHED = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # an AWS secret key: `/` and `+` in it
@@ -141,6 +142,21 @@ def test_a_position_in_a_text_is_moved_past_the_secrets_redacted_before_it() -> 
     inside = text.index(SECRET) + 3
     assert (client_position(secrets, inside), client_position(secrets, inside, end=True)) == (2, 2 + len(REDACTED))
     assert redactions("nothing here") == [] and client_position([], 5) == 5
+
+
+def test_an_annotated_text_is_redacted_and_its_spans_moved_in_either_apis_shape() -> None:
+    """A Responses annotation's positions are its own, a Chat Completions one's its `url_citation`'s; a text that
+    holds no secret is left as it is (None), its annotations too."""
+    text = f"see {SECRET} here"
+    span = {"start_index": text.index("here"), "end_index": len(text)}
+    responses: dict[str, Any] = {"type": "url_citation", **span}
+    chat: dict[str, Any] = {"type": "url_citation", "url_citation": dict(span)}
+    shown = annotated(text, [responses, chat])
+    assert shown == f"see {REDACTED} here"
+    for moved in (responses, chat["url_citation"]):
+        assert shown[moved["start_index"] : moved["end_index"]] == "here"
+    untouched = {"type": "url_citation", "url_citation": dict(span)}
+    assert annotated("see nothing here", [untouched]) is None and untouched["url_citation"] == span
 
 
 def test_an_upstream_error_keeps_ordinary_text_and_the_short_runs_it_shares_with_a_key() -> None:

@@ -118,6 +118,44 @@ def test_choices_hold_apart() -> None:
     assert field(out, "content", 0) == f"x {REDACTED}" and field(out, "content", 1) == SECRET[6:]
 
 
+def cited(text: str, word: str) -> dict[str, Any]:
+    """Chat Completions' `url_citation` of `word`, its span in `text` (the provider's)."""
+    at = text.index(word)
+    span = {"url": f"https://example.com/{word}", "title": word, "start_index": at, "end_index": at + len(word)}
+    return {"type": "url_citation", "url_citation": span}
+
+
+def test_a_choices_annotations_are_moved_past_the_secrets_redacted_from_its_text() -> None:
+    """Each choice's own: past what the client was handed of its text (`shown`, which the relay counts as it hands
+    the chunks out), whichever delta the secret was redacted from, held first or joined in the same batch."""
+    said = {0: f"intro one {SECRET} two {SECRET} three", 1: f"xy {SECRET} four"}
+    batches = [
+        [chunk({"content": "intro "}, 0), chunk({"content": "xy "}, 1)],
+        [chunk({"content": "one " + SECRET[:5]}, 0)],  # (held: the beginning of the key)
+        [chunk({"content": SECRET[5:] + " two "}, 0), chunk({"content": f"{SECRET} four"}, 1)],
+        [chunk({"content": f"{SECRET} three"}, 0)],
+        [
+            chunk({"annotations": [cited(said[0], w) for w in ("one", "two", "three")]}, 0),
+            chunk({"annotations": [cited(said[1], "four")]}, 1),
+        ],
+    ]
+    shown: dict[int, int] = {}
+    redactor = ChunkRedactor(shown)
+    out = []
+    for batch in batches:
+        redactor.redact(batch, False, None)
+        for c in batch:  # (handed out)
+            for choice in c.choices:
+                shown[choice.index] = shown.get(choice.index, 0) + len(choice.delta.content or "")
+        out += batch
+    for index, words in ((0, ["one", "two", "three"]), (1, ["four"])):
+        text = field(out, "content", index)
+        assert text == said[index].replace(SECRET, REDACTED)
+        extras = [ch.delta.model_extra or {} for c in out for ch in c.choices if ch.index == index]
+        spans = [a["url_citation"] for extra in extras for a in extra.get("annotations", ())]
+        assert [text[span["start_index"] : span["end_index"]] for span in spans] == words
+
+
 # --- a provider's own events ----------------------------------------------------------------------
 
 
