@@ -555,8 +555,9 @@ class Pipeline(Charges):
             if thread is not None:
                 ex.prompt = ex.prompt.holding(self._thread_holds(call, native))
                 if not ex.advisors:  # (a `continue` sends no `tools`: its thread's advisors, as its record keeps them)
-                    ex.advisors = thread.advisors
-                    self._held_advisors_allowed(ex)
+                    ex.advisors, ex.advisor_params = thread.advisors, ("thread",) * len(thread.advisors)
+            if ex.advisors:  # (an attempt is sent the tool: its advisors run, and are held to the key's scopes)
+                self._advisors_allowed(ex)
         cap = OutputCap(req, self.gateway.config.gateway.default_max_output_tokens, self.gateway.ceilings)
         # A request only a deployment that speaks its API can take (a message thread) is sent to no other: the rest
         # of the plan is passed over unsent (`=unsupported`), so the worst case is theirs alone. The whole plan's

@@ -147,6 +147,30 @@ def test_an_advisor_is_counted_on_its_models_own_limits(priced: Running) -> None
     assert anthropic_client(priced, tokens).beta.messages.create(**limited).content
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_an_advisor_a_translation_leaves_out_is_no_403_for_a_key_without_its_model(
+    priced: Running, stream: bool
+) -> None:
+    """A request whose every attempt gets it translated (`gpt`, on OpenAI) is sent no advisor tool: it is left out
+    and named, and no advisor runs, so its model is not held to the key's scopes. A key limited to `gpt` (Claude Code
+    with its model mapped to GPT) was refused 403 for an Opus advisor nothing would run, where a key with every model
+    was answered, the tool named dropped (found by review). A plan with an attempt that is sent the tool is still
+    held to them (`test_an_advisor_tool_cannot_reach_a_model_outside_the_keys_scope`)."""
+    key = priced.mint(name=f"gpt-only-{stream}", models=["gpt"])
+    tool = {"type": "advisor_20260301", "name": "advisor", "model": OPUS}
+    body = {"model": "gpt", "max_tokens": 50, "messages": HI, "tools": [tool], "stream": stream}
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01", "anthropic-beta": ADVISOR_BETA}
+    before = len(priced.fakes["openai"].state.requests)
+    answered = httpx.post(f"{priced.url}/v1/messages", json=body, headers=headers, timeout=15)
+    assert answered.status_code == 200, answered.text
+    assert len(priced.fakes["openai"].state.requests) == before + 1
+    assert "tools.advisor_20260301" in answered.headers["x-gateway-dropped-params"]
+    strict = httpx.post(
+        f"{priced.url}/v1/messages", json=body, headers={**headers, "x-gateway-strict": "true"}, timeout=15
+    )
+    assert strict.status_code == 400 and "advisor" in strict.text, strict.text  # (the tool cannot be honoured)
+
+
 def test_a_continue_is_held_to_the_continuing_keys_scope_for_its_threads_advisor(priced: Running) -> None:
     """A `continue` sends no `tools`: Anthropic keeps the thread's, and calls its advisor again. A key limited to
     `sonnet`, continuing a thread its parent started with an Opus advisor, reached Opus through it; now a child may
