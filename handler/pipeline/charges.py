@@ -21,6 +21,7 @@ from handler.pipeline.pricing import (
     option_rate,
     plausible,
     price_for,
+    runs_as,
     scaled,
     upstream_price,
     with_options,
@@ -188,13 +189,10 @@ class Charges:
         ex.advisors, ex.advisor_params = tuple(advisors), tuple(params)
 
     def _advisor_models(self, model: str) -> list[str]:
-        """The config's models an advisor's model (`model`: its upstream id) runs as: those that deploy it or are
-        named so, as its price is found (`upstream_price`)."""
-        return [
-            name
-            for name, spec in self.gateway.config.models.items()
-            if name == model or any(d.model == model for d in spec.deployments)
-        ]
+        """The config's models an advisor's model (`model`: its upstream id) runs as (`runs_as`: those that deploy it
+        or are named so, by that id or by another the price table takes for the same model), as its price is found
+        (`upstream_price`)."""
+        return runs_as(self.gateway.config.models, model)
 
     def _advisor_allowed(self, ex: Exchange, model: str, param: str) -> None:
         """Refuses an advisor whose model (`model`: its upstream id) the key may not use: Anthropic runs it inside
@@ -226,11 +224,12 @@ class Charges:
                 self._advisor_allowed(ex, model, param)
 
     def _advisor_ceiling(self, model: str) -> int | None:
-        """The `max_output_tokens` the config names for an advisor's model (`model`: its upstream id), of a model
-        that deploys it or is named so."""
-        for name, spec in self.gateway.config.models.items():
-            if spec.max_output_tokens and (name == model or any(d.model == model for d in spec.deployments)):
-                return spec.max_output_tokens
+        """The `max_output_tokens` the config names for an advisor's model (`model`: its upstream id), of a model it
+        runs as (`_advisor_models`)."""
+        models = self.gateway.config.models
+        for name in self._advisor_models(model):
+            if models[name].max_output_tokens:
+                return models[name].max_output_tokens
         return None
 
     def _advisors_usd(
