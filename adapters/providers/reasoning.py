@@ -159,6 +159,16 @@ def openai_reasons(target: Target) -> bool:
     return reasons(target.model, OPENAI_REASONING_PREFIXES, prefix=True)
 
 
+def gemini_thinks_unasked(model: str) -> bool:
+    """Whether a Gemini model thinks on a request that names no reasoning, and Google bills its thoughts as output:
+    one that reasons at a level (`ModelRules.thinking_levels`: Gemini 3 and later, and the `-latest` aliases), and
+    2.5's (`GEMINI_THINKING_FRAGMENTS`: dynamic thinking unless told otherwise, Pro always), but 2.5 Flash-Lite, whose
+    thinking is off until asked for (Google's thinking guide)."""
+    if rules_for(model).thinking_levels:
+        return True
+    return reasons(model, GEMINI_THINKING_FRAGMENTS) and not reasons(model, ("gemini-2.5-flash-lite",))
+
+
 def reasons(model: str, families: tuple[str, ...], *, prefix: bool = False) -> bool:
     """Whether `model` (an upstream id, perhaps with a vendor or region prefix) is in one of `families`."""
     name = model.rsplit("/", 1)[-1].lower()

@@ -280,7 +280,8 @@ class Meter:
         ended first, its deadline, the client gone, the worst case its attempt needed not covered), the model asked
         for's (`taken_apart`: its deployments passed over, or pinned away; a token count's, `admit_count`). But for a
         limit that binds a model in `sent`, which an attempt went out to: the request was sent under it (a key's own
-        `rpm`)."""
+        `rpm`). Settled under the count's own reservation id, which no other settlement of the request may share:
+        the store applies one settlement an id (`<request id>@<model>`, `@advisor:<model>`, `@count`)."""
         admission = counted.admission
         rates = unbound(admission.rates, sent) if sent else admission.rates
         if len(rates) < len(admission.rates):
@@ -329,11 +330,13 @@ class Meter:
         again.store_ms = (time.perf_counter() - started) * 1000
         return again
 
-    async def admit_count(self, lineage: list[KeyRecord], model: str, request_id: str) -> Counted | None:
+    async def admit_count(self, lineage: list[KeyRecord], model: str, reservation_id: str) -> Counted | None:
         """Count a token count a provider is asked for on the requests-a-minute limits of the key's chain
         (`model`'s own among them), or raise the 429: free, so no budget and no tokens a minute, but the
         provider limits its counting per organisation, on the operator's key. What it counted (None: no limit),
-        its answer's `x-ratelimit-*` headers (the requests' alone, `count_headers`), as a request's are."""
+        its answer's `x-ratelimit-*` headers (the requests' alone, `count_headers`), as a request's are.
+        `reservation_id`: the count's own, not its line's (a give-back under the id its line is settled under is
+        taken for that settlement, and dropped: `given_back`)."""
         key = lineage[0]
         now = self.clock()
         window = int(now // 60)
@@ -345,7 +348,7 @@ class Meter:
         ]
         if not rates:
             return None
-        admission = Admission(request_id, key.id, [], rates, now + self.reservation_ttl, key.home_region)
+        admission = Admission(reservation_id, key.id, [], rates, now + self.reservation_ttl, key.home_region)
         return Counted(admission, await self._admit(admission, key, 0.0, window))
 
     def count_headers(self, counted: Counted) -> dict[str, str]:

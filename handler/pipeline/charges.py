@@ -21,6 +21,7 @@ from handler.pipeline.pricing import (
     option_rate,
     plausible,
     price_for,
+    runs_as,
     scaled,
     upstream_price,
     with_options,
@@ -162,12 +163,13 @@ class Charges:
 
     def allow_advisors(self, ex: Exchange, tools: list[Any]) -> None:
         """Anthropic's advisor tool (`advisor_*` among `tools`) runs another model inside the answer, billed at that
-        model's prices: a model the key's chain may use (`_advisor_allowed`), each tool's worst case reserved
-        (`_advisors_usd`). It is called at most `max_uses` times
+        model's prices: a model the key's chain may use where an attempt is sent the tool (`_advisors_allowed`, once
+        the plan is known), each tool's worst case reserved (`_advisors_usd`). It is called at most `max_uses` times
         (`DEFAULT_ADVISOR_USES`, sent, when the tool sets none or null), each writing at most its `max_tokens`, else
         its model's `max_output_tokens` where the config names one, else `DEFAULT_ADVICE_TOKENS` (either sent as the
         tool's `max_tokens`). A limit that is not a positive integer is the client's 400."""
         advisors = []
+        params = []
         for i, tool in enumerate(tools):
             if not isinstance(tool, dict) or not str(tool.get("type") or "").startswith("advisor_"):
                 continue
@@ -175,8 +177,6 @@ class Charges:
             tool["max_uses"] = uses = DEFAULT_ADVISOR_USES if uses is None else positive(uses, f"tools.{i}.max_uses")
             model = tool.get("model")
             model = model if isinstance(model, str) else ""  # (Anthropic's 400, which costs nothing)
-            if model:
-                self._advisor_allowed(ex, model, f"tools.{i}.model")
             written = tool.get("max_tokens")
             if written is not None:
                 written = positive(written, f"tools.{i}.max_tokens")
@@ -185,16 +185,14 @@ class Charges:
                 # write past what the budget holds for it (found by review).
                 tool["max_tokens"] = written = self._advisor_ceiling(model) or DEFAULT_ADVICE_TOKENS
             advisors.append((model, uses, written))
-        ex.advisors = tuple(advisors)
+            params.append(f"tools.{i}.model")
+        ex.advisors, ex.advisor_params = tuple(advisors), tuple(params)
 
     def _advisor_models(self, model: str) -> list[str]:
-        """The config's models an advisor's model (`model`: its upstream id) runs as: those that deploy it or are
-        named so, as its price is found (`upstream_price`)."""
-        return [
-            name
-            for name, spec in self.gateway.config.models.items()
-            if name == model or any(d.model == model for d in spec.deployments)
-        ]
+        """The config's models an advisor's model (`model`: its upstream id) runs as (`runs_as`: those that deploy it
+        or are named so, by that id or by another the price table takes for the same model), as its price is found
+        (`upstream_price`)."""
+        return runs_as(self.gateway.config.models, model)
 
     def _advisor_allowed(self, ex: Exchange, model: str, param: str) -> None:
         """Refuses an advisor whose model (`model`: its upstream id) the key may not use: Anthropic runs it inside
@@ -209,22 +207,29 @@ class Charges:
         if not any(allows_model(ex.lineage, name) for name in names):
             raise advisor_not_allowed(model, param, deployed=bool(names))
 
-    def _held_advisors_allowed(self, ex: Exchange) -> None:
-        """Refuses a thread's `continue` whose thread holds an advisor (`Exchange.advisors`, as the answer it continues
-        keeps them: `ThreadAnswer.advisors`) the continuing key may not use: a `continue` sends no `tools`, and
-        Anthropic calls the thread's advisor again. The key that made the thread was allowed it, and the continuing
-        key is that one or an ancestor, whose chain holds no more; but the config's models, which the scopes name,
-        may have changed since (another instance's config, or before a rollout)."""
-        for model, _, _ in ex.advisors:
+    def _advisors_allowed(self, ex: Exchange) -> None:
+        """Refuses a request whose advisors (`Exchange.advisors`) run a model the key may not use (`_advisor_allowed`),
+        each named where the client named it (`Exchange.advisor_params`). Asked only where an attempt of the plan is
+        sent the tool (`_sent_as_written`: `Pipeline._admit`, as `Pipeline._count_advisors` counts them): a translation
+        leaves it out and names it dropped, and its model calls no advisor, so a plan of translations alone is held to
+        nothing for it. Asked of every request, a key limited to `gpt` (on OpenAI) was refused 403 for an Opus advisor
+        nothing would run, where a key with every model was answered, the tool named dropped (found by review). A
+        thread's `continue` is held to the advisors its thread holds (as the answer it continues keeps them:
+        `ThreadAnswer.advisors`): it sends no `tools`, and Anthropic calls the thread's advisor again. The key that
+        made the thread was allowed it, and the continuing key is that one or an ancestor, whose chain holds no more;
+        but the config's models, which the scopes name, may have changed since (another instance's config, or before
+        a rollout)."""
+        for (model, _, _), param in zip(ex.advisors, ex.advisor_params, strict=True):
             if model:
-                self._advisor_allowed(ex, model, "thread")
+                self._advisor_allowed(ex, model, param)
 
     def _advisor_ceiling(self, model: str) -> int | None:
-        """The `max_output_tokens` the config names for an advisor's model (`model`: its upstream id), of a model
-        that deploys it or is named so."""
-        for name, spec in self.gateway.config.models.items():
-            if spec.max_output_tokens and (name == model or any(d.model == model for d in spec.deployments)):
-                return spec.max_output_tokens
+        """The `max_output_tokens` the config names for an advisor's model (`model`: its upstream id), of a model it
+        runs as (`_advisor_models`)."""
+        models = self.gateway.config.models
+        for name in self._advisor_models(model):
+            if models[name].max_output_tokens:
+                return models[name].max_output_tokens
         return None
 
     def _advisors_usd(

@@ -63,7 +63,7 @@ class Exchange:
         "service_tier", "plain_tier", "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected",
         "client_left", "fallbacks", "counted", "stream", "native_api", "native_options", "anthropic", "audio_output",
         "ledger_item", "ends_at", "lifetime_s", "wasted_usage", "unsent_counts", "sent_to", "reserving", "advisors",
-        "advised", "dropped_at", "advisor_models", "unsent_advisors",
+        "advised", "dropped_at", "advisor_models", "unsent_advisors", "advisor_params",
     )  # fmt: skip
 
     def __init__(
@@ -163,6 +163,9 @@ class Exchange:
         # (`ThreadAnswer.advisors`, kept with the answer it continues): each one's model (its upstream id), the most
         # calls it may make and the most it writes per call, reserved for.
         self.advisors: tuple[tuple[str, int, int], ...] = ()
+        # Where the client named each of `advisors` (`tools.<i>.model`; `thread` for those its thread holds): the
+        # `param` of the 403 for one whose model the key may not use (`Charges._advisors_allowed`).
+        self.advisor_params: tuple[str, ...] = ()
         # The advisor calls a stream cut before its final usage showed (`UpstreamStream.metered`): each charged its
         # reserved bound, as the provider bills them and its usage never said (`Charges._cost`).
         self.advised = 0

@@ -292,7 +292,10 @@ class Pipeline(Charges):
             return None
         if call.held and any(attempt.adapter.speaks(call.api, attempt.target) for attempt in counting):
             await self._continued_thread(ex, call)  # (Anthropic counts the thread it holds: only the key's own)
-        counted = await self.meter.admit_count(ex.lineage, ex.model, ex.request_id)
+        # Under an id of its own, as a fallback's and an advisor's counts are: its line is settled under the request
+        # id, and the store takes one settlement of an id (DynamoDB's marker, SQLite's slice), so a give-back under
+        # that id too was dropped (a count a fallback made kept the model asked for's request for the minute: review).
+        counted = await self.meter.admit_count(ex.lineage, ex.model, f"{ex.request_id}@count")
         if counted is not None:
             ex.counted.append(counted)
             ex.unsent_counts[ex.model] = counted  # (given back as it settles, unless a count of the model goes out)
@@ -552,8 +555,9 @@ class Pipeline(Charges):
             if thread is not None:
                 ex.prompt = ex.prompt.holding(self._thread_holds(call, native))
                 if not ex.advisors:  # (a `continue` sends no `tools`: its thread's advisors, as its record keeps them)
-                    ex.advisors = thread.advisors
-                    self._held_advisors_allowed(ex)
+                    ex.advisors, ex.advisor_params = thread.advisors, ("thread",) * len(thread.advisors)
+            if ex.advisors:  # (an attempt is sent the tool: its advisors run, and are held to the key's scopes)
+                self._advisors_allowed(ex)
         cap = OutputCap(req, self.gateway.config.gateway.default_max_output_tokens, self.gateway.ceilings)
         # A request only a deployment that speaks its API can take (a message thread) is sent to no other: the rest
         # of the plan is passed over unsent (`=unsupported`), so the worst case is theirs alone. The whole plan's

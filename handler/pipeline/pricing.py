@@ -44,21 +44,31 @@ class PriceTable(Value):
         self.aliases: Final = aliases
 
     def find(self, *names: str) -> Price | None:
-        """The price of the first of `names` the table knows, by its own entry or an alias (a dated release of
-        it: the prefix followed by a `release_tag` alone): the names in order of preference, so a public name that
-        is itself an entry never wins over the upstream model's alias (`gpt-4o` serving `gpt-4o-mini-2024-07-18`
-        costs what the mini costs)."""
+        """The price of the first of `names` the table knows (`entry`): the names in order of preference, so a public
+        name that is itself an entry never wins over the upstream model's alias (`gpt-4o` serving
+        `gpt-4o-mini-2024-07-18` costs what the mini costs)."""
         for name in names:
-            if name in self.prices:
-                return self.prices[name]
-            for prefix, target in self.aliases:
-                if (
-                    name.startswith(prefix)
-                    and len(name) > len(prefix)
-                    and release_tag().fullmatch(name, len(prefix)) is not None
-                ):
-                    return self.prices[target]
+            entry = self.entry(name)
+            if entry is not None:
+                return self.prices[entry]
         return None
+
+    def entry(self, name: str) -> str | None:
+        """The entry that prices `name` (an upstream id): its own, or the one an alias of it names (a dated release
+        of it: the prefix followed by a `release_tag` alone). None: the table does not know it."""
+        if name in self.prices:
+            return name
+        for prefix, target in self.aliases:
+            if name.startswith(prefix) and len(name) > len(prefix) and release_tag().fullmatch(name, len(prefix)):
+                return target
+        return None
+
+
+@lru_cache(maxsize=1024)
+def priced_as(upstream_model: str) -> str | None:
+    """The built-in table's entry for `upstream_model` (`PriceTable.entry`), remembered by id: `runs_as` asks it of
+    every deployment the config has."""
+    return builtin_prices().entry(upstream_model)
 
 
 @lru_cache(maxsize=1)
@@ -83,13 +93,36 @@ def price_for(model: str, spec: ModelConfig, upstream_model: str) -> Price | Non
 
 def upstream_price(models: Mapping[str, ModelConfig], upstream_model: str) -> Price | None:
     """The price of a provider's own model, by its id (`upstream_model`: one an answer names, as Anthropic's advisor
-    tool's): the config's, of a model that deploys it or is named so, else the built-in table's."""
-    for name, spec in models.items():
-        if name == upstream_model or any(deployment.model == upstream_model for deployment in spec.deployments):
-            price = price_for(name, spec, upstream_model)
-            if price is not None:
-                return price
+    tool's): the config's, of a model that runs it (`runs_as`), else the built-in table's."""
+    for name in runs_as(models, upstream_model):
+        price = price_for(name, models[name], upstream_model)
+        if price is not None:
+            return price
     return builtin_prices().find(upstream_model)
+
+
+def runs_as(models: Mapping[str, ModelConfig], upstream_model: str) -> list[str]:
+    """The config's models that run a provider's own model, by its id (`upstream_model`: one an answer or Anthropic's
+    advisor tool names): those that deploy that id or are named so, then those that deploy (or are named) another id
+    the built-in table prices as the same model (`priced_as`: an alias and its dated releases, which Anthropic takes
+    alike, `claude-opus-4-6` and `claude-opus-4-6-20260205`). Matched by the exact id alone, an advisor named by its
+    dated id ran Opus counted on no limit of the `opus` that deploys its alias, and outside the scopes that hold it
+    (found by review)."""
+    exact = [
+        name
+        for name, spec in models.items()
+        if name == upstream_model or any(deployment.model == upstream_model for deployment in spec.deployments)
+    ]
+    entry = priced_as(upstream_model)
+    if entry is None:
+        return exact
+    alike = [
+        name
+        for name, spec in models.items()
+        if name not in exact
+        and (priced_as(name) == entry or any(priced_as(deployment.model) == entry for deployment in spec.deployments))
+    ]
+    return exact + alike
 
 
 def exact(value: float) -> float:

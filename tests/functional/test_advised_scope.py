@@ -34,6 +34,7 @@ from tests.support.inprocess import serve
 from tests.support.servers import ServerThread
 
 OPUS = "claude-opus-4-6"  # the upstream id the config's `opus` deploys
+OPUS_DATED = "claude-opus-4-6-20260205"  # the same model by a dated id, which Anthropic takes as it takes the alias
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +146,54 @@ def test_an_advisor_is_counted_on_its_models_own_limits(priced: Running) -> None
     assert too_large.status_code == 429 and "tpm:opus" in str(too_large.body), too_large.body
     limited = advised_settings(OPUS, max_uses=1, max_tokens=2048)
     assert anthropic_client(priced, tokens).beta.messages.create(**limited).content
+
+
+def test_an_advisor_named_by_its_dated_id_is_the_model_that_deploys_its_alias(priced: Running) -> None:
+    """Anthropic takes a model by its alias and by its dated id, and the built-in price table prices both as one
+    model (`claude-opus-4-6-20260205` as Opus 4.6). The scopes and per-model limits matched an advisor to the config's
+    models by the exact id alone: named by its dated id, the Opus the config deploys as `opus` ran for a key with
+    every model past that key's one Opus request a minute (spent: 200 and sent, where the alias is the 429), and a
+    key whose scopes hold `opus` was refused it (403, an id "none this gateway deploys"), both found by review. It is
+    matched as the price table matches ids: to every model deploying (or named) that id, its alias or another dated
+    release of it."""
+    fresh_minute()
+    key = priced.mint(name="opus-once-dated", model_limits={"opus": {"rpm": 1}})
+    sdk = anthropic_client(priced, key)
+    assert sdk.messages.create(model="opus", max_tokens=50, messages=HI).content  # the key's one Opus request
+    for advisor in (OPUS, OPUS_DATED):
+        again = refused(priced, key, advised_settings(advisor))
+        assert again.status_code == 429 and "rpm:opus=1" in str(again.body), (advisor, again.body)
+
+    scoped = priced.mint(name="sonnet-and-opus-dated", models=["sonnet", "opus"])
+    before = len(priced.fakes["anthropic"].state.requests)
+    assert anthropic_client(priced, scoped).beta.messages.create(**advised_settings(OPUS_DATED)).content
+    assert advisors_run(sent_since(priced, before)) == [OPUS_DATED]
+    error = refused(priced, priced.mint(name="sonnet-only-dated", models=["sonnet"]), advised_settings(OPUS_DATED))
+    assert error.status_code == 403 and "the models that deploy it are" in str(error.body), error.body
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_an_advisor_a_translation_leaves_out_is_no_403_for_a_key_without_its_model(
+    priced: Running, stream: bool
+) -> None:
+    """A request whose every attempt gets it translated (`gpt`, on OpenAI) is sent no advisor tool: it is left out
+    and named, and no advisor runs, so its model is not held to the key's scopes. A key limited to `gpt` (Claude Code
+    with its model mapped to GPT) was refused 403 for an Opus advisor nothing would run, where a key with every model
+    was answered, the tool named dropped (found by review). A plan with an attempt that is sent the tool is still
+    held to them (`test_an_advisor_tool_cannot_reach_a_model_outside_the_keys_scope`)."""
+    key = priced.mint(name=f"gpt-only-{stream}", models=["gpt"])
+    tool = {"type": "advisor_20260301", "name": "advisor", "model": OPUS}
+    body = {"model": "gpt", "max_tokens": 50, "messages": HI, "tools": [tool], "stream": stream}
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01", "anthropic-beta": ADVISOR_BETA}
+    before = len(priced.fakes["openai"].state.requests)
+    answered = httpx.post(f"{priced.url}/v1/messages", json=body, headers=headers, timeout=15)
+    assert answered.status_code == 200, answered.text
+    assert len(priced.fakes["openai"].state.requests) == before + 1
+    assert "tools.advisor_20260301" in answered.headers["x-gateway-dropped-params"]
+    strict = httpx.post(
+        f"{priced.url}/v1/messages", json=body, headers={**headers, "x-gateway-strict": "true"}, timeout=15
+    )
+    assert strict.status_code == 400 and "advisor" in strict.text, strict.text  # (the tool cannot be honoured)
 
 
 def test_a_continue_is_held_to_the_continuing_keys_scope_for_its_threads_advisor(priced: Running) -> None:

@@ -84,6 +84,7 @@ def scope_config(upstream_url: str, first_byte: float = 5, **bounds: Any) -> Con
                 "gpt-test": model("gpt-4o-mini"),
                 "ramp-test": model("gpt-4o-mini-ramp-limited"),
                 "claude-test": model("claude-haiku-4-5", "anthropic"),
+                "claude-other-test": model("claude-sonnet-4-5", "anthropic"),  # (another Claude, which counts too)
                 "broken-test": model("fail-500"),
                 "slow-test": model("slow"),
                 "error-drip-test": model("error-drip"),
@@ -512,6 +513,32 @@ def test_a_count_not_sent_once_it_was_counted_gives_back_the_request_it_counted(
     assert second.headers["x-ratelimit-remaining-requests"] == "0"
     assert count(gw, key).status_code == 429
     assert "x-ratelimit-limit-requests" not in cut.headers
+
+
+def test_a_count_a_fallback_made_gives_back_the_model_asked_fors_request_and_keeps_its_line(gw: Running) -> None:
+    """A count for claude-test, its deployment's breaker open, is made by its fallback (another Claude, on Anthropic
+    too), nothing sent to claude-test: what the count took of claude-test's own rpm is given back, as a request's
+    is. It was admitted under the request id, and its line (at no cost) settled under that id too: the store took
+    the give-back for a settlement it had applied (DynamoDB's `SETTLED#<id>` marker; SQLite's slice, adjusted for the
+    line), so claude-test's one request a minute stayed spent, its next request a 429 for 40 s, on both stores
+    (found by review). The count has its own id (`<request id>@count`), as a fallback's and an advisor's counts do."""
+    fresh_minute()
+    key = gw.mint(model_limits={"claude-test": {"rpm": 1}})
+    breakers = gw.gateway.router.breakers
+    since = len(gw.fakes["anthropic"].state.requests)
+    for _ in range(breakers.threshold):
+        breakers.failure(CLAUDE)
+    try:
+        counted = count(gw, key, **{"x-gateway-fallbacks": "claude-other-test"})
+    finally:
+        breakers.success(CLAUDE)
+    assert counted.status_code == 200 and "x-gateway-estimate" not in counted.headers, counted.text
+    assert [body["json"]["model"] for body in received(gw, "anthropic", since)] == ["claude-sonnet-4-5"]
+    time.sleep(0.3)  # (the settlements, in the background)
+    assert [line.request_id for line in ledger(gw, key)] == [counted.headers["x-request-id"]]
+    answered = chat(gw, key, "claude-test")
+    assert answered.status_code == 200, answered.text  # claude-test's one request of the minute, given back
+    assert chat(gw, key, "claude-test").status_code == 429
 
 
 def test_every_matching_model_limit_binds_whatever_its_place(gw: Running) -> None:

@@ -412,6 +412,13 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             "late": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/late/v1"},
             "down": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/down/v1"},
             "wordy": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/wordy/v1"},
+            # Gemini's OpenAI-compatible endpoint (its usage at the end, as OpenAI's).
+            "wordy-google": {
+                "type": "openai",
+                "api_key": "env:GEMINI_API_KEY",
+                "base_url": f"{server.url}/wordy/v1",
+                "profile": "google",
+            },
             "wordy-gemini": {
                 "type": "gemini",
                 "api_key": "env:GEMINI_API_KEY",
@@ -458,6 +465,11 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             "thinker-wordy": {
                 "deployments": [{"provider": "wordy", "model": "prod-thinker", "reasoning": True}],
                 "price": WORDY_PRICE,
+            },
+            # Gemini's, which think by default (2.5 Flash-Lite only when asked), through its OpenAI-compatible API.
+            **{
+                f"{model}-wordy": {"deployments": [{"provider": "wordy-google", "model": model}], "price": WORDY_PRICE}
+                for model in ("gemini-2.5-flash", "gemini-2.5-pro", "gemini-3-flash-preview", "gemini-2.5-flash-lite")
             },
             # A cheap model that writes up to 16,384 tokens, down, then a dear one that writes at most 1,000.
             "gpt-down-wide": {
@@ -658,8 +670,24 @@ def test_a_reasoning_stream_left_after_a_failover_is_charged_the_output_its_atte
 
 @pytest.mark.parametrize(
     ("model", "source"),
-    [("o4-wordy", "reserved"), ("thinker-wordy", "reserved"), ("gpt-wordy", "estimate")],
-    ids=["reasoner-by-name", "reasoner-by-config", "not-reasoning"],
+    [
+        ("o4-wordy", "reserved"),
+        ("thinker-wordy", "reserved"),
+        ("gpt-wordy", "estimate"),
+        ("gemini-2.5-flash-wordy", "reserved"),
+        ("gemini-2.5-pro-wordy", "reserved"),
+        ("gemini-3-flash-preview-wordy", "reserved"),
+        ("gemini-2.5-flash-lite-wordy", "estimate"),
+    ],
+    ids=[
+        "reasoner-by-name",
+        "reasoner-by-config",
+        "not-reasoning",
+        "gemini-2.5-flash",
+        "gemini-2.5-pro",
+        "gemini-3",
+        "gemini-2.5-flash-lite",
+    ],
 )
 def test_a_stream_left_early_is_charged_its_reserved_output_where_its_model_reasons_unasked(
     scripted: Running, model: str, source: str
@@ -668,7 +696,10 @@ def test_a_stream_left_early_is_charged_its_reserved_output_where_its_model_reas
     effort where the request names none, and OpenAI bills that reasoning: cut short, such a stream is charged the
     output reserved for it, as one that names an effort is. It was charged the text it relayed alone, where the
     client left after the first words (review). A model that does not reason (gpt-x, as gpt-4o-mini) is still
-    charged what it relayed."""
+    charged what it relayed. So are Gemini's through its OpenAI-compatible endpoint (the `google` profile): 2.5 and
+    later think by default, their thoughts neither shown nor counted before the final usage, and were charged the
+    first word's estimate (5 tokens of the 40 reserved) below what Google bills (review); 2.5 Flash-Lite thinks only
+    when asked."""
     key = scripted.mint(name=f"left-unasked-{model}")
     body = {"model": model, "max_tokens": 40, "messages": HI, "stream": True}
     leave_after(scripted, "/v1/chat/completions", body, key, WORD.encode())

@@ -656,8 +656,14 @@ class OpenAIAdapter(ProviderAdapter):
 
     def reasons_unasked(self, target: Target) -> bool:
         """A reasoning model (`reasoning.openai_reasons`: by its name, or the deployment's `reasoning:`) reasons at its
-        default effort when the request names none, and OpenAI bills that reasoning."""
-        return reasoning.openai_reasons(target)
+        default effort when the request names none, and OpenAI bills that reasoning. So does a Gemini model that thinks
+        by default (`reasoning.gemini_thinks_unasked`) through Google's OpenAI-compatible endpoint
+        (`Profile.gemini_thinking`), which shows none of its thoughts and counts them in the final usage alone: a
+        stream of Gemini 2.5 Flash or Pro left after its first word was charged that word's estimate, 5 tokens, below
+        what Google bills (found by review)."""
+        if reasoning.openai_reasons(target):
+            return True
+        return self.profile(target).gemini_thinking and reasoning.gemini_thinks_unasked(target.model)
 
     def shows_reasoning(self, body: dict[str, Any], target: Target) -> bool:
         """Whether the answer to `body` will carry the model's reasoning as text (`Profile.reasoning_shown`): what a

@@ -48,7 +48,10 @@ class Profile(Value):
     and handing it out there: a signature a call's id carries goes there too, the id without it, an empty one is
     left out, and a signing model's first call of a turn without one gets Gemini's stand-in (`signed_calls` in the
     adapter); an answer's calls carry theirs in their ids as well, as the Gemini adapter's do (`signature_in_id`).
-    A provider's `stream_usage` option overrides the profile's (`OpenAIAdapter`)."""
+    `gemini_thinking` whether the API serves Gemini's models as Gemini runs them: one that thinks by default
+    (`reasoning.gemini_thinks_unasked`) thinks there on a request that names no reasoning, shows none of it and
+    counts it in the final usage alone (`OpenAIAdapter.reasons_unasked`). A provider's `stream_usage` option
+    overrides the profile's (`OpenAIAdapter`)."""
 
     __slots__ = (
         "rules",
@@ -64,6 +67,7 @@ class Profile(Value):
         "prefix",
         "allowed_tools",
         "signed_calls",
+        "gemini_thinking",
     )
 
     def __init__(
@@ -81,6 +85,7 @@ class Profile(Value):
         prefix: str | None = None,
         allowed_tools: bool = False,
         signed_calls: bool = False,
+        gemini_thinking: bool = False,
     ) -> None:
         self.rules: Final = rules
         self.stream_usage: Final = stream_usage
@@ -95,6 +100,7 @@ class Profile(Value):
         self.prefix: Final = prefix
         self.allowed_tools: Final = allowed_tools
         self.signed_calls: Final = signed_calls
+        self.gemini_thinking: Final = gemini_thinking
 
 
 # How an API that continues a final assistant message (`Profile.prefix`) begins its answer.
@@ -173,7 +179,7 @@ PROFILES: dict[str, Profile] = {
     # Gemini's OpenAI-compatible endpoint reads a tool call's `extra_content` (its thought signature), and refuses an
     # empty one ("Corrupted thought signature."), as Gemini does; a call's id goes as Gemini gave it, its signature
     # in `extra_content` (`signed_calls`): a conversation moves between this endpoint and Gemini's own API signed.
-    "google": Profile(strip_tool_call_fields=(), short_call_ids=False, signed_calls=True),
+    "google": Profile(strip_tool_call_fields=(), short_call_ids=False, signed_calls=True, gemini_thinking=True),
 }
 
 HOST_PROFILES: dict[str, str] = {

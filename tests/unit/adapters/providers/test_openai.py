@@ -248,6 +248,32 @@ def test_a_reasoning_model_gets_the_cap_as_max_completion_tokens() -> None:
     assert body["max_tokens"] == 100
 
 
+@pytest.mark.parametrize(
+    ("model", "thinks"),
+    [
+        ("gemini-2.5-flash", True),  # dynamic thinking unless told otherwise
+        ("gemini-2.5-pro", True),  # always thinks
+        ("gemini-3-flash-preview", True),  # at its default level
+        ("gemini-flash-latest", True),  # (Gemini 3's alias)
+        ("gemini-2.5-flash-lite", False),  # thinks only when asked
+        ("gemini-2.0-flash", False),  # does not think
+    ],
+)
+def test_a_gemini_model_that_thinks_by_default_reasons_unasked_through_googles_compatible_endpoint(
+    model: str, thinks: bool
+) -> None:
+    """Gemini 2.5 and later think on a request that names no reasoning, and Google bills the thoughts, which its
+    OpenAI-compatible endpoint neither shows nor counts before the final usage: a stream cut short is charged its
+    reserved output, as an OpenAI reasoning model's is (`reasons_unasked`: it told OpenAI's names alone, and such a
+    stream of Gemini 2.5 Flash or Pro was charged its first word's estimate: review). By Gemini's own rules
+    (`reasoning.gemini_thinks_unasked`), on the `google` profile alone: a compatible server that calls a model of its
+    own so is not Google's."""
+    google = adapter(profile="google")
+    assert google.reasons_unasked(target(GOOGLE, model)) is thinks
+    assert adapter().reasons_unasked(target("http://vllm.internal:8000/v1", model)) is False
+    assert google.reasons_unasked(target(GOOGLE, "o4-mini")) is True  # (OpenAI's names, as everywhere)
+
+
 def test_more_stop_sequences_than_openai_takes_are_refused_as_openai_refuses_them() -> None:
     """Cut to four and named in a header, the request asked OpenAI for an answer that could run on past the fifth:
     a 400 naming `stop`, in OpenAI's words, as OpenAI answers it. Four go whole; other profiles have their own

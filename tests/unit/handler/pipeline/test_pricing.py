@@ -23,6 +23,7 @@ from handler.pipeline.pricing import (
     plausible,
     price_for,
     prompt_estimate,
+    runs_as,
     sent_as_written,
     upstream_price,
     usd,
@@ -365,6 +366,35 @@ def test_a_providers_own_model_is_priced_by_the_config_that_deploys_it_else_by_t
     tabled = upstream_price(models, "claude-sonnet-4-5-20250929")
     assert tabled is not None and (tabled.input, tabled.output) == (3.0, 15.0)
     assert upstream_price(models, "x-1") is None and upstream_price({}, "claude-nobody-prices") is None
+    dated = upstream_price(models, "claude-opus-4-6-20260205")  # (the model `advisor` deploys, by its dated id)
+    assert dated is not None and (dated.input, dated.output) == (7.0, 35.0)
+
+
+def test_a_providers_own_model_runs_as_the_models_deploying_it_by_any_id_the_table_takes_for_it() -> None:
+    """An advisor's model (an upstream id) runs as the config's models that deploy it or are named so: by that id
+    first, then by another the built-in table prices as the same model (an alias and its dated releases, as
+    `PriceTable.find` takes them; Bedrock's global profile of it too). Matched by the exact id alone,
+    `claude-opus-4-6-20260205` ran as none of them, and escaped the limits and scopes of `opus` (found by review).
+    Another model of the family (a regional profile priced apart, a variant, another release) is none of them."""
+
+    def deploying(model: str) -> ModelConfig:
+        return ModelConfig.model_validate({"deployments": [{"provider": "p", "model": model}]})
+
+    models = {
+        "opus": deploying("claude-opus-4-6"),
+        "opus-dated": deploying("claude-opus-4-6-20260205"),
+        "opus-bedrock": deploying("global.anthropic.claude-opus-4-6-v1"),
+        "opus-us": deploying("us.anthropic.claude-opus-4-6-v1"),  # (the regional price, 10% more: another entry)
+        "opus-4-5": deploying("claude-opus-4-5"),
+        "claude-opus-4-6": deploying("my-proxy-model"),  # (named so)
+        "nameless": deploying("claude-advisor-x"),
+    }
+    assert runs_as(models, "claude-opus-4-6-20260205") == ["opus-dated", "opus", "opus-bedrock", "claude-opus-4-6"]
+    assert runs_as(models, "claude-opus-4-6") == ["opus", "claude-opus-4-6", "opus-dated", "opus-bedrock"]
+    assert runs_as(models, "claude-advisor-x") == ["nameless"]  # (an id the table does not know: itself alone)
+    assert runs_as(models, "claude-opus-4-6-fast") == [] and runs_as(models, "claude-nobody") == []
+    table = builtin_prices()
+    assert table.entry("claude-opus-4-6-20260205") == "claude-opus-4-6" and table.entry("claude-opus-4-6-x") is None
 
 
 def test_only_a_passed_through_apis_own_options_other_than_standard_are_asked() -> None:
