@@ -281,7 +281,8 @@ class Meter:
         for's (`taken_apart`: its deployments passed over, or pinned away; a token count's, `admit_count`). But for a
         limit that binds a model in `sent`, which an attempt went out to: the request was sent under it (a key's own
         `rpm`). Settled under the count's own reservation id, which no other settlement of the request may share:
-        the store applies one settlement an id (`<request id>@<model>`, `@advisor:<model>`, `@count`)."""
+        the store applies one settlement an id (`<request id>@<model>`, `@advisor:<model>`; a token count's
+        `#count`, out of the names a fallback's model may have, as an extra reservation's `#<n>` is)."""
         admission = counted.admission
         rates = unbound(admission.rates, sent) if sent else admission.rates
         if len(rates) < len(admission.rates):

@@ -295,7 +295,7 @@ class Pipeline(Charges):
         # Under an id of its own, as a fallback's and an advisor's counts are: its line is settled under the request
         # id, and the store takes one settlement of an id (DynamoDB's marker, SQLite's slice), so a give-back under
         # that id too was dropped (a count a fallback made kept the model asked for's request for the minute: review).
-        counted = await self.meter.admit_count(ex.lineage, ex.model, f"{ex.request_id}@count")
+        counted = await self.meter.admit_count(ex.lineage, ex.model, f"{ex.request_id}#count")
         if counted is not None:
             ex.counted.append(counted)
             ex.unsent_counts[ex.model] = counted  # (given back as it settles, unless a count of the model goes out)

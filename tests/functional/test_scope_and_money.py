@@ -521,7 +521,7 @@ def test_a_count_a_fallback_made_gives_back_the_model_asked_fors_request_and_kee
     is. It was admitted under the request id, and its line (at no cost) settled under that id too: the store took
     the give-back for a settlement it had applied (DynamoDB's `SETTLED#<id>` marker; SQLite's slice, adjusted for the
     line), so claude-test's one request a minute stayed spent, its next request a 429 for 40 s, on both stores
-    (found by review). The count has its own id (`<request id>@count`), as a fallback's and an advisor's counts do."""
+    (found by review). The count has its own id (`<request id>#count`), as a fallback's and an advisor's counts do."""
     fresh_minute()
     key = gw.mint(model_limits={"claude-test": {"rpm": 1}})
     breakers = gw.gateway.router.breakers
