@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import orjson
 
-from handler.redaction import REDACTED, positions_moved, redactions, withheld
+from handler.redaction import MIN_SECRET_LENGTH, REDACTED, positions_moved, redactions, withheld
 from handler.wire import MESSAGES_DELTA_TEXT, StreamEvent
 
 if TYPE_CHECKING:
@@ -53,8 +53,16 @@ class HeldText(Generic[Channel]):
         return passed
 
     def release(self, channel: Channel) -> str:
-        """What `channel` still holds, now that it has ended: the beginning of a secret at most, not a secret."""
-        return self.held.pop(channel, "") if self.held else ""
+        """What `channel` still holds, now that it has ended: the beginning of a secret at most, not a secret; one as
+        long as the shortest secret the gateway knows, redacted (`cut_short`)."""
+        return cut_short(self.held.pop(channel, "")) if self.held else ""
+
+
+def cut_short(held: str) -> str:
+    """Held text a channel ended with (the beginning of a known secret), as it goes: redacted where it is as long as
+    the shortest secret the gateway knows. A key cut by the stream's end (a provider's output cap, a failure) went
+    out with all but its last characters; a few characters, which ordinary text ends with as well (`sk-`), still go."""
+    return REDACTED if len(held) >= MIN_SECRET_LENGTH else held
 
 
 TEXT_FIELDS = ("reasoning_content", "content", "refusal")  # in the order the Messages and Responses writers read them
@@ -123,7 +131,7 @@ class ChunkRedactor:
                         held[channel] = rest
                         delta.content = passed
                     elif passed != content or rest:
-                        delta.content = passed + rest
+                        delta.content = passed + cut_short(rest)  # (finished: what it held goes, a key's beginning not)
                     else:
                         return None  # (the usual delta, as it came)
                     if passed + rest != said:  # (a secret was redacted from it)
@@ -389,8 +397,17 @@ class EventRedactor:
         return out
 
     def release(self) -> list[StreamEvent]:
-        """The events held, to go now: their channel has ended."""
+        """The events held, to go now: their channel has ended. The beginning of a secret they end with, as long as
+        the shortest secret the gateway knows, is redacted (`cut_short`), in the first of them, as a secret they
+        complete is (`_add`)."""
         held, self.held = self.held, []
+        texts = [h for h in held if isinstance(h, _Held)]
+        joined = "".join(h.text for h in texts)
+        passed, rest = withheld(joined)
+        if cut_short(rest) != rest:
+            first = texts[0]
+            first.text, first.said, first.changed = passed + REDACTED, "".join(h.said for h in texts), True
+            held = [first, *(h for h in held if isinstance(h, _Alongside))]
         return self._written(held)
 
     def _written(self, held: list[_Held | _Alongside]) -> list[StreamEvent]:

@@ -105,6 +105,17 @@ def test_a_stream_that_ends_without_finishing_still_gets_what_was_held() -> None
     assert len(out) == 2 and field(out, "content") == "a sk-li"
 
 
+def test_a_key_cut_by_the_streams_end_goes_redacted_where_it_is_as_long_as_a_secret() -> None:
+    """A provider's output cap (or a failure) ending the stream inside a key: all but its last characters went out;
+    the beginning of a key as long as the shortest secret known is redacted, a few characters still go."""
+    for finished in (True, False):
+        ending = [chunk({}, finish="length")] if finished else []
+        out = relayed([chunk({"content": "my key " + SECRET[:6]}), chunk({"content": SECRET[6:16]}), *ending])
+        assert field(out, "content") == f"my key {REDACTED}" and SECRET[:8] not in field(out, "content")
+        assert out[-1].choices[0].finish_reason == ("length" if finished else None)
+    assert field(relayed([chunk({"content": "a " + SECRET[:7]})]), "content") == "a " + SECRET[:7]
+
+
 def test_choices_hold_apart() -> None:
     out = relayed(
         [
@@ -186,6 +197,16 @@ def test_a_secret_cut_across_events_goes_in_the_first_of_them_redacted() -> None
     out = [e for p in pieces for e in redactor.relay([block_delta(p)])] + redactor.release()
     assert texts(out) == f"key {REDACTED} ok" and SECRET.encode() not in b"".join(e.data for e in out)
     assert len(out) == 3  # the events the key was cut across, joined into one
+
+
+def test_a_key_cut_by_its_blocks_end_goes_redacted_in_the_first_event_it_was_cut_across() -> None:
+    redactor = EventRedactor(messages_delta, messages_within)
+    stop = StreamEvent("content_block_stop", b'{"type":"content_block_stop","index":0}')
+    out = redactor.relay([block_delta("key " + SECRET[:6]), block_delta(SECRET[6:16]), stop])
+    assert texts(out) == f"key {REDACTED}" and SECRET[:8].encode() not in b"".join(e.data for e in out)
+    assert len(out) == 2 and out[-1] is stop
+    short = block_delta("end " + SECRET[:7])
+    assert redactor.relay([short, stop]) == [short, stop]  # (fewer characters than any secret: they go)
 
 
 def test_a_ping_between_two_deltas_does_not_release_what_was_held() -> None:
