@@ -332,9 +332,10 @@ class ProviderAdapter(ABC):
         where its API says nothing of it, or where, as OpenAI's service tier, the completion carries it."""
         return self.chat_response(body, req, target), None
 
-    def reasons_unasked(self, target: Target) -> bool:
+    def reasons_unasked(self, target: Target, turned_off: bool = False) -> bool:
         """Whether the deployment's model reasons, and bills its reasoning, on a request that names no reasoning
-        effort (OpenAI's reasoning models do, at their default effort): reasoning it may never show."""
+        effort (OpenAI's reasoning models do, at their default effort): reasoning it may never show. `turned_off`:
+        the request turns reasoning off (`pricing.reasoning_off`), which a model that can turn it off honours."""
         return False
 
     @abstractmethod

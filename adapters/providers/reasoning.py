@@ -169,6 +169,13 @@ def gemini_thinks_unasked(model: str) -> bool:
     return reasons(model, GEMINI_THINKING_FRAGMENTS) and not reasons(model, ("gemini-2.5-flash-lite",))
 
 
+def gemini_thinks_regardless(model: str) -> bool:
+    """Whether a Gemini model thinks however the request asks it not to: one that reasons at a level (Gemini 3: its
+    least is `minimal` or `low`, not off), and 2.5 Pro, whose thinking cannot be turned off (Google's thinking
+    guide)."""
+    return bool(rules_for(model).thinking_levels) or reasons(model, ("gemini-2.5-pro",))
+
+
 def reasons(model: str, families: tuple[str, ...], *, prefix: bool = False) -> bool:
     """Whether `model` (an upstream id, perhaps with a vendor or region prefix) is in one of `families`."""
     name = model.rsplit("/", 1)[-1].lower()

@@ -24,7 +24,7 @@ import orjson
 
 from handler.errors import CLIENT_CLOSED, ClientClosedError, GatewayError, UpstreamTimeoutError
 from handler.pipeline.exchange import CUT_SLACK_S, deadline_passed, shut_down_before
-from handler.pipeline.pricing import plausible, wants_reasoning
+from handler.pipeline.pricing import plausible, reasoning_off, wants_reasoning
 from handler.pipeline.upstream import UpstreamResponse
 from handler.ports import RESPONSES_API, NativeCall, Served
 from handler.schemas import ChatRequest, Usage
@@ -194,7 +194,8 @@ class UpstreamStream(ABC, Generic[T]):
         # Each advisor call that started is billed too, in the final usage alone: charged its reserved bound (a
         # reasoning stream's worst case holds its advisors' where the request named them; the calls seen where not).
         self.ex.advised = self._advised()
-        if not finished and wants_reasoning(self.req, self.attempt.adapter.reasons_unasked(self.attempt.target)):
+        unasked = self.attempt.adapter.reasons_unasked(self.attempt.target, reasoning_off(self.req))
+        if not finished and wants_reasoning(self.req, unasked):
             return counted or Usage(), "reserved"
         estimate, source = self.pipeline._checked(None, self.ex, self._relayed_chars)
         if counted is not None:

@@ -548,15 +548,25 @@ def plausible(usage: Usage) -> bool:
     )
 
 
+def reasoning_off(req: ChatRequest) -> bool:
+    """Whether the request turns reasoning off: `reasoning_effort: "none"` (a Responses request's `reasoning.effort`
+    becomes it), Anthropic's `thinking: {"type": "disabled"}`."""
+    return req.reasoning_effort == "none" or (req.thinking is not None and req.thinking.type == "disabled")
+
+
 def wants_reasoning(req: ChatRequest, reasons_unasked: bool) -> bool:
     """Whether the answer to the request may hold reasoning the provider bills without showing it: the request asks
     for reasoning, or its model reasons unasked (`reasons_unasked`: the serving deployment's
-    `ProviderAdapter.reasons_unasked`, OpenAI's reasoning models at their default effort). The request alone was
-    looked at: o4 asked with no effort (as the Agents SDK and most clients ask), its stream cut short, was charged
-    the 15 tokens of text it relayed, where the same request naming an effort was charged the 4,000 reserved
-    (review)."""
+    `ProviderAdapter.reasons_unasked` for this request, OpenAI's reasoning models at their default effort). The
+    request alone was looked at: o4 asked with no effort (as the Agents SDK and most clients ask), its stream cut
+    short, was charged the 15 tokens of text it relayed, where the same request naming an effort was charged the
+    4,000 reserved (review). A request that turns reasoning off (`reasoning_off`) asks for none: `"none"` counted as
+    an effort named, and a Gemini 2.5 Flash stream sent thinking budget 0, cut after 5 characters, was charged its
+    4,000 reserved tokens (review)."""
     if reasons_unasked:
         return True
+    if reasoning_off(req):
+        return False
     extra = req.model_extra or {}
     thinking = req.thinking is not None and req.thinking.type != "disabled"
     return bool(req.reasoning_effort or thinking or extra.get("reasoning"))

@@ -713,6 +713,33 @@ def test_a_stream_left_early_is_charged_its_reserved_output_where_its_model_reas
 
 
 @pytest.mark.parametrize(
+    ("model", "source"),
+    [
+        ("gemini-2.5-flash-wordy", "estimate"),
+        ("gemini-2.5-flash-lite-wordy", "estimate"),
+        ("o4-wordy", "estimate"),
+        ("gpt-wordy", "estimate"),
+        ("gemini-2.5-pro-wordy", "reserved"),
+        ("gemini-3-flash-preview-wordy", "reserved"),
+    ],
+    ids=["gemini-2.5-flash", "gemini-2.5-flash-lite", "reasoner", "not-reasoning", "gemini-2.5-pro", "gemini-3"],
+)
+def test_a_stream_left_early_that_turned_reasoning_off_is_charged_what_it_relayed(
+    scripted: Running, model: str, source: str
+) -> None:
+    """`reasoning_effort: "none"` counted as an effort named, and a model that thinks by default as thinking anyway:
+    a Gemini 2.5 Flash stream sent thinking budget 0, cut short, was charged its whole reserved output, where Google
+    ran and billed no thinking (found by review). Turned off, a stream is charged what it relayed, but where the
+    model cannot turn its thinking off (2.5 Pro; Gemini 3, whose least level still thinks)."""
+    key = scripted.mint(name=f"left-off-{model}")
+    body = {"model": model, "max_tokens": 40, "messages": HI, "stream": True, "reasoning_effort": "none"}
+    leave_after(scripted, "/v1/chat/completions", body, key, WORD.encode())
+    line = left_line(scripted, key)
+    assert (line.status, line.cost_source) == (499, source)
+    assert line.output_tokens == 40 if source == "reserved" else 0 < line.output_tokens < 40
+
+
+@pytest.mark.parametrize(
     ("path", "model"),
     [("/v1/chat/completions", "gpt-wordy"), ("/v1/messages", "claude-wordy")],
     ids=["chat", "messages"],

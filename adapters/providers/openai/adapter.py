@@ -654,16 +654,20 @@ class OpenAIAdapter(ProviderAdapter):
         request = UpstreamRequest("POST", f"{target.base_url}/chat/completions", self.headers(), orjson.dumps(body))
         return BuiltRequest(request, dropped)
 
-    def reasons_unasked(self, target: Target) -> bool:
+    def reasons_unasked(self, target: Target, turned_off: bool = False) -> bool:
         """A reasoning model (`reasoning.openai_reasons`: by its name, or the deployment's `reasoning:`) reasons at its
         default effort when the request names none, and OpenAI bills that reasoning. So does a Gemini model that thinks
         by default (`reasoning.gemini_thinks_unasked`) through Google's OpenAI-compatible endpoint
         (`Profile.gemini_thinking`), which shows none of its thoughts and counts them in the final usage alone: a
         stream of Gemini 2.5 Flash or Pro left after its first word was charged that word's estimate, 5 tokens, below
-        what Google bills (found by review)."""
+        what Google bills (found by review). Turned off (`turned_off`), an OpenAI model reasons no more (one that
+        cannot turn it off refuses `none`), a Gemini model unless it cannot turn thinking off
+        (`reasoning.gemini_thinks_regardless`: 2.5 Pro, Gemini 3)."""
         if reasoning.openai_reasons(target):
-            return True
-        return self.profile(target).gemini_thinking and reasoning.gemini_thinks_unasked(target.model)
+            return not turned_off
+        if not (self.profile(target).gemini_thinking and reasoning.gemini_thinks_unasked(target.model)):
+            return False
+        return not turned_off or reasoning.gemini_thinks_regardless(target.model)
 
     def shows_reasoning(self, body: dict[str, Any], target: Target) -> bool:
         """Whether the answer to `body` will carry the model's reasoning as text (`Profile.reasoning_shown`): what a
