@@ -62,7 +62,13 @@ class SQLiteThreads:
             # answers hold none known), or every write and read of it failed (found by review).
             columns = {row[1] for row in self.db.execute("PRAGMA table_info(thread_answers)")}
             if "advisors" not in columns:
-                self.db.execute("ALTER TABLE thread_answers ADD COLUMN advisors TEXT NOT NULL DEFAULT '[]'")
+                import sqlite3  # (the embedded store's: a DynamoDB store's start-up never imports it)
+
+                try:
+                    self.db.execute("ALTER TABLE thread_answers ADD COLUMN advisors TEXT NOT NULL DEFAULT '[]'")
+                except sqlite3.OperationalError as exc:  # (another process on the file added it first)
+                    if "duplicate column" not in str(exc):
+                        raise
             self._threads_ready = True
         return self.db
 

@@ -109,3 +109,34 @@ async def test_a_table_made_before_answers_kept_advisors_keeps_and_reads_them(tm
         assert before is not None and before.key_id == "key1" and before.advisors == ()
     finally:
         await store.close()
+
+
+async def test_a_column_another_process_added_first_is_no_failure(tmp_path: Path) -> None:
+    """Two processes opening such a file at once both found the column missing; the second one's `ALTER` failed
+    (`duplicate column`), and with it a thread's answer or its `continue` (found by review)."""
+    path = tmp_path / "gateway.db"
+    await open_store(f"sqlite:///{path}").close()
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute(WITHOUT_ADVISORS)
+    store = open_store(f"sqlite:///{path}")
+    with closing(sqlite3.connect(path)) as other, other:  # (the other process: it added the column first)
+        other.execute("ALTER TABLE thread_answers ADD COLUMN advisors TEXT NOT NULL DEFAULT '[]'")
+    connection = store.db  # type: ignore[attr-defined]
+
+    class ReadBefore:
+        """The connection, the table's columns as it read them before the other process's `ALTER`."""
+
+        def execute(self, sql: str, *args: object) -> object:
+            if sql.startswith("PRAGMA table_info"):
+                return [(0, "id"), (1, "key_id"), (2, "ancestors"), (3, "expires_at")]
+            return connection.execute(sql, *args)
+
+    store.db = ReadBefore()  # type: ignore[attr-defined]
+    try:
+        kept = ThreadAnswer("msg_01both", "key1", [], time.time() + 3600, ())
+        await store.put_thread_answer(kept)
+        store.db = connection  # type: ignore[attr-defined]
+        assert await store.get_thread_answer("msg_01both") == kept
+    finally:
+        store.db = connection  # type: ignore[attr-defined]
+        await store.close()
