@@ -20,7 +20,13 @@ import pytest
 from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
 from tests.functional.conftest import Running, anthropic_client, serving
-from tests.functional.test_search_and_cache_prices import ADVISOR_BETA, THREADS_BETA, advised_settings, sent
+from tests.functional.test_search_and_cache_prices import (
+    ADVISOR_BETA,
+    THREADS_BETA,
+    advised_settings,
+    continue_of,
+    sent,
+)
 from tests.support.servers import ServerThread
 
 PRO_PRICE = {"input": 150.0, "output": 600.0}  # o1-pro's: a fallback dearer than Sonnet and its advisor together
@@ -155,13 +161,7 @@ def test_a_thread_is_reserved_at_the_deployments_that_can_keep_it(falling_back: 
     advisors = (("claude-opus-4-6", 3, 8192),) if advised else ()
     falling_back.answered_elsewhere(key, "msg_01elsewhere", advisors)
     sdk = anthropic_client(falling_back, key).beta.messages
-    following: Any = {
-        "model": "sonnet",
-        "max_tokens": 4096,
-        "messages": [{"role": "user", "content": "And now?"}],
-        "thread": {"type": "continue", "previous_message_id": "msg_01elsewhere"},
-        "betas": betas,
-    }
+    following = continue_of("msg_01elsewhere", betas, max_tokens=4096)
     assert worst(sdk, following) == worst(sdk, following, **{"x-gateway-fallbacks": "none"})
     first = {**advised_settings(), "max_tokens": 4096, "betas": betas, "thread": {"type": "create"}}
     assert worst(sdk, first) == worst(sdk, first, **{"x-gateway-fallbacks": "none"})
@@ -178,14 +178,7 @@ def test_a_continue_of_an_advised_thread_behind_a_translated_fallback_is_served_
     sdk = anthropic_client(falling_back, key).beta.messages
     betas = [ADVISOR_BETA, THREADS_BETA]
     first = sdk.create(**{**advised_settings(), "betas": betas}, thread={"type": "create"})
-    following: Any = {
-        "model": "sonnet",
-        "max_tokens": 1024,
-        "messages": [{"role": "user", "content": "And now?"}],
-        "metadata": {"user_id": "long-advice"},
-        "thread": {"type": "continue", "previous_message_id": first.id},
-        "betas": betas,
-    }
+    following = continue_of(first.id, betas, max_tokens=1024, metadata={"user_id": "long-advice"})
     reserved = worst(sdk, following)
     assert reserved == worst(sdk, following, **{"x-gateway-fallbacks": "none"})
     message = sdk.create(**following)

@@ -28,6 +28,7 @@ from tests.functional.test_search_and_cache_prices import (
     HI,
     THREADS_BETA,
     advised_settings,
+    continue_of,
     gateway_pricing,
 )
 from tests.support.inprocess import serve
@@ -215,13 +216,7 @@ def test_a_continue_is_held_to_the_continuing_keys_scope_for_its_threads_advisor
     minted = httpx.post(f"{priced.url}/v1/keys", json=spec, headers={"authorization": f"Bearer {parent}"})
     assert minted.status_code == 201, minted.text
     child = minted.json()["key"]
-    following: Any = {
-        "model": "sonnet",
-        "max_tokens": 100,
-        "messages": [{"role": "user", "content": "And now?"}],
-        "thread": {"type": "continue", "previous_message_id": first.id},
-        "betas": betas,
-    }
+    following = continue_of(first.id, betas)
     assert isinstance(refused(priced, child, following), ThreadNotFoundError)
 
     priced.answered_elsewhere(child, "msg_01opusadvised", advisors=((OPUS, 3, 8192),))

@@ -27,6 +27,7 @@ from tests.functional.test_search_and_cache_prices import (  # noqa: F401
     ADVISOR_BETA,
     THREADS_BETA,
     advised_settings,
+    continue_of,
     priced,
     worst_case,
 )
@@ -184,13 +185,7 @@ def test_a_continue_of_an_advised_thread_a_small_budget_cannot_hold_is_anthropic
     key = priced.mint(name="rev23c-small-thread", budget_usd=round(first_worst + 0.01, 6))
     sdk = anthropic_client(priced, key).beta.messages
     first = sdk.create(**settings, thread={"type": "create"})
-    following: Any = {
-        "model": "sonnet",
-        "max_tokens": 100,
-        "messages": [{"role": "user", "content": "And now?"}],
-        "thread": {"type": "continue", "previous_message_id": first.id},
-        "betas": betas,
-    }
+    following = continue_of(first.id, betas)
     with pytest.raises(anthropic.APIStatusError) as refused:
         sdk.create(**following)
     assert refused.value.status_code == 400, refused.value.body
@@ -216,15 +211,8 @@ def test_a_continue_of_a_thread_answer_cut_here_is_reserved_for_its_advisor(pric
     assert answer_id is not None
 
     def reserved(previous: str, named: list[str]) -> float:
-        following: Any = {
-            "model": "sonnet",
-            "max_tokens": 100,
-            "messages": [{"role": "user", "content": "And now?"}],
-            "thread": {"type": "continue", "previous_message_id": previous},
-            "betas": named,
-        }
         with pytest.raises(anthropic.APIStatusError) as refused:
-            sdk.create(**following, extra_headers={"x-gateway-max-cost-usd": "0.000000001"})
+            sdk.create(**continue_of(previous, named), extra_headers={"x-gateway-max-cost-usd": "0.000000001"})
         return float(str(refused.value.body).split("worst-case cost $")[1].split(" ")[0])
 
     # The key's, relayed by another instance (as long as the answer's id: the body's estimate is the same).

@@ -10,7 +10,7 @@ import csv
 import hashlib
 import io
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -450,6 +450,36 @@ def count(gw: Running, key: str, **headers: str) -> httpx.Response:
     return post(gw, "/v1/messages/count_tokens", key, body, **{"anthropic-version": "2023-06-01", **headers})
 
 
+# A deadline a request passes the check before its admission with, and that runs out while it is admitted (longer
+# than 11 ms: a DynamoDB round trip alone can take that, and a store call is cut at the request's deadline).
+ADMITTED_DEADLINE_MS = 60
+
+
+def cut_while_admitted(
+    gw: Running, monkeypatch: pytest.MonkeyPatch, send: Callable[..., httpx.Response]
+) -> tuple[httpx.Response, list[str]]:
+    """`send(**headers)` with a deadline of `ADMITTED_DEADLINE_MS`, the store's `admit` answering that much later
+    than it wrote (a slow DynamoDB round trip: the request's deadline passes while it is admitted), sent again until
+    one was admitted (20 times at most): its answer, and the reservations the store admitted."""
+    store = gw.gateway.store
+    written = store.admit
+    admitted: list[str] = []
+
+    async def slow_admission(admission: Any) -> Any:
+        snapshot = await written(admission)
+        admitted.append(admission.reservation_id)
+        await asyncio.sleep(ADMITTED_DEADLINE_MS / 1000)  # (a slow DynamoDB round trip: the request's deadline passes)
+        return snapshot
+
+    monkeypatch.setattr(store, "admit", slow_admission)
+    for _ in range(20):
+        cut = send(**{"x-gateway-deadline-ms": str(ADMITTED_DEADLINE_MS)})
+        if admitted:
+            break
+    monkeypatch.undo()
+    return cut, admitted
+
+
 def test_a_count_nothing_is_sent_for_is_an_estimate_that_takes_no_request_of_the_keys_rpm(gw: Running) -> None:
     """messages-api.md: "An estimate calls no provider and is not held to them". With Anthropic's breaker open, a
     count was an estimate, nothing sent, yet it took the key's one request a minute first: the second count was a
@@ -486,24 +516,9 @@ def test_a_count_not_sent_once_it_was_counted_gives_back_the_request_it_counted(
     fresh_minute()
     key = gw.mint(rpm=2)
     assert chat(gw, key, "claude-test").status_code == 200  # (the key looked up once: the store is not what is cut)
-    deadline_ms = 60
-    store = gw.gateway.store
-    written = store.admit
-    admitted: list[str] = []
-
-    async def slow_admission(admission: Any) -> Any:
-        snapshot = await written(admission)
-        admitted.append(admission.reservation_id)
-        await asyncio.sleep(deadline_ms / 1000)  # (a slow DynamoDB round trip: the request's deadline passes)
-        return snapshot
-
     since = len(gw.fakes["anthropic"].state.requests)
-    monkeypatch.setattr(store, "admit", slow_admission)
-    for _ in range(20):  # (one that had too little left before it was counted counted nothing: again)
-        cut = count(gw, key, **{"x-gateway-deadline-ms": str(deadline_ms)})
-        if admitted:
-            break
-    monkeypatch.undo()
+    # (one that had too little left before it was counted counted nothing: sent again)
+    cut, admitted = cut_while_admitted(gw, monkeypatch, lambda **headers: count(gw, key, **headers))
     assert admitted, "always an estimate before it was counted: the test needs the deadline to run out during it"
     assert cut.status_code == 200 and cut.headers.get("x-gateway-estimate") == "true", cut.text
     assert received(gw, "anthropic", since) == []
@@ -661,24 +676,9 @@ def test_a_deadline_that_runs_out_while_the_request_is_admitted_gives_back_the_r
     fresh_minute()
     key = gw.mint(budget_usd=1.0, rpm=2)
     assert chat(gw, key).status_code == 200  # (the key looked up once: the store is not what the deadline cuts)
-    deadline_ms = 60
-    store = gw.gateway.store
-    written = store.admit
-    admitted: list[str] = []
-
-    async def slow_admission(admission: Any) -> Any:
-        snapshot = await written(admission)
-        admitted.append(admission.reservation_id)
-        await asyncio.sleep(deadline_ms / 1000)  # (a slow DynamoDB round trip: the request's deadline passes)
-        return snapshot
-
     since = len(gw.fakes["openai"].state.requests)
-    monkeypatch.setattr(store, "admit", slow_admission)
-    for _ in range(20):  # (one refused before its admission, its 11 ms spent on the way, counted nothing: again)
-        cut = chat(gw, key, **{"x-gateway-deadline-ms": str(deadline_ms)})
-        if admitted:
-            break
-    monkeypatch.undo()
+    # (one refused before its admission, its deadline spent on the way, counted nothing: sent again)
+    cut, admitted = cut_while_admitted(gw, monkeypatch, lambda **headers: chat(gw, key, **headers))
     assert admitted, "always refused before its admission: the test needs the deadline to run out during it"
     assert cut.status_code == 504, cut.text
     assert "nothing was sent, nothing is charged" in cut.json()["error"]["message"]

@@ -530,6 +530,14 @@ def advised_settings(advisor: str = "claude-opus-4-6", **limits: Any) -> Any:
     }
 
 
+def continue_of(previous: str, betas: list[str], max_tokens: int = 100, **more: Any) -> Any:
+    """A Sonnet `continue` of the thread whose answer was `previous` (its `messages` the turn's alone), naming
+    `betas`, with the request's `more` fields."""
+    asked = [{"role": "user", "content": "And now?"}]
+    thread = {"type": "continue", "previous_message_id": previous}
+    return {"model": "sonnet", "max_tokens": max_tokens, "messages": asked, **more, "thread": thread, "betas": betas}
+
+
 def worst_case(sdk: Any, settings: Any) -> float:
     """The worst case a request is reserved at, as a `x-gateway-max-cost-usd` too low for it tells (nothing sent)."""
     with pytest.raises(anthropic.APIStatusError) as refused:
@@ -633,14 +641,7 @@ def test_a_continue_of_an_advised_thread_is_reserved_for_its_advisors_calls(pric
     sdk = anthropic_client(priced, key).beta.messages
     betas = [ADVISOR_BETA, THREADS_BETA]
     first = sdk.create(**{**advised_settings(), "betas": betas}, thread={"type": "create"})
-    following: Any = {
-        "model": "sonnet",
-        "max_tokens": 100,
-        "messages": [{"role": "user", "content": "And now?"}],
-        "metadata": {"user_id": "long-advice"},
-        "thread": {"type": "continue", "previous_message_id": first.id},
-        "betas": betas,
-    }
+    following = continue_of(first.id, betas, metadata={"user_id": "long-advice"})
     reserved = worst_case_of_continue(sdk, following)
     message = sdk.create(**following)
     assert "tools" not in sent(priced, "anthropic")
@@ -670,9 +671,7 @@ def test_a_continue_served_by_another_instance_is_reserved_for_its_threads_advis
     priced.answered_elsewhere(key, opus_id, ((OPUS, DEFAULT_ADVISOR_USES, DEFAULT_ADVICE_TOKENS),))
 
     def following(previous: str, named: list[str] = betas) -> Any:
-        thread = {"type": "continue", "previous_message_id": previous}
-        asked = [{"role": "user", "content": "And now?"}]
-        return {"model": "sonnet", "max_tokens": 100, "messages": asked, "thread": thread, "betas": named}
+        return continue_of(previous, named)
 
     server, fakes = upstream
     other, other_server = serve_gateway(priced.gateway.config, priced.store_url, server, fakes)

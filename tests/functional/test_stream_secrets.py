@@ -21,6 +21,7 @@ import httpx2
 import openai
 import orjson
 import pytest
+from openai.types.chat import ParsedChatCompletion
 
 from adapters.store import open_store
 from handler import redaction
@@ -500,17 +501,24 @@ def annotated_chunks(annotated: bool) -> Any:
     return lambda request: httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
 
 
-@pytest.mark.parametrize("annotated", [False, True], ids=["deltas_alone", "an_annotation_between"])
-async def test_a_chat_stream_redacts_a_secret_cut_around_an_annotations_delta(annotated: bool) -> None:
-    """The streams the gateway writes itself hold a choice's text until it goes on or finishes: a delta of
-    annotations alone lets nothing go."""
-    served = await serve(annotated_chunks(annotated), GPT)
+async def cite_streamed(upstream: Any) -> tuple[list[str], ParsedChatCompletion[None]]:
+    """`Cite it.` streamed through the gateway, `upstream` answering it, as the SDK's stream helper reads it: the
+    text deltas it gave, and the completion it joined."""
+    served = await serve(upstream, GPT)
     sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key=served.key.key, http_client=served.http)
     messages: Any = [{"role": "user", "content": "Cite it."}]
     async with sdk.chat.completions.stream(model="gpt", messages=messages) as stream:
         deltas = [event.delta async for event in stream if event.type == "content.delta"]
         final = await stream.get_final_completion()
     await served.gateway.aclose()
+    return deltas, final
+
+
+@pytest.mark.parametrize("annotated", [False, True], ids=["deltas_alone", "an_annotation_between"])
+async def test_a_chat_stream_redacts_a_secret_cut_around_an_annotations_delta(annotated: bool) -> None:
+    """The streams the gateway writes itself hold a choice's text until it goes on or finishes: a delta of
+    annotations alone lets nothing go."""
+    deltas, final = await cite_streamed(annotated_chunks(annotated))
     assert final.choices[0].message.content == "".join(deltas) == CITED_SHOWN
     assert len(final.choices[0].message.annotations or ()) == annotated
 
@@ -589,13 +597,7 @@ def cited_chunks(how: str) -> Any:
 async def test_a_chat_stream_s_url_citations_cite_what_they_cited_once_the_key_is_redacted(how: str) -> None:
     """The same, streamed: the stream's redactor moves the spans of the annotations that follow a secret it redacted
     from the choice's text, counting what the client was sent of it before."""
-    served = await serve(cited_chunks(how), GPT)
-    sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key=served.key.key, http_client=served.http)
-    messages: Any = [{"role": "user", "content": "Cite it."}]
-    async with sdk.chat.completions.stream(model="gpt", messages=messages) as stream:
-        deltas = [event.delta async for event in stream if event.type == "content.delta"]
-        final = await stream.get_final_completion()
-    await served.gateway.aclose()
+    deltas, final = await cite_streamed(cited_chunks(how))
     got = final.choices[0].message
     assert got.content == "".join(deltas) == CITED_SHOWN
     assert chat_cites(CITED_SHOWN, got.annotations) == CITING

@@ -3,19 +3,15 @@ alone; and an advisor's calls charged only at an attempt that was sent the tool.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
-from adapters.providers.registry import REGISTRY
-from handler.config import parse_config
 from handler.pipeline.exchange import Controls, Exchange
-from handler.pipeline.gateway import build_adapters
 from handler.pipeline.pipeline import Pipeline
-from handler.pipeline.routing import RouteControls, Router, any_model
+from handler.pipeline.routing import Attempt
 from handler.ports import MESSAGES_API, KeyRecord
 from handler.schemas import Usage
+from tests.unit.handler.pipeline.test_search_charges import planned
 
 
-def pipeline_and_plan(second: str = "anthropic") -> tuple[Pipeline, list]:
+def pipeline_and_plan(second: str = "anthropic") -> tuple[Pipeline, list[Attempt]]:
     """A plan of two deployments of one model: on Anthropic, then on a provider of type `second`."""
     data = {
         "providers": {
@@ -32,13 +28,7 @@ def pipeline_and_plan(second: str = "anthropic") -> tuple[Pipeline, list]:
             }
         },
     }
-    config = parse_config(data, set(REGISTRY))
-    router = Router(config, build_adapters(config, REGISTRY, {}), "us-east-1")
-    pipeline = Pipeline.__new__(Pipeline)
-    pipeline.gateway = SimpleNamespace(config=config, router=router)  # type: ignore[assignment]
-    pipeline.fee = config.gateway.fee
-    pipeline.threads = None
-    return pipeline, router.plan("claude", RouteControls(), any_model)
+    return planned(data, "claude")
 
 
 def test_a_missed_attempts_worst_case_is_not_charged_the_advisor_calls_the_answering_stream_showed() -> None:

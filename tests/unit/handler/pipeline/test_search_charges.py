@@ -6,6 +6,7 @@ request carried it, as that request was built."""
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -48,13 +49,19 @@ def pipeline_and_plan() -> tuple[Pipeline, list[Attempt]]:
             }
         },
     }
+    return planned(data, "m")
+
+
+def planned(data: dict[str, Any], model: str) -> tuple[Pipeline, list[Attempt]]:
+    """A `Pipeline` of the config `data` with no store nor server behind it (what pricing an attempt reads), and the
+    plan of `model` in it."""
     config = parse_config(data, set(REGISTRY))
     router = Router(config, build_adapters(config, REGISTRY, {}), "us-east-1")
     pipeline = Pipeline.__new__(Pipeline)
     pipeline.gateway = SimpleNamespace(config=config, router=router)  # type: ignore[assignment]
     pipeline.fee = config.gateway.fee
     pipeline.threads = None
-    return pipeline, router.plan("m", RouteControls(), any_model)
+    return pipeline, router.plan(model, RouteControls(), any_model)
 
 
 def exchange(api: str = "") -> Exchange:
