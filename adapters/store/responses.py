@@ -107,14 +107,21 @@ def unpack(raw: bytes) -> StoredResponse:
 
 class SQLiteResponses:
     """`put_response`, `get_response`, `delete_response` on the SQLite store's connection. Each is one
-    autocommitting statement (no transaction of the store's batches is open between its calls)."""
+    autocommitting statement (no transaction of the store's batches is open between its calls). Made by the store
+    (`SQLiteStore`) with its first stored response, whose write-lock bound it keeps (`_lock_wait`): a process that
+    stores none imports none of this."""
 
-    db: sqlite3.Connection
-    _responses_ready: bool = False
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._responses_ready = False
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        return self.store.db  # type: ignore[no-any-return]
 
     def _lock_wait(self) -> contextlib.AbstractContextManager[None]:
         """The store's bound on SQLite's wait for another process's write lock (`SQLiteStore._lock_wait`)."""
-        return contextlib.nullcontext()
+        return self.store._lock_wait()  # type: ignore[no-any-return]
 
     def _responses(self) -> sqlite3.Connection:
         if not self._responses_ready:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
 import sqlite3
 import threading
@@ -51,7 +52,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from adapters.store.metered import (
     Counters,
@@ -66,13 +67,11 @@ from adapters.store.records import (
     ledger_from_json,
     settlement_line,
 )
-from adapters.store.responses import SQLiteResponses
 from adapters.store.signins import SQLiteSignIns
 from adapters.store.slices import (
     Slices,
 )
 from adapters.store.sqlite_slices import LOWER_COMMITTED, SPEND, SliceCache
-from adapters.store.threads import SQLiteThreads
 from handler.ports import (
     STORE_DEADLINE,
     ChildLimitReached,
@@ -82,10 +81,18 @@ from handler.ports import (
     MeterSnapshot,
     Settlement,
     StoreDeadlineError,
+    StoredResponse,
     StoreError,
+    ThreadAnswer,
     UsageQuery,
     family_root,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from adapters.store.responses import SQLiteResponses
+    from adapters.store.threads import SQLiteThreads
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -230,7 +237,7 @@ class Checkpointer:
             self.fd = None
 
 
-class SQLiteStore(SQLiteResponses, SQLiteThreads, SQLiteSignIns, SliceCache):
+class SQLiteStore(SQLiteSignIns, SliceCache):
     """`Store` on one SQLite file; see the module docstring."""
 
     def __init__(self, path: str) -> None:
@@ -511,6 +518,41 @@ class SQLiteStore(SQLiteResponses, SQLiteThreads, SQLiteSignIns, SliceCache):
             self.db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite commit failed: {exc}") from exc
+
+    # --- stored responses (adapters/store/responses.py) and thread answers (threads.py), with the first of each ---
+
+    @functools.cached_property
+    def _stored_responses(self) -> SQLiteResponses:
+        from adapters.store.responses import SQLiteResponses
+
+        return SQLiteResponses(self)
+
+    async def put_response(self, stored: StoredResponse, held: Sequence[str] = (), *, newer_only: bool = False) -> None:
+        await self._stored_responses.put_response(stored, held, newer_only=newer_only)
+
+    async def responses_holding(self, item_id: str) -> list[str]:
+        return await self._stored_responses.responses_holding(item_id)
+
+    async def get_response(self, response_id: str) -> StoredResponse | None:
+        return await self._stored_responses.get_response(response_id)
+
+    async def index_held(self, held_in: Callable[[StoredResponse], Sequence[str]]) -> int:
+        return await self._stored_responses.index_held(held_in)
+
+    async def delete_response(self, response_id: str) -> bool:
+        return await self._stored_responses.delete_response(response_id)
+
+    @functools.cached_property
+    def _thread_answers(self) -> SQLiteThreads:
+        from adapters.store.threads import SQLiteThreads
+
+        return SQLiteThreads(self)
+
+    async def put_thread_answer(self, answer: ThreadAnswer) -> None:
+        await self._thread_answers.put_thread_answer(answer)
+
+    async def get_thread_answer(self, message_id: str) -> ThreadAnswer | None:
+        return await self._thread_answers.get_thread_answer(message_id)
 
     # --- keys ---------------------------------------------------------------------------------
 

@@ -1,4 +1,6 @@
-"""Whose each answer of an Anthropic message thread is, for each backend: a mixin per store class.
+"""Whose each answer of an Anthropic message thread is, for each backend: the SQLite store's `thread_answers`
+(`SQLiteThreads`, which the store makes with its first thread: a process that relays none imports none of this), and
+the DynamoDB store's mixin.
 
 Anthropic keeps every thread the gateway relays under the one account, whichever key made it, and a `continue` names
 the answer it continues by its message id alone: so the gateway keeps, for each thread's answer it relays, the key it
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -45,14 +47,20 @@ THREAD_ANSWERS_EXPIRY_INDEX = "CREATE INDEX IF NOT EXISTS thread_answers_expiry 
 
 
 class SQLiteThreads:
-    """`put_thread_answer` and `get_thread_answer` on the SQLite store's connection (autocommitting statements)."""
+    """`put_thread_answer` and `get_thread_answer` on the SQLite store's connection (autocommitting statements), for
+    the store (`SQLiteStore`), whose write-lock bound they keep (`_lock_wait`)."""
 
-    db: sqlite3.Connection
-    _threads_ready: bool = False
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._threads_ready = False
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        return self.store.db  # type: ignore[no-any-return]
 
     def _lock_wait(self) -> contextlib.AbstractContextManager[None]:
         """The store's bound on SQLite's wait for another process's write lock (`SQLiteStore._lock_wait`)."""
-        return contextlib.nullcontext()
+        return self.store._lock_wait()  # type: ignore[no-any-return]
 
     def _threads(self) -> sqlite3.Connection:
         if not self._threads_ready:
