@@ -317,6 +317,11 @@ class Pipeline(Charges):
             if isinstance(err, UpstreamError) or isinstance(err.__cause__, UpstreamError) or shed(err):
                 return None  # the provider would not count (now, or this prompt, or its breaker is open): an estimate
             raise
+        except asyncio.CancelledError as cut:
+            # A stopping server past its grace: settled as any request it cuts is (a count in flight leaves its line,
+            # one not sent gives back what it counted), where it left none (found by a helper's review).
+            await self._unanswered(ex, cut)
+            raise
         await self._settle(ex, Usage.of(0, 0), 200, background=True, free=True)
         return count
 

@@ -930,3 +930,29 @@ async def test_a_mint_counted_past_the_deadline_is_given_back_once_its_answer_co
         await served.gateway.aclose()
         if store is not home:
             await home.close()
+
+
+async def test_a_token_count_a_stopping_server_cuts_in_flight_leaves_its_line() -> None:
+    """A count sent to the provider, its request cancelled meanwhile (a stopping server past its grace cancels the
+    requests still running), left no ledger line: `count_tokens` settled on a gateway's error alone."""
+    sent = asyncio.Event()
+
+    async def hangs(request: httpx.Request) -> httpx.Response:
+        sent.set()
+        await asyncio.Event().wait()  # (the provider never answers)
+        raise AssertionError("unreachable")
+
+    anthropic = {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": "http://up"}
+    models = {"c": {"deployments": [{"provider": "openai", "model": "claude-x"}], "price": {"input": 1, "output": 2}}}
+    environ = {"ANTHROPIC_API_KEY": "sk-ant-test-0000000000"}
+    served = await serve(hangs, models, provider=anthropic, environ=environ)
+    headers = {"x-api-key": served.key.key, "anthropic-version": "2023-06-01"}
+    body = {"model": "c", "messages": HI}
+    counting = asyncio.ensure_future(served.http.post("/v1/messages/count_tokens", json=body, headers=headers))
+    await asyncio.wait_for(sent.wait(), 5)
+    counting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await counting
+    [line] = await served.ledger()
+    await served.gateway.aclose()
+    assert (line.status, line.upstream_model, line.cost_usd) == (499, "claude-x", 0.0), line
