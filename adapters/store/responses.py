@@ -47,7 +47,6 @@ reader: it reads the response a row names, and a deleted one is not there.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 import zlib
@@ -56,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from adapters.store.sqlite_tables import OnTheStore
 from handler.ports import MAX_HOLDERS, StoredResponse, StoreError
 
 if TYPE_CHECKING:
@@ -105,23 +105,11 @@ def unpack(raw: bytes) -> StoredResponse:
     )
 
 
-class SQLiteResponses:
-    """`put_response`, `get_response`, `delete_response` on the SQLite store's connection. Each is one
-    autocommitting statement (no transaction of the store's batches is open between its calls). Made by the store
-    (`SQLiteStore`) with its first stored response, whose write-lock bound it keeps (`_lock_wait`): a process that
-    stores none imports none of this."""
+class SQLiteResponses(OnTheStore):
+    """`put_response`, `get_response`, `delete_response` on the SQLite store's connection, each one statement: made
+    by the store with its first stored response (`OnTheStore`)."""
 
-    def __init__(self, store: Any) -> None:
-        self.store = store
-        self._responses_ready = False
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        return self.store.db  # type: ignore[no-any-return]
-
-    def _lock_wait(self) -> contextlib.AbstractContextManager[None]:
-        """The store's bound on SQLite's wait for another process's write lock (`SQLiteStore._lock_wait`)."""
-        return self.store._lock_wait()  # type: ignore[no-any-return]
+    _responses_ready = False
 
     def _responses(self) -> sqlite3.Connection:
         if not self._responses_ready:

@@ -27,12 +27,12 @@ list of `[model, max_uses, max_tokens]`, on DynamoDB a list of maps with those n
 
 from __future__ import annotations
 
-import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 
+from adapters.store.sqlite_tables import OnTheStore
 from handler.ports import StoreError, ThreadAnswer
 
 if TYPE_CHECKING:
@@ -46,21 +46,11 @@ THREAD_ANSWERS_SCHEMA = (
 THREAD_ANSWERS_EXPIRY_INDEX = "CREATE INDEX IF NOT EXISTS thread_answers_expiry ON thread_answers (expires_at)"
 
 
-class SQLiteThreads:
-    """`put_thread_answer` and `get_thread_answer` on the SQLite store's connection (autocommitting statements), for
-    the store (`SQLiteStore`), whose write-lock bound they keep (`_lock_wait`)."""
+class SQLiteThreads(OnTheStore):
+    """`put_thread_answer` and `get_thread_answer` on the SQLite store's connection: made by the store with its first
+    thread (`OnTheStore`)."""
 
-    def __init__(self, store: Any) -> None:
-        self.store = store
-        self._threads_ready = False
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        return self.store.db  # type: ignore[no-any-return]
-
-    def _lock_wait(self) -> contextlib.AbstractContextManager[None]:
-        """The store's bound on SQLite's wait for another process's write lock (`SQLiteStore._lock_wait`)."""
-        return self.store._lock_wait()  # type: ignore[no-any-return]
+    _threads_ready = False
 
     def _threads(self) -> sqlite3.Connection:
         if not self._threads_ready:
