@@ -838,7 +838,7 @@ class Pipeline(Charges):
                 ex.route.append(f"{label}=rate_limited")
                 passed = True
                 continue
-            if ex.advisors and ex.advisor_models is None and attempt.adapter.speaks(ex.native_api, attempt.target):
+            if ex.advisors and ex.advisor_models is None and self._sent_as_written(ex, attempt):
                 await self._count_advisors(ex)  # (before the first attempt that is sent the tool)
             if len(ex.extra) < len(ex.missed) + ex.rejected and last is not None:
                 await self._cover_missed(ex, last)
@@ -882,7 +882,7 @@ class Pipeline(Charges):
                 ex.sent_to.add(attempt.model)
                 if ex.unsent_counts:  # (it goes out: what its own limits counted stays counted)
                     ex.unsent_counts.pop(attempt.model, None)
-                if ex.unsent_advisors and attempt.adapter.speaks(ex.native_api, attempt.target):
+                if ex.unsent_advisors and self._sent_as_written(ex, attempt):
                     ex.unsent_advisors = []  # (it is sent the tool: what its advisors' limits counted stays counted)
                 ex.inflight_status = 0
                 try:
