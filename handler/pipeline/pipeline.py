@@ -295,7 +295,19 @@ class Pipeline(Charges):
         # Under an id of its own, as a fallback's and an advisor's counts are: its line is settled under the request
         # id, and the store takes one settlement of an id (DynamoDB's marker, SQLite's slice), so a give-back under
         # that id too was dropped (a count a fallback made kept the model asked for's request for the minute: review).
-        counted = await self.meter.admit_count(ex.lineage, ex.model, f"{ex.request_id}#count")
+        # Waited for however often the request is cancelled meanwhile, as a reservation is (`_written`): cut, a count
+        # the store had written was never given back (the key's minute spent on a count never sent).
+        ex.reservation = Reservation(None, 0.0, 0)  # nothing reserved: the line is written at no cost
+
+        async def given_back(own: Counted | None, cut: asyncio.CancelledError) -> None:
+            if own is not None:
+                ex.counted.append(own)
+                ex.unsent_counts[ex.model] = own
+            await self._unanswered(ex, cut)
+
+        counted = await self._written(
+            ex, self.meter.admit_count(ex.lineage, ex.model, f"{ex.request_id}#count"), given_back
+        )
         if counted is not None:
             ex.counted.append(counted)
             ex.unsent_counts[ex.model] = counted  # (given back as it settles, unless a count of the model goes out)
@@ -307,7 +319,6 @@ class Pipeline(Charges):
         def build(attempt: Attempt) -> BuiltRequest:
             return attempt.adapter.count_tokens_request(call, req, attempt.target)
 
-        ex.reservation = Reservation(None, 0.0, 0)  # nothing reserved: the line is written at no cost
         try:
             count = await self._deadline(ex, self._failover(ex, counting, build, accept))
         except GatewayError as err:

@@ -44,6 +44,7 @@ def completion(model: str = "gpt-4o-mini") -> dict[str, Any]:
 
 
 MODEL = {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": {"input": 1.0, "output": 2.0}}
+COUNT = "/v1/messages/count_tokens"
 
 
 @pytest.fixture(params=["sqlite", "dynamodb"])
@@ -498,9 +499,12 @@ async def test_a_malformed_answer_is_charged_the_usage_it_carries() -> None:
     await served.gateway.aclose()
 
 
-async def cancelled_twice_while_written(served: Any, held: Callable[[Any], bool]) -> None:
-    """A chat request to `m` cancelled once the store has written an admission `held` picks, and again before the
-    store answers it (a deadline's cancellation, then a server's stopping past its grace)."""
+async def cancelled_twice_while_written(
+    served: Any, held: Callable[[Any], bool], path: str = "/v1/chat/completions"
+) -> None:
+    """A request to `m` (a chat request, or a count's on `path`) cancelled once the store has written an admission
+    `held` picks, and again before the store answers it (a deadline's cancellation, then a server's stopping past
+    its grace)."""
     store = served.gateway.store
     written = store.admit
     admission_written, answer_due = asyncio.Event(), asyncio.Event()
@@ -513,7 +517,7 @@ async def cancelled_twice_while_written(served: Any, held: Callable[[Any], bool]
         return snapshot
 
     store.admit = late_answer
-    request = asyncio.ensure_future(served.post("/v1/chat/completions", {"model": "m", "messages": HI}))
+    request = asyncio.ensure_future(served.post(path, {"model": "m", "messages": HI}))
     await admission_written.wait()
     request.cancel()  # the first cancellation
     for _ in range(5):
@@ -930,6 +934,31 @@ async def test_a_mint_counted_past_the_deadline_is_given_back_once_its_answer_co
         await served.gateway.aclose()
         if store is not home:
             await home.close()
+
+
+async def test_a_token_counts_count_written_while_it_is_cancelled_twice_is_given_back(store_url: str) -> None:
+    """A token count is counted on the key's requests a minute (`rpm: 1`) before it is sent. Cancelled while the
+    store wrote that count, and again before the store answered (a server stopping past its grace), the wait for the
+    count was not shielded: the request never learnt of it, and the minute's one request was spent on a count never
+    sent (the next request a 429). Now the count is waited for and given back: nothing counted, nothing sent, no line,
+    and the next request is served."""
+    anthropic = {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": "http://up"}
+    models = {"m": {"deployments": [{"provider": "openai", "model": "claude-x"}], "price": {"input": 1, "output": 2}}}
+    served = await serve(
+        lambda request: httpx.Response(200, json={"input_tokens": 7}),
+        models,
+        provider=anthropic,
+        environ={"ANTHROPIC_API_KEY": "sk-ant-test-0000000000"},
+        store_url=store_url,
+    )
+    limited = KeyRecord(id="", name="l", secret_hash="", created_at=0, budget_usd=1.0, budget_period="month", rpm=1)
+    served.key = await KeyAdmin(KeyService(served.gateway.store, 0)).mint(limited)
+    await cancelled_twice_while_written(served, lambda admission: admission.reservation_id.endswith("#count"), COUNT)
+    assert await served.ledger() == []  # (nothing was sent)
+    meter = await served.gateway.store.meter(served.key.record.id, period_of("month", time.time()))
+    assert {name: count for name, count in meter.rates.items() if count} == {}, meter.rates
+    counted = await served.post(COUNT, {"model": "m", "messages": HI})
+    assert (counted.status_code, counted.json()) == (200, {"input_tokens": 7}), counted.text
 
 
 async def test_a_token_count_a_stopping_server_cuts_in_flight_leaves_its_line() -> None:
