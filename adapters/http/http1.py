@@ -9,13 +9,15 @@ it does little more than the bytes need. It also keeps the cold start small: no 
 the TLS context is built on the first HTTPS connection, not at import.
 
 What it does: HTTP/1.1 over TCP or TLS, keep-alive connections pooled per origin and closed after
-`keepalive_seconds` idle, at most `max_per_origin` connections to one origin (requests beyond wait for
-one), bodies framed by `content-length`, chunked encoding or the connection's end, reads paused while a
-slow reader has more than `HIGH_WATER` bytes buffered. The environment is honoured as httpx honours it
-(adapters/http/environment.py): `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` (a CONNECT tunnel for HTTPS, the
-absolute form for plain HTTP) and `SSL_CERT_FILE`/`SSL_CERT_DIR` (else certifi's CA bundle). What it
-leaves out, on purpose: redirects (a 3xx is an answer like any other, for the caller to refuse),
-cookies, compression negotiation, protocol upgrades (a 101 is refused), HTTP/2.
+`keepalive_seconds` idle or once `lifetime_seconds` old (so that an origin's new address, after a DNS change or a
+region's failover, is reached within that time however steady the traffic that keeps a connection busy), at most
+`max_per_origin` connections to one origin (requests beyond wait for one), bodies framed by `content-length`,
+chunked encoding or the connection's end, reads paused while a slow reader has more than `HIGH_WATER` bytes
+buffered. The environment is honoured as httpx honours it (adapters/http/environment.py):
+`HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` (a CONNECT tunnel for HTTPS, the absolute form for plain HTTP) and
+`SSL_CERT_FILE`/`SSL_CERT_DIR` (else certifi's CA bundle). What it leaves out, on purpose: redirects (a 3xx is an
+answer like any other, for the caller to refuse), cookies, compression negotiation, protocol upgrades (a 101 is
+refused), HTTP/2.
 
 Reuse. A connection is reused only after its answer was read to the end; a request cancelled mid-way
 closes its connection. A pooled connection is checked before reuse: closed, closing, idle too long, or
@@ -114,6 +116,7 @@ class Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.idle_since = 0.0
+        self.opened_at = time.monotonic()  # (its age bounds its reuse: `Http1Transport.lifetime_seconds`)
         self.poller: Any = None  # a `select.poll` on the socket, for the check before reuse
         self._reset()
 
@@ -397,10 +400,15 @@ class OriginPool:
         """A connection for one exchange, and whether it served an exchange before."""
         await self.slots.acquire()
         try:
-            oldest = time.monotonic() - self.transport.keepalive_seconds
+            now = time.monotonic()
+            oldest, born_after = now - self.transport.keepalive_seconds, now - self.transport.lifetime_seconds
             while self.idle:
                 connection = self.idle.pop()  # the most recently used: the least likely to have timed out
-                if connection.idle_since > oldest and not connection.stale(not self.tls):
+                if (
+                    connection.idle_since > oldest
+                    and connection.opened_at > born_after
+                    and not connection.stale(not self.tls)
+                ):
                     return connection, True
                 connection.close()
             return await self.connect(connect_timeout), False
@@ -493,9 +501,11 @@ class Http1Transport(httpx.AsyncBaseTransport):
         tls: ssl.SSLContext | None = None,
         limits: Limits | None = None,
         trust_env: bool = True,
+        lifetime_seconds: float = 300.0,
     ) -> None:
         self.max_per_origin = max_per_origin
         self.keepalive_seconds = keepalive_seconds
+        self.lifetime_seconds = lifetime_seconds
         self.limits = limits or Limits()
         self.trust_env = trust_env
         self._pools: dict[tuple[bytes, bytes, int | None], OriginPool] = {}
@@ -587,6 +597,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
                         if not reused or connection.received or pool.loop.time() - sent_at > STALE_CLOSE_S:
                             pool.release(connection)
                             raise
+                        sent = False  # (the origin never read it: a timeout from here on is the new connection's)
                         try:
                             connection, reused = await pool.connect(connect_timeout), False  # (the same slot)
                         except BaseException:

@@ -10,10 +10,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
-from adapters.http.http1 import STALE_CLOSE_S, Http1Transport
+from adapters.http.http1 import STALE_CLOSE_S, Http1Transport, OriginPool
 from handler.config import TimeoutConfig
 from handler.errors import UpstreamError
 from handler.pipeline.upstream import UpstreamClient
@@ -170,3 +172,62 @@ async def test_a_reused_connection_that_breaks_mid_answer_is_not_retried() -> No
         assert (failure.value.outcome, failure.value.billable) == ("upstream_disconnected", True)
         assert server.connections == 1 and seen == 2
         await client.aclose()
+
+
+SLOW_CONNECT_S = 1.0
+HEAD_TIMEOUT_S = 0.4
+
+
+def slow_reconnects(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every connection after the first takes SLOW_CONNECT_S to open (a DNS change or a region's failover between
+    invocations, a congested path): the connections opened, counted."""
+    opened: list[int] = []
+    connect = OriginPool.connect
+
+    async def slow(self: OriginPool, timeout: float | None) -> Any:
+        opened.append(1)
+        if len(opened) > 1:
+            await asyncio.sleep(SLOW_CONNECT_S)
+        return await connect(self, timeout)
+
+    monkeypatch.setattr(OriginPool, "connect", slow)
+    return opened
+
+
+async def test_a_stale_connections_slow_reconnect_is_not_a_request_the_origin_may_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TLS connection the upstream closed during a freeze fails the next request before the upstream read it, and
+    the request goes once more on a new connection, which takes longer to open than the head timeout leaves. Nothing
+    reached the upstream, yet the failure was `HeadTimeout` ("sent no answer within 0.4 s of the request"), which the
+    upstream client charges as a stall the provider may bill (the reserved worst case); the transport still held the
+    first connection's `sent` (found by review). Now a timeout while the retry's connection opens is a
+    `PoolTimeout`: not billable."""
+    certificate = self_signed(tmp_path)
+    opened = slow_reconnects(monkeypatch)
+    with idle_closing(0.05, certificate.server_context()) as server:
+        transport = Http1Transport(tls=certificate.client_context())
+        client = UpstreamClient(TimeoutConfig(), transport)
+        answer = await client.send(UpstreamRequest("POST", server.url, None, b"{}"))
+        assert answer.status == 200 and await answer.read() == b'{"ok":true}'
+        freeze()
+        with pytest.raises(UpstreamError) as failure:
+            await client.send(UpstreamRequest("POST", server.url, None, b"{}"), first_byte_timeout=HEAD_TIMEOUT_S)
+        assert len(opened) == 2 and server.requests == 1  # (the second request never reached the upstream)
+        assert isinstance(failure.value.__cause__, httpx.PoolTimeout), repr(failure.value.__cause__)
+        assert not failure.value.billable, (failure.value.outcome, str(failure.value))
+        await client.aclose()
+
+
+async def test_a_connection_past_its_lifetime_is_not_reused_however_busy() -> None:
+    """A connection kept busy (never idle for `keepalive_seconds`) was reused for as long as the environment lived,
+    so an origin's new address (a DNS change, a region's failover) was never reached (found by review). Now one
+    older than `lifetime_seconds` is closed rather than reused; a younger one is still reused."""
+    with idle_closing(5.0) as server:
+        transport = Http1Transport(lifetime_seconds=0.5)
+        for wait in (0.0, 0.6, 0.0):  # the first connection reused at once, past its lifetime a new one
+            await asyncio.sleep(wait)
+            assert await read_all(await send(transport, server.url)) == b'{"ok":true}'
+        assert await read_all(await send(transport, server.url)) == b'{"ok":true}'
+        assert (server.requests, server.connections) == (4, 2)
+        await transport.aclose()
