@@ -77,6 +77,11 @@ class ReadOnce:
     def body(self) -> bytes:
         try:
             return super().body  # type: ignore[misc, no-any-return]
+        except UnicodeEncodeError:  # (a JSON string's lone surrogate, `"\ud800"`: a str no UTF-8 carries)
+            raise UnreadableEventError(
+                "the event's body is not text UTF-8 can carry (a lone surrogate)",
+                self,  # type: ignore[arg-type]
+            ) from None
         except ValueError:  # (binascii.Error among them)
             raise UnreadableEventError(
                 "the event's body is marked isBase64Encoded but is not base64",
@@ -129,7 +134,12 @@ class OneCycle(HTTPCycle):
 
     def __call__(self, app: ASGI) -> Response:
         asyncio.get_event_loop().run_until_complete(self.run(app))
-        return {"status": self.status, "headers": self.headers, "body": self.body}
+        # (A HEAD answer carries no body, as uvicorn writes it for `gateway serve`: Mangum's carried the GET's.)
+        return {
+            "status": self.status,
+            "headers": self.headers,
+            "body": b"" if self.scope["method"] == "HEAD" else self.body,
+        }
 
     async def receive(self) -> Message:
         request, self.request = self.request, None

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from handler.entry.adapter import lambda_adapter
+from handler.entry.adapter import UnreadableEventError, lambda_adapter
 from handler.entry.priming import Context
 from handler.redaction import NAME_CHARS
 
@@ -220,4 +220,27 @@ def test_a_long_method_is_clipped_in_the_invocations_answer_and_a_key_in_it_reda
         message = json.loads(answer["body"])["error"]["message"]
         assert message.endswith(" /v2/nothing: Not Found") and len(message) < 2 * NAME_CHARS
         assert "gwk_" not in message and secret[:8] not in message
+    asyncio.get_event_loop().close()
+
+
+def test_a_head_invocations_answer_has_no_body() -> None:
+    """A HEAD answer carries no body (RFC 9110): `gateway serve` (uvicorn) writes its head alone, but the buffered
+    function answered HEAD with the GET's whole body, as Mangum does (found by review). Its head stays, the length
+    of the body a GET would get among it."""
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    event = v1_event()
+    got = lambda_adapter(APP)(event, Context())  # type: ignore[arg-type]
+    headed = lambda_adapter(APP)({**event, "httpMethod": "HEAD"}, Context())  # type: ignore[arg-type]
+    assert got["statusCode"] == headed["statusCode"] == 200 and got["body"]
+    assert headed["body"] == "" and headed["headers"] == got["headers"], headed
+    asyncio.get_event_loop().close()
+
+
+def test_a_body_that_is_no_text_is_named_so_not_as_bad_base64() -> None:
+    """A body not marked base64 that holds a lone surrogate (JSON's `"\\ud800"`: no UTF-8 can carry it) was refused
+    as "marked isBase64Encoded but is not base64" (found by review): it is refused for what it is."""
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    with pytest.raises(UnreadableEventError) as refused:
+        lambda_adapter(APP)({**v1_event(), "httpMethod": "POST", "body": '{"a": "\ud800"}'}, Context())  # type: ignore[arg-type]
+    assert str(refused.value) == "the event's body is not text UTF-8 can carry (a lone surrogate)"
     asyncio.get_event_loop().close()
