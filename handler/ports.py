@@ -132,6 +132,7 @@ CLIENT_NAMES: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
             "user": "metadata.user_id",
             "stop": "stop_sequences",
             "reasoning_effort": "output_config.effort",
+            "thinking.effort": "output_config.effort",  # (`adapters.providers.reasoning.EFFORT`)
             "response_format": "output_config.format",
             "parallel_tool_calls": "tool_choice.disable_parallel_tool_use",
             "reasoning_summary": "thinking.display",

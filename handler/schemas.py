@@ -343,6 +343,13 @@ class ThinkingConfig(BaseModel):
     # it is a wish, not a parameter: it reaches only models that reason, and is reported as dropped elsewhere.
     effort: str | None = None
 
+    @property
+    def sent(self) -> bool:
+        """Whether the client sent `thinking` itself: not where it stands for a Messages request's
+        `output_config.effort` sent alone (`handler.api.messages_api.EffortAlone`), whose wish a provider that cannot
+        honour it names as the effort, the field the client wrote (`adapters.providers.reasoning.asked_with`)."""
+        return True
+
 
 class ChatRequest(BaseModel):
     """An OpenAI Chat Completions request body."""

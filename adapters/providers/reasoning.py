@@ -102,9 +102,29 @@ def summary_unshown(req: ChatRequest, shown: bool) -> list[str]:
     return [] if wish is not None and wish.off else [SUMMARY]
 
 
-def asked_with(req: ChatRequest) -> str:
-    """The request's parameter that carried its reasoning wish, as `x-gateway-dropped-params` names it."""
-    return "thinking" if req.thinking is not None else "reasoning_effort"
+# A Messages request's `output_config.effort`, which the internal form carries in `thinking` (`ThinkingConfig.effort`),
+# as `x-gateway-dropped-params` names it inward (the Messages front-end names it back as its client wrote it).
+EFFORT = "thinking.effort"
+
+
+def asked_with(req: ChatRequest) -> list[str]:
+    """The request's parameters that carried its reasoning wish, as `x-gateway-dropped-params` names them where the
+    wish is left out whole: `thinking` where the client sent it, and the effort where it named one
+    (`effort_asked_with`). A Messages request's effort alone was named `thinking`, a field its client never sent
+    (`ThinkingConfig.sent`), and one with both had its effort left out unnamed."""
+    thinking = req.thinking
+    asked = ["thinking"] if thinking is not None and thinking.sent else []
+    effort = effort_asked_with(req)
+    return [*asked, effort] if effort is not None else asked
+
+
+def effort_asked_with(req: ChatRequest) -> str | None:
+    """The parameter that named the request's effort level, as `x-gateway-dropped-params` names it where the effort
+    is left out or sent as another value: Chat Completions' (and a Responses request's) `reasoning_effort`, a
+    Messages request's `output_config.effort` (`EFFORT`); None where it named none (a budget, `thinking` alone)."""
+    if req.reasoning_effort:
+        return "reasoning_effort"
+    return EFFORT if req.thinking is not None and req.thinking.effort else None
 
 
 def level_for_budget(budget: int) -> Level:

@@ -27,6 +27,7 @@ from handler.schemas import (
     TOOL_ERROR_MARK,
     BlockOrder,
     ChatRequest,
+    ThinkingConfig,
     thinks_between,
 )
 
@@ -382,7 +383,7 @@ class Translation:
                 thinking["effort"] = effort
             body["thinking"] = thinking
         elif effort:
-            body["thinking"] = {"type": "adaptive", "effort": effort}
+            body["thinking"] = EffortAlone(type="adaptive", effort=effort)
         if output is None:
             return
         for name in sorted(sent_fields(output) - OUTPUT_CONFIG_MAPPED):
@@ -466,6 +467,16 @@ class PrefilledChatRequest(ChatRequest):
     @property
     def prefill(self) -> str | None:
         return self._prefill
+
+
+class EffortAlone(ThinkingConfig):
+    """The internal `thinking` of a Messages request that sent `output_config.effort` without `thinking`: the wish
+    the translation takes it for (adaptive thinking at that effort), but no `thinking` of the client's. A provider that
+    cannot honour it names the effort (`output_config.effort`), not `thinking`, which the client never wrote."""
+
+    @property
+    def sent(self) -> bool:
+        return False
 
 
 def to_chat_request(req: MessagesCountRequest) -> tuple[ChatRequest, list[str]]:

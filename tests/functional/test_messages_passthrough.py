@@ -444,7 +444,8 @@ def test_claude_codes_request_reaches_openai_translated(agents: Running, client:
     assert sent["messages"][0]["content"][0] == {"type": "text", "text": SYSTEM[0]["text"]}
     assert sent["tools"][0]["function"] == {"name": "Bash", "parameters": BASH_TOOL["input_schema"]}
     assert "thinking" not in sent and "reasoning_effort" not in sent and sent["max_tokens"] == 1000
-    assert raw.headers["x-gateway-dropped-params"].split(",") == ["context_management", "thinking", MANAGED]
+    named = ["context_management", "thinking", "output_config.effort", MANAGED]
+    assert raw.headers["x-gateway-dropped-params"].split(",") == named
 
 
 def test_an_openai_reasoning_model_gets_reasoning_effort_and_max_completion_tokens(
@@ -471,7 +472,25 @@ def test_an_openai_reasoning_model_gets_the_nearest_effort_it_takes(
     body = {**claude_code_body("o4"), "output_config": {"effort": "max"}}
     raw = client.beta.messages.with_raw_response.create(betas=BETAS, **body)
     assert last(agents, "openai")["json"]["reasoning_effort"] == "high"
-    assert raw.headers["x-gateway-dropped-params"] == f"context_management,thinking,{MANAGED}"
+    assert raw.headers["x-gateway-dropped-params"] == f"context_management,output_config.effort,{MANAGED}"
+
+
+@pytest.mark.parametrize(("model", "effort", "sent"), [("gpt", "low", None), ("o4", "max", "high")])
+def test_an_effort_sent_alone_is_named_as_the_client_sent_it(
+    agents: Running, client: anthropic.Anthropic, model: str, effort: str, sent: str | None
+) -> None:
+    """Claude Code's effort setting, `output_config.effort` without `thinking`: left out for gpt-4o-mini, which does
+    not reason, and sent to o4-mini as the nearest effort it takes. Both were named `thinking`, which the request
+    does not have, in `x-gateway-dropped-params` and in the 400 under `x-gateway-strict` (found by review)."""
+    body = {"model": model, "max_tokens": 100, "messages": [{"role": "user", "content": "Hi"}]}
+    raw = client.messages.with_raw_response.create(**body, extra_body={"output_config": {"effort": effort}})
+    assert last(agents, "openai")["json"].get("reasoning_effort") == sent
+    assert raw.headers["x-gateway-dropped-params"] == "output_config.effort"
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.create(
+            **body, extra_body={"output_config": {"effort": effort}}, extra_headers={"x-gateway-strict": "true"}
+        )
+    assert "openai cannot honour: output_config.effort (x-gateway-strict is on)" in refused.value.message
 
 
 def test_strict_mode_refuses_what_a_translation_drops_but_not_a_pass_through(client: anthropic.Anthropic) -> None:

@@ -415,7 +415,7 @@ def thinking_param(req: ChatRequest, model: str, max_tokens: int) -> tuple[dict[
     wish = reasoning.requested(req)
     if wish is None or wish.off:
         return None, []
-    asked = [reasoning.asked_with(req)]
+    asked = reasoning.asked_with(req)
     if not reasoning.reasons(model, reasoning.CLAUDE_THINKING_FRAGMENTS):
         return None, asked
     if reasoning.reasons(model, ADAPTIVE_FRAGMENTS):
@@ -609,7 +609,7 @@ class AnthropicAdapter(ProviderAdapter):
             # Claude cannot think on a turn whose tool use is forced (the forced tool wins), nor continue a tool-use
             # turn that did not open with its signed thinking: Anthropic's own advice is to send no thinking then.
             thinking = None
-            dropped.append(reasoning.asked_with(req))
+            dropped += reasoning.asked_with(req)
         if req.reasoning_summary is not None:
             dropped += reasoning.summary_unshown(req, reasoning.shows_claude_reasoning(target.model))
         if thinking is not None:

@@ -394,7 +394,7 @@ def reasoning_fields(req: ChatRequest, model: str, max_tokens: int) -> tuple[dic
     wish = reasoning.requested(req)
     if wish is None or wish.off:
         return None, []
-    asked = [reasoning.asked_with(req)]
+    asked = reasoning.asked_with(req)
     if reasoning.reasons(model, reasoning.CLAUDE_THINKING_FRAGMENTS):
         return thinking_param(req, model, max_tokens)  # as Anthropic's API takes it (adaptive with an effort)
     if reasoning.reasons(model, reasoning.NOVA_REASONING_FRAGMENTS):
@@ -708,7 +708,7 @@ class BedrockAdapter(ProviderAdapter):
             # tool-use turn that did not open with its reasoning (a 400, relayed from Anthropic), as on Anthropic.
             unthinking = {name: value for name, value in fields.items() if name not in ("thinking", "output_config")}
             fields = unthinking or None
-            dropped.append(reasoning.asked_with(req))
+            dropped += reasoning.asked_with(req)
         if req.reasoning_summary is not None:
             claude = reasoning.reasons(target.model, ("anthropic.claude",))
             shown = claude and reasoning.shows_claude_reasoning(target.model)

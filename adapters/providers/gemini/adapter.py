@@ -588,7 +588,7 @@ def thinking_config(req: ChatRequest, model: str, dropped: list[str], cap: int |
     levels = rules_for(model).thinking_levels  # (Gemini 3 and later, and the `-latest` aliases)
     if not (levels or reasoning.reasons(model, reasoning.GEMINI_THINKING_FRAGMENTS)):
         if wish is not None and not wish.off:
-            dropped.append(reasoning.asked_with(req))
+            dropped += reasoning.asked_with(req)
         if req.reasoning_summary is not None:
             dropped.append(reasoning.SUMMARY)
         return None
@@ -604,7 +604,7 @@ def thinking_config(req: ChatRequest, model: str, dropped: list[str], cap: int |
                 PRO_LEVELS.get(level.gemini_level, level.gemini_level) if pro else level.gemini_level
             )
     elif wish.off and pro:
-        dropped.append(reasoning.asked_with(req))  # 2.5 Pro always thinks
+        dropped += reasoning.asked_with(req)  # 2.5 Pro always thinks
         return None
     elif wish.off:
         config["thinkingBudget"] = 0
@@ -620,11 +620,11 @@ def thinking_config(req: ChatRequest, model: str, dropped: list[str], cap: int |
             budget = DYNAMIC_BUDGET if room is None or high <= room else room
         if room is not None and not named and budget != DYNAMIC_BUDGET and budget < low and not pro:
             config["thinkingBudget"] = 0  # no room for the least the model thinks: no thinking, rather than no answer
-            dropped.append(reasoning.asked_with(req))
+            dropped += reasoning.asked_with(req)
         else:
             config["thinkingBudget"] = budget if budget == DYNAMIC_BUDGET else budget_within(budget, model)
             if wish.budget is not None and config["thinkingBudget"] != wish.budget:
-                dropped.append(reasoning.asked_with(req))  # the client's own number could not be kept
+                dropped.append("thinking")  # the client's own number (`thinking.budget_tokens`) could not be kept
     if shown:
         config["includeThoughts"] = True
     return config or None

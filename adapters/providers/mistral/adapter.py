@@ -210,9 +210,10 @@ class MistralAdapter(OpenAIAdapter):
         map_tool_ids(body["messages"])
         conform_to_mistral(body, dropped)
         wish, asked = reasoning.requested(req), reasoning.asked_with(req)
-        if wish is not None and asked in dropped and rules_for(target.model).reasoning_on_off:
+        if wish is not None and all(name in dropped for name in asked) and rules_for(target.model).reasoning_on_off:
             # The profile drops `reasoning_effort` (most Mistral models refuse it); these take it, as a switch.
-            dropped.remove(asked)
+            for name in asked:
+                dropped.remove(name)
             body["reasoning_effort"] = "none" if wish.off else "high"
         return body, dropped
 

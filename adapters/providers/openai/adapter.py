@@ -489,10 +489,11 @@ def _reasoning(body: dict[str, Any], req: ChatRequest, reasons: bool, takes_thin
     """`reasoning_effort` and the output cap as OpenAI's reasoning models take them (`reasoning.LEVELS`).
 
     A client's own `reasoning_effort` is passed on (any OpenAI-compatible API may define it); a Messages
-    client's `thinking` becomes one only for a model that reasons, and is reported as dropped otherwise. A value
-    the model refuses (gpt-5.1 takes no `minimal`, gpt-5 no `xhigh`) goes as the nearest it takes
-    (`reasoning.openai_effort`), reported when the client named the effort itself: a budget was only ever
-    approximated by a level.
+    client's wish (`thinking`, `output_config.effort`) becomes one only for a model that reasons, and is reported
+    as dropped otherwise, by the fields the client sent (`reasoning.asked_with`). A value the model refuses
+    (gpt-5.1 takes no `minimal`, gpt-5 no `xhigh`) goes as the nearest it takes (`reasoning.openai_effort`),
+    reported by the effort's field when the client named the effort itself: a budget was only ever approximated
+    by a level.
     """
     dropped: list[str] = []
     thinking = body.pop("thinking", None)
@@ -507,15 +508,15 @@ def _reasoning(body: dict[str, Any], req: ChatRequest, reasons: bool, takes_thin
             body["reasoning_effort"] = level.openai
     elif thinking is not None and wish is not None:
         if not reasons:
-            dropped.append("thinking")
+            dropped += reasoning.asked_with(req)
         elif wish.level is not None:
             body["reasoning_effort"] = wish.level.openai
     effort = body.get("reasoning_effort")
     if isinstance(effort, str):
         body["reasoning_effort"] = reasoning.openai_effort(effort, body["model"])
-        named = req.reasoning_effort or (req.thinking.effort if req.thinking is not None else None)
-        if body["reasoning_effort"] != effort and named:
-            dropped.append(reasoning.asked_with(req))
+        named = reasoning.effort_asked_with(req)
+        if body["reasoning_effort"] != effort and named is not None:
+            dropped.append(named)
     if reasons and "max_tokens" in body:
         # OpenAI's reasoning models refuse `max_tokens`: their cap covers the hidden reasoning too.
         limit = body.pop("max_tokens")

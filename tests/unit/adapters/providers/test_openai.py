@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from adapters.providers import reasoning
 from adapters.providers.openai import OpenAIAdapter
 from adapters.providers.params import SKIP_SIGNATURE, call_signature, signed_call_id
 from handler.api.messages_api import MessagesRequest, to_chat_request
@@ -457,7 +458,7 @@ def test_thinking_becomes_reasoning_effort_only_on_reasoning_models() -> None:
     body, dropped = sent(request(thinking={"type": "enabled", "budget_tokens": 3000}), "o4-mini")
     assert body["reasoning_effort"] == "medium"
     body, dropped = sent(request(thinking=thinking))
-    assert "reasoning_effort" not in body and "thinking" not in body and dropped == ["thinking"]
+    assert "reasoning_effort" not in body and "thinking" not in body and dropped == ["thinking", reasoning.EFFORT]
 
 
 def test_a_clients_own_reasoning_effort_is_passed_on() -> None:
@@ -494,8 +495,9 @@ def test_a_budget_becomes_the_nearest_effort_the_model_takes(asked: dict[str, ob
         ({"reasoning_effort": "none"}, "gpt-5", "minimal", "reasoning_effort"),
         ({"reasoning_effort": "none"}, "gpt-5.1-codex", "low", "reasoning_effort"),
         ({"reasoning_effort": "xhigh"}, "o3", "high", "reasoning_effort"),
-        ({"thinking": {"type": "adaptive", "effort": "max"}}, "gpt-5", "high", "thinking"),
-        ({"thinking": {"type": "adaptive", "effort": "xhigh"}}, "gpt-5.1", "high", "thinking"),
+        # A Messages client's `output_config.effort`, which the front-end names back as such.
+        ({"thinking": {"type": "adaptive", "effort": "max"}}, "gpt-5", "high", reasoning.EFFORT),
+        ({"thinking": {"type": "adaptive", "effort": "xhigh"}}, "gpt-5.1", "high", reasoning.EFFORT),
     ],
 )
 def test_an_effort_the_client_named_and_the_model_refuses_is_the_nearest_and_named(

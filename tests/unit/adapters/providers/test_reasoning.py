@@ -1,5 +1,6 @@
 """A Responses client's `reasoning.summary`, as each provider type takes it: shown where the deployment's answers carry
-the model's reasoning, named as dropped where they cannot."""
+the model's reasoning, named as dropped where they cannot; and a Messages client's reasoning wish, named where a
+provider cannot honour it by the fields the client sent it in."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import orjson
 import pytest
 
 from adapters.providers.registry import REGISTRY
+from handler.api.messages_api import MessagesRequest, to_chat_request
 from handler.api.responses_api import SummarisedChatRequest
 from handler.ports import MESSAGES_API, RESPONSES_API, Target, as_client_named
 from handler.schemas import ChatRequest
@@ -95,3 +97,60 @@ def test_a_messages_clients_ask_to_see_summarized_thinking_is_the_same_ask() -> 
     openai = REGISTRY["openai"]("openai", "secret", {})
     own = Target("openai", "openai", "o4-mini", "global", "https://api.openai.com/v1")
     assert "thinking.display" in as_client_named(MESSAGES_API, openai.chat_request(req, own, stream=False).dropped)
+
+
+# (provider type, a model of it that does not reason)
+UNREASONING = [
+    ("openai", "gpt-4o-mini"),
+    ("azure", "gpt-4o-mini"),
+    ("mistral", "mistral-large-latest"),
+    ("anthropic", "claude-3-5-haiku-latest"),
+    ("bedrock", "us.meta.llama3-3-70b-instruct-v1:0"),
+    ("gemini", "gemini-2.0-flash"),
+]
+# A Messages request's wish, and its fields as `x-gateway-dropped-params` names them where the wish is left out.
+WISHES = [
+    ({"output_config": {"effort": "low"}}, ["output_config.effort"]),  # Claude Code's effort setting, alone
+    ({"thinking": {"type": "adaptive"}}, ["thinking"]),
+    ({"thinking": {"type": "adaptive"}, "output_config": {"effort": "low"}}, ["thinking", "output_config.effort"]),
+    ({"thinking": {"type": "enabled", "budget_tokens": 2048}}, ["thinking"]),
+]
+
+
+def messages_dropped(kind: str, model: str, fields: dict[str, Any]) -> list[str]:
+    """What a Messages request with `fields` sent to `model` of provider type `kind` is told was dropped, as the
+    Messages front-end names it."""
+    body = {"model": "public", "max_tokens": 8000, "messages": [{"role": "user", "content": "hi"}], **fields}
+    req, untranslated = to_chat_request(MessagesRequest.model_validate(body))
+    options = {"base_url": "https://r.openai.azure.com"} if kind == "azure" else {}
+    adapter = REGISTRY[kind](kind, "secret", options)
+    target = Target(kind, kind, model, "us-east-1", adapter.base_url("us-east-1", None) or "https://upstream")
+    return as_client_named(MESSAGES_API, untranslated + adapter.chat_request(req, target, stream=False).dropped)
+
+
+@pytest.mark.parametrize(("kind", "model"), UNREASONING, ids=[kind for kind, _ in UNREASONING])
+@pytest.mark.parametrize(("fields", "named"), WISHES, ids=["effort", "adaptive", "both", "budget"])
+def test_a_messages_wish_a_model_cannot_honour_is_named_by_the_fields_the_client_sent(
+    kind: str, model: str, fields: dict[str, Any], named: list[str]
+) -> None:
+    """Claude Code's effort, `output_config.effort` sent without `thinking`, was named `thinking` where the model does
+    not reason, a field the client never sent (and so was the 400 under `x-gateway-strict`); sent with `thinking`,
+    the effort left out went unnamed (found by review)."""
+    assert messages_dropped(kind, model, fields) == named
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"output_config": {"effort": "max"}}, ["output_config.effort"]),
+        ({"thinking": {"type": "adaptive"}, "output_config": {"effort": "max"}}, ["output_config.effort"]),
+        ({"thinking": {"type": "enabled", "budget_tokens": 20000}}, []),  # a budget's level, approximated anyway
+    ],
+    ids=["effort", "both", "budget"],
+)
+def test_a_messages_effort_sent_as_the_nearest_the_model_takes_is_named_as_the_effort(
+    fields: dict[str, Any], named: list[str]
+) -> None:
+    """`max` is `xhigh`, which o4-mini refuses: it gets `high`, and what the client is told was changed is its
+    effort, `output_config.effort` (it was told `thinking`, whether or not it sent one; found by review)."""
+    assert messages_dropped("openai", "o4-mini", fields) == named
