@@ -24,7 +24,8 @@ reasoning block's text is `NOVA_REDACTED` (no signature), and its reasoning toke
 Behaviour by model id: `thinker` and `redacts` (see `THINKING`, `REDACTED`), `fail-throttle` (HTTP 429
 ThrottlingException, which names no wait), `throttle-once` (that 429 for the first request to the model, served after
 it), `fail-validation` (400: a request Bedrock cannot read), `unknown-id` (400: Bedrock's words for a model id it does
-not know), `fail-500` (InternalServerException), `echoes-signature-400` and `echoes-signature-403` (a
+not know), `fail-quota` (HTTP 400 ServiceQuotaExceededException, the status botocore's model gives it, naming no
+wait), `fail-500` (InternalServerException), `echoes-signature-400` and `echoes-signature-403` (a
 ValidationException, an AccessDeniedException, whose message quotes the request's `Authorization` header, as AWS's
 signature errors quote what was signed), `stream-exception` (a stream
 whose first frame is a throttlingException), `malformed-tool-use` and `malformed-output` (the words the model wrote
@@ -585,6 +586,9 @@ def create_app() -> Starlette:
                 None,
                 _error(429, "ThrottlingException", "Too many requests, please wait before trying again."),
             )
+        if "fail-quota" in model:
+            quota = "Too many tokens per day, please wait before trying again."
+            return model, None, _error(400, "ServiceQuotaExceededException", quota)
         if "unknown-id" in model:
             return model, None, _error(400, "ValidationException", "The provided model identifier is invalid.")
         if "fail-validation" in model:

@@ -21,7 +21,10 @@ model before Gemini 3 function calling beside a JSON answer.
 input token count past the maximum, INVALID_ARGUMENT), `slow` (waits
 `SLOW_SECONDS`), `stream-cut` (a stream that stops before its finishReason), `bad-json` (a 200 whose
 body is not JSON), `malformed-call` (the model's function call Gemini could not parse: a candidate without
-content, `finishReason: MALFORMED_FUNCTION_CALL`, its prompt billed, streamed or not). Usage counts each
+content, `finishReason: MALFORMED_FUNCTION_CALL`, its prompt billed, streamed or not), `ends-<reason>` (the same
+candidate ending with the `finishReason` named in lower case with hyphens: `ends-too-many-tool-calls` for
+`TOO_MANY_TOOL_CALLS`, `ends-image-other`, `ends-other`; what follows a `.` only makes it another model, with a
+circuit breaker of its own). Usage counts each
 modality of the prompt apart (`promptTokensDetails`), as Gemini does:
 inline audio (`audio/*`) as `AUDIO_TOKENS_PER_KB` tokens a kilobyte (its stand-in for Gemini's 32 tokens a
 second), the rest as text. With `thinkingConfig.includeThoughts` the answer starts with a thought part
@@ -346,6 +349,12 @@ def _audio_bytes(contents: Any) -> int:
     return size
 
 
+def _ending(model: str) -> str | None:
+    """The `finishReason` an `ends-<reason>` model ends its empty candidate with."""
+    named = model.partition("ends-")[2].partition(".")[0]
+    return named.upper().replace("-", "_") or None
+
+
 def _usage(body: dict[str, Any], candidates: int, thoughts: int) -> dict[str, Any]:
     contents = orjson.loads(orjson.dumps(body.get("contents", body.get("requests", ""))))
     audio = -(-_audio_bytes(contents) * AUDIO_TOKENS_PER_KB // 1024)
@@ -586,15 +595,13 @@ def create_app() -> Starlette:
             return _invalid(refused)
         if "bad-json" in model:
             return Response(b"{not json", 200, media_type="application/json")
-        if "malformed-call" in model:
+        ending = "MALFORMED_FUNCTION_CALL" if "malformed-call" in model else _ending(model)
+        if ending is not None:
+            candidate: dict[str, Any] = {"finishReason": ending, "index": 0}
+            if ending == "MALFORMED_FUNCTION_CALL":
+                candidate["finishMessage"] = "Malformed function call: print(default_api.lookup(q='x')"
             answer = {
-                "candidates": [
-                    {
-                        "finishReason": "MALFORMED_FUNCTION_CALL",
-                        "index": 0,
-                        "finishMessage": "Malformed function call: print(default_api.lookup(q='x')",
-                    }
-                ],  # fmt: skip
+                "candidates": [candidate],
                 "usageMetadata": _usage(body, 0, 0),
                 "modelVersion": MODEL_VERSION,
                 "responseId": RESPONSE_ID,

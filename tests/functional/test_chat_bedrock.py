@@ -79,6 +79,12 @@ def bedrock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
                 "deployments": [{**deployment, "model": "stream-exception"}, {**deployment, "model": MODEL}],
                 "price": PRICE,
             },
+            "over-quota": {
+                "deployments": [{**deployment, "model": "fail-quota"}],
+                "price": PRICE,
+                "fallbacks": ["claude-haiku"],
+            },
+            "over-quota-alone": {"deployments": [{**deployment, "model": "fail-quota"}], "price": PRICE},
             "rejects": {"deployments": [{**deployment, "model": "fail-validation"}], "price": PRICE},
             "echoes-signature-400": {"deployments": [{**deployment, "model": "echoes-signature-400"}], "price": PRICE},
             "echoes-signature-403": {"deployments": [{**deployment, "model": "echoes-signature-403"}], "price": PRICE},
@@ -635,6 +641,19 @@ def test_throttling_falls_back_stream_and_not(client: openai.OpenAI) -> None:
         text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
     assert text == fake.TEXT
     assert route.startswith("bedrock/stream-exception@us-east-1=429, ")
+
+
+def test_the_accounts_quota_over_http_falls_back_and_alone_is_a_429_to_wait_out(client: openai.OpenAI) -> None:
+    """Bedrock's ServiceQuotaExceededException comes with HTTP 400 (botocore's model): it was the client's 400
+    (`Too many tokens per day` as a bad request), the fallback never tried, while the same exception in a stream
+    was failed over. It is the gateway's AWS account's quota, read as the 429 the adapter's table says."""
+    raw = client.chat.completions.with_raw_response.create(model="over-quota", messages=HI)
+    assert raw.parse().choices[0].message.content == fake.TEXT
+    assert raw.headers["x-gateway-route"] == f"bedrock/fail-quota@{fake.REGION}=429, bedrock/{MODEL}@{fake.REGION}=200"
+    with pytest.raises(openai.RateLimitError) as alone:
+        client.chat.completions.create(model="over-quota-alone", messages=HI)
+    assert "Too many tokens per day" in alone.value.message
+    assert alone.value.response.headers["x-should-retry"] == "true" and "retry-after" in alone.value.response.headers
 
 
 def test_validation_exception_is_a_client_error(client: openai.OpenAI) -> None:

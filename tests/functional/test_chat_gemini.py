@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import orjson
@@ -422,6 +423,10 @@ def test_a_conversation_with_nothing_to_send_is_refused_before_the_upstream(runn
 
 # --- fault models, on a gateway of their own (the shared config has one Gemini model) -----------
 
+# The finish reasons the fake ends an empty candidate with (`ends-<reason>`): Gemini's tool loop cut short, a
+# thought signature missing, a reason that says nothing, an image withheld.
+ENDINGS = ("too-many-tool-calls", "missing-thought-signature", "other", "image-other")
+
 
 @pytest.fixture(scope="module")
 def faulty(
@@ -456,6 +461,24 @@ def faulty(
                 "fallbacks": ["gemini-ok"],
             },
             "gemini-miscalls-alone": {"deployments": [{**provider, "model": "malformed-call"}], "price": PRICE},
+            # A candidate without content ending with each of `ENDINGS`, with the working model as fallback, and
+            # alone (a deployment for whole answers and one for streams: each test's failures open no breaker).
+            **{
+                f"gemini-{ending}": {
+                    "deployments": [{**provider, "model": f"ends-{ending}"}],
+                    "price": PRICE,
+                    "fallbacks": ["gemini-ok"],
+                }
+                for ending in ENDINGS
+            },
+            **{
+                f"gemini-{ending}-alone-{way}": {
+                    "deployments": [{**provider, "model": f"ends-{ending}.{way}"}],
+                    "price": PRICE,
+                }
+                for ending in ENDINGS
+                for way in ("whole", "stream")
+            },
             "gemini-embedding-001": {
                 "kind": "embedding",
                 "deployments": [{**provider, "model": "gemini-embedding-001"}],
@@ -515,6 +538,102 @@ def test_an_invalid_function_call_fails_over_and_its_billed_prompt_is_charged(fa
     prompt = max(1, len(orjson.dumps(faulty.fakes["gemini"].state.requests[-1]["json"]["contents"])) // 4)
     assert (failed.input_tokens, failed.output_tokens) == (prompt, 0)
     assert failed.cost_usd == pytest.approx(prompt * PRICE["input"] / 1e6)
+
+
+@pytest.mark.parametrize("ending", ["too-many-tool-calls", "missing-thought-signature", "other"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_finish_with_no_answer_fails_over_and_its_billed_prompt_is_charged(
+    faulty: Running, ending: str, stream: bool
+) -> None:
+    """A candidate without content ending `TOO_MANY_TOOL_CALLS`, `MISSING_THOUGHT_SIGNATURE` or `OTHER` (its prompt
+    billed) came back as an empty answer with `finish_reason: stop`, a clean success to the client and the ledger
+    (review). Now, as `MALFORMED_FUNCTION_CALL`, the provider's malformed answer: the fallback is tried, and what
+    Gemini billed is on the line."""
+    key = faulty.mint(name=f"gemini-{ending}-{stream}")
+    oa = client(faulty, key)
+    model = f"gemini-{ending}"
+    if stream:
+        with oa.chat.completions.with_streaming_response.create(model=model, messages=HI, stream=True) as streamed:
+            route = streamed.headers["x-gateway-route"]
+            text = "".join(c.choices[0].delta.content or "" for c in streamed.parse() if c.choices)
+    else:
+        raw = oa.chat.completions.with_raw_response.create(model=model, messages=HI)
+        route, text = raw.headers["x-gateway-route"], raw.parse().choices[0].message.content
+    assert route == f"gemini/ends-{ending}@global=invalid_response, gemini/gemini-2.5-flash@global=200"
+    assert text == TEXT
+    [line] = faulty.ledger(key)
+    ended, answered = (r["json"] for r in faulty.fakes["gemini"].state.requests[-2:])
+    prompts = [max(1, len(orjson.dumps(r["contents"])) // 4) for r in (ended, answered)]
+    billed = (prompts[1] * PRICE["input"] + 7 * PRICE["output"] + prompts[0] * PRICE["input"]) / 1e6
+    assert line.cost_usd == pytest.approx(billed) and line.status == 200
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("ending", ["too-many-tool-calls", "other"])
+def test_a_finish_with_no_answer_is_no_finished_answer_in_any_clients_api(
+    faulty: Running, ending: str, stream: bool
+) -> None:
+    """With nothing else to try, the empty answer was Chat Completions' `stop` with content '', Anthropic's
+    `end_turn`, a `completed` response: each API now answers the provider's failure (a 502 naming Gemini's
+    reason), and each line charges the prompt Gemini billed."""
+    key = faulty.mint(name=f"gemini-{ending}-alone-{stream}")
+    model = f"gemini-{ending}-alone-{'stream' if stream else 'whole'}"
+    reason = ending.upper().replace("-", "_")
+    with pytest.raises(openai.APIStatusError) as chat:
+        if stream:
+            list(client(faulty, key).chat.completions.create(model=model, messages=HI, stream=True))
+        else:
+            client(faulty, key).chat.completions.create(model=model, messages=HI)
+    assert chat.value.status_code == 502 and reason in chat.value.message
+    claude = anthropic_client(faulty, key)
+    with pytest.raises(anthropic.APIStatusError) as messages:
+        if stream:
+            with claude.messages.stream(model=model, max_tokens=50, messages=HI) as events:
+                events.get_final_message()
+        else:
+            claude.messages.create(model=model, max_tokens=50, messages=HI)
+    assert messages.value.status_code == 502 and reason in messages.value.message
+    answer = httpx.post(
+        f"{faulty.url}/v1/responses",
+        json={"model": model, "input": "Hi", "stream": stream},
+        headers={"authorization": f"Bearer {key}"},
+    )
+    assert answer.status_code == 502 and reason in answer.text and "completed" not in answer.text
+    lines = faulty.ledger(key)
+    assert [line.status for line in lines] == [502, 502, 502] and all(line.input_tokens > 0 for line in lines)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_an_image_withheld_is_a_filtered_answer_in_every_clients_api(faulty: Running, stream: bool) -> None:
+    """`IMAGE_OTHER` ended as `stop` (`end_turn`, `completed`) where `IMAGE_SAFETY` and its siblings end as
+    `content_filter` (review): each API now says the answer was withheld."""
+    key = faulty.mint(name=f"gemini-image-other-{stream}")
+    model = f"gemini-image-other-alone-{'stream' if stream else 'whole'}"
+    oa = client(faulty, key)
+    if stream:
+        chunks = list(oa.chat.completions.create(model=model, messages=HI, stream=True))
+        finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    else:
+        finishes = [oa.chat.completions.create(model=model, messages=HI).choices[0].finish_reason]
+    assert finishes == ["content_filter"]
+    claude = anthropic_client(faulty, key)
+    if stream:
+        with claude.messages.stream(model=model, max_tokens=50, messages=HI) as events:
+            message = events.get_final_message()
+    else:
+        message = claude.messages.create(model=model, max_tokens=50, messages=HI)
+    assert message.stop_reason == "refusal"
+    answer = httpx.post(
+        f"{faulty.url}/v1/responses",
+        json={"model": model, "input": "Hi", "stream": stream},
+        headers={"authorization": f"Bearer {key}"},
+    )
+    if stream:
+        ended = [line for line in answer.text.splitlines() if line.startswith("event: ")][-1]
+        assert ended == "event: response.incomplete" and '"reason":"content_filter"' in answer.text
+    else:
+        response = answer.json()
+        assert response["status"] == "incomplete" and response["incomplete_details"] == {"reason": "content_filter"}
 
 
 def test_server_errors_and_rejections_are_mapped(faulty: Running) -> None:

@@ -130,9 +130,14 @@ UNUSABLE_STOPS: dict[str, str] = {
 }
 
 # Bedrock's error names (HTTP `x-amzn-errortype`, or an in-stream `:exception-type` in camel case) and
-# the status each carries. Throttling and a model that is not ready yet are worth another attempt.
+# the status each is read as, whatever HTTP status came with it: botocore's bedrock-runtime model gives each its
+# status, but for `ServiceQuotaExceededException`, which it gives 400 (a sender's fault): a quota of the gateway's
+# AWS account ("You can resubmit your request later"), never the client's request, worth another deployment or
+# a fallback as throttling is (its HTTP 400 was the client's 400, the fallback never tried, while the same exception
+# in a stream was failed over). Throttling and a model that is not ready yet are worth another attempt.
 ERROR_STATUS: dict[str, int] = {
     "validationexception": 400,
+    "conflictexception": 400,
     "accessdeniedexception": 403,
     "unrecognizedclientexception": 403,
     "resourcenotfoundexception": 404,
@@ -166,7 +171,9 @@ def _error_type(raw: str) -> str:
 
 
 def bedrock_error(status: int | None, kind: str, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
-    """An `UpstreamError` from Bedrock's error name and `{"message": ...}` body; `status` None: from the name."""
+    """An `UpstreamError` from Bedrock's error name and `{"message": ...}` body: a name `ERROR_STATUS` knows decides
+    the status (and so whether another attempt may do better), over HTTP as in a stream; a name it does not know
+    keeps the HTTP `status` (None, in a stream: 500)."""
     message = ""
     try:
         data = orjson.loads(body) if body else None
@@ -178,7 +185,7 @@ def bedrock_error(status: int | None, kind: str, body: bytes, headers: Mapping[s
     if not message:
         message = error_excerpt(body)
     name = _error_type(kind)
-    code = status if status is not None else ERROR_STATUS.get(name.lower(), 500)
+    code = ERROR_STATUS.get(name.lower(), status if status is not None else 500)
     err = upstream_error(code, message, headers, upstream_type=name or None)
     if name.lower() in RETRYABLE_TYPES:
         err.retryable = True

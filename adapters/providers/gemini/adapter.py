@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import logging
 import mimetypes
 import re
 import secrets
@@ -44,6 +45,7 @@ from adapters.providers.params import (
 )
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
+from handler.redaction import said_clipped
 from handler.schemas import (
     AssistantMessage,
     AudioPart,
@@ -71,6 +73,8 @@ from handler.wire import error_excerpt, json_body, malformed, named_wait, upstre
 
 if TYPE_CHECKING:
     from adapters.providers.gemini.stream import GeminiStreamParser
+
+log = logging.getLogger("gateway")
 
 API_VERSION = "v1beta"
 # A path's last segment that names a version of the API (`v1`, Google's stable one; `v1beta`; `v1alpha`): a
@@ -132,21 +136,46 @@ DYNAMIC_BUDGET = -1
 # Gemini 3 Pro takes only `low` and `high` (Flash all four levels); the nearest of them.
 PRO_LEVELS = {"minimal": "low", "medium": "high"}
 
+# Google's `FinishReason` (the google-genai SDK's enum) as OpenAI's finish reasons. `OTHER` and
+# `FINISH_REASON_UNSPECIFIED` say nothing, and are read as a reason the gateway does not know (`finish_reason`).
 FINISH_REASONS: dict[str, FinishReason] = {
     "STOP": "stop",
     "MAX_TOKENS": "length",
+    # The answer reached the per-request token limit unfinished (Gemini would go on from its `continuation_token`,
+    # which no client API the gateway serves carries): cut short, as by the output cap.
+    "CONTINUATION": "length",
     "SAFETY": "content_filter",
     "RECITATION": "content_filter",
     "BLOCKLIST": "content_filter",
     "PROHIBITED_CONTENT": "content_filter",
     "SPII": "content_filter",
+    "ESCALATION": "content_filter",  # filtered by an escalation rule
+    "MODEL_ARMOR": "content_filter",  # (Vertex AI's alone: blocked by Model Armor)
     "IMAGE_SAFETY": "content_filter",
     "IMAGE_PROHIBITED_CONTENT": "content_filter",
     "IMAGE_RECITATION": "content_filter",
+    # An image withheld for a reason Google does not name, or asked for and not made: no image, as the reasons
+    # beside it say, never a finished answer.
+    "IMAGE_OTHER": "content_filter",
+    "NO_IMAGE": "content_filter",
     "LANGUAGE": "content_filter",  # an answer in a language Gemini does not support, withheld
 }
-# The model wrote a function call Gemini could not parse, or one to a tool it was not offered: no answer, billed.
-INVALID_CALLS = {"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL"}
+# Reasons Gemini ends a candidate with no usable answer for, whatever text came before (a call among its parts is
+# still the client's to run): the provider's malformed answer, billed, which another deployment may do better.
+UNANSWERED: dict[str, str] = {
+    # The model wrote a function call Gemini could not parse, or one to a tool it was not offered.
+    "MALFORMED_FUNCTION_CALL": "the model wrote an invalid function call",
+    "UNEXPECTED_TOOL_CALL": "the model wrote an invalid function call",
+    # Gemini's own tool loop (its built-in tools) stopped the model calling tools before it answered.
+    "TOO_MANY_TOOL_CALLS": "the model called tools too many times in a row and was stopped before it answered",
+    # A thought signature the model's earlier call needed did not reach it (a client that dropped it).
+    "MISSING_THOUGHT_SIGNATURE": "Gemini found a thought signature missing from the conversation",
+    "MALFORMED_RESPONSE": "Gemini's answer was malformed",
+    # The deployment's account, not the request: another deployment's may answer.
+    "PUP_LIMITED_DISABLED": "the Gemini account is limited or disabled under Google's Prohibited Use Policy",
+}
+# The most of a finishReason the gateway does not know that a log line or an error repeats.
+REASON_CHARS = 100
 
 TOOL_CHOICE_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 
@@ -670,12 +699,30 @@ def usage_of(meta: Any) -> Usage | None:
     return usage
 
 
-def finish_reason(raw: Any, has_calls: bool) -> FinishReason:
-    """The OpenAI finish reason of Gemini's; an invalid function call (`INVALID_CALLS`) is no answer at all: the
-    provider's malformed answer (another deployment may do better), not an empty `stop`."""
-    if raw in INVALID_CALLS and not has_calls:
-        raise malformed(f"the model wrote an invalid function call (Gemini's finishReason {raw})")
-    mapped = FINISH_REASONS.get(str(raw), "stop")
+def finish_reason(raw: Any, has_calls: bool, said: bool) -> FinishReason:
+    """The OpenAI finish reason of Gemini's for a candidate that wrote text (`said`) or calls (`has_calls`).
+
+    A reason of `UNANSWERED` is no answer at all: the provider's malformed answer (another deployment may do
+    better), not an empty `stop`. So is a reason the gateway does not know (`OTHER`, one Google added since) that
+    ends a candidate with nothing in it: told `stop`, a client took an empty reply (Anthropic's `end_turn`, a
+    completed response) for the model's finished answer. One that ends text or calls keeps them, as `stop` (or
+    `tool_calls`): nothing says they are not the answer. Either is logged, so that an operator learns of it."""
+    if isinstance(raw, str) and raw in UNANSWERED:
+        if has_calls:
+            return "tool_calls"
+        raise malformed(f"{UNANSWERED[raw]} (Gemini's finishReason {raw})")
+    mapped = FINISH_REASONS.get(raw) if isinstance(raw, str) else None
+    if mapped is None:
+        # (The provider's words: a key in them redacted.)
+        named = "none given" if raw is None else said_clipped(str(raw), REASON_CHARS, marked=False)
+        answered = has_calls or said
+        log.warning(
+            "Gemini ended an answer with a finishReason the gateway does not know",
+            extra={"finish_reason": named, "answered": answered},
+        )
+        if not answered:
+            raise malformed(f"Gemini ended the answer with nothing in it (finishReason {named})")
+        mapped = "stop"
     return "tool_calls" if mapped == "stop" and has_calls else mapped
 
 
@@ -824,7 +871,7 @@ class GeminiAdapter(ProviderAdapter):
                 reasoning_content="".join(thoughts) or None,
             )
             try:
-                reason = finish_reason(candidate.get("finishReason"), bool(calls))
+                reason = finish_reason(candidate.get("finishReason"), bool(calls), any(texts))
             except UpstreamError as unusable:
                 unusable.billed = usage_of(data.get("usageMetadata"))
                 raise

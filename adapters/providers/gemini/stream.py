@@ -48,6 +48,7 @@ class GeminiStreamParser:
         self._model = model
         self._started: set[int] = set()
         self._calls: dict[int, int] = {}
+        self._said: set[int] = set()  # the candidates that wrote text (a finish reason's meaning may hang on it)
 
     def _chunk(self, index: int, delta: ChunkDelta, reason: FinishReason | None = None) -> ChatCompletionChunk:
         choice = ChunkChoice(index=index, delta=delta, finish_reason=reason)
@@ -98,10 +99,11 @@ class GeminiStreamParser:
                     if part.get("thought"):
                         said.append(self._chunk(index, ChunkDelta(reasoning_content=part["text"])))
                     else:
+                        self._said.add(index)
                         said.append(self._chunk(index, ChunkDelta(content=part["text"])))
             if candidate.get("finishReason"):
                 try:
-                    reason = finish_reason(candidate["finishReason"], bool(self._calls.get(index)))
+                    reason = finish_reason(candidate["finishReason"], bool(self._calls.get(index)), index in self._said)
                 except UpstreamError as unusable:
                     unusable.billed = self.usage  # charged before a failover, as a whole answer's is
                     raise

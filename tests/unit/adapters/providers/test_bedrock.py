@@ -828,6 +828,62 @@ def test_http_errors_keep_status_type_and_message(status: int, kind: str, retrya
     assert "Too many requests" in err.message
 
 
+def botocore_errors() -> dict[str, int]:
+    """Each error of botocore's bedrock-runtime model, any operation's, and the HTTP status it gives it."""
+    model = botocore.session.get_session().get_service_model("bedrock-runtime")
+    shapes = {shape for operation in model.operation_names for shape in model.operation_model(operation).error_shapes}
+    return {shape.name: shape.metadata["error"]["httpStatusCode"] for shape in shapes}
+
+
+def test_each_error_name_is_read_at_botocores_status_but_the_accounts_quota() -> None:
+    """`ERROR_STATUS` names every error botocore's model has, at its status; `ServiceQuotaExceededException`,
+    which botocore gives 400, is a quota of the gateway's AWS account, read as a 429."""
+    documented = {name.lower(): status for name, status in botocore_errors().items()}
+    assert documented["servicequotaexceededexception"] == 400
+    assert {**documented, "servicequotaexceededexception": 429} == {
+        name: status for name, status in bedrock.ERROR_STATUS.items() if name != "unrecognizedclientexception"
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "retryable"),
+    [
+        ("ValidationException", 400, False),
+        ("ConflictException", 400, False),
+        # The model not open to the account, or not in the region: the deployment's, tried on the next one.
+        ("AccessDeniedException", 403, True),
+        ("ResourceNotFoundException", 404, True),
+        ("ModelTimeoutException", 408, True),
+        ("ModelErrorException", 424, False),
+        ("ModelStreamErrorException", 424, True),
+        ("ThrottlingException", 429, True),
+        ("ModelNotReadyException", 429, True),
+        # botocore's 400: over HTTP it was the client's 400, never retried nor failed over, while the same
+        # exception in a stream was a 429, failed over (review).
+        ("ServiceQuotaExceededException", 429, True),
+        ("InternalServerException", 500, True),
+        ("ServiceUnavailableException", 503, True),
+    ],
+)
+def test_an_error_is_read_by_its_name_alike_over_http_and_in_a_stream(kind: str, status: int, retryable: bool) -> None:
+    """Each of botocore's errors, over HTTP with the status botocore gives it and in a stream (`:exception-type`
+    in camel case), has one status and one verdict on another attempt: its name's (`ERROR_STATUS`)."""
+    body = orjson.dumps({"message": "Too many tokens per day, please wait before trying again."})
+    headers = {"x-amzn-errortype": f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/"}
+    over_http = adapter().error(botocore_errors()[kind], body, headers)
+    streamed = bedrock.stream_exception("exception", kind[0].lower() + kind[1:], body)
+    for err in (over_http, streamed):
+        assert (err.upstream_status, err.retryable) == (status, retryable)
+        assert (err.upstream_type or "").lower() == kind.lower() and "Too many tokens per day" in err.message
+
+
+@pytest.mark.parametrize(("status", "retryable"), [(400, False), (403, True), (503, True)])
+def test_an_error_name_the_adapter_does_not_know_keeps_its_http_status(status: int, retryable: bool) -> None:
+    headers = {"x-amzn-errortype": "InvalidSignatureException:http://internal.amazon.com/coral/com.amazon.bedrock/"}
+    err = adapter().error(status, fixture("error-throttling.json"), headers)
+    assert (err.upstream_status, err.retryable, err.upstream_type) == (status, retryable, "InvalidSignatureException")
+
+
 def test_error_without_a_json_body_keeps_a_readable_message() -> None:
     err = adapter().error(502, b"<html>Bad Gateway</html>", {})
     assert "Bad Gateway" in err.message and err.retryable and err.upstream_type is None

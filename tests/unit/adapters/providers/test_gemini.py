@@ -555,10 +555,15 @@ def test_parallel_calls_answered_out_of_order_go_back_in_call_order_with_their_i
         ("BLOCKLIST", "content_filter"),
         ("PROHIBITED_CONTENT", "content_filter"),
         ("SPII", "content_filter"),
-        ("OTHER", "stop"),
+        ("OTHER", "stop"),  # (after text: see test_an_unknown_finish_reason_after_text_keeps_the_text)
+        ("ESCALATION", "content_filter"),
+        ("IMAGE_SAFETY", "content_filter"),
         ("IMAGE_PROHIBITED_CONTENT", "content_filter"),
         ("IMAGE_RECITATION", "content_filter"),
+        ("IMAGE_OTHER", "content_filter"),
+        ("NO_IMAGE", "content_filter"),
         ("LANGUAGE", "content_filter"),
+        ("CONTINUATION", "length"),
     ],
 )
 def test_finish_reasons(raw: str, expected: str) -> None:
@@ -567,17 +572,127 @@ def test_finish_reasons(raw: str, expected: str) -> None:
     assert completion.choices[0].finish_reason == expected
 
 
-@pytest.mark.parametrize("raw", ["MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL"])
-def test_an_invalid_function_call_is_a_malformed_answer_with_what_it_billed(raw: str) -> None:
-    """Not an empty `stop`: the provider's malformed answer (retryable), carrying the usage Gemini billed."""
-    answer = {"candidates": [{"finishReason": raw, "index": 0}], "usageMetadata": {"promptTokenCount": 2595}}
+def test_every_finish_reason_of_googles_enum_is_read_on_purpose() -> None:
+    """The google-genai SDK's `FinishReason` (Google's own list): each is mapped (`FINISH_REASONS`), no answer
+    (`UNANSWERED`), or one that says nothing (`OTHER`, unspecified), read as a reason the adapter does not know.
+    `TOO_MANY_TOOL_CALLS`, `MISSING_THOUGHT_SIGNATURE` and `IMAGE_OTHER`, unread, ended answers as an empty `stop`
+    (review); a reason Google adds fails this test rather than answers so."""
+    from google.genai.types import FinishReason  # (the conformance suite's reference for Gemini's types)
+
+    from adapters.providers.gemini.adapter import FINISH_REASONS, UNANSWERED
+
+    unspecific = {"OTHER", "FINISH_REASON_UNSPECIFIED"}
+    assert {reason.value for reason in FinishReason} == set(FINISH_REASONS) | set(UNANSWERED) | unspecific
+    assert not set(FINISH_REASONS) & set(UNANSWERED)
+
+
+UNANSWERED_REASONS = [
+    "MALFORMED_FUNCTION_CALL",
+    "UNEXPECTED_TOOL_CALL",
+    "TOO_MANY_TOOL_CALLS",
+    "MISSING_THOUGHT_SIGNATURE",
+    "MALFORMED_RESPONSE",
+    "PUP_LIMITED_DISABLED",
+]
+
+
+@pytest.mark.parametrize("raw", UNANSWERED_REASONS)
+def test_an_unanswered_finish_is_a_malformed_answer_with_what_it_billed(raw: str) -> None:
+    """Not an empty `stop`: the provider's malformed answer (retryable), carrying the usage Gemini billed, whole or
+    streamed. `TOO_MANY_TOOL_CALLS` and `MISSING_THOUGHT_SIGNATURE` (no parts, 1,200 prompt tokens billed) were
+    `finish_reason: stop` with content '' (review)."""
+    answer = {"candidates": [{"finishReason": raw, "index": 0}], "usageMetadata": {"promptTokenCount": 1200}}
     with pytest.raises(UpstreamError) as unusable:
         adapter().chat_response(orjson.dumps(answer), request(), target())
     assert unusable.value.retryable and unusable.value.billed is not None
-    assert unusable.value.billed.prompt_tokens == 2595
+    assert unusable.value.billed.prompt_tokens == 1200 and raw in unusable.value.message
     with pytest.raises(UpstreamError) as streamed:
         GeminiStreamParser("gemini-2.5-flash").feed(StreamEvent(None, orjson.dumps(answer)))
-    assert streamed.value.billed is not None and streamed.value.billed.prompt_tokens == 2595
+    assert streamed.value.retryable and streamed.value.billed is not None
+    assert streamed.value.billed.prompt_tokens == 1200
+
+
+@pytest.mark.parametrize("raw", ["TOO_MANY_TOOL_CALLS", "MALFORMED_RESPONSE"])
+def test_an_unanswered_finish_after_text_is_no_answer_but_calls_are_the_clients_to_run(raw: str) -> None:
+    """The text before it is not the answer (a stream ends in the client's in-stream error); calls the model
+    made are."""
+    parser = GeminiStreamParser("gemini-2.5-flash")
+    parser.feed(StreamEvent(None, orjson.dumps({"candidates": [{"content": {"parts": [{"text": "Let me"}]}}]})))
+    with pytest.raises(UpstreamError):
+        parser.feed(StreamEvent(None, orjson.dumps({"candidates": [{"finishReason": raw}]})))
+    call = {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}
+    answer = {"candidates": [{"content": {"parts": [{"text": "Let me"}, call]}, "finishReason": raw}]}
+    completion = adapter().chat_response(orjson.dumps(answer), request(tools=[WEATHER]), target())
+    assert completion.choices[0].finish_reason == "tool_calls"
+
+
+def empty_answers(raw: Any) -> list[dict[str, Any]]:
+    """An answer of one candidate without parts ending with `raw`, and the same with its `content` but no parts."""
+    usage = {"promptTokenCount": 1200, "candidatesTokenCount": 0, "totalTokenCount": 1200}
+    return [
+        {"candidates": [{"finishReason": raw, "index": 0}], "usageMetadata": usage},
+        {"candidates": [{"content": {"role": "model"}, "finishReason": raw, "index": 0}], "usageMetadata": usage},
+    ]
+
+
+# A key in what Gemini sent as its finish reason (Google's key shape): named nowhere, redacted.
+KEYED_REASON = "LEAKED_AIzaSyB-0123456789abcdefghijklmnopqrstu"
+
+
+@pytest.mark.parametrize("raw", ["OTHER", "FINISH_REASON_UNSPECIFIED", "A_REASON_GOOGLE_ADDS_LATER", KEYED_REASON, 7])
+def test_an_unknown_finish_reason_with_nothing_said_is_a_malformed_answer_and_logged(
+    raw: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reason the adapter does not know ending a candidate with nothing in it was an empty `stop`, a client's
+    finished answer: now the provider's malformed answer (failed over, what it billed charged), whole and
+    streamed, and a warning naming the reason, any key in it redacted."""
+    for answer in empty_answers(raw):
+        with caplog.at_level("WARNING", logger="gateway"), pytest.raises(UpstreamError) as whole:
+            adapter().chat_response(orjson.dumps(answer), request(), target())
+        with caplog.at_level("WARNING", logger="gateway"), pytest.raises(UpstreamError) as streamed:
+            GeminiStreamParser("gemini-2.5-flash").feed(StreamEvent(None, orjson.dumps(answer)))
+        for unusable in (whole.value, streamed.value):
+            assert unusable.retryable and unusable.upstream_status == 200 and unusable.outcome == "invalid_response"
+            assert unusable.billed is not None and unusable.billed.prompt_tokens == 1200
+    logged = [(r.getMessage(), getattr(r, "finish_reason", None)) for r in caplog.records]
+    assert len(logged) == 4 and all("finishReason" in message for message, _ in logged)
+    if raw == KEYED_REASON:
+        assert "AIza" not in caplog.text and "AIza" not in whole.value.message
+        assert {reason for _, reason in logged} == {"LEAKED_[REDACTED]"}
+        assert "LEAKED_[REDACTED]" in whole.value.message
+    else:
+        assert {reason for _, reason in logged} == {str(raw)} and str(raw) in whole.value.message
+
+
+def test_an_unknown_finish_reason_after_text_keeps_the_text(caplog: pytest.LogCaptureFixture) -> None:
+    """Text (or calls) before a reason the adapter does not know is the model's answer: kept, as `stop` (or
+    `tool_calls`), whole and streamed, with the text in an event before the one that ends it; logged."""
+    said = {"content": {"parts": [{"text": "Paris."}]}}
+    with caplog.at_level("WARNING", logger="gateway"):
+        whole = {"candidates": [{**said, "finishReason": "A_NEW_REASON"}]}
+        completion = adapter().chat_response(orjson.dumps(whole), request(), target())
+        parser = GeminiStreamParser("gemini-2.5-flash")
+        chunks = parser.feed(StreamEvent(None, orjson.dumps({"candidates": [said]})))
+        chunks += parser.feed(StreamEvent(None, orjson.dumps({"candidates": [{"finishReason": "A_NEW_REASON"}]})))
+    assert (completion.choices[0].message.content, completion.choices[0].finish_reason) == ("Paris.", "stop")
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Paris."
+    assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["stop"]
+    assert [getattr(r, "answered", None) for r in caplog.records] == [True, True]
+    call = {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}
+    called = {"candidates": [{"content": {"parts": [call]}, "finishReason": "OTHER"}]}
+    completion = adapter().chat_response(orjson.dumps(called), request(tools=[WEATHER]), target())
+    assert completion.choices[0].finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize("raw", ["IMAGE_OTHER", "NO_IMAGE", "IMAGE_SAFETY"])
+def test_an_image_withheld_is_a_filtered_answer_whole_and_streamed(raw: str) -> None:
+    """`IMAGE_OTHER` (and `NO_IMAGE`) ended as an empty `stop`, while `IMAGE_SAFETY` and the others beside them
+    are `content_filter` (review): no image, never a finished answer."""
+    for answer in empty_answers(raw):
+        completion = adapter().chat_response(orjson.dumps(answer), request(), target())
+        assert completion.choices[0].finish_reason == "content_filter"
+        chunks = GeminiStreamParser("gemini-2.5-flash").feed(StreamEvent(None, orjson.dumps(answer)))
+        assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["content_filter"]
 
 
 def test_several_candidates_become_several_choices() -> None:
