@@ -836,13 +836,14 @@ def botocore_errors() -> dict[str, int]:
 
 
 def test_each_error_name_is_read_at_botocores_status_but_the_accounts_quota() -> None:
-    """`ERROR_STATUS` names every error botocore's model has, at its status; `ServiceQuotaExceededException`,
-    which botocore gives 400, is a quota of the gateway's AWS account, read as a 429."""
+    """`ERROR_STATUS` names errors botocore's model has (every one as of botocore 1.44), each at its status;
+    `ServiceQuotaExceededException`, which botocore gives 400, is a quota of the gateway's AWS account, read as a
+    429. (An error a later botocore adds keeps the HTTP status it came with until the table names it.)"""
     documented = {name.lower(): status for name, status in botocore_errors().items()}
     assert documented["servicequotaexceededexception"] == 400
-    assert {**documented, "servicequotaexceededexception": 429} == {
-        name: status for name, status in bedrock.ERROR_STATUS.items() if name != "unrecognizedclientexception"
-    }
+    ours = {name: status for name, status in bedrock.ERROR_STATUS.items() if name != "unrecognizedclientexception"}
+    assert {name: documented.get(name) for name in ours} == {**ours, "servicequotaexceededexception": 400}
+    assert len(ours) >= 12
 
 
 @pytest.mark.parametrize(
