@@ -266,7 +266,12 @@ class Api:
                 return str(address)
         return str(address)
 
-    async def authenticate(self, request: Request, *, allow_x_api_key: bool = False) -> KeyRecord:
+    async def authenticate(
+        self, request: Request, *, allow_x_api_key: bool = False, administers: bool = False
+    ) -> KeyRecord:
+        """The request's key, its lineage kept for `lineage`. `administers`: the route uses the key's admin powers
+        or mints a key under it, which the key's previous secret, in a rotation's grace, may not (403 `admin_only`:
+        `KeyService.authenticate_lineage`)."""
         token = None
         auth = request.headers.get("authorization")
         if auth:
@@ -279,7 +284,7 @@ class Api:
                 raise AuthenticationError("missing API key: send x-api-key: <key> or Authorization: Bearer <key>")
         elif token is None and "x-api-key" in request.headers:
             raise AuthenticationError(unread_x_api_key(route_path(request.scope)))
-        lineage = await self.gateway.keys.authenticate_lineage(token, self.client_ip(request))
+        lineage = await self.gateway.keys.authenticate_lineage(token, self.client_ip(request), administers)
         request.state.lineage = lineage
         return lineage[0]
 

@@ -44,7 +44,7 @@ class InfoRoutes:
         body: dict[str, Any] = {"status": "ok", "region": self.gateway.region}
         if request.headers.get("authorization"):
             try:
-                key = await self.api.authenticate(request)
+                key = await self.api.authenticate(request, administers=True)  # (a rotated-out secret is told no count)
             except (GatewayError, StoreError):
                 return self.api.json(body)
             if key.admin:
@@ -53,7 +53,7 @@ class InfoRoutes:
 
     async def metrics(self, request: Request) -> Response:
         """Prometheus' text format, for an admin key (`handler/telemetry/prometheus.py`)."""
-        key = await self.api.authenticate(request)
+        key = await self.api.authenticate(request, administers=True)
         self.gateway.keys.require_admin(key)
         return Response(await prometheus.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 

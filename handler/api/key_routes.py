@@ -292,7 +292,8 @@ class KeyRoutes:
         return self.api.json({**key_view(key), **self._line_tags(lineage), **await self._budget_state(lineage)})
 
     async def mint_child(self, request: Request) -> Response:
-        parent = await self.api.authenticate(request)
+        # (Not with the parent's rotated-out secret: a child minted by whoever holds it would outlive its grace.)
+        parent = await self.api.authenticate(request, administers=True)
         spec = await self.api.parse(request, KeySpec, max_bytes=KEY_BODY_BYTES)
         now = time.time()
         child = record_from(spec, now=now)
@@ -340,8 +341,9 @@ class KeyRoutes:
     async def _admin(self, request: Request, *, hands_out_a_secret: bool = False) -> KeyRecord:
         """The caller, an admin key. `hands_out_a_secret`: the route answers with a key's secret (a new root key,
         a rotated one), which an admin key with a parent (a dashboard session) may not have: a root key would
-        outlive the session and its parent's revocation, and a rotation would give it its parent's new secret."""
-        key: KeyRecord = await self.api.authenticate(request)
+        outlive the session and its parent's revocation, and a rotation would give it its parent's new secret. Never
+        the key's rotated-out secret (`KeyService.authenticate_lineage`)."""
+        key: KeyRecord = await self.api.authenticate(request, administers=True)
         self.gateway.keys.require_admin(key)
         if hands_out_a_secret and key.parent_id is not None:
             raise PermissionDeniedError(

@@ -40,6 +40,11 @@ RECHECK_SECONDS = 1.0
 # How many keys' records a process holds, and apart from them how many ids of no key (see the module docstring).
 KEYS_HELD = 10_000
 UNKNOWN_HELD = 1_000
+# What a key's previous secret, in its rotation's grace, is told on a route that would use the key's admin powers.
+ROTATED_OUT = (
+    "this is the key's previous secret, rotated out: within its grace it serves the key's requests, but not the admin "
+    "routes or minting keys; use the key's new secret"
+)
 
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -249,9 +254,15 @@ class KeyService:
         """The live key behind `token`, or the matching 401/403."""
         return (await self.authenticate_lineage(token, client_ip))[0]
 
-    async def authenticate_lineage(self, token: str | None, client_ip: str | None) -> list[KeyRecord]:
+    async def authenticate_lineage(
+        self, token: str | None, client_ip: str | None, administers: bool = False
+    ) -> list[KeyRecord]:
         """The live key behind `token` and its ancestors, nearest first; every one of them must be live and
-        allow `client_ip`, or the matching 401/403."""
+        allow `client_ip`, or the matching 401/403. `administers`: the request would use the key's admin powers or
+        mint a key under it, which its previous secret, in a rotation's grace, may not (403 `admin_only`): that
+        secret was rotated out, perhaps because it leaked, and with them it rotated the key again with no grace,
+        leaving the operator's new secret dead and its own holder the key's only one, or minted an admin key of its
+        own that outlived the grace for good."""
         if not token:
             raise AuthenticationError("missing API key: send Authorization: Bearer <key>")
         parts = split_key(token)
@@ -292,6 +303,9 @@ class KeyService:
                 raise PermissionDeniedError(
                     f"requests from {client_ip} are not allowed for {whose}", code="ip_not_allowed"
                 )
+        # (Which secret matched is asked only here: a request to a model pays nothing for it.)
+        if administers and not hmac.compare_digest(digest, record.secret_hash):
+            raise PermissionDeniedError(ROTATED_OUT, code="admin_only")
         return lineage
 
     async def lineage(self, record: KeyRecord) -> list[KeyRecord]:
@@ -325,7 +339,8 @@ class KeyService:
 
 
 def secret_matches(record: KeyRecord | None, digest: str, now: float) -> TypeIs[KeyRecord]:
-    """Whether `digest` is the hash of the key's secret, or of its previous one within the rotation's grace."""
+    """Whether `digest` is the hash of the key's secret, or of its previous one within the rotation's grace (which
+    serves the key's requests, not its admin powers: `KeyService.authenticate_lineage`'s `administers`)."""
     if record is None:
         return False
     if hmac.compare_digest(digest, record.secret_hash):

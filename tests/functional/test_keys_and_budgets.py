@@ -146,6 +146,53 @@ def test_a_second_rotation_ends_the_first_old_secret_as_the_docs_say(running: Ru
     assert chat(running, first["key"]).status_code == chat(running, second["key"]).status_code == 200
 
 
+def test_a_rotated_out_secret_serves_the_keys_requests_but_administers_nothing(on_each_store: Running) -> None:
+    """An unbounded admin key rotated with the default grace (an hour, so that clients can move over): its old
+    secret, perhaps the leaked one the rotation was to retire, rotated the key again with `grace_seconds: 0` (200, a
+    secret of its own, the operator's new one 401 from then on) and created a permanent unbounded admin key (201),
+    minted children and revoked keys (found by review). Within its grace it now serves the key's requests and
+    `GET /v1/key`, as the docs promise, and every route that would use the key's admin powers, or mint a key
+    under it, is a 403 `admin_only` saying so, on each store."""
+    running = on_each_store
+    operator = running.mint(admin=True, name="operator")
+    key_id = split_key(operator)[0]  # type: ignore[index]
+    admin_keys = f"{running.url}/admin/keys"
+    other = httpx.post(admin_keys, headers=headers(operator), json={"name": "client"}).json()
+    rotated = httpx.post(f"{admin_keys}/{key_id}/rotate", headers=headers(operator), json={})
+    assert rotated.status_code == 200 and rotated.json()["rotation_grace_until"] > time.time() + 3000
+    new_secret = rotated.json()["key"]
+
+    assert chat(running, operator).status_code == 200  # the grace: the key's requests
+    assert httpx.get(f"{running.url}/v1/key", headers=headers(operator)).json()["id"] == key_id
+    assert httpx.get(f"{running.url}/v1/usage", headers=headers(operator)).status_code == 200
+    for method, path, body in (
+        ("POST", f"/admin/keys/{key_id}/rotate", {"grace_seconds": 0}),  # the key taken from the new secret
+        ("POST", "/admin/keys", {"name": "backdoor", "admin": True}),  # an admin key outliving the grace
+        ("POST", "/v1/keys", {"name": "backdoor-child"}),
+        ("POST", f"/admin/keys/{other['id']}/revoke", None),
+        ("PATCH", f"/admin/keys/{other['id']}", {"tags": {"team": "x"}}),
+        ("GET", "/admin/keys", None),
+        ("GET", f"/admin/keys/{other['id']}", None),
+        ("GET", "/admin/usage", None),  # (the dashboard's data: a key typed into it is refused so)
+        ("GET", "/metrics", None),
+    ):
+        refused = httpx.request(method, f"{running.url}{path}", headers=headers(operator), json=body)
+        assert refused.status_code == 403, (method, path, refused.text)
+        error = refused.json()["error"]
+        assert error["code"] == "admin_only" and "previous secret" in error["message"], (method, path, error)
+        assert "key" not in refused.json() and refused.headers["x-should-retry"] == "false"
+    health = httpx.get(f"{running.url}/health", headers=headers(operator))  # (no admin's count either)
+    assert health.status_code == 200 and "pending_settlements" not in health.json()
+
+    assert chat(running, new_secret).status_code == 200  # the operator's new secret holds the key, alone
+    listed = httpx.get(admin_keys, headers=headers(new_secret)).json()["data"]
+    assert not any(entry["name"].startswith("backdoor") for entry in listed)
+    assert next(entry for entry in listed if entry["id"] == other["id"])["revoked_at"] is None
+    ended = httpx.post(f"{admin_keys}/{key_id}/rotate", headers=headers(new_secret), json={"grace_seconds": 0})
+    assert ended.status_code == 200
+    assert chat(running, operator).status_code == 401  # its grace ended: no longer the key's at all
+
+
 def test_every_answer_carrying_a_secret_says_no_store(running: Running, mint: Any) -> None:
     """A new key's secret (`POST /admin/keys`, `POST /v1/keys`) and a rotated one came without `cache-control:
     no-store`, so a cache along the way, or the client's, could keep them (only the dashboard's sign-in said so)."""

@@ -29,12 +29,14 @@ from tests.fakes.openai import API_KEY, TEXT
 from tests.fakes.openai import create_app as openai_fake
 from tests.support.events import (
     EVENTS,
+    SAMPLE_ADMIN_KEY,
     SAMPLE_ADMIN_KEY_ID,
     SAMPLE_ADMIN_SECRET,
     SAMPLE_KEY_ID,
     SAMPLE_SECRET,
     rendered,
 )
+from tests.support.events import event as api_event
 from tests.support.servers import ServerThread
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -311,6 +313,43 @@ def to_a_model(name: str) -> bool:
 
     http = json.loads((ROOT / "events" / f"{name}.json").read_text())["requestContext"]["http"]
     return bool(http["method"] == "POST" and http["path"] in COUNTED_PATHS)
+
+
+def test_a_rotated_out_admin_secret_administers_nothing_on_lambda(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """As on `gateway serve`: the sample admin key rotated with the default grace, its old secret is the key's for
+    `GET /v1/key` but a 403 `admin_only` on the admin routes and `POST /v1/keys`; nothing it asked for is made (it
+    rotated the key away from the new secret and created an admin key of its own: found by review)."""
+    server, _ = upstream
+    rotate = f"/admin/keys/{SAMPLE_ADMIN_KEY_ID}/rotate"
+    events = {
+        "rotate": api_event("POST", rotate, {}, key=SAMPLE_ADMIN_KEY),
+        "rotate-again": api_event("POST", rotate, {"grace_seconds": 0}, key=SAMPLE_ADMIN_KEY),
+        "create-admin": api_event("POST", "/admin/keys", {"name": "backdoor", "admin": True}, key=SAMPLE_ADMIN_KEY),
+        "mint-child": api_event("POST", "/v1/keys", {"name": "backdoor-child"}, key=SAMPLE_ADMIN_KEY),
+        "list": api_event("GET", "/admin/keys", key=SAMPLE_ADMIN_KEY),
+        "whoami": api_event("GET", "/v1/key", key=SAMPLE_ADMIN_KEY),
+    }
+    results = replayed_then_health(tmp_path, server.url, events, [])
+    statuses = [r["status"] for r in results]
+    assert statuses == [200, 403, 403, 403, 403, 200, 200], [r["body"][:300] for r in results]
+    for refused in results[1:5]:
+        error = json.loads(refused["body"])["error"]
+        assert error["code"] == "admin_only" and "previous secret" in error["message"], refused
+    assert json.loads(results[5]["body"])["id"] == SAMPLE_ADMIN_KEY_ID
+
+    async def stored() -> list[KeyRecord]:
+        store = open_store(f"sqlite:///{tmp_path / 'lambda.db'}")
+        try:
+            return await store.list_keys()
+        finally:
+            await store.close()
+
+    keys = {record.id: record for record in asyncio.run(stored())}
+    assert set(keys) == {SAMPLE_KEY_ID, SAMPLE_ADMIN_KEY_ID}  # no key created, no child minted
+    new_secret = json.loads(results[0]["body"])["key"].split("_", 2)[2]
+    assert keys[SAMPLE_ADMIN_KEY_ID].secret_hash == hash_secret(new_secret)  # not rotated again
 
 
 def replayed_then_health(tmp_path: Path, url: str, events: dict[str, Any], logs: list[str]) -> list[dict[str, Any]]:

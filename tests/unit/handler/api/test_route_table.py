@@ -32,16 +32,24 @@ def app() -> Iterator[GatewayApp]:
 
 
 @pytest.fixture(scope="module")
-def keys(app: GatewayApp) -> Iterator[tuple[TestClient, str, str]]:
-    """A client of the app, an admin key and a plain key."""
+def keys(app: GatewayApp) -> Iterator[tuple[TestClient, str, str, str]]:
+    """A client of the app, an admin key, a plain key, and the previous secret of another admin key, rotated with
+    the default grace (an hour)."""
     gateway = app.state.gateway
     with TestClient(app) as client:
-        admin = client.portal.call(
-            KeyAdmin(gateway.keys).mint, KeyRecord(id="", name="a", secret_hash="", created_at=0, admin=True)
+        admin, rotated = (
+            client.portal.call(
+                KeyAdmin(gateway.keys).mint, KeyRecord(id="", name=name, secret_hash="", created_at=0, admin=True)
+            )
+            for name in ("a", "r")
         )
         plain = client.post("/admin/keys", json={"name": "p"}, headers={"authorization": f"Bearer {admin.key}"})
         assert plain.status_code == 201
-        yield client, admin.key, plain.json()["key"]
+        rotation = client.post(
+            f"/admin/keys/{rotated.record.id}/rotate", json={}, headers={"authorization": f"Bearer {admin.key}"}
+        )
+        assert rotation.status_code == 200
+        yield client, admin.key, plain.json()["key"], rotated.key
 
 
 def served(app: GatewayApp) -> dict[tuple[str, str], Any]:
@@ -95,8 +103,13 @@ def concrete(path: str) -> str:
 
 
 @pytest.mark.parametrize(("method", "path"), sorted(ROWS), ids=[f"{m} {p}" for m, p in sorted(ROWS)])
-def test_each_route_checks_the_auth_its_row_states(method: str, path: str, keys: tuple[TestClient, str, str]) -> None:
-    client, admin, plain = keys
+def test_each_route_checks_the_auth_its_row_states(
+    method: str, path: str, keys: tuple[TestClient, str, str, str]
+) -> None:
+    """Each route's auth as its row states it; and an admin key's rotated-out secret, which serves the key's requests
+    through its grace, on no route that uses the key's admin powers or mints a key under it (it rotated its key away
+    from the operator's new secret, and created an admin key of its own: found by review)."""
+    client, admin, plain, rotated_out = keys
     auth = ROWS[(method, path)].auth
 
     def status(headers: dict[str, str]) -> tuple[int, str | None]:
@@ -113,6 +126,10 @@ def test_each_route_checks_the_auth_its_row_states(method: str, path: str, keys:
     if needs_key:
         assert status({"authorization": f"Bearer {admin}"})[0] not in (401, 403)
         assert (status({"x-api-key": plain})[0] == 401) is (auth is not Auth.KEY_OR_X_API_KEY)
+        as_rotated_out = status({"authorization": f"Bearer {rotated_out}"})
+        administers = auth is Auth.ADMIN or (method, path) == ("POST", "/v1/keys")
+        assert (as_rotated_out == (403, "admin_only")) is administers, as_rotated_out
+        assert as_rotated_out[0] != 401
 
 
 @pytest.fixture(params=["sqlite", "dynamodb"])

@@ -1,5 +1,5 @@
 """`POST /dashboard/sign-in` under made-up tokens: each failure was a store read (on DynamoDB, billed), without
-bound."""
+bound; and what its answer shows of the key it signs in as."""
 
 from __future__ import annotations
 
@@ -39,11 +39,11 @@ def counting_reads(gateway: Gateway) -> list[str]:
     return asked
 
 
-def link_token(gateway: Gateway) -> str:
-    """A live sign-in link's token, for a fresh admin key."""
+def link_token(gateway: Gateway, name: str = "admin") -> str:
+    """A live sign-in link's token, for a fresh admin key named `name`."""
 
     async def issue() -> str:
-        template = KeyRecord(id="", name="admin", secret_hash="", created_at=0, admin=True)
+        template = KeyRecord(id="", name=name, secret_hash="", created_at=0, admin=True)
         admin = (await KeyAdmin(gateway.keys).mint(template)).record
         return await issue_sign_in(gateway.store, admin, time.time())
 
@@ -84,6 +84,18 @@ def test_a_sign_in_that_succeeds_is_not_counted_against_its_address() -> None:
         for _ in range(SIGN_IN_FAILURES + 2):
             assert sign_in(operator, link_token(gateway)).status_code == 200
         assert sign_in(operator, "made-up").status_code == 401
+
+
+def test_a_sign_in_shows_a_key_held_in_the_admin_keys_name_redacted() -> None:
+    """An admin key named with a key by an earlier version (names holding one are refused now) is listed with the
+    key `[REDACTED]`, as docs/keys-and-budgets.md says of every place its name is shown; the sign-in answered
+    `signed_in_as` with the name as stored, the other key whole, to whoever opened the link (found by review)."""
+    pasted = "gwk_abcdefghijkm_" + "Ab3" * 14 + "x"  # a key of this gateway, pasted into the name
+    gateway = build_gateway(store_url="sqlite://", environ={})
+    with TestClient(create_app(gateway)) as operator:
+        answer = sign_in(operator, link_token(gateway, f"ops {pasted}"))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["signed_in_as"] == "ops [REDACTED]" and pasted not in answer.text
 
 
 def test_x_forwarded_for_names_the_address_only_behind_a_trusted_proxy() -> None:

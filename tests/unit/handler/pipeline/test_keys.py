@@ -175,6 +175,31 @@ async def test_a_secret_rotated_elsewhere_works_at_once_where_the_key_is_cached(
         await here.authenticate(rotated.key, None)
 
 
+async def test_a_rotated_out_secret_is_the_keys_but_administers_nothing() -> None:
+    """A key's previous secret, in its rotation's grace, was accepted as the key on every route, the admin routes
+    too: with it, whoever held the secret the rotation retired rotated the key away from its new secret (found by
+    review). It is the key's for its requests, and a 403 `admin_only` for a request that `administers`, whether the
+    rotation was this process's or another's (its record read again), until its grace ends (then a 401)."""
+    now = [1000.0]
+    store = MemoryStore()
+    here = KeyService(store, 5, clock=lambda: now[0])
+    elsewhere = KeyAdmin(KeyService(store, 0, clock=lambda: now[0]))
+    template = KeyRecord(id="", name="operator", secret_hash="", created_at=0, admin=True)
+    for rotator in (KeyAdmin(here), elsewhere):
+        minted = await KeyAdmin(here).mint(template)
+        assert (await here.authenticate_lineage(minted.key, None, administers=True))[0].id == minted.record.id
+        rotated = await rotator.rotate(minted.record, 3600)
+        now[0] += RECHECK_SECONDS  # (another's rotation: the cached record is read again for the new secret)
+        assert (await here.authenticate_lineage(rotated.key, None, administers=True))[0].id == minted.record.id
+        assert (await here.authenticate_lineage(minted.key, None))[0].id == minted.record.id  # its grace
+        with pytest.raises(PermissionDeniedError, match="previous secret, rotated out") as refused:
+            await here.authenticate_lineage(minted.key, None, administers=True)
+        assert refused.value.code == "admin_only"
+    now[0] += 3600 + 5
+    with pytest.raises(AuthenticationError):
+        await here.authenticate_lineage(minted.key, None, administers=True)
+
+
 async def test_a_child_minted_as_its_parent_is_revoked_elsewhere_is_revoked_with_it() -> None:
     """A process holding the parent live in its cache (`key_cache_seconds`) minted a child after another process
     revoked the parent and walked its family: the child stayed live (`revoked_at` None) under a revoked key, shown
