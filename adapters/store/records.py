@@ -72,8 +72,11 @@ SORTABLE_TIMES = (0.0, 9_999_999_999.999999)
 
 def ledger_sort_bounds(since: float, until: float) -> tuple[str, str] | None:
     """The sort keys a report of `[since, until)` reads between (`BETWEEN`, both ends in), the bounds clamped to
-    `SORTABLE_TIMES`; None when no line can fall in the window."""
+    `SORTABLE_TIMES`; None when no line can fall in the window. A key's time is rounded to the microsecond, so the
+    read takes in every key of `until`'s own microsecond (a line in its last half microsecond before `until`
+    sorted as `until` and its request id, above a bound of `until` alone: left out of the report that holds it),
+    and the caller keeps the lines of `[since, until)` by their times."""
     low, high = max(since, SORTABLE_TIMES[0]), min(until, SORTABLE_TIMES[1])
     if low > high:
         return None
-    return f"{low:017.6f}", f"{high:017.6f}"
+    return f"{low:017.6f}", f"{high:017.6f}\uffff"

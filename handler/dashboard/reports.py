@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from handler.errors import InvalidRequestError
 from handler.pipeline.attribution import parse_tags, tag_name
-from handler.pipeline.pricing import usd
+from handler.pipeline.pricing import exact, usd
 from handler.ports import LedgerItem
 from handler.records import Value
 from handler.redaction import unkeyed
@@ -287,7 +287,7 @@ def line_figures(item: LedgerItem) -> tuple[Any, ...]:
         NO_USD if item.cost_usd is None else exact_usd(item.cost_usd),
         exact_usd(item.fee_usd),
         NO_USD,
-        exact_usd(item.cache_savings_usd),
+        exact_usd(exact(item.cache_savings_usd)),  # (a line written before the saving was kept `exact`)
         int(unknown),
         # Costed from estimated usage, or at the reserved worst case.
         int(item.cost_source == "estimate"),

@@ -167,7 +167,9 @@ class Cost(Value):
     @property
     def cache_savings_usd(self) -> float:
         """What prompt caching saved: the cache reads at the full input price minus what they cost, less the
-        premium paid for cache writes (negative when the writes cost more than the reads saved); 0 unpriced."""
+        premium paid for cache writes (negative when the writes cost more than the reads saved); 0 unpriced. `exact`,
+        as a cost is: kept raw, 22 cached tokens' saving was 1.6499999999999999e-06 on the line and in every report
+        (review)."""
         if self.unit_prices is None:
             return 0.0
         unit = self.unit_prices
@@ -176,7 +178,7 @@ class Cost(Value):
         write_premium = usage.cache_write_tokens * (unit["cache_write"] - unit["input"])
         if usage.has_counts() and usage.cache_write_1h_tokens:  # an hour's writes: the premium at their own rate
             write_premium += usage.cache_write_1h_tokens * (hour_rate(unit) - unit["cache_write"])
-        return (read_saved - write_premium) / 1_000_000
+        return exact((read_saved - write_premium) / 1_000_000) if read_saved or write_premium else 0.0
 
     def as_event(self) -> dict[str, Any]:
         """The `cost` object of a stream's last event (and of a whole answer's body), with the budget left where

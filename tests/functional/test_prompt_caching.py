@@ -7,16 +7,21 @@ chat usage and are priced. `reasoning_effort` becomes each provider's own reason
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
 from tests.functional.agents_gateway import CLAUDE_PRICE, agents_gateway
 from tests.functional.conftest import Running
+from tests.functional.test_costs_edges import completion
+from tests.support.inprocess import serve
 
 CACHED = {"type": "ephemeral"}
 RULES = "Follow the house style. " * 60
@@ -121,3 +126,21 @@ def test_reasoning_effort_becomes_each_providers_control(
     )
     assert control(agents.fakes[provider].state.requests[-1]["json"]) == expected
     assert "x-gateway-dropped-params" not in raw.headers
+
+
+async def test_what_caching_saved_carries_no_float_noise_on_the_line_or_in_the_csv() -> None:
+    """gpt-4o-mini, 22 of 1,000 prompt tokens read from the cache: $0.00000165 saved (22 × ($0.15 − $0.075) per
+    million). The cost was kept `exact`, the saving raw: 1.6499999999999999e-06 on the line, and
+    0.0000016499999999999999 in `/v1/usage?format=csv` (found by review)."""
+
+    def cached(request: httpx.Request) -> httpx.Response:
+        usage = {"prompt_tokens": 1000, "completion_tokens": 10, "prompt_tokens_details": {"cached_tokens": 22}}
+        return httpx.Response(200, json={**completion(), "usage": usage})
+
+    served = await serve(cached, {"m": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]}})
+    answer = await served.post("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    assert answer.status_code == 200 and answer.headers["x-gateway-cost-usd"] == "0.00015435"
+    [line] = await served.ledger()
+    [row] = list(csv.DictReader(io.StringIO((await served.get("/v1/usage?format=csv")).text)))
+    await served.gateway.aclose()
+    assert (line.cache_savings_usd, row["cache_savings_usd"]) == (1.65e-06, "0.00000165")

@@ -442,6 +442,24 @@ async def test_usage_windows_reaching_far_past_or_future_hold_the_lines_in_them(
         assert [i.request_id for i in recent] == [item.request_id]
 
 
+@pytest.mark.parametrize("before", [4e-7, 1e-6, 0.0], ids=["half-a-microsecond-before", "a-microsecond-before", "at"])
+async def test_a_line_just_before_a_reports_end_is_in_it_and_one_at_its_end_is_not(store: Store, before: float) -> None:
+    """A report's window is `[since, until)`. DynamoDB reads it as `{ts:017.6f}` sort keys, times rounded to the
+    microsecond: a line in the last half microsecond before `until` (a day's or a month's end) sorted as `until`
+    followed by its request id, above the upper bound, and was left out of the report that holds it, where SQLite
+    compares the times and held it (found by review)."""
+    midnight = 1_796_256_000.0  # 2026-12-02T00:00:00Z
+    key = uuid.uuid4().hex[:12]
+    item = line(key, 0.25, midnight - before)
+    await store.settle(Settlement(item.request_id, [], 0.0, [], item))
+    day = (midnight - 86400, midnight)
+    expected = [item.request_id] if before else []
+    assert [i.request_id for i in await store.usage(UsageQuery([key], *day))] == expected
+    assert (item.request_id in {i.request_id for i in await store.usage(UsageQuery(None, *day))}) is bool(before)
+    after = await store.usage(UsageQuery([key], midnight, midnight + 86400))
+    assert [i.request_id for i in after] == ([] if before else [item.request_id])
+
+
 async def test_keys_are_hashed_at_rest(store: Store, store_url: str, dynamo_raw: Callable[[str], str]) -> None:
     storage_only(store_url, "reads the stored bytes around the store's code; a dict holds no bytes")
     minted = await KeyAdmin(KeyService(store, 0)).mint(record())
