@@ -314,7 +314,11 @@ class OpenAIStreamParser:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise malformed("upstream sent a stream event that is not JSON", "invalid_json") from exc
-        if isinstance(payload, dict) and "error" in payload and "choices" not in payload:
+        # A server's failure part way: `{"error": {...}}`, as OpenAI-compatible servers and proxies write it, or the
+        # error object itself, `{"object": "error", "message", "type", "code"}`, as Mistral writes its errors (read as
+        # a chunk, it was a malformed one: the provider's words lost, the request charged its worst case).
+        choiceless = isinstance(payload, dict) and "choices" not in payload
+        if choiceless and ("error" in payload or payload.get("object") == "error"):
             raise error_from_body(500, data, {})
         payload = self.conformed(payload)
         if self.head:  # (a server that left it out of one chunk leaves it out of the next)
