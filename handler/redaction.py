@@ -84,6 +84,17 @@ CREDENTIAL_SHAPES = (
 SIGNATURE_SHAPE = r"([Ss]ignature\"?\s*[:=]\s*\"?)[0-9a-fA-F]{64}"
 
 
+# A key an upstream quotes back masked, whatever its prefix: what shows of it is the key's, which a client of the
+# gateway has no business reading. DeepSeek's 401 gives its last four characters (`Your api key: ****1c3e is
+# invalid`), which neither a key's shape (no `sk-` before them) nor a run of `FRAGMENT_CHARS` of a known key finds;
+# others give its first ones (`sk-ab12*****`), both (`xa***Zd`), or dots in the mask (`sk-VKMIs*****...wjh3`, whose
+# `...wjh3` the key's shape left). Key characters beside a run of three or more `*` (and the dots in it) are redacted
+# with it. Looked for in an upstream's errors alone, and only in one with `***` in it (`_without_masked_keys`).
+MASK = r"\*{3,}(?:\.{2,}\**)?"
+KEY_CHARS = r"[A-Za-z0-9_\-]"
+MASKED_SHAPE = rf"(?<![A-Za-z0-9_\-*.])(?:{KEY_CHARS}*(?:{MASK}{KEY_CHARS}+)+\**|{KEY_CHARS}+{MASK})"
+
+
 # Compiled on the first message to scrub (an upstream's error), not at a cold start that may never need it.
 @cache
 def credential_shapes() -> re.Pattern[str]:
@@ -93,6 +104,11 @@ def credential_shapes() -> re.Pattern[str]:
 @cache
 def signature_shape() -> re.Pattern[str]:
     return re.compile(SIGNATURE_SHAPE)
+
+
+@cache
+def masked_shape() -> re.Pattern[str]:
+    return re.compile(MASKED_SHAPE)
 
 
 @cache
@@ -231,11 +247,17 @@ def redact_message(text: str) -> str:
     return text
 
 
+def _without_masked_keys(text: str) -> str:
+    """`text` with each key quoted back masked (`MASKED_SHAPE`) redacted: a substring search where there is none."""
+    return masked_shape().sub(REDACTED, text) if "***" in text else text
+
+
 def redact_upstream(text: str) -> str:
-    """An upstream's error (its message, `code`, `param`) as `redact_message` leaves it, and without any run of
-    `FRAGMENT_CHARS` or more of a known secret or of one of its `encodings`: a key echoed without its prefix, in
-    halves, in base64 or hex. (Errors only: the look-up costs one set probe every `STEP` characters.)"""
-    text = redact_message(text)
+    """An upstream's error (its message, `code`, `param`) as `redact_message` leaves it, without a key quoted back
+    masked (`MASKED_SHAPE`), and without any run of `FRAGMENT_CHARS` or more of a known secret or of one of its
+    `encodings`: a key echoed without its prefix, in halves, in base64 or hex. (Errors only: the look-up costs one
+    set probe every `STEP` characters.)"""
+    text = redact_message(_without_masked_keys(text))
     if len(text) < FRAGMENT_CHARS:
         return text
     probes = _fragments()

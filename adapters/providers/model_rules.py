@@ -37,10 +37,10 @@ class ModelRules(Value):
     `openai_efforts`: the `reasoning_effort` values an OpenAI reasoning model takes (None where the table does not
     say: the level goes as `reasoning.LEVELS` has it); any other is a 400 ("Unsupported value: 'minimal' is not
     supported with the 'gpt-5.1' model"). Only the OpenAI adapter reads it (`reasoning.openai_effort`).
-    `ignores_sampling`: takes `temperature` and `top_p` without effect (DeepSeek's reasoner, whose API reference lists
-    them as "not supported": "setting temperature, top_p ... will not trigger an error but will also not take
-    effect"); the OpenAI-compatible adapters leave them out and name them, as they do for OpenAI's reasoning models,
-    which refuse them (`openai.adapter.unsent_sampling`).
+    `thinking_mode`: runs in DeepSeek's thinking mode whatever the request says (DeepSeek's reasoner; another DeepSeek
+    model does when asked, `thinking: {"type": "enabled"}`), which takes `temperature`, `top_p` and the penalties
+    without effect and refuses `logprobs` and `top_logprobs`: the OpenAI-compatible adapters leave all six out and
+    name those that asked for anything (`openai.adapter.unsent_in_thinking`).
     `takes_sampling`: a reasoning model that takes `temperature` and `top_p` as any model does: gpt-oss, which
     OpenAI's API does not serve ("These models are not served through the OpenAI API", OpenAI's help centre) and the
     compatible servers that host it (vLLM, Groq, Together, whose guide recommends `temperature` 1.0 for it) run with
@@ -49,7 +49,7 @@ class ModelRules(Value):
     __slots__ = (
         "one_sampling_knob", "completion_tokens_field", "signed_function_calls", "tools_with_json_mode",
         "media_in_function_responses", "no_penalties", "forced_tool_choice", "no_streaming_tools",
-        "reasoning_on_off", "openai_efforts", "ignores_sampling", "tool_result_status", "takes_sampling",
+        "reasoning_on_off", "openai_efforts", "thinking_mode", "tool_result_status", "takes_sampling",
         "thinking_levels",
     )  # fmt: skip
 
@@ -65,7 +65,7 @@ class ModelRules(Value):
         no_streaming_tools: bool = False,
         reasoning_on_off: bool = False,
         openai_efforts: tuple[str, ...] | None = None,
-        ignores_sampling: bool = False,
+        thinking_mode: bool = False,
         tool_result_status: bool = False,
         takes_sampling: bool = False,
         thinking_levels: bool = False,
@@ -80,7 +80,7 @@ class ModelRules(Value):
         self.no_streaming_tools: Final = no_streaming_tools
         self.reasoning_on_off: Final = reasoning_on_off
         self.openai_efforts: Final = openai_efforts
-        self.ignores_sampling: Final = ignores_sampling
+        self.thinking_mode: Final = thinking_mode
         self.tool_result_status: Final = tool_result_status
         self.takes_sampling: Final = takes_sampling
         self.thinking_levels: Final = thinking_levels
@@ -111,7 +111,10 @@ LOW_TO_XHIGH = (*LOW_TO_HIGH, "xhigh")
 # gpt-5.1 "do not support none"; "gpt-5-pro ... only supports high"; "xhigh is supported for all models after
 # gpt-5.1-codex-max"; the o-series takes low, medium and high) and its 400s for the Codex models, which take no
 # `none` ("Supported values are: 'low', 'medium', and 'high'" for gpt-5-codex and gpt-5.1-codex, openai/codex#6647),
-# and gpt-oss's model card (low, medium, high).
+# gpt-oss's model card (low, medium, high), and DeepSeek's reasoning-model and thinking-mode guides (its thinking mode's
+# "Not Supported Parameters: temperature, top_p, presence_penalty, frequency_penalty, logprobs, top_logprobs ... setting
+# temperature, top_p, presence_penalty, frequency_penalty will not trigger an error but will also have no effect.
+# Setting logprobs, top_logprobs will trigger an error.").
 # Gemini 3 and later, and Google's aliases without a version (`gemini-flash-latest`, `gemini-flash-lite-latest`,
 # `gemini-pro-latest`), which point at its newest release ("the latest release of a specific model variation", its
 # models page): Gemini 3 since its Flash and Pro came out. Taken for 2.5, they were sent what Gemini 3 refuses (a
@@ -146,7 +149,7 @@ MODEL_RULES: tuple[tuple[str, ModelRules], ...] = (
     (r"claude-(3|(sonnet|haiku|opus)-\d)|amazon\.nova-", ModelRules(forced_tool_choice=True, tool_result_status=True)),
     (r"meta\.llama|mistral\.|writer\.palmyra", ModelRules(no_streaming_tools=True)),
     (r"^(mistral-small-(latest|2603)|mistral-medium-3-5)", ModelRules(reasoning_on_off=True)),
-    (r"^deepseek-reasoner", ModelRules(ignores_sampling=True)),
+    (r"^deepseek-reasoner", ModelRules(thinking_mode=True)),
 )
 
 

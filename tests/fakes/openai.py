@@ -27,7 +27,9 @@ a message other than a user's, a file's `file_data` without its `filename`, a to
 later take them with `reasoning_effort: none`), `reasoning_effort` on any other but gpt-oss (served, as a compatible
 server serves it, like any model but for its `reasoning_effort`), a `reasoning_effort` (or a Responses
 `reasoning.effort`) the model does not take (`EFFORTS`), `metadata` without `store: true`, an output cap past the
-model's (`OUTPUT_LIMITS`), more than 4 stop sequences (DeepSeek's: 16),
+model's (`OUTPUT_LIMITS`), more than 4 stop sequences (DeepSeek's: 16), `logprobs` or `top_logprobs` in DeepSeek's
+thinking mode (`deepseek-reasoner`, or `thinking: {"type": "enabled"}`: "Setting logprobs, top_logprobs will trigger
+an error", its guides; in the words it refused the reasoner's `presence_penalty` with, lollipopkit/flutter_gpt_box#213),
 a tool call id (or a Responses `call_id`) longer than 64 characters, and a function's name (a tool's, a named
 `tool_choice`'s, one an `allowed_tools` choice allows) outside OpenAI's documented rule (`FUNCTION_NAME`: "a-z,
 A-Z, 0-9, or contain underscores and dashes, with a maximum length of 64"). A user message may script a tool call
@@ -192,6 +194,10 @@ def _problem(body: dict[str, Any]) -> str | None:
         return "The 'metadata' parameter is only allowed when 'store' is enabled."
     if model.startswith("deepseek") and (body.get("response_format") or {}).get("type") == "json_schema":
         return "This response_format type is unavailable now"  # DeepSeek takes json_object only
+    thinks = model.startswith("deepseek-reasoner") or (body.get("thinking") or {}).get("type") == "enabled"
+    for name in ("logprobs", "top_logprobs") if model.startswith("deepseek") and thinks else ():
+        if name in body:
+            return f"{model} does not support the parameter `{name}`"
     if not model.startswith(EFFORT_TAKERS) and "reasoning_effort" in body:
         return "Unsupported parameter: 'reasoning_effort' is not supported with this model."
     sampling = _sampling_refused(body, model) if reasoning else None

@@ -252,6 +252,37 @@ def test_a_strict_json_schema_to_deepseek_is_named_and_refused_under_strict(runn
     assert "x-gateway-dropped-params" not in raw.headers
 
 
+def test_deepseeks_thinking_mode_is_never_sent_what_it_refuses_on_any_api(running: Running, key: str) -> None:
+    """DeepSeek's thinking mode refuses `logprobs` and `top_logprobs` (its 400), and takes the sampling and penalties
+    without effect. A Chat client asking deepseek-chat to think with `logprobs` was sent them and got DeepSeek's 400
+    (a 502); it gets its answer, the two named (a 400 naming them under `x-gateway-strict`, nothing sent). A Messages
+    client's thinking turns the mode on too: its `temperature` is named, as the reasoner's always was. A Responses
+    client's `top_logprobs` was never sent (the translation names it). Found by review."""
+    sent = running.fakes["openai"].state.requests
+    headers = {"authorization": f"Bearer {key}"}
+    thinking = {"model": "deepseek-chat", "thinking": {"type": "enabled"}}
+    chat = {**thinking, "messages": [{"role": "user", "content": "Hi"}], "logprobs": True, "top_logprobs": 3}
+    answer = httpx.post(f"{running.url}/v1/chat/completions", json=chat, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-gateway-dropped-params"] == "logprobs,top_logprobs"
+    assert sent[-1]["json"]["thinking"] == {"type": "enabled"} and "logprobs" not in sent[-1]["json"]
+    before = len(sent)
+    strict = httpx.post(
+        f"{running.url}/v1/chat/completions", json=chat, headers={**headers, "x-gateway-strict": "true"}
+    )
+    assert strict.status_code == 400 and strict.json()["error"]["param"] == "logprobs"
+    assert len(sent) == before
+    messages = {**thinking, "max_tokens": 2048, "temperature": 0.5, "messages": [{"role": "user", "content": "Hi"}]}
+    messages["thinking"] = {"type": "enabled", "budget_tokens": 1024}
+    answer = httpx.post(f"{running.url}/v1/messages", json=messages, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-gateway-dropped-params"] == "temperature" and "temperature" not in sent[-1]["json"]
+    responses = {"model": "deepseek-chat", "input": "Hi", "top_logprobs": 3}
+    answer = httpx.post(f"{running.url}/v1/responses", json=responses, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-gateway-dropped-params"] == "top_logprobs" and "top_logprobs" not in sent[-1]["json"]
+
+
 def test_upstream_failures_fail_over_or_map(running: Running, key: str) -> None:
     oa = client(running, key)
     raw = oa.chat.completions.with_raw_response.create(model="flaky", messages=[{"role": "user", "content": "x"}])

@@ -1201,3 +1201,62 @@ async def test_a_failure_in_the_same_read_as_the_last_words_ends_the_stream_afte
     assert sent == "Hello" + LAST_WORDS, (len(sent), line.output_tokens)
     assert (line.status, line.cost_source) == (502, "estimate")
     assert line.output_tokens == math.ceil(len(sent) / 3)
+
+
+# --- a server's failure written as its error object alone ----------------------------------------------------------
+# Mistral's error body is the error object itself, `{"object": "error", "message", "type", "param", "code"}`, with no
+# `error` member around it (`error_from_body` reads it so, whole); written part way through a stream, in the same shape.
+
+MISTRAL = {"type": "mistral", "api_key": "env:OPENAI_API_KEY", "base_url": "https://api.mistral.ai/v1"}
+MISTRAL_MODELS = {
+    "m": {"deployments": [{"provider": "openai", "model": "mistral-large-latest"}], "price": {"input": 1, "output": 2}}
+}
+MISTRAL_FAILURE = {
+    "object": "error",
+    "message": "Service tier capacity exceeded for this model.",
+    "type": "service_tier_capacity_exceeded",
+    "param": None,
+    "code": "3505",
+}
+CAPPED_BODIES: dict[str, tuple[str, dict[str, Any]]] = {
+    "chat": ("/v1/chat/completions", {"model": "m", "messages": HI, "stream": True, "max_tokens": 1000}),
+    "messages": ("/v1/messages", {"model": "m", "messages": HI, "stream": True, "max_tokens": 1000}),
+    "responses": ("/v1/responses", {"model": "m", "input": "hi", "stream": True, "max_output_tokens": 1000}),
+}
+
+
+@pytest.mark.parametrize("words_first", [False, True], ids=["at-once", "after-words"])
+@pytest.mark.parametrize("api", list(CAPPED_BODIES))
+async def test_a_mistral_error_object_in_a_stream_is_its_failure_not_a_malformed_chunk(
+    api: str, words_first: bool
+) -> None:
+    """Mistral's error object written as a stream event was validated as a chunk, failed, and was the provider's
+    malformed answer: the client read "the provider sent a malformed stream event (ValidationError)" in place of
+    Mistral's words, and a stream failing at once was charged its worst case (1,000 output tokens, $0.00201 on the
+    line, `reserved`), where the same failure in OpenAI's shape (`{"error": {...}}`) costs nothing. It is the
+    provider's failure now, as that one is, on every API: at once, a 502 in Mistral's words at $0; after some words,
+    the stream ends in the gateway's in-stream error with them, charged as a stream cut short (found by review)."""
+    opening = b"data: " + orjson.dumps(
+        {
+            "id": "x1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "mistral-large-latest",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": None}],
+        }
+    )
+    failure = b"data: " + orjson.dumps(MISTRAL_FAILURE) + b"\n\n"
+    said = (opening + b"\n\n", failure) if words_first else (failure,)
+    served = await serve(lambda request: reads(*said), MISTRAL_MODELS, provider=MISTRAL)
+    path, body = CAPPED_BODIES[api]
+    answer = await served.post(path, body)
+    [line] = await served.ledger()
+    await served.gateway.aclose()
+    assert "Service tier capacity exceeded for this model." in answer.text, answer.text
+    assert "malformed" not in answer.text
+    if words_first:
+        assert answer.status_code == 200 and "Hel" in answer.text
+        assert (line.status, line.cost_source, line.output_tokens) == (502, "estimate", 1)
+    else:
+        assert answer.status_code == 502 and "upstream returned 500" in answer.text
+        assert (line.status, line.cost_usd, line.output_tokens) == (502, 0.0, 0), line

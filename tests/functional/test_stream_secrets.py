@@ -601,3 +601,63 @@ async def test_a_chat_stream_s_url_citations_cite_what_they_cited_once_the_key_i
     got = final.choices[0].message
     assert got.content == "".join(deltas) == CITED_SHOWN
     assert chat_cites(CITED_SHOWN, got.annotations) == CITING
+
+
+# --- a key quoted back masked ---------------------------------------------------------------------------------------
+# DeepSeek refuses a bad key with its last four characters (`Authentication Fails, Your api key: ****1c3e is invalid`):
+# a key's shape needs its `sk-`, and a run of a known key `FRAGMENT_CHARS` long, so neither found them.
+
+DEEPSEEK_KEY = "sk-8f3a9c2e7b1d4f6a9c0e2b4d6f8a1c3e"  # (DeepSeek's shape: `sk-` and 32 hex digits)
+REFUSED_KEY = f"Authentication Fails, Your api key: ****{DEEPSEEK_KEY[-4:]} is invalid"
+DEEPSEEK = {
+    "m": {"deployments": [{"provider": "openai", "model": "deepseek-chat"}], "price": {"input": 1, "output": 2}}
+}
+ASKED_OF_EACH_API: dict[str, tuple[str, dict[str, Any]]] = {
+    "chat": ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}),
+    "messages": ("/v1/messages", {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]}),
+    "responses": ("/v1/responses", {"model": "m", "input": "Hi"}),
+}
+
+
+def deepseek_refusal(request: httpx.Request) -> httpx.Response:
+    error = {"message": REFUSED_KEY, "type": "authentication_error", "param": None, "code": "invalid_request_error"}
+    return httpx.Response(401, json={"error": error})
+
+
+def deepseek_failing_part_way(request: httpx.Request) -> httpx.Response:
+    """A stream that opens, then fails in OpenAI's in-stream shape with DeepSeek's words."""
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "deepseek-chat"}
+    opening = {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}]}
+    failure = {"error": {"message": REFUSED_KEY, "type": "authentication_error"}}
+
+    async def reads() -> Any:  # (the opening in a read of its own: the client's stream begins before the failure)
+        for event in (opening, failure):
+            yield b"data: " + orjson.dumps(event) + b"\n\n"
+
+    return httpx.Response(200, content=reads(), headers={"content-type": "text/event-stream"})
+
+
+@pytest.mark.parametrize("when", ["refused", "refused-streamed", "part-way"])
+@pytest.mark.parametrize("api", list(ASKED_OF_EACH_API))
+async def test_a_key_deepseek_quotes_back_masked_reaches_no_client_and_no_log(
+    api: str, when: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The last four characters of the operator's DeepSeek key reached every client of the gateway in the 502 its
+    refusal ends as, `upstream returned 401: Authentication Fails, Your api key: ****1c3e is invalid`, whole or in a
+    stream's error, on every API (found by review). What a mask leaves of a key is redacted with it, as OpenAI's
+    masked form (`sk-abc*****wxyz`) was."""
+    upstream = deepseek_failing_part_way if when == "part-way" else deepseek_refusal
+    served = await serve(
+        upstream,
+        DEEPSEEK,
+        provider={"type": "deepseek", "api_key": "env:DEEPSEEK_API_KEY", "base_url": "https://api.deepseek.com"},
+        environ={"DEEPSEEK_API_KEY": DEEPSEEK_KEY},
+    )
+    path, asked = ASKED_OF_EACH_API[api]
+    answer = await served.post(path, {**asked, "stream": when != "refused"})
+    await served.gateway.aclose()
+    assert answer.status_code == (200 if when == "part-way" else 502), answer.text
+    assert "Authentication Fails, Your api key: [REDACTED] is invalid" in answer.text
+    logged = capsys.readouterr()
+    for seen in (answer.text, str(answer.headers), logged.out, logged.err):
+        assert f"*{DEEPSEEK_KEY[-4:]}" not in seen and f" {DEEPSEEK_KEY[-4:]} " not in seen

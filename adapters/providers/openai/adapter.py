@@ -22,6 +22,7 @@ from adapters.providers.params import (
     SKIP_SIGNATURE,
     ToolNames,
     apply_rules,
+    asks,
     call_signature,
     chosen_tools,
     signed_call_id,
@@ -314,7 +315,11 @@ class OpenAIStreamParser:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise malformed("upstream sent a stream event that is not JSON", "invalid_json") from exc
-        if isinstance(payload, dict) and "error" in payload and "choices" not in payload:
+        # A server's failure part way: `{"error": {...}}`, as OpenAI-compatible servers and proxies write it, or the
+        # error object itself, `{"object": "error", "message", "type", "code"}`, as Mistral writes its errors (read as
+        # a chunk, it was a malformed one: the provider's words lost, the request charged its worst case).
+        choiceless = isinstance(payload, dict) and "choices" not in payload
+        if choiceless and ("error" in payload or payload.get("object") == "error"):
             raise error_from_body(500, data, {})
         payload = self.conformed(payload)
         if self.head:  # (a server that left it out of one chunk leaves it out of the next)
@@ -532,18 +537,41 @@ def unsent_sampling(body: dict[str, Any], reasons: bool) -> list[str]:
     for anything (1, their default, asks nothing): OpenAI's reasoning models refuse them ("Unsupported parameter:
     'temperature' is not supported with this model"; gpt-5 takes only the default, 1), but for gpt-5.1 and later
     with `reasoning_effort: none`, which OpenAI's guide documents as taking them (sent only when the request says
-    `none` itself: the model's default effort is not the gateway's to assume); DeepSeek's reasoner takes them
-    without effect (`ModelRules.ignores_sampling`); gpt-oss, a reasoning model OpenAI's API does not serve, takes them
-    on the servers that host it (`ModelRules.takes_sampling`)."""
-    if "temperature" not in body and "top_p" not in body:
+    `none` itself: the model's default effort is not the gateway's to assume); gpt-oss, a reasoning model OpenAI's API
+    does not serve, takes them on the servers that host it (`ModelRules.takes_sampling`). (DeepSeek's thinking mode
+    takes them without effect: `unsent_in_thinking`.)"""
+    if not reasons or ("temperature" not in body and "top_p" not in body):
         return []  # (the usual request: the model's rules are not looked up, nor compiled at a cold start)
-    if reasons and body.get("reasoning_effort") == "none":
+    if body.get("reasoning_effort") == "none" or rules_for(body["model"]).takes_sampling:
         return []
-    rules = rules_for(body["model"])
-    if rules.takes_sampling if reasons else not rules.ignores_sampling:
+    return _unsent(body, SAMPLING)
+
+
+# What DeepSeek's thinking mode does not take: the sampling and the penalties it takes without effect, and the
+# log probabilities it refuses ("Setting logprobs, top_logprobs will trigger an error": DeepSeek's guides).
+THINKING_MODE_UNSENT = (*SAMPLING, "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs")
+
+
+def unsent_in_thinking(body: dict[str, Any]) -> list[str]:
+    """Leave out (in place) what DeepSeek's thinking mode does not take (`THINKING_MODE_UNSENT`), and name those that
+    asked for anything, where the request runs in it: to DeepSeek's reasoner, which always thinks
+    (`ModelRules.thinking_mode`), or to a DeepSeek model it turns thinking on for (`thinking: {"type": "enabled"}`,
+    which only the `deepseek` provider's profile sends, `Profile.thinking`). `logprobs` and `top_logprobs` went on, and
+    DeepSeek refused the request (400) where the client would have had its answer and read them named as dropped."""
+    if body.keys().isdisjoint(THINKING_MODE_UNSENT):
+        return []  # (the usual request: the model's rules are not looked up)
+    thinking = body.get("thinking")
+    asked = isinstance(thinking, dict) and thinking.get("type") == "enabled"
+    if not (asked or rules_for(body["model"]).thinking_mode):
         return []
-    values = {name: body.pop(name) for name in SAMPLING if name in body}
-    return [name for name, value in values.items() if value is not None and value != 1]
+    return _unsent(body, THINKING_MODE_UNSENT)
+
+
+def _unsent(body: dict[str, Any], names: tuple[str, ...]) -> list[str]:
+    """`names` left out of `body` (in place), and those of them that asked for anything (`params.asks`; a temperature
+    or top_p of 1, their default, asks nothing either)."""
+    values = {name: body.pop(name) for name in names if name in body}
+    return [name for name, value in values.items() if asks(name, value) and not (name in SAMPLING and value == 1)]
 
 
 def auth_shown(value: Any) -> str:
@@ -645,6 +673,7 @@ class OpenAIAdapter(ProviderAdapter):
         reasons = reasoning.openai_reasons(target)
         dropped += _reasoning(body, req, reasons, profile.thinking)
         dropped += unsent_sampling(body, reasons)
+        dropped += unsent_in_thinking(body)
         dropped += apply_rules(body, profile.rules)
         return body, dropped
 

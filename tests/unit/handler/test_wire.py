@@ -537,6 +537,33 @@ def test_a_key_the_provider_masked_in_its_refusal_is_redacted_whole(masked: str)
     )
 
 
+@pytest.mark.parametrize(
+    ("said", "shown"),
+    [
+        # DeepSeek's 401: the key's last four characters, with no prefix to make them a key's shape.
+        (
+            "Authentication Fails, Your api key: ****1c3e is invalid",
+            "Authentication Fails, Your api key: [REDACTED] is invalid",
+        ),
+        (
+            "Incorrect API key provided: xa***Zd. You can obtain an API key",
+            "Incorrect API key provided: [REDACTED]. You can obtain an API key",
+        ),
+        ("Invalid key sk-ab12**********, check it", "Invalid key [REDACTED], check it"),
+        ("Incorrect API key provided: sk-VKMIs*****...wjh3.", "Incorrect API key provided: [REDACTED]."),
+        # Stars with no key character beside them, and fewer than three, are ordinary text.
+        ("Your api key **** is invalid; 2 * 3 is 6, **bold**", "Your api key **** is invalid; 2 * 3 is 6, **bold**"),
+    ],
+)
+def test_a_key_quoted_back_masked_without_its_prefix_is_redacted(said: str, shown: str) -> None:
+    """DeepSeek refuses a bad key with its last four characters, `****1c3e`: relayed in the deployment's 502 to every
+    client of the gateway (found by review), as the dots of a mask left a key's last characters (`...wjh3`). The
+    characters a mask of three or more `*` leaves of a key go with it, whatever the key's prefix."""
+    body = {"error": {"message": said, "type": "authentication_error", "param": None, "code": "invalid_request_error"}}
+    error = REGISTRY["deepseek"]("d", "provider-key-000000", {}).error(401, orjson.dumps(body), {})
+    assert error.message == f"upstream returned 401: {shown}"
+
+
 @pytest.mark.parametrize("body", [gzip.compress(b'{"choices": []}' * 20), b"\xff\xfe\x00\x01 not utf-8 \x80\x81"])
 def test_a_body_that_is_not_text_is_named_not_relayed(body: bytes) -> None:
     """A gzip body the gateway never asked for was relayed as 200 characters of mojibake and control bytes in the

@@ -144,6 +144,46 @@ def test_the_reasoners_sampling_which_it_ignores_is_left_out_and_named() -> None
     assert orjson.loads(built.request.body)["temperature"] == 0.2 and built.dropped == []
 
 
+# What DeepSeek's thinking mode does not take, as a client may send it: what it takes without effect (the sampling,
+# the penalties), and the log probabilities it refuses.
+UNTAKEN = {"temperature": 0.2, "top_p": 0.9, "presence_penalty": 0.5, "frequency_penalty": 0.5}
+REFUSED = {"logprobs": True, "top_logprobs": 3}
+
+
+@pytest.mark.parametrize(
+    ("model", "thinking"),
+    [("deepseek-reasoner", None), ("deepseek-chat", {"type": "enabled"}), ("deepseek-chat", {"type": "adaptive"})],
+    ids=["reasoner", "chat-thinking", "chat-adaptive"],
+)
+def test_what_thinking_mode_refuses_or_ignores_is_left_out_and_named(model: str, thinking: object) -> None:
+    """DeepSeek's thinking mode (its reasoner; deepseek-chat asked to think) refuses `logprobs` and `top_logprobs`
+    ("Setting logprobs, top_logprobs will trigger an error", its guides), and they went on: the request failed with
+    DeepSeek's 400 where the client would have had its answer with them named (found by review). They are left out
+    and named, as the sampling and penalties it takes without effect are (the reasoner's `temperature` and `top_p`
+    were; deepseek-chat's in thinking mode, and the penalties, went on to be ignored, unnamed)."""
+    asked = request(**UNTAKEN, **REFUSED, **({"thinking": thinking} if thinking else {}))
+    built = adapter().chat_request(asked, target(model), stream=True)
+    body = orjson.loads(built.request.body)
+    assert body.keys().isdisjoint({**UNTAKEN, **REFUSED}), body
+    assert built.dropped == [*UNTAKEN, *REFUSED]
+    assert body.get("thinking") == ({"type": "enabled"} if thinking else None)
+    # What asks for nothing (a default) is left out without a word.
+    defaults = {"temperature": 1, "logprobs": False, "presence_penalty": 0}
+    quiet = request(**defaults, **({"thinking": thinking} if thinking else {}))
+    built = adapter().chat_request(quiet, target(model), stream=False)
+    assert built.dropped == [] and orjson.loads(built.request.body).keys().isdisjoint(defaults)
+
+
+@pytest.mark.parametrize("thinking", [None, {"type": "disabled"}], ids=["unasked", "turned-off"])
+def test_deepseek_chat_outside_thinking_mode_is_sent_them(thinking: object) -> None:
+    """Outside thinking mode deepseek-chat takes them all, logprobs among them: nothing is left out."""
+    asked = request(**UNTAKEN, **REFUSED, **({"thinking": thinking} if thinking else {}))
+    built = adapter().chat_request(asked, target("deepseek-chat"), stream=False)
+    body = orjson.loads(built.request.body)
+    assert {name: body[name] for name in {**UNTAKEN, **REFUSED}} == {**UNTAKEN, **REFUSED}
+    assert built.dropped == []
+
+
 def prefilled() -> ChatRequest:
     """A Messages request's translation whose final assistant turn prefills the answer."""
     messages = [{"role": "user", "content": "Quick sort?"}, {"role": "assistant", "content": "```python\n"}]

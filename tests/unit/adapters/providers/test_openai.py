@@ -240,6 +240,20 @@ def test_in_stream_error_event_raises() -> None:
         parser.feed(events[0])
 
 
+@pytest.mark.parametrize("profile", ["compatible", "mistral"])
+def test_an_error_object_alone_in_a_stream_is_the_servers_failure(profile: str) -> None:
+    """The error object itself as a stream event, `{"object": "error", ...}` (Mistral's errors' shape, no `error`
+    member around it), was validated as a chunk: a malformed event (the provider's words lost, no usage, so the
+    request was charged its worst case). It is the server's failure, in its words and type, as `{"error": ...}` is
+    (found by review)."""
+    parser = adapter(profile=profile).stream_parser(request(), target(VLLM, "mistral-large-latest"))
+    said = {"object": "error", "message": "Service tier capacity exceeded.", "type": "capacity", "code": "3505"}
+    with pytest.raises(UpstreamError) as failure:
+        parser.feed(StreamEvent(None, orjson.dumps(said)))
+    assert failure.value.upstream_status == 500 and failure.value.said == "Service tier capacity exceeded."
+    assert failure.value.upstream_type == "capacity" and "malformed" not in failure.value.message
+
+
 def test_a_reasoning_model_gets_the_cap_as_max_completion_tokens() -> None:
     body = orjson.loads(
         adapter().chat_request(request(max_tokens=100), target(model="o3-mini"), stream=False).request.body
