@@ -89,10 +89,13 @@ SIGNATURE_SHAPE = r"([Ss]ignature\"?\s*[:=]\s*\"?)[0-9a-fA-F]{64}"
 # invalid`), which neither a key's shape (no `sk-` before them) nor a run of `FRAGMENT_CHARS` of a known key finds;
 # others give its first ones (`sk-ab12*****`), both (`xa***Zd`), or dots in the mask (`sk-VKMIs*****...wjh3`, whose
 # `...wjh3` the key's shape left). Key characters beside a run of three or more `*` (and the dots in it) are redacted
-# with it. Looked for in an upstream's errors alone, and only in one with `***` in it (`_without_masked_keys`).
+# with it. Looked for in an upstream's errors alone, in one with `***` in it that speaks of a key (`KEY_WORDS`): a
+# provider quoting back a client's own word beside stars (Gemini's `Unknown name "draft***"`, a stop sequence
+# `END***`, Markdown's `***Notice***`) had it `[REDACTED]`, the client unable to tell what was refused (review).
 MASK = r"\*{3,}(?:\.{2,}\**)?"
 KEY_CHARS = r"[A-Za-z0-9_\-]"
 MASKED_SHAPE = rf"(?<![A-Za-z0-9_\-*.])(?:{KEY_CHARS}*(?:{MASK}{KEY_CHARS}+)+\**|{KEY_CHARS}+{MASK})"
+KEY_WORDS = r"(?i)key|token|secret|credential|auth|password"
 
 
 # Compiled on the first message to scrub (an upstream's error), not at a cold start that may never need it.
@@ -109,6 +112,11 @@ def signature_shape() -> re.Pattern[str]:
 @cache
 def masked_shape() -> re.Pattern[str]:
     return re.compile(MASKED_SHAPE)
+
+
+@cache
+def key_words() -> re.Pattern[str]:
+    return re.compile(KEY_WORDS)
 
 
 @cache
@@ -248,8 +256,9 @@ def redact_message(text: str) -> str:
 
 
 def _without_masked_keys(text: str) -> str:
-    """`text` with each key quoted back masked (`MASKED_SHAPE`) redacted: a substring search where there is none."""
-    return masked_shape().sub(REDACTED, text) if "***" in text else text
+    """`text` with each key quoted back masked (`MASKED_SHAPE`) where it speaks of one (`KEY_WORDS`) redacted: a
+    substring search where there is none."""
+    return masked_shape().sub(REDACTED, text) if "***" in text and key_words().search(text) else text
 
 
 def redact_upstream(text: str) -> str:

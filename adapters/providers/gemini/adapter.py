@@ -853,6 +853,7 @@ class GeminiAdapter(ProviderAdapter):
             raise malformed("upstream answered without candidates")
         choices: list[Choice] = []
         names: ToolNames | None = None  # (made at the answer's first call)
+        unanswered: UpstreamError | None = None  # (a candidate that is no answer: the whole one's unless another is)
         for position, candidate in enumerate(candidates):
             texts: list[str] = []
             thoughts: list[str] = []
@@ -873,9 +874,15 @@ class GeminiAdapter(ProviderAdapter):
             try:
                 reason = finish_reason(candidate.get("finishReason"), bool(calls), any(texts))
             except UpstreamError as unusable:
-                unusable.billed = usage_of(data.get("usageMetadata"))
-                raise
+                # With `n` > 1, one candidate that is no answer failed the whole answer, the others' thrown away (a
+                # 502, or a failover billed on top: review): it is the whole answer's failure only if none answered.
+                unanswered, reason = unanswered or unusable, "stop"
             choices.append(Choice(index=candidate.get("index", position), message=message, finish_reason=reason))
+        if unanswered is not None and all(
+            not choice.message.content and not choice.message.tool_calls for choice in choices
+        ):
+            unanswered.billed = usage_of(data.get("usageMetadata"))
+            raise unanswered
         if not choices:
             message = AssistantMessage(content=None, refusal=blocked)
             choices.append(Choice(index=0, message=message, finish_reason="content_filter"))

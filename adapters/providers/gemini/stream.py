@@ -105,8 +105,11 @@ class GeminiStreamParser:
                 try:
                     reason = finish_reason(candidate["finishReason"], bool(self._calls.get(index)), index in self._said)
                 except UpstreamError as unusable:
-                    unusable.billed = self.usage  # charged before a failover, as a whole answer's is
-                    raise
+                    if any(other != index for other in (*self._said, *self._calls)):
+                        reason = "stop"  # (another candidate answered: this choice ends empty, the others go on)
+                    else:
+                        unusable.billed = self.usage  # charged before a failover, as a whole answer's is
+                        raise
                 said.append(self._chunk(index, ChunkDelta(), reason))
             chunks += self._opening(index, said)
         return chunks

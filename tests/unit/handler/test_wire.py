@@ -564,6 +564,24 @@ def test_a_key_quoted_back_masked_without_its_prefix_is_redacted(said: str, show
     assert error.message == f"upstream returned 401: {shown}"
 
 
+@pytest.mark.parametrize(
+    "said",
+    [
+        # Gemini's 400 for a field it does not know quotes the client's own field name back.
+        'Invalid JSON payload received. Unknown name "draft***" at \'generation_config\': Cannot find field.',
+        "***Notice***: this model is deprecated, use gemini-2.5-flash",  # Markdown's bold italics
+        "Invalid value for 'stop': 'END***'",  # a client's stop sequence quoted back
+    ],
+)
+def test_words_beside_three_stars_in_an_error_that_speaks_of_no_key_reach_the_client(said: str) -> None:
+    """No key is in any of these, yet the masked-key rule made each word beside `***` `[REDACTED]`: the client could
+    not tell which field or value the provider refused (found by review). A mask is looked for only in an error
+    that speaks of a key."""
+    body = {"error": {"code": 400, "message": said, "status": "INVALID_ARGUMENT"}}
+    error = REGISTRY["gemini"]("g", "provider-key-000000", {}).error(400, orjson.dumps(body), {})
+    assert error.message == f"upstream returned 400: {said}"
+
+
 @pytest.mark.parametrize("body", [gzip.compress(b'{"choices": []}' * 20), b"\xff\xfe\x00\x01 not utf-8 \x80\x81"])
 def test_a_body_that_is_not_text_is_named_not_relayed(body: bytes) -> None:
     """A gzip body the gateway never asked for was relayed as 200 characters of mojibake and control bytes in the

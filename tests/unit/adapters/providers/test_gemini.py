@@ -1013,3 +1013,27 @@ def test_an_empty_signature_a_client_sends_back_in_extra_content_is_not_sent_on(
         built = adapter().chat_request(request(messages=history, tools=[WEATHER]), target(model), stream=False)
         assert orjson.loads(built.request.body)["contents"][1]["parts"][0].get("thoughtSignature") == signature
         assert sent_to_the_fake(built, model).status_code == 200
+
+
+@pytest.mark.parametrize("raw", ["OTHER", "TOO_MANY_TOOL_CALLS"])
+def test_one_empty_candidate_of_several_does_not_throw_the_others_answers_away(raw: str) -> None:
+    """`n: 2`: candidate 0 answers "Paris.", candidate 1 ends `raw` with nothing in it. The whole answer was the
+    provider's malformed answer (a 502, or a failover billed on top), candidate 0's answer lost (found by review):
+    the empty one ends `stop`, as before, the other is kept, whole and streamed; both empty, it is the answer's
+    failure still."""
+    usage = {"promptTokenCount": 10, "candidatesTokenCount": 2, "totalTokenCount": 12}
+    answered = {"index": 0, "content": {"role": "model", "parts": [{"text": "Paris."}]}, "finishReason": "STOP"}
+    empty = {"index": 1, "content": {"role": "model"}, "finishReason": raw}
+    answer = {"candidates": [answered, empty], "usageMetadata": usage}
+    completion = adapter().chat_response(orjson.dumps(answer), request(n=2), target())
+    assert [(c.message.content, c.finish_reason) for c in completion.choices] == [("Paris.", "stop"), ("", "stop")]
+    parser = GeminiStreamParser("gemini-2.5-flash")
+    chunks = parser.feed(StreamEvent(None, orjson.dumps({"candidates": [{**answered, "finishReason": None}]})))
+    chunks += parser.feed(StreamEvent(None, orjson.dumps({"candidates": [empty], "usageMetadata": usage})))
+    chunks += parser.feed(StreamEvent(None, orjson.dumps({"candidates": [{"index": 0, "finishReason": "STOP"}]})))
+    ends = {choice.index: choice.finish_reason for chunk in chunks for choice in chunk.choices if choice.finish_reason}
+    assert ends == {0: "stop", 1: "stop"}
+    both_empty = {"candidates": [{**empty, "index": 0}, empty], "usageMetadata": usage}
+    with pytest.raises(UpstreamError) as unusable:
+        adapter().chat_response(orjson.dumps(both_empty), request(n=2), target())
+    assert unusable.value.billed is not None and unusable.value.billed.prompt_tokens == 10
