@@ -631,6 +631,39 @@ def test_stream_usage_false_sends_no_stream_options(options: dict[str, object], 
         assert body["stream_options"] == {"include_usage": True}
 
 
+STREAM_OPTIONS = {"include_usage": False, "include_obfuscation": False, "continuous_usage_stats": True}
+NAMED = ["stream_options.include_obfuscation", "stream_options.continuous_usage_stats"]
+
+
+@pytest.mark.parametrize(
+    ("options", "base_url", "sent", "dropped"),
+    [
+        # OpenAI's own: its `include_obfuscation` goes, a member it does not define is named.
+        ({}, "https://api.openai.com/v1", {"include_obfuscation": False}, ["stream_options.continuous_usage_stats"]),
+        # A server the gateway knows no better (vLLM's `continuous_usage_stats`): every member, as sent.
+        ({}, VLLM, {"include_obfuscation": False, "continuous_usage_stats": True}, []),
+        # An API that documents `include_usage` alone (DeepSeek's, Gemini's endpoint): the others named.
+        ({"profile": "deepseek"}, VLLM, {}, NAMED),
+        ({"profile": "google"}, VLLM, {}, NAMED),
+        # One that refuses `stream_options` (Mistral's, `stream_usage: false`): none of it goes, the client's named.
+        ({"profile": "mistral"}, VLLM, None, NAMED),
+        ({"stream_usage": False}, VLLM, None, NAMED),
+    ],
+)
+def test_the_clients_stream_options_go_beside_the_usage_the_gateway_asks_for(
+    options: dict[str, object], base_url: str, sent: dict[str, object] | None, dropped: list[str]
+) -> None:
+    """The gateway wrote its own `{"include_usage": true}` in place of the client's `stream_options`: OpenAI never
+    got `include_obfuscation: false` (and padded every delta the client asked it not to), and nothing named it (found
+    by review). The client's members go beside the usage where the API takes them, and are named where it does not;
+    the usage is asked for whatever the client's `include_usage` (the stream is metered from it)."""
+    req = request(stream=True, stream_options=STREAM_OPTIONS)
+    built = adapter(**options).chat_request(req, target(base_url), stream=True)
+    body = orjson.loads(built.request.body)
+    assert body.get("stream_options") == (None if sent is None else {"include_usage": True, **sent})
+    assert built.dropped == dropped
+
+
 def test_a_stream_usage_that_is_not_a_boolean_is_refused_at_start_up() -> None:
     with pytest.raises(ValueError, match="stream_usage must be true or false"):
         adapter(stream_usage="no")
