@@ -77,8 +77,8 @@ def hosted_tools(pipeline: Pipeline, ex: Exchange, body: ResponsesRequest) -> li
     """The Responses API's hosted tools that OpenAI bills beyond tokens. Web search (`web_search`,
     `web_search_preview`, billed per call): kept when searches are priced, up to `max_tool_calls`
     (`DEFAULT_SEARCHES` when the request sets none) reserved for. The others (`UNPRICED_HOSTED`), and unpriced
-    searches: left out of the body a Responses deployment gets (a 400 under `x-gateway-strict`), with a
-    `tool_choice` that named one or has no tool left to choose. Returns what was left out."""
+    searches: left out of the body a Responses deployment gets (a 400 under `x-gateway-strict`), and out of the
+    `tool_choice` (`unchosen`). Returns what was left out."""
     tools = body.tools or []
     left_out = [t for t in tools if str(t.get("type") or "") in UNPRICED_HOSTED]
     pipeline.refuse_unpriced_tools(ex, sorted({f"tools[{tool['type']}]" for tool in left_out}))
@@ -95,13 +95,35 @@ def hosted_tools(pipeline: Pipeline, ex: Exchange, body: ResponsesRequest) -> li
     names = sorted({f"tools[{tool['type']}]" for tool in left_out})
     kept = [tool for tool in tools if not any(tool is out for out in left_out)]
     body.tools = kept
+    return names + unchosen(body, {str(tool["type"]) for tool in left_out})
+
+
+def unchosen(body: ResponsesRequest, left_out: set[str]) -> list[str]:
+    """The `tool_choice` of `body` without the hosted tools left out of its tools (their types, `left_out`), and its
+    names of what that took. A choice of one of them, or with no tool left to choose, goes (`tool_choice`); an
+    `allowed_tools` choice keeps the tools still sent (`tool_choice.tools`), as the translation's does, or goes when
+    it allowed none of them. The allowed tools went upstream as they came, naming one the body no longer had, and
+    OpenAI refused the request (400, `tool_choice.tools[0]`: found by review)."""
+
+    def gone(tool: Any) -> bool:
+        # (The searches are left out together, whatever their names: a choice of `web_search_preview` with them.)
+        kind = str(tool.get("type") or "") if isinstance(tool, dict) else ""
+        return kind in left_out or (kind.startswith("web_search") and any(t.startswith("web_search") for t in left_out))
+
     choice = body.tool_choice
-    chosen = str(choice.get("type") or "") if isinstance(choice, dict) else ""
-    if choice is not None and (not kept or f"tools[{chosen}]" in names):
-        body.tool_choice = None
-        body.model_fields_set.discard("tool_choice")  # (left out of the body sent, not sent as null)
-        names.append("tool_choice")
-    return names
+    if choice is None:
+        return []
+    allowed = choice.get("tools") if isinstance(choice, dict) and choice.get("type") == "allowed_tools" else None
+    if isinstance(choice, dict) and isinstance(allowed, list) and any(gone(tool) for tool in allowed):
+        still = [tool for tool in allowed if not gone(tool)]
+        if still and body.tools:
+            body.tool_choice = {**choice, "tools": still}
+            return ["tool_choice.tools"]
+    elif body.tools and not gone(choice):
+        return []
+    body.tool_choice = None
+    body.model_fields_set.discard("tool_choice")  # (left out of the body sent, not sent as null)
+    return ["tool_choice"]
 
 
 class ResponseArchive:
