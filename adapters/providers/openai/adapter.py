@@ -739,7 +739,6 @@ class OpenAIAdapter(ProviderAdapter):
     def native_request(
         self, call: NativeCall, target: Target, *, stream: bool, output_limit: int | None
     ) -> BuiltRequest:
-        keeps = bool(self.options.get("responses_store", False))
         from adapters.providers.openai.responses import request_body  # (on first use: see LATER_MODULES above)
 
         body, dropped = request_body(
@@ -747,13 +746,17 @@ class OpenAIAdapter(ProviderAdapter):
             target.model,
             stream=stream,
             output_limit=output_limit,
-            provider_keeps=keeps,
+            provider_keeps=self.keeps_responses(),
+            visible=call.visible,
             reasons=reasoning.openai_reasons(target),
             issuer=target.issuer,
             takes=openai_takes,
         )
         request = UpstreamRequest("POST", self.responses_url(target), self.headers(), orjson.dumps(body))
         return BuiltRequest(request, dropped)
+
+    def keeps_responses(self) -> bool:
+        return bool(self.options.get("responses_store", False))
 
     def native_names(self, call: NativeCall) -> dict[str, str]:
         """The client's function names of a Responses request passed through, by the aliases they went as

@@ -811,6 +811,38 @@ def test_encrypted_reasoning_goes_back_to_the_deployment_that_issued_it_alone(st
     assert call.body["input"][1] == mine and mine["encrypted_content"] != "gAAAAABmine"  # the client's, as it was
 
 
+@pytest.mark.parametrize("keeps", [False, True], ids=["stores-nothing", "keeps-answers"])
+def test_a_provider_that_keeps_answers_is_sent_only_the_item_ids_the_key_may_see(keeps: bool) -> None:
+    """A provider that stores the request reads an input item sent with its id from the account's store, where every
+    key's answers are: another key's reasoning item sent back by its id (as the Agents SDK sends a stored turn) went
+    as it came, and the turn ran on that key's hidden reasoning (found by review). Only the ids the key may see
+    (`NativeCall.visible`) go; any other item goes as to a provider that stores nothing: without its id, a reasoning
+    item without its `encrypted_content` left out and named. With `store: false` no id goes."""
+    from handler.ports import RESPONSES_API, NativeCall
+
+    items = [
+        {"type": "reasoning", "id": "rs_mine", "summary": []},
+        {"type": "message", "id": "msg_mine", "role": "assistant", "content": [{"type": "output_text", "text": "a"}]},
+        {"type": "reasoning", "id": "rs_theirs", "summary": []},
+        {"type": "function_call", "id": "fc_theirs", "call_id": "call_1", "name": "f", "arguments": "{}"},
+        {"type": "web_search_call", "id": "ws_theirs", "status": "completed", "action": {"type": "search"}},
+        {"type": "function_call_output", "call_id": "call_1", "output": "18C"},
+        {"role": "user", "content": "hi", "id": ["not", "a", "string"]},
+    ]
+    visible = frozenset({"rs_mine", "msg_mine"})
+    for store in (True, False):
+        call = NativeCall(RESPONSES_API, {"model": "m", "input": items, "store": store}, visible=visible)
+        built = adapter(responses_store=keeps).native_request(call, target(), stream=False, output_limit=None)
+        sent = orjson.loads(built.request.body)["input"]
+        mine = [("reasoning", "rs_mine"), ("message", "msg_mine")] if keeps and store else [("message", None)]
+        others = ["function_call", "web_search_call", "function_call_output", "user"]
+        assert [(item.get("type") or item["role"], item.get("id")) for item in sent] == [
+            *mine,
+            *((kind, None) for kind in others),
+        ]
+        assert built.dropped == ["input[reasoning]"]
+
+
 # A plain request's body, written directly (`plain_body`), is the body the translation makes of it: each shape below
 # goes to each OpenAI-compatible adapter and profile with the direct path on and off, and what goes upstream (URL,
 # headers, body to the byte, what is named dropped) must not differ.
