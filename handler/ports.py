@@ -181,10 +181,25 @@ class NativeCall(Value):
     `native_only` is the client's 400 for a deployment that does not speak `api`, when the request carries what only
     one that does can take (a Messages `thread`: its conversation is held by Anthropic, and a translation would send
     a part of it as the whole); None for any other request. `held`: the provider holds earlier turns that the body
-    leaves out (a thread's `continue`), whose size the body does not show.
+    leaves out (a thread's `continue`), whose size the body does not show. `visible`: the provider's own ids of the
+    body's input items that the client's key may see (of items answered to it or to a key under it:
+    `handler.api.responses_routes.StoredItems.answered_of`), the only ids a provider that keeps answers itself
+    (`ProviderAdapter.keeps_responses`) is sent: it reads an item sent with its id from its account's store, where
+    every key's answers are.
     """
 
-    __slots__ = ("api", "body", "headers", "untranslated", "dropped", "query", "lost_headers", "native_only", "held")
+    __slots__ = (
+        "api",
+        "body",
+        "headers",
+        "untranslated",
+        "dropped",
+        "query",
+        "lost_headers",
+        "native_only",
+        "held",
+        "visible",
+    )
 
     def __init__(
         self,
@@ -197,6 +212,7 @@ class NativeCall(Value):
         lost_headers: tuple[str, ...] = (),
         native_only: InvalidRequestError | None = None,
         held: bool = False,
+        visible: frozenset[str] = frozenset(),
     ) -> None:
         self.api: Final = api
         self.body: Final = body
@@ -207,6 +223,7 @@ class NativeCall(Value):
         self.lost_headers: Final = lost_headers
         self.native_only: Final = native_only
         self.held: Final = held
+        self.visible: Final = visible
 
 
 class Served(Value):
@@ -364,6 +381,12 @@ class ProviderAdapter(ABC):
     ) -> BuiltRequest:
         """The client's body for `target`: its model substituted, its output capped at `output_limit`."""
         raise NotImplementedError(f"provider type '{self.type_name}' does not speak {call.api}")
+
+    def keeps_responses(self) -> bool:
+        """Whether the provider keeps the Responses API answers it serves natively, for the gateway's one account (the
+        operator's `responses_store: true` on an OpenAI or Azure provider): it then reads an input item sent with its
+        id from its own store, whichever key the item was answered to (`NativeCall.visible`)."""
+        return False
 
     def native_names(self, call: NativeCall) -> Mapping[str, str]:
         """The client's tool names of a request passed through, by the names the provider was sent them as where

@@ -70,6 +70,7 @@ class Relay:
         untranslated: list[str],
         dropped: list[str] | None = None,  # what the body sent leaves out of the client's
         kept: Mapping[str, str] | None = None,  # the encrypted reasoning kept for the input's reasoning items
+        visible: frozenset[str] = frozenset(),  # the provider's item ids the key may see (`NativeCall.visible`)
     ) -> None:
         self.body = body
         self.ex = ex
@@ -90,7 +91,11 @@ class Relay:
                 dropped.append(UNREADABLE_REASONING)
             items = sent
         self.call = NativeCall(
-            RESPONSES_API, SentBody(body, items), untranslated=tuple(untranslated), dropped=tuple(dropped)
+            RESPONSES_API,
+            SentBody(body, items),
+            untranslated=tuple(untranslated),
+            dropped=tuple(dropped),
+            visible=visible,
         )
 
     @staticmethod

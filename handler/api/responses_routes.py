@@ -16,7 +16,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -66,6 +66,9 @@ SEAL_SECRET_TTL = 10 * 365 * 86400
 MAX_KEPT_READS = 8
 MAX_INDEXED_ID = 256  # the longest item id indexed (a provider's are some 50 characters; a DynamoDB key, 2 KB)
 UNKEPT = "unkept"  # a record that stands for a response answered but not kept: why, for the client
+# Beside a stored conversation: the provider's ids of its items that were answered to the key or a key under it (the
+# output of responses it may read), so that a turn continuing it needs no store read to send them (`answered_in`).
+ANSWERED = "answered_ids"
 
 
 # Hosted tools OpenAI bills beyond tokens at rates the gateway does not price: per call (`file_search`), per
@@ -77,8 +80,8 @@ def hosted_tools(pipeline: Pipeline, ex: Exchange, body: ResponsesRequest) -> li
     """The Responses API's hosted tools that OpenAI bills beyond tokens. Web search (`web_search`,
     `web_search_preview`, billed per call): kept when searches are priced, up to `max_tool_calls`
     (`DEFAULT_SEARCHES` when the request sets none) reserved for. The others (`UNPRICED_HOSTED`), and unpriced
-    searches: left out of the body a Responses deployment gets (a 400 under `x-gateway-strict`), with a
-    `tool_choice` that named one or has no tool left to choose. Returns what was left out."""
+    searches: left out of the body a Responses deployment gets (a 400 under `x-gateway-strict`), and out of the
+    `tool_choice` (`unchosen`). Returns what was left out."""
     tools = body.tools or []
     left_out = [t for t in tools if str(t.get("type") or "") in UNPRICED_HOSTED]
     pipeline.refuse_unpriced_tools(ex, sorted({f"tools[{tool['type']}]" for tool in left_out}))
@@ -95,13 +98,35 @@ def hosted_tools(pipeline: Pipeline, ex: Exchange, body: ResponsesRequest) -> li
     names = sorted({f"tools[{tool['type']}]" for tool in left_out})
     kept = [tool for tool in tools if not any(tool is out for out in left_out)]
     body.tools = kept
+    return names + unchosen(body, {str(tool["type"]) for tool in left_out})
+
+
+def unchosen(body: ResponsesRequest, left_out: set[str]) -> list[str]:
+    """The `tool_choice` of `body` without the hosted tools left out of its tools (their types, `left_out`), and its
+    names of what that took. A choice of one of them, or with no tool left to choose, goes (`tool_choice`); an
+    `allowed_tools` choice keeps the tools still sent (`tool_choice.tools`), as the translation's does, or goes when
+    it allowed none of them. The allowed tools went upstream as they came, naming one the body no longer had, and
+    OpenAI refused the request (400, `tool_choice.tools[0]`: found by review)."""
+
+    def gone(tool: Any) -> bool:
+        # (The searches are left out together, whatever their names: a choice of `web_search_preview` with them.)
+        kind = str(tool.get("type") or "") if isinstance(tool, dict) else ""
+        return kind in left_out or (kind.startswith("web_search") and any(t.startswith("web_search") for t in left_out))
+
     choice = body.tool_choice
-    chosen = str(choice.get("type") or "") if isinstance(choice, dict) else ""
-    if choice is not None and (not kept or f"tools[{chosen}]" in names):
-        body.tool_choice = None
-        body.model_fields_set.discard("tool_choice")  # (left out of the body sent, not sent as null)
-        names.append("tool_choice")
-    return names
+    if choice is None:
+        return []
+    allowed = choice.get("tools") if isinstance(choice, dict) and choice.get("type") == "allowed_tools" else None
+    if isinstance(choice, dict) and isinstance(allowed, list) and any(gone(tool) for tool in allowed):
+        still = [tool for tool in allowed if not gone(tool)]
+        if still and body.tools:
+            body.tool_choice = {**choice, "tools": still}
+            return ["tool_choice.tools"]
+    elif body.tools and not gone(choice):
+        return []
+    body.tool_choice = None
+    body.model_fields_set.discard("tool_choice")  # (left out of the body sent, not sent as null)
+    return ["tool_choice"]
 
 
 class ResponseArchive:
@@ -144,16 +169,21 @@ class ResponseArchive:
         response: dict[str, Any],
         known_ids: list[str],
         sealed: dict[str, str],
+        answered: Collection[str] = (),
     ) -> None:
         """Store the response and its conversation's items with their ids (`known_ids`: those of the turns it
-        continues) and the sealed reasoning of its reasoning items (`sealed`, by item id: what the client was
-        not given, and the provider needs back); one that cannot be kept (too large, the store failing) is
+        continues), the sealed reasoning of its reasoning items (`sealed`, by item id: what the client was
+        not given, and the provider needs back) and which of their ids were answered to the key or a key under it
+        (`answered`, `ANSWERED`); one that cannot be kept (too large, the store failing) is
         still answered, and says so (`store: false`): the provider was paid for it, so it must not be lost."""
         now = time.time()
         ids = item_ids(items, response["id"], known_ids)
         held = held_ids(response)
+        record: dict[str, Any] = {"items": items, "item_ids": ids, "response": response, "sealed": sealed}
+        if answered:
+            record[ANSWERED] = [item_id for item_id in ids if item_id in answered]
         # Kept as the client was answered: without a secret the model said (it was redacted only when read back).
-        body = scrub(orjson.dumps({"items": items, "item_ids": ids, "response": response, "sealed": sealed}))
+        body = scrub(orjson.dumps(record))
         stored = StoredResponse(response["id"], key.id, list(key.ancestors), now, now + self.ttl, body)
         # A stream that failed is kept as its `response.failed` says, the one its deadline cut among them: its write
         # ends by the invocation's own time, as its settlement's does (`SETTLE_BY`), not by the request's deadline,
@@ -215,6 +245,17 @@ def held_ids(response: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def answered_in(record: Mapping[str, Any]) -> list[str]:
+    """The provider's item ids a stored record's key, and every key above it, may see: its response's output's, and
+    those of its conversation that were answered to it (`ANSWERED`). Not any id of its conversation: an input item
+    keeps the id the client sent it with, which may be another key's (sent back by value, as the Agents SDK sends a
+    turn)."""
+    output = record["response"].get("output") or ()
+    own = [item["id"] for item in output if isinstance(item, dict) and isinstance(item.get("id"), str)]
+    kept = record.get(ANSWERED)
+    return [*own, *(item_id for item_id in kept if isinstance(item_id, str))] if isinstance(kept, list) else own
+
+
 def held_in(stored: StoredResponse) -> list[str]:
     """`held_ids` of a stored record (`Store.index_held`, for records kept before the index): none for what is not
     a response (the reasoning seal's secret, why one was not kept)."""
@@ -237,7 +278,10 @@ class StoredItems:
     of its items are known from then on: a response keeps the turns it continued, so the last one usually holds
     every item a client sends back. At most `MAX_KEPT_READS` store reads (index queries included) are made, before
     the key is admitted: made-up ids cost no more than that (`spent` then says some were not looked for). A store
-    failing reads as nothing found, and is not asked again for this request."""
+    failing reads as nothing found, and is not asked again for this request.
+
+    `answered` holds the provider's item ids the key may see (`answered_in` each response read, and the one continued):
+    what a provider that keeps answers itself may be sent an item's id for (`answered_of`)."""
 
     def __init__(
         self,
@@ -246,6 +290,7 @@ class StoredItems:
         history: list[dict[str, Any]],
         history_ids: list[str],
         sealed: dict[str, str],
+        answered: Iterable[str] = (),
     ) -> None:
         self.archive = archive
         self.key = key
@@ -254,6 +299,7 @@ class StoredItems:
         self.failing = False
         self.read: set[str] = set()
         self.known: dict[str, tuple[dict[str, Any], dict[str, str]]] = {}
+        self.answered: set[str] = set(answered)
         for item, item_id in zip(history, history_ids, strict=False):
             self.known.setdefault(item_id, (item, sealed))
 
@@ -280,6 +326,7 @@ class StoredItems:
             return
         if record is None or UNKEPT in record:
             return
+        self.answered.update(answered_in(record))
         sealed: dict[str, str] = record.get("sealed") or {}
         for item, item_id in zip(record["items"], stored_ids(record, response_id), strict=False):
             self.known.setdefault(item_id, (item, sealed))
@@ -292,18 +339,42 @@ class StoredItems:
         if item_id in self.known:
             return self.known[item_id]
         named = ResponseIds.response_of(item_id)
-        holders = [named] if named is not None else []
-        if named is None and len(item_id) <= MAX_INDEXED_ID and self._spend():
-            try:
-                holders = await self.archive.store.responses_holding(item_id)
-            except StoreError as exc:
-                logger.warning("stored items not looked up: %s", exc)
-                self.failing = True
-        for response_id in holders:
+        for response_id in [named] if named is not None else await self._holding(item_id):
             await self._read(response_id)
             if item_id in self.known:
                 return self.known[item_id]
         return None
+
+    async def _holding(self, item_id: str) -> list[str]:
+        """The responses whose output holds a provider's item id, by the store's index (one read, if any is left)."""
+        if len(item_id) > MAX_INDEXED_ID or not self._spend():
+            return []
+        try:
+            return await self.archive.store.responses_holding(item_id)
+        except StoreError as exc:
+            logger.warning("stored items not looked up: %s", exc)
+            self.failing = True
+            return []
+
+    async def answered_of(self, items: list[dict[str, Any]]) -> frozenset[str]:
+        """The provider's own ids of `items` that the key may see (`answered`: given in the output of a response it
+        may read, found by the store's index), looked for from the last item back: a client's own conversation is
+        mostly in its last response. An id a client only wrote on an item (another key's, sent back by value; and so
+        kept in the key's own conversation) is not among them, nor one past the request's store reads. Items that
+        carry no provider id cost no read."""
+        found: set[str] = set()
+        for item in reversed(items):
+            item_id = item.get("id") if isinstance(item, dict) else None
+            if not isinstance(item_id, str) or not item_id or ResponseIds.response_of(item_id) is not None:
+                continue  # (the gateway's own ids name no provider's item, and are not sent: `Relay`)
+            if item_id not in self.answered:
+                for response_id in await self._holding(item_id):
+                    await self._read(response_id)
+                    if item_id in self.answered:
+                        break
+            if item_id in self.answered:
+                found.add(item_id)
+        return frozenset(found)
 
     async def kept_reasoning(self, reasoning_ids: list[str]) -> dict[str, str]:
         """The sealed reasoning kept for reasoning items sent back by value without it (`reasoning_ids`, in input
@@ -371,6 +442,9 @@ class ResponsesRoutes:
         secret = api.gateway.responses_secret  # (read at start: a reference to nothing is refused there)
         self._seal = ReasoningSeal(secret.encode()) if secret else None
         self._sealing = asyncio.Lock()
+        # Whether a provider keeps the answers it serves natively (`responses_store: true`): only then are the items'
+        # provider ids looked up (`StoredItems.answered_of`).
+        self.keeping = any(adapter.keeps_responses() for adapter in api.gateway.router.adapters.values())
 
     async def seal(self) -> ReasoningSeal:
         """The reasoning seal: keyed by the operator's secret, else by one the store keeps, so that every
@@ -394,13 +468,15 @@ class ResponsesRoutes:
         history: list[dict[str, Any]] = []
         history_ids: list[str] = []
         sealed: dict[str, str] = {}
+        answered: list[str] = []
         if body.previous_response_id:
             previous_id = body.previous_response_id
             previous = await self.archive.find(previous_id, key, param="previous_response_id")
             history = [*previous["items"], *previous["response"].get("output", [])]
             history_ids = item_ids(history, previous_id, stored_ids(previous, previous_id))
             sealed = previous.get("sealed") or {}
-        lookup = StoredItems(self.archive, key, history, history_ids, sealed)
+            answered = answered_in(previous)
+        lookup = StoredItems(self.archive, key, history, history_ids, sealed, answered)
         items, kept = await lookup.resolved(input_items(body))
         if isinstance(body.input, list):
             body.input = items  # (the references replaced: for the translation, the provider and the store)
@@ -411,6 +487,10 @@ class ResponsesRoutes:
         if unsealed:
             kept.update(await lookup.kept_reasoning(unsealed))
         unread = lookup.spent
+        # A provider that keeps answers itself is sent an item's id only where the key may see the item (it would
+        # read any other from the account's store: `NativeCall.visible`): looked for where one is configured, for a
+        # turn it would store, and only for items that carry a provider's id.
+        visible = await lookup.answered_of([*history, *items]) if self.keeping and body.stored else frozenset()
         # The translation is needed either way: admission estimates and caps the request in the internal form.
         seal = (await self.seal()).for_response()
         handed_back = with_sealed_reasoning(history, sealed)  # the stored turns as the provider needs them
@@ -423,7 +503,7 @@ class ResponsesRoutes:
         # A deployment that serves the Responses API gets the client's body (`relay.call`), any other the
         # translation (`req`); what either leaves out is reported for the deployment that served. Both get the
         # stored turns' reasoning with what the gateway kept of it.
-        relay = Relay(body, handed_back, ex, dropped, hosted_tools(api.pipeline, ex, body), kept)
+        relay = Relay(body, handed_back, ex, dropped, hosted_tools(api.pipeline, ex, body), kept, visible)
 
         async def keep(response: dict[str, Any]) -> None:
             if body.stored:
@@ -435,6 +515,7 @@ class ResponsesRoutes:
                     response,
                     history_ids,
                     {item_id: seal.upgraded(token) for item_id, token in reasoning.items()},
+                    lookup.answered,
                 )
 
         ids = ResponseIds(ex.request_id)

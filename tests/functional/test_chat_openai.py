@@ -93,6 +93,27 @@ def test_stream_without_include_usage_still_reports_cost(running: Running, key: 
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
 
 
+@pytest.mark.parametrize("usage", [True, False], ids=["with-usage", "without-usage"])
+def test_a_streams_own_stream_options_reach_openai_beside_the_usage(running: Running, key: str, usage: bool) -> None:
+    """OpenAI pads every streamed delta with an `obfuscation` member unless `stream_options.include_obfuscation` is
+    false (a client on a trusted link turns it off to save bandwidth). The gateway sent its own `{"include_usage":
+    true}` in place of the client's `stream_options`: the client's `false` never reached OpenAI, and nothing named it
+    (found by review). It goes beside the usage the gateway asks for, and a client that did not ask for the usage
+    still gets no usage chunk."""
+    raw = client(running, key).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Hi"}],
+        stream=True,
+        stream_options={"include_obfuscation": False, **({"include_usage": True} if usage else {})},
+    )
+    chunks = list(raw.parse())
+    sent = running.fakes["openai"].state.requests[-1]["json"]
+    assert sent["stream_options"] == {"include_usage": True, "include_obfuscation": False}
+    assert "x-gateway-dropped-params" not in raw.headers
+    assert [chunk.choices for chunk in chunks if chunk.usage is not None] == ([[]] if usage else [])
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == TEXT
+
+
 def test_tools_round_trip_stream_and_not(running: Running, key: str) -> None:
     oa = client(running, key)
     messages = [{"role": "user", "content": "Weather in Paris?"}]

@@ -808,6 +808,71 @@ def test_hosted_tools_billed_per_container_call_or_image_are_left_out_and_named(
     assert "tools.code_execution_20250825" in refused_m.value.message
 
 
+ALLOWED_F: Any = {"type": "function", "name": "weather"}
+
+
+@pytest.mark.parametrize(
+    ("running", "hosted", "choice", "sent_choice", "named"),
+    [
+        # An `allowed_tools` choice keeps the tools still sent, and names what it lost.
+        (
+            "priced",
+            {"type": "image_generation"},
+            {"type": "allowed_tools", "mode": "required", "tools": [{"type": "image_generation"}, ALLOWED_F]},
+            {"type": "allowed_tools", "mode": "required", "tools": [ALLOWED_F]},
+            "tools[image_generation],tool_choice.tools",
+        ),
+        (
+            "priced",
+            {"type": "file_search", "vector_store_ids": ["vs_1"]},
+            {"type": "allowed_tools", "mode": "auto", "tools": [ALLOWED_F, {"type": "file_search"}]},
+            {"type": "allowed_tools", "mode": "auto", "tools": [ALLOWED_F]},
+            "tools[file_search],tool_choice.tools",
+        ),
+        (
+            "unpriced",
+            {"type": "web_search"},
+            {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "web_search"}, ALLOWED_F]},
+            {"type": "allowed_tools", "mode": "auto", "tools": [ALLOWED_F]},
+            "tools[web_search],tool_choice.tools",
+        ),
+        # One that allowed nothing else goes, named; as does a choice of the left-out tool itself.
+        (
+            "priced",
+            {"type": "code_interpreter", "container": {"type": "auto"}},
+            {"type": "allowed_tools", "mode": "required", "tools": [{"type": "code_interpreter"}]},
+            None,
+            "tools[code_interpreter],tool_choice",
+        ),
+        (
+            "priced",
+            {"type": "image_generation"},
+            {"type": "image_generation"},
+            None,
+            "tools[image_generation],tool_choice",
+        ),
+        ("unpriced", {"type": "web_search"}, {"type": "web_search_preview"}, None, "tools[web_search],tool_choice"),
+    ],
+    ids=["image-generation", "file-search", "unpriced-search", "none-left", "chosen", "chosen-search"],
+)
+def test_a_tool_choice_leaves_out_the_hosted_tools_left_out_of_the_tools(
+    running: str, hosted: Any, choice: Any, sent_choice: Any, named: str, request: pytest.FixtureRequest
+) -> None:
+    """A hosted tool the gateway leaves out of `tools` stayed in an `allowed_tools` choice, which went upstream
+    allowing a tool the body no longer had: OpenAI refused the request (400 on `tool_choice.tools[0]`, found by
+    review). The choice keeps the tools still sent and names `tool_choice.tools`, as the translation does; one that
+    allowed none of them, or chose the left-out tool itself, goes (`tool_choice`). The request is served."""
+    gateway: Running = request.getfixturevalue(running)
+    weather: Any = {**ALLOWED_F, "parameters": {"type": "object"}}
+    raw = openai_client(gateway, gateway.mint(name="hosted-choice")).responses.with_raw_response.create(
+        model="gpt", input="Chart it", tools=[hosted, weather], tool_choice=choice
+    )
+    assert raw.parse().status == "completed"
+    body = sent(gateway, "openai")
+    assert body["tools"] == [weather] and body.get("tool_choice") == sent_choice
+    assert raw.headers["x-gateway-dropped-params"] == named
+
+
 def test_a_container_goes_with_code_execution(priced: Running) -> None:
     """A Messages `container` (a container's id from an earlier answer, or a new one's skills) went to Anthropic as
     sent. A container is code execution's, which Anthropic keeps under the one account for every key (and bills per

@@ -62,6 +62,10 @@ PARTS_SINCE: dict[str, str] = {"input_audio": "2025-01-01-preview", "file": "202
 # Azure's Chat Completions. Azure refuses an unknown member ("Unrecognized request argument supplied"), a 400
 # that does not fail over; sent on, a request OpenAI serves failed on its Azure deployment (found by review).
 OPENAI_ONLY = ("verbosity", "prompt_cache_key", "safety_identifier", "service_tier", "web_search_options")
+# The members of `stream_options` Azure's dated api-versions define: `include_usage` alone (OpenAI's
+# `include_obfuscation` came after the last of them), so a client's others are left out and named, as its unknown
+# top-level members are.
+STREAM_MEMBERS = frozenset({"include_usage"})
 
 
 def conform_to_version(body: dict[str, Any], version: str, dropped: list[str]) -> None:
@@ -72,6 +76,10 @@ def conform_to_version(body: dict[str, Any], version: str, dropped: list[str]) -
     for name in OPENAI_ONLY:
         if name in body and body.pop(name) is not None:
             dropped.append(name)
+    stream_options = body.get("stream_options") or {}
+    for name in [name for name in stream_options if name not in STREAM_MEMBERS]:
+        if stream_options.pop(name) is not None:
+            dropped.append(f"stream_options.{name}")
     if version < COMPLETION_CAP_SINCE:
         body.pop("stream_options", None)
         cap = body.pop("max_completion_tokens", None)

@@ -639,9 +639,24 @@ class OpenAIAdapter(ProviderAdapter):
         body, dropped = (plain, []) if plain is not None else self.translated_body(req, target, profile)
         if stream:
             body["stream"] = True
-            if profile.stream_usage if self.stream_usage is None else self.stream_usage:
-                body["stream_options"] = {"include_usage": True}
+            dropped += self.stream_options(body, req, profile)
         return body, dropped
+
+    def stream_options(self, body: dict[str, Any], req: ChatRequest, profile: Profile) -> list[str]:
+        """A stream's `stream_options` in `body` (in place), and the client's members of it left out, named
+        (`stream_options.<member>`). The usage is always asked for where the API takes it (`stream_usage`): the stream
+        is metered from it, and the client's own `include_usage` is the gateway's to honour (the front-end writes the
+        usage chunk for a client that asked, and for no other). The client's other members go beside it as it sent
+        them, where the API takes them (`Profile.stream_members`): the gateway's own `{"include_usage": true}` went
+        in their place, and `include_obfuscation: false` never reached OpenAI, unnamed (found by review). Where the API
+        refuses `stream_options` (`stream_usage` off), nothing of it is sent."""
+        asked = {name: value for name, value in (req.stream_options or {}).items() if name != "include_usage"}
+        usage = profile.stream_usage if self.stream_usage is None else self.stream_usage
+        takes = profile.stream_members if usage else frozenset()
+        sent = asked if takes is None else {name: value for name, value in asked.items() if name in takes}
+        if usage:
+            body["stream_options"] = {"include_usage": True, **sent}
+        return [f"stream_options.{name}" for name, value in asked.items() if name not in sent and value is not None]
 
     def translated_body(self, req: ChatRequest, target: Target, profile: Profile) -> tuple[dict[str, Any], list[str]]:
         """`chat_body`'s, but for the stream's members, for any request `plain_body` does not take."""
@@ -724,7 +739,6 @@ class OpenAIAdapter(ProviderAdapter):
     def native_request(
         self, call: NativeCall, target: Target, *, stream: bool, output_limit: int | None
     ) -> BuiltRequest:
-        keeps = bool(self.options.get("responses_store", False))
         from adapters.providers.openai.responses import request_body  # (on first use: see LATER_MODULES above)
 
         body, dropped = request_body(
@@ -732,13 +746,17 @@ class OpenAIAdapter(ProviderAdapter):
             target.model,
             stream=stream,
             output_limit=output_limit,
-            provider_keeps=keeps,
+            provider_keeps=self.keeps_responses(),
+            visible=call.visible,
             reasons=reasoning.openai_reasons(target),
             issuer=target.issuer,
             takes=openai_takes,
         )
         request = UpstreamRequest("POST", self.responses_url(target), self.headers(), orjson.dumps(body))
         return BuiltRequest(request, dropped)
+
+    def keeps_responses(self) -> bool:
+        return bool(self.options.get("responses_store", False))
 
     def native_names(self, call: NativeCall) -> dict[str, str]:
         """The client's function names of a Responses request passed through, by the aliases they went as

@@ -23,7 +23,10 @@ EARLIER_REASONING = ("reasoning_content", "reasoning_details")
 
 class Profile(Value):
     """`rules` rewrite top-level parameters; `stream_usage` says whether the API accepts
-    `stream_options.include_usage` (otherwise it must not be sent); `strip_message_fields` are
+    `stream_options.include_usage` (otherwise it must not be sent, nor any of `stream_options`); `stream_members` the
+    members of `stream_options` besides `include_usage` it takes (OpenAI's `include_obfuscation`), the client's others
+    left out and named (`stream_options.<member>`), or None where the gateway knows the API no better and sends them
+    as the client did (vLLM's `continuous_usage_stats`); `strip_message_fields` are
     message fields the API rejects in input (a previous turn's reasoning: its text, `reasoning_content`, and
     OpenRouter's `reasoning_details`, which may hold another provider's encrypted reasoning), left out and named
     (`messages.<field>`); `strip_tool_call_fields`
@@ -56,6 +59,7 @@ class Profile(Value):
     __slots__ = (
         "rules",
         "stream_usage",
+        "stream_members",
         "strip_message_fields",
         "strip_tool_call_fields",
         "roles",
@@ -74,6 +78,7 @@ class Profile(Value):
         self,
         rules: Mapping[str, Rule] = MappingProxyType({}),
         stream_usage: bool = True,
+        stream_members: frozenset[str] | None = frozenset(),
         strip_message_fields: tuple[str, ...] = EARLIER_REASONING,
         strip_tool_call_fields: tuple[str, ...] = ("extra_content",),
         roles: Mapping[str, str] = MappingProxyType({}),
@@ -89,6 +94,7 @@ class Profile(Value):
     ) -> None:
         self.rules: Final = rules
         self.stream_usage: Final = stream_usage
+        self.stream_members: Final = stream_members
         self.strip_message_fields: Final = strip_message_fields
         self.strip_tool_call_fields: Final = strip_tool_call_fields
         self.roles: Final = roles
@@ -109,12 +115,19 @@ OPENAI_STOPS = Rule(max_items=4)  # OpenAI's spec: "up to 4 sequences"
 
 
 PROFILES: dict[str, Profile] = {
-    "openai": Profile(rules={"stop": OPENAI_STOPS}, reasoning_shown=False, allowed_tools=True),
+    # (`include_obfuscation: false`: OpenAI pads no delta with its `obfuscation` member, which a client on a trusted
+    # link turns off to save bandwidth.)
+    "openai": Profile(
+        rules={"stop": OPENAI_STOPS},
+        stream_members=frozenset({"include_obfuscation"}),
+        reasoning_shown=False,
+        allowed_tools=True,
+    ),
     # A server the gateway does not know (vLLM, SGLang, LM Studio, OpenRouter, ...): OpenAI's bodies, none of OpenAI's
     # own bounds. OpenAI's four stop sequences, applied to them, refused a list vLLM takes. An earlier turn's
     # `reasoning_details` goes back as it came: OpenRouter, which returns it, wants it back (a Gemini or Claude turn's
     # signed reasoning is in it), and a server that does not know the field ignores it as any other.
-    "compatible": Profile(strip_message_fields=("reasoning_content",)),
+    "compatible": Profile(stream_members=None, strip_message_fields=("reasoning_content",)),
     "deepseek": Profile(
         rules={
             "max_completion_tokens": Rule(rename="max_tokens"),

@@ -7,7 +7,7 @@ them itself). The answer's `usage` (in a stream: the terminal event's response) 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from adapters.providers.reasoning import openai_effort
@@ -52,6 +52,7 @@ def request_body(
     reasons: bool,
     issuer: str = "",
     takes: Callable[[str], bool] | None = None,
+    visible: Collection[str] = frozenset(),
 ) -> tuple[dict[str, Any], list[str]]:
     """The client's body for a deployment: its model, `stream`, the output cap, and `store` only where the
     operator lets the provider keep answers and the client asked for it (`store` defaults to true); and the names
@@ -67,18 +68,25 @@ def request_body(
     `encrypted_content`: `include` asks for it when the gateway keeps the turn (the client's `store`, true by
     default; the gateway holds it beside the stored response, see `handler.api.responses_native.Relay`) or when
     the input hands reasoning back that way. Only for a reasoning model (`reasons`): OpenAI refuses it for others
-    (400, "Encrypted content is not supported with this model")."""
+    (400, "Encrypted content is not supported with this model").
+
+    A provider that stores the request (`provider_keeps`, and the client's `store`) reads an input item sent with its
+    id from its account's store, where the answers of every key of the gateway are: only the ids the key may see
+    (`visible`) go; the others are left out as with `store: false` (`unpersisted`). Another key's reasoning item sent
+    back by id went as it came, and the turn ran on that key's hidden reasoning (found by review)."""
     body = {**client, "model": model, "stream": stream}
     dropped: list[str] = []
     if isinstance(body.get("input"), list):
         body["input"], dropped = issued_here(shorten_input_call_ids(body["input"]), issuer)
-    if not (provider_keeps and client.get("store") is not False):
+    stored = provider_keeps and client.get("store") is not False
+    if isinstance(body.get("input"), list):
+        body["input"], unsent = unpersisted(body["input"], visible if stored else ())
+        dropped = [*dropped, *unsent]
+    if not stored:
         body["store"] = False
-        hands_back = False
-        if isinstance(body.get("input"), list):
-            body["input"], unsent = unpersisted(body["input"])
-            dropped = [*dropped, *unsent]
-            hands_back = any(isinstance(i, dict) and i.get("type") == "reasoning" for i in body["input"])
+        hands_back = isinstance(body.get("input"), list) and any(
+            isinstance(i, dict) and i.get("type") == "reasoning" for i in body["input"]
+        )
         include = list(body.get("include") or ())
         if (client.get("store") is not False or hands_back) and ENCRYPTED_REASONING not in include and reasons:
             body["include"] = [*include, ENCRYPTED_REASONING]
@@ -171,23 +179,28 @@ def issued_here(items: list[Any], issuer: str) -> tuple[list[Any], list[str]]:
     return kept, dropped
 
 
-def unpersisted(items: list[Any]) -> tuple[list[Any], list[str]]:
-    """Input items for a request the provider does not store. OpenAI looks an item with an `id` up among the
-        items it stored, and answers 404 ("Items are not persisted when `store` is set to false") when it kept none:
-        earlier turns' output (the gateway's stored conversations, an agent's replayed history) goes without its
-        ids, and a reasoning item without its `encrypted_content` (the reasoning itself, which only the provider
-        could look up) is left out, named `input[reasoning]`. An `item_reference` goes as it is (the gateway's
-    `/v1/responses` puts the stored item in its place before: `handler.api.responses_routes.StoredItems`)."""
+def unpersisted(items: list[Any], visible: Collection[str] = ()) -> tuple[list[Any], list[str]]:
+    """Input items for a request the provider does not store, or stores but must not read another key's items for
+    (of its ids, only those in `visible` go: `request_body`). OpenAI looks an item with an `id` up among the items it
+    stored, and answers 404 ("Items are not persisted when `store` is set to false") when it kept none: earlier turns'
+    output (the gateway's stored conversations, an agent's replayed history) goes without its ids, and a reasoning
+    item without its `encrypted_content` (the reasoning itself, which only the provider could look up) is left out,
+    named `input[reasoning]`. An `item_reference` goes as it is (the gateway's `/v1/responses` puts the stored item
+    in its place before: `handler.api.responses_routes.StoredItems`)."""
     kept: list[Any] = []
     dropped: list[str] = []
     for item in items:
-        if not isinstance(item, dict) or item.get("type") == "item_reference":
+        if not isinstance(item, dict) or item.get("type") == "item_reference" or _seen(item.get("id"), visible):
             kept.append(item)
         elif item.get("type") == "reasoning" and not item.get("encrypted_content"):
             dropped = ["input[reasoning]"]
         else:
             kept.append({name: value for name, value in item.items() if name != "id"} if "id" in item else item)
     return kept, dropped
+
+
+def _seen(item_id: Any, visible: Collection[str]) -> bool:
+    return isinstance(item_id, str) and item_id in visible  # (a client's id may be of any JSON type)
 
 
 def answer_usage(data: dict[str, Any]) -> Usage | None:

@@ -108,6 +108,7 @@ def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
             "o4-chat": {"deployments": [{"provider": "openai-chat-own", "model": "o4-mini"}], "price": PRICE},
             "claude-opus": {"deployments": [{"provider": "anthropic", "model": "claude-opus-4-7"}], "price": PRICE},
             "gpt-keeps": {"deployments": [{"provider": "openai-keeps", "model": "gpt-4o-mini"}], "price": PRICE},
+            "keeps-reasoner": {"deployments": [{"provider": "openai-keeps", "model": "o4-reasoner"}], "price": PRICE},
             "gpt-reasoner": {"deployments": [{"provider": "openai", "model": "o4-reasoner"}], "price": PRICE},
             # The same, its stream breaking off mid-answer.
             "reasoner-cut": {

@@ -351,3 +351,94 @@ def test_an_input_sending_an_item_twice_is_refused(fleet: Running, fleet_key: st
         assert answer.status_code == 400, answer.text
         assert answer.json()["error"]["message"].startswith(f"Duplicate item found with id {call.id}.")
     assert len(fleet.fakes["anthropic"].state.requests) == sent
+
+
+# --- a provider that keeps answers itself (`responses_store: true`) under the gateway's one account ---------------
+
+
+def kept_turn(running: Running, key: str, items: Any, **settings: Any) -> httpx.Response:
+    """A turn of `keeps-reasoner`, whose provider keeps the answers it serves (OpenAI's `store`)."""
+    body = {"model": "keeps-reasoner", "input": items, **settings}
+    return httpx.post(f"{running.url}/v1/responses", json=body, headers=bearer(key), timeout=30)
+
+
+def sent_ids(running: Running) -> list[str | None]:
+    sent: dict[str, Any] = running.fakes["openai"].state.requests[-1]["json"]
+    assert sent.get("store", True) is True  # (the provider stores the turn: it reads an item sent by id)
+    return [item.get("id") for item in sent["input"]]
+
+
+def test_another_keys_items_reach_a_provider_that_keeps_answers_without_their_ids(
+    fleet_on_each_store: Running,
+) -> None:
+    """Key A's turn is kept by OpenAI too (the operator's `responses_store: true`). Key B, which may not see it (a 404,
+    and a 400 for its `item_reference`), sent A's reasoning item back by value with its id alone, as the Agents SDK
+    sends a stored turn: it reached OpenAI with the id, store on, and a storing OpenAI reads such an item from the
+    account's store, so B's turn ran on A's hidden reasoning (found by review). Another key's ids go no more, whatever
+    the item (a message's, a function call's); a reasoning item without its `encrypted_content` is left out and
+    named, as for a provider that stores nothing; and they go no more when B continues its own turn, whose stored
+    conversation holds them as B sent them."""
+    running = fleet_on_each_store
+    a, b = running.mint(name="tenant-a"), running.mint(name="tenant-b")
+    first = kept_turn(running, a, "My secret plan is X.")
+    assert first.status_code == 200, first.text
+    reasoning, message = first.json()["output"]
+    assert reasoning["type"] == "reasoning" and message["type"] == "message"
+    assert httpx.get(f"{running.url}/v1/responses/{first.json()['id']}", headers=bearer(b)).status_code == 404
+    ask: Any = {"role": "user", "content": "Repeat what you reasoned before."}
+    referred = kept_turn(running, b, [{"type": "item_reference", "id": reasoning["id"]}, ask])
+    assert referred.status_code == 400, referred.text
+
+    by_value = [{"type": "reasoning", "id": reasoning["id"], "summary": []}, message, ask]
+    second = kept_turn(running, b, by_value)
+    assert second.status_code == 200, second.text
+    assert sent_ids(running) == [None, None]  # (A's message without its id, B's question; A's reasoning left out)
+    assert second.headers["x-gateway-dropped-params"] == "input[reasoning]"
+
+    third = kept_turn(running, b, [{"role": "user", "content": "And again?"}], previous_response_id=second.json()["id"])
+    assert third.status_code == 200, third.text
+    own = [item["id"] for item in second.json()["output"]]
+    assert sent_ids(running) == [None, None, *own, None]  # (B's own answer with its ids: OpenAI keeps it for B)
+
+
+def test_a_keys_own_items_and_those_of_keys_under_it_keep_their_ids_at_a_provider_that_keeps_answers(
+    fleet_on_each_store: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The items a key may see (answered to it, or to a key under it, as a stored response is read) go to a provider
+    that keeps answers with their ids, for it to read from its store: sent back by value (one index query and one read
+    find the response that answered them), continued, and continued again with no read but the continued response's.
+    A request whose items carry no provider id reads nothing."""
+    running = fleet_on_each_store
+    parent = running.mint(name="keeping-parent")
+    child = child_of(running, parent)
+    store = running.gateway.store
+    reads: list[str] = []
+    real_read, real_index = store.get_response, store.responses_holding
+
+    async def read(response_id: str) -> StoredResponse | None:
+        reads.append(response_id)
+        return await real_read(response_id)
+
+    async def index(item_id: str) -> list[str]:
+        reads.append(item_id)
+        return await real_index(item_id)
+
+    monkeypatch.setattr(store, "get_response", read)
+    monkeypatch.setattr(store, "responses_holding", index)
+    first = kept_turn(running, child, [{"role": "user", "content": "Plan?"}])
+    assert first.status_code == 200 and reads == []
+    reasoning, message = first.json()["output"]
+    for key in (child, parent):
+        reads.clear()
+        back = kept_turn(running, key, [{"type": "reasoning", "id": reasoning["id"], "summary": []}, message])
+        assert back.status_code == 200 and "x-gateway-dropped-params" not in back.headers
+        assert sent_ids(running) == [reasoning["id"], message["id"]]
+        assert reads == [reasoning["id"], first.json()["id"]]  # (the reasoning's response, by the index)
+
+    turns = [first.json()]
+    for question in ("Go on.", "And then?"):
+        reads.clear()
+        turns.append(kept_turn(running, child, question, previous_response_id=turns[-1]["id"]).json())
+        assert reads == [turns[-2]["id"]]  # (the continued response alone: its items answered are kept beside it)
+    second = [item["id"] for item in turns[1]["output"]]
+    assert sent_ids(running) == [None, reasoning["id"], message["id"], None, *second, None]

@@ -322,6 +322,18 @@ def test_before_completion_caps_the_smaller_cap_goes_as_max_tokens() -> None:
     assert current["max_completion_tokens"] == 20 and current["stream_options"] == {"include_usage": True}
 
 
+@pytest.mark.parametrize("version", ["2024-06-01", "2024-10-21", "2025-01-01-preview"])
+def test_stream_options_azure_does_not_define_are_named(version: str) -> None:
+    """Azure's dated api-versions define `stream_options.include_usage` alone: a client's `include_obfuscation` (which
+    OpenAI takes, and the `openai` profile Azure shares sends) is left out and named; before 2024-09-01-preview none of
+    `stream_options` goes, and the client's member is named there too."""
+    req = request(stream=True, stream_options={"include_usage": True, "include_obfuscation": False})
+    built = adapter(api_version=version).chat_request(req, target(), stream=True)
+    body = orjson.loads(built.request.body)
+    assert body.get("stream_options") == (None if version == "2024-06-01" else {"include_usage": True})
+    assert built.dropped == ["stream_options.include_obfuscation"]
+
+
 def test_a_messages_prefill_is_named() -> None:
     """Azure's Chat Completions cannot continue an assistant message: a Messages client's prefill is named (it was
     sent as an earlier turn, 200, nothing named: found by review)."""

@@ -63,6 +63,14 @@ def test_parameters_deepseek_lacks_are_reported() -> None:
     assert set(built.dropped) == {"n", "seed"}
 
 
+def test_stream_options_deepseek_does_not_define_are_named() -> None:
+    """DeepSeek's `stream_options` has `include_usage` alone: OpenAI's `include_obfuscation` is left out and named."""
+    req = request(stream=True, stream_options={"include_obfuscation": False})
+    built = adapter().chat_request(req, target(), stream=True)
+    assert orjson.loads(built.request.body)["stream_options"] == {"include_usage": True}
+    assert built.dropped == ["stream_options.include_obfuscation"]
+
+
 def test_answer_keeps_reasoning_and_counts_cache_hits() -> None:
     body = (FIXTURES / "deepseek" / "chat-reasoner-response.json").read_bytes()
     completion = adapter().chat_response(body, request(), target())

@@ -46,6 +46,12 @@ def test_parameters_are_renamed_and_mistral_fields_pass_through() -> None:
     assert body["n"] == 2 and body["safe_prompt"] is True
     assert "stream_options" not in body and body["stream"] is True
     assert built.dropped == ["user"]
+    # (Mistral refuses `stream_options`, and sends the usage unasked: a client's member of it other than the usage,
+    # which the gateway gives it, is named.)
+    asked = request(stream=True, stream_options={"include_usage": True, "include_obfuscation": False})
+    streamed = adapter().chat_request(asked, target(), stream=True)
+    assert "stream_options" not in orjson.loads(streamed.request.body)
+    assert streamed.dropped == ["stream_options.include_obfuscation"]
 
 
 def test_foreign_tool_call_ids_map_to_nine_characters_consistently() -> None:

@@ -631,6 +631,39 @@ def test_stream_usage_false_sends_no_stream_options(options: dict[str, object], 
         assert body["stream_options"] == {"include_usage": True}
 
 
+STREAM_OPTIONS = {"include_usage": False, "include_obfuscation": False, "continuous_usage_stats": True}
+NAMED = ["stream_options.include_obfuscation", "stream_options.continuous_usage_stats"]
+
+
+@pytest.mark.parametrize(
+    ("options", "base_url", "sent", "dropped"),
+    [
+        # OpenAI's own: its `include_obfuscation` goes, a member it does not define is named.
+        ({}, "https://api.openai.com/v1", {"include_obfuscation": False}, ["stream_options.continuous_usage_stats"]),
+        # A server the gateway knows no better (vLLM's `continuous_usage_stats`): every member, as sent.
+        ({}, VLLM, {"include_obfuscation": False, "continuous_usage_stats": True}, []),
+        # An API that documents `include_usage` alone (DeepSeek's, Gemini's endpoint): the others named.
+        ({"profile": "deepseek"}, VLLM, {}, NAMED),
+        ({"profile": "google"}, VLLM, {}, NAMED),
+        # One that refuses `stream_options` (Mistral's, `stream_usage: false`): none of it goes, the client's named.
+        ({"profile": "mistral"}, VLLM, None, NAMED),
+        ({"stream_usage": False}, VLLM, None, NAMED),
+    ],
+)
+def test_the_clients_stream_options_go_beside_the_usage_the_gateway_asks_for(
+    options: dict[str, object], base_url: str, sent: dict[str, object] | None, dropped: list[str]
+) -> None:
+    """The gateway wrote its own `{"include_usage": true}` in place of the client's `stream_options`: OpenAI never
+    got `include_obfuscation: false` (and padded every delta the client asked it not to), and nothing named it (found
+    by review). The client's members go beside the usage where the API takes them, and are named where it does not;
+    the usage is asked for whatever the client's `include_usage` (the stream is metered from it)."""
+    req = request(stream=True, stream_options=STREAM_OPTIONS)
+    built = adapter(**options).chat_request(req, target(base_url), stream=True)
+    body = orjson.loads(built.request.body)
+    assert body.get("stream_options") == (None if sent is None else {"include_usage": True, **sent})
+    assert built.dropped == dropped
+
+
 def test_a_stream_usage_that_is_not_a_boolean_is_refused_at_start_up() -> None:
     with pytest.raises(ValueError, match="stream_usage must be true or false"):
         adapter(stream_usage="no")
@@ -776,6 +809,38 @@ def test_encrypted_reasoning_goes_back_to_the_deployment_that_issued_it_alone(st
     assert [item.get("encrypted_content") for item in sent] == [None, "gAAAAABmine", "gAAAAABclients"]
     assert built.dropped == ["input[reasoning].encrypted_content"]
     assert call.body["input"][1] == mine and mine["encrypted_content"] != "gAAAAABmine"  # the client's, as it was
+
+
+@pytest.mark.parametrize("keeps", [False, True], ids=["stores-nothing", "keeps-answers"])
+def test_a_provider_that_keeps_answers_is_sent_only_the_item_ids_the_key_may_see(keeps: bool) -> None:
+    """A provider that stores the request reads an input item sent with its id from the account's store, where every
+    key's answers are: another key's reasoning item sent back by its id (as the Agents SDK sends a stored turn) went
+    as it came, and the turn ran on that key's hidden reasoning (found by review). Only the ids the key may see
+    (`NativeCall.visible`) go; any other item goes as to a provider that stores nothing: without its id, a reasoning
+    item without its `encrypted_content` left out and named. With `store: false` no id goes."""
+    from handler.ports import RESPONSES_API, NativeCall
+
+    items = [
+        {"type": "reasoning", "id": "rs_mine", "summary": []},
+        {"type": "message", "id": "msg_mine", "role": "assistant", "content": [{"type": "output_text", "text": "a"}]},
+        {"type": "reasoning", "id": "rs_theirs", "summary": []},
+        {"type": "function_call", "id": "fc_theirs", "call_id": "call_1", "name": "f", "arguments": "{}"},
+        {"type": "web_search_call", "id": "ws_theirs", "status": "completed", "action": {"type": "search"}},
+        {"type": "function_call_output", "call_id": "call_1", "output": "18C"},
+        {"role": "user", "content": "hi", "id": ["not", "a", "string"]},
+    ]
+    visible = frozenset({"rs_mine", "msg_mine"})
+    for store in (True, False):
+        call = NativeCall(RESPONSES_API, {"model": "m", "input": items, "store": store}, visible=visible)
+        built = adapter(responses_store=keeps).native_request(call, target(), stream=False, output_limit=None)
+        sent = orjson.loads(built.request.body)["input"]
+        mine = [("reasoning", "rs_mine"), ("message", "msg_mine")] if keeps and store else [("message", None)]
+        others = ["function_call", "web_search_call", "function_call_output", "user"]
+        assert [(item.get("type") or item["role"], item.get("id")) for item in sent] == [
+            *mine,
+            *((kind, None) for kind in others),
+        ]
+        assert built.dropped == ["input[reasoning]"]
 
 
 # A plain request's body, written directly (`plain_body`), is the body the translation makes of it: each shape below
