@@ -365,7 +365,12 @@ class Router:
                     f"fallback model '{clipped(name)}' in x-gateway-fallbacks does not exist on this gateway",
                     param="x-gateway-fallbacks",
                 )
-            if name in chain or name in skipped or self.config.models[name].kind != kind:
+            if (other := self.config.models[name].kind) != kind:  # (the config's own are of its kind: checked at load)
+                raise InvalidRequestError(
+                    f"fallback model '{clipped(name)}' in x-gateway-fallbacks is {a_model(other)}, not {a_model(kind)}",
+                    param="x-gateway-fallbacks",
+                )
+            if name in chain or name in skipped:
                 continue
             if allowed(name):
                 chain.append(name)

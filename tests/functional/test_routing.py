@@ -403,6 +403,21 @@ def test_an_unknown_fallback_in_the_header_is_the_headers_fault(running: Running
     assert "x-gateway-fallbacks" in info.value.message
 
 
+def test_a_fallbacks_header_that_names_nothing_or_another_kind_is_the_headers_400(running: Running, key: str) -> None:
+    """`limited` (always 429) falls back to gpt-4o-mini by config. `x-gateway-fallbacks:` left empty (or `,`) was
+    read as `none`, and `text-embedding-3-small` (an embedding model, for a chat request) was dropped unsaid: either
+    way the configured fallback was gone and the client got the 429, nothing saying its header was not followed
+    (review). Each is a 400 naming the header, before anything is sent."""
+    sent = len(running.fakes["openai"].state.requests)
+    for value, said in (("", "names no model"), (",,", "names no model"), ("text-embedding-3-small", "embedding")):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client(running, key).chat.completions.create(
+                model="limited", messages=HI, extra_headers={"x-gateway-fallbacks": value}
+            )
+        assert refused.value.param == "x-gateway-fallbacks" and said in refused.value.message, value
+    assert len(running.fakes["openai"].state.requests) == sent and running.ledger(key) == []
+
+
 # A name of letters (`\p{L}`: ECMA-262's, with the `u` flag JSON Schema's patterns have).
 NAMED = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "pattern": "^\\p{L}+$"}}}
 
