@@ -275,3 +275,19 @@ def test_configuration_names_the_provider_types_that_take_headers() -> None:
     assert row
     assert set(re.findall(r"`(\w+)`", row.group(1))) == taking
     assert set(re.findall(r"`(\w+)`", prose)) == taking
+
+
+def test_the_bedrock_inference_profiles_table_is_the_adapters() -> None:
+    """docs/configuration.md's table of geographies says what the router checks and chooses: each prefix's source
+    regions and the regions a deployment without one may be sent to (`INFERENCE_GEOGRAPHIES`)."""
+    from adapters.providers.bedrock.adapter import INFERENCE_GEOGRAPHIES
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    section = text.split("### Bedrock inference profiles", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([\w-]+)\.` \| (.*?) \| (.*?) \|$", section, re.M)
+    region = re.compile(r"\b[a-z]{2}(?:-[a-z]+)+-\d+\b")
+    said = {prefix: (region.findall(sources), region.findall(defaults)) for prefix, sources, defaults in rows}
+    assert said == {
+        prefix: (list(geography.sources), list(geography.defaults))
+        for prefix, geography in INFERENCE_GEOGRAPHIES.items()
+    }
