@@ -64,6 +64,37 @@ class Target(Value):
         return reasoning_issuer(self.provider, self.base_url)
 
 
+class Geography(Value):
+    """The regions a deployment's model may be called from, where that is not every region: a Bedrock geographic
+    inference profile's (`eu.anthropic...`), which AWS refuses from outside its geography
+    (`ProviderAdapter.geography`). Checked, and a deployment that names no region placed in it, as the router is
+    built."""
+
+    __slots__ = ("name", "sources", "areas", "defaults")
+
+    def __init__(self, name: str, sources: tuple[str, ...], areas: frozenset[str], defaults: tuple[str, ...]) -> None:
+        self.name: Final = name
+        # The regions its provider documents it may be called from (which of them a model is served in varies).
+        self.sources: Final = sources
+        # The areas of its regions (`region_area`): a region opened after this release is taken where its area is one.
+        self.areas: Final = areas
+        # Those of `sources` every account has (not opt-in regions): where a deployment naming no region runs, the
+        # nearest to the gateway, when the gateway's own region is not of the geography.
+        self.defaults: Final = defaults
+
+    def takes(self, region: str) -> bool:
+        return region in self.sources or region_area(region) in self.areas
+
+
+def region_area(region: str) -> str | None:
+    """An AWS region's area, its name without its last two words (`eu` of `eu-south-2`, `us-gov` of
+    `us-gov-west-1`, `eu-isoe` of `eu-isoe-west-1`); None for a name not so made."""
+    words = region.split("-")
+    if len(words) < 3 or not words[-1].isdigit() or not words[-2].isalpha():
+        return None
+    return "-".join(words[:-2])
+
+
 @functools.lru_cache(maxsize=1024)
 def reasoning_issuer(provider: str, base_url: str) -> str:
     """`Target.issuer`, computed once per deployment."""
@@ -331,6 +362,12 @@ class ProviderAdapter(ABC):
 
     def missing_credentials(self) -> str | None:
         """Why its requests cannot be signed now (`process_credentials`), else None."""
+        return None
+
+    @classmethod
+    def geography(cls, model: str) -> Geography | None:
+        """Where a deployment of `model` may be called from, where not from every region (Bedrock's geographic
+        inference profiles); None for anywhere."""
         return None
 
     def base_url(self, region: str, override: str | None) -> str:

@@ -590,6 +590,13 @@ def parse_controls(request: Request) -> Controls:
     if fallbacks_header is not None:
         value = fallbacks_header.strip()
         fallbacks = [] if value.lower() == "none" else [m.strip() for m in value.split(",") if m.strip()]
+        if not fallbacks and value.lower() != "none":
+            # (`""`, `,`: a client's template whose variable was unset. Read as `none`, it dropped the configured
+            # fallbacks unsaid, and the client got the first deployment's failure.)
+            raise InvalidRequestError(
+                "x-gateway-fallbacks names no model: give model names separated by commas, or `none` for no fallbacks",
+                param="x-gateway-fallbacks",
+            )
     _number(headers.get("x-gateway-deadline-ms"), "x-gateway-deadline-ms", positive=True)  # (its 400; the value:)
     max_cost = _number(headers.get("x-gateway-max-cost-usd"), "x-gateway-max-cost-usd", positive=False)
     return Controls(

@@ -126,8 +126,8 @@ def _start_up_checks(config: Config) -> list[str]:
     """What the gateway's start-up refuses, said before serving: the `OTEL_*` environment, `gateway.responses_secret`
     resolved, each provider's `headers` resolved (a reference to nothing; one whose store cannot be read now is read
     again once serving, as a key is), an option no adapter reads (a misspelt `base_ulr`) or one it cannot take, and
-    what building the router refuses (an Azure provider without its endpoint). Returns what it would serve without
-    (`unkeyed_providers`): a provider whose key is not found, warned of, not refused."""
+    what building the router refuses (an Azure provider without its endpoint, a region it cannot place). Returns what
+    it would serve without (`unkeyed_providers`): a provider whose key is not found, warned of, not refused."""
     from adapters.providers.registry import REGISTRY
     from handler.pipeline.gateway import check_routes, gateway_region, provider_headers, unkeyed_providers
 
@@ -139,6 +139,15 @@ def _start_up_checks(config: Config) -> list[str]:
             provider_headers(name, headers, os.environ, None)
     adapters = check_routes(config, REGISTRY, gateway_region(os.environ))
     return unkeyed_providers(config, adapters, os.environ, None)
+
+
+def _unplaced_region(config: Config) -> list[str]:
+    """The warning of a gateway's own region it does not know the place of, as start-up logs it: said, not refused
+    (`gateway_region_warning`)."""
+    from handler.pipeline.gateway import gateway_region_warning
+
+    warning = gateway_region_warning(config, os.environ)
+    return [warning] if warning else []
 
 
 def _warn(warnings: list[str]) -> None:
@@ -333,7 +342,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     with listener:
         port = listener.getsockname()[1]  # (`--port 0`: the free port the system chose)
-        _warn(unkeyed)
+        _warn(unkeyed + _unplaced_region(config))
         _warn_of_gateway_keys_as_provider_keys(config, os.environ)
         secret, has_admin = asyncio.run(_admin_key_at_start(_store(None)))
         url = f"http://[{args.host}]:{port}" if ":" in args.host else f"http://{args.host}:{port}"
@@ -402,7 +411,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return 1
-    _warn(unkeyed)
+    _warn(unkeyed + _unplaced_region(config))
     from handler.pipeline.pricing import price_for
 
     problems = []
@@ -744,13 +753,13 @@ def cmd_route_explain(args: argparse.Namespace) -> int:
     from handler.pipeline.gateway import build_adapters, gateway_region
     from handler.pipeline.routing import RouteControls, Router, any_model
 
+    region = args.region or gateway_region(os.environ)
     try:
         config = load_config(args.config or os.environ.get("GATEWAY_CONFIG") or None, set(REGISTRY))
-    except ConfigError as exc:
+        router = Router(config, build_adapters(config, REGISTRY, os.environ, _unread_secret), region)
+    except ConfigError as exc:  # (the router's too: a region it cannot place, a profile outside its geography)
         sys.stderr.write(f"{exc}\n")
         return 1
-    region = args.region or gateway_region(os.environ)
-    router = Router(config, build_adapters(config, REGISTRY, os.environ, _unread_secret), region)
     from handler.errors import GatewayError
 
     try:

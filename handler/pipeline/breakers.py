@@ -44,7 +44,8 @@ class Breakers:
         return "open" if self.clock() - s.opened_at < self.cooldown else "half-open"
 
     def allow(self, label: str) -> bool:
-        """Whether to try this deployment now; a half-open breaker lets one probe through."""
+        """Whether to send to this deployment now; a half-open breaker lets one probe through, which this takes: call
+        it once the request goes out (`gate` says beforehand whether it may)."""
         state = self.state(label)
         if state == "closed":
             return True
@@ -58,14 +59,26 @@ class Breakers:
         s.probe_at = now
         return True
 
+    def gate(self, label: str) -> str | None:
+        """Whether a request may try this deployment now, taking nothing: `closed`, or `half-open` with its one probe
+        free, which `allow` takes only once something is sent (a request passed over on the way, as `=unsupported`,
+        for its fallback's own limit or its deadline, leaves the probe to the next; taken first, it held the
+        deployment shut for a cooldown with nothing sent to it); None while it is passed over (open, or its probe
+        under way). One read for a closed breaker, as `allow`'s."""
+        s = self._states.get(label)
+        if s is None or s.opened_at is None:
+            return "closed"
+        now = self.clock()
+        if now - s.opened_at < self.cooldown:
+            return None
+        if s.probe_at is not None and now - s.probe_at < self.cooldown:
+            return None
+        return "half-open"
+
     def available(self, label: str) -> bool:
         """Whether `allow` would let a request through now, without taking the probe: closed, or half-open with
         no probe under way."""
-        state = self.state(label)
-        if state != "half-open":
-            return state == "closed"
-        probe_at = self._states[label].probe_at
-        return probe_at is None or self.clock() - probe_at >= self.cooldown
+        return self.gate(label) is not None
 
     def wait(self, label: str) -> float:
         """Seconds until this deployment may be tried again: until its open breaker half-opens, or `PROBING_WAIT_S`

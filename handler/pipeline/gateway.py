@@ -38,7 +38,7 @@ from handler.pipeline.provider_keys import (
     is_stored,
     unreadable,
 )
-from handler.pipeline.routing import Attempt, RouteControls, Router, any_model
+from handler.pipeline.routing import Attempt, RouteControls, Router, any_model, unplaced_gateway
 from handler.pipeline.spool import SettlementSpool
 from handler.pipeline.upstream import UpstreamClient
 from handler.ports import ProviderAdapter, Store, StoreError
@@ -324,6 +324,12 @@ def gateway_region(environ: Mapping[str, str]) -> str:
     return environ.get("AWS_REGION") or environ.get("GATEWAY_REGION") or "us-east-1"
 
 
+def gateway_region_warning(config: Config, environ: Mapping[str, str]) -> str | None:
+    """The warning of a gateway started in a region it does not know the place of (`routing.unplaced_gateway`)."""
+    named_by = "AWS_REGION" if environ.get("AWS_REGION") else "GATEWAY_REGION"
+    return unplaced_gateway(gateway_region(environ), named_by, config.gateway.region_latency_ms)
+
+
 def unread_options(config: Config, registry: Mapping[str, type[ProviderAdapter]]) -> list[str]:
     """Each option of the config's providers and deployments that their adapter does not read
     (`ProviderAdapter.provider_options`, `deployment_options`): a misspelt `base_ulr` or `regoin` was taken and
@@ -518,6 +524,8 @@ def build_gateway(
     if store is None:
         store = open_store(store_url or env.get("GATEWAY_STORE") or DEFAULT_STORE_URL)
     region = gateway_region(env)
+    if (unplaced := gateway_region_warning(config, env)) is not None:
+        logger.warning(unplaced)
     redaction.register(env.get("AWS_SECRET_ACCESS_KEY"), env.get("AWS_SESSION_TOKEN"))
     adapters = build_adapters(config, REGISTRY, env, fetch)
     sealing = responses_secret(config.gateway, env, fetch)

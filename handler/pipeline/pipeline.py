@@ -840,7 +840,8 @@ class Pipeline(Charges):
         for position, attempt in enumerate(plan):
             passed_over(ex, plan, position)
             label = attempt.target.label
-            if not breakers.allow(label):
+            gate = breakers.gate(label)
+            if gate is None:
                 ex.route.append(f"{label}=breaker-open")
                 skipped = skipped or not breakers.rate_limited(label)
                 passed = True
@@ -881,6 +882,7 @@ class Pipeline(Charges):
             retry = 0
             lowered = False  # sent again within a ceiling the provider named: once per attempt at most
             rekeyed = False  # sent again with its key read again after a 401: once per attempt at most
+            probing = gate == "half-open"  # its breaker's one probe is taken as the attempt goes out
             while True:
                 started = time.perf_counter()
                 # What is left of the request's deadline bounds the attempt's answer (its `total`), so that the
@@ -888,6 +890,18 @@ class Pipeline(Charges):
                 within = None if ex.ends_at is None else ex.ends_at - started
                 if within is not None and within <= CUT_SLACK_S:
                     raise deadline_passed(ex, "an answer") if failed else too_short_to_send(ex, within)
+                if probing:
+                    # Taken here, with nothing left between it and the send: an attempt that sent nothing (passed
+                    # over as `=unsupported`, for its fallback's limit, its client gone, its deadline) took it at the
+                    # gate and never reported, and every request passed the deployment over as `=breaker-open` for a
+                    # cooldown (review). One cut by the deadline once sent keeps it: its deployment said nothing in
+                    # time, and the next request waits on it no more than the cooldown.
+                    probing = False
+                    if not breakers.allow(label):  # (a concurrent request took it meanwhile, or reopened the breaker)
+                        ex.route.append(f"{label}=breaker-open")
+                        skipped = skipped or not breakers.rate_limited(label)
+                        passed = True
+                        break
                 ex.inflight_at = started
                 ex.inflight = attempt
                 ex.sent_to.add(attempt.model)

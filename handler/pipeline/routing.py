@@ -25,7 +25,8 @@ from handler.errors import (
 from handler.pipeline.breakers import Breakers
 from handler.pipeline.pricing import price_for, tier_rates
 from handler.pipeline.provider_keys import RETRY_S
-from handler.ports import ProviderAdapter, Target
+from handler.pipeline.regions import GLOBAL, REGION_COORDINATES, distance_km, placed, unplaced
+from handler.ports import Geography, ProviderAdapter, Target
 from handler.records import Value
 from handler.redaction import clipped
 
@@ -34,59 +35,34 @@ from handler.redaction import clipped
 # serves some of a priority project's requests at the default tier past its ramp limits, between priority ones.
 TIER_REMEMBERED_S = 600.0
 
-# Approximate locations (latitude, longitude) of AWS regions: a region's round trip is estimated from its distance
-# where the config gives no measured one (`gateway.region_latency_ms`).
-REGION_COORDINATES: dict[str, tuple[float, float]] = {
-    "us-east-1": (38.9, -77.4),
-    "us-east-2": (40.0, -83.0),
-    "us-west-1": (37.4, -121.9),
-    "us-west-2": (45.8, -119.7),
-    "ca-central-1": (45.5, -73.6),
-    "ca-west-1": (51.0, -114.1),
-    "mx-central-1": (20.6, -100.4),
-    "sa-east-1": (-23.5, -46.6),
-    "eu-west-1": (53.3, -6.3),
-    "eu-west-2": (51.5, -0.1),
-    "eu-west-3": (48.9, 2.4),
-    "eu-central-1": (50.1, 8.7),
-    "eu-central-2": (47.4, 8.5),
-    "eu-north-1": (59.3, 18.1),
-    "eu-south-1": (45.5, 9.2),
-    "eu-south-2": (41.6, -0.9),
-    "me-south-1": (26.1, 50.6),
-    "me-central-1": (24.5, 54.4),
-    "il-central-1": (32.1, 34.8),
-    "af-south-1": (-33.9, 18.4),
-    "ap-east-1": (22.3, 114.2),
-    "ap-south-1": (19.1, 72.9),
-    "ap-south-2": (17.4, 78.5),
-    "ap-northeast-1": (35.7, 139.7),
-    "ap-northeast-2": (37.6, 127.0),
-    "ap-northeast-3": (34.7, 135.5),
-    "ap-southeast-1": (1.3, 103.8),
-    "ap-southeast-2": (-33.9, 151.2),
-    "ap-southeast-3": (-6.2, 106.8),
-    "ap-southeast-4": (-37.8, 145.0),
-    "ap-southeast-5": (3.1, 101.7),
-}
-GLOBAL = "global"
-# Provider-global endpoints (api.openai.com and the like) mostly serve from the US east coast.
-GLOBAL_LOCATION = "us-east-1"
 # The round trip estimated per kilometre of great-circle distance: light in fibre goes 100 km and back in 1 ms, and
 # the routes run longer than the great circle (us-east-1 to eu-west-1, 5,470 km: 82 ms estimated, 70-75 measured;
 # to us-east-2, 496 km: 7 ms, about 11 measured). Measured times and estimates order the deployments together.
 ESTIMATED_RTT_MS_PER_KM = 0.015
 
 
-def distance_km(a: str, b: str) -> float:
-    """Great-circle distance between two regions; unknown regions sort last."""
-    pa = REGION_COORDINATES.get(GLOBAL_LOCATION if a == GLOBAL else a)
-    pb = REGION_COORDINATES.get(GLOBAL_LOCATION if b == GLOBAL else b)
-    if pa is None or pb is None:
-        return 40_000.0
-    lat1, lon1, lat2, lon2 = map(math.radians, (*pa, *pb))
-    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
-    return 12_742 * math.asin(math.sqrt(h))
+def outside(where: str, model: str, region: str, geography: Geography, set_at: str) -> str:
+    """The config error of a deployment of a geographic inference profile in a region outside its geography."""
+    regions = ", ".join(geography.sources) or "any commercial AWS region"
+    inherited = "" if set_at == where else f" (its provider's, {set_at}.region)"
+    return (
+        f"{where}: '{model}' is an inference profile of geography '{geography.name}', which AWS refuses from region "
+        f"'{region}'{inherited}: give the deployment a region of its geography ({regions})"
+    )
+
+
+def unplaced_gateway(region: str, named_by: str, latency_ms: Mapping[str, Mapping[str, float]]) -> str | None:
+    """The warning of a gateway whose own region (`named_by`: `AWS_REGION` or `GATEWAY_REGION`) it does not know the
+    place of, else None. Not refused: the gateway runs where it is started (a region opened after this release), and
+    its deployments in that same region are still tried first; the others are tried in the config's order, not
+    nearest first."""
+    if region in REGION_COORDINATES or region in latency_ms:
+        return None
+    return (
+        f"the gateway's region '{region}' ({named_by}) is not one it knows the place of: deployments in other regions "
+        f"are tried in the config's order, not nearest first; measure their round trips from it in "
+        f"gateway.region_latency_ms.{region}"
+    )
 
 
 def a_model(kind: str) -> str:
@@ -204,17 +180,27 @@ class Router:
         problems: list[str] = []
         self._targets = {model: self._build(model, spec, problems) for model, spec in config.models.items()}
         if problems:
-            raise ConfigError(problems)
+            raise ConfigError(list(dict.fromkeys(problems)))  # (a provider's region, once for all its deployments)
 
     def _build(self, model: str, spec: ModelConfig, problems: list[str]) -> list[Attempt]:
-        """`model`'s attempts, nearest first; a deployment's `default_service_tier` its model has no price for is
-        one of `problems`."""
+        """`model`'s attempts, nearest first. One of `problems`: a deployment's region the gateway cannot place (its
+        distance unknown, it was ranked last unsaid), a geographic inference profile's region outside its geography
+        (AWS refuses it there), a `default_service_tier` its model has no price for."""
         attempts = []
         gateway_tiers = self.config.gateway.priced_options.service_tier
+        latency = self.config.gateway.region_latency_ms
         for i, dep in enumerate(spec.deployments):
             adapter = self.adapters[dep.provider]
             provider = self.config.providers[dep.provider]
-            region = dep.region or provider.region or (self.region if adapter.regional else GLOBAL)
+            where = f"models.{model}.deployments[{i}]" if dep.region else f"providers.{dep.provider}"
+            geography = adapter.geography(dep.model)
+            region = dep.region or provider.region
+            if region is None:  # (the gateway's own, warned of where unknown: `unplaced_gateway`)
+                region = self._home(geography) if geography else (self.region if adapter.regional else GLOBAL)
+            elif not placed(region, latency):
+                problems.append(f"{where}.region: {unplaced(region)}")
+            elif geography is not None and not geography.takes(region):
+                problems.append(outside(f"models.{model}.deployments[{i}]", dep.model, region, geography, where))
             base_url = adapter.base_url(region, dep.base_url)
             options = dict(dep.model_extra or {})
             if dep.reasoning is not None:
@@ -236,6 +222,13 @@ class Router:
         # One unit for all: a region the config measured and one it did not are compared in milliseconds (kilometres
         # against milliseconds served from Ireland a gateway in Virginia that had Ohio, 496 km away, beside it).
         return sorted(attempts, key=lambda a: a.rtt_ms)
+
+    def _home(self, geography: Geography) -> str:
+        """The region a deployment of `geography`'s model that names none runs in: the gateway's own where it is of
+        the geography (as any Bedrock deployment's), else the nearest of its regions every account has."""
+        if geography.takes(self.region):
+            return self.region
+        return min(geography.defaults, key=lambda region: distance_km(self.region, region))
 
     def ran_unasked(self, attempt: Attempt, tier: str) -> None:
         """An answer of `attempt`'s deployment to a request that named no service tier says it ran at `tier`: its
@@ -365,7 +358,12 @@ class Router:
                     f"fallback model '{clipped(name)}' in x-gateway-fallbacks does not exist on this gateway",
                     param="x-gateway-fallbacks",
                 )
-            if name in chain or name in skipped or self.config.models[name].kind != kind:
+            if (other := self.config.models[name].kind) != kind:  # (the config's own are of its kind: checked at load)
+                raise InvalidRequestError(
+                    f"fallback model '{clipped(name)}' in x-gateway-fallbacks is {a_model(other)}, not {a_model(kind)}",
+                    param="x-gateway-fallbacks",
+                )
+            if name in chain or name in skipped:
                 continue
             if allowed(name):
                 chain.append(name)

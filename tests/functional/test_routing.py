@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from tests.fakes.openai import TEXT
-from tests.functional.conftest import FAKE_KEYS, Running, gateway_config, openai_client, serving
+from tests.functional.conftest import FAKE_KEYS, Running, fresh_minute, gateway_config, openai_client, serving
 from tests.support.servers import ServerThread
 
 HI = [{"role": "user", "content": "Hi"}]
@@ -326,6 +326,55 @@ def test_a_deployment_that_cannot_take_the_request_passes_it_to_the_next(running
     assert [line.status for line in running.ledger(key)] == [200, 200]  # a line each, none for the refusals
 
 
+CLAUDE = "anthropic/claude-haiku-4-5@global"
+
+
+@pytest.mark.parametrize("way", ["unsupported", "strict", "fallback-limit"])
+def test_an_attempt_that_sends_nothing_leaves_a_half_open_breakers_probe_to_the_next(
+    own_breakers: Running, way: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anthropic's breaker is half-open (its cooldown passed) when a request passes Claude over without sending it
+    anything: audio Claude cannot take, a `seed` it would drop under strict (`=unsupported`), or Claude as a fallback
+    the key's own limit on it refuses (`=rate_limited`). The failover took the breaker's one probe before it knew
+    that nothing would be sent, and nothing ever reported on it: for the next 30 s every request passed Anthropic
+    over as `=breaker-open` (review). The probe is left to the next request that is sent to it."""
+    key = own_breakers.mint(name="probe", model_limits={"claude-haiku-4-5": {"rpm": 1}})
+    if way == "fallback-limit":
+        fresh_minute()
+        client(own_breakers, key).chat.completions.create(model="claude-haiku-4-5", messages=HI)  # (the minute's one)
+    breakers = own_breakers.gateway.router.breakers
+    for _ in range(breakers.threshold):
+        breakers.failure(CLAUDE)
+    clock = breakers.clock
+    monkeypatch.setattr(breakers, "clock", lambda: clock() + breakers.cooldown)  # (the cooldown has passed)
+    assert breakers.state(CLAUDE) == "half-open"
+    sent_to_claude = len(own_breakers.fakes["anthropic"].state.requests)
+    sdk = client(own_breakers, key).with_options(max_retries=0)
+    if way == "fallback-limit":
+        with pytest.raises(openai.APIStatusError) as failed:
+            sdk.chat.completions.create(
+                model="broken", messages=HI, extra_headers={"x-gateway-fallbacks": "claude-haiku-4-5"}
+            )
+        assert failed.value.response.headers["x-gateway-route"].endswith(f"{CLAUDE}=rate_limited")
+    else:
+        heard = [{"role": "user", "content": [{"type": "text", "text": "what is it"}, AUDIO]}]
+        asked = {"messages": heard} if way == "unsupported" else {"messages": HI, "seed": 7}
+        strict = {"x-gateway-strict": "true"} if way == "strict" else {}
+        raw = sdk.chat.completions.with_raw_response.create(model="claude-or-openai", **asked, extra_headers=strict)  # type: ignore[call-overload]
+        assert raw.headers["x-gateway-route"] == f"{CLAUDE}=unsupported, openai/gpt-4o-mini@global=200"
+    assert len(own_breakers.fakes["anthropic"].state.requests) == sent_to_claude
+    # The next request Claude can take probes it, and its answer closes the breaker.
+    assert route_of_claude(own_breakers, own_breakers.mint(name="next")) == f"{CLAUDE}=200"
+    assert len(own_breakers.fakes["anthropic"].state.requests) == sent_to_claude + 1
+    assert breakers.state(CLAUDE) == "closed"
+
+
+def route_of_claude(running: Running, key: str) -> str:
+    raw = client(running, key).chat.completions.with_raw_response.create(model="claude-or-openai", messages=HI)
+    assert raw.parse().choices[0].message.content
+    return raw.headers["x-gateway-route"]
+
+
 def test_a_request_no_deployment_can_take_is_the_first_ones_400(running: Running, key: str) -> None:
     heard = [{"role": "user", "content": [AUDIO]}]
     with pytest.raises(openai.BadRequestError) as refused:
@@ -352,6 +401,21 @@ def test_an_unknown_fallback_in_the_header_is_the_headers_fault(running: Running
         )
     assert (info.value.code, info.value.param) == ("model_not_found", "x-gateway-fallbacks")
     assert "x-gateway-fallbacks" in info.value.message
+
+
+def test_a_fallbacks_header_that_names_nothing_or_another_kind_is_the_headers_400(running: Running, key: str) -> None:
+    """`limited` (always 429) falls back to gpt-4o-mini by config. `x-gateway-fallbacks:` left empty (or `,`) was
+    read as `none`, and `text-embedding-3-small` (an embedding model, for a chat request) was dropped unsaid: either
+    way the configured fallback was gone and the client got the 429, nothing saying its header was not followed
+    (review). Each is a 400 naming the header, before anything is sent."""
+    sent = len(running.fakes["openai"].state.requests)
+    for value, said in (("", "names no model"), (",,", "names no model"), ("text-embedding-3-small", "embedding")):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client(running, key).chat.completions.create(
+                model="limited", messages=HI, extra_headers={"x-gateway-fallbacks": value}
+            )
+        assert refused.value.param == "x-gateway-fallbacks" and said in refused.value.message, value
+    assert len(running.fakes["openai"].state.requests) == sent and running.ledger(key) == []
 
 
 # A name of letters (`\p{L}`: ECMA-262's, with the `u` flag JSON Schema's patterns have).

@@ -325,3 +325,19 @@ def test_every_answer_header_the_gateway_sets_is_documented() -> None:
         set_by_code |= set(re.findall(r"headers\.append\(\(\"([a-z-]+)\"", text))
     assert "request-id" in set_by_code
     assert sorted(name for name in set_by_code if f"`{name}" not in pages) == []
+
+
+def test_the_bedrock_inference_profiles_table_is_the_adapters() -> None:
+    """docs/configuration.md's table of geographies says what the router checks and chooses: each prefix's source
+    regions and the regions a deployment without one may be sent to (`INFERENCE_GEOGRAPHIES`)."""
+    from adapters.providers.bedrock.adapter import INFERENCE_GEOGRAPHIES
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    section = text.split("### Bedrock inference profiles", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([\w-]+)\.` \| (.*?) \| (.*?) \|$", section, re.M)
+    region = re.compile(r"\b[a-z]{2}(?:-[a-z]+)+-\d+\b")
+    said = {prefix: (region.findall(sources), region.findall(defaults)) for prefix, sources, defaults in rows}
+    assert said == {
+        prefix: (list(geography.sources), list(geography.defaults))
+        for prefix, geography in INFERENCE_GEOGRAPHIES.items()
+    }

@@ -58,7 +58,7 @@ from adapters.sigv4 import Credentials as SigCredentials
 from adapters.sigv4 import Signer
 from handler.call_ids import MAX_CALL_ID, claude_takes, converse_call_id
 from handler.errors import InvalidRequestError, ServiceUnavailableError, UpstreamError
-from handler.ports import BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
+from handler.ports import BuiltRequest, Geography, NativeCall, ProviderAdapter, Target, UpstreamRequest
 from handler.schemas import (
     TOOL_ERROR_MARK,
     AssistantMessage,
@@ -83,6 +83,72 @@ if TYPE_CHECKING:
 SERVICE = "bedrock"
 GLOBAL = "global"
 DEFAULT_REGION = "us-east-1"
+
+# Bedrock's cross-region inference profiles of a geography (a model id's first word: `eu.anthropic.claude-...`), each
+# called only from a source region of its geography: from any other AWS refuses it, so a deployment of one that named
+# no region, sent to the gateway's (`eu.` from us-east-1), failed every request until its breaker opened. By prefix:
+# the source regions AWS names for the geography (the CDK's `CrossRegionInferenceProfileRegion`; which of them serve a
+# model depends on the model; `us.` profiles are called from ca-central-1 too), the areas of its regions
+# (`handler.ports.region_area`, for a region opened since), and the sources every account has (not opt-in), which serve
+# one that names no region where the gateway's own is not of the geography. (`ca.`: Canada's regions.) A `global.`
+# profile is called from any commercial region.
+COMMERCIAL_AREAS = frozenset({"us", "eu", "ap", "sa", "ca", "me", "af", "il", "mx"})  # (partition `aws`'s regions)
+INFERENCE_GEOGRAPHIES: dict[str, Geography] = {
+    "us": Geography(
+        "us",
+        ("us-east-1", "us-east-2", "us-west-1", "us-west-2", "ca-central-1"),
+        frozenset({"us"}),
+        ("us-east-1", "us-east-2", "us-west-2"),
+    ),
+    "eu": Geography(
+        "eu",
+        (
+            "eu-central-1",
+            "eu-central-2",
+            "eu-north-1",
+            "eu-south-1",
+            "eu-south-2",
+            "eu-west-1",
+            "eu-west-2",
+            "eu-west-3",
+        ),
+        frozenset({"eu"}),
+        ("eu-central-1", "eu-west-1", "eu-west-3"),
+    ),
+    "apac": Geography(
+        "apac",
+        (
+            "ap-east-2",
+            "ap-northeast-1",
+            "ap-northeast-2",
+            "ap-northeast-3",
+            "ap-south-1",
+            "ap-south-2",
+            "ap-southeast-1",
+            "ap-southeast-2",
+            "ap-southeast-3",
+            "ap-southeast-4",
+            "ap-southeast-5",
+            "ap-southeast-7",
+            "me-central-1",
+        ),
+        frozenset({"ap"}),
+        ("ap-northeast-1", "ap-northeast-2", "ap-south-1", "ap-southeast-1", "ap-southeast-2"),
+    ),
+    "jp": Geography("jp", ("ap-northeast-1", "ap-northeast-3"), frozenset(), ("ap-northeast-1", "ap-northeast-3")),
+    "au": Geography("au", ("ap-southeast-2", "ap-southeast-4"), frozenset(), ("ap-southeast-2",)),
+    "ca": Geography("ca", ("ca-central-1", "ca-west-1"), frozenset({"ca"}), ("ca-central-1",)),
+    "us-gov": Geography(
+        "us-gov", ("us-gov-east-1", "us-gov-west-1"), frozenset({"us-gov"}), ("us-gov-west-1", "us-gov-east-1")
+    ),
+    "global": Geography(
+        "global",
+        (),
+        COMMERCIAL_AREAS,
+        ("us-east-1", "us-east-2", "us-west-2", "eu-central-1", "eu-west-1", "eu-west-3", "ap-northeast-1")
+        + ("ap-south-1", "ap-southeast-1", "ap-southeast-2"),
+    ),
+}
 
 # Client parameters that land in `inferenceConfig`; `max_completion_tokens` after `max_tokens` so it wins.
 INFERENCE_RULES: dict[str, Rule] = {
@@ -642,6 +708,11 @@ class BedrockAdapter(ProviderAdapter):
             "no AWS credentials found for Bedrock: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile "
             f"(AWS_PROFILE) or a role; the gateway looks again within {aws.MISSING_RETRY_S:g} s"
         )
+
+    @classmethod
+    def geography(cls, model: str) -> Geography | None:
+        prefix, dot, _ = model.partition(".")
+        return INFERENCE_GEOGRAPHIES.get(prefix) if dot else None
 
     def base_url(self, region: str, override: str | None) -> str:
         configured = override or self.options.get("base_url")

@@ -94,6 +94,17 @@ def test_controls_come_from_the_gateway_headers_alone() -> None:
     )
 
 
+def test_a_fallbacks_header_that_names_no_model_is_a_400_not_none() -> None:
+    """`x-gateway-fallbacks:` with nothing in it (a client's template whose variable was unset), or only commas,
+    was read as `none`: the configured fallbacks were dropped unsaid. Only `none` says no fallbacks."""
+    for value in ("", ",", " , ", ",,"):
+        with pytest.raises(InvalidRequestError) as refused:
+            parse_controls(request({"x-gateway-fallbacks": value}))
+        assert refused.value.param == "x-gateway-fallbacks" and "none" in refused.value.message
+    for value, fallbacks in (("None", []), (" a , b,", ["a", "b"]), ("a,,b", ["a", "b"])):
+        assert parse_controls(request({"x-gateway-fallbacks": value})).route.fallbacks == fallbacks
+
+
 @pytest.mark.parametrize("name", ["x-gateway-strict", "x-gateway-enforce-schema"])
 def test_a_flag_control_is_true_or_false_and_nothing_else_is_taken_for_off(name: str) -> None:
     """`x-gateway-strict: 1` (or `yes`, `on`) was silently taken as off: the parameters it meant to refuse

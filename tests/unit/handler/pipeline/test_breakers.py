@@ -80,3 +80,21 @@ def test_availability_and_the_wait_until_a_deployment_may_be_tried_again() -> No
     assert not b.available("d") and b.wait("d") == 1
     b.success("d")
     assert b.available("d")
+
+
+def test_the_gate_says_whether_a_deployment_may_be_tried_and_takes_no_probe() -> None:
+    """The failover asks at the gate and takes a half-open breaker's probe (`allow`) only as the attempt is sent:
+    taken at the gate, an attempt that then sent nothing held the deployment shut for a cooldown (review)."""
+    clock = Clock()
+    b = Breakers(threshold=1, cooldown=30, clock=clock)
+    assert b.gate("d") == "closed"
+    b.failure("d")
+    assert b.gate("d") is None  # open
+    clock.now += 30
+    assert b.gate("d") == "half-open" and b.gate("d") == "half-open"  # (asking takes nothing)
+    assert b.allow("d")  # the probe, as it is sent
+    assert b.gate("d") is None and not b.allow("d")
+    clock.now += 30  # a probe that never reported is freed after a cooldown
+    assert b.gate("d") == "half-open"
+    b.success("d")
+    assert b.gate("d") == "closed"

@@ -6,7 +6,7 @@ import pytest
 
 from adapters.providers.registry import REGISTRY
 from handler.config import ConfigError, parse_config
-from handler.errors import NotFoundError, PermissionDeniedError, ServiceUnavailableError
+from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError, ServiceUnavailableError
 from handler.pipeline.gateway import build_adapters, check_routes
 from handler.pipeline.routing import RouteControls, Router, any_model
 
@@ -123,6 +123,27 @@ def test_a_fallback_outside_the_scope_is_skipped_and_named() -> None:
     explained = r.explain("m", RouteControls(fallbacks=["n"]), lambda model: model == "m")
     assert {"model": "n", "role": "fallback", "skipped": "model_not_allowed"} in explained
     assert all(entry.get("upstream_model") != "n-global" for entry in explained)
+
+
+def test_a_fallback_of_another_kind_in_the_header_is_refused_not_dropped() -> None:
+    """The header's fallbacks that exist passed, and one of another kind (an embedding model for a chat request) was
+    then left out unsaid: the client asked for a fallback and had none, nothing in the answer saying so (review)."""
+    data = {
+        "providers": {"a": {"type": "openai", "api_key": "env:A"}},
+        "models": {
+            "m": {"deployments": [{"provider": "a", "model": "m"}]},
+            "e": {"kind": "embedding", "deployments": [{"provider": "a", "model": "e"}]},
+        },
+    }
+    config = parse_config(data, set(REGISTRY))
+    r = Router(config, build_adapters(config, REGISTRY, {"A": "x"}), "eu-west-1")
+    for model, fallback, said in (("m", "e", "an embedding model, not a chat model"), ("e", "m", "a chat model")):
+        kind = config.models[model].kind
+        with pytest.raises(InvalidRequestError, match=said) as refused:
+            r.plan(model, RouteControls(fallbacks=[fallback]), any_model, kind)
+        assert refused.value.param == "x-gateway-fallbacks"
+    with pytest.raises(InvalidRequestError):
+        r.explain("m", RouteControls(fallbacks=["e"]), any_model)
 
 
 def test_the_requested_model_outside_the_scope_is_refused() -> None:

@@ -1,0 +1,235 @@
+"""Nearest-region routing across clouds: the regions' places, the gateway's own region, and Bedrock's geographic
+inference profiles, each called only from a region of its geography."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import botocore.loaders
+import pytest
+
+from adapters.providers.bedrock.adapter import INFERENCE_GEOGRAPHIES, BedrockAdapter
+from adapters.providers.registry import REGISTRY
+from handler.config import ConfigError, parse_config
+from handler.pipeline.gateway import build_adapters, build_gateway, gateway_region_warning
+from handler.pipeline.regions import (
+    AWS_REGIONS,
+    AZURE_REGIONS,
+    GOOGLE_CLOUD_REGIONS,
+    REGION_COORDINATES,
+    UNKNOWN_KM,
+    distance_km,
+)
+from handler.pipeline.routing import RouteControls, Router, any_model
+from handler.ports import region_area
+
+PROVIDERS = {
+    "oa": {"type": "openai", "api_key": "env:A"},
+    "az_eu": {"type": "azure", "api_key": "env:A", "base_url": "https://eu.openai.azure.com"},
+    "az_us": {"type": "azure", "api_key": "env:A", "base_url": "https://us.openai.azure.com"},
+    "br": {"type": "bedrock"},
+}
+HAIKU = "anthropic.claude-3-5-haiku-20241022-v1:0"
+SONNET = "anthropic.claude-3-7-sonnet-20250219-v1:0"
+
+
+def router(region: str, deployments: list[dict[str, Any]], **gateway: Any) -> Router:
+    data = {
+        "gateway": gateway,
+        "providers": PROVIDERS,
+        "models": {"m": {"deployments": deployments, "price": {"input": 1, "output": 2}}},
+    }
+    config = parse_config(data, set(REGISTRY))
+    return Router(config, build_adapters(config, REGISTRY, {"A": "x"}), region)
+
+
+def order(r: Router) -> list[str]:
+    return [f"{e['provider']}@{e['region']}" for e in r.explain("m", RouteControls(), any_model)]
+
+
+def test_azure_and_google_cloud_regions_are_placed_and_ordered_by_distance() -> None:
+    """Only AWS's regions had a place: `eastus` and `westeurope` (the docs' own examples) were 40,000 km from any
+    gateway, ranked after a `global` deployment (placed at us-east-1) and among themselves in the config's order.
+    A gateway in Ireland sent its requests to api.openai.com and Azure's East US before its Azure resource in West
+    Europe (review)."""
+    azure = [
+        {"provider": "az_us", "model": "gpt-4o", "region": "eastus"},
+        {"provider": "az_eu", "model": "gpt-4o", "region": "westeurope"},
+    ]
+    assert order(router("eu-west-1", [{"provider": "oa", "model": "gpt-4o"}, *azure])) == [
+        "az_eu@westeurope",
+        "oa@global",
+        "az_us@eastus",
+    ]
+    assert order(router("eu-central-1", azure)) == ["az_eu@westeurope", "az_us@eastus"]
+    assert order(router("us-east-2", azure)) == ["az_us@eastus", "az_eu@westeurope"]
+    google = [
+        {"provider": "oa", "model": "gpt-4o", "region": "us-central1"},
+        {"provider": "oa", "model": "gpt-4o", "region": "europe-west4"},
+        {"provider": "oa", "model": "gpt-4o", "region": "asia-northeast1"},
+    ]
+    assert order(router("ap-southeast-1", google)) == ["oa@asia-northeast1", "oa@europe-west4", "oa@us-central1"]
+    assert order(router("us-west-2", google)) == ["oa@us-central1", "oa@europe-west4", "oa@asia-northeast1"]
+    assert order(router("westeurope", google))[0] == "oa@europe-west4"  # (a gateway on Azure: GATEWAY_REGION)
+
+
+@pytest.mark.parametrize(
+    "region", ["ap-southeast-7", "ap-east-2", "ap-southeast-6", "mx-central-1", "us-gov-west-1", "cn-north-1"]
+)
+def test_a_gateway_in_a_newer_aws_region_routes_to_its_own_bedrock_region_first(region: str) -> None:
+    """AWS regions missing from the table: a gateway running there (AWS_REGION) estimated every deployment at
+    40,000 km, its own region's Bedrock too, and tried them in the config's order: api.openai.com first (review)."""
+    r = router(region, [{"provider": "oa", "model": "gpt-4o"}, {"provider": "br", "model": HAIKU}])
+    explained = r.explain("m", RouteControls(), any_model)
+    assert (explained[0]["provider"], explained[0]["region"], explained[0]["distance_km"]) == ("br", region, 0)
+    assert explained[1]["distance_km"] < UNKNOWN_KM
+
+
+def test_a_region_is_no_distance_from_itself_known_or_not() -> None:
+    assert distance_km("eastus", "eastus") == distance_km("global", "global") == 0
+    assert distance_km("ap-southeast-99", "ap-southeast-99") == 0  # (a gateway's own region, newer than the table)
+    assert distance_km("ap-southeast-99", "us-east-1") == UNKNOWN_KM
+    assert 5_000 < distance_km("us-east-1", "eu-west-1") < 5_600
+
+
+def test_the_table_holds_every_cloud_s_regions_once_and_only_real_aws_names() -> None:
+    """Every AWS region in the table is one botocore knows (a misspelt name would place nothing), and the three
+    clouds' names never collide (one would have moved another's region)."""
+    data = botocore.loaders.create_loader().load_data("endpoints")
+    known = {region for partition in data["partitions"] for region in partition["regions"]}
+    assert set(AWS_REGIONS) <= known
+    # The regions botocore named as this release was made, but the isolated partitions' (their places are not public).
+    assert {"ap-southeast-6", "ap-southeast-7", "ap-east-2", "mx-central-1", "eusc-de-east-1"} <= set(AWS_REGIONS)
+    assert {"us-gov-east-1", "us-gov-west-1", "cn-north-1", "cn-northwest-1"} <= set(AWS_REGIONS)
+    assert len(REGION_COORDINATES) == len(AWS_REGIONS) + len(AZURE_REGIONS) + len(GOOGLE_CLOUD_REGIONS)
+    assert all(-90 <= lat <= 90 and -180 <= lon <= 180 for lat, lon in REGION_COORDINATES.values())
+
+
+def test_a_region_the_gateway_cannot_place_is_a_config_error_naming_the_nearest_name() -> None:
+    """A misspelt `westeuorpe` (or any region the table lacks) was ranked last unsaid, its requests sent across an
+    ocean first. Refused at load, with the name meant; a place of the operator's own is taken once the config gives
+    its round trip (`region_latency_ms`)."""
+    typo = [{"provider": "az_eu", "model": "gpt-4o", "region": "westeuorpe"}]
+    with pytest.raises(ConfigError) as refused:
+        router("eu-west-1", typo)
+    assert refused.value.problems == [
+        "models.m.deployments[0].region: 'westeuorpe' is not a region the gateway knows the place of (did you mean "
+        "'westeurope'?): name an AWS, Azure or Google Cloud region, or give the round trip to it from the gateway's "
+        "region in gateway.region_latency_ms (a place of your own)"
+    ]
+    own = [{"provider": "oa", "model": "llama", "region": "dc-paris"}, {"provider": "oa", "model": "gpt-4o"}]
+    measured = router("eu-west-3", own, region_latency_ms={"eu-west-3": {"dc-paris": 2}})
+    assert order(measured) == ["oa@dc-paris", "oa@global"]
+    elsewhere = router("us-east-1", own, region_latency_ms={"eu-west-3": {"dc-paris": 2}})  # (measured elsewhere)
+    assert order(elsewhere) == ["oa@global", "oa@dc-paris"]
+
+
+def test_a_providers_region_the_gateway_cannot_place_is_named_once_on_the_provider() -> None:
+    data = {
+        "providers": {"az": {**PROVIDERS["az_eu"], "region": "west-europe"}},
+        "models": {
+            "m": {"deployments": [{"provider": "az", "model": "a"}, {"provider": "az", "model": "b"}]},
+            "n": {"deployments": [{"provider": "az", "model": "c"}]},
+        },
+    }
+    config = parse_config(data, set(REGISTRY))
+    with pytest.raises(ConfigError) as refused:
+        Router(config, build_adapters(config, REGISTRY, {"A": "x"}), "eu-west-1")
+    assert len(refused.value.problems) == 1
+    assert refused.value.problems[0].startswith("providers.az.region: 'west-europe' is not a region")
+
+
+def test_a_gateway_in_a_region_it_cannot_place_is_warned_of_at_start(caplog: pytest.LogCaptureFixture) -> None:
+    """Not refused (the gateway runs where it is started, a region opened after this release), but said: its
+    deployments elsewhere are tried in the config's order."""
+    config = parse_config({"providers": PROVIDERS, "models": {}}, set(REGISTRY))
+    warned = gateway_region_warning(config, {"AWS_REGION": "ap-southeast-99"})
+    assert warned is not None and "'ap-southeast-99' (AWS_REGION)" in warned
+    assert "gateway.region_latency_ms.ap-southeast-99" in warned
+    assert gateway_region_warning(config, {"GATEWAY_REGION": "westeurope"}) is None
+    assert gateway_region_warning(config, {}) is None  # (us-east-1)
+    measured = parse_config({"gateway": {"region_latency_ms": {"dc1": {"us-east-1": 9}}}}, set(REGISTRY))
+    assert gateway_region_warning(measured, {"GATEWAY_REGION": "dc1"}) is None
+    with caplog.at_level("WARNING"):
+        gateway = build_gateway(config=config, store_url="sqlite://", environ={"GATEWAY_REGION": "dc1"})
+    assert "the gateway's region 'dc1' (GATEWAY_REGION) is not one it knows the place of" in caplog.text
+    assert gateway.region == "dc1"
+
+
+@pytest.mark.parametrize(
+    ("gateway", "profile", "home"),
+    [
+        ("us-east-1", "eu", "eu-west-1"),
+        ("eu-west-1", "us", "us-east-1"),
+        ("eu-central-1", "apac", "ap-south-1"),  # (not me-central-1, nearer: opt-in, not in every account)
+        ("us-west-2", "jp", "ap-northeast-1"),
+        ("eu-west-1", "au", "ap-southeast-2"),
+        ("us-east-1", "us-gov", "us-gov-east-1"),
+        ("us-gov-west-1", "global", "us-west-2"),
+        ("eu-south-2", "eu", "eu-south-2"),  # the gateway's own, of the geography
+        ("ap-southeast-7", "apac", "ap-southeast-7"),
+        ("ca-central-1", "us", "ca-central-1"),
+        ("sa-east-1", "global", "sa-east-1"),
+    ],
+)
+def test_a_geographic_inference_profile_without_a_region_runs_in_its_geography(
+    gateway: str, profile: str, home: str
+) -> None:
+    """A Bedrock deployment of `eu.anthropic...` with no region "ran in the gateway's region": a gateway in us-east-1
+    sent it to bedrock-runtime.us-east-1, which refuses it (a profile is called only from a source region of its
+    geography), and ranked it first, at 0 km: a refused attempt each request until its breaker opened (review). It
+    runs in the gateway's region where that is of its geography, else in the nearest of the geography's regions
+    every account has."""
+    explained = router(gateway, [{"provider": "br", "model": f"{profile}.{SONNET}"}]).explain(
+        "m", RouteControls(), any_model
+    )
+    assert explained[0]["region"] == home
+
+
+@pytest.mark.parametrize(
+    ("profile", "region", "on_provider"),
+    [
+        ("eu", "us-east-1", False),
+        ("us", "eu-west-1", True),
+        ("apac", "eu-central-1", False),
+        ("jp", "ap-south-1", False),
+    ],
+)
+def test_a_geographic_inference_profile_in_a_region_outside_its_geography_is_a_config_error(
+    profile: str, region: str, on_provider: bool
+) -> None:
+    """Named with a region AWS refuses it from (its own, or its provider's): refused at load, naming both."""
+    model = f"{profile}.{SONNET}"
+    data = {
+        "providers": {"br": {"type": "bedrock", **({"region": region} if on_provider else {})}},
+        "models": {
+            "m": {"deployments": [{"provider": "br", "model": model, **({} if on_provider else {"region": region})}]}
+        },
+    }
+    config = parse_config(data, set(REGISTRY))
+    with pytest.raises(ConfigError) as refused:
+        Router(config, build_adapters(config, REGISTRY, {}), "us-east-1")
+    (problem,) = refused.value.problems
+    assert problem.startswith(f"models.m.deployments[0]: '{model}' is an inference profile of geography '{profile}'")
+    assert f"from region '{region}'" in problem and INFERENCE_GEOGRAPHIES[profile].sources[0] in problem
+    assert ("its provider's, providers.br.region" in problem) is on_provider
+
+
+def test_the_geographies_name_aws_regions_and_take_those_opened_since() -> None:
+    """Each geography's regions are AWS's, its defaults among them; a region of its area opened after this release
+    is taken (`ap-southeast-99` for `apac.`), one of another area or partition is not."""
+    for geography in INFERENCE_GEOGRAPHIES.values():
+        assert set(geography.sources) <= set(AWS_REGIONS) and set(geography.defaults) <= set(AWS_REGIONS)
+        assert not geography.sources or set(geography.defaults) <= set(geography.sources)
+        assert all(geography.takes(region) for region in geography.defaults)
+    apac, eu, global_ = INFERENCE_GEOGRAPHIES["apac"], INFERENCE_GEOGRAPHIES["eu"], INFERENCE_GEOGRAPHIES["global"]
+    assert apac.takes("ap-southeast-99") and apac.takes("me-central-1") and not apac.takes("me-south-1")
+    assert eu.takes("eu-west-9") and not eu.takes("eu-isoe-west-1") and not eu.takes("eusc-de-east-1")
+    assert global_.takes("af-south-1") and not global_.takes("us-gov-west-1") and not global_.takes("cn-north-1")
+    assert (region_area("us-gov-west-1"), region_area("eu-south-2"), region_area("westeurope")) == (
+        "us-gov",
+        "eu",
+        None,
+    )
+    assert BedrockAdapter.geography(f"eu.{SONNET}") is eu and BedrockAdapter.geography(SONNET) is None
+    assert BedrockAdapter.geography(f"arn:aws:bedrock:eu-west-1:1:inference-profile/eu.{SONNET}") is None
