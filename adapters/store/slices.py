@@ -27,13 +27,14 @@ Slices nobody used for `IDLE_S` go back, so readers in other processes see near-
 in the holding process see exact ones (the store subtracts what it holds). A budget slice is a row in
 `reservations` that outlives every request admitted from it: it expires (and is released like any
 reservation) only after its last request's reservation would have, so a crashed process's slices come
-back exactly as its reservations would. Rate slices live as long as their minute. A slice serves only
-limits at least as high as the one it was granted under (a lowered limit is checked in the file), and
-a request that spends beyond what its slice held has the excess committed with its settlement. Until that
-is written (with the rest of its batch, or at a retry), the process counts the excess on top of what the file
-says (`Slices.unwritten`, by counter, not by slice: a retry may outlast the slice, which the sweeper drops once
-idle and a grant replaces once expired): a grant in the meantime, in the same batch say, finds only the room
-that is left.
+back no later than its reservations would; sooner, once a refusal finds its holder's lock free (the
+process has ended: `Liveness`, adapters/store/sqlite_slices.py). Rate slices live as long as their
+minute. A slice serves only limits at least as high as the one it was granted under (a lowered limit is
+checked in the file), and a request that spends beyond what its slice held has the excess committed with
+its settlement. Until that is written (with the rest of its batch, or at a retry), the process counts the
+excess on top of what the file says (`Slices.unwritten`, by counter, not by slice: a retry may outlast the
+slice, which the sweeper drops once idle and a grant replaces once expired): a grant in the meantime, in the
+same batch say, finds only the room that is left.
 
 This module keeps the process's side: the slices, the requests admitted from them, and the arithmetic.
 The store (adapters/store/sqlite_slices.py) writes the grants and returns.

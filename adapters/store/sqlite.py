@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import fcntl
 import functools
+import logging
 import os
 import sqlite3
 import threading
@@ -71,7 +72,7 @@ from adapters.store.signins import SQLiteSignIns
 from adapters.store.slices import (
     Slices,
 )
-from adapters.store.sqlite_slices import LOWER_COMMITTED, SPEND, SliceCache
+from adapters.store.sqlite_slices import LOWER_COMMITTED, SPEND, Liveness, SliceCache
 from handler.ports import (
     STORE_DEADLINE,
     ChildLimitReached,
@@ -153,6 +154,7 @@ WITH RECURSIVE under(id) AS (
 SELECT count(*) FROM under
 """
 T = TypeVar("T")
+logger = logging.getLogger("gateway")
 SETTLE_LINGER_S = 0.01
 # How long a write waits for another process's lock before it fails, and how often a batch tries again.
 BUSY_TIMEOUT_MS = 5000
@@ -286,6 +288,8 @@ class SQLiteStore(SQLiteSignIns, SliceCache):
         self._unsettled: set[asyncio.Future[None]] = set()  # settlements queued and not yet committed
         # Admissions refused while another process may hold unused slices of their keys (see `admit`).
         self._recall: set[str] = set()
+        # This process's lock as a holder of slices, which tells other processes once it has ended (`Liveness`).
+        self._liveness = Liveness(None if path == ":memory:" else f"{path}-holders")
         self._closed = False
         self._stop = threading.Event()
         self._checkpointer = Checkpointer(f"{path}-checkpointer.lock")
@@ -703,11 +707,24 @@ class SQLiteStore(SQLiteSignIns, SliceCache):
                 )
 
     async def _expired_reservations(self, key_id: str, now: float) -> list[Reservation]:
+        """Those whose expiry passed, and the slices of processes that have ended (`Liveness`), which held the
+        budget until they expired though nobody could spend it any more."""
         rows = self.db.execute(
-            "SELECT id, period, amount, expires_at FROM reservations WHERE key_id = ? AND expires_at < ?",
+            "SELECT id, period, amount, expires_at FROM reservations WHERE key_id = ? "
+            "AND (expires_at < ? OR id LIKE 'slice:%')",
             (key_id, now),
         ).fetchall()
-        return [Reservation(key_id, *row) for row in rows]
+        ended: dict[str, bool] = {}
+        found = []
+        for row in rows:
+            if row[3] >= now:  # a live slice's row: released if its holder has ended
+                holder = row[0].split(":")[1]
+                if holder not in ended:
+                    ended[holder] = self._liveness.gone(holder)
+                if not ended[holder]:
+                    continue
+            found.append(Reservation(key_id, *row))
+        return found
 
     async def _release(self, key_id: str, reservations: list[Reservation]) -> float:
         released = 0.0
@@ -770,6 +787,13 @@ class SQLiteStore(SQLiteSignIns, SliceCache):
         await asyncio.to_thread(scan_ledger_apart, self.path, query, consume)
 
     async def close(self) -> None:
+        """Write what is batched, give back the unused slices this process holds (`_tidy`: else the file counts
+        them as committed until another process needs them and finds this one ended, `Liveness`), stop the
+        checkpoint thread and cut the log (`_truncated_log`). Under a deadline (`STORE_DEADLINE`: a server's
+        shutdown, `Gateway.close_store_before_exit`) every wait ends by it: for another process's write lock (slices
+        not given back then are logged) and for the checkpoint thread. A second close does nothing."""
+        if self._closed:
+            return
         self._closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -777,12 +801,24 @@ class SQLiteStore(SQLiteSignIns, SliceCache):
                 await asyncio.gather(self._sweeper, return_exceptions=True)
         if self._batch:
             self._flush()
+        returned = True
         if self.slices.budgets or self.slices.rates:
-            with contextlib.suppress(StoreError, sqlite3.Error), self._write() as db:
-                self._tidy(db, everything=True)
+            try:
+                with self._write() as db:
+                    self._tidy(db, everything=True)
+            except (StoreError, sqlite3.Error) as exc:
+                returned = False
+                logger.warning(
+                    "closing the SQLite store: the unused slices of the budgets and rate limits this process holds "
+                    "were not given back (%s); another process refused for want of them releases them",
+                    exc,
+                )
+        self._liveness.release(returned and not self.slices.budgets)
         self._stop.set()
         if self._checkpoint_thread is not None:
-            self._checkpoint_thread.join(CLOSE_CHECKPOINT_WAIT_S)
+            by = STORE_DEADLINE.get()
+            left = CLOSE_CHECKPOINT_WAIT_S if by is None else by - asyncio.get_running_loop().time()
+            self._checkpoint_thread.join(max(0.0, min(CLOSE_CHECKPOINT_WAIT_S, left)))
             self._truncated_log()
         self.db.close()
 

@@ -19,9 +19,13 @@ cost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import functools
 import logging
 import math
+import os
+import re
 import sqlite3
 import time
 from abc import abstractmethod
@@ -59,6 +63,7 @@ SPEND = (
 LOWER_COMMITTED = "UPDATE meters SET committed = max(0, committed - ?) WHERE key_id = ? AND period = ?"
 # A refusal while another process may hold unused slices of the key waits this long for them, once.
 RECALL_WAIT_S = 1.5 * SWEEP_S
+HOLDER_ID = re.compile(r"[0-9a-f]{12}")  # (`Slices.holder`; a lock file's name)
 T = TypeVar("T")
 logger = logging.getLogger("gateway")
 
@@ -91,6 +96,76 @@ def set_rate(db: sqlite3.Connection, key_id: str, name: str, window: int, count:
     )
 
 
+class Liveness:
+    """Whether the process that holds a budget slice still runs. Before its first slice row is written, a process
+    takes an exclusive lock (`flock`) on a file of its own, `<holder>.lock` in the store's holders folder, and keeps
+    it while its store is open; the kernel drops it when the process ends, however it ends (SIGKILL included).
+    Another process that can take that lock knows the holder has ended, and its slice rows hold budget that nobody
+    can spend: a refusal they would cover releases them (`SQLiteStore._expired_reservations`). Without it they held
+    the budget until they expired, the last request's reservation TTL and `RENEW_S` after the last grant (17 minutes
+    by default), which must stay long: the file cannot tell a request that runs long from one that died with its
+    process, and a row released under a live request lets its budget be spent twice. The processes sharing a file
+    run on one host (SQLite's write-ahead log needs shared memory), so the lock says what it seems to. A holder
+    without a lock file (one that could not make it, a gateway from before these locks) is never taken for ended:
+    its rows expire, as before."""
+
+    def __init__(self, folder: str | None) -> None:
+        self.folder = folder  # None: an in-memory store, which no other process shares
+        self.holder: str | None = None  # the holder whose lock this process holds
+        self.fd: int | None = None
+        self.tried = False
+
+    def hold(self, holder: str) -> None:
+        """Take `holder`'s lock, before its first slice row is written; tried once (a lock file made after some
+        rows were written could be taken by another process before this one locks it, and those rows released)."""
+        if self.tried or self.folder is None:
+            return
+        self.tried = True
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            fd = os.open(os.path.join(self.folder, f"{holder}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return  # (a folder this process cannot write: its slices expire, as before)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return
+        self.fd, self.holder = fd, holder
+
+    def gone(self, holder: str) -> bool:
+        """Whether `holder`'s process has ended: its lock file is there and nobody holds it. Its file goes then (its
+        rows are being released)."""
+        if self.folder is None or holder == self.holder or not HOLDER_ID.fullmatch(holder):
+            return False
+        path = os.path.join(self.folder, f"{holder}.lock")
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            return False  # no lock file: not known to have ended
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # held: the holder runs (another store of this process on the file included)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            return True
+        finally:
+            os.close(fd)
+
+    def release(self, returned: bool) -> None:
+        """At the store's close: the lock let go, and its file removed where every slice went back (`returned`);
+        else the file stays, unlocked, and another process releases what this one still holds at its next refusal."""
+        if self.fd is None:
+            return
+        if returned and self.folder is not None and self.holder is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.folder, f"{self.holder}.lock"))
+        os.close(self.fd)
+        self.fd = None
+
+
 class SliceCache(MeteredStore):
     """The slices side of `SQLiteStore` (see the module docstring); the store owns the state declared here."""
 
@@ -104,6 +179,7 @@ class SliceCache(MeteredStore):
     _sweeper: asyncio.Task[None] | None
     _closed: bool
     _recall: set[str]  # admissions refused while another process may hold unused slices of their keys
+    _liveness: Liveness  # this process's lock as a holder of slices, and whether another's holder has ended
 
     # The store's own (adapters/store/sqlite.py): its batching of one event-loop turn into one transaction,
     # and the marker that makes a settlement count once.
@@ -206,6 +282,8 @@ class SliceCache(MeteredStore):
         # Every check passed: write the grants, then change the slices held here.
         budgets = [(m.key_id, charge) for m in write.meters for charge in m.budgets]
         rates = [(m.key_id, step.charge) for m in write.meters for step in m.rates]
+        if budgets:
+            self._liveness.hold(slices.holder)  # (before its first slice row: see `Liveness`)
         committed_now = []
         for (_, charge), (slice_, _, size, expires_at, _) in zip(budgets, budget_plans, strict=True):
             committed_now.append(add_committed(db, charge.key_id, charge.period, size))

@@ -983,6 +983,8 @@ def create_app(gateway: Gateway, answer_limit: AnswerLimit | None = None) -> Gat
         # Then what those settlements left unspent of other regions' budgets goes home, within its own bound.
         await gateway.return_leases_before_exit()
         await gateway.spool.close()
+        # Last, the store: closed, it gives back the unused slices of the shared counters, within its own bound.
+        await gateway.close_store_before_exit()
         if gateway.tracer is not None:
             await asyncio.to_thread(gateway.tracer.close)  # the spans still queued go out
         await prometheus.unshare(sharing)  # last: the figures of every request, and of spans dropped at the close

@@ -41,7 +41,7 @@ from handler.pipeline.provider_keys import (
 from handler.pipeline.routing import Attempt, RouteControls, Router, any_model, unplaced_gateway
 from handler.pipeline.spool import SettlementSpool
 from handler.pipeline.upstream import UpstreamClient
-from handler.ports import ProviderAdapter, Store, StoreError
+from handler.ports import STORE_DEADLINE, ProviderAdapter, Store, StoreError
 from handler.telemetry import prometheus
 from handler.telemetry.observability import logger
 
@@ -62,6 +62,12 @@ SHUTDOWN_SETTLE_S = 5.0
 # and did not spend (`Gateway.return_leases_before_exit`); a home that does not answer by then is left to take them
 # back itself (a reclaim). With the grace and the settlements' bound, within the 30 s ECS and Kubernetes give.
 SHUTDOWN_LEASES_S = 2.0
+# How long a server's shutdown then waits for its store to close (`Gateway.close_store_before_exit`): the embedded
+# store gives back the unused slices of budgets and rate limits the process holds, once another process's write lock
+# is free, and its checkpoint thread ends. Left unclosed, each worker's slice stayed committed in the file until its
+# row expired (some 17 minutes), refusing the key's requests early. With the grace, the settlements' and the leases'
+# bounds, within the 30 s ECS and Kubernetes give.
+SHUTDOWN_CLOSE_S = 2.0
 
 
 class Gateway:
@@ -224,6 +230,27 @@ class Gateway:
                 timeout_s,
                 redaction.redact_message(str(exc)) or type(exc).__name__,
             )
+
+    async def close_store_before_exit(self, timeout_s: float | None = None) -> None:
+        """Shutdown's last store work, after the settlements and the leases: the store closed (`Store.close`), which
+        gives back what the process holds of the shared counters and did not use (the embedded store's slices: its
+        workers' each stayed committed, refusing the key's requests before its budget was spent, until the slice's
+        row expired). Bounded by `timeout_s` (`SHUTDOWN_CLOSE_S`), its store calls by the same deadline
+        (`STORE_DEADLINE`): another process holding the file's write lock does not hold the exit; what was not
+        given back is logged, and released by the first refusal it would cover once this process has ended."""
+        timeout_s = SHUTDOWN_CLOSE_S if timeout_s is None else timeout_s
+        bound = STORE_DEADLINE.set(asyncio.get_running_loop().time() + timeout_s)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.store.close()
+        except (TimeoutError, StoreError) as exc:
+            logger.warning(
+                "shutdown: the store did not close within %.1f s (%s)",
+                timeout_s,
+                redaction.redact_message(str(exc)) or type(exc).__name__,
+            )
+        finally:
+            STORE_DEADLINE.reset(bound)
 
     async def answered_within(self, timeout_s: float, by: float | None = None) -> None:
         """Wait at most `timeout_s`, and not past the loop's time `by` where given, for the admissions that ran on

@@ -440,9 +440,7 @@ class Pipeline(Charges):
         plan = await self._plan(ex, req.model, kind="embedding")
         if isinstance(req.user, str) and req.user and ex.user is None:
             ex.user = unkeyed(req.user, MAX_USER_CHARS)  # attributed as a chat request's `user` is (`_admit`)
-        texts = [req.input] if isinstance(req.input, str) else req.input
-        tokens = sum(len(t.encode()) // 2 + 1 if isinstance(t, str) else len(str(t)) for t in texts)
-        ex.prompt = PromptEstimate(tokens, ())
+        ex.prompt = PromptEstimate(embedded_tokens(req.input), ())
         await self._admit_tokens(ex, plan, [0] * len(plan))
 
         # The attempt's batches (`ProviderAdapter.embedding_batch`), each with its upstream request: all built before
@@ -465,7 +463,10 @@ class Pipeline(Charges):
         except BaseException as exc:
             await self._unanswered(ex, exc)
             raise
-        usage, source = self._checked(Usage.of(result.usage.prompt_tokens, 0), ex, lambda: 0)
+        # An answer without `usage` (an OpenAI-like server may send none) is not free: the prompt's estimate, as a chat
+        # answer's is (it was read as 0 tokens, $0, "provider").
+        reported = Usage.of(result.usage.prompt_tokens, 0) if "usage" in result.model_fields_set else None
+        usage, source = self._checked(reported, ex, lambda: 0)
         if ex.attempt is not None and not ex.attempt.adapter.counts_embedding_tokens:
             source = "estimate"  # (the adapter's count: the provider's answer has none)
         await self._settle(ex, usage, 200, background=True, source=source)
@@ -1350,6 +1351,19 @@ async def outlasting(writing: asyncio.Future[T]) -> T:
         except asyncio.CancelledError:
             if writing.cancelled():  # (the write itself, not the wait: nothing more to learn)
                 raise
+
+
+def embedded_tokens(inputs: str | list[str] | list[int] | list[list[int]]) -> int:
+    """An embeddings request's input tokens, estimated for its admission (and its line, if the answer has no usage):
+    token ids are tokens (`list[int]`, one input; `list[list[int]]`, several), text about two bytes a token. Each id
+    was counted as its digits (5,000 ids as 25,000 tokens, refused on a key's tpm of 20,000) and a list of them as
+    its repr, about 7 an id (found by review)."""
+    if isinstance(inputs, str):
+        return len(inputs.encode()) // 2 + 1
+    return sum(
+        len(item.encode()) // 2 + 1 if isinstance(item, str) else 1 if isinstance(item, int) else len(item)
+        for item in inputs
+    )
 
 
 def answer_chars(completion: ChatCompletion) -> int:

@@ -724,12 +724,17 @@ def create_app() -> Starlette:
         if failure is not None or body is None:
             return failure or _error(400, "no body", "invalid_request_error", None)
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        if inputs and isinstance(inputs[0], int):  # one input of token ids
+            inputs = [inputs]
         dimensions = body.get("dimensions")
         data = [
             {"object": "embedding", "index": i, "embedding": vector(i, dimensions, body.get("encoding_format"))}
             for i in range(len(inputs))
         ]
-        tokens = prompt_tokens(body)
+        if inputs and all(isinstance(item, list) for item in inputs):  # token ids (LangChain sends them): an id a token
+            tokens = sum(len(item) for item in inputs)
+        else:
+            tokens = prompt_tokens(body)
         answer = {
             "object": "list",
             "data": data,

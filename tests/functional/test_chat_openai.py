@@ -143,6 +143,20 @@ def test_embeddings(running: Running, key: str) -> None:
     assert [d.index for d in result.data] == [0, 1] and result.data[0].embedding == [0.1, 0.2, 0.3]
 
 
+def test_embeddings_of_token_ids_count_an_id_a_token_on_the_keys_tpm(running: Running) -> None:
+    """Token ids (LangChain's `OpenAIEmbeddings` sends them) were counted by their digits: 5,000 ids of five digits as
+    25,000 tokens, refused 429 on a tpm of 20,000 ("it needs about 25000"), and four lists of 1,000 as about 28,000
+    (their repr). OpenAI bills them 5,000 and 4,000; so are they counted now, one input or a batch of them."""
+    oa = client(running, running.mint(name="ids", tpm=20_000))
+    single = oa.embeddings.with_raw_response.create(model="text-embedding-3-small", input=[15339] * 5_000)
+    assert len(single.parse().data) == 1 and single.parse().usage.prompt_tokens == 5_000
+    assert single.headers["x-ratelimit-remaining-tokens"] == "15000"
+    oa = client(running, running.mint(name="batch", tpm=20_000))
+    batch = oa.embeddings.with_raw_response.create(model="text-embedding-3-small", input=[[15339] * 1_000] * 4)
+    assert len(batch.parse().data) == 4 and batch.parse().usage.prompt_tokens == 4_000
+    assert batch.headers["x-ratelimit-remaining-tokens"] == "16000"
+
+
 def test_models_lists_what_the_key_may_use(running: Running, mint) -> None:  # type: ignore[no-untyped-def]
     narrow = mint(models=["gpt-*"])
     ids = {m.id for m in client(running, narrow).models.list()}

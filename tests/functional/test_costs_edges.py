@@ -266,6 +266,35 @@ async def test_embeddings_carry_their_user() -> None:
     await served.gateway.aclose()
 
 
+async def test_embeddings_of_token_ids_are_reserved_an_id_a_token_and_an_answer_without_usage_is_estimated() -> None:
+    """Token ids were reserved by their digits: 5,000 ids of five digits as 25,000 tokens ($0.025 at $1 a million),
+    refused 402 on a $0.01 budget they fit ($0.005). And an answer without `usage` (an OpenAI-like server's) was
+    charged nothing, its line 0 tokens from the `provider`. Now ids are an id a token, reserved and estimated, and
+    text keeps its estimate (about two bytes a token)."""
+
+    def no_usage(request: httpx.Request) -> httpx.Response:
+        inputs = orjson.loads(request.content)["input"]
+        count = 1 if isinstance(inputs, str) or isinstance(inputs[0], int) else len(inputs)
+        data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2]} for i in range(count)]
+        return httpx.Response(200, json={"object": "list", "data": data, "model": "e"})
+
+    models = {
+        "e": {"deployments": [{"provider": "openai", "model": "e"}], "price": {"input": 1.0}, "kind": "embedding"}
+    }
+    served = await serve(no_usage, models, budget_usd=0.01)
+    for inputs in ([15339] * 5_000, [[15339] * 1_000] * 3, "hello world"):
+        answer = await served.post("/v1/embeddings", {"model": "e", "input": inputs})
+        assert answer.status_code == 200, answer.text
+    lines = await served.ledger()
+    assert [(line.input_tokens, line.cost_source) for line in lines] == [
+        (5_000, "estimate"),
+        (3_000, "estimate"),
+        (6, "estimate"),
+    ]
+    assert sum(line.cost_usd or 0.0 for line in lines) == pytest.approx(8_006 / 1e6)
+    await served.gateway.aclose()
+
+
 async def test_an_option_the_deployment_was_not_sent_is_not_billed() -> None:
     """Azure's Chat Completions has no `web_search_options` or `service_tier`: they are dropped and named, and were
     billed all the same (the $0.03 search fee for a search that never ran, a priority tier's double price). Found

@@ -51,10 +51,12 @@ def gateway_serve(
     environ: dict[str, str] | None = None,
     args: tuple[str, ...] = (),
     upstream_models: tuple[str, ...] = (),
+    key_args: tuple[str, ...] = (),
 ) -> Iterator[Served]:
     """`gateway serve` (with `args`) with one model, gpt-4o-mini at the fake OpenAI, and `observability` in its
-    config; each of `upstream_models` a model of that name at the same fake too (`drip`: a slow stream); stopped
-    (SIGTERM, as a service manager does) at the end, unless the test stopped it already."""
+    config; each of `upstream_models` a model of that name at the same fake too (`drip`: a slow stream); its key
+    made with `key_args` (`--budget-usd 1`); stopped (SIGTERM, as a service manager does) at the end, unless the
+    test stopped it already."""
     config = {
         "observability": observability,
         "providers": {
@@ -74,7 +76,7 @@ def gateway_serve(
         **(environ or {}),
     }
     created = subprocess.run(
-        [sys.executable, "-m", "handler.entry.cli", "keys", "create", "--name", "t", "--json"],
+        [sys.executable, "-m", "handler.entry.cli", "keys", "create", "--name", "t", "--json", *key_args],
         env=env,
         cwd=ROOT,
         capture_output=True,

@@ -5,7 +5,10 @@ stand for two processes: they share nothing but the file."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +21,7 @@ from adapters.store import sqlite_slices as slices
 from adapters.store.slices import RENEW_S, slice_size
 from adapters.store.sqlite import SQLiteStore
 from handler.ports import Admission, BudgetCharge, BudgetRefused, RateCharge, RateRefused, Settlement, StoreError
+from tests.support.serve import ROOT
 from tests.unit.adapters.store.test_contract import PERIOD, admission, line, settlement, this_minute
 from tests.unit.adapters.store.test_sqlite import traced
 
@@ -174,6 +178,41 @@ async def test_a_crashed_holders_slices_come_back_when_its_lease_expires(
     assert (await survivor.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.5)
     await crashed.close()
     await survivor.close()
+
+
+async def test_the_slices_of_a_killed_process_come_back_at_the_next_refusal_they_would_cover(path: str) -> None:
+    """A process killed (SIGKILL: the OOM killer, a crash) holding a slice of a key's budget: the file counted the slice
+    as committed until its row expired, its last request's reservation TTL and `RENEW_S` after its last grant (17
+    minutes by default), and every other process was refused the budget nobody could spend. The kernel tells: the
+    dead process's lock on its holder file is gone, so a refusal the slice would cover releases it. While the process
+    runs, its slice (and the request still in flight from it) stays reserved."""
+    key = uuid.uuid4().hex[:12]
+    survivor = SQLiteStore(path)
+    rest = admission(key, 0.9)  # all but what the other process spent
+    command = [sys.executable, "-m", "tests.support.holder", path, key, PERIOD]
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == b"holding\n"
+            held = await survivor.meter(key, PERIOD)
+            assert held.spent_usd[PERIOD] == pytest.approx(0.1) and held.committed_usd[PERIOD] > 0.2  # its slices
+            with pytest.raises(BudgetRefused):
+                await survivor.admit(rest)
+            assert await survivor.release_held(rest.budgets[0], time.time()) == 0.0  # it runs
+        finally:
+            holder.kill()  # (SIGKILL: nothing of it runs after this)
+    # (The refusal recalled its unused slice, which it gave back: what it holds now is its request in flight.)
+    dead = (await survivor.meter(key, PERIOD)).committed_usd[PERIOD]
+    assert dead == pytest.approx(0.2)
+    with pytest.raises(BudgetRefused):
+        await survivor.admit(rest)
+    assert await survivor.release_held(rest.budgets[0], time.time()) == pytest.approx(0.1)
+    await survivor.admit(rest)
+    after = await survivor.meter(key, PERIOD)
+    assert (after.committed_usd[PERIOD], after.spent_usd[PERIOD]) == (pytest.approx(1.0), pytest.approx(0.1))
+    assert os.listdir(f"{path}-holders") == [f"{survivor.slices.holder}.lock"]  # (the dead one's went with its slice)
+    await survivor.settle(settlement(rest, 0.9))
+    await survivor.close()
+    assert os.listdir(f"{path}-holders") == []  # (its own too, closed with its slices given back)
 
 
 async def test_a_lowered_limit_holds_against_a_lease_granted_under_the_old_one(store: SQLiteStore) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 import uuid
 from typing import Any
@@ -117,10 +118,10 @@ async def test_a_server_shutting_down_writes_the_settlements_still_lingering(
     async with app.starlette.router.lifespan_context(app.starlette):  # as uvicorn runs it
         await gateway.store.admit(adm)
         gateway.spawn(gateway.store.settle(settlement(adm, 0.25, item)))  # waits for company...
-    # ...and the shutdown wrote it, before the process exits (and the loop with it)
-    store = gateway.store
-    assert isinstance(store, sqlite_store.SQLiteStore)
-    assert store.db.execute("SELECT request_id FROM ledger WHERE key_id = ?", (key,)).fetchall() == [(item.request_id,)]
+    # ...and the shutdown wrote it, before the process exits (and the loop with it), and closed the store
+    db = sqlite3.connect(tmp_path / "store.db")
+    assert db.execute("SELECT request_id FROM ledger WHERE key_id = ?", (key,)).fetchall() == [(item.request_id,)]
+    db.close()
     await gateway.aclose()
 
 
@@ -219,6 +220,63 @@ async def test_a_shutdown_whose_home_region_does_not_answer_gives_up_on_its_leas
     assert "budget leases not given back to their home regions within 0.2 s" in caplog.text
     await gateway.aclose()
     await home.close()
+
+
+async def test_a_server_shutting_down_gives_back_its_unused_slices(tmp_path: Any) -> None:
+    """A request admitted from a slice of its key's budget (counted as committed in the file the moment it is
+    granted), settled for less than it reserved: the shutdown never closed the store, and the slice stayed committed
+    until its row expired, some 17 minutes, the key's requests refused that much early by every other process on the
+    file and the next start."""
+    from handler.api.app import create_app
+
+    gateway = build_gateway(store_url=f"sqlite:///{tmp_path / 'store.db'}", environ={})
+    app = create_app(gateway)
+    key = uuid.uuid4().hex[:12]
+    adm = admission(key, 0.01, limit=1.0)
+    async with app.starlette.router.lifespan_context(app.starlette):  # as uvicorn runs it
+        await gateway.store.admit(adm)
+        await gateway.store.settle(settlement(adm, 0.004, line(key, 0.004)))
+        assert file_counters(tmp_path, key)[:2] == (pytest.approx(0.01), pytest.approx(0.004))  # $0.006 unused
+    assert file_counters(tmp_path, key) == (pytest.approx(0.004), pytest.approx(0.004), [])
+
+
+async def test_a_shutdown_whose_store_file_another_process_holds_gives_up_on_its_slices_in_time(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another process holding the file's write lock: the slices' return waits no longer than `SHUTDOWN_CLOSE_S`
+    (SQLite's own wait for the lock is 5 s), says so, and leaves them to their rows' expiry."""
+    from handler.api.app import create_app
+
+    monkeypatch.setattr(gateway_module, "SHUTDOWN_CLOSE_S", 0.3)
+    gateway = build_gateway(store_url=f"sqlite:///{tmp_path / 'store.db'}", environ={})
+    app = create_app(gateway)
+    key = uuid.uuid4().hex[:12]
+    adm = admission(key, 0.01, limit=1.0)
+    other = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    async with asyncio.timeout(10):
+        async with app.starlette.router.lifespan_context(app.starlette):
+            await gateway.store.admit(adm)
+            await gateway.store.settle(settlement(adm, 0.004, line(key, 0.004)))
+            other.execute("BEGIN IMMEDIATE")  # (another process's write, under way)
+            started = time.perf_counter()
+        stopped = time.perf_counter() - started
+    other.execute("ROLLBACK")
+    other.close()
+    assert stopped < 0.3 + 0.5, stopped
+    assert "the unused slices of the budgets and rate limits this process holds were not given back" in caplog.text
+    committed, spent, reserved = file_counters(tmp_path, key)
+    assert spent == pytest.approx(0.004) and committed > spent and len(reserved) == 1  # the slice, to its expiry
+
+
+def file_counters(folder: Any, key: str) -> tuple[float, float, list[tuple[str, float]]]:
+    """The key's committed and spent in the file, and its reservation rows, as another process reads them."""
+    db = sqlite3.connect(folder / "store.db")
+    try:
+        [(committed, spent)] = db.execute("SELECT committed, spent FROM meters WHERE key_id = ?", (key,)).fetchall()
+        reserved = db.execute("SELECT id, amount FROM reservations WHERE key_id = ?", (key,)).fetchall()
+    finally:
+        db.close()
+    return committed, spent, reserved
 
 
 async def home_committed(home: Any, key: str) -> float:
