@@ -48,8 +48,32 @@ def http_url(value: str) -> str:
     except ValueError:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in value):
-        shown = f"'{value}'" if "@" not in value else "the URL"  # (one with a user and password is not echoed)
+        # (One with a user and password, or a query, which may hold a key, is not echoed.)
+        shown = "the URL" if any(c in value for c in "@?#") else f"'{value}'"
         raise ValueError(f"{shown} is not an http:// or https:// URL with a host (https://HOST/PATH)")
+    return value
+
+
+def api_base_url(value: str) -> str:
+    """`value` if it is an `http_url` an API's path can be added to (a provider's or a deployment's `base_url`: the
+    adapters send to `{base_url}/chat/completions`): no query or fragment (`https://api.openai.com/v1?api-version=1`
+    sent every request to `/v1` with the query `api-version=1/chat/completions`, a 404 from the provider and a 502 to
+    the client), and no user or password (`https://user:pw@host`: never sent, and its host read as `user`). Neither
+    is shown: a query may hold a key, as a password does."""
+    http_url(value)
+    parts = urlsplit(value)
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            "the URL holds a user name or password, which the gateway never sends: give the provider's credentials "
+            "as its api_key or headers (`headers: {authorization: env:NAME}`), and the URL as https://HOST/PATH"
+        )
+    if "?" in value or "#" in value:
+        part = "a query (?...)" if "?" in value else "a fragment (#...)"
+        bare = f"{parts.scheme}://{parts.netloc}{parts.path}"
+        raise ValueError(
+            f"'{bare}' is followed by {part}, and the API's paths are added to the URL (`{bare}/chat/completions`): "
+            "give the URL alone (an Azure resource's api-version is its `api_version` option)"
+        )
     return value
 
 
@@ -128,7 +152,7 @@ def secret_reference(value: str) -> str:
     return value
 
 
-HttpUrl = Annotated[str, AfterValidator(http_url)]
+ApiBaseUrl = Annotated[str, AfterValidator(api_base_url)]
 IpNetwork = Annotated[str, AfterValidator(ip_network)]
 Region = Annotated[str, AfterValidator(region_name)]
 SecretReference = Annotated[str, AfterValidator(secret_reference)]
@@ -148,7 +172,7 @@ class ProviderConfig(BaseModel):
 
     type: str
     api_key: SecretReference | None = None
-    base_url: HttpUrl | None = None
+    base_url: ApiBaseUrl | None = None
     region: Region | None = None
 
     def options(self) -> dict[str, Any]:
@@ -170,7 +194,7 @@ class DeploymentConfig(BaseModel):
     provider: str
     model: str
     region: Region | None = None
-    base_url: HttpUrl | None = None
+    base_url: ApiBaseUrl | None = None
     reasoning: bool | None = Field(
         default=None,
         description="whether the upstream model reasons (OpenAI's o-series, gpt-5): by its name unless set, which an "
@@ -355,6 +379,18 @@ class Config(BaseModel):
         for name in value:
             if not name or "/" in name or "@" in name:
                 raise ValueError(f"provider name '{name}' may not be empty or contain '/' or '@'")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, value: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
+        """A model's name is what a client's `model` must say: `""` and `" gpt "` were taken, and no request (a client
+        trims no name) could reach them."""
+        for name in value:
+            if not name.strip():
+                raise ValueError(f"model name '{name}' may not be empty")
+            if name != name.strip():
+                raise ValueError(f"model name '{name}' has spaces around it: write '{name.strip()}'")
         return value
 
 
@@ -581,6 +617,16 @@ class UniqueKeyLoader(SAFE_LOADER):  # type: ignore[misc]
                 if key_node.tag == MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
                     continue
                 key = self.construct_object(key_node)
+                if not isinstance(key, str):
+                    # (YAML 1.1 reads `yes:`, `off:`, `1:` or `2025-01-01:` as no string: every name in the config
+                    # is one, and the error named the model `models[1].[key]`, not as written.)
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"the key {key_node.value} is read as {_scalar_kind(key)}, not as a name: quote it "
+                        f"('{key_node.value}')",
+                        key_node.start_mark,
+                    )
                 if key in first:
                     raise yaml.constructor.ConstructorError(
                         None,
@@ -591,6 +637,15 @@ class UniqueKeyLoader(SAFE_LOADER):  # type: ignore[misc]
                 first[key] = key_node
         mapping: dict[Any, Any] = super().construct_mapping(node, deep)
         return mapping
+
+
+def _scalar_kind(value: object) -> str:
+    """What YAML read a key as that is no string, in its words: `the boolean true`, `a number`, `null`, `a date`."""
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if value is None:
+        return "null"
+    return "a number" if isinstance(value, int | float) else f"a {type(value).__name__}"
 
 
 def yaml_problem(source: str, exc: yaml.YAMLError) -> str:
@@ -655,6 +710,50 @@ def resolve_secret(
     if reference.startswith("secretsmanager:"):
         return (fetch or _aws_fetch)("secretsmanager", reference[len("secretsmanager:") :])
     return reference
+
+
+def resolve_credential(
+    reference: str | None,
+    environ: Mapping[str, str] | None = None,
+    fetch: SecretFetcher | None = None,
+) -> str | None:
+    """`resolve_secret` for a value sent in an HTTP header (a provider's key, a provider's or a trace collector's
+    header), without the whitespace around it: a value written to its store from a file, or exported from one, ends
+    in a newline, which no header can carry (every request failed as its provider unreachable, each counted on the
+    provider's breaker). None where nothing else is left. (`gateway.responses_secret`, which keys the reasoning
+    seal, is `resolve_secret`'s as it is: another key would open nothing sealed before.)"""
+    secret = resolve_secret(reference, environ, fetch)
+    return (secret.strip() or None) if secret is not None else None
+
+
+# An HTTP field name is a token (RFC 9110, 5.6.2): a header named with a space, `x title`, was sent as written and
+# refused by the provider (a 400 the client took for its own).
+TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def header_name_problem(name: str) -> str | None:
+    """Why `name` cannot name an HTTP header, or None where it can."""
+    if name and TOKEN_CHARS.issuperset(name):
+        return None
+    return "not a header's name (letters, digits and !#$%&'*+-.^_`|~, no spaces)"
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why `value` cannot be sent as an HTTP header's value (a provider key is sent in one), naming the character and
+    where it is, never the value; None where it can: visible ASCII, with spaces between. A non-ASCII character
+    (`Café app`, a key pasted with a typographic dash) failed every request with a 500; a line break or another
+    control character, as the provider unreachable (the HTTP client refuses to send it)."""
+    for at, char in enumerate(value, 1):
+        if not " " <= char <= "~":
+            what = (
+                "a non-ASCII character"
+                if not char.isascii()
+                else "a line break"
+                if char in "\r\n"
+                else f"a control character (0x{ord(char):02x})"
+            )
+            return f"holds {what} at character {at}, which no HTTP header can carry"
+    return None
 
 
 SECRET_STORES = ("ssm:", "secretsmanager:")

@@ -47,6 +47,10 @@ MAX_RANGE_CHARS = 64  # the longest range written out (an IPv4-mapped IPv6 one) 
 # Ten years: a key meant to last has no expiry at all. Without a bound, `expires_in_seconds: 1e200` made a key
 # (SQLite) or a 503 `store_unavailable` to retry (DynamoDB, whose TTL number it could not hold).
 MAX_EXPIRES_IN_SECONDS = 3650 * 86400
+# The most an `rpm`, a `tpm` or a `model_limits` entry may be: a trillion a minute, past any provider's limits, and
+# well within the 64-bit integers the stores write (`keys create --rpm 99999999999999999999999` passed the spec, then
+# was a traceback from the store's JSON encoder; over HTTP the body's parser refuses such a number).
+MAX_RATE_LIMIT = 10**12
 # A key route's body is read up to this, not the gateway's `max_body_bytes`: the largest a spec can be (a name,
 # 100 models and 100 model limits of 200 characters, 100 IP ranges, 16 tags of 128 characters; indented) is 54 KB.
 KEY_BODY_BYTES = 128 * 1024
@@ -67,10 +71,14 @@ class KeySpec(BaseModel):
     budget_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     budget_period: Literal["day", "month", "total"] = "total"
     expires_in_seconds: float | None = Field(default=None, gt=0, le=MAX_EXPIRES_IN_SECONDS, allow_inf_nan=False)
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1, le=MAX_RATE_LIMIT)
+    tpm: int | None = Field(default=None, ge=1, le=MAX_RATE_LIMIT)
     model_limits: (
-        dict[Annotated[str, Field(min_length=1, max_length=MAX_PATTERN_CHARS)], dict[Literal["rpm", "tpm"], int]] | None
+        dict[
+            Annotated[str, Field(min_length=1, max_length=MAX_PATTERN_CHARS)],
+            dict[Literal["rpm", "tpm"], Annotated[int, Field(le=MAX_RATE_LIMIT)]],
+        ]
+        | None
     ) = Field(default=None, max_length=100)
     allow_ips: list[Annotated[str, Field(max_length=MAX_RANGE_CHARS)]] | None = Field(
         default=None, max_length=MAX_ALLOW_IPS

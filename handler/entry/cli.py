@@ -265,6 +265,17 @@ _processes = _within(int, 1, MAX_WORKERS, f"a number of processes (1 to {MAX_WOR
 _grace_seconds = _within(float, 0, 3600, "a number of seconds (0 to 3600)")
 
 
+def _host(value: str) -> str:
+    """`serve --host`: an address or a name, never empty. `--host "$HOST"` with HOST unset bound every interface (the
+    empty address is INADDR_ANY, where the default is this machine only) and printed `http://:8080`."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(
+            f"'{value}' is no address: give 127.0.0.1 (this machine only), 0.0.0.0 (every interface) or one of its "
+            "interfaces"
+        )
+    return value
+
+
 def _run_server(config: uvicorn.Config, listener: socket.socket) -> None:
     """Serve on `listener` until a signal stops the server (its workers, with `--workers` above 1, each writing its
     figures to a folder of the server's, so that `/metrics` on any of them answers for all:
@@ -753,9 +764,10 @@ def cmd_route_explain(args: argparse.Namespace) -> int:
     from handler.pipeline.gateway import build_adapters, gateway_region
     from handler.pipeline.routing import RouteControls, Router, any_model
 
-    region = args.region or gateway_region(os.environ)
     try:
         config = load_config(args.config or os.environ.get("GATEWAY_CONFIG") or None, set(REGISTRY))
+        region = args.region or gateway_region(os.environ)
+        # (A key no HTTP header can carry, as start-up refuses it: it was a traceback here.)
         router = Router(config, build_adapters(config, REGISTRY, os.environ, _unread_secret), region)
     except ConfigError as exc:  # (the router's too: a region it cannot place, a profile outside its geography)
         sys.stderr.write(f"{exc}\n")
@@ -786,7 +798,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"on SIGTERM, how long answers still going may finish before they are cut (default {SHUTDOWN_GRACE_S:g})",
     )
     serve.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
+        "--host", type=_host, default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
     )
     serve.add_argument("--port", type=_port, default=8080, help="port to listen on (default: 8080; 0: a free one)")
     serve.add_argument(
@@ -898,15 +910,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The exit status of a command whose output's reader went (`gateway usage --format csv | head -1`): 128 + SIGPIPE,
+# as a shell reports `git log | head -1` and coreutils, which the signal ends; a script's `set -o pipefail` knows it.
+CLOSED_PIPE_EXIT = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from adapters.aws import NoCredentialsError
 
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)
+        sys.stdout.flush()  # (a reader gone is found here, not in the flush at exit, which prints its own trace)
     except (StoreError, NoCredentialsError) as exc:  # a store URL it cannot open or reach: one line, not a trace
         sys.stderr.write(f"gateway: the store cannot be used: {redact_message(str(exc))}\n")
         return 2
+    except BrokenPipeError:
+        # Its output's reader went (`| head -0`): nothing more to say, and no trace. What is still buffered goes to
+        # devnull, or the flush at exit fails again (the Python docs' pattern, signal module, "Note on SIGPIPE").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return CLOSED_PIPE_EXIT
     return result
 
 

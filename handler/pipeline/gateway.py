@@ -20,10 +20,13 @@ from handler.config import (
     ConfigError,
     SecretFetcher,
     SecretUnreadableError,
+    header_name_problem,
+    header_value_problem,
     load_config,
     reference_hint,
     reference_name,
-    resolve_secret,
+    region_name,
+    resolve_credential,
     responses_secret,
 )
 from handler.errors import GatewayError
@@ -347,8 +350,21 @@ class Gateway:
             await asyncio.to_thread(self.tracer.close)
 
 
+REGION_VARIABLES = ("AWS_REGION", "GATEWAY_REGION")
+
+
 def gateway_region(environ: Mapping[str, str]) -> str:
-    return environ.get("AWS_REGION") or environ.get("GATEWAY_REGION") or "us-east-1"
+    """The gateway's own region: `AWS_REGION` (Lambda sets it), else `GATEWAY_REGION`, else us-east-1. One that can
+    name no region is a `ConfigError` naming its variable, as a config's `region:` is (`eu central` was taken: `route
+    explain` and `/v1/route` showed it as the gateway's region, and deployments were ordered from nowhere)."""
+    for variable in REGION_VARIABLES:
+        value = environ.get(variable)
+        if value:
+            try:
+                return region_name(value)
+            except ValueError as exc:
+                raise ConfigError([f"{variable}: {exc}"]) from None
+    return "us-east-1"
 
 
 def gateway_region_warning(config: Config, environ: Mapping[str, str]) -> str | None:
@@ -417,6 +433,17 @@ def check_routes(
     return adapters
 
 
+def unsendable_key(provider: str, reference: str, secret: str | None) -> str | None:
+    """The config error of provider `provider`'s key `secret`, read from `reference`, where no HTTP header can carry it
+    (`header_value_problem`): naming the reference, never the key. None where it can be sent."""
+    problem = header_value_problem(secret) if secret else None
+    if problem is None:
+        return None
+    source = reference_name(reference)
+    shown = f"the key in {source}" if source == reference else "the key"
+    return f"providers.{provider}.api_key: {shown} {problem}"
+
+
 def unkeyed_providers(
     config: Config, adapters: Mapping[str, ProviderAdapter], environ: Mapping[str, str], fetch: SecretFetcher | None
 ) -> list[str]:
@@ -425,8 +452,10 @@ def unkeyed_providers(
     and `serve` warn of. Not refused, as a header's is: the gateway serves without such a provider (its deployments
     answer 503 `provider_not_configured`, a fallback serving where one has its key), as the shipped config, naming
     five providers' variables, is served with one or two set; a key stored later in SSM or Secrets Manager is read
-    within `provider_key_refresh_seconds`."""
+    within `provider_key_refresh_seconds`. A key found that no HTTP header can carry is refused (a `ConfigError`), as
+    start-up refuses it (`build_adapters`)."""
     warnings = []
+    unsendable = []
     for name, provider in config.providers.items():
         adapter = adapters[name]
         reference = provider.key_reference(adapter.key_env_var)
@@ -434,10 +463,12 @@ def unkeyed_providers(
             continue  # (Bedrock's AWS credentials, `auth: none`, an Azure resource's Entra ID header)
         shown = reference if provider.api_key else f"{reference} (its type's variable: no api_key is set)"
         try:
-            secret = resolve_secret(reference, environ, fetch)
+            secret = resolve_credential(reference, environ, fetch)
         except SecretUnreadableError as failure:
             warnings.append(f"providers.{name}.api_key: {failure}; the server reads it again while it serves")
             continue
+        if problem := unsendable_key(name, reference, secret):
+            unsendable.append(problem)
         if secret is None:
             when = (
                 f"read again every {config.gateway.provider_key_refresh_seconds:g} s"
@@ -448,6 +479,8 @@ def unkeyed_providers(
                 f"providers.{name}.api_key: {shown} resolves to nothing: its deployments are passed over "
                 f"(503 provider_not_configured where no other serves the model); {reference_hint(reference)} ({when})"
             )
+    if unsendable:
+        raise ConfigError(unsendable)
     return warnings
 
 
@@ -457,10 +490,14 @@ def build_adapters(
     environ: Mapping[str, str],
     fetch: SecretFetcher | None = None,
 ) -> dict[str, ProviderAdapter]:
+    """Each provider's adapter, with its key and headers resolved (a key or a header's value in a store that could not
+    be read is read again later: handler/pipeline/provider_keys.py). A key no HTTP header can carry is a
+    `ConfigError` naming its reference (`unsendable_key`): it failed every request."""
     problems = unread_options(config, registry)
     if problems:
         raise ConfigError(problems)
     adapters: dict[str, ProviderAdapter] = {}
+    unsendable = []
     for name, provider in config.providers.items():
         cls = registry[provider.type]
         options = provider.options()
@@ -472,11 +509,16 @@ def build_adapters(
             header_unreadable(adapter, header, failure)
         ref = provider.key_reference(cls.key_env_var)
         try:
-            secret = resolve_secret(ref, environ, fetch)
+            secret = resolve_credential(ref, environ, fetch)
         except SecretUnreadableError as failure:  # (read again later: handler/pipeline/provider_keys.py)
             unreadable(adapter, failure)
             continue
+        if ref is not None and (problem := unsendable_key(name, ref, secret)):
+            unsendable.append(problem)
+            continue
         install(adapter, ref, secret)
+    if unsendable:
+        raise ConfigError(unsendable)
     return adapters
 
 
@@ -509,20 +551,28 @@ def provider_headers(
     `secretsmanager:NAME`) as `api_key` takes; and those held in a store that could not be read (throttled,
     unreachable), each given no value (`""`) until it is (handler/pipeline/provider_keys.py), as a provider's key is.
     A value from a reference, or under a credential's name (`authorization`, `x-api-key`, ...), is registered as a
-    secret: redacted from everything relayed (one from a store in place of the one it replaces, when read again)."""
+    secret: redacted from everything relayed (one from a store in place of the one it replaces, when read again).
+    A name that is no HTTP token (`x title`), or a value no header can carry (`Café app`, a line break), is a
+    `ConfigError` naming the header, never the value: it failed every request (a 500, or the provider unreachable)."""
     if not isinstance(headers, dict) or any(isinstance(v, dict | list) for v in headers.values()):
         raise ConfigError([f"providers.{provider}.headers: a mapping of header names to values"])
     resolved: dict[str, str] = {}
     unread: dict[str, SecretUnreadableError] = {}
     for header, raw in headers.items():
-        value = "" if raw is None else str(raw)  # (a number or a flag, written as YAML reads it: as before)
+        if problem := header_name_problem(str(header)):
+            raise ConfigError([f"providers.{provider}.headers.{header}: {problem}"])
+        # (A number or a flag, written as YAML reads it: as before; the whitespace around a value is no part of it.)
+        value = "" if raw is None else str(raw).strip()
         try:
-            secret = resolve_secret(value, environ, fetch) if value else value
+            secret = resolve_credential(value, environ, fetch) if value else value
         except SecretUnreadableError as failure:
             resolved[str(header)], unread[str(header)] = "", failure
             continue
         if secret is None:
             raise ConfigError([f"providers.{provider}.headers.{header}: {reference_name(value)} resolves to nothing"])
+        if problem := header_value_problem(secret):
+            shown = f"the value in {value}" if reference_name(value) == value else "its value"
+            raise ConfigError([f"providers.{provider}.headers.{header}: {shown} {problem}"])
         if is_stored(value):
             redaction.register_current(header_holder(provider, str(header)), *header_secrets(secret))
         elif secret != value or re.search(CREDENTIAL_HEADER, str(header)):

@@ -9,7 +9,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from handler.config import SecretFetcher, SecretUnreadableError, reference_name, resolve_secret
+from handler.config import (
+    SecretFetcher,
+    SecretUnreadableError,
+    header_value_problem,
+    reference_name,
+    resolve_credential,
+)
 from handler.pipeline.provider_keys import (
     RESTORE_WAIT_S,
     RETRY_S,
@@ -208,7 +214,11 @@ class ProviderKeys:
 
     def _read(self, key: StoredKey, done: threading.Event) -> None:
         try:
-            secret = resolve_secret(key.reference, self.environ, self.fetch)
+            secret = resolve_credential(key.reference, self.environ, self.fetch)
+            if secret is not None and (problem := header_value_problem(secret)):
+                # (Refused at start; read later, it is one more value that cannot be used: the one held before stays
+                # in use, else the provider's requests answer the 503 saying why. It failed every request with a 500.)
+                raise SecretUnreadableError(key.reference, f"its value {problem}")
         except SecretUnreadableError as failure:
             key.failed(failure, self.retry_s)
             next_read = self.retry_s

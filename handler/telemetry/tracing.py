@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from handler.config import ConfigError, SecretFetcher, SecretUnreadableError, resolve_secret
+from handler.config import (
+    ConfigError,
+    SecretFetcher,
+    SecretUnreadableError,
+    header_name_problem,
+    header_value_problem,
+    resolve_credential,
+)
 from handler.otlp_config import OtlpConfig
 from handler.records import Value
 from handler.redaction import redact_message
@@ -422,11 +429,16 @@ def otlp_settings(
     headers |= _pairs(environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS", ""), "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
     for name, reference in (config.headers or {}).items():
         try:
-            value = resolve_secret(reference, environ, fetch)
+            value = resolve_credential(reference, environ, fetch)
         except SecretUnreadableError as failure:  # (the environment's init fails, and is tried again)
             raise ConfigError([f"observability.otlp.headers.{name}: {failure}"]) from None
         if value is None:
             raise ConfigError([f"observability.otlp.headers.{name}: the reference resolves to nothing"])
+        # (Checked as a provider's headers are: a non-ASCII value was a traceback building the exporter's client.)
+        if wrong := header_name_problem(name):
+            raise ConfigError([f"observability.otlp.headers.{name}: {wrong}"])
+        if wrong := header_value_problem(value):
+            raise ConfigError([f"observability.otlp.headers.{name}: its value {wrong}"])
         headers[name] = value
     # The service's name, as the OTel spec ranks it (`OTEL_SERVICE_NAME` over `service.name` in
     # `OTEL_RESOURCE_ATTRIBUTES`), with the config's own over both, and `llm-gateway` where none names it.

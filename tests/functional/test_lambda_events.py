@@ -624,6 +624,52 @@ def test_a_provider_key_absent_from_ssm_is_named_missing(
 
 
 @pytest.mark.parametrize("credential", CREDENTIALS)
+def test_a_provider_key_in_ssm_with_a_newline_after_it_is_sent_without_it(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]], credential: str
+) -> None:
+    """A key written to SSM from a file (`--value file://key.txt`) ends in a newline: every request was a 502,
+    `upstream unreachable (LocalProtocolError ...)`, counted on the provider's breaker. Found by review."""
+    server, _ = upstream
+    with fake_ssm(in_ssm(credential, [f"{API_KEY}\n"])) as (environ, _calls):
+        stored = stored_credential(credential)
+        (result,) = replay(tmp_path, server.url, [EVENTS / "chat-completions-ok.json"], environ=environ, **stored)
+    assert result["status"] == 200, result
+    assert result["headers"]["x-gateway-route"] == "openai/gpt-4o-mini@global=200", result
+
+
+@pytest.mark.parametrize("credential", CREDENTIALS)
+def test_a_provider_key_read_again_from_ssm_that_no_header_can_carry_is_the_503_not_a_500(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]], credential: str
+) -> None:
+    """Read again after SSM throttled its read at init, the key held a non-ASCII character: every request was a 500
+    `internal_error` (httpx's UnicodeEncodeError). Now the documented 503, saying why and where, never the value.
+    Found by review."""
+    server, _ = upstream
+    logs: list[str] = []
+    with fake_ssm(in_ssm(credential, [ssm.THROTTLE, "sk-k\u00e9y-0123456789"])) as (environ, calls):
+        results = replay(
+            tmp_path,
+            server.url,
+            [EVENTS / "chat-completions-ok.json"] * 3,
+            freeze_s=1.2,
+            environ=environ,
+            logs=logs,
+            settings={"provider_key_refresh_seconds": 1.0},
+            **stored_credential(credential),
+        )
+    # (The second invocation has it read, and is answered as the plan it made before the read said; the third says
+    # what the read found.)
+    assert [r["status"] for r in results] == [503] * 3 and len(calls) >= 2, results
+    read_again = results[2]
+    error = json.loads(read_again["body"])["error"]
+    assert error["code"] == "provider_not_configured", error
+    at = 5 if credential == "api_key" else 12  # (a header's value is the whole `Bearer <key>`)
+    said = f"{STORED_KEY} could not be read (its value holds a non-ASCII character at character {at}, which no HTTP"
+    assert said in error["message"], error
+    assert not any("k\u00e9y" in line for line in [*logs, read_again["body"]])
+
+
+@pytest.mark.parametrize("credential", CREDENTIALS)
 def test_a_provider_key_rotated_in_ssm_is_read_again_when_the_provider_refuses_the_old_one(
     tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]], credential: str
 ) -> None:

@@ -101,6 +101,20 @@ def test_secret_references() -> None:
     assert resolve_secret(None, env, fetch) is None
 
 
+def test_a_credential_is_resolved_without_the_whitespace_around_it() -> None:
+    """A key written to its store from a file, or exported from one, ends in a newline, which no HTTP header carries:
+    every request failed as the provider unreachable (a 502, counted on its breaker). Found by review. The reasoning
+    seal's secret is read as it is: another key would open nothing sealed before."""
+    from handler.config import resolve_credential
+
+    env = {"K": "sk-from-a-file-0123\n", "BLANK": " \r\n"}
+    assert resolve_credential("env:K", env) == "sk-from-a-file-0123"
+    assert resolve_credential("env:BLANK", env) is None
+    assert resolve_credential("ssm:/gw/k", env, lambda kind, name: " sk-stored-0123\r\n") == "sk-stored-0123"
+    assert resolve_credential("sk-literal-0123 ", env) == "sk-literal-0123"
+    assert resolve_secret("env:K", env) == "sk-from-a-file-0123\n"
+
+
 @pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML built without libyaml")
 def test_the_shipped_yaml_is_read_by_libyaml_as_the_pure_python_loader_reads_it(tmp_path: Path) -> None:
     # libyaml's loader reads the config and the price table several times faster at a cold start.
@@ -150,6 +164,31 @@ def test_the_otlp_section_validated_apart_names_its_problems_as_the_rest(otlp: o
         (("providers", "p", "region"), "eu central/1", "providers.p.region: 'eu central/1' is not a region name"),
         (("deployment", "region"), "", "models.m.deployments[0].region: '' is not a region name"),
         (("gateway", "trusted_proxies"), ["10.0.0.0/8", "not-a-cidr"], "gateway.trusted_proxies[1]: 'not-a-cidr' is"),
+        # The adapters add the API's path to a base URL: with a query or a fragment, every request went to the URL's
+        # own path (`/v1`, the API's path in the query: a 404, each a 502 to the client). A user and password were
+        # never sent, and the host was read as the user's name. Neither is shown (a query may hold a key). Review.
+        (
+            ("providers", "p", "base_url"),
+            "https://api.openai.com/v1?api-version=1",
+            "providers.p.base_url: 'https://api.openai.com/v1' is followed by a query (?...), and the API's paths",
+        ),
+        (
+            ("deployment", "base_url"),
+            "https://api.openai.com/v1#v1",
+            "models.m.deployments[0].base_url: 'https://api.openai.com/v1' is followed by a fragment (#...)",
+        ),
+        (("providers", "p", "base_url"), "https://proxy.example/v1?key=secret", "providers.p.base_url: 'https://proxy"),
+        (("providers", "p", "base_url"), "htps://proxy.example/v1?key=secret", "providers.p.base_url: the URL is not"),
+        (
+            ("providers", "p", "base_url"),
+            "https://proxy.example/v1?",
+            "providers.p.base_url: 'https://proxy.example/v1",
+        ),
+        (
+            ("providers", "p", "base_url"),
+            "https://user:secret@proxy.example/v1",
+            "providers.p.base_url: the URL holds a user name or password, which the gateway never sends",
+        ),
     ],
 )
 def test_a_value_that_fails_later_is_refused_with_its_path(where: tuple[str, ...], value: object, problem: str) -> None:
@@ -177,6 +216,44 @@ def test_urls_regions_and_proxies_written_as_the_docs_write_them_pass() -> None:
         TYPES,
     )
     assert config.providers["p"].base_url == "http://127.0.0.1:11434/v1"
+
+
+@pytest.mark.parametrize(
+    ("written", "read_as"),
+    [("yes", "the boolean true"), ("off", "the boolean false"), ("1", "a number"), ("2025-01-01", "a date")],
+)
+def test_a_name_yaml_reads_as_no_string_is_named_as_written(tmp_path: Path, written: str, read_as: str) -> None:
+    """`yes:` or `1:` as a model's name (YAML 1.1 reads them as a boolean and a number) was refused as
+    `models[1].[key]: Input should be a valid string`, the name as YAML read it. Found by review."""
+    path = tmp_path / "gateway.yaml"
+    text = "providers:\n  p: {type: openai, api_key: env:X}\n"
+    text += "models:\n  NAME: {deployments: [{provider: p, model: a}]}\n"
+    path.write_text(text.replace("NAME", written))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, TYPES)
+    assert caught.value.problems == [
+        f"{path}: not valid YAML at line 4, column 3: the key {written} is read as {read_as}, not as a name: quote it "
+        f"('{written}')"
+    ]
+    path.write_text(text.replace("NAME", f"'{written}'"))
+    assert list(load_config(path, TYPES).models) == [written]
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("", "models: model name '' may not be empty"),
+        ("  ", "models: model name '  ' may not be empty"),
+        (" gpt-4o ", "models: model name ' gpt-4o ' has spaces around it: write 'gpt-4o'"),
+    ],
+)
+def test_a_model_name_no_client_can_ask_for_is_refused(name: str, problem: str) -> None:
+    """A blank name, or one with spaces around it, was taken: no client's `model` reached it. Found by review."""
+    data = {
+        "providers": {"p": {"type": "openai", "api_key": "env:X"}},
+        "models": {name: {"deployments": [{"provider": "p", "model": "a"}]}},
+    }
+    assert problems(data) == [problem]
 
 
 def test_a_price_that_is_wrong_names_the_path_the_file_writes() -> None:

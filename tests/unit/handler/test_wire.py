@@ -568,7 +568,7 @@ def test_a_key_quoted_back_masked_without_its_prefix_is_redacted(said: str, show
     "said",
     [
         # Gemini's 400 for a field it does not know quotes the client's own field name back.
-        'Invalid JSON payload received. Unknown name "draft***" at \'generation_config\': Cannot find field.',
+        "Invalid JSON payload received. Unknown name \"draft***\" at 'generation_config': Cannot find field.",
         "***Notice***: this model is deprecated, use gemini-2.5-flash",  # Markdown's bold italics
         "Invalid value for 'stop': 'END***'",  # a client's stop sequence quoted back
     ],

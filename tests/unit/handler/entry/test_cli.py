@@ -165,6 +165,10 @@ def test_a_key_in_a_keys_name_is_refused_by_keys_create_and_printed_by_none(
         # A period without a budget was stored as asked and meant nothing (`budget_period: null` shown). Found by
         # review.
         (["--budget-period", "day"], "--budget-period: the period of a budget: give --budget-usd too"),
+        # Past 64 bits: a traceback from the store's JSON encoder, exit 1 (over HTTP the body's parser refuses it).
+        # Found by review.
+        (["--rpm", "99999999999999999999999"], "--rpm: Input should be less than or equal to 1000000000000"),
+        (["--tpm", str(2**64)], "--tpm: Input should be less than or equal to 1000000000000"),
     ],
 )
 def test_keys_create_refuses_what_the_key_api_refuses_naming_the_flag(
@@ -462,6 +466,21 @@ def test_serve_refuses_a_port_or_a_worker_count_out_of_range_naming_the_flag(
     assert not (tmp_path / "gateway.db").exists()
 
 
+@pytest.mark.parametrize("host", ["", " "])
+def test_serve_refuses_an_empty_host_where_it_bound_every_interface(
+    serve_here: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], host: str
+) -> None:
+    """`--host "$HOST"` with HOST unset listened on every interface (the empty address is INADDR_ANY; the default is
+    this machine only) and printed `gateway listening on http://:PORT`. Found by review."""
+    monkeypatch.setattr(cli, "_run_server", lambda config, listener: pytest.fail("served"))
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--host", host, "--port", str(free_port())])
+    printed = capsys.readouterr()
+    assert exited.value.code == 2 and printed.out == ""
+    assert f"argument --host: '{host}' is no address: give 127.0.0.1 (this machine only), 0.0.0.0" in printed.err
+    assert not (tmp_path / "gateway.db").exists()
+
+
 def test_serve_on_port_0_says_the_port_it_listens_on(
     serve_here: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -633,6 +652,20 @@ def test_serve_refuses_an_option_no_adapter_reads_before_it_binds(
             "models.m.deployments[0]: 'eu.anthropic.claude-3-7-sonnet-20250219-v1:0' is an inference profile of "
             "geography 'eu', which AWS refuses from region 'us-east-1' (its provider's, providers.b.region)",
         ),
+        # (Every request: a 502 from the provider's 404, the path in the query; a 500; the provider unreachable. Found
+        # by review.)
+        (
+            "providers:\n  o: {type: openai, api_key: k, base_url: 'https://api.openai.com/v1?api-version=1'}\n",
+            "providers.o.base_url: 'https://api.openai.com/v1' is followed by a query (?...)",
+        ),
+        (
+            "providers:\n  o: {type: openai, api_key: 'sk-proj-caf\u00e9-0123'}\n",
+            "providers.o.api_key: the key holds a non-ASCII character at character 12, which no HTTP header can carry",
+        ),
+        (
+            'providers:\n  o: {type: openai, api_key: k, headers: {x-title: "a\\r\\nb"}}\n',
+            "providers.o.headers.x-title: its value holds a line break at character 2, which no HTTP header can carry",
+        ),
     ],
 )
 def test_serve_and_config_check_refuse_what_start_up_would_before_anything_starts(
@@ -801,6 +834,53 @@ def test_route_explain_reads_no_provider_key(
         ("openai", "provider_not_configured", "set the environment variable OPENAI_API_KEY"),
         ("anthropic", None, None),  # kept in SSM: not read, counted as there
     ]
+
+
+@pytest.mark.parametrize("variable", ["AWS_REGION", "GATEWAY_REGION"])
+def test_a_region_in_the_environment_is_checked_as_a_configs_region_is(
+    serve_here: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str
+) -> None:
+    """`AWS_REGION='eu central'` passed `config check`, and `route explain` said `gateway_region: "eu central"`, where
+    the config's `region: eu central` is refused. Found by review."""
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.setenv(variable, "eu central")
+    said = f"{variable}: 'eu central' is not a region name (letters, digits, '-', '_' or '.', as eu-central-1)\n"
+    assert main(["config", "check"]) == 1
+    assert capsys.readouterr().err == said
+    assert main(["route", "explain", "gpt-4o-mini"]) == 1
+    printed = capsys.readouterr()
+    assert printed.err == said and printed.out == ""
+
+
+@pytest.mark.parametrize(
+    "argv", [["config", "check"], ["route", "explain", "gpt-4o-mini"]], ids=["config-check", "route-explain"]
+)
+def test_output_to_a_reader_that_went_is_no_traceback(tmp_path: Path, argv: list[str]) -> None:
+    """`gateway config check | head -0` (or `usage --format csv | head -1`, once past the pipe's buffer) printed a
+    `BrokenPipeError` traceback. Now nothing is said, and the exit status is a shell's for a command SIGPIPE ended
+    (141, as `git log | head -1` has it). Found by review."""
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # (the reader has gone)
+    env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).resolve().parents[2])}
+    env |= {"GATEWAY_STORE": f"sqlite:///{tmp_path / 'g.db'}", "OPENAI_API_KEY": "sk-test-0123456789"}
+    env.pop("GATEWAY_CONFIG", None)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "handler.entry.cli", *argv],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert b"Traceback" not in done.stderr and b"BrokenPipe" not in done.stderr, done.stderr.decode()[-600:]
+    assert done.returncode == cli.CLOSED_PIPE_EXIT == 141
 
 
 def test_usage_prints_what_the_http_report_holds_and_a_csv_header_with_no_lines(

@@ -8,7 +8,7 @@ import pytest
 
 from adapters.providers.registry import REGISTRY
 from handler import redaction
-from handler.config import SecretUnreadableError, parse_config
+from handler.config import ConfigError, SecretUnreadableError, parse_config
 from handler.errors import ServiceUnavailableError
 from handler.pipeline.gateway import build_adapters, header_references, key_references
 from handler.pipeline.routing import RouteControls, Router, any_model
@@ -119,6 +119,55 @@ def test_a_401_has_the_key_read_again_at_most_once_per_retry_interval() -> None:
     assert adapter.secret == "sk-rotated-key-1"
     # A request refused with the old key after another had the new one read: sent again, nothing read.
     assert asyncio.run(keys.renewed(adapter, "sk-revoked-key-0")) is True and store.reads == 3
+
+
+def test_a_key_read_with_a_newline_after_it_is_sent_without_it_at_start_and_read_again() -> None:
+    """A key written to SSM from a file ends in a newline: every request failed as the provider unreachable
+    (`LocalProtocolError`), a 502 counted on its breaker. Found by review."""
+    store, clock = Store("sk-old-key-000\n", "sk-new-key-111\r\n"), Clock()
+    keys, adapter = keys_for(store, clock)
+    assert adapter.secret == "sk-old-key-000"
+    clock.now += 301
+    keys.check()
+    settled(keys)
+    assert adapter.secret == "sk-new-key-111" and adapter.unread is None
+
+
+def test_a_key_no_header_can_carry_is_refused_at_start_naming_where_it_is_never_the_key() -> None:
+    """A key with a non-ASCII character (a typographic dash pasted with it) failed every request with a 500. Found
+    by review."""
+    with pytest.raises(ConfigError) as caught:
+        keys_for(Store("sk-k\u00e9y-0123456789"), Clock())
+    assert caught.value.problems == [
+        "providers.openai.api_key: the key in ssm:/gw/openai holds a non-ASCII character at character 5, which no "
+        "HTTP header can carry"
+    ]
+
+
+def test_a_key_read_again_that_no_header_can_carry_keeps_the_one_held_or_is_the_providers_503() -> None:
+    """Rotated in its store to a value no header carries, a key was installed as read: every request a 500. Now the
+    key held stays in use; with none held, the provider's requests answer the documented 503, saying why and where,
+    never the value."""
+    store, clock = Store("sk-old-key-000", "sk-new-k\u00e9y-111"), Clock()
+    keys, adapter = keys_for(store, clock)
+    clock.now += 301
+    keys.check()
+    settled(keys)
+    assert adapter.secret == "sk-old-key-000" and adapter.unread is None and store.reads == 2
+
+    store, clock = Store(ThrottlingException, "sk-new-k\u00e9y-111"), Clock()
+    config = parse_config(CONFIG, set(REGISTRY))
+    adapters = build_adapters(config, REGISTRY, {"ANTHROPIC_KEY": "sk-ant-from-the-environment"}, store)
+    keys = ProviderKeys(adapters, key_references(config, REGISTRY), 300.0, {}, store, clock)
+    clock.now += 5
+    assert asyncio.run(keys.settle()) is False
+    with pytest.raises(ServiceUnavailableError) as caught:
+        Router(config, adapters, "us-east-1").plan("m", RouteControls(), any_model)
+    assert caught.value.code == "provider_not_configured" and "k\u00e9y" not in str(caught.value)
+    assert str(caught.value) == (
+        "provider 'openai' for model 'm' has no API key: ssm:/gw/openai could not be read (its value holds a "
+        "non-ASCII character at character 9, which no HTTP header can carry); the gateway reads it again within 5 s"
+    )
 
 
 def header_keys_for(

@@ -64,6 +64,23 @@ def test_the_config_wins_over_the_environment_and_its_headers_take_secret_refere
         otlp_settings(config, {})  # the reference resolves to nothing: say so at start-up, not per export
 
 
+def test_a_collectors_header_is_read_as_a_providers_is() -> None:
+    """A token exported from a file keeps its newline: sent without it. A value no header can carry (a non-ASCII
+    character) was a `UnicodeEncodeError` traceback building the exporter's client: now a config error naming the
+    header, never the value."""
+    config = OtlpConfig(endpoint="http://c:4318", headers={"authorization": "env:OTLP_TOKEN"})
+    found = otlp_settings(config, {"OTLP_TOKEN": "Bearer token-0123\n"})
+    assert found is not None and found.headers == {"authorization": "Bearer token-0123"}
+    with pytest.raises(ConfigError) as caught:
+        otlp_settings(config, {"OTLP_TOKEN": "Bearer t\u00f6ken-0123"})
+    assert caught.value.problems == [
+        "observability.otlp.headers.authorization: its value holds a non-ASCII character at character 9, which no "
+        "HTTP header can carry"
+    ]
+    with pytest.raises(ConfigError, match=r"^observability.otlp.headers.x tenant: not a header's name"):
+        otlp_settings(OtlpConfig(endpoint="http://c:4318", headers={"x tenant": "blue"}), {})
+
+
 def test_the_service_name_is_ranked_as_the_otel_spec_ranks_it() -> None:
     """`OTEL_RESOURCE_ATTRIBUTES=service.name=checkout-gateway` was overwritten with `llm-gateway`: the spec has
     `OTEL_SERVICE_NAME` win only when it is set, then `service.name` from `OTEL_RESOURCE_ATTRIBUTES`; the config's
