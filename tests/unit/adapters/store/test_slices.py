@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from adapters.store import sqlite_slices as slices
+from adapters.store.metered import usd_sum
 from adapters.store.slices import RENEW_S, slice_size
 from adapters.store.sqlite import SQLiteStore
 from handler.ports import Admission, BudgetCharge, BudgetRefused, RateCharge, RateRefused, Settlement, StoreError
@@ -49,6 +50,16 @@ def test_a_slice_is_what_the_request_needs_at_first_then_follows_the_traffic() -
     assert slice_size(0.01, 0.02, used=5.0, since_s=1.0, exact=False) == 0.01  # near the limit: the need
     assert slice_size(0.01, 10.0, used=5.0, since_s=1.0, exact=True) == 0.01  # another process active
     assert slice_size(0.01, 100.0, used=0.5, since_s=0.3, exact=False) == 3.333333  # whole micro-dollars beyond
+
+
+def test_usd_figures_add_as_the_decimals_they_print_as() -> None:
+    """As integers of 1e-12 USD where every figure has at most 12 decimals and is under $4,096; else as decimals: the
+    same sums either way, none with a float's noise."""
+    assert usd_sum(0.1, -0.3) == -0.2  # floats: -0.19999999999999998
+    assert usd_sum(0.7, 0.1, -0.3) == 0.5  # floats: 0.49999999999999994
+    assert usd_sum(5000.1, 0.1) == 5000.2  # (past $4,096) floats: 5000.200000000001
+    assert usd_sum(1e-13, 2e-13) == 3e-13  # (13 decimals) floats: 3.0000000000000003e-13
+    assert usd_sum(0.0, 0.25) == 0.25 and usd_sum() == 0.0
 
 
 async def test_admissions_from_a_lease_write_nothing_and_count_exactly(store: SQLiteStore) -> None:
