@@ -59,8 +59,10 @@ from adapters.store.dynamo_responses import DynamoDBResponses
 from adapters.store.dynamo_signins import DynamoDBSignIns
 from adapters.store.dynamo_threads import DynamoDBThreads
 from adapters.store.expressions import (
+    TOLERANCE,
     Expression,
     Item,
+    committed_change,
     dec,
     exact,
     num,
@@ -71,7 +73,6 @@ from adapters.store.expressions import (
     text,
 )
 from adapters.store.metered import (
-    EPSILON,
     AdmissionWrite,
     Applied,
     Counters,
@@ -109,7 +110,6 @@ from handler.ports import (
 T = TypeVar("T")
 METER_SK = "METER"
 LAST_ADMISSION = "q"  # on a meter item: the last admission written to it (`_admit_update`)
-TOLERANCE = exact(EPSILON)  # what a budget's condition lets pass beyond its limit, as `fits` does
 SWEEP_SECONDS = 120.0  # a process releases a key's expired reservations this often, after settling on it
 # All-keys reports read this many index partitions (the module docstring): each takes about 1,000 writes a
 # second before DynamoDB throttles it, so eight carry a ledger of 8,000 requests a second.
@@ -416,17 +416,20 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBThreads, DynamoDBSi
     # --- settlement ---------------------------------------------------------------------------
 
     def _settle_update(self, settlement: Settlement, update: SettleUpdate) -> Item:
-        """`update` as an update of one key's meter item (or this region's lease of it)."""
+        """`update` as an update of one key's meter item (or this region's lease of it). Every number it adds is the
+        figures' decimal arithmetic (`committed_change`), not the float delta `MeteredStore.settle` hands a backend
+        keeping floats: so committed comes back to spent exactly once nothing is in flight."""
         e = Expression()
         remote = self.leases.remote(update.home_region)
         exists = "attribute_not_exists" if update.released else "attribute_exists"
         expires_at = settlement.expires_at
-        for charge, delta in update.budgets:
+        for charge, _ in update.budgets:
             if remote:
                 self.leases.settle_clause(e, settlement, charge, update.released)
             else:
+                delta = committed_change(charge.amount_usd, settlement.reserved_usd, update.released)
                 e.clauses["ADD"] += [
-                    f"{e.name(f'c:{charge.period}')} {e.value(num(delta))}",
+                    f"{e.name(f'c:{charge.period}')} {e.value(number(delta))}",
                     f"{e.name(f's:{charge.period}')} {e.value(num(charge.amount_usd))}",
                 ]
             if expires_at is not None:  # its minute's bucket holds it, unless that minute was released

@@ -6,6 +6,8 @@ import math
 from decimal import Decimal
 from typing import Any
 
+from adapters.store.metered import EPSILON
+
 Item = dict[str, Any]
 BUCKET_SECONDS = 60  # reservations are summed by the minute they expire in (`reservation_bucket`)
 
@@ -13,6 +15,18 @@ BUCKET_SECONDS = 60  # reservations are summed by the minute they expire in (`re
 def exact(value: float) -> Decimal:
     """A float as the decimal Python prints for it (no binary noise)."""
     return Decimal(repr(value))
+
+
+TOLERANCE = exact(EPSILON)  # what a budget's condition lets pass beyond its limit, as `fits` does
+
+
+def committed_change(actual: float, reserved: float, released: bool) -> Decimal:
+    """What a settlement moves committed by (`MeteredStore.settle`: the actual cost less what was reserved, or the
+    whole actual when expiry released the reservation meanwhile), in decimals of the figures as sent. The float
+    difference (0.1 - 0.3 = -0.19999999999999998) stayed in the counter for good: $0.30 reserved and $0.10 spent
+    left committed at 0.10000000000000002 beside a spent of 0.1, and the digits of such noise pile up in a counter
+    towards the 38 significant digits a DynamoDB number holds."""
+    return exact(actual) - (Decimal(0) if released else exact(reserved))
 
 
 def number(value: Decimal) -> dict[str, str]:

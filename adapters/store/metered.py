@@ -33,6 +33,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from decimal import Decimal
 from typing import Final
 
 from handler.ports import (
@@ -60,6 +61,30 @@ SETTLE_TRIES = 3
 
 # Tolerance for float sums when comparing with a limit: far below a thousandth of a cent.
 EPSILON = 1e-12
+
+
+# `usd_sum` adds figures of at most 12 decimals under $4,096 as whole pico-dollars: under 2**12 the spacing of floats
+# is below 1e-12, so a float that is n pico-dollars is no other decimal of 12 places (the one it prints as).
+PICOS = 10**12
+PICO_BOUND_USD = 4096.0
+
+
+def usd_sum(*figures: float) -> float:
+    """USD figures added as the decimals they print as, and the sum as the float nearest it: exact wherever the sum
+    is a decimal a float holds (15 significant digits), where float arithmetic left noise in a counter for good
+    (0.1 - 0.3 = -0.19999999999999998: $0.30 reserved and $0.10 spent left committed at 0.10000000000000002 beside
+    a spent of 0.1); a sum no float holds is off by its rounding, as a float sum is. Figures of at most 12 decimals
+    (a cost of tokens at prices per million of up to 6 decimals) add as integers, about 0.6 µs for two; others as
+    `Decimal`s of their `repr`, 1.7 µs."""
+    picos = 0
+    for figure in figures:
+        if not -PICO_BOUND_USD < figure < PICO_BOUND_USD:
+            return float(sum(map(Decimal, map(repr, figures))))
+        scaled = round(figure * PICOS)
+        if scaled / PICOS != figure:
+            return float(sum(map(Decimal, map(repr, figures))))
+        picos += scaled
+    return picos / PICOS
 
 
 def fits(charge: BudgetCharge, counters: Counters) -> bool:
@@ -189,7 +214,9 @@ class SettleUpdate(Value):
     """What a settlement changes on one key's counters. Per budget charge (`amount_usd` the actual cost),
     "committed += committed_delta, spent += actual", and the reservation removed; the condition: the
     reservation is there, or, if `released`, is not (expiry released it). Per token correction, "count +=
-    amount" on the counter of the correction's window (corrections are only made in the current window)."""
+    amount" on the counter of the correction's window (corrections are only made in the current window).
+    `committed_delta` is a float (`usd_sum`'s): a backend keeping decimals works it out from the charge, the
+    settlement's `reserved_usd` and `released` instead (DynamoDB's `committed_change`), where no float rounds it."""
 
     __slots__ = ("key_id", "home_region", "budgets", "released", "tokens")
 
@@ -444,7 +471,7 @@ class MeteredStore(Store):
             for key_id in key_ids:
                 gone = key_id in released
                 budgets = [
-                    (b, b.amount_usd if gone else b.amount_usd - settlement.reserved_usd)
+                    (b, b.amount_usd if gone else usd_sum(b.amount_usd, -settlement.reserved_usd))
                     for b in settlement.budgets
                     if b.key_id == key_id
                 ]

@@ -58,7 +58,19 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 from adapters.store.dynamo_client import ConditionFailed, call
-from adapters.store.expressions import Expression, Item, dec, exact, holds_expired, num, number, read_num, text
+from adapters.store.expressions import (
+    TOLERANCE,
+    Expression,
+    Item,
+    committed_change,
+    dec,
+    exact,
+    holds_expired,
+    num,
+    number,
+    read_num,
+    text,
+)
 from adapters.store.records import period_closed
 from handler.ports import STORE_DEADLINE, BudgetCharge, BudgetRefused, Settlement, StoreError
 
@@ -210,7 +222,7 @@ class RegionLeases:
         """Turn the reservation into spend; what was reserved and not spent is available again, so the lease is
         watched again: returned once idle, even if the sweeper had returned it before this request ended."""
         # In decimals: float differences would leave counters like 0.00019999999999999987 that never reach zero.
-        unused = (Decimal(0) if released else exact(settlement.reserved_usd)) - exact(charge.amount_usd)
+        unused = -committed_change(charge.amount_usd, settlement.reserved_usd, released)
         p = charge.period
         e.clauses["ADD"] += [
             f"{e.name(f'a:{p}')} {e.value(number(unused))}",
@@ -269,7 +281,9 @@ class RegionLeases:
             e.clauses["ADD"] += [f"{committed} {e.value(number(chunk))}", f"{granted} {e.value(number(chunk))}"]
             token = text(uuid.uuid4().hex)
             e.write_once(token_name, token)
-            e.at_most(committed, limit - chunk)
+            # With the home admission's tolerance: without it a lease region refused what the home admits, a $0.90
+            # request with $0.90 left ("$0.900000 left") where a float's noise held the home's committed 2e-17 high.
+            e.at_most(committed, limit - chunk + TOLERANCE)
             update = e.update({"pk": meter_pk(charge.key_id), "sk": text(HOME_SK)}, self.table)
             try:
                 answer = await call(
@@ -284,7 +298,7 @@ class RegionLeases:
                 if failed.item.get(token_name) != token:
                     unleased = limit - dec(failed.item, f"c:{charge.period}")
                     self._unleased[key] = unleased
-                    if unleased < need:
+                    if unleased + TOLERANCE < need:
                         owed = dec(failed.item, f"g:{charge.period}#{self.region}")
                         if owed > credited:  # granted before, its answers lost: credit it, then admit again
                             return owed

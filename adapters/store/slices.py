@@ -42,9 +42,10 @@ The store (adapters/store/sqlite_slices.py) writes the grants and returns.
 
 from __future__ import annotations
 
+import math
 import uuid
 
-from adapters.store.metered import EPSILON, rate_owner
+from adapters.store.metered import EPSILON, rate_owner, usd_sum
 from handler.ports import Admission, MeterSnapshot, Settlement
 
 SPAN_S = 2.0
@@ -55,16 +56,19 @@ SWEEP_S = 0.5
 CONTEND_S = 10.0
 # A budget slice outlives the requests admitted from it by this much, so it is renewed once a minute.
 RENEW_S = 60.0
+MICROS = 1_000_000  # a dollar's (`slice_size`)
 
 
 def slice_size(need: float, room: float, used: float, since_s: float, exact: bool) -> float:
     """What to take from a shared counter with `room` left for a request that needs `need` more than the
     slice holds, after `used` was drawn in the `since_s` seconds since the last grant (see the module
-    docstring). The caller has checked that `need <= room`."""
+    docstring). The caller has checked that `need <= room`. More than the need is whole micro-dollars, as a
+    DynamoDB lease's grant is: what the slice holds, and the counter it goes back to, stay short decimals, which
+    `usd_sum` adds exactly."""
     if exact:
         return need
     wanted = used / max(since_s, 0.001) * SPAN_S
-    return max(need, min(wanted, room * FRACTION))
+    return max(need, math.floor(min(wanted, room * FRACTION) * MICROS) / MICROS)
 
 
 class BudgetSlice:
@@ -189,7 +193,7 @@ class Slices:
             rates[counter] = rate_slice
         snapshot = MeterSnapshot()
         for charge, slice_ in zip(admission.budgets, budgets, strict=True):
-            slice_.avail -= charge.amount_usd
+            slice_.avail = usd_sum(slice_.avail, -charge.amount_usd)
             slice_.drawn += charge.amount_usd
             slice_.used_at = now
             slice_.holds += 1
@@ -221,7 +225,7 @@ class Slices:
             held.adjusted = True
             held.deficits = []
             for charge, slice_, counter in zip(settlement.budgets, held.budgets, held.counters, strict=True):
-                slice_.avail += held.amount_usd - charge.amount_usd
+                slice_.avail = usd_sum(slice_.avail, held.amount_usd, -charge.amount_usd)
                 slice_.holds -= 1
                 # Spent beyond what the slice held: committed anew, as a late settlement's spend is.
                 deficit = max(0.0, -slice_.avail)
@@ -265,7 +269,7 @@ class Slices:
             for (budget_key, _), slice_ in zip(held.counters, held.budgets, strict=True):
                 slice_.holds -= 1
                 if slice_.expires_at > now:  # an expired slice's row is released with what it held
-                    slice_.avail += held.amount_usd
+                    slice_.avail = usd_sum(slice_.avail, held.amount_usd)
                     if budget_key == key_id or key_id is None:
                         released += held.amount_usd
         return released

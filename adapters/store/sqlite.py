@@ -59,6 +59,7 @@ from adapters.store.metered import (
     Counters,
     Reservation,
     SettleUpdate,
+    usd_sum,
 )
 from adapters.store.records import (
     SETTLED_TTL_SECONDS,
@@ -251,6 +252,7 @@ class SQLiteStore(SQLiteSignIns, SliceCache):
             )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the SQLite store at {path}: {exc}") from exc
+        self.db.create_function("usd_sum", 2, usd_sum, deterministic=True)  # (every USD counter moves by it)
         try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
@@ -754,7 +756,7 @@ class SQLiteStore(SQLiteSignIns, SliceCache):
             committed, counters.spent[period] = row
             slice_ = self.slices.budgets.get((key_id, period))
             if slice_ is not None and slice_.expires_at > now:
-                committed -= slice_.avail
+                committed = usd_sum(committed, -slice_.avail)
             counters.committed[period] = committed
         window = int(now // 60)
         for name, count in self.db.execute(

@@ -40,6 +40,7 @@ from adapters.store.metered import (
     MeterUpdate,
     Unmet,
     rate_owner,
+    usd_sum,
 )
 from adapters.store.records import settlement_line
 from adapters.store.slices import (
@@ -54,12 +55,16 @@ from adapters.store.slices import (
 )
 from handler.ports import STORE_DEADLINE, Admission, BudgetRefused, MeterSnapshot, RateRefused, Settlement, StoreError
 
-# A key's counters for a period move by (committed, spent); and committed down by what goes back.
+# A key's counters for a period move by (committed, spent); and committed down by what goes back. Every USD figure
+# the file keeps moves by `usd_sum` (the store's SQL function of it), as what a slice holds does here: moved by float
+# arithmetic, committed drifted from spent for good (on a $100 budget, three requests that reserved $0.70 and spent
+# $0.10 each and one that reserved $0.10 and spent $0.30 left committed at 0.5999999999999943 beside a spent of
+# 0.6000000000000001, nothing in flight).
 SPEND = (
     "INSERT INTO meters (key_id, period, committed, spent) VALUES (?, ?, ?, ?) ON CONFLICT (key_id, period) "
-    "DO UPDATE SET committed = max(0, committed + excluded.committed), spent = spent + excluded.spent"
+    "DO UPDATE SET committed = max(0, usd_sum(committed, excluded.committed)), spent = usd_sum(spent, excluded.spent)"
 )
-LOWER_COMMITTED = "UPDATE meters SET committed = max(0, committed - ?) WHERE key_id = ? AND period = ?"
+LOWER_COMMITTED = "UPDATE meters SET committed = max(0, usd_sum(committed, -?)) WHERE key_id = ? AND period = ?"
 # A refusal while another process may hold unused slices of the key waits this long for them, once.
 RECALL_WAIT_S = 1.5 * SWEEP_S
 HOLDER_DIGITS = "0123456789abcdef"  # (`Slices.holder`, twelve of them; a lock file's name: no pattern at a cold start)
@@ -71,7 +76,8 @@ def add_committed(db: sqlite3.Connection, key_id: str, period: str, amount: floa
     """Raise a budget counter's committed by `amount`; the new committed."""
     (committed,) = db.execute(
         "INSERT INTO meters (key_id, period, committed) VALUES (?, ?, ?) "
-        "ON CONFLICT (key_id, period) DO UPDATE SET committed = committed + excluded.committed RETURNING committed",
+        "ON CONFLICT (key_id, period) DO UPDATE SET committed = usd_sum(committed, excluded.committed) "
+        "RETURNING committed",
         (key_id, period, amount),
     ).fetchone()
     return float(committed)
@@ -82,7 +88,7 @@ def reserve(db: sqlite3.Connection, key_id: str, row: str, period: str, amount: 
     db.execute(
         "INSERT INTO reservations (key_id, id, period, amount, expires_at) VALUES (?, ?, ?, ?, ?) "
         "ON CONFLICT (key_id, id, period) DO UPDATE SET "
-        "amount = amount + excluded.amount, expires_at = max(expires_at, excluded.expires_at)",
+        "amount = usd_sum(amount, excluded.amount), expires_at = max(expires_at, excluded.expires_at)",
         (key_id, row, period, amount, expires_at),
     )
 
@@ -252,7 +258,7 @@ class SliceCache(MeteredStore):
                 committed = stored.committed.get(charge.period, 0.0)
                 held.committed[charge.period] = committed - slice_.avail
                 room = charge.limit_usd - committed
-                need = charge.amount_usd - slice_.avail
+                need = usd_sum(charge.amount_usd, -slice_.avail)
                 since = now - slice_.granted_at
                 exact = slices.exact(charge.key_id, now)
                 size = slice_size(need, room, slice_.drawn, since, exact) if 0 < need <= room + EPSILON else 0.0
@@ -301,7 +307,7 @@ class SliceCache(MeteredStore):
         ):
             if fresh:
                 slices.budgets[(charge.key_id, charge.period)] = slice_
-            slice_.avail += size
+            slice_.avail = usd_sum(slice_.avail, size)
             slice_.expires_at = expires_at
             slice_.committed_seen = committed + unwritten
             slice_.limit = charge.limit_usd
@@ -511,7 +517,7 @@ class SliceCache(MeteredStore):
         for (row_id, beyond), charge in zip(rows, settlement.budgets, strict=True):
             key = (charge.key_id, charge.period, row_id)
             spent, over = self._spend.get(key, (0.0, 0.0))
-            self._spend[key] = (spent + charge.amount_usd, over + beyond)
+            self._spend[key] = (usd_sum(spent, charge.amount_usd), usd_sum(over, beyond))
 
     def _write_spend(self, db: sqlite3.Connection) -> None:
         """Move the batch's settled spend out of the slice rows it was reserved in, one row at a time: the
@@ -522,9 +528,9 @@ class SliceCache(MeteredStore):
         try:
             for (key_id, period, row), (amount, beyond) in spend.items():
                 held = db.execute(
-                    "UPDATE reservations SET amount = amount - ? WHERE key_id = ? AND id = ? AND period = ? "
+                    "UPDATE reservations SET amount = usd_sum(amount, -?) WHERE key_id = ? AND id = ? AND period = ? "
                     "RETURNING amount",
-                    (amount - beyond, key_id, row, period),
+                    (usd_sum(amount, -beyond), key_id, row, period),
                 ).fetchone()
                 db.execute(
                     SPEND,
@@ -599,7 +605,7 @@ class SliceCache(MeteredStore):
                 unused, slice_.avail = slice_.avail, 0.0
                 slice_.committed_seen -= unused
                 db.execute(
-                    "UPDATE reservations SET amount = amount - ? WHERE key_id = ? AND id = ? AND period = ?",
+                    "UPDATE reservations SET amount = usd_sum(amount, -?) WHERE key_id = ? AND id = ? AND period = ?",
                     (unused, key_id, slice_.row, period),
                 )
                 db.execute(

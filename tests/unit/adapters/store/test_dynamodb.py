@@ -1478,6 +1478,85 @@ async def test_what_a_lease_region_reports_left_is_no_more_than_it_would_admit(d
     await home.close()
 
 
+async def spent_at_home(home: DynamoDBStore, key: str, reserved: float, actual: float) -> None:
+    """A request of `key` admitted in its home region with `reserved` held, and settled there at `actual`."""
+    adm = homed(key, reserved)
+    await home.admit(adm)
+    spent = replace(adm.budgets[0], amount_usd=actual)
+    await home.settle(Settlement(adm.reservation_id, [spent], reserved, [], None, expires_at=adm.expires_at))
+
+
+async def noise_at_home(home: DynamoDBStore, key: str) -> None:
+    """The noise a settlement by an earlier release left on the key's home meter, which keeps it: committed moved by a
+    float difference as Python prints it, 2e-17 more than spent."""
+    await home._call(
+        "update_item",
+        TableName=home.table,
+        Key=home._meter_key(key),
+        UpdateExpression="ADD #c :noise",
+        ExpressionAttributeNames={"#c": f"c:{PERIOD}"},
+        ExpressionAttributeValues={":noise": {"N": "0.00000000000000002"}},
+    )
+
+
+async def test_a_settlement_in_the_home_region_moves_committed_by_the_exact_difference(dynamo: DynamoServer) -> None:
+    """A settlement on the home meter moved committed by the float difference of the actual and the reserved, written
+    as Python prints it (0.1 - 0.3 = -0.19999999999999998): $0.30 reserved and $0.10 spent left committed at
+    0.10000000000000002 beside a spent of 0.1, nothing in flight, for good, and each such difference added its noise's
+    digits to the counter, towards the 38 significant digits a DynamoDB number holds (review). A lease's settlement
+    was in decimals already."""
+    here, home = two_regions(dynamo)
+    key = uuid.uuid4().hex[:12]
+    await spent_at_home(home, key, 0.3, 0.1)
+    meter = (await home._meter_items(key))[0]
+    assert (meter[f"c:{PERIOD}"]["N"], meter[f"s:{PERIOD}"]["N"]) == ("0.1", "0.1")  # committed: 0.10000000000000002
+    for reserved, actual in [(0.7, 0.1), (0.3, 0.2), (0.05, 0.07)]:  # (the last spends beyond what it reserved)
+        await spent_at_home(home, key, reserved, actual)
+    meter = (await home._meter_items(key))[0]
+    assert (meter[f"c:{PERIOD}"]["N"], meter[f"s:{PERIOD}"]["N"]) == ("0.47", "0.47")
+    await here.close()
+    await home.close()
+
+
+@pytest.mark.parametrize("noise", [False, True], ids=["settled-by-this-release", "noise-an-earlier-release-left"])
+async def test_a_lease_region_admits_what_the_home_region_admits_to_the_cent(dynamo: DynamoServer, noise: bool) -> None:
+    """A $1 budget homed in us-east-1, $0.10 spent there ($0.30 reserved): $0.90 is left, and the home admits $0.90.
+    eu-west-1 refused it, 402 "$0.900000 left": committed stood 2e-17 above spent at home, and the grant, the home
+    admission's write with the chunk as its amount, lacked that write's tolerance (`TOLERANCE`). Committed now moves
+    by decimals; and a meter an earlier release left that noise on (it stays there) grants what the home admits."""
+    here, home = two_regions(dynamo)
+    key = uuid.uuid4().hex[:12]
+    await spent_at_home(home, key, 0.3, 0.1)
+    if noise:
+        await noise_at_home(home, key)
+    snapshot = await here.admit(homed(key, 0.9))  # a grant of $0.90 from the home region
+    assert 1.0 - snapshot.committed_usd[PERIOD] == pytest.approx(0.0)
+    with pytest.raises(BudgetRefused):
+        await here.admit(homed(key, 0.01))
+    with pytest.raises(BudgetRefused):
+        await home.admit(homed(key, 0.01))
+    await here.close()
+    await home.close()
+
+
+async def test_a_lease_region_that_asked_for_more_than_is_left_still_gets_what_fits_to_the_cent(
+    dynamo: DynamoServer,
+) -> None:
+    """A grant asks for a quarter of what the home had unleased when this process last asked, if more than the request
+    lacks; refused, it asks again for what the request lacks, unless the home has less than that left. That test had
+    no tolerance either: with 2e-17 of noise at home a lease region refused a request the home admits (review)."""
+    here, home = two_regions(dynamo)
+    key = uuid.uuid4().hex[:12]
+    await here.admit(homed(key, 0.05))  # a grant of $0.25: $0.75 unleased, as this process last saw
+    await spent_at_home(home, key, 0.6, 0.6)
+    await noise_at_home(home, key)  # $0.15 left unleased, less 2e-17
+    await here.admit(homed(key, 0.35))  # $0.20 in the lease: a quarter of $0.75 asked for, refused; then $0.15
+    with pytest.raises(BudgetRefused):
+        await here.admit(homed(key, 0.01))
+    await here.close()
+    await home.close()
+
+
 def test_a_store_url_without_a_region_takes_the_aws_variables_then_the_gateways_region(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from adapters.store import sqlite_slices as slices
+from adapters.store.metered import usd_sum
 from adapters.store.slices import RENEW_S, slice_size
 from adapters.store.sqlite import SQLiteStore
 from handler.ports import Admission, BudgetCharge, BudgetRefused, RateCharge, RateRefused, Settlement, StoreError
@@ -52,6 +53,17 @@ def test_a_slice_is_what_the_request_needs_at_first_then_follows_the_traffic() -
     assert slice_size(0.01, 1.0, used=5.0, since_s=1.0, exact=False) == pytest.approx(0.25)  # a quarter of the room
     assert slice_size(0.01, 0.02, used=5.0, since_s=1.0, exact=False) == 0.01  # near the limit: the need
     assert slice_size(0.01, 10.0, used=5.0, since_s=1.0, exact=True) == 0.01  # another process active
+    assert slice_size(0.01, 100.0, used=0.5, since_s=0.3, exact=False) == 3.333333  # whole micro-dollars beyond
+
+
+def test_usd_figures_add_as_the_decimals_they_print_as() -> None:
+    """As integers of 1e-12 USD where every figure has at most 12 decimals and is under $4,096; else as decimals: the
+    same sums either way, none with a float's noise."""
+    assert usd_sum(0.1, -0.3) == -0.2  # floats: -0.19999999999999998
+    assert usd_sum(0.7, 0.1, -0.3) == 0.5  # floats: 0.49999999999999994
+    assert usd_sum(5000.1, 0.1) == 5000.2  # (past $4,096) floats: 5000.200000000001
+    assert usd_sum(1e-13, 2e-13) == 3e-13  # (13 decimals) floats: 3.0000000000000003e-13
+    assert usd_sum(0.0, 0.25) == 0.25 and usd_sum() == 0.0
 
 
 async def test_admissions_from_a_lease_write_nothing_and_count_exactly(store: SQLiteStore) -> None:
@@ -106,6 +118,26 @@ async def test_idle_slices_go_back_so_other_processes_read_exact_counters(path: 
     assert seen.committed_usd[PERIOD] == pytest.approx(0.05) and seen.rates["rpm"] == 5
     await holder.close()
     await reader.close()
+
+
+async def test_slices_given_back_leave_committed_exactly_at_spent(path: str, quick: None) -> None:
+    """What a slice holds moved by float arithmetic with each request admitted from it and settled, and the file's
+    committed by what the slice gave back: on a $100 budget, three requests that reserved $0.70 and spent $0.10
+    each, and one that reserved $0.10 and spent $0.30, left committed at 0.5999999999999943 beside a spent of
+    0.6000000000000001 for every process, with nothing in flight (committed below spent, for good). Slices are whole
+    micro-dollars beyond a request's need, and every figure of theirs and of the file moves by decimals (`usd_sum`)."""
+    holder, reader = SQLiteStore(path), SQLiteStore(path)
+    key = uuid.uuid4().hex[:12]
+    for reserved, actual in [(0.7, 0.1), (0.7, 0.1), (0.7, 0.1), (0.1, 0.3)]:
+        adm = admission(key, reserved, limit=100.0)
+        await holder.admit(adm)
+        await holder.settle(settlement(adm, actual, line(key, actual)))
+    assert holder.db.execute("SELECT count(*) FROM reservations").fetchone() == (1,)  # a slice held, unused
+    await asyncio.sleep(0.4)  # idle: it goes back
+    assert reader.db.execute("SELECT committed, spent FROM meters WHERE key_id = ?", (key,)).fetchone() == (0.6, 0.6)
+    assert reader.db.execute("SELECT count(*) FROM reservations").fetchone() == (0,)
+    for store in (holder, reader):
+        await store.close()
 
 
 async def test_a_second_process_gets_what_the_first_holds_unused(path: str, quick: None) -> None:
