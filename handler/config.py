@@ -381,18 +381,6 @@ class Config(BaseModel):
                 raise ValueError(f"provider name '{name}' may not be empty or contain '/' or '@'")
         return value
 
-    @field_validator("models")
-    @classmethod
-    def _model_names(cls, value: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
-        """A model's name is what a client's `model` must say: `""` and `" gpt "` were taken, and no request (a client
-        trims no name) could reach them."""
-        for name in value:
-            if not name.strip():
-                raise ValueError(f"model name '{name}' may not be empty")
-            if name != name.strip():
-                raise ValueError(f"model name '{name}' has spaces around it: write '{name.strip()}'")
-        return value
-
 
 DEFAULT_CONFIG_RESOURCE = "default_config.yaml"
 
@@ -560,6 +548,13 @@ def _cross_check(config: Config, known_types: set[str]) -> list[str]:
             kinds = ", ".join(sorted(known_types))
             problems.append(f"providers.{name}.type: unknown provider type '{provider.type}' (one of: {kinds})")
     for model, spec in config.models.items():
+        # A model's name is what a client's `model` must say: `""` and `" gpt "` were taken, and no request (a client
+        # trims no name) could reach them. (Checked here, not by a validator of `Config`'s: one more to build at
+        # every cold start.)
+        if not model.strip():
+            problems.append(f"models: model name '{model}' may not be empty")
+        elif model != model.strip():
+            problems.append(f"models: model name '{model}' has spaces around it: write '{model.strip()}'")
         for i, dep in enumerate(spec.deployments):
             if dep.provider not in config.providers:
                 problems.append(f"models.{model}.deployments[{i}].provider: unknown provider '{dep.provider}'")

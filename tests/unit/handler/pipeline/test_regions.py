@@ -12,16 +12,21 @@ from adapters.providers.bedrock.adapter import INFERENCE_GEOGRAPHIES, BedrockAda
 from adapters.providers.registry import REGISTRY
 from handler.config import ConfigError, parse_config
 from handler.pipeline.gateway import build_adapters, build_gateway, gateway_region_warning
-from handler.pipeline.regions import (
-    AWS_REGIONS,
-    AZURE_REGIONS,
-    GOOGLE_CLOUD_REGIONS,
-    REGION_COORDINATES,
+from handler.pipeline.routing import (
+    AWS_PLACES,
+    AZURE_PLACES,
+    GOOGLE_CLOUD_PLACES,
     UNKNOWN_KM,
+    RouteControls,
+    Router,
+    any_model,
     distance_km,
+    place,
+    places,
 )
-from handler.pipeline.routing import RouteControls, Router, any_model
 from handler.ports import region_area
+
+AWS_REGIONS, REGION_COORDINATES = places(AWS_PLACES), places()
 
 PROVIDERS = {
     "oa": {"type": "openai", "api_key": "env:A"},
@@ -101,8 +106,10 @@ def test_the_table_holds_every_cloud_s_regions_once_and_only_real_aws_names() ->
     # The regions botocore named as this release was made, but the isolated partitions' (their places are not public).
     assert {"ap-southeast-6", "ap-southeast-7", "ap-east-2", "mx-central-1", "eusc-de-east-1"} <= set(AWS_REGIONS)
     assert {"us-gov-east-1", "us-gov-west-1", "cn-north-1", "cn-northwest-1"} <= set(AWS_REGIONS)
-    assert len(REGION_COORDINATES) == len(AWS_REGIONS) + len(AZURE_REGIONS) + len(GOOGLE_CLOUD_REGIONS)
+    assert len(REGION_COORDINATES) == len(AWS_REGIONS) + len(places(AZURE_PLACES)) + len(places(GOOGLE_CLOUD_PLACES))
     assert all(-90 <= lat <= 90 and -180 <= lon <= 180 for lat, lon in REGION_COORDINATES.values())
+    assert all(place(name) == where for name, where in REGION_COORDINATES.items())  # (each line read as a whole)
+    assert place("us-east") is None and place("east") is None and place("") is None and place("us-east-1 38.9") is None
 
 
 def test_a_region_the_gateway_cannot_place_is_a_config_error_naming_the_nearest_name() -> None:
