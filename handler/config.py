@@ -267,7 +267,11 @@ class TimeoutConfig(BaseModel):
     """Timeouts in seconds. `total` bounds one attempt's answer from the request to its body's end, a stream
     included: a body that trickles in, each piece within `between_chunks`, still ends there. `request` bounds the
     whole request (every attempt, the gateway's retries and failover, a stream to its end): the gateway cuts it
-    there as it cuts one at its `x-gateway-deadline-ms`, so that it never outlives its budget reservation."""
+    there as it cuts one at its `x-gateway-deadline-ms`, so that it never outlives its budget reservation.
+
+    `request_head` and `request_body` bound a client's sending on `gateway serve` (handler/entry/server.py): a
+    request's line and headers, from its connection's open or the answer before it; its body, from its head's end
+    (at most `request`, which holds from the request's arrival)."""
 
     model_config = STRICT
 
@@ -276,10 +280,12 @@ class TimeoutConfig(BaseModel):
     between_chunks: float = Field(default=60.0, gt=0)
     total: float = Field(default=900.0, gt=0)
     request: float = Field(default=900.0, gt=0)
+    request_head: float = Field(default=15.0, gt=0)
+    request_body: float = Field(default=60.0, gt=0)
 
 
 class LimitsConfig(BaseModel):
-    """Bounds on what an upstream may send, and on a client's request headers (`gateway serve`)."""
+    """Bounds on what an upstream may send, and on a client's request headers and connections (`gateway serve`)."""
 
     model_config = STRICT
 
@@ -287,6 +293,11 @@ class LimitsConfig(BaseModel):
     upstream_headers: int = Field(default=256, gt=0)
     upstream_body_bytes: int = Field(default=128 * 1024 * 1024, gt=0, description="a non-streamed answer's body")
     request_header_bytes: int = Field(default=64 * 1024, gt=0)
+    # The connections one `gateway serve` process (each worker) serves at once: a request on one past them is refused,
+    # 503 `server_busy` (handler/entry/server.py).
+    # Each takes a file descriptor, and its upstream connection another: `gateway serve` raises its open-file limit to
+    # fit them, within the system's hard limit (past it, a warning at start).
+    connections: int = Field(default=1000, gt=0)
 
 
 class PricedOptions(BaseModel):
@@ -498,7 +509,8 @@ RESERVATION_MARGIN_S = 60.0
 
 def lifetime_problems(settings: GatewaySettings) -> list[str]:
     """What lets a request outlive its budget reservation: an attempt's `total` past the whole request's bound
-    (it could never be reached), or a reservation TTL that does not outlast that bound by the margin."""
+    (it could never be reached), or a reservation TTL that does not outlast that bound by the margin; and a body's
+    bound (`request_body`) past it, which could never be reached either."""
     timeouts = settings.timeouts
     problems = []
     if timeouts.total > timeouts.request:
@@ -507,6 +519,12 @@ def lifetime_problems(settings: GatewaySettings) -> list[str]:
             f"({timeouts.request:g} s), the bound on a whole request (every attempt, retries, failover, a stream to "
             "its end), so it could never be reached: lower it, or raise timeouts.request (and "
             "gateway.reservation_ttl_seconds with it)"
+        )
+    if timeouts.request_body > timeouts.request:
+        problems.append(
+            f"gateway.timeouts.request_body: {timeouts.request_body:g} s is longer than gateway.timeouts.request "
+            f"({timeouts.request:g} s), the bound on a whole request, its body's reading included, so it could never "
+            "be reached: lower it, or raise timeouts.request"
         )
     least = timeouts.request + RESERVATION_MARGIN_S
     if settings.reservation_ttl_seconds < least:

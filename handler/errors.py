@@ -14,6 +14,7 @@
     │   └── ThreadNotFoundError       404 thread_not_found (a Messages `continue` of an answer not relayed to the key
     │                                     or a descendant of it: Anthropic's own code, in `error.details.error_code`)
     ├── KeyChangedError               409 key_changed (a key kept changing under an admin write; retry)
+    ├── RequestTimeoutError           408 request_timeout (`gateway serve`: a request's head or body not whole in time)
     ├── RequestTooLargeError          413 request_too_large
     │   └── AnswerTooLargeError       413 request_too_large (the buffered Lambda function: an answer past 6 MB)
     ├── HeadersTooLargeError          431 headers_too_large (`gateway serve`: request headers beyond the bound)
@@ -26,6 +27,7 @@
     │   └── SchemaViolationError      502 schema_violation
     ├── ServiceUnavailableError       503 provider_not_configured | no_deployment_available | store_unavailable
     │                                 | server_shutting_down (`gateway serve` stopped past its grace)
+    │                                 | server_busy (`gateway serve` at `gateway.limits.connections`)
     └── CostLimitError                402 cost_limit_exceeded (x-gateway-max-cost-usd)
 
 `UpstreamError.retryable` tells the router whether another deployment may succeed. Library errors are
@@ -194,6 +196,17 @@ class KeyChangedError(GatewayError):
     error_type = "invalid_request_error"
     anthropic_type = "invalid_request_error"
     should_retry = True
+
+
+class RequestTimeoutError(GatewayError):
+    """`gateway serve`: a request's head or body did not come whole within its bound (`gateway.timeouts.
+    request_head`, `request_body`); the connection is closed with it (RFC 9110 15.5.9). Not to be retried as it was:
+    the gateway cannot tell a stalled network from a client that sends less than it announced."""
+
+    status = 408
+    default_code = "request_timeout"
+    error_type = "timeout_error"
+    anthropic_type = "timeout_error"
 
 
 class RequestTooLargeError(GatewayError):
@@ -375,6 +388,7 @@ class ServiceUnavailableError(GatewayError):
         "store_unavailable": "1",
         "no_deployment_available": "5",
         "server_shutting_down": "1",  # (another server, or this one restarted, takes the same request)
+        "server_busy": "1",  # (`gateway serve` at `gateway.limits.connections`, which free as answers end)
     }
 
     def _retry_policy(self, retry: bool | None) -> None:
@@ -382,5 +396,5 @@ class ServiceUnavailableError(GatewayError):
         self.should_retry = retry if retry is not None else wait is not None
         if self.should_retry and wait is not None:
             self.headers.setdefault("retry-after", wait)
-        if self.code == "no_deployment_available" and self.should_retry:
+        if self.code in ("no_deployment_available", "server_busy") and self.should_retry:
             self.anthropic_type = "overloaded_error"  # type: ignore[misc]

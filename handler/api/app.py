@@ -168,7 +168,9 @@ class Api:
     async def _receive_body(self, request: Request, limit: int) -> bytes:
         """The body from the ASGI messages, as `Request.stream` reads them but without an async generator (its
         hooks and finalizer cost a proxied request more than the loop itself); kept as the request's `_body`, as
-        `Request.body` keeps it, for any later reader."""
+        `Request.body` keeps it, for any later reader. Its time is bounded by `gateway serve`'s protocol, which
+        ends the read past `gateway.timeouts.request_body` or the request's deadline (`BODY_LATE`): a timer here
+        would cost every request's body one, where the protocol arms one only for a body a read left unfinished."""
         if hasattr(request, "_body"):
             return request._body
         receive = request.receive
@@ -178,6 +180,9 @@ class Api:
             message = await receive()
             if message["type"] != "http.request":  # http.disconnect: gone before its body was whole; nobody
                 request._is_disconnected = True  # reads the answer, and it is not the gateway's fault
+                late: GatewayError | None = request.scope.get("state", {}).get(BODY_LATE)
+                if late is not None:  # (or the server ended the read: the answer it wrote, observed as such)
+                    raise late
                 raise ClientClosedError("the client closed the connection before its request body was sent")
             chunk = message.get("body", b"")
             received += len(chunk)
@@ -681,16 +686,26 @@ def _number(raw: str | None, name: str, *, positive: bool) -> float | None:
     return value
 
 
-def answered_before_the_app(error: GatewayError, anthropic: bool) -> tuple[str, list[tuple[str, str]], bytes]:
+def answered_before_the_app(
+    error: GatewayError, anthropic: bool, request_id: str | None = None
+) -> tuple[str, list[tuple[str, str]], bytes]:
     """An error answered before the app sees the request (`gateway serve`'s 431 and malformed heads, a Lambda event
-    no request can be read from): a request id of its own, as every answer has, its headers and its body in the error
-    shape of the caller's API (`anthropic`: Anthropic's, with its `request-id` too)."""
-    request_id = new_request_id()
+    no request can be read from), or in its place (`request_id`: the app's, `BODY_LATE`): a request id of its own
+    where none is given, as every answer has, its headers and its body in the error shape of the caller's API
+    (`anthropic`: Anthropic's, with its `request-id` too)."""
+    request_id = request_id or new_request_id()
     headers = [("content-type", JSON), ("x-request-id", request_id)]
     if anthropic:
         headers.append(("request-id", request_id))  # (where Anthropic's SDK reads it)
+    headers.extend(error.headers.items())  # (a 503 `server_busy`'s `retry-after`)
     headers.append(("x-should-retry", "true" if error.should_retry else "false"))
     return request_id, headers, orjson.dumps(error.anthropic_body() if anthropic else error.openai_body())
+
+
+# Where `gateway serve`'s protocol leaves the error it answered a request whose body was not whole in time with
+# (`gateway.timeouts.request_body`, or its deadline: handler/entry/server.py): the app's read of the body then ends,
+# and the request is observed with that error, not as a client's leaving (499).
+BODY_LATE = "body_late"
 
 
 def new_request_id() -> str:
@@ -993,6 +1008,11 @@ def create_app(gateway: Gateway, answer_limit: AnswerLimit | None = None) -> Gat
 
     def build(state: State) -> Starlette:
         starlette = Starlette(routes=starlette_routes(table), exception_handlers=errors, lifespan=lifespan)
+        # A path with a slash too many (`/v1/chat/completions/`) is an unknown path, 404 `not_found`. Starlette
+        # redirected it (a bare 307, to an address built from the client's Host header and the socket's scheme),
+        # and the SDKs follow redirects: the prompt went again to the Host the client named, over `http://` behind a
+        # proxy that ends TLS.
+        starlette.router.redirect_slashes = False
         starlette.state = state
         return starlette
 

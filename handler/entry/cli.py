@@ -223,6 +223,37 @@ def _listen(host: str, port: int) -> socket.socket:
     return listener
 
 
+# The files a `gateway serve` process holds besides its clients' and upstreams' connections: the listening socket, the
+# store and its journal, the spool, the event loop's own.
+OTHER_FILES = 64
+
+
+def _open_files_for(connections: int) -> list[str]:
+    """`gateway.limits.connections` against the process's open-file limit: a client's connection takes a file
+    descriptor, and the upstream connection its request opens another. A soft limit short of them (1024 is a common
+    default) is raised to fit, within the hard limit, as a service manager's `LimitNOFILE` would; one still short is
+    warned of: past it, the server cannot accept a connection, nor open one to a provider or its store, though the
+    limit's 503 `server_busy` is not reached."""
+    import resource
+
+    needed = 2 * connections + OTHER_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return []
+    raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    except (ValueError, OSError):  # (a system whose own cap is below the hard limit: macOS's)
+        raised = soft
+    if raised >= needed:
+        return []
+    return [
+        f"gateway.limits.connections: {connections} connections need about {needed} open files (one each, one for "
+        f"its upstream, {OTHER_FILES} more), and this process may open {raised} (`ulimit -n`): lower "
+        f"limits.connections to {max(1, (raised - OTHER_FILES) // 2)}, or raise the limit"
+    ]
+
+
 def _listen_advice(host: str, exc: OSError) -> str:
     """Why `gateway serve` could not listen, and what to change: the host where the host is the problem (a name
     that does not resolve, an address not this machine's), else the port. (It said "Stop what holds that port" of
@@ -353,7 +384,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     with listener:
         port = listener.getsockname()[1]  # (`--port 0`: the free port the system chose)
-        _warn(unkeyed + _unplaced_region(config))
+        _warn(unkeyed + _unplaced_region(config) + _open_files_for(config.gateway.limits.connections))
         _warn_of_gateway_keys_as_provider_keys(config, os.environ)
         secret, has_admin = asyncio.run(_admin_key_at_start(_store(None)))
         url = f"http://[{args.host}]:{port}" if ":" in args.host else f"http://{args.host}:{port}"

@@ -1,4 +1,5 @@
-"""`gateway serve`'s HTTP protocol: uvicorn's httptools protocol with a bound on a request's headers.
+"""`gateway serve`'s HTTP protocol: uvicorn's httptools protocol with bounds on a request's head, its body's time, and
+what a client speaking HTTP/1.0 or no Host is answered.
 
 uvicorn's httptools protocol takes request headers of any size, and httptools gathers a header (and
 the target) by appending each piece it receives, so one 60 MB header kept the event loop busy for
@@ -6,6 +7,22 @@ seconds: every other request, `/health` included, waited. Here the bytes of a re
 are counted as they arrive (a read that also carries the body counts only as far as the head's end);
 beyond `gateway.limits.request_header_bytes` the request is answered `431 headers_too_large` (in the error
 shape of the API it calls: Anthropic's on `/v1/messages`) and its connection closed, before the parser is fed more.
+
+Nothing bounded a head's or a body's time either: uvicorn's keep-alive timer starts only after a first answer, and
+stops at the next byte, so a connection that sent nothing, or a head a byte a second, was held for ever, and so was a
+body that stopped short of its `content-length` (its bytes so far, up to `max_body_bytes`, with it). A head must be
+whole within `gateway.timeouts.request_head` of its connection's open or of the answer before it (else `408
+request_timeout`, or, where no byte of it came, the connection closed unanswered), and a body within
+`gateway.timeouts.request_body` of its head, or the request's deadline (`x-gateway-deadline-ms`) if sooner (408, or
+the deadline's `504 upstream_timeout`; the app, whose read then ends, observes it as answered: `BODY_LATE`). Nor
+was the number of connections: past the process's open files every client was refused, `/health` too, and the answers
+going could open no upstream connection. A request on a connection past `gateway.limits.connections` (the role of
+uvicorn's `limit_concurrency`, whose 503 was plain text and counted the refused connection among the limit's) is
+answered `503 server_busy` in the error shape. A timer a request is what this costs: the head's, armed as an answer
+ends and cancelled as the next head is whole (a body is timed only where a read ends before it does).
+
+RFC 9112's rules uvicorn does not keep: an HTTP/1.1 request without one Host is a 400 (3.2), and an answer of no
+length to an HTTP/1.0 request is not chunked (6.1: its end is the connection's close, `UnchunkedCycle`).
 
 As the server begins to stop, the protocol tells the served gateway (`server_stopping`), so that a request uvicorn
 cuts once `--shutdown-grace` has run out is answered the gateway's 503, not a client's 499 or uvicorn's 500.
@@ -17,20 +34,29 @@ import asyncio
 import functools
 import logging
 import sys
+from typing import NoReturn
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGISendEvent
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from handler.api.app import answered_before_the_app, anthropic_path
-from handler.config import LimitsConfig
-from handler.errors import GatewayError, HeadersTooLargeError, InvalidRequestError
+from handler.api.app import BODY_LATE, answered_before_the_app, anthropic_path, arrival_deadline_s
+from handler.config import GatewaySettings
+from handler.errors import (
+    GatewayError,
+    HeadersTooLargeError,
+    InvalidRequestError,
+    RequestTimeoutError,
+    ServiceUnavailableError,
+    UpstreamTimeoutError,
+)
 
 
 @functools.cache
-def request_header_bytes() -> int:
-    """The bound from the served gateway's config (`handler.entry.asgi`, the app uvicorn loaded), else the default."""
+def served_settings() -> GatewaySettings:
+    """The bounds' settings from the served gateway's config (`handler.entry.asgi`, the app uvicorn loaded), else the
+    defaults."""
     served = sys.modules.get("handler.entry.asgi")
-    limits = served.gateway.config.gateway.limits if served is not None else LimitsConfig()
-    return limits.request_header_bytes
+    return served.gateway.config.gateway if served is not None else GatewaySettings()
 
 
 def server_stopping() -> None:
@@ -48,9 +74,10 @@ def too_large_answer(limit: int, anthropic: bool = False) -> bytes:
     return refusal(error, b"431 Request Header Fields Too Large", anthropic)
 
 
-def refusal(error: GatewayError, status_line: bytes, anthropic: bool) -> bytes:
-    """An answer written before the app sees the request (`answered_before_the_app`), and the connection closed."""
-    _, headers, body = answered_before_the_app(error, anthropic)
+def refusal(error: GatewayError, status_line: bytes, anthropic: bool, request_id: str | None = None) -> bytes:
+    """An answer written before the app sees the request (`answered_before_the_app`), or without it (`request_id`:
+    the app's, for a request it began), and the connection closed."""
+    _, headers, body = answered_before_the_app(error, anthropic, request_id)
     head = b"".join(b"%s: %s\r\n" % (name.encode(), value.encode()) for name, value in headers)
     return b"HTTP/1.1 %s\r\n%scontent-length: %d\r\nconnection: close\r\n\r\n%s" % (status_line, head, len(body), body)
 
@@ -95,6 +122,29 @@ def chunked_end(piece: bytes, at: int) -> int | None:
         at += size + 2
 
 
+class UnchunkedCycle(RequestResponseCycle):
+    """The answer to an HTTP/1.0 request: one of no length (a stream) is written as it comes, unframed, its end the
+    connection's close (uvicorn closes every HTTP/1.0 connection once answered). uvicorn wrote it chunked, which RFC
+    9112 (6.1) forbids to a request that is not HTTP/1.1: a client of HTTP/1.0 (`curl -0`, ab, a proxy's hop) read the
+    chunk sizes as the body's, inside the events."""
+
+    unframed = False
+
+    async def send(self, message: ASGISendEvent) -> None:
+        if message["type"] == "http.response.start" and not self.response_started:
+            if (
+                self.scope["method"] != "HEAD"
+                and message["status"] not in (204, 304)
+                and not any(name.lower() == b"content-length" for name, _ in message.get("headers", ()))
+            ):
+                self.unframed = True
+                self.chunked_encoding = False  # (uvicorn adds its chunked framing where no framing is set)
+        elif self.unframed and message["type"] == "http.response.body":
+            # (What uvicorn counts down for a body of a length: here each piece's own, as it comes.)
+            self.expected_content_length = len(message.get("body", b""))
+        await super().send(message)
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """See the module docstring. A request's head is counted from its first byte: the connection's, the first of the
     first read after the last request's end, or, for a request pipelined behind another in one read, the byte after
@@ -104,7 +154,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     count costs one addition (`received`: the bytes of the request fed so far, this piece's included) and the piece
     kept (`reading`), for the moment a request begins in the piece where the last one ended (no piece counted since):
     then what the last one left of it is found from where its head began (`head_in`, `head_at`) and ended
-    (`head_done_in`)."""
+    (`head_done_in`), and, for a chunked body begun in the first part of a read the bound cut in two, from the whole
+    read (`cut`).
+
+    The head's timer (`head_timer`) runs from the connection's open, and from each answer's end where no request
+    waits behind it, to the next head's end; the body's (`body_timer`), from the end of a read that left the running
+    request's body unfinished to the body's end, or its answer's."""
 
     in_head = True
     received = 0
@@ -119,14 +174,35 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     head_done_in: bytes | None = None
     head_done_before = 0  # the bytes the request had in pieces before the one its head ended in
     head_done_earlier = b""
-    pending: bytes | None = None  # a pipelined head's 431, held until the answer before it is written (`_refuse`)
+    cut: tuple[bytes, bytes, bytes] | None = None  # a read `_beyond_room` cut: its first part, the rest, the whole
+    pending: bytes | None = None  # a refused head's answer, held until the answer before it is written (`_close_with`)
+    most = 0  # `gateway.limits.connections`
+    head_s = 0.0  # `gateway.timeouts.request_head`
+    body_s = 0.0  # `gateway.timeouts.request_body`
+    head_timer: asyncio.TimerHandle | None = None
+    body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self.bound = request_header_bytes()
+        settings = served_settings()
+        self.bound, self.most = settings.limits.request_header_bytes, settings.limits.connections
+        self.head_s, self.body_s = settings.timeouts.request_head, settings.timeouts.request_body
         super().connection_made(transport)
+        self.head_timer = self.loop.call_later(self.head_s, self._head_late)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_timers()
+        super().connection_lost(exc)
+
+    def _stop_timers(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None
 
     def data_received(self, data: bytes) -> None:
-        if self.refused:  # (a 431 is written or held: nothing more is read on this connection)
+        if self.refused:  # (a refusal is written or held: nothing more is read on this connection)
             return
         if self.in_head:
             room = self.bound - self.received
@@ -140,6 +216,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.reading = data
         self.received += len(data)
         super().data_received(data)
+        if not self.in_head and self.body_timer is None and not self.pipeline and not self.refused:
+            self._time_the_body()  # (the running request's body goes on past this read)
 
     def _beyond_room(self, data: bytes, room: int) -> None:
         heads = self.heads
@@ -150,7 +228,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if not self.in_head or self.heads > heads:  # the head ended within it (and another may have begun: counted)
-            self.data_received(data[room:])
+            rest = data[room:]
+            self.cut = (self.reading, rest, data)
+            self.data_received(rest)
+            self.cut = None  # (the rest is parsed: no request ends in it any more)
         else:
             self._refuse()
 
@@ -182,7 +263,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _last_end(self, piece: bytes) -> int:
         """Where, in `piece`, the request that just ended there ends (its head as `head_end` finds it, and its body by
         its framing: read from its headers, still the protocol's until `on_message_begin`). A chunked body that
-        began in an earlier piece is not followed: the next head is then counted from the piece's first byte."""
+        began in an earlier read is not followed: the next head is then counted from the piece's first byte. One that
+        began in the first part of a read the bound cut in two (`cut`) is followed in the whole read: a 60-byte
+        request behind a 200 KB chunked body, read at once, was answered 431, its count begun at the cut."""
         length, chunked = 0, False
         for name, value in self.headers:
             if name == b"content-length" and value.strip().isdigit():  # (as the parser took it: digits)
@@ -196,6 +279,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 return body_at if end is None else end
             return body_at + length
         if chunked:
+            cut = self.cut
+            if cut is not None and cut[1] is piece and cut[0] is self.head_done_in:
+                first, _, whole = cut
+                end = chunked_end(whole, self._head_end_in(first, self.head_done_earlier))
+                if end is not None and end >= len(first):
+                    return end - len(first)
             return 0
         head_size = self.head_done_before + self._head_end_in(self.head_done_in or b"", self.head_done_earlier)
         return length - (self.ended_before - head_size)  # what the body had left for this piece
@@ -215,34 +304,115 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """The 431, and the connection closed (`url`: the refused request's target, where its head is not the
         protocol's yet)."""
         if not self.refused and not self.transport.is_closing():
-            self.refused = True
             headers = (getattr(self, "headers", None) or []) if url is None else []
             anthropic = anthropic_head(getattr(self, "url", b"") if url is None else url, headers)
-            answer = too_large_answer(self.bound, anthropic)
-            cycle = self.cycle
-            if cycle is not None and not cycle.response_complete:
-                # Pipelined behind a request still being answered: that answer first (`on_response_complete`), then
-                # this one. Written at once, the 431 took the earlier request's place, which was sent and charged.
-                self.pending = answer
-                self.flow.pause_reading()
-                return
-            self.transport.write(answer)
+            self._close_with(too_large_answer(self.bound, anthropic))
+
+    def _refuse_head(self, error: GatewayError, status_line: bytes) -> NoReturn:
+        """A whole head refused (`error`, in the error shape of its API), the connection closed, and the parser
+        stopped there (by the exception, as `_pipelined` stops it), so that none of the request's body reaches the
+        request before it."""
+        self._close_with(refusal(error, status_line, anthropic_head(self.url, self.headers)))
+        self.logger = QUIET
+        raise error
+
+    def _close_with(self, answer: bytes) -> None:
+        """`answer` to a refused request, and the connection closed; nothing more is read on it."""
+        self.refused = True
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # Pipelined behind a request still being answered: that answer first (`on_response_complete`), then
+            # this one. Written at once, the refusal took the earlier request's place, which was sent and charged.
+            self.pending = answer
+            self.flow.pause_reading()
+            return
+        self.transport.write(answer)
+        self.transport.close()
+
+    def _head_late(self) -> None:
+        """The head's time (`gateway.timeouts.request_head`) ran out: a head begun is answered 408 (its API's error
+        shape as far as its head tells it), and the connection closed; one not begun (an idle connection, or the
+        body of a request already answered) is closed unanswered, as uvicorn's keep-alive timer closes one."""
+        self.head_timer = None
+        if self.transport.is_closing() or self.refused:
+            return
+        if self.in_head and self.received:
+            error = RequestTimeoutError(
+                f"the request's line and headers were not whole within {self.head_s:g} s "
+                "(gateway.timeouts.request_head)"
+            )
+            anthropic = anthropic_head(getattr(self, "url", b""), self.headers or [])  # (as far as it came)
+            self._close_with(refusal(error, b"408 Request Timeout", anthropic))
+        else:
+            self.refused = True
             self.transport.close()
+
+    def _time_the_body(self) -> None:
+        """The running request's body is read within `gateway.timeouts.request_body` of now (its head's end, or its
+        start behind the request before it), or by its deadline (`x-gateway-deadline-ms`, `arrival_deadline_s`)
+        where that is sooner."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:  # (an upgrade's head: no request of this protocol's)
+            return
+        deadline = arrival_deadline_s(cycle.scope)
+        within = self.body_s if deadline is None else min(deadline, self.body_s)
+        self.body_timer = self.loop.call_later(within, self._body_late, within, within < self.body_s)
+
+    def _body_late(self, within: float, by_deadline: bool) -> None:
+        """The body's time ran out: a request not answered yet is answered 408 (`gateway.timeouts.request_body`) or
+        its deadline's 504, with the app's request id, and the connection closed. The app, whose read of the body
+        now ends as a client's leaving does, is given the error (`BODY_LATE`), and observes the request as answered
+        so, not as a 499. One already answering is cut."""
+        self.body_timer = None
+        cycle = self.cycle
+        if self.transport.is_closing() or self.refused or cycle.response_complete:
+            return
+        self.refused = True
+        if not cycle.response_started:
+            error: GatewayError
+            if by_deadline:
+                error = UpstreamTimeoutError(
+                    f"the deadline of {within * 1000:.0f} ms (x-gateway-deadline-ms) passed before the request's "
+                    "body was whole: nothing was sent, nothing is charged"
+                )
+                status_line = b"504 Gateway Timeout"
+            else:
+                error = RequestTimeoutError(
+                    f"the request's body was not whole within {within:g} s of its head (gateway.timeouts."
+                    "request_body): nothing was sent, nothing is charged"
+                )
+                status_line = b"408 Request Timeout"
+            state = cycle.scope["state"]
+            state[BODY_LATE] = error
+            anthropic = anthropic_head(self.url, self.headers)
+            self.transport.write(refusal(error, status_line, anthropic, state.get("request_id")))
+        self.transport.close()
+        cycle.disconnected = True  # (as the connection's loss marks it: the app's read of the body ends now)
+        cycle.message_event.set()
 
     def on_response_complete(self) -> None:
         """An answer is written: the next request's starts (uvicorn's), or, once every request before a refused
-        head is answered, its held 431 (`_refuse`), and the connection closed."""
+        head is answered, its held refusal (`_close_with`), and the connection closed. Then the next head's timer,
+        where no request waits to be answered (else the body's of the one now started, where its body goes on)."""
         pending = self.pending
         if pending is not None and not self.pipeline and not self.transport.is_closing():
             self.pending = None
             self.transport.write(pending)
             self.transport.close()
+        waiting = bool(self.pipeline)
         super().on_response_complete()
+        if self.transport.is_closing() or self.refused:
+            return
+        self._stop_timers()
+        if not waiting:
+            self.head_timer = self.loop.call_later(self.head_s, self._head_late)
+        elif not self.pipeline and not self.in_head:
+            self._time_the_body()
 
     def send_400_response(self, msg: str) -> None:
         """A head the HTTP parser refuses (a CR or NUL in a header's value, two `Content-Length`s): the client's 400
         in the error shape of its API, where uvicorn wrote a plain-text one with no request id."""
-        if self.transport.is_closing() or self.refused:  # (refused: the 431 is the answer, written or held)
+        if self.transport.is_closing() or self.refused:  # (refused: the refusal is the answer, written or held)
             return
         anthropic = anthropic_head(getattr(self, "url", b""), getattr(self, "headers", None) or [])
         error = InvalidRequestError(f"the request's HTTP head is malformed ({msg.rstrip('.')})")
@@ -259,11 +429,40 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.heads += 1
         self.head_done_in, self.head_done_before = self.reading, self.received - len(self.reading)
         self.head_done_earlier = self.earlier
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+        version = self.parser.get_http_version()
+        if version == "1.1":
+            hosts = 0
+            for name, _ in self.headers:
+                if name == b"host":
+                    hosts += 1
+            if hosts != 1:  # RFC 9112 (3.2): none, or more than one, is a 400
+                said = "none" if not hosts else f"{hosts}"
+                self._refuse_head(
+                    InvalidRequestError(f"an HTTP/1.1 request carries one Host header; this one has {said}"),
+                    b"400 Bad Request",
+                )
+        if len(self.connections) > self.most:  # (this one among them)
+            self.logger.warning("a request refused: %d connections open (gateway.limits.connections)", self.most)
+            self._refuse_head(
+                ServiceUnavailableError(
+                    f"the gateway holds as many connections as it takes ({self.most}); retry shortly",
+                    code="server_busy",
+                ),
+                b"503 Service Unavailable",
+            )
         super().on_headers_complete()
+        if version != "1.1" and self.cycle is not None and self.cycle.scope is self.scope:
+            self.cycle.__class__ = UnchunkedCycle
 
     def on_message_complete(self) -> None:
         # The next request's head begins after this one's end: in the next piece, or in this one (`_pipelined`).
         self.ended_before = self.received - len(self.reading)
         self.in_head = True
         self.received = 0
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None
         super().on_message_complete()

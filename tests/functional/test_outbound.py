@@ -4,6 +4,7 @@ that leaves while its non-streamed answer is still upstream, and upstreams that 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import socket
 import struct
@@ -16,10 +17,12 @@ from typing import Any
 import anthropic
 import httpx
 import openai
+import orjson
 import pytest
 
 from handler.config import Config
 from tests.functional.conftest import Running, anthropic_client, fresh_minute, openai_client, serve_gateway
+from tests.support.serve import Served, gateway_serve
 from tests.support.servers import ServerThread, SocketServer
 
 SERVE_PROTOCOL = "handler.entry.server:BoundedHttpToolsProtocol"  # what `gateway serve` runs (handler/entry/cli.py)
@@ -701,3 +704,120 @@ def test_a_head_request_pipelined_before_a_refused_head_is_answered_first(served
         sock.sendall(b"HEAD /health HTTP/1.1\r\nhost: gateway\r\n\r\n" + closing_head(120_000))
         answers = answers_until_closed(sock)
     assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answers) == [b"200", b"431"], answers[:400]
+
+
+def test_a_trailing_slash_is_a_404_not_a_redirect_to_the_host_header(served: ServerThread) -> None:
+    """`POST /v1/chat/completions/` with `Host: evil.example` was a bare 307 to `http://evil.example/v1/chat/
+    completions`, which the openai and anthropic SDKs follow (found by review). It is an unknown path's 404."""
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions/ HTTP/1.1\r\nhost: evil.example\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: 2\r\n\r\n{}"
+        )
+        answer = answers_until_closed(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404 ") and b"\r\nlocation:" not in head.lower(), answer[:300]
+    assert httpx.Response(404, content=body).json()["error"]["code"] == "not_found"
+
+
+# `gateway serve`'s bounds on a client's sending, made short in its config (docs/configuration.md).
+CLIENT_BOUNDS = {"timeouts": {"request_head": 0.5, "request_body": 0.5}, "limits": {"connections": 3}}
+
+
+@pytest.fixture(scope="module")
+def bounded(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Served, Path]]:
+    """`gateway serve` as a user runs it, with `CLIENT_BOUNDS`; and the folder of its log."""
+    server, _ = upstream
+    folder = tmp_path_factory.mktemp("bounded")
+    with gateway_serve(server.url, folder, {}, gateway=CLIENT_BOUNDS) as running:
+        yield running, folder
+
+
+def until_closed(sock: socket.socket, within_s: float = 5) -> tuple[bytes, float]:
+    """What the server writes until it closes the connection, and the seconds that took."""
+    started = time.monotonic()
+    sock.settimeout(within_s)
+    answer = b""
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer, time.monotonic() - started
+
+
+def test_gateway_serve_ends_a_connection_that_sends_nothing_and_a_head_that_drips(bounded: tuple[Served, Path]) -> None:
+    """A connection that sent nothing, and a head a byte every 0.1 s, were held for ever (uvicorn's keep-alive
+    timer starts after a first answer): 20 s in the review, and thousands of them take every file the process may
+    open. At `timeouts.request_head` the first is closed, the second answered 408 `request_timeout`."""
+    served, _ = bounded
+    port = int(served.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as idle, socket.create_connection(("127.0.0.1", port)) as drip:
+        for byte in b"GET /health HTTP/1.1\r\nhost: g\r\nx-slow: aaaa":
+            with contextlib.suppress(OSError):
+                drip.send(bytes([byte]))
+            time.sleep(0.1)
+        dripped, _ = until_closed(drip)
+        silence, took = until_closed(idle)
+    assert silence == b"" and took < 1, took
+    head, _, body = dripped.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ") and b"\r\nconnection: close\r\n" in head + b"\r\n", dripped[:300]
+    assert httpx.Response(408, content=body).json()["error"]["code"] == "request_timeout"
+
+
+@pytest.mark.parametrize(
+    ("deadline", "status", "code"),
+    [(None, 408, "request_timeout"), (200, 504, "upstream_timeout")],
+    ids=["request_body", "deadline"],
+)
+def test_gateway_serve_answers_a_body_shorter_than_its_length_by_its_bound(
+    bounded: tuple[Served, Path], deadline: int | None, status: int, code: str
+) -> None:
+    """A chat request whose body stops 20 bytes short of its `content-length` had no answer and no close (15 s in the
+    review, with `x-gateway-deadline-ms: 1000`), its body so far held (up to `max_body_bytes`, 8 MiB, a connection).
+    It is answered by `timeouts.request_body`, or its deadline if sooner (the deadline's 504), and its log line says
+    so under the answer's request id, not a client's 499."""
+    served, folder = bounded
+    body = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    asked = b"x-gateway-deadline-ms: %d\r\n" % deadline if deadline else b""
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: g\r\nauthorization: Bearer %s\r\n%scontent-type: "
+        b"application/json\r\ncontent-length: %d\r\n\r\n" % (served.key.encode(), asked, len(body))
+    )
+    with socket.create_connection(("127.0.0.1", int(served.url.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(head + body[:-20])
+        answer, took = until_closed(sock)
+    assert took < 2, took
+    head_out, _, said = answer.partition(b"\r\n\r\n")
+    assert head_out.startswith(b"HTTP/1.1 %d " % status), answer[:300]
+    assert httpx.Response(status, content=said).json()["error"]["code"] == code
+    request_id = re.search(rb"\r\nx-request-id: (req_\w+)", head_out)
+    assert request_id is not None
+    for _ in range(50):  # (the app observes it as its read ends)
+        lines = [json.loads(line) for line in (folder / "gateway.log").read_text().splitlines() if "req_" in line]
+        logged = [line for line in lines if line.get("request_id") == request_id.group(1).decode()]
+        if logged:
+            break
+        time.sleep(0.05)
+    assert [line["status"] for line in logged] == [status], lines[-3:]
+
+
+def test_gateway_serve_refuses_a_request_past_its_connections_with_503_server_busy(
+    bounded: tuple[Served, Path],
+) -> None:
+    """No bound on connections: past the process's open files every client was refused, `/health` too. A request on
+    a connection past `limits.connections` (three here) is answered 503 `server_busy`, `retry-after: 1`; once the
+    others close, one is served again."""
+    served, _ = bounded
+    port = int(served.url.rsplit(":", 1)[1])
+    with contextlib.ExitStack() as held:
+        for _ in range(3):
+            held.enter_context(socket.create_connection(("127.0.0.1", port)))
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nhost: g\r\n\r\n")
+            answer, _ = until_closed(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ") and b"\r\nretry-after: 1\r\n" in head, answer[:300]
+    assert httpx.Response(503, content=body).json()["error"]["code"] == "server_busy"
+    time.sleep(0.1)  # (the server sees the three closed)
+    assert httpx.get(f"{served.url}/health").status_code == 200

@@ -52,12 +52,14 @@ def gateway_serve(
     args: tuple[str, ...] = (),
     upstream_models: tuple[str, ...] = (),
     key_args: tuple[str, ...] = (),
+    gateway: dict[str, Any] | None = None,
 ) -> Iterator[Served]:
-    """`gateway serve` (with `args`) with one model, gpt-4o-mini at the fake OpenAI, and `observability` in its
-    config; each of `upstream_models` a model of that name at the same fake too (`drip`: a slow stream); its key
-    made with `key_args` (`--budget-usd 1`); stopped (SIGTERM, as a service manager does) at the end, unless the
-    test stopped it already."""
+    """`gateway serve` (with `args`) with one model, gpt-4o-mini at the fake OpenAI, and `observability` (and
+    `gateway`: its settings, where given) in its config; each of `upstream_models` a model of that name at the same
+    fake too (`drip`: a slow stream); its key made with `key_args` (`--budget-usd 1`); stopped (SIGTERM, as a service
+    manager does) at the end, unless the test stopped it already."""
     config = {
+        **({"gateway": gateway} if gateway is not None else {}),
         "observability": observability,
         "providers": {
             "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"}

@@ -379,6 +379,17 @@ def test_timeouts_that_let_a_request_outlive_its_reservation_are_refused() -> No
     assert parse_config({"gateway": longer}, TYPES).gateway.timeouts.request == 3600
 
 
+def test_a_bodys_bound_past_the_whole_requests_is_refused() -> None:
+    """`timeouts.request_body` (`gateway serve`'s bound on reading a request's body) past `timeouts.request`, which
+    holds from the request's arrival, could never be reached."""
+    assert problems({"gateway": {"timeouts": {"request_body": 1200}}}) == [
+        "gateway.timeouts.request_body: 1200 s is longer than gateway.timeouts.request (900 s), the bound on a whole "
+        "request, its body's reading included, so it could never be reached: lower it, or raise timeouts.request"
+    ]
+    settings = parse_config({"gateway": {"timeouts": {"request_body": 900, "request_head": 1}}}, TYPES).gateway
+    assert (settings.timeouts.request_head, settings.timeouts.request_body) == (1, 900)
+
+
 def test_a_responses_secret_that_resolves_to_nothing_is_refused_at_start_not_replaced(
     tmp_path: Path, only_secrets: object
 ) -> None:

@@ -410,6 +410,37 @@ async def test_a_client_gone_before_its_body_was_sent_is_a_499_not_a_500() -> No
     assert gone.value.status == 499
 
 
+async def test_a_body_the_server_ended_is_observed_with_the_error_it_answered(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`gateway serve` answers a body not whole in time (408, or its deadline's 504: handler/entry/server.py) and ends
+    the app's read as a client's leaving does; the app observes the request with that error (`BODY_LATE`), with the
+    request id the answer carried, not as a client that left (499)."""
+    from handler.api.app import BODY_LATE
+    from handler.errors import RequestTimeoutError
+
+    app = gateway_app()
+    scope = {"type": "http", "method": "POST", "path": "/dashboard/sign-in", "headers": [], "query_string": b""}
+    sent: list[dict[str, Any]] = []
+    messages = iter([{"type": "http.request", "body": b'{"tok', "more_body": True}, {"type": "http.disconnect"}])
+
+    async def receive() -> dict[str, Any]:
+        message = next(messages)
+        if message["type"] == "http.disconnect":  # (the server's timer ran out: handler/entry/server.py)
+            scope["state"][BODY_LATE] = RequestTimeoutError("the request's body was not whole within 60 s")
+        return message
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 408
+    assert dict(sent[0]["headers"])[b"x-request-id"] == scope["state"]["request_id"].encode()
+    assert orjson.loads(sent[1]["body"])["error"]["code"] == "request_timeout"
+    [line] = [orjson.loads(line) for line in capsys.readouterr().out.splitlines() if "request_timeout" in line]
+    assert line["status"] == 408 and line["request_id"] == scope["state"]["request_id"]
+
+
 @pytest.mark.parametrize(
     ("method", "path", "anthropic"),
     [("POST", "/v1/chat/completions", False), ("POST", "/v1/messages", True), ("GET", "/v1/key", False)],

@@ -223,6 +223,25 @@ def test_a_long_method_is_clipped_in_the_invocations_answer_and_a_key_in_it_reda
     asyncio.get_event_loop().close()
 
 
+def test_a_path_with_a_trailing_slash_is_a_404_not_a_redirect_to_the_host_header() -> None:
+    """`POST /v1/chat/completions/` was Starlette's bare 307 to `http://<the request's Host>/v1/chat/completions`
+    (on `gateway serve` too), which the SDKs follow: the prompt sent again to the Host the client named, in the clear
+    behind a proxy that ends TLS (found by review). It is an unknown path: 404 `not_found`, in the error shape."""
+    from handler.api.app import create_app
+    from handler.pipeline.gateway import build_gateway
+
+    app = create_app(build_gateway(store_url="sqlite://", environ={}))
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    for name, path in (("chat-completions-ok", "/v1/chat/completions/"), ("health", "/health/")):
+        event = json.loads((EVENTS / f"{name}.json").read_text())
+        event["rawPath"] = event["requestContext"]["http"]["path"] = path
+        event["headers"]["host"] = "evil.example"
+        answer = lambda_adapter(app)(event, Context())  # type: ignore[arg-type]
+        assert answer["statusCode"] == 404 and "location" not in answer["headers"], answer
+        assert json.loads(answer["body"])["error"]["code"] == "not_found"
+    asyncio.get_event_loop().close()
+
+
 def test_a_head_invocations_answer_has_no_body() -> None:
     """A HEAD answer carries no body (RFC 9110): `gateway serve` (uvicorn) writes its head alone, but the buffered
     function answered HEAD with the GET's whole body, as Mangum does (found by review). Its head stays, the length

@@ -402,6 +402,33 @@ def test_serve_says_it_listens_once_it_does(
     assert f"gateway listening on http://127.0.0.1:{port}" in str(seen["printed"]) and seen["connected"]
 
 
+@pytest.mark.parametrize(
+    ("soft", "hard", "raised", "warned"),
+    [(20_000, 20_000, None, False), (1024, 524_288, 2064, False), (1024, 1500, 1500, True)],
+    ids=["enough", "raised", "short"],
+)
+def test_serve_raises_its_open_file_limit_to_fit_its_connections_or_says_it_cannot(
+    monkeypatch: pytest.MonkeyPatch, soft: int, hard: int, raised: int | None, warned: bool
+) -> None:
+    """`gateway.limits.connections` (1000) takes a file a connection and another for its upstream: a soft limit of
+    1024, a common default, ran out before the limit's 503, and then every client was refused. It is raised to fit,
+    within the hard limit; short of it, serve warns, naming a limit that fits."""
+    import resource
+
+    set_to: list[tuple[int, int]] = []
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (soft, hard))
+    monkeypatch.setattr(resource, "setrlimit", lambda which, limits: set_to.append(limits))
+    said = cli._open_files_for(1000)
+    assert set_to == ([] if raised is None else [(raised, hard)])
+    assert bool(said) == warned
+    if warned:
+        assert said == [
+            "gateway.limits.connections: 1000 connections need about 2064 open files (one each, one for its "
+            "upstream, 64 more), and this process may open 1500 (`ulimit -n`): lower limits.connections to 718, or "
+            "raise the limit"
+        ]
+
+
 def test_serve_on_an_ipv6_address_says_a_url_a_client_can_use(
     serve_here: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

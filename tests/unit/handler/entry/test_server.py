@@ -4,9 +4,12 @@ is written to it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import orjson
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -14,6 +17,9 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from uvicorn.server import ServerState
 
+from handler.api.app import BODY_LATE
+from handler.config import GatewaySettings
+from handler.entry import server
 from handler.entry.server import BoundedHttpToolsProtocol
 
 BODY = b'{"ok": true}'
@@ -32,7 +38,41 @@ async def streamed(request: Request) -> StreamingResponse:
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
-APP = Starlette(routes=[Route("/whole", whole, methods=["GET", "HEAD"]), Route("/stream", streamed)])
+async def slow(request: Request) -> StreamingResponse:
+    """A stream that runs longer than the head's bound these tests set (`bounds`)."""
+
+    async def events() -> AsyncIterator[bytes]:
+        for _ in range(4):
+            await asyncio.sleep(0.1)
+            yield b"data: on\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+READS: list[dict[str, Any]] = []  # what `echo` was given by each `receive`, for the tests of the body's bound
+
+
+async def echo(request: Request) -> Response:
+    """The body's length; its messages kept (`READS`), a disconnect too."""
+    size = 0
+    while True:
+        message = await request.receive()
+        READS.append(message)
+        size += len(message.get("body", b""))
+        if message["type"] != "http.request" or not message.get("more_body"):
+            break
+    return Response(b"%d" % size, media_type="text/plain")
+
+
+APP = Starlette(
+    routes=[
+        Route("/whole", whole, methods=["GET", "HEAD"]),
+        Route("/stream", streamed),
+        Route("/slow", slow),
+        Route("/echo", echo, methods=["POST"]),
+        Route("/v1/messages", echo, methods=["POST"]),
+    ]
+)
 
 
 class Recorded(asyncio.Transport):
@@ -101,3 +141,276 @@ async def test_a_head_answers_head_goes_before_a_431_pipelined_behind_it() -> No
     writes = await answered(b"HEAD /whole HTTP/1.1\r\nhost: gateway\r\n\r\n" + refused)
     assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n"), [w[:40] for w in writes]
     assert writes[1].startswith(b"HTTP/1.1 431 "), [w[:40] for w in writes]
+
+
+@pytest.fixture
+def bounds(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The served gateway's bounds made short: a head within 0.2 s, a body within 0.3 s, two connections."""
+    settings = GatewaySettings.model_validate(
+        {"timeouts": {"request_head": 0.2, "request_body": 0.3}, "limits": {"connections": 2}}
+    )
+    monkeypatch.setattr(server, "served_settings", lambda: settings)
+    READS.clear()
+    yield
+
+
+class Connection:
+    """A protocol on a `Recorded` transport: what is written to it, read by read."""
+
+    def __init__(self, server_state: ServerState | None = None) -> None:
+        config = uvicorn.Config(APP, lifespan="off", log_level="warning")
+        self.protocol = BoundedHttpToolsProtocol(
+            config=config, server_state=server_state or ServerState(), app_state={}
+        )
+        self.transport = Recorded()
+        self.protocol.connection_made(self.transport)
+
+    @property
+    def written(self) -> bytes:
+        return b"".join(self.transport.writes)
+
+    def statuses(self) -> list[bytes]:
+        return re.findall(rb"HTTP/1\.1 (\d{3}) ", self.written)
+
+    async def send(self, *reads: bytes) -> None:
+        for read in reads:
+            self.protocol.data_received(read)
+            await asyncio.sleep(0)
+
+    async def answers(self, count: int, within_s: float = 3) -> list[bytes]:
+        """The statuses written once `count` answers are, or `within_s` has passed."""
+        for _ in range(int(within_s / 0.005)):
+            if len(self.statuses()) >= count:
+                break
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.02)
+        return self.statuses()
+
+    def close(self) -> None:
+        self.protocol.connection_lost(None)
+
+
+def chunked(body: bytes, size: int = 8000) -> bytes:
+    pieces = [b"%x\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size]) for i in range(0, len(body), size)]
+    return b"".join(pieces) + b"0\r\n\r\n"
+
+
+def error_of(answer: bytes) -> dict[str, Any]:
+    """The error body of an answer written whole (its head, then its body)."""
+    said: dict[str, Any] = orjson.loads(answer.partition(b"\r\n\r\n")[2])
+    return said
+
+
+@pytest.mark.parametrize("size", [70_000, 200_000, 250_000])
+async def test_a_request_pipelined_behind_a_chunked_body_in_the_same_read_is_answered(size: int) -> None:
+    """A chunked POST and a small request behind it, read at once (uvloop reads up to 256 KiB): the protocol cut the
+    read at the head's bound (64 KiB), took the chunked body for one begun in an earlier read, and counted its rest as
+    the next request's head: the 60-byte request behind a 200 KB body was refused 431 and the connection closed
+    (found by review; uvicorn's own protocol answers both). The body is now followed in the whole read."""
+    connection = Connection()
+    first = b"POST /echo HTTP/1.1\r\nhost: g\r\ntransfer-encoding: chunked\r\n\r\n" + chunked(b"x" * size)
+    second = b"POST /echo HTTP/1.1\r\nhost: g\r\ncontent-length: 2\r\n\r\nok"
+    await connection.send(first + second)
+    assert await connection.answers(2) == [b"200", b"200"], connection.written[-300:]
+    assert connection.written.endswith(b"\r\n\r\n2") and not connection.transport.closed
+    connection.close()
+
+
+async def test_a_pipelined_head_past_the_bound_behind_such_a_body_is_still_431() -> None:
+    """Followed in the whole read, the chunked body's end is where the next head is counted from: a head past the
+    bound behind it is refused, after the request before it is answered."""
+    connection = Connection()
+    first = b"POST /echo HTTP/1.1\r\nhost: g\r\ntransfer-encoding: chunked\r\n\r\n" + chunked(b"x" * 100_000)
+    big = b"GET /whole HTTP/1.1\r\nhost: g\r\nx-big: " + b"a" * 70_000 + b"\r\n\r\n"
+    await connection.send(first + big)
+    assert await connection.answers(2) == [b"200", b"431"], connection.written[-300:]
+    connection.close()
+
+
+async def test_a_stream_to_an_http_1_0_client_is_not_chunked_and_ends_with_the_connection() -> None:
+    """RFC 9112 (6.1): no Transfer-Encoding to a request that is not HTTP/1.1. A stream answered to HTTP/1.0 (curl
+    -0, ab, a proxy's hop) was written chunked, and such a client read the chunk sizes among the events (found by
+    review). Now its events go as they come, and the connection's close ends it; HTTP/1.1's is still chunked."""
+    connection = Connection()
+    await connection.send(b"GET /stream HTTP/1.0\r\nhost: g\r\n\r\n")
+    await connection.answers(1)
+    for _ in range(100):
+        if connection.transport.closed:
+            break
+        await asyncio.sleep(0.01)
+    head, _, body = connection.written.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head.lower() and b"\r\nconnection: close" in head.lower(), head
+    assert body == b"data: one\n\ndata: two\n\n" and connection.transport.closed
+    connection.close()
+    kept = Connection()
+    await kept.send(b"GET /stream HTTP/1.1\r\nhost: g\r\n\r\n", b"HEAD /whole HTTP/1.0\r\nhost: g\r\n\r\n")
+    await kept.answers(2)
+    assert b"\r\ntransfer-encoding: chunked\r\n" in kept.written and b"\r\n0\r\n\r\n" in kept.written
+    kept.close()
+
+
+@pytest.mark.parametrize(
+    ("hosts", "said"), [(b"", "none"), (b"host: a\r\nhost: b\r\n", "2")], ids=["no-host", "two-hosts"]
+)
+async def test_an_http_1_1_request_without_one_host_is_a_400_in_the_error_shape(hosts: bytes, said: str) -> None:
+    """RFC 9112 (3.2): an HTTP/1.1 request that lacks Host, or has two, is a 400. It was served (found by review).
+    Pipelined behind a request, it is answered after it; an HTTP/1.0 request needs none."""
+    connection = Connection()
+    await connection.send(b"GET /whole HTTP/1.1\r\nhost: g\r\n\r\nGET /whole HTTP/1.1\r\n" + hosts + b"\r\n")
+    assert await connection.answers(2) == [b"200", b"400"]
+    refused = connection.written[connection.written.index(b"HTTP/1.1 400") :]
+    error = error_of(refused)["error"]
+    assert (error["code"], error["message"]) == (
+        "invalid_request",
+        f"an HTTP/1.1 request carries one Host header; this one has {said}",
+    )
+    assert b"\r\nx-request-id: req_" in refused and connection.transport.closed
+    connection.close()
+    old = Connection()
+    await old.send(b"GET /whole HTTP/1.0\r\n\r\n")
+    assert await old.answers(1) == [b"200"]
+    old.close()
+
+
+async def test_a_connection_that_sends_nothing_is_closed_at_the_heads_bound(bounds: None) -> None:
+    """uvicorn's keep-alive timer starts after a first answer: a connection that sent nothing was held for ever, and
+    thousands of them took the process's every file (found by review). It is closed at `timeouts.request_head`,
+    unanswered (no request to answer)."""
+    connection = Connection()
+    await asyncio.sleep(0.1)
+    assert not connection.transport.closed
+    await asyncio.sleep(0.2)
+    assert connection.transport.closed and connection.written == b""
+    connection.close()
+
+
+@pytest.mark.parametrize(
+    ("line", "anthropic"),
+    [(b"POST /v1/chat/completions", False), (b"POST /v1/messages", True)],
+    ids=["openai", "anthropic"],
+)
+async def test_a_head_not_whole_within_its_bound_is_408_in_its_apis_shape(
+    bounds: None, line: bytes, anthropic: bool
+) -> None:
+    """Slowloris: a head dripped a byte at a time was never ended (the 431's bound was hours away at that pace). Past
+    `timeouts.request_head` it is answered 408 `request_timeout` and the connection closed."""
+    connection = Connection()
+    for byte in line + b" HTTP/1.1\r\nhost: g\r\nx-slow: aaaa":
+        await connection.send(bytes([byte]))
+        await asyncio.sleep(0.005)
+        if connection.transport.closed:
+            break
+    for _ in range(100):
+        if connection.transport.closed:
+            break
+        await asyncio.sleep(0.01)
+    assert connection.written.startswith(b"HTTP/1.1 408 Request Timeout\r\n") and connection.transport.closed
+    said = error_of(connection.written)
+    if anthropic:
+        assert said["type"] == "error" and said["error"]["type"] == "timeout_error"
+    else:
+        assert said["error"]["code"] == "request_timeout"
+        assert said["error"]["message"].endswith("(gateway.timeouts.request_head)")
+    connection.close()
+
+
+async def test_empty_lines_alone_are_a_head_begun_at_the_heads_bound(bounds: None) -> None:
+    """Empty lines before a request line are taken (RFC 9112 2.2) and begin no request for the parser: at the head's
+    bound they are answered as a head begun, in OpenAI's shape (nothing tells another)."""
+    connection = Connection()
+    await connection.send(b"\r\n")
+    assert await connection.answers(1, within_s=1) == [b"408"] and connection.transport.closed
+    assert error_of(connection.written)["error"]["code"] == "request_timeout"
+    connection.close()
+
+
+async def test_the_heads_bound_runs_again_from_each_answer_and_not_during_one(bounds: None) -> None:
+    """After an answer the next head has the same bound (uvicorn's keep-alive timer stops at the next byte, and the
+    head after it was never ended); an answer that runs longer than it (a stream) is not cut."""
+    connection = Connection()
+    await connection.send(b"GET /slow HTTP/1.1\r\nhost: g\r\n\r\n")
+    assert await connection.answers(1) == [b"200"]
+    for _ in range(100):  # the stream runs 0.4 s, twice the head's bound
+        if connection.written.endswith(b"0\r\n\r\n"):
+            break
+        await asyncio.sleep(0.01)
+    assert connection.written.count(b"data: on") == 4 and not connection.transport.closed
+    await connection.send(b"GET /whole HTTP/1.1\r\nhost: g\r\n")
+    await asyncio.sleep(0.1)
+    assert not connection.transport.closed
+    await asyncio.sleep(0.2)
+    assert connection.transport.closed and connection.statuses() == [b"200", b"408"]
+    connection.close()
+
+
+async def test_a_body_whole_in_its_heads_read_costs_no_timer(bounds: None) -> None:
+    """The hot path: the head's timer is cancelled as the head is whole, and a body read with it arms none; one
+    timer a request (the next head's, from the answer's end) is all the bounds cost."""
+    connection = Connection()
+    protocol = connection.protocol
+    protocol.data_received(b"POST /echo HTTP/1.1\r\nhost: g\r\ncontent-length: 2\r\n\r\nok")
+    assert protocol.head_timer is None and protocol.body_timer is None
+    assert await connection.answers(1) == [b"200"]
+    assert protocol.head_timer is not None and protocol.body_timer is None
+    connection.close()
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [(b"", b"408", "request_timeout"), (b"x-gateway-deadline-ms: 100\r\n", b"504", "upstream_timeout")],
+    ids=["bound", "deadline"],
+)
+async def test_a_body_shorter_than_its_length_is_answered_by_its_bound(
+    bounds: None, headers: bytes, status: bytes, code: str
+) -> None:
+    """A body 20 bytes short of its `content-length` was read for ever: no answer, no close, its bytes held (found by
+    review). Past `timeouts.request_body` (or the request's deadline, if sooner: its 504) the protocol answers for the
+    app, with the request id the app gave it, closes the connection, and ends the app's read, giving it the error to
+    observe the request with (`BODY_LATE`)."""
+    connection = Connection()
+    head = b"POST /echo HTTP/1.1\r\nhost: g\r\n%scontent-length: 50\r\n\r\n" % headers
+    await connection.send(head + b"x" * 30)
+    await asyncio.sleep(0)  # (the app's task begins)
+    connection.protocol.cycle.scope["state"]["request_id"] = "req_the_apps"
+    await asyncio.sleep(0.05)
+    assert connection.written == b"" and not connection.transport.closed
+    assert await connection.answers(1, within_s=1) == [status]
+    head_out = connection.written.partition(b"\r\n\r\n")[0]
+    assert b"\r\nx-request-id: req_the_apps\r\n" in head_out and head_out.endswith(b"\r\nconnection: close")
+    assert error_of(connection.written)["error"]["code"] == code and connection.transport.closed
+    assert [message["type"] for message in READS] == ["http.request", "http.disconnect"]
+    assert connection.protocol.cycle.scope["state"][BODY_LATE].code == code
+    connection.close()
+
+
+async def test_a_body_that_comes_whole_in_several_reads_within_its_bound_is_answered(bounds: None) -> None:
+    connection = Connection()
+    await connection.send(b"POST /echo HTTP/1.1\r\nhost: g\r\ncontent-length: 50\r\n\r\n" + b"x" * 30)
+    assert connection.protocol.body_timer is not None
+    await asyncio.sleep(0.1)
+    await connection.send(b"y" * 20)
+    assert await connection.answers(1) == [b"200"] and connection.written.endswith(b"\r\n\r\n50")
+    await asyncio.sleep(0.3)  # (past the body's bound from its head: the answer's end disarmed it)
+    assert connection.statuses() == [b"200"]
+    connection.close()
+
+
+async def test_a_request_on_a_connection_past_the_limit_is_503_server_busy_in_the_error_shape(bounds: None) -> None:
+    """No limit on connections: past the process's files every client was refused, `/health` too (found by review).
+    uvicorn's `limit_concurrency` answers in plain text, counting the refused connection among the limit's; here a
+    request on a connection past `limits.connections` (two) is answered 503 `server_busy`, `retry-after: 1`."""
+    shared = ServerState()
+    first, second = Connection(shared), Connection(shared)
+    await second.send(b"GET /whole HTTP/1.1\r\nhost: g\r\n\r\n")
+    assert await second.answers(1) == [b"200"]
+    third = Connection(shared)
+    await third.send(b"GET /whole HTTP/1.1\r\nhost: g\r\n\r\n")
+    assert await third.answers(1) == [b"503"] and third.transport.closed
+    head, _, _ = third.written.partition(b"\r\n\r\n")
+    assert b"\r\nretry-after: 1\r\n" in head and b"\r\nx-should-retry: true\r\n" in head
+    assert error_of(third.written)["error"]["code"] == "server_busy"
+    third.close()
+    await first.send(b"GET /whole HTTP/1.1\r\nhost: g\r\n\r\n")
+    assert await first.answers(1) == [b"200"]
+    first.close()
+    second.close()
