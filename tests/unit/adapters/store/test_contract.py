@@ -20,6 +20,7 @@ from adapters.store.dynamo_client import invoke
 from adapters.store.dynamodb import DynamoDBStore
 from adapters.store.metered import MeteredStore
 from adapters.store.records import key_from_json, key_to_json, ledger_from_json, ledger_to_json
+from handler.pipeline.budgets import Meter
 from handler.pipeline.key_admin import KeyAdmin, with_descendants
 from handler.pipeline.keys import KeyService, hash_secret, split_key
 from handler.ports import (
@@ -913,6 +914,25 @@ async def test_tokens_settle_on_the_ancestor_counter_they_were_counted_on(store:
     assert (await store.meter(parent, PERIOD)).rates == {"tpm": 150}
     assert (await store.meter(key, PERIOD)).rates == {}
     assert [i.request_id for i in await store.usage(UsageQuery([key], 0, time.time() + 1))] == [item.request_id]
+
+
+async def test_a_fallbacks_own_tokens_settle_once_to_the_tokens_used(store: Store) -> None:
+    """A fallback's own `tpm`, counted for the request's worst case (`Meter.admit_fallback`), settles to the tokens
+    the request used under the count's own reservation id, apart from the request's line: a retry corrects nothing
+    twice, and its request a minute stays counted (the request was sent to it). A count of no tokens (a token
+    count's) has nothing to settle."""
+    this_minute()
+    key = record(model_limits={"claude-*": {"rpm": 10, "tpm": 7000}})
+    meter = Meter(store, KeyService(store, 0), 60)
+    counted = await meter.admit_fallback([key], "claude-haiku-4-5", 2010, "req_1@claude-haiku-4-5", ["broken"])
+    assert counted is not None and counted.snapshot.rates == {"rpm:claude-*": 1, "tpm:claude-*": 2010}
+    settlement = meter.used(counted, 23)
+    assert settlement is not None and settlement.reservation_id == "req_1@claude-haiku-4-5"
+    for _ in range(2):  # (the second: a retry, or a spooled copy re-driven)
+        await store.settle(settlement)
+    assert (await store.meter(key.id, PERIOD)).rates == {"rpm:claude-*": 1, "tpm:claude-*": 23}
+    count = await meter.admit_count([key], "claude-haiku-4-5", "req_2#count")
+    assert count is not None and meter.used(count, 23) is None
 
 
 async def test_attribution_and_token_columns_round_trip(store: Store) -> None:
