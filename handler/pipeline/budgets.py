@@ -270,6 +270,8 @@ class Meter:
             snapshot.rates.update(
                 (r.counter, admission.snapshot.rates[r.counter]) for r in bound if r.counter in admission.snapshot.rates
             )
+            windows = admission.snapshot.rate_windows
+            snapshot.rate_windows.update((r.counter, windows[r.counter]) for r in bound if r.counter in windows)
         if not rates:
             return {}
         return self._rate_headers(rates, snapshot, max(rate.window for rate in rates))
@@ -480,7 +482,11 @@ class Meter:
         return rates
 
     def _rate_headers(self, rates: list[RateCharge], snapshot: MeterSnapshot | None, window: int) -> dict[str, str]:
-        """OpenAI's `x-ratelimit-*` headers, for the tightest limit of each kind (requests, tokens)."""
+        """OpenAI's `x-ratelimit-*` headers, for the tightest limit of each kind (requests, tokens), reset as the
+        latest window their counters were counted in ends: `window`, or one the store counted a counter in that
+        another gateway's clock began first (`MeterSnapshot.rate_windows`), as a 429's `retry-after` then is."""
+        if snapshot is not None and snapshot.rate_windows:
+            window = max(window, *(snapshot.rate_windows.get(rate.counter, window) for rate in rates))
         return self._limit_headers(rates, snapshot, max(1, math.ceil((window + 1) * 60 - self.clock())))
 
     @staticmethod
@@ -511,9 +517,14 @@ class Meter:
         admission = reservation.admission
         if admission is None or not admission.rates:
             return {}
-        counted = reservation.snapshot.rates
-        snapshot = MeterSnapshot()
-        snapshot.rates = {r.counter: counted[r.counter] - r.amount for r in admission.rates if r.counter in counted}
+        counted, ahead = reservation.snapshot.rates, reservation.snapshot.rate_windows
+        snapshot = MeterSnapshot(rate_windows=ahead)
+        # (a count in a window another gateway began stays: the settlement corrects the admission's window alone)
+        snapshot.rates = {
+            r.counter: counted[r.counter] - (0 if r.counter in ahead else r.amount)
+            for r in admission.rates
+            if r.counter in counted
+        }
         return self._rate_headers(admission.rates, snapshot, admission.rates[0].window)
 
     def _refusal_headers(self, rates: list[RateCharge], refused: RateRefused, wait: int) -> dict[str, str]:

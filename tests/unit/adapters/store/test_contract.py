@@ -379,7 +379,8 @@ async def test_a_rate_counter_another_clock_started_later_counts_ours_in_its_win
     """A gateway whose clock is ahead started the next window: a request of ours in the seconds before our minute
     turns counts in that window, neither resetting it nor refused. It was refused until our clock got there, with
     `retry-after: 120` where the wait is under a second: a false 429 at every minute's turn, for as long as the
-    clocks differ (found by review). A full later window refuses until it ends, as ours would."""
+    clocks differ (found by review). A full later window refuses until it ends, as ours would. The snapshot names
+    the window it counted in, whose end the answer's `x-ratelimit-reset-*` then say (they said ours, a minute early)."""
     key = uuid.uuid4().hex[:12]
     window = this_minute()
 
@@ -387,8 +388,10 @@ async def test_a_rate_counter_another_clock_started_later_counts_ours_in_its_win
         return Admission(uuid.uuid4().hex, key, [], [RateCharge("rpm", at, 3, 1)], time.time() + 60)
 
     await store.admit(rpm(window + 1))
-    assert (await store.admit(rpm(window))).rates == {"rpm": 2}  # counted in the later window
-    assert (await store.admit(rpm(window + 1))).rates == {"rpm": 3}  # the later window's count is intact
+    ours = await store.admit(rpm(window))
+    assert ours.rates == {"rpm": 2} and ours.rate_windows == {"rpm": window + 1}  # counted in the later window
+    theirs = await store.admit(rpm(window + 1))
+    assert theirs.rates == {"rpm": 3} and theirs.rate_windows == {}  # the later window's count is intact
     with pytest.raises(RateRefused) as refused:
         await store.admit(rpm(window))
     assert refused.value.limit_name == "rpm" and 60 < refused.value.retry_after <= 120  # the later window's end
