@@ -744,21 +744,26 @@ class Admission(Value):
 @dataclass(slots=True, init=False, eq=False, repr=False)
 class MeterSnapshot(Record):
     """A key's counters: per budget period, `committed_usd` (spent plus live reservations) and
-    `spent_usd` (settled only); per rate-limit name, the count in the current window."""
+    `spent_usd` (settled only); per rate-limit name, the count in the current window. An admission's also names,
+    in `rate_windows`, each counter it counted in a later window than its own, the one another gateway's clock
+    began first (`RateCharge.window` and `counter`): that count lasts to its window's end, not to the admission's."""
 
     committed_usd: dict[str, float]
     spent_usd: dict[str, float]
     rates: dict[str, int]
+    rate_windows: dict[str, int]
 
     def __init__(
         self,
         committed_usd: dict[str, float] | None = None,
         spent_usd: dict[str, float] | None = None,
         rates: dict[str, int] | None = None,
+        rate_windows: dict[str, int] | None = None,
     ) -> None:
         self.committed_usd = {} if committed_usd is None else committed_usd
         self.spent_usd = {} if spent_usd is None else spent_usd
         self.rates = {} if rates is None else rates
+        self.rate_windows = {} if rate_windows is None else rate_windows
 
 
 @dataclass(slots=True, init=False, eq=False, repr=False)

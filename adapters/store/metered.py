@@ -331,7 +331,7 @@ class MeteredStore(Store):
                 await refill.top_up()
                 continue
             if isinstance(outcome, Applied):
-                return self._admitted(admission, outcome.counters)
+                return self._admitted(admission, outcome.counters, ahead)
             for key_id, counters in outcome.counters.items():
                 self._diagnose(admission, key_id, counters, restart, ahead)
             if ahead:
@@ -433,10 +433,15 @@ class MeteredStore(Store):
         return frozenset(restart)
 
     @staticmethod
-    def _admitted(admission: Admission, counters: dict[str, Counters]) -> MeterSnapshot:
+    def _admitted(
+        admission: Admission, counters: dict[str, Counters], ahead: dict[tuple[str, str], int] | None = None
+    ) -> MeterSnapshot:
         """The counters as the admission left them: every budget's committed USD (under its key's id, and the
         nearest's also under its period), and every rate count (the key's own under its name, an ancestor's,
-        which its other descendants share, under `RateCharge.counter`)."""
+        which its other descendants share, under `RateCharge.counter`), with the window of each it counted in a
+        window ahead of its own (`ahead`, `counted_ahead`): its count resets as that one ends. (Its answer said the
+        counter reset as the admission's minute ended: `remaining 0, reset 43s`, then a 429 with `retry-after:
+        103`, found by review.)"""
         snapshot = MeterSnapshot()
         for i, charge in enumerate(admission.budgets):
             budget = counters.get(charge.key_id)
@@ -449,9 +454,12 @@ class MeteredStore(Store):
                 if charge.period in budget.spent:
                     snapshot.spent_usd[charge.period] = budget.spent[charge.period]
         for rate in admission.rates:
-            stored = counters.get(rate_owner(rate, admission.key_id), Counters()).rates.get(rate.name)
+            owner = rate_owner(rate, admission.key_id)
+            stored = counters.get(owner, Counters()).rates.get(rate.name)
             if stored is not None and stored[0] == rate.window:
                 snapshot.rates[rate.counter] = stored[1]
+                if ahead and (owner, rate.name) in ahead:
+                    snapshot.rate_windows[rate.counter] = rate.window
         return snapshot
 
     async def settle(self, settlement: Settlement) -> None:

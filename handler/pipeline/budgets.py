@@ -240,11 +240,11 @@ class Meter:
     async def admit_fallback(
         self, lineage: list[KeyRecord], model: str, tokens: int, request_id: str, counted: list[str]
     ) -> Counted | None:
-        """Count a request on a fallback `model`'s own limits along the key's chain (`tokens`: its worst case,
-        which the request's settlement does not adjust) before its first attempt: the request was admitted on
-        the model it named, and a fallback must not escape a per-model limit. A pattern that also matches a model
-        in `counted` (the one it named, the fallbacks counted before) has counted it already. Raises the 429 when
-        one is spent; else what it counted (None: no limit of its own)."""
+        """Count a request on a fallback `model`'s own limits along the key's chain (`tokens`: its worst case, settled
+        to the tokens used once it is sent to, `used`) before its first attempt: the request was admitted on the
+        model it named, and a fallback must not escape a per-model limit. A pattern that also matches a model in
+        `counted` (the one it named, the fallbacks counted before) has counted it already. Raises the 429 when one
+        is spent; else what it counted (None: no limit of its own)."""
         key = lineage[0]
         now = self.clock()
         window = int(now // 60)
@@ -270,6 +270,8 @@ class Meter:
             snapshot.rates.update(
                 (r.counter, admission.snapshot.rates[r.counter]) for r in bound if r.counter in admission.snapshot.rates
             )
+            windows = admission.snapshot.rate_windows
+            snapshot.rate_windows.update((r.counter, windows[r.counter]) for r in bound if r.counter in windows)
         if not rates:
             return {}
         return self._rate_headers(rates, snapshot, max(rate.window for rate in rates))
@@ -288,6 +290,19 @@ class Meter:
         if len(rates) < len(admission.rates):
             admission = admission._replace(rates=rates)
         return self.settlement(Reservation(admission, 0.0, 0), 0.0, 0, None, unsent=True)
+
+    def used(self, counted: Counted, tokens: int) -> Settlement | None:
+        """What settles what a model's own limits counted (`admit_fallback`: a fallback's, an advisor's) once the
+        request was sent to it: the worst case it counted on their tokens a minute corrected to the `tokens` it used,
+        as the admission's are (`settlement`). Kept whole, a fallback's own `tpm` held three worst cases of ~2,010
+        tokens for three answers of ~23, and refused the fourth for the rest of the minute, where the same requests
+        sent to that model straight settled down (found by review). Under the count's own reservation id, as
+        `given_back`'s (a model was sent to or was not, never both): the store applies one settlement an id, so a
+        retried one corrects nothing twice. None: it counted no tokens (a token count's requests a minute)."""
+        admission = counted.admission
+        if not any(rate.name.startswith("tpm") for rate in admission.rates):
+            return None
+        return self.settlement(Reservation(admission, 0.0, 0), 0.0, tokens, None)
 
     @staticmethod
     def taken_apart(reservation: Reservation, model: str, sent: Collection[str]) -> Counted | None:
@@ -467,7 +482,11 @@ class Meter:
         return rates
 
     def _rate_headers(self, rates: list[RateCharge], snapshot: MeterSnapshot | None, window: int) -> dict[str, str]:
-        """OpenAI's `x-ratelimit-*` headers, for the tightest limit of each kind (requests, tokens)."""
+        """OpenAI's `x-ratelimit-*` headers, for the tightest limit of each kind (requests, tokens), reset as the
+        latest window their counters were counted in ends: `window`, or one the store counted a counter in that
+        another gateway's clock began first (`MeterSnapshot.rate_windows`), as a 429's `retry-after` then is."""
+        if snapshot is not None and snapshot.rate_windows:
+            window = max(window, *(snapshot.rate_windows.get(rate.counter, window) for rate in rates))
         return self._limit_headers(rates, snapshot, max(1, math.ceil((window + 1) * 60 - self.clock())))
 
     @staticmethod
@@ -498,9 +517,14 @@ class Meter:
         admission = reservation.admission
         if admission is None or not admission.rates:
             return {}
-        counted = reservation.snapshot.rates
-        snapshot = MeterSnapshot()
-        snapshot.rates = {r.counter: counted[r.counter] - r.amount for r in admission.rates if r.counter in counted}
+        counted, ahead = reservation.snapshot.rates, reservation.snapshot.rate_windows
+        snapshot = MeterSnapshot(rate_windows=ahead)
+        # (a count in a window another gateway began stays: the settlement corrects the admission's window alone)
+        snapshot.rates = {
+            r.counter: counted[r.counter] - (0 if r.counter in ahead else r.amount)
+            for r in admission.rates
+            if r.counter in counted
+        }
         return self._rate_headers(admission.rates, snapshot, admission.rates[0].window)
 
     def _refusal_headers(self, rates: list[RateCharge], refused: RateRefused, wait: int) -> dict[str, str]:

@@ -63,7 +63,7 @@ class Exchange:
         "service_tier", "plain_tier", "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected",
         "client_left", "fallbacks", "counted", "stream", "native_api", "native_options", "anthropic", "audio_output",
         "ledger_item", "ends_at", "lifetime_s", "wasted_usage", "unsent_counts", "sent_to", "reserving", "advisors",
-        "advised", "dropped_at", "advisor_models", "unsent_advisors", "advisor_params",
+        "advised", "dropped_at", "advisor_models", "unsent_advisors", "advisor_params", "advisor_counts",
     )  # fmt: skip
 
     def __init__(
@@ -174,6 +174,9 @@ class Exchange:
         # gone out: given back when the request settles (`Meter.given_back`), as a fallback's unsent counts are.
         self.advisor_models: tuple[str, ...] | None = None
         self.unsent_advisors: list[Counted] = []
+        # What each of `advisor_models` counted on its own limits (none: it has none), by model: once an attempt that
+        # is sent the tool goes out, its tokens a minute are settled to the tokens the advisor used (`Meter.used`).
+        self.advisor_counts: dict[str, Counted] = {}
         self.audio_output = False  # it asks for audio output: priced at each model's `audio_output`, else not sent
         self.trace: Trace | None = None  # what its OpenTelemetry spans need, when OTLP export is on (tracing.py)
         # Its ledger line, once settled: the buffered Lambda function marks it when the answer cannot be delivered

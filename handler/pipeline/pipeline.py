@@ -1124,6 +1124,25 @@ class Pipeline(Charges):
             counted.append(name)
             if own is not None:
                 ex.unsent_advisors.append(own)
+                ex.advisor_counts[name] = own
+
+    def _advisors_used(self, ex: Exchange, served: Served | None) -> list[tuple[Counted, int]]:
+        """What its advisors' models counted on their own limits where an attempt that is sent the tool went out
+        (`Exchange.advisor_counts`), each with the tokens that model ran for the answer (`Served.others`, which its
+        line is charged for; none there: the advisor was not called, as for an error's answer). Asked only where
+        nothing the provider may bill went unseen: where something did (a stream cut short, an answer without usage,
+        an attempt never answered, an answer thrown away), or its usage is not plausible, their most stands, as it is
+        charged."""
+        sent = [(name, counted) for name, counted in ex.advisor_counts.items() if counted not in ex.unsent_advisors]
+        if not sent:
+            return []
+        ran: dict[str, int] = {}
+        for model, usage in served.others if served is not None else ():
+            if not plausible(usage):
+                return []
+            for name in self._advisor_models(model):
+                ran[name] = ran.get(name, 0) + usage.prompt_tokens + usage.completion_tokens
+        return [(counted, ran.get(name, 0)) for name, counted in sent]
 
     async def _cover_missed(self, ex: Exchange, last: UpstreamError) -> None:
         """Before the next attempt: a worst case more on the key's budgets for the attempt the provider may still
@@ -1269,6 +1288,12 @@ class Pipeline(Charges):
         settlements += [self.meter.given_back(counted, ex.sent_to) for counted in unsent_counts]
         # And what its advisors' models counted when no attempt that is sent the tool went out (`_count_advisors`).
         settlements += [self.meter.given_back(counted, ex.sent_to) for counted in ex.unsent_advisors]
+        # What the models it was sent to counted on their own limits (a fallback's, its advisors'): their tokens a
+        # minute settled to the tokens used, as its admission's are.
+        used = [(counted, tokens) for counted in ex.counted if counted not in unsent_counts]
+        if ex.advisor_counts and source == "provider" and not ex.missed and ex.wasted_usage is None:
+            used += self._advisors_used(ex, served)
+        settlements += [settlement for counted, n in used if (settlement := self.meter.used(counted, n)) is not None]
         for settlement in settlements:
             if background:
                 self.gateway.settle_soon(self.meter, settlement)

@@ -149,6 +149,21 @@ def test_an_advisor_is_counted_on_its_models_own_limits(priced: Running) -> None
     assert anthropic_client(priced, tokens).beta.messages.create(**limited).content
 
 
+def test_an_advisors_own_tokens_a_minute_settle_to_the_tokens_it_ran(priced: Running) -> None:
+    """An advisor is counted on its model's own `tpm` for the most its calls may read and write (three calls of 8,192
+    tokens by default: about 49,500 here), and once the tool was sent that count was never settled: with `opus` at
+    100,000 tokens a minute, the third advised request was refused (429 `tpm:opus`) though each advisor call ran
+    about 1,500 tokens. It settles to the tokens the advisor's model ran for the answer, as its usage says them."""
+    fresh_minute()
+    key = priced.mint(name="opus-tokens-settled", model_limits={"opus": {"tpm": 100_000}})
+    sdk = anthropic_client(priced, key).beta.messages
+    settings = advised_settings(OPUS)
+    del settings["metadata"]  # (the fake's usual advice: 1,500 tokens)
+    for _ in range(4):
+        assert sdk.create(**settings).content
+        time.sleep(0.3)  # (the settlement, in the background)
+
+
 def test_an_advisor_named_by_its_dated_id_is_the_model_that_deploys_its_alias(priced: Running) -> None:
     """Anthropic takes a model by its alias and by its dated id, and the built-in price table prices both as one
     model (`claude-opus-4-6-20260205` as Opus 4.6). The scopes and per-model limits matched an advisor to the config's

@@ -434,7 +434,9 @@ def test_a_minute_another_gateways_clock_turned_first_counts_requests_here_not_4
     """Two gateways on one table, one's clock a few seconds ahead: it turns each minute first, and the other refused
     every request of a key with an rpm limit in those seconds, with 429 "retry in 120s" and `retry-after: 120`
     where the minute turned here within the skew (review: rpm 60, one request used; 2 s later, 200 with 58 left).
-    Now a request here counts in the minute the other began; a full one refuses until it ends."""
+    Now a request here counts in the minute the other began; a full one refuses until it ends. Its answer's
+    `x-ratelimit-reset-requests` said when this gateway's own minute ended, not that one: `remaining 0, reset 43s`,
+    then a 429 with `retry-after: 103`, so a client that waited 43 s was refused again (found by review)."""
     running = on_each_store
     key = running.mint(rpm=2)
     key_id = split_key(key)[0]  # type: ignore[index]
@@ -457,6 +459,8 @@ def test_a_minute_another_gateways_clock_turned_first_counts_requests_here_not_4
     refused = chat(running, key)
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
     assert 60 < int(refused.headers["retry-after"]) <= 120  # that minute's end, not a made-up two minutes
+    reset = int(served.headers["x-ratelimit-reset-requests"].removesuffix("s"))
+    assert abs(reset - int(refused.headers["retry-after"])) <= 1, served.headers  # the same minute's end
 
 
 def test_a_secret_rotated_by_another_process_works_at_once(on_each_store: Running) -> None:

@@ -374,6 +374,34 @@ def test_a_fallback_is_held_to_its_own_per_model_limits_along_the_chain(gw: Runn
     assert told == ("3", "1")
 
 
+def test_a_fallbacks_own_tokens_a_minute_settle_to_the_tokens_it_used(gw: Running) -> None:
+    """A fallback is counted on its own per-model `tpm` for the request's worst case before its first attempt, and
+    that count was never settled: with `claude-*` at 7,000 tokens a minute, three requests of `max_tokens: 2000` that
+    `broken-test` (a 500) handed to Claude kept ~2,010 tokens each there, though Claude answered ~23, and the fourth
+    was refused for the rest of the minute (502, `claude-haiku-4-5@global=rate_limited`), where the same four asked
+    of Claude straight were served (found by review). Once sent to, it settles to the tokens the request used, as
+    the request's own count does, once."""
+    fresh_minute()
+    answers: dict[str, list[httpx.Response]] = {}
+    for model, headers in (("claude-test", {}), ("broken-test", {"x-gateway-fallbacks": "claude-test"})):
+        key = gw.mint(model_limits={"claude-*": {"tpm": 7000}})
+        body = {"model": model, "messages": HI, "max_tokens": 2000}
+        answers[model] = []
+        for _ in range(4):
+            answers[model].append(post(gw, "/v1/chat/completions", key, body, **headers))
+            time.sleep(0.3)  # (the settlement, in the background)
+    direct, via = answers["claude-test"], answers["broken-test"]
+    assert [a.status_code for a in direct] == [200] * 4
+    routes = [a.headers.get("x-gateway-route") for a in via]
+    assert [a.status_code for a in via] == [200] * 4, routes
+    assert all(route and route.endswith(f"{CLAUDE}=200") for route in routes), routes
+    # Its answers tell Claude's count as the same requests asked of Claude straight left it: each earlier one's
+    # worst case corrected to its ~23 tokens, neither kept nor corrected twice.
+    told = [int(a.headers["x-ratelimit-remaining-tokens"]) for a in via]
+    assert told == [int(a.headers["x-ratelimit-remaining-tokens"]) for a in direct], told
+    assert told[0] - told[3] < 100, told
+
+
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "city", "schema": {"type": "object"}, "strict": True}}
 
 

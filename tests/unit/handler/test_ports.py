@@ -33,7 +33,9 @@ def test_a_records_repr_names_its_fields_in_order() -> None:
     assert repr(RateCharge("rpm", 7, 60, 1)) == (
         "RateCharge(name='rpm', window=7, limit=60, amount=1, key_id=None, home_region=None)"
     )
-    assert repr(MeterSnapshot(rates={"rpm": 2})) == "MeterSnapshot(committed_usd={}, spent_usd={}, rates={'rpm': 2})"
+    assert repr(MeterSnapshot(rates={"rpm": 2})) == (
+        "MeterSnapshot(committed_usd={}, spent_usd={}, rates={'rpm': 2}, rate_windows={})"
+    )
 
 
 def test_charges_and_settlements_are_frozen_and_charges_hash_by_value() -> None:
@@ -69,6 +71,7 @@ def test_records_keep_the_dataclass_protocol() -> None:
         "committed_usd": {},
         "spent_usd": {},
         "rates": {"rpm": 1},
+        "rate_windows": {},
     }
     settlement = Settlement("r1", [BudgetCharge("k1", "total", 1.0, 0.5)], 0.5, [], line())
     written = orjson.loads(orjson.dumps(settlement))

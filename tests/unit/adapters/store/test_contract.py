@@ -21,6 +21,7 @@ from adapters.store.dynamo_client import invoke
 from adapters.store.dynamodb import DynamoDBStore
 from adapters.store.metered import MeteredStore
 from adapters.store.records import key_from_json, key_to_json, ledger_from_json, ledger_to_json
+from handler.pipeline.budgets import Meter
 from handler.pipeline.key_admin import KeyAdmin, with_descendants
 from handler.pipeline.keys import KeyService, hash_secret, split_key
 from handler.ports import (
@@ -396,7 +397,8 @@ async def test_a_rate_counter_another_clock_started_later_counts_ours_in_its_win
     """A gateway whose clock is ahead started the next window: a request of ours in the seconds before our minute
     turns counts in that window, neither resetting it nor refused. It was refused until our clock got there, with
     `retry-after: 120` where the wait is under a second: a false 429 at every minute's turn, for as long as the
-    clocks differ (found by review). A full later window refuses until it ends, as ours would."""
+    clocks differ (found by review). A full later window refuses until it ends, as ours would. The snapshot names
+    the window it counted in, whose end the answer's `x-ratelimit-reset-*` then say (they said ours, a minute early)."""
     key = uuid.uuid4().hex[:12]
     window = this_minute()
 
@@ -404,8 +406,10 @@ async def test_a_rate_counter_another_clock_started_later_counts_ours_in_its_win
         return Admission(uuid.uuid4().hex, key, [], [RateCharge("rpm", at, 3, 1)], time.time() + 60)
 
     await store.admit(rpm(window + 1))
-    assert (await store.admit(rpm(window))).rates == {"rpm": 2}  # counted in the later window
-    assert (await store.admit(rpm(window + 1))).rates == {"rpm": 3}  # the later window's count is intact
+    ours = await store.admit(rpm(window))
+    assert ours.rates == {"rpm": 2} and ours.rate_windows == {"rpm": window + 1}  # counted in the later window
+    theirs = await store.admit(rpm(window + 1))
+    assert theirs.rates == {"rpm": 3} and theirs.rate_windows == {}  # the later window's count is intact
     with pytest.raises(RateRefused) as refused:
         await store.admit(rpm(window))
     assert refused.value.limit_name == "rpm" and 60 < refused.value.retry_after <= 120  # the later window's end
@@ -931,6 +935,25 @@ async def test_tokens_settle_on_the_ancestor_counter_they_were_counted_on(store:
     assert (await store.meter(parent, PERIOD)).rates == {"tpm": 150}
     assert (await store.meter(key, PERIOD)).rates == {}
     assert [i.request_id for i in await store.usage(UsageQuery([key], 0, time.time() + 1))] == [item.request_id]
+
+
+async def test_a_fallbacks_own_tokens_settle_once_to_the_tokens_used(store: Store) -> None:
+    """A fallback's own `tpm`, counted for the request's worst case (`Meter.admit_fallback`), settles to the tokens
+    the request used under the count's own reservation id, apart from the request's line: a retry corrects nothing
+    twice, and its request a minute stays counted (the request was sent to it). A count of no tokens (a token
+    count's) has nothing to settle."""
+    this_minute()
+    key = record(model_limits={"claude-*": {"rpm": 10, "tpm": 7000}})
+    meter = Meter(store, KeyService(store, 0), 60)
+    counted = await meter.admit_fallback([key], "claude-haiku-4-5", 2010, "req_1@claude-haiku-4-5", ["broken"])
+    assert counted is not None and counted.snapshot.rates == {"rpm:claude-*": 1, "tpm:claude-*": 2010}
+    settlement = meter.used(counted, 23)
+    assert settlement is not None and settlement.reservation_id == "req_1@claude-haiku-4-5"
+    for _ in range(2):  # (the second: a retry, or a spooled copy re-driven)
+        await store.settle(settlement)
+    assert (await store.meter(key.id, PERIOD)).rates == {"rpm:claude-*": 1, "tpm:claude-*": 23}
+    count = await meter.admit_count([key], "claude-haiku-4-5", "req_2#count")
+    assert count is not None and meter.used(count, 23) is None
 
 
 async def test_attribution_and_token_columns_round_trip(store: Store) -> None:

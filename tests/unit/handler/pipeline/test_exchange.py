@@ -80,3 +80,26 @@ def test_a_rate_counter_the_store_did_not_report_gives_no_header() -> None:
         "x-ratelimit-remaining-tokens": "600",
         "x-ratelimit-reset-tokens": "59s",
     }
+
+
+def test_a_count_in_a_window_another_gateway_began_resets_as_that_window_ends() -> None:
+    """The store counts a request in the window another gateway's clock began first, and names it
+    (`MeterSnapshot.rate_windows`): the answer's `x-ratelimit-reset-*` said when this gateway's own window ended,
+    `remaining 0, reset 43s`, then a 429 with `retry-after: 103` (review). They say that window's end: on the answer,
+    on one a fallback served, and on one never sent, which gives back nothing there (its settlement corrects its own
+    window alone)."""
+    from handler.pipeline.budgets import Counted, Meter, Reservation
+    from handler.ports import Admission, MeterSnapshot, RateCharge
+
+    meter = Meter.__new__(Meter)
+    meter.clock = lambda: 60.0 * 1000 + 17  # (43 s left of window 1000)
+    rates = [RateCharge("rpm", 1000, 2, 1)]
+    ahead = MeterSnapshot(rates={"rpm": 2}, rate_windows={"rpm": 1001})
+    told = meter._rate_headers(rates, ahead, 1000)
+    assert (told["x-ratelimit-remaining-requests"], told["x-ratelimit-reset-requests"]) == ("0", "103s")
+    assert meter._rate_headers(rates, MeterSnapshot(rates={"rpm": 2}), 1000)["x-ratelimit-reset-requests"] == "43s"
+    admission = Admission("req_1", "k", [], rates, 0.0)
+    assert meter.served_headers(None, [Counted(admission, ahead)], "m") == told
+    reservation = Reservation(admission, 0.0, 0)
+    reservation.snapshot = ahead
+    assert meter.given_back_headers(reservation) == told
