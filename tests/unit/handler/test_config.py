@@ -421,3 +421,38 @@ def test_a_responses_secret_that_resolves_to_nothing_is_refused_at_start_not_rep
         gateway_with("ssm:/gw/seal", {}, throttled)
     # The environment the gateway is built from, not the process's (it read os.environ).
     assert gateway_with("env:SEAL_SECRET", {"SEAL_SECRET": "s" * 32}).responses_secret == "s" * 32
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "problem"),
+    [
+        (("timeouts", "connect"), 0, "gateway.timeouts.connect: Input should be greater than 0"),
+        (("timeouts", "request_body"), -1.5, "gateway.timeouts.request_body: Input should be greater than 0"),
+        (("timeouts", "first_byte"), float("nan"), "gateway.timeouts.first_byte: Input should be greater than 0"),
+        (("limits", "connections"), 0, "gateway.limits.connections: Input should be greater than 0"),
+        (("fee", "percent"), 101, "gateway.fee.percent: Input should be less than or equal to 100"),
+        (("key_minting", "max_depth"), 91, "gateway.key_minting.max_depth: Input should be less than or equal to 90"),
+        (
+            ("key_minting", "per_minute"),
+            0,
+            "gateway.key_minting.per_minute: Input should be greater than or equal to 1",
+        ),
+        (("key_cache_seconds",), -1, "gateway.key_cache_seconds: Input should be greater than or equal to 0"),
+        (
+            ("max_retries_per_deployment",),
+            6,
+            "gateway.max_retries_per_deployment: Input should be less than or equal to 5",
+        ),
+    ],
+)
+def test_a_setting_outside_its_bound_is_refused_in_pydantics_words(
+    setting: tuple[str, ...], value: float, problem: str
+) -> None:
+    """The numeric settings' bounds are checked with the config's cross-checks (`SETTING_BOUNDS`), not as
+    constrained fields built at every cold start: each still refuses a value outside it, NaN included, by its path,
+    and nothing else is said of the config."""
+    section: dict[str, object] = {setting[-1]: value}
+    for part in reversed(setting[:-1]):
+        section = {part: section}
+    assert problems({"gateway": section}) == [problem]
+    assert set(config_module.SETTING_BOUNDS) >= {".".join(setting)}
