@@ -127,8 +127,10 @@ def _referred(schema: object, registry: Registry[Any]) -> Iterator[object]:
 
 def _refuse_costly_patterns(schema: object) -> None:
     """Refuse a schema whose patterns (`pattern`'s, `patternProperties`' names, wherever they are: one reached only
-    by a `$ref` is compiled too) are too many, or would cost too much to compile, before any is compiled."""
-    from handler.pipeline.schema_patterns import compile_units
+    by a `$ref` is compiled too) are too many, or would cost too much to compile, before any is compiled: each as
+    Rust's engine is given it (`ecma`), which a pattern read otherwise (its spaced `{ 160 }` as no repetition, a
+    class to a later `]`) got past, and held the event loop for seconds."""
+    from handler.pipeline.schema_patterns import PatternRefused, compile_units, ecma
 
     patterns: set[str] = set()
     for each in _objects(schema):
@@ -138,7 +140,10 @@ def _refuse_costly_patterns(schema: object) -> None:
             patterns.update(each["patternProperties"])
     if len(patterns) > MAX_PATTERNS:
         raise _refused(f"has {len(patterns)} distinct patterns, more than the {MAX_PATTERNS} the gateway compiles")
-    units = {pattern: compile_units(pattern) for pattern in patterns}
+    try:
+        units = {pattern: compile_units(ecma(pattern)) for pattern in patterns}
+    except PatternRefused as refused:
+        raise _unmatchable(refused) from None
     if sum(units.values()) > MAX_PATTERN_UNITS:
         raise _refused(
             "has patterns too costly to compile together (counted repetitions of classes such as `\\p{L}{160}`: "
