@@ -43,6 +43,39 @@ async def test_a_subschema_only_a_reference_reaches_is_refused_before_anything_i
     assert refused.json()["error"]["code"] == "invalid_request"
 
 
+def nested(keyword: str, levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer"}
+    for _ in range(levels):
+        schema = {keyword: schema}
+    return schema
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"$ref": "#"},
+        {"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"},
+        nested("items", 120),
+        nested("not", 120),
+    ],
+    ids=["self", "a-b", "items-120", "not-120"],
+)
+async def test_a_schema_whose_check_would_recurse_past_pythons_limit_is_refused_before_anything_is_sent(
+    schema: dict[str, Any],
+) -> None:
+    """A reference cycle passed admission: sent, billed, then a 400 (review: the line said 400, $0.0083). A schema
+    of 120 nested `items` (within the body's 128 levels) was a 500 at admission. Each is the client's 400 before
+    anything is reserved or sent."""
+    upstream = Upstream()
+    served = await serve(upstream, MODELS)
+    headers = {"authorization": f"Bearer {served.key.key}", **ENFORCED}
+    refused = await served.http.post("/v1/chat/completions", json=enforced(schema), headers=headers)
+    assert upstream.calls == 0 and not await served.ledger()
+    await served.gateway.aclose()
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "invalid_request"
+
+
 GROWTH = r"""
 import json
 from handler.errors import InvalidRequestError

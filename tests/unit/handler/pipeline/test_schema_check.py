@@ -97,13 +97,99 @@ def test_a_schema_whose_references_resolve_within_it_checks_answers(
     assert violation(schema, orjson.dumps(misses).decode()) is not None
 
 
-def test_a_schema_that_refers_to_itself_without_end_is_the_clients_400_not_a_500() -> None:
-    """`{"properties": {"a": {"$ref": "#/properties/a"}}}` resolves, and validating `{"a": 1}` against it recursed
-    until Python's limit: a 500 (found with the review's fix)."""
-    schema = {"properties": {"a": {"$ref": "#/properties/a"}}}
-    assert violation(schema, '{"b": 1}') is None  # (an answer that never reaches the loop passes)
+CYCLE = {"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"properties": {"a": {"$ref": "#/properties/a"}}},
+        {"$ref": "#"},
+        CYCLE,
+        {"anyOf": [{"type": "string"}, {"$ref": "#"}]},
+        {"not": {"$ref": "#"}},
+        {"if": {"$ref": "#"}},
+        {"type": "object", "dependentSchemas": {"a": {"oneOf": [{"$ref": "#"}]}}},
+        {"$defs": {"a": {"allOf": [{"$ref": "#/$defs/b"}]}, "b": {"else": {"$ref": "#/$defs/a"}}}}
+        | {"properties": {"x": {"items": {"$ref": "#/$defs/a"}}}},
+    ],
+)
+def test_a_schema_that_refers_to_itself_without_end_is_the_clients_400_before_anything_is_sent(
+    schema: dict[str, object],
+) -> None:
+    """A `$ref` (or `allOf`, `anyOf`, `oneOf`, `not`, `if`) that leads back to itself with no step into the answer
+    recurses until Python's limit with any answer that reaches it: it passed admission, and was found only as the
+    answer was checked, a 400 once the provider had been paid (review: `$defs` a and b referring to each other)."""
     with pytest.raises(InvalidRequestError, match="refers to itself without end"):
-        violation(schema, '{"a": 1}')
+        schema_check._build(orjson.dumps(schema))
+
+
+def test_a_schema_that_recurses_through_the_answer_is_taken() -> None:
+    """Recursion that steps into the answer on the way round ends with the answer; a loop in a definition nothing
+    refers to is never applied."""
+    node = {"anyOf": [{"type": "null"}, {"type": "array", "items": {"$ref": "#/$defs/node"}}]}
+    tree = {"$defs": {"node": node}, "$ref": "#/$defs/node"}
+    assert violation(tree, "[[null, []], null]") is None
+    assert violation(tree, "[[1]]") is not None
+    assert violation({"$defs": {"loop": {"$ref": "#/$defs/loop"}}, "type": "object"}, "{}") is None
+
+
+def chained(links: int, then: dict[str, object] | None = None) -> dict[str, object]:
+    """`$defs` each applying the next to the same value (`allOf` of a `$ref`: two subschemas a link), the last
+    `then`."""
+    defs: dict[str, object] = {f"d{i}": {"allOf": [{"$ref": f"#/$defs/d{i + 1}"}]} for i in range(links)}
+    defs[f"d{links}"] = then or {"type": "array"}
+    return {"$defs": defs, "$ref": "#/$defs/d0"}
+
+
+def test_a_schema_that_applies_too_many_subschemas_through_one_another_is_the_clients_400() -> None:
+    """Definitions that each apply the next to the same value, 600 of them (26 KB, within every other bound): the
+    check of any answer recursed past Python's limit, found once the provider had been paid. The chain is bounded
+    (`MAX_IN_PLACE`), and one within it checks answers."""
+    with pytest.raises(InvalidRequestError, match="applies more than 64 subschemas one through another"):
+        schema_check._build(orjson.dumps(chained(600)))
+    assert violation(chained(31), "[]") is None
+    assert violation(chained(31), "{}") == "(root): {} is not of type 'array'"
+
+
+@pytest.mark.parametrize("keyword", ["items", "not", "additionalProperties"])
+def test_a_schema_nested_deeper_than_its_bound_is_the_clients_400_not_a_500(keyword: str) -> None:
+    """120 nested `items` (1.3 KB, within the request body's 128 levels) recursed past Python's limit in the
+    metaschema's check, a 500 at admission (review). A schema's nesting is bounded (`MAX_SCHEMA_DEPTH`) before it
+    is checked."""
+    deepest: dict[str, object] = {"type": "integer"}
+    for _ in range(120):
+        deepest = {keyword: deepest}
+    with pytest.raises(InvalidRequestError, match="nests deeper than 64 levels"):
+        schema_check._build(orjson.dumps(deepest))
+    within: dict[str, object] = {"type": "integer"}
+    for _ in range(63):  # (64 levels, the innermost object among them)
+        within = {keyword: within}
+    schema_check._build(orjson.dumps(within))
+
+
+TREE = {
+    "$defs": {"node": {"type": "object", "properties": {"c": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}},
+    "$ref": "#/$defs/node",
+}
+
+
+def tree(levels: int) -> str:
+    """An answer `levels` nodes deep (two JSON levels a node: an object, its array), valid for `TREE`."""
+    return '{"c": [' * levels + "{}" + "]}" * levels
+
+
+def test_an_answer_too_deep_to_check_is_a_violation_another_answer_can_avoid() -> None:
+    """A valid answer 200 nodes deep to a recursive schema took jsonschema past Python's limit: a 400 saying the
+    schema "refers to itself without end", no failover (review). An answer nested past `MAX_ANSWER_DEPTH` is a
+    violation, retryable; so is one whose check went past the limit sooner, its levels each applying a chain of
+    subschemas."""
+    assert violation(TREE, tree(31)) is None  # (63 levels)
+    assert violation(TREE, tree(32)) == "the answer nests deeper than 64 levels, more than the gateway checks"
+    assert violation(TREE, tree(200)) == "the answer nests deeper than 64 levels, more than the gateway checks"
+    looping = chained(30, {"items": {"$ref": "#/$defs/d0"}})
+    assert violation(looping, "[[[]]]") is None
+    assert violation(looping, "[" * 20 + "]" * 20) == "the answer nests too deep to be checked against the schema"
 
 
 @pytest.mark.parametrize(
