@@ -15,7 +15,7 @@ from handler.errors import InvalidRequestError, SchemaViolationError
 from handler.schemas import ChatRequest
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
     from jsonschema import Draft202012Validator
     from referencing import Registry
@@ -401,9 +401,20 @@ def violation(schema: dict[str, Any], text: str | None) -> str | None:
     return f"{where}: {error.message}"
 
 
-def enforce(schema: dict[str, Any], text: str | None) -> None:
-    """Raise a retryable `SchemaViolationError` when the answer breaks the schema."""
-    problem = violation(schema, text)
+def first_violation(schema: dict[str, Any], texts: Sequence[str | None]) -> str | None:
+    """Why the first of an answer's choices (`texts`, in their order) that does not satisfy `schema` does not,
+    naming it where there are several; None when every one does (with `n: 2`, only the first was checked, and a
+    second that was not JSON at all was relayed)."""
+    for index, text in enumerate(texts):
+        problem = violation(schema, text)
+        if problem is not None:
+            return problem if len(texts) == 1 else f"choice {index}: {problem}"
+    return None
+
+
+def enforce(schema: dict[str, Any], texts: Sequence[str | None]) -> None:
+    """Raise a retryable `SchemaViolationError` when one of the answer's choices (`texts`) breaks the schema."""
+    problem = first_violation(schema, texts)
     if problem is not None:
         raise violated(problem)
 
