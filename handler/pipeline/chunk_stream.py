@@ -48,6 +48,7 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
         # of the choice's annotations past a secret it redacts from that text).
         self._choices: dict[int, int] = {}
         self._finished_choices: set[int] = set()
+        self._texts: dict[int, list[str]] = {}  # each choice's text as it was handed out, where a schema is enforced
         self.redactor = ChunkRedactor(self._choices)
 
     @property
@@ -102,10 +103,14 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
             if choice.finish_reason:
                 self._finished_choices.add(index)
             self._chars += content + len(delta.reasoning_content or "") + len(delta.refusal or "")
-            if text and self.schema is not None and index == 0:
-                self._text.append(text)
+            if text and self.schema is not None:
+                self._texts.setdefault(index, []).append(text)
             for call in delta.tool_calls or ():
                 self._chars += len(call.function.arguments or "") if call.function else 0
+
+    def _answers(self) -> list[str]:
+        """Every choice's text, in the order of their indices (with `n: 2`, only the first was checked)."""
+        return ["".join(self._texts.get(index, ())) for index in sorted(self._choices)] or [""]
 
     def _whole(self, body: bytes) -> list[ChatCompletionChunk]:
         """A whole answer where a stream was asked for, read as the provider's non-streamed answer and handed out

@@ -302,10 +302,14 @@ class UpstreamStream(ABC, Generic[T]):
         schema if enforced (`schema_violation`: it streamed as it came, so it is checked whole only now), cost it
         and settle (in the background)."""
         if self.schema is not None and not self._settled:
-            from handler.pipeline.schema_check import violation
+            from handler.pipeline.schema_check import first_violation
 
-            self.schema_violation = violation(self.schema, "".join(self._text))
+            self.schema_violation = first_violation(self.schema, self._answers())
         await self._settle_once(200)
+
+    def _answers(self) -> list[str]:
+        """The answer's texts the schema checks, each choice's: a provider's own stream has one."""
+        return ["".join(self._text)]
 
     def failed(self, status: int) -> None:
         """The stream ended on an error (the provider's, or one reading it) with this status, not on the client."""

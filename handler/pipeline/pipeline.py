@@ -160,7 +160,8 @@ class Pipeline(Charges):
             raise
         schema = self._enforced_schema(req, attempt, ex)
         if schema is not None and completion.choices:
-            self._enforce(schema, ex, attempt, completion.choices[0].message.content, completion.usage, served)
+            texts = [choice.message.content for choice in completion.choices]
+            self._enforce(schema, ex, attempt, texts, completion.usage, served)
         return completion, served
 
     def _enforce(
@@ -168,20 +169,32 @@ class Pipeline(Charges):
         schema: dict[str, Any],
         ex: Exchange,
         attempt: Attempt,
-        text: str | None,
+        texts: list[str | None],
         usage: Usage | None,
         served: Served | None,
     ) -> None:
-        """Raise a retryable `SchemaViolationError` when the answer's `text` does not fit the enforced `schema`."""
+        """Raise a retryable `SchemaViolationError` when one of the answer's `texts` (each choice's) does not fit the
+        enforced `schema`."""
         from handler.pipeline.schema_check import enforce
 
         try:
-            enforce(schema, text)
-        except SchemaViolationError:
+            enforce(schema, texts)
+        except BaseException as exc:
             # The provider billed this answer even though it is thrown away: its cost goes on the request's
             # line, whether a later attempt answers or none does (then a line of its own, as for an error).
             self._thrown_away(ex, attempt, usage, served)
             ex.answered = (attempt, 200)
+            if not isinstance(exc, SchemaViolationError):
+                # The check itself failed (a schema admission let through that cannot check this answer): the
+                # request ends on it, its attempt answered, not cut in flight, so its line has the answer's cost
+                # above, not the reserved worst case (4,000 tokens, $0.0081, for an answer billed 5 tokens).
+                outcome = str(getattr(exc, "code", type(exc).__name__))
+                ex.route.append(f"{attempt.target.label}={outcome}")
+                ex.upstream_ms += (time.perf_counter() - ex.inflight_at) * 1000
+                if ex.trace is not None:
+                    ex.trace.attempt(attempt, ex.inflight_at, 200, outcome)
+                self.gateway.router.breakers.success(attempt.target.label)  # (the deployment answered)
+                ex.inflight = None
             raise
 
     # --- native pass-through ------------------------------------------------------------------
@@ -207,7 +220,7 @@ class Pipeline(Charges):
             reply = NativeReply(body, usage, attempt.adapter.native_served(call, body))
             schema = self._enforced_schema(req, attempt, ex)
             if schema is not None:
-                self._enforce(schema, ex, attempt, answer_text(call.api, body), usage, reply.served)
+                self._enforce(schema, ex, attempt, [answer_text(call.api, body)], usage, reply.served)
             return reply
 
         try:

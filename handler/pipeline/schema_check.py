@@ -15,7 +15,7 @@ from handler.errors import InvalidRequestError, SchemaViolationError
 from handler.schemas import ChatRequest
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
     from jsonschema import Draft202012Validator
     from referencing import Registry
@@ -41,6 +41,13 @@ MAX_PATTERN_UNITS = 32_768  # (about 150 ms: three `\p{L}{160}`s)
 # And what one pattern holds once compiled, some 1.25 KB a unit, which outlives the request: pydantic-core keeps the
 # 50 it compiled last (schema_patterns), up to 130 MB of patterns this size.
 MAX_UNITS_PER_PATTERN = 2048  # (`\p{L}{1,32}`, `\w{2048}`, `[a-z]{2048}`)
+# How deep jsonschema recurses, which Python bounds (1,000 frames, the request's own among them): the metaschema's
+# check takes some 8 frames for each level a schema's JSON nests (122 levels of `items`, within the body's bound of
+# 128, were a 500), and an answer's check some 4 for each level the answer nests, more where its subschemas apply
+# others to the same value (`$ref`, `allOf`, ...), of which a chain is bounded too.
+MAX_SCHEMA_DEPTH = 64
+MAX_IN_PLACE = 64
+MAX_ANSWER_DEPTH = 64
 
 
 def _validator(schema_json: bytes) -> Draft202012Validator:
@@ -69,6 +76,8 @@ def _build(schema_json: bytes) -> Draft202012Validator:
             f"is {len(schema_json)} bytes, more than the {MAX_SCHEMA_BYTES} the gateway checks answers against"
         )
     schema = orjson.loads(schema_json)
+    if _nests_deeper_than(schema, MAX_SCHEMA_DEPTH):
+        raise _refused(f"nests deeper than {MAX_SCHEMA_DEPTH} levels, more than the gateway checks answers against")
     _refuse_costly_patterns(schema)
     # The metaschemas and nothing else: a remote reference is refused here (`_referred`), not fetched from
     # wherever the client's schema points.
@@ -83,6 +92,17 @@ def _build(schema_json: bytes) -> Draft202012Validator:
     if _expanded(schema, REGISTRY) > MAX_EXPANDED:
         raise _refused(
             f"expands through its references to more than {MAX_EXPANDED} subschemas for an answer to be checked against"
+        )
+    chain = _in_place_chain(schema, REGISTRY)
+    if chain is None:
+        raise _refused(
+            "refers to itself without end (a `$ref`, `allOf`, `anyOf`, `oneOf`, `not` or `if` leads back to itself "
+            "with no step into the answer between)"
+        )
+    if chain > MAX_IN_PLACE:
+        raise _refused(
+            f"applies more than {MAX_IN_PLACE} subschemas one through another to the same value (by `$ref`, `allOf`, "
+            "`anyOf`, `oneOf`, `not` or `if`)"
         )
     return Validator(schema, registry=REGISTRY)  # type: ignore[no-any-return]
 
@@ -125,10 +145,125 @@ def _referred(schema: object, registry: Registry[Any]) -> Iterator[object]:
                 referred.append((found.contents, found.resolver))
 
 
+# The keywords whose subschemas apply to the value their own schema applies to (the others step into it: a
+# property's value, an item), which jsonschema checks by calling itself again, as `_evaluated_keys` does.
+IN_PLACE = ("allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentSchemas")
+
+
+def _in_place_chain(schema: object, registry: Registry[Any]) -> int | None:
+    """The most subschemas `schema` applies one through another to the same value of an answer (by `$ref`,
+    `$dynamicRef` and `IN_PLACE`), each a call of jsonschema's into itself; None where a chain goes round without
+    end (`{"$ref": "#"}`, `$defs` a and b referring to each other, `{"anyOf": [{"$ref": "#"}]}`), which would
+    recurse until Python's limit with any answer that reaches it: found as the answer was checked, once the provider
+    had been paid. Every subschema an answer's check can reach (a definition where it is referred to) is looked at
+    once, and each chain from it followed depth first, without recursion."""
+    from referencing.jsonschema import DRAFT202012
+
+    chains: dict[int, int] = {}  # the longest chain from each subschema looked at (0: on the way, being followed)
+    root = registry.resolver_with_root(DRAFT202012.create_resource(schema))
+    reached: list[tuple[object, Any]] = [(schema, root)]
+    seen: set[int] = set()
+    while reached:  # (every subschema reached, by whatever keyword: each starts a chain)
+        subschema, resolver = reached.pop()
+        if not isinstance(subschema, dict) or id(subschema) in seen:
+            continue
+        seen.add(id(subschema))
+        if _chain_from(subschema, resolver, chains) is None:
+            return None
+        inner = resolver.in_subresource(DRAFT202012.create_resource(subschema))
+        defined = {id(each) for key in ("$defs", "definitions") for each in _values(subschema.get(key))}
+        reached.extend((each, inner) for each in DRAFT202012.subresources_of(subschema) if id(each) not in defined)
+        reached.extend(_referred_by(subschema, inner))
+    return max(chains.values(), default=0)
+
+
+def _chain_from(start: dict[str, Any], resolver: Any, chains: dict[int, int]) -> int | None:
+    """The longest chain of subschemas applied to one value from `start` (kept in `chains`, for every subschema on
+    it), or None where one leads back to a subschema on the way."""
+    from referencing.jsonschema import DRAFT202012
+
+    if id(start) in chains:
+        return chains[id(start)]
+    path: list[tuple[dict[str, Any], list[tuple[object, Any]], int]] = []
+    pending: tuple[dict[str, Any], Any] | None = (start, resolver)
+    while pending is not None or path:
+        if pending is not None:
+            subschema, where = pending
+            pending = None
+            inner = where.in_subresource(DRAFT202012.create_resource(subschema))
+            leads = [(each, inner) for keyword in IN_PLACE for each in _applied(subschema.get(keyword), keyword)]
+            path.append((subschema, leads + _referred_by(subschema, inner), 0))
+            chains[id(subschema)] = 0
+            continue
+        subschema, leads, longest = path[-1]
+        while leads:
+            each, where = leads.pop()
+            if not isinstance(each, dict):
+                continue
+            if chains.get(id(each)) == 0:  # (on the way: round without end)
+                return None
+            if id(each) in chains:
+                longest = max(longest, chains[id(each)])
+            else:
+                pending = (each, where)
+                break
+        path[-1] = (subschema, leads, longest)
+        if pending is None:  # (every lead followed: the chain from it is one longer than the longest from them)
+            path.pop()
+            chains[id(subschema)] = longest + 1
+            if path:
+                above, rest, most = path[-1]
+                path[-1] = (above, rest, max(most, longest + 1))
+    return chains[id(start)]
+
+
+def _applied(value: object, keyword: str) -> list[object]:
+    """The subschemas `keyword`'s `value` applies: a list's (`allOf`), an object's values (`dependentSchemas`), or
+    itself (`not`)."""
+    if keyword == "dependentSchemas":
+        return _values(value)
+    return value if isinstance(value, list) and keyword.endswith("Of") else [value]
+
+
+def _referred_by(subschema: dict[str, Any], resolver: Any) -> list[tuple[object, Any]]:
+    """What `subschema`'s `$ref` and `$dynamicRef` lead to, with their resolvers (one that does not resolve is
+    `_referred`'s to refuse)."""
+    from referencing.exceptions import Unresolvable
+
+    found = []
+    for keyword in ("$ref", "$dynamicRef"):
+        ref = subschema.get(keyword)
+        if ref is None:
+            continue
+        try:
+            resolved = resolver.lookup(ref)
+        except (Unresolvable, ValueError, TypeError):
+            continue
+        found.append((resolved.contents, resolved.resolver))
+    return found
+
+
+def _nests_deeper_than(document: object, limit: int) -> bool:
+    """Whether JSON `document` nests deeper than `limit` levels of arrays and objects, looked at level by level."""
+    level = [document] if isinstance(document, dict | list) else []
+    for _ in range(limit):
+        level = [
+            each
+            for value in level
+            for each in (value.values() if isinstance(value, dict) else value)
+            if isinstance(each, dict | list)
+        ]
+        if not level:
+            return False
+    return True
+
+
 def _refuse_costly_patterns(schema: object) -> None:
     """Refuse a schema whose patterns (`pattern`'s, `patternProperties`' names, wherever they are: one reached only
-    by a `$ref` is compiled too) are too many, or would cost too much to compile, before any is compiled."""
-    from handler.pipeline.schema_patterns import compile_units
+    by a `$ref` is compiled too) are too many, or would cost too much to compile, before any is compiled: each as
+    Rust's engine is given it (`ecma`), which a pattern read otherwise (its spaced `{ 160 }` as no repetition, a
+    class to a later `]`) got past, and held the event loop for seconds."""
+    from handler.pipeline.schema_patterns import PatternRefused, compile_units, ecma
 
     patterns: set[str] = set()
     for each in _objects(schema):
@@ -138,7 +273,10 @@ def _refuse_costly_patterns(schema: object) -> None:
             patterns.update(each["patternProperties"])
     if len(patterns) > MAX_PATTERNS:
         raise _refused(f"has {len(patterns)} distinct patterns, more than the {MAX_PATTERNS} the gateway compiles")
-    units = {pattern: compile_units(pattern) for pattern in patterns}
+    try:
+        units = {pattern: compile_units(ecma(pattern)) for pattern in patterns}
+    except PatternRefused as refused:
+        raise _unmatchable(refused) from None
     if sum(units.values()) > MAX_PATTERN_UNITS:
         raise _refused(
             "has patterns too costly to compile together (counted repetitions of classes such as `\\p{L}{160}`: "
@@ -237,6 +375,9 @@ def violation(schema: dict[str, Any], text: str | None) -> str | None:
         document = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         return f"the answer is not JSON: {exc}"
+    # (nesting needs an opening bracket a level: an answer with few cannot be too deep, and is not walked)
+    if text.count("[") + text.count("{") > MAX_ANSWER_DEPTH and _nests_deeper_than(document, MAX_ANSWER_DEPTH):
+        return f"the answer nests deeper than {MAX_ANSWER_DEPTH} levels, more than the gateway checks"
     from referencing.exceptions import Unresolvable
 
     from handler.pipeline.schema_patterns import PatternRefused
@@ -248,8 +389,10 @@ def violation(schema: dict[str, Any], text: str | None) -> str | None:
         raise _refused(f"has a reference that does not resolve within it: {exc}") from None
     except PatternRefused as exc:  # (in a subschema only a `$ref` reaches, which the metaschema does not check)
         raise _unmatchable(exc) from None
-    except RecursionError:  # (`{"properties": {"a": {"$ref": "#/properties/a"}}}`: a reference to itself, a 500)
-        raise _refused("refers to itself without end") from None
+    except RecursionError:
+        # A schema's own recursion is bounded where it is admitted (`_in_place_chain`, `MAX_SCHEMA_DEPTH`): the
+        # answer's depth, times what its levels apply, took the check past Python's limit. Another answer may not.
+        return "the answer nests too deep to be checked against the schema"
     except Exception as exc:  # (a schema admission let through that jsonschema cannot apply: the client's, not a 500)
         raise _refused(f"cannot check an answer: {type(exc).__name__}: {exc}") from None
     if error is None:
@@ -258,9 +401,20 @@ def violation(schema: dict[str, Any], text: str | None) -> str | None:
     return f"{where}: {error.message}"
 
 
-def enforce(schema: dict[str, Any], text: str | None) -> None:
-    """Raise a retryable `SchemaViolationError` when the answer breaks the schema."""
-    problem = violation(schema, text)
+def first_violation(schema: dict[str, Any], texts: Sequence[str | None]) -> str | None:
+    """Why the first of an answer's choices (`texts`, in their order) that does not satisfy `schema` does not,
+    naming it where there are several; None when every one does (with `n: 2`, only the first was checked, and a
+    second that was not JSON at all was relayed)."""
+    for index, text in enumerate(texts):
+        problem = violation(schema, text)
+        if problem is not None:
+            return problem if len(texts) == 1 else f"choice {index}: {problem}"
+    return None
+
+
+def enforce(schema: dict[str, Any], texts: Sequence[str | None]) -> None:
+    """Raise a retryable `SchemaViolationError` when one of the answer's choices (`texts`) breaks the schema."""
+    problem = first_violation(schema, texts)
     if problem is not None:
         raise violated(problem)
 

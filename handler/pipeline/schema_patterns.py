@@ -4,7 +4,8 @@ jsonschema matches `pattern`, `patternProperties` (and through it `additionalPro
 `unevaluatedProperties`) with Python's `re`, which backtracks without a limit: a client's `^(a+)+$` against 26 `a`s
 and a `!` held the event loop, and every other request of the process, for 8 s. `Validator` is jsonschema's Draft
 2020-12 class with those keywords matched here. Rust's engine has no look-around or back-reference (ECMA-262 has
-both): a pattern with one is refused with the schema (`regex_format`), never matched by `re` instead.
+both): a pattern with one is refused with the schema (`regex_format`), never matched by `re` instead. Its
+`multipleOf` is checked exactly (`_multiple_of`).
 
 What a compiled pattern holds stays in the process for a while: pydantic-core keeps the 50 patterns it compiled
 most recently (measured: the 50th most recent compiles again in 0.03 ms, the 51st in its first 5-50 ms), whoever
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
@@ -40,34 +42,123 @@ class PatternRefused(ValueError):
 
 # ECMA-262's classes that Rust's engine reads otherwise: `\w`, `\d` and `\b` are ASCII in JSON Schema's dialect (a
 # `u`-flag ECMAScript regex's), Unicode in Rust's (`^\d{5}$` took Arabic-Indic digits; `\w{150}` compiled to a 10 MB
-# automaton of every script's letters), and `[\b]` is a backspace. Outside a bracketed class, and inside one.
+# automaton of every script's letters), and `[\b]` is a backspace. `\s` is ECMA-262's white space and line
+# terminators, which have U+FEFF and not U+0085 (Rust's has U+0085 and not U+FEFF). Outside a bracketed class, and
+# inside one.
+ECMA_SPACE = (
+    "\\t\\n\\x0B\\x0C\\r \\xA0\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}\\x{FEFF}"
+)
 ECMA_CLASSES = {
     "w": "[0-9A-Za-z_]", "W": "[^0-9A-Za-z_]", "d": "[0-9]", "D": "[^0-9]", "b": "(?-u:\\b)", "B": "(?-u:\\B)",
+    "s": f"[{ECMA_SPACE}]", "S": f"[^{ECMA_SPACE}]",
 }  # fmt: skip
-ECMA_IN_CLASS = {"w": "0-9A-Za-z_", "W": "[:^word:]", "d": "0-9", "D": "[:^digit:]", "b": "\\x08"}
+ECMA_IN_CLASS = {
+    "w": "0-9A-Za-z_", "W": "[:^word:]", "d": "0-9", "D": "[:^digit:]", "s": ECMA_SPACE, "S": f"[^{ECMA_SPACE}]",
+}  # fmt: skip
+# ECMA-262's `.`: any character but its line terminators (Rust's stops only at `\n`), where the `s` flag is not on.
+ECMA_DOT = "[^\\n\\r\\x{2028}\\x{2029}]"
+# What a literal character is written as in Rust's bracketed class: there `[` opens a class, `&&`, `--` and `~~` are
+# set operations (`[a&&b]` is empty, `[a-z--x]` lacks `x`), where ECMA-262's are literals.
+RUST_CLASS_ESCAPED = frozenset("\\[]-&~^")
+# The flags of Rust's group `(?flags)` or `(?flags:...)`: `x` makes spaces and `#` comments nothing, which ECMA-262
+# has no flag for, and `s` lets `.` match any character.
+FLAGS = re.compile(r"\(\?([a-zA-Z]*)(?:-([a-zA-Z]*))?([:)])")
 
 
 def ecma(pattern: str) -> str:
     """`pattern` (ECMA-262's) as Rust's engine reads the same: its ASCII classes and word boundaries spelt out
-    (`ECMA_CLASSES`); everything else as written."""
-    if "\\" not in pattern:
-        return pattern
-    out, depth, at = [], 0, 0
+    (`ECMA_CLASSES`), its `.` (`ECMA_DOT`), its bracketed classes literal where Rust's are not
+    (`RUST_CLASS_ESCAPED`), `\\cX` and `\\0` as the characters they are; everything else (a Unicode class such as
+    `\\p{L}`, a group, a repetition) as written. A pattern with the `x` flag, which reads its spaces as nothing, is
+    refused (`PatternRefused`)."""
+    out: list[str] = []
+    dotall = [False]  # (the `s` flag, in each group open)
+    at = 0
     while at < len(pattern):
         char = pattern[at]
         if char == "\\" and at + 1 < len(pattern):
-            name = pattern[at + 1]
-            spelt = (ECMA_IN_CLASS if depth else ECMA_CLASSES).get(name)
-            out.append(spelt if spelt is not None else pattern[at : at + 2])
-            at += 2
-            continue
-        if char == "[":
-            depth += 1
-        elif char == "]" and depth:
-            depth -= 1
-        out.append(char)
-        at += 1
+            spelt, at = _escape(pattern, at, ECMA_CLASSES)
+            out.append(spelt)
+        elif char == "[":
+            spelt, at = _class(pattern, at)
+            out.append(spelt)
+        elif char == ".":
+            out.append("." if dotall[-1] else ECMA_DOT)
+            at += 1
+        elif char == "(":
+            flags = FLAGS.match(pattern, at)
+            on, off, end = flags.groups() if flags else ("", "", ":")
+            if "x" in on:
+                raise PatternRefused(f"{pattern!r}: the flag x (spaces and comments ignored) is not ECMA-262's")
+            if end == ":":
+                dotall.append(dotall[-1])  # (a group: a flag set within it ends with it)
+            dotall[-1] = ("s" in on or dotall[-1]) and "s" not in (off or "")
+            out.append(pattern[at : flags.end()] if flags else char)
+            at = flags.end() if flags else at + 1
+        else:
+            if char == ")" and len(dotall) > 1:
+                dotall.pop()
+            out.append(char)
+            at += 1
     return "".join(out)
+
+
+def _escape(pattern: str, at: int, classes: Mapping[str, str]) -> tuple[str, int]:
+    """The escape at `at` as Rust reads ECMA-262's (`classes`: the spelling of `\\w`, `\\d`, ...), and where it ends."""
+    name = pattern[at + 1]
+    spelt = classes.get(name)
+    if spelt is not None:
+        return spelt, at + 2
+    if name == "c" and pattern[at + 2 : at + 3].isascii() and pattern[at + 2 : at + 3].isalpha():
+        return f"\\x{ord(pattern[at + 2]) % 32:02X}", at + 3  # (a control character: `\cJ` is a line feed)
+    if name == "0" and not pattern[at + 2 : at + 3].isdigit():
+        return "\\x00", at + 2
+    if name in "pPxu" and pattern.startswith("{", at + 2):  # (`\p{Script=Greek}`, `\u{1F600}`: to its brace)
+        end = pattern.find("}", at + 2) + 1 or len(pattern)
+        return pattern[at:end], end
+    return pattern[at : at + 2], at + 2
+
+
+def _class(pattern: str, at: int) -> tuple[str, int]:
+    """The bracketed class at `at` as ECMA-262 reads it (to its first `]` not escaped: no class nests in one, and
+    `&&`, `--`, `~~` are literal characters), written for Rust's engine; and where it ends. `[]` matches nothing,
+    `[^]` any character."""
+    start = at
+    at += 1
+    negated = pattern.startswith("^", at)
+    at += negated
+    members: list[str] = []
+    while at < len(pattern) and pattern[at] != "]":
+        low, at, single = _class_atom(pattern, at)
+        if single and pattern.startswith("-", at) and at + 1 < len(pattern) and pattern[at + 1] != "]":
+            high, end, single = _class_atom(pattern, at + 1)
+            if single:  # (a range; one whose end is a class, `[a-\d]`, is its characters and a `-`)
+                members.append(f"{low}-{high}")
+                at = end
+                continue
+        members.append(low)
+    if at >= len(pattern):  # (not closed: as written, for the engine to refuse)
+        return pattern[start:], len(pattern)
+    if not members:
+        return ("[\\x00-\\x{10FFFF}]" if negated else "[^\\x00-\\x{10FFFF}]"), at + 1
+    return "[" + "^" * negated + "".join(members) + "]", at + 1
+
+
+def _class_atom(pattern: str, at: int) -> tuple[str, int, bool]:
+    """The class member at `at` written for Rust's class, where it ends, and whether it is one character (which may
+    start or end a range)."""
+    char = pattern[at]
+    if char != "\\" or at + 1 == len(pattern):
+        return ("\\" + char if char in RUST_CLASS_ESCAPED else char), at + 1, True
+    name = pattern[at + 1]
+    if name == "b":
+        return "\\x08", at + 2, True  # (a backspace)
+    spelt, end = _escape(pattern, at, ECMA_IN_CLASS)
+    if name in ECMA_IN_CLASS or name in "pP":
+        return spelt, end, False
+    if spelt == pattern[at:end] and len(spelt) == 2 and not name.isalnum():
+        return "\\" + name if name in RUST_CLASS_ESCAPED else name, end, True  # (`\]`, `\.`: the character)
+    return spelt, end, True
 
 
 @lru_cache(maxsize=KEPT_PATTERNS)
@@ -184,6 +275,20 @@ def _fits(validator: Any, instance: object, subschema: object) -> bool:
     return next(validator.descend(instance, subschema), None) is None
 
 
+def _multiple_of(validator: Any, step: float, instance: object, schema: Schema) -> Iterator[ValidationError]:
+    """`multipleOf` on the numbers as the JSON writes them, exactly: jsonschema divides floats, and `19.99 / 0.01`
+    is 1998.9999999999998, so a price in cents broke `multipleOf: 0.01` (and every deployment was tried, and paid)."""
+    if isinstance(instance, bool) or not isinstance(instance, int | float):  # (a number is orjson's int or float)
+        return
+    if _exact(instance) % _exact(step):
+        yield ValidationError(f"{instance!r} is not a multiple of {step}")
+
+
+def _exact(number: float) -> Fraction:
+    """A JSON number as its shortest decimal spelling says (`0.01` is 1/100, not the double nearest it)."""
+    return Fraction(repr(number)) if isinstance(number, float) else Fraction(number)
+
+
 def _formats() -> FormatChecker:
     formats = FormatChecker(Draft202012Validator.FORMAT_CHECKER.checkers)
     formats.checks("regex", raises=PatternRefused)(regex_format)
@@ -197,6 +302,7 @@ Validator: Any = extend(  # type: ignore[no-untyped-call]
         "patternProperties": _pattern_properties,
         "additionalProperties": _additional_properties,
         "unevaluatedProperties": _unevaluated_properties,
+        "multipleOf": _multiple_of,
     },
     format_checker=_formats(),
 )
@@ -208,15 +314,22 @@ Validator.evolve = attrs.evolve
 
 # What a pattern costs Rust's engine to compile, in units of about 5 µs (measured: `\p{L}{160}` 10,240 units): an
 # atom is compiled once for each copy its counted repetitions make, a Unicode class (`\p{L}`) as a UTF-8 automaton
-# of some 60 units, `\S` of 2, anything else (`\w` and `\d` among them: ASCII, `ecma`) of 1.
+# of some 60 units, `\S`, `.` and a negated class (most of Unicode) of 2, anything else (`\w` and `\d` among them:
+# ASCII, `ecma`) of 1.
 CLASS_UNITS = {"p": 64, "P": 64, "S": 2}
-REPEAT = re.compile(r"\{(\d+)(,(\d*))?\}")
+NEGATED_UNITS = 2
+# A counted repetition as Rust's parser reads one: spaces (Unicode's White_Space) around each number, as in
+# `{ 160 }` and `{1, 160}` (which compile to the automaton `{160}` does). Outside a bracketed class, a `{` that is
+# not one is the engine's error, compiled to nothing.
+SPACE = "[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*"
+POSIX_CLASS = re.compile(r"\[:(\^?)[a-z]+:\]")
+REPEAT = re.compile(rf"\{{{SPACE}([0-9]+){SPACE}(?:(,)(?:{SPACE}([0-9]+){SPACE})?)?\}}")
 
 
 def compile_units(pattern: str) -> int:
-    """An estimate of what compiling `pattern` costs (`CLASS_UNITS`), read without compiling it: each group's and
-    atom's units times the copies a counted repetition after it makes (`{n,m}`: m), nested repetitions
-    multiplied."""
+    """An estimate of what compiling `pattern` (Rust's syntax: `ecma`'s, which has no `x` flag) costs
+    (`CLASS_UNITS`), read without compiling it: each group's and atom's units times the copies a counted repetition
+    after it makes (`{n,m}`: m), nested repetitions multiplied."""
     totals, last = [0], 0  # (the units of each open group; of the atom or group a repetition would copy)
     at = 0
     while at < len(pattern):
@@ -253,20 +366,22 @@ def _atom(pattern: str, at: int) -> tuple[int, int]:
             end += 1
         return end, CLASS_UNITS.get(name, 1)
     if pattern[at] != "[":
-        return at + 1, 1
-    depth, end, units = 0, at, 0
+        return at + 1, NEGATED_UNITS if pattern[at] == "." else 1
+    depth, end, units, negated = 0, at, 0, False
     while end < len(pattern):  # (to its closing bracket: classes nest, and `]` first in one is a literal)
         char = pattern[end]
         if char == "\\":
             units += CLASS_UNITS.get(pattern[end + 1 : end + 2], 0)
             end += 2
             continue
-        if pattern.startswith("[:", end):  # (`[[:alpha:]]`)
-            close = pattern.find(":]", end)
-            end = len(pattern) if close < 0 else close + 2
+        named = POSIX_CLASS.match(pattern, end) if depth else None  # (`[[:alpha:]]`; `[:a]` is `:` and `a`)
+        if named is not None:
+            negated = negated or named.group(1) == "^"
+            end = named.end()
             continue
         if char == "[":
             depth += 1
+            negated = negated or pattern[end + 1 : end + 2] == "^"
             end += 1 + (pattern[end + 1 : end + 2] == "^")
             end += pattern[end : end + 1] == "]"
             continue
@@ -275,4 +390,4 @@ def _atom(pattern: str, at: int) -> tuple[int, int]:
             if depth == 0:
                 break
         end += 1
-    return end + 1, max(units, 1)
+    return end + 1, max(units, NEGATED_UNITS if negated else 1)

@@ -57,6 +57,7 @@ def enforced(schema: dict[str, Any]) -> dict[str, Any]:
     [
         (fan_out(16), "expands through its references"),  # (1 KB: 1.7 s of the loop; 30 levels, hours)
         (patterned(40), "patterns too costly to compile"),  # (2 KB: 1.6-5 s compiling `\p{L}{160}`s)
+        (patterned(64, r"\p{L}{ 150 }"), "patterns too costly to compile"),  # (3 KB, spaced: 3.1 s, taken)
     ],
 )
 async def test_a_small_enforced_schema_that_would_hold_the_loop_is_refused_before_anything_is_sent(

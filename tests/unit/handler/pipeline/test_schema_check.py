@@ -97,13 +97,120 @@ def test_a_schema_whose_references_resolve_within_it_checks_answers(
     assert violation(schema, orjson.dumps(misses).decode()) is not None
 
 
-def test_a_schema_that_refers_to_itself_without_end_is_the_clients_400_not_a_500() -> None:
-    """`{"properties": {"a": {"$ref": "#/properties/a"}}}` resolves, and validating `{"a": 1}` against it recursed
-    until Python's limit: a 500 (found with the review's fix)."""
-    schema = {"properties": {"a": {"$ref": "#/properties/a"}}}
-    assert violation(schema, '{"b": 1}') is None  # (an answer that never reaches the loop passes)
+CYCLE = {"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"properties": {"a": {"$ref": "#/properties/a"}}},
+        {"$ref": "#"},
+        CYCLE,
+        {"anyOf": [{"type": "string"}, {"$ref": "#"}]},
+        {"not": {"$ref": "#"}},
+        {"if": {"$ref": "#"}},
+        {"type": "object", "dependentSchemas": {"a": {"oneOf": [{"$ref": "#"}]}}},
+        {"$defs": {"a": {"allOf": [{"$ref": "#/$defs/b"}]}, "b": {"else": {"$ref": "#/$defs/a"}}}}
+        | {"properties": {"x": {"items": {"$ref": "#/$defs/a"}}}},
+    ],
+)
+def test_a_schema_that_refers_to_itself_without_end_is_the_clients_400_before_anything_is_sent(
+    schema: dict[str, object],
+) -> None:
+    """A `$ref` (or `allOf`, `anyOf`, `oneOf`, `not`, `if`) that leads back to itself with no step into the answer
+    recurses until Python's limit with any answer that reaches it: it passed admission, and was found only as the
+    answer was checked, a 400 once the provider had been paid (review: `$defs` a and b referring to each other)."""
     with pytest.raises(InvalidRequestError, match="refers to itself without end"):
-        violation(schema, '{"a": 1}')
+        schema_check._build(orjson.dumps(schema))
+
+
+def test_a_schema_that_recurses_through_the_answer_is_taken() -> None:
+    """Recursion that steps into the answer on the way round ends with the answer; a loop in a definition nothing
+    refers to is never applied."""
+    node = {"anyOf": [{"type": "null"}, {"type": "array", "items": {"$ref": "#/$defs/node"}}]}
+    tree = {"$defs": {"node": node}, "$ref": "#/$defs/node"}
+    assert violation(tree, "[[null, []], null]") is None
+    assert violation(tree, "[[1]]") is not None
+    assert violation({"$defs": {"loop": {"$ref": "#/$defs/loop"}}, "type": "object"}, "{}") is None
+
+
+def chained(links: int, then: dict[str, object] | None = None) -> dict[str, object]:
+    """`$defs` each applying the next to the same value (`allOf` of a `$ref`: two subschemas a link), the last
+    `then`."""
+    defs: dict[str, object] = {f"d{i}": {"allOf": [{"$ref": f"#/$defs/d{i + 1}"}]} for i in range(links)}
+    defs[f"d{links}"] = then or {"type": "array"}
+    return {"$defs": defs, "$ref": "#/$defs/d0"}
+
+
+def test_a_schema_that_applies_too_many_subschemas_through_one_another_is_the_clients_400() -> None:
+    """Definitions that each apply the next to the same value, 600 of them (26 KB, within every other bound): the
+    check of any answer recursed past Python's limit, found once the provider had been paid. The chain is bounded
+    (`MAX_IN_PLACE`), and one within it checks answers."""
+    with pytest.raises(InvalidRequestError, match="applies more than 64 subschemas one through another"):
+        schema_check._build(orjson.dumps(chained(600)))
+    assert violation(chained(31), "[]") is None
+    assert violation(chained(31), "{}") == "(root): {} is not of type 'array'"
+
+
+@pytest.mark.parametrize("keyword", ["items", "not", "additionalProperties"])
+def test_a_schema_nested_deeper_than_its_bound_is_the_clients_400_not_a_500(keyword: str) -> None:
+    """120 nested `items` (1.3 KB, within the request body's 128 levels) recursed past Python's limit in the
+    metaschema's check, a 500 at admission (review). A schema's nesting is bounded (`MAX_SCHEMA_DEPTH`) before it
+    is checked."""
+    deepest: dict[str, object] = {"type": "integer"}
+    for _ in range(120):
+        deepest = {keyword: deepest}
+    with pytest.raises(InvalidRequestError, match="nests deeper than 64 levels"):
+        schema_check._build(orjson.dumps(deepest))
+    within: dict[str, object] = {"type": "integer"}
+    for _ in range(63):  # (64 levels, the innermost object among them)
+        within = {keyword: within}
+    schema_check._build(orjson.dumps(within))
+
+
+TREE = {
+    "$defs": {"node": {"type": "object", "properties": {"c": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}},
+    "$ref": "#/$defs/node",
+}
+
+
+def tree(levels: int) -> str:
+    """An answer `levels` nodes deep (two JSON levels a node: an object, its array), valid for `TREE`."""
+    return '{"c": [' * levels + "{}" + "]}" * levels
+
+
+def test_an_answer_too_deep_to_check_is_a_violation_another_answer_can_avoid() -> None:
+    """A valid answer 200 nodes deep to a recursive schema took jsonschema past Python's limit: a 400 saying the
+    schema "refers to itself without end", no failover (review). An answer nested past `MAX_ANSWER_DEPTH` is a
+    violation, retryable; so is one whose check went past the limit sooner, its levels each applying a chain of
+    subschemas."""
+    assert violation(TREE, tree(31)) is None  # (63 levels)
+    assert violation(TREE, tree(32)) == "the answer nests deeper than 64 levels, more than the gateway checks"
+    assert violation(TREE, tree(200)) == "the answer nests deeper than 64 levels, more than the gateway checks"
+    looping = chained(30, {"items": {"$ref": "#/$defs/d0"}})
+    assert violation(looping, "[[[]]]") is None
+    assert violation(looping, "[" * 20 + "]" * 20) == "the answer nests too deep to be checked against the schema"
+
+
+@pytest.mark.parametrize(
+    ("step", "answer", "fits"),
+    [
+        (0.01, "19.99", True),
+        (0.01, "0.07", True),
+        (0.01, "1e300", True),
+        (0.1, "0.3", True),
+        (0.01, "19.995", False),
+        (3, "9.0", True),
+        (3, "10", False),
+        (0.5, "2", True),
+        (1e-300, "1e300", True),
+    ],
+)
+def test_multiple_of_is_checked_on_the_numbers_as_written(step: float, answer: str, fits: bool) -> None:
+    """`multipleOf: 0.01` (a price in cents) refused 19.99: jsonschema divided the floats, 1998.9999999999998. Each
+    number is taken as its decimal says, exactly."""
+    problem = violation({"type": "number", "multipleOf": step}, answer)
+    assert (problem is None) is fits, problem
 
 
 CATASTROPHIC = "^(a+)+$"  # (Python's `re` backtracks through 2**n ways of splitting n `a`s before it fails)
@@ -190,12 +297,29 @@ def test_a_unicode_property_class_is_a_pattern() -> None:
         (r"[\b]", "a\bb", True),  # (a backspace, in a class)
         (r"^\\w$", "\\w", True),  # (an escaped backslash, then a `w`)
         (r"^\p{L}+$", "Zoë", True),
+        ("^[a&&b]$", "a", True),  # (Rust's intersection of `a` and `b`, empty; ECMA-262's `a`, `&`, `b`)
+        ("^[a&&b]$", "&", True),
+        ("^[a-z--x]$", "x", True),  # (Rust's a-z less `x`; ECMA-262's a-z and the range from `-` to `x`)
+        ("^[a-z--x]$", "Q", True),
+        ("^[a~~b]+$", "~a", True),
+        ("^[[]$", "[", True),  # (Rust's nested class, unclosed; ECMA-262's `[`)
+        ("^[]$", "a", False),  # (ECMA-262's class of nothing)
+        ("^[^]$", "\n", True),  # (and of anything)
+        ("^[a-\\d]+$", "a-1", True),  # (a range to a class: its ends and a `-`)
+        ("^\\s$", "\ufeff", True),  # (ECMA-262's white space has U+FEFF, Rust's U+0085)
+        ("^\\s$", "\x85", False),
+        ("^[^\\S]$", "\u3000", True),
+        ("^.$", "\u2028", False),  # (ECMA-262's `.` stops at every line terminator, Rust's only at `\n`)
+        ("^.$", "\r", False),
+        ("^(?s:.)$", "\u2028", True),
+        ("^\\cJ\\0$", "\n\x00", True),
     ],
 )
 def test_a_pattern_reads_as_ecma_262_reads_it(pattern: str, text: str, fits: bool) -> None:
     """JSON Schema's patterns are ECMA-262's, whose `\\w`, `\\d` and `\\b` are ASCII; Rust's engine read them as
     Unicode: `^\\d{5}$` took five Arabic-Indic digits, and `\\w{33}` was refused as too costly to compile (a Unicode
-    `\\w` is a 64 KB automaton a copy), so `^\\w{1,64}$`, a user name's usual pattern, was the client's 400."""
+    `\\w` is a 64 KB automaton a copy), so `^\\w{1,64}$`, a user name's usual pattern, was the client's 400. Rust's
+    set operations in a class (`&&`, `--`, `~~`), its nested classes, `\\s` and `.` were Rust's too (review)."""
     schema = {"type": "object", "properties": {"v": {"type": "string", "pattern": pattern}}}
     schema_check._build(orjson.dumps(schema))
     assert (violation(schema, orjson.dumps({"v": text}).decode()) is None) is fits
@@ -207,6 +331,7 @@ def test_a_pattern_reads_as_ecma_262_reads_it(pattern: str, text: str, fits: boo
         ("^(?=a)", "look-around, including look-ahead and look-behind, is not supported"),
         ("(?<!x)a", "look-around, including look-ahead and look-behind, is not supported"),
         ("(a)\\1", "backreferences are not supported"),
+        ("(?x)\\p{L} {160}", "the flag x (spaces and comments ignored) is not ECMA-262's"),
     ],
 )
 @pytest.mark.parametrize("where", ["pattern", "patternProperties"])
@@ -306,6 +431,9 @@ def patterned(count: int, pattern: str = r"\p{L}{160}") -> dict[str, object]:
         (patterned(65, "a"), "has 65 distinct patterns, more than the 64"),
         (patterned(1, r"\p{L}{33}"), r"has a pattern too large once compiled: '\\\\p\{L\}\{33\}0'"),
         ({"$ref": "#/x", "x": {"pattern": r"\p{L}{300}"}}, "has a pattern too large once compiled"),
+        (patterned(4, r"\p{L}{ 160 }"), "patterns too costly to compile together"),
+        (patterned(1, r"\p{L}{1, 33}"), "has a pattern too large once compiled"),
+        (patterned(1, r"[[]\p{L}{300}"), "has a pattern too large once compiled"),  # (a class of `[`, then `\p{L}`s)
     ],
 )
 def test_a_schema_whose_patterns_cost_too_much_to_compile_is_refused_before_any_is_compiled(
@@ -340,6 +468,12 @@ def test_patterns_within_the_bound_are_compiled() -> None:
         (r"^[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}$", 9),
         (r"[[:alpha:]\]]{10}x{1,1000}", 10 + 1000),
         (r"\pL{2}\x{263a}{3}", 128 + 3),
+        (r"\p{L}{ 160 }", 64 * 160),  # (Rust's parser takes spaces in a counted repetition)
+        (r"\p{L}{160 }", 64 * 160),
+        (r"\p{L}{1, 160}", 64 * 160),
+        (r"\p{L}{ 10 }{ 16 }", 64 * 160),
+        (r"[:a]\p{L}{100}", 1 + 64 * 100),  # (`[:a]` is `:` and `a`, not a class named `a`)
+        (r".{100}[^a]{100}", 2 * 100 + 2 * 100),
     ],
 )
 def test_a_patterns_compiling_is_estimated_from_its_classes_and_counted_repetitions(pattern: str, units: int) -> None:
