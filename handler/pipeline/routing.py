@@ -208,7 +208,9 @@ UNKNOWN_KM = 40_000.0
 
 @functools.cache
 def place(region: str) -> tuple[float, float] | None:
-    """Where `region` is (latitude, longitude), or None for a region the table does not know."""
+    """Where `region` is (latitude, longitude), or None for a region the table does not know. In any case, as Azure
+    takes its names (ARM templates and the portal write `WestEurope`, which the table's lowercase names refused)."""
+    region = region.lower()
     at = PLACES.find(f"\n{region} ") if region and not region.strip(NAME_CHARACTERS) else -1
     if at < 0:
         return None

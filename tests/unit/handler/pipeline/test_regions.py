@@ -240,3 +240,17 @@ def test_the_geographies_name_aws_regions_and_take_those_opened_since() -> None:
     )
     assert BedrockAdapter.geography(f"eu.{SONNET}") is eu and BedrockAdapter.geography(SONNET) is None
     assert BedrockAdapter.geography(f"arn:aws:bedrock:eu-west-1:1:inference-profile/eu.{SONNET}") is None
+
+
+def test_a_region_written_in_capitals_is_placed_as_its_lowercase_name() -> None:
+    """Azure takes its regions' names in any case, and ARM templates and the portal write `WestEurope`: such a
+    deployment was refused at load once unknown regions were (found by review), the whole config with it."""
+    assert place("WestEurope") == place("westeurope") is not None and place("EastUS") == place("eastus")
+    config = parse_config(
+        {
+            "providers": {"az": {"type": "azure", "api_key": "env:A", "base_url": "https://eu.openai.azure.com"}},
+            "models": {"m": {"deployments": [{"provider": "az", "model": "gpt-4o-mini", "region": "WestEurope"}]}},
+        },
+        set(REGISTRY),
+    )
+    assert Router(config, build_adapters(config, REGISTRY, {"A": "x"}), "eu-west-1") is not None
