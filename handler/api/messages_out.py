@@ -24,7 +24,7 @@ from handler.errors import GatewayError, UpstreamError
 from handler.pipeline.chunk_stream import ChunkStream
 from handler.pipeline.passthrough import NativeReply, NativeStream, guarded, sse_frame
 from handler.pipeline.pricing import Cost
-from handler.schemas import ChatCompletion, ChatCompletionChunk, ToolCallDelta, Usage
+from handler.schemas import AssistantMessage, ChatCompletion, ChatCompletionChunk, ToolCallDelta, Usage, ordered_parts
 from handler.wire import StreamEvent, interrupted
 
 STOP_REASONS = {
@@ -158,8 +158,11 @@ def to_message(completion: ChatCompletion, model: str, cost: Cost | None) -> dic
     """An Anthropic `message` for the first choice of a completion."""
     choice = completion.choices[0] if completion.choices else None
     content: list[dict[str, Any]] = []
-    if choice is not None:
-        signed = (choice.message.model_extra or {}).get("thinking_blocks")
+    signed = (choice.message.model_extra or {}).get("thinking_blocks") if choice is not None else None
+    in_order = ordered(choice.message, signed) if choice is not None else None
+    if choice is not None and in_order is not None:
+        content = [_block(kind, part, choice.finish_reason == "length") for kind, part in in_order]
+    elif choice is not None:
         if isinstance(signed, list):
             content.extend(claude_block(block) for block in signed if isinstance(block, dict))
         elif choice.message.reasoning_content:
@@ -168,14 +171,7 @@ def to_message(completion: ChatCompletion, model: str, cost: Cost | None) -> dic
         if choice.message.content or choice.message.refusal:  # a refusal (a blocked prompt) is the answer's text
             content.append({"type": "text", "text": choice.message.content or choice.message.refusal})
         for call in choice.message.tool_calls or ():
-            content.append(
-                {
-                    "type": "tool_use",
-                    "id": tool_use_id(call.id),
-                    "name": call.function.name,
-                    "input": _arguments(call.function.arguments, choice.finish_reason == "length"),
-                }
-            )
+            content.append(_block("call", call, choice.finish_reason == "length"))
     reason = choice.finish_reason if choice else None
     stop_sequence = choice.stop_sequence if choice else None
     refused = choice is not None and bool(choice.message.refusal)
@@ -192,6 +188,30 @@ def to_message(completion: ChatCompletion, model: str, cost: Cost | None) -> dic
     if cost is not None:
         message["cost"] = cost.as_event()
     return message
+
+
+def ordered(message: AssistantMessage, signed: Any) -> list[tuple[str, Any]] | None:
+    """The answer's parts in the order Claude wrote them, where it put thinking between them (`BlockOrder`: on
+    Bedrock, interleaved thinking); None for the usual order. A whole answer put every thinking block first, where
+    its stream had them between the calls (found by review): handed back so, Claude's thinking sequence rearranged,
+    which Anthropic refuses to take."""
+    if message.block_order is None or message.refusal or not isinstance(signed, list):
+        return None
+    return ordered_parts(message.block_order, signed, message.content or "", message.tool_calls or [])
+
+
+def _block(kind: str, part: Any, cut: bool) -> dict[str, Any]:
+    """One of an answer's parts (`ordered`'s) as a Messages content block; `cut`: the answer stopped at its cap."""
+    if kind == "thinking":
+        return claude_block(part)
+    if kind == "text":
+        return {"type": "text", "text": part}
+    return {
+        "type": "tool_use",
+        "id": tool_use_id(part.id),
+        "name": part.function.name,
+        "input": _arguments(part.function.arguments, cut),
+    }
 
 
 class EventWriter:

@@ -174,3 +174,30 @@ def test_a_call_id_the_messages_api_refuses_is_given_as_its_stand_in_whole_and_s
         assert streamed == given
     else:  # (no id to keep: each answer's call gets one of its own, never one repeated across answers)
         assert re.fullmatch(r"[a-zA-Z0-9_-]+", streamed) and streamed != given
+
+
+def test_a_whole_answer_keeps_claudes_thinking_between_its_calls_where_it_was() -> None:
+    """Claude on Bedrock thinks between its tool calls (reasoning, toolUse, reasoning, text, toolUse): a Messages
+    stream relays its blocks in that order, but a whole answer put every thinking block first, then the text, then
+    the calls (found by review): handed back so, Claude's thinking sequence was rearranged, which Anthropic refuses.
+    The answer's `block_order` now orders it; without one (thinking first) the usual order serves."""
+    blocks = [
+        {"type": "thinking", "thinking": "First.", "signature": "s1", "index": 0},
+        {"type": "thinking", "thinking": "Then.", "signature": "s2", "index": 1},
+    ]
+    calls = [
+        ToolCall(id=f"toolu_{n}", type="function", function=FunctionCall(name="f", arguments=f'{{"n": {n}}}'))
+        for n in (1, 2)
+    ]
+    order = [("thinking", 0), ("call", 0), ("thinking", 1), ("text", 5), ("call", 1)]
+    message = AssistantMessage(content="Next.", tool_calls=calls, block_order=order, thinking_blocks=blocks)
+    choice = Choice(index=0, message=message, finish_reason="tool_calls")
+    content = to_message(ChatCompletion(id="c", created=0, model="m", choices=[choice]), "m", None)["content"]
+    assert [block["type"] for block in content] == ["thinking", "tool_use", "thinking", "text", "tool_use"]
+    assert [block.get("signature") for block in content] == ["s1", None, "s2", None, None]
+    assert content[3]["text"] == "Next." and content[4]["input"] == {"n": 2} and "index" not in content[0]
+    usual = AssistantMessage(content="Next.", tool_calls=calls, thinking_blocks=blocks)
+    kinds = to_message(
+        ChatCompletion(id="c", created=0, model="m", choices=[choice.model_copy(update={"message": usual})]), "m", None
+    )
+    assert [block["type"] for block in kinds["content"]] == ["thinking", "thinking", "text", "tool_use", "tool_use"]
