@@ -177,6 +177,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     cut: tuple[bytes, bytes, bytes] | None = None  # a read `_beyond_room` cut: its first part, the rest, the whole
     pending: bytes | None = None  # a refused head's answer, held until the answer before it is written (`_close_with`)
     most = 0  # `gateway.limits.connections`
+    admitted = False  # among the `most` connections served (`_admitted`)
     head_s = 0.0  # `gateway.timeouts.request_head`
     body_s = 0.0  # `gateway.timeouts.request_body`
     head_timer: asyncio.TimerHandle | None = None
@@ -188,10 +189,32 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_s, self.body_s = settings.timeouts.request_head, settings.timeouts.request_body
         super().connection_made(transport)
         self.head_timer = self.loop.call_later(self.head_s, self._head_late)
+        self._admitted()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timers()
+        if self.admitted:
+            self._taken().discard(self)
         super().connection_lost(exc)
+
+    def _taken(self) -> set[BoundedHttpToolsProtocol]:
+        """The connections the server serves, at most `most` of them (the server's own: its processes' protocols)."""
+        taken: set[BoundedHttpToolsProtocol] | None = getattr(self.server_state, "admitted", None)
+        if taken is None:
+            taken = set()
+            self.server_state.admitted = taken  # type: ignore[attr-defined]
+        return taken
+
+    def _admitted(self) -> bool:
+        """Whether this connection is among the `most` served, taking a place that is free. Counted against every open
+        connection, its own among them, one past the limit refused every connection's next request, none served
+        (found by review): the first `most` are served, and one past them once a place frees."""
+        if not self.admitted:
+            taken = self._taken()
+            if len(taken) < self.most:
+                taken.add(self)
+                self.admitted = True
+        return self.admitted
 
     def _stop_timers(self) -> None:
         if self.head_timer is not None:
@@ -444,7 +467,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                     InvalidRequestError(f"an HTTP/1.1 request carries one Host header; this one has {said}"),
                     b"400 Bad Request",
                 )
-        if len(self.connections) > self.most:  # (this one among them)
+        if not self._admitted():
             self.logger.warning("a request refused: %d connections open (gateway.limits.connections)", self.most)
             self._refuse_head(
                 ServiceUnavailableError(

@@ -414,3 +414,23 @@ async def test_a_request_on_a_connection_past_the_limit_is_503_server_busy_in_th
     assert await first.answers(1) == [b"200"]
     first.close()
     second.close()
+
+
+async def test_one_connection_past_the_limit_leaves_the_first_ones_served(bounds: None) -> None:
+    """Each request was compared with every open connection, its own among them: with one connection past the
+    limit (two), every connection's next request was refused 503, none served (found by review). The first two
+    are served; the one past them is refused until a place frees, then served on a new connection."""
+    shared = ServerState()
+    first, second, third = Connection(shared), Connection(shared), Connection(shared)
+    for connection, expected in ((first, b"200"), (second, b"200"), (third, b"503")):
+        await connection.send(b"GET /whole HTTP/1.1\r\nhost: g\r\n\r\n")
+        assert await connection.answers(1) == [expected]
+    await first.send(b"GET /whole HTTP/1.1\r\nhost: g\r\n\r\n")
+    assert await first.answers(2) == [b"200", b"200"]  # (kept alive: its second request served too)
+    first.close()
+    fourth = Connection(shared)
+    await fourth.send(b"GET /whole HTTP/1.1\r\nhost: g\r\n\r\n")
+    assert await fourth.answers(1) == [b"200"]
+    second.close()
+    fourth.close()
+    third.close()
