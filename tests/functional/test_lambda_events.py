@@ -557,6 +557,26 @@ STORED_KEY = "ssm:/llm-gateway/openai"
 CREDENTIALS = ["api_key", "header"]
 
 
+def three_chats_reading_ssm(
+    tmp_path: Path, url: str, credential: str, then: str
+) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """Three chat invocations 1.2 s apart, frozen between them, whose provider key (`credential`) SSM throttles
+    first and gives as `then` after: their results, the log lines and SSM's calls."""
+    logs: list[str] = []
+    with fake_ssm(in_ssm(credential, [ssm.THROTTLE, then])) as (environ, calls):
+        results = replay(
+            tmp_path,
+            url,
+            [EVENTS / "chat-completions-ok.json"] * 3,
+            freeze_s=1.2,
+            environ=environ,
+            logs=logs,
+            settings={"provider_key_refresh_seconds": 1.0},
+            **stored_credential(credential),
+        )
+    return results, logs, calls
+
+
 def stored_credential(credential: str) -> dict[str, Any]:
     """`replay`'s arguments for a provider whose `credential` is `STORED_KEY`."""
     if credential == "api_key":
@@ -582,18 +602,7 @@ def test_a_provider_key_ssm_would_not_give_at_init_is_read_again_and_the_503_say
     credential in `headers` had the environment's init fail (every model down) where the same throttle on `api_key`
     only gave that provider a 503 until it was read: now it is the same."""
     server, _ = upstream
-    logs: list[str] = []
-    with fake_ssm(in_ssm(credential, [ssm.THROTTLE, API_KEY])) as (environ, calls):
-        results = replay(
-            tmp_path,
-            server.url,
-            [EVENTS / "chat-completions-ok.json"] * 3,
-            freeze_s=1.2,
-            environ=environ,
-            logs=logs,
-            settings={"provider_key_refresh_seconds": 1.0},
-            **stored_credential(credential),
-        )
+    results, logs, calls = three_chats_reading_ssm(tmp_path, server.url, credential, API_KEY)
     refused = results[0]
     assert refused["status"] == 503, refused
     error = json.loads(refused["body"])["error"]
@@ -645,18 +654,7 @@ def test_a_provider_key_read_again_from_ssm_that_no_header_can_carry_is_the_503_
     `internal_error` (httpx's UnicodeEncodeError). Now the documented 503, saying why and where, never the value.
     Found by review."""
     server, _ = upstream
-    logs: list[str] = []
-    with fake_ssm(in_ssm(credential, [ssm.THROTTLE, "sk-k\u00e9y-0123456789"])) as (environ, calls):
-        results = replay(
-            tmp_path,
-            server.url,
-            [EVENTS / "chat-completions-ok.json"] * 3,
-            freeze_s=1.2,
-            environ=environ,
-            logs=logs,
-            settings={"provider_key_refresh_seconds": 1.0},
-            **stored_credential(credential),
-        )
+    results, logs, calls = three_chats_reading_ssm(tmp_path, server.url, credential, "sk-k\u00e9y-0123456789")
     # (The second invocation has it read, and is answered as the plan it made before the read said; the third says
     # what the read found.)
     assert [r["status"] for r in results] == [503] * 3 and len(calls) >= 2, results
