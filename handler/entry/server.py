@@ -186,7 +186,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         settings = served_settings()
         self.bound, self.most = settings.limits.request_header_bytes, settings.limits.connections
-        self.head_s, self.body_s = settings.timeouts.request_head, settings.timeouts.request_body
+        self.head_s, self.body_s = settings.timeouts.request_head, settings.timeouts.body_s
         super().connection_made(transport)
         self.head_timer = self.loop.call_later(self.head_s, self._head_late)
         self._admitted()

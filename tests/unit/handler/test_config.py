@@ -390,6 +390,15 @@ def test_a_bodys_bound_past_the_whole_requests_is_refused() -> None:
     assert (settings.timeouts.request_head, settings.timeouts.request_body) == (1, 900)
 
 
+def test_a_whole_requests_bound_below_the_bodys_default_is_taken_and_bounds_the_body() -> None:
+    """A config that lowered `timeouts.request` (2 s) and wrote no `request_body` was refused once the body's bound
+    came (its default's 60 s past the whole request's): the suite's own configs of that kind failed to load. The
+    default now yields to `request`; only a `request_body` written past it is refused."""
+    timeouts = parse_config({"gateway": {"timeouts": {"request": 2, "total": 2}}}, TYPES).gateway.timeouts
+    assert (timeouts.request, timeouts.body_s) == (2, 2)
+    assert parse_config({}, TYPES).gateway.timeouts.body_s == 60
+
+
 def test_a_responses_secret_that_resolves_to_nothing_is_refused_at_start_not_replaced(
     tmp_path: Path, only_secrets: object
 ) -> None:
