@@ -9,6 +9,7 @@ handler/pipeline/provider_keys.py); a literal key in the file is accepted but di
 # when the class is made, in the cold start; as objects they come from the cached bytecode.
 import ipaddress
 import math
+import operator
 import os
 from collections.abc import Callable, Mapping
 from importlib import resources
@@ -541,7 +542,13 @@ SETTING_BOUNDS: Final[dict[str, dict[str, float]]] = {
     "max_retries_per_deployment": {"ge": 0, "le": 5},
     "responses_ttl_seconds": {"gt": 0},
 }
-BOUND_WORDS = {"gt": "greater than", "ge": "greater than or equal to", "lt": "less than", "le": "less than or equal to"}
+# Each kind of bound: the comparison a value inside it passes, and pydantic's words for it.
+BOUND_KINDS: Final[dict[str, tuple[Callable[[Any, Any], bool], str]]] = {
+    "gt": (operator.gt, "greater than"),
+    "ge": (operator.ge, "greater than or equal to"),
+    "lt": (operator.lt, "less than"),
+    "le": (operator.le, "less than or equal to"),
+}
 
 
 def bound_problems(settings: GatewaySettings) -> list[str]:
@@ -553,9 +560,9 @@ def bound_problems(settings: GatewaySettings) -> list[str]:
         for part in path.split("."):
             value = getattr(value, part)
         for rule, bound in rules.items():
-            inside = {"gt": value > bound, "ge": value >= bound, "lt": value < bound, "le": value <= bound}[rule]
-            if not inside:
-                problems.append(f"gateway.{path}: Input should be {BOUND_WORDS[rule]} {bound:g}")
+            inside, words = BOUND_KINDS[rule]
+            if not inside(value, bound):
+                problems.append(f"gateway.{path}: Input should be {words} {bound:g}")
                 break
     return problems
 
