@@ -24,7 +24,15 @@ from handler.errors import GatewayError, UpstreamError
 from handler.pipeline.chunk_stream import ChunkStream
 from handler.pipeline.passthrough import NativeReply, NativeStream, guarded, sse_frame
 from handler.pipeline.pricing import Cost
-from handler.schemas import AssistantMessage, ChatCompletion, ChatCompletionChunk, ToolCallDelta, Usage, ordered_parts
+from handler.schemas import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Choice,
+    ToolCallDelta,
+    Usage,
+    ordered_parts,
+)
 from handler.wire import StreamEvent, interrupted
 
 STOP_REASONS = {
@@ -157,21 +165,7 @@ def stop_reason(finish_reason: str | None, stop_sequence: str | None, refused: b
 def to_message(completion: ChatCompletion, model: str, cost: Cost | None) -> dict[str, Any]:
     """An Anthropic `message` for the first choice of a completion."""
     choice = completion.choices[0] if completion.choices else None
-    content: list[dict[str, Any]] = []
-    signed = (choice.message.model_extra or {}).get("thinking_blocks") if choice is not None else None
-    in_order = ordered(choice.message, signed) if choice is not None else None
-    if choice is not None and in_order is not None:
-        content = [_block(kind, part, choice.finish_reason == "length") for kind, part in in_order]
-    elif choice is not None:
-        if isinstance(signed, list):
-            content.extend(claude_block(block) for block in signed if isinstance(block, dict))
-        elif choice.message.reasoning_content:
-            # Reasoning of another provider: shown as thinking, with no signature (it cannot go back to Claude).
-            content.append({"type": "thinking", "thinking": choice.message.reasoning_content, "signature": ""})
-        if choice.message.content or choice.message.refusal:  # a refusal (a blocked prompt) is the answer's text
-            content.append({"type": "text", "text": choice.message.content or choice.message.refusal})
-        for call in choice.message.tool_calls or ():
-            content.append(_block("call", call, choice.finish_reason == "length"))
+    content = _content(choice) if choice is not None else []
     reason = choice.finish_reason if choice else None
     stop_sequence = choice.stop_sequence if choice else None
     refused = choice is not None and bool(choice.message.refusal)
@@ -188,6 +182,26 @@ def to_message(completion: ChatCompletion, model: str, cost: Cost | None) -> dic
     if cost is not None:
         message["cost"] = cost.as_event()
     return message
+
+
+def _content(choice: Choice) -> list[dict[str, Any]]:
+    """A choice's content blocks: in the order Claude wrote them where the answer says one (`ordered`), else its
+    thinking, its text, its calls."""
+    message, cut = choice.message, choice.finish_reason == "length"
+    signed = (message.model_extra or {}).get("thinking_blocks")
+    in_order = ordered(message, signed)
+    if in_order is not None:
+        return [_block(kind, part, cut) for kind, part in in_order]
+    content: list[dict[str, Any]] = []
+    if isinstance(signed, list):
+        content.extend(claude_block(block) for block in signed if isinstance(block, dict))
+    elif message.reasoning_content:
+        # Reasoning of another provider: shown as thinking, with no signature (it cannot go back to Claude).
+        content.append({"type": "thinking", "thinking": message.reasoning_content, "signature": ""})
+    if message.content or message.refusal:  # a refusal (a blocked prompt) is the answer's text
+        content.append({"type": "text", "text": message.content or message.refusal})
+    content.extend(_block("call", call, cut) for call in message.tool_calls or ())
+    return content
 
 
 def ordered(message: AssistantMessage, signed: Any) -> list[tuple[str, Any]] | None:
