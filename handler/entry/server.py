@@ -22,7 +22,11 @@ answered `503 server_busy` in the error shape. A timer a request is what this co
 ends and cancelled as the next head is whole (a body is timed only where a read ends before it does).
 
 RFC 9112's rules uvicorn does not keep: an HTTP/1.1 request without one Host is a 400 (3.2), and an answer of no
-length to an HTTP/1.0 request is not chunked (6.1: its end is the connection's close, `UnchunkedCycle`).
+length to an HTTP/1.0 request is not chunked (6.1: its end is the connection's close, `UnchunkedCycle`). And a
+request offering a protocol upgrade the server does not speak (`curl --http2` to an `http://` URL offers `Upgrade:
+h2c`) is served in HTTP/1.1, its offer ignored, as RFC 9110 (7.8) lets a server: httptools stops parsing at such a
+head, and uvicorn handed the app an empty body (a POST answered 400 "not valid JSON"). Its body is read here by its
+`Content-Length`, and the connection closed after the answer (the parser reads nothing after the head).
 
 As the server begins to stop, the protocol tells the served gateway (`server_stopping`), so that a request uvicorn
 cuts once `--shutdown-grace` has run out is answered the gateway's 503, not a client's 499 or uvicorn's 500.
@@ -37,6 +41,7 @@ import sys
 from typing import NoReturn
 
 from uvicorn._types import ASGISendEvent
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from handler.api.app import BODY_LATE, answered_before_the_app, anthropic_path, arrival_deadline_s
@@ -178,6 +183,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     pending: bytes | None = None  # a refused head's answer, held until the answer before it is written (`_close_with`)
     most = 0  # `gateway.limits.connections`
     admitted = False  # among the `most` connections served (`_admitted`)
+    upgrade_left: int | None = None  # an ignored upgrade's body bytes still to come (`_ignore_upgrade`)
     head_s = 0.0  # `gateway.timeouts.request_head`
     body_s = 0.0  # `gateway.timeouts.request_body`
     head_timer: asyncio.TimerHandle | None = None
@@ -226,6 +232,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self.refused:  # (a refusal is written or held: nothing more is read on this connection)
+            return
+        if self.upgrade_left is not None:  # (the parser stopped at an upgrade's head: its body is read here)
+            self._upgrade_body(data)
             return
         if self.in_head:
             room = self.bound - self.received
@@ -476,15 +485,66 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 ),
                 b"503 Service Unavailable",
             )
+        upgrade = self.parser.should_upgrade() and not self._should_upgrade()
+        if upgrade and any(name == b"transfer-encoding" for name, _ in self.headers):
+            self._refuse_head(
+                InvalidRequestError(
+                    "a request offering a protocol upgrade (Upgrade) with a chunked body is not served: send it "
+                    "without the Upgrade header, or with a Content-Length"
+                ),
+                b"400 Bad Request",
+            )
         super().on_headers_complete()
         if version != "1.1" and self.cycle is not None and self.cycle.scope is self.scope:
             self.cycle.__class__ = UnchunkedCycle
+        if upgrade:
+            self._ignore_upgrade()
+
+    def _ignore_upgrade(self) -> None:
+        """Serve a request whose upgrade is not spoken, its offer ignored: its body (by its `Content-Length`) is taken
+        from the bytes after its head, in this read and the next ones (`_upgrade_body`), and the connection closes
+        after the answer."""
+        length = 0
+        for name, value in self.headers:
+            if name == b"content-length" and value.strip().isdigit():  # (as the parser took it: digits)
+                length = int(value)
+        self.cycle.keep_alive = False
+        self.upgrade_left = length
+        start = self._head_end_in(self.reading, self.earlier)
+        self._upgrade_body(self.reading[start:])
+
+    def _upgrade_body(self, data: bytes) -> None:
+        """Bytes of an ignored upgrade's body (`_ignore_upgrade`), as `on_body` takes them: what goes past its length
+        is dropped (the connection closes after the answer), and its end completes the request's body."""
+        left = self.upgrade_left or 0
+        cycle = self.cycle
+        if data and left and not cycle.response_complete:
+            cycle.body += data[:left]
+            if len(cycle.body) > HIGH_WATER_LIMIT:
+                self.flow.pause_reading()
+            cycle.message_event.set()
+        self.upgrade_left = max(0, left - len(data))
+        if self.upgrade_left:
+            if self.body_timer is None:
+                self._time_the_body()
+        elif self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None
+        if not self.upgrade_left:
+            cycle.more_body = False
+            cycle.message_event.set()
+
+    def _unsupported_upgrade_warning(self) -> None:
+        """uvicorn's warning that the parser stopped at an upgrade: this protocol serves such a request
+        (`_ignore_upgrade`)."""
 
     def on_message_complete(self) -> None:
         # The next request's head begins after this one's end: in the next piece, or in this one (`_pipelined`).
         self.ended_before = self.received - len(self.reading)
         self.in_head = True
         self.received = 0
+        if self.upgrade_left is not None:  # (its body is read, timed and ended by `_upgrade_body`)
+            return
         if self.body_timer is not None:
             self.body_timer.cancel()
             self.body_timer = None
