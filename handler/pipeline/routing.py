@@ -647,6 +647,9 @@ class Router:
 
     @staticmethod
     def _pinned(attempt: Attempt, controls: RouteControls) -> bool:
+        """Whether the attempt keeps the request's pins: its provider as named, its region in any case (`westeurope`
+        is Azure's own spelling of a deployment configured as `WestEurope`, `US-EAST-1` AWS's us-east-1, as the
+        region table reads them: `place`)."""
         if controls.provider and attempt.target.provider != controls.provider:
             return False
-        return not (controls.region and attempt.target.region != controls.region)
+        return not (controls.region and attempt.target.region.lower() != controls.region.lower())

@@ -217,3 +217,20 @@ def test_a_deployments_default_service_tier_is_checked_when_the_config_is() -> N
         routes = Router(priced, build_adapters(priced, REGISTRY, keys), "us-east-1")
         [attempt] = routes.plan("m", RouteControls(), any_model)
         assert routes.unasked_tiers == {id(attempt): "priority"} and attempt.tiers["priority"] == 1.7
+
+
+@pytest.mark.parametrize("pin", ["US-EAST-1", "Us-East-1"])
+def test_a_region_pin_names_its_region_in_any_case(pin: str) -> None:
+    """`x-gateway-region: US-EAST-1` on a `us-east-1` deployment, or Azure's `westeurope` on one configured as
+    `WestEurope`, was `503 no_deployment_available` (found by review): only the config's exact spelling matched."""
+    plan = router("eu-west-1").plan("m", RouteControls(region=pin, fallbacks=[]), any_model)
+    assert [a.target.model for a in plan] == ["m-us"]
+    azure = parse_config(
+        {
+            "providers": {"az": {"type": "azure", "api_key": "env:A", "base_url": "https://r.openai.azure.com"}},
+            "models": {"g": {"deployments": [{"provider": "az", "model": "g", "region": "WestEurope"}]}},
+        },
+        set(REGISTRY),
+    )
+    routed = Router(azure, build_adapters(azure, REGISTRY, {"A": "x"}), "eu-west-1")
+    assert [a.target.region for a in routed.plan("g", RouteControls(region="westeurope"), any_model)] == ["WestEurope"]
