@@ -619,8 +619,9 @@ def parse_controls(request: Request) -> Controls:
     )
 
 
-# The agent session a client names: Claude Code's header, Codex's, and a generic one.
-SESSION_HEADERS = (b"x-claude-code-session-id", b"session-id", b"x-session-id")
+# The agent session a client names: Claude Code's header, Codex's (`session-id`; `session_id` in other releases of
+# its source), and a generic one.
+SESSION_HEADERS = (b"x-claude-code-session-id", b"session-id", b"session_id", b"x-session-id")
 
 
 # The request controls `parse_controls` reads (an `x-gateway-*` name it does not read is left alone, as before).

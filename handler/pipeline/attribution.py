@@ -50,11 +50,15 @@ def validate_tags(pairs: Iterable[tuple[str, str]] | Mapping[str, str], param: s
     items = pairs.items() if isinstance(pairs, Mapping) else pairs
     tags: dict[str, str] = {}
     tag = tag_pattern()
+    count = 0
     for name, value in items:
         if not (tag.fullmatch(name) and tag.fullmatch(value)):
             raise InvalidRequestError(f"{param} takes name=value pairs separated by commas; {TAG_RULE}", param=param)
-        tags[tag_name(name, param)] = unkeyed(value)
-    if len(tags) > MAX_TAGS:
+        count += 1  # (pairs, not names: 40 copies of `t=1` are 40 pairs)
+        kept = unkeyed(value)
+        if tags.setdefault(tag_name(name, param), kept) != kept:  # (the last value had silently replaced the first)
+            raise InvalidRequestError(f"{param} gives the tag '{name}' two values; give each tag once", param=param)
+    if count > MAX_TAGS:
         raise InvalidRequestError(f"{param} takes at most {MAX_TAGS} tags", param=param)
     return tags
 

@@ -1747,3 +1747,35 @@ def test_a_key_sent_as_a_user_session_or_tag_is_kept_nowhere(gw: Running) -> Non
     hashed = "organization_" + base64.urlsafe_b64encode(hashlib.sha256(b"acme").digest()).rstrip(b"=").decode()
     assert post(gw, "/v1/chat/completions", key, {**body, "user": hashed}).status_code == 200
     assert ledger(gw, key)[-1].user == hashed
+
+
+def test_codex_s_session_header_in_either_spelling_names_the_lines_session(gw: Running) -> None:
+    """Codex 0.171 sends `session-id`; other releases of its source write `session_id` (found by review), which no
+    line recorded: both name the session now, `session-id` first where a request carries both."""
+    key = gw.mint()
+    assert chat(gw, key, session_id="codex-underscore").status_code == 200
+    assert chat(gw, key, **{"session_id": "second", "session-id": "first"}).status_code == 200
+    lines = ledger(gw, key)
+    while len(lines) < 2:
+        lines = ledger(gw, key)
+    assert sorted(line.session or "" for line in lines) == ["codex-underscore", "first"]
+
+
+def test_tag_pairs_are_counted_as_given_and_a_name_given_two_values_is_a_400(gw: Running) -> None:
+    """40 copies of `t=1` were answered 200 past the 16-pair bound, and `team=search,team=ads` recorded `team=ads`,
+    the first value dropped unsaid, as was a report's filter `tag=team=search,team=ads` (found by review)."""
+    key = gw.mint()
+    for tags, said in (
+        (",".join(["t=1"] * 40), "takes at most 16 tags"),
+        ("team=search,team=ads", "gives the tag 'team' two values"),
+    ):
+        refused = chat(gw, key, **{"x-gateway-tags": tags})
+        assert refused.status_code == 400, refused.text
+        assert said in refused.json()["error"]["message"] and refused.json()["error"]["param"] == "x-gateway-tags"
+    assert chat(gw, key, **{"x-gateway-tags": "team=search, team=search"}).status_code == 200  # (the same pair twice)
+    lines = ledger(gw, key)
+    while len(lines) < 1:
+        lines = ledger(gw, key)
+    assert [line.tags for line in lines] == [{"team": "search"}]
+    report = httpx.get(f"{gw.url}/v1/usage", params={"tag": "team=search,team=ads"}, headers=auth(key))
+    assert report.status_code == 400 and "two values" in report.json()["error"]["message"]
