@@ -4,13 +4,21 @@ A client's cap may be more than the model it reaches can write: Claude Code asks
 gpt-4o-mini refuses more than 16,384 with a 400, as does every OpenAI-compatible API past its own limit. A cap
 past the attempt's ceiling is lowered to it: the model's `max_output_tokens` where configured, else the ceiling
 its provider named in an earlier refusal (learned once per deployment, then sent within it from the start).
+
+What an attempt could write bounds the estimate of an answer without usage (`written_at_most`): the cap it was sent,
+else that ceiling, else the one the gateway ships for its upstream model (`shipped_ceiling`), which is never sent.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Final
+from functools import cache
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Final
+
+from handler.config import DEFAULT_CONFIG_RESOURCE, load_yaml
+from handler.pipeline.pricing import priced_as
 
 if TYPE_CHECKING:
     from handler.pipeline.routing import Attempt
@@ -35,6 +43,34 @@ def ceiling_named(message: str) -> int | None:
     if found is None:
         return None
     return int(next(group for group in found.groups() if group is not None))
+
+
+@cache
+def shipped_ceilings() -> dict[str, int]:
+    """The output ceilings the gateway ships: the `max_output_tokens` of each model of its default config
+    (handler/default_config.yaml), by the upstream model id each of its deployments names. An operator's config
+    replaces that file whole, so these are read apart, on the first estimate that needs one (`shipped_ceiling`):
+    read with the config at start, the file cost every Lambda cold start 5.2 million instructions (callgrind)."""
+    raw: dict[str, Any] = load_yaml(resources.files("handler").joinpath(DEFAULT_CONFIG_RESOURCE).read_text())
+    ceilings: dict[str, int] = {}
+    for spec in raw["models"].values():
+        if spec.get("max_output_tokens"):
+            for deployment in spec["deployments"]:
+                ceilings.setdefault(deployment["model"], spec["max_output_tokens"])
+    return ceilings
+
+
+@cache
+def shipped_ceiling(upstream_model: str) -> int | None:
+    """The output ceiling the gateway ships for `upstream_model` (a deployment's model id, of a model the operator
+    may name as they please): its own, else that of the model the built-in price table takes it for (`priced_as`: a
+    dated release of it, `gpt-4o-mini-2024-07-18`; a variant that names itself in words, `gpt-4o-mini-tts`, is
+    another model); None where the gateway ships none. Remembered by id: one per deployment of the config."""
+    ceilings = shipped_ceilings()
+    if upstream_model in ceilings:
+        return ceilings[upstream_model]
+    entry = priced_as(upstream_model)
+    return ceilings.get(entry) if entry is not None else None
 
 
 class OutputCap:
@@ -86,11 +122,15 @@ class OutputCap:
 
     def written_at_most(self, attempt: Attempt) -> int | None:
         """The most output `attempt` can have written, over all its choices: the cap it was sent (its own, not the
-        request's as `apply` left it for the last attempt), else its model's ceiling; None where neither is known
-        (the provider's own default). What the gateway's estimate of an answer's output never passes: relayed
-        characters a third of a token each charged 88 tokens for 40 written, past a budget and
-        `x-gateway-max-cost-usd` checked for 40."""
-        cap = self.sent(attempt) or self.ceiling(attempt)
+        request's as `apply` left it for the last attempt), else its model's ceiling (`ceiling`), else the one the
+        gateway ships for its upstream model (`shipped_ceiling`); None where none is known, and the provider's own
+        word, what it sent, is then the best there is. What the gateway's estimate of an answer's output never
+        passes: relayed characters a third of a token each charged 88 tokens for 40 written, past a budget and
+        `x-gateway-max-cost-usd` checked for 40; and a stream of gpt-4o-mini that wrote without end, sent no cap
+        (no budget) by a config that names no `max_output_tokens`, cut by its client, was charged 1,120,000 output
+        tokens of a model that writes 16,384 at most. (A request with a budget or `x-gateway-max-cost-usd` is
+        always sent a cap, its reservation's: the shipped ceiling never reaches past what it reserved.)"""
+        cap = self.sent(attempt) or self.ceiling(attempt) or shipped_ceiling(attempt.target.model)
         return cap * (self.req.n or 1) if cap else None
 
     def apply(self, attempt: Attempt) -> int | None:

@@ -1,13 +1,14 @@
-"""The output cap per attempt: the ceilings providers name, and when a refusal lowers the cap."""
+"""The output cap per attempt: the ceilings providers name, and when a refusal lowers the cap; and the most an attempt
+could write, which bounds the estimate of an answer without usage."""
 
 from __future__ import annotations
 
 import pytest
 
 from adapters.providers.registry import REGISTRY
-from handler.config import parse_config
+from handler.config import load_config, parse_config
 from handler.pipeline.gateway import build_adapters
-from handler.pipeline.output_caps import OutputCap, ceiling_named
+from handler.pipeline.output_caps import OutputCap, ceiling_named, shipped_ceiling
 from handler.pipeline.routing import Attempt, RouteControls, Router, any_model
 from handler.schemas import ChatRequest
 
@@ -16,6 +17,9 @@ CONFIG = {
     "models": {
         "known": {"deployments": [{"provider": "a", "model": "gpt-4o-mini"}], "max_output_tokens": 16_384},
         "unknown": {"deployments": [{"provider": "a", "model": "gpt-4o"}]},
+        # gpt-4o-mini by the operator's own name and a dated release, its ceiling left to the gateway's (16,384)
+        "mini": {"deployments": [{"provider": "a", "model": "gpt-4o-mini-2024-07-18"}]},
+        "lowered-mini": {"deployments": [{"provider": "a", "model": "gpt-4o-mini"}], "max_output_tokens": 9_000},
     },
 }
 
@@ -131,3 +135,37 @@ def test_each_attempt_has_written_at_most_the_cap_it_was_sent(budgeted: bool) ->
     assert (cap.written_at_most(wide), cap.written_at_most(narrow)) == (2 * 16_384, 2 * 1_000)
     cap.apply(wide)
     assert cap.written_at_most(narrow) == 2 * 1_000
+
+
+def test_the_ceilings_the_gateway_ships_are_its_default_configs_by_upstream_model() -> None:
+    """Each model of the shipped config with a `max_output_tokens` lends it to whatever model of an operator's
+    config deploys its upstream model, or a dated release of it; not to a variant that names itself in words."""
+    shipped = load_config(None, set(REGISTRY))
+    bounded = [(dep.model, spec.max_output_tokens) for spec in shipped.models.values() for dep in spec.deployments]
+    assert [(model, shipped_ceiling(model)) for model, ceiling in bounded if ceiling] == [
+        (model, ceiling) for model, ceiling in bounded if ceiling
+    ]
+    assert shipped_ceiling("gpt-4o-mini") == shipped_ceiling("gpt-4o-mini-2024-07-18") == 16_384
+    assert shipped_ceiling("claude-sonnet-4-5-20250929") == 64_000
+    assert shipped_ceiling("gpt-4o-mini-tts") is None  # (another model, whose price is its own)
+    assert shipped_ceiling("house-model-7b") is None
+    assert shipped_ceiling("text-embedding-3-small") is None  # (shipped without one)
+
+
+def test_what_an_attempt_could_write_is_its_cap_else_its_ceiling_else_the_shipped_one() -> None:
+    """The most an attempt could write, which an estimate of its output never passes: the cap it was sent (the
+    client's, past the model's ceiling or within it), else the config's `max_output_tokens`, else the ceiling its
+    provider named, else the one the gateway ships for its upstream model, for each choice; unknown (None) without
+    any. Without the shipped one, a stream of gpt-4o-mini sent no cap was estimated as long as it ran (1,120,000
+    output tokens for a model that writes 16,384)."""
+    mini, lowered, unknown = attempt("mini"), attempt("lowered-mini"), attempt("unknown")
+    assert OutputCap(request(), 4096, {}).written_at_most(mini) == 16_384
+    assert OutputCap(request(n=2), 4096, {}).written_at_most(mini) == 32_768
+    assert OutputCap(request(max_tokens=20_000), 4096, {}).written_at_most(mini) == 20_000
+    assert OutputCap(request(), 4096, {}).written_at_most(lowered) == 9_000
+    assert OutputCap(request(), 4096, {mini.target.label: 8_192}).written_at_most(mini) == 8_192
+    assert OutputCap(request(), 4096, {}).written_at_most(unknown) is None
+    # Never sent: a request without a budget goes as asked, and a budgeted one is sent (and reserved) the default.
+    assert OutputCap(request(), 4096, {}).sent(mini) is None
+    assert OutputCap(request(max_tokens=20_000), 4096, {}).sent(mini) == 20_000
+    assert OutputCap(request(), 4096, {}).of(mini) == 4096
