@@ -12,9 +12,10 @@ that repeats them), so:
   (`scrub`);
 - an upstream's error (its message, `code` and `param`: `redact_upstream`) is also scrubbed of any run of
   `FRAGMENT_CHARS` or more of a known secret or of its encodings (without its prefix, half of it, base64 of it or
-  of `Bearer <key>` or `user:<key>`, hex, %-escaped, reversed, spaced out): an upstream that echoes the key it
-  was sent rarely echoes it whole. The runs looked for are made when a secret is registered, never per request,
-  and looked for only in errors, never in an answer or a stream's deltas;
+  of `Bearer <key>` or `user:<key>`, hex, %-escaped, reversed, spaced out, its MD5, SHA-1, SHA-256 or SHA-512 in
+  hex): an upstream that echoes the key it was sent rarely echoes it whole. The runs looked for are made once for
+  the secrets registered (by the first error after they change: `_fragments`), never per request, and looked for
+  only in errors, never in an answer or a stream's deltas;
 - a stream's text is scrubbed as the client joins it (`HeldText`): a secret the model writes across several deltas
   is whole only once they are joined, so the end of a delta that could begin a secret is held back, and sent
   with what follows it (or at the stream's end).
@@ -23,6 +24,7 @@ that repeats them), so:
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 from collections.abc import Iterable
 from functools import cache
@@ -37,12 +39,15 @@ MIN_SECRET_LENGTH = 8  # shorter values (test placeholders, "none") would redact
 # and a span past what a collector takes in one batch (the batch was refused, and every span in it lost).
 NAME_CHARS = 256
 
-# Values shaped like a key, whatever surrounds them: OpenAI's and Anthropic's, and OpenAI's masked form of one it
-# refused (`Incorrect API key provided: sk-VKMIs*****...wjh3`: the key's first and last characters, which a client
-# of the gateway has no business reading), this gateway's own, AWS access key ids, Google's.
+# Values shaped like a key, whatever surrounds them: OpenAI's and Anthropic's, and a masked form of one an upstream
+# refused, masked with stars (OpenAI's `Incorrect API key provided: sk-VKMIs*****...wjh3`) or with dots (a LiteLLM
+# proxy's `Received API Key = sk-...U-sA`, or `sk-ab12...`): the key's first or last characters, which a client of
+# the gateway has no business reading; this gateway's own, AWS access key ids, Google's. (`sk-...` alone, the
+# prefix and dots, is text: what a key looks like.)
 # (Not `\b` before them: `resp_gwk_...`, a key pasted after an id's prefix, has no word boundary there.)
 KEY_SHAPES = (
-    r"(?<![A-Za-z0-9])(sk-[A-Za-z0-9_\-]*\*{3,}[A-Za-z0-9_\-]*|sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{8,})"
+    r"(?<![A-Za-z0-9])(sk-[A-Za-z0-9_\-]*(?:\*{3,}[A-Za-z0-9_\-]*|(?:\.{3}|\u2026)[A-Za-z0-9_\-]+)"
+    r"|sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{8,}|sk-[A-Za-z0-9_\-]+(?:\.{3}|\u2026))"
     r"|(?<![A-Za-z0-9])(gwk_[a-z0-9]{12}_[A-Za-z0-9_\-]{8,})"
     r"|\b((?:AKIA|ASIA)[0-9A-Z]{16})\b"
     r"|(?<![A-Za-z0-9])(AIza[0-9A-Za-z_\-]{30,})"
@@ -89,12 +94,27 @@ SIGNATURE_SHAPE = r"([Ss]ignature\"?\s*[:=]\s*\"?)[0-9a-fA-F]{64}"
 # invalid`), which neither a key's shape (no `sk-` before them) nor a run of `FRAGMENT_CHARS` of a known key finds;
 # others give its first ones (`sk-ab12*****`), both (`xa***Zd`), or dots in the mask (`sk-VKMIs*****...wjh3`, whose
 # `...wjh3` the key's shape left). Key characters beside a run of three or more `*` (and the dots in it) are redacted
-# with it. Looked for in an upstream's errors alone, in one with `***` in it that speaks of a key (`KEY_WORDS`): a
+# with it. Looked for in an upstream's errors alone, in one with a mask in it that speaks of a key (`KEY_WORDS`): a
 # provider quoting back a client's own word beside stars (Gemini's `Unknown name "draft***"`, a stop sequence
 # `END***`, Markdown's `***Notice***`) had it `[REDACTED]`, the client unable to tell what was refused (review).
 MASK = r"\*{3,}(?:\.{2,}\**)?"
 KEY_CHARS = r"[A-Za-z0-9_\-]"
-MASKED_SHAPE = rf"(?<![A-Za-z0-9_\-*.])(?:{KEY_CHARS}*(?:{MASK}{KEY_CHARS}+)+\**|{KEY_CHARS}+{MASK})"
+# A mask of dots alone (`...`, or the ellipsis `\u2026`), as a LiteLLM proxy quotes back a key it refused
+# (`Received API Key = sk-...U-sA`): the key's last characters were relayed to every client (review). Dots are
+# ordinary text far more often than stars (`1...4096`, `loading...`, a word cut short), so a dot mask is read more
+# narrowly: the two to eight key characters it leaves after it (a mask shows four), ending there, and before it
+# nothing, or a prefix with a `-` or `_` in it (`xai-...`, `sk-proj-...`); a run of dots within a word (`1...4096`,
+# `token...expired`) and a word of more than eight characters after them (`...continued`) are text. (A prefix
+# shown alone, `sk-ab12...`, is the key's shape's to find: its `sk-` marks it. The prefix is read possessively, a
+# word at a time: an error of thousands of `a-a-a-...` costs what its length does.)
+DOTS = r"(?:\.{3}|\u2026)"
+DOT_MASKED = (
+    rf"(?<![A-Za-z0-9_\-*.\u2026])(?:(?:[A-Za-z0-9]*+[_\-])++[A-Za-z0-9]*+)?{DOTS}{KEY_CHARS}{{2,8}}"
+    r"(?![A-Za-z0-9_\-*\u2026]|\.\.)"
+)
+MASKED_SHAPE = rf"(?<![A-Za-z0-9_\-*.])(?:{KEY_CHARS}*(?:{MASK}{KEY_CHARS}+)+\**|{KEY_CHARS}+{MASK})|{DOT_MASKED}"
+# What a text with a masked key in it holds (a substring search each, before any regular expression is run).
+MASK_MARKS = ("***", "...", "\u2026")
 KEY_WORDS = r"(?i)key|token|secret|credential|auth|password"
 
 
@@ -214,12 +234,22 @@ def _fragments() -> frozenset[str]:
     return _probes
 
 
+# The digests of a secret an upstream may give back in its place: a LiteLLM proxy's 401 names the key it refused by
+# its unsalted SHA-256 (`Key Hash (Token) =0ed873c0...`, the id its database keeps the key under), which anyone who
+# reads it can test a guessed or leaked key against (review); other servers log or quote an MD5, a SHA-1 or a
+# SHA-512 of a credential to identify it.
+DIGESTS = ("md5", "sha1", "sha256", "sha512")
+
+
 def encodings(secret: str) -> list[str]:
-    """`secret` as an upstream may echo it: as it is, reversed, spaced out, in hex, %-escaped, and in base64 (and
-    base64url) at each of the three alignments it can have after a prefix (`Bearer `, `user:`), each without the
-    characters that depend on what surrounds it."""
+    """`secret` as an upstream may echo it: as it is, reversed, spaced out, in hex, %-escaped, its `DIGESTS` in hex,
+    and in base64 (and base64url) at each of the three alignments it can have after a prefix (`Bearer `, `user:`),
+    each without the characters that depend on what surrounds it."""
     raw = secret.encode()
     forms = [secret, secret[::-1], " ".join(secret), raw.hex(), raw.hex().upper()]
+    for digest in DIGESTS:
+        hashed = hashlib.new(digest, raw, usedforsecurity=False).hexdigest()
+        forms += [hashed, hashed.upper()]
     forms += ["".join(f"%{byte:02X}" for byte in raw), "".join(f"%{byte:02x}" for byte in raw)]
     for shift in range(3):
         for encode in (base64.b64encode, base64.urlsafe_b64encode):
@@ -258,7 +288,9 @@ def redact_message(text: str) -> str:
 def _without_masked_keys(text: str) -> str:
     """`text` with each key quoted back masked (`MASKED_SHAPE`) where it speaks of one (`KEY_WORDS`) redacted: a
     substring search where there is none."""
-    return masked_shape().sub(REDACTED, text) if "***" in text and key_words().search(text) else text
+    if any(mark in text for mark in MASK_MARKS) and key_words().search(text):
+        return masked_shape().sub(REDACTED, text)
+    return text
 
 
 def redact_upstream(text: str) -> str:

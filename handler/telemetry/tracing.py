@@ -8,7 +8,7 @@ exporter; building, encoding and sending happen on the exporter's thread, off th
 W3C `traceparent` is continued (its trace id, the caller's span as parent, its sampling decision).
 
 Prompts and answers are exported only with `observability.otlp.capture_content: true`, and then with every
-known secret and credential-shaped value redacted (handler/redaction.py).
+known secret and credential-shaped value redacted (handler/redaction.py), as written or JSON-escaped (`captured`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from handler.config import (
 )
 from handler.otlp_config import OtlpConfig
 from handler.records import Value
-from handler.redaction import redact_message
+from handler.redaction import redact_message, scrub
 from handler.telemetry import prometheus
 
 if TYPE_CHECKING:
@@ -216,6 +216,14 @@ class Trace:
         return self.wall_ns + int((perf - self.perf) * 1e9)
 
 
+def captured(content: bytes) -> str:
+    """A captured prompt or answer (JSON, SSE events' data, or text) as exported: `scrub`bed as the client's bytes
+    are, then `redact_message`d, then cut. (`redact_message` alone reads the text as written: a secret a provider's
+    encoder JSON-escaped, `\\/` for `/`, reached the client `[REDACTED]` and the collector whole: review.) Run on the
+    exporter's thread, for a request whose content is captured only."""
+    return redact_message(scrub(content).decode("utf-8", "replace"))[:CONTENT_CHARS]
+
+
 def _continued(version: str, trace_id: str, parent_id: str, flags: str, rest: str | None) -> bool:
     """Whether a `traceparent` of these fields names a trace to continue: version ff is invalid, version 00 has
     nothing after its flags, and neither id may be all zeros."""
@@ -373,11 +381,9 @@ class RequestTracer:
             out.append(("gen_ai.conversation.id", ex.controls.session))
         out += [(f"gateway.tag.{name}", value) for name, value in ex.controls.tags.items()]
         if trace.prompt is not None:
-            out.append(
-                ("gen_ai.input.messages", redact_message(trace.prompt.decode("utf-8", "replace"))[:CONTENT_CHARS])
-            )
+            out.append(("gen_ai.input.messages", captured(trace.prompt)))
         if trace.answer:
-            out.append(("gen_ai.output.messages", redact_message("".join(trace.answer))[:CONTENT_CHARS]))
+            out.append(("gen_ai.output.messages", captured("".join(trace.answer).encode())))
         return out
 
     def flush(self, timeout_s: float = 5.0) -> bool:

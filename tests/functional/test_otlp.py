@@ -33,8 +33,14 @@ LAMBDA_FLUSH_SECONDS = 2.0  # handler/entry/lambda_handler.py's FLUSH_SECONDS (i
 
 
 def otlp_gateway(
-    upstream: tuple[ServerThread, dict[str, Any]], tmp_path: Path, endpoint: str, **otlp: Any
+    upstream: tuple[ServerThread, dict[str, Any]],
+    tmp_path: Path,
+    endpoint: str,
+    secrets: dict[str, str] | None = None,
+    **otlp: Any,
 ) -> tuple[Running, ServerThread]:
+    """A gateway exporting to `endpoint`, with `secrets` in its environment beside the fakes' keys (AWS credentials,
+    registered at start)."""
     server, fakes = upstream
     config = gateway_config(server.url, set(fakes))
     config.observability = ObservabilityConfig(otlp=OtlpConfig(schedule_delay_ms=20, **otlp))
@@ -44,7 +50,12 @@ def otlp_gateway(
     config.models["gpt-responses"] = ModelConfig.model_validate(
         {"deployments": [{"provider": "openai-responses", "model": "gpt-4o-mini"}]}
     )
+    # The same, written by an encoder that escapes every `/` (`\/`), as PHP's and some Java encoders do.
+    config.models["escaping-gpt"] = ModelConfig.model_validate(
+        {"deployments": [{"provider": "openai-responses", "model": "gpt-4o-mini-slashes-escaped"}]}
+    )
     environ = {
+        **(secrets or {}),
         **FAKE_KEYS,
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
         "OTEL_SERVICE_NAME": "gateway-under-test",
@@ -299,6 +310,41 @@ def test_a_secret_across_the_cut_of_a_captured_prompt_goes_out_redacted(
     key_id, secret_part = secret.split("_", 2)[1:]
     tail = prompt[len(head) + len(filler) :]  # what of the prompt stood where the key began
     assert key_id not in tail and secret_part[:3] not in tail and tail.startswith(" [REDACTED"), tail
+
+
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # AWS's documented example: an encoder may escape its `/`
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
+def test_a_captured_prompt_and_answer_hold_no_secret_json_escaped(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path: Path, stream: bool
+) -> None:
+    """A Responses stream passed through from a provider that escapes `/` reached the client with the AWS secret
+    `[REDACTED]` (its bytes are read with JSON's escapes undone), and the collector with it whole, `\\/` for `/`,
+    in every event that repeats the text (review): the capture was redacted as an error's words are, escapes and
+    all. What is captured passes the redaction the client's bytes pass; so does a prompt that escapes it."""
+    receiver = OtlpReceiver().start()
+    secrets = {"AWS_SECRET_ACCESS_KEY": AWS_SECRET, "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE"}
+    running, server = otlp_gateway(upstream, tmp_path, receiver.url, secrets, capture_content=True)
+    try:
+        key = running.mint()
+        asked = {"model": "escaping-gpt", "input": f"SAY The secret is {AWS_SECRET}.", "stream": stream, "store": False}
+        answer = httpx.post(
+            f"{running.url}/v1/responses",
+            content=orjson.dumps(asked).replace(b"/", b"\\/"),  # (the client's encoder escapes it too)
+            headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        root, *_ = receiver.request_spans(answer.headers["x-request-id"])
+    finally:
+        server.stop()
+        receiver.stop()
+    assert "[REDACTED]" in answer.text and AWS_SECRET not in answer.text.replace("\\/", "/")
+    prompt, said = root.attributes["gen_ai.input.messages"], root.attributes["gen_ai.output.messages"]
+    assert "The secret is [REDACTED]" in prompt and "The secret is [REDACTED]" in said
+    for captured in (prompt, said):
+        assert AWS_SECRET[:12] not in captured.replace("\\/", "/"), captured
 
 
 def timed_requests(running: Running, key: str, count: int) -> list[float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -661,3 +662,45 @@ async def test_a_key_deepseek_quotes_back_masked_reaches_no_client_and_no_log(
     logged = capsys.readouterr()
     for seen in (answer.text, str(answer.headers), logged.out, logged.err):
         assert f"*{DEEPSEEK_KEY[-4:]}" not in seen and f" {DEEPSEEK_KEY[-4:]} " not in seen
+
+
+# A LiteLLM proxy (an OpenAI-compatible upstream many put in front of their providers) refuses a virtual key it does
+# not know, or one revoked or expired, quoting it masked with dots, its last four characters showing, and naming it
+# by its unsalted SHA-256, the id its database keeps it under (LiteLLM's words).
+LITELLM_KEY = "sk-Zq8xK2mNv4Rt7Yw1Bc3DU-sA"
+LITELLM_HASH = hashlib.sha256(LITELLM_KEY.encode()).hexdigest()
+LITELLM_REFUSAL = (
+    f"Authentication Error, Invalid proxy server token passed. Received API Key = sk-...{LITELLM_KEY[-4:]}, Key Hash "
+    f"(Token) ={LITELLM_HASH}. Unable to find token in cache or `LiteLLM_VerificationTokenTable`"
+)
+BEHIND_LITELLM = {
+    "m": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": {"input": 1, "output": 2}}
+}
+
+
+def litellm_refusal(request: httpx.Request) -> httpx.Response:
+    error = {"message": LITELLM_REFUSAL, "type": "token_not_found_in_db", "param": "key", "code": "401"}
+    return httpx.Response(401, json={"error": error})
+
+
+@pytest.mark.parametrize("api", list(ASKED_OF_EACH_API))
+async def test_a_key_a_litellm_proxy_quotes_back_by_its_tail_and_its_hash_reaches_no_client_and_no_log(
+    api: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The 502 a LiteLLM proxy's 401 ends as gave every client the last four characters of the operator's key (a mask
+    of dots, `sk-...U-sA`, where only stars were read as one) and its SHA-256, against which any key can be tested
+    (found by review). Both are redacted, the proxy's other words relayed."""
+    served = await serve(
+        litellm_refusal,
+        BEHIND_LITELLM,
+        provider={"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": "http://litellm:4000/v1"},
+        environ={"OPENAI_API_KEY": LITELLM_KEY},
+    )
+    path, asked = ASKED_OF_EACH_API[api]
+    answer = await served.post(path, asked)
+    await served.gateway.aclose()
+    assert answer.status_code == 502, answer.text
+    assert "Received API Key = [REDACTED], Key Hash (Token) =[REDACTED]. Unable to find token" in answer.text
+    logged = capsys.readouterr()
+    for seen in (answer.text, str(answer.headers), logged.out, logged.err):
+        assert f"...{LITELLM_KEY[-4:]}" not in seen and LITELLM_HASH[:12] not in seen

@@ -574,14 +574,27 @@ def _unsent(body: dict[str, Any], names: tuple[str, ...]) -> list[str]:
     return [name for name, value in values.items() if asks(name, value) and not (name in SAMPLING and value == 1)]
 
 
+# The words `auth` is refused naming as written (docs/configuration.md names them): those an operator writes for
+# "no key" or for its opposite, in any case. Any other value is not shown: one who reads `auth` as the credential
+# writes the key there (`auth: sk-proj-...`), and its first 40 characters were printed by `gateway config check` and
+# `gateway serve`, and kept on Lambda in the init failure's log (review).
+AUTH_WORDS = frozenset({"none", "off", "no", "false", "on", "yes", "true", "null", "disabled", "enabled"})
+
+
 def auth_shown(value: Any) -> str:
-    """How the `auth` option's refused value is named: as written, or, for the boolean YAML reads from an unquoted
-    `off`, `no`, `false` (or `on`, `yes`, `true`), by those words (it said "not 'False'" of `auth: off`)."""
+    """How the `auth` option's refused value is named: as written where it is one of `AUTH_WORDS`, by those words for
+    the boolean YAML reads from an unquoted `off`, `no`, `false` (or `on`, `yes`, `true`) (it said "not 'False'" of
+    `auth: off`), and otherwise not at all: it may be a key."""
     if value is True:
         return "on, yes or true (YAML's boolean true): leave auth out to send the provider's key"
     if value is False:
         return "off, no or false (YAML's boolean false, unquoted): write `auth: none` to send no key"
-    return f"'{str(value)[:40]}'"
+    if isinstance(value, str) and value.strip().lower() in AUTH_WORDS:
+        return f"'{value}'"
+    return (
+        "the value written (not shown: it may be a key; a provider's key is its `api_key`, best as a reference: "
+        "env:NAME, ssm:/path or secretsmanager:NAME)"
+    )
 
 
 class OpenAIAdapter(ProviderAdapter):

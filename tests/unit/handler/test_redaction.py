@@ -171,6 +171,20 @@ def test_an_upstream_error_keeps_ordinary_text_and_the_short_runs_it_shares_with
     assert redact_upstream(f"key ...{SECRET[8 : 8 + FRAGMENT_CHARS]}...") == f"key ...{REDACTED}..."
 
 
+@pytest.mark.parametrize("digest", ["md5", "sha1", "sha256", "sha512"])
+def test_an_upstream_error_naming_a_key_by_its_digest_is_redacted(digest: str) -> None:
+    """A LiteLLM proxy's 401 names the key it refused by its unsalted SHA-256 (`Key Hash (Token) =0ed8...`): relayed to
+    every client, any key could be tested against it (review). A secret's digests are among the forms looked for, in
+    either case and in part."""
+    from handler.redaction import redact_upstream
+
+    hashed = hashlib.new(digest, SECRET.encode()).hexdigest()
+    for said in (hashed, hashed.upper(), hashed[:16]):
+        assert redact_upstream(f"Key Hash (Token) ={said}. Unable to find token") == (
+            f"Key Hash (Token) ={REDACTED}. Unable to find token"
+        )
+
+
 def test_the_forms_of_the_secrets_are_built_by_the_first_upstream_error_not_as_they_are_registered(
     only_secrets: Callable[..., None],
 ) -> None:

@@ -551,6 +551,12 @@ def test_a_key_the_provider_masked_in_its_refusal_is_redacted_whole(masked: str)
         ),
         ("Invalid key sk-ab12**********, check it", "Invalid key [REDACTED], check it"),
         ("Incorrect API key provided: sk-VKMIs*****...wjh3.", "Incorrect API key provided: [REDACTED]."),
+        # A mask of dots alone (a LiteLLM proxy's `sk-...U-sA`), or the ellipsis, with or without a prefix.
+        ("Received API Key = sk-...U-sA, Key Hash", "Received API Key = [REDACTED], Key Hash"),
+        ("Your api key: ...1c3e is invalid", "Your api key: [REDACTED] is invalid"),
+        ("Your api key: \u20261c3e is invalid", "Your api key: [REDACTED] is invalid"),
+        ("Invalid token xai-...Zd9k.", "Invalid token [REDACTED]."),
+        ("Invalid key sk-ab12..., check it", "Invalid key [REDACTED], check it"),
         # Stars with no key character beside them, and fewer than three, are ordinary text.
         ("Your api key **** is invalid; 2 * 3 is 6, **bold**", "Your api key **** is invalid; 2 * 3 is 6, **bold**"),
     ],
@@ -558,10 +564,26 @@ def test_a_key_the_provider_masked_in_its_refusal_is_redacted_whole(masked: str)
 def test_a_key_quoted_back_masked_without_its_prefix_is_redacted(said: str, shown: str) -> None:
     """DeepSeek refuses a bad key with its last four characters, `****1c3e`: relayed in the deployment's 502 to every
     client of the gateway (found by review), as the dots of a mask left a key's last characters (`...wjh3`). The
-    characters a mask of three or more `*` leaves of a key go with it, whatever the key's prefix."""
+    characters a mask of three or more `*` leaves of a key go with it, whatever the key's prefix; so do those a mask
+    of dots alone leaves (a LiteLLM proxy's 401 gave every client `sk-...U-sA`: review)."""
     body = {"error": {"message": said, "type": "authentication_error", "param": None, "code": "invalid_request_error"}}
     error = REGISTRY["deepseek"]("d", "provider-key-000000", {}).error(401, orjson.dumps(body), {})
     assert error.message == f"upstream returned 401: {shown}"
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "max_tokens must be in 1...4096",  # a range
+        "Your token...expired; keys look like sk-...",  # dots within a word; a key's prefix alone
+        "The api key ...continued: see the docs...",  # a word of more than a mask's eight characters after dots
+    ],
+)
+def test_dots_in_an_error_that_speaks_of_a_key_are_text_where_they_mask_nothing(said: str) -> None:
+    """A mask of dots is read narrowly (dots are text far more often than stars): none of these is one."""
+    body = {"error": {"message": said, "type": "invalid_request_error", "param": None, "code": None}}
+    error = REGISTRY["openai"]("p", "provider-key-000000", {}).error(400, orjson.dumps(body), {})
+    assert error.message == f"upstream returned 400: {said}"
 
 
 @pytest.mark.parametrize(

@@ -646,6 +646,25 @@ def test_serve_refuses_an_option_no_adapter_reads_before_it_binds(
             "providers.o: auth takes one value, 'none' (send no key), or is left out; not on, yes or true (YAML's "
             "boolean true): leave auth out to send the provider's key\n",
         ),
+        # (A key written as `auth`, by one who read it as the credential, was printed up to its 40th character, and
+        # kept on Lambda in the init failure's log: review. Only the words for "no key" and its opposite are shown.)
+        (
+            "providers:\n  o: {type: openai, auth: sk-proj-Zq8xK2mNv4Rt7Yw1Bc3Df5Gh9Jk0Lp6SsQaWe}\n",
+            "providers.o: auth takes one value, 'none' (send no key), or is left out; not the value written (not "
+            "shown: it may be a key; a provider's key is its `api_key`, best as a reference: env:NAME, ssm:/path or "
+            "secretsmanager:NAME)\n",
+        ),
+        (
+            "providers:\n  az: {type: azure, base_url: 'https://x.openai.azure.com',\n"
+            "       auth: 0f3c9a7e5b1d4c2a8e6f0b9d7c5a3e1f}\n",  # (Azure's keys: 32 hex digits)
+            "providers.az: auth takes one value, 'none' (send no key), or is left out; not the value written (not "
+            "shown: it may be a key; a provider's key is its `api_key`, best as a reference: env:NAME, ssm:/path or "
+            "secretsmanager:NAME)\n",
+        ),
+        (
+            "providers:\n  d: {type: deepseek, auth: None, base_url: 'http://127.0.0.1:9/v1'}\n",
+            "providers.d: auth takes one value, 'none' (send no key), or is left out; not 'None'\n",
+        ),
         (
             "providers:\n  a: {type: anthropic, api_key: k, anthropic_beta: 3}\n",
             "providers.a.anthropic_beta: one beta, a comma-separated list or a YAML list of betas, not 3",

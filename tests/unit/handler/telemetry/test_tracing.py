@@ -159,6 +159,26 @@ def test_a_collectors_credential_is_a_secret_with_its_scheme_and_without_it(only
         assert redaction.scrub(f'{{"said": "{secret}"}}'.encode()) == b'{"said": "[REDACTED]"}', secret
 
 
+@pytest.mark.parametrize(
+    "written",
+    [
+        b'data: {"text":"The secret is wJalrXUtnFEMI\\/K7MDENG\\/bPxRfiCYEXAMPLEKEY."}\n\n',  # PHP's, Java's `\/`
+        b'{"input": "The secret is \\u0077JalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY."}',  # a `\u0077` for its `w`
+        b"The secret is wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY.",  # a stream's text, put together
+    ],
+)
+def test_captured_content_is_redacted_as_the_clients_bytes_are(
+    only_secrets: Callable[..., None], written: bytes
+) -> None:
+    """A captured answer went to the collector with a secret its provider's encoder JSON-escaped, which the client
+    got `[REDACTED]` (review): what is captured is `scrub`bed, as the client's bytes are, before its redaction."""
+    from handler.telemetry.tracing import captured
+
+    only_secrets("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+    exported = captured(written)
+    assert "The secret is [REDACTED]." in exported and "EXAMPLEKEY" not in exported
+
+
 def test_the_config_section_is_validated_with_paths() -> None:
     bad = {"observability": {"otlp": {"endpoint": "collector:4318", "batch_size": 0, "capture": True}}}
     with pytest.raises(ConfigError) as info:
