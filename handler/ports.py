@@ -959,7 +959,9 @@ class ThreadAnswer(Value):
 class Store(ABC):
     """Keys, meters and the ledger. Every method is one round trip to the backend at most, except an
     admission in a region that must first top up its lease of a budget homed in another region (two more:
-    the home region's conditional write and the lease's credit; see `adapters/store/region_leases.py`)."""
+    the home region's conditional write and the lease's credit; see `adapters/store/region_leases.py`), and a
+    settlement that takes more from such a lease than it reserved (a read of the lease; where it then owes, the
+    home's charge and the lease's credit: `RegionLeases.cover_debt`)."""
 
     @abstractmethod
     async def create_key(self, record: KeyRecord) -> None:
