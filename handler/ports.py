@@ -986,6 +986,13 @@ class Store(ABC):
         `root_home` (the home region of the family's root, where a replicated store writes the family: see
         `create_child`), read there, consistently: a revocation must find a child minted a moment ago."""
 
+    async def end_links(self, record: KeyRecord, root_home: str | None = None) -> None:
+        """Give the links `create_child` wrote for `record` the end its record has now (a revocation, just written:
+        `adapters.store.records.key_purge_after`), where a store lets links go after their child's lines; in the
+        root's home region `root_home`, where they were written. A store that keeps its links for good (SQLite)
+        has nothing to do."""
+        return None
+
     async def family_ids(self, key_id: str, root_home: str | None = None) -> list[str] | None:
         """`key_id` and every key created under it, at any depth, as `child_ids` links them, in one call where the
         store can; None where it cannot (`handler.pipeline.key_admin.with_descendants` then walks `child_ids`)."""

@@ -25,7 +25,7 @@ from adapters.store.dynamo_keys import stamped
 from adapters.store.dynamodb import LEDGER_SHARDS, SWEEP_SECONDS, DynamoDBStore
 from adapters.store.dynamodb_url import dynamodb_client
 from adapters.store.expressions import Expression, Item, num, read_num, text
-from adapters.store.records import LEDGER_TTL_SECONDS, key_purge_after
+from adapters.store.records import EXPIRED_KEY_GRACE_SECONDS, LEDGER_TTL_SECONDS, key_purge_after
 from adapters.store.responses import pack
 from handler.pipeline.budgets import period_of
 from handler.pipeline.key_admin import KeyAdmin
@@ -1368,6 +1368,41 @@ async def test_migrate_links_children_from_before_links(flaky: tuple[FlakyClient
     assert await store.migrate() == 2
     assert await store.child_ids(parent.id) == sorted([live.id, "purgedchild1"])
     assert await store.migrate() == 0
+
+
+async def test_a_revoked_childs_links_go_with_their_ttl_after_its_record(dynamo: DynamoServer) -> None:
+    """docs/store.md (A parent's children): a child's link to its parent goes 400 days after the child's record, and
+    its link on its root's partition (`DESC#`, read by every recount of the family) with the record. Both were given
+    their end at the mint only: a child minted without an expiry and then revoked (an agent's key, a signed-out
+    session) had its record purged a day later and kept both links for good, as did the keys revoked with it. A
+    revocation gives them its end; a sibling still live keeps its links as they were."""
+    store = DynamoDBStore(
+        DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url),
+        dynamo.create_table(),
+        region="us-east-1",
+    )
+    admin = KeyAdmin(KeyService(store, 0))
+    root = (await admin.mint(record())).record
+    child, sibling = [
+        (await admin.mint_child(record(parent_id=root.id, ancestors=[root.id]), 100)).record for _ in range(2)
+    ]
+    grandchild = (await admin.mint_child(record(parent_id=child.id, ancestors=[root.id, child.id]), 100)).record
+    revoked = await admin.revoke(child)  # and the grandchild with it
+    assert revoked.revoked_at is not None
+    goes = revoked.revoked_at + EXPIRED_KEY_GRACE_SECONDS  # when their records go
+    links = {
+        item["sk"]["S"]: item
+        for parent_id in (root.id, child.id)
+        for item in await store._query(
+            KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": text(f"FAMILY#{parent_id}")}
+        )
+    }
+    await store.close()
+    ends = {sk: (link.get("purge", {}).get("N"), link.get("ttl", {}).get("N")) for sk, link in links.items()}
+    with_lines = (num(goes)["N"], str(int(goes + LEDGER_TTL_SECONDS)))
+    assert ends[f"CHILD#{child.id}"] == ends[f"CHILD#{grandchild.id}"] == with_lines
+    assert ends[f"DESC#{grandchild.id}"] == (num(goes)["N"], str(int(goes)))
+    assert ends[f"CHILD#{sibling.id}"] == (None, None)
 
 
 async def test_a_store_url_without_a_region_homes_its_keys_in_the_clients_region(
