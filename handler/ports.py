@@ -959,7 +959,9 @@ class ThreadAnswer(Value):
 class Store(ABC):
     """Keys, meters and the ledger. Every method is one round trip to the backend at most, except an
     admission in a region that must first top up its lease of a budget homed in another region (two more:
-    the home region's conditional write and the lease's credit; see `adapters/store/region_leases.py`)."""
+    the home region's conditional write and the lease's credit; see `adapters/store/region_leases.py`), and a
+    settlement that takes more from such a lease than it reserved (a read of the lease; where it then owes, the
+    home's charge and the lease's credit: `RegionLeases.cover_debt`)."""
 
     @abstractmethod
     async def create_key(self, record: KeyRecord) -> None:
@@ -983,6 +985,13 @@ class Store(ABC):
         may live: a report on a parent's family must not lose a child's spend when the child's record goes. With
         `root_home` (the home region of the family's root, where a replicated store writes the family: see
         `create_child`), read there, consistently: a revocation must find a child minted a moment ago."""
+
+    async def end_links(self, record: KeyRecord, root_home: str | None = None) -> None:
+        """Give the links `create_child` wrote for `record` the end its record has now (a revocation, just written:
+        `adapters.store.records.key_purge_after`), where a store lets links go after their child's lines; in the
+        root's home region `root_home`, where they were written. A store that keeps its links for good (SQLite)
+        has nothing to do."""
+        return None
 
     async def family_ids(self, key_id: str, root_home: str | None = None) -> list[str] | None:
         """`key_id` and every key created under it, at any depth, as `child_ids` links them, in one call where the

@@ -326,6 +326,36 @@ class DynamoDBKeys:
                 await asyncio.sleep(0.05)  # throttled: DynamoDB hands back what it did not read
         return found
 
+    async def end_links(self, record: KeyRecord, root_home: str | None = None) -> None:
+        """`Store.end_links`: the child's link (`CHILD#`, TTL 400 days past its record's purge) and, below the root's
+        children, its link on the root's partition (`DESC#`, TTL at the purge), as `create_child` would write them
+        for the record as it is now, through the root's home region's replica. Set only at the mint, a child minted
+        without an expiry and then revoked (an agent's key, a signed-out session) kept both for good, the `DESC#`
+        one read by every recount of its family, while its record went a day after its revocation. Each only
+        where it is: a child minted before links is linked by `migrate`, from its record."""
+        parent_id, root_id, purge = record.parent_id, family_root(record), key_purge_after(record)
+        if parent_id is None or root_id is None or purge is None:
+            return
+        links = [(self._family_key(parent_id, f"{CHILD_PREFIX}{record.id}"), purge + LEDGER_TTL_SECONDS)]
+        if root_id != parent_id:
+            links.append((self._family_key(root_id, f"{DESCENDANT_PREFIX}{record.id}"), purge))
+        client = self._client_for(root_home)
+
+        async def end(key: Item, ttl: float) -> None:
+            with contextlib.suppress(ConditionFailed):  # (no such link)
+                await call(
+                    client,
+                    "update_item",
+                    TableName=self.table,
+                    Key=key,
+                    UpdateExpression="SET #purge = :purge, #ttl = :ttl",
+                    ConditionExpression="attribute_exists(pk)",
+                    ExpressionAttributeNames={"#purge": "purge", "#ttl": "ttl"},
+                    ExpressionAttributeValues={":purge": num(purge), ":ttl": num(int(ttl))},
+                )
+
+        await asyncio.gather(*(end(key, ttl) for key, ttl in links))
+
     def _descendant_link(self, root_id: str, record: KeyRecord) -> Item:
         """A key below the root's children, linked on the root's partition (for its recount)."""
         link: Item = {**self._family_key(root_id, f"{DESCENDANT_PREFIX}{record.id}"), "child": text(record.id)}

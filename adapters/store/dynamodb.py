@@ -24,7 +24,8 @@ key without budgeted parents is one conditional `UpdateItem` whose new values co
 call; with budgeted ancestors it is one `TransactWriteItems` over their meter items, plus a consistent
 `GetItem` of each of those items, sent together, for the answer's headers (what every key of the chain has
 left). A settlement is one `TransactWriteItems`: the marker
-(so a retry is a no-op), the meter updates and the line item.
+(so a retry is a no-op), the meter updates and the line item; one that took more from a lease than it reserved
+there reads the lease after it, and charges the home what the lease owes (`RegionLeases.cover_debt`).
 
 A meter item (and a lease) holds only the periods still open: once a period is closed (`period_closed`: an hour
 past its end), the first request of the key to settle after an admission saw its attributes removes them, unless
@@ -469,6 +470,7 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBThreads, DynamoDBSi
             outcome = await self._transact_settlement(settlement, updates)
             if isinstance(outcome, frozenset):
                 if not outcome:
+                    await self._cover_debts(settlement, updates)
                     await self._sweep([u.key_id for u in updates if u.budgets])
                     await self._prune()
                 return outcome
@@ -527,6 +529,17 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBThreads, DynamoDBSi
             if not failed:
                 raise StoreError("DynamoDB transaction conflict; retry") from exc
             return frozenset(u.key_id for u, _ in failed)
+
+    async def _cover_debts(self, settlement: Settlement, updates: list[SettleUpdate]) -> None:
+        """What the settlement left a lease of this region owing charged to the key's home (`RegionLeases.cover_debt`:
+        no call unless it took more from the lease than its reservation). The settlement landed: a home that cannot
+        be reached leaves it to the lease's return, which the settlement watches it for, or a reclaim."""
+        for update in updates:
+            if not self.leases.remote(update.home_region):
+                continue
+            for charge, _ in update.budgets:
+                with contextlib.suppress(StoreError):
+                    await self.leases.cover_debt(settlement, charge, update.released)
 
     # --- expiry and reads ---------------------------------------------------------------------
 

@@ -31,8 +31,15 @@ return). A return first
 credits the lease up to the home's `g:P#R` (a grant whose every answer was lost landed at home only) and releases
 its expired reservations (requests that died in R). A region about to refuse a request for want of budget first
 does the same for every other region's lease idle for `idle_seconds` (`reclaim_idle`), through that region's
-endpoint: on Lambda no sweeper runs between invocations. A grant the home refuses while its meter holds expired
-reservations (requests that died in the home region) releases them through the home's endpoint, then asks again.
+endpoint: on Lambda no sweeper runs between invocations; it also takes a lease whose return the home never
+counted (its `b:P` above the home's `b:P#R`: a return cut between its two writes, by a process that then ended).
+A grant the home refuses while its meter holds expired reservations (requests that died in the home region)
+releases them through the home's endpoint, then asks again.
+
+A settlement takes from the lease what its request spent beyond its reservation (the whole cost where expiry
+released the reservation). Into a lease that went home meanwhile, that leaves `a:P` below zero: the lease owes
+it, and the settlement (else the lease's return, or a reclaim) charges it to the home as a grant (`g:P#R` and
+`c:P` raised by it, with no limit: the money is spent), then credits the lease up to that grant (`cover_debt`).
 
 A grant and a return each write a token drawn for that one write (`q:`), under a condition it does not hold
 yet: the client sends a call again when its answer does not come, and the write sent again after landing is
@@ -42,7 +49,8 @@ and left its chunk granted at home and never credited to the lease, for good.
 
 Invariant, each inequality kept by a conditional write in one region: sum over regions of committed <= sum
 of leases (per lease, `a:P >= 0`) and home committed (own + leases) <= limit. Overspend is zero, except for
-what a request spends beyond its reservation (as in one region). Home unreachable: leases keep serving; a
+what a request spends beyond its reservation, or after its reservation expired (as in one region: counted at
+home as the settlement lands, `cover_debt`). Home unreachable: leases keep serving; a
 request needing a grant fails closed (`StoreError`, 503). Region R unreachable: what R holds stays leased
 to R (at most R's lease) until R returns it.
 """
@@ -408,14 +416,15 @@ class RegionLeases:
         return returned
 
     async def _give_back(self, held: HeldLease, force: bool, region: str | None = None, leaving: bool = False) -> float:
-        """Give up the lease's available USD, then tell the home meter; -1 if the lease is in use (`leaving`: if
-        another process used it since this one last did). `region` is the lease's (this region's if None): another
-        region reclaims a lease idle where no process sweeps it (`reclaim_idle`), through that region's endpoint,
-        so the lease is still written only in its region.
+        """Give up the lease's available USD, then tell the home meter; the USD that came home (with what an earlier
+        return gave up and the home never counted), or -1 if the lease is in use (`leaving`: if another process
+        used it since this one last did). `region` is the lease's (this region's if None): another region reclaims
+        a lease idle where no process sweeps it (`reclaim_idle`), through that region's endpoint, so the lease is
+        still written only in its region.
 
-        What the home granted the lease and the lease never credited (a grant whose answers were lost: the
-        client had a 503, the home counts it leased) is credited first, and the reservations of requests that
-        died there released, so both come home with the rest."""
+        The reservations of requests that died there are released first, and the lease squared with the home
+        (`_square`): what it owes charged there, what the home granted it and it never credited (a grant whose
+        answers were lost) credited, so all of it comes home with the rest."""
         region = region or self.region or ""
         client = self.replica(region)
         p = held.period
@@ -438,9 +447,7 @@ class RegionLeases:
                 if await self.release_expired(held.key_id, region) > 0:
                     lease = await read()
         granted, counted = await self._home_marks(held, region)
-        if granted > dec(lease, f"g:{p}"):
-            if not await self._raise_mark(client, lease_key, f"g:{p}", f"a:{p}", granted, dec(lease, f"g:{p}"), 1):
-                raise StoreError("could not credit a lease grant; it is retried when next idle")
+        if await self._square(held, region, lease_key, lease, granted):
             lease = await read()
         avail = dec(lease, f"a:{p}")
         returned_total = dec(lease, f"b:{p}")
@@ -481,8 +488,71 @@ class RegionLeases:
         if avail > 0:
             self.stats.returns += 1
             self.stats.returned_usd += float(avail)
+        # What came home: this return's, and a return before it whose home write never came (the lease gave up its
+        # `a` and the home was not told: a shutdown's bound, a home that failed, a process reaped between the two).
+        came_home = max(returned_total - counted, Decimal(0))
+        if came_home > 0:
             self._unleased.pop((held.key_id, p), None)
-        return float(max(avail, Decimal(0)))
+        return float(came_home)
+
+    async def _square(self, held: HeldLease, region: str, lease_key: Item, lease: Item, granted: Decimal) -> bool:
+        """Bring the lease (as read) level with the home's cumulative grant to its region (`granted`, as read): what
+        it owes charged to the home first (`_charge_debt`), then the lease credited up to that grant, which also
+        credits a grant whose answers were all lost (the client had a 503, the home counts it leased). Whether the
+        lease was written. Each write raises a cumulative mark from the value read, so a write sent again, a
+        second process squaring the same lease, or a crash between the two writes charges nothing twice: what the
+        home charged and the lease never credited is a grant like any other, credited by the next."""
+        p = held.period
+        granted = await self._charge_debt(held, region, lease, granted)
+        credited = dec(lease, f"g:{p}")
+        if granted <= credited:
+            return False
+        if not await self._raise_mark(self.replica(region), lease_key, f"g:{p}", f"a:{p}", granted, credited, 1):
+            raise StoreError("could not credit a lease grant; it is retried when next idle")
+        return True
+
+    async def _charge_debt(self, held: HeldLease, region: str, lease: Item, granted: Decimal) -> Decimal:
+        """Charge the home what the lease owes, as a grant to its region (`ADD c:P d` with `g:P#R`, on condition of
+        the grant mark as read, and no limit: the money is spent); returns the home's cumulative grant after it.
+
+        A settlement takes from the lease what its request spent beyond its reservation, the whole cost where the
+        reservation expired and was released meanwhile; into a lease that went home before (its sweeper returns
+        it within 45 s, a reservation lives 16 min), that drove `a` below zero and no more: a return gives back
+        only what is there, and only this region's next grant of the key and period covered it. The home admitted
+        the whole budget again: $1.40 spent of $1 where one region refuses (a late $0.50 settlement, then $0.90 at
+        home). What the home granted and the lease never credited pays the debt first."""
+        p = held.period
+        debt = dec(lease, f"g:{p}") - granted - dec(lease, f"a:{p}")
+        if debt <= 0:
+            return granted
+        home = {"pk": meter_pk(held.key_id), "sk": text(HOME_SK)}
+        total = granted + debt
+        if not await self._raise_mark(self.replica(held.home), home, f"g:{p}#{region}", f"c:{p}", total, granted, 1):
+            raise StoreError("could not charge a lease's debt to its home; it is retried when next idle")
+        self._unleased.pop((held.key_id, p), None)
+        return total
+
+    async def cover_debt(self, settlement: Settlement, charge: BudgetCharge, released: bool) -> None:
+        """After a settlement into this region's lease landed (or had before: a settlement sent again, re-driven
+        from the spool): one that took more from the lease than it had reserved there (`settle_clause`) may have
+        left it owing, and what it owes is charged to the home at once (`_square`), as in one region a late
+        settlement's cost is on the meter the next admission checks. Waiting for the lease's return left the home
+        admitting the budget again meanwhile (up to 45 s; on Lambda, until the region's next invocation). No call
+        for a settlement that took no more than its reservation; one read of the lease for one that did, two
+        writes more where it owes. A home that cannot be reached leaves it to the lease's return or a reclaim."""
+        period = charge.period
+        if committed_change(charge.amount_usd, settlement.reserved_usd, released) <= 0:
+            return
+        if self.region is None or period_closed(period, self.clock()):
+            return  # (a closed period's budget can no longer be spent, and the home drops its counters)
+        key = self.item_key(charge.key_id, charge.home_region)
+        answer = await call(self.local, "get_item", TableName=self.table, Key=key, ConsistentRead=True)
+        lease: Item = answer.get("Item", {})
+        if dec(lease, f"a:{period}") >= 0:
+            return
+        held = HeldLease(charge.key_id, period, charge.home_region or "", 0.0)
+        granted, _ = await self._home_marks(held, self.region)
+        await self._square(held, self.region, key, lease, granted)
 
     async def _home_marks(self, held: HeldLease, region: str) -> tuple[Decimal, Decimal]:
         """What the home meter has granted `region` and counted back from it, cumulative: read, not guessed (a
@@ -516,6 +586,12 @@ class RegionLeases:
         replica has them (a lease looks idle here no later than it is: the conditional writes in its region
         decide).
 
+        Also a lease that holds nothing but whose return the home never counted (its `b:P` above the home's
+        `b:P#R`): a return is two writes, and one cut between them (the shutdown's `SHUTDOWN_LEASES_S`, a home
+        that failed, a Lambda environment reaped) by a process that then ended was never written again, since
+        nothing held the lease any more; a $1 budget, $0.10 spent, was refused $0.85 for good, `GET /v1/key`
+        saying $0.90 left. And one that owes (`a:P < 0`, `_charge_debt`), charged at home though nothing comes.
+
         A lease goes home from its own region's sweeper, a task of a running process: on Lambda it runs only
         during an invocation, so a lease of a region that gets none stayed out for good (20 s after its last
         use, $0.25 of $1 still leased and a $0.90 request refused elsewhere). The region about to refuse
@@ -535,7 +611,11 @@ class RegionLeases:
             lease = leases.get(region, {})
             lost = dec(meter, f"g:{p}#{region}") > dec(lease, f"g:{p}")
             dead = holds_expired(lease, now)  # all it holds may be reserved by requests that died there
-            if read_num(lease, f"t:{p}") > now - self.idle_seconds or not (lost or dead or dec(lease, f"a:{p}") > 0):
+            # A return whose home write never came: the lease holds nothing, and the home still counts it leased.
+            uncounted = dec(lease, f"b:{p}") > dec(meter, f"b:{p}#{region}")
+            owes = dec(lease, f"a:{p}") < 0  # a late settlement took from it after it went home (`_charge_debt`)
+            held_back = lost or dead or uncounted or owes or dec(lease, f"a:{p}") > 0
+            if read_num(lease, f"t:{p}") > now - self.idle_seconds or not held_back:
                 continue
             held = HeldLease(charge.key_id, p, home, 0.0)
             with contextlib.suppress(ConditionFailed, StoreError):  # used meanwhile, or unreachable: refused

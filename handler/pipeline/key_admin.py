@@ -257,13 +257,14 @@ class KeyAdmin:
                 f"depth (root '{full.root_id}'; gateway.key_minting.max_children)",
                 code="child_key_limit",
             ) from None
-        await self._revoked_with_ancestor(minted.record)
+        await self._revoked_with_ancestor(minted.record, root_home)
         return minted
 
-    async def _revoked_with_ancestor(self, record: KeyRecord) -> None:
+    async def _revoked_with_ancestor(self, record: KeyRecord, root_home: str | None) -> None:
         """For a key just stored: if an ancestor is revoked or gone, the key revoked with it (as `revoke` would
-        have, had its walk found it) and a 401 `key_revoked`, as the request meets when its cache is fresh. Read
-        after the key's write, as a revocation walks the family after its own: one of the two sees the other."""
+        have, had its walk found it, its links given its end in `root_home`) and a 401 `key_revoked`, as the
+        request meets when its cache is fresh. Read after the key's write, as a revocation walks the family after
+        its own: one of the two sees the other."""
         chain = await asyncio.gather(*(self.store.get_key_latest(held) for held in record.ancestors))
         for ancestor_id, held in zip(record.ancestors, chain, strict=True):
             if held is not None and held.revoked_at is None:
@@ -273,6 +274,7 @@ class KeyAdmin:
             revoked = replace(record, revoked_at=revoked_at, revoked_by=revoked_by, version=record.version + 1)
             await self.store.update_key(revoked)
             self.keys.wrote(revoked)
+            await self.store.end_links(revoked, root_home)
             whose = "this key's parent" if ancestor_id == record.parent_id else "an ancestor of this key"
             raise AuthenticationError(
                 f"{whose} has been revoked" if held is not None else f"{whose} no longer exists", code="key_revoked"
@@ -325,16 +327,20 @@ class KeyAdmin:
     async def revoke(self, record: KeyRecord) -> KeyRecord:
         """The key revoked from now on, and every live key under it with it (`revoked_by` naming it); one revoked
         already stays as it was (when it was revoked is kept), and the keys under it are revoked with it again
-        (a revocation cut short, by a store error or a child minted meanwhile, is finished by the next)."""
+        (a revocation cut short, by a store error or a child minted meanwhile, is finished by the next). Each
+        key's family links are given the end its record now has (`Store.end_links`), once its revocation is
+        written: they outlive its record by its lines' 400 days, where they were kept for good."""
         revoked = record
         if record.revoked_at is None:
             revoked = replace(record, revoked_at=self.clock(), version=record.version + 1)
             await self.store.update_key(revoked)
             self.keys.wrote(revoked)
-        await self._revoke_descendants(revoked)
+        root_home = await family_home(self.store, revoked)
+        await self.store.end_links(revoked, root_home)
+        await self._revoke_descendants(revoked, root_home)
         return revoked
 
-    async def _revoke_descendants(self, revoked: KeyRecord) -> None:
+    async def _revoke_descendants(self, revoked: KeyRecord, root_home: str | None) -> None:
         """Every live key under `revoked`, revoked at its time. Its requests were refused already (an ancestor's
         revocation ends a chain), but the admin API showed such keys live for good (`revoked_at` None) and the store
         never purged them: it forgets a key a day after its own end (`adapters.store.records.key_purge_after`).
@@ -345,7 +351,6 @@ class KeyAdmin:
         assert revoked.revoked_at is not None
         now, ended_at = self.clock(), revoked.revoked_at
         gate = asyncio.Semaphore(WALK_CONCURRENCY)
-        root_home = await family_home(self.store, revoked)
 
         async def end(key_id: str) -> None:
             async with gate:
@@ -365,25 +370,30 @@ class KeyAdmin:
         written_in: str | None = None,
     ) -> bool:
         """Revoke the key `key_id` at `revoked_at`, `revoked_by` naming the ancestor it is revoked with; whether it
-        was. Read at its home (where a write goes; one this region's replica lacks, in `written_in`) and written
-        on condition of the version read, once more after a concurrent write (a retag, a rotation); a second
-        conflict is raised, or with `quiet` left (to the next run). A key purged, revoked already (its own
-        revocation stands) or, with `ended_by`, ended by then (purged at its own end) is left as it is."""
+        was. Read at its home (where a write goes; one this region's replica lacks, in `written_in`: its family's
+        root's home, where its links are given its end, `Store.end_links`) and written on condition of the version
+        read, once more after a concurrent write (a retag, a rotation); a second conflict is raised, or with
+        `quiet` left (to the next run). A key purged, revoked already (its own revocation stands: its links are
+        given its end again, in case that revocation was cut short before them) or, with `ended_by`, ended by then
+        (purged at its own end, its links given that end at its mint) is left as it is."""
         for attempt in (1, 2):
             held = await self.store.get_key_latest(key_id, written_in)
-            if held is None or held.revoked_at is not None:
+            if held is None:
+                return False
+            if held.revoked_at is not None:
+                await self.store.end_links(held, written_in)
                 return False
             if ended_by is not None and held.expires_at is not None and held.expires_at <= ended_by:
                 return False
+            revoked = replace(held, revoked_at=revoked_at, revoked_by=revoked_by, version=held.version + 1)
             try:
-                await self.store.update_key(
-                    replace(held, revoked_at=revoked_at, revoked_by=revoked_by, version=held.version + 1)
-                )
+                await self.store.update_key(revoked)
             except ConflictError:
                 if attempt == 2 and not quiet:
                     raise
                 continue
             self.keys.forget(key_id)
+            await self.store.end_links(revoked, written_in)
             return True
         return False
 
@@ -406,6 +416,7 @@ class KeyAdmin:
             return held[key_id]
 
         ends: dict[str, tuple[float, str]] = {}  # key id -> (revoked at, revoked by)
+        homes: dict[str, str | None] = {}  # key id -> its family's root's home, where its links are (`_revoke_with`)
         for record in records:
             if record.revoked_at is not None or (record.expires_at is not None and record.expires_at <= now):
                 continue  # ended already, and purged at its own end
@@ -421,10 +432,16 @@ class KeyAdmin:
                 ends[record.id] = min(known)
             elif gone is not None:
                 ends[record.id] = (now, gone)
+            else:
+                continue
+            root_id = family_root(record)
+            root = None if root_id is None else await ancestor(root_id)
+            homes[record.id] = (root or record).home_region
         gate = asyncio.Semaphore(WALK_CONCURRENCY)
 
         async def end(key_id: str, revoked_at: float, revoked_by: str) -> int:
             async with gate:
-                return int(await self._revoke_with(key_id, revoked_at, revoked_by, quiet=True))
+                revoked = await self._revoke_with(key_id, revoked_at, revoked_by, quiet=True, written_in=homes[key_id])
+                return int(revoked)
 
         return sum(await asyncio.gather(*(end(key_id, *ends[key_id]) for key_id in sorted(ends))))

@@ -25,7 +25,7 @@ from adapters.store.dynamo_keys import stamped
 from adapters.store.dynamodb import LEDGER_SHARDS, SWEEP_SECONDS, DynamoDBStore
 from adapters.store.dynamodb_url import dynamodb_client
 from adapters.store.expressions import Expression, Item, num, read_num, text
-from adapters.store.records import LEDGER_TTL_SECONDS, key_purge_after
+from adapters.store.records import EXPIRED_KEY_GRACE_SECONDS, LEDGER_TTL_SECONDS, key_purge_after
 from adapters.store.responses import pack
 from handler.pipeline.budgets import period_of
 from handler.pipeline.key_admin import KeyAdmin
@@ -1370,6 +1370,41 @@ async def test_migrate_links_children_from_before_links(flaky: tuple[FlakyClient
     assert await store.migrate() == 0
 
 
+async def test_a_revoked_childs_links_go_with_their_ttl_after_its_record(dynamo: DynamoServer) -> None:
+    """docs/store.md (A parent's children): a child's link to its parent goes 400 days after the child's record, and
+    its link on its root's partition (`DESC#`, read by every recount of the family) with the record. Both were given
+    their end at the mint only: a child minted without an expiry and then revoked (an agent's key, a signed-out
+    session) had its record purged a day later and kept both links for good, as did the keys revoked with it. A
+    revocation gives them its end; a sibling still live keeps its links as they were."""
+    store = DynamoDBStore(
+        DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url),
+        dynamo.create_table(),
+        region="us-east-1",
+    )
+    admin = KeyAdmin(KeyService(store, 0))
+    root = (await admin.mint(record())).record
+    child, sibling = [
+        (await admin.mint_child(record(parent_id=root.id, ancestors=[root.id]), 100)).record for _ in range(2)
+    ]
+    grandchild = (await admin.mint_child(record(parent_id=child.id, ancestors=[root.id, child.id]), 100)).record
+    revoked = await admin.revoke(child)  # and the grandchild with it
+    assert revoked.revoked_at is not None
+    goes = revoked.revoked_at + EXPIRED_KEY_GRACE_SECONDS  # when their records go
+    links = {
+        item["sk"]["S"]: item
+        for parent_id in (root.id, child.id)
+        for item in await store._query(
+            KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": text(f"FAMILY#{parent_id}")}
+        )
+    }
+    await store.close()
+    ends = {sk: (link.get("purge", {}).get("N"), link.get("ttl", {}).get("N")) for sk, link in links.items()}
+    with_lines = (num(goes)["N"], str(int(goes + LEDGER_TTL_SECONDS)))
+    assert ends[f"CHILD#{child.id}"] == ends[f"CHILD#{grandchild.id}"] == with_lines
+    assert ends[f"DESC#{grandchild.id}"] == (num(goes)["N"], str(int(goes)))
+    assert ends[f"CHILD#{sibling.id}"] == (None, None)
+
+
 async def test_a_store_url_without_a_region_homes_its_keys_in_the_clients_region(
     dynamo: DynamoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1475,6 +1510,148 @@ async def test_what_a_lease_region_reports_left_is_no_more_than_it_would_admit(d
     with pytest.raises(BudgetRefused):
         await here.admit(homed(key, 0.11))
     await here.close()
+    await home.close()
+
+
+def settled_at(adm: Admission, actual: float) -> Settlement:
+    """`adm` (`homed`'s) settled at `actual`, with its line."""
+    charge = adm.budgets[0]
+    spent = replace(charge, amount_usd=actual)
+    return Settlement(
+        adm.reservation_id, [spent], charge.amount_usd, [], line(charge.key_id, actual), "us-east-1", adm.expires_at
+    )
+
+
+def died(key: str, amount: float) -> Admission:
+    """`homed`, but its reservation's TTL has passed: a request that settles after its reservation was released."""
+    charge = BudgetCharge(key, PERIOD, 1.0, amount, "us-east-1")
+    return Admission(uuid.uuid4().hex, key, [charge], [], time.time() - 61, "us-east-1")
+
+
+def home_failing(dynamo: DynamoServer) -> tuple[FlakyClient, DynamoDBStore, DynamoDBStore]:
+    """`two_regions`, the lease region reaching its home through a `FlakyClient`, and the home reaching the lease
+    region's replica (for its reclaims)."""
+    table = dynamo.create_table()
+    home_endpoint = FlakyClient(dynamo)
+    credentials = Credentials("testing", "testing")
+    here = DynamoDBStore(
+        DynamoDBClient("us-east-1", credentials, dynamo.url),
+        table,
+        region="eu-west-1",
+        client_for=lambda region: home_endpoint,
+        owned=[home_endpoint],
+    )
+    home = DynamoDBStore(
+        DynamoDBClient("us-east-1", credentials, dynamo.url),
+        table,
+        region="us-east-1",
+        client_for=lambda region: here.client,
+    )
+    return home_endpoint, here, home
+
+
+async def lease_and_meter(home: DynamoDBStore, key: str) -> tuple[Item, Item]:
+    items = {item["sk"]["S"]: item for item in await home._meter_items(key)}
+    return items["LEASE#eu-west-1"], items["METER"]
+
+
+async def test_a_return_whose_home_write_failed_comes_home_at_the_homes_next_refusal_once_its_process_is_gone(
+    dynamo: DynamoServer,
+) -> None:
+    """A return is two writes: the lease gives up its `a` (its `b` grows), then the home lowers its `c`. The second
+    failing and the process then ending (a server stopping while its home is briefly unreachable, a Lambda
+    environment reaped between the two), nothing wrote it again: a reclaim passed over a lease holding nothing, and
+    the home counted the $0.15 returned as leased for good ($0.10 spent of $1: $0.85 refused, while `GET /v1/key`
+    said $0.90 left). A reclaim takes home a lease whose `b` the home has not counted, and says what that freed
+    (the refusal is tried again only if something was)."""
+    home_endpoint, here, home = home_failing(dynamo)
+    key = uuid.uuid4().hex[:12]
+    adm = homed(key, 0.1)
+    await here.admit(adm)  # a grant of $0.25 from the home, $0.10 of it reserved
+    await here.settle(settled_at(adm, 0.1))
+    home_endpoint.fail("UpdateItem", "InternalServerError", 20)  # the home takes no write
+    with pytest.raises(StoreError):
+        await here.return_leases()  # the server stops: the lease gave up its $0.15, the home was not told
+    await here.close()  # and its process is gone
+    lease, meter = await lease_and_meter(home, key)
+    assert (read_num(lease, f"a:{PERIOD}"), read_num(lease, f"b:{PERIOD}")) == (0, pytest.approx(0.15))
+    assert read_num(meter, f"c:{PERIOD}") == pytest.approx(0.25)
+    big = homed(key, 0.85)
+    with pytest.raises(BudgetRefused):
+        await home.admit(big)
+    assert await home.release_held(big.budgets[0], time.time()) == pytest.approx(0.15)
+    await home.admit(big)
+    assert (await home.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.95)
+    await home.close()
+
+
+async def test_a_late_settlement_into_a_returned_lease_is_charged_at_home_once_as_it_lands(
+    dynamo: DynamoServer,
+) -> None:
+    """docs/keys-and-budgets.md (Guarantee): a request whose reservation expired and was released, settling later,
+    counts its actual cost, as in one region, where it is on the meter the next admission checks. Settled into a
+    lease that went home meanwhile (its sweeper returns it within 45 s, a reservation lives 16 min: a spooled
+    settlement re-driven), it drove the lease's `a` below zero and no more: the home never counted it, and admitted
+    the whole budget again, $1.40 spent of $1 ($0.50 late, then $0.90). The settlement charges the home what the
+    lease owes, once: its home write's answer lost and the write sent again, the settlement itself sent again."""
+    local, remote, here, home = two_regions_losing(dynamo)
+    key = uuid.uuid4().hex[:12]
+    late = died(key, 0.5)
+    await here.admit(late)  # a grant of $0.50 to eu-west-1's lease, all of it reserved
+    await here.return_idle_leases(force=True)  # idle: its expired reservation released, the $0.50 goes home
+    remote.lose = "UpdateItem"  # the home's answer to the charge is lost, and the charge sent again
+    await here.settle(settled_at(late, 0.5))  # $0.50 spent, its line written
+    await here.settle(settled_at(late, 0.5))  # sent again (re-driven from the spool): nothing more
+    lease, meter = await lease_and_meter(home, key)
+    left = 1.0 - (await home.meter(key, PERIOD)).committed_usd[PERIOD]  # what `GET /v1/key` says
+    assert left == pytest.approx(0.5)
+    with pytest.raises(BudgetRefused):
+        await home.admit(homed(key, 0.9))
+    assert remote.lose is None
+    assert read_num(lease, f"a:{PERIOD}") == 0
+    assert read_num(meter, f"c:{PERIOD}") == pytest.approx(0.5)  # the late $0.50, counted once
+    assert read_num(meter, f"g:{PERIOD}#eu-west-1") == read_num(lease, f"g:{PERIOD}") == pytest.approx(1.0)
+    await home.admit(homed(key, 0.5))  # the rest of the budget, to the cent
+    await here.close()
+    await home.close()
+
+
+@pytest.mark.parametrize("gone", [False, True], ids=["sweep", "reclaim"])
+async def test_a_debt_the_home_did_not_take_as_it_settled_is_charged_by_the_leases_return_or_a_reclaim(
+    dynamo: DynamoServer, gone: bool
+) -> None:
+    """The home unreachable as a late settlement lands in a returned lease: what the lease owes is charged by its
+    return (the settlement watches it again: its sweeper, or its server's shutdown) or, its process gone, by a
+    reclaim, the home's next refusal. A return gave back nothing of a lease in debt and a reclaim passed over it,
+    so only this region's next grant of the key and period covered it."""
+    home_endpoint, here, home = home_failing(dynamo)
+    key = uuid.uuid4().hex[:12]
+    late = died(key, 0.5)
+    await here.admit(late)
+    await here.return_idle_leases(force=True)
+    home_endpoint.fail("GetItem", "InternalServerError", 20)  # the home unreachable as it settles
+    await here.settle(settled_at(late, 0.5))  # it lands: the lease owes $0.50, the home does not know it yet
+    home_endpoint.scripted.clear()
+    lease, meter = await lease_and_meter(home, key)
+    assert (read_num(lease, f"a:{PERIOD}"), read_num(meter, f"c:{PERIOD}")) == (-0.5, 0)
+    if gone:
+        await here.close()
+        await home.admit(homed(key, 0.3))  # spent at home meanwhile
+        big = homed(key, 0.8)
+        with pytest.raises(BudgetRefused):
+            await home.admit(big)
+        assert await home.release_held(big.budgets[0], time.time()) == 0.0  # nothing came home: a debt went
+    else:
+        assert await here.return_idle_leases(force=True) == 0.0
+        await here.close()
+    lease, meter = await lease_and_meter(home, key)
+    committed = 0.8 if gone else 0.5
+    assert read_num(lease, f"a:{PERIOD}") == 0
+    assert read_num(meter, f"c:{PERIOD}") == pytest.approx(committed)
+    assert (await home.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(committed)
+    await home.admit(homed(key, round(1.0 - committed, 2)))  # the rest of the budget, to the cent
+    with pytest.raises(BudgetRefused):
+        await home.admit(homed(key, 0.01))
     await home.close()
 
 

@@ -13,13 +13,16 @@ from typing import Any
 
 import pytest
 
+from adapters.sigv4 import Credentials
 from adapters.store import sqlite as sqlite_store
+from adapters.store.dynamo_client import DynamoDBClient
+from adapters.store.dynamodb import DynamoDBStore
 from handler.api.app import SETTLE_MARGIN_MS, Settling
 from handler.pipeline import gateway as gateway_module
 from handler.pipeline.budgets import Meter
 from handler.pipeline.gateway import build_gateway
 from handler.pipeline.spool import ENV
-from handler.ports import Admission, BudgetCharge, Settlement
+from handler.ports import Admission, BudgetCharge, BudgetRefused, Settlement
 from tests.support.dynamo import DynamoServer
 from tests.unit.adapters.store.test_contract import PERIOD, admission, line, settlement
 from tests.unit.adapters.store.test_dynamodb import two_regions
@@ -219,6 +222,67 @@ async def test_a_shutdown_whose_home_region_does_not_answer_gives_up_on_its_leas
     assert stopped < 0.2 + 0.5, stopped
     assert "budget leases not given back to their home regions within 0.2 s" in caplog.text
     await gateway.aclose()
+    await home.close()
+
+
+class SlowWrites(DynamoDBClient):
+    """The home region's endpoint as the lease region reaches it, each `UpdateItem` `delay` s on its way (a slow link
+    between regions): a bounded wait that ends first sends nothing."""
+
+    delay = 0.0
+
+    async def call(self, operation: str, request: dict[str, Any]) -> dict[str, Any]:
+        if operation == "UpdateItem" and self.delay:
+            await asyncio.sleep(self.delay)
+        return await super().call(operation, request)
+
+
+async def test_a_shutdown_cut_between_a_leases_return_and_its_homes_count_leaves_nothing_held(
+    dynamo: DynamoServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The shutdown's bound (`SHUTDOWN_LEASES_S`) ending after the lease gave up its `a` and before the home lowered
+    its `c`: it logs that the lease "comes home once idle, when its home needs it", and it never did. The lease held
+    nothing, so the home's reclaim passed it over, and no process held it any more: a $1 budget, $0.10 spent, had
+    $0.85 refused at home for good. The home's next refusal now takes home what the home has not counted."""
+    from handler.api.app import create_app
+
+    monkeypatch.setattr(gateway_module, "SHUTDOWN_LEASES_S", 0.3)
+    table = dynamo.create_table()
+    credentials = Credentials("testing", "testing")
+    home_endpoint = SlowWrites("us-east-1", credentials, dynamo.url)
+    here = DynamoDBStore(
+        DynamoDBClient("us-east-1", credentials, dynamo.url),
+        table,
+        region="eu-west-1",
+        client_for=lambda region: home_endpoint,
+        owned=[home_endpoint],
+    )
+    home = DynamoDBStore(
+        DynamoDBClient("us-east-1", credentials, dynamo.url),
+        table,
+        region="us-east-1",
+        client_for=lambda region: here.client,  # (the lease region's endpoint, for its reclaim)
+    )
+    gateway = build_gateway(store=here, environ={"GATEWAY_REGION": "eu-west-1"})
+    app = create_app(gateway)
+    key = uuid.uuid4().hex[:12]
+    charge = BudgetCharge(key, PERIOD, 1.0, 0.1, "us-east-1")
+    adm = Admission(uuid.uuid4().hex, key, [charge], [], time.time() + 60, "us-east-1")
+    spent = Settlement(adm.reservation_id, [charge], 0.1, [], line(key, 0.1), "us-east-1", adm.expires_at)
+    async with asyncio.timeout(10):
+        async with app.starlette.router.lifespan_context(app.starlette):  # as uvicorn runs it
+            await here.admit(adm)  # a grant of $0.25 from the home
+            await here.settle(spent)
+            home_endpoint.delay = 1.0  # the shutdown's bound ends before the home's write goes out
+    assert "budget leases not given back to their home regions within 0.3 s" in caplog.text
+    await gateway.aclose()
+    assert await home_committed(home, key) == pytest.approx(0.25)  # the lease's $0.15 returned, counted leased
+    big = BudgetCharge(key, PERIOD, 1.0, 0.85, "us-east-1")
+    with pytest.raises(BudgetRefused):
+        await home.admit(Admission(uuid.uuid4().hex, key, [big], [], time.time() + 60, "us-east-1"))
+    assert await home.release_held(big, time.time()) == pytest.approx(0.15)
+    await home.admit(Admission(uuid.uuid4().hex, key, [big], [], time.time() + 60, "us-east-1"))
+    assert await home_committed(home, key) == pytest.approx(0.95)
     await home.close()
 
 
