@@ -2,9 +2,9 @@
 
 A client joins a stream's deltas: a key written over several of them reaches it whole though no event holds it.
 Each stream holds back, by what the client joins (a choice's text, reasoning or refusal, a tool call's arguments,
-an Anthropic content block, a Responses item's text), the end of a delta that could begin a known secret, and
-sends it with the next delta there; a secret completed so is redacted. What a channel still holds when it ends (its
-choice finished, its block or item closed, the stream over) goes then: it is no secret.
+its transcript or reasoning parts, an Anthropic content block, a Responses item's text), the end of a delta that
+could begin a known secret, and sends it with the next delta there; a secret completed so is redacted. What a channel
+still holds when it ends (its choice finished, its block or item closed, the stream over) goes then: it is no secret.
 
 - `ChunkRedactor`, on the internal chunks, covers every stream the gateway writes itself (Chat Completions, and
   Messages and Responses translated from another provider);
@@ -66,11 +66,21 @@ def cut_short(held: str) -> str:
 
 
 TEXT_FIELDS = ("reasoning_content", "content", "refusal")  # in the order the Messages and Responses writers read them
+# Texts a client joins beside those, in members a provider adds to a delta (`ChunkDelta`'s extra ones): a spoken
+# answer's transcript (`audio.transcript`, with `modalities: ["audio"]`) and OpenRouter's reasoning in parts
+# (`reasoning_details[].text`, a summary's `.summary`, by the part's `index`), which the OpenAI SDK's stream helper
+# joins as it joins `content` (it concatenates every string of a delta). Relayed as they came, a key cut across two
+# deltas there reached the client whole where the same key in `content` was `[REDACTED]` (review). Each is a channel
+# that goes on beside the others (OpenRouter streams its reasoning in `reasoning` and `reasoning_details` at once,
+# OpenAI a transcript beside no text): it ends with its choice, and ends none of them.
+BESIDE = ("audio", "reasoning_details")
+BESIDE_CHANNELS = frozenset({"audio.transcript", "reasoning_details.text", "reasoning_details.summary"})
 
 
 class ChunkRedactor:
     """The secrets held back from one stream of internal chunks, by choice and by field or tool call (a channel:
-    the field's name, or "call", the choice's index, and the call's, -1 for a field).
+    the field's name, or "call", the choice's index, and the call's, -1 for a field; a text beside them,
+    `BESIDE_CHANNELS`, by its member's path and the choice's index, and a reasoning part's `index`).
 
     A choice's `annotations` (a search model's `url_citation`, in a delta of their own after the text) give positions
     in its text as the provider wrote it. Once a secret is redacted from a choice's text, where it was in that text
@@ -108,15 +118,17 @@ class ChunkRedactor:
                 at += 1
             at += 1
         if ended and self.text.held and template is not None:
-            choices = [self._released(channel) for channel in list(self.text.held)]
-            chunks.append(_chunk(template, sorted(choices, key=lambda choice: choice.index)))
+            ending: dict[int, list[tuple[str, int, int]]] = {}  # (what each choice held, in one choice of its own)
+            for channel in self.text.held:
+                ending.setdefault(channel[1], []).append(channel)
+            chunks.append(_chunk(template, [self._released(ending[index]) for index in sorted(ending)]))
         if self._redacted:
             self._place(chunks)
         if self.placed:
             self._cited(chunks)
 
     def _delta(self, index: int, delta: ChunkDelta, finished: bool) -> ChunkChoice | None:
-        """Redact one delta; what a channel it ended had held, if any."""
+        """Redact one delta; what the channels it ended had held, if any."""
         text = self.text
         calls = delta.tool_calls
         if not (calls or delta.reasoning_content or delta.refusal):  # (the usual delta: its text alone)
@@ -136,16 +148,30 @@ class ChunkRedactor:
                         return None  # (the usual delta, as it came)
                     if passed + rest != said:  # (a secret was redacted from it)
                         self._redacted.append((delta, said))
-                return None
+                    return None
+                # A delta without text: its role, its finish, annotations, or a text beside its fields (`BESIDE`: a
+                # transcript comes in deltas whose `content` is null, OpenRouter's reasoning parts beside its
+                # `reasoning`). (Looked for here alone: a delta of text pays nothing for them.)
+                if not _beside_in(delta.model_extra):
+                    return None
+        extra = delta.model_extra
         written = [(name, index, -1) for name in TEXT_FIELDS if getattr(delta, name)]
         if calls:
             written += [("call", index, call.index) for call in calls if call.function and call.function.arguments]
+        beside = _beside(index, extra) if extra else []
         ended = None
         if text.held and (written or finished):
             # A channel of this choice the delta does not go on with has ended: it went on to its answer, its calls,
-            # its next call, or finished. (A choice holds one channel at most: a delta's channels but its last end.)
-            for channel in [c for c in text.held if c[1] == index and c not in written]:
-                ended = self._released(channel)
+            # its next call, or finished. (A choice holds one of these channels at most: a delta's channels but its
+            # last end. A text beside them ends with its choice.)
+            going_on = {*written, *(channel for channel, _, _ in beside)}
+            gone = [
+                c
+                for c in text.held
+                if c[1] == index and c not in going_on and (finished or c[0] not in BESIDE_CHANNELS)
+            ]
+            if gone:
+                ended = self._released(gone)
         last = len(written) - 1
         for at, channel in enumerate(written):
             ends = finished or at < last
@@ -156,6 +182,8 @@ class ChunkRedactor:
                 function = call.function
                 if call.index == channel[2] and function is not None and function.arguments:
                     function.arguments = self._passed(delta, channel, function.arguments, ends)
+        for channel, place, member in beside:
+            place[member] = self._passed(delta, channel, place[member], finished)
         return ended
 
     def _passed(self, delta: ChunkDelta, channel: tuple[str, int, int], value: str, ends: bool) -> str:
@@ -195,16 +223,50 @@ class ChunkRedactor:
                 if extra and secrets and extra.get("annotations"):
                     positions_moved(extra["annotations"], secrets)
 
-    def _released(self, channel: tuple[str, int, int]) -> ChunkChoice:
-        """A choice with what `channel` held, which has ended."""
+    def _released(self, channels: list[tuple[str, int, int]]) -> ChunkChoice:
+        """A choice with what `channels` (of one choice, ended) held."""
         from handler.schemas import ChunkChoice, ChunkDelta, FunctionCallDelta, ToolCallDelta
 
-        name, index, call = channel
-        rest = self.text.release(channel)
-        if name == "call":
-            arguments = ToolCallDelta(index=call, function=FunctionCallDelta(arguments=rest))
-            return ChunkChoice(index=index, delta=ChunkDelta(tool_calls=[arguments]))
-        return ChunkChoice(index=index, delta=ChunkDelta(**{name: rest}))
+        said: dict[str, Any] = {}
+        for channel in channels:
+            name, index, at = channel
+            rest = self.text.release(channel)
+            if name == "call":
+                arguments = ToolCallDelta(index=at, function=FunctionCallDelta(arguments=rest))
+                said.setdefault("tool_calls", []).append(arguments)
+            elif name in BESIDE_CHANNELS:
+                member, _, part = name.partition(".")
+                if member == "audio":
+                    said["audio"] = {part: rest}
+                else:  # (a reasoning part: OpenRouter's type, and its index)
+                    said.setdefault(member, []).append({"type": f"reasoning.{part}", part: rest, "index": at})
+            else:
+                said[name] = rest
+        return ChunkChoice(index=channels[0][1], delta=ChunkDelta(**said))
+
+
+def _beside_in(extra: dict[str, Any] | None) -> bool:
+    """Whether a delta's extra members hold a text beside its fields (`BESIDE`)."""
+    return extra is not None and any(name in extra for name in BESIDE)
+
+
+def _beside(index: int, extra: dict[str, Any]) -> list[tuple[tuple[str, int, int], dict[str, Any], str]]:
+    """The texts of choice `index`'s delta beside its fields (`BESIDE`): each one's channel, and the object and
+    member that hold it."""
+    found = []
+    audio = extra.get("audio")
+    if isinstance(audio, dict) and isinstance(audio.get("transcript"), str) and audio["transcript"]:
+        found.append((("audio.transcript", index, -1), audio, "transcript"))
+    parts = extra.get("reasoning_details")
+    for at, part in enumerate(parts if isinstance(parts, list) else ()):
+        if not isinstance(part, dict):
+            continue
+        number = part.get("index")
+        number = number if isinstance(number, int) and not isinstance(number, bool) else at
+        for member in ("text", "summary"):
+            if isinstance(part.get(member), str) and part[member]:
+                found.append(((f"reasoning_details.{member}", index, number), part, member))
+    return found
 
 
 def _chunk(like: ChatCompletionChunk, choices: list[ChunkChoice]) -> ChatCompletionChunk:

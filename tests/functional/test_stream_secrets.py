@@ -603,6 +603,62 @@ async def test_a_chat_stream_s_url_citations_cite_what_they_cited_once_the_key_i
     assert chat_cites(CITED_SHOWN, got.annotations) == CITING
 
 
+# --- texts a client joins beside a delta's fields: a transcript, OpenRouter's reasoning parts ------------------------
+# A Chat Completions stream's spoken answer (`delta.audio.transcript`, with `modalities: ["audio"]`) and OpenRouter's
+# reasoning parts (`reasoning_details[].text`, by `index`) are joined by the SDK's stream helper as `content` is: they
+# went as they came, and a key said across two deltas reached the client whole where the same key in `content` went
+# redacted (found by review).
+
+PIECES = ["The key is ", SCRIPTED_KEY[:10], SCRIPTED_KEY[10:], "."]
+
+
+def chat_sse(model: str, choices: list[list[dict[str, Any]]]) -> httpx.Response:
+    """A Chat Completions stream of a chunk for each of `choices`, then its usage."""
+    head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model}
+    usage = {"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10}
+    chunks = [*({**head, "choices": c} for c in choices), {**head, "choices": [], "usage": usage}]
+    body = b"".join(b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks) + b"data: [DONE]\n\n"
+    return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+
+def chat_stream(model: str, deltas: list[dict[str, Any]]) -> Any:
+    """A Chat Completions stream of `deltas` of one choice, then its finish."""
+    choices = [[{"index": 0, "delta": delta}] for delta in deltas]
+    return lambda request: chat_sse(model, [*choices, [{"index": 0, "delta": {}, "finish_reason": "stop"}]])
+
+
+async def test_a_key_spoken_across_two_deltas_of_a_streamed_transcript_is_redacted() -> None:
+    """`modalities: ["audio"]`: the spoken answer's transcript in `delta.audio.transcript`, beside no `content`."""
+    spoken = chat_stream("gpt-x-audio", [{"audio": {"id": "audio_1", "transcript": piece}} for piece in PIECES])
+    price = {"input": 1, "output": 2, "audio_output": 80}
+    served = await serve(
+        spoken,
+        {"gpt": {"deployments": [{"provider": "openai", "model": "gpt-x-audio"}], "price": price}},
+        priced_options={"audio_output": True},
+    )
+    sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key=served.key.key, http_client=served.http)
+    asked: Any = {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "pcm16"}}
+    messages: Any = [{"role": "user", "content": "Say it."}]
+    async with sdk.chat.completions.stream(model="gpt", messages=messages, **asked) as s:
+        final = await s.get_final_completion()
+    await served.gateway.aclose()
+    assert final.choices[0].message.audio.transcript == "The key is [REDACTED]."  # type: ignore[union-attr]
+
+
+async def test_a_key_reasoned_across_two_deltas_of_openrouters_reasoning_parts_is_redacted() -> None:
+    """OpenRouter streams its reasoning twice, in `reasoning` (read as `reasoning_content`, redacted) and in
+    `reasoning_details` (relayed beside it as it came), each delta's piece at once in both: neither ends the other."""
+    parts = [{"reasoning": p, "reasoning_details": [{"type": "reasoning.text", "text": p, "index": 0}]} for p in PIECES]
+    served = await serve(chat_stream("gpt-x", [*parts, {"content": "ok"}]), GPT)
+    sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key=served.key.key, http_client=served.http)
+    async with sdk.chat.completions.stream(model="gpt", messages=[{"role": "user", "content": "Think."}]) as s:
+        final = await s.get_final_completion()
+    await served.gateway.aclose()
+    message = final.choices[0].message.model_dump()
+    assert message["reasoning_content"] == message["reasoning_details"][0]["text"] == "The key is [REDACTED]."
+    assert message["content"] == "ok"
+
+
 # --- a key quoted back masked ---------------------------------------------------------------------------------------
 # DeepSeek refuses a bad key with its last four characters (`Authentication Fails, Your api key: ****1c3e is invalid`):
 # a key's shape needs its `sk-`, and a run of a known key `FRAGMENT_CHARS` long, so neither found them.

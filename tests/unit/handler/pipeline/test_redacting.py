@@ -129,6 +129,31 @@ def test_choices_hold_apart() -> None:
     assert field(out, "content", 0) == f"x {REDACTED}" and field(out, "content", 1) == SECRET[6:]
 
 
+def test_a_transcript_and_openrouters_reasoning_parts_cut_across_chunks_are_redacted() -> None:
+    """Texts a client joins beside a delta's fields: a spoken answer's transcript, OpenRouter's reasoning parts (by
+    their `index`), which it streams at once with `reasoning`: neither ends the other, each ends with its choice."""
+    pieces = ["my key ", SECRET[:5], SECRET[5:13], SECRET[13:] + " ok"]
+    audio = relayed([chunk({"audio": {"id": "audio_1", "transcript": p}}) for p in pieces] + [chunk({}, finish="stop")])
+    transcripts = [(c.choices[0].delta.model_extra or {}).get("audio", {}).get("transcript") for c in audio]
+    assert "".join(t or "" for t in transcripts) == f"my key {REDACTED} ok"
+    assert all(SECRET[:5] not in (t or "") for t in transcripts)
+
+    def reasoned(piece: str) -> ChatCompletionChunk:
+        parts = [
+            {"type": "reasoning.text", "text": piece, "index": 0},
+            {"type": "reasoning.summary", "summary": piece, "index": 1},
+        ]
+        return chunk({"reasoning_content": piece, "reasoning_details": parts})
+
+    out = relayed([reasoned(p) for p in [*pieces, "x " + SECRET[:9]]] + [chunk({}, finish="stop")])
+    parts = [p for c in out for p in (c.choices[0].delta.model_extra or {}).get("reasoning_details", ())]
+    shown = f"my key {REDACTED} okx {REDACTED}"  # (the key cut by the choice's end, as long as a secret: redacted)
+    assert field(out, "reasoning_content") == shown
+    assert "".join(p.get("text", "") for p in parts if p["index"] == 0) == shown
+    assert "".join(p.get("summary", "") for p in parts if p["index"] == 1) == shown
+    assert {p["type"] for p in parts if p["index"] == 1} == {"reasoning.summary"}
+
+
 def cited(text: str, word: str) -> dict[str, Any]:
     """Chat Completions' `url_citation` of `word`, its span in `text` (the provider's)."""
     at = text.index(word)
