@@ -5,6 +5,7 @@ Each stream holds back, by what the client joins (a choice's text, reasoning or 
 its transcript or reasoning parts, an Anthropic content block, a Responses item's text), the end of a delta that
 could begin a known secret, and sends it with the next delta there; a secret completed so is redacted. What a channel
 still holds when it ends (its choice finished, its block or item closed, the stream over) goes then: it is no secret.
+A text's log probabilities, which give it again token by token, wait and are redacted with it.
 
 - `ChunkRedactor`, on the internal chunks, covers every stream the gateway writes itself (Chat Completions, and
   Messages and Responses translated from another provider);
@@ -21,7 +22,16 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import orjson
 
-from handler.redaction import MIN_SECRET_LENGTH, REDACTED, positions_moved, redactions, withheld
+from handler.redaction import (
+    MIN_SECRET_LENGTH,
+    REDACTED,
+    positions_moved,
+    redactions,
+    secret_start,
+    token_text,
+    tokens_redacted,
+    withheld,
+)
 from handler.wire import MESSAGES_DELTA_TEXT, StreamEvent
 
 if TYPE_CHECKING:
@@ -75,6 +85,8 @@ TEXT_FIELDS = ("reasoning_content", "content", "refusal")  # in the order the Me
 # OpenAI a transcript beside no text): it ends with its choice, and ends none of them.
 BESIDE = ("audio", "reasoning_details")
 BESIDE_CHANNELS = frozenset({"audio.transcript", "reasoning_details.text", "reasoning_details.summary"})
+# A text's log probabilities, by the text they give again token by token (`logprobs.content`, `.refusal`).
+TOKENS_OF = ("content", "refusal")
 
 
 class ChunkRedactor:
@@ -86,9 +98,14 @@ class ChunkRedactor:
     in its text as the provider wrote it. Once a secret is redacted from a choice's text, where it was in that text
     is kept (`placed`), found from how much of the text the client was handed before (`shown`, which the relay
     counts as it hands the chunks out: `ChunkStream._count`), and the positions of the annotations that follow are
-    moved past it (`positions_moved`). A stream with no secret redacted pays for none of it."""
+    moved past it (`positions_moved`). A stream with no secret redacted pays for none of it.
 
-    __slots__ = ("text", "shown", "placed", "_redacted")
+    A choice's log probabilities (`logprobs.content`, `.refusal`) give its text again, token by token: once its text
+    is held back or redacted, its tokens are too, as their own text (`tokens_withheld`), and wait while it waits
+    (`tokens`, by channel); until then they go as they came (a delta whose text goes as it came is not looked at for
+    them)."""
+
+    __slots__ = ("text", "shown", "placed", "tokens", "_redacted")
 
     def __init__(self, shown: dict[int, int] | None = None) -> None:
         self.text: HeldText[tuple[str, int, int]] = HeldText()
@@ -96,6 +113,8 @@ class ChunkRedactor:
         # Where the secrets redacted from a choice's text were in it as the provider wrote it: each one's start and
         # length (`redactions`), by choice.
         self.placed: dict[int, list[tuple[int, int]]] = {}
+        # The log probabilities held back with their text, by its channel.
+        self.tokens: dict[tuple[str, int, int], list[Any]] = {}
         # The deltas of a batch a secret was redacted from, each with its text as the provider wrote it (what was
         # held of it before, and its own), for `_place`.
         self._redacted: list[tuple[ChunkDelta, str]] = []
@@ -110,7 +129,7 @@ class ChunkRedactor:
             chunk = chunks[at]
             released: list[ChunkChoice] | None = None
             for choice in chunk.choices:
-                rest = self._delta(choice.index, choice.delta, bool(choice.finish_reason))
+                rest = self._delta(choice)
                 if rest is not None:
                     released = [*(released or ()), rest]
             if released is not None:
@@ -127,8 +146,10 @@ class ChunkRedactor:
         if self.placed:
             self._cited(chunks)
 
-    def _delta(self, index: int, delta: ChunkDelta, finished: bool) -> ChunkChoice | None:
-        """Redact one delta; what the channels it ended had held, if any."""
+    def _delta(self, choice: ChunkChoice) -> ChunkChoice | None:
+        """Redact one choice's delta, and its log probabilities once its text was held back or redacted (`_tokens`);
+        what the channels it ended had held, if any."""
+        index, delta, finished = choice.index, choice.delta, bool(choice.finish_reason)
         text = self.text
         calls = delta.tool_calls
         if not (calls or delta.reasoning_content or delta.refusal):  # (the usual delta: its text alone)
@@ -148,6 +169,8 @@ class ChunkRedactor:
                         return None  # (the usual delta, as it came)
                     if passed + rest != said:  # (a secret was redacted from it)
                         self._redacted.append((delta, said))
+                    if choice.logprobs or self.tokens:
+                        self._tokens(choice)
                     return None
                 # A delta without text: its role, its finish, annotations, or a text beside its fields (`BESIDE`: a
                 # transcript comes in deltas whose `content` is null, OpenRouter's reasoning parts beside its
@@ -184,6 +207,8 @@ class ChunkRedactor:
                     function.arguments = self._passed(delta, channel, function.arguments, ends)
         for channel, place, member in beside:
             place[member] = self._passed(delta, channel, place[member], finished)
+        if choice.logprobs or self.tokens:
+            self._tokens(choice)
         return ended
 
     def _passed(self, delta: ChunkDelta, channel: tuple[str, int, int], value: str, ends: bool) -> str:
@@ -198,6 +223,28 @@ class ChunkRedactor:
             if passed + rest != said:
                 self._redacted.append((delta, said))
         return passed + self.text.release(channel) if ends else passed
+
+    def _tokens(self, choice: ChunkChoice) -> None:
+        """The choice's log probabilities, once its text was held back or redacted: held back and redacted as their
+        own text (`tokens_withheld`), what was held before them put first; all of them once the text they give holds
+        nothing back (its choice finished, or what it held went on), so that tokens wait only while their text does
+        (and a delta whose text goes as it came has nothing of theirs to send)."""
+        index, finished, logprobs = choice.index, bool(choice.finish_reason), choice.logprobs
+        for name in TOKENS_OF:
+            channel = (name, index, -1)
+            given = logprobs.get(name) if isinstance(logprobs, dict) else None
+            held = self.tokens.pop(channel, None) if self.tokens else None
+            if held is None and not (isinstance(given, list) and given):
+                continue
+            tokens = [*(held or ()), *(given if isinstance(given, list) else ())]
+            passed, rest = tokens_withheld(tokens, finished or channel not in self.text.held)
+            if rest:
+                self.tokens[channel] = rest
+            if not isinstance(logprobs, dict):  # (a finishing delta without its own: what was held goes in it)
+                if not passed:
+                    continue
+                logprobs = choice.logprobs = dict.fromkeys(TOKENS_OF)
+            logprobs[name] = passed
 
     def _place(self, chunks: list[ChatCompletionChunk]) -> None:
         """Where the secrets redacted from this batch's deltas were in their choice's text as the provider wrote it
@@ -224,10 +271,11 @@ class ChunkRedactor:
                     positions_moved(extra["annotations"], secrets)
 
     def _released(self, channels: list[tuple[str, int, int]]) -> ChunkChoice:
-        """A choice with what `channels` (of one choice, ended) held."""
+        """A choice with what `channels` (of one choice, ended) held, and the log probabilities held with it."""
         from handler.schemas import ChunkChoice, ChunkDelta, FunctionCallDelta, ToolCallDelta
 
         said: dict[str, Any] = {}
+        logprobs: dict[str, Any] | None = None
         for channel in channels:
             name, index, at = channel
             rest = self.text.release(channel)
@@ -242,7 +290,11 @@ class ChunkRedactor:
                     said.setdefault(member, []).append({"type": f"reasoning.{part}", part: rest, "index": at})
             else:
                 said[name] = rest
-        return ChunkChoice(index=channels[0][1], delta=ChunkDelta(**said))
+            tokens = self.tokens.pop(channel, None) if self.tokens else None
+            if tokens is not None:
+                logprobs = logprobs or dict.fromkeys(TOKENS_OF)
+                logprobs[name] = tokens_withheld(tokens, True)[0]
+        return ChunkChoice(index=channels[0][1], delta=ChunkDelta(**said), logprobs=logprobs)
 
 
 def _beside_in(extra: dict[str, Any] | None) -> bool:
@@ -267,6 +319,29 @@ def _beside(index: int, extra: dict[str, Any]) -> list[tuple[tuple[str, int, int
             if isinstance(part.get(member), str) and part[member]:
                 found.append(((f"reasoning_details.{member}", index, number), part, member))
     return found
+
+
+def tokens_withheld(tokens: list[Any], ends: bool) -> tuple[list[Any], list[Any]]:
+    """A text's log probabilities (its tokens, in order) as `HeldText` passes the text on, redacted as it is
+    (`tokens_redacted`, in place): those that may go, and those held back, from the token where the end of their
+    joined text could begin a known secret. With `ends` (the text's), none are held back, and a beginning as long as
+    the shortest secret is redacted, as `cut_short` redacts the text's."""
+    said = "".join(map(token_text, tokens))
+    secrets = redactions(said)
+    start = max(secret_start(said), secrets[-1][0] + secrets[-1][1] if secrets else 0)
+    if ends:
+        if len(said) - start >= MIN_SECRET_LENGTH:
+            secrets.append((start, len(said) - start))
+        tokens_redacted(tokens, secrets)
+        return tokens, []
+    cut, end = len(tokens), 0
+    for at, token in enumerate(tokens):
+        end += len(token_text(token))
+        if end > start:
+            cut = at
+            break
+    tokens_redacted(tokens, secrets)  # (before the cut: a token held back may end a secret that began before it)
+    return tokens[:cut], tokens[cut:]
 
 
 def _chunk(like: ChatCompletionChunk, choices: list[ChunkChoice]) -> ChatCompletionChunk:
@@ -398,6 +473,20 @@ class _Alongside:
         return self.event
 
 
+def _tokens_joined(texts: list[_Held], ends: bool) -> None:
+    """The log probabilities of the deltas joined into the first of `texts` (a Responses output text's `logprobs`,
+    its tokens), joined into it as well, redacted as their text is (`tokens_withheld`: none held back, a beginning a
+    text `ends` with as long as a secret redacted); left out, the others' were lost, and the first's gave the
+    secret's first tokens."""
+    lists = [h.payload.get("logprobs") for h in texts]
+    if not any(isinstance(tokens, list) and tokens for tokens in lists):
+        return
+    tokens = [token for given in lists if isinstance(given, list) for token in given]
+    texts[0].payload["logprobs"] = tokens_withheld(tokens, True)[0] if ends else tokens
+    if not ends:
+        tokens_redacted(tokens)
+
+
 def _passes(located: Located) -> bool:
     """Whether a delta's text may go as it is, with nothing held before it."""
     text = located[1][located[2]]
@@ -469,6 +558,7 @@ class EventRedactor:
         if cut_short(rest) != rest:
             first = texts[0]
             first.text, first.said, first.changed = passed + REDACTED, "".join(h.said for h in texts), True
+            _tokens_joined(texts, ends=True)
             held = [first, *(h for h in held if isinstance(h, _Alongside))]
         return self._written(held)
 
@@ -498,6 +588,7 @@ class EventRedactor:
             # out, those without text follow it), and waits as the others did if its end could begin a secret again.
             first = held[0]
             first.text, first.said, first.changed = passed + rest, "".join(h.said for h in held), True
+            _tokens_joined([h for h in held if isinstance(h, _Held)], ends=False)
             self.held = [first, *(h for h in held if isinstance(h, _Alongside))]
             if not rest:
                 out += self.release()
