@@ -18,7 +18,9 @@ that repeats them), so:
   only in errors, never in an answer or a stream's deltas;
 - a stream's text is scrubbed as the client joins it (`HeldText`): a secret the model writes across several deltas
   is whole only once they are joined, so the end of a delta that could begin a secret is held back, and sent
-  with what follows it (or at the stream's end).
+  with what follows it (or at the stream's end);
+- a text's log probabilities, which give it again token by token, say what the redacted text says where a secret
+  was (`tokens_redacted`).
 """
 
 from __future__ import annotations
@@ -524,6 +526,53 @@ def annotated(text: str, annotations: Any) -> str | None:
         return None
     positions_moved(annotations, secrets)
     return "".join(withheld(text))
+
+
+# A text's log probabilities (Chat Completions' `logprobs.content` and `.refusal`, a Responses output text's
+# `logprobs`) give it again, a token at a time, each with its UTF-8 `bytes` and its likeliest alternatives: a client
+# that joins the tokens (the OpenAI SDK's stream helper extends the list) reads a secret the text has `[REDACTED]`
+# whole, though no token holds it. The tokens that spell one are redacted as the text is (`tokens_redacted`).
+
+
+def token_text(token: Any) -> str:
+    """A log probability's token, as the client joins it ("" where it has none)."""
+    text = token.get("token") if isinstance(token, dict) else None
+    return text if isinstance(text, str) else ""
+
+
+def tokens_redacted(tokens: Any, secrets: list[tuple[int, int]] | None = None) -> bool:
+    """`tokens` (a text's log probabilities, in order) in place, redacted as their text is: each token that holds
+    part of a known secret (one its tokens spell when joined, or `secrets`, each's start and length in that joined
+    text) says what the text says there, the token where the secret begins `[REDACTED]` with whatever else of the
+    token was not the secret, the tokens after it in the secret nothing; their `bytes` say the same, and their
+    alternatives (`top_logprobs`, which hold the token itself) are left out. The tokens still make the text the
+    client reads, and as many as the provider counted. Whether any changed. (A list without a secret's first
+    characters costs a join and a set's look-up of each character.)"""
+    if not isinstance(tokens, list) or not tokens:
+        return False
+    said = "".join(map(token_text, tokens))
+    secrets = redactions(said) if secrets is None else secrets
+    if not secrets:
+        return False
+    end = 0
+    for token in tokens:
+        start, end = end, end + len(token_text(token))
+        if not any(at < end and start < at + length for at, length in secrets):
+            continue
+        pieces, kept = [], start
+        for at, length in secrets:
+            if at < end and start < at + length:
+                pieces.append(said[kept : max(at, start)])
+                if at >= start:
+                    pieces.append(REDACTED)
+                kept = min(at + length, end)
+        pieces.append(said[kept:end])
+        token["token"] = text = "".join(pieces)
+        if isinstance(token.get("bytes"), list):
+            token["bytes"] = list(text.encode())
+        if token.get("top_logprobs"):
+            token["top_logprobs"] = []
+    return True
 
 
 def withheld(text: str) -> tuple[str, str]:

@@ -30,7 +30,7 @@ from handler.errors import GatewayError
 from handler.pipeline.exchange import Exchange
 from handler.pipeline.passthrough import OUTPUT_TEXT_DELTA, NativeStream, guarded, sse_frame
 from handler.ports import RESPONSES_API, NativeCall
-from handler.redaction import REDACTED, annotated, positions_moved
+from handler.redaction import REDACTED, annotated, positions_moved, tokens_redacted
 from handler.wire import (
     ISSUED_PREFIX,
     RESPONSES_TERMINAL,
@@ -47,6 +47,9 @@ ITEM_EVENTS = frozenset({"response.output_item.added", "response.output_item.don
 ARGUMENTS_DONE = "response.function_call_arguments.done"
 ANNOTATION_ADDED = "response.output_text.annotation.added"
 PART_DONE = "response.content_part.done"
+TEXT_DONE = "response.output_text.done"
+# The events of an output text that give positions in it, or its tokens (`_Progress.text_out`).
+TEXT_EVENTS = frozenset({ANNOTATION_ADDED, PART_DONE, TEXT_DONE})
 # The events that carry the response in progress, before the terminal one.
 LIFECYCLE_EVENTS = frozenset({"response.created", "response.queued", "response.in_progress"})
 
@@ -261,9 +264,7 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
                     out += sse_event(event.event or kind, payload)
                 elif kind == ARGUMENTS_DONE and relay.call_out(payload):  # (it names the function now)
                     out += sse_event(event.event or kind, payload)
-                elif kind == ANNOTATION_ADDED and progress.placed(payload):
-                    out += sse_event(event.event or kind, payload)
-                elif kind == PART_DONE and placed(payload.get("part")):
+                elif kind in TEXT_EVENTS and progress.text_out(kind, payload):
                     out += sse_event(event.event or kind, payload)
                 elif kind == "error":  # the provider's failure, in its own words: redacted as an error answer's
                     redact_error(payload)
@@ -321,15 +322,19 @@ def failed_status(error: Any) -> int:
 
 
 def placed(part: Any) -> bool:
-    """An output text part with annotations, whose positions are in its text as the provider wrote it: the text
-    redacted now (as `scrub` would write it) and the positions moved to where they are in it (`annotated`); whether
-    it changed. (Once: a part that passes here again, a stream's that broke off, has no secret left to move them
-    past.)"""
-    if not isinstance(part, dict) or not part.get("annotations") or not isinstance(part.get("text"), str):
+    """An output text part as the client's: its log probabilities (`include: ["message.output_text.logprobs"]`)
+    redacted as its text is (`tokens_redacted`); with annotations, whose positions are in its text as the provider
+    wrote it, the text redacted now (as `scrub` would write it) and the positions moved to where they are in it
+    (`annotated`). Whether it changed. (Once: a part that passes here again, a stream's that broke off, has no
+    secret left to move them past.)"""
+    if not isinstance(part, dict):
         return False
+    changed = tokens_redacted(part.get("logprobs"))
+    if not part.get("annotations") or not isinstance(part.get("text"), str):
+        return changed
     text = annotated(part["text"], part["annotations"])
     if text is None:
-        return False
+        return changed
     part["text"] = text
     return True
 
@@ -362,6 +367,16 @@ class _Progress:
         pieces = self.output.pieces.get((index, "content", part, "text"), ())
         said = sum(map(len, pieces)) + sum(length - len(REDACTED) for _, length in known)  # (the provider's so far)
         known += [(said + start, length) for start, length in secrets]
+
+    def text_out(self, kind: str, payload: dict[str, Any]) -> bool:
+        """An event of an output text (`TEXT_EVENTS`) as the client's: an annotation added, its positions moved
+        (`placed`); a part done (`placed`, the function); the text done, its log probabilities redacted as its text is
+        (`tokens_redacted`). Whether it changed."""
+        if kind == ANNOTATION_ADDED:
+            return self.placed(payload)
+        if kind == PART_DONE:
+            return placed(payload.get("part"))
+        return tokens_redacted(payload.get("logprobs"))
 
     def placed(self, added: dict[str, Any]) -> bool:
         """An annotation added to an output text, its positions (in the text as the provider wrote it) moved to

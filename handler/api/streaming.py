@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from handler.errors import ClientClosedError
-from handler.redaction import annotated, scrub
+from handler.redaction import annotated, scrub, tokens_redacted
 from handler.schemas import ChatCompletion
 
 if TYPE_CHECKING:
@@ -46,8 +46,14 @@ def answer_json(completion: ChatCompletion) -> bytes:
     """A whole chat answer, with the members OpenAI requires even when null (see `Omitted`). A message's
     `annotations` (a search model's `url_citation`) give positions in its text as the provider wrote it: where a
     secret in it is redacted (`scrub` would), the text is redacted now and they are moved past it (`annotated`), so
-    that one after a key cites what it cited. (Only a message with annotations is read for secrets here.)"""
+    that one after a key cites what it cited. A choice's log probabilities give its text again, token by token: the
+    tokens of a secret are redacted as the text is (`tokens_redacted`). (Only a message with annotations, or a choice
+    with log probabilities, is read for secrets here.)"""
     for choice in completion.choices:
+        logprobs = choice.logprobs
+        if logprobs and isinstance(logprobs, dict):
+            for name in ("content", "refusal"):
+                tokens_redacted(logprobs.get(name))
         message = choice.message
         extra = message.model_extra
         if extra and extra.get("annotations") and message.content:

@@ -2,9 +2,10 @@
 
 A client joins a stream's deltas: a key written over several of them reaches it whole though no event holds it.
 Each stream holds back, by what the client joins (a choice's text, reasoning or refusal, a tool call's arguments,
-an Anthropic content block, a Responses item's text), the end of a delta that could begin a known secret, and
-sends it with the next delta there; a secret completed so is redacted. What a channel still holds when it ends (its
-choice finished, its block or item closed, the stream over) goes then: it is no secret.
+its transcript or reasoning parts, an Anthropic content block, a Responses item's text), the end of a delta that
+could begin a known secret, and sends it with the next delta there; a secret completed so is redacted. What a channel
+still holds when it ends (its choice finished, its block or item closed, the stream over) goes then: it is no secret.
+A text's log probabilities, which give it again token by token, wait and are redacted with it.
 
 - `ChunkRedactor`, on the internal chunks, covers every stream the gateway writes itself (Chat Completions, and
   Messages and Responses translated from another provider);
@@ -21,7 +22,16 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import orjson
 
-from handler.redaction import MIN_SECRET_LENGTH, REDACTED, positions_moved, redactions, withheld
+from handler.redaction import (
+    MIN_SECRET_LENGTH,
+    REDACTED,
+    positions_moved,
+    redactions,
+    secret_start,
+    token_text,
+    tokens_redacted,
+    withheld,
+)
 from handler.wire import MESSAGES_DELTA_TEXT, StreamEvent
 
 if TYPE_CHECKING:
@@ -66,19 +76,36 @@ def cut_short(held: str) -> str:
 
 
 TEXT_FIELDS = ("reasoning_content", "content", "refusal")  # in the order the Messages and Responses writers read them
+# Texts a client joins beside those, in members a provider adds to a delta (`ChunkDelta`'s extra ones): a spoken
+# answer's transcript (`audio.transcript`, with `modalities: ["audio"]`) and OpenRouter's reasoning in parts
+# (`reasoning_details[].text`, a summary's `.summary`, by the part's `index`), which the OpenAI SDK's stream helper
+# joins as it joins `content` (it concatenates every string of a delta). Relayed as they came, a key cut across two
+# deltas there reached the client whole where the same key in `content` was `[REDACTED]` (review). Each is a channel
+# that goes on beside the others (OpenRouter streams its reasoning in `reasoning` and `reasoning_details` at once,
+# OpenAI a transcript beside no text): it ends with its choice, and ends none of them.
+BESIDE = ("audio", "reasoning_details")
+BESIDE_CHANNELS = frozenset({"audio.transcript", "reasoning_details.text", "reasoning_details.summary"})
+# A text's log probabilities, by the text they give again token by token (`logprobs.content`, `.refusal`).
+TOKENS_OF = ("content", "refusal")
 
 
 class ChunkRedactor:
     """The secrets held back from one stream of internal chunks, by choice and by field or tool call (a channel:
-    the field's name, or "call", the choice's index, and the call's, -1 for a field).
+    the field's name, or "call", the choice's index, and the call's, -1 for a field; a text beside them,
+    `BESIDE_CHANNELS`, by its member's path and the choice's index, and a reasoning part's `index`).
 
     A choice's `annotations` (a search model's `url_citation`, in a delta of their own after the text) give positions
     in its text as the provider wrote it. Once a secret is redacted from a choice's text, where it was in that text
     is kept (`placed`), found from how much of the text the client was handed before (`shown`, which the relay
     counts as it hands the chunks out: `ChunkStream._count`), and the positions of the annotations that follow are
-    moved past it (`positions_moved`). A stream with no secret redacted pays for none of it."""
+    moved past it (`positions_moved`). A stream with no secret redacted pays for none of it.
 
-    __slots__ = ("text", "shown", "placed", "_redacted")
+    A choice's log probabilities (`logprobs.content`, `.refusal`) give its text again, token by token: once its text
+    is held back or redacted, its tokens are too, as their own text (`tokens_withheld`), and wait while it waits
+    (`tokens`, by channel); until then they go as they came (a delta whose text goes as it came is not looked at for
+    them)."""
+
+    __slots__ = ("text", "shown", "placed", "tokens", "_redacted")
 
     def __init__(self, shown: dict[int, int] | None = None) -> None:
         self.text: HeldText[tuple[str, int, int]] = HeldText()
@@ -86,6 +113,8 @@ class ChunkRedactor:
         # Where the secrets redacted from a choice's text were in it as the provider wrote it: each one's start and
         # length (`redactions`), by choice.
         self.placed: dict[int, list[tuple[int, int]]] = {}
+        # The log probabilities held back with their text, by its channel.
+        self.tokens: dict[tuple[str, int, int], list[Any]] = {}
         # The deltas of a batch a secret was redacted from, each with its text as the provider wrote it (what was
         # held of it before, and its own), for `_place`.
         self._redacted: list[tuple[ChunkDelta, str]] = []
@@ -100,7 +129,7 @@ class ChunkRedactor:
             chunk = chunks[at]
             released: list[ChunkChoice] | None = None
             for choice in chunk.choices:
-                rest = self._delta(choice.index, choice.delta, bool(choice.finish_reason))
+                rest = self._delta(choice)
                 if rest is not None:
                     released = [*(released or ()), rest]
             if released is not None:
@@ -108,15 +137,19 @@ class ChunkRedactor:
                 at += 1
             at += 1
         if ended and self.text.held and template is not None:
-            choices = [self._released(channel) for channel in list(self.text.held)]
-            chunks.append(_chunk(template, sorted(choices, key=lambda choice: choice.index)))
+            ending: dict[int, list[tuple[str, int, int]]] = {}  # (what each choice held, in one choice of its own)
+            for channel in self.text.held:
+                ending.setdefault(channel[1], []).append(channel)
+            chunks.append(_chunk(template, [self._released(ending[index]) for index in sorted(ending)]))
         if self._redacted:
             self._place(chunks)
         if self.placed:
             self._cited(chunks)
 
-    def _delta(self, index: int, delta: ChunkDelta, finished: bool) -> ChunkChoice | None:
-        """Redact one delta; what a channel it ended had held, if any."""
+    def _delta(self, choice: ChunkChoice) -> ChunkChoice | None:
+        """Redact one choice's delta, and its log probabilities once its text was held back or redacted (`_tokens`);
+        what the channels it ended had held, if any."""
+        index, delta, finished = choice.index, choice.delta, bool(choice.finish_reason)
         text = self.text
         calls = delta.tool_calls
         if not (calls or delta.reasoning_content or delta.refusal):  # (the usual delta: its text alone)
@@ -136,16 +169,32 @@ class ChunkRedactor:
                         return None  # (the usual delta, as it came)
                     if passed + rest != said:  # (a secret was redacted from it)
                         self._redacted.append((delta, said))
-                return None
+                    if choice.logprobs or self.tokens:
+                        self._tokens(choice)
+                    return None
+                # A delta without text: its role, its finish, annotations, or a text beside its fields (`BESIDE`: a
+                # transcript comes in deltas whose `content` is null, OpenRouter's reasoning parts beside its
+                # `reasoning`). (Looked for here alone: a delta of text pays nothing for them.)
+                if not _beside_in(delta.model_extra):
+                    return None
+        extra = delta.model_extra
         written = [(name, index, -1) for name in TEXT_FIELDS if getattr(delta, name)]
         if calls:
             written += [("call", index, call.index) for call in calls if call.function and call.function.arguments]
+        beside = _beside(index, extra) if extra else []
         ended = None
         if text.held and (written or finished):
             # A channel of this choice the delta does not go on with has ended: it went on to its answer, its calls,
-            # its next call, or finished. (A choice holds one channel at most: a delta's channels but its last end.)
-            for channel in [c for c in text.held if c[1] == index and c not in written]:
-                ended = self._released(channel)
+            # its next call, or finished. (A choice holds one of these channels at most: a delta's channels but its
+            # last end. A text beside them ends with its choice.)
+            going_on = {*written, *(channel for channel, _, _ in beside)}
+            gone = [
+                c
+                for c in text.held
+                if c[1] == index and c not in going_on and (finished or c[0] not in BESIDE_CHANNELS)
+            ]
+            if gone:
+                ended = self._released(gone)
         last = len(written) - 1
         for at, channel in enumerate(written):
             ends = finished or at < last
@@ -156,6 +205,10 @@ class ChunkRedactor:
                 function = call.function
                 if call.index == channel[2] and function is not None and function.arguments:
                     function.arguments = self._passed(delta, channel, function.arguments, ends)
+        for channel, place, member in beside:
+            place[member] = self._passed(delta, channel, place[member], finished)
+        if choice.logprobs or self.tokens:
+            self._tokens(choice)
         return ended
 
     def _passed(self, delta: ChunkDelta, channel: tuple[str, int, int], value: str, ends: bool) -> str:
@@ -170,6 +223,28 @@ class ChunkRedactor:
             if passed + rest != said:
                 self._redacted.append((delta, said))
         return passed + self.text.release(channel) if ends else passed
+
+    def _tokens(self, choice: ChunkChoice) -> None:
+        """The choice's log probabilities, once its text was held back or redacted: held back and redacted as their
+        own text (`tokens_withheld`), what was held before them put first; all of them once the text they give holds
+        nothing back (its choice finished, or what it held went on), so that tokens wait only while their text does
+        (and a delta whose text goes as it came has nothing of theirs to send)."""
+        index, finished, logprobs = choice.index, bool(choice.finish_reason), choice.logprobs
+        for name in TOKENS_OF:
+            channel = (name, index, -1)
+            given = logprobs.get(name) if isinstance(logprobs, dict) else None
+            held = self.tokens.pop(channel, None) if self.tokens else None
+            if held is None and not (isinstance(given, list) and given):
+                continue
+            tokens = [*(held or ()), *(given if isinstance(given, list) else ())]
+            passed, rest = tokens_withheld(tokens, finished or channel not in self.text.held)
+            if rest:
+                self.tokens[channel] = rest
+            if not isinstance(logprobs, dict):  # (a finishing delta without its own: what was held goes in it)
+                if not passed:
+                    continue
+                logprobs = choice.logprobs = dict.fromkeys(TOKENS_OF)
+            logprobs[name] = passed
 
     def _place(self, chunks: list[ChatCompletionChunk]) -> None:
         """Where the secrets redacted from this batch's deltas were in their choice's text as the provider wrote it
@@ -195,16 +270,78 @@ class ChunkRedactor:
                 if extra and secrets and extra.get("annotations"):
                     positions_moved(extra["annotations"], secrets)
 
-    def _released(self, channel: tuple[str, int, int]) -> ChunkChoice:
-        """A choice with what `channel` held, which has ended."""
+    def _released(self, channels: list[tuple[str, int, int]]) -> ChunkChoice:
+        """A choice with what `channels` (of one choice, ended) held, and the log probabilities held with it."""
         from handler.schemas import ChunkChoice, ChunkDelta, FunctionCallDelta, ToolCallDelta
 
-        name, index, call = channel
-        rest = self.text.release(channel)
-        if name == "call":
-            arguments = ToolCallDelta(index=call, function=FunctionCallDelta(arguments=rest))
-            return ChunkChoice(index=index, delta=ChunkDelta(tool_calls=[arguments]))
-        return ChunkChoice(index=index, delta=ChunkDelta(**{name: rest}))
+        said: dict[str, Any] = {}
+        logprobs: dict[str, Any] | None = None
+        for channel in channels:
+            name, index, at = channel
+            rest = self.text.release(channel)
+            if name == "call":
+                arguments = ToolCallDelta(index=at, function=FunctionCallDelta(arguments=rest))
+                said.setdefault("tool_calls", []).append(arguments)
+            elif name in BESIDE_CHANNELS:
+                member, _, part = name.partition(".")
+                if member == "audio":
+                    said["audio"] = {part: rest}
+                else:  # (a reasoning part: OpenRouter's type, and its index)
+                    said.setdefault(member, []).append({"type": f"reasoning.{part}", part: rest, "index": at})
+            else:
+                said[name] = rest
+            tokens = self.tokens.pop(channel, None) if self.tokens else None
+            if tokens is not None:
+                logprobs = logprobs or dict.fromkeys(TOKENS_OF)
+                logprobs[name] = tokens_withheld(tokens, True)[0]
+        return ChunkChoice(index=channels[0][1], delta=ChunkDelta(**said), logprobs=logprobs)
+
+
+def _beside_in(extra: dict[str, Any] | None) -> bool:
+    """Whether a delta's extra members hold a text beside its fields (`BESIDE`)."""
+    return extra is not None and any(name in extra for name in BESIDE)
+
+
+def _beside(index: int, extra: dict[str, Any]) -> list[tuple[tuple[str, int, int], dict[str, Any], str]]:
+    """The texts of choice `index`'s delta beside its fields (`BESIDE`): each one's channel, and the object and
+    member that hold it."""
+    found = []
+    audio = extra.get("audio")
+    if isinstance(audio, dict) and isinstance(audio.get("transcript"), str) and audio["transcript"]:
+        found.append((("audio.transcript", index, -1), audio, "transcript"))
+    parts = extra.get("reasoning_details")
+    for at, part in enumerate(parts if isinstance(parts, list) else ()):
+        if not isinstance(part, dict):
+            continue
+        number = part.get("index")
+        number = number if isinstance(number, int) and not isinstance(number, bool) else at
+        for member in ("text", "summary"):
+            if isinstance(part.get(member), str) and part[member]:
+                found.append(((f"reasoning_details.{member}", index, number), part, member))
+    return found
+
+
+def tokens_withheld(tokens: list[Any], ends: bool) -> tuple[list[Any], list[Any]]:
+    """A text's log probabilities (its tokens, in order) as `HeldText` passes the text on, redacted as it is
+    (`tokens_redacted`, in place): those that may go, and those held back, from the token where the end of their
+    joined text could begin a known secret. With `ends` (the text's), none are held back, and a beginning as long as
+    the shortest secret is redacted, as `cut_short` redacts the text's."""
+    said = "".join(map(token_text, tokens))
+    secrets = redactions(said)
+    start = max(secret_start(said), secrets[-1][0] + secrets[-1][1] if secrets else 0)
+    if ends:
+        if len(said) - start >= MIN_SECRET_LENGTH:
+            secrets.append((start, len(said) - start))
+        tokens_redacted(tokens, secrets)
+        return tokens, []
+    cut, end = len(tokens), 0
+    for at, token in enumerate(tokens):
+        end += len(token_text(token))
+        if end > start:
+            cut = at
+            break
+    tokens_redacted(tokens, secrets)  # (before the cut: a token held back may end a secret that began before it)
+    return tokens[:cut], tokens[cut:]
 
 
 def _chunk(like: ChatCompletionChunk, choices: list[ChunkChoice]) -> ChatCompletionChunk:
@@ -336,6 +473,20 @@ class _Alongside:
         return self.event
 
 
+def _tokens_joined(texts: list[_Held], ends: bool) -> None:
+    """The log probabilities of the deltas joined into the first of `texts` (a Responses output text's `logprobs`,
+    its tokens), joined into it as well, redacted as their text is (`tokens_withheld`: none held back, a beginning a
+    text `ends` with as long as a secret redacted); left out, the others' were lost, and the first's gave the
+    secret's first tokens."""
+    lists = [h.payload.get("logprobs") for h in texts]
+    if not any(isinstance(tokens, list) and tokens for tokens in lists):
+        return
+    tokens = [token for given in lists if isinstance(given, list) for token in given]
+    texts[0].payload["logprobs"] = tokens_withheld(tokens, True)[0] if ends else tokens
+    if not ends:
+        tokens_redacted(tokens)
+
+
 def _passes(located: Located) -> bool:
     """Whether a delta's text may go as it is, with nothing held before it."""
     text = located[1][located[2]]
@@ -407,6 +558,7 @@ class EventRedactor:
         if cut_short(rest) != rest:
             first = texts[0]
             first.text, first.said, first.changed = passed + REDACTED, "".join(h.said for h in texts), True
+            _tokens_joined(texts, ends=True)
             held = [first, *(h for h in held if isinstance(h, _Alongside))]
         return self._written(held)
 
@@ -436,6 +588,7 @@ class EventRedactor:
             # out, those without text follow it), and waits as the others did if its end could begin a secret again.
             first = held[0]
             first.text, first.said, first.changed = passed + rest, "".join(h.said for h in held), True
+            _tokens_joined([h for h in held if isinstance(h, _Held)], ends=False)
             self.held = [first, *(h for h in held if isinstance(h, _Alongside))]
             if not rest:
                 out += self.release()

@@ -604,6 +604,174 @@ async def test_a_chat_stream_s_url_citations_cite_what_they_cited_once_the_key_i
     assert chat_cites(CITED_SHOWN, got.annotations) == CITING
 
 
+# --- texts a client joins beside a delta's fields: a transcript, OpenRouter's reasoning parts ------------------------
+# A Chat Completions stream's spoken answer (`delta.audio.transcript`, with `modalities: ["audio"]`) and OpenRouter's
+# reasoning parts (`reasoning_details[].text`, by `index`) are joined by the SDK's stream helper as `content` is: they
+# went as they came, and a key said across two deltas reached the client whole where the same key in `content` went
+# redacted (found by review).
+
+PIECES = ["The key is ", SCRIPTED_KEY[:10], SCRIPTED_KEY[10:], "."]
+
+
+def chat_sse(model: str, choices: list[list[dict[str, Any]]]) -> httpx.Response:
+    """A Chat Completions stream of a chunk for each of `choices`, then its usage."""
+    head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model}
+    usage = {"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10}
+    chunks = [*({**head, "choices": c} for c in choices), {**head, "choices": [], "usage": usage}]
+    body = b"".join(b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks) + b"data: [DONE]\n\n"
+    return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+
+def chat_stream(model: str, deltas: list[dict[str, Any]]) -> Any:
+    """A Chat Completions stream of `deltas` of one choice, then its finish."""
+    choices = [[{"index": 0, "delta": delta}] for delta in deltas]
+    return lambda request: chat_sse(model, [*choices, [{"index": 0, "delta": {}, "finish_reason": "stop"}]])
+
+
+async def test_a_key_spoken_across_two_deltas_of_a_streamed_transcript_is_redacted() -> None:
+    """`modalities: ["audio"]`: the spoken answer's transcript in `delta.audio.transcript`, beside no `content`."""
+    spoken = chat_stream("gpt-x-audio", [{"audio": {"id": "audio_1", "transcript": piece}} for piece in PIECES])
+    price = {"input": 1, "output": 2, "audio_output": 80}
+    served = await serve(
+        spoken,
+        {"gpt": {"deployments": [{"provider": "openai", "model": "gpt-x-audio"}], "price": price}},
+        priced_options={"audio_output": True},
+    )
+    sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key=served.key.key, http_client=served.http)
+    asked: Any = {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "pcm16"}}
+    messages: Any = [{"role": "user", "content": "Say it."}]
+    async with sdk.chat.completions.stream(model="gpt", messages=messages, **asked) as s:
+        final = await s.get_final_completion()
+    await served.gateway.aclose()
+    assert final.choices[0].message.audio.transcript == "The key is [REDACTED]."  # type: ignore[union-attr]
+
+
+async def test_a_key_reasoned_across_two_deltas_of_openrouters_reasoning_parts_is_redacted() -> None:
+    """OpenRouter streams its reasoning twice, in `reasoning` (read as `reasoning_content`, redacted) and in
+    `reasoning_details` (relayed beside it as it came), each delta's piece at once in both: neither ends the other."""
+    parts = [{"reasoning": p, "reasoning_details": [{"type": "reasoning.text", "text": p, "index": 0}]} for p in PIECES]
+    served = await serve(chat_stream("gpt-x", [*parts, {"content": "ok"}]), GPT)
+    sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key=served.key.key, http_client=served.http)
+    async with sdk.chat.completions.stream(model="gpt", messages=[{"role": "user", "content": "Think."}]) as s:
+        final = await s.get_final_completion()
+    await served.gateway.aclose()
+    message = final.choices[0].message.model_dump()
+    assert message["reasoning_content"] == message["reasoning_details"][0]["text"] == "The key is [REDACTED]."
+    assert message["content"] == "ok"
+
+
+# --- the same text given again, token by token: log probabilities ----------------------------------------------------
+# A text's log probabilities (`logprobs: true`; the Responses API's `include: ["message.output_text.logprobs"]`) give
+# it again, token by token, each token with its UTF-8 `bytes` and its likeliest alternatives (`top_logprobs`, the token
+# itself among them). The text was `[REDACTED]`, its tokens relayed as they came: a client that joins them (the SDK
+# extends a stream's `logprobs.content`) read the key whole (found by review).
+
+TOKENS = ["The", " key", " is ", SCRIPTED_KEY[:8], SCRIPTED_KEY[8:14], SCRIPTED_KEY[14:], "."]
+TOKENS_SHOWN = "The key is [REDACTED]."
+
+
+def logprob(token: str) -> dict[str, Any]:
+    """A token's log probability as OpenAI gives it, with its likeliest alternative: the token itself."""
+    likeliest = {"token": token, "logprob": -0.1, "bytes": list(token.encode())}
+    return {**likeliest, "top_logprobs": [likeliest]}
+
+
+def assert_tokens_give(tokens: list[Any], text: str) -> None:
+    """What a client joins of a text's log probabilities: its tokens, the text their bytes make, their alternatives;
+    none with a piece of the key, each as many as the provider counted."""
+    assert len(tokens) == len(TOKENS)
+    assert "".join(t.token for t in tokens) == bytes(b for t in tokens for b in t.bytes or ()).decode() == text
+    alternatives = [a.token for t in tokens for a in t.top_logprobs or ()]
+    assert not {SCRIPTED_KEY[:8], SCRIPTED_KEY[8:14]} & {*alternatives, *(t.token for t in tokens)}
+
+
+def chat_tokens(request: httpx.Request, whole: bool = False) -> httpx.Response:
+    """OpenAI's answer of `TOKENS` with their log probabilities: streamed a token a delta, or whole (`whole`, or to
+    a request that does not stream)."""
+    head = {"id": "chatcmpl-1", "created": 1, "model": "gpt-x"}
+    usage = {"prompt_tokens": 3, "completion_tokens": len(TOKENS), "total_tokens": 3 + len(TOKENS)}
+    if whole or not orjson.loads(request.content).get("stream"):
+        message = {"role": "assistant", "content": "".join(TOKENS)}
+        choice = {"index": 0, "message": message, "logprobs": {"content": [logprob(t) for t in TOKENS]}}
+        answer = {**head, "object": "chat.completion", "usage": usage}
+        return httpx.Response(200, json={**answer, "choices": [{**choice, "finish_reason": "stop"}]})
+    deltas = [{"index": 0, "delta": {"content": t}, "logprobs": {"content": [logprob(t)]}} for t in TOKENS]
+    return chat_sse("gpt-x", [*([delta] for delta in deltas), [{"index": 0, "delta": {}, "finish_reason": "stop"}]])
+
+
+@pytest.mark.parametrize("how", ["whole", "streamed", "streamed_from_whole"])
+async def test_a_chat_answer_s_log_probabilities_give_no_token_of_the_key_its_text_redacts(how: str) -> None:
+    """The tokens of the key say what the text says there: the first `[REDACTED]`, the others nothing, without
+    alternatives; the tokens still make the text, and are as many as the provider counted. (`streamed_from_whole`:
+    a server that answers a stream request whole, streamed from it in one delta.)"""
+    served = await serve(lambda request: chat_tokens(request, whole=how == "streamed_from_whole"), GPT)
+    sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key=served.key.key, http_client=served.http)
+    messages: Any = [{"role": "user", "content": "Say it."}]
+    if how != "whole":
+        async with sdk.chat.completions.stream(model="gpt", messages=messages, logprobs=True, top_logprobs=1) as s:
+            final: Any = await s.get_final_completion()
+    else:
+        final = await sdk.chat.completions.create(model="gpt", messages=messages, logprobs=True, top_logprobs=1)
+    await served.gateway.aclose()
+    [choice] = final.choices
+    assert choice.message.content == TOKENS_SHOWN
+    assert_tokens_give(choice.logprobs.content, TOKENS_SHOWN)
+
+
+def responses_tokens(request: httpx.Request) -> httpx.Response:
+    """OpenAI's Responses answer of `TOKENS`, its output text with their log probabilities: whole, or streamed a
+    token a delta, the `.done` events and the response completed with all of them."""
+    tokens = [logprob(t) for t in TOKENS]
+    where = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+    text = {"type": "output_text", "text": "".join(TOKENS), "annotations": [], "logprobs": tokens}
+    item = {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed", "content": [text]}
+    response = {"id": "resp_1", "object": "response", "created_at": 1, "model": "gpt-x", "status": "completed"}
+    usage = {"input_tokens": 5, "output_tokens": len(TOKENS), "total_tokens": 5 + len(TOKENS)}
+    if not orjson.loads(request.content).get("stream"):
+        return httpx.Response(200, json={**response, "output": [item], "usage": usage})
+    opened = {**response, "status": "in_progress", "output": []}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": opened},
+        {"type": "response.output_item.added", "output_index": 0, "item": {**item, "content": []}},
+        {"type": "response.content_part.added", **where, "part": {**text, "text": "", "logprobs": []}},
+        *({"type": "response.output_text.delta", **where, "delta": t, "logprobs": [logprob(t)]} for t in TOKENS),
+        {"type": "response.output_text.done", **where, "text": text["text"], "logprobs": tokens},
+        {"type": "response.content_part.done", **where, "part": text},
+        {"type": "response.output_item.done", "output_index": 0, "item": item},
+        {"type": "response.completed", "response": {**response, "output": [item], "usage": usage}},
+    ]
+    return sse_events([(e["type"], {**e, "sequence_number": n}) for n, e in enumerate(events)])(request)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_a_passed_through_output_text_s_log_probabilities_give_no_token_of_the_key(stream: bool) -> None:
+    """A Responses answer passed through: its output text's tokens as the text, in the answer, in the stream's
+    deltas (those a key was cut across joined, with their tokens), its `.done` events and the stored response."""
+    served = await serve(responses_tokens, GPT, provider=NATIVE_GPT)
+    sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key=served.key.key, http_client=served.http)
+    asked: Any = {"model": "gpt", "input": "Say it.", "include": ["message.output_text.logprobs"]}
+    given: list[list[Any]] = []
+    if stream:
+        async with sdk.responses.stream(**asked) as s:
+            events = [event async for event in s]
+            final = await s.get_final_response()
+        deltas = [event for event in events if event.type == "response.output_text.delta"]
+        assert "".join(event.delta for event in deltas) == TOKENS_SHOWN
+        given.append([token for event in deltas for token in event.logprobs])
+        given += [event.logprobs for event in events if event.type == "response.output_text.done"]
+        given += [event.part.logprobs for event in events if event.type == "response.content_part.done"]  # type: ignore[union-attr]
+    else:
+        final = await sdk.responses.create(**asked)
+    stored = await sdk.responses.retrieve(final.id)
+    await served.gateway.aclose()
+    for response in (final, stored):
+        assert response.output_text == TOKENS_SHOWN
+        given.append(response.output[0].content[0].logprobs)  # type: ignore[union-attr]
+    assert len(given) == (5 if stream else 2)
+    for tokens in given:
+        assert_tokens_give(tokens, TOKENS_SHOWN)
+
+
 # --- a key quoted back masked ---------------------------------------------------------------------------------------
 # DeepSeek refuses a bad key with its last four characters (`Authentication Fails, Your api key: ****1c3e is invalid`):
 # a key's shape needs its `sk-`, and a run of a known key `FRAGMENT_CHARS` long, so neither found them.

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from handler.pipeline.redacting import HeldText
-from handler.redaction import REDACTED, annotated, client_position, redactions, scrub, withheld
+from handler.redaction import REDACTED, annotated, client_position, redactions, scrub, tokens_redacted, withheld
 
 SECRET = "sk-proj-Zq81LmN0pX4vR7tY2uW9"
 SLASHED = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # an AWS secret key: `/` and `+` in it
@@ -97,6 +97,27 @@ def test_escapes_without_a_secret_behind_them_are_left_as_written() -> None:
     # An escaped backslash before `/` is a backslash, then a slash: not the escape of `/`.
     tricky = ('{"text":"' + SLASHED.replace("/", "\\\\/") + '"}').encode()
     assert scrub(tricky) == tricky
+
+
+def test_a_texts_tokens_say_what_the_text_says_where_a_secret_was() -> None:
+    """Log probabilities give a text token by token: a token that holds part of a secret (the text's before it, or
+    after it, beside) says what the redacted text says there, the one where it begins `[REDACTED]`; its `bytes` the
+    same, its alternatives (the token itself among them) left out; the tokens still as many, and joined the text."""
+
+    def token(text: str) -> dict[str, Any]:
+        likeliest = {"token": text, "logprob": -0.5, "bytes": list(text.encode())}
+        return {**likeliest, "top_logprobs": [likeliest]}
+
+    text = f"see {SECRET}, then {SLASHED}."
+    cuts = [0, 2, 6, 12, len(f"see {SECRET}") + 3, len(f"see {SECRET}, then ") + 9, len(text) - 1, len(text)]
+    tokens = [token(text[start:end]) for start, end in itertools.pairwise(cuts)]
+    assert tokens_redacted(tokens)
+    assert [t["token"] for t in tokens] == ["se", "e [REDACTED]", "", ", t", f"hen {REDACTED}", "", "."]
+    assert all(bytes(t["bytes"]).decode() == t["token"] for t in tokens)
+    assert [bool(t["top_logprobs"]) for t in tokens] == [True, False, False, False, False, False, True]
+    assert [t["logprob"] for t in tokens] == [-0.5] * 7
+    plain = [token("no "), token("secret")]
+    assert not tokens_redacted(plain) and not tokens_redacted(None) and plain == [token("no "), token("secret")]
 
 
 def test_a_key_straddling_the_cut_of_a_clients_name_is_redacted_whole() -> None:

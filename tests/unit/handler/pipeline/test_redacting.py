@@ -129,6 +129,83 @@ def test_choices_hold_apart() -> None:
     assert field(out, "content", 0) == f"x {REDACTED}" and field(out, "content", 1) == SECRET[6:]
 
 
+def logprobs(*tokens: str) -> dict[str, Any]:
+    """A choice's log probabilities of its text's `tokens`."""
+    return {"content": [{"token": t, "logprob": -0.1, "bytes": list(t.encode()), "top_logprobs": []} for t in tokens]}
+
+
+def spoken(chunks: list[ChatCompletionChunk]) -> list[str]:
+    """Each chunk's tokens, joined."""
+    given = [c.choices[0].logprobs["content"] if c.choices and c.choices[0].logprobs else [] for c in chunks]
+    return ["".join(t["token"] for t in tokens) for tokens in given]
+
+
+def with_tokens(text: str, *tokens: str) -> ChatCompletionChunk:
+    """A chunk of `text`, with its log probabilities of `tokens`."""
+    said = chunk({"content": text})
+    said.choices[0].logprobs = logprobs(*tokens)
+    return said
+
+
+def test_a_texts_tokens_wait_while_it_waits_and_go_redacted_with_it() -> None:
+    """The log probabilities of a choice's text give it again, a token at a time: the tokens of the end of a delta
+    held back wait with it, and go with the text that follows, those of a key as the text has it; each chunk's
+    tokens make its text."""
+    out = relayed(
+        [
+            with_tokens("key " + SECRET[:5], "key", " ", SECRET[:5]),
+            with_tokens(SECRET[5:13], SECRET[5:13]),
+            with_tokens(SECRET[13:] + " ok", SECRET[13:], " ok"),
+            with_tokens("is", "i", "s"),  # (`s`: held back, the last token of its delta too)
+            with_tokens(" fine", " fine"),
+            chunk({}, finish="stop"),
+        ]
+    )
+    assert [c.choices[0].delta.content for c in out] == ["key ", "", f"{REDACTED} ok", "i", "s fine", None]
+    assert spoken(out) == ["key ", "", f"{REDACTED} ok", "i", "s fine", ""]
+    assert [len(c.choices[0].logprobs["content"]) for c in out[:5]] == [2, 0, 4, 1, 2]  # (as many as were said)
+
+
+def test_the_tokens_of_a_key_cut_by_the_texts_end_go_redacted_with_it() -> None:
+    """In the chunk that finishes the choice (without tokens of its own), or one of its own at the stream's end, or
+    before the chunk that moves the choice on to a tool call."""
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    for ending in ([chunk({}, finish="length")], [], [chunk({"tool_calls": [call]})]):
+        out = relayed(
+            [
+                with_tokens("my key " + SECRET[:6], "my key ", SECRET[:6]),
+                with_tokens(SECRET[6:16], SECRET[6:16]),
+                *ending,
+            ]
+        )
+        assert field(out, "content") == "".join(spoken(out)) == f"my key {REDACTED}"
+
+
+def test_a_transcript_and_openrouters_reasoning_parts_cut_across_chunks_are_redacted() -> None:
+    """Texts a client joins beside a delta's fields: a spoken answer's transcript, OpenRouter's reasoning parts (by
+    their `index`), which it streams at once with `reasoning`: neither ends the other, each ends with its choice."""
+    pieces = ["my key ", SECRET[:5], SECRET[5:13], SECRET[13:] + " ok"]
+    audio = relayed([chunk({"audio": {"id": "audio_1", "transcript": p}}) for p in pieces] + [chunk({}, finish="stop")])
+    transcripts = [(c.choices[0].delta.model_extra or {}).get("audio", {}).get("transcript") for c in audio]
+    assert "".join(t or "" for t in transcripts) == f"my key {REDACTED} ok"
+    assert all(SECRET[:5] not in (t or "") for t in transcripts)
+
+    def reasoned(piece: str) -> ChatCompletionChunk:
+        parts = [
+            {"type": "reasoning.text", "text": piece, "index": 0},
+            {"type": "reasoning.summary", "summary": piece, "index": 1},
+        ]
+        return chunk({"reasoning_content": piece, "reasoning_details": parts})
+
+    out = relayed([reasoned(p) for p in [*pieces, "x " + SECRET[:9]]] + [chunk({}, finish="stop")])
+    parts = [p for c in out for p in (c.choices[0].delta.model_extra or {}).get("reasoning_details", ())]
+    shown = f"my key {REDACTED} okx {REDACTED}"  # (the key cut by the choice's end, as long as a secret: redacted)
+    assert field(out, "reasoning_content") == shown
+    assert "".join(p.get("text", "") for p in parts if p["index"] == 0) == shown
+    assert "".join(p.get("summary", "") for p in parts if p["index"] == 1) == shown
+    assert {p["type"] for p in parts if p["index"] == 1} == {"reasoning.summary"}
+
+
 def cited(text: str, word: str) -> dict[str, Any]:
     """Chat Completions' `url_citation` of `word`, its span in `text` (the provider's)."""
     at = text.index(word)
@@ -317,6 +394,22 @@ def test_where_a_secret_was_in_the_text_written_again_is_kept_for_the_relay() ->
     assert [orjson.loads(e.data)["delta"] for e in out] == ["the ", f"{REDACTED} is {REDACTED} ok"]
     assert redactor.placed == {written: [(0, len(SECRET)), (len(SECRET) + 4, len(SECRET))]}  # (in what it said)
     assert EventRedactor(messages_delta, messages_within).placed is None  # (kept for a relay that reads it alone)
+
+
+def test_the_tokens_of_the_deltas_joined_into_the_first_go_with_it_redacted() -> None:
+    """A Responses output text's deltas carry their tokens (`logprobs`): joined into the first, the deltas a key was
+    cut across give it theirs too (they were lost, and the first's gave the key's first characters), redacted."""
+
+    def delta(text: str, sequence: int) -> StreamEvent:
+        tokens = [{"token": text, "logprob": -0.1, "bytes": list(text.encode()), "top_logprobs": []}]
+        return responses_event("response.output_text.delta", sequence, delta=text, logprobs=tokens)
+
+    redactor = EventRedactor(responses_delta, responses_within)
+    pieces = ["the ", SECRET[:7], SECRET[7:], " is ", SECRET[:9]]
+    out = [e for i, p in enumerate(pieces) for e in redactor.relay([delta(p, i)])] + redactor.release()
+    payloads = [orjson.loads(e.data) for e in out]
+    assert [p["delta"] for p in payloads] == ["the ", REDACTED, " is ", REDACTED]
+    assert [[t["token"] for t in p["logprobs"]] for p in payloads] == [["the "], [REDACTED, ""], [" is "], [REDACTED]]
 
 
 def test_audio_between_two_deltas_of_its_transcript_waits_with_them() -> None:
