@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from handler.api.report_gate import ReportGate
+from handler.dashboard.line_items import LineListing, parse_page
 from handler.dashboard.reports import ReportBuilder, parse_report, parse_views
 from handler.errors import InvalidRequestError, KeyChangedError, NotFoundError, PermissionDeniedError
 from handler.pipeline.attribution import line_tags, stored_tags, validate_tags
@@ -498,7 +499,11 @@ class KeyRoutes:
             params.get("tag"),
             params.get("user"),
             params.get("session"),
+            params.get("request_id"),
         )
+        page = parse_page(spec, params.get("limit"), params.get("cursor"))
+        if page is not None:
+            return await self._listing(request, caller, key_ids, recordless, LineListing(spec, page))
         views = parse_views(params.getlist("view"))
         shape = params.get("format") or "json"
         if shape not in ("json", "csv"):
@@ -515,6 +520,37 @@ class KeyRoutes:
                 )
             names = await key_names(self.gateway.keys.lookup, report.key_ids) if by_key else None
             answer = await asyncio.to_thread(report.answer, names, shape)
+        if isinstance(answer, str):
+            return Response(answer, media_type="text/csv")
+        return self.api.json(answer)
+
+    async def _listing(
+        self,
+        request: Request,
+        caller: KeyRecord,
+        key_ids: list[str] | None,
+        recordless: str | None,
+        listing: LineListing,
+    ) -> Response:
+        """`_usage`'s line items (`group_by=request`): a page of them, newest first, read as a report is (in its
+        turn, off the event loop), the store's read ending at the page's cursor, and only the page's lines kept."""
+        params = request.query_params
+        if params.getlist("view"):
+            raise InvalidRequestError(
+                "view groups the lines: not beside group_by=request, which lists them", param="view"
+            )
+        shape = params.get("format") or "json"
+        if shape not in ("json", "csv"):
+            raise InvalidRequestError(f"format must be json or csv, not '{shape}'", param="format")
+        spec, page = listing.spec, listing.page
+        async with self.reports.turn(caller):
+            await self.gateway.store.scan_usage(UsageQuery(key_ids, spec.since, page.until(spec)), listing.add)
+            if recordless is not None and not listing.read:
+                raise NotFoundError(
+                    f"{no_such_key(recordless)} (nor any usage of it in the window)", code="not_found", param="key"
+                )
+            names = await key_names(self.gateway.keys.lookup, listing.key_ids)
+            answer = await asyncio.to_thread(listing.answer, names, shape)
         if isinstance(answer, str):
             return Response(answer, media_type="text/csv")
         return self.api.json(answer)
