@@ -105,7 +105,12 @@ ERROR_SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "models": {"type": "array", "items": {"type": "string"}},
             "budget_usd": {"type": ["number", "null"]},
-            "spent_usd": {"type": ["number", "null"], "description": "in the key's own budget period"},
+            "spent_usd": {
+                "type": ["number", "null"],
+                "description": "what the key and its descendants spent in `period`: its own budget's, else the "
+                "current UTC month",
+            },
+            "period": {"type": ["string", "null"], "description": "total, day:YYYY-MM-DD or month:YYYY-MM"},
             "remaining_usd": {
                 "type": ["number", "null"],
                 "description": "what the key may still spend: the least any budget of its chain leaves",

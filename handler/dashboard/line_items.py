@@ -1,7 +1,10 @@
-"""Line items one by one: a report's lines listed a row each (`group_by=request`), newest first, a page at a time.
+"""Line items one by one: a report's lines listed a row each (`group_by=request`), newest first, a page at a time;
+and a key family's lines of a period summed to what they spent (`GET /v1/key`'s `spent_usd` for a key without a
+budget of its own, which no meter counts).
 
-A listing reads the ledger as a report does (`Store.scan_usage`, a batch at a time on the store's thread) and keeps
-what it answers, never the lines: at most `limit` of them (and the one past its page, which says there are more)."""
+Both read the ledger as a report does (`Store.scan_usage`, a batch at a time on the store's thread) and keep what
+they answer, never the lines: a listing at most `limit` of them (and the one past its page, which says there are
+more), a sum one number."""
 
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from handler.dashboard.reports import (
 )
 from handler.errors import InvalidRequestError
 from handler.pipeline.attribution import format_tags, stored_tags
+from handler.pipeline.budgets import period_of
 from handler.pipeline.pricing import exact
 from handler.ports import LedgerItem
 from handler.records import Value
@@ -274,3 +278,27 @@ def listing_table(rows: list[dict[str, Any]]) -> str:
             )
         )
     return render(table)
+
+
+class Spend:
+    """What lines cost in all, the provider's charge and the fee (as a budget's meter counts a request: its line's
+    `total_usd`), summed as a report sums them (decimals of each line's figure), a batch at a time."""
+
+    __slots__ = ("total",)
+
+    def __init__(self) -> None:
+        self.total = Decimal(0)
+
+    def add(self, lines: Iterable[LedgerItem]) -> None:
+        for item in lines:
+            if item.cost_usd is not None:
+                self.total += exact_usd(item.cost_usd)
+            self.total += exact_usd(item.fee_usd)
+
+
+def this_month(now: float) -> tuple[str, float, float]:
+    """The UTC calendar month holding `now`, as a budget names it (`month:YYYY-MM`), and its bounds (the end
+    exclusive): the period `GET /v1/key` tells a key without a budget of its own what it spent in."""
+    start = datetime.fromtimestamp(now, UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    following = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+    return period_of("month", now), start.timestamp(), following.timestamp()

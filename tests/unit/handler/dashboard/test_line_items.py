@@ -1,13 +1,15 @@
-"""Line items listed a row each (`group_by=request`), a page at a time: each line once, newest first, with how its
-cost was known, and no more of them held than a page."""
+"""Line items listed a row each (`group_by=request`), a page at a time, and summed to what a key spent: each line
+once, newest first, with how its cost was known, and no more of them held than a page."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 
-from handler.dashboard.line_items import COLUMNS, LineListing, Page, parse_page
+from handler.dashboard.line_items import COLUMNS, LineListing, Page, Spend, parse_page, this_month
 from handler.dashboard.reports import ReportSpec, parse_report, parse_views
 from handler.errors import InvalidRequestError
 from handler.ports import LedgerItem
@@ -121,3 +123,16 @@ def test_a_request_id_filter_keeps_that_requests_line() -> None:
     spec = parse_report("2020-01-01", "2030-01-01", None, request_id=items[1].request_id)
     assert spec.select(items) == [items[1]]
     assert spec.filter.as_json()["request_id"] == items[1].request_id
+
+
+def test_a_key_without_a_budget_is_told_its_utc_months_cost_and_fees() -> None:
+    december = datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+    assert this_month(december) == (
+        "month:2026-12",
+        datetime(2026, 12, 1, tzinfo=UTC).timestamp(),
+        datetime(2027, 1, 1, tzinfo=UTC).timestamp(),
+    )
+    assert this_month(datetime(2027, 2, 1, tzinfo=UTC).timestamp())[0] == "month:2027-02"
+    spend = Spend()
+    spend.add([replace(line("a", 0.1), fee_usd=0.01), replace(line("a", 0.2), cost_usd=None, fee_usd=0.02)])
+    assert spend.total == Decimal("0.13")
