@@ -105,7 +105,12 @@ ERROR_SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "models": {"type": "array", "items": {"type": "string"}},
             "budget_usd": {"type": ["number", "null"]},
-            "spent_usd": {"type": ["number", "null"], "description": "in the key's own budget period"},
+            "spent_usd": {
+                "type": ["number", "null"],
+                "description": "what the key and its descendants spent in `period`: its own budget's, else the "
+                "current UTC month",
+            },
+            "period": {"type": ["string", "null"], "description": "total, day:YYYY-MM-DD or month:YYYY-MM"},
             "remaining_usd": {
                 "type": ["number", "null"],
                 "description": "what the key may still spend: the least any budget of its chain leaves",
@@ -234,10 +239,23 @@ USAGE_PARAMETERS = [
         "(default: 30 days ago)",
     ),
     query("until", "end, exclusive (default: now)"),
-    query("group_by", "comma-separated: key, model, day (UTC), user, session, tag:NAME"),
+    query(
+        "group_by",
+        "comma-separated: key, model, day (UTC), user, session, tag:NAME; or request alone: the lines themselves, a "
+        "row each with its request_id and cost_source, newest first, `limit` a page",
+    ),
     query("tag", "only lines carrying every one of these tags: team=search,env=prod"),
     query("user", "only this end user's lines"),
     query("session", "only this agent session's lines"),
+    query("request_id", "only the line of this request (its x-request-id)"),
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": "group_by=request: lines a page (default 100)",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+    },
+    query("cursor", "group_by=request: the page after the one whose `next_cursor` this is (TS:REQUEST_ID)"),
     {"name": "format", "in": "query", "required": False, "schema": {"enum": ["json", "csv"]}},
     {
         "name": "view",

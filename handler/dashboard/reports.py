@@ -25,6 +25,9 @@ from handler.records import Value
 from handler.redaction import unkeyed
 
 GROUPS = ("key", "model", "day")
+# `group_by=request`: no grouping but the lines themselves, one row each, a page at a time
+# (handler/dashboard/line_items.py); alone, and never a `view` (a row a line would hold every line).
+LINES = "request"
 DEFAULT_WINDOW_DAYS = 30
 
 
@@ -137,21 +140,29 @@ MAX_FILTER_CHARS = 256
 
 
 class LineFilter(Value):
-    """Which lines a report counts: those carrying every one of `tags`, and the `user` and `session` if named."""
+    """Which lines a report counts: those carrying every one of `tags`, and the `user`, `session` and `request_id`
+    (a request's `x-request-id`) if named."""
 
-    __slots__ = ("tags", "user", "session")
+    __slots__ = ("tags", "user", "session", "request_id")
 
     def __init__(
-        self, tags: Mapping[str, str] = MappingProxyType({}), user: str | None = None, session: str | None = None
+        self,
+        tags: Mapping[str, str] = MappingProxyType({}),
+        user: str | None = None,
+        session: str | None = None,
+        request_id: str | None = None,
     ) -> None:
         self.tags: Final = tags
         self.user: Final = user
         self.session: Final = session
+        self.request_id: Final = request_id
 
     def __bool__(self) -> bool:
-        return bool(self.tags) or self.user is not None or self.session is not None
+        return bool(self.tags) or self.user is not None or self.session is not None or self.request_id is not None
 
     def matches(self, item: LedgerItem) -> bool:
+        if self.request_id is not None and item.request_id != self.request_id:
+            return False
         if self.user is not None and item.user != self.user:
             return False
         if self.session is not None and item.session != self.session:
@@ -159,17 +170,19 @@ class LineFilter(Value):
         return all(item.tags.get(name) == value for name, value in self.tags.items())
 
     def as_json(self) -> dict[str, Any]:
-        return {"tags": self.tags, "user": self.user, "session": self.session}
+        return {"tags": self.tags, "user": self.user, "session": self.session, "request_id": self.request_id}
 
 
-def parse_filter(tags: str | None, user: str | None, session: str | None) -> LineFilter:
-    """`tag=team=search,env=prod` (every pair must match, the header's syntax), `user=...`, `session=...`."""
-    for name, value in (("user", user), ("session", session)):
+def parse_filter(tags: str | None, user: str | None, session: str | None, request_id: str | None = None) -> LineFilter:
+    """`tag=team=search,env=prod` (every pair must match, the header's syntax), `user=...`, `session=...`,
+    `request_id=...`."""
+    named = (("user", user), ("session", session), ("request_id", request_id))
+    for name, value in named:
         if value is not None and not 0 < len(value) <= MAX_FILTER_CHARS:
             raise InvalidRequestError(f"{name} must be 1 to {MAX_FILTER_CHARS} characters", param=name)
     # Each value as a line keeps it, a key in it redacted: it matches the lines, and the report echoes no key.
-    user, session = (None if value is None else unkeyed(value) for value in (user, session))
-    return LineFilter(parse_tags(tags, "tag"), user, session)
+    user, session, request_id = (None if value is None else unkeyed(value) for _, value in named)
+    return LineFilter(parse_tags(tags, "tag"), user, session, request_id)
 
 
 class ReportSpec(Value):
@@ -195,10 +208,22 @@ def parse_report(
     tag: str | None = None,
     user: str | None = None,
     session: str | None = None,
+    request_id: str | None = None,
 ) -> ReportSpec:
     """Validate a report's parameters (a 400 naming the bad one)."""
     start, end = window(since, until)
-    return ReportSpec(start, end, parse_group_by(group_by), parse_filter(tag, user, session))
+    return ReportSpec(start, end, parse_grouping(group_by), parse_filter(tag, user, session, request_id))
+
+
+def parse_grouping(text: str | None) -> list[str]:
+    """A report's `group_by`: `parse_group_by`'s groups, or `request` alone (`LINES`), the lines listed."""
+    if text is None or LINES not in (group.strip() for group in text.split(",")):
+        return parse_group_by(text)
+    if {group.strip() for group in text.split(",") if group.strip()} != {LINES}:
+        raise InvalidRequestError(
+            f"group_by={LINES} lists the lines one a row: not with other groups", param="group_by"
+        )
+    return [LINES]
 
 
 LATENCY_PARTS = ("gateway_ms", "store_ms", "upstream_ms")
@@ -338,8 +363,8 @@ def aggregate(
 
 def as_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows for JSON: each USD sum as the number nearest its exact decimal (which prints back as that decimal
-    wherever it has 17 significant digits or fewer)."""
-    return [{k: float(v) if k in USD_COLUMNS else v for k, v in row.items()} for row in rows]
+    wherever it has 17 significant digits or fewer); a line's cost without a price as null."""
+    return [{k: float(v) if k in USD_COLUMNS and v is not None else v for k, v in row.items()} for row in rows]
 
 
 def report_object(
@@ -442,7 +467,9 @@ def to_csv(rows: list[dict[str, Any]], header: list[str] | None = None) -> str:
     writer = csv.DictWriter(out, fieldnames=[csv_cell(name) for name in names], lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({csv_cell(k): format(v, "f") if k in USD_COLUMNS else csv_cell(v) for k, v in row.items()})
+        writer.writerow(
+            {csv_cell(k): format(v, "f") if k in USD_COLUMNS and v is not None else csv_cell(v) for k, v in row.items()}
+        )
     return out.getvalue()
 
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import uvicorn
     from pydantic import ValidationError
 
+    from handler.dashboard.line_items import LineListing
     from handler.errors import InvalidRequestError
 
 STORE_HELP = f"the server's store URL (default: GATEWAY_STORE, else {DEFAULT_STORE_URL})"
@@ -601,6 +602,7 @@ def _whole_key_given(key_id: str | None) -> bool:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
+    from handler.dashboard.line_items import LineListing, parse_page
     from handler.dashboard.reports import (
         aggregate,
         columns,
@@ -619,7 +621,8 @@ def cmd_usage(args: argparse.Namespace) -> int:
         return 2
     output = "json" if args.json else args.format or "table"
     try:
-        spec = parse_report(args.since, args.until, args.group_by, args.tag, args.user, args.session)
+        spec = parse_report(args.since, args.until, args.group_by, args.tag, args.user, args.session, args.request_id)
+        page = parse_page(spec, args.limit, args.cursor)
     except GatewayError as exc:
         sys.stderr.write(f"{exc.message}\n")
         return 2
@@ -631,6 +634,8 @@ def cmd_usage(args: argparse.Namespace) -> int:
     except MissingStoreError as exc:
         sys.stderr.write(f"{exc}\n")
         return 2
+    if page is not None:
+        return _listed_usage(args, LineListing(spec, page), output)
 
     async def fetch() -> tuple[list[LedgerItem], dict[str, str] | None] | None:
         store = _store(args.store)
@@ -661,6 +666,39 @@ def cmd_usage(args: argparse.Namespace) -> int:
         sys.stdout.write(to_table(rows))
         if items:
             sys.stdout.write(latency_table(latency(items)))
+    return 0
+
+
+def _listed_usage(args: argparse.Namespace, listing: LineListing, output: str) -> int:
+    """`gateway usage --group-by request`: a page of the lines, newest first, read as `GET /v1/usage` reads it (a
+    batch at a time, the page alone kept); in a table or CSV, the `--cursor` of the next page is said on stderr."""
+    from handler.dashboard.line_items import listing_table
+    from handler.ports import UsageQuery
+
+    spec, page = listing.spec, listing.page
+
+    async def fetch() -> dict[str, str] | None:
+        store = _store(args.store)
+        try:
+            record, family = await family_of(store, args.key) if args.key else (None, None)
+            await store.scan_usage(UsageQuery(family, spec.since, page.until(spec)), listing.add)
+            if args.key and not listing.read and family == [args.key] and record is None:
+                return None  # (as the report says it: `cmd_usage`)
+            return await key_names(store.get_key, listing.key_ids)
+        finally:
+            await store.close()
+
+    names = asyncio.run(fetch())
+    if names is None:
+        sys.stderr.write(f"{no_such_key(args.key)} (nor any usage of it in the window)\n")
+        return 1
+    if output == "json":  # as `GET /v1/usage?group_by=request` answers, `next_cursor` in it
+        _print_json(listing.answer(names, "json"))
+        return 0
+    sys.stdout.write(str(listing.answer(names, "csv")) if output == "csv" else listing_table(listing.rows(names)))
+    following = listing.next_cursor()
+    if following is not None:
+        sys.stderr.write(f"older lines match too: add --cursor {following}\n")
     return 0
 
 
@@ -893,10 +931,17 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--key", help="one key id (its children included)")
     usage.add_argument("--since", help="YYYY-MM-DD, ISO time or epoch seconds, UTC (default: 30 days ago)")
     usage.add_argument("--until", help="YYYY-MM-DD, ISO time or epoch seconds, UTC (default: now)")
-    usage.add_argument("--group-by", help="any of key,model,day,user,session,tag:NAME")
+    usage.add_argument(
+        "--group-by", help="any of key,model,day,user,session,tag:NAME; or request alone: the lines, a row each"
+    )
     usage.add_argument("--tag", help="only lines carrying every one of these tags: team=search,env=prod")
     usage.add_argument("--user", help="only this end user's lines")
     usage.add_argument("--session", help="only this agent session's lines")
+    usage.add_argument("--request-id", help="only the line of this request (its x-request-id)")
+    usage.add_argument(
+        "--limit", help="with --group-by request: lines a page, newest first (default 100, at most 1000)"
+    )
+    usage.add_argument("--cursor", help="with --group-by request: the page after the one whose next_cursor this is")
     usage.add_argument("--format", choices=["table", "csv", "json"], help="default: table")
     usage.add_argument("--json", action="store_true", help="the same as --format json")
     usage.set_defaults(func=cmd_usage)

@@ -16,6 +16,7 @@ import pytest
 from adapters.providers.registry import REGISTRY
 from adapters.store import open_store
 from handler.config import parse_config
+from handler.pipeline.budgets import period_of
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService, split_key
 from handler.pipeline.pricing import estimate_prompt_tokens, price_for, worst_case_usd
@@ -792,7 +793,7 @@ def test_a_child_minted_without_a_budget_has_none_and_its_chain_binds_it(on_each
     view = httpx.get(f"{running.url}/v1/key", headers=headers(child.json()["key"])).json()
     parent_view = httpx.get(f"{running.url}/v1/key", headers=headers(parent)).json()
     assert 0 < view["remaining_usd"] == parent_view["remaining_usd"] < 0.01
-    assert view["remaining_bound_by"] == parent_view["id"] and view["spent_usd"] is None
+    assert view["remaining_bound_by"] == parent_view["id"] and view["spent_usd"] == 0  # (nothing of its own yet)
     # Under a parent whose day's budget is spent: a key without a budget of its own, held to the parent's.
     broke = running.mint(budget_usd=0.0, budget_period="day")
     under_broke = httpx.post(url, headers=headers(broke), json={"name": "agent"})
@@ -806,6 +807,47 @@ def test_a_child_minted_without_a_budget_has_none_and_its_chain_binds_it(on_each
     assert chat(running, grandchild.json()["key"]).status_code == 402
     bound = httpx.get(f"{running.url}/v1/key", headers=headers(grandchild.json()["key"])).json()
     assert (bound["remaining_usd"], bound["remaining_bound_by"]) == (0.0, split_key(broke)[0])  # type: ignore[index]
+
+
+def charged(answer: httpx.Response) -> Decimal:
+    """What an answer's request was charged, as its headers say (the provider's cost and the fee)."""
+    assert answer.status_code == 200, answer.text
+    return Decimal(answer.headers["x-gateway-cost-usd"]) + Decimal(answer.headers["x-gateway-fee-usd"])
+
+
+def test_a_key_without_a_budget_of_its_own_is_told_what_it_spent(on_each_store: Running) -> None:
+    """`GET /v1/key` is "this key: scopes, budget, spent, remaining, expiry", but a key without a budget of its own
+    was told `spent_usd: null` however much it spent: a plain key charged $0.0000054, and a child spending its
+    parent's $1 (whose `remaining_usd` dropped to 0.9999946). It is told what it and its descendants spent in the
+    current UTC month now, the `period` it names, from the ledger; `GET /admin/keys/{id}` says the same. Found by
+    review."""
+    running = on_each_store
+    plain = running.mint(name="no-budget")
+    once = charged(chat(running, plain))
+    assert once > 0
+    running.ledger(plain)  # (settled)
+    month = period_of("month", time.time())
+    me = httpx.get(f"{running.url}/v1/key", headers=headers(plain)).json()
+    assert me["spent_usd"] is not None, me  # (it was null)
+    assert (Decimal(str(me["spent_usd"])), me["period"]) == (once, month), me
+    assert (me["budget_usd"], me["remaining_usd"], me["reserved_usd"]) == (None, None, None)
+    # A child spending its parent's budget, and the grandchild under it: each key counts its descendants' spend, as
+    # a budget of its own would.
+    parent = running.mint(name="parent", budget_usd=1.0)
+    url = f"{running.url}/v1/keys"
+    child = httpx.post(url, headers=headers(parent), json={"name": "child"}).json()["key"]
+    grandchild = httpx.post(url, headers=headers(child), json={"name": "grandchild"}).json()["key"]
+    own, below = charged(chat(running, child)), charged(chat(running, grandchild))
+    running.ledger(child), running.ledger(grandchild)
+    child_view = httpx.get(f"{running.url}/v1/key", headers=headers(child)).json()
+    assert Decimal(str(child_view["remaining_usd"])) == 1 - own - below
+    assert (Decimal(str(child_view["spent_usd"])), child_view["period"]) == (own + below, month), child_view
+    grandchild_view = httpx.get(f"{running.url}/v1/key", headers=headers(grandchild)).json()
+    assert Decimal(str(grandchild_view["spent_usd"])) == below
+    parent_view = httpx.get(f"{running.url}/v1/key", headers=headers(parent)).json()  # (its own meter's, as before)
+    assert (Decimal(str(parent_view["spent_usd"])), parent_view["period"]) == (own + below, "total")
+    shown = httpx.get(f"{running.url}/admin/keys/{child_view['id']}", headers=headers(running.mint(admin=True)))
+    assert (shown.json()["spent_usd"], shown.json()["period"]) == (child_view["spent_usd"], month)
 
 
 def test_budget_refusal_is_402_not_429(running: Running, mint: Any) -> None:

@@ -1568,12 +1568,22 @@ def test_a_key_or_a_secret_as_a_tag_name_is_refused_unsaid_wherever_tags_are_tak
         f"{gw.url}/v1/usage", params={"user": key, "session": f"s-{key}", "tag": f"team={key}"}, headers=auth(key)
     )
     assert report.status_code == 200 and secret not in report.text
-    assert report.json()["filter"] == {"tags": {"team": "[REDACTED]"}, "user": "[REDACTED]", "session": "s-[REDACTED]"}
+    assert report.json()["filter"] == {
+        "tags": {"team": "[REDACTED]"},
+        "user": "[REDACTED]",
+        "session": "s-[REDACTED]",
+        "request_id": None,
+    }
     report = httpx.get(
         f"{gw.url}/v1/usage", params={"user": body, "session": f"s-{body}", "tag": f"team={body}"}, headers=auth(key)
     )
     assert report.status_code == 200 and secret not in report.text
-    assert report.json()["filter"] == {"tags": {"team": "[REDACTED]"}, "user": "[REDACTED]", "session": "s-[REDACTED]"}
+    assert report.json()["filter"] == {
+        "tags": {"team": "[REDACTED]"},
+        "user": "[REDACTED]",
+        "session": "s-[REDACTED]",
+        "request_id": None,
+    }
 
     # As a tag's value, it is kept redacted, as a whole key is.
     assert chat(gw, key, **{"x-gateway-tags": f"team={body},owner=gwk_{body}"}).status_code == 200
@@ -1678,7 +1688,7 @@ def test_reports_filter_by_tag_user_and_session_with_cache_and_reasoning_columns
         assert report(path, who, tag="team=nobody", **scope)["data"] == []
         by_model = report(path, who, user="ann", group_by="model", **scope)
         assert [r["model"] for r in by_model["data"]] == ["cache-test", "gpt-test"]
-        assert by_model["filter"] == {"tags": {}, "user": "ann", "session": None}
+        assert by_model["filter"] == {"tags": {}, "user": "ann", "session": None, "request_id": None}
         assert by_model["latency"]["requests"] == 2
         (s2,) = report(path, who, session="s-2", **scope)["data"]
         assert s2["requests"] == 1 and s2["reasoning_tokens"] == 4
@@ -1696,6 +1706,109 @@ def test_reports_filter_by_tag_user_and_session_with_cache_and_reasoning_columns
     assert row["requests"] == "2" and row["reasoning_tokens"] == "4"
     assert row["cached_tokens"] == str(cached.cached_tokens) and row["cache_write_tokens"] == "0"
     assert Decimal(row["cache_savings_usd"]) == Decimal(repr(cached.cache_savings_usd))
+
+
+def test_usage_lists_each_line_with_its_request_id_and_cost_source_a_page_at_a_time(gw: Running) -> None:
+    """`GET /v1/usage` is "this key's cost line items", and every request that reached a provider leaves one line
+    "with how its cost was known (`provider`, `estimate` or `reserved`)"; but every report summed its lines into
+    rows (no request id, no cost source but the counts of each), so no line could be found by its `x-request-id`,
+    nor its cost source read. `group_by=request` lists them a row each, newest first, `limit` a page, and
+    `request_id=` finds one, over HTTP and on the command line. Found by review."""
+    key = gw.mint()
+    tagged = {"x-gateway-tags": "team=search", "x-claude-code-session-id": "s-9"}
+    answers = {
+        "provider": post(
+            gw, "/v1/chat/completions", key, {"model": "gpt-test", "messages": HI, "user": "ann"}, **tagged
+        ),
+        "estimate": chat(gw, key, "no-usage-test"),
+        "reserved": chat(gw, key, "slow-test", **{"x-gateway-deadline-ms": "500"}),
+    }
+    assert [answer.status_code for answer in answers.values()] == [200, 200, 504]
+    lines = {line.request_id: line for line in lines_of(gw, key, 3)}
+    sources = {answer.headers["x-request-id"]: source for source, answer in answers.items()}
+    assert {request_id: line.cost_source for request_id, line in lines.items()} == sources
+    newest_first = sorted(lines, key=lambda request_id: lines[request_id].ts, reverse=True)
+    admin = gw.mint(admin=True)
+
+    def usage(path: str, who: str, **params: str) -> httpx.Response:
+        return httpx.get(f"{gw.url}{path}", params=params, headers=auth(who), timeout=15)
+
+    for path, who, scope in (("/v1/usage", key, {}), ("/admin/usage", admin, {"key": key_id_of(key)})):
+        listing = usage(path, who, group_by="request", **scope).json()
+        assert [row["request_id"] for row in listing["data"]] == newest_first
+        assert (listing["group_by"], listing["limit"], listing["has_more"], listing["next_cursor"]) == (
+            ["request"],
+            100,
+            False,
+            None,
+        )
+        rows = {row["request_id"]: row for row in listing["data"]}
+        for request_id, line in lines.items():
+            row = rows[request_id]
+            assert (row["cost_source"], row["key"], row["key_name"], row["model"], row["provider"]) == (
+                line.cost_source,
+                key_id_of(key),
+                "test",
+                line.model,
+                "openai",
+            )
+            assert (row["status"], row["ts"], row["input_tokens"], row["output_tokens"]) == (
+                line.status,
+                line.ts,
+                line.input_tokens,
+                line.output_tokens,
+            )
+            assert (row["cost_usd"], row["fee_usd"]) == (line.cost_usd, line.fee_usd)
+        provider = rows[answers["provider"].headers["x-request-id"]]
+        assert (provider["tags"], provider["user"], provider["session"]) == ({"team": "search"}, "ann", "s-9")
+        assert Decimal(repr(provider["cost_usd"])) == Decimal(answers["provider"].headers["x-gateway-cost-usd"])
+        # A request's line found by its `x-request-id`, listed or summed.
+        estimated = answers["estimate"].headers["x-request-id"]
+        (found,) = usage(path, who, group_by="request", request_id=estimated, **scope).json()["data"]
+        assert (found["request_id"], found["cost_source"]) == (estimated, "estimate")
+        (summed,) = usage(path, who, request_id=estimated, **scope).json()["data"]
+        assert (summed["requests"], summed["estimated_cost_requests"]) == (1, 1)
+        # A page at a time, each line once.
+        first = usage(path, who, group_by="request", limit="2", **scope).json()
+        assert [row["request_id"] for row in first["data"]] == newest_first[:2] and first["has_more"]
+        rest = usage(path, who, group_by="request", limit="2", cursor=first["next_cursor"], **scope).json()
+        assert [row["request_id"] for row in rest["data"]] == newest_first[2:]
+        assert (rest["has_more"], rest["next_cursor"]) == (False, None)
+        as_csv = usage(path, who, group_by="request", format="csv", **scope)
+        assert as_csv.headers["content-type"].startswith("text/csv")
+        csv_rows = list(csv.DictReader(io.StringIO(as_csv.text)))
+        assert [row["request_id"] for row in csv_rows] == newest_first
+        assert [row["cost_source"] for row in csv_rows] == [sources[request_id] for request_id in newest_first]
+        assert csv_rows[newest_first.index(answers["provider"].headers["x-request-id"])]["tags"] == "team=search"
+        for params, param in (
+            ({"group_by": "request", "limit": "0"}, "limit"),
+            ({"group_by": "request", "limit": "1001"}, "limit"),
+            ({"group_by": "request", "limit": "two"}, "limit"),
+            ({"limit": "2"}, "limit"),
+            ({"group_by": "model", "cursor": first["next_cursor"]}, "cursor"),
+            ({"group_by": "request", "cursor": "yesterday"}, "cursor"),
+            ({"group_by": "request,model"}, "group_by"),
+            ({"view": "request"}, "view"),
+            ({"group_by": "request", "view": "model"}, "view"),
+        ):
+            refused = usage(path, who, **params, **scope)
+            assert refused.status_code == 400 and refused.json()["error"]["param"] == param, (params, refused.text)
+
+    # The command line lists the same lines, the same way.
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        argv = ["usage", "--store", gw.store_url, "--key", key_id_of(key), "--group-by", "request", "--limit", "2"]
+        assert cli_main([*argv, "--format", "csv"]) == 0
+    assert [row["request_id"] for row in csv.DictReader(io.StringIO(out.getvalue()))] == newest_first[:2]
+    assert err.getvalue() == f"older lines match too: add --cursor {first['next_cursor']}\n"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli_main([*argv, "--cursor", first["next_cursor"], "--json"]) == 0
+    assert [row["request_id"] for row in orjson.loads(out.getvalue())["data"]] == newest_first[2:]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli_main([*argv[:-2], "--request-id", estimated, "--json"]) == 0
+    assert [row["cost_source"] for row in orjson.loads(out.getvalue())["data"]] == ["estimate"]
 
 
 def test_a_client_that_leaves_while_its_reservation_is_written_leaves_nothing_reserved(

@@ -85,7 +85,12 @@ def test_a_filter_holding_a_key_matches_the_lines_as_kept_and_is_echoed_redacted
     items = [replace(line("a", 0.1), tags={"team": "[REDACTED]"}, user="[REDACTED]", session="s-[REDACTED]")]
     spec = parse_report(None, None, None, tag=f"team={KEY}", user=KEY, session=f"s-{KEY}")
     assert [i.cost_usd for i in spec.select(items)] == [0.1]
-    assert spec.filter.as_json() == {"tags": {"team": "[REDACTED]"}, "user": "[REDACTED]", "session": "s-[REDACTED]"}
+    assert spec.filter.as_json() == {
+        "tags": {"team": "[REDACTED]"},
+        "user": "[REDACTED]",
+        "session": "s-[REDACTED]",
+        "request_id": None,
+    }
 
 
 def test_a_key_as_a_tag_name_is_refused_unsaid_and_one_kept_before_is_reported_redacted() -> None:

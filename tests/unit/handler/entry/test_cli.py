@@ -940,7 +940,8 @@ def test_usage_prints_what_the_http_report_holds_and_a_csv_header_with_no_lines(
     assert main(["usage", "--store", store, "--group-by", "key,model", "--user", "ann", "--format", "json"]) == 0
     report = orjson.loads(capsys.readouterr().out)
     assert report["data"] == [] and report["tag_names"] == [] and report["latency"]["requests"] == 0
-    assert report["filter"] == {"tags": {}, "user": "ann", "session": None} and report["group_by"] == ["key", "model"]
+    assert report["filter"] == {"tags": {}, "user": "ann", "session": None, "request_id": None}
+    assert report["group_by"] == ["key", "model"]
     assert main(["usage", "--store", store, "--group-by", "key,model", "--format", "csv"]) == 0
     header = capsys.readouterr().out.splitlines()
     assert header[0].startswith("key,model,key_name,requests,input_tokens,") and len(header) == 1
@@ -1053,3 +1054,49 @@ def test_usage_until_far_in_the_future_holds_every_line(
     settle_lines(any_store, [line("k1", 0.01), line("k2", 0.02)])
     assert main(["usage", "--store", any_store, "--until", until, "--since", "1900-01-01", "--format", "json"]) == 0
     assert [row["requests"] for row in orjson.loads(capsys.readouterr().out)["data"]] == [2]
+
+
+def test_usage_lists_lines_a_page_at_a_time_on_each_store(any_store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`gateway usage` is "cost line items", but printed only sums: no line's request id, nor how its cost was
+    known. `--group-by request` lists the lines, newest first, `--limit` a page and `--cursor` the next (lines of
+    one time each listed once), `--request-id` finds one; a table shows a client's `user` escaped, as the report's
+    tables do. Found by review."""
+    same = time.time() - 60
+    items = [
+        dataclasses.replace(line("k1", 0.01, ts=same), request_id=f"req_{n}", cost_source=source)
+        for n, source in enumerate(("provider", "estimate", "reserved"))
+    ]
+    items.append(dataclasses.replace(line("k2", 0.02, ts=same - 1), request_id="req_old", user="eve\x1b[8m"))
+    settle_lines(any_store, items)
+    argv = ["usage", "--store", any_store, "--group-by", "request", "--limit", "2"]
+    assert main([*argv, "--json"]) == 0
+    first = orjson.loads(capsys.readouterr().out)
+    assert [(row["request_id"], row["cost_source"]) for row in first["data"]] == [
+        ("req_2", "reserved"),
+        ("req_1", "estimate"),
+    ]
+    assert first["has_more"] and first["next_cursor"] == f"{same!r}:req_1"
+    assert main([*argv, "--cursor", first["next_cursor"], "--format", "csv"]) == 0
+    printed = capsys.readouterr()
+    assert [row.split(",")[0] for row in printed.out.splitlines()] == ["request_id", "req_0", "req_old"]
+    assert printed.err == ""  # (the last page)
+    assert main([*argv]) == 0
+    printed = capsys.readouterr()
+    assert "req_2" in printed.out and "reserved" in printed.out and "req_0" not in printed.out
+    assert printed.err == f"older lines match too: add --cursor {same!r}:req_1\n"
+    assert main([*argv, "--request-id", "req_old", "--key", "k2"]) == 0
+    table = capsys.readouterr().out
+    assert "req_old" in table and "eve\\x1b[8m" in table and "\x1b" not in table
+    assert main(["usage", "--store", any_store, "--request-id", "req_1", "--json"]) == 0
+    (row,) = orjson.loads(capsys.readouterr().out)["data"]
+    assert (row["requests"], row["estimated_cost_requests"]) == (1, 1)
+    assert main([*argv, "--key", "nosuchkeyid"]) == 1
+    assert capsys.readouterr().err == "no key with id 'nosuchkeyid' (nor any usage of it in the window)\n"
+    for bad, said in (
+        (["--limit", "0"], "limit must be a whole number from 1 to 1000\n"),
+        (["--cursor", "later"], "cursor takes the next_cursor of the listing before (TS:REQUEST_ID, a row's ts"),
+    ):
+        assert main([*argv, *bad]) == 2
+        assert capsys.readouterr().err.startswith(said)
+    assert main(["usage", "--store", any_store, "--group-by", "model", "--limit", "2"]) == 2
+    assert capsys.readouterr().err == "limit pages a listing of lines: give group_by=request\n"
