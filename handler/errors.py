@@ -6,7 +6,8 @@
     │   ├── NativeOnlyError           400 the API's own code (what only the API's provider can take, and no
     │   │                                 deployment speaks the API: a Messages `thread_unsupported_request`)
     │   └── ProviderRejectedError     400 the provider's code, else invalid_request (its own 400/413/422, or a 404
-    │                                     about the request, not the deployment)
+    │                                     about the request, not the deployment; on Anthropic's API, Anthropic's own
+    │                                     status and `error.details` where it gave them)
     ├── AuthenticationError           401 invalid_api_key | key_expired | key_revoked
     ├── BudgetExceededError           402 budget_exceeded
     ├── PermissionDeniedError         403 model_not_allowed | ip_not_allowed | admin_only
@@ -121,10 +122,18 @@ class NativeOnlyError(InvalidRequestError):
         return coded_body(self)
 
 
-def coded_body(err: GatewayError) -> dict[str, object]:
+def coded_body(
+    err: GatewayError, kind: str | None = None, details: dict[str, object] | None = None
+) -> dict[str, object]:
     """`err` in Anthropic's shape with its code where Anthropic gives its own (`error.details.error_code`), which
-    Anthropic's SDK reads (`APIStatusError.error_code`) and its thread helpers act on."""
-    error = {"type": err.anthropic_type, "message": err.message, "details": {"error_code": err.code}}
+    Anthropic's SDK reads (`APIStatusError.error_code`) and its thread helpers act on. `kind` and `details`,
+    Anthropic's own where it gave them (a rejection relayed: `ProviderRejectedError`), in place of the error's type and
+    beside its code."""
+    error = {
+        "type": kind or err.anthropic_type,
+        "message": err.message,
+        "details": {"error_code": err.code, **(details or {})},
+    }
     return {"type": "error", "error": error}
 
 
@@ -272,6 +281,8 @@ class UpstreamError(GatewayError):
     `deployment_fault` says the provider refused the deployment itself, not the request (its key, its account's
     balance, its permissions, a model or deployment it does not have: `handler.wire.deployment_at_fault`): retryable
     on the next deployment, never by the client, whose same request fails the same way until the operator acts.
+    `details` are Anthropic's own `error.details` (its `error_code`, redacted), for a client of its API
+    (`ProviderRejectedError`).
     """
 
     status = 502
@@ -309,6 +320,7 @@ class UpstreamError(GatewayError):
         self.said: str | None = None
         self.provider_code: str | None = None
         self.provider_param: str | None = None
+        self.details: dict[str, object] | None = None
 
     def openai_body(self) -> dict[str, object]:
         return with_upstream(super().openai_body(), self.upstream_status, self.upstream_type)
@@ -327,15 +339,32 @@ class ProviderRejectedError(InvalidRequestError):
     message, `code` and `param` as the provider gave them (an agent branches on them: Codex on
     `context_length_exceeded`, Claude Code matches Anthropic's `prompt is too long: N tokens > M maximum` whole),
     `invalid_request` where it gave no code, and the provider's status and type beside them in OpenAI's shape, as a
-    provider's failure has."""
+    provider's failure has.
+
+    Anthropic's rejection with its `error.details` (an `error_code`) is relayed to a client of Anthropic's API as
+    Anthropic gave it: its status, type and details (`coded_body`). Anthropic's SDK picks its error class by the
+    status and the code together, and its thread helpers act on the code: Anthropic's 404 `thread_not_found` (a
+    thread it no longer holds) was a 400 `invalid_request_error` without it, a plain `BadRequestError` on which the
+    SDK's helpers gave up where they would have sent the whole conversation again as a new thread."""
 
     def __init__(self, rejected: UpstreamError) -> None:
         super().__init__(rejected.said or rejected.message, code=rejected.provider_code, param=rejected.provider_param)
         self.upstream_status = rejected.upstream_status
         self.upstream_type = rejected.upstream_type
+        self.details = rejected.details
+
+    def status_for(self, anthropic: bool) -> int:
+        if anthropic and self.details is not None:
+            return self.upstream_status
+        return super().status_for(anthropic)
 
     def openai_body(self) -> dict[str, object]:
         return with_upstream(super().openai_body(), self.upstream_status, self.upstream_type)
+
+    def anthropic_body(self) -> dict[str, object]:
+        if self.details is None:
+            return super().anthropic_body()
+        return coded_body(self, self.upstream_type, self.details)
 
 
 class UpstreamRateLimitedError(UpstreamError):

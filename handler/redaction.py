@@ -15,7 +15,8 @@ that repeats them), so:
   of `Bearer <key>` or `user:<key>`, hex, %-escaped, reversed, spaced out, its MD5, SHA-1, SHA-256 or SHA-512 in
   hex): an upstream that echoes the key it was sent rarely echoes it whole. The runs looked for are made once for
   the secrets registered (by the first error after they change: `_fragments`), never per request, and looked for
-  only in errors, never in an answer or a stream's deltas;
+  only in errors, never in an answer or a stream's deltas; and of the operator's account ids a provider names in
+  them (an OpenAI organisation or project, an AWS account: `ACCOUNT_IDS`), the reason kept;
 - a stream's text is scrubbed as the client joins it (`HeldText`): a secret the model writes across several deltas
   is whole only once they are joined, so the end of a delta that could begin a secret is held back, and sent
   with what follows it (or at the stream's end);
@@ -295,12 +296,44 @@ def _without_masked_keys(text: str) -> str:
     return text
 
 
+# The operator's own accounts, as a provider's error names them to whoever sent the request: OpenAI's organisation
+# and project (its 429 "Rate limit reached for gpt-4o in organization org-... on tokens per min"), and an AWS account
+# id, within an ARN or alone (Bedrock's AccessDeniedException, "User: arn:aws:sts::123456789012:assumed-role/... is
+# not authorized to perform: bedrock:InvokeModel"), which a Google project's number shares the shape of ("... has not
+# been used in project 123456789012"). No credential, but the operator's, which no client of the gateway has any
+# business reading: each is redacted, its `org-` or `proj_` kept, and the words around it, the reason, stay. An
+# organisation's or project's id is 20 or more letters and digits, not all of them small letters (a word:
+# `org-internationalization`); an account id twelve digits that are no part of a longer number, word or id (a UUID's
+# last group, `1.123456789012`).
+ACCOUNT_IDS = (
+    r"(?<![\w-])(org-|proj_)(?=[a-z]*[A-Z0-9])[A-Za-z0-9]{20,}"
+    r"|(?<![\w-])(?<![0-9]\.)[0-9]{12}(?![\w-])(?!\.[0-9])"
+)
+
+
+@cache
+def account_ids() -> re.Pattern[str]:
+    return re.compile(ACCOUNT_IDS)
+
+
+def _account(match: re.Match[str]) -> str:
+    return (match.group(1) or "") + REDACTED
+
+
+def _without_account_ids(text: str) -> str:
+    """`text` with the operator's account at a provider (`ACCOUNT_IDS`) redacted: a substring search where no
+    organisation or project is named and a regular expression's scan otherwise (errors only)."""
+    if "org-" in text or "proj_" in text or any(digit in text for digit in "0123456789"):
+        return account_ids().sub(_account, text)
+    return text
+
+
 def redact_upstream(text: str) -> str:
     """An upstream's error (its message, `code`, `param`) as `redact_message` leaves it, without a key quoted back
-    masked (`MASKED_SHAPE`), and without any run of `FRAGMENT_CHARS` or more of a known secret or of one of its
-    `encodings`: a key echoed without its prefix, in halves, in base64 or hex. (Errors only: the look-up costs one
-    set probe every `STEP` characters.)"""
-    text = redact_message(_without_masked_keys(text))
+    masked (`MASKED_SHAPE`), without the operator's account ids (`ACCOUNT_IDS`), and without any run of
+    `FRAGMENT_CHARS` or more of a known secret or of one of its `encodings`: a key echoed without its prefix, in
+    halves, in base64 or hex. (Errors only: the look-up costs one set probe every `STEP` characters.)"""
+    text = _without_account_ids(redact_message(_without_masked_keys(text)))
     if len(text) < FRAGMENT_CHARS:
         return text
     probes = _fragments()

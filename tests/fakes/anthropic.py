@@ -57,7 +57,8 @@ Message threads (beta `message-threads-2026-08-12`) are kept as the docs describ
 `{"type": "continue", "previous_message_id": ...}` brings only the new messages, and no `system` or `tools` (refused,
 as the API refuses them), and is answered, and billed, as the whole conversation rebuilt (its `tools` too: an advisor
 the thread's `create` offered advises the `continue`); an id the fake does not hold is Anthropic's 404
-`thread_not_found`.
+`thread_not_found`. The threads it holds are on `app.state.threads`, by their last answer's id: a test empties it
+where Anthropic drops a thread (its lifetime ended).
 `POST /v1/messages/count_tokens` counts, refusing the blocks `POST /v1/messages` refuses. Every request (path,
 query, headers, body) is recorded on `app.state.requests`.
 """
@@ -788,4 +789,5 @@ def create_app() -> Starlette:
         ]
     )
     app.state.requests = requests
+    app.state.threads = threads
     return app

@@ -27,7 +27,8 @@ it), `fail-validation` (400: a request Bedrock cannot read), `unknown-id` (400: 
 not know), `fail-quota` (HTTP 400 ServiceQuotaExceededException, the status botocore's model gives it, naming no
 wait), `fail-500` (InternalServerException), `echoes-signature-400` and `echoes-signature-403` (a
 ValidationException, an AccessDeniedException, whose message quotes the request's `Authorization` header, as AWS's
-signature errors quote what was signed), `stream-exception` (a stream
+signature errors quote what was signed), `denied` (a 403 AccessDeniedException in IAM's words, `DENIED`, naming the
+caller's role and the resource by their ARNs, the operator's account id in each), `stream-exception` (a stream
 whose first frame is a throttlingException), `malformed-tool-use` and `malformed-output` (the words the model wrote
 before a tool use Bedrock could not parse, or output it could not read: `stopReason` `malformed_tool_use` or
 `malformed_model_output`, its usage billed; a stream pauses `MALFORMED_PAUSE_S` before its `messageStop`, as a model
@@ -77,6 +78,15 @@ USAGE = {"inputTokens": 11, "outputTokens": 6, "totalTokens": 20, "cacheReadInpu
 MALFORMED = {"malformed-tool-use": "malformed_tool_use", "malformed-output": "malformed_model_output"}
 MALFORMED_TEXT = "Let me look that up."
 MALFORMED_PAUSE_S = 0.3
+# Bedrock's refusal of a caller whose IAM role may not invoke the model (an explicit deny, or none that allows it), as
+# AWS words it: the role's assumed-role ARN and the resource's, in the account AWS's documentation uses for examples.
+ACCOUNT = "123456789012"
+ROLE = f"arn:aws:sts::{ACCOUNT}:assumed-role/llm-gateway-GatewayFunctionRole-1A2B3C4D5E6F/llm-gateway-fn"
+DENIED = (
+    f"User: {ROLE} is not authorized to perform: bedrock:InvokeModel on resource: "
+    f"arn:aws:bedrock:{REGION}:{ACCOUNT}:application-inference-profile/abc123 because no identity-based policy "
+    "allows the bedrock:InvokeModel action"
+)
 
 REQUEST_FIELDS = {
     "messages",
@@ -601,6 +611,8 @@ def create_app() -> Starlette:
             return model, None, _error(400, "ValidationException", echoed)
         if "fail-500" in model:
             return model, None, _error(500, "InternalServerException", "The server encountered an internal error.")
+        if "denied" in model:
+            return model, None, _error(403, "AccessDeniedException", DENIED)
         invalid = validate(body) or _unforceable(body, model) or _over_limit(body, model) or _unsigned_turn(body, model)
         invalid = invalid or _unstatused(body, model)
         if invalid is not None:

@@ -88,6 +88,7 @@ def bedrock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             "rejects": {"deployments": [{**deployment, "model": "fail-validation"}], "price": PRICE},
             "echoes-signature-400": {"deployments": [{**deployment, "model": "echoes-signature-400"}], "price": PRICE},
             "echoes-signature-403": {"deployments": [{**deployment, "model": "echoes-signature-403"}], "price": PRICE},
+            "denied": {"deployments": [{**deployment, "model": "us.anthropic.claude-denied-v1:0"}], "price": PRICE},
             "unknown-id-then-haiku": {
                 "deployments": [{**deployment, "model": "unknown-id"}, {**deployment, "model": MODEL}],
                 "price": PRICE,
@@ -677,6 +678,24 @@ def test_a_request_signature_bedrock_quotes_back_reaches_no_client(bedrock: Runn
     assert answer.status_code in (400, 502) and len(signature) == 64
     assert signature not in answer.text and "Credential=" not in answer.text
     assert "Authorization: [REDACTED]" in answer.text and "[REDACTED]]" not in answer.text
+
+
+def test_bedrocks_access_denied_gives_clients_its_reason_not_the_operators_aws_account(bedrock: Running) -> None:
+    """Bedrock's AccessDeniedException names the caller's IAM role and the resource by their ARNs, each with the
+    operator's AWS account id (and its role's name): relayed whole in the 502 its refusal ends as, to every client of
+    the deployment, through the Messages API and Chat Completions alike (found by review). The account is redacted,
+    the reason kept."""
+    key = bedrock.mint(name="denied")
+    claude = anthropic_client(bedrock, key)
+    with pytest.raises(anthropic.InternalServerError) as messages:
+        claude.messages.create(model="denied", max_tokens=10, messages=HI)
+    with openai.OpenAI(base_url=f"{bedrock.url}/v1", api_key=key, max_retries=0) as sdk:
+        with pytest.raises(openai.InternalServerError) as chat:
+            sdk.chat.completions.create(model="denied", messages=HI)
+    for refused in (messages.value.response, chat.value.response):
+        assert refused.status_code == 502 and fake.ACCOUNT not in refused.text
+        assert "is not authorized to perform: bedrock:InvokeModel on resource: arn:aws:bedrock:" in refused.text
+        assert "arn:aws:sts::[REDACTED]:assumed-role/" in refused.text
 
 
 def test_a_model_id_bedrock_does_not_know_fails_over_to_the_next_deployment(client: openai.OpenAI) -> None:

@@ -27,7 +27,7 @@ from handler.pipeline.keys import KeyService
 from handler.ports import KeyRecord, UsageQuery
 from tests.functional.conftest import param_store_url
 from tests.support.dynamo import DynamoServer, SlowAnswers
-from tests.support.inprocess import serve
+from tests.support.inprocess import PROVIDER_KEYS, serve
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -95,6 +95,58 @@ async def test_an_answer_the_gateway_cannot_read_is_charged_its_worst_case() -> 
         (502, "reserved", "openai/gpt-4o-mini@global=invalid_response"),  # the error body where a stream was asked
     ], lines
     assert all((line.cost_usd or 0) > 0 and line.output_tokens > 0 for line in lines)
+    await served.gateway.aclose()
+
+
+# OpenRouter's answer to an error once the model started ("Errors and Debugging": the status is 200, and the error
+# is in the body), with the status it would have answered in `error.code`; an OpenAI key in it, quoted back.
+ROUTER_ERROR = {
+    "error": {
+        "code": 502,
+        "message": f"Provider returned error (key {PROVIDER_KEYS['OPENAI_API_KEY']})",
+        "metadata": {"provider_name": "X"},
+    }
+}
+
+
+async def test_a_whole_answer_that_is_an_error_object_alone_is_the_providers_error_charged_nothing() -> None:
+    """A 200 whose body is an error object and nothing else, as OpenRouter answers an error once the model started,
+    on Chat Completions, embeddings and the Responses API passed through: it was the provider's malformed success,
+    "upstream answered without choices", its words lost and its line the reserved worst case ($0.00201 for a cap of
+    1,000 tokens, for an answer nobody billed; found by review). It is the provider's error at the status its `code`
+    names, its words relayed (redacted), at no cost, the next deployment tried as after any 502. Streamed, the same
+    object already ended the stream in the provider's words at no cost."""
+
+    def failing(request: httpx.Request) -> httpx.Response:
+        if b"healthy" in request.content:
+            return httpx.Response(200, json=completion("healthy"))
+        return httpx.Response(200, json=ROUTER_ERROR)
+
+    router = {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": "http://up/v1", "responses_api": "native"}
+    embedding = {"deployments": [{"provider": "openai", "model": "e"}], "price": {"input": 1.0}, "kind": "embedding"}
+    healthy = {"provider": "openai", "model": "healthy"}
+    models = {"m": MODEL, "e": embedding, "then": {**MODEL, "deployments": [*MODEL["deployments"], healthy]}}
+    served = await serve(failing, models, provider=router)
+    asked = {
+        "/v1/chat/completions": {"model": "m", "messages": HI, "max_tokens": 1000},
+        "/v1/embeddings": {"model": "e", "input": "hi"},
+        "/v1/responses": {"model": "m", "input": "hi", "max_output_tokens": 1000},
+    }
+    for path, body in asked.items():
+        answer = await served.post(path, body)
+        error = answer.json()["error"]
+        assert (answer.status_code, error["upstream_status"]) == (502, 502), (path, answer.text)
+        assert error["message"] == "upstream returned 502: Provider returned error (key [REDACTED])", path
+        assert answer.headers["x-should-retry"] == "true"  # (the one attempt, a passing failure, as any 502's)
+    lines = await served.ledger()
+    assert [(line.status, line.cost_usd, line.output_tokens, line.route) for line in lines] == [
+        (502, 0.0, 0, "openai/gpt-4o-mini@global=502"),
+        (502, 0.0, 0, "openai/e@global=502"),
+        (502, 0.0, 0, "openai/gpt-4o-mini@global=502"),
+    ]
+    fell_over = await served.post("/v1/chat/completions", {"model": "then", "messages": HI})
+    assert fell_over.status_code == 200, fell_over.text
+    assert fell_over.headers["x-gateway-route"] == "openai/gpt-4o-mini@global=502, openai/healthy@global=200"
     await served.gateway.aclose()
 
 

@@ -370,6 +370,47 @@ def test_a_thread_whose_owner_is_not_known_is_started_again_by_the_sdk(
     assert requests[-1]["json"]["thread"]["type"] == "continue"  # (the new thread is the key's)
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_thread_anthropic_no_longer_holds_is_anthropics_own_404_the_sdk_recovers_from(
+    running: Running, key: str, stream: bool
+) -> None:
+    """The gateway knows the answer as the key's (kept by another instance, or Anthropic dropped the thread since),
+    and Anthropic holds no thread for it: its 404 `not_found_error` with `details.error_code: thread_not_found`. The
+    gateway answered a 400 `invalid_request_error` without the details: the SDK raised a plain `BadRequestError`,
+    and its thread helper failed where it would have sent the whole conversation again (found by review). Anthropic's
+    status, type and details reach the client as Anthropic gave them; the error costs nothing."""
+    sdk = anthropic_client(running, key)
+    running.answered_elsewhere(key, "msg_01LostThreadAtAnthropic")
+    with pytest.raises(ThreadNotFoundError) as lost:
+        if stream:
+            with sdk.beta.messages.stream(
+                model="claude-haiku-4-5",
+                max_tokens=100,
+                messages=HI,
+                thread={"type": "continue", "previous_message_id": "msg_01LostThreadAtAnthropic"},
+                betas=[THREADS_BETA],
+            ) as events:
+                events.get_final_message()
+        else:
+            continue_thread(sdk, "msg_01LostThreadAtAnthropic")
+    body = lost.value.body
+    assert lost.value.status_code == 404 and isinstance(body, dict)
+    assert (body["error"]["type"], body["error"]["details"]) == ("not_found_error", {"error_code": "thread_not_found"})
+    assert lost.value.response.headers["x-should-retry"] == "false"
+    [line] = running.ledger(key)
+    assert (line.status, line.cost_usd, line.route) == (404, 0.0, "anthropic/claude-haiku-4-5@global=404")
+    thread = sdk.beta.messages.thread(model="claude-haiku-4-5", max_tokens=100, system="You are terse.")
+    thread.send({"role": "user", "content": "My name is Ada."})
+    running.fakes["anthropic"].state.threads.clear()  # (Anthropic drops the thread: its lifetime ended)
+    requests = running.fakes["anthropic"].state.requests
+    before = len(requests)
+    thread.send({"role": "user", "content": "What is my name?"})  # (raised BadRequestError)
+    lost_continue, again = [request["json"] for request in requests[before:]]
+    assert lost_continue["thread"]["type"] == "continue"
+    assert again["thread"] == {"type": "create"} and again["system"] == "You are terse."
+    assert "My name is Ada." in str(again["messages"]) and "What is my name?" in str(again["messages"])
+
+
 def test_a_key_cannot_count_the_tokens_of_another_keys_thread(running: Running, mint: Callable[..., str]) -> None:
     """Anthropic counts a `continue` with the thread it holds: another key's is a 404 too, and never asked."""
     alice, bob = mint(name="alice"), mint(name="bob")

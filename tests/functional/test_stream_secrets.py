@@ -872,3 +872,35 @@ async def test_a_key_a_litellm_proxy_quotes_back_by_its_tail_and_its_hash_reache
     logged = capsys.readouterr()
     for seen in (answer.text, str(answer.headers), logged.out, logged.err):
         assert f"...{LITELLM_KEY[-4:]}" not in seen and LITELLM_HASH[:12] not in seen
+
+
+# --- the operator's account, named in a provider's error -------------------------------------------------------------
+# OpenAI's 429 for a limit of the organisation names it (its words, with an id of OpenAI's shape).
+
+ORGANIZATION = "org-Xq7cL3dP9vT2mB8kR4wZ1sNy"
+ORGANIZATION_LIMITED = (
+    f"Rate limit reached for gpt-4o in organization {ORGANIZATION} on tokens per min (TPM): Limit 30000, Used 29500, "
+    "Requested 1200. Please try again in 1.4s. Visit https://platform.openai.com/account/rate-limits to learn more."
+)
+
+
+def organization_limited(request: httpx.Request) -> httpx.Response:
+    error = {"message": ORGANIZATION_LIMITED, "type": "tokens", "param": None, "code": "rate_limit_exceeded"}
+    return httpx.Response(429, json={"error": error}, headers={"x-ratelimit-remaining-tokens": "500"})
+
+
+ON_OPENAI = {"m": {"deployments": [{"provider": "openai", "model": "gpt-4o"}], "price": {"input": 1, "output": 2}}}
+
+
+@pytest.mark.parametrize("api", list(ASKED_OF_EACH_API))
+async def test_openais_rate_limit_gives_clients_its_reason_not_the_operators_organization(api: str) -> None:
+    """OpenAI's 429 names the organisation whose limit was reached, the operator's account at OpenAI: relayed whole
+    in the 429 the gateway answers, to every client (found by review). The organisation is redacted, the reason and
+    the figures kept (an agent may read them)."""
+    served = await serve(organization_limited, ON_OPENAI)
+    path, asked = ASKED_OF_EACH_API[api]
+    answer = await served.post(path, asked)
+    await served.gateway.aclose()
+    assert answer.status_code == 429, answer.text
+    assert ORGANIZATION not in answer.text and ORGANIZATION[4:12] not in answer.text
+    assert "in organization org-[REDACTED] on tokens per min (TPM): Limit 30000, Used 29500" in answer.text

@@ -41,6 +41,7 @@ from handler import schemas
 from handler.call_ids import claude_call_id, claude_takes
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import MESSAGES_API, BuiltRequest, NativeCall, ProviderAdapter, Served, Target, UpstreamRequest
+from handler.redaction import redact_upstream
 from handler.schemas import (
     DOCUMENT,
     TOOL_ERROR_MARK,
@@ -63,7 +64,7 @@ from handler.schemas import (
     ordered_parts,
     thinks_between,
 )
-from handler.wire import error_excerpt, json_body, malformed, upstream_error
+from handler.wire import error_excerpt, json_body, malformed, provider_said, upstream_error
 
 # Anthropic's answer models (adapters/providers/anthropic/wire.py) are imported where they are used, on first use: a
 # Lambda whose first request goes to another provider does not make their four pydantic classes (about 4.5 million
@@ -151,8 +152,9 @@ ERROR_STATUS: dict[str, int] = {
 
 
 def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
-    """Anthropic's error body `{"type": "error", "error": {"type", "message"}}`, tolerating others."""
-    message, kind = "", None
+    """Anthropic's error body `{"type": "error", "error": {"type", "message", "details"}}`, tolerating others; its
+    `details` kept (`said_details`), their `error_code` as the provider's code."""
+    message, kind, details = "", None, None
     try:
         data = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
@@ -162,11 +164,40 @@ def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> Ups
         if isinstance(error, dict):
             message = str(error.get("message") or "")
             kind = str(error["type"]) if error.get("type") else None
+            details = said_details(error.get("details"))
         elif isinstance(error, str):
             message = error
     if not message:
         message = error_excerpt(body)
-    return upstream_error(status, message, headers, upstream_type=kind)
+    code = details["error_code"] if details else None
+    failure = upstream_error(status, message, headers, upstream_type=kind, code=code)
+    failure.details = details
+    return failure
+
+
+# The most of Anthropic's `error.details` relayed whole, as JSON (its `error_code` and the few names it gives beside
+# it); past it, the code alone.
+DETAILS_BYTES = 4096
+
+
+def said_details(details: Any) -> dict[str, Any] | None:
+    """Anthropic's `error.details` as a client of its API is given them (None where they name no `error_code`): the
+    code, on which Anthropic's SDK picks its error class (`ThreadNotFoundError` for a 404 `thread_not_found`) and its
+    thread helpers act (the whole conversation sent again as a new thread), and what it says beside it (the features
+    a thread cannot take, `thread_unsupported_request`'s `unsupported`), redacted as an error's words are
+    (`redact_upstream`)."""
+    if not isinstance(details, dict) or not isinstance(details.get("error_code"), str):
+        return None
+    code = provider_said("code", details["error_code"])
+    written = orjson.dumps(details)
+    if len(written) <= DETAILS_BYTES:
+        try:
+            said = orjson.loads(redact_upstream(written.decode()))
+        except orjson.JSONDecodeError:  # (a redaction that took a quote with it: the code alone)
+            said = None
+        if isinstance(said, dict):
+            return {**said, "error_code": code}
+    return {"error_code": code}
 
 
 def answer_finish(mapped: FinishReason, json_answer: bool, tool_calls: bool) -> FinishReason:

@@ -81,6 +81,24 @@ def error_from_body(status: int, body: bytes, headers: Mapping[str, str], note: 
     return upstream_error(status, message, headers, upstream_type=kind, code=code, param=param, note=note)
 
 
+def answered_error(data: Any) -> UpstreamError | None:
+    """A 200 answer that is an error object alone, `{"error": {...}}` or Mistral's `{"object": "error", ...}`, read
+    as the provider's error answer (None for anything else). OpenRouter answers so an error once the model started,
+    whole or streamed ("Errors and Debugging"), the status it would have given in `error.code` (its 502 "Provider
+    returned error"); one that names no error status is a 500. Read as an answer, it was the provider's malformed
+    success: its words lost ("upstream answered without choices") and the request charged its worst case for an
+    answer nobody billed. (The caller has found the member its API's answer holds missing: `choices`, `data`, a
+    Responses `response`.)"""
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error")
+    if not isinstance(error, (dict, str)) and data.get("object") != "error":
+        return None
+    code = error.get("code") if isinstance(error, dict) else None
+    status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600 else 500
+    return error_from_body(status, orjson.dumps(data), {})
+
+
 def readable(said: Any) -> str:
     """A provider's error message as words: a string as it came; a validation error's problems (Mistral's 422,
     `{"detail": [{"loc": ["body", "foo"], "msg": "Extra inputs are not permitted", ...}]}`, FastAPI's shape) as
@@ -781,6 +799,10 @@ class OpenAIAdapter(ProviderAdapter):
     def native_usage(self, call: NativeCall, body: dict[str, Any]) -> Usage | None:
         from adapters.providers.openai.responses import answer_usage
 
+        if body.get("object") != "response":  # (a failed response holds its `error`: it is one, read as it is)
+            failed = answered_error(body)
+            if failed is not None:
+                raise failed
         return answer_usage(body)
 
     def native_meter(self, call: NativeCall) -> ResponsesMeter:
@@ -791,7 +813,7 @@ class OpenAIAdapter(ProviderAdapter):
     def chat_response(self, body: bytes, req: ChatRequest, target: Target) -> ChatCompletion:
         data = json_body(body)
         if not isinstance(data, dict) or "choices" not in data:
-            raise malformed("upstream answered without choices")
+            raise answered_error(data) or malformed("upstream answered without choices")
         data = self.conformed_answer(data)
         try:
             completion = validated(ChatCompletion, data, {}, target.model)
@@ -840,7 +862,7 @@ class OpenAIAdapter(ProviderAdapter):
     def embeddings_response(self, body: bytes, req: EmbeddingsRequest, target: Target) -> EmbeddingsResponse:
         data = json_body(body)
         if not isinstance(data, dict) or "data" not in data:
-            raise malformed("upstream answered embeddings without data")
+            raise answered_error(data) or malformed("upstream answered embeddings without data")
         try:
             return schemas.EmbeddingsResponse.model_validate(data)
         except ValueError as exc:

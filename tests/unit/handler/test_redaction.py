@@ -206,6 +206,52 @@ def test_an_upstream_error_naming_a_key_by_its_digest_is_redacted(digest: str) -
         )
 
 
+# A provider's error naming the operator's account, and what a client reads of it.
+ACCOUNTS_NAMED = {
+    "Rate limit reached for gpt-4o in organization org-Xq7cL3dP9vT2mB8kR4wZ1sNy on tokens per min (TPM)": (
+        "Rate limit reached for gpt-4o in organization org-[REDACTED] on tokens per min (TPM)"
+    ),
+    "Project `proj_Ab12Cd34Ef56Gh78Ij90Kl12` does not have access to model `o3`": (
+        "Project `proj_[REDACTED]` does not have access to model `o3`"
+    ),
+    (
+        "User: arn:aws:sts::123456789012:assumed-role/gw-role/gw-fn is not authorized to perform: bedrock:InvokeModel "
+        "on resource: arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc123"
+    ): (
+        "User: arn:aws:sts::[REDACTED]:assumed-role/gw-role/gw-fn is not authorized to perform: bedrock:InvokeModel "
+        "on resource: arn:aws:bedrock:us-east-1:[REDACTED]:application-inference-profile/abc123"
+    ),
+    "The account 123456789012.": "The account [REDACTED].",
+    "Generative Language API has not been used in project 987654321098 before": (
+        "Generative Language API has not been used in project [REDACTED] before"
+    ),
+}
+# Words and figures of that shape that are no account of the operator's, left as they are.
+NO_ACCOUNTS = [
+    "org-wide limits; org-internationalization",
+    "request 123e4567-e89b-12d3-a456-426614174000 (a UUID's last group)",
+    "took 1.123456789012 s, at 1733412345678 ms, of 1234567890 tokens",
+    "model anthropic.claude-3-5-sonnet-20241022-v2:0 and 123456789012345 and x123456789012",
+]
+
+
+@pytest.mark.parametrize(("said", "relayed"), ACCOUNTS_NAMED.items())
+def test_an_upstream_error_naming_the_operators_account_keeps_its_reason_without_it(said: str, relayed: str) -> None:
+    """OpenAI's 429 names the organisation (and a project) whose limit was reached, Bedrock's AccessDeniedException
+    the caller's role and the resource by their ARNs, with the AWS account id, Google a project's number: the
+    operator's accounts, relayed to every client (found by review)."""
+    from handler.redaction import redact_upstream
+
+    assert redact_upstream(said) == relayed
+
+
+@pytest.mark.parametrize("said", NO_ACCOUNTS)
+def test_words_and_figures_of_an_accounts_shape_are_left_as_they_are(said: str) -> None:
+    from handler.redaction import redact_upstream
+
+    assert redact_upstream(said) == said
+
+
 def test_the_forms_of_the_secrets_are_built_by_the_first_upstream_error_not_as_they_are_registered(
     only_secrets: Callable[..., None],
 ) -> None:

@@ -5,14 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import orjson
 import pytest
+from anthropic._error_classes import make_status_error
+from anthropic.types import (
+    ThreadAlreadyContinuedError,
+    ThreadContinueInFlightError,
+    ThreadNotFoundError,
+    ThreadUnsupportedRequestError,
+)
 
 from adapters.providers.anthropic import AnthropicAdapter
-from adapters.providers.anthropic.adapter import JSON_OBJECT_INSTRUCTION, JSON_TOOL
+from adapters.providers.anthropic.adapter import DETAILS_BYTES, JSON_OBJECT_INSTRUCTION, JSON_TOOL, said_details
 from adapters.providers.anthropic.stream import AnthropicStreamParser, MessagesMeter
 from adapters.providers.registry import REGISTRY
-from handler.errors import InvalidRequestError, UpstreamError
+from handler.errors import InvalidRequestError, ProviderRejectedError, UpstreamError
 from handler.ports import MESSAGES_API, NativeCall, Target
 from handler.schemas import ChatRequest, Usage
 from handler.wire import SSEDecoder, StreamEvent
@@ -734,6 +742,57 @@ def test_error_without_an_anthropic_body_keeps_a_readable_message() -> None:
     error = adapter().error(502, b"<html>Bad Gateway</html>", {})
     assert error.retryable and "Bad Gateway" in error.message and error.upstream_type is None
     assert "no error body" in adapter().error(500, b"", {}).message
+
+
+# Anthropic's rejections that name their cause in `error.details`, by which its SDK picks their class, and on the
+# first three of which its thread helpers send the whole conversation again (`ReplayErrorCode`).
+CODED = [
+    (404, "not_found_error", {"error_code": "thread_not_found"}, ThreadNotFoundError),
+    (400, "invalid_request_error", {"error_code": "thread_already_continued"}, ThreadAlreadyContinuedError),
+    (400, "invalid_request_error", {"error_code": "thread_continue_in_flight"}, ThreadContinueInFlightError),
+    (
+        400,
+        "invalid_request_error",
+        {"error_code": "thread_unsupported_request", "unsupported": ["container"]},
+        ThreadUnsupportedRequestError,
+    ),
+]
+
+
+@pytest.mark.parametrize(("status", "kind", "details", "raised"), CODED)
+def test_a_rejection_anthropic_names_by_its_code_reaches_its_apis_clients_as_anthropic_gave_it(
+    status: int, kind: str, details: dict[str, object], raised: type[Exception]
+) -> None:
+    """Anthropic's status, type and `details` reach a client of its API (the SDK raises the class they name), where
+    every rejection was a 400 `invalid_request_error` without details (a `thread_not_found` was a `BadRequestError`,
+    which no thread helper recovers from). On OpenAI's API it stays the 400 of a rejected request, with the code."""
+    said = {"type": "error", "error": {"type": kind, "message": "No thread for you.", "details": details}}
+    rejected = ProviderRejectedError(adapter().error(status, orjson.dumps(said), {}))
+    assert (rejected.status_for(anthropic=True), rejected.anthropic_body()) == (status, said)
+    response = httpx2.Response(status, json=said, request=httpx2.Request("POST", "http://gw/v1/messages"))
+    assert type(make_status_error("refused", body=rejected.anthropic_body(), response=response)) is raised
+    assert rejected.status_for(anthropic=False) == 400
+    assert rejected.openai_body()["error"] == {
+        "message": "No thread for you.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": details["error_code"],
+        "upstream_status": status,
+        "upstream_type": kind,
+    }
+
+
+def test_anthropics_error_details_are_redacted_and_bounded() -> None:
+    """What Anthropic says beside its code is relayed as an error's words are, a key quoted back redacted; details
+    past `DETAILS_BYTES` are cut to the code; a code that is not a string (or none) keeps no details, and the
+    rejection is rendered as any other."""
+    quoted = {"error_code": "tool_name_conflict", "paths": ["tools[0]", "x-api-key: sk-ant-api03-abcdefghijklmnop"]}
+    assert said_details(quoted) == {"error_code": "tool_name_conflict", "paths": ["tools[0]", "x-api-key: [REDACTED]"]}
+    assert said_details({"error_code": "too_much", "paths": ["p" * DETAILS_BYTES]}) == {"error_code": "too_much"}
+    for details in ({"error_code": 404}, {"paths": []}, "thread_not_found", None):
+        said = {"type": "error", "error": {"type": "not_found_error", "message": "gone", "details": details}}
+        rejected = ProviderRejectedError(adapter().error(404, orjson.dumps(said), {}))
+        assert rejected.status_for(anthropic=True) == 400 and "details" not in rejected.anthropic_body()["error"]  # type: ignore[operator]
 
 
 def test_parallel_tool_calls_without_tools_is_harmless() -> None:

@@ -13,6 +13,7 @@ from adapters.providers import reasoning
 from adapters.providers.openai import OpenAIAdapter
 from adapters.providers.params import SKIP_SIGNATURE, call_signature, signed_call_id
 from handler.api.messages_api import MessagesRequest, to_chat_request
+from handler.embeddings import EmbeddingsRequest
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import Target
 from handler.schemas import ChatRequest
@@ -252,6 +253,45 @@ def test_an_error_object_alone_in_a_stream_is_the_servers_failure(profile: str) 
         parser.feed(StreamEvent(None, orjson.dumps(said)))
     assert failure.value.upstream_status == 500 and failure.value.said == "Service tier capacity exceeded."
     assert failure.value.upstream_type == "capacity" and "malformed" not in failure.value.message
+
+
+# A 200's error object alone: the status it is read at, whether another attempt may answer, and the words relayed.
+WHOLE_ERRORS = [
+    ({"error": {"code": 502, "message": "Provider returned error", "metadata": {}}}, 502, True),  # OpenRouter's
+    ({"error": {"code": 429, "message": "Rate limit exceeded"}}, 429, True),
+    ({"error": {"code": 400, "message": "Invalid prompt"}}, 400, False),  # (the client's: `ProviderRejectedError`)
+    ({"error": {"code": 200, "message": "Not the status of an error"}}, 500, True),
+    ({"error": {"code": True, "message": "Not a status"}}, 500, True),
+    ({"error": {"code": "insufficient_quota", "message": "A word"}}, 500, True),
+    ({"error": "Overloaded"}, 500, True),
+    ({"object": "error", "message": "Service tier capacity exceeded.", "type": "capacity", "code": "3505"}, 500, True),
+]
+
+
+@pytest.mark.parametrize(("said", "status", "retryable"), WHOLE_ERRORS)
+def test_a_whole_answer_that_is_an_error_object_alone_is_the_providers_error(
+    said: dict[str, object], status: int, retryable: bool
+) -> None:
+    """A 200 whose body is an error object and nothing else (OpenRouter's for an error once the model started, with
+    the status in `error.code`; Mistral's error object) was read as an answer without choices: the provider's
+    malformed success, its words lost and the request charged its worst case. It is the provider's error, at the
+    status `code` names where it names an error's (else a 500), in its words; from the embeddings API too."""
+    with pytest.raises(UpstreamError) as failure:
+        adapter().chat_response(orjson.dumps(said), request(), target())
+    assert (failure.value.upstream_status, failure.value.retryable) == (status, retryable)
+    words = failure.value.said
+    assert failure.value.billed is None and words and f'"{words}"' in orjson.dumps(said).decode()
+    embeddings = EmbeddingsRequest.model_validate({"model": "e", "input": "hi"})
+    with pytest.raises(UpstreamError) as embedded:
+        adapter().embeddings_response(orjson.dumps(said), embeddings, target())
+    assert (embedded.value.upstream_status, embedded.value.said) == (status, failure.value.said)
+
+
+@pytest.mark.parametrize("body", [{"id": "c1", "object": "chat.completion"}, {"error": None}, [1, 2]])
+def test_an_answer_without_choices_that_is_no_error_is_still_malformed(body: object) -> None:
+    with pytest.raises(UpstreamError) as failure:
+        adapter().chat_response(orjson.dumps(body), request(), target())
+    assert (failure.value.upstream_status, failure.value.message) == (200, "upstream answered without choices")
 
 
 def test_a_reasoning_model_gets_the_cap_as_max_completion_tokens() -> None:
