@@ -9,6 +9,7 @@
     │                                     about the request, not the deployment)
     ├── AuthenticationError           401 invalid_api_key | key_expired | key_revoked
     ├── BudgetExceededError           402 budget_exceeded
+    │   └── CostLimitError            402 budget_exceeded, `param` x-gateway-max-cost-usd (the request's own cap)
     ├── PermissionDeniedError         403 model_not_allowed | ip_not_allowed | admin_only
     ├── NotFoundError                 404 model_not_found | not_found
     │   └── ThreadNotFoundError       404 thread_not_found (a Messages `continue` of an answer not relayed to the key
@@ -25,10 +26,9 @@
     │   ├── UpstreamOverloadedError   502 upstream_error; on Anthropic's API 529 overloaded_error (every one said 529)
     │   ├── UpstreamTimeoutError      504 upstream_timeout
     │   └── SchemaViolationError      502 schema_violation
-    ├── ServiceUnavailableError       503 provider_not_configured | no_deployment_available | store_unavailable
-    │                                 | server_shutting_down (`gateway serve` stopped past its grace)
-    │                                 | server_busy (`gateway serve` at `gateway.limits.connections`)
-    └── CostLimitError                402 cost_limit_exceeded (x-gateway-max-cost-usd)
+    └── ServiceUnavailableError       503 provider_not_configured | no_deployment_available | store_unavailable
+                                      | server_shutting_down (`gateway serve` stopped past its grace)
+                                      | server_busy (`gateway serve` at `gateway.limits.connections`)
 
 `UpstreamError.retryable` tells the router whether another deployment may succeed. Library errors are
 mapped at the boundary with `raise ... from exc`; nothing else reaches the client.
@@ -142,11 +142,14 @@ class BudgetExceededError(GatewayError):
     anthropic_type = "billing_error"
 
 
-class CostLimitError(GatewayError):
-    status = 402
-    default_code = "cost_limit_exceeded"
-    error_type = "invalid_request_error"
-    anthropic_type = "billing_error"
+class CostLimitError(BudgetExceededError):
+    """The request's worst case is past its own cap, `x-gateway-max-cost-usd`: the interface's one 402 (SDKs retry
+    a 429), `budget_exceeded`, its `param` the cap and its message saying it is the request's own cap, not a key's
+    budget. (It was a code of its own, `cost_limit_exceeded`, of type `invalid_request_error`, neither of which the
+    interface lists for a 402.)"""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="x-gateway-max-cost-usd")
 
 
 class PermissionDeniedError(GatewayError):

@@ -601,7 +601,7 @@ class Pipeline(Charges):
         extra = predicted_tokens(req)
         try:
             await self._admit_tokens(ex, reached, [(output + extra) * (req.n or 1) for output in outputs])
-        except (BudgetExceededError, CostLimitError) as exc:
+        except BudgetExceededError as exc:  # (a budget's, or `x-gateway-max-cost-usd`'s: `CostLimitError`)
             if call is None or not call.held or call.native_only is None:
                 raise
             raise unheld_thread(call.native_only, exc) from None
@@ -705,11 +705,14 @@ class Pipeline(Charges):
             worst = None if case is None or worst is None else max(worst, case)
         if ex.controls.max_cost_usd is not None:
             if worst is None:
-                raise CostLimitError("the cost of this model is unknown, so x-gateway-max-cost-usd cannot be honoured")
+                raise CostLimitError(
+                    "the cost of this model is unknown, so x-gateway-max-cost-usd, this request's own cap (not the "
+                    "key's budget), cannot be honoured"
+                )
             if worst > ex.controls.max_cost_usd:
                 raise CostLimitError(
-                    f"worst-case cost ${usd(worst)} exceeds x-gateway-max-cost-usd ${usd(ex.controls.max_cost_usd)}"
-                    + lowered_by(worst_model, ex.model)
+                    f"worst-case cost ${usd(worst)} exceeds x-gateway-max-cost-usd ${usd(ex.controls.max_cost_usd)}, "
+                    "this request's own cap (not the key's budget)" + lowered_by(worst_model, ex.model)
                 )
         ends_at = ex.ends_at
         if ends_at is not None and ends_at - time.perf_counter() <= CUT_SLACK_S:
@@ -1329,7 +1332,7 @@ def unpriced(unknown_model: str, model: str) -> str:
     return message
 
 
-def unheld_thread(refusal: InvalidRequestError, refused: BudgetExceededError | CostLimitError) -> InvalidRequestError:
+def unheld_thread(refusal: InvalidRequestError, refused: BudgetExceededError) -> InvalidRequestError:
     """The refusal of a thread's `continue` whose worst case, with the conversation Anthropic holds counted as its
     model's whole context window, the key's budget or `x-gateway-max-cost-usd` cannot cover (`refused`): as
     Anthropic's own refusal of a request it cannot thread (`refusal`'s code), on which the SDK's thread helpers send
