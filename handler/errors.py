@@ -27,8 +27,10 @@
     │   ├── UpstreamTimeoutError      504 upstream_timeout
     │   └── SchemaViolationError      502 schema_violation
     └── ServiceUnavailableError       503 provider_not_configured | no_deployment_available | store_unavailable
-                                      | server_shutting_down (`gateway serve` stopped past its grace)
-                                      | server_busy (`gateway serve` at `gateway.limits.connections`)
+        │                             | server_shutting_down (`gateway serve` stopped past its grace)
+        └── OverloadedError           503 server_busy (`gateway serve` at `gateway.limits.connections`)
+                                      | no_deployment_available (every breaker opened by its provider's overload);
+                                      on Anthropic's API `overloaded_error`, the other 503s' `api_error`
 
 `UpstreamError.retryable` tells the router whether another deployment may succeed. Library errors are
 mapped at the boundary with `raise ... from exc`; nothing else reaches the client.
@@ -381,7 +383,8 @@ class SchemaViolationError(UpstreamError):
 
 class ServiceUnavailableError(GatewayError):
     """503. Retrying helps while the store is down or every breaker is open (they close again); it cannot
-    while a provider has no key, so that one says so and is not an Anthropic `overloaded_error`."""
+    while a provider has no key. On Anthropic's API an `api_error`: Claude Code switches to its fallback model on
+    an `overloaded_error`, which only an overload is (`OverloadedError`)."""
 
     status = 503
     default_code = "no_deployment_available"
@@ -399,5 +402,12 @@ class ServiceUnavailableError(GatewayError):
         self.should_retry = retry if retry is not None else wait is not None
         if self.should_retry and wait is not None:
             self.headers.setdefault("retry-after", wait)
-        if self.code in ("no_deployment_available", "server_busy") and self.should_retry:
-            self.anthropic_type = "overloaded_error"  # type: ignore[misc]
+
+
+class OverloadedError(ServiceUnavailableError):
+    """503 for an overload, the gateway's own (`server_busy`: `gateway serve` at `gateway.limits.connections`) or its
+    deployments' (`no_deployment_available` with every breaker opened by its provider saying it was overloaded:
+    `Router.shed`): on Anthropic's API its `overloaded_error`. Every breaker open was one, whatever opened them, and
+    a model whose deployments answered 500s made Claude Code switch to its fallback model (found by review)."""
+
+    anthropic_type = "overloaded_error"

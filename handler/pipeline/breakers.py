@@ -18,13 +18,14 @@ PROBING_WAIT_S = 1.0
 
 
 class _State:
-    __slots__ = ("failures", "opened_at", "probe_at", "limited")
+    __slots__ = ("failures", "opened_at", "probe_at", "limited", "overloaded")
 
     def __init__(self) -> None:
         self.failures = 0
         self.opened_at: float | None = None
         self.probe_at: float | None = None
         self.limited = True  # every failure since the last success was the provider's rate limit (429)
+        self.overloaded = True  # ... or its overload (a 429, 503 or 529: `handler.wire.OVERLOAD_STATUSES`)
 
 
 class Breakers:
@@ -96,17 +97,29 @@ class Breakers:
         s = self._states.get(label)
         return s is not None and s.limited
 
+    def overloaded(self, label: str) -> bool:
+        """Whether the failures that opened this deployment's breaker were all its provider saying it is overloaded
+        (`failure`'s `overloaded`): skipping it then is for an overload, which Anthropic's API names
+        `overloaded_error`, and Claude Code switches to its fallback model on; not for a deployment that broke."""
+        s = self._states.get(label)
+        return s is not None and s.overloaded
+
     def success(self, label: str) -> None:
         s = self._states.get(label)
         if s is not None:
-            s.failures, s.opened_at, s.probe_at, s.limited = 0, None, None, True
+            s.failures, s.opened_at, s.probe_at, s.limited, s.overloaded = 0, None, None, True, True
 
-    def failure(self, label: str, limited: bool = False) -> None:
-        """A retryable failure (`limited`: the provider's 429)."""
+    def failure(self, label: str, limited: bool = False, overloaded: bool = False) -> None:
+        """A retryable failure (`limited`: the provider's 429; `overloaded`: its saying it is overloaded, a 429
+        among such answers)."""
         s = self._states.setdefault(label, _State())
         s.failures += 1
         s.probe_at = None
+        overloaded = overloaded or limited
         # A failure that reopens an open breaker (its probe's) says what it is now; before it opened, every one counts.
-        s.limited = limited if s.opened_at is not None else s.limited and limited
+        if s.opened_at is not None:
+            s.limited, s.overloaded = limited, overloaded
+        else:
+            s.limited, s.overloaded = s.limited and limited, s.overloaded and overloaded
         if s.opened_at is not None or s.failures >= self.threshold:
             s.opened_at = self.clock()

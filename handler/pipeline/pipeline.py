@@ -62,7 +62,7 @@ from handler.ports import BuiltRequest, LedgerItem, NativeCall, Served, StoreErr
 from handler.redaction import clipped, names_clipped, unkeyed
 from handler.schemas import LATER_MODULES, ChatCompletion, ChatRequest, Usage
 from handler.telemetry.observability import span
-from handler.wire import OVERLOADED, SHAPE_ERRORS, error_answer, json_body, malformed, misshapen
+from handler.wire import OVERLOAD_STATUSES, OVERLOADED, SHAPE_ERRORS, error_answer, json_body, malformed, misshapen
 
 if TYPE_CHECKING:
     from handler.pipeline.chunk_stream import ChunkStream  # (imported with the first stream: `_chunk_stream`)
@@ -987,7 +987,7 @@ class Pipeline(Charges):
                         # from every key.
                         breakers.success(label)
                         break
-                    breakers.failure(label, err.upstream_status == 429)
+                    breakers.failure(label, err.upstream_status == 429, err.upstream_status in OVERLOAD_STATUSES)
                     wait = self._retry_wait(ex, err) if retry < retries else None
                     if wait is not None:
                         retry += 1

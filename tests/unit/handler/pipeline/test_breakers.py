@@ -64,6 +64,23 @@ def test_whether_a_breaker_is_rate_limiting_follows_the_failures_that_keep_it_op
     assert b.state("e") == "open" and not b.rate_limited("e")
 
 
+def test_whether_a_breaker_opened_on_overload_follows_the_failures_that_keep_it_open() -> None:
+    """An open breaker sheds as an overload (`overloaded_error` on Anthropic's API) only where its provider said it
+    was overloaded each time (a 429 among such answers); every one did, whatever opened it (found by review)."""
+    clock = Clock()
+    b = Breakers(threshold=2, cooldown=10, clock=clock)
+    b.failure("d", overloaded=True)
+    b.failure("d", limited=True)  # (a 429 is an overload too)
+    assert b.state("d") == "open" and b.overloaded("d") and not b.rate_limited("d")
+    b.failure("e", overloaded=True)
+    b.failure("e")  # a 500 among them: a deployment that broke
+    assert b.state("e") == "open" and not b.overloaded("e")
+    clock.now += 10
+    assert b.allow("e")  # the probe
+    b.failure("e", overloaded=True)  # reopened by an overload
+    assert b.state("e") == "open" and b.overloaded("e")
+
+
 def test_availability_and_the_wait_until_a_deployment_may_be_tried_again() -> None:
     """What `Router.shed` refuses on, without taking the probe: an open breaker is unavailable until its cooldown
     has passed (the wait says how long); half-open, it is available until its one probe is taken, then the wait
