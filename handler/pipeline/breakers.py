@@ -123,3 +123,42 @@ class Breakers:
             s.limited, s.overloaded = s.limited and limited, s.overloaded and overloaded
         if s.opened_at is not None or s.failures >= self.threshold:
             s.opened_at = self.clock()
+
+
+class CountBreakers:
+    """The breakers token counts (`/v1/messages/count_tokens`) are judged on, each deployment's apart from the one its
+    requests are: a provider limits its counting apart from its other calls (Anthropic's count requests a minute), so
+    what a count meets says nothing of how the deployment answers messages. On the deployments' own breakers, five
+    counts refused by Anthropic's count limit shut a deployment to `/v1/messages` for every key for a cooldown, and a
+    count answered closed the breaker of a deployment that failed every message (found by review). A count still goes
+    to no deployment a request would not be sent: one whose own breaker is open, or half-open with its probe taken,
+    is passed over; its probe is left to a request, which a count neither takes nor reports on."""
+
+    def __init__(self, deployments: Breakers) -> None:
+        self.deployments = deployments
+        # (the deployments' clock read through, so that a clock set on them is the counts' too)
+        self.counts = Breakers(deployments.threshold, deployments.cooldown, lambda: deployments.clock())
+
+    def gate(self, label: str) -> str | None:
+        """`Breakers.gate` of the counts' own breaker, None while the deployment's is passed over."""
+        return self.counts.gate(label) if self.deployments.available(label) else None
+
+    def available(self, label: str) -> bool:
+        return self.gate(label) is not None
+
+    def allow(self, label: str) -> bool:
+        """`Breakers.allow` of the counts' own breaker (its probe taken there) where the deployment's lets a request
+        through, taking nothing of it."""
+        return self.deployments.available(label) and self.counts.allow(label)
+
+    def rate_limited(self, label: str) -> bool:
+        """Of the breaker that passes the deployment over: the deployment's own, else the counts'."""
+        if not self.deployments.available(label):
+            return self.deployments.rate_limited(label)
+        return self.counts.rate_limited(label)
+
+    def success(self, label: str) -> None:
+        self.counts.success(label)
+
+    def failure(self, label: str, limited: bool = False, overloaded: bool = False) -> None:
+        self.counts.failure(label, limited, overloaded)

@@ -24,7 +24,7 @@ from handler.errors import (
     UpstreamRateLimitedError,
     model_not_allowed,
 )
-from handler.pipeline.breakers import Breakers
+from handler.pipeline.breakers import Breakers, CountBreakers
 from handler.pipeline.pricing import price_for, tier_rates
 from handler.pipeline.provider_keys import RETRY_S
 from handler.ports import Geography, ProviderAdapter, Target
@@ -400,6 +400,7 @@ class Router:
         self.adapters = adapters
         self.region = region
         self.breakers = breakers or Breakers()
+        self.count_breakers = CountBreakers(self.breakers)  # (token counts': `Pipeline.count_tokens`)
         self._latency = config.gateway.region_latency_ms.get(region, {})
         # The OpenAI service tier each deployment runs a request that names none at, where it costs more than the
         # default: the dearest of the config's `default_service_tier` and the tiers answers to such requests said
