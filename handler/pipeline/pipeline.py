@@ -300,7 +300,7 @@ class Pipeline(Charges):
         them passed over for its open breaker, of its fallbacks after them, as `/v1/messages` would be served (a
         Llama on Bedrock was counted by its Claude fallback, breakers closed, and answered as the Llama prompt's
         own count: review). It is judged on breakers of its own (`CountBreakers`), as a provider limits counting
-        apart."""
+        apart. A count the provider made tells the budget left (`Meter.remaining`), read then, as it reserved none."""
         plan = await self._plan(ex, req.model, shed=False)  # (breakers open: the route's estimate serves)
         reach = [attempt for attempt in plan if attempt.model == ex.model]
         if reach and not any(self.gateway.router.breakers.available(a.target.label) for a in reach):
@@ -358,6 +358,8 @@ class Pipeline(Charges):
             await self._unanswered(ex, cut)
             raise
         await self._settle(ex, Usage.of(0, 0), 200, background=True, free=True)
+        with contextlib.suppress(StoreError):  # (the count is made and free: a store that fails its read tells none)
+            ex.budget_remaining = await self.meter.remaining(ex.lineage)
         return count
 
     @staticmethod

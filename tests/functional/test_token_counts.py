@@ -1,8 +1,9 @@
-"""`POST /v1/messages/count_tokens` beside the requests it counts for: which deployment counts, and what a count
-does to the deployments' circuit breakers. In-process (`tests.support.inprocess`)."""
+"""`POST /v1/messages/count_tokens` beside the requests it counts for: which deployment counts, what a count does to
+the deployments' circuit breakers, and the budget its answer tells. In-process (`tests.support.inprocess`)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -14,7 +15,7 @@ from handler.config import parse_config
 from handler.pipeline.gateway import build_gateway
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
-from handler.ports import KeyRecord, UsageQuery
+from handler.ports import KeyRecord, MeterSnapshot, UsageQuery
 from tests.support.inprocess import Served, serve
 
 HI = [{"role": "user", "content": "Hi"}]
@@ -194,3 +195,91 @@ async def test_a_fallback_counts_only_with_the_models_own_deployments_passed_ove
     )
     assert [path.rsplit("/", 1)[1] for path in sent] == ["count-tokens"]
     assert [(line.model, line.cost_usd) for line in lines] == [("claude", 0.0)]
+
+
+# --- the budget its answer tells -------------------------------------------------------------------------------------
+
+
+async def counting(meters: list[str], at_once: list[int]) -> Served:
+    """A gateway whose provider counts every prompt 9 tokens (and answers its messages), its store's meter reads
+    noted in `meters` (the key of each) and the most of them under way together in `at_once`."""
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/count_tokens"):
+            return httpx.Response(200, json={"input_tokens": 9})
+        return claude_message(request)
+
+    served = await serve(upstream, CLAUDE, provider=ANTHROPIC, environ=ANTHROPIC_ENV)
+    store = served.gateway.store
+    read = store.meter
+    under_way = 0
+
+    async def meter(key_id: str, period: str) -> MeterSnapshot:
+        nonlocal under_way
+        meters.append(key_id)
+        under_way += 1
+        at_once[0] = max(at_once[0], under_way)
+        try:
+            await asyncio.sleep(0.05)  # (a DynamoDB round trip)
+            return await read(key_id, period)
+        finally:
+            under_way -= 1
+
+    store.meter = meter  # type: ignore[method-assign]
+    return served
+
+
+async def test_a_count_the_provider_made_tells_the_budget_left() -> None:
+    """docs/interface.md: `x-gateway-budget-remaining-usd` on every proxied answer "where the key or an ancestor has
+    a budget". A count Anthropic made carried its provider, route, cost and rate-limit headers, but no budget: the
+    count reserves nothing, so nothing was read (found by review). It is read now, one meter read, after the key's
+    spend."""
+    meters: list[str] = []
+    served = await counting(meters, [0])
+    spent = await served.http.post(
+        "/v1/messages", json={"model": "claude", "messages": HI, "max_tokens": 10}, headers=anthropic_headers(served)
+    )
+    assert spent.status_code == 200, spent.text
+    left = (await served.get("/v1/key")).json()["remaining_usd"]  # (as the key's own read says it)
+    assert 0 < left < 10.0
+    meters.clear()
+    counted = await served.http.post(COUNT, json={"model": "claude", "messages": HI}, headers=anthropic_headers(served))
+    assert counted.json() == {"input_tokens": 9}, counted.text
+    assert float(counted.headers["x-gateway-budget-remaining-usd"]) == left  # (a count spends nothing)
+    assert meters == [served.key.record.id]
+    await served.gateway.aclose()
+
+
+async def test_a_count_tells_the_least_budget_of_the_chain_and_reads_no_meter_without_one() -> None:
+    """A child's own $5 under a parent with $1 has $1 to spend: the least any budget of the chain leaves, each read
+    at once (one round trip). A key whose chain has no budget is told none, and no meter is read for it; nor for an
+    estimate, which reached no provider."""
+    meters: list[str] = []
+    at_once = [0]
+    served = await counting(meters, at_once)
+    admin = KeyAdmin(KeyService(served.gateway.store, 0))
+    parent = await admin.mint(KeyRecord(id="", name="p", secret_hash="", created_at=0, budget_usd=1.0))
+    record = KeyRecord(
+        id="", name="c", secret_hash="", created_at=0, budget_usd=5.0, parent_id=parent.record.id,
+        ancestors=[parent.record.id],
+    )  # fmt: skip
+    child = await admin.mint(record)
+    plain = await admin.mint(KeyRecord(id="", name="n", secret_hash="", created_at=0))
+    body = {"model": "claude", "messages": HI}
+    as_child = {"x-api-key": child.key, "anthropic-version": "2023-06-01"}
+    counted = await served.http.post(COUNT, json=body, headers=as_child)
+    assert counted.status_code == 200, counted.text
+    assert counted.headers["x-gateway-budget-remaining-usd"] == "1"
+    assert sorted(meters) == sorted([child.record.id, parent.record.id]) and at_once == [2]
+    meters.clear()
+    as_plain = {"x-api-key": plain.key, "anthropic-version": "2023-06-01"}
+    unbudgeted = await served.http.post(COUNT, json=body, headers=as_plain)
+    assert unbudgeted.status_code == 200 and "x-gateway-estimate" not in unbudgeted.headers
+    assert "x-gateway-budget-remaining-usd" not in unbudgeted.headers and meters == []
+    breakers = served.gateway.router.breakers
+    for _ in range(breakers.threshold):
+        breakers.failure("openai/claude-sonnet-4-5@global")
+    estimated = await served.http.post(COUNT, json=body, headers=as_child)
+    assert estimated.headers["x-gateway-estimate"] == "true"
+    assert "x-gateway-budget-remaining-usd" not in estimated.headers and meters == []
+    await served.gateway.aclose()
