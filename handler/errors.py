@@ -10,6 +10,7 @@
     │                                     status and `error.details` where it gave them)
     ├── AuthenticationError           401 invalid_api_key | key_expired | key_revoked
     ├── BudgetExceededError           402 budget_exceeded
+    │   └── CostLimitError            402 budget_exceeded, `param` x-gateway-max-cost-usd (the request's own cap)
     ├── PermissionDeniedError         403 model_not_allowed | ip_not_allowed | admin_only
     ├── NotFoundError                 404 model_not_found | not_found
     │   └── ThreadNotFoundError       404 thread_not_found (a Messages `continue` of an answer not relayed to the key
@@ -26,10 +27,11 @@
     │   ├── UpstreamOverloadedError   502 upstream_error; on Anthropic's API 529 overloaded_error (every one said 529)
     │   ├── UpstreamTimeoutError      504 upstream_timeout
     │   └── SchemaViolationError      502 schema_violation
-    ├── ServiceUnavailableError       503 provider_not_configured | no_deployment_available | store_unavailable
-    │                                 | server_shutting_down (`gateway serve` stopped past its grace)
-    │                                 | server_busy (`gateway serve` at `gateway.limits.connections`)
-    └── CostLimitError                402 cost_limit_exceeded (x-gateway-max-cost-usd)
+    └── ServiceUnavailableError       503 provider_not_configured | no_deployment_available | store_unavailable
+        │                             | server_shutting_down (`gateway serve` stopped past its grace)
+        └── OverloadedError           503 server_busy (`gateway serve` at `gateway.limits.connections`)
+                                      | no_deployment_available (every breaker opened by its provider's overload);
+                                      on Anthropic's API `overloaded_error`, the other 503s' `api_error`
 
 `UpstreamError.retryable` tells the router whether another deployment may succeed. Library errors are
 mapped at the boundary with `raise ... from exc`; nothing else reaches the client.
@@ -151,11 +153,14 @@ class BudgetExceededError(GatewayError):
     anthropic_type = "billing_error"
 
 
-class CostLimitError(GatewayError):
-    status = 402
-    default_code = "cost_limit_exceeded"
-    error_type = "invalid_request_error"
-    anthropic_type = "billing_error"
+class CostLimitError(BudgetExceededError):
+    """The request's worst case is past its own cap, `x-gateway-max-cost-usd`: the interface's one 402 (SDKs retry
+    a 429), `budget_exceeded`, its `param` the cap and its message saying it is the request's own cap, not a key's
+    budget. (It was a code of its own, `cost_limit_exceeded`, of type `invalid_request_error`, neither of which the
+    interface lists for a 402.)"""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="x-gateway-max-cost-usd")
 
 
 class PermissionDeniedError(GatewayError):
@@ -407,7 +412,8 @@ class SchemaViolationError(UpstreamError):
 
 class ServiceUnavailableError(GatewayError):
     """503. Retrying helps while the store is down or every breaker is open (they close again); it cannot
-    while a provider has no key, so that one says so and is not an Anthropic `overloaded_error`."""
+    while a provider has no key. On Anthropic's API an `api_error`: Claude Code switches to its fallback model on
+    an `overloaded_error`, which only an overload is (`OverloadedError`)."""
 
     status = 503
     default_code = "no_deployment_available"
@@ -425,5 +431,12 @@ class ServiceUnavailableError(GatewayError):
         self.should_retry = retry if retry is not None else wait is not None
         if self.should_retry and wait is not None:
             self.headers.setdefault("retry-after", wait)
-        if self.code in ("no_deployment_available", "server_busy") and self.should_retry:
-            self.anthropic_type = "overloaded_error"  # type: ignore[misc]
+
+
+class OverloadedError(ServiceUnavailableError):
+    """503 for an overload, the gateway's own (`server_busy`: `gateway serve` at `gateway.limits.connections`) or its
+    deployments' (`no_deployment_available` with every breaker opened by its provider saying it was overloaded:
+    `Router.shed`): on Anthropic's API its `overloaded_error`. Every breaker open was one, whatever opened them, and
+    a model whose deployments answered 500s made Claude Code switch to its fallback model (found by review)."""
+
+    anthropic_type = "overloaded_error"

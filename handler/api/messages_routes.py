@@ -201,8 +201,10 @@ class MessagesRoutes:
 
     async def count_tokens(self, request: Request) -> Response:
         """The provider's own count where it has one (Anthropic, Gemini), else an estimate marked as one
-        (`x-gateway-estimate: true`, and `"estimate": true` in the body). Free, so no budget or tokens a minute;
-        a count a provider makes is held to the key's requests a minute (see `Pipeline.count_tokens`)."""
+        (`x-gateway-estimate: true`, and `"estimate": true` in the body); a fallback's count, made with the model's
+        own deployments passed over, says whose it is (`"counted_by"`: its tokenizer may not be the model's). Free,
+        so no budget or tokens a minute; a count a provider makes is held to the key's requests a minute (see
+        `Pipeline.count_tokens`)."""
         api = self.api
         key = await api.authenticate(request, allow_x_api_key=True)
         data = await api.parse_json(request)
@@ -214,6 +216,8 @@ class MessagesRoutes:
         counted = await api.pipeline.count_tokens(native_call(request, data, untranslated), req, ex)
         headers = anthropic_headers(ex)
         payload: dict[str, Any] = {"input_tokens": counted}
+        if counted is not None and ex.attempt is not None and ex.attempt.model != ex.model:
+            payload["counted_by"] = ex.attempt.model
         if counted is None:
             payload = {"input_tokens": estimated_tokens(req), "estimate": True}
             headers["x-gateway-estimate"] = "true"

@@ -38,7 +38,7 @@ AUTH_ERRORS = {
 KEY_ERRORS = {status: AUTH_ERRORS[status] for status in ("401", "403", "503")}
 BODY_ERRORS = {"413": "request_too_large"}
 PROXY_ERRORS = {
-    "402": "budget_exceeded, cost_limit_exceeded",
+    "402": "budget_exceeded (a key's budget, or the request's own x-gateway-max-cost-usd: `param` says which)",
     "404": "model_not_found",
     "502": "upstream_error (the provider's status and message inside), schema_violation",
     "503": "provider_not_configured, no_deployment_available, store_unavailable, server_shutting_down",

@@ -276,9 +276,12 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.messages.count_tokens,
         Auth.KEY_OR_X_API_KEY,
         "Anthropic token counting, to any model: the provider's own count (Anthropic, Gemini) or an estimate "
-        "marked `x-gateway-estimate: true`; free, not metered",
+        "marked `x-gateway-estimate: true`; a fallback's count says whose (`counted_by`); free, not metered",
         lambda o: o.proxied(
-            o.json_answer({"type": "object", "required": ["input_tokens"]}, "`{input_tokens}`"),
+            o.json_answer(
+                {"type": "object", "required": ["input_tokens"]},
+                "`{input_tokens}`, with `estimate: true` or `counted_by` (a fallback's count) where they apply",
+            ),
             o.ref("MessagesCountRequest"),
             errors={"404": "model_not_found, thread_not_found (thread.previous_message_id)"},
             error_schema=o.ANTHROPIC_ERROR,

@@ -50,8 +50,8 @@ from handler.errors import (
     GatewayError,
     HeadersTooLargeError,
     InvalidRequestError,
+    OverloadedError,
     RequestTimeoutError,
-    ServiceUnavailableError,
     UpstreamTimeoutError,
 )
 
@@ -479,7 +479,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if not self._admitted():
             self.logger.warning("a request refused: %d connections open (gateway.limits.connections)", self.most)
             self._refuse_head(
-                ServiceUnavailableError(
+                OverloadedError(
                     f"the gateway holds as many connections as it takes ({self.most}); retry shortly",
                     code="server_busy",
                 ),

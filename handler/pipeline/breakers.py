@@ -18,13 +18,14 @@ PROBING_WAIT_S = 1.0
 
 
 class _State:
-    __slots__ = ("failures", "opened_at", "probe_at", "limited")
+    __slots__ = ("failures", "opened_at", "probe_at", "limited", "overloaded")
 
     def __init__(self) -> None:
         self.failures = 0
         self.opened_at: float | None = None
         self.probe_at: float | None = None
         self.limited = True  # every failure since the last success was the provider's rate limit (429)
+        self.overloaded = True  # ... or its overload (a 429, 503 or 529: `handler.wire.OVERLOAD_STATUSES`)
 
 
 class Breakers:
@@ -96,17 +97,68 @@ class Breakers:
         s = self._states.get(label)
         return s is not None and s.limited
 
+    def overloaded(self, label: str) -> bool:
+        """Whether the failures that opened this deployment's breaker were all its provider saying it is overloaded
+        (`failure`'s `overloaded`): skipping it then is for an overload, which Anthropic's API names
+        `overloaded_error`, and Claude Code switches to its fallback model on; not for a deployment that broke."""
+        s = self._states.get(label)
+        return s is not None and s.overloaded
+
     def success(self, label: str) -> None:
         s = self._states.get(label)
         if s is not None:
-            s.failures, s.opened_at, s.probe_at, s.limited = 0, None, None, True
+            s.failures, s.opened_at, s.probe_at, s.limited, s.overloaded = 0, None, None, True, True
 
-    def failure(self, label: str, limited: bool = False) -> None:
-        """A retryable failure (`limited`: the provider's 429)."""
+    def failure(self, label: str, limited: bool = False, overloaded: bool = False) -> None:
+        """A retryable failure (`limited`: the provider's 429; `overloaded`: its saying it is overloaded, a 429
+        among such answers)."""
         s = self._states.setdefault(label, _State())
         s.failures += 1
         s.probe_at = None
+        overloaded = overloaded or limited
         # A failure that reopens an open breaker (its probe's) says what it is now; before it opened, every one counts.
-        s.limited = limited if s.opened_at is not None else s.limited and limited
+        if s.opened_at is not None:
+            s.limited, s.overloaded = limited, overloaded
+        else:
+            s.limited, s.overloaded = s.limited and limited, s.overloaded and overloaded
         if s.opened_at is not None or s.failures >= self.threshold:
             s.opened_at = self.clock()
+
+
+class CountBreakers:
+    """The breakers token counts (`/v1/messages/count_tokens`) are judged on, each deployment's apart from the one its
+    requests are: a provider limits its counting apart from its other calls (Anthropic's count requests a minute), so
+    what a count meets says nothing of how the deployment answers messages. On the deployments' own breakers, five
+    counts refused by Anthropic's count limit shut a deployment to `/v1/messages` for every key for a cooldown, and a
+    count answered closed the breaker of a deployment that failed every message (found by review). A count still goes
+    to no deployment a request would not be sent: one whose own breaker is open, or half-open with its probe taken,
+    is passed over; its probe is left to a request, which a count neither takes nor reports on."""
+
+    def __init__(self, deployments: Breakers) -> None:
+        self.deployments = deployments
+        # (the deployments' clock read through, so that a clock set on them is the counts' too)
+        self.counts = Breakers(deployments.threshold, deployments.cooldown, lambda: deployments.clock())
+
+    def gate(self, label: str) -> str | None:
+        """`Breakers.gate` of the counts' own breaker, None while the deployment's is passed over."""
+        return self.counts.gate(label) if self.deployments.available(label) else None
+
+    def available(self, label: str) -> bool:
+        return self.gate(label) is not None
+
+    def allow(self, label: str) -> bool:
+        """`Breakers.allow` of the counts' own breaker (its probe taken there) where the deployment's lets a request
+        through, taking nothing of it."""
+        return self.deployments.available(label) and self.counts.allow(label)
+
+    def rate_limited(self, label: str) -> bool:
+        """Of the breaker that passes the deployment over: the deployment's own, else the counts'."""
+        if not self.deployments.available(label):
+            return self.deployments.rate_limited(label)
+        return self.counts.rate_limited(label)
+
+    def success(self, label: str) -> None:
+        self.counts.success(label)
+
+    def failure(self, label: str, limited: bool = False, overloaded: bool = False) -> None:
+        self.counts.failure(label, limited, overloaded)

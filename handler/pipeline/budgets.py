@@ -367,6 +367,25 @@ class Meter:
         admission = Admission(reservation_id, key.id, [], rates, now + self.reservation_ttl, key.home_region)
         return Counted(admission, await self._admit(admission, key, 0.0, window))
 
+    async def remaining(self, lineage: list[KeyRecord]) -> float | None:
+        """What the budgets of the key's chain (`lineage`) leave now, the least of them, as `GET /v1/key` says it
+        (`remaining_usd`): for an answer that reserved nothing, whose admission read no budget (a token count).
+        None, with no store call, where no key of the chain has a budget; else each budgeted key's meter read at
+        once, one round trip."""
+        budgeted = [holder for holder in lineage if holder.budget_usd is not None]
+        if not budgeted:
+            return None
+        now = self.clock()
+        periods = [period_of(holder.budget_period, now) for holder in budgeted]
+        snapshots = await asyncio.gather(
+            *(self.store.meter(holder.id, period) for holder, period in zip(budgeted, periods, strict=True))
+        )
+        left = [
+            float(holder.budget_usd or 0.0) - snapshot.committed_usd.get(period, 0.0)
+            for holder, period, snapshot in zip(budgeted, periods, snapshots, strict=True)
+        ]
+        return max(0.0, dollars(min(left)))
+
     def count_headers(self, counted: Counted) -> dict[str, str]:
         """The `x-ratelimit-*` headers of what one admission `counted` (`admit_count`)."""
         return self._rate_headers(counted.rates, counted.snapshot, counted.rates[0].window)

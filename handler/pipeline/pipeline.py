@@ -62,9 +62,10 @@ from handler.ports import BuiltRequest, LedgerItem, NativeCall, Served, StoreErr
 from handler.redaction import clipped, names_clipped, unkeyed
 from handler.schemas import LATER_MODULES, ChatCompletion, ChatRequest, Usage
 from handler.telemetry.observability import span
-from handler.wire import OVERLOADED, SHAPE_ERRORS, error_answer, json_body, malformed, misshapen
+from handler.wire import OVERLOAD_STATUSES, OVERLOADED, SHAPE_ERRORS, error_answer, json_body, malformed, misshapen
 
 if TYPE_CHECKING:
+    from handler.pipeline.breakers import Breakers, CountBreakers
     from handler.pipeline.chunk_stream import ChunkStream  # (imported with the first stream: `_chunk_stream`)
     from handler.pipeline.passthrough import NativeReply, NativeStream  # (with the first native answer or stream)
     from handler.pipeline.threads import HeldThreads  # (with the first thread's answer)
@@ -293,11 +294,21 @@ class Pipeline(Charges):
         count will be sent (every deployment that counts passed over for its open breaker, or a deadline too
         short to send one) nothing is counted, and a count nothing was sent for after all gives back what it
         counted (it took a request of the key's minute for an estimate: with `rpm: 1` the next count was a 429,
-        not the estimate, and so was the next request: review)."""
+        not the estimate, and so was the next request: review).
+
+        The count is the provider's that would serve the request: of the model's own deployments, or, with each of
+        them passed over for its open breaker, of its fallbacks after them, as `/v1/messages` would be served (a
+        Llama on Bedrock was counted by its Claude fallback, breakers closed, and answered as the Llama prompt's
+        own count: review). It is judged on breakers of its own (`CountBreakers`), as a provider limits counting
+        apart. A count the provider made tells the budget left (`Meter.remaining`), read then, as it reserved none."""
         plan = await self._plan(ex, req.model, shed=False)  # (breakers open: the route's estimate serves)
-        kind = plan[0].target.provider_type
-        counting = [a for a in plan if a.target.provider_type == kind and a.adapter.counts_tokens(a.target)]
-        breakers = self.gateway.router.breakers
+        reach = [attempt for attempt in plan if attempt.model == ex.model]
+        if reach and not any(self.gateway.router.breakers.available(a.target.label) for a in reach):
+            ex.route.extend(f"{attempt.target.label}=breaker-open" for attempt in reach)  # (as `_failover` names them)
+            reach = [attempt for attempt in plan if attempt.model != ex.model]
+        kind = reach[0].target.provider_type if reach else None  # (none: pinned away from the model's own)
+        counting = [a for a in reach if a.target.provider_type == kind and a.adapter.counts_tokens(a.target)]
+        breakers = self.gateway.router.count_breakers
         passed = [attempt for attempt in counting if not breakers.available(attempt.target.label)]
         ends_at = ex.ends_at
         if len(passed) == len(counting) or (ends_at is not None and ends_at - time.perf_counter() <= CUT_SLACK_S):
@@ -333,7 +344,7 @@ class Pipeline(Charges):
             return attempt.adapter.count_tokens_request(call, req, attempt.target)
 
         try:
-            count = await self._deadline(ex, self._failover(ex, counting, build, accept))
+            count = await self._deadline(ex, self._failover(ex, counting, build, accept, breakers))
         except GatewayError as err:
             if ex.inflight_at == 0.0:  # (nothing was sent: what it counted is given back, and its answer tells none)
                 ex.limit_headers = {}
@@ -347,6 +358,8 @@ class Pipeline(Charges):
             await self._unanswered(ex, cut)
             raise
         await self._settle(ex, Usage.of(0, 0), 200, background=True, free=True)
+        with contextlib.suppress(StoreError):  # (the count is made and free: a store that fails its read tells none)
+            ex.budget_remaining = await self.meter.remaining(ex.lineage)
         return count
 
     @staticmethod
@@ -601,7 +614,7 @@ class Pipeline(Charges):
         extra = predicted_tokens(req)
         try:
             await self._admit_tokens(ex, reached, [(output + extra) * (req.n or 1) for output in outputs])
-        except (BudgetExceededError, CostLimitError) as exc:
+        except BudgetExceededError as exc:  # (a budget's, or `x-gateway-max-cost-usd`'s: `CostLimitError`)
             if call is None or not call.held or call.native_only is None:
                 raise
             raise unheld_thread(call.native_only, exc) from None
@@ -705,11 +718,14 @@ class Pipeline(Charges):
             worst = None if case is None or worst is None else max(worst, case)
         if ex.controls.max_cost_usd is not None:
             if worst is None:
-                raise CostLimitError("the cost of this model is unknown, so x-gateway-max-cost-usd cannot be honoured")
+                raise CostLimitError(
+                    "the cost of this model is unknown, so x-gateway-max-cost-usd, this request's own cap (not the "
+                    "key's budget), cannot be honoured"
+                )
             if worst > ex.controls.max_cost_usd:
                 raise CostLimitError(
-                    f"worst-case cost ${usd(worst)} exceeds x-gateway-max-cost-usd ${usd(ex.controls.max_cost_usd)}"
-                    + lowered_by(worst_model, ex.model)
+                    f"worst-case cost ${usd(worst)} exceeds x-gateway-max-cost-usd ${usd(ex.controls.max_cost_usd)}, "
+                    "this request's own cap (not the key's budget)" + lowered_by(worst_model, ex.model)
                 )
         ends_at = ex.ends_at
         if ends_at is not None and ends_at - time.perf_counter() <= CUT_SLACK_S:
@@ -843,14 +859,17 @@ class Pipeline(Charges):
         plan: list[Attempt],
         build: Callable[[Attempt], BuiltRequest],
         accept: Callable[[Attempt, UpstreamResponse], Awaitable[T]],
+        breakers: Breakers | CountBreakers | None = None,
     ) -> T:
+        """`plan`'s attempts in order until one answers (`accept`'s result), each judged on `breakers`: the
+        deployments' own, unless another set is given (a token count's)."""
         last: UpstreamError | None = None
         failed: list[UpstreamError] = []  # every failed try, the gateway's own retries among them
         skipped = False  # a candidate was passed over for its open breaker, opened by failures other than 429s
         unsupported: InvalidRequestError | None = None  # the first deployment that could not take the request
         passed = False  # one that could was passed over (its breaker open, its model's limits reached)
         retries = self.gateway.config.gateway.max_retries_per_deployment
-        breakers = self.gateway.router.breakers
+        breakers = breakers or self.gateway.router.breakers
         for position, attempt in enumerate(plan):
             passed_over(ex, plan, position)
             label = attempt.target.label
@@ -984,7 +1003,7 @@ class Pipeline(Charges):
                         # from every key.
                         breakers.success(label)
                         break
-                    breakers.failure(label, err.upstream_status == 429)
+                    breakers.failure(label, err.upstream_status == 429, err.upstream_status in OVERLOAD_STATUSES)
                     wait = self._retry_wait(ex, err) if retry < retries else None
                     if wait is not None:
                         retry += 1
@@ -1329,7 +1348,7 @@ def unpriced(unknown_model: str, model: str) -> str:
     return message
 
 
-def unheld_thread(refusal: InvalidRequestError, refused: BudgetExceededError | CostLimitError) -> InvalidRequestError:
+def unheld_thread(refusal: InvalidRequestError, refused: BudgetExceededError) -> InvalidRequestError:
     """The refusal of a thread's `continue` whose worst case, with the conversation Anthropic holds counted as its
     model's whole context window, the key's budget or `x-gateway-max-cost-usd` cannot cover (`refused`): as
     Anthropic's own refusal of a request it cannot thread (`refusal`'s code), on which the SDK's thread helpers send

@@ -18,12 +18,13 @@ from handler.errors import (
     GatewayError,
     InvalidRequestError,
     NotFoundError,
+    OverloadedError,
     PermissionDeniedError,
     ServiceUnavailableError,
     UpstreamRateLimitedError,
     model_not_allowed,
 )
-from handler.pipeline.breakers import Breakers
+from handler.pipeline.breakers import Breakers, CountBreakers
 from handler.pipeline.pricing import price_for, tier_rates
 from handler.pipeline.provider_keys import RETRY_S
 from handler.ports import Geography, ProviderAdapter, Target
@@ -399,6 +400,7 @@ class Router:
         self.adapters = adapters
         self.region = region
         self.breakers = breakers or Breakers()
+        self.count_breakers = CountBreakers(self.breakers)  # (token counts': `Pipeline.count_tokens`)
         self._latency = config.gateway.region_latency_ms.get(region, {})
         # The OpenAI service tier each deployment runs a request that names none at, where it costs more than the
         # default: the dearest of the config's `default_service_tier` and the tiers answers to such requests said
@@ -525,7 +527,9 @@ class Router:
         half-open with its one probe under way), else None; its `retry-after` is when the first may be tried again.
         Where every one of them opened on its provider's 429s, the providers are rate-limiting: a 429
         `upstream_rate_limited`, which the SDKs, Claude Code and Codex wait out and retry; else the 503
-        `no_deployment_available` (on Anthropic's API an `overloaded_error`)."""
+        `no_deployment_available`, on Anthropic's API an `overloaded_error` where every one opened on its provider
+        saying it was overloaded (`Breakers.overloaded`), else an `api_error`: deployments that broke (500s, no
+        connection) are not overloaded, and Claude Code switches to its fallback model on an `overloaded_error`."""
         breakers = self.breakers
         if any(breakers.available(a.target.label) for a in plan):
             return None
@@ -539,6 +543,13 @@ class Router:
             )
             limited.should_retry = True
             return limited
+        if all(breakers.overloaded(a.target.label) for a in plan):
+            return OverloadedError(
+                "every deployment's circuit breaker is open, opened by its provider saying it was overloaded: nothing "
+                f"was sent; retry after {wait} s",
+                code="no_deployment_available",
+                headers={"retry-after": wait},
+            )
         return ServiceUnavailableError(
             f"every deployment's circuit breaker is open: nothing was sent; retry after {wait} s",
             code="no_deployment_available",

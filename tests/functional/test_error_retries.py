@@ -176,6 +176,22 @@ def gw(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.T
                     "price": PRICE,
                 },
                 "shed-limited": {"deployments": [{"provider": "openai", "model": "fail-429-shed"}], "price": PRICE},
+                # Breakers opened by a broken Claude (500s), by a provider's 503s, and by a 500 and a 529 together.
+                "shed-broken-claude": {
+                    "deployments": [{"provider": "anthropic", "model": "fail-500-shed-claude"}],
+                    "price": PRICE,
+                },
+                "shed-unavailable": {
+                    "deployments": [{"provider": "openai", "model": "fail-503;x-shed=unavailable"}],
+                    "price": PRICE,
+                },
+                "shed-mixed": {
+                    "deployments": [
+                        {"provider": "openai", "model": "fail-500-shed-mixed"},
+                        {"provider": "anthropic", "model": "fail-529-shed-mixed"},
+                    ],
+                    "price": PRICE,
+                },
                 "shed-probe": {"deployments": [{"provider": "openai", "model": "slow-probe"}], "price": PRICE},
             },
         },
@@ -713,6 +729,29 @@ def test_every_claude_deployments_breaker_open_is_anthropics_overloaded_error_wi
         "anthropic/fail-529-shed-a@global=breaker-open, anthropic/fail-529-shed-b@global=breaker-open"
     )
     assert len(fake) == since and counter.sent == 1
+
+
+@pytest.mark.parametrize(
+    ("model", "kind"),
+    [("shed-broken-claude", "api_error"), ("shed-mixed", "api_error"), ("shed-unavailable", "overloaded_error")],
+)
+def test_every_breaker_open_is_an_overloaded_error_only_where_overload_opened_them(
+    gw: Running, model: str, kind: str
+) -> None:
+    """The interface: `overloaded_error` "only for real overload". Every breaker open was answered `overloaded_error`
+    on `/v1/messages` whatever opened them, a Claude answering 500s too, and Claude Code switches to its fallback model
+    on it (found by review). Opened by its provider's overload (its 503s here, the 529s above), the refusal is one;
+    by a deployment that broke, alone or beside an overloaded one, it is Anthropic's `api_error`. Either way the same
+    503 `no_deployment_available`, nothing sent, with the wait."""
+    key = opened(gw, model, 5)
+    with sdk_anthropic(gw, key, Counter()).with_options(max_retries=0) as claude:
+        with pytest.raises(anthropic.InternalServerError) as refused:
+            claude.messages.create(model=model, max_tokens=10, messages=HI)  # type: ignore[arg-type]
+    answer = refused.value.response
+    assert answer.status_code == 503 and answer.json()["type"] == "error"
+    assert answer.json()["error"]["type"] == kind, answer.json()
+    assert answer.headers["x-should-retry"] == "true" and int(answer.headers["retry-after"]) >= 25
+    assert answer.headers["x-gateway-route"].endswith("=breaker-open")
 
 
 def test_a_breaker_its_providers_429s_opened_sheds_as_a_rate_limit_the_agents_wait_out(gw: Running) -> None:

@@ -148,7 +148,10 @@ def test_a_cost_limit_is_a_billing_error_with_legible_figures(running: Running, 
     assert refused.value.status_code == 402
     error = refused.value.body["error"]  # type: ignore[index]
     assert error["type"] == "billing_error"
-    assert "exceeds x-gateway-max-cost-usd $0.0000001; a smaller max_tokens lowers it" in error["message"]
+    assert (
+        "exceeds x-gateway-max-cost-usd $0.0000001, this request's own cap (not the key's budget); a smaller "
+        "max_tokens lowers it" in error["message"]
+    )
     worst = error["message"].removeprefix("worst-case cost $").partition(" ")[0]
     assert float(worst) > 0.0000001
 

@@ -1019,6 +1019,24 @@ def test_count_tokens_is_not_charged(agents: Running) -> None:
     assert row["requests"] == 1 and row["total_usd"] == 0
 
 
+def test_a_count_a_provider_made_tells_the_budget_left_as_every_proxied_answer_does(agents: Running) -> None:
+    """docs/interface.md: `x-gateway-budget-remaining-usd` rides on every proxied answer where the key (or an
+    ancestor) has a budget. A count Anthropic or Gemini made carried its provider, route, cost and `x-ratelimit-*`,
+    but a key with $1 was told no budget: the count reserves nothing, so none was read (found by review). An
+    estimate reached no provider, and reads none."""
+    key = agents.mint(name="counted", budget_usd=1.0, rpm=100)
+    messages: Any = [{"role": "user", "content": "Hi"}]
+    with anthropic.Anthropic(base_url=agents.url, api_key=key, max_retries=0) as sdk:
+        for model, provider in (("claude", "anthropic"), ("gemini", "gemini")):
+            raw = sdk.messages.with_raw_response.count_tokens(model=model, messages=messages)
+            assert raw.parse().input_tokens > 0 and raw.headers["x-gateway-provider"] == provider
+            assert "x-gateway-route" in raw.headers and "x-ratelimit-limit-requests" in raw.headers
+            assert raw.headers.get("x-gateway-budget-remaining-usd") == "1", dict(raw.headers)
+        estimated = sdk.messages.with_raw_response.count_tokens(model="gpt", messages=messages)
+    assert estimated.headers["x-gateway-estimate"] == "true"
+    assert "x-gateway-budget-remaining-usd" not in estimated.headers
+
+
 def test_count_tokens_a_provider_makes_is_held_to_the_chains_rpm(agents: Running) -> None:
     """Counting was never admitted, yet it calls the provider on the operator's key, and Anthropic limits its
     counting per organisation: a key with its rpm spent had 20 of 20 counts answered and sent upstream. A count

@@ -138,11 +138,18 @@ def test_region_and_provider_pins(running: Running, key: str) -> None:
 
 
 def test_max_cost_refuses_an_expensive_worst_case(running: Running, key: str) -> None:
+    """The interface has one code for a 402, `budget_exceeded` (of type `insufficient_quota`): the request's own cap
+    answered `cost_limit_exceeded`, of type `invalid_request_error` (found by review). Its `param` and message say
+    it is the request's own cap, not the key's budget."""
     with pytest.raises(openai.APIStatusError) as info:
         client(running, key).chat.completions.create(
             model="gpt-4o-mini", messages=HI, max_tokens=10_000, extra_headers={"x-gateway-max-cost-usd": "0.000001"}
         )
-    assert info.value.status_code == 402 and info.value.code == "cost_limit_exceeded"
+    assert info.value.status_code == 402 and info.value.code == "budget_exceeded"
+    assert (info.value.type, info.value.param) == ("insufficient_quota", "x-gateway-max-cost-usd")
+    own_cap = "exceeds x-gateway-max-cost-usd $0.000001, this request's own cap (not the key's budget)"
+    assert own_cap in info.value.message
+    assert info.value.response.headers["x-should-retry"] == "false"
     assert route_of(running, key, "gpt-4o-mini", **{"x-gateway-max-cost-usd": "1"}).endswith("=200")
 
 

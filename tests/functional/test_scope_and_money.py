@@ -576,6 +576,7 @@ def test_a_count_a_fallback_made_gives_back_the_model_asked_fors_request_and_kee
     finally:
         breakers.success(CLAUDE)
     assert counted.status_code == 200 and "x-gateway-estimate" not in counted.headers, counted.text
+    assert counted.json()["counted_by"] == "claude-other-test"  # (whose count it is: not claude-test's deployment)
     assert [body["json"]["model"] for body in received(gw, "anthropic", since)] == ["claude-sonnet-4-5"]
     time.sleep(0.3)  # (the settlements, in the background)
     assert [line.request_id for line in ledger(gw, key)] == [counted.headers["x-request-id"]]

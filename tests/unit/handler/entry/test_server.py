@@ -410,6 +410,13 @@ async def test_a_request_on_a_connection_past_the_limit_is_503_server_busy_in_th
     assert b"\r\nretry-after: 1\r\n" in head and b"\r\nx-should-retry: true\r\n" in head
     assert error_of(third.written)["error"]["code"] == "server_busy"
     third.close()
+    # On Anthropic's API the gateway's own overload is its `overloaded_error` (the one 503 it is, with the breakers
+    # an overload opened: `Router.shed`).
+    claude = Connection(shared)
+    await claude.send(b"POST /v1/messages HTTP/1.1\r\nhost: g\r\ncontent-length: 2\r\n\r\n{}")
+    assert await claude.answers(1) == [b"503"]
+    assert error_of(claude.written)["error"]["type"] == "overloaded_error"
+    claude.close()
     await first.send(b"GET /whole HTTP/1.1\r\nhost: g\r\n\r\n")
     assert await first.answers(1) == [b"200"]
     first.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from handler.pipeline.breakers import Breakers
+from handler.pipeline.breakers import Breakers, CountBreakers
 
 
 class Clock:
@@ -62,6 +62,44 @@ def test_whether_a_breaker_is_rate_limiting_follows_the_failures_that_keep_it_op
     b.failure("e", limited=True)
     b.failure("e")  # a 500 among the failures that open it: not rate-limited
     assert b.state("e") == "open" and not b.rate_limited("e")
+
+
+def test_whether_a_breaker_opened_on_overload_follows_the_failures_that_keep_it_open() -> None:
+    """An open breaker sheds as an overload (`overloaded_error` on Anthropic's API) only where its provider said it
+    was overloaded each time (a 429 among such answers); every one did, whatever opened it (found by review)."""
+    clock = Clock()
+    b = Breakers(threshold=2, cooldown=10, clock=clock)
+    b.failure("d", overloaded=True)
+    b.failure("d", limited=True)  # (a 429 is an overload too)
+    assert b.state("d") == "open" and b.overloaded("d") and not b.rate_limited("d")
+    b.failure("e", overloaded=True)
+    b.failure("e")  # a 500 among them: a deployment that broke
+    assert b.state("e") == "open" and not b.overloaded("e")
+    clock.now += 10
+    assert b.allow("e")  # the probe
+    b.failure("e", overloaded=True)  # reopened by an overload
+    assert b.state("e") == "open" and b.overloaded("e")
+
+
+def test_a_counts_breaker_is_its_own_and_reads_the_deployments_without_taking_its_probe() -> None:
+    """Token counts are judged apart (a provider limits counting apart): their failures and successes leave the
+    deployment's breaker as it was, their own opens on them; a deployment whose breaker is open is passed over for
+    counts too, and a half-open one's probe is left to a request."""
+    clock = Clock()
+    deployments = Breakers(threshold=2, cooldown=10, clock=clock)
+    counts = CountBreakers(deployments)
+    counts.failure("d", limited=True)
+    counts.failure("d", limited=True)
+    assert deployments.state("d") == "closed" and counts.gate("d") is None and counts.rate_limited("d")
+    assert not counts.available("d") and deployments.available("d")
+    deployments.failure("e")
+    counts.success("e")  # (a count answered: the deployment's failures stand)
+    deployments.failure("e")
+    assert deployments.state("e") == "open" and counts.gate("e") is None and not counts.allow("e")
+    clock.now += 10  # half-open: a count goes through and takes no probe of the deployment's
+    assert counts.gate("e") == "closed" and counts.allow("e")
+    assert deployments.gate("e") == "half-open" and deployments.allow("e")
+    assert counts.gate("e") is None  # (the request's probe under way)
 
 
 def test_availability_and_the_wait_until_a_deployment_may_be_tried_again() -> None:
