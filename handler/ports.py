@@ -910,6 +910,12 @@ class UsageQuery(Value):
         self.until: Final = until
 
 
+# Lines a store hands a report at a time (`Store.scan_usage`): few enough that the garbage collector seldom finds
+# them alive (5,000 promoted enough of a 60,000-line report to set off two full collections, each holding every
+# thread of the process).
+LEDGER_BATCH = 500
+
+
 # The most responses `Store.responses_holding` names for one item id.
 MAX_HOLDERS = 4
 
@@ -1066,9 +1072,10 @@ class Store(ABC):
         """Ledger items in `[since, until)`, for the given keys (None: all)."""
 
     async def scan_usage(self, query: UsageQuery, consume: Callable[[list[LedgerItem]], None]) -> None:
-        """`usage`'s lines handed to `consume` a batch at a time, off the event loop: for a report that keeps their
-        sums, not the lines (`handler.dashboard.reports.ReportBuilder`). `consume` may run on a worker thread (one batch
-        after another, never two at once); here it runs once, on a thread, on all of `usage`'s lines."""
+        """`usage`'s lines handed to `consume` a batch at a time (at most `LEDGER_BATCH` lines), off the event loop:
+        for a report that keeps their sums, not the lines (`handler.dashboard.reports.ReportBuilder`). `consume` may
+        run on a worker thread (one batch after another, never two at once); here it runs once, on a thread, on all
+        of `usage`'s lines (a store whose ledger can grow past what a process holds reads it a batch at a time)."""
         lines = await self.usage(query)
         await asyncio.to_thread(consume, lines)
 

@@ -97,6 +97,7 @@ from adapters.store.records import (
 )
 from adapters.store.region_leases import IDLE_SECONDS, LEASE_PREFIX, MAX_TRACKED, LeaseShort, RegionLeases
 from handler.ports import (
+    LEDGER_BATCH,
     STORE_DEADLINE,
     Admission,
     BudgetCharge,
@@ -743,31 +744,48 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBThreads, DynamoDBSi
     async def usage(self, query: UsageQuery) -> list[LedgerItem]:
         """Per key, one query over its lines' time range; for all keys, one per index shard, sent together
         (see the module docstring); each followed through its pages."""
-        bounds = ledger_sort_bounds(query.since, query.until)
-        if bounds is None:
+        requests = ledger_queries(query)
+        if not requests:
             return []
-        between = {":low": text(bounds[0]), ":high": text(bounds[1])}
-        if query.key_ids is not None:
-            requests = [
-                {
-                    "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
-                    "ExpressionAttributeValues": {":pk": text(f"LEDGER#{key_id}"), **between},
-                }
-                for key_id in dict.fromkeys(query.key_ids)
-            ]
-        else:
-            requests = [
-                {
-                    "IndexName": "gsi1",
-                    "KeyConditionExpression": "gsi1pk = :pk AND gsi1sk BETWEEN :low AND :high",
-                    "ExpressionAttributeValues": {":pk": text(shard), **between},
-                }
-                for shard in LEDGER_SHARD_KEYS
-            ]
         answers = await self._queries(requests)
         # Parsed and sorted in a worker thread: for hundreds of thousands of lines that is seconds of CPU, which on
         # the event loop would hold up every other request of the process.
         return await asyncio.to_thread(lines_of, answers, query)
+
+    async def scan_usage(self, query: UsageQuery, consume: Callable[[list[LedgerItem]], None]) -> None:
+        """`usage`'s queries, each page handed on as it comes: parsed and consumed on a worker thread, `LEDGER_BATCH`
+        lines at a time, one page after another (never two at once), before its query asks for the next. A report
+        then holds its rows and the pages in flight (one a query, `REPORT_CONCURRENCY` queries at a time), not its
+        lines: `usage` held every item of every page, then every line parsed and sorted (1,500 lines were handed
+        over in one list, 3.3 KB each at the report's peak: a month of 300,000 about 1 GB, a 1024 MB Lambda's
+        whole memory). A report's sums need no time order."""
+        requests = ledger_queries(query)
+        gate = asyncio.Semaphore(REPORT_CONCURRENCY)
+        turn = asyncio.Lock()  # (one page consumed at a time: a report's sums are not summed on two threads at once)
+
+        async def pages(request: dict[str, Any]) -> None:
+            async with gate:
+                request = {"TableName": self.table, **request}
+                if self.page_size is not None:
+                    request["Limit"] = self.page_size
+                while True:
+                    answer = await call(self.client, "query", **request)
+                    items = answer.get("Items", [])
+                    if items:
+                        async with turn:
+                            await asyncio.to_thread(consume_page, items, query, consume)
+                    if "LastEvaluatedKey" not in answer:
+                        return
+                    request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+
+        # One query failing ends the others (no page of a report that failed is read on, or handed to it), and the
+        # report fails with its error, as with any store call's.
+        try:
+            async with asyncio.TaskGroup() as queries:
+                for request in requests:
+                    queries.create_task(pages(request))
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None
 
     async def _queries(self, requests: list[dict[str, Any]]) -> list[list[Item]]:
         """`_query` for each request, `REPORT_CONCURRENCY` at a time (a parent with many children, the shards)."""
@@ -898,6 +916,41 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBThreads, DynamoDBSi
 def ledger_shard(request_id: str) -> str:
     """The index partition of a line item for all-keys reports: a stable spread of request ids."""
     return LEDGER_SHARD_KEYS[zlib.crc32(request_id.encode()) % LEDGER_SHARDS]
+
+
+def ledger_queries(query: UsageQuery) -> list[dict[str, Any]]:
+    """The queries of `query`'s lines (none for a window no line can be in): per key, one over its lines' time range;
+    for all keys, one per index shard."""
+    bounds = ledger_sort_bounds(query.since, query.until)
+    if bounds is None:
+        return []
+    between = {":low": text(bounds[0]), ":high": text(bounds[1])}
+    if query.key_ids is not None:
+        return [
+            {
+                "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
+                "ExpressionAttributeValues": {":pk": text(f"LEDGER#{key_id}"), **between},
+            }
+            for key_id in dict.fromkeys(query.key_ids)
+        ]
+    return [
+        {
+            "IndexName": "gsi1",
+            "KeyConditionExpression": "gsi1pk = :pk AND gsi1sk BETWEEN :low AND :high",
+            "ExpressionAttributeValues": {":pk": text(shard), **between},
+        }
+        for shard in LEDGER_SHARD_KEYS
+    ]
+
+
+def consume_page(items: list[Item], query: UsageQuery, consume: Callable[[list[LedgerItem]], None]) -> None:
+    """A page of a report's query: its lines in `[since, until)`, parsed and handed to `consume` `LEDGER_BATCH` at a
+    time (for a worker thread)."""
+    for start in range(0, len(items), LEDGER_BATCH):
+        lines = (ledger_from_json(item["data"]["S"]) for item in items[start : start + LEDGER_BATCH])
+        batch = [line for line in lines if query.since <= line.ts < query.until]
+        if batch:
+            consume(batch)
 
 
 def lines_of(answers: list[list[Item]], query: UsageQuery) -> list[LedgerItem]:

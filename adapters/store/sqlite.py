@@ -75,6 +75,7 @@ from adapters.store.slices import (
 )
 from adapters.store.sqlite_slices import LOWER_COMMITTED, SPEND, Liveness, SliceCache
 from handler.ports import (
+    LEDGER_BATCH,
     STORE_DEADLINE,
     ChildLimitReached,
     ConflictError,
@@ -837,11 +838,6 @@ class SQLiteStore(SQLiteSignIns, SliceCache):
             busy, log_pages, copied = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             if not busy and log_pages == copied:
                 self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-
-
-# Lines read, parsed and consumed at a time: few enough that the garbage collector seldom finds them alive (5,000
-# promoted enough of a 60,000-line report to set off two full collections, each holding every thread of the process).
-LEDGER_BATCH = 500
 
 
 def scan_ledger(db: sqlite3.Connection, query: UsageQuery, consume: Callable[[list[LedgerItem]], None]) -> None:

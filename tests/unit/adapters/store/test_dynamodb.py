@@ -9,6 +9,7 @@ import calendar
 import functools
 import re
 import time
+import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -27,16 +28,19 @@ from adapters.store.dynamodb_url import dynamodb_client
 from adapters.store.expressions import Expression, Item, num, read_num, text
 from adapters.store.records import EXPIRED_KEY_GRACE_SECONDS, LEDGER_TTL_SECONDS, key_purge_after
 from adapters.store.responses import pack
+from handler.dashboard.reports import ReportBuilder, parse_report, parse_views
 from handler.pipeline.budgets import period_of
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
 from handler.ports import (
+    LEDGER_BATCH,
     Admission,
     BudgetCharge,
     BudgetRefused,
     ChildLimitReached,
     ConflictError,
     KeyRecord,
+    LedgerItem,
     RateCharge,
     Settlement,
     StoredResponse,
@@ -780,6 +784,71 @@ async def test_a_report_over_25_years_costs_a_handful_of_queries_and_pages_throu
     mine = await store.usage(UsageQuery(keys[:2], since, now + 1))
     assert sorted(i.request_id for i in mine) == sorted(i.request_id for i in items if i.key_id in keys[:2])
     assert client.sent["Query"] == 2
+
+
+def seed_lines(dynamo: DynamoServer, store: DynamoDBStore, lines: int, now: float) -> None:
+    """`lines` ledger lines of seven keys over the last hour, written as the store writes them (`_ledger_write`'s
+    items), in batches (settling each would take minutes on the emulator)."""
+    items = []
+    for i in range(lines):
+        item = replace(line(f"k{i % 7}", 0.001, ts=now - 3600 + i * 0.5), tags={"team": f"t{i % 5}"})
+        items.append(store._ledger_write(item)["Put"]["Item"])
+    client = dynamo.client()
+    for start in range(0, len(items), 25):
+        batch = [{"PutRequest": {"Item": item}} for item in items[start : start + 25]]
+        client.batch_write_item(RequestItems={store.table: batch})
+
+
+async def test_a_report_is_handed_its_lines_a_page_at_a_time_not_held_whole(dynamo: DynamoServer) -> None:
+    """The store had no `scan_usage` of its own: the port's called `usage`, which held every item of every page, then
+    every line parsed and sorted, and handed the report all 1,500 lines in one list; its peak memory grew with the
+    lines (1.15 MB for 300, 5.12 MB for 1,500: a month of 300,000 about 1 GB, a whole 1024 MB Lambda). Now each page
+    is handed on as it comes, in batches of at most `LEDGER_BATCH`, and five times the lines peak at much the same."""
+    peaks = {}
+    for lines in (300, 1500):
+        store = open_store(dynamo.store_url(dynamo.create_table()))
+        assert isinstance(store, DynamoDBStore)
+        try:
+            store.page_size = 20  # (DynamoDB's 1 MB pages hold ~1,000 such lines: the queries hold 8 at most)
+            now = time.time()
+            seed_lines(dynamo, store, lines, now)
+            spec = parse_report(str(now - 7200), str(now + 1), "key")
+            report = ReportBuilder(spec, parse_views(["", "day,key"]))
+            sizes: list[int] = []
+
+            def consume(batch: list[LedgerItem], report: ReportBuilder = report, sizes: list[int] = sizes) -> None:
+                sizes.append(len(batch))
+                report.add(batch)
+
+            tracemalloc.start()
+            try:
+                await store.scan_usage(UsageQuery(None, spec.since, spec.until), consume)
+                peaks[lines] = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+        finally:
+            await store.close()
+        assert sum(sizes) == report.read == lines
+        assert max(sizes) <= LEDGER_BATCH, f"{max(sizes)} lines handed over at once (batches {sizes})"
+        (total,) = report.answer(None, "json")["views"][0]["data"]
+        assert total["requests"] == lines
+    assert peaks[1500] < 2 * peaks[300], f"peak {peaks[300]:,} B for 300 lines, {peaks[1500]:,} B for 1,500"
+
+
+async def test_a_report_whose_query_fails_fails_as_a_store_call_does(flaky: tuple[FlakyClient, DynamoDBStore]) -> None:
+    """The shards' queries run together: one refused ends the report with the store's error (a 503 to its caller),
+    not a group of errors the app knows nothing of (a 500)."""
+    client, store = flaky
+    items = [line(f"k{i}", 0.001) for i in range(3)]
+    for item in items:
+        await store.settle(Settlement(item.request_id, [], 0.0, [], item))
+    everything = UsageQuery(None, 0, time.time() + 1)
+    client.fail("Query", "ValidationException", 1)
+    with pytest.raises(StoreError):
+        await store.scan_usage(everything, lambda batch: None)
+    handed: list[LedgerItem] = []
+    await store.scan_usage(everything, handed.extend)
+    assert sorted(i.request_id for i in handed) == sorted(i.request_id for i in items)
 
 
 async def test_migrate_moves_lines_written_before_shards_into_reports(
