@@ -208,14 +208,25 @@ async def with_descendants(store: Store, key_id: str, root_home: str | None = No
     return found
 
 
+# Keys whose names a report reads at once (DynamoDB: a `GetItem` each, the key cache's misses).
+NAME_CONCURRENCY = 16
+
+
 async def key_names(lookup: Callable[[str], Awaitable[KeyRecord | None]], key_ids: Iterable[str]) -> dict[str, str]:
     """The names of the keys `key_ids`, for reports (a key deleted since has none), each with any key in it redacted:
-    a key named before such names were refused (`unkeyed_name`) showed it in every report grouped by key."""
-    names = {}
-    for key_id in set(key_ids):
-        record = await lookup(key_id)
-        names[key_id] = unkeyed(record.name) if record is not None else ""
-    return names
+    a key named before such names were refused (`unkeyed_name`) showed it in every report grouped by key.
+
+    Read `NAME_CONCURRENCY` at a time: read one after another (the key cache keeps a record 5 s, so nearly every
+    dashboard load reads them all again), 100 keys at 20 ms a read added 2.07 s to a report, in its turn."""
+    gate = asyncio.Semaphore(NAME_CONCURRENCY)
+
+    async def name_of(key_id: str) -> str:
+        async with gate:
+            record = await lookup(key_id)
+        return unkeyed(record.name) if record is not None else ""
+
+    ids = list(set(key_ids))
+    return dict(zip(ids, await asyncio.gather(*(name_of(key_id) for key_id in ids)), strict=True))
 
 
 class KeyAdmin:
