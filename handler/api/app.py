@@ -777,7 +777,7 @@ class GatewayApp:
         handler = self.direct.get(route_path(scope)) if scope["method"] == "POST" else None
         if handler is None:
             try:
-                await self.starlette(scope, receive, with_request_id(send, request_id, scope))
+                await self.starlette(scope, receive, with_answer_headers(send, request_id, scope))
             except asyncio.CancelledError:
                 if not self.state.gateway.stopping or scope["state"].get("answering"):
                     raise
@@ -812,19 +812,30 @@ class GatewayApp:
         await answer(request.scope, request.receive, send)
 
 
-def with_request_id(send: Any, request_id: str, scope: Any) -> Any:
-    """`send`, adding the request id to a response that does not carry it yet, and marking `scope`'s state once the
-    response has begun."""
+# On the answer to a request a key was read from, unless it says otherwise: only the client may keep it, and only as
+# long as it reads it. Such an answer is that key's (its report, budget, models, keys): a shared cache (a CDN, Varnish)
+# keeps none of a request sent with `Authorization` (RFC 9111 3.5), but knows nothing of `x-api-key`, and stored
+# `GET /v1/usage`'s answer by its URL, for the next tenant asking the same URL with its own key.
+KEYED_CACHE_CONTROL = (b"cache-control", b"private, no-store")
 
-    async def send_with_id(message: Any) -> None:
+
+def with_answer_headers(send: Any, request_id: str, scope: Any) -> Any:
+    """`send`, adding the request id to a response that does not carry it yet, and `KEYED_CACHE_CONTROL` to one that
+    names no `cache-control` of its own, where the request's key was read (`Api.authenticate`); marking `scope`'s
+    state once the response has begun."""
+
+    async def send_with_headers(message: Any) -> None:
         if message["type"] == "http.response.start":
-            scope["state"]["answering"] = True  # (a request cut by a shutdown from now on is cut, not answered)
+            state = scope["state"]
+            state["answering"] = True  # (a request cut by a shutdown from now on is cut, not answered)
             headers = message.setdefault("headers", [])
             if not any(name == b"x-request-id" for name, _ in headers):
                 headers.append((b"x-request-id", request_id.encode()))
+            if "lineage" in state and not any(name == b"cache-control" for name, _ in headers):
+                headers.append(KEYED_CACHE_CONTROL)
         await send(message)
 
-    return send_with_id
+    return send_with_headers
 
 
 class Settling:

@@ -206,6 +206,40 @@ def test_every_answer_carrying_a_secret_says_no_store(running: Running, mint: An
         assert answer.headers["cache-control"] == "no-store", answer.request.url
 
 
+def test_every_answer_to_a_keyed_request_is_the_clients_alone(running: Running, mint: Any) -> None:
+    """`GET /v1/usage` (JSON and CSV) and `GET /v1/key`, read with `x-api-key` as Anthropic's SDK sends it, came with
+    no `cache-control` and no `vary`: a shared cache keeps no answer to a request with `Authorization` (RFC 9111
+    3.5) but knows nothing of `x-api-key`, and could serve one tenant's spend, users and sessions to the next client
+    asking the same URL (found by review). Every answer to a request whose key was read is `private, no-store`
+    now, the admin routes' too; public answers are as they were, and a secret's stay `no-store`."""
+    tenant = mint(name="tenant-a")
+    admin = mint(admin=True, name="cache-admin")
+    tenant_id = (split_key(tenant) or ("", ""))[0]
+    keyed = {
+        "/v1/usage?group_by=key,user,session": {"x-api-key": tenant},
+        "/v1/usage?format=csv": {"x-api-key": tenant},
+        "/v1/key": {"x-api-key": tenant},
+        "/v1/models": headers(tenant),
+        "/v1/route?model=gpt-4o-mini": headers(tenant),
+        "/admin/usage?group_by=key": headers(admin),
+        "/admin/keys": headers(admin),
+        f"/admin/keys/{tenant_id}": headers(admin),
+        "/metrics": headers(admin),
+        "/health": headers(admin),
+        "/v1/responses/resp_unknown": headers(tenant),  # (an error answer to a keyed request too)
+    }
+    for path, sent in keyed.items():
+        answer = httpx.get(f"{running.url}{path}", headers=sent)
+        assert answer.status_code in (200, 404), (path, answer.text)
+        assert answer.headers.get("cache-control") == "private, no-store", (path, dict(answer.headers))
+    for path, cache in (("/health", None), ("/openapi.json", None), ("/dashboard", "no-cache")):
+        assert httpx.get(f"{running.url}{path}").headers.get("cache-control") == cache, path
+    refused = httpx.get(f"{running.url}/v1/usage", headers={"x-api-key": "gwk_nosuchkey_x"})
+    assert refused.status_code == 401 and "cache-control" not in refused.headers
+    created = httpx.post(f"{running.url}/admin/keys", headers=headers(admin), json={"name": "svc"})
+    assert created.status_code == 201 and created.headers["cache-control"] == "no-store"
+
+
 def test_an_expiry_too_far_off_is_a_clear_400_on_each_store(on_each_store: Running) -> None:
     """`expires_in_seconds: 1e200` made a key on SQLite and, on DynamoDB, a 503 `store_unavailable` "retry shortly"
     with `x-should-retry: true` (the key's TTL, a number DynamoDB cannot hold): the same 400 on both now, for a
