@@ -30,7 +30,9 @@ Failed sign-ins. Every token sent costs a store read (on DynamoDB, billed), and 
 address has `SIGN_IN_FAILURES` tries that fail a `SIGN_IN_WINDOW_SECONDS`, then a 429 with `retry-after` until its
 window ends, without a store read (`SignInFailures`; per process, so per worker and per Lambda environment). The
 address is the one the app checks keys' `allow_ips` against (`Api.client_ip`): the peer, or API Gateway's source IP
-on Lambda, and `X-Forwarded-For` only behind a proxy `gateway.trusted_proxies` names.
+on Lambda, and `X-Forwarded-For` only behind a proxy `gateway.trusted_proxies` names. Only a try that reaches the
+token's lookup is counted: one sent by another site's page (`cross_site`: a 403) or with a body the page never sends
+(a 400) costs no store read, and counted, it let any page open in the operator's browser lock the operator out.
 
 The page runs under `Content-Security-Policy: default-src 'self'` with no inline script or style, so a
 key name or model name shown on it cannot run as code; `form-action 'none'` keeps the key form from ever
@@ -46,6 +48,7 @@ import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TypeGuard
+from urllib.parse import urlsplit
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -53,11 +56,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from handler.dashboard.assets import ASSETS, PAGE
-from handler.errors import AuthenticationError, NotFoundError, RateLimitError
+from handler.errors import AuthenticationError, NotFoundError, PermissionDeniedError, RateLimitError
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import hash_secret
 from handler.ports import KeyRecord, Store
-from handler.redaction import unkeyed
+from handler.redaction import clipped, unkeyed
 
 SIGN_IN_SECONDS = 60
 SESSION_SECONDS = 8 * 3600
@@ -174,6 +177,24 @@ class SignInFailures:
             self._windows[source] = (window[0], window[1] - 1)
 
 
+def cross_site(request: Request) -> str | None:
+    """What says the request was sent by another site's page (None where nothing does): the browser's
+    `Sec-Fetch-Site` other than `same-origin`, or, from a browser that sends none, an `Origin` whose host is not the
+    one the request was sent to (`Host`). A client that is no browser sends neither, and is no page's to forge."""
+    fetched_from = request.headers.get("sec-fetch-site")
+    if fetched_from is not None:
+        return None if fetched_from == "same-origin" else f"a {clipped(fetched_from)} request (Sec-Fetch-Site)"
+    origin = request.headers.get("origin")
+    if origin is None:
+        return None
+    parts = urlsplit(origin)
+    host = request.headers.get("host", "")
+    default = {"http": ":80", "https": ":443"}.get(parts.scheme, "")
+    if parts.netloc and parts.netloc.lower() in (host.lower(), host.lower().removesuffix(default)):
+        return None
+    return f"a page of another origin ({clipped(origin)})"
+
+
 class SignIn(BaseModel):
     """The body of `POST /dashboard/sign-in`."""
 
@@ -210,10 +231,20 @@ class Dashboard:
         return Response(body, media_type=media_type, headers=SECURITY_HEADERS)
 
     async def sign_in(self, request: Request) -> Response:
-        """A sign-in link's token, once, for a session key (see the module docstring)."""
+        """A sign-in link's token, once, for a session key (see the module docstring). A try is counted against its
+        address only once it reaches the token's lookup: one another site's page sent (`cross_site`), or whose body
+        the page never sends (not JSON, no token), was counted first, and ten such form posts a minute, from any page
+        open in the operator's browser, kept the operator's own link out (a 429) for as long as the page stayed open.
+        The count and the lookup come with no wait between them, so tries sent at once are held to the bound."""
+        why = cross_site(request)
+        if why is not None:
+            raise PermissionDeniedError(
+                f"a sign-in comes from the dashboard's own page, not {why}: open the link `gateway dashboard` prints",
+                code="cross_site_request",
+            )
+        spec = await self.parse(request, SignIn, max_bytes=SIGN_IN_BYTES)
         source = sign_in_source(self.client_ip(request))
         self.sign_ins.start(source)
-        spec = await self.parse(request, SignIn, max_bytes=SIGN_IN_BYTES)
         key_id = await self.store.take_sign_in(hash_secret(spec.token))
         if key_id is None:
             raise AuthenticationError(

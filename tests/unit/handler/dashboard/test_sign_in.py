@@ -78,6 +78,59 @@ def test_the_eleventh_failed_sign_in_in_a_minute_is_a_429_without_a_store_read()
         assert answer.status_code == 200 and answer.json()["key"].startswith("gwk_")
 
 
+FORGED = b'{"token": "x"}'  # a hidden form's `enctype="text/plain"` body, which needs no CORS preflight
+
+
+def test_a_body_the_page_never_sends_is_not_counted_against_its_address() -> None:
+    """A try was counted before its body was read: ten form posts from another site's page open in the operator's
+    browser (each a 400 for its content type) were ten failures of the operator's address, and the operator's own
+    link, opened within the minute, a 429 (found by review). Only tries that reach the token's lookup count."""
+    gateway = build_gateway(store_url="sqlite://", environ={})
+    asked = counting_reads(gateway)
+    with TestClient(create_app(gateway), client=("198.51.100.7", 50000)) as browser:
+        for _ in range(2 * SIGN_IN_FAILURES):
+            plain = browser.post("/dashboard/sign-in", content=FORGED, headers={"content-type": "text/plain"})
+            assert plain.status_code == 400, plain.text
+            assert browser.post("/dashboard/sign-in", json={}).status_code == 400
+        assert asked == []
+        own = sign_in(browser, link_token(gateway))
+        assert own.status_code == 200, own.text
+        for number in range(SIGN_IN_FAILURES):  # tries that reach the lookup count, as before
+            assert sign_in(browser, f"made-up-{number}").status_code == 401
+        assert sign_in(browser, "made-up-more").status_code == 429
+
+
+def test_a_sign_in_another_sites_page_sent_is_refused_before_it_is_counted() -> None:
+    """What a browser says of a request's sender (`Sec-Fetch-Site`, else `Origin` against the host it was sent to)
+    refuses another site's (403 `cross_site_request`) before its body is read or its try counted; the dashboard's own
+    page signs in, from a browser from before `Sec-Fetch-Site` too."""
+    gateway = build_gateway(store_url="sqlite://", environ={})
+    asked = counting_reads(gateway)
+    with TestClient(create_app(gateway), client=("198.51.100.7", 50000), base_url="http://127.0.0.1:8080") as browser:
+        for sent_by in (
+            {"origin": "https://elsewhere.example", "sec-fetch-site": "cross-site"},
+            {"origin": "https://app.gateway.example", "sec-fetch-site": "same-site"},
+            {"origin": "https://elsewhere.example"},  # (a browser from before Sec-Fetch-Site)
+            {"origin": "null"},  # (a sandboxed frame's)
+        ):
+            for body in (
+                {"content": FORGED, "headers": {"content-type": "text/plain", **sent_by}},
+                {"json": {"token": "made-up"}, "headers": sent_by},
+            ):
+                for _ in range(SIGN_IN_FAILURES):
+                    forged = browser.post("/dashboard/sign-in", **body)
+                    assert forged.status_code == 403, forged.text
+                    assert forged.json()["error"]["code"] == "cross_site_request"
+        assert asked == []
+        for sent_by in (
+            {"origin": "http://127.0.0.1:8080", "sec-fetch-site": "same-origin"},
+            {"origin": "http://127.0.0.1:8080"},
+        ):
+            own = browser.post("/dashboard/sign-in", json={"token": link_token(gateway)}, headers=sent_by)
+            assert own.status_code == 200, own.text
+            assert own.json()["key"].startswith("gwk_")
+
+
 def test_a_sign_in_that_succeeds_is_not_counted_against_its_address() -> None:
     gateway = build_gateway(store_url="sqlite://", environ={})
     with TestClient(create_app(gateway), client=("198.51.100.1", 50000)) as operator:
