@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from handler.api.report_gate import ReportGate
 from handler.dashboard.line_items import LineListing, Spend, parse_page, this_month
-from handler.dashboard.reports import ReportBuilder, parse_report, parse_views
+from handler.dashboard.reports import ReportBuilder, parse_report, parse_top, parse_views
 from handler.errors import InvalidRequestError, KeyChangedError, NotFoundError, PermissionDeniedError
 from handler.pipeline.attribution import line_tags, stored_tags, validate_tags
 from handler.pipeline.budgets import period_of
@@ -522,19 +522,24 @@ class KeyRoutes:
         if page is not None:
             return await self._listing(request, caller, key_ids, recordless, LineListing(spec, page))
         views = parse_views(params.getlist("view"))
+        top = parse_top(params.get("top"))
         shape = params.get("format") or "json"
         if shape not in ("json", "csv"):
             raise InvalidRequestError(f"format must be json or csv, not '{shape}'", param="format")
         if shape == "csv" and views:
             raise InvalidRequestError("view is for the JSON format: a CSV holds one table", param="view")
+        if shape == "csv" and top is not None:
+            raise InvalidRequestError("top is for the JSON format: a CSV holds every row", param="top")
         by_key = any("key" in groups for groups in (spec.group_by, *views))
-        report = ReportBuilder(spec, views or None)
+        report = ReportBuilder(spec, views or None, top)
         async with self.reports.turn(caller):
             await self.gateway.store.scan_usage(UsageQuery(key_ids, spec.since, spec.until), report.add)
             if recordless is not None and not report.read:
                 raise NotFoundError(
                     f"{no_such_key(recordless)} (nor any usage of it in the window)", code="not_found", param="key"
                 )
+            if top is not None:
+                await asyncio.to_thread(report.fold)
             names = await key_names(self.gateway.keys.lookup, report.key_ids) if by_key else None
             answer = await asyncio.to_thread(report.answer, names, shape)
         if isinstance(answer, str):
@@ -555,6 +560,10 @@ class KeyRoutes:
         if params.getlist("view"):
             raise InvalidRequestError(
                 "view groups the lines: not beside group_by=request, which lists them", param="view"
+            )
+        if params.get("top"):
+            raise InvalidRequestError(
+                "top ranks groups of lines: not beside group_by=request, which lists them", param="top"
             )
         shape = params.get("format") or "json"
         if shape not in ("json", "csv"):

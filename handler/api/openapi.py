@@ -267,6 +267,14 @@ USAGE_PARAMETERS = [
         "style": "form",
         "explode": True,
     },
+    {
+        "name": "top",
+        "in": "query",
+        "required": False,
+        "description": "each grouping keeps its N groups of most spend (over the window, its days summed), the rest "
+        "summed in `other` rows whose groups but `day` are null (one a day, or one), `folded` counting them; JSON only",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+    },
 ]
 KEY_VIEW = {"$ref": "#/components/schemas/KeyView"}
 LISTING = {"$ref": "#/components/schemas/List"}

@@ -103,6 +103,17 @@ def parse_group_by(text: str | None, name: str = "group_by") -> list[str]:
 
 
 MAX_VIEWS = 8
+MAX_TOP = 1000
+
+
+def parse_top(text: str | None) -> int | None:
+    """`top=N` (1 to `MAX_TOP`): each grouping of the answer keeps its N groups of most spend, the rest folded into
+    `other` rows (`Sums.fold`); None without it."""
+    if text is None or text == "":
+        return None
+    if not (len(text) <= 4 and text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_TOP):
+        raise InvalidRequestError(f"top must be a whole number from 1 to {MAX_TOP}", param="top")
+    return int(text)
 
 
 def parse_views(texts: list[str]) -> list[list[str]]:
@@ -331,14 +342,21 @@ def line_figures(item: LedgerItem) -> tuple[Any, ...]:
     )
 
 
-class Sums:
-    """One grouping's rows, summed line by line (`add`), as `aggregate` answers them once done (`rows`)."""
+# Where a row's `cost_usd` and `fee_usd` are among its figures (a group's spend, for `Sums.fold`).
+COST_AT, FEE_AT = list(FIGURES).index("cost_usd"), list(FIGURES).index("fee_usd")
 
-    __slots__ = ("group_by", "sums")
+
+class Sums:
+    """One grouping's rows, summed line by line (`add`), as `aggregate` answers them once done (`rows`); with
+    `fold`, its groups of least spend summed into `other` rows."""
+
+    __slots__ = ("group_by", "sums", "others", "folded")
 
     def __init__(self, group_by: list[str]) -> None:
         self.group_by = group_by
         self.sums: dict[tuple[str, ...], list[Any]] = {}
+        self.others: dict[str, list[Any]] = {}  # the folded groups' sums, by day ("" without `day`)
+        self.folded = 0  # how many groups `others` holds
 
     def add(self, item: LedgerItem, figures: tuple[Any, ...]) -> None:
         """Add a line's `line_figures` to its group's row."""
@@ -348,18 +366,63 @@ class Sums:
             sums = self.sums[group] = list(FIGURES.values())
         sums[:] = map(operator.add, sums, figures)
 
+    def fold(self, top: int) -> None:
+        """Keep the `top` groups of most spend and sum the others into one row a day (one in all without `day`),
+        their groups but `day` None: the `other` rows. A group is its values but the day, ranked by its spend
+        (`total_usd`) over every day of the window, as the dashboard ranks its series, ties by its values; `day`
+        alone is never folded. A view by day and key holds a row per key a day (some 340 bytes): 200 keys spending
+        daily made the dashboard's 90 days 6.8 MB, past what a buffered Lambda function can answer, though the page
+        draws 8 series and lists 10 keys."""
+        ranked_at = [at for at, group in enumerate(self.group_by) if group != "day"]
+        if not ranked_at:
+            return
+        spend: dict[tuple[str, ...], Decimal] = {}
+        for group, sums in self.sums.items():
+            ranked = tuple(group[at] for at in ranked_at)
+            spend[ranked] = spend.get(ranked, NO_USD) + sums[COST_AT] + sums[FEE_AT]
+        if len(spend) <= top:
+            return
+        kept = set(sorted(spend, key=lambda ranked: (-spend[ranked], ranked))[:top])
+        day_at = self.group_by.index("day") if "day" in self.group_by else None
+        for group in [group for group in self.sums if tuple(group[at] for at in ranked_at) not in kept]:
+            sums = self.sums.pop(group)
+            day = "" if day_at is None else group[day_at]
+            other = self.others.get(day)
+            if other is None:
+                self.others[day] = sums
+            else:
+                other[:] = map(operator.add, other, sums)
+        self.folded += len(spend) - top
+
     def rows(self, names: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-        """One row per group (one row in all without groups), sorted by group values; a row grouped by key carries
-        the key's name (`names`, by id) beside its id."""
+        """One row per group (one row in all without groups), sorted by group values, then the `other` rows by day
+        (`fold`); a row grouped by key carries the key's name (`names`, by id) beside its id."""
+        named = names if "key" in self.group_by else None
         rows = []
         for group in sorted(self.sums):
             row: dict[str, Any] = dict(zip(self.group_by, group, strict=True))
-            if "key" in self.group_by and names is not None:
-                row["key_name"] = names.get(row["key"], "")
-            row.update(zip(FIGURES, self.sums[group], strict=True))
-            row["total_usd"] = row["cost_usd"] + row["fee_usd"]
-            rows.append(row)
+            if named is not None:
+                row["key_name"] = named.get(row["key"], "")
+            rows.append(self._figures(row, self.sums[group]))
+        for day in sorted(self.others):
+            row = {group: day if group == "day" else None for group in self.group_by}
+            if named is not None:
+                row["key_name"] = None
+            rows.append(self._figures(row, self.others[day]))
         return rows
+
+    @staticmethod
+    def _figures(row: dict[str, Any], sums: list[Any]) -> dict[str, Any]:
+        row.update(zip(FIGURES, sums, strict=True))
+        row["total_usd"] = row["cost_usd"] + row["fee_usd"]
+        return row
+
+    def key_ids(self) -> set[str]:
+        """The keys its rows name (none, unless grouped by key)."""
+        if "key" not in self.group_by:
+            return set()
+        at = self.group_by.index("key")
+        return {group[at] for group in self.sums}
 
 
 def aggregate(
@@ -384,10 +447,14 @@ def report_object(
     tag_names: Iterable[str],
     rows: list[dict[str, Any]],
     views: list[tuple[list[str], list[dict[str, Any]]]] | None = None,
+    folded: list[int] | None = None,
+    top: int | None = None,
 ) -> dict[str, Any]:
     """A report as JSON, the same on every surface (`gateway usage --format json`, `/v1/usage`, `/admin/usage`):
     its window, groups and filter, the tag names its lines carry, their latency percentiles (`times`, `latency`'s)
-    and the rows; and with `views` (`parse_views`), each one's groups and rows, in the order asked."""
+    and the rows; and with `views` (`parse_views`), each one's groups and rows, in the order asked. With `top`
+    (`parse_top`), it and each grouping's count of groups `folded` into its `other` rows (the report's first, then
+    each view's)."""
     report: dict[str, Any] = {
         "object": "list",
         "since": spec.since,
@@ -399,8 +466,15 @@ def report_object(
         "tag_names": sorted({unkeyed(name) for name in tag_names}),
         "data": as_json(rows),
     }
+    counts = iter(folded or [])
+    if top is not None:
+        report["top"] = top
+        report["folded"] = next(counts)
     if views is not None:
         report["views"] = [{"group_by": groups, "data": as_json(view)} for groups, view in views]
+        if top is not None:
+            for view, count in zip(report["views"], counts, strict=True):
+                view["folded"] = count
     return report
 
 
@@ -415,9 +489,10 @@ class ReportBuilder:
     garbage collector walks, on every thread's time) made the process stand still for a second at a time. Its
     `views` (`parse_views`) are summed in the same pass."""
 
-    def __init__(self, spec: ReportSpec, views: list[list[str]] | None = None) -> None:
+    def __init__(self, spec: ReportSpec, views: list[list[str]] | None = None, top: int | None = None) -> None:
         self.spec = spec
         self.views = views
+        self.top = top  # (`parse_top`: `fold` keeps each grouping's groups of most spend)
         self.sums = [Sums(spec.group_by), *(Sums(groups) for groups in views or [])]
         self.times = Times()
         self.tag_names: set[str] = set()
@@ -438,13 +513,23 @@ class ReportBuilder:
                 self.tag_names.update(item.tags)
             self.key_ids.add(item.key_id)
 
+    def fold(self) -> None:
+        """Once every line is in: each grouping's groups past `top` folded into its `other` rows (`Sums.fold`), and
+        `key_ids` those the rows still name (only their names are read)."""
+        if self.top is None:
+            return
+        for sums in self.sums:
+            sums.fold(self.top)
+        self.key_ids = set().union(*(sums.key_ids() for sums in self.sums))
+
     def answer(self, names: Mapping[str, str] | None, shape: str) -> str | dict[str, Any]:
         """The CSV text (`shape` "csv"), or the JSON object (`report_object`, with the views if any were asked)."""
         rows = self.sums[0].rows(names)
         if shape == "csv":
             return to_csv(rows, columns(self.spec.group_by, names))
         views = None if self.views is None else [(s.group_by, s.rows(names)) for s in self.sums[1:]]
-        return report_object(self.spec, self.times.summary(), self.tag_names, rows, views)
+        folded = [sums.folded for sums in self.sums]
+        return report_object(self.spec, self.times.summary(), self.tag_names, rows, views, folded, self.top)
 
 
 def usd_display(value: Decimal) -> str:

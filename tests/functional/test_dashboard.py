@@ -17,18 +17,25 @@ from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
+import orjson
 import pytest
 
 from adapters.store import open_store
 from adapters.store.records import ledger_to_json
+from handler.api.answer_size import AnswerLimit
+from handler.api.app import Settling, create_app
+from handler.entry.adapter import lambda_adapter
 from handler.entry.cli import main as cli_main
+from handler.pipeline.gateway import build_gateway
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService, hash_secret, split_key
-from handler.ports import Admission, Settlement
+from handler.ports import Admission, KeyRecord, Settlement
 from tests.functional.conftest import Running, openai_client, start_gateway
 from tests.support.browser import Browser, Image, Page, chromium_missing, decode_png
+from tests.support.events import event
 from tests.support.servers import ServerThread
 from tests.unit.adapters.store.test_contract import line
 
@@ -919,3 +926,170 @@ def test_views_answer_each_grouping_of_one_report(known: Running) -> None:
         refused = httpx.get(f"{known.url}/admin/usage", params=params, headers=headers(admin))
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "view", refused.text
         assert why in refused.json()["error"]["message"]
+    for params, why in (
+        ({"top": "5", "format": "csv"}, "top is for the JSON format"),
+        ({"top": "0"}, "top must be a whole number from 1 to 1000"),
+        ({"group_by": "request", "top": "5"}, "top ranks groups of lines: not beside group_by=request"),
+    ):
+        refused = httpx.get(f"{known.url}/admin/usage", params=params, headers=headers(admin))
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "top", refused.text
+        assert why in refused.json()["error"]["message"]
+
+
+# --- many keys: the page's top groups and "other" ---------------------------------------------------------------
+
+MANY = 30  # keys, each with its own user: past the page's `TOP` (20), so the gateway folds the rest
+
+
+@pytest.fixture
+def many(upstream: tuple[ServerThread, dict[str, Any]], tmp_path: Path) -> Iterator[Running]:
+    """A gateway whose ledger holds `MANY` client keys' lines over the last three days, key `n` (and its user `u<n>`)
+    spending `n + 1` thousandths a line, written straight into its SQLite file."""
+    path = tmp_path / "many.db"
+    running, server = start_gateway(upstream, f"sqlite:///{path}")
+    ids = [(split_key(running.mint(name=f"svc-{n:02d}")) or ("", ""))[0] for n in range(MANY)]
+    now = time.time()
+    items = [
+        replace(line(key_id, 0.001 * (n + 1), ts=now - 86400 * day - 60, model=f"m{n % 9}"), user=f"u{n:02d}")
+        for n, key_id in enumerate(ids)
+        for day in range(3)
+    ]
+    with sqlite3.connect(path, timeout=30) as db:
+        db.executemany(
+            "INSERT INTO ledger (key_id, ts, request_id, data, cost_source) VALUES (?, ?, ?, ?, ?)",
+            [(i.key_id, i.ts, i.request_id, ledger_to_json(i), i.cost_source) for i in items],
+        )
+    db.close()
+    yield running
+    server.stop()
+
+
+@pytest.mark.skipif(chromium_missing() is not None, reason=chromium_missing() or "")
+def test_a_page_of_many_keys_shows_the_top_ones_and_the_rest_as_other(many: Running) -> None:
+    """The page asks for the groups it shows (`top`), and the gateway sums the rest in "other" rows: its legends, its
+    top keys and its breakdown show what they showed from every row, the rest counted and summed as before."""
+    admin = many.mint(admin=True, name="dashboard-many")
+    with Browser() as browser:
+        page = browser.new_page()
+        page.goto(f"{many.url}/dashboard")
+        loads = page.mark()
+        assert sign_in(page, admin) == "ready"
+        window = page.evaluate("({...document.getElementById('report').dataset})")
+        key_chart = chart_geometry(page, "chart-key")
+        model_chart = chart_geometry(page, "chart-model")
+        keys_shown = page.evaluate(
+            """({
+                rows: [...document.querySelectorAll('#top-keys tbody tr')].map((tr) => [...tr.cells].map(
+                    (td) => td.textContent)),
+                footer: [...document.querySelectorAll('#all-keys td')].map((td) => td.textContent),
+            })"""
+        )
+        users = breakdown_shown(page, "user")
+        reports = [u for u in page.activity(since=loads).requests if "/admin/usage" in u]
+        activity = page.activity(since=loads)
+
+    def every(group_by: str) -> list[dict[str, Any]]:
+        params = {"since": window["since"], "until": window["until"], "group_by": group_by}
+        answer = httpx.get(f"{many.url}/admin/usage", params=params, headers=headers(admin))
+        assert answer.status_code == 200
+        rows: list[dict[str, Any]] = answer.json()["data"]
+        return sorted(rows, key=lambda r: (-r["total_usd"], r[group_by] if group_by else ""))
+
+    assert all("top=20" in u for u in reports) and not any(u.endswith("/admin/keys") for u in activity.requests)
+    by_key = every("key")
+    assert key_chart["legend"] == expected_legend(by_key, "key", lambda k: f"{r_name(by_key, k)} · {k}")
+    assert model_chart["legend"] == expected_legend(every("model"), "model", lambda m: m)
+    top, rest = by_key[:10], by_key[10:]
+    assert [row[0] for row in keys_shown["rows"]] == [
+        *(f"{r['key_name']} · {r['key']}" for r in top),
+        f"{MANY - 10} other keys",
+    ]
+    assert keys_shown["rows"][-1][-1] == usd_text(sum(r["total_usd"] for r in rest))
+    assert keys_shown["footer"][0] == f"All keys ({MANY})"
+    by_user = every("user")
+    assert [row[0] for row in users] == [*(r["user"] for r in by_user[:20]), None]
+    assert users[-1][1] == f"{MANY - 20} others" and users[-1][-2] == usd_text(
+        sum(r["total_usd"] for r in by_user[20:])
+    )
+    assert not activity.failed_requests and not activity.exceptions and not activity.console_errors, activity
+
+
+def r_name(rows: list[dict[str, Any]], key_id: str) -> str:
+    """The name a report's row by key gives `key_id`."""
+    return str(next(row["key_name"] for row in rows if row["key"] == key_id))
+
+
+# --- a dashboard load on the buffered Lambda function ------------------------------------------------------------
+
+SPENDING_KEYS = 200
+DAYS = 90
+
+
+def dashboard_query(now: float, top: bool = True) -> str:
+    """The query string `dashboard.js` sends for "Last 90 days" (`periodWindow`, `reportParams`, `VIEWS`, `TOP`); with
+    `top` False, the one it sent before asking for its top groups."""
+    today = now // 86400 * 86400
+    since = time.strftime("%Y-%m-%d", time.gmtime(today - (DAYS - 1) * 86400))
+    params: list[tuple[str, str]] = [("since", since), ("until", str(now))]
+    if top:
+        (size,) = re.findall(r"\bconst TOP = (\d+);", asset("dashboard.js"))
+        params.append(("top", size))
+    params += [("group_by", "model"), *(("view", view) for view in ("", "day,model", "day,key", "key"))]
+    return urlencode(params)
+
+
+def test_the_dashboards_90_days_of_200_keys_spending_daily_are_answered_on_lambda() -> None:
+    """A load is one report whose `day,key` view held a row per key per day (about 340 bytes each), though the page
+    draws 8 series and lists 10 keys: 200 keys spending on each of 90 days made the answer 6.8 MB, a 413 on the
+    buffered Lambda function (`ApiEndpoint`, whose answers are at most 6 MB), and the page showed "Could not load
+    usage: 413" and no figures (found by review). It asks for its `top` groups now, the rest in `other` rows: a few
+    hundred kilobytes, whatever the number of keys."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        gateway = build_gateway(store_url="sqlite://", environ={})
+
+        async def keys() -> tuple[str, list[str]]:
+            admin = KeyRecord(id="", name="ops", secret_hash="", created_at=0, admin=True)
+            minted = [await KeyAdmin(gateway.keys).mint(admin)]
+            for number in range(SPENDING_KEYS):
+                template = KeyRecord(id="", name=f"service-{number:03d}", secret_hash="", created_at=0)
+                minted.append(await KeyAdmin(gateway.keys).mint(template))
+            return minted[0].key, [m.record.id for m in minted[1:]]
+
+        admin, ids = loop.run_until_complete(keys())
+        now = time.time()
+        today = now // 86400 * 86400
+        rows = []
+        for day in range(DAYS):
+            for number, key_id in enumerate(ids):
+                model = ("gpt-4o-mini", "claude-sonnet-4")[number % 2]
+                item = line(key_id, 0.0001 * (number + 1), ts=today - day * 86400 + 60, model=model)
+                rows.append((key_id, item.ts, item.request_id, ledger_to_json(item), "provider"))
+        gateway.store.db.executemany(
+            "INSERT INTO ledger (key_id, ts, request_id, data, cost_source) VALUES (?, ?, ?, ?, ?)", rows
+        )
+        limit = AnswerLimit()
+        handler = lambda_adapter(Settling(create_app(gateway, limit), gateway, limit))
+        answers = {
+            top: handler(event("GET", "/admin/usage", key=admin, query=dashboard_query(now, top)), None)
+            for top in (False, True)
+        }
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    before, now_asked = answers[False], answers[True]
+    assert before["statusCode"] == 413 and "request_too_large" in before["body"], before["body"][:300]
+    assert now_asked["statusCode"] == 200, now_asked["body"][:300]
+    assert len(now_asked["body"]) < 1_000_000, f"{len(now_asked['body']):,} bytes"
+    body = orjson.loads(now_asked["body"])
+    overall, by_day_model, by_day_key, by_key = body["views"]
+    (total,) = overall["data"]
+    assert total["requests"] == SPENDING_KEYS * DAYS
+    # The 20 keys of most spend (the last minted), each day; the other 180 in one row a day.
+    top = [ids[-n] for n in range(1, 21)]
+    assert {row["key"] for row in by_key["data"]} == {*top, None} and by_key["folded"] == SPENDING_KEYS - 20
+    assert {row["key_name"] for row in by_key["data"] if row["key"]} == {f"service-{n:03d}" for n in range(180, 200)}
+    assert len(by_day_key["data"]) == 21 * DAYS and by_day_key["folded"] == SPENDING_KEYS - 20
+    assert sum(row["requests"] for row in by_day_key["data"]) == SPENDING_KEYS * DAYS
+    assert by_day_model["folded"] == 0 and len(by_day_model["data"]) == 2 * DAYS

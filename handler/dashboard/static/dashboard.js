@@ -11,6 +11,10 @@
   const PALETTE = ["#2b6cb0", "#dd6b20", "#2f855a", "#c53030", "#6b46c1", "#b7791f", "#00838f", "#d53f8c"];
   const OTHER_COLOUR = "#8a94a3";
   const TOP_KEYS = 10;
+  // The groups of each grouping the page asks for (`top`): its 7 coloured series, its 10 top keys, the breakdown's
+  // 20 rows; the gateway sums the rest in an "other" row (a day), so an answer stays small however many keys, users
+  // or sessions spend (a row per key a day, of every key, made 90 days past what Lambda can answer at 200 keys).
+  const TOP = 20;
   const DAY_MS = 86400000;
 
   const $ = (id) => document.getElementById(id);
@@ -120,7 +124,7 @@
   }
 
   function reportParams(period, groupBy, views) {
-    const params = new URLSearchParams({ since: period.since, until: period.until });
+    const params = new URLSearchParams({ since: period.since, until: period.until, top: String(TOP) });
     if (groupBy) params.set("group_by", groupBy);
     for (const view of views) params.append("view", view);
     for (const [name, value] of Object.entries(period.filter)) if (value) params.set(name, value);
@@ -225,27 +229,25 @@
     const period = periodWindow(Number($("period").value));
     const breakdown = $("breakdown").value;
     try {
-      const [body, keys, health] = await Promise.all([
-        report(period, breakdown, VIEWS, mine),
-        api("admin/keys").then((answer) => answer.data),
-        api("health"),
-      ]);
+      const [body, health] = await Promise.all([report(period, breakdown, VIEWS, mine), api("health")]);
       if (mine !== generation) return;
       const [overall, byDayModel, byDayKey, byKey] = body.views;
       const total = overall.data;
-      const names = new Map(keys.map((k) => [k.id, k.name]));
+      // The keys' names as the report gives them (the keys it shows: not every key of the store, as a listing would).
+      const names = new Map();
+      for (const row of [...byKey.data, ...byDayKey.data]) if (row.key_name) names.set(row.key, row.key_name);
       const keyLabel = (id) => (names.has(id) ? names.get(id) + " · " + id : id);
       const section = $("report");
       section.dataset.since = period.since;
       section.dataset.until = period.until;
       renderPending(health.pending_settlements || 0);
       renderTotals(total[0] || null);
-      stackedBars($("chart-model"), period.days, byDayModel.data, "model", (m) => m);
-      stackedBars($("chart-key"), period.days, byDayKey.data, "key", keyLabel);
-      renderTopKeys(byKey.data, total[0] || null, keyLabel);
+      stackedBars($("chart-model"), period.days, byDayModel, "model", (m) => m);
+      stackedBars($("chart-key"), period.days, byDayKey, "key", keyLabel);
+      renderTopKeys(byKey, total[0] || null, keyLabel);
       renderLatency(body.latency);
       renderBreakdownChoices(body.tag_names || [], breakdown);
-      renderBreakdown(body.data, breakdown);
+      renderBreakdown(body, breakdown);
       section.dataset.filter = JSON.stringify(period.filter);
       section.hidden = false;
       shown = period;
@@ -270,7 +272,7 @@
     try {
       const body = await report(period, breakdown, [], mine);
       if (mine !== generation) return;
-      renderBreakdown(body.data, breakdown);
+      renderBreakdown(body, breakdown);
       showFigures("fresh");
       ready(period);
     } catch (error) {
@@ -341,16 +343,34 @@
     select.value = [...select.options].some((o) => o.value === selected) ? selected : "model";
   }
 
-  function renderBreakdown(rows, field) {
+  // A grouping's rows (`grouping.data`, the report's or a view's) apart from its "other" rows, whose `field` is null:
+  // the `folded` groups past the `TOP` the gateway kept (none from a gateway that answers no `folded`, whose rows are
+  // each a group of its own).
+  function splitOther(grouping, field) {
+    const named = grouping.data.filter((row) => row[field] !== null);
+    const other = grouping.data.filter((row) => row[field] === null);
+    return { named, other, folded: grouping.folded || 0 };
+  }
+
+  function sumRows(rows) {
+    const sum = { ...ZERO, estimated_cost_requests: 0, reserved_cost_requests: 0 };
+    for (const row of rows) for (const field of Object.keys(sum)) sum[field] += row[field] || 0;
+    return sum;
+  }
+
+  function renderBreakdown(answer, field) {
     $("breakdown-name").textContent = field.startsWith("tag:") ? "Tag " + field.slice(4) : field[0].toUpperCase() + field.slice(1);
-    const ranked = [...rows].sort((a, b) => b.total_usd - a.total_usd || byText(a[field], b[field]));
+    const { named, other, folded } = splitOther(answer, field);
+    const ranked = named.sort((a, b) => b.total_usd - a.total_usd || byText(a[field], b[field]));
     const body = $("breakdown-table").tBodies[0];
     body.replaceChildren();
-    for (const row of ranked) {
-      const tr = el("tr", { "data-value": row[field] });
+    const rest = other.length ? [{ ...sumRows(other), label: `${count(folded)} other${folded === 1 ? "" : "s"}` }] : [];
+    for (const row of [...ranked, ...rest]) {
+      const tr = row.label === undefined ? el("tr", { "data-value": row[field] }) : el("tr", { "data-other": String(folded) });
       const saved = el("td", { class: row.cache_savings_usd < 0 ? "saved negative" : "saved" }, usd(row.cache_savings_usd));
+      const label = row.label !== undefined ? row.label : row[field] === "" ? "(none)" : row[field];
       tr.append(
-        el("td", { class: "text" }, row[field] === "" ? "(none)" : row[field]),
+        el("td", { class: "text" }, label),
         el("td", {}, count(row.requests)),
         el("td", {}, count(row.input_tokens)),
         el("td", {}, count(row.cached_tokens)),
@@ -362,7 +382,7 @@
       );
       body.append(tr);
     }
-    if (!ranked.length) {
+    if (!ranked.length && !rest.length) {
       const tr = el("tr");
       tr.append(el("td", { class: "text", colspan: "9" }, "No requests in this period"));
       body.append(tr);
@@ -371,20 +391,24 @@
 
   // --- stacked bars ------------------------------------------------------------------------
 
-  // The largest series get a colour each; the rest share one bar segment, "other".
-  function seriesOf(rows, field) {
+  // The largest series get a colour each; the rest share one bar segment, "other": those past the palette, and the
+  // groups the gateway folded (`splitOther`), whose rows are the "other" segment's too.
+  function seriesOf(answer, field) {
+    const { named, other, folded } = splitOther(answer, field);
     const sums = new Map();
-    for (const row of rows) sums.set(row[field], (sums.get(row[field]) || 0) + row.total_usd);
+    for (const row of named) sums.set(row[field], (sums.get(row[field]) || 0) + row.total_usd);
     const ranked = [...sums.entries()].sort((a, b) => b[1] - a[1] || byText(String(a[0]), String(b[0])));
-    const shown = ranked.length > PALETTE.length ? PALETTE.length - 1 : ranked.length;
+    const crowded = ranked.length > PALETTE.length || other.length > 0;
+    const shown = crowded ? Math.min(ranked.length, PALETTE.length - 1) : ranked.length;
     const series = ranked.slice(0, shown).map(([name, sum], i) => ({ name, sum, colour: PALETTE[i], members: [name] }));
-    if (ranked.length > shown) {
+    if (crowded) {
       const rest = ranked.slice(shown);
       series.push({
         name: null,
-        sum: rest.reduce((s, [, v]) => s + v, 0),
+        sum: rest.reduce((s, [, v]) => s + v, 0) + other.reduce((s, row) => s + row.total_usd, 0),
         colour: OTHER_COLOUR,
-        members: rest.map(([name]) => name),
+        members: [...rest.map(([name]) => name), null],
+        count: rest.length + folded,
       });
     }
     return series;
@@ -405,8 +429,9 @@
     return "$" + groupThousands(whole) + "." + trimmed;
   }
 
-  function stackedBars(container, days, rows, field, labelOf) {
-    const series = seriesOf(rows, field);
+  function stackedBars(container, days, answer, field, labelOf) {
+    const rows = answer.data;
+    const series = seriesOf(answer, field);
     const seriesOfName = new Map();
     for (const s of series) for (const m of s.members) seriesOfName.set(m, s);
 
@@ -475,7 +500,7 @@
     const legend = el("ul", { class: "legend" });
     for (const s of series) {
       const item = el("li");
-      const label = s.name === null ? `other (${s.members.length})` : labelOf(s.name);
+      const label = s.name === null ? `other (${s.count})` : labelOf(s.name);
       item.append(swatch(s.colour), el("span", { class: "name" }, label), el("span", { class: "sum" }, usd(s.sum)));
       legend.append(item);
     }
@@ -502,8 +527,9 @@
     return tr;
   }
 
-  function renderTopKeys(rows, total, keyLabel) {
-    const ranked = [...rows].sort((a, b) => b.total_usd - a.total_usd || byText(a.key, b.key));
+  function renderTopKeys(answer, total, keyLabel) {
+    const { named, other, folded } = splitOther(answer, "key");
+    const ranked = named.sort((a, b) => b.total_usd - a.total_usd || byText(a.key, b.key));
     const body = $("top-keys").tBodies[0];
     body.replaceChildren();
     for (const row of ranked.slice(0, TOP_KEYS)) {
@@ -512,18 +538,15 @@
       body.append(tr);
     }
     const rest = ranked.slice(TOP_KEYS);
-    if (rest.length) {
-      const other = { ...ZERO };
-      for (const row of rest) for (const field of Object.keys(ZERO)) other[field] += row[field];
-      body.append(keyRow(`${rest.length} other keys`, other));
-    }
+    const others = rest.length + folded;
+    if (others) body.append(keyRow(`${count(others)} other keys`, sumRows([...rest, ...other])));
     if (!ranked.length) {
       const tr = el("tr");
       tr.append(el("td", { class: "text", colspan: "8" }, "No requests in this period"));
       body.append(tr);
     }
     const foot = $("top-keys").tFoot;
-    const all = keyRow(`All keys (${ranked.length})`, total || ZERO);
+    const all = keyRow(`All keys (${count(ranked.length + folded)})`, total || ZERO);
     all.id = "all-keys";
     foot.replaceChildren(all);
 

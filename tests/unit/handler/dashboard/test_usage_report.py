@@ -21,6 +21,7 @@ from handler.dashboard.reports import (
     latency,
     latency_table,
     parse_report,
+    parse_top,
     parse_views,
     parse_when,
     report_json,
@@ -251,3 +252,66 @@ def test_a_report_grouped_by_key_reads_its_keys_names_a_few_at_a_time() -> None:
     assert answer.status_code == 200, answer.text
     assert sorted(row["key_name"] for row in answer.json()["data"]) == sorted(f"svc-{n}" for n in range(100))
     assert most[0] == NAME_CONCURRENCY, f"at most {most[0]} of the 100 names read at once"
+
+
+def test_top_keeps_each_groupings_groups_of_most_spend_and_folds_the_rest_into_other_rows() -> None:
+    """`top=N`: each grouping keeps the N groups of most spend over the window (its days summed, as the dashboard
+    ranks its series) with the rows `aggregate` makes of them, and sums the rest into one `other` row a day (one in
+    all without `day`), its groups but the day None, `folded` counting them. Only the kept keys are named."""
+    day = 86400
+    items = [
+        line(key, cost, ts=1_800_000_000 + day * d, model=model)
+        for d, key, cost, model in [
+            (0, "a", 0.5, "m1"),
+            (1, "a", 0.5, "m2"),
+            (0, "b", 0.3, "m1"),
+            (1, "b", 0.4, "m1"),
+            (0, "c", 0.2, "m2"),
+            (1, "d", 0.1, "m1"),
+            (1, "e", 0.1, "m3"),
+        ]
+    ]
+    spec = parse_report("2020-01-01", "2030-01-01", "key")
+    views = [[], ["day", "key"], ["day"], ["model", "key"]]
+    report = ReportBuilder(spec, views, top=2)
+    report.add(items[:3])
+    report.add(items[3:])
+    report.fold()
+    assert report.key_ids == {"a", "b"}
+    answer = report.answer({"a": "alpha", "b": "beta"}, "json")
+    assert isinstance(answer, dict) and answer["top"] == 2
+
+    def other(groups: list[str], kept: set[str], on: str | None = None) -> dict[str, object]:
+        rest = [i for i in items if i.key_id not in kept and (on is None or i.day == on)]
+        (row,) = aggregate(rest, [])
+        named = {"key_name": None} if "key" in groups else {}
+        values = {g: (on if g == "day" else None) for g in groups}
+        return {**values, **named, **as_json([row])[0]}
+
+    names = {"a": "alpha", "b": "beta"}
+    assert answer["data"] == [*as_json(aggregate(items[:4], ["key"], names)), other(["key"], {"a", "b"})]
+    assert answer["folded"] == 3
+    (overall, by_day_key, by_day, by_model_key) = answer["views"]
+    assert overall == {"group_by": [], "data": as_json(aggregate(items, [])), "folded": 0}
+    assert by_day == {"group_by": ["day"], "data": as_json(aggregate(items, ["day"])), "folded": 0}
+    days = sorted({i.day for i in items})
+    kept_rows = as_json(aggregate(items[:4], ["day", "key"], names))
+    assert by_day_key["data"] == [*kept_rows, *(other(["day", "key"], {"a", "b"}, d) for d in days)]
+    assert by_day_key["folded"] == 3
+    # By model and key: (m1, b) spends 0.7, then (m1, a) and (m2, a) 0.5 each (their values order them); four folded.
+    assert [(r["model"], r["key"]) for r in by_model_key["data"]] == [("m1", "a"), ("m1", "b"), (None, None)]
+    assert by_model_key["folded"] == 4
+    assert sum(r["requests"] for r in by_model_key["data"]) == len(items)
+    # Fewer groups than `top`: nothing folded, the rows as without it.
+    wide = ReportBuilder(spec, None, top=1000)
+    wide.add(items)
+    wide.fold()
+    assert wide.answer(None, "json")["data"] == as_json(aggregate(items, ["key"]))
+
+
+@pytest.mark.parametrize("top", ["0", "1001", "-1", "ten", "2.5", "\u0663", "1" * 5000])
+def test_top_is_a_whole_number_from_1_to_1000(top: str) -> None:
+    with pytest.raises(InvalidRequestError, match="top must be a whole number from 1 to 1000") as refused:
+        parse_top(top)
+    assert refused.value.param == "top"
+    assert parse_top("1") == 1 and parse_top("1000") == 1000 and parse_top(None) is None and parse_top("") is None
