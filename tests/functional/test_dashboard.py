@@ -690,6 +690,57 @@ def test_gateway_dashboard_opens_the_page_signed_in_once_and_the_token_stays_out
     assert token not in logged.out + logged.err and session_key not in logged.out + logged.err
 
 
+# The gateway's answer to a revocation while its store is unavailable (`StoreError` is answered 503), for as long as
+# `window.refusing` holds.
+REFUSED_REVOCATION = """(() => { const sent = window.fetch; window.refusing = true;
+    window.fetch = async (...args) => {
+        if (!window.refusing || !String(args[0]).endsWith('/revoke')) return sent(...args);
+        return new Response(JSON.stringify({error: {message: 'the store is unavailable', type: 'api_error',
+            code: 'store_unavailable'}}), {status: 503, headers: {'content-type': 'application/json'}});
+    }; })()"""
+
+
+@pytest.mark.skipif(chromium_missing() is not None, reason=chromium_missing() or "")
+def test_sign_out_claims_no_revocation_the_gateway_refused_and_tries_again(
+    known: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ "Sign out" dropped the session key from the tab and said "Signed out; the session is revoked." whatever the
+    revocation answered: refused (a 503 while the store throttles, a 409, a 502 from a gateway in between) or lost,
+    the 8-hour admin session lived on, said revoked, and the operator could not try again (found by review). Now the
+    page keeps the key, says the session was not revoked, and the next "Sign out" revokes it."""
+    admin = known.mint(admin=True, name="sign-out-admin")
+    link = dashboard_link(known, capsys, "--key", (split_key(admin) or ("", ""))[0])
+    with Browser() as browser:
+        page = browser.new_page()
+        page.goto(link)
+        page.wait_for("['ready', 'link-refused'].includes(document.documentElement.dataset.state)")
+        assert page.evaluate("document.documentElement.dataset.state") == "ready"
+        session_key = page.evaluate("sessionStorage.getItem('gateway.dashboard.adminKey')")
+        page.evaluate(REFUSED_REVOCATION)
+        page.evaluate("document.getElementById('sign-out').click()")
+        page.wait_for("['signed-out', 'sign-out-failed'].includes(document.documentElement.dataset.state)")
+        refused = page.evaluate(
+            "({state: document.documentElement.dataset.state, status: document.getElementById('status').textContent,"
+            " kept: sessionStorage.getItem('gateway.dashboard.adminKey'),"
+            " figures: !document.getElementById('report').hidden})"
+        )
+        still_live = httpx.get(f"{known.url}/v1/key", headers=headers(session_key))
+
+        page.evaluate("window.refusing = false")  # the store is back
+        page.evaluate("document.getElementById('sign-out').click()")
+        page.wait_for("['signed-out', 'sign-out-failed'].includes(document.documentElement.dataset.state)")
+        retried = page.evaluate(
+            "({state: document.documentElement.dataset.state, status: document.getElementById('status').textContent,"
+            " kept: sessionStorage.length})"
+        )
+    assert still_live.status_code == 200, "the revocation was refused: the session key still works"
+    assert refused["state"] == "sign-out-failed" and refused["kept"] == session_key and refused["figures"], refused
+    assert refused["status"].startswith("Not signed out: the session was not revoked (503 store_unavailable"), refused
+    assert retried == {"state": "signed-out", "status": "Signed out; the session is revoked.", "kept": 0}
+    after = httpx.get(f"{known.url}/v1/key", headers=headers(session_key))
+    assert after.status_code == 401 and after.json()["error"]["code"] == "key_revoked"
+
+
 def test_a_sign_in_link_is_refused_once_expired_or_for_a_key_no_longer_admin(
     known: Running, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -591,6 +591,63 @@
     return false;
   }
 
+  // --- signing out ---------------------------------------------------------------------------
+
+  // A session a sign-in link made is revoked, not just forgotten: a copy of it elsewhere stops working too. It is
+  // forgotten only once the gateway says it is revoked (or that it has ended already): one whose revocation was
+  // refused (the store unavailable, a 409, a gateway in between failing) or never arrived lives on for hours, so the
+  // page keeps it, says so, and "Sign out" tries again. A key typed in is the operator's own, and only forgotten.
+  async function signOut() {
+    const session = sessionStorage.getItem(SESSION_ID);
+    generation++;
+    if (!session) {
+      forget("Key forgotten.");
+      return;
+    }
+    const button = $("sign-out");
+    button.disabled = true;
+    setState("signing-out", "Revoking the session…");
+    let failure = null;
+    try {
+      const response = await fetch("admin/keys/" + encodeURIComponent(session) + "/revoke", {
+        method: "POST",
+        headers: { authorization: "Bearer " + adminKey() },
+        cache: "no-store",
+        credentials: "omit",
+        referrerPolicy: "no-referrer",
+      });
+      if (response.status === 401) {
+        forget("Signed out; the session had ended already.");  // (revoked, or expired: no key works with it)
+        return;
+      }
+      if (!response.ok) {
+        let error = {};
+        try {
+          error = (await response.json()).error || {};
+        } catch (_) {
+          error = {};
+        }
+        failure = `${response.status} ${error.code || "http_" + response.status}: ${error.message || response.statusText}`;
+      }
+    } catch (error) {
+      failure = `the gateway did not answer (${error})`;
+    } finally {
+      button.disabled = false;
+    }
+    if (failure === null) {
+      forget("Signed out; the session is revoked.");
+      return;
+    }
+    setState("sign-out-failed", `Not signed out: the session was not revoked (${failure}); it still works. ` +
+      "Sign out again to retry.", true);
+  }
+
+  function forget(message) {
+    sessionStorage.removeItem(STORAGE_KEY);
+    sessionStorage.removeItem(SESSION_ID);
+    showSignIn(message);
+  }
+
   // --- wiring ------------------------------------------------------------------------------
 
   async function begin() {
@@ -626,28 +683,7 @@
       load();
     });
     $("refresh").addEventListener("click", load);
-    $("sign-out").addEventListener("click", async () => {
-      // A session a sign-in link made is revoked, not just forgotten: a copy of it elsewhere stops working too.
-      // A key typed in is the operator's own, and only forgotten.
-      const session = sessionStorage.getItem(SESSION_ID);
-      generation++;
-      if (session) {
-        try {
-          await fetch("admin/keys/" + encodeURIComponent(session) + "/revoke", {
-            method: "POST",
-            headers: { authorization: "Bearer " + adminKey() },
-            cache: "no-store",
-            credentials: "omit",
-            referrerPolicy: "no-referrer",
-          });
-        } catch (_) {
-          // Offline: the session still ends on its own when it expires.
-        }
-      }
-      sessionStorage.removeItem(STORAGE_KEY);
-      sessionStorage.removeItem(SESSION_ID);
-      showSignIn(session ? "Signed out; the session is revoked." : "Key forgotten.");
-    });
+    $("sign-out").addEventListener("click", signOut);
     begin();
   }
 
