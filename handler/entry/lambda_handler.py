@@ -10,10 +10,11 @@ the config does not name, the API models' validators.
 
 SnapStart: before the snapshot every front-end is imported, the request path primed (handler/entry/priming.py),
 and every validator and the router the cold start left to first use built (so a restored environment's first
-invocation does no more than a warm one); the upstream connections are closed; after a restore they are opened
-afresh and the key cache is emptied (a snapshot can be restored hours after it was
-taken), the provider keys held in SSM or Secrets Manager are read again, AWS credentials from a role fetched afresh
-and `random` seeded anew. The hooks come from the Lambda runtime's `snapshot_restore_py`, absent elsewhere.
+invocation does no more than a warm one); the upstream connections are closed, their sockets with them (the snapshot
+holds no socket and no timer: `Http1Transport.aclose`); after a restore they are opened afresh and the key cache is
+emptied (a snapshot can be restored hours after it was taken), the provider keys held in SSM or Secrets Manager are
+read again, AWS credentials from a role fetched afresh and `random` seeded anew. The hooks come from the Lambda
+runtime's `snapshot_restore_py`, absent elsewhere.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def _before_snapshot() -> None:
     app.starlette  # noqa: B018 - the router the cold start leaves to first use (see GatewayApp)
     gc.collect()  # the snapshot keeps no garbage, and what the validators built lives on: frozen with the rest
     gc.freeze()
-    _loop.run_until_complete(gateway.upstream.aclose())
+    _loop.run_until_complete(gateway.upstream.aclose())  # (it returns once their sockets are closed, TLS ones too)
 
 
 def _after_restore() -> None:
