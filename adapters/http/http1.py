@@ -67,6 +67,9 @@ READABLE = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 # wire before it (a peer's idle close arrives within a round trip); one later came from a peer that held the
 # request, as a proxy's idle timeout in front of a slow origin does: not sent again.
 STALE_CLOSE_S = 1.0
+# How long `Http1Transport.aclose` waits for the connections it aborted to be gone: their sockets close on the loop's
+# next iteration, so this bounds only a loop that runs late, never a wait for the peer.
+CLOSE_WAIT_S = 1.0
 
 
 class Limits(Value):
@@ -118,6 +121,7 @@ class Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.opened_at = time.monotonic()  # (its age bounds its reuse: `Http1Transport.lifetime_seconds`)
         self.poller: Any = None  # a `select.poll` on the socket, for the check before reuse
+        self.gone: asyncio.Future[None] = loop.create_future()  # done once the connection is lost, its socket closed
         self._reset()
 
     def _reset(self) -> None:
@@ -180,6 +184,8 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if not self.gone.done():
+            self.gone.set_result(None)
         if self.head_done.done() and not self.complete and not self.framed and self.error is None and exc is None:
             self.complete = True  # a body delimited by the connection's end
             self._wake()
@@ -339,6 +345,14 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def abort(self) -> None:
+        """Close at once, owing the peer nothing (an idle connection: no answer is due either way). Over TLS `close`
+        only starts the TLS shutdown (close_notify, then a wait for the peer's under a 30 s timer), which keeps the
+        socket open until a later run of the loop; an abort closes it on the loop's next iteration."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
 
 class Http1Stream(httpx.AsyncByteStream):
     """An answer's body; closing it returns the connection to its pool (or closes it)."""
@@ -481,11 +495,15 @@ class OriginPool:
         connection.idle_since = time.monotonic()
         self.idle.append(connection)
 
-    def close(self) -> None:
+    def close(self) -> list[Connection]:
+        """Abort the idle connections (`Connection.abort`): those aborted, whose end is still to come."""
+        aborted = []
         while self.idle:
             connection = self.idle.pop()
             if not self.loop.is_closed():
-                connection.close()
+                connection.abort()
+                aborted.append(connection)
+        return aborted
 
 
 class Http1Transport(httpx.AsyncBaseTransport):
@@ -625,9 +643,19 @@ class Http1Transport(httpx.AsyncBaseTransport):
         return b"%s %s%s\r\n%s%s" % (method, pool.forward_prefix, line, authorization, fields)
 
     async def aclose(self) -> None:
+        """Close the pooled connections, and return once their sockets are closed (those of this loop's pools; at
+        most `CLOSE_WAIT_S`). Over TLS a close returned with the socket open, its TLS shutdown and its 30 s timer
+        left to a loop run still to come: before a SnapStart snapshot none comes, and every environment restored
+        from it held the socket (handler/entry/lambda_handler.py)."""
         pools, self._pools = self._pools, {}
+        loop = asyncio.get_running_loop()
+        gone = []
         for pool in pools.values():
-            pool.close()
+            aborted = pool.close()
+            if pool.loop is loop:
+                gone += [connection.gone for connection in aborted if not connection.gone.done()]
+        if gone:
+            await asyncio.wait(gone, timeout=CLOSE_WAIT_S)
 
 
 def request_head(

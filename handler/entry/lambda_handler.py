@@ -10,10 +10,11 @@ the config does not name, the API models' validators.
 
 SnapStart: before the snapshot every front-end is imported, the request path primed (handler/entry/priming.py),
 and every validator and the router the cold start left to first use built (so a restored environment's first
-invocation does no more than a warm one); the upstream connections are closed; after a restore they are opened
-afresh and the key cache is emptied (a snapshot can be restored hours after it was
-taken), the provider keys held in SSM or Secrets Manager are read again, AWS credentials from a role fetched afresh
-and `random` seeded anew. The hooks come from the Lambda runtime's `snapshot_restore_py`, absent elsewhere.
+invocation does no more than a warm one); the upstream connections are closed, their sockets with them (the snapshot
+holds no socket and no timer: `Http1Transport.aclose`); after a restore they are opened afresh and the key cache is
+emptied (a snapshot can be restored hours after it was taken), the provider keys held in SSM or Secrets Manager are
+read again, AWS credentials from a role fetched afresh and `random` seeded anew. The hooks come from the Lambda
+runtime's `snapshot_restore_py`, absent elsewhere.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ _loop = asyncio.new_event_loop()
 asyncio.set_event_loop(_loop)
 ON_LAMBDA = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
 FLUSH_SECONDS = 2.0  # the most a span export may add to an invocation
+# What the flush leaves of the invocation's time: the handler's return and the runtime's posting of the answer (the
+# JSON of a 6 MB answer alone took 30-70 ms on the development machine). Lambda kills an invocation at its Timeout,
+# the answer with it, already charged.
+FLUSH_MARGIN_MS = 250
 
 if ON_LAMBDA and os.environ.get("GATEWAY_WARM", "on") != "off":
     _loop.run_until_complete(gateway.warm())
@@ -79,7 +84,7 @@ def _before_snapshot() -> None:
     app.starlette  # noqa: B018 - the router the cold start leaves to first use (see GatewayApp)
     gc.collect()  # the snapshot keeps no garbage, and what the validators built lives on: frozen with the rest
     gc.freeze()
-    _loop.run_until_complete(gateway.upstream.aclose())
+    _loop.run_until_complete(gateway.upstream.aclose())  # (it returns once their sockets are closed, TLS ones too)
 
 
 def _after_restore() -> None:
@@ -108,7 +113,25 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if gateway.background:  # the app raised before its own drain
         _loop.run_until_complete(gateway.drain())
     if gateway.tracer is not None:
-        # Sent before the environment can be frozen, waited for at most FLUSH_SECONDS whatever the collector does;
-        # what is not sent by then goes with a later export (docs/observability.md: OpenTelemetry on Lambda).
-        gateway.tracer.flush(FLUSH_SECONDS)
+        # Sent before the environment can be frozen, waited for at most FLUSH_SECONDS whatever the collector does,
+        # and never into the time the answer needs to leave; what is not sent by then goes with a later export
+        # (docs/observability.md: OpenTelemetry on Lambda).
+        bound = flush_bound(context)
+        if bound > 0:
+            gateway.tracer.flush(bound)
     return response
+
+
+def flush_bound(context: Any) -> float:
+    """How long the span flush may wait: FLUSH_SECONDS, and no longer than the invocation's remaining time less
+    FLUSH_MARGIN_MS (0 or less: nothing left, no flush). A request's deadline keeps back 1.5 s for its settlement and
+    answer (`LAMBDA_MARGIN_MS`), less than FLUSH_SECONDS: an answer that ended near it, followed by a slow collector,
+    returned past the function's Timeout, where Lambda killed it, and the client had API Gateway's bare 5xx for an
+    answer charged and written to the ledger."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if remaining is None:  # (not Lambda's context: a test's, a local runner's)
+        return FLUSH_SECONDS
+    try:
+        return min(FLUSH_SECONDS, (float(remaining()) - FLUSH_MARGIN_MS) / 1000)
+    except (TypeError, ValueError):
+        return FLUSH_SECONDS

@@ -243,9 +243,9 @@ SLACK_MS = 500  # what the deadline's 503 may take beyond it (a fresh interprete
 
 
 @contextmanager
-def silent_store() -> Iterator[str]:
-    """A DynamoDB endpoint that accepts connections and never answers (the kernel completes the handshakes; nothing
-    reads): its URL."""
+def silent_endpoint() -> Iterator[str]:
+    """An endpoint (a DynamoDB, a provider, a trace collector) that accepts connections and never answers (the kernel
+    completes the handshakes; nothing reads): its URL."""
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(64)
@@ -327,6 +327,27 @@ def replay(
     return [json.loads(line) for line in run.stdout.splitlines()]
 
 
+def test_the_span_flush_after_an_answer_at_the_deadline_is_bound_by_the_function_s_timeout(tmp_path: Path) -> None:
+    """A provider that never answers, then a trace collector that never answers: the 504 came at the request's
+    deadline (the invocation's 4 s less 1.5 s), charged and its ledger line written, and the span flush after it
+    waited its whole 2 s (`FLUSH_SECONDS`), past the 1.5 s left: the handler returned at 4.5 s, where Lambda kills the
+    invocation at 4 s and the client gets API Gateway's bare 5xx for an answer it was charged for. Now the flush ends
+    by the invocation's remaining time less its margin (`FLUSH_MARGIN_MS`, 250 ms). Found by review."""
+    store_url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    asyncio.run(budgeted_sample_key(store_url))
+    with silent_endpoint() as provider, silent_endpoint() as collector:
+        config = openai_config(tmp_path, provider)
+        traced = {"otlp": {"endpoint": collector, "schedule_delay_ms": 600_000}}  # (only the flush sends)
+        config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "observability": traced}))
+        [result] = replay([EVENTS / "chat-completions-ok.json"], config, store_url, TIMEOUT_MS)
+    assert result["status"] == 504, result  # the gateway's own answer...
+    assert json.loads(result["body"])["error"]["code"] == "upstream_timeout", result
+    assert result["headers"]["x-request-id"].startswith("req_"), result
+    assert result["ledger_lines"] == 1 and result["unsettled"] == 0, result  # ...charged (the provider may have run it)
+    # The handler returned before the function's timeout, the flush having waited what the invocation could spare.
+    assert TIMEOUT_MS - 500 < result["ms"] < TIMEOUT_MS, result["ms"]
+
+
 def with_deadline(tmp_path: Path, name: str, ms: int) -> Path:
     """The event `name` with `x-gateway-deadline-ms: ms`."""
     event = json.loads((EVENTS / f"{name}.json").read_text())
@@ -356,7 +377,7 @@ def test_a_store_that_never_answers_is_a_503_by_the_request_s_deadline(
     or the header's."""
     server, _ = upstream
     config = openai_config(tmp_path, server.url)
-    with silent_store() as endpoint:
+    with silent_endpoint() as endpoint:
         store_url = f"dynamodb://gateway?region=us-east-1&endpoint_url={endpoint}"
         if bound == "invocation":
             results = replay([EVENTS / f"{name}.json" for name in KEY_LOOKUPS], config, store_url, TIMEOUT_MS)

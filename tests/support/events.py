@@ -1,9 +1,11 @@
 """Writes `events/*.json`: one API Gateway HTTP API (v2) event per route and case.
 
-Run `python -m tests.support.events` after changing a case; the tests replay every file and check that each is
-what this module writes. The events carry a sample key, `SAMPLE_KEY`, and the admin routes' events a sample admin
-key, `SAMPLE_ADMIN_KEY`, that only the replay tests seed into their store; `sam local invoke` users put real keys
-in their place (docs/deploying.md).
+Run `python -m tests.support.events` after changing a case; the tests replay every file, in the order of `CASES`,
+and check that each is what this module writes, and that every route docs/interface.md lists has one. The events
+carry a sample key, `SAMPLE_KEY`, and the admin routes' events a sample admin key, `SAMPLE_ADMIN_KEY`; those of the
+routes that administer one key name a third, `SAMPLE_OTHER_KEY_ID`, which they show, retag, rotate and then revoke.
+Only the replay tests seed the three into their store; `sam local invoke` users put real keys and a real key id in
+their place (docs/deploying.md).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ SAMPLE_KEY = f"gwk_{SAMPLE_KEY_ID}_{SAMPLE_SECRET}"
 SAMPLE_ADMIN_KEY_ID = "samp1eadmevt"
 SAMPLE_ADMIN_SECRET = "sample-admin-secret-for-local-events-only-never-in-production"
 SAMPLE_ADMIN_KEY = f"gwk_{SAMPLE_ADMIN_KEY_ID}_{SAMPLE_ADMIN_SECRET}"
+SAMPLE_OTHER_KEY_ID = "samp1eothevt"
+SAMPLE_OTHER_SECRET = "sample-other-secret-for-local-events-only-never-in-production"
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 
 
@@ -83,6 +87,8 @@ ANTHROPIC_CLIENT = {"x-api-key": SAMPLE_KEY, "anthropic-version": "2023-06-01", 
 CASES: dict[str, dict[str, Any]] = {
     "health": event("GET", "/health", key=None),
     "models": event("GET", "/v1/models"),
+    "models-show": event("GET", "/v1/models/gpt-4o-mini"),
+    "route": event("GET", "/v1/route", query="model=gpt-4o-mini"),
     "chat-completions-ok": event("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HI}),
     "chat-completions-stream": event(
         "POST",
@@ -125,6 +131,7 @@ CASES: dict[str, dict[str, Any]] = {
     "responses-stream": event("POST", "/v1/responses", {"model": "gpt-4o-mini", "input": "Say hello.", "stream": True}),
     "responses-get-unknown": event("GET", "/v1/responses/resp_0123456789abcdef"),
     "responses-delete-unknown": event("DELETE", "/v1/responses/resp_0123456789abcdef"),
+    "responses-input-items-unknown": event("GET", "/v1/responses/resp_0123456789abcdef/input_items"),
     "messages-bad-key": event(
         "POST",
         "/v1/messages",
@@ -151,9 +158,29 @@ CASES: dict[str, dict[str, Any]] = {
     "usage-bad-group-by": event("GET", "/v1/usage", query="group_by=colour"),
     "admin-keys-list": event("GET", "/admin/keys", key=SAMPLE_ADMIN_KEY),
     "admin-keys-not-admin": event("GET", "/admin/keys"),
+    # A root key good for an hour, with a $1 budget: `sam local invoke` with a real admin key creates one in the table.
+    "admin-keys-create": event(
+        "POST",
+        "/admin/keys",
+        {"name": "sample-created", "models": ["gpt-4o-mini"], "budget_usd": 1.0, "expires_in_seconds": 3600},
+        key=SAMPLE_ADMIN_KEY,
+    ),
+    "admin-keys-show": event("GET", f"/admin/keys/{SAMPLE_OTHER_KEY_ID}", key=SAMPLE_ADMIN_KEY),
+    "admin-keys-retag": event(
+        "PATCH", f"/admin/keys/{SAMPLE_OTHER_KEY_ID}", {"tags": {"team": "samples"}}, key=SAMPLE_ADMIN_KEY
+    ),
+    "admin-keys-rotate": event(
+        "POST", f"/admin/keys/{SAMPLE_OTHER_KEY_ID}/rotate", {"grace_seconds": 3600}, key=SAMPLE_ADMIN_KEY
+    ),
+    "admin-keys-revoke": event("POST", f"/admin/keys/{SAMPLE_OTHER_KEY_ID}/revoke", key=SAMPLE_ADMIN_KEY),
     "admin-usage": event("GET", "/admin/usage", key=SAMPLE_ADMIN_KEY, query="group_by=key"),
     "admin-usage-unknown-key": event("GET", "/admin/usage", key=SAMPLE_ADMIN_KEY, query="key=nosuchkeyid"),
     "metrics": event("GET", "/metrics", key=SAMPLE_ADMIN_KEY, headers={"accept": "text/plain"}),
+    "openapi": event("GET", "/openapi.json", key=None),
+    "dashboard": event("GET", "/dashboard", key=None, headers={"accept": "text/html"}),
+    "dashboard-static": event("GET", "/dashboard/static/dashboard.js", key=None, headers={"accept": "*/*"}),
+    # A token no `gateway dashboard` issued (a link's works once): the 401 a used or expired link gets.
+    "dashboard-sign-in-expired": event("POST", "/dashboard/sign-in", {"token": "a-token-never-issued"}, key=None),
 }
 
 

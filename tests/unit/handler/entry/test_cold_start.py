@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import ssl
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.bench.run import mint_key
+from tests.support.servers import SocketServer
+from tests.support.tls import self_signed
 
 ROOT = Path(__file__).resolve().parents[4]
 
 
 def start_up_environment(tmp_path: Path, **environ: str) -> dict[str, str]:
     """An environment's start-up: the embedded store in `tmp_path`, no connection warming, not on Lambda;
-    `environ` added."""
-    env = {**os.environ, "GATEWAY_STORE": f"sqlite:///{tmp_path / 'gateway.db'}", "GATEWAY_WARM": "off", **environ}
+    `environ` added (over those)."""
+    env = {**os.environ, "GATEWAY_STORE": f"sqlite:///{tmp_path / 'gateway.db'}", "GATEWAY_WARM": "off"}
     env.pop("AWS_LAMBDA_FUNCTION_NAME", None)
-    return env
+    return {**env, **environ}
 
 
 def started(code: str, tmp_path: Path, **environ: str) -> Any:
@@ -172,6 +178,90 @@ def test_environments_restored_from_one_snapshot_draw_different_random_numbers(t
     the restore hook seeded it afresh, as AWS's SnapStart guide asks."""
     first, second = started(RESTORED_TWICE, tmp_path)
     assert first != second
+
+
+# On Lambda (init opens a connection to each model's nearest deployment), SnapStart's hooks before the snapshot, run
+# as Lambda's runtime runs them; then the process's sockets connected to the provider's port (its descriptors'
+# inodes looked up in the kernel's TCP tables), and the timers the environment's loop holds.
+SNAPSHOT_SOCKETS = """
+import json, os
+import snapshot_restore_py
+import handler.entry.lambda_handler as entry
+
+def to_provider(port):
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[9] in inodes:
+                    found += 1
+    return found
+
+port = int(os.environ["PROVIDER_PORT"])
+at_init = to_provider(port)
+for hook, args, kwargs in snapshot_restore_py.get_before_snapshot():
+    hook(*args, **kwargs)
+timers = [repr(timer) for timer in entry._loop._scheduled if not timer.cancelled()]
+print(json.dumps({"at_init": at_init, "in_snapshot": to_provider(port), "timers": timers}))
+"""
+
+
+def idle_provider(tls: ssl.SSLContext | None, ended: threading.Event) -> Callable[[socket.socket], None]:
+    """A provider that takes a connection (over TLS with `tls`) and holds it, saying nothing, until `ended`: a TLS
+    close from its client waits on it for the peer's close_notify."""
+
+    def serve(raw: socket.socket) -> None:
+        try:
+            conn = tls.wrap_socket(raw, server_side=True) if tls is not None else raw
+        except OSError:
+            raw.close()
+            return
+        with conn:
+            ended.wait()
+
+    return serve
+
+
+@pytest.mark.parametrize("scheme", ["https", "http"])
+def test_a_snapstart_snapshot_holds_no_connection_to_a_provider_nor_its_timer(scheme: str, tmp_path: Path) -> None:
+    """The hook before the snapshot closed the connections init opened with `run_until_complete(aclose())`: a TLS
+    close only starts the TLS shutdown (close_notify, then the peer's, under a 30 s timer), and the loop stopped
+    before it ran, so the snapshot held the socket to an https provider and the shutdown's timer, and every
+    environment restored from it inherited them. Found by review."""
+    certificate = self_signed(tmp_path)
+    ended = threading.Event()
+    provider = SocketServer(idle_provider(certificate.server_context() if scheme == "https" else None, ended))
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"providers:\n  p: {{type: openai, api_key: env:P_KEY, base_url: '{scheme}://127.0.0.1:{provider.port}/v1'}}\n"
+        "models:\n  m: {deployments: [{provider: p, model: m}], price: {input: 1, output: 1}}\n"
+    )
+    try:
+        state = started(
+            SNAPSHOT_SOCKETS,
+            tmp_path,
+            AWS_LAMBDA_FUNCTION_NAME="GatewayFunction",  # on Lambda: init opens the connections
+            GATEWAY_WARM="on",
+            GATEWAY_CONFIG=str(config),
+            P_KEY="sk-test",
+            SSL_CERT_FILE=str(certificate.cert),
+            PROVIDER_PORT=str(provider.port),
+        )
+    finally:
+        ended.set()
+        provider.close()
+    assert state["at_init"] == 1, state  # init opened one connection to the provider...
+    assert state["in_snapshot"] == 0, state  # ...which the hook closed before the snapshot
+    assert state["timers"] == [], state
 
 
 # Which front-ends (handler.api.route_table.FRONT_ENDS) an entry point's start-up imports.
