@@ -984,7 +984,7 @@ class Pipeline(Charges):
                         # from every key.
                         breakers.success(label)
                         break
-                    breakers.failure(label, err.upstream_status == 429)
+                    breakers.failure(label, err.rate_limited)
                     wait = self._retry_wait(ex, err) if retry < retries else None
                     if wait is not None:
                         retry += 1
@@ -1015,7 +1015,7 @@ class Pipeline(Charges):
             # half-open breaker's one probe): refused as `_plan` refuses, the reservation released unspent.
             raise self.gateway.router.shed(plan) or ServiceUnavailableError("every deployment's breaker is open")
         failure = last
-        if all(err.upstream_status == 429 for err in failed) and not skipped:
+        if all(err.rate_limited for err in failed) and not skipped:
             # (One skipped for other failures: not every one rate-limited.)
             waits = [err.retry_after for err in failed if err.retry_after is not None]
             headers = {"retry-after": str(max(1, math.ceil(min(waits))) if waits else UNNAMED_WAIT_S)}
@@ -1064,7 +1064,7 @@ class Pipeline(Charges):
         at most `MAX_RETRY_WAIT_S`, ending before the request's deadline (one past it was waited, the deadline cut
         it, and the next deployment was never tried)."""
         wait = err.retry_after
-        if err.upstream_status != 429 or wait is None or wait > MAX_RETRY_WAIT_S:
+        if not err.rate_limited or wait is None or wait > MAX_RETRY_WAIT_S:
             return None
         return wait if ex.ends_at is None or time.perf_counter() + wait < ex.ends_at else None
 
