@@ -502,9 +502,10 @@ class Pipeline(Charges):
             async with gate:
                 within = None if ex.ends_at is None else ex.ends_at - time.perf_counter()
                 response = await self.gateway.upstream.send(built.request, within=within)
+                if response.status >= 400:
+                    body = await response.read_error()
+                    raise error_answer(attempt.adapter.error, response.status, body, response.headers)
                 body = await response.read()
-            if response.status >= 400:
-                raise error_answer(attempt.adapter.error, response.status, body, response.headers)
             return attempt.adapter.embeddings_response(body, part, attempt.target)
 
         outcomes = await asyncio.gather(*(one(part, built) for part, built in rest), return_exceptions=True)
@@ -929,7 +930,7 @@ class Pipeline(Charges):
                         response = await self.gateway.upstream.send(built.request, within=within)
                     if response.status >= 400:
                         ex.inflight_status = response.status  # (cut while its body is read: an error, not billed)
-                        body = await response.read()
+                        body = await response.read_error()
                         raise error_answer(attempt.adapter.error, response.status, body, response.headers)
                     result = await accept(attempt, response)
                 except UpstreamError as err:

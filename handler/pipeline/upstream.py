@@ -23,7 +23,8 @@ transport: a redirect (3xx, never followed: `upstream_redirect`), a protocol swi
 status (`upstream_protocol_error`), headers or a body beyond the bounds (`upstream_headers_too_large`,
 `upstream_body_too_large`), a connection closed in order after the whole request went out and before any answer
 (`upstream_disconnected`: billable, as a stall is, where a reset or a refused connection is `connect_error`, free);
-the overall deadline passing is an `UpstreamTimeoutError` (504).
+the overall deadline passing is an `UpstreamTimeoutError` (504). An error answer is the provider's own, whatever its
+body: read to its first `ERROR_BODY_BYTES` (`read_error`), never billable.
 """
 
 from __future__ import annotations
@@ -108,6 +109,45 @@ class UpstreamResponse:
             ) from exc
         finally:
             await self.close()
+
+    async def read_error(self) -> bytes:
+        """An error answer's body to its first `ERROR_BODY_BYTES`, whatever its length and the bound on a whole
+        answer (`gateway.limits.upstream_body_bytes`): the rest is left unread (its connection closed). The answer is
+        closed after. The provider bills no error answer, so neither does a failure while it is read: a stall is a
+        timeout, a break an upstream failure, each with the status the provider answered and failed over."""
+        stream = self._stream
+        try:
+            if isinstance(stream, Http1Stream):
+                body = await stream.first(ERROR_BODY_BYTES)
+            else:
+                body = await self._read_first(ERROR_BODY_BYTES)
+        except httpx.TimeoutException as exc:  # (`DeadlineExceeded` among them)
+            raise UpstreamTimeoutError(
+                f"upstream answered {self.status} and stalled while sending its body",
+                upstream_status=self.status,
+                retryable=True,
+                outcome="upstream_timeout",
+                billable=False,
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(
+                f"upstream answered {self.status} and its connection failed mid-body ({type(exc).__name__})",
+                upstream_status=self.status,
+                retryable=True,
+            ) from exc
+        finally:
+            await self.close()
+        return body[:ERROR_BODY_BYTES]
+
+    async def _read_first(self, limit: int) -> bytes:
+        parts = []
+        size = 0
+        async for chunk in self._stream:
+            size += len(chunk)
+            parts.append(chunk)
+            if size > limit:
+                break
+        return b"".join(parts)
 
     async def _read_bounded(self) -> bytes:
         parts = []
@@ -242,6 +282,12 @@ class UpstreamClient:
 
 
 TOO_LARGE = "upstream_body_too_large"
+# How much of an error answer's body is read (`UpstreamResponse.read_error`): far more than what is relayed of it (a
+# message's first `handler.wire.PROVIDER_MESSAGE_CHARS` characters; a body not in the provider's JSON shape is scanned
+# to `handler.wire.ERROR_SCAN_BYTES`), little enough that one of a hundred megabytes is neither held nor parsed whole.
+# (Read as a whole answer, one past `gateway.limits.upstream_body_bytes` was refused as a success too large to read:
+# charged its worst case, and the client's bad request sent to the next deployment.)
+ERROR_BODY_BYTES = 1024 * 1024
 
 
 def transport_limits(limits: LimitsConfig) -> Limits:
