@@ -30,6 +30,7 @@ body: read to its first `ERROR_BODY_BYTES` (`read_error`), never billable.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping
 
 import httpx
@@ -48,7 +49,9 @@ from adapters.http.http1 import (
 from handler.config import LimitsConfig, TimeoutConfig
 from handler.errors import UpstreamError, UpstreamTimeoutError
 from handler.ports import UpstreamRequest
+from handler.redaction import redact_secrets
 
+log = logging.getLogger("gateway")
 DEFAULT_MAX_BODY: int = LimitsConfig.model_fields["upstream_body_bytes"].default  # (no validator built at import)
 
 
@@ -261,8 +264,14 @@ class UpstreamClient:
         except httpx.TimeoutException as exc:
             raise UpstreamTimeoutError(f"upstream timed out ({type(exc).__name__})", retryable=True) from exc
         except httpx.HTTPError as exc:
+            # The kind of failure only, as for a refused or timed-out connection: the transport's words name where it
+            # went (a forward proxy refusing the tunnel: "the proxy 127.0.0.1:3128 refused the tunnel: 407"), the
+            # operator's, for the log.
+            log.warning(
+                "upstream unreachable", extra={"error_type": type(exc).__name__, "reason": redact_secrets(str(exc))}
+            )
             raise UpstreamError(
-                f"upstream unreachable ({type(exc).__name__}: {exc})", retryable=True, outcome="connect_error"
+                f"upstream unreachable ({type(exc).__name__})", retryable=True, outcome="connect_error"
             ) from exc
         if not 200 <= answer.status < 300 and answer.status < 400:
             await answer.close()
