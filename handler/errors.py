@@ -331,6 +331,12 @@ class UpstreamError(GatewayError):
         return with_upstream(super().openai_body(), self.upstream_status, self.upstream_type)
 
     @property
+    def rate_limited(self) -> bool:
+        """The provider's rate limit (its 429), to be waited out: not its 429 refusing the deployment's account
+        (OpenAI's `insufficient_quota`, out of credit until the operator pays), failed over as DeepSeek's 402 is."""
+        return self.upstream_status == 429 and not self.deployment_fault
+
+    @property
     def outcome(self) -> str:
         """How this attempt ended, for `x-gateway-route`: the provider's status, else what went wrong."""
         if self._outcome:

@@ -226,7 +226,13 @@ class WholeBodySniffer:
 
 
 OVERLOADED = 529  # Anthropic's status for its API overloaded (its in-stream `overloaded_error` is read as one)
-RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, OVERLOADED})
+# A provider's failures that a later attempt may get past (on the next deployment, or the same one later): every 5xx,
+# whoever wrote it (Cloudflare's 520-524 in front of OpenAI's and DeepSeek's APIs, an origin down or timing out behind
+# it; Anthropic's 529 overloaded), but those that say the server will never take the request as sent; and these 4xx:
+# a request timeout, a conflict, too early, a rate limit. (The 5xx were listed one by one: a 522 was no passing
+# failure, so it was not failed over, never opened the breaker, and its client was told not to retry.)
+PASSING_4XX = frozenset({408, 409, 425, 429})
+LASTING_5XX = frozenset({501, 505})  # Not Implemented, HTTP Version Not Supported: the same again, whenever sent
 # A provider's word that it has more to do than it takes, for now: its rate limit (429), HTTP's own "temporary
 # overload" (503: Gemini's "The model is overloaded", Bedrock's ServiceUnavailableException) and Anthropic's 529.
 # A breaker its failures opened sheds as an overload (`Breakers.overloaded`); a 500's did not say so.
@@ -240,10 +246,22 @@ DEPLOYMENT_FAULT_STATUSES = frozenset({401, 402, 403})
 # to the account; the only resource a Bedrock Converse call names is its model (or profile).
 MISSING_DEPLOYMENT_TYPES = frozenset({"deploymentnotfound", "model_not_found", "resourcenotfoundexception"})
 # The providers that answer the same with a 400: Mistral's type for a model it does not have (`Invalid model: x`);
-# and in their words, Anthropic's account out of credit (its 402 in all but status), DeepSeek's `Model Not Exist`,
-# Bedrock's ValidationException for a model id it does not know. Only these words: any other 400 is the request's.
-REFUSED_400_TYPES = MISSING_DEPLOYMENT_TYPES | {"invalid_model"}
-REFUSED_400 = r"(?i)credit balance is too low|^model not exist\W*$|provided model identifier is invalid"
+# Gemini's status for a project its API does not serve, whatever the request (`FAILED_PRECONDITION`: "User location is
+# not supported for the API use.", its free tier "not available in your country. Please enable billing"); and in their
+# words, Anthropic's account out of credit (its 402 in all but status), DeepSeek's `Model Not Exist`, Bedrock's
+# ValidationException for a model id it does not know or will not serve on demand (a model it offers only through an
+# inference profile: "Invocation of model ID ... with on-demand throughput isn't supported"), and Gemini's region and
+# billing refusals (read through its OpenAI-compatible endpoint, in OpenAI's shape, with no `status`). Any other 400
+# is the request's.
+REFUSED_400_TYPES = MISSING_DEPLOYMENT_TYPES | {"invalid_model", "failed_precondition"}
+REFUSED_400 = (
+    r"(?i)credit balance is too low|^model not exist\W*$|provided model identifier is invalid"
+    r"|with on-demand throughput isn.t supported"
+    r"|user location is not supported|free tier is not available in your country"
+)
+# A 429's codes or types for an account out of credit, not a rate limit to wait out: OpenAI's `insufficient_quota`
+# ("You exceeded your current quota, please check your plan and billing details"), DeepSeek's 402 under another status.
+EXHAUSTED_429_TYPES = frozenset({"insufficient_quota"})
 # The same in a 404's words, for providers that give no such code: Anthropic's `model: <name>`, Google's
 # `models/<name> is not found for API version v1beta`, OpenAI-compatible servers' `The model `x` does not exist`
 # (vLLM) or `model "x" not found` (Ollama), Azure's words for its deployment; and a path the server does not have at
@@ -274,16 +292,25 @@ def refused_400() -> re.Pattern[str]:
 
 def deployment_at_fault(status: int, message: str, code: object, param: object, upstream_type: str | None) -> bool:
     """Whether a provider's error answer refuses the deployment (its key, account, model or deployment), not the
-    client's request: the gateway then fails over to the next deployment, and counts it on the deployment's breaker.
-    A 400 or 404 whose `param` names a part of the request other than `model` is the client's, whatever its words."""
+    client's request: the gateway then fails over to the next deployment, and counts it on the deployment's breaker
+    (never as a rate limit: a 429 is one only where the account is out of credit, `EXHAUSTED_429_TYPES`). A 400 or
+    404 whose `param` names a part of the request other than `model` is the client's, whatever its words."""
     if status in DEPLOYMENT_FAULT_STATUSES:
         return True
-    if status not in (400, 404) or (isinstance(param, str) and param and param != "model"):
+    if status not in (400, 404, 429) or (isinstance(param, str) and param and param != "model"):
         return False
     kinds = {kind.lower() for kind in (code, upstream_type) if isinstance(kind, str)}
+    if status == 429:
+        return not kinds.isdisjoint(EXHAUSTED_429_TYPES)
     if status == 400:
         return not kinds.isdisjoint(REFUSED_400_TYPES) or refused_400().search(message) is not None
     return not kinds.isdisjoint(MISSING_DEPLOYMENT_TYPES) or missing_deployment().search(message) is not None
+
+
+def passing_failure(status: int) -> bool:
+    """Whether a provider's error status is a failure a later attempt may get past (`PASSING_4XX`, every 5xx but
+    `LASTING_5XX`): failed over, counted on the deployment's breaker, and, on a lone attempt, the client's to retry."""
+    return status in PASSING_4XX if status < 500 else status < 600 and status not in LASTING_5XX
 
 
 # The longest wait the gateway reads from a provider (a day): a longer `retry-after` is read as this one, so what is
@@ -351,7 +378,7 @@ def upstream_error(
     error = UpstreamError(
         f"upstream returned {status}: {message}",
         upstream_status=status,
-        retryable=status in RETRYABLE_STATUSES or at_fault,
+        retryable=at_fault or passing_failure(status),
         retry_after=retry_after_seconds(headers),
         upstream_type=upstream_type,
     )

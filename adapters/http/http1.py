@@ -388,6 +388,21 @@ class Http1Stream(httpx.AsyncByteStream):
             parts.append(chunk)
         return b"".join(parts)
 
+    async def first(self, limit: int) -> bytes:
+        """The body to its first `limit` bytes and what came with them in the read that passed them, or all of it
+        where it is shorter, whatever its `content-length`: the rest is left unread, and the connection closed (it
+        cannot carry another exchange)."""
+        connection = self._connection
+        parts: list[bytes] = []
+        size = 0
+        while (chunk := await connection.next_chunk(self._timeout, self._deadline)) is not None:
+            size += len(chunk)
+            parts.append(chunk)
+            if size > limit:
+                connection.close()
+                break
+        return b"".join(parts)
+
     async def aclose(self) -> None:
         if not self._released:
             self._released = True

@@ -515,9 +515,10 @@ class Pipeline(Charges):
             async with gate:
                 within = None if ex.ends_at is None else ex.ends_at - time.perf_counter()
                 response = await self.gateway.upstream.send(built.request, within=within)
+                if response.status >= 400:
+                    body = await response.read_error()
+                    raise error_answer(attempt.adapter.error, response.status, body, response.headers)
                 body = await response.read()
-            if response.status >= 400:
-                raise error_answer(attempt.adapter.error, response.status, body, response.headers)
             return attempt.adapter.embeddings_response(body, part, attempt.target)
 
         outcomes = await asyncio.gather(*(one(part, built) for part, built in rest), return_exceptions=True)
@@ -948,7 +949,7 @@ class Pipeline(Charges):
                         response = await self.gateway.upstream.send(built.request, within=within)
                     if response.status >= 400:
                         ex.inflight_status = response.status  # (cut while its body is read: an error, not billed)
-                        body = await response.read()
+                        body = await response.read_error()
                         raise error_answer(attempt.adapter.error, response.status, body, response.headers)
                     result = await accept(attempt, response)
                 except UpstreamError as err:
@@ -1003,7 +1004,9 @@ class Pipeline(Charges):
                         # from every key.
                         breakers.success(label)
                         break
-                    breakers.failure(label, err.upstream_status == 429, err.upstream_status in OVERLOAD_STATUSES)
+                    # (an overload: `OVERLOAD_STATUSES`, a 429 only as a rate limit, not an `insufficient_quota`)
+                    overloaded = err.rate_limited or (err.upstream_status in OVERLOAD_STATUSES - {429})
+                    breakers.failure(label, err.rate_limited, overloaded)
                     wait = self._retry_wait(ex, err) if retry < retries else None
                     if wait is not None:
                         retry += 1
@@ -1034,7 +1037,7 @@ class Pipeline(Charges):
             # half-open breaker's one probe): refused as `_plan` refuses, the reservation released unspent.
             raise self.gateway.router.shed(plan) or ServiceUnavailableError("every deployment's breaker is open")
         failure = last
-        if all(err.upstream_status == 429 for err in failed) and not skipped:
+        if all(err.rate_limited for err in failed) and not skipped:
             # (One skipped for other failures: not every one rate-limited.)
             waits = [err.retry_after for err in failed if err.retry_after is not None]
             headers = {"retry-after": str(max(1, math.ceil(min(waits))) if waits else UNNAMED_WAIT_S)}
@@ -1083,7 +1086,7 @@ class Pipeline(Charges):
         at most `MAX_RETRY_WAIT_S`, ending before the request's deadline (one past it was waited, the deadline cut
         it, and the next deployment was never tried)."""
         wait = err.retry_after
-        if err.upstream_status != 429 or wait is None or wait > MAX_RETRY_WAIT_S:
+        if not err.rate_limited or wait is None or wait > MAX_RETRY_WAIT_S:
             return None
         return wait if ex.ends_at is None or time.perf_counter() + wait < ex.ends_at else None
 

@@ -23,12 +23,14 @@ transport: a redirect (3xx, never followed: `upstream_redirect`), a protocol swi
 status (`upstream_protocol_error`), headers or a body beyond the bounds (`upstream_headers_too_large`,
 `upstream_body_too_large`), a connection closed in order after the whole request went out and before any answer
 (`upstream_disconnected`: billable, as a stall is, where a reset or a refused connection is `connect_error`, free);
-the overall deadline passing is an `UpstreamTimeoutError` (504).
+the overall deadline passing is an `UpstreamTimeoutError` (504). An error answer is the provider's own, whatever its
+body: read to its first `ERROR_BODY_BYTES` (`read_error`), never billable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping
 
 import httpx
@@ -47,7 +49,9 @@ from adapters.http.http1 import (
 from handler.config import LimitsConfig, TimeoutConfig
 from handler.errors import UpstreamError, UpstreamTimeoutError
 from handler.ports import UpstreamRequest
+from handler.redaction import redact_secrets
 
+log = logging.getLogger("gateway")
 DEFAULT_MAX_BODY: int = LimitsConfig.model_fields["upstream_body_bytes"].default  # (no validator built at import)
 
 
@@ -108,6 +112,45 @@ class UpstreamResponse:
             ) from exc
         finally:
             await self.close()
+
+    async def read_error(self) -> bytes:
+        """An error answer's body to its first `ERROR_BODY_BYTES`, whatever its length and the bound on a whole
+        answer (`gateway.limits.upstream_body_bytes`): the rest is left unread (its connection closed). The answer is
+        closed after. The provider bills no error answer, so neither does a failure while it is read: a stall is a
+        timeout, a break an upstream failure, each with the status the provider answered and failed over."""
+        stream = self._stream
+        try:
+            if isinstance(stream, Http1Stream):
+                body = await stream.first(ERROR_BODY_BYTES)
+            else:
+                body = await self._read_first(ERROR_BODY_BYTES)
+        except httpx.TimeoutException as exc:  # (`DeadlineExceeded` among them)
+            raise UpstreamTimeoutError(
+                f"upstream answered {self.status} and stalled while sending its body",
+                upstream_status=self.status,
+                retryable=True,
+                outcome="upstream_timeout",
+                billable=False,
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(
+                f"upstream answered {self.status} and its connection failed mid-body ({type(exc).__name__})",
+                upstream_status=self.status,
+                retryable=True,
+            ) from exc
+        finally:
+            await self.close()
+        return body[:ERROR_BODY_BYTES]
+
+    async def _read_first(self, limit: int) -> bytes:
+        parts = []
+        size = 0
+        async for chunk in self._stream:
+            size += len(chunk)
+            parts.append(chunk)
+            if size > limit:
+                break
+        return b"".join(parts)
 
     async def _read_bounded(self) -> bytes:
         parts = []
@@ -221,8 +264,14 @@ class UpstreamClient:
         except httpx.TimeoutException as exc:
             raise UpstreamTimeoutError(f"upstream timed out ({type(exc).__name__})", retryable=True) from exc
         except httpx.HTTPError as exc:
+            # The kind of failure only, as for a refused or timed-out connection: the transport's words name where it
+            # went (a forward proxy refusing the tunnel: "the proxy 127.0.0.1:3128 refused the tunnel: 407"), the
+            # operator's, for the log.
+            log.warning(
+                "upstream unreachable", extra={"error_type": type(exc).__name__, "reason": redact_secrets(str(exc))}
+            )
             raise UpstreamError(
-                f"upstream unreachable ({type(exc).__name__}: {exc})", retryable=True, outcome="connect_error"
+                f"upstream unreachable ({type(exc).__name__})", retryable=True, outcome="connect_error"
             ) from exc
         if not 200 <= answer.status < 300 and answer.status < 400:
             await answer.close()
@@ -242,6 +291,12 @@ class UpstreamClient:
 
 
 TOO_LARGE = "upstream_body_too_large"
+# How much of an error answer's body is read (`UpstreamResponse.read_error`): far more than what is relayed of it (a
+# message's first `handler.wire.PROVIDER_MESSAGE_CHARS` characters; a body not in the provider's JSON shape is scanned
+# to `handler.wire.ERROR_SCAN_BYTES`), little enough that one of a hundred megabytes is neither held nor parsed whole.
+# (Read as a whole answer, one past `gateway.limits.upstream_body_bytes` was refused as a success too large to read:
+# charged its worst case, and the client's bad request sent to the next deployment.)
+ERROR_BODY_BYTES = 1024 * 1024
 
 
 def transport_limits(limits: LimitsConfig) -> Limits:

@@ -24,8 +24,9 @@ reasoning block's text is `NOVA_REDACTED` (no signature), and its reasoning toke
 Behaviour by model id: `thinker` and `redacts` (see `THINKING`, `REDACTED`), `fail-throttle` (HTTP 429
 ThrottlingException, which names no wait), `throttle-once` (that 429 for the first request to the model, served after
 it), `fail-validation` (400: a request Bedrock cannot read), `unknown-id` (400: Bedrock's words for a model id it does
-not know), `fail-quota` (HTTP 400 ServiceQuotaExceededException, the status botocore's model gives it, naming no
-wait), `fail-500` (InternalServerException), `echoes-signature-400` and `echoes-signature-403` (a
+not know), `on-demand` (400: its words for a model id it serves only through an inference profile, `ON_DEMAND`),
+`fail-quota` (HTTP 400 ServiceQuotaExceededException, the status botocore's model gives it, naming no wait),
+`fail-500` (InternalServerException), `echoes-signature-400` and `echoes-signature-403` (a
 ValidationException, an AccessDeniedException, whose message quotes the request's `Authorization` header, as AWS's
 signature errors quote what was signed), `denied` (a 403 AccessDeniedException in IAM's words, `DENIED`, naming the
 caller's role and the resource by their ARNs, the operator's account id in each), `stream-exception` (a stream
@@ -231,6 +232,14 @@ def verify_sigv4(
 
 
 # --- the fake service -----------------------------------------------------------------------------
+
+
+# Bedrock's refusal of a model id it serves only through an inference profile (newer Claude models, in most regions),
+# with its curly apostrophe.
+ON_DEMAND = (
+    "Invocation of model ID {model} with on-demand throughput isn\u2019t supported. "
+    "Retry your request with the ID or ARN of an inference profile that contains this model."
+)
 
 
 def _error(status: int, kind: str, message: str) -> Response:
@@ -601,6 +610,8 @@ def create_app() -> Starlette:
             return model, None, _error(400, "ServiceQuotaExceededException", quota)
         if "unknown-id" in model:
             return model, None, _error(400, "ValidationException", "The provided model identifier is invalid.")
+        if "on-demand" in model:
+            return model, None, _error(400, "ValidationException", ON_DEMAND.format(model=model))
         if "fail-validation" in model:
             malformed = "Malformed input request: #: extraneous key [foo] is not permitted, please reformat your input"
             return model, None, _error(400, "ValidationException", malformed + " and try again.")

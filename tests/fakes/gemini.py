@@ -18,8 +18,9 @@ made (`PAIRED`), so a swap shows; a `gemini-2.5` or Gemini 3 model refuses a non
 model before Gemini 3 function calling beside a JSON answer.
 `:countTokens` counts a `generateContentRequest`. Behaviour is chosen by the model name, as in the OpenAI fake:
 `fail-429` (RESOURCE_EXHAUSTED, retry delay 0s), `fail-500`, `fail-400` (INVALID_ARGUMENT), `fail-context` (the
-input token count past the maximum, INVALID_ARGUMENT), `slow` (waits
-`SLOW_SECONDS`), `stream-cut` (a stream that stops before its finishReason), `bad-json` (a 200 whose
+input token count past the maximum, INVALID_ARGUMENT), `located` and `unbilled` (400 FAILED_PRECONDITION, Google's
+refusal of a project by where it calls from, and of its free tier in a country that has none: `REFUSED_PROJECT`),
+`slow` (waits `SLOW_SECONDS`), `stream-cut` (a stream that stops before its finishReason), `bad-json` (a 200 whose
 body is not JSON), `malformed-call` (the model's function call Gemini could not parse: a candidate without
 content, `finishReason: MALFORMED_FUNCTION_CALL`, its prompt billed, streamed or not), `ends-<reason>` (the same
 candidate ending with the `finishReason` named in lower case with hyphens: `ends-too-many-tool-calls` for
@@ -108,6 +109,18 @@ def _error(
     if details:
         error["details"] = details
     return Response(orjson.dumps({"error": error}), code, headers=headers, media_type="application/json")
+
+
+# Gemini's 400 FAILED_PRECONDITION for a project it will not serve, whatever the request (its troubleshooting guide: the
+# free tier is not available in the country, "Please enable billing"; users report the location words from regions
+# the API does not serve), by model: `located`, `unbilled`.
+REFUSED_PROJECT = {
+    "located": "User location is not supported for the API use.",
+    "unbilled": (
+        "Gemini API free tier is not available in your country. "
+        "Please enable billing on your project in Google AI Studio."
+    ),
+}
 
 
 def _invalid(message: str) -> Response:
@@ -558,6 +571,9 @@ def create_app() -> Starlette:
             )
         if "fail-500" in model:
             return _error(500, "An internal error has occurred. Please retry or report.", "INTERNAL")
+        refused = next((words for name, words in REFUSED_PROJECT.items() if name in model), None)
+        if refused is not None:
+            return _error(400, refused, "FAILED_PRECONDITION")
         if "fail-400" in model:
             return _invalid(
                 "* GenerateContentRequest.contents[0].parts[0].data: "

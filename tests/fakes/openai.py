@@ -6,7 +6,7 @@ Behaviour is chosen by the requested model name, so tests need no side channel:
 message, `type`, `code` and `param` of `HUGE_ERROR_CHARS` each, as a broken or hostile server may send),
 `fail-<status>;<header>=<value>;...` (that status with those headers, `tests/fakes/script.py`), `retired` (OpenAI's 404
 `model_not_found` for a model the account cannot use), `no-balance` (DeepSeek's 402 `Insufficient Balance`, DeepSeek's
-API being this one),
+API being this one), `no-quota` (OpenAI's 429 `insufficient_quota`: the account out of credit, `NO_QUOTA`),
 `slow` (waits `SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way without [DONE]),
 `drip` (a stream whose chunks come `SLOW_SECONDS` apart), `error-drip` (a 500 whose head comes at once and its body
 `SLOW_SECONDS` later), `bad-json` (a 200 whose body is not JSON),
@@ -75,6 +75,11 @@ API_KEY = "test-openai-key"
 TEXT, REASONING = openai_responses.TEXT, openai_responses.REASONING
 SLOW_SECONDS = 2.0
 HUGE_ERROR_CHARS = 2_000_000
+# OpenAI's 429 for an account out of credit (its error codes guide), as it words it.
+NO_QUOTA = (
+    "You exceeded your current quota, please check your plan and billing details. For more information on this error, "
+    "read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors."
+)
 # An answer asked for audio (`modalities: ["text", "audio"]`) speaks its text: so many tokens of audio, counted as
 # OpenAI counts them, within `completion_tokens` and apart in `completion_tokens_details.audio_tokens`.
 AUDIO_OUTPUT_TOKENS = 90
@@ -505,6 +510,8 @@ def create_app() -> Starlette:
             return None, _error(404, missing, "invalid_request_error", "model_not_found")
         if "no-balance" in model:
             return None, _error(402, "Insufficient Balance", "unknown_error", "invalid_request_error")
+        if "no-quota" in model:
+            return None, _error(429, NO_QUOTA, "insufficient_quota", "insufficient_quota")
         if "fail-huge-" in model:
             huge = "x" * HUGE_ERROR_CHARS
             return None, _error(int(model.rsplit("-", 1)[1]), huge, huge, huge, param=huge)

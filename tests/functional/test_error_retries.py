@@ -62,6 +62,16 @@ WAIT_MODELS = {
     "lone-unavailable-waiting": lone("openai", "lone-fail-503;retry-after=3"),
     "down-then-healthy": then_healthy("openai", "fail-500-unread"),
 }
+# Cloudflare's statuses for an origin behind it that is down (OpenAI's and DeepSeek's APIs are behind Cloudflare): 520
+# unknown error, 521 web server down, 522 connection timed out, 523 origin unreachable, 524 a timeout occurred.
+CLOUDFLARE = (520, 521, 522, 523, 524)
+CLOUDFLARE_MODELS = {
+    **{f"cf{status}-then-healthy": then_healthy("openai", f"fail-{status};cf-ray=8f00") for status in CLOUDFLARE},
+    "lone-cf522": lone("openai", "fail-522;cf-ray=lone"),
+    "shed-cf522": lone("openai", "fail-522;cf-ray=shed"),
+    "not-implemented-then-healthy": then_healthy("openai", "fail-501;cf-ray=8f01"),
+}
+GEMINI = "gemini-2.5-flash"
 # Deployments refused for what they are, not for the request: each model's first deployment, then one that answers.
 # (Each deployment of its own: the breaker test opens one.)
 DEPLOYMENT_FAULT_MODELS = {
@@ -75,9 +85,21 @@ DEPLOYMENT_FAULT_MODELS = {
     "retired-then-healthy": then_healthy("openai", "retired-gpt-4"),
     "claude-retired-then-healthy": then_healthy("anthropic", "retired-claude-2", CLAUDE),
     "no-credit-then-healthy": then_healthy("anthropic", "no-credit", CLAUDE),
+    "no-quota-then-healthy": then_healthy("openai", "no-quota"),
+    "located-then-healthy": then_healthy("gemini", f"{GEMINI}-located"),
+    "unbilled-then-healthy": then_healthy("gemini", f"{GEMINI}-unbilled"),
+    "on-demand-then-healthy": {
+        "deployments": [
+            {"provider": "bedrock", "model": "anthropic.claude-on-demand", "region": fake_bedrock.REGION},
+            HEALTHY,
+        ],
+        "price": PRICE,
+    },
     "revoked-breaker": then_healthy("revoked", "breaker"),
     "lone-revoked": lone("revoked", "lone"),
     "lone-retired": lone("openai", "retired-lone"),
+    "lone-no-quota": lone("openai", "no-quota-lone"),
+    "shed-no-quota": lone("openai", "no-quota-shed"),
     "claude": {"deployments": [CLAUDE], "price": PRICE},
 }
 
@@ -102,6 +124,7 @@ def gw(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.T
                     "api_key": "env:ANTHROPIC_API_KEY",
                     "base_url": f"{server.url}/anthropic",
                 },
+                "gemini": {"type": "gemini", "api_key": "env:GEMINI_API_KEY", "base_url": f"{server.url}/gemini"},
             },
             "models": {
                 "ok": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": PRICE},
@@ -165,6 +188,7 @@ def gw(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.T
                     "price": PRICE,
                 },
                 **WAIT_MODELS,
+                **CLOUDFLARE_MODELS,
                 **DEPLOYMENT_FAULT_MODELS,
                 # (Breakers of their own, opened by the tests of shedding alone.)
                 "shed-down": {"deployments": [{"provider": "openai", "model": "fail-500-shed"}], "price": PRICE},
@@ -805,6 +829,73 @@ def test_a_half_open_breaker_lets_one_probe_through_and_refuses_the_others(
     assert [line.status for line in gw.ledger(key)] == [200] and reserved_usd(gw, key) == 0
 
 
+@pytest.mark.parametrize("status", CLOUDFLARE)
+def test_a_cloudflare_5xx_fails_over_to_the_next_deployment(gw: Running, status: int) -> None:
+    """Cloudflare's 520-524, in front of an origin that is down or timing out, are a passing failure as a 500 is:
+    the next deployment answers. Only 500, 502, 503, 504 and 529 were: the client got a 502 `upstream returned 522`,
+    and the healthy deployment after it was never tried."""
+    with sdk_openai(gw, gw.mint(), Counter()).with_options(max_retries=0) as client:
+        answer = client.chat.completions.with_raw_response.create(model=f"cf{status}-then-healthy", messages=HI)  # type: ignore[arg-type]
+    assert answer.headers["x-gateway-route"] == (
+        f"openai/fail-{status};cf-ray=8f00@global={status}, openai/gpt-4o-mini@global=200"
+    )
+
+
+def test_a_lone_deployments_cloudflare_timeout_is_left_to_the_sdks_retries(gw: Running) -> None:
+    """A lone deployment's 522 on the one attempt made says `x-should-retry: true`, as its 500 does: the SDK's own
+    retries stand, each sent to the provider once. It said false, and the SDK gave up after the first."""
+    fake = gw.fakes["openai"].state.requests
+    counter, since = Counter(), len(fake)
+    with sdk_openai(gw, gw.mint(), counter) as client, pytest.raises(openai.InternalServerError) as raised:
+        client.chat.completions.create(model="lone-cf522", messages=HI)  # type: ignore[arg-type]
+    answer = raised.value.response
+    assert (answer.status_code, answer.json()["error"]["upstream_status"]) == (502, 522)
+    assert answer.headers["x-should-retry"] == "true"
+    assert counter.sent == 3 and len(fake) - since == 3
+
+
+def test_a_deployment_answering_cloudflare_timeouts_has_its_breaker_opened(gw: Running) -> None:
+    """Five 522s in a row open the deployment's breaker, as five 500s do: the next request is not sent to the origin
+    Cloudflare cannot reach, and is the 503 `no_deployment_available`. Each 522 counted as a success: the breaker
+    never opened, and every request was sent (a 502 after one more upstream call)."""
+    fake = gw.fakes["openai"].state.requests
+    key = opened(gw, "shed-cf522", gw.gateway.router.breakers.threshold)
+    since = len(fake)
+    with sdk_openai(gw, key, Counter()).with_options(max_retries=0) as client:
+        with pytest.raises(openai.InternalServerError) as refused:
+            client.chat.completions.create(model="shed-cf522", messages=HI)  # type: ignore[arg-type]
+    answer = refused.value.response
+    assert (answer.status_code, answer.json()["error"]["code"]) == (503, "no_deployment_available")
+    assert len(fake) == since
+
+
+def test_a_5xx_the_server_would_answer_again_is_neither_failed_over_nor_retried(gw: Running) -> None:
+    """The 5xx that are no passing failure (`handler.wire.LASTING_5XX`): a 501 says the server does not implement
+    what was asked, and says it again whenever it is sent. The request ends there, a 502 the SDK does not repeat."""
+    counter = Counter()
+    with sdk_openai(gw, gw.mint(), counter) as client, pytest.raises(openai.InternalServerError) as raised:
+        client.chat.completions.create(model="not-implemented-then-healthy", messages=HI)  # type: ignore[arg-type]
+    answer = raised.value.response
+    assert answer.headers["x-gateway-route"] == "openai/fail-501;cf-ray=8f01@global=501"
+    assert (answer.status_code, answer.headers["x-should-retry"], counter.sent) == (502, "false", 1)
+
+
+def test_a_deployment_out_of_quota_has_its_breaker_opened_as_refused_not_rate_limited(gw: Running) -> None:
+    """OpenAI's 429 `insufficient_quota` counts on the deployment's breaker as its refusal, not as its provider's rate
+    limit: once the breaker is open, the request is the 503 `no_deployment_available` with nothing sent. It was the
+    429 `upstream_rate_limited` that the SDKs, Claude Code and Codex wait out and send again, every time the breaker
+    half-opened, until the operator paid."""
+    fake = gw.fakes["openai"].state.requests
+    key = opened(gw, "shed-no-quota", gw.gateway.router.breakers.threshold)
+    since = len(fake)
+    with sdk_openai(gw, key, Counter()).with_options(max_retries=0) as client:
+        with pytest.raises(openai.APIStatusError) as refused:
+            client.chat.completions.create(model="shed-no-quota", messages=HI)  # type: ignore[arg-type]
+    answer = refused.value.response
+    assert (answer.status_code, answer.json()["error"]["code"]) == (503, "no_deployment_available")
+    assert len(fake) == since
+
+
 @pytest.mark.parametrize(
     ("model", "route"),
     [
@@ -818,15 +909,26 @@ def test_a_half_open_breaker_lets_one_probe_through_and_refuses_the_others(
         # Anthropic's 404 `not_found_error` `model: <name>`.
         ("retired-then-healthy", "openai/retired-gpt-4@global=404, openai/gpt-4o-mini@global=200"),
         ("claude-retired-then-healthy", "anthropic/retired-claude-2@global=404, anthropic/claude-haiku-4-5@global=200"),
-        # An account out of credit, which Anthropic answers with a 400 `invalid_request_error` in its own words.
+        # An account out of credit, which Anthropic answers with a 400 `invalid_request_error` in its own words, and
+        # OpenAI with a 429 `insufficient_quota`.
         ("no-credit-then-healthy", "anthropic/no-credit@global=400, anthropic/claude-haiku-4-5@global=200"),
+        ("no-quota-then-healthy", "openai/no-quota@global=429, openai/gpt-4o-mini@global=200"),
+        # A project Gemini does not serve, where it calls from or with no billing: its 400 `FAILED_PRECONDITION`.
+        ("located-then-healthy", f"gemini/{GEMINI}-located@global=400, openai/gpt-4o-mini@global=200"),
+        ("unbilled-then-healthy", f"gemini/{GEMINI}-unbilled@global=400, openai/gpt-4o-mini@global=200"),
+        # A model id Bedrock serves only through an inference profile: its 400 ValidationException.
+        (
+            "on-demand-then-healthy",
+            f"bedrock/anthropic.claude-on-demand@{fake_bedrock.REGION}=400, openai/gpt-4o-mini@global=200",
+        ),
     ],
 )
 def test_a_deployments_own_refusal_fails_over_to_the_next(gw: Running, model: str, route: str) -> None:
     """A provider refusing the deployment itself (its key, its account, its permissions, its model) is the
     operator's, never the client's: the next deployment or fallback answers. Each ended the request at once, without
-    trying the healthy deployment after it: a 502 for the 401, 402 and 403, and a 400 `invalid_request_error` for the
-    404, which blamed the client (the SDKs do not retry it). The error answer costs nothing: the line is the answer's
+    trying the healthy deployment after it: a 502 for the 401, 402 and 403, a 400 `invalid_request_error` for the
+    404 and for Gemini's and Bedrock's 400s, which blamed the client (the SDKs do not retry it), and OpenAI's 429 a
+    rate limit to wait out. The error answer costs nothing: the line is the answer's
     cost alone, as the healthy deployment's is for the same request sent to it first."""
     key, direct = gw.mint(budget_usd=5.0), gw.mint(budget_usd=5.0)
     with sdk_openai(gw, key, Counter()).with_options(max_retries=0) as client:
@@ -867,7 +969,9 @@ def test_a_deployment_whose_key_was_revoked_is_skipped_once_its_breaker_opens(gw
 def test_a_lone_deployments_refusal_is_the_operators_502_naming_the_providers_status(gw: Running) -> None:
     """With no deployment to fail over to, a deployment's own refusal is a 502 `upstream_error` with the provider's
     status, never its key, and not retried by the SDK (the same request fails the same way until the operator acts).
-    A model the provider does not have was the client's 400 `invalid_request_error`."""
+    A model the provider does not have was the client's 400 `invalid_request_error`; an account out of quota (OpenAI's
+    429 `insufficient_quota`) a 429 `upstream_rate_limited` with `x-should-retry: true`, which the SDK sent twice
+    more."""
     counter = Counter()
     key = gw.mint(budget_usd=5.0)
     with sdk_openai(gw, key, counter) as client:  # (the SDK's own retries on: it is told not to)
@@ -875,8 +979,10 @@ def test_a_lone_deployments_refusal_is_the_operators_502_naming_the_providers_st
             client.chat.completions.create(model="lone-revoked", messages=HI)  # type: ignore[arg-type]
         with pytest.raises(openai.InternalServerError) as retired:
             client.chat.completions.create(model="lone-retired", messages=HI)  # type: ignore[arg-type]
-    assert counter.sent == 2
-    for raised, status in ((revoked, 401), (retired, 404)):
+        with pytest.raises(openai.InternalServerError) as exhausted:
+            client.chat.completions.create(model="lone-no-quota", messages=HI)  # type: ignore[arg-type]
+    assert counter.sent == 3
+    for raised, status in ((revoked, 401), (retired, 404), (exhausted, 429)):
         answer = raised.value.response
         error = answer.json()["error"]
         assert (answer.status_code, error["type"], error["upstream_status"]) == (502, "upstream_error", status)
@@ -886,6 +992,7 @@ def test_a_lone_deployments_refusal_is_the_operators_502_naming_the_providers_st
         assert REVOKED_KEY[:8] not in answer.text and REVOKED_KEY[-4:] not in answer.text
     assert revoked.value.response.headers["x-gateway-route"] == "revoked/lone@global=401"
     assert retired.value.response.headers["x-gateway-route"] == "openai/retired-lone@global=404"
+    assert exhausted.value.response.headers["x-gateway-route"] == "openai/no-quota-lone@global=429"
     lines = gw.ledger(key)
-    assert [(line.status, line.cost_usd) for line in lines] == [(502, 0.0), (502, 0.0)]
+    assert [(line.status, line.cost_usd) for line in lines] == [(502, 0.0)] * 3
     assert reserved_usd(gw, key) == 0

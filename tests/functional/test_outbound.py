@@ -378,7 +378,8 @@ def test_a_providers_error_of_megabytes_reaches_the_client_cut_and_stalls_nothin
     running: Running, status: int
 ) -> None:
     """A provider's 50 MB error message was relayed whole (a 502 of 52 MB), after 23 s of redaction on the event
-    loop, /health waiting as long; on Lambda it became a 413 "billed, ask for less"."""
+    loop, /health waiting as long; on Lambda it became a 413 "billed, ask for less". Its body (8 MB) is read to its
+    first megabyte, no whole JSON: its start is relayed, as an error body not in the provider's shape is."""
     config = Config.model_validate(
         {
             "providers": {
@@ -417,7 +418,7 @@ def test_a_providers_error_of_megabytes_reaches_the_client_cut_and_stalls_nothin
         asking.join()
         assert [answer.status_code for answer in answers] == [502 if status == 500 else 400] * 3
         error = answers[0].json()["error"]
-        assert len(answers[0].content) < 16_000 and "cut at" in error["message"], error
+        assert len(answers[0].content) < 16_000 and '{"error":{"message":"xxx' in error["message"], error
         assert max(health_ms) < 500, health_ms
     finally:
         server.stop()
@@ -694,6 +695,124 @@ def test_an_answer_the_gateway_refuses_is_charged_as_one_the_provider_may_bill(
     (line,) = dropping.ledger(key)
     assert (line.status, line.cost_source) == (200, "reserved")
     assert line.cost_usd >= DROPPING_CAP * DROPPING_PRICE["output"] / 1e6
+
+
+ERRING_BOUND = 1024 * 1024  # a whole answer's bound, lowered under the fake's `fail-huge-<status>` bodies (8 MB)
+
+
+def breaks_off(conn: socket.socket) -> None:
+    """An upstream that answers the whole request with a 500 and closes the connection part way through the body it
+    announced."""
+    with conn:
+        conn.settimeout(5)
+        read_request(conn)
+        conn.sendall(
+            b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n"
+            b'{"error": {"message": "The server had an err'
+        )
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def erring(running: Running) -> Iterator[Running]:
+    """A gateway whose bound on a whole answer (`gateway.limits.upstream_body_bytes`) is 1 MiB, as an operator may
+    lower it (the buffered Lambda function answers 6 MB at most), and whose reads time out after 0.5 s, in front of
+    deployments whose error answers are past that bound (the fake's `fail-huge-<status>`), stall in their body (its
+    `error-drip`) or break off in it, each alone and with one after it that answers."""
+    breaking = SocketServer(breaks_off)
+    failing = {
+        "huge-400": ("openai", "fail-huge-400"),
+        "huge-500": ("openai", "fail-huge-500"),
+        "stalls": ("openai", "error-drip"),
+        "breaks": ("breaking", "gpt-4o-mini"),
+    }
+    models: dict[str, Any] = {}
+    for name, (provider, model) in failing.items():
+        deployment = {"provider": provider, "model": model}
+        models[name] = {"deployments": [deployment], "price": DROPPING_PRICE}
+        healthy = {"provider": "openai", "model": "gpt-4o-mini"}
+        models[f"{name}-then-ok"] = {"deployments": [deployment, healthy], "price": DROPPING_PRICE}
+    config = Config.model_validate(
+        {
+            "gateway": {"limits": {"upstream_body_bytes": ERRING_BOUND}, "timeouts": {"between_chunks": 0.5}},
+            "providers": {
+                "openai": {
+                    "type": "openai",
+                    "api_key": "env:OPENAI_API_KEY",
+                    "base_url": f"{running.upstream.url}/openai/v1",
+                },
+                "breaking": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{breaking.url}/v1"},
+            },
+            "models": models,
+        }
+    )
+    gateway, server = serve_gateway(config, running.store_url, running.upstream, running.fakes)
+    yield gateway
+    server.stop()
+    breaking.close()
+
+
+def ask_erring(erring: Running, key: str, model: str) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": DROPPING_CAP}
+    return httpx.post(
+        f"{erring.url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}, timeout=30
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "answered", "fell_over"),
+    [
+        (400, 400, "openai/fail-huge-400@global=400"),  # (the client's bad request: not sent on)
+        (500, 502, "openai/fail-huge-500@global=500, openai/gpt-4o-mini@global=200"),
+    ],
+)
+def test_an_error_answer_past_the_bound_on_a_whole_answer_is_read_as_its_status_and_costs_nothing(
+    erring: Running, status: int, answered: int, fell_over: str
+) -> None:
+    """A provider's error answer of 8 MB, past a bound of 1 MiB on a whole answer, is read to its first megabyte and
+    answered by its status: a 400 the client's, not sent to the next deployment, a 500 failed over; either free. It
+    was refused as a success too large to read: a 502 `upstream_body_too_large` charged the reserved worst case
+    ($0.00201 on 1,000 output tokens), and the client's bad request was sent on to the next deployment, which
+    answered it."""
+    key = erring.mint(name=f"huge-{status}")
+    alone = ask_erring(erring, key, f"huge-{status}")
+    assert alone.status_code == answered, alone.text[:300]
+    assert alone.headers["x-gateway-route"] == f"openai/fail-huge-{status}@global={status}"
+    assert alone.json()["error"]["upstream_status"] == status
+    assert alone.headers["x-should-retry"] == ("true" if status == 500 else "false")  # (one attempt, a passing 500)
+    (line,) = erring.ledger(key)
+    assert (line.status, line.cost_usd) == (answered, 0.0) and line.cost_source != "reserved"
+    key = erring.mint(name=f"huge-{status}-then-ok")
+    answer = ask_erring(erring, key, f"huge-{status}-then-ok")
+    assert answer.headers["x-gateway-route"] == fell_over
+    (line,) = erring.ledger(key)
+    assert line.cost_source != "reserved"
+    assert line.cost_usd < DROPPING_CAP * DROPPING_PRICE["output"] / 1e6
+
+
+@pytest.mark.parametrize(
+    ("model", "label", "outcome", "answered"),
+    [("stalls", "openai/error-drip", "upstream_timeout", 504), ("breaks", "breaking/gpt-4o-mini", "500", 502)],
+)
+def test_an_error_answer_whose_body_stalls_or_breaks_off_costs_nothing(
+    erring: Running, model: str, label: str, outcome: str, answered: int
+) -> None:
+    """The provider answered 500 and its body stalled past the read timeout, or broke off: an error answer, which the
+    provider does not bill, whatever became of its body. The request costs nothing (the error is the answer: a 504 or
+    a 502) or what the next deployment's answer costs. Each was charged as an attempt cut in flight, its reserved worst
+    case."""
+    key = erring.mint(name=model)
+    alone = ask_erring(erring, key, model)
+    assert (alone.status_code, alone.headers["x-gateway-route"]) == (answered, f"{label}@global={outcome}")
+    assert alone.json()["error"]["upstream_status"] == 500
+    (line,) = erring.ledger(key)
+    assert (line.status, line.cost_usd) == (answered, 0.0) and line.cost_source != "reserved"
+    key = erring.mint(name=f"{model}-then-ok")
+    fell_over = ask_erring(erring, key, f"{model}-then-ok")
+    assert fell_over.status_code == 200
+    assert fell_over.headers["x-gateway-route"] == f"{label}@global={outcome}, openai/gpt-4o-mini@global=200"
+    (line,) = erring.ledger(key)
+    assert line.cost_source == "provider"
 
 
 def test_a_head_request_pipelined_before_a_refused_head_is_answered_first(served: ServerThread) -> None:

@@ -327,6 +327,19 @@ DEPLOYMENT_REFUSALS = [
         },
     ),
     ("bedrock", 403, {"message": "You don't have access to the model with the specified model ID."}),
+    # An account out of credit, in a 429: OpenAI's `insufficient_quota`.
+    (
+        "openai",
+        429,
+        {
+            "error": {
+                "message": "You exceeded your current quota, please check your plan and billing details.",
+                "type": "insufficient_quota",
+                "param": None,
+                "code": "insufficient_quota",
+            }
+        },
+    ),
     # A deployment or model the provider does not have.
     (
         "azure",
@@ -397,6 +410,7 @@ DEPLOYMENT_REFUSALS = [
 
 
 # The same refusals that some providers answer with a 400, in their words.
+GEMINI_LOCATED = "User location is not supported for the API use."
 DEPLOYMENT_REFUSALS_400 = [
     (
         "anthropic",
@@ -431,6 +445,30 @@ DEPLOYMENT_REFUSALS_400 = [
         },
     ),
     ("bedrock", {"message": "The provided model identifier is invalid."}),
+    # A model id Bedrock serves only through an inference profile.
+    (
+        "bedrock",
+        {
+            "message": "Invocation of model ID anthropic.claude-3-5-sonnet-20241022-v2:0 with on-demand throughput "
+            "isn\u2019t supported. Retry your request with the ID or ARN of an inference profile that contains this "
+            "model."
+        },
+    ),
+    # A project Gemini does not serve: where it calls from, or its free tier where there is none (FAILED_PRECONDITION);
+    # and the same through Gemini's OpenAI-compatible endpoint, read in OpenAI's shape.
+    ("gemini", {"error": {"code": 400, "message": GEMINI_LOCATED, "status": "FAILED_PRECONDITION"}}),
+    (
+        "gemini",
+        {
+            "error": {
+                "code": 400,
+                "message": "Gemini API free tier is not available in your country. Please enable billing on your "
+                "project in Google AI Studio.",
+                "status": "FAILED_PRECONDITION",
+            }
+        },
+    ),
+    ("openai", [{"error": {"code": 400, "message": GEMINI_LOCATED, "status": "FAILED_PRECONDITION"}}]),
 ]
 DEPLOYMENT_REFUSALS += [(provider, 400, body) for provider, body in DEPLOYMENT_REFUSALS_400]
 
@@ -507,6 +545,19 @@ def test_other_statuses_are_not_the_deployments_fault(status: int) -> None:
     body = {"error": {"message": "Invalid value for 'messages'.", "type": "x", "param": None, "code": None}}
     error = REGISTRY["openai"]("p", "provider-key-000000", {}).error(status, _json(body), {})
     assert not error.deployment_fault and error.retryable == (status in (429, 500))
+
+
+# Every 5xx is a passing failure but those the server answers again whenever it is sent; Cloudflare's 520-524 (an
+# origin behind it down or timing out), its 530, Anthropic's 529, and a server's 507 among them: they were not, as
+# the statuses were listed one by one (500, 502, 503, 504, 529).
+PASSING = [408, 409, 425, 429, 500, 502, 503, 504, 507, 520, 521, 522, 523, 524, 529, 530]
+LASTING = [400, 405, 406, 410, 411, 413, 415, 422, 501, 505]
+
+
+@pytest.mark.parametrize("status", PASSING + LASTING)
+def test_every_5xx_but_a_server_saying_it_never_will_is_a_passing_failure(status: int) -> None:
+    error = REGISTRY["openai"]("p", "provider-key-000000", {}).error(status, b"error code: %d" % status, {})
+    assert (error.retryable, error.deployment_fault) == (status in PASSING, False)
 
 
 @pytest.mark.parametrize(

@@ -161,7 +161,12 @@ async def test_no_proxy_hosts_are_reached_directly(monkeypatch: pytest.MonkeyPat
     assert proxy.forwarded == [] and upstream.connections == 1
 
 
-async def test_a_refused_tunnel_is_an_upstream_error(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_refused_tunnel_is_an_upstream_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attempt failed as unreachable (failed over), and says the kind of failure only, as a refused or timed-out
+    connection does: its message, the client's 502's, named the operator's proxy (`upstream unreachable (ProxyError:
+    the proxy 127.0.0.1:PORT refused the tunnel: 407)`). Where it went is in the log."""
     async with forward_proxy(refuse=True) as (proxy, proxy_url):
         monkeypatch.setenv("HTTPS_PROXY", proxy_url)
         client = UpstreamClient(TimeoutConfig(connect=2))
@@ -170,6 +175,10 @@ async def test_a_refused_tunnel_is_an_upstream_error(monkeypatch: pytest.MonkeyP
         assert "refused the tunnel: 407" in str(failure.value.__cause__)
         await client.aclose()
     assert len(proxy.tunnels) == 1
+    assert (failure.value.message, failure.value.retryable) == ("upstream unreachable (ProxyError)", True)
+    proxy_address = proxy_url.removeprefix("http://")
+    logged = [getattr(record, "reason", "") for record in caplog.records if record.message == "upstream unreachable"]
+    assert logged == [f"the proxy {proxy_address} refused the tunnel: 407"]
 
 
 async def test_a_tunnel_the_proxy_closes_unanswered_never_reached_the_provider(monkeypatch: pytest.MonkeyPatch) -> None:
