@@ -100,6 +100,7 @@ DEPLOYMENT_FAULT_MODELS = {
     "lone-retired": lone("openai", "retired-lone"),
     "lone-no-quota": lone("openai", "no-quota-lone"),
     "shed-no-quota": lone("openai", "no-quota-shed"),
+    "shed-no-quota-messages": lone("openai", "no-quota-shed-messages"),
     "claude": {"deployments": [CLAUDE], "price": PRICE},
 }
 
@@ -757,7 +758,12 @@ def test_every_claude_deployments_breaker_open_is_anthropics_overloaded_error_wi
 
 @pytest.mark.parametrize(
     ("model", "kind"),
-    [("shed-broken-claude", "api_error"), ("shed-mixed", "api_error"), ("shed-unavailable", "overloaded_error")],
+    [
+        ("shed-broken-claude", "api_error"),
+        ("shed-mixed", "api_error"),
+        ("shed-unavailable", "overloaded_error"),
+        ("shed-no-quota-messages", "api_error"),  # (a 429 `insufficient_quota` is no overload: merging two fixes)
+    ],
 )
 def test_every_breaker_open_is_an_overloaded_error_only_where_overload_opened_them(
     gw: Running, model: str, kind: str
