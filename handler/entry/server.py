@@ -438,8 +438,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._stop_timers()
         if not waiting:
             self.head_timer = self.loop.call_later(self.head_s, self._head_late)
-        elif not self.pipeline and not self.in_head:
-            self._time_the_body()
+        elif not self.pipeline and (not self.in_head or self.upgrade_left):
+            self._time_the_body()  # (an ignored upgrade's body goes on past its head, which the parser took as whole)
 
     def send_400_response(self, msg: str) -> None:
         """A head the HTTP parser refuses (a CR or NUL in a header's value, two `Content-Length`s): the client's 400
@@ -525,7 +525,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             cycle.message_event.set()
         self.upgrade_left = max(0, left - len(data))
         if self.upgrade_left:
-            if self.body_timer is None:
+            if self.body_timer is None and not self.pipeline:  # (behind an answer: timed once that ends)
                 self._time_the_body()
         elif self.body_timer is not None:
             self.body_timer.cancel()

@@ -493,3 +493,28 @@ async def test_an_upgrade_offer_with_a_chunked_body_is_a_400_in_the_error_shape(
     assert said["type"] == "error" and said["error"]["type"] == "invalid_request_error"
     assert "Upgrade" in said["error"]["message"] and READS == []
     connection.close()
+
+
+async def test_an_upgrade_offer_pipelined_behind_a_stream_is_timed_only_once_that_is_answered(bounds: None) -> None:
+    """An upgrade offer whose body is not whole yet, pipelined in the same read behind a 0.4 s stream: its body's
+    bound (0.3 s) ran at once, and its 408 was written in the middle of the stream's answer, the connection closed
+    under it (found by review). Timed from the stream's end, as a plain pipelined body is, it is answered 408 then."""
+    connection = Connection()
+    partial = b"POST /echo HTTP/1.1\r\nhost: g\r\n%scontent-length: 50\r\n\r\n" % UPGRADE + b"x" * 10
+    await connection.send(b"GET /slow HTTP/1.1\r\nhost: g\r\n\r\n" + partial)
+    assert await connection.answers(2, within_s=2) == [b"200", b"408"]
+    written = connection.written
+    assert written.index(b"HTTP/1.1 408") > written.index(b"0\r\n\r\n") and written.count(b"data: on") == 4
+    connection.close()
+
+
+async def test_an_upgrade_offer_pipelined_behind_an_answer_with_its_body_short_is_still_answered_by_its_bound(
+    bounds: None,
+) -> None:
+    """The same behind a quick answer: its end armed no timer for the upgrade's body (the parser takes an upgrade's
+    message as whole at its head), and the connection was held open unanswered for good (found by review)."""
+    connection = Connection()
+    partial = b"POST /echo HTTP/1.1\r\nhost: g\r\n%scontent-length: 50\r\n\r\n" % UPGRADE + b"x" * 10
+    await connection.send(b"GET /whole HTTP/1.1\r\nhost: g\r\n\r\n" + partial)
+    assert await connection.answers(2, within_s=2) == [b"200", b"408"] and connection.transport.closed
+    connection.close()
