@@ -245,15 +245,17 @@ DEPLOYMENT_FAULT_STATUSES = frozenset({401, 402, 403})
 # Azure's deployment deleted, or created minutes ago and not yet in this region; OpenAI's model retired or not open
 # to the account; the only resource a Bedrock Converse call names is its model (or profile).
 MISSING_DEPLOYMENT_TYPES = frozenset({"deploymentnotfound", "model_not_found", "resourcenotfoundexception"})
-# The providers that answer the same with a 400: Mistral's type for a model it does not have (`Invalid model: x`);
-# Gemini's status for a project its API does not serve, whatever the request (`FAILED_PRECONDITION`: "User location is
-# not supported for the API use.", its free tier "not available in your country. Please enable billing"); and in their
-# words, Anthropic's account out of credit (its 402 in all but status), DeepSeek's `Model Not Exist`, Bedrock's
-# ValidationException for a model id it does not know or will not serve on demand (a model it offers only through an
-# inference profile: "Invocation of model ID ... with on-demand throughput isn't supported"), and Gemini's region and
-# billing refusals (read through its OpenAI-compatible endpoint, in OpenAI's shape, with no `status`). Any other 400
-# is the request's.
-REFUSED_400_TYPES = MISSING_DEPLOYMENT_TYPES | {"invalid_model", "failed_precondition"}
+# The providers that answer the same with a 400: Mistral's type for a model it does not have (`Invalid model: x`); and
+# in their words, Anthropic's account out of credit (its 402 in all but status), DeepSeek's `Model Not Exist`,
+# Bedrock's ValidationException for a model id it does not know or will not serve on demand (a model it offers only
+# through an inference profile: "Invocation of model ID ... with on-demand throughput isn't supported"), and Gemini's
+# refusals of a project its API does not serve, whatever the request ("User location is not supported for the API
+# use.", its free tier "not available in your country. Please enable billing"; natively or through its
+# OpenAI-compatible endpoint). Not Gemini's status for them, `FAILED_PRECONDITION`, which it also gives a request
+# naming a file of its Files API still processing: the client's, to send again once the file is ACTIVE (taken for
+# the deployment's, it was a 502 the SDK did not retry, and five of them opened the breaker on every key). Any other
+# 400 is the request's.
+REFUSED_400_TYPES = MISSING_DEPLOYMENT_TYPES | {"invalid_model"}
 REFUSED_400 = (
     r"(?i)credit balance is too low|^model not exist\W*$|provided model identifier is invalid"
     r"|with on-demand throughput isn.t supported"

@@ -485,6 +485,17 @@ def test_a_refusal_of_the_deployment_itself_is_retried_on_the_next(provider: str
     assert (error.deployment_fault, error.retryable) == (True, True), error.message
 
 
+def test_a_gemini_file_still_processing_is_the_clients_400_not_the_deployments_fault() -> None:
+    """Gemini gives `FAILED_PRECONDITION` to a request naming a file of its Files API not yet ACTIVE, as it does to a
+    project it does not serve: read as the deployment's by its status alone, the client's request was a 502 its SDK did
+    not retry, and five of them opened the deployment's breaker on every key (found by review of the merge)."""
+    said = "The File cwqvbq4f2k1z is not in an ACTIVE state and usage is not allowed."
+    body = {"error": {"code": 400, "message": said, "status": "FAILED_PRECONDITION"}}
+    for provider, shaped in (("gemini", body), ("openai", [body])):
+        error = REGISTRY[provider]("p", "provider-key-000000", {}).error(400, _json(shaped), {})
+        assert (error.deployment_fault, error.retryable) == (False, False) and said in error.message
+
+
 @pytest.mark.parametrize("body", [b"", b"<html><body><h1>404 Not Found</h1></body></html>", b"404 page not found"])
 def test_a_path_the_server_does_not_have_is_the_deployments_configuration(body: bytes) -> None:
     """A 404 without the provider's error shape: the base_url (or path) is wrong, not the client's request."""
