@@ -1106,7 +1106,10 @@ class Pipeline(Charges):
         store had written was never given back (the model's requests a minute spent on nothing sent to it)."""
         if model not in ex.fallbacks:
             reservation = ex.reservation
-            tokens = reservation.prompt_tokens + reservation.output_tokens if reservation is not None else 0
+            # What the admission counted on its tokens a minute (`Reservation.tokens`): what the request shows, not a
+            # document the provider fetches (`referenced`), whose 460,000 tokens refused the fallback (`=rate_limited`)
+            # on a `tpm` the same request asked of it straight was served within (review).
+            tokens = reservation.tokens if reservation is not None else 0
             counted = [ex.model, *(m for m, refused in ex.fallbacks.items() if refused is None)]
             counted += ex.advisor_models or ()  # (a pattern its advisors' models matched has counted it already)
 
