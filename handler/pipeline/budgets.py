@@ -72,6 +72,30 @@ def model_limits(key: KeyRecord, model: str) -> list[tuple[str, dict[str, int]]]
     return [(pattern, limits) for pattern, limits in key.model_limits.items() if model_allowed([pattern], model)]
 
 
+class RateHeaders(dict[str, str]):
+    """OpenAI's `x-ratelimit-*` headers as an admission's counts had them (`Meter._rate_headers`), with when the minute
+    they count in ends (`ends_at`, on the meter's `clock`): an answer is built later, whole ones minutes later, and
+    tells them as they hold then (`told`)."""
+
+    __slots__ = ("ends_at", "clock")
+
+    def __init__(self, headers: dict[str, str], ends_at: float, clock: Callable[[], float]) -> None:
+        super().__init__(headers)
+        self.ends_at = ends_at
+        self.clock = clock
+
+    def told(self) -> dict[str, str]:
+        """The headers as they hold now: `reset` counted from now, as the minute's end draws nearer; none once that
+        minute has ended. The request counted in it alone (its settlement corrects that minute's counts, never the
+        next's), and what the next one holds is not known without reading the store: an answer that outlived its
+        minute said `remaining 0, reset 15s` where the next request was admitted at once (review)."""
+        left = self.ends_at - self.clock()
+        if left <= 0:
+            return {}
+        reset = f"{max(1, math.ceil(left))}s"
+        return {name: reset if name.startswith("x-ratelimit-reset-") else value for name, value in self.items()}
+
+
 class Reservation:
     """What an admission holds until settlement."""
 
@@ -500,13 +524,16 @@ class Meter:
                 rates.append(RateCharge(f"tpm:{pattern}", window, limits["tpm"], tokens, owner, home))
         return rates
 
-    def _rate_headers(self, rates: list[RateCharge], snapshot: MeterSnapshot | None, window: int) -> dict[str, str]:
+    def _rate_headers(self, rates: list[RateCharge], snapshot: MeterSnapshot | None, window: int) -> RateHeaders:
         """OpenAI's `x-ratelimit-*` headers, for the tightest limit of each kind (requests, tokens), reset as the
         latest window their counters were counted in ends: `window`, or one the store counted a counter in that
-        another gateway's clock began first (`MeterSnapshot.rate_windows`), as a 429's `retry-after` then is."""
+        another gateway's clock began first (`MeterSnapshot.rate_windows`), as a 429's `retry-after` then is. An
+        answer tells them as they hold when it is built (`RateHeaders.told`)."""
         if snapshot is not None and snapshot.rate_windows:
             window = max(window, *(snapshot.rate_windows.get(rate.counter, window) for rate in rates))
-        return self._limit_headers(rates, snapshot, max(1, math.ceil((window + 1) * 60 - self.clock())))
+        ends_at = (window + 1) * 60
+        headers = self._limit_headers(rates, snapshot, max(1, math.ceil(ends_at - self.clock())))
+        return RateHeaders(headers, ends_at, self.clock)
 
     @staticmethod
     def _limit_headers(rates: list[RateCharge], snapshot: MeterSnapshot | None, reset_s: int) -> dict[str, str]:

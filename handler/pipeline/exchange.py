@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 from handler.errors import RateLimitError, ServiceUnavailableError, UpstreamTimeoutError
-from handler.pipeline.budgets import Counted, Reservation, remaining_usd
+from handler.pipeline.budgets import Counted, RateHeaders, Reservation, remaining_usd
 from handler.pipeline.output_caps import OutputCap
 from handler.pipeline.pricing import Cost, PromptEstimate, usd
 from handler.pipeline.routing import Attempt, RouteControls
@@ -218,7 +218,9 @@ class Exchange:
             held = remaining_usd(self.reservation, self.reservation.amount_usd * (1 + len(self.missed)))
             if held is not None:
                 headers["x-gateway-budget-remaining-usd"] = usd(held)
-        headers.update(self.limit_headers)
+        limits = self.limit_headers
+        if limits:  # (as they hold now: an answer that outlived the minute they count in tells none)
+            headers.update(limits.told() if isinstance(limits, RateHeaders) else limits)
         total = (time.perf_counter() - self.started) * 1000
         gateway = max(0.0, total - self.store_ms - self.upstream_ms)
         headers["server-timing"] = (
