@@ -64,6 +64,7 @@ class Exchange:
         "client_left", "fallbacks", "counted", "stream", "native_api", "native_options", "anthropic", "audio_output",
         "ledger_item", "ends_at", "lifetime_s", "wasted_usage", "unsent_counts", "sent_to", "reserving", "advisors",
         "advised", "dropped_at", "advisor_models", "unsent_advisors", "advisor_params", "advisor_counts",
+        "advisor_sent",
     )  # fmt: skip
 
     def __init__(
@@ -177,6 +178,9 @@ class Exchange:
         # What each of `advisor_models` counted on its own limits (none: it has none), by model: once an attempt that
         # is sent the tool goes out, its tokens a minute are settled to the tokens the advisor used (`Meter.used`).
         self.advisor_counts: dict[str, Counted] = {}
+        # An attempt that is sent the tool went out: its advisors may run, and the tokens the key chain's own `tpm`
+        # counted for them (`Reservation.advice`) settle to those they ran (`Pipeline._advice_ran`), else none.
+        self.advisor_sent = False
         self.audio_output = False  # it asks for audio output: priced at each model's `audio_output`, else not sent
         self.trace: Trace | None = None  # what its OpenTelemetry spans need, when OTLP export is on (tracing.py)
         # Its ledger line, once settled: the buffered Lambda function marks it when the answer cannot be delivered
