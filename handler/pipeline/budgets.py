@@ -72,18 +72,44 @@ def model_limits(key: KeyRecord, model: str) -> list[tuple[str, dict[str, int]]]
     return [(pattern, limits) for pattern, limits in key.model_limits.items() if model_allowed([pattern], model)]
 
 
+class RateHeaders(dict[str, str]):
+    """OpenAI's `x-ratelimit-*` headers as an admission's counts had them (`Meter._rate_headers`), with when the minute
+    they count in ends (`ends_at`, on the meter's `clock`): an answer is built later, whole ones minutes later, and
+    tells them as they hold then (`told`)."""
+
+    __slots__ = ("ends_at", "clock")
+
+    def __init__(self, headers: dict[str, str], ends_at: float, clock: Callable[[], float]) -> None:
+        super().__init__(headers)
+        self.ends_at = ends_at
+        self.clock = clock
+
+    def told(self) -> dict[str, str]:
+        """The headers as they hold now: `reset` counted from now, as the minute's end draws nearer; none once that
+        minute has ended. The request counted in it alone (its settlement corrects that minute's counts, never the
+        next's), and what the next one holds is not known without reading the store: an answer that outlived its
+        minute said `remaining 0, reset 15s` where the next request was admitted at once (review)."""
+        left = self.ends_at - self.clock()
+        if left <= 0:
+            return {}
+        reset = f"{max(1, math.ceil(left))}s"
+        return {name: reset if name.startswith("x-ratelimit-reset-") else value for name, value in self.items()}
+
+
 class Reservation:
     """What an admission holds until settlement."""
 
     __slots__ = (
-        "admission", "amount_usd", "tokens", "snapshot", "budget_limit", "budget_key", "store_ms", "headers",
-        "prompt_tokens", "output_tokens", "admitted_at",
+        "admission", "amount_usd", "tokens", "advice", "snapshot", "budget_limit", "budget_key", "store_ms",
+        "headers", "prompt_tokens", "output_tokens", "admitted_at",
     )  # fmt: skip
 
-    def __init__(self, admission: Admission | None, amount_usd: float, tokens: int) -> None:
+    def __init__(self, admission: Admission | None, amount_usd: float, tokens: int, advice: int = 0) -> None:
         self.admission = admission
         self.amount_usd = amount_usd
-        self.tokens = tokens
+        self.tokens = tokens  # what it counted on each tokens a minute (what the request shows: `_admit_tokens`)
+        # What it counted more on the key chain's own `tpm` for the advisor tool's calls (`Meter.reservation`).
+        self.advice = advice
         self.snapshot = MeterSnapshot()
         self.budget_limit: float | None = None
         self.budget_key: str | None = None
@@ -183,10 +209,19 @@ class Meter:
         return reservation
 
     def reservation(
-        self, lineage: list[KeyRecord], model: str, worst_usd: float | None, tokens: int, request_id: str
+        self,
+        lineage: list[KeyRecord],
+        model: str,
+        worst_usd: float | None,
+        tokens: int,
+        request_id: str,
+        advice: int = 0,
     ) -> Reservation:
         """What `admit` reserves and counts, not yet admitted: its `admission` is None where there is nothing to
-        write (no budget and no limits along the key's chain)."""
+        write (no budget and no limits along the key's chain). `advice`: the most tokens the advisor tool's calls
+        may read and write (Anthropic runs another model inside the answer), counted on the key chain's own `tpm`
+        beside `tokens`, on top of them: a key's tokens a minute are every model's it runs. (Its model's own limits
+        count it apart, as a fallback's do: `admit_fallback`.) Settled to the tokens it ran (`settlement`)."""
         key = lineage[0]
         now = self.clock()
         budgeted = [r for r in lineage if r.budget_usd is not None]
@@ -200,8 +235,9 @@ class Meter:
             BudgetCharge(r.id, period_of(r.budget_period, now), float(r.budget_usd or 0.0), amount, r.home_region)
             for r in budgeted
         ]
-        rates = [rate for holder in lineage for rate in self._rates(holder, key, model, int(now // 60), tokens)]
-        reservation = Reservation(None, amount, tokens)
+        window = int(now // 60)
+        rates = [rate for holder in lineage for rate in self._rates(holder, key, model, window, tokens, advice=advice)]
+        reservation = Reservation(None, amount, tokens, advice)
         reservation.admitted_at = now
         if budgeted:
             reservation.budget_key, reservation.budget_limit = budgeted[0].id, float(budgeted[0].budget_usd or 0.0)
@@ -227,7 +263,7 @@ class Meter:
         assert admission is not None
         started = time.perf_counter()
         window = int(reservation.admitted_at // 60)
-        snapshot = await self._admit(admission, key, reservation.amount_usd, window)
+        snapshot = await self._admit(admission, key, reservation.amount_usd, window, advice=reservation.advice)
         reservation.store_ms = (time.perf_counter() - started) * 1000
         self._admitted(reservation, snapshot)
 
@@ -402,9 +438,16 @@ class Meter:
         await self._admit(admission, key, 0.0, window, region)
 
     async def _admit(
-        self, admission: Admission, key: KeyRecord, amount: float, window: int, region: str | None = None
+        self,
+        admission: Admission,
+        key: KeyRecord,
+        amount: float,
+        window: int,
+        region: str | None = None,
+        advice: int = 0,
     ) -> MeterSnapshot:
-        """One store admission (in `region`, where given), with its refusals as the client's errors."""
+        """One store admission (in `region`, where given), with its refusals as the client's errors (`advice`: what
+        its own `tpm` counts for the advisor tool's calls, which a request too large for it is told)."""
         try:
             try:
                 async with span("store.admit"):
@@ -430,10 +473,14 @@ class Meter:
             wait = max(1, math.ceil(refused.retry_after))
             whose = "this key's" if refused.key_id == key.id else "a parent key's"
             if refused.requested is not None:  # as OpenAI answers it: a 429 that says not to retry
+                needs, lower = "the prompt and the output it may produce", "max_tokens"
+                if advice and refused.limit_name == "tpm":
+                    needs = f"the prompt, the output it may produce and {advice} its advisor tool's calls may run"
+                    lower = "max_tokens, the advisor's max_uses or max_tokens"
                 raise RateLimitError(
                     f"request too large for {whose} {refused.limit_name} limit of {refused.limit} tokens per minute: "
-                    f"it needs about {refused.requested} (the prompt and the output it may produce); lower "
-                    "max_tokens or shorten the prompt, no minute will admit it as it is",
+                    f"it needs about {refused.requested} ({needs}); lower {lower} or shorten the prompt, no minute "
+                    "will admit it as it is",
                     retry=False,  # (`retry-after` stays, as on every 429; the SDKs read x-should-retry first)
                     headers={"retry-after": str(wait), **self._refusal_headers(admission.rates, refused, wait)},
                 ) from None
@@ -480,17 +527,24 @@ class Meter:
 
     @staticmethod
     def _rates(
-        holder: KeyRecord, key: KeyRecord, model: str, window: int, tokens: int, counted: list[str] | None = None
+        holder: KeyRecord,
+        key: KeyRecord,
+        model: str,
+        window: int,
+        tokens: int,
+        counted: list[str] | None = None,
+        advice: int = 0,
     ) -> list[RateCharge]:
         """The rate charges of `holder`'s limits (`counted`: the models the request was counted on already; then
         only its limits on `model` that none of them matched): `key` itself, or one of its ancestors, whose
-        counters every descendant shares (`RateCharge.key_id`)."""
+        counters every descendant shares (`RateCharge.key_id`). `advice`: tokens more on its own `tpm` alone (an
+        advisor's: `reservation`)."""
         owner, home = (None, None) if holder is key else (holder.id, holder.home_region)
         rates = []
         if holder.rpm and counted is None:
             rates.append(RateCharge("rpm", window, holder.rpm, 1, owner, home))
         if holder.tpm and counted is None:
-            rates.append(RateCharge("tpm", window, holder.tpm, tokens, owner, home))
+            rates.append(RateCharge("tpm", window, holder.tpm, tokens + advice, owner, home))
         for pattern, limits in model_limits(holder, model) if holder.model_limits else ():
             if counted and any(model_allowed([pattern], other) for other in counted):
                 continue
@@ -500,13 +554,16 @@ class Meter:
                 rates.append(RateCharge(f"tpm:{pattern}", window, limits["tpm"], tokens, owner, home))
         return rates
 
-    def _rate_headers(self, rates: list[RateCharge], snapshot: MeterSnapshot | None, window: int) -> dict[str, str]:
+    def _rate_headers(self, rates: list[RateCharge], snapshot: MeterSnapshot | None, window: int) -> RateHeaders:
         """OpenAI's `x-ratelimit-*` headers, for the tightest limit of each kind (requests, tokens), reset as the
         latest window their counters were counted in ends: `window`, or one the store counted a counter in that
-        another gateway's clock began first (`MeterSnapshot.rate_windows`), as a 429's `retry-after` then is."""
+        another gateway's clock began first (`MeterSnapshot.rate_windows`), as a 429's `retry-after` then is. An
+        answer tells them as they hold when it is built (`RateHeaders.told`)."""
         if snapshot is not None and snapshot.rate_windows:
             window = max(window, *(snapshot.rate_windows.get(rate.counter, window) for rate in rates))
-        return self._limit_headers(rates, snapshot, max(1, math.ceil((window + 1) * 60 - self.clock())))
+        ends_at = (window + 1) * 60
+        headers = self._limit_headers(rates, snapshot, max(1, math.ceil(ends_at - self.clock())))
+        return RateHeaders(headers, ends_at, self.clock)
 
     @staticmethod
     def _limit_headers(rates: list[RateCharge], snapshot: MeterSnapshot | None, reset_s: int) -> dict[str, str]:
@@ -562,10 +619,18 @@ class Meter:
         return headers
 
     def settlement(
-        self, reservation: Reservation, actual_usd: float, tokens: int, item: LedgerItem | None, unsent: bool = False
+        self,
+        reservation: Reservation,
+        actual_usd: float,
+        tokens: int,
+        item: LedgerItem | None,
+        unsent: bool = False,
+        advice: int = 0,
     ) -> Settlement:
         """What settles `reservation` at `actual_usd` and `tokens`; `unsent`: the request was never sent (no attempt
-        went out), so it gives back the request it counted on the requests a minute too."""
+        went out), so it gives back the request it counted on the requests a minute too. `advice`: the tokens its
+        advisor tool's calls ran, which the key chain's own `tpm` counted beside its own (`Reservation.advice`) and
+        is settled to with them, in this one settlement (so once: the store applies one an id)."""
         admission = reservation.admission
         if admission is None:
             return Settlement(item.request_id if item else "", [], 0.0, [], item)
@@ -576,12 +641,13 @@ class Meter:
         # One never sent gives back itself on the requests a minute too (a deadline that ran out while it was
         # admitted used one of the key's requests for nothing); one whose attempts went out and reached no provider
         # (refused connections) stays counted, so a client retrying a dead provider's 502 at once is held to it.
+        advised = tokens + advice
         rates = [
             RateCharge(
                 r.name,
                 r.window,
                 r.limit,
-                tokens - r.amount if r.name.startswith("tpm") else -r.amount,
+                (advised if r.name == "tpm" else tokens) - r.amount if r.name.startswith("tpm") else -r.amount,
                 r.key_id or admission.key_id,
                 r.home_region if r.key_id else admission.home_region,
             )

@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 from handler.errors import RateLimitError, ServiceUnavailableError, UpstreamTimeoutError
-from handler.pipeline.budgets import Counted, Reservation, remaining_usd
+from handler.pipeline.budgets import Counted, RateHeaders, Reservation, remaining_usd
 from handler.pipeline.output_caps import OutputCap
 from handler.pipeline.pricing import Cost, PromptEstimate, usd
 from handler.pipeline.routing import Attempt, RouteControls
@@ -64,6 +64,7 @@ class Exchange:
         "client_left", "fallbacks", "counted", "stream", "native_api", "native_options", "anthropic", "audio_output",
         "ledger_item", "ends_at", "lifetime_s", "wasted_usage", "unsent_counts", "sent_to", "reserving", "advisors",
         "advised", "dropped_at", "advisor_models", "unsent_advisors", "advisor_params", "advisor_counts",
+        "advisor_sent",
     )  # fmt: skip
 
     def __init__(
@@ -177,6 +178,9 @@ class Exchange:
         # What each of `advisor_models` counted on its own limits (none: it has none), by model: once an attempt that
         # is sent the tool goes out, its tokens a minute are settled to the tokens the advisor used (`Meter.used`).
         self.advisor_counts: dict[str, Counted] = {}
+        # An attempt that is sent the tool went out: its advisors may run, and the tokens the key chain's own `tpm`
+        # counted for them (`Reservation.advice`) settle to those they ran (`Pipeline._advice_ran`), else none.
+        self.advisor_sent = False
         self.audio_output = False  # it asks for audio output: priced at each model's `audio_output`, else not sent
         self.trace: Trace | None = None  # what its OpenTelemetry spans need, when OTLP export is on (tracing.py)
         # Its ledger line, once settled: the buffered Lambda function marks it when the answer cannot be delivered
@@ -218,7 +222,9 @@ class Exchange:
             held = remaining_usd(self.reservation, self.reservation.amount_usd * (1 + len(self.missed)))
             if held is not None:
                 headers["x-gateway-budget-remaining-usd"] = usd(held)
-        headers.update(self.limit_headers)
+        limits = self.limit_headers
+        if limits:  # (as they hold now: an answer that outlived the minute they count in tells none)
+            headers.update(limits.told() if isinstance(limits, RateHeaders) else limits)
         total = (time.perf_counter() - self.started) * 1000
         gateway = max(0.0, total - self.store_ms - self.upstream_ms)
         headers["server-timing"] = (

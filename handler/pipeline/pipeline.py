@@ -736,7 +736,8 @@ class Pipeline(Charges):
             # The rate limits count what the request shows: a document the provider fetches (`referenced`) is in
             # the budget's worst case, not in the tokens a minute (100 pages would refuse it on any key's tpm).
             tokens = prompt - estimate.referenced + output
-            reservation = self.meter.reservation(ex.lineage, ex.model, worst, tokens, ex.request_id)
+            advice = self._advice(ex, plan, prompt - estimate.referenced, output) if ex.advisors else 0
+            reservation = self.meter.reservation(ex.lineage, ex.model, worst, tokens, ex.request_id, advice)
             if reservation.admission is not None and not self.meter.held(reservation):
                 await self._reserve(ex, reservation)
         except BudgetExceededError as exc:
@@ -941,7 +942,8 @@ class Pipeline(Charges):
                 ex.sent_to.add(attempt.model)
                 if ex.unsent_counts:  # (it goes out: what its own limits counted stays counted)
                     ex.unsent_counts.pop(attempt.model, None)
-                if ex.unsent_advisors and self._sent_as_written(ex, attempt):
+                if ex.advisors and not ex.advisor_sent and self._sent_as_written(ex, attempt):
+                    ex.advisor_sent = True
                     ex.unsent_advisors = []  # (it is sent the tool: what its advisors' limits counted stays counted)
                 ex.inflight_status = 0
                 try:
@@ -1109,7 +1111,10 @@ class Pipeline(Charges):
         store had written was never given back (the model's requests a minute spent on nothing sent to it)."""
         if model not in ex.fallbacks:
             reservation = ex.reservation
-            tokens = reservation.prompt_tokens + reservation.output_tokens if reservation is not None else 0
+            # What the admission counted on its tokens a minute (`Reservation.tokens`): what the request shows, not a
+            # document the provider fetches (`referenced`), whose 460,000 tokens refused the fallback (`=rate_limited`)
+            # on a `tpm` the same request asked of it straight was served within (review).
+            tokens = reservation.tokens if reservation is not None else 0
             counted = [ex.model, *(m for m, refused in ex.fallbacks.items() if refused is None)]
             counted += ex.advisor_models or ()  # (a pattern its advisors' models matched has counted it already)
 
@@ -1137,7 +1142,9 @@ class Pipeline(Charges):
         model counted before matched (the one asked for, the fallbacks counted, another advisor's) not again; one
         spent refuses the request with its 429, nothing sent. What they counted is given back, as a fallback's is,
         when no attempt that is sent the tool goes out (`Exchange.unsent_advisors`); waited for however often the
-        request is cancelled meanwhile, as a fallback's count is (`_written`)."""
+        request is cancelled meanwhile, as a fallback's count is (`_written`). (The key chain's own `tpm`, which a
+        fallback's count leaves to the admission it replaces the request of, counted the advisors' tokens on top of
+        the request's at its admission: `_advice`.)"""
         reservation = ex.reservation
         prompt = reservation.prompt_tokens - (ex.prompt.referenced if ex.prompt else 0) if reservation else 0
         written = reservation.output_tokens if reservation else 0
@@ -1178,6 +1185,37 @@ class Pipeline(Charges):
             for name in self._advisor_models(model):
                 ran[name] = ran.get(name, 0) + usage.prompt_tokens + usage.completion_tokens
         return [(counted, ran.get(name, 0)) for name, counted in sent]
+
+    def _advice(self, ex: Exchange, plan: list[Attempt], prompt: int, written: int) -> int:
+        """The most tokens the advisors of a request (`Exchange.advisors`) may run, counted on the key chain's own
+        `tpm` beside the request's (`Meter.reservation`): a key's tokens a minute are those of every model it runs, and
+        Anthropic runs the advisor's inside the answer (a parent's `tpm` of 4,000 let its child's advised answers run
+        22,950 tokens in a minute, each told some 3,770 remained: review). Each tool's calls read and write at most
+        `advisor_tokens` of the request's worst case (`prompt`, less a document the provider fetches, and `written`),
+        as its model's own limits count them (`_count_advisors`). None where no attempt of `plan` is sent the tool
+        (a translation leaves it out), nor for a tool naming no model (Anthropic's 400, which runs nothing)."""
+        if not any(self._sent_as_written(ex, attempt) for attempt in plan):
+            return 0
+        return sum(advisor_tokens(prompt, written, uses, most) for model, uses, most in ex.advisors if model)
+
+    @staticmethod
+    def _advice_ran(ex: Exchange, reservation: Reservation, served: Served | None, source: str) -> int:
+        """The tokens the key chain's own `tpm` settles to for the advisors (what it counted for them:
+        `Reservation.advice`): none where no attempt that is sent the tool went out; the tokens their models ran
+        for the answer (`Served.others`, which its line is charged for) where nothing the provider may bill went
+        unseen; else (a stream cut short, an answer without usage or with usage not plausible, an attempt never
+        answered, an answer thrown away) the most stays counted, as it is charged. As `_advisors_used` settles
+        their models' own limits."""
+        if not ex.advisor_sent:
+            return 0
+        if source != "provider" or ex.missed or ex.wasted_usage is not None:
+            return reservation.advice
+        ran = 0
+        for _, usage in served.others if served is not None else ():
+            if not plausible(usage):
+                return reservation.advice
+            ran += usage.prompt_tokens + usage.completion_tokens
+        return ran
 
     async def _cover_missed(self, ex: Exchange, last: UpstreamError) -> None:
         """Before the next attempt: a worst case more on the key's budgets for the attempt the provider may still
@@ -1315,7 +1353,8 @@ class Pipeline(Charges):
                 unsent_counts.append(own)
                 if attempt is not None:
                     ex.limit_headers = self.meter.served_headers(reservation, ex.counted, attempt.model)
-        settlements = [self.meter.settlement(reservation, actual, tokens, item, unsent)]
+        advice = self._advice_ran(ex, reservation, served, source) if reservation.advice else 0
+        settlements = [self.meter.settlement(reservation, actual, tokens, item, unsent, advice)]
         # The worst cases reserved more for attempts the provider may bill: released (the line carries their cost).
         settlements += [self.meter.settlement(extra, 0.0, 0, None) for extra in ex.extra]
         # What models nothing was sent to counted on their own limits: given back, as a request never sent gives

@@ -18,16 +18,20 @@ import httpx
 import pytest
 from anthropic.types import ThreadNotFoundError
 
+from adapters.providers.registry import REGISTRY
+from handler.config import parse_config
 from handler.pipeline.budgets import period_of
+from handler.pipeline.charges import DEFAULT_ADVICE_TOKENS, DEFAULT_ADVISOR_USES
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService, split_key
 from handler.ports import KeyRecord
-from tests.functional.conftest import Running, anthropic_client, fresh_minute, param_store_url
+from tests.functional.conftest import Running, anthropic_client, fresh_minute, param_store_url, serving
 from tests.functional.test_search_and_cache_prices import (
     ADVISOR_BETA,
     HI,
     THREADS_BETA,
     advised_settings,
+    config,
     continue_of,
     gateway_pricing,
 )
@@ -45,6 +49,19 @@ def priced(
     """The gateway of the advisor's prices: `sonnet`, `opus` (deploying `claude-opus-4-6`) and `advisor` (deploying
     `claude-advisor-x`) on Anthropic's fake."""
     yield from gateway_pricing(upstream, tmp_path_factory, None)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "dynamodb"])
+def priced_on_each_store(
+    request: pytest.FixtureRequest,
+    upstream: tuple[ServerThread, dict[str, Any]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Running]:
+    """`priced`'s gateway on each store."""
+    if "anthropic" not in REGISTRY:
+        pytest.skip("the anthropic provider type is not registered")
+    store_url = param_store_url(request, tmp_path_factory, "advised")
+    yield from serving(parse_config(config(upstream[0].url, None), set(REGISTRY)), store_url, upstream)
 
 
 def sent_since(running: Running, before: int) -> list[dict[str, Any]]:
@@ -162,6 +179,38 @@ def test_an_advisors_own_tokens_a_minute_settle_to_the_tokens_it_ran(priced: Run
     for _ in range(4):
         assert sdk.create(**settings).content
         time.sleep(0.3)  # (the settlement, in the background)
+
+
+def ran(message: Any) -> int:
+    """Every token run for an answer, its advisor's with its executor's (its usage's `iterations`)."""
+    return sum(entry.input_tokens + entry.output_tokens for entry in message.usage.iterations or ())
+
+
+def test_a_parents_tokens_a_minute_count_the_tokens_its_childs_advisor_runs(priced_on_each_store: Running) -> None:
+    """A key's `tpm`, and every ancestor's, counts every token run for its requests, the advisor's model's with the
+    executor's: the advisor's were counted on its model's own limits alone, and a parent with `tpm: 4000` let its
+    child run three advised answers of ~7,650 tokens each in one minute (22,950), each told some 3,770 tokens
+    remained (found by review). They are counted on it for the most the advisor's calls may run (three calls of 8,192
+    tokens by default: a request too large for 4,000, which no minute admits), told in `x-ratelimit-remaining-tokens`,
+    and settled, once, to the tokens it ran."""
+    fresh_minute()
+    running = priced_on_each_store
+    parent = running.mint(name="tpm-4000", tpm=4_000)
+    child = running.mint(name="advised-child", parent_id=key_id(parent), ancestors=[key_id(parent)])
+    too_large = refused(running, child, advised_settings(OPUS))
+    assert too_large.status_code == 429 and "advisor tool's calls" in str(too_large.body), too_large.body
+    assert too_large.response.headers["x-should-retry"] == "false"
+
+    parent = running.mint(name="tpm-100000", tpm=100_000)
+    child = running.mint(name="advised-child", parent_id=key_id(parent), ancestors=[key_id(parent)])
+    sdk = anthropic_client(running, child).beta.messages.with_raw_response
+    first = sdk.create(**advised_settings(OPUS))
+    counted = 100_000 - int(first.headers["x-ratelimit-remaining-tokens"])  # (the request's worst case, told)
+    assert counted > 2 * DEFAULT_ADVISOR_USES * DEFAULT_ADVICE_TOKENS, counted  # its advisor's calls among them
+    time.sleep(0.5)  # (the settlement, in the background)
+    second = sdk.create(**advised_settings(OPUS))
+    # The first counts what it ran, ~7,650 tokens (it counted the ~16 its executor ran), the second its worst case.
+    assert int(second.headers["x-ratelimit-remaining-tokens"]) == 100_000 - ran(first.parse()) - counted
 
 
 def test_an_advisor_named_by_its_dated_id_is_the_model_that_deploys_its_alias(priced: Running) -> None:

@@ -20,9 +20,11 @@ from handler.pipeline.budgets import period_of
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService, split_key
 from handler.pipeline.pricing import estimate_prompt_tokens, price_for, worst_case_usd
-from handler.ports import Admission, RateCharge
+from handler.ports import Admission, KeyRecord, RateCharge
 from handler.schemas import ChatRequest
-from tests.functional.conftest import Running, fresh_minute, openai_client, serve_gateway
+from tests.functional.conftest import Running, fresh_minute, openai_client, param_store_url, serve_gateway
+from tests.functional.test_costs_edges import MODEL, completion
+from tests.support.inprocess import serve
 from tests.support.servers import ServerThread
 
 HI = [{"role": "user", "content": "Hi"}]
@@ -732,6 +734,43 @@ def test_rate_limits_answer_429_with_headers(on_each_store: Running) -> None:
             model="gpt-4o-mini",
             messages=HI,  # type: ignore[arg-type]
         )
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A store of the test's own, on each store in turn (for a gateway in-process, `tests.support.inprocess`)."""
+    return param_store_url(request, tmp_path_factory, "minutes")
+
+
+async def test_an_answer_that_outlives_its_minute_tells_no_count_of_it(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer's `x-ratelimit-*` were computed at its admission and sent as they were, however long the answer
+    took: a child of a parent with `rpm: 1`, admitted at :47 and answered 2 s into the next minute, was told
+    `remaining 0, reset 15s`, and its next request, sent at once, was admitted (found by review). They are told as
+    they hold when the answer is built: `reset` from then, and none once the minute they count in has ended (the
+    request counted in it alone; what the next minute holds is not known without reading the store)."""
+    now = [time.time() // 60 * 60 + 59]  # (a second before a minute's end)
+    monkeypatch.setattr(time, "time", lambda: now[0])
+
+    def in_the_next_minute(request: httpx.Request) -> httpx.Response:
+        now[0] += 2.0
+        body = orjson.loads(request.content)
+        return httpx.Response(200, json=completion(body["model"]))
+
+    served = await serve(in_the_next_minute, {"m": MODEL}, store_url=store_url)
+    admin = KeyAdmin(KeyService(served.gateway.store, 0))
+    parent = (await admin.mint(KeyRecord(id="", name="rpm-1", secret_hash="", created_at=0, rpm=1))).record
+    child = KeyRecord(id="", name="child", secret_hash="", created_at=0, parent_id=parent.id, ancestors=[parent.id])
+    served.key = await admin.mint(child)
+    answered = await served.post("/v1/chat/completions", {"model": "m", "messages": HI})
+    assert answered.status_code == 200, answered.text
+    assert [name for name in answered.headers if name.startswith("x-ratelimit-")] == [], answered.headers
+    following = await served.post("/v1/chat/completions", {"model": "m", "messages": HI})
+    assert following.status_code == 200, following.text  # (the minute the answer was admitted in was over)
+    told = following.headers["x-ratelimit-remaining-requests"], following.headers["x-ratelimit-reset-requests"]
+    assert told == ("0", "57s"), told  # (admitted at :01, answered at :03 of its minute)
+    await served.gateway.aclose()
 
 
 def test_a_request_that_reached_no_provider_gives_its_tokens_back(on_each_store: Running) -> None:

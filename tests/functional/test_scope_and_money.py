@@ -86,6 +86,7 @@ def scope_config(upstream_url: str, first_byte: float = 5, **bounds: Any) -> Con
                 "claude-test": model("claude-haiku-4-5", "anthropic"),
                 "claude-other-test": model("claude-sonnet-4-5", "anthropic"),  # (another Claude, which counts too)
                 "broken-test": model("fail-500"),
+                "claude-broken-test": model("fail-500", "anthropic"),  # (a Claude that fails: claude-t* misses it)
                 "slow-test": model("slow"),
                 "error-drip-test": model("error-drip"),
                 "slow-then-fast-test": {
@@ -400,6 +401,31 @@ def test_a_fallbacks_own_tokens_a_minute_settle_to_the_tokens_it_used(gw: Runnin
     told = [int(a.headers["x-ratelimit-remaining-tokens"]) for a in via]
     assert told == [int(a.headers["x-ratelimit-remaining-tokens"]) for a in direct], told
     assert told[0] - told[3] < 100, told
+
+
+def test_a_fallback_is_counted_the_tokens_its_request_shows_not_a_document_the_provider_fetches(gw: Running) -> None:
+    """A request's tokens a minute leave out the allowance for a document the provider fetches itself (a PDF by URL:
+    460,000 tokens), which its budget's worst case holds: 100 pages would refuse it on any key's tpm. A fallback's
+    count on its own per-model limits took it in: asked of `claude-test` straight under a parent's `claude-t*` of
+    100,000 tokens a minute, the request was served; handed to it by a failing Claude, it was refused there as too
+    large (`claude-haiku-4-5@global=rate_limited`) and the client got the 502 (found by review). It counts what the
+    admission counts."""
+    fresh_minute()
+    by_url = {"type": "document", "source": {"type": "url", "url": "https://example.com/report.pdf"}}
+    content = [{"type": "text", "text": "Summarise it."}, by_url]
+    body = {"model": "claude-test", "max_tokens": 16, "messages": [{"role": "user", "content": content}]}
+    limits = {"model_limits": {"claude-t*": {"tpm": 100_000}}}
+    anthropic_api = {"anthropic-version": "2023-06-01"}
+    direct = post(gw, "/v1/messages", child(gw, gw.mint(**limits)), body, **anthropic_api)
+    assert direct.status_code == 200, direct.text
+    key = child(gw, gw.mint(**limits))
+    handed = {**anthropic_api, "x-gateway-fallbacks": "claude-test"}
+    via = post(gw, "/v1/messages", key, {**body, "model": "claude-broken-test"}, **handed)
+    assert via.status_code == 200 and via.headers["x-gateway-route"].endswith(f"{CLAUDE}=200"), via.headers
+    # Counted on `claude-t*` as the same request asked of it straight was (its body names a longer model).
+    told = int(via.headers["x-ratelimit-remaining-tokens"])
+    straight = int(direct.headers["x-ratelimit-remaining-tokens"])
+    assert 0 <= straight - told <= 10 and told > 99_000, (told, straight)
 
 
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "city", "schema": {"type": "object"}, "strict": True}}
