@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import urllib.parse
 from typing import Any
@@ -998,3 +999,45 @@ def sse_payloads(text: str) -> list[dict[str, Any]]:
     return [
         orjson.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ") and line != "data: [DONE]"
     ]
+
+
+# --- what a request costs the gateway before its key is admitted -------------------------------------------------
+
+
+def test_a_long_run_of_assistant_items_does_not_hold_the_gateway(fleet: Running, fleet_key: str) -> None:
+    """Each assistant item's text was added to its turn's whole so far (a reasoning item's the same way), copying the
+    turn for every item: quadratic. 50,000 assistant items of 100 characters (6.7 MB, under the 8 MB body bound)
+    held the event loop some 14 s, before the key was admitted, and every other request of the process waited:
+    a `/health` sent meanwhile waited 13.7-36 s."""
+    items: Any = [{"role": "user", "content": "hi"}]
+    items += [{"role": "assistant", "content": "x" * 100}] * 50_000
+    items += [{"role": "user", "content": "and?"}]
+    body = orjson.dumps({"model": "gpt-chat", "input": items, "store": False})
+    assert len(body) < 8 * 1024 * 1024
+    answered: dict[str, Any] = {}
+
+    def send() -> None:
+        headers = {"authorization": f"Bearer {fleet_key}", "content-type": "application/json"}
+        answer = httpx.post(f"{fleet.url}/v1/responses", content=body, headers=headers, timeout=300)
+        answered["status"] = answer.status_code
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    time.sleep(1.0)  # (the body is sent and parsed in well under this: the translation has begun)
+    started = time.monotonic()
+    health = httpx.get(f"{fleet.url}/health", timeout=300)
+    waited = time.monotonic() - started
+    sender.join()
+    assert health.status_code == 200 and answered.get("status") == 200
+    assert waited < 2.0, f"/health waited {waited:.1f} s behind one Responses request's translation"
+
+
+def test_a_key_that_may_not_use_the_model_is_refused_before_its_conversation_is_read(fleet: Running) -> None:
+    """The key's model scope is checked before the stored conversation is read and the input translated: a key that
+    may not use the model was refused only after both (a `previous_response_id` of nothing: its 404, where the 403
+    says why)."""
+    key = fleet.mint(name="gemini-only", models=["gemini"])
+    body = {"model": "claude", "input": "Hi", "previous_response_id": "resp_0123456789abcdef0123456789abcdef"}
+    answer = httpx.post(f"{fleet.url}/v1/responses", json=body, headers={"authorization": f"Bearer {key}"})
+    assert answer.status_code == 403, answer.text
+    assert answer.json()["error"]["code"] == "model_not_allowed"
