@@ -171,6 +171,34 @@ def test_a_call_id_another_provider_wrote_reaches_claude_as_a_stand_in_paired_wi
     assert use["id"] == result["tool_use_id"] and use["id"].startswith("functions_get_weather_0_")
 
 
+@pytest.mark.parametrize("model", ["claude", "bedrock-claude", "claude-thinker"])
+def test_a_turn_continued_without_tools_reaches_claude_as_anthropic_takes_it(
+    fleet: Running, fleet_key: str, model: str
+) -> None:
+    """A call's output sent back without `tools` (a continuation by `previous_response_id` that asks for a summary,
+    an Agents SDK handoff to an agent without tools; OpenAI's Responses API takes it) went to Anthropic with the
+    `tool_use` and `tool_result` blocks and no `tools`: Anthropic's 400 "Requests which include `tool_use` or
+    `tool_result` blocks must define tools" (anthropic-sdk-python#494). The tools the history calls go declared, with
+    `tool_choice: none`, so that none is called and the turns go as Claude wrote them, its signed thinking in place
+    (Bedrock's Converse, which has no `none` choice, gets them as text)."""
+    sdk = openai_client(fleet, fleet_key)
+    first = sdk.responses.create(model=model, input='Weather? CALL get_weather {"city": "Paris"}', tools=[WEATHER])
+    call = next(item for item in first.output if item.type == "function_call")
+    output: Any = [{"type": "function_call_output", "call_id": call.call_id, "output": "18C and sunny"}]
+    raw = sdk.responses.with_raw_response.create(model=model, previous_response_id=first.id, input=output)
+    second = raw.parse()
+    assert second.status == "completed" and second.output_text
+    assert model == "bedrock-claude" or second.output_text == "DONE: 18C and sunny"  # (the fake Anthropic's answer)
+    assert not [item for item in second.output if item.type == "function_call"]
+    assert dropped(raw.headers) == []
+    if model == "bedrock-claude":
+        return
+    sent = fleet.fakes["anthropic"].state.requests[-1]["json"]
+    assert sent["tools"] == [{"name": "get_weather", "input_schema": {"type": "object"}}]
+    assert sent["tool_choice"] == {"type": "none"}
+    assert [block["type"] for block in sent["messages"][1]["content"]][-1] == "tool_use"
+
+
 @pytest.mark.parametrize("model", ["claude", "bedrock-claude"])
 def test_a_streamed_call_without_arguments_has_an_empty_object_as_when_whole(
     fleet: Running, fleet_key: str, model: str
