@@ -433,6 +433,73 @@ def test_an_image_a_function_returned_reaches_gemini_3_inside_its_function_respo
     assert answer["parts"] == [{"inlineData": {"mimeType": "image/png", "data": SCREENSHOT.split(",", 1)[1]}}]
 
 
+STRICT_FORMAT: Any = {
+    "format": {
+        "type": "json_schema",
+        "name": "weather",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "pattern": "^[A-Z]"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    }
+}
+LEFT_OUT: Any = [
+    ("deepseek", {"input": "Weather?", "text": STRICT_FORMAT}, "text.format.strict"),
+    ("gemini", {"input": "Weather?", "text": STRICT_FORMAT}, "text.format.schema[pattern]"),
+    (
+        "claude",
+        {
+            "input": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": "What is this?"},
+                        {"type": "input_image", "image_url": SCREENSHOT, "detail": "high"},
+                    ],
+                }
+            ]
+        },
+        "input_image.detail",
+    ),
+    (
+        "gemini",
+        {
+            "input": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": "Sum it up."},
+                        {"type": "input_file", "file_id": "file-abc"},
+                    ],
+                }
+            ]
+        },
+        "input_file",
+    ),
+]
+
+
+@pytest.mark.parametrize(("model", "body", "name"), LEFT_OUT, ids=["strict", "pattern", "detail", "file"])
+def test_what_a_translation_leaves_out_is_named_in_the_responses_clients_words(
+    fleet: Running, fleet_key: str, model: str, body: dict[str, Any], name: str
+) -> None:
+    """`text.format`'s members and an input item's parts, left out by a provider, were named in Chat Completions'
+    words (`response_format.json_schema.strict`, `response_format.json_schema.schema[pattern]`,
+    `messages.image_url.detail`, `messages.file`), fields of a body the client never sent, and so was the `param` of
+    the strict mode's 400."""
+    headers = {"authorization": f"Bearer {fleet_key}"}
+    sent = {"model": model, "store": False, **body}
+    with httpx.Client(timeout=30) as client:
+        answer = client.post(f"{fleet.url}/v1/responses", json=sent, headers=headers)
+        assert answer.status_code == 200, answer.text
+        assert dropped(answer.headers) == [name]
+        refused = client.post(f"{fleet.url}/v1/responses", json=sent, headers={**headers, "x-gateway-strict": "true"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == name, refused.text
+
+
 # --- reasoning without server state ---------------------------------------------------------------
 
 
