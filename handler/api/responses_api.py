@@ -590,12 +590,21 @@ def _tools(req: ResponsesRequest, dropped: list[str]) -> list[dict[str, Any]]:
 
 
 def _tool_choice(choice: str | dict[str, Any] | None, names: set[str], dropped: list[str]) -> Any:
-    if choice is None or not names:
+    """The choice in Chat Completions form, among the function tools `names`. One that asks for a call with none
+    left to choose (`required` beside hosted tools alone, a function named with no function tool) goes, named
+    `tool_choice` as the pass-through names it (`responses_routes.unchosen`): it went unnamed, and the model, asked
+    to call a tool, answered freely, under `x-gateway-strict` too."""
+    if choice is None:
         return None
     if isinstance(choice, str):
         if choice not in ("auto", "none", "required"):
             raise InvalidRequestError(f"tool_choice '{choice}' is not one of auto, none, required", param="tool_choice")
-        return choice
+        if not names and choice == "required":
+            dropped.append("tool_choice")
+        return choice if names else None
+    if not names:
+        dropped.append("tool_choice")
+        return None
     if choice.get("type") == "function" and choice.get("name") in names:
         return {"type": "function", "function": {"name": choice["name"]}}
     if choice.get("type") == "allowed_tools":
@@ -670,6 +679,8 @@ def to_chat_request(
             body["tool_choice"] = choice
         if req.parallel_tool_calls is not None:
             body["parallel_tool_calls"] = req.parallel_tool_calls
+    elif req.tool_choice is not None:
+        _tool_choice(req.tool_choice, set(), dropped)  # (none left to choose: named, as `unchosen` names it)
     response_format = _response_format(req.text)
     if response_format is not None:
         body["response_format"] = response_format

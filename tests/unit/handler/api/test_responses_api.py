@@ -348,3 +348,28 @@ def test_an_allowed_tools_choice_is_the_chat_choice_of_the_function_tools_it_all
         {**body.model_dump(), "tool_choice": {**choice, "tools": allowed[1:]}}
     )
     assert to_chat_request(only_hosted, [], SEAL)[0].tool_choice == "required"
+
+
+@pytest.mark.parametrize(
+    ("choice", "named"),
+    [
+        ("required", True),
+        ({"type": "function", "name": "get_weather"}, True),
+        ({"type": "allowed_tools", "mode": "required", "tools": [{"type": "file_search"}]}, True),
+        ({"type": "file_search"}, True),
+        ("auto", False),
+        ("none", False),
+    ],
+)
+def test_a_choice_with_no_function_tool_left_to_choose_is_named(choice: Any, named: bool) -> None:
+    """Beside hosted tools alone (left out), a choice that asks for a call went unnamed: the model, asked to call a
+    tool, answered freely. It is named `tool_choice`, as the pass-through names it; `auto` and `none` ask nothing."""
+    tools = [{"type": "file_search", "vector_store_ids": ["vs_1"]}]
+    body = ResponsesRequest.model_validate({"model": "m", "input": "hi", "tools": tools, "tool_choice": choice})
+    req, dropped = to_chat_request(body, [], SEAL)
+    assert req.tool_choice is None and req.tools is None
+    assert dropped == ["tools[file_search]", *(["tool_choice"] if named else [])]
+    with pytest.raises(InvalidRequestError):  # (a choice the API does not have is the client's 400, tools or none)
+        to_chat_request(
+            ResponsesRequest.model_validate({"model": "m", "input": "hi", "tool_choice": "often"}), [], SEAL
+        )
