@@ -22,7 +22,7 @@ import operator
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Literal
 
 import orjson
@@ -826,10 +826,14 @@ def envelope(
     status: str = "in_progress",
     output: list[dict[str, Any]] | None = None,
     finish_reason: str | None = None,
+    dropped: Collection[str] = (),
 ) -> dict[str, Any]:
     """The `response` object around its output: the request's settings echoed as OpenAI does. Built for a completed
     response (as the answer, the stream's last event and what is stored), it says when: `completed_at`, in Unix
-    seconds, which OpenAI gives a completed response alone (it was None on every one)."""
+    seconds, which OpenAI gives a completed response alone (it was None on every one). Its `service_tier` is the one
+    the answer was served at: the one asked, unless the deployment was not sent it (`dropped`, what the attempt that
+    answered left out), then its provider's default (it said `flex`, asked and dropped, as OpenAI says a tier it
+    served)."""
     incomplete = INCOMPLETE.get(finish_reason or "")
     if incomplete and status == "completed":
         status = "incomplete"
@@ -855,7 +859,7 @@ def envelope(
         "prompt_cache_key": req.prompt_cache_key,
         "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
         "safety_identifier": req.safety_identifier,
-        "service_tier": req.service_tier or "default",
+        "service_tier": "default" if req.service_tier is None or "service_tier" in dropped else req.service_tier,
         "store": req.stored,
         "temperature": req.temperature if req.temperature is not None else 1.0,
         "text": text,
@@ -923,9 +927,14 @@ def _items_in_order(
 
 
 def to_response(
-    completion: ChatCompletion, req: ResponsesRequest, ids: ResponseIds, seal: ReasoningSeal, cost: Cost | None
+    completion: ChatCompletion,
+    req: ResponsesRequest,
+    ids: ResponseIds,
+    seal: ReasoningSeal,
+    cost: Cost | None,
+    dropped: Collection[str] = (),
 ) -> dict[str, Any]:
-    """The `response` object for the first choice of a completion."""
+    """The `response` object for the first choice of a completion (`dropped`: what its deployment was not sent)."""
     choice = completion.choices[0] if completion.choices else None
     output: list[dict[str, Any]] = []
     if choice is not None:
@@ -945,5 +954,6 @@ def to_response(
         status="completed",
         output=output,
         finish_reason=choice.finish_reason if choice else None,
+        dropped=dropped,
     )
     return finish(response, completion.usage or Usage(), cost)

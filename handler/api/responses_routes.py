@@ -533,7 +533,7 @@ class ResponsesRoutes:
             redact_error(outcome.body.get("error"))  # (a failed response's, answered with a 200: before it is kept)
             response = relay.finish(outcome.body)
         else:
-            response = to_response(outcome, body, ids, seal, ex.cost)
+            response = to_response(outcome, body, ids, seal, ex.cost, ex.dropped)
         await keep(response)
         return self.answer(ex, response)
 

@@ -301,6 +301,29 @@ def test_a_tool_choice_left_without_tools_is_named_as_dropped(
     )
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_service_tier_left_out_is_not_echoed_as_served(fleet: Running, fleet_key: str, stream: bool) -> None:
+    """A `service_tier` the deployment was not sent (Claude has no `flex`: named as dropped, and billed at the plain
+    price) was echoed in the response as if the answer had run at it; it ran at the provider's default."""
+    sdk = openai_client(fleet, fleet_key)
+    if stream:
+        with sdk.responses.stream(model="claude", input="Hi", service_tier="flex", store=False) as events:
+            tiers = {
+                event.response.service_tier
+                for event in events
+                if event.type in ("response.created", "response.completed")
+            }
+            final = events.get_final_response()
+        assert tiers == {"default"}
+    else:
+        raw = sdk.responses.with_raw_response.create(model="claude", input="Hi", service_tier="flex", store=False)
+        assert dropped(raw.headers) == ["service_tier"]
+        final = raw.parse()
+    assert final.service_tier == "default"
+    passed = sdk.responses.create(model="gpt-chat", input="Hi", service_tier="flex", store=False)
+    assert passed.service_tier == "flex"  # (sent, and served at it)
+
+
 @pytest.mark.parametrize(
     "body",
     [

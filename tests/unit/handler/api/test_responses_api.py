@@ -373,3 +373,22 @@ def test_a_choice_with_no_function_tool_left_to_choose_is_named(choice: Any, nam
         to_chat_request(
             ResponsesRequest.model_validate({"model": "m", "input": "hi", "tool_choice": "often"}), [], SEAL
         )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_service_tier_the_deployment_was_not_sent_is_not_echoed_as_served(stream: bool) -> None:
+    """The response says the tier it ran at: the one asked, unless the deployment that answered was not sent it
+    (named as dropped), then its provider's default; it said `flex`, as if the answer had run at it."""
+    req = ResponsesRequest.model_validate({"model": "m", "input": "Hi", "service_tier": "flex"})
+    answer = completion({"content": "Hello"}, Usage.of(10, 2))
+    ids = ResponseIds("req_" + "0" * 32)
+    for dropped, tier in ((["service_tier"], "default"), ([], "flex")):
+        if stream:
+            writer = ResponsesEventWriter(req, ids, SEAL, dropped)
+            for chunk in schemas.completion_chunks(answer):
+                writer.chunk(chunk)
+            assert writer.response("in_progress")["service_tier"] == tier
+            response = writer.completed()[1]
+        else:
+            response = to_response(answer, req, ids, SEAL, None, dropped)
+        assert response["service_tier"] == tier
