@@ -165,9 +165,13 @@ CLIENT_NAMES: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
             "reasoning_effort": "output_config.effort",
             "thinking.effort": "output_config.effort",  # (`adapters.providers.reasoning.EFFORT`)
             "response_format": "output_config.format",
+            # (`output_config.format` always asks for an answer that fits its schema: the `strict` a provider that
+            # cannot guarantee one leaves out is the format itself.)
+            "response_format.json_schema.strict": "output_config.format",
             "parallel_tool_calls": "tool_choice.disable_parallel_tool_use",
             "reasoning_summary": "thinking.display",
             "messages.reasoning_content": "messages.thinking",
+            "messages.image_url": "messages.image",
             # What a tool message cannot carry: the blocks of a `tool_result` (images, documents).
             "messages.tool.image_url": "messages.tool_result.image",
             "messages.tool.file": "messages.tool_result.document",
@@ -185,7 +189,20 @@ CLIENT_NAMES: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
             # What a tool message cannot carry: the parts of a `function_call_output`'s `output`.
             "messages.tool.image_url": "input[function_call_output].input_image",
             "messages.tool.file": "input[function_call_output].input_file",
+            # A content part, or its field, the provider cannot take: an input item's.
+            "messages.image_url": "input_image",
+            "messages.image_url.detail": "input_image.detail",
+            "messages.file": "input_file",
         },
+    }
+)
+# The members of a renamed field, by prefix (`response_format.json_schema.strict`, DeepSeek's, is a Responses
+# client's `text.format.strict`; Gemini's `response_format.json_schema.schema[pattern]`, `text.format.schema[pattern]`):
+# renamed by exact name alone, they reached the client in Chat Completions' words.
+CLIENT_PREFIXES: Final[Mapping[str, tuple[tuple[str, str], ...]]] = MappingProxyType(
+    {
+        MESSAGES_API: (("response_format.json_schema.", "output_config.format."),),
+        RESPONSES_API: (("response_format.json_schema.", "text.format."),),
     }
 )
 
@@ -193,7 +210,17 @@ CLIENT_NAMES: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
 def as_client_named(api: str, names: list[str]) -> list[str]:
     """`names` (dropped parameters, as the internal form calls them) as the clients of `api` call them."""
     words = CLIENT_NAMES.get(api)
-    return list(dict.fromkeys(words.get(name, name) for name in names)) if words else names
+    if not words or not names:
+        return names
+    prefixes = CLIENT_PREFIXES[api]
+    return list(dict.fromkeys(words.get(name) or _prefix_renamed(name, prefixes) for name in names))
+
+
+def _prefix_renamed(name: str, prefixes: tuple[tuple[str, str], ...]) -> str:
+    for internal, client in prefixes:
+        if name.startswith(internal):
+            return client + name[len(internal) :]
+    return name
 
 
 class NativeCall(Value):

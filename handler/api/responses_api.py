@@ -22,7 +22,7 @@ import operator
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Literal
 
 import orjson
@@ -389,13 +389,21 @@ class ReasoningSeal:
 
 
 def merge(fields: dict[str, Any], more: dict[str, Any]) -> None:
-    """Fold a delta's reasoning fields in: lists (signed blocks) and maps (signatures) grow, the rest is set."""
+    """Fold a delta's reasoning fields in: lists (signed blocks) and maps (signatures) grow, the rest is set. They
+    grow in place, from a copy of the first (not the delta's own): made anew with each, a turn's blocks were copied
+    whole for every sealed item a client sent back (20,000 items, 1.1 s: quadratic)."""
     for name, value in more.items():
         known = fields.get(name)
-        if isinstance(known, list) and isinstance(value, list):
-            fields[name] = [*known, *value]
-        elif isinstance(known, dict) and isinstance(value, dict):
-            fields[name] = {**known, **value}
+        if isinstance(value, list):
+            if isinstance(known, list):
+                known.extend(value)
+            else:
+                fields[name] = list(value)
+        elif isinstance(value, dict):
+            if isinstance(known, dict):
+                known.update(value)
+            else:
+                fields[name] = dict(value)
         else:
             fields[name] = value
 
@@ -440,6 +448,11 @@ class _Conversation:
     def __init__(self, seal: ReasoningSeal, dropped: list[str]) -> None:
         self.messages: list[dict[str, Any]] = []
         self.turn: dict[str, Any] | None = None
+        # The open turn's text (None until a message item of it: a turn of calls alone has no content) and reasoning,
+        # in pieces joined once when it closes. Each item's added to the whole so far copied it: quadratic, and 50,000
+        # assistant items of 100 characters held the event loop 14 s.
+        self.texts: list[str] | None = None
+        self.thoughts: list[str] = []
         self.seal = seal
         self.dropped = dropped
 
@@ -450,6 +463,15 @@ class _Conversation:
         return self.turn
 
     def close_turn(self) -> None:
+        turn = self.turn
+        if turn is None:
+            return
+        if self.texts is not None:
+            turn["content"] = "".join(self.texts)
+            self.texts = None
+        if self.thoughts:
+            turn["reasoning_content"] = "".join(self.thoughts)
+            self.thoughts = []
         self.turn = None
 
     def drop(self, name: str) -> None:
@@ -504,7 +526,9 @@ class _Conversation:
             # 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'").
             turn = self.assistant()
             text = content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
-            turn["content"] = (turn["content"] or "") + text
+            if self.texts is None:
+                self.texts = []
+            self.texts.append(text)
             if text:
                 _mark(turn, "text", len(text))
             return
@@ -526,7 +550,7 @@ class _Conversation:
         else:
             text = "".join(p.text for p in (item.content or item.summary))
         if text:
-            turn["reasoning_content"] = (turn.get("reasoning_content") or "") + text
+            self.thoughts.append(text)
 
 
 def _mark(turn: dict[str, Any], kind: str, index: int) -> None:
@@ -566,12 +590,21 @@ def _tools(req: ResponsesRequest, dropped: list[str]) -> list[dict[str, Any]]:
 
 
 def _tool_choice(choice: str | dict[str, Any] | None, names: set[str], dropped: list[str]) -> Any:
-    if choice is None or not names:
+    """The choice in Chat Completions form, among the function tools `names`. One that asks for a call with none
+    left to choose (`required` beside hosted tools alone, a function named with no function tool) goes, named
+    `tool_choice` as the pass-through names it (`responses_routes.unchosen`): it went unnamed, and the model, asked
+    to call a tool, answered freely, under `x-gateway-strict` too."""
+    if choice is None:
         return None
     if isinstance(choice, str):
         if choice not in ("auto", "none", "required"):
             raise InvalidRequestError(f"tool_choice '{choice}' is not one of auto, none, required", param="tool_choice")
-        return choice
+        if not names and choice == "required":
+            dropped.append("tool_choice")
+        return choice if names else None
+    if not names:
+        dropped.append("tool_choice")
+        return None
     if choice.get("type") == "function" and choice.get("name") in names:
         return {"type": "function", "function": {"name": choice["name"]}}
     if choice.get("type") == "allowed_tools":
@@ -633,6 +666,7 @@ def to_chat_request(
         conversation.add(item, f"previous[{i}]", stored=True)
     for i, item in enumerate(with_sealed_reasoning(items, kept) if kept else items):
         conversation.add(item, f"input[{i}]")
+    conversation.close_turn()
     _ordered_turns(conversation.messages)
     if not any(m["role"] != "system" for m in conversation.messages):
         raise InvalidRequestError("input must hold at least one message or item", param="input")
@@ -645,6 +679,8 @@ def to_chat_request(
             body["tool_choice"] = choice
         if req.parallel_tool_calls is not None:
             body["parallel_tool_calls"] = req.parallel_tool_calls
+    elif req.tool_choice is not None:
+        _tool_choice(req.tool_choice, set(), dropped)  # (none left to choose: named, as `unchosen` names it)
     response_format = _response_format(req.text)
     if response_format is not None:
         body["response_format"] = response_format
@@ -790,10 +826,14 @@ def envelope(
     status: str = "in_progress",
     output: list[dict[str, Any]] | None = None,
     finish_reason: str | None = None,
+    dropped: Collection[str] = (),
 ) -> dict[str, Any]:
     """The `response` object around its output: the request's settings echoed as OpenAI does. Built for a completed
     response (as the answer, the stream's last event and what is stored), it says when: `completed_at`, in Unix
-    seconds, which OpenAI gives a completed response alone (it was None on every one)."""
+    seconds, which OpenAI gives a completed response alone (it was None on every one). Its `service_tier` is the one
+    the answer was served at: the one asked, unless the deployment was not sent it (`dropped`, what the attempt that
+    answered left out), then its provider's default (it said `flex`, asked and dropped, as OpenAI says a tier it
+    served)."""
     incomplete = INCOMPLETE.get(finish_reason or "")
     if incomplete and status == "completed":
         status = "incomplete"
@@ -819,7 +859,7 @@ def envelope(
         "prompt_cache_key": req.prompt_cache_key,
         "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
         "safety_identifier": req.safety_identifier,
-        "service_tier": req.service_tier or "default",
+        "service_tier": "default" if req.service_tier is None or "service_tier" in dropped else req.service_tier,
         "store": req.stored,
         "temperature": req.temperature if req.temperature is not None else 1.0,
         "text": text,
@@ -887,9 +927,14 @@ def _items_in_order(
 
 
 def to_response(
-    completion: ChatCompletion, req: ResponsesRequest, ids: ResponseIds, seal: ReasoningSeal, cost: Cost | None
+    completion: ChatCompletion,
+    req: ResponsesRequest,
+    ids: ResponseIds,
+    seal: ReasoningSeal,
+    cost: Cost | None,
+    dropped: Collection[str] = (),
 ) -> dict[str, Any]:
-    """The `response` object for the first choice of a completion."""
+    """The `response` object for the first choice of a completion (`dropped`: what its deployment was not sent)."""
     choice = completion.choices[0] if completion.choices else None
     output: list[dict[str, Any]] = []
     if choice is not None:
@@ -909,5 +954,6 @@ def to_response(
         status="completed",
         output=output,
         finish_reason=choice.finish_reason if choice else None,
+        dropped=dropped,
     )
     return finish(response, completion.usage or Usage(), cost)

@@ -465,6 +465,10 @@ class ResponsesRoutes:
         api = self.api
         key = await api.authenticate(request)
         body = await api.parse(request, ResponsesRequest)
+        # A key that may not use the model is refused before its conversation is read from the store and its input
+        # translated (`api.exchange` checks it again, after the translation, as on every route): such a key cost a
+        # worker the store reads and the translation of whatever it sent.
+        api.gateway.keys.check_model(api.lineage(request), body.model, api.gateway.router.spec)
         history: list[dict[str, Any]] = []
         history_ids: list[str] = []
         sealed: dict[str, str] = {}
@@ -529,7 +533,7 @@ class ResponsesRoutes:
             redact_error(outcome.body.get("error"))  # (a failed response's, answered with a 200: before it is kept)
             response = relay.finish(outcome.body)
         else:
-            response = to_response(outcome, body, ids, seal, ex.cost)
+            response = to_response(outcome, body, ids, seal, ex.cost, ex.dropped)
         await keep(response)
         return self.answer(ex, response)
 

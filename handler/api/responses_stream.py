@@ -11,7 +11,7 @@ charged. Every event has a `sequence_number`, counted from 0.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
 from typing import Any
 
 from handler.api.call_order import CallOrder
@@ -58,10 +58,13 @@ class _Item:
 class ResponsesEventWriter:
     """Turns internal chunks into Responses events, one output item open at a time."""
 
-    def __init__(self, req: ResponsesRequest, ids: ResponseIds, seal: ReasoningSeal) -> None:
+    def __init__(
+        self, req: ResponsesRequest, ids: ResponseIds, seal: ReasoningSeal, dropped: Collection[str] = ()
+    ) -> None:
         self.req = req
         self.ids = ids
         self.seal = seal
+        self.dropped = dropped  # (what the deployment streaming the answer was not sent: `envelope`)
         self.created_at = int(time.time())
         self.sequence = 0
         self.output: list[dict[str, Any]] = []
@@ -84,6 +87,7 @@ class ResponsesEventWriter:
             status=status,
             output=list(self.output),
             finish_reason=self.finish_reason,
+            dropped=self.dropped,
         )
 
     def start(self) -> bytes:
@@ -264,7 +268,9 @@ class ResponsesEventWriter:
         """The `error` event, and the failed response for `response.failed`: its output as far as it was streamed
         (`streamed`), and what the stream was charged (settled before, `guarded`): its usage and cost."""
         out = self.event("error", code=exc.code, message=exc.message, param=exc.param)
-        response = envelope(self.req, self.ids.response, self.created_at, status="failed", output=self.streamed())
+        response = envelope(
+            self.req, self.ids.response, self.created_at, status="failed", output=self.streamed(), dropped=self.dropped
+        )
         response["error"] = {"code": exc.code, "message": exc.message}
         if cost is not None:
             finish(response, cost.usage, cost)
@@ -282,7 +288,7 @@ def responses_events(
 ) -> AsyncIterator[bytes]:
     """The client's Responses event stream for an internal chunk stream; `on_finished` gets the final
     response (to store it) before `response.completed` (or `response.failed`) is sent."""
-    writer = ResponsesEventWriter(req, ids, seal)
+    writer = ResponsesEventWriter(req, ids, seal, stream.ex.dropped)
 
     async def render() -> AsyncGenerator[bytes]:
         yield writer.start()

@@ -79,13 +79,21 @@ def split_key(token: str) -> tuple[str, str] | None:
 
 
 def model_allowed(patterns: list[str], model: str) -> bool:
-    """Whether a glob of `patterns` matches `model` (`*`, most keys' only pattern, without the glob machinery)."""
-    return any(pattern == "*" or fnmatchcase(model, pattern) for pattern in patterns)
+    """Whether a glob of `patterns` matches `model` (`*`, most keys' only pattern, without the glob machinery). Plain
+    loops, here and in `allows_model`: a request asks several times (its scope, each deployment planned), and the
+    generators `any` and `all` were given cost as much again."""
+    for pattern in patterns:
+        if pattern == "*" or fnmatchcase(model, pattern):
+            return True
+    return False
 
 
 def allows_model(lineage: list[KeyRecord], model: str) -> bool:
     """Whether the key and every ancestor in `lineage` may use `model`."""
-    return all(model_allowed(holder.models, model) for holder in lineage)
+    for holder in lineage:
+        if not model_allowed(holder.models, model):
+            return False
+    return True
 
 
 def parse_networks(networks: list[str]) -> tuple[Network, ...]:

@@ -157,6 +157,10 @@ def rule_problems(provider: str, model: str, body: dict[str, Any]) -> list[str]:
         blocks = [block for message in body["messages"] for block in message["content"]]
         if any("toolUse" in block or "toolResult" in block for block in blocks):
             found.append("Converse refuses toolUse and toolResult blocks without a toolConfig")
+    if provider == "anthropic" and not body.get("tools"):
+        blocks = [block for message in body["messages"] for block in message["content"] if isinstance(block, dict)]
+        if any(block.get("type") in ("tool_use", "tool_result") for block in blocks):
+            found.append("Anthropic refuses tool_use and tool_result blocks without tools")
     if provider == "gemini":
         config = body.get("generationConfig") or {}
         calling = (body.get("toolConfig") or {}).get("functionCallingConfig", {}).get("mode") != "NONE"

@@ -17,7 +17,9 @@ text cut in half, `stop_reason: max_tokens`). A whitespace-only stop sequence is
 Anthropic refuses it, an image of a type other than JPEG, PNG, GIF and WebP (`IMAGES`), and a beta's field without its
 beta in `anthropic-beta` (`BETA_FIELDS`). A request with
 tools and a `tool_choice` of `any` or `tool` is answered with a `tool_use` block (its input following the tool's
-schema); a user message may script a tool call (`tests.fakes.script`). A streamed tool call without arguments has
+schema); a user message may script a tool call (`tests.fakes.script`), and `tool_choice: none` lets no tool be
+called. A request whose messages hold `tool_use` or `tool_result` blocks and that defines no `tools` is refused, in
+Anthropic's words, as the real API refuses it. A streamed tool call without arguments has
 one `input_json_delta` whose `partial_json` is empty, as Anthropic streams it. A request asking for `thinking`, or
 for a `thinker` model, gets a signed thinking block first (its text empty under `display: omitted`, the default of a
 model whose id has `OMITS_THINKING`, as Claude Opus 4.7's is; for a said answer, what it was told to say); for a
@@ -290,7 +292,7 @@ def _script(body: dict[str, Any]) -> ScriptedCall | str | None:
         [b for b in last if isinstance(b, dict) and b.get("type") == "tool_result"] if isinstance(last, list) else []
     )
     result = texts(results[-1].get("content")) if results else None
-    return scripted_turn(users, [str(t.get("name")) for t in body.get("tools") or []], result)
+    return scripted_turn(users, [str(t.get("name")) for t in _callable(body)], result)
 
 
 def _interleaved(body: dict[str, Any], ids: tuple[str, str] | None = None) -> list[dict[str, Any]]:
@@ -342,7 +344,7 @@ def _content(body: dict[str, Any], tool: str | None) -> list[dict[str, Any]]:
     script = _script(body)
     last = (body.get("messages") or [{}])[-1].get("content")
     answered = isinstance(last, list) and any(block.get("type") == "tool_result" for block in last)
-    if "interleaved" in str(body.get("model")) and body.get("tools") and script is None and not answered:
+    if "interleaved" in str(body.get("model")) and _callable(body) and script is None and not answered:
         return _interleaved(body)
     thinking = body.get("thinking") or {}
     if thinking.get("type") in ("enabled", "adaptive") or "thinker" in str(body.get("model")):
@@ -382,7 +384,7 @@ def _thinks_between(body: dict[str, Any]) -> list[dict[str, Any]]:
         {"type": "thinking", "thinking": THINKING_AGAIN, "signature": SIGNATURE_AGAIN},
         {"type": "redacted_thinking", "data": REDACTED},
     ]
-    tools = body.get("tools") or []
+    tools = _callable(body)
     if not tools:
         return again
     tool_input = input_for(tools[0].get("input_schema"), TOOL_INPUT)
@@ -507,6 +509,12 @@ def _problem(body: dict[str, Any]) -> str | None:
         return refused
     if body.get("tool_choice") and not body.get("tools"):
         return "tool_choice may only be specified while providing tools."
+    if not body.get("tools") and any(
+        block.get("type") in ("tool_use", "tool_result")
+        for message in messages
+        for block in (message.get("content") if isinstance(message.get("content"), list) else ())
+    ):
+        return "Requests which include `tool_use` or `tool_result` blocks must define tools."
     for i, tool in enumerate(body.get("tools") or ()):
         if tool.get("type") in (None, "custom") and not TOOL_NAME.fullmatch(str(tool.get("name"))):
             return f"tools.{i}.custom.name: String should match pattern '^[a-zA-Z0-9_-]{{1,128}}$'"
@@ -558,6 +566,12 @@ def _fault(faults: str) -> Response | None:
     if "fail-context" in faults:
         return _error(400, "invalid_request_error", "prompt is too long: 210000 tokens > 200000 maximum")
     return None
+
+
+def _callable(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tools the model may call: none under `tool_choice: none`, which offers them without letting any be
+    called."""
+    return [] if (body.get("tool_choice") or {}).get("type") == "none" else body.get("tools") or []
 
 
 def _tool_name(body: dict[str, Any]) -> str | None:

@@ -393,6 +393,47 @@ def convert_messages(
     return system, turns
 
 
+def called_tools(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tools the conversation's `tool_use` blocks call (by their wire names), declared bare, for a request that
+    offers none (sent with `tool_choice: none`, so that none is called). Anthropic refuses `tool_use` and
+    `tool_result` blocks in a request that defines no tools (400 "Requests which include `tool_use` or `tool_result`
+    blocks must define tools"), which OpenAI's APIs take: a continuation that asks for a summary, an agent handed a
+    conversation without tools of its own. Declared, the earlier turns go as Claude wrote them, their thinking in
+    its place; Bedrock's Converse, which has no `none` choice, gets them as text instead (`tool_turns_as_text`). A
+    result that answers no call of the conversation (a legacy `function` message: its call, `function_call`, is not
+    carried) has no tool to declare, and goes as text, in place."""
+    names: dict[str, None] = {}
+    ids: set[str] = set()
+    results = False
+    for turn in turns:
+        for block in turn["content"]:
+            kind = block["type"]
+            if kind == "tool_use":
+                names[block["name"]] = None
+                ids.add(block["id"])
+            elif kind == "tool_result":
+                results = True
+    if results:
+        for turn in turns:
+            if turn["role"] == "user":
+                turn["content"] = [
+                    part
+                    for block in turn["content"]
+                    for part in (
+                        _result_as_text(block)
+                        if block["type"] == "tool_result" and block["tool_use_id"] not in ids
+                        else (block,)
+                    )
+                ]
+    return [{"name": name, "input_schema": {"type": "object"}} for name in names] if names else []
+
+
+def _result_as_text(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """A tool result as the user turn's own blocks: what it answered, then its content (text and images)."""
+    failed = " (the tool failed)" if result.get("is_error") else ""
+    return [{"type": "text", "text": f"[result of {result['tool_use_id']}{failed}]"}, *result.get("content", ())]
+
+
 def _tool_choice(req: ChatRequest, choice: ToolChoice | None, names: ToolNames) -> dict[str, Any] | None:
     if choice is None:
         result: dict[str, Any] | None = None
@@ -628,12 +669,15 @@ class AnthropicAdapter(ProviderAdapter):
             tools.append(forced)
         elif req.response_format is not None and req.response_format.type == "json_object":
             system.append({"type": "text", "text": JSON_OBJECT_INSTRUCTION})
+        if not tools:
+            if req.tool_choice not in (None, "none"):
+                dropped.append("tool_choice")
+            tools = called_tools(messages)
+            tool_choice = {"type": "none"} if tools else None
         if tools:
             body["tools"] = tools
             if tool_choice is not None:
                 body["tool_choice"] = tool_choice
-        elif req.tool_choice not in (None, "none"):
-            dropped.append("tool_choice")
         if thinking is not None and (
             body.get("tool_choice", {}).get("type") in ("any", "tool") or tool_turn_without_thinking(messages)
         ):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import urllib.parse
 from typing import Any
@@ -170,6 +171,34 @@ def test_a_call_id_another_provider_wrote_reaches_claude_as_a_stand_in_paired_wi
     assert use["id"] == result["tool_use_id"] and use["id"].startswith("functions_get_weather_0_")
 
 
+@pytest.mark.parametrize("model", ["claude", "bedrock-claude", "claude-thinker"])
+def test_a_turn_continued_without_tools_reaches_claude_as_anthropic_takes_it(
+    fleet: Running, fleet_key: str, model: str
+) -> None:
+    """A call's output sent back without `tools` (a continuation by `previous_response_id` that asks for a summary,
+    an Agents SDK handoff to an agent without tools; OpenAI's Responses API takes it) went to Anthropic with the
+    `tool_use` and `tool_result` blocks and no `tools`: Anthropic's 400 "Requests which include `tool_use` or
+    `tool_result` blocks must define tools" (anthropic-sdk-python#494). The tools the history calls go declared, with
+    `tool_choice: none`, so that none is called and the turns go as Claude wrote them, its signed thinking in place
+    (Bedrock's Converse, which has no `none` choice, gets them as text)."""
+    sdk = openai_client(fleet, fleet_key)
+    first = sdk.responses.create(model=model, input='Weather? CALL get_weather {"city": "Paris"}', tools=[WEATHER])
+    call = next(item for item in first.output if item.type == "function_call")
+    output: Any = [{"type": "function_call_output", "call_id": call.call_id, "output": "18C and sunny"}]
+    raw = sdk.responses.with_raw_response.create(model=model, previous_response_id=first.id, input=output)
+    second = raw.parse()
+    assert second.status == "completed" and second.output_text
+    assert model == "bedrock-claude" or second.output_text == "DONE: 18C and sunny"  # (the fake Anthropic's answer)
+    assert not [item for item in second.output if item.type == "function_call"]
+    assert dropped(raw.headers) == []
+    if model == "bedrock-claude":
+        return
+    sent = fleet.fakes["anthropic"].state.requests[-1]["json"]
+    assert sent["tools"] == [{"name": "get_weather", "input_schema": {"type": "object"}}]
+    assert sent["tool_choice"] == {"type": "none"}
+    assert [block["type"] for block in sent["messages"][1]["content"]][-1] == "tool_use"
+
+
 @pytest.mark.parametrize("model", ["claude", "bedrock-claude"])
 def test_a_streamed_call_without_arguments_has_an_empty_object_as_when_whole(
     fleet: Running, fleet_key: str, model: str
@@ -242,6 +271,57 @@ def test_strict_mode_refuses_what_would_be_dropped(fleet: Running, fleet_key: st
     error = caught.value.body
     assert isinstance(error, dict) and "tools[web_search]" in error["message"]
     assert caught.value.status_code == 400
+
+
+@pytest.mark.parametrize("model", ["gpt", "claude", "gemini", "gpt-chat", "bedrock-claude"])
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "name": "get_weather"}], ids=["required", "named"])
+def test_a_tool_choice_left_without_tools_is_named_as_dropped(
+    fleet: Running, fleet_key: str, model: str, choice: Any
+) -> None:
+    """A `tool_choice` that asks for a call beside hosted tools alone: passed through to OpenAI, the tools are left out
+    and so is the choice, named (`tools[file_search],tool_choice`). Translated, only `tools[file_search]` was named:
+    the client asked that a tool be called, the model answered freely, and `x-gateway-strict` let the choice go."""
+    headers = {"authorization": f"Bearer {fleet_key}"}
+    body = {"model": model, "input": "Hi", "tool_choice": choice, "store": False}
+    unpriced: Any = [{"type": "file_search", "vector_store_ids": ["vs_1"]}]
+    with httpx.Client(timeout=30) as client:
+        answer = client.post(f"{fleet.url}/v1/responses", json={**body, "tools": unpriced}, headers=headers)
+        assert answer.status_code == 200, answer.text
+        assert dropped(answer.headers) == ["tools[file_search]", "tool_choice"]
+        if model == "gpt":
+            return  # (the fleet prices searches: OpenAI runs the one below)
+        # (A search, which the fleet prices, is left out of a translation alone; an unpriced tool is refused first.)
+        strict = {**headers, "x-gateway-strict": "true"}
+        refused = client.post(
+            f"{fleet.url}/v1/responses", json={**body, "tools": [{"type": "web_search"}]}, headers=strict
+        )
+    assert refused.status_code == 400, refused.text
+    assert (
+        "cannot honour: tools[web_search], tool_choice (x-gateway-strict is on)" in refused.json()["error"]["message"]
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_service_tier_left_out_is_not_echoed_as_served(fleet: Running, fleet_key: str, stream: bool) -> None:
+    """A `service_tier` the deployment was not sent (Claude has no `flex`: named as dropped, and billed at the plain
+    price) was echoed in the response as if the answer had run at it; it ran at the provider's default."""
+    sdk = openai_client(fleet, fleet_key)
+    if stream:
+        with sdk.responses.stream(model="claude", input="Hi", service_tier="flex", store=False) as events:
+            tiers = {
+                event.response.service_tier
+                for event in events
+                if event.type in ("response.created", "response.completed")
+            }
+            final = events.get_final_response()
+        assert tiers == {"default"}
+    else:
+        raw = sdk.responses.with_raw_response.create(model="claude", input="Hi", service_tier="flex", store=False)
+        assert dropped(raw.headers) == ["service_tier"]
+        final = raw.parse()
+    assert final.service_tier == "default"
+    passed = sdk.responses.create(model="gpt-chat", input="Hi", service_tier="flex", store=False)
+    assert passed.service_tier == "flex"  # (sent, and served at it)
 
 
 @pytest.mark.parametrize(
@@ -402,6 +482,73 @@ def test_an_image_a_function_returned_reaches_gemini_3_inside_its_function_respo
     (answer,) = [part["functionResponse"] for part in contents[-1]["parts"] if "functionResponse" in part]
     assert answer["name"] == "get_weather" and answer["response"] == {"result": "here"}
     assert answer["parts"] == [{"inlineData": {"mimeType": "image/png", "data": SCREENSHOT.split(",", 1)[1]}}]
+
+
+STRICT_FORMAT: Any = {
+    "format": {
+        "type": "json_schema",
+        "name": "weather",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "pattern": "^[A-Z]"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    }
+}
+LEFT_OUT: Any = [
+    ("deepseek", {"input": "Weather?", "text": STRICT_FORMAT}, "text.format.strict"),
+    ("gemini", {"input": "Weather?", "text": STRICT_FORMAT}, "text.format.schema[pattern]"),
+    (
+        "claude",
+        {
+            "input": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": "What is this?"},
+                        {"type": "input_image", "image_url": SCREENSHOT, "detail": "high"},
+                    ],
+                }
+            ]
+        },
+        "input_image.detail",
+    ),
+    (
+        "gemini",
+        {
+            "input": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": "Sum it up."},
+                        {"type": "input_file", "file_id": "file-abc"},
+                    ],
+                }
+            ]
+        },
+        "input_file",
+    ),
+]
+
+
+@pytest.mark.parametrize(("model", "body", "name"), LEFT_OUT, ids=["strict", "pattern", "detail", "file"])
+def test_what_a_translation_leaves_out_is_named_in_the_responses_clients_words(
+    fleet: Running, fleet_key: str, model: str, body: dict[str, Any], name: str
+) -> None:
+    """`text.format`'s members and an input item's parts, left out by a provider, were named in Chat Completions'
+    words (`response_format.json_schema.strict`, `response_format.json_schema.schema[pattern]`,
+    `messages.image_url.detail`, `messages.file`), fields of a body the client never sent, and so was the `param` of
+    the strict mode's 400."""
+    headers = {"authorization": f"Bearer {fleet_key}"}
+    sent = {"model": model, "store": False, **body}
+    with httpx.Client(timeout=30) as client:
+        answer = client.post(f"{fleet.url}/v1/responses", json=sent, headers=headers)
+        assert answer.status_code == 200, answer.text
+        assert dropped(answer.headers) == [name]
+        refused = client.post(f"{fleet.url}/v1/responses", json=sent, headers={**headers, "x-gateway-strict": "true"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == name, refused.text
 
 
 # --- reasoning without server state ---------------------------------------------------------------
@@ -998,3 +1145,45 @@ def sse_payloads(text: str) -> list[dict[str, Any]]:
     return [
         orjson.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ") and line != "data: [DONE]"
     ]
+
+
+# --- what a request costs the gateway before its key is admitted -------------------------------------------------
+
+
+def test_a_long_run_of_assistant_items_does_not_hold_the_gateway(fleet: Running, fleet_key: str) -> None:
+    """Each assistant item's text was added to its turn's whole so far (a reasoning item's the same way), copying the
+    turn for every item: quadratic. 50,000 assistant items of 100 characters (6.7 MB, under the 8 MB body bound)
+    held the event loop some 14 s, before the key was admitted, and every other request of the process waited:
+    a `/health` sent meanwhile waited 13.7-36 s."""
+    items: Any = [{"role": "user", "content": "hi"}]
+    items += [{"role": "assistant", "content": "x" * 100}] * 50_000
+    items += [{"role": "user", "content": "and?"}]
+    body = orjson.dumps({"model": "gpt-chat", "input": items, "store": False})
+    assert len(body) < 8 * 1024 * 1024
+    answered: dict[str, Any] = {}
+
+    def send() -> None:
+        headers = {"authorization": f"Bearer {fleet_key}", "content-type": "application/json"}
+        answer = httpx.post(f"{fleet.url}/v1/responses", content=body, headers=headers, timeout=300)
+        answered["status"] = answer.status_code
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    time.sleep(1.0)  # (the body is sent and parsed in well under this: the translation has begun)
+    started = time.monotonic()
+    health = httpx.get(f"{fleet.url}/health", timeout=300)
+    waited = time.monotonic() - started
+    sender.join()
+    assert health.status_code == 200 and answered.get("status") == 200
+    assert waited < 2.0, f"/health waited {waited:.1f} s behind one Responses request's translation"
+
+
+def test_a_key_that_may_not_use_the_model_is_refused_before_its_conversation_is_read(fleet: Running) -> None:
+    """The key's model scope is checked before the stored conversation is read and the input translated: a key that
+    may not use the model was refused only after both (a `previous_response_id` of nothing: its 404, where the 403
+    says why)."""
+    key = fleet.mint(name="gemini-only", models=["gemini"])
+    body = {"model": "claude", "input": "Hi", "previous_response_id": "resp_0123456789abcdef0123456789abcdef"}
+    answer = httpx.post(f"{fleet.url}/v1/responses", json=body, headers={"authorization": f"Bearer {key}"})
+    assert answer.status_code == 403, answer.text
+    assert answer.json()["error"]["code"] == "model_not_allowed"

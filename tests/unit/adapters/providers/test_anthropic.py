@@ -391,6 +391,41 @@ def test_tool_choice_without_tools_is_reported() -> None:
     assert "tool_choice" not in body and dropped == ["tool_choice"]
 
 
+def test_tool_turns_sent_without_tools_declare_the_tools_they_call_and_let_none_be_called() -> None:
+    """Anthropic refuses `tool_use` and `tool_result` blocks in a request that defines no tools (400 "Requests which
+    include `tool_use` or `tool_result` blocks must define tools"), which Chat Completions takes (a summary asked after
+    a tool loop): the tools the turns call go declared, bare, and `tool_choice: none` keeps Claude from calling them.
+    A result that answers no call (a legacy `function` message: its `function_call` is not carried) goes as text."""
+    calls = [
+        {"id": f"toolu_{i}", "type": "function", "function": {"name": name, "arguments": "{}"}}
+        for i, name in ((1, "get_weather"), (2, "get.time"), (3, "get_weather"))
+    ]
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        *[{"role": "tool", "tool_call_id": f"toolu_{i}", "content": "ok"} for i in (1, 2, 3)],
+        {"role": "user", "content": "Summarise."},
+    ]
+    for choice in ({}, {"tool_choice": "none"}, {"tool_choice": "required"}):
+        body, dropped = built(ChatRequest.model_validate({"model": "m", "messages": messages, **choice}))
+        declared = [tool["name"] for tool in body["tools"]]
+        assert declared == ["get_weather", body["messages"][1]["content"][1]["name"]]  # (`get.time` as Claude takes it)
+        assert {tool["input_schema"]["type"] for tool in body["tools"]} == {"object"}
+        assert body["tool_choice"] == {"type": "none"}
+        assert dropped == (["tool_choice"] if choice.get("tool_choice") == "required" else [])
+    legacy = [
+        {"role": "user", "content": "Paris?"},
+        {"role": "assistant", "content": "Looking."},
+        {"role": "function", "name": "get_weather", "content": "18C"},
+    ]
+    body, dropped = built(ChatRequest.model_validate({"model": "m", "messages": legacy}))
+    assert "tools" not in body and "tool_choice" not in body and dropped == []
+    assert body["messages"][2] == {
+        "role": "user",
+        "content": [{"type": "text", "text": "[result of get_weather]"}, {"type": "text", "text": "18C"}],
+    }
+
+
 def test_parallel_tool_results_merge_into_one_user_turn_before_its_text() -> None:
     calls = [
         {"id": f"toolu_{i}", "type": "function", "function": {"name": "get_weather", "arguments": ""}} for i in (1, 2)

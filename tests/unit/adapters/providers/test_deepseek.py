@@ -11,7 +11,7 @@ from adapters.providers.deepseek import DeepSeekAdapter
 from adapters.providers.registry import REGISTRY
 from handler.api.messages_api import MessagesRequest, to_chat_request
 from handler.errors import InvalidRequestError, UpstreamError
-from handler.ports import Target
+from handler.ports import MESSAGES_API, RESPONSES_API, Target, as_client_named
 from handler.schemas import ChatRequest
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures"
@@ -213,3 +213,33 @@ def test_a_prefill_is_chat_prefix_completion_on_the_beta_url_and_named_elsewhere
     usual = adapter().chat_request(prefilled(), target("deepseek-chat"), stream=False)
     assert usual.dropped == ["messages.prefill"]
     assert orjson.loads(usual.request.body)["messages"][-1] == {"role": "assistant", "content": "```python\n"}
+
+
+def test_a_schema_deepseek_cannot_hold_to_is_named_in_each_front_ends_words() -> None:
+    """DeepSeek takes a JSON object, not a schema it holds to: a strict `json_schema` answer is named
+    `response_format.json_schema.strict`, which a Responses client calls `text.format.strict` and a Messages client,
+    whose `output_config.format` always asks for a strict one, `output_config.format`. Renamed by exact name alone,
+    a member of `response_format` reached them in Chat Completions' words."""
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    messages = [{"role": "user", "content": "hi"}]
+    asked = {
+        "model": "m",
+        "max_tokens": 9,
+        "messages": messages,
+        "output_config": {"format": {"type": "json_schema", "schema": schema}},
+    }
+    req, untranslated = to_chat_request(MessagesRequest.model_validate(asked))
+    dropped = adapter().chat_request(req, target("deepseek-chat"), stream=False).dropped
+    assert dropped == ["response_format.json_schema.strict"]
+    assert as_client_named(MESSAGES_API, dropped) == ["output_config.format"]
+    assert as_client_named(RESPONSES_API, dropped) == ["text.format.strict"]
+    members = ["response_format.json_schema.schema[pattern]", "response_format", "messages.image_url.detail"]
+    assert as_client_named(RESPONSES_API, members) == [
+        "text.format.schema[pattern]",
+        "text.format",
+        "input_image.detail",
+    ]
+    assert as_client_named(MESSAGES_API, members[:2]) == [
+        "output_config.format.schema[pattern]",
+        "output_config.format",
+    ]

@@ -348,3 +348,47 @@ def test_an_allowed_tools_choice_is_the_chat_choice_of_the_function_tools_it_all
         {**body.model_dump(), "tool_choice": {**choice, "tools": allowed[1:]}}
     )
     assert to_chat_request(only_hosted, [], SEAL)[0].tool_choice == "required"
+
+
+@pytest.mark.parametrize(
+    ("choice", "named"),
+    [
+        ("required", True),
+        ({"type": "function", "name": "get_weather"}, True),
+        ({"type": "allowed_tools", "mode": "required", "tools": [{"type": "file_search"}]}, True),
+        ({"type": "file_search"}, True),
+        ("auto", False),
+        ("none", False),
+    ],
+)
+def test_a_choice_with_no_function_tool_left_to_choose_is_named(choice: Any, named: bool) -> None:
+    """Beside hosted tools alone (left out), a choice that asks for a call went unnamed: the model, asked to call a
+    tool, answered freely. It is named `tool_choice`, as the pass-through names it; `auto` and `none` ask nothing."""
+    tools = [{"type": "file_search", "vector_store_ids": ["vs_1"]}]
+    body = ResponsesRequest.model_validate({"model": "m", "input": "hi", "tools": tools, "tool_choice": choice})
+    req, dropped = to_chat_request(body, [], SEAL)
+    assert req.tool_choice is None and req.tools is None
+    assert dropped == ["tools[file_search]", *(["tool_choice"] if named else [])]
+    with pytest.raises(InvalidRequestError):  # (a choice the API does not have is the client's 400, tools or none)
+        to_chat_request(
+            ResponsesRequest.model_validate({"model": "m", "input": "hi", "tool_choice": "often"}), [], SEAL
+        )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_service_tier_the_deployment_was_not_sent_is_not_echoed_as_served(stream: bool) -> None:
+    """The response says the tier it ran at: the one asked, unless the deployment that answered was not sent it
+    (named as dropped), then its provider's default; it said `flex`, as if the answer had run at it."""
+    req = ResponsesRequest.model_validate({"model": "m", "input": "Hi", "service_tier": "flex"})
+    answer = completion({"content": "Hello"}, Usage.of(10, 2))
+    ids = ResponseIds("req_" + "0" * 32)
+    for dropped, tier in ((["service_tier"], "default"), ([], "flex")):
+        if stream:
+            writer = ResponsesEventWriter(req, ids, SEAL, dropped)
+            for chunk in schemas.completion_chunks(answer):
+                writer.chunk(chunk)
+            assert writer.response("in_progress")["service_tier"] == tier
+            response = writer.completed()[1]
+        else:
+            response = to_response(answer, req, ids, SEAL, None, dropped)
+        assert response["service_tier"] == tier
