@@ -855,10 +855,11 @@ def test_a_translated_stream_answered_whole_is_charged_as_its_answer_says_it_was
     assert (line.status, line.cost_source) == (200, "provider") and line.cost_usd == pytest.approx(WHOLE_USD * 1.1)
 
 
-def test_a_stream_answered_with_a_whole_error_body_is_the_providers_malformed_answer(scripted: Running) -> None:
-    """A 200 whose body is an error, where a stream was asked for, is no completion to stream: the client's 502,
-    naming what came back, and a line at its reserved worst case: a 2xx the gateway cannot read may be billed for
-    what it cannot see (tests/functional/test_costs_edges.py)."""
+def test_a_stream_answered_with_a_whole_error_body_is_the_providers_error(scripted: Running) -> None:
+    """A 200 whose body is an error object alone, where a stream was asked for, is no completion to stream: it is the
+    provider's error, as the same body answering a whole request is (tests/functional/test_costs_edges.py), its words
+    relayed, at no cost. It was the provider's malformed answer ("the provider's stream ended before its first
+    event"), its line the reserved worst case and its client told not to retry."""
     key = scripted.mint(name="whole-error")
     answer = httpx.post(
         f"{scripted.url}/v1/chat/completions",
@@ -866,11 +867,10 @@ def test_a_stream_answered_with_a_whole_error_body_is_the_providers_malformed_an
         headers={"authorization": f"Bearer {key}"},
     )
     assert answer.status_code == 502, answer.text
-    message = answer.json()["error"]["message"]
-    assert "stream ended before its first event" in message and "overloaded, try later" in message
-    assert answer.headers["x-should-retry"] == "false"
+    assert answer.json()["error"]["message"] == "upstream returned 500: overloaded, try later"
+    assert answer.headers["x-should-retry"] == "true"  # (the one attempt, a passing failure, as any 500's)
     [line] = scripted.ledger(key)
-    assert (line.status, line.cost_source) == (502, "reserved")
+    assert (line.status, line.cost_usd, line.route) == (502, 0.0, "ignoring/gpt-x-error@global=500")
 
 
 @pytest.mark.parametrize(
