@@ -114,13 +114,18 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
 
     def _whole(self, body: bytes) -> list[ChatCompletionChunk]:
         """A whole answer where a stream was asked for, read as the provider's non-streamed answer and handed out
-        as the chunks its stream would have brought; not one (an error or a page in a 200), the provider's
-        malformed answer, as a stream that brought no event is."""
+        as the chunks its stream would have brought; an error object alone, the provider's error at the status the
+        adapter read in it (`answered_error`), as the same body answering a whole request is; anything else (a page,
+        a body of no completion), the provider's malformed answer, as a stream that brought no event is. (An error
+        object taken for a malformed 200 was charged its worst case, which a request served by the next deployment
+        paid on top of its own answer: $0.008222 where the same request not streamed cost $0.00002.)"""
         try:
             completion, served = self.attempt.adapter.chat_answer(body, self.req, self.attempt.target)
         except UpstreamError as unusable:
-            if unusable.billed is not None:
-                raise  # an answer the adapter read and could not use: its own error names why, with what it billed
+            if unusable.billed is not None or not 200 <= unusable.upstream_status < 300:
+                # An answer the adapter read and could not use (its own error names why, with what it billed), or
+                # the provider's error (free, failed over as its status is, that status in the route).
+                raise
             raise malformed(f"the provider's stream ended before its first event: {error_excerpt(body)}") from None
         except (GatewayError, *SHAPE_ERRORS):
             raise malformed(f"the provider's stream ended before its first event: {error_excerpt(body)}") from None

@@ -72,16 +72,16 @@ async def test_an_error_answer_costs_nothing_not_even_the_prices_per_request() -
 
 
 async def test_an_answer_the_gateway_cannot_read_is_charged_its_worst_case() -> None:
-    """A 200 whose body is no completion, and a stream asked for and answered with an error body in a 200 (no
-    event, no completion to stream from): the provider answered, so the request has its line, its status the
-    client's 502, the route naming what came back. The provider ran the request and may bill it for what the
-    gateway cannot see, so the line is its reserved worst case and the client is not told to retry at once: it was
-    $0 labelled `provider`, with `x-should-retry: true` (found by review). (A whole completion where a stream was
-    asked for is streamed from: tests/functional/test_stream_endings.py.)"""
+    """A 200 whose body is no completion, and a stream asked for and answered with a JSON body in a 200 that is
+    neither a completion nor an error object (no event, no completion to stream from): the provider answered, so the
+    request has its line, its status the client's 502, the route naming what came back. The provider ran the request
+    and may bill it for what the gateway cannot see, so the line is its reserved worst case and the client is not told
+    to retry at once: it was $0 labelled `provider`, with `x-should-retry: true` (found by review). (A whole
+    completion where a stream was asked for is streamed from: tests/functional/test_stream_endings.py.)"""
 
     def unreadable(request: httpx.Request) -> httpx.Response:
         if b'"stream":true' in request.content.replace(b" ", b""):
-            return httpx.Response(200, json={"error": {"message": "overloaded"}})
+            return httpx.Response(200, json={"message": "overloaded"})  # (an error object alone: the next test)
         return httpx.Response(200, text="<html>maintenance</html>", headers={"content-type": "text/html"})
 
     served = await serve(unreadable, {"m": MODEL})
@@ -92,7 +92,7 @@ async def test_an_answer_the_gateway_cannot_read_is_charged_its_worst_case() -> 
     lines = await served.ledger()
     assert sorted((line.status, line.cost_source, line.route) for line in lines) == [
         (502, "reserved", "openai/gpt-4o-mini@global=invalid_json"),  # the page
-        (502, "reserved", "openai/gpt-4o-mini@global=invalid_response"),  # the error body where a stream was asked
+        (502, "reserved", "openai/gpt-4o-mini@global=invalid_response"),  # the body where a stream was asked
     ], lines
     assert all((line.cost_usd or 0) > 0 and line.output_tokens > 0 for line in lines)
     await served.gateway.aclose()
@@ -148,6 +148,49 @@ async def test_a_whole_answer_that_is_an_error_object_alone_is_the_providers_err
     assert fell_over.status_code == 200, fell_over.text
     assert fell_over.headers["x-gateway-route"] == "openai/gpt-4o-mini@global=502, openai/healthy@global=200"
     await served.gateway.aclose()
+
+
+# Each API's request of `model`, whole or streamed: Chat Completions, and the Messages and Responses APIs translated
+# to a compatible server's Chat Completions (`responses_api` is `translate` off api.openai.com).
+def asked_of(api: str, model: str, stream: bool) -> tuple[str, dict[str, Any]]:
+    if api == "chat":
+        return "/v1/chat/completions", {"model": model, "messages": HI, "stream": stream}
+    if api == "messages":
+        return "/v1/messages", {"model": model, "messages": HI, "max_tokens": 1000, "stream": stream}
+    return "/v1/responses", {"model": model, "input": "hi", "stream": stream}
+
+
+@pytest.mark.parametrize("api", ["chat", "messages", "responses"])
+async def test_a_200_error_object_costs_a_streamed_request_nothing_as_it_costs_a_whole_one(api: str) -> None:
+    """The same error object answering a request that streams (a server that answers it whole, as
+    `WholeBodySniffer` reads it) was taken for the provider's malformed 200 ("the provider's stream ended before its
+    first event"), charged as an answer the provider may have billed: the request its next deployment served was
+    charged the failed attempt's worst case on top of its own, $0.008222 `reserved` on Chat Completions where the same
+    request not streamed cost $0.00002 (on the Messages API, with its cap of 1,000, $0.002042), its route
+    `=invalid_response` (the provider's 502 lost); alone, a 502 charged $0.008202, `x-should-retry: false`. It is the
+    provider's error, as the whole answer's is: free, its status in the route, failed over (found by review)."""
+
+    def failing_first(request: httpx.Request) -> httpx.Response:
+        if orjson.loads(request.content)["model"] == "errs":
+            return httpx.Response(200, json=ROUTER_ERROR)
+        return httpx.Response(200, json=completion("good"))
+
+    deployments = [{"provider": "openai", "model": "errs"}, {"provider": "openai", "model": "good"}]
+    models = {"m": {**MODEL, "deployments": deployments}, "alone": {**MODEL, "deployments": deployments[:1]}}
+    served = await serve(failing_first, models)
+    answers = [await served.post(*asked_of(api, "m", stream)) for stream in (False, True)]
+    alone = await served.post(*asked_of(api, "alone", True))
+    lines = {line.request_id: line for line in await served.ledger()}
+    await served.gateway.aclose()
+    assert [answer.status_code for answer in answers] == [200, 200], answers[1].text
+    route = "openai/errs@global=502, openai/good@global=200"
+    assert [answer.headers["x-gateway-route"] for answer in answers] == [route, route]
+    whole, streamed = (lines[answer.headers["x-request-id"]] for answer in answers)
+    assert (streamed.cost_usd, streamed.cost_source) == (whole.cost_usd, whole.cost_source) == (2e-05, "provider")
+    assert (alone.status_code, alone.headers["x-should-retry"]) == (502, "true"), alone.text
+    assert "Provider returned error (key [REDACTED])" in alone.text
+    line = lines[alone.headers["x-request-id"]]
+    assert (line.status, line.cost_usd, line.route) == (502, 0.0, "openai/errs@global=502")
 
 
 UNREADABLE_USAGE = [10.7, 1e300, int("9" * 400)]

@@ -21,6 +21,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import openai
 import orjson
 import pytest
 from starlette.applications import Starlette
@@ -855,10 +856,11 @@ def test_a_translated_stream_answered_whole_is_charged_as_its_answer_says_it_was
     assert (line.status, line.cost_source) == (200, "provider") and line.cost_usd == pytest.approx(WHOLE_USD * 1.1)
 
 
-def test_a_stream_answered_with_a_whole_error_body_is_the_providers_malformed_answer(scripted: Running) -> None:
-    """A 200 whose body is an error, where a stream was asked for, is no completion to stream: the client's 502,
-    naming what came back, and a line at its reserved worst case: a 2xx the gateway cannot read may be billed for
-    what it cannot see (tests/functional/test_costs_edges.py)."""
+def test_a_stream_answered_with_a_whole_error_body_is_the_providers_error(scripted: Running) -> None:
+    """A 200 whose body is an error object alone, where a stream was asked for, is no completion to stream: it is the
+    provider's error, as the same body answering a whole request is (tests/functional/test_costs_edges.py), its words
+    relayed, at no cost. It was the provider's malformed answer ("the provider's stream ended before its first
+    event"), its line the reserved worst case and its client told not to retry."""
     key = scripted.mint(name="whole-error")
     answer = httpx.post(
         f"{scripted.url}/v1/chat/completions",
@@ -866,11 +868,10 @@ def test_a_stream_answered_with_a_whole_error_body_is_the_providers_malformed_an
         headers={"authorization": f"Bearer {key}"},
     )
     assert answer.status_code == 502, answer.text
-    message = answer.json()["error"]["message"]
-    assert "stream ended before its first event" in message and "overloaded, try later" in message
-    assert answer.headers["x-should-retry"] == "false"
+    assert answer.json()["error"]["message"] == "upstream returned 500: overloaded, try later"
+    assert answer.headers["x-should-retry"] == "true"  # (the one attempt, a passing failure, as any 500's)
     [line] = scripted.ledger(key)
-    assert (line.status, line.cost_source) == (502, "reserved")
+    assert (line.status, line.cost_usd, line.route) == (502, 0.0, "ignoring/gpt-x-error@global=500")
 
 
 @pytest.mark.parametrize(
@@ -1260,3 +1261,87 @@ async def test_a_mistral_error_object_in_a_stream_is_its_failure_not_a_malformed
     else:
         assert answer.status_code == 502 and "upstream returned 500" in answer.text
         assert (line.status, line.cost_usd, line.output_tokens) == (502, 0.0, 0), line
+
+
+# --- a server's failure beside a choice it finished ----------------------------------------------------------------
+# OpenRouter's error once the model started ("Errors and Debugging": "emitted ... as an SSE data event"): a chunk with
+# `error` beside a choice finished `error`. Here in OpenAI's words as OpenRouter relays them for a deployment on the
+# operator's own OpenAI key (BYOK), which name the operator's organisation and quote its key back masked.
+
+OPERATORS_ORGANIZATION = "org-Xq7cL3dP9vT2mB8kR4wZ1sNy"
+MASKED_KEYS_TAIL = "wjh3"
+OPENROUTER_FAILURE = {
+    "code": 502,
+    "message": (
+        f"Rate limit reached for gpt-4o in organization {OPERATORS_ORGANIZATION} on tokens per min (TPM): Limit 30000,"
+        f" Used 29500. Incorrect API key provided: sk-proj-VKMIs*****...{MASKED_KEYS_TAIL}."
+    ),
+}
+OPENROUTER_MODELS = {
+    "m": {"deployments": [{"provider": "openai", "model": "openai/gpt-4o"}], "price": {"input": 1, "output": 2}}
+}
+
+
+def openrouter_chunk(finish: str | None, content: str, **more: Any) -> bytes:
+    head = {
+        "id": "gen-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "openai/gpt-4o",
+        "provider": "OpenAI",
+    }
+    choice = {"index": 0, "delta": {"role": "assistant", "content": content}, "finish_reason": finish}
+    return b"data: " + orjson.dumps({**head, **more, "choices": [choice]}) + b"\n\n"
+
+
+def failing_beside_a_choice(request: httpx.Request) -> httpx.Response:
+    """The answer's first words, then (in a read of its own) OpenRouter's failure beside the choice it finished."""
+    failure = openrouter_chunk("error", "", error=OPENROUTER_FAILURE)
+    return reads(openrouter_chunk(None, "Hello"), failure + b"data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize("api", list(CAPPED_BODIES))
+async def test_a_failure_beside_a_choice_it_finished_ends_the_stream_as_the_providers_error(api: str) -> None:
+    """The chunk was read as any other, its `error` an extra member, and relayed as the provider wrote it: the
+    operator's OpenAI organisation and its key's last characters reached the client (the OpenAI SDK raises them as
+    its `APIError`'s message), where every other error the provider tells is redacted; its finish reason `error` went
+    as `length` (a Messages client's `max_tokens`, a Responses one's `incomplete`), and the line was a 200 charged
+    as a finished answer. It is the stream's error, as OpenRouter's failure written alone is: the words before it go
+    on, then the gateway's in-stream error of the client's API, the provider's words redacted; the line a 502,
+    charged as a stream cut short is, for what was sent (found by review)."""
+    served = await serve(failing_beside_a_choice, OPENROUTER_MODELS)
+    path, body = CAPPED_BODIES[api]
+    answer = await served.post(path, body)
+    raised = ""
+    if api == "chat":  # (the OpenAI SDK raises an event with an `error` as the stream's end, in the error's words)
+        sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key=served.key.key, http_client=served.http)
+        stream = await sdk.chat.completions.create(model="m", messages=HI, stream=True)
+        with pytest.raises(openai.APIError) as raising:
+            async for _ in stream:
+                pass
+        raised = raising.value.message
+        assert "Rate limit reached for gpt-4o" in raised, raised
+    lines = await served.ledger()
+    await served.gateway.aclose()
+    assert answer.status_code == 200, answer.text
+    for seen in (answer.text, raised):
+        assert OPERATORS_ORGANIZATION not in seen and MASKED_KEYS_TAIL not in seen, seen
+    events = [orjson.loads(data[6:]) for data in answer.text.splitlines() if data.startswith("data: {")]
+    if api == "chat":
+        sent = "".join(event["choices"][0]["delta"].get("content") or "" for event in events if event.get("choices"))
+        assert not [event for event in events if event.get("choices") and event["choices"][0]["finish_reason"]]
+        error = events[-1]["error"]
+        assert error["code"] == "upstream_error" and "cost" in events[-1]
+    elif api == "messages":
+        sent = "".join(event["delta"]["text"] for event in events if event["type"] == "content_block_delta")
+        assert "message_delta" not in [event["type"] for event in events]  # (no `stop_reason: max_tokens`)
+        error = events[-1]["error"]
+        assert (events[-1]["type"], error["type"]) == ("error", "api_error")
+    else:
+        sent = "".join(event["delta"] for event in events if event["type"] == "response.output_text.delta")
+        assert [event["type"] for event in events[-2:]] == ["error", "response.failed"]
+        assert events[-1]["response"]["status"] == "failed"
+        error = events[-2]
+    assert sent == "Hello"
+    assert "Rate limit reached for gpt-4o" in error["message"], error
+    assert {(line.status, line.cost_source, line.output_tokens) for line in lines} == {(502, "estimate", 2)}
