@@ -425,6 +425,9 @@ def called_tools(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         else (block,)
                     )
                 ]
+                # (the turn's remaining tool results first again, as `convert_messages` left them: a result turned
+                # into text before a real one was Anthropic's 400)
+                turn["content"].sort(key=lambda block: block["type"] != "tool_result")
     return [{"name": name, "input_schema": {"type": "object"}} for name in names] if names else []
 
 

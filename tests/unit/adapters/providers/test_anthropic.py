@@ -426,6 +426,27 @@ def test_tool_turns_sent_without_tools_declare_the_tools_they_call_and_let_none_
     }
 
 
+def test_a_result_turned_into_text_goes_after_the_real_tool_results_of_its_turn() -> None:
+    """A legacy `function` result beside a `tool` result in one user turn, sent without tools: the first was turned into
+    text after the turn's tool results had been put first, and its text went before the real `tool_result`, which
+    Anthropic refuses ("tool_result blocks must come first"; found by review of the merge)."""
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+            ],
+        },
+        {"role": "function", "name": "get_time", "content": "12:00"},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "18C"},
+    ]
+    body, _ = built(ChatRequest.model_validate({"model": "m", "messages": messages}))
+    assert [block["type"] for block in body["messages"][2]["content"]] == ["tool_result", "text", "text"]
+    assert body["messages"][2]["content"][1] == {"type": "text", "text": "[result of get_time]"}
+
+
 def test_parallel_tool_results_merge_into_one_user_turn_before_its_text() -> None:
     calls = [
         {"id": f"toolu_{i}", "type": "function", "function": {"name": "get_weather", "arguments": ""}} for i in (1, 2)
