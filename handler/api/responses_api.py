@@ -818,6 +818,21 @@ def call_item(item_id: str, call_id: str, name: str, arguments: str, status: str
     }
 
 
+OPENAI_TIERS = frozenset({"auto", "default", "flex", "scale", "priority"})
+
+
+def served_tier_of(req: ResponsesRequest, status: str, dropped: Collection[str], served: str | None) -> str:
+    """`envelope`'s `service_tier`: the tier the answer says it ran at (one of OpenAI's: a compatible server's own
+    words, Groq's `on_demand`, are not), else the one asked and sent (`auto` the default once answered), else the
+    provider's default."""
+    if served in OPENAI_TIERS and served != "auto":
+        return served
+    asked = req.service_tier
+    if asked is None or "service_tier" in dropped or (asked == "auto" and status != "in_progress"):
+        return "default"
+    return asked
+
+
 def envelope(
     req: ResponsesRequest,
     response_id: str,
@@ -827,13 +842,15 @@ def envelope(
     output: list[dict[str, Any]] | None = None,
     finish_reason: str | None = None,
     dropped: Collection[str] = (),
+    served_tier: str | None = None,
 ) -> dict[str, Any]:
     """The `response` object around its output: the request's settings echoed as OpenAI does. Built for a completed
     response (as the answer, the stream's last event and what is stored), it says when: `completed_at`, in Unix
     seconds, which OpenAI gives a completed response alone (it was None on every one). Its `service_tier` is the one
-    the answer was served at: the one asked, unless the deployment was not sent it (`dropped`, what the attempt that
-    answered left out), then its provider's default (it said `flex`, asked and dropped, as OpenAI says a tier it
-    served)."""
+    the answer was served at: the one its answer says (`served_tier`: `priority` past OpenAI's ramp limits is served,
+    and billed, at `default`), else the one asked, unless the deployment was not sent it (`dropped`, what the attempt
+    that answered left out), then its provider's default (it said `flex`, asked and dropped, as OpenAI says a tier it
+    served); `auto`, once answered, is the default."""
     incomplete = INCOMPLETE.get(finish_reason or "")
     if incomplete and status == "completed":
         status = "incomplete"
@@ -859,7 +876,7 @@ def envelope(
         "prompt_cache_key": req.prompt_cache_key,
         "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
         "safety_identifier": req.safety_identifier,
-        "service_tier": "default" if req.service_tier is None or "service_tier" in dropped else req.service_tier,
+        "service_tier": served_tier_of(req, status, dropped, served_tier),
         "store": req.stored,
         "temperature": req.temperature if req.temperature is not None else 1.0,
         "text": text,
@@ -955,5 +972,6 @@ def to_response(
         output=output,
         finish_reason=choice.finish_reason if choice else None,
         dropped=dropped,
+        served_tier=(completion.model_extra or {}).get("service_tier"),
     )
     return finish(response, completion.usage or Usage(), cost)

@@ -73,6 +73,7 @@ class ResponsesEventWriter:
         self.finish_reason: str | None = None
         self.trailing: dict[str, Any] = {}
         self.calls = CallOrder()
+        self.served_tier: str | None = None  # (the tier the chunks say the answer runs at: `envelope`)
 
     def event(self, kind: str, **payload: Any) -> bytes:
         data = {"type": kind, "sequence_number": self.sequence, **payload}
@@ -88,6 +89,7 @@ class ResponsesEventWriter:
             output=list(self.output),
             finish_reason=self.finish_reason,
             dropped=self.dropped,
+            served_tier=self.served_tier,
         )
 
     def start(self) -> bytes:
@@ -166,6 +168,9 @@ class ResponsesEventWriter:
 
     def chunk(self, chunk: ChatCompletionChunk) -> bytes:
         out = b""
+        extra = chunk.model_extra
+        if extra and "service_tier" in extra:
+            self.served_tier = extra["service_tier"]
         for choice in (c for c in chunk.choices if c.index == 0):  # the Responses API has one answer
             delta = choice.delta
             fields = reasoning_fields(delta.model_extra)
@@ -269,7 +274,13 @@ class ResponsesEventWriter:
         (`streamed`), and what the stream was charged (settled before, `guarded`): its usage and cost."""
         out = self.event("error", code=exc.code, message=exc.message, param=exc.param)
         response = envelope(
-            self.req, self.ids.response, self.created_at, status="failed", output=self.streamed(), dropped=self.dropped
+            self.req,
+            self.ids.response,
+            self.created_at,
+            status="failed",
+            output=self.streamed(),
+            dropped=self.dropped,
+            served_tier=self.served_tier,
         )
         response["error"] = {"code": exc.code, "message": exc.message}
         if cost is not None:

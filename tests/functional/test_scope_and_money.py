@@ -1919,3 +1919,21 @@ def test_tag_pairs_are_counted_as_given_and_a_name_given_two_values_is_a_400(gw:
     assert [line.tags for line in lines] == [{"team": "search"}]
     report = httpx.get(f"{gw.url}/v1/usage", params={"tag": "team=search,team=ads"}, headers=auth(key))
     assert report.status_code == 400 and "two values" in report.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_responses_service_tier_is_the_one_served(gw: Running, stream: bool) -> None:
+    """`priority` asked of a deployment that serves it at `default` (past OpenAI's ramp limits; billed at the plain
+    price) was echoed `priority` in the Responses object, and `auto` as `auto`, where OpenAI's own object says the
+    tier it ran at (found by review of the merge)."""
+    sdk = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=gw.mint(), max_retries=0)
+    for model, asked in (("ramp-test", "priority"), ("gpt-test", "auto")):
+        if stream:
+            with sdk.responses.stream(model=model, input="Hi", service_tier=asked, store=False) as events:  # type: ignore[arg-type]
+                for _ in events:
+                    pass
+                final = events.get_final_response()
+        else:
+            final = sdk.responses.create(model=model, input="Hi", service_tier=asked, store=False)  # type: ignore[arg-type]
+        assert final.service_tier == "default", (model, asked, final.service_tier)
+    sdk.close()
