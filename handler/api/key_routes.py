@@ -552,7 +552,8 @@ class KeyRoutes:
         listing: LineListing,
     ) -> Response:
         """`_usage`'s line items (`group_by=request`): a page of them, newest first, read as a report is (in its
-        turn, off the event loop), the store's read ending at the page's cursor, and only the page's lines kept."""
+        turn, off the event loop), the store's read starting at the page's cursor and ending with the page
+        (`LineListing.fill`), and only the page's lines kept."""
         params = request.query_params
         if params.getlist("view"):
             raise InvalidRequestError(
@@ -565,9 +566,8 @@ class KeyRoutes:
         shape = params.get("format") or "json"
         if shape not in ("json", "csv"):
             raise InvalidRequestError(f"format must be json or csv, not '{shape}'", param="format")
-        spec, page = listing.spec, listing.page
         async with self.reports.turn(caller):
-            await self.gateway.store.scan_usage(UsageQuery(key_ids, spec.since, page.until(spec)), listing.add)
+            await listing.fill(self.gateway.store, key_ids)
             if recordless is not None and not listing.read:
                 raise NotFoundError(
                     f"{no_such_key(recordless)} (nor any usage of it in the window)", code="not_found", param="key"
