@@ -941,6 +941,11 @@ class UsageQuery(Value):
 # them alive (5,000 promoted enough of a 60,000-line report to set off two full collections, each holding every
 # thread of the process).
 LEDGER_BATCH = 500
+# How much newer than a line handed before it a line `Store.scan_usage_newest` may hand: DynamoDB reads lines in the
+# order of sort keys holding their times rounded to the microsecond (`{ts:017.6f}`), so two lines a microsecond apart
+# may come in either order; a line comes at most half a microsecond either side of its key's time (2: a float's
+# rounding spared).
+NEWEST_FIRST_SLACK_S = 2e-6
 
 
 # The most responses `Store.responses_holding` names for one item id.
@@ -1105,6 +1110,24 @@ class Store(ABC):
         of `usage`'s lines (a store whose ledger can grow past what a process holds reads it a batch at a time)."""
         lines = await self.usage(query)
         await asyncio.to_thread(consume, lines)
+
+    async def scan_usage_newest(
+        self, query: UsageQuery, consume: Callable[[list[LedgerItem]], bool], batch: int = LEDGER_BATCH
+    ) -> None:
+        """`usage`'s lines newest first, handed to `consume` about `batch` at a time (off the event loop, as
+        `scan_usage`'s), until it returns True (it has what it needs): a listing's page (`group_by=request`) reads the
+        lines it answers and few more, where a scan read every line of the window older than its cursor (paging a
+        month through cost lines² / limit reads). Newest first by time within `NEWEST_FIRST_SLACK_S`; lines of one
+        time in any order. Here `usage`'s lines sorted, for a store with no order of its own to read them in."""
+        lines = await self.usage(query)
+
+        def feed() -> None:
+            lines.sort(key=lambda line: line.ts, reverse=True)
+            for start in range(0, len(lines), batch):
+                if consume(lines[start : start + batch]):
+                    return
+
+        await asyncio.to_thread(feed)
 
     @abstractmethod
     async def put_response(self, stored: StoredResponse, held: Sequence[str] = (), *, newer_only: bool = False) -> None:

@@ -12,8 +12,10 @@ for it at most their `timeout_s`: only the thread ever talks to the collector, s
 whatever the collector does (an HTTP timeout bounds each read, not a whole export, and an export can be in flight
 on the thread when a flush begins, or when Lambda froze the environment). Spans not sent by then stay queued and go
 out with the next export; an export that fails drops its spans, counted, with one warning per run of failures. Once
-a flush has run out of time, flushes wait no more until an export lands again: a collector that never answers
-costs one wait, not one per invocation.
+a flush has run out of time, flushes given no longer than it wait no more until an export lands again: a collector
+that never answers costs one wait, not one per invocation. A flush given longer still waits: a flush cut short (on
+Lambda, by an invocation that ended near its timeout) says nothing of a collector that needs a little more, and
+would otherwise have the next invocation, with all its time, return at once with its spans unsent.
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ class BatchExporter:
         self._closed = False
         self._abandoned = False  # `close` counted what was left (its batch in flight included) as dropped
         self._failing = False
-        self._stalled = False  # a flush ran out of time and no export has landed since
+        # The longest wait a flush ran out of since the last export landed (None: none did): flushes given no longer
+        # do not wait.
+        self._ran_out: float | None = None
         self._client = httpx.Client(
             headers={**headers, "content-type": "application/x-protobuf"}, timeout=timeout_s, transport=transport
         )
@@ -141,7 +145,8 @@ class BatchExporter:
                 status, reason = response.status_code, response.reason_phrase
                 if status < 300:
                     self.exported += len(batch)
-                    self._failing = self._stalled = False
+                    self._failing = False
+                    self._ran_out = None
                     return
             if self._abandoned:  # (`close` counted this batch already)
                 return
@@ -156,19 +161,22 @@ class BatchExporter:
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Have the thread send everything queued now, and wait for it at most `timeout_s` (none at all while a
-        flush has run out of time and no export landed since): True once all of it is sent or dropped. What is not
-        sent by then stays queued for the next export."""
+        flush given as long or longer has run out of time and no export landed since): True once all of it is sent or
+        dropped. What is not sent by then stays queued for the next export."""
         target = self._queued_in
         if self._finished >= target:
             return True
         self._wake.set()
-        if not self._stalled and self._wait(target, timeout_s):
+        ran_out = self._ran_out
+        if ran_out is not None and timeout_s <= ran_out:
+            return False
+        if self._wait(target, timeout_s):
             return True
-        if not self._stalled:  # once per run of slow flushes, as failures are warned of
-            self._stalled = True
+        self._ran_out = timeout_s
+        if ran_out is None:  # once per run of slow flushes, as failures are warned of
             log.warning(
                 "OTLP export did not finish within %.1f s; its spans stay queued for the next export, and flushes "
-                "do not wait until an export lands",
+                "given no longer do not wait until an export lands",
                 timeout_s,
             )
         return False

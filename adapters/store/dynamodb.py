@@ -34,7 +34,8 @@ one of its reservations is still live (`_prune`). What was spent in it stays in 
 Reports read line items by key range, never by day: one key's lines are `pk = LEDGER#<key>` between two
 times; all keys' are spread over `LEDGER_SHARDS` index partitions (`gsi1pk = LEDGERS#<n>`, n from the request
 id, so no partition takes every write), `gsi1sk` between two times. A report is one query per key (or one
-per shard, sent together), each followed through its pages, whatever the period.
+per shard, sent together), each followed through its pages, whatever the period. A listing's page reads the same
+queries backwards, a few lines a page, merged newest first, and stops with the page (`scan_usage_newest`).
 
 Across regions (the table as a global table) a key's meter item is written only in the key's home region;
 another region spends from its own lease item, topped up from the home meter (see `region_leases.py`), so no item
@@ -118,6 +119,8 @@ SWEEP_SECONDS = 120.0  # a process releases a key's expired reservations this of
 LEDGER_SHARDS = 8
 LEDGER_SHARD_KEYS = [f"LEDGERS#{n}" for n in range(LEDGER_SHARDS)]
 REPORT_CONCURRENCY = 8
+# The fewest lines a query of a listing's page asks for at once (`scan_usage_newest`).
+NEWEST_FIRST_PAGE = 4
 RELEASE_TRIES = 3  # a minute's bucket changed by a late settlement is read and released again
 RELEASE_CHUNK = 50  # expired reservations released by one update (DynamoDB: 300 operators, 4 KB an expression)
 FAILED = CONDITION_FAILED
@@ -787,6 +790,47 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBThreads, DynamoDBSi
         except ExceptionGroup as failed:
             raise failed.exceptions[0] from None
 
+    async def scan_usage_newest(
+        self, query: UsageQuery, consume: Callable[[list[LedgerItem]], bool], batch: int = LEDGER_BATCH
+    ) -> None:
+        """`usage`'s queries read backwards on their sort keys (`ScanIndexForward` false), a few lines a page, their
+        pages merged newest first (`NewestPages`) and handed on until `consume` has what it needs: a listing's page
+        reads its lines and few more, where `scan_usage` read every line older than its cursor. A query's first page
+        holds its share of `batch` (at least `NEWEST_FIRST_PAGE` lines), each next one twice the last (at most
+        `batch`, or `LEDGER_BATCH` where that is more), so a key holding every line of a family's page is read in few
+        pages, and one holding none costs one short page."""
+        requests = ledger_queries(query)
+        if not requests:
+            return
+        first = min(batch, max(NEWEST_FIRST_PAGE, -(-batch // len(requests))))
+        most = max(batch, LEDGER_BATCH)
+        if self.page_size is not None:
+            first, most = min(first, self.page_size), min(most, self.page_size)
+        streams = [
+            NewestPages({"TableName": self.table, **request, "ScanIndexForward": False}, first) for request in requests
+        ]
+        gate = asyncio.Semaphore(REPORT_CONCURRENCY)
+
+        async def page(stream: NewestPages) -> None:
+            async with gate:
+                answer = await call(self.client, "query", **stream.request, Limit=stream.limit)
+            stream.took(answer, most)
+
+        while True:
+            # (Every query that may hold more has a line in hand: its last one bounds what it has not read yet.)
+            while waiting := [stream for stream in streams if not stream.items and not stream.done]:
+                try:
+                    async with asyncio.TaskGroup() as pages:
+                        for stream in waiting:
+                            pages.create_task(page(stream))
+                except ExceptionGroup as failed:  # (the listing fails with the store's error, as a report does)
+                    raise failed.exceptions[0] from None
+            ready = merged_newest(streams)
+            if not ready:
+                return
+            if await asyncio.to_thread(consume_newest, ready, query, consume, batch):
+                return
+
     async def _queries(self, requests: list[dict[str, Any]]) -> list[list[Item]]:
         """`_query` for each request, `REPORT_CONCURRENCY` at a time (a parent with many children, the shards)."""
         gate = asyncio.Semaphore(REPORT_CONCURRENCY)
@@ -951,6 +995,66 @@ def consume_page(items: list[Item], query: UsageQuery, consume: Callable[[list[L
         batch = [line for line in lines if query.since <= line.ts < query.until]
         if batch:
             consume(batch)
+
+
+class NewestPages:
+    """One of `scan_usage_newest`'s queries: its request (with where its next page starts), the items of its pages
+    not yet handed on (newest first, by sort key), whether it has more, and its next page's `Limit`."""
+
+    __slots__ = ("request", "items", "done", "limit", "sort")
+
+    def __init__(self, request: dict[str, Any], limit: int) -> None:
+        self.request = request
+        self.items: list[Item] = []
+        self.done = False
+        self.limit = limit
+        self.sort = "gsi1sk" if "IndexName" in request else "sk"  # (a line's `ledger_sort_key`, in either)
+
+    def took(self, answer: dict[str, Any], most: int) -> None:
+        self.items.extend(answer.get("Items", []))
+        after = answer.get("LastEvaluatedKey")
+        if after is None:
+            self.done = True
+        else:
+            self.request["ExclusiveStartKey"] = after
+        self.limit = min(most, self.limit * 2)
+
+    def key(self, item: Item) -> str:
+        return str(item[self.sort]["S"])
+
+
+def merged_newest(streams: list[NewestPages]) -> list[Item]:
+    """The items in hand that no query can have newer ones unread than, newest first by sort key, taken out of their
+    queries' hands: those at or above the highest last item of the queries that have more (each query's unread items
+    sort below its last), every item once none has."""
+    bounds = [stream.key(stream.items[-1]) for stream in streams if not stream.done and stream.items]
+    frontier = max(bounds) if bounds else None
+    ready: list[tuple[str, Item]] = []
+    for stream in streams:
+        taken = 0
+        for item in stream.items:
+            key = stream.key(item)
+            if frontier is not None and key < frontier:
+                break
+            ready.append((key, item))
+            taken += 1
+        del stream.items[:taken]
+    ready.sort(key=lambda pair: pair[0], reverse=True)
+    return [item for _, item in ready]
+
+
+def consume_newest(
+    items: list[Item], query: UsageQuery, consume: Callable[[list[LedgerItem]], bool], batch: int
+) -> bool:
+    """`consume_page` for `scan_usage_newest`: the lines handed on in order, `batch` at a time (parsed only then),
+    until `consume` has what it needs (True)."""
+    step = min(batch, LEDGER_BATCH)
+    for start in range(0, len(items), step):
+        lines = (ledger_from_json(item["data"]["S"]) for item in items[start : start + step])
+        kept = [line for line in lines if query.since <= line.ts < query.until]
+        if kept and consume(kept):
+            return True
+    return False
 
 
 def lines_of(answers: list[list[Item]], query: UsageQuery) -> list[LedgerItem]:

@@ -45,7 +45,10 @@ import asyncio
 import contextlib
 import fcntl
 import functools
+import heapq
+import itertools
 import logging
+import operator
 import os
 import sqlite3
 import threading
@@ -787,7 +790,21 @@ class SQLiteStore(SQLiteSignIns, SliceCache):
         if self.path == ":memory:":
             scan_ledger(self.db, query, consume)
             return
-        await asyncio.to_thread(scan_ledger_apart, self.path, query, consume)
+        await asyncio.to_thread(
+            scan_ledger_apart, self.path, functools.partial(scan_ledger, query=query, consume=consume)
+        )
+
+    async def scan_usage_newest(
+        self, query: UsageQuery, consume: Callable[[list[LedgerItem]], bool], batch: int = LEDGER_BATCH
+    ) -> None:
+        """`scan_usage`'s lines newest first (`scan_ledger_newest`), until `consume` has what it needs: the read ends
+        there, a listing's page reading its lines and few more."""
+        await self._own_settlements()
+        read = functools.partial(scan_ledger_newest, query=query, consume=consume, batch=batch)
+        if self.path == ":memory:":
+            read(self.db)
+            return
+        await asyncio.to_thread(scan_ledger_apart, self.path, read)
 
     async def close(self) -> None:
         """Write what is batched, give back the unused slices this process holds (`_tidy`: else the file counts
@@ -859,9 +876,30 @@ def scan_ledger(db: sqlite3.Connection, query: UsageQuery, consume: Callable[[li
             consume([ledger_from_json(row[0]) for row in rows])
 
 
-def scan_ledger_apart(path: str, query: UsageQuery, consume: Callable[[list[LedgerItem]], None]) -> None:
-    """`scan_ledger` on a read-only connection opened for it, in one read transaction (one snapshot of the file for
-    every key's lines), for a worker thread: the store's own connection belongs to the event loop's thread."""
+def scan_ledger_newest(
+    db: sqlite3.Connection, query: UsageQuery, consume: Callable[[list[LedgerItem]], bool], batch: int
+) -> None:
+    """The lines of `query` on `db` newest first, handed to `consume` `batch` at a time until it returns True. Each
+    key's lines are read backwards on the primary key (all keys' on `ledger_ts`), a row a step, and the keys' merged
+    by time: a row is read only once the merge needs it, and parsed only once it is handed on."""
+    statement = "SELECT ts, data FROM ledger WHERE {} ts >= ? AND ts < ? ORDER BY ts DESC"
+    if query.key_ids is None:
+        cursors = [db.execute(statement.format(""), (query.since, query.until))]
+    else:
+        cursors = [
+            db.execute(statement.format("key_id = ? AND"), (key_id, query.since, query.until))
+            for key_id in dict.fromkeys(query.key_ids)
+        ]
+    rows = heapq.merge(*cursors, key=operator.itemgetter(0), reverse=True)
+    while chunk := list(itertools.islice(rows, batch)):
+        if consume([ledger_from_json(data) for _, data in chunk]):
+            return
+
+
+def scan_ledger_apart(path: str, read: Callable[[sqlite3.Connection], None]) -> None:
+    """`read` (`scan_ledger`, `scan_ledger_newest`) on a read-only connection opened for it, in one read transaction
+    (one snapshot of the file for every key's lines), for a worker thread: the store's own connection belongs to the
+    event loop's thread."""
     try:
         db = sqlite3.connect(
             f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
@@ -871,7 +909,7 @@ def scan_ledger_apart(path: str, query: UsageQuery, consume: Callable[[list[Ledg
     try:
         db.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
         db.execute("BEGIN")
-        scan_ledger(db, query, consume)
+        read(db)
     except sqlite3.Error as exc:
         raise StoreError(f"reading the ledger failed: {exc}") from exc
     finally:

@@ -12,8 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from handler.api.key_spend import KeySpends
 from handler.api.report_gate import ReportGate
-from handler.dashboard.line_items import LineListing, Spend, parse_page, this_month
+from handler.dashboard.line_items import LineListing, parse_page
 from handler.dashboard.reports import ReportBuilder, parse_report, parse_top, parse_views
 from handler.errors import InvalidRequestError, KeyChangedError, NotFoundError, PermissionDeniedError
 from handler.pipeline.attribution import line_tags, stored_tags, validate_tags
@@ -261,6 +262,7 @@ class KeyRoutes:
         self.api = api
         self.gateway = api.gateway
         self.reports = ReportGate()
+        self.spends = KeySpends(api.gateway.store)
         self.admin = KeyAdmin(api.gateway.keys)  # (writing through the cache that serves the requests)
 
     async def _budget_state(self, lineage: list[KeyRecord]) -> dict[str, Any]:
@@ -295,26 +297,21 @@ class KeyRoutes:
         them (`lineage` may hold a record read here from the store, its tags as stored)."""
         return {"line_tags": stored_tags(line_tags(lineage, {}))}
 
-    async def _spent(self, caller: KeyRecord, lineage: list[KeyRecord], state: dict[str, Any]) -> dict[str, Any]:
+    async def _spent(self, lineage: list[KeyRecord], state: dict[str, Any]) -> dict[str, Any]:
         """`state` (`_budget_state`) with what a key without a budget of its own spent: no meter counts it, so its
         lines and its descendants' (what a budget of its own would count) are summed from the ledger, over the
         current UTC month, the `period` it names. A plain key was told `spent_usd: null` however much it spent, and
-        so was a child spending its parent's budget, whose `remaining_usd` dropped. Read as a report is, in
-        `caller`'s family's turn (`ReportGate`): a month of a busy key's lines is a report's work."""
+        so was a child spending its parent's budget, whose `remaining_usd` dropped. Read as a key's figure, not as a
+        report (`KeySpends`): it took a report's turn of the caller's family, and a third read at once was a 429."""
         if state["period"] is not None:
             return state  # (its own meter's)
-        key = lineage[0]
-        period, since, until = this_month(time.time())
-        family = await with_descendants(self.gateway.store, key.id, lineage[-1].home_region)
-        spend = Spend()
-        async with self.reports.turn(caller):
-            await self.gateway.store.scan_usage(UsageQuery(family, since, until), spend.add)
-        return {**state, "period": period, "spent_usd": float(spend.total)}
+        period, spent = await self.spends.spent(lineage, time.time())
+        return {**state, "period": period, "spent_usd": float(spent)}
 
     async def whoami(self, request: Request) -> Response:
         key = await self.api.authenticate(request, allow_x_api_key=True)
         lineage = await self.gateway.keys.lineage(key)
-        state = await self._spent(key, lineage, await self._budget_state(lineage))
+        state = await self._spent(lineage, await self._budget_state(lineage))
         return self.api.json({**key_view(key), **self._line_tags(lineage), **state})
 
     async def mint_child(self, request: Request) -> Response:
@@ -466,10 +463,10 @@ class KeyRoutes:
         return self.api.json({**key_view(minted.record), "key": minted.key}, status=201, headers=SECRET_HEADERS)
 
     async def admin_show(self, request: Request) -> Response:
-        caller = await self._admin(request)
+        await self._admin(request)
         record = await self._target(request)
         lineage = await self.gateway.keys.lineage(record)
-        state = {**self._line_tags(lineage), **await self._spent(caller, lineage, await self._budget_state(lineage))}
+        state = {**self._line_tags(lineage), **await self._spent(lineage, await self._budget_state(lineage))}
         return self.api.json({**key_view(record), **state})
 
     async def admin_rotate(self, request: Request) -> Response:
@@ -555,7 +552,8 @@ class KeyRoutes:
         listing: LineListing,
     ) -> Response:
         """`_usage`'s line items (`group_by=request`): a page of them, newest first, read as a report is (in its
-        turn, off the event loop), the store's read ending at the page's cursor, and only the page's lines kept."""
+        turn, off the event loop), the store's read starting at the page's cursor and ending with the page
+        (`LineListing.fill`), and only the page's lines kept."""
         params = request.query_params
         if params.getlist("view"):
             raise InvalidRequestError(
@@ -568,9 +566,8 @@ class KeyRoutes:
         shape = params.get("format") or "json"
         if shape not in ("json", "csv"):
             raise InvalidRequestError(f"format must be json or csv, not '{shape}'", param="format")
-        spec, page = listing.spec, listing.page
         async with self.reports.turn(caller):
-            await self.gateway.store.scan_usage(UsageQuery(key_ids, spec.since, page.until(spec)), listing.add)
+            await listing.fill(self.gateway.store, key_ids)
             if recordless is not None and not listing.read:
                 raise NotFoundError(
                     f"{no_such_key(recordless)} (nor any usage of it in the window)", code="not_found", param="key"

@@ -2,9 +2,9 @@
 and a key family's lines of a period summed to what they spent (`GET /v1/key`'s `spent_usd` for a key without a
 budget of its own, which no meter counts).
 
-Both read the ledger as a report does (`Store.scan_usage`, a batch at a time on the store's thread) and keep what
-they answer, never the lines: a listing at most `limit` of them (and the one past its page, which says there are
-more), a sum one number."""
+Both read the ledger a batch at a time on the store's thread and keep what they answer, never the lines: a listing
+at most `limit` of them (and the one past its page, which says there are more), reading newest first and no further
+than its page (`Store.scan_usage_newest`); a sum one number, of every line of its period (`Store.scan_usage`)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from handler.errors import InvalidRequestError
 from handler.pipeline.attribution import format_tags, stored_tags
 from handler.pipeline.budgets import period_of
 from handler.pipeline.pricing import exact
-from handler.ports import LedgerItem
+from handler.ports import NEWEST_FIRST_SLACK_S, LedgerItem, Store, UsageQuery
 from handler.records import Value
 
 DEFAULT_LIMIT = 100
@@ -195,19 +195,32 @@ def line_row(item: LedgerItem, names: Mapping[str, str] | None) -> dict[str, Any
 
 class LineListing:
     """A listing made as `ReportBuilder` makes a report (`add`, a batch at a time on the store's thread; `read`,
-    `key_ids` and `answer` alike), keeping the newest `limit` + 1 matching lines of its page in a heap: a month of a
-    busy gateway's lines is read, never held."""
+    `key_ids` and `answer` alike), keeping the newest `limit` + 1 matching lines of its page in a heap. The store
+    reads newest first (`fill`) and stops once the page is whole: each page read every line of the window older than
+    its cursor, and paging through a month cost lines² / limit reads."""
 
     def __init__(self, spec: ReportSpec, page: Page) -> None:
         self.spec = spec
         self.page = page
         self.newest: list[tuple[tuple[float, str], int, LedgerItem]] = []  # a min-heap: the oldest kept on top
         self.read = 0  # lines the store gave, the filter's and the cursor's included
+        self.oldest_read = math.inf  # the time of the oldest of them
 
-    def add(self, lines: Iterable[LedgerItem]) -> None:
+    async def fill(self, store: Store, key_ids: list[str] | None) -> None:
+        """Read the page's lines from `store`, those of `key_ids` (None: every key's), newest first, until it has them
+        and the one after. A batch holds those, the cursor's own line (the read starts at its time) and one line
+        more: the page is known whole once a line older than all it keeps has been read."""
+        query = UsageQuery(key_ids, self.spec.since, self.page.until(self.spec))
+        await store.scan_usage_newest(query, self.add, self.page.limit + 3)
+
+    def add(self, lines: Iterable[LedgerItem]) -> bool:
+        """Keep what `lines` (newest first, as `Store.scan_usage_newest` hands them) hold of the page; True once the
+        page is whole: its `limit` + 1 lines held, and every line the store has yet to hand older than all of them
+        (the store's order holds within `NEWEST_FIRST_SLACK_S`)."""
         keep, cursor, held = self.spec.filter, self.page.cursor, self.page.limit + 1
         for item in lines:
             self.read += 1
+            self.oldest_read = min(self.oldest_read, item.ts)
             if keep and not keep.matches(item):
                 continue
             order = (item.ts, item.request_id)
@@ -218,6 +231,7 @@ class LineListing:
                 heapq.heappush(self.newest, entry)
             elif order > self.newest[0][0]:
                 heapq.heapreplace(self.newest, entry)
+        return len(self.newest) == held and self.newest[0][0][0] > self.oldest_read + NEWEST_FIRST_SLACK_S
 
     @property
     def key_ids(self) -> set[str]:

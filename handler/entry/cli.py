@@ -673,15 +673,12 @@ def _listed_usage(args: argparse.Namespace, listing: LineListing, output: str) -
     """`gateway usage --group-by request`: a page of the lines, newest first, read as `GET /v1/usage` reads it (a
     batch at a time, the page alone kept); in a table or CSV, the `--cursor` of the next page is said on stderr."""
     from handler.dashboard.line_items import listing_table
-    from handler.ports import UsageQuery
-
-    spec, page = listing.spec, listing.page
 
     async def fetch() -> dict[str, str] | None:
         store = _store(args.store)
         try:
             record, family = await family_of(store, args.key) if args.key else (None, None)
-            await store.scan_usage(UsageQuery(family, spec.since, page.until(spec)), listing.add)
+            await listing.fill(store, family)
             if args.key and not listing.read and family == [args.key] and record is None:
                 return None  # (as the report says it: `cmd_usage`)
             return await key_names(store.get_key, listing.key_ids)

@@ -75,10 +75,12 @@ def test_an_end_before_the_start_is_clamped_to_the_start() -> None:
 
 
 class Collector:
-    """An httpx transport standing in for a collector: records bodies, may hold every export until released."""
+    """An httpx transport standing in for a collector: records bodies, may hold every export until released, or
+    take `delay_s` to answer each."""
 
-    def __init__(self, status: int = 200, hold: bool = False) -> None:
+    def __init__(self, status: int = 200, hold: bool = False, delay_s: float = 0.0) -> None:
         self.status = status
+        self.delay_s = delay_s
         self.bodies: list[bytes] = []
         self.release = threading.Event()
         if not hold:
@@ -86,6 +88,7 @@ class Collector:
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.release.wait(10)
+        time.sleep(self.delay_s)
         self.bodies.append(request.content)
         assert request.headers["content-type"] == "application/x-protobuf"
         return httpx.Response(self.status)
@@ -192,6 +195,28 @@ def test_a_flush_waits_no_longer_than_its_bound_and_keeps_what_it_could_not_send
     assert batcher.flush(5) is True  # an export landed: flushes wait again
     batcher.close()
     assert collector.spans()[-1] == "chat gpt-4o-mini #3"
+
+
+def test_a_flush_cut_short_does_not_keep_a_later_flush_given_longer_from_waiting() -> None:
+    """A healthy collector answering each export in 0.3 s. A Lambda invocation that ends with 300 ms left gives its
+    flush (300 - 250) ms (`flush_bound`), which runs out, as it should; that marked the exporter stalled, as if the
+    collector were down, and the next invocation's flush, with 10 s left and so its whole 2 s, returned False at once,
+    its span unsent (on Lambda the environment is then frozen with it). A flush given longer than the one that ran out
+    waits again (one given no longer still does not: `test_a_flush_waits_no_longer_than_its_bound...`). Found by
+    review."""
+    collector = Collector(delay_s=0.3)
+    batcher = exporter(collector, schedule_delay_s=60)
+    try:
+        queue(batcher, span(1))
+        assert batcher.flush((300 - 250) / 1000) is False  # invocation 1
+        queue(batcher, span(2))
+        started = time.monotonic()
+        sent = batcher.flush(2.0)  # invocation 2
+        waited = time.monotonic() - started
+        assert sent is True, f"the 2 s flush returned False after {waited:.3f} s, its span unsent"
+        assert collector.spans() == ["chat gpt-4o-mini #1", "chat gpt-4o-mini #2"] and batcher.dropped == 0
+    finally:
+        batcher.close(5)
 
 
 def test_close_ends_within_its_bound_and_counts_what_it_could_not_send(caplog: pytest.LogCaptureFixture) -> None:

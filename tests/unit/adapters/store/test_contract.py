@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 import threading
 import time
@@ -21,10 +22,13 @@ from adapters.store.dynamo_client import invoke
 from adapters.store.dynamodb import DynamoDBStore
 from adapters.store.metered import MeteredStore
 from adapters.store.records import key_from_json, key_to_json, ledger_from_json, ledger_to_json
+from handler.dashboard.line_items import LineListing, parse_page
+from handler.dashboard.reports import parse_report
 from handler.pipeline.budgets import Meter
 from handler.pipeline.key_admin import KeyAdmin, with_descendants
 from handler.pipeline.keys import KeyService, hash_secret, split_key
 from handler.ports import (
+    NEWEST_FIRST_SLACK_S,
     Admission,
     BudgetCharge,
     BudgetRefused,
@@ -480,6 +484,54 @@ async def test_a_line_just_before_a_reports_end_is_in_it_and_one_at_its_end_is_n
     assert (item.request_id in {i.request_id for i in await store.usage(UsageQuery(None, *day))}) is bool(before)
     after = await store.usage(UsageQuery([key], midnight, midnight + 86400))
     assert [i.request_id for i in after] == ([] if before else [item.request_id])
+
+
+async def newest_first(store: Store, query: UsageQuery, stop: bool = False) -> list[list[LedgerItem]]:
+    """The batches `scan_usage_newest` hands, 3 lines at a time, to a consumer that has what it needs after the first
+    (`stop`) or never."""
+    batches: list[list[LedgerItem]] = []
+
+    def consume(lines: list[LedgerItem]) -> bool:
+        batches.append(lines)
+        return stop
+
+    await store.scan_usage_newest(query, consume, 3)
+    return batches
+
+
+async def test_lines_newest_first_come_in_time_order_and_the_read_ends_when_told(store: Store) -> None:
+    """`scan_usage_newest`, a listing page's read: a key family's lines and every key's, newest first within
+    `NEWEST_FIRST_SLACK_S` (DynamoDB orders by times rounded to the microsecond: lines a fraction of one apart, or of
+    one time, may come in either order), each once; a consumer that has what it needs ends the read. Paged through
+    by `LineListing`, the lines come in exact order, each once, whatever the store's order within a microsecond."""
+    a, b = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
+    base = 1_796_256_000.0
+    offsets = [0.0, 1e-7, 4e-7, 6e-7, 1e-6, 1e-6, 1.4e-6, 3e-6, 1.0, 2.0, 2.0 + 5e-7, 3.0]
+    items = [line(a if n % 2 else b, 0.01, base + offset) for n, offset in enumerate(offsets)]
+    for item in items:
+        await store.settle(Settlement(item.request_id, [], 0.0, [], item))
+    for key_ids in ([a, b], None):
+        query = UsageQuery(key_ids, base - 1, base + 10)
+        handed = [item for batch in await newest_first(store, query) for item in batch if item.key_id in (a, b)]
+        assert sorted(item.request_id for item in handed) == sorted(item.request_id for item in items)
+        for before, after in itertools.pairwise(handed):
+            assert after.ts <= before.ts + NEWEST_FIRST_SLACK_S
+        assert [len(batch) for batch in await newest_first(store, query, stop=True)] == [3]
+    exact = [item.request_id for item in sorted(items, key=lambda item: (item.ts, item.request_id), reverse=True)]
+    spec = parse_report(str(base - 1), str(base + 10), "request")
+    listed: list[str] = []
+    cursor: str | None = None
+    while True:
+        page = parse_page(spec, "2", cursor)
+        assert page is not None
+        listing = LineListing(spec, page)
+        await listing.fill(store, [a, b])
+        rows, _ = listing.lines()
+        listed += [row.request_id for row in rows]
+        cursor = listing.next_cursor()
+        if cursor is None:
+            break
+    assert listed == exact
 
 
 async def test_keys_are_hashed_at_rest(store: Store, store_url: str, dynamo_raw: Callable[[str], str]) -> None:

@@ -3,16 +3,25 @@ once, newest first, with how its cost was known, and no more of them held than a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
+from adapters.store import dynamodb
+from handler.api.app import create_app
 from handler.dashboard.line_items import COLUMNS, LineListing, Page, Spend, parse_page, this_month
 from handler.dashboard.reports import ReportSpec, parse_report, parse_views
 from handler.errors import InvalidRequestError
-from handler.ports import LedgerItem
+from handler.pipeline.gateway import build_gateway
+from handler.pipeline.key_admin import KeyAdmin
+from handler.ports import KeyRecord, LedgerItem, Settlement
+from tests.support.dynamo import DynamoServer
 from tests.unit.adapters.store.test_contract import line
 
 
@@ -136,3 +145,102 @@ def test_a_key_without_a_budget_is_told_its_utc_months_cost_and_fees() -> None:
     spend = Spend()
     spend.add([replace(line("a", 0.1), fee_usd=0.01), replace(line("a", 0.2), cost_usd=None, fee_usd=0.02)])
     assert spend.total == Decimal("0.13")
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    server: DynamoServer = request.getfixturevalue("dynamo")
+    return server.store_url(server.create_table())
+
+
+class Reads:
+    """What a listing's page read: the lines handed to it, and on DynamoDB the ledger items its queries brought."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.lines = 0
+        self.items = 0
+        add = LineListing.add
+
+        def counted(listing: LineListing, lines: Iterable[LedgerItem]) -> Any:
+            lines = list(lines)
+            self.lines += len(lines)
+            return add(listing, lines)
+
+        monkeypatch.setattr(LineListing, "add", counted)
+        call = dynamodb.call
+
+        async def queried(client: Any, operation: str, **request: Any) -> Any:
+            answer = await call(client, operation, **request)
+            if operation == "query" and any(
+                str(value.get("S", "")).startswith(("LEDGER#", "LEDGERS#"))
+                for value in request.get("ExpressionAttributeValues", {}).values()
+            ):
+                self.items += len(answer.get("Items", []))
+            return answer
+
+        monkeypatch.setattr(dynamodb, "call", queried)
+
+    def take(self) -> tuple[int, int]:
+        taken = (self.lines, self.items)
+        self.lines = self.items = 0
+        return taken
+
+
+async def test_a_listing_page_reads_its_lines_not_every_line_older_than_its_cursor(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each page of `group_by=request` read every line of the window older than its cursor and kept the newest
+    `limit` + 1: 120 lines in pages of 10 read 120, 111, 101, ... (791 in all: a month paged through costs lines² /
+    limit reads, and on DynamoDB as many read units). A page's read now goes newest first and stops once it holds the
+    page and the line after it, on both stores, a key family's lines (one query a key) and every key's (DynamoDB: one
+    query per index shard) alike; every line is still listed once, newest first. Found by review."""
+    gateway = build_gateway(store_url=store_url, environ={})
+    admin = (
+        await KeyAdmin(gateway.keys).mint(KeyRecord(id="", name="ops", secret_hash="", created_at=0, admin=True))
+    ).key
+    root = await KeyAdmin(gateway.keys).mint(KeyRecord(id="", name="tenant", secret_hash="", created_at=0))
+    child = await KeyAdmin(gateway.keys).mint_child(
+        KeyRecord(
+            id="", name="agent", secret_hash="", created_at=0, parent_id=root.record.id, ancestors=[root.record.id]
+        ),
+        100,
+        None,
+    )
+    start = 1_800_000_000.0
+    lines = [
+        line(root.record.id if n % 3 else child.record.id, 0.001, start + n + (n % 4) * 2.5e-7) for n in range(120)
+    ]
+    for item in lines:
+        await gateway.store.settle(Settlement(item.request_id, [], 0.0, [], item))
+    newest_first = [item.request_id for item in sorted(lines, key=lambda item: item.ts, reverse=True)]
+    reads = Reads(monkeypatch)
+    window = {"group_by": "request", "since": str(start - 1), "until": str(start + 200), "limit": "10"}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(gateway)), base_url="http://gw"
+    ) as client:
+        for path, key, scope in (("/v1/usage", root.key, {}), ("/admin/usage", admin, {})):
+            listed: list[str] = []
+            per_page: list[tuple[int, int]] = []
+            cursor: dict[str, str] = {}
+            while True:
+                answer = await client.get(
+                    path, params={**window, **scope, **cursor}, headers={"authorization": f"Bearer {key}"}
+                )
+                assert answer.status_code == 200, answer.text
+                per_page.append(reads.take())
+                listed += [row["request_id"] for row in answer.json()["data"]]
+                if answer.json()["next_cursor"] is None:
+                    break
+                cursor = {"cursor": answer.json()["next_cursor"]}
+            assert listed == newest_first, path
+            assert len(per_page) == 12
+            # A batch is the page, the line after it, the cursor's line and one more (13): SQLite reads one, DynamoDB
+            # (its queries' pages merged) about a batch and a half, where the first page read all 120.
+            lines_read = [lines for lines, _ in per_page]
+            assert max(lines_read) <= 2 * 13, (path, lines_read)
+            if "dynamodb" in store_url:
+                items_read = [items for _, items in per_page]
+                assert max(items_read) <= 5 * 13, (path, items_read)
+    await gateway.store.close()
