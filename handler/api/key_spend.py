@@ -21,6 +21,7 @@ import asyncio
 import time
 from decimal import Decimal
 
+from handler.api.report_gate import LoopSemaphore
 from handler.dashboard.line_items import Spend, this_month
 from handler.errors import OverloadedError
 from handler.pipeline.key_admin import with_descendants
@@ -39,7 +40,7 @@ class KeySpends:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.at_once = SUMS_AT_ONCE
+        self.turns = LoopSemaphore(SUMS_AT_ONCE)
         self.fresh_s = FRESH_SECONDS
         self.wait_s = WAIT_SECONDS
         self.kept = KEPT
@@ -47,8 +48,6 @@ class KeySpends:
         # (key id, period) -> (`time.monotonic()` as its sum began, what it spent); oldest first.
         self._figures: dict[Figure, tuple[float, Decimal]] = {}
         self._summing: dict[Figure, asyncio.Task[Decimal]] = {}
-        # Made on the loop that first asks, again on another (an app may outlive its loop: one per test).
-        self._turns: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
     async def spent(self, lineage: list[KeyRecord], now: float) -> tuple[str, Decimal]:
         """The current UTC month (`month:YYYY-MM`, at `now`) and what the key `lineage[0]` (`lineage`: it and its
@@ -87,7 +86,7 @@ class KeySpends:
     async def _turn(self) -> asyncio.Semaphore:
         """This sum's turn, waited for in order, at most `wait_s` and not past the request's deadline
         (`STORE_DEADLINE`); a 503 `server_busy` once that is over."""
-        turns = self._semaphore()
+        turns = self.turns.get()
         wait = self.wait_s
         by = STORE_DEADLINE.get()
         if by is not None:
@@ -97,8 +96,8 @@ class KeySpends:
                 await turns.acquire()
         except TimeoutError:
             raise OverloadedError(
-                f"the gateway is summing other keys' spend ({self.at_once} at once a process) and did not get to this "
-                f"key's within {wait:.1f} s; retry",
+                f"the gateway is summing other keys' spend ({self.turns.at_once} at once a process) and did not get to "
+                f"this key's within {wait:.1f} s; retry",
                 code="server_busy",
             ) from None
         return turns
@@ -115,12 +114,6 @@ class KeySpends:
                 break
             del figures[oldest]
         figures[figure] = (began, spent)
-
-    def _semaphore(self) -> asyncio.Semaphore:
-        loop = asyncio.get_running_loop()
-        if self._turns is None or self._turns[0] is not loop:
-            self._turns = (loop, asyncio.Semaphore(self.at_once))
-        return self._turns[1]
 
 
 def _retrieved(task: asyncio.Task[Decimal]) -> None:

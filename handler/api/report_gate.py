@@ -28,14 +28,29 @@ REPORTS_PER_FAMILY = 2
 RETRY_AFTER_SECONDS = 2
 
 
+class LoopSemaphore:
+    """A semaphore of `at_once` places, made on the event loop that first asks and again on another (an app may
+    outlive its loop: one per test). The reports' turns (`ReportGate`) and the key spends' (`KeySpends`)."""
+
+    __slots__ = ("at_once", "_made")
+
+    def __init__(self, at_once: int) -> None:
+        self.at_once = at_once
+        self._made: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+
+    def get(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._made is None or self._made[0] is not loop:
+            self._made = (loop, asyncio.Semaphore(self.at_once))
+        return self._made[1]
+
+
 class ReportGate:
     """See the module docstring; one per app."""
 
     def __init__(self, at_once: int = REPORTS_AT_ONCE, per_family: int = REPORTS_PER_FAMILY) -> None:
-        self.at_once = at_once
+        self.turns = LoopSemaphore(at_once)
         self.per_family = per_family
-        # Made on the loop that first asks, again on another (an app may outlive its loop: one per test).
-        self._turns: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         self._held: dict[str, int] = {}  # root key id -> its reports made or waiting
 
     @asynccontextmanager
@@ -51,7 +66,7 @@ class ReportGate:
             )
         self._held[family] = held + 1
         try:
-            async with self._semaphore():
+            async with self.turns.get():
                 yield
         finally:
             left = self._held[family] - 1
@@ -59,9 +74,3 @@ class ReportGate:
                 self._held[family] = left
             else:
                 del self._held[family]
-
-    def _semaphore(self) -> asyncio.Semaphore:
-        loop = asyncio.get_running_loop()
-        if self._turns is None or self._turns[0] is not loop:
-            self._turns = (loop, asyncio.Semaphore(self.at_once))
-        return self._turns[1]

@@ -263,7 +263,7 @@ class LineListing:
         for item in lines:
             times.add(item)
         report = report_object(self.spec, times.summary(), {name for row in rows for name in row["tags"]}, rows)
-        report.update(limit=self.page.limit, has_more=more, next_cursor=self.next_cursor())
+        report.update(limit=self.page.limit, has_more=more, next_cursor=cursor_of(lines[-1]) if more else None)
         return report
 
 
