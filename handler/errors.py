@@ -337,6 +337,14 @@ class UpstreamError(GatewayError):
         return self.upstream_status == 429 and not self.deployment_fault
 
     @property
+    def overloaded(self) -> bool:
+        """The provider's word that it has more to do than it takes, for now: its rate limit (`rate_limited`: not an
+        `insufficient_quota`), HTTP's own "temporary overload" (503: Gemini's "The model is overloaded", Bedrock's
+        ServiceUnavailableException) or Anthropic's 529. A breaker such failures opened sheds as an overload
+        (`Breakers.overloaded`); a 500's did not say so."""
+        return self.rate_limited or self.upstream_status in (503, 529)
+
+    @property
     def outcome(self) -> str:
         """How this attempt ended, for `x-gateway-route`: the provider's status, else what went wrong."""
         if self._outcome:

@@ -233,10 +233,6 @@ OVERLOADED = 529  # Anthropic's status for its API overloaded (its in-stream `ov
 # failure, so it was not failed over, never opened the breaker, and its client was told not to retry.)
 PASSING_4XX = frozenset({408, 409, 425, 429})
 LASTING_5XX = frozenset({501, 505})  # Not Implemented, HTTP Version Not Supported: the same again, whenever sent
-# A provider's word that it has more to do than it takes, for now: its rate limit (429), HTTP's own "temporary
-# overload" (503: Gemini's "The model is overloaded", Bedrock's ServiceUnavailableException) and Anthropic's 529.
-# A breaker its failures opened sheds as an overload (`Breakers.overloaded`); a 500's did not say so.
-OVERLOAD_STATUSES = frozenset({429, 503, OVERLOADED})
 # A provider's refusal of the deployment itself, whatever the request: its key (401: rotated, revoked), its account
 # (402: out of balance, as DeepSeek answers), its permissions, region or network (403). The operator's to fix, never
 # the client's (the gateway sends its own key, not the client's): the next deployment may well answer.

@@ -25,7 +25,7 @@ class _State:
         self.opened_at: float | None = None
         self.probe_at: float | None = None
         self.limited = True  # every failure since the last success was the provider's rate limit (429)
-        self.overloaded = True  # ... or its overload (a 429, 503 or 529: `handler.wire.OVERLOAD_STATUSES`)
+        self.overloaded = True  # ... or its overload (a 429, 503 or 529: `UpstreamError.overloaded`)
 
 
 class Breakers:

@@ -62,7 +62,7 @@ from handler.ports import BuiltRequest, LedgerItem, NativeCall, Served, StoreErr
 from handler.redaction import clipped, names_clipped, unkeyed
 from handler.schemas import LATER_MODULES, ChatCompletion, ChatRequest, Usage
 from handler.telemetry.observability import span
-from handler.wire import OVERLOAD_STATUSES, OVERLOADED, SHAPE_ERRORS, error_answer, json_body, malformed, misshapen
+from handler.wire import OVERLOADED, SHAPE_ERRORS, error_answer, json_body, malformed, misshapen
 
 if TYPE_CHECKING:
     from handler.pipeline.breakers import Breakers, CountBreakers
@@ -1006,9 +1006,7 @@ class Pipeline(Charges):
                         # from every key.
                         breakers.success(label)
                         break
-                    # (an overload: `OVERLOAD_STATUSES`, a 429 only as a rate limit, not an `insufficient_quota`)
-                    overloaded = err.rate_limited or (err.upstream_status in OVERLOAD_STATUSES - {429})
-                    breakers.failure(label, err.rate_limited, overloaded)
+                    breakers.failure(label, err.rate_limited, err.overloaded)
                     wait = self._retry_wait(ex, err) if retry < retries else None
                     if wait is not None:
                         retry += 1
