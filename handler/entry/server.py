@@ -127,6 +127,18 @@ def chunked_end(piece: bytes, at: int) -> int | None:
         at += size + 2
 
 
+def framing(headers: list[tuple[bytes, bytes]]) -> tuple[int, bool]:
+    """A request's body framing as its headers give it: its `Content-Length` (as the parser took it: digits; 0 where
+    none) and whether it is chunked."""
+    length, chunked = 0, False
+    for name, value in headers:
+        if name == b"content-length" and value.strip().isdigit():
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+    return length, chunked
+
+
 class UnchunkedCycle(RequestResponseCycle):
     """The answer to an HTTP/1.0 request: one of no length (a stream) is written as it comes, unframed, its end the
     connection's close (uvicorn closes every HTTP/1.0 connection once answered). uvicorn wrote it chunked, which RFC
@@ -298,12 +310,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         began in an earlier read is not followed: the next head is then counted from the piece's first byte. One that
         began in the first part of a read the bound cut in two (`cut`) is followed in the whole read: a 60-byte
         request behind a 200 KB chunked body, read at once, was answered 431, its count begun at the cut."""
-        length, chunked = 0, False
-        for name, value in self.headers:
-            if name == b"content-length" and value.strip().isdigit():  # (as the parser took it: digits)
-                length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
+        length, chunked = framing(self.headers)
         if self.head_done_in is piece:
             body_at = self._head_end_in(piece, self.head_done_earlier)
             if chunked:
@@ -504,12 +511,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """Serve a request whose upgrade is not spoken, its offer ignored: its body (by its `Content-Length`) is taken
         from the bytes after its head, in this read and the next ones (`_upgrade_body`), and the connection closes
         after the answer."""
-        length = 0
-        for name, value in self.headers:
-            if name == b"content-length" and value.strip().isdigit():  # (as the parser took it: digits)
-                length = int(value)
         self.cycle.keep_alive = False
-        self.upgrade_left = length
+        self.upgrade_left = framing(self.headers)[0]
         start = self._head_end_in(self.reading, self.earlier)
         self._upgrade_body(self.reading[start:])
 
