@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import orjson
 
-from handler.errors import CLIENT_CLOSED, ClientClosedError, GatewayError, UpstreamTimeoutError
+from handler.errors import CLIENT_CLOSED, ClientClosedError, GatewayError, UpstreamError, UpstreamTimeoutError
 from handler.pipeline.exchange import CUT_SLACK_S, deadline_passed, shut_down_before
 from handler.pipeline.pricing import plausible, reasoning_off, wants_reasoning
 from handler.pipeline.upstream import UpstreamResponse
 from handler.ports import RESPONSES_API, NativeCall, Served
 from handler.schemas import ChatRequest, Usage
 from handler.telemetry.observability import observe
-from handler.wire import SHAPE_ERRORS, StreamEvent, error_excerpt, malformed, misshapen
+from handler.wire import SHAPE_ERRORS, StreamEvent, WholeBodySniffer, error_excerpt, json_body, malformed, misshapen
 
 if TYPE_CHECKING:
     from handler.pipeline.exchange import Exchange
@@ -215,9 +215,10 @@ class UpstreamStream(ABC, Generic[T]):
         """Called with each batch as it goes to the client."""
 
     async def prime(self) -> None:
-        """Read until the first item. A stream that ends before any (a JSON error answered with a 200 to a stream
-        request, a body of no events) is the provider's malformed answer: retryable, so the plan goes on, and
-        never a successful empty completion."""
+        """Read until the first item. A stream that ends before any (a body of no events) is the provider's
+        malformed answer: retryable, so the plan goes on, and never a successful empty completion. (A whole JSON
+        body answering the stream's request is read by the stream itself, `_items`: an error object alone is the
+        provider's error.)"""
         try:
             while not self._pending and not self._finished and self._failure is None:
                 await self._pull()
@@ -350,6 +351,8 @@ class NativeStream(UpstreamStream[StreamEvent]):
         response: UpstreamResponse,
     ) -> None:
         super().__init__(pipeline, ex, req, attempt, response)
+        # A server that ignores `stream` answers with one whole body: an error object alone is read as such (`_whole`).
+        self.decoder = self.sniffer = WholeBodySniffer(self.decoder, response.max_body)
         self.meter = attempt.adapter.native_meter(call)
         self.call = call
         from handler.pipeline import redacting  # (with the first stream)
@@ -362,6 +365,9 @@ class NativeStream(UpstreamStream[StreamEvent]):
         self.api = call.api
 
     def _items(self, events: list[StreamEvent]) -> list[StreamEvent]:
+        if self.sniffer.whole is not None:
+            for event in events:
+                self._whole(event.data)
         try:
             for event in events:
                 self.meter.feed(event)
@@ -370,6 +376,24 @@ class NativeStream(UpstreamStream[StreamEvent]):
             events = events[: next(at for at, fed in enumerate(events) if fed is event)]  # (those it metered)
         relayed = self.redactor.relay(events)
         return relayed + self.redactor.release() if self._finished or self._failure is not None else relayed
+
+    def _whole(self, body: bytes) -> None:
+        """A whole body where the provider's own stream was asked for: an error object alone is the provider's error
+        at the status the adapter reads in it (`native_usage`), as the same body answering a whole request is, and
+        as a Chat Completions deployment's is (`ChunkStream._whole`); anything else (a page, a whole answer), the
+        provider's malformed answer, as a stream that brought no event is. (Taken for a malformed 200, the error was
+        charged its worst case: a request the next deployment served was charged $0.008213 for an answer that cost
+        $0.000001.)"""
+        try:
+            data = json_body(body)
+            if isinstance(data, dict):
+                self.attempt.adapter.native_usage(self.call, data)
+        except UpstreamError as failed:
+            if not 200 <= failed.upstream_status < 300:
+                raise  # the provider's error: free, failed over as its status is, that status in the route
+        except (GatewayError, *SHAPE_ERRORS):
+            pass
+        raise malformed(f"the provider's stream ended before its first event: {error_excerpt(body)}")
 
     def _handing_out(self, batch: list[StreamEvent]) -> None:
         if self.schema is None:

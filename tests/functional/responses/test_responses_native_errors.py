@@ -264,3 +264,45 @@ async def test_an_untyped_error_before_the_streams_first_event_fails_over() -> N
     assert_no_part_of_the_key(answer.text)
     assert [event.get("type") for event in events(answer)][-1] == "response.completed"
     assert [line.status for line in await served.ledger()] == [200]
+
+
+# --- a whole error object answering a stream's request (a server that ignores `stream`, OpenRouter's error) -------
+
+ROUTER_ERROR = {"error": {"code": 502, "message": f"Provider returned error (key {KEY})", "metadata": {"p": "X"}}}
+
+
+async def test_a_whole_error_object_answering_a_passed_through_stream_is_the_providers_error() -> None:
+    """A 200 whose body is an error object alone, answering a stream asked of a deployment that serves the Responses
+    API itself: it was the provider's malformed answer ("the provider's stream ended before its first event"), the
+    request the next deployment served charged the failed attempt's worst case on top of its own ($0.008213 where its
+    answer cost $0.000001, its route `=invalid_response`), and alone a 502 charged $0.008214 (4,096 output tokens)
+    saying `x-should-retry: false`.
+    It is the provider's error, as the same body answering the request whole is, and as a Chat Completions
+    deployment's is answering a stream's request (tests/functional/test_costs_edges.py): free, its status (the one
+    its `code` names) in the route, failed over, its words redacted."""
+    two = {"m": {**MODELS["m"], "deployments": [{"provider": "openai", "model": m} for m in ("first", "second")]}}
+    two["alone"] = {**MODELS["m"], "deployments": two["m"]["deployments"][:1]}
+    done = {**response("completed"), "model": "second"}
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if orjson.loads(request.content)["model"] == "first":
+            return httpx.Response(200, json=ROUTER_ERROR)
+        return streamed(*begun("second"), frame("response.completed", sequence_number=4, response=done))
+
+    served = await serve(upstream, two, provider=NATIVE, environ={"OPENAI_API_KEY": KEY})
+    answer = await served.post("/v1/responses", {"model": "m", "input": "hi", "stream": True})
+    alone = await served.post("/v1/responses", {"model": "alone", "input": "hi", "stream": True})
+    lines = {line.request_id: line for line in await served.ledger()}
+    await served.gateway.aclose()
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-gateway-route"] == "openai/first@global=502, openai/second@global=200"
+    assert [event.get("type") for event in events(answer)][-1] == "response.completed"
+    line = lines[answer.headers["x-request-id"]]
+    assert (line.status, line.cost_source, line.cost_usd) == (200, "provider", 1e-06)  # (1 token in, at $1 a million)
+    assert (alone.status_code, alone.headers["x-should-retry"]) == (502, "true"), alone.text
+    error = alone.json()["error"]
+    assert (error["code"], error["upstream_status"]) == ("upstream_error", 502)
+    assert error["message"] == "upstream returned 502: Provider returned error (key [REDACTED])"
+    assert_no_part_of_the_key(alone.text)
+    line = lines[alone.headers["x-request-id"]]
+    assert (line.status, line.cost_usd, line.route) == (502, 0.0, "openai/first@global=502")
