@@ -350,6 +350,55 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
         return None
 
 
+# The status each name a provider gives its error in the body (`code`, else `type`) stands for, where no HTTP status
+# says it: an error written inside a 200 stream (or a 200 whose body is an error object alone). OpenAI's codes and
+# types, Anthropic's types (its overload `OVERLOADED`, its own status for it); a name that opens with `invalid_` is a
+# request refused (OpenAI's `invalid_prompt`, `invalid_image_url`, ...). Read as a 500 whatever it said, a rate limit
+# in a stream was failed over as a server's failure and answered as the client's 502 (the SDKs retried it at once), an
+# account out of quota was retried by the client, and a request the provider refused was sent to the next deployment.
+SAID_STATUS: dict[str, int] = {
+    "invalid_request_error": 400,
+    "context_length_exceeded": 400,
+    "invalid_api_key": 401,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "model_not_found": 404,
+    "request_too_large": 413,
+    "rate_limit_exceeded": 429,
+    "rate_limit_error": 429,
+    "insufficient_quota": 429,  # (refusing the deployment's account: `deployment_at_fault`)
+    "server_error": 500,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": OVERLOADED,
+}
+
+
+def said_status(error: Any, default: int = 500) -> int:
+    """The HTTP status a provider's error object (`{"message", "type", "code", ...}`, or a body or event holding it
+    in `error`) stands for where none came with it: its `code` where that is an error status (OpenRouter's, which
+    writes there the status it would have answered; a proxy's, as a string), else the status its `code` or `type`
+    names (`SAID_STATUS`), else `default`."""
+    if isinstance(error, dict) and isinstance(error.get("error"), dict):
+        error = error["error"]
+    if not isinstance(error, dict):
+        return default
+    code = error.get("code")
+    if isinstance(code, str) and code.isdigit() and len(code) == 3:
+        code = int(code)
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600:
+        return code
+    for name in (error.get("code"), error.get("type")):
+        if isinstance(name, str) and name:
+            name = name.lower()
+            status = SAID_STATUS.get(name) or (400 if name.startswith("invalid_") else None)
+            if status is not None:
+                return status
+    return default
+
+
 def upstream_error(
     status: int,
     message: str,

@@ -26,9 +26,10 @@ from handler.api.responses_api import (
     with_sealed_reasoning,
 )
 from handler.api.streaming import sse_event
-from handler.errors import GatewayError
+from handler.errors import GatewayError, InvalidRequestError
 from handler.pipeline.exchange import Exchange
 from handler.pipeline.passthrough import OUTPUT_TEXT_DELTA, NativeStream, guarded, sse_frame
+from handler.pipeline.pipeline import CLIENT_FAULT_STATUSES
 from handler.ports import RESPONSES_API, NativeCall
 from handler.redaction import REDACTED, annotated, positions_moved, tokens_redacted
 from handler.wire import (
@@ -39,6 +40,8 @@ from handler.wire import (
     interrupted,
     issued,
     redact_error,
+    said_status,
+    upstream_error,
 )
 
 Finished = Callable[[dict[str, Any]], Awaitable[None]]
@@ -313,12 +316,25 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
 
 
 def failed_status(error: Any) -> int:
-    """The status a `response.failed` stands for, by its error's `code`: OpenAI's rate limit a 429, a prompt or
-    input it refused a 400, any other failure the provider's (502)."""
-    code = str(error.get("code") or "") if isinstance(error, dict) else ""
-    if code == "rate_limit_exceeded":
+    """The status a `response.failed` stands for: the client's, as the same error answered with the status its code
+    or type names (`said_status`) is answered. A rate limit a 429; a request the provider refused a 400 (OpenAI's
+    `invalid_prompt`, a `context_length_exceeded`, which was a 502); any other failure the provider's (502): its
+    overload, its refusal of the deployment's account (`insufficient_quota`, a 429 by its status alone)."""
+    said = error if isinstance(error, dict) else {}
+    kind = said.get("type")
+    failure = upstream_error(
+        said_status(said),
+        str(said.get("message") or ""),
+        {},
+        upstream_type=kind if isinstance(kind, str) else None,
+        code=said.get("code"),
+        param=said.get("param"),
+    )
+    if failure.rate_limited:
         return 429
-    return 400 if code.startswith("invalid") else 502
+    if failure.upstream_status in CLIENT_FAULT_STATUSES and not failure.retryable:
+        return InvalidRequestError.status  # (the client's to fix: `ProviderRejectedError`)
+    return 502
 
 
 def placed(part: Any) -> bool:

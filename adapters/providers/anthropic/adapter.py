@@ -136,19 +136,7 @@ STOP_REASONS: dict[str, FinishReason] = {
     "refusal": "content_filter",
 }
 
-# The HTTP status Anthropic uses for each error type, for errors that arrive inside a stream.
-ERROR_STATUS: dict[str, int] = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
-}
+# (The HTTP status each of Anthropic's error types stands for, inside a stream, is `handler.wire.said_status`'s.)
 
 
 def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:

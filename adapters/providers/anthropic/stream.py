@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import ValidationError
 
-from adapters.providers.anthropic.adapter import ERROR_STATUS, JSON_TOOL, _finish, error_from_body
+from adapters.providers.anthropic.adapter import JSON_TOOL, _finish, error_from_body
 from adapters.providers.params import (
     THINKING_BLOCKS,
     ToolNames,
@@ -29,6 +29,7 @@ from handler.wire import (
     StreamEvent,
     event_payload,
     malformed,
+    said_status,
 )
 
 # Anthropic's answer models (adapters/providers/anthropic/wire.py) are imported where they are used, on first use: a
@@ -135,9 +136,7 @@ class AnthropicStreamParser:
         if kind == "message_stop":
             return self._usage_chunk()
         if kind == "error":
-            error = payload.get("error") or {}
-            status = ERROR_STATUS.get(str(error.get("type")), 500)
-            raise error_from_body(status, orjson.dumps(payload), {})
+            raise error_from_body(said_status(payload), orjson.dumps(payload), {})
         return []  # ping, and event types added after this was written
 
     def _block_start(self, index: int, block: WireBlock) -> list[ChatCompletionChunk]:
@@ -285,7 +284,7 @@ class MessagesMeter:
             except orjson.JSONDecodeError:
                 said = None  # (not JSON: relayed as it came, as before)
             if isinstance(said, dict) and "error" in said and said.get("type") is None:
-                raise error_from_body(500, event.data, {})
+                raise error_from_body(said_status(said), event.data, {})  # (its code's status: a 429's is one)
         if kind not in ("message_start", "message_delta", "error"):
             return
         payload = event_payload(event)
@@ -307,8 +306,7 @@ class MessagesMeter:
                 self._wire = wire
                 self._started = self.final = True
             elif kind == "error":
-                error = payload.get("error") or {}
-                failure = error_from_body(ERROR_STATUS.get(str(error.get("type")), 500), event.data, {})
+                failure = error_from_body(said_status(payload), event.data, {})
                 failure.native_event = redact_upstream(event.data.decode("utf-8", "replace")).encode()
                 raise failure
         except (ValidationError, ValueError) as exc:

@@ -42,7 +42,7 @@ from handler.schemas import (
     Usage,
     completion_id,
 )
-from handler.wire import StreamEvent, error_excerpt, json_body, malformed, upstream_error
+from handler.wire import StreamEvent, error_excerpt, json_body, malformed, said_status, upstream_error
 
 M = TypeVar("M", bound=BaseModel)
 # The Responses API's wire (adapters/providers/openai/responses.py) is imported with the first Responses request
@@ -85,7 +85,8 @@ def answered_error(data: Any) -> UpstreamError | None:
     """A 200 answer that is an error object alone, `{"error": {...}}` or Mistral's `{"object": "error", ...}`, read
     as the provider's error answer (None for anything else). OpenRouter answers so an error once the model started,
     whole or streamed ("Errors and Debugging"), the status it would have given in `error.code` (its 502 "Provider
-    returned error"); one that names no error status is a 500. Read as an answer, it was the provider's malformed
+    returned error"); one that names no error status is the status its code or type names (`said_status`: a
+    `rate_limit_exceeded` a 429), else a 500. Read as an answer, it was the provider's malformed
     success: its words lost ("upstream answered without choices") and the request charged its worst case for an
     answer nobody billed. (The caller has found the member its API's answer holds missing: `choices`, `data`, a
     Responses `response`.)"""
@@ -94,9 +95,7 @@ def answered_error(data: Any) -> UpstreamError | None:
     error = data.get("error")
     if not isinstance(error, (dict, str)) and data.get("object") != "error":
         return None
-    code = error.get("code") if isinstance(error, dict) else None
-    status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600 else 500
-    return error_from_body(status, orjson.dumps(data), {})
+    return error_from_body(said_status(data), orjson.dumps(data), {})
 
 
 def readable(said: Any) -> str:
@@ -346,8 +345,8 @@ class OpenAIStreamParser:
                 failed = bool(payload["error"])  # (an `"error": null` beside the choices says there was none)
             else:
                 failed = "error" in payload or payload.get("object") == "error"
-            if failed:
-                raise error_from_body(500, data, {})
+            if failed:  # (at the status its code or type names: a rate limit is a 429 here as in an answer's status)
+                raise error_from_body(said_status(payload), data, {})
         payload = self.conformed(payload)
         if self.head:  # (a server that left it out of one chunk leaves it out of the next)
             _conform_head(payload, self.head, self.model)

@@ -22,6 +22,7 @@ from handler.wire import (
     event_payload,
     issued_reasoning,
     malformed,
+    said_status,
 )
 
 __all__ = ["ResponsesMeter", "aliased_names", "answer_usage", "issued_here", "request_body", "usage_of"]
@@ -231,7 +232,11 @@ class ResponsesMeter:
     gets the gateway's `error` and `response.failed` in words redacted as an error answer's, where it got the
     server's event as it came (the key it quoted back, less only its whole form); before the stream's first event,
     the next deployment is tried. OpenAI's own `error` event (typed) is the Responses API's and goes on, redacted
-    (`handler.api.responses_native.relayed_events`)."""
+    (`handler.api.responses_native.relayed_events`), once the stream began; as its first event, it is the stream's
+    error too, and the next deployment is tried (it was relayed: the client's stream began with the failure, nothing
+    else tried). Either is read at the status its code or type names (`said_status`: a
+    `rate_limit_exceeded` a 429, an `insufficient_quota` the deployment's refusal), as an error answer's status is
+    read; it was a 500 whatever it said."""
 
     def __init__(self) -> None:
         self.usage: Usage | None = None
@@ -241,16 +246,18 @@ class ResponsesMeter:
         self.advised = 0  # (the advisor tool is Anthropic's Messages API's)
         self.answer_id: str | None = None  # (no request continues a response by its id the way a thread does)
         self.served: Served | None = None  # the service tier the terminal event's response says it ran at
+        self.begun = False  # an event other than an error came: the stream began
 
     def feed(self, event: StreamEvent) -> None:
         if not event.data or event.data == b"[DONE]":
             return
         payload = event_payload(event)
         kind = str(payload.get("type") or event.event or "")
-        if not kind and "error" in payload:
+        if (not kind and "error" in payload) or (kind == "error" and not self.begun):
             from adapters.providers.openai.adapter import error_from_body
 
-            raise error_from_body(500, event.data, {})
+            raise error_from_body(said_status(payload), event.data, {})
+        self.begun = True
         delta = payload.get("delta")
         if isinstance(delta, str):
             self.output_chars += len(delta)

@@ -234,7 +234,8 @@ async def test_an_untyped_error_part_way_ends_the_stream_in_the_gateways_words(
         "response.failed",
     ]
     error, failed = relayed_events[-2:]
-    assert error["code"] == "upstream_error" and error["message"].startswith("upstream returned 500: ")
+    # (at the status its code names, OpenAI's for a key it refuses: it was a 500 whatever it said)
+    assert error["code"] == "upstream_error" and error["message"].startswith("upstream returned 401: ")
     assert "[REDACTED]" in error["message"] and failed["response"]["error"]["message"] == error["message"]
     assert failed["response"]["id"] == "resp_1" and failed["response"]["output"][0]["content"][0]["text"] == "Hello"
     [line] = await served.ledger()
@@ -260,7 +261,7 @@ async def test_an_untyped_error_before_the_streams_first_event_fails_over() -> N
     served = await serve(upstream, two, provider=NATIVE, environ={"OPENAI_API_KEY": KEY})
     answer = await served.post("/v1/responses", {"model": "m", "input": "hi", "stream": True})
     assert answer.status_code == 200
-    assert answer.headers["x-gateway-route"] == "openai/first@global=500, openai/second@global=200"
+    assert answer.headers["x-gateway-route"] == "openai/first@global=401, openai/second@global=200"  # (its code's)
     assert_no_part_of_the_key(answer.text)
     assert [event.get("type") for event in events(answer)][-1] == "response.completed"
     assert [line.status for line in await served.ledger()] == [200]
@@ -306,3 +307,32 @@ async def test_a_whole_error_object_answering_a_passed_through_stream_is_the_pro
     assert_no_part_of_the_key(alone.text)
     line = lines[alone.headers["x-request-id"]]
     assert (line.status, line.cost_usd, line.route) == (502, 0.0, "openai/first@global=502")
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("rate_limit_exceeded", 429),
+        (429, 429),  # (a status in `code`, as OpenRouter writes it)
+        ("insufficient_quota", 502),  # (the deployment's account refused: not the client's rate limit)
+        ("invalid_prompt", 400),
+        ("context_length_exceeded", 400),
+        ("server_error", 502),
+    ],
+)
+async def test_a_response_failed_is_settled_at_the_status_its_code_names(code: Any, status: int) -> None:
+    """The line of a stream the provider ended with `response.failed` has the client's status for the error its code
+    names, as the same error answered with its status has (`said_status`): a prompt past the context was a 502, the
+    provider's failure, and a 429 in `code` a 502."""
+    failed = response("failed", {"code": code, "message": "it failed"})
+    answer, served = await relayed(
+        streamed(
+            frame("response.created", sequence_number=0, response=response("in_progress")),
+            frame("response.failed", sequence_number=1, response=failed),
+        ),
+        stream=True,
+    )
+    assert events(answer)[-1]["type"] == "response.failed"
+    [line] = await served.ledger()
+    await served.gateway.aclose()
+    assert line.status == status

@@ -19,6 +19,7 @@ from handler.wire import (
     forwarded_query,
     redact_error,
     retry_after_seconds,
+    said_status,
 )
 
 SECRET = "f3a9c2e1b7d4f3a9c2e1b7d4f3a9c2e1b7d4f3a9c2e1b7d4"
@@ -673,3 +674,28 @@ def test_a_body_that_is_not_text_is_named_not_relayed(body: bytes) -> None:
     excerpt = error_excerpt(body)
     assert excerpt == f"a body of {len(body)} bytes that is not text"
     assert error_excerpt(b"<html>Bad gateway</html>\n") == "<html>Bad gateway</html>\n"
+
+
+@pytest.mark.parametrize(
+    ("said", "status"),
+    [
+        ({"code": 502, "message": "Provider returned error"}, 502),  # (OpenRouter's status in `code`)
+        ({"code": "429"}, 429),  # (a proxy's, as a string)
+        ({"code": "3505", "type": "capacity"}, 500),  # (Mistral's number: no status)
+        ({"code": True}, 500),
+        ({"code": 200}, 500),
+        ({"type": "requests", "code": "rate_limit_exceeded"}, 429),
+        ({"type": "insufficient_quota", "code": "insufficient_quota"}, 429),
+        ({"type": "invalid_request_error", "code": "invalid_api_key"}, 401),  # (the code before the type)
+        ({"type": "invalid_request_error", "code": None}, 400),
+        ({"code": "invalid_image_url"}, 400),
+        ({"type": "error", "error": {"type": "overloaded_error"}}, 529),  # (Anthropic's event, whole)
+        ({"error": {"type": "RATE_LIMIT_ERROR"}}, 429),
+        ({"type": "server_error"}, 500),
+        ({"type": "something_else"}, 500),
+        ("Overloaded", 500),
+    ],
+)
+def test_an_error_object_is_read_at_the_status_it_names(said: object, status: int) -> None:
+    assert said_status(said) == status
+    assert said_status({"type": "unknown"}, 502) == 502  # (the caller's default where nothing is named)

@@ -936,12 +936,13 @@ def test_the_native_meter_reads_cache_usage_and_the_text_a_cut_stream_is_estimat
 def test_the_native_meter_reads_a_failure_in_openais_shape_as_the_streams_error() -> None:
     """A compatible server's or proxy's failure part way, `data: {"error": ...}` with no event name and no `type`,
     was relayed as it came (`native_events` writes every event but `message_delta` unread). An unnamed event of any
-    other shape still goes on."""
+    other shape still goes on. It is read at the status its type names (`said_status`): it was a 500 whatever it
+    said."""
     meter = MessagesMeter()
     failure = {"error": {"message": "Incorrect API key provided: sk-te*****0000", "type": "invalid_request_error"}}
     with pytest.raises(UpstreamError) as raised:
         meter.feed(StreamEvent(None, orjson.dumps(failure)))
-    assert raised.value.upstream_status == 500 and "sk-te*****" not in raised.value.message
+    assert raised.value.upstream_status == 400 and "sk-te*****" not in raised.value.message
     for other in (b'{"type": "error_report", "error": "none"}', b'"error" is not JSON', b"[1]"):
         meter.feed(StreamEvent(None, other))
 

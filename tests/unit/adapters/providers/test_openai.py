@@ -262,7 +262,10 @@ WHOLE_ERRORS = [
     ({"error": {"code": 400, "message": "Invalid prompt"}}, 400, False),  # (the client's: `ProviderRejectedError`)
     ({"error": {"code": 200, "message": "Not the status of an error"}}, 500, True),
     ({"error": {"code": True, "message": "Not a status"}}, 500, True),
-    ({"error": {"code": "insufficient_quota", "message": "A word"}}, 500, True),
+    ({"error": {"code": "insufficient_quota", "message": "A word"}}, 429, True),  # (the status its code names)
+    ({"error": {"code": "rate_limit_exceeded", "message": "A word"}}, 429, True),
+    ({"error": {"code": "429", "message": "A proxy's status, as a string"}}, 429, True),
+    ({"error": {"type": "invalid_request_error", "message": "A refusal"}}, 400, False),
     ({"error": "Overloaded"}, 500, True),
     ({"object": "error", "message": "Service tier capacity exceeded.", "type": "capacity", "code": "3505"}, 500, True),
 ]
@@ -275,7 +278,8 @@ def test_a_whole_answer_that_is_an_error_object_alone_is_the_providers_error(
     """A 200 whose body is an error object and nothing else (OpenRouter's for an error once the model started, with
     the status in `error.code`; Mistral's error object) was read as an answer without choices: the provider's
     malformed success, its words lost and the request charged its worst case. It is the provider's error, at the
-    status `code` names where it names an error's (else a 500), in its words; from the embeddings API too."""
+    status `code` names where it names an error's, else the status its code or type names (`said_status`: they were
+    a 500), else a 500, in its words; from the embeddings API too."""
     with pytest.raises(UpstreamError) as failure:
         adapter().chat_response(orjson.dumps(said), request(), target())
     assert (failure.value.upstream_status, failure.value.retryable) == (status, retryable)
