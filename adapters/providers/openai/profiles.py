@@ -44,17 +44,17 @@ class Profile(Value):
     (Mistral's, "force the model to start its answer by the content of the message"), None where it cannot (the
     prefill is then named as dropped, `messages.prefill`); `allowed_tools` whether the API takes a `tool_choice` of
     type `allowed_tools` (where not, the tools it allows go alone, with its mode: the model can call no other, as it
-    asks). Only OpenAI's own API (Azure's with it) is known to take it, and only its profile says so: vLLM's request
-    model refuses it, and Groq's, Mistral's and DeepSeek's APIs document a `tool_choice` of none, auto, required or a
-    named function; a server the gateway knows no better is sent what all of them take. `signed_calls` whether the
-    API is Gemini's, reading a tool call's thought signature back from its `extra_content.google.thought_signature`
-    and handing it out there: a signature a call's id carries goes there too, the id without it, an empty one is
-    left out, and a signing model's first call of a turn without one gets Gemini's stand-in (`signed_calls` in the
-    adapter); an answer's calls carry theirs in their ids as well, as the Gemini adapter's do (`signature_in_id`).
-    `gemini_thinking` whether the API serves Gemini's models as Gemini runs them: one that thinks by default
-    (`reasoning.gemini_thinks_unasked`) thinks there on a request that names no reasoning, shows none of it and
-    counts it in the final usage alone (`OpenAIAdapter.reasons_unasked`). A provider's `stream_usage` option
-    overrides the profile's (`OpenAIAdapter`)."""
+    asks). Only OpenAI's own API (and Azure's versionless one; not its dated api-versions: `azure.DATED_PROFILES`) is
+    known to take it, and only its profile says so: vLLM's request model refuses it, and Groq's, Mistral's and
+    DeepSeek's APIs document a `tool_choice` of none, auto, required or a named function; a server the gateway knows no
+    better is sent what all of them take. `signed_calls` whether the API is Gemini's, reading a tool call's thought
+    signature back from its `extra_content.google.thought_signature` and handing it out there: a signature a call's id
+    carries goes there too, the id without it, an empty one is left out, and a signing model's first call of a turn
+    without one gets Gemini's stand-in (`signed_calls` in the adapter); an answer's calls carry theirs in their ids as
+    well, as the Gemini adapter's do (`signature_in_id`). `gemini_thinking` whether the API serves Gemini's models as
+    Gemini runs them: one that thinks by default (`reasoning.gemini_thinks_unasked`) thinks there on a request that
+    names no reasoning, shows none of it and counts it in the final usage alone (`OpenAIAdapter.reasons_unasked`). A
+    provider's `stream_usage` option overrides the profile's (`OpenAIAdapter`)."""
 
     __slots__ = (
         "rules",
