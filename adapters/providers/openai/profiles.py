@@ -53,8 +53,11 @@ class Profile(Value):
     without one gets Gemini's stand-in (`signed_calls` in the adapter); an answer's calls carry theirs in their ids as
     well, as the Gemini adapter's do (`signature_in_id`). `gemini_thinking` whether the API serves Gemini's models as
     Gemini runs them: one that thinks by default (`reasoning.gemini_thinks_unasked`) thinks there on a request that
-    names no reasoning, shows none of it and counts it in the final usage alone (`OpenAIAdapter.reasons_unasked`). A
-    provider's `stream_usage` option overrides the profile's (`OpenAIAdapter`)."""
+    names no reasoning, shows none of it and counts it in the final usage alone (`OpenAIAdapter.reasons_unasked`).
+    `thinks_unasked` whether the API's models think unless the request turns thinking off (DeepSeek's: "Thinking mode
+    is enabled by default"), where a model's rules do not say otherwise (`ModelRules.thinking_mode`): what its
+    thinking mode does not take is left out and named (`unsent_in_thinking`). A provider's `stream_usage` option
+    overrides the profile's (`OpenAIAdapter`)."""
 
     __slots__ = (
         "rules",
@@ -72,6 +75,7 @@ class Profile(Value):
         "allowed_tools",
         "signed_calls",
         "gemini_thinking",
+        "thinks_unasked",
     )
 
     def __init__(
@@ -91,6 +95,7 @@ class Profile(Value):
         allowed_tools: bool = False,
         signed_calls: bool = False,
         gemini_thinking: bool = False,
+        thinks_unasked: bool = False,
     ) -> None:
         self.rules: Final = rules
         self.stream_usage: Final = stream_usage
@@ -107,6 +112,7 @@ class Profile(Value):
         self.allowed_tools: Final = allowed_tools
         self.signed_calls: Final = signed_calls
         self.gemini_thinking: Final = gemini_thinking
+        self.thinks_unasked: Final = thinks_unasked
 
 
 # How an API that continues a final assistant message (`Profile.prefix`) begins its answer.
@@ -145,6 +151,7 @@ PROFILES: dict[str, Profile] = {
         part_types=("text",),
         refused_roles=("function",),
         allowed_tools=False,  # (its `tool_choice`: none, auto, required or a named function)
+        thinks_unasked=True,  # (`deepseek-v4-flash`, `deepseek-v4-pro`; deepseek-chat was its non-thinking mode)
     ),
     "mistral": Profile(
         rules={
