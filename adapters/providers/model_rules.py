@@ -37,10 +37,13 @@ class ModelRules(Value):
     `openai_efforts`: the `reasoning_effort` values an OpenAI reasoning model takes (None where the table does not
     say: the level goes as `reasoning.LEVELS` has it); any other is a 400 ("Unsupported value: 'minimal' is not
     supported with the 'gpt-5.1' model"). Only the OpenAI adapter reads it (`reasoning.openai_effort`).
-    `thinking_mode`: runs in DeepSeek's thinking mode whatever the request says (DeepSeek's reasoner; another DeepSeek
-    model does when asked, `thinking: {"type": "enabled"}`), which takes `temperature`, `top_p` and the penalties
-    without effect and refuses `logprobs` and `top_logprobs`: the OpenAI-compatible adapters leave all six out and
-    name those that asked for anything (`openai.adapter.unsent_in_thinking`).
+    `thinking_mode`: True where the model runs in DeepSeek's thinking mode whatever the request says (DeepSeek's
+    reasoner), False where only when asked, `thinking: {"type": "enabled"}` (deepseek-chat, the name of DeepSeek's
+    non-thinking mode), None where as its API runs it (DeepSeek's own API, `Profile.thinks_unasked`: unless the request
+    turns it off, its current models, `deepseek-v4-flash`, `deepseek-v4-pro`, think by default). Thinking mode takes
+    `temperature`, `top_p` and the penalties without effect and refuses `logprobs` and `top_logprobs`: the
+    OpenAI-compatible adapters leave all six out and name those that asked for anything
+    (`openai.adapter.unsent_in_thinking`).
     `takes_sampling`: a reasoning model that takes `temperature` and `top_p` as any model does: gpt-oss, which
     OpenAI's API does not serve ("These models are not served through the OpenAI API", OpenAI's help centre) and the
     compatible servers that host it (vLLM, Groq, Together, whose guide recommends `temperature` 1.0 for it) run with
@@ -65,7 +68,7 @@ class ModelRules(Value):
         no_streaming_tools: bool = False,
         reasoning_on_off: bool = False,
         openai_efforts: tuple[str, ...] | None = None,
-        thinking_mode: bool = False,
+        thinking_mode: bool | None = None,
         tool_result_status: bool = False,
         takes_sampling: bool = False,
         thinking_levels: bool = False,
@@ -150,6 +153,7 @@ MODEL_RULES: tuple[tuple[str, ModelRules], ...] = (
     (r"meta\.llama|mistral\.|writer\.palmyra", ModelRules(no_streaming_tools=True)),
     (r"^(mistral-small-(latest|2603)|mistral-medium-3-5)", ModelRules(reasoning_on_off=True)),
     (r"^deepseek-reasoner", ModelRules(thinking_mode=True)),
+    (r"^deepseek-chat", ModelRules(thinking_mode=False)),
 )
 
 

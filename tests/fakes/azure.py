@@ -20,7 +20,9 @@ OpenAI API does for the base model the deployment runs, in Azure's format:
   blocks the answer mid-stream (an annotation with `finish_reason: content_filter`, then `[DONE]`, no usage);
   `async-filter-late` blocks it after the `stop` chunk (an annotation whose verdict is `filtered: true`, with no
   finish reason), then the usage;
-- an argument newer than the request's api-version is refused as Azure refuses it;
+- an argument newer than the request's api-version, one of OpenAI's that no dated version defines (`OPENAI_ONLY`:
+  `verbosity`, `prompt_cache_key`, ...) and a `tool_choice` of OpenAI's newer types (`allowed_tools`) are refused as
+  Azure refuses what its version does not define;
 - the Responses API's encrypted reasoning is the resource's own (`AZURE_ORGANIZATION`): a blob OpenAI sealed is
   refused here, and this resource's at OpenAI.
 
@@ -59,6 +61,11 @@ ARGUMENTS_SINCE = {
     "prediction": "2025-01-01-preview",
 }
 JSON_SCHEMA_SINCE = "2024-08-01-preview"
+# OpenAI's members that no dated api-version defines (added after the last, 2025-04-01-preview, or never taken by
+# Azure's Chat Completions): refused by every version the fake serves.
+OPENAI_ONLY = ("verbosity", "prompt_cache_key", "safety_identifier", "service_tier", "web_search_options")
+# A dated version's `tool_choice`: none, auto, required or a named function (OpenAI's `allowed_tools` came after).
+TOOL_CHOICES = ("none", "auto", "required")
 # The resource's deployments: name -> (the base model it runs, the model version its answers name).
 DEPLOYMENTS = {
     "gpt-4o-prod": ("gpt-4o", "gpt-4o-2024-11-20"),
@@ -135,13 +142,22 @@ def rate_limited(operation: str, version: str) -> Response:
 
 
 def unsupported(body: dict[str, Any], version: str) -> Response | None:
-    """Azure's 400 for an argument `version` does not define, or None."""
+    """Azure's 400 for an argument `version` does not define (one newer than it, or one of OpenAI's no dated version
+    has), or for a `tool_choice` it does not define (`allowed_tools`), or None."""
     for name in body:
-        if version < ARGUMENTS_SINCE.get(name, ""):
+        if version < ARGUMENTS_SINCE.get(name, "") or name in OPENAI_ONLY:
             message = f"Unrecognized request argument supplied: {name}"
             return _json(
                 400, {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
             )
+    choice = body.get("tool_choice")
+    named = isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict)
+    if choice is not None and choice not in TOOL_CHOICES and not named:
+        message = f"Invalid value for 'tool_choice': {orjson.dumps(choice).decode()}."
+        return _json(
+            400,
+            {"error": {"message": message, "type": "invalid_request_error", "param": "tool_choice", "code": None}},
+        )
     response_format = body.get("response_format")
     if (
         version < JSON_SCHEMA_SINCE

@@ -25,7 +25,8 @@ body is not JSON), `malformed-call` (the model's function call Gemini could not 
 content, `finishReason: MALFORMED_FUNCTION_CALL`, its prompt billed, streamed or not), `ends-<reason>` (the same
 candidate ending with the `finishReason` named in lower case with hyphens: `ends-too-many-tool-calls` for
 `TOO_MANY_TOOL_CALLS`, `ends-image-other`, `ends-other`; what follows a `.` only makes it another model, with a
-circuit breaker of its own). Usage counts each
+circuit breaker of its own; `said-ends-<reason>` the same after the model's preamble, `PREAMBLE`, its
+`PREAMBLE_TOKENS` billed as output). Usage counts each
 modality of the prompt apart (`promptTokensDetails`), as Gemini does:
 inline audio (`audio/*`) as `AUDIO_TOKENS_PER_KB` tokens a kilobyte (its stand-in for Gemini's 32 tokens a
 second), the rest as text. With `thinkingConfig.includeThoughts` the answer starts with a thought part
@@ -68,6 +69,9 @@ TEXT = "Hello from fake Gemini."
 THOUGHT = "**Answering briefly**\n\nThe user greets me; a short hello will do."
 SLOW_SECONDS = 2.0
 MODEL_VERSION = "gemini-2.5-flash"
+# What a `said-ends-<reason>` model writes before its reason, as a model does before the call it then fails to make.
+PREAMBLE = "Let me look that up."
+PREAMBLE_TOKENS = 5
 # Gemini 3, by its name or by an alias without a version (`gemini-flash-latest`, `gemini-pro-latest`), which Google
 # points at its newest release.
 GEMINI_3 = re.compile(r"gemini-3|gemini-[a-z][a-z-]*-latest")
@@ -616,9 +620,12 @@ def create_app() -> Starlette:
             candidate: dict[str, Any] = {"finishReason": ending, "index": 0}
             if ending == "MALFORMED_FUNCTION_CALL":
                 candidate["finishMessage"] = "Malformed function call: print(default_api.lookup(q='x')"
+            said = "said-" in model
+            if said:
+                candidate["content"] = {"role": "model", "parts": [{"text": PREAMBLE}]}
             answer = {
                 "candidates": [candidate],
-                "usageMetadata": _usage(body, 0, 0),
+                "usageMetadata": _usage(body, PREAMBLE_TOKENS if said else 0, 0),
                 "modelVersion": MODEL_VERSION,
                 "responseId": RESPONSE_ID,
             }

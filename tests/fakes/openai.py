@@ -28,8 +28,10 @@ later take them with `reasoning_effort: none`), `reasoning_effort` on any other 
 server serves it, like any model but for its `reasoning_effort`), a `reasoning_effort` (or a Responses
 `reasoning.effort`) the model does not take (`EFFORTS`), `metadata` without `store: true`, an output cap past the
 model's (`OUTPUT_LIMITS`), more than 4 stop sequences (DeepSeek's: 16), `logprobs` or `top_logprobs` in DeepSeek's
-thinking mode (`deepseek-reasoner`, or `thinking: {"type": "enabled"}`: "Setting logprobs, top_logprobs will trigger
-an error", its guides; in the words it refused the reasoner's `presence_penalty` with, lollipopkit/flutter_gpt_box#213),
+thinking mode (`deepseek-reasoner`; deepseek-chat, the name of its non-thinking mode, with `thinking: {"type":
+"enabled"}`; any other `deepseek-` model unless `thinking: {"type": "disabled"}`, "Thinking mode is enabled by
+default": "Setting logprobs, top_logprobs will trigger an error", its guides; in the words it refused the reasoner's
+`presence_penalty` with, lollipopkit/flutter_gpt_box#213),
 a tool call id (or a Responses `call_id`) longer than 64 characters, and a function's name (a tool's, a named
 `tool_choice`'s, one an `allowed_tools` choice allows) outside OpenAI's documented rule (`FUNCTION_NAME`: "a-z,
 A-Z, 0-9, or contain underscores and dashes, with a maximum length of 64"). A user message may script a tool call
@@ -199,7 +201,9 @@ def _problem(body: dict[str, Any]) -> str | None:
         return "The 'metadata' parameter is only allowed when 'store' is enabled."
     if model.startswith("deepseek") and (body.get("response_format") or {}).get("type") == "json_schema":
         return "This response_format type is unavailable now"  # DeepSeek takes json_object only
-    thinks = model.startswith("deepseek-reasoner") or (body.get("thinking") or {}).get("type") == "enabled"
+    switch = (body.get("thinking") or {}).get("type")
+    thinks = model.startswith("deepseek-reasoner") or switch == "enabled"
+    thinks = thinks or not model.startswith("deepseek-chat") and switch != "disabled"  # (on by default)
     for name in ("logprobs", "top_logprobs") if model.startswith("deepseek") and thinks else ():
         if name in body:
             return f"{model} does not support the parameter `{name}`"

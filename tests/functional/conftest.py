@@ -76,6 +76,7 @@ def gateway_config(upstream_url: str, providers: set[str]) -> Config:
             "gpt-4o-mini": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]},
             "tools-model": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]},
             "deepseek-chat": {"deployments": [{"provider": "deepseek", "model": "deepseek-chat"}]},
+            "deepseek-v4-pro": {"deployments": [{"provider": "deepseek", "model": "deepseek-v4-pro"}]},
             "vllm-llama": {
                 "deployments": [{"provider": "vllm", "model": "vllm-llama"}],
                 "price": {"input": 1, "output": 2},

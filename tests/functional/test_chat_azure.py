@@ -263,6 +263,27 @@ def test_a_reasoning_deployment_named_by_the_operator_gets_what_reasoning_models
     assert "max_completion_tokens" in refused.value.message
 
 
+@pytest.mark.parametrize("model", ["gpt-4o", "gpt-4o-preview"])
+def test_an_allowed_tools_choice_reaches_a_dated_api_version_as_the_allowed_tools_alone(
+    azure: Running, client: openai.OpenAI, model: str
+) -> None:
+    """OpenAI's `allowed_tools` choice, which no dated api-version defines, went to Azure as written: its 400,
+    failing over to nothing (review; the fake took it then). Now the tools it allows go alone with its mode, and the
+    model calls the one allowed; nothing is named, the choice being honoured."""
+    clock: Any = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+    allowed: Any = {
+        "type": "allowed_tools",
+        "allowed_tools": {"mode": "required", "tools": [{"type": "function", "function": {"name": "get_weather"}}]},
+    }
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=HI, tools=[clock, WEATHER_TOOL], tool_choice=allowed
+    )
+    [call] = raw.parse().choices[0].message.tool_calls or []
+    assert call.function.name == "get_weather" and "x-gateway-dropped-params" not in raw.headers
+    body = sent(azure)["json"]
+    assert body["tool_choice"] == "required" and [t["function"]["name"] for t in body["tools"]] == ["get_weather"]
+
+
 def test_an_older_api_version_gets_only_the_arguments_it_defines(azure: Running) -> None:
     """Azure's GA 2024-06-01 refuses `max_completion_tokens`, `stream_options` and `parallel_tool_calls` as
     unrecognized arguments. A budgeted key's cap (which the gateway adds), or the client's, goes as `max_tokens`;

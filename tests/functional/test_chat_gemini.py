@@ -426,6 +426,8 @@ def test_a_conversation_with_nothing_to_send_is_refused_before_the_upstream(runn
 # The finish reasons the fake ends an empty candidate with (`ends-<reason>`): Gemini's tool loop cut short, a
 # thought signature missing, a reason that says nothing, an image withheld.
 ENDINGS = ("too-many-tool-calls", "missing-thought-signature", "other", "image-other")
+# Reasons of Gemini's for no answer that a `said-ends-` deployment gives after its preamble.
+SAID_ENDINGS = ("malformed-function-call", "too-many-tool-calls")
 
 
 @pytest.fixture(scope="module")
@@ -470,6 +472,14 @@ def faulty(
                     "fallbacks": ["gemini-ok"],
                 }
                 for ending in ENDINGS
+            },
+            **{
+                f"gemini-said-{ending}": {
+                    "deployments": [{**provider, "model": f"said-ends-{ending}"}],
+                    "price": PRICE,
+                    "fallbacks": ["gemini-ok"],
+                }
+                for ending in SAID_ENDINGS
             },
             **{
                 f"gemini-{ending}-alone-{way}": {
@@ -566,6 +576,36 @@ def test_a_finish_with_no_answer_fails_over_and_its_billed_prompt_is_charged(
     prompts = [max(1, len(orjson.dumps(r["contents"])) // 4) for r in (ended, answered)]
     billed = (prompts[1] * PRICE["input"] + 7 * PRICE["output"] + prompts[0] * PRICE["input"]) / 1e6
     assert line.cost_usd == pytest.approx(billed) and line.status == 200
+
+
+@pytest.mark.parametrize("ending", SAID_ENDINGS)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_preamble_before_a_finish_with_no_answer_fails_over_and_is_charged_once(
+    faulty: Running, ending: str, stream: bool
+) -> None:
+    """The model's preamble (`PREAMBLE`, 5 tokens billed) and then `MALFORMED_FUNCTION_CALL` or
+    `TOO_MANY_TOOL_CALLS`: whole, it was answered 200 with the preamble as the finished answer, `finish_reason:
+    stop`, and no fallback tried (review). Now whole as streamed, the provider's malformed answer: the fallback
+    answers, and the one line charges what Gemini billed for both, the preamble's output once."""
+    key = faulty.mint(name=f"gemini-said-{ending}-{stream}")
+    oa = client(faulty, key)
+    model = f"gemini-said-{ending}"
+    if stream:
+        with oa.chat.completions.with_streaming_response.create(model=model, messages=HI, stream=True) as streamed:
+            route = streamed.headers["x-gateway-route"]
+            text = "".join(c.choices[0].delta.content or "" for c in streamed.parse() if c.choices)
+    else:
+        raw = oa.chat.completions.with_raw_response.create(model=model, messages=HI)
+        route, text = raw.headers["x-gateway-route"], raw.parse().choices[0].message.content
+    assert route == f"gemini/said-ends-{ending}@global=invalid_response, gemini/gemini-2.5-flash@global=200"
+    assert text == TEXT
+    [line] = faulty.ledger(key)
+    said, answered = (r["json"] for r in faulty.fakes["gemini"].state.requests[-2:])
+    prompts = [max(1, len(orjson.dumps(r["contents"])) // 4) for r in (said, answered)]
+    preamble = prompts[0] * PRICE["input"] + gemini_fake.PREAMBLE_TOKENS * PRICE["output"]
+    billed = (preamble + prompts[1] * PRICE["input"] + 7 * PRICE["output"]) / 1e6
+    assert line.cost_usd == pytest.approx(billed) and line.status == 200
+    assert line.output_tokens == gemini_fake.PREAMBLE_TOKENS + 7
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])

@@ -318,6 +318,26 @@ def test_deepseeks_thinking_mode_is_never_sent_what_it_refuses_on_any_api(runnin
     assert answer.headers["x-gateway-dropped-params"] == "top_logprobs" and "top_logprobs" not in sent[-1]["json"]
 
 
+def test_deepseeks_current_models_think_unless_turned_off(running: Running, key: str) -> None:
+    """`deepseek-v4-pro` thinks by default ("Thinking mode is enabled by default", DeepSeek's guide): a Chat client's
+    `logprobs` and `temperature` were sent to it as to a model outside thinking mode, and DeepSeek refused the
+    request (its 400, the client's: review). Now it gets its answer, the three named; turned off, the model is sent
+    them all."""
+    sent = running.fakes["openai"].state.requests
+    headers = {"authorization": f"Bearer {key}"}
+    chat = {"model": "deepseek-v4-pro", "messages": [{"role": "user", "content": "Hi"}], "temperature": 0.2}
+    chat |= {"logprobs": True, "top_logprobs": 3}
+    answer = httpx.post(f"{running.url}/v1/chat/completions", json=chat, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-gateway-dropped-params"] == "temperature,logprobs,top_logprobs"
+    assert sent[-1]["json"].keys().isdisjoint({"temperature", "logprobs", "top_logprobs", "thinking"})
+    off = {**chat, "thinking": {"type": "disabled"}}
+    answer = httpx.post(f"{running.url}/v1/chat/completions", json=off, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert "x-gateway-dropped-params" not in answer.headers
+    assert sent[-1]["json"]["thinking"] == {"type": "disabled"} and sent[-1]["json"]["top_logprobs"] == 3
+
+
 def test_upstream_failures_fail_over_or_map(running: Running, key: str) -> None:
     oa = client(running, key)
     raw = oa.chat.completions.with_raw_response.create(model="flaky", messages=[{"role": "user", "content": "x"}])

@@ -62,10 +62,24 @@ PARTS_SINCE: dict[str, str] = {"input_audio": "2025-01-01-preview", "file": "202
 # Azure's Chat Completions. Azure refuses an unknown member ("Unrecognized request argument supplied"), a 400
 # that does not fail over; sent on, a request OpenAI serves failed on its Azure deployment (found by review).
 OPENAI_ONLY = ("verbosity", "prompt_cache_key", "safety_identifier", "service_tier", "web_search_options")
+# OpenAI's `allowed_tools` tool choice (August 2025) is another such: a dated version's `tool_choice` is none, auto,
+# required or a named function. OpenAI's profile says its API takes the choice, so it went to Azure as written, a 400
+# that does not fail over (found by review). A dated version is sent it as the APIs without it are (Mistral's,
+# DeepSeek's): the tools it allows offered alone, with its mode (`DATED_PROFILES`).
 # The members of `stream_options` Azure's dated api-versions define: `include_usage` alone (OpenAI's
 # `include_obfuscation` came after the last of them), so a client's others are left out and named, as its unknown
 # top-level members are.
 STREAM_MEMBERS = frozenset({"include_usage"})
+
+
+# Each profile an Azure provider may name (OpenAI's by default) as a dated api-version takes it: no `allowed_tools`.
+DATED_PROFILES: dict[str, Profile] = {name: profile._replace(allowed_tools=False) for name, profile in PROFILES.items()}
+
+
+def dated(version: str) -> bool:
+    """Whether an api-version is one of Azure's dated ones (`2024-10-21`, `2025-04-01-preview`), not a name of the
+    versionless API's (`v1`, `preview`, `latest`), which follows OpenAI's."""
+    return version[:4].isdigit()
 
 
 def conform_to_version(body: dict[str, Any], version: str, dropped: list[str]) -> None:
@@ -259,8 +273,10 @@ class AzureOpenAIAdapter(OpenAIAdapter):
     deployment_options = frozenset({"api_version"})
 
     def profile(self, target: Target) -> Profile:
-        """OpenAI's own table (its bounds are Azure's too) whatever the resource's host, unless one is named."""
-        return PROFILES[self.options.get("profile") or "openai"]
+        """OpenAI's own table (its bounds are Azure's too) whatever the resource's host, unless one is named; at a
+        dated api-version, which defines no `allowed_tools` tool choice, without it (`DATED_PROFILES`)."""
+        name = self.options.get("profile") or "openai"
+        return DATED_PROFILES[name] if dated(self.api_version(target)) else PROFILES[name]
 
     def base_url(self, region: str, override: str | None) -> str:
         url = super().base_url(region, override)

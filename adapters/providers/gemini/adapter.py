@@ -854,6 +854,7 @@ class GeminiAdapter(ProviderAdapter):
         choices: list[Choice] = []
         names: ToolNames | None = None  # (made at the answer's first call)
         unanswered: UpstreamError | None = None  # (a candidate that is no answer: the whole one's unless another is)
+        answered = False  # (a candidate that ended with text or calls, as its finish reason reads them)
         for position, candidate in enumerate(candidates):
             texts: list[str] = []
             thoughts: list[str] = []
@@ -873,14 +874,17 @@ class GeminiAdapter(ProviderAdapter):
             )
             try:
                 reason = finish_reason(candidate.get("finishReason"), bool(calls), any(texts))
+                answered = answered or bool(message.content or calls)
             except UpstreamError as unusable:
                 # With `n` > 1, one candidate that is no answer failed the whole answer, the others' thrown away (a
-                # 502, or a failover billed on top: review): it is the whole answer's failure only if none answered.
+                # 502, or a failover billed on top: review): it is the whole answer's failure only if another did not
+                # answer, as a stream's is (`GeminiStreamParser.feed`). Its own text before the reason is no answer:
+                # a lone candidate's preamble ("Let me check the weather.") ending `MALFORMED_FUNCTION_CALL` was a
+                # finished answer, `stop`, billed as a success and never failed over, where streamed it was the
+                # provider's malformed answer (review). Beside another's answer it ends `stop`, as streamed.
                 unanswered, reason = unanswered or unusable, "stop"
             choices.append(Choice(index=candidate.get("index", position), message=message, finish_reason=reason))
-        if unanswered is not None and all(
-            not choice.message.content and not choice.message.tool_calls for choice in choices
-        ):
+        if unanswered is not None and not answered:
             unanswered.billed = usage_of(data.get("usageMetadata"))
             raise unanswered
         if not choices:

@@ -529,10 +529,13 @@ def _reasoning(body: dict[str, Any], req: ChatRequest, reasons: bool, takes_thin
     dropped: list[str] = []
     thinking = body.pop("thinking", None)
     wish = reasoning.requested(req)
-    if thinking is not None and takes_thinking and wish is not None:
-        # DeepSeek's switch: thinking on or off, no budget.
+    switched_off = False
+    if takes_thinking and wish is not None and (thinking is not None or wish.off):
+        # DeepSeek's switch: thinking on or off, no budget. `reasoning_effort: none` (a Responses client's
+        # `reasoning.effort`) turns it off with it: DeepSeek's Chat Completions documents no `none` effort, and its
+        # models think unless switched off.
         body["thinking"] = {"type": "disabled" if wish.off else "enabled"}
-        thinking = None
+        switched_off, thinking = wish.off, None
     if req.reasoning_effort is not None:
         level = reasoning.BY_EFFORT.get(req.reasoning_effort)
         if level is not None:
@@ -542,6 +545,8 @@ def _reasoning(body: dict[str, Any], req: ChatRequest, reasons: bool, takes_thin
             dropped += reasoning.asked_with(req)
         elif wish.level is not None:
             body["reasoning_effort"] = wish.level.openai
+    if switched_off:
+        body.pop("reasoning_effort", None)  # (honoured by the switch)
     effort = body.get("reasoning_effort")
     if isinstance(effort, str):
         body["reasoning_effort"] = reasoning.openai_effort(effort, body["model"])
@@ -578,17 +583,24 @@ def unsent_sampling(body: dict[str, Any], reasons: bool) -> list[str]:
 THINKING_MODE_UNSENT = (*SAMPLING, "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs")
 
 
-def unsent_in_thinking(body: dict[str, Any]) -> list[str]:
+def unsent_in_thinking(body: dict[str, Any], thinks_unasked: bool = False) -> list[str]:
     """Leave out (in place) what DeepSeek's thinking mode does not take (`THINKING_MODE_UNSENT`), and name those that
     asked for anything, where the request runs in it: to DeepSeek's reasoner, which always thinks
-    (`ModelRules.thinking_mode`), or to a DeepSeek model it turns thinking on for (`thinking: {"type": "enabled"}`,
-    which only the `deepseek` provider's profile sends, `Profile.thinking`). `logprobs` and `top_logprobs` went on, and
-    DeepSeek refused the request (400) where the client would have had its answer and read them named as dropped."""
+    (`ModelRules.thinking_mode`), to a DeepSeek model it turns thinking on for (`thinking: {"type": "enabled"}`,
+    which only the `deepseek` provider's profile sends, `Profile.thinking`), and to any other model of an API whose
+    models think unless told not to (`thinks_unasked`: DeepSeek's, "Thinking mode is enabled by default") on a request
+    that does not turn it off (`thinking: {"type": "disabled"}`). `logprobs` and `top_logprobs` went on, and DeepSeek
+    refused the request (400) where the client would have had its answer and read them named as dropped; to
+    `deepseek-v4-pro` and `deepseek-v4-flash` all six went on unnamed, only the reasoner being taken to think (found by
+    review)."""
     if body.keys().isdisjoint(THINKING_MODE_UNSENT):
         return []  # (the usual request: the model's rules are not looked up)
     thinking = body.get("thinking")
-    asked = isinstance(thinking, dict) and thinking.get("type") == "enabled"
-    if not (asked or rules_for(body["model"]).thinking_mode):
+    switch = thinking.get("type") if isinstance(thinking, dict) else None
+    mode = rules_for(body["model"]).thinking_mode
+    if mode is None:  # (as the API runs the model)
+        mode = thinks_unasked and switch != "disabled"
+    if not (mode or switch == "enabled"):
         return []
     return _unsent(body, THINKING_MODE_UNSENT)
 
@@ -727,7 +739,7 @@ class OpenAIAdapter(ProviderAdapter):
         reasons = reasoning.openai_reasons(target)
         dropped += _reasoning(body, req, reasons, profile.thinking)
         dropped += unsent_sampling(body, reasons)
-        dropped += unsent_in_thinking(body)
+        dropped += unsent_in_thinking(body, profile.thinks_unasked)
         dropped += apply_rules(body, profile.rules)
         return body, dropped
 
@@ -746,7 +758,9 @@ class OpenAIAdapter(ProviderAdapter):
         stream of Gemini 2.5 Flash or Pro left after its first word was charged that word's estimate, 5 tokens, below
         what Google bills (found by review). Turned off (`turned_off`), an OpenAI model reasons no more (one that
         cannot turn it off refuses `none`), a Gemini model unless it cannot turn thinking off
-        (`reasoning.gemini_thinks_regardless`: 2.5 Pro, Gemini 3)."""
+        (`reasoning.gemini_thinks_regardless`: 2.5 Pro, Gemini 3). (DeepSeek's models, thinking by default,
+        `Profile.thinks_unasked`, are not among them: they show their reasoning as it comes, `reasoning_content`, and
+        what a stream cut short relayed of it is charged.)"""
         if reasoning.openai_reasons(target):
             return not turned_off
         if not (self.profile(target).gemini_thinking and reasoning.gemini_thinks_unasked(target.model)):

@@ -44,16 +44,19 @@ class Profile(Value):
     (Mistral's, "force the model to start its answer by the content of the message"), None where it cannot (the
     prefill is then named as dropped, `messages.prefill`); `allowed_tools` whether the API takes a `tool_choice` of
     type `allowed_tools` (where not, the tools it allows go alone, with its mode: the model can call no other, as it
-    asks). Only OpenAI's own API (Azure's with it) is known to take it, and only its profile says so: vLLM's request
-    model refuses it, and Groq's, Mistral's and DeepSeek's APIs document a `tool_choice` of none, auto, required or a
-    named function; a server the gateway knows no better is sent what all of them take. `signed_calls` whether the
-    API is Gemini's, reading a tool call's thought signature back from its `extra_content.google.thought_signature`
-    and handing it out there: a signature a call's id carries goes there too, the id without it, an empty one is
-    left out, and a signing model's first call of a turn without one gets Gemini's stand-in (`signed_calls` in the
-    adapter); an answer's calls carry theirs in their ids as well, as the Gemini adapter's do (`signature_in_id`).
-    `gemini_thinking` whether the API serves Gemini's models as Gemini runs them: one that thinks by default
-    (`reasoning.gemini_thinks_unasked`) thinks there on a request that names no reasoning, shows none of it and
-    counts it in the final usage alone (`OpenAIAdapter.reasons_unasked`). A provider's `stream_usage` option
+    asks). Only OpenAI's own API (and Azure's versionless one; not its dated api-versions: `azure.DATED_PROFILES`) is
+    known to take it, and only its profile says so: vLLM's request model refuses it, and Groq's, Mistral's and
+    DeepSeek's APIs document a `tool_choice` of none, auto, required or a named function; a server the gateway knows no
+    better is sent what all of them take. `signed_calls` whether the API is Gemini's, reading a tool call's thought
+    signature back from its `extra_content.google.thought_signature` and handing it out there: a signature a call's id
+    carries goes there too, the id without it, an empty one is left out, and a signing model's first call of a turn
+    without one gets Gemini's stand-in (`signed_calls` in the adapter); an answer's calls carry theirs in their ids as
+    well, as the Gemini adapter's do (`signature_in_id`). `gemini_thinking` whether the API serves Gemini's models as
+    Gemini runs them: one that thinks by default (`reasoning.gemini_thinks_unasked`) thinks there on a request that
+    names no reasoning, shows none of it and counts it in the final usage alone (`OpenAIAdapter.reasons_unasked`).
+    `thinks_unasked` whether the API's models think unless the request turns thinking off (DeepSeek's: "Thinking mode
+    is enabled by default"), where a model's rules do not say otherwise (`ModelRules.thinking_mode`): what its
+    thinking mode does not take is left out and named (`unsent_in_thinking`). A provider's `stream_usage` option
     overrides the profile's (`OpenAIAdapter`)."""
 
     __slots__ = (
@@ -72,6 +75,7 @@ class Profile(Value):
         "allowed_tools",
         "signed_calls",
         "gemini_thinking",
+        "thinks_unasked",
     )
 
     def __init__(
@@ -91,6 +95,7 @@ class Profile(Value):
         allowed_tools: bool = False,
         signed_calls: bool = False,
         gemini_thinking: bool = False,
+        thinks_unasked: bool = False,
     ) -> None:
         self.rules: Final = rules
         self.stream_usage: Final = stream_usage
@@ -107,6 +112,7 @@ class Profile(Value):
         self.allowed_tools: Final = allowed_tools
         self.signed_calls: Final = signed_calls
         self.gemini_thinking: Final = gemini_thinking
+        self.thinks_unasked: Final = thinks_unasked
 
 
 # How an API that continues a final assistant message (`Profile.prefix`) begins its answer.
@@ -145,6 +151,7 @@ PROFILES: dict[str, Profile] = {
         part_types=("text",),
         refused_roles=("function",),
         allowed_tools=False,  # (its `tool_choice`: none, auto, required or a named function)
+        thinks_unasked=True,  # (`deepseek-v4-flash`, `deepseek-v4-pro`; deepseek-chat was its non-thinking mode)
     ),
     "mistral": Profile(
         rules={

@@ -260,6 +260,48 @@ def test_openais_members_no_azure_version_defines_are_dropped_and_named() -> Non
         assert sorted(built.dropped) == sorted(extras), version
 
 
+WEATHER: dict[str, Any] = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
+CLOCK: dict[str, Any] = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+ALLOWED_WEATHER = {
+    "type": "allowed_tools",
+    "allowed_tools": {"mode": "required", "tools": [{"type": "function", "function": {"name": "get_weather"}}]},
+}
+
+
+@pytest.mark.parametrize("version", ["2024-06-01", "2024-10-21", "2025-01-01-preview", "2025-04-01-preview"])
+def test_a_dated_api_version_gets_the_allowed_tools_alone_with_the_mode(version: str) -> None:
+    """OpenAI's `allowed_tools` tool choice (August 2025) came after Azure's last dated api-version, whose
+    `tool_choice` is none, auto, required or a named function: it went to Azure as written (OpenAI's profile takes
+    it), a 400 that does not fail over (found by review). Now as Mistral and DeepSeek get it: the tools it allows
+    offered alone, with its mode, which the fake Azure, refusing what a dated version does not define, takes. The
+    choice is honoured, so nothing is named; a tool it allows that `tools` does not offer is the client's 400."""
+    from tests.fakes import azure as azure_fake
+
+    req = request(tools=[WEATHER, CLOCK], tool_choice=ALLOWED_WEATHER)
+    built = adapter().chat_request(req, target(api_version=version), stream=False)
+    body = orjson.loads(built.request.body)
+    assert body["tool_choice"] == "required" and built.dropped == []
+    assert [tool["function"]["name"] for tool in body["tools"]] == ["get_weather"]
+    assert azure_fake.unsupported(body, version) is None
+    as_sent = orjson.loads(adapter().chat_request(req, target(api_version="v1"), stream=False).request.body)
+    assert azure_fake.unsupported(as_sent, version) is not None  # (what the adapter sent every version before)
+    unoffered = request(tools=[CLOCK], tool_choice=ALLOWED_WEATHER)
+    with pytest.raises(InvalidRequestError, match="no function named 'get_weather'"):
+        adapter().chat_request(unoffered, target(api_version=version), stream=False)
+
+
+def test_the_versionless_api_is_sent_the_allowed_tools_choice_as_openai_is() -> None:
+    """Not a dated api-version (`v1`, `preview`, `latest`: the versionless API, which follows OpenAI's): the choice
+    goes as it came, every tool offered."""
+    for version in ("v1", "preview", "latest"):
+        req = request(tools=[WEATHER, CLOCK], tool_choice=ALLOWED_WEATHER)
+        body = orjson.loads(adapter().chat_request(req, target(api_version=version), stream=False).request.body)
+        assert body["tool_choice"] == ALLOWED_WEATHER and len(body["tools"]) == 2, version
+
+
 def test_azure_keeps_openais_bounds_whatever_its_host() -> None:
     """A resource's host is no profile's: Azure takes OpenAI's table (its four stop sequences)."""
     req = ChatRequest.model_validate(

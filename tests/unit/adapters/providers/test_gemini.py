@@ -1037,3 +1037,32 @@ def test_one_empty_candidate_of_several_does_not_throw_the_others_answers_away(r
     with pytest.raises(UpstreamError) as unusable:
         adapter().chat_response(orjson.dumps(both_empty), request(n=2), target())
     assert unusable.value.billed is not None and unusable.value.billed.prompt_tokens == 10
+
+
+@pytest.mark.parametrize("raw", ["MALFORMED_FUNCTION_CALL", "TOO_MANY_TOOL_CALLS", "MISSING_THOUGHT_SIGNATURE"])
+def test_a_preamble_before_an_unanswered_finish_is_no_answer_whole_as_streamed(raw: str) -> None:
+    """One candidate writes "Let me check the weather." and ends with a reason of `UNANSWERED` (a call Gemini could
+    not parse, ...). Streamed, it was the provider's malformed answer; whole, the preamble was a finished answer
+    (`finish_reason: stop`, billed as a success, no failover), the text counted as an answer because a candidate of
+    several ending so kept the others' (found by review). Now whole as streamed: the malformed answer, with what
+    Gemini billed for the preamble; another candidate's answer beside it is kept, the preamble's choice ends `stop`."""
+    usage = {"promptTokenCount": 10, "candidatesTokenCount": 5, "totalTokenCount": 15}
+    preamble = {"content": {"role": "model", "parts": [{"text": "Let me check the weather."}]}, "index": 0}
+    parser = GeminiStreamParser("gemini-2.5-flash")
+    parser.feed(StreamEvent(None, orjson.dumps({"candidates": [preamble], "usageMetadata": usage})))
+    with pytest.raises(UpstreamError) as streamed:
+        parser.feed(StreamEvent(None, orjson.dumps({"candidates": [{"finishReason": raw, "index": 0}]})))
+    answer = {"candidates": [{**preamble, "finishReason": raw}], "usageMetadata": usage}
+    with pytest.raises(UpstreamError) as whole:
+        adapter().chat_response(orjson.dumps(answer), request(), target())
+    for unusable in (whole.value, streamed.value):
+        assert unusable.retryable and unusable.outcome == "invalid_response" and raw in unusable.message
+        assert unusable.billed is not None
+        assert (unusable.billed.prompt_tokens, unusable.billed.completion_tokens) == (10, 5)
+    paris = {"index": 1, "content": {"role": "model", "parts": [{"text": "Paris."}]}, "finishReason": "STOP"}
+    both = {"candidates": [{**preamble, "finishReason": raw}, paris], "usageMetadata": usage}
+    completion = adapter().chat_response(orjson.dumps(both), request(n=2), target())
+    assert [(c.message.content, c.finish_reason) for c in completion.choices] == [
+        ("Let me check the weather.", "stop"),
+        ("Paris.", "stop"),
+    ]
