@@ -20,7 +20,7 @@ from adapters.store.dynamo_client import ConditionFailed, call, scanned
 from adapters.store.expressions import Expression, Item, num, text
 from adapters.store.records import LEDGER_TTL_SECONDS, key_from_json, key_purge_after, key_to_json
 from adapters.store.region_leases import RegionLeases
-from handler.ports import ChildLimitReached, ConflictError, KeyRecord, StoreError, family_root
+from handler.ports import ChildLimitReached, ConflictError, KeyPlace, KeyRecord, StoreError, family_root
 
 WRITE_TOKEN = "w"  # on a key item: a token of the write that put it (`already_written`)
 COUNT_SK = "COUNT"
@@ -70,7 +70,7 @@ class DynamoDBKeys:
             "pk": text(f"KEY#{record.id}"),
             "sk": text("KEY"),
             "gsi1pk": text("KEYS"),
-            "gsi1sk": text(f"{record.parent_id or '~'}#{record.id}"),
+            "gsi1sk": text(listing_sk(KeyPlace.of(record))),
             "version": num(record.version),
             "data": text(key_to_json(record)),
         }
@@ -566,6 +566,45 @@ class DynamoDBKeys:
         records = [self._live(item) for item in items]
         return sorted((r for r in records if r is not None), key=lambda r: r.id)
 
+    async def list_keys_page(self, parent_id: str | None, limit: int, after: KeyPlace | None = None) -> list[KeyRecord]:
+        """The index's order (`gsi1sk`: a parent's children together, by id; root keys, `~`, last), read from
+        `after`'s place on (past it: every key's, or a parent's up to the end of its range, its own place left out)
+        until the page holds `limit` live keys. A query of the whole index per call, its every page, sorted by id
+        for the answer, read all 120 items of an index of 120 keys for a page of 11."""
+        condition = "gsi1pk = :keys"
+        values: Item = {":keys": text("KEYS")}
+        start = None if after is None else listing_sk(after)
+        if parent_id is None and start is not None:
+            condition += " AND gsi1sk > :start"
+            values[":start"] = text(start)
+        elif parent_id is not None and start is None:
+            condition += " AND begins_with(gsi1sk, :parent)"
+            values[":parent"] = text(f"{parent_id}#")
+        elif parent_id is not None and start is not None:
+            # (`$` follows `#`: past every key under the parent, whose ids hold neither; the bounds are inclusive)
+            condition += " AND gsi1sk BETWEEN :start AND :end"
+            values.update({":start": text(start), ":end": text(f"{parent_id}$")})
+        request: dict[str, Any] = {
+            "IndexName": "gsi1",
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeValues": values,
+        }
+        records: list[KeyRecord] = []
+        at_start = parent_id is not None and start is not None  # (its first item may be the one at `start`)
+        while len(records) < limit:
+            wanted = limit - len(records) + at_start
+            request["Limit"] = min(wanted, self.page_size or wanted)
+            answer = await self._call("query", TableName=self.table, **request)
+            for item in answer.get("Items", []):
+                record = None if item["gsi1sk"]["S"] == start else self._live(item)
+                if record is not None:
+                    records.append(record)
+            if "LastEvaluatedKey" not in answer:
+                break
+            request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+            at_start = False
+        return records[:limit]
+
     async def _query(self, *, client: Any | None = None, **request: Any) -> list[Item]:
         """Every item a query matches, page after page (`page_size` items a page, if set), on `client` (this
         region's if None)."""
@@ -578,6 +617,12 @@ class DynamoDBKeys:
             if "LastEvaluatedKey" not in answer:
                 return items
             request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+
+
+def listing_sk(place: KeyPlace) -> str:
+    """A key item's `gsi1sk`, its place in the key listing (`list_keys_page`): its parent's id (`~`, past every id,
+    for a root key), then its own."""
+    return f"{place.parent_id or '~'}#{place.key_id}"
 
 
 def already_written(found: Item, written: Item) -> bool:

@@ -82,6 +82,7 @@ from handler.ports import (
     STORE_DEADLINE,
     ChildLimitReached,
     ConflictError,
+    KeyPlace,
     KeyRecord,
     LedgerItem,
     MeterSnapshot,
@@ -640,6 +641,23 @@ class SQLiteStore(SQLiteSignIns, SliceCache):
                 "SELECT data FROM keys WHERE parent_id = ? AND (purge_after IS NULL OR purge_after >= ?) ORDER BY id",
                 (parent_id, now),
             )
+        return [key_from_json(row[0]) for row in rows.fetchall()]
+
+    async def list_keys_page(self, parent_id: str | None, limit: int, after: KeyPlace | None = None) -> list[KeyRecord]:
+        """`list_keys`'s order (by id), read from `after`'s id on and no further than the page: the primary key's
+        range, or a parent's in `keys_parent` (which holds the id beside the parent's, as an index of a `WITHOUT
+        ROWID` table does)."""
+        clauses = ["(purge_after IS NULL OR purge_after >= ?)"]
+        values: list[float | str] = [time.time()]
+        if parent_id is not None:
+            clauses.append("parent_id = ?")
+            values.append(parent_id)
+        if after is not None:
+            clauses.append("id > ?")
+            values.append(after.key_id)
+        rows = self.db.execute(
+            f"SELECT data FROM keys WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?", (*values, limit)
+        )
         return [key_from_json(row[0]) for row in rows.fetchall()]
 
     # --- meters (the primitives of `MeteredStore`, behind the in-memory slices) ---------------------

@@ -54,6 +54,11 @@ logger = logging.getLogger("gateway")
 STREAMING = "send it to the streaming endpoint (StreamEndpoint), whose answers are not held to this limit"
 
 
+def as_json_string(body: bytes) -> int:
+    """`body`'s bytes as a JSON string in the invocation's answer (each `"`, `\\` and control character escaped)."""
+    return len(body) + sum(body.count(escaped) for escaped in (b'"', b"\\", b"\n", b"\r", b"\t"))
+
+
 class AnswerTooLargeError(RequestTooLargeError):
     """413: the answer is, or would be, larger than the buffered Lambda function can return."""
 
@@ -78,8 +83,7 @@ class AnswerLimit:
             return 4 * math.ceil(len(body) / 3)
         if 2 * len(body) <= self.body_bytes:  # (even every byte escaped would fit: nothing to count)
             return len(body)
-        data = bytes(body)
-        return len(data) + sum(data.count(escaped) for escaped in (b'"', b"\\", b"\n", b"\r", b"\t"))
+        return as_json_string(bytes(body))
 
     def limit_named(self) -> str:
         """The limit, as a client is told it."""

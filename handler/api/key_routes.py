@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from handler.api.answer_size import as_json_string
 from handler.api.key_spend import KeySpends
 from handler.api.report_gate import ReportGate
-from handler.dashboard.line_items import LineListing, parse_page
+from handler.dashboard.line_items import LineListing, parse_limit, parse_page
 from handler.dashboard.reports import ReportBuilder, parse_report, parse_top, parse_views
 from handler.errors import InvalidRequestError, KeyChangedError, NotFoundError, PermissionDeniedError
 from handler.pipeline.attribution import line_tags, stored_tags, validate_tags
@@ -31,7 +35,7 @@ from handler.pipeline.key_admin import (
 )
 from handler.pipeline.keys import NOT_THE_KEY, may_hold_a_secret, network
 from handler.pipeline.pricing import dollars
-from handler.ports import ConflictError, KeyRecord, RateCharge, UsageQuery
+from handler.ports import ConflictError, KeyPlace, KeyRecord, RateCharge, UsageQuery
 from handler.redaction import unkeyed
 
 if TYPE_CHECKING:
@@ -56,6 +60,11 @@ MAX_RATE_LIMIT = 10**12
 # A key route's body is read up to this, not the gateway's `max_body_bytes`: the largest a spec can be (a name,
 # 100 models and 100 model limits of 200 characters, 100 IP ranges, 16 tags of 128 characters; indented) is 54 KB.
 KEY_BODY_BYTES = 128 * 1024
+# The most a page of `GET /admin/keys` weighs as the buffered Lambda function carries it (a JSON string: each `"`
+# escaped), well within its 6 MB (handler/api/answer_size.py) whatever `limit` asks for: a key's view may weigh
+# some 51 KB (a name, models, limits, ranges and tags to their bounds), and 140 such keys were a 413.
+KEYS_PAGE_BYTES = 4_000_000
+MAX_KEY_CURSOR_CHARS = 200  # a `key_cursor`: two ids as base64
 # An answer carrying a key's secret must not be kept by a cache along the way, nor by the client's.
 SECRET_HEADERS = {"cache-control": "no-store"}
 
@@ -113,6 +122,34 @@ def no_such_key(key_id: str) -> str:
     if may_hold_a_secret(key_id):
         return f"no key with that id: give {NOT_THE_KEY}"
     return f"no key with id '{key_id[:64]}'"
+
+
+def key_cursor(record: KeyRecord) -> str:
+    """The `cursor` of `GET /admin/keys` that pages on past `record`: its place in the listing (`KeyPlace`: its parent's
+    id and its own), which a client passes back as it came (URL-safe base64, nothing to escape in a query)."""
+    return base64.urlsafe_b64encode(orjson.dumps([record.parent_id, record.id])).decode().rstrip("=")
+
+
+def parse_key_cursor(text: str | None, parent_id: str | None) -> KeyPlace | None:
+    """A `key_cursor` (None where none is given), or a 400 naming `cursor`: one this gateway never made, or one of
+    another key's children than `parent_id`'s, whose place is outside the listing asked for."""
+    if not text:
+        return None
+    place: Any = None
+    if len(text) <= MAX_KEY_CURSOR_CHARS:
+        with contextlib.suppress(ValueError):  # (not base64, not JSON: `binascii.Error`, `orjson.JSONDecodeError`)
+            place = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    made = (
+        isinstance(place, list)
+        and len(place) == 2
+        and all(part is None or (isinstance(part, str) and part and not may_hold_a_secret(part)) for part in place)
+        and place[1] is not None
+    )
+    if not made or (parent_id is not None and place[0] != parent_id):
+        raise InvalidRequestError(
+            "cursor takes the next_cursor of the page before, with the same parent_id", param="cursor"
+        )
+    return KeyPlace(place[0], place[1])
 
 
 def key_view(record: KeyRecord) -> dict[str, Any]:
@@ -438,12 +475,31 @@ class KeyRoutes:
         raise KeyChangedError(f"the key kept changing while {doing}; retry")
 
     async def admin_list(self, request: Request) -> Response:
+        """A page of the keys (`parent_id`: of one key's children), `limit` of them at most, from the `cursor` on: the
+        store reads the page and the key after it, which says there are more (`Store.list_keys_page`). A page ends
+        early at `KEYS_PAGE_BYTES`, its `next_cursor` where it ended."""
         await self._admin(request)
-        parent = request.query_params.get("parent_id")
+        params = request.query_params
+        parent = params.get("parent_id")
         if parent and may_hold_a_secret(parent):  # (it listed no key, as if the key had no children)
             raise InvalidRequestError(f"parent_id takes {NOT_THE_KEY}", param="parent_id")
-        records = await self.gateway.store.list_keys(parent)
-        return self.api.json({"object": "list", "data": [key_view(r) for r in records]})
+        limit = parse_limit(params.get("limit"))
+        after = parse_key_cursor(params.get("cursor"), parent)
+        records = await self.gateway.store.list_keys_page(parent, limit + 1, after)
+        data: list[dict[str, Any]] = []
+        weight = 0
+        for record in records[:limit]:
+            view = key_view(record)
+            size = as_json_string(orjson.dumps(view)) + 1  # (and its comma)
+            if data and weight + size > KEYS_PAGE_BYTES:
+                break
+            data.append(view)
+            weight += size
+        more = len(records) > len(data)
+        next_cursor = key_cursor(records[len(data) - 1]) if more else None
+        return self.api.json(
+            {"object": "list", "data": data, "limit": limit, "has_more": more, "next_cursor": next_cursor}
+        )
 
     async def admin_create(self, request: Request) -> Response:
         """A root key, within the bounds of the admin key creating it: a temporary, narrow admin key (60 s, one

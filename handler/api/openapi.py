@@ -223,6 +223,12 @@ def query(name: str, description: str, *, required: bool = False) -> dict[str, A
     return {"name": name, "in": "query", "required": required, "description": description, "schema": schema}
 
 
+def limit_parameter(description: str) -> dict[str, Any]:
+    """A listing's `limit` (`handler.dashboard.line_items.parse_limit`: 1 to 1,000)."""
+    schema = {"type": "integer", "minimum": 1, "maximum": 1000}
+    return {"name": "limit", "in": "query", "required": False, "description": description, "schema": schema}
+
+
 def path_parameter(name: str) -> dict[str, Any]:
     """A `{name}` segment of a route's path."""
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -248,13 +254,7 @@ USAGE_PARAMETERS = [
     query("user", "only this end user's lines"),
     query("session", "only this agent session's lines"),
     query("request_id", "only the line of this request (its x-request-id)"),
-    {
-        "name": "limit",
-        "in": "query",
-        "required": False,
-        "description": "group_by=request: lines a page (default 100)",
-        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-    },
+    limit_parameter("group_by=request: lines a page (default 100)"),
     query("cursor", "group_by=request: the page after the one whose `next_cursor` this is (TS:REQUEST_ID)"),
     {"name": "format", "in": "query", "required": False, "schema": {"enum": ["json", "csv"]}},
     {

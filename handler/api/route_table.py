@@ -400,7 +400,12 @@ ROUTES: tuple[RouteSpec, ...] = (
         Auth.ADMIN,
         "List keys (admin key only)",
         lambda o: o.operation(
-            o.json_answer(o.LISTING, "the keys"), parameters=[o.query("parent_id", "only the children of this key")]
+            o.json_answer(o.LISTING, "a page of the keys, with `limit`, `has_more` and `next_cursor`"),
+            parameters=[
+                o.query("parent_id", "only the children of this key"),
+                o.limit_parameter("keys a page (default 100; a page ends early past 4 MB)"),
+                o.query("cursor", "the page after the one whose `next_cursor` this is"),
+            ],
         ),
     ),
     RouteSpec(

@@ -135,16 +135,21 @@ def parse_page(spec: ReportSpec, limit: str | None, cursor: str | None) -> Page 
             if value is not None:
                 raise InvalidRequestError(f"{name} pages a listing of lines: give group_by={LINES}", param=name)
         return None
+    return Page(parse_limit(limit), parse_cursor(cursor) if cursor else None)
+
+
+def parse_limit(limit: str | None) -> int:
+    """A listing's `limit` (a page's rows; `DEFAULT_LIMIT` where none is given), or a 400 naming `limit`: of the line
+    items and of the keys (`GET /admin/keys`) alike."""
     if limit is None or limit == "":
-        count = DEFAULT_LIMIT
-    else:
-        try:
-            count = int(limit)
-        except ValueError:
-            count = 0
-        if not 1 <= count <= MAX_LIMIT:
-            raise InvalidRequestError(f"limit must be a whole number from 1 to {MAX_LIMIT}", param="limit")
-    return Page(count, parse_cursor(cursor) if cursor else None)
+        return DEFAULT_LIMIT
+    try:
+        count = int(limit)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_LIMIT:
+        raise InvalidRequestError(f"limit must be a whole number from 1 to {MAX_LIMIT}", param="limit")
+    return count
 
 
 def time_text(ts: float) -> str:

@@ -161,8 +161,9 @@ def _print_json(payload: Any) -> None:
 
 
 async def ensure_admin_key(store: Store) -> str | None:
-    """On first start (no key at all), create an admin key and return its secret to print once."""
-    if await store.list_keys():
+    """On first start (no key at all: a page of one key is empty), create an admin key and return its secret to
+    print once."""
+    if await store.list_keys_page(None, 1):
         return None
     service = KeyAdmin(KeyService(store, 0))
     minted = await service.mint(KeyRecord(id="", name="admin", secret_hash="", created_at=0, admin=True))

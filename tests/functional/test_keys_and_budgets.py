@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import subprocess
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -15,6 +18,7 @@ import pytest
 
 from adapters.providers.registry import REGISTRY
 from adapters.store import open_store
+from handler.api.key_routes import key_cursor
 from handler.config import parse_config
 from handler.pipeline.budgets import period_of
 from handler.pipeline.key_admin import KeyAdmin
@@ -57,6 +61,111 @@ def test_admin_routes_need_an_admin_key(running: Running, key: str, mint: Any) -
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "budget_usd"
     unknown = httpx.post(f"{running.url}/admin/keys", headers=headers(admin), json={"name": "x", "colour": "red"})
     assert unknown.status_code == 400
+
+
+def listed(running: Running, admin: str, query: str, minted: list[str] | None = None) -> list[list[str]]:
+    """The ids of `GET /admin/keys?{query}` page after page, following `next_cursor` to the last page (each page's
+    `limit`, `has_more` and `next_cursor` checked); with `minted`, a root key is minted between pages (its id added)."""
+    pages: list[list[str]] = []
+    cursor = ""
+    while True:
+        answer = httpx.get(f"{running.url}/admin/keys?{query}{cursor}", headers=headers(admin), timeout=10)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        pages.append([view["id"] for view in body["data"]])
+        assert body["object"] == "list" and len(pages[-1]) <= body["limit"]
+        assert body["has_more"] is (body["next_cursor"] is not None)
+        if not body["has_more"]:
+            return pages
+        assert len(pages[-1]) == body["limit"] and "key" not in body["data"][0]
+        cursor = f"&cursor={body['next_cursor']}"
+        if minted is not None:
+            minted.append(split_key(running.mint(name="between pages"))[0])  # type: ignore[index]
+
+
+def test_the_key_listings_come_a_page_at_a_time_each_key_once(on_each_store: Running) -> None:
+    """`GET /admin/keys` answered every key at once: on the buffered Lambda function a 413 past about 18,000 keys (its
+    6 MB), and each call read every key (DynamoDB: its whole key index). Now a page holds `limit` keys (100 unless
+    asked, at most 1,000) and `next_cursor` says where the next starts: pages followed with keys minted between them
+    list every key that lived through them once (a key minted meanwhile once, or not at all), the same for a parent's
+    children (`parent_id`); a client that sends no parameter gets the first page, as it got the listing. A `limit` or
+    a `cursor` that makes no page is a 400 `invalid_request` naming it, in OpenAI's error shape."""
+    running = on_each_store
+    admin = running.mint(admin=True, name="lister")
+    parent = running.mint(name="parent")
+    children = []
+    for number in range(7):
+        minted = httpx.post(f"{running.url}/v1/keys", headers=headers(parent), json={"name": f"child {number}"})
+        assert minted.status_code == 201, minted.text
+        children.append(minted.json()["id"])
+
+    async def every_key() -> set[str]:
+        store = open_store(running.store_url)
+        try:
+            return {record.id for record in await store.list_keys()}
+        finally:
+            await store.close()
+
+    before = asyncio.run(every_key())
+    first = httpx.get(f"{running.url}/admin/keys", headers=headers(admin)).json()
+    assert first["limit"] == 100 and len(first["data"]) == min(100, len(before))
+    assert first["has_more"] is (len(before) > 100)
+    minted: list[str] = []
+    pages = listed(running, admin, "limit=9", minted)
+    ids = [key_id for page in pages for key_id in page]
+    assert len(ids) == len(set(ids)) and before <= set(ids) <= before | set(minted), len(pages)
+    parent_id = split_key(parent)[0]  # type: ignore[index]
+    theirs = listed(running, admin, f"parent_id={parent_id}&limit=3")
+    assert [len(page) for page in theirs] == [3, 3, 1]
+    assert sorted(key_id for page in theirs for key_id in page) == sorted(children)
+    assert listed(running, admin, f"parent_id={parent_id}&limit=7") == [sorted(children)]
+
+    # The place of a root key (the admin key's), as every key's listing gives it: not one of the parent's children.
+    other = key_cursor(KeyRecord(id=split_key(admin)[0], name="", secret_hash="", created_at=0))  # type: ignore[index]
+    for query, param in (
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=ten", "limit"),
+        ("cursor=not-a-cursor", "cursor"),
+        ("cursor=W251bGwsIiJd", "cursor"),  # ([null, ""]: no key's place)
+        (f"parent_id={parent_id}&cursor={other}", "cursor"),  # (a place in another listing)
+    ):
+        refused = httpx.get(f"{running.url}/admin/keys?{query}", headers=headers(admin))
+        assert refused.status_code == 400, (query, refused.text)
+        error = refused.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["code"] == "invalid_request", error
+        assert error["param"] == param and "message" in error, error
+
+
+def test_the_key_listings_examples_run_as_printed(running: Running) -> None:
+    """docs/keys-and-budgets.md's examples of `GET /admin/keys`, run with bash against the gateway: a page as the
+    page shows it, and the loop that follows `next_cursor` to the last page (asking 4 keys a page, so that it follows
+    several) prints every key of the store once."""
+    page = Path(__file__).resolve().parents[2] / "docs" / "keys-and-budgets.md"
+    section = page.read_text().split("\n### Listing keys\n", 1)[1].split("\n## ", 1)[0]
+    first, loop = re.findall(r"^```sh\n(.*?)^```$", section, re.S | re.M)
+    environ = {**os.environ, "GATEWAY_KEY": running.mint(admin=True, name="docs")}
+    for _ in range(3):
+        running.mint(name="docs listing")
+
+    def run(script: str) -> str:
+        script = script.replace("http://127.0.0.1:8080", running.url).replace("limit=1000", "limit=4")
+        ran = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env=environ, capture_output=True, text=True)
+        assert ran.returncode == 0, ran.stderr
+        return ran.stdout
+
+    shown = orjson.loads(run(first))
+    assert shown["limit"] == 2 and len(shown["data"]) == 2 and shown["has_more"] and shown["next_cursor"]
+
+    async def every_key() -> list[str]:
+        store = open_store(running.store_url)
+        try:
+            return sorted(record.id for record in await store.list_keys())
+        finally:
+            await store.close()
+
+    printed = [line.split("\t")[0] for line in run(loop).splitlines()]
+    assert sorted(printed) == asyncio.run(every_key()) and len(printed) > 4  # (more than one page of 4)
 
 
 def test_an_admin_key_creates_rotates_and_revokes_only_within_its_own_bounds(running: Running, mint: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -25,7 +26,7 @@ from starlette.routing import Mount
 
 from adapters.store import open_store
 from handler.pipeline.keys import hash_secret
-from handler.ports import KeyRecord
+from handler.ports import ConflictError, KeyRecord
 from tests.fakes import ssm
 from tests.fakes.openai import API_KEY, TEXT
 from tests.fakes.openai import create_app as openai_fake
@@ -122,18 +123,18 @@ REACHED_THE_PROVIDER = {
 
 async def seed_sample_keys(store_url: str) -> None:
     """The events' sample key, the sample admin key the admin routes' events carry, and the other key those of the
-    routes that administer one key act on."""
+    routes that administer one key act on; those a replay before made in the same store are kept."""
     store = open_store(store_url)
     try:
         record = KeyRecord(id=SAMPLE_KEY_ID, name="sample", secret_hash=hash_secret(SAMPLE_SECRET), created_at=0)
-        await store.create_key(record)
         admin_hash = hash_secret(SAMPLE_ADMIN_SECRET)
         admin = KeyRecord(id=SAMPLE_ADMIN_KEY_ID, name="sample admin", secret_hash=admin_hash, created_at=0, admin=True)
-        await store.create_key(admin)
         other = KeyRecord(
             id=SAMPLE_OTHER_KEY_ID, name="sample other", secret_hash=hash_secret(SAMPLE_OTHER_SECRET), created_at=0
         )
-        await store.create_key(other)
+        for sample in (record, admin, other):
+            with contextlib.suppress(ConflictError):
+                await store.create_key(sample)
     finally:
         await store.close()
 
@@ -909,3 +910,82 @@ def test_a_stream_past_lambda_s_6_mb_on_the_buffered_function_is_a_413(
     assert result["headers"]["x-request-id"].startswith("req_")
     (line,) = ledger(tmp_path)
     assert line["status"] == 413 and line["cost_usd"] > 0, line
+
+
+def seed_keys(tmp_path: Path, records: list[KeyRecord]) -> None:
+    """`records` in the replay's embedded store, before its environment starts."""
+
+    async def seed() -> None:
+        store = open_store(f"sqlite:///{tmp_path / 'lambda.db'}")
+        try:
+            for record in records:
+                await store.create_key(record)
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+
+
+def key_listings(tmp_path: Path, url: str, queries: dict[str, str]) -> list[dict[str, Any]]:
+    """The replays of `GET /admin/keys?QUERY` by the sample admin key, one a name of `queries`, in that order."""
+    paths = []
+    for name, query in queries.items():
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(api_event("GET", "/admin/keys", key=SAMPLE_ADMIN_KEY, query=query)))
+    return replay(tmp_path, url, paths)
+
+
+def test_the_key_listing_of_20_000_keys_is_a_page_lambda_can_return(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """`GET /admin/keys` answered every key at once: 20,000 keys (363 bytes a key, as the function carries them)
+    were 7.4 MB, past the 6 MB the buffered function can return (from some 17,000 keys on), a 413 for every admin.
+    Now a client that sends no parameter gets the first 100, one that asks for the most a page holds 1,000, each a
+    fraction of the limit, with where the next page starts."""
+    server, _ = upstream
+    seed_keys(
+        tmp_path,
+        [KeyRecord(id=f"k{n:011d}", name=f"agent {n}", secret_hash="h" * 64, created_at=0) for n in range(20_000)],
+    )
+    results = key_listings(tmp_path, server.url, {"first": "", "most": "limit=1000"})
+    assert [r["status"] for r in results] == [200, 200], [r["body"][:300] for r in results]
+    assert [r["payload_bytes"] < LAMBDA_PAYLOAD_BYTES // 10 for r in results] == [True, True]
+    first, most = (json.loads(r["body"]) for r in results)
+    assert (len(first["data"]), first["has_more"], len(most["data"]), most["has_more"]) == (100, True, 1000, True)
+    assert [view["id"] for view in most["data"][:100]] == [view["id"] for view in first["data"]]
+
+
+def test_a_page_of_keys_at_their_bounds_stays_within_what_lambda_can_return(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """Keys whose specs are at their bounds (a name of 200 characters, 100 model patterns and 100 model limits of 200,
+    100 IP ranges, 16 tags) weigh some 51 KB each as the function carries them: 140 of them were 7.2 MB, past the
+    buffered function's 6 MB even as one page of `limit=1000`. A page ends before 4 MB whatever `limit` asks
+    (`has_more`, its `next_cursor` where it ended), and the next page goes on from there: every key listed once."""
+    server, _ = upstream
+    pattern = "m" * 190
+
+    def widest(number: int) -> KeyRecord:
+        return KeyRecord(
+            id=f"w{number:011d}",
+            name="n" * 200,
+            secret_hash="h" * 64,
+            created_at=0,
+            models=[f"{pattern}{n:03d}*" for n in range(100)],
+            model_limits={f"{pattern}{n:03d}?": {"rpm": 10**12, "tpm": 10**12} for n in range(100)},
+            allow_ips=[f"2001:db8:{n:x}::/48" for n in range(100)],
+            tags={f"{'t' * 125}{n:03d}": "v" * 128 for n in range(16)},
+        )
+
+    seed_keys(tmp_path, [widest(n) for n in range(140)])
+    (first,) = key_listings(tmp_path, server.url, {"first": "limit=1000"})
+    assert first["status"] == 200 and first["payload_bytes"] < LAMBDA_PAYLOAD_BYTES, first["body"][:300]
+    page = json.loads(first["body"])
+    assert page["has_more"] and 0 < len(page["data"]) < 140, (page["has_more"], len(page["data"]))
+    (rest,) = key_listings(tmp_path, server.url, {"rest": f"limit=1000&cursor={page['next_cursor']}"})
+    assert rest["status"] == 200 and rest["payload_bytes"] < LAMBDA_PAYLOAD_BYTES, rest["body"][:300]
+    after = json.loads(rest["body"])
+    assert not after["has_more"] and after["next_cursor"] is None
+    listed = [view["id"] for view in page["data"] + after["data"]]
+    samples = [SAMPLE_ADMIN_KEY_ID, SAMPLE_KEY_ID, SAMPLE_OTHER_KEY_ID]
+    assert sorted(listed) == sorted([widest(n).id for n in range(140)] + samples)

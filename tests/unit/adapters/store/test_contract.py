@@ -34,6 +34,7 @@ from handler.ports import (
     BudgetRefused,
     ChildLimitReached,
     ConflictError,
+    KeyPlace,
     KeyRecord,
     LedgerItem,
     RateCharge,
@@ -200,6 +201,59 @@ async def test_the_limit_counts_a_root_keys_whole_family(store: Store) -> None:
         await store.create_child(child_of(root), 3)
     with pytest.raises(ChildLimitReached):
         await store.create_child(child_of(root), 3)
+
+
+async def listed_in_pages(
+    store: Store, parent_id: str | None, limit: int, between: Callable[[list[KeyRecord]], Any]
+) -> list[str]:
+    """The ids `list_keys_page` lists, page after page from each one's last key, `between(page)` awaited after each."""
+    listed: list[str] = []
+    after: KeyPlace | None = None
+    while True:
+        page = await store.list_keys_page(parent_id, limit, after)
+        assert len(page) <= limit
+        listed += [r.id for r in page]
+        if len(page) < limit:
+            return listed
+        after = KeyPlace.of(page[-1])
+        await between(page)
+
+
+async def test_pages_of_keys_list_each_key_once_whatever_is_minted_or_purged_between_them(store: Store) -> None:
+    """A listing read a page at a time (`GET /admin/keys`), every key's or a parent's children: each key that lives
+    through it is listed once; a key minted between two pages once or not at all (its place before the page being
+    read), never twice; a key purged before its page is not listed, and a page starts past its place all the same
+    when the key it starts past is gone. The pages come in the order `list_keys_page` keeps whole."""
+    parent = record()
+    await store.create_key(parent)
+    children = [child_of(parent) for _ in range(7)]
+    roots = [record() for _ in range(8)]
+    for key in [*children, *roots]:
+        await store.create_key(key)
+    minted: list[KeyRecord] = []
+    purged: set[str] = set()
+
+    async def mint_and_purge(page: list[KeyRecord]) -> None:
+        for key in (record(), child_of(parent)):
+            await store.create_key(key)
+            minted.append(key)
+        # The page's last key, where the next starts, purged (revoked a day ago): the next page starts past its place.
+        last = page[-1]
+        await store.update_key(replace(last, revoked_at=time.time() - 86400 - 60, version=last.version + 1))
+        purged.add(last.id)
+
+    everything = await store.list_keys_page(None, 100)
+    assert len(everything) == 16 and sorted(r.id for r in everything) == sorted(r.id for r in await store.list_keys())
+    assert await store.list_keys_page(None, 5) == everything[:5]
+    assert await store.list_keys_page("nosuchkey123", 10) == []
+    for between in (mint_and_purge, None):
+        for parent_id, lasting in ((None, [parent, *children, *roots]), (parent.id, children)):
+            listed = await listed_in_pages(store, parent_id, 3, between or (lambda page: asyncio.sleep(0)))
+            assert len(listed) == len(set(listed)), listed  # none twice
+            assert {key.id for key in lasting} - purged <= set(listed)  # every key that lived through it
+            assert set(listed) <= {key.id for key in [parent, *children, *roots, *minted]}
+            whole = [r.id for r in await store.list_keys_page(parent_id, 100)]
+            assert [key for key in listed if key in whole] == [key for key in whole if key in listed]  # its order
 
 
 async def test_child_ids_outlive_the_childrens_records(store: Store) -> None:

@@ -39,6 +39,7 @@ from handler.ports import (
     BudgetRefused,
     ChildLimitReached,
     ConflictError,
+    KeyPlace,
     KeyRecord,
     LedgerItem,
     RateCharge,
@@ -752,6 +753,56 @@ async def test_concurrent_admissions_under_contention_never_overspend(
     assert meter.committed_usd[PERIOD] == pytest.approx(0.5) and meter.spent_usd[PERIOD] == pytest.approx(0.5)
     lines = await store.usage(UsageQuery([a.key_id for a in admitted], 0, time.time() + 1))
     assert sorted(i.request_id for i in lines) == sorted(i.request_id for i in items)
+
+
+# --- key listings -----------------------------------------------------------------------------------
+
+
+async def test_a_page_of_keys_reads_its_keys_from_the_index_not_the_whole_index(
+    flaky: tuple[FlakyClient, DynamoDBStore],
+) -> None:
+    """`GET /admin/keys` read every key item of the index, its every page, for each call (and answered them all): a
+    page of 11 among 120 keys read all 120 items. Now a page reads its keys and the one after (which says there are
+    more) from the place it starts at, in one query, whatever the index holds: every key's, a parent's children, and
+    past a cursor; items past their TTL that DynamoDB has yet to delete are read past, and the page still holds its
+    keys."""
+    client, store = flaky
+    parent = record()
+    await store.create_key(parent)
+    children = [record(parent_id=parent.id, ancestors=[parent.id]) for _ in range(60)]
+    for key in [*(record() for _ in range(59)), *children]:
+        await store.create_key(key)
+    read: list[int] = []
+    sent = client.call
+
+    async def counting(operation: str, request: dict[str, Any]) -> dict[str, Any]:
+        answer = await sent(operation, request)
+        if operation == "Query":
+            read.append(len(answer.get("Items", [])))
+        return answer
+
+    client.call = counting  # type: ignore[method-assign]
+    first = await store.list_keys_page(None, 11)
+    assert len(first) == 11 and read == [11], read
+    read.clear()
+    second = await store.list_keys_page(None, 11, KeyPlace.of(first[-1]))
+    assert len(second) == 11 and not {r.id for r in first} & {r.id for r in second}
+    assert read == [11], read
+    read.clear()
+    theirs = await store.list_keys_page(parent.id, 11)
+    assert {r.id for r in theirs} <= {c.id for c in children} and len(theirs) == 11 and read == [11], read
+    read.clear()
+    ordered = sorted(children, key=lambda c: c.id)
+    assert [r.id for r in await store.list_keys_page(parent.id, 11, KeyPlace.of(ordered[-3]))] == [
+        c.id for c in ordered[-2:]
+    ]
+    assert read == [3], read  # the parent's last two, and the one it starts past: nothing of another parent's
+    read.clear()
+    for child in ordered[10:15]:  # purged, their items still in the table (DynamoDB deletes within days)
+        await store.update_key(replace(child, revoked_at=time.time() - 86400 - 60, version=2))
+    page = await store.list_keys_page(parent.id, 11, KeyPlace.of(ordered[4]))
+    assert [r.id for r in page] == [c.id for c in ordered[5:10] + ordered[15:21]]
+    assert read == [12, 5], read  # the 11, the one it starts past, and the 5 past their TTL, read past
 
 
 # --- reports ----------------------------------------------------------------------------------------
