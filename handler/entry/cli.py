@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from handler.api.key_routes import key_view, no_such_key
-from handler.config import Config, ConfigError, load_config, responses_secret
+from handler.config import Config, ConfigError, responses_secret
 from handler.pipeline.attribution import parse_tags
 from handler.pipeline.gateway import DEFAULT_STORE_URL
 from handler.pipeline.key_admin import KeyAdmin, family_of, key_names
@@ -117,10 +117,12 @@ def _store(url: str | None, *, must_exist: bool = False) -> Store:
     return open_store(_store_url(url))
 
 
-def _known_types() -> set[str]:
+def _read_config(path: str | None) -> Config:
+    """The config at `path` (None: the shipped default), every error of the file named at once (`read_config`)."""
     from adapters.providers.registry import REGISTRY
+    from handler.pipeline.gateway import read_config
 
-    return set(REGISTRY)
+    return read_config(path, REGISTRY)
 
 
 def _start_up_checks(config: Config) -> list[str]:
@@ -149,6 +151,11 @@ def _unplaced_region(config: Config) -> list[str]:
 
     warning = gateway_region_warning(config, os.environ)
     return [warning] if warning else []
+
+
+def _counted(count: int, thing: str) -> str:
+    """`1 provider`, `2 providers` (`config check` said `1 providers`)."""
+    return f"{count} {thing}" if count == 1 else f"{count} {thing}s"
 
 
 def _warn(warnings: list[str]) -> None:
@@ -361,7 +368,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     check_store_url(_store_url(None))  # (a `StoreError`: `main` says it, exit 2, before anything starts)
     try:
-        config = load_config(os.environ.get("GATEWAY_CONFIG") or None, _known_types())
+        config = _read_config(os.environ.get("GATEWAY_CONFIG") or None)
         unkeyed = _start_up_checks(config)
         metrics_port = config.observability.metrics_port
         if metrics_port is not None and args.workers > 1:
@@ -449,7 +456,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         sys.stderr.write(f"gateway: the store cannot be used: {redact_message(str(exc))}\n")
         return 1
     try:
-        config = load_config(args.config or os.environ.get("GATEWAY_CONFIG") or None, _known_types())
+        config = _read_config(args.config or os.environ.get("GATEWAY_CONFIG") or None)
         unkeyed = _start_up_checks(config)
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
@@ -469,7 +476,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         sys.stderr.write("\n".join(problems) + "\n")
         return 1
     without = f" ({len(unkeyed)} without a key: warned of above)" if unkeyed else ""
-    sys.stdout.write(f"ok: {len(config.providers)} providers{without}, {len(config.models)} models\n")
+    sys.stdout.write(f"ok: {_counted(len(config.providers), 'provider')}{without}, ")
+    sys.stdout.write(f"{_counted(len(config.models), 'model')}\n")
     return 0
 
 
@@ -831,7 +839,7 @@ def cmd_route_explain(args: argparse.Namespace) -> int:
     from handler.pipeline.routing import RouteControls, Router, any_model
 
     try:
-        config = load_config(args.config or os.environ.get("GATEWAY_CONFIG") or None, set(REGISTRY))
+        config = _read_config(args.config or os.environ.get("GATEWAY_CONFIG") or None)
         region = args.region or gateway_region(os.environ)
         # (A key no HTTP header can carry, as start-up refuses it: it was a traceback here.)
         router = Router(config, build_adapters(config, REGISTRY, os.environ, _unread_secret), region)

@@ -373,6 +373,20 @@ def gateway_region_warning(config: Config, environ: Mapping[str, str]) -> str | 
     return unplaced_gateway(gateway_region(environ), named_by, config.gateway.region_latency_ms)
 
 
+def read_config(path: str | None, registry: Mapping[str, type[ProviderAdapter]]) -> Config:
+    """`load_config`, its error naming every problem of the file at once: where the file fails its own checks, the
+    options of the providers and deployments that did pass them are checked too (`unread_options`), which were said
+    only once the rest was fixed (a misspelt setting, then a misnamed provider, then an option: a round each, on
+    Lambda a deploy each)."""
+    try:
+        return load_config(path, set(registry))
+    except ConfigError as exc:
+        if exc.validated is None:
+            raise
+        later = [problem for problem in unread_options(exc.validated, registry) if problem not in exc.problems]
+        raise ConfigError(exc.problems + later) from None
+
+
 def unread_options(config: Config, registry: Mapping[str, type[ProviderAdapter]]) -> list[str]:
     """Each option of the config's providers and deployments that their adapter does not read
     (`ProviderAdapter.provider_options`, `deployment_options`): a misspelt `base_ulr` or `regoin` was taken and
@@ -380,6 +394,8 @@ def unread_options(config: Config, registry: Mapping[str, type[ProviderAdapter]]
     (`ProviderAdapter.option_problem`: `max_output_tokens: abc` failed every request that needed it)."""
     problems = []
     for name, provider in config.providers.items():
+        if provider.type not in registry:
+            continue  # (named by the config's own check)
         cls = registry[provider.type]
         reads = {"base_url", "region", *cls.provider_options} | ({"api_key"} if cls.requires_key else set())
         known = ", ".join(sorted(reads))
@@ -391,7 +407,7 @@ def unread_options(config: Config, registry: Mapping[str, type[ProviderAdapter]]
     for model, spec in config.models.items():
         for i, deployment in enumerate(spec.deployments):
             serving = config.providers.get(deployment.provider)
-            if serving is None:
+            if serving is None or serving.type not in registry:
                 continue  # (named by the config's own check)
             cls = registry[serving.type]
             readable = cls.deployment_options
@@ -597,7 +613,7 @@ def build_gateway(
 
     env = os.environ if environ is None else environ
     if config is None:
-        config = load_config(config_path or env.get("GATEWAY_CONFIG") or None, set(REGISTRY))
+        config = read_config(config_path or env.get("GATEWAY_CONFIG") or None, REGISTRY)
     if store is None:
         store = open_store(store_url or env.get("GATEWAY_STORE") or DEFAULT_STORE_URL)
     region = gateway_region(env)
