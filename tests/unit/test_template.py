@@ -162,7 +162,7 @@ def test_streaming_function_streams_through_the_web_adapter(template: dict[str, 
 def test_the_streaming_function_writes_its_log_and_metric_lines_before_it_is_frozen(template: dict[str, Any]) -> None:
     """run.sh's uvicorn writes to a pipe, which Python buffers by the block: through an emulation of the Web Adapter's
     freezes (without PYTHONUNBUFFERED), neither a stream's nor a whole answer's request line and EMF line (its
-    cost_usd, the spend alarm's input) had left the process 3 s into the freeze after its invocation; an environment
+    spend_usd, the spend alarm's input) had left the process 3 s into the freeze after its invocation; an environment
     recycled then loses them."""
     variables = function(template, "GatewayStreamFunction")["Environment"]["Variables"]
     assert variables["PYTHONUNBUFFERED"] == "1"
@@ -281,9 +281,9 @@ def test_alarms_watch_5xx_throttles_errors_and_the_metric_the_gateway_emits(temp
     }
     assert {"Errors", "Throttles"} <= watched
     spend = alarms["SpendAlarm"]["Properties"]["Metrics"][0]["Expression"]
-    assert "SUM(cost_usd)" in sub_text(spend) and '"${MetricsNamespace}"' in sub_text(spend)
+    assert "SUM(spend_usd)" in sub_text(spend) and '"${MetricsNamespace}"' in sub_text(spend)
     observability = source("handler/telemetry/observability.py")
-    assert '"cost_usd"' in observability and '"settlements_spooled"' in observability
+    assert '"spend_usd"' in observability and '"settlements_spooled"' in observability
     assert f'"{template["Parameters"]["MetricsNamespace"]["Default"]}"' in observability
 
 
