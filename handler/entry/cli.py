@@ -835,7 +835,7 @@ def _unread_secret(kind: str, name: str) -> str:
 
 def cmd_route_explain(args: argparse.Namespace) -> int:
     from adapters.providers.registry import REGISTRY
-    from handler.pipeline.gateway import build_adapters, gateway_region
+    from handler.pipeline.gateway import build_adapters, gateway_region, shown_region
     from handler.pipeline.routing import RouteControls, Router, any_model
 
     try:
@@ -853,7 +853,7 @@ def cmd_route_explain(args: argparse.Namespace) -> int:
     except GatewayError as exc:
         sys.stderr.write(f"{exc.code}: {exc.message}\n")
         return 1
-    _print_json({"model": args.model, "gateway_region": region, "attempts": attempts})
+    _print_json({"model": args.model, "gateway_region": args.region or shown_region(os.environ), "attempts": attempts})
     return 0
 
 

@@ -41,7 +41,7 @@ from handler.pipeline.provider_keys import (
     is_stored,
     unreadable,
 )
-from handler.pipeline.routing import Attempt, RouteControls, Router, any_model, unplaced_gateway
+from handler.pipeline.routing import GLOBAL, Attempt, RouteControls, Router, any_model, unplaced_gateway
 from handler.pipeline.spool import SettlementSpool
 from handler.pipeline.upstream import UpstreamClient
 from handler.ports import STORE_DEADLINE, ProviderAdapter, Store, StoreError
@@ -89,9 +89,11 @@ class Gateway:
         | NoStoredKeys
         | None = None,  # provider keys held in SSM or Secrets Manager, kept current
         responses_secret: str | None = None,  # `gateway.responses_secret`, read at start (`config.responses_secret`)
+        shown_region: str | None = None,  # `region` as /health and /v1/route show it (`shown_region`)
     ) -> None:
         self.config = config
         self.region = region
+        self.shown_region = shown_region or region
         self.store = store
         self.keys = keys
         self.router = router
@@ -367,6 +369,14 @@ def gateway_region(environ: Mapping[str, str]) -> str:
     return "us-east-1"
 
 
+def shown_region(environ: Mapping[str, str]) -> str:
+    """The gateway's region as `/health`, `/v1/route` and `route explain` show it: `global` where no variable names
+    one, as `x-gateway-region` says of a deployment with no region (both are placed at us-east-1, which such a
+    gateway routes from and runs a Bedrock deployment with no region in). A gateway run locally said us-east-1 in
+    `/health` and `global` in every answer."""
+    return gateway_region(environ) if any(environ.get(name) for name in REGION_VARIABLES) else GLOBAL
+
+
 def gateway_region_warning(config: Config, environ: Mapping[str, str]) -> str | None:
     """The warning of a gateway started in a region it does not know the place of (`routing.unplaced_gateway`)."""
     named_by = "AWS_REGION" if environ.get("AWS_REGION") else "GATEWAY_REGION"
@@ -636,6 +646,7 @@ def build_gateway(
             adapters, key_references(config, REGISTRY), refresh_s, env, fetch, headers=header_references(config)
         ),
         responses_secret=sealing,
+        shown_region=shown_region(env),
     )
 
 
