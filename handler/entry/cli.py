@@ -404,7 +404,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 f"    export GATEWAY_KEY={secret}\n\n"
                 "Clients (the openai SDK, Codex, curl) then use, in their own shell:\n\n"
                 f"    export OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY=$GATEWAY_KEY\n\n"
-                "Not in the shell that starts the gateway: there OPENAI_API_KEY is the gateway's own key to OpenAI.\n"
+                "and the anthropic SDK and Claude Code:\n\n"
+                f"    export ANTHROPIC_BASE_URL={url} ANTHROPIC_API_KEY=$GATEWAY_KEY\n\n"
+                "Not in the shell that starts the gateway: there OPENAI_API_KEY and ANTHROPIC_API_KEY are the "
+                "gateway's own keys to OpenAI and Anthropic.\n"
                 f"The dashboard ({url}/dashboard) asks for this admin key; "
                 f"`{dashboard_command(url, _store_url(None))}` opens it signed in.\n\n"
             )
@@ -909,7 +912,7 @@ def build_parser() -> argparse.ArgumentParser:
     # The other key commands print JSON always: `--json` is taken (a script writes it to every key command), and
     # changes nothing.
     json_always = argparse.ArgumentParser(add_help=False)
-    json_always.add_argument("--json", action="store_true", help="(their output is JSON already)")
+    json_always.add_argument("--json", action="store_true", help="taken and ignored: this command prints JSON always")
     ksub.add_parser("list", help="list keys", parents=[store_after, json_always])
     for name, help_text in (
         ("show", "a key's settings and state as JSON (never its secret)"),

@@ -524,6 +524,18 @@ def test_serve_on_port_0_says_the_port_it_listens_on(
     assert port != 0 and seen["config_port"] == port
     assert f"gateway listening on http://127.0.0.1:{port} " in str(seen["printed"])
     assert f"OPENAI_BASE_URL=http://127.0.0.1:{port}/v1 " in str(seen["printed"])
+    # (The README's Anthropic SDK and Claude Code examples read these two: the banner gave only OpenAI's. Review.)
+    assert f"export ANTHROPIC_BASE_URL=http://127.0.0.1:{port} ANTHROPIC_API_KEY=$GATEWAY_KEY\n" in str(seen["printed"])
+
+
+@pytest.mark.parametrize("command", ["list", "show", "revoke", "tag", "rotate"])
+def test_the_key_commands_that_print_json_always_say_what_their_json_flag_does(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Their `--help` said `--json (their output is JSON already)`: whose, it did not say. Found by review."""
+    with pytest.raises(SystemExit):
+        main(["keys", command, "--help"])
+    assert "taken and ignored: this command prints JSON always" in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.parametrize(
