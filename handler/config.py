@@ -11,7 +11,7 @@ import ipaddress
 import math
 import operator
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -22,11 +22,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 
 class ConfigError(Exception):
-    """The config is invalid; `problems` lists one `path: message` line each."""
+    """The config is invalid; `problems` lists one `path: message` line each. `validated`: what of the file did pass
+    its own checks (the sections and entries without an error), for the checks that need the adapters to run on
+    (`handler.pipeline.gateway.unread_options`), so one run names every error of the file."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], validated: "Config | None" = None) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.validated = validated
 
 
 class SecretUnreadableError(Exception):
@@ -440,28 +443,73 @@ def _problems(exc: ValidationError, within: tuple[str, ...] = ()) -> list[str]:
 
 
 def parse_config(data: Any, known_types: set[str]) -> Config:
-    """Validate a parsed YAML document; raise `ConfigError` naming each offending path."""
+    """Validate a parsed YAML document; raise `ConfigError` naming each offending path: every one of the file, where
+    its fields' own errors stopped the check (a misspelt `gateway.fee_percent` was said alone, the provider a
+    deployment misnames once that was fixed, and so on: a round each, a Lambda deploy each), the cross-checks run
+    on what did validate (`_valid_parts`)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(["(root): the config must be a mapping with providers and models"])
     try:
-        config = Config.model_validate(data)
-        otlp = config.observability.otlp
-        if otlp is not None:
-            from handler.otlp_config import OtlpConfig
-
-            if not isinstance(otlp, OtlpConfig):
-                try:
-                    config.observability.otlp = OtlpConfig.model_validate(otlp)
-                except ValidationError as exc:
-                    raise ConfigError(_problems(exc, ("observability", "otlp"))) from None
+        config = _validate(data)
     except ValidationError as exc:
-        raise ConfigError(_problems(exc)) from None
-    problems = _cross_check(config, known_types)
-    if problems:
-        raise ConfigError(problems)
+        problems = _problems(exc)
+        parts = _valid_parts(data, exc)
+    except ConfigError as exc:  # (`observability.otlp`'s own)
+        problems = exc.problems
+        parts = _valid_parts({**data, "observability": {}}, None)
+    else:
+        problems = _cross_check(config, known_types)
+        if problems:
+            raise ConfigError(problems, config)
+        return config
+    if parts is None:
+        raise ConfigError(problems) from None
+    validated, failed = parts
+    later = _cross_check(validated, known_types, failed)
+    raise ConfigError(problems + [p for p in later if p not in problems], validated) from None
+
+
+def _validate(data: dict[str, Any]) -> Config:
+    """`data` as a `Config`, its `observability.otlp` too (a `ConfigError` of its own, under its path)."""
+    config = Config.model_validate(data)
+    otlp = config.observability.otlp
+    if otlp is not None:
+        from handler.otlp_config import OtlpConfig
+
+        if not isinstance(otlp, OtlpConfig):
+            try:
+                config.observability.otlp = OtlpConfig.model_validate(otlp)
+            except ValidationError as exc:
+                raise ConfigError(_problems(exc, ("observability", "otlp"))) from None
     return config
+
+
+def _valid_parts(data: dict[str, Any], exc: ValidationError | None) -> tuple[Config, set[str]] | None:
+    """The config of what in `data` has no error of `exc`'s: a section with one (`gateway:`, `observability:`) at its
+    defaults, a provider or model with one left out, a top-level name that is no section dropped; and the names of
+    the providers and models left out (a deployment or a fallback naming one is not said again as naming nothing).
+    None where what is left does not validate either."""
+    kept = dict(data)
+    failed: set[str] = set()
+    for err in exc.errors() if exc is not None else ():
+        section, *rest = err["loc"] or ("",)
+        if section in ("providers", "models") and rest and isinstance(kept.get(section), dict):
+            name = str(rest[0])
+            kept[section] = {k: v for k, v in kept[section].items() if k != name}
+            failed.add(name)
+        elif section in ("gateway", "observability"):
+            kept[section] = {}
+        elif section in ("providers", "models"):  # (no mapping, or a name the section refuses)
+            failed |= set(kept[section]) if isinstance(kept[section], dict) else set()
+            kept[section] = {}
+        else:
+            kept.pop(str(section), None)
+    try:
+        return _validate(kept), failed
+    except (ValidationError, ConfigError):
+        return None
 
 
 # The provider types whose deployments a `reasoning:` flag applies to (adapters/providers/reasoning.py
@@ -619,11 +667,13 @@ def project_tier_problems(where: str, dep: DeploymentConfig, config: Config) -> 
     return []
 
 
-def _cross_check(config: Config, known_types: set[str]) -> list[str]:
+def _cross_check(config: Config, known_types: set[str], failed: Collection[str] = ()) -> list[str]:
+    """What no field's own check can say: settings against each other, and the names providers, models and
+    fallbacks give one another. `failed`: names of providers and models the file gives whose own errors are said
+    already (left out of `config`: `_valid_parts`), which a deployment or fallback may name."""
     problems = bound_problems(config.gateway)
-    if problems:  # (the cross-checks below read these settings as valid)
-        return problems
-    problems += lifetime_problems(config.gateway)
+    if not problems:  # (the lifetimes' check reads these settings as valid)
+        problems += lifetime_problems(config.gateway)
     tiers = config.gateway.priced_options.service_tier
     problems += multiplier_problems("gateway.priced_options.service_tier", tiers, tiers=True)
     for name, provider in config.providers.items():
@@ -640,7 +690,8 @@ def _cross_check(config: Config, known_types: set[str]) -> list[str]:
             problems.append(f"models: model name '{model}' has spaces around it: write '{model.strip()}'")
         for i, dep in enumerate(spec.deployments):
             if dep.provider not in config.providers:
-                problems.append(f"models.{model}.deployments[{i}].provider: unknown provider '{dep.provider}'")
+                if dep.provider not in failed:
+                    problems.append(f"models.{model}.deployments[{i}].provider: unknown provider '{dep.provider}'")
             elif dep.reasoning is not None and (kind := config.providers[dep.provider].type) not in OPENAI_API_TYPES:
                 problems.append(
                     f"models.{model}.deployments[{i}].reasoning: only for a deployment of OpenAI's API "
@@ -657,7 +708,8 @@ def _cross_check(config: Config, known_types: set[str]) -> list[str]:
                 )
         for i, fallback in enumerate(spec.fallbacks):
             if fallback not in config.models:
-                problems.append(f"models.{model}.fallbacks[{i}]: unknown model '{fallback}'")
+                if fallback not in failed:
+                    problems.append(f"models.{model}.fallbacks[{i}]: unknown model '{fallback}'")
             elif fallback == model:
                 problems.append(f"models.{model}.fallbacks[{i}]: a model cannot fall back to itself")
             elif (kind := config.models[fallback].kind) != spec.kind:
@@ -761,7 +813,30 @@ def load_config(path: str | os.PathLike[str] | None, known_types: set[str]) -> C
         data = yaml.load(text, Loader=UniqueKeyLoader)  # (a safe loader)
     except yaml.YAMLError as exc:
         raise ConfigError([yaml_problem(source, exc)]) from None
-    return parse_config(data, known_types)
+    modelless = no_model_problem(source, data)
+    try:
+        config = parse_config(data, known_types)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems + [modelless] if modelless else exc.problems, exc.validated) from None
+    if modelless:
+        raise ConfigError([modelless], config)
+    return config
+
+
+def no_model_problem(source: str, data: Any) -> str | None:
+    """The error of a config file naming no provider and no model (empty, only comments, or only `gateway:`
+    settings): it was `ok: 0 providers, 0 models`, and `gateway serve` started and answered every request `404
+    model_not_found` (a volume not mounted, a file an editor truncated, settings meant to change the shipped
+    default's). None where it names one, or is no mapping (an error of its own)."""
+    if data is not None and (not isinstance(data, dict) or data.get("providers") or data.get("models")):
+        return None
+    what = "is empty (or only comments)" if not data else "names no provider and no model"
+    return (
+        f"{source}: the config {what}, so the gateway would answer every request 404 model_not_found: give it "
+        "`providers:` and `models:` (docs/configuration.md), or leave out --config and GATEWAY_CONFIG for the shipped "
+        "default (handler/default_config.yaml: OpenAI, Anthropic, Gemini, DeepSeek and Mistral models, each "
+        "provider's key from its environment variable)"
+    )
 
 
 SecretFetcher = Callable[[str, str], str | None]

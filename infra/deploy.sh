@@ -15,10 +15,12 @@
 #   DOMAIN, HOSTED_ZONE_ID  also deploy infra/dns.yaml in each region: DOMAIN answered by the nearest
 #                      healthy region (Route 53 latency records); CERTIFICATE_ARN_<region with _> optional
 #   SKIP_BUILD=1       reuse the last `sam build`
+#   REPLICA_WAIT_SECONDS  how long a new replica may take to be ACTIVE before the script fails (default 1800)
 set -euo pipefail
 
 if [ "$#" -lt 1 ]; then
-  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+  # (the comment above, to the first line of code)
+  sed -n '2,${/^#/!q;p}' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 
@@ -58,8 +60,29 @@ add_replica() {
     aws dynamodb update-table --region "$HOME_REGION" --table-name "$STACK_NAME" \
       --replica-updates "Create={RegionName=${region}}" --output text --query 'Table.TableStatus' >/dev/null
   fi
-  # One replica is added at a time: the table must be ACTIVE again before the next update.
-  until [ "$(replica_status "$region")" = "ACTIVE" ]; do sleep 15; done
+  # One replica is added at a time: the table must be ACTIVE again before the next update. A replica that cannot be
+  # made (a region not enabled in the account, a quota, a key it cannot use) fails the run, saying its status, as
+  # one still not ACTIVE after REPLICA_WAIT_SECONDS does: it waited forever.
+  local waits=$(( ${REPLICA_WAIT_SECONDS:-1800} / 15 ))
+  status="$(replica_status "$region")"
+  while [ "$status" != "ACTIVE" ]; do
+    case "$status" in
+      CREATING | UPDATING) ;;
+      *)
+        say "the replica in ${region} is ${status}, not ACTIVE: see the table's Global tables tab in ${HOME_REGION}"
+        exit 1
+        ;;
+    esac
+    if [ "$waits" -le 0 ]; then
+      say "the replica in ${region} is still ${status} after ${REPLICA_WAIT_SECONDS:-1800} s: run again once it is" \
+        "ACTIVE (aws dynamodb describe-table --region ${HOME_REGION} --table-name ${STACK_NAME}), or set" \
+        "REPLICA_WAIT_SECONDS higher"
+      exit 1
+    fi
+    waits=$(( waits - 1 ))
+    sleep 15
+    status="$(replica_status "$region")"
+  done
   aws dynamodb wait table-exists --region "$HOME_REGION" --table-name "$STACK_NAME"
   # Continuous backups are a per-replica setting.
   aws dynamodb update-continuous-backups --region "$region" --table-name "$STACK_NAME" \

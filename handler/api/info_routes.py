@@ -41,7 +41,7 @@ class InfoRoutes:
         """Liveness for anyone, whatever credentials it carries; with a valid admin key, also the settlements
         waiting in the spool to land. (A header that is no valid key, a revoked or rotated-away one or a proxy's
         `Basic` credentials, answered 401: the probe that sent it reported a live gateway down.)"""
-        body: dict[str, Any] = {"status": "ok", "region": self.gateway.region}
+        body: dict[str, Any] = {"status": "ok", "region": self.gateway.shown_region}
         if request.headers.get("authorization"):
             try:
                 key = await self.api.authenticate(request, administers=True)  # (a rotated-out secret is told no count)
@@ -100,7 +100,7 @@ class InfoRoutes:
         return self.api.json(
             {
                 "model": model,
-                "gateway_region": self.gateway.region,
+                "gateway_region": self.gateway.shown_region,
                 "attempts": self.gateway.router.explain(model, controls.route, allowed),
             }
         )

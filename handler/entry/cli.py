@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from handler.api.key_routes import key_view, no_such_key
-from handler.config import Config, ConfigError, load_config, responses_secret
+from handler.config import Config, ConfigError, responses_secret
 from handler.pipeline.attribution import parse_tags
 from handler.pipeline.gateway import DEFAULT_STORE_URL
 from handler.pipeline.key_admin import KeyAdmin, family_of, key_names
@@ -117,10 +117,12 @@ def _store(url: str | None, *, must_exist: bool = False) -> Store:
     return open_store(_store_url(url))
 
 
-def _known_types() -> set[str]:
+def _read_config(path: str | None) -> Config:
+    """The config at `path` (None: the shipped default), every error of the file named at once (`read_config`)."""
     from adapters.providers.registry import REGISTRY
+    from handler.pipeline.gateway import read_config
 
-    return set(REGISTRY)
+    return read_config(path, REGISTRY)
 
 
 def _start_up_checks(config: Config) -> list[str]:
@@ -149,6 +151,11 @@ def _unplaced_region(config: Config) -> list[str]:
 
     warning = gateway_region_warning(config, os.environ)
     return [warning] if warning else []
+
+
+def _counted(count: int, thing: str) -> str:
+    """`1 provider`, `2 providers` (`config check` said `1 providers`)."""
+    return f"{count} {thing}" if count == 1 else f"{count} {thing}s"
 
 
 def _warn(warnings: list[str]) -> None:
@@ -362,7 +369,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     check_store_url(_store_url(None))  # (a `StoreError`: `main` says it, exit 2, before anything starts)
     try:
-        config = load_config(os.environ.get("GATEWAY_CONFIG") or None, _known_types())
+        config = _read_config(os.environ.get("GATEWAY_CONFIG") or None)
         unkeyed = _start_up_checks(config)
         metrics_port = config.observability.metrics_port
         if metrics_port is not None and args.workers > 1:
@@ -398,7 +405,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 f"    export GATEWAY_KEY={secret}\n\n"
                 "Clients (the openai SDK, Codex, curl) then use, in their own shell:\n\n"
                 f"    export OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY=$GATEWAY_KEY\n\n"
-                "Not in the shell that starts the gateway: there OPENAI_API_KEY is the gateway's own key to OpenAI.\n"
+                "and the anthropic SDK and Claude Code:\n\n"
+                f"    export ANTHROPIC_BASE_URL={url} ANTHROPIC_API_KEY=$GATEWAY_KEY\n\n"
+                "Not in the shell that starts the gateway: there OPENAI_API_KEY and ANTHROPIC_API_KEY are the "
+                "gateway's own keys to OpenAI and Anthropic.\n"
                 f"The dashboard ({url}/dashboard) asks for this admin key; "
                 f"`{dashboard_command(url, _store_url(None))}` opens it signed in.\n\n"
             )
@@ -450,7 +460,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         sys.stderr.write(f"gateway: the store cannot be used: {redact_message(str(exc))}\n")
         return 1
     try:
-        config = load_config(args.config or os.environ.get("GATEWAY_CONFIG") or None, _known_types())
+        config = _read_config(args.config or os.environ.get("GATEWAY_CONFIG") or None)
         unkeyed = _start_up_checks(config)
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
@@ -470,7 +480,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         sys.stderr.write("\n".join(problems) + "\n")
         return 1
     without = f" ({len(unkeyed)} without a key: warned of above)" if unkeyed else ""
-    sys.stdout.write(f"ok: {len(config.providers)} providers{without}, {len(config.models)} models\n")
+    sys.stdout.write(f"ok: {_counted(len(config.providers), 'provider')}{without}, ")
+    sys.stdout.write(f"{_counted(len(config.models), 'model')}\n")
     return 0
 
 
@@ -828,11 +839,11 @@ def _unread_secret(kind: str, name: str) -> str:
 
 def cmd_route_explain(args: argparse.Namespace) -> int:
     from adapters.providers.registry import REGISTRY
-    from handler.pipeline.gateway import build_adapters, gateway_region
+    from handler.pipeline.gateway import build_adapters, gateway_region, shown_region
     from handler.pipeline.routing import RouteControls, Router, any_model
 
     try:
-        config = load_config(args.config or os.environ.get("GATEWAY_CONFIG") or None, set(REGISTRY))
+        config = _read_config(args.config or os.environ.get("GATEWAY_CONFIG") or None)
         region = args.region or gateway_region(os.environ)
         # (A key no HTTP header can carry, as start-up refuses it: it was a traceback here.)
         router = Router(config, build_adapters(config, REGISTRY, os.environ, _unread_secret), region)
@@ -846,7 +857,7 @@ def cmd_route_explain(args: argparse.Namespace) -> int:
     except GatewayError as exc:
         sys.stderr.write(f"{exc.code}: {exc.message}\n")
         return 1
-    _print_json({"model": args.model, "gateway_region": region, "attempts": attempts})
+    _print_json({"model": args.model, "gateway_region": args.region or shown_region(os.environ), "attempts": attempts})
     return 0
 
 
@@ -902,7 +913,7 @@ def build_parser() -> argparse.ArgumentParser:
     # The other key commands print JSON always: `--json` is taken (a script writes it to every key command), and
     # changes nothing.
     json_always = argparse.ArgumentParser(add_help=False)
-    json_always.add_argument("--json", action="store_true", help="(their output is JSON already)")
+    json_always.add_argument("--json", action="store_true", help="taken and ignored: this command prints JSON always")
     ksub.add_parser("list", help="list keys", parents=[store_after, json_always])
     for name, help_text in (
         ("show", "a key's settings and state as JSON (never its secret)"),

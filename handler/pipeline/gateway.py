@@ -41,7 +41,7 @@ from handler.pipeline.provider_keys import (
     is_stored,
     unreadable,
 )
-from handler.pipeline.routing import Attempt, RouteControls, Router, any_model, unplaced_gateway
+from handler.pipeline.routing import GLOBAL, Attempt, RouteControls, Router, any_model, unplaced_gateway
 from handler.pipeline.spool import SettlementSpool
 from handler.pipeline.upstream import UpstreamClient
 from handler.ports import STORE_DEADLINE, ProviderAdapter, Store, StoreError
@@ -89,9 +89,11 @@ class Gateway:
         | NoStoredKeys
         | None = None,  # provider keys held in SSM or Secrets Manager, kept current
         responses_secret: str | None = None,  # `gateway.responses_secret`, read at start (`config.responses_secret`)
+        shown_region: str | None = None,  # `region` as /health and /v1/route show it (`shown_region`)
     ) -> None:
         self.config = config
         self.region = region
+        self.shown_region = shown_region or region
         self.store = store
         self.keys = keys
         self.router = router
@@ -367,10 +369,32 @@ def gateway_region(environ: Mapping[str, str]) -> str:
     return "us-east-1"
 
 
+def shown_region(environ: Mapping[str, str]) -> str:
+    """The gateway's region as `/health`, `/v1/route` and `route explain` show it: `global` where no variable names
+    one, as `x-gateway-region` says of a deployment with no region (both are placed at us-east-1, which such a
+    gateway routes from and runs a Bedrock deployment with no region in). A gateway run locally said us-east-1 in
+    `/health` and `global` in every answer."""
+    return gateway_region(environ) if any(environ.get(name) for name in REGION_VARIABLES) else GLOBAL
+
+
 def gateway_region_warning(config: Config, environ: Mapping[str, str]) -> str | None:
     """The warning of a gateway started in a region it does not know the place of (`routing.unplaced_gateway`)."""
     named_by = "AWS_REGION" if environ.get("AWS_REGION") else "GATEWAY_REGION"
     return unplaced_gateway(gateway_region(environ), named_by, config.gateway.region_latency_ms)
+
+
+def read_config(path: str | None, registry: Mapping[str, type[ProviderAdapter]]) -> Config:
+    """`load_config`, its error naming every problem of the file at once: where the file fails its own checks, the
+    options of the providers and deployments that did pass them are checked too (`unread_options`), which were said
+    only once the rest was fixed (a misspelt setting, then a misnamed provider, then an option: a round each, on
+    Lambda a deploy each)."""
+    try:
+        return load_config(path, set(registry))
+    except ConfigError as exc:
+        if exc.validated is None:
+            raise
+        later = [problem for problem in unread_options(exc.validated, registry) if problem not in exc.problems]
+        raise ConfigError(exc.problems + later) from None
 
 
 def unread_options(config: Config, registry: Mapping[str, type[ProviderAdapter]]) -> list[str]:
@@ -380,6 +404,8 @@ def unread_options(config: Config, registry: Mapping[str, type[ProviderAdapter]]
     (`ProviderAdapter.option_problem`: `max_output_tokens: abc` failed every request that needed it)."""
     problems = []
     for name, provider in config.providers.items():
+        if provider.type not in registry:
+            continue  # (named by the config's own check)
         cls = registry[provider.type]
         reads = {"base_url", "region", *cls.provider_options} | ({"api_key"} if cls.requires_key else set())
         known = ", ".join(sorted(reads))
@@ -391,7 +417,7 @@ def unread_options(config: Config, registry: Mapping[str, type[ProviderAdapter]]
     for model, spec in config.models.items():
         for i, deployment in enumerate(spec.deployments):
             serving = config.providers.get(deployment.provider)
-            if serving is None:
+            if serving is None or serving.type not in registry:
                 continue  # (named by the config's own check)
             cls = registry[serving.type]
             readable = cls.deployment_options
@@ -597,7 +623,7 @@ def build_gateway(
 
     env = os.environ if environ is None else environ
     if config is None:
-        config = load_config(config_path or env.get("GATEWAY_CONFIG") or None, set(REGISTRY))
+        config = read_config(config_path or env.get("GATEWAY_CONFIG") or None, REGISTRY)
     if store is None:
         store = open_store(store_url or env.get("GATEWAY_STORE") or DEFAULT_STORE_URL)
     region = gateway_region(env)
@@ -620,6 +646,7 @@ def build_gateway(
             adapters, key_references(config, REGISTRY), refresh_s, env, fetch, headers=header_references(config)
         ),
         responses_secret=sealing,
+        shown_region=shown_region(env),
     )
 
 

@@ -239,7 +239,9 @@ def observe(
         values += [("input_tokens", "Count", cost.usage.prompt_tokens)]
         values += [("output_tokens", "Count", cost.usage.completion_tokens)]
     if cost is not None and cost.total_usd is not None:
-        values += [("cost_usd", "None", cost.total_usd)]
+        # (The providers' cost and the fee together: not `cost_usd`, which the request's line beside it, the ledger
+        # and `x-gateway-cost-usd` give as the providers' cost alone.)
+        values += [("spend_usd", "None", cost.total_usd)]
     # The dimensions Prometheus' labels are: a model or provider the config does not name is `other` (a client
     # cannot add metrics to CloudWatch, each billed, by naming models; nor put a key in one).
     provider = target.provider if target else "none"

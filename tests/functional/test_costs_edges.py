@@ -71,6 +71,30 @@ async def test_an_error_answer_costs_nothing_not_even_the_prices_per_request() -
     await served.gateway.aclose()
 
 
+async def test_the_request_line_and_its_metrics_name_the_providers_cost_and_the_spend_apart(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request's log line said `cost_usd` for the providers' cost (as the ledger and `x-gateway-cost-usd` do),
+    and the EMF line beside it, in the same log stream, `cost_usd` for that cost plus the fee, which the spend alarm
+    summed as "USD of provider cost": with a 10% fee, a $50 alarm fired at $45.45 of it. Found by review."""
+    from handler.telemetry import observability
+
+    monkeypatch.setattr(observability, "METRICS_ON", True)
+    served = await serve(lambda request: httpx.Response(200, json=completion()), {"m": MODEL}, fee={"percent": 10})
+    capsys.readouterr()
+    answer = await served.post("/v1/chat/completions", {"model": "m", "messages": HI})
+    assert answer.status_code == 200
+    written = [orjson.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    [logged] = [line for line in written if line.get("message") == "request"]
+    [emf] = [line for line in written if "_aws" in line]
+    cost, fee = float(answer.headers["x-gateway-cost-usd"]), float(answer.headers["x-gateway-fee-usd"])
+    assert (logged["cost_usd"], logged["fee_usd"]) == pytest.approx((cost, fee)) and fee == pytest.approx(cost / 10)
+    names = {metric["Name"] for metric in emf["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert "spend_usd" in names and "cost_usd" not in names and "cost_usd" not in emf
+    assert emf["spend_usd"] == pytest.approx([cost + fee])
+    await served.gateway.aclose()
+
+
 async def test_an_answer_the_gateway_cannot_read_is_charged_its_worst_case() -> None:
     """A 200 whose body is no completion, and a stream asked for and answered with a JSON body in a 200 that is
     neither a completion nor an error object (no event, no completion to stream from): the provider answered, so the

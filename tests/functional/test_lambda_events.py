@@ -39,6 +39,7 @@ from tests.support.events import (
     SAMPLE_OTHER_KEY_ID,
     SAMPLE_OTHER_SECRET,
     SAMPLE_SECRET,
+    delivery_problems,
     rendered,
 )
 from tests.support.events import event as api_event
@@ -207,6 +208,23 @@ def test_event_files_are_what_the_generator_writes() -> None:
     behind by a case renamed or removed, none a changed case did not rewrite."""
     on_disk = {p.name: p.read_bytes() for p in EVENTS.glob("*.json")}
     assert on_disk == {name: text.encode() for name, text in rendered().items()}
+
+
+def test_event_files_are_what_the_http_api_delivers() -> None:
+    """An event with a query string lacked `queryStringParameters`, which payload 2.0 always has beside
+    `rawQueryString` (`sam local generate-event` writes it too), and no event with a body said its length: Mangum
+    reads neither, so the gateway answered them, but a tool or handler reading the parameters saw none. Found by
+    review."""
+    payloads = {path.name: json.loads(path.read_text()) for path in EVENTS.glob("*.json")}
+    assert [problem for name, payload in payloads.items() for problem in delivery_problems(name, payload)] == []
+    assert payloads["usage-csv.json"]["queryStringParameters"] == {"group_by": "model", "format": "csv"}
+    assert payloads["chat-completions-base64-body.json"]["headers"]["content-length"] == "81"  # (the decoded body's)
+    assert payloads["admin-keys-revoke.json"]["headers"]["content-length"] == "0"  # (a POST of no body)
+    repeated = api_event("GET", "/v1/usage", query="group_by=model&tag=team%3Aa&tag=team%3Ab")
+    assert repeated["queryStringParameters"] == {"group_by": "model", "tag": "team:a,team:b"}
+    assert delivery_problems("repeated", {**repeated, "queryStringParameters": {}}) == [
+        "repeated: queryStringParameters is not its rawQueryString's {'group_by': 'model', 'tag': 'team:a,team:b'}"
+    ]
 
 
 def test_events_replay_through_the_handler(tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]) -> None:

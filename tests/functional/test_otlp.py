@@ -479,11 +479,12 @@ def test_on_lambda_each_invocation_flushes_its_spans_and_emits_emf(
     emitted = [orjson.loads(line) for line in logs if '"_aws"' in line and '"requests"' in line]
     assert len(emitted) == 2
     names = {m["Name"] for m in emitted[0]["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
-    assert {"requests", "input_tokens", "output_tokens", "cost_usd", "gateway_overhead", "latency"} <= names
+    assert {"requests", "input_tokens", "output_tokens", "spend_usd", "gateway_overhead", "latency"} <= names
     first = {name: value[0] if isinstance(value, list) else value for name, value in emitted[0].items()}
     assert first["input_tokens"] == roots[0].attributes["gen_ai.usage.input_tokens"]
     assert first["output_tokens"] == roots[0].attributes["gen_ai.usage.output_tokens"]
-    assert first["cost_usd"] == pytest.approx(roots[0].attributes["gateway.cost_usd"])
+    spent = roots[0].attributes["gateway.cost_usd"] + roots[0].attributes["gateway.fee_usd"]
+    assert first["spend_usd"] == pytest.approx(spent)
     assert first["gateway_overhead"] == pytest.approx(roots[0].attributes["gateway.latency.gateway_ms"], abs=0.01)
 
 

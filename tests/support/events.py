@@ -6,12 +6,17 @@ carry a sample key, `SAMPLE_KEY`, and the admin routes' events a sample admin ke
 routes that administer one key name a third, `SAMPLE_OTHER_KEY_ID`, which they show, retag, rotate and then revoke.
 Only the replay tests seed the three into their store; `sam local invoke` users put real keys and a real key id in
 their place (docs/deploying.md).
+
+Each is what the HTTP API's payload 2.0 delivers, as `sam local generate-event apigateway http-api-proxy` writes it
+too: a query string in `queryStringParameters` as well as `rawQueryString`, a request body's length in its
+`content-length` header (`delivery_problems`, which `main` and the tests check every event for).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +55,18 @@ def event(
         all_headers["authorization"] = f"Bearer {key}"
     all_headers.update(headers or {})
     text = raw_body if raw_body is not None else (json.dumps(body) if body is not None else None)
+    if text is not None or method in BODY_METHODS:
+        all_headers["content-length"] = str(len((text or "").encode()))
     result: dict[str, Any] = {
         "version": "2.0",
         "routeKey": "$default",
         "rawPath": path,
         "rawQueryString": query,
         "headers": all_headers,
+    }
+    if query:  # (where API Gateway's own example event has them)
+        result["queryStringParameters"] = query_parameters(query)
+    result |= {
         "requestContext": {
             "accountId": "123456789012",
             "apiId": "abcdef1234",
@@ -79,6 +90,34 @@ def event(
     if text is not None:
         result["body"] = base64.b64encode(text.encode()).decode() if base64_body else text
     return result
+
+
+# The methods whose request carries a length, if only `content-length: 0` (every HTTP client sends it for them).
+BODY_METHODS = ("POST", "PUT", "PATCH")
+
+
+def query_parameters(query: str) -> dict[str, str]:
+    """A query string as the HTTP API's `queryStringParameters`: decoded, a name given twice with its values joined by
+    commas."""
+    parsed = urllib.parse.parse_qs(query, keep_blank_values=True)
+    return {name: ",".join(values) for name, values in parsed.items()}
+
+
+def delivery_problems(name: str, payload: dict[str, Any]) -> list[str]:
+    """What event `name` lacks of what the HTTP API delivers: the parameters of its query string, its body's length.
+    (Mangum reads only `rawQueryString`, so the gateway answered such an event as the deployed API's; Powertools'
+    event classes, a Lambda console test and a handler reading the parameters saw none.)"""
+    problems = []
+    query = payload.get("rawQueryString")
+    if query and payload.get("queryStringParameters") != query_parameters(query):
+        problems.append(f"{name}: queryStringParameters is not its rawQueryString's {query_parameters(query)}")
+    body = payload.get("body")
+    if body is not None or payload["requestContext"]["http"]["method"] in BODY_METHODS:
+        sent = base64.b64decode(body) if body and payload.get("isBase64Encoded") else (body or "").encode()
+        length = payload["headers"].get("content-length")
+        if length != str(len(sent)):
+            problems.append(f"{name}: content-length is {length!r}, where its body is {len(sent)} bytes")
+    return problems
 
 
 HI = [{"role": "user", "content": "Say hello."}]
@@ -190,6 +229,9 @@ def rendered() -> dict[str, str]:
 
 
 def main() -> None:
+    problems = [problem for name, payload in CASES.items() for problem in delivery_problems(name, payload)]
+    if problems:
+        raise SystemExit("\n".join(problems))
     EVENTS.mkdir(exist_ok=True)
     for name, text in rendered().items():
         (EVENTS / name).write_text(text)

@@ -162,7 +162,7 @@ def test_streaming_function_streams_through_the_web_adapter(template: dict[str, 
 def test_the_streaming_function_writes_its_log_and_metric_lines_before_it_is_frozen(template: dict[str, Any]) -> None:
     """run.sh's uvicorn writes to a pipe, which Python buffers by the block: through an emulation of the Web Adapter's
     freezes (without PYTHONUNBUFFERED), neither a stream's nor a whole answer's request line and EMF line (its
-    cost_usd, the spend alarm's input) had left the process 3 s into the freeze after its invocation; an environment
+    spend_usd, the spend alarm's input) had left the process 3 s into the freeze after its invocation; an environment
     recycled then loses them."""
     variables = function(template, "GatewayStreamFunction")["Environment"]["Variables"]
     assert variables["PYTHONUNBUFFERED"] == "1"
@@ -281,9 +281,9 @@ def test_alarms_watch_5xx_throttles_errors_and_the_metric_the_gateway_emits(temp
     }
     assert {"Errors", "Throttles"} <= watched
     spend = alarms["SpendAlarm"]["Properties"]["Metrics"][0]["Expression"]
-    assert "SUM(cost_usd)" in sub_text(spend) and '"${MetricsNamespace}"' in sub_text(spend)
+    assert "SUM(spend_usd)" in sub_text(spend) and '"${MetricsNamespace}"' in sub_text(spend)
     observability = source("handler/telemetry/observability.py")
-    assert '"cost_usd"' in observability and '"settlements_spooled"' in observability
+    assert '"spend_usd"' in observability and '"settlements_spooled"' in observability
     assert f'"{template["Parameters"]["MetricsNamespace"]["Default"]}"' in observability
 
 
@@ -357,3 +357,43 @@ def test_the_dns_stack_gets_a_certificate_only_when_one_is_given(tmp_path: Path,
     assert "HttpApiId=api123" in passed
     certificates = [a for a in passed if a.startswith("CertificateArn")]
     assert certificates == ([f"CertificateArn={certificate}"] if certificate else [])
+
+
+def test_deploy_sh_without_regions_prints_its_usage_and_nothing_of_its_code() -> None:
+    """Its usage was `sed -n '2,18p'` of itself, whose line 18 is the first of code: it ended in `set -euo
+    pipefail`. Found by review."""
+    ran = subprocess.run(["bash", str(ROOT / "infra" / "deploy.sh")], capture_output=True, text=True, timeout=30)
+    assert ran.returncode == 2
+    assert ran.stdout.startswith("Deploys the gateway") and "infra/deploy.sh eu-central-1" in ran.stdout
+    assert "set -euo pipefail" not in ran.stdout and "REPLICA_WAIT_SECONDS" in ran.stdout
+
+
+@pytest.mark.parametrize(
+    ("status", "said"),
+    [
+        ("ACTIVE", None),
+        ("CREATING", "the replica in us-east-1 is still CREATING after 60 s"),
+        ("REGION_DISABLED", "the replica in us-east-1 is REGION_DISABLED, not ACTIVE"),
+    ],
+)
+def test_deploy_sh_waits_for_a_replica_a_bounded_time(tmp_path: Path, status: str, said: str | None) -> None:
+    """`add_replica` waited for ACTIVE forever: a replica that could not be made (a region not enabled, a quota)
+    hung the script, saying nothing. Found by review."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "aws").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "aws-calls"}\necho {status}\n')
+    (bin_dir / "aws").chmod(0o755)
+    script = (ROOT / "infra" / "deploy.sh").read_text()
+    functions = script[script.index("replica_status() {") : script.index("\n}\n", script.index("add_replica() {")) + 3]
+    environ = {"PATH": f"{bin_dir}:/usr/bin:/bin", "REPLICA_WAIT_SECONDS": "60"}
+    run = f'say() {{ echo "$*" >&2; }}\nsleep() {{ :; }}\n{functions}\nSTACK_NAME=s HOME_REGION=eu-central-1\n'
+    ran = subprocess.run(
+        ["bash", "-c", run + "add_replica us-east-1"], env=environ, capture_output=True, text=True, timeout=30
+    )
+    calls = (tmp_path / "aws-calls").read_text().splitlines()
+    if said is None:
+        assert ran.returncode == 0 and any("update-continuous-backups" in call for call in calls), ran.stderr
+    else:
+        assert ran.returncode == 1 and said in ran.stderr, ran.stderr
+        assert not any("update-continuous-backups" in call for call in calls)
+        assert len(calls) <= 6  # (60 s of 15 s waits: 5 looks, and the first)

@@ -465,3 +465,62 @@ def test_a_setting_outside_its_bound_is_refused_in_pydantics_words(
         section = {part: section}
     assert problems({"gateway": section}) == [problem]
     assert set(config_module.SETTING_BOUNDS) >= {".".join(setting)}
+
+
+def test_the_cross_checks_run_on_what_passed_the_fields_own_checks() -> None:
+    """A file whose fields failed their own checks was said to have those errors alone: a misspelt setting, then (once
+    fixed) the provider a deployment misnames, a round each (on Lambda, a deploy each). Found by review."""
+    data = {
+        "gateway": {"fee_percent": 10, "timeouts": {"connect": 0}},
+        "providers": {"openai": {"type": "openai"}, "typo": {"type": "nonsense"}},
+        "models": {"m": {"deployments": [{"provider": "opnai", "model": "gpt-4o"}], "fallbacks": ["n"]}},
+    }
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, TYPES)
+    assert caught.value.problems[0] == "gateway.fee_percent: Extra inputs are not permitted"
+    assert caught.value.problems[1:] == [
+        "providers.typo.type: unknown provider type 'nonsense' (one of: " + ", ".join(sorted(TYPES)) + ")",
+        "models.m.deployments[0].provider: unknown provider 'opnai'",
+        "models.m.fallbacks[0]: unknown model 'n'",
+    ]
+    assert caught.value.validated is not None and list(caught.value.validated.providers) == ["openai", "typo"]
+    data["gateway"] = {"timeouts": {"connect": 0}}  # (a bound the settings' own check says, beside the names')
+    assert problems(data)[0] == "gateway.timeouts.connect: Input should be greater than 0"
+    assert problems(data)[2:] == [
+        "models.m.deployments[0].provider: unknown provider 'opnai'",
+        "models.m.fallbacks[0]: unknown model 'n'",
+    ]
+
+
+def test_a_provider_or_model_with_errors_of_its_own_is_not_said_to_be_missing_where_it_is_named() -> None:
+    data = {
+        "providers": {"p": {"type": "openai", "base_url": "ftp://up"}},
+        "models": {
+            "m": {"deployments": [{"provider": "p", "model": "a"}], "fallbacks": ["n"]},
+            "n": {"deployments": []},
+        },
+    }
+    found = problems(data)
+    assert [p.split(":")[0] for p in found] == ["providers.p.base_url", "models.n.deployments"]
+
+
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [
+        ("", "is empty (or only comments)"),
+        ("# providers and models to come\n", "is empty (or only comments)"),
+        ("gateway:\n  fee: {percent: 5}\n", "names no provider and no model"),
+    ],
+)
+def test_a_config_file_naming_no_provider_and_no_model_is_refused(tmp_path: Path, written: str, said: str) -> None:
+    """An empty file (a volume not mounted, a file an editor truncated) or one of settings alone passed as `ok: 0
+    providers, 0 models`, and the gateway it started answered every request 404 model_not_found. Found by review."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(written)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, TYPES)
+    [problem] = caught.value.problems
+    assert problem.startswith(f"{path}: the config {said}, so the gateway would answer every request 404")
+    assert "leave out --config and GATEWAY_CONFIG for the shipped default (handler/default_config.yaml" in problem
+    path.write_text(written + "providers:\n  p: {type: openai}\n")  # (providers alone: models to come)
+    assert list(load_config(path, TYPES).providers) == ["p"]

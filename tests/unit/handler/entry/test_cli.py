@@ -524,6 +524,18 @@ def test_serve_on_port_0_says_the_port_it_listens_on(
     assert port != 0 and seen["config_port"] == port
     assert f"gateway listening on http://127.0.0.1:{port} " in str(seen["printed"])
     assert f"OPENAI_BASE_URL=http://127.0.0.1:{port}/v1 " in str(seen["printed"])
+    # (The README's Anthropic SDK and Claude Code examples read these two: the banner gave only OpenAI's. Review.)
+    assert f"export ANTHROPIC_BASE_URL=http://127.0.0.1:{port} ANTHROPIC_API_KEY=$GATEWAY_KEY\n" in str(seen["printed"])
+
+
+@pytest.mark.parametrize("command", ["list", "show", "revoke", "tag", "rotate"])
+def test_the_key_commands_that_print_json_always_say_what_their_json_flag_does(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Their `--help` said `--json (their output is JSON already)`: whose, it did not say. Found by review."""
+    with pytest.raises(SystemExit):
+        main(["keys", command, "--help"])
+    assert "taken and ignored: this command prints JSON always" in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.parametrize(
@@ -604,6 +616,50 @@ def test_serve_refuses_an_option_no_adapter_reads_before_it_binds(
 
 
 @pytest.mark.parametrize(
+    ("written", "problems"),
+    [
+        (
+            # (a misspelt setting, a misnamed provider, an option no adapter reads: three stages of the check)
+            "gateway:\n  fee_percent: 10\n"
+            "providers:\n  openai: {type: openai, api_key: env:OPENAI_API_KEY, timeout: 30}\n"
+            "models:\n  gpt-4o-mini:\n    deployments:\n"
+            "      - {provider: openai, model: gpt-4o-mini}\n      - {provider: opnai, model: gpt-4o-mini}\n",
+            [
+                "gateway.fee_percent: Extra inputs are not permitted",
+                "models.gpt-4o-mini.deployments[1].provider: unknown provider 'opnai'",
+                "providers.openai.timeout: not an option of provider type openai",
+            ],
+        ),
+        ("# providers and models to come\n", ["PATH: the config is empty (or only comments)"]),
+    ],
+)
+def test_config_check_and_serve_name_every_error_of_a_file_in_one_run(
+    serve_here: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    written: str,
+    problems: list[str],
+) -> None:
+    """README: `config check` "validates a file, naming the path of every error". It said the first stage's alone
+    (pydantic's, then the cross-checks', then the options no adapter reads): three edit-and-run rounds for the first
+    file here. An empty file was `ok: 0 providers, 0 models`, and serve answered every model 404. Found by review."""
+    path = tmp_path / "my.yaml"
+    path.write_text(written)
+    said = [problem.replace("PATH", str(path)) for problem in problems]
+    assert main(["config", "check", "--config", str(path)]) == 1
+    printed = capsys.readouterr()
+    lines = printed.err.splitlines()
+    assert len(lines) == len(said) and all(line.startswith(s) for line, s in zip(lines, said, strict=True)), lines
+    assert printed.out == ""
+    monkeypatch.setattr(cli, "_run_server", lambda config, listener: pytest.fail("served"))
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # (see the test above)
+    assert main(["serve", "--port", str(free_port()), "--config", str(path)]) == 2
+    printed = capsys.readouterr()
+    assert printed.err.splitlines() == ["config error:", *lines] and printed.out == ""
+
+
+@pytest.mark.parametrize(
     ("config", "problem"),
     [
         (
@@ -677,7 +733,8 @@ def test_serve_refuses_an_option_no_adapter_reads_before_it_binds(
         ),
         # (The store's secret sealed in its place, unsaid: review.)
         (
-            "gateway: {responses_secret: env:GATEWAY_TEST_NO_SUCH_VARIABLE}\n",
+            "gateway: {responses_secret: env:GATEWAY_TEST_NO_SUCH_VARIABLE}\n"
+            "providers:\n  o: {type: openai, api_key: k}\n",
             "gateway.responses_secret: env:GATEWAY_TEST_NO_SUCH_VARIABLE resolves to nothing: set the environment "
             "variable GATEWAY_TEST_NO_SUCH_VARIABLE, or leave responses_secret out",
         ),
@@ -785,7 +842,7 @@ def test_config_check_and_serve_say_which_provider_keys_resolve_to_nothing(
     assert main(["config", "check", "--config", str(path)]) == 0
     printed = capsys.readouterr()
     assert printed.err == warnings
-    assert printed.out == "ok: 8 providers (4 without a key: warned of above), 1 models\n"
+    assert printed.out == "ok: 8 providers (4 without a key: warned of above), 1 model\n"
     monkeypatch.setattr(cli, "_run_server", lambda config, listener: None)
     monkeypatch.setattr(os, "environ", os.environ.copy())  # (see the test above)
     assert main(["serve", "--port", str(free_port()), "--config", str(path)]) == 0
@@ -812,7 +869,7 @@ def test_config_check_and_serve_warn_of_a_gateway_region_they_cannot_place(
     )
     assert main(["config", "check", "--config", str(path)]) == 0
     printed = capsys.readouterr()
-    assert printed.err == warning and printed.out == "ok: 1 providers, 1 models\n"
+    assert printed.err == warning and printed.out == "ok: 1 provider, 1 model\n"
     monkeypatch.setattr(cli, "_run_server", lambda config, listener: None)
     monkeypatch.setattr(os, "environ", os.environ.copy())  # (see the test above)
     assert main(["serve", "--port", str(free_port()), "--config", str(path)]) == 0

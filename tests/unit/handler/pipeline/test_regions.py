@@ -254,3 +254,23 @@ def test_a_region_written_in_capitals_is_placed_as_its_lowercase_name() -> None:
         set(REGISTRY),
     )
     assert Router(config, build_adapters(config, REGISTRY, {"A": "x"}), "eu-west-1") is not None
+
+
+@pytest.mark.parametrize(
+    ("environ", "shown", "routed_from"),
+    [({}, "global", "us-east-1"), ({"AWS_REGION": "eu-central-1"}, "eu-central-1", "eu-central-1")],
+)
+def test_health_and_route_show_the_gateway_s_region_as_answers_show_a_deployment_s(
+    environ: dict[str, str], shown: str, routed_from: str
+) -> None:
+    """A gateway run with no region named said `"region": "us-east-1"` in `/health` (where it routes from), and
+    `x-gateway-region: global` in every answer of a deployment with no region: a newcomer's first two looks
+    disagreed. Both are `global` now, placed at us-east-1. Found by review."""
+    from starlette.testclient import TestClient
+
+    from handler.api.app import create_app
+
+    gateway = build_gateway(store_url="sqlite://", environ=environ)
+    assert gateway.region == gateway.router.region == routed_from
+    with TestClient(create_app(gateway)) as client:
+        assert client.get("/health").json() == {"status": "ok", "region": shown}

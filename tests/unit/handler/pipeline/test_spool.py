@@ -323,7 +323,7 @@ def test_health_tells_admins_how_many_settlements_wait() -> None:
         user = client.portal.call(KeyAdmin(KeyService(gateway.store, 0)).mint, record())  # type: ignore[union-attr]
         item = line(user.record.id, 0.1)
         gateway.spool.add(Settlement(item.request_id, [], 0.0, [], item), "injected")
-        assert client.get("/health").json() == {"status": "ok", "region": gateway.region}
+        assert client.get("/health").json() == {"status": "ok", "region": gateway.shown_region}
         as_user = client.get("/health", headers={"authorization": f"Bearer {user.key}"})
         assert "pending_settlements" not in as_user.json()
         as_admin = client.get("/health", headers={"authorization": f"Bearer {admin.key}"})
@@ -334,7 +334,7 @@ def test_health_tells_admins_how_many_settlements_wait() -> None:
         client.portal.call(KeyAdmin(KeyService(gateway.store, 0)).revoke, revoked.record)  # type: ignore[union-attr]
         for header in ("Bearer gwk_nope", "Basic dXNlcjpwYXNz", f"Bearer {revoked.key}", "Bearer"):
             answer = client.get("/health", headers={"authorization": header})
-            assert answer.status_code == 200 and answer.json() == {"status": "ok", "region": gateway.region}
+            assert answer.status_code == 200 and answer.json() == {"status": "ok", "region": gateway.shown_region}
 
 
 async def test_a_failed_background_task_is_logged_never_left_unretrieved(caplog: pytest.LogCaptureFixture) -> None:

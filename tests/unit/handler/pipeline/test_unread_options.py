@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from adapters.providers.registry import REGISTRY
 from handler.config import ConfigError, parse_config
-from handler.pipeline.gateway import build_adapters, unread_options
+from handler.pipeline.gateway import build_adapters, build_gateway, unread_options
 
 
 def config(provider: dict[str, Any], deployment: dict[str, Any] | None = None) -> Any:
@@ -93,3 +94,21 @@ def test_the_responses_api_options_are_refused_where_the_api_has_none(kind: str,
     Azure's (docs/configuration.md)."""
     [problem] = unread_options(config({"type": kind, **option}), REGISTRY)
     assert problem.startswith(f"providers.up.{next(iter(option))}: not an option of provider type {kind}")
+
+
+def test_start_up_names_every_error_of_the_file_and_each_option_its_adapter_does_not_read(tmp_path: Path) -> None:
+    """The Lambda function's start-up failed on a file's first stage of errors alone: its misspelt setting, then the
+    provider a deployment misnames, then the option no adapter reads, a deploy each. Found by review."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        "gateway: {fee_percent: 10}\n"
+        "providers:\n  openai: {type: openai, api_key: env:K, timeout: 30}\n"
+        "models:\n  m: {deployments: [{provider: openai, model: a}, {provider: opnai, model: a}], price: unknown}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        build_gateway(config_path=str(path), store_url="sqlite:///:memory:", environ={"K": "sk-test"})
+    assert [p.split(":")[0] for p in caught.value.problems] == [
+        "gateway.fee_percent",
+        "models.m.deployments[1].provider",
+        "providers.openai.timeout",
+    ]

@@ -20,7 +20,7 @@ FIGURES = [
     ("fallbacks", MetricUnit.Count, 0),
     ("input_tokens", MetricUnit.Count, 12),
     ("output_tokens", MetricUnit.Count, 3),
-    ("cost_usd", MetricUnit.NoUnit, 4.2e-06),
+    ("spend_usd", MetricUnit.NoUnit, 4.2e-06),
 ]
 
 
