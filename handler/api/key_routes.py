@@ -20,11 +20,10 @@ from handler.errors import InvalidRequestError, KeyChangedError, NotFoundError, 
 from handler.pipeline.attribution import line_tags, stored_tags, validate_tags
 from handler.pipeline.budgets import period_of
 from handler.pipeline.key_admin import (
+    GlobCheck,
     KeyAdmin,
     family_of,
-    glob_within,
     key_names,
-    models_within,
     unkeyed_name,
     validate_networks,
     with_descendants,
@@ -66,7 +65,7 @@ class KeySpec(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True, strict=True)
 
     name: str = Field(min_length=1, max_length=200)
-    # (A pattern's length bounds the containment check's work: see `handler.pipeline.key_admin.glob_within`.)
+    # (The containment checks' work is bounded apart: `handler.pipeline.key_admin.GlobCheck`.)
     models: list[Annotated[str, Field(min_length=1, max_length=MAX_PATTERN_CHARS)]] | None = Field(
         default=None, min_length=1, max_length=100
     )
@@ -191,7 +190,7 @@ def narrow_to(key: KeyRecord, spec: KeySpec, holder: KeyRecord, what: str, whose
     holder's; one wider than the holder's is refused (`what`: the new key, `whose`: the holder, in the message)."""
     if spec.models is None:
         key.models = list(holder.models)
-    elif not models_within(key.models, holder.models):
+    elif not GlobCheck("models").models_within(key.models, holder.models):
         raise PermissionDeniedError(f"{what}'s models must be within {whose}'s", code="model_not_allowed")
     if holder.expires_at is not None:
         if key.expires_at is None:
@@ -228,7 +227,8 @@ def beyond_authority(target: list[KeyRecord], authority: KeyRecord) -> str | Non
         ends = [held.expires_at for held in target if held.expires_at is not None]
         if not ends or min(ends) > authority.expires_at:
             return "it outlives this admin key"
-    if not any(models_within(held.models, authority.models) for held in target):
+    patterns = GlobCheck()  # (stored patterns, checked on a rotation or revocation: past its work, "not within")
+    if not any(patterns.models_within(held.models, authority.models) for held in target):
         return "its models are not within this admin key's"
     if authority.allow_ips and not any(
         held.allow_ips and networks_within(held.allow_ips, authority.allow_ips) for held in target
@@ -237,16 +237,17 @@ def beyond_authority(target: list[KeyRecord], authority: KeyRecord) -> str | Non
     return None
 
 
-def wider_model_limit(child: KeyRecord, parent: KeyRecord, whose: str) -> None:
+def wider_model_limit(child: KeyRecord, parent: KeyRecord, whose: str, patterns: GlobCheck) -> None:
     """Refuse a child's per-model limit above what `parent` (or another ancestor) allows the same models: its
     `rpm` or `tpm`, or its limit for a pattern holding the child's (a child's `m-a` at 100 rpm under a parent's `m-a` at
-    2 was minted, and its key said so, though the parent's 2 held at every request)."""
+    2 was minted, and its key said so, though the parent's 2 held at every request). `patterns`: the request's check,
+    whose work is bounded over the whole lineage."""
     for pattern, limits in child.model_limits.items():
         for name, mine in limits.items():
             bounds = [getattr(parent, name)] + [
                 theirs[name]
                 for held, theirs in parent.model_limits.items()
-                if name in theirs and glob_within(pattern, held)
+                if name in theirs and patterns.within(pattern, held)
             ]
             tightest = min((bound for bound in bounds if bound is not None), default=None)
             if tightest is not None and mine > tightest:
@@ -322,13 +323,14 @@ class KeyRoutes:
         child = record_from(spec, now=now)
         narrow_to(child, spec, parent, "a child key", "its parent")
         lineage = await self.gateway.keys.lineage(parent)
+        patterns = GlobCheck("model_limits")
         for held in lineage:  # the parent's own, and what binds it from above
             whose = "the parent's" if held is parent else f"the limit of ancestor '{held.id}',"
             for name in ("rpm", "tpm"):
                 mine, theirs = getattr(child, name), getattr(held, name)
                 if mine is not None and theirs is not None and mine > theirs:
                     raise InvalidRequestError(f"{name} {mine} exceeds {whose} {theirs}", param=name)
-            wider_model_limit(child, held, whose)
+            wider_model_limit(child, held, whose, patterns)
         # A child without a budget of its own has none: its chain's budgets bind each of its requests as they bind
         # any key's (`GET /v1/key` says what they leave). It was given a *total* budget of what its parent had left
         # at that moment, which ended it for good once spent though the parent's day or month began again; with
