@@ -532,7 +532,7 @@ class KeyAdmin:
                 if attempt == 2 and not quiet:
                     raise
                 continue
-            self.keys.forget(key_id)
+            self.keys.wrote(revoked)
             await self.store.end_links(revoked, written_in)
             return True
         return False
