@@ -28,7 +28,7 @@ from handler.pipeline.key_admin import (
     validate_networks,
     with_descendants,
 )
-from handler.pipeline.keys import NOT_THE_KEY, may_hold_a_secret, network
+from handler.pipeline.keys import ID_LENGTH, NOT_THE_KEY, is_key_id, may_hold_a_secret, network
 from handler.pipeline.pricing import dollars
 from handler.ports import ConflictError, KeyRecord, RateCharge, UsageQuery
 from handler.redaction import unkeyed
@@ -48,6 +48,11 @@ MAX_RANGE_CHARS = 64  # the longest range written out (an IPv4-mapped IPv6 one) 
 # Ten years: a key meant to last has no expiry at all. Without a bound, `expires_in_seconds: 1e200` made a key
 # (SQLite) or a 503 `store_unavailable` to retry (DynamoDB, whose TTL number it could not hold).
 MAX_EXPIRES_IN_SECONDS = 3650 * 86400
+# A budget is 0 or from a millionth of a dollar to a billion: what DynamoDB holds exactly in admission's condition
+# (`limit - amount`, to the cost's 15 digits), a number of at most 38 digits from 1e-130 to 9.99e125. `budget_usd:
+# 1e200` or `1e-200` made a key (201) whose every request would be a 503 `store_unavailable` there.
+MAX_BUDGET_USD = 10**9
+MIN_BUDGET_USD = 1e-6
 # The most an `rpm`, a `tpm` or a `model_limits` entry may be: a trillion a minute, past any provider's limits, and
 # well within the 64-bit integers the stores write (`keys create --rpm 99999999999999999999999` passed the spec, then
 # was a traceback from the store's JSON encoder; over HTTP the body's parser refuses such a number).
@@ -69,7 +74,7 @@ class KeySpec(BaseModel):
     models: list[Annotated[str, Field(min_length=1, max_length=MAX_PATTERN_CHARS)]] | None = Field(
         default=None, min_length=1, max_length=100
     )
-    budget_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    budget_usd: float | None = Field(default=None, ge=0, le=MAX_BUDGET_USD, allow_inf_nan=False)
     budget_period: Literal["day", "month", "total"] = "total"
     expires_in_seconds: float | None = Field(default=None, gt=0, le=MAX_EXPIRES_IN_SECONDS, allow_inf_nan=False)
     rpm: int | None = Field(default=None, ge=1, le=MAX_RATE_LIMIT)
@@ -150,6 +155,10 @@ def record_from(spec: KeySpec, *, admin: bool = False, now: float) -> KeyRecord:
     for pattern, values in limits.items():
         if any(v < 1 for v in values.values()):
             raise InvalidRequestError(f"model_limits.{pattern}: limits must be at least 1", param="model_limits")
+    if spec.budget_usd is not None and 0 < spec.budget_usd < MIN_BUDGET_USD:
+        raise InvalidRequestError(
+            f"budget_usd is 0 or at least {MIN_BUDGET_USD:f} (a millionth of a dollar)", param="budget_usd"
+        )
     if "budget_period" in spec.model_fields_set and spec.budget_usd is None:
         # (It was stored as no period at all: the key spent freely, its creator told nothing.)
         raise InvalidRequestError(
@@ -404,7 +413,7 @@ class KeyRoutes:
         store = self.gateway.store
         key_id = request.path_params["key_id"]
         record: KeyRecord | None = None
-        if not may_hold_a_secret(key_id):
+        if is_key_id(key_id):
             record = None if latest else await store.get_key(key_id)
             if record is None:
                 record = await store.get_key_latest(key_id, self._family_home(request))
@@ -442,6 +451,8 @@ class KeyRoutes:
     async def admin_list(self, request: Request) -> Response:
         await self._admin(request)
         parent = request.query_params.get("parent_id")
+        if parent and not is_key_id(parent) and not may_hold_a_secret(parent):  # (not a store read: `is_key_id`)
+            raise InvalidRequestError(f"parent_id takes a key's id, of {ID_LENGTH} characters", param="parent_id")
         if parent and may_hold_a_secret(parent):  # (it listed no key, as if the key had no children)
             raise InvalidRequestError(f"parent_id takes {NOT_THE_KEY}", param="parent_id")
         records = await self.gateway.store.list_keys(parent)
@@ -497,6 +508,10 @@ class KeyRoutes:
             return await self._usage(request, caller, None)
         if may_hold_a_secret(key_id):  # a key, secret and all: never echoed (as `gateway usage --key` has it)
             raise InvalidRequestError(f"key takes {NOT_THE_KEY}", param="key")
+        if not is_key_id(key_id):  # (not a store read: `is_key_id`)
+            raise NotFoundError(
+                f"{no_such_key(key_id)} (nor any usage of it in the window)", code="not_found", param="key"
+            )
         record, family = await family_of(self.gateway.store, key_id, self._family_home(request))
         recordless = family == [key_id] and record is None
         return await self._usage(request, caller, family, key_id if recordless else None)

@@ -69,6 +69,13 @@ def may_hold_a_secret(key_id: str) -> bool:
     return "_" in key_id
 
 
+def is_key_id(key_id: str) -> bool:
+    """Whether `key_id` may be a key's id: `ID_LENGTH` characters (every key's, as `split_key` reads one), and so no
+    secret. A store is not asked for one that cannot be: DynamoDB answers an id past its 2,048-byte key limit with a
+    ValidationException, which was a 503 "retry shortly" (SQLite's answer, a 404, is given before the store)."""
+    return len(key_id) == ID_LENGTH and not may_hold_a_secret(key_id)
+
+
 def split_key(token: str) -> tuple[str, str] | None:
     """`(id, secret)` of a well-formed key, else None."""
     prefix, _, rest = token.partition("_")
