@@ -16,7 +16,7 @@ from handler.api.key_spend import KeySpends
 from handler.api.report_gate import ReportGate
 from handler.dashboard.line_items import LineListing, parse_page
 from handler.dashboard.reports import ReportBuilder, parse_report, parse_top, parse_views
-from handler.errors import InvalidRequestError, KeyChangedError, NotFoundError, PermissionDeniedError
+from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from handler.pipeline.attribution import line_tags, stored_tags, validate_tags
 from handler.pipeline.budgets import period_of
 from handler.pipeline.key_admin import (
@@ -30,7 +30,7 @@ from handler.pipeline.key_admin import (
 )
 from handler.pipeline.keys import ID_LENGTH, NOT_THE_KEY, is_key_id, may_hold_a_secret, network
 from handler.pipeline.pricing import dollars
-from handler.ports import ConflictError, KeyRecord, RateCharge, UsageQuery
+from handler.ports import KeyRecord, RateCharge, UsageQuery
 from handler.redaction import unkeyed
 
 if TYPE_CHECKING:
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 MAX_GRACE_SECONDS = 7 * 86400
-CHANGE_TRIES = 3  # an admin write to a key another write changed meanwhile is read again and made again
 MAX_PATTERN_CHARS = 200  # a model name pattern of a key's `models`
 # A key's IP ranges, as its `models` and `model_limits` are bounded: every request of the key (and of its children)
 # is matched against them, and the record must fit a DynamoDB item (400 KB). 20,001 ranges were minted by a plain
@@ -436,17 +435,17 @@ class KeyRoutes:
     ) -> T:
         """`change` applied to the key the path names, as its home region has it (a write made here a moment ago
         to a key homed elsewhere is there, not yet here: a second admin write in a row was a 400 "the key
-        changed"); one another write changed meanwhile is read again and changed again, then a 409. `held`: the
-        admin key whose bounds the key must be within, and the action (`_hold`), checked on each read."""
-        for _ in range(CHANGE_TRIES):
+        changed"); one another write changed meanwhile is read again and changed again, then a 409
+        (`KeyAdmin.change`). `held`: the admin key whose bounds the key must be within, and the action (`_hold`),
+        checked on each read."""
+
+        async def read() -> KeyRecord:
             record = await self._target(request, latest=True)
             if held is not None:
                 await self._hold(record, *held)
-            try:
-                return await change(record)
-            except ConflictError:
-                continue
-        raise KeyChangedError(f"the key kept changing while {doing}; retry")
+            return record
+
+        return await self.admin.change(read, change, doing)
 
     async def admin_list(self, request: Request) -> Response:
         await self._admin(request)

@@ -15,15 +15,17 @@ import functools
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
-from typing import Final
+from typing import Final, TypeVar
 
-from handler.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
+from handler.errors import AuthenticationError, InvalidRequestError, KeyChangedError, PermissionDeniedError
 from handler.pipeline.keys import ID_LENGTH, KeyService, format_key, hash_secret, network
 from handler.ports import ChildLimitReached, ConflictError, KeyRecord, Store, family_root
 from handler.records import Value
 from handler.redaction import REDACTED, unkeyed
 
+T = TypeVar("T")
 ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
+CHANGE_TRIES = 3  # an admin write to a key another write changed meanwhile is read again and made again
 
 
 def new_key_id() -> str:
@@ -419,6 +421,23 @@ class KeyAdmin:
             raise AuthenticationError(
                 f"{whose} has been revoked" if held is not None else f"{whose} no longer exists", code="key_revoked"
             )
+
+    async def change(
+        self, read: Callable[[], Awaitable[KeyRecord]], change: Callable[[KeyRecord], Awaitable[T]], doing: str
+    ) -> T:
+        """`change` (a rotation, a retag, a revocation) applied to the key as `read` gives it, as its home region has
+        it (`Store.get_key_latest`: a write made a moment ago to a key homed elsewhere is there, not yet here); one
+        another write changed meanwhile is read again and changed again, then a 409 `key_changed`. The key routes'
+        writes and `gateway keys revoke|rotate|tag` alike: the command read this region's replica and never tried
+        again, so just after a write it failed ("the key changed since it was read", exit 2) where the route
+        succeeded."""
+        for _ in range(CHANGE_TRIES):
+            record = await read()
+            try:
+                return await change(record)
+            except ConflictError:
+                continue
+        raise KeyChangedError(f"the key kept changing while {doing}; retry")
 
     async def rotate(self, record: KeyRecord, grace_seconds: float) -> MintedKey:
         """A new secret for the same key; the old one keeps working for `grace_seconds`. A key whose new secret
