@@ -20,22 +20,21 @@ from handler.api.key_spend import KeySpends
 from handler.api.report_gate import ReportGate
 from handler.dashboard.line_items import LineListing, parse_limit, parse_page
 from handler.dashboard.reports import ReportBuilder, parse_report, parse_top, parse_views
-from handler.errors import InvalidRequestError, KeyChangedError, NotFoundError, PermissionDeniedError
+from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from handler.pipeline.attribution import line_tags, stored_tags, validate_tags
 from handler.pipeline.budgets import period_of
 from handler.pipeline.key_admin import (
+    GlobCheck,
     KeyAdmin,
     family_of,
-    glob_within,
     key_names,
-    models_within,
     unkeyed_name,
     validate_networks,
     with_descendants,
 )
-from handler.pipeline.keys import NOT_THE_KEY, may_hold_a_secret, network
+from handler.pipeline.keys import ID_LENGTH, NOT_THE_KEY, is_key_id, may_hold_a_secret, network
 from handler.pipeline.pricing import dollars
-from handler.ports import ConflictError, KeyPlace, KeyRecord, RateCharge, UsageQuery
+from handler.ports import KeyPlace, KeyRecord, RateCharge, UsageQuery
 from handler.redaction import unkeyed
 
 if TYPE_CHECKING:
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 MAX_GRACE_SECONDS = 7 * 86400
-CHANGE_TRIES = 3  # an admin write to a key another write changed meanwhile is read again and made again
 MAX_PATTERN_CHARS = 200  # a model name pattern of a key's `models`
 # A key's IP ranges, as its `models` and `model_limits` are bounded: every request of the key (and of its children)
 # is matched against them, and the record must fit a DynamoDB item (400 KB). 20,001 ranges were minted by a plain
@@ -53,6 +51,11 @@ MAX_RANGE_CHARS = 64  # the longest range written out (an IPv4-mapped IPv6 one) 
 # Ten years: a key meant to last has no expiry at all. Without a bound, `expires_in_seconds: 1e200` made a key
 # (SQLite) or a 503 `store_unavailable` to retry (DynamoDB, whose TTL number it could not hold).
 MAX_EXPIRES_IN_SECONDS = 3650 * 86400
+# A budget is 0 or from a millionth of a dollar to a billion: what DynamoDB holds exactly in admission's condition
+# (`limit - amount`, to the cost's 15 digits), a number of at most 38 digits from 1e-130 to 9.99e125. `budget_usd:
+# 1e200` or `1e-200` made a key (201) whose every request would be a 503 `store_unavailable` there.
+MAX_BUDGET_USD = 10**9
+MIN_BUDGET_USD = 1e-6
 # The most an `rpm`, a `tpm` or a `model_limits` entry may be: a trillion a minute, past any provider's limits, and
 # well within the 64-bit integers the stores write (`keys create --rpm 99999999999999999999999` passed the spec, then
 # was a traceback from the store's JSON encoder; over HTTP the body's parser refuses such a number).
@@ -75,11 +78,11 @@ class KeySpec(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True, strict=True)
 
     name: str = Field(min_length=1, max_length=200)
-    # (A pattern's length bounds the containment check's work: see `handler.pipeline.key_admin.glob_within`.)
+    # (The containment checks' work is bounded apart: `handler.pipeline.key_admin.GlobCheck`.)
     models: list[Annotated[str, Field(min_length=1, max_length=MAX_PATTERN_CHARS)]] | None = Field(
         default=None, min_length=1, max_length=100
     )
-    budget_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    budget_usd: float | None = Field(default=None, ge=0, le=MAX_BUDGET_USD, allow_inf_nan=False)
     budget_period: Literal["day", "month", "total"] = "total"
     expires_in_seconds: float | None = Field(default=None, gt=0, le=MAX_EXPIRES_IN_SECONDS, allow_inf_nan=False)
     rpm: int | None = Field(default=None, ge=1, le=MAX_RATE_LIMIT)
@@ -188,6 +191,10 @@ def record_from(spec: KeySpec, *, admin: bool = False, now: float) -> KeyRecord:
     for pattern, values in limits.items():
         if any(v < 1 for v in values.values()):
             raise InvalidRequestError(f"model_limits.{pattern}: limits must be at least 1", param="model_limits")
+    if spec.budget_usd is not None and 0 < spec.budget_usd < MIN_BUDGET_USD:
+        raise InvalidRequestError(
+            f"budget_usd is 0 or at least {MIN_BUDGET_USD:f} (a millionth of a dollar)", param="budget_usd"
+        )
     if "budget_period" in spec.model_fields_set and spec.budget_usd is None:
         # (It was stored as no period at all: the key spent freely, its creator told nothing.)
         raise InvalidRequestError(
@@ -228,7 +235,7 @@ def narrow_to(key: KeyRecord, spec: KeySpec, holder: KeyRecord, what: str, whose
     holder's; one wider than the holder's is refused (`what`: the new key, `whose`: the holder, in the message)."""
     if spec.models is None:
         key.models = list(holder.models)
-    elif not models_within(key.models, holder.models):
+    elif not GlobCheck("models").models_within(key.models, holder.models):
         raise PermissionDeniedError(f"{what}'s models must be within {whose}'s", code="model_not_allowed")
     if holder.expires_at is not None:
         if key.expires_at is None:
@@ -265,7 +272,8 @@ def beyond_authority(target: list[KeyRecord], authority: KeyRecord) -> str | Non
         ends = [held.expires_at for held in target if held.expires_at is not None]
         if not ends or min(ends) > authority.expires_at:
             return "it outlives this admin key"
-    if not any(models_within(held.models, authority.models) for held in target):
+    patterns = GlobCheck()  # (stored patterns, checked on a rotation or revocation: past its work, "not within")
+    if not any(patterns.models_within(held.models, authority.models) for held in target):
         return "its models are not within this admin key's"
     if authority.allow_ips and not any(
         held.allow_ips and networks_within(held.allow_ips, authority.allow_ips) for held in target
@@ -274,16 +282,17 @@ def beyond_authority(target: list[KeyRecord], authority: KeyRecord) -> str | Non
     return None
 
 
-def wider_model_limit(child: KeyRecord, parent: KeyRecord, whose: str) -> None:
+def wider_model_limit(child: KeyRecord, parent: KeyRecord, whose: str, patterns: GlobCheck) -> None:
     """Refuse a child's per-model limit above what `parent` (or another ancestor) allows the same models: its
     `rpm` or `tpm`, or its limit for a pattern holding the child's (a child's `m-a` at 100 rpm under a parent's `m-a` at
-    2 was minted, and its key said so, though the parent's 2 held at every request)."""
+    2 was minted, and its key said so, though the parent's 2 held at every request). `patterns`: the request's check,
+    whose work is bounded over the whole lineage."""
     for pattern, limits in child.model_limits.items():
         for name, mine in limits.items():
             bounds = [getattr(parent, name)] + [
                 theirs[name]
                 for held, theirs in parent.model_limits.items()
-                if name in theirs and glob_within(pattern, held)
+                if name in theirs and patterns.within(pattern, held)
             ]
             tightest = min((bound for bound in bounds if bound is not None), default=None)
             if tightest is not None and mine > tightest:
@@ -359,13 +368,14 @@ class KeyRoutes:
         child = record_from(spec, now=now)
         narrow_to(child, spec, parent, "a child key", "its parent")
         lineage = await self.gateway.keys.lineage(parent)
+        patterns = GlobCheck("model_limits")
         for held in lineage:  # the parent's own, and what binds it from above
             whose = "the parent's" if held is parent else f"the limit of ancestor '{held.id}',"
             for name in ("rpm", "tpm"):
                 mine, theirs = getattr(child, name), getattr(held, name)
                 if mine is not None and theirs is not None and mine > theirs:
                     raise InvalidRequestError(f"{name} {mine} exceeds {whose} {theirs}", param=name)
-            wider_model_limit(child, held, whose)
+            wider_model_limit(child, held, whose, patterns)
         # A child without a budget of its own has none: its chain's budgets bind each of its requests as they bind
         # any key's (`GET /v1/key` says what they leave). It was given a *total* budget of what its parent had left
         # at that moment, which ended it for good once spent though the parent's day or month began again; with
@@ -439,7 +449,7 @@ class KeyRoutes:
         store = self.gateway.store
         key_id = request.path_params["key_id"]
         record: KeyRecord | None = None
-        if not may_hold_a_secret(key_id):
+        if is_key_id(key_id):
             record = None if latest else await store.get_key(key_id)
             if record is None:
                 record = await store.get_key_latest(key_id, self._family_home(request))
@@ -462,17 +472,17 @@ class KeyRoutes:
     ) -> T:
         """`change` applied to the key the path names, as its home region has it (a write made here a moment ago
         to a key homed elsewhere is there, not yet here: a second admin write in a row was a 400 "the key
-        changed"); one another write changed meanwhile is read again and changed again, then a 409. `held`: the
-        admin key whose bounds the key must be within, and the action (`_hold`), checked on each read."""
-        for _ in range(CHANGE_TRIES):
+        changed"); one another write changed meanwhile is read again and changed again, then a 409
+        (`KeyAdmin.change`). `held`: the admin key whose bounds the key must be within, and the action (`_hold`),
+        checked on each read."""
+
+        async def read() -> KeyRecord:
             record = await self._target(request, latest=True)
             if held is not None:
                 await self._hold(record, *held)
-            try:
-                return await change(record)
-            except ConflictError:
-                continue
-        raise KeyChangedError(f"the key kept changing while {doing}; retry")
+            return record
+
+        return await self.admin.change(read, change, doing)
 
     async def admin_list(self, request: Request) -> Response:
         """A page of the keys (`parent_id`: of one key's children), `limit` of them at most, from the `cursor` on: the
@@ -481,6 +491,8 @@ class KeyRoutes:
         await self._admin(request)
         params = request.query_params
         parent = params.get("parent_id")
+        if parent and not is_key_id(parent) and not may_hold_a_secret(parent):  # (not a store read: `is_key_id`)
+            raise InvalidRequestError(f"parent_id takes a key's id, of {ID_LENGTH} characters", param="parent_id")
         if parent and may_hold_a_secret(parent):  # (it listed no key, as if the key had no children)
             raise InvalidRequestError(f"parent_id takes {NOT_THE_KEY}", param="parent_id")
         limit = parse_limit(params.get("limit"))
@@ -551,6 +563,10 @@ class KeyRoutes:
             return await self._usage(request, caller, None)
         if may_hold_a_secret(key_id):  # a key, secret and all: never echoed (as `gateway usage --key` has it)
             raise InvalidRequestError(f"key takes {NOT_THE_KEY}", param="key")
+        if not is_key_id(key_id):  # (not a store read: `is_key_id`)
+            raise NotFoundError(
+                f"{no_such_key(key_id)} (nor any usage of it in the window)", code="not_found", param="key"
+            )
         record, family = await family_of(self.gateway.store, key_id, self._family_home(request))
         recordless = family == [key_id] and record is None
         return await self._usage(request, caller, family, key_id if recordless else None)

@@ -24,7 +24,7 @@ from handler.config import Config, ConfigError, responses_secret
 from handler.pipeline.attribution import parse_tags
 from handler.pipeline.gateway import DEFAULT_STORE_URL
 from handler.pipeline.key_admin import KeyAdmin, family_of, key_names
-from handler.pipeline.keys import NOT_THE_KEY, KeyService, may_hold_a_secret, split_key
+from handler.pipeline.keys import NOT_THE_KEY, KeyService, is_key_id, may_hold_a_secret, split_key
 from handler.ports import KeyRecord, LedgerItem, Store, StoreError
 from handler.redaction import redact_message
 from handler.telemetry.prometheus import SHARED_ENV
@@ -507,6 +507,8 @@ async def _keys(args: argparse.Namespace) -> int:
 
 
 async def _key_command(args: argparse.Namespace, store: Store) -> int:
+    from handler.errors import NotFoundError
+
     service = KeyAdmin(KeyService(store, 0))
     if args.keys_command == "create":
         minted = await service.mint(_created_record(args))
@@ -519,19 +521,33 @@ async def _key_command(args: argparse.Namespace, store: Store) -> int:
         _print_json([key_view(r) for r in await store.list_keys()])
         return 0
     grace = _rotation_grace(args.grace) if args.keys_command == "rotate" else 0.0
-    existing = None if may_hold_a_secret(args.id) else await store.get_key(args.id)
-    if existing is None:
-        sys.stderr.write(f"{no_such_key(args.id)}\n")
-        return 1
     if args.keys_command == "show":
+        existing = await store.get_key(args.id) if is_key_id(args.id) else None
+        if existing is None:
+            sys.stderr.write(f"{no_such_key(args.id)}\n")
+            return 1
         _print_json(key_view(existing))
-    elif args.keys_command == "revoke":
-        _print_json(key_view(await service.revoke(existing)))
-    elif args.keys_command == "tag":
-        _print_json(key_view(await service.retag(existing, parse_tags(args.tags, "tags"))))
-    elif args.keys_command == "rotate":
-        minted = await service.rotate(existing, grace)
-        _print_json({**key_view(minted.record), "key": minted.key})
+        return 0
+
+    async def latest() -> KeyRecord:
+        """The key as its home region has it, for a write (`KeyAdmin.change`), as the admin routes read it."""
+        held = await store.get_key_latest(args.id) if is_key_id(args.id) else None
+        if held is None:
+            raise NotFoundError(no_such_key(args.id), code="not_found")
+        return held
+
+    try:
+        if args.keys_command == "revoke":
+            _print_json(key_view(await service.change(latest, service.revoke, "revoking")))
+        elif args.keys_command == "tag":
+            tags = parse_tags(args.tags, "tags")
+            _print_json(key_view(await service.change(latest, lambda held: service.retag(held, tags), "tagging")))
+        elif args.keys_command == "rotate":
+            minted = await service.change(latest, lambda held: service.rotate(held, grace), "rotating")
+            _print_json({**key_view(minted.record), "key": minted.key})
+    except NotFoundError as exc:
+        sys.stderr.write(f"{exc.message}\n")
+        return 1
     return 0
 
 

@@ -11,18 +11,21 @@ cache serves the requests, so that the cache holds what this process wrote (`Key
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
-from typing import Final
+from typing import Final, TypeVar
 
-from handler.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
+from handler.errors import AuthenticationError, InvalidRequestError, KeyChangedError, PermissionDeniedError
 from handler.pipeline.keys import ID_LENGTH, KeyService, format_key, hash_secret, network
 from handler.ports import ChildLimitReached, ConflictError, KeyRecord, Store, family_root
 from handler.records import Value
 from handler.redaction import REDACTED, unkeyed
 
+T = TypeVar("T")
 ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
+CHANGE_TRIES = 3  # an admin write to a key another write changed meanwhile is read again and made again
 
 
 def new_key_id() -> str:
@@ -33,24 +36,43 @@ def models_within(child: list[str], parent: list[str]) -> bool:
     """Every model a child pattern matches is matched by some parent pattern (glob containment).
 
     Conservative: a pattern that only a union of several parent patterns would cover is refused."""
-    return all(any(glob_within(c, p) for p in parent) for c in child)
+    return GlobCheck().models_within(child, parent)
 
 
-# (kind: "*", "?", "c" a character, "[" a class, "~" a class too wide to list; its characters; negated)
-_Token = tuple[str, frozenset[str] | None, bool]
-CLASS_RANGE_LIMIT = 4096  # characters a class's range may list; a wider class is known only as "one character"
+# (kind: "*", "?", "c" a character, "[" a class; its characters as ranges of code points; negated)
+_Ranges = tuple[tuple[int, int], ...]
+_Token = tuple[str, _Ranges, bool]
+_NONE: _Ranges = ()
+# The most work one request's containment checks may take (`GlobCheck`), in steps: a parent's token matched against
+# the child's positions (a few operations on one integer), or two classes compared (4 steps, and one a range of
+# theirs). Measured at 0.2 to 0.6 us a step on a busy machine, so at most 20 to 60 ms of the event loop (a 22 KB mint
+# held it 3 minutes); past it, a 400 naming the field. Model names' patterns part at their first characters: 100 of
+# a child's against 100 of its parent's take some 5 steps a pair, half the bound.
+CONTAINMENT_STEPS = 100_000
+
+
+def _ranges(spans: list[tuple[int, int]]) -> _Ranges:
+    """`spans` (inclusive code point ranges, an empty one dropped: `[z-a]` matches nothing) sorted and merged."""
+    merged: list[tuple[int, int]] = []
+    for low, high in sorted(span for span in spans if span[0] <= span[1]):
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+        else:
+            merged.append((low, high))
+    return tuple(merged)
 
 
 def _glob_tokens(pattern: str) -> list[_Token]:
-    """`fnmatch`'s syntax as tokens: `*`, `?`, `[...]`/`[!...]` classes (ranges expanded; a class with a range
-    wider than `CLASS_RANGE_LIMIT` is kept as "~", one character we cannot list), literal characters."""
+    """`fnmatch`'s syntax as tokens: `*`, `?`, `[...]`/`[!...]` classes (as ranges of code points, however wide:
+    expanded to their characters, a class of all of Unicode was a million of them), literal characters. A class of
+    one character is that character (`[a]` is `a`)."""
     tokens: list[_Token] = []
     i = 0
     while i < len(pattern):
         char = pattern[i]
         if char in "*?":
             if not (char == "*" and tokens and tokens[-1][0] == "*"):
-                tokens.append((char, None, False))
+                tokens.append((char, _NONE, False))
             i += 1
             continue
         if char == "[":
@@ -64,59 +86,168 @@ def _glob_tokens(pattern: str) -> list[_Token]:
                 body = pattern[i + 1 : end]
                 negated = body.startswith("!")
                 body = body[1:] if negated else body
-                chars: set[str] = set()
-                listed = True
+                spans: list[tuple[int, int]] = []
                 j = 0
                 while j < len(body):
                     if j + 2 < len(body) and body[j + 1] == "-":
-                        low, high = ord(body[j]), ord(body[j + 2])
-                        listed = listed and high - low < CLASS_RANGE_LIMIT
-                        if listed:
-                            chars.update(chr(c) for c in range(low, high + 1))
+                        spans.append((ord(body[j]), ord(body[j + 2])))
                         j += 3
                     else:
-                        chars.add(body[j])
+                        spans.append((ord(body[j]), ord(body[j])))
                         j += 1
-                tokens.append(("[", frozenset(chars), negated) if listed else ("~", None, negated))
+                ranges = _ranges(spans)
+                one = len(ranges) == 1 and ranges[0][0] == ranges[0][1] and not negated
+                tokens.append(("c" if one else "[", ranges, negated))
                 i = end + 1
                 continue
-        tokens.append(("c", frozenset(char), False))
+        tokens.append(("c", ((ord(char), ord(char)),), False))
         i += 1
     return tokens
+
+
+def _subset(inner: _Ranges, outer: _Ranges) -> bool:
+    """Every code point of `inner` is in `outer` (both merged: `_ranges`)."""
+    k = 0
+    for low, high in inner:
+        while k < len(outer) and outer[k][1] < low:
+            k += 1
+        if k == len(outer) or outer[k][0] > low or outer[k][1] < high:
+            return False
+    return True
+
+
+def _disjoint(one: _Ranges, other: _Ranges) -> bool:
+    """No code point is in both (merged ranges)."""
+    i = k = 0
+    while i < len(one) and k < len(other):
+        if one[i][1] < other[k][0]:
+            i += 1
+        elif other[k][1] < one[i][0]:
+            k += 1
+        else:
+            return False
+    return True
+
+
+class _Compiled:
+    """A pattern as the containment check reads it, compiled once (`_compiled`): its tokens, and as a child, where
+    each distinct token stands (a bit per position) and where a single character does (any token but `*`)."""
+
+    __slots__ = ("tokens", "at", "single", "length")
+
+    def __init__(self, pattern: str) -> None:
+        self.tokens = tuple(_glob_tokens(pattern))
+        self.length = len(self.tokens)
+        self.at: dict[_Token, int] = {}
+        for i, token in enumerate(self.tokens):
+            self.at[token] = self.at.get(token, 0) | 1 << i
+        self.single = ((1 << self.length) - 1) & ~self.at.get(("*", _NONE, False), 0)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(pattern: str) -> _Compiled:
+    return _Compiled(pattern)
+
+
+def _covers(p: _Token, c: _Token) -> bool:
+    """Parent token `p` (not `*`) matches every single character child token `c` can match."""
+    if p[0] == "?":
+        return c[0] != "*"
+    if c[0] in "*?":
+        return False
+    if c[2]:  # a negated child class matches almost anything: only a negated parent with fewer exclusions
+        return p[2] and _subset(p[1], c[1])
+    return _disjoint(c[1], p[1]) if p[2] else _subset(c[1], p[1])
+
+
+class GlobCheck:
+    """Containment checks of model patterns for one request, their work bounded by `steps` (`CONTAINMENT_STEPS`).
+
+    Each pair is matched as a glob matches a string, the child's tokens for the characters: the set of child
+    positions the parent's tokens so far can end at is one integer (a bit a position), a parent token moves it on
+    in a few operations, and a `*` of the parent takes every position from the first on. So a pair costs one pass
+    over the parent's tokens (at most 200), ended at once when no position is left. The walk it replaced went
+    through up to 201 x 201 states a pair, recursively (18 ms for two 200-character patterns), and a request could
+    ask for 10,000 pairs: a mint of 100 patterns held the event loop, every key's requests and /health, for about
+    three minutes. Each pattern is compiled once (`_compiled`) and each pair checked once a request (`memo`).
+
+    `param`: the field a 400 names once `steps` are spent (the patterns a key's holder chose); without one (a key's
+    stored patterns, on a rotation or a revocation) the check answers "not within" instead: never a wrong yes."""
+
+    __slots__ = ("param", "steps", "memo")
+
+    def __init__(self, param: str | None = None, steps: int = CONTAINMENT_STEPS) -> None:
+        self.param = param
+        self.steps = steps
+        self.memo: dict[tuple[str, str], bool] = {}
+
+    def models_within(self, child: list[str], parent: list[str]) -> bool:
+        """Every child pattern is within one of `parent` (`models_within`)."""
+        return all(any(self.within(c, p) for p in parent) for c in child)
+
+    def within(self, child: str, parent: str) -> bool:
+        """Whether every string `child` matches is matched by `parent` (`glob_within`), from `memo` if asked before."""
+        if parent == "*" or child == parent:
+            return True
+        found = self.memo.get((child, parent))
+        if found is None:
+            found = self.memo[(child, parent)] = self._within(_compiled(child), _compiled(parent))
+        return found
+
+    def _spend(self, steps: int) -> bool:
+        """Take `steps` from what is left; False (or the 400) once it is spent."""
+        self.steps -= steps
+        if self.steps >= 0:
+            return True
+        if self.param is None:
+            return False
+        raise InvalidRequestError(
+            f"{self.param}: these model patterns take too long to check against the ones they must be within (at most "
+            f"{CONTAINMENT_STEPS:,} steps; each wildcard pattern is compared with each of the other key's): use fewer "
+            "or shorter patterns",
+            param=self.param,
+        )
+
+    def _within(self, child: _Compiled, parent: _Compiled) -> bool:
+        last = 1 << child.length  # (the bit of the child's end)
+        reached, steps = 1, 0
+        taken: dict[_Token, int] = {}  # (a parent token's mask, computed once a pair)
+        for token in parent.tokens:
+            steps += 1
+            if token[0] == "*":
+                reached = ~((reached & -reached) - 1) & (2 * last - 1)  # every position from the first on
+                continue
+            mask = taken.get(token)
+            if mask is None:
+                mask = taken[token] = self._covered(token, child)
+                if mask < 0:  # (the steps are spent)
+                    return False
+            reached = (reached & mask) << 1
+            if not reached:
+                break
+        return self._spend(steps) and bool(reached & last)
+
+    def _covered(self, token: _Token, child: _Compiled) -> int:
+        """The child's positions whose token `token` covers (`_covers`), or -1 once the steps are spent."""
+        if token[0] == "?":
+            return child.single
+        if token[0] == "c":  # (a class of one character is one too: only that character covers it)
+            return child.at.get(token, 0)
+        mask = 0
+        for held, positions in child.at.items():
+            if not self._spend(4 + len(token[1]) + len(held[1])):
+                return -1
+            if _covers(token, held):
+                mask |= positions
+        return mask
 
 
 def glob_within(child: str, parent: str) -> bool:
     """Whether every string `child` matches is matched by `parent` (both `fnmatch` globs).
 
     Sound, not complete: it never says yes wrongly. A `*` or `?` of the child must meet a `*`/`?` of the
-    parent; a class of the child must be a subset of what the parent's token at that place admits. A class too
-    wide to list is only known to be one character: within a parent's `?` or `*`, and covering nothing."""
-    c_tokens, p_tokens = _glob_tokens(child), _glob_tokens(parent)
-    memo: dict[tuple[int, int], bool] = {}
-
-    def covers(p: _Token, c: _Token) -> bool:
-        """Parent token `p` matches every single character child token `c` can match."""
-        if p[0] == "?":
-            return c[0] != "*"
-        if c[0] in "*?" or p[1] is None or c[1] is None:
-            return False
-        if c[2]:  # a negated child class matches almost anything: only a negated parent with fewer exclusions
-            return p[2] and p[1] <= c[1]
-        return not (c[1] & p[1]) if p[2] else c[1] <= p[1]
-
-    def within(i: int, j: int) -> bool:
-        if (i, j) in memo:
-            return memo[(i, j)]
-        if j < len(p_tokens) and p_tokens[j][0] == "*":
-            result = within(i, j + 1) or (i < len(c_tokens) and within(i + 1, j))
-        elif i == len(c_tokens) or j == len(p_tokens):
-            result = i == len(c_tokens) and j == len(p_tokens)
-        else:
-            result = covers(p_tokens[j], c_tokens[i]) and within(i + 1, j + 1)
-        memo[(i, j)] = result
-        return result
-
-    return within(0, 0)
+    parent; a class of the child must be a subset of what the parent's token at that place admits."""
+    return GlobCheck().within(child, parent)
 
 
 def unkeyed_name(name: str, param: str, what: str) -> str:
@@ -291,6 +422,23 @@ class KeyAdmin:
                 f"{whose} has been revoked" if held is not None else f"{whose} no longer exists", code="key_revoked"
             )
 
+    async def change(
+        self, read: Callable[[], Awaitable[KeyRecord]], change: Callable[[KeyRecord], Awaitable[T]], doing: str
+    ) -> T:
+        """`change` (a rotation, a retag, a revocation) applied to the key as `read` gives it, as its home region has
+        it (`Store.get_key_latest`: a write made a moment ago to a key homed elsewhere is there, not yet here); one
+        another write changed meanwhile is read again and changed again, then a 409 `key_changed`. The key routes'
+        writes and `gateway keys revoke|rotate|tag` alike: the command read this region's replica and never tried
+        again, so just after a write it failed ("the key changed since it was read", exit 2) where the route
+        succeeded."""
+        for _ in range(CHANGE_TRIES):
+            record = await read()
+            try:
+                return await change(record)
+            except ConflictError:
+                continue
+        raise KeyChangedError(f"the key kept changing while {doing}; retry")
+
     async def rotate(self, record: KeyRecord, grace_seconds: float) -> MintedKey:
         """A new secret for the same key; the old one keeps working for `grace_seconds`. A key whose new secret
         could never work is refused: one revoked or expired, itself or through an ancestor, or with an ancestor
@@ -403,7 +551,7 @@ class KeyAdmin:
                 if attempt == 2 and not quiet:
                     raise
                 continue
-            self.keys.forget(key_id)
+            self.keys.wrote(revoked)
             await self.store.end_links(revoked, written_in)
             return True
         return False

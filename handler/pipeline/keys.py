@@ -69,6 +69,13 @@ def may_hold_a_secret(key_id: str) -> bool:
     return "_" in key_id
 
 
+def is_key_id(key_id: str) -> bool:
+    """Whether `key_id` may be a key's id: `ID_LENGTH` characters (every key's, as `split_key` reads one), and so no
+    secret. A store is not asked for one that cannot be: DynamoDB answers an id past its 2,048-byte key limit with a
+    ValidationException, which was a 503 "retry shortly" (SQLite's answer, a 404, is given before the store)."""
+    return len(key_id) == ID_LENGTH and not may_hold_a_secret(key_id)
+
+
 def split_key(token: str) -> tuple[str, str] | None:
     """`(id, secret)` of a well-formed key, else None."""
     prefix, _, rest = token.partition("_")
@@ -178,6 +185,11 @@ class KeyService:
         # is slower), the oldest evicted first.
         self._cache: dict[str, CachedKey] = {}
         self._unknown: dict[str, CachedKey] = {}
+        # Reads of a key under way (key id -> how many), and the writes this process made meanwhile: a write's
+        # number (`_writes` counts them) by the id of a key it wrote while a read of it was under way (`_read`).
+        self._reading: dict[str, int] = {}
+        self._writes = 0
+        self._written: dict[str, int] = {}
 
     async def chain(self, record: KeyRecord) -> list[tuple[str, KeyRecord | None]]:
         """`record` and its ancestors, nearest first, by id (None for one that no longer exists)."""
@@ -189,6 +201,7 @@ class KeyService:
     def wrote(self, record: KeyRecord) -> None:
         """Cache the record this process just wrote: a key homed in another region is written there, and this
         region's replica has the write only with replication (a rotated secret was 401 here for 1.09 s)."""
+        self._stamp(record.id)
         if self.cache_seconds > 0:
             self._keep(record.id, CachedKey(self.clock(), record))
         else:
@@ -198,11 +211,20 @@ class KeyService:
         """Drop the cached record of `key_id` (one this process changed), or every one (after a SnapStart restore
         the cache may be arbitrarily old)."""
         if key_id is None:
+            for reading in list(self._reading):
+                self._stamp(reading)
             self._cache.clear()
             self._unknown.clear()
         else:
+            self._stamp(key_id)
             self._cache.pop(key_id, None)
             self._unknown.pop(key_id, None)
+
+    def _stamp(self, key_id: str) -> None:
+        """Count a write of `key_id` (or a forgetting), and mark the reads of it under way as begun before it."""
+        self._writes += 1
+        if key_id in self._reading:
+            self._written[key_id] = self._writes
 
     async def lookup(self, key_id: str) -> KeyRecord | None:
         """The record, from the warm cache when fresh."""
@@ -218,9 +240,23 @@ class KeyService:
         return cached
 
     async def _read(self, key_id: str, now: float, latest: bool = False) -> CachedKey:
-        """The key read from the store (`latest`: as its home region has it, `Store.get_key_latest`), and cached."""
-        cached = CachedKey(now, await (self.store.get_key_latest if latest else self.store.get_key)(key_id))
-        if self.cache_seconds > 0:
+        """The key read from the store (`latest`: as its home region has it, `Store.get_key_latest`), and cached
+        unless this process wrote the key (`wrote`, `forget`) while the read was under way: the read may hold the
+        record as it was before the write. Cached whenever it landed, a lookup begun before a revocation (another
+        request of the process, on DynamoDB) put the key back live on the process that revoked it, for
+        `key_cache_seconds`; and one begun before a rotation with no grace, the leaked secret as the key's current
+        one, admin powers and all."""
+        began = self._writes
+        self._reading[key_id] = self._reading.get(key_id, 0) + 1
+        try:
+            record = await (self.store.get_key_latest if latest else self.store.get_key)(key_id)
+        finally:
+            left = self._reading.pop(key_id) - 1
+            if left:
+                self._reading[key_id] = left
+            written = self._written.get(key_id, 0) if left else self._written.pop(key_id, 0)
+        cached = CachedKey(now, record)
+        if self.cache_seconds > 0 and written <= began:
             self._keep(key_id, cached)
         return cached
 

@@ -24,9 +24,10 @@ from handler.entry.cli import main
 from handler.pipeline.gateway import build_gateway
 from handler.pipeline.key_admin import KeyAdmin, new_key_id
 from handler.pipeline.keys import KeyService, split_key
-from handler.ports import KeyRecord, Settlement, Store
+from handler.ports import KeyRecord, Settlement, Store, StoreError
 from tests.functional.conftest import FAKE_KEYS, Running, param_store_url, serve_gateway, serving
 from tests.support.dynamo import DynamoServer
+from tests.support.inprocess import serve
 from tests.support.servers import ServerThread
 from tests.unit.adapters.store.test_contract import (
     HOME_REGION,
@@ -203,6 +204,52 @@ def test_admin_usage_of_a_key_the_store_never_had_is_a_404_and_a_purged_ones_sti
         listed = httpx.get(f"{gateway.url}/admin/keys", params={"parent_id": whole}, headers=auth(admin), timeout=10)
         assert listed.status_code == 400 and listed.json()["error"]["param"] == "parent_id"
         assert secret not in listed.text and "not the key" in listed.text
+
+
+async def test_an_id_no_key_can_have_is_answered_before_the_store_is_asked() -> None:
+    """A key's id is 12 characters. `GET /admin/keys/{id}`, `?parent_id=` and `/admin/usage?key=` asked the store
+    for an id of any length: DynamoDB refuses one past its 2,048-byte key limit (a ValidationException, which the
+    gateway answered 503 "retry shortly"; moto does not check), where SQLite answered 404. Now the same answer on
+    every store, before any is asked (here one refusing such ids as DynamoDB does)."""
+    served = await serve(unused, {})
+    store = served.gateway.store
+    asked: list[str] = []
+
+    def refusing(read: Any) -> Any:
+        async def checked(*args: Any, **kwargs: Any) -> Any:
+            asked.extend(arg for arg in args if isinstance(arg, str) and len(arg) > 12)
+            if any(isinstance(arg, str) and len(arg.encode()) > 2048 for arg in args):
+                raise StoreError("ValidationException: key size exceeds the 2048-byte limit")
+            return await read(*args, **kwargs)
+
+        return checked
+
+    for name in ("get_key", "get_key_latest", "list_keys", "child_ids", "family_ids"):
+        setattr(store, name, refusing(getattr(store, name)))
+    admin = await KeyAdmin(KeyService(store, 0)).mint(
+        KeyRecord(id="", name="a", secret_hash="", created_at=0, admin=True)
+    )
+    auth = {"authorization": f"Bearer {admin.key}"}
+    long_id = "k" * 3000
+    for method, path, params, status, param in (
+        ("GET", f"/admin/keys/{long_id}", {}, 404, None),
+        ("PATCH", f"/admin/keys/{long_id}", {}, 404, None),
+        ("POST", f"/admin/keys/{long_id}/revoke", {}, 404, None),
+        ("POST", f"/admin/keys/{long_id}/rotate", {}, 404, None),
+        ("GET", "/admin/keys", {"parent_id": long_id}, 400, "parent_id"),
+        ("GET", "/admin/usage", {"key": long_id}, 404, "key"),
+        ("GET", "/admin/usage", {"key": "nosuchkeyid"}, 404, "key"),  # (11 characters)
+    ):
+        body = {"tags": {}} if method == "PATCH" else {} if method == "POST" else None
+        answer = await served.http.request(method, path, params=params, json=body, headers=auth)
+        assert answer.status_code == status, (path, answer.text)
+        assert answer.json()["error"]["param"] == param and long_id not in answer.text
+    assert asked == []
+    await served.gateway.aclose()
+
+
+def unused(request: httpx.Request) -> httpx.Response:
+    raise AssertionError("no upstream call expected")
 
 
 def revoke(store_url: str, key_id: str, at: float) -> None:

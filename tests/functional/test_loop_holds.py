@@ -234,3 +234,34 @@ async def test_a_body_with_many_problems_is_refused_without_listing_them_all(pat
     await served.gateway.aclose()
     assert refused.status_code == 400, refused.text
     assert held < 0.5, f"a {len(body) / 1e6:.1f} MB body of bad items held the event loop {held:.1f} s"
+
+
+# A parent whose every pattern but its last (`*`) a grandchild's `aa...ab` fails only at its end: each pair walked
+# the whole of both patterns (review: 1.84 s of the loop for each grandchild pattern, so three minutes for 100).
+STARRED = ["*a" * 98 + "*" + chr(0x4E00 + k) + "a" for k in range(99)]
+
+
+@pytest.mark.parametrize(
+    ("parent", "child", "status"),
+    [
+        ({"models": [*STARRED, "*"]}, {"models": ["a" * 199 + "b"] * 3}, 201),  # (review: 6.25 s)
+        ({"models": [*STARRED, "*"]}, {"models": [f"{'a' * 190}{k:03}b" for k in range(11)]}, 400),  # (20 s)
+        ({"model_limits": {p: {"rpm": 5} for p in STARRED}}, {"model_limits": {"a" * 199: {"rpm": 1}}}, 201),
+    ],
+)
+async def test_a_childs_model_patterns_are_checked_against_its_parents_in_bounded_work(
+    parent: dict[str, Any], child: dict[str, Any], status: int
+) -> None:
+    """`POST /v1/keys` holds a child's `models` and `model_limits` to its parent's patterns (`GlobCheck`): a pair
+    costs one pass over the parent's pattern, and past `CONTAINMENT_STEPS` the body is a 400 naming the field."""
+    served = await serve(unused, MODELS)
+    minted = await served.post("/v1/keys", {"name": "patterned", **parent})
+    assert minted.status_code == 201, minted.text
+    headers = {"authorization": f"Bearer {minted.json()['key']}"}
+    answer, held, _ = await longest_hold(served.http.post("/v1/keys", json={"name": "c", **child}, headers=headers))
+    await served.gateway.aclose()
+    assert answer.status_code == status, answer.text
+    if status == 400:
+        assert answer.json()["error"]["code"] == "invalid_request"
+        assert answer.json()["error"]["param"] == "models"
+    assert held < 0.5, f"a mint of {len(str(child))} bytes held the event loop {held:.1f} s"

@@ -10,6 +10,7 @@ import re
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -21,7 +22,7 @@ from handler.entry import cli
 from handler.entry.cli import main
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
-from handler.ports import KeyRecord, LedgerItem, Settlement
+from handler.ports import ConflictError, KeyRecord, LedgerItem, Settlement, Store
 from tests.support.dynamo import DynamoServer
 from tests.support.servers import free_port
 from tests.unit.adapters.store.test_contract import line
@@ -1002,6 +1003,63 @@ def test_usage_prints_what_the_http_report_holds_and_a_csv_header_with_no_lines(
     assert main(["usage", "--store", store, "--group-by", "key,model", "--format", "csv"]) == 0
     header = capsys.readouterr().out.splitlines()
     assert header[0].startswith("key,model,key_name,requests,input_tokens,") and len(header) == 1
+
+
+class LaggingReplica:
+    """A store as a region other than a key's home sees it just after a write there: its replica (`get_key`) still
+    has the record as it was (`stale`), its home (`get_key_latest`) the write; and a write of the key may meet one
+    more made at the same moment (`conflicts`: how many `update_key` calls find the version moved on)."""
+
+    def __init__(self, store: Store, stale: KeyRecord, conflicts: int) -> None:
+        self.store, self.stale, self.conflicts = store, stale, conflicts
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        return self.stale if key_id == self.stale.id else await self.store.get_key(key_id)
+
+    async def update_key(self, record: KeyRecord) -> None:
+        if self.conflicts:
+            self.conflicts -= 1
+            raise ConflictError(f"key {record.id} changed since it was read")
+        await self.store.update_key(record)
+
+
+@pytest.mark.parametrize("conflicts", [0, 2])
+def test_key_writes_read_the_keys_home_and_try_again_after_a_concurrent_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, conflicts: int
+) -> None:
+    """`gateway keys revoke|rotate|tag` read the key in this region's replica (`get_key`) and never tried again:
+    just after a write in the key's home region they failed, "the store cannot be used: key ... changed since it was
+    read" (exit 2), where `POST /admin/keys/{id}/revoke` reads the home region (`get_key_latest`) and tries 3 times
+    (found by review). They now share the routes' code (`KeyAdmin.change`)."""
+    url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    assert main(["keys", "--store", url, "create", "--name", "ci", "--json"]) == 0
+    key_id = orjson.loads(capsys.readouterr().out)["id"]
+    stale = asyncio.run(read_key(url, key_id))
+    assert main(["keys", "--store", url, "tag", key_id, "team=a"]) == 0  # (in the key's home: not yet here)
+    capsys.readouterr()
+    opened = cli._store
+    monkeypatch.setattr(cli, "_store", lambda *given, **kw: LaggingReplica(opened(*given, **kw), stale, conflicts))
+    for command, said in ((["tag", key_id, "team=b"], "tags"), (["rotate", key_id], "key"), (["revoke", key_id], "id")):
+        assert main(["keys", "--store", url, *command]) == 0, capsys.readouterr().err
+        assert said in orjson.loads(capsys.readouterr().out)
+    monkeypatch.setattr(cli, "_store", lambda *given, **kw: LaggingReplica(opened(*given, **kw), stale, 3))
+    assert main(["keys", "--store", url, "tag", key_id, "team=c"]) == 2  # (it kept changing: as the route's 409)
+    assert "the key kept changing while tagging; retry" in capsys.readouterr().err
+    held = asyncio.run(read_key(url, key_id))
+    assert held.revoked_at is not None and held.tags == {"team": "b"} and held.version == stale.version + 4
+
+
+async def read_key(url: str, key_id: str) -> KeyRecord:
+    store = open_store(url)
+    try:
+        record = await store.get_key(key_id)
+    finally:
+        await store.close()
+    assert record is not None
+    return record
 
 
 @pytest.fixture(params=["sqlite", "dynamodb"])

@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from handler.errors import AuthenticationError, PermissionDeniedError
-from handler.pipeline.key_admin import KeyAdmin, MintedKey, models_within, validate_networks
+from handler.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
+from handler.pipeline.key_admin import GlobCheck, KeyAdmin, MintedKey, models_within, validate_networks
 from handler.pipeline.keys import (
     RECHECK_SECONDS,
     KeyService,
@@ -90,6 +90,23 @@ def test_glob_containment_is_sound() -> None:
     assert not any(glob_within(child, parent) for child, parent in outside)
     assert not models_within(["gpt-4*"], ["gpt-4?*"])
     assert glob_within("[a-\uffff]x", "?x") and glob_within("[!a-\uffff]", "*")  # one character, whatever it is
+    # Classes are compared as ranges, however wide (a range past 4,096 characters was known only as "one character")
+    assert glob_within("[a-\uffff]x", "[\x00-\U0010ffff]x") and glob_within("[!\x00-\uffff]", "[!a-z]")
+    assert not glob_within("[a-\U0010ffff]", "[b-\U0010ffff]") and not glob_within("[z-a]b", "b")
+
+
+def test_a_requests_containment_checks_stop_at_their_bound() -> None:
+    """Past `CONTAINMENT_STEPS` a holder's patterns are a 400 naming the field (each pair walked both patterns
+    whole: 1.84 s of the event loop for each child pattern below); a key's stored patterns are "not within"."""
+    parent = ["*a" * 98 + "*" + chr(0x4E00 + k) + "a" for k in range(99)] + ["*"]
+    child = [f"{'a' * 190}{k:03}b" for k in range(11)]
+    assert GlobCheck("models").models_within(child[:4], parent)
+    with pytest.raises(InvalidRequestError) as refused:
+        GlobCheck("models").models_within(child, parent)
+    assert refused.value.param == "models" and "steps" in refused.value.message
+    ending = [*parent[:-1], "*b"]  # (within, but only past the bound)
+    assert GlobCheck(steps=10**9).models_within(child, ending) and not GlobCheck().models_within(child, ending)
+    assert GlobCheck().models_within(child, parent)  # (`*` holds every pattern: no work)
 
 
 def test_a_minted_keys_repr_shows_its_id_never_its_secret() -> None:
@@ -284,3 +301,54 @@ async def test_past_its_bound_the_key_cache_lets_only_its_oldest_record_go() -> 
     assert store.reads == reads
     assert await service.lookup(records[0].id) == records[0]
     assert store.reads == reads + 1
+
+
+class SlowReadStore(MemoryStore):
+    """A store whose next read of `slow_id` answers what it read only once `gate` opens: a DynamoDB `GetItem` in
+    flight (a few ms on `gateway serve`, where requests of one process run at once) while another request writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow_id: str | None = None
+        self.gate = asyncio.Event()
+        self.reading = asyncio.Event()
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        record = await super().get_key(key_id)
+        if key_id == self.slow_id:
+            self.slow_id = None
+            self.reading.set()
+            await self.gate.wait()
+        return record
+
+
+@pytest.mark.parametrize("action", ["revoke", "rotate", "revoke the parent"])
+async def test_a_read_in_flight_does_not_undo_what_this_process_just_wrote(action: str) -> None:
+    """docs/keys-and-budgets.md: "A revocation takes effect at once on the process that made it", and a rotation
+    retires a leaked admin secret: "the old secret cannot rotate the key again". A lookup that began before the
+    write (another request of the same process, on DynamoDB) and landed after it was cached as the newest entry: on
+    the very process that revoked the key, it was served for `key_cache_seconds` more, and after a rotation with no
+    grace the old secret was the key's current one there, admin powers and all. A key revoked with its parent (its
+    record dropped from the cache: `forget`, then) was put back live the same way."""
+    store = SlowReadStore()
+    service = KeyService(store, 5, clock=lambda: 1000.0)
+    admin = KeyAdmin(service)
+    parent = await admin.mint(KeyRecord(id="", name="operator", secret_hash="", created_at=0, admin=True))
+    template = KeyRecord(id="", name="child", secret_hash="", created_at=0, admin=True)
+    child = await admin.mint_child(replace(template, parent_id=parent.record.id, ancestors=[parent.record.id]), 10)
+    minted = child if action == "revoke the parent" else parent
+    store.slow_id = minted.record.id
+    in_flight = asyncio.ensure_future(service.lookup(minted.record.id))  # a request arriving just before
+    await store.reading.wait()
+    if action == "revoke":
+        await admin.revoke(minted.record)
+    elif action == "rotate":
+        await admin.rotate(minted.record, 0)  # no grace: the leaked secret is to end at once
+    else:
+        await admin.revoke(parent.record)
+    store.gate.set()
+    assert (await in_flight) == minted.record  # (begun before the write: answered what it read)
+    with pytest.raises((AuthenticationError, PermissionDeniedError)):
+        await service.authenticate_lineage(minted.key, None, administers=True)
+    held = await service.lookup(minted.record.id)
+    assert held is not None and held.version > minted.record.version
