@@ -546,6 +546,24 @@ class Usage(_Counted, BaseModel):
             usage.set_count("web_searches", self.web_searches + other.web_searches)
         return usage
 
+    def less(self, other: Self) -> Self:
+        """This usage without `other`, a part of it (a sampling its counts hold, priced on its own): every count
+        `plus` sums, less `other`'s (none below 0); its searches kept."""
+        usage = type(self).of(
+            max(0, self.prompt_tokens - other.prompt_tokens),
+            max(0, self.completion_tokens - other.completion_tokens),
+            max(0, self.cached_tokens - other.cached_tokens),
+            max(0, self.cache_write_tokens - other.cache_write_tokens),
+            max(0, self.cache_write_1h_tokens - other.cache_write_1h_tokens),
+            max(0, self.audio_prompt_tokens - other.audio_prompt_tokens),
+        )
+        reasoning = max(0, self.reasoning_tokens - other.reasoning_tokens)
+        if reasoning:
+            usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=reasoning)
+        if self.web_searches:
+            usage.set_count("web_searches", self.web_searches)
+        return usage
+
     def counted_as(self, prompt: int, completion: int) -> Self:
         """This usage with other prompt and completion counts (an estimate's), its cache and search counts kept."""
         cached, written, hour = self.cached_tokens, self.cache_write_tokens, self.cache_write_1h_tokens

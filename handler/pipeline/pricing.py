@@ -248,11 +248,26 @@ def fee_for(provider_usd: float | None, fee: FeeConfig) -> float:
     return (provider_usd or 0.0) * fee.percent / 100 + fee.per_request_usd
 
 
-def cost_of(usage: Usage, price: Price | None, fee: FeeConfig) -> Cost:
-    """The cost of an answer; `provider_usd` is None (unknown, never 0) without a price."""
+def cost_of(usage: Usage, price: Price | None, fee: FeeConfig, samplings: tuple[Usage, ...] = ()) -> Cost:
+    """The cost of an answer; `provider_usd` is None (unknown, never 0) without a price. `samplings`: samplings of
+    the model that `usage` counts in and the provider prices each on its own (`Served.samplings`, Anthropic's
+    compaction): each at the tier its own input reaches, the rest of `usage` at the tier of what is left, the
+    answer's own sampling (a long-context tier is chosen per sampling, never on their sum)."""
     if price is None:
         return Cost(None, fee_for(None, fee), usage, None)
-    unit = _effective(price, usage.prompt_tokens)
+    own = usage
+    for sampling in samplings:
+        own = own.less(sampling)
+    unit = _effective(price, own.prompt_tokens)
+    provider = _tokens_usd(own, unit)
+    for sampling in samplings:
+        provider += _tokens_usd(sampling, _effective(price, sampling.prompt_tokens))
+    provider /= 1_000_000
+    return Cost(provider, fee_for(provider, fee), usage, unit)
+
+
+def _tokens_usd(usage: Usage, unit: dict[str, float]) -> float:
+    """What the tokens of `usage` cost at `unit` prices, in USD per million."""
     cached, written = usage.cached_tokens, usage.cache_write_tokens
     uncached = max(0, usage.prompt_tokens - cached - written)
     hour = audio = 0
@@ -270,8 +285,7 @@ def cost_of(usage: Usage, price: Price | None, fee: FeeConfig) -> Cost:
     if hour or audio or spoken:  # (few answers have any)
         provider += hour * (hour_rate(unit) - unit["cache_write"]) + audio * (audio_rate(unit) - unit["input"])
         provider += spoken * (audio_output_rate(unit) - unit["output"])
-    provider /= 1_000_000
-    return Cost(provider, fee_for(provider, fee), usage, unit)
+    return provider
 
 
 class PromptEstimate(Value):

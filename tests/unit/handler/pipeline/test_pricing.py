@@ -72,6 +72,48 @@ def test_long_context_tier_applies_above_threshold() -> None:
     assert short == pytest.approx(0.6) and long == pytest.approx(200_001 * 6.0 / 1e6)
 
 
+@pytest.mark.parametrize(
+    ("compaction", "answer", "billed"),
+    [
+        # Anthropic's compaction docs' example: neither sampling past 200k, both at $3/$15 (was $1.31925, all of
+        # it at $6/$22.50 on 203,000 input tokens).
+        ((180_000, 3_500), (23_000, 1_000), (180_000 * 3.0 + 3_500 * 15.0 + 23_000 * 3.0 + 1_000 * 15.0) / 1e6),
+        # A compaction past 200k at the long tier, the answer's sampling on the summary at the base tier.
+        ((250_000, 3_500), (23_000, 1_000), (250_000 * 6.0 + 3_500 * 22.5 + 23_000 * 3.0 + 1_000 * 15.0) / 1e6),
+        # The answer's own sampling past 200k at the long tier, the compaction under it at the base tier.
+        ((180_000, 3_500), (210_000, 1_000), (180_000 * 3.0 + 3_500 * 15.0 + 210_000 * 6.0 + 1_000 * 22.5) / 1e6),
+    ],
+    ids=["neither-long", "compaction-long", "answer-long"],
+)
+def test_a_compaction_and_the_answers_sampling_are_each_priced_at_the_tier_of_their_own_input(
+    compaction: tuple[int, int], answer: tuple[int, int], billed: float
+) -> None:
+    """A compacted request is two samplings of the model: the compaction reads the conversation, the answer's
+    sampling the summary. Anthropic prices each on its own input: the usage summed them and priced all of it at the
+    tier of the sum (review). The line's token counts are still both samplings'."""
+    from adapters.providers.anthropic.wire import WireUsage
+
+    wire = WireUsage.model_validate(
+        {
+            "input_tokens": answer[0],
+            "output_tokens": answer[1],
+            "iterations": [
+                {"type": "compaction", "input_tokens": compaction[0], "output_tokens": compaction[1]},
+                {"type": "message", "input_tokens": answer[0], "output_tokens": answer[1]},
+            ],
+        }
+    )
+    usage, served = wire.to_usage(), wire.served()
+    assert served is not None and [s.prompt_tokens for s in served.samplings] == [compaction[0]]
+    sonnet = builtin_prices().find("claude-sonnet-4-5-20250929")
+    cost = cost_of(usage, sonnet, NO_FEE, served.samplings)
+    assert cost.provider_usd == pytest.approx(billed, abs=1e-12)
+    assert (cost.usage.prompt_tokens, cost.usage.completion_tokens) == (
+        sum(p[0] for p in (compaction, answer)),
+        sum(p[1] for p in (compaction, answer)),
+    )
+
+
 def test_fee_is_shown_apart_and_unknown_price_is_not_zero() -> None:
     fee = FeeConfig(percent=10, per_request_usd=0.001)
     cost = cost_of(Usage.of(1_000_000, 0), Price(input=1.0, output=2.0), fee)
