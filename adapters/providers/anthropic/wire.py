@@ -5,7 +5,7 @@ when the class is made, in the cold start (see handler/schemas.py)."""
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StrictInt
 
 from handler.ports import Served
 from handler.schemas import Usage
@@ -75,10 +75,12 @@ def _their_model(entry: dict[str, Any]) -> tuple[str, Usage]:
 class WireUsage(_Wire):
     """Anthropic's usage: `input_tokens` excludes cache reads and writes, which OpenAI counts in."""
 
-    input_tokens: int | None = None
-    output_tokens: int = 0
-    cache_creation_input_tokens: int | None = None
-    cache_read_input_tokens: int | None = None
+    # Strict: a count that is not a plain integer (`"12"`, `true`, which pydantic would take as 12 and 1) is no
+    # usage the gateway can read (`handler.wire.usage_count`).
+    input_tokens: StrictInt | None = None
+    output_tokens: StrictInt = 0
+    cache_creation_input_tokens: StrictInt | None = None
+    cache_read_input_tokens: StrictInt | None = None
 
     def to_usage(self) -> Usage:
         """The counts the request is billed for: the top level's, and a compaction's beside them (the line's token
