@@ -63,6 +63,18 @@ class PriceTable(Value):
                 return target
         return None
 
+    def unknown_profile(self, name: str) -> str | None:
+        """The inference profile prefix of `name` (`us-gov.` of `us-gov.anthropic.claude-sonnet-4-5-...`: Bedrock's
+        `geography.provider.model`) where the table prices the model but not through that profile; None for any
+        other id. A profile costs what its own price says (a geographic one 1.1 times the `global.` one, GovCloud
+        its own), so such an id has no price: priced by the public name (`price_for`), Sonnet 4.5 through `apac.`
+        was charged the global $3/$15 instead of $3.30/$16.50, 10% short, and `config check` said nothing (found by
+        review)."""
+        prefix, dot, model = name.partition(".")
+        if not dot or "." not in model or self.entry(model) is None or self.entry(name) is not None:
+            return None
+        return f"{prefix}."
+
 
 @lru_cache(maxsize=1024)
 def priced_as(upstream_model: str) -> str | None:
@@ -83,12 +95,18 @@ def builtin_prices() -> PriceTable:
 
 
 def price_for(model: str, spec: ModelConfig, upstream_model: str) -> Price | None:
-    """The config's price, else the table's for the upstream model, else for the public name."""
+    """The config's price, else the table's for the upstream model, else for the public name; but none for an
+    upstream id through an inference profile the table does not price (`PriceTable.unknown_profile`), which
+    `gateway config check` names."""
     if isinstance(spec.price, Price):
         return spec.price
     if spec.price == "unknown":
         return None
-    return builtin_prices().find(upstream_model, model)
+    table = builtin_prices()
+    price = table.find(upstream_model)
+    if price is not None or table.unknown_profile(upstream_model) is not None:
+        return price
+    return table.find(model)
 
 
 def upstream_price(models: Mapping[str, ModelConfig], upstream_model: str) -> Price | None:
