@@ -246,10 +246,15 @@ def responses_answer(count: Any) -> dict[str, Any]:
 
 def unreadable_answer(reader: str, count: Any) -> httpx.Response:
     """An answer of `reader`'s API whose input count is `count`."""
-    if reader == "gemini":
+    if reader.startswith("gemini"):
         candidate = {"content": {"role": "model", "parts": [{"text": "hi"}]}, "finishReason": "STOP", "index": 0}
         meta = {"promptTokenCount": count, "candidatesTokenCount": 9, "totalTokenCount": 21}
-        return httpx.Response(200, json={"candidates": [candidate], "usageMetadata": meta})
+        if reader == "gemini":
+            return httpx.Response(200, json={"candidates": [candidate], "usageMetadata": meta})
+        said = {"candidates": [{**candidate, "finishReason": None}], "usageMetadata": {"promptTokenCount": 12}}
+        last = {"candidates": [candidate], "usageMetadata": meta}
+        body = b"".join(b"data: " + orjson.dumps(event) + b"\r\n\r\n" for event in (said, last))
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
     answer = responses_answer(count)
     if reader == "responses-whole":
         return httpx.Response(200, json=answer)
@@ -263,31 +268,30 @@ def unreadable_answer(reader: str, count: Any) -> httpx.Response:
 
 
 @pytest.mark.parametrize("count", [10.7, "12", True], ids=["fraction", "numeral", "bool"])
-@pytest.mark.parametrize("reader", ["responses-whole", "responses-streamed", "gemini"])
+@pytest.mark.parametrize("reader", ["responses-whole", "responses-streamed", "gemini", "gemini-streamed"])
 async def test_a_count_that_is_no_plain_integer_is_unreadable_in_every_reader(reader: str, count: Any) -> None:
-    """The rule Chat Completions follows, for the Responses API passed through (whole and streamed) and Gemini: a
+    """The rule Chat Completions follows, for the Responses API passed through and Gemini, whole and streamed: a
     usage count that is not a plain integer is no usage, the answer charged its reserved worst case
     (`=invalid_response`). The Responses reader truncated `10.7` to 10 and took `"12"` and `true` as 12 and 1,
     Gemini's read each as 0 (the prompt free), all charged as the provider's count (found by review)."""
-    provider = GEMINI if reader == "gemini" else NATIVE_RESPONSES
+    gemini = reader.startswith("gemini")
+    provider = GEMINI if gemini else NATIVE_RESPONSES
     environ = {**PROVIDER_KEYS, "GEMINI_API_KEY": "gm-test-000000000000"}
-    model = (
-        {**MODEL, "deployments": [{"provider": "openai", "model": "gemini-2.5-flash"}]} if reader == "gemini" else MODEL
-    )
+    model = {**MODEL, "deployments": [{"provider": "openai", "model": "gemini-2.5-flash"}]} if gemini else MODEL
     served = await serve(
         lambda request: unreadable_answer(reader, count), {"m": model}, provider=provider, environ=environ
     )
-    if reader == "gemini":
-        answer = await served.post("/v1/chat/completions", {"model": "m", "messages": HI, "max_tokens": 100})
+    stream = reader.endswith("-streamed")
+    if gemini:
+        body = {"model": "m", "messages": HI, "max_tokens": 100, "stream": stream}
+        answer = await served.post("/v1/chat/completions", body)
     else:
-        stream = reader == "responses-streamed"
-        answer = await served.post(
-            "/v1/responses", {"model": "m", "input": "hi", "stream": stream, "max_output_tokens": 100}
-        )
+        body = {"model": "m", "input": "hi", "stream": stream, "max_output_tokens": 100}
+        answer = await served.post("/v1/responses", body)
     [line] = await served.ledger()
     assert (line.cost_source, line.route.endswith("=invalid_response")) == ("reserved", True), (line, answer.text)
     assert line.cost_usd == pytest.approx((line.input_tokens * 1.0 + 100 * 2.0) / 1e6)  # the worst case reserved
-    if reader != "responses-streamed":  # (a stream's head went before its usage: its error is in the stream)
+    if not stream:  # (a stream's head went before its usage: its error is in the stream)
         assert (answer.status_code, answer.headers["x-should-retry"]) == (502, "false")
     await served.gateway.aclose()
 
