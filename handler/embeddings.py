@@ -5,7 +5,7 @@ one of its names, see `handler.schemas.LATER`)."""
 # No `from __future__ import annotations`, as in handler/schemas.py.
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 
 from handler.schemas import OPEN, REQUEST
 
@@ -40,10 +40,12 @@ class Embedding(BaseModel):
 
 
 class EmbeddingsUsage(BaseModel):
+    """Strict, as `Usage` is: a count that is not a plain integer (`"12"`, `true`) is a malformed answer."""
+
     model_config = OPEN
 
-    prompt_tokens: int = 0
-    total_tokens: int = 0
+    prompt_tokens: StrictInt = 0
+    total_tokens: StrictInt = 0
 
 
 class EmbeddingsResponse(BaseModel):

@@ -289,15 +289,22 @@ class Served(Value):
     at of options that change its model's prices (`config.PRICE_OPTIONS`): Anthropic's `usage.speed`, as fast mode
     asked for may be served at standard speed, and is billed at the speed served. `others`: the tokens other models
     ran for it, by model (Anthropic's advisor tool: each of its sub-inferences on the advisor model, which the
-    answer's top-level counts leave out), each billed at its own model's prices."""
+    answer's top-level counts leave out), each billed at its own model's prices. `samplings`: the samplings of the
+    answer's own model that its usage counts in but the provider prices each on its own (Anthropic's server-side
+    compaction, which reads the whole conversation before the answer's sampling reads the summary): each is priced at
+    the tier its own input reaches (`pricing.cost_of`), never at the tier of their sum."""
 
-    __slots__ = ("options", "others")
+    __slots__ = ("options", "others", "samplings")
 
     def __init__(
-        self, options: Mapping[str, str] = MappingProxyType({}), others: tuple[tuple[str, Usage], ...] = ()
+        self,
+        options: Mapping[str, str] = MappingProxyType({}),
+        others: tuple[tuple[str, Usage], ...] = (),
+        samplings: tuple[Usage, ...] = (),
     ) -> None:
         self.options: Final = options
         self.others: Final = others
+        self.samplings: Final = samplings
 
 
 class NativeMeter(Protocol):

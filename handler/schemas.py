@@ -27,6 +27,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     ValidatorFunctionWrapHandler,
     WrapValidator,
     with_config,
@@ -444,8 +445,8 @@ class PromptTokensDetails(_Counted, BaseModel):
 
     model_config = OPEN
 
-    cached_tokens: int = 0
-    cache_write_tokens: int = 0
+    cached_tokens: StrictInt = 0
+    cache_write_tokens: StrictInt = 0
 
 
 class CompletionTokensDetails(_Counted, BaseModel):
@@ -454,18 +455,21 @@ class CompletionTokensDetails(_Counted, BaseModel):
 
     model_config = OPEN
 
-    reasoning_tokens: int = 0
+    reasoning_tokens: StrictInt = 0
 
 
 class Usage(_Counted, BaseModel):
     """Token counts. `prompt_tokens` includes cached and cache-write tokens, as OpenAI counts them. Also, among
-    the extras: `web_searches`, the searches a provider's own search tool ran (billed apart from the tokens)."""
+    the extras: `web_searches`, the searches a provider's own search tool ran (billed apart from the tokens).
+    Its counts, and its details', are strict: a provider's count that is not a plain integer (`10.7`, and `"12"` or
+    `true`, which pydantic would take as 12 and 1) is no usage the gateway can read, and the answer is malformed
+    (`handler.wire.usage_count`)."""
 
     model_config = OPEN
 
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
+    prompt_tokens: StrictInt = 0
+    completion_tokens: StrictInt = 0
+    total_tokens: StrictInt = 0
     prompt_tokens_details: PromptTokensDetails | None = Omitted()
     completion_tokens_details: CompletionTokensDetails | None = Omitted()
 
@@ -544,6 +548,24 @@ class Usage(_Counted, BaseModel):
             usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=reasoning)
         if self.web_searches + other.web_searches:
             usage.set_count("web_searches", self.web_searches + other.web_searches)
+        return usage
+
+    def less(self, other: Self) -> Self:
+        """This usage without `other`, a part of it (a sampling its counts hold, priced on its own): every count
+        `plus` sums, less `other`'s (none below 0); its searches kept."""
+        usage = type(self).of(
+            max(0, self.prompt_tokens - other.prompt_tokens),
+            max(0, self.completion_tokens - other.completion_tokens),
+            max(0, self.cached_tokens - other.cached_tokens),
+            max(0, self.cache_write_tokens - other.cache_write_tokens),
+            max(0, self.cache_write_1h_tokens - other.cache_write_1h_tokens),
+            max(0, self.audio_prompt_tokens - other.audio_prompt_tokens),
+        )
+        reasoning = max(0, self.reasoning_tokens - other.reasoning_tokens)
+        if reasoning:
+            usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=reasoning)
+        if self.web_searches:
+            usage.set_count("web_searches", self.web_searches)
         return usage
 
     def counted_as(self, prompt: int, completion: int) -> Self:

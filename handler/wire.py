@@ -555,6 +555,24 @@ def malformed(message: str, outcome: str = "invalid_response") -> UpstreamError:
 SHAPE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 
+def usage_count(counts: Any, name: str) -> int:
+    """The count `name` of a provider's usage object `counts` (0 where the object or the count is absent or null),
+    for every provider's reader of a usage. A count that is not a plain integer (`10.7`, `"12"`, `true`) is none the
+    gateway can read: a `ValueError` (one of `SHAPE_ERRORS`), so the answer is malformed and charged as one is (its
+    reserved worst case, `=invalid_response`). Readers of their own truncated `10.7` to 10, read it as 0 (the
+    prompt free) or `true` as 1, each billed as the provider's count (found by review)."""
+    if counts is None:
+        return 0
+    if not isinstance(counts, dict):
+        raise ValueError(f"usage object for {name} is not an object")
+    value = counts.get(name)
+    if value is None:
+        return 0
+    if type(value) is not int:  # (not a bool, a float or a numeral in a string)
+        raise ValueError(f"usage count {name} is not an integer")
+    return value
+
+
 def misshapen(what: str, exc: Exception) -> UpstreamError:
     """A provider's answer the parser reading it choked on (one of `SHAPE_ERRORS`): the provider's malformed
     answer (retryable before the first byte, the client's in-stream error after it), never the gateway's 500 or

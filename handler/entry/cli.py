@@ -466,14 +466,21 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{exc}\n")
         return 1
     _warn(unkeyed + _unplaced_region(config))
-    from handler.pipeline.pricing import price_for
+    from handler.pipeline.pricing import builtin_prices, price_for
 
     problems = []
     for name, spec in config.models.items():
         for i, dep in enumerate(spec.deployments):
             if spec.price is None and price_for(name, spec, dep.model) is None:
+                profile = builtin_prices().unknown_profile(dep.model)
+                why = (
+                    f" (the built-in table prices its model, but not through the inference profile '{profile}', "
+                    "which may cost otherwise)"
+                    if profile
+                    else ""
+                )
                 problems.append(
-                    f"models.{name}.deployments[{i}]: no price known for '{dep.model}'; "
+                    f"models.{name}.deployments[{i}]: no price known for '{dep.model}'{why}; "
                     "set models.{name}.price or mark it `price: unknown`".replace("{name}", name)
                 )
     if problems:

@@ -365,8 +365,11 @@ class Charges:
         how it was served (the speed it ran at, the tokens other models ran for it). `reserved`: `usage` is the
         attempt's worst case (`Pipeline._worst`), charged for an answer never seen, with its advisors' worst case
         too, which the provider may have billed beside it. `advised`: the advisor calls the answer showed before it
-        was cut (`Exchange.advised`), the answer's own: never an earlier attempt's."""
-        cost = cost_of(usage, self._price(ex, attempt, served), self.fee)
+        was cut (`Exchange.advised`), the answer's own: never an earlier attempt's. The samplings the answer's
+        usage holds (`Served.samplings`) are priced each at its own tier, with the rest of `usage` at the tier of
+        the answer's own sampling."""
+        samplings = served.samplings if served is not None and not reserved else ()
+        cost = cost_of(usage, self._price(ex, attempt, served), self.fee, samplings)
         apart = self._per_request_usd(ex, attempt) + (usage.web_searches * ex.search_usd if ex.search_usd else 0.0)
         if served is not None and served.others:
             apart += self._others_usd(ex, attempt, served)

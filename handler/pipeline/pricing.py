@@ -63,6 +63,18 @@ class PriceTable(Value):
                 return target
         return None
 
+    def unknown_profile(self, name: str) -> str | None:
+        """The inference profile prefix of `name` (`us-gov.` of `us-gov.anthropic.claude-sonnet-4-5-...`: Bedrock's
+        `geography.provider.model`) where the table prices the model but not through that profile; None for any
+        other id. A profile costs what its own price says (a geographic one 1.1 times the `global.` one, GovCloud
+        its own), so such an id has no price: priced by the public name (`price_for`), Sonnet 4.5 through `apac.`
+        was charged the global $3/$15 instead of $3.30/$16.50, 10% short, and `config check` said nothing (found by
+        review)."""
+        prefix, dot, model = name.partition(".")
+        if not dot or "." not in model or self.entry(model) is None or self.entry(name) is not None:
+            return None
+        return f"{prefix}."
+
 
 @lru_cache(maxsize=1024)
 def priced_as(upstream_model: str) -> str | None:
@@ -83,12 +95,18 @@ def builtin_prices() -> PriceTable:
 
 
 def price_for(model: str, spec: ModelConfig, upstream_model: str) -> Price | None:
-    """The config's price, else the table's for the upstream model, else for the public name."""
+    """The config's price, else the table's for the upstream model, else for the public name; but none for an
+    upstream id through an inference profile the table does not price (`PriceTable.unknown_profile`), which
+    `gateway config check` names."""
     if isinstance(spec.price, Price):
         return spec.price
     if spec.price == "unknown":
         return None
-    return builtin_prices().find(upstream_model, model)
+    table = builtin_prices()
+    price = table.find(upstream_model)
+    if price is not None or table.unknown_profile(upstream_model) is not None:
+        return price
+    return table.find(model)
 
 
 def upstream_price(models: Mapping[str, ModelConfig], upstream_model: str) -> Price | None:
@@ -248,11 +266,26 @@ def fee_for(provider_usd: float | None, fee: FeeConfig) -> float:
     return (provider_usd or 0.0) * fee.percent / 100 + fee.per_request_usd
 
 
-def cost_of(usage: Usage, price: Price | None, fee: FeeConfig) -> Cost:
-    """The cost of an answer; `provider_usd` is None (unknown, never 0) without a price."""
+def cost_of(usage: Usage, price: Price | None, fee: FeeConfig, samplings: tuple[Usage, ...] = ()) -> Cost:
+    """The cost of an answer; `provider_usd` is None (unknown, never 0) without a price. `samplings`: samplings of
+    the model that `usage` counts in and the provider prices each on its own (`Served.samplings`, Anthropic's
+    compaction): each at the tier its own input reaches, the rest of `usage` at the tier of what is left, the
+    answer's own sampling (a long-context tier is chosen per sampling, never on their sum)."""
     if price is None:
         return Cost(None, fee_for(None, fee), usage, None)
-    unit = _effective(price, usage.prompt_tokens)
+    own = usage
+    for sampling in samplings:
+        own = own.less(sampling)
+    unit = _effective(price, own.prompt_tokens)
+    provider = _tokens_usd(own, unit)
+    for sampling in samplings:
+        provider += _tokens_usd(sampling, _effective(price, sampling.prompt_tokens))
+    provider /= 1_000_000
+    return Cost(provider, fee_for(provider, fee), usage, unit)
+
+
+def _tokens_usd(usage: Usage, unit: dict[str, float]) -> float:
+    """What the tokens of `usage` cost at `unit` prices, in USD per million."""
     cached, written = usage.cached_tokens, usage.cache_write_tokens
     uncached = max(0, usage.prompt_tokens - cached - written)
     hour = audio = 0
@@ -270,8 +303,7 @@ def cost_of(usage: Usage, price: Price | None, fee: FeeConfig) -> Cost:
     if hour or audio or spoken:  # (few answers have any)
         provider += hour * (hour_rate(unit) - unit["cache_write"]) + audio * (audio_rate(unit) - unit["input"])
         provider += spoken * (audio_output_rate(unit) - unit["output"])
-    provider /= 1_000_000
-    return Cost(provider, fee_for(provider, fee), usage, unit)
+    return provider
 
 
 class PromptEstimate(Value):

@@ -217,10 +217,10 @@ async def test_a_200_error_object_costs_a_streamed_request_nothing_as_it_costs_a
     assert (line.status, line.cost_usd, line.route) == (502, 0.0, "openai/errs@global=502")
 
 
-UNREADABLE_USAGE = [10.7, 1e300, int("9" * 400)]
+UNREADABLE_USAGE = [10.7, 1e300, int("9" * 400), "12", True]
 
 
-@pytest.mark.parametrize("tokens", UNREADABLE_USAGE, ids=["float", "huge", "bigint"])
+@pytest.mark.parametrize("tokens", UNREADABLE_USAGE, ids=["float", "huge", "bigint", "numeral", "bool"])
 async def test_a_success_whose_usage_cannot_be_read_is_never_free(tokens: float) -> None:
     """A completion whose usage the gateway cannot read (a fraction, 1e300, a 400-digit count), and a gzip body it
     never asked for: the provider ran it and bills it, but the line was 0/0 tokens at $0, labelled `provider`, and
@@ -247,6 +247,76 @@ async def test_a_success_whose_usage_cannot_be_read_is_never_free(tokens: float)
     assert fell_over.status_code == 200 and fell_over.headers["x-gateway-route"].endswith("fallback@global=200")
     [*_, line] = await served.ledger()
     assert (line.status, line.cost_source) == (200, "reserved") and (line.cost_usd or 0) > worst
+    await served.gateway.aclose()
+
+
+NATIVE_RESPONSES = {
+    "type": "openai",
+    "api_key": "env:OPENAI_API_KEY",
+    "base_url": "http://up/v1",
+    "responses_api": "native",
+}
+GEMINI = {"type": "gemini", "api_key": "env:GEMINI_API_KEY", "base_url": "http://up"}
+
+
+def responses_answer(count: Any) -> dict[str, Any]:
+    said = {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed", "content": []}
+    usage = {"input_tokens": count, "output_tokens": 9, "total_tokens": 21}
+    return {"id": "resp_1", "object": "response", "created_at": 1, "status": "completed", "model": "gpt-4o-mini"} | {
+        "output": [said],
+        "usage": usage,
+    }
+
+
+def unreadable_answer(reader: str, count: Any) -> httpx.Response:
+    """An answer of `reader`'s API whose input count is `count`."""
+    if reader.startswith("gemini"):
+        candidate = {"content": {"role": "model", "parts": [{"text": "hi"}]}, "finishReason": "STOP", "index": 0}
+        meta = {"promptTokenCount": count, "candidatesTokenCount": 9, "totalTokenCount": 21}
+        if reader == "gemini":
+            return httpx.Response(200, json={"candidates": [candidate], "usageMetadata": meta})
+        said = {"candidates": [{**candidate, "finishReason": None}], "usageMetadata": {"promptTokenCount": 12}}
+        last = {"candidates": [candidate], "usageMetadata": meta}
+        body = b"".join(b"data: " + orjson.dumps(event) + b"\r\n\r\n" for event in (said, last))
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+    answer = responses_answer(count)
+    if reader == "responses-whole":
+        return httpx.Response(200, json=answer)
+    frames = [
+        {"type": "response.created", "sequence_number": 0, "response": {**answer, "status": "in_progress"}},
+        {"type": "response.output_text.delta", "sequence_number": 1, "item_id": "msg_1", "delta": "hi"},
+        {"type": "response.completed", "sequence_number": 2, "response": answer},
+    ]
+    body = b"".join(b"event: " + f["type"].encode() + b"\ndata: " + orjson.dumps(f) + b"\n\n" for f in frames)
+    return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+
+@pytest.mark.parametrize("count", [10.7, "12", True], ids=["fraction", "numeral", "bool"])
+@pytest.mark.parametrize("reader", ["responses-whole", "responses-streamed", "gemini", "gemini-streamed"])
+async def test_a_count_that_is_no_plain_integer_is_unreadable_in_every_reader(reader: str, count: Any) -> None:
+    """The rule Chat Completions follows, for the Responses API passed through and Gemini, whole and streamed: a
+    usage count that is not a plain integer is no usage, the answer charged its reserved worst case
+    (`=invalid_response`). The Responses reader truncated `10.7` to 10 and took `"12"` and `true` as 12 and 1,
+    Gemini's read each as 0 (the prompt free), all charged as the provider's count (found by review)."""
+    gemini = reader.startswith("gemini")
+    provider = GEMINI if gemini else NATIVE_RESPONSES
+    environ = {**PROVIDER_KEYS, "GEMINI_API_KEY": "gm-test-000000000000"}
+    model = {**MODEL, "deployments": [{"provider": "openai", "model": "gemini-2.5-flash"}]} if gemini else MODEL
+    served = await serve(
+        lambda request: unreadable_answer(reader, count), {"m": model}, provider=provider, environ=environ
+    )
+    stream = reader.endswith("-streamed")
+    if gemini:
+        body = {"model": "m", "messages": HI, "max_tokens": 100, "stream": stream}
+        answer = await served.post("/v1/chat/completions", body)
+    else:
+        body = {"model": "m", "input": "hi", "stream": stream, "max_output_tokens": 100}
+        answer = await served.post("/v1/responses", body)
+    [line] = await served.ledger()
+    assert (line.cost_source, line.route.endswith("=invalid_response")) == ("reserved", True), (line, answer.text)
+    assert line.cost_usd == pytest.approx((line.input_tokens * 1.0 + 100 * 2.0) / 1e6)  # the worst case reserved
+    if not stream:  # (a stream's head went before its usage: its error is in the stream)
+        assert (answer.status_code, answer.headers["x-should-retry"]) == (502, "false")
     await served.gateway.aclose()
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import anthropic
 import openai
+import orjson
 import pytest
 from starlette.testclient import TestClient
 
@@ -476,6 +477,44 @@ def test_a_compactions_tokens_are_charged_beside_the_answers_own(priced: Running
     [line] = priced.ledger(key)
     assert (line.input_tokens, line.output_tokens) == (input_tokens, output_tokens)
     assert line.cost_usd == pytest.approx(expected) and line.cost_source == "provider"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_compaction_and_the_answer_each_under_the_long_context_threshold_are_priced_at_the_base_tier(
+    priced: Running, stream: bool
+) -> None:
+    """A conversation of 199,990 tokens is compacted (that sampling reads it, under Sonnet 4.5's 200k threshold) and
+    the answer's sampling reads the 21-token summary: each is billed at $3/$15, as Anthropic bills a sampling under
+    200k. Their sum, 200,011, was priced at the long tier: $1.200696 where Anthropic bills $0.600453, on the header,
+    the stream's cost, the line and the budget alike (found by review)."""
+    key = priced.mint(name=f"compaction-tier-{stream}", budget_usd=5.0)
+    # A conversation the fake counts 199,990 tokens (its bytes / 4).
+    frame = len(orjson.dumps([None, [{"role": "user", "content": ""}]]))
+    conversation: Any = [{"role": "user", "content": "a" * (199_990 * 4 - frame)}]
+    edits: Any = {"edits": [{"type": "compact_20260112", "trigger": {"type": "input_tokens", "value": 150_000}}]}
+    settings: Any = {"model": "sonnet", "max_tokens": 100, "messages": conversation, "context_management": edits}
+    sdk = anthropic_client(priced, key).beta.messages
+    if stream:
+        with sdk.stream(**settings, betas=[COMPACT_BETA]) as events:
+            [cost] = [event.model_extra["cost"] for event in events if event.type == "message_delta"]
+            message = events.get_final_message()
+    else:
+        raw = sdk.with_raw_response.create(**settings, betas=[COMPACT_BETA])
+        message = raw.parse()
+        cost = (message.model_extra or {})["cost"]
+        assert float(raw.headers["x-gateway-cost-usd"]) == cost["provider_usd"]
+        assert float(raw.headers["x-gateway-budget-remaining-usd"]) == cost["budget_remaining_usd"]
+    usage = message.usage
+    [compaction] = [entry for entry in usage.iterations or () if entry.type == "compaction"]
+    assert 150_000 < compaction.input_tokens < 200_000 < compaction.input_tokens + usage.input_tokens
+    input_tokens = compaction.input_tokens + usage.input_tokens
+    output_tokens = compaction.output_tokens + usage.output_tokens
+    billed = (input_tokens * 3.0 + output_tokens * 15.0) / 1e6  # each sampling at the base tier
+    assert cost["provider_usd"] == pytest.approx(billed, abs=1e-12)
+    assert cost["budget_remaining_usd"] == pytest.approx(5.0 - billed, abs=1e-12)
+    [line] = priced.ledger(key)
+    assert line.cost_usd == cost["provider_usd"] and line.cost_source == "provider"
+    assert (line.input_tokens, line.output_tokens) == (input_tokens, output_tokens)
 
 
 # --- Anthropic's advisor tool ---------------------------------------------------------------------------

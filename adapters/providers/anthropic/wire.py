@@ -5,28 +5,15 @@ when the class is made, in the cold start (see handler/schemas.py)."""
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StrictInt
 
 from handler.ports import Served
 from handler.schemas import Usage
+from handler.wire import usage_count
 
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="allow", defer_build=True)
-
-
-def _count(counts: Any, name: str) -> int:
-    """A count in one of the usage's objects (0 when absent or null); another shape is a malformed answer."""
-    if counts is None:
-        return 0
-    if not isinstance(counts, dict):
-        raise ValueError(f"usage object for {name} is not an object")
-    value = counts.get(name)
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"usage count {name} is not an integer")
-    return value
 
 
 # The usage fields a `message_delta` may bring besides the output count.
@@ -39,7 +26,10 @@ FOLDED_EXTRA = ("cache_creation", "server_tool_use", "iterations", "speed")
 # The `iterations` whose tokens the top-level counts leave out, billed besides them at the model's prices: a
 # server-side compaction ("A `compaction` entry's tokens are not included in the top-level `usage` fields", the
 # SDK's `BetaUsage.iterations`; Anthropic's compaction docs: 180,000 in and 3,500 out beside a top level of 23,000
-# and 1,000). The other entries (`message`, each turn of a server tool loop) are in the top level already.
+# and 1,000). The other entries (`message`, each turn of a server tool loop) are in the top level already. Each is a
+# sampling of its own ("an additional sampling step"), priced at the tier its own input reaches (`Served.samplings`):
+# summed with the answer's, the docs' example was charged Sonnet 4.5's long-context prices on 203,000 input tokens,
+# $1.31925 where no sampling passed 200,000 and Anthropic bills $0.6765 (found by review).
 BILLED_APART = ("compaction",)
 # The `iterations` of another model's sampling, which the top-level counts leave out too, billed at that model's
 # prices: the advisor tool's sub-inferences (`advisor_message`, with the advisor's `model`: "usage is billed at the
@@ -64,6 +54,15 @@ def _entries(iterations: Any, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
     return [entry for entry in iterations if entry.get("type") in kinds]
 
 
+def _sampling(counts: dict[str, Any]) -> Usage:
+    """The counts of one sampling (the top level, or an iteration `BILLED_APART`) as the gateway's usage: Anthropic's
+    input leaves out cache reads and writes, which OpenAI counts in."""
+    fresh, output = usage_count(counts, "input_tokens"), usage_count(counts, "output_tokens")
+    read, write = usage_count(counts, "cache_read_input_tokens"), usage_count(counts, "cache_creation_input_tokens")
+    hour = usage_count(counts.get("cache_creation"), "ephemeral_1h_input_tokens")
+    return Usage.of(fresh + read + write, output, cached=read, cache_write=write, cache_write_1h=min(write, hour))
+
+
 def _their_model(entry: dict[str, Any]) -> tuple[str, Usage]:
     """An iteration of another model's (`BILLED_AT_THEIR_MODEL`): that model, and its counts."""
     model = entry.get("model")
@@ -76,38 +75,40 @@ def _their_model(entry: dict[str, Any]) -> tuple[str, Usage]:
 class WireUsage(_Wire):
     """Anthropic's usage: `input_tokens` excludes cache reads and writes, which OpenAI counts in."""
 
-    input_tokens: int | None = None
-    output_tokens: int = 0
-    cache_creation_input_tokens: int | None = None
-    cache_read_input_tokens: int | None = None
+    # Strict: a count that is not a plain integer (`"12"`, `true`, which pydantic would take as 12 and 1) is no
+    # usage the gateway can read (`handler.wire.usage_count`).
+    input_tokens: StrictInt | None = None
+    output_tokens: StrictInt = 0
+    cache_creation_input_tokens: StrictInt | None = None
+    cache_read_input_tokens: StrictInt | None = None
 
     def to_usage(self) -> Usage:
-        """The counts the request is billed for: the top level's, and a compaction's beside them."""
+        """The counts the request is billed for: the top level's, and a compaction's beside them (the line's token
+        counts; each sampling is priced apart, `served`)."""
         fresh, output = self.input_tokens or 0, self.output_tokens
         read, write = self.cache_read_input_tokens or 0, self.cache_creation_input_tokens or 0
         extra = self.__pydantic_extra__ or {}
-        hour = _count(extra.get("cache_creation"), "ephemeral_1h_input_tokens") if extra else 0
-        for entry in _entries(extra.get("iterations"), BILLED_APART) if extra else ():
-            fresh += _count(entry, "input_tokens")
-            output += _count(entry, "output_tokens")
-            read += _count(entry, "cache_read_input_tokens")
-            write += _count(entry, "cache_creation_input_tokens")
-            hour += _count(entry.get("cache_creation"), "ephemeral_1h_input_tokens")
+        hour = usage_count(extra.get("cache_creation"), "ephemeral_1h_input_tokens") if extra else 0
         usage = Usage.of(fresh + read + write, output, cached=read, cache_write=write, cache_write_1h=min(write, hour))
-        searches = _count(extra.get("server_tool_use"), "web_search_requests") if extra else 0
+        for entry in _entries(extra.get("iterations"), BILLED_APART) if extra else ():
+            usage = usage.plus(_sampling(entry))
+        searches = usage_count(extra.get("server_tool_use"), "web_search_requests") if extra else 0
         if searches:
             usage.set_count("web_searches", searches)
         return usage
 
     def served(self) -> Served | None:
-        """How the answer says it was served, beyond its counts: its speed and geo (`SERVED_OPTIONS`), and the
-        tokens its advisor's model ran (`BILLED_AT_THEIR_MODEL`); None where it says neither."""
+        """How the answer says it was served, beyond its counts: its speed and geo (`SERVED_OPTIONS`), the tokens
+        its advisor's model ran (`BILLED_AT_THEIR_MODEL`), and the samplings its counts hold that are priced each on
+        its own (`BILLED_APART`); None where it says none of them."""
         extra = self.__pydantic_extra__
         if not extra or extra.keys().isdisjoint(SAYS_SERVED):  # (the common answer: nothing more to read)
             return None
         options = {name: extra[name] for name in SERVED_OPTIONS if isinstance(extra.get(name), str)}
-        others = tuple(_their_model(entry) for entry in _entries(extra.get("iterations"), BILLED_AT_THEIR_MODEL))
-        return Served(options, others) if options or others else None
+        iterations = extra.get("iterations")
+        others = tuple(_their_model(entry) for entry in _entries(iterations, BILLED_AT_THEIR_MODEL))
+        samplings = tuple(_sampling(entry) for entry in _entries(iterations, BILLED_APART))
+        return Served(options, others, samplings) if options or others or samplings else None
 
     def update(self, later: "WireUsage") -> None:
         """Fold in a `message_delta` usage: cumulative counts, input fields only when present."""

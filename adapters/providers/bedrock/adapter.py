@@ -75,7 +75,7 @@ from handler.schemas import (
     completion_id,
     thinks_between,
 )
-from handler.wire import error_excerpt, json_body, malformed, upstream_error
+from handler.wire import error_excerpt, json_body, malformed, upstream_error, usage_count
 
 if TYPE_CHECKING:
     from adapters.providers.bedrock.stream import BedrockStreamParser
@@ -623,19 +623,22 @@ def tool_config(
 
 def usage_of(raw: Any) -> Usage | None:
     """Converse usage: `inputTokens` leaves out cache reads and writes, which OpenAI counts in. The writes kept an
-    hour (`cacheDetails`, the writes by TTL) are counted apart: they are priced at their own rate."""
+    hour (`cacheDetails`, the writes by TTL) are counted apart: they are priced at their own rate. A count that is
+    not a plain integer makes the answer malformed (`usage_count`): it was left out (read as 0), and `true` counted
+    as 1 (found by review)."""
     if not isinstance(raw, dict):
         return None
-    counts = {name: value for name, value in raw.items() if isinstance(value, int)}
     listed = raw.get("cacheDetails")
     details = [d for d in listed if isinstance(d, dict)] if isinstance(listed, list) else []
-    by_ttl = [(d.get("ttl"), d["inputTokens"]) for d in details if isinstance(d.get("inputTokens"), int)]
-    read = counts.get("cacheReadInputTokens", 0)
-    write = counts.get("cacheWriteInputTokens", sum(tokens for _, tokens in by_ttl))
+    by_ttl = [(d.get("ttl"), usage_count(d, "inputTokens")) for d in details]
+    read = usage_count(raw, "cacheReadInputTokens")
+    write = usage_count(raw, "cacheWriteInputTokens")
+    if raw.get("cacheWriteInputTokens") is None:
+        write = sum(tokens for _, tokens in by_ttl)
     hour = sum(tokens for ttl, tokens in by_ttl if ttl == "1h")
-    prompt = counts.get("inputTokens", 0) + read + write
+    prompt = usage_count(raw, "inputTokens") + read + write
     return Usage.of(
-        prompt, counts.get("outputTokens", 0), cached=read, cache_write=write, cache_write_1h=min(write, hour)
+        prompt, usage_count(raw, "outputTokens"), cached=read, cache_write=write, cache_write_1h=min(write, hour)
     )
 
 

@@ -69,7 +69,7 @@ from handler.schemas import (
     allowed_names,
     completion_id,
 )
-from handler.wire import error_excerpt, json_body, malformed, named_wait, upstream_error
+from handler.wire import error_excerpt, json_body, malformed, named_wait, upstream_error, usage_count
 
 if TYPE_CHECKING:
     from adapters.providers.gemini.stream import GeminiStreamParser
@@ -663,28 +663,25 @@ def thinking_config(req: ChatRequest, model: str, dropped: list[str], cap: int |
 
 
 def modality_tokens(details: Any, modality: str) -> int:
-    """The tokens of one modality in a `ModalityTokenCount` list (`promptTokensDetails`, ...)."""
+    """The tokens of one modality in a `ModalityTokenCount` list (`promptTokensDetails`, ...); a count that is not
+    a plain integer is a malformed answer (`usage_count`)."""
     if not isinstance(details, list):
         return 0
-    counts = (d.get("tokenCount") for d in details if isinstance(d, dict) and d.get("modality") == modality)
-    return sum(count for count in counts if isinstance(count, int))
+    return sum(usage_count(d, "tokenCount") for d in details if isinstance(d, dict) and d.get("modality") == modality)
 
 
 def usage_of(meta: Any) -> Usage | None:
     """`usageMetadata` as the gateway's usage: thinking tokens are billed as output, tool-use prompt
-    tokens as input; `promptTokenCount` already includes the cached tokens."""
+    tokens as input; `promptTokenCount` already includes the cached tokens. A count that is not a plain integer
+    makes the answer malformed (`usage_count`): it was read as 0, and `promptTokenCount: 1200.5` billed no input
+    at all as the provider's count (found by review)."""
     if not isinstance(meta, dict):
         return None
-
-    def count(name: str) -> int:
-        value = meta.get(name)
-        return value if isinstance(value, int) else 0
-
-    thoughts = count("thoughtsTokenCount")
+    thoughts = usage_count(meta, "thoughtsTokenCount")
     usage = Usage.of(
-        count("promptTokenCount") + count("toolUsePromptTokenCount"),
-        count("candidatesTokenCount") + thoughts,
-        count("cachedContentTokenCount"),
+        usage_count(meta, "promptTokenCount") + usage_count(meta, "toolUsePromptTokenCount"),
+        usage_count(meta, "candidatesTokenCount") + thoughts,
+        usage_count(meta, "cachedContentTokenCount"),
     )
     # Audio is dearer than text on some models: its uncached prompt tokens, by modality.
     audio = modality_tokens(meta.get("promptTokensDetails"), "AUDIO")

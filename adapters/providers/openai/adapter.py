@@ -42,7 +42,7 @@ from handler.schemas import (
     Usage,
     completion_id,
 )
-from handler.wire import StreamEvent, error_excerpt, json_body, malformed, said_status, upstream_error
+from handler.wire import StreamEvent, error_excerpt, json_body, malformed, said_status, upstream_error, usage_count
 
 M = TypeVar("M", bound=BaseModel)
 # The Responses API's wire (adapters/providers/openai/responses.py) is imported with the first Responses request
@@ -129,11 +129,18 @@ STREAM_OPTIONS_REFUSED = (
 
 def normalize_usage(usage: Usage | None) -> Usage | None:
     """Fold provider variants into the gateway's usage: DeepSeek reports cache hits as
-    `prompt_cache_hit_tokens` rather than `prompt_tokens_details.cached_tokens`."""
-    if usage is None or not usage.model_extra:
+    `prompt_cache_hit_tokens` rather than `prompt_tokens_details.cached_tokens`. The counts the gateway bills that
+    `Usage` does not declare (those, and the details' `audio_tokens`) are read as its declared ones are: one that
+    is not a plain integer makes the answer malformed (`usage_count`), where it was read as 0."""
+    if usage is None:
         return usage
-    hits = usage.model_extra.get("prompt_cache_hit_tokens")
-    if isinstance(hits, int) and hits and not usage.cached_tokens:
+    for details in (usage.prompt_tokens_details, usage.completion_tokens_details):
+        if details is not None and details.model_extra:
+            usage_count(details.model_extra, "audio_tokens")
+    if not usage.model_extra:
+        return usage
+    hits = usage_count(usage.model_extra, "prompt_cache_hit_tokens")
+    if hits and not usage.cached_tokens:
         details = usage.prompt_tokens_details or PromptTokensDetails()
         details.cached_tokens = hits
         usage.prompt_tokens_details = details
@@ -195,7 +202,7 @@ def billed_unusable(payload: Any, exc: ValidationError, what: str) -> UpstreamEr
     if isinstance(raw, dict):
         try:
             error.billed = normalize_usage(Usage.model_validate(raw))
-        except ValidationError:
+        except ValueError:  # (a usage it cannot read either: pydantic's ValidationError, `usage_count`'s)
             pass
     return error
 

@@ -23,22 +23,24 @@ from handler.wire import (
     issued_reasoning,
     malformed,
     said_status,
+    usage_count,
 )
 
 __all__ = ["ResponsesMeter", "aliased_names", "answer_usage", "issued_here", "request_body", "usage_of"]
 
 
 def usage_of(raw: Any) -> Usage | None:
-    """A Responses `usage` object as the gateway's usage (None when there is none)."""
+    """A Responses `usage` object as the gateway's usage (None when there is none). A count that is not a plain
+    integer makes the answer malformed (`usage_count`): `int()` truncated `input_tokens: 10.7` to 10, billed as the
+    provider's count (found by review)."""
     if not isinstance(raw, dict):
         return None
-    details = raw.get("input_tokens_details") or {}
-    output_details = raw.get("output_tokens_details") or {}
-    usage = Usage.of(int(raw.get("input_tokens") or 0), int(raw.get("output_tokens") or 0))
+    details, output_details = raw.get("input_tokens_details"), raw.get("output_tokens_details")
+    usage = Usage.of(usage_count(raw, "input_tokens"), usage_count(raw, "output_tokens"))
     if usage.prompt_tokens_details is not None:
-        usage.prompt_tokens_details.cached_tokens = int(details.get("cached_tokens") or 0)
-        usage.prompt_tokens_details.cache_write_tokens = int(details.get("cache_write_tokens") or 0)
-    reasoning = int(output_details.get("reasoning_tokens") or 0)
+        usage.prompt_tokens_details.cached_tokens = usage_count(details, "cached_tokens")
+        usage.prompt_tokens_details.cache_write_tokens = usage_count(details, "cache_write_tokens")
+    reasoning = usage_count(output_details, "reasoning_tokens")
     usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=reasoning)
     return usage
 

@@ -1001,14 +1001,21 @@ PASSED_THROUGH = {"id": "m", "type": "message", "role": "assistant", "model": MO
         {"content": [{"text": "Hello"}]},
         {"usage": None},
         {"usage": {"output_tokens": "nine"}},
+        {"usage": {"output_tokens": "9"}},
+        {"usage": {"input_tokens": True}},
+        {"usage": {"cache_read_input_tokens": 10.7}},
         {"stop_reason": 7},
         {"stop_sequence": ["END"]},
     ],
-    ids=["type", "role", "id", "model", "content", "block", "block-type", "usage", "count", "stop", "sequence"],
+    ids=[
+        *("type", "role", "id", "model", "content", "block", "block-type", "usage", "count"),
+        *("numeral-count", "bool-count", "fraction-count", "stop", "sequence"),
+    ],
 )
 def test_a_message_passed_through_is_read_as_anthropics_shape_or_is_malformed(changed: dict[str, Any]) -> None:
     """Its usage is validated alone and the rest checked as `WireMessage` has it: a message that is not one is the
-    provider's malformed answer (a 502), not relayed as a message."""
+    provider's malformed answer (a 502), not relayed as a message. So is a count that is not a plain integer, which
+    pydantic took (`"9"` as 9, `true` as 1) as the provider's count."""
     call = NativeCall(MESSAGES_API, {})
     assert adapter().native_usage(call, PASSED_THROUGH) == Usage.of(0, 0)
     with pytest.raises(UpstreamError):

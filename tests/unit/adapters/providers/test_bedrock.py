@@ -411,6 +411,26 @@ def test_cache_writes_kept_an_hour_are_counted_apart() -> None:
     assert [other.cache_write_1h_tokens if other else None for other in others] == [0, 0, 0]
 
 
+@pytest.mark.parametrize("count", [10.7, "12", True], ids=["fraction", "numeral", "bool"])
+@pytest.mark.parametrize(
+    "changed",
+    [
+        lambda count: {"inputTokens": count},
+        lambda count: {"outputTokens": count},
+        lambda count: {"cacheReadInputTokens": count},
+        lambda count: {"cacheDetails": [{"ttl": "1h", "inputTokens": count}]},
+    ],
+    ids=["input", "output", "cache-read", "cache-details"],
+)
+def test_a_usage_count_that_is_no_plain_integer_is_unreadable_not_left_out(changed: Any, count: object) -> None:
+    """Converse's counts that were not integers were left out (read as 0) and `true` counted as 1, billed as the
+    provider's count (found by review). Such a count makes the answer malformed."""
+    raw = {"inputTokens": 10, "outputTokens": 5, "totalTokens": 15}
+    assert bedrock.usage_of(raw) is not None
+    with pytest.raises(ValueError):  # (the pipeline's malformed answer: `wire.SHAPE_ERRORS`)
+        bedrock.usage_of({**raw, **changed(count)})
+
+
 def test_tool_use_answer_becomes_tool_calls() -> None:
     completion = adapter().chat_response(fixture("converse-tool-use-response.json"), request(), target())
     choice = completion.choices[0]

@@ -278,3 +278,14 @@ def test_a_schema_deepseek_cannot_hold_to_is_named_in_each_front_ends_words() ->
         "output_config.format.schema[pattern]",
         "output_config.format",
     ]
+
+
+@pytest.mark.parametrize("count", [10.7, "12", True], ids=["fraction", "numeral", "bool"])
+@pytest.mark.parametrize("field", ["prompt_tokens", "prompt_cache_hit_tokens"])
+def test_a_usage_count_that_is_no_plain_integer_is_a_malformed_answer(field: str, count: object) -> None:
+    """`prompt_cache_hit_tokens` of 10.7 was read as no cache hit, and a `prompt_tokens` of `"12"` as 12; either
+    answer is now malformed, charged as one is (`handler.wire.usage_count`)."""
+    answer = orjson.loads((FIXTURES / "deepseek" / "chat-reasoner-response.json").read_bytes())
+    answer["usage"][field] = count
+    with pytest.raises((UpstreamError, ValueError)):
+        adapter().chat_response(orjson.dumps(answer), request(), target())

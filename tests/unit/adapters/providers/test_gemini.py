@@ -948,6 +948,29 @@ def test_audio_output_is_counted_apart_from_the_text() -> None:
     assert plain is not None and plain.audio_completion_tokens == 0 and plain.completion_tokens_details is None
 
 
+@pytest.mark.parametrize("count", [1200.5, "1200", True], ids=["fraction", "numeral", "bool"])
+@pytest.mark.parametrize(
+    "changed",
+    [
+        lambda count: {"promptTokenCount": count},
+        lambda count: {"candidatesTokenCount": count},
+        lambda count: {"thoughtsTokenCount": count},
+        lambda count: {"cachedContentTokenCount": count},
+        lambda count: {"promptTokensDetails": [{"modality": "AUDIO", "tokenCount": count}]},
+    ],
+    ids=["prompt", "candidates", "thoughts", "cached", "audio"],
+)
+def test_a_usage_count_that_is_no_plain_integer_is_unreadable_not_zero(changed: Any, count: object) -> None:
+    """`usageMetadata`'s counts were read as 0 where not an integer: `promptTokenCount: 1200.5` billed no input at
+    all, as the provider's count (found by review). Such a count makes the answer malformed."""
+    from adapters.providers.gemini.adapter import usage_of
+
+    meta = {"promptTokenCount": 1200, "candidatesTokenCount": 9, "totalTokenCount": 1209}
+    assert usage_of(meta) == Usage.of(1200, 9)
+    with pytest.raises(ValueError):  # (the pipeline's malformed answer: `wire.SHAPE_ERRORS`)
+        usage_of({**meta, **changed(count)})
+
+
 @pytest.mark.parametrize("given", [None, "", "=="], ids=["missing", "empty", "padding"])
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 def test_a_call_gemini_gave_no_signature_goes_back_with_none_of_its_own(given: str | None, stream: bool) -> None:

@@ -6,10 +6,12 @@ import re
 from pathlib import Path
 
 import orjson
+import pytest
 
 from adapters.providers.mistral import MistralAdapter
 from adapters.providers.mistral.adapter import mistral_tool_id
 from adapters.providers.registry import REGISTRY
+from handler.errors import UpstreamError
 from handler.ports import Target
 from handler.schemas import ChatRequest
 from handler.wire import SSEDecoder
@@ -261,3 +263,14 @@ def test_an_earlier_turns_reasoning_details_are_left_out_and_named() -> None:
         built = adapter().chat_request(req, target(model), stream=False)
         assert "reasoning_details" not in orjson.loads(built.request.body)["messages"][1]
         assert "messages.reasoning_details" in built.dropped
+
+
+@pytest.mark.parametrize("count", [10.7, "12", True], ids=["fraction", "numeral", "bool"])
+def test_a_usage_count_that_is_no_plain_integer_is_a_malformed_answer(count: object) -> None:
+    """Mistral's answers are read as OpenAI's: a count pydantic would take (`"12"` as 12, `true` as 1) is refused
+    (`handler.schemas.Usage`), and the answer is malformed."""
+    answer = orjson.loads((FIXTURES / "chat-tool-call-response.json").read_bytes())
+    answer["usage"]["completion_tokens"] = count
+    with pytest.raises(UpstreamError) as raised:
+        adapter().chat_response(orjson.dumps(answer), request(), target())
+    assert raised.value.outcome == "invalid_response" and raised.value.billed is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -1001,3 +1002,54 @@ def test_a_plain_body_is_written_only_where_the_profile_and_model_leave_it_as_it
         )
     )
     assert plain_body(prefilled, target(), adapter().profile(target())) is None
+
+
+@pytest.mark.parametrize("count", [10.7, "12", True], ids=["fraction", "numeral", "bool"])
+@pytest.mark.parametrize(
+    "changed",
+    [
+        lambda count: {"input_tokens": count},
+        lambda count: {"output_tokens": count},
+        lambda count: {"input_tokens_details": {"cached_tokens": count}},
+        lambda count: {"output_tokens_details": {"reasoning_tokens": count}},
+    ],
+    ids=["input", "output", "cached", "reasoning"],
+)
+def test_a_responses_usage_count_that_is_no_plain_integer_is_unreadable_not_truncated(
+    changed: Any, count: object
+) -> None:
+    """docs/costs.md: a usage the gateway cannot read, such as `10.7`, is no usage (`=invalid_response`, the
+    reserved worst case). The Responses reader applied `int()`: `input_tokens: 10.7` was charged as 10 tokens, `"12"`
+    as 12 and `true` as 1, as the provider's counts (found by review). Whole and streamed."""
+    from adapters.providers.openai.responses import ResponsesMeter, answer_usage
+
+    usage = {"input_tokens": 12, "output_tokens": 9, "total_tokens": 21, **changed(count)}
+    response = {"id": "resp_1", "object": "response", "status": "completed", "output": [], "usage": usage}
+    with pytest.raises(ValueError):  # (the pipeline's malformed answer: `wire.SHAPE_ERRORS`)
+        answer_usage(response)
+    completed = {"type": "response.completed", "sequence_number": 1, "response": response}
+    with pytest.raises(ValueError):
+        ResponsesMeter().feed(StreamEvent("response.completed", orjson.dumps(completed)))
+
+
+@pytest.mark.parametrize("count", [10.7, "12", True], ids=["fraction", "numeral", "bool"])
+@pytest.mark.parametrize("details", ["prompt_tokens_details", "completion_tokens_details"])
+def test_a_chat_usages_audio_count_that_is_no_plain_integer_is_a_malformed_answer(details: str, count: object) -> None:
+    """Audio tokens, priced apart, were read as 0 where not an integer: the answer is malformed instead."""
+    answer = orjson.loads((FIXTURES / "chat-response.json").read_bytes())
+    answer["usage"][details] = {"audio_tokens": count}
+    with pytest.raises(ValueError):  # (the pipeline's malformed answer: `wire.SHAPE_ERRORS`)
+        adapter().chat_response(orjson.dumps(answer), request(), target())
+
+
+@pytest.mark.parametrize("count", [10.7, "12", True], ids=["fraction", "numeral", "bool"])
+def test_an_embeddings_usage_count_that_is_no_plain_integer_is_a_malformed_answer(count: object) -> None:
+    """An embeddings answer's `prompt_tokens` of `"12"` was charged as 12, `true` as 1."""
+    answer = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}], "model": "e"}
+    embeddings = EmbeddingsRequest.model_validate({"model": "e", "input": "hi"})
+    said = {**answer, "usage": {"prompt_tokens": count, "total_tokens": 12}}
+    with pytest.raises(UpstreamError) as failure:
+        adapter().embeddings_response(orjson.dumps(said), embeddings, target())
+    assert failure.value.outcome == "invalid_response"
+    read = adapter().embeddings_response(orjson.dumps({**answer, "usage": {"prompt_tokens": 12}}), embeddings, target())
+    assert read.usage.prompt_tokens == 12

@@ -72,6 +72,48 @@ def test_long_context_tier_applies_above_threshold() -> None:
     assert short == pytest.approx(0.6) and long == pytest.approx(200_001 * 6.0 / 1e6)
 
 
+@pytest.mark.parametrize(
+    ("compaction", "answer", "billed"),
+    [
+        # Anthropic's compaction docs' example: neither sampling past 200k, both at $3/$15 (was $1.31925, all of
+        # it at $6/$22.50 on 203,000 input tokens).
+        ((180_000, 3_500), (23_000, 1_000), (180_000 * 3.0 + 3_500 * 15.0 + 23_000 * 3.0 + 1_000 * 15.0) / 1e6),
+        # A compaction past 200k at the long tier, the answer's sampling on the summary at the base tier.
+        ((250_000, 3_500), (23_000, 1_000), (250_000 * 6.0 + 3_500 * 22.5 + 23_000 * 3.0 + 1_000 * 15.0) / 1e6),
+        # The answer's own sampling past 200k at the long tier, the compaction under it at the base tier.
+        ((180_000, 3_500), (210_000, 1_000), (180_000 * 3.0 + 3_500 * 15.0 + 210_000 * 6.0 + 1_000 * 22.5) / 1e6),
+    ],
+    ids=["neither-long", "compaction-long", "answer-long"],
+)
+def test_a_compaction_and_the_answers_sampling_are_each_priced_at_the_tier_of_their_own_input(
+    compaction: tuple[int, int], answer: tuple[int, int], billed: float
+) -> None:
+    """A compacted request is two samplings of the model: the compaction reads the conversation, the answer's
+    sampling the summary. Anthropic prices each on its own input: the usage summed them and priced all of it at the
+    tier of the sum (review). The line's token counts are still both samplings'."""
+    from adapters.providers.anthropic.wire import WireUsage
+
+    wire = WireUsage.model_validate(
+        {
+            "input_tokens": answer[0],
+            "output_tokens": answer[1],
+            "iterations": [
+                {"type": "compaction", "input_tokens": compaction[0], "output_tokens": compaction[1]},
+                {"type": "message", "input_tokens": answer[0], "output_tokens": answer[1]},
+            ],
+        }
+    )
+    usage, served = wire.to_usage(), wire.served()
+    assert served is not None and [s.prompt_tokens for s in served.samplings] == [compaction[0]]
+    sonnet = builtin_prices().find("claude-sonnet-4-5-20250929")
+    cost = cost_of(usage, sonnet, NO_FEE, served.samplings)
+    assert cost.provider_usd == pytest.approx(billed, abs=1e-12)
+    assert (cost.usage.prompt_tokens, cost.usage.completion_tokens) == (
+        sum(p[0] for p in (compaction, answer)),
+        sum(p[1] for p in (compaction, answer)),
+    )
+
+
 def test_fee_is_shown_apart_and_unknown_price_is_not_zero() -> None:
     fee = FeeConfig(percent=10, per_request_usd=0.001)
     cost = cost_of(Usage.of(1_000_000, 0), Price(input=1.0, output=2.0), fee)
@@ -267,7 +309,7 @@ def test_every_deployment_of_the_readmes_kind_of_config_has_a_price(tmp_path: Pa
     assert cli_main(["config", "check", "--config", str(path)]) == 0
 
 
-@pytest.mark.parametrize("geo", ["", "us.", "eu.", "jp.", "au."])
+@pytest.mark.parametrize("geo", ["", "us.", "eu.", "jp.", "au.", "apac.", "ca."])
 @pytest.mark.parametrize(
     ("family", "release"),
     [
@@ -281,9 +323,9 @@ def test_bedrocks_regional_claude_costs_a_tenth_more_than_its_global_profile(
     geo: str, family: str, release: str
 ) -> None:
     """From Claude Sonnet 4.5, Haiku 4.5 and Opus 4.5 on, Bedrock charges 10% more through a regional endpoint (in
-    one Region, or a `us.`/`eu.`/`jp.`/`au.` profile) than through the `global.` profile, which charges Anthropic's
-    prices: the regional ids were priced as global, and the global profiles of Sonnet 4.5 and Haiku 4.5 had no price
-    at all (`config check`: "no price known")."""
+    one Region, or a `us.`/`eu.`/`jp.`/`au.`/`apac.`/`ca.` profile) than through the `global.` profile, which
+    charges Anthropic's prices: the regional ids were priced as global, and the global profiles of Sonnet 4.5 and
+    Haiku 4.5 had no price at all (`config check`: "no price known")."""
     table = builtin_prices()
     direct = table.prices[family]
     assert table.find(f"global.anthropic.{family}-{release}") is direct
@@ -300,6 +342,54 @@ def test_bedrocks_regional_claude_costs_a_tenth_more_than_its_global_profile(
     sonnet = cost_of(Usage.of(100_000, 100_000), table.find("us.anthropic.claude-sonnet-4-5-20250929-v1:0"), NO_FEE)
     assert sonnet.provider_usd == 1.98  # $3.30 and $16.50 a million
     assert table.find("us.anthropic.claude-3-5-haiku-20241022-v1:0") is table.prices["claude-3-5-haiku"]  # one price
+
+
+def bedrock_config(tmp_path: Path, upstream: str, region: str, price: str = "") -> Path:
+    """A config deploying `upstream` on Bedrock in `region`, under the model's public name (`claude-sonnet-4-5`)."""
+    path = tmp_path / "gateway.yaml"
+    deployment = f"{{provider: bedrock, model: '{upstream}', region: {region}}}"
+    path.write_text(
+        "providers:\n  bedrock: {type: bedrock}\n"
+        f"models:\n  claude-sonnet-4-5:\n    deployments: [{deployment}]\n{price}"
+    )
+    return path
+
+
+@pytest.mark.parametrize(("geo", "region"), [("apac.", "ap-northeast-1"), ("ca.", "ca-central-1")])
+def test_a_geographic_profile_the_gateway_routes_is_priced_regionally_whatever_the_model_is_named(
+    tmp_path: Path, geo: str, region: str
+) -> None:
+    """docs/configuration.md#bedrock-inference-profiles routes `apac.` and `ca.` too, but the table's aliases named
+    only `anthropic.`, `us.`, `eu.`, `jp.`, `au.`: such a deployment had no entry, fell back to the public name
+    `claude-sonnet-4-5` and was priced at the global $3/$15, 10% short, and `config check` said nothing (review)."""
+    upstream = f"{geo}anthropic.claude-sonnet-4-5-20250929-v1:0"
+    config = load_config(str(bedrock_config(tmp_path, upstream, region)), set(REGISTRY))
+    price = price_for("claude-sonnet-4-5", config.models["claude-sonnet-4-5"], upstream)
+    assert price is not None and (price.input, price.output) == (3.30, 16.50)
+
+
+def test_a_profile_the_table_does_not_price_has_no_price_and_config_check_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GovCloud's `us-gov.` profile has prices of its own, which the table does not carry: a deployment of it has no
+    price, not the public name's, and `config check` names the profile; with `price: unknown` it is unpriced (a key
+    with a budget is refused it). A profile the table prices, and an id it does not know at all, are as they were."""
+    upstream = "us-gov.anthropic.claude-sonnet-4-5-20250929-v1:0"
+    path = bedrock_config(tmp_path, upstream, "us-gov-west-1")
+    config = load_config(str(path), set(REGISTRY))
+    assert price_for("claude-sonnet-4-5", config.models["claude-sonnet-4-5"], upstream) is None
+    assert builtin_prices().unknown_profile(upstream) == "us-gov."
+    assert cli_main(["config", "check", "--config", str(path)]) == 1
+    said = capsys.readouterr().err
+    assert f"no price known for '{upstream}'" in said and "inference profile 'us-gov.'" in said
+    unknown = bedrock_config(tmp_path, upstream, "us-gov-west-1", "    price: unknown\n")
+    assert cli_main(["config", "check", "--config", str(unknown)]) == 0
+    table = builtin_prices()
+    for known in ("apac.anthropic.claude-sonnet-4-5-20250929-v1:0", "us.anthropic.claude-opus-4-1-20250805-v1:0"):
+        assert table.unknown_profile(known) is None and table.find(known) is not None
+    for other in ("us-gov.anthropic.claude-3-7-sonnet-20250219-v1:0", "anthropic.claude-sonnet-4-5-20250929-v1:0"):
+        assert table.unknown_profile(other) is None
+    assert price_for("claude-sonnet-4-5", spec(), "my-sonnet-deployment") is table.prices["claude-sonnet-4-5"]
 
 
 def test_mistral_large_latest_is_mistral_large_3() -> None:
