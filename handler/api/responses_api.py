@@ -180,6 +180,7 @@ class FunctionCallItem(BaseModel):
     call_id: str = Field(min_length=1)
     name: str = Field(min_length=1)
     arguments: str = ""
+    namespace: str | None = None  # (the `namespace` tool that holds the function: `Namespaces`)
 
 
 class FunctionCallOutputItem(BaseModel):
@@ -445,7 +446,7 @@ class _Conversation:
     """Chat messages being built from items: an assistant turn collects its text, reasoning and calls
     until an item of another turn arrives (Chat Completions carries a turn's calls on one message)."""
 
-    def __init__(self, seal: ReasoningSeal, dropped: list[str]) -> None:
+    def __init__(self, seal: ReasoningSeal, dropped: list[str], spaces: Namespaces) -> None:
         self.messages: list[dict[str, Any]] = []
         self.turn: dict[str, Any] | None = None
         # The open turn's text (None until a message item of it: a turn of calls alone has no content) and reasoning,
@@ -455,6 +456,7 @@ class _Conversation:
         self.thoughts: list[str] = []
         self.seal = seal
         self.dropped = dropped
+        self.spaces = spaces
 
     def assistant(self) -> dict[str, Any]:
         if self.turn is None:
@@ -490,12 +492,9 @@ class _Conversation:
                 call = FunctionCallItem.model_validate(raw)
                 turn = self.assistant()
                 calls = turn.setdefault("tool_calls", [])
+                name = self.spaces.sent_name(call.namespace, call.name)
                 calls.append(
-                    {
-                        "id": call.call_id,
-                        "type": "function",
-                        "function": {"name": call.name, "arguments": call.arguments},
-                    }
+                    {"id": call.call_id, "type": "function", "function": {"name": name, "arguments": call.arguments}}
                 )
                 _mark(turn, "call", len(calls) - 1)
             elif kind == "function_call_output":
@@ -572,24 +571,107 @@ def _ordered_turns(messages: list[dict[str, Any]]) -> None:
             message["block_order"] = order
 
 
-def _tools(req: ResponsesRequest, dropped: list[str]) -> list[dict[str, Any]]:
+def _named(tool: Any, kind: str) -> str | None:
+    """The name of a tool of type `kind` (`function`, `namespace`), None for another tool or one with no name."""
+    if not isinstance(tool, dict) or tool.get("type") != kind:
+        return None
+    name = tool.get("name")
+    return name if isinstance(name, str) and name else None
+
+
+def _grouped(tool: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tools a `namespace` tool holds (none when it holds no list of them)."""
+    inner = tool.get("tools")
+    return [one for one in inner if isinstance(one, dict)] if isinstance(inner, list) else []
+
+
+class Namespaces:
+    """The functions of a request's `namespace` tools (Codex groups its sub-agent tools, `spawn_agent`, `wait_agent`,
+    ..., in one: `multi_agent_v1`), which only OpenAI's Responses API takes grouped: a translated request offers each
+    as a plain function, under its own name where no other tool of the request has that name, else under
+    `<namespace>__<name>` (which a provider's adapter sends as an alias where its rules refuse it: `ToolNames`). A
+    call of one comes back as OpenAI's does, a `function_call` whose `name` is the function's and `namespace` its
+    group's; such a call sent back in a later turn goes to the provider under the name the function was offered by.
+    Made from the request's tools alone, so that its request and its answer (whole or streamed) agree on each name."""
+
+    SEPARATOR = "__"
+    __slots__ = ("sent", "called")
+
+    def __init__(self, tools: list[dict[str, Any]] | None) -> None:
+        self.sent: dict[tuple[str, str], str] = {}  # (namespace, function) -> the name the provider is offered
+        self.called: dict[str, tuple[str, str]] = {}  # the reverse, for the answer's calls
+        grouped = [
+            (space, name)
+            for tool in tools or ()
+            if (space := _named(tool, "namespace"))
+            for inner in _grouped(tool)
+            if (name := _named(inner, "function"))
+        ]
+        if not grouped:
+            return
+        plain = {name for tool in tools or () if (name := _named(tool, "function"))}
+        counts: dict[str, int] = {}
+        for _, name in grouped:
+            counts[name] = counts.get(name, 0) + 1
+        taken = set(plain)
+        for space, name in grouped:
+            if (space, name) in self.sent:
+                continue
+            sent = name
+            if name in plain or counts[name] > 1:
+                sent = prefixed = f"{space}{self.SEPARATOR}{name}"
+                attempt = 1
+                while sent in taken or sent in counts:  # (a function of that very name: another suffix)
+                    attempt += 1
+                    sent = f"{prefixed}_{attempt}"
+            taken.add(sent)
+            self.sent[space, name] = sent
+            self.called[sent] = (space, name)
+
+    def sent_name(self, space: str | None, name: str) -> str:
+        """The name a call of `name` in `space` goes to the provider by (a call sent back in the history): the one
+        the function is offered by, else (a namespace the request no longer offers) its namespace's prefixed."""
+        if space is None:
+            return name
+        return self.sent.get((space, name)) or f"{space}{self.SEPARATOR}{name}"
+
+    def client_name(self, sent: str) -> tuple[str | None, str]:
+        """The namespace and name of the function the provider's call names `sent` (no namespace: a plain one)."""
+        grouped = self.called.get(sent) if self.called else None
+        return grouped if grouped is not None else (None, sent)
+
+
+def _function(tool: dict[str, Any], name: str) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": name, "parameters": tool.get("parameters") or {"type": "object"}}
+    if tool.get("description"):
+        function["description"] = tool["description"]
+    if tool.get("strict") is not None:
+        function["strict"] = tool["strict"]
+    return {"type": "function", "function": function}
+
+
+def _tools(req: ResponsesRequest, dropped: list[str], spaces: Namespaces) -> list[dict[str, Any]]:
+    """The function tools, a namespace's in its place under the names `spaces` gives them; the rest named."""
     tools: list[dict[str, Any]] = []
     for tool in req.tools or ():
         kind = str(tool.get("type", ""))
-        name = tool.get("name")
-        if kind != "function" or not isinstance(name, str) or not name:
+        name = _named(tool, "function")
+        space = _named(tool, "namespace")
+        if name is not None:
+            tools.append(_function(tool, name))
+        elif space is not None:
+            for inner in _grouped(tool):
+                function = _named(inner, "function")
+                if function is None:  # (a custom tool among them, as one alone)
+                    dropped.append(f"tools[{inner.get('type') or 'untyped'}]")
+                else:
+                    tools.append(_function(inner, spaces.sent[space, function]))
+        else:
             dropped.append(f"tools[{kind or 'untyped'}]")
-            continue
-        function: dict[str, Any] = {"name": name, "parameters": tool.get("parameters") or {"type": "object"}}
-        if tool.get("description"):
-            function["description"] = tool["description"]
-        if tool.get("strict") is not None:
-            function["strict"] = tool["strict"]
-        tools.append({"type": "function", "function": function})
     return tools
 
 
-def _tool_choice(choice: str | dict[str, Any] | None, names: set[str], dropped: list[str]) -> Any:
+def _tool_choice(choice: str | dict[str, Any] | None, names: set[str], dropped: list[str], spaces: Namespaces) -> Any:
     """The choice in Chat Completions form, among the function tools `names`. One that asks for a call with none
     left to choose (`required` beside hosted tools alone, a function named with no function tool) goes, named
     `tool_choice` as the pass-through names it (`responses_routes.unchosen`): it went unnamed, and the model, asked
@@ -605,21 +687,30 @@ def _tool_choice(choice: str | dict[str, Any] | None, names: set[str], dropped: 
     if not names:
         dropped.append("tool_choice")
         return None
-    if choice.get("type") == "function" and choice.get("name") in names:
-        return {"type": "function", "function": {"name": choice["name"]}}
+    chosen = _chosen(choice, spaces)
+    if chosen in names:
+        return {"type": "function", "function": {"name": chosen}}
     if choice.get("type") == "allowed_tools":
-        return _allowed_tools(choice, names, dropped)
+        return _allowed_tools(choice, names, dropped, spaces)
     dropped.append(f"tool_choice[{choice.get('type')}]")
     return None
 
 
-def _allowed_tools(choice: dict[str, Any], names: set[str], dropped: list[str]) -> Any:
+def _chosen(tool: Any, spaces: Namespaces) -> str | None:
+    """The name sent for the function a choice names (one of a namespace: by its `namespace` too), None for another
+    tool."""
+    name = _named(tool, "function")
+    space = tool.get("namespace") if name is not None else None
+    return spaces.sent_name(space, name) if name is not None and isinstance(space, str) else name
+
+
+def _allowed_tools(choice: dict[str, Any], names: set[str], dropped: list[str], spaces: Namespaces) -> Any:
     """An `allowed_tools` choice in Chat Completions form: the function tools it allows, its mode. One it allows
     that the request does not carry (a hosted tool, left out) is named (`tool_choice.tools`); with none left, the
     mode alone."""
     mode = "required" if choice.get("mode") == "required" else "auto"
     allowed = [tool for tool in choice.get("tools") or () if isinstance(tool, dict)]
-    kept = [tool["name"] for tool in allowed if tool.get("type") == "function" and tool.get("name") in names]
+    kept = [name for tool in allowed if (name := _chosen(tool, spaces)) in names]
     if len(kept) < len(allowed):
         dropped.append("tool_choice.tools")
     if not kept:
@@ -658,7 +749,8 @@ def to_chat_request(
     if req.truncation == "auto":
         dropped.append("truncation")
     dropped += [f"include[{name}]" for name in req.include or () if name != ENCRYPTED_REASONING]
-    conversation = _Conversation(seal, dropped)
+    spaces = Namespaces(req.tools)
+    conversation = _Conversation(seal, dropped, spaces)
     if req.instructions:
         conversation.messages.append({"role": "system", "content": req.instructions})
     items = input_items(req)
@@ -670,17 +762,17 @@ def to_chat_request(
     _ordered_turns(conversation.messages)
     if not any(m["role"] != "system" for m in conversation.messages):
         raise InvalidRequestError("input must hold at least one message or item", param="input")
-    tools = _tools(req, dropped)
+    tools = _tools(req, dropped, spaces)
     body: dict[str, Any] = {"model": req.model, "messages": conversation.messages}
     if tools:
         body["tools"] = tools
-        choice = _tool_choice(req.tool_choice, {t["function"]["name"] for t in tools}, dropped)
+        choice = _tool_choice(req.tool_choice, {t["function"]["name"] for t in tools}, dropped, spaces)
         if choice is not None:
             body["tool_choice"] = choice
         if req.parallel_tool_calls is not None:
             body["parallel_tool_calls"] = req.parallel_tool_calls
     elif req.tool_choice is not None:
-        _tool_choice(req.tool_choice, set(), dropped)  # (none left to choose: named, as `unchosen` names it)
+        _tool_choice(req.tool_choice, set(), dropped, spaces)  # (none left to choose: named, as `unchosen` does)
     response_format = _response_format(req.text)
     if response_format is not None:
         body["response_format"] = response_format
@@ -807,15 +899,17 @@ def message_item(item_id: str, parts: list[dict[str, Any]], status: str = "compl
     return {"id": item_id, "type": "message", "role": "assistant", "status": status, "content": parts}
 
 
-def call_item(item_id: str, call_id: str, name: str, arguments: str, status: str = "completed") -> dict[str, Any]:
-    return {
-        "id": item_id,
-        "type": "function_call",
-        "call_id": call_id,
-        "name": name,
-        "arguments": arguments,
-        "status": status,
-    }
+def call_item(
+    item_id: str, call_id: str, name: str, arguments: str, status: str = "completed", spaces: Namespaces | None = None
+) -> dict[str, Any]:
+    """A function call output item: a call of a namespace's function names it as OpenAI does, `namespace` beside the
+    function's own `name` (`spaces`: the request's, which gave the name the provider called it by)."""
+    space, name = spaces.client_name(name) if spaces is not None else (None, name)
+    item = {"id": item_id, "type": "function_call", "call_id": call_id, "name": name, "arguments": arguments}
+    if space is not None:
+        item["namespace"] = space
+    item["status"] = status
+    return item
 
 
 OPENAI_TIERS = frozenset({"auto", "default", "flex", "scale", "priority"})
@@ -908,8 +1002,9 @@ def _items(
         parts.append(content_part("refusal", message.refusal))
     if parts:
         output.append(message_item(ids.item("msg"), parts))
+    spaces = Namespaces(req.tools)
     for call in message.tool_calls or ():
-        output.append(call_item(ids.item("fc"), call.id, call.function.name, call.function.arguments))
+        output.append(call_item(ids.item("fc"), call.id, call.function.name, call.function.arguments, spaces=spaces))
     return output
 
 
@@ -928,6 +1023,7 @@ def _items_in_order(
     """Output items for parts in the model's order, as its stream has them: a reasoning item for each run of thinking
     blocks (their text its summary, the blocks sealed with it), a message for each run of text, an item per call."""
     output: list[dict[str, Any]] = []
+    spaces = Namespaces(req.tools)
     rest = {name: value for name, value in fields.items() if name != "thinking_blocks"}
     for kind, run in itertools.groupby(parts, key=operator.itemgetter(0)):
         same = [part for _, part in run]
@@ -939,7 +1035,8 @@ def _items_in_order(
             output.append(message_item(ids.item("msg"), [content_part("output_text", "".join(same))]))
         else:
             for call in same:
-                output.append(call_item(ids.item("fc"), call.id, call.function.name, call.function.arguments))
+                fc = ids.item("fc")
+                output.append(call_item(fc, call.id, call.function.name, call.function.arguments, spaces=spaces))
     return output
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from handler.api.call_order import CallOrder
 from handler.api.responses_api import (
+    Namespaces,
     ReasoningSeal,
     ResponseIds,
     ResponsesRequest,
@@ -73,6 +74,7 @@ class ResponsesEventWriter:
         self.finish_reason: str | None = None
         self.trailing: dict[str, Any] = {}
         self.calls = CallOrder()
+        self.spaces = Namespaces(req.tools)  # (a call of a namespace's function names it: `call_item`)
         self.served_tier: str | None = None  # (the tier the chunks say the answer runs at: `envelope`)
 
     def event(self, kind: str, **payload: Any) -> bytes:
@@ -141,7 +143,7 @@ class ResponsesEventWriter:
         return out + self.event("response.content_part.done", part=item.parts[-1], **where)
 
     def _announce_call(self, item: _Item) -> bytes:
-        added = call_item(item.id, item.call_id, item.name, "", "in_progress")
+        added = call_item(item.id, item.call_id, item.name, "", "in_progress", self.spaces)
         return self.event("response.output_item.added", item=added, output_index=item.index)
 
     def _close(self, status: str = "completed") -> bytes:
@@ -161,8 +163,8 @@ class ResponsesEventWriter:
             out += self._close_part(item)
             done = message_item(item.id, item.parts, status)
         else:
-            done = call_item(item.id, item.call_id, item.name, text, status)
-            out += self.event("response.function_call_arguments.done", name=item.name, arguments=text, **where)
+            done = call_item(item.id, item.call_id, item.name, text, status, self.spaces)
+            out += self.event("response.function_call_arguments.done", name=done["name"], arguments=text, **where)
         self.output.append(done)
         return out + self.event("response.output_item.done", item=done, output_index=item.index)
 
@@ -266,7 +268,7 @@ class ResponsesEventWriter:
             parts = [*item.parts, content_part(item.part, text)] if item.part is not None else list(item.parts)
             cut = message_item(item.id, parts, "incomplete")
         else:
-            cut = call_item(item.id, item.call_id, item.name, text, "incomplete")
+            cut = call_item(item.id, item.call_id, item.name, text, "incomplete", self.spaces)
         return [*self.output, cut]
 
     def failed(self, exc: GatewayError, cost: Cost | None) -> tuple[bytes, dict[str, Any]]:

@@ -106,3 +106,26 @@ def test_codex_waits_and_retries_a_429_the_gateway_did_not_retry(fleet: Running,
     assert (workdir / "out.txt").read_text().strip() == "hi"
     models = [r["model"] for r in fleet.fakes["bedrock"].state.requests[start:]]
     assert models.count(THROTTLED_ONCE) >= 3, models  # the throttled request, sent again, then the command's output
+
+
+@pytest.mark.parametrize("model", ["claude", "gemini"])
+def test_codex_sub_agent_tools_reach_a_translated_model(fleet: Running, model: str, tmp_path: Path) -> None:
+    """Codex sends its sub-agent tools (`spawn_agent`, `wait_agent`, ...) grouped in a `namespace` tool, which only
+    OpenAI's Responses API takes: Claude and Gemini got none of them (the group left out as `tools[namespace]`), only
+    Codex's plain functions. Each is offered as a function of its own."""
+    workdir, home = tmp_path / "work", tmp_path / "home"
+    workdir.mkdir()
+    home.mkdir()
+    fake = fleet.fakes["anthropic" if model == "claude" else "gemini"]
+    start = len(fake.state.requests)
+    call = orjson.dumps({"cmd": "echo hi"}).decode()
+    done = codex_exec(
+        fleet, fleet.mint(name=f"codex-agents-{model}"), model, f"CALL exec_command {call}", workdir, home
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    sent = fake.state.requests[start]["json"]
+    if model == "claude":
+        names = [tool["name"] for tool in sent["tools"]]
+    else:
+        names = [f["name"] for group in sent["tools"] for f in group.get("functionDeclarations", ())]
+    assert "exec_command" in names and "spawn_agent" in names and "wait_agent" in names, names

@@ -16,6 +16,7 @@ from openai.types.responses import Response, response_input_item_param
 from handler import schemas
 from handler.api.responses_api import (
     ITEM_TYPES,
+    Namespaces,
     ReasoningSeal,
     ResponseIds,
     ResponsesRequest,
@@ -392,3 +393,103 @@ def test_a_service_tier_the_deployment_was_not_sent_is_not_echoed_as_served(stre
         else:
             response = to_response(answer, req, ids, SEAL, None, dropped)
         assert response["service_tier"] == tier
+
+
+# --- namespace tools -------------------------------------------------------------------------------
+
+
+def function_tool(name: str) -> dict[str, Any]:
+    return {"type": "function", "name": name, "parameters": {"type": "object"}}
+
+
+def namespace_tool(name: str, *tools: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "namespace", "name": name, "description": "d", "tools": list(tools)}
+
+
+def test_a_namespaces_functions_are_offered_under_their_names_or_prefixed_where_another_tool_has_it() -> None:
+    """Each function of a namespace goes as a plain one, in its namespace's place: under its own name where no other
+    tool has it, else prefixed with its namespace (and a suffix where even that is taken). A custom tool among them
+    is named as one alone would be, and a namespace with no name is left out whole (its calls could not name it)."""
+    tools = [
+        function_tool("exec_command"),
+        namespace_tool("agents", function_tool("spawn_agent"), function_tool("exec_command"), {"type": "custom"}),
+        namespace_tool("other", function_tool("spawn_agent"), function_tool("wait_agent")),
+        function_tool("other__spawn_agent"),
+        {"type": "namespace", "tools": [function_tool("lost")]},
+    ]
+    body = ResponsesRequest.model_validate({"model": "m", "input": "hi", "tools": tools})
+    req, dropped = to_chat_request(body, [], SEAL)
+    assert [tool.function.name for tool in req.tools or ()] == [
+        "exec_command",
+        "agents__spawn_agent",
+        "agents__exec_command",
+        "other__spawn_agent_2",
+        "wait_agent",
+        "other__spawn_agent",
+    ]
+    assert dropped == ["tools[custom]", "tools[namespace]"]
+    spaces = Namespaces(body.tools)
+    assert spaces.client_name("other__spawn_agent_2") == ("other", "spawn_agent")
+    assert spaces.client_name("wait_agent") == ("other", "wait_agent")
+    assert spaces.client_name("other__spawn_agent") == (None, "other__spawn_agent")
+
+
+def test_a_namespaced_call_sent_back_goes_under_the_name_its_function_is_offered_by() -> None:
+    tools = [function_tool("spawn_agent"), namespace_tool("agents", function_tool("spawn_agent"))]
+    calls = [
+        {"type": "function_call", "call_id": "c1", "name": "spawn_agent", "namespace": "agents", "arguments": "{}"},
+        {"type": "function_call", "call_id": "c2", "name": "spawn_agent", "arguments": "{}"},
+        {"type": "function_call", "call_id": "c3", "name": "gone", "namespace": "old", "arguments": "{}"},
+    ]
+    outputs = [{"type": "function_call_output", "call_id": f"c{n}", "output": "ok"} for n in (1, 2, 3)]
+    messages, dropped = translate([{"role": "user", "content": "go"}, *calls, *outputs], tools=tools)
+    assert [call["function"]["name"] for call in messages[1]["tool_calls"]] == [
+        "agents__spawn_agent",
+        "spawn_agent",
+        "old__gone",  # (a namespace no longer offered: its call still says whose it was)
+    ]
+    assert dropped == []
+    with pytest.raises(InvalidRequestError, match=r"input\[1\]\.namespace"):
+        translate([{"role": "user", "content": "go"}, {**calls[0], "namespace": 7}])
+
+
+@pytest.mark.parametrize(
+    ("choice", "sent"),
+    [
+        ({"type": "function", "name": "spawn_agent", "namespace": "agents"}, "agents__spawn_agent"),
+        ({"type": "function", "name": "spawn_agent"}, "spawn_agent"),
+        ({"type": "function", "name": "wait_agent"}, "wait_agent"),
+    ],
+)
+def test_a_choice_of_a_namespaced_function_chooses_the_name_it_is_offered_by(choice: Any, sent: str) -> None:
+    tools = [
+        function_tool("spawn_agent"),
+        namespace_tool("agents", function_tool("spawn_agent"), function_tool("wait_agent")),
+    ]
+    body = ResponsesRequest.model_validate({"model": "m", "input": "hi", "tools": tools, "tool_choice": choice})
+    req, dropped = to_chat_request(body, [], SEAL)
+    assert req.model_dump(exclude_none=True)["tool_choice"] == {"type": "function", "function": {"name": sent}}
+    allowed = {"type": "allowed_tools", "mode": "auto", "tools": [choice]}
+    body = ResponsesRequest.model_validate({"model": "m", "input": "hi", "tools": tools, "tool_choice": allowed})
+    req, dropped = to_chat_request(body, [], SEAL)
+    assert req.model_dump(exclude_none=True)["tool_choice"]["allowed_tools"]["tools"] == [
+        {"type": "function", "function": {"name": sent}}
+    ]
+    assert dropped == []
+
+
+def test_a_namespaced_call_cut_mid_stream_names_its_namespace() -> None:
+    """The output a broken stream's `response.failed` carries names the call's namespace, as a whole answer does."""
+    tools = [namespace_tool("agents", function_tool("spawn_agent"))]
+    req = ResponsesRequest.model_validate({"model": "m", "input": "hi", "tools": tools})
+    call = {"id": "call_1", "type": "function", "function": {"name": "spawn_agent", "arguments": '{"message": "x"}'}}
+    answer = completion({"content": None, "tool_calls": [call]}, finish="tool_calls")
+    ids = ResponseIds("req_" + "0" * 32)
+    whole = to_response(answer, req, ids, SEAL, None)["output"]
+    writer = ResponsesEventWriter(req, ResponseIds("req_" + "1" * 32), SEAL)
+    for chunk in schemas.completion_chunks(answer):
+        if not chunk.choices or not chunk.choices[0].finish_reason:
+            writer.chunk(chunk)
+    cut = writer.streamed()
+    for item in (whole[-1], cut[-1]):
+        assert (item["type"], item["name"], item["namespace"]) == ("function_call", "spawn_agent", "agents")
