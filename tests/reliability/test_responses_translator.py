@@ -58,7 +58,18 @@ tool = st.one_of(
         name,
         st.sampled_from([{"type": "object", "properties": {"city": {"type": "string"}}}, {"type": "object"}, None]),
     ),
-    st.sampled_from([{"type": "web_search"}, {"type": "namespace", "name": "ns", "tools": []}, {"type": "custom"}]),
+    st.sampled_from(
+        [
+            {"type": "web_search"},
+            {"type": "namespace", "name": "ns", "tools": []},
+            {
+                "type": "namespace",
+                "name": "ns.agents",
+                "tools": [{"type": "function", "name": "f"}, {"type": "custom"}],
+            },
+            {"type": "custom"},
+        ]
+    ),
 )
 body = st.fixed_dictionaries(
     {"model": st.just("m"), "input": text | st.lists(item, max_size=6)},
