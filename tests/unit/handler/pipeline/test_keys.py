@@ -7,8 +7,17 @@ from dataclasses import replace
 
 import pytest
 
+from handler.api.key_routes import beyond_authority
 from handler.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
-from handler.pipeline.key_admin import GlobCheck, KeyAdmin, MintedKey, models_within, validate_networks
+from handler.pipeline.key_admin import (
+    CONTAINMENT_STEPS,
+    GlobCheck,
+    KeyAdmin,
+    MintedKey,
+    StepsSpent,
+    models_within,
+    validate_networks,
+)
 from handler.pipeline.keys import (
     RECHECK_SECONDS,
     KeyService,
@@ -97,16 +106,55 @@ def test_glob_containment_is_sound() -> None:
 
 def test_a_requests_containment_checks_stop_at_their_bound() -> None:
     """Past `CONTAINMENT_STEPS` a holder's patterns are a 400 naming the field (each pair walked both patterns
-    whole: 1.84 s of the event loop for each child pattern below); a key's stored patterns are "not within"."""
-    parent = ["*a" * 98 + "*" + chr(0x4E00 + k) + "a" for k in range(99)] + ["*"]
+    whole: 1.84 s of the event loop for each child pattern below); a key's stored patterns raise `StepsSpent`. The
+    parent's patterns each end as the children do (`*b`), so that their literal suffix does not set them aside."""
+    parent = ["*a" * 98 + "*" + chr(0x4E00 + k) + "*b" for k in range(99)] + ["*b"]
     child = [f"{'a' * 190}{k:03}b" for k in range(11)]
     assert GlobCheck("models").models_within(child[:4], parent)
     with pytest.raises(InvalidRequestError) as refused:
         GlobCheck("models").models_within(child, parent)
     assert refused.value.param == "models" and "steps" in refused.value.message
-    ending = [*parent[:-1], "*b"]  # (within, but only past the bound)
-    assert GlobCheck(steps=10**9).models_within(child, ending) and not GlobCheck().models_within(child, ending)
-    assert GlobCheck().models_within(child, parent)  # (`*` holds every pattern: no work)
+    assert GlobCheck(steps=10**9).models_within(child, parent)  # (within, but only past the bound)
+    with pytest.raises(StepsSpent):  # (stored patterns: neither within nor not, never a quiet "not within")
+        GlobCheck().models_within(child, parent)
+    assert GlobCheck().models_within(child, [*parent, "*"])  # (`*` holds every pattern: no work)
+
+
+# 80 explicit model ids of one family, as an operator lists the Bedrock profiles a team may use (35 characters shared),
+# and the same ids with any version.
+BEDROCK = [f"us.anthropic.claude-sonnet-4-5-2025{n:04d}-v1:0" for n in range(80)]
+VERSIONED = [model[:-1] + "*" for model in BEDROCK]
+
+
+def test_a_list_of_model_ids_is_within_its_parents_in_a_step_an_id_at_most() -> None:
+    """Each pair was walked over the ids' shared prefix, names without a wildcard too: 80 ids within themselves took
+    120,440 steps and within their 80 `...-v1:*` patterns 123,960, both refused as too long to check (found by
+    review). A name is looked up among the parent's names, and a pattern tried only on the ids with its prefix."""
+    for parent, steps in ((BEDROCK, 0), (VERSIONED, len(BEDROCK)), ([*reversed(VERSIONED), "*-v2:*"], len(BEDROCK))):
+        check = GlobCheck("models")
+        assert check.models_within(BEDROCK, parent)
+        assert CONTAINMENT_STEPS - check.steps <= steps
+    assert not GlobCheck("models").models_within([*BEDROCK, "us.anthropic.claude-sonnet-4-5-20250080-v1:0"], BEDROCK)
+    assert not GlobCheck("models").models_within(["us.anthropic.claude-sonnet-4-5-2025*"], VERSIONED)
+    assert not GlobCheck("models").models_within(["[u]s.anthropic.*"], BEDROCK)  # (a name holds only itself)
+    assert GlobCheck("models").models_within(["[u]s.anthropic.claude-sonnet-4-5-20250007-v1:[0]"], BEDROCK)
+
+
+def test_an_admin_key_is_told_when_a_keys_models_take_too_long_to_compare_with_its_own() -> None:
+    """A rotation or revocation by an admin key bounded to models compares the key's stored patterns with its own
+    (`beyond_authority`). Past its steps they were taken as "not within": an admin key bounded to 80 `...-v1:*`
+    patterns was told a key of the 80 ids in them was outside its models (found by review). It is within; and
+    patterns too long to compare are refused as such."""
+    target = KeyRecord(id="t", name="t", secret_hash="", created_at=0, models=BEDROCK)
+    narrow = KeyRecord(id="a", name="a", secret_hash="", created_at=0, admin=True, models=VERSIONED)
+    assert beyond_authority([target], narrow) is None
+    assert (
+        beyond_authority([target], replace(narrow, models=BEDROCK[1:])) == "its models are not within this admin key's"
+    )
+    starred = ["*a" * 98 + "*" + chr(0x4E00 + k) + "*b" for k in range(99)]
+    patterned = replace(target, models=[f"{'a' * 190}{k:03}b" for k in range(11)])
+    why = beyond_authority([patterned], replace(narrow, models=[*starred, "*b"]))
+    assert why is not None and "steps to compare" in why and "not known to be within" in why
 
 
 def test_a_minted_keys_repr_shows_its_id_never_its_secret() -> None:
