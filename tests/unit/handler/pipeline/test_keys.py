@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 
 import pytest
@@ -395,8 +396,89 @@ async def test_a_read_in_flight_does_not_undo_what_this_process_just_wrote(actio
     else:
         await admin.revoke(parent.record)
     store.gate.set()
-    assert (await in_flight) == minted.record  # (begun before the write: answered what it read)
+    assert (await in_flight).version > minted.record.version  # (begun before the write: answered the write)
     with pytest.raises((AuthenticationError, PermissionDeniedError)):
         await service.authenticate_lineage(minted.key, None, administers=True)
     held = await service.lookup(minted.record.id)
     assert held is not None and held.version > minted.record.version
+
+
+class SlowAnswerStore(MemoryStore):
+    """A store whose next `update_key` of `slow_id` lands at once but answers only once `gate` opens: a DynamoDB
+    `PutItem` written, its answer still on the way (a few ms; another request of the process runs meanwhile)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow_id: str | None = None
+        self.gate = asyncio.Event()
+        self.written = asyncio.Event()
+
+    async def update_key(self, record: KeyRecord) -> None:
+        await super().update_key(record)
+        if record.id == self.slow_id:
+            self.slow_id = None
+            self.written.set()
+            await self.gate.wait()
+
+
+@pytest.mark.parametrize("action", ["revoke", "rotate"])
+async def test_a_write_answered_late_does_not_undo_a_later_write_this_process_made(action: str) -> None:
+    """A retag (version 2) lands, its answer still on the way; a revocation, or a rotation with no grace, reads it,
+    writes version 3 and caches it; then the retag's answer comes and `wrote` cached version 2 over it (found by
+    review): the revoked key, or the rotated-out secret, served on the process that ended it, for
+    `key_cache_seconds`. The cache keeps the later version, whatever order the answers come in."""
+    store = SlowAnswerStore()
+    service = KeyService(store, 5, clock=lambda: 1000.0)
+    admin = KeyAdmin(service)
+    minted = await admin.mint(KeyRecord(id="", name="svc", secret_hash="", created_at=0))
+    key_id = minted.record.id
+    store.slow_id = key_id
+    retag = asyncio.ensure_future(admin.retag(minted.record, {"team": "search"}))  # PATCH /admin/keys/{id}
+    await store.written.wait()
+
+    async def latest() -> KeyRecord:
+        return await store.get_key_latest(key_id) or minted.record
+
+    if action == "revoke":
+        ended = await admin.change(latest, admin.revoke, "revoking")
+    else:
+        ended = (await admin.change(latest, lambda record: admin.rotate(record, 0), "rotating")).record
+    assert ended.version == 3
+    store.gate.set()
+    assert (await retag).version == 2
+    with pytest.raises(AuthenticationError):
+        await service.authenticate(minted.key, None)
+    assert await service.lookup(key_id) == ended
+
+
+class BehindStore(MemoryStore):
+    """A store whose `get_key` reads a replica that has none of the writes after `behind` (one region's, while
+    replication lags), and `get_key_latest` the key's home region."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.behind: KeyRecord | None = None
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        if self.behind is not None and self.behind.id == key_id:
+            return self.behind
+        return await super().get_key(key_id)
+
+
+async def test_a_replica_behind_this_processs_write_does_not_undo_it_when_the_cache_ends() -> None:
+    """A key revoked by this process in its home region, read again once its cached record is `key_cache_seconds`
+    old, from a replica the revocation has not reached: the older record replaced the revocation, the key live
+    again on the process that revoked it. A record older than the cached one is not taken."""
+    now = [time.time()]  # (the store purges a key a day after its revocation, by its own clock)
+    store = BehindStore()
+    service = KeyService(store, 5, clock=lambda: now[0])
+    admin = KeyAdmin(service)
+    minted = await admin.mint(KeyRecord(id="", name="svc", secret_hash="", created_at=0))
+    store.behind = minted.record
+    revoked = await admin.revoke(minted.record)
+    now[0] += 6
+    with pytest.raises(AuthenticationError):
+        await service.authenticate(minted.key, None)
+    assert await service.lookup(minted.record.id) == revoked
+    store.behind = None  # (replication arrives)
+    assert await service.lookup(minted.record.id) == revoked
