@@ -24,8 +24,10 @@ from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedE
 from handler.pipeline.attribution import line_tags, stored_tags, validate_tags
 from handler.pipeline.budgets import period_of
 from handler.pipeline.key_admin import (
+    CONTAINMENT_STEPS,
     GlobCheck,
     KeyAdmin,
+    StepsSpent,
     family_of,
     key_names,
     unkeyed_name,
@@ -262,7 +264,11 @@ def beyond_authority(target: list[KeyRecord], authority: KeyRecord) -> str | Non
     or None when `authority`'s bounds hold it: it is `authority` or one of its descendants (every request of it is
     held to `authority`'s bounds), or it is no wider on any bound: no later expiry (none at all is later), models and
     IP ranges within (those of any key of its chain), and `authority` has no budget or rates, which a key spending
-    apart from it would escape."""
+    apart from it would escape.
+
+    The models are stored patterns, compared in `CONTAINMENT_STEPS` as a new key's are: each of the two keys' was
+    held to the key that minted it, never to the other's, so many long wildcard patterns on both could take far
+    longer. Past the steps the refusal says so (`StepsSpent`), where it said "not within" of models that were."""
     if authority.id in (target[0].id, *target[0].ancestors):
         return None
     spending = spending_bounds(authority)
@@ -272,8 +278,20 @@ def beyond_authority(target: list[KeyRecord], authority: KeyRecord) -> str | Non
         ends = [held.expires_at for held in target if held.expires_at is not None]
         if not ends or min(ends) > authority.expires_at:
             return "it outlives this admin key"
-    patterns = GlobCheck()  # (stored patterns, checked on a rotation or revocation: past its work, "not within")
-    if not any(patterns.models_within(held.models, authority.models) for held in target):
+    patterns, spent = GlobCheck(), False
+    for held in target:
+        try:
+            if patterns.models_within(held.models, authority.models):
+                break
+        except StepsSpent:
+            spent = True  # (a key further up the chain may still be settled without a step: by its models' names)
+    else:
+        if spent:
+            return (
+                f"its models take more than {CONTAINMENT_STEPS:,} steps to compare with this admin key's (many long "
+                "wildcard patterns on both), so they are not known to be within them; an admin key whose models "
+                "are '*' can"
+            )
         return "its models are not within this admin key's"
     if authority.allow_ips and not any(
         held.allow_ips and networks_within(held.allow_ips, authority.allow_ips) for held in target
@@ -286,15 +304,25 @@ def wider_model_limit(child: KeyRecord, parent: KeyRecord, whose: str, patterns:
     """Refuse a child's per-model limit above what `parent` (or another ancestor) allows the same models: its
     `rpm` or `tpm`, or its limit for a pattern holding the child's (a child's `m-a` at 100 rpm under a parent's `m-a` at
     2 was minted, and its key said so, though the parent's 2 held at every request). `patterns`: the request's check,
-    whose work is bounded over the whole lineage."""
+    whose work is bounded over the whole lineage.
+
+    A child's limit is compared only with the parent's entries below it (and below the parent's own), tightest
+    first, up to the first whose pattern holds the child's: that is the tightest bound on it. Compared with every
+    entry, a child given its parent's own limits for 60 Bedrock profiles took 135,060 steps, a 400."""
+    tighter = {
+        name: sorted((theirs[name], held) for held, theirs in parent.model_limits.items() if name in theirs)
+        for name in ("rpm", "tpm")
+    }
     for pattern, limits in child.model_limits.items():
         for name, mine in limits.items():
-            bounds = [getattr(parent, name)] + [
-                theirs[name]
-                for held, theirs in parent.model_limits.items()
-                if name in theirs and patterns.within(pattern, held)
-            ]
-            tightest = min((bound for bound in bounds if bound is not None), default=None)
+            tightest: int | None = getattr(parent, name)
+            ceiling = mine if tightest is None else min(mine, tightest)
+            for bound, held in tighter.get(name, ()):
+                if bound >= ceiling:
+                    break
+                if patterns.within(pattern, held):
+                    tightest = bound
+                    break
             if tightest is not None and mine > tightest:
                 raise InvalidRequestError(
                     f"model_limits.{pattern}.{name} {mine} exceeds {whose} {tightest}", param="model_limits"

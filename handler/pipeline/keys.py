@@ -200,12 +200,22 @@ class KeyService:
 
     def wrote(self, record: KeyRecord) -> None:
         """Cache the record this process just wrote: a key homed in another region is written there, and this
-        region's replica has the write only with replication (a rotated secret was 401 here for 1.09 s)."""
+        region's replica has the write only with replication (a rotated secret was 401 here for 1.09 s). Unless the
+        cache holds a later version (`_newer`): the answers to two writes of a key may come back in either order, and
+        a retag answered after the revocation made over it put the key back live on the process that revoked it."""
         self._stamp(record.id)
-        if self.cache_seconds > 0:
-            self._keep(record.id, CachedKey(self.clock(), record))
-        else:
+        if self.cache_seconds <= 0:
             self._cache.pop(record.id, None)
+        elif self._newer(record) is None:
+            self._keep(record.id, CachedKey(self.clock(), record))
+
+    def _newer(self, record: KeyRecord | None) -> CachedKey | None:
+        """The cached entry of `record`'s key if it holds a later version of it, however old the entry: each write
+        makes the next version (`Store.update_key`), so `record` is older than one this process wrote or read."""
+        if record is None:
+            return None
+        held = self._cache.get(record.id)
+        return held if held is not None and held.record is not None and held.record.version > record.version else None
 
     def forget(self, key_id: str | None = None) -> None:
         """Drop the cached record of `key_id` (one this process changed), or every one (after a SnapStart restore
@@ -245,7 +255,8 @@ class KeyService:
         record as it was before the write. Cached whenever it landed, a lookup begun before a revocation (another
         request of the process, on DynamoDB) put the key back live on the process that revoked it, for
         `key_cache_seconds`; and one begun before a rotation with no grace, the leaked secret as the key's current
-        one, admin powers and all."""
+        one, admin powers and all. A record older than the cached one (`_newer`: a replica behind a write this process
+        made in the key's home region) is neither cached nor answered: the cached, later one is."""
         began = self._writes
         self._reading[key_id] = self._reading.get(key_id, 0) + 1
         try:
@@ -255,6 +266,9 @@ class KeyService:
             if left:
                 self._reading[key_id] = left
             written = self._written.get(key_id, 0) if left else self._written.pop(key_id, 0)
+        newer = self._newer(record)
+        if newer is not None:
+            return newer
         cached = CachedKey(now, record)
         if self.cache_seconds > 0 and written <= began:
             self._keep(key_id, cached)

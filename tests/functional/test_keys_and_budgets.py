@@ -221,6 +221,20 @@ def test_an_admin_key_creates_rotates_and_revokes_only_within_its_own_bounds(run
     assert create(operator, admin=True).status_code == 201  # an admin key without bounds is as it was
 
 
+def test_a_narrow_admin_key_revokes_a_key_whose_model_ids_are_within_its_patterns(running: Running, mint: Any) -> None:
+    """An admin key bounded to 80 Bedrock profiles with any version (`...-v1:*`) revokes a key of the 80 ids: its
+    check of the key's models against its own ran out of steps (each pair walked over the ids' 35 shared characters)
+    and was taken as "not within", a 403 `admin_only` saying its models were not within the admin key's (found by
+    review)."""
+    models = [f"us.anthropic.claude-sonnet-4-5-2025{n:04d}-v1:0" for n in range(80)]
+    operator = mint(admin=True)
+    narrow = mint(admin=True, name="team admin", models=[model[:-1] + "*" for model in models])
+    target = httpx.post(f"{running.url}/admin/keys", headers=headers(operator), json={"name": "t", "models": models})
+    assert target.status_code == 201, target.text
+    revoked = httpx.post(f"{running.url}/admin/keys/{target.json()['id']}/revoke", headers=headers(narrow))
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"] is not None, revoked.text
+
+
 def test_revoke_and_rotate_with_grace(running: Running, mint: Any) -> None:
     admin = mint(admin=True)
     victim = httpx.post(f"{running.url}/admin/keys", headers=headers(admin), json={"name": "v"}).json()

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 
 import pytest
 
+from handler.api.key_routes import beyond_authority
 from handler.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
-from handler.pipeline.key_admin import GlobCheck, KeyAdmin, MintedKey, models_within, validate_networks
+from handler.pipeline.key_admin import (
+    CONTAINMENT_STEPS,
+    GlobCheck,
+    KeyAdmin,
+    MintedKey,
+    StepsSpent,
+    models_within,
+    validate_networks,
+)
 from handler.pipeline.keys import (
     RECHECK_SECONDS,
     KeyService,
@@ -97,16 +107,55 @@ def test_glob_containment_is_sound() -> None:
 
 def test_a_requests_containment_checks_stop_at_their_bound() -> None:
     """Past `CONTAINMENT_STEPS` a holder's patterns are a 400 naming the field (each pair walked both patterns
-    whole: 1.84 s of the event loop for each child pattern below); a key's stored patterns are "not within"."""
-    parent = ["*a" * 98 + "*" + chr(0x4E00 + k) + "a" for k in range(99)] + ["*"]
+    whole: 1.84 s of the event loop for each child pattern below); a key's stored patterns raise `StepsSpent`. The
+    parent's patterns each end as the children do (`*b`), so that their literal suffix does not set them aside."""
+    parent = ["*a" * 98 + "*" + chr(0x4E00 + k) + "*b" for k in range(99)] + ["*b"]
     child = [f"{'a' * 190}{k:03}b" for k in range(11)]
     assert GlobCheck("models").models_within(child[:4], parent)
     with pytest.raises(InvalidRequestError) as refused:
         GlobCheck("models").models_within(child, parent)
     assert refused.value.param == "models" and "steps" in refused.value.message
-    ending = [*parent[:-1], "*b"]  # (within, but only past the bound)
-    assert GlobCheck(steps=10**9).models_within(child, ending) and not GlobCheck().models_within(child, ending)
-    assert GlobCheck().models_within(child, parent)  # (`*` holds every pattern: no work)
+    assert GlobCheck(steps=10**9).models_within(child, parent)  # (within, but only past the bound)
+    with pytest.raises(StepsSpent):  # (stored patterns: neither within nor not, never a quiet "not within")
+        GlobCheck().models_within(child, parent)
+    assert GlobCheck().models_within(child, [*parent, "*"])  # (`*` holds every pattern: no work)
+
+
+# 80 explicit model ids of one family, as an operator lists the Bedrock profiles a team may use (35 characters shared),
+# and the same ids with any version.
+BEDROCK = [f"us.anthropic.claude-sonnet-4-5-2025{n:04d}-v1:0" for n in range(80)]
+VERSIONED = [model[:-1] + "*" for model in BEDROCK]
+
+
+def test_a_list_of_model_ids_is_within_its_parents_in_a_step_an_id_at_most() -> None:
+    """Each pair was walked over the ids' shared prefix, names without a wildcard too: 80 ids within themselves took
+    120,440 steps and within their 80 `...-v1:*` patterns 123,960, both refused as too long to check (found by
+    review). A name is looked up among the parent's names, and a pattern tried only on the ids with its prefix."""
+    for parent, steps in ((BEDROCK, 0), (VERSIONED, len(BEDROCK)), ([*reversed(VERSIONED), "*-v2:*"], len(BEDROCK))):
+        check = GlobCheck("models")
+        assert check.models_within(BEDROCK, parent)
+        assert CONTAINMENT_STEPS - check.steps <= steps
+    assert not GlobCheck("models").models_within([*BEDROCK, "us.anthropic.claude-sonnet-4-5-20250080-v1:0"], BEDROCK)
+    assert not GlobCheck("models").models_within(["us.anthropic.claude-sonnet-4-5-2025*"], VERSIONED)
+    assert not GlobCheck("models").models_within(["[u]s.anthropic.*"], BEDROCK)  # (a name holds only itself)
+    assert GlobCheck("models").models_within(["[u]s.anthropic.claude-sonnet-4-5-20250007-v1:[0]"], BEDROCK)
+
+
+def test_an_admin_key_is_told_when_a_keys_models_take_too_long_to_compare_with_its_own() -> None:
+    """A rotation or revocation by an admin key bounded to models compares the key's stored patterns with its own
+    (`beyond_authority`). Past its steps they were taken as "not within": an admin key bounded to 80 `...-v1:*`
+    patterns was told a key of the 80 ids in them was outside its models (found by review). It is within; and
+    patterns too long to compare are refused as such."""
+    target = KeyRecord(id="t", name="t", secret_hash="", created_at=0, models=BEDROCK)
+    narrow = KeyRecord(id="a", name="a", secret_hash="", created_at=0, admin=True, models=VERSIONED)
+    assert beyond_authority([target], narrow) is None
+    assert (
+        beyond_authority([target], replace(narrow, models=BEDROCK[1:])) == "its models are not within this admin key's"
+    )
+    starred = ["*a" * 98 + "*" + chr(0x4E00 + k) + "*b" for k in range(99)]
+    patterned = replace(target, models=[f"{'a' * 190}{k:03}b" for k in range(11)])
+    why = beyond_authority([patterned], replace(narrow, models=[*starred, "*b"]))
+    assert why is not None and "steps to compare" in why and "not known to be within" in why
 
 
 def test_a_minted_keys_repr_shows_its_id_never_its_secret() -> None:
@@ -347,8 +396,89 @@ async def test_a_read_in_flight_does_not_undo_what_this_process_just_wrote(actio
     else:
         await admin.revoke(parent.record)
     store.gate.set()
-    assert (await in_flight) == minted.record  # (begun before the write: answered what it read)
+    assert (await in_flight).version > minted.record.version  # (begun before the write: answered the write)
     with pytest.raises((AuthenticationError, PermissionDeniedError)):
         await service.authenticate_lineage(minted.key, None, administers=True)
     held = await service.lookup(minted.record.id)
     assert held is not None and held.version > minted.record.version
+
+
+class SlowAnswerStore(MemoryStore):
+    """A store whose next `update_key` of `slow_id` lands at once but answers only once `gate` opens: a DynamoDB
+    `PutItem` written, its answer still on the way (a few ms; another request of the process runs meanwhile)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow_id: str | None = None
+        self.gate = asyncio.Event()
+        self.written = asyncio.Event()
+
+    async def update_key(self, record: KeyRecord) -> None:
+        await super().update_key(record)
+        if record.id == self.slow_id:
+            self.slow_id = None
+            self.written.set()
+            await self.gate.wait()
+
+
+@pytest.mark.parametrize("action", ["revoke", "rotate"])
+async def test_a_write_answered_late_does_not_undo_a_later_write_this_process_made(action: str) -> None:
+    """A retag (version 2) lands, its answer still on the way; a revocation, or a rotation with no grace, reads it,
+    writes version 3 and caches it; then the retag's answer comes and `wrote` cached version 2 over it (found by
+    review): the revoked key, or the rotated-out secret, served on the process that ended it, for
+    `key_cache_seconds`. The cache keeps the later version, whatever order the answers come in."""
+    store = SlowAnswerStore()
+    service = KeyService(store, 5, clock=lambda: 1000.0)
+    admin = KeyAdmin(service)
+    minted = await admin.mint(KeyRecord(id="", name="svc", secret_hash="", created_at=0))
+    key_id = minted.record.id
+    store.slow_id = key_id
+    retag = asyncio.ensure_future(admin.retag(minted.record, {"team": "search"}))  # PATCH /admin/keys/{id}
+    await store.written.wait()
+
+    async def latest() -> KeyRecord:
+        return await store.get_key_latest(key_id) or minted.record
+
+    if action == "revoke":
+        ended = await admin.change(latest, admin.revoke, "revoking")
+    else:
+        ended = (await admin.change(latest, lambda record: admin.rotate(record, 0), "rotating")).record
+    assert ended.version == 3
+    store.gate.set()
+    assert (await retag).version == 2
+    with pytest.raises(AuthenticationError):
+        await service.authenticate(minted.key, None)
+    assert await service.lookup(key_id) == ended
+
+
+class BehindStore(MemoryStore):
+    """A store whose `get_key` reads a replica that has none of the writes after `behind` (one region's, while
+    replication lags), and `get_key_latest` the key's home region."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.behind: KeyRecord | None = None
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        if self.behind is not None and self.behind.id == key_id:
+            return self.behind
+        return await super().get_key(key_id)
+
+
+async def test_a_replica_behind_this_processs_write_does_not_undo_it_when_the_cache_ends() -> None:
+    """A key revoked by this process in its home region, read again once its cached record is `key_cache_seconds`
+    old, from a replica the revocation has not reached: the older record replaced the revocation, the key live
+    again on the process that revoked it. A record older than the cached one is not taken."""
+    now = [time.time()]  # (the store purges a key a day after its revocation, by its own clock)
+    store = BehindStore()
+    service = KeyService(store, 5, clock=lambda: now[0])
+    admin = KeyAdmin(service)
+    minted = await admin.mint(KeyRecord(id="", name="svc", secret_hash="", created_at=0))
+    store.behind = minted.record
+    revoked = await admin.revoke(minted.record)
+    now[0] += 6
+    with pytest.raises(AuthenticationError):
+        await service.authenticate(minted.key, None)
+    assert await service.lookup(minted.record.id) == revoked
+    store.behind = None  # (replication arrives)
+    assert await service.lookup(minted.record.id) == revoked
