@@ -4,6 +4,7 @@ that leaves while its non-streamed answer is still upstream, and upstreams that 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import re
 import socket
@@ -496,8 +497,8 @@ def test_a_head_the_parser_refuses_is_a_400_in_the_apis_shape(served: ServerThre
     assert error["code"] == "invalid_request" and "malformed" in error["message"]
 
 
-def read_request(conn: socket.socket) -> None:
-    """The whole of one request from `conn`: its head, then the body its `content-length` announces."""
+def read_request(conn: socket.socket) -> bytes:
+    """The whole of one request from `conn`: its head, then the body its `content-length` announces; its head."""
     data = b""
     while b"\r\n\r\n" not in data:
         data += conn.recv(65536)
@@ -506,6 +507,7 @@ def read_request(conn: socket.socket) -> None:
     length = next(int(line.split(b":")[1]) for line in fields if line.startswith(b"content-length"))
     while len(body) < length:
         body += conn.recv(65536)
+    return head
 
 
 def hang_up(conn: socket.socket) -> None:
@@ -541,6 +543,33 @@ def garbled(conn: socket.socket) -> None:
         time.sleep(0.2)
 
 
+COMPRESSED_ASKED: list[bytes] = []  # the heads of the requests `compressed` was sent
+
+
+def compressed(conn: socket.socket) -> None:
+    """An upstream that answers the whole request with its completion in gzip, whatever the request accepts (RFC 9110
+    12.5.3: one that says nothing accepts any coding)."""
+    with conn:
+        conn.settimeout(5)
+        COMPRESSED_ASKED.append(read_request(conn))
+        usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+        message = {"role": "assistant", "content": "hello"}
+        completion = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": usage,
+        }
+        body = gzip.compress(json.dumps(completion).encode())
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        time.sleep(0.2)
+
+
 DROPPING_PRICE = {"input": 1.0, "output": 2.0}
 CASES = [f"{api}-{way}" for api in ("chat", "responses", "messages") for way in ("whole", "stream")]
 DROPPING_CAP = 1000  # output tokens each request allows: its worst case is 1000 x $2/M at least
@@ -556,6 +585,7 @@ def dropping(running: Running) -> Iterator[Running]:
         "resets": SocketServer(reset),
         "huge": SocketServer(huge),
         "garbled": SocketServer(garbled),
+        "compressed": SocketServer(compressed),
     }
     fakes = running.upstream.url
     providers: dict[str, Any] = {}
@@ -664,7 +694,11 @@ def test_an_upstream_that_resets_the_connection_unread_is_free(dropping: Running
     assert line.status == 200 and line.cost_usd < DROPPING_CAP * DROPPING_PRICE["output"] / 1e6
 
 
-REFUSALS = [("huge", "upstream_body_too_large"), ("garbled", "upstream_protocol_error")]
+REFUSALS = [
+    ("huge", "upstream_body_too_large"),
+    ("garbled", "upstream_protocol_error"),
+    ("compressed", "upstream_protocol_error"),
+]
 
 
 @pytest.mark.parametrize(("kind", "outcome"), REFUSALS)
@@ -672,10 +706,12 @@ REFUSALS = [("huge", "upstream_body_too_large"), ("garbled", "upstream_protocol_
 def test_an_answer_the_gateway_refuses_is_charged_as_one_the_provider_may_bill(
     dropping: Running, api: str, provider: str, kind: str, outcome: str
 ) -> None:
-    """The provider got the whole request and answered it, with a body past the bound or a head no parser reads: it
-    ran and may bill it, so it is charged its worst case and not for the client to retry at once. It left no ledger
-    line and said `x-should-retry: true`; the garbled head was `connect_error`, "upstream unreachable" (found by
-    review)."""
+    """The provider got the whole request and answered it, with a body past the bound, a head no parser reads, or a
+    success in a content coding the request did not accept (`accept-encoding: identity`): it ran and may bill it, so
+    it is charged its worst case and not for the client to retry at once. It left no ledger line and said
+    `x-should-retry: true`; the garbled head was `connect_error`, "upstream unreachable" (found by review); the gzip
+    answer, asked for by a request that accepted any coding, was read as a body that is not JSON (`=invalid_json`,
+    found by review)."""
     fresh_minute()
     key = dropping.mint(name=f"refused-{kind}")
     case = f"{api}-whole"
@@ -695,6 +731,8 @@ def test_an_answer_the_gateway_refuses_is_charged_as_one_the_provider_may_bill(
     (line,) = dropping.ledger(key)
     assert (line.status, line.cost_source) == (200, "reserved")
     assert line.cost_usd >= DROPPING_CAP * DROPPING_PRICE["output"] / 1e6
+    if kind == "compressed":
+        assert all(b"\r\naccept-encoding: identity" in head.lower() for head in COMPRESSED_ASKED), COMPRESSED_ASKED
 
 
 ERRING_BOUND = 1024 * 1024  # a whole answer's bound, lowered under the fake's `fail-huge-<status>` bodies (8 MB)
