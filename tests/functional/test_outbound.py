@@ -21,6 +21,7 @@ import openai
 import orjson
 import pytest
 
+from handler.api.streaming import PAST_THE_END_S
 from handler.config import Config
 from tests.functional.conftest import Running, anthropic_client, fresh_minute, openai_client, serve_gateway
 from tests.support.serve import Served, gateway_serve
@@ -978,3 +979,104 @@ def test_gateway_serve_refuses_a_request_past_its_connections_with_503_server_bu
     assert httpx.Response(503, content=body).json()["error"]["code"] == "server_busy"
     time.sleep(0.1)  # (the server sees the three closed)
     assert httpx.get(f"{served.url}/health").status_code == 200
+
+
+STALL_REQUEST_S = 1.0  # `gateway.timeouts.request` (and `total`) of the stalled readers' gateways
+
+
+def flooding(conn: socket.socket) -> None:
+    """An upstream that streams a chat completion's deltas of 10 KB as fast as they are read, for up to 30 s."""
+    with conn:
+        conn.settimeout(30)
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        choice = {"index": 0, "delta": {"content": "x" * 10_000}, "finish_reason": None}
+        delta = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [choice]}
+        event = b"data: " + json.dumps(delta).encode() + b"\n\n"
+        piece = b"%x\r\n%s\r\n" % (len(event), event)
+        ends = time.monotonic() + 30
+        with contextlib.suppress(OSError):
+            while time.monotonic() < ends:
+                conn.sendall(piece)
+
+
+def stalled_stream(url: str, key: str, model: str) -> socket.socket:
+    """A stream asked for by a client that reads its answer's head, then nothing more (its receive buffer 4 KiB)."""
+    body = json.dumps(
+        {"model": model, "stream": True, "max_tokens": 1000, "messages": [{"role": "user", "content": "hi"}]}
+    ).encode()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: g\r\nauthorization: Bearer %s\r\n"
+        b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (key.encode(), len(body), body)
+    )
+    assert sock.recv(1024).startswith(b"HTTP/1.1 200 ")
+    return sock
+
+
+@pytest.fixture(scope="module")
+def flooded(running: Running) -> Iterator[Running]:
+    """A gateway whose `flood` model streams without end, each request bounded at `STALL_REQUEST_S`, on uvicorn's own
+    protocol: the streaming function's server behind the Lambda Web Adapter (infra/run.sh), where the app alone bounds
+    a stream's writes."""
+    upstream = SocketServer(flooding)
+    config = Config.model_validate(
+        {
+            "gateway": {"timeouts": {"request": STALL_REQUEST_S, "total": STALL_REQUEST_S}},
+            "providers": {"f": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream.url}/v1"}},
+            "models": {"flood": {"deployments": [{"provider": "f", "model": "m"}], "price": DROPPING_PRICE}},
+        }
+    )
+    gateway, server = serve_gateway(config, running.store_url, running.upstream, running.fakes)
+    yield gateway
+    server.stop()
+    upstream.close()
+
+
+def test_a_stream_whose_client_stops_reading_is_cut_past_its_requests_end(flooded: Running) -> None:
+    """`timeouts.request` bounds a stream to its end, so that it never outlives its budget reservation; but only the
+    gateway's waits on the upstream were bounded. A client that stopped reading held the server's write (uvicorn's
+    `drain`) with no bound: the stream was neither cut nor settled, its upstream held, and past
+    `reservation_ttl_seconds` its reservation was released under it (found by review: with a 2 s bound and the least
+    TTL, 62 s, a second request was admitted once it lapsed, and $0.00402 charged on a $0.003 budget). It is cut
+    `PAST_THE_END_S` after its request's end, settled as a stream whose client left: 499, what it produced."""
+    key = flooded.mint(name="stalled", budget_usd=0.003)  # (one worst case: 1,000 output tokens at $2/M, $0.00201)
+    stalled = stalled_stream(flooded.url, key, "flood")
+    sent = time.monotonic()
+    try:
+        lines = flooded.ledger(key)
+        while not lines and time.monotonic() - sent < STALL_REQUEST_S + PAST_THE_END_S + 2:
+            time.sleep(0.1)
+            lines = flooded.ledger(key)
+        elapsed = time.monotonic() - sent
+    finally:
+        stalled.close()
+    assert lines, f"no ledger line {elapsed:.1f} s into a request bounded at {STALL_REQUEST_S:g} s"
+    assert [(line.status, line.cost_source) for line in lines] == [(499, "estimate")]
+    assert STALL_REQUEST_S <= elapsed and lines[0].cost_usd <= 0.00201
+
+
+def test_gateway_serve_closes_a_stalled_streams_connection_at_its_requests_end(tmp_path: Path) -> None:
+    """On `gateway serve` a write its client keeps waiting (`pause_writing`) is timed to the request's end, and the
+    connection is closed there (an abort: a close waits for the unread bytes), which the app is told as its client's
+    leaving. Cut by the app alone (`PAST_THE_END_S` later), uvicorn logged an answer the app left unfinished, as an
+    error, and kept the connection with its unread bytes."""
+    flood = SocketServer(flooding)
+    bound = {"request": STALL_REQUEST_S, "total": STALL_REQUEST_S}
+    try:
+        with gateway_serve(flood.url, tmp_path, {}, gateway={"timeouts": bound}) as served:
+            stalled = stalled_stream(served.url, served.key, "gpt-4o-mini")
+            time.sleep(STALL_REQUEST_S + PAST_THE_END_S / 4)
+            _, took = until_closed(stalled)  # (what the kernel held, then the reset)
+            stalled.close()
+            time.sleep(0.3)  # (its log line written)
+    finally:
+        flood.close()
+    log = (tmp_path / "gateway.log").read_text()
+    assert "without completing" not in log, log[-500:]
+    logged = [json.loads(line) for line in log.splitlines() if line.startswith('{"level":"INFO"')]
+    said = [(line["status"], line["latency_ms"]) for line in logged if line.get("stream")]
+    assert len(said) == 1 and said[0][0] == 499, said
+    assert said[0][1] < (STALL_REQUEST_S + PAST_THE_END_S / 2) * 1000 and took < PAST_THE_END_S / 2, (said, took)
