@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import httpx
 
-from adapters.http import USER_AGENT, parsed_url
+from adapters.http import ACCEPT_ENCODING, IDENTITY, USER_AGENT, parsed_url
 from adapters.http.http1 import Http1Transport, request_head
 
 
@@ -57,6 +57,7 @@ class HttpClient:
                     finally:
                         await stream.aclose()
                 request = httpx.Request("POST", parsed, headers=headers, content=body)
+                request.headers.setdefault(ACCEPT_ENCODING, IDENTITY)  # (as `request_head` frames it)
                 request.extensions["timeout"] = self._timeouts
                 response = await transport.handle_async_request(request)
                 try:

@@ -16,8 +16,9 @@ chunked encoding or the connection's end, reads paused while a slow reader has m
 buffered. The environment is honoured as httpx honours it (adapters/http/environment.py):
 `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` (a CONNECT tunnel for HTTPS, the absolute form for plain HTTP) and
 `SSL_CERT_FILE`/`SSL_CERT_DIR` (else certifi's CA bundle). What it leaves out, on purpose: redirects (a 3xx is an
-answer like any other, for the caller to refuse), cookies, compression negotiation, protocol upgrades (a 101 is
-refused), HTTP/2.
+answer like any other, for the caller to refuse), cookies, compression (every request accepts the identity coding
+alone, and a success in any other is refused: `upstream_protocol_error`), protocol upgrades (a 101 is refused),
+HTTP/2.
 
 Reuse. A connection is reused only after its answer was read to the end; a request cancelled mid-way
 closes its connection. A pooled connection is checked before reuse: closed, closing, idle too long, or
@@ -55,6 +56,7 @@ from typing import Any, Final, cast
 import httptools
 import httpx
 
+from adapters.http import ACCEPT_ENCODING, IDENTITY
 from adapters.http.environment import Proxy, ProxyRules, tls_context
 from handler.records import Value
 
@@ -70,6 +72,7 @@ STALE_CLOSE_S = 1.0
 # How long `Http1Transport.aclose` waits for the connections it aborted to be gone: their sockets close on the loop's
 # next iteration, so this bounds only a loop that runs late, never a wait for the peer.
 CLOSE_WAIT_S = 1.0
+ACCEPT_IDENTITY = (ACCEPT_ENCODING.encode(), IDENTITY.encode())  # (`request_head`'s field)
 
 
 class Limits(Value):
@@ -131,6 +134,7 @@ class Connection(asyncio.Protocol):
         self.head_bytes = 0
         self.received = False  # any byte of the answer arrived
         self.length = -1  # the answer's content-length, if it gave one
+        self.coding = b""  # the answer's content-encoding, if it gave one
         self.head_done: asyncio.Future[None] = self.loop.create_future()
         self.chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0
@@ -221,6 +225,8 @@ class Connection(asyncio.Protocol):
             self.length = int(value) if value.isdigit() else -1
         elif lowered == b"transfer-encoding" and b"chunked" in value.lower():
             self.framed = True
+        elif lowered == b"content-encoding":
+            self.coding = value.strip().lower()
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -235,7 +241,21 @@ class Connection(asyncio.Protocol):
             self.headers = []
             self.framed = False
             self.length = -1
+            self.coding = b""
             return
+        if self.coding and self.coding != b"identity" and status < 300 and not self.head_only:
+            # A success in a content coding the request did not accept (`request_head`): its body is not the answer
+            # as the provider wrote it, and this client decodes none. (An error answer is its status's, whatever its
+            # body: read as it came.)
+            coding = self.coding[:40].decode("latin-1")
+            self._fail(
+                AnswerRefused(
+                    f"upstream answered {status} in the content coding {coding!r}, where the request accepted only "
+                    "identity",
+                    "upstream_protocol_error",
+                )
+            )
+            raise httptools.HttpParserError("unasked content coding")
         self.in_head = False
         self.status = status
         if status in (204, 304):
@@ -420,8 +440,11 @@ class OriginPool:
         self.port = port
         self.tls = scheme == b"https"
         self.proxy = proxy
+        # The origin as a proxy is asked for it (RFC 3986 3.2.2): an IPv6 literal in brackets, as `host` has it not
+        # (`httpx.URL.host`); without them `http://[::1]:8080` was asked for as `http://::1:8080`, CONNECT `::1:443`.
+        self.authority = (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
         # Plain HTTP through a proxy: requests in absolute form, with the proxy's credentials.
-        self.forward_prefix = b"%s://%s" % (scheme, f"{host}:{port}".encode()) if proxy and not self.tls else None
+        self.forward_prefix = b"%s://%s" % (scheme, self.authority) if proxy and not self.tls else None
         self.idle: collections.deque[Connection] = collections.deque()
         self.slots = asyncio.Semaphore(transport.max_per_origin)
 
@@ -463,9 +486,9 @@ class OriginPool:
                 if proxy and tls:
                     await self._tunnel(protocol, proxy, tls)
         except TimeoutError as exc:
-            raise httpx.ConnectTimeout(f"connecting to {self.host}:{self.port}{self._via()} timed out") from exc
+            raise httpx.ConnectTimeout(f"connecting to {self.authority.decode()}{self._via()} timed out") from exc
         except (OSError, ssl.SSLError) as exc:
-            raise httpx.ConnectError(f"cannot connect to {self.host}:{self.port}{self._via()}: {exc}") from exc
+            raise httpx.ConnectError(f"cannot connect to {self.authority.decode()}{self._via()}: {exc}") from exc
         return protocol
 
     def _via(self) -> str:
@@ -473,7 +496,7 @@ class OriginPool:
 
     async def _tunnel(self, connection: Connection, proxy: Proxy, tls: ssl.SSLContext) -> None:
         """Turn a connection to the proxy into a TLS connection to the origin: CONNECT, then TLS inside."""
-        authority = f"{self.host}:{self.port}".encode()
+        authority = self.authority
         fields = [(b"Host", authority)]
         if proxy.authorization:
             fields.append((b"Proxy-Authorization", proxy.authorization))
@@ -577,6 +600,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts: dict[str, Any] = request.extensions.get("timeout", {})
         raw = request.headers.raw
+        if ACCEPT_ENCODING not in request.headers:
+            raw = [*raw, ACCEPT_IDENTITY]  # (as `request_head` frames it)
         head = checked_head([request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"], raw)
         status, headers, stream = await self.exchange(
             request.method,
@@ -677,7 +702,8 @@ def request_head(
     method: str, url: httpx.URL, headers: Mapping[str, str] | None, body: bytes | None, user_agent: str
 ) -> bytes:
     """The request line and headers, framed as `httpx.Request` frames them (a `Host` first and a
-    `Content-Length` last unless given), plus a `user-agent` unless given: no `httpx.Request` built."""
+    `Content-Length` last unless given), plus a `user-agent` and `accept-encoding: identity` unless given (no coding
+    of the answer is accepted: this client decodes none): no `httpx.Request` built."""
     given = set()
     fields: list[tuple[bytes, bytes]] = []
     for name, value in (headers or {}).items():
@@ -692,6 +718,8 @@ def request_head(
             fields.append((b"Content-Length", b"0"))
     if "user-agent" not in given:
         fields.append((b"user-agent", user_agent.encode("ascii")))
+    if ACCEPT_ENCODING not in given:
+        fields.append(ACCEPT_IDENTITY)
     return checked_head([method.encode("ascii"), b" ", url.raw_path, b" HTTP/1.1\r\n"], fields)
 
 

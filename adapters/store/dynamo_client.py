@@ -37,6 +37,7 @@ import httpx
 import orjson
 
 from adapters.aws import AwsCredentials, endpoint
+from adapters.http import ACCEPT_ENCODING, IDENTITY
 from adapters.http.client import HttpClient
 from adapters.http.http1 import Http1Transport
 from adapters.sigv4 import Credentials, Signer
@@ -168,7 +169,12 @@ class DynamoDBClient:
 
     async def call(self, operation: str, request: dict[str, Any]) -> dict[str, Any]:
         body = orjson.dumps(request)
-        headers = {"content-type": CONTENT_TYPE, "x-amz-target": f"{API_VERSION}.{operation}"}
+        # (`accept-encoding`, which the HTTP client adds to a request without it: signed as sent.)
+        headers = {
+            "content-type": CONTENT_TYPE,
+            "x-amz-target": f"{API_VERSION}.{operation}",
+            ACCEPT_ENCODING: IDENTITY,
+        }
         by = STORE_DEADLINE.get()
         if past(by):  # (nothing sent: a write cut as it went out may land unknown to anyone)
             raise DynamoDBError(operation, error_response(0, DEADLINE_CODE, "the deadline had passed"))

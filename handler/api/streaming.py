@@ -7,6 +7,7 @@ Layers 1 (framing) and 2 (per-provider parsing) live with the adapters (`frame_d
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -25,6 +26,13 @@ if TYPE_CHECKING:
 
 DONE = b"data: [DONE]\n\n"
 T = TypeVar("T")
+# How long past its request's end (`Exchange.ends_at`) a stream may still be written before it is cut as a client that
+# left is (`DisconnectWatch.cut_past_the_end`). Its upstream is cut at the end already; what is written after it is the
+# stream's close (the deadline's in-stream error, `[DONE]`: milliseconds to a client that reads). On Lambda, where the
+# request's end is `LAMBDA_MARGIN_MS` (1.5 s) before the invocation's deadline, the cut comes `SETTLE_MARGIN_MS` (0.5 s)
+# before it, the margin kept to spool a settlement the store has not taken; anywhere, far within the minute a
+# reservation outlives the request's bound by (`reservation_ttl_seconds`).
+PAST_THE_END_S = 1.0
 
 
 def sse_chunk(chunk: ChatCompletionChunk) -> bytes:
@@ -98,6 +106,28 @@ class DisconnectWatch:
     def _start(self) -> None:
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
+    def cut_past_the_end(self) -> asyncio.TimerHandle | None:
+        """A stream's one timer, until its events end (settled): `PAST_THE_END_S` after its request's end
+        (`Exchange.ends_at`), a stream still going is cut as one whose client left (`gone`: settled once, a 499 charged
+        what it produced), its upstream closed.
+        Only a write can hold it there (its upstream reads end at the request's end): the server's `send` waits
+        unbounded for a client that stopped reading (uvicorn's `drain`), and such a stream outlived its request's
+        bound, and its reservation (`reservation_ttl_seconds`), which then released the budget it held: $0.00402
+        charged on a $0.003 budget. (`gateway serve` closes such a connection at the request's end already:
+        handler/entry/server.py.) None: the request has no end."""
+        exchange = self._exchange
+        ends_at = None if exchange is None else exchange.ends_at
+        if ends_at is None:
+            return None
+        loop = asyncio.get_running_loop()
+        return loop.call_at(loop.time() + ends_at - time.perf_counter() + PAST_THE_END_S, self._cut)
+
+    def _cut(self) -> None:
+        self.gone = True
+        if self._exchange is not None:
+            self._exchange.client_left = True
+        self.task.cancel()
+
     async def _watch(self) -> None:
         try:
             while (await self._receive())["type"] != "http.disconnect":
@@ -147,16 +177,23 @@ class EventStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watch = self.watch
+        cut = watch.cut_past_the_end()
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             async for piece in self.events:
                 await send({"type": "http.response.body", "body": scrub(piece), "more_body": True})
+            if cut is not None:
+                # (The stream is settled, its events' end closed it: the last message is not cut, nor, behind the Web
+                # Adapter, its wait for the settlements, which ends by the invocation's deadline less 0.5 s.)
+                cut.cancel()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
             watch.task.uncancel()  # the client left: nothing more to write, and nothing went wrong here
         finally:
+            if cut is not None:
+                cut.cancel()
             watch.stop()
             # Cancelled during a paused write, the generator waits at a `yield`: closed now, it closes the
             # upstream and settles what was used (else only once collected). Ended already: nothing to do.

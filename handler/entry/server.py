@@ -35,10 +35,14 @@ cuts once `--shutdown-grace` has run out is answered the gateway's 503, not a cl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import socket
+import struct
 import sys
-from typing import NoReturn
+import time
+from typing import Any, NoReturn
 
 from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
@@ -95,6 +99,7 @@ def anthropic_head(url: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
     return anthropic_path(url.decode("latin-1"), any(name == b"anthropic-version" for name, _ in headers))
 
 
+NO_LINGER = struct.pack("ii", 1, 0)  # (SO_LINGER on, 0 s: a close resets the connection, its unsent bytes dropped)
 QUIET = logging.Logger("gateway.refused")  # (a connection refused so: uvicorn's word on it would mislead)
 QUIET.disabled = True
 
@@ -108,22 +113,25 @@ def head_end(piece: bytes, start: int) -> int:
     return end if end < 0 else end + 4
 
 
-def chunked_end(piece: bytes, at: int) -> int | None:
-    """Where a chunked body that begins at `at` of `piece` ends (after its last chunk and trailers), if it ends there
-    as the parser read it."""
+def chunked_end(piece: bytes, at: int) -> tuple[bool, int]:
+    """Where a chunked body read from `at` of `piece` (a chunk's size line; past the piece's end, a chunk's data going
+    on into the next piece) ends, as the parser read it: `(True, the offset after its last chunk and trailers)`; or, not
+    ending in `piece`, `(False, where it goes on)`: the first line not whole in the piece (the last chunk's, where its
+    trailers are not), or, past the piece's end, the offset at which the next size line begins (-1: a size line the
+    gateway cannot read, which the parser then took as it cannot; not followed)."""
     while True:
         line = piece.find(b"\r\n", at)
         if line < 0:
-            return None
+            return False, at
         try:
             size = int(piece[at:line].partition(b";")[0], 16)  # (the parser took it: hex digits, maybe spaces)
         except ValueError:
-            return None
-        at = line + 2
+            return False, -1
+        last, at = at, line + 2
         if size == 0:
             while (line := piece.find(b"\r\n", at)) > at:  # trailer fields, to the empty line
                 at = line + 2
-            return at + 2 if line == at else None
+            return (True, at + 2) if line == at else (False, last)
         at += size + 2
 
 
@@ -171,8 +179,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     count costs one addition (`received`: the bytes of the request fed so far, this piece's included) and the piece
     kept (`reading`), for the moment a request begins in the piece where the last one ended (no piece counted since):
     then what the last one left of it is found from where its head began (`head_in`, `head_at`) and ended
-    (`head_done_in`), and, for a chunked body begun in the first part of a read the bound cut in two, from the whole
-    read (`cut`).
+    (`head_done_in`), and, for a chunked body begun in an earlier piece, from where that piece left it (`chunks_left`,
+    kept by `_follow` for a chunked body only, where a piece leaves it unfinished).
 
     The head's timer (`head_timer`) runs from the connection's open, and from each answer's end where no request
     waits behind it, to the next head's end; the body's (`body_timer`), from the end of a read that left the running
@@ -191,20 +199,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     head_done_in: bytes | None = None
     head_done_before = 0  # the bytes the request had in pieces before the one its head ended in
     head_done_earlier = b""
-    cut: tuple[bytes, bytes, bytes] | None = None  # a read `_beyond_room` cut: its first part, the rest, the whole
+    # A chunked body not ended by the last piece fed (`_follow`): where it goes on in the next piece (its offset there,
+    # a chunk's data and CRLF going on into it) and the start of a line the last piece cut (to be read again before it).
+    chunks_left: tuple[int, bytes] | None = None
     pending: bytes | None = None  # a refused head's answer, held until the answer before it is written (`_close_with`)
     most = 0  # `gateway.limits.connections`
     admitted = False  # among the `most` connections served (`_admitted`)
     upgrade_left: int | None = None  # an ignored upgrade's body bytes still to come (`_ignore_upgrade`)
     head_s = 0.0  # `gateway.timeouts.request_head`
     body_s = 0.0  # `gateway.timeouts.request_body`
+    request_s = 0.0  # `gateway.timeouts.request`
     head_timer: asyncio.TimerHandle | None = None
     body_timer: asyncio.TimerHandle | None = None
+    write_timer: asyncio.TimerHandle | None = None  # while writing is paused (`pause_writing`)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         settings = served_settings()
         self.bound, self.most = settings.limits.request_header_bytes, settings.limits.connections
         self.head_s, self.body_s = settings.timeouts.request_head, settings.timeouts.body_s
+        self.request_s = settings.timeouts.request
         super().connection_made(transport)
         self.head_timer = self.loop.call_later(self.head_s, self._head_late)
         self._admitted()
@@ -241,6 +254,50 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.body_timer is not None:
             self.body_timer.cancel()
             self.body_timer = None
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
+
+    def pause_writing(self) -> None:
+        """The client has an answer's bytes unread beyond the transport's high-water mark: the app's next write waits
+        (uvicorn's `drain`) until it reads again, which a client that stopped reading never does. Timed from here to
+        its request's end (`_request_ends`): a write still waiting then closes the connection (`_write_late`). The
+        answer's request is settled as one whose client left (499, a stream charged what it produced), where its
+        stream was held with its upstream, unsettled, past its bound and its budget reservation's expiry. A timer only
+        while writing is paused."""
+        super().pause_writing()
+        cycle = self.cycle
+        if self.write_timer is None and cycle is not None and not cycle.response_complete:
+            self.write_timer = self.loop.call_at(self._request_ends(cycle.scope), self._write_late)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
+
+    def _request_ends(self, scope: Any) -> float:
+        """When the request of `scope` ends, on the loop's clock: its deadline (`arrival_deadline_s`, as the app read
+        it) or the whole request's bound (`gateway.timeouts.request`), the sooner, from its arrival (as
+        `Exchange.ends_at`)."""
+        state = scope.get("state") or {}
+        arrived = state.get("started") or time.perf_counter()
+        deadline = state["deadline_s"] if "deadline_s" in state else arrival_deadline_s(scope)
+        bound = self.request_s if deadline is None else min(deadline, self.request_s)
+        return self.loop.time() + arrived + bound - time.perf_counter()
+
+    def _write_late(self) -> None:
+        """The request's end came while its answer's write waited for the client: the connection is reset (an abort
+        with no linger: a close waits for the unread bytes to be read, and the kernel went on holding megabytes of
+        them for the client after the process let the socket go), which uvicorn tells the app as the client's leaving
+        (the stream's watch cancels it: `handler.api.streaming.DisconnectWatch`)."""
+        self.write_timer = None
+        self.refused = True
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, NO_LINGER)
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self.refused:  # (a refusal is written or held: nothing more is read on this connection)
@@ -260,8 +317,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.reading = data
         self.received += len(data)
         super().data_received(data)
-        if not self.in_head and self.body_timer is None and not self.pipeline and not self.refused:
-            self._time_the_body()  # (the running request's body goes on past this read)
+        if not self.in_head and not self.refused:  # (the running request's body goes on past this read)
+            self._follow(data)
+            if self.body_timer is None and not self.pipeline:
+                self._time_the_body()
 
     def _beyond_room(self, data: bytes, room: int) -> None:
         heads = self.heads
@@ -269,13 +328,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.earlier, self.reading = self.reading, data[:room]
             self.received += room
             super().data_received(self.reading)
+            if not self.in_head and not self.refused:
+                self._follow(self.reading)
         if self.transport.is_closing():
             return
         if not self.in_head or self.heads > heads:  # the head ended within it (and another may have begun: counted)
-            rest = data[room:]
-            self.cut = (self.reading, rest, data)
-            self.data_received(rest)
-            self.cut = None  # (the rest is parsed: no request ends in it any more)
+            self.data_received(data[room:])
         else:
             self._refuse()
 
@@ -306,27 +364,52 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _last_end(self, piece: bytes) -> int:
         """Where, in `piece`, the request that just ended there ends (its head as `head_end` finds it, and its body by
-        its framing: read from its headers, still the protocol's until `on_message_begin`). A chunked body that
-        began in an earlier read is not followed: the next head is then counted from the piece's first byte. One that
-        began in the first part of a read the bound cut in two (`cut`) is followed in the whole read: a 60-byte
-        request behind a 200 KB chunked body, read at once, was answered 431, its count begun at the cut."""
+        its framing: read from its headers, still the protocol's until `on_message_begin`). A chunked body begun in an
+        earlier piece is found from where the piece before left it (`chunks_left`): counted from the piece's first
+        byte, its tail was taken for the next request's head, and a request behind a chunked body of 300 KB was
+        answered 431 where the reads fell so (found by review); so was a 60-byte request behind a 200 KB one read at
+        once, the read cut at the head's bound (`_beyond_room`)."""
         length, chunked = framing(self.headers)
         if self.head_done_in is piece:
             body_at = self._head_end_in(piece, self.head_done_earlier)
             if chunked:
-                end = chunked_end(piece, body_at)
-                return body_at if end is None else end
+                ended, end = chunked_end(piece, body_at)
+                return end if ended else body_at
             return body_at + length
         if chunked:
-            cut = self.cut
-            if cut is not None and cut[1] is piece and cut[0] is self.head_done_in:
-                first, _, whole = cut
-                end = chunked_end(whole, self._head_end_in(first, self.head_done_earlier))
-                if end is not None and end >= len(first):
-                    return end - len(first)
-            return 0
+            left = self.chunks_left
+            if left is not None:
+                at, carry = left
+                ended, end = chunked_end(carry + piece if carry else piece, at)
+                if ended and end >= len(carry):
+                    return end - len(carry)
+            return 0  # (not followed: counted from the piece's first byte)
         head_size = self.head_done_before + self._head_end_in(self.head_done_in or b"", self.head_done_earlier)
         return length - (self.ended_before - head_size)  # what the body had left for this piece
+
+    def _follow(self, piece: bytes) -> None:
+        """`piece` left the running request's body unfinished: where a chunked one goes on in the next piece
+        (`chunks_left`), for `_last_end` if it ends there with a request behind it. One scan of the size lines of each
+        piece of a chunked body that takes more than one (its data is skipped, not read); a body of a length costs
+        its headers' framing once. A line cut by the piece longer than the head's bound is not followed (a chunk's
+        extensions without end, read again with every piece, were work without bound)."""
+        if self.head_done_in is piece:
+            if not framing(self.headers)[1]:
+                return
+            at, carry = self._head_end_in(piece, self.head_done_earlier), b""
+        elif self.chunks_left is None:
+            return
+        else:
+            at, carry = self.chunks_left
+        whole = carry + piece if carry else piece
+        ended, at = chunked_end(whole, at)
+        if ended or at < 0:
+            self.chunks_left = None
+        elif at >= len(whole):
+            self.chunks_left = (at - len(whole), b"")
+        else:
+            rest = whole[at:]
+            self.chunks_left = (0, rest) if len(rest) <= self.bound else None
 
     def _head_end_in(self, piece: bytes, earlier: bytes) -> int:
         """Where the last request's head ends in `piece`, the piece its head ended in (`earlier`: the head's piece
@@ -466,6 +549,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.in_head = False
         self.heads += 1
+        self.chunks_left = None
         self.head_done_in, self.head_done_before = self.reading, self.received - len(self.reading)
         self.head_done_earlier = self.earlier
         if self.head_timer is not None:

@@ -9,9 +9,9 @@ than the rest of `httpx.Request`).
 
 Requests go straight to the transport, not through `httpx.AsyncClient`, whose per-request work (auth
 and redirect flows, cookie jar, default headers) does nothing a proxy wants: redirects are not
-followed, upstream cookies are never kept, and no `accept-encoding` is sent, so answers come back as
-they are streamed. Over the gateway's own client not even `httpx.Request` and `httpx.Response` are
-built (with their headers, a fifth of the gateway's own work per request): the request head is framed
+followed, upstream cookies are never kept, and `accept-encoding: identity` is sent (no coding is decoded), so
+answers come back as they are streamed. Over the gateway's own client not even `httpx.Request` and `httpx.Response`
+are built (with their headers, a fifth of the gateway's own work per request): the request head is framed
 as httpx would frame it, and an answer's headers become `httpx.Headers` only if something reads them,
 which only error handling does. Timeouts: connect, first byte (until the status line and headers
 arrive), between chunks (each read of the body) and total (until the body's end). Bounds: the answer's
@@ -19,12 +19,13 @@ header bytes and count, and a non-streamed body (`gateway.limits`).
 
 An answer the gateway cannot use as one is an `UpstreamError` (502 `upstream_error`, as the interface
 names every upstream failure) whose outcome, in `x-gateway-route`, says what it was, whatever the
-transport: a redirect (3xx, never followed: `upstream_redirect`), a protocol switch or a final interim
-status (`upstream_protocol_error`), headers or a body beyond the bounds (`upstream_headers_too_large`,
-`upstream_body_too_large`), a connection closed in order after the whole request went out and before any answer
-(`upstream_disconnected`: billable, as a stall is, where a reset or a refused connection is `connect_error`, free);
-the overall deadline passing is an `UpstreamTimeoutError` (504). An error answer is the provider's own, whatever its
-body: read to its first `ERROR_BODY_BYTES` (`read_error`), never billable.
+transport: a redirect (3xx, never followed: `upstream_redirect`), a protocol switch, a final interim
+status or a success in a content coding the request did not accept (`upstream_protocol_error`: its body is not the
+answer as the provider wrote it, which it ran and may bill), headers or a body beyond the bounds
+(`upstream_headers_too_large`, `upstream_body_too_large`), a connection closed in order after the whole request went
+out and before any answer (`upstream_disconnected`: billable, as a stall is, where a reset or a refused connection is
+`connect_error`, free); the overall deadline passing is an `UpstreamTimeoutError` (504). An error answer is the
+provider's own, whatever its body: read to its first `ERROR_BODY_BYTES` (`read_error`), never billable.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from collections.abc import AsyncIterator, Mapping
 
 import httpx
 
-from adapters.http import USER_AGENT, parsed_url
+from adapters.http import ACCEPT_ENCODING, IDENTITY, USER_AGENT, parsed_url
 from adapters.http.http1 import (
     AnswerRefused,
     DeadlineExceeded,
@@ -207,6 +208,7 @@ class UpstreamClient:
     def _request(self, method: str, url: str, headers: Mapping[str, str] | None, body: bytes | None) -> httpx.Request:
         request = httpx.Request(method, parsed_url(url), headers=headers, content=body, extensions=self._extensions)
         request.headers.setdefault("user-agent", USER_AGENT)
+        request.headers.setdefault(ACCEPT_ENCODING, IDENTITY)  # (as `request_head` frames it)
         return request
 
     async def send(
@@ -223,6 +225,14 @@ class UpstreamClient:
             if built is not None:
                 async with asyncio.timeout(limit):
                     answer = UpstreamResponse.of(await self._transport.handle_async_request(built), self._max_body)
+                coding = answer.headers.get("content-encoding", IDENTITY).strip().lower()
+                if coding != IDENTITY and 200 <= answer.status < 300:  # (as the gateway's own client refuses it)
+                    await answer.close()
+                    raise AnswerRefused(
+                        f"upstream answered {answer.status} in the content coding {coding[:40]!r}, where the request "
+                        "accepted only identity",
+                        "upstream_protocol_error",
+                    )
             else:
                 assert http1 is not None
                 url = parsed_url(request.url)

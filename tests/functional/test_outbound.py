@@ -4,6 +4,7 @@ that leaves while its non-streamed answer is still upstream, and upstreams that 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import re
 import socket
@@ -20,6 +21,7 @@ import openai
 import orjson
 import pytest
 
+from handler.api.streaming import PAST_THE_END_S
 from handler.config import Config
 from tests.functional.conftest import Running, anthropic_client, fresh_minute, openai_client, serve_gateway
 from tests.support.serve import Served, gateway_serve
@@ -496,8 +498,8 @@ def test_a_head_the_parser_refuses_is_a_400_in_the_apis_shape(served: ServerThre
     assert error["code"] == "invalid_request" and "malformed" in error["message"]
 
 
-def read_request(conn: socket.socket) -> None:
-    """The whole of one request from `conn`: its head, then the body its `content-length` announces."""
+def read_request(conn: socket.socket) -> bytes:
+    """The whole of one request from `conn`: its head, then the body its `content-length` announces; its head."""
     data = b""
     while b"\r\n\r\n" not in data:
         data += conn.recv(65536)
@@ -506,6 +508,7 @@ def read_request(conn: socket.socket) -> None:
     length = next(int(line.split(b":")[1]) for line in fields if line.startswith(b"content-length"))
     while len(body) < length:
         body += conn.recv(65536)
+    return head
 
 
 def hang_up(conn: socket.socket) -> None:
@@ -541,6 +544,33 @@ def garbled(conn: socket.socket) -> None:
         time.sleep(0.2)
 
 
+COMPRESSED_ASKED: list[bytes] = []  # the heads of the requests `compressed` was sent
+
+
+def compressed(conn: socket.socket) -> None:
+    """An upstream that answers the whole request with its completion in gzip, whatever the request accepts (RFC 9110
+    12.5.3: one that says nothing accepts any coding)."""
+    with conn:
+        conn.settimeout(5)
+        COMPRESSED_ASKED.append(read_request(conn))
+        usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+        message = {"role": "assistant", "content": "hello"}
+        completion = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": usage,
+        }
+        body = gzip.compress(json.dumps(completion).encode())
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        time.sleep(0.2)
+
+
 DROPPING_PRICE = {"input": 1.0, "output": 2.0}
 CASES = [f"{api}-{way}" for api in ("chat", "responses", "messages") for way in ("whole", "stream")]
 DROPPING_CAP = 1000  # output tokens each request allows: its worst case is 1000 x $2/M at least
@@ -556,6 +586,7 @@ def dropping(running: Running) -> Iterator[Running]:
         "resets": SocketServer(reset),
         "huge": SocketServer(huge),
         "garbled": SocketServer(garbled),
+        "compressed": SocketServer(compressed),
     }
     fakes = running.upstream.url
     providers: dict[str, Any] = {}
@@ -664,7 +695,11 @@ def test_an_upstream_that_resets_the_connection_unread_is_free(dropping: Running
     assert line.status == 200 and line.cost_usd < DROPPING_CAP * DROPPING_PRICE["output"] / 1e6
 
 
-REFUSALS = [("huge", "upstream_body_too_large"), ("garbled", "upstream_protocol_error")]
+REFUSALS = [
+    ("huge", "upstream_body_too_large"),
+    ("garbled", "upstream_protocol_error"),
+    ("compressed", "upstream_protocol_error"),
+]
 
 
 @pytest.mark.parametrize(("kind", "outcome"), REFUSALS)
@@ -672,10 +707,12 @@ REFUSALS = [("huge", "upstream_body_too_large"), ("garbled", "upstream_protocol_
 def test_an_answer_the_gateway_refuses_is_charged_as_one_the_provider_may_bill(
     dropping: Running, api: str, provider: str, kind: str, outcome: str
 ) -> None:
-    """The provider got the whole request and answered it, with a body past the bound or a head no parser reads: it
-    ran and may bill it, so it is charged its worst case and not for the client to retry at once. It left no ledger
-    line and said `x-should-retry: true`; the garbled head was `connect_error`, "upstream unreachable" (found by
-    review)."""
+    """The provider got the whole request and answered it, with a body past the bound, a head no parser reads, or a
+    success in a content coding the request did not accept (`accept-encoding: identity`): it ran and may bill it, so
+    it is charged its worst case and not for the client to retry at once. It left no ledger line and said
+    `x-should-retry: true`; the garbled head was `connect_error`, "upstream unreachable" (found by review); the gzip
+    answer, asked for by a request that accepted any coding, was read as a body that is not JSON (`=invalid_json`,
+    found by review)."""
     fresh_minute()
     key = dropping.mint(name=f"refused-{kind}")
     case = f"{api}-whole"
@@ -695,6 +732,8 @@ def test_an_answer_the_gateway_refuses_is_charged_as_one_the_provider_may_bill(
     (line,) = dropping.ledger(key)
     assert (line.status, line.cost_source) == (200, "reserved")
     assert line.cost_usd >= DROPPING_CAP * DROPPING_PRICE["output"] / 1e6
+    if kind == "compressed":
+        assert all(b"\r\naccept-encoding: identity" in head.lower() for head in COMPRESSED_ASKED), COMPRESSED_ASKED
 
 
 ERRING_BOUND = 1024 * 1024  # a whole answer's bound, lowered under the fake's `fail-huge-<status>` bodies (8 MB)
@@ -940,3 +979,104 @@ def test_gateway_serve_refuses_a_request_past_its_connections_with_503_server_bu
     assert httpx.Response(503, content=body).json()["error"]["code"] == "server_busy"
     time.sleep(0.1)  # (the server sees the three closed)
     assert httpx.get(f"{served.url}/health").status_code == 200
+
+
+STALL_REQUEST_S = 1.0  # `gateway.timeouts.request` (and `total`) of the stalled readers' gateways
+
+
+def flooding(conn: socket.socket) -> None:
+    """An upstream that streams a chat completion's deltas of 10 KB as fast as they are read, for up to 30 s."""
+    with conn:
+        conn.settimeout(30)
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        choice = {"index": 0, "delta": {"content": "x" * 10_000}, "finish_reason": None}
+        delta = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [choice]}
+        event = b"data: " + json.dumps(delta).encode() + b"\n\n"
+        piece = b"%x\r\n%s\r\n" % (len(event), event)
+        ends = time.monotonic() + 30
+        with contextlib.suppress(OSError):
+            while time.monotonic() < ends:
+                conn.sendall(piece)
+
+
+def stalled_stream(url: str, key: str, model: str) -> socket.socket:
+    """A stream asked for by a client that reads its answer's head, then nothing more (its receive buffer 4 KiB)."""
+    body = json.dumps(
+        {"model": model, "stream": True, "max_tokens": 1000, "messages": [{"role": "user", "content": "hi"}]}
+    ).encode()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: g\r\nauthorization: Bearer %s\r\n"
+        b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (key.encode(), len(body), body)
+    )
+    assert sock.recv(1024).startswith(b"HTTP/1.1 200 ")
+    return sock
+
+
+@pytest.fixture(scope="module")
+def flooded(running: Running) -> Iterator[Running]:
+    """A gateway whose `flood` model streams without end, each request bounded at `STALL_REQUEST_S`, on uvicorn's own
+    protocol: the streaming function's server behind the Lambda Web Adapter (infra/run.sh), where the app alone bounds
+    a stream's writes."""
+    upstream = SocketServer(flooding)
+    config = Config.model_validate(
+        {
+            "gateway": {"timeouts": {"request": STALL_REQUEST_S, "total": STALL_REQUEST_S}},
+            "providers": {"f": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream.url}/v1"}},
+            "models": {"flood": {"deployments": [{"provider": "f", "model": "m"}], "price": DROPPING_PRICE}},
+        }
+    )
+    gateway, server = serve_gateway(config, running.store_url, running.upstream, running.fakes)
+    yield gateway
+    server.stop()
+    upstream.close()
+
+
+def test_a_stream_whose_client_stops_reading_is_cut_past_its_requests_end(flooded: Running) -> None:
+    """`timeouts.request` bounds a stream to its end, so that it never outlives its budget reservation; but only the
+    gateway's waits on the upstream were bounded. A client that stopped reading held the server's write (uvicorn's
+    `drain`) with no bound: the stream was neither cut nor settled, its upstream held, and past
+    `reservation_ttl_seconds` its reservation was released under it (found by review: with a 2 s bound and the least
+    TTL, 62 s, a second request was admitted once it lapsed, and $0.00402 charged on a $0.003 budget). It is cut
+    `PAST_THE_END_S` after its request's end, settled as a stream whose client left: 499, what it produced."""
+    key = flooded.mint(name="stalled", budget_usd=0.003)  # (one worst case: 1,000 output tokens at $2/M, $0.00201)
+    stalled = stalled_stream(flooded.url, key, "flood")
+    sent = time.monotonic()
+    try:
+        lines = flooded.ledger(key)
+        while not lines and time.monotonic() - sent < STALL_REQUEST_S + PAST_THE_END_S + 2:
+            time.sleep(0.1)
+            lines = flooded.ledger(key)
+        elapsed = time.monotonic() - sent
+    finally:
+        stalled.close()
+    assert lines, f"no ledger line {elapsed:.1f} s into a request bounded at {STALL_REQUEST_S:g} s"
+    assert [(line.status, line.cost_source) for line in lines] == [(499, "estimate")]
+    assert STALL_REQUEST_S <= elapsed and lines[0].cost_usd <= 0.00201
+
+
+def test_gateway_serve_closes_a_stalled_streams_connection_at_its_requests_end(tmp_path: Path) -> None:
+    """On `gateway serve` a write its client keeps waiting (`pause_writing`) is timed to the request's end, and the
+    connection is closed there (an abort: a close waits for the unread bytes), which the app is told as its client's
+    leaving. Cut by the app alone (`PAST_THE_END_S` later), uvicorn logged an answer the app left unfinished, as an
+    error, and kept the connection with its unread bytes."""
+    flood = SocketServer(flooding)
+    bound = {"request": STALL_REQUEST_S, "total": STALL_REQUEST_S}
+    try:
+        with gateway_serve(flood.url, tmp_path, {}, gateway={"timeouts": bound}) as served:
+            stalled = stalled_stream(served.url, served.key, "gpt-4o-mini")
+            time.sleep(STALL_REQUEST_S + PAST_THE_END_S / 4)
+            _, took = until_closed(stalled)  # (what the kernel held, then the reset)
+            stalled.close()
+            time.sleep(0.3)  # (its log line written)
+    finally:
+        flood.close()
+    log = (tmp_path / "gateway.log").read_text()
+    assert "without completing" not in log, log[-500:]
+    logged = [json.loads(line) for line in log.splitlines() if line.startswith('{"level":"INFO"')]
+    said = [(line["status"], line["latency_ms"]) for line in logged if line.get("stream")]
+    assert len(said) == 1 and said[0][0] == 499, said
+    assert said[0][1] < (STALL_REQUEST_S + PAST_THE_END_S / 2) * 1000 and took < PAST_THE_END_S / 2, (said, took)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from adapters import aws
-from adapters.http import parsed_url
+from adapters.http import ACCEPT_ENCODING, IDENTITY, parsed_url
 from adapters.providers import reasoning
 from adapters.providers.anthropic.adapter import (
     JSON_OBJECT_INSTRUCTION,
@@ -296,6 +296,7 @@ def sign(request: UpstreamRequest, region: str, credentials: SigCredentials) -> 
         signer = _signers[(credentials, region)] = Signer(credentials, region, SERVICE)
     url = parsed_url(request.url)  # parsed as the upstream client will send it: the signature covers the path
     host, path = url.netloc.decode("ascii"), url.raw_path.decode("ascii")
+    request.headers[ACCEPT_ENCODING] = IDENTITY  # (signed as sent: the client adds it to a request without it)
     request.headers.update(signer.headers(host, path, request.headers, request.body or b"", now=clock()))
 
 

@@ -54,6 +54,7 @@ class ForwardProxy:
                     writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\ncontent-length: 0\r\n\r\n")
                     return
                 host, port = target.decode().rsplit(":", 1)
+                host = host.removeprefix("[").removesuffix("]")  # (an IPv6 literal's brackets)
                 upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             else:
@@ -149,6 +150,26 @@ async def test_plain_http_goes_to_the_proxy_in_absolute_form_with_its_credential
     lines = proxy.forwarded[0].split(b"\r\n")
     assert lines[0] == f"POST {url}/v1/x?a=1 HTTP/1.1".encode()
     assert b"Proxy-Authorization: Basic dXNlcjpwQHNz" in lines  # user:p@ss
+
+
+async def test_an_ipv6_upstream_is_asked_for_in_brackets_through_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 3986 (3.2.2): an IPv6 literal's authority is in brackets. The host as `httpx.URL` gives it has none, and a
+    plain HTTP request through the proxy went to `http://::1:PORT/...`, which no proxy reads as an address and port;
+    the CONNECT for an HTTPS one was `CONNECT ::1:443` (found by review)."""
+    async with scripted(answering(OK), host="::1") as (upstream, url), forward_proxy() as (proxy, proxy_url):
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        transport = Http1Transport()
+        assert await read_all(await send(transport, f"{url}/v1/x")) == b'{"ok":true}'
+        await transport.aclose()
+    assert url.startswith("http://[::1]:") and upstream.connections == 1
+    assert proxy.forwarded[0].split(b"\r\n")[0] == f"POST {url}/v1/x HTTP/1.1".encode()
+    async with forward_proxy(refuse=True) as (proxy, proxy_url):
+        monkeypatch.setenv("HTTPS_PROXY", proxy_url)
+        transport = Http1Transport()
+        with pytest.raises(httpx.ProxyError):
+            await send(transport, "https://[::1]/v1/x")
+        await transport.aclose()
+    assert proxy.tunnels == [b"CONNECT [::1]:443 HTTP/1.1\r\nHost: [::1]:443\r\n\r\n"]
 
 
 async def test_no_proxy_hosts_are_reached_directly(monkeypatch: pytest.MonkeyPatch) -> None:

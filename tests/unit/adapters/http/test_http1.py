@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 import ssl
 import struct
@@ -45,12 +46,15 @@ class Scripted:
 
 
 @asynccontextmanager
-async def scripted(handler: Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[tuple[Scripted, str]]:
+async def scripted(
+    handler: Handler, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1"
+) -> AsyncIterator[tuple[Scripted, str]]:
     state = Scripted(handler)
-    server = await asyncio.start_server(state._serve, "127.0.0.1", 0, ssl=tls)
+    server = await asyncio.start_server(state._serve, host, 0, ssl=tls)
     port = server.sockets[0].getsockname()[1]
+    named = "localhost" if tls else f"[{host}]" if ":" in host else host
     try:
-        yield state, f"{'https' if tls else 'http'}://{'localhost' if tls else '127.0.0.1'}:{port}"
+        yield state, f"{'https' if tls else 'http'}://{named}:{port}"
     finally:
         server.close()
 
@@ -146,7 +150,38 @@ async def test_request_bytes_on_the_wire() -> None:
     assert b"authorization: bearer k" in lines
     assert b"content-length: 5" in lines
     assert any(line.startswith(b"host: 127.0.0.1:") for line in lines)
+    assert lines[-1] == b"accept-encoding: identity"  # (no coding of the answer accepted: none is decoded)
     assert body == b"hello"
+
+
+async def test_a_success_in_a_content_coding_is_refused_and_an_error_in_one_is_its_status() -> None:
+    """Every request accepts the identity coding alone, and the client decodes none: a success in gzip is refused
+    (`upstream_protocol_error`: the provider ran the request, so it is billable). The request said nothing of codings,
+    which accepts any (RFC 9110 12.5.3), and a gzip answer was read as a body that is not JSON (502 `=invalid_json`,
+    found by review). `identity` said is no coding; an error answer is its status's, whatever its body."""
+    packed = gzip.compress(b'{"ok":true}')
+    coded = b"HTTP/1.1 %d X\r\ncontent-encoding: %s\r\ncontent-length: %d\r\n\r\n%s"
+    answers = [coded % (200, b"gzip", len(packed), packed), coded % (200, b"Identity", 11, b'{"ok":true}')]
+    seen: list[bytes] = []
+    async with scripted(recording(answers[0], seen)) as (_, url):
+        client = UpstreamClient(TimeoutConfig())
+        with pytest.raises(UpstreamError) as refused:
+            await client.send(UpstreamRequest("POST", url, {}, b"{}"))
+        assert (refused.value.outcome, refused.value.billable, refused.value.retryable) == (
+            "upstream_protocol_error",
+            True,
+            True,
+        )
+        assert "content coding 'gzip'" in refused.value.message
+        await client.aclose()
+    assert b"\r\naccept-encoding: identity\r\n" in seen[0]
+    async with scripted(answering(answers[1], coded % (500, b"gzip", len(packed), packed))) as (_, url):
+        client = UpstreamClient(TimeoutConfig())
+        answer = await client.send(UpstreamRequest("POST", url, {}, b"{}"))
+        assert answer.status == 200 and await answer.read() == b'{"ok":true}'
+        failed = await client.send(UpstreamRequest("POST", url, {}, b"{}"))
+        assert failed.status == 500 and await failed.read_error() == packed
+        await client.aclose()
 
 
 async def test_chunked_answer_streams_in_pieces() -> None:
@@ -411,7 +446,7 @@ async def test_the_upstream_client_frames_requests_as_httpx_does_without_buildin
         for case in cases:
             headers = dict(case.headers or {})
             built = httpx.Request(case.method, case.url, headers=headers, content=case.body, extensions=TIMEOUTS)
-            built.headers.setdefault("user-agent", USER_AGENT)
+            built.headers.setdefault("user-agent", USER_AGENT)  # (and `accept-encoding`, as the transport adds it)
             await read_all(await transport.handle_async_request(built))
         await transport.aclose()
         await client.aclose()

@@ -132,12 +132,15 @@ def test_deployment_without_region_uses_the_functions_region(monkeypatch: pytest
 
 
 def test_signature_is_sigv4_over_the_exact_bytes_sent(fixed_clock: None) -> None:
+    """Over the headers sent, `accept-encoding: identity` among them (the HTTP client adds it to a request without it:
+    signed here, it is given, and sent as signed)."""
     result = adapter().chat_request(request(temperature=0.2), target(), stream=False).request
     headers = result.headers
     assert headers["x-amz-date"] == "20240501T123045Z"
+    assert headers["accept-encoding"] == "identity"
     assert headers["authorization"].startswith(
         "AWS4-HMAC-SHA256 Credential=testing/20240501/eu-central-1/bedrock/aws4_request, "
-        "SignedHeaders=content-type;host;x-amz-date, Signature="
+        "SignedHeaders=accept-encoding;content-type;host;x-amz-date, Signature="
     )
     path = result.url.split(".amazonaws.com", 1)[1]
     received = headers | {"host": "bedrock-runtime.eu-central-1.amazonaws.com"}

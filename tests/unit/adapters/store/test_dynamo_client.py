@@ -66,6 +66,9 @@ async def test_a_call_is_one_signed_json_post() -> None:
     assert request.headers["x-amz-security-token"] == "token"
     assert request.headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDTEST/")
     assert "/eu-west-1/dynamodb/aws4_request" in request.headers["authorization"]
+    # (no coding of the answer accepted, which the client would not decode: signed as it is sent)
+    assert request.headers["accept-encoding"] == "identity"
+    assert "accept-encoding;" in request.headers["authorization"].split("SignedHeaders=")[1]
     assert json.loads(request.content) == {"TableName": "t", "Key": KEY, "UpdateExpression": "ADD n :one"}
 
 

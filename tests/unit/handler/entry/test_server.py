@@ -216,6 +216,30 @@ async def test_a_request_pipelined_behind_a_chunked_body_in_the_same_read_is_ans
     connection.close()
 
 
+def split_points(first: bytes) -> list[int]:
+    """Where the reads of a chunked request (`first`) are cut: in a chunk's data, in a size line, between its CR and
+    LF, and in the last chunk's empty line."""
+    line = first.index(b"\r\n1f40\r\n", 150_000) + 3
+    return [150_000, line, line + 4, len(first) - 1, len(first) - 3]
+
+
+@pytest.mark.parametrize("where", range(5), ids=["data", "size-line", "crlf", "last-lf", "last-chunk"])
+async def test_a_request_pipelined_behind_a_chunked_body_spanning_reads_is_answered(where: int) -> None:
+    """A chunked POST of 300 KB, and a request pipelined behind it in the read its body ends in. The next head was
+    counted from that read's first byte (a chunked body begun in an earlier read was not followed), so the body's
+    tail was taken for the next head: 431 `headers_too_large`, the connection closed (found by review; over a socket,
+    a 700 KB chunked POST and `GET /health` in one `sendall` to `gateway serve` were answered 200, then 431). However
+    the reads cut the body, it is followed to its end."""
+    connection = Connection()
+    first = b"POST /echo HTTP/1.1\r\nhost: g\r\ntransfer-encoding: chunked\r\n\r\n" + chunked(b"x" * 300_000)
+    whole = first + b"POST /echo HTTP/1.1\r\nhost: g\r\ncontent-length: 2\r\n\r\nok"
+    at = split_points(first)[where]
+    await connection.send(whole[:at], whole[at:])
+    assert await connection.answers(2) == [b"200", b"200"], connection.written[-300:]
+    assert connection.written.endswith(b"\r\n\r\n2") and not connection.transport.closed
+    connection.close()
+
+
 async def test_a_pipelined_head_past_the_bound_behind_such_a_body_is_still_431() -> None:
     """Followed in the whole read, the chunked body's end is where the next head is counted from: a head past the
     bound behind it is refused, after the request before it is answered."""
