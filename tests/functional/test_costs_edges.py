@@ -320,6 +320,52 @@ async def test_a_count_that_is_no_plain_integer_is_unreadable_in_every_reader(re
     await served.gateway.aclose()
 
 
+# The usage an OpenAI-compatible server built on LiteLLM writes (LiteLLM's `PromptTokensDetailsWrapper`; avalai.ir's
+# documented answers): the details' counts it has none of are null.
+LITELLM_USAGE = {
+    "completion_tokens": 5,
+    "prompt_tokens": 28,
+    "total_tokens": 33,
+    "completion_tokens_details": None,
+    "prompt_tokens_details": {"audio_tokens": None, "cached_tokens": None, "text_tokens": 28, "image_tokens": None},
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_a_null_count_in_a_chat_usage_is_0_and_the_answer_billed_on_its_usage(stream: bool) -> None:
+    """A null count is 0, as `wire.usage_count` reads it for every other reader (the Responses API's
+    `"cached_tokens": null`). The strict Chat Completions counts refused it: an answer of 28 in and 5 out was the
+    provider's malformed answer, a 502 charged its reserved worst case (10 in, 4,000 out: $0.00801 for $0.000038;
+    found by review)."""
+    head = {"id": "c", "created": 1, "model": "x"}
+    whole = {
+        **head,
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
+        "usage": LITELLM_USAGE,
+    }
+    delta = {"index": 0, "delta": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}
+    chunks = [
+        {**head, "object": "chat.completion.chunk", "choices": [delta]},
+        {**head, "object": "chat.completion.chunk", "choices": [], "usage": LITELLM_USAGE},
+    ]
+    events = b"".join(b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks) + b"data: [DONE]\n\n"
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if stream:
+            return httpx.Response(200, content=events, headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, json=whole)
+
+    served = await serve(upstream, {"m": MODEL})
+    body = {"model": "m", "messages": HI, "max_tokens": 4000, "stream": stream}
+    answer = await served.post("/v1/chat/completions", body)
+    [line] = await served.ledger()
+    await served.gateway.aclose()
+    assert (answer.status_code, b'"error"' in answer.content) == (200, False), answer.text
+    assert (line.cost_source, line.input_tokens, line.output_tokens) == ("provider", 28, 5)
+    assert line.cost_usd == pytest.approx(3.8e-05)  # (28 in at $1, 5 out at $2 a million)
+
+
 async def test_a_gzip_body_never_asked_for_is_charged_and_not_relayed() -> None:
     """A 2xx body in gzip (the gateway asks for none): charged as unreadable, and none of its bytes relayed."""
     packed = gzip.compress(orjson.dumps(completion()))
