@@ -5,9 +5,9 @@ one of its names, see `handler.schemas.LATER`)."""
 # No `from __future__ import annotations`, as in handler/schemas.py.
 from typing import Literal
 
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import BaseModel, Field
 
-from handler.schemas import OPEN, REQUEST
+from handler.schemas import OPEN, REQUEST, Count
 
 
 class EmbeddingsRequest(BaseModel):
@@ -40,12 +40,13 @@ class Embedding(BaseModel):
 
 
 class EmbeddingsUsage(BaseModel):
-    """Strict, as `Usage` is: a count that is not a plain integer (`"12"`, `true`) is a malformed answer."""
+    """Strict, as `Usage` is: a count that is not a plain integer (`"12"`, `true`) is a malformed answer; a null one
+    is 0."""
 
     model_config = OPEN
 
-    prompt_tokens: StrictInt = 0
-    total_tokens: StrictInt = 0
+    prompt_tokens: Count = 0
+    total_tokens: Count = 0
 
 
 class EmbeddingsResponse(BaseModel):

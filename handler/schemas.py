@@ -25,6 +25,7 @@ from pydantic import (
     AfterValidator,
     AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictInt,
@@ -438,6 +439,16 @@ class _Counted:
             self.__pydantic_extra__[name] = value
 
 
+def _null_is_0(value: Any) -> Any:
+    return 0 if value is None else value
+
+
+# A provider's token count: a plain integer, null read as 0 (as `handler.wire.usage_count` reads it: OpenAI-compatible
+# servers built on LiteLLM write `"cached_tokens": null` for a count they have none of, and refused, a real answer was
+# a malformed one, charged its worst case); `10.7`, `"12"` and `true` refused (`Usage`).
+Count = Annotated[StrictInt, BeforeValidator(_null_is_0)]
+
+
 class PromptTokensDetails(_Counted, BaseModel):
     """Also, among the extras: `cache_write_1h_tokens` (of `cache_write_tokens`, those cached an hour:
     Anthropic's `ttl: "1h"`, which cost more) and `audio_tokens` (audio input: OpenAI's count, Gemini's AUDIO
@@ -445,8 +456,8 @@ class PromptTokensDetails(_Counted, BaseModel):
 
     model_config = OPEN
 
-    cached_tokens: StrictInt = 0
-    cache_write_tokens: StrictInt = 0
+    cached_tokens: Count = 0
+    cache_write_tokens: Count = 0
 
 
 class CompletionTokensDetails(_Counted, BaseModel):
@@ -455,21 +466,21 @@ class CompletionTokensDetails(_Counted, BaseModel):
 
     model_config = OPEN
 
-    reasoning_tokens: StrictInt = 0
+    reasoning_tokens: Count = 0
 
 
 class Usage(_Counted, BaseModel):
     """Token counts. `prompt_tokens` includes cached and cache-write tokens, as OpenAI counts them. Also, among
     the extras: `web_searches`, the searches a provider's own search tool ran (billed apart from the tokens).
-    Its counts, and its details', are strict: a provider's count that is not a plain integer (`10.7`, and `"12"` or
-    `true`, which pydantic would take as 12 and 1) is no usage the gateway can read, and the answer is malformed
-    (`handler.wire.usage_count`)."""
+    Its counts, and its details', are strict (`Count`): a provider's count that is not a plain integer (`10.7`, and
+    `"12"` or `true`, which pydantic would take as 12 and 1) is no usage the gateway can read, and the answer is
+    malformed; one that is null is 0 (`handler.wire.usage_count`)."""
 
     model_config = OPEN
 
-    prompt_tokens: StrictInt = 0
-    completion_tokens: StrictInt = 0
-    total_tokens: StrictInt = 0
+    prompt_tokens: Count = 0
+    completion_tokens: Count = 0
+    total_tokens: Count = 0
     prompt_tokens_details: PromptTokensDetails | None = Omitted()
     completion_tokens_details: CompletionTokensDetails | None = Omitted()
 

@@ -380,13 +380,15 @@ def said_status(error: Any, default: int = 500) -> int:
     """The HTTP status a provider's error object (`{"message", "type", "code", ...}`, or a body or event holding it
     in `error`) stands for where none came with it: its `code` where that is an error status (OpenRouter's, which
     writes there the status it would have answered; a proxy's, as a string), else the status its `code` or `type`
-    names (`SAID_STATUS`), else `default`."""
+    names (`SAID_STATUS`), else `default`. (A `code` of three digits Python's `int` cannot read, `"¹²³"`, whose
+    `isdigit` is true, is a name like any other: read as a number, it raised, and the provider's failure was the
+    gateway's 500, or the provider's malformed stream charged its worst case; found by review.)"""
     if isinstance(error, dict) and isinstance(error.get("error"), dict):
         error = error["error"]
     if not isinstance(error, dict):
         return default
     code = error.get("code")
-    if isinstance(code, str) and code.isdigit() and len(code) == 3:
+    if isinstance(code, str) and len(code) == 3 and code.isascii() and code.isdigit():
         code = int(code)
     if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600:
         return code

@@ -366,8 +366,7 @@ class NativeStream(UpstreamStream[StreamEvent]):
 
     def _items(self, events: list[StreamEvent]) -> list[StreamEvent]:
         if self.sniffer.whole is not None:
-            for event in events:
-                self._whole(event.data)
+            events = [replayed for event in events for replayed in self._whole(event.data)]
         try:
             for event in events:
                 self.meter.feed(event)
@@ -377,17 +376,23 @@ class NativeStream(UpstreamStream[StreamEvent]):
         relayed = self.redactor.relay(events)
         return relayed + self.redactor.release() if self._finished or self._failure is not None else relayed
 
-    def _whole(self, body: bytes) -> None:
-        """A whole body where the provider's own stream was asked for: an error object alone is the provider's error
-        at the status the adapter reads in it (`native_usage`), as the same body answering a whole request is, and
-        as a Chat Completions deployment's is (`ChunkStream._whole`); anything else (a page, a whole answer), the
-        provider's malformed answer, as a stream that brought no event is. (Taken for a malformed 200, the error was
-        charged its worst case: a request the next deployment served was charged $0.008213 for an answer that cost
-        $0.000001.)"""
+    def _whole(self, body: bytes) -> list[StreamEvent]:
+        """A whole body where the provider's own stream was asked for: a whole answer of the API (read as the same
+        body answering a whole request is, `native_usage`) is replayed as the events its stream would have brought
+        (`handler.pipeline.replay`), metered and relayed as they are, so the client gets its stream and the line the
+        provider's usage, as a Chat Completions deployment's whole answer is streamed (`ChunkStream._whole`); an
+        error object alone is the provider's error at the status the adapter reads in it; anything else (a page, an
+        answer of no stream's shape), the provider's malformed answer, as a stream that brought no event is. (Taken
+        for a malformed 200, the error was charged its worst case: a request the next deployment served was charged
+        $0.008213 for an answer that cost $0.000001; and so was a whole answer, a 502 charged 4,000 tokens out where
+        the provider billed 5: found by review.)"""
         try:
             data = json_body(body)
             if isinstance(data, dict):
                 self.attempt.adapter.native_usage(self.call, data)
+                from handler.pipeline.replay import replayed  # (with the first whole answer: few servers write one)
+
+                return replayed(self.api, data)
         except UpstreamError as failed:
             if not 200 <= failed.upstream_status < 300:
                 raise  # the provider's error: free, failed over as its status is, that status in the route

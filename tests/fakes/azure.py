@@ -1,9 +1,10 @@
 """A fake Azure OpenAI Service: Azure's URLs, credentials, content filter and errors around the fake OpenAI API.
 
-It serves `POST /openai/deployments/{deployment}/chat/completions` and `/embeddings` (and the v1 API's
-`POST /openai/v1/responses`, whose `model` is the deployment), requires the `api-key` header (or, for a resource
-using Microsoft Entra ID, `authorization: Bearer ENTRA_TOKEN`) and a known `api-version`, and answers as the fake
-OpenAI API does for the base model the deployment runs, in Azure's format:
+It serves `POST /openai/deployments/{deployment}/chat/completions` and `/embeddings` at a known dated
+`api-version`, and the versionless v1 API's `POST /openai/v1/chat/completions`, `/embeddings` and `/responses`, whose
+`model` is the deployment, with no `api-version` (or `preview`); it requires the `api-key` header (or, for a resource
+using Microsoft Entra ID, `authorization: Bearer ENTRA_TOKEN`), and answers as the fake OpenAI API does for the base
+model the deployment runs, in Azure's format:
 
 - a deployment is one of `DEPLOYMENTS` (an operator's own name, `gpt-4o-prod`, for the model it runs, reported by
   its version, `gpt-4o-2024-11-20`, as Azure reports it) or names one of the fake OpenAI API's behaviours
@@ -22,7 +23,8 @@ OpenAI API does for the base model the deployment runs, in Azure's format:
   finish reason), then the usage;
 - an argument newer than the request's api-version, one of OpenAI's that no dated version defines (`OPENAI_ONLY`:
   `verbosity`, `prompt_cache_key`, ...) and a `tool_choice` of OpenAI's newer types (`allowed_tools`) are refused as
-  Azure refuses what its version does not define;
+  Azure refuses what its version does not define; the v1 API takes them, as OpenAI's does, and refuses a dated
+  `api-version` (or `v1`) in its query;
 - the Responses API's encrypted reasoning is the resource's own (`AZURE_ORGANIZATION`): a blob OpenAI sealed is
   refused here, and this resource's at OpenAI.
 
@@ -302,13 +304,33 @@ def create_app() -> Starlette:
         refused = unsupported(body, version)
         if refused is not None:
             return refused
+        return await answered(deployment, model, name, body, version)
+
+    async def versionless(request: Request) -> Response:
+        """The v1 API's Chat Completions and embeddings: the deployment is the body's `model`, no api-version (or
+        `preview`, its preview features); OpenAI's members and tool choices go as OpenAI's API takes them."""
+        body, refused = await received(request)
+        if refused is not None:
+            return refused
+        if request.query_params.get("api-version", "preview") != "preview":
+            return _json(400, {"error": {"code": "BadRequest", "message": "API version not supported"}})
+        deployment = str(body.get("model", ""))
+        model = deployed(deployment)
+        if model is None:
+            return _json(404, DEPLOYMENT_NOT_FOUND)
+        return await answered(deployment, model, request.path_params["operation"], body, "v1")
+
+    async def answered(
+        deployment: str, model: tuple[str, str], name: str, body: dict[str, Any], version: str
+    ) -> Response:
+        """The deployment's answer to a request Azure took: its scripted refusals, else the fake OpenAI API's."""
         if deployment.startswith("fail-429"):
             operations: dict[str, str] = {"chat/completions": "ChatCompletions_Create"}
             return rate_limited(operations.get(name, "Embeddings_Create"), version)
         if "content-filter" in deployment:
             return _json(400, CONTENT_FILTER_ERROR)
         base, model_version = model
-        body["model"] = base
+        body = {**body, "model": base}  # (the request as recorded keeps the deployment it named)
         answer = await forward(f"/v1/{name}", body)
         return relayed(answer, in_azure_format(answer, body, deployment, model_version))
 
@@ -325,6 +347,7 @@ def create_app() -> Starlette:
     app = Starlette(
         routes=[
             Route("/openai/v1/responses", responses, methods=["POST"]),
+            Route("/openai/v1/{operation:path}", versionless, methods=["POST"]),
             Route("/openai/deployments/{deployment:str}/{operation:path}", operation, methods=["POST"]),
         ]
     )

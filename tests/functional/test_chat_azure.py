@@ -71,6 +71,18 @@ def azure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
                 "deployments": [{**provider, "model": "gpt-4o-prod", "api_version": "2024-06-01"}],
                 "price": PRICE,
             },
+            **{
+                f"versionless-{version}": {
+                    "deployments": [{**provider, "model": "gpt-4o-prod", "api_version": version}],
+                    "price": PRICE,
+                }
+                for version in ("v1", "preview", "latest")
+            },
+            "embed-v1": {
+                "kind": "embedding",
+                "deployments": [{**provider, "model": "embed-small", "api_version": "v1"}],
+                "price": {"input": 1},
+            },
             "limited": {
                 "deployments": [{**provider, "model": "fail-429"}],
                 "price": PRICE,
@@ -244,6 +256,47 @@ def test_embeddings(azure: Running, client: openai.OpenAI) -> None:
     result = client.embeddings.create(model="embed", input=["a", "b"])
     assert len(result.data) == 2
     assert sent(azure)["path"] == "/openai/deployments/embed-small/embeddings"
+
+
+@pytest.mark.parametrize("version", ["v1", "preview", "latest"])
+def test_a_versionless_api_version_is_served_by_the_v1_api_with_openais_members(
+    azure: Running, client: openai.OpenAI, version: str
+) -> None:
+    """`api_version: v1`, `preview`, `latest` (the versionless API) go to the v1 API, the deployment in the body's
+    `model`, with OpenAI's members no dated version defines: they went to the deployment's path with
+    `?api-version=v1`, which Azure answers 404, and lost `verbosity` and `prompt_cache_key` (found by review)."""
+    raw = client.chat.completions.with_raw_response.create(
+        model=f"versionless-{version}", messages=HI, verbosity="low", prompt_cache_key="k"
+    )
+    assert raw.parse().choices[0].message.content == TEXT and "x-gateway-dropped-params" not in raw.headers
+    assert raw.headers["x-gateway-route"] == "azure/gpt-4o-prod@eastus=200"
+    upstream = sent(azure)
+    assert (upstream["path"], upstream["query"]) == (
+        "/openai/v1/chat/completions",
+        {"api-version": "preview"} if version == "preview" else {},
+    )
+    assert (upstream["json"]["model"], upstream["json"]["verbosity"], upstream["json"]["prompt_cache_key"]) == (
+        "gpt-4o-prod",
+        "low",
+        "k",
+    )
+    chunks = list(
+        client.chat.completions.create(
+            model=f"versionless-{version}", messages=HI, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == TEXT
+    assert chunks[-1].usage is not None and sent(azure)["path"] == "/openai/v1/chat/completions"
+
+
+def test_embeddings_at_the_versionless_api(azure: Running, client: openai.OpenAI) -> None:
+    assert len(client.embeddings.create(model="embed-v1", input=["a", "b"]).data) == 2
+    upstream = sent(azure)
+    assert (upstream["path"], upstream["query"], upstream["json"]["model"]) == (
+        "/openai/v1/embeddings",
+        {},
+        "embed-small",
+    )
 
 
 def test_a_reasoning_deployment_named_by_the_operator_gets_what_reasoning_models_take(

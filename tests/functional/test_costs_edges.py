@@ -217,6 +217,77 @@ async def test_a_200_error_object_costs_a_streamed_request_nothing_as_it_costs_a
     assert (line.status, line.cost_usd, line.route) == (502, 0.0, "openai/errs@global=502")
 
 
+# A whole answer of the API passed through (a compatible server that ignores `stream`), 10 tokens in and 5 out.
+WHOLE_NATIVE = {
+    "responses": {
+        "id": "resp_1",
+        "object": "response",
+        "created_at": 1,
+        "status": "completed",
+        "model": "gpt-4o-mini",
+        "output": [
+            {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": "hello", "annotations": []}],
+            }
+        ],
+        "usage": {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15},
+    },
+    "messages": {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-x",
+        "content": [{"type": "text", "text": "hello"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 10, "output_tokens": 5},
+    },
+}
+
+
+@pytest.mark.parametrize("api", ["responses", "messages"])
+async def test_a_whole_answer_to_a_passed_through_stream_is_streamed_and_billed_on_its_usage(api: str) -> None:
+    """A server that ignores `stream` and answers a stream passed through to its API (the Responses API natively,
+    Messages to an Anthropic-compatible server) with the whole answer: the client gets the stream of its API, the
+    answer's text in it, and the line is the provider's 10 in and 5 out ($0.00002). It was taken for the provider's
+    malformed answer, a 502 charged its reserved worst case (32 in and 4,000 out on the Responses API, 44 and 4,000
+    on Messages), as a Chat Completions deployment's whole answer never was (found by review)."""
+    provider = (
+        {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": "http://up"}
+        if api == "messages"
+        else {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": "http://up/v1", "responses_api": "native"}
+    )
+    environ = {**PROVIDER_KEYS, "ANTHROPIC_API_KEY": "sk-ant-test-000000000000"}
+    whole = WHOLE_NATIVE[api]
+    served = await serve(
+        lambda request: httpx.Response(200, json=whole), {"m": MODEL}, provider=provider, environ=environ
+    )
+    if api == "messages":
+        answer = await served.post("/v1/messages", {"model": "m", "messages": HI, "max_tokens": 4000, "stream": True})
+    else:
+        body = {"model": "m", "input": "hi", "stream": True, "max_output_tokens": 4000}
+        answer = await served.post("/v1/responses", body)
+    [line] = await served.ledger()
+    await served.gateway.aclose()
+    assert (line.status, line.cost_source, line.input_tokens, line.output_tokens) == (200, "provider", 10, 5), (
+        answer.text
+    )
+    assert line.cost_usd == pytest.approx(2e-05)
+    said = [orjson.loads(row[6:]) for row in answer.text.splitlines() if row.startswith("data: ")]
+    if api == "messages":
+        assert [event["type"] for event in said][-2:] == ["message_delta", "message_stop"]
+        assert [event["delta"]["text"] for event in said if event["type"] == "content_block_delta"] == ["hello"]
+        assert said[-2]["cost"]["total_usd"] == pytest.approx(2e-05)
+    else:
+        assert [event["type"] for event in said][-1] == "response.completed"
+        assert [event["delta"] for event in said if event["type"] == "response.output_text.delta"] == ["hello"]
+        assert said[-1]["response"]["cost"]["total_usd"] == pytest.approx(2e-05)
+
+
 UNREADABLE_USAGE = [10.7, 1e300, int("9" * 400), "12", True]
 
 
@@ -318,6 +389,52 @@ async def test_a_count_that_is_no_plain_integer_is_unreadable_in_every_reader(re
     if not stream:  # (a stream's head went before its usage: its error is in the stream)
         assert (answer.status_code, answer.headers["x-should-retry"]) == (502, "false")
     await served.gateway.aclose()
+
+
+# The usage an OpenAI-compatible server built on LiteLLM writes (LiteLLM's `PromptTokensDetailsWrapper`; avalai.ir's
+# documented answers): the details' counts it has none of are null.
+LITELLM_USAGE = {
+    "completion_tokens": 5,
+    "prompt_tokens": 28,
+    "total_tokens": 33,
+    "completion_tokens_details": None,
+    "prompt_tokens_details": {"audio_tokens": None, "cached_tokens": None, "text_tokens": 28, "image_tokens": None},
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_a_null_count_in_a_chat_usage_is_0_and_the_answer_billed_on_its_usage(stream: bool) -> None:
+    """A null count is 0, as `wire.usage_count` reads it for every other reader (the Responses API's
+    `"cached_tokens": null`). The strict Chat Completions counts refused it: an answer of 28 in and 5 out was the
+    provider's malformed answer, a 502 charged its reserved worst case (10 in, 4,000 out: $0.00801 for $0.000038;
+    found by review)."""
+    head = {"id": "c", "created": 1, "model": "x"}
+    whole = {
+        **head,
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
+        "usage": LITELLM_USAGE,
+    }
+    delta = {"index": 0, "delta": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}
+    chunks = [
+        {**head, "object": "chat.completion.chunk", "choices": [delta]},
+        {**head, "object": "chat.completion.chunk", "choices": [], "usage": LITELLM_USAGE},
+    ]
+    events = b"".join(b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks) + b"data: [DONE]\n\n"
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if stream:
+            return httpx.Response(200, content=events, headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, json=whole)
+
+    served = await serve(upstream, {"m": MODEL})
+    body = {"model": "m", "messages": HI, "max_tokens": 4000, "stream": stream}
+    answer = await served.post("/v1/chat/completions", body)
+    [line] = await served.ledger()
+    await served.gateway.aclose()
+    assert (answer.status_code, b'"error"' in answer.content) == (200, False), answer.text
+    assert (line.cost_source, line.input_tokens, line.output_tokens) == ("provider", 28, 5)
+    assert line.cost_usd == pytest.approx(3.8e-05)  # (28 in at $1, 5 out at $2 a million)
 
 
 async def test_a_gzip_body_never_asked_for_is_charged_and_not_relayed() -> None:

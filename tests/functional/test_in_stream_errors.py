@@ -55,6 +55,9 @@ KINDS: dict[str, tuple[dict[str, Any], int, bool, int, str]] = {
     ),
     "overloaded": ({"message": "Overloaded", "type": "overloaded_error"}, 529, True, 502, "true"),
     "router-status": ({"message": "Provider returned error", "code": 503}, 503, True, 502, "true"),
+    # A code of three digits Python's `int` cannot read (`"¹²³".isdigit()` is true): a code it does not know, a 500.
+    # It raised ValueError: the provider's error taken for its malformed stream, charged its reserved worst case.
+    "odd-code": ({"message": "busy", "code": "\u00b9\u00b2\u00b3"}, 500, True, 502, "true"),
 }
 
 

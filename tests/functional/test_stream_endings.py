@@ -245,16 +245,55 @@ WHOLE_MESSAGE = {
     "usage": {"input_tokens": 12, "output_tokens": 7},
 }
 
+WHOLE_RESPONSE = {
+    "id": "resp_whole",
+    "object": "response",
+    "created_at": 1764000000,
+    "status": "completed",
+    "model": "gpt-x",
+    "error": None,
+    "incomplete_details": None,
+    "tools": [],
+    "tool_choice": "auto",
+    "parallel_tool_calls": True,
+    "output": [
+        {
+            "id": "msg_whole",
+            "type": "message",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": "Let me look.", "annotations": []}],
+        },
+        {
+            "id": "fc_whole",
+            "type": "function_call",
+            "status": "completed",
+            "call_id": "call_1",
+            "name": "lookup",
+            "arguments": '{"q":"news"}',
+        },
+    ],
+    "usage": {
+        "input_tokens": 12,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 7,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 19,
+    },
+}
+
 
 async def ignoring_stream(request: Request) -> Response:
-    """Whatever was asked, the whole answer in one JSON body: a chat completion, or a Message at `/whole-anthropic`
-    (run US-only for a model named `...-us`, as in a workspace whose default inference geo is `us`), or in a 200 an
-    error body (a model named `...-error`)."""
+    """Whatever was asked, the whole answer in one JSON body: a chat completion, a Message at `/whole-anthropic`
+    (run US-only for a model named `...-us`, as in a workspace whose default inference geo is `us`), or a response
+    at a Responses API's `/responses`; or in a 200 an error body (a model named `...-error`)."""
     asked = orjson.loads(await request.body())
     assert asked.get("stream") is True  # a stream was asked for
     if asked["model"].endswith("-error"):
         return Response(b'{"error": {"message": "overloaded, try later"}}', media_type="application/json")
     answer = WHOLE_MESSAGE if "anthropic" in request.url.path else WHOLE_COMPLETION
+    if request.url.path.endswith("/responses"):
+        answer = WHOLE_RESPONSE
     if asked["model"].endswith("-us"):
         answer = {**answer, "usage": {**answer["usage"], "inference_geo": "us"}}
     return Response(b"\n" + json.dumps(answer, indent=2).encode(), media_type="application/json")
@@ -385,6 +424,7 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         Route("/failing/v1/responses", failing_response, methods=["POST"]),
         Route("/ignoring/v1/chat/completions", ignoring_stream, methods=["POST"]),
         Route("/whole-anthropic/v1/messages", ignoring_stream, methods=["POST"]),
+        Route("/whole-native/v1/responses", ignoring_stream, methods=["POST"]),
         Route("/late/v1/chat/completions", late_stream, methods=["POST"]),
         Route("/down/v1/chat/completions", down, methods=["POST"]),
         Route("/wordy-anthropic/v1/messages", wordy_message, methods=["POST"]),
@@ -409,6 +449,7 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             },
             "searching": native("searching"),
             "failing": native("failing"),
+            "whole-native": native("whole-native"),
             "ignoring": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/ignoring/v1"},
             "late": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/late/v1"},
             "down": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/down/v1"},
@@ -443,6 +484,7 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             "gpt-whole": {"deployments": [{"provider": "ignoring", "model": "gpt-x"}], "price": price},
             "gpt-whole-error": {"deployments": [{"provider": "ignoring", "model": "gpt-x-error"}], "price": price},
             "claude-whole": {"deployments": [{"provider": "whole-anthropic", "model": "claude-x"}], "price": price},
+            "gpt-whole-native": {"deployments": [{"provider": "whole-native", "model": "gpt-x"}], "price": price},
             "claude-whole-us": {
                 "deployments": [{"provider": "whole-anthropic", "model": "claude-x-us"}],
                 "price": {**price, "options": {"inference_geo": {"us": 1.1}}},
@@ -837,6 +879,30 @@ def test_a_translated_stream_answered_whole_is_streamed_in_the_clients_api(scrip
     assert sorted((line.model, line.status, line.cost_source) for line in lines) == [
         ("claude-whole", 200, "provider"),
         ("gpt-whole", 200, "provider"),
+    ]
+    assert [line.cost_usd for line in lines] == pytest.approx([WHOLE_USD, WHOLE_USD])
+
+
+def test_a_passed_through_stream_answered_whole_is_the_stream_of_its_api(scripted: Running) -> None:
+    """The same where the stream goes to the provider's own API (the Responses API natively, Messages to an
+    Anthropic-compatible server): the whole answer replayed as that API's events, which the SDKs' stream helpers
+    read into the answer that came whole, billed on its usage. It was a 502 charged its reserved worst case."""
+    key = scripted.mint(name="whole-native")
+    with anthropic_client(scripted, key).messages.stream(model="claude-whole", max_tokens=1000, messages=HI) as said:
+        message = said.get_final_message()
+    assert [block.type for block in message.content] == ["text"] and message.content[0].text == "Hello there."  # type: ignore[union-attr]
+    assert (message.id, message.stop_reason, message.usage.output_tokens) == ("msg_whole", "end_turn", 7)
+    with openai_client(scripted, key).responses.stream(model="gpt-whole-native", input="Hi") as streamed:
+        texts = [event.delta for event in streamed if event.type == "response.output_text.delta"]
+        response = streamed.get_final_response()
+    assert texts == ["Let me look."] and response.output_text == "Let me look."
+    assert (response.output[1].name, response.output[1].arguments) == ("lookup", '{"q":"news"}')  # type: ignore[union-attr]
+    lines = scripted.ledger(key)
+    assert sorted(
+        (line.model, line.status, line.cost_source, line.input_tokens, line.output_tokens) for line in lines
+    ) == [
+        ("claude-whole", 200, "provider", 12, 7),
+        ("gpt-whole-native", 200, "provider", 12, 7),
     ]
     assert [line.cost_usd for line in lines] == pytest.approx([WHOLE_USD, WHOLE_USD])
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, StrictInt
 
 from handler.ports import Served
-from handler.schemas import Usage
+from handler.schemas import Count, Usage
 from handler.wire import usage_count
 
 
@@ -76,9 +76,10 @@ class WireUsage(_Wire):
     """Anthropic's usage: `input_tokens` excludes cache reads and writes, which OpenAI counts in."""
 
     # Strict: a count that is not a plain integer (`"12"`, `true`, which pydantic would take as 12 and 1) is no
-    # usage the gateway can read (`handler.wire.usage_count`).
+    # usage the gateway can read (`handler.wire.usage_count`); a null one is none (the input's, absent from a
+    # `message_delta` that does not repeat them; the output's, 0).
     input_tokens: StrictInt | None = None
-    output_tokens: StrictInt = 0
+    output_tokens: Count = 0
     cache_creation_input_tokens: StrictInt | None = None
     cache_read_input_tokens: StrictInt | None = None
 

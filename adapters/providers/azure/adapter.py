@@ -2,7 +2,9 @@
 
 A request goes to `{base_url}/openai/deployments/{deployment}/{operation}?api-version=...`, where the
 deployment is the config deployment's `model` and `base_url` is the resource's endpoint
-(`https://NAME.openai.azure.com`), set on the provider or on each deployment (one resource per region).
+(`https://NAME.openai.azure.com`), set on the provider or on each deployment (one resource per region); at a
+name of the versionless v1 API (`api_version: v1`, `latest` or `preview`), to `{base_url}/openai/v1/{operation}`
+with the deployment as the body's `model`, as OpenAI's API is called (Microsoft's "Azure OpenAI v1 API" page).
 The key travels in `api-key`, or an operator's `authorization` header (a Microsoft Entra ID token) in its place.
 Bodies, answers and streams are OpenAI's, handled by the OpenAI adapter;
 what Azure adds is its content filter: a refused prompt comes back as a 400 whose `innererror` names
@@ -83,7 +85,11 @@ def dated(version: str) -> bool:
 
 
 def conform_to_version(body: dict[str, Any], version: str, dropped: list[str]) -> None:
-    """Fit an OpenAI body to what Azure's api-version `version` defines (in place)."""
+    """Fit an OpenAI body to what Azure's api-version `version` defines (in place). The versionless API takes
+    OpenAI's body as it is: nothing is left out (its `verbosity` and `prompt_cache_key` were, as a dated
+    version's: found by review)."""
+    if not dated(version):
+        return
     for name, since in PARAMETERS_SINCE.items():
         if version < since and name in body and body.pop(name) is not None:
             dropped.append(name)
@@ -313,7 +319,14 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         return str(target.options.get("api_version") or self.options.get("api_version") or DEFAULT_API_VERSION)
 
     def endpoint(self, target: Target, operation: str) -> str:
+        """Where `operation` (`chat/completions`, `embeddings`) goes: the deployment's path with the dated
+        api-version; or, at a name of the versionless API, the v1 API's path, which takes the deployment as the
+        body's `model` (OpenAI's body has it there) and no api-version but `preview`, for its preview features.
+        (It went to the deployment's path with `?api-version=v1`, which no dated API is: found by review.)"""
         version = self.api_version(target)
+        if not dated(version):
+            query = "?api-version=preview" if version == "preview" else ""
+            return f"{target.base_url}/openai/v1/{operation}{query}"
         deployment = urllib.parse.quote(target.model, safe="")
         query = urllib.parse.urlencode({"api-version": version})
         return f"{target.base_url}/openai/deployments/{deployment}/{operation}?{query}"

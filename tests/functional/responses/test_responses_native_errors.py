@@ -318,12 +318,15 @@ async def test_a_whole_error_object_answering_a_passed_through_stream_is_the_pro
         ("invalid_prompt", 400),
         ("context_length_exceeded", 400),
         ("server_error", 502),
+        ("\u00b9\u00b2\u00b3", 502),  # (a code it does not know: `"¹²³".isdigit()`, which `int` refuses)
     ],
 )
 async def test_a_response_failed_is_settled_at_the_status_its_code_names(code: Any, status: int) -> None:
     """The line of a stream the provider ended with `response.failed` has the client's status for the error its code
     names, as the same error answered with its status has (`said_status`): a prompt past the context was a 502, the
-    provider's failure, and a 429 in `code` a 502."""
+    provider's failure, and a 429 in `code` a 502. A code of three digits `int` cannot read (`"¹²³"`) raised: the
+    relay died as the gateway's bug (a traceback logged, the client's stream ended in the gateway's words, not the
+    provider's `response.failed`), its line a 500 (found by review)."""
     failed = response("failed", {"code": code, "message": "it failed"})
     answer, served = await relayed(
         streamed(
@@ -333,6 +336,7 @@ async def test_a_response_failed_is_settled_at_the_status_its_code_names(code: A
         stream=True,
     )
     assert events(answer)[-1]["type"] == "response.failed"
+    assert "the gateway failed while relaying" not in answer.text, answer.text
     [line] = await served.ledger()
     await served.gateway.aclose()
     assert line.status == status

@@ -682,6 +682,8 @@ def test_a_body_that_is_not_text_is_named_not_relayed(body: bytes) -> None:
         ({"code": 502, "message": "Provider returned error"}, 502),  # (OpenRouter's status in `code`)
         ({"code": "429"}, 429),  # (a proxy's, as a string)
         ({"code": "3505", "type": "capacity"}, 500),  # (Mistral's number: no status)
+        ({"code": "\u00b9\u00b2\u00b3"}, 500),  # (`"¹²³".isdigit()`, which `int` refuses: it raised ValueError)
+        ({"code": "\u0664\u0662\u0669"}, 500),  # (an Arabic-Indic 429, which `int` reads: no status as HTTP writes one)
         ({"code": True}, 500),
         ({"code": 200}, 500),
         ({"type": "requests", "code": "rate_limit_exceeded"}, 429),

@@ -1022,6 +1022,14 @@ def test_a_message_passed_through_is_read_as_anthropics_shape_or_is_malformed(ch
         adapter().native_usage(call, {**PASSED_THROUGH, **changed})
 
 
+def test_a_null_count_in_a_messages_usage_is_0_as_every_reader_reads_one() -> None:
+    """A compatible server's null count is none (`wire.usage_count`): `output_tokens: null`, which the strict count
+    refused, made a real message the provider's malformed answer, charged its worst case (found by review)."""
+    call = NativeCall(MESSAGES_API, {})
+    usage = {"input_tokens": 10, "output_tokens": None, "cache_read_input_tokens": None, "cache_creation": None}
+    assert adapter().native_usage(call, {**PASSED_THROUGH, "usage": usage}) == Usage.of(10, 0)
+
+
 def test_a_streams_compaction_is_billed_from_the_final_message_delta() -> None:
     meter = MessagesMeter()
     message = {"id": "m", "type": "message", "role": "assistant", "model": MODEL, "content": []}

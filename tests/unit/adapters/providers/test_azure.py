@@ -302,6 +302,34 @@ def test_the_versionless_api_is_sent_the_allowed_tools_choice_as_openai_is() -> 
         assert body["tool_choice"] == ALLOWED_WEATHER and len(body["tools"]) == 2, version
 
 
+@pytest.mark.parametrize("version", ["v1", "preview", "latest"])
+def test_a_versionless_api_version_is_called_at_the_versionless_api(version: str) -> None:
+    """`api_version: v1`, `preview`, `latest` name Azure's versionless v1 API, which takes what OpenAI's does: it is
+    `{endpoint}/openai/v1/chat/completions` (and `/embeddings`), the deployment in the body's `model`, no api-version
+    but `preview` (Microsoft's "Azure OpenAI v1 API" page; openai-node's azure.md). The adapter called the dated
+    deployment URL with `?api-version=v1` and dropped OpenAI's members "no dated version defines" (`verbosity`,
+    `prompt_cache_key`, `stream_options.include_obfuscation`) from a request to it (found by review)."""
+    query = "?api-version=preview" if version == "preview" else ""
+    req = request(
+        verbosity="low",
+        prompt_cache_key="k",
+        service_tier="auto",
+        stream=True,
+        stream_options={"include_usage": True, "include_obfuscation": False},
+    )
+    built = adapter().chat_request(req, target("gpt-5-prod", api_version=version), stream=True)
+    body = orjson.loads(built.request.body)
+    assert (built.request.url, body["model"]) == (f"{ENDPOINT}/openai/v1/chat/completions{query}", "gpt-5-prod")
+    assert (body["verbosity"], body["prompt_cache_key"], body["service_tier"]) == ("low", "k", "auto")
+    assert body["stream_options"] == {"include_usage": True, "include_obfuscation": False}
+    assert built.dropped == [] and built.request.headers["api-key"] == "azure-secret"
+    embeddings = adapter(api_version=version).embeddings_request(
+        EmbeddingsRequest(model="e", input="hi"), target("embed-small")
+    )
+    assert embeddings.request.url == f"{ENDPOINT}/openai/v1/embeddings{query}"
+    assert orjson.loads(embeddings.request.body)["model"] == "embed-small"
+
+
 def test_azure_keeps_openais_bounds_whatever_its_host() -> None:
     """A resource's host is no profile's: Azure takes OpenAI's table (its four stop sequences)."""
     req = ChatRequest.model_validate(

@@ -1042,6 +1042,45 @@ def test_a_chat_usages_audio_count_that_is_no_plain_integer_is_a_malformed_answe
         adapter().chat_response(orjson.dumps(answer), request(), target())
 
 
+@pytest.mark.parametrize(
+    "where",
+    [
+        ("prompt_tokens_details", "cached_tokens"),
+        ("prompt_tokens_details", "cache_write_tokens"),
+        ("prompt_tokens_details", "audio_tokens"),
+        ("completion_tokens_details", "reasoning_tokens"),
+        ("completion_tokens_details", "audio_tokens"),
+        (None, "total_tokens"),
+    ],
+    ids=lambda where: ".".join(name for name in where if name),
+)
+def test_a_chat_usage_count_that_is_null_is_0_and_one_no_plain_integer_is_still_refused(
+    where: tuple[str | None, str],
+) -> None:
+    """A null count is 0, as `wire.usage_count` reads it: an OpenAI-compatible server built on LiteLLM writes
+    `"cached_tokens": null` (and `reasoning_tokens`, `audio_tokens`: null) for a count it has none of, and the
+    strict counts refused it, a real answer taken for a malformed one and charged its worst case (found by
+    review). `10.7`, `"12"` and `true` are refused still."""
+    details, name = where
+    for count, readable in ((None, True), (10.7, False), ("12", False), (True, False)):
+        answer = orjson.loads((FIXTURES / "chat-response.json").read_bytes())
+        if details is None:
+            answer["usage"][name] = count
+        else:
+            answer["usage"][details] = {name: count, "text_tokens": 28, "image_tokens": None}
+        if not readable:
+            with pytest.raises((UpstreamError, ValueError)):  # (a malformed answer, or one of `wire.SHAPE_ERRORS`)
+                adapter().chat_response(orjson.dumps(answer), request(), target())
+            continue
+        usage = adapter().chat_response(orjson.dumps(answer), request(), target()).usage
+        assert usage is not None
+        if name == "audio_tokens":
+            read = usage.audio_prompt_tokens if details == "prompt_tokens_details" else usage.audio_completion_tokens
+        else:
+            read = getattr(usage, name)
+        assert (read, usage.prompt_tokens, usage.completion_tokens) == (0, 1117, 46)
+
+
 @pytest.mark.parametrize("count", [10.7, "12", True], ids=["fraction", "numeral", "bool"])
 def test_an_embeddings_usage_count_that_is_no_plain_integer_is_a_malformed_answer(count: object) -> None:
     """An embeddings answer's `prompt_tokens` of `"12"` was charged as 12, `true` as 1."""
@@ -1053,3 +1092,5 @@ def test_an_embeddings_usage_count_that_is_no_plain_integer_is_a_malformed_answe
     assert failure.value.outcome == "invalid_response"
     read = adapter().embeddings_response(orjson.dumps({**answer, "usage": {"prompt_tokens": 12}}), embeddings, target())
     assert read.usage.prompt_tokens == 12
+    nulled = {**answer, "usage": {"prompt_tokens": 12, "total_tokens": None}}  # (a null count is 0, as every reader's)
+    assert adapter().embeddings_response(orjson.dumps(nulled), embeddings, target()).usage.total_tokens == 0
