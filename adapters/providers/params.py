@@ -188,6 +188,14 @@ def wire_call_id(call_id: str) -> str:
     return call_id.partition(SIGNATURE_MARK)[0]
 
 
+def returned_media_label(name: str | None, call_id: str | None) -> str:
+    """The text heading what a tool returned besides text (an image it read, a screenshot, a document) where the API
+    takes that only in the user turn beside the tool's result (Chat Completions, Gemini before 3): it names the call,
+    so the model reads the image as that call's and not as something the user sent."""
+    call = " ".join(word for word in (name, call_id and f"({call_id})") if word)
+    return f"[What the tool call {call} returned besides its text:]" if call else "[What a tool returned:]"
+
+
 # An image part's `detail` the provider has no equivalent for: "low" asks for a cheaper image (OpenAI's 85 tokens),
 # "high" for a finer one; "auto", the default, asks for nothing.
 IMAGE_DETAIL = "image_url.detail"

@@ -43,6 +43,7 @@ import asyncio
 import hashlib
 import hmac
 import re
+import secrets
 import struct
 import urllib.parse
 import zlib
@@ -63,7 +64,15 @@ REGION = "us-east-1"
 SERVICE = "bedrock"
 TEXT = "Hello from fake Bedrock."
 CALL_INPUT = {"city": "Paris"}
-TOOL_USE_ID = "tooluse_fake01"
+# A tool use's id, new for each call as Converse's are (`tooluse_` and 22 characters): a fixed one, repeated across
+# turns, made Claude Code discard a later call as one it had answered and ask again, without end (found by review).
+TOOL_USE_ID = re.compile(r"^tooluse_[A-Za-z0-9_-]{22}$")
+
+
+def tool_use_id() -> str:
+    return f"tooluse_{secrets.token_urlsafe(16)}"
+
+
 # A model id with `thinker` has reasoning on: its answers open with signed reasoning, which must come back.
 THINKING = "The user wants the weather; a tool knows it."
 SIGNATURE = "ErcBCkgIBxgCfakeBedrockSignature"
@@ -521,7 +530,7 @@ def answer_for(body: dict[str, Any], thinks: bool = False, redacts: bool = False
     script = scripted_turn(users, names, texts(results[-1].get("content")) if results else None)
     content: list[dict[str, Any]]
     if isinstance(script, ScriptedCall):
-        content = [{"toolUse": {"toolUseId": TOOL_USE_ID, "name": script.name, "input": script.arguments}}]
+        content = [{"toolUse": {"toolUseId": tool_use_id(), "name": script.name, "input": script.arguments}}]
         stop = "tool_use"
     elif isinstance(script, str):
         content, stop = [{"text": script}], "end_turn"
@@ -529,7 +538,7 @@ def answer_for(body: dict[str, Any], thinks: bool = False, redacts: bool = False
         name = choice["tool"]["name"] if "tool" in choice else config["tools"][0]["toolSpec"]["name"]
         schemas = {t["toolSpec"]["name"]: t["toolSpec"].get("inputSchema", {}).get("json") for t in config["tools"]}
         tool_input = input_for(schemas.get(name), CALL_INPUT)
-        content = [{"toolUse": {"toolUseId": TOOL_USE_ID, "name": name, "input": tool_input}}]
+        content = [{"toolUse": {"toolUseId": tool_use_id(), "name": name, "input": tool_input}}]
         stop = "tool_use"
     else:
         content, stop = [{"text": _text(body)}], "end_turn"

@@ -7,7 +7,7 @@ reasoning model's `content` is a list of typed chunks, a `thinking` chunk (its o
 Reasoning Modes" and "Reasoning"). Magistral models (`magistral-*`) always reason; Mistral Small 4
 (`mistral-small-latest`, `mistral-small-2603`) and Medium 3.5 (`mistral-medium-3-5`) reason when asked with
 `reasoning_effort: high` and not with `none`. A stream's last chunk carries the usage (Mistral sends it unasked);
-tool calls carry Mistral's nine-character ids and their `index`.
+tool calls carry Mistral's nine-character ids, new for each call, and their `index`.
 
 A final assistant message marked `"prefix": true` is the prefix of the answer ("force the model to start its answer by
 the content of the message"), and the answer repeats it at its start, as the examples of Mistral's guide show (the
@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import base64
 import re
+import secrets
+import string
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -46,7 +48,6 @@ from tests.fakes.script import ScriptedCall, scripted_turn, texts
 API_KEY = "test-mistral-key"
 TEXT = "Hello from fake Mistral."
 THINKING = "The user greets me; a greeting back will do."
-CALL_ID = "D681PevKs"
 ADJUSTABLE = ("mistral-small-latest", "mistral-small-2603", "mistral-medium-3-5")
 REQUEST_FIELDS = frozenset(
     {
@@ -57,6 +58,7 @@ REQUEST_FIELDS = frozenset(
     }
 )  # fmt: skip
 TOOL_ID = re.compile(r"^[A-Za-z0-9]{9}$")
+ID_CHARACTERS = string.ascii_letters + string.digits
 # Mistral's embeddings request (`mistralai`'s `EmbeddingRequest`), and its embeddings' default size.
 EMBEDDING_FIELDS = frozenset({"model", "input", "metadata", "output_dimension", "output_dtype", "encoding_format"})
 EMBEDDING_SIZE = 3
@@ -123,7 +125,13 @@ def _call(body: dict[str, Any]) -> dict[str, Any] | None:
     if not isinstance(script, ScriptedCall):
         return None
     function = {"name": script.name, "arguments": script.arguments_json}
-    return {"id": CALL_ID, "type": "function", "function": function, "index": 0}
+    return {"id": new_call_id(), "type": "function", "function": function, "index": 0}
+
+
+def new_call_id() -> str:
+    """A tool call's id, new for each call as Mistral's are (nine letters and digits, `TOOL_ID`): a fixed one, repeated
+    across turns, made Claude Code discard a later call as one it had answered and ask again (found by review)."""
+    return "".join(secrets.choice(ID_CHARACTERS) for _ in range(9))
 
 
 def _prefix(body: dict[str, Any]) -> str:

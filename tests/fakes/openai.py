@@ -25,7 +25,7 @@ answers (`_unpaired`; in Responses, a `function_call_output` without its `functi
 a message other than a user's, a file's `file_data` without its `filename`, a tool `description` of null,
 `max_tokens` on a reasoning model (o-series, gpt-5), and `temperature` or `top_p` other than 1 there (gpt-5.1 and
 later take them with `reasoning_effort: none`), `reasoning_effort` on any other but gpt-oss (served, as a compatible
-server serves it, like any model but for its `reasoning_effort`), a `reasoning_effort` (or a Responses
+server serves it, like any model but for its `reasoning_effort`) and DeepSeek's, a `reasoning_effort` (or a Responses
 `reasoning.effort`) the model does not take (`EFFORTS`), `metadata` without `store: true`, an output cap past the
 model's (`OUTPUT_LIMITS`), more than 4 stop sequences (DeepSeek's: 16), `logprobs` or `top_logprobs` in DeepSeek's
 thinking mode (`deepseek-reasoner`; deepseek-chat, the name of its non-thinking mode, with `thinking: {"type":
@@ -88,8 +88,10 @@ AUDIO_OUTPUT_TOKENS = 90
 REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 # The models that take `reasoning_effort`: OpenAI's reasoning models, and gpt-oss, which OpenAI's API does not serve
 # ("These models are not served through the OpenAI API", OpenAI's help centre) but the OpenAI-compatible servers that
-# host it (vLLM, Groq, Together) do, with `reasoning_effort`, `max_tokens` and `temperature` as any model's.
-EFFORT_TAKERS = (*REASONING_PREFIXES, "gpt-oss")
+# host it (vLLM, Groq, Together) do, with `reasoning_effort`, `max_tokens` and `temperature` as any model's; and
+# DeepSeek's, whose thinking mode takes it ("Thinking Effort Control: {"reasoning_effort": "low/high/max"}", its
+# thinking-mode guide, which maps minimal to low, medium and xhigh to high, ultra to max).
+EFFORT_TAKERS = (*REASONING_PREFIXES, "gpt-oss", "deepseek")
 # The most output tokens a model may be asked for (its model page), refused above it as each API words it.
 OUTPUT_LIMITS = {"gpt-4o-mini": 16_384, "gpt-4o": 16_384, "deepseek-chat": 8_192}
 # The reasoning efforts each model takes, by name prefix (first match), as OpenAI's API reference and its 400s list
@@ -104,6 +106,7 @@ EFFORTS: tuple[tuple[str | tuple[str, ...], tuple[str, ...]], ...] = (
     ("gpt-5", ("minimal", "low", "medium", "high")),
     (("o1", "o3", "o4"), ("low", "medium", "high")),
     ("gpt-oss", ("low", "medium", "high")),  # (its model card)
+    ("deepseek", ("minimal", "low", "medium", "high", "xhigh", "max", "ultra")),  # (its thinking-mode guide)
 )
 # vLLM's 400 for a `tool_choice` its request model does not take (none, auto, required or a named function: no
 # `allowed_tools`), as its pydantic validation words it; a `vllm-*` model is served as vLLM serves it.
@@ -421,10 +424,12 @@ def _refused_as_too_long(found: tuple[str, int] | None) -> Response | None:
 
 
 def _script(body: dict[str, Any]) -> ScriptedCall | str | None:
+    """The scripted turn, answering the last tool message when no assistant turn came since: a user message may follow
+    the tool messages in the same turn (the images the tools returned, which a tool message does not take)."""
     messages = body.get("messages") or []
     users = [texts(m.get("content")) for m in messages if m.get("role") == "user"]
-    last = messages[-1] if messages else {}
-    result = texts(last.get("content")) if last.get("role") == "tool" else None
+    since = next((m for m in reversed(messages) if m.get("role") != "user"), {})
+    result = texts(since.get("content")) if since.get("role") == "tool" else None
     return scripted_turn(users, [t["function"]["name"] for t in body.get("tools") or []], result)
 
 

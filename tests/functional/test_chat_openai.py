@@ -338,6 +338,17 @@ def test_deepseeks_current_models_think_unless_turned_off(running: Running, key:
     assert sent[-1]["json"]["thinking"] == {"type": "disabled"} and sent[-1]["json"]["top_logprobs"] == 3
 
 
+def test_deepseek_is_sent_the_reasoning_effort_it_takes(running: Running, key: str) -> None:
+    """DeepSeek's thinking mode takes `reasoning_effort` ("Thinking Effort Control: {"reasoning_effort":
+    "low/high/max"}", its guide) and the gateway sends it on; the fake refused it with OpenAI's 400 for a model without
+    reasoning, so an agent asking DeepSeek for an effort failed against the fake alone (found by review)."""
+    sent = running.fakes["openai"].state.requests
+    chat = {"model": "deepseek-v4-pro", "messages": [{"role": "user", "content": "Hi"}], "reasoning_effort": "high"}
+    answer = httpx.post(f"{running.url}/v1/chat/completions", json=chat, headers={"authorization": f"Bearer {key}"})
+    assert answer.status_code == 200, answer.text
+    assert "x-gateway-dropped-params" not in answer.headers and sent[-1]["json"]["reasoning_effort"] == "high"
+
+
 def test_upstream_failures_fail_over_or_map(running: Running, key: str) -> None:
     oa = client(running, key)
     raw = oa.chat.completions.with_raw_response.create(model="flaky", messages=[{"role": "user", "content": "x"}])

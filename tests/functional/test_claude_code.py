@@ -8,6 +8,7 @@ model of each provider type.
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from tests.fakes.anthropic import signed_by_fake
@@ -46,9 +48,10 @@ def claude(
     *options: str,
     environ: dict[str, str] | None = None,
     timeout: float = 180,
+    task: str = TASK,
 ) -> subprocess.CompletedProcess[str]:
     """`claude -p` on `model`, configured as the gateway's README says, in a home of its own (`options`: more of
-    its command line; `environ`: more of its environment)."""
+    its command line; `environ`: more of its environment; `task`: its prompt, `TASK` unless given)."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
@@ -58,7 +61,7 @@ def claude(
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         **(environ or {}),
     }
-    command = [str(CLAUDE_CLI), "-p", TASK, "--model", model, "--allowedTools", "Bash", *options]
+    command = [str(CLAUDE_CLI), "-p", task, "--model", model, "--allowedTools", "Bash,Read", *options]
     return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -92,6 +95,60 @@ def test_claude_code_runs_a_shell_command_and_answers(
     assert ANSWER in done.stdout
     turns = requests_since(agents, provider, start)
     assert len(turns) >= 2  # the tool call, then the answer once the result was in
+
+
+# A 1x1 PNG, for Claude Code's Read to return as an image.
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+
+
+@pytest.mark.parametrize(
+    ("model", "provider"),
+    [
+        ("gpt", "openai"),
+        ("azure-gpt", "azure"),
+        ("gemini", "gemini"),
+        ("gemini-3", "gemini"),
+        ("bedrock-claude", "bedrock"),
+    ],
+)
+def test_an_image_claude_code_read_reaches_the_model(
+    agents: Running, tmp_path: Path, model: str, provider: str
+) -> None:
+    """Claude Code's Read of a PNG gives back a `tool_result` holding an `image` block. On OpenAI's Chat Completions
+    (gpt-4o-mini), Azure and Gemini 2.5 the image was left out (`messages.tool_result.image`): OpenAI was sent
+    `{"role": "tool", "content": ""}`, Gemini `functionResponse.response: {}`, and Claude Code finished (exit 0)
+    with the model never having seen the file (found by review). It now reaches every one of them: Chat Completions
+    in a user message after the tool messages, Gemini 2.5 beside its `functionResponse` (Gemini 3 inside it, Bedrock
+    in the `toolResult`)."""
+    workdir, home = tmp_path / "work", tmp_path / "home"
+    workdir.mkdir()
+    home.mkdir()
+    (workdir / "dot.png").write_bytes(PNG)
+    task = f'Look at the picture. CALL Read {{"file_path": "{workdir / "dot.png"}"}}'
+    start = len(agents.fakes[provider].state.requests)
+    done = claude(agents, model, workdir, home, task=task)
+    assert done.returncode == 0, done.stdout[-1500:] + done.stderr[-1500:]
+    last = requests_since(agents, provider, start)[-1]["json"]  # the turn carrying the Read tool's result
+    history = orjson.dumps(last.get("messages") or last.get("contents")).decode()
+    assert any(mark in history for mark in ('"role":"tool"', "functionResponse", "toolResult"))
+    assert base64.b64encode(PNG).decode() in history, "the image Claude Code read never reached the model"
+
+
+def test_claude_code_continues_a_session_on_bedrock(agents: Running, tmp_path: Path) -> None:
+    """A session continued (`--continue`) makes its call again: each call has an id of its own, as Converse gives
+    them. The fake Bedrock gave every call one fixed id, and Claude Code, finding it among the session's answered
+    calls, dropped the new one and asked again, without end (179 requests in 8 s, found by review)."""
+    workdir, home = tmp_path / "work", tmp_path / "home"
+    workdir.mkdir()
+    home.mkdir()
+    for options in ((), ("--continue",)):
+        start = len(agents.fakes["bedrock"].state.requests)
+        done = claude(agents, "bedrock-claude", workdir, home, *options, timeout=60)
+        assert done.returncode == 0, done.stdout[-1500:] + done.stderr[-1500:]
+        assert ANSWER in done.stdout
+        assert len(requests_since(agents, "bedrock", start)) <= 4  # (the call, then the answer to its result)
 
 
 def test_claude_codes_requests_reach_anthropic_as_sent(agents: Running, tmp_path: Path) -> None:

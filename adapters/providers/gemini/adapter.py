@@ -36,6 +36,7 @@ from adapters.providers.params import (
     chosen_tools,
     named_messages,
     require_turns,
+    returned_media_label,
     signed_call_id,
     strict_schema,
     thinking_blocks,
@@ -351,7 +352,9 @@ def _contents(
 
     def answer_calls() -> None:
         answers.sort(key=lambda m: turn_calls.get(m.tool_call_id or "", len(turn_calls)))
-        add("user", [_function_response(m, call_names, dropped, names, model) for m in answers])
+        beside: list[dict[str, Any]] = []  # what the functions returned besides JSON, where it goes after them
+        responses = [_function_response(m, call_names, dropped, names, model, beside) for m in answers]
+        add("user", responses + beside)
         answers.clear()
 
     messages = req.messages
@@ -425,19 +428,26 @@ def apply_model_rules(body: dict[str, Any], model: str, dropped: list[str]) -> N
 
 
 def _function_response(
-    message: Message, call_names: Mapping[str, str], dropped: list[str], names: ToolNames, model: str = ""
+    message: Message,
+    call_names: Mapping[str, str],
+    dropped: list[str],
+    names: ToolNames,
+    model: str,
+    beside: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """A tool message as a `functionResponse` named as its call went (`names`): its text, as JSON; an image or file
-    it holds rides in the response's own `parts` where the model takes them (Gemini 3), else is left out, named."""
+    it holds rides in the response's own `parts` where the model takes them (Gemini 3), else goes in `beside`, the
+    parts that follow the turn's function responses, headed by a text naming the call (Gemini before 3 takes no
+    media in a `functionResponse`, and an `inlineData` part in the same user turn: the image a tool read was left
+    out, the model given `response: {}`, found by review on Gemini 2.5). Any other part is left out, named."""
     media: list[dict[str, Any]] = []
     if isinstance(message.content, list):
-        takes_media = rules_for(model).media_in_function_responses
         for part in message.content:
             if isinstance(part, TextPart):
                 continue
             what = f"messages.tool.{part.type}"
             # (Images and documents; a URL Gemini cannot fetch is named as the tool message's part.)
-            converted = _content_parts([part], []) if takes_media and isinstance(part, ImagePart | FilePart) else []
+            converted = _content_parts([part], []) if isinstance(part, ImagePart | FilePart) else []
             if converted:
                 media += converted
             elif what not in dropped:
@@ -452,8 +462,10 @@ def _function_response(
     answered = wire_call_id(message.tool_call_id or "")
     if answered and message.tool_call_id in call_names:
         response["id"] = answered  # the id of the call it answers, as the call carried it
-    if media:
+    if media and rules_for(model).media_in_function_responses:
         response["parts"] = media
+    elif media:
+        beside += [{"text": returned_media_label(response["name"], response.get("id"))}, *media]
     return {"functionResponse": response}
 
 

@@ -25,6 +25,7 @@ from adapters.providers.params import (
     asks,
     call_signature,
     chosen_tools,
+    returned_media_label,
     signed_call_id,
     unsent_part_fields,
     wire_call_id,
@@ -390,7 +391,7 @@ def unreadable(blocks: Any) -> bool:
     return isinstance(blocks, list) and any(isinstance(b, dict) and b.get("type") != "thinking" for b in blocks)
 
 
-def _plain_messages(messages: list[dict[str, Any]], strip: tuple[str, ...]) -> list[str]:
+def _plain_messages(messages: list[dict[str, Any]], strip: tuple[str, ...], media_after: bool = False) -> list[str]:
     """Leave in the messages only what Chat Completions defines: a Messages client's signed thinking blocks
     are Claude's alone (reported as dropped unless the profile keeps the reasoning text, as DeepSeek's
     does, and they held nothing else: a redacted block's encrypted reasoning); an earlier turn's reasoning text
@@ -399,10 +400,11 @@ def _plain_messages(messages: list[dict[str, Any]], strip: tuple[str, ...]) -> l
     profile strips it (every one but a compatible server's: OpenAI refuses it); prompt-cache markers go too,
     since OpenAI caches prefixes by itself. An assistant turn left with neither content nor a tool call (it was
     all thinking) is an empty answer: the API refuses a null one. A tool message takes text parts only (the API
-    refuses an image there): any other is left out and named."""
+    refuses an image there): its other parts stay for `media_after_results` where the API takes them in a user
+    message (`media_after`, `Profile.media_after_tools`), else are left out and named."""
     dropped: list[str] = []
     for message in messages:
-        if message.get("role") == "tool" and isinstance(message.get("content"), list):
+        if message.get("role") == "tool" and isinstance(message.get("content"), list) and not media_after:
             text = [part for part in message["content"] if part.get("type") == "text"]
             dropped += [f"messages.tool.{part.get('type')}" for part in message["content"] if part not in text]
             message["content"] = text or ""
@@ -425,6 +427,38 @@ def _plain_messages(messages: list[dict[str, Any]], strip: tuple[str, ...]) -> l
                     if part.get("type") == "file":
                         _name_file(part["file"])
     return list(dict.fromkeys(dropped))
+
+
+def media_after_results(messages: list[dict[str, Any]]) -> None:
+    """Move the parts of each tool message other than text (an image Claude Code's `Read` returned, the `input_image`
+    of Codex's `view_image`, a document) into a user message right after the turn's tool messages, each call's
+    headed by a text naming it (`params.returned_media_label`), in place. A Chat Completions tool message takes text
+    alone ("Image URLs are only allowed for messages with role 'user'"), and the image was left out: the model was
+    told the file was read and given an empty result (found by review, on gpt-4o-mini and Azure). A user message may
+    follow the tool messages, and takes images and files. Run on the body as it goes (its ids and names as the API
+    sees them)."""
+    names: dict[str, str] = {}
+    moved: list[dict[str, Any]] = []
+    conversation: list[dict[str, Any]] = []
+    for message in messages:
+        if moved and message.get("role") != "tool":
+            conversation.append({"role": "user", "content": moved})
+            moved = []
+        conversation.append(message)
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") or {}
+            names[str(call.get("id"))] = str(function.get("name") or "")
+        content = message.get("content")
+        if message.get("role") != "tool" or not isinstance(content, list):
+            continue
+        media = [part for part in content if part.get("type") != "text"]
+        if media:
+            call_id = message.get("tool_call_id")
+            moved += [{"type": "text", "text": returned_media_label(names.get(str(call_id)), call_id)}, *media]
+            message["content"] = [part for part in content if part.get("type") == "text"] or ""
+    if moved:
+        conversation.append({"role": "user", "content": moved})
+    messages[:] = conversation
 
 
 def _name_file(file: dict[str, Any]) -> None:
@@ -722,7 +756,7 @@ class OpenAIAdapter(ProviderAdapter):
         body["model"] = target.model
         body.pop("stream", None)
         body.pop("stream_options", None)
-        dropped = _plain_messages(body["messages"], profile.strip_message_fields)
+        dropped = _plain_messages(body["messages"], profile.strip_message_fields, profile.media_after_tools)
         dropped += unsent_part_fields(req.messages, CARRIED)
         conform_messages(body["messages"], profile)
         if profile.signed_calls:
@@ -748,6 +782,8 @@ class OpenAIAdapter(ProviderAdapter):
         dropped += unsent_sampling(body, reasons)
         dropped += unsent_in_thinking(body, profile.thinks_unasked)
         dropped += apply_rules(body, profile.rules)
+        if profile.media_after_tools:
+            media_after_results(body["messages"])
         return body, dropped
 
     def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:

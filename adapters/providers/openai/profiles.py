@@ -56,8 +56,12 @@ class Profile(Value):
     names no reasoning, shows none of it and counts it in the final usage alone (`OpenAIAdapter.reasons_unasked`).
     `thinks_unasked` whether the API's models think unless the request turns thinking off (DeepSeek's: "Thinking mode
     is enabled by default"), where a model's rules do not say otherwise (`ModelRules.thinking_mode`): what its
-    thinking mode does not take is left out and named (`unsent_in_thinking`). A provider's `stream_usage` option
-    overrides the profile's (`OpenAIAdapter`)."""
+    thinking mode does not take is left out and named (`unsent_in_thinking`). `media_after_tools` whether what a tool
+    returned besides text (an image, a document) goes in a user message right after the turn's tool messages, which
+    take text alone (`media_after_results` in the adapter): not where the API takes no image at all (DeepSeek's,
+    `part_types`) nor where it refuses a user message after a tool message (Mistral's: "Unexpected role 'user' after
+    role 'tool'", `invalid_request_message_order`); there it is left out and named (`messages.tool.image_url`). A
+    provider's `stream_usage` option overrides the profile's (`OpenAIAdapter`)."""
 
     __slots__ = (
         "rules",
@@ -76,6 +80,7 @@ class Profile(Value):
         "signed_calls",
         "gemini_thinking",
         "thinks_unasked",
+        "media_after_tools",
     )
 
     def __init__(
@@ -96,6 +101,7 @@ class Profile(Value):
         signed_calls: bool = False,
         gemini_thinking: bool = False,
         thinks_unasked: bool = False,
+        media_after_tools: bool = True,
     ) -> None:
         self.rules: Final = rules
         self.stream_usage: Final = stream_usage
@@ -113,6 +119,7 @@ class Profile(Value):
         self.signed_calls: Final = signed_calls
         self.gemini_thinking: Final = gemini_thinking
         self.thinks_unasked: Final = thinks_unasked
+        self.media_after_tools: Final = media_after_tools
 
 
 # How an API that continues a final assistant message (`Profile.prefix`) begins its answer.
@@ -152,6 +159,7 @@ PROFILES: dict[str, Profile] = {
         refused_roles=("function",),
         allowed_tools=False,  # (its `tool_choice`: none, auto, required or a named function)
         thinks_unasked=True,  # (`deepseek-v4-flash`, `deepseek-v4-pro`; deepseek-chat was its non-thinking mode)
+        media_after_tools=False,  # (it takes no image: `part_types`)
     ),
     "mistral": Profile(
         rules={
@@ -171,6 +179,7 @@ PROFILES: dict[str, Profile] = {
         roles={"developer": "system", "function": "tool"},
         prefix=REPEATS,
         allowed_tools=False,  # (its `tool_choice`: none, auto, any, required or a named function)
+        media_after_tools=False,  # (a user message after a tool message is its 400)
     ),
     "groq": Profile(
         rules={

@@ -8,6 +8,7 @@ command ran on this machine and that the answer came back through every layer.
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import subprocess
@@ -61,6 +62,34 @@ def test_codex_runs_a_shell_command_and_answers(fleet: Running, model: str, tmp_
     if model in ("gpt", "gpt-chat"):  # what Codex asks for reaches OpenAI: its cache key, and nothing kept there
         sent = fleet.fakes["openai"].state.requests[-1]["json"]
         assert sent["prompt_cache_key"] and not sent.get("store")
+
+
+# A 1x1 PNG, for Codex's view_image to return.
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+
+
+@pytest.mark.parametrize(("model", "provider"), [("gpt-chat", "openai"), ("gemini", "gemini")])
+def test_an_image_codex_viewed_reaches_the_model(fleet: Running, model: str, provider: str, tmp_path: Path) -> None:
+    """Codex's `view_image` answers with an `input_image` in its `function_call_output`. On Chat Completions
+    (gpt-4o-mini) and Gemini 2.5 it was left out, the model sent an empty result (found by review); it now follows
+    the result, in a user message (Chat Completions) or beside the `functionResponse` (Gemini)."""
+    workdir, home = tmp_path / "work", tmp_path / "home"
+    workdir.mkdir()
+    home.mkdir()
+    (workdir / "dot.png").write_bytes(PNG)
+    call = orjson.dumps({"path": str(workdir / "dot.png")}).decode()
+    start = len(fleet.fakes[provider].state.requests)
+    key = fleet.mint(name=f"codex-image-{model}")
+    done = codex_exec(fleet, key, model, f"CALL view_image {call}", workdir, home)
+    assert done.returncode == 0, done.stderr[-3000:]
+    turns = fleet.fakes[provider].state.requests[start:]
+    assert len(turns) >= 2, done.stdout[-1500:] + done.stderr[-1500:]
+    last = turns[-1]["json"]  # the turn carrying the view_image call's output
+    history = orjson.dumps(last.get("messages") or last.get("contents")).decode()
+    assert '"role":"tool"' in history or "functionResponse" in history
+    assert base64.b64encode(PNG).decode() in history, "the image Codex viewed never reached the model"
 
 
 def test_codex_runs_under_strict(fleet: Running, tmp_path: Path) -> None:

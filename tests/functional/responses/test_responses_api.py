@@ -425,7 +425,8 @@ def test_an_image_in_a_messages_tool_result_reaches_bedrock_and_is_named_elsewhe
 ) -> None:
     """The same through the Messages API (Claude Code's Read tool returns an image so): a `tool_result` holding
     an image reached Bedrock as text alone, named `messages.tool_result.image`, though Bedrock's tool result
-    takes it; it now goes as the deployment's API takes it, and is named where it cannot."""
+    takes it; it now goes as the deployment's API takes it (Chat Completions and Gemini 2.5 after the result:
+    `test_an_image_a_function_returned_follows_its_result`), and is named where it cannot (DeepSeek takes no image)."""
     data = SCREENSHOT.split(",", 1)[1]
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}}
     call = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}
@@ -437,33 +438,51 @@ def test_an_image_in_a_messages_tool_result_reaches_bedrock_and_is_named_elsewhe
     ]
     tool = {"name": "get_weather", "description": "Weather", "input_schema": {"type": "object", "properties": {}}}
     claude = anthropic_client(fleet, fleet_key)
-    raw = claude.messages.with_raw_response.create(
-        model="bedrock-claude", max_tokens=50, messages=messages, tools=[tool]
-    )
-    assert raw.parse().stop_reason and "x-gateway-dropped-params" not in raw.headers
+    for model in ("bedrock-claude", "gpt-chat", "gemini"):
+        raw = claude.messages.with_raw_response.create(model=model, max_tokens=50, messages=messages, tools=[tool])
+        assert raw.parse().stop_reason and "x-gateway-dropped-params" not in raw.headers
     sent = fleet.fakes["bedrock"].state.requests[-1]["json"]["messages"][-1]["content"][0]["toolResult"]
     assert [next(iter(block)) for block in sent["content"]] == ["text", "image"]
     # Named as a Messages client calls it: `messages.tool.image_url` was the Chat Completions name (review).
-    for model in ("gpt-chat", "gemini"):
-        raw = claude.messages.with_raw_response.create(model=model, max_tokens=50, messages=messages, tools=[tool])
-        assert raw.parse().stop_reason and dropped(raw.headers) == ["messages.tool_result.image"]
+    raw = claude.messages.with_raw_response.create(model="deepseek", max_tokens=50, messages=messages, tools=[tool])
+    assert raw.parse().stop_reason and dropped(raw.headers) == ["messages.tool_result.image"]
 
 
-@pytest.mark.parametrize(("model", "fake"), [("gpt-chat", "openai"), ("deepseek", "openai"), ("gemini", "gemini")])
-def test_an_image_a_function_returned_is_named_where_the_provider_cannot_take_it(
-    fleet: Running, fleet_key: str, model: str, fake: str
-) -> None:
-    """Chat Completions takes only text in a tool message, Gemini only JSON in a function response: the
-    image is left out and named, never dropped unsaid (and under `x-gateway-strict` the request is refused)."""
+def test_an_image_a_function_returned_follows_its_result(fleet: Running, fleet_key: str) -> None:
+    """A Chat Completions tool message takes text alone and a Gemini 2.5 `functionResponse` JSON alone: the image a
+    function returned was left out (`input[function_call_output].input_image`), and OpenAI was sent the result
+    `"here"`, Gemini `{"result": "here"}`, the model never seeing the screenshot (found by review with Claude Code's
+    Read and Codex's view_image). Both APIs take it in the same turn: OpenAI in a user message after the tool
+    messages, Gemini as an `inlineData` part after the function responses, each headed by a text naming the call."""
     sdk = openai_client(fleet, fleet_key)
-    raw = sdk.responses.with_raw_response.create(model=model, input=SCREENSHOT_CALL, tools=[WEATHER])
+    for model in ("gpt-chat", "gemini"):
+        raw = sdk.responses.with_raw_response.create(model=model, input=SCREENSHOT_CALL, tools=[WEATHER])
+        assert raw.parse().status == "completed" and "x-gateway-dropped-params" not in raw.headers
+    label = "[What the tool call get_weather (call_1) returned besides its text:]"
+    tool, user = fleet.fakes["openai"].state.requests[-1]["json"]["messages"][-2:]
+    assert tool == {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "here"}]}
+    image = {"type": "image_url", "image_url": {"url": SCREENSHOT}}
+    assert user == {"role": "user", "content": [{"type": "text", "text": label}, image]}
+    answer = fleet.fakes["gemini"].state.requests[-1]["json"]["contents"][-1]
+    assert answer["role"] == "user" and answer["parts"][0]["functionResponse"]["response"] == {"result": "here"}
+    inline = {"inlineData": {"mimeType": "image/png", "data": SCREENSHOT.split(",", 1)[1]}}
+    assert answer["parts"][1:] == [{"text": label}, inline]
+
+
+def test_an_image_a_function_returned_is_named_where_the_provider_cannot_take_it(
+    fleet: Running, fleet_key: str
+) -> None:
+    """DeepSeek's API takes no image: the image is left out and named, never dropped unsaid (and under
+    `x-gateway-strict` the request is refused)."""
+    sdk = openai_client(fleet, fleet_key)
+    raw = sdk.responses.with_raw_response.create(model="deepseek", input=SCREENSHOT_CALL, tools=[WEATHER])
     named = "input[function_call_output].input_image"  # (as a Responses client calls it)
     assert raw.parse().status == "completed" and named in dropped(raw.headers)
-    sent = fleet.fakes[fake].state.requests[-1]["json"]
-    assert "image" not in orjson.dumps(sent.get("messages") or sent.get("contents")).decode()
+    sent = fleet.fakes["openai"].state.requests[-1]["json"]
+    assert "image" not in orjson.dumps(sent["messages"]).decode()
     with pytest.raises(openai.BadRequestError) as refused:
         sdk.responses.create(
-            model=model, input=SCREENSHOT_CALL, tools=[WEATHER], extra_headers={"x-gateway-strict": "true"}
+            model="deepseek", input=SCREENSHOT_CALL, tools=[WEATHER], extra_headers={"x-gateway-strict": "true"}
         )
     assert named in str(refused.value)
 

@@ -1089,3 +1089,40 @@ def test_a_preamble_before_an_unanswered_finish_is_no_answer_whole_as_streamed(r
         ("Let me check the weather.", "stop"),
         ("Paris.", "stop"),
     ]
+
+
+DOT = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+# Two calls answered in one turn, the first with an image a tool read (as Claude Code's Read returns it).
+IMAGE_RESULTS = [
+    {"role": "user", "content": "Look, and the time?"},
+    {"role": "assistant", "tool_calls": CALLS},
+    {
+        "role": "tool",
+        "tool_call_id": "call_1",
+        "content": [
+            {"type": "text", "text": "read"},
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{DOT}"}},
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_2", "content": "12:00"},
+]
+
+
+def test_an_image_a_function_returned_goes_beside_the_function_responses_before_gemini_3() -> None:
+    """Gemini 2.5 takes no media in a `functionResponse`: the image was left out (`messages.tool.image_url`) and the
+    model never saw it. It now follows the turn's function responses (their count is still the calls'), headed by a
+    text naming its call; Gemini 3 gets it in the response's own `parts`."""
+    result = adapter().chat_request(request(messages=IMAGE_RESULTS), target("gemini-2.5-flash"), stream=False)
+    body = orjson.loads(result.request.body)
+    assert result.dropped == []
+    inline = {"inlineData": {"mimeType": "image/png", "data": DOT}}
+    assert body["contents"][2]["parts"] == [
+        {"functionResponse": {"id": "call_1", "name": "get_weather", "response": {"result": "read"}}},
+        {"functionResponse": {"id": "call_2", "name": "get_time", "response": {"result": "12:00"}}},
+        {"text": "[What the tool call get_weather (call_1) returned besides its text:]"},
+        inline,
+    ]
+    result = adapter().chat_request(request(messages=IMAGE_RESULTS), target("gemini-3-pro-preview"), stream=False)
+    parts = orjson.loads(result.request.body)["contents"][2]["parts"]
+    assert [next(iter(part)) for part in parts] == ["functionResponse", "functionResponse"]
+    assert parts[0]["functionResponse"]["parts"] == [inline] and result.dropped == []

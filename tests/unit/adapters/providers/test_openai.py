@@ -1094,3 +1094,53 @@ def test_an_embeddings_usage_count_that_is_no_plain_integer_is_a_malformed_answe
     assert read.usage.prompt_tokens == 12
     nulled = {**answer, "usage": {"prompt_tokens": 12, "total_tokens": None}}  # (a null count is 0, as every reader's)
     assert adapter().embeddings_response(orjson.dumps(nulled), embeddings, target()).usage.total_tokens == 0
+
+
+DOT = (
+    "data:image/png;base64,"
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+# Two calls answered in one turn, the first with an image a tool read (as Claude Code's Read returns it), then the
+# user's next words.
+IMAGE_CALLS = [
+    {"id": "call_1", "type": "function", "function": {"name": "Read", "arguments": '{"file_path":"dot.png"}'}},
+    {"id": "call_2", "type": "function", "function": {"name": "Bash", "arguments": '{"command":"date"}'}},
+]
+IMAGE_RESULTS: list[dict[str, Any]] = [
+    {"role": "user", "content": "Look, and the time?"},
+    {"role": "assistant", "content": None, "tool_calls": IMAGE_CALLS},
+    {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "image_url", "image_url": {"url": DOT}}]},
+    {"role": "tool", "tool_call_id": "call_2", "content": "12:00"},
+    {"role": "user", "content": "Well?"},
+]
+
+
+@pytest.mark.parametrize("profile", ["openai", "compatible", "google"])
+def test_an_image_a_tool_returned_follows_the_tool_messages_in_a_user_message(profile: str) -> None:
+    """A tool message takes text alone (OpenAI: "Image URLs are only allowed for messages with role 'user'"): the
+    image was left out and named (`messages.tool.image_url`), the model sent `{"role": "tool", "content": ""}`. It
+    now goes in a user message right after the turn's tool messages, headed by a text naming the call."""
+    built = adapter(profile=profile).chat_request(request(messages=IMAGE_RESULTS), target(), stream=False)
+    messages = orjson.loads(built.request.body)["messages"]
+    assert built.dropped == []
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "tool", "user", "user"]
+    assert messages[2] == {"role": "tool", "tool_call_id": "call_1", "content": ""}
+    assert messages[4] == {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "[What the tool call Read (call_1) returned besides its text:]"},
+            {"type": "image_url", "image_url": {"url": DOT}},
+        ],
+    }
+    assert messages[5] == {"role": "user", "content": "Well?"}
+
+
+@pytest.mark.parametrize("profile", ["deepseek", "mistral"])
+def test_an_image_a_tool_returned_is_named_where_no_user_message_can_carry_it(profile: str) -> None:
+    """DeepSeek's API takes no image at all, and Mistral's refuses a user message right after a tool message
+    ("Unexpected role 'user' after role 'tool'"): there the image is left out, named, as before."""
+    built = adapter(profile=profile).chat_request(request(messages=IMAGE_RESULTS), target(), stream=False)
+    messages = orjson.loads(built.request.body)["messages"]
+    assert built.dropped == ["messages.tool.image_url"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "tool", "user"]
+    assert messages[2]["content"] == ""
