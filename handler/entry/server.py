@@ -292,6 +292,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         them for the client after the process let the socket go), which uvicorn tells the app as the client's leaving
         (the stream's watch cancels it: `handler.api.streaming.DisconnectWatch`)."""
         self.write_timer = None
+        cycle = self.cycle
+        if cycle is not None and cycle.response_complete:  # (a whole answer's write, which only the client can end)
+            return
         self.refused = True
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
@@ -523,6 +526,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
         waiting = bool(self.pipeline)
         super().on_response_complete()
+        # The answer is whole: its bytes are the client's, however slowly it reads them. Its write's timer is stopped
+        # before the closing connection returns (`connection: close`), where the one left reset the connection at the
+        # request's end: a paid 8 MB answer cut to the 4 KiB read (found by review).
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
         if self.transport.is_closing() or self.refused:
             return
         self._stop_timers()

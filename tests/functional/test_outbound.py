@@ -1080,3 +1080,70 @@ def test_gateway_serve_closes_a_stalled_streams_connection_at_its_requests_end(t
     said = [(line["status"], line["latency_ms"]) for line in logged if line.get("stream")]
     assert len(said) == 1 and said[0][0] == 499, said
     assert said[0][1] < (STALL_REQUEST_S + PAST_THE_END_S / 2) * 1000 and took < PAST_THE_END_S / 2, (said, took)
+
+
+WHOLE = 8_000_000  # (characters: beyond what the kernel's socket buffers hold on loopback, tcp_wmem's 4 MiB)
+
+
+def whole_at_once(conn: socket.socket) -> None:
+    """An upstream that answers at once with a whole chat completion of `WHOLE` characters."""
+    with conn:
+        conn.settimeout(30)
+        read_request(conn)
+        message = {"role": "assistant", "content": "x" * WHOLE}
+        body = json.dumps(
+            {
+                "id": "c",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 10, "total_tokens": 15},
+            }
+        ).encode()
+        with contextlib.suppress(OSError):
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body))
+            conn.sendall(body)
+
+
+def announced(answer: bytes) -> int:
+    """The `content-length` an answer's head announces."""
+    head = answer.partition(b"\r\n\r\n")[0].lower().split(b"\r\n")
+    return next(int(line.split(b":")[1]) for line in head if line.startswith(b"content-length"))
+
+
+@pytest.mark.parametrize("connection", ["close", "keep-alive"])
+def test_gateway_serve_writes_a_whole_answer_read_slowly_past_its_requests_end(tmp_path: Path, connection: str) -> None:
+    """A whole answer is settled (a 200, charged) before it is written: a client reading it slowly past its request's
+    end must get all of it. The write timer `pause_writing` set during the answer's one write was cancelled when the
+    answer completed, unless the connection was closing (`connection: close`, HTTP/1.0), where the early return of
+    `on_response_complete` left it: at the request's end the connection was reset, 4,096 of 8,000,262 bytes of a paid
+    answer delivered (found by review)."""
+    upstream = SocketServer(whole_at_once)
+    bound = {"request": STALL_REQUEST_S, "total": STALL_REQUEST_S}
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    try:
+        with gateway_serve(upstream.url, tmp_path, {}, gateway={"timeouts": bound}) as served:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", int(served.url.rsplit(":", 1)[1])))
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: g\r\nauthorization: Bearer %s\r\nconnection: %s\r\n"
+                b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                % (served.key.encode(), connection.encode(), len(body), body)
+            )
+            time.sleep(STALL_REQUEST_S + 1.5)  # (nothing read past the request's end)
+            sock.settimeout(10)
+            answer = b""
+            with contextlib.suppress(OSError):  # (to the answer's length: a kept-alive connection is not closed)
+                while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+                    answer += chunk
+                while len(answer.partition(b"\r\n\r\n")[2]) < announced(answer) and (chunk := sock.recv(1 << 20)):
+                    answer += chunk
+            sock.close()
+    finally:
+        upstream.close()
+    head, _, content = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head[:200]
+    length = announced(answer)
+    assert len(content) == length, f"{len(content):,} of {length:,} bytes of a settled 200 arrived ({connection})"
