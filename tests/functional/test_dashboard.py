@@ -34,6 +34,7 @@ from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService, hash_secret, split_key
 from handler.ports import Admission, KeyRecord, Settlement
 from tests.functional.conftest import Running, openai_client, start_gateway
+from tests.functional.test_keys_and_budgets import every_key
 from tests.support.browser import Browser, Image, Page, chromium_missing, decode_png
 from tests.support.events import event
 from tests.support.servers import ServerThread
@@ -291,7 +292,7 @@ def test_the_dashboard_draws_spend_in_a_real_browser(running: Running, mint: Any
     assert ids <= {r["key"] for r in by_key}
 
     # The legends are the API's series, by spend; the bars are painted where the DOM says they are.
-    names = {r["id"]: r["name"] for r in httpx.get(f"{running.url}/admin/keys", headers=headers(admin)).json()["data"]}
+    names = {key_id: view["name"] for key_id, view in every_key(running, admin).items()}
     assert model_chart["legend"] == expected_legend(usage("model"), "model", lambda m: m)
     assert key_chart["legend"] == expected_legend(by_key, "key", lambda k: f"{names[k]} · {k}" if k in names else k)
     image = decode_png(png)
