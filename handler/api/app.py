@@ -372,13 +372,15 @@ class Api:
         return self.answered(ex, response)
 
     def answered(self, ex: Exchange, response: Response, parsed: object = None) -> Response:
-        """`response`, a proxied request's whole answer (`parsed`: as the route built it, its finish reasons read from
-        it), observed; on the buffered Lambda function, one past what it can return is a 413 instead
-        (`AnswerLimit.check_answer`)."""
+        """`response`, a proxied request's whole answer, observed (handed to its trace when traced, with `parsed`, the
+        answer as the route built it, for its finish reasons); on the buffered Lambda function, one past what it can
+        return is a 413 instead (`AnswerLimit.check_answer`)."""
         limit = self.answer_limit
         if limit is not None:
             limit.check_answer(ex, response.body)
-        observe(ex, 200, answer=response.body, parsed=parsed)
+        if ex.trace is not None:
+            ex.trace.answered(response.body, parsed)
+        observe(ex, 200)
         return response
 
 
