@@ -28,6 +28,8 @@ class OtlpConfig(BaseModel):
     capture_content: bool = False
     timeout_ms: int | None = Field(default=None, gt=0)
     queue_size: int = Field(default=2048, ge=1, le=1_000_000)
+    # The bytes of captured content (prompts, answers) queued spans may hold: past it, new spans are dropped.
+    queue_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024, le=4 * 1024 * 1024 * 1024)
     batch_size: int = Field(default=512, ge=1, le=100_000)
     schedule_delay_ms: int = Field(default=1000, ge=1, le=600_000)
     enabled: bool = True

@@ -2,10 +2,11 @@
 
 A request hands its spans to `BatchExporter.submit` as a count and a function that builds them, which is
 only appended to a bounded queue (a deque: no lock on the request's path; building the spans' attributes
-happens on the thread too) and, once a batch is full, wakes the thread. The thread sends a
-batch (`application/x-protobuf`, POST to the traces URL) when one is full or every `schedule_delay_s`,
-whichever comes first. When the queue is full, new spans are dropped and counted, never waited for: a slow or
-dead collector costs the requests nothing.
+happens on the thread too) and, once a batch is full, wakes the thread. The queue is bounded in spans and in the
+bytes of content its requests hold until their spans are built (a captured prompt and answer: `Trace.held`). The
+thread sends a batch (`application/x-protobuf`, POST to the traces URL) when one is full or every `schedule_delay_s`,
+whichever comes first. When the queue is full (in spans or in bytes), new spans are dropped and counted, never
+waited for: a slow or dead collector costs the requests nothing, and holds no more memory than the bounds allow.
 
 `flush` (the end of a Lambda invocation) and `close` (shutdown) have the thread send everything queued and wait
 for it at most their `timeout_s`: only the thread ever talks to the collector, so no wait outlasts its bound
@@ -48,6 +49,7 @@ class BatchExporter:
         scope_version: str = "",
         timeout_s: float = 10.0,
         queue_size: int = 2048,
+        queue_bytes: int = 64 * 1024 * 1024,
         batch_size: int = 512,
         schedule_delay_s: float = 1.0,
         transport: httpx.BaseTransport | None = None,
@@ -57,16 +59,19 @@ class BatchExporter:
         self.resource = resource
         self.scope_version = scope_version
         self.queue_size = queue_size
+        self.queue_bytes = queue_bytes
         self.batch_size = batch_size
         self.schedule_delay_s = schedule_delay_s
         self.dropped = 0  # spans dropped: queue full, or the collector refused them
         self.exported = 0
         self._on_drop = on_drop
-        self._queue: collections.deque[tuple[int, SpanSource]] = collections.deque()
-        # Spans queued = queued_in - queued_out; spans sent or dropped by the thread: finished. Each counter has one
-        # writer (submit's thread; the sender), so none loses an update without a lock.
+        self._queue: collections.deque[tuple[int, int, SpanSource]] = collections.deque()
+        # Spans queued = queued_in - queued_out (bytes held likewise); spans sent or dropped by the thread: finished.
+        # Each counter has one writer (submit's thread; the sender), so none loses an update without a lock.
         self._queued_in = 0
         self._queued_out = 0
+        self._bytes_in = 0
+        self._bytes_out = 0
         self._finished = 0
         self._progress = threading.Condition()  # notified by the sender each time `_finished` moves
         self._wake = threading.Event()
@@ -82,15 +87,18 @@ class BatchExporter:
         self._thread = threading.Thread(target=self._run, name="otlp-exporter", daemon=True)
         self._thread.start()
 
-    def submit(self, count: int, build: SpanSource) -> None:
-        """Queue one request's `count` spans, built by `build` on the exporter's thread; drops (and counts) them
-        when the queue is full or the exporter closed. Called from the thread that serves requests."""
+    def submit(self, count: int, build: SpanSource, size: int = 0) -> None:
+        """Queue one request's `count` spans, built by `build` on the exporter's thread, which holds `size` bytes of
+        content until then; drops (and counts) them when the queue is full, in spans or bytes, or the exporter
+        closed. Called from the thread that serves requests."""
         queued = self._queued_in - self._queued_out + count
-        if self._closed or queued > self.queue_size:
+        held = self._bytes_in - self._bytes_out + size
+        if self._closed or queued > self.queue_size or held > self.queue_bytes:
             self._drop(count)
             return
-        self._queue.append((count, build))
+        self._queue.append((count, size, build))
         self._queued_in += count
+        self._bytes_in += size
         if queued >= self.batch_size:
             self._wake.set()
 
@@ -113,8 +121,9 @@ class BatchExporter:
             batch: list[wire.SpanData] = []
             taken = 0
             while self._queue and len(batch) < self.batch_size:
-                count, build = self._queue.popleft()
+                count, size, build = self._queue.popleft()
                 self._queued_out += count
+                self._bytes_out += size
                 taken += count
                 try:
                     batch.extend(build())

@@ -356,7 +356,7 @@ class Api:
             include_usage = bool(req.stream_options and req.stream_options.get("include_usage"))
             return EventStream(openai_events(stream, include_usage), stream_headers(ex), watch)
         completion = await until_client_leaves(request, self.pipeline.chat(req, ex), ex)
-        return self.answered(ex, json_response(answer_json(completion), headers=ex.headers()))
+        return self.answered(ex, json_response(answer_json(completion), headers=ex.headers()), completion)
 
     async def embeddings(self, request: Request) -> Response:
         key = await self.authenticate(request)
@@ -371,13 +371,16 @@ class Api:
             limit.learn(req, result, len(response.body))
         return self.answered(ex, response)
 
-    def answered(self, ex: Exchange, response: Response) -> Response:
-        """`response`, a proxied request's whole answer, observed; on the buffered Lambda function, one past what it
-        can return is a 413 instead (`AnswerLimit.check_answer`)."""
+    def answered(self, ex: Exchange, response: Response, parsed: object = None) -> Response:
+        """`response`, a proxied request's whole answer, observed (handed to its trace when traced, with `parsed`, the
+        answer as the route built it, for its finish reasons); on the buffered Lambda function, one past what it can
+        return is a 413 instead (`AnswerLimit.check_answer`)."""
         limit = self.answer_limit
         if limit is not None:
             limit.check_answer(ex, response.body)
-        observe(ex, 200, answer=response.body)
+        if ex.trace is not None:
+            ex.trace.answered(response.body, parsed)
+        observe(ex, 200)
         return response
 
 

@@ -197,7 +197,7 @@ class MessagesRoutes:
             payload = native_message(outcome, ex.cost)
         else:
             payload = to_message(outcome, req.model, ex.cost)
-        return api.answered(ex, json_answer(payload, anthropic_headers(ex)))
+        return api.answered(ex, json_answer(payload, anthropic_headers(ex)), payload)
 
     async def count_tokens(self, request: Request) -> Response:
         """The provider's own count where it has one (Anthropic, Gemini), else an estimate marked as one

@@ -538,7 +538,7 @@ class ResponsesRoutes:
         return self.answer(ex, response)
 
     def answer(self, ex: Exchange, response: dict[str, Any]) -> Response:
-        return self.api.answered(ex, self.api.json(response, headers=ex.headers()))
+        return self.api.answered(ex, self.api.json(response, headers=ex.headers()), response)
 
     async def get(self, request: Request) -> Response:
         key = await self.api.authenticate(request)

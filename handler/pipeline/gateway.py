@@ -400,8 +400,10 @@ def read_config(path: str | None, registry: Mapping[str, type[ProviderAdapter]])
 def unread_options(config: Config, registry: Mapping[str, type[ProviderAdapter]]) -> list[str]:
     """Each option of the config's providers and deployments that their adapter does not read
     (`ProviderAdapter.provider_options`, `deployment_options`): a misspelt `base_ulr` or `regoin` was taken and
-    ignored, and requests went to the default endpoint or region; and each value of one it reads that it cannot take
-    (`ProviderAdapter.option_problem`: `max_output_tokens: abc` failed every request that needed it)."""
+    ignored, and requests went to the default endpoint or region; each value of one it reads that it cannot take
+    (`ProviderAdapter.option_problem`: `max_output_tokens: abc` failed every request that needed it); and each
+    deployment of an embedding model on a provider type that serves no embeddings (`supports_embeddings`: Anthropic,
+    Bedrock), which was listed to keys and failed every request as the client's 400."""
     problems = []
     for name, provider in config.providers.items():
         if provider.type not in registry:
@@ -420,6 +422,11 @@ def unread_options(config: Config, registry: Mapping[str, type[ProviderAdapter]]
             if serving is None or serving.type not in registry:
                 continue  # (named by the config's own check)
             cls = registry[serving.type]
+            if spec.kind == "embedding" and not cls.supports_embeddings:
+                problems.append(
+                    f"models.{model}.deployments[{i}]: provider {deployment.provider} is of type {serving.type}, "
+                    "which serves no embeddings: an embedding model's deployments need a provider that does"
+                )
             readable = cls.deployment_options
             for option in sorted(set(deployment.model_extra or {}) - readable):
                 known = ", ".join(

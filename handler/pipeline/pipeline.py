@@ -467,7 +467,7 @@ class Pipeline(Charges):
         if isinstance(req.user, str) and req.user and ex.user is None:
             ex.user = unkeyed(req.user, MAX_USER_CHARS)  # attributed as a chat request's `user` is (`_admit`)
         ex.prompt = PromptEstimate(embedded_tokens(req.input), ())
-        await self._admit_tokens(ex, plan, [0] * len(plan))
+        await self._admit_tokens(ex, plan, [0] * len(plan), lowers="sending fewer or shorter inputs")
 
         # The attempt's batches (`ProviderAdapter.embedding_batch`), each with its upstream request: all built before
         # the first is sent, so that one the adapter refuses is the client's 400 before anything is spent.
@@ -697,9 +697,12 @@ class Pipeline(Charges):
         others = sum(other.completion_tokens for _, other in served.others) if served is not None else 0
         self.threads.answered(message_id, ex.attempt.target.model, usage, others)
 
-    async def _admit_tokens(self, ex: Exchange, plan: list[Attempt], outputs: list[int]) -> None:
+    async def _admit_tokens(
+        self, ex: Exchange, plan: list[Attempt], outputs: list[int], lowers: str = "a smaller max_tokens"
+    ) -> None:
         """Reserve the plan's worst case: the dearest attempt's, each at its own output tokens (`outputs`, in the
-        plan's order), and the most tokens any attempt shows on the rate limits."""
+        plan's order), and the most tokens any attempt shows on the rate limits. A refusal says what `lowers` it (an
+        embeddings request has no max_tokens)."""
         estimate = ex.prompt or PromptEstimate(0, ())
         worst: float | None = 0.0
         worst_model = ex.model  # the model of the worst case; with an unknown price, the first model without one
@@ -726,7 +729,7 @@ class Pipeline(Charges):
             if worst > ex.controls.max_cost_usd:
                 raise CostLimitError(
                     f"worst-case cost ${usd(worst)} exceeds x-gateway-max-cost-usd ${usd(ex.controls.max_cost_usd)}, "
-                    "this request's own cap (not the key's budget)" + lowered_by(worst_model, ex.model)
+                    "this request's own cap (not the key's budget)" + lowered_by(worst_model, ex.model, lowers)
                 )
         ends_at = ex.ends_at
         if ends_at is not None and ends_at - time.perf_counter() <= CUT_SLACK_S:
@@ -743,7 +746,7 @@ class Pipeline(Charges):
         except BudgetExceededError as exc:
             if worst is None:  # no max_tokens lowers an unknown price: only a model with a known one serves
                 raise BudgetExceededError(unpriced(worst_model, ex.model), code=exc.code, headers=exc.headers) from None
-            lower = lowered_by(worst_model, ex.model)
+            lower = lowered_by(worst_model, ex.model, lowers)
             raise BudgetExceededError(exc.message + lower, code=exc.code, headers=exc.headers) from None
         reservation.prompt_tokens, reservation.output_tokens = prompt, output
         ex.reservation = reservation
@@ -1417,12 +1420,12 @@ def shed(err: GatewayError) -> bool:
     return isinstance(err, ServiceUnavailableError) and err.code == "no_deployment_available"
 
 
-def lowered_by(worst_model: str, model: str) -> str:
-    """What lowers a refused worst case, told in the refusal. Any model the plan may try must be covered, so a
-    fallback's worst case can be the one refused."""
+def lowered_by(worst_model: str, model: str, lowers: str = "a smaller max_tokens") -> str:
+    """What lowers a refused worst case, told in the refusal (`lowers`: the request's own part of it). Any model the
+    plan may try must be covered, so a fallback's worst case can be the one refused."""
     if worst_model != model:
-        return f"; it is {worst_model}'s, a fallback: `x-gateway-fallbacks: none` or a smaller max_tokens lowers it"
-    return "; a smaller max_tokens lowers it"
+        return f"; it is {worst_model}'s, a fallback: `x-gateway-fallbacks: none` or {lowers} lowers it"
+    return f"; {lowers} lowers it"
 
 
 LATER_MODULES.add("handler.pipeline.chunk_stream")  # (a server's start-up and a snapshot import it)
@@ -1451,15 +1454,17 @@ async def outlasting(writing: asyncio.Future[T]) -> T:
 
 
 def embedded_tokens(inputs: str | list[str] | list[int] | list[list[int]]) -> int:
-    """An embeddings request's input tokens, estimated for its admission (and its line, if the answer has no usage):
-    token ids are tokens (`list[int]`, one input; `list[list[int]]`, several), text about two bytes a token. Each id
-    was counted as its digits (5,000 ids as 25,000 tokens, refused on a key's tpm of 20,000) and a list of them as
-    its repr, about 7 an id (found by review)."""
+    """An embeddings request's input tokens at most, for its admission (the key's `tpm`, the budget's worst case) and
+    the line of an answer that has no usage: token ids are tokens (`list[int]`, one input; `list[list[int]]`, several),
+    text one token a UTF-8 byte, which no byte-level tokenizer exceeds. About two bytes a token was no bound: digits
+    and letters mixed (ids, hashes, codes) are a cl100k token a byte, and two requests of 8,000 such bytes, each
+    reserved as 4,001 tokens, spent twice a key's budget (review). At embedding prices the bound costs a reservation
+    next to nothing. Each id was counted as its digits (5,000 ids as 25,000 tokens, refused on a key's tpm of 20,000)
+    and a list of them as its repr, about 7 an id (found by review)."""
     if isinstance(inputs, str):
-        return len(inputs.encode()) // 2 + 1
+        return len(inputs.encode())
     return sum(
-        len(item.encode()) // 2 + 1 if isinstance(item, str) else 1 if isinstance(item, int) else len(item)
-        for item in inputs
+        len(item.encode()) if isinstance(item, str) else 1 if isinstance(item, int) else len(item) for item in inputs
     )
 
 

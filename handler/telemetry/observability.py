@@ -178,15 +178,12 @@ def observe(
     *,
     stream: bool = False,
     code: str | None = None,
-    answer: bytes | memoryview | None = None,
 ) -> None:
-    """The request's one log line, its metrics, and its spans when OTLP export is on (`answer`: the body of a
-    whole answer, read for the span's finish reasons and captured content)."""
+    """The request's one log line, its metrics, and its spans when OTLP export is on (a whole answer is handed to
+    its trace before: `Trace.answered`)."""
     ended = time.perf_counter()
     trace = ex.trace
     if trace is not None:
-        if answer is not None:
-            trace.answered(answer)
         trace.tracer.finish(ex, status, code, stream, ended)
     total = (ended - ex.started) * 1000
     target = ex.attempt.target if ex.attempt else None

@@ -700,6 +700,41 @@ def test_embeddings(faulty: Running) -> None:
     }
 
 
+def test_embeddings_name_the_fields_gemini_has_no_place_for(faulty: Running) -> None:
+    """A field `batchEmbedContents` has no place for (a `task_type`, Mistral's `metadata` and `output_dtype`) was left
+    out without a word: no `x-gateway-dropped-params`, though a field a provider does not take is named as dropped
+    (docs/interface.md), as Mistral's embeddings and Gemini's chat name theirs (review). `user` alone was named."""
+    key = faulty.mint(name="gemini-embed-fields")
+    extra = {"task_type": "RETRIEVAL_QUERY", "metadata": {"a": "b"}, "output_dtype": "float", "user": "ann"}
+    answer = httpx.post(
+        f"{faulty.url}/v1/embeddings",
+        json={"model": "gemini-embedding-001", "input": "hi", **extra},
+        headers={"authorization": f"Bearer {key}"},
+    )
+    assert answer.status_code == 200, answer.text
+    [item] = sent(faulty)["json"]["requests"]
+    assert set(sent(faulty)["json"]) == {"requests"} and set(item) == {"model", "content"}
+    assert answer.headers["x-gateway-dropped-params"] == "user,task_type,metadata,output_dtype"
+
+
+def test_an_embeddings_request_of_more_inputs_than_openai_takes_is_refused_before_anything_is_sent(
+    faulty: Running,
+) -> None:
+    """OpenAI takes at most 2,048 inputs a request; the gateway took any number and sent Gemini 100 a call: 20,000
+    one-letter inputs (80 KB of body) were 200 upstream calls from one request (review). Refused as OpenAI refuses
+    it, a 400 naming `input`; 2,048 are taken, and a list of token ids is one input, however long."""
+    key = faulty.mint(name="gemini-embed-bound")
+    fake = faulty.fakes["gemini"].state.requests
+    before = len(fake)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client(faulty, key).embeddings.create(model="gemini-embedding-001", input=["a"] * 20_000)
+    assert refused.value.code == "invalid_request" and refused.value.param == "input"  # type: ignore[attr-defined]
+    assert "at most 2048 inputs" in refused.value.message and len(fake) == before
+    assert faulty.ledger(key) == []
+    result = client(faulty, key).embeddings.create(model="gemini-embedding-001", input=["a"] * 2048)
+    assert len(result.data) == 2048 and len(fake) == before + 21
+
+
 def gemini_tokens(texts: list[str]) -> int:
     """What the adapter counts for ASCII texts Gemini embedded (it reports no usage): about four characters a token."""
     return sum(len(text) // 4 + 1 for text in texts)

@@ -576,7 +576,7 @@ async def test_embeddings_of_token_ids_are_reserved_an_id_a_token_and_an_answer_
     """Token ids were reserved by their digits: 5,000 ids of five digits as 25,000 tokens ($0.025 at $1 a million),
     refused 402 on a $0.01 budget they fit ($0.005). And an answer without `usage` (an OpenAI-like server's) was
     charged nothing, its line 0 tokens from the `provider`. Now ids are an id a token, reserved and estimated, and
-    text keeps its estimate (about two bytes a token)."""
+    text a token a byte (the bound it is reserved at)."""
 
     def no_usage(request: httpx.Request) -> httpx.Response:
         inputs = orjson.loads(request.content)["input"]
@@ -595,9 +595,36 @@ async def test_embeddings_of_token_ids_are_reserved_an_id_a_token_and_an_answer_
     assert [(line.input_tokens, line.cost_source) for line in lines] == [
         (5_000, "estimate"),
         (3_000, "estimate"),
-        (6, "estimate"),
+        (11, "estimate"),
     ]
-    assert sum(line.cost_usd or 0.0 for line in lines) == pytest.approx(8_006 / 1e6)
+    assert sum(line.cost_usd or 0.0 for line in lines) == pytest.approx(8_011 / 1e6)
+    await served.gateway.aclose()
+
+
+async def test_an_embeddings_budget_holds_for_text_of_a_token_a_byte() -> None:
+    """Embeddings text was reserved at about two bytes a token, which is no bound: digits and letters mixed (`1a1a`,
+    ids, hashes, codes) are a cl100k token a byte. Two concurrent requests of 8,000 such bytes on a key of $8.10 (at
+    $1,000 a million) each reserved $4.001, both fit, and each was billed $8: the key spent $16 (review). Now each
+    reserves its bound, one is refused, saying what lowers it (an embeddings request has no max_tokens)."""
+
+    async def billed_a_token_a_byte(request: httpx.Request) -> httpx.Response:
+        text = orjson.loads(request.content)["input"]
+        await asyncio.sleep(0.2)  # (both requests in flight at once)
+        usage = {"prompt_tokens": len(text.encode()), "total_tokens": len(text.encode())}
+        data = [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]
+        return httpx.Response(200, json={"object": "list", "data": data, "model": "e", "usage": usage})
+
+    models = {
+        "e": {"deployments": [{"provider": "openai", "model": "e"}], "price": {"input": 1000}, "kind": "embedding"}
+    }
+    served = await serve(billed_a_token_a_byte, models, budget_usd=8.1)
+    body = {"model": "e", "input": "1a" * 4_000}
+    answers = await asyncio.gather(served.post("/v1/embeddings", body), served.post("/v1/embeddings", body))
+    assert sorted(answer.status_code for answer in answers) == [200, 402]
+    spent = sum((line.cost_usd or 0.0) + (line.fee_usd or 0.0) for line in await served.ledger())
+    assert spent == pytest.approx(8.0)
+    [refused] = [answer.json()["error"]["message"] for answer in answers if answer.status_code == 402]
+    assert refused.endswith("; sending fewer or shorter inputs lowers it") and "max_tokens" not in refused
     await served.gateway.aclose()
 
 

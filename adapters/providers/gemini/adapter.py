@@ -944,7 +944,10 @@ class GeminiAdapter(ProviderAdapter):
             if req.dimensions is not None:
                 item["outputDimensionality"] = req.dimensions
             requests.append(item)
-        dropped = ["user"] if req.user is not None else []
+        # Named as dropped: `user`, and every other field Gemini has no place for (Mistral's `output_dtype`,
+        # `metadata`, a `task_type`), as Mistral's embeddings name theirs; they were left out without a word (review).
+        extra = [name for name, value in (req.model_extra or {}).items() if value is not None]
+        dropped = [*(["user"] if req.user is not None else []), *extra]
         request = UpstreamRequest(
             "POST", self.url(target, "batchEmbedContents"), self.headers(), orjson.dumps({"requests": requests})
         )

@@ -136,6 +136,23 @@ def test_a_full_queue_drops_and_counts_instead_of_waiting() -> None:
     assert collector.spans() == ["chat gpt-4o-mini #1", "chat gpt-4o-mini #2", "chat gpt-4o-mini #3"]
 
 
+def test_the_queue_is_bounded_in_the_bytes_its_requests_hold_too() -> None:
+    """A request whose content is captured holds its prompt and its answer's head until its spans are built: with a
+    collector that never answers, a queue bounded in spans alone held them all (review: 88 MB for 40 answers)."""
+    collector = Collector(hold=True)
+    batcher = exporter(collector, batch_size=1, queue_bytes=3_000_000, schedule_delay_s=0.01)
+    queue(batcher, span(1))
+    while not (batcher._queued_out == 1 and batcher._finished == 0 and not batcher._queue):
+        pass  # the thread took the first span and waits on the collector
+    for number in range(2, 7):
+        batcher.submit(1, lambda number=number: [span(number)], 1_000_000)  # (the 4th, 5th and 6th: past 3 MB)
+    batcher.submit(1, lambda: [span(7)])  # (holding nothing: it fits)
+    assert batcher.dropped == 2
+    collector.release.set()
+    batcher.close()
+    assert collector.spans() == [f"chat gpt-4o-mini #{n}" for n in (1, 2, 3, 4, 7)]
+
+
 def test_a_refusing_collector_counts_the_batch_as_dropped() -> None:
     collector = Collector(status=400)
     batcher = exporter(collector, schedule_delay_s=60)

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import orjson
 import pytest
 
 from adapters.providers.registry import REGISTRY
 from handler.config import ConfigError, parse_config
 from handler.entry.cli import main
 from handler.otlp_config import OtlpConfig
-from handler.telemetry.tracing import otlp_settings
+from handler.schemas import ChatCompletion
+from handler.telemetry.tracing import ANSWER_BYTES, CONTENT_CHARS, CUT_MARGIN, RequestTracer, otlp_settings
 
 ROOT = Path(__file__).resolve().parents[4]
 
@@ -177,6 +183,102 @@ def test_captured_content_is_redacted_as_the_clients_bytes_are(
     only_secrets("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
     exported = captured(written)
     assert "The secret is [REDACTED]." in exported and "EXAMPLEKEY" not in exported
+
+
+class Holding:
+    """An exporter that keeps what is submitted: the spans' builders, and the bytes each request holds."""
+
+    def __init__(self) -> None:
+        self.sources: list[Any] = []
+        self.sizes: list[int] = []
+
+    def submit(self, count: int, build: Any, size: int = 0) -> None:
+        self.sources.append(build)
+        self.sizes.append(size)
+
+
+def embeddings_answer(inputs: int, dimensions: int) -> bytes:
+    vector = [0.012345678901234567] * dimensions
+    data = [{"object": "embedding", "index": i, "embedding": vector} for i in range(inputs)]
+    usage = {"prompt_tokens": inputs, "total_tokens": inputs}
+    return orjson.dumps({"object": "list", "data": data, "model": "text-embedding-3-small", "usage": usage})
+
+
+def test_a_whole_answer_is_not_kept_for_the_exporter_unless_its_content_is_captured() -> None:
+    """A request's trace kept its whole answer until the exporter's thread built its spans, and that thread parsed it
+    for finish reasons (`orjson.loads`, holding the GIL): a 65 MB embeddings answer (2,048 inputs of 1,536 floats)
+    stalled every other thread, the one serving requests among them, for 512 ms; with a hung collector, every
+    queued answer stayed in memory (review). Now the finish reasons are read from the answer the route built, and the
+    body is not kept at all."""
+    tracer = RequestTracer(Holding(), capture_content=False, region="us-east-1")  # type: ignore[arg-type]
+    trace = tracer.begin({}, "/v1/embeddings", None)
+    assert trace is not None
+    trace.answered(embeddings_answer(2048, 1536))
+    assert trace.body is None and trace.held() == 0
+    gaps: list[float] = []
+    done = threading.Event()
+
+    def ticking() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            time.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = threading.Thread(target=ticking)
+    ticker.start()
+    time.sleep(0.05)
+    builder = threading.Thread(target=trace.read_answer)  # what `_spans` runs first, on the exporter's thread
+    builder.start()
+    builder.join()
+    time.sleep(0.05)
+    done.set()
+    ticker.join()
+    assert max(gaps) < 0.1, f"the other thread waited {max(gaps) * 1000:.0f} ms for the interpreter"
+    assert trace.finish_reasons == []
+
+
+def test_a_whole_answers_finish_reasons_are_read_from_what_its_route_built() -> None:
+    tracer = RequestTracer(Holding(), capture_content=False, region="us-east-1")  # type: ignore[arg-type]
+    completion = ChatCompletion.model_validate(
+        {
+            "id": "c",
+            "created": 0,
+            "model": "gpt-4o-mini",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "a"}, "finish_reason": "stop"},
+                {"index": 1, "message": {"role": "assistant", "content": "b"}, "finish_reason": "length"},
+            ],
+        }
+    )
+    answers: list[tuple[str, object, list[str]]] = [
+        ("/v1/chat/completions", completion, ["stop", "length"]),
+        ("/v1/messages", {"type": "message", "stop_reason": "tool_use", "content": []}, ["tool_use"]),
+        ("/v1/responses", {"object": "response", "status": "incomplete", "output": []}, ["incomplete"]),
+    ]
+    for path, parsed, reasons in answers:
+        trace = tracer.begin({}, path, None)
+        assert trace is not None
+        trace.answered(b'{"not": "read"}', parsed)
+        trace.read_answer()
+        assert trace.finish_reasons == reasons and trace.body is None
+
+
+def test_a_captured_answer_keeps_only_the_head_it_can_export() -> None:
+    """With content captured, the answer's text goes out cut at `CONTENT_CHARS`: only that head (at most four bytes a
+    character) is kept for the exporter's thread, and the queue counts it (`BatchExporter.queue_bytes`)."""
+    holding = Holding()
+    tracer = RequestTracer(holding, capture_content=True, region="us-east-1")  # type: ignore[arg-type]
+    trace = tracer.begin({}, "/v1/embeddings", b'{"model": "e", "input": "hi"}')
+    assert trace is not None
+    answer = embeddings_answer(100, 1000)
+    trace.answered(answer)
+    assert trace.body == answer[:ANSWER_BYTES] and len(answer) > 5 * ANSWER_BYTES
+    tracer.finish(SimpleNamespace(trace=trace), 200, None, False, time.perf_counter())  # type: ignore[arg-type]
+    assert holding.sizes == [ANSWER_BYTES + len(b'{"model": "e", "input": "hi"}')]
+    trace.read_answer()
+    assert trace.body is None and "".join(trace.answer or []) == answer[: CONTENT_CHARS + CUT_MARGIN].decode()
 
 
 def test_the_config_section_is_validated_with_paths() -> None:
