@@ -40,7 +40,10 @@ one (`REDACTED`), then the rest of the answer. An
 text, a call to the last tool) and wants that turn back as it wrote it, every block in its place; a
 `clear_thinking_...` context-management edit needs `thinking` on. Prompt caching is modelled: the prefix up to the
 last `cache_control` marker is written the first time it is seen (`cache_creation_input_tokens`, in
-`cache_creation` by that marker's `ttl`: `1h` or the default 5 minutes) and read after (`cache_read_input_tokens`).
+`cache_creation` by that marker's `ttl`: `1h` or the default 5 minutes) and read after (`cache_read_input_tokens`);
+as Anthropic does, a marker reads the longest prefix written before that ends at it or at one of the 20 blocks before
+it (the markers themselves no part of a prefix: the next turn of a session, its marker moved to its new last block,
+reads what the turn before wrote), and only what follows that is written.
 With a web search tool (`web_search_20250305`), the answer searches once before its text (a `server_tool_use`
 block and its `web_search_tool_result`), counted in `usage.server_tool_use.web_search_requests`. A request's
 `speed` (fast mode) and `inference_geo` come back in its usage, where Anthropic reports the speed and the place the
@@ -195,9 +198,20 @@ def input_tokens(body: dict[str, Any]) -> int:
     return max(1, len(orjson.dumps([body.get("system"), body.get("messages")])) // 4)
 
 
-def cached_prefix(body: dict[str, Any]) -> tuple[bytes, str]:
-    """The prompt up to and including the last block with `cache_control` (tools, system, then messages), and
-    how long that marker keeps it (`5m` or `1h`)."""
+LOOKBACK = 20  # the blocks before a marker where Anthropic looks for a prefix written before too
+
+
+def unmarked(value: Any) -> Any:
+    """A prompt part without its cache markers: what a cached prefix is known by."""
+    if isinstance(value, dict):
+        return {name: unmarked(inner) for name, inner in value.items() if name != "cache_control"}
+    return [unmarked(inner) for inner in value] if isinstance(value, list) else value
+
+
+def cache_use(body: dict[str, Any], cached: set[bytes]) -> tuple[int, int, str]:
+    """The tokens a request reads from the cache (`cached`: the prefixes written so far) and writes to it, and how
+    long its last marker keeps them (`5m` or `1h`): the prompt (tools, system, then messages) up to and including
+    its last block with `cache_control` is written, but for the longest prefix read (`LOOKBACK`)."""
     blocks: list[Any] = list(body.get("tools") or [])
     system = body.get("system")
     blocks += system if isinstance(system, list) else [system] if system else []
@@ -206,9 +220,17 @@ def cached_prefix(body: dict[str, Any]) -> tuple[bytes, str]:
         blocks += content if isinstance(content, list) else [content]
     marked = [i for i, block in enumerate(blocks) if isinstance(block, dict) and "cache_control" in block]
     if not marked:
-        return b"", "5m"
+        return 0, 0, "5m"
     ttl = blocks[marked[-1]]["cache_control"].get("ttl") or "5m"
-    return orjson.dumps(blocks[: marked[-1] + 1]), ttl
+    known = unmarked(blocks)
+    read = 0
+    for end in marked:
+        for last in range(end, max(-1, end - LOOKBACK - 1), -1):
+            if orjson.dumps(known[: last + 1]) in cached:
+                read = max(read, len(orjson.dumps(blocks[: last + 1])) // 4)
+                break
+    cached.update(orjson.dumps(known[: end + 1]) for end in marked)
+    return read, len(orjson.dumps(blocks[: marked[-1] + 1])) // 4 - read, ttl
 
 
 def compaction_trigger(body: dict[str, Any]) -> int | None:
@@ -633,14 +655,9 @@ def create_app() -> Starlette:
         return {**unthreaded, **fields, "messages": [*messages, *(body.get("messages") or [])]}, None
 
     def usage(body: dict[str, Any]) -> dict[str, Any]:
-        prefix, ttl = cached_prefix(body)
-        tokens = len(prefix) // 4
-        read = tokens if prefix in cached else 0
-        if prefix:
-            cached.add(prefix)
-        written = tokens - read
+        read, written, ttl = cache_use(body, cached)
         counts: dict[str, Any] = {
-            "input_tokens": max(1, input_tokens(body) - tokens),
+            "input_tokens": max(1, input_tokens(body) - read - written),
             "cache_creation_input_tokens": written,
             "cache_read_input_tokens": read,
             "cache_creation": {

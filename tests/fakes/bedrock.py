@@ -12,11 +12,13 @@ Llama, Mistral, Command R; a `toolUseId` or tool name outside Converse's 1 to 64
 result's `status` from a model other than Claude and Nova, the only ones AWS's ToolResultBlock reference names, or an
 `error` one without content) with a `ValidationException`.
 A request with cache points writes the prompt up to the last one (its usage says for how long, in `cacheDetails`)
-or reads it when written before. With tools and a `toolChoice` of `any` or `tool` it answers with a `toolUse`; a
-system prompt that gives a JSON Schema gets an answer following it. A request asking for Claude's `thinking` (in
-`additionalModelRequestFields`) whose final assistant turn called a tool without opening with its signed reasoning
-is refused, as Anthropic refuses it, and so is Claude's reasoning without its signature in any turn, and a beta
-(`anthropic_beta`) Bedrock does not take for Claude (`CLAUDE_BETAS`: "invalid beta flag").
+but for the longest prefix written before that ends at one of its points or at one of the 20 blocks before it, which
+it reads (the points themselves no part of a prefix), as Bedrock does for Claude. With tools and a `toolChoice` of
+`any` or `tool` it answers with a `toolUse`; a system prompt that gives a JSON Schema gets an answer following it. A
+request asking for Claude's `thinking` (in `additionalModelRequestFields`) whose final assistant turn called a tool
+without opening with its signed reasoning is refused, as Anthropic refuses it, and so is Claude's reasoning without
+its signature in any turn, and a beta (`anthropic_beta`) Bedrock does not take for Claude (`CLAUDE_BETAS`: "invalid
+beta flag").
 
 Amazon Nova 2 asked to reason (`additionalModelRequestFields.reasoningConfig`) answers as AWS documents it: its
 reasoning block's text is `NOVA_REDACTED` (no signature), and its reasoning tokens are billed in `outputTokens`.
@@ -487,32 +489,48 @@ def _text(body: dict[str, Any]) -> str:
     return TEXT
 
 
-def cached_prefix(body: dict[str, Any]) -> tuple[bytes, str]:
-    """The prompt up to its last cache point (tools, system, then messages), and how long that point keeps it
-    (its `ttl`; Bedrock's default, five minutes, without)."""
+LOOKBACK = 20  # the blocks before a cache point where Bedrock looks for a prefix written before too
+
+
+def cache_use(body: dict[str, Any], cached: set[bytes]) -> tuple[int, int, str] | None:
+    """The tokens a request reads from the cache (`cached`: the prefixes written so far) and writes to it, and how
+    long its last point keeps them (its `ttl`; Bedrock's default, five minutes, without); None without cache points.
+    The prompt (tools, system, then messages) up to its last cache point is written, but for the longest prefix
+    read (`LOOKBACK`)."""
     blocks: list[Any] = list((body.get("toolConfig") or {}).get("tools") or [])
     blocks += body.get("system") or []
     for message in body.get("messages") or []:
         blocks += message.get("content") or []
     points = [i for i, block in enumerate(blocks) if isinstance(block, dict) and "cachePoint" in block]
     if not points:
-        return b"", "5m"
-    return orjson.dumps(blocks[: points[-1]]), blocks[points[-1]]["cachePoint"].get("ttl") or "5m"
+        return None
+
+    def known(end: int) -> bytes:
+        return orjson.dumps([block for block in blocks[:end] if "cachePoint" not in block])
+
+    read = 0
+    for point in points:
+        for end in range(point, max(0, point - LOOKBACK - 1), -1):
+            if known(end) in cached:
+                read = max(read, len(orjson.dumps(blocks[:end])) // 4)
+                break
+    cached.update(known(point) for point in points)
+    ttl = blocks[points[-1]]["cachePoint"].get("ttl") or "5m"
+    return read, len(orjson.dumps(blocks[: points[-1]])) // 4 - read, ttl
 
 
 def usage_for(body: dict[str, Any], cached: set[bytes]) -> dict[str, Any]:
     """`USAGE`, or for a request with cache points its cached prefix written (the first time: `cacheDetails` says
-    for how long, as Bedrock reports writes by TTL) or read (`cached`: the prefixes written so far)."""
-    prefix, ttl = cached_prefix(body)
-    if not prefix:
+    for how long, as Bedrock reports writes by TTL) or read (`cache_use`)."""
+    use = cache_use(body, cached)
+    if use is None:
         return USAGE
-    tokens = len(prefix) // 4
-    read = tokens if prefix in cached else 0
-    cached.add(prefix)
-    usage = {**USAGE, "cacheReadInputTokens": read, "cacheWriteInputTokens": tokens - read}
+    read, written, ttl = use
+    tokens = read + written
+    usage = {**USAGE, "cacheReadInputTokens": read, "cacheWriteInputTokens": written}
     usage["totalTokens"] = usage["inputTokens"] + usage["outputTokens"] + tokens
-    if tokens - read:
-        usage["cacheDetails"] = [{"ttl": ttl, "inputTokens": tokens - read}]
+    if written:
+        usage["cacheDetails"] = [{"ttl": ttl, "inputTokens": written}]
     return usage
 
 

@@ -97,6 +97,36 @@ def test_openai_gets_its_prompt_cache_key_and_no_markers(agents: Running, client
     assert "x-gateway-dropped-params" not in raw.headers
 
 
+@pytest.mark.parametrize(("model", "provider"), [("claude", "anthropic"), ("bedrock-claude", "bedrock")])
+def test_a_prompt_cache_key_gets_claude_breakpoints_and_the_next_turn_reads_the_prefix(
+    agents: Running, client: openai.OpenAI, model: str, provider: str
+) -> None:
+    """OpenAI's way of asking for caching, `prompt_cache_key` and no marker, was dropped (named) on Claude, and each
+    turn paid its whole prompt at the input price: now the gateway places the breakpoints, and the next turn reads."""
+    rules = RULES * 5  # some 1,800 tokens: past Sonnet 4.5's 1,024
+    turn = [{"role": "system", "content": rules}, {"role": "user", "content": "One?"}]
+    first = client.chat.completions.with_raw_response.create(
+        model=model, messages=turn, prompt_cache_key="tenant-7", max_tokens=50
+    )
+    sent = agents.fakes[provider].state.requests[-1]["json"]
+    if provider == "anthropic":
+        assert sent["system"] == [{"type": "text", "text": rules, "cache_control": CACHED}]
+        assert sent["messages"][-1]["content"][-1]["cache_control"] == CACHED and "prompt_cache_key" not in sent
+    else:  # (no point after the system prompt: Bedrock makes none a few tokens before another)
+        assert sent["system"] == [{"text": rules}]
+        assert sent["messages"][-1]["content"] == [{"text": "One?"}, {"cachePoint": {"type": "default"}}]
+    answer = first.parse().choices[0].message.content
+    again = [*turn, {"role": "assistant", "content": answer}, {"role": "user", "content": "Two?"}]
+    second = client.chat.completions.with_raw_response.create(
+        model=model, messages=again, prompt_cache_key="tenant-7", max_tokens=50
+    )
+    usage = second.parse().usage
+    assert usage is not None and usage.prompt_tokens_details is not None
+    assert usage.prompt_tokens_details.cached_tokens and usage.prompt_tokens_details.cached_tokens > 1000
+    assert float(second.headers["x-gateway-cost-usd"]) < float(first.headers["x-gateway-cost-usd"]) / 2
+    assert "x-gateway-dropped-params" not in first.headers and "x-gateway-dropped-params" not in second.headers
+
+
 @pytest.mark.parametrize(
     ("model", "provider", "control", "expected"),
     [

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import ValidationError
 
-from adapters.providers import reasoning
+from adapters.providers import prompt_cache, reasoning
 from adapters.providers.model_rules import keep_one_sampling_knob
 from adapters.providers.params import (
     THINKING_BLOCKS,
@@ -574,18 +574,21 @@ class AnthropicAdapter(ProviderAdapter):
 
     Options: `max_output_tokens` (provider-wide or per deployment) sets the `max_tokens` sent when the
     client gives none; `anthropic_beta` is sent as `anthropic-beta`, after a Messages client's own betas;
-    `headers` adds headers.
+    `headers` adds headers; `prompt_caching` (provider-wide or per deployment) says when a translated request gets
+    cache breakpoints of the gateway's (`prompt_cache`).
     """
 
     type_name = "anthropic"
     chat_fields = frozenset(RULES)  # (`top_k`)
     default_base_url = "https://api.anthropic.com"
     key_env_var = "ANTHROPIC_API_KEY"
-    provider_options = frozenset({"anthropic_beta", "headers", "max_output_tokens"})
-    deployment_options = frozenset({"max_output_tokens"})
+    provider_options = frozenset({"anthropic_beta", "headers", "max_output_tokens", prompt_cache.OPTION})
+    deployment_options = frozenset({"max_output_tokens", prompt_cache.OPTION})
 
     @classmethod
     def option_problem(cls, option: str, value: Any) -> str | None:
+        if option == prompt_cache.OPTION:
+            return prompt_cache.setting_problem(value)
         if option == "anthropic_beta" and betas_written(value) is None:
             # (A YAML list went out as its Python repr, `['a', 'b']`, a number as a number: Anthropic refuses both.)
             return f"one beta, a comma-separated list or a YAML list of betas, not {str(value)[:60]}"
@@ -613,6 +616,9 @@ class AnthropicAdapter(ProviderAdapter):
         params = {name: value for name, value in sent.items() if name not in TRANSLATED}
         dropped = apply_rules(params, RULES)
         params.pop("n", None)
+        caching = prompt_cache.wanted(req, prompt_cache.setting(target.options, self.options))
+        if caching:
+            params.pop("prompt_cache_key", None)  # (asks for caching: the breakpoints below; Anthropic has no key)
         unknown = sorted(name for name in params if name not in RULES)
         dropped += [name for name in unknown if asks(name, params.pop(name))]
         dropped += (
@@ -678,6 +684,8 @@ class AnthropicAdapter(ProviderAdapter):
             dropped += reasoning.asked_with(req)
         if req.reasoning_summary is not None:
             dropped += reasoning.summary_unshown(req, reasoning.shows_claude_reasoning(target.model))
+        if caching:
+            prompt_cache.mark_claude(tools, system, messages, prompt_cache.minimum_tokens(target.model) or 0)
         if thinking is not None:
             body.update(thinking)
             # Claude refuses sampling changes while thinking.

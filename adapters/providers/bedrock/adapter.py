@@ -23,7 +23,7 @@ import orjson
 
 from adapters import aws
 from adapters.http import ACCEPT_ENCODING, IDENTITY, parsed_url
-from adapters.providers import reasoning
+from adapters.providers import prompt_cache, reasoning
 from adapters.providers.anthropic.adapter import (
     JSON_OBJECT_INSTRUCTION,
     JSON_TOOL,
@@ -690,7 +690,8 @@ class BedrockAdapter(ProviderAdapter):
     Needs no key: the function's AWS credentials sign each request. A deployment's `model` is a model
     id, an inference profile id (`us.`, `eu.`, `apac.`, `global.` prefixes) or an ARN; its `region` picks
     the endpoint (the function's own region when none is given). Option `max_output_tokens` (provider-wide
-    or per deployment) sets `maxTokens` when the client gives none.
+    or per deployment) sets `maxTokens` when the client gives none; `prompt_caching` says when a request gets cache
+    points of the gateway's (`prompt_cache`).
     """
 
     type_name = "bedrock"
@@ -698,11 +699,13 @@ class BedrockAdapter(ProviderAdapter):
     requires_key = False
     process_credentials = True
     regional = True
-    provider_options = frozenset({"max_output_tokens"})
-    deployment_options = frozenset({"max_output_tokens"})
+    provider_options = frozenset({"max_output_tokens", prompt_cache.OPTION})
+    deployment_options = frozenset({"max_output_tokens", prompt_cache.OPTION})
 
     @classmethod
     def option_problem(cls, option: str, value: Any) -> str | None:
+        if option == prompt_cache.OPTION:
+            return prompt_cache.setting_problem(value)
         return token_count_problem(value) if option == "max_output_tokens" else None
 
     def missing_credentials(self) -> str | None:
@@ -773,6 +776,10 @@ class BedrockAdapter(ProviderAdapter):
         """The whole Converse request body for this deployment (its output cap, reasoning fields, the betas of the
         client's request `call` that Bedrock takes) and what it could not carry."""
         body, dropped = self.chat_body(req, target.model)
+        minimum = prompt_cache.minimum_tokens(target.model, bedrock=True)
+        if minimum is not None and prompt_cache.wanted(req, prompt_cache.setting(target.options, self.options)):
+            prompt_cache.mark_converse(body, minimum)
+            dropped = [name for name in dropped if name != "prompt_cache_key"]  # (asked for caching: the points)
         if "maxTokens" not in body.get("inferenceConfig", {}):
             configured = target.options.get("max_output_tokens") or self.options.get("max_output_tokens")
             if configured:

@@ -107,6 +107,17 @@ def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
             "gpt-chat": {"deployments": [{"provider": "openai-chat", "model": "gpt-4o-mini"}], "price": PRICE},
             "o4-chat": {"deployments": [{"provider": "openai-chat-own", "model": "o4-mini"}], "price": PRICE},
             "claude-opus": {"deployments": [{"provider": "anthropic", "model": "claude-opus-4-7"}], "price": PRICE},
+            # Claude at the built-in table's prices: a cache read at a tenth of the input price, a write at 1.25 times.
+            "claude-listed": {"deployments": [{"provider": "anthropic", "model": "claude-haiku-4-5"}]},
+            "bedrock-listed": {
+                "deployments": [
+                    {
+                        "provider": "bedrock",
+                        "model": "us.anthropic.claude-3-5-haiku-20241022-v1:0",
+                        "region": "us-east-1",
+                    }
+                ]
+            },
             "gpt-keeps": {"deployments": [{"provider": "openai-keeps", "model": "gpt-4o-mini"}], "price": PRICE},
             "keeps-reasoner": {"deployments": [{"provider": "openai-keeps", "model": "o4-reasoner"}], "price": PRICE},
             "gpt-reasoner": {"deployments": [{"provider": "openai", "model": "o4-reasoner"}], "price": PRICE},

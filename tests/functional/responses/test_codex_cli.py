@@ -158,3 +158,29 @@ def test_codex_sub_agent_tools_reach_a_translated_model(fleet: Running, model: s
     else:
         names = [f["name"] for group in sent["tools"] for f in group.get("functionDeclarations", ())]
     assert "exec_command" in names and "spawn_agent" in names and "wait_agent" in names, names
+
+
+@pytest.mark.parametrize(("model", "provider"), [("claude-listed", "anthropic"), ("bedrock-listed", "bedrock")])
+def test_a_codex_session_on_claude_reads_its_prefix_from_the_cache(
+    fleet: Running, tmp_path: Path, model: str, provider: str
+) -> None:
+    """Codex asks for its prompt to be cached (`prompt_cache_key`, the same all session) and marks nothing; its
+    instructions and tools (about 5,000 tokens here, 20,000 in real use) open every turn. Claude caches only up to a
+    breakpoint: translated without one, each turn paid the whole prefix at the full input price, ledger lines
+    (input, cached, cache write) (5123, 0, 0) then (5219, 0, 0) on Anthropic (found by review). With the gateway's
+    breakpoints the first turn writes the prefix and the second reads it, at a tenth of the input price."""
+    workdir, home = tmp_path / "work", tmp_path / "home"
+    workdir.mkdir()
+    home.mkdir()
+    key = fleet.mint(name=f"codex-cache-{model}")
+    start = len(fleet.fakes[provider].state.requests)
+    call = orjson.dumps({"cmd": "echo hi"}).decode()
+    done = codex_exec(fleet, key, model, f"CALL exec_command {call}", workdir, home)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(fleet.fakes[provider].state.requests[start:]) == 2  # the call, then the answer once its output was in
+    lines = sorted(fleet.ledger(key), key=lambda line: line.ts)
+    figures = [(line.input_tokens, line.cached_tokens, line.cache_write_tokens, line.cost_usd) for line in lines]
+    first, second = lines
+    assert first.cache_write_tokens > 4000, figures  # the prefix written
+    assert second.cached_tokens > 4000 and second.cache_write_tokens < 1000, figures  # read; the new turn written
+    assert second.cost_usd < first.cost_usd / 2, figures

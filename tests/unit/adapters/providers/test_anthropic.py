@@ -1231,3 +1231,91 @@ def test_a_parameter_sent_at_openais_default_is_not_named_as_dropped() -> None:
     _, dropped = built(request(presence_penalty=0, frequency_penalty=0, logprobs=False))
     assert dropped == []
     assert built(request(frequency_penalty=0.2))[1] == ["frequency_penalty"]
+
+
+# Prompt caching a client asks for without marking anything (Codex's `prompt_cache_key`): the gateway's breakpoints.
+AUTO = {"type": "ephemeral"}
+RULES = "Follow the house style in every answer you give. " * 100  # some 1,250 tokens: past Sonnet 4.5's 1,024
+SHELL = {"type": "function", "function": {"name": "shell", "description": RULES, "parameters": {"type": "object"}}}
+SESSION: list[dict[str, Any]] = [
+    {"role": "system", "content": RULES},
+    {"role": "user", "content": "Run the tests."},
+    {
+        "role": "assistant",
+        "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "shell", "arguments": "{}"}}],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "12 passed"},
+]
+
+
+def markers(body: dict[str, Any]) -> list[Any]:
+    """Every cache marker of a Messages body, tools, system, then messages (tool results' content too)."""
+    blocks = [*body.get("tools", ()), *(body["system"] if isinstance(body.get("system"), list) else ())]
+    for message in body["messages"]:
+        for block in message["content"]:
+            blocks += [block, *(block.get("content") or ())] if block["type"] == "tool_result" else [block]
+    return [block["cache_control"] for block in blocks if isinstance(block, dict) and "cache_control" in block]
+
+
+def test_a_request_asking_for_caching_gets_breakpoints_on_the_tools_the_system_and_its_last_message() -> None:
+    """Codex asks for caching with `prompt_cache_key` and marks nothing: translated without a breakpoint, every turn
+    of a Codex session on Claude paid its whole prefix at the full input price, (input, cached, cache write)
+    (5123, 0, 0) then (5219, 0, 0), and the key was named as dropped (found by review)."""
+    body, dropped = built(request(messages=SESSION, tools=[SHELL], prompt_cache_key="session-1"))
+    assert body["tools"][-1]["cache_control"] == AUTO
+    assert body["system"] == [{"type": "text", "text": RULES, "cache_control": AUTO}]
+    last = body["messages"][-1]["content"][-1]
+    assert last["type"] == "tool_result" and last["cache_control"] == AUTO  # the next turn reads all before its own
+    assert len(markers(body)) == 3 and "prompt_cache_key" not in body and dropped == []
+
+
+def test_a_request_that_does_not_ask_for_caching_is_sent_as_before() -> None:
+    body, dropped = built(request(messages=SESSION, tools=[SHELL]))
+    assert markers(body) == [] and body["system"] == RULES and dropped == []
+
+
+@pytest.mark.parametrize("marked", [1, 2, 3, 4])
+def test_the_breakpoints_added_stay_within_four_with_the_clients_own(marked: int) -> None:
+    """Anthropic refuses a fifth breakpoint (400): the client's count, and the last message's goes first (it reads
+    the whole prefix), then the system prompt's, then the tools'."""
+    tool = {**SHELL, "cache_control": AUTO}
+    system = [{"type": "text", "text": f"Rule {n}. " + RULES, "cache_control": AUTO} for n in range(marked - 1)]
+    messages = [{"role": "system", "content": [*system, {"type": "text", "text": "Be brief."}]}, *SESSION[1:]]
+    body, _ = built(request(messages=messages, tools=[tool], prompt_cache_key="session-1"))
+    assert len(markers(body)) == min(4, marked + 3 - 1)  # (the tools' breakpoint is the client's)
+    assert ("cache_control" in body["messages"][-1]["content"][-1]) == (marked < 4)
+    assert ("cache_control" in body["system"][-1]) == (marked < 3)
+
+
+def test_no_breakpoint_goes_where_the_prefix_is_too_short_for_the_model_to_cache() -> None:
+    """Claude caches a prefix of at least 1,024 tokens (Sonnet 4.5), 4,096 for Haiku 4.5: a breakpoint short of that
+    caches nothing and takes one of the four."""
+    short, dropped = built(request(prompt_cache_key="session-1"))
+    assert markers(short) == [] and dropped == []  # (asked, and honoured as far as the model caches)
+    req = request(messages=SESSION, tools=[SHELL], prompt_cache_key="session-1")
+    assert len(markers(built(req)[0])) == 3  # (tools, system, messages: some 2,500 tokens)
+    assert markers(built(req, target("claude-haiku-4-5"))[0]) == []
+    longer = request(messages=[*SESSION, {"role": "user", "content": RULES * 2}], tools=[SHELL], prompt_cache_key="k")
+    body = built(longer, target("claude-haiku-4-5"))[0]
+    assert markers(body) == [AUTO] and body["messages"][-1]["content"][-1]["cache_control"] == AUTO
+
+
+def test_a_final_assistant_turn_is_not_cached_but_the_turn_before_it() -> None:
+    """A prefill is continued by the answer: the next turn has it whole, and a write of it would only cost."""
+    messages = [*SESSION[:2], {"role": "assistant", "content": "The tests"}]
+    body, _ = built(request(messages=messages, tools=[SHELL], prompt_cache_key="session-1"))
+    assert body["messages"][-2]["content"][-1]["cache_control"] == AUTO
+    assert "cache_control" not in body["messages"][-1]["content"][-1]
+
+
+def test_the_prompt_caching_option_says_when() -> None:
+    """`never`: the key is named as dropped, as before; `always`: breakpoints without a key; a deployment's wins."""
+    asked = request(messages=SESSION, tools=[SHELL], prompt_cache_key="session-1")
+    body, dropped = built(asked, target(prompt_caching="never"))
+    assert markers(body) == [] and dropped == ["prompt_cache_key"]
+    unasked = request(messages=SESSION, tools=[SHELL])
+    assert len(markers(built(unasked, target(prompt_caching="always"))[0])) == 3
+    result = adapter(prompt_caching="never").chat_request(unasked, target(prompt_caching="always"), stream=False)
+    assert len(markers(orjson.loads(result.request.body))) == 3
+    assert AnthropicAdapter.option_problem("prompt_caching", False) == "one of auto, always, never, not False"
+    assert AnthropicAdapter.option_problem("prompt_caching", "always") is None

@@ -1148,3 +1148,57 @@ def test_a_messages_prefill_reaches_claude_as_the_final_assistant_turn() -> None
     req = to_chat_request(MessagesRequest.model_validate({"model": "m", "max_tokens": 9, "messages": messages}))[0]
     body, dropped = built(req)
     assert body["messages"][-1] == {"role": "assistant", "content": [{"text": "{"}]} and dropped == []
+
+
+# Prompt caching a client asks for without marking anything (Codex's `prompt_cache_key`): the gateway's cache points.
+POINT = {"cachePoint": {"type": "default"}}
+RULES = "Follow the house style in every answer you give. " * 200  # some 2,500 tokens: past 3.5 Haiku's 2,048
+
+
+def cached_session(system: Any = RULES, result: str = RULES, **fields: Any) -> ChatRequest:
+    tool = {"type": "function", "function": {"name": "shell", "description": RULES, "parameters": {"type": "object"}}}
+    call = {"id": "call_1", "type": "function", "function": {"name": "shell", "arguments": "{}"}}
+    messages = [
+        {"role": "system", "content": system},
+        {"role": "user", "content": "Run the tests."},
+        {"role": "assistant", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": result},
+    ]
+    return request(messages=messages, tools=[tool], **fields)
+
+
+def points(body: dict[str, Any]) -> list[str]:
+    """Where a Converse body's cache points are: after the tools, the system prompt, or a turn's n-th block."""
+    found = ["tools" for block in body["toolConfig"]["tools"] if "cachePoint" in block]
+    found += ["system" for block in body.get("system", ()) if "cachePoint" in block]
+    for i, message in enumerate(body["messages"]):
+        found += [f"messages.{i}.{j}" for j, block in enumerate(message["content"]) if "cachePoint" in block]
+    return found
+
+
+def test_a_request_asking_for_caching_gets_cache_points_after_the_tools_the_system_and_its_last_message() -> None:
+    """Codex asks for caching with `prompt_cache_key` and marks nothing: translated for Converse with no cache point,
+    every turn on Claude paid its whole prefix at the full input price, and the key was named as dropped (found by
+    review). Each point is at least the model's minimum (2,048 tokens for 3.5 Haiku) past any other: Bedrock creates
+    no checkpoint nearer than that to the one before."""
+    body, dropped = built(cached_session(prompt_cache_key="session-1"))
+    assert points(body) == ["tools", "system", "messages.2.1"] and dropped == []
+    assert body["toolConfig"]["tools"][-1] == POINT and body["system"][-1] == POINT
+    assert body["messages"][2]["content"][0]["toolResult"]["toolUseId"] == "call_1"
+
+
+def test_a_point_too_near_another_or_for_a_model_bedrock_does_not_cache_for_is_left_out() -> None:
+    short_result = cached_session(result="12 passed", prompt_cache_key="session-1")  # a few tokens past the system
+    assert points(built(short_result)[0]) == ["tools", "messages.2.1"]
+    for model in ("us.anthropic.claude-3-haiku-20240307-v1:0", "meta.llama3-70b-instruct-v1:0"):
+        body, dropped = built(cached_session(prompt_cache_key="session-1"), target(model))
+        assert points(body) == [] and "prompt_cache_key" in dropped
+
+
+def test_a_request_not_asking_is_sent_as_before_and_the_clients_points_are_counted() -> None:
+    assert points(built(cached_session())[0]) == []
+    system = [{"type": "text", "text": f"Rule {n}. {RULES}", "cache_control": {"type": "ephemeral"}} for n in range(3)]
+    body, _ = built(cached_session(system, prompt_cache_key="session-1"))
+    assert points(body) == ["system", "system", "system", "messages.2.1"]  # four: Bedrock's most
+    assert points(built(cached_session(prompt_cache_key="k"), target(prompt_caching="never"))[0]) == []
+    assert points(built(cached_session(), target(prompt_caching="always"))[0]) == ["tools", "system", "messages.2.1"]
