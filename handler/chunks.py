@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, PlainSerializer
 
-from handler.schemas import OPEN, ChatCompletion, FinishReason, Omitted, ReasoningText, Usage
+from handler.schemas import OPEN, ChatCompletion, FinishReason, Omitted, ReasoningText, Reported
 
 
 class _SentNull(str):
@@ -80,7 +80,7 @@ class ChatCompletionChunk(BaseModel):
     created: int
     model: str
     choices: list[ChunkChoice] = Field(default_factory=list)
-    usage: Usage | None = Omitted()
+    usage: Reported = Omitted()
     system_fingerprint: str | None = Omitted()
 
 

@@ -5,7 +5,7 @@ one of its names, see `handler.schemas.LATER`)."""
 # No `from __future__ import annotations`, as in handler/schemas.py.
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StrictInt, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from handler.schemas import OPEN, REQUEST, Count
@@ -58,12 +58,12 @@ class Embedding(BaseModel):
 
 
 class EmbeddingsUsage(BaseModel):
-    """Strict, as `Usage` is: a count that is not a plain integer (`"12"`, `true`) is a malformed answer; a null one
-    is 0."""
+    """Strict, as `Usage` is: a count that is not a plain integer (`"12"`, `true`) is a malformed answer; a null
+    `total_tokens` is 0, a null `prompt_tokens` no usage (`EmbeddingsResponse`)."""
 
     model_config = OPEN
 
-    prompt_tokens: Count = 0
+    prompt_tokens: StrictInt = 0
     total_tokens: Count = 0
 
 
@@ -75,14 +75,29 @@ class EmbeddingsResponse(BaseModel):
     model: str
     usage: EmbeddingsUsage = Field(default_factory=EmbeddingsUsage)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _uncounted(cls, answer: Any) -> Any:
+        """A usage without its count (`prompt_tokens` null or left out, `usage: {}`; or `usage: null`) is none: the
+        answer is read as one without `usage`, whose input is estimated (`Pipeline.embeddings`). Read as 0, the
+        embeddings of 10,000 characters were billed $0 as the provider's count (found by review)."""
+        if isinstance(answer, dict) and "usage" in answer:
+            usage = answer["usage"]
+            if usage is None or (isinstance(usage, dict) and usage.get("prompt_tokens") is None):
+                return {name: value for name, value in answer.items() if name != "usage"}
+        return answer
+
     @classmethod
     def joined(cls, answers: list["EmbeddingsResponse"]) -> "EmbeddingsResponse":
         """The answers to a request's batches (`EmbeddingsRequest.batches`, in order) as the one answer to it: each
-        embedding indexed within the whole request, the usage summed."""
+        embedding indexed within the whole request, the usage summed; none where a batch's answer had none (the
+        whole input is then estimated: a batch without its count is not free)."""
         data: list[Embedding] = []
         for answer in answers:
             offset = len(data)
             data += [item.model_copy(update={"index": offset + item.index}) for item in answer.data]
+        if any("usage" not in answer.model_fields_set for answer in answers):
+            return cls(data=data, model=answers[0].model)
         prompt = sum(answer.usage.prompt_tokens for answer in answers)
         total = sum(answer.usage.total_tokens for answer in answers)
         usage = EmbeddingsUsage(prompt_tokens=prompt, total_tokens=total)

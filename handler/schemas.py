@@ -443,9 +443,11 @@ def _null_is_0(value: Any) -> Any:
     return 0 if value is None else value
 
 
-# A provider's token count: a plain integer, null read as 0 (as `handler.wire.usage_count` reads it: OpenAI-compatible
-# servers built on LiteLLM write `"cached_tokens": null` for a count they have none of, and refused, a real answer was
-# a malformed one, charged its worst case); `10.7`, `"12"` and `true` refused (`Usage`).
+# A provider's count of a detail of its usage (cached, cache-write, reasoning, audio tokens): a plain integer, null
+# read as 0 (as `handler.wire.usage_count` reads it: OpenAI-compatible servers built on LiteLLM write
+# `"cached_tokens": null` for a count they have none of, and refused, a real answer was a malformed one, charged its
+# worst case); `10.7`, `"12"` and `true` refused (`Usage`). Not a main count, the input's or the output's: one that is
+# null or left out is no usage (`Reported`).
 Count = Annotated[StrictInt, BeforeValidator(_null_is_0)]
 
 
@@ -472,14 +474,15 @@ class CompletionTokensDetails(_Counted, BaseModel):
 class Usage(_Counted, BaseModel):
     """Token counts. `prompt_tokens` includes cached and cache-write tokens, as OpenAI counts them. Also, among
     the extras: `web_searches`, the searches a provider's own search tool ran (billed apart from the tokens).
-    Its counts, and its details', are strict (`Count`): a provider's count that is not a plain integer (`10.7`, and
-    `"12"` or `true`, which pydantic would take as 12 and 1) is no usage the gateway can read, and the answer is
-    malformed; one that is null is 0 (`handler.wire.usage_count`)."""
+    Its counts, and its details', are strict: a provider's count that is not a plain integer (`10.7`, and `"12"` or
+    `true`, which pydantic would take as 12 and 1) is no usage the gateway can read, and the answer is malformed
+    (`handler.wire.usage_count`); a detail's that is null is 0 (`Count`), a main count's makes no usage (`Reported`,
+    as an answer's usage is read)."""
 
     model_config = OPEN
 
-    prompt_tokens: Count = 0
-    completion_tokens: Count = 0
+    prompt_tokens: StrictInt = 0
+    completion_tokens: StrictInt = 0
     total_tokens: Count = 0
     prompt_tokens_details: PromptTokensDetails | None = Omitted()
     completion_tokens_details: CompletionTokensDetails | None = Omitted()
@@ -619,6 +622,19 @@ def completion_id() -> str:
     return f"chatcmpl-{secrets.token_hex(12)}"
 
 
+def _uncounted_is_none(usage: Any) -> Any:
+    if isinstance(usage, dict) and (usage.get("prompt_tokens") is None or usage.get("completion_tokens") is None):
+        return None
+    return usage
+
+
+# A provider's usage as its answer (or a stream's chunk) gives it: one without a main count, the input's or the
+# output's (null or left out, `usage: {}` among them), is none, as `usage: null` is, so the answer is estimated and a
+# stream metered as one without its final usage. Read as 0, it billed a written answer as free: 3,000 characters with
+# `"completion_tokens": null` 0 tokens out, with every count null $0 (found by review).
+Reported = Annotated[Usage | None, BeforeValidator(_uncounted_is_none)]
+
+
 class ChatCompletion(BaseModel):
     model_config = OPEN
 
@@ -627,7 +643,7 @@ class ChatCompletion(BaseModel):
     created: int
     model: str
     choices: list[Choice]
-    usage: Usage | None = Omitted()
+    usage: Reported = Omitted()
     system_fingerprint: str | None = Omitted()
 
 

@@ -186,7 +186,9 @@ class UpstreamStream(ABC, Generic[T]):
         if usage is not None and not plausible(usage):
             usage = None
         finished = self._provider_finished()
-        if finished and usage is not None:
+        # (0 tokens out for what was relayed is no count of it, as for a whole answer: `Pipeline._checked`. Its input
+        # counts stand.)
+        if finished and usage is not None and (usage.completion_tokens or not self._relayed_chars()):
             return usage, "provider"
         counted = usage or self._opening_usage()
         if counted is not None and not plausible(counted):

@@ -232,7 +232,7 @@ class Pipeline(Charges):
         if isinstance(outcome, NativeReply):
             # The answer's generated part: a message's `content` (Messages), a response's `output` (Responses).
             generated = outcome.body.get("content", outcome.body.get("output"))
-            usage, source = self._checked(outcome.usage, ex, lambda: len(orjson.dumps(generated)))
+            usage, source = self._checked(outcome.usage, ex, lambda: len(orjson.dumps(generated)) if generated else 0)
             if "thread" in call.body and source == "provider":  # (its size, for a `continue` of it)
                 self.thread_answered(ex, outcome.body.get("id"), usage, outcome.served)
             served = outcome.served or tier_served(outcome.body, ex.service_tier)
@@ -791,8 +791,11 @@ class Pipeline(Charges):
         """The provider's usage when it is possible, else an estimate (`source` says which): an answer without
         usage is not free, and negative or impossible counts are never credited. The estimate's output, about three
         characters a token of what was generated, is at most what the attempt could write (`written_at_most`), so
-        that it stays within the worst case the request was admitted for."""
-        if usage is not None and plausible(usage):
+        that it stays within the worst case the request was admitted for. An answer that wrote something and counts 0
+        tokens out is no count a provider bills either: 3,000 characters under `"completion_tokens": 0` were billed 0
+        tokens out as the provider's count (so were they where a reader takes a count left out for 0, as
+        `handler.wire.usage_count` does)."""
+        if usage is not None and plausible(usage) and (usage.completion_tokens or not output_chars()):
             return usage, "provider"
         if usage is not None:
             log.warning("upstream usage refused as impossible", extra={"request_id": ex.request_id})

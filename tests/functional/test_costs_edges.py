@@ -437,6 +437,141 @@ async def test_a_null_count_in_a_chat_usage_is_0_and_the_answer_billed_on_its_us
     assert line.cost_usd == pytest.approx(3.8e-05)  # (28 in at $1, 5 out at $2 a million)
 
 
+TEXT = "word " * 600  # 3,000 characters written: 1,000 tokens out, estimated
+ANTHROPIC = {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": "http://up"}
+ANTHROPIC_KEYS = {**PROVIDER_KEYS, "ANTHROPIC_API_KEY": "sk-ant-test-000000000000"}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 10, "completion_tokens": None, "total_tokens": None},
+        {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None},
+        {"completion_tokens": 1000},
+        {},
+        {"prompt_tokens": 10, "completion_tokens": 0, "total_tokens": 10},
+    ],
+    ids=["output_null", "all_null", "input_missing", "empty", "output_0"],
+)
+async def test_a_chat_usage_without_a_main_count_is_none_and_the_answer_estimated(
+    usage: dict[str, Any], stream: bool
+) -> None:
+    """A usage whose input or output count is null or left out gives no count of what the answer cost: it is no
+    usage, as `usage: null` is, and the answer of 3,000 characters is estimated (1,000 tokens out), whole or
+    streamed. Read as 0 (a null count is 0 for the details alone: `LITELLM_USAGE`), it was billed as the provider's
+    count: 10 in and 0 out with `completion_tokens: null` ($0.00001), $0 with every count null or `usage: {}`; and so
+    was an explicit 0 tokens out for what was written (found by review)."""
+    head = {"id": "c", "created": 1, "model": "x"}
+    message = {"role": "assistant", "content": TEXT}
+    whole = {
+        **head,
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": usage,
+    }
+    chunks = [
+        {**head, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": message}]},
+        {**head, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage},
+    ]
+    events = b"".join(b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks) + b"data: [DONE]\n\n"
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if stream:
+            return httpx.Response(200, content=events, headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, json=whole)
+
+    served = await serve(upstream, {"m": MODEL})
+    body = {"model": "m", "messages": HI, "max_tokens": 4000, "stream": stream}
+    answer = await served.post("/v1/chat/completions", body)
+    [line] = await served.ledger()
+    await served.gateway.aclose()
+    assert (answer.status_code, b'"error"' in answer.content) == (200, False), answer.text
+    assert (line.status, line.cost_source, line.output_tokens) == (200, "estimate", 1000), (line.input_tokens, usage)
+    assert (line.cost_usd or 0) > 0.002  # (1,000 out at $2 a million, and the prompt)
+
+
+@pytest.mark.parametrize("api", ["messages", "chat"], ids=["passed_through", "translated"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("output", [{"output_tokens": None}, {}], ids=["output_null", "output_missing"])
+async def test_an_anthropic_usage_without_its_output_count_is_none_and_the_answer_estimated(
+    output: dict[str, Any], stream: bool, api: str
+) -> None:
+    """An Anthropic answer of 3,000 characters whose usage says `output_tokens: null` (or leaves it out), in the whole
+    message or a stream's `message_delta`: no final usage, so the answer is estimated (1,000 tokens out, the stream's
+    input as its `message_start` gave it) on a Messages request passed through and on a Chat Completions request
+    translated. Read as 0, the stream passed through was billed 0 tokens out as the provider's count (found by
+    review), and so was every other of them."""
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-x",
+        "content": [{"type": "text", "text": TEXT}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 10, **output},
+    }
+    opening = {**message, "content": [], "stop_reason": None, "usage": {"input_tokens": 10, "output_tokens": 1}}
+    events = [
+        ("message_start", {"type": "message_start", "message": opening}),
+        (
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
+        (
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": TEXT}},
+        ),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": output}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    body = b"".join(b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n" for name, data in events)
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if stream:
+            return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, json=message)
+
+    model = {**MODEL, "deployments": [{"provider": "openai", "model": "claude-x"}]}
+    served = await serve(upstream, {"m": model}, provider=ANTHROPIC, environ=ANTHROPIC_KEYS)
+    asked = {"model": "m", "messages": HI, "max_tokens": 4000, "stream": stream}
+    answer = await served.post("/v1/messages" if api == "messages" else "/v1/chat/completions", asked)
+    [line] = await served.ledger()
+    await served.gateway.aclose()
+    assert (answer.status_code, b'"error"' in answer.content) == (200, False), answer.text
+    assert (line.status, line.cost_source) == (200, "estimate"), (line.input_tokens, line.output_tokens)
+    assert line.output_tokens >= 1000 and (line.cost_usd or 0) > 0.002
+    if stream:
+        assert line.input_tokens == 10  # (`message_start`'s count, exact)
+
+
+@pytest.mark.parametrize(
+    "usage", [{"prompt_tokens": None, "total_tokens": None}, {}, None], ids=["count_null", "empty", "usage_null"]
+)
+async def test_an_embeddings_usage_without_its_count_is_none_and_the_input_estimated(
+    usage: dict[str, Any] | None,
+) -> None:
+    """Embeddings of 10,000 characters whose usage says `prompt_tokens: null` (or `usage: {}`): the input estimated
+    (5,001 tokens), as for an answer without `usage`. Read as 0, it was billed $0 as the provider's count (found by
+    review); `usage: null` was the provider's malformed answer, a 502 charged its worst case."""
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        data = [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]
+        return httpx.Response(200, json={"object": "list", "model": "e", "data": data, "usage": usage})
+
+    embedding = {"deployments": [{"provider": "openai", "model": "e"}], "price": {"input": 1.0}, "kind": "embedding"}
+    served = await serve(upstream, {"e": embedding})
+    answer = await served.post("/v1/embeddings", {"model": "e", "input": "word " * 2000})
+    [line] = await served.ledger()
+    await served.gateway.aclose()
+    assert answer.status_code == 200, answer.text
+    assert (line.status, line.cost_source, line.input_tokens) == (200, "estimate", 5001)
+    assert line.cost_usd == pytest.approx(0.005001)
+
+
 async def test_a_gzip_body_never_asked_for_is_charged_and_not_relayed() -> None:
     """A 2xx body in gzip (the gateway asks for none): charged as unreadable, and none of its bytes relayed."""
     packed = gzip.compress(orjson.dumps(completion()))

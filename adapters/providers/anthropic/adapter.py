@@ -760,7 +760,7 @@ class AnthropicAdapter(ProviderAdapter):
             created=int(time.time()),
             model=message.model,
             choices=[Choice(message=reply, finish_reason=finish, stop_sequence=message.stop_sequence)],
-            usage=message.usage.to_usage(),
+            usage=message.usage.to_usage() if message.usage.counted() else None,  # (none: estimated)
         )
         return completion, message.usage.served()  # (a usage it cannot read is a ValueError, as `to_usage`'s)
 
@@ -823,11 +823,12 @@ class AnthropicAdapter(ProviderAdapter):
         request = UpstreamRequest("POST", url, self.native_headers(call), orjson.dumps(body))
         return BuiltRequest(request, dropped)
 
-    def native_usage(self, call: NativeCall, body: dict[str, Any]) -> Usage:
+    def native_usage(self, call: NativeCall, body: dict[str, Any]) -> Usage | None:
         """The usage of a message passed through, which is relayed as it came: its top level is checked as
         `WireMessage` has it, each block only as an object with a type (what the gateway reads of it; the rest of a
         block goes to the client as the provider wrote it), and its usage validated alone (the whole message as a
-        model cost a warm invocation about 1.6 µs more)."""
+        model cost a warm invocation about 1.6 µs more); None where it lacks a main count (`WireUsage.counted`: the
+        answer is estimated)."""
         from adapters.providers.anthropic.wire import WireUsage  # (see the note on the imports)
 
         content = body.get("content")
@@ -844,9 +845,11 @@ class AnthropicAdapter(ProviderAdapter):
         ):
             raise malformed("upstream answer is not an Anthropic message")
         try:
-            return WireUsage.model_validate(body["usage"]).to_usage()
+            wire = WireUsage.model_validate(body["usage"])
+            usage = wire.to_usage()  # (its extras' shapes checked, however its counts are)
         except ValidationError as exc:
             raise malformed("upstream answer's usage is not Anthropic's") from exc
+        return usage if wire.counted() else None
 
     def native_served(self, call: NativeCall, body: Mapping[str, Any]) -> Served | None:
         from adapters.providers.anthropic.wire import SERVED_OPTIONS, WireUsage  # (see the note on the imports)

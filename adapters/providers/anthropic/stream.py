@@ -121,11 +121,16 @@ class AnthropicStreamParser:
             return self._block_delta(int(payload.get("index", 0)), payload.get("delta") or {})
         if kind == "message_delta":
             delta = payload.get("delta") or {}
-            if payload.get("usage") is not None:
+            given = payload.get("usage") is not None
+            if given:
                 from adapters.providers.anthropic.wire import WireUsage  # (see the note on the imports)
 
                 self._wire_usage.update(WireUsage.model_validate(payload["usage"]))
-            self.usage = self._wire_usage.to_usage()
+            # The final usage, where the event gives one with both main counts (`WireUsage.counted`); none else, and
+            # the stream is metered as one without it (`message_start`'s counts, its 1 token out, were billed as the
+            # final ones where the event had no usage, and 0 tokens out where it said `"output_tokens": null`).
+            usage = self._wire_usage.to_usage()
+            self.usage = usage if given and self._wire_usage.counted() else None
             self.served = self._wire_usage.served()  # (read now: not when the stream is costed, once settling began)
             finish = _finish(delta.get("stop_reason"), self._json_answer, self._tools > 0)
             stop_sequence = delta.get("stop_sequence")
@@ -256,8 +261,10 @@ class MessagesMeter:
 
     @property
     def usage(self) -> Usage | None:
-        """The provider's counts so far: from `message_start`, its input's, until the final ones. (Read when the
-        stream is costed, not on every delta.)"""
+        """The provider's counts so far: from `message_start`, its input's, until the final ones; where the final
+        `message_delta` counts no output (`"output_tokens": null`, or none: `WireUsage.counted`), the input's alone,
+        0 tokens out, which the stream is not billed as for what it relayed (`UpstreamStream.metered` estimates the
+        output). (Read when the stream is costed, not on every delta.)"""
         return self._wire.to_usage() if self._started else None
 
     def feed(self, event: StreamEvent) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, StrictInt
 
 from handler.ports import Served
-from handler.schemas import Count, Usage
+from handler.schemas import Usage
 from handler.wire import usage_count
 
 
@@ -77,16 +77,24 @@ class WireUsage(_Wire):
 
     # Strict: a count that is not a plain integer (`"12"`, `true`, which pydantic would take as 12 and 1) is no
     # usage the gateway can read (`handler.wire.usage_count`); a null one is none (the input's, absent from a
-    # `message_delta` that does not repeat them; the output's, 0).
+    # `message_delta` that does not repeat them; the output's, no final usage: `counted`).
     input_tokens: StrictInt | None = None
-    output_tokens: Count = 0
+    output_tokens: StrictInt | None = None
     cache_creation_input_tokens: StrictInt | None = None
     cache_read_input_tokens: StrictInt | None = None
 
+    def counted(self) -> bool:
+        """Whether it gives both main counts, the input's and the output's: a usage without one (null or left out)
+        is none, so a whole answer is estimated and a stream metered as one without its final usage. Read as 0, a
+        stream's 3,000 characters under `"output_tokens": null` were billed 0 tokens out as the provider's count
+        (found by review)."""
+        return self.input_tokens is not None and self.output_tokens is not None
+
     def to_usage(self) -> Usage:
         """The counts the request is billed for: the top level's, and a compaction's beside them (the line's token
-        counts; each sampling is priced apart, `served`)."""
-        fresh, output = self.input_tokens or 0, self.output_tokens
+        counts; each sampling is priced apart, `served`). A count it lacks is 0 here (`counted` says whether it
+        has both)."""
+        fresh, output = self.input_tokens or 0, self.output_tokens or 0
         read, write = self.cache_read_input_tokens or 0, self.cache_creation_input_tokens or 0
         extra = self.__pydantic_extra__ or {}
         hour = usage_count(extra.get("cache_creation"), "ephemeral_1h_input_tokens") if extra else 0

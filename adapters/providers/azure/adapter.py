@@ -336,6 +336,12 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         conform_to_version(body, self.api_version(target), dropped)
         return body, dropped
 
+    def refused_parts(self, target: Target) -> tuple[str, ...]:
+        """The content parts the deployment's api-version does not define (`PARTS_SINCE`), which `conform_to_version`
+        refuses in a user message: a tool's result holding one is sent without it, which is named."""
+        version = self.api_version(target)
+        return tuple(name for name, since in PARTS_SINCE.items() if dated(version) and version < since)
+
     def serves_responses(self, target: Target) -> bool:
         """Azure OpenAI serves the Responses API (its v1 API) for its deployments: native unless configured
         otherwise (`responses_api: translate`)."""

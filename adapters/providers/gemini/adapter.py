@@ -439,7 +439,10 @@ def _function_response(
     it holds rides in the response's own `parts` where the model takes them (Gemini 3), else goes in `beside`, the
     parts that follow the turn's function responses, headed by a text naming the call (Gemini before 3 takes no
     media in a `functionResponse`, and an `inlineData` part in the same user turn: the image a tool read was left
-    out, the model given `response: {}`, found by review on Gemini 2.5). Any other part is left out, named."""
+    out, the model given `response: {}`, found by review on Gemini 2.5). Any other part is left out, named, and so
+    is an image of a type Gemini does not take: refused as a user's image is (`_image_part`), a GIF Claude Code's Read
+    returned made the whole turn the client's 400 (found by review). A tool's result never fails the turn that
+    carries it."""
     media: list[dict[str, Any]] = []
     if isinstance(message.content, list):
         for part in message.content:
@@ -447,7 +450,10 @@ def _function_response(
                 continue
             what = f"messages.tool.{part.type}"
             # (Images and documents; a URL Gemini cannot fetch is named as the tool message's part.)
-            converted = _content_parts([part], []) if isinstance(part, ImagePart | FilePart) else []
+            try:
+                converted = _content_parts([part], []) if isinstance(part, ImagePart | FilePart) else []
+            except InvalidRequestError:
+                converted = []
             if converted:
                 media += converted
             elif what not in dropped:

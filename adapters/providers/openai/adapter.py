@@ -8,7 +8,7 @@ something.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -429,14 +429,18 @@ def _plain_messages(messages: list[dict[str, Any]], strip: tuple[str, ...], medi
     return list(dict.fromkeys(dropped))
 
 
-def media_after_results(messages: list[dict[str, Any]]) -> None:
+def media_after_results(messages: list[dict[str, Any]], refused: Collection[str] = ()) -> list[str]:
     """Move the parts of each tool message other than text (an image Claude Code's `Read` returned, the `input_image`
     of Codex's `view_image`, a document) into a user message right after the turn's tool messages, each call's
     headed by a text naming it (`params.returned_media_label`), in place. A Chat Completions tool message takes text
     alone ("Image URLs are only allowed for messages with role 'user'"), and the image was left out: the model was
     told the file was read and given an empty result (found by review, on gpt-4o-mini and Azure). A user message may
     follow the tool messages, and takes images and files. Run on the body as it goes (its ids and names as the API
-    sees them)."""
+    sees them). A part of a type the deployment takes in no user message (`refused`: an Azure api-version's lacking,
+    `OpenAIAdapter.refused_parts`) is left out, and named in what it returns (`messages.tool.<type>`): moved, it met
+    the check of the user's parts, and the whole turn was the client's 400 (a PDF Claude Code's Read returned, on
+    Azure's default api-version: found by review). A tool's result never fails the turn that carries it."""
+    dropped: list[str] = []
     names: dict[str, str] = {}
     moved: list[dict[str, Any]] = []
     conversation: list[dict[str, Any]] = []
@@ -452,13 +456,18 @@ def media_after_results(messages: list[dict[str, Any]]) -> None:
         if message.get("role") != "tool" or not isinstance(content, list):
             continue
         media = [part for part in content if part.get("type") != "text"]
-        if media:
+        if not media:
+            continue
+        taken = [part for part in media if part.get("type") not in refused]
+        dropped += [f"messages.tool.{part.get('type')}" for part in media if part not in taken]
+        if taken:
             call_id = message.get("tool_call_id")
-            moved += [{"type": "text", "text": returned_media_label(names.get(str(call_id)), call_id)}, *media]
-            message["content"] = [part for part in content if part.get("type") == "text"] or ""
+            moved += [{"type": "text", "text": returned_media_label(names.get(str(call_id)), call_id)}, *taken]
+        message["content"] = [part for part in content if part.get("type") == "text"] or ""
     if moved:
         conversation.append({"role": "user", "content": moved})
     messages[:] = conversation
+    return list(dict.fromkeys(dropped))
 
 
 def _name_file(file: dict[str, Any]) -> None:
@@ -783,8 +792,13 @@ class OpenAIAdapter(ProviderAdapter):
         dropped += unsent_in_thinking(body, profile.thinks_unasked)
         dropped += apply_rules(body, profile.rules)
         if profile.media_after_tools:
-            media_after_results(body["messages"])
+            dropped += media_after_results(body["messages"], self.refused_parts(target))
         return body, dropped
+
+    def refused_parts(self, target: Target) -> Collection[str]:
+        """The content part types `target` takes in no user message, which no tool's result is moved into one as
+        (`media_after_results`): none, but where a derived adapter's API says so (Azure's dated api-versions)."""
+        return ()
 
     def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
         body, dropped = self.chat_body(req, target, stream=stream)

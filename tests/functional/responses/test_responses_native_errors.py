@@ -283,7 +283,9 @@ async def test_a_whole_error_object_answering_a_passed_through_stream_is_the_pro
     its `code` names) in the route, failed over, its words redacted."""
     two = {"m": {**MODELS["m"], "deployments": [{"provider": "openai", "model": m} for m in ("first", "second")]}}
     two["alone"] = {**MODELS["m"], "deployments": two["m"]["deployments"][:1]}
-    done = {**response("completed"), "model": "second"}
+    # (The words it wrote counted: 0 tokens out for "Hello" is no count, `Pipeline._checked`.)
+    usage = {"input_tokens": 1, "output_tokens": 2, "total_tokens": 3}
+    done = {**response("completed"), "model": "second", "usage": usage}
 
     def upstream(request: httpx.Request) -> httpx.Response:
         if orjson.loads(request.content)["model"] == "first":
@@ -299,7 +301,11 @@ async def test_a_whole_error_object_answering_a_passed_through_stream_is_the_pro
     assert answer.headers["x-gateway-route"] == "openai/first@global=502, openai/second@global=200"
     assert [event.get("type") for event in events(answer)][-1] == "response.completed"
     line = lines[answer.headers["x-request-id"]]
-    assert (line.status, line.cost_source, line.cost_usd) == (200, "provider", 1e-06)  # (1 token in, at $1 a million)
+    assert (line.status, line.cost_source, line.cost_usd) == (
+        200,
+        "provider",
+        5e-06,
+    )  # (1 in at $1, 2 out at $2 a million)
     assert (alone.status_code, alone.headers["x-should-retry"]) == (502, "true"), alone.text
     error = alone.json()["error"]
     assert (error["code"], error["upstream_status"]) == ("upstream_error", 502)

@@ -727,6 +727,22 @@ def test_usage_chunk_is_sent_once_and_only_after_message_delta() -> None:
     assert len(feed(parser, "message_stop", {"type": "message_stop"})) == 1 and parser.finish() == []
 
 
+@pytest.mark.parametrize("usage", [None, {}, {"output_tokens": None}], ids=["no_usage", "empty", "output_null"])
+def test_a_message_delta_without_its_output_count_gives_no_final_usage(usage: dict[str, Any] | None) -> None:
+    """`message_delta`'s usage is the final one where it counts the output. Without it (no usage, `{}`,
+    `"output_tokens": null`) the stream has none, and is estimated on `message_start`'s input counts
+    (`UpstreamStream.metered`): `message_start`'s own counts (1 token out) were billed as the final ones, and under
+    `"output_tokens": null` 0 tokens out (found by review)."""
+    parser = adapter().stream_parser(request(), target())
+    start = {"type": "message_start", "message": orjson.loads(fixture("message-response.json")) | {"content": []}}
+    feed(parser, "message_start", start)
+    delta = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}
+    chunks = feed(parser, "message_delta", delta if usage is None else {**delta, "usage": usage})
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert parser.usage is None and parser.opening_usage is not None
+    assert feed(parser, "message_stop", {"type": "message_stop"}) == []  # (no usage chunk)
+
+
 @pytest.mark.parametrize("event", ["ping", "content_block_stop", "some_future_event"])
 def test_events_without_content_yield_nothing(event: str) -> None:
     parser = adapter().stream_parser(request(), target())
@@ -986,7 +1002,14 @@ def test_a_compactions_tokens_are_billed_beside_the_top_level_counts() -> None:
         adapter().native_usage(NativeCall(MESSAGES_API, {}), malformed)
 
 
-PASSED_THROUGH = {"id": "m", "type": "message", "role": "assistant", "model": MODEL, "content": [], "usage": {}}
+PASSED_THROUGH = {
+    "id": "m",
+    "type": "message",
+    "role": "assistant",
+    "model": MODEL,
+    "content": [],
+    "usage": {"input_tokens": 10, "output_tokens": 5},
+}
 
 
 @pytest.mark.parametrize(
@@ -1017,17 +1040,21 @@ def test_a_message_passed_through_is_read_as_anthropics_shape_or_is_malformed(ch
     provider's malformed answer (a 502), not relayed as a message. So is a count that is not a plain integer, which
     pydantic took (`"9"` as 9, `true` as 1) as the provider's count."""
     call = NativeCall(MESSAGES_API, {})
-    assert adapter().native_usage(call, PASSED_THROUGH) == Usage.of(0, 0)
+    assert adapter().native_usage(call, PASSED_THROUGH) == Usage.of(10, 5)
     with pytest.raises(UpstreamError):
         adapter().native_usage(call, {**PASSED_THROUGH, **changed})
 
 
-def test_a_null_count_in_a_messages_usage_is_0_as_every_reader_reads_one() -> None:
-    """A compatible server's null count is none (`wire.usage_count`): `output_tokens: null`, which the strict count
-    refused, made a real message the provider's malformed answer, charged its worst case (found by review)."""
+def test_a_null_count_in_a_messages_usage_is_none_and_a_null_main_count_no_usage() -> None:
+    """A compatible server's null count is none (`wire.usage_count`): a null cache count is 0, and the message read
+    on its counts. A null (or absent) input or output count is no usage at all (`WireUsage.counted`): read as 0, a
+    written answer was billed 0 tokens out as the provider's count (found by review); the answer is estimated, as
+    one without usage is (not the provider's malformed answer, as `output_tokens: null` once was)."""
     call = NativeCall(MESSAGES_API, {})
-    usage = {"input_tokens": 10, "output_tokens": None, "cache_read_input_tokens": None, "cache_creation": None}
-    assert adapter().native_usage(call, {**PASSED_THROUGH, "usage": usage}) == Usage.of(10, 0)
+    usage = {"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": None, "cache_creation": None}
+    assert adapter().native_usage(call, {**PASSED_THROUGH, "usage": usage}) == Usage.of(10, 5)
+    for uncounted in ({**usage, "output_tokens": None}, {"input_tokens": 10}, {"output_tokens": 5}, {}):
+        assert adapter().native_usage(call, {**PASSED_THROUGH, "usage": uncounted}) is None, uncounted
 
 
 def test_a_streams_compaction_is_billed_from_the_final_message_delta() -> None:

@@ -346,6 +346,71 @@ def test_a_content_part_the_api_version_lacks_is_a_clear_400() -> None:
         adapter().chat_request(req, target(), stream=False)
 
 
+PDF = "JVBERi0xLjQKJSVFT0Y="
+DOT = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+# Claude Code's turn after its Read tool read a PDF and a PNG (a `tool_result` holding each).
+READ_RESULTS = [
+    {"role": "user", "content": "read them"},
+    {
+        "role": "assistant",
+        "content": [
+            {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"file_path": "a.pdf"}},
+            {"type": "tool_use", "id": "toolu_2", "name": "Read", "input": {"file_path": "dot.png"}},
+        ],
+    },
+    {
+        "role": "user",
+        "content": [
+            {
+                "type": "tool_result",
+                "tool_use_id": "toolu_1",
+                "content": [
+                    {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}}
+                ],
+            },
+            {
+                "type": "tool_result",
+                "tool_use_id": "toolu_2",
+                "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": DOT}}],
+            },
+        ],
+    },
+]
+
+
+@pytest.mark.parametrize("version", ["2024-10-21", "2025-03-01-preview", "v1"])
+def test_what_a_tool_returned_that_the_api_version_lacks_is_named_not_a_400(version: str) -> None:
+    """A PDF Claude Code's Read returned, on Azure's default api-version (2024-10-21, no `file` content part): moved
+    into the user message after the tool messages, it met the check of user content parts, and the whole turn was the
+    client's 400 ("content part 'file' needs Azure api-version 2025-03-01-preview or later"), the conversation unable to
+    go on (found by review). A tool's result never fails the turn that carries it: what the version takes (the image)
+    follows the tool messages, the rest is left out and named, as before."""
+    body = {"model": "m", "max_tokens": 9, "messages": READ_RESULTS}
+    req = to_chat_request(MessagesRequest.model_validate(body))[0]
+    built = adapter(api_version=version).chat_request(req, target(), stream=False)
+    messages = orjson.loads(built.request.body)["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "tool", "user"]
+    moved = [part["type"] for part in messages[4]["content"]]
+    if version == "2024-10-21":
+        assert built.dropped == ["messages.tool.file"]
+        assert moved == ["text", "image_url"] and "Read (toolu_2)" in messages[4]["content"][0]["text"]
+    else:
+        assert built.dropped == [] and moved == ["text", "file", "text", "image_url"]
+    audio = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+    calls = [{"id": "c1", "type": "function", "function": {"name": "listen", "arguments": "{}"}}]
+    heard = [
+        {"role": "user", "content": "listen"},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "heard"}, audio]},
+    ]
+    built = adapter(api_version=version).chat_request(request(messages=heard), target(), stream=False)
+    messages = orjson.loads(built.request.body)["messages"]
+    if version == "2024-10-21":  # (`input_audio` since 2025-01-01-preview)
+        assert built.dropped == ["messages.tool.input_audio"] and messages[-1]["role"] == "tool"
+    else:
+        assert built.dropped == [] and messages[-1]["content"][1:] == [audio]
+
+
 @pytest.mark.parametrize(("declared", "asked"), [(True, True), (None, False), (False, False)])
 def test_a_deployment_declared_reasoning_asks_for_its_encrypted_reasoning(declared: bool | None, asked: bool) -> None:
     """The Responses API with the provider storing nothing: reasoning goes back on a later turn only encrypted, and

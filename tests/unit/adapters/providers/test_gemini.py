@@ -1126,3 +1126,26 @@ def test_an_image_a_function_returned_goes_beside_the_function_responses_before_
     parts = orjson.loads(result.request.body)["contents"][2]["parts"]
     assert [next(iter(part)) for part in parts] == ["functionResponse", "functionResponse"]
     assert parts[0]["functionResponse"]["parts"] == [inline] and result.dropped == []
+
+
+# A 1x1 GIF, an image type Gemini does not take (`IMAGE_TYPES`).
+GIF = "R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAICRAEAOw=="
+
+
+@pytest.mark.parametrize("model", ["gemini-2.5-flash", "gemini-3-pro-preview"])
+def test_an_image_a_function_returned_of_a_type_gemini_does_not_take_is_named_not_a_400(model: str) -> None:
+    """A GIF Claude Code's Read returned: converted for the parts beside the function responses (Gemini 2.5), it met
+    the check of a user's images, and the whole turn was the client's 400 ("an image of type 'image/gif' cannot be
+    sent to Gemini"), the conversation unable to go on (found by review). A tool's result never fails the turn that
+    carries it: the GIF is left out and named, the PNG beside it still goes."""
+    gif = {"type": "image_url", "image_url": {"url": f"data:image/gif;base64,{GIF}"}}
+    messages = [*IMAGE_RESULTS[:2], {**IMAGE_RESULTS[2], "content": [*IMAGE_RESULTS[2]["content"], gif]}]
+    messages.append(IMAGE_RESULTS[3])
+    result = adapter().chat_request(request(messages=messages), target(model), stream=False)
+    parts = orjson.loads(result.request.body)["contents"][2]["parts"]
+    assert result.dropped == ["messages.tool.image_url"]
+    inline = {"inlineData": {"mimeType": "image/png", "data": DOT}}
+    if model == "gemini-3-pro-preview":
+        assert parts[0]["functionResponse"]["parts"] == [inline]
+    else:
+        assert parts[2:] == [{"text": "[What the tool call get_weather (call_1) returned besides its text:]"}, inline]

@@ -14,7 +14,7 @@ from adapters.providers import reasoning
 from adapters.providers.openai import OpenAIAdapter
 from adapters.providers.params import SKIP_SIGNATURE, call_signature, signed_call_id
 from handler.api.messages_api import MessagesRequest, to_chat_request
-from handler.embeddings import EmbeddingsRequest
+from handler.embeddings import EmbeddingsRequest, EmbeddingsResponse
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import Target
 from handler.schemas import ChatRequest
@@ -1094,6 +1094,23 @@ def test_an_embeddings_usage_count_that_is_no_plain_integer_is_a_malformed_answe
     assert read.usage.prompt_tokens == 12
     nulled = {**answer, "usage": {"prompt_tokens": 12, "total_tokens": None}}  # (a null count is 0, as every reader's)
     assert adapter().embeddings_response(orjson.dumps(nulled), embeddings, target()).usage.total_tokens == 0
+
+
+def test_an_embeddings_batch_answered_without_its_count_leaves_the_whole_answer_without_usage() -> None:
+    """`prompt_tokens: null` (or left out) is no usage, as no `usage` is: the input is estimated. A request sent in
+    batches is answered without usage where one batch was (its usage summed with that batch's as 0, that batch's
+    input was free)."""
+    answer = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}], "model": "e"}
+    embeddings = EmbeddingsRequest.model_validate({"model": "e", "input": "hi"})
+    counted = adapter().embeddings_response(
+        orjson.dumps({**answer, "usage": {"prompt_tokens": 12}}), embeddings, target()
+    )
+    for usage in ({"prompt_tokens": None, "total_tokens": None}, {"total_tokens": 12}, {}):
+        uncounted = adapter().embeddings_response(orjson.dumps({**answer, "usage": usage}), embeddings, target())
+        assert "usage" not in uncounted.model_fields_set, usage
+        assert "usage" not in EmbeddingsResponse.joined([counted, uncounted]).model_fields_set
+    joined = EmbeddingsResponse.joined([counted, counted])
+    assert "usage" in joined.model_fields_set and joined.usage.prompt_tokens == 24
 
 
 DOT = (
