@@ -555,7 +555,7 @@ async def test_an_embeddings_usage_without_its_count_is_none_and_the_input_estim
     usage: dict[str, Any] | None,
 ) -> None:
     """Embeddings of 10,000 characters whose usage says `prompt_tokens: null` (or `usage: {}`): the input estimated
-    (5,001 tokens), as for an answer without `usage`. Read as 0, it was billed $0 as the provider's count (found by
+    (10,000 tokens, a token a byte: its bound), as for an answer without `usage`. Read as 0, it was billed $0 as the provider's count (found by
     review); `usage: null` was the provider's malformed answer, a 502 charged its worst case."""
 
     def upstream(request: httpx.Request) -> httpx.Response:
@@ -568,8 +568,8 @@ async def test_an_embeddings_usage_without_its_count_is_none_and_the_input_estim
     [line] = await served.ledger()
     await served.gateway.aclose()
     assert answer.status_code == 200, answer.text
-    assert (line.status, line.cost_source, line.input_tokens) == (200, "estimate", 5001)
-    assert line.cost_usd == pytest.approx(0.005001)
+    assert (line.status, line.cost_source, line.input_tokens) == (200, "estimate", 10_000)
+    assert line.cost_usd == pytest.approx(0.01)
 
 
 async def test_a_gzip_body_never_asked_for_is_charged_and_not_relayed() -> None:
