@@ -708,9 +708,10 @@ class Pipeline(Charges):
         worst_model = ex.model  # the model of the worst case; with an unknown price, the first model without one
         prompt = shown = 0
         output = max(outputs)
+        beyond = estimate.text_bound - estimate.text_tokens + estimate.referenced  # (`PromptEstimate.tokens`'s)
         for attempt, written in zip(plan, outputs, strict=True):
             seen = estimate.seen(attempt.target.provider_type, attempt.target.model)
-            tokens = seen + estimate.beyond  # (`PromptEstimate.tokens`, its images priced once)
+            tokens = seen + beyond  # (its worst case, `PromptEstimate.tokens`, its images priced once)
             prompt, shown = max(prompt, tokens), max(shown, seen)
             case = worst_case_usd(tokens, written, self._price(ex, attempt, worst=True), self.fee, ex.audio_output)
             apart = ex.per_request_usd + self._searches_at(ex, attempt) * ex.search_usd

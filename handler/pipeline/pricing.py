@@ -331,14 +331,9 @@ class PromptEstimate(Value):
         self.text_bound: Final = text_tokens if text_bound is None else text_bound  # (None: the estimate is one)
 
     def tokens(self, provider_type: str, model: str) -> int:
-        """The worst case for `model` of `provider_type`, each image by that provider's formula."""
-        return self.seen(provider_type, model) + self.beyond
-
-    @property
-    def beyond(self) -> int:
-        """What the worst case holds beyond what `seen` estimates: the text's bound past its estimate, and the
-        documents the provider fetches itself."""
-        return self.text_bound - self.text_tokens + self.referenced
+        """The worst case for `model` of `provider_type`, each image by that provider's formula: what `seen`
+        estimates, with the text's bound past its estimate and the documents the provider fetches itself."""
+        return self.seen(provider_type, model) + self.text_bound - self.text_tokens + self.referenced
 
     def seen(self, provider_type: str, model: str) -> int:
         """The estimate of what the request shows (its text and images), for an answer that came without usage."""

@@ -691,6 +691,25 @@ async def test_a_chat_budget_holds_for_text_of_a_token_a_byte(api: str) -> None:
     await served.gateway.aclose()
 
 
+async def test_tpm_counts_a_prompts_estimate_not_the_bound_its_budget_reserves() -> None:
+    """A key's `tpm` counts what the request shows at its estimate (about two bytes a token), corrected to the
+    provider's count at settlement, not the token a byte its budget reserves: counted at that bound, 20 KB of English,
+    some 4,000 tokens, would take 20,000 of a `tpm` of 12,000 and be refused, though it fits."""
+
+    def billed_a_token_five_bytes(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={**completion(), "usage": {"prompt_tokens": 4_000, "completion_tokens": 5}})
+
+    served = await serve(billed_a_token_five_bytes, {"m": MODEL})
+    record = KeyRecord(id="", name="t", secret_hash="", created_at=0, tpm=12_000, budget_usd=10.0)
+    key = await KeyAdmin(KeyService(served.gateway.store, 0)).mint(record)
+    body = {"model": "m", "messages": [{"role": "user", "content": "word " * 4_000}], "max_tokens": 16}
+    answer = await served.http.post("/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key.key}"})
+    assert answer.status_code == 200, answer.text
+    counted = 12_000 - int(answer.headers["x-ratelimit-remaining-tokens"])  # (at admission: its estimate, its cap)
+    assert counted < 20_000 // 2 + 100, counted
+    await served.gateway.aclose()
+
+
 async def test_an_option_the_deployment_was_not_sent_is_not_billed() -> None:
     """Azure's Chat Completions has no `web_search_options` or `service_tier`: they are dropped and named, and were
     billed all the same (the $0.03 search fee for a search that never ran, a priority tier's double price). Found
