@@ -161,8 +161,8 @@ def json_answer(payload: Any, headers: dict[str, str]) -> Response:
 
 
 def estimated_tokens(req: ChatRequest) -> int:
-    """A count for providers that have none: `estimate_prompt_tokens` is a deliberate upper bound (half the
-    bytes, for budgets); a quarter of the bytes is the usual rule of thumb for a token."""
+    """A count for providers that have none: `estimate_prompt_tokens` is generous (half the bytes, as the rate
+    limits count a prompt); a quarter of the bytes is the usual rule of thumb for a token."""
     return math.ceil(estimate_prompt_tokens(req) / 2)
 
 

@@ -115,7 +115,7 @@ class Reservation:
         self.budget_key: str | None = None
         self.store_ms = 0.0
         self.headers: dict[str, str] = {}
-        self.prompt_tokens = 0  # the estimate reserved for (the largest over the plan)
+        self.prompt_tokens = 0  # the worst case's prompt reserved for (the plan's largest: `PromptEstimate.tokens`)
         self.output_tokens = 0
         # When it was admitted (the clock its budget period was read from): its ledger line's time, so that a
         # request that ends in the next period is reported in the period its budget was charged to.

@@ -706,11 +706,13 @@ class Pipeline(Charges):
         estimate = ex.prompt or PromptEstimate(0, ())
         worst: float | None = 0.0
         worst_model = ex.model  # the model of the worst case; with an unknown price, the first model without one
-        prompt = 0
+        prompt = shown = 0
         output = max(outputs)
+        beyond = estimate.text_bound - estimate.text_tokens + estimate.referenced  # (`PromptEstimate.tokens`'s)
         for attempt, written in zip(plan, outputs, strict=True):
-            tokens = estimate.tokens(attempt.target.provider_type, attempt.target.model)
-            prompt = max(prompt, tokens)
+            seen = estimate.seen(attempt.target.provider_type, attempt.target.model)
+            tokens = seen + beyond  # (its worst case, `PromptEstimate.tokens`, its images priced once)
+            prompt, shown = max(prompt, tokens), max(shown, seen)
             case = worst_case_usd(tokens, written, self._price(ex, attempt, worst=True), self.fee, ex.audio_output)
             apart = ex.per_request_usd + self._searches_at(ex, attempt) * ex.search_usd
             if ex.advisors and case is not None:  # (Anthropic's advisor tool: another model's calls, billed apart)
@@ -736,10 +738,11 @@ class Pipeline(Charges):
             # Too little left to send anything (`_failover` would not): refused before it is reserved or counted.
             raise too_short_to_send(ex, ends_at - time.perf_counter())
         try:
-            # The rate limits count what the request shows: a document the provider fetches (`referenced`) is in
-            # the budget's worst case, not in the tokens a minute (100 pages would refuse it on any key's tpm).
-            tokens = prompt - estimate.referenced + output
-            advice = self._advice(ex, plan, prompt - estimate.referenced, output) if ex.advisors else 0
+            # The rate limits count what the request shows, at its estimate (`PromptEstimate.seen`), corrected to the
+            # provider's count at settlement: a document the provider fetches (`referenced`) and the text's bound are
+            # in the budget's worst case, not in the tokens a minute (100 pages would refuse it on any key's tpm).
+            tokens = shown + output
+            advice = self._advice(ex, plan, shown, output) if ex.advisors else 0
             reservation = self.meter.reservation(ex.lineage, ex.model, worst, tokens, ex.request_id, advice)
             if reservation.admission is not None and not self.meter.held(reservation):
                 await self._reserve(ex, reservation)
@@ -1150,7 +1153,9 @@ class Pipeline(Charges):
         fallback's count leaves to the admission it replaces the request of, counted the advisors' tokens on top of
         the request's at its admission: `_advice`.)"""
         reservation = ex.reservation
-        prompt = reservation.prompt_tokens - (ex.prompt.referenced if ex.prompt else 0) if reservation else 0
+        # What the request shows, as its admission counted it on the rate limits (`_admit_tokens`: its tokens, less
+        # its output), not the worst case's prompt, which holds the text's bound and the documents fetched.
+        prompt = reservation.tokens - reservation.output_tokens if reservation else 0
         written = reservation.output_tokens if reservation else 0
         tokens: dict[str, int] = {}
         for model, uses, advice in ex.advisors:
@@ -1195,7 +1200,7 @@ class Pipeline(Charges):
         `tpm` beside the request's (`Meter.reservation`): a key's tokens a minute are those of every model it runs, and
         Anthropic runs the advisor's inside the answer (a parent's `tpm` of 4,000 let its child's advised answers run
         22,950 tokens in a minute, each told some 3,770 remained: review). Each tool's calls read and write at most
-        `advisor_tokens` of the request's worst case (`prompt`, less a document the provider fetches, and `written`),
+        `advisor_tokens` of what the request shows (`prompt`, as the rate limits count it, and the output `written`),
         as its model's own limits count them (`_count_advisors`). None where no attempt of `plan` is sent the tool
         (a translation leaves it out), nor for a tool naming no model (Anthropic's 400, which runs nothing)."""
         if not any(self._sent_as_written(ex, attempt) for attempt in plan):

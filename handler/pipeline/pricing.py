@@ -307,21 +307,33 @@ def _tokens_usd(usage: Usage, unit: dict[str, float]) -> float:
 
 
 class PromptEstimate(Value):
-    """An upper bound of a prompt's input tokens: its text, its images, whose price depends on who reads them, and
-    the allowance for documents the provider fetches itself (by URL or file id), whose size the request does not
-    show. The allowance is reserved (`tokens`), never billed (`seen`): an answer without usage is billed on what
-    the gateway saw, not on 100 pages it did not (a file id billed 460,000 tokens, found by review)."""
+    """A prompt's input tokens: its text, its images, whose price depends on who reads them, and the allowance for
+    documents the provider fetches itself (by URL or file id), whose size the request does not show. Its text is
+    known two ways: `text_tokens`, an estimate (about two bytes a token), and `text_bound`, the most it can be (a
+    token a byte, which no tokenizer priced exceeds). The budget's worst case holds the bound and the allowance
+    (`tokens`); the rate limits count the estimate (`seen`: a token a byte counted a 100 KB English prompt, some
+    25,000 tokens, as 100,000 on a key's `tpm`), corrected to the provider's count at settlement. The allowance is
+    never billed: an answer without usage is billed on what the gateway saw, its estimate, not on 100 pages it did
+    not (a file id billed 460,000 tokens, found by review)."""
 
-    __slots__ = ("text_tokens", "images", "referenced")
+    __slots__ = ("text_tokens", "images", "referenced", "text_bound")
 
-    def __init__(self, text_tokens: int, images: tuple[tuple[str, str | None], ...], referenced: int = 0) -> None:
+    def __init__(
+        self,
+        text_tokens: int,
+        images: tuple[tuple[str, str | None], ...],
+        referenced: int = 0,
+        text_bound: int | None = None,
+    ) -> None:
         self.text_tokens: Final = text_tokens
         self.images: Final = images  # (url, detail)
         self.referenced: Final = referenced
+        self.text_bound: Final = text_tokens if text_bound is None else text_bound  # (None: the estimate is one)
 
     def tokens(self, provider_type: str, model: str) -> int:
-        """The worst case for `model` of `provider_type`, each image by that provider's formula."""
-        return self.seen(provider_type, model) + self.referenced
+        """The worst case for `model` of `provider_type`, each image by that provider's formula: what `seen`
+        estimates, with the text's bound past its estimate and the documents the provider fetches itself."""
+        return self.seen(provider_type, model) + self.text_bound - self.text_tokens + self.referenced
 
     def seen(self, provider_type: str, model: str) -> int:
         """The estimate of what the request shows (its text and images), for an answer that came without usage."""
@@ -334,7 +346,7 @@ class PromptEstimate(Value):
     def holding(self, tokens: int) -> PromptEstimate:
         """This estimate with `tokens` more the provider reads and the request does not show (a thread's conversation
         it holds), reserved as a document it fetches is, never billed without the provider's own count."""
-        return PromptEstimate(self.text_tokens, self.images, self.referenced + tokens)
+        return PromptEstimate(self.text_tokens, self.images, self.referenced + tokens, self.text_bound)
 
 
 # A PDF the provider fetches itself (a URL, an uploaded file): its size is not in the request. Anthropic reads at most
@@ -353,18 +365,22 @@ def held_window(spec: ModelConfig) -> int:
 
 
 def prompt_estimate(req: ChatRequest) -> PromptEstimate:
-    """An upper-bound estimate of the prompt's tokens, cheap enough for the hot path.
-
-    Half the UTF-8 byte length over-counts every tokenizer we price (English runs about four
-    characters a token, CJK about one character of three bytes), so a reservation is not undercut.
-    """
-    total = referenced = 0
+    """The prompt's tokens, cheap enough for the hot path: each part of the body that goes to the provider read
+    from its UTF-8 bytes, at half of them for the estimate (English runs about four characters a token, CJK about
+    one character of three bytes) and all of them for the bound. Half was said to over-count every tokenizer priced
+    and was the budget's worst case, which it is not: byte-level BPE (cl100k, o200k) reads digits and letters mixed
+    (`1a1a`, ids, hashes, some code) a token a byte, as SentencePiece's byte fallback reads what its vocabulary
+    lacks, and two requests of 8,000 such bytes, each reserved for about 4,000 tokens, spent twice a key's budget
+    (review). A token a byte is the bound of every tokenizer priced (none has a token of less than a byte)."""
+    total = bound = referenced = 0
     images: list[tuple[str, str | None]] = []
     for message in req.messages:
         total += MESSAGE_OVERHEAD_TOKENS
         content = message.content
         if isinstance(content, str):
-            total += len(content.encode()) // 2 + 1
+            size = len(content.encode())
+            total += size // 2 + 1
+            bound += size
         elif content is not None:
             for part in content:
                 if isinstance(part, ImagePart):
@@ -373,35 +389,53 @@ def prompt_estimate(req: ChatRequest) -> PromptEstimate:
                 if type(part) is TextPart and not part.__pydantic_extra__:
                     # As its JSON (`{"type":"text","text":...}`, 23 bytes around the text's JSON string) without
                     # pydantic's serializer: a Messages request's every turn is such parts, 2 µs each.
-                    total += (len(orjson.dumps(part.text)) + 23) // 2 + 1
+                    size = len(orjson.dumps(part.text)) + 23
+                    total += size // 2 + 1
+                    bound += size
                     continue
-                total += len(part.model_dump_json().encode()) // 2 + 1
+                size = len(part.model_dump_json().encode())
+                total += size // 2 + 1
+                bound += size
                 if isinstance(part, FilePart) and not part.file.get("file_data"):
                     # An uploaded file (`file_id`): the provider reads and bills all of it, 20 bytes here.
                     referenced += REFERENCED_DOCUMENT_TOKENS
         for call in message.tool_calls or ():
-            total += (len(call.function.arguments.encode()) + len(call.function.name)) // 2 + 4
+            size = len(call.function.arguments.encode()) + len(call.function.name.encode())
+            total += size // 2 + 4
+            bound += size + 4
         if message.reasoning_content:
-            total += len(message.reasoning_content.encode()) // 2 + 1
+            size = len(message.reasoning_content.encode())
+            total += size // 2 + 1
+            bound += size
         if message.model_extra:  # a legacy `function_call`, a `refusal`, ...: sent on, so read
-            total += len(orjson.dumps(message.model_extra)) // 2
+            size = len(orjson.dumps(message.model_extra))
+            total += size // 2
+            bound += size
     for tool in req.tools or ():
-        total += len(tool.function.model_dump_json().encode()) // 2 + 4
+        size = len(tool.function.model_dump_json().encode())
+        total += size // 2 + 4
+        bound += size + 4
     if req.response_format is not None and req.response_format.json_schema is not None:
-        total += len(req.response_format.model_dump_json().encode()) // 2
+        size = len(req.response_format.model_dump_json().encode())
+        total += size // 2
+        bound += size
     extra = req.model_extra
     if extra:
         # Whatever else is sent on is read by the provider: counted, so that no member rides free (the legacy
         # `functions` tool list went unreserved). A `prediction` is output (`predicted_tokens`); option values
         # add a few tokens.
         sent = {name: value for name, value in extra.items() if name != "prediction"}
-        total += len(orjson.dumps(sent)) // 2
-    return PromptEstimate(total, tuple(images), referenced)
+        size = len(orjson.dumps(sent))
+        total += size // 2
+        bound += size
+    bound += MESSAGE_OVERHEAD_TOKENS * len(req.messages)
+    return PromptEstimate(total, tuple(images), referenced, bound)
 
 
 def sent_as_written(estimate: PromptEstimate, body: Mapping[str, Any]) -> PromptEstimate:
     """The estimate for a body passed through as the client wrote it (`estimate`: its translation's): at least
-    half the bytes of all of it but its inline pictures (priced by formula, as in `estimate`), with a picture or
+    half the bytes of all of it but its inline pictures (priced by formula, as in `estimate`), bounded by all of
+    those bytes (a token a byte, `prompt_estimate`), with a picture or
     a PDF the provider fetches itself at the most it can cost. The translation leaves out what the internal
     form cannot carry (content blocks and fields only the provider's API has), which the provider still reads
     and bills: unreserved, a budget could be overspent by all of it."""
@@ -430,8 +464,13 @@ def sent_as_written(estimate: PromptEstimate, body: Mapping[str, Any]) -> Prompt
                 pictures += inline
         elif kind in ("document", "input_file") and not _inline_document(block):
             referenced += REFERENCED_DOCUMENT_TOKENS
-    written = (len(orjson.dumps(dict(body), default=str)) - pictures) // 2
-    return PromptEstimate(max(estimate.text_tokens, written), tuple(images), max(estimate.referenced, referenced))
+    size = len(orjson.dumps(dict(body), default=str)) - pictures
+    return PromptEstimate(
+        max(estimate.text_tokens, size // 2),
+        tuple(images),
+        max(estimate.referenced, referenced),
+        max(estimate.text_bound, size),
+    )
 
 
 def _inline_picture(block: dict[str, Any]) -> int | None:
@@ -458,9 +497,10 @@ def _inline_document(block: dict[str, Any]) -> bool:
 
 def predicted_tokens(req: ChatRequest) -> int:
     """An upper bound of a `prediction`'s tokens (OpenAI's Predicted Outputs): those the answer does not use are
-    billed at the completion rate, beyond the tokens it generates and its output cap."""
+    billed at the completion rate, beyond the tokens it generates and its output cap. A token a byte of its JSON, as
+    a prompt's bound (`prompt_estimate`): half of them was none for a prediction of code or ids."""
     prediction = (req.model_extra or {}).get("prediction")
-    return 0 if prediction is None else len(orjson.dumps(prediction)) // 2 + 1
+    return 0 if prediction is None else len(orjson.dumps(prediction))
 
 
 def estimate_prompt_tokens(req: ChatRequest) -> int:

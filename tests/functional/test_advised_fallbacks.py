@@ -87,8 +87,8 @@ def test_the_advisor_is_reserved_only_at_the_deployments_it_is_sent_to(falling_b
     unadvised = worst(sdk, {**settings, "tools": [], "betas": []})
     sonnet_advised = worst(sdk, settings, **{"x-gateway-fallbacks": "none"})
     assert sonnet_advised < unadvised, (sonnet_advised, unadvised)  # (the fallback's own is the dearer)
-    # (The tool's own bytes are in the fallback's prompt estimate: about 60 tokens at $150 a million.)
-    assert advised == pytest.approx(unadvised, abs=0.01), (advised, unadvised)
+    # (The tool's own bytes are in the fallback's worst case, a token a byte: about 100 tokens at $150 a million.)
+    assert advised == pytest.approx(unadvised, abs=0.02), (advised, unadvised)
 
 
 @pytest.mark.parametrize("bound", ["budget", "x-gateway-max-cost-usd"])
@@ -146,7 +146,8 @@ def test_a_translated_fallback_cut_unanswered_is_charged_no_advisor(falling_back
     plain, advised = falling_back.ledger(key)  # (newest first)
     assert {line.cost_source for line in (plain, advised)} == {"reserved"}
     assert advised.provider == "openai"
-    assert advised.cost_usd == pytest.approx(plain.cost_usd, abs=0.01), (advised.cost_usd, plain.cost_usd)
+    # (The tool's own bytes are in the worst case charged, a token a byte: about 100 tokens at $150 a million.)
+    assert advised.cost_usd == pytest.approx(plain.cost_usd, abs=0.02), (advised.cost_usd, plain.cost_usd)
 
 
 @pytest.mark.parametrize("advised", [False, True], ids=["plain", "advised"])

@@ -763,6 +763,88 @@ async def test_an_embeddings_budget_holds_for_text_of_a_token_a_byte() -> None:
     await served.gateway.aclose()
 
 
+# A chat request's text of a token a byte (`TOKEN_A_BYTE`, 8,000 bytes), as each API asks it: Chat Completions, the
+# Messages API to Anthropic (passed through as written) and to an OpenAI-compatible server (translated), the Responses
+# API to OpenAI (as written) and to a compatible server (translated).
+TOKEN_A_BYTE = "1a" * 4_000
+OPENAI_NATIVE = {
+    "type": "openai",
+    "api_key": "env:OPENAI_API_KEY",
+    "base_url": "http://up/v1",
+    "responses_api": "native",
+}
+ASKED_A_TOKEN_A_BYTE: dict[str, tuple[str, dict[str, Any] | None, dict[str, Any]]] = {
+    "chat": ("/v1/chat/completions", None, {"messages": [{"role": "user", "content": TOKEN_A_BYTE}], "max_tokens": 16}),
+    "messages": (
+        "/v1/messages",
+        {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": "http://up"},
+        {"messages": [{"role": "user", "content": TOKEN_A_BYTE}], "max_tokens": 16},
+    ),
+    "messages-translated": (
+        "/v1/messages",
+        None,
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": TOKEN_A_BYTE}]}], "max_tokens": 16},
+    ),
+    "responses": ("/v1/responses", OPENAI_NATIVE, {"input": TOKEN_A_BYTE, "max_output_tokens": 16}),
+    "responses-translated": ("/v1/responses", None, {"input": TOKEN_A_BYTE, "max_output_tokens": 16}),
+}
+
+
+@pytest.mark.parametrize("api", list(ASKED_A_TOKEN_A_BYTE))
+async def test_a_chat_budget_holds_for_text_of_a_token_a_byte(api: str) -> None:
+    """A chat request's prompt was reserved at about two bytes a token (half the UTF-8 bytes of its text, of a body
+    passed through as written), said to over-count every tokenizer priced, which it does not: digits and letters mixed
+    (`1a1a`, ids, hashes, code) are a cl100k or o200k token a byte. Two concurrent requests of 8,000 such bytes and
+    `max_tokens: 16` on a key of $9 (at $1,000 a million) each reserved about $4.05, both fit, and each was billed
+    $8.02: the key spent $16.05, on every API (review). Now each reserves its text at a token a byte, the bound of
+    every tokenizer priced: one is refused, saying what lowers it."""
+    path, provider, asked = ASKED_A_TOKEN_A_BYTE[api]
+
+    async def billed_a_token_a_byte(request: httpx.Request) -> httpx.Response:
+        assert TOKEN_A_BYTE.encode() in request.content
+        await asyncio.sleep(0.2)  # (both requests in flight at once)
+        prompt = len(TOKEN_A_BYTE) + 7  # (the turn's role and the chat template's tokens around it)
+        if request.url.path.endswith("/messages"):
+            usage: dict[str, Any] = {"input_tokens": prompt, "output_tokens": 16}
+            return httpx.Response(200, json={**WHOLE_NATIVE["messages"], "usage": usage})
+        if request.url.path.endswith("/responses"):
+            usage = {"input_tokens": prompt, "output_tokens": 16, "total_tokens": prompt + 16}
+            return httpx.Response(200, json={**WHOLE_NATIVE["responses"], "usage": usage})
+        usage = {"prompt_tokens": prompt, "completion_tokens": 16, "total_tokens": prompt + 16}
+        return httpx.Response(200, json={**completion(), "usage": usage})
+
+    environ = {**PROVIDER_KEYS, "ANTHROPIC_API_KEY": "sk-ant-test-000000000000"}
+    models = {"m": {**MODEL, "price": {"input": 1000, "output": 1000}}}
+    served = await serve(billed_a_token_a_byte, models, budget_usd=9.0, provider=provider, environ=environ)
+    body = {"model": "m", **asked}
+    answers = await asyncio.gather(served.post(path, body), served.post(path, body))
+    assert sorted(answer.status_code for answer in answers) == [200, 402], [answer.text for answer in answers]
+    spent = sum((line.cost_usd or 0.0) + (line.fee_usd or 0.0) for line in await served.ledger())
+    assert spent == pytest.approx((len(TOKEN_A_BYTE) + 7 + 16) / 1000)
+    [refused] = [answer for answer in answers if answer.status_code == 402]
+    assert "max_tokens lowers it" in refused.text
+    await served.gateway.aclose()
+
+
+async def test_tpm_counts_a_prompts_estimate_not_the_bound_its_budget_reserves() -> None:
+    """A key's `tpm` counts what the request shows at its estimate (about two bytes a token), corrected to the
+    provider's count at settlement, not the token a byte its budget reserves: counted at that bound, 20 KB of English,
+    some 4,000 tokens, would take 20,000 of a `tpm` of 12,000 and be refused, though it fits."""
+
+    def billed_a_token_five_bytes(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={**completion(), "usage": {"prompt_tokens": 4_000, "completion_tokens": 5}})
+
+    served = await serve(billed_a_token_five_bytes, {"m": MODEL})
+    record = KeyRecord(id="", name="t", secret_hash="", created_at=0, tpm=12_000, budget_usd=10.0)
+    key = await KeyAdmin(KeyService(served.gateway.store, 0)).mint(record)
+    body = {"model": "m", "messages": [{"role": "user", "content": "word " * 4_000}], "max_tokens": 16}
+    answer = await served.http.post("/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key.key}"})
+    assert answer.status_code == 200, answer.text
+    counted = 12_000 - int(answer.headers["x-ratelimit-remaining-tokens"])  # (at admission: its estimate, its cap)
+    assert counted < 20_000 // 2 + 100, counted
+    await served.gateway.aclose()
+
+
 async def test_an_option_the_deployment_was_not_sent_is_not_billed() -> None:
     """Azure's Chat Completions has no `web_search_options` or `service_tier`: they are dropped and named, and were
     billed all the same (the $0.03 search fee for a search that never ran, a priority tier's double price). Found
@@ -847,8 +929,8 @@ async def test_a_service_tier_is_priced_by_the_model_served_the_gateways_multipl
     ):
         assert await cost(model, tier) == pytest.approx(rate * await cost(model, None)), (model, tier)
         plain_worst = await worst(model, None)
-        # (A few prompt tokens more: the tier's own bytes are counted.)
-        assert await worst(model, tier) == pytest.approx(max(rate, 1.0) * plain_worst, rel=2e-3), (model, tier)
+        # (A few prompt tokens more: the tier's own bytes are counted, a token a byte.)
+        assert await worst(model, tier) == pytest.approx(max(rate, 1.0) * plain_worst, rel=4e-3), (model, tier)
     # A tier the plan's models do not price: the client's 400 before anything is sent or reserved.
     before = len(sent)
     refused = await served.post("/v1/chat/completions", {"model": "plain", "messages": HI, "service_tier": "scale"})

@@ -21,6 +21,7 @@ from handler.pipeline.pricing import (
     cost_of,
     estimate_prompt_tokens,
     plausible,
+    predicted_tokens,
     price_for,
     prompt_estimate,
     runs_as,
@@ -558,6 +559,59 @@ def test_a_text_part_is_estimated_as_its_json_whatever_its_characters(text: str,
     req = ChatRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": [part]}]})
     [written] = req.messages[0].content  # type: ignore[misc]
     assert prompt_estimate(req).text_tokens == 8 + len(written.model_dump_json().encode()) // 2 + 1  # type: ignore[union-attr]
+
+
+# Digits and letters mixed: a cl100k or o200k token a byte (review), 2,000 bytes.
+A_TOKEN_A_BYTE = "1a" * 1_000
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        {"messages": [{"role": "user", "content": A_TOKEN_A_BYTE}]},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": A_TOKEN_A_BYTE}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": A_TOKEN_A_BYTE, "cache_control": {}}]}]},
+        {
+            "messages": [
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"id": "c", "type": "function", "function": {"name": "f", "arguments": A_TOKEN_A_BYTE}}
+                    ],
+                }
+            ]
+        },
+        {"messages": [{"role": "assistant", "content": "ok", "reasoning_content": A_TOKEN_A_BYTE}]},
+        {"messages": [{"role": "assistant", "content": "ok", "refusal": A_TOKEN_A_BYTE}]},
+        {"tools": [{"type": "function", "function": {"name": "f", "description": A_TOKEN_A_BYTE}}]},
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "s", "description": A_TOKEN_A_BYTE}}},
+        {"functions": [{"name": "f", "description": A_TOKEN_A_BYTE}]},
+    ],
+)
+def test_a_prompts_worst_case_is_its_text_at_a_token_a_byte(member: dict[str, object]) -> None:
+    """Text of a token a byte wherever a request holds it is in the worst case at a token a byte, the bound of every
+    tokenizer priced: it was reserved at half of them (some 1,000 tokens for 2,000), said to over-count every
+    tokenizer, which byte-level BPE does not (review). The rate limits' estimate stays about half."""
+    req = ChatRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}], **member})
+    estimate = prompt_estimate(req)
+    assert estimate.tokens("openai", "m") >= len(A_TOKEN_A_BYTE) + 8 * len(req.messages)
+    assert len(A_TOKEN_A_BYTE) // 2 <= estimate.seen("openai", "m") < len(A_TOKEN_A_BYTE)
+    # Passed through as written, the body's every byte, never below the translation's bound.
+    written = sent_as_written(estimate, req.model_dump(exclude_none=True))
+    assert written.tokens("openai", "m") >= estimate.tokens("openai", "m")
+    assert written.seen("openai", "m") < len(A_TOKEN_A_BYTE) + 200
+
+
+def test_a_predictions_worst_case_is_its_text_at_a_token_a_byte() -> None:
+    """A `prediction`'s unused tokens are billed as output: a prediction of code or ids is a token a byte, and was
+    reserved at half of them."""
+    prediction = {"type": "content", "content": A_TOKEN_A_BYTE}
+    req = ChatRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "prediction": prediction}
+    )
+    assert predicted_tokens(req) >= len(A_TOKEN_A_BYTE)
+    assert prompt_estimate(req).tokens("openai", "m") < 100  # (output, not prompt)
 
 
 def test_a_file_by_id_is_estimated_as_the_most_a_document_can_cost() -> None:
