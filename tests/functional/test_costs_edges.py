@@ -555,8 +555,9 @@ async def test_an_embeddings_usage_without_its_count_is_none_and_the_input_estim
     usage: dict[str, Any] | None,
 ) -> None:
     """Embeddings of 10,000 characters whose usage says `prompt_tokens: null` (or `usage: {}`): the input estimated
-    (10,000 tokens, a token a byte: its bound), as for an answer without `usage`. Read as 0, it was billed $0 as the provider's count (found by
-    review); `usage: null` was the provider's malformed answer, a 502 charged its worst case."""
+    (10,000 tokens, a token a byte: its bound), as for an answer without `usage`. Read as 0, it was billed $0 as the
+    provider's count (found by review); `usage: null` was the provider's malformed answer, a 502 charged its worst
+    case."""
 
     def upstream(request: httpx.Request) -> httpx.Response:
         data = [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]
