@@ -47,8 +47,9 @@ MINIMUM_TOKENS: tuple[tuple[str, int], ...] = (
 DEFAULT_MINIMUM = 1024
 # The Claude models Bedrock caches nothing for (its prompt caching is Claude 3.7 Sonnet, 3.5 Haiku and the Claude 4
 # models; 3.5 Sonnet v2 only for the accounts of its preview): no checkpoint goes to them, nor to Bedrock's other
-# models (Nova caches no tools: not placed for it).
-BEDROCK_UNCACHED = re.compile(r"claude-(3-(sonnet|opus|haiku)|3-5-sonnet|v2|instant)")
+# models (Nova caches no tools: not placed for it). A pattern, compiled where it is first searched (`re`'s cache):
+# compiled here it was a Lambda cold start's work, for deployments that may never see Bedrock.
+BEDROCK_UNCACHED = r"claude-(3-(sonnet|opus|haiku)|3-5-sonnet|v2|instant)"
 
 
 def setting(target_options: Mapping[str, Any], provider_options: Mapping[str, Any]) -> str:
@@ -73,7 +74,7 @@ def wanted(req: ChatRequest, configured: str) -> bool:
 def minimum_tokens(model: str, bedrock: bool = False) -> int | None:
     """The fewest tokens a prefix must hold for `model` to cache it; None where it caches nothing (on Bedrock, a
     model other than the Claude models it caches for)."""
-    if bedrock and ("anthropic.claude" not in model or BEDROCK_UNCACHED.search(model)):
+    if bedrock and ("anthropic.claude" not in model or re.search(BEDROCK_UNCACHED, model)):
         return None
     return next((tokens for fragment, tokens in MINIMUM_TOKENS if fragment in model), DEFAULT_MINIMUM)
 
