@@ -550,6 +550,17 @@ def test_an_invalid_function_call_fails_over_and_its_billed_prompt_is_charged(fa
     assert failed.cost_usd == pytest.approx(prompt * PRICE["input"] / 1e6)
 
 
+def routed_text(running: Running, key: str, model: str, stream: bool) -> tuple[str, str]:
+    """The route and the text of `model`'s answer to `HI` through the openai SDK, streamed or whole."""
+    oa = client(running, key)
+    if stream:
+        with oa.chat.completions.with_streaming_response.create(model=model, messages=HI, stream=True) as streamed:
+            route = streamed.headers["x-gateway-route"]
+            return route, "".join(c.choices[0].delta.content or "" for c in streamed.parse() if c.choices)
+    raw = oa.chat.completions.with_raw_response.create(model=model, messages=HI)
+    return raw.headers["x-gateway-route"], raw.parse().choices[0].message.content or ""
+
+
 @pytest.mark.parametrize("ending", ["too-many-tool-calls", "missing-thought-signature", "other"])
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 def test_a_finish_with_no_answer_fails_over_and_its_billed_prompt_is_charged(
@@ -560,15 +571,7 @@ def test_a_finish_with_no_answer_fails_over_and_its_billed_prompt_is_charged(
     (review). Now, as `MALFORMED_FUNCTION_CALL`, the provider's malformed answer: the fallback is tried, and what
     Gemini billed is on the line."""
     key = faulty.mint(name=f"gemini-{ending}-{stream}")
-    oa = client(faulty, key)
-    model = f"gemini-{ending}"
-    if stream:
-        with oa.chat.completions.with_streaming_response.create(model=model, messages=HI, stream=True) as streamed:
-            route = streamed.headers["x-gateway-route"]
-            text = "".join(c.choices[0].delta.content or "" for c in streamed.parse() if c.choices)
-    else:
-        raw = oa.chat.completions.with_raw_response.create(model=model, messages=HI)
-        route, text = raw.headers["x-gateway-route"], raw.parse().choices[0].message.content
+    route, text = routed_text(faulty, key, f"gemini-{ending}", stream)
     assert route == f"gemini/ends-{ending}@global=invalid_response, gemini/gemini-2.5-flash@global=200"
     assert text == TEXT
     [line] = faulty.ledger(key)
@@ -588,15 +591,7 @@ def test_a_preamble_before_a_finish_with_no_answer_fails_over_and_is_charged_onc
     stop`, and no fallback tried (review). Now whole as streamed, the provider's malformed answer: the fallback
     answers, and the one line charges what Gemini billed for both, the preamble's output once."""
     key = faulty.mint(name=f"gemini-said-{ending}-{stream}")
-    oa = client(faulty, key)
-    model = f"gemini-said-{ending}"
-    if stream:
-        with oa.chat.completions.with_streaming_response.create(model=model, messages=HI, stream=True) as streamed:
-            route = streamed.headers["x-gateway-route"]
-            text = "".join(c.choices[0].delta.content or "" for c in streamed.parse() if c.choices)
-    else:
-        raw = oa.chat.completions.with_raw_response.create(model=model, messages=HI)
-        route, text = raw.headers["x-gateway-route"], raw.parse().choices[0].message.content
+    route, text = routed_text(faulty, key, f"gemini-said-{ending}", stream)
     assert route == f"gemini/said-ends-{ending}@global=invalid_response, gemini/gemini-2.5-flash@global=200"
     assert text == TEXT
     [line] = faulty.ledger(key)

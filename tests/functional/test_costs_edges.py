@@ -402,23 +402,21 @@ LITELLM_USAGE = {
 }
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-async def test_a_null_count_in_a_chat_usage_is_0_and_the_answer_billed_on_its_usage(stream: bool) -> None:
-    """A null count is 0, as `wire.usage_count` reads it for every other reader (the Responses API's
-    `"cached_tokens": null`). The strict Chat Completions counts refused it: an answer of 28 in and 5 out was the
-    provider's malformed answer, a 502 charged its reserved worst case (10 in, 4,000 out: $0.00801 for $0.000038;
-    found by review)."""
+async def chat_answered(content: str, usage: dict[str, Any], stream: bool) -> tuple[httpx.Response, Any]:
+    """A Chat Completions request for model `m` answered `content` with `usage` (its last chunk's when `stream`), and
+    its ledger line."""
     head = {"id": "c", "created": 1, "model": "x"}
+    message = {"role": "assistant", "content": content}
     whole = {
         **head,
         "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
-        "usage": LITELLM_USAGE,
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": usage,
     }
-    delta = {"index": 0, "delta": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}
     chunks = [
-        {**head, "object": "chat.completion.chunk", "choices": [delta]},
-        {**head, "object": "chat.completion.chunk", "choices": [], "usage": LITELLM_USAGE},
+        {**head, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": message}]},
+        {**head, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage},
     ]
     events = b"".join(b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks) + b"data: [DONE]\n\n"
 
@@ -432,6 +430,16 @@ async def test_a_null_count_in_a_chat_usage_is_0_and_the_answer_billed_on_its_us
     answer = await served.post("/v1/chat/completions", body)
     [line] = await served.ledger()
     await served.gateway.aclose()
+    return answer, line
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_a_null_count_in_a_chat_usage_is_0_and_the_answer_billed_on_its_usage(stream: bool) -> None:
+    """A null count is 0, as `wire.usage_count` reads it for every other reader (the Responses API's
+    `"cached_tokens": null`). The strict Chat Completions counts refused it: an answer of 28 in and 5 out was the
+    provider's malformed answer, a 502 charged its reserved worst case (10 in, 4,000 out: $0.00801 for $0.000038;
+    found by review)."""
+    answer, line = await chat_answered("hello", LITELLM_USAGE, stream)
     assert (answer.status_code, b'"error"' in answer.content) == (200, False), answer.text
     assert (line.cost_source, line.input_tokens, line.output_tokens) == ("provider", 28, 5)
     assert line.cost_usd == pytest.approx(3.8e-05)  # (28 in at $1, 5 out at $2 a million)
@@ -462,31 +470,7 @@ async def test_a_chat_usage_without_a_main_count_is_none_and_the_answer_estimate
     streamed. Read as 0 (a null count is 0 for the details alone: `LITELLM_USAGE`), it was billed as the provider's
     count: 10 in and 0 out with `completion_tokens: null` ($0.00001), $0 with every count null or `usage: {}`; and so
     was an explicit 0 tokens out for what was written (found by review)."""
-    head = {"id": "c", "created": 1, "model": "x"}
-    message = {"role": "assistant", "content": TEXT}
-    whole = {
-        **head,
-        "object": "chat.completion",
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-        "usage": usage,
-    }
-    chunks = [
-        {**head, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": message}]},
-        {**head, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
-        {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage},
-    ]
-    events = b"".join(b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks) + b"data: [DONE]\n\n"
-
-    def upstream(request: httpx.Request) -> httpx.Response:
-        if stream:
-            return httpx.Response(200, content=events, headers={"content-type": "text/event-stream"})
-        return httpx.Response(200, json=whole)
-
-    served = await serve(upstream, {"m": MODEL})
-    body = {"model": "m", "messages": HI, "max_tokens": 4000, "stream": stream}
-    answer = await served.post("/v1/chat/completions", body)
-    [line] = await served.ledger()
-    await served.gateway.aclose()
+    answer, line = await chat_answered(TEXT, usage, stream)
     assert (answer.status_code, b'"error"' in answer.content) == (200, False), answer.text
     assert (line.status, line.cost_source, line.output_tokens) == (200, "estimate", 1000), (line.input_tokens, usage)
     assert (line.cost_usd or 0) > 0.002  # (1,000 out at $2 a million, and the prompt)
