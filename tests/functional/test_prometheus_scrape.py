@@ -244,7 +244,12 @@ def test_every_worker_of_gateway_serve_answers_for_the_whole_server(
 def test_a_metrics_port_with_several_workers_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"observability": {"metrics_port": 9464}}))
+    served = {  # (a model to serve: a config naming none is refused before its metrics port is read)
+        "providers": {"openai": {"type": "openai", "api_key": "sk-test-000000000000"}},
+        "models": {"gpt-test": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]}},
+    }
+    config = {**served, "observability": {"metrics_port": 9464}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     assert main(["serve", "--config", str(tmp_path / "config.yaml"), "--workers", "2"]) == 2
     error = capsys.readouterr().err
     assert "observability.metrics_port" in error and "run --workers 1" in error
