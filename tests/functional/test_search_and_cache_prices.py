@@ -487,7 +487,7 @@ def test_a_compaction_and_the_answer_each_under_the_long_context_threshold_are_p
     the answer's sampling reads the 21-token summary: each is billed at $3/$15, as Anthropic bills a sampling under
     200k. Their sum, 200,011, was priced at the long tier: $1.200696 where Anthropic bills $0.600453, on the header,
     the stream's cost, the line and the budget alike (found by review)."""
-    key = priced.mint(name=f"compaction-tier-{stream}", budget_usd=5.0)
+    key = priced.mint(name=f"compaction-tier-{stream}", budget_usd=20.0)  # (its worst case $9.60: a token a byte)
     # A conversation the fake counts 199,990 tokens (its bytes / 4).
     frame = len(orjson.dumps([None, [{"role": "user", "content": ""}]]))
     conversation: Any = [{"role": "user", "content": "a" * (199_990 * 4 - frame)}]
@@ -511,7 +511,7 @@ def test_a_compaction_and_the_answer_each_under_the_long_context_threshold_are_p
     output_tokens = compaction.output_tokens + usage.output_tokens
     billed = (input_tokens * 3.0 + output_tokens * 15.0) / 1e6  # each sampling at the base tier
     assert cost["provider_usd"] == pytest.approx(billed, abs=1e-12)
-    assert cost["budget_remaining_usd"] == pytest.approx(5.0 - billed, abs=1e-12)
+    assert cost["budget_remaining_usd"] == pytest.approx(20.0 - billed, abs=1e-12)
     [line] = priced.ledger(key)
     assert line.cost_usd == cost["provider_usd"] and line.cost_source == "provider"
     assert (line.input_tokens, line.output_tokens) == (input_tokens, output_tokens)

@@ -140,7 +140,7 @@ def test_answers_waiting_on_their_provider_past_the_grace_are_told_the_gateway_s
     assert "charged its reserved worst case, 9 input and 4096 output tokens" in error["message"]
     said = anthropic.json()
     assert (said["type"], said["error"]["type"]) == ("error", "api_error")
-    assert "charged its reserved worst case, 22 input and 50 output tokens" in said["error"]["message"]
+    assert "charged its reserved worst case, 34 input and 50 output tokens" in said["error"]["message"]
     assert anthropic.headers["request-id"] == anthropic.headers["x-request-id"]
 
     # The stream on /v1/messages ends with Anthropic's error event, what it is charged beside it.
