@@ -13,13 +13,12 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
 from handler.errors import InvalidRequestError, UpstreamError
-from handler.records import FrozenRecord, Record, Value
+from handler.records import FrozenRecord, Record, Value, stored
 from handler.schemas import ChatCompletion, ChatRequest, Usage
 from handler.wire import SSEDecoder, StreamEvent
 
@@ -582,12 +581,37 @@ class RateRefused(Exception):
 # --- records ----------------------------------------------------------------------------------------
 #
 # The stored records are dataclasses for the protocol (orjson writes them, `dataclasses.replace` and `fields`
-# work on them) with nothing generated: see handler/records.py.
+# work on them) with nothing generated, their fields in `__slots__`: see `handler.records.stored`.
 
 
-@dataclass(slots=True, init=False, eq=False, repr=False)
+@stored
 class KeyRecord(Record):
     """A gateway key as stored. The secret itself is never stored, only its hash."""
+
+    __slots__ = (
+        "id",
+        "name",
+        "secret_hash",
+        "created_at",
+        "models",
+        "budget_usd",
+        "budget_period",
+        "expires_at",
+        "rpm",
+        "tpm",
+        "model_limits",
+        "allow_ips",
+        "admin",
+        "parent_id",
+        "ancestors",
+        "revoked_at",
+        "prev_secret_hash",
+        "prev_valid_until",
+        "version",
+        "home_region",
+        "tags",
+        "revoked_by",
+    )
 
     id: str
     name: str
@@ -705,13 +729,15 @@ def period_end(period: str) -> float | None:
     return None
 
 
-@dataclass(slots=True, init=False, eq=False, repr=False)
+@stored
 class BudgetCharge(FrozenRecord):
     """Reserve `amount_usd` on `key_id`'s counter for `period` (`total`, `day:YYYY-MM-DD` or `month:YYYY-MM`, UTC:
     `period_end`) if it stays within `limit_usd`.
 
     `home_region` is the key's (`KeyRecord.home_region`): a store in another region spends from its own
     lease of the budget instead of the key's counter (None: the counter is local)."""
+
+    __slots__ = ("key_id", "period", "limit_usd", "amount_usd", "home_region")
 
     key_id: str
     period: str
@@ -730,13 +756,15 @@ class BudgetCharge(FrozenRecord):
         assign(self, "home_region", home_region)
 
 
-@dataclass(slots=True, init=False, eq=False, repr=False)
+@stored
 class RateCharge(FrozenRecord):
     """Count against one rate limit for the window `window` (epoch minute).
 
     `name` is `rpm`, `tpm`, `rpm:<pattern>` or `tpm:<pattern>` (a `model_limits` entry); the counter must stay
     `<= limit` after adding `amount` (for `rpm` the amount is 1).
     """
+
+    __slots__ = ("name", "window", "limit", "amount", "key_id", "home_region")
 
     name: str
     window: int
@@ -791,12 +819,14 @@ class Admission(Value):
         self.home_region: Final = home_region  # `key_id`'s home region: where its rate counters live (None: local)
 
 
-@dataclass(slots=True, init=False, eq=False, repr=False)
+@stored
 class MeterSnapshot(Record):
     """A key's counters: per budget period, `committed_usd` (spent plus live reservations) and
     `spent_usd` (settled only); per rate-limit name, the count in the current window. An admission's also names,
     in `rate_windows`, each counter it counted in a later window than its own, the one another gateway's clock
     began first (`RateCharge.window` and `counter`): that count lasts to its window's end, not to the admission's."""
+
+    __slots__ = ("committed_usd", "spent_usd", "rates", "rate_windows")
 
     committed_usd: dict[str, float]
     spent_usd: dict[str, float]
@@ -816,9 +846,37 @@ class MeterSnapshot(Record):
         self.rate_windows = {} if rate_windows is None else rate_windows
 
 
-@dataclass(slots=True, init=False, eq=False, repr=False)
+@stored
 class LedgerItem(Record):
     """One line item: a request that reached a provider."""
+
+    __slots__ = (
+        "request_id",
+        "ts",
+        "key_id",
+        "ancestors",
+        "model",
+        "provider",
+        "region",
+        "upstream_model",
+        "input_tokens",
+        "cached_tokens",
+        "cache_write_tokens",
+        "output_tokens",
+        "cost_usd",
+        "fee_usd",
+        "status",
+        "gateway_ms",
+        "store_ms",
+        "upstream_ms",
+        "route",
+        "cost_source",
+        "tags",
+        "user",
+        "session",
+        "reasoning_tokens",
+        "cache_savings_usd",
+    )
 
     request_id: str
     ts: float
@@ -911,7 +969,7 @@ class LedgerItem(Record):
         return datetime.fromtimestamp(self.ts, UTC).strftime("%Y-%m-%d")
 
 
-@dataclass(slots=True, init=False, eq=False, repr=False)
+@stored
 class Settlement(FrozenRecord):
     """After the answer: turn the reservation into the actual cost and record the line item.
 
@@ -922,6 +980,8 @@ class Settlement(FrozenRecord):
     the key whose counter it is (`key_id`), line item or not: a request that reached no provider has
     none, and gives back all it reserved.
     """
+
+    __slots__ = ("reservation_id", "budgets", "reserved_usd", "rates", "item", "home_region", "expires_at")
 
     reservation_id: str
     budgets: list[BudgetCharge]

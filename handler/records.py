@@ -9,21 +9,24 @@ shares its equality, hash and repr with every other record through these bases.
 
 - `Value`: an immutable value (what was a NamedTuple). Its fields are `Final`: mypy refuses any assignment after
   `__init__`. Equal to values of its own class with equal fields, hashable, `_replace` as a NamedTuple's.
-- `Record` and `FrozenRecord`: the stored records that stay dataclasses for the protocol (orjson writes them,
-  `dataclasses.replace` and `fields` work on them), declared `@dataclass(slots=True, init=False, eq=False,
-  repr=False)` so that nothing is generated; `FrozenRecord` refuses assignment at run time, as a frozen dataclass.
+- `Record` and `FrozenRecord`: the stored records, which stay dataclasses for the protocol (orjson writes them,
+  `dataclasses.replace`, `fields` and `asdict` work on them): each declares its fields in `__slots__` and is made
+  one by `stored`, which gives it the fields' table and nothing else; `FrozenRecord` refuses assignment at run time,
+  as a frozen dataclass.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import FrozenInstanceError
-from typing import Any, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 
 class Record:
     """Equality by value over the fields (with records of the same class only) and a repr naming them."""
 
     __slots__ = ()
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]  # (a stored record's: `stored`)
 
     def _field_names(self) -> tuple[str, ...]:
         names: tuple[str, ...] = self.__slots__  # the subclass's: its fields, in order
@@ -74,3 +77,26 @@ class FrozenRecord(Value):
     def __setstate__(self, state: tuple[object, ...]) -> None:
         for name, value in zip(self._field_names(), state, strict=True):
             object.__setattr__(self, name, value)
+
+
+R = TypeVar("R", bound=Record)
+# What marks a dataclass field as one (not a class or init-only variable): `dataclasses.fields` reads no other.
+FIELD = dataclasses._FIELD  # type: ignore[attr-defined]
+
+
+def stored(cls: type[R]) -> type[R]:
+    """`cls`, a record whose fields are its `__slots__`, each annotated, made a dataclass as far as its readers go:
+    its table of fields (`__dataclass_fields__`), in their order, by which orjson writes it and `dataclasses.fields`,
+    `replace` and `asdict` read it. Nothing else of `@dataclass` is made: even with no method generated, its
+    processing of a class (every annotation looked through, the class made again for its slots) cost a Lambda cold
+    start 4.3 million instructions for the six stored records, 1.3 million for the ledger item alone (callgrind)."""
+    names: tuple[str, ...] = cls.__slots__
+    annotations = cls.__annotations__
+    table: dict[str, dataclasses.Field[Any]] = {}
+    for name in names:
+        field: dataclasses.Field[Any] = dataclasses.field()
+        field.name, field.type = name, annotations[name]
+        field._field_type = FIELD  # type: ignore[attr-defined]
+        table[name] = field
+    cls.__dataclass_fields__ = table
+    return cls

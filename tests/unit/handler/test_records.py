@@ -3,15 +3,17 @@ relies on it: equal by value, hashable, shown with their fields, copied with cha
 stored records copy and pickle as the frozen dataclasses they replaced."""
 
 import copy
+import dataclasses
 import pickle
 from collections.abc import Callable
 from types import MappingProxyType
 
+import orjson
 import pytest
 
 from adapters.store.metered import Applied, Unmet
 from handler.pipeline.routing import RouteControls
-from handler.ports import BudgetCharge, RateCharge, Settlement, Target
+from handler.ports import BudgetCharge, KeyRecord, LedgerItem, RateCharge, Settlement, Target
 from handler.wire import StreamEvent
 
 
@@ -62,3 +64,20 @@ def test_frozen_records_copy_and_pickle_as_frozen_dataclasses_do(
     """A frozen record refuses assignment, but not the copy module's or pickle's, which restore its fields."""
     copied = how(record)
     assert copied == record and copied is not record
+
+
+def test_stored_records_are_dataclasses_for_orjson_and_the_dataclass_functions() -> None:
+    # `handler.records.stored` gives a record its fields' table alone: the stores write records with orjson, the
+    # spool rebuilds them by `dataclasses.fields`, the key routes copy them by `dataclasses.replace`.
+    item = LedgerItem("req", 1.0, "k1", ["k0"], "m", "openai", "us-east-1", "gpt-4o", 3, 0, 0, 5, 0.25, 0.0, 200)
+    names = [field.name for field in dataclasses.fields(item)]
+    assert names == list(LedgerItem.__slots__) and names[:3] == ["request_id", "ts", "key_id"]
+    assert dataclasses.fields(item)[0].type == "str"
+    assert orjson.loads(orjson.dumps(item)) == dataclasses.asdict(item) == {name: getattr(item, name) for name in names}
+    assert dataclasses.replace(item, model="n") == LedgerItem(**{**dataclasses.asdict(item), "model": "n"})
+    assert dataclasses.replace(item, model="n") != item and item.model == "m"
+    charge = BudgetCharge("k1", "total", 1.0, 0.5)
+    settled = Settlement("r", [charge], 0.5, [RateCharge("rpm", 7, 10, 1)], item)
+    assert orjson.loads(orjson.dumps(settled))["budgets"] == [dataclasses.asdict(charge)]
+    assert orjson.loads(orjson.dumps(settled))["item"]["request_id"] == "req"
+    assert dataclasses.is_dataclass(KeyRecord) and dataclasses.replace(KeyRecord("i", "n", "h", 1.0), rpm=5).rpm == 5
