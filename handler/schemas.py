@@ -622,16 +622,28 @@ def completion_id() -> str:
     return f"chatcmpl-{secrets.token_hex(12)}"
 
 
+def reported(counts: Any, *main: str) -> bool:
+    """Whether a provider's usage object `counts` gives its `main` counts (the input's and the output's, as its API
+    names them), the rule every reader of a usage follows: one that is null or left out (`usage: {}` among them)
+    gives no count of what the request cost, so the usage is none, as `usage: null` is, and the answer is estimated
+    (a stream metered as one without its final usage). Read as 0, a reader billed the prompt (or a written answer)
+    free as the provider's count. A detail's count (cached, cache-write, reasoning, audio tokens) is no main count:
+    null or left out, it is 0 (`Count`, `handler.wire.usage_count`)."""
+    return isinstance(counts, dict) and all(counts.get(name) is not None for name in main)
+
+
+# Chat Completions' main counts (`reported`).
+CHAT_COUNTS = ("prompt_tokens", "completion_tokens")
+
+
 def _uncounted_is_none(usage: Any) -> Any:
-    if isinstance(usage, dict) and (usage.get("prompt_tokens") is None or usage.get("completion_tokens") is None):
-        return None
-    return usage
+    return None if isinstance(usage, dict) and not reported(usage, *CHAT_COUNTS) else usage
 
 
 # A provider's usage as its answer (or a stream's chunk) gives it: one without a main count, the input's or the
-# output's (null or left out, `usage: {}` among them), is none, as `usage: null` is, so the answer is estimated and a
-# stream metered as one without its final usage. Read as 0, it billed a written answer as free: 3,000 characters with
-# `"completion_tokens": null` 0 tokens out, with every count null $0 (found by review).
+# output's (null or left out, `usage: {}` among them), is none (`reported`), as `usage: null` is. Read as 0, it
+# billed a written answer as free: 3,000 characters with `"completion_tokens": null` 0 tokens out, with every count
+# null $0 (found by review).
 Reported = Annotated[Usage | None, BeforeValidator(_uncounted_is_none)]
 
 

@@ -379,7 +379,7 @@ class Charges:
             apart += self._advisors_usd(ex, attempt, usage.prompt_tokens, usage.completion_tokens, advised)
         if apart and cost.provider_usd is not None:
             provider = cost.provider_usd + apart
-            cost = Cost(provider, fee_for(provider, self.fee), usage, cost.unit_prices)
+            cost = cost._replace(provider_usd=provider, fee_usd=fee_for(provider, self.fee))
         return cost
 
     @staticmethod

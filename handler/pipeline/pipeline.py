@@ -1312,7 +1312,7 @@ class Pipeline(Charges):
                 ex.cost = self._cost(ex, attempt, usage, served, reserved=unseen, advised=ex.advised)
             if ex.wasted_usd and ex.cost.provider_usd is not None:
                 provider = ex.cost.provider_usd + ex.wasted_usd  # the fee is on the whole, once
-                ex.cost = Cost(provider, fee_for(provider, self.fee), usage, ex.cost.unit_prices)
+                ex.cost = ex.cost._replace(provider_usd=provider, fee_usd=fee_for(provider, self.fee))
             actual = ex.cost.total_usd or 0.0
             # The line counts every answer billed, as its cost does: those thrown away on the way (`wasted_usage`)
             # with the one relayed, whose own counts its client is told (`ex.cost.usage`). An error's line (`free`)
@@ -1321,8 +1321,7 @@ class Pipeline(Charges):
             tokens = billed.prompt_tokens + billed.completion_tokens
             ex.budget_remaining = remaining_usd(reservation, actual)
             if ex.budget_remaining is not None:
-                cost = ex.cost
-                ex.cost = Cost(cost.provider_usd, cost.fee_usd, usage, cost.unit_prices, ex.budget_remaining)
+                ex.cost = ex.cost._replace(budget_remaining_usd=ex.budget_remaining)
             total_ms = (time.perf_counter() - ex.started) * 1000
             item = LedgerItem(
                 request_id=ex.request_id,

@@ -160,7 +160,7 @@ class Cost(Value):
     """What one request cost: the provider's charge, the gateway's fee, and what they were computed from. Both
     amounts are kept `exact`, so the headers, the ledger and the budgets carry the same figure."""
 
-    __slots__ = ("provider_usd", "fee_usd", "usage", "unit_prices", "budget_remaining_usd")
+    __slots__ = ("provider_usd", "fee_usd", "usage", "unit_prices", "budget_remaining_usd", "samplings")
 
     def __init__(
         self,
@@ -169,12 +169,16 @@ class Cost(Value):
         usage: Usage,
         unit_prices: dict[str, float] | None,
         budget_remaining_usd: float | None = None,  # what the key's chain has left once this is spent
+        samplings: tuple[tuple[Usage, dict[str, float]], ...] = (),
     ) -> None:
         self.provider_usd: Final = provider_usd if not provider_usd else exact(provider_usd)
         self.fee_usd: Final = fee_usd if not fee_usd else exact(fee_usd)
         self.usage: Final = usage
+        # The unit prices of the answer's own sampling; those `usage` holds that were priced each on its own
+        # (`Served.samplings`, Anthropic's compaction) are in `samplings`, each with the unit prices of its own tier.
         self.unit_prices: Final = unit_prices
         self.budget_remaining_usd: Final = budget_remaining_usd
+        self.samplings: Final = samplings
 
     @property
     def total_usd(self) -> float | None:
@@ -187,21 +191,30 @@ class Cost(Value):
         """What prompt caching saved: the cache reads at the full input price minus what they cost, less the
         premium paid for cache writes (negative when the writes cost more than the reads saved); 0 unpriced. `exact`,
         as a cost is: kept raw, 22 cached tokens' saving was 1.6499999999999999e-06 on the line and in every report
-        (review)."""
+        (review). Each sampling priced on its own (`samplings`) saves at the prices of its own tier, as it was
+        charged: a compaction past the long-context tier had its cache reads valued at the answer's tier, half what
+        they saved (found by review)."""
         if self.unit_prices is None:
             return 0.0
-        unit = self.unit_prices
-        usage = self.usage
-        read_saved = usage.cached_tokens * (unit["input"] - unit["cached_input"])
-        write_premium = usage.cache_write_tokens * (unit["cache_write"] - unit["input"])
-        if usage.has_counts() and usage.cache_write_1h_tokens:  # an hour's writes: the premium at their own rate
-            write_premium += usage.cache_write_1h_tokens * (hour_rate(unit) - unit["cache_write"])
-        return exact((read_saved - write_premium) / 1_000_000) if read_saved or write_premium else 0.0
+        own, saved = self.usage, 0.0
+        for sampling, unit in self.samplings:
+            own = own.less(sampling)
+            saved += _saved(sampling, unit)
+        saved += _saved(own, self.unit_prices)
+        return exact(saved / 1_000_000) if saved else 0.0
+
+    def parts(self) -> list[tuple[Usage, dict[str, float] | None]]:
+        """The samplings the cost was priced on, each with its unit prices, in the order they ran: those priced on
+        their own (`samplings`), then the answer's own, what is left of `usage`."""
+        own = self.usage
+        for sampling, _ in self.samplings:
+            own = own.less(sampling)
+        return [*self.samplings, (own, self.unit_prices)]
 
     def as_event(self) -> dict[str, Any]:
         """The `cost` object of a stream's last event (and of a whole answer's body), with the budget left where
         the key's chain has one: a stream's `x-gateway-budget-remaining-usd` went out before its cost was known."""
-        event = {
+        event: dict[str, Any] = {
             "provider_usd": self.provider_usd,
             "fee_usd": self.fee_usd,
             "total_usd": self.total_usd,
@@ -212,9 +225,31 @@ class Cost(Value):
             "output_tokens": self.usage.completion_tokens,
             "unit_prices_per_million": self.unit_prices,
         }
+        if self.samplings:  # (each sampling at the unit prices of its own tier: the top level's are the answer's)
+            event["samplings"] = [_counted(usage) | {"unit_prices_per_million": unit} for usage, unit in self.parts()]
         if self.budget_remaining_usd is not None:
             event["budget_remaining_usd"] = self.budget_remaining_usd
         return event
+
+
+def _saved(usage: Usage, unit: dict[str, float]) -> float:
+    """What prompt caching saved on the tokens of `usage` at `unit` prices (`Cost.cache_savings_usd`), in USD per
+    million."""
+    saved = usage.cached_tokens * (unit["input"] - unit["cached_input"])
+    saved -= usage.cache_write_tokens * (unit["cache_write"] - unit["input"])
+    if usage.has_counts() and usage.cache_write_1h_tokens:  # an hour's writes: the premium at their own rate
+        saved -= usage.cache_write_1h_tokens * (hour_rate(unit) - unit["cache_write"])
+    return saved
+
+
+def _counted(usage: Usage) -> dict[str, Any]:
+    """The token counts of a `cost` object (`Cost.as_event`)."""
+    return {
+        "input_tokens": usage.prompt_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "output_tokens": usage.completion_tokens,
+    }
 
 
 # An hour's cache write costs twice the input price at Anthropic; Anthropic and Bedrock (Claude's models) report them.
@@ -278,10 +313,11 @@ def cost_of(usage: Usage, price: Price | None, fee: FeeConfig, samplings: tuple[
         own = own.less(sampling)
     unit = _effective(price, own.prompt_tokens)
     provider = _tokens_usd(own, unit)
-    for sampling in samplings:
-        provider += _tokens_usd(sampling, _effective(price, sampling.prompt_tokens))
+    apart = tuple((sampling, _effective(price, sampling.prompt_tokens)) for sampling in samplings)
+    for sampling, its_unit in apart:
+        provider += _tokens_usd(sampling, its_unit)
     provider /= 1_000_000
-    return Cost(provider, fee_for(provider, fee), usage, unit)
+    return Cost(provider, fee_for(provider, fee), usage, unit, samplings=apart)
 
 
 def _tokens_usd(usage: Usage, unit: dict[str, float]) -> float:

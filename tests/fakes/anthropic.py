@@ -56,7 +56,8 @@ the top level's counts, which leave the advisor's out; with `long-advice`, the a
 tokens, all of them the advisor's output. A request asking for server-side compaction
 (`context_management.edits` with `compact_20260112`) whose input reaches its trigger (150,000 tokens unless set) is
 compacted as the compaction docs show it: a `compaction` block first, the top-level usage counting the sampling after
-it, and `usage.iterations` both, the compaction's tokens in its own entry alone.
+it, and `usage.iterations` both, the compaction's tokens in its own entry alone (the prompt's cache reads and writes
+among them: the compaction is the sampling that reads the prompt).
 Message threads (beta `message-threads-2026-08-12`) are kept as the docs describe them: a request with `thread:
 {"type": "create"}` stores its conversation, `system` and `tools` with the answer under the answer's id; one with
 `{"type": "continue", "previous_message_id": ...}` brings only the new messages, and no `system` or `tools` (refused,
@@ -244,10 +245,12 @@ def compaction_trigger(body: dict[str, Any]) -> int | None:
 
 def compacted(body: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
     """The usage of an answer compacted first (`counts`: its usage uncompacted): the compaction read the whole
-    prompt and wrote the summary; the answer's own sampling, the only one the top level counts, read the summary."""
+    prompt, with what the prompt read from the cache and wrote to it, and wrote the summary; the answer's own sampling,
+    the only one the top level counts, read the summary."""
     summary = len(COMPACTION_SUMMARY) // 4
     none = {"cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
-    compaction = {"type": "compaction", "input_tokens": input_tokens(body), "output_tokens": summary, **none}
+    cached = {name: counts[name] for name in (*none, "input_tokens", "cache_creation")}
+    compaction = {"type": "compaction", **cached, "output_tokens": summary}
     message = {"type": "message", "input_tokens": summary, "output_tokens": OUTPUT_TOKENS, **none}
     cache = {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0}
     return {**counts, "input_tokens": summary, **none, "cache_creation": cache, "iterations": [compaction, message]}

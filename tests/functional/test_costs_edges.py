@@ -557,6 +557,94 @@ async def test_an_embeddings_usage_without_its_count_is_none_and_the_input_estim
     assert line.cost_usd == pytest.approx(0.01)
 
 
+BEDROCK = {"type": "bedrock", "base_url": "http://up", "region": "us-east-1"}
+AWS_KEYS = {**PROVIDER_KEYS, "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret-000000000000"}
+
+
+def answered_uncounted(reader: str, count: dict[str, Any]) -> httpx.Response:
+    """`TEXT` answered in `reader`'s API (its name, `-streamed` for its stream), its usage giving the output count and
+    `count` for the input's (`{}`: left out)."""
+    if reader.startswith("gemini"):
+        candidate = {"content": {"role": "model", "parts": [{"text": TEXT}]}, "finishReason": "STOP", "index": 0}
+        meta = {"candidatesTokenCount": 1000, "totalTokenCount": 1000, **rename(count, "promptTokenCount")}
+        if reader == "gemini":
+            return httpx.Response(200, json={"candidates": [candidate], "usageMetadata": meta})
+        said = {
+            "candidates": [{**candidate, "finishReason": None}],
+            "usageMetadata": {**meta, "candidatesTokenCount": 1},
+        }
+        ended = {"content": {"role": "model", "parts": [{"text": ""}]}, "finishReason": "STOP", "index": 0}
+        events = (said, {"candidates": [ended], "usageMetadata": meta})
+        body = b"".join(b"data: " + orjson.dumps(event) + b"\r\n\r\n" for event in events)
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+    if reader.startswith("bedrock"):
+        from tests.fakes.bedrock import stream_frames
+
+        usage = {"outputTokens": 1000, "totalTokens": 1000, **rename(count, "inputTokens")}
+        message = {"role": "assistant", "content": [{"text": TEXT}]}
+        answer = {"output": {"message": message}, "stopReason": "end_turn", "usage": usage, "metrics": {"latencyMs": 1}}
+        if reader == "bedrock":
+            return httpx.Response(200, json=answer)
+        frames = b"".join(stream_frames(answer))
+        return httpx.Response(200, content=frames, headers={"content-type": "application/vnd.amazon.eventstream"})
+    answer = responses_answer(0)
+    answer["output"][0]["content"] = [{"type": "output_text", "text": TEXT, "annotations": []}]
+    answer["usage"] = {"output_tokens": 1000, "total_tokens": 1000, **rename(count, "input_tokens")}
+    if reader == "responses":
+        return httpx.Response(200, json=answer)
+    frames = [
+        {"type": "response.created", "sequence_number": 0, "response": {**answer, "status": "in_progress"}},
+        {"type": "response.output_text.delta", "sequence_number": 1, "item_id": "msg_1", "delta": TEXT},
+        {"type": "response.completed", "sequence_number": 2, "response": answer},
+    ]
+    body = b"".join(b"event: " + f["type"].encode() + b"\ndata: " + orjson.dumps(f) + b"\n\n" for f in frames)
+    return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+
+def rename(count: dict[str, Any], name: str) -> dict[str, Any]:
+    """`count` (`{"input": None}`, or `{}` for none) as the input count `name` of a provider's usage."""
+    return {name: count["input"]} if "input" in count else {}
+
+
+@pytest.mark.parametrize("count", [{"input": None}, {}], ids=["input_null", "input_missing"])
+@pytest.mark.parametrize(
+    "reader", ["responses", "responses-streamed", "gemini", "gemini-streamed", "bedrock", "bedrock-streamed"]
+)
+async def test_a_usage_without_its_input_count_is_none_in_every_reader(reader: str, count: dict[str, Any]) -> None:
+    """The rule Chat Completions and Anthropic follow, for the Responses API passed through, Gemini and Bedrock,
+    whole and streamed: a usage whose input count is null or left out gives no count of what the request cost, and
+    the answer is estimated (its prompt, and 1,000 tokens out for its 3,000 characters). Read as 0, each was billed
+    0 tokens in as the provider's count, the prompt free (found by review)."""
+    provider, environ, model = NATIVE_RESPONSES, PROVIDER_KEYS, "gpt-4o-mini"
+    if reader.startswith("gemini"):
+        provider, environ, model = (
+            GEMINI,
+            {**PROVIDER_KEYS, "GEMINI_API_KEY": "gm-test-000000000000"},
+            "gemini-2.5-flash",
+        )
+    elif reader.startswith("bedrock"):
+        provider, environ, model = BEDROCK, AWS_KEYS, "meta.llama3-3-70b-instruct-v1:0"
+    priced = {**MODEL, "deployments": [{"provider": "openai", "model": model}]}
+    served = await serve(
+        lambda request: answered_uncounted(reader, count), {"m": priced}, provider=provider, environ=environ
+    )
+    stream = reader.endswith("-streamed")
+    prompt = "word " * 200  # (1,000 characters: an estimate of some 250 tokens)
+    if reader.startswith("responses"):
+        answer = await served.post(
+            "/v1/responses", {"model": "m", "input": prompt, "stream": stream, "max_output_tokens": 4000}
+        )
+    else:
+        asked = {"model": "m", "messages": [{"role": "user", "content": prompt}], "max_tokens": 4000, "stream": stream}
+        answer = await served.post("/v1/chat/completions", asked)
+    [line] = await served.ledger()
+    await served.gateway.aclose()
+    assert (answer.status_code, b'"error"' in answer.content) == (200, False), answer.text
+    assert (line.status, line.cost_source) == (200, "estimate"), (line.input_tokens, line.output_tokens)
+    assert line.input_tokens > 200 and line.output_tokens >= 1000
+    assert line.cost_usd == pytest.approx((line.input_tokens * 1.0 + line.output_tokens * 2.0) / 1e6)
+
+
 async def test_a_gzip_body_never_asked_for_is_charged_and_not_relayed() -> None:
     """A 2xx body in gzip (the gateway asks for none): charged as unreadable, and none of its bytes relayed."""
     packed = gzip.compress(orjson.dumps(completion()))
@@ -1061,6 +1149,35 @@ async def test_a_malformed_answer_is_charged_the_usage_it_carries() -> None:
     assert [(line.status, line.route) for line in lines] == [(502, "openai/gpt-4o-mini@global=invalid_response")] * 2
     assert [line.cost_usd for line in lines] == pytest.approx([billed] * 2)
     await served.gateway.aclose()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize(
+    "usage", [{"completion_tokens": 5}, {"prompt_tokens": None, "completion_tokens": 5}], ids=["missing", "null"]
+)
+async def test_a_malformed_answer_whose_usage_lacks_its_input_count_is_charged_its_worst_case(
+    usage: dict[str, Any], stream: bool
+) -> None:
+    """A malformed answer (as above) whose usage has no input count carries no count of what the provider billed
+    (`schemas.reported`): it is charged as a malformed answer without usage is, its reserved worst case. Read as 0,
+    it was charged 0 tokens in and 5 out as the provider's count, $0.00001 (found by review)."""
+    broken = {**completion(), "usage": usage}
+    broken["choices"][0]["message"]["role"] = "tool"
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "llama", "usage": usage}
+    sse = b"data: " + orjson.dumps({**chunk, "choices": [{"index": 0, "delta": {"role": "tool"}}]}) + b"\n\n"
+
+    def malformed(request: httpx.Request) -> httpx.Response:
+        if stream:
+            return httpx.Response(200, content=sse, headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, json=broken)
+
+    served = await serve(malformed, {"m": MODEL})
+    answer = await served.post("/v1/chat/completions", {"model": "m", "messages": HI, "stream": stream})
+    [line] = await served.ledger()
+    await served.gateway.aclose()
+    assert (answer.status_code, line.status, line.route) == (502, 502, "openai/gpt-4o-mini@global=invalid_response")
+    assert line.cost_source == "reserved", (line.input_tokens, line.output_tokens, line.cost_usd)
+    assert line.input_tokens > 0 and line.cost_usd == pytest.approx((line.input_tokens * 1.0 + 4096 * 2.0) / 1e6)
 
 
 async def cancelled_twice_while_written(

@@ -517,6 +517,48 @@ def test_a_compaction_and_the_answer_each_under_the_long_context_threshold_are_p
     assert (line.input_tokens, line.output_tokens) == (input_tokens, output_tokens)
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_compaction_past_the_long_context_threshold_saves_at_its_own_tier(priced: Running, stream: bool) -> None:
+    """A cached conversation of some 210,000 tokens is compacted twice: the compaction, past Sonnet 4.5's 200k
+    threshold, is charged at the long tier ($6 in, $0.60 a cache read, $7.50 a cache write), the answer's own
+    sampling of the summary at the base tier. What caching saved is each sampling's at the prices it was charged,
+    and the `cost` object gives each sampling's unit prices. The saving was valued at the answer's tier for both
+    (the write's premium $0.75 a million for $1.50, the read's saving $2.70 for $5.40), and the cost object's one
+    set of unit prices was the base tier's, though most of the cost was at the long one (found by review)."""
+    key = priced.mint(name=f"compaction-savings-{stream}")
+    frame = len(orjson.dumps([None, [{"role": "user", "content": [{"type": "text", "text": ""}]}]]))
+    letter = "s" if stream else "w"  # (a conversation of its own: the fake's cache outlives a test)
+    text = {"type": "text", "text": letter * (210_000 * 4 - frame), "cache_control": {"type": "ephemeral"}}
+    conversation: Any = [{"role": "user", "content": [text]}]
+    edits: Any = {"edits": [{"type": "compact_20260112", "trigger": {"type": "input_tokens", "value": 150_000}}]}
+    settings: Any = {"model": "sonnet", "max_tokens": 100, "messages": conversation, "context_management": edits}
+    sdk = anthropic_client(priced, key).beta.messages
+    costs, compactions = [], []
+    for _ in range(2):  # (the first writes the conversation to the cache, the second reads it)
+        if stream:
+            with sdk.stream(**settings, betas=[COMPACT_BETA]) as events:
+                [cost] = [event.model_extra["cost"] for event in events if event.type == "message_delta"]
+                message = events.get_final_message()
+        else:
+            message = sdk.create(**settings, betas=[COMPACT_BETA])
+            cost = (message.model_extra or {})["cost"]
+        costs.append(cost)
+        compactions += [entry for entry in message.usage.iterations or () if entry.type == "compaction"]
+    written, read = compactions[0].cache_creation_input_tokens, compactions[1].cache_read_input_tokens
+    assert written > 200_000 and read == written
+    long = {"input": 6.0, "output": 22.5, "cached_input": 0.6, "cache_write": 7.5}
+    base = {"input": 3.0, "output": 15.0, "cached_input": 0.3, "cache_write": 3.75, "cache_write_1h": 6.0}
+    for cost, compaction in zip(costs, compactions, strict=True):
+        assert [sampling["unit_prices_per_million"] for sampling in cost["samplings"]] == [long, base]
+        assert cost["unit_prices_per_million"] == base  # (the answer's own sampling's, the last)
+        assert cost["samplings"][0]["input_tokens"] > 200_000 > cost["samplings"][1]["input_tokens"]
+        assert cost["samplings"][0]["cached_tokens"] == (compaction.cache_read_input_tokens or 0)
+    first, second = priced.ledger(key)
+    assert first.cache_savings_usd == pytest.approx(-written * (7.5 - 6.0) / 1e6, abs=1e-12)
+    assert second.cache_savings_usd == pytest.approx(read * (6.0 - 0.6) / 1e6, abs=1e-12)
+    assert [first.cost_source, second.cost_source] == ["provider", "provider"]
+
+
 # --- Anthropic's advisor tool ---------------------------------------------------------------------------
 
 

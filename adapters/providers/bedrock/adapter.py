@@ -73,6 +73,7 @@ from handler.schemas import (
     ToolCall,
     Usage,
     completion_id,
+    reported,
     thinks_between,
 )
 from handler.wire import error_excerpt, json_body, malformed, upstream_error, usage_count
@@ -626,8 +627,9 @@ def usage_of(raw: Any) -> Usage | None:
     """Converse usage: `inputTokens` leaves out cache reads and writes, which OpenAI counts in. The writes kept an
     hour (`cacheDetails`, the writes by TTL) are counted apart: they are priced at their own rate. A count that is
     not a plain integer makes the answer malformed (`usage_count`): it was left out (read as 0), and `true` counted
-    as 1 (found by review)."""
-    if not isinstance(raw, dict):
+    as 1 (found by review). One without a main count, the input's or the output's (null or left out), is none
+    (`reported`: read as 0, it billed the prompt free, found by review)."""
+    if not reported(raw, "inputTokens", "outputTokens"):
         return None
     listed = raw.get("cacheDetails")
     details = [d for d in listed if isinstance(d, dict)] if isinstance(listed, list) else []

@@ -69,6 +69,7 @@ from handler.schemas import (
     Usage,
     allowed_names,
     completion_id,
+    reported,
 )
 from handler.wire import error_excerpt, json_body, malformed, named_wait, upstream_error, usage_count
 
@@ -692,8 +693,11 @@ def usage_of(meta: Any) -> Usage | None:
     """`usageMetadata` as the gateway's usage: thinking tokens are billed as output, tool-use prompt
     tokens as input; `promptTokenCount` already includes the cached tokens. A count that is not a plain integer
     makes the answer malformed (`usage_count`): it was read as 0, and `promptTokenCount: 1200.5` billed no input
-    at all as the provider's count (found by review)."""
-    if not isinstance(meta, dict):
+    at all as the provider's count (found by review). One without its input count, null or left out, is none
+    (`reported`: read as 0, it billed the prompt free, found by review); its output count is left out where it is 0
+    (Gemini's JSON drops a count of 0: a blocked prompt's usage, a stream's events before its first text), so 0
+    it is (an answer that wrote something is not billed as 0 tokens out: `Pipeline._checked`)."""
+    if not reported(meta, "promptTokenCount"):
         return None
     thoughts = usage_count(meta, "thoughtsTokenCount")
     usage = Usage.of(

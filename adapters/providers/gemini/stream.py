@@ -70,9 +70,10 @@ class GeminiStreamParser:
             self._id = f"chatcmpl-{data['responseId']}"
         if isinstance(data.get("modelVersion"), str):
             self._model = data["modelVersion"]
-        usage = usage_of(data.get("usageMetadata"))
-        if usage is not None:
-            self.usage = usage
+        if data.get("usageMetadata") is not None:
+            # The running usage is the latest event's: one without its input count is none (`usage_of`), and an
+            # earlier event's, counting less of the answer, is not the bill.
+            self.usage = usage_of(data["usageMetadata"])
         chunks: list[ChatCompletionChunk] = []
         candidates = [c for c in data.get("candidates") or () if isinstance(c, dict)]
         blocked = block_message(data)

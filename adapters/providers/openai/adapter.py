@@ -196,11 +196,14 @@ def _conform_head(payload: Any, head: dict[str, Any], upstream_model: str) -> bo
 
 def billed_unusable(payload: Any, exc: ValidationError, what: str) -> UpstreamError:
     """The error of an answer (or a stream event) that does not read as OpenAI's even conformed, carrying the usage
-    it reports, which the provider billed: charged on the request's line, as Bedrock's malformed answers are."""
+    it reports, which the provider billed: charged on the request's line, as Bedrock's malformed answers are. A
+    usage without its input or output count (null or left out) carries none (`schemas.reported`), and the answer is
+    charged as a malformed one without usage is, its reserved worst case: read as 0, `{"completion_tokens": 5}` was
+    charged 0 tokens in as the provider's count (found by review)."""
     error = malformed(f"the provider sent a malformed {what} ({type(exc).__name__})")
     error.__cause__ = exc
     raw = payload.get("usage") if isinstance(payload, dict) else None
-    if isinstance(raw, dict):
+    if schemas.reported(raw, *schemas.CHAT_COUNTS):
         try:
             error.billed = normalize_usage(Usage.model_validate(raw))
         except ValueError:  # (a usage it cannot read either: pydantic's ValidationError, `usage_count`'s)

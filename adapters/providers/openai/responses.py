@@ -13,7 +13,7 @@ from typing import Any
 from adapters.providers.reasoning import openai_effort
 from handler.call_ids import shorten_input_call_ids
 from handler.ports import Served
-from handler.schemas import CompletionTokensDetails, Usage
+from handler.schemas import CompletionTokensDetails, Usage, reported
 from handler.wire import (
     ENCRYPTED_REASONING,
     RESPONSES_TERMINAL,
@@ -30,10 +30,11 @@ __all__ = ["ResponsesMeter", "aliased_names", "answer_usage", "issued_here", "re
 
 
 def usage_of(raw: Any) -> Usage | None:
-    """A Responses `usage` object as the gateway's usage (None when there is none). A count that is not a plain
-    integer makes the answer malformed (`usage_count`): `int()` truncated `input_tokens: 10.7` to 10, billed as the
-    provider's count (found by review)."""
-    if not isinstance(raw, dict):
+    """A Responses `usage` object as the gateway's usage (None when there is none, or none of its main counts:
+    `reported`; read as 0, `"input_tokens": null` billed the prompt free, found by review). A count that is not a
+    plain integer makes the answer malformed (`usage_count`): `int()` truncated `input_tokens: 10.7` to 10, billed as
+    the provider's count (found by review)."""
+    if not reported(raw, "input_tokens", "output_tokens"):
         return None
     details, output_details = raw.get("input_tokens_details"), raw.get("output_tokens_details")
     usage = Usage.of(usage_count(raw, "input_tokens"), usage_count(raw, "output_tokens"))
