@@ -23,6 +23,7 @@ from handler.call_ids import claude_call_id
 from handler.errors import GatewayError, UpstreamError
 from handler.pipeline.chunk_stream import ChunkStream
 from handler.pipeline.passthrough import NativeReply, NativeStream, guarded, sse_frame
+from handler.pipeline.pipeline import answered_as
 from handler.pipeline.pricing import Cost
 from handler.schemas import (
     AssistantMessage,
@@ -82,7 +83,12 @@ def native_events(stream: NativeStream) -> AsyncIterator[bytes]:
 
 
 def anthropic_error(exc: GatewayError, cost: Cost | None) -> bytes:
-    """Anthropic's in-stream `error` event, with what the stream was charged (`charged`)."""
+    """Anthropic's in-stream `error` event, with what the stream was charged (`charged`). A provider's failure is of
+    the type its unstreamed answer has (`answered_as`): a rate limit's `rate_limit_error`, an overload's
+    `overloaded_error` (on which Claude Code switches to its fallback model), a refused request's
+    `invalid_request_error`; it was an `api_error` whatever the provider said."""
+    if isinstance(exc, UpstreamError):
+        exc = answered_as(exc)
     return sse_event("error", charged(exc.anthropic_body(), cost))
 
 

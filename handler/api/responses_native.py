@@ -26,10 +26,10 @@ from handler.api.responses_api import (
     with_sealed_reasoning,
 )
 from handler.api.streaming import sse_event
-from handler.errors import GatewayError, InvalidRequestError
+from handler.errors import GatewayError
 from handler.pipeline.exchange import Exchange
 from handler.pipeline.passthrough import OUTPUT_TEXT_DELTA, NativeStream, guarded, sse_frame
-from handler.pipeline.pipeline import CLIENT_FAULT_STATUSES
+from handler.pipeline.pipeline import answered_as
 from handler.ports import RESPONSES_API, NativeCall
 from handler.redaction import REDACTED, annotated, positions_moved, tokens_redacted
 from handler.wire import (
@@ -272,6 +272,8 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
                 elif kind == "error":  # the provider's failure, in its own words: redacted as an error answer's
                     redact_error(payload)
                     out += sse_event(event.event or kind, payload)
+                    said = payload.get("error")  # (OpenAI's stream nests its words; its reference has them on top)
+                    progress.said = said if isinstance(said, dict) else payload
                 else:
                     out += sse_frame(event)
                 if redacted and (secrets := redacted.pop(event, None)) and kind == OUTPUT_TEXT_DELTA:
@@ -281,6 +283,11 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
             if out:
                 yield out
         if terminal is None:
+            if progress.said is not None:
+                # The provider's `error` event with no closing event after it: the stream's failure is that error, at
+                # the status its code names (it was a 502 `stream_interrupted` whatever it said, a rate limit too).
+                progress.ended_by = said_failure(progress.said)
+                raise progress.ended_by
             raise interrupted("response")
         # The terminal event is the provider's last: it goes on once the stream has ended, so that it is
         # settled from the provider's usage (a stream still open is metered as one cut short).
@@ -320,6 +327,13 @@ def failed_status(error: Any) -> int:
     or type names (`said_status`) is answered. A rate limit a 429; a request the provider refused a 400 (OpenAI's
     `invalid_prompt`, a `context_length_exceeded`, which was a 502); any other failure the provider's (502): its
     overload, its refusal of the deployment's account (`insufficient_quota`, a 429 by its status alone)."""
+    return said_failure(error).status
+
+
+def said_failure(error: Any) -> GatewayError:
+    """A provider's error object in a 200 stream (a `response.failed`'s `error`, an `error` event's words) as the
+    client's error, as the same error answered with the status its code or type names (`said_status`) is
+    (`answered_as`)."""
     said = error if isinstance(error, dict) else {}
     kind = said.get("type")
     failure = upstream_error(
@@ -330,11 +344,7 @@ def failed_status(error: Any) -> int:
         code=said.get("code"),
         param=said.get("param"),
     )
-    if failure.rate_limited:
-        return 429
-    if failure.upstream_status in CLIENT_FAULT_STATUSES and not failure.retryable:
-        return InvalidRequestError.status  # (the client's to fix: `ProviderRejectedError`)
-    return 502
+    return answered_as(failure)
 
 
 def placed(part: Any) -> bool:
@@ -368,6 +378,8 @@ class _Progress:
         # Where secrets were redacted from an output text so far, by output and content index: each one's start and
         # length in the text as the provider wrote it (`redactions`), for its annotations' positions (`placed`).
         self.secrets: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        self.said: dict[str, Any] | None = None  # the provider's words in the last `error` event it sent, redacted
+        self.ended_by: GatewayError | None = None  # the stream's failure, where it is that error (`said_failure`)
 
     def next(self) -> int:
         self.last += 1
@@ -494,9 +506,17 @@ class StreamedOutput:
 def _failed(exc: GatewayError, progress: _Progress) -> tuple[bytes, dict[str, Any]]:
     """The Responses API's way to end a stream that failed: an `error` event, then `response.failed` (of the
     response begun, its id, model and creation time as the provider gave them; its output items as far as they were
-    streamed, `StreamedOutput`). The `error` event, and the failed response."""
-    error = {"type": "error", "sequence_number": progress.next(), "code": exc.code, "message": exc.message}
-    failed = {"code": exc.code, "message": exc.message}
+    streamed, `StreamedOutput`). The `error` event, and the failed response. Where the failure is the provider's own
+    `error` event (`_Progress.ended_by`), the client has that event already: the failed response has its words
+    (redacted), and no second `error` event, in the gateway's words, goes before it."""
     response: dict[str, Any] = {"id": None, **(progress.response or {})}
+    said = progress.said
+    if exc is progress.ended_by and said is not None:
+        failed = {"code": said.get("code"), "message": said.get("message")}
+        event = b""
+    else:
+        failed = {"code": exc.code, "message": exc.message}
+        error = {"type": "error", "sequence_number": progress.next(), **failed, "param": exc.param}
+        event = sse_event("error", error)
     response |= {"object": "response", "status": "failed", "error": failed, "output": progress.output.items_so_far()}
-    return sse_event("error", {**error, "param": exc.param}), response
+    return event, response

@@ -104,6 +104,15 @@ class Breakers:
         s = self._states.get(label)
         return s is not None and s.overloaded
 
+    def answered(self, label: str) -> None:
+        """A stream's first event: the deployment answers, so its open (or half-open) breaker closes, its probe over.
+        Whether it answered well is told at the stream's end (`success`, or `failure` for an error part way): the
+        failures before it still count, so a deployment failing every stream part way opens its breaker after
+        `threshold` of them, and a probe failing part way opens it again at once."""
+        s = self._states.get(label)
+        if s is not None:
+            s.opened_at, s.probe_at = None, None
+
     def success(self, label: str) -> None:
         s = self._states.get(label)
         if s is not None:

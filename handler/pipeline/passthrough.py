@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import orjson
 
-from handler.errors import CLIENT_CLOSED, ClientClosedError, GatewayError, UpstreamError, UpstreamTimeoutError
+from handler.errors import (
+    CLIENT_CLOSED,
+    ClientClosedError,
+    GatewayError,
+    SchemaViolationError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
 from handler.pipeline.exchange import CUT_SLACK_S, deadline_passed, shut_down_before
 from handler.pipeline.pricing import plausible, reasoning_off, wants_reasoning
 from handler.pipeline.upstream import UpstreamResponse
@@ -441,6 +448,25 @@ class NativeStream(UpstreamStream[StreamEvent]):
         return self.meter.final
 
 
+def judged(stream: UpstreamStream[Any], failure: GatewayError | None) -> None:
+    """A stream's end on its deployment's breaker, as the same answer not streamed is judged (`Pipeline._failover`),
+    whose first event only closed an open breaker (`Breakers.answered`): finished, a success; failed part way for a
+    passing reason (an error the provider wrote there, its rate limit, its overload, its stream broken or stalled, a
+    malformed event), a failure; a request the provider refused, or an answer that missed its schema, a success.
+    Anything else (the client gone, the request's deadline, a stream cut without a word) says nothing either way. Its
+    first event counted as the deployment's success, a deployment failing every stream part way was never taken out of
+    rotation: after five overloaded streams in a row the sixth was sent to it again."""
+    breakers = stream.pipeline.gateway.router.breakers
+    label = stream.attempt.target.label
+    if failure is None:
+        if stream.status == 200:
+            breakers.success(label)
+    elif isinstance(failure, UpstreamError) and failure.retryable and not isinstance(failure, SchemaViolationError):
+        breakers.failure(label, failure.rate_limited, failure.overloaded)
+    elif isinstance(failure, SchemaViolationError) or getattr(failure, "upstream_status", 0) >= 400:
+        breakers.success(label)
+
+
 async def guarded(
     stream: UpstreamStream[Any], events: AsyncGenerator[bytes], failed: Callable[[GatewayError], Awaitable[bytes]]
 ) -> AsyncGenerator[bytes]:
@@ -474,6 +500,8 @@ async def guarded(
     finally:
         await events.aclose()
         await stream.close()
+        if failure is not stopped:  # (a server that stopped: no word on the deployment)
+            judged(stream, failure)
         # (A client that left mid-stream: its line says why, as a whole answer's does.)
         code = failure.code if failure else (ClientClosedError.default_code if stream.status == CLIENT_CLOSED else None)
         observe(stream.ex, stream.status, stream=True, code=code)

@@ -82,6 +82,36 @@ BATCHES_AT_ONCE = 8
 # Upstream statuses that mean the client's request itself is wrong: answered as 400, not 502. (A 404 about the
 # deployment, not the request, is failed over as the operator's: `handler.wire.deployment_at_fault`.)
 CLIENT_FAULT_STATUSES = frozenset({400, 404, 413, 422})
+
+
+def answered_as(failure: UpstreamError) -> GatewayError:
+    """The error a provider's `failure` is answered as where it ended the one attempt made (`Pipeline._failover`'s
+    mapping): its rate limit the client's 429 `upstream_rate_limited`, its overload (529) Anthropic's own on its API, a
+    request it refused the client's 400 (`ProviderRejectedError`), any other failure as it is (502). For an error after
+    a stream's first byte, which no other attempt can follow, what the client is told in the stream: a Messages
+    client's `error` event was an `api_error` whatever the provider said (its rate limit, its overload), and a
+    Responses stream's `error` event with no closing event was settled a 502 `stream_interrupted`."""
+    if failure.rate_limited:
+        return UpstreamRateLimitedError(
+            failure.message,
+            upstream_status=429,
+            retryable=True,
+            retry_after=failure.retry_after,
+            upstream_type=failure.upstream_type,
+        )
+    if failure.upstream_status == OVERLOADED:
+        return UpstreamOverloadedError(
+            failure.message,
+            upstream_status=OVERLOADED,
+            retryable=True,
+            retry_after=failure.retry_after,
+            upstream_type=failure.upstream_type,
+        )
+    if failure.upstream_status in CLIENT_FAULT_STATUSES and not failure.retryable:
+        return ProviderRejectedError(failure)
+    return failure
+
+
 # The longest `retry-after` the gateway waits out itself before retrying a deployment; a longer wait is the client's.
 MAX_RETRY_WAIT_S = 5
 # The `retry-after` of a 429 whose providers named no wait (Bedrock's ThrottlingException): the least the header can
@@ -1029,7 +1059,11 @@ class Pipeline(Charges):
                 ex.route.append(f"{label}=200")
                 if ex.trace is not None:
                     ex.trace.attempt(attempt, started, 200, None)
-                breakers.success(label)
+                deployments = self.gateway.router.breakers
+                if ex.stream and breakers is deployments:
+                    deployments.answered(label)  # (a stream is judged at its end: `passthrough.judged`)
+                else:
+                    breakers.success(label)
                 ex.attempt = attempt
                 ex.dropped = built.dropped
                 if attempt.model != ex.model:  # (a fallback served it: the limits that bind it, its own among them)

@@ -91,6 +91,15 @@ PATHS: dict[str, tuple[dict[str, Any], str, Any]] = {
         "/v1/chat/completions",
         lambda said: sse({"type": "error", "error": said}, "error"),
     ),
+    # A compatible server's untyped error in Anthropic's stream, to a Chat Completions client (it was dropped: the
+    # stream ended as one with no event, the provider's malformed answer); and Anthropic's error object alone,
+    # answering a Messages stream passed through (a server that ignores `stream`: it was a malformed 200, charged).
+    "chat-from-messages-untyped": (ANTHROPIC, "/v1/chat/completions", lambda said: sse({"error": said})),
+    "messages-whole-error-object": (
+        ANTHROPIC,
+        "/v1/messages",
+        lambda said: orjson.dumps({"type": "error", "error": said}),
+    ),
 }
 
 
@@ -148,3 +157,145 @@ async def test_an_error_part_way_names_the_status_it_stands_for(kind: str) -> No
     error = next(orjson.loads(line[6:]) for line in answer.text.splitlines() if line.startswith('data: {"error"'))
     assert error["error"]["upstream_status"] == status, answer.text
     assert error["error"]["message"].startswith(f"upstream returned {status}: "), answer.text
+
+
+def anthropic_begun(text: str) -> bytes:
+    """An Anthropic stream's opening events, up to a first delta of `text`."""
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "x",
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 3, "output_tokens": 1},
+    }
+    block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+    delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}
+    return (
+        sse({"type": "message_start", "message": message}, "message_start")
+        + sse(block, "content_block_start")
+        + sse(delta, "content_block_delta")
+    )
+
+
+# Each way a provider fails part way, after the client's first byte, as (the provider, the client's request, the
+# stream's start, its failing event): an OpenAI-compatible server's `data: {"error": ...}` to a Chat Completions and
+# a Messages client, Anthropic's own `error` event passed through and translated, and a compatible server's untyped
+# error in Anthropic's stream to a Chat Completions client.
+BROKEN: dict[str, tuple[dict[str, Any], str, bytes, Any]] = {
+    "chat": (COMPATIBLE, "/v1/chat/completions", chunk("Hel"), lambda said: sse({"error": said})),
+    "messages-translated": (COMPATIBLE, "/v1/messages", chunk("Hel"), lambda said: sse({"error": said})),
+    "messages-error-event": (
+        ANTHROPIC,
+        "/v1/messages",
+        anthropic_begun("Hel"),
+        lambda said: sse({"type": "error", "error": said}, "error"),
+    ),
+    "chat-from-messages-error-event": (
+        ANTHROPIC,
+        "/v1/chat/completions",
+        anthropic_begun("Hel"),
+        lambda said: sse({"type": "error", "error": said}, "error"),
+    ),
+    "chat-from-messages-untyped": (
+        ANTHROPIC,
+        "/v1/chat/completions",
+        anthropic_begun("Hel"),
+        lambda said: sse({"error": said}),
+    ),
+}
+
+
+async def broken_streams(way: str, said: dict[str, Any], requests: int) -> tuple[list[httpx.Response], Any, Any]:
+    """`requests` streams of the model `m` (one deployment), each failing part way as `way` does with `said`: the
+    answers, the ledger's lines and the gateway (to be closed)."""
+    provider, path, opened, failing = BROKEN[way]
+
+    async def reads() -> AsyncIterator[bytes]:
+        yield opened  # (a read of its own: the client has it before the error comes)
+        yield failing(said)
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=reads(), headers={"content-type": "text/event-stream"})
+
+    models = {"m": {"deployments": [{"provider": "openai", "model": "x"}], "price": PRICE}}
+    served = await serve(upstream, models, provider=provider, environ=KEYS)
+    answers = [await served.post(path, asked(path, "m")) for _ in range(requests)]
+    return answers, await served.ledger(), served.gateway
+
+
+@pytest.mark.parametrize("way", [way for way in BROKEN if BROKEN[way][1] == "/v1/chat/completions"])
+@pytest.mark.parametrize("kind", list(KINDS))
+async def test_an_error_part_way_in_any_providers_stream_names_its_status(kind: str, way: str) -> None:
+    """Anthropic's stream to a Chat Completions client, its `error` event or a compatible server's untyped
+    `data: {"error": ...}`, which was dropped (an event with no `type` and no name is no event Anthropic's parser
+    knew): the stream ended as cut short, a 502 `stream_interrupted` whatever the provider said."""
+    said, status, *_ = KINDS[kind]
+    [answer], [line], gateway = await broken_streams(way, said, 1)
+    await gateway.aclose()
+    error = next(orjson.loads(line[6:]) for line in answer.text.splitlines() if line.startswith('data: {"error"'))
+    assert error["error"]["upstream_status"] == status, answer.text
+    assert error["error"]["message"].startswith(f"upstream returned {status}: "), answer.text
+    assert (line.status, line.cost_source) == (
+        502,
+        "estimate",
+    )  # (no usage reported: what it streamed, never its worst)
+
+
+# The Anthropic error type a Messages client is told for each error part way, as its unstreamed answer has it: a rate
+# limit's, an overload's (a 529: Claude Code falls back on it), a request refused, any other failure an `api_error`.
+ANTHROPIC_TYPES = {
+    "rate-limit": "rate_limit_error",
+    "anthropic-rate-limit": "rate_limit_error",
+    "quota": "api_error",  # (the deployment's account refused: the operator's, never a rate limit to wait out)
+    "refused": "invalid_request_error",
+    "overloaded": "overloaded_error",
+    "router-status": "api_error",  # (a 503 unstreamed is a 502 `api_error` too: only a 529 is Anthropic's overload)
+    "odd-code": "api_error",
+}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+async def test_a_translated_messages_stream_failing_part_way_names_the_anthropic_type_of_its_status(kind: str) -> None:
+    """A deployment of another provider answering a Messages client, failing after the first byte: its `error` event
+    was an `api_error` whatever the provider said, so Claude Code took an overload for a broken server (no switch to
+    its fallback model) and a rate limit for one too."""
+    said = KINDS[kind][0]
+    [answer], [line], gateway = await broken_streams("messages-translated", said, 1)
+    await gateway.aclose()
+    events = [orjson.loads(row[6:]) for row in answer.text.splitlines() if row.startswith("data: ")]
+    assert events[-1]["type"] == "error", answer.text
+    assert events[-1]["error"]["type"] == ANTHROPIC_TYPES[kind], answer.text
+    assert (line.cost_source, line.cost_usd > 0) == ("estimate", True)  # (what it streamed: "Hel")
+
+
+@pytest.mark.parametrize("way", list(BROKEN))
+@pytest.mark.parametrize(("kind", "counted"), [("overloaded", True), ("router-status", True), ("refused", False)])
+async def test_a_deployment_failing_its_streams_part_way_is_taken_out_of_rotation(
+    way: str, kind: str, counted: bool
+) -> None:
+    """A provider's failure after the client's first byte counts on its deployment's breaker as the same failure
+    before it does (the next deployment's, a passing failure; not a request it refused): a deployment failing every
+    stream part way went on being sent every request, its breaker closed by each stream's first event. Each failing
+    stream is charged what it streamed (an estimate of it: no usage reported), on one line of its own."""
+    said = KINDS[kind][0]
+    gateway = None
+    try:
+        answers, lines, gateway = await broken_streams(way, said, 6)
+        state = gateway.router.breakers.state("openai/x@global")
+    finally:
+        if gateway is not None:
+            await gateway.aclose()
+    assert len(lines) == (5 if counted else 6)  # (one each, and none for a request refused before it was sent)
+    assert all(answer.headers["x-gateway-route"] == "openai/x@global=200" for answer in answers[:5])
+    if counted:
+        assert state == "open"
+        assert answers[5].headers["x-gateway-route"] == "openai/x@global=breaker-open", answers[5].text
+        assert answers[5].status_code == 503, answers[5].text
+    else:
+        assert state == "closed"
+        assert answers[5].headers["x-gateway-route"] == "openai/x@global=200"
+    assert [line.cost_source for line in lines[:5]] == ["estimate"] * 5
+    assert all(line.cost_usd > 0 for line in lines[:5])

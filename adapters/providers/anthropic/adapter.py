@@ -64,7 +64,7 @@ from handler.schemas import (
     ordered_parts,
     thinks_between,
 )
-from handler.wire import error_excerpt, json_body, malformed, provider_said, upstream_error
+from handler.wire import error_excerpt, json_body, malformed, provider_said, said_status, upstream_error
 
 # Anthropic's answer models (adapters/providers/anthropic/wire.py) are imported where they are used, on first use: a
 # Lambda whose first request goes to another provider does not make their four pydantic classes (about 4.5 million
@@ -161,6 +161,18 @@ def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> Ups
     failure = upstream_error(status, message, headers, upstream_type=kind, code=code)
     failure.details = details
     return failure
+
+
+def answered_error(data: Any) -> UpstreamError | None:
+    """A 200 answer that is an error object alone, Anthropic's `{"type": "error", "error": {...}}` (or a compatible
+    server's `{"error": ...}` with no `type`), read as the provider's error answer at the status its type names
+    (`said_status`: an `overloaded_error` a 529, a `rate_limit_error` a 429), as the same error in a stream is; None
+    for anything else. A server that ignores `stream` answers a stream's request so: read as a message, it was the
+    provider's malformed answer, charged its reserved worst case ($0.000292 for 100 tokens out where nothing was
+    billed, its route `=invalid_response`), and the next deployment was tried whatever it said."""
+    if not isinstance(data, dict) or data.get("type") not in ("error", None) or "error" not in data:
+        return None
+    return error_from_body(said_status(data), orjson.dumps(data), {})
 
 
 # The most of Anthropic's `error.details` relayed whole, as JSON (its `error_code` and the few names it gives beside
@@ -717,7 +729,7 @@ class AnthropicAdapter(ProviderAdapter):
         try:
             message = WireMessage.model_validate(data)
         except ValidationError as exc:
-            raise malformed("upstream answer is not an Anthropic message") from exc
+            raise answered_error(data) or malformed("upstream answer is not an Anthropic message") from exc
         json_mode = json_tool(req) is not None
         texts: list[str] = []
         reasoning: list[str] = []
@@ -843,7 +855,7 @@ class AnthropicAdapter(ProviderAdapter):
             and isinstance(body.get("stop_reason"), str | None)
             and isinstance(body.get("stop_sequence"), str | None)
         ):
-            raise malformed("upstream answer is not an Anthropic message")
+            raise answered_error(body) or malformed("upstream answer is not an Anthropic message")
         try:
             wire = WireUsage.model_validate(body["usage"])
             usage = wire.to_usage()  # (its extras' shapes checked, however its counts are)

@@ -89,6 +89,12 @@ class AnthropicStreamParser:
             return []
         payload = event_payload(event)
         kind = payload.get("type") or event.event
+        if kind is None and "error" in payload:
+            # A compatible server's or proxy's failure as OpenAI-compatible servers write it, `data: {"error": {...}}`
+            # with no `type` and no name (`MessagesMeter.feed` reads it so passed through): the stream's error. Read as
+            # no event, it was dropped, and the stream ended as one cut short (a 502 `stream_interrupted`, or before its
+            # first event the malformed answer charged its worst case), whatever the server said.
+            kind = "error"
         try:
             return self._opening(self._event(str(kind), payload))
         except ValidationError as exc:

@@ -346,3 +346,42 @@ async def test_a_response_failed_is_settled_at_the_status_its_code_names(code: A
     [line] = await served.ledger()
     await served.gateway.aclose()
     assert line.status == status
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("rate_limit_exceeded", 429),
+        (429, 429),  # (a status in `code`, as OpenRouter writes it)
+        ("insufficient_quota", 502),  # (the deployment's account refused: not the client's rate limit)
+        ("invalid_prompt", 400),
+        ("server_error", 502),
+    ],
+)
+@pytest.mark.parametrize("nested", [False, True], ids=["as-documented", "as-sent"])
+async def test_an_error_event_with_no_closing_event_is_settled_at_the_status_its_code_names(
+    code: Any, status: int, nested: bool
+) -> None:
+    """The provider's `error` event part way, with no `response.failed` after it: the stream's line was a 502
+    `stream_interrupted` whatever the error said (a rate limit, a prompt refused), and the client got a second error
+    event, the gateway's, after the provider's. It is settled at the status its code names, as a `response.failed` is,
+    and the client's stream closes with the `response.failed` of the response begun, carrying the provider's error.
+    Charged what it streamed (no usage reported: an estimate of it, never its worst case), on one line."""
+    said = {"code": code, "message": "it failed", "param": None}
+    answer, served = await relayed(
+        streamed(
+            frame("response.created", sequence_number=0, response=response("in_progress")),
+            frame("response.output_text.delta", sequence_number=1, output_index=0, content_index=0, delta="Hel"),
+            frame("error", sequence_number=2, **({"error": said} if nested else said)),
+        ),
+        stream=True,
+    )
+    [line] = await served.ledger()
+    await served.gateway.aclose()
+    kinds = [event["type"] for event in events(answer)]
+    assert kinds == ["response.created", "response.output_text.delta", "error", "response.failed"], answer.text
+    failed = events(answer)[-1]
+    assert (failed["sequence_number"], failed["response"]["id"]) == (3, "resp_1")
+    assert failed["response"]["error"]["code"] == code and failed["response"]["error"]["message"] == "it failed"
+    assert (line.status, line.cost_source) == (status, "estimate"), line
+    assert line.cost_usd > 0

@@ -136,3 +136,30 @@ def test_the_gate_says_whether_a_deployment_may_be_tried_and_takes_no_probe() ->
     assert b.gate("d") == "half-open"
     b.success("d")
     assert b.gate("d") == "closed"
+
+
+def test_a_streams_first_event_closes_the_breaker_and_keeps_the_failures_before_it() -> None:
+    """A stream is judged at its end (`answered` at its first event): its probe closes the breaker, and a failure part
+    way opens it again at once; failures part way add up to the threshold, which no first event clears; a stream that
+    finishes (`success`) does."""
+    clock = Clock()
+    b = Breakers(threshold=3, cooldown=10, clock=clock)
+    for _ in range(2):
+        b.answered("d")
+        b.failure("d", overloaded=True)
+    b.answered("d")
+    assert b.state("d") == "closed"
+    b.failure("d", overloaded=True)  # (the third stream failing part way, each after its first event)
+    assert b.state("d") == "open" and b.overloaded("d")
+    clock.now += 10
+    assert b.allow("d")  # the probe, a stream
+    b.answered("d")
+    assert b.state("d") == "closed" and b.allow("d")
+    b.failure("d")  # (the probe failing part way)
+    assert b.state("d") == "open"
+    clock.now += 10
+    assert b.allow("d")
+    b.answered("d")
+    b.success("d")  # (the probe's stream finished)
+    b.failure("d")
+    assert b.state("d") == "closed"
