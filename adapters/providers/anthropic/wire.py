@@ -55,8 +55,8 @@ def _entries(iterations: Any, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
 
 
 def _sampling(counts: dict[str, Any]) -> Usage:
-    """The counts of one sampling (the top level, or an iteration `BILLED_APART`) as the gateway's usage: Anthropic's
-    input leaves out cache reads and writes, which OpenAI counts in."""
+    """The counts of one sampling (the top level, an iteration `BILLED_APART` or `BILLED_AT_THEIR_MODEL`) as the
+    gateway's usage: Anthropic's input leaves out cache reads and writes, which OpenAI counts in."""
     fresh, output = usage_count(counts, "input_tokens"), usage_count(counts, "output_tokens")
     read, write = usage_count(counts, "cache_read_input_tokens"), usage_count(counts, "cache_creation_input_tokens")
     hour = usage_count(counts.get("cache_creation"), "ephemeral_1h_input_tokens")
@@ -68,8 +68,7 @@ def _their_model(entry: dict[str, Any]) -> tuple[str, Usage]:
     model = entry.get("model")
     if not isinstance(model, str) or not model:
         raise ValueError(f"usage iteration {entry.get('type')} names no model")
-    counts = {name: entry[name] for name in ("output_tokens", "cache_creation", *FOLDED) if name in entry}
-    return model, WireUsage.model_validate(counts).to_usage()
+    return model, _sampling(entry)
 
 
 class WireUsage(_Wire):
@@ -94,14 +93,12 @@ class WireUsage(_Wire):
         """The counts the request is billed for: the top level's, and a compaction's beside them (the line's token
         counts; each sampling is priced apart, `served`). A count it lacks is 0 here (`counted` says whether it
         has both)."""
-        fresh, output = self.input_tokens or 0, self.output_tokens or 0
-        read, write = self.cache_read_input_tokens or 0, self.cache_creation_input_tokens or 0
         extra = self.__pydantic_extra__ or {}
-        hour = usage_count(extra.get("cache_creation"), "ephemeral_1h_input_tokens") if extra else 0
-        usage = Usage.of(fresh + read + write, output, cached=read, cache_write=write, cache_write_1h=min(write, hour))
-        for entry in _entries(extra.get("iterations"), BILLED_APART) if extra else ():
+        # (The top level's counts are its declared fields, its writes kept an hour among the extras.)
+        usage = _sampling({**self.__dict__, "cache_creation": extra.get("cache_creation")})
+        for entry in _entries(extra.get("iterations"), BILLED_APART):
             usage = usage.plus(_sampling(entry))
-        searches = usage_count(extra.get("server_tool_use"), "web_search_requests") if extra else 0
+        searches = usage_count(extra.get("server_tool_use"), "web_search_requests")
         if searches:
             usage.set_count("web_searches", searches)
         return usage
