@@ -633,9 +633,10 @@ def usage_of(raw: Any) -> Usage | None:
     details = [d for d in listed if isinstance(d, dict)] if isinstance(listed, list) else []
     by_ttl = [(d.get("ttl"), usage_count(d, "inputTokens")) for d in details]
     read = usage_count(raw, "cacheReadInputTokens")
-    write = usage_count(raw, "cacheWriteInputTokens")
-    if raw.get("cacheWriteInputTokens") is None:
+    if raw.get("cacheWriteInputTokens") is None:  # (the writes by TTL alone: their sum)
         write = sum(tokens for _, tokens in by_ttl)
+    else:
+        write = usage_count(raw, "cacheWriteInputTokens")
     hour = sum(tokens for ttl, tokens in by_ttl if ttl == "1h")
     prompt = usage_count(raw, "inputTokens") + read + write
     return Usage.of(
