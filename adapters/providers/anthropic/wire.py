@@ -28,8 +28,8 @@ FOLDED_EXTRA = ("cache_creation", "server_tool_use", "iterations", "speed")
 # SDK's `BetaUsage.iterations`; Anthropic's compaction docs: 180,000 in and 3,500 out beside a top level of 23,000
 # and 1,000). The other entries (`message`, each turn of a server tool loop) are in the top level already. Each is a
 # sampling of its own ("an additional sampling step"), priced at the tier its own input reaches (`Served.samplings`):
-# summed with the answer's, the docs' example was charged Sonnet 4.5's long-context prices on 203,000 input tokens,
-# $1.31925 where no sampling passed 200,000 and Anthropic bills $0.6765 (found by review).
+# summed with the answer's, the docs' example would be charged Sonnet 4.5's long-context prices on 203,000 input
+# tokens, $1.31925, where no sampling passes 200,000 and Anthropic bills $0.6765.
 BILLED_APART = ("compaction",)
 # The `iterations` of another model's sampling, which the top-level counts leave out too, billed at that model's
 # prices: the advisor tool's sub-inferences (`advisor_message`, with the advisor's `model`: "usage is billed at the
@@ -84,9 +84,8 @@ class WireUsage(_Wire):
 
     def counted(self) -> bool:
         """Whether it gives both main counts, the input's and the output's: a usage without one (null or left out)
-        is none, so a whole answer is estimated and a stream metered as one without its final usage. Read as 0, a
-        stream's 3,000 characters under `"output_tokens": null` were billed 0 tokens out as the provider's count
-        (found by review)."""
+        is none, so a whole answer is estimated and a stream metered as one without its final usage. (Read as 0,
+        `"output_tokens": null` would bill a stream's 3,000 characters as 0 tokens out, the provider's count.)"""
         return self.input_tokens is not None and self.output_tokens is not None
 
     def to_usage(self) -> Usage:

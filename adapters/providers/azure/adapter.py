@@ -65,9 +65,9 @@ PARTS_SINCE: dict[str, str] = {"input_audio": "2025-01-01-preview", "file": "202
 # that does not fail over; sent on, a request OpenAI serves failed on its Azure deployment (found by review).
 OPENAI_ONLY = ("verbosity", "prompt_cache_key", "safety_identifier", "service_tier", "web_search_options")
 # OpenAI's `allowed_tools` tool choice (August 2025) is another such: a dated version's `tool_choice` is none, auto,
-# required or a named function. OpenAI's profile says its API takes the choice, so it went to Azure as written, a 400
-# that does not fail over (found by review). A dated version is sent it as the APIs without it are (Mistral's,
-# DeepSeek's): the tools it allows offered alone, with its mode (`DATED_PROFILES`).
+# required or a named function, and refuses another with a 400 that does not fail over (OpenAI's profile says its API
+# takes it). A dated version is sent it as the APIs without it are (Mistral's, DeepSeek's): the tools it allows
+# offered alone, with its mode (`DATED_PROFILES`).
 # The members of `stream_options` Azure's dated api-versions define: `include_usage` alone (OpenAI's
 # `include_obfuscation` came after the last of them), so a client's others are left out and named, as its unknown
 # top-level members are.
@@ -86,8 +86,8 @@ def dated(version: str) -> bool:
 
 def conform_to_version(body: dict[str, Any], version: str, dropped: list[str]) -> None:
     """Fit an OpenAI body to what Azure's api-version `version` defines (in place). The versionless API takes
-    OpenAI's body as it is: nothing is left out (its `verbosity` and `prompt_cache_key` were, as a dated
-    version's: found by review)."""
+    OpenAI's body as it is: nothing is left out (it takes `verbosity` and `prompt_cache_key`, which no dated
+    version does)."""
     if not dated(version):
         return
     for name, since in PARAMETERS_SINCE.items():
@@ -322,7 +322,7 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         """Where `operation` (`chat/completions`, `embeddings`) goes: the deployment's path with the dated
         api-version; or, at a name of the versionless API, the v1 API's path, which takes the deployment as the
         body's `model` (OpenAI's body has it there) and no api-version but `preview`, for its preview features.
-        (It went to the deployment's path with `?api-version=v1`, which no dated API is: found by review.)"""
+        (The deployment's path serves the dated api-versions alone: `?api-version=v1` is none of them.)"""
         version = self.api_version(target)
         if not dated(version):
             query = "?api-version=preview" if version == "preview" else ""

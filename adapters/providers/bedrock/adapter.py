@@ -625,8 +625,8 @@ def tool_config(
 def usage_of(raw: Any) -> Usage | None:
     """Converse usage: `inputTokens` leaves out cache reads and writes, which OpenAI counts in. The writes kept an
     hour (`cacheDetails`, the writes by TTL) are counted apart: they are priced at their own rate. A count that is
-    not a plain integer makes the answer malformed (`usage_count`): it was left out (read as 0), and `true` counted
-    as 1 (found by review)."""
+    not a plain integer makes the answer malformed (`usage_count`), not billed as 0 (nor `true` as 1) as the
+    provider's count."""
     if not isinstance(raw, dict):
         return None
     listed = raw.get("cacheDetails")

@@ -31,8 +31,8 @@ __all__ = ["ResponsesMeter", "aliased_names", "answer_usage", "issued_here", "re
 
 def usage_of(raw: Any) -> Usage | None:
     """A Responses `usage` object as the gateway's usage (None when there is none). A count that is not a plain
-    integer makes the answer malformed (`usage_count`): `int()` truncated `input_tokens: 10.7` to 10, billed as the
-    provider's count (found by review)."""
+    integer makes the answer malformed (`usage_count`): `int()` would truncate `input_tokens: 10.7` to 10 and bill
+    it as the provider's count."""
     if not isinstance(raw, dict):
         return None
     details, output_details = raw.get("input_tokens_details"), raw.get("output_tokens_details")
@@ -235,10 +235,10 @@ class ResponsesMeter:
     server's event as it came (the key it quoted back, less only its whole form); before the stream's first event,
     the next deployment is tried. OpenAI's own `error` event (typed) is the Responses API's and goes on, redacted
     (`handler.api.responses_native.relayed_events`), once the stream began; as its first event, it is the stream's
-    error too, and the next deployment is tried (it was relayed: the client's stream began with the failure, nothing
-    else tried). Either is read at the status its code or type names (`said_status`: a
-    `rate_limit_exceeded` a 429, an `insufficient_quota` the deployment's refusal), as an error answer's status is
-    read; it was a 500 whatever it said."""
+    error too, and the next deployment is tried (relayed, it would begin the client's stream with the failure, nothing
+    else tried). Either is read at the status its code or type names (`said_status`: a `rate_limit_exceeded` a 429,
+    an `insufficient_quota` the deployment's refusal), as an error answer's status is read, not as a 500 whatever it
+    says."""
 
     def __init__(self) -> None:
         self.usage: Usage | None = None
