@@ -15,6 +15,7 @@ answer (`AzureStreamParser`).
 
 from __future__ import annotations
 
+import functools
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
@@ -67,15 +68,18 @@ OPENAI_ONLY = ("verbosity", "prompt_cache_key", "safety_identifier", "service_ti
 # OpenAI's `allowed_tools` tool choice (August 2025) is another such: a dated version's `tool_choice` is none, auto,
 # required or a named function, and refuses another with a 400 that does not fail over (OpenAI's profile says its API
 # takes it). A dated version is sent it as the APIs without it are (Mistral's, DeepSeek's): the tools it allows
-# offered alone, with its mode (`DATED_PROFILES`).
+# offered alone, with its mode (`dated_profile`).
 # The members of `stream_options` Azure's dated api-versions define: `include_usage` alone (OpenAI's
 # `include_obfuscation` came after the last of them), so a client's others are left out and named, as its unknown
 # top-level members are.
 STREAM_MEMBERS = frozenset({"include_usage"})
 
 
-# Each profile an Azure provider may name (OpenAI's by default) as a dated api-version takes it: no `allowed_tools`.
-DATED_PROFILES: dict[str, Profile] = {name: profile._replace(allowed_tools=False) for name, profile in PROFILES.items()}
+@functools.cache  # (made on first use, not in the cold start of every config that names Azure)
+def dated_profile(name: str) -> Profile:
+    """The profile an Azure provider names (OpenAI's by default) as a dated api-version takes it: no
+    `allowed_tools`."""
+    return PROFILES[name]._replace(allowed_tools=False)
 
 
 def dated(version: str) -> bool:
@@ -280,9 +284,9 @@ class AzureOpenAIAdapter(OpenAIAdapter):
 
     def profile(self, target: Target) -> Profile:
         """OpenAI's own table (its bounds are Azure's too) whatever the resource's host, unless one is named; at a
-        dated api-version, which defines no `allowed_tools` tool choice, without it (`DATED_PROFILES`)."""
+        dated api-version, which defines no `allowed_tools` tool choice, without it (`dated_profile`)."""
         name = self.options.get("profile") or "openai"
-        return DATED_PROFILES[name] if dated(self.api_version(target)) else PROFILES[name]
+        return dated_profile(name) if dated(self.api_version(target)) else PROFILES[name]
 
     def base_url(self, region: str, override: str | None) -> str:
         url = super().base_url(region, override)
