@@ -35,12 +35,14 @@ def usage_of(raw: Any) -> Usage | None:
     it as the provider's count."""
     if not isinstance(raw, dict):
         return None
-    details, output_details = raw.get("input_tokens_details"), raw.get("output_tokens_details")
-    usage = Usage.of(usage_count(raw, "input_tokens"), usage_count(raw, "output_tokens"))
-    if usage.prompt_tokens_details is not None:
-        usage.prompt_tokens_details.cached_tokens = usage_count(details, "cached_tokens")
-        usage.prompt_tokens_details.cache_write_tokens = usage_count(details, "cache_write_tokens")
-    reasoning = usage_count(output_details, "reasoning_tokens")
+    details = raw.get("input_tokens_details")
+    usage = Usage.of(
+        usage_count(raw, "input_tokens"),
+        usage_count(raw, "output_tokens"),
+        cached=usage_count(details, "cached_tokens"),
+        cache_write=usage_count(details, "cache_write_tokens"),
+    )
+    reasoning = usage_count(raw.get("output_tokens_details"), "reasoning_tokens")
     usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=reasoning)
     return usage
 
