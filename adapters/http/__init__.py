@@ -12,8 +12,8 @@ import httpx
 URL_CACHE_SIZE = 512
 USER_AGENT = "llm-edge-gateway/0.1"
 # What every request says of an answer's content coding: none but the body as it is (RFC 9110 12.5.3: a request that
-# says nothing accepts any coding, which the client does not decode; a gzip answer was read as a body that is not
-# JSON). Sent by `http1.request_head` where a request does not give it; a SigV4-signed one gives it, to be signed.
+# says nothing accepts any coding, which the client does not decode: a gzip answer would be read as a body that is
+# not JSON). Sent by `http1.request_head` where a request does not give it; a SigV4-signed one gives it, to be signed.
 ACCEPT_ENCODING = "accept-encoding"
 IDENTITY = "identity"
 

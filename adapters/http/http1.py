@@ -441,7 +441,7 @@ class OriginPool:
         self.tls = scheme == b"https"
         self.proxy = proxy
         # The origin as a proxy is asked for it (RFC 3986 3.2.2): an IPv6 literal in brackets, as `host` has it not
-        # (`httpx.URL.host`); without them `http://[::1]:8080` was asked for as `http://::1:8080`, CONNECT `::1:443`.
+        # (`httpx.URL.host`); without them `http://[::1]:8080` is asked for as `http://::1:8080`, CONNECT `::1:443`.
         self.authority = (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
         # Plain HTTP through a proxy: requests in absolute form, with the proxy's credentials.
         self.forward_prefix = b"%s://%s" % (scheme, self.authority) if proxy and not self.tls else None

@@ -569,8 +569,8 @@ class DynamoDBKeys:
     async def list_keys_page(self, parent_id: str | None, limit: int, after: KeyPlace | None = None) -> list[KeyRecord]:
         """The index's order (`gsi1sk`: a parent's children together, by id; root keys, `~`, last), read from
         `after`'s place on (past it: every key's, or a parent's up to the end of its range, its own place left out)
-        until the page holds `limit` live keys. A query of the whole index per call, its every page, sorted by id
-        for the answer, read all 120 items of an index of 120 keys for a page of 11."""
+        until the page holds `limit` live keys: no more of the index than the page (read whole and sorted by id, as
+        `list_keys` reads it, an index of 120 keys is 120 items read for a page of 11)."""
         condition = "gsi1pk = :keys"
         values: Item = {":keys": text("KEYS")}
         start = None if after is None else listing_sk(after)

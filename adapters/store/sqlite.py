@@ -631,17 +631,7 @@ class SQLiteStore(SQLiteSignIns, SliceCache):
                 raise ConflictError(f"key {record.id} changed since it was read")
 
     async def list_keys(self, parent_id: str | None = None) -> list[KeyRecord]:
-        now = time.time()
-        if parent_id is None:
-            rows = self.db.execute(
-                "SELECT data FROM keys WHERE purge_after IS NULL OR purge_after >= ? ORDER BY id", (now,)
-            )
-        else:
-            rows = self.db.execute(
-                "SELECT data FROM keys WHERE parent_id = ? AND (purge_after IS NULL OR purge_after >= ?) ORDER BY id",
-                (parent_id, now),
-            )
-        return [key_from_json(row[0]) for row in rows.fetchall()]
+        return await self.list_keys_page(parent_id, -1)  # (every one: SQLite reads `LIMIT -1` as no bound)
 
     async def list_keys_page(self, parent_id: str | None, limit: int, after: KeyPlace | None = None) -> list[KeyRecord]:
         """`list_keys`'s order (by id), read from `after`'s id on and no further than the page: the primary key's

@@ -136,8 +136,6 @@ STOP_REASONS: dict[str, FinishReason] = {
     "refusal": "content_filter",
 }
 
-# (The HTTP status each of Anthropic's error types stands for, inside a stream, is `handler.wire.said_status`'s.)
-
 
 def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
     """Anthropic's error body `{"type": "error", "error": {"type", "message", "details"}}`, tolerating others; its

@@ -133,8 +133,8 @@ class AnthropicStreamParser:
 
                 self._wire_usage.update(WireUsage.model_validate(payload["usage"]))
             # The final usage, where the event gives one with both main counts (`WireUsage.counted`); none else, and
-            # the stream is metered as one without it (`message_start`'s counts, its 1 token out, were billed as the
-            # final ones where the event had no usage, and 0 tokens out where it said `"output_tokens": null`).
+            # the stream is metered as one without it (taken for the final counts, `message_start`'s would bill its 1
+            # token out where the event has no usage, and `"output_tokens": null` would bill 0 tokens out).
             usage = self._wire_usage.to_usage()
             self.usage = usage if given and self._wire_usage.counted() else None
             self.served = self._wire_usage.served()  # (read now: not when the stream is costed, once settling began)

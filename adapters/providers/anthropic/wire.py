@@ -28,8 +28,8 @@ FOLDED_EXTRA = ("cache_creation", "server_tool_use", "iterations", "speed")
 # SDK's `BetaUsage.iterations`; Anthropic's compaction docs: 180,000 in and 3,500 out beside a top level of 23,000
 # and 1,000). The other entries (`message`, each turn of a server tool loop) are in the top level already. Each is a
 # sampling of its own ("an additional sampling step"), priced at the tier its own input reaches (`Served.samplings`):
-# summed with the answer's, the docs' example was charged Sonnet 4.5's long-context prices on 203,000 input tokens,
-# $1.31925 where no sampling passed 200,000 and Anthropic bills $0.6765 (found by review).
+# summed with the answer's, the docs' example would be charged Sonnet 4.5's long-context prices on 203,000 input
+# tokens, $1.31925, where no sampling passes 200,000 and Anthropic bills $0.6765.
 BILLED_APART = ("compaction",)
 # The `iterations` of another model's sampling, which the top-level counts leave out too, billed at that model's
 # prices: the advisor tool's sub-inferences (`advisor_message`, with the advisor's `model`: "usage is billed at the
@@ -55,8 +55,8 @@ def _entries(iterations: Any, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
 
 
 def _sampling(counts: dict[str, Any]) -> Usage:
-    """The counts of one sampling (the top level, or an iteration `BILLED_APART`) as the gateway's usage: Anthropic's
-    input leaves out cache reads and writes, which OpenAI counts in."""
+    """The counts of one sampling (the top level, an iteration `BILLED_APART` or `BILLED_AT_THEIR_MODEL`) as the
+    gateway's usage: Anthropic's input leaves out cache reads and writes, which OpenAI counts in."""
     fresh, output = usage_count(counts, "input_tokens"), usage_count(counts, "output_tokens")
     read, write = usage_count(counts, "cache_read_input_tokens"), usage_count(counts, "cache_creation_input_tokens")
     hour = usage_count(counts.get("cache_creation"), "ephemeral_1h_input_tokens")
@@ -68,8 +68,7 @@ def _their_model(entry: dict[str, Any]) -> tuple[str, Usage]:
     model = entry.get("model")
     if not isinstance(model, str) or not model:
         raise ValueError(f"usage iteration {entry.get('type')} names no model")
-    counts = {name: entry[name] for name in ("output_tokens", "cache_creation", *FOLDED) if name in entry}
-    return model, WireUsage.model_validate(counts).to_usage()
+    return model, _sampling(entry)
 
 
 class WireUsage(_Wire):
@@ -85,23 +84,20 @@ class WireUsage(_Wire):
 
     def counted(self) -> bool:
         """Whether it gives both main counts, the input's and the output's: a usage without one (null or left out)
-        is none, so a whole answer is estimated and a stream metered as one without its final usage. Read as 0, a
-        stream's 3,000 characters under `"output_tokens": null` were billed 0 tokens out as the provider's count
-        (found by review)."""
+        is none, so a whole answer is estimated and a stream metered as one without its final usage. (Read as 0,
+        `"output_tokens": null` would bill a stream's 3,000 characters as 0 tokens out, the provider's count.)"""
         return self.input_tokens is not None and self.output_tokens is not None
 
     def to_usage(self) -> Usage:
         """The counts the request is billed for: the top level's, and a compaction's beside them (the line's token
         counts; each sampling is priced apart, `served`). A count it lacks is 0 here (`counted` says whether it
         has both)."""
-        fresh, output = self.input_tokens or 0, self.output_tokens or 0
-        read, write = self.cache_read_input_tokens or 0, self.cache_creation_input_tokens or 0
         extra = self.__pydantic_extra__ or {}
-        hour = usage_count(extra.get("cache_creation"), "ephemeral_1h_input_tokens") if extra else 0
-        usage = Usage.of(fresh + read + write, output, cached=read, cache_write=write, cache_write_1h=min(write, hour))
-        for entry in _entries(extra.get("iterations"), BILLED_APART) if extra else ():
+        # (The top level's counts are its declared fields, its writes kept an hour among the extras.)
+        usage = _sampling({**self.__dict__, "cache_creation": extra.get("cache_creation")})
+        for entry in _entries(extra.get("iterations"), BILLED_APART):
             usage = usage.plus(_sampling(entry))
-        searches = usage_count(extra.get("server_tool_use"), "web_search_requests") if extra else 0
+        searches = usage_count(extra.get("server_tool_use"), "web_search_requests")
         if searches:
             usage.set_count("web_searches", searches)
         return usage

@@ -15,6 +15,7 @@ answer (`AzureStreamParser`).
 
 from __future__ import annotations
 
+import functools
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
@@ -65,17 +66,20 @@ PARTS_SINCE: dict[str, str] = {"input_audio": "2025-01-01-preview", "file": "202
 # that does not fail over; sent on, a request OpenAI serves failed on its Azure deployment (found by review).
 OPENAI_ONLY = ("verbosity", "prompt_cache_key", "safety_identifier", "service_tier", "web_search_options")
 # OpenAI's `allowed_tools` tool choice (August 2025) is another such: a dated version's `tool_choice` is none, auto,
-# required or a named function. OpenAI's profile says its API takes the choice, so it went to Azure as written, a 400
-# that does not fail over (found by review). A dated version is sent it as the APIs without it are (Mistral's,
-# DeepSeek's): the tools it allows offered alone, with its mode (`DATED_PROFILES`).
+# required or a named function, and refuses another with a 400 that does not fail over (OpenAI's profile says its API
+# takes it). A dated version is sent it as the APIs without it are (Mistral's, DeepSeek's): the tools it allows
+# offered alone, with its mode (`dated_profile`).
 # The members of `stream_options` Azure's dated api-versions define: `include_usage` alone (OpenAI's
 # `include_obfuscation` came after the last of them), so a client's others are left out and named, as its unknown
 # top-level members are.
 STREAM_MEMBERS = frozenset({"include_usage"})
 
 
-# Each profile an Azure provider may name (OpenAI's by default) as a dated api-version takes it: no `allowed_tools`.
-DATED_PROFILES: dict[str, Profile] = {name: profile._replace(allowed_tools=False) for name, profile in PROFILES.items()}
+@functools.cache  # (made on first use, not in the cold start of every config that names Azure)
+def dated_profile(name: str) -> Profile:
+    """The profile an Azure provider names (OpenAI's by default) as a dated api-version takes it: no
+    `allowed_tools`."""
+    return PROFILES[name]._replace(allowed_tools=False)
 
 
 def dated(version: str) -> bool:
@@ -86,8 +90,8 @@ def dated(version: str) -> bool:
 
 def conform_to_version(body: dict[str, Any], version: str, dropped: list[str]) -> None:
     """Fit an OpenAI body to what Azure's api-version `version` defines (in place). The versionless API takes
-    OpenAI's body as it is: nothing is left out (its `verbosity` and `prompt_cache_key` were, as a dated
-    version's: found by review)."""
+    OpenAI's body as it is: nothing is left out (it takes `verbosity` and `prompt_cache_key`, which no dated
+    version does)."""
     if not dated(version):
         return
     for name, since in PARAMETERS_SINCE.items():
@@ -280,9 +284,9 @@ class AzureOpenAIAdapter(OpenAIAdapter):
 
     def profile(self, target: Target) -> Profile:
         """OpenAI's own table (its bounds are Azure's too) whatever the resource's host, unless one is named; at a
-        dated api-version, which defines no `allowed_tools` tool choice, without it (`DATED_PROFILES`)."""
+        dated api-version, which defines no `allowed_tools` tool choice, without it (`dated_profile`)."""
         name = self.options.get("profile") or "openai"
-        return DATED_PROFILES[name] if dated(self.api_version(target)) else PROFILES[name]
+        return dated_profile(name) if dated(self.api_version(target)) else PROFILES[name]
 
     def base_url(self, region: str, override: str | None) -> str:
         url = super().base_url(region, override)
@@ -322,7 +326,7 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         """Where `operation` (`chat/completions`, `embeddings`) goes: the deployment's path with the dated
         api-version; or, at a name of the versionless API, the v1 API's path, which takes the deployment as the
         body's `model` (OpenAI's body has it there) and no api-version but `preview`, for its preview features.
-        (It went to the deployment's path with `?api-version=v1`, which no dated API is: found by review.)"""
+        (The deployment's path serves the dated api-versions alone: `?api-version=v1` is none of them.)"""
         version = self.api_version(target)
         if not dated(version):
             query = "?api-version=preview" if version == "preview" else ""

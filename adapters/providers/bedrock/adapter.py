@@ -626,18 +626,19 @@ def tool_config(
 def usage_of(raw: Any) -> Usage | None:
     """Converse usage: `inputTokens` leaves out cache reads and writes, which OpenAI counts in. The writes kept an
     hour (`cacheDetails`, the writes by TTL) are counted apart: they are priced at their own rate. A count that is
-    not a plain integer makes the answer malformed (`usage_count`): it was left out (read as 0), and `true` counted
-    as 1 (found by review). One without a main count, the input's or the output's (null or left out), is none
-    (`reported`: read as 0, it billed the prompt free, found by review)."""
+    not a plain integer makes the answer malformed (`usage_count`), not billed as 0 (nor `true` as 1) as the
+    provider's count. One without a main count, the input's or the output's (null or left out), is none
+    (`reported`): read as 0, it would bill the prompt free."""
     if not reported(raw, "inputTokens", "outputTokens"):
         return None
     listed = raw.get("cacheDetails")
     details = [d for d in listed if isinstance(d, dict)] if isinstance(listed, list) else []
     by_ttl = [(d.get("ttl"), usage_count(d, "inputTokens")) for d in details]
     read = usage_count(raw, "cacheReadInputTokens")
-    write = usage_count(raw, "cacheWriteInputTokens")
-    if raw.get("cacheWriteInputTokens") is None:
+    if raw.get("cacheWriteInputTokens") is None:  # (the writes by TTL alone: their sum)
         write = sum(tokens for _, tokens in by_ttl)
+    else:
+        write = usage_count(raw, "cacheWriteInputTokens")
     hour = sum(tokens for ttl, tokens in by_ttl if ttl == "1h")
     prompt = usage_count(raw, "inputTokens") + read + write
     return Usage.of(

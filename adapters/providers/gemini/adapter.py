@@ -439,11 +439,10 @@ def _function_response(
     """A tool message as a `functionResponse` named as its call went (`names`): its text, as JSON; an image or file
     it holds rides in the response's own `parts` where the model takes them (Gemini 3), else goes in `beside`, the
     parts that follow the turn's function responses, headed by a text naming the call (Gemini before 3 takes no
-    media in a `functionResponse`, and an `inlineData` part in the same user turn: the image a tool read was left
-    out, the model given `response: {}`, found by review on Gemini 2.5). Any other part is left out, named, and so
-    is an image of a type Gemini does not take: refused as a user's image is (`_image_part`), a GIF Claude Code's Read
-    returned made the whole turn the client's 400 (found by review). A tool's result never fails the turn that
-    carries it."""
+    media in a `functionResponse`, and an `inlineData` part in the same user turn: left out, the image a tool read
+    would leave the model a `response: {}`). Any other part is left out, named, and so is an image of a type Gemini
+    does not take (`_image_part` refuses it as a user's image: a GIF Claude Code's Read returned would make the whole
+    turn the client's 400). A tool's result never fails the turn that carries it."""
     media: list[dict[str, Any]] = []
     if isinstance(message.content, list):
         for part in message.content:
@@ -692,11 +691,11 @@ def modality_tokens(details: Any, modality: str) -> int:
 def usage_of(meta: Any) -> Usage | None:
     """`usageMetadata` as the gateway's usage: thinking tokens are billed as output, tool-use prompt
     tokens as input; `promptTokenCount` already includes the cached tokens. A count that is not a plain integer
-    makes the answer malformed (`usage_count`): it was read as 0, and `promptTokenCount: 1200.5` billed no input
-    at all as the provider's count (found by review). One without its input count, null or left out, is none
-    (`reported`: read as 0, it billed the prompt free, found by review); its output count is left out where it is 0
-    (Gemini's JSON drops a count of 0: a blocked prompt's usage, a stream's events before its first text), so 0
-    it is (an answer that wrote something is not billed as 0 tokens out: `Pipeline._checked`)."""
+    makes the answer malformed (`usage_count`): read as 0, `promptTokenCount: 1200.5` would bill no input at all as
+    the provider's count. One without its input count, null or left out, is none (`reported`: read as 0, it would
+    bill the prompt free); its output count is left out where it is 0 (Gemini's JSON drops a count of 0: a blocked
+    prompt's usage, a stream's events before its first text), so 0 it is (an answer that wrote something is not
+    billed as 0 tokens out: `Pipeline._checked`)."""
     if not reported(meta, "promptTokenCount"):
         return None
     thoughts = usage_count(meta, "thoughtsTokenCount")
@@ -895,12 +894,12 @@ class GeminiAdapter(ProviderAdapter):
                 reason = finish_reason(candidate.get("finishReason"), bool(calls), any(texts))
                 answered = answered or bool(message.content or calls)
             except UpstreamError as unusable:
-                # With `n` > 1, one candidate that is no answer failed the whole answer, the others' thrown away (a
-                # 502, or a failover billed on top: review): it is the whole answer's failure only if another did not
-                # answer, as a stream's is (`GeminiStreamParser.feed`). Its own text before the reason is no answer:
-                # a lone candidate's preamble ("Let me check the weather.") ending `MALFORMED_FUNCTION_CALL` was a
-                # finished answer, `stop`, billed as a success and never failed over, where streamed it was the
-                # provider's malformed answer (review). Beside another's answer it ends `stop`, as streamed.
+                # With `n` > 1, one candidate that is no answer would fail the whole answer, the others' thrown away
+                # (a 502, or a failover billed on top): it is the whole answer's failure only if another did not
+                # answer, as a stream's is (`GeminiStreamParser.feed`). Its own text before the reason is no answer: a
+                # lone candidate's preamble ("Let me check the weather.") ending `MALFORMED_FUNCTION_CALL` is the
+                # provider's malformed answer, as streamed, not a finished one billed as a success and never failed
+                # over. Beside another's answer it ends `stop`, as streamed.
                 unanswered, reason = unanswered or unusable, "stop"
             choices.append(Choice(index=candidate.get("index", position), message=message, finish_reason=reason))
         if unanswered is not None and not answered:
@@ -955,7 +954,7 @@ class GeminiAdapter(ProviderAdapter):
                 item["outputDimensionality"] = req.dimensions
             requests.append(item)
         # Named as dropped: `user`, and every other field Gemini has no place for (Mistral's `output_dtype`,
-        # `metadata`, a `task_type`), as Mistral's embeddings name theirs; they were left out without a word (review).
+        # `metadata`, a `task_type`), as Mistral's embeddings name theirs, so that a client knows they did nothing.
         extra = [name for name, value in (req.model_extra or {}).items() if value is not None]
         dropped = [*(["user"] if req.user is not None else []), *extra]
         request = UpstreamRequest(

@@ -132,7 +132,7 @@ def normalize_usage(usage: Usage | None) -> Usage | None:
     """Fold provider variants into the gateway's usage: DeepSeek reports cache hits as
     `prompt_cache_hit_tokens` rather than `prompt_tokens_details.cached_tokens`. The counts the gateway bills that
     `Usage` does not declare (those, and the details' `audio_tokens`) are read as its declared ones are: one that
-    is not a plain integer makes the answer malformed (`usage_count`), where it was read as 0."""
+    is not a plain integer makes the answer malformed (`usage_count`), not read as 0."""
     if usage is None:
         return usage
     for details in (usage.prompt_tokens_details, usage.completion_tokens_details):
@@ -436,13 +436,15 @@ def media_after_results(messages: list[dict[str, Any]], refused: Collection[str]
     """Move the parts of each tool message other than text (an image Claude Code's `Read` returned, the `input_image`
     of Codex's `view_image`, a document) into a user message right after the turn's tool messages, each call's
     headed by a text naming it (`params.returned_media_label`), in place. A Chat Completions tool message takes text
-    alone ("Image URLs are only allowed for messages with role 'user'"), and the image was left out: the model was
-    told the file was read and given an empty result (found by review, on gpt-4o-mini and Azure). A user message may
-    follow the tool messages, and takes images and files. Run on the body as it goes (its ids and names as the API
+    alone ("Image URLs are only allowed for messages with role 'user'"): left out, the image would leave the model told
+    the file was read and given an empty result (gpt-4o-mini, Azure). A user message may follow the tool messages,
+    and takes images and files. Run on the body as it goes (its ids and names as the API
     sees them). A part of a type the deployment takes in no user message (`refused`: an Azure api-version's lacking,
-    `OpenAIAdapter.refused_parts`) is left out, and named in what it returns (`messages.tool.<type>`): moved, it met
-    the check of the user's parts, and the whole turn was the client's 400 (a PDF Claude Code's Read returned, on
-    Azure's default api-version: found by review). A tool's result never fails the turn that carries it."""
+    `OpenAIAdapter.refused_parts`) is left out, and named in what it returns (`messages.tool.<type>`): moved, it would
+    meet the check of the user's parts and make the whole turn the client's 400 (a PDF Claude Code's Read returned, on
+    Azure's default api-version). A tool's result never fails the turn that carries it."""
+    if not _returns_media(messages):
+        return []  # (the usual request: the conversation is not copied, nor its calls' names gathered)
     dropped: list[str] = []
     names: dict[str, str] = {}
     moved: list[dict[str, Any]] = []
@@ -462,7 +464,7 @@ def media_after_results(messages: list[dict[str, Any]], refused: Collection[str]
         if not media:
             continue
         taken = [part for part in media if part.get("type") not in refused]
-        dropped += [f"messages.tool.{part.get('type')}" for part in media if part not in taken]
+        dropped += [f"messages.tool.{part.get('type')}" for part in media if part.get("type") in refused]
         if taken:
             call_id = message.get("tool_call_id")
             moved += [{"type": "text", "text": returned_media_label(names.get(str(call_id)), call_id)}, *taken]
@@ -471,6 +473,20 @@ def media_after_results(messages: list[dict[str, Any]], refused: Collection[str]
         conversation.append({"role": "user", "content": moved})
     messages[:] = conversation
     return list(dict.fromkeys(dropped))
+
+
+def _returns_media(messages: list[dict[str, Any]]) -> bool:
+    """Whether a tool's result among `messages` holds a part other than text (`media_after_results`). (A loop, not
+    generators: this is on every request, and a conversation of an agent's hundreds of tool results took it 2.5
+    times as long as nested `any`.)"""
+    for message in messages:
+        if message.get("role") == "tool":
+            content = message.get("content")
+            if isinstance(content, list):
+                for part in content:
+                    if part.get("type") != "text":
+                        return True
+    return False
 
 
 def _name_file(file: dict[str, Any]) -> None:
@@ -642,10 +658,9 @@ def unsent_in_thinking(body: dict[str, Any], thinks_unasked: bool = False) -> li
     (`ModelRules.thinking_mode`), to a DeepSeek model it turns thinking on for (`thinking: {"type": "enabled"}`,
     which only the `deepseek` provider's profile sends, `Profile.thinking`), and to any other model of an API whose
     models think unless told not to (`thinks_unasked`: DeepSeek's, "Thinking mode is enabled by default") on a request
-    that does not turn it off (`thinking: {"type": "disabled"}`). `logprobs` and `top_logprobs` went on, and DeepSeek
-    refused the request (400) where the client would have had its answer and read them named as dropped; to
-    `deepseek-v4-pro` and `deepseek-v4-flash` all six went on unnamed, only the reasoner being taken to think (found by
-    review)."""
+    that does not turn it off (`thinking: {"type": "disabled"}`). Sent on, `logprobs` and `top_logprobs` are DeepSeek's
+    400 where the client would have had its answer and read them named as dropped, and the other four do nothing,
+    unnamed (`deepseek-v4-pro` and `deepseek-v4-flash` think as its reasoner does)."""
     if body.keys().isdisjoint(THINKING_MODE_UNSENT):
         return []  # (the usual request: the model's rules are not looked up)
     thinking = body.get("thinking")

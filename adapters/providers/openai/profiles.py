@@ -44,7 +44,7 @@ class Profile(Value):
     (Mistral's, "force the model to start its answer by the content of the message"), None where it cannot (the
     prefill is then named as dropped, `messages.prefill`); `allowed_tools` whether the API takes a `tool_choice` of
     type `allowed_tools` (where not, the tools it allows go alone, with its mode: the model can call no other, as it
-    asks). Only OpenAI's own API (and Azure's versionless one; not its dated api-versions: `azure.DATED_PROFILES`) is
+    asks). Only OpenAI's own API (and Azure's versionless one; not its dated api-versions: `azure.dated_profile`) is
     known to take it, and only its profile says so: vLLM's request model refuses it, and Groq's, Mistral's and
     DeepSeek's APIs document a `tool_choice` of none, auto, required or a named function; a server the gateway knows no
     better is sent what all of them take. `signed_calls` whether the API is Gemini's, reading a tool call's thought

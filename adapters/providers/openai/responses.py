@@ -31,17 +31,19 @@ __all__ = ["ResponsesMeter", "aliased_names", "answer_usage", "issued_here", "re
 
 def usage_of(raw: Any) -> Usage | None:
     """A Responses `usage` object as the gateway's usage (None when there is none, or none of its main counts:
-    `reported`; read as 0, `"input_tokens": null` billed the prompt free, found by review). A count that is not a
-    plain integer makes the answer malformed (`usage_count`): `int()` truncated `input_tokens: 10.7` to 10, billed as
-    the provider's count (found by review)."""
+    `reported`; read as 0, `"input_tokens": null` would bill the prompt free). A count that is not a plain integer
+    makes the answer malformed (`usage_count`): `int()` would truncate `input_tokens: 10.7` to 10 and bill it as the
+    provider's count."""
     if not reported(raw, "input_tokens", "output_tokens"):
         return None
-    details, output_details = raw.get("input_tokens_details"), raw.get("output_tokens_details")
-    usage = Usage.of(usage_count(raw, "input_tokens"), usage_count(raw, "output_tokens"))
-    if usage.prompt_tokens_details is not None:
-        usage.prompt_tokens_details.cached_tokens = usage_count(details, "cached_tokens")
-        usage.prompt_tokens_details.cache_write_tokens = usage_count(details, "cache_write_tokens")
-    reasoning = usage_count(output_details, "reasoning_tokens")
+    details = raw.get("input_tokens_details")
+    usage = Usage.of(
+        usage_count(raw, "input_tokens"),
+        usage_count(raw, "output_tokens"),
+        cached=usage_count(details, "cached_tokens"),
+        cache_write=usage_count(details, "cache_write_tokens"),
+    )
+    reasoning = usage_count(raw.get("output_tokens_details"), "reasoning_tokens")
     usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=reasoning)
     return usage
 
@@ -236,10 +238,10 @@ class ResponsesMeter:
     server's event as it came (the key it quoted back, less only its whole form); before the stream's first event,
     the next deployment is tried. OpenAI's own `error` event (typed) is the Responses API's and goes on, redacted
     (`handler.api.responses_native.relayed_events`), once the stream began; as its first event, it is the stream's
-    error too, and the next deployment is tried (it was relayed: the client's stream began with the failure, nothing
-    else tried). Either is read at the status its code or type names (`said_status`: a
-    `rate_limit_exceeded` a 429, an `insufficient_quota` the deployment's refusal), as an error answer's status is
-    read; it was a 500 whatever it said."""
+    error too, and the next deployment is tried (relayed, it would begin the client's stream with the failure, nothing
+    else tried). Either is read at the status its code or type names (`said_status`: a `rate_limit_exceeded` a 429,
+    an `insufficient_quota` the deployment's refusal), as an error answer's status is read, not as a 500 whatever it
+    says."""
 
     def __init__(self) -> None:
         self.usage: Usage | None = None
