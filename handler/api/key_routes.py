@@ -519,10 +519,10 @@ class KeyRoutes:
         await self._admin(request)
         params = request.query_params
         parent = params.get("parent_id")
-        if parent and not is_key_id(parent) and not may_hold_a_secret(parent):  # (not a store read: `is_key_id`)
-            raise InvalidRequestError(f"parent_id takes a key's id, of {ID_LENGTH} characters", param="parent_id")
         if parent and may_hold_a_secret(parent):  # (it listed no key, as if the key had no children)
             raise InvalidRequestError(f"parent_id takes {NOT_THE_KEY}", param="parent_id")
+        if parent and not is_key_id(parent):  # (not a store read: `is_key_id`)
+            raise InvalidRequestError(f"parent_id takes a key's id, of {ID_LENGTH} characters", param="parent_id")
         limit = parse_limit(params.get("limit"))
         after = parse_key_cursor(params.get("cursor"), parent)
         records = await self.gateway.store.list_keys_page(parent, limit + 1, after)
