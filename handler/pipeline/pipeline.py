@@ -46,6 +46,7 @@ from handler.pipeline.output_caps import OutputCap
 from handler.pipeline.pricing import (
     Cost,
     PromptEstimate,
+    counts_output,
     fee_for,
     held_window,
     plausible,
@@ -708,10 +709,10 @@ class Pipeline(Charges):
         worst_model = ex.model  # the model of the worst case; with an unknown price, the first model without one
         prompt = shown = 0
         output = max(outputs)
-        beyond = estimate.text_bound - estimate.text_tokens + estimate.referenced  # (`PromptEstimate.tokens`'s)
+        unseen = estimate.unseen
         for attempt, written in zip(plan, outputs, strict=True):
             seen = estimate.seen(attempt.target.provider_type, attempt.target.model)
-            tokens = seen + beyond  # (its worst case, `PromptEstimate.tokens`, its images priced once)
+            tokens = seen + unseen  # (its worst case, `PromptEstimate.tokens`, its images priced once)
             prompt, shown = max(prompt, tokens), max(shown, seen)
             case = worst_case_usd(tokens, written, self._price(ex, attempt, worst=True), self.fee, ex.audio_output)
             apart = ex.per_request_usd + self._searches_at(ex, attempt) * ex.search_usd
@@ -795,10 +796,9 @@ class Pipeline(Charges):
         usage is not free, and negative or impossible counts are never credited. The estimate's output, about three
         characters a token of what was generated, is at most what the attempt could write (`written_at_most`), so
         that it stays within the worst case the request was admitted for. An answer that wrote something and counts 0
-        tokens out is no count a provider bills either: 3,000 characters under `"completion_tokens": 0` were billed 0
-        tokens out as the provider's count (so were they where a reader takes a count left out for 0, as
-        `handler.wire.usage_count` does)."""
-        if usage is not None and plausible(usage) and (usage.completion_tokens or not output_chars()):
+        tokens out is no count a provider bills either (`counts_output`; nor where a reader takes a count left out
+        for 0, as `handler.wire.usage_count` does)."""
+        if usage is not None and plausible(usage) and counts_output(usage, output_chars):
             return usage, "provider"
         if usage is not None:
             log.warning("upstream usage refused as impossible", extra={"request_id": ex.request_id})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from functools import cache, lru_cache
 from importlib import resources
@@ -332,8 +332,14 @@ class PromptEstimate(Value):
 
     def tokens(self, provider_type: str, model: str) -> int:
         """The worst case for `model` of `provider_type`, each image by that provider's formula: what `seen`
-        estimates, with the text's bound past its estimate and the documents the provider fetches itself."""
-        return self.seen(provider_type, model) + self.text_bound - self.text_tokens + self.referenced
+        estimates, and what it does not (`unseen`)."""
+        return self.seen(provider_type, model) + self.unseen
+
+    @property
+    def unseen(self) -> int:
+        """What the worst case holds past `seen`, whoever reads the prompt: the text's bound past its estimate and the
+        documents the provider fetches itself."""
+        return self.text_bound - self.text_tokens + self.referenced
 
     def seen(self, provider_type: str, model: str) -> int:
         """The estimate of what the request shows (its text and images), for an answer that came without usage."""
@@ -620,6 +626,13 @@ def plausible(usage: Usage) -> bool:
             )
         )
     )
+
+
+def counts_output(usage: Usage, output_chars: Callable[[], int]) -> bool:
+    """Whether `usage` counts what the answer wrote (`output_chars`, read only for a count of 0): 0 tokens out for an
+    answer that wrote something is no count a provider bills (3,000 characters under `"completion_tokens": 0` were
+    billed 0 tokens out as the provider's count). A whole answer's (`Pipeline._checked`) and a stream's alike."""
+    return bool(usage.completion_tokens) or not output_chars()
 
 
 def reasoning_off(req: ChatRequest) -> bool:
