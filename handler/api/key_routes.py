@@ -268,7 +268,7 @@ def beyond_authority(target: list[KeyRecord], authority: KeyRecord) -> str | Non
 
     The models are stored patterns, compared in `CONTAINMENT_STEPS` as a new key's are: each of the two keys' was
     held to the key that minted it, never to the other's, so many long wildcard patterns on both could take far
-    longer. Past the steps the refusal says so (`StepsSpent`), where it said "not within" of models that were."""
+    longer. Past the steps the refusal says so (`StepsSpent`), never "not within" of models that may well be."""
     if authority.id in (target[0].id, *target[0].ancestors):
         return None
     spending = spending_bounds(authority)

@@ -1464,11 +1464,11 @@ async def outlasting(writing: asyncio.Future[T]) -> T:
 def embedded_tokens(inputs: str | list[str] | list[int] | list[list[int]]) -> int:
     """An embeddings request's input tokens at most, for its admission (the key's `tpm`, the budget's worst case) and
     the line of an answer that has no usage: token ids are tokens (`list[int]`, one input; `list[list[int]]`, several),
-    text one token a UTF-8 byte, which no byte-level tokenizer exceeds. About two bytes a token was no bound: digits
+    text one token a UTF-8 byte, which no byte-level tokenizer exceeds. About two bytes a token is no bound: digits
     and letters mixed (ids, hashes, codes) are a cl100k token a byte, and two requests of 8,000 such bytes, each
-    reserved as 4,001 tokens, spent twice a key's budget (review). At embedding prices the bound costs a reservation
-    next to nothing. Each id was counted as its digits (5,000 ids as 25,000 tokens, refused on a key's tpm of 20,000)
-    and a list of them as its repr, about 7 an id (found by review)."""
+    reserved as 4,001 tokens, would spend twice a key's budget. At embedding prices the bound costs a reservation
+    next to nothing. An id is one token, not its digits (5,000 ids would be 25,000 tokens, refused on a key's tpm of
+    20,000), nor a list of them its repr (about 7 an id)."""
     if isinstance(inputs, str):
         return len(inputs.encode())
     return sum(

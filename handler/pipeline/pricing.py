@@ -373,11 +373,11 @@ def held_window(spec: ModelConfig) -> int:
 def prompt_estimate(req: ChatRequest) -> PromptEstimate:
     """The prompt's tokens, cheap enough for the hot path: each part of the body that goes to the provider read
     from its UTF-8 bytes, at half of them for the estimate (English runs about four characters a token, CJK about
-    one character of three bytes) and all of them for the bound. Half was said to over-count every tokenizer priced
-    and was the budget's worst case, which it is not: byte-level BPE (cl100k, o200k) reads digits and letters mixed
-    (`1a1a`, ids, hashes, some code) a token a byte, as SentencePiece's byte fallback reads what its vocabulary
-    lacks, and two requests of 8,000 such bytes, each reserved for about 4,000 tokens, spent twice a key's budget
-    (review). A token a byte is the bound of every tokenizer priced (none has a token of less than a byte)."""
+    one character of three bytes) and all of them for the bound. Half is no worst case: byte-level BPE (cl100k,
+    o200k) reads digits and letters mixed (`1a1a`, ids, hashes, some code) a token a byte, as SentencePiece's byte
+    fallback reads what its vocabulary lacks, and two requests of 8,000 such bytes, each reserved for about 4,000
+    tokens, would spend twice a key's budget. A token a byte is the bound of every tokenizer priced (none has a
+    token of less than a byte)."""
     total = bound = referenced = 0
     images: list[tuple[str, str | None]] = []
     for message in req.messages:
@@ -504,7 +504,7 @@ def _inline_document(block: dict[str, Any]) -> bool:
 def predicted_tokens(req: ChatRequest) -> int:
     """An upper bound of a `prediction`'s tokens (OpenAI's Predicted Outputs): those the answer does not use are
     billed at the completion rate, beyond the tokens it generates and its output cap. A token a byte of its JSON, as
-    a prompt's bound (`prompt_estimate`): half of them was none for a prediction of code or ids."""
+    a prompt's bound (`prompt_estimate`): half of them is none for a prediction of code or ids."""
     prediction = (req.model_extra or {}).get("prediction")
     return 0 if prediction is None else len(orjson.dumps(prediction))
 
