@@ -328,7 +328,9 @@ class PromptEstimate(Value):
         self.text_tokens: Final = text_tokens
         self.images: Final = images  # (url, detail)
         self.referenced: Final = referenced
-        self.text_bound: Final = text_tokens if text_bound is None else text_bound  # (None: the estimate is one)
+        # (None: the estimate is one. Never below it: an empty text's estimate is a token its bytes do not bound, and
+        # the worst case must hold what an answer without usage is billed on, `seen`.)
+        self.text_bound: Final = text_tokens if text_bound is None else max(text_bound, text_tokens)
 
     def tokens(self, provider_type: str, model: str) -> int:
         """The worst case for `model` of `provider_type`, each image by that provider's formula: what `seen`
