@@ -1428,7 +1428,7 @@ def shed(err: GatewayError) -> bool:
     return isinstance(err, ServiceUnavailableError) and err.code == "no_deployment_available"
 
 
-def lowered_by(worst_model: str, model: str, lowers: str = "a smaller max_tokens") -> str:
+def lowered_by(worst_model: str, model: str, lowers: str) -> str:
     """What lowers a refused worst case, told in the refusal (`lowers`: the request's own part of it). Any model the
     plan may try must be covered, so a fallback's worst case can be the one refused."""
     if worst_model != model:
