@@ -12,6 +12,7 @@ import functools
 import importlib
 import operator
 import secrets
+from collections.abc import Callable
 from typing import (
     TYPE_CHECKING,
     Annotated,
@@ -549,17 +550,7 @@ class Usage(_Counted, BaseModel):
 
     def plus(self, other: Self) -> Self:
         """This usage and `other` together (two answers billed for one request): every count summed."""
-        usage = type(self).of(
-            self.prompt_tokens + other.prompt_tokens,
-            self.completion_tokens + other.completion_tokens,
-            self.cached_tokens + other.cached_tokens,
-            self.cache_write_tokens + other.cache_write_tokens,
-            self.cache_write_1h_tokens + other.cache_write_1h_tokens,
-            self.audio_prompt_tokens + other.audio_prompt_tokens,
-        )
-        reasoning = self.reasoning_tokens + other.reasoning_tokens
-        if reasoning:
-            usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=reasoning)
+        usage = self._combined(other, operator.add)
         if self.web_searches + other.web_searches:
             usage.set_count("web_searches", self.web_searches + other.web_searches)
         return usage
@@ -567,19 +558,24 @@ class Usage(_Counted, BaseModel):
     def less(self, other: Self) -> Self:
         """This usage without `other`, a part of it (a sampling its counts hold, priced on its own): every count
         `plus` sums, less `other`'s (none below 0); its searches kept."""
-        usage = type(self).of(
-            max(0, self.prompt_tokens - other.prompt_tokens),
-            max(0, self.completion_tokens - other.completion_tokens),
-            max(0, self.cached_tokens - other.cached_tokens),
-            max(0, self.cache_write_tokens - other.cache_write_tokens),
-            max(0, self.cache_write_1h_tokens - other.cache_write_1h_tokens),
-            max(0, self.audio_prompt_tokens - other.audio_prompt_tokens),
-        )
-        reasoning = max(0, self.reasoning_tokens - other.reasoning_tokens)
-        if reasoning:
-            usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=reasoning)
+        usage = self._combined(other, _less)
         if self.web_searches:
             usage.set_count("web_searches", self.web_searches)
+        return usage
+
+    def _combined(self, other: Self, count: Callable[[int, int], int]) -> Self:
+        """The token counts of this usage and `other`, each `count(this one's, other's)` (`plus`, `less`)."""
+        usage = type(self).of(
+            count(self.prompt_tokens, other.prompt_tokens),
+            count(self.completion_tokens, other.completion_tokens),
+            count(self.cached_tokens, other.cached_tokens),
+            count(self.cache_write_tokens, other.cache_write_tokens),
+            count(self.cache_write_1h_tokens, other.cache_write_1h_tokens),
+            count(self.audio_prompt_tokens, other.audio_prompt_tokens),
+        )
+        reasoning = count(self.reasoning_tokens, other.reasoning_tokens)
+        if reasoning:
+            usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=reasoning)
         return usage
 
     def counted_as(self, prompt: int, completion: int) -> Self:
@@ -614,6 +610,10 @@ class Choice(BaseModel):
     logprobs: Any = None
     # Which of the client's stop sequences ended the answer, where the provider says (Anthropic does).
     stop_sequence: str | None = Omitted()
+
+
+def _less(count: int, part: int) -> int:
+    return max(0, count - part)
 
 
 def completion_id() -> str:

@@ -268,7 +268,7 @@ def beyond_authority(target: list[KeyRecord], authority: KeyRecord) -> str | Non
 
     The models are stored patterns, compared in `CONTAINMENT_STEPS` as a new key's are: each of the two keys' was
     held to the key that minted it, never to the other's, so many long wildcard patterns on both could take far
-    longer. Past the steps the refusal says so (`StepsSpent`), where it said "not within" of models that were."""
+    longer. Past the steps the refusal says so (`StepsSpent`), never "not within" of models that may well be."""
     if authority.id in (target[0].id, *target[0].ancestors):
         return None
     spending = spending_bounds(authority)
@@ -519,10 +519,10 @@ class KeyRoutes:
         await self._admin(request)
         params = request.query_params
         parent = params.get("parent_id")
-        if parent and not is_key_id(parent) and not may_hold_a_secret(parent):  # (not a store read: `is_key_id`)
-            raise InvalidRequestError(f"parent_id takes a key's id, of {ID_LENGTH} characters", param="parent_id")
         if parent and may_hold_a_secret(parent):  # (it listed no key, as if the key had no children)
             raise InvalidRequestError(f"parent_id takes {NOT_THE_KEY}", param="parent_id")
+        if parent and not is_key_id(parent):  # (not a store read: `is_key_id`)
+            raise InvalidRequestError(f"parent_id takes a key's id, of {ID_LENGTH} characters", param="parent_id")
         limit = parse_limit(params.get("limit"))
         after = parse_key_cursor(params.get("cursor"), parent)
         records = await self.gateway.store.list_keys_page(parent, limit + 1, after)

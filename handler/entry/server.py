@@ -254,6 +254,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.body_timer is not None:
             self.body_timer.cancel()
             self.body_timer = None
+        self._stop_write_timer()
+
+    def _stop_write_timer(self) -> None:
         if self.write_timer is not None:
             self.write_timer.cancel()
             self.write_timer = None
@@ -262,9 +265,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """The client has an answer's bytes unread beyond the transport's high-water mark: the app's next write waits
         (uvicorn's `drain`) until it reads again, which a client that stopped reading never does. Timed from here to
         its request's end (`_request_ends`): a write still waiting then closes the connection (`_write_late`). The
-        answer's request is settled as one whose client left (499, a stream charged what it produced), where its
-        stream was held with its upstream, unsettled, past its bound and its budget reservation's expiry. A timer only
-        while writing is paused."""
+        answer's request is settled as one whose client left (499, a stream charged what it produced), where else its
+        stream would be held with its upstream, unsettled, past its bound and its budget reservation's expiry. A timer
+        only while writing is paused."""
         super().pause_writing()
         cycle = self.cycle
         if self.write_timer is None and cycle is not None and not cycle.response_complete:
@@ -272,9 +275,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        if self.write_timer is not None:
-            self.write_timer.cancel()
-            self.write_timer = None
+        self._stop_write_timer()
 
     def _request_ends(self, scope: Any) -> float:
         """When the request of `scope` ends, on the loop's clock: its deadline (`arrival_deadline_s`, as the app read
@@ -288,8 +289,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _write_late(self) -> None:
         """The request's end came while its answer's write waited for the client: the connection is reset (an abort
-        with no linger: a close waits for the unread bytes to be read, and the kernel went on holding megabytes of
-        them for the client after the process let the socket go), which uvicorn tells the app as the client's leaving
+        with no linger: a close waits for the unread bytes to be read, and the kernel would go on holding megabytes
+        of them for the client after the process let the socket go), which uvicorn tells the app as the client's leaving
         (the stream's watch cancels it: `handler.api.streaming.DisconnectWatch`)."""
         self.write_timer = None
         cycle = self.cycle
@@ -527,11 +528,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         waiting = bool(self.pipeline)
         super().on_response_complete()
         # The answer is whole: its bytes are the client's, however slowly it reads them. Its write's timer is stopped
-        # before the closing connection returns (`connection: close`), where the one left reset the connection at the
-        # request's end: a paid 8 MB answer cut to the 4 KiB read (found by review).
-        if self.write_timer is not None:
-            self.write_timer.cancel()
-            self.write_timer = None
+        # before the closing connection returns (`connection: close`): one left would reset the connection at the
+        # request's end, a paid 8 MB answer cut to the 4 KiB read.
+        self._stop_write_timer()
         if self.transport.is_closing() or self.refused:
             return
         self._stop_timers()

@@ -67,7 +67,7 @@ def _ranges(spans: list[tuple[int, int]]) -> _Ranges:
 
 def _glob_tokens(pattern: str) -> list[_Token]:
     """`fnmatch`'s syntax as tokens: `*`, `?`, `[...]`/`[!...]` classes (as ranges of code points, however wide:
-    expanded to their characters, a class of all of Unicode was a million of them), literal characters. A class of
+    expanded to their characters, a class of all of Unicode would be a million of them), literal characters. A class of
     one character is that character (`[a]` is `a`)."""
     tokens: list[_Token] = []
     i = 0
@@ -211,20 +211,20 @@ class GlobCheck:
     Each pair is matched as a glob matches a string, the child's tokens for the characters: the set of child
     positions the parent's tokens so far can end at is one integer (a bit a position), a parent token moves it on
     in a few operations, and a `*` of the parent takes every position from the first on. So a pair costs one pass
-    over the parent's tokens (at most 200), ended at once when no position is left. The walk it replaced went
-    through up to 201 x 201 states a pair, recursively (18 ms for two 200-character patterns), and a request could
-    ask for 10,000 pairs: a mint of 100 patterns held the event loop, every key's requests and /health, for about
-    three minutes. Each pattern is compiled once (`_compiled`) and each pair checked once a request (`memo`).
+    over the parent's tokens (at most 200), ended at once when no position is left, where a walk of the pairs of
+    positions goes through up to 201 x 201 states (18 ms for two 200-character patterns), and a request may ask for
+    10,000 pairs (some three minutes of the event loop, every key's requests and /health waiting). Each pattern is
+    compiled once (`_compiled`) and each pair checked once a request (`memo`).
 
     Only that walk costs steps, and only past the parent's literal prefix: a pattern without a wildcard is settled
     by comparing names (a set lookup among a parent's: `_Holder`), and a parent's pattern whose literal prefix or
-    suffix the child's does not have holds it not. Every pair of model ids was walked over their shared prefix, so
-    that a child given its parent's own 80 Bedrock profiles (`us.anthropic.claude-sonnet-4-5-2025...`) took 120,440
-    steps and was refused as too long to check.
+    suffix the child's does not have holds it not. So model ids sharing a long prefix cost nothing for it: a child
+    given its parent's own 80 Bedrock profiles (`us.anthropic.claude-sonnet-4-5-2025...`) takes no step, where
+    walking each pair over that prefix takes 120,440, past the bound.
 
     `param`: the field a 400 names once `steps` are spent (the patterns a key's holder chose); without one (a key's
-    stored patterns, on a rotation or a revocation) `StepsSpent` is raised, for the caller to say so: such patterns
-    were taken as "not within", and an admin key was told a key's models were not within its own when they were."""
+    stored patterns, on a rotation or a revocation) `StepsSpent` is raised, for the caller to say so: a plain "not
+    within" would tell an admin key that a key's models are not within its own where they may well be."""
 
     __slots__ = ("param", "steps", "memo")
 
@@ -495,9 +495,8 @@ class KeyAdmin:
         """`change` (a rotation, a retag, a revocation) applied to the key as `read` gives it, as its home region has
         it (`Store.get_key_latest`: a write made a moment ago to a key homed elsewhere is there, not yet here); one
         another write changed meanwhile is read again and changed again, then a 409 `key_changed`. The key routes'
-        writes and `gateway keys revoke|rotate|tag` alike: the command read this region's replica and never tried
-        again, so just after a write it failed ("the key changed since it was read", exit 2) where the route
-        succeeded."""
+        writes and `gateway keys revoke|rotate|tag` alike, so that a command run just after a write succeeds as the
+        route does (this region's replica may not have that write yet)."""
         for _ in range(CHANGE_TRIES):
             record = await read()
             try:

@@ -72,7 +72,7 @@ def may_hold_a_secret(key_id: str) -> bool:
 def is_key_id(key_id: str) -> bool:
     """Whether `key_id` may be a key's id: `ID_LENGTH` characters (every key's, as `split_key` reads one), and so no
     secret. A store is not asked for one that cannot be: DynamoDB answers an id past its 2,048-byte key limit with a
-    ValidationException, which was a 503 "retry shortly" (SQLite's answer, a 404, is given before the store)."""
+    ValidationException, which would be a 503 "retry shortly" (SQLite's answer, a 404, is given before the store)."""
     return len(key_id) == ID_LENGTH and not may_hold_a_secret(key_id)
 
 
@@ -202,7 +202,8 @@ class KeyService:
         """Cache the record this process just wrote: a key homed in another region is written there, and this
         region's replica has the write only with replication (a rotated secret was 401 here for 1.09 s). Unless the
         cache holds a later version (`_newer`): the answers to two writes of a key may come back in either order, and
-        a retag answered after the revocation made over it put the key back live on the process that revoked it."""
+        a retag answered after the revocation made over it would put the key back live on the process that revoked
+        it."""
         self._stamp(record.id)
         if self.cache_seconds <= 0:
             self._cache.pop(record.id, None)
@@ -252,8 +253,8 @@ class KeyService:
     async def _read(self, key_id: str, now: float, latest: bool = False) -> CachedKey:
         """The key read from the store (`latest`: as its home region has it, `Store.get_key_latest`), and cached
         unless this process wrote the key (`wrote`, `forget`) while the read was under way: the read may hold the
-        record as it was before the write. Cached whenever it landed, a lookup begun before a revocation (another
-        request of the process, on DynamoDB) put the key back live on the process that revoked it, for
+        record as it was before the write. Cached whenever it lands, a lookup begun before a revocation (another
+        request of the process, on DynamoDB) would put the key back live on the process that revoked it, for
         `key_cache_seconds`; and one begun before a rotation with no grace, the leaked secret as the key's current
         one, admin powers and all. A record older than the cached one (`_newer`: a replica behind a write this process
         made in the key's home region) is neither cached nor answered: the cached, later one is."""

@@ -31,7 +31,7 @@ from handler.errors import (
     UpstreamTimeoutError,
 )
 from handler.pipeline.exchange import CUT_SLACK_S, deadline_passed, shut_down_before
-from handler.pipeline.pricing import plausible, reasoning_off, wants_reasoning
+from handler.pipeline.pricing import counts_output, plausible, reasoning_off, wants_reasoning
 from handler.pipeline.upstream import UpstreamResponse
 from handler.ports import RESPONSES_API, NativeCall, Served
 from handler.schemas import ChatRequest, Usage
@@ -193,9 +193,9 @@ class UpstreamStream(ABC, Generic[T]):
         if usage is not None and not plausible(usage):
             usage = None
         finished = self._provider_finished()
-        # (0 tokens out for what was relayed is no count of it, as for a whole answer: `Pipeline._checked`. Its input
+        # (0 tokens out for what was relayed is no count of it, as for a whole answer: `counts_output`. Its input
         # counts stand.)
-        if finished and usage is not None and (usage.completion_tokens or not self._relayed_chars()):
+        if finished and usage is not None and counts_output(usage, self._relayed_chars):
             return usage, "provider"
         counted = usage or self._opening_usage()
         if counted is not None and not plausible(counted):

@@ -46,6 +46,7 @@ from handler.pipeline.output_caps import OutputCap
 from handler.pipeline.pricing import (
     Cost,
     PromptEstimate,
+    counts_output,
     fee_for,
     held_window,
     plausible,
@@ -738,10 +739,10 @@ class Pipeline(Charges):
         worst_model = ex.model  # the model of the worst case; with an unknown price, the first model without one
         prompt = shown = 0
         output = max(outputs)
-        beyond = estimate.text_bound - estimate.text_tokens + estimate.referenced  # (`PromptEstimate.tokens`'s)
+        unseen = estimate.unseen
         for attempt, written in zip(plan, outputs, strict=True):
             seen = estimate.seen(attempt.target.provider_type, attempt.target.model)
-            tokens = seen + beyond  # (its worst case, `PromptEstimate.tokens`, its images priced once)
+            tokens = seen + unseen  # (its worst case, `PromptEstimate.tokens`, its images priced once)
             prompt, shown = max(prompt, tokens), max(shown, seen)
             case = worst_case_usd(tokens, written, self._price(ex, attempt, worst=True), self.fee, ex.audio_output)
             apart = ex.per_request_usd + self._searches_at(ex, attempt) * ex.search_usd
@@ -825,10 +826,9 @@ class Pipeline(Charges):
         usage is not free, and negative or impossible counts are never credited. The estimate's output, about three
         characters a token of what was generated, is at most what the attempt could write (`written_at_most`), so
         that it stays within the worst case the request was admitted for. An answer that wrote something and counts 0
-        tokens out is no count a provider bills either: 3,000 characters under `"completion_tokens": 0` were billed 0
-        tokens out as the provider's count (so were they where a reader takes a count left out for 0, as
-        `handler.wire.usage_count` does)."""
-        if usage is not None and plausible(usage) and (usage.completion_tokens or not output_chars()):
+        tokens out is no count a provider bills either (`counts_output`; nor where a reader takes a count left out
+        for 0, as `handler.wire.usage_count` does)."""
+        if usage is not None and plausible(usage) and counts_output(usage, output_chars):
             return usage, "provider"
         if usage is not None:
             log.warning("upstream usage refused as impossible", extra={"request_id": ex.request_id})
@@ -1461,7 +1461,7 @@ def shed(err: GatewayError) -> bool:
     return isinstance(err, ServiceUnavailableError) and err.code == "no_deployment_available"
 
 
-def lowered_by(worst_model: str, model: str, lowers: str = "a smaller max_tokens") -> str:
+def lowered_by(worst_model: str, model: str, lowers: str) -> str:
     """What lowers a refused worst case, told in the refusal (`lowers`: the request's own part of it). Any model the
     plan may try must be covered, so a fallback's worst case can be the one refused."""
     if worst_model != model:
@@ -1497,11 +1497,11 @@ async def outlasting(writing: asyncio.Future[T]) -> T:
 def embedded_tokens(inputs: str | list[str] | list[int] | list[list[int]]) -> int:
     """An embeddings request's input tokens at most, for its admission (the key's `tpm`, the budget's worst case) and
     the line of an answer that has no usage: token ids are tokens (`list[int]`, one input; `list[list[int]]`, several),
-    text one token a UTF-8 byte, which no byte-level tokenizer exceeds. About two bytes a token was no bound: digits
+    text one token a UTF-8 byte, which no byte-level tokenizer exceeds. About two bytes a token is no bound: digits
     and letters mixed (ids, hashes, codes) are a cl100k token a byte, and two requests of 8,000 such bytes, each
-    reserved as 4,001 tokens, spent twice a key's budget (review). At embedding prices the bound costs a reservation
-    next to nothing. Each id was counted as its digits (5,000 ids as 25,000 tokens, refused on a key's tpm of 20,000)
-    and a list of them as its repr, about 7 an id (found by review)."""
+    reserved as 4,001 tokens, would spend twice a key's budget. At embedding prices the bound costs a reservation
+    next to nothing. An id is one token, not its digits (5,000 ids would be 25,000 tokens, refused on a key's tpm of
+    20,000), nor a list of them its repr (about 7 an id)."""
     if isinstance(inputs, str):
         return len(inputs.encode())
     return sum(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from functools import cache, lru_cache
 from importlib import resources
@@ -364,12 +364,20 @@ class PromptEstimate(Value):
         self.text_tokens: Final = text_tokens
         self.images: Final = images  # (url, detail)
         self.referenced: Final = referenced
-        self.text_bound: Final = text_tokens if text_bound is None else text_bound  # (None: the estimate is one)
+        # (None: the estimate is one. Never below it: an empty text's estimate is a token its bytes do not bound, and
+        # the worst case must hold what an answer without usage is billed on, `seen`.)
+        self.text_bound: Final = text_tokens if text_bound is None else max(text_bound, text_tokens)
 
     def tokens(self, provider_type: str, model: str) -> int:
         """The worst case for `model` of `provider_type`, each image by that provider's formula: what `seen`
-        estimates, with the text's bound past its estimate and the documents the provider fetches itself."""
-        return self.seen(provider_type, model) + self.text_bound - self.text_tokens + self.referenced
+        estimates, and what it does not (`unseen`)."""
+        return self.seen(provider_type, model) + self.unseen
+
+    @property
+    def unseen(self) -> int:
+        """What the worst case holds past `seen`, whoever reads the prompt: the text's bound past its estimate and the
+        documents the provider fetches itself."""
+        return self.text_bound - self.text_tokens + self.referenced
 
     def seen(self, provider_type: str, model: str) -> int:
         """The estimate of what the request shows (its text and images), for an answer that came without usage."""
@@ -403,11 +411,11 @@ def held_window(spec: ModelConfig) -> int:
 def prompt_estimate(req: ChatRequest) -> PromptEstimate:
     """The prompt's tokens, cheap enough for the hot path: each part of the body that goes to the provider read
     from its UTF-8 bytes, at half of them for the estimate (English runs about four characters a token, CJK about
-    one character of three bytes) and all of them for the bound. Half was said to over-count every tokenizer priced
-    and was the budget's worst case, which it is not: byte-level BPE (cl100k, o200k) reads digits and letters mixed
-    (`1a1a`, ids, hashes, some code) a token a byte, as SentencePiece's byte fallback reads what its vocabulary
-    lacks, and two requests of 8,000 such bytes, each reserved for about 4,000 tokens, spent twice a key's budget
-    (review). A token a byte is the bound of every tokenizer priced (none has a token of less than a byte)."""
+    one character of three bytes) and all of them for the bound. Half is no worst case: byte-level BPE (cl100k,
+    o200k) reads digits and letters mixed (`1a1a`, ids, hashes, some code) a token a byte, as SentencePiece's byte
+    fallback reads what its vocabulary lacks, and two requests of 8,000 such bytes, each reserved for about 4,000
+    tokens, would spend twice a key's budget. A token a byte is the bound of every tokenizer priced (none has a
+    token of less than a byte)."""
     total = bound = referenced = 0
     images: list[tuple[str, str | None]] = []
     for message in req.messages:
@@ -534,7 +542,7 @@ def _inline_document(block: dict[str, Any]) -> bool:
 def predicted_tokens(req: ChatRequest) -> int:
     """An upper bound of a `prediction`'s tokens (OpenAI's Predicted Outputs): those the answer does not use are
     billed at the completion rate, beyond the tokens it generates and its output cap. A token a byte of its JSON, as
-    a prompt's bound (`prompt_estimate`): half of them was none for a prediction of code or ids."""
+    a prompt's bound (`prompt_estimate`): half of them is none for a prediction of code or ids."""
     prediction = (req.model_extra or {}).get("prediction")
     return 0 if prediction is None else len(orjson.dumps(prediction))
 
@@ -656,6 +664,13 @@ def plausible(usage: Usage) -> bool:
             )
         )
     )
+
+
+def counts_output(usage: Usage, output_chars: Callable[[], int]) -> bool:
+    """Whether `usage` counts what the answer wrote (`output_chars`, read only for a count of 0): 0 tokens out for an
+    answer that wrote something is no count a provider bills (3,000 characters under `"completion_tokens": 0` were
+    billed 0 tokens out as the provider's count). A whole answer's (`Pipeline._checked`) and a stream's alike."""
+    return bool(usage.completion_tokens) or not output_chars()
 
 
 def reasoning_off(req: ChatRequest) -> bool:

@@ -178,9 +178,9 @@ class Trace:
     def answered(self, answer: bytes | memoryview, parsed: object = None) -> None:
         """A whole (non-streamed) answer: its finish reasons read now from `parsed`, the answer as its route built it
         (`finish_reasons_of`), and its body's head kept for the exporter's thread only when content is captured. The
-        whole body was kept until the exporter built the spans, and parsed there for the finish reasons: with a
-        collector that never answered, 40 queued embeddings answers of 2 MB grew the process by 88 MB, and parsing
-        a 65 MB one (`orjson.loads` holds the GIL) stalled the thread serving requests for 512 ms (review)."""
+        whole body kept until the exporter builds the spans, and parsed there for the finish reasons, would grow the
+        process by 88 MB with a collector that never answers (40 queued embeddings answers of 2 MB), and parsing a
+        65 MB one (`orjson.loads` holds the GIL) stalls the thread serving requests for 512 ms."""
         if parsed is not None:
             self.finish_reasons += finish_reasons_of(parsed)
         if self.answer is not None:

@@ -603,6 +603,17 @@ def test_a_prompts_worst_case_is_its_text_at_a_token_a_byte(member: dict[str, ob
     assert written.seen("openai", "m") < len(A_TOKEN_A_BYTE) + 200
 
 
+def test_a_prompts_worst_case_is_never_below_its_estimate() -> None:
+    """The budget's worst case holds at least what an answer without usage is billed on (`seen`): an empty text's
+    estimate counts a token (half its bytes, rounded up) that its bound, its bytes, does not, and 200 turns written
+    `"content": ""` were reserved at 1,600 tokens, 200 below the 1,800 an answer without usage is charged."""
+    turns = [{"role": "assistant", "content": ""}, {"role": "user", "content": ""}]
+    req = ChatRequest.model_validate({"model": "m", "messages": turns * 100})
+    estimate = prompt_estimate(req)
+    assert estimate.tokens("openai", "m") >= estimate.seen("openai", "m") == 1_800
+    assert estimate.unseen >= 0
+
+
 def test_a_predictions_worst_case_is_its_text_at_a_token_a_byte() -> None:
     """A `prediction`'s unused tokens are billed as output: a prediction of code or ids is a token a byte, and was
     reserved at half of them."""
