@@ -30,6 +30,7 @@ from tests.functional.conftest import Running, fresh_minute, openai_client, para
 from tests.functional.test_costs_edges import MODEL, completion
 from tests.support.inprocess import serve
 from tests.support.servers import ServerThread
+from tests.unit.handler.pipeline.test_keys import BEDROCK, VERSIONED
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -226,10 +227,9 @@ def test_a_narrow_admin_key_revokes_a_key_whose_model_ids_are_within_its_pattern
     check of the key's models against its own ran out of steps (each pair walked over the ids' 35 shared characters)
     and was taken as "not within", a 403 `admin_only` saying its models were not within the admin key's (found by
     review)."""
-    models = [f"us.anthropic.claude-sonnet-4-5-2025{n:04d}-v1:0" for n in range(80)]
     operator = mint(admin=True)
-    narrow = mint(admin=True, name="team admin", models=[model[:-1] + "*" for model in models])
-    target = httpx.post(f"{running.url}/admin/keys", headers=headers(operator), json={"name": "t", "models": models})
+    narrow = mint(admin=True, name="team admin", models=VERSIONED)
+    target = httpx.post(f"{running.url}/admin/keys", headers=headers(operator), json={"name": "t", "models": BEDROCK})
     assert target.status_code == 201, target.text
     revoked = httpx.post(f"{running.url}/admin/keys/{target.json()['id']}/revoke", headers=headers(narrow))
     assert revoked.status_code == 200 and revoked.json()["revoked_at"] is not None, revoked.text
