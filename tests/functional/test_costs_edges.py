@@ -45,6 +45,16 @@ def completion(model: str = "gpt-4o-mini") -> dict[str, Any]:
 
 MODEL = {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": {"input": 1.0, "output": 2.0}}
 COUNT = "/v1/messages/count_tokens"
+# The providers a request is passed through to as written: the Responses API served natively, an Anthropic-compatible
+# server's Messages API (and its key, beside the OpenAI one).
+NATIVE_RESPONSES = {
+    "type": "openai",
+    "api_key": "env:OPENAI_API_KEY",
+    "base_url": "http://up/v1",
+    "responses_api": "native",
+}
+ANTHROPIC = {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": "http://up"}
+ANTHROPIC_KEYS = {**PROVIDER_KEYS, "ANTHROPIC_API_KEY": "sk-ant-test-000000000000"}
 
 
 @pytest.fixture(params=["sqlite", "dynamodb"])
@@ -256,15 +266,10 @@ async def test_a_whole_answer_to_a_passed_through_stream_is_streamed_and_billed_
     answer's text in it, and the line is the provider's 10 in and 5 out ($0.00002). It was taken for the provider's
     malformed answer, a 502 charged its reserved worst case (32 in and 4,000 out on the Responses API, 44 and 4,000
     on Messages), as a Chat Completions deployment's whole answer never was (found by review)."""
-    provider = (
-        {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": "http://up"}
-        if api == "messages"
-        else {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": "http://up/v1", "responses_api": "native"}
-    )
-    environ = {**PROVIDER_KEYS, "ANTHROPIC_API_KEY": "sk-ant-test-000000000000"}
+    provider = ANTHROPIC if api == "messages" else NATIVE_RESPONSES
     whole = WHOLE_NATIVE[api]
     served = await serve(
-        lambda request: httpx.Response(200, json=whole), {"m": MODEL}, provider=provider, environ=environ
+        lambda request: httpx.Response(200, json=whole), {"m": MODEL}, provider=provider, environ=ANTHROPIC_KEYS
     )
     if api == "messages":
         answer = await served.post("/v1/messages", {"model": "m", "messages": HI, "max_tokens": 4000, "stream": True})
@@ -321,12 +326,6 @@ async def test_a_success_whose_usage_cannot_be_read_is_never_free(tokens: float)
     await served.gateway.aclose()
 
 
-NATIVE_RESPONSES = {
-    "type": "openai",
-    "api_key": "env:OPENAI_API_KEY",
-    "base_url": "http://up/v1",
-    "responses_api": "native",
-}
 GEMINI = {"type": "gemini", "api_key": "env:GEMINI_API_KEY", "base_url": "http://up"}
 
 
@@ -446,8 +445,6 @@ async def test_a_null_count_in_a_chat_usage_is_0_and_the_answer_billed_on_its_us
 
 
 TEXT = "word " * 600  # 3,000 characters written: 1,000 tokens out, estimated
-ANTHROPIC = {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": "http://up"}
-ANTHROPIC_KEYS = {**PROVIDER_KEYS, "ANTHROPIC_API_KEY": "sk-ant-test-000000000000"}
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
@@ -752,17 +749,11 @@ async def test_an_embeddings_budget_holds_for_text_of_a_token_a_byte() -> None:
 # Messages API to Anthropic (passed through as written) and to an OpenAI-compatible server (translated), the Responses
 # API to OpenAI (as written) and to a compatible server (translated).
 TOKEN_A_BYTE = "1a" * 4_000
-OPENAI_NATIVE = {
-    "type": "openai",
-    "api_key": "env:OPENAI_API_KEY",
-    "base_url": "http://up/v1",
-    "responses_api": "native",
-}
 ASKED_A_TOKEN_A_BYTE: dict[str, tuple[str, dict[str, Any] | None, dict[str, Any]]] = {
     "chat": ("/v1/chat/completions", None, {"messages": [{"role": "user", "content": TOKEN_A_BYTE}], "max_tokens": 16}),
     "messages": (
         "/v1/messages",
-        {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": "http://up"},
+        ANTHROPIC,
         {"messages": [{"role": "user", "content": TOKEN_A_BYTE}], "max_tokens": 16},
     ),
     "messages-translated": (
@@ -770,7 +761,7 @@ ASKED_A_TOKEN_A_BYTE: dict[str, tuple[str, dict[str, Any] | None, dict[str, Any]
         None,
         {"messages": [{"role": "user", "content": [{"type": "text", "text": TOKEN_A_BYTE}]}], "max_tokens": 16},
     ),
-    "responses": ("/v1/responses", OPENAI_NATIVE, {"input": TOKEN_A_BYTE, "max_output_tokens": 16}),
+    "responses": ("/v1/responses", NATIVE_RESPONSES, {"input": TOKEN_A_BYTE, "max_output_tokens": 16}),
     "responses-translated": ("/v1/responses", None, {"input": TOKEN_A_BYTE, "max_output_tokens": 16}),
 }
 
@@ -798,9 +789,8 @@ async def test_a_chat_budget_holds_for_text_of_a_token_a_byte(api: str) -> None:
         usage = {"prompt_tokens": prompt, "completion_tokens": 16, "total_tokens": prompt + 16}
         return httpx.Response(200, json={**completion(), "usage": usage})
 
-    environ = {**PROVIDER_KEYS, "ANTHROPIC_API_KEY": "sk-ant-test-000000000000"}
     models = {"m": {**MODEL, "price": {"input": 1000, "output": 1000}}}
-    served = await serve(billed_a_token_a_byte, models, budget_usd=9.0, provider=provider, environ=environ)
+    served = await serve(billed_a_token_a_byte, models, budget_usd=9.0, provider=provider, environ=ANTHROPIC_KEYS)
     body = {"model": "m", **asked}
     answers = await asyncio.gather(served.post(path, body), served.post(path, body))
     assert sorted(answer.status_code for answer in answers) == [200, 402], [answer.text for answer in answers]
