@@ -95,6 +95,7 @@ from tests.fakes.script import (
     headed_fault,
     input_for,
     pieces,
+    prompt_cache_use,
     scripted_turn,
     texts,
 )
@@ -199,9 +200,6 @@ def input_tokens(body: dict[str, Any]) -> int:
     return max(1, len(orjson.dumps([body.get("system"), body.get("messages")])) // 4)
 
 
-LOOKBACK = 20  # the blocks before a marker where Anthropic looks for a prefix written before too
-
-
 def unmarked(value: Any) -> Any:
     """A prompt part without its cache markers: what a cached prefix is known by."""
     if isinstance(value, dict):
@@ -212,7 +210,7 @@ def unmarked(value: Any) -> Any:
 def cache_use(body: dict[str, Any], cached: set[bytes]) -> tuple[int, int, str]:
     """The tokens a request reads from the cache (`cached`: the prefixes written so far) and writes to it, and how
     long its last marker keeps them (`5m` or `1h`): the prompt (tools, system, then messages) up to and including
-    its last block with `cache_control` is written, but for the longest prefix read (`LOOKBACK`)."""
+    its last block with `cache_control` is written, but for the longest prefix read (`prompt_cache_use`)."""
     blocks: list[Any] = list(body.get("tools") or [])
     system = body.get("system")
     blocks += system if isinstance(system, list) else [system] if system else []
@@ -224,14 +222,9 @@ def cache_use(body: dict[str, Any], cached: set[bytes]) -> tuple[int, int, str]:
         return 0, 0, "5m"
     ttl = blocks[marked[-1]]["cache_control"].get("ttl") or "5m"
     known = unmarked(blocks)
-    read = 0
-    for end in marked:
-        for last in range(end, max(-1, end - LOOKBACK - 1), -1):
-            if orjson.dumps(known[: last + 1]) in cached:
-                read = max(read, len(orjson.dumps(blocks[: last + 1])) // 4)
-                break
-    cached.update(orjson.dumps(known[: end + 1]) for end in marked)
-    return read, len(orjson.dumps(blocks[: marked[-1] + 1])) // 4 - read, ttl
+    ends = [i + 1 for i in marked]
+    read, written = prompt_cache_use(blocks, ends, lambda length: orjson.dumps(known[:length]), cached)
+    return read, written, ttl
 
 
 def compaction_trigger(body: dict[str, Any]) -> int | None:

@@ -58,7 +58,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.fakes.script import ScriptedCall, input_for, pieces, scripted_turn, text_for, texts
+from tests.fakes.script import ScriptedCall, input_for, pieces, prompt_cache_use, scripted_turn, text_for, texts
 
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
@@ -489,14 +489,11 @@ def _text(body: dict[str, Any]) -> str:
     return TEXT
 
 
-LOOKBACK = 20  # the blocks before a cache point where Bedrock looks for a prefix written before too
-
-
 def cache_use(body: dict[str, Any], cached: set[bytes]) -> tuple[int, int, str] | None:
     """The tokens a request reads from the cache (`cached`: the prefixes written so far) and writes to it, and how
     long its last point keeps them (its `ttl`; Bedrock's default, five minutes, without); None without cache points.
     The prompt (tools, system, then messages) up to its last cache point is written, but for the longest prefix
-    read (`LOOKBACK`)."""
+    read (`prompt_cache_use`)."""
     blocks: list[Any] = list((body.get("toolConfig") or {}).get("tools") or [])
     blocks += body.get("system") or []
     for message in body.get("messages") or []:
@@ -508,15 +505,9 @@ def cache_use(body: dict[str, Any], cached: set[bytes]) -> tuple[int, int, str] 
     def known(end: int) -> bytes:
         return orjson.dumps([block for block in blocks[:end] if "cachePoint" not in block])
 
-    read = 0
-    for point in points:
-        for end in range(point, max(0, point - LOOKBACK - 1), -1):
-            if known(end) in cached:
-                read = max(read, len(orjson.dumps(blocks[:end])) // 4)
-                break
-    cached.update(known(point) for point in points)
+    read, written = prompt_cache_use(blocks, points, known, cached)
     ttl = blocks[points[-1]]["cachePoint"].get("ttl") or "5m"
-    return read, len(orjson.dumps(blocks[: points[-1]])) // 4 - read, ttl
+    return read, written, ttl
 
 
 def usage_for(body: dict[str, Any], cached: set[bytes]) -> dict[str, Any]:

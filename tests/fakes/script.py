@@ -8,6 +8,8 @@
   (`Said`), streamed `SAID_PIECE` characters at a time, as a model's tokens cut a word (a key) anywhere.
 - An answer that follows a requested JSON schema (`sample_of`), as a structured-output model's would.
 - JSON written as some providers' encoders write it, every `/` escaped (`escaped`), for a `slashes-escaped` model.
+- A prompt cache as Claude's (`prompt_cache_use`): a marker reads the longest prefix written before that ends at it
+  or a few blocks before it, for the fake Anthropic API and the fake Bedrock alike.
 - An error answer with the headers the model names (`headed_fault`), `fail-<status>;<header>=<value>;...`: a
   provider's `retry-after` as it may really come (twice, as an ISO date, `inf`), answered in each fake's own shape.
 
@@ -17,7 +19,7 @@ Each fake reduces its own wire format to the plain values these functions take.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,29 @@ MARKER = re.compile(r"CALL ([A-Za-z0-9_.-]+) (\{.*?\})(?:\s|$)", re.S)
 SAY = "SAY "
 SAID_PIECE = 4
 HEADED_FAULT = re.compile(r"fail-(\d{3});(.*)")
+
+
+CACHE_LOOKBACK = 20  # the blocks before a cache marker where Claude's cache looks for a prefix written before too
+
+
+def prompt_cache_use(
+    blocks: list[Any], ends: list[int], known: Callable[[int], bytes], cached: set[bytes]
+) -> tuple[int, int]:
+    """The tokens a prompt reads from Claude's prompt cache and writes to it, as Anthropic (and Bedrock, for Claude)
+    cache: `blocks` the prompt's (tools, system, then messages), `ends` where each of its markers closes a prefix (its
+    length in blocks), `known(n)` what the first n blocks are known by in `cached` (the prefixes written so far, their
+    markers left out). Each marker reads the longest prefix written before that ends at it or at one of the
+    `CACHE_LOOKBACK` blocks before it (the next turn of a session, its marker moved to its new last block, reads what
+    the turn before wrote); the prompt up to its last marker is written, but for what was read. A prefix counts its
+    bytes / 4."""
+    read = 0
+    for end in ends:
+        for length in range(end, max(0, end - CACHE_LOOKBACK - 1), -1):
+            if known(length) in cached:
+                read = max(read, len(orjson.dumps(blocks[:length])) // 4)
+                break
+    cached.update(known(end) for end in ends)
+    return read, len(orjson.dumps(blocks[: ends[-1]])) // 4 - read
 
 
 def headed_fault(model: str) -> tuple[int, list[tuple[bytes, bytes]]] | None:

@@ -251,6 +251,20 @@ class Running:
 
         asyncio.run(go())
 
+    def key_pages(self, admin: str, query: str = "limit=1000") -> Iterator[httpx.Response]:
+        """The pages of `GET /admin/keys?{query}` in turn, each answered 200, its `next_cursor` followed to the last
+        (a page holds 100 unless asked: the suite's store holds more, and a key minted late is on a page past the
+        first). The next page is asked for only when the caller has taken this one, so it may change keys between."""
+        cursor = ""
+        while True:
+            asked = f"{self.url}/admin/keys?{query}{cursor}"
+            page = httpx.get(asked, headers={"authorization": f"Bearer {admin}"}, timeout=10)
+            assert page.status_code == 200, page.text
+            yield page
+            if not page.json()["has_more"]:
+                return
+            cursor = f"&cursor={page.json()['next_cursor']}"
+
     def ledger(self, key: str) -> list[LedgerItem]:
         """The key's ledger lines once every settlement has landed, read as another process would."""
         key_id = (split_key(key) or ("", ""))[0]

@@ -289,7 +289,9 @@ def test_a_versionless_api_version_is_served_by_the_v1_api_with_openais_members(
     assert chunks[-1].usage is not None and sent(azure)["path"] == "/openai/v1/chat/completions"
 
 
-def test_embeddings_at_the_versionless_api(azure: Running, client: openai.OpenAI) -> None:
+def test_embeddings_of_a_versionless_deployment_go_to_the_v1_api_naming_it_in_the_body(
+    azure: Running, client: openai.OpenAI
+) -> None:
     assert len(client.embeddings.create(model="embed-v1", input=["a", "b"]).data) == 2
     upstream = sent(azure)
     assert (upstream["path"], upstream["query"], upstream["json"]["model"]) == (

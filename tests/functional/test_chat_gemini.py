@@ -513,6 +513,15 @@ def test_rate_limit_falls_back_and_bad_json_fails_over(faulty: Running) -> None:
     assert raw.headers["x-gateway-route"].startswith("gemini/bad-json@global=invalid_json")
 
 
+def billed_with_the_fallback(running: Running, failed_output: int = 0) -> float:
+    """What Gemini billed for the last two requests, an attempt that failed and the fallback that answered: both
+    prompts (the fake counts a prompt's bytes / 4), the failed attempt's `failed_output` tokens, and the answer's 7
+    (5, and 2 of thinking)."""
+    failed, answered = (r["json"] for r in running.fakes["gemini"].state.requests[-2:])
+    prompts = [max(1, len(orjson.dumps(r["contents"])) // 4) for r in (failed, answered)]
+    return (sum(prompts) * PRICE["input"] + (failed_output + 7) * PRICE["output"]) / 1e6
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 def test_an_invalid_function_call_fails_over_and_its_billed_prompt_is_charged(faulty: Running, stream: bool) -> None:
     """Gemini's `MALFORMED_FUNCTION_CALL` (a call it could not parse: no content, its prompt billed) came back as an
@@ -534,11 +543,7 @@ def test_an_invalid_function_call_fails_over_and_its_billed_prompt_is_charged(fa
     assert text == TEXT
     # (A stream's miscall was not charged: its error carried no usage; it does, from the event that brought it.)
     [line] = faulty.ledger(key)
-    missed, answered = (r["json"] for r in faulty.fakes["gemini"].state.requests[-2:])
-    prompts = [max(1, len(orjson.dumps(r["contents"])) // 4) for r in (missed, answered)]
-    # The answer's prompt and output (5 tokens and 2 of thinking), and the prompt Gemini billed for the miscall.
-    billed = (prompts[1] * PRICE["input"] + 7 * PRICE["output"] + prompts[0] * PRICE["input"]) / 1e6
-    assert line.cost_usd == pytest.approx(billed) and line.status == 200
+    assert line.cost_usd == pytest.approx(billed_with_the_fallback(faulty)) and line.status == 200
     with pytest.raises(openai.APIStatusError) as alone:
         oa.chat.completions.create(model="gemini-miscalls-alone", messages=HI, tools=tools)
     assert alone.value.status_code == 502 and "invalid function call" in alone.value.message
@@ -575,10 +580,7 @@ def test_a_finish_with_no_answer_fails_over_and_its_billed_prompt_is_charged(
     assert route == f"gemini/ends-{ending}@global=invalid_response, gemini/gemini-2.5-flash@global=200"
     assert text == TEXT
     [line] = faulty.ledger(key)
-    ended, answered = (r["json"] for r in faulty.fakes["gemini"].state.requests[-2:])
-    prompts = [max(1, len(orjson.dumps(r["contents"])) // 4) for r in (ended, answered)]
-    billed = (prompts[1] * PRICE["input"] + 7 * PRICE["output"] + prompts[0] * PRICE["input"]) / 1e6
-    assert line.cost_usd == pytest.approx(billed) and line.status == 200
+    assert line.cost_usd == pytest.approx(billed_with_the_fallback(faulty)) and line.status == 200
 
 
 @pytest.mark.parametrize("ending", SAID_ENDINGS)
@@ -595,10 +597,7 @@ def test_a_preamble_before_a_finish_with_no_answer_fails_over_and_is_charged_onc
     assert route == f"gemini/said-ends-{ending}@global=invalid_response, gemini/gemini-2.5-flash@global=200"
     assert text == TEXT
     [line] = faulty.ledger(key)
-    said, answered = (r["json"] for r in faulty.fakes["gemini"].state.requests[-2:])
-    prompts = [max(1, len(orjson.dumps(r["contents"])) // 4) for r in (said, answered)]
-    preamble = prompts[0] * PRICE["input"] + gemini_fake.PREAMBLE_TOKENS * PRICE["output"]
-    billed = (preamble + prompts[1] * PRICE["input"] + 7 * PRICE["output"]) / 1e6
+    billed = billed_with_the_fallback(faulty, gemini_fake.PREAMBLE_TOKENS)
     assert line.cost_usd == pytest.approx(billed) and line.status == 200
     assert line.output_tokens == gemini_fake.PREAMBLE_TOKENS + 7
 

@@ -136,7 +136,7 @@ def test_an_image_claude_code_read_reaches_the_model(
     assert base64.b64encode(PNG).decode() in history, "the image Claude Code read never reached the model"
 
 
-def test_claude_code_continues_a_session_on_bedrock(agents: Running, tmp_path: Path) -> None:
+def test_claude_code_continuing_a_session_on_bedrock_answers_in_a_few_requests(agents: Running, tmp_path: Path) -> None:
     """A session continued (`--continue`) makes its call again: each call has an id of its own, as Converse gives
     them. The fake Bedrock gave every call one fixed id, and Claude Code, finding it among the session's answered
     calls, dropped the new one and asked again, without end (179 requests in 8 s, found by review)."""

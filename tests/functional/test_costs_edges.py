@@ -27,7 +27,7 @@ from handler.pipeline.keys import KeyService
 from handler.ports import KeyRecord, UsageQuery
 from tests.functional.conftest import param_store_url
 from tests.support.dynamo import DynamoServer, SlowAnswers
-from tests.support.inprocess import PROVIDER_KEYS, serve
+from tests.support.inprocess import PROVIDER_KEYS, Served, serve
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -45,6 +45,16 @@ def completion(model: str = "gpt-4o-mini") -> dict[str, Any]:
 
 MODEL = {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": {"input": 1.0, "output": 2.0}}
 COUNT = "/v1/messages/count_tokens"
+# The providers a request is passed through to as written: the Responses API served natively, an Anthropic-compatible
+# server's Messages API (and its key, beside the OpenAI one).
+NATIVE_RESPONSES = {
+    "type": "openai",
+    "api_key": "env:OPENAI_API_KEY",
+    "base_url": "http://up/v1",
+    "responses_api": "native",
+}
+ANTHROPIC = {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": "http://up"}
+ANTHROPIC_KEYS = {**PROVIDER_KEYS, "ANTHROPIC_API_KEY": "sk-ant-test-000000000000"}
 
 
 @pytest.fixture(params=["sqlite", "dynamodb"])
@@ -256,15 +266,10 @@ async def test_a_whole_answer_to_a_passed_through_stream_is_streamed_and_billed_
     answer's text in it, and the line is the provider's 10 in and 5 out ($0.00002). It was taken for the provider's
     malformed answer, a 502 charged its reserved worst case (32 in and 4,000 out on the Responses API, 44 and 4,000
     on Messages), as a Chat Completions deployment's whole answer never was (found by review)."""
-    provider = (
-        {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": "http://up"}
-        if api == "messages"
-        else {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": "http://up/v1", "responses_api": "native"}
-    )
-    environ = {**PROVIDER_KEYS, "ANTHROPIC_API_KEY": "sk-ant-test-000000000000"}
+    provider = ANTHROPIC if api == "messages" else NATIVE_RESPONSES
     whole = WHOLE_NATIVE[api]
     served = await serve(
-        lambda request: httpx.Response(200, json=whole), {"m": MODEL}, provider=provider, environ=environ
+        lambda request: httpx.Response(200, json=whole), {"m": MODEL}, provider=provider, environ=ANTHROPIC_KEYS
     )
     if api == "messages":
         answer = await served.post("/v1/messages", {"model": "m", "messages": HI, "max_tokens": 4000, "stream": True})
@@ -321,12 +326,6 @@ async def test_a_success_whose_usage_cannot_be_read_is_never_free(tokens: float)
     await served.gateway.aclose()
 
 
-NATIVE_RESPONSES = {
-    "type": "openai",
-    "api_key": "env:OPENAI_API_KEY",
-    "base_url": "http://up/v1",
-    "responses_api": "native",
-}
 GEMINI = {"type": "gemini", "api_key": "env:GEMINI_API_KEY", "base_url": "http://up"}
 
 
@@ -446,8 +445,6 @@ async def test_a_null_count_in_a_chat_usage_is_0_and_the_answer_billed_on_its_us
 
 
 TEXT = "word " * 600  # 3,000 characters written: 1,000 tokens out, estimated
-ANTHROPIC = {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": "http://up"}
-ANTHROPIC_KEYS = {**PROVIDER_KEYS, "ANTHROPIC_API_KEY": "sk-ant-test-000000000000"}
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
@@ -809,15 +806,38 @@ async def test_embeddings_of_token_ids_are_reserved_an_id_a_token_and_an_answer_
     await served.gateway.aclose()
 
 
+async def sent_twice_at_once(
+    served: Served, path: str, body: dict[str, Any], refused: asyncio.Event
+) -> list[httpx.Response]:
+    """`body` sent to `path` twice at once, `refused` set once either is answered 402. An upstream that holds its
+    answer until then (`held_until`) keeps the first request's reservation standing while the second is admitted."""
+
+    async def sent() -> httpx.Response:
+        answer = await served.post(path, body)
+        if answer.status_code == 402:
+            refused.set()
+        return answer
+
+    return list(await asyncio.gather(sent(), sent()))
+
+
+async def held_until(refused: asyncio.Event) -> None:
+    """An upstream's answer held until the other request of the pair is refused (were both admitted, neither would
+    be: each held past the gateway's timeout, the pair is two 504s)."""
+    await asyncio.wait_for(refused.wait(), 10)
+
+
 async def test_an_embeddings_budget_holds_for_text_of_a_token_a_byte() -> None:
     """Embeddings text was reserved at about two bytes a token, which is no bound: digits and letters mixed (`1a1a`,
     ids, hashes, codes) are a cl100k token a byte. Two concurrent requests of 8,000 such bytes on a key of $8.10 (at
     $1,000 a million) each reserved $4.001, both fit, and each was billed $8: the key spent $16 (review). Now each
     reserves its bound, one is refused, saying what lowers it (an embeddings request has no max_tokens)."""
 
+    refused_one = asyncio.Event()
+
     async def billed_a_token_a_byte(request: httpx.Request) -> httpx.Response:
         text = orjson.loads(request.content)["input"]
-        await asyncio.sleep(0.2)  # (both requests in flight at once)
+        await held_until(refused_one)
         usage = {"prompt_tokens": len(text.encode()), "total_tokens": len(text.encode())}
         data = [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]
         return httpx.Response(200, json={"object": "list", "data": data, "model": "e", "usage": usage})
@@ -826,8 +846,7 @@ async def test_an_embeddings_budget_holds_for_text_of_a_token_a_byte() -> None:
         "e": {"deployments": [{"provider": "openai", "model": "e"}], "price": {"input": 1000}, "kind": "embedding"}
     }
     served = await serve(billed_a_token_a_byte, models, budget_usd=8.1)
-    body = {"model": "e", "input": "1a" * 4_000}
-    answers = await asyncio.gather(served.post("/v1/embeddings", body), served.post("/v1/embeddings", body))
+    answers = await sent_twice_at_once(served, "/v1/embeddings", {"model": "e", "input": "1a" * 4_000}, refused_one)
     assert sorted(answer.status_code for answer in answers) == [200, 402]
     spent = sum((line.cost_usd or 0.0) + (line.fee_usd or 0.0) for line in await served.ledger())
     assert spent == pytest.approx(8.0)
@@ -840,17 +859,11 @@ async def test_an_embeddings_budget_holds_for_text_of_a_token_a_byte() -> None:
 # Messages API to Anthropic (passed through as written) and to an OpenAI-compatible server (translated), the Responses
 # API to OpenAI (as written) and to a compatible server (translated).
 TOKEN_A_BYTE = "1a" * 4_000
-OPENAI_NATIVE = {
-    "type": "openai",
-    "api_key": "env:OPENAI_API_KEY",
-    "base_url": "http://up/v1",
-    "responses_api": "native",
-}
 ASKED_A_TOKEN_A_BYTE: dict[str, tuple[str, dict[str, Any] | None, dict[str, Any]]] = {
     "chat": ("/v1/chat/completions", None, {"messages": [{"role": "user", "content": TOKEN_A_BYTE}], "max_tokens": 16}),
     "messages": (
         "/v1/messages",
-        {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": "http://up"},
+        ANTHROPIC,
         {"messages": [{"role": "user", "content": TOKEN_A_BYTE}], "max_tokens": 16},
     ),
     "messages-translated": (
@@ -858,7 +871,7 @@ ASKED_A_TOKEN_A_BYTE: dict[str, tuple[str, dict[str, Any] | None, dict[str, Any]
         None,
         {"messages": [{"role": "user", "content": [{"type": "text", "text": TOKEN_A_BYTE}]}], "max_tokens": 16},
     ),
-    "responses": ("/v1/responses", OPENAI_NATIVE, {"input": TOKEN_A_BYTE, "max_output_tokens": 16}),
+    "responses": ("/v1/responses", NATIVE_RESPONSES, {"input": TOKEN_A_BYTE, "max_output_tokens": 16}),
     "responses-translated": ("/v1/responses", None, {"input": TOKEN_A_BYTE, "max_output_tokens": 16}),
 }
 
@@ -872,10 +885,11 @@ async def test_a_chat_budget_holds_for_text_of_a_token_a_byte(api: str) -> None:
     $8.02: the key spent $16.05, on every API (review). Now each reserves its text at a token a byte, the bound of
     every tokenizer priced: one is refused, saying what lowers it."""
     path, provider, asked = ASKED_A_TOKEN_A_BYTE[api]
+    refused_one = asyncio.Event()
 
     async def billed_a_token_a_byte(request: httpx.Request) -> httpx.Response:
         assert TOKEN_A_BYTE.encode() in request.content
-        await asyncio.sleep(0.2)  # (both requests in flight at once)
+        await held_until(refused_one)
         prompt = len(TOKEN_A_BYTE) + 7  # (the turn's role and the chat template's tokens around it)
         if request.url.path.endswith("/messages"):
             usage: dict[str, Any] = {"input_tokens": prompt, "output_tokens": 16}
@@ -886,11 +900,9 @@ async def test_a_chat_budget_holds_for_text_of_a_token_a_byte(api: str) -> None:
         usage = {"prompt_tokens": prompt, "completion_tokens": 16, "total_tokens": prompt + 16}
         return httpx.Response(200, json={**completion(), "usage": usage})
 
-    environ = {**PROVIDER_KEYS, "ANTHROPIC_API_KEY": "sk-ant-test-000000000000"}
     models = {"m": {**MODEL, "price": {"input": 1000, "output": 1000}}}
-    served = await serve(billed_a_token_a_byte, models, budget_usd=9.0, provider=provider, environ=environ)
-    body = {"model": "m", **asked}
-    answers = await asyncio.gather(served.post(path, body), served.post(path, body))
+    served = await serve(billed_a_token_a_byte, models, budget_usd=9.0, provider=provider, environ=ANTHROPIC_KEYS)
+    answers = await sent_twice_at_once(served, path, {"model": "m", **asked}, refused_one)
     assert sorted(answer.status_code for answer in answers) == [200, 402], [answer.text for answer in answers]
     spent = sum((line.cost_usd or 0.0) + (line.fee_usd or 0.0) for line in await served.ledger())
     assert spent == pytest.approx((len(TOKEN_A_BYTE) + 7 + 16) / 1000)

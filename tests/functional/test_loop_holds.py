@@ -15,6 +15,7 @@ import pytest
 from handler.redaction import NAME_CHARS
 from tests.support.inprocess import serve
 from tests.support.lag import longest_hold
+from tests.unit.handler.pipeline.test_keys import A_RUNS, BEDROCK, STARRED, VERSIONED
 from tests.unit.handler.pipeline.test_schema_check import fan_out, patterned
 
 MODEL = {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": {"input": 1.0, "output": 2.0}}
@@ -236,23 +237,11 @@ async def test_a_body_with_many_problems_is_refused_without_listing_them_all(pat
     assert held < 0.5, f"a {len(body) / 1e6:.1f} MB body of bad items held the event loop {held:.1f} s"
 
 
-# A parent whose every pattern but its last (`*b`) a grandchild's `aa...ab` fails only at its end: each pair walked
-# the whole of both patterns (review: 1.84 s of the loop for each grandchild pattern, so three minutes for 100). Each
-# ends as the grandchild's do, so that its literal suffix does not set it aside; and the last is no `*`, which holds
-# every pattern without a step.
-STARRED = ["*a" * 98 + "*" + chr(0x4E00 + k) + "*b" for k in range(99)]
-# 80 explicit model ids of one family, sharing 35 characters (an operator's list of the Bedrock profiles a team may
-# use), and the same ids with any version: each pair was walked over their shared prefix, and a child within its
-# parent's list was refused as too long to check (found by review).
-BEDROCK = [f"us.anthropic.claude-sonnet-4-5-2025{n:04d}-v1:0" for n in range(80)]
-VERSIONED = [model[:-1] + "*" for model in BEDROCK]
-
-
 @pytest.mark.parametrize(
     ("parent", "child", "status"),
     [
         ({"models": [*STARRED, "*b"]}, {"models": ["a" * 199 + "b"] * 3}, 201),  # (review: 6.25 s)
-        ({"models": [*STARRED, "*b"]}, {"models": [f"{'a' * 190}{k:03}b" for k in range(11)]}, 400),  # (20 s)
+        ({"models": [*STARRED, "*b"]}, {"models": A_RUNS}, 400),  # (20 s)
         ({"model_limits": {p: {"rpm": 5} for p in STARRED}}, {"model_limits": {"a" * 199 + "b": {"rpm": 9}}}, 201),
         ({"models": BEDROCK}, {"models": BEDROCK}, 201),  # (was a 400: 120,440 steps)
         ({"models": VERSIONED}, {"models": BEDROCK}, 201),  # (123,960 steps)

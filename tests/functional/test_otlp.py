@@ -414,7 +414,9 @@ def test_a_collector_that_never_answers_does_not_hold_the_queued_requests_answer
         url = f"{traced.url}/v1/embeddings"
         small = {"model": "text-embedding-3-small", "input": "x"}
         assert httpx.post(url, json=small, headers=headers).status_code == 200
-        time.sleep(0.3)  # the exporter's thread has taken that request's spans and waits on the collector now
+        # The exporter's thread has taken that request's spans, and waits on the collector from here on.
+        silent.settimeout(10)
+        exporting, _ = silent.accept()
         big = {"model": "text-embedding-3-small", "input": ["x"] * 100, "dimensions": 1000, "encoding_format": "float"}
         assert httpx.post(url, json=big, headers=headers, timeout=30).status_code == 200  # (first-use imports)
         gc.collect()
@@ -426,6 +428,7 @@ def test_a_collector_that_never_answers_does_not_hold_the_queued_requests_answer
             del answer
         gc.collect()
         grown = rss_mb() - before
+        exporting.close()
     finally:
         server.stop()
         silent.close()

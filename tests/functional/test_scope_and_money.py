@@ -1618,16 +1618,11 @@ def test_a_key_or_a_secret_as_a_tag_name_is_refused_unsaid_wherever_tags_are_tak
 
 
 def listed_keys(gw: Running, admin: str, key_id: str) -> str:
-    """The page of `GET /admin/keys` that lists `key_id`, as its text, the pages followed to it (a page holds 100
-    unless asked: in the suite's store a key minted late is past the first)."""
-    cursor = ""
-    while True:
-        page = httpx.get(f"{gw.url}/admin/keys?limit=1000{cursor}", headers=auth(admin), timeout=10)
-        assert page.status_code == 200, page.text
+    """The page of `GET /admin/keys` that lists `key_id`, as its text, the pages followed to it."""
+    for page in gw.key_pages(admin):
         if any(view["id"] == key_id for view in page.json()["data"]):
             return page.text
-        assert page.json()["has_more"], f"{key_id} is on no page of the key list"
-        cursor = f"&cursor={page.json()['next_cursor']}"
+    raise AssertionError(f"{key_id} is on no page of the key list")
 
 
 def test_a_key_in_default_tags_stored_before_they_were_checked_reaches_no_line_nor_view(gw: Running) -> None:

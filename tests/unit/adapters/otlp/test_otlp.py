@@ -76,17 +76,19 @@ def test_an_end_before_the_start_is_clamped_to_the_start() -> None:
 
 class Collector:
     """An httpx transport standing in for a collector: records bodies, may hold every export until released, or
-    take `delay_s` to answer each."""
+    take `delay_s` to answer each; `arrived` is set once an export reaches it."""
 
     def __init__(self, status: int = 200, hold: bool = False, delay_s: float = 0.0) -> None:
         self.status = status
         self.delay_s = delay_s
         self.bodies: list[bytes] = []
+        self.arrived = threading.Event()
         self.release = threading.Event()
         if not hold:
             self.release.set()
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.arrived.set()
         self.release.wait(10)
         time.sleep(self.delay_s)
         self.bodies.append(request.content)
@@ -111,6 +113,13 @@ def queue(batcher: BatchExporter, *spans: wire.SpanData) -> None:
     batcher.submit(len(spans), lambda: list(spans))
 
 
+def held_first(batcher: BatchExporter, collector: Collector) -> None:
+    """One span queued, and waited on until the exporter's thread has taken it and sends it to `collector`, which
+    holds it: what is queued next waits behind it."""
+    queue(batcher, span(1))
+    assert collector.arrived.wait(10), "the exporter's thread never sent the first span"
+
+
 def test_close_flushes_everything_queued_in_batches() -> None:
     collector = Collector()
     batcher = exporter(collector, batch_size=3, schedule_delay_s=60)
@@ -125,9 +134,7 @@ def test_a_full_queue_drops_and_counts_instead_of_waiting() -> None:
     collector = Collector(hold=True)  # the collector holds the first export: the queue fills behind it
     counted: list[int] = []
     batcher = exporter(collector, batch_size=1, queue_size=2, schedule_delay_s=0.01, on_drop=counted.append)
-    queue(batcher, span(1))
-    while not (batcher._queued_out == 1 and batcher._finished == 0 and not batcher._queue):  # the thread took
-        pass  # the first span and waits on the collector
+    held_first(batcher, collector)
     for number in range(2, 12):
         queue(batcher, span(number))
     assert batcher.dropped == 8 and sum(counted) == 8
@@ -141,9 +148,7 @@ def test_the_queue_is_bounded_in_the_bytes_its_requests_hold_too() -> None:
     collector that never answers, a queue bounded in spans alone held them all (review: 88 MB for 40 answers)."""
     collector = Collector(hold=True)
     batcher = exporter(collector, batch_size=1, queue_bytes=3_000_000, schedule_delay_s=0.01)
-    queue(batcher, span(1))
-    while not (batcher._queued_out == 1 and batcher._finished == 0 and not batcher._queue):
-        pass  # the thread took the first span and waits on the collector
+    held_first(batcher, collector)
     for number in range(2, 7):
         batcher.submit(1, lambda number=number: [span(number)], 1_000_000)  # (the 4th, 5th and 6th: past 3 MB)
     batcher.submit(1, lambda: [span(7)])  # (holding nothing: it fits)

@@ -1296,7 +1296,7 @@ def test_a_request_asking_for_caching_gets_breakpoints_on_the_tools_the_system_a
     assert len(markers(body)) == 3 and "prompt_cache_key" not in body and dropped == []
 
 
-def test_a_request_that_does_not_ask_for_caching_is_sent_as_before() -> None:
+def test_a_request_that_does_not_ask_for_caching_gets_no_breakpoint() -> None:
     body, dropped = built(request(messages=SESSION, tools=[SHELL]))
     assert markers(body) == [] and body["system"] == RULES and dropped == []
 

@@ -1195,7 +1195,10 @@ def test_a_point_too_near_another_or_for_a_model_bedrock_does_not_cache_for_is_l
         assert points(body) == [] and "prompt_cache_key" in dropped
 
 
-def test_a_request_not_asking_is_sent_as_before_and_the_clients_points_are_counted() -> None:
+def test_cache_points_go_only_where_asked_and_the_clients_own_count_toward_four() -> None:
+    """A request that does not ask for caching gets no point; the client's own three leave room for the last
+    message's alone (Bedrock takes four); `prompt_caching: never` adds none though asked, `always` adds them
+    unasked."""
     assert points(built(cached_session())[0]) == []
     system = [{"type": "text", "text": f"Rule {n}. {RULES}", "cache_control": {"type": "ephemeral"}} for n in range(3)]
     body, _ = built(cached_session(system, prompt_cache_key="session-1"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -209,34 +208,14 @@ def test_a_whole_answer_is_not_kept_for_the_exporter_unless_its_content_is_captu
     for finish reasons (`orjson.loads`, holding the GIL): a 65 MB embeddings answer (2,048 inputs of 1,536 floats)
     stalled every other thread, the one serving requests among them, for 512 ms; with a hung collector, every
     queued answer stayed in memory (review). Now the finish reasons are read from the answer the route built, and the
-    body is not kept at all."""
+    body is not kept at all: the exporter's thread has nothing to parse."""
     tracer = RequestTracer(Holding(), capture_content=False, region="us-east-1")  # type: ignore[arg-type]
     trace = tracer.begin({}, "/v1/embeddings", None)
     assert trace is not None
     trace.answered(embeddings_answer(2048, 1536))
     assert trace.body is None and trace.held() == 0
-    gaps: list[float] = []
-    done = threading.Event()
-
-    def ticking() -> None:
-        last = time.perf_counter()
-        while not done.is_set():
-            time.sleep(0.001)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-
-    ticker = threading.Thread(target=ticking)
-    ticker.start()
-    time.sleep(0.05)
-    builder = threading.Thread(target=trace.read_answer)  # what `_spans` runs first, on the exporter's thread
-    builder.start()
-    builder.join()
-    time.sleep(0.05)
-    done.set()
-    ticker.join()
-    assert max(gaps) < 0.1, f"the other thread waited {max(gaps) * 1000:.0f} ms for the interpreter"
-    assert trace.finish_reasons == []
+    trace.read_answer()  # (what `_spans` runs first, on the exporter's thread)
+    assert trace.finish_reasons == [] and trace.answer is None
 
 
 def test_a_whole_answers_finish_reasons_are_read_from_what_its_route_built() -> None:
