@@ -642,10 +642,15 @@ class Namespaces:
         return grouped if grouped is not None else (None, sent)
 
 
-def _function(tool: dict[str, Any], name: str) -> dict[str, Any]:
+def _function(tool: dict[str, Any], name: str, group: str | None = None) -> dict[str, Any]:
+    """A function tool in Chat Completions form, offered by `name`. One of a namespace has the namespace's own
+    description (`group`) first in its own: no provider but OpenAI's Responses API groups tools, and the group's
+    words (Codex's `multi_agent_v1`: what its sub-agents are for) would reach the model nowhere else."""
     function: dict[str, Any] = {"name": name, "parameters": tool.get("parameters") or {"type": "object"}}
-    if tool.get("description"):
-        function["description"] = tool["description"]
+    own = tool.get("description") if isinstance(tool.get("description"), str) else None
+    description = "\n\n".join(words for words in (group, own) if words)
+    if description:
+        function["description"] = description
     if tool.get("strict") is not None:
         function["strict"] = tool["strict"]
     return {"type": "function", "function": function}
@@ -661,12 +666,13 @@ def _tools(req: ResponsesRequest, dropped: list[str], spaces: Namespaces) -> lis
         if name is not None:
             tools.append(_function(tool, name))
         elif space is not None:
+            group = tool.get("description") if isinstance(tool.get("description"), str) else None
             for inner in _grouped(tool):
                 function = _named(inner, "function")
                 if function is None:  # (a custom tool among them, as one alone)
                     dropped.append(f"tools[{inner.get('type') or 'untyped'}]")
                 else:
-                    tools.append(_function(inner, spaces.sent[space, function]))
+                    tools.append(_function(inner, spaces.sent[space, function], group))
         elif not kind.startswith(SEARCH_TOOL):  # (the request's search is its own: `ResponsesChatRequest.web_search`)
             dropped.append(f"tools[{kind or 'untyped'}]")
     return tools
