@@ -139,12 +139,14 @@ class StreamParser(Protocol):
     what the usage so far says of how the answer was served (`Served`; None where its API says nothing of it, or
     where, as OpenAI's service tier, its chunks carry it). `opening_usage`: the counts a stream gives as it opens,
     before its `usage`, where its API gives any (Anthropic's `message_start`: the input's, exact), which a stream
-    cut short is charged its input by.
+    cut short is charged its input by. `searches`: the searches the provider's own search tool has run so far (a
+    translation's web search: `ChatRequest.web_search`), each billed, the stream cut or not.
     """
 
     usage: Any
     served: Served | None
     opening_usage: Usage | None
+    searches: int
 
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]: ...
 

@@ -8,7 +8,7 @@ test can pick a fault on a configured model: `fail-429` (rate_limit_error with r
 model it does not have), `no-credit` (Anthropic's 400 for an account out of credit),
 `fail-<status>;<header>=<value>;...` (that status with those headers, `tests/fakes/script.py`), `slow` (waits
 `SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way, without `message_delta` or
-`message_stop`),
+`message_stop`), `search-cut` (a stream that stops once its search's result came, the same way),
 `stream-overloaded` (a stream that ends after its first delta with Anthropic's in-stream `error` event, an
 `overloaded_error`; with `echo-auth` its message quotes the request's `x-api-key`, as an upstream that echoes
 credentials would), `bad-json` (a 200 whose body is not JSON), `slashes-escaped` (its JSON written with every `/`
@@ -846,6 +846,8 @@ def create_app() -> Starlette:
                     yield _sse("error", error)
                     return
             yield _sse("content_block_stop", {"type": "content_block_stop", "index": index})
+            if whole["type"] == "web_search_tool_result" and "search-cut" in faults(body):
+                return
         yield _sse(
             "message_delta",
             {

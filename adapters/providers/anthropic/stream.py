@@ -77,6 +77,7 @@ class AnthropicStreamParser:
         self._usage_sent = False
         self._opened = False  # the role's chunk went
         self._searches: Searches | None = None  # (made at the answer's first search)
+        self.searches = 0  # the searches that started (each billed, the stream cut or not: `MessagesMeter.searches`)
         self._written = 0  # the text's characters so far (where a citation's text starts and ends)
         self._cited: dict[int, tuple[int, list[Any]]] = {}  # a text block's start and its citations, until it ends
         self._search_ids: dict[int, str] = {}  # a search block's id, by its index (its query streams as JSON)
@@ -162,6 +163,7 @@ class AnthropicStreamParser:
         if block.type == "server_tool_use" and block.name == SEARCH_NAME:
             self._searches = self._searches or Searches()
             self._searches.started(block.id, block.input)
+            self.searches += 1
             self._blocks[index] = ("search", 0)
             self._search_ids[index] = block.id or ""
             return []

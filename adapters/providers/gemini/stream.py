@@ -46,7 +46,8 @@ class GeminiStreamParser:
         self.usage: Usage | None = None
         self._searched = searched  # (the request's search went as Google Search: its grounding is read)
         self._texts: dict[int, list[str]] = {}  # each candidate's text so far, where its grounding points
-        self._queries = 0  # the searches the candidates ran, as their grounding says
+        self._queries = 0  # the queries the candidates ran, as their grounding says
+        self.searches = 0  # what Google bills of them (`billed_searches`)
         self._names = names  # the request's function names, to give each call its client's name
         self._id = completion_id()
         self._created = int(time.time())
@@ -78,8 +79,8 @@ class GeminiStreamParser:
         usage = usage_of(data.get("usageMetadata"))
         if usage is not None:
             self.usage = usage
-            if self._queries:
-                usage.set_count("web_searches", billed_searches(self._model, self._queries))
+            if self.searches:
+                usage.set_count("web_searches", self.searches)
         chunks: list[ChatCompletionChunk] = []
         candidates = [c for c in data.get("candidates") or () if isinstance(c, dict)]
         blocked = block_message(data)
@@ -129,8 +130,9 @@ class GeminiStreamParser:
         annotations of its text so far (the spans the grounding points at). The usage counts the searches billed."""
         searched, annotations = grounding(meta, "".join(self._texts.get(index, ())))
         self._queries += len(searched)
-        if self.usage is not None and self._queries:
-            self.usage.set_count("web_searches", billed_searches(self._model, self._queries))
+        self.searches = billed_searches(self._model, self._queries)
+        if self.usage is not None and self.searches:
+            self.usage.set_count("web_searches", self.searches)
         delta = ChunkDelta(web_searches=searched or None)
         if annotations:
             setattr(delta, "annotations", annotations)  # noqa: B010 - (Chat Completions' member, an extra)

@@ -211,3 +211,18 @@ def test_a_provider_without_a_search_is_still_sent_none(fleet: Running) -> None:
             model="bedrock-claude", input="Hi", tools=SEARCH, extra_headers={"x-gateway-strict": "true"}
         )
     assert "tools[web_search]" in str(caught.value.body)
+
+
+def test_a_search_in_a_stream_cut_short_is_charged(fleet: Running) -> None:
+    """Claude's stream breaks off once its search's result came (the fake's `search-cut`): the search is billed all
+    the same, as a Messages stream passed through is charged it. The translated stream was charged its tokens alone
+    ($0.000018 of $0.010018): the search that ran escaped the ledger."""
+    key = fleet.mint(name="search-cut")
+    body = {"model": "claude", "input": "Hi", "tools": SEARCH, "user": "search-cut", "stream": True}
+    headers = {"authorization": f"Bearer {key}"}
+    with httpx.stream("POST", f"{fleet.url}/v1/responses", json=body, headers=headers, timeout=30) as answer:
+        text = b"".join(answer.iter_bytes()).decode()
+    assert "response.web_search_call.completed" in text and "response.failed" in text
+    [line] = fleet.ledger(key)
+    tokens = (line.input_tokens * PRICE["input"] + line.output_tokens * PRICE["output"]) / 1e6
+    assert line.cost_usd == pytest.approx(tokens + SEARCH_USD)
