@@ -60,6 +60,9 @@ class ChunkDelta(BaseModel):
     tool_calls: list[ToolCallDelta] | None = Omitted()
     refusal: NullKept = Omitted()
     reasoning_content: str | None = ReasoningText()
+    # A search a provider's own search tool ran, done (`AssistantMessage.web_searches`): the gateway's own, no Chat
+    # Completions chunk carries it (`exclude`); the text's citations come as the delta's `annotations`, as OpenAI's.
+    web_searches: list[dict[str, Any]] | None = Field(default=None, exclude=True)
 
 
 class ChunkChoice(BaseModel):

@@ -138,12 +138,14 @@ class StreamParser(Protocol):
     what the usage so far says of how the answer was served (`Served`; None where its API says nothing of it, or
     where, as OpenAI's service tier, its chunks carry it). `opening_usage`: the counts a stream gives as it opens,
     before its `usage`, where its API gives any (Anthropic's `message_start`: the input's, exact), which a stream
-    cut short is charged its input by.
+    cut short is charged its input by. `searches`: the searches the provider's own search tool has run so far (a
+    translation's web search: `ChatRequest.web_search`), each billed, the stream cut or not.
     """
 
     usage: Any
     served: Served | None
     opening_usage: Usage | None
+    searches: int
 
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]: ...
 
@@ -406,6 +408,12 @@ class ProviderAdapter(ABC):
     def base_url(self, region: str, override: str | None) -> str:
         """The upstream's base URL for a region; adapters with regional endpoints override it."""
         return (override or self.options.get("base_url") or self.default_base_url).rstrip("/")
+
+    def hosts_search(self, target: Target) -> bool:
+        """Whether the deployment's provider runs web searches itself, so that a request's web search
+        (`ChatRequest.web_search`) goes to it as its own search tool (Anthropic's `web_search_*`, Gemini's
+        `google_search`), billed per search. A translated request's search goes to no other: left out, and named."""
+        return False
 
     @abstractmethod
     def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:

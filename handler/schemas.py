@@ -17,6 +17,7 @@ from typing import (
     TYPE_CHECKING,
     Annotated,
     Any,
+    Final,
     Literal,
     NotRequired,
     Self,
@@ -36,6 +37,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict  # (pydantic takes typing's only from Python 3.12)
+
+from handler.records import Value
 
 # `value is None` as a C call: the answer writers run it for every optional field of every chunk.
 _is_none = functools.partial(operator.is_, None)
@@ -354,6 +357,70 @@ class ThinkingConfig(BaseModel):
         return True
 
 
+# The searches a request with a provider's own web search tool may run when it sets no limit: the limit sent
+# (Anthropic's `max_uses`, the Responses API's `max_tool_calls`) and the worst case reserved.
+DEFAULT_SEARCHES = 10
+# Where the user is, as Chat Completions' `web_search_options.user_location.approximate` and the Responses API's
+# `web_search` tool's `user_location` give it (and Anthropic's search tool takes it).
+LOCATION_FIELDS = ("city", "region", "country", "timezone")
+
+
+class WebSearch(Value):
+    """A request's web search, as a translation sends it to a provider's own search tool (Anthropic's
+    `web_search_*`, Gemini's `google_search`): the most searches it may run (`most`: sent where the tool takes a
+    limit, and reserved for), the client's name for it (`param`: `web_search_options`, `tools[web_search]`), by which
+    what a provider cannot honour is named dropped (`tools[web_search].search_context_size`), and what it asks of the
+    search: how much of the pages to read (`context_size`, OpenAI's `search_context_size`), where the user is
+    (`location`: `LOCATION_FIELDS`), the only sites to search (`domains`, the Responses tool's
+    `filters.allowed_domains`), and whether it may go to the live web (`live`; Codex's cached mode sends
+    `external_web_access: false`, OpenAI's cached results only, which no other provider's search offers)."""
+
+    __slots__ = ("most", "param", "context_size", "location", "domains", "live")
+
+    def __init__(
+        self,
+        most: int,
+        param: str,
+        context_size: str | None = None,
+        location: dict[str, str] | None = None,
+        domains: tuple[str, ...] = (),
+        live: bool = True,
+    ) -> None:
+        self.most: Final = most
+        self.param: Final = param
+        self.context_size: Final = context_size
+        self.location: Final = location
+        self.domains: Final = domains
+        self.live: Final = live
+
+    @classmethod
+    def asked(cls, options: dict[str, Any], most: int, param: str) -> "WebSearch":
+        """The search a client's options ask for: Chat Completions' `web_search_options` (its location under
+        `user_location.approximate`) or the Responses API's `web_search` tool (under `user_location`)."""
+        place = options.get("user_location")
+        place = place.get("approximate", place) if isinstance(place, dict) else None
+        location = {name: v for name in LOCATION_FIELDS if isinstance(v := (place or {}).get(name), str) and v}
+        size = options.get("search_context_size")
+        filters = options.get("filters")
+        allowed = filters.get("allowed_domains") if isinstance(filters, dict) else None
+        domains = tuple(d for d in allowed if isinstance(d, str) and d) if isinstance(allowed, list) else ()
+        live = options.get("external_web_access") is not False
+        return cls(most, param, size if isinstance(size, str) else None, location or None, domains, live)
+
+    def unhonoured(self, *, location: bool, domains: bool) -> list[str]:
+        """What a provider's search tool cannot honour, as `x-gateway-dropped-params` names it: a context size (none
+        takes one but OpenAI's), cached results only (none offers them but OpenAI's), and, unless it takes them
+        (`location`, `domains`), the user's location and the sites allowed."""
+        names = [f"{self.param}.search_context_size"] if self.context_size is not None else []
+        if self.location and not location:
+            names.append(f"{self.param}.user_location")
+        if self.domains and not domains:
+            names.append(f"{self.param}.filters.allowed_domains")
+        if not self.live:
+            names.append(f"{self.param}.external_web_access")
+        return names
+
+
 class ChatRequest(BaseModel):
     """An OpenAI Chat Completions request body."""
 
@@ -385,12 +452,22 @@ class ChatRequest(BaseModel):
     def reasoning_summary(self) -> str | None:
         """A Responses request's `reasoning.summary` (`auto`, `concise`, `detailed`): the client wants the model's
         reasoning back as text. Not a field: no Chat Completions API has it, so no client sends it here and no
-        upstream gets it as one; a Responses request asking for one is a `SummarisedChatRequest`
+        upstream gets it as one; a Responses request asking for one is a `ResponsesChatRequest`
         (handler/api/responses_api.py). A Messages client asks the same with `thinking.display: summarized`."""
         thinking = self.thinking
         if thinking is not None and thinking.model_extra and thinking.model_extra.get("display") == "summarized":
             return "summarized"
         return None
+
+    @property
+    def web_search(self) -> WebSearch | None:
+        """The web search the request asks for, which an adapter whose provider has its own search tool sends as that
+        tool (`ProviderAdapter.hosts_search`): a Chat Completions client's `web_search_options` (up to
+        `DEFAULT_SEARCHES`); a Responses request's `web_search` tool, once priced, is a `ResponsesChatRequest`
+        (handler/api/responses_api.py). Not a field: OpenAI's own Chat Completions gets `web_search_options` as
+        written, and the search's results come back as the provider gives them."""
+        options = self.model_extra.get("web_search_options") if self.model_extra else None
+        return WebSearch.asked(options, DEFAULT_SEARCHES, "web_search_options") if isinstance(options, dict) else None
 
     @property
     def prefill(self) -> str | None:
@@ -599,6 +676,10 @@ class AssistantMessage(BaseModel):
     refusal: str | None = None
     reasoning_content: str | None = ReasoningText()
     block_order: BlockOrder | None = Field(default=None, exclude=True)  # (see `BlockOrder`)
+    # The searches a provider's own search tool ran for the answer (`web_search_call` items of a Responses answer:
+    # `id`, `status` and `action`, the query and the sources it found), where the translation read them. The gateway's
+    # own, as `block_order` is: Chat Completions has no such member; its citations are the message's `annotations`.
+    web_searches: list[dict[str, Any]] | None = Field(default=None, exclude=True)
 
 
 class Choice(BaseModel):

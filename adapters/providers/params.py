@@ -370,3 +370,13 @@ class ToolNames:
 
                 self._clients = {wire: given for given, wire in aliases(self._req, self._takes).items()}
         return self._clients.get(name, name) if self._clients else name
+
+
+def url_citation(url: str, title: str | None, start: int, end: int) -> dict[str, Any]:
+    """Chat Completions' annotation of the answer's text `start`..`end` (in characters of the message's content) by
+    a page a provider's own search found (OpenAI's search models answer with them; Claude's and Gemini's citations
+    are given so)."""
+    cited: dict[str, Any] = {"start_index": start, "end_index": end, "url": url}
+    if title:
+        cited["title"] = title
+    return {"type": "url_citation", "url_citation": cited}

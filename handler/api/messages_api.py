@@ -453,7 +453,7 @@ def prefill_of(message: dict[str, Any]) -> str | None:
 
 class PrefilledChatRequest(ChatRequest):
     """The internal request of a Messages request whose final assistant turn prefills the answer (`prefill`). A class
-    of its own, as `SummarisedChatRequest` is: a private attribute of `ChatRequest` would cost every Chat Completions
+    of its own, as `ResponsesChatRequest` is: a private attribute of `ChatRequest` would cost every Chat Completions
     request's validation, and none has one."""
 
     _prefill: str | None = PrivateAttr(default=None)

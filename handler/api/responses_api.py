@@ -37,6 +37,7 @@ from handler.schemas import (
     ChatCompletion,
     ChatRequest,
     Usage,
+    WebSearch,
     ordered_parts,
     thinks_between,
 )
@@ -641,10 +642,15 @@ class Namespaces:
         return grouped if grouped is not None else (None, sent)
 
 
-def _function(tool: dict[str, Any], name: str) -> dict[str, Any]:
+def _function(tool: dict[str, Any], name: str, group: str | None = None) -> dict[str, Any]:
+    """A function tool in Chat Completions form, offered by `name`. One of a namespace has the namespace's own
+    description (`group`) first in its own: no provider but OpenAI's Responses API groups tools, and the group's
+    words (Codex's `multi_agent_v1`: what its sub-agents are for) would reach the model nowhere else."""
     function: dict[str, Any] = {"name": name, "parameters": tool.get("parameters") or {"type": "object"}}
-    if tool.get("description"):
-        function["description"] = tool["description"]
+    own = tool.get("description") if isinstance(tool.get("description"), str) else None
+    description = "\n\n".join(words for words in (group, own) if words)
+    if description:
+        function["description"] = description
     if tool.get("strict") is not None:
         function["strict"] = tool["strict"]
     return {"type": "function", "function": function}
@@ -660,15 +666,40 @@ def _tools(req: ResponsesRequest, dropped: list[str], spaces: Namespaces) -> lis
         if name is not None:
             tools.append(_function(tool, name))
         elif space is not None:
+            group = tool.get("description") if isinstance(tool.get("description"), str) else None
             for inner in _grouped(tool):
                 function = _named(inner, "function")
                 if function is None:  # (a custom tool among them, as one alone)
                     dropped.append(f"tools[{inner.get('type') or 'untyped'}]")
                 else:
-                    tools.append(_function(inner, spaces.sent[space, function]))
-        else:
+                    tools.append(_function(inner, spaces.sent[space, function], group))
+        elif not kind.startswith(SEARCH_TOOL):  # (the request's search is its own: `ResponsesChatRequest.web_search`)
             dropped.append(f"tools[{kind or 'untyped'}]")
     return tools
+
+
+# The Responses API's hosted web search, by the type's prefix (`web_search`, `web_search_preview`, their dated names).
+SEARCH_TOOL = "web_search"
+
+
+def search_tools(req: ResponsesRequest) -> list[dict[str, Any]]:
+    """The request's hosted web search tools (one is usual: they are one search, whatever their names)."""
+    return [tool for tool in req.tools or () if str(tool.get("type") or "").startswith(SEARCH_TOOL)]
+
+
+def translated_search(req: ChatRequest, asked: list[dict[str, Any]], most: int, dropped: list[str]) -> list[str]:
+    """The hosted web search of a Responses request (`asked`: its search tools as the client sent them) for its
+    translation `req`: the search, up to `most` searches (the `max_tool_calls` reserved for), where it is priced
+    (`most`, else 0: left out, `responses_routes.hosted_tools`); a provider with its own search tool runs it
+    (`ResponsesChatRequest`). `max_tool_calls`, the most calls of the hosted tools, is then the search's limit, and
+    no longer named among what the translation leaves out (`dropped`, which is returned). Else the search tools are
+    named there."""
+    if not asked:
+        return dropped
+    if not most or not isinstance(req, ResponsesChatRequest):
+        return [*dropped, *sorted({f"tools[{tool['type']}]" for tool in asked})]
+    req.web_search = WebSearch.asked(asked[0], most, f"tools[{asked[0]['type']}]")
+    return [name for name in dropped if name != "max_tool_calls"]
 
 
 def _tool_choice(choice: str | dict[str, Any] | None, names: set[str], dropped: list[str], spaces: Namespaces) -> Any:
@@ -789,24 +820,27 @@ def to_chat_request(
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
     summary = req.reasoning and (req.reasoning.summary or req.reasoning.generate_summary)
+    summary = summary if isinstance(summary, str) and summary in SUMMARIES else None
     try:
-        if isinstance(summary, str) and summary in SUMMARIES:
-            return SummarisedChatRequest.asking(summary, body), dropped
+        if summary is not None or search_tools(req):
+            return ResponsesChatRequest.asking(summary, body), dropped
         return ChatRequest.model_validate(body), dropped
     except ValidationError as exc:
         first = exc.errors()[0]
         raise InvalidRequestError(f"the request cannot be translated: {first['msg']}") from None
 
 
-class SummarisedChatRequest(ChatRequest):
-    """The internal request of a Responses request that asks for a reasoning summary (`reasoning_summary`). A class
-    of its own: as a private attribute of `ChatRequest`, the summary doubled the validation of every Chat
-    Completions request (5 to 10 µs), which never has one."""
+class ResponsesChatRequest(ChatRequest):
+    """The internal request of a Responses request that asks for a reasoning summary (`reasoning_summary`) or offers
+    the hosted web search (`web_search`, set once the search is priced: `translated_search`). A class of its own: as
+    private attributes of `ChatRequest`, they doubled the validation of every Chat Completions request (5 to 10 µs),
+    which never has them."""
 
     _summary: str | None = PrivateAttr(default=None)
+    _search: WebSearch | None = PrivateAttr(default=None)
 
     @classmethod
-    def asking(cls, summary: str, body: dict[str, Any]) -> SummarisedChatRequest:
+    def asking(cls, summary: str | None, body: dict[str, Any]) -> ResponsesChatRequest:
         chat = cls.model_validate(body)
         chat._summary = summary
         return chat
@@ -814,6 +848,14 @@ class SummarisedChatRequest(ChatRequest):
     @property
     def reasoning_summary(self) -> str | None:
         return self._summary
+
+    @property
+    def web_search(self) -> WebSearch | None:
+        return self._search
+
+    @web_search.setter
+    def web_search(self, search: WebSearch | None) -> None:
+        self._search = search
 
 
 # --- the answer ----------------------------------------------------------------------------------
@@ -887,6 +929,35 @@ def content_part(kind: str, text: str) -> dict[str, Any]:
     if kind == "refusal":
         return {"type": "refusal", "refusal": text}
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def url_citations(message: AssistantMessage, start: int, end: int) -> list[dict[str, Any]]:
+    """The Responses API's `url_citation` annotations of the message's text `start`..`end` (one output text's), from
+    its Chat Completions `annotations` (a provider's search tool's citations, or an OpenAI search model's), their
+    indices in that text."""
+    annotations = (message.model_extra or {}).get("annotations")
+    cited: list[dict[str, Any]] = []
+    for annotation in annotations if isinstance(annotations, list) else ():
+        span = annotation.get("url_citation") if isinstance(annotation, dict) else None
+        if not isinstance(span, dict) or not isinstance(span.get("start_index"), int):
+            continue
+        if start <= span["start_index"] < end or start == span["start_index"] == end:
+            cited.append(
+                {
+                    "type": "url_citation",
+                    "start_index": span["start_index"] - start,
+                    "end_index": min(int(span.get("end_index") or 0), end) - start,
+                    "url": span.get("url"),
+                    "title": span.get("title") or "",
+                }
+            )
+    return cited
+
+
+def search_items(message: AssistantMessage, ids: ResponseIds) -> list[dict[str, Any]]:
+    """The `web_search_call` items of the searches a provider's own search tool ran for the answer, with ids of the
+    response's (`ws_...`), as OpenAI's answer has them ahead of the message that uses them."""
+    return [{**call, "id": ids.item("ws")} for call in message.web_searches or ()]
 
 
 def ending_status(finish_reason: str | None) -> str:
@@ -997,7 +1068,10 @@ def _items(
     output: list[dict[str, Any]] = []
     if message.reasoning_content or fields:
         output.append(reasoning_item(ids.item("rs"), message.reasoning_content or "", fields, req, seal))
+    output += search_items(message, ids)
     parts = [content_part("output_text", message.content)] if message.content else []
+    if parts and message.model_extra and message.model_extra.get("annotations"):
+        parts[0]["annotations"] = url_citations(message, 0, len(message.content or ""))
     if message.refusal:  # its own part, as OpenAI answers one: a client parsing the text does not parse it
         parts.append(content_part("refusal", message.refusal))
     if parts:
@@ -1018,26 +1092,40 @@ def _ordered(message: AssistantMessage, fields: dict[str, Any]) -> list[tuple[st
 
 
 def _items_in_order(
-    parts: list[tuple[str, Any]], fields: dict[str, Any], req: ResponsesRequest, ids: ResponseIds, seal: ReasoningSeal
+    message: AssistantMessage,
+    parts: list[tuple[str, Any]],
+    fields: dict[str, Any],
+    req: ResponsesRequest,
+    ids: ResponseIds,
+    seal: ReasoningSeal,
 ) -> list[dict[str, Any]]:
     """Output items for parts in the model's order, as its stream has them: a reasoning item for each run of thinking
     blocks (their text its summary, the blocks sealed with it), a message for each run of text, an item per call."""
     output: list[dict[str, Any]] = []
     spaces = Namespaces(req.tools)
     rest = {name: value for name, value in fields.items() if name != "thinking_blocks"}
+    searches = search_items(message, ids)  # (ahead of the first text or call: the order they came in is not kept)
+    written = 0  # the text's characters so far
     for kind, run in itertools.groupby(parts, key=operator.itemgetter(0)):
+        if kind != "thinking" and searches:
+            output += searches
+            searches = []
         same = [part for _, part in run]
         if kind == "thinking":
             text = "".join(str(block.get("thinking") or "") for block in same)
             sealed, rest = {**rest, "thinking_blocks": same}, {}  # (any other field rides with the first)
             output.append(reasoning_item(ids.item("rs"), text, sealed, req, seal))
         elif kind == "text":
-            output.append(message_item(ids.item("msg"), [content_part("output_text", "".join(same))]))
+            text = "".join(same)
+            part = content_part("output_text", text)
+            part["annotations"] = url_citations(message, written, written + len(text))
+            written += len(text)
+            output.append(message_item(ids.item("msg"), [part]))
         else:
             for call in same:
                 fc = ids.item("fc")
                 output.append(call_item(fc, call.id, call.function.name, call.function.arguments, spaces=spaces))
-    return output
+    return output + searches
 
 
 def to_response(
@@ -1056,7 +1144,7 @@ def to_response(
         fields = reasoning_fields(message.model_extra)
         parts = _ordered(message, fields) if message.block_order else None
         if parts is not None:  # Claude thought between its calls: the items in the order it wrote them
-            output = _items_in_order(parts, fields, req, ids, seal)
+            output = _items_in_order(message, parts, fields, req, ids, seal)
         else:
             output = _items(message, fields, req, ids, seal)
         if output and output[-1]["type"] != "reasoning":

@@ -30,8 +30,10 @@ from handler.api.responses_api import (
     ResponsesRequest,
     input_items,
     is_reference,
+    search_tools,
     to_chat_request,
     to_response,
+    translated_search,
     unsealed_reasoning,
     with_sealed_reasoning,
 )
@@ -507,7 +509,13 @@ class ResponsesRoutes:
         # A deployment that serves the Responses API gets the client's body (`relay.call`), any other the
         # translation (`req`); what either leaves out is reported for the deployment that served. Both get the
         # stored turns' reasoning with what the gateway kept of it.
-        relay = Relay(body, handed_back, ex, dropped, hosted_tools(api.pipeline, ex, body), kept, visible)
+        # A translation carries the hosted search as the search it asks for, run by a provider with its own search
+        # tool where the search is priced (`ex.searches`, the limit reserved): left out and named where unpriced.
+        searches = search_tools(body)
+        hosted = hosted_tools(api.pipeline, ex, body)
+        dropped = translated_search(req, searches, ex.searches, dropped)
+        ex.searched = req.web_search is not None
+        relay = Relay(body, handed_back, ex, dropped, hosted, kept, visible)
 
         async def keep(response: dict[str, Any]) -> None:
             if body.stored:

@@ -54,6 +54,8 @@ class _Item:
         self.fields: dict[str, Any] = {}
         self.call_id = ""
         self.name = ""
+        self.start = 0  # where the open content part's text starts in the answer's (its annotations' origin)
+        self.annotations: list[dict[str, Any]] = []  # the open content part's
 
 
 class ResponsesEventWriter:
@@ -76,6 +78,7 @@ class ResponsesEventWriter:
         self.calls = CallOrder()
         self.spaces = Namespaces(req.tools)  # (a call of a namespace's function names it: `call_item`)
         self.served_tier: str | None = None  # (the tier the chunks say the answer runs at: `envelope`)
+        self.written = 0  # the answer's text so far, in characters (where its annotations point)
 
     def event(self, kind: str, **payload: Any) -> bytes:
         data = {"type": kind, "sequence_number": self.sequence, **payload}
@@ -124,7 +127,7 @@ class ResponsesEventWriter:
         out, item = self._switch("message", 0)
         if item.part != part:
             out += self._close_part(item)
-            item.part = part
+            item.part, item.start = part, self.written
             where = {"item_id": item.id, "output_index": item.index, "content_index": len(item.parts)}
             out += self.event("response.content_part.added", part=content_part(part, ""), **where)
         return out, item
@@ -140,6 +143,8 @@ class ResponsesEventWriter:
         else:
             out = self.event("response.output_text.done", text=text, logprobs=[], **where)
         item.parts.append(content_part(part, text))
+        if item.annotations:
+            item.parts[-1]["annotations"], item.annotations = item.annotations, []
         return out + self.event("response.content_part.done", part=item.parts[-1], **where)
 
     def _announce_call(self, item: _Item) -> bytes:
@@ -199,6 +204,7 @@ class ResponsesEventWriter:
             if delta.content:
                 data, item = self._message("output_text")
                 item.text.append(delta.content)
+                self.written += len(delta.content)
                 out += data + self.event(
                     "response.output_text.delta",
                     item_id=item.id,
@@ -214,9 +220,53 @@ class ResponsesEventWriter:
                 out += data + self.event("response.refusal.delta", delta=delta.refusal, **where)
             if delta.tool_calls:
                 out += self._calls(self.calls.feed(delta.tool_calls))
+            annotations = delta.model_extra.get("annotations") if delta.model_extra else None
+            if annotations and self.open is not None and self.open.part == "output_text":
+                out += self._annotated(self.open, annotations)
+            if delta.web_searches:  # (after the text a grounding that comes with its searches annotates: Gemini's)
+                out += self._searched(delta.web_searches)
             if choice.finish_reason:
                 out += self._calls(self.calls.flush())
                 self.finish_reason = choice.finish_reason
+        return out
+
+    def _searched(self, calls: list[dict[str, Any]]) -> bytes:
+        """Searches a provider's own search tool ran (`ChunkDelta.web_searches`, each done), each a `web_search_call`
+        item of its own between the items around it, with the events OpenAI streams for one."""
+        out = self._close()
+        for call in calls:
+            item = {**call, "id": self.ids.item("ws")}
+            where = {"output_index": len(self.output)}
+            added = {"id": item["id"], "type": "web_search_call", "status": "in_progress", "action": item["action"]}
+            out += self.event("response.output_item.added", item=added, **where)
+            out += self.event("response.web_search_call.in_progress", item_id=item["id"], **where)
+            out += self.event("response.web_search_call.searching", item_id=item["id"], **where)
+            if item["status"] == "completed":
+                out += self.event("response.web_search_call.completed", item_id=item["id"], **where)
+            self.output.append(item)
+            out += self.event("response.output_item.done", item=item, **where)
+        return out
+
+    def _annotated(self, item: _Item, annotations: list[Any]) -> bytes:
+        """The open text's citations (Chat Completions' `annotations`, at the answer's text), each added to it."""
+        out = b""
+        end = self.written
+        for annotation in annotations:
+            span = annotation.get("url_citation") if isinstance(annotation, dict) else None
+            if not isinstance(span, dict) or not isinstance(span.get("start_index"), int):
+                continue
+            start = max(span["start_index"], item.start) - item.start
+            stop = min(int(span.get("end_index") or 0), end) - item.start
+            cited = {"type": "url_citation", "start_index": start, "end_index": stop, "url": span.get("url")}
+            cited["title"] = span.get("title") or ""
+            where = {"item_id": item.id, "output_index": item.index, "content_index": len(item.parts)}
+            out += self.event(
+                "response.output_text.annotation.added",
+                annotation_index=len(item.annotations),
+                annotation=cited,
+                **where,
+            )
+            item.annotations.append(cited)
         return out
 
     def _calls(self, calls: list[ToolCallDelta]) -> bytes:

@@ -29,6 +29,7 @@ from handler.pipeline.pricing import (
 )
 from handler.ports import Served
 from handler.redaction import clipped, redact_message
+from handler.schemas import DEFAULT_SEARCHES
 
 if TYPE_CHECKING:
     from handler.config import FeeConfig, Price
@@ -39,9 +40,6 @@ if TYPE_CHECKING:
     from handler.schemas import ChatRequest, Usage
 
 log = logging.getLogger("gateway")
-# The searches a request with a provider's own web search tool may run when it sets no limit: the limit sent
-# (Anthropic's `max_uses`, the Responses API's `max_tool_calls`) and the worst case reserved.
-DEFAULT_SEARCHES = 10
 # The calls to Anthropic's advisor tool a request may make when the tool sets no `max_uses` (Anthropic's own default is
 # no limit): the limit sent, and the worst case reserved. The advisor is consulted at the few moments a plan matters.
 DEFAULT_ADVISOR_USES = 3
@@ -78,7 +76,9 @@ class Charges:
                     "web search is not priced on this gateway (gateway.priced_options.web_search_usd)",
                     param="web_search_options",
                 )
-            ex.per_request_usd += options.web_search_usd
+            ex.per_request_usd += options.web_search_usd  # (OpenAI's search models: per request)
+            # (Claude and Gemini run it as their own search tool, billed per search instead: `_searches_at`)
+            ex.search_usd, ex.searches, ex.searched = options.web_search_usd, DEFAULT_SEARCHES, True
         modalities = extra.get("modalities")
         wants_audio = extra.get("audio") is not None or (isinstance(modalities, list) and "audio" in modalities)
         if wants_audio and not options.audio_output:
@@ -158,8 +158,18 @@ class Charges:
         a Responses request with the hosted tool (Codex sends it) to Claude, Gemini, DeepSeek or a Chat Completions
         server was held ten searches at $0.01, $0.100042 for its own $0.00004: a 402 under
         `x-gateway-max-cost-usd: 0.01` and on a key with $0.05 left, and $0.100042 charged once cut unanswered
-        (review)."""
-        return ex.searches if ex.searches and Charges._sent_as_written(ex, attempt) else 0
+        (review). A translation that carries the search (`Exchange.searched`) runs them where the provider has its
+        own search tool (`ProviderAdapter.hosts_search`: Claude on Anthropic, Gemini), sent the same limit."""
+        if not ex.searches:
+            return 0
+        if Charges._sent_as_written(ex, attempt) or Charges._searched_at(ex, attempt):
+            return ex.searches
+        return 0
+
+    @staticmethod
+    def _searched_at(ex: Exchange, attempt: Attempt) -> bool:
+        """Whether `attempt` gets the request's search translated to its provider's own search tool."""
+        return ex.searched and attempt.adapter.hosts_search(attempt.target)
 
     def allow_advisors(self, ex: Exchange, tools: list[Any]) -> None:
         """Anthropic's advisor tool (`advisor_*` among `tools`) runs another model inside the answer, billed at that
@@ -387,8 +397,11 @@ class Charges:
         """The options billed per request (web search), unless `attempt` was not sent them (dropped and named, as its
         request was built: `Exchange.dropped_at`): Azure's Chat Completions has no `web_search_options`, and its search
         fee was billed; nor has a translation for Claude, Gemini or Bedrock, and such an attempt cut unanswered was
-        charged the fee, its answer's `dropped` never known ($0.010054 for Claude's $0.000054: review)."""
-        if ex.per_request_usd and "web_search_options" in ex.dropped_at.get(id(attempt), ex.dropped):
+        charged the fee, its answer's `dropped` never known ($0.010054 for Claude's $0.000054: review). Where the
+        provider runs the search as its own tool (`_searched_at`), each search is charged instead."""
+        if ex.per_request_usd and (
+            "web_search_options" in ex.dropped_at.get(id(attempt), ex.dropped) or Charges._searched_at(ex, attempt)
+        ):
             return 0.0
         return ex.per_request_usd
 

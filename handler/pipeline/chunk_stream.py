@@ -141,6 +141,9 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
     def _opening_usage(self) -> Usage | None:
         return self.parser.opening_usage
 
+    def _searches(self) -> int:
+        return self.parser.searches
+
     def _relayed_chars(self) -> int:
         return self._chars
 

@@ -60,10 +60,10 @@ class Exchange:
         "request_id", "key", "model", "controls", "started", "route", "dropped", "inbound_dropped", "store_ms",
         "upstream_ms", "attempt", "reservation", "cost", "budget_remaining", "wasted_usd", "limit_headers",
         "lineage", "inflight", "inflight_at", "inflight_status", "answered", "missed", "extra", "prompt", "user",
-        "service_tier", "plain_tier", "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected",
-        "client_left", "fallbacks", "counted", "stream", "native_api", "native_options", "anthropic", "audio_output",
-        "ledger_item", "ends_at", "lifetime_s", "wasted_usage", "unsent_counts", "sent_to", "reserving", "advisors",
-        "advised", "dropped_at", "advisor_models", "unsent_advisors", "advisor_params", "advisor_counts",
+        "service_tier", "plain_tier", "per_request_usd", "search_usd", "searches", "searched", "trace", "output_cap",
+        "rejected", "client_left", "fallbacks", "counted", "stream", "native_api", "native_options", "anthropic",
+        "audio_output", "ledger_item", "ends_at", "lifetime_s", "wasted_usage", "unsent_counts", "sent_to", "reserving",
+        "advisors", "advised", "dropped_at", "advisor_models", "unsent_advisors", "advisor_params", "advisor_counts",
         "advisor_sent",
     )  # fmt: skip
 
@@ -160,6 +160,9 @@ class Exchange:
         self.per_request_usd = 0.0  # options billed per request (web search)
         self.search_usd = 0.0  # the price of a search a provider's own search tool runs (`allow_searches`)
         self.searches = 0  # the most searches the request allows (reserved for)
+        # Whether its translation carries the search too (`ChatRequest.web_search`): a deployment whose provider has
+        # its own search tool (`ProviderAdapter.hosts_search`) runs those searches, and is reserved and charged them.
+        self.searched = False
         # Anthropic's advisor tools the request offers (`allow_advisors`), or a thread's `continue` its thread holds
         # (`ThreadAnswer.advisors`, kept with the answer it continues): each one's model (its upstream id), the most
         # calls it may make and the most it writes per call, reserved for.

@@ -411,7 +411,11 @@ class Pipeline(Charges):
                 if named != err.param:
                     err.message, err.param = err.message.replace(f"'{err.param}'", f"'{named}'"), named
                 raise
-            names = [*call.untranslated, *as_client_named(call.api, built.dropped)]
+            # (The request's search, where the provider has no search tool of its own: by the client's name for it.)
+            search = req.web_search
+            hosted = search is None or attempt.adapter.hosts_search(attempt.target)
+            unsearched = [] if hosted or search is None else [search.param]
+            names = [*unsearched, *call.untranslated, *as_client_named(call.api, built.dropped)]
             return BuiltRequest(built.request, list(dict.fromkeys(names)))
 
         return build
@@ -745,7 +749,7 @@ class Pipeline(Charges):
             tokens = seen + unseen  # (its worst case, `PromptEstimate.tokens`, its images priced once)
             prompt, shown = max(prompt, tokens), max(shown, seen)
             case = worst_case_usd(tokens, written, self._price(ex, attempt, worst=True), self.fee, ex.audio_output)
-            apart = ex.per_request_usd + self._searches_at(ex, attempt) * ex.search_usd
+            apart = self._per_request_usd(ex, attempt) + self._searches_at(ex, attempt) * ex.search_usd
             if ex.advisors and case is not None:  # (Anthropic's advisor tool: another model's calls, billed apart)
                 apart += self._advisors_usd(ex, attempt, tokens, written)
             if case is not None and apart:

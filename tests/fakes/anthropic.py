@@ -8,7 +8,7 @@ test can pick a fault on a configured model: `fail-429` (rate_limit_error with r
 model it does not have), `no-credit` (Anthropic's 400 for an account out of credit),
 `fail-<status>;<header>=<value>;...` (that status with those headers, `tests/fakes/script.py`), `slow` (waits
 `SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way, without `message_delta` or
-`message_stop`),
+`message_stop`), `search-cut` (a stream that stops once its search's result came, the same way),
 `stream-overloaded` (a stream that ends after its first delta with Anthropic's in-stream `error` event, an
 `overloaded_error`; with `echo-auth` its message quotes the request's `x-api-key`, as an upstream that echoes
 credentials would), `bad-json` (a 200 whose body is not JSON), `slashes-escaped` (its JSON written with every `/`
@@ -45,7 +45,8 @@ as Anthropic does, a marker reads the longest prefix written before that ends at
 it (the markers themselves no part of a prefix: the next turn of a session, its marker moved to its new last block,
 reads what the turn before wrote), and only what follows that is written.
 With a web search tool (`web_search_20250305`), the answer searches once before its text (a `server_tool_use`
-block and its `web_search_tool_result`), counted in `usage.server_tool_use.web_search_requests`. A request's
+block and its `web_search_tool_result`), counted in `usage.server_tool_use.web_search_requests`, and its text cites
+the result (`citations`, streamed as a `citations_delta` ahead of the text). A request's
 `speed` (fast mode) and `inference_geo` come back in its usage, where Anthropic reports the speed and the place the
 answer ran at; with `standard-speed` fast mode asked for is served at standard speed, and its usage says so; with
 `us-workspace` a request that sets no `inference_geo` runs US-only, as in a workspace whose default geo is `us`.
@@ -284,13 +285,24 @@ def searches(body: dict[str, Any]) -> int:
     return 1 if any(str(t.get("type", "")).startswith("web_search_") for t in tools) else 0
 
 
+SEARCH_URL, SEARCH_TITLE = "https://example.com/", "Example"
+# A text's citation of the search's result, as Anthropic's web search docs show one.
+SEARCH_CITATION = {
+    "type": "web_search_result_location",
+    "url": SEARCH_URL,
+    "title": SEARCH_TITLE,
+    "encrypted_index": "Eo8BCioIAhgBIiQyYjQ0OWJmZi1lNm..",
+    "cited_text": "This domain is for use in illustrative examples in documents.",
+}
+
+
 def search_blocks() -> list[dict[str, Any]]:
     """A search's `server_tool_use` block and its result, paired by an id of their own."""
     search_id = fresh_id("srvtoolu_01")
     result = {
         "type": "web_search_result",
-        "url": "https://example.com/",
-        "title": "Example",
+        "url": SEARCH_URL,
+        "title": SEARCH_TITLE,
         "encrypted_content": "EqgfCioIARgBIiQ3fakeSearchResult==",
         "page_age": "April 30, 2025",
     }
@@ -392,7 +404,10 @@ def _content(body: dict[str, Any], tool: str | None) -> list[dict[str, Any]]:
         call = {"type": "tool_use", "id": fresh_id("toolu_01"), "name": script.name, "input": script.arguments}
         content.append(call)
     else:
-        content.append({"type": "text", "text": script if isinstance(script, str) else TEXT})
+        text: dict[str, Any] = {"type": "text", "text": script if isinstance(script, str) else TEXT}
+        if searches(body):  # (the text cites what the search found)
+            text["citations"] = [SEARCH_CITATION]
+        content.append(text)
     return content
 
 
@@ -494,6 +509,31 @@ def _unsigned_turn(messages: list[Any], *, final_only: bool = False) -> str | No
 IMAGES = ("image/jpeg", "image/png", "image/gif", "image/webp")  # the only image types Anthropic takes
 
 
+# The web search tool's fields, and its `user_location`'s, as Anthropic's API reference lists them.
+SEARCH_TOOL_FIELDS = {
+    "type", "name", "max_uses", "allowed_domains", "blocked_domains", "user_location", "cache_control",
+}  # fmt: skip
+LOCATION_FIELDS = {"type", "city", "region", "country", "timezone"}
+
+
+def _search_tool_refused(i: int, tool: dict[str, Any]) -> str | None:
+    """A web search tool Anthropic refuses: a field it does not have, a name other than `web_search`, a `max_uses`
+    that is not a positive integer, a location that is not `approximate`."""
+    where = f"tools.{i}.{tool['type']}"
+    extra = sorted(set(tool) - SEARCH_TOOL_FIELDS)
+    if extra:
+        return f"{where}.{extra[0]}: Extra inputs are not permitted"
+    if tool.get("name") != "web_search":
+        return f"{where}.name: Input should be 'web_search'"
+    uses = tool.get("max_uses")
+    if uses is not None and (not isinstance(uses, int) or isinstance(uses, bool) or uses < 1):
+        return f"{where}.max_uses: Input should be greater than 0"
+    location = tool.get("user_location")
+    if location is not None and (location.get("type") != "approximate" or set(location) - LOCATION_FIELDS):
+        return f"{where}.user_location: Input should be an approximate location"
+    return None
+
+
 def _problem(body: dict[str, Any]) -> str | None:
     """What the real API would reject in a body, for the few rules an adapter may get wrong."""
     if not isinstance(body.get("max_tokens"), int):
@@ -536,6 +576,10 @@ def _problem(body: dict[str, Any]) -> str | None:
     for i, tool in enumerate(body.get("tools") or ()):
         if tool.get("type") in (None, "custom") and not TOOL_NAME.fullmatch(str(tool.get("name"))):
             return f"tools.{i}.custom.name: String should match pattern '^[a-zA-Z0-9_-]{{1,128}}$'"
+        if str(tool.get("type")).startswith("web_search_"):
+            refused = _search_tool_refused(i, tool)
+            if refused:
+                return refused
     if any(not str(sequence).strip() for sequence in body.get("stop_sequences") or ()):
         return "stop_sequences: each stop sequence must contain non-whitespace"
     thinking = (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
@@ -618,7 +662,10 @@ def _pieces(block: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]
         text = orjson.dumps(block["input"]).decode() if block["input"] else ""  # no arguments: no JSON at all
         parts = ["", text[: len(text) // 2], text[len(text) // 2 :]] if text else [""]
         return {**block, "input": {}}, [{"type": "input_json_delta", "partial_json": p} for p in parts]
-    return {"type": "text", "text": ""}, [{"type": "text_delta", "text": piece} for piece in pieces(block["text"])]
+    # A text citing search results opens with them, each in a `citations_delta`, as Anthropic streams them.
+    cited = [{"type": "citations_delta", "citation": citation} for citation in block.get("citations") or ()]
+    texts = [{"type": "text_delta", "text": piece} for piece in pieces(block["text"])]
+    return {"type": "text", "text": ""}, [*cited, *texts]
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:
@@ -795,6 +842,8 @@ def create_app() -> Starlette:
                     yield _sse("error", error)
                     return
             yield _sse("content_block_stop", {"type": "content_block_stop", "index": index})
+            if whole["type"] == "web_search_tool_result" and "search-cut" in faults(body):
+                return
         yield _sse(
             "message_delta",
             {

@@ -45,6 +45,12 @@ message answering no call of the turn before it), in Google's error body wrapped
 it; it calls a tool a user message scripts or `tool_choice: required` asks for, its id of Gemini's form
 (`function-call-` and digits), signed on Gemini 3, and otherwise answers `TEXT`; a stream carries each call whole in
 one chunk, its signature beside its id.
+
+With the `google_search` tool (Grounding with Google Search) the answer is grounded as Google's docs show it: its
+candidate's `groundingMetadata` holds the query the model ran (`SEARCH_QUERY`), the page it used (`SEARCH_URL`) and
+the span of its text the page supports (in bytes of the text); streamed, the event that ends the candidate carries it.
+The search beside function declarations is refused on a model before Gemini 3 (`SEARCH_WITH_FUNCTIONS`), and so is
+an unknown field of the tool, as Google refuses them.
 """
 
 from __future__ import annotations
@@ -217,6 +223,46 @@ def _validate(body: dict[str, Any]) -> Response | None:
     if not 1 <= count <= 8:
         return _invalid("* GenerateContentRequest.generation_config.candidate_count: must be between 1 and 8\n")
     return None
+
+
+SEARCH_QUERY, SEARCH_URL, SEARCH_TITLE = "fake search", "https://example.com/", "example.com"
+SEARCH_WITH_FUNCTIONS = "Tool use with function calling is unsupported by the model."
+SEARCH_FIELDS = {"timeRangeFilter", "excludeDomains"}
+
+
+def _searches(body: dict[str, Any]) -> bool:
+    return any("google_search" in tool or "googleSearch" in tool for tool in body.get("tools") or ())
+
+
+def _search_refused(model: str, body: dict[str, Any]) -> str | None:
+    """Google Search beside function calling before Gemini 3, and a field the tool does not have."""
+    for tool in body.get("tools") or ():
+        search = tool.get("google_search", tool.get("googleSearch"))
+        unknown = sorted(set(search) - SEARCH_FIELDS) if isinstance(search, dict) else []
+        if unknown:
+            return f"Invalid JSON payload received. Unknown name \"{unknown[0]}\" at 'tools[0].google_search'."
+    functions = any(tool.get("functionDeclarations") for tool in body.get("tools") or ())
+    if _searches(body) and functions and not GEMINI_3.search(model):
+        return SEARCH_WITH_FUNCTIONS
+    return None
+
+
+def _grounded(answer: dict[str, Any], text: str) -> dict[str, Any]:
+    """`answer` with each candidate's `groundingMetadata`: the search's page supports its text (`text`) whole."""
+    grounding = {
+        "webSearchQueries": [SEARCH_QUERY],
+        "searchEntryPoint": {"renderedContent": "<style>.container{}</style><div class=container>...</div>"},
+        "groundingChunks": [{"web": {"uri": SEARCH_URL, "title": SEARCH_TITLE}}],
+        "groundingSupports": [
+            {
+                "segment": {"startIndex": 0, "endIndex": len(text.encode()), "text": text},
+                "groundingChunkIndices": [0],
+            }
+        ],
+    }
+    for candidate in answer["candidates"]:
+        candidate["groundingMetadata"] = grounding
+    return answer
 
 
 def _penalty(model: str, body: dict[str, Any]) -> str | None:
@@ -609,6 +655,7 @@ def create_app() -> Starlette:
             or _penalty(model, body)
             or _unallowed(body)
             or _json_with_functions(model, body)
+            or _search_refused(model, body)
             or (pairs if isinstance(pairs, str) else None)
         )
         if refused:
@@ -645,6 +692,8 @@ def create_app() -> Starlette:
         parts = [_call_part(model, call)] if call else [{"text": _text(body)}]
         count = _candidates(body)
         answer = _answer(_thoughts(body) + parts, _usage(body, 5 * count, 2 * count), "STOP", count)
+        if _searches(body) and not call:
+            _grounded(answer, _text(body))
         return Response(orjson.dumps(answer), media_type="application/json")
 
     async def _stream(model: str, body: dict[str, Any], call: dict[str, Any] | None) -> AsyncIterator[bytes]:
@@ -664,7 +713,8 @@ def create_app() -> Starlette:
                 return
             last = i == len(words) - 1
             usage = _usage(body, 5 * count, 2 * count) if last else _usage(body, 0, 2 * count)
-            yield event(_answer([{"text": word}], usage, "STOP" if last else None, count))
+            answer = _answer([{"text": word}], usage, "STOP" if last else None, count)
+            yield event(_grounded(answer, _text(body)) if last and _searches(body) else answer)
 
     def _embed(model: str, body: dict[str, Any]) -> Response:
         items = body.get("requests")

@@ -198,12 +198,15 @@ def test_a_search_a_translated_deployment_cannot_run_is_neither_reserved_nor_cha
     assert line.cost_usd == pytest.approx((line.input_tokens * 1.0 + 100 * 2.0) / 1e6)  # GPT_PRICE, no search
 
 
-@pytest.mark.parametrize(("model", "searched"), [("claude", False), ("gpt-slow", True)])
-def test_a_chat_search_cut_unanswered_is_charged_where_it_was_sent(priced: Running, model: str, searched: bool) -> None:
-    """Chat Completions' `web_search_options`, billed once per request, is sent to OpenAI's Chat Completions, and
-    left out and named for Claude: an attempt cut unanswered is charged its reserved worst case, with the search
-    only where it was sent. Claude's was charged the search all the same, its dropped parameters known only from an
-    answer: $0.01159 for $0.00159 (review)."""
+@pytest.mark.parametrize(("model", "searches"), [("claude", DEFAULT_SEARCHES * SEARCH_USD), ("gpt-slow", SEARCH_USD)])
+def test_a_chat_search_cut_unanswered_is_charged_where_it_was_sent(
+    priced: Running, model: str, searches: float
+) -> None:
+    """Chat Completions' `web_search_options` is sent to OpenAI's Chat Completions, billed once per request, and to
+    Claude as its own search tool, billed per search (up to `DEFAULT_SEARCHES`, its `max_uses`): an attempt cut
+    unanswered is charged its reserved worst case, with the search as it is billed where it was sent. (When Claude
+    was sent none, its cut attempt was charged the per-request fee all the same, its dropped parameters known only
+    from an answer: $0.01159 for $0.00159, review.)"""
     key = priced.mint(name=f"chat-search-cut-{model}", budget_usd=1.0)
     sdk = openai_client(priced, key).with_options(max_retries=0)
     with pytest.raises(openai.APIStatusError) as timed_out:
@@ -218,9 +221,9 @@ def test_a_chat_search_cut_unanswered_is_charged_where_it_was_sent(priced: Runni
     assert timed_out.value.status_code == 504
     [line] = priced.ledger(key)
     assert (line.cost_source, line.output_tokens) == ("reserved", 100)
-    price = GPT_PRICE if searched else CLAUDE_PRICE
+    price = GPT_PRICE if model.startswith("gpt") else CLAUDE_PRICE
     tokens = (line.input_tokens * price["input"] + 100 * price["output"]) / 1e6
-    assert line.cost_usd == pytest.approx(tokens + (SEARCH_USD if searched else 0.0))
+    assert line.cost_usd == pytest.approx(tokens + searches)
 
 
 def test_a_null_search_limit_is_no_limit_set(priced: Running) -> None:

@@ -16,6 +16,7 @@ import orjson
 from pydantic import ValidationError
 
 from adapters.providers import prompt_cache, reasoning
+from adapters.providers.anthropic.search import SEARCH_NAME, Searches, citations_of, search_tool
 from adapters.providers.model_rules import keep_one_sampling_knob
 from adapters.providers.params import (
     THINKING_BLOCKS,
@@ -104,6 +105,7 @@ TRANSLATED = frozenset(
         "safety_identifier",
         "reasoning_effort",
         "thinking",
+        "web_search_options",  # (`ChatRequest.web_search`: Anthropic's own search tool)
     }
 )
 # Claude models that take `thinking: {"type": "adaptive"}` with `output_config.effort` for its depth: they get it for
@@ -663,6 +665,10 @@ class AnthropicAdapter(ProviderAdapter):
 
         offered, choice = chosen_tools(req)  # (Anthropic has no `allowed_tools`: the tools it allows, alone)
         tools, tool_choice = _tools(offered, names), _tool_choice(req, choice, names)
+        search = req.web_search
+        if search is not None:
+            tools.append(search_tool(search))  # (Claude searches as it sees fit: a choice of a function stands)
+            dropped += search.unhonoured(location=True, domains=True)
         forced = json_tool(req)
         if forced is not None:
             named = tool_choice is not None and tool_choice["type"] == "tool"
@@ -736,6 +742,9 @@ class AnthropicAdapter(ProviderAdapter):
         json_answer: str | None = None
         names: ToolNames | None = None  # (made at the answer's first call)
         order: BlockOrder = []  # (the parts as Claude wrote them: see `BlockOrder`)
+        searches: Searches | None = None  # (made at the answer's first search)
+        annotations: list[dict[str, Any]] = []  # the text's citations of the searches' results
+        written = 0  # the text's characters so far
         for block in message.content:
             if block.type == "thinking" and block.signature is not None:
                 signed.append(signed_thinking(block.thinking or "", block.signature, len(signed)))
@@ -746,6 +755,14 @@ class AnthropicAdapter(ProviderAdapter):
             if block.type == "text" and block.text:
                 texts.append(block.text)
                 order.append(("text", len(block.text)))
+                if block.model_extra and block.model_extra.get("citations"):
+                    annotations += citations_of(block.model_extra["citations"], written, written + len(block.text))
+                written += len(block.text)
+            elif block.type == "server_tool_use" and block.name == SEARCH_NAME:
+                searches = searches or Searches()
+                searches.started(block.id, block.input)
+            elif block.type == "web_search_tool_result" and searches is not None:
+                searches.found(block.model_dump())
             elif block.type == "thinking" and block.thinking:
                 reasoning.append(block.thinking)
             elif block.type == "tool_use" and json_mode and block.name == JSON_TOOL:
@@ -760,6 +777,10 @@ class AnthropicAdapter(ProviderAdapter):
         reply = AssistantMessage(
             content=content, tool_calls=calls or None, reasoning_content="".join(reasoning) if reasoning else None
         )
+        if searches is not None:
+            reply.web_searches = searches.done()
+        if annotations and json_answer is None:
+            setattr(reply, "annotations", annotations)  # noqa: B010 - (Chat Completions' member, an extra)
         if signed:
             setattr(reply, THINKING_BLOCKS, signed)
             if json_answer is None and thinks_between(order):  # interleaved thinking: a Responses client sees it
@@ -785,6 +806,9 @@ class AnthropicAdapter(ProviderAdapter):
     # --- the Messages API passed through --------------------------------------------------------
 
     native_apis = frozenset({MESSAGES_API})
+
+    def hosts_search(self, target: Target) -> bool:
+        return True  # (Anthropic's web search tool: `adapters/providers/anthropic/search.py`)
 
     def counts_tokens(self, target: Target) -> bool:
         return True

@@ -11,6 +11,7 @@ import orjson
 from pydantic import ValidationError
 
 from adapters.providers.anthropic.adapter import JSON_TOOL, _finish, error_from_body
+from adapters.providers.anthropic.search import SEARCH_NAME, Searches, citations_of
 from adapters.providers.params import (
     THINKING_BLOCKS,
     ToolNames,
@@ -75,6 +76,11 @@ class AnthropicStreamParser:
         self._json_answer = False
         self._usage_sent = False
         self._opened = False  # the role's chunk went
+        self._searches: Searches | None = None  # (made at the answer's first search)
+        self.searches = 0  # the searches that started (each billed, the stream cut or not: `MessagesMeter.searches`)
+        self._written = 0  # the text's characters so far (where a citation's text starts and ends)
+        self._cited: dict[int, tuple[int, list[Any]]] = {}  # a text block's start and its citations, until it ends
+        self._search_ids: dict[int, str] = {}  # a search block's id, by its index (its query streams as JSON)
 
     def _chunk(
         self, delta: ChunkDelta | None = None, finish: FinishReason | None = None, stop_sequence: str | None = None
@@ -143,7 +149,8 @@ class AnthropicStreamParser:
             ending = self._chunk(finish=finish, stop_sequence=stop_sequence if isinstance(stop_sequence, str) else None)
             return [*self._empty_inputs(), ending]
         if kind == "content_block_stop":
-            return self._empty_inputs(int(payload.get("index", 0)))
+            index = int(payload.get("index", 0))
+            return [*self._empty_inputs(index), *self._citations(index)]
         if kind == "message_stop":
             return self._usage_chunk()
         if kind == "error":
@@ -153,7 +160,22 @@ class AnthropicStreamParser:
     def _block_start(self, index: int, block: WireBlock) -> list[ChatCompletionChunk]:
         if block.type == "text":
             self._blocks[index] = ("text", 0)
+            self._cited[index] = (
+                self._written,
+                list(block.model_extra.get("citations") or ()) if block.model_extra else [],
+            )
+            self._written += len(block.text or "")
             return [self._chunk(schemas.ChunkDelta(content=block.text))] if block.text else []
+        if block.type == "server_tool_use" and block.name == SEARCH_NAME:
+            self._searches = self._searches or Searches()
+            self._searches.started(block.id, block.input)
+            self.searches += 1
+            self._blocks[index] = ("search", 0)
+            self._search_ids[index] = block.id or ""
+            return []
+        if block.type == "web_search_tool_result" and self._searches is not None:
+            done = self._searches.found(block.model_dump())
+            return [self._chunk(schemas.ChunkDelta(web_searches=[dict(done)]))] if done is not None else []
         if block.type == "thinking":
             self._blocks[index] = ("thinking", 0)
             self._thinking[index] = [block.thinking or ""]
@@ -179,6 +201,12 @@ class AnthropicStreamParser:
             return [self._chunk(schemas.ChunkDelta(tool_calls=[call]))]
         return []
 
+    def _citations(self, index: int) -> list[ChatCompletionChunk]:
+        """The annotations of a text block (`index`) that cited search results, once it ended (its text whole)."""
+        start, citations = self._cited.pop(index, (0, []))
+        annotations = citations_of(citations, start, self._written) if citations else []
+        return [self._chunk(schemas.ChunkDelta(annotations=annotations))] if annotations else []
+
     def _client_name(self, name: str | None) -> str | None:
         """The client's name for a tool the model called by `name`."""
         return self._names.client(name) if self._names is not None and name else name
@@ -187,7 +215,14 @@ class AnthropicStreamParser:
         kind, position = self._blocks.get(index, ("", 0))
         delta_type = delta.get("type")
         if delta_type == "text_delta" and delta.get("text"):
+            self._written += len(str(delta["text"]))
             return [self._chunk(schemas.ChunkDelta(content=str(delta["text"])))]
+        if delta_type == "citations_delta" and index in self._cited:
+            self._cited[index][1].append(delta.get("citation"))
+            return []
+        if delta_type == "input_json_delta" and kind == "search" and self._searches is not None:
+            self._searches.streamed_input(self._search_ids.get(index, ""), str(delta.get("partial_json") or ""))
+            return []
         if delta_type == "thinking_delta" and delta.get("thinking"):
             self._thinking.setdefault(index, []).append(str(delta["thinking"]))
             return [self._chunk(schemas.ChunkDelta(reasoning_content=str(delta["thinking"])))]
@@ -198,7 +233,7 @@ class AnthropicStreamParser:
         if delta_type == "input_json_delta" and delta.get("partial_json"):
             self._no_input.discard(index)
             return self._input(kind, position, str(delta["partial_json"]))
-        return []  # citations_delta: nothing the OpenAI form carries
+        return []
 
     def _thinking_block(self, block: dict[str, Any]) -> ChatCompletionChunk:
         """A completed thinking block, as the next entry of the message's `thinking_blocks` (its `index` given)."""

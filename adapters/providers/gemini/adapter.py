@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from adapters.providers import reasoning
+from adapters.providers.gemini.search import SEARCH_TOOL, billed_searches, grounding
 from adapters.providers.model_rules import rules_for
 from adapters.providers.params import (
     SKIP_SIGNATURE,
@@ -131,6 +132,7 @@ STRUCTURAL = frozenset(
         "stop",
         "reasoning_effort",
         "thinking",
+        "web_search_options",  # (`ChatRequest.web_search`: Grounding with Google Search)
     }
 )
 # Gemini 2.5's `thinkingBudget` for "think as much as the prompt needs".
@@ -832,6 +834,15 @@ class GeminiAdapter(ProviderAdapter):
         if system is not None:
             body["systemInstruction"] = system
         tools, tool_config = _tools(req, dropped, names)
+        search = req.web_search
+        if search is not None and tools is None:
+            tools = [dict(SEARCH_TOOL)]
+            dropped += search.unhonoured(location=False, domains=False)
+        elif search is not None:
+            # Before Gemini 3, search beside function calling is refused; Gemini 3 combines them only with its tool
+            # context (`includeServerSideToolInvocations`: the searches' `toolCall` parts kept and sent back in
+            # every later turn), which the translation does not carry: the functions go, the search is named.
+            dropped.append(search.param)
         if tools is not None:
             body["tools"] = tools
         if tool_config is not None:
@@ -871,6 +882,7 @@ class GeminiAdapter(ProviderAdapter):
             raise malformed("upstream answered without candidates")
         choices: list[Choice] = []
         names: ToolNames | None = None  # (made at the answer's first call)
+        queries = 0  # the searches its candidates ran (Grounding with Google Search)
         unanswered: UpstreamError | None = None  # (a candidate that is no answer: the whole one's unless another is)
         answered = False  # (a candidate that ended with text or calls, as its finish reason reads them)
         for position, candidate in enumerate(candidates):
@@ -890,6 +902,12 @@ class GeminiAdapter(ProviderAdapter):
                 tool_calls=calls or None,
                 reasoning_content="".join(thoughts) or None,
             )
+            if req.web_search is not None and candidate.get("groundingMetadata"):
+                searched, annotations = grounding(candidate["groundingMetadata"], "".join(texts))
+                message.web_searches = searched or None
+                queries += len(searched)
+                if annotations:
+                    setattr(message, "annotations", annotations)  # noqa: B010 - (Chat Completions' member, an extra)
             try:
                 reason = finish_reason(candidate.get("finishReason"), bool(calls), any(texts))
                 answered = answered or bool(message.content or calls)
@@ -909,18 +927,24 @@ class GeminiAdapter(ProviderAdapter):
             message = AssistantMessage(content=None, refusal=blocked)
             choices.append(Choice(index=0, message=message, finish_reason="content_filter"))
         response_id = data.get("responseId")
+        usage = usage_of(data.get("usageMetadata"))
+        if usage is not None and queries:
+            usage.set_count("web_searches", billed_searches(target.model, queries))
         return ChatCompletion(
             id=f"chatcmpl-{response_id}" if isinstance(response_id, str) else completion_id(),
             created=int(time.time()),
             model=str(data.get("modelVersion") or target.model),
             choices=choices,
-            usage=usage_of(data.get("usageMetadata")),
+            usage=usage,
         )
 
     def stream_parser(self, req: ChatRequest, target: Target) -> GeminiStreamParser:
         from adapters.providers.gemini.stream import GeminiStreamParser  # (a cold start needs none)
 
-        return GeminiStreamParser(target.model, ToolNames(req, gemini_takes))
+        return GeminiStreamParser(target.model, ToolNames(req, gemini_takes), searched=req.web_search is not None)
+
+    def hosts_search(self, target: Target) -> bool:
+        return True  # (Grounding with Google Search: `adapters/providers/gemini/search.py`)
 
     def counts_tokens(self, target: Target) -> bool:
         return True

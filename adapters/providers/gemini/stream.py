@@ -4,6 +4,7 @@ stream: a Lambda's buffered function answers whole."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from adapters.providers.gemini.adapter import (
     block_message,
@@ -13,6 +14,7 @@ from adapters.providers.gemini.adapter import (
     tool_call_of,
     usage_of,
 )
+from adapters.providers.gemini.search import billed_searches, grounding
 from adapters.providers.params import ToolNames
 from handler.chunks import opening_delta
 from handler.errors import UpstreamError
@@ -40,8 +42,12 @@ class GeminiStreamParser:
     served: Served | None = None  # (its usage says nothing of how the answer was served)
     opening_usage: Usage | None = None  # (each event's running `usageMetadata` is `usage`)
 
-    def __init__(self, model: str, names: ToolNames | None = None) -> None:
+    def __init__(self, model: str, names: ToolNames | None = None, *, searched: bool = False) -> None:
         self.usage: Usage | None = None
+        self._searched = searched  # (the request's search went as Google Search: its grounding is read)
+        self._texts: dict[int, list[str]] = {}  # each candidate's text so far, where its grounding points
+        self._queries = 0  # the queries the candidates ran, as their grounding says
+        self.searches = 0  # what Google bills of them (`billed_searches`)
         self._names = names  # the request's function names, to give each call its client's name
         self._id = completion_id()
         self._created = int(time.time())
@@ -73,7 +79,9 @@ class GeminiStreamParser:
         if data.get("usageMetadata") is not None:
             # The running usage is the latest event's: one without its input count is none (`usage_of`), and an
             # earlier event's, counting less of the answer, is not the bill.
-            self.usage = usage_of(data["usageMetadata"])
+            self.usage = usage = usage_of(data["usageMetadata"])
+            if usage is not None and self.searches:
+                usage.set_count("web_searches", self.searches)
         chunks: list[ChatCompletionChunk] = []
         candidates = [c for c in data.get("candidates") or () if isinstance(c, dict)]
         blocked = block_message(data)
@@ -101,7 +109,10 @@ class GeminiStreamParser:
                         said.append(self._chunk(index, ChunkDelta(reasoning_content=part["text"])))
                     else:
                         self._said.add(index)
+                        self._texts.setdefault(index, []).append(part["text"])
                         said.append(self._chunk(index, ChunkDelta(content=part["text"])))
+            if self._searched and candidate.get("groundingMetadata"):
+                said += self._grounded(index, candidate["groundingMetadata"])
             if candidate.get("finishReason"):
                 try:
                     reason = finish_reason(candidate["finishReason"], bool(self._calls.get(index)), index in self._said)
@@ -114,6 +125,19 @@ class GeminiStreamParser:
                 said.append(self._chunk(index, ChunkDelta(), reason))
             chunks += self._opening(index, said)
         return chunks
+
+    def _grounded(self, index: int, meta: Any) -> list[ChatCompletionChunk]:
+        """Candidate `index`'s grounding (Google Search's, with the event that ends it): its searches, and the
+        annotations of its text so far (the spans the grounding points at). The usage counts the searches billed."""
+        searched, annotations = grounding(meta, "".join(self._texts.get(index, ())))
+        self._queries += len(searched)
+        self.searches = billed_searches(self._model, self._queries)
+        if self.usage is not None and self.searches:
+            self.usage.set_count("web_searches", self.searches)
+        delta = ChunkDelta(web_searches=searched or None)
+        if annotations:
+            setattr(delta, "annotations", annotations)  # noqa: B010 - (Chat Completions' member, an extra)
+        return [self._chunk(index, delta)] if searched or annotations else []
 
     def _client_name(self, name: str) -> str:
         """The client's name for a function Gemini called by `name` (an alias, where Gemini refused the client's)."""

@@ -315,6 +315,7 @@ class OpenAIStreamParser:
 
     served: Served | None = None  # (the service tier it ran at is on its chunks, read from there)
     opening_usage: Usage | None = None  # (its usage comes at the end, or on every chunk as `usage`)
+    searches = 0  # (no search of a translation runs at a Chat Completions API)
 
     def __init__(
         self, model: str, repeated: str | None = None, names: ToolNames | None = None, signed: bool = False

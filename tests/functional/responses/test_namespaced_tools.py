@@ -82,6 +82,37 @@ def test_a_namespaced_function_is_offered_and_its_call_names_its_namespace(
     assert second.status == "completed" and "agent a1 started" in second.output_text
 
 
+def sent_descriptions(running: Running, model: str) -> list[str]:
+    """The descriptions of the functions the provider behind `model` was offered in its last request."""
+    fake = {"claude": "anthropic", "gemini": "gemini", "bedrock-claude": "bedrock"}.get(model, "openai")
+    sent = running.fakes[fake].state.requests[-1]["json"]
+    if fake == "gemini":
+        return [f["description"] for group in sent["tools"] for f in group.get("functionDeclarations", ())]
+    if fake == "bedrock":
+        return [tool["toolSpec"]["description"] for tool in sent["toolConfig"]["tools"]]
+    if fake == "anthropic":
+        return [tool["description"] for tool in sent["tools"]]
+    return [tool["function"]["description"] for tool in sent["tools"]]
+
+
+@pytest.mark.parametrize("model", TRANSLATED)
+def test_a_namespaces_description_reaches_the_model_with_its_functions(
+    fleet: Running, fleet_key: str, model: str
+) -> None:
+    """The namespace's own description (what Codex's sub-agent tools are for) opens each of its functions': it was
+    sent nowhere, and the model saw `Spawn a sub-agent for a task.` alone."""
+    bare: Any = {**SPAWN, "name": "close_agent"}
+    del bare["description"]
+    grouped: Any = {**NAMESPACE, "tools": [SPAWN, bare]}
+    plain: Any = {**SPAWN, "name": "get_time", "description": "The time."}
+    openai_client(fleet, fleet_key).responses.create(model=model, input="Hi", tools=[grouped, plain], store=False)
+    assert sent_descriptions(fleet, model) == [
+        f"{NAMESPACE['description']}\n\n{SPAWN['description']}",
+        NAMESPACE["description"],
+        "The time.",
+    ]
+
+
 @pytest.mark.parametrize("model", ["claude", "gemini"])
 def test_a_namespaced_function_named_like_another_tool_is_offered_under_its_namespace(
     fleet: Running, fleet_key: str, model: str

@@ -1,10 +1,11 @@
 """The Responses API's hosted `web_search` tool (Codex sends it) at a deployment that gets the request translated
-(Claude, Gemini, DeepSeek, a Chat Completions server): the translation leaves the tool out and names it dropped
-(`tools[web_search]`), so no search can run there, and neither that attempt's worst case nor its charge may hold
-searches. Before, every attempt of the plan was reserved for `max_tool_calls` searches (10 when unset) at
-`web_search_usd`: at the fleet's $0.01 a search, a request whose own worst case is some $0.00004 was held $0.100042,
-refused under `x-gateway-max-cost-usd: 0.01` and on a key with $0.05 left; cut before Claude answered, it was charged
-$0.100042; and a translated reasoning stream cut by its deadline $0.10201, $0.10 of it for searches (review). A
+for a provider with no search of its own (Bedrock, DeepSeek, a Chat Completions server): the translation leaves the
+tool out and names it dropped (`tools[web_search]`), so no search can run there, and neither that attempt's worst
+case nor its charge may hold searches (Claude on Anthropic and Gemini run it as their own search, and are held and
+charged its searches: test_hosted_search.py). Before, every attempt of the plan was reserved for `max_tool_calls`
+searches (10 when unset) at `web_search_usd`: at the fleet's $0.01 a search, a request whose own worst case is some
+$0.00004 was held $0.100042, refused under `x-gateway-max-cost-usd: 0.01` and on a key with $0.05 left; and a
+translated reasoning stream cut by its deadline was charged $0.10201, $0.10 of it for searches (review). A
 deployment that passes the request through (OpenAI's Responses API) is sent the tool, and still reserved for every
 search it allows."""
 
@@ -18,6 +19,7 @@ import pytest
 
 from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
+from handler.pipeline.charges import DEFAULT_SEARCHES
 from tests.functional.conftest import Running, serving
 from tests.functional.responses.fleet import PRICE, SEARCH_USD
 
@@ -28,7 +30,7 @@ def bearer(key: str, **more: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}", **more}
 
 
-@pytest.mark.parametrize("model", ["claude", "gemini", "deepseek", "gpt-chat"])
+@pytest.mark.parametrize("model", ["bedrock-claude", "deepseek", "gpt-chat"])
 def test_a_search_the_deployment_cannot_run_is_not_held_against_the_max_cost(fleet: Running, model: str) -> None:
     key = fleet.mint(name=f"search-max-cost-{model}")
     body = {"model": model, "input": "Hi", "max_output_tokens": 16, "tools": SEARCH}
@@ -50,7 +52,7 @@ def test_a_search_the_deployment_runs_is_still_held_against_the_max_cost(fleet: 
     assert httpx.post(f"{fleet.url}/v1/responses", json=four, headers=headers, timeout=30).status_code == 200
 
 
-@pytest.mark.parametrize("model", ["claude", "gemini", "deepseek"])
+@pytest.mark.parametrize("model", ["bedrock-claude", "deepseek"])
 def test_a_search_the_deployment_cannot_run_does_not_refuse_a_key_with_budget_left(fleet: Running, model: str) -> None:
     key = fleet.mint(name=f"search-budget-{model}", budget_usd=0.05)
     body = {"model": model, "input": "Hi", "max_output_tokens": 16, "tools": SEARCH}
@@ -58,9 +60,10 @@ def test_a_search_the_deployment_cannot_run_does_not_refuse_a_key_with_budget_le
     assert answer.status_code == 200, answer.text  # (a 402: ten searches at $0.01 held against $0.05)
 
 
-def test_a_translated_request_cut_in_flight_is_not_charged_searches_it_could_not_run(fleet: Running) -> None:
+def test_a_translated_request_cut_in_flight_is_charged_the_searches_it_could_run(fleet: Running) -> None:
     """Cut before Claude answered (its deadline), the request is charged its reserved worst case: Claude's own, 5
-    input tokens and 16 output at $1 and $2 a million, with no search in it (it was $0.100042)."""
+    input tokens and 16 output at $1 and $2 a million, with the ten searches its search tool was sent (`max_uses`),
+    which Anthropic may have run and billed. (When the translation sent Claude no search, none was in it.)"""
     key = fleet.mint(name="search-cut", budget_usd=1.0)
     body = {"model": "claude", "input": "Hi", "max_output_tokens": 16, "tools": SEARCH, "user": "slow"}
     headers = bearer(key, **{"x-gateway-deadline-ms": "300"})
@@ -68,7 +71,8 @@ def test_a_translated_request_cut_in_flight_is_not_charged_searches_it_could_not
     assert cut.status_code == 504, cut.text
     [line] = fleet.ledger(key)
     assert (line.cost_source, line.status) == ("reserved", 504)
-    assert line.cost_usd == pytest.approx((line.input_tokens * PRICE["input"] + 16 * PRICE["output"]) / 1e6)
+    tokens = (line.input_tokens * PRICE["input"] + 16 * PRICE["output"]) / 1e6
+    assert line.cost_usd == pytest.approx(tokens + DEFAULT_SEARCHES * SEARCH_USD)
 
 
 def test_a_translated_reasoning_stream_cut_by_its_deadline_is_not_charged_searches(

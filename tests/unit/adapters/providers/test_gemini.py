@@ -350,9 +350,9 @@ def test_reasoning_becomes_a_thinking_config(
 ) -> None:
     req = request(**{name: value for name, value in fields.items() if name != "reasoning_summary"})
     if "reasoning_summary" in fields:  # (a Responses request's, as that front-end builds it: not a field)
-        from handler.api.responses_api import SummarisedChatRequest
+        from handler.api.responses_api import ResponsesChatRequest
 
-        req = SummarisedChatRequest.asking(fields["reasoning_summary"], req.model_dump(exclude_unset=True))
+        req = ResponsesChatRequest.asking(fields["reasoning_summary"], req.model_dump(exclude_unset=True))
     result = adapter().chat_request(req, target(model), stream=False)
     body = orjson.loads(result.request.body)
     assert body.get("generationConfig", {}).get("thinkingConfig") == expected and result.dropped == dropped

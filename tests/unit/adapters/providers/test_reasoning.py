@@ -11,7 +11,7 @@ import pytest
 
 from adapters.providers.registry import REGISTRY
 from handler.api.messages_api import MessagesRequest, to_chat_request
-from handler.api.responses_api import SummarisedChatRequest
+from handler.api.responses_api import ResponsesChatRequest
 from handler.ports import MESSAGES_API, RESPONSES_API, Target, as_client_named
 from handler.schemas import ChatRequest
 
@@ -36,10 +36,10 @@ DEPLOYMENTS = [
 ]
 
 
-def summarised(**fields: Any) -> SummarisedChatRequest:
+def summarised(**fields: Any) -> ResponsesChatRequest:
     """The internal request of a Responses request asking for a summary (as that front-end builds it)."""
     body = {"model": "public", "messages": [{"role": "user", "content": "hi"}], **fields}
-    return SummarisedChatRequest.asking("auto", body)
+    return ResponsesChatRequest.asking("auto", body)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from handler.pipeline.gateway import build_adapters
 from handler.pipeline.pipeline import Pipeline
 from handler.pipeline.routing import Attempt, RouteControls, Router, any_model
 from handler.ports import MESSAGES_API, RESPONSES_API, KeyRecord
-from handler.schemas import ChatRequest, Usage
+from handler.schemas import DEFAULT_SEARCHES, ChatRequest, Usage
 
 SEARCH_USD = 0.01
 
@@ -88,10 +88,11 @@ def test_the_searches_are_in_the_worst_case_of_the_attempts_sent_the_tool_alone(
 
 
 def test_web_search_options_is_charged_at_an_attempt_only_as_its_own_request_was_sent() -> None:
-    """A Chat Completions request with `web_search_options`, its attempt at Claude (which leaves it out and names it)
-    timed out, then answered by the Chat Completions server (sent it): the missed attempt is charged its worst case
-    without the search fee, the answer with it. Only the answering attempt's dropped parameters were known
-    (`Exchange.dropped`), and the missed Claude was charged the fee too."""
+    """A Chat Completions request with `web_search_options`, its attempt at Claude (sent it as its own search tool,
+    billed per search) timed out, then answered by the Chat Completions server (sent it, billed once): the missed
+    attempt is charged its worst case with its searches and without the per-request fee, the answer with the fee.
+    Only the answering attempt's dropped parameters were known (`Exchange.dropped`), and the missed Claude, when it
+    left the option out, was charged the fee too."""
     pipeline, (claude, _, chat) = pipeline_and_plan()
     req = ChatRequest.model_validate(
         {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "web_search_options": {}}
@@ -101,8 +102,12 @@ def test_web_search_options_is_charged_at_an_attempt_only_as_its_own_request_was
     for attempt in (claude, chat):  # (as `_failover` builds each)
         ex.dropped_at[id(attempt)] = attempt.adapter.chat_request(req, attempt.target, stream=False).dropped
     ex.dropped = ex.dropped_at[id(chat)]  # (the answer's)
-    assert "web_search_options" in ex.dropped_at[id(claude)] and "web_search_options" not in ex.dropped
+    assert "web_search_options" not in ex.dropped_at[id(claude)] and "web_search_options" not in ex.dropped
     usage = Usage.of(100, 16)
     tokens = (100 * 1.0 + 16 * 2.0) / 1e6
-    assert pipeline._cost(ex, claude, usage, reserved=True).provider_usd == pytest.approx(tokens)
+    worst = Usage.of(100, 16)  # (its worst case, `Pipeline._worst`: the searches it may run at their limit)
+    worst.set_count("web_searches", pipeline._searches_at(ex, claude))
+    assert worst.web_searches == DEFAULT_SEARCHES
+    searches = DEFAULT_SEARCHES * SEARCH_USD
+    assert pipeline._cost(ex, claude, worst, reserved=True).provider_usd == pytest.approx(tokens + searches)
     assert pipeline._cost(ex, chat, usage).provider_usd == pytest.approx(tokens + SEARCH_USD)

@@ -1,0 +1,228 @@
+"""The Responses API's hosted `web_search` tool (Codex sends it with every turn) and Chat Completions'
+`web_search_options` on the deployments the gateway translates for, where the provider has a search of its own:
+Claude on Anthropic (its web search tool, `max_uses` the request's limit) and Gemini (Grounding with Google Search).
+The search runs there, and its answer comes back as OpenAI's does: each search a `web_search_call` item (its
+`action`: the query and the sources), the text's citations `url_citation` annotations (Chat Completions: the
+message's `annotations`), whole and streamed; the searches are charged at `web_search_usd` each and reserved for the
+most the request allows. Before, the tool was left out and named dropped (`tools[web_search]`) on both: the model
+answered without searching. A provider with no search of its own (Bedrock, DeepSeek, a Chat Completions server) is
+still sent none (tests/functional/responses/test_search_reserve.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from handler.pipeline.charges import DEFAULT_SEARCHES
+from tests.functional.conftest import Running, openai_client
+from tests.functional.responses.fleet import PRICE, SEARCH_USD
+from tests.functional.responses.test_responses_api import dropped
+
+SEARCH: Any = [{"type": "web_search"}]
+SEARCHED = {"claude": "anthropic", "gemini": "gemini"}  # (the fleet's model on each provider with a search)
+URL = "https://example.com/"  # (the page both fakes' search finds)
+WEATHER: Any = {
+    "type": "function",
+    "name": "get_weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def sent(running: Running, model: str) -> dict[str, Any]:
+    body: dict[str, Any] = running.fakes[SEARCHED[model]].state.requests[-1]["json"]
+    return body
+
+
+def tokens_usd(usage: Any) -> float:
+    return (usage.input_tokens * PRICE["input"] + usage.output_tokens * PRICE["output"]) / 1e6
+
+
+def checked_answer(output: list[Any], text: str | None = None) -> None:
+    """A searched answer's output: the search's `web_search_call`, done, then the text citing the page it found."""
+    [search, message] = output
+    assert (search.type, search.status, search.action.type) == ("web_search_call", "completed", "search")
+    assert search.action.query == "fake search" and search.id.startswith("ws_")
+    assert [source.url for source in search.action.sources or ()] == [URL]
+    [part] = message.content
+    [cited] = part.annotations
+    assert (cited.type, cited.url, cited.start_index, cited.end_index) == ("url_citation", URL, 0, len(part.text))
+    assert text is None or part.text == text
+
+
+@pytest.mark.parametrize("model", sorted(SEARCHED))
+def test_a_search_runs_where_the_provider_has_one(fleet: Running, model: str) -> None:
+    key = fleet.mint(name=f"search-runs-{model}")
+    raw = openai_client(fleet, key).responses.with_raw_response.create(model=model, input="Hi", tools=SEARCH)
+    response = raw.parse()
+    assert dropped(raw.headers) == []  # (it was `tools[web_search]`)
+    checked_answer(response.output)
+    tool = next(t for t in sent(fleet, model)["tools"] if "google_search" in t or t.get("name") == "web_search")
+    if model == "claude":
+        assert tool == {"type": "web_search_20250305", "name": "web_search", "max_uses": DEFAULT_SEARCHES}
+    else:
+        assert tool == {"google_search": {}}
+    [line] = fleet.ledger(key)
+    assert response.usage is not None
+    assert line.cost_usd == pytest.approx(tokens_usd(response.usage) + SEARCH_USD)  # (one search, at its price)
+
+
+@pytest.mark.parametrize("model", sorted(SEARCHED))
+def test_a_streamed_search_comes_back_as_openai_streams_one(fleet: Running, model: str) -> None:
+    key = fleet.mint(name=f"search-stream-{model}")
+    events = list(openai_client(fleet, key).responses.create(model=model, input="Hi", tools=SEARCH, stream=True))
+    kinds = [event.type for event in events]
+    for kind in ("in_progress", "searching", "completed"):
+        assert f"response.web_search_call.{kind}" in kinds
+    [added] = [event for event in events if event.type == "response.output_text.annotation.added"]
+    assert added.annotation.url == URL  # type: ignore[union-attr]
+    final = events[-1]
+    assert final.type == "response.completed"
+    ordered = sorted(final.response.output, key=lambda item: item.type != "web_search_call")  # (Gemini's come last)
+    checked_answer(ordered)
+    done = [e.item for e in events if e.type == "response.output_item.done" and e.item.type == "web_search_call"]
+    assert [item.id for item in done] == [ordered[0].id]
+    [line] = fleet.ledger(key)
+    assert line.cost_usd == pytest.approx(tokens_usd(final.response.usage) + SEARCH_USD)
+
+
+def test_the_search_options_claude_takes_go_with_it_and_the_rest_are_named(fleet: Running) -> None:
+    key = fleet.mint(name="search-options-claude")
+    tool: Any = {
+        "type": "web_search",
+        "search_context_size": "high",
+        "user_location": {"type": "approximate", "city": "Paris", "country": "FR", "timezone": "Europe/Paris"},
+        "filters": {"allowed_domains": ["example.com"]},
+    }
+    raw = openai_client(fleet, key).responses.with_raw_response.create(
+        model="claude", input="Hi", tools=[tool], extra_body={"max_tool_calls": 2}
+    )
+    assert raw.parse().status == "completed"
+    assert dropped(raw.headers) == ["tools[web_search].search_context_size"]
+    [search] = sent(fleet, "claude")["tools"]
+    assert search == {
+        "type": "web_search_20250305",
+        "name": "web_search",
+        "max_uses": 2,
+        "user_location": {"type": "approximate", "city": "Paris", "country": "FR", "timezone": "Europe/Paris"},
+        "allowed_domains": ["example.com"],
+    }
+
+
+def test_what_google_search_cannot_honour_is_named(fleet: Running) -> None:
+    """Google Search takes no options: the location, the sites allowed, the context size and Codex's cached mode
+    (`external_web_access: false`) are named dropped."""
+    key = fleet.mint(name="search-options-gemini")
+    tool: Any = {
+        "type": "web_search",
+        "search_context_size": "low",
+        "user_location": {"type": "approximate", "city": "Paris"},
+        "filters": {"allowed_domains": ["example.com"]},
+        "external_web_access": False,
+    }
+    raw = openai_client(fleet, key).responses.with_raw_response.create(model="gemini", input="Hi", tools=[tool])
+    checked_answer(raw.parse().output)
+    assert dropped(raw.headers) == [
+        f"tools[web_search].{name}"
+        for name in ("search_context_size", "user_location", "filters.allowed_domains", "external_web_access")
+    ]
+    assert sent(fleet, "gemini")["tools"] == [{"google_search": {}}]
+
+
+def test_gemini_before_3_keeps_the_functions_and_names_the_search(fleet: Running) -> None:
+    """Gemini 2.5 refuses Google Search beside function declarations (a 400 for every Codex turn, which always offers
+    its functions): the functions go, the search is named dropped, and no search is charged."""
+    key = fleet.mint(name="search-with-functions")
+    raw = openai_client(fleet, key).responses.with_raw_response.create(
+        model="gemini", input="Hi", tools=[WEATHER, *SEARCH]
+    )
+    response = raw.parse()
+    assert response.status == "completed" and dropped(raw.headers) == ["tools[web_search]"]
+    assert [list(tool) for tool in sent(fleet, "gemini")["tools"]] == [["functionDeclarations"]]
+    [line] = fleet.ledger(key)
+    assert response.usage is not None and line.cost_usd == pytest.approx(tokens_usd(response.usage))
+
+
+def test_claude_takes_the_search_beside_the_functions(fleet: Running) -> None:
+    key = fleet.mint(name="search-with-functions-claude")
+    raw = openai_client(fleet, key).responses.with_raw_response.create(
+        model="claude", input="Hi", tools=[WEATHER, *SEARCH]
+    )
+    assert dropped(raw.headers) == []
+    checked_answer(raw.parse().output)
+    assert [tool["name"] for tool in sent(fleet, "claude")["tools"]] == ["get_weather", "web_search"]
+
+
+@pytest.mark.parametrize("model", sorted(SEARCHED))
+def test_the_searches_a_translation_runs_are_held_against_the_max_cost(fleet: Running, model: str) -> None:
+    """The most searches the request allows (ten unset, `max_tool_calls`) at $0.01 each are in its worst case."""
+    key = fleet.mint(name=f"search-held-{model}")
+    body = {"model": model, "input": "Hi", "max_output_tokens": 16, "tools": SEARCH}
+    headers = {"authorization": f"Bearer {key}", "x-gateway-max-cost-usd": "0.05"}
+    refused = httpx.post(f"{fleet.url}/v1/responses", json=body, headers=headers, timeout=30)
+    assert refused.status_code == 402 and "worst-case cost $0.1" in refused.json()["error"]["message"], refused.text
+    four = {**body, "max_tool_calls": 4}
+    assert httpx.post(f"{fleet.url}/v1/responses", json=four, headers=headers, timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", sorted(SEARCHED))
+def test_chat_completions_search_options_run_there_charged_per_search(fleet: Running, model: str, stream: bool) -> None:
+    """`web_search_options` on Claude or Gemini: their own search runs, its citations are the message's
+    `annotations` (a stream's delta carries them, as OpenAI's search models' do), and each search is charged, not
+    OpenAI's per-request fee (it was left out and named: `web_search_options`)."""
+    key = fleet.mint(name=f"chat-search-{model}-{stream}")
+    sdk = openai_client(fleet, key)
+    asked: Any = {"model": model, "messages": [{"role": "user", "content": "Hi"}]}
+    options = {"web_search_options": {"user_location": {"type": "approximate", "approximate": {"city": "Paris"}}}}
+    if stream:
+        with sdk.chat.completions.with_streaming_response.create(
+            **asked, stream=True, extra_body=options, stream_options={"include_usage": True}
+        ) as raw:
+            names = dropped(raw.headers)
+            chunks = list(raw.parse())
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        extras = [c.choices[0].delta.model_extra or {} for c in chunks if c.choices]
+        [annotations] = [extra["annotations"] for extra in extras if extra.get("annotations")]
+        usage = next(c.usage for c in chunks if c.usage)
+    else:
+        raw_answer = sdk.chat.completions.with_raw_response.create(**asked, extra_body=options)
+        names = dropped(raw_answer.headers)
+        message = raw_answer.parse().choices[0].message
+        text = message.content or ""
+        annotations = [a.model_dump() for a in message.annotations or ()]
+        usage = raw_answer.parse().usage
+    assert names == ([] if model == "claude" else ["web_search_options.user_location"])
+    [cited] = annotations
+    assert cited["type"] == "url_citation" and cited["url_citation"]["url"] == URL
+    assert (cited["url_citation"]["start_index"], cited["url_citation"]["end_index"]) == (0, len(text))
+    [line] = fleet.ledger(key)
+    assert usage is not None
+    tokens = (usage.prompt_tokens * PRICE["input"] + usage.completion_tokens * PRICE["output"]) / 1e6
+    assert line.cost_usd == pytest.approx(tokens + SEARCH_USD)
+
+
+def test_a_provider_without_a_search_is_still_sent_none(fleet: Running) -> None:
+    key = fleet.mint(name="search-bedrock")
+    with pytest.raises(openai.BadRequestError) as caught:
+        openai_client(fleet, key).responses.create(
+            model="bedrock-claude", input="Hi", tools=SEARCH, extra_headers={"x-gateway-strict": "true"}
+        )
+    assert "tools[web_search]" in str(caught.value.body)
+
+
+def test_a_search_in_a_stream_cut_short_is_charged(fleet: Running) -> None:
+    """Claude's stream breaks off once its search's result came (the fake's `search-cut`): the search is billed all
+    the same, as a Messages stream passed through is charged it. The translated stream was charged its tokens alone
+    ($0.000018 of $0.010018): the search that ran escaped the ledger."""
+    key = fleet.mint(name="search-cut")
+    body = {"model": "claude", "input": "Hi", "tools": SEARCH, "user": "search-cut", "stream": True}
+    headers = {"authorization": f"Bearer {key}"}
+    with httpx.stream("POST", f"{fleet.url}/v1/responses", json=body, headers=headers, timeout=30) as answer:
+        text = b"".join(answer.iter_bytes()).decode()
+    assert "response.web_search_call.completed" in text and "response.failed" in text
+    [line] = fleet.ledger(key)
+    tokens = (line.input_tokens * PRICE["input"] + line.output_tokens * PRICE["output"]) / 1e6
+    assert line.cost_usd == pytest.approx(tokens + SEARCH_USD)
