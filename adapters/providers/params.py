@@ -132,6 +132,29 @@ def named_messages(messages: list[Any]) -> list[str]:
     return ["messages.name"] if named else []
 
 
+# A deployment's `prompt_caching` option (`CACHING`): when a translated request to Claude gets the gateway's own cache
+# breakpoints (`adapters.providers.prompt_cache`, which places them): `auto`, on the client's `prompt_cache_key`;
+# `always`, on every translated request; `never`. Read here, for every request and every config check: the module
+# that places them is imported with the first request that asks (a Lambda cold start imports none of it).
+CACHING = "prompt_caching"
+CACHING_SETTINGS = ("auto", "always", "never")
+
+
+def caching_problem(value: Any) -> str | None:
+    """What is wrong with a configured `prompt_caching`: None for one of `CACHING_SETTINGS` (`never`, not `off`, which
+    YAML reads as false)."""
+    return None if value in CACHING_SETTINGS else f"one of {', '.join(CACHING_SETTINGS)}, not {str(value)[:60]}"
+
+
+def caching_wanted(req: ChatRequest, target_options: Mapping[str, Any], provider_options: Mapping[str, Any]) -> bool:
+    """Whether `req` gets cache breakpoints under its deployment's `prompt_caching` (a deployment's wins over its
+    provider's; `auto` unless set)."""
+    configured = target_options.get(CACHING) or provider_options.get(CACHING) or "auto"
+    if configured == "auto":
+        return (req.model_extra or {}).get("prompt_cache_key") is not None
+    return configured == "always"
+
+
 def cache_control(part: BaseModel) -> dict[str, Any] | None:
     """A content part's prompt-cache marker (`{"type": "ephemeral"}`, perhaps with a `ttl`), the convention
     Chat Completions clients share with Anthropic's blocks; None when the part has none."""

@@ -10,23 +10,19 @@ than the provider looks back over, about 20), within the four a request may hold
 where the prefix is long enough for the model to cache (a breakpoint short of it caches nothing, and on Bedrock a
 checkpoint nearer the one before it than that is ignored). A request that does not ask is sent as before.
 
-The deployment option `prompt_caching` (`OPTION`) says when: `auto`, on `prompt_cache_key`; `always`, on every
-translated request; `never`.
+The deployment option `prompt_caching` says when (`adapters.providers.params.caching_wanted`): `auto`, on
+`prompt_cache_key`; `always`, on every translated request; `never`. The adapters import this module with the first
+request that asks for caching.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
-from handler.schemas import ChatRequest
-
-OPTION = "prompt_caching"
-SETTINGS = ("auto", "always", "never")
 MAX_BREAKPOINTS = 4  # Anthropic's and Bedrock's limit per request (a fifth is their 400)
 AUTO_MARKER = {"type": "ephemeral"}  # (five minutes, the cheaper write: the next turn of a session comes sooner)
 UNMARKABLE = frozenset({"thinking", "redacted_thinking"})  # (Anthropic's 400: thinking takes no `cache_control`)
@@ -50,24 +46,6 @@ DEFAULT_MINIMUM = 1024
 # models (Nova caches no tools: not placed for it). A pattern, compiled where it is first searched (`re`'s cache):
 # compiled here it was a Lambda cold start's work, for deployments that may never see Bedrock.
 BEDROCK_UNCACHED = r"claude-(3-(sonnet|opus|haiku)|3-5-sonnet|v2|instant)"
-
-
-def setting(target_options: Mapping[str, Any], provider_options: Mapping[str, Any]) -> str:
-    """The deployment's `prompt_caching` (a deployment's wins over its provider's), `auto` unless set."""
-    return str(target_options.get(OPTION) or provider_options.get(OPTION) or "auto")
-
-
-def setting_problem(value: Any) -> str | None:
-    """What is wrong with a configured `prompt_caching`: None for one of `SETTINGS` (`never`, not `off`, which YAML
-    reads as false)."""
-    return None if value in SETTINGS else f"one of {', '.join(SETTINGS)}, not {str(value)[:60]}"
-
-
-def wanted(req: ChatRequest, configured: str) -> bool:
-    """Whether `req` gets breakpoints under the deployment's setting `configured`."""
-    if configured == "auto":
-        return (req.model_extra or {}).get("prompt_cache_key") is not None
-    return configured == "always"
 
 
 @functools.lru_cache(maxsize=256)

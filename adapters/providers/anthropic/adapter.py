@@ -15,16 +15,18 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import ValidationError
 
-from adapters.providers import prompt_cache, reasoning
-from adapters.providers.anthropic.search import SEARCH_NAME, Searches, citations_of, search_tool
+from adapters.providers import reasoning
 from adapters.providers.model_rules import keep_one_sampling_knob
 from adapters.providers.params import (
+    CACHING,
     THINKING_BLOCKS,
     Rule,
     ToolNames,
     apply_rules,
     asks,
     cache_control,
+    caching_problem,
+    caching_wanted,
     chosen_tools,
     claude_signed,
     document_fields,
@@ -75,9 +77,12 @@ schemas.LATER_MODULES.add("adapters.providers.anthropic.wire")
 schemas.LATER_MODULES.add("adapters.providers.anthropic.stream")  # (its parser too: imported with the first stream)
 schemas.LATER_MODULES.add("adapters.providers.anthropic.history")  # (a Messages history passed through: with the first)
 if TYPE_CHECKING:
+    from adapters.providers.anthropic.search import Searches
     from adapters.providers.anthropic.stream import AnthropicStreamParser, MessagesMeter
 
 API_VERSION = "2023-06-01"
+# The blocks of an answer that ran the web search tool (`adapters/providers/anthropic/search.py`).
+SEARCH_BLOCKS = ("server_tool_use", "web_search_tool_result")
 JSON_OBJECT_INSTRUCTION = "Respond only with a single valid JSON object, with no text before or after it."
 
 # Top-level parameters that map one to one; whatever else the client sent (and is not translated
@@ -594,13 +599,13 @@ class AnthropicAdapter(ProviderAdapter):
     chat_fields = frozenset(RULES)  # (`top_k`)
     default_base_url = "https://api.anthropic.com"
     key_env_var = "ANTHROPIC_API_KEY"
-    provider_options = frozenset({"anthropic_beta", "headers", "max_output_tokens", prompt_cache.OPTION})
-    deployment_options = frozenset({"max_output_tokens", prompt_cache.OPTION})
+    provider_options = frozenset({"anthropic_beta", "headers", "max_output_tokens", CACHING})
+    deployment_options = frozenset({"max_output_tokens", CACHING})
 
     @classmethod
     def option_problem(cls, option: str, value: Any) -> str | None:
-        if option == prompt_cache.OPTION:
-            return prompt_cache.setting_problem(value)
+        if option == CACHING:
+            return caching_problem(value)
         if option == "anthropic_beta" and betas_written(value) is None:
             # (A YAML list went out as its Python repr, `['a', 'b']`, a number as a number: Anthropic refuses both.)
             return f"one beta, a comma-separated list or a YAML list of betas, not {str(value)[:60]}"
@@ -628,7 +633,7 @@ class AnthropicAdapter(ProviderAdapter):
         params = {name: value for name, value in sent.items() if name not in TRANSLATED}
         dropped = apply_rules(params, RULES)
         params.pop("n", None)
-        caching = prompt_cache.wanted(req, prompt_cache.setting(target.options, self.options))
+        caching = caching_wanted(req, target.options, self.options)
         if caching:
             params.pop("prompt_cache_key", None)  # (asks for caching: the breakpoints below; Anthropic has no key)
         unknown = sorted(name for name in params if name not in RULES)
@@ -667,6 +672,8 @@ class AnthropicAdapter(ProviderAdapter):
         tools, tool_choice = _tools(offered, names), _tool_choice(req, choice, names)
         search = req.web_search
         if search is not None:
+            from adapters.providers.anthropic.search import search_tool  # (a request that searches: a cold start none)
+
             tools.append(search_tool(search))  # (Claude searches as it sees fit: a choice of a function stands)
             dropped += search.unhonoured(location=True, domains=True)
         forced = json_tool(req)
@@ -701,7 +708,9 @@ class AnthropicAdapter(ProviderAdapter):
         if req.reasoning_summary is not None:
             dropped += reasoning.summary_unshown(req, reasoning.shows_claude_reasoning(target.model))
         if caching:
-            prompt_cache.mark_claude(tools, system, messages, prompt_cache.minimum_tokens(target.model) or 0)
+            from adapters.providers.prompt_cache import mark_claude, minimum_tokens  # (a cold start needs none)
+
+            mark_claude(tools, system, messages, minimum_tokens(target.model) or 0)
         if thinking is not None:
             body.update(thinking)
             # Claude refuses sampling changes while thinking.
@@ -756,13 +765,15 @@ class AnthropicAdapter(ProviderAdapter):
                 texts.append(block.text)
                 order.append(("text", len(block.text)))
                 if block.model_extra and block.model_extra.get("citations"):
+                    from adapters.providers.anthropic.search import citations_of  # (an answer that cites)
+
                     annotations += citations_of(block.model_extra["citations"], written, written + len(block.text))
                 written += len(block.text)
-            elif block.type == "server_tool_use" and block.name == SEARCH_NAME:
+            elif block.type in SEARCH_BLOCKS:
+                from adapters.providers.anthropic.search import Searches  # (an answer that searched)
+
                 searches = searches or Searches()
-                searches.started(block.id, block.input)
-            elif block.type == "web_search_tool_result" and searches is not None:
-                searches.found(block.model_dump())
+                searches.read(block)
             elif block.type == "thinking" and block.thinking:
                 reasoning.append(block.thinking)
             elif block.type == "tool_use" and json_mode and block.name == JSON_TOOL:

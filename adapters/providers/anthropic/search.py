@@ -59,6 +59,14 @@ class Searches:
         call_id = block_id or f"srvtoolu_{len(self.calls)}"
         self.calls[call_id] = {"id": call_id, "type": "web_search_call", "status": "searching", "action": action}
 
+    def read(self, block: Any) -> None:
+        """A block of a whole answer: a `server_tool_use` of the search tool starts a search, a
+        `web_search_tool_result` ends one (any other server tool's blocks are not the search's)."""
+        if block.type == "server_tool_use" and block.name == SEARCH_NAME:
+            self.started(block.id, block.input)
+        elif block.type == "web_search_tool_result":
+            self.found(block.model_dump())
+
     def streamed_input(self, block_id: str, fragment: str) -> None:
         self._queries.setdefault(block_id, []).append(fragment)
 

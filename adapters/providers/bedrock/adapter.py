@@ -23,7 +23,7 @@ import orjson
 
 from adapters import aws
 from adapters.http import ACCEPT_ENCODING, IDENTITY, parsed_url
-from adapters.providers import prompt_cache, reasoning
+from adapters.providers import reasoning
 from adapters.providers.anthropic.adapter import (
     JSON_OBJECT_INSTRUCTION,
     JSON_TOOL,
@@ -36,6 +36,7 @@ from adapters.providers.anthropic.adapter import (
 from adapters.providers.bedrock.eventstream import EventStreamDecoder
 from adapters.providers.model_rules import keep_one_sampling_knob, rules_for
 from adapters.providers.params import (
+    CACHING,
     STRICT_SCHEMA,
     THINKING_BLOCKS,
     Rule,
@@ -43,6 +44,8 @@ from adapters.providers.params import (
     apply_rules,
     asks,
     cache_control,
+    caching_problem,
+    caching_wanted,
     chosen_tools,
     json_schema_instruction,
     named_messages,
@@ -702,13 +705,13 @@ class BedrockAdapter(ProviderAdapter):
     requires_key = False
     process_credentials = True
     regional = True
-    provider_options = frozenset({"max_output_tokens", prompt_cache.OPTION})
-    deployment_options = frozenset({"max_output_tokens", prompt_cache.OPTION})
+    provider_options = frozenset({"max_output_tokens", CACHING})
+    deployment_options = frozenset({"max_output_tokens", CACHING})
 
     @classmethod
     def option_problem(cls, option: str, value: Any) -> str | None:
-        if option == prompt_cache.OPTION:
-            return prompt_cache.setting_problem(value)
+        if option == CACHING:
+            return caching_problem(value)
         return token_count_problem(value) if option == "max_output_tokens" else None
 
     def missing_credentials(self) -> str | None:
@@ -779,10 +782,13 @@ class BedrockAdapter(ProviderAdapter):
         """The whole Converse request body for this deployment (its output cap, reasoning fields, the betas of the
         client's request `call` that Bedrock takes) and what it could not carry."""
         body, dropped = self.chat_body(req, target.model)
-        minimum = prompt_cache.minimum_tokens(target.model, bedrock=True)
-        if minimum is not None and prompt_cache.wanted(req, prompt_cache.setting(target.options, self.options)):
-            prompt_cache.mark_converse(body, minimum)
-            dropped = [name for name in dropped if name != "prompt_cache_key"]  # (asked for caching: the points)
+        if caching_wanted(req, target.options, self.options):
+            from adapters.providers.prompt_cache import mark_converse, minimum_tokens  # (a cold start needs none)
+
+            minimum = minimum_tokens(target.model, bedrock=True)
+            if minimum is not None:
+                mark_converse(body, minimum)
+                dropped = [name for name in dropped if name != "prompt_cache_key"]  # (asked for caching: the points)
         if "maxTokens" not in body.get("inferenceConfig", {}):
             configured = target.options.get("max_output_tokens") or self.options.get("max_output_tokens")
             if configured:

@@ -380,7 +380,8 @@ def test_the_lambda_cold_start_generates_no_code_for_its_records(tmp_path: Path)
 # What a Lambda's cold start and its first invocation, a chat completion that does not stream, leave unmade (or
 # unimported: a Messages client's prefill's module; with no provider key in a secret store, their re-reading; the
 # keys' administration, which only the key routes, the dashboard and the CLI use; the native pass-through's and every
-# stream's module; the response schema's enforcement, which a request asks for), and
+# stream's module; the response schema's enforcement, which a request asks for; Claude's cache breakpoints and web
+# search, which a request asks for too), and
 # the regular expressions of the gateway's own they compile (`re._cache`, Python 3.11's cache of compiled patterns:
 # those the card's libraries compile, imported as the benchmark counts them, are compiled before it is read).
 FIRST_CHAT = """
@@ -390,7 +391,7 @@ exec(LIBRARIES)
 LATER = (
     "handler.chunks", "handler.embeddings", "adapters.providers.prefill", "handler.pipeline.stored_keys",
     "handler.pipeline.key_admin", "handler.pipeline.passthrough", "handler.pipeline.schema_check",
-    "handler.pipeline.schema_patterns",
+    "handler.pipeline.schema_patterns", "adapters.providers.prompt_cache", "adapters.providers.anthropic.search",
 )
 compiled = set(re._cache)
 import handler.entry.lambda_handler
