@@ -549,7 +549,9 @@ class Pipeline(Charges):
         request is refused here, before it is admitted (nothing reserved or counted, no ledger line, nothing sent):
         the last of the plan was sent whatever its breaker said, so an open breaker shed no load. Provider keys
         held in a secret store that are due are read again from here, off this request's way; one that could not
-        be read, and that this request needs, is waited for a moment (`ProviderKeys.settle`)."""
+        be read, and that this request needs, is waited for a moment (`ProviderKeys.settle`), within the request's
+        deadline: one it runs out in is the deadline's 504, nothing sent or reserved (the wait outlasted it: a
+        300 ms deadline was answered after the whole 2 s wait, and on Lambda the wait could outlast the invocation)."""
         router = self.gateway.router
         keys = self.gateway.provider_keys
         keys.check()
@@ -557,7 +559,15 @@ class Pipeline(Charges):
         try:
             plan = router.plan(model, ex.controls.route, allowed, kind=kind)
         except ServiceUnavailableError as unkeyed:
-            if unkeyed.code != "provider_not_configured" or not await keys.settle():
+            if unkeyed.code != "provider_not_configured":
+                raise
+            ends_at = ex.ends_at
+            within = None if ends_at is None else ends_at - time.perf_counter() - CUT_SLACK_S
+            try:
+                held = await keys.settle(within)
+            except TimeoutError:
+                raise deadline_passed(ex, "its provider's key was read from its secret store") from None
+            if not held:
                 raise
             plan = router.plan(model, ex.controls.route, allowed, kind=kind)
         refusal = router.shed(plan) if shed else None
