@@ -317,7 +317,13 @@ class Pipeline(Charges):
         breakers = self.gateway.router.count_breakers
         passed = [attempt for attempt in counting if not breakers.available(attempt.target.label)]
         ends_at = ex.ends_at
-        if len(passed) == len(counting) or (ends_at is not None and ends_at - time.perf_counter() <= CUT_SLACK_S):
+        if counting and len(passed) == len(counting):  # (named as `_failover` names them, the skipped among them)
+            for position, attempt in enumerate(counting):
+                passed_over(ex, counting, position)
+                ex.route.append(f"{attempt.target.label}=breaker-open")
+            passed_over(ex, counting, len(counting))
+            return None
+        if not counting or (ends_at is not None and ends_at - time.perf_counter() <= CUT_SLACK_S):
             ex.route.extend(f"{attempt.target.label}=breaker-open" for attempt in passed)  # (as `_failover` names them)
             return None
         if call.held and any(attempt.adapter.speaks(call.api, attempt.target) for attempt in counting):

@@ -203,7 +203,8 @@ async def test_a_count_made_by_a_fallback_names_the_fallback_the_key_may_not_use
     plan reaches it (`claude-secret=model_not_allowed`, keys-and-budgets.md: "No request control widens that: a
     fallback ... is skipped and named in x-gateway-route"); `/v1/messages/count_tokens`, counted by the same
     `claude-open`, left it out, its route the open breaker then `claude-open`, nothing between (review): its
-    counting attempts went to the failover as a list, not the plan that knows where the skipped ones were."""
+    counting attempts went to the failover as a list, not the plan that knows where the skipped ones were. So did
+    an estimate made with `claude-open`'s counting shut too (every counting deployment passed over)."""
 
     def upstream(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/count_tokens"):
@@ -233,6 +234,10 @@ async def test_a_count_made_by_a_fallback_names_the_fallback_the_key_may_not_use
     asked = {"model": "claude-down", "messages": HI}
     answered = await served.http.post("/v1/messages", json={**asked, "max_tokens": 20}, headers=headers)
     counted = await served.http.post(COUNT, json=asked, headers=headers)
+    # The fallback's counting shut too (its counts' own breaker): the count is an estimate, its route the same plan.
+    for _ in range(breakers.threshold):
+        served.gateway.router.count_breakers.failure("openai/claude-haiku-4-5@global")
+    estimated = await served.http.post(COUNT, json=asked, headers=headers)
     await served.gateway.aclose()
     assert answered.status_code == 200, answered.text
     route = (
@@ -242,6 +247,8 @@ async def test_a_count_made_by_a_fallback_names_the_fallback_the_key_may_not_use
     assert answered.headers["x-gateway-route"] == route
     assert counted.status_code == 200 and counted.json() == {"input_tokens": 9, "counted_by": "claude-open"}
     assert counted.headers["x-gateway-route"] == route
+    assert estimated.status_code == 200 and estimated.headers.get("x-gateway-estimate") == "true", estimated.text
+    assert estimated.headers["x-gateway-route"] == route.replace("=200", "=breaker-open")
 
 
 # --- the budget its answer tells -------------------------------------------------------------------------------------
