@@ -156,6 +156,29 @@ def secret_reference(value: str) -> str:
     return value
 
 
+def latency_table(value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """`gateway.region_latency_ms` with its regions in lowercase at both levels, as every other region is taken in
+    any case (`routing.place`, a region pin): looked up as written, `NorthEurope` missed a round trip measured to
+    `northeurope`, which ranked the deployment on its estimate. Two names of one region (`NorthEurope` and
+    `northeurope`) are refused: which of their figures holds could not be told."""
+    table: dict[str, dict[str, float]] = {}
+    written: dict[str, str] = {}  # (the name each lowercased one was written as, for the error)
+    for source, measured in value.items():
+        if (lowered := source.lower()) in written:
+            raise ValueError(f"'{written[lowered]}' and '{source}' name one region, in two cases: write it once")
+        written[lowered] = source
+        into = table[lowered] = {}
+        names: dict[str, str] = {}
+        for region, rtt in measured.items():
+            if (lowered := region.lower()) in names:
+                raise ValueError(
+                    f"'{source}.{names[lowered]}' and '{source}.{region}' name one region, in two cases: write it once"
+                )
+            names[lowered] = region
+            into[lowered] = rtt
+    return table
+
+
 ApiBaseUrl = Annotated[str, AfterValidator(api_base_url)]
 IpNetwork = Annotated[str, AfterValidator(ip_network)]
 Region = Annotated[str, AfterValidator(region_name)]
@@ -359,7 +382,7 @@ class GatewaySettings(BaseModel):
     timeouts: TimeoutConfig = Field(default={}, validate_default=True)
     limits: LimitsConfig = Field(default={}, validate_default=True)
     max_retries_per_deployment: int = 1
-    region_latency_ms: dict[str, dict[str, float]] = {}
+    region_latency_ms: Annotated[dict[str, dict[str, float]], AfterValidator(latency_table)] = {}
     priced_options: PricedOptions = Field(default={}, validate_default=True)
     key_minting: KeyMinting = Field(default={}, validate_default=True)
     # Responses API: how long stored responses live, and the secret (a reference, like `env:NAME`) that

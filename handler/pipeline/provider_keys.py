@@ -12,10 +12,10 @@ Each is read at start (`build_adapters`), then read again:
   timed out or refused (not one that answered that the key is absent, which leaves the provider without a key, as at
   start). The failure is logged with the store's error code, never a value; the provider's requests meanwhile get a
   503 `provider_not_configured` that says the key could not be read and when it is read again (`retry-after`), and a
-  request that needs it waits up to `WAIT_S` for a read under way (`settle`). A value read that no HTTP header can
-  carry (a non-ASCII character, a line break inside it: `config.header_value_problem`) is such a failure too, said
-  without the value (at start it is a config error); the whitespace around a value is no part of it
-  (`config.resolve_credential`).
+  request that needs it waits up to `WAIT_S` for a read under way (`settle`), or until its deadline if sooner (the
+  deadline's 504). A value read that no HTTP header can carry (a non-ASCII character, a line break inside it:
+  `config.header_value_problem`) is such a failure too, said without the value (at start it is a config error); the
+  whitespace around a value is no part of it (`config.resolve_credential`).
 - all of them after a SnapStart restore (`reread`): the snapshot may have been taken hours before, or with a read
   that failed.
 - once when the provider refuses the key (a 401): a key rotated since its last read is used at once (`renewed`).
@@ -123,7 +123,7 @@ class NoStoredKeys:
     def check(self) -> None:
         return None
 
-    async def settle(self) -> bool:
+    async def settle(self, within: float | None = None) -> bool:
         return False
 
     async def renewed(

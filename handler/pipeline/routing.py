@@ -230,8 +230,9 @@ def places(table: str = PLACES) -> dict[str, tuple[float, float]]:
 
 def distance_km(a: str, b: str) -> float:
     """Great-circle distance between two regions: none from a region to itself (known or not: a gateway in a region
-    the table lacks ranked its own Bedrock region last), `UNKNOWN_KM` to a region the table does not know."""
-    if a == b:
+    the table lacks ranked its own Bedrock region last), in any case, `UNKNOWN_KM` to a region the table does not
+    know."""
+    if a == b or a.lower() == b.lower():
         return 0.0
     pa = place(GLOBAL_LOCATION if a == GLOBAL else a)
     pb = place(GLOBAL_LOCATION if b == GLOBAL else b)
@@ -245,9 +246,10 @@ def distance_km(a: str, b: str) -> float:
 def placed(region: str, latency_ms: Mapping[str, Mapping[str, float]]) -> bool:
     """Whether the gateway can place `region` among the others: `global`, a region of the table, or one the config
     measures round trips from or to (`gateway.region_latency_ms`: a place of the operator's own, as a data centre)."""
-    if region == GLOBAL or place(region) is not None or region in latency_ms:
+    lowered = region.lower()  # (the table's regions are, at load: `config.latency_table`)
+    if region == GLOBAL or place(region) is not None or lowered in latency_ms:
         return True
-    return any(region in measured for measured in latency_ms.values())
+    return any(lowered in measured for measured in latency_ms.values())
 
 
 def unplaced(region: str) -> str:
@@ -290,7 +292,7 @@ def unplaced_gateway(region: str, named_by: str, latency_ms: Mapping[str, Mappin
     place of, else None. Not refused: the gateway runs where it is started (a region opened after this release), and
     its deployments in that same region are still tried first; the others are tried in the config's order, not
     nearest first."""
-    if place(region) is not None or region in latency_ms:
+    if place(region) is not None or region.lower() in latency_ms:
         return None
     return (
         f"the gateway's region '{region}' ({named_by}) is not one it knows the place of: deployments in other regions "
@@ -401,7 +403,7 @@ class Router:
         self.region = region
         self.breakers = breakers or Breakers()
         self.count_breakers = CountBreakers(self.breakers)  # (token counts': `Pipeline.count_tokens`)
-        self._latency = config.gateway.region_latency_ms.get(region, {})
+        self._latency = config.gateway.region_latency_ms.get(region.lower(), {})  # (lowercase: `latency_table`)
         # The OpenAI service tier each deployment runs a request that names none at, where it costs more than the
         # default: the dearest of the config's `default_service_tier` and the tiers answers to such requests said
         # they ran at lately (`ran_unasked`). Its requests that name none are reserved at that tier's price. By the
@@ -442,7 +444,7 @@ class Router:
                 options["reasoning"] = dep.reasoning
             target = Target(dep.provider, provider.type, dep.model, region, base_url, options)
             km = distance_km(self.region, region)
-            measured = self._latency.get(region)
+            measured = self._latency.get(region.lower())
             rtt = measured if measured is not None else km * ESTIMATED_RTT_MS_PER_KM
             price = price_for(model, spec, dep.model)
             rates, taken = tier_rates(price, gateway_tiers, configured=isinstance(spec.price, Price))

@@ -148,16 +148,23 @@ class ProviderKeys:
         if self.clock() >= self.due:
             self._start_due()
 
-    async def settle(self) -> bool:
+    async def settle(self, within: float | None = None) -> bool:
         """For a request none of whose deployments has a key: wait up to `WAIT_S` for the reads of keys that could
-        not be read (started now if due); whether any of them is now held."""
+        not be read (started now if due), or `within` seconds if sooner (what the request's deadline leaves: a store
+        slow to answer held a request with 300 ms to live for the whole `WAIT_S`); whether any of them is now held.
+        `TimeoutError` when `within` ran out first with none held and a read still under way (the request's
+        deadline cut the wait, not the store's answer)."""
         unread = [key for key in self.stored if key.unread]
         self.check()
-        deadline = self.clock() + WAIT_S
-        for done in [key.reading for key in unread]:
-            if done is not None:  # (a read that ended already needs no wait)
-                await asyncio.to_thread(done.wait, max(0.0, deadline - self.clock()))
-        return any(key.held() for key in unread)
+        wait = WAIT_S if within is None else min(WAIT_S, max(0.0, within))
+        deadline = self.clock() + wait
+        reads = [done for done in (key.reading for key in unread) if done is not None]
+        for done in reads:  # (a read that ended already needs no wait)
+            await asyncio.to_thread(done.wait, max(0.0, deadline - self.clock()))
+        held = any(key.held() for key in unread)
+        if not held and wait < WAIT_S and not all(done.is_set() for done in reads):
+            raise TimeoutError
+        return held
 
     async def renewed(
         self, adapter: ProviderAdapter, refused: str | None, headers: Mapping[str, str] | None = None

@@ -494,6 +494,12 @@ def faulty(
                 "deployments": [{**provider, "model": "gemini-embedding-001"}],
                 "price": {"input": 0.15},
             },
+            # (priced so that a few hundred tokens are cents, against a budget of a few cents)
+            "gemini-embedding-dear": {
+                "kind": "embedding",
+                "deployments": [{**provider, "model": "gemini-embedding-001"}],
+                "price": {"input": 100.0},
+            },
         },
     }
     store_url = f"sqlite:///{Path(tmp_path_factory.mktemp('gemini-store')) / 'gateway.db'}"
@@ -783,6 +789,47 @@ def test_a_batch_that_fails_fails_the_request_and_the_batches_answered_are_charg
     [line] = faulty.ledger(key)
     assert line.status == 502 and line.route == "gemini/gemini-embedding-001@global=500"
     assert line.cost_usd == pytest.approx(gemini_tokens(texts[:100]) * 0.15 / 1e6)
+
+
+@pytest.mark.parametrize("budget", [0.04, 1.0])
+def test_a_batch_rate_limited_and_sent_again_is_covered_within_the_keys_budget(faulty: Running, budget: float) -> None:
+    """Three batches (100, 100 and 100 inputs), the third answered 429 (a quota, retry delay 0s) then 200. The gateway
+    waits the 429 out and sends the whole attempt again to the same deployment: Gemini billed the two batches it
+    answered the first time, and bills them again. That try went out uncovered (`_cover_missed` ran only before
+    another deployment), so the request spent past its reservation and its key's budget: $0.0504 charged on a $0.04
+    budget, for $0.0316 reserved (review). Now the try after a billed one is covered as a failover is: on the $0.04
+    budget it cannot be, and the request ends as its first try did (the 429), charged the two batches billed; on
+    $1 it is, and the line is both tries exactly."""
+    key = faulty.mint(name=f"gemini-batch-limited-{budget}", budget_usd=budget)
+    fake = faulty.fakes["gemini"].state.requests
+    before = len(fake)
+    texts = ["x"] * 300  # (a token each, the bound as the estimate: the reservation is about what is billed)
+    texts[250] = f"{gemini_fake.LIMITED_ONCE_EMBED}-{budget}"
+    first_try = gemini_tokens(texts[:200])  # the batches Gemini answered, and billed, before the 429
+    whole = gemini_tokens(texts)
+    reserved = sum(len(text) for text in texts)
+    assert (first_try + whole) * 100 / 1e6 > 0.04 >= reserved * 100 / 1e6  # (the case the budget tells apart)
+    raw = httpx.post(
+        f"{faulty.url}/v1/embeddings",
+        json={"model": "gemini-embedding-dear", "input": texts},
+        headers={"authorization": f"Bearer {key}"},
+    )
+    [line] = faulty.ledger(key)
+    assert line.cost_usd is not None and line.cost_usd <= budget, (line.cost_usd, raw.status_code, raw.text[:200])
+    label = "gemini/gemini-embedding-001@global"
+    if budget < 0.1:
+        assert raw.status_code == 429, raw.text
+        assert "left too little to send it again" in raw.json()["error"]["message"]
+        assert len(fake) - before == 3  # (no second try)
+        assert line.route == f"{label}=429" and line.input_tokens == first_try
+        assert line.cost_usd == pytest.approx(first_try * 100 / 1e6)
+    else:
+        assert raw.status_code == 200, raw.text
+        assert len(raw.json()["data"]) == 300
+        assert len(fake) - before == 6
+        assert raw.headers["x-gateway-route"] == line.route == f"{label}=429, {label}=200"
+        assert line.input_tokens == first_try + whole
+        assert line.cost_usd == pytest.approx((first_try + whole) * 100 / 1e6)
 
 
 def test_a_batch_whose_error_answer_cannot_be_read_fails_as_any_failed_batch(

@@ -197,6 +197,60 @@ async def test_a_fallback_counts_only_with_the_models_own_deployments_passed_ove
     assert [(line.model, line.cost_usd) for line in lines] == [("claude", 0.0)]
 
 
+async def test_a_count_made_by_a_fallback_names_the_fallback_the_key_may_not_use() -> None:
+    """A key limited to `claude-down` and `claude-open` asks `claude-down`, whose one deployment's breaker is open,
+    with `x-gateway-fallbacks: claude-secret,claude-open`. `/v1/messages` names the fallback out of scope where the
+    plan reaches it (`claude-secret=model_not_allowed`, keys-and-budgets.md: "No request control widens that: a
+    fallback ... is skipped and named in x-gateway-route"); `/v1/messages/count_tokens`, counted by the same
+    `claude-open`, left it out, its route the open breaker then `claude-open`, nothing between (review): its
+    counting attempts went to the failover as a list, not the plan that knows where the skipped ones were. So did
+    an estimate made with `claude-open`'s counting shut too (every counting deployment passed over)."""
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/count_tokens"):
+            return httpx.Response(200, json={"input_tokens": 9})
+        return claude_message(request)
+
+    price = {"input": 3, "output": 15}
+    models = {
+        name: {"deployments": [{"provider": "openai", "model": model}], "price": price}
+        for name, model in [
+            ("claude-down", "claude-haiku-4-5-down"),
+            ("claude-secret", "claude-sonnet-4-5"),
+            ("claude-open", "claude-haiku-4-5"),
+        ]
+    }
+    served = await serve(upstream, models, provider=ANTHROPIC, environ=ANTHROPIC_ENV)
+    breakers = served.gateway.router.breakers
+    for _ in range(breakers.threshold):
+        breakers.failure("openai/claude-haiku-4-5-down@global")
+    record = KeyRecord(id="", name="scoped", secret_hash="", created_at=0, models=["claude-down", "claude-open"])
+    key = (await KeyAdmin(KeyService(served.gateway.store, 0)).mint(record)).key
+    headers = {
+        "x-api-key": key,
+        "anthropic-version": "2023-06-01",
+        "x-gateway-fallbacks": "claude-secret,claude-open",
+    }
+    asked = {"model": "claude-down", "messages": HI}
+    answered = await served.http.post("/v1/messages", json={**asked, "max_tokens": 20}, headers=headers)
+    counted = await served.http.post(COUNT, json=asked, headers=headers)
+    # The fallback's counting shut too (its counts' own breaker): the count is an estimate, its route the same plan.
+    for _ in range(breakers.threshold):
+        served.gateway.router.count_breakers.failure("openai/claude-haiku-4-5@global")
+    estimated = await served.http.post(COUNT, json=asked, headers=headers)
+    await served.gateway.aclose()
+    assert answered.status_code == 200, answered.text
+    route = (
+        "openai/claude-haiku-4-5-down@global=breaker-open, claude-secret=model_not_allowed, "
+        "openai/claude-haiku-4-5@global=200"
+    )
+    assert answered.headers["x-gateway-route"] == route
+    assert counted.status_code == 200 and counted.json() == {"input_tokens": 9, "counted_by": "claude-open"}
+    assert counted.headers["x-gateway-route"] == route
+    assert estimated.status_code == 200 and estimated.headers.get("x-gateway-estimate") == "true", estimated.text
+    assert estimated.headers["x-gateway-route"] == route.replace("=200", "=breaker-open")
+
+
 # --- the budget its answer tells -------------------------------------------------------------------------------------
 
 

@@ -131,6 +131,55 @@ def test_a_region_the_gateway_cannot_place_is_a_config_error_naming_the_nearest_
     assert order(elsewhere) == ["oa@global", "oa@dc-paris"]
 
 
+def test_a_measured_round_trip_orders_a_deployment_whose_region_is_written_in_another_case() -> None:
+    """A gateway in Ireland (eu-west-1), an Azure resource in North Europe (Dublin, 0 km away) whose round trip the
+    operator measured at 40 ms, and one in UK South (~460 km, estimated 6.9 ms). The config writes the deployment's
+    region as ARM templates and the portal do, `NorthEurope` (which configuration.md and interface.md say is taken in
+    any case), and the measurement as Azure's CLI names it, `northeurope`. Ordered by the measurement, UK South comes
+    first. The measurement was looked up by the name exactly as written, missed, and North Europe was ranked first on
+    its estimate (0.1 ms), `rtt: estimated` (review); so was it with the gateway's own region in another case than
+    the table's."""
+    deployments = [
+        {"provider": "az_eu", "model": "gpt-4o", "region": "northeurope"},
+        {"provider": "az_us", "model": "gpt-4o", "region": "uksouth"},
+    ]
+    same_case = router("eu-west-1", deployments, region_latency_ms={"eu-west-1": {"northeurope": 40}})
+    assert order(same_case) == ["az_us@uksouth", "az_eu@northeurope"]
+    other_case = [{**deployments[0], "region": "NorthEurope"}, deployments[1]]
+    for gateway, latency in [
+        ("eu-west-1", {"eu-west-1": {"northeurope": 40}}),
+        ("eu-west-1", {"eu-west-1": {"NorthEurope": 40}}),
+        ("EU-West-1", {"eu-west-1": {"northeurope": 40}}),
+        ("eu-west-1", {"EU-WEST-1": {"northeurope": 40}}),
+    ]:
+        explained = router(gateway, other_case, region_latency_ms=latency).explain("m", RouteControls(), any_model)
+        rtts = [(e["region"], e["rtt"], e["rtt_ms"]) for e in explained]
+        assert rtts == [("uksouth", "estimated", pytest.approx(6.9, abs=0.5)), ("NorthEurope", "measured", 40)], (
+            gateway,
+            latency,
+        )
+    own = [{"provider": "oa", "model": "llama", "region": "DC-Paris"}, {"provider": "oa", "model": "gpt-4o"}]
+    assert order(router("eu-west-3", own, region_latency_ms={"eu-west-3": {"dc-paris": 2}})) == [
+        "oa@DC-Paris",
+        "oa@global",
+    ]
+
+
+def test_a_region_latency_table_naming_a_region_twice_in_two_cases_is_refused_at_load() -> None:
+    """Lowercased at load, `NorthEurope` and `northeurope` are one region: which figure holds could not be told."""
+    for latency, named in [
+        ({"eu-west-1": {"NorthEurope": 40, "northeurope": 2}}, "'eu-west-1.NorthEurope' and 'eu-west-1.northeurope'"),
+        ({"eu-west-1": {"northeurope": 40}, "EU-WEST-1": {"uksouth": 9}}, "'eu-west-1' and 'EU-WEST-1'"),
+    ]:
+        with pytest.raises(ConfigError) as refused:
+            parse_config({"gateway": {"region_latency_ms": latency}}, set(REGISTRY))
+        assert refused.value.problems == [
+            f"gateway.region_latency_ms: {named} name one region, in two cases: write it once"
+        ]
+    config = parse_config({"gateway": {"region_latency_ms": {"EU-West-1": {"NorthEurope": 40}}}}, set(REGISTRY))
+    assert config.gateway.region_latency_ms == {"eu-west-1": {"northeurope": 40}}
+
+
 def test_a_providers_region_the_gateway_cannot_place_is_named_once_on_the_provider() -> None:
     data = {
         "providers": {"az": {**PROVIDERS["az_eu"], "region": "west-europe"}},
