@@ -23,10 +23,10 @@ ends and cancelled as the next head is whole (a body is timed only where a read 
 
 RFC 9112's rules uvicorn does not keep: an HTTP/1.1 request without one Host is a 400 (3.2), and an answer of no
 length to an HTTP/1.0 request is not chunked (6.1: its end is the connection's close, `UnchunkedCycle`). And a
-request offering a protocol upgrade the server does not speak (`curl --http2` to an `http://` URL offers `Upgrade:
-h2c`) is served in HTTP/1.1, its offer ignored, as RFC 9110 (7.8) lets a server: httptools stops parsing at such a
-head, and uvicorn handed the app an empty body (a POST answered 400 "not valid JSON"). Its body is read here by its
-`Content-Length`, and the connection closed after the answer (the parser reads nothing after the head).
+request offering a protocol upgrade (`curl --http2` to an `http://` URL offers `Upgrade: h2c`; the gateway speaks no
+WebSocket either) is served in HTTP/1.1, its offer ignored, as RFC 9110 (7.8) lets a server: httptools stops parsing
+at such a head, and uvicorn handed the app an empty body (a POST answered 400 "not valid JSON"). Its body is read here
+by its `Content-Length`, and the connection closed after the answer (the parser reads nothing after the head).
 
 As the server begins to stop, the protocol tells the served gateway (`server_stopping`), so that a request uvicorn
 cuts once `--shutdown-grace` has run out is answered the gateway's 503, not a client's 499 or uvicorn's 500.
@@ -585,7 +585,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 ),
                 b"503 Service Unavailable",
             )
-        upgrade = self.parser.should_upgrade() and not self._should_upgrade()
+        upgrade = self.parser.should_upgrade()
         if upgrade and any(name == b"transfer-encoding" for name, _ in self.headers):
             self._refuse_head(
                 InvalidRequestError(
@@ -629,6 +629,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if not self.upgrade_left:
             cycle.more_body = False
             cycle.message_event.set()
+
+    def _should_upgrade(self) -> bool:
+        """Never: an upgrade, `websocket` too, is served in HTTP/1.1 (`_ignore_upgrade`). uvicorn hands a WebSocket
+        upgrade's transport to its WebSocket protocol (where a `ws` protocol is configured), and this protocol's
+        `connection_lost` is then never called: the connection's place among `gateway.limits.connections` was never
+        given back (three upgrades under a limit of three, no key needed, left every later request 503
+        `server_busy`), and the answer was uvicorn's plain text or an empty 403 (found by review)."""
+        return False
 
     def _unsupported_upgrade_warning(self) -> None:
         """uvicorn's warning that the parser stopped at an upgrade: this protocol serves such a request

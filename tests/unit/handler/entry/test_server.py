@@ -82,6 +82,14 @@ class Recorded(asyncio.Transport):
         super().__init__()
         self.writes: list[bytes] = []
         self.closed = False
+        self.protocol: asyncio.BaseProtocol | None = None  # (set where a protocol hands the transport over)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self.protocol is not None
+        return self.protocol
 
     def write(self, data: Any) -> None:
         self.writes.append(bytes(data))
@@ -187,7 +195,9 @@ class Connection:
         return self.statuses()
 
     def close(self) -> None:
-        self.protocol.connection_lost(None)
+        """The connection's end, told to the protocol that holds its transport (as the event loop tells it): another
+        than this one's where the transport was handed over."""
+        (self.transport.protocol or self.protocol).connection_lost(None)
 
 
 def chunked(body: bytes, size: int = 8000) -> bytes:
@@ -506,6 +516,29 @@ async def test_a_get_offering_an_upgrade_is_answered(bounds: None) -> None:
     await connection.send(b"GET /whole HTTP/1.1\r\nhost: g\r\n%s\r\n" % UPGRADE)
     assert await connection.answers(1) == [b"200"]
     connection.close()
+
+
+WEBSOCKET = b"connection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: %s\r\n"
+
+
+@pytest.mark.parametrize("key", [b"dGhlIHNhbXBsZSBub25jZQ==", b"x"])
+async def test_a_websocket_upgrade_is_served_in_http_and_gives_its_place_back(bounds: None, key: bytes) -> None:
+    """uvicorn (its `ws` protocol configured, as its default `auto` is with `websockets` installed) handed a
+    WebSocket upgrade's transport to its WebSocket protocol: the answer was its plain-text 400 or an empty 403, and
+    the connection's place among `limits.connections` was never given back, so three upgrades under a limit of two
+    left every later connection 503 `server_busy` (found by review). The offer is ignored as an h2c one is: the
+    request is answered in HTTP/1.1, the connection closed after it, and its place freed."""
+    shared = ServerState()
+    for _ in range(3):
+        connection = Connection(shared)
+        await connection.send(b"GET /whole HTTP/1.1\r\nhost: g\r\n%s\r\n" % (WEBSOCKET % key))
+        assert await connection.answers(1) == [b"200"] and connection.written.endswith(BODY)
+        assert connection.transport.protocol is None and connection.transport.closed
+        connection.close()
+    later = Connection(shared)
+    await later.send(b"GET /whole HTTP/1.1\r\nhost: g\r\n\r\n")
+    assert await later.answers(1) == [b"200"]
+    later.close()
 
 
 async def test_an_upgrade_offer_with_a_chunked_body_is_a_400_in_the_error_shape(bounds: None) -> None:
