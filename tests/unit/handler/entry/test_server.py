@@ -306,6 +306,29 @@ async def test_an_http_1_1_request_without_one_host_is_a_400_in_the_error_shape(
     old.close()
 
 
+@pytest.mark.parametrize(
+    "coding",
+    [b"transfer-encoding: gzip, chunked\r\n", b"transfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n"],
+    ids=["one-line", "two-lines"],
+)
+async def test_a_transfer_coding_other_than_chunked_is_a_400_in_the_error_shape(bounds: None, coding: bytes) -> None:
+    """httptools frames a `Transfer-Encoding: gzip, chunked` body by its chunks and handed the app its bytes still
+    gzipped; a plain body so marked was served as if the coding were not there (found by review). The gateway decodes
+    no transfer coding but chunked: such a request is refused, none of its body read, in its API's shape."""
+    connection = Connection()
+    head = b"POST /v1/messages HTTP/1.1\r\nhost: g\r\n" + coding + b"\r\n"
+    await connection.send(head + chunked(b'{"a": 1}'))
+    assert await connection.answers(1) == [b"400"] and connection.transport.closed
+    said = error_of(connection.written)
+    assert said["type"] == "error" and said["error"]["type"] == "invalid_request_error"
+    assert "transfer coding other than chunked" in said["error"]["message"] and READS == []
+    connection.close()
+    plain = Connection()
+    await plain.send(b"POST /echo HTTP/1.1\r\nhost: g\r\ntransfer-encoding: Chunked\r\n\r\n" + chunked(b"x" * 5))
+    assert await plain.answers(1) == [b"200"] and plain.written.endswith(b"\r\n\r\n5")
+    plain.close()
+
+
 async def test_a_connection_that_sends_nothing_is_closed_at_the_heads_bound(bounds: None) -> None:
     """uvicorn's keep-alive timer starts after a first answer: a connection that sent nothing was held for ever, and
     thousands of them took the process's every file (found by review). It is closed at `timeouts.request_head`,
