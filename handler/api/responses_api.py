@@ -288,10 +288,17 @@ def with_sealed_reasoning(items: list[dict[str, Any]], sealed: Mapping[str, str]
     item id), so that a signed thinking block goes back whole, as with `store: false`."""
     return [
         {**item, "encrypted_content": sealed[item["id"]]}
-        if item.get("type") == "reasoning" and not item.get("encrypted_content") and item.get("id") in sealed
+        if item.get("type") == "reasoning" and not item.get("encrypted_content") and _held(item.get("id"), sealed)
         else item
         for item in items
     ]
+
+
+def _held(item_id: Any, sealed: Mapping[str, str]) -> bool:
+    """Whether `sealed` holds the reasoning of the item `item_id` names: never for an id that is no string (a client's
+    list or object, kept as sent in a stored conversation, raised in the lookup: a 500 on the request that continued
+    it; found by review)."""
+    return isinstance(item_id, str) and item_id in sealed
 
 
 class ReasoningSeal:
@@ -486,6 +493,9 @@ class _Conversation:
         """Translate one item (`stored`: of the conversation `previous_response_id` continues, taken when it was
         sent: one of a type the API does not have, kept by an older release, is left out and named as it was)."""
         kind = raw.get("type", "message" if "role" in raw else None)
+        # (A type that is no string is no type the API has: a list or an object, unhashable, raised in `ITEM_TYPES`'s
+        # lookup, a 500; found by review.)
+        known = isinstance(kind, str) and kind in ITEM_TYPES
         try:
             if kind == "message":
                 self._message(InputMessage.model_validate(raw), where)
@@ -505,7 +515,7 @@ class _Conversation:
                 self.messages.append({"role": "tool", "tool_call_id": result.call_id, "content": content})
             elif kind == "reasoning":
                 self._reasoning(ReasoningItem.model_validate(raw))
-            elif kind in ITEM_TYPES or stored:
+            elif known or stored:
                 self.drop(f"input[{kind}]")
             else:
                 raise no_such_item(kind, where)

@@ -44,6 +44,8 @@ NO_HTTP_REQUEST = (
     "events (samples: events/*.json, as `sam local invoke -e` sends them), not the Lambda console's default test event"
 )
 
+NO_UTF8 = "the event's path, headers or query string are not text UTF-8 can carry (a lone surrogate)"
+
 
 # The characters of a method (RFC 9110's token).
 TOKEN = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -57,20 +59,30 @@ class ReadOnce:
     def scope(self) -> Scope:
         try:
             scope: Scope = super().scope  # type: ignore[misc]
+        except UnicodeEncodeError:  # (a header's or the query string's lone surrogate: Mangum encodes them)
+            raise UnreadableEventError(NO_UTF8) from None
         except (LookupError, TypeError, AttributeError, ValueError):  # (a field missing, or not what it should be)
             raise UnreadableEventError(NO_HTTP_REQUEST) from None
         # Mangum takes the event's method as it comes: `["GET"]` reached Starlette's router, which raised on it (a
         # 500). The path and query string are held to the types the app reads them as; the headers need no look:
         # Mangum encodes each, which raises on anything but a string.
-        method = scope["method"]
+        method, path = scope["method"], scope["path"]
         if not (
             isinstance(method, str)
             and method
             and not method.strip(TOKEN)
-            and isinstance(scope["path"], str)
+            and isinstance(path, str)
             and isinstance(scope["query_string"], bytes)
         ):
             raise UnreadableEventError(NO_HTTP_REQUEST)
+        # The path Mangum keeps as a str: one holding a lone surrogate (JSON's `"\ud800"`, which the Lambda runtime's
+        # parser takes) went to the app, whose request line could not write it, and the answer was Starlette's
+        # plain-text 500 (found by review). `gateway serve` never has one: uvicorn decodes the target's bytes.
+        if not path.isascii():
+            try:
+                path.encode()
+            except UnicodeEncodeError:
+                raise UnreadableEventError(NO_UTF8) from None
         return scope
 
     @property

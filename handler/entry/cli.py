@@ -430,6 +430,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # handler/entry/server.py.
             http="handler.entry.server:BoundedHttpToolsProtocol" if _has("httptools") else "h11",
             h11_max_incomplete_event_size=config.gateway.limits.request_header_bytes,
+            # The gateway serves no WebSocket: with uvicorn's default (`auto`, `websockets` installed) an `Upgrade:
+            # websocket` request was handed to uvicorn's WebSocket protocol, answered in plain text or an empty 403,
+            # and its connection's place among `gateway.limits.connections` never given back (found by review). Its
+            # offer is ignored as any other upgrade's is (handler/entry/server.py).
+            ws="none",
             # On SIGTERM, answers still going (a stream can run for `timeouts.request`) get this long; then they are
             # cut and settled as a client that left is, their settlements written or spooled within
             # `SHUTDOWN_SETTLE_S`: all before a service manager's kill (Docker's 10 s, ECS's and Kubernetes' 30 s

@@ -21,12 +21,14 @@ uvicorn's `limit_concurrency`, whose 503 was plain text and counted the refused 
 answered `503 server_busy` in the error shape. A timer a request is what this costs: the head's, armed as an answer
 ends and cancelled as the next head is whole (a body is timed only where a read ends before it does).
 
-RFC 9112's rules uvicorn does not keep: an HTTP/1.1 request without one Host is a 400 (3.2), and an answer of no
-length to an HTTP/1.0 request is not chunked (6.1: its end is the connection's close, `UnchunkedCycle`). And a
-request offering a protocol upgrade the server does not speak (`curl --http2` to an `http://` URL offers `Upgrade:
-h2c`) is served in HTTP/1.1, its offer ignored, as RFC 9110 (7.8) lets a server: httptools stops parsing at such a
-head, and uvicorn handed the app an empty body (a POST answered 400 "not valid JSON"). Its body is read here by its
-`Content-Length`, and the connection closed after the answer (the parser reads nothing after the head).
+RFC 9112's rules uvicorn does not keep: an HTTP/1.1 request without one Host is a 400 (3.2), so is a body of a
+transfer coding other than chunked, which the gateway does not decode (6.1; httptools framed `gzip, chunked` by its
+chunks and handed the app the bytes still coded), and an answer of no length to an HTTP/1.0 request is not chunked
+(6.1: its end is the connection's close, `UnchunkedCycle`). And a request offering a protocol upgrade (`curl
+--http2` to an `http://` URL offers `Upgrade: h2c`; the gateway speaks no WebSocket either) is served in HTTP/1.1,
+its offer ignored, as RFC 9110 (7.8) lets a server: httptools stops parsing at such a head, and uvicorn handed the app
+an empty body (a POST answered 400 "not valid JSON"). Its body is read here by its `Content-Length`, and the
+connection closed after the answer (the parser reads nothing after the head).
 
 As the server begins to stop, the protocol tells the served gateway (`server_stopping`), so that a request uvicorn
 cuts once `--shutdown-grace` has run out is answered the gateway's 503, not a client's 499 or uvicorn's 500.
@@ -564,17 +566,30 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.head_timer.cancel()
             self.head_timer = None
         version = self.parser.get_http_version()
-        if version == "1.1":
-            hosts = 0
-            for name, _ in self.headers:
-                if name == b"host":
-                    hosts += 1
-            if hosts != 1:  # RFC 9112 (3.2): none, or more than one, is a 400
-                said = "none" if not hosts else f"{hosts}"
-                self._refuse_head(
-                    InvalidRequestError(f"an HTTP/1.1 request carries one Host header; this one has {said}"),
-                    b"400 Bad Request",
-                )
+        hosts = 0
+        coded = False  # a transfer coding other than chunked
+        for name, value in self.headers:
+            if name == b"host":
+                hosts += 1
+            elif name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+                coded = True
+        if version == "1.1" and hosts != 1:  # RFC 9112 (3.2): none, or more than one, is a 400
+            said = "none" if not hosts else f"{hosts}"
+            self._refuse_head(
+                InvalidRequestError(f"an HTTP/1.1 request carries one Host header; this one has {said}"),
+                b"400 Bad Request",
+            )
+        if coded:
+            # httptools frames such a body by its last coding, chunked, and handed the app its bytes still coded
+            # (a `gzip, chunked` body was read as if plain: found by review). The gateway decodes no transfer coding
+            # but chunked, and RFC 9112 (6.1) has a server refuse one it does not understand.
+            self._refuse_head(
+                InvalidRequestError(
+                    "a request body's transfer coding other than chunked (Transfer-Encoding: gzip, chunked) is not "
+                    "served: send it chunked alone, or with a Content-Length"
+                ),
+                b"400 Bad Request",
+            )
         if not self._admitted():
             self.logger.warning("a request refused: %d connections open (gateway.limits.connections)", self.most)
             self._refuse_head(
@@ -584,7 +599,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 ),
                 b"503 Service Unavailable",
             )
-        upgrade = self.parser.should_upgrade() and not self._should_upgrade()
+        upgrade = self.parser.should_upgrade()
         if upgrade and any(name == b"transfer-encoding" for name, _ in self.headers):
             self._refuse_head(
                 InvalidRequestError(
@@ -628,6 +643,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if not self.upgrade_left:
             cycle.more_body = False
             cycle.message_event.set()
+
+    def _should_upgrade(self) -> bool:
+        """Never: an upgrade, `websocket` too, is served in HTTP/1.1 (`_ignore_upgrade`). uvicorn hands a WebSocket
+        upgrade's transport to its WebSocket protocol (where a `ws` protocol is configured), and this protocol's
+        `connection_lost` is then never called: the connection's place among `gateway.limits.connections` was never
+        given back (three upgrades under a limit of three, no key needed, left every later request 503
+        `server_busy`), and the answer was uvicorn's plain text or an empty 403 (found by review)."""
+        return False
 
     def _unsupported_upgrade_warning(self) -> None:
         """uvicorn's warning that the parser stopped at an upgrade: this protocol serves such a request

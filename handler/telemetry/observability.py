@@ -143,7 +143,24 @@ def request_line(fields: dict[str, Any], location: str) -> None:
         "service": SERVICE,
     }
     head.update(fields)
-    sys.stdout.write(orjson.dumps(head).decode() + "\n")
+    try:
+        line = orjson.dumps(head)
+    except TypeError:  # (orjson's refusal of a str UTF-8 cannot carry: see `carried`)
+        line = orjson.dumps(carried(head))
+    sys.stdout.write(line.decode() + "\n")
+
+
+def carried(value: Any) -> Any:
+    """`value` with each string in it that UTF-8 cannot carry (a lone surrogate, which a Lambda event's JSON can hold)
+    written as one it can, `?` for each such character: orjson raised on the string, and the request's line, then the
+    last-resort 500's line for it, were never written, the answer a plain-text 500 (found by review)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode()
+    if isinstance(value, dict):
+        return {carried(name): carried(inner) for name, inner in value.items()}
+    if isinstance(value, list | tuple):
+        return [carried(inner) for inner in value]
+    return value
 
 
 class _Untraced:

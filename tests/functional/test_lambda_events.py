@@ -25,6 +25,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from adapters.store import open_store
+from handler.entry.adapter import NO_UTF8
 from handler.pipeline.keys import hash_secret
 from handler.ports import ConflictError, KeyRecord
 from tests.fakes import ssm
@@ -615,6 +616,36 @@ def test_an_event_whose_method_headers_or_query_are_not_a_requests_is_a_400(
         assert result["status"] == 400, result
         error = json.loads(result["body"])["error"]
         assert error["code"] == "invalid_request" and error["message"].startswith("the Lambda event is no HTTP"), result
+    assert results[-1]["status"] == 200, results[-1]
+    assert sum("unreadable Lambda event" in line for line in logs) == len(odd)
+    assert not any("Traceback" in line or "internal_error" in line for line in logs), logs
+
+
+def test_an_event_whose_path_headers_or_query_hold_a_lone_surrogate_is_a_400_in_the_error_shape(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """JSON's `"\\ud800"` is a lone surrogate the Lambda runtime's parser takes, and no UTF-8 carries. In a path it
+    reached the app (Mangum keeps the path a str), whose request line could not write it, nor the last-resort 500's
+    line after it: the answer was Starlette's plain-text 500, with no `x-should-retry`, a traceback logged, on every
+    route (found by review). In a header or the query string it was refused as no HTTP request at all. Each is the
+    400 of an unreadable event, saying what it is, and the environment answers the next request."""
+    server, _ = upstream
+    odd: dict[str, Any] = {}
+    for name, path in (("root", "/\ud800"), ("model", "/v1/models/\udfff"), ("response", "/v1/responses/resp_\ud800")):
+        odd[f"http-api-path-{name}"] = event = http_api_event()
+        event["rawPath"] = event["requestContext"]["http"]["path"] = path
+    odd["http-api-header"] = http_api_event(headers={"host": "gw.example.com", "user-agent": "curl/\ud800"})
+    odd["http-api-query"] = http_api_event(query="a=\udfff")
+    odd["rest-api-path"] = {**rest_api_event(), "path": "/health/\ud800"}
+    odd["rest-api-query"] = rest_api_event(query={"a": "\ud800"})
+    logs: list[str] = []
+    results = replayed_then_health(tmp_path, server.url, odd, logs)
+    for result in results[:-1]:
+        headers = result["headers"] or {k: v[0] for k, v in result["multi_value_headers"].items()}
+        assert result["status"] == 400 and headers["x-should-retry"] == "false", result
+        assert headers["x-request-id"].startswith("req_"), result
+        error = json.loads(result["body"])["error"]
+        assert error["code"] == "invalid_request" and error["message"] == NO_UTF8, result
     assert results[-1]["status"] == 200, results[-1]
     assert sum("unreadable Lambda event" in line for line in logs) == len(odd)
     assert not any("Traceback" in line or "internal_error" in line for line in logs), logs

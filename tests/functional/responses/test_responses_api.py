@@ -347,11 +347,19 @@ NO_SUCH_ITEMS: Any = [
     {"type": "input_text", "text": "Answer in French."},  # a content part given as an item
     {"type": 5, "role": "user", "content": "Answer in French."},  # a type that is no string
     {},  # an item with nothing
+    # A type that is a list or an object (unhashable: a 500 `internal_error`, found by review).
+    {"type": [], "role": "user", "content": "Answer in French."},
+    {"type": ["message"], "role": "user", "content": "Answer in French."},
+    {"type": {"a": 1}},
 ]
 
 
 @pytest.mark.parametrize("model", ["gpt", "claude", "gemini", "gpt-chat", "bedrock-claude", "deepseek"])
-@pytest.mark.parametrize("item", NO_SUCH_ITEMS, ids=["typo", "part-as-item", "number-type", "empty"])
+@pytest.mark.parametrize(
+    "item",
+    NO_SUCH_ITEMS,
+    ids=["typo", "part-as-item", "number-type", "empty", "list-type", "listed-type", "object-type"],
+)
 def test_an_item_of_no_type_the_api_has_is_a_400_on_every_deployment(fleet: Running, model: str, item: Any) -> None:
     """An input item whose type the Responses API does not have is OpenAI's 400, naming the item, before anything is
     reserved, whichever deployment would serve it. Translated, it was left out (named `input[user_message]`, or
@@ -757,6 +765,24 @@ def test_previous_response_id_hands_the_reasoning_back_as_the_provider_gave_it(
     assert all(getattr(item, "encrypted_content", None) is None for item in listed)
     third = sdk.responses.create(previous_response_id=raw.parse().id, input="And in Rome?", **settings)
     assert third.status == "completed"
+
+
+@pytest.mark.parametrize("item_id", [[], {"a": 1}])
+@pytest.mark.parametrize("model", ["gpt", "claude"])
+def test_a_stored_reasoning_item_whose_id_is_no_string_does_not_break_its_continuation(
+    fleet: Running, fleet_key: str, model: str, item_id: Any
+) -> None:
+    """A reasoning item sent with an id that is a list or an object is kept as sent (it gets an id of the gateway's
+    own in what is listed); the turn that continued its conversation looked the id up among the reasoning the gateway
+    sealed, and the unhashable id made it a 500 `internal_error` (found by review)."""
+    headers = {"authorization": f"Bearer {fleet_key}"}
+    items = [{"type": "reasoning", "id": item_id, "summary": []}, {"role": "user", "content": "Hi"}]
+    first = httpx.post(f"{fleet.url}/v1/responses", json={"model": model, "input": items}, headers=headers)
+    assert first.status_code == 200, first.text
+    body = {"model": model, "input": "And?", "previous_response_id": first.json()["id"]}
+    later = httpx.post(f"{fleet.url}/v1/responses", json=body, headers=headers)
+    assert later.status_code == 200, later.text
+    assert later.json()["status"] == "completed"
 
 
 @pytest.mark.parametrize("stream", [False, True])

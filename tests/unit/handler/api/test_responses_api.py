@@ -188,6 +188,8 @@ def test_an_item_of_no_type_the_api_has_is_refused_and_one_the_translation_canno
     for item, said in (
         ({"type": "user_message", "content": "hi"}, "Invalid value: 'user_message'. Supported values are: "),
         ({"type": 5}, "Invalid value: 5."),
+        ({"type": []}, "Invalid value: []."),  # (unhashable: a TypeError in the lookup, found by review)
+        ({"type": {"a": 1}}, "Invalid value: {'a': 1}."),
         ({"type": "x" * 500}, "Invalid value: '" + "x" * 60 + "..."),
         ({"content": "hi"}, "Missing required parameter: 'input[1].type'."),
     ):
@@ -199,6 +201,8 @@ def test_an_item_of_no_type_the_api_has_is_refused_and_one_the_translation_canno
     body = ResponsesRequest.model_validate({"model": "m", "input": "and?"})
     req, dropped = to_chat_request(body, [question, {"type": "user_message", "content": "hi"}], SEAL)
     assert len(req.messages) == 2 and dropped == ["input[user_message]"]
+    req, dropped = to_chat_request(body, [question, {"type": ["message"], "content": "hi"}], SEAL)
+    assert len(req.messages) == 2 and dropped == ["input[['message']]"]
 
 
 @pytest.mark.parametrize(

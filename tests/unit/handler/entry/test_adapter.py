@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from handler.entry.adapter import UnreadableEventError, lambda_adapter
+from handler.entry.adapter import NO_UTF8, UnreadableEventError, lambda_adapter
 from handler.entry.priming import Context
 from handler.redaction import NAME_CHARS
 
@@ -262,4 +262,55 @@ def test_a_body_that_is_no_text_is_named_so_not_as_bad_base64() -> None:
     with pytest.raises(UnreadableEventError) as refused:
         lambda_adapter(APP)({**v1_event(), "httpMethod": "POST", "body": '{"a": "\ud800"}'}, Context())  # type: ignore[arg-type]
     assert str(refused.value) == "the event's body is not text UTF-8 can carry (a lone surrogate)"
+    asyncio.get_event_loop().close()
+
+
+def http_api_event() -> dict[str, Any]:
+    event: dict[str, Any] = json.loads((EVENTS / "health.json").read_text())
+    return event
+
+
+def surrogate_events() -> dict[str, dict[str, Any]]:
+    """Events holding a lone surrogate (JSON's `"\\ud800"`, which the Lambda runtime's parser takes) in their path,
+    a header or the query string, of each source."""
+    v2_path = http_api_event()
+    v2_path["rawPath"] = v2_path["requestContext"]["http"]["path"] = "/v1/models/\udfff"
+    v2_header, v2_query = http_api_event(), http_api_event()
+    v2_header["headers"]["user-agent"] = "curl/\ud800"
+    v2_query["rawQueryString"] = "a=\ud800"
+    return {
+        "http-api-2.0-path": v2_path,
+        "http-api-2.0-header": v2_header,
+        "http-api-2.0-query": v2_query,
+        "http-api-1.0-path": {**v1_event(), "path": "/\ud800"},
+        "http-api-1.0-header": {**v1_event(), "headers": {"host": "api.example.com", "x-\ud800": "1"}},
+        "http-api-1.0-query": {
+            **v1_event(),
+            "queryStringParameters": {"a": "\ud800"},
+            "multiValueQueryStringParameters": {"a": ["\ud800"]},
+        },
+        "alb-path": {**alb_event(), "path": "/v1/responses/resp_\ud800"},
+        "alb-query": {**alb_event(), "queryStringParameters": {"a": "\udfff"}},
+    }
+
+
+@pytest.mark.parametrize("name", list(surrogate_events()))
+def test_a_lone_surrogate_in_the_path_headers_or_query_is_refused_as_unreadable(name: str) -> None:
+    """A path holding a lone surrogate went to the app as Mangum keeps it, a str: the request line could not write it,
+    and the answer was Starlette's plain-text 500 (found by review). Refused, as one in a header or the query string
+    (which Mangum's encoding raised on, refused then as no HTTP request at all) now is, for what it is."""
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    try:
+        with pytest.raises(UnreadableEventError) as refused:
+            lambda_adapter(APP)(surrogate_events()[name], Context())  # type: ignore[arg-type]
+    finally:
+        asyncio.get_event_loop().close()
+    assert str(refused.value) == NO_UTF8 and refused.value.handler is None
+
+
+def test_a_path_of_other_unicode_is_served() -> None:
+    """Only a path UTF-8 cannot carry is refused: one of other non-ASCII characters is the app's to answer."""
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    answer = lambda_adapter(APP)({**v1_event(), "path": "/caf\u00e9/\U0001f600"}, Context())  # type: ignore[arg-type]
+    assert answer["statusCode"] == 200 and json.loads(answer["body"])["path"] == "/caf\u00e9/\U0001f600"
     asyncio.get_event_loop().close()

@@ -82,6 +82,14 @@ class Recorded(asyncio.Transport):
         super().__init__()
         self.writes: list[bytes] = []
         self.closed = False
+        self.protocol: asyncio.BaseProtocol | None = None  # (set where a protocol hands the transport over)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self.protocol is not None
+        return self.protocol
 
     def write(self, data: Any) -> None:
         self.writes.append(bytes(data))
@@ -187,7 +195,9 @@ class Connection:
         return self.statuses()
 
     def close(self) -> None:
-        self.protocol.connection_lost(None)
+        """The connection's end, told to the protocol that holds its transport (as the event loop tells it): another
+        than this one's where the transport was handed over."""
+        (self.transport.protocol or self.protocol).connection_lost(None)
 
 
 def chunked(body: bytes, size: int = 8000) -> bytes:
@@ -294,6 +304,29 @@ async def test_an_http_1_1_request_without_one_host_is_a_400_in_the_error_shape(
     await old.send(b"GET /whole HTTP/1.0\r\n\r\n")
     assert await old.answers(1) == [b"200"]
     old.close()
+
+
+@pytest.mark.parametrize(
+    "coding",
+    [b"transfer-encoding: gzip, chunked\r\n", b"transfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n"],
+    ids=["one-line", "two-lines"],
+)
+async def test_a_transfer_coding_other_than_chunked_is_a_400_in_the_error_shape(bounds: None, coding: bytes) -> None:
+    """httptools frames a `Transfer-Encoding: gzip, chunked` body by its chunks and handed the app its bytes still
+    gzipped; a plain body so marked was served as if the coding were not there (found by review). The gateway decodes
+    no transfer coding but chunked: such a request is refused, none of its body read, in its API's shape."""
+    connection = Connection()
+    head = b"POST /v1/messages HTTP/1.1\r\nhost: g\r\n" + coding + b"\r\n"
+    await connection.send(head + chunked(b'{"a": 1}'))
+    assert await connection.answers(1) == [b"400"] and connection.transport.closed
+    said = error_of(connection.written)
+    assert said["type"] == "error" and said["error"]["type"] == "invalid_request_error"
+    assert "transfer coding other than chunked" in said["error"]["message"] and READS == []
+    connection.close()
+    plain = Connection()
+    await plain.send(b"POST /echo HTTP/1.1\r\nhost: g\r\ntransfer-encoding: Chunked\r\n\r\n" + chunked(b"x" * 5))
+    assert await plain.answers(1) == [b"200"] and plain.written.endswith(b"\r\n\r\n5")
+    plain.close()
 
 
 async def test_a_connection_that_sends_nothing_is_closed_at_the_heads_bound(bounds: None) -> None:
@@ -506,6 +539,29 @@ async def test_a_get_offering_an_upgrade_is_answered(bounds: None) -> None:
     await connection.send(b"GET /whole HTTP/1.1\r\nhost: g\r\n%s\r\n" % UPGRADE)
     assert await connection.answers(1) == [b"200"]
     connection.close()
+
+
+WEBSOCKET = b"connection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: %s\r\n"
+
+
+@pytest.mark.parametrize("key", [b"dGhlIHNhbXBsZSBub25jZQ==", b"x"])
+async def test_a_websocket_upgrade_is_served_in_http_and_gives_its_place_back(bounds: None, key: bytes) -> None:
+    """uvicorn (its `ws` protocol configured, as its default `auto` is with `websockets` installed) handed a
+    WebSocket upgrade's transport to its WebSocket protocol: the answer was its plain-text 400 or an empty 403, and
+    the connection's place among `limits.connections` was never given back, so three upgrades under a limit of two
+    left every later connection 503 `server_busy` (found by review). The offer is ignored as an h2c one is: the
+    request is answered in HTTP/1.1, the connection closed after it, and its place freed."""
+    shared = ServerState()
+    for _ in range(3):
+        connection = Connection(shared)
+        await connection.send(b"GET /whole HTTP/1.1\r\nhost: g\r\n%s\r\n" % (WEBSOCKET % key))
+        assert await connection.answers(1) == [b"200"] and connection.written.endswith(BODY)
+        assert connection.transport.protocol is None and connection.transport.closed
+        connection.close()
+    later = Connection(shared)
+    await later.send(b"GET /whole HTTP/1.1\r\nhost: g\r\n\r\n")
+    assert await later.answers(1) == [b"200"]
+    later.close()
 
 
 async def test_an_upgrade_offer_with_a_chunked_body_is_a_400_in_the_error_shape(bounds: None) -> None:

@@ -1,4 +1,5 @@
-"""Traces around upstream and store calls: X-Ray subsegments when tracing is on, no work when it is off."""
+"""Traces around upstream and store calls: X-Ray subsegments when tracing is on, no work when it is off; and the
+request's log line."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 
 from handler.telemetry import observability
@@ -68,3 +70,15 @@ async def test_a_failing_call_still_closes_its_subsegment(monkeypatch: pytest.Mo
         async with span("store.admit"):
             raise TimeoutError
     assert tracer.provider.opened[0].closed
+
+
+def test_a_request_line_holding_text_utf8_cannot_carry_is_still_written(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A lone surrogate (a Lambda event's path can hold one) made orjson raise: the request's line, and the line of
+    the last-resort 500 that followed, were never written, and the answer was a plain-text 500 (found by review)."""
+    monkeypatch.setattr(observability, "REQUEST_LINES", True)
+    observability.request_line({"path": "/v1/models/\ud800", "tags": ["a\udfffb"], "status": 404}, "observe")
+    line = orjson.loads(capsys.readouterr().out)
+    assert line["path"] == "/v1/models/?" and line["tags"] == ["a?b"] and line["status"] == 404
+    assert line["message"] == "request" and line["location"] == "observe"
