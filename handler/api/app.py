@@ -97,27 +97,6 @@ def unread_x_api_key(path: str) -> str:
     return "this route does not read x-api-key: send the key as Authorization: Bearer <key>"
 
 
-AMBIGUOUS_CREDENTIALS = (
-    "ambiguous credentials: the request carries more than one key (in Authorization: Bearer and x-api-key, or in two "
-    "lines of either); send one"
-)
-
-
-def keys_carried(headers: list[tuple[bytes, bytes]]) -> int:
-    """How many different keys a request's headers carry: each `Authorization: Bearer` line's and each `x-api-key`
-    line's. With two, one was served and the other not read, neither said (two different `Authorization` lines, or
-    `x-api-key` beside a bearer key: found by review), where the client may have meant the other."""
-    keys: set[bytes] = set()
-    for name, value in headers:
-        if name == b"authorization":
-            scheme, _, token = value.partition(b" ")
-            if scheme.lower() == b"bearer" and token.strip():
-                keys.add(token.strip())
-        elif name == b"x-api-key" and value.strip():
-            keys.add(value.strip())
-    return len(keys)
-
-
 def error_response(request: Request, exc: GatewayError, observed: int | None = None) -> Response:
     """`exc` as the answer, in the error shape of the caller's API, with the request's headers; observed (its log
     line, its metrics) with its status, or `observed`: the status of the request's ledger line, where it differs."""
@@ -298,8 +277,6 @@ class Api:
         """The request's key, its lineage kept for `lineage`. `administers`: the route uses the key's admin powers
         or mints a key under it, which the key's previous secret, in a rotation's grace, may not (403 `admin_only`:
         `KeyService.authenticate_lineage`)."""
-        if keys_carried(request.scope["headers"]) > 1:
-            raise AuthenticationError(AMBIGUOUS_CREDENTIALS)
         token = None
         auth = request.headers.get("authorization")
         if auth:
