@@ -575,6 +575,18 @@ def usage_count(counts: Any, name: str) -> int:
     return value
 
 
+def counted_tokens(answer: Any, name: str, operation: str) -> int:
+    """The count `name` of a provider's token-counting answer (`operation`: Anthropic's `count_tokens`, Bedrock's
+    `CountTokens`, Gemini's `countTokens`), by `usage_count`'s rule: a plain integer. One absent, null or not an integer
+    (`true`, `12.0`, `"12"`) is the provider's malformed answer, so the prompt is counted by the gateway's estimate as
+    for a count that failed; read with `isinstance(count, int)`, `true` was answered as 1 token, the provider's count
+    (found by review)."""
+    count = answer.get(name) if isinstance(answer, dict) else None
+    if type(count) is not int:  # (not a bool, a float or a numeral in a string)
+        raise malformed(f"upstream answered {operation} without an integer {name}")
+    return count
+
+
 def misshapen(what: str, exc: Exception) -> UpstreamError:
     """A provider's answer the parser reading it choked on (one of `SHAPE_ERRORS`): the provider's malformed
     answer (retryable before the first byte, the client's in-stream error after it), never the gateway's 500 or

@@ -24,7 +24,10 @@ token rides in the fragment, which a browser never sends to a server: it is in n
 `POST /dashboard/sign-in`, which deletes it as it reads it (single use) and answers a session: a new admin key,
 a child of the one the link stood for, expiring after `SESSION_SECONDS` (or with its parent, if sooner). From
 there the page works as if that key had been typed in; its "Sign out" revokes the session, and revoking the
-parent ends every session under it.
+parent ends every session under it: each use of a session checks it and its ancestors as any key's is (within
+`gateway.key_cache_seconds`), and a parent revoked while its link was exchanged revokes the session just minted and
+refuses the sign-in (`KeyAdmin.mint_under`): it answered the session, whose record stayed live under its revoked
+parent for good.
 
 Failed sign-ins. Every token sent costs a store read (on DynamoDB, billed), and the route takes no key: a client
 address has `SIGN_IN_FAILURES` tries that fail a `SIGN_IN_WINDOW_SECONDS`, then a 429 with `retry-after` until its
@@ -65,6 +68,7 @@ from handler.redaction import clipped, unkeyed
 SIGN_IN_SECONDS = 60
 SESSION_SECONDS = 8 * 3600
 SESSION_KEY_NAME = "dashboard session"
+NO_LONGER_ADMIN = "the key this link signs in as is no longer a live admin key"
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [
@@ -253,9 +257,10 @@ class Dashboard:
                 code="sign_in_link_expired",
             )
         now = time.time()
-        admin = await self.store.get_key(key_id)
+        # (As its home region has it: a revocation made there a moment ago is not in this region's replica yet.)
+        admin = await self.store.get_key_latest(key_id)
         if not live_admin(admin, now):
-            raise AuthenticationError("the key this link signs in as is no longer a live admin key", code="key_revoked")
+            raise AuthenticationError(NO_LONGER_ADMIN, code="key_revoked")
         self.sign_ins.succeeded(source)
         ends = now + SESSION_SECONDS if admin.expires_at is None else min(now + SESSION_SECONDS, admin.expires_at)
         session = KeyRecord(
@@ -270,7 +275,12 @@ class Dashboard:
             parent_id=admin.id,
             ancestors=[*admin.ancestors, admin.id],
         )
-        minted = await self.keys.mint(session)
+        try:
+            # (A revocation of the admin key, or of an ancestor, made since it was read above walked the family before
+            # the session was in it: the session is revoked with it and the sign-in refused, as a child's mint is.)
+            minted = await self.keys.mint_under(session)
+        except AuthenticationError:
+            raise AuthenticationError(NO_LONGER_ADMIN, code="key_revoked") from None
         headers = {**SECURITY_HEADERS, "cache-control": "no-store"}
         # (The admin key's name as every key list shows it: one named with a key by an earlier version showed it whole.)
         signed_in_as = unkeyed(admin.name)

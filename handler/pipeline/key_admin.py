@@ -449,6 +449,14 @@ class KeyAdmin:
         await self.store.create_key(minted.record)
         return minted
 
+    async def mint_under(self, template: KeyRecord) -> MintedKey:
+        """`mint` of a key under `template.parent_id` that no family limit holds (the dashboard's session), its
+        ancestors read again once it is stored, as `mint_child`'s are (`_revoked_with_ancestor`): one revoked
+        meanwhile walked its family before the key was in it, and the key was answered, and kept live for good."""
+        minted = await self.mint(template)
+        await self._revoked_with_ancestor(minted.record, await family_home(self.store, minted.record))
+        return minted
+
     async def mint_child(self, template: KeyRecord, max_children: int, root_home: str | None = None) -> MintedKey:
         """`mint` under `template.parent_id`, refused with a 403 `child_key_limit` when its family (the keys under
         its root key, at every depth) holds `max_children` live keys: the store counts and inserts in one atomic

@@ -335,10 +335,12 @@ def create_app() -> Starlette:
         return relayed(answer, in_azure_format(answer, body, deployment, model_version))
 
     async def responses(request: Request) -> Response:
-        """The v1 API's Responses endpoint: the deployment is the body's `model`, no api-version needed."""
+        """The v1 API's Responses endpoint: the deployment is the body's `model`, no api-version (or `preview`)."""
         body, refused = await received(request)
         if refused is not None:
             return refused
+        if request.query_params.get("api-version", "preview") != "preview":
+            return _json(400, {"error": {"code": "BadRequest", "message": "API version not supported"}})
         if deployed(str(body.get("model", ""))) is None:
             return _json(404, DEPLOYMENT_NOT_FOUND)
         answer = await forward("/v1/responses", body)

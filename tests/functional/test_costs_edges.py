@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import openai
 import orjson
 import pytest
 
@@ -527,6 +528,53 @@ async def test_an_anthropic_usage_without_its_output_count_is_none_and_the_answe
     assert line.output_tokens >= 1000 and (line.cost_usd or 0) > 0.002
     if stream:
         assert line.input_tokens == 10  # (`message_start`'s count, exact)
+
+
+@pytest.mark.parametrize("api", ["messages", "chat"], ids=["passed_through", "translated"])
+async def test_an_anthropic_streams_counted_usage_is_kept_past_a_later_message_delta_without_one(api: str) -> None:
+    """An Anthropic stream whose `message_delta` counts 600 tokens out, then a second `message_delta` with no usage:
+    the 600 are the provider's count, billed as such, on a Messages request passed through and on a Chat Completions
+    request translated (read by the openai SDK). Translated, the later event dropped the count, and the answer was
+    billed as estimated (1,000 tokens out from its 3,000 characters; found by review)."""
+    opening = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x", "content": []}
+    opening |= {"stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 1}}
+    ended = {"stop_reason": "end_turn", "stop_sequence": None}
+    events = [
+        ("message_start", {"type": "message_start", "message": opening}),
+        (
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
+        (
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": TEXT}},
+        ),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "delta": ended, "usage": {"output_tokens": 600}}),
+        ("message_delta", {"type": "message_delta", "delta": ended}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    body = b"".join(b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n" for name, data in events)
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    model = {**MODEL, "deployments": [{"provider": "openai", "model": "claude-x"}]}
+    served = await serve(upstream, {"m": model}, provider=ANTHROPIC, environ=ANTHROPIC_KEYS)
+    if api == "messages":
+        answer = await served.post("/v1/messages", {"model": "m", "messages": HI, "max_tokens": 4000, "stream": True})
+        assert (answer.status_code, b'"error"' in answer.content) == (200, False), answer.text
+    else:
+        sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key=served.key.key, http_client=served.http)
+        asked: Any = {"model": "m", "messages": HI, "max_tokens": 4000, "stream_options": {"include_usage": True}}
+        chunks = [chunk async for chunk in await sdk.chat.completions.create(stream=True, **asked)]
+        assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices) == TEXT
+        usage = chunks[-1].usage
+        assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (10, 600)
+    [line] = await served.ledger()
+    await served.gateway.aclose()
+    assert (line.status, line.cost_source, line.input_tokens, line.output_tokens) == (200, "provider", 10, 600)
+    assert line.cost_usd == pytest.approx((10 * 1.0 + 600 * 2.0) / 1e6)
 
 
 @pytest.mark.parametrize(

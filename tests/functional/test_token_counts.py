@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from adapters.providers.registry import REGISTRY
 from handler.api.app import create_app
@@ -337,3 +338,41 @@ async def test_a_count_tells_the_least_budget_of_the_chain_and_reads_no_meter_wi
     assert estimated.headers["x-gateway-estimate"] == "true"
     assert "x-gateway-budget-remaining-usd" not in estimated.headers and meters == []
     await served.gateway.aclose()
+
+
+# --- the count as the provider wrote it ------------------------------------------------------------------------------
+
+COUNTING_PROVIDERS = {
+    "anthropic": (ANTHROPIC, "claude-sonnet-4-5", "input_tokens"),
+    "bedrock": ({"type": "bedrock", "base_url": "http://up", "region": "us-east-1"}, BEDROCK_CLAUDE, "inputTokens"),
+    "gemini": ({"type": "gemini", "api_key": "env:GEMINI_API_KEY", "base_url": "http://up"}, "gemini-2.5-flash",
+               "totalTokens"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("count", [True, 12.0, "12"], ids=["true", "float", "numeral"])
+@pytest.mark.parametrize("provider", sorted(COUNTING_PROVIDERS))
+async def test_a_count_that_is_not_an_integer_is_the_providers_malformed_answer_and_the_count_an_estimate(
+    provider: str, count: Any
+) -> None:
+    """A counting answer whose count is `true` (or `12.0`, `"12"`) is none the gateway can read, as a usage's is
+    (`handler.wire.usage_count`): the provider's malformed answer, so the count is the gateway's estimate, marked as
+    one. Anthropic's, Bedrock's and Gemini's readers took `true` for an integer, and answered 1 token as the
+    provider's count (found by review)."""
+    config, model, name = COUNTING_PROVIDERS[provider]
+    asked: list[str] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        return httpx.Response(200, json={name: count})
+
+    models = {"m": {"deployments": [{"provider": "openai", "model": model}], "price": {"input": 3, "output": 15}}}
+    environ = {**ANTHROPIC_ENV, "GEMINI_API_KEY": "gemini-test-0000000000"}
+    served = await serve(upstream, models, provider=config, environ=environ)
+    counted = await served.http.post(COUNT, json={"model": "m", "messages": HI}, headers=anthropic_headers(served))
+    await served.gateway.aclose()
+    assert asked, "the provider was not asked to count"
+    assert counted.status_code == 200, counted.text
+    assert counted.headers.get("x-gateway-estimate") == "true", counted.json()
+    assert counted.json()["estimate"] is True and counted.json()["input_tokens"] != 1
+    assert counted.headers["x-gateway-route"].endswith("=invalid_response"), counted.headers["x-gateway-route"]

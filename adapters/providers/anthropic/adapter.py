@@ -67,7 +67,7 @@ from handler.schemas import (
     ordered_parts,
     thinks_between,
 )
-from handler.wire import error_excerpt, json_body, malformed, provider_said, said_status, upstream_error
+from handler.wire import counted_tokens, error_excerpt, json_body, malformed, provider_said, said_status, upstream_error
 
 # Anthropic's answer models (adapters/providers/anthropic/wire.py) are imported where they are used, on first use: a
 # Lambda whose first request goes to another provider does not make their four pydantic classes (about 4.5 million
@@ -929,7 +929,4 @@ class AnthropicAdapter(ProviderAdapter):
         return BuiltRequest(UpstreamRequest("POST", url, self.native_headers(call), orjson.dumps(body)))
 
     def count_tokens_response(self, body: bytes) -> int:
-        data = json_body(body)
-        if not isinstance(data, dict) or not isinstance(data.get("input_tokens"), int):
-            raise malformed("upstream answered count_tokens without input_tokens")
-        return int(data["input_tokens"])
+        return counted_tokens(json_body(body), "input_tokens", "count_tokens")

@@ -140,9 +140,11 @@ class AnthropicStreamParser:
                 self._wire_usage.update(WireUsage.model_validate(payload["usage"]))
             # The final usage, where the event gives one with both main counts (`WireUsage.counted`); none else, and
             # the stream is metered as one without it (taken for the final counts, `message_start`'s would bill its 1
-            # token out where the event has no usage, and `"output_tokens": null` would bill 0 tokens out).
-            usage = self._wire_usage.to_usage()
-            self.usage = usage if given and self._wire_usage.counted() else None
+            # token out where the event has no usage, and `"output_tokens": null` would bill 0 tokens out). A later
+            # `message_delta` without usage keeps the counts an earlier one gave, as `MessagesMeter` does (set back
+            # to none, the answer was billed as estimated).
+            if given and self._wire_usage.counted():
+                self.usage = self._wire_usage.to_usage()
             self.served = self._wire_usage.served()  # (read now: not when the stream is costed, once settling began)
             finish = _finish(delta.get("stop_reason"), self._json_answer, self._tools > 0)
             stop_sequence = delta.get("stop_sequence")

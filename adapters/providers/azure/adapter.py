@@ -352,8 +352,11 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         return bool(self.options.get("responses_api", "native") == "native")
 
     def responses_url(self, target: Target) -> str:
-        # The v1 API takes the deployment as the body's `model` and needs no api-version.
-        return f"{target.base_url}/openai/v1/responses"
+        """The v1 API's Responses (Azure serves it there alone), which takes the deployment as the body's `model`
+        and no api-version but `preview`, for its preview features, as `endpoint` asks it of chat and embeddings
+        (a dated api-version names none of the v1 API's: the URL goes without one)."""
+        query = "?api-version=preview" if self.api_version(target) == "preview" else ""
+        return f"{target.base_url}/openai/v1/responses{query}"
 
     def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
         built = super().chat_request(req, target, stream=stream)

@@ -79,7 +79,7 @@ from handler.schemas import (
     reported,
     thinks_between,
 )
-from handler.wire import error_excerpt, json_body, malformed, upstream_error, usage_count
+from handler.wire import counted_tokens, error_excerpt, json_body, malformed, upstream_error, usage_count
 
 if TYPE_CHECKING:
     from adapters.providers.bedrock.stream import BedrockStreamParser
@@ -942,10 +942,7 @@ class BedrockAdapter(ProviderAdapter):
         return BuiltRequest(request)
 
     def count_tokens_response(self, body: bytes) -> int:
-        data = json_body(body)
-        if not isinstance(data, dict) or not isinstance(data.get("inputTokens"), int):
-            raise malformed("upstream answered CountTokens without inputTokens")
-        return int(data["inputTokens"])
+        return counted_tokens(json_body(body), "inputTokens", "CountTokens")
 
     def frame_decoder(self) -> EventStreamDecoder:
         return EventStreamDecoder(stream_exception)

@@ -72,7 +72,7 @@ from handler.schemas import (
     completion_id,
     reported,
 )
-from handler.wire import error_excerpt, json_body, malformed, named_wait, upstream_error, usage_count
+from handler.wire import counted_tokens, error_excerpt, json_body, malformed, named_wait, upstream_error, usage_count
 
 if TYPE_CHECKING:
     from adapters.providers.gemini.stream import GeminiStreamParser
@@ -958,10 +958,7 @@ class GeminiAdapter(ProviderAdapter):
         return BuiltRequest(UpstreamRequest("POST", self.url(target, "countTokens"), self.headers(), payload))
 
     def count_tokens_response(self, body: bytes) -> int:
-        data = checked_payload(json_body(body))
-        if not isinstance(data.get("totalTokens"), int):
-            raise malformed("upstream answered countTokens without totalTokens")
-        return int(data["totalTokens"])
+        return counted_tokens(checked_payload(json_body(body)), "totalTokens", "countTokens")
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         return error_from_body(status, body, headers)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -22,8 +24,10 @@ from handler.dashboard.routes import (
 )
 from handler.errors import RateLimitError
 from handler.pipeline.gateway import Gateway, build_gateway
-from handler.pipeline.key_admin import KeyAdmin
+from handler.pipeline.key_admin import KeyAdmin, MintedKey
+from handler.pipeline.keys import KeyService
 from handler.ports import KeyRecord
+from tests.support.dynamo import DynamoServer
 
 
 def counting_reads(gateway: Gateway) -> list[str]:
@@ -208,3 +212,83 @@ async def test_tries_sent_at_once_cannot_pass_the_bound_together() -> None:
 )
 def test_an_address_is_counted_by_its_host_an_ipv6_one_by_its_64(address: str | None, source: str) -> None:
     assert sign_in_source(address) == source
+
+
+# --- a session and its admin key's revocation ------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    server: DynamoServer = request.getfixturevalue("dynamo")
+    return server.store_url(server.create_table())
+
+
+CACHE_SECONDS = 0.3
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+async def signing_in(store_url: str) -> tuple[Gateway, httpx.AsyncClient, MintedKey, str]:
+    """A gateway keeping keys `CACHE_SECONDS` on `store_url`, its app's client, an admin key used once (its record
+    held live in the gateway's cache), and a sign-in link's token for it."""
+    config = parse_config({"gateway": {"key_cache_seconds": CACHE_SECONDS}, "providers": {}, "models": {}}, set())
+    gateway = build_gateway(config=config, store_url=store_url, environ={})
+    template = KeyRecord(id="", name="admin", secret_hash="", created_at=0, admin=True)
+    admin = await KeyAdmin(gateway.keys).mint(template)
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(gateway)), base_url="http://gw")
+    assert (await http.get("/admin/keys", headers=bearer(admin.key))).status_code == 200
+    return gateway, http, admin, await issue_sign_in(gateway.store, admin.record, time.time())
+
+
+async def revoked_elsewhere(gateway: Gateway, key_id: str) -> None:
+    """`key_id` revoked by another process (`gateway keys revoke`): this gateway's cache is not told."""
+    record = await gateway.store.get_key(key_id)
+    assert record is not None
+    await KeyAdmin(KeyService(gateway.store, 0)).revoke(record)
+
+
+async def test_a_sign_in_whose_key_is_revoked_during_the_exchange_is_refused_and_its_session_revoked(
+    store_url: str,
+) -> None:
+    """The admin key revoked by another process after the sign-in read it live and before its session was stored:
+    the revocation walked the key's family before the session was in it. The sign-in answered the session (200), whose
+    record stayed live under its revoked parent for good (shown live, never purged), and which this process served
+    for as long as it held the parent's record (`key_cache_seconds`; found by review). It is refused now, the session
+    revoked with its parent."""
+    gateway, http, admin, token = await signing_in(store_url)
+    create_key = gateway.store.create_key
+
+    async def revoked_meanwhile(record: KeyRecord) -> None:
+        await revoked_elsewhere(gateway, admin.record.id)
+        await create_key(record)
+
+    gateway.store.create_key = revoked_meanwhile  # type: ignore[method-assign]
+    answer = await http.post("/dashboard/sign-in", json={"token": token})
+    sessions = [record for record in await gateway.store.list_keys() if record.parent_id == admin.record.id]
+    await http.aclose()
+    await gateway.aclose()
+    assert answer.status_code == 401 and answer.json()["error"]["code"] == "key_revoked", answer.text
+    assert "gwk_" not in answer.text
+    assert [(record.revoked_at is not None, record.revoked_by) for record in sessions] == [(True, admin.record.id)]
+
+
+async def test_a_session_is_refused_once_its_admin_key_is_revoked_within_the_key_caches_staleness(
+    store_url: str,
+) -> None:
+    """Signed in, then its admin key revoked by another process: every use of the session checks its parent, so
+    it is refused once this process's copy of the parent is `key_cache_seconds` old, not when the session ends."""
+    gateway, http, admin, token = await signing_in(store_url)
+    answer = await http.post("/dashboard/sign-in", json={"token": token})
+    assert answer.status_code == 200, answer.text
+    session = answer.json()["key"]
+    assert (await http.get("/admin/keys", headers=bearer(session))).status_code == 200
+    await revoked_elsewhere(gateway, admin.record.id)
+    await asyncio.sleep(CACHE_SECONDS + 0.05)
+    refused = await http.get("/admin/usage", headers=bearer(session))
+    await http.aclose()
+    await gateway.aclose()
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "key_revoked", refused.text
