@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +20,6 @@ from handler.errors import InvalidRequestError
 from handler.pipeline.gateway import build_gateway
 from handler.pipeline.key_admin import KeyAdmin
 from handler.ports import KeyRecord, LedgerItem, Settlement
-from tests.support.dynamo import DynamoServer
 from tests.unit.adapters.store.test_contract import line
 
 
@@ -145,14 +143,6 @@ def test_a_key_without_a_budget_is_told_its_utc_months_cost_and_fees() -> None:
     spend = Spend()
     spend.add([replace(line("a", 0.1), fee_usd=0.01), replace(line("a", 0.2), cost_usd=None, fee_usd=0.02)])
     assert spend.total == Decimal("0.13")
-
-
-@pytest.fixture(params=["sqlite", "dynamodb"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'store.db'}"
-    server: DynamoServer = request.getfixturevalue("dynamo")
-    return server.store_url(server.create_table())
 
 
 class Reads:

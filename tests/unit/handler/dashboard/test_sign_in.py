@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,7 +26,6 @@ from handler.pipeline.gateway import Gateway, build_gateway
 from handler.pipeline.key_admin import KeyAdmin, MintedKey
 from handler.pipeline.keys import KeyService
 from handler.ports import KeyRecord
-from tests.support.dynamo import DynamoServer
 
 
 def counting_reads(gateway: Gateway) -> list[str]:
@@ -215,14 +213,6 @@ def test_an_address_is_counted_by_its_host_an_ipv6_one_by_its_64(address: str | 
 
 
 # --- a session and its admin key's revocation ------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", "dynamodb"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'store.db'}"
-    server: DynamoServer = request.getfixturevalue("dynamo")
-    return server.store_url(server.create_table())
 
 
 CACHE_SECONDS = 0.3
