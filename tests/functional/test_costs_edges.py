@@ -474,6 +474,18 @@ async def test_a_chat_usage_without_a_main_count_is_none_and_the_answer_estimate
     assert (line.cost_usd or 0) > 0.002  # (1,000 out at $2 a million, and the prompt)
 
 
+# An Anthropic stream's text block of `TEXT`, as its events (name, data), and a stream of events as its bytes.
+TEXT_BLOCK = [
+    ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": TEXT}}),
+    ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+]
+
+
+def anthropic_stream(events: list[tuple[str, dict[str, Any]]]) -> bytes:
+    return b"".join(b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n" for name, data in events)
+
+
 @pytest.mark.parametrize("api", ["messages", "chat"], ids=["passed_through", "translated"])
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 @pytest.mark.parametrize("output", [{"output_tokens": None}, {}], ids=["output_null", "output_missing"])
@@ -498,19 +510,11 @@ async def test_an_anthropic_usage_without_its_output_count_is_none_and_the_answe
     opening = {**message, "content": [], "stop_reason": None, "usage": {"input_tokens": 10, "output_tokens": 1}}
     events = [
         ("message_start", {"type": "message_start", "message": opening}),
-        (
-            "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-        ),
-        (
-            "content_block_delta",
-            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": TEXT}},
-        ),
-        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        *TEXT_BLOCK,
         ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": output}),
         ("message_stop", {"type": "message_stop"}),
     ]
-    body = b"".join(b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n" for name, data in events)
+    body = anthropic_stream(events)
 
     def upstream(request: httpx.Request) -> httpx.Response:
         if stream:
@@ -541,20 +545,12 @@ async def test_an_anthropic_streams_counted_usage_is_kept_past_a_later_message_d
     ended = {"stop_reason": "end_turn", "stop_sequence": None}
     events = [
         ("message_start", {"type": "message_start", "message": opening}),
-        (
-            "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-        ),
-        (
-            "content_block_delta",
-            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": TEXT}},
-        ),
-        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        *TEXT_BLOCK,
         ("message_delta", {"type": "message_delta", "delta": ended, "usage": {"output_tokens": 600}}),
         ("message_delta", {"type": "message_delta", "delta": ended}),
         ("message_stop", {"type": "message_stop"}),
     ]
-    body = b"".join(b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n" for name, data in events)
+    body = anthropic_stream(events)
 
     def upstream(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
