@@ -409,10 +409,12 @@ class ProviderAdapter(ABC):
         """The upstream's base URL for a region; adapters with regional endpoints override it."""
         return (override or self.options.get("base_url") or self.default_base_url).rstrip("/")
 
-    def hosts_search(self, target: Target) -> bool:
-        """Whether the deployment's provider runs web searches itself, so that a request's web search
-        (`ChatRequest.web_search`) goes to it as its own search tool (Anthropic's `web_search_*`, Gemini's
-        `google_search`), billed per search. A translated request's search goes to no other: left out, and named."""
+    def hosts_search(self, target: Target, req: ChatRequest) -> bool:
+        """Whether `req`'s web search (`ChatRequest.web_search`) goes to the deployment's provider as its own search
+        tool (Anthropic's `web_search_*`, Gemini's `google_search`), billed per search: where the provider runs web
+        searches itself and takes one beside what else `req` asks (Gemini takes none beside function tools). Decided
+        before the request is built, so that an attempt is reserved only the searches it may run. A translated
+        request's search goes to no other: left out, and named."""
         return False
 
     @abstractmethod

@@ -818,7 +818,7 @@ class AnthropicAdapter(ProviderAdapter):
 
     native_apis = frozenset({MESSAGES_API})
 
-    def hosts_search(self, target: Target) -> bool:
+    def hosts_search(self, target: Target, req: ChatRequest) -> bool:
         return True  # (Anthropic's web search tool: `adapters/providers/anthropic/search.py`)
 
     def counts_tokens(self, target: Target) -> bool:

@@ -403,6 +403,15 @@ def _contents(
     return contents, ({"parts": system} if system else None)
 
 
+def searches_beside(req: ChatRequest) -> bool:
+    """Whether Gemini takes `req`'s web search (as Google Search) beside what else it asks. Before Gemini 3, search
+    beside function calling is refused; Gemini 3 combines them only with its tool context
+    (`includeServerSideToolInvocations`: the searches' `toolCall` parts kept and sent back in every later turn), which
+    the translation does not carry: beside function tools the functions go, the search is named dropped, and no
+    search is reserved or charged (`ProviderAdapter.hosts_search`)."""
+    return req.web_search is not None and not req.tools
+
+
 def apply_model_rules(body: dict[str, Any], model: str, dropped: list[str]) -> None:
     """What the target model needs beyond the API (see `model_rules`), applied to a built request."""
     rules = rules_for(model)
@@ -835,13 +844,10 @@ class GeminiAdapter(ProviderAdapter):
             body["systemInstruction"] = system
         tools, tool_config = _tools(req, dropped, names)
         search = req.web_search
-        if search is not None and tools is None:
-            tools = [dict(SEARCH_TOOL)]
+        if search is not None and self.hosts_search(target, req):
+            tools = [dict(SEARCH_TOOL)]  # (the request offers no functions: `searches_beside`)
             dropped += search.unhonoured(location=False, domains=False)
         elif search is not None:
-            # Before Gemini 3, search beside function calling is refused; Gemini 3 combines them only with its tool
-            # context (`includeServerSideToolInvocations`: the searches' `toolCall` parts kept and sent back in
-            # every later turn), which the translation does not carry: the functions go, the search is named.
             dropped.append(search.param)
         if tools is not None:
             body["tools"] = tools
@@ -943,8 +949,8 @@ class GeminiAdapter(ProviderAdapter):
 
         return GeminiStreamParser(target.model, ToolNames(req, gemini_takes), searched=req.web_search is not None)
 
-    def hosts_search(self, target: Target) -> bool:
-        return True  # (Grounding with Google Search: `adapters/providers/gemini/search.py`)
+    def hosts_search(self, target: Target, req: ChatRequest) -> bool:
+        return searches_beside(req)  # (Grounding with Google Search: `adapters/providers/gemini/search.py`)
 
     def counts_tokens(self, target: Target) -> bool:
         return True
