@@ -396,9 +396,12 @@ class WebSearch(Value):
     @classmethod
     def asked(cls, options: dict[str, Any], most: int, param: str) -> "WebSearch":
         """The search a client's options ask for: Chat Completions' `web_search_options` (its location under
-        `user_location.approximate`) or the Responses API's `web_search` tool (under `user_location`)."""
+        `user_location.approximate`) or the Responses API's `web_search` tool (under `user_location`). Each member is
+        read only in the shape its API gives it, as the rest of the options are: a location that is not an object
+        (`"approximate": "Paris"`) is none (it was read as one, a 500 as Claude's request was built)."""
         place = options.get("user_location")
         place = place.get("approximate", place) if isinstance(place, dict) else None
+        place = place if isinstance(place, dict) else None
         location = {name: v for name in LOCATION_FIELDS if isinstance(v := (place or {}).get(name), str) and v}
         size = options.get("search_context_size")
         filters = options.get("filters")
