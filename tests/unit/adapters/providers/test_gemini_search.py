@@ -1,0 +1,55 @@
+"""Gemini's Grounding with Google Search as the translation sends it and reads its answer: the `groundingMetadata` of
+a whole answer and of a stream's events (`adapters/providers/gemini/search.py`), and the search beside what else the
+request asks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from adapters.providers.gemini import GeminiAdapter
+from handler.ports import Target
+from handler.schemas import ChatRequest
+
+URL = "https://example.com/"
+USAGE = {"promptTokenCount": 5, "candidatesTokenCount": 2, "totalTokenCount": 7}
+
+
+def target(model: str) -> Target:
+    return Target("g", "gemini", model, "global", "http://gemini.invalid")
+
+
+def searching(**more: Any) -> ChatRequest:
+    body = {"model": "public", "messages": [{"role": "user", "content": "hi"}], "web_search_options": {}, **more}
+    return ChatRequest.model_validate(body)
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"webSearchQueries": ["q"], "groundingChunks": [{"web": {"uri": URL}}], "groundingSupports": 7},
+        {"webSearchQueries": ["q"], "groundingChunks": 5},
+        {"webSearchQueries": 3},
+        {
+            "webSearchQueries": ["q"],
+            "groundingChunks": [{"web": {"uri": URL}}],
+            "groundingSupports": [{"segment": {"startIndex": 0, "endIndex": 5}, "groundingChunkIndices": 1}],
+        },
+    ],
+)
+def test_a_grounding_of_odd_shape_keeps_the_answer(meta: dict[str, Any]) -> None:
+    """The answer's text and usage are whole; only its `groundingMetadata` holds a number where a list goes. That was
+    a TypeError, read as the provider's malformed answer (a 502, charged, the next deployment tried and billed
+    again): the members of odd shape are read as none, as every other reader does."""
+    candidate = {"content": {"role": "model", "parts": [{"text": "hello"}]}, "finishReason": "STOP"}
+    answer = {"candidates": [{**candidate, "groundingMetadata": meta}], "usageMetadata": USAGE}
+    completion = GeminiAdapter("g", "AIza-test-key", {}).chat_response(
+        orjson.dumps(answer), searching(), target("gemini-2.5-flash")
+    )
+    message = completion.choices[0].message
+    assert message.content == "hello"
+    queries = [search["action"]["query"] for search in message.web_searches or ()]
+    assert queries == ([] if meta["webSearchQueries"] == 3 else ["q"])
+    assert not (message.model_extra or {}).get("annotations")
