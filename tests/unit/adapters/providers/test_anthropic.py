@@ -683,6 +683,23 @@ def test_second_tool_block_gets_the_next_tool_call_index() -> None:
     ]
 
 
+@pytest.mark.parametrize("citations", [5, True, "cited", {"url": "https://example.com/"}])
+def test_a_text_block_whose_citations_are_no_list_streams_as_the_whole_answer_reads(citations: Any) -> None:
+    """A text block whose `citations` is not a list: the whole answer's reader ignores them (`citations_of`); the
+    stream made a list of them, a TypeError on a number that failed every stream with such a block, searched or not,
+    as a malformed event (cut after its first byte, or failed over before it)."""
+    parser = adapter().stream_parser(request(), target())
+    feed(parser, "message_start", {"type": "message_start", "message": orjson.loads(fixture("message-response.json"))})
+    block = {"type": "text", "text": "", "citations": citations}
+    feed(parser, "content_block_start", {"type": "content_block_start", "index": 0, "content_block": block})
+    delta = {"type": "text_delta", "text": "Hello"}
+    chunks = feed(parser, "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+    chunks += feed(parser, "content_block_stop", {"type": "content_block_stop", "index": 0})
+    chunks += feed(parser, "message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}})
+    assert deltas(chunks, "content") == "Hello"
+    assert not any(ch["delta"].get("annotations") for c in chunks for ch in c["choices"])
+
+
 def test_a_streamed_call_without_arguments_ends_with_an_empty_object() -> None:
     """A call without arguments streams an empty `partial_json`, or no delta at all: each ends as `{}` (the whole
     answer's empty `input`), at its block's stop or, failing that, before the finish; a call with JSON gets no more."""
