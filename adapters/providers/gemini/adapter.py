@@ -403,13 +403,18 @@ def _contents(
     return contents, ({"parts": system} if system else None)
 
 
-def searches_beside(req: ChatRequest) -> bool:
-    """Whether Gemini takes `req`'s web search (as Google Search) beside what else it asks. Before Gemini 3, search
-    beside function calling is refused; Gemini 3 combines them only with its tool context
+def searches_beside(req: ChatRequest, model: str) -> bool:
+    """Whether Gemini (`model`) takes `req`'s web search (as Google Search) beside what else it asks. Before Gemini 3,
+    search beside function calling is refused; Gemini 3 combines them only with its tool context
     (`includeServerSideToolInvocations`: the searches' `toolCall` parts kept and sent back in every later turn), which
     the translation does not carry: beside function tools the functions go, the search is named dropped, and no
-    search is reserved or charged (`ProviderAdapter.hosts_search`)."""
-    return req.web_search is not None and not req.tools
+    search is reserved or charged (`ProviderAdapter.hosts_search`). Before Gemini 3 a JSON answer goes with no tool
+    (`apply_model_rules`, `tools_with_json_mode`): beside one the search goes, named, and the format the client
+    relies on stays (the search went and the format was dropped: free text for a schema)."""
+    if req.web_search is None or req.tools:
+        return False
+    fmt = req.response_format
+    return fmt is None or fmt.type == "text" or rules_for(model).tools_with_json_mode
 
 
 def apply_model_rules(body: dict[str, Any], model: str, dropped: list[str]) -> None:
@@ -950,7 +955,7 @@ class GeminiAdapter(ProviderAdapter):
         return GeminiStreamParser(target.model, ToolNames(req, gemini_takes), searched=req.web_search is not None)
 
     def hosts_search(self, target: Target, req: ChatRequest) -> bool:
-        return searches_beside(req)  # (Grounding with Google Search: `adapters/providers/gemini/search.py`)
+        return searches_beside(req, target.model)  # (Grounding with Google Search: gemini/search.py)
 
     def counts_tokens(self, target: Target) -> bool:
         return True

@@ -53,3 +53,38 @@ def test_a_grounding_of_odd_shape_keeps_the_answer(meta: dict[str, Any]) -> None
     queries = [search["action"]["query"] for search in message.web_searches or ()]
     assert queries == ([] if meta["webSearchQueries"] == 3 else ["q"])
     assert not (message.model_extra or {}).get("annotations")
+
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+JSON_ANSWERS = [
+    {"type": "json_schema", "json_schema": {"name": "c", "schema": SCHEMA}},
+    {"type": "json_object"},
+]
+
+
+@pytest.mark.parametrize("fmt", JSON_ANSWERS)
+def test_a_json_answer_beside_a_search_keeps_its_format_before_gemini_3(fmt: dict[str, Any]) -> None:
+    """Gemini before 3 takes no tool beside a JSON answer: the search goes, named, and the format stays. The search
+    went, and `apply_model_rules` read it as function calling and dropped the format (`response_format`): free text
+    for a client that asked for a schema. Nor is the search reserved or charged there (`hosts_search`)."""
+    adapter = GeminiAdapter("g", "AIza-test-key", {})
+    req = searching(response_format=fmt)
+    built = adapter.chat_request(req, target("gemini-2.5-flash"), stream=False)
+    body = orjson.loads(built.request.body)
+    assert body["generationConfig"]["responseMimeType"] == "application/json"
+    assert "tools" not in body
+    assert built.dropped == ["web_search_options"]
+    assert not adapter.hosts_search(target("gemini-2.5-flash"), req)
+
+
+@pytest.mark.parametrize("fmt", JSON_ANSWERS)
+def test_gemini_3_takes_the_search_beside_a_json_answer(fmt: dict[str, Any]) -> None:
+    """Gemini 3 combines structured output with its built-in tools: both go, and the search is reserved for."""
+    adapter = GeminiAdapter("g", "AIza-test-key", {})
+    req = searching(response_format=fmt)
+    built = adapter.chat_request(req, target("gemini-3-pro-preview"), stream=False)
+    body = orjson.loads(built.request.body)
+    assert body["generationConfig"]["responseMimeType"] == "application/json"
+    assert body["tools"] == [{"google_search": {}}]
+    assert built.dropped == []
+    assert adapter.hosts_search(target("gemini-3-pro-preview"), req)
