@@ -88,3 +88,71 @@ def test_gemini_3_takes_the_search_beside_a_json_answer(fmt: dict[str, Any]) -> 
     assert body["tools"] == [{"google_search": {}}]
     assert built.dropped == []
     assert adapter.hosts_search(target("gemini-3-pro-preview"), req)
+
+
+def grounded(text: str, queries: tuple[str, ...] = ("weather paris",)) -> dict[str, Any]:
+    """Gemini's grounding of `text` so far: the queries run, the page, and the span of `text` it supports."""
+    return {
+        "webSearchQueries": list(queries),
+        "groundingChunks": [{"web": {"uri": URL, "title": "example.com"}}],
+        "groundingSupports": [
+            {"segment": {"startIndex": 0, "endIndex": len(text.encode())}, "groundingChunkIndices": [0]}
+        ],
+    }
+
+
+def event(text: str, meta: dict[str, Any] | None, finish: str | None = None) -> bytes:
+    candidate: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}
+    if meta is not None:
+        candidate["groundingMetadata"] = meta
+    if finish:
+        candidate["finishReason"] = finish
+    data = {"candidates": [candidate], "usageMetadata": USAGE, "modelVersion": "gemini-3-pro-preview"}
+    return b"data: " + orjson.dumps(data) + b"\r\n\r\n"
+
+
+def streamed(*events: bytes) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The parser after `events`, the searches its chunks gave and their annotations."""
+    adapter = GeminiAdapter("g", "AIza-test-key", {})
+    decoder, parser = adapter.frame_decoder(), adapter.stream_parser(searching(), target("gemini-3-pro-preview"))
+    chunks = [chunk for e in decoder.feed(b"".join(events)) for chunk in parser.feed(e)]
+    chunks += [chunk for e in decoder.finish() for chunk in parser.feed(e)] + parser.finish()
+    deltas = [choice.delta for chunk in chunks for choice in chunk.choices]
+    searches = [search for delta in deltas for search in delta.web_searches or ()]
+    annotations = [a for delta in deltas for a in (delta.model_extra or {}).get("annotations") or ()]
+    return parser, searches, annotations
+
+
+def test_a_stream_that_resends_its_grounding_is_billed_and_gives_each_query_once() -> None:
+    """Gemini resends the grounding so far on later events (each holds the queries run so far). Added up, one query
+    seen on two events was billed twice on Gemini 3 (per query: $0.02 for a $0.01 search), and its
+    `web_search_call` and citation given twice. The latest grounding is the candidate's, given once at its end."""
+    parser, searches, annotations = streamed(
+        event("Sunny ", grounded("Sunny ")), event("today.", grounded("Sunny today."), "STOP")
+    )
+    assert parser.searches == 1 and parser.usage is not None and parser.usage.web_searches == 1
+    assert [search["action"]["query"] for search in searches] == ["weather paris"]
+    assert [(a["url_citation"]["start_index"], a["url_citation"]["end_index"]) for a in annotations] == [(0, 12)]
+
+
+def test_a_later_grounding_with_a_new_query_adds_only_it() -> None:
+    """A grounding that names a second query: two searches, each given once, billed per query on Gemini 3."""
+    parser, searches, _ = streamed(
+        event("Sunny ", grounded("Sunny ")),
+        event("today.", grounded("Sunny today.", ("weather paris", "paris forecast")), "STOP"),
+    )
+    assert parser.searches == 2 and parser.usage is not None and parser.usage.web_searches == 2
+    assert [search["action"]["query"] for search in searches] == ["weather paris", "paris forecast"]
+
+
+def test_a_grounding_that_comes_before_the_last_event_is_still_given_and_billed() -> None:
+    """Gemini may send the grounding on an early event and none with the finish reason: it is kept to the end."""
+    parser, searches, annotations = streamed(event("Sunny.", grounded("Sunny.")), event("", None, "STOP"))
+    assert parser.searches == 1 and len(searches) == 1 and len(annotations) == 1
+
+
+def test_a_stream_cut_after_its_grounding_is_billed_its_search() -> None:
+    """A stream cut before the candidate's end: the query it showed ran, and is billed; nothing is given of it."""
+    parser, searches, _ = streamed(event("Sunny ", grounded("Sunny ")))
+    assert parser.searches == 1 and parser.usage is not None and parser.usage.web_searches == 1
+    assert searches == []
