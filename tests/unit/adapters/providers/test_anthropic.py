@@ -683,6 +683,37 @@ def test_second_tool_block_gets_the_next_tool_call_index() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("base_url", "options", "searched"),
+    [
+        ("https://api.anthropic.com", {}, True),
+        ("https://api.anthropic.com/v1", {"web_search": False}, False),
+        ("https://compatible.example/anthropic", {}, False),
+        ("https://compatible.example/anthropic", {"web_search": True}, True),
+    ],
+)
+def test_a_translated_search_goes_to_anthropic_itself_or_where_configured(
+    base_url: str, options: dict[str, Any], searched: bool
+) -> None:
+    """A server that speaks the Messages API at another address (`base_url`) may run none of Anthropic's server
+    tools: a translated request's search goes as Anthropic's web search tool to Anthropic's own API, or where the
+    provider's `web_search` says so; elsewhere it is left out and named, and so not reserved for (`hosts_search`).
+    It went to every such server, which may refuse it (a 400 where the search had been named dropped)."""
+    req = request(web_search_options={})
+    claude = adapter(**options)
+    result = claude.chat_request(req, target(base_url=base_url), stream=False)
+    tools = orjson.loads(result.request.body).get("tools") or []
+    assert [tool["name"] for tool in tools] == (["web_search"] if searched else [])
+    assert result.dropped == ([] if searched else ["web_search_options"])
+    assert claude.hosts_search(target(base_url=base_url), req) is searched
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_the_web_search_option_is_true_or_false(value: Any) -> None:
+    assert AnthropicAdapter.option_problem("web_search", value) is not None
+    assert AnthropicAdapter.option_problem("web_search", True) is None
+
+
 @pytest.mark.parametrize("citations", [5, True, "cited", {"url": "https://example.com/"}])
 def test_a_text_block_whose_citations_are_no_list_streams_as_the_whole_answer_reads(citations: Any) -> None:
     """A text block whose `citations` is not a list: the whole answer's reader ignores them (`citations_of`); the
