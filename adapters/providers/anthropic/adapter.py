@@ -680,7 +680,7 @@ class AnthropicAdapter(ProviderAdapter):
             tools.append(search_tool(search))  # (Claude searches as it sees fit: a choice of a function stands)
             dropped += search.unhonoured(location=True, domains=True)
         elif search is not None:
-            dropped.append(search.param)
+            dropped += search.unsent()
         forced = json_tool(req)
         if forced is not None:
             named = tool_choice is not None and tool_choice["type"] == "tool"

@@ -853,7 +853,7 @@ class GeminiAdapter(ProviderAdapter):
             tools = [dict(SEARCH_TOOL)]  # (the request offers no functions: `searches_beside`)
             dropped += search.unhonoured(location=False, domains=False)
         elif search is not None:
-            dropped.append(search.param)
+            dropped += search.unsent()
         if tools is not None:
             body["tools"] = tools
         if tool_config is not None:

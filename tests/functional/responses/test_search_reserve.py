@@ -171,3 +171,27 @@ def test_gemini_beside_function_tools_cut_in_flight_is_not_charged_searches(
         [line] = running.ledger(key)
         assert (line.cost_source, line.status) == ("reserved", 504)
         assert line.cost_usd == pytest.approx((line.input_tokens * PRICE["input"] + 16 * PRICE["output"]) / 1e6)
+
+
+@pytest.mark.parametrize(
+    ("model", "tools"), [("bedrock-claude", SEARCH), ("deepseek", SEARCH), ("gemini", [WEATHER, *SEARCH])]
+)
+def test_the_search_limit_is_named_with_the_search_where_it_is_not_sent(
+    fleet: Running, model: str, tools: list[Any]
+) -> None:
+    """`max_tool_calls` is the search's limit where a provider runs the search (Claude's `max_uses`), and not named
+    there; where the search is left out, its limit goes with it, and is named as it. It went unnamed everywhere."""
+    key = fleet.mint(name=f"search-limit-{model}")
+    body = {"model": model, "input": "Hi", "max_output_tokens": 16, "tools": tools, "max_tool_calls": 2}
+    answer = httpx.post(f"{fleet.url}/v1/responses", json=body, headers=bearer(key), timeout=30)
+    assert answer.status_code == 200, answer.text
+    named = answer.headers["x-gateway-dropped-params"].split(",")
+    assert "tools[web_search]" in named and "max_tool_calls" in named
+
+
+def test_the_search_limit_goes_with_the_search_where_it_is_sent(fleet: Running) -> None:
+    key = fleet.mint(name="search-limit-claude")
+    body = {"model": "claude", "input": "Hi", "max_output_tokens": 16, "tools": SEARCH, "max_tool_calls": 2}
+    answer = httpx.post(f"{fleet.url}/v1/responses", json=body, headers=bearer(key), timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert "max_tool_calls" not in answer.headers.get("x-gateway-dropped-params", "").split(",")
