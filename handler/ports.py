@@ -377,6 +377,10 @@ class ProviderAdapter(ABC):
     counts_embedding_tokens: ClassVar[bool] = True
     # A regional API (Bedrock): a deployment that names no region runs in the gateway's own region.
     regional: ClassVar[bool] = False
+    # Whether a request's web search goes to it only as its provider's own search tool (`hosts_search`), never as
+    # Chat Completions' `web_search_options` as written (Anthropic, Gemini): where it does not go (Gemini beside
+    # function tools), no per-request search fee is billed there either (`Charges._per_request_usd`).
+    searches_as_tool: ClassVar[bool] = False
     # The top-level Chat Completions fields beyond OpenAI's that it reads or sends on (its provider's own dialect:
     # Claude's `top_k`, Mistral's `safe_prompt`): fields `x-gateway-strict` knows (`handler.api.request_fields`).
     chat_fields: ClassVar[frozenset[str]] = frozenset()

@@ -402,9 +402,14 @@ class Charges:
         request was built: `Exchange.dropped_at`): Azure's Chat Completions has no `web_search_options`, and its search
         fee was billed; nor has a translation for Claude, Gemini or Bedrock, and such an attempt cut unanswered was
         charged the fee, its answer's `dropped` never known ($0.010054 for Claude's $0.000054: review). Where the
-        provider runs the search as its own tool (`_searched_at`), each search is charged instead."""
+        provider runs the search as its own tool (`_searched_at`), each search is charged instead; and where it takes
+        a search only so (`searches_as_tool`), none is billed per request, sent or not: Gemini beside function tools,
+        sent no search, was held the fee before its request was built ($0.010147 for $0.000147, a 402 under a $0.005
+        cap)."""
         if ex.per_request_usd and (
-            "web_search_options" in ex.dropped_at.get(id(attempt), ex.dropped) or Charges._searched_at(ex, attempt)
+            attempt.adapter.searches_as_tool
+            or "web_search_options" in ex.dropped_at.get(id(attempt), ex.dropped)
+            or Charges._searched_at(ex, attempt)
         ):
             return 0.0
         return ex.per_request_usd

@@ -195,3 +195,25 @@ def test_the_search_limit_goes_with_the_search_where_it_is_sent(fleet: Running) 
     answer = httpx.post(f"{fleet.url}/v1/responses", json=body, headers=bearer(key), timeout=30)
     assert answer.status_code == 200, answer.text
     assert "max_tool_calls" not in answer.headers.get("x-gateway-dropped-params", "").split(",")
+
+
+def test_a_chat_search_beside_function_tools_on_gemini_is_held_no_search_fee(fleet: Running) -> None:
+    """Chat Completions' `web_search_options` beside function tools, to Gemini: sent no search (named dropped), and
+    billed none, per search or per request. It was held OpenAI's per-request fee before its request was built:
+    $0.010147 for its own $0.000147, a 402 under `x-gateway-max-cost-usd: 0.005`."""
+    key = fleet.mint(name="chat-search-gemini-functions")
+    body = {
+        "model": "gemini",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 16,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "web_search_options": {},
+    }
+    headers = bearer(key, **{"x-gateway-max-cost-usd": "0.005"})
+    answer = httpx.post(f"{fleet.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-gateway-dropped-params"].split(",") == ["web_search_options"]
+    [line] = fleet.ledger(key)
+    usage = answer.json()["usage"]
+    tokens = (usage["prompt_tokens"] * PRICE["input"] + usage["completion_tokens"] * PRICE["output"]) / 1e6
+    assert line.cost_usd == pytest.approx(tokens)
