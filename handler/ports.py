@@ -377,6 +377,10 @@ class ProviderAdapter(ABC):
     counts_embedding_tokens: ClassVar[bool] = True
     # A regional API (Bedrock): a deployment that names no region runs in the gateway's own region.
     regional: ClassVar[bool] = False
+    # Whether a request's web search goes to it only as its provider's own search tool (`hosts_search`), never as
+    # Chat Completions' `web_search_options` as written (Anthropic, Gemini): where it does not go (Gemini beside
+    # function tools), no per-request search fee is billed there either (`Charges._per_request_usd`).
+    searches_as_tool: ClassVar[bool] = False
     # The top-level Chat Completions fields beyond OpenAI's that it reads or sends on (its provider's own dialect:
     # Claude's `top_k`, Mistral's `safe_prompt`): fields `x-gateway-strict` knows (`handler.api.request_fields`).
     chat_fields: ClassVar[frozenset[str]] = frozenset()
@@ -409,10 +413,12 @@ class ProviderAdapter(ABC):
         """The upstream's base URL for a region; adapters with regional endpoints override it."""
         return (override or self.options.get("base_url") or self.default_base_url).rstrip("/")
 
-    def hosts_search(self, target: Target) -> bool:
-        """Whether the deployment's provider runs web searches itself, so that a request's web search
-        (`ChatRequest.web_search`) goes to it as its own search tool (Anthropic's `web_search_*`, Gemini's
-        `google_search`), billed per search. A translated request's search goes to no other: left out, and named."""
+    def hosts_search(self, target: Target, req: ChatRequest) -> bool:
+        """Whether `req`'s web search (`ChatRequest.web_search`) goes to the deployment's provider as its own search
+        tool (Anthropic's `web_search_*`, Gemini's `google_search`), billed per search: where the provider runs web
+        searches itself and takes one beside what else `req` asks (Gemini takes none beside function tools). Decided
+        before the request is built, so that an attempt is reserved only the searches it may run. A translated
+        request's search goes to no other: left out, and named."""
         return False
 
     @abstractmethod

@@ -373,9 +373,11 @@ class WebSearch(Value):
     search: how much of the pages to read (`context_size`, OpenAI's `search_context_size`), where the user is
     (`location`: `LOCATION_FIELDS`), the only sites to search (`domains`, the Responses tool's
     `filters.allowed_domains`), and whether it may go to the live web (`live`; Codex's cached mode sends
-    `external_web_access: false`, OpenAI's cached results only, which no other provider's search offers)."""
+    `external_web_access: false`, OpenAI's cached results only, which no other provider's search offers). `limit`:
+    the client's name for the limit it set apart from the search (the Responses API's `max_tool_calls`), which goes
+    with the search, and is named dropped with it where the search does not go (`unsent`)."""
 
-    __slots__ = ("most", "param", "context_size", "location", "domains", "live")
+    __slots__ = ("most", "param", "context_size", "location", "domains", "live", "limit")
 
     def __init__(
         self,
@@ -385,6 +387,7 @@ class WebSearch(Value):
         location: dict[str, str] | None = None,
         domains: tuple[str, ...] = (),
         live: bool = True,
+        limit: str | None = None,
     ) -> None:
         self.most: Final = most
         self.param: Final = param
@@ -392,13 +395,17 @@ class WebSearch(Value):
         self.location: Final = location
         self.domains: Final = domains
         self.live: Final = live
+        self.limit: Final = limit
 
     @classmethod
     def asked(cls, options: dict[str, Any], most: int, param: str) -> "WebSearch":
         """The search a client's options ask for: Chat Completions' `web_search_options` (its location under
-        `user_location.approximate`) or the Responses API's `web_search` tool (under `user_location`)."""
+        `user_location.approximate`) or the Responses API's `web_search` tool (under `user_location`). Each member is
+        read only in the shape its API gives it, as the rest of the options are: a location that is not an object
+        (`"approximate": "Paris"`) is none (it was read as one, a 500 as Claude's request was built)."""
         place = options.get("user_location")
         place = place.get("approximate", place) if isinstance(place, dict) else None
+        place = place if isinstance(place, dict) else None
         location = {name: v for name in LOCATION_FIELDS if isinstance(v := (place or {}).get(name), str) and v}
         size = options.get("search_context_size")
         filters = options.get("filters")
@@ -406,6 +413,11 @@ class WebSearch(Value):
         domains = tuple(d for d in allowed if isinstance(d, str) and d) if isinstance(allowed, list) else ()
         live = options.get("external_web_access") is not False
         return cls(most, param, size if isinstance(size, str) else None, location or None, domains, live)
+
+    def unsent(self) -> list[str]:
+        """The search left out of a request, as `x-gateway-dropped-params` names it: the search, and the limit the
+        client set of it (`max_tool_calls`, which went unnamed at Bedrock, DeepSeek and Gemini beside functions)."""
+        return [self.param, *([self.limit] if self.limit else [])]
 
     def unhonoured(self, *, location: bool, domains: bool) -> list[str]:
         """What a provider's search tool cannot honour, as `x-gateway-dropped-params` names it: a context size (none

@@ -702,13 +702,14 @@ def translated_search(req: ChatRequest, asked: list[dict[str, Any]], most: int, 
     translation `req`: the search, up to `most` searches (the `max_tool_calls` reserved for), where it is priced
     (`most`, else 0: left out, `responses_routes.hosted_tools`); a provider with its own search tool runs it
     (`ResponsesChatRequest`). `max_tool_calls`, the most calls of the hosted tools, is then the search's limit, and
-    no longer named among what the translation leaves out (`dropped`, which is returned). Else the search tools are
-    named there."""
+    no longer named among what the translation leaves out (`dropped`, which is returned), but with the search where
+    a deployment is sent none (`WebSearch.unsent`). Else the search tools are named there."""
     if not asked:
         return dropped
     if not most or not isinstance(req, ResponsesChatRequest):
         return [*dropped, *sorted({f"tools[{tool['type']}]" for tool in asked})]
-    req.web_search = WebSearch.asked(asked[0], most, f"tools[{asked[0]['type']}]")
+    limit = "max_tool_calls" if "max_tool_calls" in dropped else None
+    req.web_search = WebSearch.asked(asked[0], most, f"tools[{asked[0]['type']}]")._replace(limit=limit)
     return [name for name in dropped if name != "max_tool_calls"]
 
 

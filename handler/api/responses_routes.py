@@ -514,7 +514,7 @@ class ResponsesRoutes:
         searches = search_tools(body)
         hosted = hosted_tools(api.pipeline, ex, body)
         dropped = translated_search(req, searches, ex.searches, dropped)
-        ex.searched = req.web_search is not None
+        ex.searched = req if req.web_search is not None else None
         relay = Relay(body, handed_back, ex, dropped, hosted, kept, visible)
 
         async def keep(response: dict[str, Any]) -> None:

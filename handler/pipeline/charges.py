@@ -78,7 +78,7 @@ class Charges:
                 )
             ex.per_request_usd += options.web_search_usd  # (OpenAI's search models: per request)
             # (Claude and Gemini run it as their own search tool, billed per search instead: `_searches_at`)
-            ex.search_usd, ex.searches, ex.searched = options.web_search_usd, DEFAULT_SEARCHES, True
+            ex.search_usd, ex.searches, ex.searched = options.web_search_usd, DEFAULT_SEARCHES, req
         modalities = extra.get("modalities")
         wants_audio = extra.get("audio") is not None or (isinstance(modalities, list) and "audio" in modalities)
         if wants_audio and not options.audio_output:
@@ -158,8 +158,9 @@ class Charges:
         a Responses request with the hosted tool (Codex sends it) to Claude, Gemini, DeepSeek or a Chat Completions
         server was held ten searches at $0.01, $0.100042 for its own $0.00004: a 402 under
         `x-gateway-max-cost-usd: 0.01` and on a key with $0.05 left, and $0.100042 charged once cut unanswered
-        (review). A translation that carries the search (`Exchange.searched`) runs them where the provider has its
-        own search tool (`ProviderAdapter.hosts_search`: Claude on Anthropic, Gemini), sent the same limit."""
+        (review). A translation that carries the search (`Exchange.searched`) runs them where the provider takes it as
+        its own search tool (`ProviderAdapter.hosts_search`: Claude on Anthropic, Gemini beside no function tools),
+        sent the same limit."""
         if not ex.searches:
             return 0
         if Charges._sent_as_written(ex, attempt) or Charges._searched_at(ex, attempt):
@@ -168,8 +169,11 @@ class Charges:
 
     @staticmethod
     def _searched_at(ex: Exchange, attempt: Attempt) -> bool:
-        """Whether `attempt` gets the request's search translated to its provider's own search tool."""
-        return ex.searched and attempt.adapter.hosts_search(attempt.target)
+        """Whether `attempt` gets the request's search translated to its provider's own search tool: asked of the
+        request, not of the provider alone. Gemini is sent none beside function tools (Codex offers both on every
+        turn): held and charged ten searches there all the same, a request whose own worst case was $0.000192 was
+        held $0.100192, a 402 under `x-gateway-max-cost-usd: 0.05`, and charged it once cut unanswered (review)."""
+        return ex.searched is not None and attempt.adapter.hosts_search(attempt.target, ex.searched)
 
     def allow_advisors(self, ex: Exchange, tools: list[Any]) -> None:
         """Anthropic's advisor tool (`advisor_*` among `tools`) runs another model inside the answer, billed at that
@@ -398,9 +402,14 @@ class Charges:
         request was built: `Exchange.dropped_at`): Azure's Chat Completions has no `web_search_options`, and its search
         fee was billed; nor has a translation for Claude, Gemini or Bedrock, and such an attempt cut unanswered was
         charged the fee, its answer's `dropped` never known ($0.010054 for Claude's $0.000054: review). Where the
-        provider runs the search as its own tool (`_searched_at`), each search is charged instead."""
+        provider runs the search as its own tool (`_searched_at`), each search is charged instead; and where it takes
+        a search only so (`searches_as_tool`), none is billed per request, sent or not: Gemini beside function tools,
+        sent no search, was held the fee before its request was built ($0.010147 for $0.000147, a 402 under a $0.005
+        cap)."""
         if ex.per_request_usd and (
-            "web_search_options" in ex.dropped_at.get(id(attempt), ex.dropped) or Charges._searched_at(ex, attempt)
+            attempt.adapter.searches_as_tool
+            or "web_search_options" in ex.dropped_at.get(id(attempt), ex.dropped)
+            or Charges._searched_at(ex, attempt)
         ):
             return 0.0
         return ex.per_request_usd

@@ -22,7 +22,7 @@ from handler.records import Value
 from handler.redaction import names_clipped
 
 if TYPE_CHECKING:
-    from handler.schemas import Usage
+    from handler.schemas import ChatRequest, Usage
     from handler.telemetry.tracing import Trace  # (imported only when OTLP export is on: handler/pipeline/gateway.py)
 
 
@@ -160,9 +160,10 @@ class Exchange:
         self.per_request_usd = 0.0  # options billed per request (web search)
         self.search_usd = 0.0  # the price of a search a provider's own search tool runs (`allow_searches`)
         self.searches = 0  # the most searches the request allows (reserved for)
-        # Whether its translation carries the search too (`ChatRequest.web_search`): a deployment whose provider has
-        # its own search tool (`ProviderAdapter.hosts_search`) runs those searches, and is reserved and charged them.
-        self.searched = False
+        # Its translation, where that carries the search too (`ChatRequest.web_search`): a deployment whose provider
+        # takes it as its own search tool (`ProviderAdapter.hosts_search`, asked of this request: Gemini takes none
+        # beside function tools) runs those searches, and is reserved and charged them.
+        self.searched: ChatRequest | None = None
         # Anthropic's advisor tools the request offers (`allow_advisors`), or a thread's `continue` its thread holds
         # (`ThreadAnswer.advisors`, kept with the answer it continues): each one's model (its upstream id), the most
         # calls it may make and the most it writes per call, reserved for.

@@ -48,7 +48,9 @@ one chunk, its signature beside its id.
 
 With the `google_search` tool (Grounding with Google Search) the answer is grounded as Google's docs show it: its
 candidate's `groundingMetadata` holds the query the model ran (`SEARCH_QUERY`), the page it used (`SEARCH_URL`) and
-the span of its text the page supports (in bytes of the text); streamed, the event that ends the candidate carries it.
+the span of its text the page supports (in bytes of the text); streamed, every event carries the grounding so far
+(the query on each, the span as far as the text goes), as Gemini resends it on later events and other clients read
+it ("later chunks win"), not only the new part of it.
 The search beside function declarations is refused on a model before Gemini 3 (`SEARCH_WITH_FUNCTIONS`), and so is
 an unknown field of the tool, as Google refuses them.
 """
@@ -718,7 +720,8 @@ def create_app() -> Starlette:
             last = i == len(words) - 1
             usage = _usage(body, 5 * count, 2 * count) if last else _usage(body, 0, 2 * count)
             answer = _answer([{"text": word}], usage, "STOP" if last else None, count)
-            yield event(_grounded(answer, _text(body)) if last and _searches(body) else answer)
+            # (Each event grounded as far as the text goes: Gemini resends the grounding so far, the same query.)
+            yield event(_grounded(answer, "".join(words[: i + 1])) if _searches(body) else answer)
 
     def _embed(model: str, body: dict[str, Any]) -> Response:
         items = body.get("requests")

@@ -58,7 +58,12 @@ def config(url: str, searches: float | None) -> dict[str, Any]:
         if searches is not None
         else {},
         "providers": {
-            "anthropic": {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": f"{url}/anthropic"},
+            "anthropic": {
+                "type": "anthropic",
+                "api_key": "env:ANTHROPIC_API_KEY",
+                "base_url": f"{url}/anthropic",
+                "web_search": True,  # (the fake runs Anthropic's web search tool)
+            },
             "openai": {
                 "type": "openai",
                 "api_key": "env:OPENAI_API_KEY",

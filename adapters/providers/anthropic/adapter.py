@@ -592,20 +592,24 @@ class AnthropicAdapter(ProviderAdapter):
     Options: `max_output_tokens` (provider-wide or per deployment) sets the `max_tokens` sent when the
     client gives none; `anthropic_beta` is sent as `anthropic-beta`, after a Messages client's own betas;
     `headers` adds headers; `prompt_caching` (provider-wide or per deployment) says when a translated request gets
-    cache breakpoints of the gateway's (`prompt_cache`).
+    cache breakpoints of the gateway's (`prompt_cache`); `web_search` (true or false) says whether a translated
+    request's web search goes to it as Anthropic's web search tool (`hosts_search`).
     """
 
     type_name = "anthropic"
     chat_fields = frozenset(RULES)  # (`top_k`)
     default_base_url = "https://api.anthropic.com"
     key_env_var = "ANTHROPIC_API_KEY"
-    provider_options = frozenset({"anthropic_beta", "headers", "max_output_tokens", CACHING})
+    provider_options = frozenset({"anthropic_beta", "headers", "max_output_tokens", CACHING, "web_search"})
     deployment_options = frozenset({"max_output_tokens", CACHING})
+    searches_as_tool = True
 
     @classmethod
     def option_problem(cls, option: str, value: Any) -> str | None:
         if option == CACHING:
             return caching_problem(value)
+        if option == "web_search" and not isinstance(value, bool):
+            return f"true or false, not {str(value)[:60]}"
         if option == "anthropic_beta" and betas_written(value) is None:
             # (A YAML list went out as its Python repr, `['a', 'b']`, a number as a number: Anthropic refuses both.)
             return f"one beta, a comma-separated list or a YAML list of betas, not {str(value)[:60]}"
@@ -671,11 +675,13 @@ class AnthropicAdapter(ProviderAdapter):
         offered, choice = chosen_tools(req)  # (Anthropic has no `allowed_tools`: the tools it allows, alone)
         tools, tool_choice = _tools(offered, names), _tool_choice(req, choice, names)
         search = req.web_search
-        if search is not None:
+        if search is not None and self.hosts_search(target, req):
             from adapters.providers.anthropic.search import search_tool  # (a request that searches: a cold start none)
 
             tools.append(search_tool(search))  # (Claude searches as it sees fit: a choice of a function stands)
             dropped += search.unhonoured(location=True, domains=True)
+        elif search is not None:
+            dropped += search.unsent()
         forced = json_tool(req)
         if forced is not None:
             named = tool_choice is not None and tool_choice["type"] == "tool"
@@ -818,8 +824,15 @@ class AnthropicAdapter(ProviderAdapter):
 
     native_apis = frozenset({MESSAGES_API})
 
-    def hosts_search(self, target: Target) -> bool:
-        return True  # (Anthropic's web search tool: `adapters/providers/anthropic/search.py`)
+    def hosts_search(self, target: Target, req: ChatRequest) -> bool:
+        """Anthropic's web search tool (`adapters/providers/anthropic/search.py`), at Anthropic's own API, or where the
+        provider's `web_search` says its server runs it: a server that speaks the Messages API at another address
+        (`base_url`) may run none of Anthropic's server tools, and refuse or ignore it; there the search was sent,
+        and reserved for, where it had been named dropped."""
+        setting = self.options.get("web_search")
+        if setting is None:
+            return target.base_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0] == "api.anthropic.com"
+        return setting is True
 
     def counts_tokens(self, target: Target) -> bool:
         return True

@@ -162,10 +162,10 @@ class AnthropicStreamParser:
     def _block_start(self, index: int, block: WireBlock) -> list[ChatCompletionChunk]:
         if block.type == "text":
             self._blocks[index] = ("text", 0)
-            self._cited[index] = (
-                self._written,
-                list(block.model_extra.get("citations") or ()) if block.model_extra else [],
-            )
+            # (Its citations only as a list, as the whole answer's reader takes them, `citations_of`: any other, a
+            # number, broke every stream with such a block, searched or not, as a malformed event.)
+            cited = block.model_extra.get("citations") if block.model_extra else None
+            self._cited[index] = (self._written, list(cited) if isinstance(cited, list) else [])
             self._written += len(block.text or "")
             return [self._chunk(schemas.ChunkDelta(content=block.text))] if block.text else []
         if block.type == "server_tool_use" and block.name == SEARCH_NAME:

@@ -403,6 +403,20 @@ def _contents(
     return contents, ({"parts": system} if system else None)
 
 
+def searches_beside(req: ChatRequest, model: str) -> bool:
+    """Whether Gemini (`model`) takes `req`'s web search (as Google Search) beside what else it asks. Before Gemini 3,
+    search beside function calling is refused; Gemini 3 combines them only with its tool context
+    (`includeServerSideToolInvocations`: the searches' `toolCall` parts kept and sent back in every later turn), which
+    the translation does not carry: beside function tools the functions go, the search is named dropped, and no
+    search is reserved or charged (`ProviderAdapter.hosts_search`). Before Gemini 3 a JSON answer goes with no tool
+    (`apply_model_rules`, `tools_with_json_mode`): beside one the search goes, named, and the format the client
+    relies on stays (the search went and the format was dropped: free text for a schema)."""
+    if req.web_search is None or req.tools:
+        return False
+    fmt = req.response_format
+    return fmt is None or fmt.type == "text" or rules_for(model).tools_with_json_mode
+
+
 def apply_model_rules(body: dict[str, Any], model: str, dropped: list[str]) -> None:
     """What the target model needs beyond the API (see `model_rules`), applied to a built request."""
     rules = rules_for(model)
@@ -811,6 +825,7 @@ class GeminiAdapter(ProviderAdapter):
     supports_embeddings = True
     embedding_batch = MAX_EMBED_BATCH
     counts_embedding_tokens = False
+    searches_as_tool = True
 
     def headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}
@@ -835,14 +850,11 @@ class GeminiAdapter(ProviderAdapter):
             body["systemInstruction"] = system
         tools, tool_config = _tools(req, dropped, names)
         search = req.web_search
-        if search is not None and tools is None:
-            tools = [dict(SEARCH_TOOL)]
+        if search is not None and self.hosts_search(target, req):
+            tools = [dict(SEARCH_TOOL)]  # (the request offers no functions: `searches_beside`)
             dropped += search.unhonoured(location=False, domains=False)
         elif search is not None:
-            # Before Gemini 3, search beside function calling is refused; Gemini 3 combines them only with its tool
-            # context (`includeServerSideToolInvocations`: the searches' `toolCall` parts kept and sent back in
-            # every later turn), which the translation does not carry: the functions go, the search is named.
-            dropped.append(search.param)
+            dropped += search.unsent()
         if tools is not None:
             body["tools"] = tools
         if tool_config is not None:
@@ -943,8 +955,8 @@ class GeminiAdapter(ProviderAdapter):
 
         return GeminiStreamParser(target.model, ToolNames(req, gemini_takes), searched=req.web_search is not None)
 
-    def hosts_search(self, target: Target) -> bool:
-        return True  # (Grounding with Google Search: `adapters/providers/gemini/search.py`)
+    def hosts_search(self, target: Target, req: ChatRequest) -> bool:
+        return searches_beside(req, target.model)  # (Grounding with Google Search: gemini/search.py)
 
     def counts_tokens(self, target: Target) -> bool:
         return True

@@ -35,14 +35,21 @@ def _characters(text: str, offset: Any) -> int | None:
     return len(text.encode()[:offset].decode(errors="ignore"))
 
 
+def _listed(value: Any) -> list[Any]:
+    """A member of the grounding that is a list, as Gemini sends it; anything else is none (a number there was read
+    as a list, a TypeError that threw away the whole answer, its text and usage sound, as the provider's malformed
+    one: a 502, charged, and the next deployment tried and billed again)."""
+    return value if isinstance(value, list) else []
+
+
 def grounding(meta: Any, text: str, start: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A candidate's `groundingMetadata` (`meta`) as its searches (`web_search_call`s, the internal form's
     `AssistantMessage.web_searches`) and the `url_citation` annotations of its text (`text`, whose first character is
     the answer's `start`th)."""
     if not isinstance(meta, dict):
         return [], []
-    queries = [query for query in meta.get("webSearchQueries") or () if isinstance(query, str)]
-    pages = [chunk.get("web") for chunk in meta.get("groundingChunks") or () if isinstance(chunk, dict)]
+    queries = [query for query in _listed(meta.get("webSearchQueries")) if isinstance(query, str)]
+    pages = [chunk.get("web") for chunk in _listed(meta.get("groundingChunks")) if isinstance(chunk, dict)]
     webs = [page if isinstance(page, dict) and isinstance(page.get("uri"), str) else None for page in pages]
     sources = [{"type": "url", "url": web["uri"]} for web in webs if web is not None]
     searches = [
@@ -55,14 +62,14 @@ def grounding(meta: Any, text: str, start: int = 0) -> tuple[list[dict[str, Any]
         for i, query in enumerate(queries)
     ]
     annotations: list[dict[str, Any]] = []
-    for support in meta.get("groundingSupports") or ():
+    for support in _listed(meta.get("groundingSupports")):
         segment = support.get("segment") if isinstance(support, dict) else None
         if not isinstance(segment, dict):
             continue
         begin, end = _characters(text, segment.get("startIndex", 0)), _characters(text, segment.get("endIndex"))
         if begin is None or end is None:
             continue
-        for index in support.get("groundingChunkIndices") or ():
+        for index in _listed(support.get("groundingChunkIndices")):
             web = webs[index] if isinstance(index, int) and 0 <= index < len(webs) else None
             if web is not None:
                 title = web.get("title") if isinstance(web.get("title"), str) else None

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
+
 from adapters.providers.gemini.adapter import (
     block_message,
     candidate_parts,
@@ -46,8 +48,13 @@ class GeminiStreamParser:
         self.usage: Usage | None = None
         self._searched = searched  # (the request's search went as Google Search: its grounding is read)
         self._texts: dict[int, list[str]] = {}  # each candidate's text so far, where its grounding points
-        self._queries = 0  # the queries the candidates ran, as their grounding says
-        self.searches = 0  # what Google bills of them (`billed_searches`)
+        # Each candidate's grounding: the latest Gemini sent (each event's holds the searches so far, not only the
+        # new ones), the queries it ran (the most any of them named), and what of it the client was given.
+        self._grounding: dict[int, Any] = {}
+        self._queries: dict[int, int] = {}
+        self._told: dict[int, tuple[int, set[str]]] = {}  # the searches given, and the annotations (their JSON)
+        self._finished: set[int] = set()
+        self.searches = 0  # what Google bills of the queries (`billed_searches`)
         self._names = names  # the request's function names, to give each call its client's name
         self._id = completion_id()
         self._created = int(time.time())
@@ -112,8 +119,12 @@ class GeminiStreamParser:
                         self._texts.setdefault(index, []).append(part["text"])
                         said.append(self._chunk(index, ChunkDelta(content=part["text"])))
             if self._searched and candidate.get("groundingMetadata"):
-                said += self._grounded(index, candidate["groundingMetadata"])
+                self._ground(index, candidate["groundingMetadata"])
+                if index in self._finished:  # (a grounding after the candidate's end: given as it comes)
+                    said += self._grounded(index)
             if candidate.get("finishReason"):
+                self._finished.add(index)
+                said += self._grounded(index)
                 try:
                     reason = finish_reason(candidate["finishReason"], bool(self._calls.get(index)), index in self._said)
                 except UpstreamError as unusable:
@@ -126,18 +137,35 @@ class GeminiStreamParser:
             chunks += self._opening(index, said)
         return chunks
 
-    def _grounded(self, index: int, meta: Any) -> list[ChatCompletionChunk]:
-        """Candidate `index`'s grounding (Google Search's, with the event that ends it): its searches, and the
-        annotations of its text so far (the spans the grounding points at). The usage counts the searches billed."""
-        searched, annotations = grounding(meta, "".join(self._texts.get(index, ())))
-        self._queries += len(searched)
-        self.searches = billed_searches(self._model, self._queries)
+    def _ground(self, index: int, meta: Any) -> None:
+        """Candidate `index`'s grounding (Google Search's) as an event gives it: Gemini resends the grounding so far
+        on later events (as other clients read it, "later chunks win"), so it replaces the one before, and the
+        queries it names are the candidate's, not more of them (added up, one query seen on two events was billed
+        twice on Gemini 3, and given twice: review). The usage counts the searches billed from the first event that
+        names them, so that a stream cut after them is charged them."""
+        self._grounding[index] = meta
+        queries = len(grounding(meta, "")[0])
+        self._queries[index] = max(self._queries.get(index, 0), queries)
+        self.searches = billed_searches(self._model, sum(self._queries.values()))
         if self.usage is not None and self.searches:
             self.usage.set_count("web_searches", self.searches)
+
+    def _grounded(self, index: int) -> list[ChatCompletionChunk]:
+        """What candidate `index`'s latest grounding says that the client was not yet given, at the event that ends
+        the candidate (its text whole, where the grounding's spans point): its searches, and the annotations of its
+        text. (Given at the end, as a whole answer's are: a search given mid-text would split the Responses
+        message it cites.)"""
+        if index not in self._grounding:
+            return []
+        searched, annotations = grounding(self._grounding[index], "".join(self._texts.get(index, ())))
+        given, cited = self._told.get(index, (0, set()))
+        searched = searched[given:]
+        fresh = [a for a in annotations if orjson.dumps(a).decode() not in cited]
+        self._told[index] = (given + len(searched), cited | {orjson.dumps(a).decode() for a in fresh})
         delta = ChunkDelta(web_searches=searched or None)
-        if annotations:
-            setattr(delta, "annotations", annotations)  # noqa: B010 - (Chat Completions' member, an extra)
-        return [self._chunk(index, delta)] if searched or annotations else []
+        if fresh:
+            setattr(delta, "annotations", fresh)  # noqa: B010 - (Chat Completions' member, an extra)
+        return [self._chunk(index, delta)] if searched or fresh else []
 
     def _client_name(self, name: str) -> str:
         """The client's name for a function Gemini called by `name` (an alias, where Gemini refused the client's)."""

@@ -51,7 +51,12 @@ def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
                 "base_url": f"{upstream}/openai/v1",
                 "profile": "openai",
             },
-            "anthropic": {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": f"{upstream}/anthropic"},
+            "anthropic": {
+                "type": "anthropic",
+                "api_key": "env:ANTHROPIC_API_KEY",
+                "base_url": f"{upstream}/anthropic",
+                "web_search": True,  # (the fake runs Anthropic's web search tool, as Anthropic's own API does)
+            },
             "gemini": {"type": "gemini", "api_key": "env:GEMINI_API_KEY", "base_url": f"{upstream}/gemini"},
             "deepseek": {"type": "deepseek", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream}/openai/v1"},
             "azure": {"type": "azure", "base_url": azure, "region": "eastus"},

@@ -226,3 +226,21 @@ def test_a_search_in_a_stream_cut_short_is_charged(fleet: Running) -> None:
     [line] = fleet.ledger(key)
     tokens = (line.input_tokens * PRICE["input"] + line.output_tokens * PRICE["output"]) / 1e6
     assert line.cost_usd == pytest.approx(tokens + SEARCH_USD)
+
+
+@pytest.mark.parametrize("place", ["Paris", ["Paris"], 5])
+def test_a_search_location_of_odd_shape_is_no_location(fleet: Running, place: Any) -> None:
+    """`web_search_options.user_location.approximate` that is not an object is read as no location, as any option
+    of an odd shape is: Claude searches without one. It was read as one (`.get` on the string): a 500."""
+    key = fleet.mint(name=f"chat-search-odd-location-{type(place).__name__}")
+    body = {
+        "model": "claude",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "web_search_options": {"user_location": {"type": "approximate", "approximate": place}},
+    }
+    answer = httpx.post(
+        f"{fleet.url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}, timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+    [search] = [tool for tool in sent(fleet, "claude")["tools"] if tool.get("name") == "web_search"]
+    assert "user_location" not in search

@@ -110,3 +110,110 @@ def test_a_translated_reasoning_stream_cut_by_its_deadline_is_not_charged_search
         [line] = running.ledger(key)
         assert (line.cost_source, line.status, line.output_tokens) == ("reserved", 504, 1000), line
         assert line.cost_usd == pytest.approx((line.input_tokens * PRICE["input"] + 1000 * PRICE["output"]) / 1e6)
+
+
+WEATHER: Any = {
+    "type": "function",
+    "name": "get_weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def test_gemini_beside_function_tools_is_not_held_the_search_it_is_not_sent(fleet: Running) -> None:
+    """Codex sends `web_search` beside its function tools on every turn. Gemini takes no search beside functions:
+    the translation leaves it out and names it dropped, so no search can run, and none is held. It was held ten at
+    $0.01 all the same (`hosts_search` asked of the provider alone): $0.100192 for a request whose own worst case
+    is $0.000192, the 402 under `x-gateway-max-cost-usd: 0.05` (review)."""
+    key = fleet.mint(name="search-max-cost-gemini-functions")
+    body = {"model": "gemini", "input": "Hi", "max_output_tokens": 16, "tools": [WEATHER, *SEARCH]}
+    answer = httpx.post(
+        f"{fleet.url}/v1/responses", json=body, headers=bearer(key, **{"x-gateway-max-cost-usd": "0.05"}), timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+    assert "tools[web_search]" in answer.headers["x-gateway-dropped-params"].split(",")
+
+
+def test_gemini_beside_function_tools_does_not_refuse_a_key_with_budget_left(fleet: Running) -> None:
+    key = fleet.mint(name="search-budget-gemini-functions", budget_usd=0.05)
+    body = {"model": "gemini", "input": "Hi", "max_output_tokens": 16, "tools": [WEATHER, *SEARCH]}
+    answer = httpx.post(f"{fleet.url}/v1/responses", json=body, headers=bearer(key), timeout=30)
+    assert answer.status_code == 200, answer.text  # (a 402: ten searches at $0.01 held against $0.05)
+
+
+def test_gemini_beside_function_tools_cut_in_flight_is_not_charged_searches(
+    upstream: tuple[Any, dict[str, Any]], tmp_path: Path
+) -> None:
+    """A Codex turn to Gemini 2.5 cut by its deadline before Gemini answered is charged its reserved worst case:
+    its tokens alone, Gemini having been sent no search (it was $0.100192, $0.10 of it for ten searches)."""
+    server, _ = upstream
+    config = parse_config(
+        {
+            "gateway": {"priced_options": {"web_search_usd": SEARCH_USD}},
+            "providers": {
+                "gemini": {"type": "gemini", "api_key": "env:GEMINI_API_KEY", "base_url": f"{server.url}/gemini"}
+            },
+            # (The fake's `slow` model: an answer that comes after the deadline.)
+            "models": {
+                "gemini-slow": {
+                    "deployments": [{"provider": "gemini", "model": "gemini-2.5-flash-slow"}],
+                    "price": PRICE,
+                }
+            },
+        },
+        set(REGISTRY),
+    )
+    for running in serving(config, f"sqlite:///{tmp_path / 'gateway.db'}", upstream):
+        key = running.mint(name="search-cut-gemini-functions", budget_usd=1.0)
+        body = {"model": "gemini-slow", "input": "Hi", "max_output_tokens": 16, "tools": [WEATHER, *SEARCH]}
+        headers = bearer(key, **{"x-gateway-deadline-ms": "300"})
+        cut = httpx.post(f"{running.url}/v1/responses", json=body, headers=headers, timeout=30)
+        assert cut.status_code == 504, cut.text
+        [line] = running.ledger(key)
+        assert (line.cost_source, line.status) == ("reserved", 504)
+        assert line.cost_usd == pytest.approx((line.input_tokens * PRICE["input"] + 16 * PRICE["output"]) / 1e6)
+
+
+@pytest.mark.parametrize(
+    ("model", "tools"), [("bedrock-claude", SEARCH), ("deepseek", SEARCH), ("gemini", [WEATHER, *SEARCH])]
+)
+def test_the_search_limit_is_named_with_the_search_where_it_is_not_sent(
+    fleet: Running, model: str, tools: list[Any]
+) -> None:
+    """`max_tool_calls` is the search's limit where a provider runs the search (Claude's `max_uses`), and not named
+    there; where the search is left out, its limit goes with it, and is named as it. It went unnamed everywhere."""
+    key = fleet.mint(name=f"search-limit-{model}")
+    body = {"model": model, "input": "Hi", "max_output_tokens": 16, "tools": tools, "max_tool_calls": 2}
+    answer = httpx.post(f"{fleet.url}/v1/responses", json=body, headers=bearer(key), timeout=30)
+    assert answer.status_code == 200, answer.text
+    named = answer.headers["x-gateway-dropped-params"].split(",")
+    assert "tools[web_search]" in named and "max_tool_calls" in named
+
+
+def test_the_search_limit_goes_with_the_search_where_it_is_sent(fleet: Running) -> None:
+    key = fleet.mint(name="search-limit-claude")
+    body = {"model": "claude", "input": "Hi", "max_output_tokens": 16, "tools": SEARCH, "max_tool_calls": 2}
+    answer = httpx.post(f"{fleet.url}/v1/responses", json=body, headers=bearer(key), timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert "max_tool_calls" not in answer.headers.get("x-gateway-dropped-params", "").split(",")
+
+
+def test_a_chat_search_beside_function_tools_on_gemini_is_held_no_search_fee(fleet: Running) -> None:
+    """Chat Completions' `web_search_options` beside function tools, to Gemini: sent no search (named dropped), and
+    billed none, per search or per request. It was held OpenAI's per-request fee before its request was built:
+    $0.010147 for its own $0.000147, a 402 under `x-gateway-max-cost-usd: 0.005`."""
+    key = fleet.mint(name="chat-search-gemini-functions")
+    body = {
+        "model": "gemini",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 16,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "web_search_options": {},
+    }
+    headers = bearer(key, **{"x-gateway-max-cost-usd": "0.005"})
+    answer = httpx.post(f"{fleet.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-gateway-dropped-params"].split(",") == ["web_search_options"]
+    [line] = fleet.ledger(key)
+    usage = answer.json()["usage"]
+    tokens = (usage["prompt_tokens"] * PRICE["input"] + usage["completion_tokens"] * PRICE["output"]) / 1e6
+    assert line.cost_usd == pytest.approx(tokens)

@@ -683,6 +683,54 @@ def test_second_tool_block_gets_the_next_tool_call_index() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("base_url", "options", "searched"),
+    [
+        ("https://api.anthropic.com", {}, True),
+        ("https://api.anthropic.com/v1", {"web_search": False}, False),
+        ("https://compatible.example/anthropic", {}, False),
+        ("https://compatible.example/anthropic", {"web_search": True}, True),
+    ],
+)
+def test_a_translated_search_goes_to_anthropic_itself_or_where_configured(
+    base_url: str, options: dict[str, Any], searched: bool
+) -> None:
+    """A server that speaks the Messages API at another address (`base_url`) may run none of Anthropic's server
+    tools: a translated request's search goes as Anthropic's web search tool to Anthropic's own API, or where the
+    provider's `web_search` says so; elsewhere it is left out and named, and so not reserved for (`hosts_search`).
+    It went to every such server, which may refuse it (a 400 where the search had been named dropped)."""
+    req = request(web_search_options={})
+    claude = adapter(**options)
+    result = claude.chat_request(req, target(base_url=base_url), stream=False)
+    tools = orjson.loads(result.request.body).get("tools") or []
+    assert [tool["name"] for tool in tools] == (["web_search"] if searched else [])
+    assert result.dropped == ([] if searched else ["web_search_options"])
+    assert claude.hosts_search(target(base_url=base_url), req) is searched
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_the_web_search_option_is_true_or_false(value: Any) -> None:
+    assert AnthropicAdapter.option_problem("web_search", value) is not None
+    assert AnthropicAdapter.option_problem("web_search", True) is None
+
+
+@pytest.mark.parametrize("citations", [5, True, "cited", {"url": "https://example.com/"}])
+def test_a_text_block_whose_citations_are_no_list_streams_as_the_whole_answer_reads(citations: Any) -> None:
+    """A text block whose `citations` is not a list: the whole answer's reader ignores them (`citations_of`); the
+    stream made a list of them, a TypeError on a number that failed every stream with such a block, searched or not,
+    as a malformed event (cut after its first byte, or failed over before it)."""
+    parser = adapter().stream_parser(request(), target())
+    feed(parser, "message_start", {"type": "message_start", "message": orjson.loads(fixture("message-response.json"))})
+    block = {"type": "text", "text": "", "citations": citations}
+    feed(parser, "content_block_start", {"type": "content_block_start", "index": 0, "content_block": block})
+    delta = {"type": "text_delta", "text": "Hello"}
+    chunks = feed(parser, "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+    chunks += feed(parser, "content_block_stop", {"type": "content_block_stop", "index": 0})
+    chunks += feed(parser, "message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}})
+    assert deltas(chunks, "content") == "Hello"
+    assert not any(ch["delta"].get("annotations") for c in chunks for ch in c["choices"])
+
+
 def test_a_streamed_call_without_arguments_ends_with_an_empty_object() -> None:
     """A call without arguments streams an empty `partial_json`, or no delta at all: each ends as `{}` (the whole
     answer's empty `input`), at its block's stop or, failing that, before the finish; a call with JSON gets no more."""

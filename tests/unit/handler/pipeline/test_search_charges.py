@@ -29,7 +29,13 @@ def pipeline_and_plan() -> tuple[Pipeline, list[Attempt]]:
     data = {
         "gateway": {"priced_options": {"web_search_usd": SEARCH_USD}},
         "providers": {
-            "anthropic": {"type": "anthropic", "api_key": "sk-ant-test", "base_url": "http://127.0.0.1:9"},
+            # (Anthropic's API, as a local address stands for it: its `web_search` says it runs the search tool)
+            "anthropic": {
+                "type": "anthropic",
+                "api_key": "sk-ant-test",
+                "base_url": "http://127.0.0.1:9",
+                "web_search": True,
+            },
             "openai": {
                 "type": "openai",
                 "api_key": "sk-test",
