@@ -1139,6 +1139,11 @@ def _items_in_order(
     return output + searches
 
 
+# Output items whose status is their own, never the answer's ending status: a reasoning item's, and a search's
+# (`searching`, `completed`, `failed`: a search that ends the answer, cut or paused, keeps the one it had).
+KEEP_STATUS = frozenset({"reasoning", "web_search_call"})
+
+
 def to_response(
     completion: ChatCompletion,
     req: ResponsesRequest,
@@ -1158,7 +1163,7 @@ def to_response(
             output = _items_in_order(message, parts, fields, req, ids, seal)
         else:
             output = _items(message, fields, req, ids, seal)
-        if output and output[-1]["type"] != "reasoning":
+        if output and output[-1]["type"] not in KEEP_STATUS:
             output[-1]["status"] = ending_status(choice.finish_reason)
     response = envelope(
         req,

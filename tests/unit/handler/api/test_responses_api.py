@@ -497,3 +497,29 @@ def test_a_namespaced_call_cut_mid_stream_names_its_namespace() -> None:
     cut = writer.streamed()
     for item in (whole[-1], cut[-1]):
         assert (item["type"], item["name"], item["namespace"]) == ("function_call", "spawn_agent", "agents")
+
+
+@pytest.mark.parametrize(("status", "finish"), [("failed", "stop"), ("searching", "length"), ("completed", "stop")])
+def test_a_search_ending_the_answer_keeps_its_own_status(status: str, finish: Any) -> None:
+    """A translated answer whose last output item is a search (Claude cut by its cap mid-search, a paused turn, a
+    search whose results came last) keeps the search's status: the answer's ending status is a message's or a call's
+    (`completed`, `incomplete`), and `incomplete` is none of a `web_search_call`'s (in_progress, searching, completed,
+    failed); a failed search read `completed`."""
+    search = {
+        "id": "srvtoolu_1",
+        "type": "web_search_call",
+        "status": status,
+        "action": {"type": "search", "query": "q"},
+    }
+    message = schemas.AssistantMessage(content=None, web_searches=[search])
+    answer = ChatCompletion(
+        id="chatcmpl-1",
+        created=0,
+        model="m",
+        choices=[schemas.Choice(index=0, message=message, finish_reason=finish)],
+        usage=Usage.of(5, 2),
+    )
+    req = ResponsesRequest.model_validate({"model": "m", "input": "Hi", "tools": [{"type": "web_search"}]})
+    response = to_response(answer, req, ResponseIds("req_" + "0" * 32), SEAL, None)
+    assert [(item["type"], item["status"]) for item in response["output"]] == [("web_search_call", status)]
+    Response.model_validate(response)  # (as the openai SDK reads it)
