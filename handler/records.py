@@ -87,11 +87,14 @@ FIELD = dataclasses._FIELD  # type: ignore[attr-defined]
 def stored(cls: type[R]) -> type[R]:
     """`cls`, a record whose fields are its `__slots__`, each annotated, made a dataclass as far as its readers go:
     its table of fields (`__dataclass_fields__`), in their order, by which orjson writes it and `dataclasses.fields`,
-    `replace` and `asdict` read it. Nothing else of `@dataclass` is made: even with no method generated, its
-    processing of a class (every annotation looked through, the class made again for its slots) cost a Lambda cold
-    start 4.3 million instructions for the six stored records, 1.3 million for the ledger item alone (callgrind)."""
+    `replace` and `asdict` read it; its slots and its annotations must name the same fields in the same order. Nothing
+    else of `@dataclass` is made: even with no method generated, its processing of a class (every annotation looked
+    through, the class made again for its slots) cost a Lambda cold start 4.3 million instructions for the six stored
+    records, 1.3 million for the ledger item alone (callgrind)."""
     names: tuple[str, ...] = cls.__slots__
     annotations = cls.__annotations__
+    if tuple(annotations) != names:  # (one list written twice: a field left out of either is no field of the table)
+        raise TypeError(f"{cls.__name__}: __slots__ {names} are not its annotated fields {tuple(annotations)}")
     table: dict[str, dataclasses.Field[Any]] = {}
     for name in names:
         field: dataclasses.Field[Any] = dataclasses.field()

@@ -14,6 +14,7 @@ import pytest
 from adapters.store.metered import Applied, Unmet
 from handler.pipeline.routing import RouteControls
 from handler.ports import BudgetCharge, KeyRecord, LedgerItem, RateCharge, Settlement, Target
+from handler.records import Record, stored
 from handler.wire import StreamEvent
 
 
@@ -81,3 +82,22 @@ def test_stored_records_are_dataclasses_for_orjson_and_the_dataclass_functions()
     assert orjson.loads(orjson.dumps(settled))["budgets"] == [dataclasses.asdict(charge)]
     assert orjson.loads(orjson.dumps(settled))["item"]["request_id"] == "req"
     assert dataclasses.is_dataclass(KeyRecord) and dataclasses.replace(KeyRecord("i", "n", "h", 1.0), rpm=5).rpm == 5
+
+
+def test_a_stored_record_whose_slots_and_annotations_differ_is_refused() -> None:
+    # (the fields are listed twice, in `__slots__` and as annotations: a field missing from either, or out of order,
+    # would be missing from the table orjson writes, or be a slot no one sets)
+    with pytest.raises(TypeError, match="not its annotated fields"):
+
+        @stored
+        class Missing(Record):
+            __slots__ = ("a", "b")
+            a: int
+
+    with pytest.raises(TypeError, match="not its annotated fields"):
+
+        @stored
+        class Reordered(Record):
+            __slots__ = ("a", "b")
+            b: int
+            a: int
