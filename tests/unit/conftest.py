@@ -1,15 +1,18 @@
 """Tests marked `both_loops` run once on asyncio's own event loop and once on uvloop's. `only_secrets`: the
-secrets the gateway knows, for one test. Every test gives back the secrets it registered (`secrets_kept_apart`)."""
+secrets the gateway knows, for one test. Every test gives back the secrets it registered (`secrets_kept_apart`).
+`store_url`: a test run once on each store, SQLite and DynamoDB (moto's server)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 import pytest
 import uvloop
 
 from handler import redaction
+from tests.support.dynamo import DynamoServer
 
 
 def pytest_asyncio_loop_factories(
@@ -47,3 +50,11 @@ def secrets_kept_apart() -> Iterator[None]:
         redaction._current.clear()
         redaction._current.update(current)
         redaction._rebuild()
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    server: DynamoServer = request.getfixturevalue("dynamo")
+    return server.store_url(server.create_table())

@@ -1062,15 +1062,6 @@ async def read_key(url: str, key_id: str) -> KeyRecord:
     return record
 
 
-@pytest.fixture(params=["sqlite", "dynamodb"])
-def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A store URL for each backend."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'gateway.db'}"
-    server: DynamoServer = request.getfixturevalue("dynamo")
-    return server.store_url(server.create_table())
-
-
 def settle_lines(store_url: str, items: list[LedgerItem]) -> None:
     async def settle() -> None:
         store = open_store(store_url)
@@ -1088,90 +1079,90 @@ def used_by(key_id: str, user: str) -> LedgerItem:
     return dataclasses.replace(line(key_id, 0.01), user=user)
 
 
-def test_usage_tables_print_names_and_users_as_they_are(any_store: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_usage_tables_print_names_and_users_as_they_are(store_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     """rich read a tenant's `[...]` as markup: `team [/] budget` or a client's `alice[/b]` crashed `gateway usage`
     (a `MarkupError` traceback, exit 1), `search [prod]` printed as `search`, a `user` of `[bob]` as nothing."""
     names = ["team [/] budget", "search [prod]"]
     ids = []
     for name in names:
-        assert main(["keys", "--store", any_store, "create", "--name", name, "--json"]) == 0
+        assert main(["keys", "--store", store_url, "create", "--name", name, "--json"]) == 0
         ids.append(orjson.loads(capsys.readouterr().out)["id"])
     users = ["alice[/b]", "[bob] :smile:"]
-    settle_lines(any_store, [used_by(key_id, user) for key_id, user in zip(ids, users, strict=True)])
-    assert main(["usage", "--store", any_store, "--group-by", "key,user"]) == 0
+    settle_lines(store_url, [used_by(key_id, user) for key_id, user in zip(ids, users, strict=True)])
+    assert main(["usage", "--store", store_url, "--group-by", "key,user"]) == 0
     table = capsys.readouterr().out
     for name, user in zip(names, users, strict=True):
         assert re.search(rf"│ {re.escape(user)} +│ {re.escape(name)} +│", table), table
 
 
 def test_usage_tables_show_control_characters_never_send_them(
-    any_store: str, capsys: pytest.CaptureFixture[str]
+    store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A client's `user` reached the operator's terminal with its escape sequences: `\x1b[8m` hid what followed."""
-    settle_lines(any_store, [used_by("k1", "eve\x1b[8mhidden\x07")])
-    assert main(["usage", "--store", any_store, "--group-by", "user"]) == 0
+    settle_lines(store_url, [used_by("k1", "eve\x1b[8mhidden\x07")])
+    assert main(["usage", "--store", store_url, "--group-by", "user"]) == 0
     table = capsys.readouterr().out
     assert "\x1b" not in table and "\x07" not in table
     assert "│ eve\\x1b[8mhidden\\x07 │" in table
 
 
-def test_usage_of_a_key_the_store_never_had_says_so(any_store: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_usage_of_a_key_the_store_never_had_says_so(store_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     """`gateway usage --key nosuchkeyid` printed an empty report, exit 0, where `keys show` says there is no such
     key, exit 1. A key whose record is gone (purged after its expiry) but whose lines are in the window still
     reports them. Found by review."""
-    assert main(["keys", "--store", any_store, "create", "--name", "quiet", "--json"]) == 0
+    assert main(["keys", "--store", store_url, "create", "--name", "quiet", "--json"]) == 0
     quiet = orjson.loads(capsys.readouterr().out)["id"]
-    assert main(["usage", "--store", any_store, "--key", "nosuchkeyid", "--format", "csv"]) == 1
+    assert main(["usage", "--store", store_url, "--key", "nosuchkeyid", "--format", "csv"]) == 1
     printed = capsys.readouterr()
     assert printed.err == "no key with id 'nosuchkeyid' (nor any usage of it in the window)\n" and printed.out == ""
     # A whole key where its id goes is never printed back, secret and all (it was: review).
     secret = "gwk_abcdefghijkm_" + "s" * 43
     for given in (secret, secret.removeprefix("gwk_")):  # (without its `gwk_`, it was echoed whole)
-        assert main(["usage", "--store", any_store, "--key", given, "--format", "csv"]) == 1
+        assert main(["usage", "--store", store_url, "--key", given, "--format", "csv"]) == 1
         printed = capsys.readouterr()
         assert "s" * 43 not in printed.err and "--key takes a key's id" in printed.err
         for command in ("show", "revoke", "rotate"):
-            assert main(["keys", "--store", any_store, command, given]) == 1
+            assert main(["keys", "--store", store_url, command, given]) == 1
             printed = capsys.readouterr()
             assert "s" * 43 not in printed.err and "not the key" in printed.err
-        assert main(["keys", "--store", any_store, "tag", given, "team=a"]) == 1
+        assert main(["keys", "--store", store_url, "tag", given, "team=a"]) == 1
         assert "not the key" in capsys.readouterr().err
-    assert main(["usage", "--store", any_store, "--key", quiet, "--format", "json"]) == 0  # (no lines yet)
+    assert main(["usage", "--store", store_url, "--key", quiet, "--format", "json"]) == 0  # (no lines yet)
     assert orjson.loads(capsys.readouterr().out)["data"] == []
-    settle_lines(any_store, [line("purgedkey", 0.01)])  # (lines of a key with no record)
-    assert main(["usage", "--store", any_store, "--key", "purgedkey", "--format", "json"]) == 0
+    settle_lines(store_url, [line("purgedkey", 0.01)])  # (lines of a key with no record)
+    assert main(["usage", "--store", store_url, "--key", "purgedkey", "--format", "json"]) == 0
     assert [row["requests"] for row in orjson.loads(capsys.readouterr().out)["data"]] == [1]
 
 
 def test_dashboard_key_given_the_whole_key_does_not_print_it_back(
-    any_store: str, capsys: pytest.CaptureFixture[str]
+    store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`gateway dashboard --key` takes an admin key's id; given the whole key (what an admin has in hand), it printed
     `'gwk_<id>_<secret>' is not a live admin key of this store`, secret and all (found by review)."""
-    assert main(["keys", "create", "--name", "admin", "--admin", "--json", "--store", any_store]) == 0
+    assert main(["keys", "create", "--name", "admin", "--admin", "--json", "--store", store_url]) == 0
     created = orjson.loads(capsys.readouterr().out)
     key, secret = created["key"], created["key"].split("_", 2)[2]
     for given in (key, key.removeprefix("gwk_")):
-        assert main(["dashboard", "--key", given, "--store", any_store, "--no-open"]) == 1
+        assert main(["dashboard", "--key", given, "--store", store_url, "--no-open"]) == 1
         printed = capsys.readouterr()
         assert secret not in printed.out + printed.err and "--key takes a key's id" in printed.err
-    assert main(["dashboard", "--key", "nosuchkeyid", "--store", any_store, "--no-open"]) == 1
+    assert main(["dashboard", "--key", "nosuchkeyid", "--store", store_url, "--no-open"]) == 1
     assert capsys.readouterr().err == "'nosuchkeyid' is not a live admin key of this store\n"
-    assert main(["dashboard", "--key", created["id"], "--store", any_store, "--no-open"]) == 0
+    assert main(["dashboard", "--key", created["id"], "--store", store_url, "--no-open"]) == 0
     assert "/dashboard#sign-in=" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("until", ["2400-01-01", "1e10", "9999-12-31"])
 def test_usage_until_far_in_the_future_holds_every_line(
-    any_store: str, capsys: pytest.CaptureFixture[str], until: str
+    store_url: str, capsys: pytest.CaptureFixture[str], until: str
 ) -> None:
     """On DynamoDB, `gateway usage --until 2400-01-01` printed no usage where SQLite printed every line."""
-    settle_lines(any_store, [line("k1", 0.01), line("k2", 0.02)])
-    assert main(["usage", "--store", any_store, "--until", until, "--since", "1900-01-01", "--format", "json"]) == 0
+    settle_lines(store_url, [line("k1", 0.01), line("k2", 0.02)])
+    assert main(["usage", "--store", store_url, "--until", until, "--since", "1900-01-01", "--format", "json"]) == 0
     assert [row["requests"] for row in orjson.loads(capsys.readouterr().out)["data"]] == [2]
 
 
-def test_usage_lists_lines_a_page_at_a_time_on_each_store(any_store: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_usage_lists_lines_a_page_at_a_time_on_each_store(store_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     """`gateway usage` is "cost line items", but printed only sums: no line's request id, nor how its cost was
     known. `--group-by request` lists the lines, newest first, `--limit` a page and `--cursor` the next (lines of
     one time each listed once), `--request-id` finds one; a table shows a client's `user` escaped, as the report's
@@ -1182,8 +1173,8 @@ def test_usage_lists_lines_a_page_at_a_time_on_each_store(any_store: str, capsys
         for n, source in enumerate(("provider", "estimate", "reserved"))
     ]
     items.append(dataclasses.replace(line("k2", 0.02, ts=same - 1), request_id="req_old", user="eve\x1b[8m"))
-    settle_lines(any_store, items)
-    argv = ["usage", "--store", any_store, "--group-by", "request", "--limit", "2"]
+    settle_lines(store_url, items)
+    argv = ["usage", "--store", store_url, "--group-by", "request", "--limit", "2"]
     assert main([*argv, "--json"]) == 0
     first = orjson.loads(capsys.readouterr().out)
     assert [(row["request_id"], row["cost_source"]) for row in first["data"]] == [
@@ -1202,7 +1193,7 @@ def test_usage_lists_lines_a_page_at_a_time_on_each_store(any_store: str, capsys
     assert main([*argv, "--request-id", "req_old", "--key", "k2"]) == 0
     table = capsys.readouterr().out
     assert "req_old" in table and "eve\\x1b[8m" in table and "\x1b" not in table
-    assert main(["usage", "--store", any_store, "--request-id", "req_1", "--json"]) == 0
+    assert main(["usage", "--store", store_url, "--request-id", "req_1", "--json"]) == 0
     (row,) = orjson.loads(capsys.readouterr().out)["data"]
     assert (row["requests"], row["estimated_cost_requests"]) == (1, 1)
     assert main([*argv, "--key", "nosuchkeyid"]) == 1
@@ -1213,5 +1204,5 @@ def test_usage_lists_lines_a_page_at_a_time_on_each_store(any_store: str, capsys
     ):
         assert main([*argv, *bad]) == 2
         assert capsys.readouterr().err.startswith(said)
-    assert main(["usage", "--store", any_store, "--group-by", "model", "--limit", "2"]) == 2
+    assert main(["usage", "--store", store_url, "--group-by", "model", "--limit", "2"]) == 2
     assert capsys.readouterr().err == "limit pages a listing of lines: give group_by=request\n"
