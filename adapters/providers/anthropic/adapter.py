@@ -555,6 +555,26 @@ def merged_betas(client: str | None, configured: str | None) -> str | None:
     return ",".join(betas) or None
 
 
+def searchable(req: ChatRequest) -> bool:
+    """Whether Claude can run `req`'s web search beside what else it asks. Anthropic's `tool_choice: none` forbids
+    every tool, its server tools too (the search went beside a client's `none`, could never run, and was reserved
+    ten searches). A Chat Completions client's `none` forbids its functions alone (`web_search_options` is none of
+    them): the search goes alone, with `auto` (`chat_body`), unless a JSON answer is asked (its tool forced alone) or
+    the conversation holds calls (their tools declared, which `auto` would let Claude call). The Responses API's
+    `web_search` is one of the client's tools, which its `none` forbids, as OpenAI's does. Where it cannot run, the
+    search is named dropped, and reserved for nowhere (`hosts_search`)."""
+    search = req.web_search
+    if search is None:
+        return False
+    if req.tool_choice != "none":
+        return True
+    return (
+        search.param == "web_search_options"
+        and json_tool(req) is None
+        and not any(message.tool_calls for message in req.messages)
+    )
+
+
 def json_tool(req: ChatRequest) -> dict[str, Any] | None:
     """The forced tool serving a `json_schema` response format, or None for other requests. A strict format's tool
     is strict, as a client's own strict tool goes: Claude's strict tool use constrains the tool's input, the answer,
@@ -678,6 +698,8 @@ class AnthropicAdapter(ProviderAdapter):
         if search is not None and self.hosts_search(target, req):
             from adapters.providers.anthropic.search import search_tool  # (a request that searches: a cold start none)
 
+            if choice == "none":  # (no function may be called, and Anthropic's `none` forbids the search too)
+                tools, tool_choice = [], {"type": "auto"}  # (the search alone: `searchable`)
             tools.append(search_tool(search))  # (Claude searches as it sees fit: a choice of a function stands)
             dropped += search.unhonoured(location=True, domains=True)
         elif search is not None:
@@ -828,11 +850,13 @@ class AnthropicAdapter(ProviderAdapter):
         """Anthropic's web search tool (`adapters/providers/anthropic/search.py`), at Anthropic's own API, or where the
         provider's `web_search` says its server runs it: a server that speaks the Messages API at another address
         (`base_url`) may run none of Anthropic's server tools, and refuse or ignore it; there the search was sent,
-        and reserved for, where it had been named dropped."""
+        and reserved for, where it had been named dropped. Nor beside what forbids Claude to run it (`searchable`)."""
         setting = self.options.get("web_search")
         if setting is None:
-            return target.base_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0] == "api.anthropic.com"
-        return setting is True
+            hosted = target.base_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0] == "api.anthropic.com"
+        else:
+            hosted = setting is True
+        return hosted and searchable(req)
 
     def counts_tokens(self, target: Target) -> bool:
         return True

@@ -708,6 +708,71 @@ def test_a_translated_search_goes_to_anthropic_itself_or_where_configured(
     assert claude.hosts_search(target(base_url=base_url), req) is searched
 
 
+def searches(req: ChatRequest) -> tuple[bool, list[str]]:
+    """Whether Claude may run the search tool in `req`'s body (sent, under a `tool_choice` that is not `none`, which
+    Anthropic reads as no tool at all, its server tools too), what the body names dropped, and that the search is
+    reserved for (`hosts_search`) exactly where it may run."""
+    body, dropped = built(req)
+    sent = any(tool.get("name") == "web_search" for tool in body.get("tools") or ())
+    runs = sent and (body.get("tool_choice") or {}).get("type") != "none"
+    assert adapter().hosts_search(target(), req) is runs
+    return runs, dropped
+
+
+@pytest.mark.parametrize("tools", [[WEATHER], None])
+def test_a_chat_search_beside_tool_choice_none_goes_alone_and_runs(tools: list[dict[str, Any]] | None) -> None:
+    """`tool_choice: none` forbids the client's functions; Chat Completions' `web_search_options` is none of them. The
+    search went beside the functions with Anthropic's `none`, which forbids server tools too: it could never run, yet
+    was reserved ten searches and named nowhere. It goes alone now, Claude's to run (`auto`), the functions, which
+    may not be called, left out."""
+    req = request(web_search_options={}, tool_choice="none", **({"tools": tools} if tools else {}))
+    body, _ = built(req)
+    assert [tool["name"] for tool in body["tools"]] == ["web_search"]
+    assert body["tool_choice"] == {"type": "auto"}
+    assert searches(req) == (True, [])
+
+
+CALLED = [
+    {"role": "user", "content": "weather in Rome?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}
+        ],
+    },
+    {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"},
+]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}}},
+        {"messages": CALLED},
+    ],
+    ids=["json_answer", "called_before"],
+)
+def test_a_chat_search_that_cannot_go_alone_beside_tool_choice_none_is_named_dropped(fields: dict[str, Any]) -> None:
+    """Beside `none` and a JSON answer (the JSON tool forced alone: the search tool was removed, unnamed) or a
+    conversation whose calls declare their tools (which `auto` would let Claude call), the search cannot run: it is
+    named dropped, and reserved no search."""
+    req = request(web_search_options={}, tools=[WEATHER], tool_choice="none", **fields)
+    assert searches(req) == (False, ["web_search_options"])
+
+
+def test_a_responses_search_tool_beside_tool_choice_none_is_named_dropped() -> None:
+    """The Responses API's `web_search` is one of the client's tools, which its `tool_choice: none` forbids, as
+    OpenAI's does: named dropped, with the limit the client set of it, and reserved no search."""
+    from handler.api.responses_api import ResponsesChatRequest
+    from handler.schemas import WebSearch
+
+    body = {"model": "public", "messages": [{"role": "user", "content": "hi"}], "tools": [WEATHER]}
+    req = ResponsesChatRequest.asking(None, {**body, "tool_choice": "none"})
+    req.web_search = WebSearch.asked({}, 3, "tools[web_search]")._replace(limit="max_tool_calls")
+    assert searches(req) == (False, ["tools[web_search]", "max_tool_calls"])
+
+
 @pytest.mark.parametrize("value", ["yes", 1, None])
 def test_the_web_search_option_is_true_or_false(value: Any) -> None:
     assert AnthropicAdapter.option_problem("web_search", value) is not None
