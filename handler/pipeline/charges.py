@@ -384,7 +384,10 @@ class Charges:
         the answer's own sampling."""
         samplings = served.samplings if served is not None and not reserved else ()
         cost = cost_of(usage, self._price(ex, attempt, served), self.fee, samplings)
-        apart = self._per_request_usd(ex, attempt) + (usage.web_searches * ex.search_usd if ex.search_usd else 0.0)
+        # (At most the searches reserved, `Exchange.searches`: Gemini's search takes no limit, and Gemini 3 bills each
+        # query it ran, past the reservation's.)
+        searched = min(usage.web_searches, ex.searches) * ex.search_usd if ex.search_usd else 0.0
+        apart = self._per_request_usd(ex, attempt) + searched
         if served is not None and served.others:
             apart += self._others_usd(ex, attempt, served)
         if reserved and ex.advisors:

@@ -117,3 +117,40 @@ def test_web_search_options_is_charged_at_an_attempt_only_as_its_own_request_was
     searches = DEFAULT_SEARCHES * SEARCH_USD
     assert pipeline._cost(ex, claude, worst, reserved=True).provider_usd == pytest.approx(tokens + searches)
     assert pipeline._cost(ex, chat, usage).provider_usd == pytest.approx(tokens + SEARCH_USD)
+
+
+def gemini_plan() -> tuple[Pipeline, list[Attempt]]:
+    """A plan of one Gemini 3 model; searches priced at SEARCH_USD."""
+    data = {
+        "gateway": {"priced_options": {"web_search_usd": SEARCH_USD}},
+        "providers": {"gemini": {"type": "gemini", "api_key": "AIza-test", "base_url": "http://127.0.0.1:9"}},
+        "models": {
+            "g": {
+                "deployments": [{"provider": "gemini", "model": "gemini-3-pro-preview"}],
+                "price": {"input": 1.0, "output": 2.0},
+            },
+        },
+    }
+    return planned(data, "g")
+
+
+def test_gemini_is_charged_no_more_searches_than_were_reserved() -> None:
+    """Gemini's search takes no limit, and Gemini 3 bills each query it ran: an answer that ran 14 was charged 14
+    searches where 10 (`DEFAULT_SEARCHES`) were reserved, past the budget the reservation held. Charged at most the
+    searches reserved."""
+    pipeline, [gemini] = gemini_plan()
+    req = ChatRequest.model_validate(
+        {"model": "g", "messages": [{"role": "user", "content": "Hi"}], "web_search_options": {}}
+    )
+    ex = exchange()
+    pipeline._price_options(ex, req, [gemini])
+    reservation = Reservation(None, 1.0, 0)
+    reservation.prompt_tokens, reservation.output_tokens = 100, 16
+    worst = pipeline._worst(ex, reservation, gemini)
+    assert worst.web_searches == DEFAULT_SEARCHES
+    reserved = pipeline._cost(ex, gemini, worst, reserved=True).provider_usd
+    ex.dropped_at[id(gemini)] = gemini.adapter.chat_request(req, gemini.target, stream=False).dropped
+    answered = Usage.of(100, 16)
+    answered.set_count("web_searches", DEFAULT_SEARCHES + 4)
+    charged = pipeline._cost(ex, gemini, answered).provider_usd
+    assert charged == pytest.approx(reserved) and reserved == pytest.approx(132 / 1e6 + DEFAULT_SEARCHES * SEARCH_USD)
