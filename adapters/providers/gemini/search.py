@@ -6,8 +6,9 @@ gateway names those dropped). The answer's candidate carries `groundingMetadata`
 (`webSearchQueries`), the pages it used (`groundingChunks`, each `web.uri` and `web.title`) and which spans of its
 text each supports (`groundingSupports`: a `segment`'s `startIndex` and `endIndex`, in bytes of the text, and its
 `groundingChunkIndices`). Google bills Gemini 3 and later per search query the model ran, the models before per
-grounded prompt (one, however many queries). The answer carries them as OpenAI's do: each query a `web_search_call`
-of a Responses answer (the pages on the first) and each supported span a `url_citation` annotation per page."""
+grounded prompt (one, however many queries); a grounding that names pages and no query ran one, its query unknown.
+The answer carries them as OpenAI's do: each query a `web_search_call` of a Responses answer (the pages on the
+first) and each supported span a `url_citation` annotation per page."""
 
 import re
 from typing import Any
@@ -52,6 +53,8 @@ def grounding(meta: Any, text: str, start: int = 0) -> tuple[list[dict[str, Any]
     pages = [chunk.get("web") for chunk in _listed(meta.get("groundingChunks")) if isinstance(chunk, dict)]
     webs = [page if isinstance(page, dict) and isinstance(page.get("uri"), str) else None for page in pages]
     sources = [{"type": "url", "url": web["uri"]} for web in webs if web is not None]
+    if sources and not queries:
+        queries = [""]  # (pages found, their queries unnamed: a grounded answer ran a search, and is billed one)
     searches = [
         {
             "id": f"ws_{i}",

@@ -156,3 +156,20 @@ def test_a_stream_cut_after_its_grounding_is_billed_its_search() -> None:
     parser, searches, _ = streamed(event("Sunny ", grounded("Sunny ")))
     assert parser.searches == 1 and parser.usage is not None and parser.usage.web_searches == 1
     assert searches == []
+
+
+@pytest.mark.parametrize("model", ["gemini-2.5-flash", "gemini-3-pro-preview"])
+def test_an_answer_grounded_on_pages_without_its_queries_is_billed_a_search(model: str) -> None:
+    """A grounding that names the pages the answer used (`groundingChunks`) but not the queries that found them
+    (`webSearchQueries`): a grounded answer ran at least one search, which Google bills. It was charged none, and
+    its pages were given nowhere but in the annotations: one search now, its query unknown (""), with the pages."""
+    meta = {k: v for k, v in grounded("Sunny.").items() if k != "webSearchQueries"}
+    candidate = {"content": {"role": "model", "parts": [{"text": "Sunny."}]}, "finishReason": "STOP"}
+    answer = {"candidates": [{**candidate, "groundingMetadata": meta}], "usageMetadata": USAGE}
+    completion = GeminiAdapter("g", "AIza-test-key", {}).chat_response(orjson.dumps(answer), searching(), target(model))
+    assert completion.usage is not None and completion.usage.web_searches == 1
+    [search] = completion.choices[0].message.web_searches or ()
+    assert search["action"] == {"type": "search", "query": "", "sources": [{"type": "url", "url": URL}]}
+    parser, searches, annotations = streamed(event("Sunny.", meta, "STOP"))
+    assert parser.searches == 1 and parser.usage is not None and parser.usage.web_searches == 1
+    assert [s["action"]["query"] for s in searches] == [""] and len(annotations) == 1
