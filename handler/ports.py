@@ -377,10 +377,6 @@ class ProviderAdapter(ABC):
     counts_embedding_tokens: ClassVar[bool] = True
     # A regional API (Bedrock): a deployment that names no region runs in the gateway's own region.
     regional: ClassVar[bool] = False
-    # Whether a request's web search goes to it only as its provider's own search tool (`hosts_search`), never as
-    # Chat Completions' `web_search_options` as written (Anthropic, Gemini): where it does not go (Gemini beside
-    # function tools), no per-request search fee is billed there either (`Charges._per_request_usd`).
-    searches_as_tool: ClassVar[bool] = False
     # The top-level Chat Completions fields beyond OpenAI's that it reads or sends on (its provider's own dialect:
     # Claude's `top_k`, Mistral's `safe_prompt`): fields `x-gateway-strict` knows (`handler.api.request_fields`).
     chat_fields: ClassVar[frozenset[str]] = frozenset()
@@ -419,6 +415,14 @@ class ProviderAdapter(ABC):
         searches itself and takes one beside what else `req` asks (Gemini takes none beside function tools). Decided
         before the request is built, so that an attempt is reserved only the searches it may run. A translated
         request's search goes to no other: left out, and named."""
+        return False
+
+    def takes_search_options(self, target: Target) -> bool:
+        """Whether a Chat Completions request's `web_search_options` goes to the deployment as written, where OpenAI's
+        search models run it, billed once per request (`Charges._per_request_usd`). Decided before the request is
+        built, so that an attempt is reserved the fee only where it may be billed it: Azure's Chat Completions at a
+        dated api-version, Mistral and Bedrock leave it out and name it, and were reserved it all the same; a provider
+        with a search tool of its own runs it as that tool (`hosts_search`), billed per search instead."""
         return False
 
     @abstractmethod

@@ -401,16 +401,15 @@ class Charges:
 
     @staticmethod
     def _per_request_usd(ex: Exchange, attempt: Attempt) -> float:
-        """The options billed per request (web search), unless `attempt` was not sent them (dropped and named, as its
-        request was built: `Exchange.dropped_at`): Azure's Chat Completions has no `web_search_options`, and its search
-        fee was billed; nor has a translation for Claude, Gemini or Bedrock, and such an attempt cut unanswered was
-        charged the fee, its answer's `dropped` never known ($0.010054 for Claude's $0.000054: review). Where the
-        provider runs the search as its own tool (`_searched_at`), each search is charged instead; and where it takes
-        a search only so (`searches_as_tool`), none is billed per request, sent or not: Gemini beside function tools,
-        sent no search, was held the fee before its request was built ($0.010147 for $0.000147, a 402 under a $0.005
-        cap)."""
+        """The options billed per request (web search), unless `attempt` is not sent them: where its deployment does
+        not take `web_search_options` as written (`ProviderAdapter.takes_search_options`, decided before the request
+        is built, so that the reservation holds the fee only where it may be billed), or its request, as built, left
+        it out (dropped and named: `Exchange.dropped_at`). Azure's Chat Completions at a dated api-version, Mistral
+        and Bedrock have no `web_search_options`, and were reserved the fee ($0.010132 for $0.000132, a 402 under a
+        $0.005 cap); nor has a translation for Claude or Gemini, which runs the search as its own tool, each search
+        charged instead (`_searched_at`), or, beside function tools, none."""
         if ex.per_request_usd and (
-            attempt.adapter.searches_as_tool
+            not attempt.adapter.takes_search_options(attempt.target)
             or "web_search_options" in ex.dropped_at.get(id(attempt), ex.dropped)
             or Charges._searched_at(ex, attempt)
         ):

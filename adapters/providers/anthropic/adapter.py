@@ -622,7 +622,6 @@ class AnthropicAdapter(ProviderAdapter):
     key_env_var = "ANTHROPIC_API_KEY"
     provider_options = frozenset({"anthropic_beta", "headers", "max_output_tokens", CACHING, "web_search"})
     deployment_options = frozenset({"max_output_tokens", CACHING})
-    searches_as_tool = True
 
     @classmethod
     def option_problem(cls, option: str, value: Any) -> str | None:

@@ -319,6 +319,9 @@ class AzureOpenAIAdapter(OpenAIAdapter):
             headers.update({str(k): str(v) for k, v in extra.items()})
         return headers
 
+    def takes_search_options(self, target: Target) -> bool:
+        return not dated(self.api_version(target))  # (`OPENAI_ONLY`: the versionless API follows OpenAI's)
+
     def api_version(self, target: Target) -> str:
         return str(target.options.get("api_version") or self.options.get("api_version") or DEFAULT_API_VERSION)
 

@@ -825,7 +825,6 @@ class GeminiAdapter(ProviderAdapter):
     supports_embeddings = True
     embedding_batch = MAX_EMBED_BATCH
     counts_embedding_tokens = False
-    searches_as_tool = True
 
     def headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}

@@ -198,6 +198,9 @@ class MistralAdapter(OpenAIAdapter):
     embedding_fields = EMBEDDING_FIELDS
     provider_options = OpenAIAdapter.compatible_options  # (it has no Responses API: `/v1/responses` is translated)
 
+    def takes_search_options(self, target: Target) -> bool:
+        return False  # (a member Mistral has none of: `conform_to_mistral`)
+
     def profile(self, target: Target) -> Profile:
         named = self.options.get("profile")
         if named:

@@ -737,6 +737,9 @@ class OpenAIAdapter(ProviderAdapter):
         self._profiles: dict[str, Profile] = {}
         self._serves_responses: dict[str, bool] = {}
 
+    def takes_search_options(self, target: Target) -> bool:
+        return True  # (a server that does not search ignores it, as any member it does not know, or refuses it)
+
     def profile(self, target: Target) -> Profile:
         profile = self._profiles.get(target.base_url)
         if profile is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 
 from adapters.providers.registry import REGISTRY
@@ -154,3 +155,74 @@ def test_gemini_is_charged_no_more_searches_than_were_reserved() -> None:
     answered.set_count("web_searches", DEFAULT_SEARCHES + 4)
     charged = pipeline._cost(ex, gemini, answered).provider_usd
     assert charged == pytest.approx(reserved) and reserved == pytest.approx(132 / 1e6 + DEFAULT_SEARCHES * SEARCH_USD)
+
+
+AZURE = {"type": "azure", "api_key": "azure-test", "base_url": "https://res.openai.azure.com"}
+
+
+def test_azure_at_a_dated_api_version_is_reserved_no_per_request_search_fee() -> None:
+    """Azure's Chat Completions at a dated api-version has no `web_search_options`: it is left out and named, and no
+    fee is charged. The reservation, made before the request is built, still held OpenAI's per-request fee ($0.01
+    for a request of $0.000132, a 402 under `x-gateway-max-cost-usd: 0.005`). Its versionless API takes it."""
+    data = {
+        "gateway": {"priced_options": {"web_search_usd": SEARCH_USD}},
+        "providers": {"azure": AZURE, "v1": {**AZURE, "api_version": "v1"}},
+        "models": {
+            "m": {
+                "deployments": [{"provider": "azure", "model": "gpt-4o"}, {"provider": "v1", "model": "gpt-4o"}],
+                "price": {"input": 1.0, "output": 2.0},
+            }
+        },
+    }
+    pipeline, (dated, versionless) = planned(data, "m")
+    req = ChatRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "web_search_options": {}}
+    )
+    ex = exchange()
+    pipeline._price_options(ex, req, [dated, versionless])
+    reserved = [pipeline._per_request_usd(ex, attempt) for attempt in (dated, versionless)]
+    for attempt in (dated, versionless):  # (as `_failover` builds each)
+        ex.dropped_at[id(attempt)] = attempt.adapter.chat_request(req, attempt.target, stream=False).dropped
+    assert ex.dropped_at[id(dated)] == ["web_search_options"] and ex.dropped_at[id(versionless)] == []
+    assert reserved == [pipeline._per_request_usd(ex, attempt) for attempt in (dated, versionless)] == [0, SEARCH_USD]
+
+
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [
+        ({"type": "openai", "api_key": "sk-test"}, "gpt-4o-search-preview"),
+        ({"type": "openai", "api_key": "sk-test", "base_url": "http://127.0.0.1:9/v1"}, "llama"),
+        ({"type": "deepseek", "api_key": "sk-test"}, "deepseek-chat"),
+        ({"type": "mistral", "api_key": "test"}, "mistral-large-latest"),
+        (AZURE, "gpt-4o"),
+        ({**AZURE, "api_version": "v1"}, "gpt-4o"),
+        ({"type": "anthropic", "api_key": "sk-ant-test"}, "claude-sonnet-4-5"),
+        ({"type": "gemini", "api_key": "AIza-test"}, "gemini-2.5-flash"),
+        ({"type": "bedrock", "region": "us-east-1"}, "us.anthropic.claude-sonnet-4-5-20250929-v1:0"),
+    ],
+)
+def test_the_search_fee_is_reserved_where_web_search_options_is_sent_as_written(
+    provider: dict[str, Any], model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether a deployment is sent Chat Completions' `web_search_options` as written, and billed OpenAI's fee for it,
+    is decided before its request is built (`ProviderAdapter.takes_search_options`), and agrees with the request
+    built: reserved the fee exactly where it is charged."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    data = {
+        "gateway": {"priced_options": {"web_search_usd": SEARCH_USD}},
+        "providers": {"p": provider},
+        "models": {"m": {"deployments": [{"provider": "p", "model": model}], "price": {"input": 1.0, "output": 2.0}}},
+    }
+    pipeline, [attempt] = planned(data, "m")
+    req = ChatRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "web_search_options": {}}
+    )
+    ex = exchange()
+    pipeline._price_options(ex, req, [attempt])
+    reserved = pipeline._per_request_usd(ex, attempt)
+    built = attempt.adapter.chat_request(req, attempt.target, stream=False)
+    ex.dropped_at[id(attempt)] = built.dropped
+    sent = "web_search_options" in orjson.loads(built.request.body)
+    assert reserved == pipeline._per_request_usd(ex, attempt) == (SEARCH_USD if sent else 0.0)
+    assert attempt.adapter.takes_search_options(attempt.target) is sent
