@@ -23,7 +23,7 @@ from handler.schemas import ChatCompletion, ChatRequest, Usage
 from handler.wire import SSEDecoder, StreamEvent
 
 if TYPE_CHECKING:
-    from handler.schemas import ChatCompletionChunk, EmbeddingsRequest, EmbeddingsResponse
+    from handler.schemas import ChatCompletionChunk, EmbeddingsRequest, EmbeddingsResponse, WebSearch
 
 # --- providers -----------------------------------------------------------------------------------
 
@@ -416,6 +416,16 @@ class ProviderAdapter(ABC):
         before the request is built, so that an attempt is reserved only the searches it may run. A translated
         request's search goes to no other: left out, and named."""
         return False
+
+    def sent_search(self, target: Target, req: ChatRequest) -> tuple[WebSearch | None, list[str]]:
+        """`req`'s web search (`ChatRequest.web_search`) where it goes to the provider as its own search tool
+        (`hosts_search`), else None, with the search named dropped by the client's name for it (`WebSearch.unsent`):
+        every translation's one rule, whether its adapter sends a search tool or has none (`Pipeline._native_build`
+        names it for those)."""
+        search = req.web_search
+        if search is None or self.hosts_search(target, req):
+            return search, []
+        return None, search.unsent()
 
     def takes_search_options(self, target: Target) -> bool:
         """Whether a Chat Completions request's `web_search_options` goes to the deployment as written, where OpenAI's

@@ -424,10 +424,8 @@ class Pipeline(Charges):
                     err.message, err.param = err.message.replace(f"'{err.param}'", f"'{named}'"), named
                 raise
             # (The request's search, where the provider has no search tool of its own: by the client's name for it.)
-            search = req.web_search
-            hosted = search is None or attempt.adapter.hosts_search(attempt.target, req)
-            unsearched = [] if hosted or search is None else search.unsent()
-            names = [*unsearched, *call.untranslated, *as_client_named(call.api, built.dropped)]
+            _, unsent = attempt.adapter.sent_search(attempt.target, req)
+            names = [*unsent, *call.untranslated, *as_client_named(call.api, built.dropped)]
             return BuiltRequest(built.request, list(dict.fromkeys(names)))
 
         return build

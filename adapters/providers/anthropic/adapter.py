@@ -693,16 +693,15 @@ class AnthropicAdapter(ProviderAdapter):
 
         offered, choice = chosen_tools(req)  # (Anthropic has no `allowed_tools`: the tools it allows, alone)
         tools, tool_choice = _tools(offered, names), _tool_choice(req, choice, names)
-        search = req.web_search
-        if search is not None and self.hosts_search(target, req):
+        search, unsent = self.sent_search(target, req)
+        dropped += unsent
+        if search is not None:
             from adapters.providers.anthropic.search import search_tool  # (a request that searches: a cold start none)
 
             if choice == "none":  # (no function may be called, and Anthropic's `none` forbids the search too)
                 tools, tool_choice = [], {"type": "auto"}  # (the search alone: `searchable`)
             tools.append(search_tool(search))  # (Claude searches as it sees fit: a choice of a function stands)
             dropped += search.unhonoured(location=True, domains=True)
-        elif search is not None:
-            dropped += search.unsent()
         forced = json_tool(req)
         if forced is not None:
             named = tool_choice is not None and tool_choice["type"] == "tool"

@@ -848,12 +848,11 @@ class GeminiAdapter(ProviderAdapter):
         if system is not None:
             body["systemInstruction"] = system
         tools, tool_config = _tools(req, dropped, names)
-        search = req.web_search
-        if search is not None and self.hosts_search(target, req):
+        search, unsent = self.sent_search(target, req)
+        dropped += unsent
+        if search is not None:
             tools = [dict(SEARCH_TOOL)]  # (the request offers no functions: `searches_beside`)
             dropped += search.unhonoured(location=False, domains=False)
-        elif search is not None:
-            dropped += search.unsent()
         if tools is not None:
             body["tools"] = tools
         if tool_config is not None:
