@@ -8,6 +8,7 @@ Parameters with no Anthropic equivalent are reported in `BuiltRequest.dropped`, 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -555,6 +556,12 @@ def merged_betas(client: str | None, configured: str | None) -> str | None:
     return ",".join(betas) or None
 
 
+@functools.cache  # (once per deployment's address: asked at every attempt's reservation and cost)
+def anthropic_itself(base_url: str) -> bool:
+    """Whether `base_url` is Anthropic's own API (`api.anthropic.com`, at any port or path)."""
+    return base_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0] == "api.anthropic.com"
+
+
 def searchable(req: ChatRequest) -> bool:
     """Whether Claude can run `req`'s web search beside what else it asks. Anthropic's `tool_choice: none` forbids
     every tool, its server tools too (the search went beside a client's `none`, could never run, and was reserved
@@ -850,10 +857,7 @@ class AnthropicAdapter(ProviderAdapter):
         (`base_url`) may run none of Anthropic's server tools, and refuse or ignore it; there the search was sent,
         and reserved for, where it had been named dropped. Nor beside what forbids Claude to run it (`searchable`)."""
         setting = self.options.get("web_search")
-        if setting is None:
-            hosted = target.base_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0] == "api.anthropic.com"
-        else:
-            hosted = setting is True
+        hosted = anthropic_itself(target.base_url) if setting is None else setting is True
         return hosted and searchable(req)
 
     def counts_tokens(self, target: Target) -> bool:
