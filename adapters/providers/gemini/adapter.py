@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from adapters.providers import reasoning
-from adapters.providers.gemini.search import SEARCH_TOOL, billed_searches, grounding
 from adapters.providers.model_rules import rules_for
 from adapters.providers.params import (
     SKIP_SIGNATURE,
@@ -851,6 +850,8 @@ class GeminiAdapter(ProviderAdapter):
         search, unsent = self.sent_search(target, req)
         dropped += unsent
         if search is not None:
+            from adapters.providers.gemini.search import SEARCH_TOOL  # (a request that searches: a cold start none)
+
             tools = [dict(SEARCH_TOOL)]  # (the request offers no functions: `searches_beside`)
             dropped += search.unhonoured(location=False, domains=False)
         if tools is not None:
@@ -913,6 +914,8 @@ class GeminiAdapter(ProviderAdapter):
                 reasoning_content="".join(thoughts) or None,
             )
             if req.web_search is not None and candidate.get("groundingMetadata"):
+                from adapters.providers.gemini.search import grounding  # (an answer that searched: see `chat_body`)
+
                 searched, annotations = grounding(candidate["groundingMetadata"], "".join(texts))
                 message.web_searches = searched or None
                 queries += len(searched)
@@ -939,6 +942,8 @@ class GeminiAdapter(ProviderAdapter):
         response_id = data.get("responseId")
         usage = usage_of(data.get("usageMetadata"))
         if usage is not None and queries:
+            from adapters.providers.gemini.search import billed_searches
+
             usage.set_count("web_searches", billed_searches(target.model, queries))
         return ChatCompletion(
             id=f"chatcmpl-{response_id}" if isinstance(response_id, str) else completion_id(),

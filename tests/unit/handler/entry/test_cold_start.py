@@ -448,20 +448,22 @@ def test_a_cold_start_on_dynamodb_imports_no_sqlite(tmp_path: Path) -> None:
     assert "sqlite3" not in imported and "adapters.store.dynamodb" in imported
 
 
-# The stream parsers a cold start imports, with a Bedrock and a Gemini deployment configured.
+# The stream parsers and web searches a cold start imports, with a Bedrock and a Gemini deployment configured.
 STREAM_PARSERS = """
 import json, sys
 import handler.entry.lambda_handler
 print(json.dumps(sorted(name for name in (
     "adapters.providers.bedrock.adapter", "adapters.providers.bedrock.stream", "adapters.providers.anthropic.stream",
     "adapters.providers.gemini.adapter", "adapters.providers.gemini.stream", "adapters.providers.prefill",
+    "adapters.providers.gemini.search", "adapters.providers.anthropic.search",
 ) if name in sys.modules)))
 """
 
 
-def test_a_cold_start_with_bedrock_and_gemini_deployments_imports_no_stream_parser(tmp_path: Path) -> None:
+def test_a_cold_start_with_bedrock_and_gemini_deployments_imports_no_stream_parser_nor_search(tmp_path: Path) -> None:
     """The Bedrock and Gemini adapters' modules held their stream parsers (Bedrock's built on Anthropic's): a cold
-    start with their deployments imported them all, though a Lambda's buffered function answers whole."""
+    start with their deployments imported them all, though a Lambda's buffered function answers whole. Gemini's
+    adapter imported its search's module too, its pattern (`GENERATION`) compiled, though few requests search."""
     config = tmp_path / "gateway.yaml"
     config.write_text(
         "providers:\n  aws: {type: bedrock}\n  google: {type: gemini, api_key: env:LOCAL_KEY}\n"
