@@ -29,11 +29,27 @@ def billed_searches(model: str, queries: int) -> int:
     return min(queries, 1)
 
 
-def _characters(text: str, offset: Any) -> int | None:
-    """The character offset in `text` of Gemini's byte offset `offset` (None for one that is not an integer)."""
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        return None
-    return len(text.encode()[:offset].decode(errors="ignore"))
+def _offset(value: Any) -> int | None:
+    """One of Gemini's byte offsets (a segment's `startIndex`, `endIndex`); None for one that is not an integer."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _characters(text: str, offsets: list[int]) -> dict[int, int]:
+    """The character offset in `text` of each of Gemini's byte offsets (`offsets`, in bytes of its UTF-8): a character
+    an offset cuts is not counted, as the bytes cut there decode. Each part of the text is decoded once, in the
+    offsets' order, however many supports point into it (encoded again for each, it was O(text x supports))."""
+    if text.isascii():
+        return {offset: min(offset, len(text)) for offset in offsets}
+    data = text.encode()
+    found: dict[int, int] = {}
+    start = count = 0
+    for offset in sorted(set(offsets)):
+        end = min(offset, len(data))
+        while end < len(data) and data[end] & 0xC0 == 0x80:  # (inside a character: back to its first byte)
+            end -= 1
+        count += len(data[start:end].decode())
+        found[offset], start = count, end
+    return found
 
 
 def _listed(value: Any) -> list[Any]:
@@ -43,18 +59,34 @@ def _listed(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def _webs(meta: dict[str, Any]) -> list[dict[str, Any] | None]:
+    """The grounding's pages (`groundingChunks`), each its `web` where that has a URL, else None (kept, so that the
+    supports' indices still point at theirs)."""
+    pages = [chunk.get("web") for chunk in _listed(meta.get("groundingChunks")) if isinstance(chunk, dict)]
+    return [page if isinstance(page, dict) and isinstance(page.get("uri"), str) else None for page in pages]
+
+
+def _queries(meta: dict[str, Any], webs: list[dict[str, Any] | None]) -> list[str]:
+    """The queries the grounding says ran (`webSearchQueries`); where it names pages (`webs`) and no query, one whose
+    query is unknown (""): a grounded answer ran a search, and is billed one."""
+    queries = [query for query in _listed(meta.get("webSearchQueries")) if isinstance(query, str)]
+    return queries or ([""] if any(web is not None for web in webs) else [])
+
+
+def queries_run(meta: Any) -> int:
+    """How many searches a candidate's `groundingMetadata` (`meta`) says ran: `grounding`'s, counted without making
+    them or the annotations."""
+    return len(_queries(meta, _webs(meta))) if isinstance(meta, dict) else 0
+
+
 def grounding(meta: Any, text: str, start: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A candidate's `groundingMetadata` (`meta`) as its searches (`web_search_call`s, the internal form's
     `AssistantMessage.web_searches`) and the `url_citation` annotations of its text (`text`, whose first character is
     the answer's `start`th)."""
     if not isinstance(meta, dict):
         return [], []
-    queries = [query for query in _listed(meta.get("webSearchQueries")) if isinstance(query, str)]
-    pages = [chunk.get("web") for chunk in _listed(meta.get("groundingChunks")) if isinstance(chunk, dict)]
-    webs = [page if isinstance(page, dict) and isinstance(page.get("uri"), str) else None for page in pages]
+    webs = _webs(meta)
     sources = [{"type": "url", "url": web["uri"]} for web in webs if web is not None]
-    if sources and not queries:
-        queries = [""]  # (pages found, their queries unnamed: a grounded answer ran a search, and is billed one)
     searches = [
         {
             "id": f"ws_{i}",
@@ -62,19 +94,22 @@ def grounding(meta: Any, text: str, start: int = 0) -> tuple[list[dict[str, Any]
             "status": "completed",
             "action": {"type": "search", "query": query, **({"sources": sources} if i == 0 else {})},
         }
-        for i, query in enumerate(queries)
+        for i, query in enumerate(_queries(meta, webs))
     ]
-    annotations: list[dict[str, Any]] = []
+    spans: list[tuple[int, int, Any]] = []  # each support's byte offsets, and the pages it cites
     for support in _listed(meta.get("groundingSupports")):
         segment = support.get("segment") if isinstance(support, dict) else None
         if not isinstance(segment, dict):
             continue
-        begin, end = _characters(text, segment.get("startIndex", 0)), _characters(text, segment.get("endIndex"))
-        if begin is None or end is None:
-            continue
-        for index in _listed(support.get("groundingChunkIndices")):
+        begin, end = _offset(segment.get("startIndex", 0)), _offset(segment.get("endIndex"))
+        if begin is not None and end is not None:
+            spans.append((begin, end, support.get("groundingChunkIndices")))
+    at = _characters(text, [offset for begin, end, _ in spans for offset in (begin, end)]) if spans else {}
+    annotations: list[dict[str, Any]] = []
+    for begin, end, indices in spans:
+        for index in _listed(indices):
             web = webs[index] if isinstance(index, int) and 0 <= index < len(webs) else None
             if web is not None:
                 title = web.get("title") if isinstance(web.get("title"), str) else None
-                annotations.append(url_citation(web["uri"], title, start + begin, start + end))
+                annotations.append(url_citation(web["uri"], title, start + at[begin], start + at[end]))
     return searches, annotations

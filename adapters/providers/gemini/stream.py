@@ -16,7 +16,7 @@ from adapters.providers.gemini.adapter import (
     tool_call_of,
     usage_of,
 )
-from adapters.providers.gemini.search import billed_searches, grounding
+from adapters.providers.gemini.search import billed_searches, grounding, queries_run
 from adapters.providers.params import ToolNames
 from handler.chunks import opening_delta
 from handler.errors import UpstreamError
@@ -52,7 +52,7 @@ class GeminiStreamParser:
         # new ones), the queries it ran (the most any of them named), and what of it the client was given.
         self._grounding: dict[int, Any] = {}
         self._queries: dict[int, int] = {}
-        self._told: dict[int, tuple[int, set[str]]] = {}  # the searches given, and the annotations (their JSON)
+        self._told: dict[int, tuple[int, set[bytes]]] = {}  # the searches given, and the annotations (their JSON)
         self._finished: set[int] = set()
         self.searches = 0  # what Google bills of the queries (`billed_searches`)
         self._names = names  # the request's function names, to give each call its client's name
@@ -144,8 +144,7 @@ class GeminiStreamParser:
         twice on Gemini 3, and given twice: review). The usage counts the searches billed from the first event that
         names them, so that a stream cut after them is charged them."""
         self._grounding[index] = meta
-        queries = len(grounding(meta, "")[0])
-        self._queries[index] = max(self._queries.get(index, 0), queries)
+        self._queries[index] = max(self._queries.get(index, 0), queries_run(meta))
         self.searches = billed_searches(self._model, sum(self._queries.values()))
         if self.usage is not None and self.searches:
             self.usage.set_count("web_searches", self.searches)
@@ -160,8 +159,9 @@ class GeminiStreamParser:
         searched, annotations = grounding(self._grounding[index], "".join(self._texts.get(index, ())))
         given, cited = self._told.get(index, (0, set()))
         searched = searched[given:]
-        fresh = [a for a in annotations if orjson.dumps(a).decode() not in cited]
-        self._told[index] = (given + len(searched), cited | {orjson.dumps(a).decode() for a in fresh})
+        written = [(orjson.dumps(annotation), annotation) for annotation in annotations]
+        fresh = [annotation for key, annotation in written if key not in cited]
+        self._told[index] = (given + len(searched), cited | {key for key, _ in written})
         delta = ChunkDelta(web_searches=searched or None)
         if fresh:
             setattr(delta, "annotations", fresh)  # noqa: B010 - (Chat Completions' member, an extra)

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from adapters.providers.gemini import GeminiAdapter
+from adapters.providers.gemini.search import grounding
 from handler.ports import Target
 from handler.schemas import ChatRequest
 
@@ -173,3 +174,25 @@ def test_an_answer_grounded_on_pages_without_its_queries_is_billed_a_search(mode
     parser, searches, annotations = streamed(event("Sunny.", meta, "STOP"))
     assert parser.searches == 1 and parser.usage is not None and parser.usage.web_searches == 1
     assert [s["action"]["query"] for s in searches] == [""] and len(annotations) == 1
+
+
+def test_the_spans_of_a_text_beyond_ascii_are_counted_in_characters() -> None:
+    """Gemini's segments count bytes of the UTF-8 text; the annotations count characters. An offset inside a
+    character (a segment Gemini cut there) leaves that character out, as the bytes cut there decode; one past the
+    text ends at its end. Every support's offsets are read in one pass over the text."""
+    text = "Météo: 😀 ensoleillé."
+    ends = [(0, len("Mé".encode())), (len("Mé".encode()) - 1, len("Météo: 😀".encode()) - 2), (9, 999)]
+    meta = {
+        "webSearchQueries": ["q"],
+        "groundingChunks": [{"web": {"uri": URL}}],
+        "groundingSupports": [
+            {"segment": {"startIndex": a, "endIndex": b}, "groundingChunkIndices": [0]} for a, b in ends
+        ],
+    }
+    _, annotations = grounding(meta, text, start=3)
+    spans = [(a["url_citation"]["start_index"], a["url_citation"]["end_index"]) for a in annotations]
+    cut = [
+        (len(text.encode()[:a].decode(errors="ignore")), len(text.encode()[:b].decode(errors="ignore")))
+        for a, b in ends
+    ]
+    assert spans == [(3 + a, 3 + b) for a, b in cut] == [(3, 5), (4, 10), (10, 3 + len(text))]
