@@ -407,11 +407,10 @@ class Charges:
         it out (dropped and named: `Exchange.dropped_at`). Azure's Chat Completions at a dated api-version, Mistral
         and Bedrock have no `web_search_options`, and were reserved the fee ($0.010132 for $0.000132, a 402 under a
         $0.005 cap); nor has a translation for Claude or Gemini, which runs the search as its own tool, each search
-        charged instead (`_searched_at`), or, beside function tools, none."""
+        charged instead (`_searches_at`), or, beside function tools, none."""
         if ex.per_request_usd and (
             not attempt.adapter.takes_search_options(attempt.target)
             or "web_search_options" in ex.dropped_at.get(id(attempt), ex.dropped)
-            or Charges._searched_at(ex, attempt)
         ):
             return 0.0
         return ex.per_request_usd
