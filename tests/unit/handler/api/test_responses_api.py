@@ -11,8 +11,12 @@ from typing import Any
 
 import orjson
 import pytest
-from openai.types.responses import Response, response_input_item_param
+from openai import omit
+from openai._models import construct_type
+from openai.lib.streaming.responses._responses import ResponseStreamState
+from openai.types.responses import Response, ResponseStreamEvent, response_input_item_param
 
+from adapters.providers.gemini import GeminiAdapter
 from handler import schemas
 from handler.api.responses_api import (
     ITEM_TYPES,
@@ -21,13 +25,17 @@ from handler.api.responses_api import (
     ResponseIds,
     ResponsesRequest,
     finish,
+    search_tools,
     to_chat_request,
     to_response,
+    translated_search,
 )
 from handler.api.responses_items import item_ids
 from handler.api.responses_stream import ResponsesEventWriter
 from handler.errors import InvalidRequestError
+from handler.ports import Target
 from handler.schemas import ChatCompletion, Usage
+from handler.wire import StreamEvent
 
 SEAL = ReasoningSeal(b"unit")
 
@@ -523,3 +531,83 @@ def test_a_search_ending_the_answer_keeps_its_own_status(status: str, finish: An
     response = to_response(answer, req, ResponseIds("req_" + "0" * 32), SEAL, None)
     assert [(item["type"], item["status"]) for item in response["output"]] == [("web_search_call", status)]
     Response.model_validate(response)  # (as the openai SDK reads it)
+
+
+GROUNDED = {
+    "candidates": [
+        {
+            "content": {"role": "model", "parts": [{"text": "hello"}]},
+            "finishReason": "MAX_TOKENS",
+            "groundingMetadata": {
+                "webSearchQueries": ["q"],
+                "groundingChunks": [{"web": {"uri": "https://example.com/", "title": "t"}}],
+                "groundingSupports": [{"segment": {"startIndex": 0, "endIndex": 5}, "groundingChunkIndices": [0]}],
+            },
+        }
+    ],
+    "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 2, "totalTokenCount": 7},
+}
+
+
+def sdk_accumulated(writer: ResponsesEventWriter, chunks: list[schemas.ChatCompletionChunk]) -> Response:
+    """The response the openai SDK's stream helper ends with, for the events the writer gives for `chunks`."""
+    stream = writer.start() + b"".join(writer.chunk(chunk) for chunk in chunks)
+    closing, response = writer.completed()
+    finish(response, Usage.of(5, 2), None)
+    kind = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
+    stream += closing + writer.event(kind, response=response)
+    state = ResponseStreamState(input_tools=omit, text_format=omit)
+    given = []
+    for event in stream.split(b"\n\n")[:-1]:
+        payload = orjson.loads(event.split(b"\ndata: ", 1)[1])
+        given += state.handle_event(construct_type(type_=ResponseStreamEvent, value=payload))  # type: ignore[arg-type]
+    assert given[-1].type == kind
+    return given[-1].response
+
+
+def test_a_grounded_answer_cut_by_its_cap_streams_its_message_incomplete_as_whole() -> None:
+    """Gemini gives a grounding's searches just before the event that says the answer was cut (`MAX_TOKENS`): the
+    message they follow is closed with the answer's ending status, `incomplete` as the whole answer has it (it was
+    closed `completed` as the searches came), and the searches come after it, as documented."""
+    body = ResponsesRequest.model_validate({"model": "m", "input": "Hi", "tools": [{"type": "web_search"}]})
+    req, dropped = to_chat_request(body, [], SEAL)
+    translated_search(req, search_tools(body), 10, dropped)
+    target = Target("g", "gemini", "gemini-2.5-flash", "global", "http://gemini.invalid")
+    adapter = GeminiAdapter("g", "AIza-test-key", {})
+    answer = adapter.chat_response(orjson.dumps(GROUNDED), req, target)
+    whole = to_response(answer, body, ResponseIds("req_" + "0" * 32), SEAL, None)["output"]
+    assert [(item["type"], item["status"]) for item in whole] == [
+        ("web_search_call", "completed"),
+        ("message", "incomplete"),
+    ]
+    parser = adapter.stream_parser(req, target)
+    chunks = [*parser.feed(StreamEvent(None, orjson.dumps(GROUNDED))), *parser.finish()]
+    streamed = sdk_accumulated(ResponsesEventWriter(body, ResponseIds("req_" + "1" * 32), SEAL), chunks)
+    assert streamed.status == "incomplete"
+    assert [(item.type, item.status) for item in streamed.output] == [
+        ("message", "incomplete"),
+        ("web_search_call", "completed"),
+    ]
+    [message] = [item.model_dump(exclude_none=True) for item in streamed.output if item.type == "message"]
+    assert {**message, "id": ""} == {**whole[-1], "id": ""}  # (its text, its citation)
+
+
+def test_a_search_between_two_texts_parts_them_streamed() -> None:
+    """Claude's search that comes after some text, the answer going on after it: the message before it is done, the
+    search its own item, the text after it a message of its own (as the searches that wait for the open item to
+    close are written before more of the answer)."""
+    body = ResponsesRequest.model_validate({"model": "m", "input": "Hi", "tools": [{"type": "web_search"}]})
+    search = {"type": "web_search_call", "status": "completed", "action": {"type": "search", "query": "q"}}
+    deltas = [{"content": "Let me look. "}, {"web_searches": [search]}, {"content": "Found it."}, {}]
+    chunks = [
+        schemas.ChatCompletionChunk.model_validate(
+            {"id": "c", "created": 0, "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": end}]}
+        )
+        for delta, end in zip(deltas, [None, None, None, "length"], strict=True)
+    ]
+    streamed = sdk_accumulated(ResponsesEventWriter(body, ResponseIds("req_" + "1" * 32), SEAL), chunks)
+    assert [(item.type, item.status) for item in streamed.output] == [
+        ("message", "completed"),
+        ("web_search_call", "completed"),
+        ("message", "incomplete"),
+    ]
