@@ -942,22 +942,24 @@ def content_part(kind: str, text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def url_citations(message: AssistantMessage, start: int, end: int) -> list[dict[str, Any]]:
-    """The Responses API's `url_citation` annotations of the message's text `start`..`end` (one output text's), from
-    its Chat Completions `annotations` (a provider's search tool's citations, or an OpenAI search model's), their
-    indices in that text."""
-    annotations = (message.model_extra or {}).get("annotations")
+def url_citations(annotations: Any, start: int, end: int) -> list[dict[str, Any]]:
+    """The Responses API's `url_citation` annotations of the answer's text `start`..`end` (one output text's, whole or
+    as far as streamed), from Chat Completions `annotations` (a provider's search tool's citations, or an OpenAI search
+    model's, their indices in the answer's text), their indices in that text. A span is the text's if it starts in it
+    (one that starts before is an earlier text's, one past it cites what is not written), and ends at the text's end
+    at most (and not before its start): no citation points outside the text it annotates."""
     cited: list[dict[str, Any]] = []
     for annotation in annotations if isinstance(annotations, list) else ():
         span = annotation.get("url_citation") if isinstance(annotation, dict) else None
         if not isinstance(span, dict) or not isinstance(span.get("start_index"), int):
             continue
-        if start <= span["start_index"] < end or start == span["start_index"] == end:
+        first = span["start_index"]
+        if start <= first < end or start == first == end:
             cited.append(
                 {
                     "type": "url_citation",
-                    "start_index": span["start_index"] - start,
-                    "end_index": min(int(span.get("end_index") or 0), end) - start,
+                    "start_index": first - start,
+                    "end_index": max(min(int(span.get("end_index") or 0), end), first) - start,
                     "url": span.get("url"),
                     "title": span.get("title") or "",
                 }
@@ -1082,7 +1084,7 @@ def _items(
     output += search_items(message, ids)
     parts = [content_part("output_text", message.content)] if message.content else []
     if parts and message.model_extra and message.model_extra.get("annotations"):
-        parts[0]["annotations"] = url_citations(message, 0, len(message.content or ""))
+        parts[0]["annotations"] = url_citations(message.model_extra["annotations"], 0, len(message.content or ""))
     if message.refusal:  # its own part, as OpenAI answers one: a client parsing the text does not parse it
         parts.append(content_part("refusal", message.refusal))
     if parts:
@@ -1116,6 +1118,7 @@ def _items_in_order(
     spaces = Namespaces(req.tools)
     rest = {name: value for name, value in fields.items() if name != "thinking_blocks"}
     searches = search_items(message, ids)  # (ahead of the first text or call: the order they came in is not kept)
+    annotations = (message.model_extra or {}).get("annotations")
     written = 0  # the text's characters so far
     for kind, run in itertools.groupby(parts, key=operator.itemgetter(0)):
         if kind != "thinking" and searches:
@@ -1129,7 +1132,7 @@ def _items_in_order(
         elif kind == "text":
             text = "".join(same)
             part = content_part("output_text", text)
-            part["annotations"] = url_citations(message, written, written + len(text))
+            part["annotations"] = url_citations(annotations, written, written + len(text))
             written += len(text)
             output.append(message_item(ids.item("msg"), [part]))
         else:

@@ -29,6 +29,7 @@ from handler.api.responses_api import (
     message_item,
     reasoning_fields,
     reasoning_item,
+    url_citations,
 )
 from handler.api.streaming import sse_event
 from handler.errors import GatewayError, UpstreamError
@@ -264,16 +265,8 @@ class ResponsesEventWriter:
     def _annotated(self, item: _Item, annotations: list[Any]) -> bytes:
         """The open text's citations (Chat Completions' `annotations`, at the answer's text), each added to it."""
         out = b""
-        end = self.written
-        for annotation in annotations:
-            span = annotation.get("url_citation") if isinstance(annotation, dict) else None
-            if not isinstance(span, dict) or not isinstance(span.get("start_index"), int):
-                continue
-            start = max(span["start_index"], item.start) - item.start
-            stop = min(int(span.get("end_index") or 0), end) - item.start
-            cited = {"type": "url_citation", "start_index": start, "end_index": stop, "url": span.get("url")}
-            cited["title"] = span.get("title") or ""
-            where = {"item_id": item.id, "output_index": item.index, "content_index": len(item.parts)}
+        where = {"item_id": item.id, "output_index": item.index, "content_index": len(item.parts)}
+        for cited in url_citations(annotations, item.start, self.written):
             out += self.event(
                 "response.output_text.annotation.added",
                 annotation_index=len(item.annotations),

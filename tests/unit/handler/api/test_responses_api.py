@@ -611,3 +611,21 @@ def test_a_search_between_two_texts_parts_them_streamed() -> None:
         ("web_search_call", "completed"),
         ("message", "incomplete"),
     ]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_citation_is_of_the_text_it_annotates_or_none(stream: bool) -> None:
+    """Chat Completions `annotations` become the text's `url_citation`s by one rule, whole or streamed: a span that
+    starts in the text, ending at the text's end at most and not before its start. A span past the text (a provider's
+    grounding of more than it wrote) cited indices outside it when streamed (20..11 of an 11-character text)."""
+
+    def span(start: int, end: int) -> dict[str, Any]:
+        return {"type": "url_citation", "url_citation": {"start_index": start, "end_index": end, "url": "https://e/"}}
+
+    answer = completion({"content": "Hello world", "annotations": [span(0, 5), span(6, 40), span(20, 25), span(3, 1)]})
+    req = ResponsesRequest.model_validate({"model": "m", "input": "Hi"})
+    ids = ResponseIds("req_" + "0" * 32)
+    response = streamed(answer, req) if stream else to_response(answer, req, ids, SEAL, None)
+    cited = [(a["start_index"], a["end_index"]) for a in response["output"][-1]["content"][0]["annotations"]]
+    assert cited == [(0, 5), (6, 11), (3, 3)]
+    Response.model_validate(response)
