@@ -666,6 +666,20 @@ def _function(tool: dict[str, Any], name: str, group: str | None = None) -> dict
     return {"type": "function", "function": function}
 
 
+# The Responses API's hosted web search, by the type's prefix (`web_search`, `web_search_preview`, their dated names).
+SEARCH_TOOL = "web_search"
+
+
+def is_search(tool: Any) -> bool:
+    """Whether a tool (or a `tool_choice`'s or `allowed_tools`' tool) is the hosted web search, by any of its names."""
+    return isinstance(tool, dict) and str(tool.get("type") or "").startswith(SEARCH_TOOL)
+
+
+def search_tools(req: ResponsesRequest) -> list[dict[str, Any]]:
+    """The request's hosted web search tools (one is usual: they are one search, whatever their names)."""
+    return [tool for tool in req.tools or () if is_search(tool)]
+
+
 def _tools(req: ResponsesRequest, dropped: list[str], spaces: Namespaces) -> list[dict[str, Any]]:
     """The function tools, a namespace's in its place under the names `spaces` gives them; the rest named."""
     tools: list[dict[str, Any]] = []
@@ -683,18 +697,9 @@ def _tools(req: ResponsesRequest, dropped: list[str], spaces: Namespaces) -> lis
                     dropped.append(f"tools[{inner.get('type') or 'untyped'}]")
                 else:
                     tools.append(_function(inner, spaces.sent[space, function], group))
-        elif not kind.startswith(SEARCH_TOOL):  # (the request's search is its own: `ResponsesChatRequest.web_search`)
+        elif not is_search(tool):  # (the request's search is its own: `ResponsesChatRequest.web_search`)
             dropped.append(f"tools[{kind or 'untyped'}]")
     return tools
-
-
-# The Responses API's hosted web search, by the type's prefix (`web_search`, `web_search_preview`, their dated names).
-SEARCH_TOOL = "web_search"
-
-
-def search_tools(req: ResponsesRequest) -> list[dict[str, Any]]:
-    """The request's hosted web search tools (one is usual: they are one search, whatever their names)."""
-    return [tool for tool in req.tools or () if str(tool.get("type") or "").startswith(SEARCH_TOOL)]
 
 
 def translated_search(req: ChatRequest, asked: list[dict[str, Any]], most: int, dropped: list[str]) -> list[str]:
