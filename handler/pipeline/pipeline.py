@@ -332,7 +332,7 @@ class Pipeline(Charges):
         plan = await self._plan(ex, req.model, shed=False)  # (breakers open: the route's estimate serves)
         reach = [attempt for attempt in plan if attempt.model == ex.model]
         if reach and not any(self.gateway.router.breakers.available(a.target.label) for a in reach):
-            ex.route.extend(f"{attempt.target.label}=breaker-open" for attempt in reach)  # (as `_failover` names them)
+            breakers_open(ex, plan, reach)  # (the model's own, ahead of any fallback the key may not use)
             reach = [attempt for attempt in plan if attempt.model != ex.model]
         kind = reach[0].target.provider_type if reach else None  # (none: pinned away from the model's own)
         # The plan's, so that the failover names a fallback the key may not use where it reaches it, as the request's
@@ -345,14 +345,9 @@ class Pipeline(Charges):
         breakers = self.gateway.router.count_breakers
         passed = [attempt for attempt in counting if not breakers.available(attempt.target.label)]
         ends_at = ex.ends_at
-        if counting and len(passed) == len(counting):  # (named as `_failover` names them, the skipped among them)
-            for position, attempt in enumerate(counting):
-                passed_over(ex, counting, position)
-                ex.route.append(f"{attempt.target.label}=breaker-open")
-            passed_over(ex, counting, len(counting))
-            return None
-        if not counting or (ends_at is not None and ends_at - time.perf_counter() <= CUT_SLACK_S):
-            ex.route.extend(f"{attempt.target.label}=breaker-open" for attempt in passed)  # (as `_failover` names them)
+        short = ends_at is not None and ends_at - time.perf_counter() <= CUT_SLACK_S
+        if not counting or short or len(passed) == len(counting):
+            breakers_open(ex, counting, passed)
             return None
         if call.held and any(attempt.adapter.speaks(call.api, attempt.target) for attempt in counting):
             await self._continued_thread(ex, call)  # (Anthropic counts the thread it holds: only the key's own)
@@ -616,10 +611,7 @@ class Pipeline(Charges):
             plan = router.plan(model, ex.controls.route, allowed, kind=kind)
         refusal = router.shed(plan) if shed else None
         if refusal is not None:
-            for position, attempt in enumerate(plan):
-                passed_over(ex, plan, position)
-                ex.route.append(f"{attempt.target.label}=breaker-open")
-            passed_over(ex, plan, len(plan))
+            breakers_open(ex, plan, plan)
             raise refusal
         return plan
 
@@ -1479,6 +1471,18 @@ def passed_over(ex: Exchange, plan: list[Attempt], position: int) -> None:
     skipped_at = plan.skipped_at if isinstance(plan, Plan) else None
     if skipped_at:
         ex.route.extend(f"{name}=model_not_allowed" for name in skipped_at.get(position, ()))
+
+
+def breakers_open(ex: Exchange, plan: list[Attempt], passed: list[Attempt]) -> None:
+    """The route names the attempts of `plan` passed over for their open breakers (`passed`, in the plan's order) as
+    `_failover` names them, each in its place: after the fallbacks the key may not use that the plan would have tried
+    before it, and, with every attempt passed, those it would have tried after the last."""
+    for position, attempt in enumerate(plan):
+        if any(attempt is other for other in passed):
+            passed_over(ex, plan, position)
+            ex.route.append(f"{attempt.target.label}=breaker-open")
+    if passed and len(passed) == len(plan):
+        passed_over(ex, plan, len(plan))
 
 
 def shed(err: GatewayError) -> bool:
