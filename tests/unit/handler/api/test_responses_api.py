@@ -629,3 +629,23 @@ def test_a_citation_is_of_the_text_it_annotates_or_none(stream: bool) -> None:
     cited = [(a["start_index"], a["end_index"]) for a in response["output"][-1]["content"][0]["annotations"]]
     assert cited == [(0, 5), (6, 11), (3, 3)]
     Response.model_validate(response)
+
+
+def test_a_stream_cut_after_its_grounding_has_its_message_cut_and_its_searches_after_it() -> None:
+    """Gemini's grounding came, the finish never did (the stream broke): `response.failed` has the message as far as
+    it was written, `incomplete`, and the searches that ran after it (the message read `completed`)."""
+    body = ResponsesRequest.model_validate({"model": "m", "input": "Hi", "tools": [{"type": "web_search"}]})
+    search = {"type": "web_search_call", "status": "completed", "action": {"type": "search", "query": "q"}}
+    writer = ResponsesEventWriter(body, ResponseIds("req_" + "1" * 32), SEAL)
+    for delta in ({"content": "hello"}, {"web_searches": [search]}):
+        writer.chunk(
+            schemas.ChatCompletionChunk.model_validate(
+                {"id": "c", "created": 0, "model": "m", "choices": [{"index": 0, "delta": delta}]}
+            )
+        )
+    cut = writer.streamed()
+    assert [(item["type"], item["status"]) for item in cut] == [
+        ("message", "incomplete"),
+        ("web_search_call", "completed"),
+    ]
+    assert cut[0]["content"][0]["text"] == "hello"
