@@ -12,7 +12,7 @@ import functools
 import importlib
 import operator
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import (
     TYPE_CHECKING,
     Annotated,
@@ -471,15 +471,22 @@ class ChatRequest(BaseModel):
             return "summarized"
         return None
 
-    @property
+    @functools.cached_property
     def web_search(self) -> WebSearch | None:
         """The web search the request asks for, which an adapter whose provider has its own search tool sends as that
         tool (`ProviderAdapter.hosts_search`): a Chat Completions client's `web_search_options` (up to
         `DEFAULT_SEARCHES`); a Responses request's `web_search` tool, once priced, is a `ResponsesChatRequest`
         (handler/api/responses_api.py). Not a field: OpenAI's own Chat Completions gets `web_search_options` as
-        written, and the search's results come back as the provider gives them."""
+        written, and the search's results come back as the provider gives them. Read once for each attempt's
+        reservation, body, costing and answer, it is built once (a copy builds its own: `model_copy`)."""
         options = self.model_extra.get("web_search_options") if self.model_extra else None
         return WebSearch.asked(options, DEFAULT_SEARCHES, "web_search_options") if isinstance(options, dict) else None
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy, with its own `web_search` (the options `update` sets are its search, not the original's)."""
+        copied = super().model_copy(update=update, deep=deep)
+        copied.__dict__.pop("web_search", None)
+        return copied
 
     @property
     def prefill(self) -> str | None:

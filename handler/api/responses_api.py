@@ -666,6 +666,20 @@ def _function(tool: dict[str, Any], name: str, group: str | None = None) -> dict
     return {"type": "function", "function": function}
 
 
+# The Responses API's hosted web search, by the type's prefix (`web_search`, `web_search_preview`, their dated names).
+SEARCH_TOOL = "web_search"
+
+
+def is_search(tool: Any) -> bool:
+    """Whether a tool (or a `tool_choice`'s or `allowed_tools`' tool) is the hosted web search, by any of its names."""
+    return isinstance(tool, dict) and str(tool.get("type") or "").startswith(SEARCH_TOOL)
+
+
+def search_tools(req: ResponsesRequest) -> list[dict[str, Any]]:
+    """The request's hosted web search tools (one is usual: they are one search, whatever their names)."""
+    return [tool for tool in req.tools or () if is_search(tool)]
+
+
 def _tools(req: ResponsesRequest, dropped: list[str], spaces: Namespaces) -> list[dict[str, Any]]:
     """The function tools, a namespace's in its place under the names `spaces` gives them; the rest named."""
     tools: list[dict[str, Any]] = []
@@ -683,18 +697,9 @@ def _tools(req: ResponsesRequest, dropped: list[str], spaces: Namespaces) -> lis
                     dropped.append(f"tools[{inner.get('type') or 'untyped'}]")
                 else:
                     tools.append(_function(inner, spaces.sent[space, function], group))
-        elif not kind.startswith(SEARCH_TOOL):  # (the request's search is its own: `ResponsesChatRequest.web_search`)
+        elif not is_search(tool):  # (the request's search is its own: `ResponsesChatRequest.web_search`)
             dropped.append(f"tools[{kind or 'untyped'}]")
     return tools
-
-
-# The Responses API's hosted web search, by the type's prefix (`web_search`, `web_search_preview`, their dated names).
-SEARCH_TOOL = "web_search"
-
-
-def search_tools(req: ResponsesRequest) -> list[dict[str, Any]]:
-    """The request's hosted web search tools (one is usual: they are one search, whatever their names)."""
-    return [tool for tool in req.tools or () if str(tool.get("type") or "").startswith(SEARCH_TOOL)]
 
 
 def translated_search(req: ChatRequest, asked: list[dict[str, Any]], most: int, dropped: list[str]) -> list[str]:
@@ -942,22 +947,24 @@ def content_part(kind: str, text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def url_citations(message: AssistantMessage, start: int, end: int) -> list[dict[str, Any]]:
-    """The Responses API's `url_citation` annotations of the message's text `start`..`end` (one output text's), from
-    its Chat Completions `annotations` (a provider's search tool's citations, or an OpenAI search model's), their
-    indices in that text."""
-    annotations = (message.model_extra or {}).get("annotations")
+def url_citations(annotations: Any, start: int, end: int) -> list[dict[str, Any]]:
+    """The Responses API's `url_citation` annotations of the answer's text `start`..`end` (one output text's, whole or
+    as far as streamed), from Chat Completions `annotations` (a provider's search tool's citations, or an OpenAI search
+    model's, their indices in the answer's text), their indices in that text. A span is the text's if it starts in it
+    (one that starts before is an earlier text's, one past it cites what is not written), and ends at the text's end
+    at most (and not before its start): no citation points outside the text it annotates."""
     cited: list[dict[str, Any]] = []
     for annotation in annotations if isinstance(annotations, list) else ():
         span = annotation.get("url_citation") if isinstance(annotation, dict) else None
         if not isinstance(span, dict) or not isinstance(span.get("start_index"), int):
             continue
-        if start <= span["start_index"] < end or start == span["start_index"] == end:
+        first = span["start_index"]
+        if start <= first < end or start == first == end:
             cited.append(
                 {
                     "type": "url_citation",
-                    "start_index": span["start_index"] - start,
-                    "end_index": min(int(span.get("end_index") or 0), end) - start,
+                    "start_index": first - start,
+                    "end_index": max(min(int(span.get("end_index") or 0), end), first) - start,
                     "url": span.get("url"),
                     "title": span.get("title") or "",
                 }
@@ -1082,7 +1089,7 @@ def _items(
     output += search_items(message, ids)
     parts = [content_part("output_text", message.content)] if message.content else []
     if parts and message.model_extra and message.model_extra.get("annotations"):
-        parts[0]["annotations"] = url_citations(message, 0, len(message.content or ""))
+        parts[0]["annotations"] = url_citations(message.model_extra["annotations"], 0, len(message.content or ""))
     if message.refusal:  # its own part, as OpenAI answers one: a client parsing the text does not parse it
         parts.append(content_part("refusal", message.refusal))
     if parts:
@@ -1116,6 +1123,7 @@ def _items_in_order(
     spaces = Namespaces(req.tools)
     rest = {name: value for name, value in fields.items() if name != "thinking_blocks"}
     searches = search_items(message, ids)  # (ahead of the first text or call: the order they came in is not kept)
+    annotations = (message.model_extra or {}).get("annotations")
     written = 0  # the text's characters so far
     for kind, run in itertools.groupby(parts, key=operator.itemgetter(0)):
         if kind != "thinking" and searches:
@@ -1129,7 +1137,7 @@ def _items_in_order(
         elif kind == "text":
             text = "".join(same)
             part = content_part("output_text", text)
-            part["annotations"] = url_citations(message, written, written + len(text))
+            part["annotations"] = url_citations(annotations, written, written + len(text))
             written += len(text)
             output.append(message_item(ids.item("msg"), [part]))
         else:

@@ -30,6 +30,7 @@ from handler.api.responses_api import (
     ResponsesRequest,
     input_items,
     is_reference,
+    is_search,
     search_tools,
     to_chat_request,
     to_response,
@@ -78,16 +79,15 @@ ANSWERED = "answered_ids"
 UNPRICED_HOSTED = frozenset({"file_search", "code_interpreter", "image_generation"})
 
 
-def hosted_tools(pipeline: Pipeline, ex: Exchange, body: ResponsesRequest) -> list[str]:
-    """The Responses API's hosted tools that OpenAI bills beyond tokens. Web search (`web_search`,
-    `web_search_preview`, billed per call): kept when searches are priced, up to `max_tool_calls`
+def hosted_tools(pipeline: Pipeline, ex: Exchange, body: ResponsesRequest, searches: list[dict[str, Any]]) -> list[str]:
+    """The Responses API's hosted tools that OpenAI bills beyond tokens. Web search (`searches`, its tools:
+    `search_tools`, billed per call): kept when searches are priced, up to `max_tool_calls`
     (`DEFAULT_SEARCHES` when the request sets none) reserved for. The others (`UNPRICED_HOSTED`), and unpriced
     searches: left out of the body a Responses deployment gets (a 400 under `x-gateway-strict`), and out of the
     `tool_choice` (`unchosen`). Returns what was left out."""
     tools = body.tools or []
     left_out = [t for t in tools if str(t.get("type") or "") in UNPRICED_HOSTED]
     pipeline.refuse_unpriced_tools(ex, sorted({f"tools[{tool['type']}]" for tool in left_out}))
-    searches = [t for t in tools if str(t.get("type") or "").startswith("web_search")]
     if searches:
         extra = body.model_extra if body.model_extra is not None else {}
         most = pipeline.search_limit(extra.get("max_tool_calls"), "max_tool_calls")
@@ -100,20 +100,19 @@ def hosted_tools(pipeline: Pipeline, ex: Exchange, body: ResponsesRequest) -> li
     names = sorted({f"tools[{tool['type']}]" for tool in left_out})
     kept = [tool for tool in tools if not any(tool is out for out in left_out)]
     body.tools = kept
-    return names + unchosen(body, {str(tool["type"]) for tool in left_out})
+    return names + unchosen(body, {str(tool["type"]) for tool in left_out}, searched=any(map(is_search, left_out)))
 
 
-def unchosen(body: ResponsesRequest, left_out: set[str]) -> list[str]:
-    """The `tool_choice` of `body` without the hosted tools left out of its tools (their types, `left_out`), and its
-    names of what that took. A choice of one of them, or with no tool left to choose, goes (`tool_choice`); an
-    `allowed_tools` choice keeps the tools still sent (`tool_choice.tools`), as the translation's does, or goes when
-    it allowed none of them. The allowed tools went upstream as they came, naming one the body no longer had, and
-    OpenAI refused the request (400, `tool_choice.tools[0]`: found by review)."""
+def unchosen(body: ResponsesRequest, left_out: set[str], *, searched: bool) -> list[str]:
+    """The `tool_choice` of `body` without the hosted tools left out of its tools (their types, `left_out`; `searched`:
+    the search among them), and its names of what that took. A choice of one of them, or with no tool left to choose,
+    goes (`tool_choice`); an `allowed_tools` choice keeps the tools still sent (`tool_choice.tools`), as the
+    translation's does, or goes when it allowed none of them. The allowed tools went upstream as they came, naming one
+    the body no longer had, and OpenAI refused the request (400, `tool_choice.tools[0]`: found by review)."""
 
     def gone(tool: Any) -> bool:
         # (The searches are left out together, whatever their names: a choice of `web_search_preview` with them.)
-        kind = str(tool.get("type") or "") if isinstance(tool, dict) else ""
-        return kind in left_out or (kind.startswith("web_search") and any(t.startswith("web_search") for t in left_out))
+        return (isinstance(tool, dict) and str(tool.get("type") or "") in left_out) or (searched and is_search(tool))
 
     choice = body.tool_choice
     if choice is None:
@@ -512,7 +511,7 @@ class ResponsesRoutes:
         # A translation carries the hosted search as the search it asks for, run by a provider with its own search
         # tool where the search is priced (`ex.searches`, the limit reserved): left out and named where unpriced.
         searches = search_tools(body)
-        hosted = hosted_tools(api.pipeline, ex, body)
+        hosted = hosted_tools(api.pipeline, ex, body, searches)
         dropped = translated_search(req, searches, ex.searches, dropped)
         ex.searched = req if req.web_search is not None else None
         relay = Relay(body, handed_back, ex, dropped, hosted, kept, visible)

@@ -29,6 +29,7 @@ from handler.api.responses_api import (
     message_item,
     reasoning_fields,
     reasoning_item,
+    url_citations,
 )
 from handler.api.streaming import sse_event
 from handler.errors import GatewayError, UpstreamError
@@ -79,6 +80,7 @@ class ResponsesEventWriter:
         self.spaces = Namespaces(req.tools)  # (a call of a namespace's function names it: `call_item`)
         self.served_tier: str | None = None  # (the tier the chunks say the answer runs at: `envelope`)
         self.written = 0  # the answer's text so far, in characters (where its annotations point)
+        self.held: list[dict[str, Any]] = []  # searches given while an item was open, written once it closes
 
     def event(self, kind: str, **payload: Any) -> bytes:
         data = {"type": kind, "sequence_number": self.sequence, **payload}
@@ -171,7 +173,9 @@ class ResponsesEventWriter:
             done = call_item(item.id, item.call_id, item.name, text, status, self.spaces)
             out += self.event("response.function_call_arguments.done", name=done["name"], arguments=text, **where)
         self.output.append(done)
-        return out + self.event("response.output_item.done", item=done, output_index=item.index)
+        out += self.event("response.output_item.done", item=done, output_index=item.index)
+        held, self.held = self.held, []
+        return out + self._searched(held)
 
     def chunk(self, chunk: ChatCompletionChunk) -> bytes:
         out = b""
@@ -184,6 +188,8 @@ class ResponsesEventWriter:
             # Claude's blocks (a redacted one, a signature closing a thinking block) come in deltas of their own, in
             # the order the model wrote them: a reasoning item where they stand, as the whole answer has it.
             own = "thinking_blocks" in fields and not (delta.content or delta.refusal or delta.tool_calls)
+            if self.held and (delta.reasoning_content or own or delta.content or delta.refusal or delta.tool_calls):
+                out += self._close()  # (more of the answer after its searches: the item they came in is done)
             if delta.reasoning_content or (fields and (own or self.open_key == ("reasoning", 0))):
                 data, item = self._switch("reasoning", 0)
                 out += data
@@ -223,19 +229,28 @@ class ResponsesEventWriter:
             annotations = delta.model_extra.get("annotations") if delta.model_extra else None
             if annotations and self.open is not None and self.open.part == "output_text":
                 out += self._annotated(self.open, annotations)
-            if delta.web_searches:  # (after the text a grounding that comes with its searches annotates: Gemini's)
-                out += self._searched(delta.web_searches)
+            if delta.web_searches:
+                out += self._search(delta.web_searches)
             if choice.finish_reason:
                 out += self._calls(self.calls.flush())
                 self.finish_reason = choice.finish_reason
         return out
 
-    def _searched(self, calls: list[dict[str, Any]]) -> bytes:
+    def _search(self, calls: list[dict[str, Any]]) -> bytes:
         """Searches a provider's own search tool ran (`ChunkDelta.web_searches`, each done), each a `web_search_call`
-        item of its own between the items around it, with the events OpenAI streams for one."""
-        out = self._close()
-        for call in calls:
-            item = {**call, "id": self.ids.item("ws")}
+        item of its own between the items around it. Given while an item is open, they wait for it to close (`_close`):
+        more of the answer closes it as done, the answer's end with its ending status, as the whole answer marks it.
+        (Gemini gives its grounding's searches just before the event that says whether its text was cut there.)"""
+        searches = [{**call, "id": self.ids.item("ws")} for call in calls]
+        if self.open is not None:
+            self.held += searches
+            return b""
+        return self._searched(searches)
+
+    def _searched(self, searches: list[dict[str, Any]]) -> bytes:
+        """The searches' `web_search_call` items, with the events OpenAI streams for one."""
+        out = b""
+        for item in searches:
             where = {"output_index": len(self.output)}
             added = {"id": item["id"], "type": "web_search_call", "status": "in_progress", "action": item["action"]}
             out += self.event("response.output_item.added", item=added, **where)
@@ -250,16 +265,8 @@ class ResponsesEventWriter:
     def _annotated(self, item: _Item, annotations: list[Any]) -> bytes:
         """The open text's citations (Chat Completions' `annotations`, at the answer's text), each added to it."""
         out = b""
-        end = self.written
-        for annotation in annotations:
-            span = annotation.get("url_citation") if isinstance(annotation, dict) else None
-            if not isinstance(span, dict) or not isinstance(span.get("start_index"), int):
-                continue
-            start = max(span["start_index"], item.start) - item.start
-            stop = min(int(span.get("end_index") or 0), end) - item.start
-            cited = {"type": "url_citation", "start_index": start, "end_index": stop, "url": span.get("url")}
-            cited["title"] = span.get("title") or ""
-            where = {"item_id": item.id, "output_index": item.index, "content_index": len(item.parts)}
+        where = {"item_id": item.id, "output_index": item.index, "content_index": len(item.parts)}
+        for cited in url_citations(annotations, item.start, self.written):
             out += self.event(
                 "response.output_text.annotation.added",
                 annotation_index=len(item.annotations),
@@ -319,7 +326,7 @@ class ResponsesEventWriter:
             cut = message_item(item.id, parts, "incomplete")
         else:
             cut = call_item(item.id, item.call_id, item.name, text, "incomplete", self.spaces)
-        return [*self.output, cut]
+        return [*self.output, cut, *self.held]  # (the searches that ran while it was written after it)
 
     def failed(self, exc: GatewayError, cost: Cost | None) -> tuple[bytes, dict[str, Any]]:
         """The `error` event, and the failed response for `response.failed`: its output as far as it was streamed

@@ -85,28 +85,25 @@ BATCHES_AT_ONCE = 8
 CLIENT_FAULT_STATUSES = frozenset({400, 404, 413, 422})
 
 
-def answered_as(failure: UpstreamError) -> GatewayError:
-    """The error a provider's `failure` is answered as where it ended the one attempt made (`Pipeline._failover`'s
-    mapping): its rate limit the client's 429 `upstream_rate_limited`, its overload (529) Anthropic's own on its API, a
-    request it refused the client's 400 (`ProviderRejectedError`), any other failure as it is (502). For an error after
-    a stream's first byte, which no other attempt can follow, what the client is told in the stream: a Messages
-    client's `error` event was an `api_error` whatever the provider said (its rate limit, its overload), and a
-    Responses stream's `error` event with no closing event was settled a 502 `stream_interrupted`."""
-    if failure.rate_limited:
-        return UpstreamRateLimitedError(
-            failure.message,
-            upstream_status=429,
+def answered_as(
+    failure: UpstreamError, message: str | None = None, headers: dict[str, str] | None = None
+) -> GatewayError:
+    """The error a provider's `failure` is answered as where it ended the attempts made (`Pipeline._failover`, which
+    words a rate limit its own way: `message`, `headers`): its rate limit the client's 429 `upstream_rate_limited`,
+    its overload (529) Anthropic's own on its API, a request it refused the client's 400 (`ProviderRejectedError`),
+    any other failure as it is (502); the provider's status and type inside. For an error after a stream's first byte,
+    which no other attempt can follow, what the client is told in the stream: a Messages client's `error` event was an
+    `api_error` whatever the provider said (its rate limit, its overload), and a Responses stream's `error` event with
+    no closing event was settled a 502 `stream_interrupted`."""
+    if failure.rate_limited or failure.upstream_status == OVERLOADED:
+        kind = UpstreamRateLimitedError if failure.rate_limited else UpstreamOverloadedError
+        return kind(
+            failure.message if message is None else message,
+            upstream_status=failure.upstream_status,
             retryable=True,
             retry_after=failure.retry_after,
             upstream_type=failure.upstream_type,
-        )
-    if failure.upstream_status == OVERLOADED:
-        return UpstreamOverloadedError(
-            failure.message,
-            upstream_status=OVERLOADED,
-            retryable=True,
-            retry_after=failure.retry_after,
-            upstream_type=failure.upstream_type,
+            headers=headers,
         )
     if failure.upstream_status in CLIENT_FAULT_STATUSES and not failure.retryable:
         return ProviderRejectedError(failure)
@@ -335,7 +332,7 @@ class Pipeline(Charges):
         plan = await self._plan(ex, req.model, shed=False)  # (breakers open: the route's estimate serves)
         reach = [attempt for attempt in plan if attempt.model == ex.model]
         if reach and not any(self.gateway.router.breakers.available(a.target.label) for a in reach):
-            ex.route.extend(f"{attempt.target.label}=breaker-open" for attempt in reach)  # (as `_failover` names them)
+            breakers_open(ex, plan, reach)  # (the model's own, ahead of any fallback the key may not use)
             reach = [attempt for attempt in plan if attempt.model != ex.model]
         kind = reach[0].target.provider_type if reach else None  # (none: pinned away from the model's own)
         # The plan's, so that the failover names a fallback the key may not use where it reaches it, as the request's
@@ -348,14 +345,9 @@ class Pipeline(Charges):
         breakers = self.gateway.router.count_breakers
         passed = [attempt for attempt in counting if not breakers.available(attempt.target.label)]
         ends_at = ex.ends_at
-        if counting and len(passed) == len(counting):  # (named as `_failover` names them, the skipped among them)
-            for position, attempt in enumerate(counting):
-                passed_over(ex, counting, position)
-                ex.route.append(f"{attempt.target.label}=breaker-open")
-            passed_over(ex, counting, len(counting))
-            return None
-        if not counting or (ends_at is not None and ends_at - time.perf_counter() <= CUT_SLACK_S):
-            ex.route.extend(f"{attempt.target.label}=breaker-open" for attempt in passed)  # (as `_failover` names them)
+        short = ends_at is not None and ends_at - time.perf_counter() <= CUT_SLACK_S
+        if not counting or short or len(passed) == len(counting):
+            breakers_open(ex, counting, passed)
             return None
         if call.held and any(attempt.adapter.speaks(call.api, attempt.target) for attempt in counting):
             await self._continued_thread(ex, call)  # (Anthropic counts the thread it holds: only the key's own)
@@ -617,10 +609,7 @@ class Pipeline(Charges):
             plan = router.plan(model, ex.controls.route, allowed, kind=kind)
         refusal = router.shed(plan) if shed else None
         if refusal is not None:
-            for position, attempt in enumerate(plan):
-                passed_over(ex, plan, position)
-                ex.route.append(f"{attempt.target.label}=breaker-open")
-            passed_over(ex, plan, len(plan))
+            breakers_open(ex, plan, plan)
             raise refusal
         return plan
 
@@ -1055,7 +1044,7 @@ class Pipeline(Charges):
                             failed.pop()
                             built, key = build(attempt), attempt.adapter.secret
                             continue
-                        raise self._client_facing(err) from None
+                        raise answered_as(err) from None
                     if (
                         isinstance(err, UpstreamTimeoutError)
                         and ex.ends_at is not None
@@ -1114,37 +1103,28 @@ class Pipeline(Charges):
             # Every one passed over for its breaker after `_plan` found one to try (a concurrent request took the
             # half-open breaker's one probe): refused as `_plan` refuses, the reservation released unspent.
             raise self.gateway.router.shed(plan) or ServiceUnavailableError("every deployment's breaker is open")
-        failure = last
+        failure: GatewayError = last
         if all(err.rate_limited for err in failed) and not skipped:
             # (One skipped for other failures: not every one rate-limited.)
             waits = [err.retry_after for err in failed if err.retry_after is not None]
             headers = {"retry-after": str(max(1, math.ceil(min(waits))) if waits else UNNAMED_WAIT_S)}
             if len(failed) > 1:
-                raise UpstreamRateLimitedError(
-                    f"every provider rate-limited this request, after the gateway's own retries: {last.message}",
-                    upstream_status=429,
-                    headers=headers,
-                )
+                said = f"every provider rate-limited this request, after the gateway's own retries: {last.message}"
+                raise answered_as(last, said, headers)
             # The one attempt made, not retried: the provider named no wait (Bedrock's ThrottlingException), or one
             # past the gateway's own bound (Anthropic's 20 s). The client may wait and retry, as it would against
             # the provider: told not to, the SDKs and Claude Code gave up at once, and Codex after one request.
-            limited = UpstreamRateLimitedError(
+            said = (
                 f"the provider rate-limited this request and the gateway did not retry it "
-                f"({self._unretried(ex, last, retries, uncovered)}): {last.message}",
-                upstream_status=429,
-                headers=headers,
+                f"({self._unretried(ex, last, retries, uncovered)}): {last.message}"
             )
+            limited = answered_as(last, said, headers)
             limited.should_retry = True
             raise limited
         if all(err.upstream_status == OVERLOADED for err in failed):
             # Real overload (a candidate skipped for its open breaker is not available either): Anthropic's own
             # answer to it on its API, which Claude Code falls back on; a 502 it may retry without end.
-            failure = UpstreamOverloadedError(
-                last.message,
-                upstream_status=OVERLOADED,
-                retry_after=last.retry_after,
-                upstream_type=last.upstream_type,
-            )
+            failure = answered_as(last)
         if len(failed) == 1 and last.upstream_status != 429 and not last.billable and not last.deployment_fault:
             # One attempt, failed for a passing reason (a 5xx, overloaded, unreachable), with nothing else to try:
             # the gateway retried nothing, so the client's SDK may (Claude Code retries an overloaded Anthropic
@@ -1330,12 +1310,6 @@ class Pipeline(Charges):
         ex.extra.append(again)
         ex.store_ms += again.store_ms
 
-    @staticmethod
-    def _client_facing(err: UpstreamError) -> GatewayError:
-        if err.upstream_status in CLIENT_FAULT_STATUSES:
-            return ProviderRejectedError(err)
-        return err
-
     async def _settle(
         self,
         ex: Exchange,
@@ -1495,6 +1469,18 @@ def passed_over(ex: Exchange, plan: list[Attempt], position: int) -> None:
     skipped_at = plan.skipped_at if isinstance(plan, Plan) else None
     if skipped_at:
         ex.route.extend(f"{name}=model_not_allowed" for name in skipped_at.get(position, ()))
+
+
+def breakers_open(ex: Exchange, plan: list[Attempt], passed: list[Attempt]) -> None:
+    """The route names the attempts of `plan` passed over for their open breakers (`passed`, in the plan's order) as
+    `_failover` names them, each in its place: after the fallbacks the key may not use that the plan would have tried
+    before it, and, with every attempt passed, those it would have tried after the last."""
+    for position, attempt in enumerate(plan):
+        if any(attempt is other for other in passed):
+            passed_over(ex, plan, position)
+            ex.route.append(f"{attempt.target.label}=breaker-open")
+    if passed and len(passed) == len(plan):
+        passed_over(ex, plan, len(plan))
 
 
 def shed(err: GatewayError) -> bool:

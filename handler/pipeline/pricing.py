@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from functools import cache, lru_cache
 from importlib import resources
@@ -156,6 +156,14 @@ def dollars(total: float) -> float:
     return exact(round(total, 12))
 
 
+def own_sampling(usage: Usage, samplings: Iterable[Usage]) -> Usage:
+    """What `usage` counts of the answer's own sampling: less the samplings the provider priced each on its own
+    (`Served.samplings`, Anthropic's compaction), which it counts in."""
+    for sampling in samplings:
+        usage = usage.less(sampling)
+    return usage
+
+
 class Cost(Value):
     """What one request cost: the provider's charge, the gateway's fee, and what they were computed from. Both
     amounts are kept `exact`, so the headers, the ledger and the budgets carry the same figure."""
@@ -196,19 +204,15 @@ class Cost(Value):
         they saved (found by review)."""
         if self.unit_prices is None:
             return 0.0
-        own, saved = self.usage, 0.0
-        for sampling, unit in self.samplings:
-            own = own.less(sampling)
-            saved += _saved(sampling, unit)
-        saved += _saved(own, self.unit_prices)
+        saved = 0.0
+        for usage, unit in self.parts():
+            saved += _saved(usage, unit or self.unit_prices)  # (every part priced here: `or` for the type checker)
         return exact(saved / 1_000_000) if saved else 0.0
 
     def parts(self) -> list[tuple[Usage, dict[str, float] | None]]:
         """The samplings the cost was priced on, each with its unit prices, in the order they ran: those priced on
         their own (`samplings`), then the answer's own, what is left of `usage`."""
-        own = self.usage
-        for sampling, _ in self.samplings:
-            own = own.less(sampling)
+        own = own_sampling(self.usage, (sampling for sampling, _ in self.samplings))
         return [*self.samplings, (own, self.unit_prices)]
 
     def as_event(self) -> dict[str, Any]:
@@ -308,9 +312,7 @@ def cost_of(usage: Usage, price: Price | None, fee: FeeConfig, samplings: tuple[
     answer's own sampling (a long-context tier is chosen per sampling, never on their sum)."""
     if price is None:
         return Cost(None, fee_for(None, fee), usage, None)
-    own = usage
-    for sampling in samplings:
-        own = own.less(sampling)
+    own = own_sampling(usage, samplings)
     unit = _effective(price, own.prompt_tokens)
     provider = _tokens_usd(own, unit)
     apart = tuple((sampling, _effective(price, sampling.prompt_tokens)) for sampling in samplings)

@@ -292,7 +292,8 @@ def test_a_providers_429_the_gateway_did_not_retry_is_left_to_the_sdks_retries(g
 def test_a_providers_wait_past_the_gateways_bound_is_passed_on_for_the_client_to_wait(gw: Running) -> None:
     """Anthropic's 429 with `retry-after: 20`, past the 5 s the gateway waits itself: one attempt, not retried,
     answered with the provider's wait and `x-should-retry: true` (it said false, "after the gateway's own
-    retries", and Claude Code stopped at once where against Anthropic it waits and retries)."""
+    retries", and Claude Code stopped at once where against Anthropic it waits and retries). The provider's type is
+    inside, as a provider's failure has it (it was left out of a 429)."""
     fake = gw.fakes["anthropic"].state.requests
     since = len(fake)
     counter = Counter()
@@ -303,7 +304,12 @@ def test_a_providers_wait_past_the_gateways_bound_is_passed_on_for_the_client_to
     answer = raised.value.response
     assert (answer.headers["x-should-retry"], answer.headers["retry-after"]) == ("true", "20")
     error = answer.json()["error"]
-    assert (error["code"], error["upstream_status"]) == ("upstream_rate_limited", 429)
+    # (the provider's type inside, as an overload's and a rate limit's after a stream's first byte have it)
+    assert (error["code"], error["upstream_status"], error["upstream_type"]) == (
+        "upstream_rate_limited",
+        429,
+        "rate_limit_error",
+    )
     assert "the provider's retry-after of 20 s is past the 5 s the gateway waits itself" in error["message"]
     assert len(fake) - since == 1
 

@@ -11,8 +11,12 @@ from typing import Any
 
 import orjson
 import pytest
-from openai.types.responses import Response, response_input_item_param
+from openai import omit
+from openai._models import construct_type
+from openai.lib.streaming.responses._responses import ResponseStreamState
+from openai.types.responses import Response, ResponseStreamEvent, response_input_item_param
 
+from adapters.providers.gemini import GeminiAdapter
 from handler import schemas
 from handler.api.responses_api import (
     ITEM_TYPES,
@@ -21,13 +25,17 @@ from handler.api.responses_api import (
     ResponseIds,
     ResponsesRequest,
     finish,
+    search_tools,
     to_chat_request,
     to_response,
+    translated_search,
 )
 from handler.api.responses_items import item_ids
 from handler.api.responses_stream import ResponsesEventWriter
 from handler.errors import InvalidRequestError
+from handler.ports import Target
 from handler.schemas import ChatCompletion, Usage
+from handler.wire import StreamEvent
 
 SEAL = ReasoningSeal(b"unit")
 
@@ -523,3 +531,121 @@ def test_a_search_ending_the_answer_keeps_its_own_status(status: str, finish: An
     response = to_response(answer, req, ResponseIds("req_" + "0" * 32), SEAL, None)
     assert [(item["type"], item["status"]) for item in response["output"]] == [("web_search_call", status)]
     Response.model_validate(response)  # (as the openai SDK reads it)
+
+
+GROUNDED = {
+    "candidates": [
+        {
+            "content": {"role": "model", "parts": [{"text": "hello"}]},
+            "finishReason": "MAX_TOKENS",
+            "groundingMetadata": {
+                "webSearchQueries": ["q"],
+                "groundingChunks": [{"web": {"uri": "https://example.com/", "title": "t"}}],
+                "groundingSupports": [{"segment": {"startIndex": 0, "endIndex": 5}, "groundingChunkIndices": [0]}],
+            },
+        }
+    ],
+    "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 2, "totalTokenCount": 7},
+}
+
+
+def sdk_accumulated(writer: ResponsesEventWriter, chunks: list[schemas.ChatCompletionChunk]) -> Response:
+    """The response the openai SDK's stream helper ends with, for the events the writer gives for `chunks`."""
+    stream = writer.start() + b"".join(writer.chunk(chunk) for chunk in chunks)
+    closing, response = writer.completed()
+    finish(response, Usage.of(5, 2), None)
+    kind = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
+    stream += closing + writer.event(kind, response=response)
+    state = ResponseStreamState(input_tools=omit, text_format=omit)
+    given = []
+    for event in stream.split(b"\n\n")[:-1]:
+        payload = orjson.loads(event.split(b"\ndata: ", 1)[1])
+        given += state.handle_event(construct_type(type_=ResponseStreamEvent, value=payload))  # type: ignore[arg-type]
+    assert given[-1].type == kind
+    return given[-1].response
+
+
+def test_a_grounded_answer_cut_by_its_cap_streams_its_message_incomplete_as_whole() -> None:
+    """Gemini gives a grounding's searches just before the event that says the answer was cut (`MAX_TOKENS`): the
+    message they follow is closed with the answer's ending status, `incomplete` as the whole answer has it (it was
+    closed `completed` as the searches came), and the searches come after it, as documented."""
+    body = ResponsesRequest.model_validate({"model": "m", "input": "Hi", "tools": [{"type": "web_search"}]})
+    req, dropped = to_chat_request(body, [], SEAL)
+    translated_search(req, search_tools(body), 10, dropped)
+    target = Target("g", "gemini", "gemini-2.5-flash", "global", "http://gemini.invalid")
+    adapter = GeminiAdapter("g", "AIza-test-key", {})
+    answer = adapter.chat_response(orjson.dumps(GROUNDED), req, target)
+    whole = to_response(answer, body, ResponseIds("req_" + "0" * 32), SEAL, None)["output"]
+    assert [(item["type"], item["status"]) for item in whole] == [
+        ("web_search_call", "completed"),
+        ("message", "incomplete"),
+    ]
+    parser = adapter.stream_parser(req, target)
+    chunks = [*parser.feed(StreamEvent(None, orjson.dumps(GROUNDED))), *parser.finish()]
+    streamed = sdk_accumulated(ResponsesEventWriter(body, ResponseIds("req_" + "1" * 32), SEAL), chunks)
+    assert streamed.status == "incomplete"
+    assert [(item.type, item.status) for item in streamed.output] == [
+        ("message", "incomplete"),
+        ("web_search_call", "completed"),
+    ]
+    [message] = [item.model_dump(exclude_none=True) for item in streamed.output if item.type == "message"]
+    assert {**message, "id": ""} == {**whole[-1], "id": ""}  # (its text, its citation)
+
+
+def test_a_search_between_two_texts_parts_them_streamed() -> None:
+    """Claude's search that comes after some text, the answer going on after it: the message before it is done, the
+    search its own item, the text after it a message of its own (as the searches that wait for the open item to
+    close are written before more of the answer)."""
+    body = ResponsesRequest.model_validate({"model": "m", "input": "Hi", "tools": [{"type": "web_search"}]})
+    search = {"type": "web_search_call", "status": "completed", "action": {"type": "search", "query": "q"}}
+    deltas = [{"content": "Let me look. "}, {"web_searches": [search]}, {"content": "Found it."}, {}]
+    chunks = [
+        schemas.ChatCompletionChunk.model_validate(
+            {"id": "c", "created": 0, "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": end}]}
+        )
+        for delta, end in zip(deltas, [None, None, None, "length"], strict=True)
+    ]
+    streamed = sdk_accumulated(ResponsesEventWriter(body, ResponseIds("req_" + "1" * 32), SEAL), chunks)
+    assert [(item.type, item.status) for item in streamed.output] == [
+        ("message", "completed"),
+        ("web_search_call", "completed"),
+        ("message", "incomplete"),
+    ]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_citation_is_of_the_text_it_annotates_or_none(stream: bool) -> None:
+    """Chat Completions `annotations` become the text's `url_citation`s by one rule, whole or streamed: a span that
+    starts in the text, ending at the text's end at most and not before its start. A span past the text (a provider's
+    grounding of more than it wrote) cited indices outside it when streamed (20..11 of an 11-character text)."""
+
+    def span(start: int, end: int) -> dict[str, Any]:
+        return {"type": "url_citation", "url_citation": {"start_index": start, "end_index": end, "url": "https://e/"}}
+
+    answer = completion({"content": "Hello world", "annotations": [span(0, 5), span(6, 40), span(20, 25), span(3, 1)]})
+    req = ResponsesRequest.model_validate({"model": "m", "input": "Hi"})
+    ids = ResponseIds("req_" + "0" * 32)
+    response = streamed(answer, req) if stream else to_response(answer, req, ids, SEAL, None)
+    cited = [(a["start_index"], a["end_index"]) for a in response["output"][-1]["content"][0]["annotations"]]
+    assert cited == [(0, 5), (6, 11), (3, 3)]
+    Response.model_validate(response)
+
+
+def test_a_stream_cut_after_its_grounding_has_its_message_cut_and_its_searches_after_it() -> None:
+    """Gemini's grounding came, the finish never did (the stream broke): `response.failed` has the message as far as
+    it was written, `incomplete`, and the searches that ran after it (the message read `completed`)."""
+    body = ResponsesRequest.model_validate({"model": "m", "input": "Hi", "tools": [{"type": "web_search"}]})
+    search = {"type": "web_search_call", "status": "completed", "action": {"type": "search", "query": "q"}}
+    writer = ResponsesEventWriter(body, ResponseIds("req_" + "1" * 32), SEAL)
+    for delta in ({"content": "hello"}, {"web_searches": [search]}):
+        writer.chunk(
+            schemas.ChatCompletionChunk.model_validate(
+                {"id": "c", "created": 0, "model": "m", "choices": [{"index": 0, "delta": delta}]}
+            )
+        )
+    cut = writer.streamed()
+    assert [(item["type"], item["status"]) for item in cut] == [
+        ("message", "incomplete"),
+        ("web_search_call", "completed"),
+    ]
+    assert cut[0]["content"][0]["text"] == "hello"

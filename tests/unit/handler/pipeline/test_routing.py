@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import operator
+from functools import partial
+from types import SimpleNamespace
+
 import pytest
 
 from adapters.providers.registry import REGISTRY
 from handler.config import ConfigError, parse_config
 from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError, ServiceUnavailableError
+from handler.pipeline.exchange import Controls, Exchange
 from handler.pipeline.gateway import build_adapters, check_routes
-from handler.pipeline.routing import RouteControls, Router, any_model
+from handler.pipeline.pipeline import Pipeline
+from handler.pipeline.routing import Attempt, RouteControls, Router, any_model
+from handler.ports import MESSAGES_API, KeyRecord, NativeCall
+from handler.schemas import ChatRequest
 
 CONFIG = {
     "providers": {
@@ -234,3 +242,56 @@ def test_a_region_pin_names_its_region_in_any_case(pin: str) -> None:
     )
     routed = Router(azure, build_adapters(azure, REGISTRY, {"A": "x"}), "eu-west-1")
     assert [a.target.region for a in routed.plan("g", RouteControls(region="westeurope"), any_model)] == ["WestEurope"]
+
+
+COUNTED = {
+    "providers": {
+        "a": {"type": "anthropic", "api_key": "sk-ant-a", "base_url": "http://127.0.0.1:9"},
+        "b": {"type": "anthropic", "api_key": "sk-ant-b", "base_url": "http://127.0.0.1:9"},
+    },
+    "models": {
+        "down": {"deployments": [{"provider": "a", "model": "claude-down"}], "fallbacks": ["secret", "open"]},
+        "secret": {"deployments": [{"provider": "a", "model": "claude-secret"}]},
+        "open": {"deployments": [{"provider": "a", "model": "claude-a"}, {"provider": "b", "model": "claude-b"}]},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("fallbacks", "route"),
+    [
+        # (the deadline too short to send the count: the counting deployment passed over named in its place, after
+        # the fallback the key may not use, as a request's route names it; it came first, the fallback unnamed)
+        (
+            ["secret", "open"],
+            "a/claude-down@global=breaker-open, secret=model_not_allowed, a/claude-a@global=breaker-open",
+        ),
+        # (every fallback one the key may not use: named after the model's own, passed over; they went unnamed)
+        (["secret"], "a/claude-down@global=breaker-open, secret=model_not_allowed"),
+    ],
+)
+async def test_a_count_names_the_deployments_passed_over_as_a_requests_route_does(
+    fallbacks: list[str], route: str
+) -> None:
+    """`Pipeline.count_tokens` with the model's own deployment's breaker open: what it passes over for open breakers
+    is named as `_failover` names it, the fallbacks the key may not use in their places, whichever way the count
+    ends unsent (every counting deployment's breaker open, or the deadline too short to send one)."""
+    config = parse_config(COUNTED, set(REGISTRY))
+    routes = Router(config, build_adapters(config, REGISTRY, {}), "us-east-1")
+    pipeline = Pipeline.__new__(Pipeline)
+    pipeline.gateway = SimpleNamespace(router=routes)  # type: ignore[assignment]
+    allowed = partial(operator.ne, "secret")
+    plan = routes.plan("down", RouteControls(fallbacks=fallbacks), allowed)
+
+    async def planned(*_: object, **__: object) -> list[Attempt]:
+        return plan
+
+    pipeline._plan = planned  # type: ignore[method-assign]
+    for _ in range(routes.breakers.threshold):
+        routes.breakers.failure("a/claude-down@global")
+        routes.count_breakers.failure("a/claude-a@global")
+    key = KeyRecord(id="k", name="k", secret_hash="", created_at=0)
+    ex = Exchange("req_1", key, "down", Controls(deadline_s=0.0))
+    req = ChatRequest.model_validate({"model": "down", "messages": [{"role": "user", "content": "Hi"}]})
+    assert await pipeline.count_tokens(NativeCall(MESSAGES_API, {}, {}), req, ex) is None
+    assert ", ".join(ex.route) == route

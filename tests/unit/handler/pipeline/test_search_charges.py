@@ -19,7 +19,7 @@ from handler.pipeline.gateway import build_adapters
 from handler.pipeline.pipeline import Pipeline
 from handler.pipeline.routing import Attempt, RouteControls, Router, any_model
 from handler.ports import MESSAGES_API, RESPONSES_API, KeyRecord
-from handler.schemas import DEFAULT_SEARCHES, ChatRequest, Usage
+from handler.schemas import DEFAULT_SEARCHES, ChatRequest, Usage, WebSearch
 
 SEARCH_USD = 0.01
 
@@ -226,3 +226,39 @@ def test_the_search_fee_is_reserved_where_web_search_options_is_sent_as_written(
     sent = "web_search_options" in orjson.loads(built.request.body)
     assert reserved == pipeline._per_request_usd(ex, attempt) == (SEARCH_USD if sent else 0.0)
     assert attempt.adapter.takes_search_options(attempt.target) is sent
+
+
+def test_a_requests_search_is_built_once_however_often_it_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ChatRequest.web_search` is read at each attempt's reservation, body and costing (at Gemini, whose search goes
+    only beside no function tools, each time it is asked whether it hosts the search): it is read from the options
+    once (each read built a `WebSearch` anew, 4 for this request of one attempt at Gemini). A copy that sets other
+    options has their search, and a copy its own."""
+    built: list[dict[str, Any]] = []
+    asked = WebSearch.asked.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(WebSearch, "asked", classmethod(lambda cls, *args: built.append(args[0]) or asked(cls, *args)))
+    provider = {"type": "gemini", "api_key": "AIza-test", "base_url": "http://127.0.0.1:9"}
+    data = {
+        "gateway": {"priced_options": {"web_search_usd": SEARCH_USD}},
+        "providers": {"gemini": provider},
+        "models": {"m": {"deployments": [{"provider": "gemini", "model": "gemini-2.5-flash"}]}},
+    }
+    pipeline, [gemini] = planned(data, "m")
+    req = ChatRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "web_search_options": {}}
+    )
+    ex = exchange()
+    pipeline._price_options(ex, req, [gemini])
+    reservation = Reservation(None, 1.0, 0)
+    reservation.prompt_tokens, reservation.output_tokens = 100, 16
+    worst = pipeline._worst(ex, reservation, gemini)
+    assert worst.web_searches == DEFAULT_SEARCHES
+    pipeline._cost(ex, gemini, worst, reserved=True)
+    gemini.adapter.chat_request(req, gemini.target, stream=False)
+    gemini.adapter.stream_parser(req, gemini.target)
+    pipeline._cost(ex, gemini, Usage.of(100, 16))
+    assert built == [{}]
+    near = {"user_location": {"approximate": {"city": "Paris"}}}
+    copied = req.model_copy(update={"web_search_options": near})
+    assert copied.web_search is not None and copied.web_search.location == {"city": "Paris"}
+    assert req.web_search is not None and req.web_search.location is None
+    assert req.model_copy().web_search is not req.web_search
