@@ -403,7 +403,7 @@ def unread_options(config: Config, registry: Mapping[str, type[ProviderAdapter]]
     ignored, and requests went to the default endpoint or region; each value of one it reads that it cannot take
     (`ProviderAdapter.option_problem`: `max_output_tokens: abc` failed every request that needed it); and each
     deployment of an embedding model on a provider type that serves no embeddings (`supports_embeddings`: Anthropic,
-    Bedrock), which was listed to keys and failed every request as the client's 400."""
+    Bedrock, DeepSeek), which was listed to keys and failed every request as the client's 400."""
     problems = []
     for name, provider in config.providers.items():
         if provider.type not in registry:
