@@ -369,12 +369,19 @@ def gateway_region(environ: Mapping[str, str]) -> str:
     return "us-east-1"
 
 
+def known_region(environ: Mapping[str, str]) -> str | None:
+    """The region the gateway runs in, where a variable names it (`gateway_region`), else None: the us-east-1 it
+    routes from then is no place it runs in (a gateway run locally exported `cloud.region: us-east-1` with its
+    traces, as if it ran there)."""
+    return gateway_region(environ) if any(environ.get(name) for name in REGION_VARIABLES) else None
+
+
 def shown_region(environ: Mapping[str, str]) -> str:
     """The gateway's region as `/health`, `/v1/route` and `route explain` show it: `global` where no variable names
     one, as `x-gateway-region` says of a deployment with no region (both are placed at us-east-1, which such a
     gateway routes from and runs a Bedrock deployment with no region in). A gateway run locally said us-east-1 in
     `/health` and `global` in every answer."""
-    return gateway_region(environ) if any(environ.get(name) for name in REGION_VARIABLES) else GLOBAL
+    return known_region(environ) or GLOBAL
 
 
 def gateway_region_warning(config: Config, environ: Mapping[str, str]) -> str | None:
@@ -648,7 +655,7 @@ def build_gateway(
         keys=KeyService(store, config.gateway.key_cache_seconds),
         router=Router(config, adapters, region),
         upstream=UpstreamClient(config.gateway.timeouts, transport, config.gateway.limits),
-        tracer=build_tracer(config, env, region, fetch),
+        tracer=build_tracer(config, env, known_region(env), fetch),
         provider_keys=held_keys(
             adapters, key_references(config, REGISTRY), refresh_s, env, fetch, headers=header_references(config)
         ),
@@ -658,9 +665,10 @@ def build_gateway(
 
 
 def build_tracer(
-    config: Config, environ: Mapping[str, str], region: str, fetch: SecretFetcher | None = None
+    config: Config, environ: Mapping[str, str], region: str | None, fetch: SecretFetcher | None = None
 ) -> RequestTracer | None:
-    """The OTLP span exporter, where an endpoint is configured. Without one (`observability.otlp` absent, no
+    """The OTLP span exporter, where an endpoint is configured, its spans' `cloud.region` the gateway's `region`
+    where one is known (`known_region`; None: left out). Without an endpoint (`observability.otlp` absent, no
     `OTEL_EXPORTER_OTLP_*ENDPOINT`) handler/telemetry/tracing.py is not even imported: a cold start pays
     nothing for it."""
     named = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
