@@ -144,13 +144,14 @@ def _start_up_checks(config: Config) -> list[str]:
     return unkeyed_providers(config, adapters, os.environ, None)
 
 
-def _unplaced_region(config: Config) -> list[str]:
-    """The warning of a gateway's own region it does not know the place of, as start-up logs it: said, not refused
-    (`gateway_region_warning`)."""
+def _start_up_warnings(config: Config) -> list[str]:
+    """What start-up logs and does not refuse: a gateway's own region it does not know the place of
+    (`gateway_region_warning`), and providers with no model (`no_model_warning`)."""
+    from handler.config import no_model_warning
     from handler.pipeline.gateway import gateway_region_warning
 
-    warning = gateway_region_warning(config, os.environ)
-    return [warning] if warning else []
+    warnings = (gateway_region_warning(config, os.environ), no_model_warning(config))
+    return [warning for warning in warnings if warning]
 
 
 def _counted(count: int, thing: str) -> str:
@@ -393,7 +394,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     with listener:
         port = listener.getsockname()[1]  # (`--port 0`: the free port the system chose)
-        _warn(unkeyed + _unplaced_region(config) + _open_files_for(config.gateway.limits.connections))
+        _warn(unkeyed + _start_up_warnings(config) + _open_files_for(config.gateway.limits.connections))
         _warn_of_gateway_keys_as_provider_keys(config, os.environ)
         secret, has_admin = asyncio.run(_admin_key_at_start(_store(None)))
         url = f"http://[{args.host}]:{port}" if ":" in args.host else f"http://{args.host}:{port}"
@@ -470,7 +471,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return 1
-    _warn(unkeyed + _unplaced_region(config))
+    _warn(unkeyed + _start_up_warnings(config))
     from handler.pipeline.pricing import builtin_prices, price_for
 
     problems = []

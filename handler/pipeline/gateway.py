@@ -23,6 +23,7 @@ from handler.config import (
     header_name_problem,
     header_value_problem,
     load_config,
+    no_model_warning,
     reference_hint,
     reference_name,
     region_name,
@@ -643,6 +644,8 @@ def build_gateway(
     region = gateway_region(env)
     if (unplaced := gateway_region_warning(config, env)) is not None:
         logger.warning(unplaced)
+    if (modelless := no_model_warning(config)) is not None:
+        logger.warning(modelless)
     redaction.register(env.get("AWS_SECRET_ACCESS_KEY"), env.get("AWS_SESSION_TOKEN"))
     adapters = build_adapters(config, REGISTRY, env, fetch)
     sealing = responses_secret(config.gateway, env, fetch)

@@ -877,6 +877,42 @@ def test_config_check_and_serve_warn_of_a_gateway_region_they_cannot_place(
     assert capsys.readouterr().err == warning
 
 
+def test_config_check_serve_and_start_up_warn_of_providers_with_no_model(
+    serve_here: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A config with providers and no model passed as `ok: 2 providers, 0 models`, and the gateway it started
+    answered every request to a model 404 model_not_found, unsaid. Said now, with the fix, before it starts and in
+    each process's log; not refused: the key, admin and usage routes still serve, and the models may be to come."""
+    from handler.pipeline.gateway import build_gateway
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text("providers:\n  openai: {type: openai, api_key: k}\n  claude: {type: anthropic, api_key: k}\n")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("GATEWAY_REGION", raising=False)
+    warning = (
+        "warning: the config names 2 providers and no model, so every request to a model is answered 404 "
+        "model_not_found (a provider is called only for the models whose deployments name it): add `models:`, e.g. "
+        "`models: {gpt-4o-mini: {deployments: [{provider: openai, model: gpt-4o-mini}]}}` (docs/configuration.md)\n"
+    )
+    assert main(["config", "check", "--config", str(path)]) == 0
+    printed = capsys.readouterr()
+    assert printed.err == warning and printed.out == "ok: 2 providers, 0 models\n"
+    monkeypatch.setattr(cli, "_run_server", lambda config, listener: None)
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # (see the test above)
+    assert main(["serve", "--port", str(free_port()), "--config", str(path)]) == 0
+    assert capsys.readouterr().err == warning
+    gateway = build_gateway(config_path=str(path), store_url="sqlite://", environ={})  # (a Lambda function's start)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [warning[9:-1]]
+    asyncio.run(gateway.aclose())
+    path.write_text(path.read_text() + "models:\n  m: {deployments: [{provider: openai, model: gpt-4o}]}\n")
+    assert main(["config", "check", "--config", str(path)]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_a_config_file_that_is_not_utf8_is_one_line_naming_the_file_and_the_byte(
     serve_here: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
