@@ -862,6 +862,23 @@ def no_model_problem(source: str, data: Any) -> str | None:
     )
 
 
+def no_model_warning(config: Config) -> str | None:
+    """The warning of a config that names providers and no model: it was taken unsaid (`ok: 2 providers, 0 models`),
+    and the gateway answered every request to a model `404 model_not_found`, a provider being called only for the
+    models whose deployments name it. Said, not refused, by `config check`, `serve` and each process's start: such a
+    gateway still serves its key, admin and usage routes and the dashboard, and its models may be to come (a file
+    naming no provider either is refused: `no_model_problem`). None where it names a model, or no provider."""
+    if config.models or not config.providers:
+        return None
+    first = next(iter(config.providers))
+    return (
+        f"the config names {len(config.providers)} provider{'s' if len(config.providers) > 1 else ''} and no model, "
+        "so every request to a model is answered 404 model_not_found (a provider is called only for the models whose "
+        f"deployments name it): add `models:`, e.g. `models: {{gpt-4o-mini: {{deployments: [{{provider: {first}, "
+        "model: gpt-4o-mini}]}}` (docs/configuration.md)"
+    )
+
+
 SecretFetcher = Callable[[str, str], str | None]
 
 

@@ -144,13 +144,14 @@ def _start_up_checks(config: Config) -> list[str]:
     return unkeyed_providers(config, adapters, os.environ, None)
 
 
-def _unplaced_region(config: Config) -> list[str]:
-    """The warning of a gateway's own region it does not know the place of, as start-up logs it: said, not refused
-    (`gateway_region_warning`)."""
+def _start_up_warnings(config: Config) -> list[str]:
+    """What start-up logs and does not refuse: a gateway's own region it does not know the place of
+    (`gateway_region_warning`), and providers with no model (`no_model_warning`)."""
+    from handler.config import no_model_warning
     from handler.pipeline.gateway import gateway_region_warning
 
-    warning = gateway_region_warning(config, os.environ)
-    return [warning] if warning else []
+    warnings = (gateway_region_warning(config, os.environ), no_model_warning(config))
+    return [warning for warning in warnings if warning]
 
 
 def _counted(count: int, thing: str) -> str:
@@ -393,7 +394,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     with listener:
         port = listener.getsockname()[1]  # (`--port 0`: the free port the system chose)
-        _warn(unkeyed + _unplaced_region(config) + _open_files_for(config.gateway.limits.connections))
+        _warn(unkeyed + _start_up_warnings(config) + _open_files_for(config.gateway.limits.connections))
         _warn_of_gateway_keys_as_provider_keys(config, os.environ)
         secret, has_admin = asyncio.run(_admin_key_at_start(_store(None)))
         url = f"http://[{args.host}]:{port}" if ":" in args.host else f"http://{args.host}:{port}"
@@ -470,7 +471,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return 1
-    _warn(unkeyed + _unplaced_region(config))
+    _warn(unkeyed + _start_up_warnings(config))
     from handler.pipeline.pricing import builtin_prices, price_for
 
     problems = []
@@ -530,8 +531,7 @@ async def _key_command(args: argparse.Namespace, store: Store) -> int:
             sys.stdout.write(f"created key {minted.record.id} ({args.name}); shown once:\n{minted.key}\n")
         return 0
     if args.keys_command == "list":
-        _print_json([key_view(r) for r in await store.list_keys()])
-        return 0
+        return await _listed_keys(store, args.limit, args.cursor)
     grace = _rotation_grace(args.grace) if args.keys_command == "rotate" else 0.0
     if args.keys_command == "show":
         existing = await store.get_key(args.id) if is_key_id(args.id) else None
@@ -639,6 +639,32 @@ def _whole_key_given(key_id: str | None) -> bool:
         sys.stderr.write(f"--key takes {NOT_THE_KEY}\n")
         return True
     return False
+
+
+async def _listed_keys(store: Store, limit: str | None, cursor: str | None) -> int:
+    """`gateway keys list`: a page of the keys, `--limit` of them (100 unless told), from `--cursor` on, read as
+    `GET /admin/keys` reads it (the store reads the page and the key after it, which says there are more:
+    `Store.list_keys_page`); the next page's `--cursor` is said on stderr, as `usage` says its own. It read the whole
+    listing (on DynamoDB its whole key index) and printed every key at once, whatever the store held."""
+    from handler.api.key_routes import key_cursor, parse_key_cursor
+    from handler.dashboard.line_items import MAX_LIMIT, parse_limit
+    from handler.errors import InvalidRequestError
+
+    try:
+        count = parse_limit(limit)
+    except InvalidRequestError:
+        sys.stderr.write(f"--limit: a whole number from 1 to {MAX_LIMIT}\n")
+        return 2
+    try:
+        after = parse_key_cursor(cursor, None)
+    except InvalidRequestError:
+        sys.stderr.write("--cursor: the cursor a page before said (`more keys: add --cursor ...`)\n")
+        return 2
+    records = await store.list_keys_page(None, count + 1, after)
+    _print_json([key_view(record) for record in records[:count]])
+    if len(records) > count:
+        sys.stderr.write(f"more keys: add --cursor {key_cursor(records[count - 1])}\n")
+    return 0
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
@@ -942,7 +968,9 @@ def build_parser() -> argparse.ArgumentParser:
     # changes nothing.
     json_always = argparse.ArgumentParser(add_help=False)
     json_always.add_argument("--json", action="store_true", help="taken and ignored: this command prints JSON always")
-    ksub.add_parser("list", help="list keys", parents=[store_after, json_always])
+    listing = ksub.add_parser("list", help="list keys, a page at a time", parents=[store_after, json_always])
+    listing.add_argument("--limit", help="keys a page (default 100, at most 1000)")
+    listing.add_argument("--cursor", help="the page after the one whose stderr said this cursor")
     for name, help_text in (
         ("show", "a key's settings and state as JSON (never its secret)"),
         ("revoke", "revoke a key, and through it its children"),

@@ -23,6 +23,7 @@ from handler.config import (
     header_name_problem,
     header_value_problem,
     load_config,
+    no_model_warning,
     reference_hint,
     reference_name,
     region_name,
@@ -369,12 +370,19 @@ def gateway_region(environ: Mapping[str, str]) -> str:
     return "us-east-1"
 
 
+def known_region(environ: Mapping[str, str]) -> str | None:
+    """The region the gateway runs in, where a variable names it (`gateway_region`), else None: the us-east-1 it
+    routes from then is no place it runs in (a gateway run locally exported `cloud.region: us-east-1` with its
+    traces, as if it ran there)."""
+    return gateway_region(environ) if any(environ.get(name) for name in REGION_VARIABLES) else None
+
+
 def shown_region(environ: Mapping[str, str]) -> str:
     """The gateway's region as `/health`, `/v1/route` and `route explain` show it: `global` where no variable names
     one, as `x-gateway-region` says of a deployment with no region (both are placed at us-east-1, which such a
     gateway routes from and runs a Bedrock deployment with no region in). A gateway run locally said us-east-1 in
     `/health` and `global` in every answer."""
-    return gateway_region(environ) if any(environ.get(name) for name in REGION_VARIABLES) else GLOBAL
+    return known_region(environ) or GLOBAL
 
 
 def gateway_region_warning(config: Config, environ: Mapping[str, str]) -> str | None:
@@ -403,7 +411,7 @@ def unread_options(config: Config, registry: Mapping[str, type[ProviderAdapter]]
     ignored, and requests went to the default endpoint or region; each value of one it reads that it cannot take
     (`ProviderAdapter.option_problem`: `max_output_tokens: abc` failed every request that needed it); and each
     deployment of an embedding model on a provider type that serves no embeddings (`supports_embeddings`: Anthropic,
-    Bedrock), which was listed to keys and failed every request as the client's 400."""
+    Bedrock, DeepSeek), which was listed to keys and failed every request as the client's 400."""
     problems = []
     for name, provider in config.providers.items():
         if provider.type not in registry:
@@ -636,6 +644,8 @@ def build_gateway(
     region = gateway_region(env)
     if (unplaced := gateway_region_warning(config, env)) is not None:
         logger.warning(unplaced)
+    if (modelless := no_model_warning(config)) is not None:
+        logger.warning(modelless)
     redaction.register(env.get("AWS_SECRET_ACCESS_KEY"), env.get("AWS_SESSION_TOKEN"))
     adapters = build_adapters(config, REGISTRY, env, fetch)
     sealing = responses_secret(config.gateway, env, fetch)
@@ -648,7 +658,7 @@ def build_gateway(
         keys=KeyService(store, config.gateway.key_cache_seconds),
         router=Router(config, adapters, region),
         upstream=UpstreamClient(config.gateway.timeouts, transport, config.gateway.limits),
-        tracer=build_tracer(config, env, region, fetch),
+        tracer=build_tracer(config, env, known_region(env), fetch),
         provider_keys=held_keys(
             adapters, key_references(config, REGISTRY), refresh_s, env, fetch, headers=header_references(config)
         ),
@@ -658,9 +668,10 @@ def build_gateway(
 
 
 def build_tracer(
-    config: Config, environ: Mapping[str, str], region: str, fetch: SecretFetcher | None = None
+    config: Config, environ: Mapping[str, str], region: str | None, fetch: SecretFetcher | None = None
 ) -> RequestTracer | None:
-    """The OTLP span exporter, where an endpoint is configured. Without one (`observability.otlp` absent, no
+    """The OTLP span exporter, where an endpoint is configured, its spans' `cloud.region` the gateway's `region`
+    where one is known (`known_region`; None: left out). Without an endpoint (`observability.otlp` absent, no
     `OTEL_EXPORTER_OTLP_*ENDPOINT`) handler/telemetry/tracing.py is not even imported: a cold start pays
     nothing for it."""
     named = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")

@@ -238,7 +238,8 @@ def observe(
         added_seconds=fields["gateway_ms"] / 1000,
         input_tokens=cost.usage.prompt_tokens if cost else 0,
         output_tokens=cost.usage.completion_tokens if cost else 0,
-        cost_usd=cost.total_usd if cost else None,
+        cost_usd=fields["cost_usd"],
+        fee_usd=cost.fee_usd if cost else 0.0,
     )
     if not METRICS_ON:
         return

@@ -122,7 +122,10 @@ class Registry:
         self.requests = Family("gateway_requests_total", "counter", "Requests answered, by status.")
         self.errors = Family("gateway_errors_total", "counter", "Error answers, by code.")
         self.tokens = Family("gateway_tokens_total", "counter", "Tokens billed, by direction (input, output).")
-        self.cost = Family("gateway_cost_usd_total", "counter", "USD charged: the providers' cost plus the fee.")
+        # The providers' cost and the gateway's fee apart, as `x-gateway-cost-usd` and `x-gateway-fee-usd` and the
+        # ledger give them (the cost counter was their sum: with a fee, it read a cost no header or line said).
+        self.cost = Family("gateway_cost_usd_total", "counter", "USD of the providers' cost (x-gateway-cost-usd).")
+        self.fee = Family("gateway_fee_usd_total", "counter", "USD of the gateway's fee (x-gateway-fee-usd).")
         self.duration = Family("gateway_request_duration_seconds", "histogram", "Whole request time.")
         self.added = Family(
             "gateway_added_latency_seconds", "histogram", "The gateway's own time: total less store and upstream."
@@ -147,7 +150,16 @@ class Registry:
         return model if model in self.models else clipped(model)
 
     def families(self) -> list[Family]:
-        return [self.requests, self.errors, self.tokens, self.cost, self.duration, self.added, self.dropped_spans]
+        return [
+            self.requests,
+            self.errors,
+            self.tokens,
+            self.cost,
+            self.fee,
+            self.duration,
+            self.added,
+            self.dropped_spans,
+        ]
 
     def _where(self, model: str | None, provider: str | None, region: str | None) -> Labels:
         return (
@@ -169,8 +181,10 @@ class Registry:
         input_tokens: int = 0,
         output_tokens: int = 0,
         cost_usd: float | None = None,
+        fee_usd: float = 0.0,
     ) -> None:
-        """One answered request."""
+        """One answered request: `cost_usd` the providers' cost (None where unknown: a model without a price),
+        `fee_usd` the gateway's fee, which a request is charged whether its cost is known or not."""
         labels = self._series.get((model, provider, region, status))
         if labels is None:
             labels = self._labels(model, provider, region, status)
@@ -184,6 +198,8 @@ class Registry:
             self.tokens.add(outputs, output_tokens)
         if cost_usd:
             self.cost.add(where, cost_usd)
+        if fee_usd:
+            self.fee.add(where, fee_usd)
         self.duration.observe(where, seconds)
         self.added.observe(where, added_seconds)
 

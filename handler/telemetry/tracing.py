@@ -268,13 +268,13 @@ def _upstream(attempt: Sent) -> Attributes:
 class RequestTracer:
     """Starts a `Trace` per request and turns a finished one into spans for the exporter."""
 
-    def __init__(self, exporter: BatchExporter, capture_content: bool, region: str) -> None:
+    def __init__(self, exporter: BatchExporter, capture_content: bool, region: str | None) -> None:
         from adapters.otlp.wire import SpanData  # (here: the module is imported only when export is on)
 
         self.span_data = SpanData
         self.exporter = exporter
         self.capture_content = capture_content
-        self.region = region
+        self.region = region  # the gateway's own, for `cloud.region`; None where it is not known (left out)
 
     def begin(self, headers: Mapping[str, str], path: str, body: bytes | None) -> Trace | None:
         """A request's trace: the caller's trace continued where a valid `traceparent` names one; None when
@@ -354,7 +354,6 @@ class RequestTracer:
             ("http.request.method", "POST"),
             ("http.route", trace.path),
             ("http.response.status_code", status),
-            ("cloud.region", self.region),
             ("gateway.request_id", ex.request_id),
             ("gateway.key.id", ex.key.id),
             ("gateway.stream", stream),
@@ -363,6 +362,8 @@ class RequestTracer:
             ("gateway.latency.store_ms", round(ex.store_ms, 3)),
             ("gateway.latency.upstream_ms", round(ex.upstream_ms, 3)),
         ]
+        if self.region is not None:
+            out.append(("cloud.region", self.region))
         if ex.route:
             out.append(("gateway.route", ", ".join(ex.route)))
         attempt = ex.attempt
@@ -510,14 +511,15 @@ def _millis(environ: Mapping[str, str], *names: str) -> int | None:
 
 
 def build_tracer(
-    settings: OtlpSettings | None, region: str, *, on_drop: Callable[[int], None] | None = None
+    settings: OtlpSettings | None, region: str | None, *, on_drop: Callable[[int], None] | None = None
 ) -> RequestTracer | None:
-    """The process's tracer, importing the exporter (and httpx's sync client) only when export is on."""
+    """The process's tracer, importing the exporter (and httpx's sync client) only when export is on; `region` the
+    gateway's own (`cloud.region` on its resource and spans), None where it is not known: left out of both."""
     if settings is None:
         return None
     from adapters.otlp.exporter import BatchExporter
 
-    resource = {"cloud.region": region, **settings.resource}
+    resource = {**({"cloud.region": region} if region is not None else {}), **settings.resource}
     config = settings.config
     exporter = BatchExporter(
         settings.url,

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from handler.pipeline.key_admin import KeyAdmin
+from handler.pipeline.keys import KeyService
+from handler.ports import KeyRecord, LedgerItem, UsageQuery
 from tests.functional.conftest import Running
+from tests.support.inprocess import serve
 
 HI = [{"role": "user", "content": "Hi"}]
 
 
 def scrape(running: Running, key: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    answer = httpx.get(f"{running.url}/metrics", headers={"authorization": f"Bearer {key}"})
+    return samples_of(httpx.get(f"{running.url}/metrics", headers={"authorization": f"Bearer {key}"}))
+
+
+def samples_of(answer: httpx.Response) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """A `/metrics` answer's samples, by metric and label set."""
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
     samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
     for family in text_string_to_metric_families(answer.text):
@@ -74,7 +84,7 @@ def test_metrics_count_what_the_ledger_records_after_a_fallback_and_a_failed_str
 
     def grew(name: str, **where: str) -> float:
         key = labels(**where)
-        return after[name].get(key, 0) - before.get(name, {}).get(key, 0)
+        return after.get(name, {}).get(key, 0) - before.get(name, {}).get(key, 0)
 
     served = {"provider": "openai", "region": "global"}
     assert set(lines) == {"gpt-4o-mini", "garbled"} and lines["gpt-4o-mini"].status == 200
@@ -85,7 +95,62 @@ def test_metrics_count_what_the_ledger_records_after_a_fallback_and_a_failed_str
     assert grew("gateway_requests_total", model="garbled", status=str(failed.status), **served) == 1
     assert grew("gateway_requests_total", model="garbled", status="200", **served) == 0
     assert grew("gateway_tokens_total", model="garbled", direction="output", **served) == failed.output_tokens
-    assert grew("gateway_cost_usd_total", model="garbled", **served) == pytest.approx(failed.cost_usd + failed.fee_usd)
+    assert grew("gateway_cost_usd_total", model="garbled", **served) == pytest.approx(failed.cost_usd)
+    assert grew("gateway_fee_usd_total", model="garbled", **served) == pytest.approx(failed.fee_usd)
+
+
+async def test_the_cost_counter_is_the_providers_cost_and_the_fee_has_its_own() -> None:
+    """`gateway_cost_usd_total` counted the providers' cost plus the gateway's fee, where `x-gateway-cost-usd`, the
+    request's log line and the ledger's `cost_usd` are the providers' cost alone: with a 10 % fee and $0.001 a
+    request, `sum(increase(gateway_cost_usd_total))` read $0.002044 for two requests the ledger billed $0.000040 of
+    provider cost. A model without a price, whose cost is unknown, added nothing, and its fee was counted nowhere.
+    Now the cost counter means what the header means, and `gateway_fee_usd_total` counts the fee, both as the
+    ledger has them."""
+    priced = {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": {"input": 1.0, "output": 2.0}}
+    unpriced = {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": "unknown"}
+    usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    message = {"role": "assistant", "content": "hi"}
+    completion = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini", "usage": usage}
+    completion["choices"] = [{"index": 0, "message": message, "finish_reason": "stop"}]
+    served = await serve(
+        lambda request: httpx.Response(200, json=completion),
+        {"metered": priced, "unmetered": unpriced},
+        fee={"percent": 10, "per_request_usd": 0.001},
+    )
+    # An admin key: it scrapes, and, with no budget, may use a model without a price (a budgeted key may not).
+    minted = await KeyAdmin(KeyService(served.gateway.store, 0)).mint(
+        KeyRecord(id="", name="prometheus", secret_hash="", created_at=0, admin=True)
+    )
+    admin = {"authorization": f"Bearer {minted.key}"}
+    before = samples_of(await served.http.get("/metrics", headers=admin))
+    answers = [
+        await served.http.post("/v1/chat/completions", json={"model": model, "messages": HI}, headers=admin)
+        for model in ("metered", "metered", "unmetered")
+    ]
+    assert [answer.status_code for answer in answers] == [200, 200, 200]
+    await served.gateway.drain()
+    lines = await served.gateway.store.usage(UsageQuery([minted.record.id], 0, time.time() + 3600))
+    after = samples_of(await served.http.get("/metrics", headers=admin))
+
+    def grew(name: str, line: LedgerItem) -> float:
+        where = labels(model=line.model, provider=line.provider, region=line.region)
+        return after.get(name, {}).get(where, 0) - before.get(name, {}).get(where, 0)
+
+    metered = [line for line in lines if line.model == "metered"]
+    [unmetered] = [line for line in lines if line.model == "unmetered"]
+    assert len(metered) == 2 and answers[2].headers["x-gateway-cost-usd"] == "unknown"
+    assert grew("gateway_cost_usd_total", metered[0]) == pytest.approx(sum(line.cost_usd or 0 for line in metered))
+    assert grew("gateway_cost_usd_total", metered[0]) == pytest.approx(
+        sum(float(answer.headers["x-gateway-cost-usd"]) for answer in answers[:2])
+    )
+    assert grew("gateway_fee_usd_total", metered[0]) == pytest.approx(sum(line.fee_usd for line in metered))
+    assert grew("gateway_fee_usd_total", metered[0]) == pytest.approx(
+        sum(float(answer.headers["x-gateway-fee-usd"]) for answer in answers[:2])
+    )
+    assert unmetered.cost_usd is None and unmetered.fee_usd == pytest.approx(0.001)
+    assert grew("gateway_cost_usd_total", unmetered) == 0
+    assert grew("gateway_fee_usd_total", unmetered) == pytest.approx(unmetered.fee_usd)
+    await served.gateway.aclose()
 
 
 def test_a_model_the_config_does_not_name_is_other_in_emf_and_no_key_reaches_a_line(

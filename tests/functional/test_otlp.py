@@ -3,6 +3,7 @@ opentelemetry-proto's own classes (tests/support/otlp.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import socket
 import statistics
@@ -22,6 +23,7 @@ from tests.functional.conftest import FAKE_KEYS, Running, gateway_config, serve_
 from tests.functional.test_lambda_events import replay
 from tests.functional.test_metrics import labels, scrape
 from tests.support.events import EVENTS
+from tests.support.inprocess import PROVIDER_KEYS, serve
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 from tests.support.serve import gateway_serve
 from tests.support.servers import ServerThread
@@ -145,6 +147,47 @@ def test_a_chat_request_is_a_genai_span_with_store_and_upstream_children(
     assert SECRET_PROMPT.encode() not in everything and key.encode() not in everything
     assert receiver.headers[-1]["authorization"] == "Bearer collector-token-123"
     assert receiver.headers[-1]["content-type"] == "application/x-protobuf"
+
+
+@pytest.mark.parametrize(
+    ("environ", "region"),
+    [
+        ({}, None),  # run locally: no region is known, none is said
+        ({"GATEWAY_REGION": "eu-west-1"}, "eu-west-1"),  # the region configured
+        ({"AWS_REGION": "ap-southeast-2", "GATEWAY_REGION": "eu-west-1"}, "ap-southeast-2"),  # Lambda's, which wins
+    ],
+)
+async def test_cloud_region_is_where_the_gateway_runs_and_left_out_where_unknown(
+    receiver: OtlpReceiver, environ: dict[str, str], region: str | None
+) -> None:
+    """A gateway run locally, with neither `AWS_REGION` nor `GATEWAY_REGION`, said `cloud.region: us-east-1` on every
+    span and on its resource (the region it routes from when it knows none, not one it runs in), so a collector's
+    view of a laptop's traces read as production's in us-east-1. Now the region the gateway runs in, or nothing."""
+    model = {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": {"input": 1.0, "output": 2.0}}
+    completion = {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+    served = await serve(
+        lambda request: httpx.Response(200, json=completion),
+        {"m": model},
+        environ={**PROVIDER_KEYS, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, **environ},
+    )
+    try:
+        answer = await served.post(
+            "/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        )
+        assert answer.status_code == 200
+        spans = await asyncio.to_thread(receiver.request_spans, answer.headers["x-request-id"])
+    finally:
+        await served.gateway.aclose()
+    [root] = [span for span in spans if span.kind == SERVER]
+    assert root.attributes.get("cloud.region") == region and root.resource.get("cloud.region") == region
+    assert root.resource["service.name"] == "llm-gateway"
 
 
 def test_a_streamed_request_spans_the_whole_stream(traced: Running, receiver: OtlpReceiver) -> None:

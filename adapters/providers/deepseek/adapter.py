@@ -16,7 +16,7 @@ from typing import Any
 from adapters.providers.openai.adapter import OpenAIAdapter
 from adapters.providers.openai.profiles import CONTINUES, PROFILES, Profile
 from adapters.providers.params import STRICT_SCHEMA, json_schema_instruction, strict_schema
-from handler.ports import Target
+from handler.ports import ProviderAdapter, Target
 from handler.schemas import ChatRequest
 
 _OPENAI_COMPATIBLE = PROFILES["deepseek"]
@@ -42,6 +42,12 @@ class DeepSeekAdapter(OpenAIAdapter):
     default_base_url = "https://api.deepseek.com"
     key_env_var = "DEEPSEEK_API_KEY"
     provider_options = OpenAIAdapter.compatible_options  # (it has no Responses API: `/v1/responses` is translated)
+    # Nor an embeddings API: OpenAI's, inherited, passed `config check` for an embedding model on DeepSeek and sent
+    # each request to `/embeddings`, which answered 404. An embedding model's deployment here is refused at load, as
+    # Anthropic's and Bedrock's are, and a request is the interface's 400 before anything is built or sent.
+    supports_embeddings = False
+    embeddings_request = ProviderAdapter.embeddings_request
+    embeddings_response = ProviderAdapter.embeddings_response
 
     def profile(self, target: Target) -> Profile:
         name = self.options.get("profile")

@@ -289,3 +289,18 @@ def test_a_usage_count_that_is_no_plain_integer_is_a_malformed_answer(field: str
     answer["usage"][field] = count
     with pytest.raises((UpstreamError, ValueError)):
         adapter().chat_response(orjson.dumps(answer), request(), target())
+
+
+def test_deepseek_serves_no_embeddings_and_builds_no_embeddings_request() -> None:
+    """DeepSeek has no embeddings API, yet the adapter inherited OpenAI's `supports_embeddings` and its embeddings
+    request (`POST {base_url}/embeddings`): an embedding model deployed on DeepSeek passed `config check` and every
+    request to it went upstream to a 404. It says it serves none now, as Anthropic's and Bedrock's do, and refuses
+    an embeddings request with the interface's 400 before anything is built."""
+    from handler.embeddings import EmbeddingsRequest
+
+    assert not DeepSeekAdapter.supports_embeddings
+    embed = EmbeddingsRequest.model_validate({"model": "public", "input": "hi"})
+    with pytest.raises(InvalidRequestError) as caught:
+        adapter().embeddings_request(embed, target("deepseek-chat"))
+    assert caught.value.message == "provider type 'deepseek' does not serve embeddings"
+    assert caught.value.param == "model"

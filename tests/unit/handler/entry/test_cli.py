@@ -877,6 +877,42 @@ def test_config_check_and_serve_warn_of_a_gateway_region_they_cannot_place(
     assert capsys.readouterr().err == warning
 
 
+def test_config_check_serve_and_start_up_warn_of_providers_with_no_model(
+    serve_here: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A config with providers and no model passed as `ok: 2 providers, 0 models`, and the gateway it started
+    answered every request to a model 404 model_not_found, unsaid. Said now, with the fix, before it starts and in
+    each process's log; not refused: the key, admin and usage routes still serve, and the models may be to come."""
+    from handler.pipeline.gateway import build_gateway
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text("providers:\n  openai: {type: openai, api_key: k}\n  claude: {type: anthropic, api_key: k}\n")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("GATEWAY_REGION", raising=False)
+    warning = (
+        "warning: the config names 2 providers and no model, so every request to a model is answered 404 "
+        "model_not_found (a provider is called only for the models whose deployments name it): add `models:`, e.g. "
+        "`models: {gpt-4o-mini: {deployments: [{provider: openai, model: gpt-4o-mini}]}}` (docs/configuration.md)\n"
+    )
+    assert main(["config", "check", "--config", str(path)]) == 0
+    printed = capsys.readouterr()
+    assert printed.err == warning and printed.out == "ok: 2 providers, 0 models\n"
+    monkeypatch.setattr(cli, "_run_server", lambda config, listener: None)
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # (see the test above)
+    assert main(["serve", "--port", str(free_port()), "--config", str(path)]) == 0
+    assert capsys.readouterr().err == warning
+    gateway = build_gateway(config_path=str(path), store_url="sqlite://", environ={})  # (a Lambda function's start)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [warning[9:-1]]
+    asyncio.run(gateway.aclose())
+    path.write_text(path.read_text() + "models:\n  m: {deployments: [{provider: openai, model: gpt-4o}]}\n")
+    assert main(["config", "check", "--config", str(path)]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_a_config_file_that_is_not_utf8_is_one_line_naming_the_file_and_the_byte(
     serve_here: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1206,3 +1242,51 @@ def test_usage_lists_lines_a_page_at_a_time_on_each_store(store_url: str, capsys
         assert capsys.readouterr().err.startswith(said)
     assert main(["usage", "--store", store_url, "--group-by", "model", "--limit", "2"]) == 2
     assert capsys.readouterr().err == "limit pages a listing of lines: give group_by=request\n"
+
+
+def test_keys_list_reads_a_page_and_says_the_next_pages_cursor(
+    store_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`keys list` read every key of the store at once (`Store.list_keys`: on DynamoDB its whole key index) and
+    printed them all, where `GET /admin/keys` reads a page (`?limit=`) and says where the next one starts: with
+    thousands of keys, the command held and printed them all. It reads a page now, the store the page and one key
+    more, `--limit` keys (100 unless told), and says the next page's `--cursor` on stderr, as `usage` does."""
+    minted = []
+    for i in range(5):
+        assert main(["keys", "--store", store_url, "create", "--name", f"k{i}", "--json"]) == 0
+        minted.append(orjson.loads(capsys.readouterr().out)["id"])
+    opened = cli._store
+
+    def paged_only(url: str | None, *, must_exist: bool = False) -> Store:
+        store = opened(url, must_exist=must_exist)
+
+        async def whole(parent_id: str | None = None) -> list[KeyRecord]:
+            raise AssertionError("the whole listing was read")
+
+        store.list_keys = whole  # type: ignore[method-assign]
+        return store
+
+    monkeypatch.setattr(cli, "_store", paged_only)
+    listed: list[str] = []
+    cursor: list[str] = []
+    while True:
+        assert main(["keys", "list", "--store", store_url, "--limit", "2", *cursor]) == 0
+        printed = capsys.readouterr()
+        page = [key["id"] for key in orjson.loads(printed.out)]
+        assert 1 <= len(page) <= 2
+        listed += page
+        if not printed.err:
+            break
+        [said] = re.findall(r"^more keys: add --cursor (\S+)\n$", printed.err)
+        cursor = ["--cursor", said]
+    assert sorted(listed) == sorted(minted) and len(listed) == 5  # each once, in three pages
+    assert main(["keys", "list", "--store", store_url]) == 0  # (100 a page unless told)
+    printed = capsys.readouterr()
+    assert sorted(key["id"] for key in orjson.loads(printed.out)) == sorted(minted) and printed.err == ""
+    for flags, said in (
+        (["--limit", "0"], "--limit: a whole number from 1 to 1000\n"),
+        (["--limit", "abc"], "--limit: a whole number from 1 to 1000\n"),
+        (["--cursor", "not-a-cursor"], "--cursor: the cursor a page before said (`more keys: add --cursor ...`)\n"),
+    ):
+        assert main(["keys", "list", "--store", store_url, *flags]) == 2
+        assert capsys.readouterr() == ("", said)

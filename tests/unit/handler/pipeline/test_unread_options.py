@@ -117,10 +117,11 @@ def test_start_up_names_every_error_of_the_file_and_each_option_its_adapter_does
 def test_an_embedding_model_on_a_provider_that_serves_no_embeddings_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`kind: embedding` on a Bedrock (Titan) or Anthropic deployment passed `config check` ("ok", exit 0), was
-    listed by `GET /v1/models`, and every request to it was the client's 400 "provider type 'bedrock' does not serve
-    embeddings": the adapters' `supports_embeddings` was read by nothing (review). Refused at config check and at
-    start-up; a deployment that embeds, beside them, is taken."""
+    """`kind: embedding` on a Bedrock (Titan), Anthropic or DeepSeek deployment passed `config check` ("ok", exit 0),
+    was listed by `GET /v1/models`, and every request to it was the client's 400 "provider type 'bedrock' does not
+    serve embeddings" (DeepSeek's went upstream, to a 404: its adapter claimed OpenAI's embeddings): the adapters'
+    `supports_embeddings` was read by nothing (review). Refused at config check and at start-up; a deployment that
+    embeds, beside them, is taken."""
     from handler.entry.cli import main
 
     path = tmp_path / "config.yaml"
@@ -128,6 +129,7 @@ def test_an_embedding_model_on_a_provider_that_serves_no_embeddings_is_refused(
         "providers:\n"
         "  bedrock: {type: bedrock, region: us-east-1}\n"
         "  anthropic: {type: anthropic, api_key: env:ANTHROPIC_API_KEY}\n"
+        "  deepseek: {type: deepseek, api_key: env:DEEPSEEK_API_KEY}\n"
         "  openai: {type: openai, api_key: env:OPENAI_API_KEY}\n"
         "models:\n"
         "  titan-embed:\n"
@@ -138,6 +140,10 @@ def test_an_embedding_model_on_a_provider_that_serves_no_embeddings_is_refused(
         "    kind: embedding\n"
         "    price: {input: 0.02}\n"
         "    deployments: [{provider: openai, model: text-embedding-3-small}, {provider: anthropic, model: claude}]\n"
+        "  deepseek-embed:\n"
+        "    kind: embedding\n"
+        "    price: {input: 0.02}\n"
+        "    deployments: [{provider: deepseek, model: deepseek-chat}]\n"
         "  text-embedding-3-small:\n"
         "    kind: embedding\n"
         "    deployments: [{provider: openai, model: text-embedding-3-small}]\n"
@@ -148,11 +154,14 @@ def test_an_embedding_model_on_a_provider_that_serves_no_embeddings_is_refused(
         "embedding model's deployments need a provider that does",
         "models.claude-embed.deployments[1]: provider anthropic is of type anthropic, which serves no embeddings: an "
         "embedding model's deployments need a provider that does",
+        "models.deepseek-embed.deployments[0]: provider deepseek is of type deepseek, which serves no embeddings: an "
+        "embedding model's deployments need a provider that does",
     ]
-    environ = {"ANTHROPIC_API_KEY": "sk-ant-test", "OPENAI_API_KEY": "sk-test"}
+    environ = {"ANTHROPIC_API_KEY": "sk-ant-test", "DEEPSEEK_API_KEY": "sk-ds-test", "OPENAI_API_KEY": "sk-test"}
     with pytest.raises(ConfigError) as caught:
         build_gateway(config_path=str(path), store_url="sqlite:///:memory:", environ=environ)
     assert [p.split(":")[0] for p in caught.value.problems] == [
         "models.titan-embed.deployments[0]",
         "models.claude-embed.deployments[1]",
+        "models.deepseek-embed.deployments[0]",
     ]
