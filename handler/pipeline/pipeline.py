@@ -63,7 +63,7 @@ from handler.ports import BuiltRequest, LedgerItem, NativeCall, Served, StoreErr
 from handler.redaction import clipped, names_clipped, unkeyed
 from handler.schemas import LATER_MODULES, ChatCompletion, ChatRequest, Usage
 from handler.telemetry.observability import span
-from handler.wire import OVERLOADED, SHAPE_ERRORS, error_answer, json_body, malformed, misshapen
+from handler.wire import SHAPE_ERRORS, error_answer, json_body, malformed, misshapen
 
 if TYPE_CHECKING:
     from handler.pipeline.breakers import Breakers, CountBreakers
@@ -87,11 +87,11 @@ CLIENT_FAULT_STATUSES = frozenset({400, 404, 413, 422})
 
 def answered_as(failure: UpstreamError) -> GatewayError:
     """The error a provider's `failure` is answered as where it ended the one attempt made (`Pipeline._failover`'s
-    mapping): its rate limit the client's 429 `upstream_rate_limited`, its overload (529) Anthropic's own on its API, a
-    request it refused the client's 400 (`ProviderRejectedError`), any other failure as it is (502). For an error after
-    a stream's first byte, which no other attempt can follow, what the client is told in the stream: a Messages
-    client's `error` event was an `api_error` whatever the provider said (its rate limit, its overload), and a
-    Responses stream's `error` event with no closing event was settled a 502 `stream_interrupted`."""
+    mapping): its rate limit the client's 429 `upstream_rate_limited`, its overload (503, 529) Anthropic's own on its
+    API, a request it refused the client's 400 (`ProviderRejectedError`), any other failure as it is (502). For an
+    error after a stream's first byte, which no other attempt can follow, what the client is told in the stream: a
+    Messages client's `error` event was an `api_error` whatever the provider said (its rate limit, its overload), and
+    a Responses stream's `error` event with no closing event was settled a 502 `stream_interrupted`."""
     if failure.rate_limited:
         return UpstreamRateLimitedError(
             failure.message,
@@ -100,10 +100,10 @@ def answered_as(failure: UpstreamError) -> GatewayError:
             retry_after=failure.retry_after,
             upstream_type=failure.upstream_type,
         )
-    if failure.upstream_status == OVERLOADED:
+    if failure.overload:
         return UpstreamOverloadedError(
             failure.message,
-            upstream_status=OVERLOADED,
+            upstream_status=failure.upstream_status,
             retryable=True,
             retry_after=failure.retry_after,
             upstream_type=failure.upstream_type,
@@ -1138,12 +1138,12 @@ class Pipeline(Charges):
             )
             limited.should_retry = True
             raise limited
-        if all(err.upstream_status == OVERLOADED for err in failed):
+        if all(err.overload for err in failed):
             # Real overload (a candidate skipped for its open breaker is not available either): Anthropic's own
             # answer to it on its API, which Claude Code falls back on; a 502 it may retry without end.
             failure = UpstreamOverloadedError(
                 last.message,
-                upstream_status=OVERLOADED,
+                upstream_status=last.upstream_status,
                 retry_after=last.retry_after,
                 upstream_type=last.upstream_type,
             )

@@ -17,9 +17,10 @@ agree, and so must a response's `id` and its call's, and a turn answering severa
 made (`PAIRED`), so a swap shows; a `gemini-2.5` or Gemini 3 model refuses a non-zero penalty, as Google's do, and a
 model before Gemini 3 function calling beside a JSON answer.
 `:countTokens` counts a `generateContentRequest`. Behaviour is chosen by the model name, as in the OpenAI fake:
-`fail-429` (RESOURCE_EXHAUSTED, retry delay 0s), `fail-500`, `fail-400` (INVALID_ARGUMENT), `fail-context` (the
-input token count past the maximum, INVALID_ARGUMENT), `located` and `unbilled` (400 FAILED_PRECONDITION, Google's
-refusal of a project by where it calls from, and of its free tier in a country that has none: `REFUSED_PROJECT`),
+`fail-429` (RESOURCE_EXHAUSTED, retry delay 0s), `fail-500`, `fail-503` (UNAVAILABLE, the model overloaded),
+`fail-400` (INVALID_ARGUMENT), `fail-context` (the input token count past the maximum, INVALID_ARGUMENT), `located`
+and `unbilled` (400 FAILED_PRECONDITION, Google's refusal of a project by where it calls from, and of its free tier
+in a country that has none: `REFUSED_PROJECT`),
 `slow` (waits `SLOW_SECONDS`), `stream-cut` (a stream that stops before its finishReason), `bad-json` (a 200 whose
 body is not JSON), `malformed-call` (the model's function call Gemini could not parse: a candidate without
 content, `finishReason: MALFORMED_FUNCTION_CALL`, its prompt billed, streamed or not), `ends-<reason>` (the same
@@ -627,6 +628,8 @@ def create_app() -> Starlette:
             )
         if "fail-500" in model:
             return _error(500, "An internal error has occurred. Please retry or report.", "INTERNAL")
+        if "fail-503" in model:  # (Google's words for a model it has no capacity for now)
+            return _error(503, "The model is overloaded. Please try again later.", "UNAVAILABLE")
         refused = next((words for name, words in REFUSED_PROJECT.items() if name in model), None)
         if refused is not None:
             return _error(400, refused, "FAILED_PRECONDITION")
