@@ -322,6 +322,9 @@ class UpstreamError(GatewayError):
         self._outcome = outcome
         self.native_event: bytes | None = None
         self.billed: Usage | None = None
+        # The gateway's own retries of this failure within its attempt, before it ended it (an embeddings request's
+        # rate-limited batch, sent again alone: `Pipeline._other_batches`).
+        self.retried = 0
         self.deployment_fault = False
         # The provider's own words, `code` and `param` (`upstream_error`): a rejected request's, for the client.
         self.said: str | None = None

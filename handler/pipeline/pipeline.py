@@ -553,19 +553,36 @@ class Pipeline(Charges):
         rest: list[tuple[EmbeddingsRequest, BuiltRequest]],
     ) -> EmbeddingsResponse:
         """The answers to an embeddings request's batches after the first (answered: `first`), sent to the same
-        deployment (a few at a time) and joined with it in order. Any batch that fails fails the attempt as one
-        error, once every batch has its answer: what the provider billed for those that answered is charged
-        (`UpstreamError.billed`), unless one may still run unanswered, whose worst case covers the whole request."""
+        deployment (a few at a time) and joined with it in order. A batch the provider rate-limits is sent again
+        alone, as `_failover` sends a deployment's 429 again (its wait, `_retry_wait`; as often as
+        `max_retries_per_deployment`), the batches answered kept: the whole attempt was sent again, every batch
+        answered before it billed a second time (300 inputs in three batches, the third limited once: six calls, the
+        first two batches charged twice). Any batch that fails for good fails the attempt as one error, once every
+        batch has its answer: what the provider billed for those that answered is charged (`UpstreamError.billed`),
+        unless one may still run unanswered, whose worst case covers the whole request; such a try is not sent again
+        whole (`_retry_wait`)."""
         gate = asyncio.Semaphore(BATCHES_AT_ONCE)
+        retries = self.gateway.config.gateway.max_retries_per_deployment
+        limited: dict[int, int] = {}  # (each batch's retries so far, by its request)
 
         async def one(part: EmbeddingsRequest, built: BuiltRequest) -> EmbeddingsResponse:
-            async with gate:
-                within = None if ex.ends_at is None else ex.ends_at - time.perf_counter()
-                response = await self.gateway.upstream.send(built.request, within=within)
-                if response.status >= 400:
-                    body = await response.read_error()
-                    raise error_answer(attempt.adapter.error, response.status, body, response.headers)
-                body = await response.read()
+            while True:
+                async with gate:
+                    within = None if ex.ends_at is None else ex.ends_at - time.perf_counter()
+                    response = await self.gateway.upstream.send(built.request, within=within)
+                    if response.status < 400:
+                        body = await response.read()
+                        break
+                    failure = error_answer(
+                        attempt.adapter.error, response.status, await response.read_error(), response.headers
+                    )
+                failure.retried = limited.get(id(built), 0)
+                wait = self._retry_wait(ex, failure) if failure.retried < retries else None
+                if wait is None:
+                    raise failure
+                limited[id(built)] = failure.retried + 1
+                ex.route.append(f"{attempt.target.label}={failure.outcome}")  # (a try of its own, as `_failover`'s)
+                await asyncio.sleep(wait)  # (the provider's wait, outside the gate: the other batches go on)
             return attempt.adapter.embeddings_response(body, part, attempt.target)
 
         outcomes = await asyncio.gather(*(one(part, built) for part, built in rest), return_exceptions=True)
@@ -1168,6 +1185,11 @@ class Pipeline(Charges):
         wait = err.retry_after
         if not err.rate_limited or wait is None or wait > MAX_RETRY_WAIT_S:
             return None
+        if err.billed is not None:
+            # A try the provider billed in part (an embeddings request's batches answered before one was limited) is
+            # not sent again whole, each batch answered billed twice: its limited batch was sent again alone
+            # (`_other_batches`), as long as waiting could help.
+            return None
         return wait if ex.ends_at is None or time.perf_counter() + wait < ex.ends_at else None
 
     @staticmethod
@@ -1181,6 +1203,8 @@ class Pipeline(Charges):
             )
         if retries == 0:
             return "gateway.max_retries_per_deployment is 0"
+        if limited.retried:
+            return f"the batch of it the provider limited had been sent again alone {limited.retried} time(s) already"
         if limited.retry_after is None:
             return "the provider named no wait"
         wait = math.ceil(limited.retry_after)

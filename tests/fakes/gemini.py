@@ -7,7 +7,8 @@ continuing of one; the words of the 400 are those Gemini's users report), a batc
 inline image of a type Gemini does not take, a GIF, a function declared, called or allowed by a name outside Gemini's
 rule: `NAME_RULE`; `allowedFunctionNames` beside a mode other than `ANY` or `VALIDATED`, or naming a function not
 declared) with Google's error body; a batch of embeddings holding the text `fail-500` answers 500, as one call of
-several may, and one holding `limited-once` 429 the first time that text comes (`LIMITED_ONCE_EMBED`); an
+several may, and one holding `limited-once` 429 the first time that text comes (`LIMITED_ONCE_EMBED`; `limited-twice`
+the first two times, `LIMITED_TWICE_EMBED`); an
 embedding's values scale with its text's length, so that their order shows. With tools and function-calling mode
 `ANY` it answers with a `functionCall`; a user message may script a call (`tests.fakes.script`); on a
 Gemini 3 model (`GEMINI_3`: `gemini-3-*`, and the `-latest` aliases Google points at it) every function call carries
@@ -91,6 +92,7 @@ FAIL_EMBED = "fail-500"  # a batch holding a text with it answers 500 (the rest 
 # A batch holding a text with it answers 429 (RESOURCE_EXHAUSTED, retry delay 0s) the first time that text comes, then
 # as any other: a per-minute quota one call of several ran into, which the gateway waits out.
 LIMITED_ONCE_EMBED = "limited-once"
+LIMITED_TWICE_EMBED = "limited-twice"
 
 REQUEST_FIELDS = {"contents", "systemInstruction", "tools", "toolConfig", "generationConfig", "safetySettings"}
 GENERATION_FIELDS = {
@@ -562,7 +564,7 @@ def _compatible_answer(body: dict[str, Any]) -> Response:
 
 def create_app() -> Starlette:
     requests: list[dict[str, Any]] = []
-    limited_once: set[str] = set()  # (the texts of `LIMITED_ONCE_EMBED` answered 429 already)
+    limited_times: dict[str, int] = {}  # (how often each text of `LIMITED_ONCE_EMBED` or `_TWICE_` was answered 429)
 
     async def compatible(request: Request) -> Response:
         """Gemini's OpenAI-compatible Chat Completions endpoint."""
@@ -735,9 +737,14 @@ def create_app() -> Starlette:
         texts = [part.get("text", "") for item in items for part in (item.get("content") or {}).get("parts") or ()]
         if any(FAIL_EMBED in text for text in texts):
             return _error(500, "An internal error has occurred. Please retry or report.", "INTERNAL")
-        limited = {text for text in texts if LIMITED_ONCE_EMBED in text} - limited_once
+        limited = {
+            text
+            for text in texts
+            if (LIMITED_ONCE_EMBED in text and text not in limited_times)
+            or (LIMITED_TWICE_EMBED in text and limited_times.get(text, 0) < 2)
+        }
         if limited:
-            limited_once.update(limited)
+            limited_times.update((text, limited_times.get(text, 0) + 1) for text in limited)
             retry = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "0s"}
             return _error(429, "Resource has been exhausted (e.g. check quota).", "RESOURCE_EXHAUSTED", [retry])
         embeddings = []
