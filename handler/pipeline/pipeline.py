@@ -1431,7 +1431,7 @@ class Pipeline(Charges):
                 ancestors=list(ex.key.ancestors),
                 model=attempt.model,
                 provider=attempt.target.provider,
-                region=attempt.target.region,
+                region=attempt.target.runs_in,
                 upstream_model=attempt.target.model,
                 input_tokens=billed.prompt_tokens,
                 cached_tokens=billed.cached_tokens,
