@@ -627,9 +627,8 @@ class Pipeline(Charges):
                 raise
             ends_at = ex.ends_at
             within = None if ends_at is None else ends_at - time.perf_counter() - CUT_SLACK_S
-            try:
-                held = await keys.settle(within)
-            except TimeoutError:
+            held = await keys.settle(within)
+            if held is None:  # (the deadline cut the wait, a read still under way)
                 raise deadline_passed(ex, "its provider's key was read from its secret store") from None
             if not held:
                 raise
