@@ -563,9 +563,9 @@ class Pipeline(Charges):
         whole (`_retry_wait`)."""
         gate = asyncio.Semaphore(BATCHES_AT_ONCE)
         retries = self.gateway.config.gateway.max_retries_per_deployment
-        limited: dict[int, int] = {}  # (each batch's retries so far, by its request)
 
         async def one(part: EmbeddingsRequest, built: BuiltRequest) -> EmbeddingsResponse:
+            retried = 0
             while True:
                 async with gate:
                     within = None if ex.ends_at is None else ex.ends_at - time.perf_counter()
@@ -576,11 +576,11 @@ class Pipeline(Charges):
                     failure = error_answer(
                         attempt.adapter.error, response.status, await response.read_error(), response.headers
                     )
-                failure.retried = limited.get(id(built), 0)
-                wait = self._retry_wait(ex, failure) if failure.retried < retries else None
+                failure.retried = retried
+                wait = self._retry_wait(ex, failure) if retried < retries else None
                 if wait is None:
                     raise failure
-                limited[id(built)] = failure.retried + 1
+                retried += 1
                 ex.route.append(f"{attempt.target.label}={failure.outcome}")  # (a try of its own, as `_failover`'s)
                 await asyncio.sleep(wait)  # (the provider's wait, outside the gate: the other batches go on)
             return attempt.adapter.embeddings_response(body, part, attempt.target)
