@@ -24,7 +24,7 @@
     ├── RateLimitError                429 rate_limit_exceeded (+ retry-after)
     ├── UpstreamError                 502 upstream_error (the provider's status and message, never its key)
     │   ├── UpstreamRateLimitedError  429 upstream_rate_limited (every candidate's provider said 429)
-    │   ├── UpstreamOverloadedError   502 upstream_error; on Anthropic's API 529 overloaded_error (every one said 529)
+    │   ├── UpstreamOverloadedError   502 upstream_error; on Anthropic's API 529 overloaded_error (every one overloaded)
     │   ├── UpstreamTimeoutError      504 upstream_timeout
     │   └── SchemaViolationError      502 schema_violation
     └── ServiceUnavailableError       503 provider_not_configured | no_deployment_available | store_unavailable
@@ -271,6 +271,8 @@ def with_upstream(body: dict[str, object], status: int, kind: str | None) -> dic
 # provider's 50 MB message was relayed whole, after 23 s of redaction on the event loop.
 UPSTREAM_MESSAGE_CHARS = 8192
 UPSTREAM_TYPE_CHARS = 100
+# A provider's statuses for its overload (`UpstreamError.overload`): HTTP's 503 and Anthropic's 529.
+OVERLOAD_STATUSES = frozenset({503, 529})
 
 
 class UpstreamError(GatewayError):
@@ -320,6 +322,9 @@ class UpstreamError(GatewayError):
         self._outcome = outcome
         self.native_event: bytes | None = None
         self.billed: Usage | None = None
+        # The gateway's own retries of this failure within its attempt, before it ended it (an embeddings request's
+        # rate-limited batch, sent again alone: `Pipeline._other_batches`).
+        self.retried = 0
         self.deployment_fault = False
         # The provider's own words, `code` and `param` (`upstream_error`): a rejected request's, for the client.
         self.said: str | None = None
@@ -337,12 +342,21 @@ class UpstreamError(GatewayError):
         return self.upstream_status == 429 and not self.deployment_fault
 
     @property
+    def overload(self) -> bool:
+        """The provider's word that it is overloaded, not that it limits this account's rate: HTTP's own "temporary
+        overload" (503: Gemini's `UNAVAILABLE` "The model is overloaded", OpenAI's "The engine is currently
+        overloaded", Bedrock's ServiceUnavailableException) or Anthropic's 529. Real overload, answered on Anthropic's
+        API as Anthropic answers its own, a 529 `overloaded_error` (`UpstreamOverloadedError`), whole or in a stream
+        alike: a provider's 503 was an `api_error`, so Claude Code took an overloaded Gemini for a broken server and
+        did not switch to its fallback model, where a breaker the same 503s opened was shed as an overload."""
+        return self.upstream_status in OVERLOAD_STATUSES and not self.deployment_fault
+
+    @property
     def overloaded(self) -> bool:
         """The provider's word that it has more to do than it takes, for now: its rate limit (`rate_limited`: not an
-        `insufficient_quota`), HTTP's own "temporary overload" (503: Gemini's "The model is overloaded", Bedrock's
-        ServiceUnavailableException) or Anthropic's 529. A breaker such failures opened sheds as an overload
-        (`Breakers.overloaded`); a 500's did not say so."""
-        return self.rate_limited or self.upstream_status in (503, 529)
+        `insufficient_quota`) or its overload (`overload`: a 503 or Anthropic's 529). A breaker such failures opened
+        sheds as an overload (`Breakers.overloaded`); a 500's did not say so."""
+        return self.rate_limited or self.overload
 
     @property
     def outcome(self) -> str:
@@ -399,12 +413,12 @@ class UpstreamRateLimitedError(UpstreamError):
 
 
 class UpstreamOverloadedError(UpstreamError):
-    """Every provider the gateway tried said it is overloaded (Anthropic's 529 `overloaded_error`), once the
-    gateway's own retries were spent: real overload. Anthropic's API has a status of its own for it, and the
-    Messages API answers with it, a 529 `overloaded_error`, as Anthropic would: Claude Code counts it as an
-    overload (on the status or the type), and with `--fallback-model` switches to its fallback on it, also where a
-    502 does not make it switch (its retry watchdog, fast mode). OpenAI's API has none, so there it is the 502
-    `upstream_error` of any provider's failure, with the provider's 529 and `overloaded_error` inside."""
+    """Every provider the gateway tried said it is overloaded (`UpstreamError.overload`: a 503, Anthropic's 529
+    `overloaded_error`), once the gateway's own retries were spent: real overload. Anthropic's API has a status of
+    its own for it, and the Messages API answers with it, a 529 `overloaded_error`, as Anthropic would: Claude Code
+    counts it as an overload (on the status or the type), and with `--fallback-model` switches to its fallback on it,
+    also where a 502 does not make it switch (its retry watchdog, fast mode). OpenAI's API has none, so there it is
+    the 502 `upstream_error` of any provider's failure, with the provider's status (503 or 529) and type inside."""
 
     anthropic_status = 529
     anthropic_type = "overloaded_error"

@@ -29,9 +29,14 @@ if TYPE_CHECKING:
 
 
 class Target(Value):
-    """One deployment resolved for a request: provider instance, upstream model, where it runs."""
+    """One deployment resolved for a request: provider instance, upstream model, the region it is called in (its
+    endpoint's, the one its requests are signed for) and where it runs (`runs_in`: what `x-gateway-region` says of
+    it, and what a region pin matches). Both are its region, but for a Bedrock global inference profile
+    (`global.anthropic...`), which is called in a source region and which AWS routes to any commercial region:
+    `global`. Reported and pinned by its source region, one called from us-east-1 said it ran there, and a pin to
+    us-east-1, asked so as to keep requests in that region, sent them to it."""
 
-    __slots__ = ("provider", "provider_type", "model", "region", "base_url", "options")
+    __slots__ = ("provider", "provider_type", "model", "region", "base_url", "options", "runs_in")
 
     def __init__(
         self,
@@ -41,6 +46,7 @@ class Target(Value):
         region: str,
         base_url: str,
         options: Mapping[str, Any] = MappingProxyType({}),
+        runs_in: str | None = None,
     ) -> None:
         self.provider: Final = provider
         self.provider_type: Final = provider_type
@@ -48,6 +54,7 @@ class Target(Value):
         self.region: Final = region
         self.base_url: Final = base_url
         self.options: Final = options
+        self.runs_in: Final = runs_in or region
 
     @property
     def label(self) -> str:

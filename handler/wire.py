@@ -596,6 +596,9 @@ def misshapen(what: str, exc: Exception) -> UpstreamError:
     return error
 
 
+INTERRUPTED = "stream_interrupted"  # (`interrupted`'s code: a stream its provider ended before its answer was finished)
+
+
 def interrupted(what: str = "answer") -> UpstreamError:
     """A provider's stream that ended before its answer (or response) was finished: what it sent is billed, and
     the client is told in the stream, after its first byte, so no other deployment is tried."""
@@ -603,7 +606,7 @@ def interrupted(what: str = "answer") -> UpstreamError:
         f"the provider's stream ended before the {what} was finished",
         upstream_status=200,
         retryable=False,
-        code="stream_interrupted",
+        code=INTERRUPTED,
     )
 
 

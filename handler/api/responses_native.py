@@ -292,8 +292,9 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
         # The terminal event is the provider's last: it goes on once the stream has ended, so that it is
         # settled from the provider's usage (a stream still open is metered as one cut short).
         kind, payload, response = terminal
-        if kind == "response.failed":  # the provider's own failure: its status in the ledger and metrics
-            stream.failed(failed_status(response.get("error")))
+        if kind == "response.failed":  # the provider's own failure: its status in the ledger and metrics, its breaker
+            said = said_failure(response.get("error"))
+            stream.failed(said.status, said)
             redact_error(response.get("error"))  # (before it is kept, or sent)
         await stream.complete()
         # An answer that does not fit its enforced schema ends as a stream that fails does (`error`, and a
@@ -322,18 +323,12 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
     return guarded(stream, events(), failed)
 
 
-def failed_status(error: Any) -> int:
-    """The status a `response.failed` stands for: the client's, as the same error answered with the status its code
-    or type names (`said_status`) is answered. A rate limit a 429; a request the provider refused a 400 (OpenAI's
-    `invalid_prompt`, a `context_length_exceeded`, which was a 502); any other failure the provider's (502): its
-    overload, its refusal of the deployment's account (`insufficient_quota`, a 429 by its status alone)."""
-    return said_failure(error).status
-
-
 def said_failure(error: Any) -> GatewayError:
     """A provider's error object in a 200 stream (a `response.failed`'s `error`, an `error` event's words) as the
     client's error, as the same error answered with the status its code or type names (`said_status`) is
-    (`answered_as`)."""
+    (`answered_as`): a rate limit a 429; a request the provider refused a 400 (OpenAI's `invalid_prompt`, a
+    `context_length_exceeded`, which was a 502); any other failure the provider's (502): its overload, its refusal of
+    the deployment's account (`insufficient_quota`, a 429 by its status alone)."""
     said = error if isinstance(error, dict) else {}
     kind = said.get("type")
     failure = upstream_error(

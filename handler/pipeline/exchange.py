@@ -204,7 +204,7 @@ class Exchange:
             target = self.attempt.target
             headers["x-gateway-provider"] = target.provider
             headers["x-gateway-model"] = target.model
-            headers["x-gateway-region"] = target.region
+            headers["x-gateway-region"] = target.runs_in
         if self.route:
             headers["x-gateway-route"] = ", ".join(self.route)
         if self.dropped or self.inbound_dropped:

@@ -36,7 +36,16 @@ from handler.pipeline.upstream import UpstreamResponse
 from handler.ports import RESPONSES_API, NativeCall, Served
 from handler.schemas import ChatRequest, Usage
 from handler.telemetry.observability import observe
-from handler.wire import SHAPE_ERRORS, StreamEvent, WholeBodySniffer, error_excerpt, json_body, malformed, misshapen
+from handler.wire import (
+    INTERRUPTED,
+    SHAPE_ERRORS,
+    StreamEvent,
+    WholeBodySniffer,
+    error_excerpt,
+    json_body,
+    malformed,
+    misshapen,
+)
 
 if TYPE_CHECKING:
     from handler.pipeline.exchange import Exchange
@@ -123,6 +132,8 @@ class UpstreamStream(ABC, Generic[T]):
         self._settled = False
         self._head: bytes | None = b""  # the stream's start, until its first item
         self._ended_status = 0  # an error's status, if one ended the stream (`failed`)
+        # The provider's own failure that ended the stream in its own closing event (`failed`), for its breaker.
+        self.ended_by: GatewayError | None = None
         # An error one of a read's events raised after the events before it brought items (`_broke_off`).
         self._failure: Exception | None = None
         self.status = 0  # the status it was settled with (its ledger line's): 200, an error's, or 499
@@ -321,9 +332,12 @@ class UpstreamStream(ABC, Generic[T]):
         """The answer's texts the schema checks, each choice's: a provider's own stream has one."""
         return ["".join(self._text)]
 
-    def failed(self, status: int) -> None:
-        """The stream ended on an error (the provider's, or one reading it) with this status, not on the client."""
+    def failed(self, status: int, said: GatewayError | None = None) -> None:
+        """The stream ended on an error (the provider's, or one reading it) with this status, not on the client;
+        `said`: the provider's failure, where it ended the stream in its own closing event (a Responses stream's
+        `response.failed`), which raises nothing and is judged on the breaker as if raised (`judged`)."""
         self._ended_status = status
+        self.ended_by = said
 
     async def close(self) -> None:
         """Always called: a stream abandoned by the client (or ended by an error, `failed`) still settles what the
@@ -451,16 +465,21 @@ class NativeStream(UpstreamStream[StreamEvent]):
 def judged(stream: UpstreamStream[Any], failure: GatewayError | None) -> None:
     """A stream's end on its deployment's breaker, as the same answer not streamed is judged (`Pipeline._failover`),
     whose first event only closed an open breaker (`Breakers.answered`): finished, a success; failed part way for a
-    passing reason (an error the provider wrote there, its rate limit, its overload, its stream broken or stalled, a
-    malformed event), a failure; a request the provider refused, or an answer that missed its schema, a success.
-    Anything else (the client gone, the request's deadline, a stream cut without a word) says nothing either way. Its
-    first event counted as the deployment's success, a deployment failing every stream part way was never taken out of
-    rotation: after five overloaded streams in a row the sixth was sent to it again."""
+    passing reason (an error the provider wrote there, a Responses stream's own `response.failed` among them, its rate
+    limit, its overload, its stream broken, stalled or ended before its answer was finished, a malformed event), a
+    failure; a request the provider refused, or an answer that missed its schema, a success. Anything else (the client
+    gone, the request's deadline) says nothing either way. Its first event counted as the deployment's success, a
+    deployment failing every stream part way was never taken out of rotation: after five overloaded streams in a row
+    the sixth was sent to it again; and so was one whose Responses streams ended in `response.failed`, or whose
+    streams of any API ended before their last event (`stream_interrupted`), which counted neither way."""
     breakers = stream.pipeline.gateway.router.breakers
     label = stream.attempt.target.label
+    failure = failure or stream.ended_by
     if failure is None:
         if stream.status == 200:
             breakers.success(label)
+    elif isinstance(failure, UpstreamError) and failure.code == INTERRUPTED:
+        breakers.failure(label)  # (cut short as a broken stream is, with no word of why: neither limit nor overload)
     elif isinstance(failure, UpstreamError) and failure.retryable and not isinstance(failure, SchemaViolationError):
         breakers.failure(label, failure.rate_limited, failure.overloaded)
     elif isinstance(failure, SchemaViolationError) or getattr(failure, "upstream_status", 0) >= 400:
@@ -500,8 +519,8 @@ async def guarded(
     finally:
         await events.aclose()
         await stream.close()
-        if failure is not stopped:  # (a server that stopped: no word on the deployment)
-            judged(stream, failure)
+        if stopped is None:  # (a server that stopped: no word on the deployment)
+            judged(stream, failure)  # (`failure is not stopped`, None for both, judged no finished stream)
         # (A client that left mid-stream: its line says why, as a whole answer's does.)
         code = failure.code if failure else (ClientClosedError.default_code if stream.status == CLIENT_CLOSED else None)
         observe(stream.ex, stream.status, stream=True, code=code)

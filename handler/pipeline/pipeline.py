@@ -63,7 +63,7 @@ from handler.ports import BuiltRequest, LedgerItem, NativeCall, Served, StoreErr
 from handler.redaction import clipped, names_clipped, unkeyed
 from handler.schemas import LATER_MODULES, ChatCompletion, ChatRequest, Usage
 from handler.telemetry.observability import span
-from handler.wire import OVERLOADED, SHAPE_ERRORS, error_answer, json_body, malformed, misshapen
+from handler.wire import SHAPE_ERRORS, error_answer, json_body, malformed, misshapen
 
 if TYPE_CHECKING:
     from handler.pipeline.breakers import Breakers, CountBreakers
@@ -90,16 +90,15 @@ def answered_as(
 ) -> GatewayError:
     """The error a provider's `failure` is answered as where it ended the attempts made (`Pipeline._failover`, which
     words a rate limit its own way: `message`, `headers`): its rate limit the client's 429 `upstream_rate_limited`,
-    its overload (529) Anthropic's own on its API, a request it refused the client's 400 (`ProviderRejectedError`),
-    any other failure as it is (502); the provider's status and type inside. For an error after a stream's first byte,
-    which no other attempt can follow, what the client is told in the stream: a Messages client's `error` event was an
-    `api_error` whatever the provider said (its rate limit, its overload), and a Responses stream's `error` event with
-    no closing event was settled a 502 `stream_interrupted`."""
-    if failure.rate_limited or failure.upstream_status == OVERLOADED:
+    its overload (503, 529) Anthropic's own on its API, a request it refused the client's 400
+    (`ProviderRejectedError`), any other failure as it is (502); the provider's status and type inside. For an error
+    after a stream's first byte, which no other attempt can follow, it is also what the client is told in the stream
+    (a Messages client's `error` event, typed as Anthropic types the status)."""
+    if failure.rate_limited or failure.overload:
         kind = UpstreamRateLimitedError if failure.rate_limited else UpstreamOverloadedError
         return kind(
             failure.message if message is None else message,
-            upstream_status=failure.upstream_status,
+            upstream_status=429 if failure.rate_limited else failure.upstream_status,
             retryable=True,
             retry_after=failure.retry_after,
             upstream_type=failure.upstream_type,
@@ -543,19 +542,36 @@ class Pipeline(Charges):
         rest: list[tuple[EmbeddingsRequest, BuiltRequest]],
     ) -> EmbeddingsResponse:
         """The answers to an embeddings request's batches after the first (answered: `first`), sent to the same
-        deployment (a few at a time) and joined with it in order. Any batch that fails fails the attempt as one
-        error, once every batch has its answer: what the provider billed for those that answered is charged
-        (`UpstreamError.billed`), unless one may still run unanswered, whose worst case covers the whole request."""
+        deployment (a few at a time) and joined with it in order. A batch the provider rate-limits is sent again
+        alone, as `_failover` sends a deployment's 429 again (its wait, `_retry_wait`; as often as
+        `max_retries_per_deployment`), the batches answered kept: the whole attempt was sent again, every batch
+        answered before it billed a second time (300 inputs in three batches, the third limited once: six calls, the
+        first two batches charged twice). Any batch that fails for good fails the attempt as one error, once every
+        batch has its answer: what the provider billed for those that answered is charged (`UpstreamError.billed`),
+        unless one may still run unanswered, whose worst case covers the whole request; such a try is not sent again
+        whole (`_retry_wait`)."""
         gate = asyncio.Semaphore(BATCHES_AT_ONCE)
+        retries = self.gateway.config.gateway.max_retries_per_deployment
 
         async def one(part: EmbeddingsRequest, built: BuiltRequest) -> EmbeddingsResponse:
-            async with gate:
-                within = None if ex.ends_at is None else ex.ends_at - time.perf_counter()
-                response = await self.gateway.upstream.send(built.request, within=within)
-                if response.status >= 400:
-                    body = await response.read_error()
-                    raise error_answer(attempt.adapter.error, response.status, body, response.headers)
-                body = await response.read()
+            retried = 0
+            while True:
+                async with gate:
+                    within = None if ex.ends_at is None else ex.ends_at - time.perf_counter()
+                    response = await self.gateway.upstream.send(built.request, within=within)
+                    if response.status < 400:
+                        body = await response.read()
+                        break
+                    failure = error_answer(
+                        attempt.adapter.error, response.status, await response.read_error(), response.headers
+                    )
+                failure.retried = retried
+                wait = self._retry_wait(ex, failure) if retried < retries else None
+                if wait is None:
+                    raise failure
+                retried += 1
+                ex.route.append(f"{attempt.target.label}={failure.outcome}")  # (a try of its own, as `_failover`'s)
+                await asyncio.sleep(wait)  # (the provider's wait, outside the gate: the other batches go on)
             return attempt.adapter.embeddings_response(body, part, attempt.target)
 
         outcomes = await asyncio.gather(*(one(part, built) for part, built in rest), return_exceptions=True)
@@ -600,9 +616,8 @@ class Pipeline(Charges):
                 raise
             ends_at = ex.ends_at
             within = None if ends_at is None else ends_at - time.perf_counter() - CUT_SLACK_S
-            try:
-                held = await keys.settle(within)
-            except TimeoutError:
+            held = await keys.settle(within)
+            if held is None:  # (the deadline cut the wait, a read still under way)
                 raise deadline_passed(ex, "its provider's key was read from its secret store") from None
             if not held:
                 raise
@@ -1121,7 +1136,7 @@ class Pipeline(Charges):
             limited = answered_as(last, said, headers)
             limited.should_retry = True
             raise limited
-        if all(err.upstream_status == OVERLOADED for err in failed):
+        if all(err.overload for err in failed):
             # Real overload (a candidate skipped for its open breaker is not available either): Anthropic's own
             # answer to it on its API, which Claude Code falls back on; a 502 it may retry without end.
             failure = answered_as(last)
@@ -1146,6 +1161,11 @@ class Pipeline(Charges):
         wait = err.retry_after
         if not err.rate_limited or wait is None or wait > MAX_RETRY_WAIT_S:
             return None
+        if err.billed is not None:
+            # A try the provider billed in part (an embeddings request's batches answered before one was limited) is
+            # not sent again whole, each batch answered billed twice: its limited batch was sent again alone
+            # (`_other_batches`), as long as waiting could help.
+            return None
         return wait if ex.ends_at is None or time.perf_counter() + wait < ex.ends_at else None
 
     @staticmethod
@@ -1159,6 +1179,8 @@ class Pipeline(Charges):
             )
         if retries == 0:
             return "gateway.max_retries_per_deployment is 0"
+        if limited.retried:
+            return f"the batch of it the provider limited had been sent again alone {limited.retried} time(s) already"
         if limited.retry_after is None:
             return "the provider named no wait"
         wait = math.ceil(limited.retry_after)
@@ -1379,7 +1401,7 @@ class Pipeline(Charges):
                 ancestors=list(ex.key.ancestors),
                 model=attempt.model,
                 provider=attempt.target.provider,
-                region=attempt.target.region,
+                region=attempt.target.runs_in,
                 upstream_model=attempt.target.model,
                 input_tokens=billed.prompt_tokens,
                 cached_tokens=billed.cached_tokens,

@@ -442,7 +442,9 @@ class Router:
             options = dict(dep.model_extra or {})
             if dep.reasoning is not None:
                 options["reasoning"] = dep.reasoning
-            target = Target(dep.provider, provider.type, dep.model, region, base_url, options)
+            # (A global inference profile runs wherever AWS routes it, whichever region it is called in.)
+            runs_in = GLOBAL if geography is not None and geography.name == GLOBAL else None
+            target = Target(dep.provider, provider.type, dep.model, region, base_url, options, runs_in)
             km = distance_km(self.region, region)
             measured = self._latency.get(region.lower())
             rtt = measured if measured is not None else km * ESTIMATED_RTT_MS_PER_KM
@@ -644,7 +646,7 @@ class Router:
                 "provider": a.target.provider,
                 "type": a.target.provider_type,
                 "upstream_model": a.target.model,
-                "region": a.target.region,
+                "region": a.target.runs_in,
                 "distance_km": round(a.distance_km, 1),
                 "rtt_ms": round(a.rtt_ms, 1),
                 "rtt": "measured" if a.measured else "estimated",
@@ -652,6 +654,8 @@ class Router:
                 "role": "primary" if a.model == model else "fallback",
                 "pinned": bool(controls.provider or controls.region),
             }
+            if a.target.runs_in != a.target.region:  # (a global inference profile: the region it is called in)
+                entry["source_region"] = a.target.region
             if not self._keyed(a):
                 entry |= {"skipped": "provider_not_configured", "hint": self._key_hint(a)}
             explained.append(entry)
@@ -662,7 +666,8 @@ class Router:
     def _pinned(attempt: Attempt, controls: RouteControls) -> bool:
         """Whether the attempt keeps the request's pins: its provider as named, its region in any case (`westeurope`
         is Azure's own spelling of a deployment configured as `WestEurope`, `US-EAST-1` AWS's us-east-1, as the
-        region table reads them: `place`)."""
+        region table reads them: `place`), where it runs (`Target.runs_in`): a Bedrock global inference profile only
+        by `global`, not by the region it is called in, which is not where AWS may run it."""
         if controls.provider and attempt.target.provider != controls.provider:
             return False
-        return not (controls.region and attempt.target.region.lower() != controls.region.lower())
+        return not (controls.region and attempt.target.runs_in.lower() != controls.region.lower())

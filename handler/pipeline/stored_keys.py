@@ -148,22 +148,20 @@ class ProviderKeys:
         if self.clock() >= self.due:
             self._start_due()
 
-    async def settle(self, within: float | None = None) -> bool:
+    async def settle(self, within: float | None = None) -> bool | None:
         """For a request none of whose deployments has a key: wait up to `WAIT_S` for the reads of keys that could
         not be read (started now if due), or `within` seconds if sooner (what the request's deadline leaves: a store
-        slow to answer held a request with 300 ms to live for the whole `WAIT_S`); whether any of them is now held.
-        `TimeoutError` when `within` ran out first with none held and a read still under way (the request's
-        deadline cut the wait, not the store's answer)."""
+        slow to answer held a request with 300 ms to live for the whole `WAIT_S`); whether any of them is now held,
+        or None where `within` ran out first with none held and a read still under way (the request's deadline cut
+        the wait, not the store's answer)."""
         unread = [key for key in self.stored if key.unread]
         self.check()
         wait = WAIT_S if within is None else min(WAIT_S, max(0.0, within))
-        deadline = self.clock() + wait
         reads = [done for done in (key.reading for key in unread) if done is not None]
-        for done in reads:  # (a read that ended already needs no wait)
-            await asyncio.to_thread(done.wait, max(0.0, deadline - self.clock()))
+        await self._waited(reads, self.clock() + wait)
         held = any(key.held() for key in unread)
         if not held and wait < WAIT_S and not all(done.is_set() for done in reads):
-            raise TimeoutError
+            return None
         return held
 
     async def renewed(
@@ -190,18 +188,25 @@ class ProviderKeys:
                     key.refused_at = self.clock()
                     done = self._start(key)
                 reads.append(done)
-        deadline = self.clock() + WAIT_S
-        for done in reads:
-            await asyncio.to_thread(done.wait, max(0.0, deadline - self.clock()))
+        await self._waited(reads, self.clock() + WAIT_S)
         return any(key.held() and key.held() != key.sent(refused, sent) for key in stored)
 
     async def reread(self) -> None:
         """Read every key now (after a SnapStart restore), waiting up to `RESTORE_WAIT_S` for them all."""
         with self._lock:
             reads = [key.reading or self._start(key) for key in self.stored]
-        deadline = self.clock() + RESTORE_WAIT_S
+        await self._waited(reads, self.clock() + RESTORE_WAIT_S)
+
+    async def _waited(self, reads: list[threading.Event], deadline: float) -> None:
+        """Wait for `reads` until `deadline` (of `clock`), on a thread only for a read still under way with time
+        left: a read that ended, or no time left, needs no wait (a thread hop each, to wait 0 s, it was, for a request
+        whose deadline had left it none)."""
         for done in reads:
-            await asyncio.to_thread(done.wait, max(0.0, deadline - self.clock()))
+            left = deadline - self.clock()
+            if left <= 0:
+                return
+            if not done.is_set():
+                await asyncio.to_thread(done.wait, left)
 
     def _start_due(self) -> None:
         now = self.clock()

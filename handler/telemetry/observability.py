@@ -211,7 +211,7 @@ def observe(
         "model": prometheus.REGISTRY.model_named(ex.model),
         "provider": target.provider if target else None,
         "upstream_model": target.model if target else None,
-        "region": target.region if target else None,
+        "region": target.runs_in if target else None,
         "status": status,
         "stream": stream,
         "route": ", ".join(ex.route),

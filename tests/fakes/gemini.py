@@ -7,7 +7,8 @@ continuing of one; the words of the 400 are those Gemini's users report), a batc
 inline image of a type Gemini does not take, a GIF, a function declared, called or allowed by a name outside Gemini's
 rule: `NAME_RULE`; `allowedFunctionNames` beside a mode other than `ANY` or `VALIDATED`, or naming a function not
 declared) with Google's error body; a batch of embeddings holding the text `fail-500` answers 500, as one call of
-several may, and one holding `limited-once` 429 the first time that text comes (`LIMITED_ONCE_EMBED`); an
+several may, and one holding `limited-once` 429 the first time that text comes (`LIMITED_ONCE_EMBED`; `limited-twice`
+the first two times, `LIMITED_TWICE_EMBED`); an
 embedding's values scale with its text's length, so that their order shows. With tools and function-calling mode
 `ANY` it answers with a `functionCall`; a user message may script a call (`tests.fakes.script`); on a
 Gemini 3 model (`GEMINI_3`: `gemini-3-*`, and the `-latest` aliases Google points at it) every function call carries
@@ -17,9 +18,10 @@ agree, and so must a response's `id` and its call's, and a turn answering severa
 made (`PAIRED`), so a swap shows; a `gemini-2.5` or Gemini 3 model refuses a non-zero penalty, as Google's do, and a
 model before Gemini 3 function calling beside a JSON answer.
 `:countTokens` counts a `generateContentRequest`. Behaviour is chosen by the model name, as in the OpenAI fake:
-`fail-429` (RESOURCE_EXHAUSTED, retry delay 0s), `fail-500`, `fail-400` (INVALID_ARGUMENT), `fail-context` (the
-input token count past the maximum, INVALID_ARGUMENT), `located` and `unbilled` (400 FAILED_PRECONDITION, Google's
-refusal of a project by where it calls from, and of its free tier in a country that has none: `REFUSED_PROJECT`),
+`fail-429` (RESOURCE_EXHAUSTED, retry delay 0s), `fail-500`, `fail-503` (UNAVAILABLE, the model overloaded),
+`fail-400` (INVALID_ARGUMENT), `fail-context` (the input token count past the maximum, INVALID_ARGUMENT), `located`
+and `unbilled` (400 FAILED_PRECONDITION, Google's refusal of a project by where it calls from, and of its free tier
+in a country that has none: `REFUSED_PROJECT`),
 `slow` (waits `SLOW_SECONDS`), `stream-cut` (a stream that stops before its finishReason), `bad-json` (a 200 whose
 body is not JSON), `malformed-call` (the model's function call Gemini could not parse: a candidate without
 content, `finishReason: MALFORMED_FUNCTION_CALL`, its prompt billed, streamed or not), `ends-<reason>` (the same
@@ -90,6 +92,7 @@ FAIL_EMBED = "fail-500"  # a batch holding a text with it answers 500 (the rest 
 # A batch holding a text with it answers 429 (RESOURCE_EXHAUSTED, retry delay 0s) the first time that text comes, then
 # as any other: a per-minute quota one call of several ran into, which the gateway waits out.
 LIMITED_ONCE_EMBED = "limited-once"
+LIMITED_TWICE_EMBED = "limited-twice"
 
 REQUEST_FIELDS = {"contents", "systemInstruction", "tools", "toolConfig", "generationConfig", "safetySettings"}
 GENERATION_FIELDS = {
@@ -561,7 +564,7 @@ def _compatible_answer(body: dict[str, Any]) -> Response:
 
 def create_app() -> Starlette:
     requests: list[dict[str, Any]] = []
-    limited_once: set[str] = set()  # (the texts of `LIMITED_ONCE_EMBED` answered 429 already)
+    limited_times: dict[str, int] = {}  # (how often each text of `LIMITED_ONCE_EMBED` or `_TWICE_` was answered 429)
 
     async def compatible(request: Request) -> Response:
         """Gemini's OpenAI-compatible Chat Completions endpoint."""
@@ -627,6 +630,8 @@ def create_app() -> Starlette:
             )
         if "fail-500" in model:
             return _error(500, "An internal error has occurred. Please retry or report.", "INTERNAL")
+        if "fail-503" in model:  # (Google's words for a model it has no capacity for now)
+            return _error(503, "The model is overloaded. Please try again later.", "UNAVAILABLE")
         refused = next((words for name, words in REFUSED_PROJECT.items() if name in model), None)
         if refused is not None:
             return _error(400, refused, "FAILED_PRECONDITION")
@@ -732,9 +737,14 @@ def create_app() -> Starlette:
         texts = [part.get("text", "") for item in items for part in (item.get("content") or {}).get("parts") or ()]
         if any(FAIL_EMBED in text for text in texts):
             return _error(500, "An internal error has occurred. Please retry or report.", "INTERNAL")
-        limited = {text for text in texts if LIMITED_ONCE_EMBED in text} - limited_once
+        limited = {
+            text
+            for text in texts
+            if (LIMITED_ONCE_EMBED in text and text not in limited_times)
+            or (LIMITED_TWICE_EMBED in text and limited_times.get(text, 0) < 2)
+        }
         if limited:
-            limited_once.update(limited)
+            limited_times.update((text, limited_times.get(text, 0) + 1) for text in limited)
             retry = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "0s"}
             return _error(429, "Resource has been exhausted (e.g. check quota).", "RESOURCE_EXHAUSTED", [retry])
         embeddings = []

@@ -39,6 +39,7 @@ pytestmark = pytest.mark.skipif("bedrock" not in REGISTRY, reason="no bedrock ad
 
 MODEL = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
 SONNET = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+GLOBAL_SONNET = "global.anthropic.claude-sonnet-4-5-20250929-v1:0"  # (a global cross-region inference profile)
 REDACTING = "us.anthropic.claude-sonnet-4-5-redacts-v1:0"  # (the fake's Claude whose reasoning opens redacted)
 LLAMA = "us.meta.llama3-3-70b-instruct-v1:0"
 NOVA_2 = "us.amazon.nova-2-lite-v1:0"
@@ -66,6 +67,7 @@ def bedrock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             "claude-sonnet": {"deployments": [{**deployment, "model": SONNET}], "price": PRICE},
             "claude-redacting": {"deployments": [{**deployment, "model": REDACTING}], "price": PRICE},
             "claude-cached": {"deployments": [{**deployment, "model": SONNET}], "price": CACHE_PRICE},
+            "claude-global": {"deployments": [{**deployment, "model": GLOBAL_SONNET}], "price": PRICE},
             "nova-anywhere": {
                 "deployments": [{"provider": "bedrock", "model": "amazon.nova-lite-v1:0"}],
                 "price": PRICE,
@@ -148,6 +150,30 @@ def test_deployment_without_a_region_signs_for_the_functions_region(bedrock: Run
     raw = client.chat.completions.with_raw_response.create(model="nova-anywhere", messages=HI)
     assert raw.parse().choices[0].message.content == fake.TEXT
     assert sent(bedrock)["path"] == "/model/amazon.nova-lite-v1:0/converse"
+
+
+def test_a_global_inference_profile_runs_in_global_and_is_pinned_by_it_alone(bedrock: Running) -> None:
+    """A `global.` profile is called in its source region (its endpoint, its signature) and AWS routes it to any
+    commercial region: it runs in `global`, as `x-gateway-region`, the ledger and a region pin have it. It was
+    reported as running in its source region, us-east-1, and a pin to us-east-1 (a client keeping its requests in
+    that region) was sent to it."""
+    key = bedrock.mint(name="bedrock-global")
+    answers = {
+        pin: httpx.post(
+            f"{bedrock.url}/v1/chat/completions",
+            json={"model": "claude-global", "messages": HI},
+            headers={"authorization": f"Bearer {key}", **({"x-gateway-region": pin} if pin else {})},
+            timeout=30,
+        )
+        for pin in ("", "GLOBAL", fake.REGION)
+    }
+    whole, pinned, elsewhere = answers.values()
+    assert whole.status_code == pinned.status_code == 200, whole.text
+    assert whole.headers["x-gateway-region"] == pinned.headers["x-gateway-region"] == "global"
+    assert whole.headers["x-gateway-route"] == f"bedrock/{GLOBAL_SONNET}@{fake.REGION}=200"  # (the deployment's name)
+    assert f"/{fake.REGION}/bedrock/aws4_request" in sent(bedrock)["headers"]["authorization"]
+    assert elsewhere.status_code == 503 and elsewhere.json()["error"]["code"] == "no_deployment_available"
+    assert [line.region for line in bedrock.ledger(key)] == ["global", "global"]
 
 
 def test_stream_assembles_text_and_ends_with_usage(client: openai.OpenAI) -> None:

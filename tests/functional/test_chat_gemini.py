@@ -792,44 +792,59 @@ def test_a_batch_that_fails_fails_the_request_and_the_batches_answered_are_charg
 
 
 @pytest.mark.parametrize("budget", [0.04, 1.0])
-def test_a_batch_rate_limited_and_sent_again_is_covered_within_the_keys_budget(faulty: Running, budget: float) -> None:
+def test_a_batch_limited_is_sent_again_alone_and_charged_once(faulty: Running, budget: float) -> None:
     """Three batches (100, 100 and 100 inputs), the third answered 429 (a quota, retry delay 0s) then 200. The gateway
-    waits the 429 out and sends the whole attempt again to the same deployment: Gemini billed the two batches it
-    answered the first time, and bills them again. That try went out uncovered (`_cover_missed` ran only before
-    another deployment), so the request spent past its reservation and its key's budget: $0.0504 charged on a $0.04
-    budget, for $0.0316 reserved (review). Now the try after a billed one is covered as a failover is: on the $0.04
-    budget it cannot be, and the request ends as its first try did (the 429), charged the two batches billed; on
-    $1 it is, and the line is both tries exactly."""
+    waited the 429 out and sent the whole attempt again to the same deployment: Gemini billed the two batches it had
+    answered a second time (six calls, the line the first two batches twice over), and on a $0.04 budget, which the
+    second try could not be covered within, the request ended in the 429, charged for batches it never returned. The
+    limited batch is sent again alone, the answered ones kept: four calls, each batch charged once, within the one
+    reservation the request was admitted with, on either budget."""
     key = faulty.mint(name=f"gemini-batch-limited-{budget}", budget_usd=budget)
     fake = faulty.fakes["gemini"].state.requests
     before = len(fake)
     texts = ["x"] * 300  # (a token each, the bound as the estimate: the reservation is about what is billed)
     texts[250] = f"{gemini_fake.LIMITED_ONCE_EMBED}-{budget}"
-    first_try = gemini_tokens(texts[:200])  # the batches Gemini answered, and billed, before the 429
     whole = gemini_tokens(texts)
     reserved = sum(len(text) for text in texts)
-    assert (first_try + whole) * 100 / 1e6 > 0.04 >= reserved * 100 / 1e6  # (the case the budget tells apart)
+    assert (gemini_tokens(texts[:200]) + whole) * 100 / 1e6 > 0.04 >= reserved * 100 / 1e6  # (what was refused)
     raw = httpx.post(
         f"{faulty.url}/v1/embeddings",
         json={"model": "gemini-embedding-dear", "input": texts},
         headers={"authorization": f"Bearer {key}"},
     )
     [line] = faulty.ledger(key)
-    assert line.cost_usd is not None and line.cost_usd <= budget, (line.cost_usd, raw.status_code, raw.text[:200])
     label = "gemini/gemini-embedding-001@global"
-    if budget < 0.1:
-        assert raw.status_code == 429, raw.text
-        assert "left too little to send it again" in raw.json()["error"]["message"]
-        assert len(fake) - before == 3  # (no second try)
-        assert line.route == f"{label}=429" and line.input_tokens == first_try
-        assert line.cost_usd == pytest.approx(first_try * 100 / 1e6)
-    else:
-        assert raw.status_code == 200, raw.text
-        assert len(raw.json()["data"]) == 300
-        assert len(fake) - before == 6
-        assert raw.headers["x-gateway-route"] == line.route == f"{label}=429, {label}=200"
-        assert line.input_tokens == first_try + whole
-        assert line.cost_usd == pytest.approx((first_try + whole) * 100 / 1e6)
+    assert raw.status_code == 200, raw.text
+    assert [item["embedding"][0] for item in raw.json()["data"]] == pytest.approx([0.1 * len(text) for text in texts])
+    calls = [sorted({item["content"]["parts"][0]["text"] for item in r["json"]["requests"]}) for r in fake[before:]]
+    assert len(calls) == 4 and calls[-1] == calls[-2] == sorted(set(texts[200:]))  # (the limited batch, twice)
+    assert raw.headers["x-gateway-route"] == line.route == f"{label}=429, {label}=200"
+    assert line.input_tokens == whole and raw.json()["usage"]["prompt_tokens"] == whole
+    assert line.cost_usd == pytest.approx(whole * 100 / 1e6) and line.cost_usd <= budget
+
+
+def test_a_batch_limited_past_its_retries_ends_the_attempt_without_sending_it_again_whole(faulty: Running) -> None:
+    """The third batch limited twice, past the one retry `max_retries_per_deployment` allows: it is sent again alone
+    once, and the attempt ends in the 429 (the only deployment), the two batches answered charged once. The whole
+    attempt was sent again: six calls, the line the first two batches twice over."""
+    key = faulty.mint(name="gemini-batch-limited-twice")
+    fake = faulty.fakes["gemini"].state.requests
+    before = len(fake)
+    texts = ["x"] * 300
+    texts[250] = f"{gemini_fake.LIMITED_TWICE_EMBED}-past-its-retries"
+    raw = httpx.post(
+        f"{faulty.url}/v1/embeddings",
+        json={"model": "gemini-embedding-dear", "input": texts},
+        headers={"authorization": f"Bearer {key}"},
+    )
+    [line] = faulty.ledger(key)
+    assert raw.status_code == 429, raw.text
+    assert "had been sent again alone 1 time(s) already" in raw.json()["error"]["message"], raw.text
+    assert len(fake) - before == 4
+    label = "gemini/gemini-embedding-001@global"
+    assert line.route == f"{label}=429, {label}=429"
+    assert line.input_tokens == gemini_tokens(texts[:200])
+    assert line.cost_usd == pytest.approx(gemini_tokens(texts[:200]) * 100 / 1e6)
 
 
 def test_a_batch_whose_error_answer_cannot_be_read_fails_as_any_failed_batch(

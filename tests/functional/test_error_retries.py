@@ -188,6 +188,23 @@ def gw(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.T
                     ],
                     "price": PRICE,
                 },
+                # A provider's 503 (Gemini's UNAVAILABLE "The model is overloaded", OpenAI's own): its overload.
+                "gemini-overloaded": lone("gemini", "fail-503-whole"),
+                "gemini-overloaded-streamed": lone("gemini", "fail-503-streamed"),
+                "both-503": {
+                    "deployments": [
+                        {"provider": "gemini", "model": "fail-503-both"},
+                        {"provider": "openai", "model": "fail-503;x-note=both"},
+                    ],
+                    "price": PRICE,
+                },
+                "down-then-503": {
+                    "deployments": [
+                        {"provider": "openai", "model": "fail-500-d503"},
+                        {"provider": "gemini", "model": "fail-503-d503"},
+                    ],
+                    "price": PRICE,
+                },
                 **WAIT_MODELS,
                 **CLOUDFLARE_MODELS,
                 **DEPLOYMENT_FAULT_MODELS,
@@ -551,6 +568,59 @@ def test_a_providers_overload_is_anthropics_own_529_on_the_messages_api(gw: Runn
     claude.close()
     assert (mixed.value.status_code, mixed.value.body["error"]["type"]) == (502, "api_error")  # type: ignore[index]
     assert [line.status for line in gw.ledger(key)] == [529, 529, 529, 529, 502]
+
+
+def test_a_providers_503_is_its_overload_on_the_messages_api_whole_and_streamed(gw: Running) -> None:
+    """A provider's 503 is HTTP's word for its overload (Gemini's `UNAVAILABLE` "The model is overloaded", OpenAI's
+    "The engine is currently overloaded"): on `/v1/messages` Anthropic's answer to an overload, a 529
+    `overloaded_error`, whole and streamed alike, as a breaker its 503s opened is shed. It was a 502 `api_error`, so
+    Claude Code took an overloaded Gemini for a broken server and never switched to its fallback model. Overload mixed
+    with another failure stays a 502 `api_error`, and the gateway's own 503s (no provider key, a pin that matches no
+    deployment) are no overload: `api_error`. On OpenAI's APIs the same failure is the 502 of any provider's, its
+    503 inside."""
+    key = gw.mint()
+    claude = anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0)
+    answers: dict[str, anthropic.APIStatusError] = {}
+    for model, stream in [
+        ("gemini-overloaded", False),
+        ("gemini-overloaded-streamed", True),
+        ("both-503", False),
+        ("down-then-503", False),
+        ("unconfigured", False),
+    ]:
+        with pytest.raises(anthropic.APIStatusError) as raised:
+            claude.messages.create(model=model, max_tokens=10, messages=HI, stream=stream)  # type: ignore[call-overload]
+        answers[model] = raised.value
+    with pytest.raises(anthropic.APIStatusError) as pinned:
+        claude.messages.create(
+            model="gemini-overloaded",
+            max_tokens=10,
+            messages=HI,  # type: ignore[arg-type]
+            extra_headers={"x-gateway-region": "eu-west-1"},
+        )
+    claude.close()
+    said = {model: (error.status_code, error.body["error"]["type"]) for model, error in answers.items()}  # type: ignore[index]
+    assert said == {
+        "gemini-overloaded": (529, "overloaded_error"),
+        "gemini-overloaded-streamed": (529, "overloaded_error"),
+        "both-503": (529, "overloaded_error"),
+        "down-then-503": (502, "api_error"),
+        "unconfigured": (503, "api_error"),
+    }
+    assert "The model is overloaded" in answers["gemini-overloaded-streamed"].message
+    assert [answers[m].response.headers["x-should-retry"] for m in ("gemini-overloaded", "both-503")] == [
+        "true",
+        "false",
+    ]
+    assert (pinned.value.status_code, pinned.value.body["error"]["type"]) == (503, "api_error")  # type: ignore[index]
+    assert [line.status for line in gw.ledger(key)] == [529, 529, 529, 502]
+    chat = httpx.post(
+        f"{gw.url}/v1/chat/completions",
+        json={"model": "gemini-overloaded", "messages": HI},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert chat.status_code == 502 and chat.json()["error"]["upstream_status"] == 503, chat.text
 
 
 def test_a_providers_overload_stays_a_502_upstream_error_in_openais_apis(gw: Running) -> None:

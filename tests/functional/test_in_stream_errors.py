@@ -131,8 +131,8 @@ async def test_an_error_opening_a_stream_is_failed_over_and_answered_as_its_stat
     tried = ["first", "second"] if fails_over else ["first"]
     assert pair.headers["x-gateway-route"] == ", ".join(f"openai/{model}@global={status}" for model in tried)
     assert alone.headers["x-gateway-route"] == f"openai/first@global={status}", alone.text
-    if path == "/v1/messages" and kind == "overloaded":
-        alone_status = 529  # (Anthropic's own answer to an overload, on its API: Claude Code falls back on it)
+    if path == "/v1/messages" and kind in ("overloaded", "router-status"):
+        alone_status = 529  # (Anthropic's answer to an overload, a 503 or a 529, on its API: Claude Code falls back)
     assert (alone.status_code, alone.headers["x-should-retry"]) == (alone_status, should_retry), alone.text
     assert "[DONE]" not in alone.text and "event:" not in alone.text  # (an error answer, not a stream)
     assert [(line.cost_usd, line.output_tokens) for line in lines] == [(0.0, 0), (0.0, 0)]  # (an error costs nothing)
@@ -180,10 +180,33 @@ def anthropic_begun(text: str) -> bytes:
     )
 
 
+def responses_begun(text: str) -> bytes:
+    """A Responses stream's opening events, as far as a message's first words (`text`)."""
+    response = {"id": "resp_1", "object": "response", "created_at": 1, "status": "in_progress", "model": "x"}
+    item = {"id": "msg_1", "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+    where = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+    return (
+        sse(
+            {"type": "response.created", "sequence_number": 0, "response": {**response, "output": []}},
+            "response.created",
+        )
+        + sse({"type": "response.output_item.added", "sequence_number": 1, "output_index": 0, "item": item})
+        + sse({"type": "response.output_text.delta", "sequence_number": 2, **where, "delta": text})
+    )
+
+
+def responses_failed(said: dict[str, Any]) -> bytes:
+    """The Responses API's own end of a stream that failed: `response.failed`, its error the provider's words."""
+    response = {"id": "resp_1", "object": "response", "created_at": 1, "status": "failed", "model": "x"}
+    failed = {**response, "output": [], "error": said, "usage": None}
+    return sse({"type": "response.failed", "sequence_number": 3, "response": failed}, "response.failed")
+
+
 # Each way a provider fails part way, after the client's first byte, as (the provider, the client's request, the
 # stream's start, its failing event): an OpenAI-compatible server's `data: {"error": ...}` to a Chat Completions and
-# a Messages client, Anthropic's own `error` event passed through and translated, and a compatible server's untyped
-# error in Anthropic's stream to a Chat Completions client.
+# a Messages client, Anthropic's own `error` event passed through and translated, a compatible server's untyped
+# error in Anthropic's stream to a Chat Completions client, and the Responses API's own `response.failed` passed
+# through.
 BROKEN: dict[str, tuple[dict[str, Any], str, bytes, Any]] = {
     "chat": (COMPATIBLE, "/v1/chat/completions", chunk("Hel"), lambda said: sse({"error": said})),
     "messages-translated": (COMPATIBLE, "/v1/messages", chunk("Hel"), lambda said: sse({"error": said})),
@@ -205,6 +228,7 @@ BROKEN: dict[str, tuple[dict[str, Any], str, bytes, Any]] = {
         anthropic_begun("Hel"),
         lambda said: sse({"error": said}),
     ),
+    "responses-failed": (NATIVE, "/v1/responses", responses_begun("Hel"), responses_failed),
 }
 
 
@@ -252,7 +276,7 @@ ANTHROPIC_TYPES = {
     "quota": "api_error",  # (the deployment's account refused: the operator's, never a rate limit to wait out)
     "refused": "invalid_request_error",
     "overloaded": "overloaded_error",
-    "router-status": "api_error",  # (a 503 unstreamed is a 502 `api_error` too: only a 529 is Anthropic's overload)
+    "router-status": "overloaded_error",  # (a 503 is the provider's overload, as unstreamed: it was an `api_error`)
     "odd-code": "api_error",
 }
 
@@ -278,8 +302,10 @@ async def test_a_deployment_failing_its_streams_part_way_is_taken_out_of_rotatio
 ) -> None:
     """A provider's failure after the client's first byte counts on its deployment's breaker as the same failure
     before it does (the next deployment's, a passing failure; not a request it refused): a deployment failing every
-    stream part way went on being sent every request, its breaker closed by each stream's first event. Each failing
-    stream is charged what it streamed (an estimate of it: no usage reported), on one line of its own."""
+    stream part way went on being sent every request, its breaker closed by each stream's first event. A Responses
+    stream the provider ends in its own `response.failed` counted neither way (nothing raised: five overloaded, and
+    the sixth was sent again). Each failing stream is charged what it streamed (an estimate of it: no usage
+    reported), on one line of its own."""
     said = KINDS[kind][0]
     gateway = None
     try:
@@ -299,3 +325,107 @@ async def test_a_deployment_failing_its_streams_part_way_is_taken_out_of_rotatio
         assert answers[5].headers["x-gateway-route"] == "openai/x@global=200"
     assert [line.cost_source for line in lines[:5]] == ["estimate"] * 5
     assert all(line.cost_usd > 0 for line in lines[:5])
+
+
+# Each way a provider's stream ends before its last event, with no word of why (its connection closed cleanly part
+# way, as a proxy's idle timeout or a server restarting closes it), as (the provider, the client's request, the
+# stream's start): Chat Completions with no finish reason, a translated Messages stream, Anthropic's own stream with
+# no `message_delta`, a Responses stream with no terminal event.
+CUT: dict[str, tuple[dict[str, Any], str, bytes]] = {
+    "chat": (COMPATIBLE, "/v1/chat/completions", chunk("Hel")),
+    "messages-translated": (COMPATIBLE, "/v1/messages", chunk("Hel")),
+    "messages": (ANTHROPIC, "/v1/messages", anthropic_begun("Hel")),
+    "responses": (NATIVE, "/v1/responses", responses_begun("Hel")),
+}
+
+
+@pytest.mark.parametrize("way", list(CUT))
+async def test_a_deployment_whose_streams_end_before_their_last_event_is_taken_out_of_rotation(way: str) -> None:
+    """A stream its provider ended before its answer was finished (`stream_interrupted`, a 502 on its line) is a
+    deployment's failure, as a stream whose connection broke is: it counted neither way, so a deployment cutting every
+    stream short was sent every request (six cut, six sent). Each is charged what it streamed, on one line."""
+    provider, path, opened = CUT[way]
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=opened, headers={"content-type": "text/event-stream"})
+
+    models = {"m": {"deployments": [{"provider": "openai", "model": "x"}], "price": PRICE}}
+    served = await serve(upstream, models, provider=provider, environ=KEYS)
+    try:
+        answers = [await served.post(path, asked(path, "m")) for _ in range(6)]
+        lines = await served.ledger()
+        state = served.gateway.router.breakers.state("openai/x@global")
+    finally:
+        await served.gateway.aclose()
+    assert all("the provider's stream ended before the" in answer.text for answer in answers[:5]), answers[0].text
+    assert state == "open"
+    assert answers[5].headers["x-gateway-route"] == "openai/x@global=breaker-open", answers[5].text
+    assert [(line.status, line.cost_source) for line in lines] == [(502, "estimate")] * 5
+    assert all(line.cost_usd > 0 for line in lines)
+
+
+@pytest.mark.parametrize("way", ["chat", "responses-failed"])
+async def test_a_finished_stream_clears_the_failures_before_it(way: str) -> None:
+    """A stream that finishes is its deployment's success, as a whole answer is, and clears the failures before it:
+    no finished stream was judged at all (`guarded` judged a stream only where it failed), so four streams failing
+    part way, one finished and one more failing opened the breaker of a deployment that answered."""
+    provider, path, opened, failing = BROKEN[way]
+    said = KINDS["overloaded"][0]
+    sent: list[int] = []
+    finished = (
+        chunk("Hello")
+        + sse(
+            {
+                "id": "c1",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": "x",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            }
+        )
+        + b"data: [DONE]\n\n"
+    )
+    if path == "/v1/responses":
+        done = {
+            "id": "resp_1",
+            "object": "response",
+            "created_at": 1,
+            "status": "completed",
+            "model": "x",
+            "output": [],
+            "usage": {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4},
+        }
+        finished = responses_begun("Hello") + sse(
+            {"type": "response.completed", "sequence_number": 3, "response": done}, "response.completed"
+        )
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        sent.append(1)
+        body = finished if len(sent) == 5 else opened + failing(said)
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    models = {"m": {"deployments": [{"provider": "openai", "model": "x"}], "price": PRICE}}
+    served = await serve(upstream, models, provider=provider, environ=KEYS)
+    try:
+        answers = [await served.post(path, asked(path, "m")) for _ in range(9)]
+        state = served.gateway.router.breakers.state("openai/x@global")
+    finally:
+        await served.gateway.aclose()
+    assert len(sent) == 9 and state == "closed", [answer.headers["x-gateway-route"] for answer in answers]
+    assert answers[4].status_code == 200 and "error" not in answers[4].text.replace('"error": null', ""), answers[
+        4
+    ].text
+
+
+async def test_a_stream_failing_after_the_provider_counted_its_input_is_one_line_at_those_counts() -> None:
+    """A stream its provider fails part way after counting its input (Anthropic's `message_start`) settles on one
+    ledger line, a 502, charged the input the provider counted (exact, as far as its usage came) and its output
+    estimated from what was streamed, passed through and translated alike."""
+    said = KINDS["overloaded"][0]
+    lines = []
+    for way in ("messages-error-event", "chat-from-messages-error-event"):
+        answers, [line], gateway = await broken_streams(way, said, 1)
+        await gateway.aclose()
+        lines.append(line)
+    assert [(line.status, line.input_tokens) for line in lines] == [(502, 3), (502, 3)]
+    assert all(line.output_tokens >= 1 and line.cost_usd > 0 for line in lines)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from typing import Any
 
 import pytest
 
@@ -10,6 +12,7 @@ from adapters.providers.registry import REGISTRY
 from handler import redaction
 from handler.config import ConfigError, SecretUnreadableError, parse_config
 from handler.errors import ServiceUnavailableError
+from handler.pipeline import stored_keys
 from handler.pipeline.gateway import build_adapters, header_references, key_references
 from handler.pipeline.routing import RouteControls, Router, any_model
 from handler.pipeline.stored_keys import ProviderKeys
@@ -104,6 +107,45 @@ def test_a_key_unread_at_start_is_waited_for_by_a_request_that_needs_it() -> Non
     clock.now += 5
     assert asyncio.run(keys.settle()) is True
     assert adapter.secret == "sk-read-at-last" and adapter.unread is None
+
+
+class HeldRead(Store):
+    """A store whose reads after the first (at start) wait for `gate`: a read still under way meanwhile."""
+
+    def __init__(self, *answers: str | None | type[Exception]) -> None:
+        super().__init__(*answers)
+        self.gate = threading.Event()
+
+    def __call__(self, kind: str, name: str) -> str | None:
+        if self.reads:
+            self.gate.wait(5)
+        return super().__call__(kind, name)
+
+
+@pytest.mark.parametrize("within", [0.0, -0.5])
+def test_a_wait_the_deadline_left_no_time_for_hops_no_thread_and_says_so_plainly(
+    within: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request whose deadline left no time to wait for a key's read still under way: `settle` hopped a thread per
+    read to wait 0 s, and told the deadline by raising `TimeoutError`. Now no thread, and None: the deadline cut the
+    wait (the request's 504, as before)."""
+    store, clock = HeldRead(ThrottlingException, "sk-read-at-last"), Clock()
+    keys, adapter = keys_for(store, clock)
+    hops: list[float] = []
+    real = asyncio.to_thread
+
+    async def to_thread(wait: Any, timeout: float) -> Any:
+        hops.append(timeout)
+        return await real(wait, timeout)
+
+    monkeypatch.setattr(stored_keys.asyncio, "to_thread", to_thread)
+    clock.now += 5  # (the unread key's read is due: `settle` starts it)
+    try:
+        assert asyncio.run(keys.settle(within)) is None
+    finally:
+        store.gate.set()
+    settled(keys)
+    assert adapter.secret == "sk-read-at-last" and hops == []
 
 
 def test_a_401_has_the_key_read_again_at_most_once_per_retry_interval() -> None:

@@ -11,6 +11,7 @@ import pytest
 from adapters.providers.bedrock.adapter import INFERENCE_GEOGRAPHIES, BedrockAdapter
 from adapters.providers.registry import REGISTRY
 from handler.config import ConfigError, parse_config
+from handler.errors import ServiceUnavailableError
 from handler.pipeline.gateway import build_adapters, build_gateway, gateway_region_warning
 from handler.pipeline.routing import (
     AWS_PLACES,
@@ -239,7 +240,32 @@ def test_a_geographic_inference_profile_without_a_region_runs_in_its_geography(
     explained = router(gateway, [{"provider": "br", "model": f"{profile}.{SONNET}"}]).explain(
         "m", RouteControls(), any_model
     )
-    assert explained[0]["region"] == home
+    # (A global profile runs wherever AWS routes it: `home` is the source region it is called in.)
+    assert explained[0].get("source_region", explained[0]["region"]) == home
+    assert explained[0]["region"] == ("global" if profile == "global" else home)
+
+
+@pytest.mark.parametrize("region", [None, "us-east-1", "eu-west-1"])
+def test_a_global_inference_profile_runs_in_global_and_only_a_global_pin_selects_it(region: str | None) -> None:
+    """A `global.` profile is called in a source region and AWS routes it to any commercial region: it runs in
+    `global` (`x-gateway-region`, `route explain`), and a pin to a region, which asks for requests to run there, does
+    not select it (it did, by its source region); `x-gateway-region: global` does. A geographic profile (`us.`) runs
+    in its region, pinned by it."""
+    deployments = [
+        {"provider": "br", "model": f"global.{SONNET}", **({"region": region} if region else {})},
+        {"provider": "br", "model": f"us.{HAIKU}", "region": "us-east-1"},
+    ]
+    r = router("us-east-1", deployments)
+    explained = r.explain("m", RouteControls(), any_model)
+    by_model = {entry["upstream_model"]: entry for entry in explained}
+    assert by_model[f"global.{SONNET}"]["region"] == "global"
+    assert by_model[f"global.{SONNET}"]["source_region"] == (region or "us-east-1")
+    assert "source_region" not in by_model[f"us.{HAIKU}"]
+    for pin, upstream in [("us-east-1", f"us.{HAIKU}"), ("Global", f"global.{SONNET}")]:
+        plan = r.plan("m", RouteControls(region=pin), any_model)
+        assert [a.target.model for a in plan] == [upstream], pin
+    with pytest.raises(ServiceUnavailableError):
+        r.plan("m", RouteControls(region="eu-west-1"), any_model)
 
 
 @pytest.mark.parametrize(
