@@ -639,7 +639,7 @@ class Usage(_Counted, BaseModel):
         )
 
     def plus(self, other: Self) -> Self:
-        """This usage and `other` together (two answers billed for one request): every count summed."""
+        """This usage and `other` together (two answers billed for one request): every count summed (`_combined`)."""
         usage = self._combined(other, operator.add)
         if self.web_searches + other.web_searches:
             usage.set_count("web_searches", self.web_searches + other.web_searches)
@@ -654,7 +654,9 @@ class Usage(_Counted, BaseModel):
         return usage
 
     def _combined(self, other: Self, count: Callable[[int, int], int]) -> Self:
-        """The token counts of this usage and `other`, each `count(this one's, other's)` (`plus`, `less`)."""
+        """The token counts of this usage and `other`, each `count(this one's, other's)` (`plus`, `less`): every count
+        it has, its details' too (its searches are `plus`'s and `less`'s own). Audio output was left out: the sum of
+        two answers' counts had none of theirs, nor had what is left of one (found by review)."""
         usage = type(self).of(
             count(self.prompt_tokens, other.prompt_tokens),
             count(self.completion_tokens, other.completion_tokens),
@@ -664,8 +666,11 @@ class Usage(_Counted, BaseModel):
             count(self.audio_prompt_tokens, other.audio_prompt_tokens),
         )
         reasoning = count(self.reasoning_tokens, other.reasoning_tokens)
-        if reasoning:
+        spoken = count(self.audio_completion_tokens, other.audio_completion_tokens)
+        if reasoning or spoken:
             usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=reasoning)
+            if spoken:
+                usage.completion_tokens_details.set_count("audio_tokens", spoken)
         return usage
 
     def counted_as(self, prompt: int, completion: int) -> Self:

@@ -1,5 +1,6 @@
 """A provider's token counts as every reader of a usage reads them (`handler.wire.usage_count`, `no_count`,
-`handler.schemas.reported`): a negative count is none, read as a missing one is."""
+`handler.schemas.reported`): a negative count is none, read as a missing one is; and the sums of usages
+(`Usage.plus`, `Usage.less`) keep every count."""
 
 from __future__ import annotations
 
@@ -71,6 +72,29 @@ def test_a_token_counting_answer_without_a_count_of_0_or_more_is_malformed(count
         counted_tokens({"input_tokens": count}, "input_tokens", "count_tokens")
     with pytest.raises(UpstreamError):
         counted_tokens([count], "input_tokens", "count_tokens")
+
+
+# The counts of an answer that wrote audio.
+SPOKEN = Usage.model_validate(
+    {
+        "prompt_tokens": 100,
+        "completion_tokens": 60,
+        "prompt_tokens_details": {"cached_tokens": 20, "audio_tokens": 30},
+        "completion_tokens_details": {"reasoning_tokens": 10, "audio_tokens": 40},
+    }
+)
+
+
+def test_a_sum_of_usages_and_a_usage_less_a_part_keep_every_count() -> None:
+    """`plus` (an answer thrown away and the one relayed, on the request's line) and `less` (a usage without a
+    sampling priced apart) left the audio output out: 80 audio tokens out summed to none."""
+    both = SPOKEN.plus(SPOKEN)
+    counts = ("prompt_tokens", "completion_tokens", "cached_tokens", "audio_prompt_tokens", "reasoning_tokens")
+    assert [getattr(both, name) for name in (*counts, "audio_completion_tokens")] == [200, 120, 40, 60, 20, 80]
+    assert both.less(SPOKEN).audio_completion_tokens == 40
+    assert SPOKEN.less(SPOKEN).audio_completion_tokens == 0
+    text = Usage.of(10, 5)
+    assert text.plus(text).completion_tokens_details is None  # (none made where it counts nothing)
 
 
 def test_an_embeddings_usage_with_a_negative_count_is_none() -> None:
