@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, StrictInt, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from handler.schemas import OPEN, REQUEST, Count
+from handler.schemas import OPEN, REQUEST, Count, reported
 
 # The most inputs an embeddings request takes, as OpenAI's API bounds it (a list of token ids is one input).
 MAX_INPUTS = 2048
@@ -78,12 +78,13 @@ class EmbeddingsResponse(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _uncounted(cls, answer: Any) -> Any:
-        """A usage without its count (`prompt_tokens` null or left out, `usage: {}`; or `usage: null`) is none: the
-        answer is read as one without `usage`, whose input is estimated (`Pipeline.embeddings`). Read as 0, the
-        embeddings of 10,000 characters were billed $0 as the provider's count (found by review)."""
+        """A usage without its count (`prompt_tokens` null, left out or negative: `reported`; `usage: {}`; or `usage:
+        null`) is none: the answer is read as one without `usage`, whose input is estimated (`Pipeline.embeddings`).
+        Read as 0, the embeddings of 10,000 characters were billed $0 as the provider's count (found by review); read
+        as given, a batch's `-100` took 100 from the next one's count in their sum (`joined`)."""
         if isinstance(answer, dict) and "usage" in answer:
             usage = answer["usage"]
-            if usage is None or (isinstance(usage, dict) and usage.get("prompt_tokens") is None):
+            if usage is None or (isinstance(usage, dict) and not reported(usage, "prompt_tokens")):
                 return {name: value for name, value in answer.items() if name != "usage"}
         return answer
 

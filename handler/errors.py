@@ -237,6 +237,16 @@ class HeadersTooLargeError(GatewayError):
     anthropic_type = "request_too_large"
 
 
+class VersionNotSupportedError(GatewayError):
+    """`gateway serve`: a request line of an HTTP version it does not speak (RFC 9110 15.6.6), `HTTP/2.0`, which
+    httptools takes (and no other past 1.1): such a request was served as HTTP/1.0."""
+
+    status = 505
+    default_code = "http_version_not_supported"
+    error_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+
+
 class ClientClosedError(GatewayError):
     """The client disconnected before its answer: the work for it was cancelled."""
 

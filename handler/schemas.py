@@ -39,6 +39,7 @@ from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict  # (pydantic takes typing's only from Python 3.12)
 
 from handler.records import Value
+from handler.wire import no_count
 
 # `value is None` as a C call: the answer writers run it for every optional field of every chunk.
 _is_none = functools.partial(operator.is_, None)
@@ -537,14 +538,14 @@ class _Counted:
 
 
 def _null_is_0(value: Any) -> Any:
-    return 0 if value is None else value
+    return 0 if no_count(value) else value
 
 
 # A provider's count of a detail of its usage (cached, cache-write, reasoning, audio tokens): a plain integer, null
-# read as 0 (as `handler.wire.usage_count` reads it: OpenAI-compatible servers built on LiteLLM write
-# `"cached_tokens": null` for a count they have none of, and refused, a real answer was a malformed one, charged its
-# worst case); `10.7`, `"12"` and `true` refused (`Usage`). Not a main count, the input's or the output's: one that is
-# null or left out is no usage (`Reported`).
+# (or negative: `handler.wire.no_count`) read as 0 (as `handler.wire.usage_count` reads it: OpenAI-compatible servers
+# built on LiteLLM write `"cached_tokens": null` for a count they have none of, and refused, a real answer was a
+# malformed one, charged its worst case); `10.7`, `"12"` and `true` refused (`Usage`). Not a main count, the input's
+# or the output's: one that is null, left out or negative is no usage (`Reported`).
 Count = Annotated[StrictInt, BeforeValidator(_null_is_0)]
 
 
@@ -573,8 +574,8 @@ class Usage(_Counted, BaseModel):
     the extras: `web_searches`, the searches a provider's own search tool ran (billed apart from the tokens).
     Its counts, and its details', are strict: a provider's count that is not a plain integer (`10.7`, and `"12"` or
     `true`, which pydantic would take as 12 and 1) is no usage the gateway can read, and the answer is malformed
-    (`handler.wire.usage_count`); a detail's that is null is 0 (`Count`), a main count's makes no usage (`Reported`,
-    as an answer's usage is read)."""
+    (`handler.wire.usage_count`); a detail's that is null or negative is 0 (`Count`), a main count's makes no usage
+    (`Reported`, as an answer's usage is read)."""
 
     model_config = OPEN
 
@@ -645,7 +646,7 @@ class Usage(_Counted, BaseModel):
         )
 
     def plus(self, other: Self) -> Self:
-        """This usage and `other` together (two answers billed for one request): every count summed."""
+        """This usage and `other` together (two answers billed for one request): every count summed (`_combined`)."""
         usage = self._combined(other, operator.add)
         if self.web_searches + other.web_searches:
             usage.set_count("web_searches", self.web_searches + other.web_searches)
@@ -660,7 +661,9 @@ class Usage(_Counted, BaseModel):
         return usage
 
     def _combined(self, other: Self, count: Callable[[int, int], int]) -> Self:
-        """The token counts of this usage and `other`, each `count(this one's, other's)` (`plus`, `less`)."""
+        """The token counts of this usage and `other`, each `count(this one's, other's)` (`plus`, `less`): every count
+        it has, its details' too (its searches are `plus`'s and `less`'s own). Audio output was left out: the sum of
+        two answers' counts had none of theirs, nor had what is left of one (found by review)."""
         usage = type(self).of(
             count(self.prompt_tokens, other.prompt_tokens),
             count(self.completion_tokens, other.completion_tokens),
@@ -670,8 +673,11 @@ class Usage(_Counted, BaseModel):
             count(self.audio_prompt_tokens, other.audio_prompt_tokens),
         )
         reasoning = count(self.reasoning_tokens, other.reasoning_tokens)
-        if reasoning:
+        spoken = count(self.audio_completion_tokens, other.audio_completion_tokens)
+        if reasoning or spoken:
             usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=reasoning)
+            if spoken:
+                usage.completion_tokens_details.set_count("audio_tokens", spoken)
         return usage
 
     def counted_as(self, prompt: int, completion: int) -> Self:
@@ -724,12 +730,12 @@ def completion_id() -> str:
 
 def reported(counts: Any, *main: str) -> bool:
     """Whether a provider's usage object `counts` gives its `main` counts (the input's and the output's, as its API
-    names them), the rule every reader of a usage follows: one that is null or left out (`usage: {}` among them)
-    gives no count of what the request cost, so the usage is none, as `usage: null` is, and the answer is estimated
-    (a stream metered as one without its final usage). Read as 0, a reader billed the prompt (or a written answer)
-    free as the provider's count. A detail's count (cached, cache-write, reasoning, audio tokens) is no main count:
-    null or left out, it is 0 (`Count`, `handler.wire.usage_count`)."""
-    return isinstance(counts, dict) and all(counts.get(name) is not None for name in main)
+    names them), the rule every reader of a usage follows: one that is null, left out (`usage: {}` among them) or
+    negative (`handler.wire.no_count`) gives no count of what the request cost, so the usage is none, as `usage: null`
+    is, and the answer is estimated (a stream metered as one without its final usage). Read as 0, a reader billed the
+    prompt (or a written answer) free as the provider's count. A detail's count (cached, cache-write, reasoning, audio
+    tokens) is no main count: null, left out or negative, it is 0 (`Count`, `handler.wire.usage_count`)."""
+    return isinstance(counts, dict) and not any(no_count(counts.get(name)) for name in main)
 
 
 # Chat Completions' main counts (`reported`).
@@ -741,9 +747,9 @@ def _uncounted_is_none(usage: Any) -> Any:
 
 
 # A provider's usage as its answer (or a stream's chunk) gives it: one without a main count, the input's or the
-# output's (null or left out, `usage: {}` among them), is none (`reported`), as `usage: null` is. Read as 0, it
-# billed a written answer as free: 3,000 characters with `"completion_tokens": null` 0 tokens out, with every count
-# null $0 (found by review).
+# output's (null, left out or negative, `usage: {}` among them), is none (`reported`), as `usage: null` is. Read as
+# 0, it billed a written answer as free: 3,000 characters with `"completion_tokens": null` 0 tokens out, with every
+# count null $0 (found by review).
 Reported = Annotated[Usage | None, BeforeValidator(_uncounted_is_none)]
 
 

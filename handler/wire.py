@@ -557,18 +557,27 @@ def malformed(message: str, outcome: str = "invalid_response") -> UpstreamError:
 SHAPE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 
+def no_count(value: Any) -> bool:
+    """Whether a provider's count gives none: null, left out, or below 0. A negative count is none a provider bills:
+    read as the count it said, `"input_tokens": -100` beside 500 cache reads billed 400 tokens in as Anthropic's
+    count, and a counting answer of `-5` was the client's count (found by review). So it is read as a missing one
+    is: a detail's is 0 (`usage_count`), a main count's makes no usage (`handler.schemas.reported`: the answer is
+    estimated), a counting answer's is malformed (`counted_tokens`)."""
+    return value is None or (type(value) is int and value < 0)
+
+
 def usage_count(counts: Any, name: str) -> int:
-    """The count `name` of a provider's usage object `counts` (0 where the object or the count is absent or null),
-    for every provider's reader of a usage. A count that is not a plain integer (`10.7`, `"12"`, `true`) is none the
-    gateway can read: a `ValueError` (one of `SHAPE_ERRORS`), so the answer is malformed and charged as one is (its
-    reserved worst case, `=invalid_response`). Readers of their own truncated `10.7` to 10, read it as 0 (the
-    prompt free) or `true` as 1, each billed as the provider's count (found by review)."""
+    """The count `name` of a provider's usage object `counts` (0 where the object or the count is absent, null or
+    negative: `no_count`), for every provider's reader of a usage. A count that is not a plain integer (`10.7`,
+    `"12"`, `true`) is none the gateway can read: a `ValueError` (one of `SHAPE_ERRORS`), so the answer is malformed
+    and charged as one is (its reserved worst case, `=invalid_response`). Readers of their own truncated `10.7` to
+    10, read it as 0 (the prompt free) or `true` as 1, each billed as the provider's count (found by review)."""
     if counts is None:
         return 0
     if not isinstance(counts, dict):
         raise ValueError(f"usage object for {name} is not an object")
     value = counts.get(name)
-    if value is None:
+    if no_count(value):
         return 0
     if type(value) is not int:  # (not a bool, a float or a numeral in a string)
         raise ValueError(f"usage count {name} is not an integer")
@@ -577,14 +586,17 @@ def usage_count(counts: Any, name: str) -> int:
 
 def counted_tokens(answer: Any, name: str, operation: str) -> int:
     """The count `name` of a provider's token-counting answer (`operation`: Anthropic's `count_tokens`, Bedrock's
-    `CountTokens`, Gemini's `countTokens`), by `usage_count`'s rule: a plain integer. One absent, null or not an integer
-    (`true`, `12.0`, `"12"`) is the provider's malformed answer, so the prompt is counted by the gateway's estimate as
-    for a count that failed; read with `isinstance(count, int)`, `true` was answered as 1 token, the provider's count
-    (found by review)."""
-    count = answer.get(name) if isinstance(answer, dict) else None
-    if type(count) is not int:  # (not a bool, a float or a numeral in a string)
-        raise malformed(f"upstream answered {operation} without an integer {name}")
-    return count
+    `CountTokens`, Gemini's `countTokens`), read by `usage_count`'s rule. One that gives none (absent, null or
+    negative: `no_count`) or is not a plain integer (`true`, `12.0`, `"12"`) is the provider's malformed answer, so
+    the prompt is counted by the gateway's estimate as for a count that failed; read with `isinstance(count, int)`,
+    `true` was answered as 1 token, the provider's count (found by review)."""
+    counts = answer if isinstance(answer, dict) else {}
+    try:
+        if not no_count(counts.get(name)):
+            return usage_count(counts, name)
+    except ValueError:
+        pass
+    raise malformed(f"upstream answered {operation} without an integer {name} of 0 or more")
 
 
 def misshapen(what: str, exc: Exception) -> UpstreamError:

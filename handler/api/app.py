@@ -52,7 +52,7 @@ from handler.pipeline.keys import hop_address, network
 from handler.pipeline.pipeline import Pipeline
 from handler.pipeline.routing import RouteControls
 from handler.ports import STORE_DEADLINE, KeyRecord, StoreDeadlineError, StoreError
-from handler.redaction import names_clipped, path_clipped, scrub
+from handler.redaction import clipped, names_clipped, path_clipped, scrub
 from handler.schemas import ChatRequest
 from handler.telemetry import prometheus
 from handler.telemetry.observability import observe, observe_failure
@@ -647,14 +647,25 @@ def control_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
     """The request's `CONTROL_HEADERS` lines, one value a name. Only a header's first line was
     read, a second dropped unsaid (a cost cap a proxy appended after the client's own went unread): lines that differ
     are a 400 naming the header, as `anthropic-version`'s are, and as a cap, a deadline or a flag is whose two values
-    come joined on one line (RFC 9110, 5.3, makes both forms the same); identical lines are one."""
+    come joined on one line (RFC 9110, 5.3, makes both forms the same); identical lines are one. Each value is the
+    text the client wrote (`header_text`)."""
     headers: dict[str, str] = {}
     for name, value in raw:
         if name in CONTROL_HEADERS:
-            header, text = name.decode("latin-1"), value.decode("latin-1")  # (as Starlette decodes them)
+            header, text = name.decode("latin-1"), header_text(value)
             if headers.setdefault(header, text) != text:
                 raise InvalidRequestError(f"the {header} header must have one value", param=header)
     return headers
+
+
+def header_text(value: bytes) -> str:
+    """A header's value as the client wrote it: curl and Go send its text as UTF-8 bytes, which Starlette decodes as
+    Latin-1 (`x-gateway-deadline-ms: é`'s 400 echoed `'Ã©'`, a session `café` was kept as `cafÃ©`, and a fallback
+    named `modèle` was no model of the gateway's); bytes that are no UTF-8 as Latin-1, as Starlette reads them."""
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
 
 
 def session_of(headers: dict[str, str]) -> str | None:
@@ -675,19 +686,29 @@ def _flag(raw: str | None, name: str) -> bool:
         return False
     if value == "true":
         return True
-    raise InvalidRequestError(f"{name} must be true or false, not '{(raw or '')[:40]}'", param=name)
+    raise InvalidRequestError(f"{name} must be true or false, not '{shown(raw or '')}'", param=name)
 
 
 def _number(raw: str | None, name: str, *, positive: bool) -> float | None:
     if raw is None:
         return None
     try:
-        value = float(raw)
+        # (In ASCII digits: read as the client wrote it, `１０００` is a number to Python, and none to the deadline
+        # read from the header's bytes as the request arrived, `arrival_deadline_s`.)
+        value = float(raw) if raw.isascii() else None
     except ValueError:
-        raise InvalidRequestError(f"{name} must be a number, not '{raw[:40]}'", param=name) from None
+        value = None
+    if value is None:
+        raise InvalidRequestError(f"{name} must be a number, not '{shown(raw)}'", param=name)
     if value != value or value in (float("inf"), float("-inf")) or value < 0 or (positive and value == 0):
         raise InvalidRequestError(f"{name} must be a {'positive' if positive else 'non-negative'} number", param=name)
     return value
+
+
+def shown(value: str) -> str:
+    """A control header's value as its 400 echoes it: its first 40 characters as the client wrote them
+    (`header_text`), without a key or a known secret in them (a key pasted into the wrong header was echoed)."""
+    return clipped(value, 40)
 
 
 def answered_before_the_app(

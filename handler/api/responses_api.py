@@ -154,6 +154,28 @@ class ResponsesRequest(BaseModel):
                     raise PydanticCustomError("metadata", f"'{name[:64]}': keys are at most 64 characters, values 512")
         return metadata
 
+    @field_validator("tools")
+    @classmethod
+    def _typed_tools(cls, tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        """Each tool's `type`, and each of a namespace's, a string where it is given (`typed`)."""
+        for i, tool in enumerate(tools or ()):
+            typed(tool, f"tools.{i}")
+            for j, inner in enumerate(_grouped(tool) if tool.get("type") == "namespace" else ()):
+                typed(inner, f"tools.{i}.tools.{j}")
+        return tools
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _typed_choice(cls, choice: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        """A choice's `type`, and each of the tools an `allowed_tools` choice allows, a string (`typed`)."""
+        if isinstance(choice, dict):
+            typed(choice, "tool_choice")
+            allowed = choice.get("tools") if choice.get("type") == "allowed_tools" else None
+            for j, tool in enumerate(allowed if isinstance(allowed, list) else ()):
+                if isinstance(tool, dict):
+                    typed(tool, f"tool_choice.tools.{j}")
+        return choice
+
     @property
     def stored(self) -> bool:
         """`store` defaults to true in the Responses API."""
@@ -161,6 +183,15 @@ class ResponsesRequest(BaseModel):
 
     def wants_encrypted_reasoning(self) -> bool:
         return ENCRYPTED_REASONING in (self.include or ())
+
+
+def typed(tool: dict[str, Any], where: str) -> None:
+    """The client's 400 for a tool (or a tool choice) at `where` whose `type` is given and is no string: the
+    translation took it for a tool of no type it carries and left it out with a 200 (`tools[['function']]`), and
+    OpenAI refuses it. (Raised as the gateway's own error, not pydantic's, to name the member: `tools.0.type`.)"""
+    kind = tool.get("type")
+    if kind is not None and not isinstance(kind, str):
+        raise InvalidRequestError(f"{where}.type must be a string", param=f"{where}.type")
 
 
 # --- input items -----------------------------------------------------------------------------------

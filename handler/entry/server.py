@@ -24,11 +24,12 @@ ends and cancelled as the next head is whole (a body is timed only where a read 
 RFC 9112's rules uvicorn does not keep: an HTTP/1.1 request without one Host is a 400 (3.2), so is a body of a
 transfer coding other than chunked, which the gateway does not decode (6.1; httptools framed `gzip, chunked` by its
 chunks and handed the app the bytes still coded), and an answer of no length to an HTTP/1.0 request is not chunked
-(6.1: its end is the connection's close, `UnchunkedCycle`). And a request offering a protocol upgrade (`curl
---http2` to an `http://` URL offers `Upgrade: h2c`; the gateway speaks no WebSocket either) is served in HTTP/1.1,
-its offer ignored, as RFC 9110 (7.8) lets a server: httptools stops parsing at such a head, and uvicorn handed the app
-an empty body (a POST answered 400 "not valid JSON"). Its body is read here by its `Content-Length`, and the
-connection closed after the answer (the parser reads nothing after the head).
+(6.1: its end is the connection's close, `UnchunkedCycle`); a request line of `HTTP/2.0`, which httptools takes (and
+no other version past 1.1), is a 505 (RFC 9110 15.6.6), where it was served as HTTP/1.0. And a request offering a
+protocol upgrade (`curl --http2` to an `http://` URL offers `Upgrade: h2c`; the gateway speaks no WebSocket either) is
+served in HTTP/1.1, its offer ignored, as RFC 9110 (7.8) lets a server: httptools stops parsing at such a head, and
+uvicorn handed the app an empty body (a POST answered 400 "not valid JSON"). Its body is read here by its
+`Content-Length`, and the connection closed after the answer (the parser reads nothing after the head).
 
 As the server begins to stop, the protocol tells the served gateway (`server_stopping`), so that a request uvicorn
 cuts once `--shutdown-grace` has run out is answered the gateway's 503, not a client's 499 or uvicorn's 500.
@@ -59,6 +60,7 @@ from handler.errors import (
     OverloadedError,
     RequestTimeoutError,
     UpstreamTimeoutError,
+    VersionNotSupportedError,
 )
 
 
@@ -566,6 +568,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.head_timer.cancel()
             self.head_timer = None
         version = self.parser.get_http_version()
+        if version not in ("1.0", "1.1"):  # (`HTTP/2.0` in HTTP/1's syntax: no HTTP/2, whose requests are binary)
+            self._refuse_head(
+                VersionNotSupportedError(
+                    f"HTTP/{version} is not served: gateway serve speaks HTTP/1.1 and 1.0 (HTTP/2 is a proxy's in "
+                    "front of it); send the request as HTTP/1.1"
+                ),
+                b"505 HTTP Version Not Supported",
+            )
         hosts = 0
         coded = False  # a transfer coding other than chunked
         for name, value in self.headers:

@@ -9,7 +9,6 @@ its parent's tags whatever it asks for, so no holder can mint their way out of t
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Iterable, Mapping
 from functools import cache
@@ -84,14 +83,9 @@ def session_id(raw: str, header: str) -> str | None:
     session`, `ticket#42`), kept as the line's `session` with any key in it redacted; none when empty. Anything else
     is a 400 naming `header` and the rule: an id outside the tags' alphabet was dropped unsaid, its spend reported
     under `(none)`, and a control character could break a log line or a CSV row."""
-    value = raw.strip()
+    value = raw.strip()  # (as the client wrote it: `app.header_text`)
     if not value:
         return None
-    if not value.isascii():
-        # The header's bytes as the client wrote them: UTF-8, which Starlette decodes as Latin-1 (`café` was kept as
-        # `cafÃ©`, and a Japanese id refused as control characters). Bytes that are no UTF-8 stay as read.
-        with contextlib.suppress(UnicodeError):
-            value = value.encode("latin-1").decode("utf-8")
     if len(value) > MAX_SESSION_CHARS or not value.isprintable():
         raise InvalidRequestError(f"{header}: {SESSION_RULE}", param=header)
     return unkeyed(value)

@@ -488,15 +488,28 @@ def anthropic_stream(events: list[tuple[str, dict[str, Any]]]) -> bytes:
 
 @pytest.mark.parametrize("api", ["messages", "chat"], ids=["passed_through", "translated"])
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-@pytest.mark.parametrize("output", [{"output_tokens": None}, {}], ids=["output_null", "output_missing"])
-async def test_an_anthropic_usage_without_its_output_count_is_none_and_the_answer_estimated(
+@pytest.mark.parametrize(
+    "output",
+    [
+        {"output_tokens": None},
+        {},
+        {"output_tokens": -5},
+        {"output_tokens": 1000, "iterations": [{"type": "compaction", "output_tokens": 3500}]},
+        {"output_tokens": 1000, "iterations": [{"type": "compaction", "input_tokens": -180000, "output_tokens": 3500}]},
+    ],
+    ids=["output_null", "output_missing", "output_negative", "compaction_uncounted", "compaction_negative"],
+)
+async def test_an_anthropic_usage_without_a_main_count_is_none_and_the_answer_estimated(
     output: dict[str, Any], stream: bool, api: str
 ) -> None:
-    """An Anthropic answer of 3,000 characters whose usage says `output_tokens: null` (or leaves it out), in the whole
-    message or a stream's `message_delta`: no final usage, so the answer is estimated (1,000 tokens out, the stream's
-    input as its `message_start` gave it) on a Messages request passed through and on a Chat Completions request
-    translated. Read as 0, the stream passed through was billed 0 tokens out as the provider's count (found by
-    review), and so was every other of them."""
+    """An Anthropic answer of 3,000 characters whose usage says `output_tokens: null` (or leaves it out, or says
+    `-5`), in the whole message or a stream's `message_delta`: no final usage, so the answer is estimated (1,000
+    tokens out, the stream's input as its `message_start` gave it) on a Messages request passed through and on a Chat
+    Completions request translated. Read as 0, the stream passed through was billed 0 tokens out as the provider's
+    count (found by review), and so was every other of them; read as given, `-5` was refused as impossible on its
+    own, and `input_tokens: -100` beside cache reads was not (`test_usage_counts`). So too a compaction (in
+    `iterations`, its counts beside the top level's) without its input count, or with a negative one: read as 0, the
+    conversation it read was billed as no tokens in, the provider's count (found by review)."""
     message = {
         "id": "msg_1",
         "type": "message",

@@ -160,6 +160,33 @@ def test_bad_control_headers_are_400(running: Running, key: str) -> None:
         assert info.value.param == name
 
 
+def test_a_control_headers_value_is_echoed_as_the_client_wrote_it_and_never_a_key(running: Running, key: str) -> None:
+    """Sent as curl and Go send a header's text, UTF-8: `x-gateway-deadline-ms: é` was a 400 saying "not 'Ã©'" (the
+    server reads a header as Latin-1), a fallback named `modèle` "model 'modÃ¨le'", and a flag's value was echoed
+    whole, a key pasted into it too. A number in other digits (`１０００`, which Python reads) is none: the deadline
+    read as the request arrives takes ASCII alone."""
+    auth = ("authorization", f"Bearer {key}")
+    body = {"model": "gpt-4o-mini", "messages": HI, "max_tokens": 100}
+    cases = [
+        ("x-gateway-deadline-ms", "é", "x-gateway-deadline-ms must be a number, not 'é'"),
+        ("x-gateway-deadline-ms", "１０００", "x-gateway-deadline-ms must be a number, not '１０００'"),
+        ("x-gateway-max-cost-usd", "0,01 €", "x-gateway-max-cost-usd must be a number, not '0,01 €'"),
+        ("x-gateway-strict", "vrai", "x-gateway-strict must be true or false, not 'vrai'"),
+        ("x-gateway-fallbacks", "modèle", "fallback model 'modèle' in x-gateway-fallbacks does not exist"),
+    ]
+    for name, value, said in cases:
+        answer = httpx.post(
+            f"{running.url}/v1/chat/completions", json=body, headers=[auth, (name, value.encode())], timeout=30
+        )
+        assert answer.status_code == (404 if name == "x-gateway-fallbacks" else 400), (name, answer.text)
+        error = answer.json()["error"]
+        assert error["param"] == name and error["message"].startswith(said), error["message"]
+    answer = httpx.post(
+        f"{running.url}/v1/chat/completions", json=body, headers=[auth, ("x-gateway-strict", key)], timeout=30
+    )
+    assert answer.status_code == 400 and key[:12] not in answer.text, answer.text
+
+
 def test_a_control_header_on_two_lines_is_read_whole(running: Running, key: str) -> None:
     """`x-gateway-max-cost-usd: 100` then `x-gateway-max-cost-usd: 0.0000001` was a 200, charged past the second
     cap, which was never read (swapped, a 402): only the first line counted. Two lines are one of both values joined

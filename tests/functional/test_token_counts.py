@@ -350,15 +350,15 @@ COUNTING_PROVIDERS = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("count", [True, 12.0, "12"], ids=["true", "float", "numeral"])
+@pytest.mark.parametrize("count", [True, 12.0, "12", -5], ids=["true", "float", "numeral", "negative"])
 @pytest.mark.parametrize("provider", sorted(COUNTING_PROVIDERS))
 async def test_a_count_that_is_not_an_integer_is_the_providers_malformed_answer_and_the_count_an_estimate(
     provider: str, count: Any
 ) -> None:
-    """A counting answer whose count is `true` (or `12.0`, `"12"`) is none the gateway can read, as a usage's is
-    (`handler.wire.usage_count`): the provider's malformed answer, so the count is the gateway's estimate, marked as
-    one. Anthropic's, Bedrock's and Gemini's readers took `true` for an integer, and answered 1 token as the
-    provider's count (found by review)."""
+    """A counting answer whose count is `true` (or `12.0`, `"12"`, `-5`) is none the gateway can read, as a usage's
+    is (`handler.wire.usage_count`): the provider's malformed answer, so the count is the gateway's estimate, marked
+    as one. Anthropic's, Bedrock's and Gemini's readers took `true` for an integer, and answered 1 token as the
+    provider's count, and `-5` as -5 tokens (found by review)."""
     config, model, name = COUNTING_PROVIDERS[provider]
     asked: list[str] = []
 
@@ -374,5 +374,5 @@ async def test_a_count_that_is_not_an_integer_is_the_providers_malformed_answer_
     assert asked, "the provider was not asked to count"
     assert counted.status_code == 200, counted.text
     assert counted.headers.get("x-gateway-estimate") == "true", counted.json()
-    assert counted.json()["estimate"] is True and counted.json()["input_tokens"] != 1
+    assert counted.json()["estimate"] is True and counted.json()["input_tokens"] not in (1, -5)
     assert counted.headers["x-gateway-route"].endswith("=invalid_response"), counted.headers["x-gateway-route"]

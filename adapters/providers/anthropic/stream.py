@@ -304,11 +304,13 @@ class MessagesMeter:
 
     @property
     def usage(self) -> Usage | None:
-        """The provider's counts so far: from `message_start`, its input's, until the final ones; where the final
-        `message_delta` counts no output (`"output_tokens": null`, or none: `WireUsage.counted`), the input's alone,
-        0 tokens out, which the stream is not billed as for what it relayed (`UpstreamStream.metered` estimates the
-        output). (Read when the stream is costed, not on every delta.)"""
-        return self._wire.to_usage() if self._started else None
+        """The provider's counts so far: from `message_start`, its input's, until the final ones; where they lack a
+        main count (`"output_tokens": null`, or none, or a compaction's: `WireUsage.counted`), the input's alone, 0
+        tokens out, which the stream is not billed as for what it relayed (`UpstreamStream.metered` estimates the
+        output), or none (`WireUsage.input_alone`). (Read when the stream is costed, not on every delta.)"""
+        if not self._started:
+            return None
+        return self._wire.to_usage() if self._wire.counted() else self._wire.input_alone()
 
     def feed(self, event: StreamEvent) -> None:
         if not event.data:

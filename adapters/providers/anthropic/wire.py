@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, StrictInt
 
 from handler.ports import Served
-from handler.schemas import Usage
+from handler.schemas import Usage, reported
 from handler.wire import usage_count
 
 
@@ -42,6 +42,8 @@ BILLED_AT_THEIR_MODEL = ("advisor_message",)
 SERVED_OPTIONS = ("speed", "inference_geo")
 # The usage fields `WireUsage.served` reads.
 SAYS_SERVED = (*SERVED_OPTIONS, "iterations")
+# The counts without which a usage (or a sampling of its `iterations`) says nothing of what it cost (`counted`).
+MAIN_COUNTS = ("input_tokens", "output_tokens")
 
 
 def _entries(iterations: Any, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -83,24 +85,40 @@ class WireUsage(_Wire):
     cache_read_input_tokens: StrictInt | None = None
 
     def counted(self) -> bool:
-        """Whether it gives both main counts, the input's and the output's: a usage without one (null or left out)
-        is none, so a whole answer is estimated and a stream metered as one without its final usage. (Read as 0,
-        `"output_tokens": null` would bill a stream's 3,000 characters as 0 tokens out, the provider's count.)"""
-        return self.input_tokens is not None and self.output_tokens is not None
+        """Whether it gives both main counts, the input's and the output's, and so does each compaction its counts
+        hold (`BILLED_APART`): a usage without one (null, left out or negative: `reported`) is none, so a whole answer
+        is estimated and a stream metered as one without its final usage. (Read as 0, `"output_tokens": null` would
+        bill a stream's 3,000 characters as 0 tokens out, the provider's count; a compaction without its input count
+        billed the 180,000 tokens it read as none.)"""
+        compactions = _entries((self.__pydantic_extra__ or {}).get("iterations"), BILLED_APART)
+        return all(reported(counts, *MAIN_COUNTS) for counts in (self.__dict__, *compactions))
 
     def to_usage(self) -> Usage:
         """The counts the request is billed for: the top level's, and a compaction's beside them (the line's token
         counts; each sampling is priced apart, `served`). A count it lacks is 0 here (`counted` says whether it
         has both)."""
         extra = self.__pydantic_extra__ or {}
-        # (The top level's counts are its declared fields, its writes kept an hour among the extras.)
-        usage = _sampling({**self.__dict__, "cache_creation": extra.get("cache_creation")})
+        usage = self._top_level()
         for entry in _entries(extra.get("iterations"), BILLED_APART):
             usage = usage.plus(_sampling(entry))
         searches = usage_count(extra.get("server_tool_use"), "web_search_requests")
         if searches:
             usage.set_count("web_searches", searches)
         return usage
+
+    def input_alone(self) -> Usage | None:
+        """The input counts of a usage not `counted`, 0 tokens out (a stream's, whose output is then estimated from
+        what it relayed: `UpstreamStream.metered`): the top level's, where it gives its input count (exact, as
+        `message_start`'s are); None else, and the prompt's estimate stands for the input. (Read whole, the counts
+        of a compaction without its input count were the provider's final usage.)"""
+        if not reported(self.__dict__, "input_tokens"):
+            return None
+        usage = self._top_level()
+        return usage.counted_as(usage.prompt_tokens, 0)
+
+    def _top_level(self) -> Usage:
+        """The top level's counts: its declared fields, its writes kept an hour among the extras."""
+        return _sampling({**self.__dict__, "cache_creation": (self.__pydantic_extra__ or {}).get("cache_creation")})
 
     def served(self) -> Served | None:
         """How the answer says it was served, beyond its counts: its speed and geo (`SERVED_OPTIONS`), the tokens

@@ -579,6 +579,32 @@ def test_what_a_translation_leaves_out_is_named_in_the_responses_clients_words(
     assert refused.status_code == 400 and refused.json()["error"]["param"] == name, refused.text
 
 
+ALLOWED: Any = {"type": "allowed_tools", "mode": "auto", "tools": [{"type": None}, {"type": ["function"]}]}
+UNTYPED = [
+    ({"tools": [{"type": ["function"], "name": "get_weather"}]}, "tools.0.type"),
+    ({"tools": [WEATHER, {"type": {"web_search": True}}]}, "tools.1.type"),
+    ({"tools": [{"type": "namespace", "name": "n", "tools": [{"type": 7, "name": "f"}]}]}, "tools.0.tools.0.type"),
+    ({"tools": [WEATHER], "tool_choice": {"type": ["function"], "name": "get_weather"}}, "tool_choice.type"),
+    ({"tools": [WEATHER], "tool_choice": ALLOWED}, "tool_choice.tools.1.type"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["gpt", "claude"])
+@pytest.mark.parametrize(("body", "param"), UNTYPED, ids=["tool", "second-tool", "namespaced", "choice", "allowed"])
+def test_a_tool_or_choice_whose_type_is_no_string_is_the_clients_400(
+    fleet: Running, fleet_key: str, model: str, body: dict[str, Any], param: str
+) -> None:
+    """`"type": ["function"]`: translated, the tool was left out as one of no type the translation carries, named
+    `tools[['function']]`, and answered 200; passed through, OpenAI refuses it. Refused, naming the member."""
+    headers = {"authorization": f"Bearer {fleet_key}"}
+    with httpx.Client(timeout=30) as client:
+        sent = {"model": model, "input": "Hi", "store": False, **body}
+        refused = client.post(f"{fleet.url}/v1/responses", json=sent, headers=headers)
+    assert refused.status_code == 400, (refused.text, refused.headers.get("x-gateway-dropped-params"))
+    error = refused.json()["error"]
+    assert (error["code"], error["param"]) == ("invalid_request", param) and error["message"].startswith(param)
+
+
 # --- reasoning without server state ---------------------------------------------------------------
 
 

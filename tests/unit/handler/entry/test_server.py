@@ -306,6 +306,21 @@ async def test_an_http_1_1_request_without_one_host_is_a_400_in_the_error_shape(
     old.close()
 
 
+async def test_a_request_line_of_http_2_0_is_a_505_in_the_error_shape(bounds: None) -> None:
+    """`GET /whole HTTP/2.0` in HTTP/1's syntax (no HTTP/2: its requests are binary frames) was served as HTTP/1.0,
+    200: httptools takes `2.0` (and refuses every other version past 1.1). RFC 9110 (15.6.6): a 505, saying which
+    versions are served; pipelined behind a request, it is answered after it."""
+    connection = Connection()
+    await connection.send(b"GET /whole HTTP/1.1\r\nhost: g\r\n\r\nPOST /v1/messages HTTP/2.0\r\nhost: g\r\n\r\n")
+    assert await connection.answers(2) == [b"200", b"505"] and connection.transport.closed
+    refused = connection.written[connection.written.index(b"HTTP/1.1 505") :]
+    said = error_of(refused)  # (on /v1/messages: Anthropic's shape)
+    assert said["type"] == "error" and said["error"]["type"] == "invalid_request_error"
+    assert said["error"]["message"].startswith("HTTP/2.0 is not served: gateway serve speaks HTTP/1.1 and 1.0")
+    assert b"\r\nx-request-id: req_" in refused and READS == []
+    connection.close()
+
+
 @pytest.mark.parametrize(
     "coding",
     [b"transfer-encoding: gzip, chunked\r\n", b"transfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n"],
