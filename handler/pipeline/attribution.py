@@ -24,8 +24,8 @@ TAG_RULE = "names and values are up to 128 letters, digits or _.:/@+-"
 
 @cache
 def tag_pattern() -> re.Pattern[str]:
-    """`TAG` compiled, on the first request that carries tags or a session: compiled at import, it cost every Lambda
-    cold start 0.2 million instructions (callgrind), most of whose requests carry neither."""
+    """`TAG` compiled, on the first request that carries tags or a session: compiled at import, it would cost every
+    Lambda cold start 0.2 million instructions (callgrind), most of whose requests carry neither."""
     return re.compile(TAG)
 
 
@@ -81,8 +81,8 @@ SESSION_RULE = f"a session id is 1 to {MAX_SESSION_CHARS} printable characters (
 def session_id(raw: str, header: str) -> str | None:
     """The agent session a client's `header` names: any printable text up to `MAX_SESSION_CHARS` (a UUID, `my
     session`, `ticket#42`), kept as the line's `session` with any key in it redacted; none when empty. Anything else
-    is a 400 naming `header` and the rule: an id outside the tags' alphabet was dropped unsaid, its spend reported
-    under `(none)`, and a control character could break a log line or a CSV row."""
+    is a 400 naming `header` and the rule: dropped unsaid, an id outside the tags' alphabet would have its spend
+    reported under `(none)`, and a control character could break a log line or a CSV row."""
     value = raw.strip()  # (as the client wrote it: `app.header_text`)
     if not value:
         return None
@@ -94,7 +94,7 @@ def session_id(raw: str, header: str) -> str | None:
 def stored_tags(tags: dict[str, str]) -> dict[str, str]:
     """A key's default tags as its stored record has them, each name and value with any key in it redacted: a record
     tagged before names holding a key were refused (`tag_name`), or before a key without its `gwk_` was known for
-    one, carried it onto every new line of the key. (Once per record read from the store, not per request.)"""
+    one, would carry it onto every new line of the key. (Once per record read from the store, not per request.)"""
     return {unkeyed(name): unkeyed(value) for name, value in tags.items()}
 
 

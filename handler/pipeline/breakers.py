@@ -63,8 +63,8 @@ class Breakers:
     def gate(self, label: str) -> str | None:
         """Whether a request may try this deployment now, taking nothing: `closed`, or `half-open` with its one probe
         free, which `allow` takes only once something is sent (a request passed over on the way, as `=unsupported`,
-        for its fallback's own limit or its deadline, leaves the probe to the next; taken first, it held the
-        deployment shut for a cooldown with nothing sent to it); None while it is passed over (open, or its probe
+        for its fallback's own limit or its deadline, leaves the probe to the next; taken first, it would hold
+        the deployment shut for a cooldown with nothing sent to it); None while it is passed over (open, or its probe
         under way). One read for a closed breaker, as `allow`'s."""
         s = self._states.get(label)
         if s is None or s.opened_at is None:
@@ -138,8 +138,8 @@ class CountBreakers:
     """The breakers token counts (`/v1/messages/count_tokens`) are judged on, each deployment's apart from the one its
     requests are: a provider limits its counting apart from its other calls (Anthropic's count requests a minute), so
     what a count meets says nothing of how the deployment answers messages. On the deployments' own breakers, five
-    counts refused by Anthropic's count limit shut a deployment to `/v1/messages` for every key for a cooldown, and a
-    count answered closed the breaker of a deployment that failed every message (found by review). A count still goes
+    counts refused by Anthropic's count limit would shut a deployment to `/v1/messages` for every key for a cooldown,
+    and a count answered would close the breaker of a deployment that fails every message. A count still goes
     to no deployment a request would not be sent: one whose own breaker is open, or half-open with its probe taken,
     is passed over; its probe is left to a request, which a count neither takes nor reports on."""
 

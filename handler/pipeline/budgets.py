@@ -49,7 +49,7 @@ SETTLE_FIRST_DELAY_S = 0.05
 # On Lambda, the event loop's time by which a settlement made in this context must be durable: the invocation's
 # deadline less a margin (set per invocation by handler/api/app.py; tasks and callbacks started from the invocation
 # inherit it). Lambda kills an environment at its deadline, with whatever it was writing: a settlement still in
-# the store's retries then had neither a ledger line nor a spool line. None: no deadline (a server).
+# the store's retries then has neither a ledger line nor a spool line. None: no deadline (a server).
 SETTLE_BY: ContextVar[float | None] = ContextVar("settle_by", default=None)
 OUT_OF_TIME = "the invocation's time ran out before the store took it"
 CANCELLED = "cancelled while settling"  # (the reason a cancel gave, when it gave one, follows it)
@@ -87,8 +87,8 @@ class RateHeaders(dict[str, str]):
     def told(self) -> dict[str, str]:
         """The headers as they hold now: `reset` counted from now, as the minute's end draws nearer; none once that
         minute has ended. The request counted in it alone (its settlement corrects that minute's counts, never the
-        next's), and what the next one holds is not known without reading the store: an answer that outlived its
-        minute said `remaining 0, reset 15s` where the next request was admitted at once (review)."""
+        next's), and what the next one holds is not known without reading the store: an answer that outlives its
+        minute would say `remaining 0, reset 15s` where the next request is admitted at once."""
         left = self.ends_at - self.clock()
         if left <= 0:
             return {}
@@ -330,9 +330,9 @@ class Meter:
     def used(self, counted: Counted, tokens: int) -> Settlement | None:
         """What settles what a model's own limits counted (`admit_fallback`: a fallback's, an advisor's) once the
         request was sent to it: the worst case it counted on their tokens a minute corrected to the `tokens` it used,
-        as the admission's are (`settlement`). Kept whole, a fallback's own `tpm` held three worst cases of ~2,010
-        tokens for three answers of ~23, and refused the fourth for the rest of the minute, where the same requests
-        sent to that model straight settled down (found by review). Under the count's own reservation id, as
+        as the admission's are (`settlement`). Kept whole, a fallback's own `tpm` would hold three worst cases of
+        ~2,010 tokens for three answers of ~23, and refuse the fourth for the rest of the minute, where the same
+        requests sent to that model straight settle down. Under the count's own reservation id, as
         `given_back`'s (a model was sent to or was not, never both): the store applies one settlement an id, so a
         retried one corrects nothing twice. None: it counted no tokens (a token count's requests a minute)."""
         admission = counted.admission
@@ -346,8 +346,8 @@ class Meter:
         models an attempt went out to (`sent`; none to `model`: its deployments passed over, or pinned away), taken
         out of the admission, whose settlement then leaves them be: a count of their own under their own id, as a
         fallback's own limits' is (`admit_fallback`), for `given_back` to give back whole. (Settled with the rest,
-        their tokens were corrected to the answer's on a limit the model that served it is not held to, and the
-        model asked for was refused for the minute though nothing went to it: review.) The key's own `rpm`/`tpm` bind
+        their tokens would be corrected to the answer's on a limit the model that served it is not held to, and the
+        model asked for refused for the minute though nothing went to it.) The key's own `rpm`/`tpm` bind
         every model and stay. None: there are none."""
         admission = reservation.admission
         if admission is None:
@@ -508,9 +508,9 @@ class Meter:
         counted, as a request never sent does (`settlement`, `unsent`); in `region`, where it was counted there
         (`Store.admit_at`: a mint's count, given back as the key it was for was never made). Refused or failed,
         nothing is released. Nothing on the request's path waits for the outcome: a callback spawns the release
-        when it comes. A task waiting for it held the buffered Lambda function's 503 until the admission's own
+        when it comes. A task waiting for it would hold the buffered Lambda function's 503 until the admission's own
         timeouts (15 s; the invocation's settlements run before its answer goes), and a bounded drain
-        (`Gateway.settle_within`) that cancelled the task lost the release (found by review)."""
+        (`Gateway.settle_within`) that cancels the task would lose the release."""
         settlement = self.settlement(reservation, 0.0, 0, None, unsent=True)
         self.awaiting.add(landing)  # (what ends with it waits for it, within its bound: `Gateway.answered_within`)
         landing.add_done_callback(lambda done: self._written_late(done, settlement, region))
@@ -606,7 +606,7 @@ class Meter:
     def _refusal_headers(self, rates: list[RateCharge], refused: RateRefused, wait: int) -> dict[str, str]:
         """A 429's `x-ratelimit-*` headers: the refused limit with nothing remaining (unless the request alone was
         too large: the window's count is not known then), the other kind's limit without a remaining count,
-        which a refusal does not read (it used to be the limit less this request, as if nothing had been used).
+        which a refusal does not read (the limit less this request would say that nothing had been used).
         They reset in `wait` seconds, the 429's `retry-after` (both rounded up from one reading of the clock)."""
         headers = self._limit_headers(rates, None, wait)
         refused_label = "requests" if refused.limit_name[:3] == "rpm" else "tokens"

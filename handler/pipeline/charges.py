@@ -156,9 +156,9 @@ class Charges:
         gets the request translated (`_sent_as_written`), which leaves the provider's search tool out and names it
         dropped (`tools[web_search]`, `tools.web_search_*`), so that no search can run there. Counted at every attempt,
         a Responses request with the hosted tool (Codex sends it) to Claude, Gemini, DeepSeek or a Chat Completions
-        server was held ten searches at $0.01, $0.100042 for its own $0.00004: a 402 under
+        server would be held ten searches at $0.01, $0.100042 for its own $0.00004: a 402 under
         `x-gateway-max-cost-usd: 0.01` and on a key with $0.05 left, and $0.100042 charged once cut unanswered
-        (review). A translation that carries the search (`Exchange.searched`) runs them where the provider takes it as
+        A translation that carries the search (`Exchange.searched`) runs them where the provider takes it as
         its own search tool (`ProviderAdapter.hosts_search`: Claude on Anthropic, Gemini beside no function tools),
         sent the same limit."""
         if not ex.searches:
@@ -171,8 +171,8 @@ class Charges:
     def _searched_at(ex: Exchange, attempt: Attempt) -> bool:
         """Whether `attempt` gets the request's search translated to its provider's own search tool: asked of the
         request, not of the provider alone. Gemini is sent none beside function tools (Codex offers both on every
-        turn): held and charged ten searches there all the same, a request whose own worst case was $0.000192 was
-        held $0.100192, a 402 under `x-gateway-max-cost-usd: 0.05`, and charged it once cut unanswered (review)."""
+        turn): held and charged ten searches there all the same, a request whose own worst case is $0.000192 would
+        be held $0.100192, a 402 under `x-gateway-max-cost-usd: 0.05`, and charged it once cut unanswered."""
         return ex.searched is not None and attempt.adapter.hosts_search(attempt.target, ex.searched)
 
     def allow_advisors(self, ex: Exchange, tools: list[Any]) -> None:
@@ -196,7 +196,7 @@ class Charges:
                 written = positive(written, f"tools.{i}.max_tokens")
             else:
                 # The bound reserved is the one sent, the config's ceiling too: untold, Anthropic's advisor could
-                # write past what the budget holds for it (found by review).
+                # write past what the budget holds for it.
                 tool["max_tokens"] = written = self._advisor_ceiling(model) or DEFAULT_ADVICE_TOKENS
             advisors.append((model, uses, written))
             params.append(f"tools.{i}.model")
@@ -213,8 +213,8 @@ class Charges:
         the answer, billed at its prices, so the key and every ancestor must allow a model of the config's that it
         runs as (`_advisor_models`); under scoped `models`, an id the config deploys as none is refused too (the
         scopes name the gateway's models: nothing says whether they hold it). A chain with every model (`*`) may
-        call any advisor. A key limited to Sonnet reached Opus through the tool, charged $0.037709 where Sonnet alone
-        was about $0.0002 (found by review)."""
+        call any advisor. A key limited to Sonnet would reach Opus through the tool, charged $0.037709 where Sonnet
+        alone is about $0.0002."""
         if all("*" in holder.models for holder in ex.lineage):
             return
         names = self._advisor_models(model)
@@ -226,8 +226,8 @@ class Charges:
         each named where the client named it (`Exchange.advisor_params`). Asked only where an attempt of the plan is
         sent the tool (`_sent_as_written`: `Pipeline._admit`, as `Pipeline._count_advisors` counts them): a translation
         leaves it out and names it dropped, and its model calls no advisor, so a plan of translations alone is held to
-        nothing for it. Asked of every request, a key limited to `gpt` (on OpenAI) was refused 403 for an Opus advisor
-        nothing would run, where a key with every model was answered, the tool named dropped (found by review). A
+        nothing for it. Asked of every request, a key limited to `gpt` (on OpenAI) would be refused 403 for an Opus
+        advisor nothing would run, where a key with every model is answered, the tool named dropped. A
         thread's `continue` is held to the advisors its thread holds (as the answer it continues keeps them:
         `ThreadAnswer.advisors`): it sends no `tools`, and Anthropic calls the thread's advisor again. The key that
         made the thread was allowed it, and the continuing key is that one or an ancestor, whose chain holds no more;
@@ -259,8 +259,8 @@ class Charges:
         all the same. Nothing at an attempt that is not sent
         the tool: only a deployment the request passes through to as written (Anthropic's Messages API) runs it; a
         translation leaves it out and names it dropped (`tools.advisor_*`), and its model calls no advisor. Reserved
-        there too, an advised Sonnet request behind a fallback at $150/$600 a million was held $3.46 for the
-        fallback's $2.47, and that fallback, cut unanswered, was charged $0.94 for its own $0.07 (review)."""
+        there too, an advised Sonnet request behind a fallback at $150/$600 a million would be held $3.46 for the
+        fallback's $2.47, and that fallback, cut unanswered, charged $0.94 for its own $0.07."""
         if not self._sent_as_written(ex, attempt):
             return 0.0
         from handler.config import FeeConfig  # (only a request with the advisor tool gets here)
@@ -271,7 +271,7 @@ class Charges:
         left = calls
         if left is not None and ex.advisors:
             # A call past the tools' `max_uses` is refused by Anthropic (`max_uses_exceeded`), not run nor billed,
-            # though a stream shows its block: charged, a cut stream passed its reserve (found by review).
+            # though a stream shows its block: charged, a cut stream would pass its reserve.
             left = min(left, sum(most for _, most, _ in advisors))
         for i, (model, most, advice) in enumerate(advisors):
             uses = most

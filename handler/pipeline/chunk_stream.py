@@ -117,8 +117,8 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
         as the chunks its stream would have brought; an error object alone, the provider's error at the status the
         adapter read in it (`answered_error`), as the same body answering a whole request is; anything else (a page,
         a body of no completion), the provider's malformed answer, as a stream that brought no event is. (An error
-        object taken for a malformed 200 was charged its worst case, which a request served by the next deployment
-        paid on top of its own answer: $0.008222 where the same request not streamed cost $0.00002.)"""
+        object taken for a malformed 200 would be charged its worst case, which a request served by the next
+        deployment pays on top of its own answer: $0.008222 where the same request not streamed costs $0.00002.)"""
         try:
             completion, served = self.attempt.adapter.chat_answer(body, self.req, self.attempt.target)
         except UpstreamError as unusable:

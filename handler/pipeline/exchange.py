@@ -209,7 +209,7 @@ class Exchange:
             headers["x-gateway-route"] = ", ".join(self.route)
         if self.dropped or self.inbound_dropped:
             # The names come from the client's body: redacted and clipped as any name it chose (a field named by
-            # its key was echoed whole, on a 200), then percent-encoded, so a header value stays Latin-1 with no
+            # its key would be echoed whole, on a 200), then percent-encoded, so a header value stays Latin-1 with no
             # CR/LF and the list's commas stay separators; the brackets of `tools[web_search]` are kept as written.
             names = names_clipped([*self.inbound_dropped, *self.dropped])
             headers["x-gateway-dropped-params"] = ",".join(urllib.parse.quote(n, safe="[]") for n in names)
@@ -222,7 +222,7 @@ class Exchange:
         elif self.reservation is not None and self.reservation.budget_limit is not None:
             # Before the cost is known (a stream's head): what is left with the worst case held, the least it
             # can be once the request is settled; the exact figure rides in the stream's last `cost`.
-            # (A worst case more for each attempt the provider may bill beside the answer: review.)
+            # (A worst case more for each attempt the provider may bill beside the answer.)
             held = remaining_usd(self.reservation, self.reservation.amount_usd * (1 + len(self.missed)))
             if held is not None:
                 headers["x-gateway-budget-remaining-usd"] = usd(held)
@@ -263,7 +263,7 @@ def deadline_passed(ex: Exchange, before: str) -> UpstreamTimeoutError:
 def too_short_to_send(ex: Exchange, left_s: float) -> UpstreamTimeoutError:
     """The request's deadline (`_bound`) leaves less than the least the gateway sends a request with (`CUT_SLACK_S`):
     nothing is sent (nor reserved, where it is known before the admission), so nothing is charged. Said as a deadline
-    that passed before an answer, it read as a provider that had been too slow."""
+    that passed before an answer, it would read as a provider that had been too slow."""
     return UpstreamTimeoutError(
         f"{_bound(ex)} left {max(left_s, 0.0) * 1000:.1f} ms to send the request, less than the "
         f"{CUT_SLACK_S * 1000:.0f} ms the gateway needs at least to try one: nothing was sent, nothing is charged"

@@ -221,7 +221,7 @@ class Gateway:
 
     async def return_leases_before_exit(self, timeout_s: float | None = None) -> None:
         """Shutdown's, after the settlements: the unspent shares of budgets homed in other regions that this process
-        drew on, given back to their homes (`Store.return_leases`). Left held, each stayed out of its home's reach
+        drew on, given back to their homes (`Store.return_leases`). Left held, each would stay out of its home's reach
         until its idle time had passed and the home was about to refuse a request, while the stopped process could
         never spend it. Bounded by `timeout_s` (`SHUTDOWN_LEASES_S`): a home that cannot be reached does not hold
         the exit; what it did not take back is logged, and comes home as an idle lease does."""
@@ -239,9 +239,9 @@ class Gateway:
 
     async def close_store_before_exit(self, timeout_s: float | None = None) -> None:
         """Shutdown's last store work, after the settlements and the leases: the store closed (`Store.close`), which
-        gives back what the process holds of the shared counters and did not use (the embedded store's slices: its
-        workers' each stayed committed, refusing the key's requests before its budget was spent, until the slice's
-        row expired). Bounded by `timeout_s` (`SHUTDOWN_CLOSE_S`), its store calls by the same deadline
+        gives back what the process holds of the shared counters and did not use (the embedded store's slices: kept,
+        its workers' each stay committed, refusing the key's requests before its budget is spent, until the slice's
+        row expires). Bounded by `timeout_s` (`SHUTDOWN_CLOSE_S`), its store calls by the same deadline
         (`STORE_DEADLINE`): another process holding the file's write lock does not hold the exit; what was not
         given back is logged, and released by the first refusal it would cover once this process has ended."""
         timeout_s = SHUTDOWN_CLOSE_S if timeout_s is None else timeout_s
@@ -275,8 +275,8 @@ class Gateway:
         """`settle_within`, the late admissions' answers waited for first (`answered_within`, until `by` where
         given), all within the one bound `timeout_s`: the releases they spawn are among the settlements it waits
         for. Cut at the exit (`gateway serve`'s shutdown) or the response's end (the streaming function's), a
-        written one held the key's budget and its minute's counts until its reservation expired. Returns whether any
-        settlement was spooled (`settle_within`)."""
+        written one would hold the key's budget and its minute's counts until its reservation expires. Returns
+        whether any settlement was spooled (`settle_within`)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         await self.answered_within(timeout_s, by)
@@ -358,8 +358,8 @@ REGION_VARIABLES = ("AWS_REGION", "GATEWAY_REGION")
 
 def gateway_region(environ: Mapping[str, str]) -> str:
     """The gateway's own region: `AWS_REGION` (Lambda sets it), else `GATEWAY_REGION`, else us-east-1. One that can
-    name no region is a `ConfigError` naming its variable, as a config's `region:` is (`eu central` was taken: `route
-    explain` and `/v1/route` showed it as the gateway's region, and deployments were ordered from nowhere)."""
+    name no region is a `ConfigError` naming its variable, as a config's `region:` is (taken, `eu central` would be the
+    gateway's region in `route explain` and `/v1/route`, and deployments ordered from nowhere)."""
     for variable in REGION_VARIABLES:
         value = environ.get(variable)
         if value:
@@ -393,9 +393,9 @@ def gateway_region_warning(config: Config, environ: Mapping[str, str]) -> str | 
 
 def read_config(path: str | None, registry: Mapping[str, type[ProviderAdapter]]) -> Config:
     """`load_config`, its error naming every problem of the file at once: where the file fails its own checks, the
-    options of the providers and deployments that did pass them are checked too (`unread_options`), which were said
-    only once the rest was fixed (a misspelt setting, then a misnamed provider, then an option: a round each, on
-    Lambda a deploy each)."""
+    options of the providers and deployments that did pass them are checked too (`unread_options`), else said only
+    once the rest is fixed (a misspelt setting, then a misnamed provider, then an option: a round each, on Lambda a
+    deploy each)."""
     try:
         return load_config(path, set(registry))
     except ConfigError as exc:
@@ -407,11 +407,11 @@ def read_config(path: str | None, registry: Mapping[str, type[ProviderAdapter]])
 
 def unread_options(config: Config, registry: Mapping[str, type[ProviderAdapter]]) -> list[str]:
     """Each option of the config's providers and deployments that their adapter does not read
-    (`ProviderAdapter.provider_options`, `deployment_options`): a misspelt `base_ulr` or `regoin` was taken and
-    ignored, and requests went to the default endpoint or region; each value of one it reads that it cannot take
-    (`ProviderAdapter.option_problem`: `max_output_tokens: abc` failed every request that needed it); and each
+    (`ProviderAdapter.provider_options`, `deployment_options`): taken and ignored, a misspelt `base_ulr` or `regoin`
+    would send requests to the default endpoint or region; each value of one it reads that it cannot take
+    (`ProviderAdapter.option_problem`: `max_output_tokens: abc` would fail every request that needs it); and each
     deployment of an embedding model on a provider type that serves no embeddings (`supports_embeddings`: Anthropic,
-    Bedrock, DeepSeek), which was listed to keys and failed every request as the client's 400."""
+    Bedrock, DeepSeek), which would be listed to keys and fail every request as the client's 400."""
     problems = []
     for name, provider in config.providers.items():
         if provider.type not in registry:
@@ -453,7 +453,7 @@ def _option_values(where: str, cls: type[ProviderAdapter], options: Mapping[str,
 
 def new_adapter(name: str, cls: type[ProviderAdapter], options: dict[str, Any]) -> ProviderAdapter:
     """Provider `name`'s adapter, with no key yet; an option's value it cannot take (`profile: bogus`) is a
-    `ConfigError` naming the provider (it was a traceback, after `gateway serve` said it listened)."""
+    `ConfigError` naming the provider (not a traceback after `gateway serve` said it listened)."""
     try:
         return cls(name, None, options)
     except ValueError as exc:
@@ -533,7 +533,7 @@ def build_adapters(
 ) -> dict[str, ProviderAdapter]:
     """Each provider's adapter, with its key and headers resolved (a key or a header's value in a store that could not
     be read is read again later: handler/pipeline/provider_keys.py). A key no HTTP header can carry is a
-    `ConfigError` naming its reference (`unsendable_key`): it failed every request."""
+    `ConfigError` naming its reference (`unsendable_key`): it would fail every request."""
     problems = unread_options(config, registry)
     if problems:
         raise ConfigError(problems)
@@ -594,7 +594,8 @@ def provider_headers(
     A value from a reference, or under a credential's name (`authorization`, `x-api-key`, ...), is registered as a
     secret: redacted from everything relayed (one from a store in place of the one it replaces, when read again).
     A name that is no HTTP token (`x title`), or a value no header can carry (`Café app`, a line break), is a
-    `ConfigError` naming the header, never the value: it failed every request (a 500, or the provider unreachable)."""
+    `ConfigError` naming the header, never the value: it would fail every request (a 500, or the provider
+    unreachable)."""
     if not isinstance(headers, dict) or any(isinstance(v, dict | list) for v in headers.values()):
         raise ConfigError([f"providers.{provider}.headers: a mapping of header names to values"])
     resolved: dict[str, str] = {}

@@ -3,8 +3,8 @@ migration's repair of revocations an older gateway left unfinished, and the cont
 within its parent's or its admin's bounds.
 
 No proxied request needs any of it: it is imported by the key routes, the dashboard and the CLI, on their first
-use. In handler/pipeline/keys.py, beside what each request runs (`KeyService.authenticate_lineage`), it cost every
-Lambda cold start 0.5 million instructions (callgrind). A `KeyAdmin` writes through the `KeyService` whose
+use. In handler/pipeline/keys.py, beside what each request runs (`KeyService.authenticate_lineage`), it would cost
+every Lambda cold start 0.5 million instructions (callgrind). A `KeyAdmin` writes through the `KeyService` whose
 cache serves the requests, so that the cache holds what this process wrote (`KeyService.wrote`).
 """
 
@@ -412,7 +412,7 @@ NAME_CONCURRENCY = 16
 
 async def key_names(lookup: Callable[[str], Awaitable[KeyRecord | None]], key_ids: Iterable[str]) -> dict[str, str]:
     """The names of the keys `key_ids`, for reports (a key deleted since has none), each with any key in it redacted:
-    a key named before such names were refused (`unkeyed_name`) showed it in every report grouped by key.
+    a key named before such names were refused (`unkeyed_name`) would show it in every report grouped by key.
 
     Read `NAME_CONCURRENCY` at a time: read one after another (the key cache keeps a record 5 s, so nearly every
     dashboard load reads them all again), 100 keys at 20 ms a read added 2.07 s to a report, in its turn."""
@@ -452,7 +452,7 @@ class KeyAdmin:
     async def mint_under(self, template: KeyRecord) -> MintedKey:
         """`mint` of a key under `template.parent_id` that no family limit holds (the dashboard's session), its
         ancestors read again once it is stored, as `mint_child`'s are (`_revoked_with_ancestor`): one revoked
-        meanwhile walked its family before the key was in it, and the key was answered, and kept live for good."""
+        meanwhile may walk its family before the key is in it, and the key would be answered, and kept live for good."""
         minted = await self.mint(template)
         await self._revoked_with_ancestor(minted.record, await family_home(self.store, minted.record))
         return minted
@@ -463,8 +463,8 @@ class KeyAdmin:
         step (`Store.create_child`), in the root's home region `root_home`.
 
         Its ancestors are read again once it is stored (`_revoked_with_ancestor`): one revoked meanwhile by another
-        process (this one held the parent live in its cache) walked its family before the key was in it, and the
-        key stayed live under a revoked key, shown live and never purged, for good once the revoked key was."""
+        process (this one holding the parent live in its cache) may walk its family before the key is in it, and
+        the key would stay live under a revoked key, shown live and never purged, for good once the revoked key is."""
         minted = self._new(template)
         try:
             await self.store.create_child(minted.record, max_children, root_home)
@@ -532,8 +532,8 @@ class KeyAdmin:
         return MintedKey(rotated, format_key(record.id, secret))
 
     def _check_rotatable(self, record: KeyRecord, chain: list[tuple[str, KeyRecord | None]]) -> None:
-        """A 400 saying why `record`'s new secret could never work, if it could not (`chain`: `_chain`'s). An
-        expired key, or a child of a purged parent, was rotated (200) to a secret every request refused."""
+        """A 400 saying why `record`'s new secret could never work, if it could not (`chain`: `_chain`'s). Else an
+        expired key, or a child of a purged parent, would be rotated (200) to a secret every request refuses."""
         now = self.clock()
         for key_id, held in chain:
             mine = held is record
@@ -562,7 +562,7 @@ class KeyAdmin:
         already stays as it was (when it was revoked is kept), and the keys under it are revoked with it again
         (a revocation cut short, by a store error or a child minted meanwhile, is finished by the next). Each
         key's family links are given the end its record now has (`Store.end_links`), once its revocation is
-        written: they outlive its record by its lines' 400 days, where they were kept for good."""
+        written: they outlive its record by its lines' 400 days, not for good."""
         revoked = record
         if record.revoked_at is None:
             revoked = replace(record, revoked_at=self.clock(), version=record.version + 1)

@@ -88,7 +88,7 @@ def split_key(token: str) -> tuple[str, str] | None:
 def model_allowed(patterns: list[str], model: str) -> bool:
     """Whether a glob of `patterns` matches `model` (`*`, most keys' only pattern, without the glob machinery). Plain
     loops, here and in `allows_model`: a request asks several times (its scope, each deployment planned), and the
-    generators `any` and `all` were given cost as much again."""
+    generators `any` and `all` would be given cost as much again."""
     for pattern in patterns:
         if pattern == "*" or fnmatchcase(model, pattern):
             return True
@@ -200,7 +200,7 @@ class KeyService:
 
     def wrote(self, record: KeyRecord) -> None:
         """Cache the record this process just wrote: a key homed in another region is written there, and this
-        region's replica has the write only with replication (a rotated secret was 401 here for 1.09 s). Unless the
+        region's replica has the write only with replication (a rotated secret would be 401 here for 1.09 s). Unless the
         cache holds a later version (`_newer`): the answers to two writes of a key may come back in either order, and
         a retag answered after the revocation made over it would put the key back live on the process that revoked
         it."""
@@ -291,7 +291,7 @@ class KeyService:
 
     async def _reread(self, key_id: str, cached: CachedKey, now: float) -> CachedKey:
         """For a secret the cached record `cached` refused: the record read again (a rotation by another process
-        leaves a secret the cached copy cannot know: it was refused for `key_cache_seconds`), unless the key was
+        leaves a secret the cached copy cannot know: it would be refused for `key_cache_seconds`), unless the key was
         read again for that less than `RECHECK_SECONDS` ago, so that a stream of wrong secrets is not a store read
         each. Requests that meet a read under way wait for it rather than read again."""
         if cached.rereading is None:
@@ -319,9 +319,9 @@ class KeyService:
         """The live key behind `token` and its ancestors, nearest first; every one of them must be live and
         allow `client_ip`, or the matching 401/403. `administers`: the request would use the key's admin powers or
         mint a key under it, which its previous secret, in a rotation's grace, may not (403 `admin_only`): that
-        secret was rotated out, perhaps because it leaked, and with them it rotated the key again with no grace,
-        leaving the operator's new secret dead and its own holder the key's only one, or minted an admin key of its
-        own that outlived the grace for good."""
+        secret was rotated out, perhaps because it leaked, and with them it could rotate the key again with no grace,
+        leaving the operator's new secret dead and its own holder the key's only one, or mint an admin key of its
+        own that outlives the grace for good."""
         if not token:
             raise AuthenticationError("missing API key: send Authorization: Bearer <key>")
         parts = split_key(token)

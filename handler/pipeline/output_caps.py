@@ -28,7 +28,7 @@ logger = logging.getLogger("gateway")
 
 # A provider's 400 for a cap past its model's ceiling, naming the ceiling: OpenAI's (and Azure's, and most
 # OpenAI-compatible servers'), DeepSeek's, Anthropic's, Bedrock's. Compiled on the first refusal (`re`'s cache keeps
-# it): compiled at import, it cost every Lambda cold start 2.0 million instructions (callgrind).
+# it): compiled at import, it would cost every Lambda cold start 2.0 million instructions (callgrind).
 CEILING_NAMED: Final = (
     r"supports at most (\d+) completion tokens"
     r"|valid range of max_tokens is \[1, (\d+)\]"
@@ -125,10 +125,10 @@ class OutputCap:
         request's as `apply` left it for the last attempt), else its model's ceiling (`ceiling`), else the one the
         gateway ships for its upstream model (`shipped_ceiling`); None where none is known, and the provider's own
         word, what it sent, is then the best there is. What the gateway's estimate of an answer's output never
-        passes: relayed characters a third of a token each charged 88 tokens for 40 written, past a budget and
-        `x-gateway-max-cost-usd` checked for 40; and a stream of gpt-4o-mini that wrote without end, sent no cap
-        (no budget) by a config that names no `max_output_tokens`, cut by its client, was charged 1,120,000 output
-        tokens of a model that writes 16,384 at most. (A request with a budget or `x-gateway-max-cost-usd` is
+        passes: relayed characters a third of a token each would charge 88 tokens for 40 written, past a budget and
+        `x-gateway-max-cost-usd` checked for 40; and a stream of gpt-4o-mini that writes without end, sent no cap
+        (no budget) by a config that names no `max_output_tokens`, cut by its client, would be charged 1,120,000
+        output tokens of a model that writes 16,384 at most. (A request with a budget or `x-gateway-max-cost-usd` is
         always sent a cap, its reservation's: the shipped ceiling never reaches past what it reserved.)"""
         cap = self.sent(attempt) or self.ceiling(attempt) or shipped_ceiling(attempt.target.model)
         return cap * (self.req.n or 1) if cap else None

@@ -149,8 +149,8 @@ class UpstreamStream(ABC, Generic[T]):
     def _broke_off(self, error: Exception) -> None:
         """One of a read's events is the stream's error (a server's failure, which it writes in the same read as
         its last words): the items of the events before it are handed out first, then it ends the stream
-        (`batches`), or fails the attempt before the first item (`prime`). Raised at once, it took them along:
-        the client lost the text the meter had counted, and was charged for it."""
+        (`batches`), or fails the attempt before the first item (`prime`). Raised at once, it would take them
+        along: the client would lose the text the meter had counted, and be charged for it."""
         self._failure = misshapen("stream event", error) if isinstance(error, SHAPE_ERRORS) else error
         if self._failure is not error:
             self._failure.__cause__ = error
@@ -406,9 +406,9 @@ class NativeStream(UpstreamStream[StreamEvent]):
         provider's usage, as a Chat Completions deployment's whole answer is streamed (`ChunkStream._whole`); an
         error object alone is the provider's error at the status the adapter reads in it; anything else (a page, an
         answer of no stream's shape), the provider's malformed answer, as a stream that brought no event is. (Taken
-        for a malformed 200, the error was charged its worst case: a request the next deployment served was charged
-        $0.008213 for an answer that cost $0.000001; and so was a whole answer, a 502 charged 4,000 tokens out where
-        the provider billed 5: found by review.)"""
+        for a malformed 200, the error would be charged its worst case: a request the next deployment served,
+        $0.008213 for an answer that cost $0.000001; and so would a whole answer, a 502 charged 4,000 tokens out where
+        the provider billed 5.)"""
         try:
             data = json_body(body)
             if isinstance(data, dict):
@@ -468,10 +468,10 @@ def judged(stream: UpstreamStream[Any], failure: GatewayError | None) -> None:
     passing reason (an error the provider wrote there, a Responses stream's own `response.failed` among them, its rate
     limit, its overload, its stream broken, stalled or ended before its answer was finished, a malformed event), a
     failure; a request the provider refused, or an answer that missed its schema, a success. Anything else (the client
-    gone, the request's deadline) says nothing either way. Its first event counted as the deployment's success, a
-    deployment failing every stream part way was never taken out of rotation: after five overloaded streams in a row
-    the sixth was sent to it again; and so was one whose Responses streams ended in `response.failed`, or whose
-    streams of any API ended before their last event (`stream_interrupted`), which counted neither way."""
+    gone, the request's deadline) says nothing either way. With its first event counted as the deployment's
+    success, a deployment failing every stream part way would never be taken out of rotation: after five overloaded
+    streams in a row the sixth would be sent to it again; and so would one whose Responses streams end in
+    `response.failed`, or whose streams of any API end before their last event (`stream_interrupted`)."""
     breakers = stream.pipeline.gateway.router.breakers
     label = stream.attempt.target.label
     failure = failure or stream.ended_by

@@ -320,14 +320,15 @@ class Pipeline(Charges):
         still leaves its ledger line, at no cost. An estimate calls no provider and is held to nothing: where no
         count will be sent (every deployment that counts passed over for its open breaker, or a deadline too
         short to send one) nothing is counted, and a count nothing was sent for after all gives back what it
-        counted (it took a request of the key's minute for an estimate: with `rpm: 1` the next count was a 429,
-        not the estimate, and so was the next request: review).
+        counted (kept, it would spend a request of the key's minute on an estimate: with `rpm: 1` the next count
+        would be a 429, not the estimate, and so would the next request).
 
         The count is the provider's that would serve the request: of the model's own deployments, or, with each of
-        them passed over for its open breaker, of its fallbacks after them, as `/v1/messages` would be served (a
-        Llama on Bedrock was counted by its Claude fallback, breakers closed, and answered as the Llama prompt's
-        own count: review). It is judged on breakers of its own (`CountBreakers`), as a provider limits counting
-        apart. A count the provider made tells the budget left (`Meter.remaining`), read then, as it reserved none."""
+        them passed over for its open breaker, of its fallbacks after them, as `/v1/messages` would be served
+        (counted by its Claude fallback while its own breakers are closed, a Llama on Bedrock would be answered
+        Claude's count as the Llama prompt's own). It is judged on breakers of its own (`CountBreakers`), as a
+        provider limits counting apart. A count the provider made tells the budget left (`Meter.remaining`), read
+        then, as it reserved none."""
         plan = await self._plan(ex, req.model, shed=False)  # (breakers open: the route's estimate serves)
         reach = [attempt for attempt in plan if attempt.model == ex.model]
         if reach and not any(self.gateway.router.breakers.available(a.target.label) for a in reach):
@@ -335,7 +336,7 @@ class Pipeline(Charges):
             reach = [attempt for attempt in plan if attempt.model != ex.model]
         kind = reach[0].target.provider_type if reach else None  # (none: pinned away from the model's own)
         # The plan's, so that the failover names a fallback the key may not use where it reaches it, as the request's
-        # own route does (a list knew no place for it: a count made by a fallback left it out, review).
+        # own route does (a list knows no place for it: a count made by a fallback would leave it out).
         counting = Plan(
             [a for a in reach if a.target.provider_type == kind and a.adapter.counts_tokens(a.target)],
             plan.skipped,
@@ -352,9 +353,9 @@ class Pipeline(Charges):
             await self._continued_thread(ex, call)  # (Anthropic counts the thread it holds: only the key's own)
         # Under an id of its own, as a fallback's and an advisor's counts are: its line is settled under the request
         # id, and the store takes one settlement of an id (DynamoDB's marker, SQLite's slice), so a give-back under
-        # that id too was dropped (a count a fallback made kept the model asked for's request for the minute: review).
-        # Waited for however often the request is cancelled meanwhile, as a reservation is (`_written`): cut, a count
-        # the store had written was never given back (the key's minute spent on a count never sent).
+        # that id too would be dropped (a count a fallback made would keep the model asked for's request for the
+        # minute). Waited for however often the request is cancelled meanwhile, as a reservation is (`_written`): cut,
+        # a count the store had written would never be given back (the key's minute spent on a count never sent).
         ex.reservation = Reservation(None, 0.0, 0)  # nothing reserved: the line is written at no cost
 
         async def given_back(own: Counted | None, cut: asyncio.CancelledError) -> None:
@@ -388,7 +389,7 @@ class Pipeline(Charges):
             raise
         except asyncio.CancelledError as cut:
             # A stopping server past its grace: settled as any request it cuts is (a count in flight leaves its line,
-            # one not sent gives back what it counted), where it left none (found by a helper's review).
+            # one not sent gives back what it counted).
             await self._unanswered(ex, cut)
             raise
         await self._settle(ex, Usage.of(0, 0), 200, background=True, free=True)
@@ -454,8 +455,8 @@ class Pipeline(Charges):
     def _worst(ex: Exchange, reservation: Reservation, attempt: Attempt | None, counted: Usage | None = None) -> Usage:
         """The worst case `attempt` can be billed: its own prompt estimate (a deployment's image or tokenizer
         rules differ) and its own output (`_worst_output`). Priced at its deployment, it is within the reservation,
-        which is the largest of them; the plan's largest prompt at a pricier deployment was not (review: a $1 key
-        spent $4.82 through an image a cheap fallback counted 48,000 tokens). `counted`: the provider's counts so
+        which is the largest of them; the plan's largest prompt at a pricier deployment would not be (a $1 key
+        would spend $4.82 through an image a cheap fallback counted 48,000 tokens). `counted`: the provider's counts so
         far (a stream's opening usage), whose input, where it gave one, is exact and taken instead of the estimate.
         Its searches are those it may run (`_searches_at`: none where the request is translated)."""
         output = Pipeline._worst_output(ex, reservation, attempt)
@@ -479,8 +480,8 @@ class Pipeline(Charges):
     def _worst_output(ex: Exchange, reservation: Reservation, attempt: Attempt | None) -> int:
         """The most output `attempt` can be billed: the cap it was sent (else its model's ceiling) and a
         prediction's tokens, for each choice, within the output reserved for (the plan's largest); that where
-        neither is known. The plan's largest at every attempt's price charged a fallback sent 1,000 tokens for
-        16,384 at its own price: 3.3 times its key's budget, 16 times what the provider could bill (review)."""
+        neither is known. The plan's largest at every attempt's price would charge a fallback sent 1,000 tokens
+        for 16,384 at its own price: 3.3 times its key's budget, 16 times what the provider can bill."""
         cap = ex.output_cap
         written = cap.written_at_most(attempt) if cap is not None and attempt is not None else None
         if cap is None or written is None:
@@ -526,7 +527,7 @@ class Pipeline(Charges):
             await self._unanswered(ex, exc)
             raise
         # An answer without `usage` (an OpenAI-like server may send none) is not free: the prompt's estimate, as a chat
-        # answer's is (it was read as 0 tokens, $0, "provider").
+        # answer's is (not 0 tokens, $0, "provider").
         reported = Usage.of(result.usage.prompt_tokens, 0) if "usage" in result.model_fields_set else None
         usage, source = self._checked(reported, ex, lambda: 0)
         if ex.attempt is not None and not ex.attempt.adapter.counts_embedding_tokens:
@@ -544,8 +545,8 @@ class Pipeline(Charges):
         """The answers to an embeddings request's batches after the first (answered: `first`), sent to the same
         deployment (a few at a time) and joined with it in order. A batch the provider rate-limits is sent again
         alone, as `_failover` sends a deployment's 429 again (its wait, `_retry_wait`; as often as
-        `max_retries_per_deployment`), the batches answered kept: the whole attempt was sent again, every batch
-        answered before it billed a second time (300 inputs in three batches, the third limited once: six calls, the
+        `max_retries_per_deployment`), the batches answered kept: the whole attempt sent again would bill every
+        batch answered before it a second time (300 inputs in three batches, the third limited once: six calls, the
         first two batches charged twice). Any batch that fails for good fails the attempt as one error, once every
         batch has its answer: what the provider billed for those that answered is charged (`UpstreamError.billed`),
         unless one may still run unanswered, whose worst case covers the whole request; such a try is not sent again
@@ -603,8 +604,8 @@ class Pipeline(Charges):
         the last of the plan was sent whatever its breaker said, so an open breaker shed no load. Provider keys
         held in a secret store that are due are read again from here, off this request's way; one that could not
         be read, and that this request needs, is waited for a moment (`ProviderKeys.settle`), within the request's
-        deadline: one it runs out in is the deadline's 504, nothing sent or reserved (the wait outlasted it: a
-        300 ms deadline was answered after the whole 2 s wait, and on Lambda the wait could outlast the invocation)."""
+        deadline: one it runs out in is the deadline's 504, nothing sent or reserved (waited out, a 300 ms
+        deadline would be answered after the whole 2 s wait, and on Lambda the wait could outlast the invocation)."""
         router = self.gateway.router
         keys = self.gateway.provider_keys
         keys.check()
@@ -664,8 +665,8 @@ class Pipeline(Charges):
         cap = OutputCap(req, self.gateway.config.gateway.default_max_output_tokens, self.gateway.ceilings)
         # A request only a deployment that speaks its API can take (a message thread) is sent to no other: the rest
         # of the plan is passed over unsent (`=unsupported`), so the worst case is theirs alone. The whole plan's
-        # reserved a thread's `continue` with a translated fallback for its context window at the fallback's prices
-        # (review: $152.47 for Sonnet's $12.09, behind a fallback at $150/$600 a million).
+        # would reserve a thread's `continue` with a translated fallback for its context window at the fallback's
+        # prices ($152.47 for Sonnet's $12.09, behind a fallback at $150/$600 a million).
         reached = native if call is not None and call.native_only is not None else plan
         # Each attempt's worst case at its own cap: the plan's largest cap priced at every attempt's price held a
         # budget four times what any attempt could spend (gpt-4o-mini's 16,384 at a fallback Claude's price, which
@@ -819,9 +820,9 @@ class Pipeline(Charges):
 
     async def _reserve(self, ex: Exchange, reservation: Reservation) -> None:
         """The store's write of the request's reservation (`Meter.write`), waited for however often the request is
-        cancelled meanwhile (`outlasting`): a cancellation (a server stopping past its grace, once or more) cut the
-        wait and the write with it, after the store had written a reservation that was then neither settled nor
-        released, and held the key's budget until it expired. A request cancelled so
+        cancelled meanwhile (`outlasting`): a cancellation (a server stopping past its grace, once or more) would cut
+        the wait and the write with it, after the store had written a reservation then neither settled nor
+        released, which would hold the key's budget until it expires. A request cancelled so
         ends once the write is known, its reservation released (nothing was sent); a client that leaves meanwhile
         does not cancel it (`Exchange.reserving`)."""
 
@@ -886,7 +887,7 @@ class Pipeline(Charges):
                 ex.trace.cut(ex.inflight, outcome)
         if ex.inflight is not None and ex.inflight_status:
             # Cut while an error answer's body was read: the provider answered the attempt with an error, which it
-            # does not bill (it was charged the worst case of a request cut in flight: review).
+            # does not bill (not the worst case of a request cut in flight).
             ex.answered, ex.inflight = (ex.inflight, ex.inflight_status), None
         if ex.inflight is None and ex.missed:
             ex.inflight = ex.missed.pop()  # (its attempt span was recorded when it timed out)
@@ -903,7 +904,7 @@ class Pipeline(Charges):
             ex.attempt, upstream_status = ex.answered
             status = exc.status_for(ex.anthropic) if isinstance(exc, GatewayError) else upstream_status
             # The error itself costs nothing; answers billed and thrown away on the way cost what they did, and the
-            # line counts their tokens beside their cost (it said 0 in, 0 out at a price: review).
+            # line counts their tokens beside their cost (not 0 in, 0 out at a price).
             counted = ex.wasted_usage or Usage.of(0, 0)
             await self._settle(ex, counted, status, background=True, free=True)
         else:
@@ -995,9 +996,9 @@ class Pipeline(Charges):
                     raise deadline_passed(ex, "an answer") if failed else too_short_to_send(ex, within)
                 if probing:
                     # Taken here, with nothing left between it and the send: an attempt that sent nothing (passed
-                    # over as `=unsupported`, for its fallback's limit, its client gone, its deadline) took it at the
-                    # gate and never reported, and every request passed the deployment over as `=breaker-open` for a
-                    # cooldown (review). One cut by the deadline once sent keeps it: its deployment said nothing in
+                    # over as `=unsupported`, for its fallback's limit, its client gone, its deadline) would take it
+                    # at the gate and never report, and every request pass the deployment over as `=breaker-open` for
+                    # a cooldown. One cut by the deadline once sent keeps it: its deployment said nothing in
                     # time, and the next request waits on it no more than the cooldown.
                     probing = False
                     if not breakers.allow(label):  # (a concurrent request took it meanwhile, or reopened the breaker)
@@ -1078,8 +1079,8 @@ class Pipeline(Charges):
                     wait = self._retry_wait(ex, err) if retry < retries else None
                     if wait is not None and len(ex.extra) < len(ex.missed) + ex.rejected:
                         # The try before was billed (an embeddings request's batches answered before one was
-                        # rate-limited): sent again, it is billed again, so it is covered first as a failover is (it
-                        # went out uncovered: $0.0504 charged on a $0.04 budget, $0.0316 reserved: review). Not
+                        # rate-limited): sent again, it is billed again, so it is covered first as a failover is
+                        # (uncovered, it would charge $0.0504 on a $0.04 budget, $0.0316 reserved). Not
                         # covered, it is not sent again, and the 429 is answered as one not retried.
                         try:
                             await self._cover_missed(ex, err)
@@ -1155,9 +1156,9 @@ class Pipeline(Charges):
     @staticmethod
     def _retry_wait(ex: Exchange, err: UpstreamError) -> float | None:
         """The wait the gateway waits out before sending a deployment's failure to it again, if it does: only a
-        429's (a 503 or 529 with a short `retry-after` was waited out before a healthy next deployment was tried),
-        at most `MAX_RETRY_WAIT_S`, ending before the request's deadline (one past it was waited, the deadline cut
-        it, and the next deployment was never tried)."""
+        429's (a 503 or 529 with a short `retry-after` waited out would hold back a healthy next deployment), at
+        most `MAX_RETRY_WAIT_S`, ending before the request's deadline (waited past it, the deadline would cut it, and
+        the next deployment never be tried)."""
         wait = err.retry_after
         if not err.rate_limited or wait is None or wait > MAX_RETRY_WAIT_S:
             return None
@@ -1192,12 +1193,12 @@ class Pipeline(Charges):
         """Whether a fallback `model`'s own per-model limits (the key's or an ancestor's) refuse the request,
         counted on them before its first attempt; its other deployments are then passed over too. The count is waited
         for however often the request is cancelled meanwhile, as `_reserve` waits for its admission: cut, a count the
-        store had written was never given back (the model's requests a minute spent on nothing sent to it)."""
+        store had written would never be given back (the model's requests a minute spent on nothing sent to it)."""
         if model not in ex.fallbacks:
             reservation = ex.reservation
             # What the admission counted on its tokens a minute (`Reservation.tokens`): what the request shows, not a
-            # document the provider fetches (`referenced`), whose 460,000 tokens refused the fallback (`=rate_limited`)
-            # on a `tpm` the same request asked of it straight was served within (review).
+            # document the provider fetches (`referenced`), whose 460,000 tokens would refuse the fallback
+            # (`=rate_limited`) on a `tpm` the same request asked of it straight is served within.
             tokens = reservation.tokens if reservation is not None else 0
             counted = [ex.model, *(m for m, refused in ex.fallbacks.items() if refused is None)]
             counted += ex.advisor_models or ()  # (a pattern its advisors' models matched has counted it already)
@@ -1220,7 +1221,7 @@ class Pipeline(Charges):
     async def _count_advisors(self, ex: Exchange) -> None:
         """Count the request on the per-model limits of its advisors' models along the key's chain, before the first
         attempt that is sent the tool: Anthropic runs that model for the answer, so its limits bind the tool as they
-        bind a request for it (an advisor ran Opus past a key's Opus limit, counted on nothing: found by review).
+        bind a request for it (an advisor would run Opus past a key's Opus limit, counted on nothing).
         Each model of the config's that an advisor runs as and the chain may use (`_advisor_models`) is counted as a
         fallback is (`Meter.admit_fallback`), for the most its calls read and write (`advisor_tokens`), a pattern a
         model counted before matched (the one asked for, the fallbacks counted, another advisor's) not again; one
@@ -1275,8 +1276,8 @@ class Pipeline(Charges):
     def _advice(self, ex: Exchange, plan: list[Attempt], prompt: int, written: int) -> int:
         """The most tokens the advisors of a request (`Exchange.advisors`) may run, counted on the key chain's own
         `tpm` beside the request's (`Meter.reservation`): a key's tokens a minute are those of every model it runs, and
-        Anthropic runs the advisor's inside the answer (a parent's `tpm` of 4,000 let its child's advised answers run
-        22,950 tokens in a minute, each told some 3,770 remained: review). Each tool's calls read and write at most
+        Anthropic runs the advisor's inside the answer (a parent's `tpm` of 4,000 would let its child's advised
+        answers run 22,950 tokens in a minute, each told some 3,770 remained). Each tool's calls read and write at most
         `advisor_tokens` of what the request shows (`prompt`, as the rate limits count it, and the output `written`),
         as its model's own limits count them (`_count_advisors`). None where no attempt of `plan` is sent the tool
         (a translation leaves it out), nor for a tool naming no model (Anthropic's 400, which runs nothing)."""
@@ -1322,8 +1323,8 @@ class Pipeline(Charges):
             raise last from None
         except asyncio.CancelledError:
             # The deadline passed (or the client left) while the store wrote it: the request ends, but only once
-            # the reservation is known, so that its settlement releases it (else it held the key's budget until it
-            # expired).
+            # the reservation is known, so that its settlement releases it (else it would hold the key's budget until
+            # it expires).
             with contextlib.suppress(GatewayError):
                 ex.extra.append(await outlasting(writing))
             raise
@@ -1374,7 +1375,7 @@ class Pipeline(Charges):
                     self._waste(ex, missed, worst, self._unanswered_tier(ex, missed), reserved=True)
                 if ex.missed:
                     # Part of the cost is their reserved worst case, no count the provider gave: the line says so
-                    # (it said `provider`, and reports counted it as known exactly).
+                    # (`provider` would have reports count it as known exactly).
                     source = "reserved"
         if usage is not None and attempt is not None:
             if free:
@@ -1473,9 +1474,9 @@ def unheld_thread(refusal: InvalidRequestError, refused: BudgetExceededError) ->
     """The refusal of a thread's `continue` whose worst case, with the conversation Anthropic holds counted as its
     model's whole context window, the key's budget or `x-gateway-max-cost-usd` cannot cover (`refused`): as
     Anthropic's own refusal of a request it cannot thread (`refusal`'s code), on which the SDK's thread helpers send
-    the whole conversation again without a thread, whose worst case the body shows. A 402 ended the SDK's tool runner
-    on any key whose budget was under a context window's price (a million tokens of Claude Haiku: $1), though the
-    conversation may have been a few hundred tokens."""
+    the whole conversation again without a thread, whose worst case the body shows. A 402 would end the SDK's tool
+    runner on any key whose budget is under a context window's price (a million tokens of Claude Haiku: $1), though
+    the conversation may be a few hundred tokens."""
     return NativeOnlyError(
         "thread: a continued thread's worst case counts the conversation Anthropic holds as its model's whole context "
         f"window, and that is refused ({refused.message}): send the whole conversation without `thread`, whose "
@@ -1532,8 +1533,8 @@ def _chunk_stream() -> type[ChunkStream]:
 
 async def outlasting(writing: asyncio.Future[T]) -> T:
     """What `writing` (a store write the request has to know of) returns, however often the request is cancelled
-    while it is waited for: a second cancellation (the deadline's, then a stopping server's) cut the wait, and the
-    write with it, after the store had written a reservation that was then neither settled nor released. The
+    while it is waited for: a second cancellation (the deadline's, then a stopping server's) would cut the wait, and
+    the write with it, after the store had written a reservation then neither settled nor released. The
     cancellations stay counted on the task (`Task.cancelling`), so the request still ends as cancelled."""
     while True:
         try:

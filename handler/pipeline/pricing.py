@@ -24,8 +24,8 @@ MESSAGE_OVERHEAD_TOKENS = 8
 
 # What may follow an alias's prefix: a release of the same model, by its date (`2024-07-18`, `20250929`) and or its
 # version (`v1`, `v1:0`, as Bedrock names them), or `latest`, the provider's name for its newest release
-# (`claude-3-5-haiku-latest`, Anthropic's own alias, was unpriced: a config deploying it failed `config check`, and
-# every key with a budget was refused the model and the models it is a fallback of). A variant of another price
+# (`claude-3-5-haiku-latest`, Anthropic's own alias: unpriced, a config deploying it would fail `config check`, and
+# every key with a budget be refused the model and the models it is a fallback of). A variant of another price
 # (`gpt-4o-mini-audio-preview`, `-search-preview`, `-realtime-preview`, `-tts`) names itself in words, so no family
 # alias can take it. Compiled on the first alias looked up, not at a cold start whose models are all priced by name.
 @cache
@@ -68,8 +68,8 @@ class PriceTable(Value):
         `geography.provider.model`) where the table prices the model but not through that profile; None for any
         other id. A profile costs what its own price says (a geographic one 1.1 times the `global.` one, GovCloud
         its own), so such an id has no price: priced by the public name (`price_for`), Sonnet 4.5 through `apac.`
-        was charged the global $3/$15 instead of $3.30/$16.50, 10% short, and `config check` said nothing (found by
-        review)."""
+        would be charged the global $3/$15 instead of $3.30/$16.50, 10% short, and `config check` would say
+        nothing."""
         prefix, dot, model = name.partition(".")
         if not dot or "." not in model or self.entry(model) is None or self.entry(name) is not None:
             return None
@@ -124,8 +124,8 @@ def runs_as(models: Mapping[str, ModelConfig], upstream_model: str) -> list[str]
     advisor tool names): those that deploy that id or are named so, then those that deploy (or are named) another id
     the built-in table prices as the same model (`priced_as`: an alias and its dated releases, which Anthropic takes
     alike, `claude-opus-4-6` and `claude-opus-4-6-20260205`). Matched by the exact id alone, an advisor named by its
-    dated id ran Opus counted on no limit of the `opus` that deploys its alias, and outside the scopes that hold it
-    (found by review)."""
+    dated id would run Opus counted on no limit of the `opus` that deploys its alias, and outside the scopes that
+    hold it."""
     exact = [
         name
         for name, spec in models.items()
@@ -198,10 +198,10 @@ class Cost(Value):
     def cache_savings_usd(self) -> float:
         """What prompt caching saved: the cache reads at the full input price minus what they cost, less the
         premium paid for cache writes (negative when the writes cost more than the reads saved); 0 unpriced. `exact`,
-        as a cost is: kept raw, 22 cached tokens' saving was 1.6499999999999999e-06 on the line and in every report
-        (review). Each sampling priced on its own (`samplings`) saves at the prices of its own tier, as it was
-        charged: a compaction past the long-context tier had its cache reads valued at the answer's tier, half what
-        they saved (found by review)."""
+        as a cost is: kept raw, 22 cached tokens' saving would be 1.6499999999999999e-06 on the line and in every
+        report. Each sampling priced on its own (`samplings`) saves at the prices of its own tier, as it was charged:
+        valued at the answer's tier, the cache reads of a compaction past the long-context tier would count half what
+        they saved."""
         if self.unit_prices is None:
             return 0.0
         saved = 0.0
@@ -352,7 +352,7 @@ class PromptEstimate(Value):
     (`tokens`); the rate limits count the estimate (`seen`: a token a byte counted a 100 KB English prompt, some
     25,000 tokens, as 100,000 on a key's `tpm`), corrected to the provider's count at settlement. The allowance is
     never billed: an answer without usage is billed on what the gateway saw, its estimate, not on 100 pages it did
-    not (a file id billed 460,000 tokens, found by review)."""
+    not (a file id would bill 460,000 tokens)."""
 
     __slots__ = ("text_tokens", "images", "referenced", "text_bound")
 
@@ -616,8 +616,8 @@ def tier_rates(
     (`priced_options.service_tier`); an answer that says it ran at a tier is billed at its rate whether asked or not
     (a project whose default tier is priority bills every request so). The tiers taken: the gateway's, and those a
     price the operator wrote in the config (`configured`) names; the built-in table's only price them: a tier costs
-    more, and the operator says which a key may ask for (priority was taken at twice the price once the table priced
-    it). A tier not taken is refused."""
+    more, and the operator says which a key may ask for (else priority would be taken at twice the price once the table
+    priced it). A tier not taken is refused."""
     own = (price.options or {}).get(SERVICE_TIER) if price is not None else None
     rates = {**gateway, **own} if own else dict(gateway)
     return rates, frozenset(rates if configured else gateway)
@@ -670,8 +670,8 @@ def plausible(usage: Usage) -> bool:
 
 def counts_output(usage: Usage, output_chars: Callable[[], int]) -> bool:
     """Whether `usage` counts what the answer wrote (`output_chars`, read only for a count of 0): 0 tokens out for an
-    answer that wrote something is no count a provider bills (3,000 characters under `"completion_tokens": 0` were
-    billed 0 tokens out as the provider's count). A whole answer's (`Pipeline._checked`) and a stream's alike."""
+    answer that wrote something is no count a provider bills (3,000 characters under `"completion_tokens": 0` would
+    be billed 0 tokens out as the provider's count). A whole answer's (`Pipeline._checked`) and a stream's alike."""
     return bool(usage.completion_tokens) or not output_chars()
 
 
@@ -684,12 +684,12 @@ def reasoning_off(req: ChatRequest) -> bool:
 def wants_reasoning(req: ChatRequest, reasons_unasked: bool) -> bool:
     """Whether the answer to the request may hold reasoning the provider bills without showing it: the request asks
     for reasoning, or its model reasons unasked (`reasons_unasked`: the serving deployment's
-    `ProviderAdapter.reasons_unasked` for this request, OpenAI's reasoning models at their default effort). The
-    request alone was looked at: o4 asked with no effort (as the Agents SDK and most clients ask), its stream cut
-    short, was charged the 15 tokens of text it relayed, where the same request naming an effort was charged the
-    4,000 reserved (review). A request that turns reasoning off (`reasoning_off`) asks for none: `"none"` counted as
-    an effort named, and a Gemini 2.5 Flash stream sent thinking budget 0, cut after 5 characters, was charged its
-    4,000 reserved tokens (review)."""
+    `ProviderAdapter.reasons_unasked` for this request, OpenAI's reasoning models at their default effort). By the
+    request alone, o4 asked with no effort (as the Agents SDK and most clients ask), its stream cut short, would be
+    charged the 15 tokens of text it relayed, where the same request naming an effort is charged the 4,000
+    reserved. A request that turns reasoning off (`reasoning_off`) asks for none: with `"none"` counted as an effort
+    named, a Gemini 2.5 Flash stream sent thinking budget 0, cut after 5 characters, would be charged its 4,000
+    reserved tokens."""
     if reasons_unasked:
         return True
     if reasoning_off(req):

@@ -80,7 +80,7 @@ TEXT_FIELDS = ("reasoning_content", "content", "refusal")  # in the order the Me
 # answer's transcript (`audio.transcript`, with `modalities: ["audio"]`) and OpenRouter's reasoning in parts
 # (`reasoning_details[].text`, a summary's `.summary`, by the part's `index`), which the OpenAI SDK's stream helper
 # joins as it joins `content` (it concatenates every string of a delta). Relayed as they came, a key cut across two
-# deltas there reached the client whole where the same key in `content` was `[REDACTED]` (review). Each is a channel
+# deltas there would reach the client whole where the same key in `content` is `[REDACTED]`. Each is a channel
 # that goes on beside the others (OpenRouter streams its reasoning in `reasoning` and `reasoning_details` at once,
 # OpenAI a transcript beside no text): it ends with its choice, and ends none of them.
 BESIDE = ("audio", "reasoning_details")
@@ -476,8 +476,8 @@ class _Alongside:
 def _tokens_joined(texts: list[_Held], ends: bool) -> None:
     """The log probabilities of the deltas joined into the first of `texts` (a Responses output text's `logprobs`,
     its tokens), joined into it as well, redacted as their text is (`tokens_withheld`: none held back, a beginning a
-    text `ends` with as long as a secret redacted); left out, the others' were lost, and the first's gave the
-    secret's first tokens."""
+    text `ends` with as long as a secret redacted); left out, the others' would be lost, and the first's
+    would give the secret's first tokens."""
     lists = [h.payload.get("logprobs") for h in texts]
     if not any(isinstance(tokens, list) and tokens for tokens in lists):
         return

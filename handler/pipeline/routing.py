@@ -38,7 +38,8 @@ from handler.redaction import clipped
 # partition but the isolated ones, whose places are not public), Azure's (`az account list-locations`'s coordinates,
 # a newer region's city from Microsoft's list of regions) and Google Cloud's (the city each of its regions is in).
 # A region the table does not know is refused in a deployment (`unplaced`) and warned of as the gateway's own: its
-# distance could only be guessed, and every deployment in it was ranked last, the gateway's own Bedrock region too.
+# distance could only be guessed, and every deployment in it would be ranked last, the gateway's own Bedrock region
+# too.
 # (Here, not in a module of their own: a module more costs every cold start some 0.34 million instructions.)
 
 # AWS: botocore's endpoint data names them (each partition's `regions`); the places are AWS's own names for them.
@@ -421,7 +422,7 @@ class Router:
 
     def _build(self, model: str, spec: ModelConfig, problems: list[str]) -> list[Attempt]:
         """`model`'s attempts, nearest first. One of `problems`: a deployment's region the gateway cannot place (its
-        distance unknown, it was ranked last unsaid), a geographic inference profile's region outside its geography
+        distance unknown, it would be ranked last unsaid), a geographic inference profile's region outside its geography
         (AWS refuses it there), a `default_service_tier` its model has no price for."""
         attempts = []
         gateway_tiers = self.config.gateway.priced_options.service_tier

@@ -33,7 +33,7 @@ _built: OrderedDict[bytes, Draft202012Validator] = OrderedDict()
 # anything is reserved or sent, `check`). Its size with its references expanded: a 1 KB schema whose `$defs`
 # each referred twice to the next (`allOf`) made 2^16 subschemas to check an answer against, 1.7 s of the loop, and
 # some 1.5 KB would have been hours. Its patterns, each compiled by Rust's engine (`compile_units`): 40 distinct
-# `\p{L}{160}`s (Unicode) (2 KB) were 1.6-5 s. And its bytes, which the metaschema's check walks through.
+# `\p{L}{160}`s (Unicode) (2 KB) would be 1.6-5 s. And its bytes, which the metaschema's check walks through.
 MAX_SCHEMA_BYTES = 64 * 1024  # (the metaschema's check takes some 7 µs a byte: 0.45 s)
 MAX_EXPANDED = 20_000
 MAX_PATTERNS = 64
@@ -43,7 +43,7 @@ MAX_PATTERN_UNITS = 32_768  # (about 150 ms: three `\p{L}{160}`s)
 MAX_UNITS_PER_PATTERN = 2048  # (`\p{L}{1,32}`, `\w{2048}`, `[a-z]{2048}`)
 # How deep jsonschema recurses, which Python bounds (1,000 frames, the request's own among them): the metaschema's
 # check takes some 8 frames for each level a schema's JSON nests (122 levels of `items`, within the body's bound of
-# 128, were a 500), and an answer's check some 4 for each level the answer nests, more where its subschemas apply
+# 128, would be a 500), and an answer's check some 4 for each level the answer nests, more where its subschemas apply
 # others to the same value (`$ref`, `allOf`, ...), of which a chain is bounded too.
 MAX_SCHEMA_DEPTH = 64
 MAX_IN_PLACE = 64
@@ -110,10 +110,10 @@ def _build(schema_json: bytes) -> Draft202012Validator:
 def _referred(schema: object, registry: Registry[Any]) -> Iterator[object]:
     """The subschemas a `$ref` or `$dynamicRef` leads to outside every place the metaschema checks (under a keyword
     JSON Schema does not know: `{"$ref": "#/x", "x": {...}}`), each with what is below it, for the caller to check
-    as schemas of their own, each before the walk goes into it. The answer's check reaches them: a pattern in one
-    was refused only after the provider was paid, and a `pattern: ["a"]` or a draft-07 `items: [...]` in one was a
-    crash. A reference that does not lead to a schema is refused: jsonschema finds one only as it validates an
-    answer."""
+    as schemas of their own, each before the walk goes into it. The answer's check reaches them: unchecked, a pattern
+    in one would be refused only after the provider is paid, and a `pattern: ["a"]` or a draft-07 `items: [...]` in
+    one would be a crash. A reference that does not lead to a schema is refused: jsonschema finds one only as it
+    validates an answer."""
     from referencing.exceptions import Unresolvable
     from referencing.jsonschema import DRAFT202012
 
@@ -154,9 +154,9 @@ def _in_place_chain(schema: object, registry: Registry[Any]) -> int | None:
     """The most subschemas `schema` applies one through another to the same value of an answer (by `$ref`,
     `$dynamicRef` and `IN_PLACE`), each a call of jsonschema's into itself; None where a chain goes round without
     end (`{"$ref": "#"}`, `$defs` a and b referring to each other, `{"anyOf": [{"$ref": "#"}]}`), which would
-    recurse until Python's limit with any answer that reaches it: found as the answer was checked, once the provider
-    had been paid. Every subschema an answer's check can reach (a definition where it is referred to) is looked at
-    once, and each chain from it followed depth first, without recursion."""
+    recurse until Python's limit with any answer that reaches it: found only as the answer is checked, once the
+    provider has been paid. Every subschema an answer's check can reach (a definition where it is referred to) is
+    looked at once, and each chain from it followed depth first, without recursion."""
     from referencing.jsonschema import DRAFT202012
 
     chains: dict[int, int] = {}  # the longest chain from each subschema looked at (0: on the way, being followed)
@@ -403,8 +403,8 @@ def violation(schema: dict[str, Any], text: str | None) -> str | None:
 
 def first_violation(schema: dict[str, Any], texts: Sequence[str | None]) -> str | None:
     """Why the first of an answer's choices (`texts`, in their order) that does not satisfy `schema` does not,
-    naming it where there are several; None when every one does (with `n: 2`, only the first was checked, and a
-    second that was not JSON at all was relayed)."""
+    naming it where there are several; None when every one does (with `n: 2`, checking only the first would relay a
+    second that is not JSON at all)."""
     for index, text in enumerate(texts):
         problem = violation(schema, text)
         if problem is not None:

@@ -277,7 +277,7 @@ def _fits(validator: Any, instance: object, subschema: object) -> bool:
 
 def _multiple_of(validator: Any, step: float, instance: object, schema: Schema) -> Iterator[ValidationError]:
     """`multipleOf` on the numbers as the JSON writes them, exactly: jsonschema divides floats, and `19.99 / 0.01`
-    is 1998.9999999999998, so a price in cents broke `multipleOf: 0.01` (and every deployment was tried, and paid)."""
+    is 1998.9999999999998, so a price in cents would break `multipleOf: 0.01` (every deployment tried, and paid)."""
     if isinstance(instance, bool) or not isinstance(instance, int | float):  # (a number is orjson's int or float)
         return
     if _exact(instance) % _exact(step):

@@ -132,7 +132,7 @@ class SettlementSpool:
 
     def _append(self, entry: dict[str, Any]) -> None:
         """Append `entry` on a line of its own: after a last line left without its end (its writer killed, or the
-        disk full), a newline first. Written onto that line, the entry was unreadable with it, and lost."""
+        disk full), a newline first. Written onto that line, the entry would be unreadable with it, and lost."""
         assert self.path is not None
         with self._locked(), open(self.path, "a+b") as file:
             start = b"\n" if _torn(file) else b""

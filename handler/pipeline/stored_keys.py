@@ -199,8 +199,8 @@ class ProviderKeys:
 
     async def _waited(self, reads: list[threading.Event], deadline: float) -> None:
         """Wait for `reads` until `deadline` (of `clock`), on a thread only for a read still under way with time
-        left: a read that ended, or no time left, needs no wait (a thread hop each, to wait 0 s, it was, for a request
-        whose deadline had left it none)."""
+        left: a read that ended, or no time left, needs no wait (else a thread hop each, to wait 0 s, for a request
+        whose deadline has left it none)."""
         for done in reads:
             left = deadline - self.clock()
             if left <= 0:

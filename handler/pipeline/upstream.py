@@ -304,7 +304,7 @@ TOO_LARGE = "upstream_body_too_large"
 # How much of an error answer's body is read (`UpstreamResponse.read_error`): far more than what is relayed of it (a
 # message's first `handler.wire.PROVIDER_MESSAGE_CHARS` characters; a body not in the provider's JSON shape is scanned
 # to `handler.wire.ERROR_SCAN_BYTES`), little enough that one of a hundred megabytes is neither held nor parsed whole.
-# (Read as a whole answer, one past `gateway.limits.upstream_body_bytes` was refused as a success too large to read:
+# (Read as a whole answer, one past `gateway.limits.upstream_body_bytes` would be refused as a success too large:
 # charged its worst case, and the client's bad request sent to the next deployment.)
 ERROR_BODY_BYTES = 1024 * 1024
 
