@@ -259,8 +259,8 @@ class Api:
         lines = request.headers.getlist("x-forwarded-for")
         hops = [h.strip() for line in lines for h in line.split(",") if h.strip()]
         # Each hop read as `hop_address` reads it: a dual-stack socket's IPv4 peer is `::ffff:127.0.0.1`, which no
-        # IPv4 range holds (an IPv4 proxy was never trusted there: the proxy's own address was the client's), and a
-        # hop with a port (`203.0.113.7:51234`) was no address at all (an allowed client refused).
+        # IPv4 range holds (an IPv4 proxy would never be trusted there: the proxy's own address taken for the
+        # client's), and a hop with a port (`203.0.113.7:51234`) no address at all (an allowed client refused).
         chain = [*hops, peer]
         address = None
         for hop in reversed(chain):
@@ -441,7 +441,7 @@ async def openai_events(stream: ChunkStream, include_usage: bool) -> AsyncIterat
 
 # Past this many bytes, a body is validated by `refused_bodies.fail_fast_validator`'s validator for its model: a list a
 # client can make long stops at its first bad item, which the 400 names. pydantic's own goes on: 1 MB of `messages`
-# that were 500,000 `1`s made an error each and held the event loop 3-5 s.
+# that are 500,000 `1`s make an error each and hold the event loop 3-5 s.
 FAIL_FAST_BYTES = 16 * 1024
 
 
@@ -462,10 +462,10 @@ LAST_BYTE_SETTLE_S = 5.0
 LAST_BYTE_SPOOLED = f"the store did not take it within {LAST_BYTE_SETTLE_S:g} s of the response's end"
 # How long a buffered invocation's answer waits for the answers of admissions that ran on past a request's deadline
 # (`Gateway.awaiting`: a 503's, or an earlier invocation's not yet answered), whose releases are then written before
-# it goes. Its settlements run before it anyway, but a whole late admission waited for held the 503 for the
-# admission's own timeouts (15 s); not waited for at all, one answered after the invocation was released only with
-# the environment's next invocation, or never (an environment reclaimed), its reservation holding the key's budget
-# until it expired. An answer late by a throttled retry's backoff comes within it.
+# it goes. Its settlements run before it anyway, but a whole late admission waited for would hold the 503 for
+# the admission's own timeouts (15 s); not waited for at all, one answered after the invocation would be released only
+# with the environment's next invocation, or never (an environment reclaimed), its reservation holding the key's
+# budget until it expires. An answer late by a throttled retry's backoff comes within it.
 LATE_ANSWER_WAIT_S = 0.5
 
 
@@ -560,9 +560,9 @@ NO_CONTROLS = Controls()
 def arrival_deadline_s(scope: Any) -> float | None:
     """The request's deadline, in seconds from its arrival: `x-gateway-deadline-ms`, and on Lambda the invocation's
     time left less the margin (`lambda_time_left_s`), whichever is sooner. Read as the request arrives (`GatewayApp`),
-    so that every store call it makes ends by then (`STORE_DEADLINE`), its key lookup first: the key was looked up
-    before the deadline was read, and a store that never answered held the request for three attempts of 5 s,
-    on Lambda until the function was killed. A header that is no positive number sets none here; `parse_controls`
+    so that every store call it makes ends by then (`STORE_DEADLINE`), its key lookup first: a key looked up before
+    the deadline is read would let a store that never answers hold the request for three attempts of 5 s, on
+    Lambda until the function is killed. A header that is no positive number sets none here; `parse_controls`
     answers it with a 400 once the key is known."""
     left = lambda_time_left_s(scope)
     for name, value in scope["headers"]:
@@ -599,8 +599,8 @@ def parse_controls(request: Request) -> Controls:
         value = fallbacks_header.strip()
         fallbacks = [] if value.lower() == "none" else [m.strip() for m in value.split(",") if m.strip()]
         if not fallbacks and value.lower() != "none":
-            # (`""`, `,`: a client's template whose variable was unset. Read as `none`, it dropped the configured
-            # fallbacks unsaid, and the client got the first deployment's failure.)
+            # (`""`, `,`: a client's template whose variable was unset. Read as `none`, it would drop the configured
+            # fallbacks unsaid, and the client get the first deployment's failure.)
             raise InvalidRequestError(
                 "x-gateway-fallbacks names no model: give model names separated by commas, or `none` for no fallbacks",
                 param="x-gateway-fallbacks",
@@ -644,8 +644,8 @@ CONTROL_HEADERS = frozenset(
 
 
 def control_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    """The request's `CONTROL_HEADERS` lines, one value a name. Only a header's first line was
-    read, a second dropped unsaid (a cost cap a proxy appended after the client's own went unread): lines that differ
+    """The request's `CONTROL_HEADERS` lines, one value a name. Reading only a header's first line would
+    drop a second unsaid (a cost cap a proxy appended after the client's own unread): lines that differ
     are a 400 naming the header, as `anthropic-version`'s are, and as a cap, a deadline or a flag is whose two values
     come joined on one line (RFC 9110, 5.3, makes both forms the same); identical lines are one. Each value is the
     text the client wrote (`header_text`)."""
@@ -660,8 +660,9 @@ def control_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
 
 def header_text(value: bytes) -> str:
     """A header's value as the client wrote it: curl and Go send its text as UTF-8 bytes, which Starlette decodes as
-    Latin-1 (`x-gateway-deadline-ms: é`'s 400 echoed `'Ã©'`, a session `café` was kept as `cafÃ©`, and a fallback
-    named `modèle` was no model of the gateway's); bytes that are no UTF-8 as Latin-1, as Starlette reads them."""
+    Latin-1 (`x-gateway-deadline-ms: é`'s 400 would echo `'Ã©'`, a session `café` be kept as `cafÃ©`, and a
+    fallback named `modèle` be no model of the gateway's); bytes that are no UTF-8 as Latin-1, as Starlette reads
+    them."""
     try:
         return value.decode()
     except UnicodeDecodeError:
@@ -679,8 +680,8 @@ def session_of(headers: dict[str, str]) -> str | None:
 
 
 def _flag(raw: str | None, name: str) -> bool:
-    """A `true`/`false` control (either case); anything else is a 400: `x-gateway-strict: 1` was taken as off,
-    and the parameters it meant to refuse went on dropped."""
+    """A `true`/`false` control (either case); anything else is a 400: `x-gateway-strict: 1` taken as off would
+    let the parameters it means to refuse go on dropped."""
     value = (raw or "").strip().lower()
     if value in ("", "false"):
         return False
@@ -707,7 +708,7 @@ def _number(raw: str | None, name: str, *, positive: bool) -> float | None:
 
 def shown(value: str) -> str:
     """A control header's value as its 400 echoes it: its first 40 characters as the client wrote them
-    (`header_text`), without a key or a known secret in them (a key pasted into the wrong header was echoed)."""
+    (`header_text`), without a key or a known secret in them (a key pasted into the wrong header is not echoed)."""
     return clipped(value, 40)
 
 
@@ -924,8 +925,8 @@ class SettledBeforeTheEnd:
     never lost, but a store that stalls or throttles must not hold every stream's end for its whole retry budget.
     Within the same bound it waits first for the answers of admissions that ran on past a request's deadline
     (`Gateway.awaiting`, a 503's), then for the releases they spawn (`Gateway.settle_late_within`): left behind, a
-    written one was released only at the next thaw, or never, its reservation holding the key's budget and its
-    minute's counts until it expired. One still unanswered at the bound is left to run; the response ends."""
+    written one would be released only at the next thaw, or never, its reservation holding the key's budget and
+    its minute's counts until it expires. One still unanswered at the bound is left to run; the response ends."""
 
     def __init__(self, app: GatewayApp, gateway: Gateway) -> None:
         self.app = app

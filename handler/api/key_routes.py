@@ -46,8 +46,8 @@ T = TypeVar("T")
 MAX_GRACE_SECONDS = 7 * 86400
 MAX_PATTERN_CHARS = 200  # a model name pattern of a key's `models`
 # A key's IP ranges, as its `models` and `model_limits` are bounded: every request of the key (and of its children)
-# is matched against them, and the record must fit a DynamoDB item (400 KB). 20,001 ranges were minted by a plain
-# key for a child of its own, whose requests then held up every other key's on the process.
+# is matched against them, and the record must fit a DynamoDB item (400 KB). Unbounded, a plain key could mint
+# 20,001 ranges for a child of its own, whose requests would then hold up every other key's on the process.
 MAX_ALLOW_IPS = 100
 MAX_RANGE_CHARS = 64  # the longest range written out (an IPv4-mapped IPv6 one) is under 50
 # Ten years: a key meant to last has no expiry at all. Without a bound, `expires_in_seconds: 1e200` made a key
@@ -59,15 +59,15 @@ MAX_EXPIRES_IN_SECONDS = 3650 * 86400
 MAX_BUDGET_USD = 10**9
 MIN_BUDGET_USD = 1e-6
 # The most an `rpm`, a `tpm` or a `model_limits` entry may be: a trillion a minute, past any provider's limits, and
-# well within the 64-bit integers the stores write (`keys create --rpm 99999999999999999999999` passed the spec, then
-# was a traceback from the store's JSON encoder; over HTTP the body's parser refuses such a number).
+# well within the 64-bit integers the stores write (`keys create --rpm 99999999999999999999999` would pass the spec,
+# then be a traceback from the store's JSON encoder; over HTTP the body's parser refuses such a number).
 MAX_RATE_LIMIT = 10**12
 # A key route's body is read up to this, not the gateway's `max_body_bytes`: the largest a spec can be (a name,
 # 100 models and 100 model limits of 200 characters, 100 IP ranges, 16 tags of 128 characters; indented) is 54 KB.
 KEY_BODY_BYTES = 128 * 1024
 # The most a page of `GET /admin/keys` weighs as the buffered Lambda function carries it (a JSON string: each `"`
 # escaped), well within its 6 MB (handler/api/answer_size.py) whatever `limit` asks for: a key's view may weigh
-# some 51 KB (a name, models, limits, ranges and tags to their bounds), and 140 such keys were a 413.
+# some 51 KB (a name, models, limits, ranges and tags to their bounds), and 140 such keys would be a 413.
 KEYS_PAGE_BYTES = 4_000_000
 MAX_KEY_CURSOR_CHARS = 200  # a `key_cursor`: two ids as base64
 # An answer carrying a key's secret must not be kept by a cache along the way, nor by the client's.
@@ -198,7 +198,7 @@ def record_from(spec: KeySpec, *, admin: bool = False, now: float) -> KeyRecord:
             f"budget_usd is 0 or at least {MIN_BUDGET_USD:f} (a millionth of a dollar)", param="budget_usd"
         )
     if "budget_period" in spec.model_fields_set and spec.budget_usd is None:
-        # (It was stored as no period at all: the key spent freely, its creator told nothing.)
+        # (Stored as no period at all, it would let the key spend freely, its creator told nothing.)
         raise InvalidRequestError(
             "budget_period is the period of a budget: give budget_usd too (a key without one spends freely)",
             param="budget_period",
@@ -303,8 +303,8 @@ def beyond_authority(target: list[KeyRecord], authority: KeyRecord) -> str | Non
 def wider_model_limit(child: KeyRecord, parent: KeyRecord, whose: str, patterns: GlobCheck) -> None:
     """Refuse a child's per-model limit above what `parent` (or another ancestor) allows the same models: its
     `rpm` or `tpm`, or its limit for a pattern holding the child's (a child's `m-a` at 100 rpm under a parent's `m-a` at
-    2 was minted, and its key said so, though the parent's 2 held at every request). `patterns`: the request's check,
-    whose work is bounded over the whole lineage.
+    2 would be minted, and its key say so, though the parent's 2 holds at every request). `patterns`: the request's
+    check, whose work is bounded over the whole lineage.
 
     A child's limit is compared only with the parent's entries below it (and below the parent's own), tightest
     first, up to the first whose pattern holds the child's: that is the tightest bound on it. Compared with every
@@ -374,9 +374,10 @@ class KeyRoutes:
     async def _spent(self, lineage: list[KeyRecord], state: dict[str, Any]) -> dict[str, Any]:
         """`state` (`_budget_state`) with what a key without a budget of its own spent: no meter counts it, so its
         lines and its descendants' (what a budget of its own would count) are summed from the ledger, over the
-        current UTC month, the `period` it names. A plain key was told `spent_usd: null` however much it spent, and
-        so was a child spending its parent's budget, whose `remaining_usd` dropped. Read as a key's figure, not as a
-        report (`KeySpends`): it took a report's turn of the caller's family, and a third read at once was a 429."""
+        current UTC month, the `period` it names. Otherwise a plain key would be told `spent_usd: null` however
+        much it spends, and so would a child spending its parent's budget, whose `remaining_usd` drops. Read as a
+        key's figure, not as a report (`KeySpends`): a report takes a turn of the caller's family, and a third read
+        at once would be a 429."""
         if state["period"] is not None:
             return state  # (its own meter's)
         period, spent = await self.spends.spent(lineage, time.time())
@@ -473,7 +474,7 @@ class KeyRoutes:
     async def _target(self, request: Request, latest: bool = False) -> KeyRecord:
         """The key the path names; `latest`: as its home region has it (`Store.get_key_latest`), for a write. One
         this region's replica does not have yet is read in the caller's family root's home (`_family_home`):
-        revoking or showing a key minted a moment ago in another region was a 404."""
+        revoking or showing a key minted a moment ago in another region would otherwise be a 404."""
         store = self.gateway.store
         key_id = request.path_params["key_id"]
         record: KeyRecord | None = None
@@ -499,7 +500,7 @@ class KeyRoutes:
         held: tuple[KeyRecord, str] | None = None,
     ) -> T:
         """`change` applied to the key the path names, as its home region has it (a write made here a moment ago
-        to a key homed elsewhere is there, not yet here: a second admin write in a row was a 400 "the key
+        to a key homed elsewhere is there, not yet here: a second admin write in a row would be a 400 "the key
         changed"); one another write changed meanwhile is read again and changed again, then a 409
         (`KeyAdmin.change`). `held`: the admin key whose bounds the key must be within, and the action (`_hold`),
         checked on each read."""
@@ -583,7 +584,7 @@ class KeyRoutes:
 
     async def admin_usage(self, request: Request) -> Response:
         """Every key's report, or with `key=ID` that key's family's. A key the store never had (a typo) is a 404, as
-        `gateway usage --key` exits 1 (it was an empty 200); one whose record is gone (purged after its expiry or
+        `gateway usage --key` exits 1 (not an empty 200); one whose record is gone (purged after its expiry or
         revocation) is known by its lines in the window or its children's links, and reports them."""
         caller = await self._admin(request)
         key_id = request.query_params.get("key")

@@ -2,9 +2,9 @@
 
 No meter counts such a key's spend, so it is its and its descendants' ledger lines of the current UTC month, summed
 (`handler.dashboard.line_items.Spend`): on DynamoDB every line of the family's month read, whose time and read units
-grow with the month's traffic. These reads took a usage report's turn of the caller's family (`ReportGate`): a
-third at once was a 429 "this key's family has 2 usage reports in progress", though no report was asked for, an
-admin script showing three keys met the same, and each read waited behind other tenants' reports.
+grow with the month's traffic. Taking a usage report's turn of the caller's family (`ReportGate`), these reads
+would make a third at once a 429 "this key's family has 2 usage reports in progress", though no report is asked
+for, an admin script showing three keys would meet the same, and each read would wait behind other tenants' reports.
 
 So a key's figure is read as a figure, not as a report. Reads of one key at once share one sum (the ones after the
 first wait for it), and a sum made is the key's figure for `FRESH_SECONDS` in this process: a client polling its

@@ -125,8 +125,8 @@ class MessagesRequest(MessagesCountRequest):
 
 def end_user(user_id: str) -> str:
     """The end user a Messages request's `metadata.user_id` names. Claude Code's is a JSON object written as a string,
-    `{"device_id": ..., "account_uuid": ..., "session_id": ...}`: kept whole, it made each session a user of its own
-    (the ledger's `user`, `/v1/usage?group_by=user`), and it went to OpenAI as `user`, past the 64 characters its
+    `{"device_id": ..., "account_uuid": ..., "session_id": ...}`: kept whole, it would make each session a user of its
+    own (the ledger's `user`, `/v1/usage?group_by=user`), and go to OpenAI as `user`, past the 64 characters its
     docs allow a `safety_identifier`. The user is its account where it has one, else its device (a 64-character
     hash); the session is the ledger's `session` already, from Claude Code's `x-claude-code-session-id`. Any other
     `user_id` is the user as written."""

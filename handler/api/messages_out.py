@@ -86,7 +86,7 @@ def anthropic_error(exc: GatewayError, cost: Cost | None) -> bytes:
     """Anthropic's in-stream `error` event, with what the stream was charged (`charged`). A provider's failure is of
     the type its unstreamed answer has (`answered_as`): a rate limit's `rate_limit_error`, an overload's
     `overloaded_error` (on which Claude Code switches to its fallback model), a refused request's
-    `invalid_request_error`; it was an `api_error` whatever the provider said."""
+    `invalid_request_error`; not an `api_error` whatever the provider said."""
     if isinstance(exc, UpstreamError):
         exc = answered_as(exc)
     return sse_event("error", charged(exc.anthropic_body(), cost))
@@ -212,9 +212,9 @@ def _content(choice: Choice) -> list[dict[str, Any]]:
 
 def ordered(message: AssistantMessage, signed: Any) -> list[tuple[str, Any]] | None:
     """The answer's parts in the order Claude wrote them, where it put thinking between them (`BlockOrder`: on
-    Bedrock, interleaved thinking); None for the usual order. A whole answer put every thinking block first, where
-    its stream had them between the calls (found by review): handed back so, Claude's thinking sequence rearranged,
-    which Anthropic refuses to take."""
+    Bedrock, interleaved thinking); None for the usual order. Put first, as a whole answer's order has every thinking
+    block where its stream has them between the calls, they would come back with Claude's thinking sequence
+    rearranged, which Anthropic refuses to take."""
     if message.block_order is None or message.refusal or not isinstance(signed, list):
         return None
     return ordered_parts(message.block_order, signed, message.content or "", message.tool_calls or [])

@@ -327,8 +327,8 @@ def with_sealed_reasoning(items: list[dict[str, Any]], sealed: Mapping[str, str]
 
 def _held(item_id: Any, sealed: Mapping[str, str]) -> bool:
     """Whether `sealed` holds the reasoning of the item `item_id` names: never for an id that is no string (a client's
-    list or object, kept as sent in a stored conversation, raised in the lookup: a 500 on the request that continued
-    it; found by review)."""
+    list or object, kept as sent in a stored conversation, would raise in the lookup: a 500 on the request that
+    continues it)."""
     return isinstance(item_id, str) and item_id in sealed
 
 
@@ -430,8 +430,8 @@ class ReasoningSeal:
 
 def merge(fields: dict[str, Any], more: dict[str, Any]) -> None:
     """Fold a delta's reasoning fields in: lists (signed blocks) and maps (signatures) grow, the rest is set. They
-    grow in place, from a copy of the first (not the delta's own): made anew with each, a turn's blocks were copied
-    whole for every sealed item a client sent back (20,000 items, 1.1 s: quadratic)."""
+    grow in place, from a copy of the first (not the delta's own): made anew with each, a turn's blocks would be
+    copied whole for every sealed item a client sends back (20,000 items, 1.1 s: quadratic)."""
     for name, value in more.items():
         known = fields.get(name)
         if isinstance(value, list):
@@ -524,8 +524,8 @@ class _Conversation:
         """Translate one item (`stored`: of the conversation `previous_response_id` continues, taken when it was
         sent: one of a type the API does not have, kept by an older release, is left out and named as it was)."""
         kind = raw.get("type", "message" if "role" in raw else None)
-        # (A type that is no string is no type the API has: a list or an object, unhashable, raised in `ITEM_TYPES`'s
-        # lookup, a 500; found by review.)
+        # (A type that is no string is no type the API has: a list or an object, unhashable, would raise in
+        # `ITEM_TYPES`'s lookup, a 500.)
         known = isinstance(kind, str) and kind in ITEM_TYPES
         try:
             if kind == "message":
@@ -563,7 +563,7 @@ class _Conversation:
         if message.role == "assistant":
             # Text after the turn's calls, before their outputs, is the same turn's (Claude's interleaved thinking
             # writes between its calls): a function call's output is what ends a turn. Made a turn of its own, the
-            # first turn's calls were answered after the second's, which OpenAI refuses ("An assistant message with
+            # first turn's calls would be answered after the second's, which OpenAI refuses ("An assistant message with
             # 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'").
             turn = self.assistant()
             text = content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
@@ -752,8 +752,8 @@ def translated_search(req: ChatRequest, asked: list[dict[str, Any]], most: int, 
 def _tool_choice(choice: str | dict[str, Any] | None, names: set[str], dropped: list[str], spaces: Namespaces) -> Any:
     """The choice in Chat Completions form, among the function tools `names`. One that asks for a call with none
     left to choose (`required` beside hosted tools alone, a function named with no function tool) goes, named
-    `tool_choice` as the pass-through names it (`responses_routes.unchosen`): it went unnamed, and the model, asked
-    to call a tool, answered freely, under `x-gateway-strict` too."""
+    `tool_choice` as the pass-through names it (`responses_routes.unchosen`): unnamed, it would leave the model,
+    asked to call a tool, answering freely, under `x-gateway-strict` too."""
     if choice is None:
         return None
     if isinstance(choice, str):
@@ -1060,7 +1060,7 @@ def envelope(
 ) -> dict[str, Any]:
     """The `response` object around its output: the request's settings echoed as OpenAI does. Built for a completed
     response (as the answer, the stream's last event and what is stored), it says when: `completed_at`, in Unix
-    seconds, which OpenAI gives a completed response alone (it was None on every one). Its `service_tier` is the one
+    seconds, which OpenAI gives a completed response alone (never None on one). Its `service_tier` is the one
     the answer was served at: the one its answer says (`served_tier`: `priority` past OpenAI's ramp limits is served,
     and billed, at `default`), else the one asked, unless the deployment was not sent it (`dropped`, what the attempt
     that answered left out), then its provider's default (it said `flex`, asked and dropped, as OpenAI says a tier it

@@ -285,7 +285,7 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
         if terminal is None:
             if progress.said is not None:
                 # The provider's `error` event with no closing event after it: the stream's failure is that error, at
-                # the status its code names (it was a 502 `stream_interrupted` whatever it said, a rate limit too).
+                # the status its code names (not a 502 `stream_interrupted` whatever it says, a rate limit too).
                 progress.ended_by = said_failure(progress.said)
                 raise progress.ended_by
             raise interrupted("response")
@@ -327,7 +327,7 @@ def said_failure(error: Any) -> GatewayError:
     """A provider's error object in a 200 stream (a `response.failed`'s `error`, an `error` event's words) as the
     client's error, as the same error answered with the status its code or type names (`said_status`) is
     (`answered_as`): a rate limit a 429; a request the provider refused a 400 (OpenAI's `invalid_prompt`, a
-    `context_length_exceeded`, which was a 502); any other failure the provider's (502): its overload, its refusal of
+    `context_length_exceeded`, not a 502); any other failure the provider's (502): its overload, its refusal of
     the deployment's account (`insufficient_quota`, a 429 by its status alone)."""
     said = error if isinstance(error, dict) else {}
     kind = said.get("type")

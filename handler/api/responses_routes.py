@@ -64,8 +64,8 @@ SEAL_SECRET_ID = "gateway-reasoning-seal"
 SEAL_SECRET_TTL = 10 * 365 * 86400
 # The most store reads one request's input may cost for the stored items it names by id (`StoredItems`: the items
 # `item_reference`s stand for, the kept reasoning of reasoning items sent back by value): before the key is
-# admitted, so that made-up ids cost no more than this (2,000 of them were 2,000 reads, 8.9 s on DynamoDB, before
-# the request's 429). A client's own turns need one or two: the last response holds the turns it continued.
+# admitted, so that made-up ids cost no more than this (2,000 of them would be 2,000 reads, 8.9 s on DynamoDB,
+# before the request's 429). A client's own turns need one or two: the last response holds the turns it continued.
 MAX_KEPT_READS = 8
 MAX_INDEXED_ID = 256  # the longest item id indexed (a provider's are some 50 characters; a DynamoDB key, 2 KB)
 UNKEPT = "unkept"  # a record that stands for a response answered but not kept: why, for the client
@@ -107,8 +107,8 @@ def unchosen(body: ResponsesRequest, left_out: set[str], *, searched: bool) -> l
     """The `tool_choice` of `body` without the hosted tools left out of its tools (their types, `left_out`; `searched`:
     the search among them), and its names of what that took. A choice of one of them, or with no tool left to choose,
     goes (`tool_choice`); an `allowed_tools` choice keeps the tools still sent (`tool_choice.tools`), as the
-    translation's does, or goes when it allowed none of them. The allowed tools went upstream as they came, naming one
-    the body no longer had, and OpenAI refused the request (400, `tool_choice.tools[0]`: found by review)."""
+    translation's does, or goes when it allowed none of them. Sent upstream as they came, the allowed tools would name
+    one the body no longer has, which OpenAI refuses (400, `tool_choice.tools[0]`)."""
 
     def gone(tool: Any) -> bool:
         # (The searches are left out together, whatever their names: a choice of `web_search_preview` with them.)
@@ -227,7 +227,7 @@ class ResponseArchive:
 
     async def delete(self, response_id: str, key: KeyRecord) -> None:
         """Delete `key`'s stored response, or the 404 `find` gives; also when another delete took it between the
-        two calls (both were told `deleted: true`)."""
+        two calls (not both told `deleted: true`)."""
         await self.find(response_id, key)
         if not await self.store.delete_response(response_id):
             raise NotFoundError(f"Response with id '{response_id}' not found.", code="not_found")
