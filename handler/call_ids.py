@@ -48,7 +48,7 @@ def short_call_id(call_id: str) -> str:
 def converse_call_id(call_id: str) -> str:
     """`call_id` itself when Bedrock's Converse takes it as a `toolUseId` (1 to 64 characters of `[a-zA-Z0-9_-]`,
     AWS's ToolUseBlock and ToolResultBlock), else a stand-in of those characters, as `short_call_id` makes one: an
-    id another provider wrote with other characters (Kimi K2's `functions.get_weather:0`), or none, was refused."""
+    id another provider wrote with other characters (Kimi K2's `functions.get_weather:0`), or none, Bedrock refuses."""
     if len(call_id) <= MAX_CALL_ID and claude_takes(call_id):  # (Anthropic's characters, at most 64 of them)
         return call_id
     return _stand_in(call_id)

@@ -113,9 +113,9 @@ def opening_delta(first: ChatCompletionChunk) -> ChunkDelta:
     """The role's delta that opens a translated stream whose first chunk of a choice after it is `first`, as OpenAI
     opens its own:
     `content: ""` before text (or an answer of nothing), `content: null` before a tool call, a refusal, or reasoning
-    (as DeepSeek's). Sent before the provider said what came first, it was `""` whatever followed: a tool-only answer
-    streamed ended with `content: ""` (the SDK's stream helper), where the same answer whole, and OpenAI's streamed,
-    has None."""
+    (as DeepSeek's). Sent before the provider said what came first, it would be `""` whatever followed: a tool-only
+    answer streamed would end with `content: ""` (the SDK's stream helper), where the same answer whole, and
+    OpenAI's streamed, has None."""
     delta = first.choices[0].delta
     opens_other = delta.tool_calls or delta.reasoning_content or delta.refusal or delta.model_extra
     return ChunkDelta(role="assistant", content=None if opens_other else "")

@@ -44,8 +44,8 @@ class SecretUnreadableError(Exception):
 
 
 def http_url(value: str) -> str:
-    """`value` if it is an http:// or https:// URL with a host: `htp:/not a url` was taken, and every request to
-    the provider then failed (502 `unsupported URL scheme`); an Azure or proxy URL without one, the same."""
+    """`value` if it is an http:// or https:// URL with a host: taken, `htp:/not a url` would fail every request to
+    the provider (502 `unsupported URL scheme`); an Azure or proxy URL without one, the same."""
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - a port that is no number raises here
@@ -82,8 +82,8 @@ def api_base_url(value: str) -> str:
 
 
 def ip_network(value: str) -> str:
-    """`value` if it is an IP address or CIDR range (`gateway.trusted_proxies`): `not-a-cidr` was taken, and the
-    gateway then failed to start, a traceback after it said it listened."""
+    """`value` if it is an IP address or CIDR range (`gateway.trusted_proxies`): taken, `not-a-cidr` would stop the
+    gateway starting, a traceback after it said it listened."""
     try:
         ipaddress.ip_network(value.strip(), strict=False)
     except ValueError:
@@ -93,19 +93,19 @@ def ip_network(value: str) -> str:
 
 # A region names an endpoint's host (Bedrock's `bedrock-runtime.REGION.amazonaws.com`) and is written in the
 # `x-gateway-route` header (`provider/model@REGION=200`): one word, as every cloud spells its regions. (Checked
-# without a regular expression: compiling one cost every cold start, which reads the config.)
+# without a regular expression: compiling one would cost every cold start, which reads the config.)
 REGION_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 
 
 def region_name(value: str) -> str:
-    """`value` if it can name a region: `eu central/1` was taken, and each request to it failed."""
+    """`value` if it can name a region: taken, `eu central/1` would fail each request to it."""
     if not (0 < len(value) <= 64 and value[0].isascii() and value[0].isalnum() and REGION_CHARS.issuperset(value)):
         raise ValueError(f"'{value}' is not a region name (letters, digits, '-', '_' or '.', as eu-central-1)")
     return value
 
 
-# A secret's reference: its prefix, and the words a mistyped one starts with (`Env:`, `envv:`, `secret:`), which were
-# taken as a literal key and sent to the provider as one.
+# A secret's reference: its prefix, and the words a mistyped one starts with (`Env:`, `envv:`, `secret:`), which would
+# be taken as a literal key and sent to the provider as one.
 REFERENCE_KINDS = ("env", "ssm", "secretsmanager")
 REFERENCE_LOOKALIKES = ("env", "ssm", "secret", "aws", "parameter", "param")
 REFERENCE_FORMS = "env:NAME, ssm:/path or secretsmanager:NAME (lowercase, with a name), or the key itself"
@@ -136,8 +136,8 @@ def _one_edit_apart(a: str, b: str) -> bool:
 
 def secret_reference(value: str) -> str:
     """`value` if it is a reference (`env:NAME`, `ssm:/path`, `secretsmanager:NAME`) or reads as a literal key:
-    `Env:OPENAI_API_KEY`, `envv:X`, `${OPENAI_API_KEY}` and `env:` with no name were sent to the provider as the
-    key, or named an empty variable. The message shows no more of the value than its prefix."""
+    `Env:OPENAI_API_KEY`, `envv:X`, `${OPENAI_API_KEY}` and `env:` with no name would be sent to the provider as
+    the key, or name an empty variable. The message shows no more of the value than its prefix."""
     kind, colon, name = value.partition(":")
     if colon and kind in REFERENCE_KINDS:
         noun = "environment variable" if kind == "env" else "secret"
@@ -467,8 +467,8 @@ def _problems(exc: ValidationError, within: tuple[str, ...] = ()) -> list[str]:
 
 def parse_config(data: Any, known_types: set[str]) -> Config:
     """Validate a parsed YAML document; raise `ConfigError` naming each offending path: every one of the file, where
-    its fields' own errors stopped the check (a misspelt `gateway.fee_percent` was said alone, the provider a
-    deployment misnames once that was fixed, and so on: a round each, a Lambda deploy each), the cross-checks run
+    its fields' own errors stopped the check (else a misspelt `gateway.fee_percent` is said alone, the provider
+    a deployment misnames once that is fixed, and so on: a round each, a Lambda deploy each), the cross-checks run
     on what did validate (`_valid_parts`)."""
     if data is None:
         data = {}
@@ -565,7 +565,7 @@ def price_option_problems(where: str, price: Price) -> list[str]:
 def multiplier_problems(where: str, rates: Mapping[str, float], tiers: bool = False) -> list[str]:
     """What is wrong with `rates`, multipliers by value (`where`: their path in the config): one negative or not a
     number (YAML's `.nan`, `.inf`: a negative one credits a key's budget, a NaN poisons its sums); `tiers`: service
-    tiers, where `auto` and `default` are always at the plain price (a multiplier for them was ignored)."""
+    tiers, where `auto` and `default` are always at the plain price (a multiplier for them would be ignored)."""
     problems = (
         [f"{where}.{tier}: always at the model's own prices, never multiplied" for tier in rates if tier in PLAIN_TIERS]
         if tiers
@@ -585,8 +585,8 @@ RESERVATION_MARGIN_S = 60.0
 
 
 # The bounds of the gateway's numeric settings, checked with the config's cross-checks (`bound_problems`), in
-# pydantic's words: as `Field(gt=0)` and the like, 23 constrained fields were built into the settings' validators at
-# every cold start (about 0.17 million instructions each).
+# pydantic's words: as `Field(gt=0)` and the like, 23 constrained fields would be built into the settings' validators
+# at every cold start (about 0.17 million instructions each).
 SETTING_BOUNDS: Final[dict[str, dict[str, float]]] = {
     "fee.percent": {"ge": 0, "le": 100},
     "fee.per_request_usd": {"ge": 0},
@@ -704,8 +704,8 @@ def _cross_check(config: Config, known_types: set[str], failed: Collection[str] 
             kinds = ", ".join(sorted(known_types))
             problems.append(f"providers.{name}.type: unknown provider type '{provider.type}' (one of: {kinds})")
     for model, spec in config.models.items():
-        # A model's name is what a client's `model` must say: `""` and `" gpt "` were taken, and no request (a client
-        # trims no name) could reach them. (Checked here, not by a validator of `Config`'s: one more to build at
+        # A model's name is what a client's `model` must say: no request (a client trims no name) could reach `""` or
+        # `" gpt "`. (Checked here, not by a validator of `Config`'s: one more to build at
         # every cold start.)
         if not model.strip():
             problems.append(f"models: model name '{model}' may not be empty")
@@ -724,7 +724,7 @@ def _cross_check(config: Config, known_types: set[str], failed: Collection[str] 
         if isinstance(spec.price, Price):
             problems += price_option_problems(f"models.{model}.price", spec.price)
             if spec.kind == "chat" and "output" not in spec.price.model_fields_set:
-                # (Its output tokens were charged $0: only an embedding model's answer has none.)
+                # (Its output tokens would be charged $0: only an embedding model's answer has none.)
                 problems.append(
                     f"models.{model}.price.output: a chat model's price needs an output price (USD per 1M tokens), "
                     "or `kind: embedding` for a model whose answers have no output tokens"
@@ -736,7 +736,7 @@ def _cross_check(config: Config, known_types: set[str], failed: Collection[str] 
             elif fallback == model:
                 problems.append(f"models.{model}.fallbacks[{i}]: a model cannot fall back to itself")
             elif (kind := config.models[fallback].kind) != spec.kind:
-                # (It was accepted, and every request passed it over unsaid: a chat request is never sent to an
+                # (Accepted, it would be passed over unsaid by every request: a chat request is never sent to an
                 # embedding model.)
                 problems.append(
                     f"models.{model}.fallbacks[{i}]: '{fallback}' is a model of kind '{kind}', and '{model}' of "
@@ -848,8 +848,8 @@ def load_config(path: str | os.PathLike[str] | None, known_types: set[str]) -> C
 
 def no_model_problem(source: str, data: Any) -> str | None:
     """The error of a config file naming no provider and no model (empty, only comments, or only `gateway:`
-    settings): it was `ok: 0 providers, 0 models`, and `gateway serve` started and answered every request `404
-    model_not_found` (a volume not mounted, a file an editor truncated, settings meant to change the shipped
+    settings): taken, it would be `ok: 0 providers, 0 models`, and `gateway serve` start and answer every request
+    `404 model_not_found` (a volume not mounted, a file an editor truncated, settings meant to change the shipped
     default's). None where it names one, or is no mapping (an error of its own)."""
     if data is not None and (not isinstance(data, dict) or data.get("providers") or data.get("models")):
         return None
@@ -863,8 +863,8 @@ def no_model_problem(source: str, data: Any) -> str | None:
 
 
 def no_model_warning(config: Config) -> str | None:
-    """The warning of a config that names providers and no model: it was taken unsaid (`ok: 2 providers, 0 models`),
-    and the gateway answered every request to a model `404 model_not_found`, a provider being called only for the
+    """The warning of a config that names providers and no model: taken unsaid (`ok: 2 providers, 0 models`), it
+    would have the gateway answer every request to a model `404 model_not_found`, a provider being called only for the
     models whose deployments name it. Said, not refused, by `config check`, `serve` and each process's start: such a
     gateway still serves its key, admin and usage routes and the dashboard, and its models may be to come (a file
     naming no provider either is refused: `no_model_problem`). None where it names a model, or no provider."""
@@ -919,8 +919,8 @@ def resolve_credential(
     return (secret.strip() or None) if secret is not None else None
 
 
-# An HTTP field name is a token (RFC 9110, 5.6.2): a header named with a space, `x title`, was sent as written and
-# refused by the provider (a 400 the client took for its own).
+# An HTTP field name is a token (RFC 9110, 5.6.2): a header named with a space, `x title`, sent as written would
+# be refused by the provider (a 400 the client would take for its own).
 TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 
@@ -975,7 +975,7 @@ def responses_secret(
 ) -> str | None:
     """`gateway.responses_secret` resolved at start: None where none is set (the seal's key is then one the store
     keeps). A reference that resolves to nothing, or whose store cannot be read, is a `ConfigError` naming it, as an
-    OTLP header's is: `env:UNSET` was replaced, unsaid, by the store's secret."""
+    OTLP header's is: else `env:UNSET` would be replaced, unsaid, by the store's secret."""
     reference = settings.responses_secret
     if reference is None:
         return None

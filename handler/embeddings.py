@@ -29,8 +29,8 @@ class EmbeddingsRequest(BaseModel):
     @classmethod
     def _at_most(cls, value: Any) -> Any:
         """Refused past OpenAI's 2,048 inputs, as OpenAI refuses it, before the inputs are read: without a bound, one
-        request of 20,000 one-letter inputs (80 KB) was 200 calls to Gemini (100 a call), and the 8 MiB body limit
-        allowed some 20,000, under one small reservation (review)."""
+        request of 20,000 one-letter inputs (80 KB) is 200 calls to Gemini (100 a call), and the 8 MiB body limit
+        allows some 20,000, under one small reservation."""
         if isinstance(value, list) and len(value) > MAX_INPUTS and not isinstance(value[0], int):
             raise PydanticCustomError(
                 "too_many_inputs",
@@ -80,8 +80,8 @@ class EmbeddingsResponse(BaseModel):
     def _uncounted(cls, answer: Any) -> Any:
         """A usage without its count (`prompt_tokens` null, left out or negative: `reported`; `usage: {}`; or `usage:
         null`) is none: the answer is read as one without `usage`, whose input is estimated (`Pipeline.embeddings`).
-        Read as 0, the embeddings of 10,000 characters were billed $0 as the provider's count (found by review); read
-        as given, a batch's `-100` took 100 from the next one's count in their sum (`joined`)."""
+        Read as 0, the embeddings of 10,000 characters would be billed $0 as the provider's count; read as given, a
+        batch's `-100` would take 100 from the next one's count in their sum (`joined`)."""
         if isinstance(answer, dict) and "usage" in answer:
             usage = answer["usage"]
             if usage is None or (isinstance(usage, dict) and not reported(usage, "prompt_tokens")):

@@ -156,8 +156,8 @@ class BudgetExceededError(GatewayError):
 class CostLimitError(BudgetExceededError):
     """The request's worst case is past its own cap, `x-gateway-max-cost-usd`: the interface's one 402 (SDKs retry
     a 429), `budget_exceeded`, its `param` the cap and its message saying it is the request's own cap, not a key's
-    budget. (It was a code of its own, `cost_limit_exceeded`, of type `invalid_request_error`, neither of which the
-    interface lists for a 402.)"""
+    budget. (Not a code of its own such as `cost_limit_exceeded`, of type `invalid_request_error`, neither of which
+    the interface lists for a 402.)"""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, param="x-gateway-max-cost-usd")
@@ -239,7 +239,7 @@ class HeadersTooLargeError(GatewayError):
 
 class VersionNotSupportedError(GatewayError):
     """`gateway serve`: a request line of an HTTP version it does not speak (RFC 9110 15.6.6), `HTTP/2.0`, which
-    httptools takes (and no other past 1.1): such a request was served as HTTP/1.0."""
+    httptools takes (and no other past 1.1): such a request would otherwise be served as HTTP/1.0."""
 
     status = 505
     default_code = "http_version_not_supported"
@@ -278,7 +278,7 @@ def with_upstream(body: dict[str, object], status: int, kind: str | None) -> dic
 
 
 # The longest message an `UpstreamError` relays (`upstream_error` cuts a provider's words to half of it first): a
-# provider's 50 MB message was relayed whole, after 23 s of redaction on the event loop.
+# provider's 50 MB message would be relayed whole, after 23 s of redaction on the event loop.
 UPSTREAM_MESSAGE_CHARS = 8192
 UPSTREAM_TYPE_CHARS = 100
 # A provider's statuses for its overload (`UpstreamError.overload`): HTTP's 503 and Anthropic's 529.
@@ -357,8 +357,8 @@ class UpstreamError(GatewayError):
         overload" (503: Gemini's `UNAVAILABLE` "The model is overloaded", OpenAI's "The engine is currently
         overloaded", Bedrock's ServiceUnavailableException) or Anthropic's 529. Real overload, answered on Anthropic's
         API as Anthropic answers its own, a 529 `overloaded_error` (`UpstreamOverloadedError`), whole or in a stream
-        alike: a provider's 503 was an `api_error`, so Claude Code took an overloaded Gemini for a broken server and
-        did not switch to its fallback model, where a breaker the same 503s opened was shed as an overload."""
+        alike: as an `api_error`, a provider's 503 would have Claude Code take an overloaded Gemini for a broken
+        server and not switch to its fallback model, where a breaker the same 503s open is shed as an overload."""
         return self.upstream_status in OVERLOAD_STATUSES and not self.deployment_fault
 
     @property
@@ -387,8 +387,8 @@ class ProviderRejectedError(InvalidRequestError):
     Anthropic's rejection with its `error.details` (an `error_code`) is relayed to a client of Anthropic's API as
     Anthropic gave it: its status, type and details (`coded_body`). Anthropic's SDK picks its error class by the
     status and the code together, and its thread helpers act on the code: Anthropic's 404 `thread_not_found` (a
-    thread it no longer holds) was a 400 `invalid_request_error` without it, a plain `BadRequestError` on which the
-    SDK's helpers gave up where they would have sent the whole conversation again as a new thread."""
+    thread it no longer holds) is, without it, a 400 `invalid_request_error`, a plain `BadRequestError` on which the
+    SDK's helpers give up where they would send the whole conversation again as a new thread."""
 
     def __init__(self, rejected: UpstreamError) -> None:
         super().__init__(rejected.said or rejected.message, code=rejected.provider_code, param=rejected.provider_param)
@@ -474,7 +474,8 @@ class ServiceUnavailableError(GatewayError):
 class OverloadedError(ServiceUnavailableError):
     """503 for an overload, the gateway's own (`server_busy`: `gateway serve` at `gateway.limits.connections`) or its
     deployments' (`no_deployment_available` with every breaker opened by its provider saying it was overloaded:
-    `Router.shed`): on Anthropic's API its `overloaded_error`. Every breaker open was one, whatever opened them, and
-    a model whose deployments answered 500s made Claude Code switch to its fallback model (found by review)."""
+    `Router.shed`): on Anthropic's API its `overloaded_error`. Breakers opened by anything else are no overload: an
+    `overloaded_error` makes Claude Code switch to its fallback model, which a model whose deployments answer 500s
+    does not call for."""
 
     anthropic_type = "overloaded_error"

@@ -164,7 +164,7 @@ MESSAGES_API = "anthropic.messages"
 RESPONSES_API = "openai.responses"
 # A parameter a provider cannot honour is named in `x-gateway-dropped-params` as the client wrote it: what the
 # internal (Chat Completions) form calls it, in each front-end's words where they differ (a Messages client
-# sending `metadata.user_id` was told `user` was dropped).
+# sending `metadata.user_id` is told `metadata.user_id` was dropped, not `user`).
 CLIENT_NAMES: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
     {
         MESSAGES_API: {
@@ -358,7 +358,7 @@ class ProviderAdapter(ABC):
     key_env_var: ClassVar[str | None] = None
     # The config options it reads beyond `type`, `api_key`, `base_url` and `region`: on its provider
     # (`providers.NAME.OPTION`) and on a deployment of it (`models.M.deployments[i].OPTION`). Any other is a
-    # mistake the config check names: a misspelt `base_ulr` was taken and ignored, and requests went elsewhere.
+    # mistake the config check names: taken and ignored, a misspelt `base_ulr` would send requests elsewhere.
     provider_options: ClassVar[frozenset[str]] = frozenset()
     deployment_options: ClassVar[frozenset[str]] = frozenset()
     requires_key: bool = True
@@ -1179,9 +1179,9 @@ class Store(ABC):
         before) in the store's listing order: a page of `GET /admin/keys`. The order is the store's own, made of what
         a key never changes (`KeyPlace`), so pages read one after another list each key that lives through them
         once, whatever is minted or purged between them. A store reads the page and no more: read whole, the listing
-        answered every key at once (20,000 keys were 7.4 MB, past the 6 MB the buffered Lambda function can return)
-        and DynamoDB read its whole key index for each call. Here, for a store with no order of its own to read them
-        in, `list_keys`'s keys by id."""
+        would answer every key at once (20,000 keys are 7.4 MB, past the 6 MB the buffered Lambda function can
+        return) and DynamoDB read its whole key index for each call. Here, for a store with no order of its own to
+        read them in, `list_keys`'s keys by id."""
         listed = await self.list_keys(parent_id)
         if after is not None:
             listed = [record for record in listed if record.id > after.key_id]

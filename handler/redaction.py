@@ -38,8 +38,8 @@ import orjson
 REDACTED = "[REDACTED]"
 MIN_SECRET_LENGTH = 8  # shorter values (test placeholders, "none") would redact ordinary words
 # The most of a name a client chose (a model the config does not name) that an answer, a log line or a span
-# echoes: a 5 MB `"model"` (the body limit allows ~8 MiB) filled a log line past CloudWatch's 256 KB event limit,
-# and a span past what a collector takes in one batch (the batch was refused, and every span in it lost).
+# echoes: a 5 MB `"model"` (the body limit allows ~8 MiB) would fill a log line past CloudWatch's 256 KB event
+# limit, and a span past what a collector takes in one batch (the batch refused, and every span in it lost).
 NAME_CHARS = 256
 
 # Values shaped like a key, whatever surrounds them: OpenAI's and Anthropic's, and a masked form of one an upstream
@@ -99,11 +99,12 @@ SIGNATURE_SHAPE = r"([Ss]ignature\"?\s*[:=]\s*\"?)[0-9a-fA-F]{64}"
 # `...wjh3` the key's shape left). Key characters beside a run of three or more `*` (and the dots in it) are redacted
 # with it. Looked for in an upstream's errors alone, in one with a mask in it that speaks of a key (`KEY_WORDS`): a
 # provider quoting back a client's own word beside stars (Gemini's `Unknown name "draft***"`, a stop sequence
-# `END***`, Markdown's `***Notice***`) had it `[REDACTED]`, the client unable to tell what was refused (review).
+# `END***`, Markdown's `***Notice***`) would otherwise have it `[REDACTED]`, the client unable to tell what was
+# refused.
 MASK = r"\*{3,}(?:\.{2,}\**)?"
 KEY_CHARS = r"[A-Za-z0-9_\-]"
 # A mask of dots alone (`...`, or the ellipsis `\u2026`), as a LiteLLM proxy quotes back a key it refused
-# (`Received API Key = sk-...U-sA`): the key's last characters were relayed to every client (review). Dots are
+# (`Received API Key = sk-...U-sA`), which would relay the key's last characters to every client. Dots are
 # ordinary text far more often than stars (`1...4096`, `loading...`, a word cut short), so a dot mask is read more
 # narrowly: the two to eight key characters it leaves after it (a mask shows four), ending there, and before it
 # nothing, or a prefix with a `-` or `_` in it (`xai-...`, `sk-proj-...`); a run of dots within a word (`1...4096`,
@@ -239,7 +240,7 @@ def _fragments() -> frozenset[str]:
 
 # The digests of a secret an upstream may give back in its place: a LiteLLM proxy's 401 names the key it refused by
 # its unsalted SHA-256 (`Key Hash (Token) =0ed873c0...`, the id its database keeps the key under), which anyone who
-# reads it can test a guessed or leaked key against (review); other servers log or quote an MD5, a SHA-1 or a
+# reads it can test a guessed or leaked key against; other servers log or quote an MD5, a SHA-1 or a
 # SHA-512 of a credential to identify it.
 DIGESTS = ("md5", "sha1", "sha256", "sha512")
 
@@ -414,7 +415,7 @@ def names_clipped(names: Iterable[str]) -> list[str]:
 def path_clipped(path: str, limit: int = NAME_CHARS) -> str:
     """A request's path as a log line carries it: `redact_message`ed (a path may hold what a client mistook for an
     id: a whole key, a credential) and clipped to its first `limit` characters as `clipped` clips a name, cut
-    before it is redacted. Whole, a 60 KB path without a key was a 60 KB log line and 10-30 ms of redaction."""
+    before it is redacted. Whole, a 60 KB path without a key would be a 60 KB log line and 10-30 ms of redaction."""
     if len(path) <= limit:
         return redact_message(path)
     return redact_message(_window(path, limit))[:limit]

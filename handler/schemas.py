@@ -59,8 +59,8 @@ def ReasoningText() -> Any:  # noqa: N802 - reads as a field type at the use sit
     """An answer's (or a stream delta's) reasoning text, an `Omitted` field read under either name OpenAI-compatible
     servers give it: `reasoning_content`, else `reasoning` (the newer servers' name for it). Read so as the answer is
     validated, with no step of its own; written as `reasoning_content`, where every front-end, a stream's redaction and
-    a cut stream's estimate read it. Read under the one name, a server's `reasoning` reached a Messages or Responses
-    client as nothing at all (no thinking block, an empty summary), though its tokens were billed."""
+    a cut stream's estimate read it. Read under the one name, a server's `reasoning` would reach a Messages or
+    Responses client as nothing at all (no thinking block, an empty summary), though its tokens are billed."""
     return Field(default=None, exclude_if=_is_none, validation_alias=REASONING_NAMES)
 
 
@@ -271,7 +271,7 @@ class NamedToolChoice(BaseModel):
 # OpenAI's `allowed_tools` choice (`{"type": "allowed_tools", "allowed_tools": {"mode": ..., "tools": [...]}}`): the
 # tools the model may call among those the request offers (the rest stay in `tools`, so a prompt cached with them is
 # still cached, but go uncalled), `mode` saying whether it must call one. The only choice that is a dict, checked in
-# Python (`checked_allowed_tools`): as two models (or typed dicts), it cost every Lambda cold start 2.6 million
+# Python (`checked_allowed_tools`): as two models (or typed dicts), it would cost every Lambda cold start 2.6 million
 # instructions of pydantic's class and schema machinery (1.3 as models at the import, the rest building the schema).
 def checked_allowed_tools(choice: dict[str, Any]) -> dict[str, Any]:
     """`choice` if it is a well-formed `allowed_tools` choice, else the client's problem with it, in words of its own
@@ -295,7 +295,7 @@ def checked_allowed_tools(choice: dict[str, Any]) -> dict[str, Any]:
 
 def _tool_choice(choice: Any, validated: ValidatorFunctionWrapHandler) -> Any:
     """An `allowed_tools` choice checked alone (the union's other members' complaints about it are noise: its mode
-    was named as a `type` that should be 'function'); any other, by the union."""
+    named as a `type` that should be 'function'); any other, by the union."""
     if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
         return checked_allowed_tools(choice)
     return validated(choice)
@@ -403,7 +403,7 @@ class WebSearch(Value):
         """The search a client's options ask for: Chat Completions' `web_search_options` (its location under
         `user_location.approximate`) or the Responses API's `web_search` tool (under `user_location`). Each member is
         read only in the shape its API gives it, as the rest of the options are: a location that is not an object
-        (`"approximate": "Paris"`) is none (it was read as one, a 500 as Claude's request was built)."""
+        (`"approximate": "Paris"`) is none (read as one, it would be a 500 as Claude's request is built)."""
         place = options.get("user_location")
         place = place.get("approximate", place) if isinstance(place, dict) else None
         place = place if isinstance(place, dict) else None
@@ -522,7 +522,7 @@ class ChatRequest(BaseModel):
 class _Counted:
     """A usage object with counts it does not declare, kept among its extras and written with them: a field
     declared costs a Lambda cold start about 0.3 million instructions, for counts few answers have. (A plain mixin:
-    as a model class of its own, it cost 0.4 million more.)"""
+    as a model class of its own, it would cost 0.4 million more.)"""
 
     if TYPE_CHECKING:
         __pydantic_extra__: dict[str, Any] | None
@@ -543,8 +543,8 @@ def _null_is_0(value: Any) -> Any:
 
 # A provider's count of a detail of its usage (cached, cache-write, reasoning, audio tokens): a plain integer, null
 # (or negative: `handler.wire.no_count`) read as 0 (as `handler.wire.usage_count` reads it: OpenAI-compatible servers
-# built on LiteLLM write `"cached_tokens": null` for a count they have none of, and refused, a real answer was a
-# malformed one, charged its worst case); `10.7`, `"12"` and `true` refused (`Usage`). Not a main count, the input's
+# built on LiteLLM write `"cached_tokens": null` for a count they have none of, and refused, a real answer would be
+# a malformed one, charged its worst case); `10.7`, `"12"` and `true` refused (`Usage`). Not a main count, the input's
 # or the output's: one that is null, left out or negative is no usage (`Reported`).
 Count = Annotated[StrictInt, BeforeValidator(_null_is_0)]
 
@@ -662,8 +662,8 @@ class Usage(_Counted, BaseModel):
 
     def _combined(self, other: Self, count: Callable[[int, int], int]) -> Self:
         """The token counts of this usage and `other`, each `count(this one's, other's)` (`plus`, `less`): every count
-        it has, its details' too (its searches are `plus`'s and `less`'s own). Audio output was left out: the sum of
-        two answers' counts had none of theirs, nor had what is left of one (found by review)."""
+        it has, its details' too (its searches are `plus`'s and `less`'s own), audio output among them: without it, the
+        sum of two answers' counts would have none of theirs, nor would what is left of one."""
         usage = type(self).of(
             count(self.prompt_tokens, other.prompt_tokens),
             count(self.completion_tokens, other.completion_tokens),
@@ -748,8 +748,8 @@ def _uncounted_is_none(usage: Any) -> Any:
 
 # A provider's usage as its answer (or a stream's chunk) gives it: one without a main count, the input's or the
 # output's (null, left out or negative, `usage: {}` among them), is none (`reported`), as `usage: null` is. Read as
-# 0, it billed a written answer as free: 3,000 characters with `"completion_tokens": null` 0 tokens out, with every
-# count null $0 (found by review).
+# 0, it would bill a written answer as free: 3,000 characters with `"completion_tokens": null` 0 tokens out, with
+# every count null $0.
 Reported = Annotated[Usage | None, BeforeValidator(_uncounted_is_none)]
 
 

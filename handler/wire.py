@@ -229,8 +229,8 @@ OVERLOADED = 529  # Anthropic's status for its API overloaded (its in-stream `ov
 # A provider's failures that a later attempt may get past (on the next deployment, or the same one later): every 5xx,
 # whoever wrote it (Cloudflare's 520-524 in front of OpenAI's and DeepSeek's APIs, an origin down or timing out behind
 # it; Anthropic's 529 overloaded), but those that say the server will never take the request as sent; and these 4xx:
-# a request timeout, a conflict, too early, a rate limit. (The 5xx were listed one by one: a 522 was no passing
-# failure, so it was not failed over, never opened the breaker, and its client was told not to retry.)
+# a request timeout, a conflict, too early, a rate limit. (Listed one by one, the 5xx would leave a 522 no passing
+# failure: not failed over, never opening the breaker, and its client told not to retry.)
 PASSING_4XX = frozenset({408, 409, 425, 429})
 LASTING_5XX = frozenset({501, 505})  # Not Implemented, HTTP Version Not Supported: the same again, whenever sent
 # A provider's refusal of the deployment itself, whatever the request: its key (401: rotated, revoked), its account
@@ -249,7 +249,7 @@ MISSING_DEPLOYMENT_TYPES = frozenset({"deploymentnotfound", "model_not_found", "
 # use.", its free tier "not available in your country. Please enable billing"; natively or through its
 # OpenAI-compatible endpoint). Not Gemini's status for them, `FAILED_PRECONDITION`, which it also gives a request
 # naming a file of its Files API still processing: the client's, to send again once the file is ACTIVE (taken for
-# the deployment's, it was a 502 the SDK did not retry, and five of them opened the breaker on every key). Any other
+# the deployment's, it would be a 502 the SDK does not retry, and five would open the breaker on every key). Any other
 # 400 is the request's.
 REFUSED_400_TYPES = MISSING_DEPLOYMENT_TYPES | {"invalid_model"}
 REFUSED_400 = (
@@ -312,13 +312,13 @@ def passing_failure(status: int) -> bool:
 
 
 # The longest wait the gateway reads from a provider (a day): a longer `retry-after` is read as this one, so what is
-# passed on to the client stays a number it can wait (`1e300` was passed on as 301 digits).
+# passed on to the client stays a number it can wait (`1e300` would be passed on as 301 digits).
 MAX_NAMED_WAIT_S = 86_400.0
 
 
 def named_wait(seconds: float) -> float | None:
     """A provider's wait in seconds as the gateway keeps it: none for one that is not a number (`inf`, `nan`, which
-    crashed the answer's `retry-after` and was waited as 0), at most `MAX_NAMED_WAIT_S`, never below 0."""
+    would crash the answer's `retry-after` and be waited as 0), at most `MAX_NAMED_WAIT_S`, never below 0."""
     if not math.isfinite(seconds):
         return None
     return min(MAX_NAMED_WAIT_S, max(0.0, seconds))
@@ -353,9 +353,9 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
 # The status each name a provider gives its error in the body (`code`, else `type`) stands for, where no HTTP status
 # says it: an error written inside a 200 stream (or a 200 whose body is an error object alone). OpenAI's codes and
 # types, Anthropic's types (its overload `OVERLOADED`, its own status for it); a name that opens with `invalid_` is a
-# request refused (OpenAI's `invalid_prompt`, `invalid_image_url`, ...). Read as a 500 whatever it said, a rate limit
-# in a stream was failed over as a server's failure and answered as the client's 502 (the SDKs retried it at once), an
-# account out of quota was retried by the client, and a request the provider refused was sent to the next deployment.
+# request refused (OpenAI's `invalid_prompt`, `invalid_image_url`, ...). Read as a 500 whatever it says, a rate limit
+# in a stream would be failed over as a server's failure and answered as the client's 502 (the SDKs retry it at once),
+# an account out of quota retried by the client, and a request the provider refused sent to the next deployment.
 SAID_STATUS: dict[str, int] = {
     "invalid_request_error": 400,
     "context_length_exceeded": 400,
@@ -381,8 +381,8 @@ def said_status(error: Any, default: int = 500) -> int:
     in `error`) stands for where none came with it: its `code` where that is an error status (OpenRouter's, which
     writes there the status it would have answered; a proxy's, as a string), else the status its `code` or `type`
     names (`SAID_STATUS`), else `default`. (A `code` of three digits Python's `int` cannot read, `"¹²³"`, whose
-    `isdigit` is true, is a name like any other: read as a number, it raised, and the provider's failure was the
-    gateway's 500, or the provider's malformed stream charged its worst case; found by review.)"""
+    `isdigit` is true, is a name like any other: read as a number, it would raise, and the provider's failure would
+    be the gateway's 500, or the provider's malformed stream charged its worst case.)"""
     if isinstance(error, dict) and isinstance(error.get("error"), dict):
         error = error["error"]
     if not isinstance(error, dict):
@@ -509,7 +509,7 @@ def provider_said(member: str, words: str) -> str:
 def redact_error(error: Any) -> None:
     """A provider's error object that a 200 answer carries to the client (a Responses stream's `error` event, a
     failed response's `error`) with its `message`, `code`, `param` and `type` redacted and cut as `upstream_error`
-    has them (`provider_said`), in place. Relayed as it came, only a known secret whole was taken out (`scrub`):
+    has them (`provider_said`), in place. Relayed as it came, only a known secret whole would be taken out (`scrub`):
     OpenAI quotes a key back masked (`sk-proj-Zq8*****p6Ss`), and a provider may quote most of one, or the
     authorization header in base64. An `error` member is redacted too: OpenAI's stream writes its `error` event's
     words there, not at the top level its reference shows."""
@@ -531,8 +531,8 @@ def error_excerpt(body: bytes) -> str:
         return "no error body"
     text = body[:ERROR_SCAN_BYTES].decode("utf-8", "replace")
     if unprintable().search(text[:ERROR_EXCERPT_CHARS]):
-        # Binary (a gzip body it was not asked for, bytes that are no UTF-8): relayed, it filled a client's message
-        # and log with mojibake and control bytes.
+        # Binary (a gzip body it was not asked for, bytes that are no UTF-8): relayed, it would fill a client's
+        # message and log with mojibake and control bytes.
         return f"a body of {len(body)} bytes that is not text"
     return redact_upstream(text)[:ERROR_EXCERPT_CHARS]
 
@@ -559,8 +559,8 @@ SHAPE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 def no_count(value: Any) -> bool:
     """Whether a provider's count gives none: null, left out, or below 0. A negative count is none a provider bills:
-    read as the count it said, `"input_tokens": -100` beside 500 cache reads billed 400 tokens in as Anthropic's
-    count, and a counting answer of `-5` was the client's count (found by review). So it is read as a missing one
+    read as the count it said, `"input_tokens": -100` beside 500 cache reads would bill 400 tokens in as Anthropic's
+    count, and a counting answer of `-5` would be the client's count. So it is read as a missing one
     is: a detail's is 0 (`usage_count`), a main count's makes no usage (`handler.schemas.reported`: the answer is
     estimated), a counting answer's is malformed (`counted_tokens`)."""
     return value is None or (type(value) is int and value < 0)
@@ -570,8 +570,8 @@ def usage_count(counts: Any, name: str) -> int:
     """The count `name` of a provider's usage object `counts` (0 where the object or the count is absent, null or
     negative: `no_count`), for every provider's reader of a usage. A count that is not a plain integer (`10.7`,
     `"12"`, `true`) is none the gateway can read: a `ValueError` (one of `SHAPE_ERRORS`), so the answer is malformed
-    and charged as one is (its reserved worst case, `=invalid_response`). Readers of their own truncated `10.7` to
-    10, read it as 0 (the prompt free) or `true` as 1, each billed as the provider's count (found by review)."""
+    and charged as one is (its reserved worst case, `=invalid_response`). Readers of their own would truncate `10.7`
+    to 10, read it as 0 (the prompt free) or `true` as 1, each billed as the provider's count."""
     if counts is None:
         return 0
     if not isinstance(counts, dict):
@@ -589,7 +589,7 @@ def counted_tokens(answer: Any, name: str, operation: str) -> int:
     `CountTokens`, Gemini's `countTokens`), read by `usage_count`'s rule. One that gives none (absent, null or
     negative: `no_count`) or is not a plain integer (`true`, `12.0`, `"12"`) is the provider's malformed answer, so
     the prompt is counted by the gateway's estimate as for a count that failed; read with `isinstance(count, int)`,
-    `true` was answered as 1 token, the provider's count (found by review)."""
+    `true` would be answered as 1 token, the provider's count."""
     counts = answer if isinstance(answer, dict) else {}
     try:
         if not no_count(counts.get(name)):

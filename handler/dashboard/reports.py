@@ -32,15 +32,15 @@ DEFAULT_WINDOW_DAYS = 30
 
 
 # A number past this as epoch seconds (the year 5138) is no time a ledger holds: epoch milliseconds (13 digits now),
-# which were read as seconds in the year 58,000 and answered an empty report.
+# which read as seconds would be the year 58,000 and answer an empty report.
 EPOCH_SECONDS_BELOW = 1e11
 FORMS = "a date (YYYY-MM-DD or YYYYMMDD), an ISO 8601 time or epoch seconds"
 
 
 def parse_when(text: str | None, default: float, name: str) -> float:
     """`YYYY-MM-DD` (or ISO 8601's basic `YYYYMMDD`), an ISO 8601 time, or epoch seconds; UTC unless an offset is
-    given. Eight digits are a basic date, not epoch seconds (those were 1970 to 1973, when no ledger had a line:
-    `since=20261201` was read as 1970-08-23 and answered an empty report); epoch milliseconds are refused."""
+    given. Eight digits are a basic date, not epoch seconds (those would be 1970 to 1973, when no ledger had a line:
+    `since=20261201` read as 1970-08-23 would answer an empty report); epoch milliseconds are refused."""
     if text is None or text == "":
         return default
     basic_date = len(text) == 8 and text.isdigit()

@@ -3,7 +3,7 @@ raised as one (`UnreadableEventError`), for the handler to answer.
 
 Mangum's handlers for API Gateway HTTP APIs (payload 1.0 and 2.0, `HTTPGateway`) and for ALB build the scope as a
 property, and their `__call__` reads `self.scope["aws.event"]` to shape the answer: the whole scope, every request
-header lowered and encoded, was built a second time per invocation just to read the event back: about 6 µs of a
+header lowered and encoded, would be built a second time per invocation just to read the event back: about 6 µs of a
 warm invocation's own work (`python -m tests.bench.lambda_warm 3000 responses`, three alternated pairs: 298, 296,
 301 against 304, 302, 307 µs). These subclasses build it once; Mangum tries them before its own.
 """
@@ -76,8 +76,8 @@ class ReadOnce:
         ):
             raise UnreadableEventError(NO_HTTP_REQUEST)
         # The path Mangum keeps as a str: one holding a lone surrogate (JSON's `"\ud800"`, which the Lambda runtime's
-        # parser takes) went to the app, whose request line could not write it, and the answer was Starlette's
-        # plain-text 500 (found by review). `gateway serve` never has one: uvicorn decodes the target's bytes.
+        # parser takes) would go to the app, whose request line cannot write it, and the answer would be Starlette's
+        # plain-text 500. `gateway serve` never has one: uvicorn decodes the target's bytes.
         if not path.isascii():
             try:
                 path.encode()
@@ -110,7 +110,7 @@ class HTTPGatewayOnce(ReadOnce, HTTPGateway):
 class ALBOnce(ReadOnce, ALB):
     """An Application Load Balancer's. Its client is the address the balancer saw, which it appends to
     `X-Forwarded-For`: Mangum gives the whole header, whose first hops the client writes itself (a client sending
-    `X-Forwarded-For: 10.0.0.1` was `10.0.0.1, <its address>`, and one changing it each time was a new client to
+    `X-Forwarded-For: 10.0.0.1` would be `10.0.0.1, <its address>`, and one changing it each time a new client to
     count each time: `POST /dashboard/sign-in`'s failures)."""
 
     @functools.cached_property
@@ -133,8 +133,8 @@ class OneCycle(HTTPCycle):
     message, then, once the answer is whole, the disconnect), its body buffer (a list of the answer's parts), a
     logger looked up per invocation and a second task (the loop's own runs the app). The same messages, answer and
     log line as Mangum's (`tests/unit/handler/entry/test_adapter.py`), but for the method and path in the line,
-    clipped and redacted as `gateway serve`'s request line has them (whole, a 60,000-character path was a 60 KB
-    line, and a key pasted into a path was logged); about 8 µs less of a warm invocation."""
+    clipped and redacted as `gateway serve`'s request line has them (whole, a 60,000-character path would be a 60
+    KB line, and a key pasted into a path logged); about 8 µs less of a warm invocation."""
 
     def __init__(self, scope: Scope, body: bytes) -> None:
         self.scope = scope

@@ -49,7 +49,7 @@ SHUTDOWN_GRACE_S = 20.0
 
 def parse_duration(text: str) -> float:
     """`30m`, `12h`, `7d` (or `s`) in seconds; a bare `0` is none at all (`--grace 0` ends an old secret at once,
-    as the docs say: it was refused for its missing unit)."""
+    as the docs say, though it has no unit)."""
     if ZERO.match(text.strip()):
         return 0.0
     match = DURATION.match(text.strip())
@@ -284,7 +284,7 @@ def _listen_advice(host: str, exc: OSError) -> str:
 
 def _within(parse: Callable[[str], float], low: float, high: float, what: str) -> Callable[[str], float]:
     """An argparse type: the value `parse` reads, from `low` to `high`, else an error saying it is not `what` (a
-    port of 70000 was an OverflowError traceback, `--workers 0` and `--shutdown-grace -1` or `nan` were taken)."""
+    port of 70000 would be an OverflowError traceback; `--workers 0` and `--shutdown-grace -1` or `nan` are refused)."""
 
     def within(value: str) -> float:
         try:
@@ -298,8 +298,8 @@ def _within(parse: Callable[[str], float], low: float, high: float, what: str) -
     return within
 
 
-# The most `--workers`: 10,000 were taken, started some 650 processes before the machine ran out of memory, and
-# outlived a SIGTERM (review). Past a process or two per core a worker only adds memory.
+# The most `--workers`: 10,000 would start some 650 processes before the machine runs out of memory, and outlive
+# a SIGTERM. Past a process or two per core a worker only adds memory.
 MAX_WORKERS = 64
 _port = _within(int, 0, 65535, "a port (0 to 65535; 0: a free one, printed when bound)")
 _processes = _within(int, 1, MAX_WORKERS, f"a number of processes (1 to {MAX_WORKERS})")
@@ -432,8 +432,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             http="handler.entry.server:BoundedHttpToolsProtocol" if _has("httptools") else "h11",
             h11_max_incomplete_event_size=config.gateway.limits.request_header_bytes,
             # The gateway serves no WebSocket: with uvicorn's default (`auto`, `websockets` installed) an `Upgrade:
-            # websocket` request was handed to uvicorn's WebSocket protocol, answered in plain text or an empty 403,
-            # and its connection's place among `gateway.limits.connections` never given back (found by review). Its
+            # websocket` request is handed to uvicorn's WebSocket protocol, answered in plain text or an empty 403,
+            # and its connection's place among `gateway.limits.connections` never given back. Its
             # offer is ignored as any other upgrade's is (handler/entry/server.py).
             ws="none",
             # On SIGTERM, answers still going (a stream can run for `timeouts.request`) get this long; then they are
@@ -602,7 +602,7 @@ def _created_record(args: argparse.Namespace) -> KeyRecord:
     from handler.errors import InvalidRequestError
 
     if args.budget_period is not None and args.budget_usd is None:
-        # (It was stored as asked, and meant nothing: a key without a budget has no period.)
+        # (Stored as asked, it would mean nothing: a key without a budget has no period.)
         raise InvalidRequestError(
             "--budget-period: the period of a budget: give --budget-usd too (a key without one spends freely)",
             param="--budget-period",
@@ -633,8 +633,8 @@ def _created_record(args: argparse.Namespace) -> KeyRecord:
 
 
 def _whole_key_given(key_id: str | None) -> bool:
-    """Whether `--key`, which takes a key's id, was given a key, secret and all: then said so, without the key (it
-    was printed back), and no store asked for it."""
+    """Whether `--key`, which takes a key's id, was given a key, secret and all: then said so, without the key (not
+    printed back), and no store asked for it."""
     if key_id and may_hold_a_secret(key_id):
         sys.stderr.write(f"--key takes {NOT_THE_KEY}\n")
         return True
@@ -899,7 +899,7 @@ def cmd_route_explain(args: argparse.Namespace) -> int:
     try:
         config = _read_config(args.config or os.environ.get("GATEWAY_CONFIG") or None)
         region = args.region or gateway_region(os.environ)
-        # (A key no HTTP header can carry, as start-up refuses it: it was a traceback here.)
+        # (A key no HTTP header can carry, as start-up refuses it: a `ConfigError` here, not a traceback.)
         router = Router(config, build_adapters(config, REGISTRY, os.environ, _unread_secret), region)
     except ConfigError as exc:  # (the router's too: a region it cannot place, a profile outside its geography)
         sys.stderr.write(f"{exc}\n")

@@ -8,16 +8,17 @@ are counted as they arrive (a read that also carries the body counts only as far
 beyond `gateway.limits.request_header_bytes` the request is answered `431 headers_too_large` (in the error
 shape of the API it calls: Anthropic's on `/v1/messages`) and its connection closed, before the parser is fed more.
 
-Nothing bounded a head's or a body's time either: uvicorn's keep-alive timer starts only after a first answer, and
-stops at the next byte, so a connection that sent nothing, or a head a byte a second, was held for ever, and so was a
-body that stopped short of its `content-length` (its bytes so far, up to `max_body_bytes`, with it). A head must be
+Nor does uvicorn bound a head's or a body's time: its keep-alive timer starts only after a first answer, and stops
+at the next byte, so a connection that sends nothing, or a head a byte a second, would be held for ever, and so would
+a body that stops short of its `content-length` (its bytes so far, up to `max_body_bytes`, with it). A head must be
 whole within `gateway.timeouts.request_head` of its connection's open or of the answer before it (else `408
 request_timeout`, or, where no byte of it came, the connection closed unanswered), and a body within
 `gateway.timeouts.request_body` of its head, or the request's deadline (`x-gateway-deadline-ms`) if sooner (408, or
 the deadline's `504 upstream_timeout`; the app, whose read then ends, observes it as answered: `BODY_LATE`). Nor
-was the number of connections: past the process's open files every client was refused, `/health` too, and the answers
-going could open no upstream connection. A request on a connection past `gateway.limits.connections` (the role of
-uvicorn's `limit_concurrency`, whose 503 was plain text and counted the refused connection among the limit's) is
+does it bound the number of connections: past the process's open files every client would be refused, `/health`
+too, and the answers going could open no upstream connection. A request on a connection past
+`gateway.limits.connections` (the role of uvicorn's `limit_concurrency`, whose 503 is plain text and counts the
+refused connection among the limit's) is
 answered `503 server_busy` in the error shape. A timer a request is what this costs: the head's, armed as an answer
 ends and cancelled as the next head is whole (a body is timed only where a read ends before it does).
 
@@ -25,7 +26,7 @@ RFC 9112's rules uvicorn does not keep: an HTTP/1.1 request without one Host is 
 transfer coding other than chunked, which the gateway does not decode (6.1; httptools framed `gzip, chunked` by its
 chunks and handed the app the bytes still coded), and an answer of no length to an HTTP/1.0 request is not chunked
 (6.1: its end is the connection's close, `UnchunkedCycle`); a request line of `HTTP/2.0`, which httptools takes (and
-no other version past 1.1), is a 505 (RFC 9110 15.6.6), where it was served as HTTP/1.0. And a request offering a
+no other version past 1.1), is a 505 (RFC 9110 15.6.6), not served as HTTP/1.0. And a request offering a
 protocol upgrade (`curl --http2` to an `http://` URL offers `Upgrade: h2c`; the gateway speaks no WebSocket either) is
 served in HTTP/1.1, its offer ignored, as RFC 9110 (7.8) lets a server: httptools stops parsing at such a head, and
 uvicorn handed the app an empty body (a POST answered 400 "not valid JSON"). Its body is read here by its
@@ -242,8 +243,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _admitted(self) -> bool:
         """Whether this connection is among the `most` served, taking a place that is free. Counted against every open
-        connection, its own among them, one past the limit refused every connection's next request, none served
-        (found by review): the first `most` are served, and one past them once a place frees."""
+        connection, its own among them, one past the limit would refuse every connection's next request, none
+        served: the first `most` are served, and one past them once a place frees."""
         if not self.admitted:
             taken = self._taken()
             if len(taken) < self.most:
@@ -374,9 +375,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """Where, in `piece`, the request that just ended there ends (its head as `head_end` finds it, and its body by
         its framing: read from its headers, still the protocol's until `on_message_begin`). A chunked body begun in an
         earlier piece is found from where the piece before left it (`chunks_left`): counted from the piece's first
-        byte, its tail was taken for the next request's head, and a request behind a chunked body of 300 KB was
-        answered 431 where the reads fell so (found by review); so was a 60-byte request behind a 200 KB one read at
-        once, the read cut at the head's bound (`_beyond_room`)."""
+        byte, its tail would be taken for the next request's head, and a request behind a chunked body of 300 KB
+        answered 431 where the reads fall so; so would a 60-byte request behind a 200 KB one read at once, the read
+        cut at the head's bound (`_beyond_room`)."""
         length, chunked = framing(self.headers)
         if self.head_done_in is piece:
             body_at = self._head_end_in(piece, self.head_done_earlier)
@@ -400,7 +401,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         (`chunks_left`), for `_last_end` if it ends there with a request behind it. One scan of the size lines of each
         piece of a chunked body that takes more than one (its data is skipped, not read); a body of a length costs
         its headers' framing once. A line cut by the piece longer than the head's bound is not followed (a chunk's
-        extensions without end, read again with every piece, were work without bound)."""
+        extensions without end, read again with every piece, would be work without bound)."""
         if self.head_done_in is piece:
             if not framing(self.headers)[1]:
                 return
@@ -590,8 +591,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 b"400 Bad Request",
             )
         if coded:
-            # httptools frames such a body by its last coding, chunked, and handed the app its bytes still coded
-            # (a `gzip, chunked` body was read as if plain: found by review). The gateway decodes no transfer coding
+            # httptools frames such a body by its last coding, chunked, and hands the app its bytes still coded
+            # (a `gzip, chunked` body would be read as if plain). The gateway decodes no transfer coding
             # but chunked, and RFC 9112 (6.1) has a server refuse one it does not understand.
             self._refuse_head(
                 InvalidRequestError(
@@ -657,9 +658,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _should_upgrade(self) -> bool:
         """Never: an upgrade, `websocket` too, is served in HTTP/1.1 (`_ignore_upgrade`). uvicorn hands a WebSocket
         upgrade's transport to its WebSocket protocol (where a `ws` protocol is configured), and this protocol's
-        `connection_lost` is then never called: the connection's place among `gateway.limits.connections` was never
-        given back (three upgrades under a limit of three, no key needed, left every later request 503
-        `server_busy`), and the answer was uvicorn's plain text or an empty 403 (found by review)."""
+        `connection_lost` is then never called: the connection's place among `gateway.limits.connections` would never
+        be given back (three upgrades under a limit of three, no key needed, would leave every later request 503
+        `server_busy`), and the answer would be uvicorn's plain text or an empty 403."""
         return False
 
     def _unsupported_upgrade_warning(self) -> None:

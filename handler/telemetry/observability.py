@@ -152,8 +152,8 @@ def request_line(fields: dict[str, Any], location: str) -> None:
 
 def carried(value: Any) -> Any:
     """`value` with each string in it that UTF-8 cannot carry (a lone surrogate, which a Lambda event's JSON can hold)
-    written as one it can, `?` for each such character: orjson raised on the string, and the request's line, then the
-    last-resort 500's line for it, were never written, the answer a plain-text 500 (found by review)."""
+    written as one it can, `?` for each such character: orjson raises on the string, and the request's line, then the
+    last-resort 500's line for it, would never be written, the answer a plain-text 500."""
     if isinstance(value, str):
         return value.encode("utf-8", "replace").decode()
     if isinstance(value, dict):
@@ -293,7 +293,7 @@ def spool_metrics(pending: int, *, spooled: int = 0, landed: int = 0) -> None:
     """The settlement spool's metrics (handler/pipeline/spool.py), one EMF line with the service as its only dimension:
     `settlements_spooled`, each time a settlement is spooled (the template's alarm's input: written by the
     invocation that spooled it, before it answers, so an environment frozen or recycled next cannot keep it from
-    CloudWatch, as it kept the later re-drives that `pending_settlements` alone relied on); `settlements_landed`,
+    CloudWatch, as it can keep the later re-drives that `pending_settlements` alone relies on); `settlements_landed`,
     spooled settlements a re-drive landed; and `pending_settlements`, how many wait in this process's spool, at each
     of those and every re-drive. Flushed at once: the line is rare, and a freeze right after must not hold it."""
     if not METRICS_ON:

@@ -123,7 +123,7 @@ class Registry:
         self.errors = Family("gateway_errors_total", "counter", "Error answers, by code.")
         self.tokens = Family("gateway_tokens_total", "counter", "Tokens billed, by direction (input, output).")
         # The providers' cost and the gateway's fee apart, as `x-gateway-cost-usd` and `x-gateway-fee-usd` and the
-        # ledger give them (the cost counter was their sum: with a fee, it read a cost no header or line said).
+        # ledger give them (one counter of their sum would read, with a fee, a cost no header or line says).
         self.cost = Family("gateway_cost_usd_total", "counter", "USD of the providers' cost (x-gateway-cost-usd).")
         self.fee = Family("gateway_fee_usd_total", "counter", "USD of the gateway's fee (x-gateway-fee-usd).")
         self.duration = Family("gateway_request_duration_seconds", "histogram", "Whole request time.")
@@ -214,7 +214,7 @@ class Registry:
             (*where, ("direction", "output")),
         )
         # Kept for a model the config names (a request then builds no tuples); a client's made-up name (any length: a
-        # 1 MB one was kept whole, 2,000 of them a process's memory) is counted as `other` and kept by nothing.
+        # 1 MB one would be kept whole, 2,000 of them a process's memory) is counted as `other` and kept by nothing.
         if (model is None or model in self.models) and len(self._series) < MAX_SERIES:
             self._series[(model, provider, region, status)] = labels
         return labels
@@ -255,7 +255,7 @@ class Registry:
 
     def failure(self, status: int, code: str, seconds: float) -> None:
         """A request refused before it had a model (bad key, bad JSON, ...), answered in `seconds`: in the duration
-        histograms as in the counts, so each histogram's `_count` is the requests counted (it left them out)."""
+        histograms as in the counts, so each histogram's `_count` is the requests counted."""
         where = self._where(None, None, None)
         self.requests.add((*where, ("status", str(status))))
         self.errors.add((("code", code), ("status", str(status))))

@@ -47,8 +47,8 @@ if TYPE_CHECKING:
 # version 00 from its first four fields, as the spec says it SHOULD be, whatever follows them after a dash.
 TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.DOTALL)
 CONTENT_CHARS = 64 * 1024  # a captured prompt or answer is cut here, once redacted
-# What is kept past the cut until the redaction has run: a secret across the cut was cut before it was redacted, and
-# its head with a few characters of its secret went out (review); any key or token is far shorter than this.
+# What is kept past the cut until the redaction has run: a secret across the cut, cut before it is redacted, would
+# go out as its head with a few characters of its secret; any key or token is far shorter than this.
 CUT_MARGIN = 1024
 # The most of a whole answer's body that a captured answer can read: its first `CONTENT_CHARS + CUT_MARGIN`
 # characters, at most four UTF-8 bytes each. Only that much is kept for the exporter's thread, however large the body.
@@ -232,7 +232,7 @@ def finish_reasons_of(answer: object) -> list[str]:
 def captured(content: bytes) -> str:
     """A captured prompt or answer (JSON, SSE events' data, or text) as exported: `scrub`bed as the client's bytes
     are, then `redact_message`d, then cut. (`redact_message` alone reads the text as written: a secret a provider's
-    encoder JSON-escaped, `\\/` for `/`, reached the client `[REDACTED]` and the collector whole: review.) Run on the
+    encoder JSON-escaped, `\\/` for `/`, would reach the client `[REDACTED]` and the collector whole.) Run on the
     exporter's thread, for a request whose content is captured only."""
     return redact_message(scrub(content).decode("utf-8", "replace"))[:CONTENT_CHARS]
 
@@ -456,7 +456,7 @@ def otlp_settings(
             raise ConfigError([f"observability.otlp.headers.{name}: {failure}"]) from None
         if value is None:
             raise ConfigError([f"observability.otlp.headers.{name}: the reference resolves to nothing"])
-        # (Checked as a provider's headers are: a non-ASCII value was a traceback building the exporter's client.)
+        # (Checked as a provider's headers are: a non-ASCII value would be a traceback building the exporter's client.)
         if wrong := header_name_problem(name):
             raise ConfigError([f"observability.otlp.headers.{name}: {wrong}"])
         if wrong := header_value_problem(value):
