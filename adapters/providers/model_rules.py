@@ -120,8 +120,8 @@ LOW_TO_XHIGH = (*LOW_TO_HIGH, "xhigh")
 # Setting logprobs, top_logprobs will trigger an error.").
 # Gemini 3 and later, and Google's aliases without a version (`gemini-flash-latest`, `gemini-flash-lite-latest`,
 # `gemini-pro-latest`), which point at its newest release ("the latest release of a specific model variation", its
-# models page): Gemini 3 since its Flash and Pro came out. Taken for 2.5, they were sent what Gemini 3 refuses (a
-# history call without its thought signature, a penalty) and lost what it takes (a JSON answer beside tools, a
+# models page): Gemini 3 since its Flash and Pro came out. Taken for 2.5, they would be sent what Gemini 3 refuses
+# (a history call without its thought signature, a penalty) and lose what it takes (a JSON answer beside tools, a
 # function's images, a `thinkingLevel`). An alias with a version (`gemini-1.5-flash-latest`) is that version's.
 GEMINI_CURRENT = r"gemini-(?:[3-9]|[1-9]\d)|gemini-[a-z][a-z-]*-latest"
 MODEL_RULES: tuple[tuple[str, ModelRules], ...] = (

@@ -44,7 +44,7 @@ DEFAULT_MINIMUM = 1024
 # The Claude models Bedrock caches nothing for (its prompt caching is Claude 3.7 Sonnet, 3.5 Haiku and the Claude 4
 # models; 3.5 Sonnet v2 only for the accounts of its preview): no checkpoint goes to them, nor to Bedrock's other
 # models (Nova caches no tools: not placed for it). A pattern, compiled where it is first searched (`re`'s cache):
-# compiled here it was a Lambda cold start's work, for deployments that may never see Bedrock.
+# compiled here it would be a Lambda cold start's work, for deployments that may never see Bedrock.
 BEDROCK_UNCACHED = r"claude-(3-(sonnet|opus|haiku)|3-5-sonnet|v2|instant)"
 
 

@@ -110,8 +110,8 @@ EFFORT = "thinking.effort"
 def asked_with(req: ChatRequest) -> list[str]:
     """The request's parameters that carried its reasoning wish, as `x-gateway-dropped-params` names them where the
     wish is left out whole: `thinking` where the client sent it, and the effort where it named one
-    (`effort_asked_with`). A Messages request's effort alone was named `thinking`, a field its client never sent
-    (`ThinkingConfig.sent`), and one with both had its effort left out unnamed."""
+    (`effort_asked_with`). Named by the wish alone, a Messages request's effort would be named `thinking`, a field its
+    client never sent (`ThinkingConfig.sent`), and one with both have its effort left out unnamed."""
     thinking = req.thinking
     asked = ["thinking"] if thinking is not None and thinking.sent else []
     effort = effort_asked_with(req)

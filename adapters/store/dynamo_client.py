@@ -357,8 +357,8 @@ async def call(client: Any, operation: str, **request: Any) -> Any:
 
 
 def missing_table(client: Any, request: dict[str, Any]) -> str:
-    """What a call's `ResourceNotFoundException` means, said with the table's name and how to make it: it was the
-    code alone (`DynamoDB query failed: ResourceNotFoundException`), which names neither."""
+    """What a call's `ResourceNotFoundException` means, said with the table's name and how to make it: the code
+    alone (`DynamoDB query failed: ResourceNotFoundException`) names neither."""
     named = [request.get("TableName")] + [
         part.get("TableName") for item in request.get("TransactItems", []) for part in item.values()
     ]

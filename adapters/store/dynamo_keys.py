@@ -211,8 +211,8 @@ class DynamoDBKeys:
 
     async def _copy_here(self, item: Item) -> None:
         """A key item just written in another region (a child counted in its parent's home), put in this region's
-        replica too: it is used here at once (minted here, for an agent that starts now), and was 401 here until
-        replication brought it (1.34 s). The same item, stamped by the same write, and only where the key is not
+        replica too: it is used here at once (minted here, for an agent that starts now), and would be 401 here until
+        replication brings it (1.34 s). The same item, stamped by the same write, and only where the key is not
         yet or is this very write: a later change (made in the key's home, this region) is never overwritten, and
         the copy replication brings later is older than it (the last writer wins by time)."""
         with contextlib.suppress(ConditionFailed, StoreError):  # changed here already, or unreachable: replicated
@@ -502,8 +502,8 @@ class DynamoDBKeys:
     async def get_key_latest(self, key_id: str, written_in: str | None = None) -> KeyRecord | None:
         """`get_key`, read again in the key's home region when that is another (where `update_key` writes it). A
         key this region's replica does not have yet is read in `written_in` (a child's record is written in its
-        root's home region, then copied where it was minted): it was taken for gone, and a revocation made here
-        left it live."""
+        root's home region, then copied where it was minted): else it would be taken for gone, and a revocation
+        made here leave it live."""
         record, read_in = await self.get_key(key_id), self.region
         if record is None and self.leases.remote(written_in):
             record, read_in = await self._read_key(key_id, written_in), written_in

@@ -759,9 +759,9 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBThreads, DynamoDBSi
         """`usage`'s queries, each page handed on as it comes: parsed and consumed on a worker thread, `LEDGER_BATCH`
         lines at a time, one page after another (never two at once), before its query asks for the next. A report
         then holds its rows and the pages in flight (one a query, `REPORT_CONCURRENCY` queries at a time), not its
-        lines: `usage` held every item of every page, then every line parsed and sorted (1,500 lines were handed
-        over in one list, 3.3 KB each at the report's peak: a month of 300,000 about 1 GB, a 1024 MB Lambda's
-        whole memory). A report's sums need no time order."""
+        lines: every item of every page held, then every line parsed and sorted (1,500 lines handed over in one
+        list), would take 3.3 KB a line at the report's peak: a month of 300,000 about 1 GB, a 1024 MB Lambda's
+        whole memory. A report's sums need no time order."""
         requests = ledger_queries(query)
         gate = asyncio.Semaphore(REPORT_CONCURRENCY)
         turn = asyncio.Lock()  # (one page consumed at a time: a report's sums are not summed on two threads at once)

@@ -17,15 +17,15 @@ if TYPE_CHECKING:
 
 # Where a store URL without `?region=` finds its region, in order: the DynamoDB client's own variables, then (with no
 # AWS variable) the gateway's `GATEWAY_REGION`; never before them: a table found through `AWS_DEFAULT_REGION` stays
-# found on an upgrade whatever region the gateway routes from (it was refused, "set AWS_REGION", with only
-# `GATEWAY_REGION` set).
+# found on an upgrade whatever region the gateway routes from (without it, the URL would be refused, "set
+# AWS_REGION", with only `GATEWAY_REGION` set).
 REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION", "GATEWAY_REGION")
 NO_REGION = "no AWS region for DynamoDB: set AWS_REGION (or GATEWAY_REGION), or add ?region=R to the store URL"
 
 
 def aws_region(value: str, source: str, endpoint: bool = False) -> str:
     """`value`, the store's region as `source` names it (`the store URL's region=`, `AWS_REGION=`), if it can be an
-    AWS region's; else a `StoreError` saying so: `region=narnia` was taken, and every call went to
+    AWS region's; else a `StoreError` saying so: taken, `region=narnia` would send every call to
     `dynamodb.narnia.amazonaws.com` ("DynamoDB query failed: ConnectionError"). Where the URL names the `endpoint`
     (DynamoDB Local, which takes any region, `local` as often as not), a name of letters, digits and '-'."""
     from adapters.aws import is_aws_region
@@ -66,8 +66,8 @@ def dynamodb_client(
 
 
 def seconds_parameter(query: dict[str, str], name: str, default: float) -> float:
-    """The store URL's `name=S`, a number of seconds above 0; anything else is a `StoreError` naming it (`abc` was
-    a ValueError's traceback from the CLI and at a Lambda function's start)."""
+    """The store URL's `name=S`, a number of seconds above 0; anything else is a `StoreError` naming it (`abc` would
+    be a ValueError's traceback from the CLI and at a Lambda function's start)."""
     text = query.get(name)
     if text is None:
         return default
@@ -105,8 +105,8 @@ def dynamodb_query(url: str) -> tuple[dict[str, str], dict[str, float]]:
     if not parts.netloc:
         raise StoreError(f"store URL '{url}' names no table: use dynamodb://TABLE?region=R")
     query = url_parameters(parts.query)
-    # A misspelt parameter was ignored: `endpoint=` for `endpoint_url=` sent a local run to AWS's own endpoint
-    # (and with credentials, to a real table of that name); `regoin=` took the environment's region.
+    # A misspelt parameter ignored would mislead: `endpoint=` for `endpoint_url=` would send a local run to AWS's
+    # own endpoint (and with credentials, to a real table of that name); `regoin=` take the environment's region.
     unknown = sorted(k for k in query if k not in URL_PARAMETERS and not k.startswith("home_endpoint_"))
     if unknown:
         raise StoreError(

@@ -404,8 +404,9 @@ class MeteredStore(Store):
             restart.discard(counter)  # another request started this window first: add to it
             if how == AHEAD:
                 # Another gateway's clock has turned the minute this one's has not yet: the request counts in that
-                # window, whose minute begins here within the clocks' difference. (It was refused until this clock
-                # reached it, with `retry-after: 120`: a false 429 at every minute's turn, for the skew's length.)
+                # window, whose minute begins here within the clocks' difference. (Counted in this clock's minute, it
+                # would be refused until this clock reaches it, with `retry-after: 120`: a false 429 at every
+                # minute's turn, for the skew's length.)
                 ahead[counter] = window
             if count + rate.amount > rate.limit:
                 raise RateRefused(rate.name, rate.limit, (window + 1) * 60 - self.clock(), key_id=key_id)
@@ -439,9 +440,9 @@ class MeteredStore(Store):
         """The counters as the admission left them: every budget's committed USD (under its key's id, and the
         nearest's also under its period), and every rate count (the key's own under its name, an ancestor's,
         which its other descendants share, under `RateCharge.counter`), with the window of each it counted in a
-        window ahead of its own (`ahead`, `counted_ahead`): its count resets as that one ends. (Its answer said the
-        counter reset as the admission's minute ended: `remaining 0, reset 43s`, then a 429 with `retry-after:
-        103`, found by review.)"""
+        window ahead of its own (`ahead`, `counted_ahead`): its count resets as that one ends. (Told the counter
+        resets as the admission's minute ends, a client would read `remaining 0, reset 43s`, then get a 429 with
+        `retry-after: 103`.)"""
         snapshot = MeterSnapshot()
         for i, charge in enumerate(admission.budgets):
             budget = counters.get(charge.key_id)

@@ -457,8 +457,8 @@ class RegionLeases:
             last_use = e.name(f"t:{p}")
             # The mark of its last use goes with it (with nothing else, if it holds nothing): a process that drew
             # on it before that use, and whose request settled into it since, is then the last one out and gives
-            # back what it put back (`leaving`). Kept, it was taken for a running process's, and that stayed out
-            # until another region about to refuse reclaimed it.
+            # back what it put back (`leaving`). Kept, it would be taken for a running process's, and stay out
+            # until another region about to refuse reclaims it.
             e.clauses["REMOVE"].append(last_use)
             if avail > 0:
                 available = e.name(f"a:{p}")
@@ -588,16 +588,16 @@ class RegionLeases:
 
         Also a lease that holds nothing but whose return the home never counted (its `b:P` above the home's
         `b:P#R`): a return is two writes, and one cut between them (the shutdown's `SHUTDOWN_LEASES_S`, a home
-        that failed, a Lambda environment reaped) by a process that then ended was never written again, since
-        nothing held the lease any more; a $1 budget, $0.10 spent, was refused $0.85 for good, `GET /v1/key`
+        that failed, a Lambda environment reaped) by a process that then ended is never written again, since
+        nothing holds the lease any more; a $1 budget, $0.10 spent, would be refused $0.85 for good, `GET /v1/key`
         saying $0.90 left. And one that owes (`a:P < 0`, `_charge_debt`), charged at home though nothing comes.
 
         A lease goes home from its own region's sweeper, a task of a running process: on Lambda it runs only
         during an invocation, so a lease of a region that gets none stayed out for good (20 s after its last
         use, $0.25 of $1 still leased and a $0.90 request refused elsewhere). The region about to refuse
         returns it instead, through the lease region's endpoint, exactly as that region would: its expired
-        reservations released first (a lease all reserved by a request that died there was passed over, and the
-        $1 budget's home refused $0.80, "$0.500000 left", with nothing spent or in flight)."""
+        reservations released first (else a lease all reserved by a request that died there would be passed over,
+        and the $1 budget's home refuse $0.80, "$0.500000 left", with nothing spent or in flight)."""
         home = charge.home_region or self.region
         if home is None or self.region is None:
             return 0.0

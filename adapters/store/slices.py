@@ -1,7 +1,7 @@
 """Budgets and rate limits admitted in memory, from slices of the shared counters.
 
 The embedded store's counters live in one file that several processes may share (the server's workers,
-the CLI, tests). An admission used to be a write transaction on that file: a few statements and a commit
+the CLI, tests). An admission as a write transaction on that file would be a few statements and a commit
 on every request, about a fifth of a request's CPU. Instead, a process takes a *slice* of a counter (a
 slice of a budget, or of a rate limit's count for the current minute), counted in the file as committed
 the moment it is granted, and admits requests against it in memory. The file's own checks still hold

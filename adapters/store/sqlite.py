@@ -854,7 +854,7 @@ class SQLiteStore(SQLiteSignIns, SliceCache):
         """The write-ahead log copied into the database file and cut to nothing, where no other process is in the
         way. The log keeps the size it grew to (a loaded server's reached 65 MB), and one left with frames in it
         (a process that ended before its checkpoint thread closed, or another process still holding the file, so
-        that no close was the last) was read whole by the next open: 3.3 million instructions at `gateway
+        that no close was the last) would be read whole by the next open: 3.3 million instructions at `gateway
         serve`'s start. Nothing waits (a busy timeout of 0): a passive checkpoint copies what no reader or writer
         of another process holds, and only a log copied whole is truncated (a truncating checkpoint holds the
         write lock; it then has nothing left to copy); busy, the log is left as it is, for the next checkpoint."""

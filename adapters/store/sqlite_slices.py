@@ -384,8 +384,8 @@ class SliceCache(MeteredStore):
         """The counters `meter` draws on, as the file has them, each budget's with what settlements here spent
         beyond this process's slices of it and the file does not have yet (`Slices.unwritten`: their writes
         wait for the end of the batch, or for a retry, which may outlast the slice). A grant that read the file
-        alone, in the batch of a settlement that overspent, granted from room already spent, and set the slice's
-        `committed_seen` below it: later requests were admitted from memory on a budget spent several times over."""
+        alone, in the batch of a settlement that overspent, would grant from room already spent, and set the slice's
+        `committed_seen` below it: later requests admitted from memory on a budget spent several times over."""
         counters = Counters()
         for charge in meter.budgets:
             row = db.execute(
@@ -650,8 +650,8 @@ class SliceCache(MeteredStore):
             if said is not None:
                 self._undo.append(functools.partial(self._announced.__setitem__, key_id, said))
                 self._announced[key_id] = (said[0], 0)
-        # A word that holds nothing and is too old to spare a write (`_announce`) is forgotten: kept, there was one
-        # entry for every budgeted key the process ever admitted (3,000 after 3,000 keys, its slices all gone).
+        # A word that holds nothing and is too old to spare a write (`_announce`) is forgotten: kept, there would be
+        # one entry for every budgeted key the process ever admitted (3,000 after 3,000 keys, its slices all gone).
         for key_id in [k for k, (at, says) in self._announced.items() if not says and now - at >= CONTEND_S / 2]:
             del self._announced[key_id]
         self._announce(db, dict.fromkeys(holding, 1), now)

@@ -57,7 +57,7 @@ class SQLiteThreads(OnTheStore):
             self.db.execute(THREAD_ANSWERS_SCHEMA)
             self.db.execute(THREAD_ANSWERS_EXPIRY_INDEX)
             # A table an earlier build made before answers kept their thread's advisors: the column added (its
-            # answers hold none known), or every write and read of it failed (found by review).
+            # answers hold none known), else every write and read of it would fail.
             columns = {row[1] for row in self.db.execute("PRAGMA table_info(thread_answers)")}
             if "advisors" not in columns:
                 import sqlite3  # (the embedded store's: a DynamoDB store's start-up never imports it)

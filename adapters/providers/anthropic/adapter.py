@@ -173,9 +173,9 @@ def answered_error(data: Any) -> UpstreamError | None:
     """A 200 answer that is an error object alone, Anthropic's `{"type": "error", "error": {...}}` (or a compatible
     server's `{"error": ...}` with no `type`), read as the provider's error answer at the status its type names
     (`said_status`: an `overloaded_error` a 529, a `rate_limit_error` a 429), as the same error in a stream is; None
-    for anything else. A server that ignores `stream` answers a stream's request so: read as a message, it was the
-    provider's malformed answer, charged its reserved worst case ($0.000292 for 100 tokens out where nothing was
-    billed, its route `=invalid_response`), and the next deployment was tried whatever it said."""
+    for anything else. A server that ignores `stream` answers a stream's request so: read as a message, it would be
+    the provider's malformed answer, charged its reserved worst case ($0.000292 for 100 tokens out where nothing is
+    billed, its route `=invalid_response`), and the next deployment tried whatever it said."""
     if not isinstance(data, dict) or data.get("type") not in ("error", None) or "error" not in data:
         return None
     return error_from_body(said_status(data), orjson.dumps(data), {})
@@ -432,7 +432,7 @@ def called_tools(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     )
                 ]
                 # (the turn's remaining tool results first again, as `convert_messages` left them: a result turned
-                # into text before a real one was Anthropic's 400)
+                # into text before a real one is Anthropic's 400)
                 turn["content"].sort(key=lambda block: block["type"] != "tool_result")
     return [{"name": name, "input_schema": {"type": "object"}} for name in names] if names else []
 
@@ -564,7 +564,7 @@ def anthropic_itself(base_url: str) -> bool:
 
 def searchable(req: ChatRequest) -> bool:
     """Whether Claude can run `req`'s web search beside what else it asks. Anthropic's `tool_choice: none` forbids
-    every tool, its server tools too (the search went beside a client's `none`, could never run, and was reserved
+    every tool, its server tools too (the search beside a client's `none` could never run, and would be reserved
     ten searches). A Chat Completions client's `none` forbids its functions alone (`web_search_options` is none of
     them): the search goes alone, with `auto` (`chat_body`), unless a JSON answer is asked (its tool forced alone) or
     the conversation holds calls (their tools declared, which `auto` would let Claude call). The Responses API's
@@ -637,7 +637,7 @@ class AnthropicAdapter(ProviderAdapter):
         if option == "web_search" and not isinstance(value, bool):
             return f"true or false, not {str(value)[:60]}"
         if option == "anthropic_beta" and betas_written(value) is None:
-            # (A YAML list went out as its Python repr, `['a', 'b']`, a number as a number: Anthropic refuses both.)
+            # (A YAML list would go out as its Python repr, `['a', 'b']`, a number as a number: Anthropic refuses both.)
             return f"one beta, a comma-separated list or a YAML list of betas, not {str(value)[:60]}"
         return token_count_problem(value) if option == "max_output_tokens" else None
 

@@ -98,8 +98,8 @@ class AnthropicStreamParser:
         if kind is None and "error" in payload:
             # A compatible server's or proxy's failure as OpenAI-compatible servers write it, `data: {"error": {...}}`
             # with no `type` and no name (`MessagesMeter.feed` reads it so passed through): the stream's error. Read as
-            # no event, it was dropped, and the stream ended as one cut short (a 502 `stream_interrupted`, or before its
-            # first event the malformed answer charged its worst case), whatever the server said.
+            # no event, it would be dropped, and the stream end as one cut short (a 502 `stream_interrupted`, or
+            # before its first event the malformed answer charged its worst case), whatever the server said.
             kind = "error"
         try:
             return self._opening(self._event(str(kind), payload))
@@ -142,7 +142,7 @@ class AnthropicStreamParser:
             # the stream is metered as one without it (taken for the final counts, `message_start`'s would bill its 1
             # token out where the event has no usage, and `"output_tokens": null` would bill 0 tokens out). A later
             # `message_delta` without usage keeps the counts an earlier one gave, as `MessagesMeter` does (set back
-            # to none, the answer was billed as estimated).
+            # to none, the answer would be billed as estimated).
             if given and self._wire_usage.counted():
                 self.usage = self._wire_usage.to_usage()
             self.served = self._wire_usage.served()  # (read now: not when the stream is costed, once settling began)

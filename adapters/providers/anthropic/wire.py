@@ -110,7 +110,7 @@ class WireUsage(_Wire):
         """The input counts of a usage not `counted`, 0 tokens out (a stream's, whose output is then estimated from
         what it relayed: `UpstreamStream.metered`): the top level's, where it gives its input count (exact, as
         `message_start`'s are); None else, and the prompt's estimate stands for the input. (Read whole, the counts
-        of a compaction without its input count were the provider's final usage.)"""
+        of a compaction without its input count would be the provider's final usage.)"""
         if not reported(self.__dict__, "input_tokens"):
             return None
         usage = self._top_level()

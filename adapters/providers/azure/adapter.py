@@ -63,7 +63,7 @@ PARTS_SINCE: dict[str, str] = {"input_audio": "2025-01-01-preview", "file": "202
 # OpenAI's members that no dated api-version of Azure's Chat Completions defines: added by OpenAI after Azure's
 # last dated version (2025-04-01-preview; newer features come with Azure's versionless v1 API), or never taken by
 # Azure's Chat Completions. Azure refuses an unknown member ("Unrecognized request argument supplied"), a 400
-# that does not fail over; sent on, a request OpenAI serves failed on its Azure deployment (found by review).
+# that does not fail over; sent on, a request OpenAI serves would fail on its Azure deployment.
 OPENAI_ONLY = ("verbosity", "prompt_cache_key", "safety_identifier", "service_tier", "web_search_options")
 # OpenAI's `allowed_tools` tool choice (August 2025) is another such: a dated version's `tool_choice` is none, auto,
 # required or a named function, and refuses another with a 400 that does not fail over (OpenAI's profile says its API

@@ -190,9 +190,9 @@ STOP_REASONS: dict[str, FinishReason] = {
     "content_filtered": "content_filter",
 }
 # The rest of botocore's `StopReason`: the model wrote a tool use Bedrock could not parse, or output it could not
-# read. Neither is an answer (it was `stop`: a client was told a broken call ended normally), and no finish reason of
-# OpenAI's or stop reason of Anthropic's says so: the provider's malformed answer, failed over, its usage charged, as
-# OpenAI answers a model's invalid output (a 500, "The model produced invalid content") and as Gemini's
+# read. Neither is an answer (read as `stop`, a client would be told a broken call ended normally), and no finish
+# reason of OpenAI's or stop reason of Anthropic's says so: the provider's malformed answer, failed over, its usage
+# charged, as OpenAI answers a model's invalid output (a 500, "The model produced invalid content") and as Gemini's
 # `MALFORMED_FUNCTION_CALL` is here. In a stream begun, the client's API's in-stream error names it.
 UNUSABLE_STOPS: dict[str, str] = {
     "malformed_tool_use": "the model wrote a tool use Bedrock could not parse",
@@ -203,8 +203,8 @@ UNUSABLE_STOPS: dict[str, str] = {
 # the status each is read as, whatever HTTP status came with it: botocore's bedrock-runtime model gives each its
 # status, but for `ServiceQuotaExceededException`, which it gives 400 (a sender's fault): a quota of the gateway's
 # AWS account ("You can resubmit your request later"), never the client's request, worth another deployment or
-# a fallback as throttling is (its HTTP 400 was the client's 400, the fallback never tried, while the same exception
-# in a stream was failed over). Throttling and a model that is not ready yet are worth another attempt.
+# a fallback as throttling is (by its HTTP 400 it would be the client's 400, the fallback never tried, while the same
+# exception in a stream is failed over). Throttling and a model that is not ready yet are worth another attempt.
 ERROR_STATUS: dict[str, int] = {
     "validationexception": 400,
     "conflictexception": 400,

@@ -90,7 +90,7 @@ MAX_EMBED_BATCH = 100
 def embedded_tokens(text: str) -> int:
     """An input's tokens, estimated: `batchEmbedContents` reports none (the line says `estimate`). About four
     characters a token (Google's own rule of thumb, for English), and about one for a character past ASCII (a CJK
-    character, three bytes in UTF-8: 1,000 Chinese characters were estimated at 251 tokens)."""
+    character, three bytes in UTF-8: at four characters a token, 1,000 Chinese characters would be 251 tokens)."""
     chars = len(text)
     beyond = len(text.encode()) - chars  # the bytes past the first of each character outside ASCII
     return chars // 4 + beyond // 2 + 1
@@ -409,7 +409,7 @@ def searches_beside(req: ChatRequest, model: str) -> bool:
     the translation does not carry: beside function tools the functions go, the search is named dropped, and no
     search is reserved or charged (`ProviderAdapter.hosts_search`). Before Gemini 3 a JSON answer goes with no tool
     (`apply_model_rules`, `tools_with_json_mode`): beside one the search goes, named, and the format the client
-    relies on stays (the search went and the format was dropped: free text for a schema)."""
+    relies on stays (not the search sent and the format dropped: free text for a schema)."""
     if req.web_search is None or req.tools:
         return False
     fmt = req.response_format
@@ -804,8 +804,8 @@ def version_root(base_url: str) -> str:
     """The root of the API's version under `base_url`: the API's host (`https://generativelanguage.googleapis.com`)
     with `API_VERSION` added, or a URL that names a version already, as Google's documents write it, taken as it is:
     `.../v1beta`, and `.../v1`, the stable version, which has `generateContent`, `streamGenerateContent`,
-    `countTokens` and the embedding methods too (each was doubled: every request a 404 at `.../v1beta/v1beta/...`
-    or `.../v1/v1beta/...`)."""
+    `countTokens` and the embedding methods too (each not doubled: every request would be a 404 at
+    `.../v1beta/v1beta/...` or `.../v1/v1beta/...`)."""
     root = base_url.rstrip("/")
     versioned = VERSION_SEGMENT.fullmatch(urllib.parse.urlsplit(root).path.rpartition("/")[2])
     return root if versioned else f"{root}/{API_VERSION}"

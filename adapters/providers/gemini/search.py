@@ -37,7 +37,7 @@ def _offset(value: Any) -> int | None:
 def _characters(text: str, offsets: list[int]) -> dict[int, int]:
     """The character offset in `text` of each of Gemini's byte offsets (`offsets`, in bytes of its UTF-8): a character
     an offset cuts is not counted, as the bytes cut there decode. Each part of the text is decoded once, in the
-    offsets' order, however many supports point into it (encoded again for each, it was O(text x supports))."""
+    offsets' order, however many supports point into it (encoded again for each, it would be O(text x supports))."""
     if text.isascii():
         return {offset: min(offset, len(text)) for offset in offsets}
     data = text.encode()

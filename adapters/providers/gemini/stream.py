@@ -140,8 +140,8 @@ class GeminiStreamParser:
     def _ground(self, index: int, meta: Any) -> None:
         """Candidate `index`'s grounding (Google Search's) as an event gives it: Gemini resends the grounding so far
         on later events (as other clients read it, "later chunks win"), so it replaces the one before, and the
-        queries it names are the candidate's, not more of them (added up, one query seen on two events was billed
-        twice on Gemini 3, and given twice: review). The usage counts the searches billed from the first event that
+        queries it names are the candidate's, not more of them (added up, one query seen on two events would be
+        billed twice on Gemini 3, and given twice). The usage counts the searches billed from the first event that
         names them, so that a stream cut after them is charged them."""
         self._grounding[index] = meta
         self._queries[index] = max(self._queries.get(index, 0), queries_run(meta))

@@ -87,9 +87,9 @@ def answered_error(data: Any) -> UpstreamError | None:
     as the provider's error answer (None for anything else). OpenRouter answers so an error once the model started,
     whole or streamed ("Errors and Debugging"), the status it would have given in `error.code` (its 502 "Provider
     returned error"); one that names no error status is the status its code or type names (`said_status`: a
-    `rate_limit_exceeded` a 429), else a 500. Read as an answer, it was the provider's malformed
-    success: its words lost ("upstream answered without choices") and the request charged its worst case for an
-    answer nobody billed. (The caller has found the member its API's answer holds missing: `choices`, `data`, a
+    `rate_limit_exceeded` a 429), else a 500. Read as an answer, it would be the provider's
+    malformed success: its words lost ("upstream answered without choices") and the request charged its worst case
+    for an answer nobody billed. (The caller has found the member its API's answer holds missing: `choices`, `data`, a
     Responses `response`.)"""
     if not isinstance(data, dict):
         return None
@@ -176,7 +176,7 @@ def _conform_head(payload: Any, head: dict[str, Any], upstream_model: str) -> bo
     as a float): each missing or null one from `head`, made on first use (an id of OpenAI's form, the time, the
     deployment's model: one for every chunk of a stream, which a client joins by its id), a float `created` as its
     whole seconds. Whether any was. A client reads them all (the OpenAI SDK's models require them); left out, the
-    answer was a 502, its usage unbilled."""
+    answer would be a 502, its usage unbilled."""
     if not isinstance(payload, dict):
         return False
     changed = False
@@ -198,8 +198,8 @@ def billed_unusable(payload: Any, exc: ValidationError, what: str) -> UpstreamEr
     """The error of an answer (or a stream event) that does not read as OpenAI's even conformed, carrying the usage
     it reports, which the provider billed: charged on the request's line, as Bedrock's malformed answers are. A
     usage without its input or output count (null or left out) carries none (`schemas.reported`), and the answer is
-    charged as a malformed one without usage is, its reserved worst case: read as 0, `{"completion_tokens": 5}` was
-    charged 0 tokens in as the provider's count (found by review)."""
+    charged as a malformed one without usage is, its reserved worst case: read as 0, `{"completion_tokens": 5}`
+    would be charged 0 tokens in as the provider's count."""
     error = malformed(f"the provider sent a malformed {what} ({type(exc).__name__})")
     error.__cause__ = exc
     raw = payload.get("usage") if isinstance(payload, dict) else None
@@ -346,11 +346,11 @@ class OpenAIStreamParser:
             raise malformed("upstream sent a stream event that is not JSON", "invalid_json") from exc
         # A server's failure part way: `{"error": {...}}`, as OpenAI-compatible servers and proxies write it, or the
         # error object itself, `{"object": "error", "message", "type", "code"}`, as Mistral writes its errors (read as
-        # a chunk, it was a malformed one: the provider's words lost, the request charged its worst case); or a chunk
-        # with its `error` beside a choice it finished (`finish_reason: "error"`), as OpenRouter writes an error once
-        # the model started ("Errors and Debugging"): read as a chunk, its `error` went to the client as the provider
-        # wrote it (the operator's organisation and key quoted back in it), its finish reason as `length`, and its
-        # line was a 200. (Every chunk pays one look more, `"error" in payload`, beside the one for its choices:
+        # a chunk, it would be a malformed one: the provider's words lost, the request charged its worst case); or a
+        # chunk with its `error` beside a choice it finished (`finish_reason: "error"`), as OpenRouter writes an error
+        # once the model started ("Errors and Debugging"): read as a chunk, its `error` would go to the client as the
+        # provider wrote it (the operator's organisation and key quoted back in it), its finish reason as `length`,
+        # and its line be a 200. (Every chunk pays one look more, `"error" in payload`, beside the one for its choices:
         # some 15 ns of the 5 to 7 µs it takes here.)
         if isinstance(payload, dict) and ("choices" not in payload or "error" in payload):
             if "choices" in payload:
@@ -683,8 +683,8 @@ def _unsent(body: dict[str, Any], names: tuple[str, ...]) -> list[str]:
 
 # The words `auth` is refused naming as written (docs/configuration.md names them): those an operator writes for
 # "no key" or for its opposite, in any case. Any other value is not shown: one who reads `auth` as the credential
-# writes the key there (`auth: sk-proj-...`), and its first 40 characters were printed by `gateway config check` and
-# `gateway serve`, and kept on Lambda in the init failure's log (review).
+# writes the key there (`auth: sk-proj-...`), and its first 40 characters would be printed by `gateway config
+# check` and `gateway serve`, and kept on Lambda in the init failure's log.
 AUTH_WORDS = frozenset({"none", "off", "no", "false", "on", "yes", "true", "null", "disabled", "enabled"})
 
 
@@ -770,8 +770,8 @@ class OpenAIAdapter(ProviderAdapter):
         (`stream_options.<member>`). The usage is always asked for where the API takes it (`stream_usage`): the stream
         is metered from it, and the client's own `include_usage` is the gateway's to honour (the front-end writes the
         usage chunk for a client that asked, and for no other). The client's other members go beside it as it sent
-        them, where the API takes them (`Profile.stream_members`): the gateway's own `{"include_usage": true}` went
-        in their place, and `include_obfuscation: false` never reached OpenAI, unnamed (found by review). Where the API
+        them, where the API takes them (`Profile.stream_members`): the gateway's own `{"include_usage": true}` in
+        their place would keep `include_obfuscation: false` from OpenAI, unnamed. Where the API
         refuses `stream_options` (`stream_usage` off), nothing of it is sent."""
         asked = {name: value for name, value in (req.stream_options or {}).items() if name != "include_usage"}
         usage = profile.stream_usage if self.stream_usage is None else self.stream_usage
@@ -834,8 +834,8 @@ class OpenAIAdapter(ProviderAdapter):
         default effort when the request names none, and OpenAI bills that reasoning. So does a Gemini model that thinks
         by default (`reasoning.gemini_thinks_unasked`) through Google's OpenAI-compatible endpoint
         (`Profile.gemini_thinking`), which shows none of its thoughts and counts them in the final usage alone: a
-        stream of Gemini 2.5 Flash or Pro left after its first word was charged that word's estimate, 5 tokens, below
-        what Google bills (found by review). Turned off (`turned_off`), an OpenAI model reasons no more (one that
+        stream of Gemini 2.5 Flash or Pro left after its first word would be charged that word's estimate, 5 tokens,
+        below what Google bills. Turned off (`turned_off`), an OpenAI model reasons no more (one that
         cannot turn it off refuses `none`), a Gemini model unless it cannot turn thinking off
         (`reasoning.gemini_thinks_regardless`: 2.5 Pro, Gemini 3). (DeepSeek's models, thinking by default,
         `Profile.thinks_unasked`, are not among them: they show their reasoning as it comes, `reasoning_content`, and

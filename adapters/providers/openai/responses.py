@@ -79,7 +79,7 @@ def request_body(
     A provider that stores the request (`provider_keeps`, and the client's `store`) reads an input item sent with its
     id from its account's store, where the answers of every key of the gateway are: only the ids the key may see
     (`visible`) go; the others are left out as with `store: false` (`unpersisted`). Another key's reasoning item sent
-    back by id went as it came, and the turn ran on that key's hidden reasoning (found by review)."""
+    back by id would go as it came, and the turn run on that key's hidden reasoning."""
     body = {**client, "model": model, "stream": stream}
     dropped: list[str] = []
     if isinstance(body.get("input"), list):
