@@ -366,12 +366,24 @@ SAID_STATUS: dict[str, int] = {
     "not_found_error": 404,
     "model_not_found": 404,
     "request_too_large": 413,
+    # OpenAI's Responses API's codes of a failed response for an image the client sent (`invalid_image*` open with
+    # `invalid_`): the client's fault, a 400, never the deployment's failure on its breaker.
+    "failed_to_download_image": 400,
+    "image_too_large": 400,
+    "image_too_small": 400,
+    "image_parse_error": 400,
+    "image_content_policy_violation": 400,
+    "image_file_too_large": 400,
+    "unsupported_image_media_type": 400,
+    "empty_image_file": 400,
+    "image_file_not_found": 400,
     "rate_limit_exceeded": 429,
     "rate_limit_error": 429,
     "insufficient_quota": 429,  # (refusing the deployment's account: `deployment_at_fault`)
     "server_error": 500,
     "api_error": 500,
     "timeout_error": 504,
+    "vector_store_timeout": 504,
     "overloaded_error": OVERLOADED,
 }
 

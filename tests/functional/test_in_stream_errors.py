@@ -417,6 +417,41 @@ async def test_a_finished_stream_clears_the_failures_before_it(way: str) -> None
     ].text
 
 
+# `error.code` of a failed response (OpenAI's Responses API) that says the client's image is at fault, none of them
+# `invalid_*`.
+CLIENT_IMAGE_FAULTS = [
+    "failed_to_download_image",
+    "image_too_large",
+    "image_content_policy_violation",
+    "unsupported_image_media_type",
+]
+
+
+@pytest.mark.parametrize("code", CLIENT_IMAGE_FAULTS)
+async def test_a_clients_bad_image_in_responses_streams_does_not_open_the_deployments_breaker(code: str) -> None:
+    """Streamed Responses requests whose image the provider cannot use (`response.failed` with `code`) are the
+    client's faults: the deployment answered each. Read as a 500, five of them opened its breaker, and every key's
+    next request was refused 503 for its cooldown."""
+    said = {"code": code, "message": "The image could not be used."}
+
+    async def reads() -> AsyncIterator[bytes]:
+        yield responses_begun("Hel")
+        yield responses_failed(said)
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=reads(), headers={"content-type": "text/event-stream"})
+
+    models = {"m": {"deployments": [{"provider": "openai", "model": "x"}], "price": PRICE}}
+    served = await serve(upstream, models, provider=NATIVE, environ=KEYS)
+    try:
+        answers = [await served.post("/v1/responses", asked("/v1/responses", "m")) for _ in range(6)]
+        state = served.gateway.router.breakers.state("openai/x@global")
+    finally:
+        await served.gateway.aclose()
+    routes = [answer.headers.get("x-gateway-route") for answer in answers]
+    assert state == "closed" and routes[5] == "openai/x@global=200", routes
+
+
 async def test_a_stream_failing_after_the_provider_counted_its_input_is_one_line_at_those_counts() -> None:
     """A stream its provider fails part way after counting its input (Anthropic's `message_start`) settles on one
     ledger line, a 502, charged the input the provider counted (exact, as far as its usage came) and its output
