@@ -706,10 +706,17 @@ def _number(raw: str | None, name: str, *, positive: bool) -> float | None:
     return value
 
 
+# The longest control header value a 400 echoes. A number, a flag or a typo is shorter; a key or a token pasted into
+# the wrong header is longer (`gwk_`, `sk-`, `xai-`, `gsk_`, a JWT: no pattern of redaction knows them all).
+ECHOED_CHARACTERS = 16
+
+
 def shown(value: str) -> str:
-    """A control header's value as its 400 echoes it: its first 40 characters as the client wrote them
-    (`header_text`), without a key or a known secret in them (a key pasted into the wrong header is not echoed)."""
-    return clipped(value, 40)
+    """A control header's value as its 400 echoes it: as the client wrote it (`header_text`) where it is short enough
+    to be no secret, else only its length (a key pasted into the wrong header is not echoed, even in part)."""
+    if len(value) <= ECHOED_CHARACTERS:
+        return clipped(value, ECHOED_CHARACTERS)
+    return f"a value of {len(value)} characters"
 
 
 def answered_before_the_app(

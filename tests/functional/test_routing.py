@@ -181,10 +181,13 @@ def test_a_control_headers_value_is_echoed_as_the_client_wrote_it_and_never_a_ke
         assert answer.status_code == (404 if name == "x-gateway-fallbacks" else 400), (name, answer.text)
         error = answer.json()["error"]
         assert error["param"] == name and error["message"].startswith(said), error["message"]
-    answer = httpx.post(
-        f"{running.url}/v1/chat/completions", json=body, headers=[auth, ("x-gateway-strict", key)], timeout=30
-    )
-    assert answer.status_code == 400 and key[:12] not in answer.text, answer.text
+    jwt = "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"
+    for secret in (key, jwt, "xai-" + "k" * 40, "gsk_" + "g" * 40):
+        answer = httpx.post(
+            f"{running.url}/v1/chat/completions", json=body, headers=[auth, ("x-gateway-strict", secret)], timeout=30
+        )
+        assert answer.status_code == 400 and secret[:12] not in answer.text, answer.text
+        assert f"a value of {len(secret)} characters" in answer.json()["error"]["message"]
 
 
 def test_a_control_header_on_two_lines_is_read_whole(running: Running, key: str) -> None:
