@@ -937,7 +937,6 @@ class Pipeline(Charges):
         skipped = False  # a candidate was passed over for its open breaker, opened by failures other than 429s
         unsupported: InvalidRequestError | None = None  # the first deployment that could not take the request
         passed = False  # one that could was passed over (its breaker open, its model's limits reached)
-        uncovered = False  # a 429 not retried because the try before was billed and its retry could not be covered
         retries = self.gateway.config.gateway.max_retries_per_deployment
         breakers = breakers or self.gateway.router.breakers
         for position, attempt in enumerate(plan):
@@ -1075,17 +1074,9 @@ class Pipeline(Charges):
                         breakers.success(label)
                         break
                     breakers.failure(label, err.rate_limited, err.overloaded)
+                    # (A try sent again here was not billed: one billed in part gets no wait, `_retry_wait`, and
+                    # those the provider may bill before this attempt were covered as it went out.)
                     wait = self._retry_wait(ex, err) if retry < retries else None
-                    if wait is not None and len(ex.extra) < len(ex.missed) + ex.rejected:
-                        # The try before was billed (an embeddings request's batches answered before one was
-                        # rate-limited): sent again, it is billed again, so it is covered first as a failover is (it
-                        # went out uncovered: $0.0504 charged on a $0.04 budget, $0.0316 reserved: review). Not
-                        # covered, it is not sent again, and the 429 is answered as one not retried.
-                        try:
-                            await self._cover_missed(ex, err)
-                        except UpstreamError:
-                            uncovered = True
-                            break
                     if wait is not None:
                         retry += 1
                         waited = time.perf_counter()
@@ -1131,7 +1122,7 @@ class Pipeline(Charges):
             # the provider: told not to, the SDKs and Claude Code gave up at once, and Codex after one request.
             said = (
                 f"the provider rate-limited this request and the gateway did not retry it "
-                f"({self._unretried(ex, last, retries, uncovered)}): {last.message}"
+                f"({self._unretried(ex, last, retries)}): {last.message}"
             )
             limited = answered_as(last, said, headers)
             limited.should_retry = True
@@ -1169,14 +1160,8 @@ class Pipeline(Charges):
         return wait if ex.ends_at is None or time.perf_counter() + wait < ex.ends_at else None
 
     @staticmethod
-    def _unretried(ex: Exchange, limited: UpstreamError, retries: int, uncovered: bool = False) -> str:
-        """Why the gateway did not retry a deployment's 429, in its answer's words (`uncovered`: the try was billed in
-        part, and the key's budget or `x-gateway-max-cost-usd` could not cover sending it again)."""
-        if uncovered:
-            return (
-                "the provider billed what it answered of it, and the key's budget or x-gateway-max-cost-usd left too "
-                "little to send it again"
-            )
+    def _unretried(ex: Exchange, limited: UpstreamError, retries: int) -> str:
+        """Why the gateway did not retry a deployment's 429, in its answer's words."""
         if retries == 0:
             return "gateway.max_retries_per_deployment is 0"
         if limited.retried:
