@@ -1114,8 +1114,14 @@ class Pipeline(Charges):
             # (One skipped for other failures: not every one rate-limited.)
             waits = [err.retry_after for err in failed if err.retry_after is not None]
             headers = {"retry-after": str(max(1, math.ceil(min(waits))) if waits else UNNAMED_WAIT_S)}
-            if len(failed) > 1:
-                said = f"every provider rate-limited this request, after the gateway's own retries: {last.message}"
+            if len(failed) > 1 or last.retried:
+                # Retried by the gateway: sent again or failed over, or its limited batch sent again alone within the
+                # attempt (an embeddings request's: `_other_batches`). Not to be sent again at once, as for any
+                # request the gateway retried (a batch's retries said `x-should-retry: true`, and that the gateway
+                # had not retried it).
+                whose = "every provider" if len(failed) > 1 else "the provider"
+                alone = f" (the batch it limited was sent again alone {last.retried} time(s))" if last.retried else ""
+                said = f"{whose} rate-limited this request, after the gateway's own retries{alone}: {last.message}"
                 raise answered_as(last, said, headers)
             # The one attempt made, not retried: the provider named no wait (Bedrock's ThrottlingException), or one
             # past the gateway's own bound (Anthropic's 20 s). The client may wait and retry, as it would against
@@ -1164,8 +1170,6 @@ class Pipeline(Charges):
         """Why the gateway did not retry a deployment's 429, in its answer's words."""
         if retries == 0:
             return "gateway.max_retries_per_deployment is 0"
-        if limited.retried:
-            return f"the batch of it the provider limited had been sent again alone {limited.retried} time(s) already"
         if limited.retry_after is None:
             return "the provider named no wait"
         wait = math.ceil(limited.retry_after)
