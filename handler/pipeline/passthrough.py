@@ -86,6 +86,15 @@ def answer_text(api: str, body: dict[str, Any]) -> str | None:
     return "".join(kept) if kept else None
 
 
+def advisor_calls(api: str, body: dict[str, Any]) -> int:
+    """The calls to an advisor tool a provider's whole answer in its own format shows (Anthropic's `server_tool_use`
+    blocks naming it), as its stream's meter counts them (`advised`)."""
+    if api == RESPONSES_API:
+        return 0
+    blocks = [block for block in body.get("content") or () if isinstance(block, dict)]
+    return sum(1 for block in blocks if block.get("type") == "server_tool_use" and block.get("name") == "advisor")
+
+
 def answer_delta(api: str, event: StreamEvent) -> str | None:
     """The answer's text an event of a provider's own stream adds (`answer_text`'s, as it streams), if any."""
     if event.event not in ((None, OUTPUT_TEXT_DELTA) if api == RESPONSES_API else ("content_block_delta",)):

@@ -230,7 +230,7 @@ class Pipeline(Charges):
     async def native(self, call: NativeCall, req: ChatRequest, ex: Exchange) -> NativeReply | ChatCompletion:
         """A request in a provider API's own format (`call`), non-streaming: sent as written to a deployment
         that speaks that API, and as `req` (the same request in the internal form) to any other in the plan."""
-        from handler.pipeline.passthrough import NativeReply, answer_text
+        from handler.pipeline.passthrough import NativeReply, advisor_calls, answer_text
 
         plan = await self._plan(ex, req.model)
         await self._admit(ex, plan, req, call)
@@ -260,6 +260,10 @@ class Pipeline(Charges):
             # The answer's generated part: a message's `content` (Messages), a response's `output` (Responses).
             generated = outcome.body.get("content", outcome.body.get("output"))
             usage, source = self._checked(outcome.usage, ex, lambda: len(orjson.dumps(generated)) if generated else 0)
+            if source != "provider":
+                # Its usage does not count its advisor calls either (none, or an advisor's sampling without its
+                # counts): each one it shows is charged its reserved bound, as a stream's cut before its usage is.
+                ex.advised = advisor_calls(call.api, outcome.body)
             if "thread" in call.body and source == "provider":  # (its size, for a `continue` of it)
                 self.thread_answered(ex, outcome.body.get("id"), usage, outcome.served)
             served = outcome.served or tier_served(outcome.body, ex.service_tier)
