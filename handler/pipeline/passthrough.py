@@ -113,6 +113,17 @@ def answer_delta(api: str, event: StreamEvent) -> str | None:
     return text if isinstance(text, str) else None
 
 
+def whole_event(event: StreamEvent) -> bool:
+    """Whether an event of a provider's own stream is whole: its data JSON (or a Responses stream's `[DONE]`)."""
+    if event.data == b"[DONE]":
+        return True
+    try:
+        orjson.loads(event.data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
 def sse_frame(event: StreamEvent) -> bytes:
     """An SSE event written back as it arrived: its name and its data, unchanged."""
     head = b"event: " + event.event.encode() + b"\n" if event.event else b""
@@ -399,6 +410,12 @@ class NativeStream(UpstreamStream[StreamEvent]):
     def _items(self, events: list[StreamEvent]) -> list[StreamEvent]:
         if self.sniffer.whole is not None:
             events = [replayed for event in events for replayed in self._whole(event.data)]
+        elif self._finished:
+            # What the stream's end left of an event it cut part-way (no blank line after it, its data no whole JSON)
+            # is no event, as the WHATWG rules leave an unfinished one: relayed, the provider's raw bytes reached the
+            # client, whose SDK failed on them (the official Anthropic SDK raised JSONDecodeError) and never read the
+            # error event after them, nor what the stream was charged. The stream ends as one cut short.
+            events = [event for event in events if whole_event(event)]
         try:
             for event in events:
                 self.meter.feed(event)
