@@ -86,6 +86,15 @@ def answer_text(api: str, body: dict[str, Any]) -> str | None:
     return "".join(kept) if kept else None
 
 
+def advisor_calls(api: str, body: dict[str, Any]) -> int:
+    """The calls to an advisor tool a provider's whole answer in its own format shows (Anthropic's `server_tool_use`
+    blocks naming it), as its stream's meter counts them (`advised`)."""
+    if api == RESPONSES_API:
+        return 0
+    blocks = [block for block in body.get("content") or () if isinstance(block, dict)]
+    return sum(1 for block in blocks if block.get("type") == "server_tool_use" and block.get("name") == "advisor")
+
+
 def answer_delta(api: str, event: StreamEvent) -> str | None:
     """The answer's text an event of a provider's own stream adds (`answer_text`'s, as it streams), if any."""
     if event.event not in ((None, OUTPUT_TEXT_DELTA) if api == RESPONSES_API else ("content_block_delta",)):
@@ -102,6 +111,17 @@ def answer_delta(api: str, event: StreamEvent) -> str | None:
         delta = payload.get("delta")
         text = delta.get("text") if isinstance(delta, dict) and delta.get("type") == "text_delta" else None
     return text if isinstance(text, str) else None
+
+
+def whole_event(event: StreamEvent) -> bool:
+    """Whether an event of a provider's own stream is whole: its data JSON (or a Responses stream's `[DONE]`)."""
+    if event.data == b"[DONE]":
+        return True
+    try:
+        orjson.loads(event.data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def sse_frame(event: StreamEvent) -> bytes:
@@ -390,6 +410,12 @@ class NativeStream(UpstreamStream[StreamEvent]):
     def _items(self, events: list[StreamEvent]) -> list[StreamEvent]:
         if self.sniffer.whole is not None:
             events = [replayed for event in events for replayed in self._whole(event.data)]
+        elif self._finished:
+            # What the stream's end left of an event it cut part-way (no blank line after it, its data no whole JSON)
+            # is no event, as the WHATWG rules leave an unfinished one: relayed, the provider's raw bytes reached the
+            # client, whose SDK failed on them (the official Anthropic SDK raised JSONDecodeError) and never read the
+            # error event after them, nor what the stream was charged. The stream ends as one cut short.
+            events = [event for event in events if whole_event(event)]
         try:
             for event in events:
                 self.meter.feed(event)

@@ -230,7 +230,7 @@ class Pipeline(Charges):
     async def native(self, call: NativeCall, req: ChatRequest, ex: Exchange) -> NativeReply | ChatCompletion:
         """A request in a provider API's own format (`call`), non-streaming: sent as written to a deployment
         that speaks that API, and as `req` (the same request in the internal form) to any other in the plan."""
-        from handler.pipeline.passthrough import NativeReply, answer_text
+        from handler.pipeline.passthrough import NativeReply, advisor_calls, answer_text
 
         plan = await self._plan(ex, req.model)
         await self._admit(ex, plan, req, call)
@@ -260,6 +260,10 @@ class Pipeline(Charges):
             # The answer's generated part: a message's `content` (Messages), a response's `output` (Responses).
             generated = outcome.body.get("content", outcome.body.get("output"))
             usage, source = self._checked(outcome.usage, ex, lambda: len(orjson.dumps(generated)) if generated else 0)
+            if source != "provider":
+                # Its usage does not count its advisor calls either (none, or an advisor's sampling without its
+                # counts): each one it shows is charged its reserved bound, as a stream's cut before its usage is.
+                ex.advised = advisor_calls(call.api, outcome.body)
             if "thread" in call.body and source == "provider":  # (its size, for a `continue` of it)
                 self.thread_answered(ex, outcome.body.get("id"), usage, outcome.served)
             served = outcome.served or tier_served(outcome.body, ex.service_tier)
@@ -938,7 +942,6 @@ class Pipeline(Charges):
         skipped = False  # a candidate was passed over for its open breaker, opened by failures other than 429s
         unsupported: InvalidRequestError | None = None  # the first deployment that could not take the request
         passed = False  # one that could was passed over (its breaker open, its model's limits reached)
-        uncovered = False  # a 429 not retried because the try before was billed and its retry could not be covered
         retries = self.gateway.config.gateway.max_retries_per_deployment
         breakers = breakers or self.gateway.router.breakers
         for position, attempt in enumerate(plan):
@@ -1076,17 +1079,9 @@ class Pipeline(Charges):
                         breakers.success(label)
                         break
                     breakers.failure(label, err.rate_limited, err.overloaded)
+                    # (A try sent again here was not billed: one billed in part gets no wait, `_retry_wait`, and
+                    # those the provider may bill before this attempt were covered as it went out.)
                     wait = self._retry_wait(ex, err) if retry < retries else None
-                    if wait is not None and len(ex.extra) < len(ex.missed) + ex.rejected:
-                        # The try before was billed (an embeddings request's batches answered before one was
-                        # rate-limited): sent again, it is billed again, so it is covered first as a failover is
-                        # (uncovered, it would charge $0.0504 on a $0.04 budget, $0.0316 reserved). Not
-                        # covered, it is not sent again, and the 429 is answered as one not retried.
-                        try:
-                            await self._cover_missed(ex, err)
-                        except UpstreamError:
-                            uncovered = True
-                            break
                     if wait is not None:
                         retry += 1
                         waited = time.perf_counter()
@@ -1124,15 +1119,21 @@ class Pipeline(Charges):
             # (One skipped for other failures: not every one rate-limited.)
             waits = [err.retry_after for err in failed if err.retry_after is not None]
             headers = {"retry-after": str(max(1, math.ceil(min(waits))) if waits else UNNAMED_WAIT_S)}
-            if len(failed) > 1:
-                said = f"every provider rate-limited this request, after the gateway's own retries: {last.message}"
+            if len(failed) > 1 or last.retried:
+                # Retried by the gateway: sent again or failed over, or its limited batch sent again alone within the
+                # attempt (an embeddings request's: `_other_batches`). Not to be sent again at once, as for any
+                # request the gateway retried (a batch's retries said `x-should-retry: true`, and that the gateway
+                # had not retried it).
+                whose = "every provider" if len(failed) > 1 else "the provider"
+                alone = f" (the batch it limited was sent again alone {last.retried} time(s))" if last.retried else ""
+                said = f"{whose} rate-limited this request, after the gateway's own retries{alone}: {last.message}"
                 raise answered_as(last, said, headers)
             # The one attempt made, not retried: the provider named no wait (Bedrock's ThrottlingException), or one
             # past the gateway's own bound (Anthropic's 20 s). The client may wait and retry, as it would against
             # the provider: told not to, the SDKs and Claude Code gave up at once, and Codex after one request.
             said = (
                 f"the provider rate-limited this request and the gateway did not retry it "
-                f"({self._unretried(ex, last, retries, uncovered)}): {last.message}"
+                f"({self._unretried(ex, last, retries)}): {last.message}"
             )
             limited = answered_as(last, said, headers)
             limited.should_retry = True
@@ -1170,18 +1171,10 @@ class Pipeline(Charges):
         return wait if ex.ends_at is None or time.perf_counter() + wait < ex.ends_at else None
 
     @staticmethod
-    def _unretried(ex: Exchange, limited: UpstreamError, retries: int, uncovered: bool = False) -> str:
-        """Why the gateway did not retry a deployment's 429, in its answer's words (`uncovered`: the try was billed in
-        part, and the key's budget or `x-gateway-max-cost-usd` could not cover sending it again)."""
-        if uncovered:
-            return (
-                "the provider billed what it answered of it, and the key's budget or x-gateway-max-cost-usd left too "
-                "little to send it again"
-            )
+    def _unretried(ex: Exchange, limited: UpstreamError, retries: int) -> str:
+        """Why the gateway did not retry a deployment's 429, in its answer's words."""
         if retries == 0:
             return "gateway.max_retries_per_deployment is 0"
-        if limited.retried:
-            return f"the batch of it the provider limited had been sent again alone {limited.retried} time(s) already"
         if limited.retry_after is None:
             return "the provider named no wait"
         wait = math.ceil(limited.retry_after)

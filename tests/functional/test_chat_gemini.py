@@ -826,7 +826,9 @@ def test_a_batch_limited_is_sent_again_alone_and_charged_once(faulty: Running, b
 def test_a_batch_limited_past_its_retries_ends_the_attempt_without_sending_it_again_whole(faulty: Running) -> None:
     """The third batch limited twice, past the one retry `max_retries_per_deployment` allows: it is sent again alone
     once, and the attempt ends in the 429 (the only deployment), the two batches answered charged once. The whole
-    attempt was sent again: six calls, the line the first two batches twice over."""
+    attempt was sent again: six calls, the line the first two batches twice over. The gateway spent its retry, so the
+    429 says `x-should-retry: false`, as any the gateway retried does: it said `true`, and that the gateway "did not
+    retry it (the batch ... had been sent again alone 1 time(s) already)"."""
     key = faulty.mint(name="gemini-batch-limited-twice")
     fake = faulty.fakes["gemini"].state.requests
     before = len(fake)
@@ -839,7 +841,10 @@ def test_a_batch_limited_past_its_retries_ends_the_attempt_without_sending_it_ag
     )
     [line] = faulty.ledger(key)
     assert raw.status_code == 429, raw.text
-    assert "had been sent again alone 1 time(s) already" in raw.json()["error"]["message"], raw.text
+    said = raw.json()["error"]["message"]
+    assert said.startswith("the provider rate-limited this request, after the gateway's own retries"), said
+    assert "sent again alone 1 time(s)" in said and "did not retry" not in said
+    assert raw.headers["x-should-retry"] == "false"
     assert len(fake) - before == 4
     label = "gemini/gemini-embedding-001@global"
     assert line.route == f"{label}=429, {label}=429"

@@ -474,6 +474,8 @@ async def test_a_chat_usage_without_a_main_count_is_none_and_the_answer_estimate
     assert (line.cost_usd or 0) > 0.002  # (1,000 out at $2 a million, and the prompt)
 
 
+# An advisor's sampling in Anthropic's `usage.iterations`, without its counts.
+ADVISED = {"type": "advisor_message", "model": "claude-opus-4-6"}
 # An Anthropic stream's text block of `TEXT`, as its events (name, data), and a stream of events as its bytes.
 TEXT_BLOCK = [
     ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
@@ -496,8 +498,18 @@ def anthropic_stream(events: list[tuple[str, dict[str, Any]]]) -> bytes:
         {"output_tokens": -5},
         {"output_tokens": 1000, "iterations": [{"type": "compaction", "output_tokens": 3500}]},
         {"output_tokens": 1000, "iterations": [{"type": "compaction", "input_tokens": -180000, "output_tokens": 3500}]},
+        {"output_tokens": 1000, "iterations": [{**ADVISED, "output_tokens": 1500}]},
+        {"output_tokens": 1000, "iterations": [{**ADVISED, "input_tokens": -9000, "output_tokens": 1500}]},
     ],
-    ids=["output_null", "output_missing", "output_negative", "compaction_uncounted", "compaction_negative"],
+    ids=[
+        "output_null",
+        "output_missing",
+        "output_negative",
+        "compaction_uncounted",
+        "compaction_negative",
+        "advisor_uncounted",
+        "advisor_negative",
+    ],
 )
 async def test_an_anthropic_usage_without_a_main_count_is_none_and_the_answer_estimated(
     output: dict[str, Any], stream: bool, api: str
@@ -509,7 +521,9 @@ async def test_an_anthropic_usage_without_a_main_count_is_none_and_the_answer_es
     count (found by review), and so was every other of them; read as given, `-5` was refused as impossible on its
     own, and `input_tokens: -100` beside cache reads was not (`test_usage_counts`). So too a compaction (in
     `iterations`, its counts beside the top level's) without its input count, or with a negative one: read as 0, the
-    conversation it read was billed as no tokens in, the provider's count (found by review)."""
+    conversation it read was billed as no tokens in, the provider's count (found by review); and an advisor's sampling
+    (`advisor_message`) without its input count, or with a negative one: it was charged at the advisor's price as
+    counted, 0 tokens in, and the answer billed as the provider's count."""
     message = {
         "id": "msg_1",
         "type": "message",
@@ -545,6 +559,70 @@ async def test_an_anthropic_usage_without_a_main_count_is_none_and_the_answer_es
     assert line.output_tokens >= 1000 and (line.cost_usd or 0) > 0.002
     if stream:
         assert line.input_tokens == 10  # (`message_start`'s count, exact)
+
+
+ADVICE_TOKENS = 2000  # the advisor tool's bound on what one call writes
+ONE_CALL_USD = ADVICE_TOKENS * 25.0 / 1e6  # at Opus's output price (the built-in table's $25 a million)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize(
+    "advice", [{"output_tokens": 1500}, {"input_tokens": 900}], ids=["input_missing", "output_missing"]
+)
+async def test_an_advisor_call_whose_sampling_is_uncounted_is_charged_its_bound(
+    advice: dict[str, Any], stream: bool
+) -> None:
+    """A Messages answer passed through that called its advisor once, whose `advisor_message` sampling lacks a count:
+    the answer is estimated, as for a compaction without its counts, and the call it shows is charged its reserved
+    bound, as a stream's cut before its usage is. It was the provider's count, the advisor's sampling charged at its
+    price as counted: 1,500 tokens out and none in ($0.0375 under one call's bound of $0.05), or 900 in and none
+    out."""
+    usage = {"input_tokens": 10, "output_tokens": 1000, "iterations": [{**ADVISED, **advice}]}
+    use = {"type": "server_tool_use", "id": "srvtoolu_1", "name": "advisor", "input": {}}
+    advised = {"type": "advisor_result", "text": "Plan first.", "stop_reason": "end_turn"}
+    result = {"type": "advisor_tool_result", "tool_use_id": "srvtoolu_1", "content": advised}
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x"}
+    message |= {"content": [use, result, {"type": "text", "text": TEXT}], "stop_reason": "end_turn"}
+    message |= {"stop_sequence": None, "usage": usage}
+    opening = {**message, "content": [], "stop_reason": None, "usage": {"input_tokens": 10, "output_tokens": 1}}
+    events = [
+        ("message_start", {"type": "message_start", "message": opening}),
+        *(
+            (name, {"type": name, "index": index, **more})
+            for index, block in enumerate((use, result))
+            for name, more in (("content_block_start", {"content_block": block}), ("content_block_stop", {}))
+        ),
+        *((name, {**data, "index": 2}) for name, data in TEXT_BLOCK),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    body = anthropic_stream(events)
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if stream:
+            return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, json=message)
+
+    model = {**MODEL, "deployments": [{"provider": "openai", "model": "claude-x"}]}
+    served = await serve(upstream, {"m": model}, provider=ANTHROPIC, environ=ANTHROPIC_KEYS)
+    tool = {"type": "advisor_20260301", "name": "advisor", "model": "claude-opus-4-6", "max_uses": 1}
+    asked = {
+        "model": "m",
+        "messages": HI,
+        "max_tokens": 4000,
+        "stream": stream,
+        "tools": [{**tool, "max_tokens": ADVICE_TOKENS}],
+    }
+    sent = {"authorization": f"Bearer {served.key.key}", "anthropic-beta": "advisor-tool-2026-03-01"}
+    answer = await served.http.post("/v1/messages", json=asked, headers=sent)
+    [line] = await served.ledger()
+    await served.gateway.aclose()
+    assert (answer.status_code, b'"error"' in answer.content) == (200, False), answer.text
+    assert (line.status, line.cost_source) == (200, "estimate"), (line.input_tokens, line.output_tokens)
+    assert line.output_tokens >= 1000
+    # (The call's bound, what it reads at its dearest input price and the answer's 1,000 tokens out: not the
+    # sampling's counts besides, $0.0375 more.)
+    assert ONE_CALL_USD + 0.002 < (line.cost_usd or 0) < ONE_CALL_USD + 0.02, line.cost_usd
 
 
 @pytest.mark.parametrize("api", ["messages", "chat"], ids=["passed_through", "translated"])

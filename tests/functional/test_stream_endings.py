@@ -1270,6 +1270,34 @@ async def test_a_failure_in_the_same_read_as_the_last_words_ends_the_stream_afte
     assert line.output_tokens == math.ceil(len(sent) / 3)
 
 
+@pytest.mark.parametrize("api", ["messages", "responses"])
+async def test_a_passed_through_stream_cut_part_way_through_an_event_relays_none_of_it(api: str) -> None:
+    """A stream passed through whose connection ended part-way through an event (a web search's query still
+    streaming, its JSON cut): what the cut left of it was relayed as an event, the provider's raw bytes, on which the
+    official Anthropic SDK raised JSONDecodeError, never reading the error event after it nor what the stream was
+    charged. Every event relayed is JSON now, the stream ends with its API's error as one cut short, and it is
+    charged for what was relayed. (A Responses stream's relay reads each event, and was not affected: it is the same
+    pass-through, `NativeStream`.)"""
+    path, provider = SAME_READ_APIS[api]
+    opening, delta = opening_and_delta(api)
+    cut = delta(' there, looking up "weather in Paris today"')[:-40]
+    served = await serve(lambda request: reads(opening, cut), SAME_READ_MODELS, provider=provider)
+    asked: dict[str, Any] = {"model": "m", "stream": True, "max_tokens": 2000, "messages": HI}
+    answer = await served.post(path, {"model": "m", "stream": True, "input": "hi"} if api == "responses" else asked)
+    [line] = await served.ledger()
+    await served.gateway.aclose()
+    data = [said[6:] for said in answer.text.splitlines() if said.startswith("data: ")]
+    events = [orjson.loads(said) for said in data]  # (each one JSON: what the cut left of an event is none)
+    if api == "messages":
+        sent = "".join(event["delta"]["text"] for event in events if event["type"] == "content_block_delta")
+        assert events[-1]["type"] == "error" and "cost" in events[-1]
+    else:
+        sent = "".join(event["delta"] for event in events if event["type"] == "response.output_text.delta")
+        assert [event["type"] for event in events[-2:]] == ["error", "response.failed"]
+    assert sent == "Hello"
+    assert (line.status, line.cost_source, line.output_tokens) == (502, "estimate", math.ceil(len(sent) / 3))
+
+
 # --- a server's failure written as its error object alone ----------------------------------------------------------
 # Mistral's error body is the error object itself, `{"object": "error", "message", "type", "param", "code"}`, with no
 # `error` member around it (`error_from_body` reads it so, whole); written part way through a stream, in the same shape.

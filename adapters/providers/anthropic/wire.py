@@ -85,13 +85,16 @@ class WireUsage(_Wire):
     cache_read_input_tokens: StrictInt | None = None
 
     def counted(self) -> bool:
-        """Whether it gives both main counts, the input's and the output's, and so does each compaction its counts
-        hold (`BILLED_APART`): a usage without one (null, left out or negative: `reported`) is none, so a whole answer
-        is estimated and a stream metered as one without its final usage. (Read as 0, `"output_tokens": null` would
-        bill a stream's 3,000 characters as 0 tokens out, the provider's count; a compaction without its input count
-        billed the 180,000 tokens it read as none.)"""
-        compactions = _entries((self.__pydantic_extra__ or {}).get("iterations"), BILLED_APART)
-        return all(reported(counts, *MAIN_COUNTS) for counts in (self.__dict__, *compactions))
+        """Whether it gives both main counts, the input's and the output's, and so does each sampling billed beside
+        them (`BILLED_APART`, `BILLED_AT_THEIR_MODEL`): a usage without one (null, left out or negative: `reported`)
+        is none, so a whole answer is estimated and a stream metered as one without its final usage. (Read as 0,
+        `"output_tokens": null` would bill a stream's 3,000 characters as 0 tokens out, the provider's count; a
+        compaction without its input count billed the 180,000 tokens it read as none; and an advisor's sampling
+        without it was charged at the advisor's price as counted, 0 tokens in.)"""
+        iterations = _entries(
+            (self.__pydantic_extra__ or {}).get("iterations"), (*BILLED_APART, *BILLED_AT_THEIR_MODEL)
+        )
+        return all(reported(counts, *MAIN_COUNTS) for counts in (self.__dict__, *iterations))
 
     def to_usage(self) -> Usage:
         """The counts the request is billed for: the top level's, and a compaction's beside them (the line's token
@@ -123,13 +126,18 @@ class WireUsage(_Wire):
     def served(self) -> Served | None:
         """How the answer says it was served, beyond its counts: its speed and geo (`SERVED_OPTIONS`), the tokens
         its advisor's model ran (`BILLED_AT_THEIR_MODEL`), and the samplings its counts hold that are priced each on
-        its own (`BILLED_APART`); None where it says none of them."""
+        its own (`BILLED_APART`); None where it says none of them. The advisor's tokens only where the usage is
+        `counted`: else the answer is estimated, and each advisor call it shows is charged its reserved bound, as a
+        stream's cut before its usage is (`Exchange.advised`), not counts the provider did not give, nor those
+        beside them twice."""
         extra = self.__pydantic_extra__
         if not extra or extra.keys().isdisjoint(SAYS_SERVED):  # (the common answer: nothing more to read)
             return None
         options = {name: extra[name] for name in SERVED_OPTIONS if isinstance(extra.get(name), str)}
         iterations = extra.get("iterations")
         others = tuple(_their_model(entry) for entry in _entries(iterations, BILLED_AT_THEIR_MODEL))
+        if others and not self.counted():
+            others = ()
         samplings = tuple(_sampling(entry) for entry in _entries(iterations, BILLED_APART))
         return Served(options, others, samplings) if options or others or samplings else None
 
