@@ -290,13 +290,15 @@ class Api:
         elif token is None and "x-api-key" in request.headers:
             raise AuthenticationError(unread_x_api_key(route_path(request.scope)))
         lineage = await self.gateway.keys.authenticate_lineage(token, self.client_ip(request), administers)
-        request.state.lineage = lineage
+        # (The request's state written as the dict it is: Starlette's `request.state`, a `State` made per request
+        # whose attributes go through `__setattr__` and `__getattr__`, cost a proxied request 2 µs in these four.)
+        request.scope.setdefault("state", {})["lineage"] = lineage
         return lineage[0]
 
     @staticmethod
     def lineage(request: Request) -> list[KeyRecord]:
         """The authenticated key and its ancestors, nearest first (set by `authenticate`)."""
-        lineage: list[KeyRecord] = request.state.lineage
+        lineage: list[KeyRecord] = request.scope["state"]["lineage"]
         return lineage
 
     def exchange(
@@ -323,8 +325,9 @@ class Api:
         if inbound_dropped and controls.strict:
             named = names_clipped(inbound_dropped)  # (the client's names, as the header would carry them)
             raise StrictParamsError(f"cannot honour: {', '.join(named)} (x-gateway-strict is on)", param=named[0])
+        state = request.scope["state"]
         ex = Exchange(
-            request.state.request_id,
+            state["request_id"],
             key,
             model,
             controls,
@@ -332,13 +335,13 @@ class Api:
             lineage=lineage,
             stream=bool(stream),
             anthropic=anthropic,  # (the Messages routes say so: no header scan on every request)
-            arrived=request.scope["state"].get("started"),  # (the deadline runs from there)
+            arrived=state.get("started"),  # (the deadline runs from there)
             lifetime_s=self.lifetime_s,
         )
-        request.state.exchange = ex
+        state["exchange"] = ex
         tracer = self.gateway.tracer
         if tracer is not None:
-            ex.trace = tracer.begin(request.headers, route_path(request.scope), request.scope["state"].get("body"))
+            ex.trace = tracer.begin(request.headers, route_path(request.scope), state.get("body"))
         return ex
 
     # --- routes (the read routes: handler/api/info_routes.py) -----------------------------------
