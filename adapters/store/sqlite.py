@@ -370,8 +370,11 @@ class SQLiteStore(SQLiteSignIns, SliceCache):
         return done
 
     def hurry(self) -> None:
+        """Write the lingering batch now, not on the loop's next turn: whoever hurries it (the end of a Lambda
+        invocation, `Gateway.settle_now`'s callback; a drain, a reader of this process's settlements) waits for
+        nothing else to join it, and a turn of the loop costs a warm invocation more than the call itself."""
         if self._flush_later is not None and self._flush_soon is None:
-            self._flush_next_turn(asyncio.get_running_loop())
+            self._flush()
 
     def _flush_next_turn(self, loop: asyncio.AbstractEventLoop) -> None:
         """Flush on the loop's next turn, not after a lingering settlement's wait."""

@@ -183,7 +183,10 @@ async def test_hurry_writes_a_lingering_settlement_at_once(store: SQLiteStore, m
     settling = asyncio.create_task(store.settle(settlement(adm, 0.1, line(key, 0.1))))
     await asyncio.sleep(0)
     started = time.perf_counter()
+    statements = traced(store)
     store.hurry()
+    assert "COMMIT" in statements  # written by the call itself, not on a later turn of the loop (a Lambda
+    # invocation's end waited a turn more for it)
     await settling
     assert time.perf_counter() - started < 0.25  # not its two seconds' linger, nor the slices' sweep (0.5 s)
     assert (await store.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.1)

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from handler.api import app as app_module
 from handler.api.app import (
     MAX_JSON_DEPTH,
+    header,
     lambda_time_left_s,
     lwa_source_ip,
     parse_controls,
@@ -715,3 +716,17 @@ def test_a_responses_requests_metadata_is_held_to_openais_limits_before_its_valu
         assert error.param == "metadata" and says in error.message, error.message
         assert error.message.startswith("metadata: ") and "Value error" not in error.message, error.message
         assert time.perf_counter() - started < 0.1
+
+
+@pytest.mark.parametrize("name", ["authorization", "content-type", "content-length", "x-absent"])
+def test_a_header_is_read_as_starlettes_headers_read_it(name: str) -> None:
+    """`header` reads the raw names as `request.headers.get` does: the first of a repeated header, Latin-1 text,
+    an empty value as such, None for one not sent."""
+    raw = [
+        (b"authorization", b"Bearer first"),
+        (b"authorization", b"Bearer second"),
+        (b"content-type", "application/json; charset=\u00e9".encode("latin-1")),
+        (b"content-length", b""),
+    ]
+    request = Request({"type": "http", "headers": raw})
+    assert header(request, name.encode()) == request.headers.get(name)
