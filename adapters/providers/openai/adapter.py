@@ -739,7 +739,10 @@ class OpenAIAdapter(ProviderAdapter):
         self._serves_responses: dict[str, bool] = {}
 
     def takes_search_options(self, target: Target) -> bool:
-        return True  # (a server that does not search ignores it, as any member it does not know, or refuses it)
+        # (A server the gateway has no profile for that does not search ignores it, as any member it does not know,
+        # or refuses it; a profile whose API runs no search for it leaves it out: DeepSeek's, Ollama's.)
+        rule = self.profile(target).rules.get("web_search_options")
+        return rule is None or not rule.drop
 
     def takes_service_tier(self, target: Target) -> bool:
         rule = self.profile(target).rules.get(SERVICE_TIER)
