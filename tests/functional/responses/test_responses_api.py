@@ -1299,3 +1299,48 @@ def test_a_key_that_may_not_use_the_model_is_refused_before_its_conversation_is_
     answer = httpx.post(f"{fleet.url}/v1/responses", json=body, headers={"authorization": f"Bearer {key}"})
     assert answer.status_code == 403, answer.text
     assert answer.json()["error"]["code"] == "model_not_allowed"
+
+
+CODEX_TURN: Any = {  # (the body Codex 0.171 sends for a turn, as it reaches the gateway: streamed, nothing stored)
+    "model": "claude",
+    "instructions": "You are Codex.",
+    "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "list the files"}]}],
+    "tools": [
+        {
+            "type": "function",
+            "name": "exec_command",
+            "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}, "required": ["cmd"]},
+        },
+        {"type": "web_search"},
+    ],
+    "tool_choice": "auto",
+    "parallel_tool_calls": False,
+    "reasoning": {"effort": "medium", "summary": "auto"},
+    "store": False,
+    "stream": True,
+    "include": ["reasoning.encrypted_content"],
+    "prompt_cache_key": "codex-session",
+}
+
+
+@pytest.mark.parametrize(
+    ("refusal", "status", "code"), [("budget", 402, "budget_exceeded"), ("scope", 403, "model_not_allowed")]
+)
+def test_a_refusal_codex_retries_costs_nothing_and_reaches_no_provider(
+    fleet: Running, refusal: str, status: int, code: str
+) -> None:
+    """Codex 0.171 takes a 402 `budget_exceeded` or a 403 `model_not_allowed` for a dropped connection and sends the
+    turn again, five times ("Reconnecting... n/5"), whatever `x-should-retry` says, before it shows the gateway's
+    message. The interface binds those statuses, so they stay: the six sends are refused before anything is reserved
+    or sent, and cost nothing: no provider is called, no ledger line is written, nothing is spent."""
+    fields: dict[str, Any] = {"budget_usd": 0.05} if refusal == "budget" else {"models": ["gpt"]}
+    key = fleet.mint(name=f"codex-retries-{refusal}", **fields)
+    upstream = {name: len(fake.state.requests) for name, fake in fleet.fakes.items()}
+    for _ in range(6):  # (the turn, and Codex's five reconnections)
+        answer = httpx.post(f"{fleet.url}/v1/responses", json=CODEX_TURN, headers={"authorization": f"Bearer {key}"})
+        assert answer.status_code == status, answer.text
+        assert answer.json()["error"]["code"] == code and answer.headers["x-should-retry"] == "false"
+    assert {name: len(fake.state.requests) for name, fake in fleet.fakes.items()} == upstream
+    assert fleet.ledger(key) == []
+    spent = httpx.get(f"{fleet.url}/v1/key", headers={"authorization": f"Bearer {key}"}).json()["spent_usd"]
+    assert spent == 0
