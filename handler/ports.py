@@ -442,6 +442,14 @@ class ProviderAdapter(ABC):
         with a search tool of its own runs it as that tool (`hosts_search`), billed per search instead."""
         return False
 
+    def takes_service_tier(self, target: Target) -> bool:
+        """Whether a translated request's OpenAI `service_tier` goes to the deployment (a request passed through as
+        written goes with it, whatever this says): where OpenAI's API and those that follow it take it, and may bill
+        by it. Decided before the request is built, so that a tier the gateway does not price is refused before
+        anything is reserved only where a deployment would be sent it (`Charges._price_options`): every other
+        translation leaves it out and names it, and cannot be billed by it."""
+        return False
+
     @abstractmethod
     def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
         """Build the upstream request for a chat completion."""

@@ -733,16 +733,21 @@ def _tools(req: ResponsesRequest, dropped: list[str], spaces: Namespaces) -> lis
     return tools
 
 
-def translated_search(req: ChatRequest, asked: list[dict[str, Any]], most: int, dropped: list[str]) -> list[str]:
+def translated_search(
+    req: ChatRequest, asked: list[dict[str, Any]], most: int, dropped: list[str], choice: Any
+) -> list[str]:
     """The hosted web search of a Responses request (`asked`: its search tools as the client sent them) for its
     translation `req`: the search, up to `most` searches (the `max_tool_calls` reserved for), where it is priced
     (`most`, else 0: left out, `responses_routes.hosted_tools`); a provider with its own search tool runs it
     (`ResponsesChatRequest`). `max_tool_calls`, the most calls of the hosted tools, is then the search's limit, and
     no longer named among what the translation leaves out (`dropped`, which is returned), but with the search where
-    a deployment is sent none (`WebSearch.unsent`). Else the search tools are named there."""
+    a deployment is sent none (`WebSearch.unsent`). Else the search tools are named there: so where the request's
+    `tool_choice` (`choice`) is `none`, which forbids every tool, the hosted ones included, as OpenAI's does. With the
+    search the only tool, the translation carried no choice at all (none is left to choose among the functions), and
+    Claude and Gemini were sent their search tool, ran it, and were reserved and charged its searches."""
     if not asked:
         return dropped
-    if not most or not isinstance(req, ResponsesChatRequest):
+    if not most or not isinstance(req, ResponsesChatRequest) or choice == "none":
         return [*dropped, *sorted({f"tools[{tool['type']}]" for tool in asked})]
     limit = "max_tool_calls" if "max_tool_calls" in dropped else None
     req.web_search = WebSearch.asked(asked[0], most, f"tools[{asked[0]['type']}]")._replace(limit=limit)

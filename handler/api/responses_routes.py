@@ -512,7 +512,7 @@ class ResponsesRoutes:
         # tool where the search is priced (`ex.searches`, the limit reserved): left out and named where unpriced.
         searches = search_tools(body)
         hosted = hosted_tools(api.pipeline, ex, body, searches)
-        dropped = translated_search(req, searches, ex.searches, dropped)
+        dropped = translated_search(req, searches, ex.searches, dropped, body.tool_choice)
         ex.searched = req if req.web_search is not None else None
         relay = Relay(body, handed_back, ex, dropped, hosted, kept, visible)
 

@@ -32,6 +32,8 @@ from handler.redaction import clipped, redact_message
 from handler.schemas import DEFAULT_SEARCHES
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     from handler.config import FeeConfig, Price
     from handler.pipeline.exchange import Exchange
     from handler.pipeline.gateway import Gateway
@@ -55,11 +57,17 @@ class Charges:
     gateway: Gateway
     fee: FeeConfig
 
-    def _price_options(self, ex: Exchange, req: ChatRequest, plan: list[Attempt]) -> None:
+    def _price_options(
+        self, ex: Exchange, req: ChatRequest, plan: list[Attempt], native: Collection[Attempt] = ()
+    ) -> None:
         """Options that change what the provider bills: priced as configured, else refused; `store: true`
         (the tenant's data kept in the operator's provider account) dropped unless the operator allows it. A
-        service tier is priced by each deployment's model (`Attempt.tiers`): refused here where no model of the
-        plan prices it, and at each deployment that would be sent it unpriced (`_tier_priced`)."""
+        service tier is priced by each deployment's model (`Attempt.tiers`): refused here where every deployment of
+        the plan would be sent it (`native`: those a request passed through as written goes to; the rest as their
+        adapter says, `ProviderAdapter.takes_service_tier`) and no model of the plan prices it, and at each
+        deployment that would be sent it unpriced (`_tier_priced`). A plan none of whose deployments is sent it
+        (Claude, Gemini, DeepSeek, Bedrock) is served at its own prices, the tier left out and named, whatever it
+        names: `priority` was refused there, and `flex` was not."""
         extra = req.model_extra
         if not extra:
             return
@@ -67,7 +75,12 @@ class Charges:
         tier = extra.get("service_tier")
         ex.plain_tier = tier == "default"
         if tier is not None and tier not in PLAIN_TIERS:
-            if not isinstance(tier, str) or not any(tier in attempt.taken for attempt in plan):
+            sent = [
+                attempt for attempt in plan if attempt in native or attempt.adapter.takes_service_tier(attempt.target)
+            ]
+            if not isinstance(tier, str) or (
+                len(sent) == len(plan) and not any(tier in attempt.taken for attempt in sent)
+            ):
                 raise unpriced_tier(tier, ex.model)
             ex.service_tier = tier
         if extra.get("web_search_options") is not None:

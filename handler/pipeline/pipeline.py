@@ -647,8 +647,8 @@ class Pipeline(Charges):
         who = req.user or (req.model_extra or {}).get("safety_identifier")
         if isinstance(who, str) and who and ex.user is None:
             ex.user = unkeyed(who, MAX_USER_CHARS)
-        self._price_options(ex, req, plan)
         native = [attempt for attempt in plan if attempt.adapter.speaks(call.api, attempt.target)] if call else []
+        self._price_options(ex, req, plan, native)
         thread = None  # (a `continue`'s: the answer it continues, as the store keeps it)
         if call is not None:
             if call.native_only is not None and not native:

@@ -322,6 +322,9 @@ class AzureOpenAIAdapter(OpenAIAdapter):
     def takes_search_options(self, target: Target) -> bool:
         return not dated(self.api_version(target))  # (`OPENAI_ONLY`: the versionless API follows OpenAI's)
 
+    def takes_service_tier(self, target: Target) -> bool:
+        return not dated(self.api_version(target)) and super().takes_service_tier(target)  # (`OPENAI_ONLY`, as above)
+
     def api_version(self, target: Target) -> str:
         return str(target.options.get("api_version") or self.options.get("api_version") or DEFAULT_API_VERSION)
 

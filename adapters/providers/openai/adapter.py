@@ -32,6 +32,7 @@ from adapters.providers.params import (
 )
 from handler import schemas
 from handler.call_ids import MAX_CALL_ID, claude_takes, shorten_message_call_ids
+from handler.config import SERVICE_TIER
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import RESPONSES_API, BuiltRequest, NativeCall, ProviderAdapter, Served, Target, UpstreamRequest
 from handler.schemas import (
@@ -738,7 +739,14 @@ class OpenAIAdapter(ProviderAdapter):
         self._serves_responses: dict[str, bool] = {}
 
     def takes_search_options(self, target: Target) -> bool:
-        return True  # (a server that does not search ignores it, as any member it does not know, or refuses it)
+        # (A server the gateway has no profile for that does not search ignores it, as any member it does not know,
+        # or refuses it; a profile whose API runs no search for it leaves it out: DeepSeek's, Ollama's.)
+        rule = self.profile(target).rules.get("web_search_options")
+        return rule is None or not rule.drop
+
+    def takes_service_tier(self, target: Target) -> bool:
+        rule = self.profile(target).rules.get(SERVICE_TIER)
+        return rule is None or not rule.drop  # (DeepSeek's profile, Mistral's and Ollama's leave it out: `apply_rules`)
 
     def profile(self, target: Target) -> Profile:
         profile = self._profiles.get(target.base_url)

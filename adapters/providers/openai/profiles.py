@@ -152,6 +152,9 @@ PROFILES: dict[str, Profile] = {
             "reasoning_effort": DROP,
             "store": DROP,
             "metadata": DROP,
+            # (OpenAI's search models' option: DeepSeek's Chat Completions has none, ignores it as any member it does
+            # not know, and runs no search for it; sent, it was held and charged OpenAI's per-request search fee.)
+            "web_search_options": DROP,
             "stop": Rule(max_items=16),
         },
         roles={"developer": "system"},
@@ -202,6 +205,7 @@ PROFILES: dict[str, Profile] = {
             "store": DROP,
             "metadata": DROP,
             "service_tier": DROP,
+            "web_search_options": DROP,  # (nor does Ollama search for it)
         },
     ),
     "xai": Profile(rules={"logit_bias": DROP, "store": DROP, "metadata": DROP}),

@@ -137,6 +137,35 @@ def test_codex_waits_and_retries_a_429_the_gateway_did_not_retry(fleet: Running,
     assert models.count(THROTTLED_ONCE) >= 3, models  # the throttled request, sent again, then the command's output
 
 
+@pytest.mark.parametrize(
+    ("refusal", "said"),
+    [
+        ("budget", "402 Payment Required: this key's budget cannot cover"),
+        ("scope", "this key may not use model 'claude'"),
+    ],
+)
+def test_codex_shows_a_refusal_after_five_reconnections_that_cost_nothing(
+    fleet: Running, tmp_path: Path, refusal: str, said: str
+) -> None:
+    """What a Codex user sees of the gateway's 402 `budget_exceeded` and 403 `model_not_allowed`, which the interface
+    binds: Codex (0.171) retries them as a dropped connection whatever `x-should-retry` says, "Reconnecting... 1/5"
+    to "5/5", then shows the gateway's message and exits 1. The six sends are refused before anything is reserved or
+    sent: no provider is called, no ledger line is written."""
+    workdir, home = tmp_path / "work", tmp_path / "home"
+    workdir.mkdir()
+    home.mkdir()
+    key = fleet.mint(
+        name=f"codex-refused-{refusal}", **({"budget_usd": 0.05} if refusal == "budget" else {"models": ["gpt"]})
+    )
+    upstream = {name: len(fake.state.requests) for name, fake in fleet.fakes.items()}
+    done = codex_exec(fleet, key, "claude", "say hi", workdir, home)
+    shown = done.stdout + done.stderr
+    assert done.returncode == 1 and said in shown, shown[-2000:]
+    assert "Reconnecting... 5/5" in shown, shown[-2000:]
+    assert {name: len(fake.state.requests) for name, fake in fleet.fakes.items()} == upstream
+    assert fleet.ledger(key) == []
+
+
 @pytest.mark.parametrize("model", ["claude", "gemini"])
 def test_codex_sub_agent_tools_reach_a_translated_model(fleet: Running, model: str, tmp_path: Path) -> None:
     """Codex sends its sub-agent tools (`spawn_agent`, `wait_agent`, ...) grouped in a `namespace` tool, which only

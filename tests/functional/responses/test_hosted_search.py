@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from handler.pipeline.charges import DEFAULT_SEARCHES
@@ -244,3 +245,25 @@ def test_a_search_location_of_odd_shape_is_no_location(fleet: Running, place: An
     assert answer.status_code == 200, answer.text
     [search] = [tool for tool in sent(fleet, "claude")["tools"] if tool.get("name") == "web_search"]
     assert "user_location" not in search
+
+
+@pytest.mark.parametrize("functions", [[], [WEATHER]])
+@pytest.mark.parametrize("model", sorted(SEARCHED))
+def test_tool_choice_none_forbids_the_search_too(fleet: Running, model: str, functions: list[Any]) -> None:
+    """OpenAI's `tool_choice: none` forbids every tool, the hosted ones included: the search is not sent (named
+    dropped), runs nowhere, and is neither reserved nor charged. With the search the only tool, the translation
+    carried no choice at all, and Claude and Gemini were sent their search tool and ran it: one search charged, and
+    ten held ($0.10, a 402 under `x-gateway-max-cost-usd: 0.05`)."""
+    key = fleet.mint(name=f"search-none-{model}-{len(functions)}")
+    headers = {"x-gateway-max-cost-usd": "0.05"}
+    raw = openai_client(fleet, key).responses.with_raw_response.create(
+        model=model, input="Hi", tools=[*SEARCH, *functions], tool_choice="none", extra_headers=headers
+    )
+    response = raw.parse()
+    assert "tools[web_search]" in dropped(raw.headers)
+    assert [item.type for item in response.output] == ["message"]
+    body = sent(fleet, model)
+    assert "web_search" not in orjson.dumps(body).decode() and "google_search" not in orjson.dumps(body).decode()
+    [line] = fleet.ledger(key)
+    assert response.usage is not None
+    assert line.cost_usd == pytest.approx(tokens_usd(response.usage))  # (no search)

@@ -325,6 +325,46 @@ def test_a_service_tier_left_out_is_not_echoed_as_served(fleet: Running, fleet_k
     assert passed.service_tier == "flex"  # (sent, and served at it)
 
 
+@pytest.mark.parametrize("model", ["claude", "gemini", "deepseek", "bedrock-claude"])
+@pytest.mark.parametrize("api", ["responses", "chat/completions"])
+def test_a_tier_no_deployment_is_sent_is_dropped_whatever_its_name(
+    fleet: Running, fleet_key: str, model: str, api: str
+) -> None:
+    """A `service_tier` asked of a model none of whose deployments is sent one (Claude, Gemini, DeepSeek, Bedrock:
+    their translation leaves it out, so it cannot change what they bill) is left out and named dropped, whatever
+    tier it names. `flex` was; `priority` was the 400 "service_tier 'priority' is not priced for model ..." before
+    anything was sent (the plan-wide check refused a tier no deployment takes, though none would be sent it), and an
+    OpenAI SDK app that always sets it lost every route to these models."""
+    for tier in ("flex", "priority"):
+        text: dict[str, Any] = (
+            {"input": "Hi"} if api == "responses" else {"messages": [{"role": "user", "content": "Hi"}]}
+        )
+        body = {"model": model, **text, "service_tier": tier, "store": False}
+        answer = httpx.post(
+            f"{fleet.url}/v1/{api}", json=body, headers={"authorization": f"Bearer {fleet_key}"}, timeout=30
+        )
+        assert answer.status_code == 200, (tier, answer.text)
+        assert "service_tier" in dropped(answer.headers), tier
+        if api == "responses":
+            assert answer.json()["service_tier"] == "default"  # (run at the provider's own, as billed)
+
+
+def test_a_tier_is_refused_where_a_deployment_would_be_sent_it_unpriced(fleet: Running, fleet_key: str) -> None:
+    """`priority` (which the fleet does not price) to OpenAI's Responses API, which is sent it as written: the 400
+    before anything is sent. Where a fallback is not sent it (Claude behind OpenAI), the OpenAI deployment is passed
+    over (`=unsupported`) and the fallback serves, the tier named dropped."""
+    headers = {"authorization": f"Bearer {fleet_key}"}
+    body = {"model": "gpt", "input": "Hi", "service_tier": "priority", "store": False}
+    refused = httpx.post(f"{fleet.url}/v1/responses", json=body, headers=headers, timeout=30)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "service_tier"
+    assert "service_tier 'priority' is not priced for model 'gpt'" in refused.json()["error"]["message"]
+    served = httpx.post(f"{fleet.url}/v1/responses", json={**body, "model": "gpt-or-claude"}, headers=headers)
+    assert served.status_code == 200, served.text
+    assert "service_tier" in dropped(served.headers)
+    route = served.headers["x-gateway-route"]
+    assert route.startswith("openai/gpt-4o-mini@global=unsupported, anthropic/claude-haiku-4-5@global=200"), route
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -1259,3 +1299,48 @@ def test_a_key_that_may_not_use_the_model_is_refused_before_its_conversation_is_
     answer = httpx.post(f"{fleet.url}/v1/responses", json=body, headers={"authorization": f"Bearer {key}"})
     assert answer.status_code == 403, answer.text
     assert answer.json()["error"]["code"] == "model_not_allowed"
+
+
+CODEX_TURN: Any = {  # (the body Codex 0.171 sends for a turn, as it reaches the gateway: streamed, nothing stored)
+    "model": "claude",
+    "instructions": "You are Codex.",
+    "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "list the files"}]}],
+    "tools": [
+        {
+            "type": "function",
+            "name": "exec_command",
+            "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}, "required": ["cmd"]},
+        },
+        {"type": "web_search"},
+    ],
+    "tool_choice": "auto",
+    "parallel_tool_calls": False,
+    "reasoning": {"effort": "medium", "summary": "auto"},
+    "store": False,
+    "stream": True,
+    "include": ["reasoning.encrypted_content"],
+    "prompt_cache_key": "codex-session",
+}
+
+
+@pytest.mark.parametrize(
+    ("refusal", "status", "code"), [("budget", 402, "budget_exceeded"), ("scope", 403, "model_not_allowed")]
+)
+def test_a_refusal_codex_retries_costs_nothing_and_reaches_no_provider(
+    fleet: Running, refusal: str, status: int, code: str
+) -> None:
+    """Codex 0.171 takes a 402 `budget_exceeded` or a 403 `model_not_allowed` for a dropped connection and sends the
+    turn again, five times ("Reconnecting... n/5"), whatever `x-should-retry` says, before it shows the gateway's
+    message. The interface binds those statuses, so they stay: the six sends are refused before anything is reserved
+    or sent, and cost nothing: no provider is called, no ledger line is written, nothing is spent."""
+    fields: dict[str, Any] = {"budget_usd": 0.05} if refusal == "budget" else {"models": ["gpt"]}
+    key = fleet.mint(name=f"codex-retries-{refusal}", **fields)
+    upstream = {name: len(fake.state.requests) for name, fake in fleet.fakes.items()}
+    for _ in range(6):  # (the turn, and Codex's five reconnections)
+        answer = httpx.post(f"{fleet.url}/v1/responses", json=CODEX_TURN, headers={"authorization": f"Bearer {key}"})
+        assert answer.status_code == status, answer.text
+        assert answer.json()["error"]["code"] == code and answer.headers["x-should-retry"] == "false"
+    assert {name: len(fake.state.requests) for name, fake in fleet.fakes.items()} == upstream
+    assert fleet.ledger(key) == []
+    spent = httpx.get(f"{fleet.url}/v1/key", headers={"authorization": f"Bearer {key}"}).json()["spent_usd"]
+    assert spent == 0

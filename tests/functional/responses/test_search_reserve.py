@@ -217,3 +217,28 @@ def test_a_chat_search_beside_function_tools_on_gemini_is_held_no_search_fee(fle
     usage = answer.json()["usage"]
     tokens = (usage["prompt_tokens"] * PRICE["input"] + usage["completion_tokens"] * PRICE["output"]) / 1e6
     assert line.cost_usd == pytest.approx(tokens)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_search_options_to_deepseek_are_left_out_and_not_charged(fleet: Running, stream: bool) -> None:
+    """Chat Completions' `web_search_options` to DeepSeek, which has no such member (its API ignores what it does not
+    know: no search runs): left out, named dropped, and neither held nor charged OpenAI's per-request fee. It was
+    sent as written and held and charged the fee: $0.010067 for a request of $0.000067, a 402 under
+    `x-gateway-max-cost-usd: 0.005`."""
+    key = fleet.mint(name=f"chat-search-deepseek-{stream}")
+    body = {
+        "model": "deepseek",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 16,
+        "web_search_options": {},
+        "stream": stream,
+        **({"stream_options": {"include_usage": True}} if stream else {}),
+    }
+    headers = bearer(key, **{"x-gateway-max-cost-usd": "0.005"})
+    answer = httpx.post(f"{fleet.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-gateway-dropped-params"].split(",") == ["web_search_options"]
+    assert "web_search_options" not in fleet.fakes["openai"].state.requests[-1]["json"]
+    [line] = fleet.ledger(key)
+    tokens = (line.input_tokens * PRICE["input"] + line.output_tokens * PRICE["output"]) / 1e6
+    assert line.cost_usd == pytest.approx(tokens)

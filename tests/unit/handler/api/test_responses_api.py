@@ -571,7 +571,7 @@ def test_a_grounded_answer_cut_by_its_cap_streams_its_message_incomplete_as_whol
     closed `completed` as the searches came), and the searches come after it, as documented."""
     body = ResponsesRequest.model_validate({"model": "m", "input": "Hi", "tools": [{"type": "web_search"}]})
     req, dropped = to_chat_request(body, [], SEAL)
-    translated_search(req, search_tools(body), 10, dropped)
+    translated_search(req, search_tools(body), 10, dropped, body.tool_choice)
     target = Target("g", "gemini", "gemini-2.5-flash", "global", "http://gemini.invalid")
     adapter = GeminiAdapter("g", "AIza-test-key", {})
     answer = adapter.chat_response(orjson.dumps(GROUNDED), req, target)

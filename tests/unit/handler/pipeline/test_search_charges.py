@@ -192,6 +192,7 @@ def test_azure_at_a_dated_api_version_is_reserved_no_per_request_search_fee() ->
     [
         ({"type": "openai", "api_key": "sk-test"}, "gpt-4o-search-preview"),
         ({"type": "openai", "api_key": "sk-test", "base_url": "http://127.0.0.1:9/v1"}, "llama"),
+        ({"type": "openai", "api_key": "sk-test", "base_url": "http://127.0.0.1:9/v1", "profile": "ollama"}, "llama"),
         ({"type": "deepseek", "api_key": "sk-test"}, "deepseek-chat"),
         ({"type": "mistral", "api_key": "test"}, "mistral-large-latest"),
         (AZURE, "gpt-4o"),
