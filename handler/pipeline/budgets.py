@@ -456,12 +456,17 @@ class Meter:
                     return await self.store.admit(admission)
             except BudgetRefused as refused:
                 # Reservations of requests that died hold budget until they expire, leases idle in other regions
-                # until their region returns them; free them and retry once.
-                charge = next((b for b in admission.budgets if b.key_id == refused.key_id), None)
-                if charge is None:
+                # until their region returns them; free them and retry once. On every budget of the admission, not
+                # the refused one alone: a request that died on a key and its parent holds both, and the retry
+                # would be refused by the parent. And retried whatever this release freed: another process
+                # refused a moment before may have freed it first.
+                if not any(charge.key_id == refused.key_id for charge in admission.budgets):
                     raise
-                if await self.store.release_held(charge, self.clock()) <= 0:
-                    raise
+                now = self.clock()
+                for charge in admission.budgets:
+                    await self.store.release_held(charge, now)
+                if region is not None:
+                    return await self.store.admit_at(admission, region)
                 return await self.store.admit(admission)
         except BudgetRefused as refused:
             remaining = "" if refused.remaining_usd is None else f" (${max(refused.remaining_usd, 0):.6f} left)"
