@@ -52,7 +52,7 @@ from handler.pipeline.keys import hop_address, network
 from handler.pipeline.pipeline import Pipeline
 from handler.pipeline.routing import RouteControls
 from handler.ports import STORE_DEADLINE, KeyRecord, StoreDeadlineError, StoreError
-from handler.redaction import clipped, names_clipped, path_clipped, scrub
+from handler.redaction import echoed, names_clipped, path_clipped, scrub
 from handler.schemas import ChatRequest
 from handler.telemetry import prometheus
 from handler.telemetry.observability import observe, observe_failure
@@ -703,7 +703,7 @@ def _flag(raw: str | None, name: str) -> bool:
         return False
     if value == "true":
         return True
-    raise InvalidRequestError(f"{name} must be true or false, not '{shown(raw or '')}'", param=name)
+    raise InvalidRequestError(f"{name} must be true or false, not '{echoed(raw or '')}'", param=name)
 
 
 def _number(raw: str | None, name: str, *, positive: bool) -> float | None:
@@ -716,23 +716,10 @@ def _number(raw: str | None, name: str, *, positive: bool) -> float | None:
     except ValueError:
         value = None
     if value is None:
-        raise InvalidRequestError(f"{name} must be a number, not '{shown(raw)}'", param=name)
+        raise InvalidRequestError(f"{name} must be a number, not '{echoed(raw)}'", param=name)
     if value != value or value in (float("inf"), float("-inf")) or value < 0 or (positive and value == 0):
         raise InvalidRequestError(f"{name} must be a {'positive' if positive else 'non-negative'} number", param=name)
     return value
-
-
-# The longest control header value a 400 echoes. A number, a flag or a typo is shorter; a key or a token pasted into
-# the wrong header is longer (`gwk_`, `sk-`, `xai-`, `gsk_`, a JWT: no pattern of redaction knows them all).
-ECHOED_CHARACTERS = 16
-
-
-def shown(value: str) -> str:
-    """A control header's value as its 400 echoes it: as the client wrote it (`header_text`) where it is short enough
-    to be no secret, else only its length (a key pasted into the wrong header is not echoed, even in part)."""
-    if len(value) <= ECHOED_CHARACTERS:
-        return clipped(value, ECHOED_CHARACTERS)
-    return f"a value of {len(value)} characters"
 
 
 def answered_before_the_app(

@@ -164,7 +164,8 @@ def test_a_control_headers_value_is_echoed_as_the_client_wrote_it_and_never_a_ke
     """Sent as curl and Go send a header's text, UTF-8: `x-gateway-deadline-ms: é` was a 400 saying "not 'Ã©'" (the
     server reads a header as Latin-1), a fallback named `modèle` "model 'modÃ¨le'", and a flag's value was echoed
     whole, a key pasted into it too. A number in other digits (`１０００`, which Python reads) is none: the deadline
-    read as the request arrives takes ASCII alone."""
+    read as the request arrives takes ASCII alone. A value that may be a key or a token (a run of 16 letters and
+    digits, whatever its prefix) is echoed only by its length, a fallback's name too."""
     auth = ("authorization", f"Bearer {key}")
     body = {"model": "gpt-4o-mini", "messages": HI, "max_tokens": 100}
     cases = [
@@ -181,13 +182,14 @@ def test_a_control_headers_value_is_echoed_as_the_client_wrote_it_and_never_a_ke
         assert answer.status_code == (404 if name == "x-gateway-fallbacks" else 400), (name, answer.text)
         error = answer.json()["error"]
         assert error["param"] == name and error["message"].startswith(said), error["message"]
-    jwt = "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"
-    for secret in (key, jwt, "xai-" + "k" * 40, "gsk_" + "g" * 40):
-        answer = httpx.post(
-            f"{running.url}/v1/chat/completions", json=body, headers=[auth, ("x-gateway-strict", secret)], timeout=30
-        )
-        assert answer.status_code == 400 and secret[:12] not in answer.text, answer.text
-        assert f"a value of {len(secret)} characters" in answer.json()["error"]["message"]
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"
+    for secret in (key, jwt, "xai-" + "k" * 40, "gsk_" + "g" * 40, "tok-" + "0123456789ab" * 2):
+        for name, status in (("x-gateway-strict", 400), ("x-gateway-fallbacks", 404)):
+            answer = httpx.post(
+                f"{running.url}/v1/chat/completions", json=body, headers=[auth, (name, secret)], timeout=30
+            )
+            assert answer.status_code == status and secret[:12] not in answer.text, (name, answer.text)
+            assert f"a value of {len(secret)} characters" in answer.json()["error"]["message"], (name, answer.text)
 
 
 def test_a_control_header_on_two_lines_is_read_whole(running: Running, key: str) -> None:
