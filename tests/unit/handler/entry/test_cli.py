@@ -908,7 +908,13 @@ def test_config_check_serve_and_start_up_warn_of_providers_with_no_model(
     gateway = build_gateway(config_path=str(path), store_url="sqlite://", environ={})  # (a Lambda function's start)
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [warning[9:-1]]
     asyncio.run(gateway.aclose())
-    path.write_text(path.read_text() + "models:\n  m: {deployments: [{provider: openai, model: gpt-4o}]}\n")
+    providers = path.read_text()
+    # Every model commented out: `models:` alone, which YAML reads as null, is no model (it was refused, "Input
+    # should be a valid dictionary", exit 1).
+    path.write_text(providers + "models:\n  # m: {deployments: [{provider: openai, model: gpt-4o}]}\n")
+    assert main(["config", "check", "--config", str(path)]) == 0
+    assert capsys.readouterr().err == warning
+    path.write_text(providers + "models:\n  m: {deployments: [{provider: openai, model: gpt-4o}]}\n")
     assert main(["config", "check", "--config", str(path)]) == 0
     assert capsys.readouterr().err == ""
 
