@@ -341,3 +341,20 @@ def test_the_bedrock_inference_profiles_table_is_the_adapters() -> None:
         prefix: (list(geography.sources), list(geography.defaults))
         for prefix, geography in INFERENCE_GEOGRAPHIES.items()
     }
+
+
+def test_the_conformance_corpus_figures_the_pages_give_are_the_corpus() -> None:
+    """docs/conformance.md and docs/testing.md give the corpus's size: said 71 requests and 497 bodies where the
+    corpus held 79 (65 and 14) and 553."""
+    from tests.conformance.corpus import CASES, CHAT_CASES, MESSAGES_CASES, MODELS
+
+    text = (ROOT / "docs" / "conformance.md").read_text()
+    found = re.search(
+        r"(\d+) client requests, (\d+) Chat Completions bodies.*?(\d+) Messages API\s+bodies.*?that is (\d+) upstream",
+        text,
+        re.S,
+    )
+    assert found, "the corpus paragraph of docs/conformance.md moved"
+    said = tuple(int(group) for group in found.groups())
+    assert said == (len(CASES), len(CHAT_CASES), len(MESSAGES_CASES), len(CASES) * len(MODELS))
+    assert f"{len(CASES)} client requests through all" in (ROOT / "docs" / "testing.md").read_text()
