@@ -77,6 +77,17 @@ def exchange(api: str = "") -> Exchange:
     return ex
 
 
+def reserved_searches(pipeline: Pipeline, gemini: Attempt, req: ChatRequest) -> tuple[Exchange, Usage]:
+    """The exchange of `req` at `gemini` and its worst case (100 tokens in, 16 out), which holds ten searches."""
+    ex = exchange()
+    pipeline._price_options(ex, req, [gemini])
+    reservation = Reservation(None, 1.0, 0)
+    reservation.prompt_tokens, reservation.output_tokens = 100, 16
+    worst = pipeline._worst(ex, reservation, gemini)
+    assert worst.web_searches == DEFAULT_SEARCHES
+    return ex, worst
+
+
 def test_the_searches_are_in_the_worst_case_of_the_attempts_sent_the_tool_alone() -> None:
     """Ten searches allowed: in the worst case (and its charge, cut unanswered) of the deployment that speaks the
     request's API, none in a translation's, which leaves the tool out: $0.100042 was charged such an attempt."""
@@ -143,12 +154,7 @@ def test_gemini_is_charged_no_more_searches_than_were_reserved() -> None:
     req = ChatRequest.model_validate(
         {"model": "g", "messages": [{"role": "user", "content": "Hi"}], "web_search_options": {}}
     )
-    ex = exchange()
-    pipeline._price_options(ex, req, [gemini])
-    reservation = Reservation(None, 1.0, 0)
-    reservation.prompt_tokens, reservation.output_tokens = 100, 16
-    worst = pipeline._worst(ex, reservation, gemini)
-    assert worst.web_searches == DEFAULT_SEARCHES
+    ex, worst = reserved_searches(pipeline, gemini, req)
     reserved = pipeline._cost(ex, gemini, worst, reserved=True).provider_usd
     ex.dropped_at[id(gemini)] = gemini.adapter.chat_request(req, gemini.target, stream=False).dropped
     answered = Usage.of(100, 16)
@@ -187,21 +193,23 @@ def test_azure_at_a_dated_api_version_is_reserved_no_per_request_search_fee() ->
     assert reserved == [pipeline._per_request_usd(ex, attempt) for attempt in (dated, versionless)] == [0, SEARCH_USD]
 
 
-@pytest.mark.parametrize(
-    ("provider", "model"),
-    [
-        ({"type": "openai", "api_key": "sk-test"}, "gpt-4o-search-preview"),
-        ({"type": "openai", "api_key": "sk-test", "base_url": "http://127.0.0.1:9/v1"}, "llama"),
-        ({"type": "openai", "api_key": "sk-test", "base_url": "http://127.0.0.1:9/v1", "profile": "ollama"}, "llama"),
-        ({"type": "deepseek", "api_key": "sk-test"}, "deepseek-chat"),
-        ({"type": "mistral", "api_key": "test"}, "mistral-large-latest"),
-        (AZURE, "gpt-4o"),
-        ({**AZURE, "api_version": "v1"}, "gpt-4o"),
-        ({"type": "anthropic", "api_key": "sk-ant-test"}, "claude-sonnet-4-5"),
-        ({"type": "gemini", "api_key": "AIza-test"}, "gemini-2.5-flash"),
-        ({"type": "bedrock", "region": "us-east-1"}, "us.anthropic.claude-sonnet-4-5-20250929-v1:0"),
-    ],
-)
+# A deployment of each provider type and profile (OpenAI's model the one of its own that searches), for the tests
+# that check a prediction made before a request is built against the request built.
+EVERY_PROVIDER: list[tuple[dict[str, Any], str]] = [
+    ({"type": "openai", "api_key": "sk-test"}, "gpt-4o-search-preview"),
+    ({"type": "openai", "api_key": "sk-test", "base_url": "http://127.0.0.1:9/v1"}, "llama"),
+    ({"type": "openai", "api_key": "sk-test", "base_url": "http://127.0.0.1:9/v1", "profile": "ollama"}, "llama"),
+    ({"type": "deepseek", "api_key": "sk-test"}, "deepseek-chat"),
+    ({"type": "mistral", "api_key": "test"}, "mistral-large-latest"),
+    (AZURE, "gpt-4o"),
+    ({**AZURE, "api_version": "v1"}, "gpt-4o"),
+    ({"type": "anthropic", "api_key": "sk-ant-test"}, "claude-sonnet-4-5"),
+    ({"type": "gemini", "api_key": "AIza-test"}, "gemini-2.5-flash"),
+    ({"type": "bedrock", "region": "us-east-1"}, "us.anthropic.claude-sonnet-4-5-20250929-v1:0"),
+]
+
+
+@pytest.mark.parametrize(("provider", "model"), EVERY_PROVIDER)
 def test_the_search_fee_is_reserved_where_web_search_options_is_sent_as_written(
     provider: dict[str, Any], model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -247,12 +255,7 @@ def test_a_requests_search_is_built_once_however_often_it_is_read(monkeypatch: p
     req = ChatRequest.model_validate(
         {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "web_search_options": {}}
     )
-    ex = exchange()
-    pipeline._price_options(ex, req, [gemini])
-    reservation = Reservation(None, 1.0, 0)
-    reservation.prompt_tokens, reservation.output_tokens = 100, 16
-    worst = pipeline._worst(ex, reservation, gemini)
-    assert worst.web_searches == DEFAULT_SEARCHES
+    ex, worst = reserved_searches(pipeline, gemini, req)
     pipeline._cost(ex, gemini, worst, reserved=True)
     gemini.adapter.chat_request(req, gemini.target, stream=False)
     gemini.adapter.stream_parser(req, gemini.target)

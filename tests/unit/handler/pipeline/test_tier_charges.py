@@ -10,23 +10,11 @@ import pytest
 
 from handler.errors import InvalidRequestError
 from handler.schemas import ChatRequest
-from tests.unit.handler.pipeline.test_search_charges import AZURE, exchange, planned
+from tests.unit.handler.pipeline.test_search_charges import EVERY_PROVIDER, exchange, planned
 
 
 @pytest.mark.parametrize(
-    ("provider", "model"),
-    [
-        ({"type": "openai", "api_key": "sk-test"}, "gpt-4o"),
-        ({"type": "openai", "api_key": "sk-test", "base_url": "http://127.0.0.1:9/v1"}, "llama"),
-        ({"type": "openai", "api_key": "sk-test", "base_url": "http://127.0.0.1:9/v1", "profile": "ollama"}, "llama"),
-        ({"type": "deepseek", "api_key": "sk-test"}, "deepseek-chat"),
-        ({"type": "mistral", "api_key": "test"}, "mistral-large-latest"),
-        (AZURE, "gpt-4o"),
-        ({**AZURE, "api_version": "v1"}, "gpt-4o"),
-        ({"type": "anthropic", "api_key": "sk-ant-test"}, "claude-sonnet-4-5"),
-        ({"type": "gemini", "api_key": "AIza-test"}, "gemini-2.5-flash"),
-        ({"type": "bedrock", "region": "us-east-1"}, "us.anthropic.claude-sonnet-4-5-20250929-v1:0"),
-    ],
+    ("provider", "model"), [({"type": "openai", "api_key": "sk-test"}, "gpt-4o"), *EVERY_PROVIDER[1:]]
 )
 def test_an_unpriced_tier_is_refused_where_the_deployment_is_sent_it(
     provider: dict[str, Any], model: str, monkeypatch: pytest.MonkeyPatch
