@@ -343,9 +343,12 @@ class Charges:
         if tier is None and served is None:
             unasked = self._learned_tier(ex, attempt) if worst else None
             return price if unasked is None else scaled(price, max(attempt.tiers.get(unasked, 1.0), 1.0))
-        # A service tier the deployment was not sent (dropped and named) is not billed; one the answer says it
-        # ran at is billed at that tier, as OpenAI bills it (`priority` is served at `default` past its ramp limits).
-        multiplier = attempt.tiers.get(tier, 1.0) if tier is not None and SERVICE_TIER not in ex.dropped else 1.0
+        # A service tier the deployment was not sent (dropped and named, as its own request was built: a fallback
+        # that served and dropped it says nothing of an attempt cut unanswered that was sent it) is not billed; one
+        # the answer says it ran at is billed at that tier, as OpenAI bills it (`priority` is served at `default`
+        # past its ramp limits).
+        dropped = ex.dropped_at.get(id(attempt), ex.dropped)
+        multiplier = attempt.tiers.get(tier, 1.0) if tier is not None and SERVICE_TIER not in dropped else 1.0
         ran = served.options.get(SERVICE_TIER) if served is not None else None
         if ran is not None:
             multiplier = 1.0 if ran == "default" else attempt.tiers.get(ran, multiplier)

@@ -5,12 +5,14 @@ request carried it, as that request was built."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 
+from adapters.providers.bedrock.adapter import reset_credentials
 from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
 from handler.pipeline.budgets import Reservation
@@ -193,6 +195,17 @@ def test_azure_at_a_dated_api_version_is_reserved_no_per_request_search_fee() ->
     assert reserved == [pipeline._per_request_usd(ex, attempt) for attempt in (dated, versionless)] == [0, SEARCH_USD]
 
 
+@pytest.fixture
+def example_aws_keys(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """AWS keys for a Bedrock deployment's request to be built, the process's credentials (read once, cached) reset
+    before and after: left cached, a later test's Bedrock deployments in the same process signed as AKIDEXAMPLE."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    reset_credentials()
+    yield
+    reset_credentials()
+
+
 # A deployment of each provider type and profile (OpenAI's model the one of its own that searches), for the tests
 # that check a prediction made before a request is built against the request built.
 EVERY_PROVIDER: list[tuple[dict[str, Any], str]] = [
@@ -210,14 +223,13 @@ EVERY_PROVIDER: list[tuple[dict[str, Any], str]] = [
 
 
 @pytest.mark.parametrize(("provider", "model"), EVERY_PROVIDER)
+@pytest.mark.usefixtures("example_aws_keys")
 def test_the_search_fee_is_reserved_where_web_search_options_is_sent_as_written(
-    provider: dict[str, Any], model: str, monkeypatch: pytest.MonkeyPatch
+    provider: dict[str, Any], model: str
 ) -> None:
     """Whether a deployment is sent Chat Completions' `web_search_options` as written, and billed OpenAI's fee for it,
     is decided before its request is built (`ProviderAdapter.takes_search_options`), and agrees with the request
     built: reserved the fee exactly where it is charged."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     data = {
         "gateway": {"priced_options": {"web_search_usd": SEARCH_USD}},
         "providers": {"p": provider},
