@@ -153,7 +153,8 @@ def output_of(body: dict[str, Any], organization: str | None = None) -> list[dic
         if "reasoning.encrypted_content" in (body.get("include") or ()):
             reasoning["encrypted_content"] = sealed_for(organization)
         output.append(reasoning)
-    if any(str(t.get("type", "")).startswith("web_search") for t in body.get("tools") or []):
+    searches = any(str(t.get("type", "")).startswith("web_search") for t in body.get("tools") or [])
+    if searches and choice != "none":  # (as OpenAI: no tool runs under `none`, hosted ones included)
         action = {"type": "search", "query": "fake search"}
         output.append({"id": f"ws_fake{made}", "type": "web_search_call", "status": "completed", "action": action})
     call: tuple[str, str] | None = None

@@ -267,3 +267,19 @@ def test_tool_choice_none_forbids_the_search_too(fleet: Running, model: str, fun
     [line] = fleet.ledger(key)
     assert response.usage is not None
     assert line.cost_usd == pytest.approx(tokens_usd(response.usage))  # (no search)
+
+
+def test_tool_choice_none_holds_no_search_where_the_request_goes_as_written(fleet: Running) -> None:
+    """OpenAI's own Responses API is sent the request as written, its search beside `tool_choice: none`, and runs
+    none: nothing is held for ten searches that cannot run (a 402 under `x-gateway-max-cost-usd: 0.05`, $0.108293
+    held), and the line is the tokens alone."""
+    key = fleet.mint(name="search-none-native")
+    raw = openai_client(fleet, key).responses.with_raw_response.create(
+        model="gpt", input="Hi", tools=SEARCH, tool_choice="none", extra_headers={"x-gateway-max-cost-usd": "0.05"}
+    )
+    response = raw.parse()
+    assert response.status == "completed" and [item.type for item in response.output] == ["message"]
+    assert fleet.fakes["openai"].state.requests[-1]["json"]["tool_choice"] == "none"
+    [line] = fleet.ledger(key)
+    assert response.usage is not None
+    assert line.cost_usd == pytest.approx(tokens_usd(response.usage))
