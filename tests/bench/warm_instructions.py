@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -52,9 +53,11 @@ def steady_clock() -> None:
     what comes round once in seconds of traffic falls outside the counted window, as it falls on thousands of
     invocations in service. (The checkpoint thread, which waits on the operating system's clock, is held off
     apart, before the handler is imported: `NO_CHECKPOINTS`, whose cost in the import the difference of the two
-    counts takes out.)"""
+    counts takes out.) The wall clock starts a second into the next minute, in every run: rate limits count by the
+    minute, and started where the machine's clock stood, runs begun at the same moment counted alike and runs begun
+    apart did not (1,615,929 and 1,629,908 instructions for one tree)."""
     now = [0.0]
-    wall, monotonic = time.time(), time.monotonic()
+    wall, monotonic = math.ceil(time.time() / 60) * 60 + 1.0, time.monotonic()  # (see below)
 
     def read() -> float:
         now[0] += STEP_S
