@@ -1044,7 +1044,7 @@ def create_app(gateway: Gateway, answer_limit: AnswerLimit | None = None) -> Gat
         await gateway.settle_before_exit()
         # Then what those settlements left unspent of other regions' budgets goes home, within its own bound.
         await gateway.return_leases_before_exit()
-        await gateway.spool.close()
+        await gateway.spooled.close()
         # Last, the store: closed, it gives back the unused slices of the shared counters, within its own bound.
         await gateway.close_store_before_exit()
         if gateway.tracer is not None:

@@ -48,7 +48,7 @@ class InfoRoutes:
             except (GatewayError, StoreError):
                 return self.api.json(body)
             if key.admin:
-                body["pending_settlements"] = self.gateway.spool.count()
+                body["pending_settlements"] = self.gateway.spooled.count()
         return self.api.json(body)
 
     async def metrics(self, request: Request) -> Response:

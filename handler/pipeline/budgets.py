@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
+import weakref
 from collections.abc import Callable, Collection, Coroutine
 from contextvars import ContextVar
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from handler.errors import BudgetExceededError, RateLimitError, ServiceUnavailableError
 from handler.pipeline.keys import KeyService, model_allowed
 from handler.pipeline.pricing import dollars
-from handler.pipeline.spool import SettlementSpool
 from handler.ports import (
     STORE_DEADLINE,
     Admission,
@@ -43,6 +44,9 @@ from handler.ports import (
 )
 from handler.telemetry.observability import span
 
+if TYPE_CHECKING:
+    from handler.pipeline.spool import SettlementSpool
+
 # A settlement the store refuses is tried this many times (after 0.05, 0.15, 0.45, 1.35 s), then spooled.
 SETTLE_ATTEMPTS = 5
 SETTLE_FIRST_DELAY_S = 0.05
@@ -53,6 +57,68 @@ SETTLE_FIRST_DELAY_S = 0.05
 SETTLE_BY: ContextVar[float | None] = ContextVar("settle_by", default=None)
 OUT_OF_TIME = "the invocation's time ran out before the store took it"
 CANCELLED = "cancelled while settling"  # (the reason a cancel gave, when it gave one, follows it)
+SPOOL_ENV = "GATEWAY_SETTLEMENT_SPOOL"  # the settlement spool's file, where not the store's `spool_path`
+
+
+class LazySpool:
+    """A store's settlement spool (handler/pipeline/spool.py), made, and its module imported, once something may
+    be pending: a settlement this process spools, or a file that holds anything when the gateway starts (or when an
+    admin's `/health` counts). A cold start nearly always finds the file empty or absent, and a stat says so: reading
+    it took the module's import, a million instructions of every Lambda cold start. Unmade, the spool has nothing of
+    this process's pending, so a settlement's `watch` has nothing to re-drive, as the spool's own would not. One per
+    store (`of`), so the `Gateway` and every `Meter` of a process share it."""
+
+    __slots__ = ("path", "spool")
+    _by_store: ClassVar[weakref.WeakKeyDictionary[Store, LazySpool]] = weakref.WeakKeyDictionary()
+
+    def __init__(self, path: str | None, spool: SettlementSpool | None = None) -> None:
+        self.path = path
+        self.spool = spool
+
+    @classmethod
+    def of(cls, store: Store) -> LazySpool:
+        """The spool of `store` (at `GATEWAY_SETTLEMENT_SPOOL` or the store's `spool_path`; in memory without)."""
+        spool = cls._by_store.get(store)
+        if spool is None:
+            spool = cls(os.environ.get(SPOOL_ENV) or getattr(store, "spool_path", None))
+            cls._by_store[store] = spool
+        return spool
+
+    def made(self) -> SettlementSpool:
+        """The spool itself, made (its file read) on first use."""
+        if self.spool is None:
+            from handler.pipeline.spool import SettlementSpool
+
+            self.spool = SettlementSpool(self.path)
+        return self.spool
+
+    def on_disk(self) -> bool:
+        """Whether the spool's file holds anything, by its size (a spool in memory holds nothing before it is made;
+        the file is emptied once nothing in it is pending)."""
+        if self.path is None:
+            return False
+        try:
+            return os.stat(self.path).st_size > 0
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True  # (cannot tell: the spool reads it, and logs why it cannot)
+
+    def watch(self, store: Store, *, at_once: bool = False) -> None:
+        """`SettlementSpool.watch`; at start-up (`at_once`) the spool is made if its file holds anything."""
+        if self.spool is None and not (at_once and self.on_disk()):
+            return
+        self.made().watch(store, at_once=at_once)
+
+    def count(self) -> int:
+        """`SettlementSpool.count`: the settlements pending in the file now (none, unread, while it is empty)."""
+        if self.spool is None and not self.on_disk():
+            return 0
+        return self.made().count()
+
+    async def close(self) -> None:
+        if self.spool is not None:
+            await self.spool.close()
 
 
 def period_of(kind: str, now: float) -> str:
@@ -192,10 +258,15 @@ class Meter:
         self.keys = keys
         self.reservation_ttl = reservation_ttl
         self.clock = clock if clock is not None else time.time  # (looked up now: a test's clock is found too)
-        self.spool = spool if spool is not None else SettlementSpool.for_store(store)
+        self.spooled = LazySpool(None, spool) if spool is not None else LazySpool.of(store)
         self.spawn = spawn if spawn is not None else self._spawn
         self.awaiting: set[asyncio.Future[Any]] = awaiting if awaiting is not None else set()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def spool(self) -> SettlementSpool:
+        """Where settlements the store refused wait until they land (made on first use: `LazySpool`)."""
+        return self.spooled.made()
 
     async def admit(
         self, lineage: list[KeyRecord], model: str, worst_usd: float | None, tokens: int, request_id: str
@@ -699,7 +770,7 @@ class Meter:
         finally:
             if bound is not None:
                 STORE_DEADLINE.reset(bound)
-        self.spool.watch(self.store)  # the store answers again, or was just refused: re-drive what waits
+        self.spooled.watch(self.store)  # the store answers again, or was just refused: re-drive what waits
 
     async def _attempts(self, settlement: Settlement, region: str | None = None) -> None:
         """`SETTLE_ATTEMPTS` store calls (in `region`, where given), further apart each time, then the spool."""
@@ -737,4 +808,4 @@ class Meter:
         elif done.exception() is not None:
             spawn(self.settle(settlement))
         else:
-            self.spool.watch(self.store)
+            self.spooled.watch(self.store)

@@ -31,6 +31,7 @@ from handler.config import (
     responses_secret,
 )
 from handler.errors import GatewayError
+from handler.pipeline.budgets import LazySpool
 from handler.pipeline.keys import KeyService
 from handler.pipeline.provider_keys import (
     NoStoredKeys,
@@ -43,7 +44,6 @@ from handler.pipeline.provider_keys import (
     unreadable,
 )
 from handler.pipeline.routing import GLOBAL, Attempt, RouteControls, Router, any_model, unplaced_gateway
-from handler.pipeline.spool import SettlementSpool
 from handler.pipeline.upstream import UpstreamClient
 from handler.ports import STORE_DEADLINE, ProviderAdapter, Store, StoreError
 from handler.telemetry import prometheus
@@ -51,6 +51,7 @@ from handler.telemetry.observability import logger
 
 if TYPE_CHECKING:
     from handler.pipeline.budgets import Meter
+    from handler.pipeline.spool import SettlementSpool
     from handler.pipeline.stored_keys import ProviderKeys
     from handler.ports import Settlement
     from handler.telemetry.tracing import RequestTracer
@@ -122,13 +123,20 @@ class Gateway:
         self.stopping = False
 
     @property
+    def spooled(self) -> LazySpool:
+        """Where settlements the store refused wait until they land (handler/pipeline/spool.py), made when first
+        needed (`LazySpool`)."""
+        return LazySpool.of(self.store)
+
+    @property
     def spool(self) -> SettlementSpool:
-        """Where settlements the store refused wait until they land (handler/pipeline/spool.py)."""
-        return SettlementSpool.for_store(self.store)
+        """The settlement spool itself, made (its module imported, its file read) if it was not."""
+        return self.spooled.made()
 
     def start(self) -> None:
-        """At start-up, on the serving event loop: re-drive the settlements an earlier run spooled."""
-        self.spool.watch(self.store, at_once=True)
+        """At start-up, on the serving event loop: re-drive the settlements an earlier run spooled (if its file holds
+        any: a stat of it, not a read, when it is empty)."""
+        self.spooled.watch(self.store, at_once=True)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run work that must finish even if the request that started it is cancelled. A failure is logged
@@ -308,7 +316,7 @@ class Gateway:
             cut[-1].cancel()
         if not fired:
             return False
-        self.spool.watch(self.store)
+        self.spooled.watch(self.store)
         return True
 
     def nearest(self) -> dict[str, Attempt]:
@@ -346,7 +354,7 @@ class Gateway:
 
     async def aclose(self) -> None:
         await self.settle_before_exit()
-        await self.spool.close()  # what is still pending stays in the spool's file for the next start
+        await self.spooled.close()  # what is still pending stays in the spool's file for the next start
         await self.upstream.aclose()
         await self.store.close()
         if self.tracer is not None:

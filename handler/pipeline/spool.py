@@ -7,8 +7,9 @@ When `Meter.settle` has retried and the store still refuses, the settlement goes
   line carrying the whole settlement (key ids, model, tokens, cost: never a secret), so that even a spool on
   a machine that is gone can be replayed from the logs;
 - re-driven by a retry task on the event loop (first after `RETRY_FIRST_S`, doubling to `RETRY_MAX_S`) for as
-  long as anything is pending, by the next request that settles, and at start-up; a landed settlement gets a
-  `{"done": <reservation id>}` line, and the file is emptied once nothing in it is pending.
+  long as anything is pending, by the next request that settles, and at start-up (if the file holds anything: a
+  stat, not this module, tells an empty or absent one, `LazySpool` in handler/pipeline/budgets.py); a landed
+  settlement gets a `{"done": <reservation id>}` line, and the file is emptied once nothing in it is pending.
 
 Each entry starts on a line of its own (after a last line a killed writer or a full disk left without its end, a
 newline first), so a torn line costs only itself; lines that cannot be read are never emptied away but appended to
@@ -34,7 +35,6 @@ import dataclasses
 import fcntl
 import os
 import time
-import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -47,7 +47,6 @@ from handler.telemetry.observability import logger, spool_metrics
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
 REFUSALS_IN_A_ROW = 3  # a re-drive stops after so many refusals in a row: the store is down, not one settlement
-ENV = "GATEWAY_SETTLEMENT_SPOOL"
 T = TypeVar("T")
 
 
@@ -85,9 +84,8 @@ def _torn(file: IO[bytes]) -> bool:
 
 
 class SettlementSpool:
-    """See the module docstring. One per store (`for_store`), so every `Meter` of a process shares it."""
-
-    _by_store: weakref.WeakKeyDictionary[Store, SettlementSpool] = weakref.WeakKeyDictionary()
+    """See the module docstring. One per store (made by its `LazySpool`, handler/pipeline/budgets.py, once something
+    may be pending), so the `Gateway` and every `Meter` of a process share it."""
 
     def __init__(self, path: str | Path | None) -> None:
         self.path = Path(path) if path else None
@@ -97,15 +95,6 @@ class SettlementSpool:
         self._retry: asyncio.Task[None] | None = None
         self.retry_first_s = RETRY_FIRST_S
         self.retry_max_s = RETRY_MAX_S
-
-    @classmethod
-    def for_store(cls, store: Store) -> SettlementSpool:
-        """The spool of `store` (made on first use, at `GATEWAY_SETTLEMENT_SPOOL` or the store's `spool_path`)."""
-        spool = cls._by_store.get(store)
-        if spool is None:
-            spool = cls(os.environ.get(ENV) or getattr(store, "spool_path", None))
-            cls._by_store[store] = spool
-        return spool
 
     @property
     def pending(self) -> int:

@@ -24,10 +24,10 @@ from handler.api import app as app_module
 from handler.api.app import serving_app
 from handler.config import parse_config
 from handler.pipeline.budgets import CANCELLED, period_of
+from handler.pipeline.budgets import SPOOL_ENV as ENV
 from handler.pipeline.gateway import Gateway, build_gateway
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
-from handler.pipeline.spool import ENV
 from handler.ports import STORE_DEADLINE, KeyRecord, MeterSnapshot, Settlement, StoreError
 from tests.support.asgi import post_scope
 from tests.support.dynamo import DynamoServer, SlowAnswers

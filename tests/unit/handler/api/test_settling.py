@@ -19,9 +19,9 @@ from adapters.store.dynamo_client import DynamoDBClient
 from adapters.store.dynamodb import DynamoDBStore
 from handler.api.app import SETTLE_MARGIN_MS, Settling
 from handler.pipeline import gateway as gateway_module
+from handler.pipeline.budgets import SPOOL_ENV as ENV
 from handler.pipeline.budgets import Meter
 from handler.pipeline.gateway import build_gateway
-from handler.pipeline.spool import ENV
 from handler.ports import Admission, BudgetCharge, BudgetRefused, Settlement
 from tests.support.dynamo import DynamoServer
 from tests.unit.adapters.store.test_contract import PERIOD, admission, line, settlement

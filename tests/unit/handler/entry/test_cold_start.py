@@ -381,7 +381,8 @@ def test_the_lambda_cold_start_generates_no_code_for_its_records(tmp_path: Path)
 # unimported: a Messages client's prefill's module; with no provider key in a secret store, their re-reading; the
 # keys' administration, which only the key routes, the dashboard and the CLI use; the native pass-through's and every
 # stream's module; the response schema's enforcement, which a request asks for; Claude's cache breakpoints and web
-# search, which a request asks for too; the dashboard's files' names, which only the OpenAPI document gives), and
+# search, which a request asks for too; the dashboard's files' names, which only the OpenAPI document gives; the
+# settlement spool, which only a settlement the store refused or a spool file found at start needs), and
 # the regular expressions of the gateway's own they compile (`re._cache`, Python 3.11's cache of compiled patterns:
 # those the card's libraries compile, imported as the benchmark counts them, are compiled before it is read).
 FIRST_CHAT = """
@@ -392,7 +393,7 @@ LATER = (
     "handler.chunks", "handler.embeddings", "adapters.providers.prefill", "handler.pipeline.stored_keys",
     "handler.pipeline.key_admin", "handler.pipeline.passthrough", "handler.pipeline.schema_check",
     "handler.pipeline.schema_patterns", "adapters.providers.prompt_cache", "adapters.providers.anthropic.search",
-    "handler.dashboard.assets",
+    "handler.dashboard.assets", "handler.pipeline.spool",
 )
 compiled = set(re._cache)
 import handler.entry.lambda_handler

@@ -427,6 +427,33 @@ def test_the_server_re_drives_the_spool_at_start_up(tmp_path: Path) -> None:
         assert client.portal.call(gateway.store.usage, UsageQuery(["k"], 0, time.time() + 1)) == [item]  # type: ignore[union-attr]
 
 
+async def test_a_spool_found_at_start_up_is_read_and_re_driven_and_an_empty_one_is_never_read(tmp_path: Path) -> None:
+    """The gateway reads its spool only if its file holds anything (a stat at start-up, as a Lambda's import and a
+    server's lifespan start it): settlements an earlier environment left there still land, and once they have, the
+    next start reads nothing."""
+    from handler.pipeline.gateway import build_gateway
+
+    database = tmp_path / "gateway.db"
+    item = line("k", 0.1)
+    SettlementSpool(f"{database}-settlements.jsonl").add(Settlement(item.request_id, [], 0.0, [], item), "injected")
+    gateway = build_gateway(store_url=f"sqlite:///{database}", environ={})
+    assert gateway.spooled.spool is None  # (nothing read before the start)
+    gateway.start()
+    spool = gateway.spooled.spool
+    assert spool is not None and spool.pending == 1
+    for _ in range(100):
+        if not spool.pending:
+            break
+        await asyncio.sleep(0.02)
+    assert spool.pending == 0
+    assert await gateway.store.usage(UsageQuery(["k"], 0, time.time() + 1)) == [item]
+    await gateway.aclose()
+    restarted = build_gateway(store_url=f"sqlite:///{database}", environ={})
+    restarted.start()
+    assert restarted.spooled.spool is None and restarted.spooled.count() == 0  # the file emptied once all landed
+    await restarted.aclose()
+
+
 async def test_a_settlement_cancelled_between_attempts_is_spooled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
