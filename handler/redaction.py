@@ -404,26 +404,19 @@ def clipped(name: str, limit: int = NAME_CHARS) -> str:
     return redact_secrets(_window(name, limit))[:limit]
 
 
-# What a client's value must not hold to be echoed as a name (`echoed`): a run of letters and digits this long, which
-# a model's name or a number never has ("claude-sonnet-4-5-20250929" runs to 8) and a key, a token or a JWT's
-# segment always has, whatever its prefix (`xai-`, `gsk_`, `eyJ`: no pattern of `redact_secrets` knows them all).
-SECRET_RUN = r"[A-Za-z0-9]{16}"
-# The longest client value echoed as a name.
-ECHOED_CHARS = 64
-
-
-@cache
-def secret_run() -> re.Pattern[str]:
-    return re.compile(SECRET_RUN)  # (on the first value echoed, not at a cold start)
+# The longest client value an error echoes (a control header's, a fallback's name). A number, a flag or a typo is
+# shorter; a key or a token pasted into the wrong header is longer, and no shape tells them all apart: `xai-`,
+# `gsk_`, a JWT, a UUID-shaped key, an Entra client secret (`Wk78Q~3fGh...`), whose runs of letters and digits are
+# short between separators, are known to no pattern of `redact_secrets`.
+ECHOED_CHARS = 16
 
 
 def echoed(value: str) -> str:
-    """A client's value (a control header's, a fallback's name) as an error echoes it: as written where it is short
-    and holds no run of characters a secret is made of (`SECRET_RUN`), else only its length: a key or a token pasted
-    into the wrong header is never echoed, even in part."""
-    if len(value) <= ECHOED_CHARS and secret_run().search(value) is None:
-        return redact_secrets(value)
-    return f"a value of {len(value)} characters"
+    """A client's value as an error echoes it: quoted as written where it is at most `ECHOED_CHARS` long, else only
+    its length: a key or a token pasted into the wrong header is never echoed, even in part."""
+    if len(value) <= ECHOED_CHARS:
+        return f"'{redact_secrets(value)}'"
+    return f"(a value of {len(value)} characters)"
 
 
 def names_clipped(names: Iterable[str]) -> list[str]:

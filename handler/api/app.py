@@ -703,7 +703,7 @@ def _flag(raw: str | None, name: str) -> bool:
         return False
     if value == "true":
         return True
-    raise InvalidRequestError(f"{name} must be true or false, not '{echoed(raw or '')}'", param=name)
+    raise InvalidRequestError(f"{name} must be true or false, not {echoed(raw or '')}", param=name)
 
 
 def _number(raw: str | None, name: str, *, positive: bool) -> float | None:
@@ -716,7 +716,7 @@ def _number(raw: str | None, name: str, *, positive: bool) -> float | None:
     except ValueError:
         value = None
     if value is None:
-        raise InvalidRequestError(f"{name} must be a number, not '{echoed(raw)}'", param=name)
+        raise InvalidRequestError(f"{name} must be a number, not {echoed(raw)}", param=name)
     if value != value or value in (float("inf"), float("-inf")) or value < 0 or (positive and value == 0):
         raise InvalidRequestError(f"{name} must be a {'positive' if positive else 'non-negative'} number", param=name)
     return value

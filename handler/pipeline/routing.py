@@ -604,12 +604,12 @@ class Router:
         for name in fallbacks:
             if name not in self.config.models:  # (the config's own are checked at load: the client's header named it)
                 raise NotFoundError(
-                    f"fallback model '{echoed(name)}' in x-gateway-fallbacks does not exist on this gateway",
+                    f"fallback model {echoed(name)} in x-gateway-fallbacks does not exist on this gateway",
                     param="x-gateway-fallbacks",
                 )
             if (other := self.config.models[name].kind) != kind:  # (the config's own are of its kind: checked at load)
                 raise InvalidRequestError(
-                    f"fallback model '{echoed(name)}' in x-gateway-fallbacks is {a_model(other)}, not {a_model(kind)}",
+                    f"fallback model {echoed(name)} in x-gateway-fallbacks is {a_model(other)}, not {a_model(kind)}",
                     param="x-gateway-fallbacks",
                 )
             if name in chain or name in skipped:

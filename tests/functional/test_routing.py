@@ -164,8 +164,9 @@ def test_a_control_headers_value_is_echoed_as_the_client_wrote_it_and_never_a_ke
     """Sent as curl and Go send a header's text, UTF-8: `x-gateway-deadline-ms: é` was a 400 saying "not 'Ã©'" (the
     server reads a header as Latin-1), a fallback named `modèle` "model 'modÃ¨le'", and a flag's value was echoed
     whole, a key pasted into it too. A number in other digits (`１０００`, which Python reads) is none: the deadline
-    read as the request arrives takes ASCII alone. A value that may be a key or a token (a run of 16 letters and
-    digits, whatever its prefix) is echoed only by its length, a fallback's name too."""
+    read as the request arrives takes ASCII alone. A value longer than 16 characters, which may be a key or a token
+    of a shape no redaction knows (a UUID, an Entra client secret, `xai-`, a JWT), is echoed only by its length, a
+    fallback's name too."""
     auth = ("authorization", f"Bearer {key}")
     body = {"model": "gpt-4o-mini", "messages": HI, "max_tokens": 100}
     cases = [
@@ -183,7 +184,8 @@ def test_a_control_headers_value_is_echoed_as_the_client_wrote_it_and_never_a_ke
         error = answer.json()["error"]
         assert error["param"] == name and error["message"].startswith(said), error["message"]
     jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"
-    for secret in (key, jwt, "xai-" + "k" * 40, "gsk_" + "g" * 40, "tok-" + "0123456789ab" * 2):
+    uuid_key, entra_secret = "3f9a2b1c-7d4e-4a8b-9c2d-1e5f6a7b8c9d", "Wk78Q~3fGhJk2.LmNpQ4rS_tU6vW8xY-0zA1bC3dE5"
+    for secret in (key, jwt, "xai-" + "k" * 40, "gsk_" + "g" * 40, "tok-" + "0123456789ab" * 2, uuid_key, entra_secret):
         for name, status in (("x-gateway-strict", 400), ("x-gateway-fallbacks", 404)):
             answer = httpx.post(
                 f"{running.url}/v1/chat/completions", json=body, headers=[auth, (name, secret)], timeout=30
