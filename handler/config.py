@@ -416,11 +416,12 @@ class Config(BaseModel):
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, ModelConfig] = {}
 
-    @field_validator("providers", "models", mode="before")
+    @field_validator("gateway", "observability", "providers", "models", mode="before")
     @classmethod
     def _empty(cls, value: Any) -> Any:
         """A section whose every entry is commented out (`models:` alone, which YAML reads as null) names none: the
-        file is taken as one without models is (warned of), not refused as "Input should be a valid dictionary"."""
+        file is taken as one without it is (its defaults; no models warned of), not refused as "Input should be a
+        valid dictionary"."""
         return {} if value is None else value
 
     @field_validator("providers")

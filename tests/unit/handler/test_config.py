@@ -524,3 +524,14 @@ def test_a_config_file_naming_no_provider_and_no_model_is_refused(tmp_path: Path
     assert "leave out --config and GATEWAY_CONFIG for the shipped default (handler/default_config.yaml" in problem
     path.write_text(written + "providers:\n  p: {type: openai}\n")  # (providers alone: models to come)
     assert list(load_config(path, TYPES).providers) == ["p"]
+
+
+@pytest.mark.parametrize("section", ["gateway:\n  # region: us-east-1\n", "observability:\n  # metrics_port: 9100\n"])
+def test_a_settings_section_whose_every_entry_is_commented_out_takes_its_defaults(section: str) -> None:
+    """`gateway:` or `observability:` with every entry commented out is YAML's null: the section's defaults, as if it
+    were absent. It was "gateway: Input should be a valid dictionary", and the gateway would not start."""
+    rest = "providers:\n  openai: {type: openai, api_key: k}\n"
+    rest += "models:\n  m: {deployments: [{provider: openai, model: gpt-4o}]}\n"
+    text = section + rest
+    config = parse_config(yaml.safe_load(text), REGISTRY)
+    assert config == parse_config(yaml.safe_load(rest), REGISTRY)
