@@ -103,6 +103,13 @@ def apply_rules(
     return dropped
 
 
+def sent_by(rules: Mapping[str, Rule], name: str) -> bool:
+    """Whether the member `name` goes to the provider under `rules` (`apply_rules` leaves it out where its rule
+    drops it): asked before a request is built, of what it will carry."""
+    rule = rules.get(name)
+    return rule is None or not rule.drop
+
+
 def at_most(name: str, items: list[Any], most: int) -> None:
     """Refuse a list longer than the provider takes, as the client's 400 in OpenAI's words (OpenAI refuses a fifth
     stop sequence so). Not cut and named: a cut list asks for another answer (one that runs on past a stop

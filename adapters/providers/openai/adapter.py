@@ -26,6 +26,7 @@ from adapters.providers.params import (
     call_signature,
     chosen_tools,
     returned_media_label,
+    sent_by,
     signed_call_id,
     unsent_part_fields,
     wire_call_id,
@@ -741,12 +742,10 @@ class OpenAIAdapter(ProviderAdapter):
     def takes_search_options(self, target: Target) -> bool:
         # (A server the gateway has no profile for that does not search ignores it, as any member it does not know,
         # or refuses it; a profile whose API runs no search for it leaves it out: DeepSeek's, Ollama's.)
-        rule = self.profile(target).rules.get("web_search_options")
-        return rule is None or not rule.drop
+        return sent_by(self.profile(target).rules, "web_search_options")
 
     def takes_service_tier(self, target: Target) -> bool:
-        rule = self.profile(target).rules.get(SERVICE_TIER)
-        return rule is None or not rule.drop  # (DeepSeek's profile, Mistral's and Ollama's leave it out: `apply_rules`)
+        return sent_by(self.profile(target).rules, SERVICE_TIER)  # (DeepSeek's, Mistral's and Ollama's leave it out)
 
     def profile(self, target: Target) -> Profile:
         profile = self._profiles.get(target.base_url)
