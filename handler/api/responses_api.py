@@ -742,9 +742,9 @@ def translated_search(
     (`ResponsesChatRequest`). `max_tool_calls`, the most calls of the hosted tools, is then the search's limit, and
     no longer named among what the translation leaves out (`dropped`, which is returned), but with the search where
     a deployment is sent none (`WebSearch.unsent`). Else the search tools are named there: so where the request's
-    `tool_choice` (`choice`) is `none`, which forbids every tool, the hosted ones included, as OpenAI's does. With the
-    search the only tool, the translation carried no choice at all (none is left to choose among the functions), and
-    Claude and Gemini were sent their search tool, ran it, and were reserved and charged its searches."""
+    `tool_choice` (`choice`) is `none`, which forbids every tool, the hosted ones included, as OpenAI's does. (With
+    the search the only tool, the translation carries no choice at all, none being left to choose among functions:
+    the search would go to Claude and Gemini, run, and be reserved and charged.)"""
     if not asked:
         return dropped
     if not most or not isinstance(req, ResponsesChatRequest) or choice == "none":

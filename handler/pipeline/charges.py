@@ -67,7 +67,7 @@ class Charges:
         adapter says, `ProviderAdapter.takes_service_tier`) and no model of the plan prices it, and at each
         deployment that would be sent it unpriced (`_tier_priced`). A plan none of whose deployments is sent it
         (Claude, Gemini, DeepSeek, Bedrock) is served at its own prices, the tier left out and named, whatever it
-        names: `priority` was refused there, and `flex` was not."""
+        names, `priority` as `flex`."""
         extra = req.model_extra
         if not extra:
             return
