@@ -488,6 +488,21 @@ def anthropic_stream(events: list[tuple[str, dict[str, Any]]]) -> bytes:
     return b"".join(b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n" for name, data in events)
 
 
+async def served_claude(
+    message: dict[str, Any] | None, events: list[tuple[str, dict[str, Any]]], stream: bool
+) -> Served:
+    """The gateway in front of one Claude deployment that answers `message` whole, or `events` streamed."""
+    body = anthropic_stream(events)
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if stream:
+            return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, json=message)
+
+    model = {**MODEL, "deployments": [{"provider": "openai", "model": "claude-x"}]}
+    return await serve(upstream, {"m": model}, provider=ANTHROPIC, environ=ANTHROPIC_KEYS)
+
+
 @pytest.mark.parametrize("api", ["messages", "chat"], ids=["passed_through", "translated"])
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 @pytest.mark.parametrize(
@@ -541,15 +556,7 @@ async def test_an_anthropic_usage_without_a_main_count_is_none_and_the_answer_es
         ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": output}),
         ("message_stop", {"type": "message_stop"}),
     ]
-    body = anthropic_stream(events)
-
-    def upstream(request: httpx.Request) -> httpx.Response:
-        if stream:
-            return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
-        return httpx.Response(200, json=message)
-
-    model = {**MODEL, "deployments": [{"provider": "openai", "model": "claude-x"}]}
-    served = await serve(upstream, {"m": model}, provider=ANTHROPIC, environ=ANTHROPIC_KEYS)
+    served = await served_claude(message, events, stream)
     asked = {"model": "m", "messages": HI, "max_tokens": 4000, "stream": stream}
     answer = await served.post("/v1/messages" if api == "messages" else "/v1/chat/completions", asked)
     [line] = await served.ledger()
@@ -596,15 +603,7 @@ async def test_an_advisor_call_whose_sampling_is_uncounted_is_charged_its_bound(
         ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage}),
         ("message_stop", {"type": "message_stop"}),
     ]
-    body = anthropic_stream(events)
-
-    def upstream(request: httpx.Request) -> httpx.Response:
-        if stream:
-            return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
-        return httpx.Response(200, json=message)
-
-    model = {**MODEL, "deployments": [{"provider": "openai", "model": "claude-x"}]}
-    served = await serve(upstream, {"m": model}, provider=ANTHROPIC, environ=ANTHROPIC_KEYS)
+    served = await served_claude(message, events, stream)
     tool = {"type": "advisor_20260301", "name": "advisor", "model": "claude-opus-4-6", "max_uses": 1}
     asked = {
         "model": "m",
@@ -641,13 +640,7 @@ async def test_an_anthropic_streams_counted_usage_is_kept_past_a_later_message_d
         ("message_delta", {"type": "message_delta", "delta": ended}),
         ("message_stop", {"type": "message_stop"}),
     ]
-    body = anthropic_stream(events)
-
-    def upstream(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
-
-    model = {**MODEL, "deployments": [{"provider": "openai", "model": "claude-x"}]}
-    served = await serve(upstream, {"m": model}, provider=ANTHROPIC, environ=ANTHROPIC_KEYS)
+    served = await served_claude(None, events, stream=True)
     if api == "messages":
         answer = await served.post("/v1/messages", {"model": "m", "messages": HI, "max_tokens": 4000, "stream": True})
         assert (answer.status_code, b'"error"' in answer.content) == (200, False), answer.text
