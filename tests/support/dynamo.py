@@ -145,6 +145,15 @@ class DynamoServer:
                 self.process.wait()
 
 
+async def clear_of_minute_end(needed: float) -> None:
+    """Wait, if need be, until the current minute has `needed` seconds left: a test that reads a key's per-minute
+    counts after its request reads the request's own window only if the minute has not turned meanwhile (a
+    counter of an ended minute reads as none)."""
+    left = 60 - time.time() % 60
+    if left < needed:
+        await asyncio.sleep(left + 0.05)
+
+
 class SlowAnswers(httpx.AsyncBaseTransport):
     """moto behind the gateway's DynamoDB client; the next `slowed` admissions (`UpdateItem`) land at once, their
     answers `delay` s later, as from a DynamoDB slowed down."""
