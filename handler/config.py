@@ -18,7 +18,7 @@ from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 
 class ConfigError(Exception):
@@ -389,6 +389,18 @@ class GatewaySettings(BaseModel):
     # seals reasoning for the client to send back; without it, one the gateway keeps in its store.
     responses_ttl_seconds: float = 30 * 86400
     responses_secret: SecretReference | None = None
+
+    @field_validator(
+        "trusted_proxies", "fee", "timeouts", "limits", "region_latency_ms", "priced_options", "key_minting",
+        mode="before",
+    )  # fmt: skip
+    @classmethod
+    def _empty(cls, value: Any, info: ValidationInfo) -> Any:
+        """A section of `gateway:` whose every entry is commented out (`timeouts:` alone, null in YAML) takes its
+        defaults, as a commented-out top-level section does (`Config._empty`)."""
+        if value is not None:
+            return value
+        return [] if info.field_name == "trusted_proxies" else {}
 
 
 class ObservabilityConfig(BaseModel):

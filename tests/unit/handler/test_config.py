@@ -526,10 +526,29 @@ def test_a_config_file_naming_no_provider_and_no_model_is_refused(tmp_path: Path
     assert list(load_config(path, TYPES).providers) == ["p"]
 
 
-@pytest.mark.parametrize("section", ["gateway:\n  # region: us-east-1\n", "observability:\n  # metrics_port: 9100\n"])
+@pytest.mark.parametrize(
+    "section",
+    [
+        "gateway:\n  # region: us-east-1\n",
+        "observability:\n  # metrics_port: 9100\n",
+        *(
+            f"gateway:\n  {name}:\n  #  {entry}\n"
+            for name, entry in [
+                ("timeouts", "request: 300"),
+                ("fee", "percent: 10"),
+                ("limits", "connections: 500"),
+                ("priced_options", "web_search_usd: 0.01"),
+                ("key_minting", "per_minute: 10"),
+                ("trusted_proxies", "- 10.0.0.0/8"),
+                ("region_latency_ms", "us-east-1: {openai: 20}"),
+            ]
+        ),
+    ],
+)
 def test_a_settings_section_whose_every_entry_is_commented_out_takes_its_defaults(section: str) -> None:
-    """`gateway:` or `observability:` with every entry commented out is YAML's null: the section's defaults, as if it
-    were absent. It was "gateway: Input should be a valid dictionary", and the gateway would not start."""
+    """`gateway:` or `observability:`, or a section of `gateway:` (`timeouts:`), with every entry commented out is
+    YAML's null: the section's defaults, as if it were absent, not "gateway.timeouts: Input should be a valid
+    dictionary" and a gateway that does not start."""
     rest = "providers:\n  openai: {type: openai, api_key: k}\n"
     rest += "models:\n  m: {deployments: [{provider: openai, model: gpt-4o}]}\n"
     text = section + rest
