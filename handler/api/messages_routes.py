@@ -107,7 +107,8 @@ CONTAINER = "container"
 def server_tools(pipeline: Pipeline, ex: Exchange, data: dict[str, Any]) -> list[str]:
     """Anthropic's server tools that Anthropic bills beyond tokens. Web search (`web_search_*`, billed per
     search): kept when searches are priced, each tool's `max_uses` (`DEFAULT_SEARCHES` when it sets none)
-    reserved for. The advisor tool (`advisor_*`: another model's tokens), its calls' worst case reserved
+    reserved for; under `tool_choice: {"type": "none"}`, which forbids Anthropic's server tools too, passed on as
+    written and none reserved. The advisor tool (`advisor_*`: another model's tokens), its calls' worst case reserved
     (`Charges.allow_advisors`). Code execution (`UNPRICED_SERVER_TOOLS`), and unpriced searches: left out of the
     body sent (a 400 under `x-gateway-strict`), with a `tool_choice` that named one or has no tool left to choose;
     and `container` (`CONTAINER`), with code execution. Returns what was left out."""
@@ -122,7 +123,7 @@ def server_tools(pipeline: Pipeline, ex: Exchange, data: dict[str, Any]) -> list
     left_out = [t for t in typed if str(t.get("type") or "").startswith(UNPRICED_SERVER_TOOLS)]
     pipeline.refuse_unpriced_tools(ex, [f"tools.{tool['type']}" for tool in left_out])
     searches = [t for t in typed if str(t.get("type") or "").startswith("web_search_")]
-    if searches:
+    if searches and data.get("tool_choice") != {"type": "none"}:
         most = 0
         for i, tool in enumerate(tools):
             if any(tool is search for search in searches):

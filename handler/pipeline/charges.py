@@ -170,7 +170,7 @@ class Charges:
         dropped (`tools[web_search]`, `tools.web_search_*`), so that no search can run there. Counted at every attempt,
         a Responses request with the hosted tool (Codex sends it) to Claude, Gemini, DeepSeek or a Chat Completions
         server would be held ten searches at $0.01, $0.100042 for its own $0.00004: a 402 under
-        `x-gateway-max-cost-usd: 0.01` and on a key with $0.05 left, and $0.100042 charged once cut unanswered
+        `x-gateway-max-cost-usd: 0.01` and on a key with $0.05 left, and $0.100042 charged once cut unanswered.
         A translation that carries the search (`Exchange.searched`) runs them where the provider takes it as
         its own search tool (`ProviderAdapter.hosts_search`: Claude on Anthropic, Gemini beside no function tools),
         sent the same limit."""

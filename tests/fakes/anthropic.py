@@ -280,9 +280,9 @@ def advised(body: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
 
 
 def searches(body: dict[str, Any]) -> int:
-    """The searches the answer runs: one when the request offers the web search tool."""
-    tools = body.get("tools") or []
-    return 1 if any(str(t.get("type", "")).startswith("web_search_") for t in tools) else 0
+    """The searches the answer runs: one when the request offers the web search tool and lets it be called (none
+    under `tool_choice: none`, which forbids the server tools too)."""
+    return 1 if any(str(t.get("type", "")).startswith("web_search_") for t in _callable(body)) else 0
 
 
 SEARCH_URL, SEARCH_TITLE = "https://example.com/", "Example"

@@ -181,6 +181,21 @@ def test_the_worst_case_covers_every_search_the_request_allows(priced: Running) 
     assert sdk.messages.create(model="claude", max_tokens=100, messages=HI, tools=two, extra_headers=ceiling).content
 
 
+def test_a_search_tool_choice_none_forbids_is_passed_on_and_not_reserved(priced: Running) -> None:
+    """Anthropic's `tool_choice: {"type": "none"}` forbids its server tools too: the web search tool beside it is sent
+    as written (a pass-through), and none of its ten searches is held, so the request passes a $0.05 ceiling its own
+    tokens are far under (held, they made it a 402 at $0.1027)."""
+    sdk = anthropic_client(priced, priced.mint(name="search-none"))
+    none = {"type": "none"}
+    ceiling = {"x-gateway-max-cost-usd": "0.05"}
+    message = sdk.messages.create(
+        model="claude", max_tokens=100, messages=HI, tools=[SEARCH], tool_choice=none, extra_headers=ceiling
+    )
+    assert [block.type for block in message.content] == ["text"]
+    sent_body = sent(priced, "anthropic")
+    assert sent_body["tools"] == [SEARCH] and sent_body["tool_choice"] == none
+
+
 def test_a_search_a_translated_deployment_cannot_run_is_neither_reserved_nor_charged(priced: Running) -> None:
     """A deployment that gets the Messages request translated (OpenAI's) is sent no web search tool (it is named
     dropped), and no search can run there. Its ten searches at $0.01 were reserved all the same ($0.10023 for a
