@@ -567,6 +567,8 @@ PRICE_OPTIONS = {"speed": "standard", "inference_geo": "global"}
 # model has its own (priority is 2x for gpt-5, 1.7x for gpt-4o). Its tiers at the plain price are never priced.
 SERVICE_TIER = "service_tier"
 PLAIN_TIERS = ("auto", "default")
+# Every tier OpenAI's API takes (it refuses any other, a 400 naming `service_tier`).
+OPENAI_TIERS = (*PLAIN_TIERS, "flex", "scale", "priority")
 
 
 def price_option_problems(where: str, price: Price) -> list[str]:

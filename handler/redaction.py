@@ -45,18 +45,21 @@ NAME_CHARS = 256
 # Values shaped like a key, whatever surrounds them: OpenAI's and Anthropic's, and a masked form of one an upstream
 # refused, masked with stars (OpenAI's `Incorrect API key provided: sk-VKMIs*****...wjh3`) or with dots (a LiteLLM
 # proxy's `Received API Key = sk-...U-sA`, or `sk-ab12...`): the key's first or last characters, which a client of
-# the gateway has no business reading; this gateway's own, AWS access key ids, Google's. (`sk-...` alone, the
-# prefix and dots, is text: what a key looks like.)
+# the gateway has no business reading (DeepSeek's keys are `sk-` too); this gateway's own; xAI's (`xai-` and 80 letters
+# and digits) and Groq's (`gsk_` and 52), read from 32 on so that one cut short is found too, where a model's name
+# (`grok-4`, `llama-3.3-70b-versatile`) has a `-` or `.` every few characters; AWS access key ids; Google's (`AIza`
+# and 35). (`sk-...` alone, the prefix and dots, is text: what a key looks like. Mistral's keys are 32 letters and
+# digits with no prefix, which no shape tells from a name: only the known secrets find one.)
 # (Not `\b` before them: `resp_gwk_...`, a key pasted after an id's prefix, has no word boundary there.)
 KEY_SHAPES = (
     r"(?<![A-Za-z0-9])(sk-[A-Za-z0-9_\-]*(?:\*{3,}[A-Za-z0-9_\-]*|(?:\.{3}|\u2026)[A-Za-z0-9_\-]+)"
     r"|sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{8,}|sk-[A-Za-z0-9_\-]+(?:\.{3}|\u2026))"
-    r"|(?<![A-Za-z0-9])(gwk_[a-z0-9]{12}_[A-Za-z0-9_\-]{8,})"
+    r"|(?<![A-Za-z0-9])(gwk_[a-z0-9]{12}_[A-Za-z0-9_\-]{8,}|xai-[A-Za-z0-9]{32,}|gsk_[A-Za-z0-9]{32,})"
     r"|\b((?:AKIA|ASIA)[0-9A-Z]{16})\b"
     r"|(?<![A-Za-z0-9])(AIza[0-9A-Za-z_\-]{30,})"
 )
 # How each of those begins: a value with none of these in it holds no key of those shapes.
-KEY_MARKERS = ("sk-", "gwk_", "AKIA", "ASIA", "AIza")
+KEY_MARKERS = ("sk-", "gwk_", "xai-", "gsk_", "AKIA", "ASIA", "AIza")
 # This gateway's key without its `gwk_` (`<id>_<secret>`, pasted where a name or a tag belongs), which no marker
 # announces: an id of 12 characters of `key_admin.ID_ALPHABET` (no `l`, `o`, `0` nor `1`: `organization_<a hashed
 # user id>`, which OpenAI recommends for `user`, is no key), `_`, and the 43 characters of `token_urlsafe(32)` with
@@ -405,9 +408,9 @@ def clipped(name: str, limit: int = NAME_CHARS) -> str:
 
 
 # The longest client value an error echoes (a control header's, a fallback's name). A number, a flag or a typo is
-# shorter; a key or a token pasted into the wrong header is longer, and no shape tells them all apart: `xai-`,
-# `gsk_`, a JWT, a UUID-shaped key, an Entra client secret (`Wk78Q~3fGh...`), whose runs of letters and digits are
-# short between separators, are known to no pattern of `redact_secrets`.
+# shorter; a key or a token pasted into the wrong header is longer, and no shape tells them all apart: a Mistral
+# key, a JWT, a UUID-shaped key, an Entra client secret (`Wk78Q~3fGh...`), whose runs of letters and digits are
+# short between separators or have no prefix, are known to no pattern of `redact_secrets`.
 ECHOED_CHARS = 16
 
 

@@ -102,9 +102,14 @@ class SSEDecoder:
     Everything an upstream sends between two events (the next event's lines, and any blank lines, comments and
     empty `data:` lines) is held to `MAX_EVENT_BYTES`: an upstream that never ends a line or an event, or that sends
     only keep-alives in bulk, is a malformed answer, not memory or CPU without end. A read is scanned once, by index
-    (a buffer sliced per line, and its data lengths summed per read, made its cost the square of its size)."""
+    (a buffer sliced per line, and its data lengths summed per read, made its cost the square of its size).
 
-    __slots__ = ("_idle", "_partial", "_held", "_event", "_data")
+    A stream whose lines end in a bare CR (which the rules allow beside LF and CRLF) is found by a read with no LF in
+    it, where a CR stands before another character (or a read after one that ended in CR begins with no LF): from
+    then on its reads are read with each CRLF and CR made an LF (`_bare_cr`). A stream of LF or CRLF lines pays a
+    substring search of its reads without an LF alone (the end of a long event, cut by the read)."""
+
+    __slots__ = ("_idle", "_partial", "_held", "_event", "_data", "_cr", "_cr_ended")
 
     def __init__(self) -> None:
         self._idle = idle_lines()
@@ -112,11 +117,17 @@ class SSEDecoder:
         self._held = 0  # bytes since the last event
         self._event: str | None = None
         self._data: list[bytes] = []
+        self._cr = False  # its lines end in a bare CR
+        self._cr_ended = False  # (CR lines) the last read ended in CR: an LF beginning the next is that line's end
 
     def feed(self, chunk: bytes) -> list[StreamEvent]:
+        if self._cr:
+            chunk = self._bare_cr(chunk)
         events: list[StreamEvent] = []
         nl = chunk.find(b"\n")
         if nl < 0:
+            if b"\r" in chunk and not self._cr and self._is_bare_cr(chunk):
+                return self._lines_end_in_cr(chunk)
             if chunk:
                 self._partial.append(chunk)
                 self._held += len(chunk)
@@ -158,6 +169,26 @@ class SSEDecoder:
         if held > MAX_EVENT_BYTES:
             raise too_long_event()
         return events
+
+    def _is_bare_cr(self, chunk: bytes) -> bool:
+        """Whether a read without an LF shows a CR ending a line: one before another character, or the last read's
+        CR followed here by no LF."""
+        ended = bool(self._partial) and self._partial[-1][-1:] == b"\r"
+        return chunk.find(b"\r", 0, len(chunk) - 1) >= 0 or ended
+
+    def _lines_end_in_cr(self, chunk: bytes) -> list[StreamEvent]:
+        """The stream's lines end in a bare CR: what is held of its last line, and this read, read again so."""
+        held = b"".join(self._partial)
+        self._partial = []
+        self._held -= len(held)
+        self._cr = True
+        return self.feed(held + chunk)
+
+    def _bare_cr(self, chunk: bytes) -> bytes:
+        if self._cr_ended and chunk[:1] == b"\n":
+            chunk = chunk[1:]  # (a CRLF the reads cut in two: its CR ended the line)
+        self._cr_ended = chunk[-1:] == b"\r"
+        return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
     def finish(self) -> list[StreamEvent]:
         events: list[StreamEvent] = []

@@ -50,6 +50,9 @@ MAPPED = frozenset(
     }
 )
 OUTPUT_CONFIG_MAPPED = frozenset({"effort", "format"})
+# Anthropic's `service_tier` values: any other is Anthropic's 400, and so the gateway's whichever deployment serves
+# the request (a translation leaves the tier out, which would serve what Anthropic refuses).
+MESSAGES_TIERS = ("auto", "standard_only")
 TOOL_MAPPED = frozenset({"cache_control", "strict"})
 
 
@@ -406,6 +409,11 @@ class Translation:
                 param="messages",
             )
         if isinstance(req, MessagesRequest):
+            tier = (req.model_extra or {}).get("service_tier")
+            if tier is not None and tier not in MESSAGES_TIERS:
+                raise InvalidRequestError(
+                    "service_tier: Input should be 'auto' or 'standard_only'", param="service_tier"
+                )
             body["max_tokens"] = req.max_tokens
             if req.stop_sequences:
                 body["stop"] = req.stop_sequences

@@ -25,8 +25,12 @@ ends and cancelled as the next head is whole (a body is timed only where a read 
 RFC 9112's rules uvicorn does not keep: an HTTP/1.1 request without one Host is a 400 (3.2), so is a body of a
 transfer coding other than chunked, which the gateway does not decode (6.1; httptools framed `gzip, chunked` by its
 chunks and handed the app the bytes still coded), and an answer of no length to an HTTP/1.0 request is not chunked
-(6.1: its end is the connection's close, `UnchunkedCycle`); a request line of `HTTP/2.0`, which httptools takes (and
-no other version past 1.1), is a 505 (RFC 9110 15.6.6), not served as HTTP/1.0. And a request offering a
+(6.1: its end is the connection's close, `UnchunkedCycle`). A request line's version is read as RFC 9112 (2.3) writes
+one, `HTTP/` and a digit, a dot and a digit (else the parser's 400): one of a major version other than 1 (`HTTP/2.0`,
+`HTTP/3.0`, `HTTP/0.9`) is a 505 (RFC 9110 15.6.6), and a minor version past 1 (`HTTP/1.2`) is served as HTTP/1.1, the
+highest of its major version the gateway speaks (RFC 9110 2.5). (httptools takes 0.9, 1.0, 1.1 and 2.0 alone, any
+other as malformed, unless told to be lenient with the version: so told, it hands every `HTTP/d.d` to
+`on_headers_complete`, which answers it so.) And a request offering a
 protocol upgrade (`curl --http2` to an `http://` URL offers `Upgrade: h2c`; the gateway speaks no WebSocket either) is
 served in HTTP/1.1, its offer ignored, as RFC 9110 (7.8) lets a server: httptools stops parsing at such a head, and
 uvicorn handed the app an empty body (a POST answered 400 "not valid JSON"). Its body is read here by its
@@ -224,6 +228,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_s, self.body_s = settings.timeouts.request_head, settings.timeouts.body_s
         self.request_s = settings.timeouts.request
         super().connection_made(transport)
+        self.parser.set_dangerous_leniencies(lenient_version=True)  # (every `HTTP/d.d`: `on_headers_complete` decides)
         self.head_timer = self.loop.call_later(self.head_s, self._head_late)
         self._admitted()
 
@@ -569,7 +574,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.head_timer.cancel()
             self.head_timer = None
         version = self.parser.get_http_version()
-        if version not in ("1.0", "1.1"):  # (`HTTP/2.0` in HTTP/1's syntax: no HTTP/2, whose requests are binary)
+        if version[0] == "1" and version != "1.0":  # (`HTTP/1.2`: served as HTTP/1.1, RFC 9110 2.5)
+            version = "1.1"
+        elif version != "1.0":  # (`HTTP/2.0` in HTTP/1's syntax: no HTTP/2, whose requests are binary; `HTTP/3.0`)
             self._refuse_head(
                 VersionNotSupportedError(
                     f"HTTP/{version} is not served: gateway serve speaks HTTP/1.1 and 1.0 (HTTP/2 is a proxy's in "
@@ -620,6 +627,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 b"400 Bad Request",
             )
         super().on_headers_complete()
+        self.scope["http_version"] = version  # (uvicorn's is the parser's: `1.2` where it is served as 1.1)
         if version != "1.1" and self.cycle is not None and self.cycle.scope is self.scope:
             self.cycle.__class__ = UnchunkedCycle
         if upgrade:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from handler.config import PLAIN_TIERS, SERVICE_TIER
+from handler.config import OPENAI_TIERS, PLAIN_TIERS, SERVICE_TIER
 from handler.errors import InvalidRequestError, PermissionDeniedError, StrictParamsError
 from handler.pipeline.keys import allows_model
 from handler.pipeline.pricing import (
@@ -28,7 +28,7 @@ from handler.pipeline.pricing import (
     worst_case_usd,
 )
 from handler.ports import Served
-from handler.redaction import clipped, redact_message
+from handler.redaction import clipped, echoed, redact_message
 from handler.schemas import DEFAULT_SEARCHES
 
 if TYPE_CHECKING:
@@ -66,8 +66,9 @@ class Charges:
         the plan would be sent it (`native`: those a request passed through as written goes to; the rest as their
         adapter says, `ProviderAdapter.takes_service_tier`) and no model of the plan prices it, and at each
         deployment that would be sent it unpriced (`_tier_priced`). A plan none of whose deployments is sent it
-        (Claude, Gemini, DeepSeek, Bedrock) is served at its own prices, the tier left out and named, whatever it
-        names, `priority` as `flex`."""
+        (Claude, Gemini, DeepSeek, Bedrock) is served at its own prices, the tier left out and named, `priority` as
+        `flex`. A tier OpenAI's API does not take (`OPENAI_TIERS`) is refused as OpenAI refuses it, whichever
+        deployment would serve the request: the same request gets the same answer from every one."""
         extra = req.model_extra
         if not extra:
             return
@@ -75,12 +76,12 @@ class Charges:
         tier = extra.get("service_tier")
         ex.plain_tier = tier == "default"
         if tier is not None and tier not in PLAIN_TIERS:
+            if tier not in OPENAI_TIERS:
+                raise unknown_tier(tier)
             sent = [
                 attempt for attempt in plan if attempt in native or attempt.adapter.takes_service_tier(attempt.target)
             ]
-            if not isinstance(tier, str) or (
-                len(sent) == len(plan) and not any(tier in attempt.taken for attempt in sent)
-            ):
+            if len(sent) == len(plan) and not any(tier in attempt.taken for attempt in sent):
                 raise unpriced_tier(tier, ex.model)
             ex.service_tier = tier
         if extra.get("web_search_options") is not None:
@@ -468,6 +469,19 @@ def advisor_not_allowed(model: str, param: str, deployed: bool) -> PermissionDen
         f"the key is valid, {why} outside its scopes (GET /v1/models lists the models it may use)",
         code="model_not_allowed",
         param=param,
+    )
+
+
+def unknown_tier(tier: object) -> InvalidRequestError:
+    """The refusal of a `service_tier` OpenAI's API does not take, in its words (the value echoed only if short: a key
+    pasted there is not)."""
+    said = (
+        f"Invalid value for 'service_tier': {echoed(tier)}."
+        if isinstance(tier, str)
+        else "Invalid type for 'service_tier': expected a string."
+    )
+    return InvalidRequestError(
+        f"{said} Supported values are: {', '.join(map(repr, OPENAI_TIERS))}", param="service_tier"
     )
 
 

@@ -1324,6 +1324,38 @@ def test_options_that_change_the_price_are_priced_or_refused(gw: Running) -> Non
     assert "metadata" not in received(gw, "openai", since)[-1]["json"]
 
 
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-haiku-4-5", "gemini-2.5-flash", "vllm-llama"])
+def test_a_tier_no_api_takes_is_refused_whichever_deployment_serves_it(running: Running, model: str) -> None:
+    """`service_tier: "bogus"` was a 400 where OpenAI's API would be sent it, and left out and served (200, named in
+    `x-gateway-dropped-params`) where a translation leaves the tier out (Claude, Gemini): the same request answered
+    two ways by the deployment that served it (review). A tier OpenAI does not take is OpenAI's 400 on Chat
+    Completions and the Responses API, and one Anthropic does not take its 400 on the Messages API, before anything
+    is sent, whatever the model."""
+    key = running.mint()
+    since = {name: len(fake.state.requests) for name, fake in running.fakes.items()}
+    for tier in ("bogus", "standard_only", 5, "x" * 60):
+        for path, body in (
+            ("/v1/chat/completions", {"model": model, "messages": HI, "service_tier": tier}),
+            ("/v1/responses", {"model": model, "input": "Hi", "service_tier": tier}),
+        ):
+            refused = post(running, path, key, body)
+            assert refused.status_code == 400 and refused.json()["error"]["param"] == "service_tier", refused.text
+            assert "x" * 17 not in refused.text
+    for tier in ("bogus", "flex", "priority"):
+        body = {"model": model, "max_tokens": 10, "messages": HI, "service_tier": tier}
+        refused = post(running, "/v1/messages", key, body)
+        assert refused.status_code == 400 and refused.json()["error"]["type"] == "invalid_request_error"
+        assert "service_tier" in refused.json()["error"]["message"], refused.text
+    assert {name: len(fake.state.requests) for name, fake in running.fakes.items()} == since
+    for tier in ("auto", "flex"):
+        served = post(running, "/v1/chat/completions", key, {"model": model, "messages": HI, "service_tier": tier})
+        assert served.status_code == 200, served.text
+    served = post(
+        running, "/v1/messages", key, {"model": model, "max_tokens": 10, "messages": HI, "service_tier": "auto"}
+    )
+    assert served.status_code == 200, served.text
+
+
 # --- secrets -----------------------------------------------------------------------------------------
 
 

@@ -124,6 +124,39 @@ def test_a_key_where_a_name_belongs_is_not_in_the_dropped_params_header(running:
         assert named in dropped and secret not in repr(answer.headers), dropped
 
 
+def test_an_xai_or_groq_key_where_a_name_belongs_is_echoed_nowhere(
+    running: Running, key: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A key of xAI's shape (`xai-` and 80 letters and digits) or Groq's (`gsk_` and 52) sent as a model's name was
+    echoed whole by the 404 `model_not_found` of every API and by `GET /v1/models/{id}`, and written to the request's
+    log line; as a field's name, in `x-gateway-dropped-params`; as a `user`, on the ledger line (review)."""
+    letters = "Zq81LmN0pX4vR7tY2uW9Kd3sQe7HjB5nV1cX8aLp"
+    keys = ["xai-" + letters * 2, "gsk_" + letters + letters[:12]]
+    for secret in keys:
+        for path, body in (
+            ("/v1/chat/completions", {"model": secret, "messages": HI}),
+            ("/v1/messages", {"model": secret, "max_tokens": 10, "messages": HI}),
+            ("/v1/responses", {"model": secret, "input": "Hi"}),
+            ("/v1/embeddings", {"model": secret, "input": "Hi"}),
+        ):
+            answer = httpx.post(f"{running.url}{path}", json=body, headers=auth(key), timeout=15)
+            assert answer.status_code == 404 and "'[REDACTED]'" in answer.text and secret not in answer.text, path
+        answer = httpx.get(f"{running.url}/v1/models/{secret}", headers=auth(key), timeout=15)
+        assert answer.status_code == 404 and secret not in answer.text
+        body = {"model": "gpt-4o-mini", "max_tokens": 10, "messages": HI, secret: 1}
+        answer = httpx.post(f"{running.url}/v1/messages", json=body, headers=auth(key), timeout=15)
+        assert answer.status_code == 200 and answer.headers["x-gateway-dropped-params"] == "[REDACTED]", answer.text
+        body = {"model": "gpt-4o-mini", "messages": HI, "user": secret}
+        answer = httpx.post(f"{running.url}/v1/chat/completions", json=body, headers=auth(key), timeout=15)
+        assert answer.status_code == 200, answer.text
+    time.sleep(0.5)
+    out, err = capfd.readouterr()
+    lines = running.ledger(key)
+    assert len(lines) == 4 and {line.user for line in lines} == {None, "[REDACTED]"}, lines
+    for secret in keys:
+        assert secret not in out + err and secret[4:] not in out + err
+
+
 def test_client_auth_and_hop_by_hop_headers_never_reach_the_upstream(running: Running, key: str) -> None:
     recorded = running.fakes["openai"].state.requests
     before = len(recorded)

@@ -358,3 +358,60 @@ def test_a_long_path_is_clipped_before_it_is_redacted() -> None:
     logged = path_clipped("/admin/keys/" + "x" * (NAME_CHARS - 30) + "/" + key + "/" + "y" * 60_000)
     assert len(logged) == NAME_CHARS and "S3cr3t" not in logged and REDACTED[:8] in logged
     assert path_clipped("/admin/keys/" + key) == "/admin/keys/" + REDACTED
+
+
+def provider_key(prefix: str, length: int) -> str:
+    """A key of a provider's documented shape: `prefix` and `length` random letters and digits (capitals and digits
+    alone in an AWS access key id)."""
+    alphabet = string.ascii_uppercase + string.digits if prefix in ("AKIA", "ASIA") else string.ascii_letters
+    return prefix + "".join(secrets.choice(alphabet + string.digits) for _ in range(length))
+
+
+@pytest.mark.parametrize(
+    ("prefix", "length"),
+    [("xai-", 80), ("gsk_", 52), ("sk-ant-api03-", 95), ("sk-", 32), ("AIza", 35), ("AKIA", 16), ("ASIA", 16)],
+)
+def test_a_providers_key_where_a_name_belongs_is_redacted(prefix: str, length: int) -> None:
+    """xAI's keys (`xai-` and 80 letters and digits) and Groq's (`gsk_` and 52) were known to no shape: sent as a
+    model's name, one was echoed whole by the 404 `model_not_found` and its log line (`clipped`), and as a `user` or
+    a dropped field's name kept on the ledger line and in `x-gateway-dropped-params` (review). Each provider's
+    documented shape is redacted wherever the gateway echoes a client's name, whole or cut short."""
+    from handler.redaction import clipped, names_clipped, redact_message, redact_secrets, unkeyed
+
+    key = provider_key(prefix, length)
+    for redact in (redact_message, redact_secrets, unkeyed, clipped):
+        assert redact(key) == REDACTED, redact
+        assert redact(f"model '{key}' does not exist") == f"model '{REDACTED}' does not exist", redact
+        assert key[len(prefix) :] not in redact(f"user:{key}"), redact
+    assert names_clipped([key, f"tools[{key}]"]) == [REDACTED, f"tools[{REDACTED}]"]
+    assert clipped("m" * 249 + " " + key) == "m" * 249 + " " + REDACTED[:6]  # (straddling the cut: redacted whole)
+    if prefix in ("xai-", "gsk_"):
+        assert redact_secrets(key[:36]) == REDACTED  # (cut short: a key's first 32 characters are still a key)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "grok-4",
+        "grok-4-fast-reasoning",
+        "grok-code-fast-1",
+        "xai-grok-4",
+        "gemini-2.5-pro",
+        "gemini-2.5-flash-preview-09-2025",
+        "llama-3.3-70b-versatile",
+        "meta-llama/llama-4-scout-17b-16e-instruct",
+        "openai/gpt-oss-120b",
+        "gsk_llama_3_3_70b",
+        "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "mistral-large-latest",
+        "deepseek-chat",
+        "claude-opus-4-1-20250805",
+    ],
+)
+def test_a_models_name_is_not_taken_for_a_providers_key(name: str) -> None:
+    from handler.redaction import clipped, names_clipped, redact_secrets, unkeyed
+
+    for redact in (redact_secrets, unkeyed, clipped):
+        assert redact(name) == name, redact
+    assert names_clipped([name]) == [name]

@@ -119,3 +119,14 @@ def test_a_whole_body_past_the_bound_is_refused() -> None:
     with pytest.raises(UpstreamError, match="exceeds 64 bytes") as refused:
         sniffed(b"{" + b" " * 100 + b"}", 10, limit=64)
     assert refused.value.outcome == "upstream_body_too_large"
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 64, 4096])
+def test_events_whose_lines_end_in_a_bare_cr_survive_any_split(step: int) -> None:
+    """The SSE rules end a line with CR, LF or CRLF. A stream of bare CRs (an upstream, or a proxy in front of one,
+    that writes them) was one line: no event until its end, then one of every line joined (or, past 16 MiB, a
+    malformed answer). Read with any split, it gives the events its LF form does."""
+    lf = b': hi\n\nevent: a\ndata: {"x": 1}\ndata: 2\n\n\n\ndata: [DONE]\n\n'
+    expected = decode(lf, 4096)
+    assert expected == [StreamEvent("a", b'{"x": 1}\n2'), StreamEvent(None, b"[DONE]")]
+    assert decode(lf.replace(b"\n", b"\r"), step) == expected

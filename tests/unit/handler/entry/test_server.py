@@ -321,6 +321,48 @@ async def test_a_request_line_of_http_2_0_is_a_505_in_the_error_shape(bounds: No
     connection.close()
 
 
+@pytest.mark.parametrize("version", [b"3.0", b"2.1", b"9.9", b"0.9", b"0.8"])
+async def test_a_request_line_of_a_major_version_other_than_1_is_a_505(bounds: None, version: bytes) -> None:
+    """`HTTP/3.0` (or `HTTP/2.1`, `HTTP/0.8`) in a request line was the parser's 400, "the request's HTTP head is
+    malformed", where `HTTP/2.0` was a 505: each is a well-formed version (RFC 9112 2.3) of a major version the gateway
+    does not speak, RFC 9110 (15.6.6)'s 505, in the error shape of the API it calls."""
+    connection = Connection()
+    await connection.send(b"POST /v1/messages HTTP/" + version + b"\r\nhost: g\r\ncontent-length: 2\r\n\r\nok")
+    assert await connection.answers(1) == [b"505"] and connection.transport.closed, connection.written
+    said = error_of(connection.written)
+    assert said["error"]["type"] == "invalid_request_error", said
+    assert said["error"]["message"].startswith(f"HTTP/{version.decode()} is not served: gateway serve speaks HTTP/1.1")
+    assert READS == []
+    connection.close()
+
+
+@pytest.mark.parametrize("version", [b"1.2", b"1.9"])
+async def test_a_request_line_of_a_later_minor_version_is_served_as_http_1_1(bounds: None, version: bytes) -> None:
+    """`HTTP/1.2` was the parser's 400: RFC 9110 (2.5) has a recipient process a message of a minor version past the
+    ones it speaks as the highest of that major version it does. Served as HTTP/1.1: kept alive, a stream chunked,
+    a Host required."""
+    connection = Connection()
+    line = b"GET /stream HTTP/" + version + b"\r\nhost: g\r\n\r\n"
+    await connection.send(line, b"GET /whole HTTP/" + version + b"\r\nhost: g\r\n\r\n")
+    assert await connection.answers(2) == [b"200", b"200"] and not connection.transport.closed, connection.written
+    assert b"transfer-encoding: chunked" in connection.written and connection.written.endswith(BODY)
+    await connection.send(b"GET /whole HTTP/" + version + b"\r\n\r\n")
+    assert await connection.answers(3) == [b"200", b"200", b"400"] and connection.transport.closed
+    assert "one Host header" in error_of(connection.written.rpartition(b"HTTP/1.1 400")[2])["error"]["message"]
+    connection.close()
+
+
+@pytest.mark.parametrize("version", [b"HTTP/1.10", b"HTTP/11.1", b"HTTP/1", b"HTTP/x.y", b"http/1.1"])
+async def test_a_malformed_version_is_a_400_in_the_error_shape(bounds: None, version: bytes) -> None:
+    """A version that is not `HTTP/` and a digit, a dot and a digit (RFC 9112 2.3) is malformed: the parser's 400,
+    not a 505 (it names no version to refuse)."""
+    connection = Connection()
+    await connection.send(b"GET /whole " + version + b"\r\nhost: g\r\n\r\n")
+    assert await connection.answers(1) == [b"400"] and connection.transport.closed, connection.written
+    assert error_of(connection.written)["error"]["message"].startswith("the request's HTTP head is malformed")
+    connection.close()
+
+
 @pytest.mark.parametrize(
     "coding",
     [b"transfer-encoding: gzip, chunked\r\n", b"transfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n"],
