@@ -711,6 +711,18 @@ def search_tools(req: ResponsesRequest) -> list[dict[str, Any]]:
     return [tool for tool in req.tools or () if is_search(tool)]
 
 
+def search_forbidden(choice: Any) -> bool:
+    """Whether a request's `tool_choice` leaves the model no search to run, as OpenAI reads it: `none` forbids every
+    tool, the hosted ones included, and an `allowed_tools` choice every tool it does not list (its functions alone,
+    the search not among them). Its search is then reserved and charged nowhere, and no translation sends it."""
+    if choice == "none":
+        return True
+    if not isinstance(choice, dict) or choice.get("type") != "allowed_tools":
+        return False
+    allowed = choice.get("tools")
+    return not (isinstance(allowed, list) and any(map(is_search, allowed)))
+
+
 def _tools(req: ResponsesRequest, dropped: list[str], spaces: Namespaces) -> list[dict[str, Any]]:
     """The function tools, a namespace's in its place under the names `spaces` gives them; the rest named."""
     tools: list[dict[str, Any]] = []
@@ -744,8 +756,12 @@ def translated_search(
     a deployment is sent none (`WebSearch.unsent`). Else the search tools are named there: so where the request's
     `tool_choice` (`choice`) is `none`, which forbids every tool, the hosted ones included, as OpenAI's does. (With
     the search the only tool, the translation carries no choice at all, none being left to choose among functions:
-    the search would go to Claude and Gemini, run, and be reserved and charged.)"""
+    the search would go to Claude and Gemini, run, and be reserved and charged.) An `allowed_tools` choice that does
+    not allow the search (`search_forbidden`) is honoured by sending none, and nothing is named: the model was to run
+    none (sent, Claude ran it beside the one function allowed)."""
     if not asked:
+        return dropped
+    if choice != "none" and search_forbidden(choice):
         return dropped
     if not most or not isinstance(req, ResponsesChatRequest) or choice == "none":
         return [*dropped, *sorted({f"tools[{tool['type']}]" for tool in asked})]

@@ -283,3 +283,32 @@ def test_tool_choice_none_holds_no_search_where_the_request_goes_as_written(flee
     [line] = fleet.ledger(key)
     assert response.usage is not None
     assert line.cost_usd == pytest.approx(tokens_usd(response.usage))
+
+
+ONLY_WEATHER: Any = {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "get_weather"}]}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", [*sorted(SEARCHED), "gpt"])
+def test_an_allowed_tools_choice_without_the_search_runs_none(fleet: Running, model: str, stream: bool) -> None:
+    """An `allowed_tools` choice that allows the functions and not the search leaves the model no search to run (as
+    OpenAI's does): a translation is sent none, Claude's `web_search` and Gemini's `google_search` (nothing named: the
+    choice is honoured), OpenAI's Responses API gets the request as written, and none is reserved or charged. Ten
+    searches were held all the same ($0.10, a 402 under `x-gateway-max-cost-usd: 0.05`), and Claude was sent its
+    search tool beside the one function allowed."""
+    key = fleet.mint(name=f"search-not-allowed-{model}-{stream}")
+    body = {"model": model, "input": "Hi", "tools": [*SEARCH, WEATHER], "tool_choice": ONLY_WEATHER, "stream": stream}
+    headers = {"authorization": f"Bearer {key}", "x-gateway-max-cost-usd": "0.05"}
+    answer = httpx.post(f"{fleet.url}/v1/responses", json=body, headers=headers, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert dropped(answer.headers) == []
+    provider = "openai" if model == "gpt" else SEARCHED[model]
+    sent_body = orjson.dumps(fleet.fakes[provider].state.requests[-1]["json"]).decode()
+    if model == "gpt":
+        assert '"allowed_tools"' in sent_body  # (as written)
+    else:
+        assert "web_search" not in sent_body and "google_search" not in sent_body
+    assert "web_search_call" not in answer.text
+    [line] = fleet.ledger(key)
+    tokens = (line.input_tokens * PRICE["input"] + line.output_tokens * PRICE["output"]) / 1e6
+    assert line.cost_usd == pytest.approx(tokens)  # (no search)
