@@ -312,3 +312,51 @@ def test_an_allowed_tools_choice_without_the_search_runs_none(fleet: Running, mo
     [line] = fleet.ledger(key)
     tokens = (line.input_tokens * PRICE["input"] + line.output_tokens * PRICE["output"]) / 1e6
     assert line.cost_usd == pytest.approx(tokens)  # (no search)
+
+
+MESSAGES_SEARCH: Any = {"type": "web_search_20250305", "name": "web_search"}
+
+
+def messages(fleet: Running, key: str, body: dict[str, Any], cap: str | None = None) -> httpx.Response:
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01", **({"x-gateway-max-cost-usd": cap} if cap else {})}
+    payload = {"max_tokens": 64, "messages": [{"role": "user", "content": "Hi"}], **body}
+    return httpx.post(f"{fleet.url}/v1/messages", json=payload, headers=headers, timeout=30)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropics_search_tool_runs_as_geminis_search(fleet: Running, stream: bool) -> None:
+    """A Messages request with Anthropic's web search tool (Claude Code's WebSearch sends it alone), translated to
+    Gemini: Google Search runs, its searches in the usage as Claude's are (`server_tool_use.web_search_requests`),
+    charged at `web_search_usd` each, and the tool's `max_uses` reserved for. The location goes nowhere Gemini takes
+    it, and the sites blocked neither: named. It was left out and named (`tools.web_search_20250305`): the model
+    answered without searching."""
+    key = fleet.mint(name=f"messages-search-gemini-{stream}")
+    tool = {**MESSAGES_SEARCH, "max_uses": 3, "user_location": {"type": "approximate", "city": "Paris"}}
+    answer = messages(
+        fleet, key, {"model": "gemini", "tools": [{**tool, "blocked_domains": ["x.com"]}], "stream": stream}
+    )
+    assert answer.status_code == 200, answer.text
+    assert dropped(answer.headers) == [
+        "tools.web_search_20250305.user_location",
+        "tools.web_search_20250305.blocked_domains",
+    ]
+    assert sent(fleet, "gemini")["tools"] == [{"google_search": {}}]
+    assert '"web_search_requests":1' in answer.text.replace(" ", "")
+    [line] = fleet.ledger(key)
+    tokens = (line.input_tokens * PRICE["input"] + line.output_tokens * PRICE["output"]) / 1e6
+    assert line.cost_usd == pytest.approx(tokens + SEARCH_USD)
+    held = messages(fleet, key, {"model": "gemini", "tools": [{**MESSAGES_SEARCH, "max_uses": 10}]}, cap="0.05")
+    assert held.status_code == 402 and "worst-case cost $0.1" in held.text, held.text  # (ten searches held)
+
+
+def test_anthropics_search_tool_goes_to_no_provider_without_a_search(fleet: Running) -> None:
+    """DeepSeek has no search: the tool is named dropped, as before, and none is held (ten searches, $0.10, would be
+    a 402 under `x-gateway-max-cost-usd: 0.05`) or charged."""
+    key = fleet.mint(name="messages-search-deepseek")
+    answer = messages(fleet, key, {"model": "deepseek", "tools": [MESSAGES_SEARCH]}, cap="0.05")
+    assert answer.status_code == 200, answer.text
+    assert dropped(answer.headers) == ["tools.web_search_20250305"]
+    assert "web_search" not in orjson.dumps(fleet.fakes["openai"].state.requests[-1]["json"]).decode()
+    [line] = fleet.ledger(key)
+    tokens = (line.input_tokens * PRICE["input"] + line.output_tokens * PRICE["output"]) / 1e6
+    assert line.cost_usd == pytest.approx(tokens)
