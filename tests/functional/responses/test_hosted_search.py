@@ -327,20 +327,17 @@ def messages(fleet: Running, key: str, body: dict[str, Any], cap: str | None = N
 def test_anthropics_search_tool_runs_as_geminis_search(fleet: Running, stream: bool) -> None:
     """A Messages request with Anthropic's web search tool (Claude Code's WebSearch sends it alone), translated to
     Gemini: Google Search runs, its searches in the usage as Claude's are (`server_tool_use.web_search_requests`),
-    charged at `web_search_usd` each, and the tool's `max_uses` reserved for. The location goes nowhere Gemini takes
-    it, and the sites blocked neither: named. It was left out and named (`tools.web_search_20250305`): the model
-    answered without searching."""
+    charged at `web_search_usd` each, and the tool's `max_uses` reserved for. The sites blocked are Google Search's
+    `excludeDomains`; the location goes nowhere Gemini takes it: named. It was left out and named
+    (`tools.web_search_20250305`): the model answered without searching."""
     key = fleet.mint(name=f"messages-search-gemini-{stream}")
     tool = {**MESSAGES_SEARCH, "max_uses": 3, "user_location": {"type": "approximate", "city": "Paris"}}
     answer = messages(
         fleet, key, {"model": "gemini", "tools": [{**tool, "blocked_domains": ["x.com"]}], "stream": stream}
     )
     assert answer.status_code == 200, answer.text
-    assert dropped(answer.headers) == [
-        "tools.web_search_20250305.user_location",
-        "tools.web_search_20250305.blocked_domains",
-    ]
-    assert sent(fleet, "gemini")["tools"] == [{"google_search": {}}]
+    assert dropped(answer.headers) == ["tools.web_search_20250305.user_location"]
+    assert sent(fleet, "gemini")["tools"] == [{"google_search": {"excludeDomains": ["x.com"]}}]
     assert '"web_search_requests":1' in answer.text.replace(" ", "")
     [line] = fleet.ledger(key)
     tokens = (line.input_tokens * PRICE["input"] + line.output_tokens * PRICE["output"]) / 1e6
@@ -360,3 +357,30 @@ def test_anthropics_search_tool_goes_to_no_provider_without_a_search(fleet: Runn
     [line] = fleet.ledger(key)
     tokens = (line.input_tokens * PRICE["input"] + line.output_tokens * PRICE["output"]) / 1e6
     assert line.cost_usd == pytest.approx(tokens)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_gemini_3_takes_the_search_beside_the_functions(fleet: Running, stream: bool) -> None:
+    """Codex offers its functions with the search on every turn. Gemini 3 takes Google Search beside function
+    declarations in its tool context (`toolConfig.includeServerSideToolInvocations`, which it requires for the two
+    together): the search runs, comes back as OpenAI's does (its own `toolCall` and `toolResponse` parts read as no
+    text), and is charged; nothing is named. It was left out and named (`tools[web_search]`) on every Gemini."""
+    key = fleet.mint(name=f"search-with-functions-gemini-3-{stream}")
+    sdk = openai_client(fleet, key)
+    if stream:
+        events = list(sdk.responses.create(model="gemini-3", input="Hi", tools=[WEATHER, *SEARCH], stream=True))
+        assert events[-1].type == "response.completed"
+        response = events[-1].response
+        output = sorted(response.output, key=lambda item: item.type != "web_search_call")  # (Gemini's come last)
+    else:
+        raw = sdk.responses.with_raw_response.create(model="gemini-3", input="Hi", tools=[WEATHER, *SEARCH])
+        assert dropped(raw.headers) == []
+        response = raw.parse()
+        output = response.output
+    checked_answer(output)
+    body = fleet.fakes["gemini"].state.requests[-1]["json"]
+    assert [list(tool) for tool in body["tools"]] == [["functionDeclarations"], ["google_search"]]
+    assert body["toolConfig"]["includeServerSideToolInvocations"] is True
+    [line] = fleet.ledger(key)
+    assert response.usage is not None
+    assert line.cost_usd == pytest.approx(tokens_usd(response.usage) + SEARCH_USD)
