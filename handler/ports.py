@@ -419,9 +419,9 @@ class ProviderAdapter(ABC):
     def hosts_search(self, target: Target, req: ChatRequest) -> bool:
         """Whether `req`'s web search (`ChatRequest.web_search`) goes to the deployment's provider as its own search
         tool (Anthropic's `web_search_*`, Gemini's `google_search`), billed per search: where the provider runs web
-        searches itself and takes one beside what else `req` asks (Gemini takes none beside function tools). Decided
-        before the request is built, so that an attempt is reserved only the searches it may run. A translated
-        request's search goes to no other: left out, and named."""
+        searches itself and takes one beside what else `req` asks (Gemini before 3 takes none beside function
+        tools). Decided before the request is built, so that an attempt is reserved only the searches it may run. A
+        translated request's search goes to no other: left out, and named."""
         return False
 
     def sent_search(self, target: Target, req: ChatRequest) -> tuple[WebSearch | None, list[str]]:

@@ -376,9 +376,11 @@ class WebSearch(Value):
     `filters.allowed_domains`), and whether it may go to the live web (`live`; Codex's cached mode sends
     `external_web_access: false`, OpenAI's cached results only, which no other provider's search offers). `limit`:
     the client's name for the limit it set apart from the search (the Responses API's `max_tool_calls`), which goes
-    with the search, and is named dropped with it where the search does not go (`unsent`)."""
+    with the search, and is named dropped with it where the search does not go (`unsent`). `blocked`: the sites
+    never to search (Anthropic's tool's `blocked_domains`), and `domains_field` the client's name for the sites
+    allowed (`filters.allowed_domains` in OpenAI's options, `allowed_domains` in Anthropic's tool)."""
 
-    __slots__ = ("most", "param", "context_size", "location", "domains", "live", "limit")
+    __slots__ = ("most", "param", "context_size", "location", "domains", "live", "limit", "blocked", "domains_field")
 
     def __init__(
         self,
@@ -389,6 +391,8 @@ class WebSearch(Value):
         domains: tuple[str, ...] = (),
         live: bool = True,
         limit: str | None = None,
+        blocked: tuple[str, ...] = (),
+        domains_field: str = "filters.allowed_domains",
     ) -> None:
         self.most: Final = most
         self.param: Final = param
@@ -397,6 +401,8 @@ class WebSearch(Value):
         self.domains: Final = domains
         self.live: Final = live
         self.limit: Final = limit
+        self.blocked: Final = blocked
+        self.domains_field: Final = domains_field
 
     @classmethod
     def asked(cls, options: dict[str, Any], most: int, param: str) -> "WebSearch":
@@ -415,20 +421,44 @@ class WebSearch(Value):
         live = options.get("external_web_access") is not False
         return cls(most, param, size if isinstance(size, str) else None, location or None, domains, live)
 
+    @classmethod
+    def of_tool(cls, tool: dict[str, Any], param: str) -> "WebSearch":
+        """The search Anthropic's web search tool (`web_search_*`, as a Messages client sends it) asks for: its
+        `max_uses` (set before: `Charges.search_limit`), `user_location`, `allowed_domains` and `blocked_domains`."""
+        place = tool.get("user_location")
+        location = {name: v for name in LOCATION_FIELDS if isinstance(v := (place or {}).get(name), str) and v}
+        location = location if isinstance(place, dict) else {}
+
+        def sites(name: str) -> tuple[str, ...]:
+            given = tool.get(name)
+            return tuple(d for d in given if isinstance(d, str) and d) if isinstance(given, list) else ()
+
+        most = tool.get("max_uses")
+        return cls(
+            most if isinstance(most, int) else DEFAULT_SEARCHES,
+            param,
+            location=location or None,
+            domains=sites("allowed_domains"),
+            blocked=sites("blocked_domains"),
+            domains_field="allowed_domains",
+        )
+
     def unsent(self) -> list[str]:
         """The search left out of a request, as `x-gateway-dropped-params` names it: the search, and the limit the
         client set of it (`max_tool_calls`, which went unnamed at Bedrock, DeepSeek and Gemini beside functions)."""
         return [self.param, *([self.limit] if self.limit else [])]
 
-    def unhonoured(self, *, location: bool, domains: bool) -> list[str]:
+    def unhonoured(self, *, location: bool, domains: bool, blocked: bool = False) -> list[str]:
         """What a provider's search tool cannot honour, as `x-gateway-dropped-params` names it: a context size (none
         takes one but OpenAI's), cached results only (none offers them but OpenAI's), and, unless it takes them
-        (`location`, `domains`), the user's location and the sites allowed."""
+        (`location`, `domains`, `blocked`), the user's location, the sites allowed and the sites blocked."""
         names = [f"{self.param}.search_context_size"] if self.context_size is not None else []
         if self.location and not location:
             names.append(f"{self.param}.user_location")
         if self.domains and not domains:
-            names.append(f"{self.param}.filters.allowed_domains")
+            names.append(f"{self.param}.{self.domains_field}")
+        if self.blocked and not blocked:
+            names.append(f"{self.param}.blocked_domains")
         if not self.live:
             names.append(f"{self.param}.external_web_access")
         return names
@@ -494,7 +524,7 @@ class ChatRequest(BaseModel):
         """The text a Messages request's final assistant turn prefills the answer with: Claude's answer continues it,
         and does not repeat it. Not a field: a Chat Completions client's last assistant message asks nothing of the
         kind (Mistral's and DeepSeek's `prefix: true` on it are the client's own, sent as written), and a Responses
-        input has no prefill; a Messages request ending with one is a `PrefilledChatRequest`
+        input has no prefill; a Messages request ending with one is a `MessagesChatRequest`
         (handler/api/messages_api.py). Each adapter sends it where its provider continues an assistant turn, and
         names it as dropped (`messages.prefill`) where it cannot."""
         return None

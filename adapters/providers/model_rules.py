@@ -21,6 +21,9 @@ class ModelRules(Value):
     `tools_with_json_mode`: takes function calling together with a JSON answer (a JSON response mime type), which
     Gemini before 3 refuses ("Function calling with a response mime type: 'application/json' is unsupported").
     `media_in_function_responses`: takes images and files a function returned inside its `functionResponse`.
+    `search_beside_functions`: takes Google Search beside function declarations in its tool context
+    (`toolConfig.includeServerSideToolInvocations`, Google's "Combine built-in tools and function calling"), which
+    Gemini before 3 refuses ("Tool call context circulation is not enabled"), as it refuses the two together.
     `thinking_levels`: reasons at a `thinkingLevel` (Gemini 3's), not within a `thinkingBudget` (2.5's).
     `no_penalties`: refuses a non-zero `presencePenalty` or `frequencyPenalty` (0, their default, passes).
     `forced_tool_choice`: takes Converse's forced `toolChoice` (`any`, `tool`) on Bedrock, which refuses either from
@@ -53,7 +56,7 @@ class ModelRules(Value):
         "one_sampling_knob", "completion_tokens_field", "signed_function_calls", "tools_with_json_mode",
         "media_in_function_responses", "no_penalties", "forced_tool_choice", "no_streaming_tools",
         "reasoning_on_off", "openai_efforts", "thinking_mode", "tool_result_status", "takes_sampling",
-        "thinking_levels",
+        "thinking_levels", "search_beside_functions",
     )  # fmt: skip
 
     def __init__(
@@ -72,6 +75,7 @@ class ModelRules(Value):
         tool_result_status: bool = False,
         takes_sampling: bool = False,
         thinking_levels: bool = False,
+        search_beside_functions: bool = False,
     ) -> None:
         self.one_sampling_knob: Final = one_sampling_knob
         self.completion_tokens_field: Final = completion_tokens_field
@@ -87,6 +91,7 @@ class ModelRules(Value):
         self.tool_result_status: Final = tool_result_status
         self.takes_sampling: Final = takes_sampling
         self.thinking_levels: Final = thinking_levels
+        self.search_beside_functions: Final = search_beside_functions
 
 
 NO_RULES = ModelRules()
@@ -146,6 +151,7 @@ MODEL_RULES: tuple[tuple[str, ModelRules], ...] = (
             no_penalties=True,
             tools_with_json_mode=True,
             thinking_levels=True,
+            search_beside_functions=True,
         ),
     ),
     (r"gemini-2\.5", ModelRules(no_penalties=True)),

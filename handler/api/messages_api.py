@@ -28,6 +28,7 @@ from handler.schemas import (
     BlockOrder,
     ChatRequest,
     ThinkingConfig,
+    WebSearch,
     thinks_between,
 )
 
@@ -440,9 +441,10 @@ class Translation:
                 body["parallel_tool_calls"] = False
         self.reasoning(req, body)
         prefill = prefill_of(body["messages"][-1]) if req.messages[-1].role == "assistant" else None
+        searches = any(str(tool.type or "").startswith(SEARCH_TOOLS) for tool in req.tools or ())
         try:
-            if prefill:
-                return PrefilledChatRequest.continuing(prefill, body)
+            if prefill or searches:
+                return MessagesChatRequest.continuing(prefill, body)
             return ChatRequest.model_validate(body)
         except ValueError as exc:
             raise InvalidRequestError(f"the request cannot be translated: {exc}") from None
@@ -459,15 +461,17 @@ def prefill_of(message: dict[str, Any]) -> str | None:
     return content or None
 
 
-class PrefilledChatRequest(ChatRequest):
-    """The internal request of a Messages request whose final assistant turn prefills the answer (`prefill`). A class
-    of its own, as `ResponsesChatRequest` is: a private attribute of `ChatRequest` would cost every Chat Completions
-    request's validation, and none has one."""
+class MessagesChatRequest(ChatRequest):
+    """The internal request of a Messages request whose final assistant turn prefills the answer (`prefill`), or that
+    offers Anthropic's web search tool (`web_search`, set once the search is priced: `carried_search`). A class of its
+    own, as `ResponsesChatRequest` is: a private attribute of `ChatRequest` would cost every Chat Completions request's
+    validation, and none has one."""
 
     _prefill: str | None = PrivateAttr(default=None)
+    _search: WebSearch | None = PrivateAttr(default=None)
 
     @classmethod
-    def continuing(cls, prefill: str, body: dict[str, Any]) -> PrefilledChatRequest:
+    def continuing(cls, prefill: str | None, body: dict[str, Any]) -> MessagesChatRequest:
         chat = cls.model_validate(body)
         chat._prefill = prefill
         return chat
@@ -475,6 +479,39 @@ class PrefilledChatRequest(ChatRequest):
     @property
     def prefill(self) -> str | None:
         return self._prefill
+
+    @property
+    def web_search(self) -> WebSearch | None:
+        return self._search
+
+    @web_search.setter
+    def web_search(self, search: WebSearch | None) -> None:
+        self._search = search
+
+
+# Anthropic's web search tool, by its type's prefix (`web_search_20250305`, `web_search_20260209`, ...).
+SEARCH_TOOLS = "web_search_"
+
+
+def carried_search(req: ChatRequest, data: dict[str, Any], dropped: list[str]) -> list[str]:
+    """Anthropic's web search tool of a Messages request (`data`, its body, once `server_tools` kept the tool: priced,
+    its `max_uses` set) for its translation `req`: the search, which a provider with a search of its own runs as that
+    search (Gemini's `google_search`: `ProviderAdapter.hosts_search`), its limit the tool's `max_uses`, its location and
+    sites as that search takes them (the rest named: `WebSearch.unhonoured`). The tool's name then leaves what the
+    translation names dropped (`dropped`, returned): a deployment that runs no search names it (`WebSearch.unsent`). A
+    `tool_choice` of `none` forbids it, as Anthropic's does: then it goes to none. Left out (unpriced), it went with
+    the translation's name for it."""
+    tools = data.get("tools")
+    kept = tools if isinstance(tools, list) else []
+    searches = [t for t in kept if isinstance(t, dict) and str(t.get("type") or "").startswith(SEARCH_TOOLS)]
+    choice = data.get("tool_choice")
+    forbidden = isinstance(choice, dict) and choice.get("type") == "none"
+    if not searches or not isinstance(req, MessagesChatRequest) or forbidden:
+        return dropped
+    param = f"tools.{searches[0]['type']}"
+    most = sum(tool["max_uses"] for tool in searches)
+    req.web_search = WebSearch.of_tool(searches[0], param)._replace(most=most)
+    return [name for name in dropped if name not in {f"tools.{tool['type']}" for tool in searches}]
 
 
 class EffortAlone(ThinkingConfig):

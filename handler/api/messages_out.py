@@ -116,15 +116,19 @@ def charged(event: dict[str, Any], cost: Cost | None) -> dict[str, Any]:
     return event
 
 
-def anthropic_usage(usage: Usage) -> dict[str, int]:
-    """Anthropic counts `input_tokens` without the cached and cache-write tokens."""
+def anthropic_usage(usage: Usage) -> dict[str, Any]:
+    """Anthropic counts `input_tokens` without the cached and cache-write tokens; the searches a provider's own search
+    ran for a translated web search tool are its `server_tool_use.web_search_requests`, as Claude's are."""
     cached, written = usage.cached_tokens, usage.cache_write_tokens
-    return {
+    counted: dict[str, Any] = {
         "input_tokens": max(0, usage.prompt_tokens - cached - written),
         "output_tokens": usage.completion_tokens,
         "cache_read_input_tokens": cached,
         "cache_creation_input_tokens": written,
     }
+    if usage.web_searches:
+        counted["server_tool_use"] = {"web_search_requests": usage.web_searches}
+    return counted
 
 
 def _arguments(raw: str, cut: bool) -> Any:

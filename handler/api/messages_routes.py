@@ -10,7 +10,13 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from handler.api.messages_api import MessagesCountRequest, MessagesRequest, lost_betas, to_chat_request
+from handler.api.messages_api import (
+    MessagesCountRequest,
+    MessagesRequest,
+    carried_search,
+    lost_betas,
+    to_chat_request,
+)
 from handler.api.messages_out import anthropic_events, native_events, native_message, to_message
 from handler.api.request_fields import MESSAGES
 from handler.api.streaming import EventStream, stream_head, until_client_leaves
@@ -183,7 +189,12 @@ class MessagesRoutes:
             request, key, req.model, stream=req.stream, anthropic=True, extra=body.model_extra, known=MESSAGES
         )
         pipeline = api.pipeline
-        call = native_call(request, data, untranslated, server_tools(pipeline, ex, data))
+        left_out = server_tools(pipeline, ex, data)
+        # A translation carries the web search tool kept (priced) as the search it asks for, run by a provider with a
+        # search of its own (Gemini's), the limit reserved (`Exchange.searched`: reserved there alone).
+        untranslated = carried_search(req, data, untranslated)
+        ex.searched = req if req.web_search is not None else None
+        call = native_call(request, data, untranslated, left_out)
         if req.stream:
             stream, watch = await stream_head(request, pipeline.native_stream(call, req, ex), ex)
             if isinstance(stream, NativeStream):

@@ -240,8 +240,9 @@ class ReasoningItem(BaseModel):
 
 # The Responses API's input item types (OpenAI's `ResponseInputItem` union). The translation carries messages,
 # function calls, their outputs and reasoning (an `item_reference` is replaced before by the item it names:
-# `responses_routes.StoredItems`); an item of another of these types is left out and named (`input[web_search_call]`),
-# and one of a type not among them is the client's 400, as OpenAI answers it, whichever deployment would serve it.
+# `responses_routes.StoredItems`); an item of another of these types is left out and named (`input[file_search_call]`),
+# but a web search's (`SEARCH_CALL`), and one of a type not among them is the client's 400, as OpenAI answers it,
+# whichever deployment would serve it.
 ITEM_TYPES = frozenset(
     {
         "message",
@@ -277,6 +278,15 @@ ITEM_TYPES = frozenset(
         "program_output",
     }
 )
+
+
+# A web search that ran (Codex, `store: false`, sends back every item it got): a record of the past, whose results
+# are in the text of its turn that follows it (its pages there as citations). No provider takes another's search
+# back (Claude's encrypted results, Gemini's grounding are its own), so a translation leaves it out, unnamed where
+# that text follows (`_Conversation.searched`): nothing the model needs is lost, and naming it marked every later
+# turn of the conversation (a 400 under `x-gateway-strict`). One no text of its turn follows (a search, then a
+# function call) is left out and named (`input[web_search_call]`): what it found is in no message.
+SEARCH_CALL = "web_search_call"
 
 
 def is_reference(item: dict[str, Any]) -> bool:
@@ -496,6 +506,7 @@ class _Conversation:
         self.seal = seal
         self.dropped = dropped
         self.spaces = spaces
+        self.searched = False  # (a `web_search_call` of the open turn with no text after it yet)
 
     def assistant(self) -> dict[str, Any]:
         if self.turn is None:
@@ -504,6 +515,9 @@ class _Conversation:
         return self.turn
 
     def close_turn(self) -> None:
+        if self.searched:  # (a search whose results no text of its turn carries: left out, named)
+            self.drop(f"input[{SEARCH_CALL}]")
+            self.searched = False
         turn = self.turn
         if turn is None:
             return
@@ -546,6 +560,8 @@ class _Conversation:
                 self.messages.append({"role": "tool", "tool_call_id": result.call_id, "content": content})
             elif kind == "reasoning":
                 self._reasoning(ReasoningItem.model_validate(raw))
+            elif kind == SEARCH_CALL:
+                self.searched = True  # (history, where the turn's text follows: `SEARCH_CALL`)
             elif known or stored:
                 self.drop(f"input[{kind}]")
             else:
@@ -572,6 +588,7 @@ class _Conversation:
             self.texts.append(text)
             if text:
                 _mark(turn, "text", len(text))
+                self.searched = False  # (the turn's searches' results are in its text)
             return
         self.close_turn()
         role = "system" if message.role == "developer" else message.role
@@ -711,6 +728,18 @@ def search_tools(req: ResponsesRequest) -> list[dict[str, Any]]:
     return [tool for tool in req.tools or () if is_search(tool)]
 
 
+def search_forbidden(choice: Any) -> bool:
+    """Whether a request's `tool_choice` leaves the model no search to run, as OpenAI reads it: `none` forbids every
+    tool, the hosted ones included, and an `allowed_tools` choice every tool it does not list (its functions alone,
+    the search not among them). Its search is then reserved and charged nowhere, and no translation sends it."""
+    if choice == "none":
+        return True
+    if not isinstance(choice, dict) or choice.get("type") != "allowed_tools":
+        return False
+    allowed = choice.get("tools")
+    return not (isinstance(allowed, list) and any(map(is_search, allowed)))
+
+
 def _tools(req: ResponsesRequest, dropped: list[str], spaces: Namespaces) -> list[dict[str, Any]]:
     """The function tools, a namespace's in its place under the names `spaces` gives them; the rest named."""
     tools: list[dict[str, Any]] = []
@@ -744,8 +773,12 @@ def translated_search(
     a deployment is sent none (`WebSearch.unsent`). Else the search tools are named there: so where the request's
     `tool_choice` (`choice`) is `none`, which forbids every tool, the hosted ones included, as OpenAI's does. (With
     the search the only tool, the translation carries no choice at all, none being left to choose among functions:
-    the search would go to Claude and Gemini, run, and be reserved and charged.)"""
+    the search would go to Claude and Gemini, run, and be reserved and charged.) An `allowed_tools` choice that does
+    not allow the search (`search_forbidden`) is honoured by sending none, and nothing is named: the model was to run
+    none (sent, Claude ran it beside the one function allowed)."""
     if not asked:
+        return dropped
+    if choice != "none" and search_forbidden(choice):
         return dropped
     if not most or not isinstance(req, ResponsesChatRequest) or choice == "none":
         return [*dropped, *sorted({f"tools[{tool['type']}]" for tool in asked})]

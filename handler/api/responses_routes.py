@@ -31,6 +31,7 @@ from handler.api.responses_api import (
     input_items,
     is_reference,
     is_search,
+    search_forbidden,
     search_tools,
     to_chat_request,
     to_response,
@@ -88,9 +89,10 @@ def hosted_tools(pipeline: Pipeline, ex: Exchange, body: ResponsesRequest, searc
     tools = body.tools or []
     left_out = [t for t in tools if str(t.get("type") or "") in UNPRICED_HOSTED]
     pipeline.refuse_unpriced_tools(ex, sorted({f"tools[{tool['type']}]" for tool in left_out}))
-    # No tool runs under `tool_choice: none`, hosted ones included (OpenAI's rule; a translation names the search
-    # dropped): nothing is reserved for searches that cannot run, and the searches charged are capped at none.
-    if searches and body.tool_choice != "none":
+    # No tool runs under `tool_choice: none`, hosted ones included, nor one an `allowed_tools` choice does not allow
+    # (OpenAI's rule; a translation sends no search then: `translated_search`): nothing is reserved for searches that
+    # cannot run, and the searches charged are capped at none.
+    if searches and not search_forbidden(body.tool_choice):
         extra = body.model_extra if body.model_extra is not None else {}
         most = pipeline.search_limit(extra.get("max_tool_calls"), "max_tool_calls")
         if pipeline.allow_searches(ex, most, sorted({f"tools[{tool['type']}]" for tool in searches})):

@@ -173,8 +173,8 @@ class Charges:
         server would be held ten searches at $0.01, $0.100042 for its own $0.00004: a 402 under
         `x-gateway-max-cost-usd: 0.01` and on a key with $0.05 left, and $0.100042 charged once cut unanswered.
         A translation that carries the search (`Exchange.searched`) runs them where the provider takes it as
-        its own search tool (`ProviderAdapter.hosts_search`: Claude on Anthropic, Gemini beside no function tools),
-        sent the same limit."""
+        its own search tool (`ProviderAdapter.hosts_search`: Claude on Anthropic, Gemini 3, Gemini before 3 beside
+        no function tools), sent the same limit."""
         if not ex.searches:
             return 0
         if Charges._sent_as_written(ex, attempt) or Charges._searched_at(ex, attempt):
@@ -184,8 +184,8 @@ class Charges:
     @staticmethod
     def _searched_at(ex: Exchange, attempt: Attempt) -> bool:
         """Whether `attempt` gets the request's search translated to its provider's own search tool: asked of the
-        request, not of the provider alone. Gemini is sent none beside function tools (Codex offers both on every
-        turn): held and charged ten searches there all the same, a request whose own worst case is $0.000192 would
+        request, not of the provider alone. Gemini before 3 is sent none beside function tools (Codex offers both on
+        every turn): held and charged ten searches there all the same, a request whose own worst case is $0.000192 would
         be held $0.100192, a 402 under `x-gateway-max-cost-usd: 0.05`, and charged it once cut unanswered."""
         return ex.searched is not None and attempt.adapter.hosts_search(attempt.target, ex.searched)
 
@@ -424,7 +424,7 @@ class Charges:
         it out (dropped and named: `Exchange.dropped_at`). Azure's Chat Completions at a dated api-version, Mistral
         and Bedrock have no `web_search_options`, and were reserved the fee ($0.010132 for $0.000132, a 402 under a
         $0.005 cap); nor has a translation for Claude or Gemini, which runs the search as its own tool, each search
-        charged instead (`_searches_at`), or, beside function tools, none."""
+        charged instead (`_searches_at`), or, on Gemini before 3 beside function tools, none."""
         if ex.per_request_usd and (
             not attempt.adapter.takes_search_options(attempt.target)
             or "web_search_options" in ex.dropped_at.get(id(attempt), ex.dropped)

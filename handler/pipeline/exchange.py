@@ -161,8 +161,8 @@ class Exchange:
         self.search_usd = 0.0  # the price of a search a provider's own search tool runs (`allow_searches`)
         self.searches = 0  # the most searches the request allows (reserved for)
         # Its translation, where that carries the search too (`ChatRequest.web_search`): a deployment whose provider
-        # takes it as its own search tool (`ProviderAdapter.hosts_search`, asked of this request: Gemini takes none
-        # beside function tools) runs those searches, and is reserved and charged them.
+        # takes it as its own search tool (`ProviderAdapter.hosts_search`, asked of this request: Gemini before 3
+        # takes none beside function tools) runs those searches, and is reserved and charged them.
         self.searched: ChatRequest | None = None
         # Anthropic's advisor tools the request offers (`allow_advisors`), or a thread's `continue` its thread holds
         # (`ThreadAnswer.advisors`, kept with the answer it continues): each one's model (its upstream id), the most

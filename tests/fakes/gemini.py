@@ -54,7 +54,10 @@ the span of its text the page supports (in bytes of the text); streamed, every e
 (the query on each, the span as far as the text goes), as Gemini resends it on later events and other clients read
 it ("later chunks win"), not only the new part of it.
 The search beside function declarations is refused on a model before Gemini 3 (`SEARCH_WITH_FUNCTIONS`), and so is
-an unknown field of the tool, as Google refuses them.
+an unknown field of the tool, as Google refuses them; Gemini 3 takes the two together only with its tool context
+(`toolConfig.includeServerSideToolInvocations: true`, `CONTEXT_NEEDED` without it), which a model before it refuses
+(`NO_CONTEXT`), and then answers with the search's `toolCall` and `toolResponse` parts before its text, as Google's
+"Combine built-in tools and function calling" page shows them.
 """
 
 from __future__ import annotations
@@ -235,6 +238,10 @@ def _validate(body: dict[str, Any]) -> Response | None:
 
 SEARCH_QUERY, SEARCH_URL, SEARCH_TITLE = "fake search", "https://example.com/", "example.com"
 SEARCH_WITH_FUNCTIONS = "Tool use with function calling is unsupported by the model."
+CONTEXT_NEEDED = (
+    "Please enable tool_config.include_server_side_tool_invocations to use Built-in tools with Function calling."
+)
+NO_CONTEXT = "Tool call context circulation is not enabled for models/{model}"
 SEARCH_FIELDS = {"timeRangeFilter", "excludeDomains"}
 
 
@@ -250,9 +257,25 @@ def _search_refused(model: str, body: dict[str, Any]) -> str | None:
         if unknown:
             return f"Invalid JSON payload received. Unknown name \"{unknown[0]}\" at 'tools[0].google_search'."
     functions = any(tool.get("functionDeclarations") for tool in body.get("tools") or ())
+    if _in_context(body) and not GEMINI_3.search(model):
+        return NO_CONTEXT.format(model=model)
     if _searches(body) and functions and not GEMINI_3.search(model):
         return SEARCH_WITH_FUNCTIONS
+    if _searches(body) and functions and not _in_context(body):
+        return CONTEXT_NEEDED
     return None
+
+
+def _in_context(body: dict[str, Any]) -> bool:
+    """Whether the request asks for Gemini 3's tool context (its built-in tools' calls in the answer)."""
+    return (body.get("toolConfig") or {}).get("includeServerSideToolInvocations") is True
+
+
+def _search_parts() -> list[dict[str, Any]]:
+    """The search's own parts of an answer in Gemini 3's tool context: its call (signed) and its response."""
+    call = {"id": "srch1", "toolType": "GOOGLE_SEARCH_WEB", "args": {"queries": [SEARCH_QUERY]}}
+    found = {"id": "srch1", "toolType": "GOOGLE_SEARCH_WEB", "response": {"search_suggestions": SEARCH_QUERY}}
+    return [{"toolCall": call, "thoughtSignature": "c2VhcmNoLXNpZw=="}, {"toolResponse": found}]
 
 
 def _grounded(answer: dict[str, Any], text: str) -> dict[str, Any]:
@@ -701,6 +724,8 @@ def create_app() -> Starlette:
                 return _invalid("the fake only streams with alt=sse")
             return StreamingResponse(_stream(model, body, call), media_type="text/event-stream")
         parts = [_call_part(model, call)] if call else [{"text": _text(body)}]
+        if _searches(body) and _in_context(body) and not call:
+            parts = _search_parts() + parts
         count = _candidates(body)
         answer = _answer(_thoughts(body) + parts, _usage(body, 5 * count, 2 * count), "STOP", count)
         if _searches(body) and not call:
@@ -719,6 +744,8 @@ def create_app() -> Starlette:
             yield event(_answer([_call_part(model, call)], _usage(body, 5 * count, 2 * count), "STOP", count))
             return
         words = pieces(_text(body))
+        if _searches(body) and _in_context(body):
+            yield event(_answer(_search_parts(), _usage(body, 0, 2 * count), None, count))
         for i, word in enumerate(words):
             if "stream-cut" in model and i == 2:
                 return

@@ -154,6 +154,9 @@ def output_of(body: dict[str, Any], organization: str | None = None) -> list[dic
             reasoning["encrypted_content"] = sealed_for(organization)
         output.append(reasoning)
     searches = any(str(t.get("type", "")).startswith("web_search") for t in body.get("tools") or [])
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":  # (as OpenAI: the tools it lists alone run)
+        listed = choice.get("tools") or []
+        searches = any(str(t.get("type", "")).startswith("web_search") for t in listed if isinstance(t, dict))
     if searches and choice != "none":  # (as OpenAI: no tool runs under `none`, hosted ones included)
         action = {"type": "search", "query": "fake search"}
         output.append({"id": f"ws_fake{made}", "type": "web_search_call", "status": "completed", "action": action})

@@ -708,7 +708,7 @@ class AnthropicAdapter(ProviderAdapter):
             if choice == "none":  # (no function may be called, and Anthropic's `none` forbids the search too)
                 tools, tool_choice = [], {"type": "auto"}  # (the search alone: `searchable`)
             tools.append(search_tool(search))  # (Claude searches as it sees fit: a choice of a function stands)
-            dropped += search.unhonoured(location=True, domains=True)
+            dropped += search.unhonoured(location=True, domains=True, blocked=True)
         forced = json_tool(req)
         if forced is not None:
             named = tool_choice is not None and tool_choice["type"] == "tool"

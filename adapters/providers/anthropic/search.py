@@ -20,13 +20,15 @@ SEARCH_NAME = "web_search"
 
 
 def search_tool(search: WebSearch) -> dict[str, Any]:
-    """Anthropic's search tool for `search`: its limit as `max_uses`, the user's location and the sites allowed as
-    the tool takes them."""
+    """Anthropic's search tool for `search`: its limit as `max_uses`, the user's location and the sites allowed and
+    blocked as the tool takes them."""
     tool: dict[str, Any] = {"type": SEARCH_TOOL, "name": SEARCH_NAME, "max_uses": search.most}
     if search.location:
         tool["user_location"] = {"type": "approximate", **search.location}
     if search.domains:
         tool["allowed_domains"] = list(search.domains)
+    if search.blocked:
+        tool["blocked_domains"] = list(search.blocked)
     return tool
 
 

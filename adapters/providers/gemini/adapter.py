@@ -404,16 +404,18 @@ def _contents(
 
 def searches_beside(req: ChatRequest, model: str) -> bool:
     """Whether Gemini (`model`) takes `req`'s web search (as Google Search) beside what else it asks. Before Gemini 3,
-    search beside function calling is refused; Gemini 3 combines them only with its tool context
-    (`includeServerSideToolInvocations`: the searches' `toolCall` parts kept and sent back in every later turn), which
-    the translation does not carry: beside function tools the functions go, the search is named dropped, and no
-    search is reserved or charged (`ProviderAdapter.hosts_search`). Before Gemini 3 a JSON answer goes with no tool
+    search beside function calling is refused: the functions go, the search is named dropped, and no search is
+    reserved or charged (`ProviderAdapter.hosts_search`). Gemini 3 takes them together in its tool context
+    (`search_beside_functions`: `chat_body` asks for it). Before Gemini 3 a JSON answer goes with no tool
     (`apply_model_rules`, `tools_with_json_mode`): beside one the search goes, named, and the format the client
     relies on stays (not the search sent and the format dropped: free text for a schema)."""
-    if req.web_search is None or req.tools:
+    if req.web_search is None:
+        return False
+    rules = rules_for(model)
+    if req.tools and not rules.search_beside_functions:
         return False
     fmt = req.response_format
-    return fmt is None or fmt.type == "text" or rules_for(model).tools_with_json_mode
+    return fmt is None or fmt.type == "text" or rules.tools_with_json_mode
 
 
 def apply_model_rules(body: dict[str, Any], model: str, dropped: list[str]) -> None:
@@ -850,10 +852,14 @@ class GeminiAdapter(ProviderAdapter):
         search, unsent = self.sent_search(target, req)
         dropped += unsent
         if search is not None:
-            from adapters.providers.gemini.search import SEARCH_TOOL  # (a request that searches: a cold start none)
+            from adapters.providers.gemini.search import search_tool  # (a request that searches: a cold start none)
 
-            tools = [dict(SEARCH_TOOL)]  # (the request offers no functions: `searches_beside`)
-            dropped += search.unhonoured(location=False, domains=False)
+            # (Beside functions, Gemini 3 alone, `searches_beside`: in its tool context, the search's own `toolCall`
+            # and `toolResponse` parts in the answer, which the translation reads no more of than its grounding.)
+            if tools:
+                tool_config = {**(tool_config or {}), "includeServerSideToolInvocations": True}
+            tools = [*(tools or ()), search_tool(search)]
+            dropped += search.unhonoured(location=False, domains=False, blocked=True)
         if tools is not None:
             body["tools"] = tools
         if tool_config is not None:

@@ -1,8 +1,9 @@
 """A translated request's web search (`ChatRequest.web_search`) as Gemini's Grounding with Google Search, and what its
 answer says of the searches, in OpenAI's words.
 
-The `google_search` tool takes no options: no limit on the searches, no context size, no user location (the
-gateway names those dropped). The answer's candidate carries `groundingMetadata`: the queries the model ran
+The `google_search` tool takes no limit on the searches, no context size, no user location and no sites to keep to
+(the gateway names those dropped); the sites never to search it takes (`excludeDomains`). The answer's candidate
+carries `groundingMetadata`: the queries the model ran
 (`webSearchQueries`), the pages it used (`groundingChunks`, each `web.uri` and `web.title`) and which spans of its
 text each supports (`groundingSupports`: a `segment`'s `startIndex` and `endIndex`, in bytes of the text, and its
 `groundingChunkIndices`). Google bills Gemini 3 and later per search query the model ran, the models before per
@@ -14,8 +15,15 @@ import re
 from typing import Any
 
 from adapters.providers.params import url_citation
+from handler.schemas import WebSearch
 
-SEARCH_TOOL: dict[str, Any] = {"google_search": {}}
+
+def search_tool(search: WebSearch) -> dict[str, Any]:
+    """Google Search for `search`: the sites it is never to search (Anthropic's tool's `blocked_domains`) as its
+    `excludeDomains`."""
+    return {"google_search": {"excludeDomains": list(search.blocked)} if search.blocked else {}}
+
+
 # The Gemini generation a model id names (`gemini-3-pro-preview`, `gemini-2.5-flash`): from 3 on, billed per query.
 GENERATION = re.compile(r"gemini-(\d+)")
 PER_QUERY_FROM = 3

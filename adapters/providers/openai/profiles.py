@@ -192,9 +192,15 @@ PROFILES: dict[str, Profile] = {
             "n": Rule(only=(1,)),
             "store": DROP,
             "metadata": DROP,
+            # (Its compound models search unasked, set by its own `search_settings`; its API reference has no
+            # `web_search_options`, and no other model searches for it.)
+            "web_search_options": DROP,
         },
     ),
-    "together": Profile(rules={"max_completion_tokens": Rule(rename="max_tokens"), "store": DROP}),
+    # (Together's Chat Completions has no `web_search_options`, nor a search of its own.)
+    "together": Profile(
+        rules={"max_completion_tokens": Rule(rename="max_tokens"), "store": DROP, "web_search_options": DROP}
+    ),
     # Ollama's /v1 reads `max_tokens` only: `max_completion_tokens` (and every field it does not know) is accepted
     # and ignored (ollama/ollama#7125), which left a budgeted request's output uncapped past its reservation.
     "ollama": Profile(
@@ -208,11 +214,21 @@ PROFILES: dict[str, Profile] = {
             "web_search_options": DROP,  # (nor does Ollama search for it)
         },
     ),
-    "xai": Profile(rules={"logit_bias": DROP, "store": DROP, "metadata": DROP}),
+    # (xAI's Chat Completions has no `web_search_options`: its Live Search, `search_parameters`, is answered 410 Gone,
+    # and its searches are its Responses API's `web_search` and `x_search` tools.)
+    "xai": Profile(rules={"logit_bias": DROP, "store": DROP, "metadata": DROP, "web_search_options": DROP}),
     # Gemini's OpenAI-compatible endpoint reads a tool call's `extra_content` (its thought signature), and refuses an
     # empty one ("Corrupted thought signature."), as Gemini does; a call's id goes as Gemini gave it, its signature
     # in `extra_content` (`signed_calls`): a conversation moves between this endpoint and Gemini's own API signed.
-    "google": Profile(strip_tool_call_fields=(), short_call_ids=False, signed_calls=True, gemini_thinking=True),
+    # Its grounding is Gemini's own API's `google_search` (the `gemini` provider type): it takes no
+    # `web_search_options`.
+    "google": Profile(
+        rules={"web_search_options": DROP},
+        strip_tool_call_fields=(),
+        short_call_ids=False,
+        signed_calls=True,
+        gemini_thinking=True,
+    ),
 }
 
 HOST_PROFILES: dict[str, str] = {

@@ -85,6 +85,7 @@ def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
             },
             "reasoner": {"deployments": [{"provider": "deepseek", "model": "deepseek-reasoner"}], "price": PRICE},
             "gemini-thinker": {"deployments": [{"provider": "gemini", "model": "gemini-3-thinker"}], "price": PRICE},
+            "gemini-3": {"deployments": [{"provider": "gemini", "model": "gemini-3-flash"}], "price": PRICE},
             "claude-thinker": {"deployments": [{"provider": "anthropic", "model": "claude-thinker"}], "price": PRICE},
             "claude-interleaved": {
                 "deployments": [{"provider": "anthropic", "model": "claude-sonnet-4-5-interleaved"}],

@@ -283,3 +283,104 @@ def test_tool_choice_none_holds_no_search_where_the_request_goes_as_written(flee
     [line] = fleet.ledger(key)
     assert response.usage is not None
     assert line.cost_usd == pytest.approx(tokens_usd(response.usage))
+
+
+ONLY_WEATHER: Any = {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "get_weather"}]}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", [*sorted(SEARCHED), "gpt"])
+def test_an_allowed_tools_choice_without_the_search_runs_none(fleet: Running, model: str, stream: bool) -> None:
+    """An `allowed_tools` choice that allows the functions and not the search leaves the model no search to run (as
+    OpenAI's does): a translation is sent none, Claude's `web_search` and Gemini's `google_search` (nothing named: the
+    choice is honoured), OpenAI's Responses API gets the request as written, and none is reserved or charged. Ten
+    searches were held all the same ($0.10, a 402 under `x-gateway-max-cost-usd: 0.05`), and Claude was sent its
+    search tool beside the one function allowed."""
+    key = fleet.mint(name=f"search-not-allowed-{model}-{stream}")
+    body = {"model": model, "input": "Hi", "tools": [*SEARCH, WEATHER], "tool_choice": ONLY_WEATHER, "stream": stream}
+    headers = {"authorization": f"Bearer {key}", "x-gateway-max-cost-usd": "0.05"}
+    answer = httpx.post(f"{fleet.url}/v1/responses", json=body, headers=headers, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert dropped(answer.headers) == []
+    provider = "openai" if model == "gpt" else SEARCHED[model]
+    sent_body = orjson.dumps(fleet.fakes[provider].state.requests[-1]["json"]).decode()
+    if model == "gpt":
+        assert '"allowed_tools"' in sent_body  # (as written)
+    else:
+        assert "web_search" not in sent_body and "google_search" not in sent_body
+    assert "web_search_call" not in answer.text
+    [line] = fleet.ledger(key)
+    tokens = (line.input_tokens * PRICE["input"] + line.output_tokens * PRICE["output"]) / 1e6
+    assert line.cost_usd == pytest.approx(tokens)  # (no search)
+
+
+MESSAGES_SEARCH: Any = {"type": "web_search_20250305", "name": "web_search"}
+
+
+def messages(fleet: Running, key: str, body: dict[str, Any], cap: str | None = None) -> httpx.Response:
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01", **({"x-gateway-max-cost-usd": cap} if cap else {})}
+    payload = {"max_tokens": 64, "messages": [{"role": "user", "content": "Hi"}], **body}
+    return httpx.post(f"{fleet.url}/v1/messages", json=payload, headers=headers, timeout=30)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropics_search_tool_runs_as_geminis_search(fleet: Running, stream: bool) -> None:
+    """A Messages request with Anthropic's web search tool (Claude Code's WebSearch sends it alone), translated to
+    Gemini: Google Search runs, its searches in the usage as Claude's are (`server_tool_use.web_search_requests`),
+    charged at `web_search_usd` each, and the tool's `max_uses` reserved for. The sites blocked are Google Search's
+    `excludeDomains`; the location goes nowhere Gemini takes it: named. It was left out and named
+    (`tools.web_search_20250305`): the model answered without searching."""
+    key = fleet.mint(name=f"messages-search-gemini-{stream}")
+    tool = {**MESSAGES_SEARCH, "max_uses": 3, "user_location": {"type": "approximate", "city": "Paris"}}
+    answer = messages(
+        fleet, key, {"model": "gemini", "tools": [{**tool, "blocked_domains": ["x.com"]}], "stream": stream}
+    )
+    assert answer.status_code == 200, answer.text
+    assert dropped(answer.headers) == ["tools.web_search_20250305.user_location"]
+    assert sent(fleet, "gemini")["tools"] == [{"google_search": {"excludeDomains": ["x.com"]}}]
+    assert '"web_search_requests":1' in answer.text.replace(" ", "")
+    [line] = fleet.ledger(key)
+    tokens = (line.input_tokens * PRICE["input"] + line.output_tokens * PRICE["output"]) / 1e6
+    assert line.cost_usd == pytest.approx(tokens + SEARCH_USD)
+    held = messages(fleet, key, {"model": "gemini", "tools": [{**MESSAGES_SEARCH, "max_uses": 10}]}, cap="0.05")
+    assert held.status_code == 402 and "worst-case cost $0.1" in held.text, held.text  # (ten searches held)
+
+
+def test_anthropics_search_tool_goes_to_no_provider_without_a_search(fleet: Running) -> None:
+    """DeepSeek has no search: the tool is named dropped, as before, and none is held (ten searches, $0.10, would be
+    a 402 under `x-gateway-max-cost-usd: 0.05`) or charged."""
+    key = fleet.mint(name="messages-search-deepseek")
+    answer = messages(fleet, key, {"model": "deepseek", "tools": [MESSAGES_SEARCH]}, cap="0.05")
+    assert answer.status_code == 200, answer.text
+    assert dropped(answer.headers) == ["tools.web_search_20250305"]
+    assert "web_search" not in orjson.dumps(fleet.fakes["openai"].state.requests[-1]["json"]).decode()
+    [line] = fleet.ledger(key)
+    tokens = (line.input_tokens * PRICE["input"] + line.output_tokens * PRICE["output"]) / 1e6
+    assert line.cost_usd == pytest.approx(tokens)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_gemini_3_takes_the_search_beside_the_functions(fleet: Running, stream: bool) -> None:
+    """Codex offers its functions with the search on every turn. Gemini 3 takes Google Search beside function
+    declarations in its tool context (`toolConfig.includeServerSideToolInvocations`, which it requires for the two
+    together): the search runs, comes back as OpenAI's does (its own `toolCall` and `toolResponse` parts read as no
+    text), and is charged; nothing is named. It was left out and named (`tools[web_search]`) on every Gemini."""
+    key = fleet.mint(name=f"search-with-functions-gemini-3-{stream}")
+    sdk = openai_client(fleet, key)
+    if stream:
+        events = list(sdk.responses.create(model="gemini-3", input="Hi", tools=[WEATHER, *SEARCH], stream=True))
+        assert events[-1].type == "response.completed"
+        response = events[-1].response
+        output = sorted(response.output, key=lambda item: item.type != "web_search_call")  # (Gemini's come last)
+    else:
+        raw = sdk.responses.with_raw_response.create(model="gemini-3", input="Hi", tools=[WEATHER, *SEARCH])
+        assert dropped(raw.headers) == []
+        response = raw.parse()
+        output = response.output
+    checked_answer(output)
+    body = fleet.fakes["gemini"].state.requests[-1]["json"]
+    assert [list(tool) for tool in body["tools"]] == [["functionDeclarations"], ["google_search"]]
+    assert body["toolConfig"]["includeServerSideToolInvocations"] is True
+    [line] = fleet.ledger(key)
+    assert response.usage is not None
+    assert line.cost_usd == pytest.approx(tokens_usd(response.usage) + SEARCH_USD)

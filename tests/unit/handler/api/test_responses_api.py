@@ -188,6 +188,38 @@ def test_the_item_types_are_the_apis() -> None:
     assert kinds == ITEM_TYPES
 
 
+def test_a_past_search_sent_back_is_history_left_out_unnamed() -> None:
+    """Codex (`store: false`) sends back every item it got: a turn's `web_search_call` records a search that ran, its
+    results in the message after it (its pages there as citations). Left out of a translation, nothing the model needs
+    is lost, so nothing is named, on every later turn, sent by value or continued from a stored response; it was
+    named (`input[web_search_call]`) on every turn of the conversation after the search, and a 400 under
+    `x-gateway-strict`."""
+    question = {"role": "user", "content": "news?"}
+    search = {
+        "type": "web_search_call",
+        "id": "ws_1",
+        "status": "completed",
+        "action": {"type": "search", "query": "q"},
+    }
+    answer = {
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": "Here.", "annotations": []}],
+    }
+    again = {"role": "user", "content": "more?"}
+    messages, dropped = translate([question, search, answer, again])
+    assert dropped == [] and [m["role"] for m in messages] == ["user", "assistant", "user"]
+    assert messages[1]["content"] == "Here."
+    body = ResponsesRequest.model_validate({"model": "m", "input": "more?"})
+    req, dropped = to_chat_request(body, [question, search, answer], SEAL)
+    assert dropped == [] and [m.role for m in req.messages] == ["user", "assistant", "user"]
+    # (A search no text of its turn follows, the turn a function call: what it found is in no message, named.)
+    call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
+    output = {"type": "function_call_output", "call_id": "c1", "output": "ok"}
+    for items in ([question, search, call, output], [question, search]):
+        assert translate(items)[1] == ["input[web_search_call]"]
+
+
 def test_an_item_of_no_type_the_api_has_is_refused_and_one_the_translation_cannot_carry_named() -> None:
     """Refused, naming the item, as OpenAI answers it; left out without a word but a name, the model answered
     without it. A real item type no translation carries (a hosted tool's call) is left out and named as before; an
@@ -204,8 +236,8 @@ def test_an_item_of_no_type_the_api_has_is_refused_and_one_the_translation_canno
         with pytest.raises(InvalidRequestError) as refused:
             translate([question, item])
         assert refused.value.param == "input[1]" and refused.value.message.startswith(said)
-    messages, dropped = translate([question, {"type": "web_search_call", "id": "ws_1", "status": "completed"}])
-    assert messages == [question] and dropped == ["input[web_search_call]"]
+    messages, dropped = translate([question, {"type": "file_search_call", "id": "fs_1", "status": "completed"}])
+    assert messages == [question] and dropped == ["input[file_search_call]"]
     body = ResponsesRequest.model_validate({"model": "m", "input": "and?"})
     req, dropped = to_chat_request(body, [question, {"type": "user_message", "content": "hi"}], SEAL)
     assert len(req.messages) == 2 and dropped == ["input[user_message]"]

@@ -278,3 +278,35 @@ def test_a_requests_search_is_built_once_however_often_it_is_read(monkeypatch: p
     assert copied.web_search is not None and copied.web_search.location == {"city": "Paris"}
     assert req.web_search is not None and req.web_search.location is None
     assert req.model_copy().web_search is not req.web_search
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "https://api.groq.com/openai/v1",
+        "https://api.together.xyz/v1",
+        "https://api.x.ai/v1",
+        "https://generativelanguage.googleapis.com/v1beta/openai",
+    ],
+)
+def test_apis_without_web_search_options_are_not_sent_it_nor_reserved_its_fee(base_url: str) -> None:
+    """Groq's, Together's, xAI's and Gemini's OpenAI-compatible Chat Completions document no `web_search_options`
+    (Groq's compound models search unasked, with `search_settings`; xAI answers its Live Search's
+    `search_parameters` 410 Gone, its searches are the Responses API's tools; Gemini grounds on its own API's
+    `google_search`): the option is left out and named, and no per-request fee is reserved or charged. Their
+    profiles sent it as written and held OpenAI's fee ($0.01 for a request of cents' worth of tokens)."""
+    data = {
+        "gateway": {"priced_options": {"web_search_usd": SEARCH_USD}},
+        "providers": {"p": {"type": "openai", "api_key": "sk-test", "base_url": base_url}},
+        "models": {"m": {"deployments": [{"provider": "p", "model": "x"}], "price": {"input": 1.0, "output": 2.0}}},
+    }
+    pipeline, [attempt] = planned(data, "m")
+    req = ChatRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "web_search_options": {}}
+    )
+    ex = exchange()
+    pipeline._price_options(ex, req, [attempt])
+    assert pipeline._per_request_usd(ex, attempt) == 0.0
+    built = attempt.adapter.chat_request(req, attempt.target, stream=False)
+    assert "web_search_options" not in orjson.loads(built.request.body)
+    assert "web_search_options" in built.dropped
