@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -48,11 +49,11 @@ from handler.pipeline.attribution import parse_tags, session_id
 from handler.pipeline.budgets import SETTLE_BY
 from handler.pipeline.exchange import Controls, Exchange, shut_down_before
 from handler.pipeline.gateway import Gateway
-from handler.pipeline.keys import hop_address, network
+from handler.pipeline.keys import hop_address, network, without_own_secret
 from handler.pipeline.pipeline import Pipeline
 from handler.pipeline.routing import RouteControls
 from handler.ports import STORE_DEADLINE, KeyRecord, StoreDeadlineError, StoreError
-from handler.redaction import echoed, names_clipped, path_clipped, scrub
+from handler.redaction import echoed, names_clipped, path_clipped, scrub, unkeyed
 from handler.schemas import ChatRequest
 from handler.telemetry import prometheus
 from handler.telemetry.observability import observe, observe_failure
@@ -331,7 +332,7 @@ class Api:
         """
         lineage = self.lineage(request)
         self.gateway.keys.check_model(lineage, model, self.gateway.router.spec)
-        controls = parse_controls(request)
+        controls = parse_controls(request, lineage)
         if controls.strict and known is not None:
             refuse_unknown(extra, known)
         if inbound_dropped and controls.strict:
@@ -602,7 +603,10 @@ def request_deadline_s(request: Request) -> float | None:
     return arrival_deadline_s(request.scope)
 
 
-def parse_controls(request: Request) -> Controls:
+def parse_controls(request: Request, lineage: list[KeyRecord] | None = None) -> Controls:
+    """The request's controls. With the `lineage` of the key it was sent with, its tags and session are kept without
+    the secret of any of those keys (`keys.without_own_secret`): on the ledger line beside their ids, it would be the
+    key."""
     if CONTROL_HEADERS.isdisjoint([name for name, _ in request.scope["headers"]]):
         # Most requests set no control: one pass over the raw names instead of a lookup of each control (a set's
         # `isdisjoint` of a list of them: 0.4 µs where `any` over a generator took 1.0).
@@ -623,6 +627,7 @@ def parse_controls(request: Request) -> Controls:
             )
     _number(headers.get("x-gateway-deadline-ms"), "x-gateway-deadline-ms", positive=True)  # (its 400; the value:)
     max_cost = _number(headers.get("x-gateway-max-cost-usd"), "x-gateway-max-cost-usd", positive=False)
+    kept = unkeyed if not lineage else partial(kept_unkeyed, lineage=lineage)
     return Controls(
         route=RouteControls(
             fallbacks=fallbacks,
@@ -633,8 +638,8 @@ def parse_controls(request: Request) -> Controls:
         max_cost_usd=max_cost,
         strict=_flag(headers.get("x-gateway-strict"), "x-gateway-strict"),
         enforce_schema=_flag(headers.get("x-gateway-enforce-schema"), "x-gateway-enforce-schema"),
-        tags=parse_tags(headers.get("x-gateway-tags")),
-        session=session_of(headers),
+        tags=parse_tags(headers.get("x-gateway-tags"), kept=kept),
+        session=session_of(headers, kept),
     )
 
 
@@ -685,14 +690,20 @@ def header_text(value: bytes) -> str:
         return value.decode("latin-1")
 
 
-def session_of(headers: dict[str, str]) -> str | None:
+def session_of(headers: dict[str, str], kept: Callable[[str], str] = unkeyed) -> str | None:
     """The first of `SESSION_HEADERS` among the request's `control_headers`, as `session_id` takes it (a 400 for one
     it refuses)."""
     for name in SESSION_HEADERS:
         value = headers.get(name.decode())
         if value:
-            return session_id(value, name.decode())
+            return session_id(value, name.decode(), kept)
     return None
+
+
+def kept_unkeyed(value: str, lineage: list[KeyRecord]) -> str:
+    """A client's tag or session as its request's line keeps it: `unkeyed`, and without the secret of its key or an
+    ancestor (`without_own_secret`)."""
+    return without_own_secret(unkeyed(value), lineage)
 
 
 def _flag(raw: str | None, name: str) -> bool:

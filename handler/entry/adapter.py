@@ -22,8 +22,8 @@ from mangum.types import ASGI, LambdaContext, LambdaEvent, LambdaHandler, Messag
 
 from handler.api.app import answered_before_the_app, anthropic_path, route_path
 from handler.errors import InvalidRequestError
-from handler.redaction import clipped, path_clipped
-from handler.telemetry.observability import logger
+from handler.redaction import path_clipped
+from handler.telemetry.observability import RedactedText, logger
 
 
 class UnreadableEventError(Exception):
@@ -126,6 +126,7 @@ class APIGatewayOnce(ReadOnce, APIGateway):
 
 
 MANGUM_LOG = logging.getLogger("mangum.http")
+ACCESS_LINE = RedactedText("%s %s %s")  # method, path (each `path_clipped`) and status
 
 
 class OneCycle(HTTPCycle):
@@ -171,8 +172,8 @@ class OneCycle(HTTPCycle):
                 if self.answered is not None and not self.answered.done():
                     self.answered.set_result(None)
                 if self.logger.isEnabledFor(logging.INFO):  # (the clipping and redaction only for a line written)
-                    method, path = clipped(self.scope["method"]), path_clipped(self.scope["path"])
-                    self.logger.info("%s %s %s", method, path, self.status)
+                    method, path = path_clipped(self.scope["method"]), path_clipped(self.scope["path"])
+                    self.logger.info(ACCESS_LINE, method, path, self.status)  # (redacted once: `RedactedText`)
         else:
             await super().send(message)  # the answer's start, and what Mangum refuses
 

@@ -10,7 +10,7 @@ its parent's tags whatever it asks for, so no holder can mint their way out of t
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 
 from handler.errors import InvalidRequestError
@@ -29,9 +29,10 @@ def tag_pattern() -> re.Pattern[str]:
     return re.compile(TAG)
 
 
-def parse_tags(raw: str | None, param: str = "x-gateway-tags") -> dict[str, str]:
+def parse_tags(raw: str | None, param: str = "x-gateway-tags", kept: Callable[[str], str] = unkeyed) -> dict[str, str]:
     """`team=search,feature=autocomplete`: at most 16 pairs of plain words (letters, digits and `_.:/@+-`, up to
-    128 each), so a tag can never break a log line, a CSV row or a header; else a 400 naming `param`."""
+    128 each), so a tag can never break a log line, a CSV row or a header; else a 400 naming `param`. `kept`: a
+    value as it is kept, and what a name may not change under (`validate_tags`)."""
     if raw is None or not raw.strip():
         return {}
     pairs = []
@@ -40,12 +41,15 @@ def parse_tags(raw: str | None, param: str = "x-gateway-tags") -> dict[str, str]
         if not sep:
             raise InvalidRequestError(f"{param} takes name=value pairs separated by commas; {TAG_RULE}", param=param)
         pairs.append((name, value))
-    return validate_tags(pairs, param)
+    return validate_tags(pairs, param, kept)
 
 
-def validate_tags(pairs: Iterable[tuple[str, str]] | Mapping[str, str], param: str) -> dict[str, str]:
+def validate_tags(
+    pairs: Iterable[tuple[str, str]] | Mapping[str, str], param: str, kept: Callable[[str], str] = unkeyed
+) -> dict[str, str]:
     """The same rules for tags given as a JSON object (the key API) as for the header. A value holding a key is kept
-    redacted; a name is refused (`tag_name`)."""
+    redacted (`kept`: `unkeyed`, or a request's own, which knows its key's secret too); a name is refused
+    (`tag_name`)."""
     items = pairs.items() if isinstance(pairs, Mapping) else pairs
     tags: dict[str, str] = {}
     tag = tag_pattern()
@@ -54,20 +58,21 @@ def validate_tags(pairs: Iterable[tuple[str, str]] | Mapping[str, str], param: s
         if not (tag.fullmatch(name) and tag.fullmatch(value)):
             raise InvalidRequestError(f"{param} takes name=value pairs separated by commas; {TAG_RULE}", param=param)
         count += 1  # (pairs, not names: 40 copies of `t=1` are 40 pairs)
-        kept = unkeyed(value)
-        if tags.setdefault(tag_name(name, param), kept) != kept:  # (the last value had silently replaced the first)
+        value = kept(value)
+        # (The last value had silently replaced the first.)
+        if tags.setdefault(tag_name(name, param, kept), value) != value:
             raise InvalidRequestError(f"{param} gives the tag '{name}' two values; give each tag once", param=param)
     if count > MAX_TAGS:
         raise InvalidRequestError(f"{param} takes at most {MAX_TAGS} tags", param=param)
     return tags
 
 
-def tag_name(name: str, param: str) -> str:
-    """`name`, a tag's, unless it holds a key or a known secret (as `unkeyed` finds them in a value): then a 400
+def tag_name(name: str, param: str, kept: Callable[[str], str] = unkeyed) -> str:
+    """`name`, a tag's, unless it holds a key or a known secret (as `kept` finds them in a value): then a 400
     naming `param`, not the name. A name is kept as given, on ledger lines and in the reports, spans and CSV exports
     they feed (`gwk_<id>_<secret>=1` put a client's key in every admin's report), and two names redacted would be
     one."""
-    if unkeyed(name) != name:
+    if kept(name) != name:
         raise InvalidRequestError(
             f"{param}: a tag's name may not hold a key or a secret (a value may: it is redacted)", param=param
         )
@@ -78,17 +83,17 @@ MAX_SESSION_CHARS = 256  # as a line's `user` (Claude Code's and Codex's session
 SESSION_RULE = f"a session id is 1 to {MAX_SESSION_CHARS} printable characters (no control characters)"
 
 
-def session_id(raw: str, header: str) -> str | None:
+def session_id(raw: str, header: str, kept: Callable[[str], str] = unkeyed) -> str | None:
     """The agent session a client's `header` names: any printable text up to `MAX_SESSION_CHARS` (a UUID, `my
-    session`, `ticket#42`), kept as the line's `session` with any key in it redacted; none when empty. Anything else
-    is a 400 naming `header` and the rule: dropped unsaid, an id outside the tags' alphabet would have its spend
-    reported under `(none)`, and a control character could break a log line or a CSV row."""
+    session`, `ticket#42`), kept as the line's `session` with any key in it redacted (`kept`, as a tag's value); none
+    when empty. Anything else is a 400 naming `header` and the rule: dropped unsaid, an id outside the tags' alphabet
+    would have its spend reported under `(none)`, and a control character could break a log line or a CSV row."""
     value = raw.strip()  # (as the client wrote it: `app.header_text`)
     if not value:
         return None
     if len(value) > MAX_SESSION_CHARS or not value.isprintable():
         raise InvalidRequestError(f"{header}: {SESSION_RULE}", param=header)
-    return unkeyed(value)
+    return kept(value)
 
 
 def stored_tags(tags: dict[str, str]) -> dict[str, str]:

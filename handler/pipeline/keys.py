@@ -20,15 +20,18 @@ import hashlib
 import hmac
 import ipaddress
 import math
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from fnmatch import fnmatchcase
+from functools import cache
 from typing import TYPE_CHECKING, TypeAlias
 
 from handler.errors import AuthenticationError, PermissionDeniedError, model_not_allowed
 from handler.pipeline.attribution import stored_tags
 from handler.ports import KeyRecord, Store
+from handler.redaction import REDACTED
 
 if TYPE_CHECKING:
     from typing_extensions import TypeIs  # (pydantic's dependency; only read by the type checker)
@@ -52,6 +55,39 @@ Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+SECRET_CHARS = 43  # a key's secret: `secrets.token_urlsafe(32)` (key_admin.py), base64url's letters, digits, - and _
+
+
+@cache
+def lone_secret_shape() -> re.Pattern[str]:
+    """A run of exactly `SECRET_CHARS` of a secret's alphabet, between characters of none of it (or the value's ends);
+    compiled on the first value long enough to hold one."""
+    return re.compile(r"(?<![A-Za-z0-9_\-])[A-Za-z0-9_\-]{43}(?![A-Za-z0-9_\-])")
+
+
+def without_own_secret(value: str, lineage: Sequence[KeyRecord]) -> str:
+    """`value`, a client's name for its user, its session or a tag (kept on the request's ledger line beside the ids
+    of its key and the key's ancestors, `lineage`), with the secret of any of those keys redacted where it stands alone
+    (`note=<secret>`, `sess:<secret>`): the line's id beside it would make it the key whole for whoever reads the line.
+    Only a run of a secret's exact length and alphabet (`lone_secret_shape`) is hashed and compared with the keys'
+    hashes, their previous ones too; a shorter value (a UUID, a name) costs a length's comparison. A run of the
+    shape that is no secret of theirs (a 43-character session id) is kept as it is: no shape tells a secret apart."""
+    if len(value) < SECRET_CHARS:
+        return value
+    parts: list[str] = []
+    kept = 0
+    for found in lone_secret_shape().finditer(value):
+        digest = hash_secret(found.group())
+        held = (hashed for record in lineage for hashed in (record.secret_hash, record.prev_secret_hash) if hashed)
+        if any(hmac.compare_digest(digest, hashed) for hashed in held):
+            parts += [value[kept : found.start()], REDACTED]
+            kept = found.end()
+    if not parts:
+        return value
+    parts.append(value[kept:])
+    return "".join(parts)
 
 
 def format_key(key_id: str, secret: str) -> str:

@@ -41,7 +41,7 @@ from handler.pipeline.budgets import Counted, Meter, Reservation, remaining_usd
 from handler.pipeline.charges import Charges
 from handler.pipeline.exchange import CUT_SLACK_S, Exchange, deadline_passed, too_short_to_send
 from handler.pipeline.gateway import Gateway
-from handler.pipeline.keys import allows_model
+from handler.pipeline.keys import allows_model, without_own_secret
 from handler.pipeline.output_caps import OutputCap
 from handler.pipeline.pricing import (
     Cost,
@@ -506,7 +506,8 @@ class Pipeline(Charges):
     async def embeddings(self, req: EmbeddingsRequest, ex: Exchange) -> EmbeddingsResponse:
         plan = await self._plan(ex, req.model, kind="embedding")
         if isinstance(req.user, str) and req.user and ex.user is None:
-            ex.user = unkeyed(req.user, MAX_USER_CHARS)  # attributed as a chat request's `user` is (`_admit`)
+            # (Attributed as a chat request's `user` is: `_admit`.)
+            ex.user = without_own_secret(unkeyed(req.user, MAX_USER_CHARS), ex.lineage)
         ex.prompt = PromptEstimate(embedded_tokens(req.input), ())
         await self._admit_tokens(ex, plan, [0] * len(plan), lowers="sending fewer or shorter inputs")
 
@@ -646,7 +647,7 @@ class Pipeline(Charges):
             check(req)
         who = req.user or (req.model_extra or {}).get("safety_identifier")
         if isinstance(who, str) and who and ex.user is None:
-            ex.user = unkeyed(who, MAX_USER_CHARS)
+            ex.user = without_own_secret(unkeyed(who, MAX_USER_CHARS), ex.lineage)  # (beside its key's id on the line)
         native = [attempt for attempt in plan if attempt.adapter.speaks(call.api, attempt.target)] if call else []
         self._price_options(ex, req, plan, native)
         thread = None  # (a `continue`'s: the answer it continues, as the store keeps it)

@@ -26,6 +26,7 @@ under a running process.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, TypeGuard
 
@@ -76,9 +77,35 @@ AUTH_SCHEMES = frozenset({"bearer", "basic", "token", "apikey", "api-key", "api-
 
 
 def header_secrets(value: str) -> tuple[str, ...]:
-    """A header's value as secrets to redact: itself, and the credential after its scheme (`Bearer <token>`)."""
+    """A header's value as secrets to redact: itself, and the credential after its scheme (`Bearer <token>`); a Basic
+    credential decoded as well (`basic_secrets`)."""
     scheme, _, credential = value.partition(" ")
-    return (value, credential.strip()) if scheme.lower() in AUTH_SCHEMES and credential.strip() else (value,)
+    credential = credential.strip()
+    if scheme.lower() not in AUTH_SCHEMES or not credential:
+        return (value,)
+    if scheme.lower() == "basic":
+        return (value, credential, *basic_secrets(credential))
+    return (value, credential)
+
+
+def basic_secrets(credential: str) -> tuple[str, ...]:
+    """What a Basic credential (the base64 of `user:password`) holds that an upstream may quote back decoded (a proxy's
+    401 `invalid credentials user:password`): `user:password`, and the password alone unless it reads as ordinary text
+    (letters alone, in one case or capitalised, `sunshine`, `Welcome`; digits alone, `20242025`), which redacted from
+    every answer would eat that word or number wherever a model wrote it. The user alone is no secret (`admin`, a
+    service's name). Each is registered only from `redaction.MIN_SECRET_LENGTH` characters on, as every secret is; a
+    credential that is no base64 of UTF-8 text gives nothing more, nor does one without a password."""
+    try:
+        decoded = base64.b64decode(credential, validate=True).decode()
+    except ValueError:  # (binascii.Error and UnicodeDecodeError are ValueErrors)
+        return ()
+    _, colon, password = decoded.partition(":")
+    if not colon:
+        return (decoded,)
+    if not password:  # (a user alone)
+        return ()
+    worded = password.isalpha() and (password.islower() or password.isupper() or password.istitle())
+    return (decoded,) if worded or password.isdigit() else (decoded, password)
 
 
 def header_holder(provider: str, header: str) -> str:

@@ -18,13 +18,14 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
+from handler.redaction import redact_message
 from handler.telemetry import prometheus
 
 if TYPE_CHECKING:
@@ -161,6 +162,61 @@ def carried(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [carried(inner) for inner in value]
     return value
+
+
+# Every log record the process makes carries no secret, whoever makes it: the gateway's loggers, uvicorn's `Exception in
+# ASGI application` and Mangum's `Exception in 'http' protocol.` (each with the traceback of an error the app did not
+# expect), asyncio's `Task exception was never retrieved`, a library's. An error's words may quote what it was
+# handling (an HTTP library's refusal of a header value quotes the provider key in it), and a traceback gives them
+# again, with those of the errors it chains. The redaction runs as the record is made (`redacted_record`, the process's
+# record factory): a filter on the root logger is not consulted for the records of the loggers under it (`gateway`'s,
+# `uvicorn.error`'s), and one on a handler only where the handler is known when it is added (Lambda's runtime adds the
+# root's, uvicorn its own, pytest its own per test).
+class RedactedText(str):
+    """A log message whose words and arguments are redacted already (the buffered function's access line, its method
+    and path `path_clipped`): `redacted_record` leaves it as it is, so that a request's line pays for its redaction
+    once. A record with a traceback or a stack is redacted whatever its message."""
+
+
+TRACEBACKS = logging.Formatter()  # (formats a record's traceback as `logging.Formatter` writes it: `exc_text`)
+
+
+def redacted(record: logging.LogRecord) -> None:
+    """`record`'s message, and the traceback and stack it carries, with every known secret and credential-shaped
+    value redacted (`redaction.redact_message`), in place. Its traceback is formatted here once and kept formatted
+    (`exc_text`, which `logging.Formatter` writes rather than format it again). A traceback a secret was redacted
+    from is no longer carried as the exception (a formatter would format it again, whole): Powertools' formatter
+    writes it as it writes any, from the record's `exception` and `exception_name`."""
+    try:
+        message = record.getMessage()
+    except Exception:  # noqa: BLE001 - arguments that do not fit the message: its handler says so, as logging does
+        message = None
+    if message is not None and (said := redact_message(message)) != message:
+        record.msg, record.args = said, None
+    if record.exc_info and record.exc_info[0] is not None:
+        text = TRACEBACKS.formatException(record.exc_info)
+        record.exc_text = redact_message(text)
+        if record.exc_text != text:
+            record.exception, record.exception_name = record.exc_text, record.exc_info[0].__name__
+            record.exc_info = None
+    if record.stack_info:
+        record.stack_info = redact_message(record.stack_info)
+
+
+def redacted_records(made: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    """A record factory making each record as `made` does, `redacted` (but a `RedactedText` message without a
+    traceback or a stack: already redacted)."""
+
+    def redacted_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = made(*args, **kwargs)
+        if type(record.msg) is not RedactedText or record.exc_info or record.stack_info:
+            redacted(record)
+        return record
+
+    return redacted_record
+
+
+logging.setLogRecordFactory(redacted_records(logging.getLogRecordFactory()))
 
 
 class _Untraced:

@@ -9,6 +9,7 @@ import contextlib
 import csv
 import hashlib
 import io
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -1647,6 +1648,36 @@ def test_a_key_or_a_secret_as_a_tag_name_is_refused_unsaid_wherever_tags_are_tak
     # As a tag's value, it is kept redacted, as a whole key is.
     assert chat(gw, key, **{"x-gateway-tags": f"team={body},owner=gwk_{body}"}).status_code == 200
     assert [line.tags for line in ledger(gw, key)] == [{"team": "[REDACTED]", "owner": "[REDACTED]"}]
+
+
+def test_a_keys_secret_alone_is_kept_redacted_as_a_tag_a_session_or_a_user(gw: Running) -> None:
+    """A key's secret without its `gwk_<id>_` (pasted as a tag's value, the session id or the end user) was kept whole
+    on the ledger line, beside the key's id and its parent's: together they are the key, for every admin, parent key,
+    CSV export and span to read (found by review). A value of a secret's length and alphabet is compared with the
+    hashes of the request's key and its ancestors, and kept `[REDACTED]` where it is one of their secrets, as a
+    whole key is; as a tag's name it is the 400 a key is. Another value of that shape is kept as the client gave it."""
+    parent = gw.mint()
+    key = child(gw, parent)
+    secret, parents = key.split("_", 2)[2], parent.split("_", 2)[2]
+    shaped = secrets.token_urlsafe(32)  # (43 characters of a secret's alphabet: a session id, say, of no key)
+    tags = f"note={secret},owner={parents},run={shaped}"
+    assert chat(gw, key, **{"x-gateway-tags": tags, "x-session-id": f"sess:{secret}"}).status_code == 200
+    assert chat(gw, key, **{"x-session-id": shaped}).status_code == 200
+    assert post(gw, "/v1/chat/completions", key, {"model": "gpt-test", "messages": HI, "user": secret}).is_success
+    lines = ledger(gw, key)
+    while len(lines) < 3:
+        lines = ledger(gw, key)
+    kept = sorted((repr(line.tags), line.session or "", line.user or "") for line in lines)
+    assert kept == sorted(
+        [
+            (repr({"note": "[REDACTED]", "owner": "[REDACTED]", "run": shaped}), "sess:[REDACTED]", ""),
+            ("{}", shaped, ""),
+            ("{}", "", "[REDACTED]"),
+        ]
+    )
+    named = chat(gw, key, **{"x-gateway-tags": f"{secret}=1"})
+    assert named.status_code == 400 and named.json()["error"]["param"] == "x-gateway-tags"
+    assert secret not in named.text
 
 
 def listed_keys(gw: Running, admin: str, key_id: str) -> str:

@@ -904,3 +904,38 @@ async def test_openais_rate_limit_gives_clients_its_reason_not_the_operators_org
     assert answer.status_code == 429, answer.text
     assert ORGANIZATION not in answer.text and ORGANIZATION[4:12] not in answer.text
     assert "in organization org-[REDACTED] on tokens per min (TPM): Limit 30000, Used 29500" in answer.text
+
+
+# --- an operator's Basic credential, quoted back decoded --------------------------------------------------------------
+# A self-hosted upstream behind a proxy that takes Basic auth (`headers: {authorization: env:UPSTREAM_AUTH}`, the value
+# `Basic base64(user:password)`): the proxy refuses it quoting what it decoded.
+
+PASSWORD = "Sup3rS3cretPassw0rd"
+BASIC = "Basic " + base64.b64encode(f"svc-gateway:{PASSWORD}".encode()).decode()
+BEHIND_BASIC_AUTH = {
+    "type": "openai",
+    "api_key": "env:OPENAI_API_KEY",
+    "base_url": "http://up/v1",
+    "headers": {"authorization": "env:UPSTREAM_AUTH"},
+}
+
+
+def refuses_decoded(request: httpx.Request) -> httpx.Response:
+    decoded = base64.b64decode(request.headers["authorization"].split(" ", 1)[1]).decode()
+    return httpx.Response(401, json={"error": {"message": f"invalid credentials {decoded}", "type": "auth_error"}})
+
+
+@pytest.mark.parametrize(
+    ("api", "stream"), [("chat", False), ("chat", True), ("messages", False), ("responses", False)]
+)
+async def test_a_basic_credential_quoted_back_decoded_reaches_no_client(api: str, stream: bool) -> None:
+    """The header's value and its base64 were the only secrets registered of a Basic credential: a proxy's 401 quoting
+    the `user:password` it decoded reached every API's client whole in the 502 (found by review). The decoded
+    credential and its password are secrets too; the user alone is not (a name, ordinary text)."""
+    environ = {**PROVIDER_KEYS, "UPSTREAM_AUTH": BASIC}
+    served = await serve(refuses_decoded, ON_OPENAI, provider=BEHIND_BASIC_AUTH, environ=environ)
+    path, asked = ASKED_OF_EACH_API[api]
+    answer = await served.post(path, {**asked, "stream": True} if stream else asked)
+    await served.gateway.aclose()
+    assert answer.status_code == 502, answer.text
+    assert PASSWORD not in answer.text and "invalid credentials [REDACTED]" in answer.text, answer.text

@@ -10,11 +10,17 @@ from typing import Any
 
 import httpx
 import pytest
+from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 
+from handler.api.app import create_app
 from tests.functional.conftest import FAKE_KEYS, Running
 from tests.support.dynamo import DynamoServer
+from tests.support.inprocess import serve
 
 HI = [{"role": "user", "content": "Hi"}]
+MODELS: dict[str, Any] = {
+    "m": {"deployments": [{"provider": "openai", "model": "m"}], "price": {"input": 1, "output": 2}}
+}
 PROVIDER_SECRETS = list(FAKE_KEYS.values())
 HOP_BY_HOP = ["connection", "keep-alive", "te", "transfer-encoding", "upgrade", "proxy-authorization"]
 
@@ -80,6 +86,34 @@ def test_no_secret_in_logs_errors_headers_or_ledger(
             assert secret not in text
     ledger = httpx.get(f"{running.url}/admin/usage", headers=auth(admin), params={"group_by": "key"}).text
     assert not any(s in ledger for s in secrets)
+
+
+async def test_an_unexpected_errors_traceback_is_logged_without_the_provider_key(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error nobody expected (here the upstream's transport failing with the request's `Authorization` in its
+    words, as an HTTP library's protocol error may word it) is answered a plain 500 and logged with its traceback
+    (`logger.exception("unhandled error")`): the message and traceback went to the log as they were, the provider key
+    in both (found by review). Written by any formatter, the record holds the traceback and no key."""
+    provider_key = "Zq8xLmN4pR7tVw2yBc5dEf9gHj3kMn6P"  # a Mistral-like key: no `sk-` shape, known as registered
+
+    def fails_quoting_its_request(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError(f"illegal header value {request.headers['authorization']!r}")
+
+    served = await serve(fails_quoting_its_request, MODELS, environ={"OPENAI_API_KEY": provider_key})
+    transport = httpx.ASGITransport(app=create_app(served.gateway), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+        answer = await http.post(
+            "/v1/chat/completions", json={"model": "m", "messages": HI}, headers=auth(served.key.key)
+        )
+    await served.gateway.aclose()
+    assert answer.status_code == 500 and provider_key not in answer.text
+    [record] = [record for record in caplog.records if record.getMessage() == "unhandled error"]
+    formatters = [logging.Formatter(), LambdaPowertoolsFormatter()]
+    logged = [capfd.readouterr().out, *(formatter.format(record) for formatter in formatters)]
+    assert all("Traceback (most recent call last)" in line for line in logged[1:])
+    assert all("RuntimeError: illegal header value 'Bearer [REDACTED]'" in line for line in logged[1:]), logged
+    assert not any(provider_key in line for line in logged)
 
 
 def test_a_key_where_a_name_belongs_is_in_no_errors_param(running: Running, key: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from dataclasses import replace
 
@@ -28,6 +29,7 @@ from handler.pipeline.keys import (
     model_allowed,
     parse_networks,
     split_key,
+    without_own_secret,
 )
 from handler.ports import KeyRecord
 from tests.unit.adapters.store.memory_store import MemoryStore
@@ -485,3 +487,22 @@ async def test_a_replica_behind_this_processs_write_does_not_undo_it_when_the_ca
     assert await service.lookup(minted.record.id) == revoked
     store.behind = None  # (replication arrives)
     assert await service.lookup(minted.record.id) == revoked
+
+
+def test_a_keys_secret_alone_is_redacted_from_a_name_kept_beside_its_id() -> None:
+    """A key's secret without its `gwk_<id>_` (a tag's value, a session id, a user) was kept on the ledger line beside
+    the key's id, which with it is the key (found by review). It is redacted where a run of exactly its length and
+    alphabet stands alone, found by its hash (the key's, its previous one's, an ancestor's); a longer run, a run of the
+    shape that is no secret of theirs, and a shorter value are kept as they are."""
+    secret, previous, ancestors = (secrets.token_urlsafe(32) for _ in range(3))
+    record = KeyRecord(id="k", name="k", secret_hash=hash_secret(secret), created_at=0, prev_secret_hash=None)
+    rotated = replace(record, secret_hash=hash_secret("another"), prev_secret_hash=hash_secret(previous))
+    parent = replace(record, id="p", secret_hash=hash_secret(ancestors))
+    other = secrets.token_urlsafe(32)
+    assert without_own_secret(secret, [record]) == "[REDACTED]"
+    assert without_own_secret(f"sess:{secret}.{other}", [record]) == f"sess:[REDACTED].{other}"
+    assert without_own_secret(f"{previous}/{ancestors}", [rotated, parent]) == "[REDACTED]/[REDACTED]"
+    assert without_own_secret(f"x{secret}", [record]) == f"x{secret}"  # (44 characters of the alphabet: no secret)
+    assert without_own_secret(secret, [parent]) == secret  # (not this request's keys')
+    short = "0b9d2f4e-3c8a-4a51-9f0e-7d6c5b4a3921"
+    assert without_own_secret(short, [record]) is short

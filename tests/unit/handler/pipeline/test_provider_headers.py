@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from adapters.providers.registry import REGISTRY
 from handler import redaction
 from handler.config import ConfigError, parse_config
 from handler.pipeline.gateway import build_adapters
+from handler.pipeline.provider_keys import header_secrets
 
 
 def adapters_with(headers: Any, environ: dict[str, str]) -> Any:
@@ -133,3 +135,35 @@ def test_a_provider_without_a_key_is_sent_none_of_the_environments(kind: str) ->
     adapter = build_adapters(config, REGISTRY, {variable: "sk-the-operators-own-1234567890"})["up"]
     assert adapter.secret is None and not adapter.requires_key
     assert "sk-the-operators-own" not in str(adapter.headers())
+
+
+@pytest.mark.parametrize(
+    ("user_and_password", "secrets"),
+    [
+        ("svc-gateway:Sup3rS3cretPassw0rd", ["svc-gateway:Sup3rS3cretPassw0rd", "Sup3rS3cretPassw0rd"]),
+        # A password that reads as ordinary text is a secret only with its user: alone, redacted from every answer,
+        # it would eat the word (or the number) wherever a model wrote it.
+        ("admin:sunshine", ["admin:sunshine"]),
+        ("admin:Welcome", ["admin:Welcome"]),
+        ("admin:20242025", ["admin:20242025"]),
+        ("admin:", []),  # (a user alone: no secret)
+        ("no-colon-token-0123", ["no-colon-token-0123"]),
+    ],
+)
+def test_a_basic_credential_is_a_secret_decoded_too(user_and_password: str, secrets: list[str]) -> None:
+    """A Basic credential was registered as the header's value and its base64 alone: an upstream that quoted back the
+    `user:password` it decoded relayed it to the client (found by review). Decoded, it is a secret, and so is its
+    password where it reads as no word; the user alone never is."""
+    credential = base64.b64encode(user_and_password.encode()).decode()
+    assert header_secrets(f"Basic {credential}") == (f"Basic {credential}", credential, *secrets)
+    assert header_secrets(f"Bearer {credential}") == (f"Bearer {credential}", credential)
+    assert header_secrets("Basic not base64!") == ("Basic not base64!", "not base64!")
+
+
+def test_a_short_basic_password_redacts_no_word() -> None:
+    """What `basic_secrets` gives is registered as any secret is, from `MIN_SECRET_LENGTH` characters on: a password of
+    a few characters is not redacted from ordinary text, though the credential it is part of is."""
+    credential = base64.b64encode(b"operator:x9!").decode()
+    adapters_with({"authorization": "env:UPSTREAM_AUTH"}, {"UPSTREAM_AUTH": f"Basic {credential}"})
+    shown = redaction.redact_upstream("refused operator:x9! (user operator, password x9!): try x9! again")
+    assert shown == "refused [REDACTED] (user operator, password x9!): try x9! again"

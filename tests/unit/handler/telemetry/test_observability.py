@@ -1,15 +1,19 @@
-"""Traces around upstream and store calls: X-Ray subsegments when tracing is on, no work when it is off; and the
-request's log line."""
+"""Traces around upstream and store calls: X-Ray subsegments when tracing is on, no work when it is off; the
+request's log line; and the redaction of every log record."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
 import pytest
+from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+from uvicorn.logging import DefaultFormatter
 
+from handler.entry.adapter import ACCESS_LINE
 from handler.telemetry import observability
 from handler.telemetry.observability import UNTRACED, span
 
@@ -82,3 +86,84 @@ def test_a_request_line_holding_text_utf8_cannot_carry_is_still_written(
     line = orjson.loads(capsys.readouterr().out)
     assert line["path"] == "/v1/models/?" and line["tags"] == ["a?b"] and line["status"] == 404
     assert line["message"] == "request" and line["location"] == "observe"
+
+
+# --- no secret in a log record, whoever makes it ----------------------------------------------------------------------
+
+PROVIDER_KEY = "Zq8xLmN4pR7tVw2yBc5dEf9gHj3kMn6P"  # a Mistral-like key: no shape, known only as registered
+
+
+def failure() -> BaseException:
+    """An error that quotes the request it was handling, chained to another that quotes it too."""
+    try:
+        try:
+            raise ValueError(f"header value 'Bearer {PROVIDER_KEY}'")
+        except ValueError as cause:
+            raise RuntimeError(f"illegal header value {PROVIDER_KEY!r}") from cause
+    except RuntimeError as exc:
+        return exc
+
+
+def written(record: logging.LogRecord) -> list[str]:
+    """`record` as each formatter the gateway's records meet writes it: Python's (Lambda's runtime, pytest, logging's
+    last resort), uvicorn's (`uvicorn.error`) and Powertools' (the gateway's `logger`)."""
+    formatters = [logging.Formatter(), DefaultFormatter("%(levelprefix)s %(message)s"), LambdaPowertoolsFormatter()]
+    return [formatter.format(record) for formatter in formatters]
+
+
+@pytest.mark.parametrize("name", ["gateway", "uvicorn.error", "mangum.http", "asyncio", "llm-gateway", ""])
+def test_a_logged_traceback_holds_no_secret_whichever_logger_logs_it(
+    name: str, only_secrets: Callable[..., None], caplog: pytest.LogCaptureFixture
+) -> None:
+    """`logger.exception("unhandled error")` (the app's last resort), uvicorn's `Exception in ASGI application` and
+    Mangum's `Exception in 'http' protocol.` after it, asyncio's `Task exception was never retrieved`: each logged the
+    traceback of an error that quoted the provider key, whole (found by review: only a few call sites redacted
+    `str(exc)`, none a traceback). Every record is redacted as it is made, whichever logger makes it: its message,
+    its traceback with the errors it chains, and its stack; the traceback is still written, as each formatter
+    writes one."""
+    only_secrets(PROVIDER_KEY)
+    caplog.set_level(logging.DEBUG, logger=name or None)
+    exc = failure()
+    logging.getLogger(name).error(f"failed: {exc}", exc_info=exc, stack_info=True)
+    [record] = [record for record in caplog.records if record.name == (name or "root")]
+    lines = written(record)
+    for line in lines:
+        assert PROVIDER_KEY not in line, line
+        assert "Traceback (most recent call last)" in line, line
+        assert "RuntimeError: illegal header value '[REDACTED]'" in line, line
+        assert "ValueError: header value 'Bearer [REDACTED]'" in line, line
+    assert all("Stack (most recent call last)" in line for line in lines[:2])  # (Powertools writes no stack)
+    assert orjson.loads(lines[2])["exception_name"] == "RuntimeError"
+
+
+def test_a_record_without_a_secret_is_left_as_it_was_made(caplog: pytest.LogCaptureFixture) -> None:
+    """A message and traceback holding no secret keep their form (its message and arguments apart, its exception):
+    only what a secret was redacted from changes."""
+    caplog.set_level(logging.INFO, logger="gateway")
+    try:
+        raise KeyError("absent")
+    except KeyError:
+        logging.getLogger("gateway").warning("store unavailable: %s", "busy", exc_info=True)
+    [record] = caplog.records
+    assert (record.msg, record.args, record.getMessage()) == (
+        "store unavailable: %s",
+        ("busy",),
+        "store unavailable: busy",
+    )
+    assert record.exc_info is not None and record.exc_text is not None and "KeyError: 'absent'" in record.exc_text
+
+
+def test_a_message_redacted_already_is_not_redacted_again(
+    only_secrets: Callable[..., None], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The buffered function's access line (`mangum.http`, one a request) is written of a method and a path each
+    redacted as they are clipped (`path_clipped`): marked `RedactedText`, its record is made without a second pass.
+    (The mark is the call site's word: what is given with it is not looked at.) A traceback beside it still is."""
+    only_secrets(PROVIDER_KEY)
+    caplog.set_level(logging.INFO, logger="mangum.http")
+    log = logging.getLogger("mangum.http")
+    log.info(ACCESS_LINE, "GET", f"/v1/models/{PROVIDER_KEY}", 404)
+    log.info(ACCESS_LINE, "GET", f"/v1/models/{PROVIDER_KEY}", 500, exc_info=failure())
+    marked, failed = caplog.records
+    assert marked.args == ("GET", f"/v1/models/{PROVIDER_KEY}", 404)  # (as given: the call site redacts)
+    assert PROVIDER_KEY not in "".join(written(failed))
