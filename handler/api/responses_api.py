@@ -281,11 +281,13 @@ ITEM_TYPES = frozenset(
 
 
 # A web search that ran (Codex, `store: false`, sends back every item it got): a record of the past, whose results
-# are in the text of its turn that follows it (its pages there as citations). No provider takes another's search
-# back (Claude's encrypted results, Gemini's grounding are its own), so a translation leaves it out, unnamed where
-# that text follows (`_Conversation.searched`): nothing the model needs is lost, and naming it marked every later
-# turn of the conversation (a 400 under `x-gateway-strict`). One no text of its turn follows (a search, then a
-# function call) is left out and named (`input[web_search_call]`): what it found is in no message.
+# are in the text of its turn (its pages there as citations): after it where Claude searched, and before it where
+# Gemini's stream gave its grounding with the candidate's last event, after the message, which a stored streamed
+# response and a client that keeps items in the order they came have too. No provider takes another's search back
+# (Claude's encrypted results, Gemini's grounding are its own), so a translation leaves it out, unnamed where its
+# turn has text (`_Conversation.searched`): nothing the model needs is lost, and naming it would mark every later
+# turn of the conversation (a 400 under `x-gateway-strict`). One whose turn has no text (a search, then a function
+# call) is left out and named (`input[web_search_call]`): what it found is in no message.
 SEARCH_CALL = "web_search_call"
 
 
@@ -506,7 +508,8 @@ class _Conversation:
         self.seal = seal
         self.dropped = dropped
         self.spaces = spaces
-        self.searched = False  # (a `web_search_call` of the open turn with no text after it yet)
+        self.searched = False  # (a `web_search_call` of the open turn, which has no text yet)
+        self.wrote = False  # (the open turn has text: its searches' results are in it, before them or after)
 
     def assistant(self) -> dict[str, Any]:
         if self.turn is None:
@@ -517,7 +520,7 @@ class _Conversation:
     def close_turn(self) -> None:
         if self.searched:  # (a search whose results no text of its turn carries: left out, named)
             self.drop(f"input[{SEARCH_CALL}]")
-            self.searched = False
+        self.searched = self.wrote = False
         turn = self.turn
         if turn is None:
             return
@@ -561,7 +564,7 @@ class _Conversation:
             elif kind == "reasoning":
                 self._reasoning(ReasoningItem.model_validate(raw))
             elif kind == SEARCH_CALL:
-                self.searched = True  # (history, where the turn's text follows: `SEARCH_CALL`)
+                self.searched = not self.wrote  # (history where its turn has text, either side: `SEARCH_CALL`)
             elif known or stored:
                 self.drop(f"input[{kind}]")
             else:
@@ -588,6 +591,7 @@ class _Conversation:
             self.texts.append(text)
             if text:
                 _mark(turn, "text", len(text))
+                self.wrote = True
                 self.searched = False  # (the turn's searches' results are in its text)
             return
         self.close_turn()

@@ -516,6 +516,24 @@ def test_gemini_gets_a_thinking_config_and_the_system_instruction(agents: Runnin
     assert [block.type for block in raw.parse().content] == ["thinking", "tool_use"]
 
 
+@pytest.mark.parametrize("model", ["gemini", "gemini-3"])
+def test_an_effort_sent_alone_gets_gemini_thinking_no_thoughts_shown(
+    agents: Running, client: anthropic.Anthropic, model: str
+) -> None:
+    """Claude Code's WebSearch sub-request sends `output_config.effort` without `thinking`: Anthropic answers it with
+    no thinking blocks. Gemini thinks at that effort, and is not asked for its thoughts (`includeThoughts`), whole or
+    streamed; asked, they came back as a `thinking` block with an empty signature the client never asked for."""
+    body: Any = {"model": model, "max_tokens": 8000, "messages": [{"role": "user", "content": "Hi"}]}
+    effort = {"output_config": {"effort": "high"}}
+    whole = client.messages.create(**body, extra_body=effort)
+    sent = last(agents, "gemini")["json"]["generationConfig"]["thinkingConfig"]
+    assert "includeThoughts" not in sent and (sent.get("thinkingLevel") or sent.get("thinkingBudget"))
+    with client.messages.stream(**body, extra_body=effort) as stream:
+        streamed = stream.get_final_message()
+    assert "includeThoughts" not in last(agents, "gemini")["json"]["generationConfig"]["thinkingConfig"]
+    assert [block.type for block in whole.content] == [block.type for block in streamed.content] == ["text"]
+
+
 def test_bedrock_gets_cache_points_and_a_thinking_budget(agents: Running, client: anthropic.Anthropic) -> None:
     raw = client.beta.messages.with_raw_response.create(
         model="bedrock-claude",

@@ -635,7 +635,9 @@ def level_within(level: reasoning.Level, cap: int | None) -> reasoning.Level:
 def thinking_config(req: ChatRequest, model: str, dropped: list[str], cap: int | None = None) -> dict[str, Any] | None:
     """`generationConfig.thinkingConfig` for the request's reasoning wish (`reasoning.LEVELS`): a
     `thinkingLevel` for Gemini 3, a `thinkingBudget` for 2.5; thoughts come back (`includeThoughts`, Gemini's
-    thought summaries) when a Messages client asked to see them or a Responses client for a summary.
+    thought summaries) when a Messages client asked to see them (its own `thinking`, not `display: omitted`; an
+    `output_config.effort` alone asks the depth, and Anthropic answers it with no thinking blocks:
+    `ThinkingConfig.sent`) or a Responses client for a summary.
 
     Under an output cap (`maxOutputTokens`, which Gemini's thoughts count against) thinking leaves the answer its
     room (`thinking_room`), as Claude's does: a budget the client named is kept if it is below the cap, else
@@ -643,7 +645,7 @@ def thinking_config(req: ChatRequest, model: str, dropped: list[str], cap: int |
     model can leave off is left off, and named, when it has less room than the model's least budget."""
     wish = reasoning.requested(req)
     thinking = req.thinking
-    if thinking is not None:
+    if thinking is not None and thinking.sent:
         shown = thinking.type != "disabled" and (thinking.model_extra or {}).get("display") != "omitted"
     else:
         shown = req.reasoning_summary is not None and not (wish is not None and wish.off)

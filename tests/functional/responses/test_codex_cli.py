@@ -19,20 +19,32 @@ import pytest
 
 from tests.functional.conftest import Running
 from tests.functional.responses.fleet import PROVIDER_MODELS, SEARCH_USD, THROTTLED_ONCE
+from tests.functional.responses.test_responses_api import dropped
+from tests.support.recorder import recorder
 
 CODEX = Path(__file__).resolve().parents[3] / ".tools" / "node_modules" / ".bin" / "codex"
 pytestmark = pytest.mark.skipif(not CODEX.exists(), reason=f"the Codex CLI is not installed at {CODEX} (make clients)")
 
 
 def codex_exec(
-    running: Running, key: str, model: str, task: str, workdir: Path, home: Path, headers: str = ""
+    running: Running | str,
+    key: str,
+    model: str,
+    task: str,
+    workdir: Path,
+    home: Path,
+    headers: str = "",
+    resume: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """`codex exec` on `model` through the gateway (`headers`: more of the provider's settings, as TOML)."""
-    settings = f'name="gw", base_url="{running.url}/v1", env_key="GW_KEY", wire_api="responses"{headers}'
+    """`codex exec` on `model` through the gateway, or the URL of a proxy in front of it (`headers`: more of the
+    provider's settings, as TOML; `resume`: the last session of `home` goes on with `task`)."""
+    url = running if isinstance(running, str) else running.url
+    settings = f'name="gw", base_url="{url}/v1", env_key="GW_KEY", wire_api="responses"{headers}'
     provider = f"model_providers.gw={{{settings}}}"
     command = [
         str(CODEX),
         "exec",
+        *(["resume", "--last"] if resume else []),
         "--skip-git-repo-check",
         "--dangerously-bypass-approvals-and-sandbox",
         "-c",
@@ -215,3 +227,26 @@ def test_a_codex_session_on_claude_reads_its_prefix_from_the_cache(
     # (Codex offers `web_search`: Claude on Anthropic runs it, the fake once a turn, at the fleet's price a search.)
     searched = SEARCH_USD if provider == "anthropic" else 0.0
     assert second.cost_usd - searched < (first.cost_usd - searched) / 2, figures
+
+
+def test_a_codex_session_on_gemini_3_is_told_of_no_search_left_out(fleet: Running, tmp_path: Path) -> None:
+    """A Codex session on Gemini 3 (a shell call, then the answer, grounded by a search), resumed with a second task.
+    Codex sends back the search after the message it grounds, as Gemini's stream gave them: the search is history,
+    its results in that message, and no turn names it dropped. Each turn of the resumed session named
+    `input[web_search_call]` in `x-gateway-dropped-params`, a 400 under `x-gateway-strict`."""
+    workdir, home = tmp_path / "work", tmp_path / "home"
+    workdir.mkdir()
+    home.mkdir()
+    key = fleet.mint(name="codex-gemini-3-search")
+    proxy, seen = recorder(fleet.url)
+    try:
+        for step in range(2):
+            call = orjson.dumps({"cmd": f"echo step{step} >> out.txt && cat out.txt"}).decode()
+            task = f"step {step}: CALL exec_command {call}"
+            done = codex_exec(proxy.url, key, "gemini-3", task, workdir, home, resume=step > 0)
+            assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        proxy.stop()
+    assert (workdir / "out.txt").read_text().split() == ["step0", "step1"]
+    named = [dropped(headers) for path, headers in seen if path == "/v1/responses"]
+    assert len(named) == 4 and not any("input[web_search_call]" in names for names in named), named

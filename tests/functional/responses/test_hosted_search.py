@@ -384,3 +384,29 @@ def test_gemini_3_takes_the_search_beside_the_functions(fleet: Running, stream: 
     [line] = fleet.ledger(key)
     assert response.usage is not None
     assert line.cost_usd == pytest.approx(tokens_usd(response.usage) + SEARCH_USD)
+
+
+def test_a_gemini_3_search_sent_back_in_the_streams_order_is_history(fleet: Running) -> None:
+    """Gemini's stream gives its search after the message it grounds (`[message, web_search_call]`), and the stored
+    response keeps that order. Codex (`store: false`) sends the items back as it got them, followed by its next
+    question; a `previous_response_id` continues the stored ones. The search's results are in that message, so it
+    is left out unnamed, and the turn goes under `x-gateway-strict`: it was named (`input[web_search_call]`, a
+    search no text of its turn follows) on every later turn, and refused with a 400 under strict."""
+    key = fleet.mint(name="search-history-gemini-3")
+    sdk = openai_client(fleet, key)
+    events = list(sdk.responses.create(model="gemini-3", input="Hi", tools=[WEATHER, *SEARCH], stream=True))
+    items = [event.item.model_dump(exclude_none=True) for event in events if event.type == "response.output_item.done"]
+    assert [item["type"] for item in items] == ["message", "web_search_call"]
+    completed = events[-1]
+    assert completed.type == "response.completed"
+    assert [item.type for item in completed.response.output] == ["message", "web_search_call"]  # (stored so)
+    by_value: Any = {"input": [{"role": "user", "content": "Hi"}, *items, {"role": "user", "content": "More?"}]}
+    stored: Any = {"input": "More?", "previous_response_id": completed.response.id}
+    for again in (by_value, stored):
+        for strict in ({}, {"x-gateway-strict": "true"}):
+            raw = sdk.responses.with_raw_response.create(
+                model="gemini-3", tools=[WEATHER, *SEARCH], store=False, extra_headers=strict, **again
+            )
+            assert raw.parse().status == "completed" and dropped(raw.headers) == []
+            contents = fleet.fakes["gemini"].state.requests[-1]["json"]["contents"]
+            assert [content["role"] for content in contents] == ["user", "model", "user"]

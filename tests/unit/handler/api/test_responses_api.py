@@ -193,7 +193,9 @@ def test_a_past_search_sent_back_is_history_left_out_unnamed() -> None:
     results in the message after it (its pages there as citations). Left out of a translation, nothing the model needs
     is lost, so nothing is named, on every later turn, sent by value or continued from a stored response; it was
     named (`input[web_search_call]`) on every turn of the conversation after the search, and a 400 under
-    `x-gateway-strict`."""
+    `x-gateway-strict`. Gemini's stream gives its search after the text it grounds (a stored streamed response keeps
+    that order, and Codex sends the items back in it): the turn's text is before the search there, and it is history
+    too; it was named, as a search no text of its turn follows."""
     question = {"role": "user", "content": "news?"}
     search = {
         "type": "web_search_call",
@@ -213,10 +215,15 @@ def test_a_past_search_sent_back_is_history_left_out_unnamed() -> None:
     body = ResponsesRequest.model_validate({"model": "m", "input": "more?"})
     req, dropped = to_chat_request(body, [question, search, answer], SEAL)
     assert dropped == [] and [m.role for m in req.messages] == ["user", "assistant", "user"]
-    # (A search no text of its turn follows, the turn a function call: what it found is in no message, named.)
     call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
     output = {"type": "function_call_output", "call_id": "c1", "output": "ok"}
-    for items in ([question, search, call, output], [question, search]):
+    for items in ([question, answer, search, again], [question, answer, call, search, output, again]):
+        messages, dropped = translate(items)
+        assert dropped == [] and messages[1]["content"] == "Here."
+    req, dropped = to_chat_request(body, [question, answer, search], SEAL)
+    assert dropped == [] and [m.role for m in req.messages] == ["user", "assistant", "user"]
+    # (A search whose turn has no text, a function call its turn: what it found is in no message, named.)
+    for items in ([question, search, call, output], [question, call, search, output, answer], [question, search]):
         assert translate(items)[1] == ["input[web_search_call]"]
 
 
