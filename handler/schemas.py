@@ -426,8 +426,8 @@ class WebSearch(Value):
         """The search Anthropic's web search tool (`web_search_*`, as a Messages client sends it) asks for: its
         `max_uses` (set before: `Charges.search_limit`), `user_location`, `allowed_domains` and `blocked_domains`."""
         place = tool.get("user_location")
-        location = {name: v for name in LOCATION_FIELDS if isinstance(v := (place or {}).get(name), str) and v}
-        location = location if isinstance(place, dict) else {}
+        place = place if isinstance(place, dict) else {}  # (a location that is no object is none, not a 500)
+        location = {name: v for name in LOCATION_FIELDS if isinstance(v := place.get(name), str) and v}
 
         def sites(name: str) -> tuple[str, ...]:
             given = tool.get(name)

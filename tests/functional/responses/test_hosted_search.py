@@ -359,6 +359,18 @@ def test_anthropics_search_tool_goes_to_no_provider_without_a_search(fleet: Runn
     assert line.cost_usd == pytest.approx(tokens)
 
 
+@pytest.mark.parametrize("model", ["claude", "gemini", "gpt"])
+@pytest.mark.parametrize("location", ["Paris", ["Paris"]])
+def test_a_search_tools_location_that_is_no_object_is_never_the_gateways_500(
+    fleet: Running, model: str, location: Any
+) -> None:
+    """A web search tool whose `user_location` is a string or a list (a client's mistake, Anthropic's 400) is read
+    as no location where the search is carried, whatever the model: it was an AttributeError, the gateway's 500."""
+    key = fleet.mint(name=f"search-location-{model}-{type(location).__name__}")
+    answer = messages(fleet, key, {"model": model, "tools": [{**MESSAGES_SEARCH, "user_location": location}]})
+    assert answer.status_code != 500 and "the gateway failed to handle this request" not in answer.text, answer.text
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_gemini_3_takes_the_search_beside_the_functions(fleet: Running, stream: bool) -> None:
     """Codex offers its functions with the search on every turn. Gemini 3 takes Google Search beside function
