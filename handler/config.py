@@ -351,6 +351,12 @@ class PricedOptions(BaseModel):
     # `store: true` keeps the tenant's prompts and answers in the operator's provider account: off unless allowed.
     provider_store: bool = False
 
+    @field_validator("service_tier", mode="before")
+    @classmethod
+    def _empty(cls, value: Any) -> Any:
+        """`service_tier:` with every entry commented out (null in YAML) takes its default, as if left out."""
+        return {"flex": 1.0} if value is None else value
+
 
 class KeyMinting(BaseModel):
     """Limits on `POST /v1/keys` (child keys), on a key's whole family: `per_minute` counts a mint on the parent
@@ -397,7 +403,10 @@ class GatewaySettings(BaseModel):
     @classmethod
     def _empty(cls, value: Any, info: ValidationInfo) -> Any:
         """A section of `gateway:` whose every entry is commented out (`timeouts:` alone, null in YAML) takes its
-        defaults, as a commented-out top-level section does (`Config._empty`)."""
+        defaults, as a commented-out top-level section does (`Config._empty`); so does a region's row of
+        `region_latency_ms` (no round trip measured from it)."""
+        if info.field_name == "region_latency_ms" and isinstance(value, dict):
+            return {source: {} if measured is None else measured for source, measured in value.items()}
         if value is not None:
             return value
         return [] if info.field_name == "trusted_proxies" else {}

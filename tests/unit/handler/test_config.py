@@ -543,6 +543,7 @@ def test_a_config_file_naming_no_provider_and_no_model_is_refused(tmp_path: Path
                 ("region_latency_ms", "us-east-1: {openai: 20}"),
             ]
         ),
+        "gateway:\n  priced_options:\n    service_tier:\n    #  flex: 1.0\n",
     ],
 )
 def test_a_settings_section_whose_every_entry_is_commented_out_takes_its_defaults(section: str) -> None:
@@ -554,3 +555,13 @@ def test_a_settings_section_whose_every_entry_is_commented_out_takes_its_default
     text = section + rest
     config = parse_config(yaml.safe_load(text), REGISTRY)
     assert config == parse_config(yaml.safe_load(rest), REGISTRY)
+
+
+def test_a_region_row_of_measured_latencies_whose_every_entry_is_commented_out_measures_none() -> None:
+    """A region's row of `region_latency_ms` with its entries commented out is null in YAML: no round trip measured
+    from that region, not "Input should be a valid dictionary" and a gateway that does not start."""
+    text = "gateway:\n  region_latency_ms:\n    us-east-1:\n    #  eu-west-1: 80\n    eu-west-1: {us-east-1: 80}\n"
+    text += "providers:\n  openai: {type: openai, api_key: k}\n"
+    text += "models:\n  m: {deployments: [{provider: openai, model: gpt-4o}]}\n"
+    latencies = parse_config(yaml.safe_load(text), REGISTRY).gateway.region_latency_ms
+    assert latencies == {"us-east-1": {}, "eu-west-1": {"us-east-1": 80.0}}
