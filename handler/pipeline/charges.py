@@ -67,8 +67,9 @@ class Charges:
         adapter says, `ProviderAdapter.takes_service_tier`) and no model of the plan prices it, and at each
         deployment that would be sent it unpriced (`_tier_priced`). A plan none of whose deployments is sent it
         (Claude, Gemini, DeepSeek, Bedrock) is served at its own prices, the tier left out and named, `priority` as
-        `flex`. A tier OpenAI's API does not take (`OPENAI_TIERS`) is refused as OpenAI refuses it, whichever
-        deployment would serve the request: the same request gets the same answer from every one."""
+        `flex`. A tier OpenAI's API does not take (`OPENAI_TIERS`) and no model of the plan prices is refused as
+        OpenAI refuses it, whichever deployment would serve the request: the same request gets the same answer from
+        every one."""
         extra = req.model_extra
         if not extra:
             return
@@ -76,8 +77,8 @@ class Charges:
         tier = extra.get("service_tier")
         ex.plain_tier = tier == "default"
         if tier is not None and tier not in PLAIN_TIERS:
-            if tier not in OPENAI_TIERS:
-                raise unknown_tier(tier)
+            if tier not in OPENAI_TIERS and not any(tier in attempt.taken for attempt in plan):
+                raise unknown_tier(tier)  # (a tier of another API's, Groq's `performance`, where the config prices it)
             sent = [
                 attempt for attempt in plan if attempt in native or attempt.adapter.takes_service_tier(attempt.target)
             ]

@@ -1357,6 +1357,53 @@ def test_a_tier_no_api_takes_is_refused_whichever_deployment_serves_it(running: 
     assert served.status_code == 200, served.text
 
 
+@pytest.fixture(scope="module")
+def groq_tiers(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    """A gateway whose config prices Groq's own tiers (`performance`, `on_demand`), its model on a `groq` profile,
+    which sends `service_tier` on."""
+    server, _ = upstream
+    config = parse_config(
+        {
+            "gateway": {"priced_options": {"service_tier": {"flex": 1.0, "performance": 1.5, "on_demand": 1.0}}},
+            "providers": {
+                "groq": {
+                    "type": "openai", "profile": "groq", "api_key": "env:OPENAI_API_KEY",
+                    "base_url": f"{server.url}/openai/v1",
+                },
+            },
+            "models": {
+                "llama-groq": {
+                    "deployments": [{"provider": "groq", "model": "gpt-4o-mini"}],
+                    "price": {"input": 1.0, "output": 2.0},
+                },
+            },
+        },
+        set(REGISTRY),
+    )  # fmt: skip
+    yield from serving(config, f"sqlite:///{tmp_path_factory.mktemp('groq-tiers') / 'gateway.db'}", upstream)
+
+
+def test_a_tier_of_another_api_the_config_prices_is_served_at_its_multiplier(groq_tiers: Running) -> None:
+    """A tier outside OpenAI's five that the config prices (Groq's `performance`, `on_demand`) is served, at its
+    multiplier, where the deployment's API takes it: the check of OpenAI's tiers refused it, a 400 on every request.
+    One no model prices is still the 400."""
+    key = groq_tiers.mint()
+    cost = {}
+    for tier in ("on_demand", "performance"):
+        body = {"model": "llama-groq", "messages": HI, "service_tier": tier}
+        served = post(groq_tiers, "/v1/chat/completions", key, body)
+        assert served.status_code == 200, served.text
+        assert groq_tiers.fakes["openai"].state.requests[-1]["json"]["service_tier"] == tier
+        cost[tier] = float(served.headers["x-gateway-cost-usd"])
+    assert cost["performance"] == pytest.approx(1.5 * cost["on_demand"])
+    refused = post(
+        groq_tiers, "/v1/chat/completions", key, {"model": "llama-groq", "messages": HI, "service_tier": "bogus"}
+    )
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "service_tier"
+
+
 # --- secrets -----------------------------------------------------------------------------------------
 
 
