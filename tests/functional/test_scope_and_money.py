@@ -1702,13 +1702,14 @@ def test_a_keys_secret_alone_is_kept_redacted_as_a_tag_a_session_or_a_user(gw: R
     on the ledger line, beside the key's id and its parent's: together they are the key, for every admin, parent key,
     CSV export and span to read (found by review). A value of a secret's length and alphabet is compared with the
     hashes of the request's key and its ancestors, and kept `[REDACTED]` where it is one of their secrets, as a
-    whole key is; as a tag's name it is the 400 a key is. Another value of that shape is kept as the client gave it."""
+    whole key is, joined to a name by a `-` too (`sess-<secret>`, one run of a secret's alphabet); as a tag's name it
+    is the 400 a key is. Another value of that shape is kept as the client gave it."""
     parent = gw.mint()
     key = child(gw, parent)
     secret, parents = key.split("_", 2)[2], parent.split("_", 2)[2]
     shaped = secrets.token_urlsafe(32)  # (43 characters of a secret's alphabet: a session id, say, of no key)
     tags = f"note={secret},owner={parents},run={shaped}"
-    assert chat(gw, key, **{"x-gateway-tags": tags, "x-session-id": f"sess:{secret}"}).status_code == 200
+    assert chat(gw, key, **{"x-gateway-tags": tags, "x-session-id": f"sess-{secret}"}).status_code == 200
     assert chat(gw, key, **{"x-session-id": shaped}).status_code == 200
     assert post(gw, "/v1/chat/completions", key, {"model": "gpt-test", "messages": HI, "user": secret}).is_success
     lines = ledger(gw, key)
@@ -1717,7 +1718,7 @@ def test_a_keys_secret_alone_is_kept_redacted_as_a_tag_a_session_or_a_user(gw: R
     kept = sorted((repr(line.tags), line.session or "", line.user or "") for line in lines)
     assert kept == sorted(
         [
-            (repr({"note": "[REDACTED]", "owner": "[REDACTED]", "run": shaped}), "sess:[REDACTED]", ""),
+            (repr({"note": "[REDACTED]", "owner": "[REDACTED]", "run": shaped}), "sess-[REDACTED]", ""),
             ("{}", shaped, ""),
             ("{}", "", "[REDACTED]"),
         ]

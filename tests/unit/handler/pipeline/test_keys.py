@@ -491,9 +491,9 @@ async def test_a_replica_behind_this_processs_write_does_not_undo_it_when_the_ca
 
 def test_a_keys_secret_alone_is_redacted_from_a_name_kept_beside_its_id() -> None:
     """A key's secret without its `gwk_<id>_` (a tag's value, a session id, a user) was kept on the ledger line beside
-    the key's id, which with it is the key (found by review). It is redacted where a run of exactly its length and
-    alphabet stands alone, found by its hash (the key's, its previous one's, an ancestor's); a longer run, a run of the
-    shape that is no secret of theirs, and a shorter value are kept as they are."""
+    the key's id, which with it is the key (found by review). It is redacted where it may stand in a run of its
+    alphabet (the run's ends, beside a `-` or `_`), found by its hash (the key's, its previous one's, an ancestor's);
+    a run of the shape that is no secret of theirs, and a shorter value, are kept as they are."""
     secret, previous, ancestors = (secrets.token_urlsafe(32) for _ in range(3))
     record = KeyRecord(id="k", name="k", secret_hash=hash_secret(secret), created_at=0, prev_secret_hash=None)
     rotated = replace(record, secret_hash=hash_secret("another"), prev_secret_hash=hash_secret(previous))
@@ -502,7 +502,11 @@ def test_a_keys_secret_alone_is_redacted_from_a_name_kept_beside_its_id() -> Non
     assert without_own_secret(secret, [record]) == "[REDACTED]"
     assert without_own_secret(f"sess:{secret}.{other}", [record]) == f"sess:[REDACTED].{other}"
     assert without_own_secret(f"{previous}/{ancestors}", [rotated, parent]) == "[REDACTED]/[REDACTED]"
-    assert without_own_secret(f"x{secret}", [record]) == f"x{secret}"  # (44 characters of the alphabet: no secret)
+    # Joined to a name by `-` or `_`, which are of its alphabet, or at a run's end, it runs on with the name.
+    for joined in ("sess-{}", "run_{}", "{}-2", "ci-{}_retry", "x{}", "{}x"):
+        assert without_own_secret(joined.format(secret), [record]) == joined.format("[REDACTED]")
+    assert without_own_secret(f"x{secret}x", [record]) == f"x{secret}x"  # (no place a secret stands: 45 letters)
+    assert without_own_secret(f"{other}-{other}", [record]) == f"{other}-{other}"  # (the shape, no secret of theirs)
     assert without_own_secret(secret, [parent]) == secret  # (not this request's keys')
     short = "0b9d2f4e-3c8a-4a51-9f0e-7d6c5b4a3921"
     assert without_own_secret(short, [record]) is short
