@@ -925,7 +925,10 @@ def with_answer_headers(send: Any, request_id: str, scope: Any) -> Any:
         if message["type"] == "http.response.start":
             state = scope["state"]
             state["answering"] = True  # (a request cut by a shutdown from now on is cut, not answered)
-            headers = message.setdefault("headers", [])
+            headers = message.get("headers", [])
+            if not isinstance(headers, list):  # (ASGI's headers are any iterable of pairs: `TextHeaders`, a tuple)
+                headers = list(headers)
+            message["headers"] = headers
             if not any(name == b"x-request-id" for name, _ in headers):
                 headers.append((b"x-request-id", request_id.encode()))
             if "lineage" in state and not any(name == b"cache-control" for name, _ in headers):
