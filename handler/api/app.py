@@ -53,7 +53,7 @@ from handler.pipeline.pipeline import Pipeline
 from handler.pipeline.routing import RouteControls
 from handler.ports import STORE_DEADLINE, KeyRecord, StoreDeadlineError, StoreError
 from handler.redaction import echoed, names_clipped, path_clipped, scrub
-from handler.schemas import ChatRequest
+from handler.schemas import ChatRequest, PlainCompletion
 from handler.telemetry import prometheus
 from handler.telemetry.observability import observe, observe_failure
 from handler.wire import interrupted
@@ -432,7 +432,10 @@ class Api:
             stream, watch = await stream_head(request, self.pipeline.chat_stream(req, ex), ex)
             include_usage = bool(req.stream_options and req.stream_options.get("include_usage"))
             return EventStream(openai_events(stream, include_usage), stream_headers(ex), watch)
-        completion = await until_client_leaves(request, self.pipeline.chat(req, ex), ex)
+        # (Untraced, the answer is written back as it came where it can be: `PlainCompletion`.)
+        completion = await until_client_leaves(request, self.pipeline.chat(req, ex, plain=ex.trace is None), ex)
+        if isinstance(completion, PlainCompletion):
+            return self.answered(ex, answer_response(completion.json(), ex.headers()))
         return self.answered(ex, answer_response(answer_json(completion), ex.headers()), completion)
 
     async def embeddings(self, request: Request) -> Response:
