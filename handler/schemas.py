@@ -771,9 +771,10 @@ class PlainCompletion:
     says which): members of the kinds `ChatCompletion` declares, text choices with no log probabilities, tool calls
     or citations, and its usage. Kept as the parts of its JSON, in the order and with the members `ChatCompletion`
     writes (`head`, `choices`, `tail`: its declared members' defaults filled in, its extras after them), with its
-    `usage` validated alone; written back (`json`) as `answer_json` writes the model, which is never built: the
-    chat route's answer went bytes, dict, model, JSON, and the model's validation and dump were some 7 µs of a warm
-    invocation's own work. `full` builds the model, for a reader that needs more than the usage."""
+    `usage` validated alone; written back (`json`) as `answer_json` writes the model, which is never built (its
+    validation and dump cost some 7 µs of a warm invocation's own work, for an answer the chat route writes back as
+    it came). A reader that needs more than its usage and text (a schema's enforcement, a trace, a
+    translation to another API) is given the model instead (`Pipeline.chat`'s `plain`)."""
 
     __slots__ = ("body", "head", "choices", "tail", "usage")
 
@@ -798,11 +799,6 @@ class PlainCompletion:
             message = choice["message"]
             total += len(message["content"] or "") + len(message["refusal"] or "")
         return total
-
-    def full(self) -> ChatCompletion:
-        completion = ChatCompletion.model_validate(self.body)
-        completion.usage = self.usage
-        return completion
 
     def json(self) -> bytes:
         # (Its integers are orjson's own reading, which takes one past 64 bits as a float: each is written back.)

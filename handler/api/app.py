@@ -84,7 +84,7 @@ class TextHeaders:
     """An answer's headers as the text they are made as, iterated as ASGI's `(name, value)` byte pairs (Latin-1, as
     Starlette encodes them) wherever they are read so (`gateway serve`'s uvicorn). The buffered Lambda function
     returns them as text (`handler.entry.adapter`): made bytes by Starlette only for Mangum to make text of them
-    again, a proxied answer's 17 headers cost a warm invocation about 6 µs."""
+    again, a proxied answer's 17 headers would cost a warm invocation about 6 µs."""
 
     __slots__ = ("text",)
 
