@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.records import FrozenRecord, Record, Value, stored
-from handler.schemas import ChatCompletion, ChatRequest, Usage
+from handler.schemas import ChatCompletion, ChatRequest, PlainCompletion, Usage
 from handler.wire import SSEDecoder, StreamEvent
 
 if TYPE_CHECKING:
@@ -462,6 +462,13 @@ class ProviderAdapter(ABC):
         """`chat_response`, and what the answer says of how it was served (`Served`), read in the same parse; None
         where its API says nothing of it, or where, as OpenAI's service tier, the completion carries it."""
         return self.chat_response(body, req, target), None
+
+    def plain_answer(
+        self, body: bytes, req: ChatRequest, target: Target
+    ) -> tuple[ChatCompletion | PlainCompletion, Served | None]:
+        """`chat_answer`, for the chat route, which writes the answer back as it came: where the adapter reads it as a
+        `PlainCompletion` (OpenAI's, in the plain shape most are), that, not the model."""
+        return self.chat_answer(body, req, target)
 
     def reasons_unasked(self, target: Target, turned_off: bool = False) -> bool:
         """Whether the deployment's model reasons, and bills its reasoning, on a request that names no reasoning

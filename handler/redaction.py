@@ -458,10 +458,12 @@ def unkeyed(value: str, limit: int | None = None) -> str:
 
 def scrub(body: bytes) -> bytes:
     """`body` (JSON, or SSE events of JSON) without any known secret, as written or with JSON's escapes undone."""
+    # (`find`, not `in`: a bytes operand of `in` is first tried as an integer, and the TypeError raised and cleared
+    # costs more than the search, some 2,000 instructions each.)
     for secret in _secrets_bytes:
-        if secret in body:
+        if body.find(secret) >= 0:
             body = body.replace(secret, REDACTED.encode())
-    if (b"\\/" in body or b"\\u00" in body) and _secrets_bytes:
+    if _secrets_bytes and (body.find(b"\\/") >= 0 or body.find(b"\\u00") >= 0):
         return _scrub_unescaped(body)
     return body
 

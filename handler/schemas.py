@@ -23,6 +23,7 @@ from typing import (
     Self,
 )
 
+import orjson
 from pydantic import (
     AfterValidator,
     AliasChoices,
@@ -793,6 +794,46 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     usage: Reported = Omitted()
     system_fingerprint: str | None = Omitted()
+
+
+class PlainCompletion:
+    """A chat answer in the plain shape most of OpenAI's are (`adapters.providers.openai.adapter.plain_completion`
+    says which): members of the kinds `ChatCompletion` declares, text choices with no log probabilities, tool calls
+    or citations, and its usage. Kept as the parts of its JSON, in the order and with the members `ChatCompletion`
+    writes (`head`, `choices`, `tail`: its declared members' defaults filled in, its extras after them), with its
+    `usage` validated alone; written back (`json`) as `answer_json` writes the model, which is never built (its
+    validation and dump cost some 7 µs of a warm invocation's own work, for an answer the chat route writes back as
+    it came). A reader that needs more than its usage and text (a schema's enforcement, a trace, a
+    translation to another API) is given the model instead (`Pipeline.chat`'s `plain`)."""
+
+    __slots__ = ("body", "head", "choices", "tail", "usage")
+
+    def __init__(
+        self,
+        body: dict[str, Any],
+        head: dict[str, Any],
+        choices: list[dict[str, Any]],
+        tail: dict[str, Any],
+        usage: Usage,
+    ) -> None:
+        self.body = body  # (the answer as parsed: its extras, `service_tier` among them, read as a model's are)
+        self.head = head
+        self.choices = choices
+        self.tail = tail
+        self.usage = usage  # the usage the answer is charged and written with (the pipeline's, once settled)
+
+    def chars(self) -> int:
+        """`answer_chars` of the answer: its choices' text and refusals (it has no reasoning nor tool calls)."""
+        total = 0
+        for choice in self.choices:
+            message = choice["message"]
+            total += len(message["content"] or "") + len(message["refusal"] or "")
+        return total
+
+    def json(self) -> bytes:
+        # (Its integers are orjson's own reading, which takes one past 64 bits as a float: each is written back.)
+        usage = orjson.Fragment(self.usage.model_dump_json())
+        return orjson.dumps({**self.head, "choices": self.choices, "usage": usage, **self.tail})
 
 
 # --- made on first use ---------------------------------------------------------------------------

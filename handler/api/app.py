@@ -8,7 +8,7 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -54,7 +54,7 @@ from handler.pipeline.pipeline import Pipeline
 from handler.pipeline.routing import RouteControls
 from handler.ports import STORE_DEADLINE, KeyRecord, StoreDeadlineError, StoreError
 from handler.redaction import echoed, names_clipped, path_clipped, scrub, unkeyed
-from handler.schemas import ChatRequest
+from handler.schemas import ChatRequest, PlainCompletion
 from handler.telemetry import prometheus
 from handler.telemetry.observability import observe, observe_failure
 from handler.wire import interrupted
@@ -73,6 +73,68 @@ MAX_JSON_DEPTH = 128  # well under the 254 levels orjson can write back out (see
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     body = scrub(payload if isinstance(payload, bytes) else orjson.dumps(payload))
     return Response(body, status_code=status, headers=headers, media_type=JSON)
+
+
+def answer_response(payload: bytes, headers: dict[str, str]) -> Response:
+    """A proxied request's whole answer (`payload`, its JSON), scrubbed as `json_response`'s, with its headers kept as
+    text until they are sent (`TextHeaders`)."""
+    return TextHeadersResponse(scrub(payload), headers)
+
+
+class TextHeaders:
+    """An answer's headers as the text they are made as, iterated as ASGI's `(name, value)` byte pairs (Latin-1, as
+    Starlette encodes them) wherever they are read so (`gateway serve`'s uvicorn). The buffered Lambda function
+    returns them as text (`handler.entry.adapter`): made bytes by Starlette only for Mangum to make text of them
+    again, a proxied answer's 17 headers would cost a warm invocation about 6 µs."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: dict[str, str]) -> None:
+        self.text = text  # (lowercase ASCII names and ASCII values: `TextHeadersResponse`)
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        return ((name.encode("latin-1"), value.encode("latin-1")) for name, value in self.text.items())
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+
+class TextHeadersResponse(Response):
+    """A 200 JSON answer on the direct lane, whose start message carries its headers as `TextHeaders`: the same names,
+    values and order as Starlette's `Response` makes (`content-length`, `content-type` last). Headers that are not
+    lowercase ASCII are made bytes at once, as Starlette makes them (a value Latin-1 cannot carry raises here, as it
+    raises there), and so are they where `raw_headers` is read (a cookie set on the answer goes with them)."""
+
+    media_type = JSON
+
+    def __init__(self, body: bytes, headers: dict[str, str]) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        text = {**headers}
+        if "content-length" not in text:
+            text["content-length"] = str(len(body))
+        text.setdefault("content-type", JSON)
+        names = "".join(text)
+        self._raw: list[tuple[bytes, bytes]] | None = None
+        self.text_headers = text
+        if not (names.islower() and (names + "".join(text.values())).isascii()):
+            self.init_headers(headers)
+
+    @property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        if self._raw is None:
+            self._raw = list(TextHeaders(self.text_headers))
+        return self._raw
+
+    @raw_headers.setter
+    def raw_headers(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        headers = TextHeaders(self.text_headers) if self._raw is None else self._raw
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
 
 
 def header(request: Request, name: bytes) -> str | None:
@@ -371,8 +433,11 @@ class Api:
             stream, watch = await stream_head(request, self.pipeline.chat_stream(req, ex), ex)
             include_usage = bool(req.stream_options and req.stream_options.get("include_usage"))
             return EventStream(openai_events(stream, include_usage), stream_headers(ex), watch)
-        completion = await until_client_leaves(request, self.pipeline.chat(req, ex), ex)
-        return self.answered(ex, json_response(answer_json(completion), headers=ex.headers()), completion)
+        # (Untraced, the answer is written back as it came where it can be: `PlainCompletion`.)
+        completion = await until_client_leaves(request, self.pipeline.chat(req, ex, plain=ex.trace is None), ex)
+        if isinstance(completion, PlainCompletion):
+            return self.answered(ex, answer_response(completion.json(), ex.headers()))
+        return self.answered(ex, answer_response(answer_json(completion), ex.headers()), completion)
 
     async def embeddings(self, request: Request) -> Response:
         key = await self.authenticate(request)
@@ -382,7 +447,7 @@ class Api:
             limit.check_embeddings(req)  # (an answer known to be past it: refused before anything is sent)
         ex = self.exchange(request, key, req.model, extra=req.model_extra, known=self.embedding_fields)
         result = await until_client_leaves(request, self.pipeline.embeddings(req, ex), ex)
-        response = json_response(result.model_dump_json(exclude_none=True).encode(), headers=ex.headers())
+        response = answer_response(result.model_dump_json(exclude_none=True).encode(), ex.headers())
         if limit is not None:
             limit.learn(req, result, len(response.body))
         return self.answered(ex, response)
@@ -874,7 +939,10 @@ def with_answer_headers(send: Any, request_id: str, scope: Any) -> Any:
         if message["type"] == "http.response.start":
             state = scope["state"]
             state["answering"] = True  # (a request cut by a shutdown from now on is cut, not answered)
-            headers = message.setdefault("headers", [])
+            headers = message.get("headers", [])
+            if not isinstance(headers, list):  # (ASGI's headers are any iterable of pairs: `TextHeaders`, a tuple)
+                headers = list(headers)
+            message["headers"] = headers
             if not any(name == b"x-request-id" for name, _ in headers):
                 headers.append((b"x-request-id", request_id.encode()))
             if "lineage" in state and not any(name == b"cache-control" for name, _ in headers):

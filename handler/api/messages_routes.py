@@ -10,6 +10,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from handler.api.app import answer_response
 from handler.api.messages_api import (
     MessagesCountRequest,
     MessagesRequest,
@@ -27,7 +28,6 @@ from handler.pipeline.passthrough import NativeReply, NativeStream
 from handler.pipeline.pipeline import Pipeline
 from handler.pipeline.pricing import estimate_prompt_tokens
 from handler.ports import MESSAGES_API, KeyRecord, NativeCall
-from handler.redaction import scrub
 from handler.schemas import ChatRequest
 from handler.telemetry.observability import observe
 from handler.wire import ANTHROPIC_HEADERS, forwarded_query
@@ -164,7 +164,7 @@ def anthropic_headers(ex: Exchange) -> dict[str, str]:
 
 
 def json_answer(payload: Any, headers: dict[str, str]) -> Response:
-    return Response(scrub(orjson.dumps(payload)), headers=headers, media_type="application/json")
+    return answer_response(orjson.dumps(payload), headers)
 
 
 def estimated_tokens(req: ChatRequest) -> int:

@@ -23,6 +23,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from handler.api.app import answer_response
 from handler.api.request_fields import RESPONSES
 from handler.api.responses_api import (
     ReasoningSeal,
@@ -549,7 +550,7 @@ class ResponsesRoutes:
         return self.answer(ex, response)
 
     def answer(self, ex: Exchange, response: dict[str, Any]) -> Response:
-        return self.api.answered(ex, self.api.json(response, headers=ex.headers()), response)
+        return self.api.answered(ex, answer_response(orjson.dumps(response), ex.headers()), response)
 
     async def get(self, request: Request) -> Response:
         key = await self.api.authenticate(request)

@@ -17,10 +17,11 @@ from typing import Any
 
 from mangum import Mangum
 from mangum.handlers import ALB, APIGateway, HTTPGateway
+from mangum.handlers.utils import handle_base64_response_body
 from mangum.protocols.http import HTTPCycle, HTTPCycleState
 from mangum.types import ASGI, LambdaContext, LambdaEvent, LambdaHandler, Message, Response, Scope
 
-from handler.api.app import answered_before_the_app, anthropic_path, route_path
+from handler.api.app import TextHeaders, answered_before_the_app, anthropic_path, route_path
 from handler.errors import InvalidRequestError
 from handler.redaction import path_clipped
 from handler.telemetry.observability import RedactedText, logger
@@ -104,7 +105,17 @@ class ReadOnce:
 
 
 class HTTPGatewayOnce(ReadOnce, HTTPGateway):
-    """API Gateway's HTTP APIs (payload 1.0 and 2.0) and Function URLs."""
+    """API Gateway's HTTP APIs (payload 1.0 and 2.0) and Function URLs. An answer of payload 2.0 whose headers are
+    `TextHeaders` returns their text as it is: Mangum's `_combine_headers_v2` would decode and lower the bytes they
+    iterate as, giving back the same text (lowercase names, no two alike, no `set-cookie`, a `content-type`)."""
+
+    def __call__(self, response: Response) -> dict[str, Any]:
+        headers = response["headers"]
+        if not isinstance(headers, TextHeaders) or self.event["version"] != "2.0":
+            return super().__call__(response)
+        text = headers.text
+        body, encoded = handle_base64_response_body(response["body"], text, self.config["text_mime_types"])
+        return {"statusCode": response["status"], "body": body, "headers": text, "isBase64Encoded": encoded}
 
 
 class ALBOnce(ReadOnce, ALB):

@@ -138,10 +138,14 @@ def model_limits(key: KeyRecord, model: str) -> list[tuple[str, dict[str, int]]]
     return [(pattern, limits) for pattern, limits in key.model_limits.items() if model_allowed([pattern], model)]
 
 
+# The `x-ratelimit-reset-*` headers `Meter._limit_headers` writes, one per kind of limit.
+RESETS = ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
+
+
 class RateHeaders(dict[str, str]):
     """OpenAI's `x-ratelimit-*` headers as an admission's counts had them (`Meter._rate_headers`), with when the minute
     they count in ends (`ends_at`, on the meter's `clock`): an answer is built later, whole ones minutes later, and
-    tells them as they hold then (`told`)."""
+    tells them as they hold then (`tell`)."""
 
     __slots__ = ("ends_at", "clock")
 
@@ -150,16 +154,20 @@ class RateHeaders(dict[str, str]):
         self.ends_at = ends_at
         self.clock = clock
 
-    def told(self) -> dict[str, str]:
-        """The headers as they hold now: `reset` counted from now, as the minute's end draws nearer; none once that
-        minute has ended. The request counted in it alone (its settlement corrects that minute's counts, never the
-        next's), and what the next one holds is not known without reading the store: an answer that outlives its
-        minute would say `remaining 0, reset 15s` where the next request is admitted at once."""
+    def tell(self, headers: dict[str, str]) -> None:
+        """Add the headers as they hold now to an answer's `headers`: `reset` counted from now, as the minute's end
+        draws nearer; none once that minute has ended. The request counted in it alone (its settlement corrects that
+        minute's counts, never the next's), and what the next one holds is not known without reading the store: an
+        answer that outlives its minute would say `remaining 0, reset 15s` where the next request is admitted at
+        once. (Written into the answer's headers, the resets over the admission's: no dict of their own per answer.)"""
         left = self.ends_at - self.clock()
         if left <= 0:
-            return {}
+            return
+        headers.update(self)
         reset = f"{max(1, math.ceil(left))}s"
-        return {name: reset if name.startswith("x-ratelimit-reset-") else value for name, value in self.items()}
+        for name in RESETS:
+            if name in self:
+                headers[name] = reset
 
 
 class Reservation:
@@ -634,7 +642,7 @@ class Meter:
         """OpenAI's `x-ratelimit-*` headers, for the tightest limit of each kind (requests, tokens), reset as the
         latest window their counters were counted in ends: `window`, or one the store counted a counter in that
         another gateway's clock began first (`MeterSnapshot.rate_windows`), as a 429's `retry-after` then is. An
-        answer tells them as they hold when it is built (`RateHeaders.told`)."""
+        answer tells them as they hold when it is built (`RateHeaders.tell`)."""
         if snapshot is not None and snapshot.rate_windows:
             window = max(window, *(snapshot.rate_windows.get(rate.counter, window) for rate in rates))
         ends_at = (window + 1) * 60

@@ -228,7 +228,10 @@ class Exchange:
                 headers["x-gateway-budget-remaining-usd"] = usd(held)
         limits = self.limit_headers
         if limits:  # (as they hold now: an answer that outlived the minute they count in tells none)
-            headers.update(limits.told() if isinstance(limits, RateHeaders) else limits)
+            if isinstance(limits, RateHeaders):
+                limits.tell(headers)
+            else:
+                headers.update(limits)
         total = (time.perf_counter() - self.started) * 1000
         gateway = max(0.0, total - self.store_ms - self.upstream_ms)
         headers["server-timing"] = (

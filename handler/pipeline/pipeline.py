@@ -61,7 +61,7 @@ from handler.pipeline.routing import Attempt, Plan
 from handler.pipeline.upstream import UpstreamResponse
 from handler.ports import BuiltRequest, LedgerItem, NativeCall, Served, StoreError, ThreadAnswer, as_client_named
 from handler.redaction import clipped, names_clipped, unkeyed
-from handler.schemas import LATER_MODULES, ChatCompletion, ChatRequest, Usage
+from handler.schemas import LATER_MODULES, ChatCompletion, ChatRequest, PlainCompletion, Usage
 from handler.telemetry.observability import span
 from handler.wire import SHAPE_ERRORS, error_answer, json_body, malformed, misshapen
 
@@ -75,6 +75,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 # A whole answer in the internal form, and what it says of how it was served (`ProviderAdapter.chat_answer`).
 Answered = tuple[ChatCompletion, Served | None]
+PlainAnswered = tuple[ChatCompletion | PlainCompletion, Served | None]
+C = TypeVar("C", bound=ChatCompletion | PlainCompletion)
 log = logging.getLogger("gateway")
 MAX_USER_CHARS = 256
 # The batches of one embeddings request in flight at once, where the API takes fewer inputs a call than the client
@@ -136,13 +138,14 @@ class Pipeline(Charges):
 
     # --- chat -------------------------------------------------------------------------------
 
-    async def chat(self, req: ChatRequest, ex: Exchange) -> ChatCompletion:
-        """A non-streaming chat completion."""
+    async def chat(self, req: ChatRequest, ex: Exchange, plain: bool = False) -> ChatCompletion | PlainCompletion:
+        """A non-streaming chat completion; `plain`: a `PlainCompletion` where the adapter reads one (the chat route,
+        which writes the answer back as it came, untraced)."""
         plan = await self._plan(ex, req.model)
         await self._admit(ex, plan, req)
 
-        async def accept(attempt: Attempt, response: UpstreamResponse) -> Answered:
-            return await self._chat_answer(req, ex, attempt, response)
+        async def accept(attempt: Attempt, response: UpstreamResponse) -> PlainAnswered:
+            return await (self._plain_answer if plain else self._chat_answer)(req, ex, attempt, response)
 
         def build(attempt: Attempt) -> BuiltRequest:
             return attempt.adapter.chat_request(req, attempt.target, stream=False)
@@ -171,6 +174,22 @@ class Pipeline(Charges):
             return await self._deadline(ex, self._failover(ex, plan, build, accept))
         except BaseException as exc:
             await self._unanswered(ex, exc)
+            raise
+
+    async def _plain_answer(
+        self, req: ChatRequest, ex: Exchange, attempt: Attempt, response: UpstreamResponse
+    ) -> PlainAnswered:
+        """`_chat_answer`, or where the adapter reads the answer as one and no schema is enforced on it, a
+        `PlainCompletion` (`ProviderAdapter.plain_answer`)."""
+        if self._enforced_schema(req, attempt, ex) is not None:
+            return await self._chat_answer(req, ex, attempt, response)
+        raw = await response.read()
+        try:
+            return attempt.adapter.plain_answer(raw, req, attempt.target)
+        except SHAPE_ERRORS as exc:
+            raise misshapen("answer", exc) from exc
+        except UpstreamError as unusable:
+            self._billed_unusable(ex, attempt, unusable)
             raise
 
     async def _chat_answer(
@@ -274,14 +293,20 @@ class Pipeline(Charges):
         completion, served = outcome
         return await self._settled_answer(ex, completion, served)
 
-    async def _settled_answer(self, ex: Exchange, completion: ChatCompletion, served: Served | None) -> ChatCompletion:
-        """Settle a whole answer in the internal form, which then says the usage it was charged for, as a stream's
-        last event does (`ChunkStream.final_chunk`): the provider's, or the estimate that stood for usage it did not
-        give, or gave impossible (the answer said none, or -1,000,000 tokens, while its cost and line said the
-        estimate's)."""
-        usage, source = self._checked(completion.usage, ex, lambda: answer_chars(completion))
+    async def _settled_answer(self, ex: Exchange, completion: C, served: Served | None) -> C:
+        """Settle a whole answer in the internal form (or a `PlainCompletion`), which then says the usage it was
+        charged for, as a stream's last event does (`ChunkStream.final_chunk`): the provider's, or the estimate that
+        stood for usage it did not give, or gave impossible (the answer said none, or -1,000,000 tokens, while its
+        cost and line said the estimate's)."""
+        extra: dict[str, Any] | None
+        if isinstance(completion, PlainCompletion):
+            usage, source = self._checked(completion.usage, ex, completion.chars)
+            extra = completion.body
+        else:
+            usage, source = self._checked(completion.usage, ex, lambda: answer_chars(completion))
+            extra = completion.model_extra
         completion.usage = usage
-        served = served or tier_served(completion.model_extra, ex.service_tier)
+        served = served or tier_served(extra, ex.service_tier)
         await self._settle(ex, usage, 200, background=True, source=source, served=served)
         return completion
 

@@ -72,9 +72,12 @@ class Family:
         return tuple((name, OTHER) for name, _ in labels)
 
     def add(self, labels: Labels, amount: float = 1.0) -> None:
-        if labels not in self.counters:
-            labels = self._bounded(labels, len(self.counters))
-        self.counters[labels] = self.counters.get(labels, 0.0) + amount
+        counters = self.counters
+        value = counters.get(labels)  # (a label set's tuple is hashed at each look-up: two, not three, an add)
+        if value is None:
+            labels = self._bounded(labels, len(counters))
+            value = counters.get(labels, 0.0)
+        counters[labels] = value + amount
 
     def observe(self, labels: Labels, value: float) -> None:
         histogram = self.histograms.get(labels)

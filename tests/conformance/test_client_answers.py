@@ -16,7 +16,7 @@ from adapters.providers.registry import REGISTRY
 from handler.api.messages_out import EventWriter, to_message
 from handler.api.streaming import answer_json, sse_chunk
 from handler.ports import Target
-from handler.schemas import ChatCompletion, ChatCompletionChunk, ChatRequest, Usage
+from handler.schemas import ChatCompletion, ChatCompletionChunk, ChatRequest, PlainCompletion, Usage
 from handler.wire import StreamEvent
 from tests.conformance import references
 from tests.conformance.corpus import MODELS
@@ -90,8 +90,14 @@ def sse_payloads(raw: bytes) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize(("provider", "fixture"), ANSWERS, ids=[f"{p}-{f.split('/')[1]}" for p, f in ANSWERS])
 def test_chat_answer_conforms_to_openai_schema(provider: str, fixture: str) -> None:
+    """As the model writes it (`answer_json`), and where the adapter reads the answer as a `PlainCompletion` (the chat
+    route's, `ProviderAdapter.plain_answer`), as that writes it: the same."""
     written = orjson.loads(answer_json(answer(provider, fixture)))
     assert schema_problems(CHAT_COMPLETION, written) == []
+    adapter, target = adapter_and_target(provider)
+    routed, _ = adapter.plain_answer((FIXTURES / fixture).read_bytes(), REQUEST, target)
+    if isinstance(routed, PlainCompletion):
+        assert orjson.loads(routed.json()) == written
 
 
 @pytest.mark.parametrize(("provider", "fixture"), STREAMS, ids=[f"{p}-{f.split('/')[1]}" for p, f in STREAMS])

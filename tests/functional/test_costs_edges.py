@@ -472,6 +472,9 @@ async def test_a_chat_usage_without_a_main_count_is_none_and_the_answer_estimate
     assert (answer.status_code, b'"error"' in answer.content) == (200, False), answer.text
     assert (line.status, line.cost_source, line.output_tokens) == (200, "estimate", 1000), (line.input_tokens, usage)
     assert (line.cost_usd or 0) > 0.002  # (1,000 out at $2 a million, and the prompt)
+    if not stream:  # (a whole answer says the usage it was charged: the estimate's, not the provider's 0 out)
+        said = answer.json()["usage"]
+        assert (said["prompt_tokens"], said["completion_tokens"]) == (line.input_tokens, line.output_tokens)
 
 
 # An advisor's sampling in Anthropic's `usage.iterations`, without its counts.

@@ -37,13 +37,16 @@ from handler.config import SERVICE_TIER
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import RESPONSES_API, BuiltRequest, NativeCall, ProviderAdapter, Served, Target, UpstreamRequest
 from handler.schemas import (
+    CHAT_COUNTS,
     DOCUMENT,
     LATER_MODULES,
     ChatCompletion,
     ChatRequest,
+    PlainCompletion,
     PromptTokensDetails,
     Usage,
     completion_id,
+    reported,
 )
 from handler.wire import StreamEvent, error_excerpt, json_body, malformed, said_status, upstream_error, usage_count
 
@@ -155,6 +158,72 @@ def normalize_usage(usage: Usage | None) -> Usage | None:
 # `insufficient_system_resource` (cut for want of capacity) each end an answer short of what it would have been.
 OPENAI_FINISHES = frozenset(("stop", "length", "tool_calls", "content_filter", "function_call"))
 CUT_SHORT = frozenset(("model_length", "error", "insufficient_system_resource", "abort"))  # (vLLM's `abort`)
+
+
+# The members `plain_completion` takes: an answer's, its choices' and their messages' (`annotations` only empty).
+PLAIN_ANSWER = frozenset(("id", "object", "created", "model", "choices", "usage", "system_fingerprint", "service_tier"))
+PLAIN_CHOICE = frozenset(("index", "message", "logprobs", "finish_reason"))
+PLAIN_REPLY = frozenset(("role", "content", "refusal", "annotations"))
+PLAIN_USAGE = frozenset(
+    ("prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details", "completion_tokens_details")
+)
+
+
+def plain_completion(data: dict[str, Any]) -> PlainCompletion | None:
+    """An answer `data` as a `PlainCompletion`, where it has the plain shape: of `PLAIN_ANSWER`'s members, each of the
+    kind `ChatCompletion` takes (`object` `chat.completion`, an integer `created`, strings for `id`, `model` and
+    `system_fingerprint`, a string or null `service_tier`), choices of `PLAIN_CHOICE`'s members (an integer `index`,
+    one of OpenAI's finish reasons or null, null log probabilities) whose messages are an assistant's text or refusal
+    (`PLAIN_REPLY`), and a usage of `PLAIN_USAGE`'s members that gives its counts (`reported`) and validates, as
+    `normalize_usage` reads it. None for any other: it is validated as the model (`OpenAIAdapter._completion`), which
+    conforms, refuses or reads what this does not."""
+    if not data.keys() <= PLAIN_ANSWER or data.get("object", "chat.completion") != "chat.completion":
+        return None
+    answer_id, created, model = data.get("id"), data.get("created"), data.get("model")
+    if type(answer_id) is not str or type(created) is not int or type(model) is not str:
+        return None
+    choices = data["choices"]
+    if type(choices) is not list:
+        return None
+    written = []
+    for choice in choices:
+        if type(choice) is not dict or not choice.keys() <= PLAIN_CHOICE or choice.get("logprobs") is not None:
+            return None
+        index, finish, message = choice.get("index", 0), choice.get("finish_reason"), choice.get("message")
+        if type(index) is not int or not (finish is None or finish in OPENAI_FINISHES):
+            return None
+        if type(message) is not dict or not message.keys() <= PLAIN_REPLY or message.get("annotations", []) != []:
+            return None
+        content, refusal = message.get("content"), message.get("refusal")
+        if message.get("role", "assistant") != "assistant" or not (content is None or type(content) is str):
+            return None
+        if not (refusal is None or type(refusal) is str):
+            return None
+        reply: dict[str, Any] = {"role": "assistant", "content": content, "refusal": refusal}
+        if "annotations" in message:
+            reply["annotations"] = []
+        written.append({"index": index, "message": reply, "finish_reason": finish, "logprobs": None})
+    counts = data.get("usage")
+    if type(counts) is not dict or not counts.keys() <= PLAIN_USAGE or not reported(counts, *CHAT_COUNTS):
+        return None
+    try:
+        usage = normalize_usage(Usage.model_validate(counts))
+    except (ValidationError, UpstreamError):
+        return None
+    assert usage is not None
+    tail: dict[str, Any] = {}
+    fingerprint = data.get("system_fingerprint")
+    if fingerprint is not None:
+        if type(fingerprint) is not str:
+            return None
+        tail["system_fingerprint"] = fingerprint
+    if "service_tier" in data:
+        tier = data["service_tier"]
+        if not (tier is None or type(tier) is str):
+            return None
+        tail["service_tier"] = tier
+    head = {"id": answer_id, "object": "chat.completion", "created": created, "model": model}
+    return PlainCompletion(data, head, written, tail, usage)
 
 
 def validated(model: type[M], payload: Any, head: dict[str, Any], upstream_model: str) -> M:
@@ -919,10 +988,27 @@ class OpenAIAdapter(ProviderAdapter):
         return ResponsesMeter()
 
     def chat_response(self, body: bytes, req: ChatRequest, target: Target) -> ChatCompletion:
+        return self._completion(self._answer_data(body), req, target)
+
+    def plain_answer(
+        self, body: bytes, req: ChatRequest, target: Target
+    ) -> tuple[ChatCompletion | PlainCompletion, Served | None]:
+        data = self._answer_data(body)
+        # (Its tool calls renamed or signed, or a prefill stripped: the model's, which `_completion` changes.)
+        altered = tool_names(req) is not None or self.profile(target).signed_calls
+        if not altered and self.repeated_prefix(req, target) is None:
+            plain = plain_completion(data)
+            if plain is not None:
+                return plain, None
+        return self._completion(data, req, target), None
+
+    def _answer_data(self, body: bytes) -> dict[str, Any]:
         data = json_body(body)
         if not isinstance(data, dict) or "choices" not in data:
             raise answered_error(data) or malformed("upstream answered without choices")
-        data = self.conformed_answer(data)
+        return self.conformed_answer(data)
+
+    def _completion(self, data: dict[str, Any], req: ChatRequest, target: Target) -> ChatCompletion:
         try:
             completion = validated(ChatCompletion, data, {}, target.model)
         except ValidationError as exc:

@@ -14,10 +14,11 @@ from adapters.providers import reasoning
 from adapters.providers.openai import OpenAIAdapter
 from adapters.providers.params import SKIP_SIGNATURE, call_signature, signed_call_id
 from handler.api.messages_api import MessagesRequest, to_chat_request
+from handler.api.streaming import answer_json
 from handler.embeddings import EmbeddingsRequest, EmbeddingsResponse
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import Target
-from handler.schemas import ChatRequest
+from handler.schemas import ChatCompletion, ChatRequest, PlainCompletion
 from handler.wire import SSEDecoder, StreamEvent
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "openai"
@@ -1161,3 +1162,125 @@ def test_an_image_a_tool_returned_is_named_where_no_user_message_can_carry_it(pr
     assert built.dropped == ["messages.tool.image_url"]
     assert [m["role"] for m in messages] == ["user", "assistant", "tool", "tool", "user"]
     assert messages[2]["content"] == ""
+
+
+RECORDED = orjson.loads((FIXTURES / "chat-response.json").read_bytes())
+BENCH = {
+    "id": "chatcmpl-bench",
+    "object": "chat.completion",
+    "created": 1764000000,
+    "model": "gpt-4o-mini-2024-07-18",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello!", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 11, "completion_tokens": 9, "total_tokens": 20},
+    "system_fingerprint": "fp_bench",
+}
+# Plain answers: their members in another order, defaults left out, text JSON escapes, more choices, no choices.
+PLAIN = {
+    "recorded": RECORDED,
+    "bench": BENCH,
+    "defaults-left-out": {
+        "id": "c",
+        "created": 1,
+        "model": "m",
+        "choices": [{"message": {"content": "hi"}}],
+        "usage": {"completion_tokens": 1, "prompt_tokens": 2},
+    },
+    "escapes-and-choices": {
+        **BENCH,
+        "choices": [
+            {
+                "finish_reason": "length",
+                "message": {"content": 'a "quote"\n\t\\ \u0001 é 日本 😀', "role": "assistant"},
+            },
+            {"index": 1, "message": {"content": None, "refusal": "no"}, "finish_reason": None, "logprobs": None},
+        ],
+        "service_tier": None,
+        "system_fingerprint": None,
+    },
+    "no-choices": {**BENCH, "choices": []},
+    "details-null": {
+        **BENCH,
+        "usage": {**BENCH["usage"], "prompt_tokens_details": None, "completion_tokens_details": {"audio_tokens": 3}},
+    },
+}
+# Answers the model reads: each reads as it always did.
+NOT_PLAIN = {
+    "logprobs": {**BENCH, "choices": [{**BENCH["choices"][0], "logprobs": {"content": []}}]},
+    "tool-calls": {
+        **BENCH,
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+                },
+                "finish_reason": "tool_calls",
+            }
+        ],
+    },
+    "citations": {
+        **BENCH,
+        "choices": [
+            {
+                **BENCH["choices"][0],
+                "message": {
+                    "role": "assistant",
+                    "content": "See x.",
+                    "annotations": [{"type": "url_citation", "url_citation": {"url": "https://x", "start_index": 0}}],
+                },
+            }
+        ],
+    },
+    "reasoning": {**BENCH, "choices": [{**BENCH["choices"][0], "message": {"content": "a", "reasoning": "b"}}]},
+    "their-finish": {**BENCH, "choices": [{**BENCH["choices"][0], "finish_reason": "model_length"}]},
+    "no-usage": {key: value for key, value in BENCH.items() if key != "usage"},
+    "usage-uncounted": {**BENCH, "usage": {"prompt_tokens": 11, "completion_tokens": None}},
+    "deepseek-cache-hits": {**BENCH, "usage": {**BENCH["usage"], "prompt_cache_hit_tokens": 5}},
+    "float-created": {**BENCH, "created": 1764000000.0},
+    "extra-member": {**BENCH, "prompt_filter_results": []},
+}
+
+
+@pytest.mark.parametrize("answer", PLAIN.values(), ids=PLAIN.keys())
+def test_a_plain_answer_is_written_back_as_its_model_writes_it_with_the_same_usage(answer: dict[str, Any]) -> None:
+    """The chat route's answer kept as parsed (`PlainCompletion`) is the same JSON, byte for byte, as the validated
+    model's (`answer_json`), with the same usage, the same text counted, and the same service tier read."""
+    raw = orjson.dumps(answer)
+    plain, served = adapter().plain_answer(raw, request(), target())
+    model = adapter().chat_response(raw, request(), target())
+    assert isinstance(plain, PlainCompletion) and served is None
+    assert plain.json() == answer_json(model)
+    assert plain.usage == model.usage
+    assert plain.chars() == sum(len(c.message.content or "") + len(c.message.refusal or "") for c in model.choices)
+    assert plain.body.get("service_tier") == (model.model_extra or {}).get("service_tier")
+
+
+@pytest.mark.parametrize("answer", NOT_PLAIN.values(), ids=NOT_PLAIN.keys())
+def test_an_answer_of_any_other_shape_is_read_as_the_model(answer: dict[str, Any]) -> None:
+    """Log probabilities and citations (redacted with the text), tool calls, reasoning, another API's finish reason,
+    usage missing or uncounted or DeepSeek's, a float `created`, an unknown member: the model's reading, or refusal."""
+    raw = orjson.dumps(answer)
+    try:
+        model = adapter().chat_response(raw, request(), target())
+    except UpstreamError as refused:
+        with pytest.raises(UpstreamError) as again:
+            adapter().plain_answer(raw, request(), target())
+        assert str(again.value) == str(refused)
+        return
+    answered, _ = adapter().plain_answer(raw, request(), target())
+    assert isinstance(answered, ChatCompletion) and answered == model
+
+
+def test_an_answer_whose_calls_the_adapter_renames_is_read_as_the_model() -> None:
+    tools = [{"type": "function", "function": {"name": "a.b", "parameters": {"type": "object"}}}]
+    answered, _ = adapter().plain_answer(orjson.dumps(BENCH), request(tools=tools), target())
+    assert isinstance(answered, ChatCompletion)

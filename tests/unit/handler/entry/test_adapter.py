@@ -14,9 +14,10 @@ from mangum import Mangum
 from mangum.handlers import alb, api_gateway
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from handler.api.app import answer_response
 from handler.entry.adapter import NO_UTF8, UnreadableEventError, lambda_adapter
 from handler.entry.priming import Context
 from handler.redaction import NAME_CHARS
@@ -155,6 +156,54 @@ def test_an_invocation_runs_the_app_through_the_same_messages_and_answer_as_mang
     plain = Mangum(app, lifespan="off")(event, Context())  # type: ignore[arg-type]
     ours = lambda_adapter(app)(event, Context())  # type: ignore[arg-type]
     assert ours == plain
+    asyncio.get_event_loop().close()
+
+
+# A proxied answer's headers: the gateway's own (lowercase ASCII), one a client could not tell from them but for a
+# capital, and one naming its own length.
+ANSWER_HEADERS = [
+    {"x-request-id": "req_1", "x-gateway-cost-usd": "0.00000705", "server-timing": "gateway;dur=0.313"},
+    {"X-Gateway-Model": "m", "x-b": "2"},
+    {"x-a": "1", "content-length": "7"},
+]
+
+
+def answering(headers: dict[str, str], response: Any) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await response(b'{"a":1}', headers)(scope, receive, send)
+
+    return app
+
+
+def starlettes(body: bytes, headers: dict[str, str]) -> Response:
+    return Response(body, headers=headers, media_type="application/json")
+
+
+@pytest.mark.parametrize("headers", ANSWER_HEADERS, ids=["lowercase", "a-capital", "its-own-length"])
+@pytest.mark.parametrize(
+    "event",
+    [json.loads((EVENTS / "chat-completions-ok.json").read_text()), v1_event(), alb_event()],
+    ids=["http-api-2.0", "http-api-1.0", "alb"],
+)
+def test_an_answers_headers_kept_as_text_are_returned_and_sent_as_starlettes_bytes_would_be(
+    event: dict[str, Any], headers: dict[str, str]
+) -> None:
+    """A proxied answer's headers kept as text (`TextHeaders`) give the buffered function the answer Mangum gives of
+    Starlette's bytes (payload 2.0 returns the text as it is, 1.0 and ALB read the bytes), and an ASGI server
+    (`gateway serve`'s uvicorn) the same bytes in the same order."""
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    plain = Mangum(answering(headers, starlettes), lifespan="off")(event, Context())  # type: ignore[arg-type]
+    ours = lambda_adapter(answering(headers, answer_response))(event, Context())  # type: ignore[arg-type]
+    assert ours == plain and ours["statusCode"] == 200
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    asyncio.get_event_loop().run_until_complete(answer_response(b'{"a":1}', headers)({"type": "http"}, None, send))
+    assert list(sent[0]["headers"]) == starlettes(b'{"a":1}', headers).raw_headers
+    assert list(sent[0]["headers"]) == answer_response(b'{"a":1}', headers).raw_headers
     asyncio.get_event_loop().close()
 
 
