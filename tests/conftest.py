@@ -3,14 +3,17 @@ a test leaves open closed after it."""
 
 from __future__ import annotations
 
+import calendar
 import gc
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from adapters.store.sqlite import SQLiteStore
+from handler.pipeline.budgets import period_of
 from tests.support.dynamo import CREDENTIALS, DynamoServer
 
 os.environ.update(CREDENTIALS)
@@ -38,6 +41,17 @@ def no_gc_pauses() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+def clear_of_period_end(kind: str, needed: float) -> None:
+    """Budgets count in UTC calendar periods (`period_of`: a day, a month): a test that reads back what its requests
+    spent in one starts at least `needed` seconds before the `kind` period ends, or once it has turned (what an
+    ended period spent reads as nothing in the next)."""
+    now = time.time()
+    if period_of(kind, now + needed) != period_of(kind, now):
+        turned = time.gmtime(now + needed)
+        begun = calendar.timegm((turned.tm_year, turned.tm_mon, turned.tm_mday if kind == "day" else 1, 0, 0, 0))
+        time.sleep(begun - now + 0.05)
 
 
 # The stores each running test has opened (`close_sqlite_stores`), for `outlives_the_test`.

@@ -26,6 +26,7 @@ from handler.pipeline.keys import KeyService, split_key
 from handler.pipeline.pricing import estimate_prompt_tokens, price_for, worst_case_usd
 from handler.ports import Admission, KeyRecord, RateCharge
 from handler.schemas import ChatRequest
+from tests.conftest import clear_of_period_end
 from tests.functional.conftest import Running, fresh_minute, openai_client, param_store_url, serve_gateway
 from tests.functional.test_costs_edges import MODEL, completion
 from tests.support.inprocess import serve
@@ -617,6 +618,7 @@ def test_a_minute_another_gateways_clock_turned_first_counts_requests_here_not_4
     running = on_each_store
     key = running.mint(rpm=2)
     key_id = split_key(key)[0]  # type: ignore[index]
+    fresh_minute()  # (the minute ahead is the next one here until the requests are answered)
 
     async def counted_by_a_gateway_ahead() -> None:
         store = open_store(running.store_url)
@@ -997,6 +999,7 @@ def test_a_child_minted_without_a_budget_has_none_and_its_chain_binds_it(on_each
     case, and every budget of its chain binds each of its requests."""
     running = on_each_store
     url = f"{running.url}/v1/keys"
+    clear_of_period_end("day", 30)  # (what the parent has left is read in the day it spent in)
     parent = running.mint(budget_usd=0.01, budget_period="day")
     assert chat(running, parent).status_code == 200
     time.sleep(0.3)  # (settled after the answer)
@@ -1035,6 +1038,7 @@ def test_a_key_without_a_budget_of_its_own_is_told_what_it_spent(on_each_store: 
     current UTC month now, the `period` it names, from the ledger; `GET /admin/keys/{id}` says the same. Found by
     review."""
     running = on_each_store
+    clear_of_period_end("month", 30)  # (what each key spent is told in the month it was spent in)
     plain = running.mint(name="no-budget")
     once = charged(chat(running, plain))
     assert once > 0

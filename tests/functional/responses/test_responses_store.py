@@ -18,7 +18,7 @@ from handler.api.responses_routes import MAX_KEPT_READS
 from handler.entry.cli import main
 from handler.ports import StoredResponse, StoreError
 from tests.fakes.openai import TEXT
-from tests.functional.conftest import Running, openai_client
+from tests.functional.conftest import Running, fresh_minute, openai_client
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -189,6 +189,7 @@ def test_reasoning_items_of_made_up_responses_cost_few_store_reads(
     was spent sent 2,000 made-up ones and had its 429 after 2,000 reads (8.9 s on DynamoDB)."""
     running = on_each_store
     key = running.mint(name="reads", rpm=1)
+    fresh_minute()  # (the minute's one request and the refused one in the same minute)
     store = running.gateway.store
     real = store.get_response
     reads: list[str] = []

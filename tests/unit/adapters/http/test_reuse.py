@@ -10,11 +10,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 
+from adapters.http import http1
 from adapters.http.http1 import STALE_CLOSE_S, Http1Transport, OriginPool
 from handler.config import TimeoutConfig
 from handler.errors import UpstreamError
@@ -219,14 +221,18 @@ async def test_a_stale_connections_slow_reconnect_is_not_a_request_the_origin_ma
         await client.aclose()
 
 
-async def test_a_connection_past_its_lifetime_is_not_reused_however_busy() -> None:
+async def test_a_connection_past_its_lifetime_is_not_reused_however_busy(monkeypatch: pytest.MonkeyPatch) -> None:
     """A connection kept busy (never idle for `keepalive_seconds`) was reused for as long as the environment lived,
     so an origin's new address (a DNS change, a region's failover) was never reached (found by review). Now one
-    older than `lifetime_seconds` is closed rather than reused; a younger one is still reused."""
+    older than `lifetime_seconds` is closed rather than reused; a younger one is still reused. The connections age
+    on a clock the test moves (`aged`), a minute at a time: a loaded runner's stall between two requests (a full
+    collection late in the suite: 0.35 s to over a second) aged them past a lifetime counted in tenths of seconds."""
+    aged = [0.0]
+    monkeypatch.setattr(http1, "time", SimpleNamespace(monotonic=lambda: time.monotonic() + aged[0]))
     with idle_closing(5.0) as server:
-        transport = Http1Transport(lifetime_seconds=0.5)
-        for wait in (0.0, 0.6, 0.0):  # the first connection reused at once, past its lifetime a new one
-            await asyncio.sleep(wait)
+        transport = Http1Transport(keepalive_seconds=3600.0, lifetime_seconds=60.0)
+        for age in (0.0, 61.0, 0.0):  # the first connection reused at once, past its lifetime a new one
+            aged[0] += age
             assert await read_all(await send(transport, server.url)) == b'{"ok":true}'
         assert await read_all(await send(transport, server.url)) == b'{"ok":true}'
         assert (server.requests, server.connections) == (4, 2)

@@ -220,24 +220,28 @@ def test_a_flush_waits_no_longer_than_its_bound_and_keeps_what_it_could_not_send
 
 
 def test_a_flush_cut_short_does_not_keep_a_later_flush_given_longer_from_waiting() -> None:
-    """A healthy collector answering each export in 0.3 s. A Lambda invocation that ends with 300 ms left gives its
-    flush (300 - 250) ms (`flush_bound`), which runs out, as it should; that marked the exporter stalled, as if the
-    collector were down, and the next invocation's flush, with 10 s left and so its whole 2 s, returned False at once,
-    its span unsent (on Lambda the environment is then frozen with it). A flush given longer than the one that ran out
-    waits again (one given no longer still does not: `test_a_flush_waits_no_longer_than_its_bound...`). Found by
-    review."""
-    collector = Collector(delay_s=0.3)
+    """A healthy collector slower than the first flush's bound. A Lambda invocation that ends with 300 ms left gives
+    its flush (300 - 250) ms (`flush_bound`), which runs out, as it should; that marked the exporter stalled, as if
+    the collector were down, and the next invocation's flush, with 10 s left and so its whole 2 s, returned False at
+    once, its span unsent (on Lambda the environment is then frozen with it). A flush given longer than the one that
+    ran out waits again (one given no longer still does not: `test_a_flush_waits_no_longer_than_its_bound...`). Found
+    by review. The collector answers 0.3 s into the second flush, not 0.3 s after the export: a pause of the process
+    longer than that (a full collection late in the suite) let the answer come within the first flush's 50 ms."""
+    collector = Collector(hold=True)
     batcher = exporter(collector, schedule_delay_s=60)
     try:
         queue(batcher, span(1))
         assert batcher.flush((300 - 250) / 1000) is False  # invocation 1
         queue(batcher, span(2))
+        answers = threading.Timer(0.3, collector.release.set)
+        answers.start()
         started = time.monotonic()
         sent = batcher.flush(2.0)  # invocation 2
         waited = time.monotonic() - started
         assert sent is True, f"the 2 s flush returned False after {waited:.3f} s, its span unsent"
         assert collector.spans() == ["chat gpt-4o-mini #1", "chat gpt-4o-mini #2"] and batcher.dropped == 0
     finally:
+        collector.release.set()
         batcher.close(5)
 
 

@@ -431,7 +431,7 @@ async def test_ancestor_budgets_are_charged_atomically(store: Store) -> None:
 
 async def test_rate_counters_refuse_and_roll_over(store: Store) -> None:
     key = uuid.uuid4().hex[:12]
-    window = int(time.time() // 60)
+    window = this_minute()  # (the counts are read back in the same minute)
 
     def rpm(at: int) -> Admission:
         return Admission(uuid.uuid4().hex, key, [], [RateCharge("rpm", at, 2, 1)], time.time() + 60)

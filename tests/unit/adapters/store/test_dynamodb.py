@@ -50,7 +50,7 @@ from handler.ports import (
 )
 from tests.support.contention import FlakyClient
 from tests.support.dynamo import DynamoServer
-from tests.unit.adapters.store.test_contract import PERIOD, admission, line, record, settlement
+from tests.unit.adapters.store.test_contract import PERIOD, admission, line, record, settlement, this_minute
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ async def test_a_rate_only_admission_sent_again_after_its_answer_was_lost_counts
     client = DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url, transport=transport)
     store = DynamoDBStore(client, dynamo.create_table(), owned=[client])
     key, parent = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
-    window = int(time.time() // 60)
+    window = this_minute()  # (the counts are read back in the same minute)
     rates = [RateCharge("rpm", window, 2, 1)]
     if operation == "TransactWriteItems":  # the parent's limit too: one transaction over both meters
         rates.append(RateCharge("rpm", window, 2, 1, key_id=parent))
@@ -234,7 +234,7 @@ async def test_an_admission_sent_again_after_a_siblings_on_their_parent_counts_o
     client = DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url, transport=transport)
     store, other = DynamoDBStore(client, table, owned=[client]), DynamoDBStore(dynamo.client(), table)
     key, sibling, parent = (uuid.uuid4().hex[:12] for _ in range(3))
-    window = int(time.time() // 60)
+    window = this_minute()  # (the counts are read back in the same minute)
     charges, rates, theirs = [BudgetCharge(key, PERIOD, 1.0, 0.4)], [], []
     if shared == "budget":
         charges.append(BudgetCharge(parent, PERIOD, 10.0, 0.4))

@@ -17,6 +17,7 @@ from handler.api.key_spend import KeySpends
 from handler.pipeline.gateway import Gateway, build_gateway
 from handler.pipeline.key_admin import KeyAdmin
 from handler.ports import KeyRecord, LedgerItem, Settlement, UsageQuery
+from tests.conftest import clear_of_period_end
 from tests.unit.adapters.store.test_contract import line
 
 
@@ -50,6 +51,8 @@ def bearer(key: str) -> dict[str, str]:
 
 
 async def spend(gateway: Gateway, key_id: str, cost: float) -> None:
+    """A line of `cost` for `key_id`, 10 s or more before the month ends: the reads that follow sum its month."""
+    clear_of_period_end("month", 10)
     item = line(key_id, cost)
     await gateway.store.settle(Settlement(item.request_id, [], 0.0, [], item))
 
