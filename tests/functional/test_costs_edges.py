@@ -1599,6 +1599,7 @@ async def limited_on(store: DynamoDBStore) -> tuple[Any, Any, dict[str, str], di
     return served, key, auth, {"model": "m", "messages": HI, "max_tokens": 10_000}
 
 
+@pytest.mark.usefixtures("no_gc_pauses")  # (its answer is timed against the deadline)
 @pytest.mark.parametrize("client", ["gateway", "boto3"])
 async def test_an_admission_the_store_answers_past_the_deadline_is_released_once_its_answer_comes(
     dynamo: DynamoServer, client: str
