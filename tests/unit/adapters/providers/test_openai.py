@@ -20,6 +20,7 @@ from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import Target
 from handler.schemas import ChatCompletion, ChatRequest, PlainCompletion
 from handler.wire import SSEDecoder, StreamEvent
+from tests.bench.run import COMPLETION
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "openai"
 
@@ -1165,22 +1166,7 @@ def test_an_image_a_tool_returned_is_named_where_no_user_message_can_carry_it(pr
 
 
 RECORDED = orjson.loads((FIXTURES / "chat-response.json").read_bytes())
-BENCH = {
-    "id": "chatcmpl-bench",
-    "object": "chat.completion",
-    "created": 1764000000,
-    "model": "gpt-4o-mini-2024-07-18",
-    "choices": [
-        {
-            "index": 0,
-            "message": {"role": "assistant", "content": "Hello!", "refusal": None},
-            "logprobs": None,
-            "finish_reason": "stop",
-        }
-    ],
-    "usage": {"prompt_tokens": 11, "completion_tokens": 9, "total_tokens": 20},
-    "system_fingerprint": "fp_bench",
-}
+BENCH = COMPLETION  # (the benchmark's upstream answer)
 # Plain answers: their members in another order, defaults left out, text JSON escapes, more choices, no choices.
 PLAIN = {
     "recorded": RECORDED,
