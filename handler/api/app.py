@@ -49,7 +49,7 @@ from handler.pipeline.attribution import parse_tags, session_id
 from handler.pipeline.budgets import SETTLE_BY
 from handler.pipeline.exchange import Controls, Exchange, shut_down_before
 from handler.pipeline.gateway import Gateway
-from handler.pipeline.keys import hop_address, network, without_own_secret
+from handler.pipeline.keys import hop_address, kept_unkeyed, network
 from handler.pipeline.pipeline import Pipeline
 from handler.pipeline.routing import RouteControls
 from handler.ports import STORE_DEADLINE, KeyRecord, StoreDeadlineError, StoreError
@@ -763,12 +763,6 @@ def session_of(headers: dict[str, str], kept: Callable[[str], str] = unkeyed) ->
         if value:
             return session_id(value, name.decode(), kept)
     return None
-
-
-def kept_unkeyed(value: str, lineage: list[KeyRecord]) -> str:
-    """A client's tag or session as its request's line keeps it: `unkeyed`, and without the secret of its key or an
-    ancestor (`without_own_secret`)."""
-    return without_own_secret(unkeyed(value), lineage)
 
 
 def _flag(raw: str | None, name: str) -> bool:

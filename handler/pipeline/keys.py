@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, TypeAlias
 from handler.errors import AuthenticationError, PermissionDeniedError, model_not_allowed
 from handler.pipeline.attribution import stored_tags
 from handler.ports import KeyRecord, Store
-from handler.redaction import REDACTED
+from handler.redaction import REDACTED, unkeyed
 
 if TYPE_CHECKING:
     from typing_extensions import TypeIs  # (pydantic's dependency; only read by the type checker)
@@ -110,6 +110,12 @@ def without_own_secret(value: str, lineage: Sequence[KeyRecord]) -> str:
         kept = max(kept, end)
     parts.append(value[kept:])
     return "".join(parts)
+
+
+def kept_unkeyed(value: str, lineage: Sequence[KeyRecord], limit: int | None = None) -> str:
+    """A client's name for its user, its session or a tag, as its request's ledger line keeps it: `unkeyed` (cut to
+    `limit` characters where one is given), and without the secret of its key or an ancestor (`without_own_secret`)."""
+    return without_own_secret(unkeyed(value, limit), lineage)
 
 
 def format_key(key_id: str, secret: str) -> str:

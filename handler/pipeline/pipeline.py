@@ -41,7 +41,7 @@ from handler.pipeline.budgets import Counted, Meter, Reservation, remaining_usd
 from handler.pipeline.charges import Charges
 from handler.pipeline.exchange import CUT_SLACK_S, Exchange, deadline_passed, too_short_to_send
 from handler.pipeline.gateway import Gateway
-from handler.pipeline.keys import allows_model, without_own_secret
+from handler.pipeline.keys import allows_model, kept_unkeyed
 from handler.pipeline.output_caps import OutputCap
 from handler.pipeline.pricing import (
     Cost,
@@ -60,7 +60,7 @@ from handler.pipeline.pricing import (
 from handler.pipeline.routing import Attempt, Plan
 from handler.pipeline.upstream import UpstreamResponse
 from handler.ports import BuiltRequest, LedgerItem, NativeCall, Served, StoreError, ThreadAnswer, as_client_named
-from handler.redaction import clipped, names_clipped, unkeyed
+from handler.redaction import clipped, names_clipped
 from handler.schemas import LATER_MODULES, ChatCompletion, ChatRequest, PlainCompletion, Usage
 from handler.telemetry.observability import span
 from handler.wire import SHAPE_ERRORS, error_answer, json_body, malformed, misshapen
@@ -532,7 +532,7 @@ class Pipeline(Charges):
         plan = await self._plan(ex, req.model, kind="embedding")
         if isinstance(req.user, str) and req.user and ex.user is None:
             # (Attributed as a chat request's `user` is: `_admit`.)
-            ex.user = without_own_secret(unkeyed(req.user, MAX_USER_CHARS), ex.lineage)
+            ex.user = kept_unkeyed(req.user, ex.lineage, MAX_USER_CHARS)
         ex.prompt = PromptEstimate(embedded_tokens(req.input), ())
         await self._admit_tokens(ex, plan, [0] * len(plan), lowers="sending fewer or shorter inputs")
 
@@ -672,7 +672,7 @@ class Pipeline(Charges):
             check(req)
         who = req.user or (req.model_extra or {}).get("safety_identifier")
         if isinstance(who, str) and who and ex.user is None:
-            ex.user = without_own_secret(unkeyed(who, MAX_USER_CHARS), ex.lineage)  # (beside its key's id on the line)
+            ex.user = kept_unkeyed(who, ex.lineage, MAX_USER_CHARS)  # (beside its key's id on the line)
         native = [attempt for attempt in plan if attempt.adapter.speaks(call.api, attempt.target)] if call else []
         self._price_options(ex, req, plan, native)
         thread = None  # (a `continue`'s: the answer it continues, as the store keeps it)
