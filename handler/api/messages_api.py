@@ -493,6 +493,11 @@ class MessagesChatRequest(ChatRequest):
 SEARCH_TOOLS = "web_search_"
 
 
+def forbids_tools(choice: Any) -> bool:
+    """Whether a Messages request's `tool_choice` is `none`, which forbids every tool, Anthropic's server tools too."""
+    return isinstance(choice, dict) and choice.get("type") == "none"
+
+
 def carried_search(req: ChatRequest, data: dict[str, Any], dropped: list[str]) -> list[str]:
     """Anthropic's web search tool of a Messages request (`data`, its body, once `server_tools` kept the tool: priced,
     its `max_uses` set) for its translation `req`: the search, which a provider with a search of its own runs as that
@@ -504,9 +509,7 @@ def carried_search(req: ChatRequest, data: dict[str, Any], dropped: list[str]) -
     tools = data.get("tools")
     kept = tools if isinstance(tools, list) else []
     searches = [t for t in kept if isinstance(t, dict) and str(t.get("type") or "").startswith(SEARCH_TOOLS)]
-    choice = data.get("tool_choice")
-    forbidden = isinstance(choice, dict) and choice.get("type") == "none"
-    if not searches or not isinstance(req, MessagesChatRequest) or forbidden:
+    if not searches or not isinstance(req, MessagesChatRequest) or forbids_tools(data.get("tool_choice")):
         return dropped
     param = f"tools.{searches[0]['type']}"
     most = sum(tool["max_uses"] for tool in searches)

@@ -15,6 +15,7 @@ from handler.api.messages_api import (
     MessagesCountRequest,
     MessagesRequest,
     carried_search,
+    forbids_tools,
     lost_betas,
     to_chat_request,
 )
@@ -129,7 +130,7 @@ def server_tools(pipeline: Pipeline, ex: Exchange, data: dict[str, Any]) -> list
     left_out = [t for t in typed if str(t.get("type") or "").startswith(UNPRICED_SERVER_TOOLS)]
     pipeline.refuse_unpriced_tools(ex, [f"tools.{tool['type']}" for tool in left_out])
     searches = [t for t in typed if str(t.get("type") or "").startswith("web_search_")]
-    if searches and data.get("tool_choice") != {"type": "none"}:
+    if searches and not forbids_tools(data.get("tool_choice")):
         most = 0
         for i, tool in enumerate(tools):
             if any(tool is search for search in searches):
