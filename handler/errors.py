@@ -19,6 +19,7 @@
     ├── RequestTimeoutError           408 request_timeout (`gateway serve`: a request's head or body not whole in time)
     ├── RequestTooLargeError          413 request_too_large
     │   └── AnswerTooLargeError       413 request_too_large (the buffered Lambda function: an answer past 6 MB)
+    ├── UnsupportedEncodingError      415 unsupported_content_encoding (a body in a content coding, gzip say)
     ├── HeadersTooLargeError          431 headers_too_large (`gateway serve`: request headers beyond the bound)
     ├── ClientClosedError             499 client_closed_request (the client left; nobody reads this answer)
     ├── RateLimitError                429 rate_limit_exceeded (+ retry-after)
@@ -228,6 +229,16 @@ class RequestTooLargeError(GatewayError):
     default_code = "request_too_large"
     error_type = "invalid_request_error"
     anthropic_type = "request_too_large"
+
+
+class UnsupportedEncodingError(GatewayError):
+    """A request body in a content coding the gateway does not decode (`Content-Encoding: gzip`): RFC 9110 15.5.16's
+    415, with `accept-encoding` naming the one it takes, where the body's bytes would be answered as invalid JSON."""
+
+    status = 415
+    default_code = "unsupported_content_encoding"
+    error_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
 
 
 class HeadersTooLargeError(GatewayError):

@@ -43,6 +43,7 @@ from handler.errors import (
     RequestTooLargeError,
     ServiceUnavailableError,
     StrictParamsError,
+    UnsupportedEncodingError,
     UpstreamError,
 )
 from handler.pipeline.attribution import parse_tags, session_id
@@ -286,6 +287,12 @@ class Api:
         content_type = (JSON if declared is None else declared).split(";", 1)[0].strip().lower()
         if content_type and content_type != JSON and not content_type.endswith("+json"):
             raise InvalidRequestError(f"content-type must be application/json, not '{content_type}'")
+        coding = header(request, b"content-encoding")
+        if coding is not None and coding.strip().lower() not in ("", "identity"):
+            raise UnsupportedEncodingError(
+                f"request bodies in content-encoding '{coding.strip()[:40]}' are not accepted; send the JSON uncoded",
+                headers={"accept-encoding": "identity"},
+            )
         raw = await self.body(request, max_bytes)
         if empty_ok and not raw.strip():
             raw = b"{}"

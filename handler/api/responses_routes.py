@@ -508,6 +508,7 @@ class ResponsesRoutes:
         if unread and "input[reasoning]" not in dropped:
             dropped.append("input[reasoning]")  # (the reasoning of items past `MAX_KEPT_READS`: their summary went)
         ex = api.exchange(request, key, req.model, stream=req.stream, extra=body.model_extra, known=RESPONSES)
+        ex.cap_param = "max_output_tokens"
         conversation = [*history, *input_items(body)]  # (as the client has it, to list and continue)
 
         # A deployment that serves the Responses API gets the client's body (`relay.call`), any other the

@@ -64,7 +64,7 @@ class Exchange:
         "rejected", "client_left", "fallbacks", "counted", "stream", "native_api", "native_options", "anthropic",
         "audio_output", "ledger_item", "ends_at", "lifetime_s", "wasted_usage", "unsent_counts", "sent_to", "reserving",
         "advisors", "advised", "dropped_at", "advisor_models", "unsent_advisors", "advisor_params", "advisor_counts",
-        "advisor_sent",
+        "advisor_sent", "cap_param",
     )  # fmt: skip
 
     def __init__(
@@ -130,6 +130,9 @@ class Exchange:
         self.extra: list[Reservation] = []
         self.prompt: PromptEstimate | None = None
         self.output_cap: OutputCap | None = None  # the cap on each attempt's output (`_admit`)
+        # The client's name for that cap, as a refusal for the worst case tells it to lower it (a Responses request
+        # has no `max_tokens`, and OpenAI refuses one it is sent).
+        self.cap_param = "max_tokens"
         # While a reservation is being written, a client that leaves does not cancel the request (the write may
         # land with nobody to release it): it is marked, and the request ends once the reservation is known.
         self.reserving = False

@@ -704,7 +704,9 @@ class Pipeline(Charges):
         outputs = [cap.of(attempt) for attempt in reached]
         extra = predicted_tokens(req)
         try:
-            await self._admit_tokens(ex, reached, [(output + extra) * (req.n or 1) for output in outputs])
+            await self._admit_tokens(
+                ex, reached, [(output + extra) * (req.n or 1) for output in outputs], f"a smaller {ex.cap_param}"
+            )
         except BudgetExceededError as exc:  # (a budget's, or `x-gateway-max-cost-usd`'s: `CostLimitError`)
             if call is None or not call.held or call.native_only is None:
                 raise
@@ -787,9 +789,7 @@ class Pipeline(Charges):
         others = sum(other.completion_tokens for _, other in served.others) if served is not None else 0
         self.threads.answered(message_id, ex.attempt.target.model, usage, others)
 
-    async def _admit_tokens(
-        self, ex: Exchange, plan: list[Attempt], outputs: list[int], lowers: str = "a smaller max_tokens"
-    ) -> None:
+    async def _admit_tokens(self, ex: Exchange, plan: list[Attempt], outputs: list[int], lowers: str) -> None:
         """Reserve the plan's worst case: the dearest attempt's, each at its own output tokens (`outputs`, in the
         plan's order), and the most tokens any attempt shows on the rate limits. A refusal says what `lowers` it (an
         embeddings request has no max_tokens)."""

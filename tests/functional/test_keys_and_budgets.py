@@ -1097,6 +1097,23 @@ def test_a_budget_refused_for_a_fallbacks_worst_case_says_so_and_how_to_lower_it
     assert broke.json()["error"]["message"].endswith("; a smaller max_tokens lowers it")
 
 
+@pytest.mark.parametrize("bound", ["budget", "x-gateway-max-cost-usd"])
+def test_a_responses_request_refused_for_its_worst_case_is_told_to_lower_max_output_tokens(
+    running: Running, mint: Any, bound: str
+) -> None:
+    """The Responses API's output cap is `max_output_tokens` (OpenAI refuses a `max_tokens` it is sent): a refusal
+    for the worst case, the key's budget's or the request's own cap's, names that field, not Chat's."""
+    key = mint(budget_usd=0.000001) if bound == "budget" else mint()
+    sent = {**headers(key), "x-gateway-max-cost-usd": "0.000001"} if bound != "budget" else headers(key)
+    body = {"model": "vllm-llama", "input": "Hi"}
+    refused = httpx.post(f"{running.url}/v1/responses", json=body, headers=sent, timeout=10)
+    assert refused.status_code == 402, refused.text
+    assert refused.json()["error"]["message"].endswith("; a smaller max_output_tokens lowers it"), refused.text
+    chat_body = {"model": "vllm-llama", "messages": HI}
+    chat = httpx.post(f"{running.url}/v1/chat/completions", json=chat_body, headers=sent, timeout=10)
+    assert chat.json()["error"]["message"].endswith("; a smaller max_tokens lowers it"), chat.text
+
+
 def test_usage_of_a_key_includes_its_children(running: Running, mint: Any) -> None:
     parent = mint(models=["gpt-4o-mini"])
     child = httpx.post(

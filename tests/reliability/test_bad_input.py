@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gzip
 import socket
 from typing import Any
 
@@ -191,6 +192,22 @@ def test_wrong_content_types_are_400(running: Running, key: str, content_type: s
     body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
     answer = post(running, key, body, **{"content-type": content_type})
     assert assert_error(answer, (400, 415))["error"]["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize("path", [CHAT, "/v1/messages", "/v1/responses", "/v1/embeddings"])
+def test_a_body_in_a_content_coding_is_415_naming_it(running: Running, key: str, path: str) -> None:
+    """A gzip-coded body was answered 400 "not valid JSON", as if the client had sent bad JSON: it is a 415 naming the
+    coding, with `accept-encoding: identity` (RFC 9110 15.5.16)."""
+    body = gzip.compress(b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":5}')
+    answer = post(running, key, body, path, **{"content-encoding": "gzip"})
+    error = assert_error(answer, 415, path)["error"]
+    assert "content-encoding 'gzip'" in error["message"] and answer.headers["accept-encoding"] == "identity"
+    assert error.get("code", "unsupported_content_encoding") == "unsupported_content_encoding"
+
+
+def test_a_body_declared_identity_is_read_as_it_is(running: Running, key: str) -> None:
+    body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+    assert post(running, key, body, **{"content-encoding": "identity"}).status_code == 200
 
 
 @pytest.mark.parametrize(
