@@ -781,14 +781,24 @@ def translated_search(
     not allow the search (`search_forbidden`) is honoured by sending none, and nothing is named: the model was to run
     none (sent, Claude ran it beside the one function allowed)."""
     if not asked:
-        return dropped
+        return [*dropped, *_search_unchosen(req, choice, dropped)]
     if choice != "none" and search_forbidden(choice):
         return dropped
     if not most or not isinstance(req, ResponsesChatRequest) or choice == "none":
-        return [*dropped, *sorted({f"tools[{tool['type']}]" for tool in asked})]
+        named = sorted({f"tools[{tool['type']}]" for tool in asked})
+        return [*dropped, *named, *_search_unchosen(req, choice, dropped)]
     limit = "max_tool_calls" if "max_tool_calls" in dropped else None
     req.web_search = WebSearch.asked(asked[0], most, f"tools[{asked[0]['type']}]")._replace(limit=limit)
     return [name for name in dropped if name != "max_tool_calls"]
+
+
+def _search_unchosen(req: ChatRequest, choice: Any, dropped: list[str]) -> list[str]:
+    """What an `allowed_tools` choice (`choice`) that allows the hosted search names where the translation carries
+    no search (`translated_search`): the tools it allows, some gone (`tool_choice.tools`), or the choice itself where
+    no tool is left to choose (`tool_choice`); nothing where it is named already."""
+    if not _allowed_search(choice) or "tool_choice.tools" in dropped or "tool_choice" in dropped:
+        return []
+    return ["tool_choice.tools" if req.tools else "tool_choice"]
 
 
 def _tool_choice(choice: str | dict[str, Any] | None, names: set[str], dropped: list[str], spaces: Namespaces) -> Any:
@@ -805,7 +815,8 @@ def _tool_choice(choice: str | dict[str, Any] | None, names: set[str], dropped: 
             dropped.append("tool_choice")
         return choice if names else None
     if not names:
-        dropped.append("tool_choice")
+        if not _allowed_search(choice, alone=True):  # (the search it allows: `translated_search`)
+            dropped.append("tool_choice")
         return None
     chosen = _chosen(choice, spaces)
     if chosen in names:
@@ -824,14 +835,23 @@ def _chosen(tool: Any, spaces: Namespaces) -> str | None:
     return spaces.sent_name(space, name) if name is not None and isinstance(space, str) else name
 
 
+def _allowed_search(choice: Any, *, alone: bool = False) -> bool:
+    """Whether `choice` is an `allowed_tools` choice that allows the hosted search (`alone`: and nothing else)."""
+    allowed = choice.get("tools") if isinstance(choice, dict) and choice.get("type") == "allowed_tools" else None
+    if not isinstance(allowed, list):
+        return False
+    return all(map(is_search, allowed)) and bool(allowed) if alone else any(map(is_search, allowed))
+
+
 def _allowed_tools(choice: dict[str, Any], names: set[str], dropped: list[str], spaces: Namespaces) -> Any:
     """An `allowed_tools` choice in Chat Completions form: the function tools it allows, its mode. One it allows
     that the request does not carry (a hosted tool, left out) is named (`tool_choice.tools`); with none left, the
-    mode alone."""
+    mode alone, named too (the model may then call any function). The hosted search it allows is the translation's
+    own where it is carried (`translated_search`, which names it where it is not): not named here."""
     mode = "required" if choice.get("mode") == "required" else "auto"
-    allowed = [tool for tool in choice.get("tools") or () if isinstance(tool, dict)]
+    allowed = [tool for tool in choice.get("tools") or () if isinstance(tool, dict) and not is_search(tool)]
     kept = [name for tool in allowed if (name := _chosen(tool, spaces)) in names]
-    if len(kept) < len(allowed):
+    if len(kept) < len(allowed) or not kept:
         dropped.append("tool_choice.tools")
     if not kept:
         return mode

@@ -314,6 +314,32 @@ def test_an_allowed_tools_choice_without_the_search_runs_none(fleet: Running, mo
     assert line.cost_usd == pytest.approx(tokens)  # (no search)
 
 
+WEATHER_OR_SEARCH: Any = {**ONLY_WEATHER, "tools": [*SEARCH, *ONLY_WEATHER["tools"]]}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("tools", [[*SEARCH, WEATHER], SEARCH], ids=["beside_a_function", "alone"])
+@pytest.mark.parametrize("model", ["claude", "gemini-3"])
+def test_an_allowed_tools_choice_with_the_search_names_nothing_where_it_runs(
+    fleet: Running, model: str, tools: Any, stream: bool
+) -> None:
+    """An `allowed_tools` choice that allows the search (and the function beside it) where the translation carries
+    the search: the search runs and the choice is honoured, so nothing is named. The search the translation took for
+    itself was named all the same, `tool_choice.tools` beside the function and `tool_choice` alone; where the search is
+    not sent (Gemini 2.5 beside a function) it is named once, `tools[web_search]`."""
+    key = fleet.mint(name=f"search-allowed-{model}-{len(tools)}-{stream}")
+    allowed = WEATHER_OR_SEARCH if len(tools) > 1 else {**WEATHER_OR_SEARCH, "tools": SEARCH}
+    body = {"model": model, "input": "Hi", "tools": tools, "tool_choice": allowed, "stream": stream}
+    answer = httpx.post(f"{fleet.url}/v1/responses", json=body, headers={"authorization": f"Bearer {key}"}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert dropped(answer.headers) == []
+    assert "web_search_call" in answer.text
+    if len(tools) > 1:
+        older = {**body, "model": "gemini"}
+        answer = httpx.post(f"{fleet.url}/v1/responses", json=older, headers={"authorization": f"Bearer {key}"})
+        assert dropped(answer.headers) == ["tools[web_search]"]
+
+
 MESSAGES_SEARCH: Any = {"type": "web_search_20250305", "name": "web_search"}
 
 
