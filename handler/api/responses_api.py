@@ -33,6 +33,7 @@ from handler.errors import InvalidRequestError
 from handler.pipeline.pricing import Cost
 from handler.schemas import (
     REQUEST,
+    TOOL_CONTEXT,
     AssistantMessage,
     ChatCompletion,
     ChatRequest,
@@ -287,7 +288,8 @@ ITEM_TYPES = frozenset(
 # (Claude's encrypted results, Gemini's grounding are its own), so a translation leaves it out, unnamed where its
 # turn has text (`_Conversation.searched`): nothing the model needs is lost, and naming it would mark every later
 # turn of the conversation (a 400 under `x-gateway-strict`). One whose turn has no text (a search, then a function
-# call) is left out and named (`input[web_search_call]`): what it found is in no message.
+# call) is left out and named (`input[web_search_call]`): what it found is in no message, unless its turn brings back
+# Gemini 3's own parts of the search (`TOOL_CONTEXT`, sealed in a reasoning item), which hold its results.
 SEARCH_CALL = "web_search_call"
 
 
@@ -518,10 +520,11 @@ class _Conversation:
         return self.turn
 
     def close_turn(self) -> None:
-        if self.searched:  # (a search whose results no text of its turn carries: left out, named)
+        turn = self.turn
+        if self.searched and not (turn and turn.get(TOOL_CONTEXT)):
+            # (a search whose results no text of its turn carries, nor Gemini's own parts of it: left out, named)
             self.drop(f"input[{SEARCH_CALL}]")
         self.searched = self.wrote = False
-        turn = self.turn
         if turn is None:
             return
         if self.texts is not None:
