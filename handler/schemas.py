@@ -230,6 +230,10 @@ class Message(BaseModel):
     # A tool message whose tool failed (a Messages client's `is_error`): its content opens with `TOOL_ERROR_MARK`.
     # The gateway's own, as `block_order` is: no Chat Completions body carries it (`exclude`).
     is_error: bool | None = Field(default=None, exclude=True)
+    # An earlier Gemini 3 turn's own search parts (`TOOL_CONTEXT`), as its answer gave them and its reasoning item's
+    # seal (or a Chat client's message) brings them back, for the Gemini adapter alone: no Chat Completions body
+    # carries them (`exclude`).
+    reasoning_tool_context: list[dict[str, Any]] | None = Field(default=None, exclude=True)
 
     def text(self) -> str:
         """The message's text parts joined; non-text parts are left out."""
@@ -721,6 +725,13 @@ class Usage(_Counted, BaseModel):
 
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+
+
+# The member of an assistant turn holding the search parts Gemini 3's tool context answered with (its built-in
+# tool's `toolCall` and `toolResponse` parts, each with its `thoughtSignature`), which Google asks clients to send
+# back in the turn that follows: named as a provider's reasoning field, so a Responses answer seals it into a
+# reasoning item's `encrypted_content` (`responses_api.reasoning_fields`) and Codex brings it back.
+TOOL_CONTEXT = "reasoning_tool_context"
 
 
 class AssistantMessage(BaseModel):

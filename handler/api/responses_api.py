@@ -33,6 +33,7 @@ from handler.errors import InvalidRequestError
 from handler.pipeline.pricing import Cost
 from handler.schemas import (
     REQUEST,
+    TOOL_CONTEXT,
     AssistantMessage,
     ChatCompletion,
     ChatRequest,
@@ -287,7 +288,8 @@ ITEM_TYPES = frozenset(
 # (Claude's encrypted results, Gemini's grounding are its own), so a translation leaves it out, unnamed where its
 # turn has text (`_Conversation.searched`): nothing the model needs is lost, and naming it would mark every later
 # turn of the conversation (a 400 under `x-gateway-strict`). One whose turn has no text (a search, then a function
-# call) is left out and named (`input[web_search_call]`): what it found is in no message.
+# call) is left out and named (`input[web_search_call]`): what it found is in no message, unless its turn brings back
+# Gemini 3's own parts of the search (`TOOL_CONTEXT`, sealed in a reasoning item), which hold its results.
 SEARCH_CALL = "web_search_call"
 
 
@@ -518,10 +520,11 @@ class _Conversation:
         return self.turn
 
     def close_turn(self) -> None:
-        if self.searched:  # (a search whose results no text of its turn carries: left out, named)
+        turn = self.turn
+        if self.searched and not (turn and turn.get(TOOL_CONTEXT)):
+            # (a search whose results no text of its turn carries, nor Gemini's own parts of it: left out, named)
             self.drop(f"input[{SEARCH_CALL}]")
         self.searched = self.wrote = False
-        turn = self.turn
         if turn is None:
             return
         if self.texts is not None:
@@ -781,14 +784,24 @@ def translated_search(
     not allow the search (`search_forbidden`) is honoured by sending none, and nothing is named: the model was to run
     none (sent, Claude ran it beside the one function allowed)."""
     if not asked:
-        return dropped
+        return [*dropped, *_search_unchosen(req, choice, dropped)]
     if choice != "none" and search_forbidden(choice):
         return dropped
     if not most or not isinstance(req, ResponsesChatRequest) or choice == "none":
-        return [*dropped, *sorted({f"tools[{tool['type']}]" for tool in asked})]
+        named = sorted({f"tools[{tool['type']}]" for tool in asked})
+        return [*dropped, *named, *_search_unchosen(req, choice, dropped)]
     limit = "max_tool_calls" if "max_tool_calls" in dropped else None
     req.web_search = WebSearch.asked(asked[0], most, f"tools[{asked[0]['type']}]")._replace(limit=limit)
     return [name for name in dropped if name != "max_tool_calls"]
+
+
+def _search_unchosen(req: ChatRequest, choice: Any, dropped: list[str]) -> list[str]:
+    """What an `allowed_tools` choice (`choice`) that allows the hosted search names where the translation carries
+    no search (`translated_search`): the tools it allows, some gone (`tool_choice.tools`), or the choice itself where
+    no tool is left to choose (`tool_choice`); nothing where it is named already."""
+    if not _allowed_search(choice) or "tool_choice.tools" in dropped or "tool_choice" in dropped:
+        return []
+    return ["tool_choice.tools" if req.tools else "tool_choice"]
 
 
 def _tool_choice(choice: str | dict[str, Any] | None, names: set[str], dropped: list[str], spaces: Namespaces) -> Any:
@@ -805,7 +818,8 @@ def _tool_choice(choice: str | dict[str, Any] | None, names: set[str], dropped: 
             dropped.append("tool_choice")
         return choice if names else None
     if not names:
-        dropped.append("tool_choice")
+        if not _allowed_search(choice, alone=True):  # (the search it allows: `translated_search`)
+            dropped.append("tool_choice")
         return None
     chosen = _chosen(choice, spaces)
     if chosen in names:
@@ -824,14 +838,23 @@ def _chosen(tool: Any, spaces: Namespaces) -> str | None:
     return spaces.sent_name(space, name) if name is not None and isinstance(space, str) else name
 
 
+def _allowed_search(choice: Any, *, alone: bool = False) -> bool:
+    """Whether `choice` is an `allowed_tools` choice that allows the hosted search (`alone`: and nothing else)."""
+    allowed = choice.get("tools") if isinstance(choice, dict) and choice.get("type") == "allowed_tools" else None
+    if not isinstance(allowed, list):
+        return False
+    return all(map(is_search, allowed)) and bool(allowed) if alone else any(map(is_search, allowed))
+
+
 def _allowed_tools(choice: dict[str, Any], names: set[str], dropped: list[str], spaces: Namespaces) -> Any:
     """An `allowed_tools` choice in Chat Completions form: the function tools it allows, its mode. One it allows
     that the request does not carry (a hosted tool, left out) is named (`tool_choice.tools`); with none left, the
-    mode alone."""
+    mode alone, named too (the model may then call any function). The hosted search it allows is the translation's
+    own where it is carried (`translated_search`, which names it where it is not): not named here."""
     mode = "required" if choice.get("mode") == "required" else "auto"
-    allowed = [tool for tool in choice.get("tools") or () if isinstance(tool, dict)]
+    allowed = [tool for tool in choice.get("tools") or () if isinstance(tool, dict) and not is_search(tool)]
     kept = [name for tool in allowed if (name := _chosen(tool, spaces)) in names]
-    if len(kept) < len(allowed):
+    if len(kept) < len(allowed) or not kept:
         dropped.append("tool_choice.tools")
     if not kept:
         return mode

@@ -56,8 +56,8 @@ it ("later chunks win"), not only the new part of it.
 The search beside function declarations is refused on a model before Gemini 3 (`SEARCH_WITH_FUNCTIONS`), and so is
 an unknown field of the tool, as Google refuses them; Gemini 3 takes the two together only with its tool context
 (`toolConfig.includeServerSideToolInvocations: true`, `CONTEXT_NEEDED` without it), which a model before it refuses
-(`NO_CONTEXT`), and then answers with the search's `toolCall` and `toolResponse` parts before its text, as Google's
-"Combine built-in tools and function calling" page shows them.
+(`NO_CONTEXT`), and then answers with the search's `toolCall` and `toolResponse` parts before its text or its
+function call, as Google's "Combine built-in tools and function calling" page shows them.
 """
 
 from __future__ import annotations
@@ -724,8 +724,8 @@ def create_app() -> Starlette:
                 return _invalid("the fake only streams with alt=sse")
             return StreamingResponse(_stream(model, body, call), media_type="text/event-stream")
         parts = [_call_part(model, call)] if call else [{"text": _text(body)}]
-        if _searches(body) and _in_context(body) and not call:
-            parts = _search_parts() + parts
+        if _searches(body) and _in_context(body):
+            parts = _search_parts() + parts  # (the search, then the text or the call it led to)
         count = _candidates(body)
         answer = _answer(_thoughts(body) + parts, _usage(body, 5 * count, 2 * count), "STOP", count)
         if _searches(body) and not call:
@@ -740,12 +740,12 @@ def create_app() -> Starlette:
         thoughts = _thoughts(body)
         if thoughts:
             yield event(_answer(thoughts, _usage(body, 0, 2 * count), None, count))
+        if _searches(body) and _in_context(body):
+            yield event(_answer(_search_parts(), _usage(body, 0, 2 * count), None, count))
         if call:
             yield event(_answer([_call_part(model, call)], _usage(body, 5 * count, 2 * count), "STOP", count))
             return
         words = pieces(_text(body))
-        if _searches(body) and _in_context(body):
-            yield event(_answer(_search_parts(), _usage(body, 0, 2 * count), None, count))
         for i, word in enumerate(words):
             if "stream-cut" in model and i == 2:
                 return

@@ -48,6 +48,7 @@ from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
 from handler.redaction import said_clipped
 from handler.schemas import (
+    TOOL_CONTEXT,
     AssistantMessage,
     AudioPart,
     ChatCompletion,
@@ -381,6 +382,8 @@ def _contents(
             if thinking_blocks(message) and "messages.thinking" not in dropped:
                 dropped.append("messages.thinking")  # Claude's signed thinking means nothing to Gemini
             parts = _content_parts(message.content, dropped)
+            if message.reasoning_tool_context and rules_for(model).search_beside_functions:
+                parts[:0] = tool_context(message.reasoning_tool_context)  # (ahead of the text and calls they led to)
             if message.tool_calls:
                 turn_calls.clear()
             for position, call in enumerate(message.tool_calls or ()):
@@ -768,6 +771,20 @@ def call_id(index: int) -> str:
     return f"call_{index}_{secrets.token_hex(8)}"
 
 
+# A part of Gemini 3's tool context that is its built-in tool's own (Google Search's call and its results).
+SERVER_TOOL_PARTS = ("toolCall", "toolResponse")
+
+
+def tool_context(parts: Any) -> list[dict[str, Any]]:
+    """The parts of an answer (`parts`) that are its built-in tools' own calls and responses (`toolCall`,
+    `toolResponse`, each whole, its `thoughtSignature` with it), which Google's SDK says a client passes back in the
+    turn that follows, the call with its response. Another part is none of them (a Chat client's message may hold
+    anything in `reasoning_tool_context`)."""
+    if not isinstance(parts, list):
+        return []
+    return [p for p in parts if isinstance(p, dict) and any(isinstance(p.get(k), dict) for k in SERVER_TOOL_PARTS)]
+
+
 def candidate_parts(candidate: Mapping[str, Any]) -> list[dict[str, Any]]:
     content = candidate.get("content")
     parts = content.get("parts") if isinstance(content, dict) else None
@@ -921,6 +938,9 @@ class GeminiAdapter(ProviderAdapter):
                 tool_calls=calls or None,
                 reasoning_content="".join(thoughts) or None,
             )
+            searched_parts = tool_context(candidate_parts(candidate)) if req.web_search is not None else None
+            if searched_parts:
+                setattr(message, TOOL_CONTEXT, searched_parts)  # (sent back with the next turn: `_contents`)
             if req.web_search is not None and candidate.get("groundingMetadata"):
                 from adapters.providers.gemini.search import grounding  # (an answer that searched: see `chat_body`)
 

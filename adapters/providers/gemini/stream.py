@@ -14,6 +14,7 @@ from adapters.providers.gemini.adapter import (
     checked_payload,
     finish_reason,
     tool_call_of,
+    tool_context,
     usage_of,
 )
 from adapters.providers.gemini.search import billed_searches, grounding, queries_run
@@ -22,6 +23,7 @@ from handler.chunks import opening_delta
 from handler.errors import UpstreamError
 from handler.ports import Served
 from handler.schemas import (
+    TOOL_CONTEXT,
     ChatCompletionChunk,
     ChunkChoice,
     ChunkDelta,
@@ -111,6 +113,9 @@ class GeminiStreamParser:
                         ),
                     )
                     said.append(self._chunk(index, ChunkDelta(tool_calls=[delta])))
+                elif self._searched and tool_context([part]):
+                    # (the search's own call and results, for the next turn: `TOOL_CONTEXT`, as a whole answer has it)
+                    said.append(self._chunk(index, ChunkDelta.model_validate({TOOL_CONTEXT: [part]})))
                 elif isinstance(part.get("text"), str) and part["text"]:
                     if part.get("thought"):
                         said.append(self._chunk(index, ChunkDelta(reasoning_content=part["text"])))

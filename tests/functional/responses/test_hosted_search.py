@@ -314,6 +314,32 @@ def test_an_allowed_tools_choice_without_the_search_runs_none(fleet: Running, mo
     assert line.cost_usd == pytest.approx(tokens)  # (no search)
 
 
+WEATHER_OR_SEARCH: Any = {**ONLY_WEATHER, "tools": [*SEARCH, *ONLY_WEATHER["tools"]]}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("tools", [[*SEARCH, WEATHER], SEARCH], ids=["beside_a_function", "alone"])
+@pytest.mark.parametrize("model", ["claude", "gemini-3"])
+def test_an_allowed_tools_choice_with_the_search_names_nothing_where_it_runs(
+    fleet: Running, model: str, tools: Any, stream: bool
+) -> None:
+    """An `allowed_tools` choice that allows the search (and the function beside it) where the translation carries
+    the search: the search runs and the choice is honoured, so nothing is named. The search the translation took for
+    itself was named all the same, `tool_choice.tools` beside the function and `tool_choice` alone; where the search is
+    not sent (Gemini 2.5 beside a function) it is named once, `tools[web_search]`."""
+    key = fleet.mint(name=f"search-allowed-{model}-{len(tools)}-{stream}")
+    allowed = WEATHER_OR_SEARCH if len(tools) > 1 else {**WEATHER_OR_SEARCH, "tools": SEARCH}
+    body = {"model": model, "input": "Hi", "tools": tools, "tool_choice": allowed, "stream": stream}
+    answer = httpx.post(f"{fleet.url}/v1/responses", json=body, headers={"authorization": f"Bearer {key}"}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert dropped(answer.headers) == []
+    assert "web_search_call" in answer.text
+    if len(tools) > 1:
+        older = {**body, "model": "gemini"}
+        answer = httpx.post(f"{fleet.url}/v1/responses", json=older, headers={"authorization": f"Bearer {key}"})
+        assert dropped(answer.headers) == ["tools[web_search]"]
+
+
 MESSAGES_SEARCH: Any = {"type": "web_search_20250305", "name": "web_search"}
 
 
@@ -389,7 +415,8 @@ def test_gemini_3_takes_the_search_beside_the_functions(fleet: Running, stream: 
         assert dropped(raw.headers) == []
         response = raw.parse()
         output = response.output
-    checked_answer(output)
+    assert output[-1 if stream else 0].type == "reasoning"  # (the search's own parts, for the next turn)
+    checked_answer([item for item in output if item.type != "reasoning"])
     body = fleet.fakes["gemini"].state.requests[-1]["json"]
     assert [list(tool) for tool in body["tools"]] == [["functionDeclarations"], ["google_search"]]
     assert body["toolConfig"]["includeServerSideToolInvocations"] is True
@@ -408,10 +435,11 @@ def test_a_gemini_3_search_sent_back_in_the_streams_order_is_history(fleet: Runn
     sdk = openai_client(fleet, key)
     events = list(sdk.responses.create(model="gemini-3", input="Hi", tools=[WEATHER, *SEARCH], stream=True))
     items = [event.item.model_dump(exclude_none=True) for event in events if event.type == "response.output_item.done"]
-    assert [item["type"] for item in items] == ["message", "web_search_call"]
+    assert [item["type"] for item in items] == ["message", "web_search_call", "reasoning"]
     completed = events[-1]
     assert completed.type == "response.completed"
-    assert [item.type for item in completed.response.output] == ["message", "web_search_call"]  # (stored so)
+    kinds = ["message", "web_search_call", "reasoning"]
+    assert [item.type for item in completed.response.output] == kinds  # (stored so)
     by_value: Any = {"input": [{"role": "user", "content": "Hi"}, *items, {"role": "user", "content": "More?"}]}
     stored: Any = {"input": "More?", "previous_response_id": completed.response.id}
     for again in (by_value, stored):
@@ -422,3 +450,44 @@ def test_a_gemini_3_search_sent_back_in_the_streams_order_is_history(fleet: Runn
             assert raw.parse().status == "completed" and dropped(raw.headers) == []
             contents = fleet.fakes["gemini"].state.requests[-1]["json"]["contents"]
             assert [content["role"] for content in contents] == ["user", "model", "user"]
+            assert [list(part)[0] for part in contents[1]["parts"]] == ["toolCall", "toolResponse", "text"]
+
+
+SEARCH_CALL_PART = {"toolCall": {"id": "srch1", "toolType": "GOOGLE_SEARCH_WEB", "args": {"queries": ["fake search"]}}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_gemini_3s_own_search_parts_come_back_with_the_next_turn(fleet: Running, stream: bool) -> None:
+    """Gemini 3's tool context answers with the search's own `toolCall` (signed) and `toolResponse` parts, which
+    Google's SDK says a client passes back in the turn that follows. Codex (`store: false`) sends back only a
+    `web_search_call`'s `status` and `action` (its id is never serialized): the parts ride, sealed, in a reasoning
+    item's `encrypted_content`, which Codex sends back whole, and the next turn gives Gemini the model turn with them
+    (the call with its signature, then its response, ahead of the function call they led to), whole and streamed.
+    They were left out, and a search whose turn had no text was named (`input[web_search_call]`)."""
+    key = fleet.mint(name=f"search-context-gemini-3-{stream}")
+    sdk = openai_client(fleet, key)
+    first: Any = {"role": "user", "content": 'CALL get_weather {"city": "Paris"}'}
+    asked: Any = {"model": "gemini-3", "tools": [WEATHER, *SEARCH], "store": False}
+    asked["include"] = ["reasoning.encrypted_content"]
+    if stream:
+        events = list(sdk.responses.create(input=[first], stream=True, **asked))
+        output = events[-1].response.output
+    else:
+        output = sdk.responses.create(input=[first], **asked).output
+    assert {item.type for item in output} == {"reasoning", "function_call"}
+    [call] = [item for item in output if item.type == "function_call"]
+    codex: list[Any] = []  # (the items as Codex keeps them: a search's id is not serialized)
+    for item in output:
+        kept = item.model_dump(exclude_none=True)
+        codex.append({k: v for k, v in kept.items() if k != "id"} if item.type == "web_search_call" else kept)
+    answered = {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}
+    raw = sdk.responses.with_raw_response.create(
+        input=[first, *codex, answered], extra_headers={"x-gateway-strict": "true"}, **asked
+    )
+    assert raw.parse().status == "completed" and dropped(raw.headers) == []
+    contents = fleet.fakes["gemini"].state.requests[-1]["json"]["contents"]
+    assert [content["role"] for content in contents] == ["user", "model", "user"]
+    parts = contents[1]["parts"]
+    assert parts[0] == {**SEARCH_CALL_PART, "thoughtSignature": "c2VhcmNoLXNpZw=="}
+    assert parts[1]["toolResponse"]["id"] == "srch1"
+    assert [list(part)[0] for part in parts[2:]] == ["functionCall"]

@@ -196,3 +196,26 @@ def test_the_spans_of_a_text_beyond_ascii_are_counted_in_characters() -> None:
         for a, b in ends
     ]
     assert spans == [(3 + a, 3 + b) for a, b in cut] == [(3, 5), (4, 10), (10, 3 + len(text))]
+
+
+SEARCHED_PARTS = [
+    {"toolCall": {"id": "s1", "toolType": "GOOGLE_SEARCH_WEB", "args": {"queries": ["q"]}}, "thoughtSignature": "c2ln"},
+    {"toolResponse": {"id": "s1", "toolType": "GOOGLE_SEARCH_WEB", "response": {"search_suggestions": "q"}}},
+]
+
+
+@pytest.mark.parametrize(("model", "restored"), [("gemini-3-flash", True), ("gemini-2.5-flash", False)])
+def test_a_chat_clients_turn_brings_back_gemini_3s_own_search_parts(model: str, restored: bool) -> None:
+    """A Chat Completions answer of Gemini 3's tool context has the search's own parts as its message's
+    `reasoning_tool_context`; the assistant turn that sends them back goes to Gemini 3 with them (a member that is no
+    such part left out), ahead of its text, and to Gemini 2.5, which has no tool context, without them."""
+    candidate = {"content": {"role": "model", "parts": [*SEARCHED_PARTS, {"text": "hello"}]}, "finishReason": "STOP"}
+    answer = {"candidates": [candidate], "usageMetadata": USAGE}
+    adapter = GeminiAdapter("g", "AIza-test-key", {})
+    message = adapter.chat_response(orjson.dumps(answer), searching(), target(model)).choices[0].message
+    kept = message.model_dump()["reasoning_tool_context"]
+    assert kept == SEARCHED_PARTS
+    turn = {"role": "assistant", "content": "hello", "reasoning_tool_context": [*kept, {"text": "not a tool's"}]}
+    again = searching(messages=[{"role": "user", "content": "hi"}, turn, {"role": "user", "content": "more"}])
+    body, _ = adapter.chat_body(again, target(model))
+    assert body["contents"][1]["parts"] == [*(SEARCHED_PARTS if restored else []), {"text": "hello"}]

@@ -385,7 +385,8 @@ def test_an_order_the_answer_no_longer_fits_gives_the_usual_items() -> None:
 
 def test_an_allowed_tools_choice_is_the_chat_choice_of_the_function_tools_it_allows() -> None:
     """It went as its mode alone, the list named as dropped: the model could call any tool. The function tools it
-    allows are the Chat Completions choice's; a hosted tool among them (left out of the request) is named."""
+    allows are the Chat Completions choice's; the hosted search among them is named only where the translation does
+    not carry it (unpriced: `translated_search`, no search to run; it was named where it ran too)."""
     tools = [{"type": "function", "name": name} for name in ("a", "b")] + [{"type": "web_search"}]
     allowed = [{"type": "function", "name": "b"}, {"type": "web_search"}]
     choice = {"type": "allowed_tools", "mode": "required", "tools": allowed}
@@ -395,7 +396,10 @@ def test_an_allowed_tools_choice_is_the_chat_choice_of_the_function_tools_it_all
         "type": "allowed_tools",
         "allowed_tools": {"mode": "required", "tools": [{"type": "function", "function": {"name": "b"}}]},
     }
-    assert "tool_choice.tools" in dropped
+    assert "tool_choice.tools" not in dropped
+    searches = [{"type": "web_search"}]
+    assert translated_search(req, searches, 0, dropped, choice) == [*dropped, "tools[web_search]", "tool_choice.tools"]
+    assert "tool_choice.tools" not in translated_search(req, searches, 10, dropped, choice)
     only_hosted = ResponsesRequest.model_validate(
         {**body.model_dump(), "tool_choice": {**choice, "tools": allowed[1:]}}
     )
