@@ -131,6 +131,44 @@ def anthropic_usage(usage: Usage) -> dict[str, Any]:
     return counted
 
 
+# Anthropic's name of its web search tool, which a `server_tool_use` block of a search names.
+SEARCH_NAME = "web_search"
+
+
+def search_blocks(searches: Any) -> list[dict[str, Any]]:
+    """The searches a provider's own search ran for a translated web search tool (`AssistantMessage.web_searches`:
+    Gemini's grounding) as Claude's answer has its own: each a `server_tool_use` block (`name: "web_search"`, its
+    `input.query`) and the `web_search_tool_result` block that answers it, the pages found as `web_search_result`s
+    (`url`, `title`; the page's URL where Gemini gave no title). Their `encrypted_content`, which Anthropic fills with
+    the page's text sealed for Claude's next turn, is empty: Gemini gives no such text, and a later turn's search
+    blocks go to no model (`Translation.assistant`). A search that failed is the result's error
+    (`web_search_tool_result_error`, `unavailable`)."""
+    blocks: list[dict[str, Any]] = []
+    for search in searches if isinstance(searches, list) else ():
+        action = search.get("action") if isinstance(search, dict) else None
+        action = action if isinstance(action, dict) else {}
+        query = action.get("query")
+        block_id = f"srvtoolu_{secrets.token_hex(12)}"
+        use = {"type": "server_tool_use", "id": block_id, "name": SEARCH_NAME, "input": {"query": query or ""}}
+        pages = [
+            page for page in action.get("sources") or () if isinstance(page, dict) and isinstance(page.get("url"), str)
+        ]
+        found: Any = [
+            {
+                "type": "web_search_result",
+                "url": page["url"],
+                "title": page["title"] if isinstance(page.get("title"), str) else page["url"],
+                "encrypted_content": "",
+                "page_age": None,
+            }
+            for page in pages
+        ]
+        if search.get("status") == "failed":
+            found = {"type": "web_search_tool_result_error", "error_code": "unavailable"}
+        blocks += [use, {"type": "web_search_tool_result", "tool_use_id": block_id, "content": found}]
+    return blocks
+
+
 def _arguments(raw: str, cut: bool) -> Any:
     """A call's `input`: its arguments' JSON; for an answer cut at its token limit (`cut`), as much of it as is
     whole, as a Messages stream's client accumulates the fragments Claude streams up to the cut (the Anthropic SDK
@@ -208,6 +246,7 @@ def _content(choice: Choice) -> list[dict[str, Any]]:
     elif message.reasoning_content:
         # Reasoning of another provider: shown as thinking, with no signature (it cannot go back to Claude).
         content.append({"type": "thinking", "thinking": message.reasoning_content, "signature": ""})
+    content += search_blocks(message.web_searches)  # (ahead of the text they ground, as Claude's are)
     if message.content or message.refusal:  # a refusal (a blocked prompt) is the answer's text
         content.append({"type": "text", "text": message.content or message.refusal})
     content.extend(_block("call", call, cut) for call in message.tool_calls or ())
@@ -241,8 +280,13 @@ def _block(kind: str, part: Any, cut: bool) -> dict[str, Any]:
 class EventWriter:
     """Turns the internal chunk stream into Anthropic's event sequence, block by block."""
 
-    def __init__(self, model: str, message_id: str) -> None:
+    def __init__(self, model: str, message_id: str, searching: bool = False) -> None:
         self.model = model
+        # A request whose search a provider's own search may run (`searching`) has its text held back until the
+        # searches come (Gemini gives its grounding as the text ends), so that their blocks go ahead of the text they
+        # ground, as Claude's do and the whole answer has them; another block, or the answer's end, gives it as it is.
+        self.searching = searching
+        self.held: list[str] = []
         self.message_id = message_id
         self.index = -1
         self.open: tuple[str, int] | None = None
@@ -306,22 +350,51 @@ class EventWriter:
             if choice.index != 0:
                 continue
             delta = choice.delta
+            if delta.web_searches:
+                out += self._searched(delta.web_searches)
             if delta.reasoning_content:
+                out += self._released()
                 out += self._switch("thinking", 0, {"type": "thinking", "thinking": "", "signature": ""})
                 out += self._delta({"type": "thinking_delta", "thinking": delta.reasoning_content})
             out += self._signed((delta.model_extra or {}).get("thinking_blocks"))
-            if delta.content or delta.refusal:
+            if delta.content and not delta.refusal and self.searching:
+                self.held.append(delta.content)
+            elif delta.content or delta.refusal:
                 if delta.refusal:
                     self.refused = True
+                out += self._released()
                 out += self._switch("text", 0, {"type": "text", "text": ""})
                 out += self._delta({"type": "text_delta", "text": delta.content or delta.refusal})
             if delta.tool_calls:
+                out += self._released()
                 out += self._calls(self.calls.feed(delta.tool_calls))
             if choice.finish_reason:
+                out += self._released()
                 out += self._calls(self.calls.flush())
                 self.finish_reason = choice.finish_reason
                 self.stop_sequence = choice.stop_sequence
         return out
+
+    def _searched(self, searches: list[dict[str, Any]]) -> bytes:
+        """The searches' blocks (`search_blocks`), as Anthropic streams its own: a `server_tool_use` block opened empty,
+        its input as one `input_json_delta`, and its result block whole; then the text held back for them."""
+        out = b""
+        for block in search_blocks(searches):
+            if block["type"] == "server_tool_use":
+                out += self._switch("search", self.index + 1, {**block, "input": {}})
+                out += self._delta({"type": "input_json_delta", "partial_json": orjson.dumps(block["input"]).decode()})
+            else:
+                out += self._switch("search_result", self.index + 1, block)
+            out += self._close()
+        self.searching = False  # (the text after them, and the text held, go as they come)
+        return out + self._released()
+
+    def _released(self) -> bytes:
+        """The text held back for the searches (`searching`), given now in one delta."""
+        if not self.held:
+            return b""
+        text, self.held = "".join(self.held), []
+        return self._switch("text", 0, {"type": "text", "text": ""}) + self._delta({"type": "text_delta", "text": text})
 
     def _calls(self, calls: list[ToolCallDelta]) -> bytes:
         out = b""
@@ -351,12 +424,15 @@ class EventWriter:
 
     def closed(self) -> bytes:
         """The events that end the block still open (and a tool call whose arguments were held back)."""
-        return self._calls(self.calls.flush()) + self._close()
+        return self._released() + self._calls(self.calls.flush()) + self._close()
 
 
-def anthropic_events(stream: ChunkStream, model: str, input_tokens: int) -> AsyncIterator[bytes]:
-    """The client's Anthropic event stream for an internal chunk stream."""
-    writer = EventWriter(model, f"msg_{stream.ex.request_id}")
+def anthropic_events(
+    stream: ChunkStream, model: str, input_tokens: int, searching: bool = False
+) -> AsyncIterator[bytes]:
+    """The client's Anthropic event stream for an internal chunk stream; `searching`: the request carries a web
+    search a provider's own search may run (`EventWriter`)."""
+    writer = EventWriter(model, f"msg_{stream.ex.request_id}", searching)
 
     async def render() -> AsyncGenerator[bytes]:
         yield writer.start(input_tokens)

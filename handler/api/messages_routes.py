@@ -201,7 +201,8 @@ class MessagesRoutes:
             if isinstance(stream, NativeStream):
                 events = native_events(stream)
             else:
-                events = anthropic_events(stream, req.model, estimate_prompt_tokens(req))
+                searching = req.web_search is not None
+                events = anthropic_events(stream, req.model, estimate_prompt_tokens(req), searching)
             return EventStream(
                 events, {**anthropic_headers(ex), "cache-control": "no-cache", "x-accel-buffering": "no"}, watch
             )
