@@ -280,13 +280,8 @@ def _block(kind: str, part: Any, cut: bool) -> dict[str, Any]:
 class EventWriter:
     """Turns the internal chunk stream into Anthropic's event sequence, block by block."""
 
-    def __init__(self, model: str, message_id: str, searching: bool = False) -> None:
+    def __init__(self, model: str, message_id: str) -> None:
         self.model = model
-        # A request whose search a provider's own search may run (`searching`) has its text held back until the
-        # searches come (Gemini gives its grounding as the text ends), so that their blocks go ahead of the text they
-        # ground, as Claude's do and the whole answer has them; another block, or the answer's end, gives it as it is.
-        self.searching = searching
-        self.held: list[str] = []
         self.message_id = message_id
         self.index = -1
         self.open: tuple[str, int] | None = None
@@ -353,23 +348,17 @@ class EventWriter:
             if delta.web_searches:
                 out += self._searched(delta.web_searches)
             if delta.reasoning_content:
-                out += self._released()
                 out += self._switch("thinking", 0, {"type": "thinking", "thinking": "", "signature": ""})
                 out += self._delta({"type": "thinking_delta", "thinking": delta.reasoning_content})
             out += self._signed((delta.model_extra or {}).get("thinking_blocks"))
-            if delta.content and not delta.refusal and self.searching:
-                self.held.append(delta.content)
-            elif delta.content or delta.refusal:
+            if delta.content or delta.refusal:
                 if delta.refusal:
                     self.refused = True
-                out += self._released()
                 out += self._switch("text", 0, {"type": "text", "text": ""})
                 out += self._delta({"type": "text_delta", "text": delta.content or delta.refusal})
             if delta.tool_calls:
-                out += self._released()
                 out += self._calls(self.calls.feed(delta.tool_calls))
             if choice.finish_reason:
-                out += self._released()
                 out += self._calls(self.calls.flush())
                 self.finish_reason = choice.finish_reason
                 self.stop_sequence = choice.stop_sequence
@@ -377,7 +366,9 @@ class EventWriter:
 
     def _searched(self, searches: list[dict[str, Any]]) -> bytes:
         """The searches' blocks (`search_blocks`), as Anthropic streams its own: a `server_tool_use` block opened empty,
-        its input as one `input_json_delta`, and its result block whole; then the text held back for them."""
+        its input as one `input_json_delta`, and its result block whole. They go where the provider gives them
+        (Gemini: its grounding, with the text's end), after the text they ground: held back until then, the text
+        would stream late and, the stream cut before the grounding, never."""
         out = b""
         for block in search_blocks(searches):
             if block["type"] == "server_tool_use":
@@ -386,15 +377,7 @@ class EventWriter:
             else:
                 out += self._switch("search_result", self.index + 1, block)
             out += self._close()
-        self.searching = False  # (the text after them, and the text held, go as they come)
-        return out + self._released()
-
-    def _released(self) -> bytes:
-        """The text held back for the searches (`searching`), given now in one delta."""
-        if not self.held:
-            return b""
-        text, self.held = "".join(self.held), []
-        return self._switch("text", 0, {"type": "text", "text": ""}) + self._delta({"type": "text_delta", "text": text})
+        return out
 
     def _calls(self, calls: list[ToolCallDelta]) -> bytes:
         out = b""
@@ -424,15 +407,12 @@ class EventWriter:
 
     def closed(self) -> bytes:
         """The events that end the block still open (and a tool call whose arguments were held back)."""
-        return self._released() + self._calls(self.calls.flush()) + self._close()
+        return self._calls(self.calls.flush()) + self._close()
 
 
-def anthropic_events(
-    stream: ChunkStream, model: str, input_tokens: int, searching: bool = False
-) -> AsyncIterator[bytes]:
-    """The client's Anthropic event stream for an internal chunk stream; `searching`: the request carries a web
-    search a provider's own search may run (`EventWriter`)."""
-    writer = EventWriter(model, f"msg_{stream.ex.request_id}", searching)
+def anthropic_events(stream: ChunkStream, model: str, input_tokens: int) -> AsyncIterator[bytes]:
+    """The client's Anthropic event stream for an internal chunk stream."""
+    writer = EventWriter(model, f"msg_{stream.ex.request_id}")
 
     async def render() -> AsyncGenerator[bytes]:
         yield writer.start(input_tokens)

@@ -201,8 +201,7 @@ class MessagesRoutes:
             if isinstance(stream, NativeStream):
                 events = native_events(stream)
             else:
-                searching = req.web_search is not None
-                events = anthropic_events(stream, req.model, estimate_prompt_tokens(req), searching)
+                events = anthropic_events(stream, req.model, estimate_prompt_tokens(req))
             return EventStream(
                 events, {**anthropic_headers(ex), "cache-control": "no-cache", "x-accel-buffering": "no"}, watch
             )

@@ -377,8 +377,9 @@ def test_geminis_search_comes_back_as_claudes_search_blocks(fleet: Running, stre
     """A Messages request's web search run by Gemini comes back as Claude's does: a `server_tool_use` block
     (`name: "web_search"`, its `input.query`: Gemini's `webSearchQueries`) and its `web_search_tool_result` (the
     grounding's pages, `url` and `title`; `encrypted_content` empty: Gemini seals nothing), ahead of the text they
-    ground, parsed by the official SDK whole and streamed (its `get_final_message`). The answer held the text and the
-    count alone. Sent back in the next turn (Claude Code keeps them), they go to no model and are not named."""
+    ground (streamed, after it: Gemini grounds the text as it ends, and the text is not held back for it), parsed by
+    the official SDK whole and streamed (its `get_final_message`). The answer held the text and the count alone.
+    Sent back in the next turn (Claude Code keeps them), they go to no model and are not named."""
     key = fleet.mint(name=f"messages-search-blocks-{stream}")
     sdk = anthropic_client(fleet, key).messages
     asked: Any = {"model": "gemini", "max_tokens": 64, "tools": [MESSAGES_SEARCH]}
@@ -388,8 +389,10 @@ def test_geminis_search_comes_back_as_claudes_search_blocks(fleet: Running, stre
             answer = events.get_final_message()
     else:
         answer = sdk.create(messages=first, **asked)
-    assert [block.type for block in answer.content] == ["server_tool_use", "web_search_tool_result", "text"]
-    use, found, text = answer.content
+    searched = ["server_tool_use", "web_search_tool_result"]
+    assert [block.type for block in answer.content] == (["text", *searched] if stream else [*searched, "text"])
+    use, found = (block for block in answer.content if block.type in searched)
+    (text,) = (block for block in answer.content if block.type == "text")
     assert use.type == "server_tool_use" and found.type == "web_search_tool_result" and text.type == "text"
     assert (use.name, use.input, found.tool_use_id) == ("web_search", {"query": "fake search"}, use.id)
     assert isinstance(found.content, list)
