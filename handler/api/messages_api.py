@@ -288,6 +288,7 @@ class Translation:
         calls: list[dict[str, Any]] = []
         thinking: list[dict[str, Any]] = []
         order: BlockOrder = []  # (the blocks' places, kept where Claude thought between its calls)
+        searched: list[str] = []  # (the turn's web search blocks: `SEARCH_BLOCKS`)
         for block in blocks:
             kind = block.get("type")
             if kind == "text":
@@ -302,8 +303,13 @@ class Translation:
             elif kind in ("thinking", "redacted_thinking"):
                 thinking.append(block)
                 order.append(("thinking", len(thinking) - 1))
+            elif kind in SEARCH_BLOCKS and (kind != "server_tool_use" or block.get("name") == "web_search"):
+                searched.append(str(kind))
             else:
-                self.drop(f"messages.{kind}")  # server tool use and its results: Anthropic's own tools
+                self.drop(f"messages.{kind}")  # other server tools' use and results: Anthropic's own tools
+        if searched and not any(part["text"] for part in texts):
+            for kind in dict.fromkeys(searched):  # (what the search found is in no text of its turn: named)
+                self.drop(f"messages.{kind}")
         message: dict[str, Any] = {"role": "assistant"}
         if any("cache_control" in part for part in texts):
             message["content"] = texts
@@ -491,6 +497,13 @@ class MessagesChatRequest(ChatRequest):
 
 # Anthropic's web search tool, by its type's prefix (`web_search_20250305`, `web_search_20260209`, ...).
 SEARCH_TOOLS = "web_search_"
+# The blocks of a web search in an assistant turn sent back (Claude's, or those a translation made of Gemini's
+# grounding: `messages_out.search_blocks`): its `server_tool_use` and its `web_search_tool_result`. A translation
+# leaves them out: their results are the search's own (Claude's sealed in `encrypted_content`, Gemini's pages by URL
+# alone), and the text of their turn carries what the search found, its pages there as citations. Left out unnamed
+# where the turn has text (naming them would mark every later turn of the conversation, a 400 under
+# `x-gateway-strict`), named where it has none, as a Responses request's `web_search_call` is.
+SEARCH_BLOCKS = ("server_tool_use", "web_search_tool_result")
 
 
 def forbids_tools(choice: Any) -> bool:

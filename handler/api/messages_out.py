@@ -131,6 +131,44 @@ def anthropic_usage(usage: Usage) -> dict[str, Any]:
     return counted
 
 
+# Anthropic's name of its web search tool, which a `server_tool_use` block of a search names.
+SEARCH_NAME = "web_search"
+
+
+def search_blocks(searches: Any) -> list[dict[str, Any]]:
+    """The searches a provider's own search ran for a translated web search tool (`AssistantMessage.web_searches`:
+    Gemini's grounding) as Claude's answer has its own: each a `server_tool_use` block (`name: "web_search"`, its
+    `input.query`) and the `web_search_tool_result` block that answers it, the pages found as `web_search_result`s
+    (`url`, `title`; the page's URL where Gemini gave no title). Their `encrypted_content`, which Anthropic fills with
+    the page's text sealed for Claude's next turn, is empty: Gemini gives no such text, and a later turn's search
+    blocks go to no model (`Translation.assistant`). A search that failed is the result's error
+    (`web_search_tool_result_error`, `unavailable`)."""
+    blocks: list[dict[str, Any]] = []
+    for search in searches if isinstance(searches, list) else ():
+        action = search.get("action") if isinstance(search, dict) else None
+        action = action if isinstance(action, dict) else {}
+        query = action.get("query")
+        block_id = f"srvtoolu_{secrets.token_hex(12)}"
+        use = {"type": "server_tool_use", "id": block_id, "name": SEARCH_NAME, "input": {"query": query or ""}}
+        pages = [
+            page for page in action.get("sources") or () if isinstance(page, dict) and isinstance(page.get("url"), str)
+        ]
+        found: Any = [
+            {
+                "type": "web_search_result",
+                "url": page["url"],
+                "title": page["title"] if isinstance(page.get("title"), str) else page["url"],
+                "encrypted_content": "",
+                "page_age": None,
+            }
+            for page in pages
+        ]
+        if search.get("status") == "failed":
+            found = {"type": "web_search_tool_result_error", "error_code": "unavailable"}
+        blocks += [use, {"type": "web_search_tool_result", "tool_use_id": block_id, "content": found}]
+    return blocks
+
+
 def _arguments(raw: str, cut: bool) -> Any:
     """A call's `input`: its arguments' JSON; for an answer cut at its token limit (`cut`), as much of it as is
     whole, as a Messages stream's client accumulates the fragments Claude streams up to the cut (the Anthropic SDK
@@ -208,6 +246,7 @@ def _content(choice: Choice) -> list[dict[str, Any]]:
     elif message.reasoning_content:
         # Reasoning of another provider: shown as thinking, with no signature (it cannot go back to Claude).
         content.append({"type": "thinking", "thinking": message.reasoning_content, "signature": ""})
+    content += search_blocks(message.web_searches)  # (ahead of the text they ground, as Claude's are)
     if message.content or message.refusal:  # a refusal (a blocked prompt) is the answer's text
         content.append({"type": "text", "text": message.content or message.refusal})
     content.extend(_block("call", call, cut) for call in message.tool_calls or ())
@@ -306,6 +345,8 @@ class EventWriter:
             if choice.index != 0:
                 continue
             delta = choice.delta
+            if delta.web_searches:
+                out += self._searched(delta.web_searches)
             if delta.reasoning_content:
                 out += self._switch("thinking", 0, {"type": "thinking", "thinking": "", "signature": ""})
                 out += self._delta({"type": "thinking_delta", "thinking": delta.reasoning_content})
@@ -321,6 +362,21 @@ class EventWriter:
                 out += self._calls(self.calls.flush())
                 self.finish_reason = choice.finish_reason
                 self.stop_sequence = choice.stop_sequence
+        return out
+
+    def _searched(self, searches: list[dict[str, Any]]) -> bytes:
+        """The searches' blocks (`search_blocks`), as Anthropic streams its own: a `server_tool_use` block opened empty,
+        its input as one `input_json_delta`, and its result block whole. They go where the provider gives them
+        (Gemini: its grounding, with the text's end), after the text they ground: held back until then, the text
+        would stream late and, the stream cut before the grounding, never."""
+        out = b""
+        for block in search_blocks(searches):
+            if block["type"] == "server_tool_use":
+                out += self._switch("search", self.index + 1, {**block, "input": {}})
+                out += self._delta({"type": "input_json_delta", "partial_json": orjson.dumps(block["input"]).decode()})
+            else:
+                out += self._switch("search_result", self.index + 1, block)
+            out += self._close()
         return out
 
     def _calls(self, calls: list[ToolCallDelta]) -> bytes:

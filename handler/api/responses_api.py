@@ -1071,7 +1071,19 @@ def url_citations(annotations: Any, start: int, end: int) -> list[dict[str, Any]
 def search_items(message: AssistantMessage, ids: ResponseIds) -> list[dict[str, Any]]:
     """The `web_search_call` items of the searches a provider's own search tool ran for the answer, with ids of the
     response's (`ws_...`), as OpenAI's answer has them ahead of the message that uses them."""
-    return [{**call, "id": ids.item("ws")} for call in message.web_searches or ()]
+    return [{**search_call(call), "id": ids.item("ws")} for call in message.web_searches or ()]
+
+
+def search_call(call: dict[str, Any]) -> dict[str, Any]:
+    """A search of the internal form (`AssistantMessage.web_searches`) as OpenAI's `web_search_call` has it: each of
+    its sources a `url` alone (a page's `title`, which Gemini's grounding gives for a Messages answer, is no member of
+    OpenAI's source)."""
+    action = call.get("action")
+    if not isinstance(action, dict) or not isinstance(action.get("sources"), list):
+        return call
+    sources = action["sources"]
+    kept = [{"type": "url", "url": s["url"]} if isinstance(s, dict) and "url" in s else s for s in sources]
+    return {**call, "action": {**action, "sources": kept}}
 
 
 def ending_status(finish_reason: str | None) -> str:

@@ -29,6 +29,7 @@ from handler.api.responses_api import (
     message_item,
     reasoning_fields,
     reasoning_item,
+    search_call,
     url_citations,
 )
 from handler.api.streaming import sse_event
@@ -241,7 +242,7 @@ class ResponsesEventWriter:
         item of its own between the items around it. Given while an item is open, they wait for it to close (`_close`):
         more of the answer closes it as done, the answer's end with its ending status, as the whole answer marks it.
         (Gemini gives its grounding's searches just before the event that says whether its text was cut there.)"""
-        searches = [{**call, "id": self.ids.item("ws")} for call in calls]
+        searches = [{**search_call(call), "id": self.ids.item("ws")} for call in calls]
         if self.open is not None:
             self.held += searches
             return b""

@@ -74,6 +74,14 @@ def _webs(meta: dict[str, Any]) -> list[dict[str, Any] | None]:
     return [page if isinstance(page, dict) and isinstance(page.get("uri"), str) else None for page in pages]
 
 
+def _source(web: dict[str, Any]) -> dict[str, Any]:
+    """A page of the grounding as a search's source: its URL, and its title where Gemini gives one (a Messages
+    answer's `web_search_result` needs it; the Responses API's `web_search_call` shows the URL alone:
+    `responses_api.search_action`)."""
+    title = web.get("title")
+    return {"type": "url", "url": web["uri"], **({"title": title} if isinstance(title, str) else {})}
+
+
 def _queries(meta: dict[str, Any], webs: list[dict[str, Any] | None]) -> list[str]:
     """The queries the grounding says ran (`webSearchQueries`); where it names pages (`webs`) and no query, one whose
     query is unknown (""): a grounded answer ran a search, and is billed one."""
@@ -94,7 +102,7 @@ def grounding(meta: Any, text: str, start: int = 0) -> tuple[list[dict[str, Any]
     if not isinstance(meta, dict):
         return [], []
     webs = _webs(meta)
-    sources = [{"type": "url", "url": web["uri"]} for web in webs if web is not None]
+    sources = [_source(web) for web in webs if web is not None]
     searches = [
         {
             "id": f"ws_{i}",

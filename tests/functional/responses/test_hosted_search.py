@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from handler.pipeline.charges import DEFAULT_SEARCHES
-from tests.functional.conftest import Running, openai_client
+from tests.functional.conftest import Running, anthropic_client, openai_client
 from tests.functional.responses.fleet import PRICE, SEARCH_USD
 from tests.functional.responses.test_responses_api import dropped
 
@@ -370,6 +370,41 @@ def test_anthropics_search_tool_runs_as_geminis_search(fleet: Running, stream: b
     assert line.cost_usd == pytest.approx(tokens + SEARCH_USD)
     held = messages(fleet, key, {"model": "gemini", "tools": [{**MESSAGES_SEARCH, "max_uses": 10}]}, cap="0.05")
     assert held.status_code == 402 and "worst-case cost $0.1" in held.text, held.text  # (ten searches held)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_geminis_search_comes_back_as_claudes_search_blocks(fleet: Running, stream: bool) -> None:
+    """A Messages request's web search run by Gemini comes back as Claude's does: a `server_tool_use` block
+    (`name: "web_search"`, its `input.query`: Gemini's `webSearchQueries`) and its `web_search_tool_result` (the
+    grounding's pages, `url` and `title`; `encrypted_content` empty: Gemini seals nothing), ahead of the text they
+    ground (streamed, after it: Gemini grounds the text as it ends, and the text is not held back for it), parsed by
+    the official SDK whole and streamed (its `get_final_message`). The answer held the text and the count alone.
+    Sent back in the next turn (Claude Code keeps them), they go to no model and are not named."""
+    key = fleet.mint(name=f"messages-search-blocks-{stream}")
+    sdk = anthropic_client(fleet, key).messages
+    asked: Any = {"model": "gemini", "max_tokens": 64, "tools": [MESSAGES_SEARCH]}
+    first: Any = [{"role": "user", "content": "Hi"}]
+    if stream:
+        with sdk.stream(messages=first, **asked) as events:
+            answer = events.get_final_message()
+    else:
+        answer = sdk.create(messages=first, **asked)
+    searched = ["server_tool_use", "web_search_tool_result"]
+    assert [block.type for block in answer.content] == (["text", *searched] if stream else [*searched, "text"])
+    use, found = (block for block in answer.content if block.type in searched)
+    (text,) = (block for block in answer.content if block.type == "text")
+    assert use.type == "server_tool_use" and found.type == "web_search_tool_result" and text.type == "text"
+    assert (use.name, use.input, found.tool_use_id) == ("web_search", {"query": "fake search"}, use.id)
+    assert isinstance(found.content, list)
+    assert [(page.url, page.title, page.encrypted_content) for page in found.content] == [(URL, "example.com", "")]
+    assert text.text == "Hello from fake Gemini." and answer.usage.server_tool_use is not None
+    assert answer.usage.server_tool_use.web_search_requests == 1
+    turns: Any = [*first, {"role": "assistant", "content": [b.model_dump() for b in answer.content]}]
+    turns.append({"role": "user", "content": "More?"})
+    raw = sdk.with_raw_response.create(messages=turns, extra_headers={"x-gateway-strict": "true"}, **asked)
+    assert raw.parse().content and "x-gateway-dropped-params" not in raw.headers
+    contents = fleet.fakes["gemini"].state.requests[-1]["json"]["contents"]
+    assert contents[1] == {"role": "model", "parts": [{"text": "Hello from fake Gemini."}]}  # (no search as text)
 
 
 def test_anthropics_search_tool_goes_to_no_provider_without_a_search(fleet: Running) -> None:

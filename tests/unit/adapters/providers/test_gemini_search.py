@@ -170,7 +170,8 @@ def test_an_answer_grounded_on_pages_without_its_queries_is_billed_a_search(mode
     completion = GeminiAdapter("g", "AIza-test-key", {}).chat_response(orjson.dumps(answer), searching(), target(model))
     assert completion.usage is not None and completion.usage.web_searches == 1
     [search] = completion.choices[0].message.web_searches or ()
-    assert search["action"] == {"type": "search", "query": "", "sources": [{"type": "url", "url": URL}]}
+    page = {"type": "url", "url": URL, "title": "example.com"}  # (the title for a Messages answer's result)
+    assert search["action"] == {"type": "search", "query": "", "sources": [page]}
     parser, searches, annotations = streamed(event("Sunny.", meta, "STOP"))
     assert parser.searches == 1 and parser.usage is not None and parser.usage.web_searches == 1
     assert [s["action"]["query"] for s in searches] == [""] and len(annotations) == 1
