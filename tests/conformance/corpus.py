@@ -208,6 +208,25 @@ CHAT_CASES = [
         tools=[WEATHER],
         models={"gemini": "gemini-3-pro-preview"},
     ),
+    chat(
+        "gemini-3-search-history",
+        [
+            USER,
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{**CALL, "extra_content": {"google": {"thought_signature": "CikB0e2Kb7Qw"}}}],
+                # (Gemini 3's own search parts, as its answer gave them: sent back to Gemini 3 alone)
+                "reasoning_tool_context": [
+                    {"toolCall": {"toolType": "GOOGLE_SEARCH_WEB", "args": {"queries": ["weather Paris"]}, "id": "s1"}},
+                    {"toolResponse": {"toolType": "GOOGLE_SEARCH_WEB", "response": {}, "id": "s1"}},
+                ],
+            },
+            TOOL_TURNS[2],
+        ],
+        tools=[WEATHER],
+        models={"gemini": "gemini-3-pro-preview"},
+    ),
     chat("gemini-3-foreign-tool-history", TOOL_TURNS, tools=[WEATHER], models={"gemini": "gemini-3-pro-preview"}),
     chat(
         "opus-4-sampling",
