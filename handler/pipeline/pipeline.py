@@ -246,17 +246,30 @@ class Pipeline(Charges):
 
     # --- native pass-through ------------------------------------------------------------------
 
-    async def native(self, call: NativeCall, req: ChatRequest, ex: Exchange) -> NativeReply | ChatCompletion:
+    @overload
+    async def native(
+        self, call: NativeCall, req: ChatRequest, ex: Exchange, plain: Literal[False] = ...
+    ) -> NativeReply | ChatCompletion: ...
+
+    @overload
+    async def native(
+        self, call: NativeCall, req: ChatRequest, ex: Exchange, plain: bool
+    ) -> NativeReply | ChatCompletion | PlainCompletion: ...
+
+    async def native(
+        self, call: NativeCall, req: ChatRequest, ex: Exchange, plain: bool = False
+    ) -> NativeReply | ChatCompletion | PlainCompletion:
         """A request in a provider API's own format (`call`), non-streaming: sent as written to a deployment
-        that speaks that API, and as `req` (the same request in the internal form) to any other in the plan."""
+        that speaks that API, and as `req` (the same request in the internal form) to any other in the plan.
+        `plain`: the answer of another as a `PlainCompletion` where its adapter reads one (`_chat_answer`)."""
         from handler.pipeline.passthrough import NativeReply, advisor_calls, answer_text
 
         plan = await self._plan(ex, req.model)
         await self._admit(ex, plan, req, call)
 
-        async def accept(attempt: Attempt, response: UpstreamResponse) -> NativeReply | Answered:
+        async def accept(attempt: Attempt, response: UpstreamResponse) -> NativeReply | PlainAnswered:
             if not attempt.adapter.speaks(call.api, attempt.target):
-                return await self._chat_answer(req, ex, attempt, response)
+                return await self._chat_answer(req, ex, attempt, response, plain)
             body = json_body(await response.read())  # (parsed once: the usage is read from it too)
             if not isinstance(body, dict):
                 raise malformed("upstream answered with something other than a JSON object")
