@@ -815,7 +815,8 @@ class PlainCompletion:
     `usage` validated alone; written back (`json`) as `answer_json` writes the model, which is never built (its
     validation and dump cost some 7 µs of a warm invocation's own work, for an answer the chat route writes back as
     it came). A reader that needs more than its usage and text (a schema's enforcement, a trace, a
-    translation to another API) is given the model instead (`Pipeline.chat`'s `plain`)."""
+    translation to another API) is given the model instead (`Pipeline.chat`'s `plain`); the Responses API's, which
+    makes one message of its text, reads it as it is (`responses_api.plain_response`)."""
 
     __slots__ = ("body", "head", "choices", "tail", "usage")
 

@@ -37,6 +37,7 @@ from handler.schemas import (
     AssistantMessage,
     ChatCompletion,
     ChatRequest,
+    PlainCompletion,
     Usage,
     WebSearch,
     ordered_parts,
@@ -1292,3 +1293,36 @@ def to_response(
         served_tier=(completion.model_extra or {}).get("service_tier"),
     )
     return finish(response, completion.usage or Usage(), cost)
+
+
+def plain_response(
+    completion: PlainCompletion,
+    req: ResponsesRequest,
+    ids: ResponseIds,
+    cost: Cost | None,
+    dropped: Collection[str] = (),
+) -> dict[str, Any]:
+    """`to_response` of a `PlainCompletion`: the first choice's text and refusal in one message, the items `_items`
+    makes of them (a plain answer has no reasoning, calls, searches or citations), read from the answer's JSON
+    rather than from the `ChatCompletion` validated from it."""
+    choice = completion.choices[0] if completion.choices else None
+    output: list[dict[str, Any]] = []
+    finish_reason = choice["finish_reason"] if choice is not None else None
+    if choice is not None:
+        message = choice["message"]
+        parts = [content_part("output_text", message["content"])] if message["content"] else []
+        if message["refusal"]:
+            parts.append(content_part("refusal", message["refusal"]))
+        if parts:
+            output.append(message_item(ids.item("msg"), parts, ending_status(finish_reason)))
+    response = envelope(
+        req,
+        ids.response,
+        int(time.time()),
+        status="completed",
+        output=output,
+        finish_reason=finish_reason,
+        dropped=dropped,
+        served_tier=completion.body.get("service_tier"),
+    )
+    return finish(response, completion.usage, cost)

@@ -32,6 +32,7 @@ from handler.api.responses_api import (
     input_items,
     is_reference,
     is_search,
+    plain_response,
     search_forbidden,
     search_tools,
     to_chat_request,
@@ -51,6 +52,7 @@ from handler.pipeline.passthrough import NativeReply, NativeStream
 from handler.pipeline.pipeline import Pipeline
 from handler.ports import STORE_DEADLINE, KeyRecord, ResponseTooLarge, StoredResponse, StoreError
 from handler.redaction import scrub
+from handler.schemas import PlainCompletion
 from handler.wire import redact_error
 
 if TYPE_CHECKING:
@@ -541,10 +543,14 @@ class ResponsesRoutes:
             if isinstance(stream, NativeStream):
                 return EventStream(relayed_events(stream, relay, keep), stream_headers(ex), watch)
             return EventStream(responses_events(stream, body, ids, seal, keep), stream_headers(ex), watch)
-        outcome = await until_client_leaves(request, api.pipeline.native(relay.call, req, ex), ex)
+        # (Untraced, a translated answer in the plain shape is read from its JSON: `PlainCompletion`.)
+        native = api.pipeline.native(relay.call, req, ex, plain=ex.trace is None)
+        outcome = await until_client_leaves(request, native, ex)
         if isinstance(outcome, NativeReply):
             redact_error(outcome.body.get("error"))  # (a failed response's, answered with a 200: before it is kept)
             response = relay.finish(outcome.body)
+        elif isinstance(outcome, PlainCompletion):
+            response = plain_response(outcome, body, ids, ex.cost, ex.dropped)
         else:
             response = to_response(outcome, body, ids, seal, ex.cost, ex.dropped)
         await keep(response)

@@ -11,7 +11,6 @@ warm invocation's own work (`python -m tests.bench.lambda_warm 3000 responses`, 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from typing import Any
 
@@ -56,8 +55,16 @@ class ReadOnce:
     """A Mangum handler whose scope is built once (see the module's docstring), and whose event, if no request can be
     read from it, raises `UnreadableEventError`: the handler's answer, not an invocation error."""
 
-    @functools.cached_property
+    @property
     def scope(self) -> Scope:
+        """The scope, built at the first read (`_read_scope`) and kept: by hand, as `functools.cached_property` would
+        keep it but without the lock it takes at that read (some 1,500 instructions a warm invocation)."""
+        scope: Scope | None = self.__dict__.get("_scope")
+        if scope is None:
+            scope = self.__dict__["_scope"] = self._read_scope()
+        return scope
+
+    def _read_scope(self) -> Scope:
         try:
             scope: Scope = super().scope  # type: ignore[misc]
         except UnicodeEncodeError:  # (a header's or the query string's lone surrogate: Mangum encodes them)
@@ -124,9 +131,8 @@ class ALBOnce(ReadOnce, ALB):
     `X-Forwarded-For: 10.0.0.1` would be `10.0.0.1, <its address>`, and one changing it each time a new client to
     count each time: `POST /dashboard/sign-in`'s failures)."""
 
-    @functools.cached_property
-    def scope(self) -> Scope:
-        scope = super().scope
+    def _read_scope(self) -> Scope:
+        scope = super()._read_scope()
         forwarded, port = scope["client"]
         scope["client"] = (forwarded.rpartition(",")[2].strip(), port)
         return scope

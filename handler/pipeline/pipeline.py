@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import orjson
 
@@ -145,7 +145,7 @@ class Pipeline(Charges):
         await self._admit(ex, plan, req)
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> PlainAnswered:
-            return await (self._plain_answer if plain else self._chat_answer)(req, ex, attempt, response)
+            return await self._chat_answer(req, ex, attempt, response, plain)
 
         def build(attempt: Attempt) -> BuiltRequest:
             return attempt.adapter.chat_request(req, attempt.target, stream=False)
@@ -176,39 +176,39 @@ class Pipeline(Charges):
             await self._unanswered(ex, exc)
             raise
 
-    async def _plain_answer(
-        self, req: ChatRequest, ex: Exchange, attempt: Attempt, response: UpstreamResponse
-    ) -> PlainAnswered:
-        """`_chat_answer`, or where the adapter reads the answer as one and no schema is enforced on it, a
-        `PlainCompletion` (`ProviderAdapter.plain_answer`)."""
-        if self._enforced_schema(req, attempt, ex) is not None:
-            return await self._chat_answer(req, ex, attempt, response)
-        raw = await response.read()
-        try:
-            return attempt.adapter.plain_answer(raw, req, attempt.target)
-        except SHAPE_ERRORS as exc:
-            raise misshapen("answer", exc) from exc
-        except UpstreamError as unusable:
-            self._billed_unusable(ex, attempt, unusable)
-            raise
+    @overload
+    async def _chat_answer(
+        self, req: ChatRequest, ex: Exchange, attempt: Attempt, response: UpstreamResponse, plain: Literal[False] = ...
+    ) -> Answered: ...
+
+    @overload
+    async def _chat_answer(
+        self, req: ChatRequest, ex: Exchange, attempt: Attempt, response: UpstreamResponse, plain: bool
+    ) -> PlainAnswered: ...
 
     async def _chat_answer(
-        self, req: ChatRequest, ex: Exchange, attempt: Attempt, response: UpstreamResponse
-    ) -> Answered:
+        self, req: ChatRequest, ex: Exchange, attempt: Attempt, response: UpstreamResponse, plain: bool = False
+    ) -> PlainAnswered:
         """A whole answer in the internal form, and what it says of how it was served (`Served`, where the
-        adapter reads it from the provider's answer: `ProviderAdapter.chat_answer`)."""
+        adapter reads it from the provider's answer: `ProviderAdapter.chat_answer`). `plain`: where no schema is
+        enforced on it, a `PlainCompletion` where the adapter reads the answer as one (`ProviderAdapter.plain_answer`:
+        the chat route, which writes the answer back as it came)."""
+        schema = self._enforced_schema(req, attempt, ex)
+        adapter = attempt.adapter
+        read = adapter.plain_answer if plain and schema is None else adapter.chat_answer
         raw = await response.read()
         try:
-            completion, served = attempt.adapter.chat_answer(raw, req, attempt.target)
+            completion, served = read(raw, req, attempt.target)
         except SHAPE_ERRORS as exc:
             raise misshapen("answer", exc) from exc
         except UpstreamError as unusable:
             self._billed_unusable(ex, attempt, unusable)
             raise
-        schema = self._enforced_schema(req, attempt, ex)
-        if schema is not None and completion.choices:
-            texts = [choice.message.content for choice in completion.choices]
-            self._enforce(schema, ex, attempt, texts, completion.usage, served)
+        if schema is not None:
+            assert isinstance(completion, ChatCompletion)  # (`chat_answer`'s: an enforced schema reads the model)
+            if completion.choices:
+                texts = [choice.message.content for choice in completion.choices]
+                self._enforce(schema, ex, attempt, texts, completion.usage, served)
         return completion, served
 
     def _enforce(
@@ -246,17 +246,30 @@ class Pipeline(Charges):
 
     # --- native pass-through ------------------------------------------------------------------
 
-    async def native(self, call: NativeCall, req: ChatRequest, ex: Exchange) -> NativeReply | ChatCompletion:
+    @overload
+    async def native(
+        self, call: NativeCall, req: ChatRequest, ex: Exchange, plain: Literal[False] = ...
+    ) -> NativeReply | ChatCompletion: ...
+
+    @overload
+    async def native(
+        self, call: NativeCall, req: ChatRequest, ex: Exchange, plain: bool
+    ) -> NativeReply | ChatCompletion | PlainCompletion: ...
+
+    async def native(
+        self, call: NativeCall, req: ChatRequest, ex: Exchange, plain: bool = False
+    ) -> NativeReply | ChatCompletion | PlainCompletion:
         """A request in a provider API's own format (`call`), non-streaming: sent as written to a deployment
-        that speaks that API, and as `req` (the same request in the internal form) to any other in the plan."""
+        that speaks that API, and as `req` (the same request in the internal form) to any other in the plan.
+        `plain`: the answer of another as a `PlainCompletion` where its adapter reads one (`_chat_answer`)."""
         from handler.pipeline.passthrough import NativeReply, advisor_calls, answer_text
 
         plan = await self._plan(ex, req.model)
         await self._admit(ex, plan, req, call)
 
-        async def accept(attempt: Attempt, response: UpstreamResponse) -> NativeReply | Answered:
+        async def accept(attempt: Attempt, response: UpstreamResponse) -> NativeReply | PlainAnswered:
             if not attempt.adapter.speaks(call.api, attempt.target):
-                return await self._chat_answer(req, ex, attempt, response)
+                return await self._chat_answer(req, ex, attempt, response, plain)
             body = json_body(await response.read())  # (parsed once: the usage is read from it too)
             if not isinstance(body, dict):
                 raise malformed("upstream answered with something other than a JSON object")

@@ -146,8 +146,9 @@ def runs_as(models: Mapping[str, ModelConfig], upstream_model: str) -> list[str]
 def exact(value: float) -> float:
     """`value` without the noise of the float arithmetic that made it (its 16th and 17th significant digits):
     11 prompt tokens at $0.15 and 9 completion tokens at $0.60 per million come to 7.0499999999999986e-06 in
-    floats, billed as 7.05e-06. Fifteen digits are more than any price or token count carries."""
-    return float(format(value, ".15g"))
+    floats, billed as 7.05e-06. Fifteen digits are more than any price or token count carries. (Nothing, a free
+    request's or no fee's, is itself: formatting it would cost some 5,000 instructions.)"""
+    return float(format(value, ".15g")) if value else float(value)
 
 
 def dollars(total: float) -> float:

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from handler.api import app as app_module
 from handler.api.app import (
     MAX_JSON_DEPTH,
+    arrival_deadline_s,
     header,
     lambda_time_left_s,
     lwa_source_ip,
@@ -730,3 +731,18 @@ def test_a_header_is_read_as_starlettes_headers_read_it(name: str) -> None:
     ]
     request = Request({"type": "http", "headers": raw})
     assert header(request, name.encode()) == request.headers.get(name)
+
+
+@pytest.mark.parametrize("pair", [list, tuple], ids=["mangum", "uvicorn"])
+def test_a_repeated_header_is_read_as_its_first_value(pair: Any) -> None:
+    """The headers every proxied request reads (`header`'s, the deadline's, the controls') are read as Starlette's
+    `Headers.get` reads them: a repeated name's first value, from headers as Mangum (lists) or uvicorn (tuples)
+    gives them; a control among them is seen, and one set nowhere is none."""
+    raw = [(b"authorization", b"Bearer a"), (b"x-gateway-deadline-ms", b"2000"), (b"authorization", b"Bearer b")]
+    scope = {"type": "http", "headers": [pair(h) for h in [*raw, (b"x-gateway-deadline-ms", b"1000")]]}
+    assert header(Request(scope), b"authorization") == Request(scope).headers.get("authorization") == "Bearer a"
+    assert header(Request(scope), b"x-api-key") is None
+    assert arrival_deadline_s(scope) == 2.0
+    tagged = {"type": "http", "headers": [pair(h) for h in [*raw, (b"x-gateway-tags", b"team=a")]]}
+    assert (parse_controls(Request(tagged)).tags, parse_controls(Request(tagged)).deadline_s) == ({"team": "a"}, 2.0)
+    assert parse_controls(Request({"type": "http", "headers": [pair(raw[0])]})).deadline_s is None

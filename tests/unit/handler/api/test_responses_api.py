@@ -17,6 +17,7 @@ from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import Response, ResponseStreamEvent, response_input_item_param
 
 from adapters.providers.gemini import GeminiAdapter
+from adapters.providers.openai import OpenAIAdapter
 from handler import schemas
 from handler.api.responses_api import (
     ITEM_TYPES,
@@ -25,6 +26,7 @@ from handler.api.responses_api import (
     ResponseIds,
     ResponsesRequest,
     finish,
+    plain_response,
     search_tools,
     to_chat_request,
     to_response,
@@ -33,9 +35,11 @@ from handler.api.responses_api import (
 from handler.api.responses_items import item_ids
 from handler.api.responses_stream import ResponsesEventWriter
 from handler.errors import InvalidRequestError
+from handler.pipeline.pricing import Cost
 from handler.ports import Target
 from handler.schemas import ChatCompletion, Usage
 from handler.wire import StreamEvent
+from tests.bench.run import COMPLETION
 
 SEAL = ReasoningSeal(b"unit")
 
@@ -692,3 +696,38 @@ def test_a_stream_cut_after_its_grounding_has_its_message_cut_and_its_searches_a
         ("web_search_call", "completed"),
     ]
     assert cut[0]["content"][0]["text"] == "hello"
+
+
+# --- plain answers --------------------------------------------------------------------------------
+
+# Translated answers in the plain shape (`PlainCompletion`): text, a refusal beside text, cut by the output cap, no
+# text, a service tier, no choices.
+PLAIN_ANSWERS = {
+    "text": COMPLETION,
+    "refusal-and-text": {**COMPLETION, "choices": [{"message": {"content": "a", "refusal": "no"}}]},
+    "cut": {**COMPLETION, "choices": [{**COMPLETION["choices"][0], "finish_reason": "length"}]},
+    "refusal-alone": {**COMPLETION, "choices": [{"message": {"content": None, "refusal": "no"}}]},
+    "empty": {**COMPLETION, "choices": [{"message": {"content": ""}, "finish_reason": "stop"}]},
+    "tier": {**COMPLETION, "service_tier": "priority"},
+    "no-choices": {**COMPLETION, "choices": []},
+}
+REQ = {"model": "m", "input": "Say hello.", "max_output_tokens": 16, "store": False}  # (the benchmark's, as Codex's)
+
+
+@pytest.mark.parametrize("dropped", [[], ["service_tier"]])
+@pytest.mark.parametrize("answer", PLAIN_ANSWERS.values(), ids=PLAIN_ANSWERS.keys())
+def test_a_plain_answer_is_the_response_its_model_is(answer: dict[str, Any], dropped: list[str]) -> None:
+    """A translated answer read as a `PlainCompletion` (untraced, in the plain shape) makes the response the model
+    read from the same answer makes: its items, their ids and statuses, its status, tier and usage."""
+    raw = orjson.dumps(answer)
+    adapter = OpenAIAdapter("p", "sk-test", {})
+    chat = to_chat_request(ResponsesRequest.model_validate(REQ), [], SEAL)[0]
+    where = Target("p", "openai", "gpt-4o-mini", "global", "https://api.openai.com/v1")
+    plain, _ = adapter.plain_answer(raw, chat, where)
+    assert isinstance(plain, schemas.PlainCompletion)
+    req = ResponsesRequest.model_validate({**REQ, "service_tier": "flex"})
+    cost = Cost(7.05e-06, 0.0, plain.usage, None)
+    read = plain_response(plain, req, ResponseIds("req_" + "0" * 32), cost, dropped)
+    completion = adapter.chat_response(raw, chat, where)
+    model = to_response(completion, req, ResponseIds("req_" + "0" * 32), SEAL, cost, dropped)
+    assert read == {**model, "created_at": read["created_at"], "completed_at": read["completed_at"]}
