@@ -461,6 +461,34 @@ async def test_a_write_that_waits_too_long_for_another_process_fails_as_the_stor
         await opened.close()
 
 
+@pytest.mark.usefixtures("no_gc_pauses")
+async def test_after_a_batch_statements_outside_a_transaction_wait_for_another_process_again(tmp_path: Path) -> None:
+    """A batch takes the write lock without waiting and leaves SQLite's wait off (`Connection.begin_at_once`): the
+    next statement outside a transaction sets it back first. Left off, a key written while another process holds
+    the lock for 300 ms would fail at once as the store busy, where it waits for the lock and lands."""
+    path = str(tmp_path / "store.db")
+    opened = SQLiteStore(path)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        key = uuid.uuid4().hex[:12]
+        adm = admission(key, 0.01)
+        await opened.admit(adm)
+        await opened.settle(settlement(adm, 0.01, line(key, 0.01)))  # (batches, each its `BEGIN IMMEDIATE` at once)
+        assert opened.db.no_wait
+        other.execute("BEGIN IMMEDIATE")
+        releasing = asyncio.get_running_loop().run_in_executor(None, lambda: (time.sleep(0.3), other.execute("COMMIT")))
+        started = time.perf_counter()
+        await opened.create_key(record())
+        await releasing
+        assert time.perf_counter() - started >= 0.25  # it waited for the lock
+        assert opened.db.execute("PRAGMA busy_timeout").fetchone() == (sqlite_store.BUSY_TIMEOUT_MS,)
+        await opened.admit(admission(key, 0.02))  # and a batch after it takes the lock at once again
+        assert opened.db.no_wait
+    finally:
+        other.close()
+        await opened.close()
+
+
 async def test_of_processes_sharing_a_file_one_checkpoints_and_another_takes_over_when_it_closes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
