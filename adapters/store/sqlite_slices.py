@@ -60,9 +60,12 @@ from handler.ports import STORE_DEADLINE, Admission, BudgetRefused, MeterSnapsho
 # arithmetic, committed drifted from spent for good (on a $100 budget, three requests that reserved $0.70 and spent
 # $0.10 each and one that reserved $0.10 and spent $0.30 left committed at 0.5999999999999943 beside a spent of
 # 0.6000000000000001, nothing in flight).
+# (Committed stays as it is, with no call of `usd_sum`, where it moves by nothing: a request that spent what its slice
+# held, the usual settlement.)
 SPEND = (
     "INSERT INTO meters (key_id, period, committed, spent) VALUES (?, ?, ?, ?) ON CONFLICT (key_id, period) "
-    "DO UPDATE SET committed = max(0, usd_sum(committed, excluded.committed)), spent = usd_sum(spent, excluded.spent)"
+    "DO UPDATE SET committed = max(0, CASE excluded.committed WHEN 0 THEN committed "
+    "ELSE usd_sum(committed, excluded.committed) END), spent = usd_sum(spent, excluded.spent)"
 )
 LOWER_COMMITTED = "UPDATE meters SET committed = max(0, usd_sum(committed, -?)) WHERE key_id = ? AND period = ?"
 # A refusal while another process may hold unused slices of the key waits this long for them, once.
@@ -516,8 +519,11 @@ class SliceCache(MeteredStore):
         # leave it counted).
         for (row_id, beyond), charge in zip(rows, settlement.budgets, strict=True):
             key = (charge.key_id, charge.period, row_id)
-            spent, over = self._spend.get(key, (0.0, 0.0))
-            self._spend[key] = (usd_sum(spent, charge.amount_usd), usd_sum(over, beyond))
+            added = self._spend.get(key)
+            if added is None:  # (the batch's first on the row: `usd_sum(0.0, x)` is `x + 0.0`, the figure as a float)
+                self._spend[key] = (charge.amount_usd + 0.0, beyond + 0.0)
+            else:
+                self._spend[key] = (usd_sum(added[0], charge.amount_usd), usd_sum(added[1], beyond))
 
     def _write_spend(self, db: sqlite3.Connection) -> None:
         """Move the batch's settled spend out of the slice rows it was reserved in, one row at a time: the
@@ -530,7 +536,7 @@ class SliceCache(MeteredStore):
                 held = db.execute(
                     "UPDATE reservations SET amount = usd_sum(amount, -?) WHERE key_id = ? AND id = ? AND period = ? "
                     "RETURNING amount",
-                    (usd_sum(amount, -beyond), key_id, row, period),
+                    (usd_sum(amount, -beyond) if beyond else amount, key_id, row, period),
                 ).fetchone()
                 db.execute(
                     SPEND,
