@@ -18,7 +18,8 @@ in its own savepoint (a failing one rolls back only itself), the batch commits o
 caller resumes only after that commit. Under load this turns N commits into one; alone, a call pays
 what it would anyway (a batch of one needs no savepoint). Local changes an operation makes (a slice
 topped up) are undone if the commit fails. Settlements run after the answer has gone,
-so they wait up to `SETTLE_LINGER_S` for company: the next grant's batch, or other settlements.
+so they wait up to `SETTLE_LINGER_S` for company: the next grant's batch, or other settlements (but those of a
+buffered Lambda invocation, which nothing is coming to join: written at once, `WRITE_AT_ONCE`).
 Tables are `WITHOUT ROWID`, clustered by key, so a write touches few pages. A batch never waits for
 another process's write lock inside SQLite (whose busy handler sleeps in the event loop's thread, so
 every request of the process stood still, for a millisecond or more per conflict, whenever two
@@ -80,6 +81,7 @@ from adapters.store.sqlite_slices import LOWER_COMMITTED, SPEND, Liveness, Slice
 from handler.ports import (
     LEDGER_BATCH,
     STORE_DEADLINE,
+    WRITE_AT_ONCE,
     ChildLimitReached,
     ConflictError,
     KeyPlace,
@@ -390,16 +392,24 @@ class SQLiteStore(SQLiteSignIns, SliceCache):
             raise StoreDeadlineError("the SQLite store's write lock was not free by the deadline") from None
 
     def _enqueue(
-        self, operation: Callable[[sqlite3.Connection], T], *, linger: bool = False, single: bool = False
+        self,
+        operation: Callable[[sqlite3.Connection], T],
+        *,
+        linger: bool = False,
+        single: bool = False,
+        now: bool = False,
     ) -> asyncio.Future[T]:
         """Queue `operation` in the transaction shared by this event-loop turn (see the module docstring);
-        with `linger`, the batch may wait up to `SETTLE_LINGER_S` for more operations. `single`: the
-        operation writes with one statement at most, which SQLite undoes by itself if it fails, so it
-        needs no savepoint. The future resolves once the batch has committed."""
+        with `linger`, the batch may wait up to `SETTLE_LINGER_S` for more operations; with `now`, no write of
+        the batch is scheduled: the caller writes it at once (`_write_now`). `single`: the operation writes with
+        one statement at most, which SQLite undoes by itself if it fails, so it needs no savepoint. The future
+        resolves once the batch has committed."""
         loop = asyncio.get_running_loop()
         if self._batch is None:
             self._batch = []
-        if not linger and self._flush_soon is None:
+        if now:
+            pass
+        elif not linger and self._flush_soon is None:
             self._flush_next_turn(loop)
         elif self._flush_soon is None and self._flush_later is None:
             self._flush_later = loop.call_later(SETTLE_LINGER_S, self._flush)
@@ -407,9 +417,15 @@ class SQLiteStore(SQLiteSignIns, SliceCache):
         self._batch.append((operation, done, single))
         return done
 
+    def _write_now(self) -> None:
+        """Write the batch now, with what it holds (unless its write is due on this turn of the loop already): for
+        an operation nothing else is coming to join (`WRITE_AT_ONCE`)."""
+        if self._flush_soon is None:
+            self._flush()
+
     def hurry(self) -> None:
         """Write the lingering batch now, not on the loop's next turn: whoever hurries it (the end of a Lambda
-        invocation, `Gateway.settle_now`'s callback; a drain, a reader of this process's settlements) waits for
+        invocation, `Gateway.drain`; a reader of this process's settlements) waits for
         nothing else to join it, and a turn of the loop costs a warm invocation more than the call itself."""
         if self._flush_later is not None and self._flush_soon is None:
             self._flush()
@@ -688,17 +704,16 @@ class SQLiteStore(SQLiteSignIns, SliceCache):
 
     async def _write_settlement(self, settlement: Settlement, updates: list[SettleUpdate]) -> frozenset[str]:
         line = settlement_line(settlement)
-        done = self._enqueue(lambda db: self._settle(db, settlement, updates, line), linger=True)
+        now = WRITE_AT_ONCE.get()  # (else it lingers for company: see the module docstring)
+        done = self._enqueue(lambda db: self._settle(db, settlement, updates, line), linger=True, now=now)
+        self._unsettled.add(done)  # (readers here wait for it, `_own_settlements`; the flush takes it out)
+        if now:
+            self._write_now()
         try:
-            await self._track(done)
+            await done
         except _Mismatch as mismatch:
             return mismatch.keys
         return frozenset()
-
-    async def _track(self, done: asyncio.Future[None]) -> None:
-        """Wait for a queued settlement, which readers in this process wait for too (`_own_settlements`)."""
-        self._unsettled.add(done)  # (the flush takes it out)
-        await done
 
     async def _own_settlements(self) -> None:
         """Wait for this process's settlements still lingering for company, so that a reader here sees what

@@ -53,7 +53,16 @@ from adapters.store.slices import (
     Slices,
     slice_size,
 )
-from handler.ports import STORE_DEADLINE, Admission, BudgetRefused, MeterSnapshot, RateRefused, Settlement, StoreError
+from handler.ports import (
+    STORE_DEADLINE,
+    WRITE_AT_ONCE,
+    Admission,
+    BudgetRefused,
+    MeterSnapshot,
+    RateRefused,
+    Settlement,
+    StoreError,
+)
 
 # A key's counters for a period move by (committed, spent); and committed down by what goes back. Every USD figure
 # the file keeps moves by `usd_sum` (the store's SQL function of it), as what a slice holds does here: moved by float
@@ -199,8 +208,16 @@ class SliceCache(MeteredStore):
 
     @abstractmethod
     def _enqueue(
-        self, operation: Callable[[sqlite3.Connection], T], *, linger: bool = False, single: bool = False
+        self,
+        operation: Callable[[sqlite3.Connection], T],
+        *,
+        linger: bool = False,
+        single: bool = False,
+        now: bool = False,
     ) -> asyncio.Future[T]: ...
+
+    @abstractmethod
+    def _write_now(self) -> None: ...
 
     _unsettled: set[asyncio.Future[Any]]  # settlements queued and not yet committed (the flush takes them out)
 
@@ -481,16 +498,22 @@ class SliceCache(MeteredStore):
 
     def settle_soon(self, settlement: Settlement) -> asyncio.Future[None] | None:
         """A request admitted from this process's slices settles in the batch being gathered (None for any
-        other: its reservation is a row of its own, settled by `settle`)."""
+        other: its reservation is a row of its own, settled by `settle`), written after `SETTLE_LINGER_S` for
+        company, or at once with what the batch holds where nothing is coming to join it (`WRITE_AT_ONCE`: left to
+        linger, a buffered Lambda invocation's settlement cost a timer made and cancelled and two turns of the loop,
+        about 50,000 instructions of a warm invocation's store work)."""
         rows, rates = self.slices.adjust(settlement)
         if rows is None:
             return None
         single = settlement.item is None or not rates
         line = settlement_line(settlement)
+        now = WRITE_AT_ONCE.get()
         done = self._enqueue(
-            lambda db: self._settle_sliced(db, settlement, rows, rates, line), linger=True, single=single
+            lambda db: self._settle_sliced(db, settlement, rows, rates, line), linger=True, single=single, now=now
         )
         self._unsettled.add(done)  # (the flush takes it out)
+        if now:
+            self._write_now()
         return done
 
     def _settle_sliced(

@@ -22,7 +22,15 @@ import pytest
 from adapters.store import records
 from adapters.store import sqlite as sqlite_store
 from adapters.store.sqlite import CHECKPOINT_EVERY_S, SQLiteStore
-from handler.ports import BudgetRefused, ChildLimitReached, KeyPlace, Settlement, StoreError, UsageQuery
+from handler.ports import (
+    WRITE_AT_ONCE,
+    BudgetRefused,
+    ChildLimitReached,
+    KeyPlace,
+    Settlement,
+    StoreError,
+    UsageQuery,
+)
 from tests.unit.adapters.store.test_contract import PERIOD, admission, line, record, settlement
 
 
@@ -190,6 +198,34 @@ async def test_hurry_writes_a_lingering_settlement_at_once(store: SQLiteStore, m
     await settling
     assert time.perf_counter() - started < 0.25  # not its two seconds' linger, nor the slices' sweep (0.5 s)
     assert (await store.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.1)
+
+
+async def test_a_buffered_invocations_settlements_are_written_without_a_turn_of_the_loop(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under `WRITE_AT_ONCE` (a buffered Lambda invocation's settlements, `Gateway.settle_now`), a settlement is written
+    as it is made, from a slice or on a row of its own: no linger for company (here two seconds), no turn of the
+    event loop (the coroutine ends at its first step)."""
+    monkeypatch.setattr(sqlite_store, "SETTLE_LINGER_S", 2.0)
+    key = uuid.uuid4().hex[:12]
+    adm = admission(key, 0.5)
+    await store.admit(adm)
+    statements = traced(store)
+    at_once = WRITE_AT_ONCE.set(True)
+    try:
+        settling = store.settle(settlement(adm, 0.1, line(key, 0.1)))
+        with pytest.raises(StopIteration):
+            settling.send(None)
+        assert statements.count("COMMIT") == 1
+        never = admission(key, 0.2)  # (never admitted: its spend is committed anew, on the second try)
+        settling = store.settle(settlement(never, 0.2, line(key, 0.2)))
+        with pytest.raises(StopIteration):
+            settling.send(None)
+        assert statements.count("COMMIT") == 2  # (its first try, which found no reservation, rolled back)
+    finally:
+        WRITE_AT_ONCE.reset(at_once)
+    assert not store._unsettled
+    assert (await store.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.3)
 
 
 @pytest.mark.usefixtures("no_gc_pauses")
