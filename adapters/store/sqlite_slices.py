@@ -77,6 +77,8 @@ SPEND = (
     "ELSE usd_sum(committed, excluded.committed) END), spent = usd_sum(spent, excluded.spent)"
 )
 LOWER_COMMITTED = "UPDATE meters SET committed = max(0, usd_sum(committed, -?)) WHERE key_id = ? AND period = ?"
+# A settlement's spend leaves the slice row its request was reserved in (`_write_spend`).
+MOVE_SPEND = "UPDATE reservations SET amount = usd_sum(amount, -?) WHERE key_id = ? AND id = ? AND period = ?"
 # A refusal while another process may hold unused slices of the key waits this long for them, once.
 RECALL_WAIT_S = 1.5 * SWEEP_S
 HOLDER_DIGITS = "0123456789abcdef"  # (`Slices.holder`, twelve of them; a lock file's name: no pattern at a cold start)
@@ -556,17 +558,16 @@ class SliceCache(MeteredStore):
         spend, self._spend = self._spend, {}
         try:
             for (key_id, period, row), (amount, beyond) in spend.items():
-                held = db.execute(
-                    "UPDATE reservations SET amount = usd_sum(amount, -?) WHERE key_id = ? AND id = ? AND period = ? "
-                    "RETURNING amount",
-                    (usd_sum(amount, -beyond) if beyond else amount, key_id, row, period),
-                ).fetchone()
-                db.execute(
-                    SPEND,
-                    (key_id, period, beyond if held else amount, amount),
-                )
+                reserved = usd_sum(amount, -beyond) if beyond else amount
                 slice_ = self.slices.budgets.get((key_id, period))
-                if held and abs(held[0]) < 1e-9 and (slice_ is None or slice_.row != row):  # its slice is done
+                left = None
+                if slice_ is not None and slice_.row == row:  # its slice goes on: whether the row is there will do
+                    held = db.execute(MOVE_SPEND, (reserved, key_id, row, period)).rowcount > 0
+                else:  # and what is left of it, the slice gone (reading it back doubles the statement's cost)
+                    left = db.execute(f"{MOVE_SPEND} RETURNING amount", (reserved, key_id, row, period)).fetchone()
+                    held = left is not None
+                db.execute(SPEND, (key_id, period, beyond if held else amount, amount))
+                if left is not None and abs(left[0]) < 1e-9:  # its slice is done
                     db.execute(
                         "DELETE FROM reservations WHERE key_id = ? AND id = ? AND period = ?", (key_id, row, period)
                     )
