@@ -592,7 +592,9 @@ class SliceCache(MeteredStore):
 
     async def _sweep(self) -> None:
         STORE_DEADLINE.set(None)  # (this task's own: it outlives the request it was started in, and its deadline)
-        while not self._closed and (self.slices.budgets or self.slices.rates or self.slices.held):
+        # (It runs on while a word on a key is left to forget, `_tidy`: stopped with the last slice, it left the words
+        # of the keys whose slices went in its last round, fresher than `CONTEND_S / 2`, until a slice came again.)
+        while not self._closed and (self.slices.budgets or self.slices.rates or self.slices.held or self._announced):
             await asyncio.sleep(SWEEP_S)
             try:
                 await self._batched(self._tidy)
