@@ -587,6 +587,10 @@ class StoreDeadlineError(StoreError):
 # is a `StoreDeadlineError`. None: no bound but the store's own timeouts (a server's request with no deadline, and
 # background work, which clears it).
 STORE_DEADLINE: ContextVar[float | None] = ContextVar("store_deadline", default=None)
+# True while a buffered Lambda invocation writes the settlements it deferred, its answer built (`Gateway.settle_now`):
+# no other request is coming to share a write, so a store that holds writes back to batch them (the embedded store)
+# writes them at once, with no wait for company and no turn of the event loop.
+WRITE_AT_ONCE: ContextVar[bool] = ContextVar("write_at_once", default=False)
 
 
 class ConflictError(StoreError):

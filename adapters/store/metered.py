@@ -67,6 +67,12 @@ EPSILON = 1e-12
 # is below 1e-12, so a float that is n pico-dollars is no other decimal of 12 places (the one it prints as).
 PICOS = 10**12
 PICO_BOUND_USD = 4096.0
+# Up to four figures under $2,048 add as floats holding whole pico-dollars: each under 2**51 of them, where adding
+# `ROUNDING` and taking it away again rounds to a whole number (half to even, as `round`), and their sum under 2**53,
+# where every whole number is a float: the same sum as `usd_sum`'s integers, without making any.
+FLOAT_BOUND_USD = 2048.0
+FLOAT_FIGURES = 4
+ROUNDING = 1.5 * 2.0**52
 
 
 def usd_sum(*figures: float) -> float:
@@ -74,8 +80,20 @@ def usd_sum(*figures: float) -> float:
     is a decimal a float holds (15 significant digits), where float arithmetic left noise in a counter for good
     (0.1 - 0.3 = -0.19999999999999998: $0.30 reserved and $0.10 spent left committed at 0.10000000000000002 beside
     a spent of 0.1); a sum no float holds is off by its rounding, as a float sum is. Figures of at most 12 decimals
-    (a cost of tokens at prices per million of up to 6 decimals) add as integers, about 0.6 µs for two; others as
-    `Decimal`s of their `repr`, 1.7 µs."""
+    (a cost of tokens at prices per million of up to 6 decimals) add as whole pico-dollars: a few under $2,048 as
+    floats (`FLOAT_BOUND_USD`: 3,400 instructions for two, where integers took 6,000), others as integers; the rest
+    as `Decimal`s of their `repr`, 1.7 µs."""
+    if len(figures) <= FLOAT_FIGURES:
+        total = 0.0
+        for figure in figures:
+            if not -FLOAT_BOUND_USD < figure < FLOAT_BOUND_USD:
+                break
+            scaled = figure * 1e12 + ROUNDING - ROUNDING
+            if scaled / 1e12 != figure:
+                break
+            total += scaled
+        else:
+            return total / 1e12
     picos = 0
     for figure in figures:
         if not -PICO_BOUND_USD < figure < PICO_BOUND_USD:

@@ -53,18 +53,32 @@ from adapters.store.slices import (
     Slices,
     slice_size,
 )
-from handler.ports import STORE_DEADLINE, Admission, BudgetRefused, MeterSnapshot, RateRefused, Settlement, StoreError
+from handler.ports import (
+    STORE_DEADLINE,
+    WRITE_AT_ONCE,
+    Admission,
+    BudgetRefused,
+    MeterSnapshot,
+    RateRefused,
+    Settlement,
+    StoreError,
+)
 
 # A key's counters for a period move by (committed, spent); and committed down by what goes back. Every USD figure
 # the file keeps moves by `usd_sum` (the store's SQL function of it), as what a slice holds does here: moved by float
 # arithmetic, committed drifted from spent for good (on a $100 budget, three requests that reserved $0.70 and spent
 # $0.10 each and one that reserved $0.10 and spent $0.30 left committed at 0.5999999999999943 beside a spent of
 # 0.6000000000000001, nothing in flight).
+# (Committed stays as it is, with no call of `usd_sum`, where it moves by nothing: a request that spent what its slice
+# held, the usual settlement.)
 SPEND = (
     "INSERT INTO meters (key_id, period, committed, spent) VALUES (?, ?, ?, ?) ON CONFLICT (key_id, period) "
-    "DO UPDATE SET committed = max(0, usd_sum(committed, excluded.committed)), spent = usd_sum(spent, excluded.spent)"
+    "DO UPDATE SET committed = max(0, CASE excluded.committed WHEN 0 THEN committed "
+    "ELSE usd_sum(committed, excluded.committed) END), spent = usd_sum(spent, excluded.spent)"
 )
 LOWER_COMMITTED = "UPDATE meters SET committed = max(0, usd_sum(committed, -?)) WHERE key_id = ? AND period = ?"
+# A settlement's spend leaves the slice row its request was reserved in (`_write_spend`).
+MOVE_SPEND = "UPDATE reservations SET amount = usd_sum(amount, -?) WHERE key_id = ? AND id = ? AND period = ?"
 # A refusal while another process may hold unused slices of the key waits this long for them, once.
 RECALL_WAIT_S = 1.5 * SWEEP_S
 HOLDER_DIGITS = "0123456789abcdef"  # (`Slices.holder`, twelve of them; a lock file's name: no pattern at a cold start)
@@ -196,8 +210,16 @@ class SliceCache(MeteredStore):
 
     @abstractmethod
     def _enqueue(
-        self, operation: Callable[[sqlite3.Connection], T], *, linger: bool = False, single: bool = False
+        self,
+        operation: Callable[[sqlite3.Connection], T],
+        *,
+        linger: bool = False,
+        single: bool = False,
+        now: bool = False,
     ) -> asyncio.Future[T]: ...
+
+    @abstractmethod
+    def _write_now(self) -> None: ...
 
     _unsettled: set[asyncio.Future[Any]]  # settlements queued and not yet committed (the flush takes them out)
 
@@ -478,16 +500,22 @@ class SliceCache(MeteredStore):
 
     def settle_soon(self, settlement: Settlement) -> asyncio.Future[None] | None:
         """A request admitted from this process's slices settles in the batch being gathered (None for any
-        other: its reservation is a row of its own, settled by `settle`)."""
+        other: its reservation is a row of its own, settled by `settle`), written after `SETTLE_LINGER_S` for
+        company, or at once with what the batch holds where nothing is coming to join it (`WRITE_AT_ONCE`: left to
+        linger, a buffered Lambda invocation's settlement cost a timer made and cancelled and two turns of the loop,
+        about 50,000 instructions of a warm invocation's store work)."""
         rows, rates = self.slices.adjust(settlement)
         if rows is None:
             return None
         single = settlement.item is None or not rates
         line = settlement_line(settlement)
+        now = WRITE_AT_ONCE.get()
         done = self._enqueue(
-            lambda db: self._settle_sliced(db, settlement, rows, rates, line), linger=True, single=single
+            lambda db: self._settle_sliced(db, settlement, rows, rates, line), linger=True, single=single, now=now
         )
         self._unsettled.add(done)  # (the flush takes it out)
+        if now:
+            self._write_now()
         return done
 
     def _settle_sliced(
@@ -516,8 +544,11 @@ class SliceCache(MeteredStore):
         # leave it counted).
         for (row_id, beyond), charge in zip(rows, settlement.budgets, strict=True):
             key = (charge.key_id, charge.period, row_id)
-            spent, over = self._spend.get(key, (0.0, 0.0))
-            self._spend[key] = (usd_sum(spent, charge.amount_usd), usd_sum(over, beyond))
+            added = self._spend.get(key)
+            if added is None:  # (the batch's first on the row: `usd_sum(0.0, x)` is `x + 0.0`, the figure as a float)
+                self._spend[key] = (charge.amount_usd + 0.0, beyond + 0.0)
+            else:
+                self._spend[key] = (usd_sum(added[0], charge.amount_usd), usd_sum(added[1], beyond))
 
     def _write_spend(self, db: sqlite3.Connection) -> None:
         """Move the batch's settled spend out of the slice rows it was reserved in, one row at a time: the
@@ -527,17 +558,16 @@ class SliceCache(MeteredStore):
         spend, self._spend = self._spend, {}
         try:
             for (key_id, period, row), (amount, beyond) in spend.items():
-                held = db.execute(
-                    "UPDATE reservations SET amount = usd_sum(amount, -?) WHERE key_id = ? AND id = ? AND period = ? "
-                    "RETURNING amount",
-                    (usd_sum(amount, -beyond), key_id, row, period),
-                ).fetchone()
-                db.execute(
-                    SPEND,
-                    (key_id, period, beyond if held else amount, amount),
-                )
+                reserved = usd_sum(amount, -beyond) if beyond else amount
                 slice_ = self.slices.budgets.get((key_id, period))
-                if held and abs(held[0]) < 1e-9 and (slice_ is None or slice_.row != row):  # its slice is done
+                left = None
+                if slice_ is not None and slice_.row == row:  # its slice goes on: whether the row is there will do
+                    held = db.execute(MOVE_SPEND, (reserved, key_id, row, period)).rowcount > 0
+                else:  # and what is left of it, the slice gone (reading it back doubles the statement's cost)
+                    left = db.execute(f"{MOVE_SPEND} RETURNING amount", (reserved, key_id, row, period)).fetchone()
+                    held = left is not None
+                db.execute(SPEND, (key_id, period, beyond if held else amount, amount))
+                if left is not None and abs(left[0]) < 1e-9:  # its slice is done
                     db.execute(
                         "DELETE FROM reservations WHERE key_id = ? AND id = ? AND period = ?", (key_id, row, period)
                     )
@@ -562,7 +592,9 @@ class SliceCache(MeteredStore):
 
     async def _sweep(self) -> None:
         STORE_DEADLINE.set(None)  # (this task's own: it outlives the request it was started in, and its deadline)
-        while not self._closed and (self.slices.budgets or self.slices.rates or self.slices.held):
+        # (It runs on while a word on a key is left to forget, `_tidy`: stopped with the last slice, it left the words
+        # of the keys whose slices went in its last round, fresher than `CONTEND_S / 2`, until a slice came again.)
+        while not self._closed and (self.slices.budgets or self.slices.rates or self.slices.held or self._announced):
             await asyncio.sleep(SWEEP_S)
             try:
                 await self._batched(self._tidy)

@@ -45,7 +45,7 @@ from handler.pipeline.provider_keys import (
 )
 from handler.pipeline.routing import GLOBAL, Attempt, RouteControls, Router, any_model, unplaced_gateway
 from handler.pipeline.upstream import UpstreamClient
-from handler.ports import STORE_DEADLINE, ProviderAdapter, Store, StoreError
+from handler.ports import STORE_DEADLINE, WRITE_AT_ONCE, ProviderAdapter, Store, StoreError
 from handler.telemetry import prometheus
 from handler.telemetry.observability import logger
 
@@ -173,17 +173,19 @@ class Gateway:
         meter.landed(settlement, done, self.spawn)
 
     async def settle_now(self, work: list[Coroutine[Any, Any, None]]) -> None:
-        """Run `work` (deferred from `spawn`) here, one after another, each written by the store at once: no
-        other request is coming to share its write. A buffered invocation's settlements run so after its answer,
-        without a task, a done callback and the loop turns that waiting for them would cost. A failure is logged
-        as a background task's is."""
-        loop = asyncio.get_running_loop()
-        for coro in work:
-            loop.call_soon(self.store.hurry)  # runs once the work has reached the store and waits there
-            try:
-                await coro
-            except Exception as exc:  # noqa: BLE001 - logged, as `_reap` logs a task's; the spool has the rest
-                logger.error("a background task failed", exc_info=exc)
+        """Run `work` (deferred from `spawn`) here, one after another, each written by the store at once
+        (`WRITE_AT_ONCE`): no other request is coming to share its write. A buffered invocation's settlements run so
+        after its answer, without a task, a done callback and the loop turns that waiting for them would cost. A
+        failure is logged as a background task's is."""
+        at_once = WRITE_AT_ONCE.set(True)
+        try:
+            for coro in work:
+                try:
+                    await coro
+                except Exception as exc:  # noqa: BLE001 - logged, as `_reap` logs a task's; the spool has the rest
+                    logger.error("a background task failed", exc_info=exc)
+        finally:
+            WRITE_AT_ONCE.reset(at_once)
 
     def _reap(self, task: asyncio.Task[None]) -> None:
         self.background.discard(task)

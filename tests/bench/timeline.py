@@ -124,6 +124,11 @@ class TimedConnection:
             self.recorder.add(f"store {sql.split()[0].lower()}", started)
         return cursor
 
+    def begin_at_once(self) -> None:
+        started = time.perf_counter()
+        self.db.begin_at_once()  # type: ignore[attr-defined]
+        self.recorder.add("store begin", started)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.db, name)
 

@@ -22,7 +22,15 @@ import pytest
 from adapters.store import records
 from adapters.store import sqlite as sqlite_store
 from adapters.store.sqlite import CHECKPOINT_EVERY_S, SQLiteStore
-from handler.ports import BudgetRefused, ChildLimitReached, KeyPlace, Settlement, StoreError, UsageQuery
+from handler.ports import (
+    WRITE_AT_ONCE,
+    BudgetRefused,
+    ChildLimitReached,
+    KeyPlace,
+    Settlement,
+    StoreError,
+    UsageQuery,
+)
 from tests.unit.adapters.store.test_contract import PERIOD, admission, line, record, settlement
 
 
@@ -190,6 +198,34 @@ async def test_hurry_writes_a_lingering_settlement_at_once(store: SQLiteStore, m
     await settling
     assert time.perf_counter() - started < 0.25  # not its two seconds' linger, nor the slices' sweep (0.5 s)
     assert (await store.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.1)
+
+
+async def test_a_buffered_invocations_settlements_are_written_without_a_turn_of_the_loop(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under `WRITE_AT_ONCE` (a buffered Lambda invocation's settlements, `Gateway.settle_now`), a settlement is written
+    as it is made, from a slice or on a row of its own: no linger for company (here two seconds), no turn of the
+    event loop (the coroutine ends at its first step)."""
+    monkeypatch.setattr(sqlite_store, "SETTLE_LINGER_S", 2.0)
+    key = uuid.uuid4().hex[:12]
+    adm = admission(key, 0.5)
+    await store.admit(adm)
+    statements = traced(store)
+    at_once = WRITE_AT_ONCE.set(True)
+    try:
+        settling = store.settle(settlement(adm, 0.1, line(key, 0.1)))
+        with pytest.raises(StopIteration):
+            settling.send(None)
+        assert statements.count("COMMIT") == 1
+        never = admission(key, 0.2)  # (never admitted: its spend is committed anew, on the second try)
+        settling = store.settle(settlement(never, 0.2, line(key, 0.2)))
+        with pytest.raises(StopIteration):
+            settling.send(None)
+        assert statements.count("COMMIT") == 2  # (its first try, which found no reservation, rolled back)
+    finally:
+        WRITE_AT_ONCE.reset(at_once)
+    assert not store._unsettled
+    assert (await store.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.3)
 
 
 @pytest.mark.usefixtures("no_gc_pauses")
@@ -456,6 +492,34 @@ async def test_a_write_that_waits_too_long_for_another_process_fails_as_the_stor
         other.execute("COMMIT")
         key = uuid.uuid4().hex[:12]
         assert (await opened.admit(admission(key, 0.6))).committed_usd[PERIOD] == pytest.approx(0.6)  # and on
+    finally:
+        other.close()
+        await opened.close()
+
+
+@pytest.mark.usefixtures("no_gc_pauses")
+async def test_after_a_batch_statements_outside_a_transaction_wait_for_another_process_again(tmp_path: Path) -> None:
+    """A batch takes the write lock without waiting and leaves SQLite's wait off (`Connection.begin_at_once`): the
+    next statement outside a transaction sets it back first. Left off, a key written while another process holds
+    the lock for 300 ms would fail at once as the store busy, where it waits for the lock and lands."""
+    path = str(tmp_path / "store.db")
+    opened = SQLiteStore(path)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        key = uuid.uuid4().hex[:12]
+        adm = admission(key, 0.01)
+        await opened.admit(adm)
+        await opened.settle(settlement(adm, 0.01, line(key, 0.01)))  # (batches, each its `BEGIN IMMEDIATE` at once)
+        assert opened.db.no_wait
+        other.execute("BEGIN IMMEDIATE")
+        releasing = asyncio.get_running_loop().run_in_executor(None, lambda: (time.sleep(0.3), other.execute("COMMIT")))
+        started = time.perf_counter()
+        await opened.create_key(record())
+        await releasing
+        assert time.perf_counter() - started >= 0.25  # it waited for the lock
+        assert opened.db.execute("PRAGMA busy_timeout").fetchone() == (sqlite_store.BUSY_TIMEOUT_MS,)
+        await opened.admit(admission(key, 0.02))  # and a batch after it takes the lock at once again
+        assert opened.db.no_wait
     finally:
         other.close()
         await opened.close()
