@@ -1728,6 +1728,33 @@ def test_a_keys_secret_alone_is_kept_redacted_as_a_tag_a_session_or_a_user(gw: R
     assert secret not in named.text
 
 
+def test_a_keys_secret_straddling_the_cut_of_a_long_user_is_kept_of_none_of_it_on_every_api(gw: Running) -> None:
+    """A user is kept as its first 256 characters, and it was cut before the secret of the request's key was looked
+    for in it: a secret beginning before the cut (`<230 letters>-<secret>`) kept its first 25 characters on the
+    ledger line, beside the key's id (found by review). The secret is looked for before the cut, on every API that
+    carries a user: Chat's `user` and `safety_identifier`, Messages' `metadata.user_id`, Responses' `user` and
+    `safety_identifier`, each translated and passed through."""
+    key = gw.mint()
+    secret = key.split("_", 2)[2]
+    head = "u" * 230 + "-"
+    user = head + secret  # (its first 25 characters within the first 256)
+    asked = [
+        ("/v1/chat/completions", {"model": "gpt-test", "messages": HI, "user": user}),
+        ("/v1/chat/completions", {"model": "claude-test", "messages": HI, "safety_identifier": user}),
+        ("/v1/messages", {"model": "claude-test", "max_tokens": 16, "messages": HI, "metadata": {"user_id": user}}),
+        ("/v1/messages", {"model": "gpt-test", "max_tokens": 16, "messages": HI, "metadata": {"user_id": user}}),
+        ("/v1/responses", {"model": "gpt-test", "input": "Hi", "user": user}),
+        ("/v1/responses", {"model": "claude-test", "input": "Hi", "safety_identifier": user}),
+    ]
+    for path, body in asked:
+        answer = post(gw, path, key, body)
+        assert answer.is_success, (path, body["model"], answer.text)
+    lines = ledger(gw, key)
+    while len(lines) < len(asked):
+        lines = ledger(gw, key)
+    assert [line.user for line in lines] == [f"{head}[REDACTED]"] * len(asked)
+
+
 def listed_keys(gw: Running, admin: str, key_id: str) -> str:
     """The page of `GET /admin/keys` that lists `key_id`, as its text, the pages followed to it."""
     for page in gw.key_pages(admin):
