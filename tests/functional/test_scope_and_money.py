@@ -1755,6 +1755,37 @@ def test_a_keys_secret_straddling_the_cut_of_a_long_user_is_kept_of_none_of_it_o
     assert [line.user for line in lines] == [f"{head}[REDACTED]"] * len(asked)
 
 
+def test_a_keys_secret_alone_is_no_name_model_pattern_or_tag_of_a_key_it_makes(gw: Running) -> None:
+    """A key that minted a child named with its own secret alone (`agent-<secret>`, no `gwk_<id>_` before it) had it
+    kept whole: the child's name, model patterns and tags are in every admin's key list, the dashboard's reports and
+    CSV exports grouped by key, and the parent's `/v1/usage`, beside the child's `parent_id`, which with it is the
+    parent's key (found by review: a key, or a secret the gateway knows, was refused, a key's own secret alone was
+    not). The secrets of the key that makes or changes a key, and of its ancestors, are looked for as in a tag a
+    request sends: in a name or a model pattern, a 400 that does not say it; as a tag's value, kept `[REDACTED]`."""
+    root = gw.mint()
+    parent = child(gw, root)
+    admin = gw.mint(admin=True)
+    secret, roots, admins = (held.split("_", 2)[2] for held in (parent, root, admin))
+    for param, spec in (
+        ("name", {"name": f"agent-{secret}"}),
+        ("name", {"name": roots}),
+        ("models", {"name": "k", "models": [f"{secret}-*"]}),
+        ("model_limits", {"name": "k", "model_limits": {f"{secret}*": {"rpm": 1}}}),
+        ("tags", {"name": "k", "tags": {secret: "1"}}),
+    ):
+        refused = post(gw, "/v1/keys", parent, spec)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == param, (param, refused.text)
+        assert secret not in refused.text and roots not in refused.text
+    minted = post(gw, "/v1/keys", parent, {"name": "k", "tags": {"note": secret, "owner": f"o-{roots}"}})
+    assert minted.status_code == 201 and minted.json()["tags"] == {"note": "[REDACTED]", "owner": "o-[REDACTED]"}
+    made = post(gw, "/admin/keys", admin, {"name": f"made by {admins}"})
+    assert made.status_code == 400 and made.json()["error"]["param"] == "name" and admins not in made.text
+    retagged = httpx.patch(
+        f"{gw.url}/admin/keys/{key_id_of(parent)}", json={"tags": {"note": admins}}, headers=auth(admin)
+    )
+    assert retagged.status_code == 200 and retagged.json()["tags"] == {"note": "[REDACTED]"}
+
+
 def listed_keys(gw: Running, admin: str, key_id: str) -> str:
     """The page of `GET /admin/keys` that lists `key_id`, as its text, the pages followed to it."""
     for page in gw.key_pages(admin):
