@@ -81,6 +81,8 @@ class Observed(Protocol):
     @property
     def model(self) -> str: ...
     @property
+    def named_model(self) -> str: ...  # (`model` as the line and spans carry it)
+    @property
     def user(self) -> str | None: ...
     @property
     def controls(self) -> Labelled: ...
@@ -315,7 +317,7 @@ def observe(
     fields: dict[str, Any] = {
         "request_id": ex.request_id,
         "key_id": ex.key.id,
-        "model": prometheus.REGISTRY.model_named(ex.model),
+        "model": ex.named_model,
         "provider": target.provider if target else None,
         "upstream_model": target.model if target else None,
         "region": target.runs_in if target else None,

@@ -1786,6 +1786,31 @@ def test_a_keys_secret_alone_is_no_name_model_pattern_or_tag_of_a_key_it_makes(g
     assert retagged.status_code == 200 and retagged.json()["tags"] == {"note": "[REDACTED]"}
 
 
+def test_a_keys_secret_alone_as_the_model_is_no_part_of_the_request_line(
+    gw: Running, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A model the config does not name is written on the request's log line (and in its span) as its first 256
+    characters, a key-shaped value in it redacted; the key's own secret alone (`"model": "<secret>"`, a client's
+    variable holding the wrong value) has no shape, and was written whole beside the line's `key_id`: the key, for
+    whoever reads the logs (found by review). It is looked for as in a user or a tag: `[REDACTED]` on the line."""
+    parent = gw.mint()
+    key = child(gw, parent)
+    secret, parents = key.split("_", 2)[2], parent.split("_", 2)[2]
+    capfd.readouterr()
+    for model in (secret, f"m-{parents}"):
+        answer = post(gw, "/v1/chat/completions", key, {"model": model, "messages": HI})
+        assert answer.status_code == 404 and answer.json()["error"]["code"] == "model_not_found"
+    deadline = time.monotonic() + 5
+    lines: list[dict[str, Any]] = []
+    while len(lines) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        written = capfd.readouterr().out
+        assert secret not in written and parents not in written
+        said = [orjson.loads(line) for line in written.splitlines() if line.startswith("{")]
+        lines += [line for line in said if line.get("key_id") == key_id_of(key)]
+    assert [line["model"] for line in lines] == ["[REDACTED]", "m-[REDACTED]"]
+
+
 def listed_keys(gw: Running, admin: str, key_id: str) -> str:
     """The page of `GET /admin/keys` that lists `key_id`, as its text, the pages followed to it."""
     for page in gw.key_pages(admin):
