@@ -376,13 +376,13 @@ def redact_secrets(text: str) -> str:
 
 
 # How far past a cut a key's shape can reach (`KEY_SHAPES`' longest match worth reading): a name is redacted over
-# its first `limit` characters and this much more (or the longest known secret), then cut (`_window`).
+# its first `limit` characters and this much more (or the longest known secret), then cut (`window`).
 SHAPE_REACH = 64
 
 
-def _window(value: str, limit: int) -> str:
+def window(value: str, limit: int) -> str:
     """What of a value longer than `limit` is read before its redaction and cut: far enough that a key beginning
-    before the cut is found whole."""
+    before the cut is found whole (a gateway key's secret alone too, 43 characters: `keys.without_own_secret`)."""
     return value[: limit + max(_longest, SHAPE_REACH)]
 
 
@@ -393,7 +393,7 @@ def said_clipped(words: str, limit: int, *, marked: bool = True) -> str:
     half a second). `marked`, the cut says so, and how long the words were."""
     if len(words) <= limit:
         return redact_upstream(words)
-    cut = redact_upstream(_window(words, limit))[:limit]
+    cut = redact_upstream(window(words, limit))[:limit]
     return f"{cut} ... [cut at {limit} of {len(words)} characters]" if marked else cut
 
 
@@ -404,7 +404,7 @@ def clipped(name: str, limit: int = NAME_CHARS) -> str:
     left with its first characters showing; a name of megabytes costs no more than one of a few hundred."""
     if len(name) <= limit:
         return redact_secrets(name)
-    return redact_secrets(_window(name, limit))[:limit]
+    return redact_secrets(window(name, limit))[:limit]
 
 
 # The longest client value an error echoes (a control header's, a fallback's name). A number, a flag or a typo is
@@ -436,7 +436,7 @@ def path_clipped(path: str, limit: int = NAME_CHARS) -> str:
     before it is redacted. Whole, a 60 KB path without a key would be a 60 KB log line and 10-30 ms of redaction."""
     if len(path) <= limit:
         return redact_message(path)
-    return redact_message(_window(path, limit))[:limit]
+    return redact_message(window(path, limit))[:limit]
 
 
 def unkeyed(value: str, limit: int | None = None) -> str:
@@ -448,7 +448,7 @@ def unkeyed(value: str, limit: int | None = None) -> str:
     first `limit` characters, redacted before the cut as `clipped` does: cut first, a key straddling the cut kept
     its first characters, too few for a key's shape."""
     if limit is not None and len(value) > limit:
-        return unkeyed(_window(value, limit))[:limit]
+        return unkeyed(window(value, limit))[:limit]
     for marker in KEY_MARKERS:
         if marker in value:
             return redact_secrets(value)

@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import orjson
@@ -34,7 +35,7 @@ from handler.pipeline.key_admin import (
     validate_networks,
     with_descendants,
 )
-from handler.pipeline.keys import ID_LENGTH, NOT_THE_KEY, is_key_id, may_hold_a_secret, network
+from handler.pipeline.keys import ID_LENGTH, NOT_THE_KEY, is_key_id, kept_unkeyed, may_hold_a_secret, network
 from handler.pipeline.pricing import dollars
 from handler.ports import KeyPlace, KeyRecord, RateCharge, UsageQuery
 from handler.redaction import unkeyed
@@ -185,9 +186,14 @@ def key_view(record: KeyRecord) -> dict[str, Any]:
     }
 
 
-def record_from(spec: KeySpec, *, admin: bool = False, now: float) -> KeyRecord:
+def record_from(spec: KeySpec, lineage: list[KeyRecord], *, admin: bool = False, now: float) -> KeyRecord:
+    """The record `spec` asks for, made by the key of `lineage` (it and its ancestors, nearest first): a name or a
+    model pattern holding a key, a known secret or the secret of one of those keys is refused (`unkeyed_name`), and a
+    tag's value holding one kept redacted (`kept_unkeyed`), as a request's tags are."""
     limits: dict[str, dict[str, int]] = {
-        unkeyed_name(pattern, "model_limits", "a model pattern"): {str(name): value for name, value in values.items()}
+        unkeyed_name(pattern, "model_limits", "a model pattern", lineage): {
+            str(name): value for name, value in values.items()
+        }
         for pattern, values in (spec.model_limits or {}).items()
     }
     for pattern, values in limits.items():
@@ -205,10 +211,10 @@ def record_from(spec: KeySpec, *, admin: bool = False, now: float) -> KeyRecord:
         )
     return KeyRecord(
         id="",
-        name=unkeyed_name(spec.name, "name", "a key's name"),
+        name=unkeyed_name(spec.name, "name", "a key's name", lineage),
         secret_hash="",
         created_at=now,
-        models=[unkeyed_name(pattern, "models", "a model pattern") for pattern in spec.models or ["*"]],
+        models=[unkeyed_name(pattern, "models", "a model pattern", lineage) for pattern in spec.models or ["*"]],
         budget_usd=spec.budget_usd,
         budget_period=spec.budget_period,
         expires_at=now + spec.expires_in_seconds if spec.expires_in_seconds else None,
@@ -217,7 +223,7 @@ def record_from(spec: KeySpec, *, admin: bool = False, now: float) -> KeyRecord:
         model_limits=limits,
         allow_ips=validate_networks(spec.allow_ips or []),
         admin=admin,
-        tags=validate_tags(spec.tags or {}, "tags"),
+        tags=validate_tags(spec.tags or {}, "tags", partial(kept_unkeyed, lineage=lineage)),
     )
 
 
@@ -394,7 +400,7 @@ class KeyRoutes:
         parent = await self.api.authenticate(request, administers=True)
         spec = await self.api.parse(request, KeySpec, max_bytes=KEY_BODY_BYTES)
         now = time.time()
-        child = record_from(spec, now=now)
+        child = record_from(spec, self.api.lineage(request), now=now)
         narrow_to(child, spec, parent, "a child key", "its parent")
         lineage = await self.gateway.keys.lineage(parent)
         patterns = GlobCheck("model_limits")
@@ -554,7 +560,7 @@ class KeyRoutes:
                 "apart): mint a child with POST /v1/keys, whose requests are held to them",
                 code="admin_only",
             )
-        record = record_from(spec, admin=spec.admin, now=time.time())
+        record = record_from(spec, self.api.lineage(request), admin=spec.admin, now=time.time())
         narrow_to(record, spec, creator, "a new key", "this admin key")
         minted = await self.admin.mint(record)
         return self.api.json({**key_view(minted.record), "key": minted.key}, status=201, headers=SECRET_HEADERS)
@@ -682,7 +688,7 @@ class KeyRoutes:
     async def admin_update(self, request: Request) -> Response:
         await self._admin(request)
         spec = await self.api.parse(request, KeyUpdateSpec, max_bytes=KEY_BODY_BYTES)
-        tags = validate_tags(spec.tags, "tags")
+        tags = validate_tags(spec.tags, "tags", partial(kept_unkeyed, lineage=self.api.lineage(request)))
         updated = await self._change(request, lambda record: self.admin.retag(record, tags), "updating")
         return self.api.json(key_view(updated))
 

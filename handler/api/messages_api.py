@@ -19,6 +19,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, Field, PrivateAttr
 
+from handler.api.offered_search import SearchOffered
 from handler.errors import InvalidRequestError
 from handler.schemas import (
     DOCUMENT,
@@ -467,7 +468,7 @@ def prefill_of(message: dict[str, Any]) -> str | None:
     return content or None
 
 
-class MessagesChatRequest(ChatRequest):
+class MessagesChatRequest(SearchOffered, ChatRequest):
     """The internal request of a Messages request whose final assistant turn prefills the answer (`prefill`), or that
     offers Anthropic's web search tool (`web_search`, set once the search is priced: `carried_search`). A class of its
     own, as `ResponsesChatRequest` is: a private attribute of `ChatRequest` would cost every Chat Completions request's
@@ -485,14 +486,6 @@ class MessagesChatRequest(ChatRequest):
     @property
     def prefill(self) -> str | None:
         return self._prefill
-
-    @property
-    def web_search(self) -> WebSearch | None:
-        return self._search
-
-    @web_search.setter
-    def web_search(self, search: WebSearch | None) -> None:
-        self._search = search
 
 
 # Anthropic's web search tool, by its type's prefix (`web_search_20250305`, `web_search_20260209`, ...).

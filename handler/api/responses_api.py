@@ -29,6 +29,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
+from handler.api.offered_search import SearchOffered
 from handler.errors import InvalidRequestError
 from handler.pipeline.pricing import Cost
 from handler.schemas import (
@@ -943,7 +944,7 @@ def to_chat_request(
         raise InvalidRequestError(f"the request cannot be translated: {first['msg']}") from None
 
 
-class ResponsesChatRequest(ChatRequest):
+class ResponsesChatRequest(SearchOffered, ChatRequest):
     """The internal request of a Responses request that asks for a reasoning summary (`reasoning_summary`) or offers
     the hosted web search (`web_search`, set once the search is priced: `translated_search`). A class of its own: as
     private attributes of `ChatRequest`, they doubled the validation of every Chat Completions request (5 to 10 µs),
@@ -961,14 +962,6 @@ class ResponsesChatRequest(ChatRequest):
     @property
     def reasoning_summary(self) -> str | None:
         return self._summary
-
-    @property
-    def web_search(self) -> WebSearch | None:
-        return self._search
-
-    @web_search.setter
-    def web_search(self, search: WebSearch | None) -> None:
-        self._search = search
 
 
 # --- the answer ----------------------------------------------------------------------------------

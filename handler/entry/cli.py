@@ -624,7 +624,7 @@ def _created_record(args: argparse.Namespace) -> KeyRecord:
     except ValidationError as exc:
         raise flag_error(exc) from None
     try:
-        return record_from(spec, admin=spec.admin, now=time.time())
+        return record_from(spec, [], admin=spec.admin, now=time.time())  # (the operator's: made by no key)
     except InvalidRequestError as exc:  # (what only the record's making refuses: a range of `--allow-ip`)
         flag = FLAGS.get(exc.param or "")
         if flag is None:

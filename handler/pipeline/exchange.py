@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Final
 
 from handler.errors import RateLimitError, ServiceUnavailableError, UpstreamTimeoutError
 from handler.pipeline.budgets import Counted, RateHeaders, Reservation, remaining_usd
+from handler.pipeline.keys import without_own_secret
 from handler.pipeline.output_caps import OutputCap
 from handler.pipeline.pricing import Cost, PromptEstimate, usd
 from handler.pipeline.routing import Attempt, RouteControls
 from handler.ports import KeyRecord, LedgerItem
 from handler.records import Value
 from handler.redaction import names_clipped
+from handler.telemetry.prometheus import REGISTRY
 
 if TYPE_CHECKING:
     from handler.schemas import ChatRequest, Usage
@@ -193,6 +195,15 @@ class Exchange:
         # Its ledger line, once settled: the buffered Lambda function marks it when the answer cannot be delivered
         # (handler/api/answer_size.py), before its settlement is written.
         self.ledger_item: LedgerItem | None = None
+
+    @property
+    def named_model(self) -> str:
+        """The model the client asked for as its log line and spans carry it: a name the config does not name as
+        `ModelRegistry.model_named` writes it (cut, without a key in it), and without the secret alone of the
+        request's key or an ancestor (`without_own_secret`): beside `key_id` on the line, it would be the key."""
+        if self.model in REGISTRY.models:
+            return self.model
+        return without_own_secret(REGISTRY.model_named(self.model), self.lineage)
 
     @property
     def tier_unnamed(self) -> bool:

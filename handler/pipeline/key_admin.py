@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Final, TypeVar
 
 from handler.errors import AuthenticationError, InvalidRequestError, KeyChangedError, PermissionDeniedError
-from handler.pipeline.keys import ID_LENGTH, KeyService, format_key, hash_secret, network
+from handler.pipeline.keys import ID_LENGTH, KeyService, format_key, hash_secret, network, without_own_secret
 from handler.ports import ChildLimitReached, ConflictError, KeyRecord, Store, family_root
 from handler.records import Value
 from handler.redaction import REDACTED, unkeyed
@@ -317,13 +317,15 @@ def glob_within(child: str, parent: str) -> bool:
     return GlobCheck().within(child, parent)
 
 
-def unkeyed_name(name: str, param: str, what: str) -> str:
+def unkeyed_name(name: str, param: str, what: str, lineage: Sequence[KeyRecord] = ()) -> str:
     """`name`, one a key's creator chose (`what`: the key's name, a model pattern of its scopes), unless it holds a key
-    or a known secret (as `unkeyed` finds them): then a 400 naming `param`, not the name. Each is shown as stored in
-    every admin's key list, and a key's name in the usage reports grouped by key (the dashboard's tables, their CSV)
-    and in its parent's `/v1/usage`: a holder that named a child `agent gwk_...` put its own key in all of them, as
-    a tag's name would have (`handler.pipeline.attribution.tag_name`)."""
-    if unkeyed(name) != name:
+    or a known secret (as `unkeyed` finds them), or the secret alone of the creating key or an ancestor (`lineage`:
+    `without_own_secret`): then a 400 naming `param`, not the name. Each is shown as stored in every admin's key
+    list, beside the ids of the key's parent and ancestors, and a key's name in the usage reports grouped by key (the
+    dashboard's tables, their CSV) and in its parent's `/v1/usage`: a holder that named a child `agent gwk_...`, or
+    `agent <its secret>`, put its own key in all of them, as a tag's name would have
+    (`handler.pipeline.attribution.tag_name`)."""
+    if unkeyed(name) != name or without_own_secret(name, lineage) != name:
         raise InvalidRequestError(
             f"{what} may not hold a key or a secret (every admin's key list and usage report shows it)", param=param
         )

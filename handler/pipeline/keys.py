@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, TypeAlias
 from handler.errors import AuthenticationError, PermissionDeniedError, model_not_allowed
 from handler.pipeline.attribution import stored_tags
 from handler.ports import KeyRecord, Store
-from handler.redaction import REDACTED, unkeyed
+from handler.redaction import REDACTED, unkeyed, window
 
 if TYPE_CHECKING:
     from typing_extensions import TypeIs  # (pydantic's dependency; only read by the type checker)
@@ -113,9 +113,13 @@ def without_own_secret(value: str, lineage: Sequence[KeyRecord]) -> str:
 
 
 def kept_unkeyed(value: str, lineage: Sequence[KeyRecord], limit: int | None = None) -> str:
-    """A client's name for its user, its session or a tag, as its request's ledger line keeps it: `unkeyed` (cut to
-    `limit` characters where one is given), and without the secret of its key or an ancestor (`without_own_secret`)."""
-    return without_own_secret(unkeyed(value, limit), lineage)
+    """A client's name for its user, its session or a tag, as its request's ledger line keeps it: `unkeyed`, and
+    without the secret of its key or an ancestor (`without_own_secret`). With `limit`, its first `limit` characters,
+    both redactions read past the cut (`redaction.window`) before it: cut first, a secret straddling the cut kept its
+    first characters, too few for the secret's hash."""
+    if limit is not None and len(value) > limit:
+        return kept_unkeyed(window(value, limit), lineage)[:limit]
+    return without_own_secret(unkeyed(value), lineage)
 
 
 def format_key(key_id: str, secret: str) -> str:

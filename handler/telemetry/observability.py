@@ -81,6 +81,8 @@ class Observed(Protocol):
     @property
     def model(self) -> str: ...
     @property
+    def named_model(self) -> str: ...  # (`model` as the line and spans carry it)
+    @property
     def user(self) -> str | None: ...
     @property
     def controls(self) -> Labelled: ...
@@ -166,12 +168,13 @@ def carried(value: Any) -> Any:
 
 # Every log record the process makes carries no secret, whoever makes it: the gateway's loggers, uvicorn's `Exception in
 # ASGI application` and Mangum's `Exception in 'http' protocol.` (each with the traceback of an error the app did not
-# expect), asyncio's `Task exception was never retrieved`, a library's. An error's words may quote what it was
-# handling (an HTTP library's refusal of a header value quotes the provider key in it), and a traceback gives them
-# again, with those of the errors it chains. The redaction runs as the record is made (`redacted_record`, the process's
-# record factory): a filter on the root logger is not consulted for the records of the loggers under it (`gateway`'s,
-# `uvicorn.error`'s), and one on a handler only where the handler is known when it is added (Lambda's runtime adds the
-# root's, uvicorn its own, pytest its own per test).
+# expect), asyncio's `Task exception was never retrieved`, a library's. An error's words may quote what it was handling
+# (an HTTP library's refusal of a header value quotes the provider key in it), and a traceback gives them again, with
+# those of the errors it chains; and a field given as `extra=` may be those words (`"reason": str(exc)`). The redaction
+# runs as the record is made (`redacted_record`, the process's record factory; its `extra=` fields as
+# `Logger.makeRecord` sets them after, `redacted_extras`): a filter on the root logger is not consulted for the records
+# of the loggers under it (`gateway`'s, `uvicorn.error`'s), and one on a handler only where the handler is known when it
+# is added (Lambda's runtime adds the root's, uvicorn its own, pytest its own per test).
 class RedactedText(str):
     """A log message whose words and arguments are redacted already (the buffered function's access line, its method
     and path `path_clipped`): `redacted_record` leaves it as it is, so that a request's line pays for its redaction
@@ -217,6 +220,56 @@ def redacted_records(made: Callable[..., logging.LogRecord]) -> Callable[..., lo
 
 
 logging.setLogRecordFactory(redacted_records(logging.getLogRecordFactory()))
+
+
+def redacted_field(value: Any) -> Any:
+    """A record's field (an `extra=`'s value) as `redacted` leaves a message: a string `redact_message`ed, each name
+    and value of a dict and each member of a list so (a spooled settlement, a Lambda event's field names); a number,
+    a flag or None as it is; anything else as the text a formatter writes of it (`str`: an error's, which may quote a
+    key), redacted."""
+    if isinstance(value, str):
+        return redact_message(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, dict):
+        return {redacted_field(name): redacted_field(inner) for name, inner in value.items()}
+    if isinstance(value, list | tuple):
+        return [redacted_field(inner) for inner in value]
+    return redact_message(str(value))
+
+
+def redacted_extras(make: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    """`Logger.makeRecord` as `make` does it, with each field a call gives as `extra=` `redacted_field`: a JSON
+    formatter writes every one (Powertools', the gateway's `logger`; Lambda's runtime's, in its JSON log format), and
+    `makeRecord` sets them on the record after the record factory (`redacted_record`) has made it. A record without
+    `extra=` costs one call more (the buffered function's access line: 0.04 µs)."""
+
+    def redacted_made(
+        self: logging.Logger,
+        name: str,
+        level: int,
+        fn: str,
+        lno: int,
+        msg: object,
+        args: Any,
+        exc_info: Any,
+        func: str | None = None,
+        extra: Mapping[str, object] | None = None,
+        sinfo: str | None = None,
+    ) -> logging.LogRecord:
+        record = make(self, name, level, fn, lno, msg, args, exc_info, func, extra, sinfo)
+        if extra:
+            fields = record.__dict__
+            for field in extra:
+                fields[field] = redacted_field(fields[field])
+        return record
+
+    return redacted_made
+
+
+# (On the class: every logger is one, or its subclass: the root, `gateway`'s, uvicorn's, Mangum's, the logger under
+# Powertools' `Logger`, whenever it was made.)
+logging.Logger.makeRecord = redacted_extras(logging.Logger.makeRecord)  # type: ignore[method-assign]
 
 
 class _Untraced:
@@ -271,7 +324,7 @@ def observe(
     fields: dict[str, Any] = {
         "request_id": ex.request_id,
         "key_id": ex.key.id,
-        "model": prometheus.REGISTRY.model_named(ex.model),
+        "model": ex.named_model,
         "provider": target.provider if target else None,
         "upstream_model": target.model if target else None,
         "region": target.runs_in if target else None,

@@ -35,7 +35,6 @@ from handler.config import (
 from handler.otlp_config import OtlpConfig
 from handler.records import Value
 from handler.redaction import redact_message, scrub
-from handler.telemetry import prometheus
 
 if TYPE_CHECKING:
     from adapters.otlp.exporter import BatchExporter
@@ -316,7 +315,7 @@ class RequestTracer:
                 trace.trace_id,
                 trace.span_id,
                 trace.parent_id,
-                f"{OPERATIONS.get(trace.path, 'chat')} {prometheus.REGISTRY.model_named(ex.model)}",
+                f"{OPERATIONS.get(trace.path, 'chat')} {ex.named_model}",
                 SERVER,
                 trace.clock(ex.started),
                 trace.clock(ended),
@@ -349,7 +348,7 @@ class RequestTracer:
         total_ms = (ended - ex.started) * 1000
         out: Attributes = [
             ("gen_ai.operation.name", OPERATIONS.get(trace.path, "chat")),
-            ("gen_ai.request.model", prometheus.REGISTRY.model_named(ex.model)),
+            ("gen_ai.request.model", ex.named_model),
             *trace.request,
             ("http.request.method", "POST"),
             ("http.route", trace.path),

@@ -1728,6 +1728,89 @@ def test_a_keys_secret_alone_is_kept_redacted_as_a_tag_a_session_or_a_user(gw: R
     assert secret not in named.text
 
 
+def test_a_keys_secret_straddling_the_cut_of_a_long_user_is_kept_of_none_of_it_on_every_api(gw: Running) -> None:
+    """A user is kept as its first 256 characters, and it was cut before the secret of the request's key was looked
+    for in it: a secret beginning before the cut (`<230 letters>-<secret>`) kept its first 25 characters on the
+    ledger line, beside the key's id (found by review). The secret is looked for before the cut, on every API that
+    carries a user: Chat's `user` and `safety_identifier`, Messages' `metadata.user_id`, Responses' `user` and
+    `safety_identifier`, each translated and passed through."""
+    key = gw.mint()
+    secret = key.split("_", 2)[2]
+    head = "u" * 230 + "-"
+    user = head + secret  # (its first 25 characters within the first 256)
+    asked = [
+        ("/v1/chat/completions", {"model": "gpt-test", "messages": HI, "user": user}),
+        ("/v1/chat/completions", {"model": "claude-test", "messages": HI, "safety_identifier": user}),
+        ("/v1/messages", {"model": "claude-test", "max_tokens": 16, "messages": HI, "metadata": {"user_id": user}}),
+        ("/v1/messages", {"model": "gpt-test", "max_tokens": 16, "messages": HI, "metadata": {"user_id": user}}),
+        ("/v1/responses", {"model": "gpt-test", "input": "Hi", "user": user}),
+        ("/v1/responses", {"model": "claude-test", "input": "Hi", "safety_identifier": user}),
+    ]
+    for path, body in asked:
+        answer = post(gw, path, key, body)
+        assert answer.is_success, (path, body["model"], answer.text)
+    lines = ledger(gw, key)
+    while len(lines) < len(asked):
+        lines = ledger(gw, key)
+    assert [line.user for line in lines] == [f"{head}[REDACTED]"] * len(asked)
+
+
+def test_a_keys_secret_alone_is_no_name_model_pattern_or_tag_of_a_key_it_makes(gw: Running) -> None:
+    """A key that minted a child named with its own secret alone (`agent-<secret>`, no `gwk_<id>_` before it) had it
+    kept whole: the child's name, model patterns and tags are in every admin's key list, the dashboard's reports and
+    CSV exports grouped by key, and the parent's `/v1/usage`, beside the child's `parent_id`, which with it is the
+    parent's key (found by review: a key, or a secret the gateway knows, was refused, a key's own secret alone was
+    not). The secrets of the key that makes or changes a key, and of its ancestors, are looked for as in a tag a
+    request sends: in a name or a model pattern, a 400 that does not say it; as a tag's value, kept `[REDACTED]`."""
+    root = gw.mint()
+    parent = child(gw, root)
+    admin = gw.mint(admin=True)
+    secret, roots, admins = (held.split("_", 2)[2] for held in (parent, root, admin))
+    for param, spec in (
+        ("name", {"name": f"agent-{secret}"}),
+        ("name", {"name": roots}),
+        ("models", {"name": "k", "models": [f"{secret}-*"]}),
+        ("model_limits", {"name": "k", "model_limits": {f"{secret}*": {"rpm": 1}}}),
+        ("tags", {"name": "k", "tags": {secret: "1"}}),
+    ):
+        refused = post(gw, "/v1/keys", parent, spec)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == param, (param, refused.text)
+        assert secret not in refused.text and roots not in refused.text
+    minted = post(gw, "/v1/keys", parent, {"name": "k", "tags": {"note": secret, "owner": f"o-{roots}"}})
+    assert minted.status_code == 201 and minted.json()["tags"] == {"note": "[REDACTED]", "owner": "o-[REDACTED]"}
+    made = post(gw, "/admin/keys", admin, {"name": f"made by {admins}"})
+    assert made.status_code == 400 and made.json()["error"]["param"] == "name" and admins not in made.text
+    retagged = httpx.patch(
+        f"{gw.url}/admin/keys/{key_id_of(parent)}", json={"tags": {"note": admins}}, headers=auth(admin)
+    )
+    assert retagged.status_code == 200 and retagged.json()["tags"] == {"note": "[REDACTED]"}
+
+
+def test_a_keys_secret_alone_as_the_model_is_no_part_of_the_request_line(
+    gw: Running, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A model the config does not name is written on the request's log line (and in its span) as its first 256
+    characters, a key-shaped value in it redacted; the key's own secret alone (`"model": "<secret>"`, a client's
+    variable holding the wrong value) has no shape, and was written whole beside the line's `key_id`: the key, for
+    whoever reads the logs (found by review). It is looked for as in a user or a tag: `[REDACTED]` on the line."""
+    parent = gw.mint()
+    key = child(gw, parent)
+    secret, parents = key.split("_", 2)[2], parent.split("_", 2)[2]
+    capfd.readouterr()
+    for model in (secret, f"m-{parents}"):
+        answer = post(gw, "/v1/chat/completions", key, {"model": model, "messages": HI})
+        assert answer.status_code == 404 and answer.json()["error"]["code"] == "model_not_found"
+    deadline = time.monotonic() + 5
+    lines: list[dict[str, Any]] = []
+    while len(lines) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        written = capfd.readouterr().out
+        assert secret not in written and parents not in written
+        said = [orjson.loads(line) for line in written.splitlines() if line.startswith("{")]
+        lines += [line for line in said if line.get("key_id") == key_id_of(key)]
+    assert [line["model"] for line in lines] == ["[REDACTED]", "m-[REDACTED]"]
+
+
 def listed_keys(gw: Running, admin: str, key_id: str) -> str:
     """The page of `GET /admin/keys` that lists `key_id`, as its text, the pages followed to it."""
     for page in gw.key_pages(admin):

@@ -26,6 +26,7 @@ from handler.pipeline.keys import (
     address_allowed,
     format_key,
     hash_secret,
+    kept_unkeyed,
     model_allowed,
     parse_networks,
     split_key,
@@ -510,3 +511,21 @@ def test_a_keys_secret_alone_is_redacted_from_a_name_kept_beside_its_id() -> Non
     assert without_own_secret(secret, [parent]) == secret  # (not this request's keys')
     short = "0b9d2f4e-3c8a-4a51-9f0e-7d6c5b4a3921"
     assert without_own_secret(short, [record]) is short
+
+
+@pytest.mark.parametrize("at", [200, 213, 230, 250, 255, 256, 260])
+def test_a_keys_secret_straddling_the_cut_of_a_long_user_leaves_none_of_itself(at: int) -> None:
+    """A `user` is kept as its first 256 characters (`MAX_USER_CHARS`): cut before the secret of its key was looked
+    for, a secret beginning before the cut kept its first characters (up to 42 of its 43), too few for its hash. Both
+    redactions read past the cut, then cut: no character of the secret is kept, wherever it stands; the characters
+    before it are kept as they were."""
+    secret = secrets.token_urlsafe(32)
+    record = KeyRecord(id="k", name="k", secret_hash=hash_secret(secret), created_at=0)
+    head = "team.member:" + "u" * (at - 13) + "-"  # (`at` characters, then the secret, joined by a `-`)
+    for tail in ("", f"-{'v' * 300}", f":{'w' * 300}"):
+        kept = kept_unkeyed(f"{head}{secret}{tail}", [record], 256)
+        assert kept == f"{head}[REDACTED]{tail}"[:256]
+        assert not any(secret[:n] in kept for n in range(4, 44)), kept[at - 8 :]
+    # A user of no secret of the key's is cut as it was: its first 256 characters.
+    other = secrets.token_urlsafe(32)
+    assert kept_unkeyed(f"{head}{other}{'x' * 300}", [record], 256) == f"{head}{other}{'x' * 300}"[:256]

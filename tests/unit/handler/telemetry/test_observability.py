@@ -3,7 +3,9 @@ request's log line; and the redaction of every log record."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -14,6 +16,7 @@ from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from uvicorn.logging import DefaultFormatter
 
 from handler.entry.adapter import ACCESS_LINE
+from handler.pipeline.provider_keys import header_secrets
 from handler.telemetry import observability
 from handler.telemetry.observability import UNTRACED, span
 
@@ -167,3 +170,60 @@ def test_a_message_redacted_already_is_not_redacted_again(
     marked, failed = caplog.records
     assert marked.args == ("GET", f"/v1/models/{PROVIDER_KEY}", 404)  # (as given: the call site redacts)
     assert PROVIDER_KEY not in "".join(written(failed))
+
+
+GATEWAY_KEY = "gwk_a2b3c4d5e6f7_" + "Qx9" * 14 + "z"  # (a gateway key: its id, then 43 of its secret's alphabet)
+BASIC = base64.b64encode(b"proxy:Tr0ub4dor&3x").decode()  # (a provider's Basic credential: its user and password)
+
+
+@pytest.mark.parametrize("name", ["gateway", "uvicorn.error", "mangum.http", "llm-gateway", ""])
+def test_a_records_extra_fields_hold_no_secret_whichever_logger_logs_them(
+    name: str, only_secrets: Callable[..., None], caplog: pytest.LogCaptureFixture
+) -> None:
+    """`logger.error("the settlement spool cannot be read", extra={"reason": str(exc)})` wrote the error's words
+    whole, a key it quoted too: a record's `extra=` fields are set after the record factory redacts the record, and a
+    JSON formatter writes each (Powertools', the gateway's `logger`; Lambda's runtime's in its JSON log format). Each
+    field is redacted as the message is, within a dict or a list too, and one of another type as the text a formatter
+    writes of it; a number, a flag or None is kept as it is."""
+    only_secrets(PROVIDER_KEY, *header_secrets(f"Basic {BASIC}"))  # (as the gateway registers a provider's header)
+    caplog.set_level(logging.DEBUG, logger=name or None)
+    extra = {
+        "reason": f"refused: Bearer {PROVIDER_KEY}",
+        "settlement": {"user": GATEWAY_KEY, "tags": [f"note={PROVIDER_KEY}"], "cost_usd": 0.2, "stream": True},
+        "sent": ("Authorization", f"Basic {BASIC}"),
+        "failure": failure(),
+        "password": "its password Tr0ub4dor&3x",
+        "pending": 2,
+        "region": None,
+    }
+    logging.getLogger(name).warning("the settlement spool cannot be read", extra=extra)
+    [record] = [record for record in caplog.records if record.name == (name or "root")]
+    named = logging.Formatter("%(message)s %(reason)s %(settlement)s %(sent)s %(failure)s %(password)s")
+    lines = [*written(record), named.format(record)]
+    for line in lines:
+        for secret in (PROVIDER_KEY, GATEWAY_KEY, BASIC, "Tr0ub4dor&3x"):
+            assert secret not in line, line
+    fields = orjson.loads(lines[2])  # (Powertools' line)
+    assert fields["reason"] == "refused: Bearer [REDACTED]"
+    assert fields["settlement"] == {"user": "[REDACTED]", "tags": ["note=[REDACTED]"], "cost_usd": 0.2, "stream": True}
+    assert fields["sent"] == ["Authorization", "[REDACTED]"]
+    assert fields["failure"] == "illegal header value '[REDACTED]'"
+    assert (fields["password"], fields["pending"], record.region) == ("its password [REDACTED]", 2, None)
+
+
+def test_the_gateways_json_logger_writes_no_secret_in_a_records_fields(only_secrets: Callable[..., None]) -> None:
+    """The line Powertools' `Logger` (`observability.logger`, the spool's and the start-up's) writes, as its own
+    handler writes it: the spool's `reason`, an error's words, carried the provider key they quoted."""
+    only_secrets(PROVIDER_KEY)
+    written = io.StringIO()
+    to_the_log = logging.StreamHandler(written)
+    to_the_log.setFormatter(observability.logger.registered_handler.formatter)
+    observability.logger.addHandler(to_the_log)
+    try:
+        observability.logger.error(
+            "the settlement spool cannot be read or written", extra={"reason": f"[Errno 13] {PROVIDER_KEY}"}
+        )
+    finally:
+        observability.logger.removeHandler(to_the_log)
+    line = orjson.loads(written.getvalue())
+    assert line["reason"] == "[Errno 13] [REDACTED]" and PROVIDER_KEY not in written.getvalue()
