@@ -773,16 +773,23 @@ def call_id(index: int) -> str:
 
 # A part of Gemini 3's tool context that is its built-in tool's own (Google Search's call and its results).
 SERVER_TOOL_PARTS = ("toolCall", "toolResponse")
+# What such a part carries: its call or response, and the signature Gemini 3 wants back with it.
+TOOL_PART_MEMBERS = (*SERVER_TOOL_PARTS, "thoughtSignature")
 
 
 def tool_context(parts: Any) -> list[dict[str, Any]]:
     """The parts of an answer (`parts`) that are its built-in tools' own calls and responses (`toolCall`,
     `toolResponse`, each whole, its `thoughtSignature` with it), which Google's SDK says a client passes back in the
-    turn that follows, the call with its response. Another part is none of them (a Chat client's message may hold
-    anything in `reasoning_tool_context`)."""
+    turn that follows, the call with its response: those members of each, no other. Another part is none of them,
+    and another member of one is left out (a Chat client's message may hold anything in `reasoning_tool_context`:
+    a `text` beside a `toolCall` would have Gemini refuse the turn, a part having one kind of content)."""
     if not isinstance(parts, list):
         return []
-    return [p for p in parts if isinstance(p, dict) and any(isinstance(p.get(k), dict) for k in SERVER_TOOL_PARTS)]
+    return [
+        {k: p[k] for k in TOOL_PART_MEMBERS if k in p}
+        for p in parts
+        if isinstance(p, dict) and any(isinstance(p.get(k), dict) for k in SERVER_TOOL_PARTS)
+    ]
 
 
 def candidate_parts(candidate: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -209,14 +209,17 @@ SEARCHED_PARTS = [
 def test_a_chat_clients_turn_brings_back_gemini_3s_own_search_parts(model: str, restored: bool) -> None:
     """A Chat Completions answer of Gemini 3's tool context has the search's own parts as its message's
     `reasoning_tool_context`; the assistant turn that sends them back goes to Gemini 3 with them (a member that is no
-    such part left out), ahead of its text, and to Gemini 2.5, which has no tool context, without them."""
+    such part left out, and a member of one that is not its call, response or signature), ahead of its text, and to
+    Gemini 2.5, which has no tool context, without them."""
     candidate = {"content": {"role": "model", "parts": [*SEARCHED_PARTS, {"text": "hello"}]}, "finishReason": "STOP"}
     answer = {"candidates": [candidate], "usageMetadata": USAGE}
     adapter = GeminiAdapter("g", "AIza-test-key", {})
     message = adapter.chat_response(orjson.dumps(answer), searching(), target(model)).choices[0].message
     kept = message.model_dump()["reasoning_tool_context"]
     assert kept == SEARCHED_PARTS
-    turn = {"role": "assistant", "content": "hello", "reasoning_tool_context": [*kept, {"text": "not a tool's"}]}
+    smuggled = {**kept[0], "text": "beside a call"}  # (a part of one kind of content: Gemini refuses two)
+    sent = [smuggled, *kept[1:], {"text": "not a tool's"}]
+    turn = {"role": "assistant", "content": "hello", "reasoning_tool_context": sent}
     again = searching(messages=[{"role": "user", "content": "hi"}, turn, {"role": "user", "content": "more"}])
     body, _ = adapter.chat_body(again, target(model))
     assert body["contents"][1]["parts"] == [*(SEARCHED_PARTS if restored else []), {"text": "hello"}]
