@@ -520,10 +520,14 @@ class ResponsesRoutes:
         # stored turns' reasoning with what the gateway kept of it.
         # A translation carries the hosted search as the search it asks for, run by a provider with its own search
         # tool where the search is priced (`ex.searches`, the limit reserved): left out and named where unpriced.
-        searches = search_tools(body)
-        hosted = hosted_tools(api.pipeline, ex, body, searches)
-        dropped = translated_search(req, searches, ex.searches, dropped, body.tool_choice)
-        ex.searched = req if req.web_search is not None else None
+        # (No tool, and no choice of tools that may allow the search: nothing hosted to leave out, no search to carry.)
+        if body.tools or isinstance(body.tool_choice, dict):
+            searches = search_tools(body)
+            hosted = hosted_tools(api.pipeline, ex, body, searches)
+            dropped = translated_search(req, searches, ex.searches, dropped, body.tool_choice)
+            ex.searched = req if req.web_search is not None else None
+        else:
+            hosted = []
         relay = Relay(body, handed_back, ex, dropped, hosted, kept, visible)
 
         async def keep(response: dict[str, Any]) -> None:
