@@ -489,15 +489,17 @@ class ResponsesRoutes:
             sealed = previous.get("sealed") or {}
             answered = answered_in(previous)
         lookup = StoredItems(self.archive, key, history, history_ids, sealed, answered)
-        items, kept = await lookup.resolved(input_items(body))
-        if isinstance(body.input, list):
+        items = input_items(body)
+        kept: dict[str, str] = {}
+        if isinstance(body.input, list):  # (a string input is one message of no id: nothing in it to look up)
+            items, kept = await lookup.resolved(items)
             body.input = items  # (the references replaced: for the translation, the provider and the store)
-        refuse_duplicates(items, history_ids)
-        # Reasoning items of stored turns a client sends back by value (the Agents SDK does), without the
-        # `encrypted_content` it did not ask for: what the gateway kept of them goes back as with the turns' id.
-        unsealed = [item_id for item_id in unsealed_reasoning(items) if item_id not in sealed]
-        if unsealed:
-            kept.update(await lookup.kept_reasoning(unsealed))
+            refuse_duplicates(items, history_ids)
+            # Reasoning items of stored turns a client sends back by value (the Agents SDK does), without the
+            # `encrypted_content` it did not ask for: what the gateway kept of them goes back as with the turns' id.
+            unsealed = [item_id for item_id in unsealed_reasoning(items) if item_id not in sealed]
+            if unsealed:
+                kept.update(await lookup.kept_reasoning(unsealed))
         unread = lookup.spent
         # A provider that keeps answers itself is sent an item's id only where the key may see the item (it would
         # read any other from the account's store: `NativeCall.visible`): looked for where one is configured, for a
@@ -511,17 +513,21 @@ class ResponsesRoutes:
             dropped.append("input[reasoning]")  # (the reasoning of items past `MAX_KEPT_READS`: their summary went)
         ex = api.exchange(request, key, req.model, stream=req.stream, extra=body.model_extra, known=RESPONSES)
         ex.cap_param = "max_output_tokens"
-        conversation = [*history, *input_items(body)]  # (as the client has it, to list and continue)
+        conversation = [*history, *input_items(body)] if body.stored else []  # (as the client has it, to keep)
 
         # A deployment that serves the Responses API gets the client's body (`relay.call`), any other the
         # translation (`req`); what either leaves out is reported for the deployment that served. Both get the
         # stored turns' reasoning with what the gateway kept of it.
         # A translation carries the hosted search as the search it asks for, run by a provider with its own search
         # tool where the search is priced (`ex.searches`, the limit reserved): left out and named where unpriced.
-        searches = search_tools(body)
-        hosted = hosted_tools(api.pipeline, ex, body, searches)
-        dropped = translated_search(req, searches, ex.searches, dropped, body.tool_choice)
-        ex.searched = req if req.web_search is not None else None
+        # (No tool, and no choice of tools that may allow the search: nothing hosted to leave out, no search to carry.)
+        if body.tools or isinstance(body.tool_choice, dict):
+            searches = search_tools(body)
+            hosted = hosted_tools(api.pipeline, ex, body, searches)
+            dropped = translated_search(req, searches, ex.searches, dropped, body.tool_choice)
+            ex.searched = req if req.web_search is not None else None
+        else:
+            hosted = []
         relay = Relay(body, handed_back, ex, dropped, hosted, kept, visible)
 
         async def keep(response: dict[str, Any]) -> None:

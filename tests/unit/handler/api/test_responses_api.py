@@ -192,6 +192,26 @@ def test_the_item_types_are_the_apis() -> None:
     assert kinds == ITEM_TYPES
 
 
+@pytest.mark.parametrize("text", ["Say hello.", ""])
+def test_a_string_input_is_translated_as_the_user_message_it_stands_for(text: str) -> None:
+    """A string input is translated as the one user message `input_items` makes of it, after any history: an
+    assistant turn the history leaves open (its calls not yet answered, its text, a search) is closed first, as a
+    message item closes it, and instructions stay ahead."""
+    call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
+    answer = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Here."}]}
+    search = {"type": "web_search_call", "id": "ws_1", "status": "completed", "action": {"type": "search"}}
+    for history in ([], [{"role": "user", "content": "hi"}], [answer], [answer, call], [search], [call, search]):
+        for fields in ({}, {"instructions": "Be brief."}):
+            as_text = to_chat_request(
+                ResponsesRequest.model_validate({"model": "m", "input": text, **fields}), history, SEAL
+            )
+            item = {"type": "message", "role": "user", "content": text}
+            as_item = to_chat_request(
+                ResponsesRequest.model_validate({"model": "m", "input": [item], **fields}), history, SEAL
+            )
+            assert as_text[0].model_dump() == as_item[0].model_dump() and as_text[1] == as_item[1]
+
+
 def test_a_past_search_sent_back_is_history_left_out_unnamed() -> None:
     """Codex (`store: false`) sends back every item it got: a turn's `web_search_call` records a search that ran, its
     results in the message after it (its pages there as citations). Left out of a translation, nothing the model needs
