@@ -1281,17 +1281,9 @@ def to_response(
             output = _items(message, fields, req, ids, seal)
         if output and output[-1]["type"] not in KEEP_STATUS:
             output[-1]["status"] = ending_status(choice.finish_reason)
-    response = envelope(
-        req,
-        ids.response,
-        int(time.time()),
-        status="completed",
-        output=output,
-        finish_reason=choice.finish_reason if choice else None,
-        dropped=dropped,
-        served_tier=(completion.model_extra or {}).get("service_tier"),
-    )
-    return finish(response, completion.usage or Usage(), cost)
+    finish_reason = choice.finish_reason if choice else None
+    served_tier = (completion.model_extra or {}).get("service_tier")
+    return completed(req, ids, output, finish_reason, dropped, served_tier, completion.usage or Usage(), cost)
 
 
 def plain_response(
@@ -1314,6 +1306,22 @@ def plain_response(
             parts.append(content_part("refusal", message["refusal"]))
         if parts:
             output.append(message_item(ids.item("msg"), parts, ending_status(finish_reason)))
+    return completed(
+        req, ids, output, finish_reason, dropped, completion.body.get("service_tier"), completion.usage, cost
+    )
+
+
+def completed(
+    req: ResponsesRequest,
+    ids: ResponseIds,
+    output: list[dict[str, Any]],
+    finish_reason: str | None,
+    dropped: Collection[str],
+    served_tier: str | None,
+    usage: Usage,
+    cost: Cost | None,
+) -> dict[str, Any]:
+    """The `response` object of an answer that came whole, its items `output` (`to_response`, `plain_response`)."""
     response = envelope(
         req,
         ids.response,
@@ -1322,6 +1330,6 @@ def plain_response(
         output=output,
         finish_reason=finish_reason,
         dropped=dropped,
-        served_tier=completion.body.get("service_tier"),
+        served_tier=served_tier,
     )
-    return finish(response, completion.usage, cost)
+    return finish(response, usage, cost)
