@@ -407,12 +407,11 @@ class SQLiteStore(SQLiteSignIns, SliceCache):
         loop = asyncio.get_running_loop()
         if self._batch is None:
             self._batch = []
-        if now:
-            pass
-        elif not linger and self._flush_soon is None:
-            self._flush_next_turn(loop)
-        elif self._flush_soon is None and self._flush_later is None:
-            self._flush_later = loop.call_later(SETTLE_LINGER_S, self._flush)
+        if not now:  # (with `now`, the caller writes the batch)
+            if not linger and self._flush_soon is None:
+                self._flush_next_turn(loop)
+            elif self._flush_soon is None and self._flush_later is None:
+                self._flush_later = loop.call_later(SETTLE_LINGER_S, self._flush)
         done: asyncio.Future[T] = loop.create_future()
         self._batch.append((operation, done, single))
         return done
