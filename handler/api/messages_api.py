@@ -19,6 +19,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, Field, PrivateAttr
 
+from handler.api.messages_out import SEARCH_NAME
 from handler.api.offered_search import SearchOffered
 from handler.errors import InvalidRequestError
 from handler.schemas import (
@@ -304,7 +305,7 @@ class Translation:
             elif kind in ("thinking", "redacted_thinking"):
                 thinking.append(block)
                 order.append(("thinking", len(thinking) - 1))
-            elif kind in SEARCH_BLOCKS and (kind != "server_tool_use" or block.get("name") == "web_search"):
+            elif kind in SEARCH_BLOCKS and (kind != "server_tool_use" or block.get("name") == SEARCH_NAME):
                 searched.append(str(kind))
             else:
                 self.drop(f"messages.{kind}")  # other server tools' use and results: Anthropic's own tools
