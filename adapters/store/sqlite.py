@@ -81,7 +81,6 @@ from adapters.store.sqlite_slices import LOWER_COMMITTED, SPEND, Liveness, Slice
 from handler.ports import (
     LEDGER_BATCH,
     STORE_DEADLINE,
-    WRITE_AT_ONCE,
     ChildLimitReached,
     ConflictError,
     KeyPlace,
@@ -703,11 +702,7 @@ class SQLiteStore(SQLiteSignIns, SliceCache):
 
     async def _write_settlement(self, settlement: Settlement, updates: list[SettleUpdate]) -> frozenset[str]:
         line = settlement_line(settlement)
-        now = WRITE_AT_ONCE.get()  # (else it lingers for company: see the module docstring)
-        done = self._enqueue(lambda db: self._settle(db, settlement, updates, line), linger=True, now=now)
-        self._unsettled.add(done)  # (readers here wait for it, `_own_settlements`; the flush takes it out)
-        if now:
-            self._write_now()
+        done = self._settling(lambda db: self._settle(db, settlement, updates, line))
         try:
             await done
         except _Mismatch as mismatch:

@@ -509,11 +509,15 @@ class SliceCache(MeteredStore):
             return None
         single = settlement.item is None or not rates
         line = settlement_line(settlement)
+        return self._settling(lambda db: self._settle_sliced(db, settlement, rows, rates, line), single=single)
+
+    def _settling(self, operation: Callable[[sqlite3.Connection], None], single: bool = False) -> asyncio.Future[None]:
+        """A settlement's write (`operation`) queued: lingering for company, or written at once with what the batch
+        holds where nothing is coming to join it (`WRITE_AT_ONCE`). Readers here wait for it (`_unsettled`: a usage
+        report or meter read right after an answer shows that request); the flush takes it out."""
         now = WRITE_AT_ONCE.get()
-        done = self._enqueue(
-            lambda db: self._settle_sliced(db, settlement, rows, rates, line), linger=True, single=single, now=now
-        )
-        self._unsettled.add(done)  # (the flush takes it out)
+        done = self._enqueue(operation, linger=True, single=single, now=now)
+        self._unsettled.add(done)
         if now:
             self._write_now()
         return done
