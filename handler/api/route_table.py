@@ -112,7 +112,7 @@ class Endpoints:
     def messages(self) -> MessagesRoutes:
         from handler.api.messages_routes import MessagesRoutes
 
-        return MessagesRoutes(self.api)
+        return MessagesRoutes(self.api, self.seals)
 
     @cached_property
     def responses(self) -> ResponsesRoutes:
