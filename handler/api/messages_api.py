@@ -21,11 +21,13 @@ from pydantic import BaseModel, Field, PrivateAttr
 
 from handler.api.messages_out import SEARCH_NAME
 from handler.api.offered_search import SearchOffered
+from handler.api.reasoning_seal import ReasoningSeal
 from handler.errors import InvalidRequestError
 from handler.schemas import (
     DOCUMENT,
     DOCUMENT_FIELDS,
     REQUEST,
+    TOOL_CONTEXT,
     TOOL_ERROR_MARK,
     BlockOrder,
     ChatRequest,
@@ -192,6 +194,9 @@ class Translation:
 
     def __init__(self) -> None:
         self.dropped: list[str] = []
+        # The assistant turns whose search results carry sealed parts of Gemini 3's search: each turn's place among
+        # the internal messages, its seals, and the search blocks to name if none opens (`open_search_context`).
+        self.sealed: list[tuple[int, list[str], list[str]]] = []
 
     def drop(self, name: str) -> None:
         if name not in self.dropped:
@@ -285,12 +290,15 @@ class Translation:
         message["content"] = [_marked({"type": "text", "text": text}, marked)] if isinstance(marker, dict) else text
         return message
 
-    def assistant(self, blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    def assistant(self, blocks: list[dict[str, Any]], at: int = 0) -> dict[str, Any]:
+        """An assistant turn as the internal message (the `at`th); the seals of Gemini 3's search parts its search
+        results carry (`search_blocks`' `carried`) are kept in `sealed`, for `open_search_context`."""
         texts: list[dict[str, Any]] = []
         calls: list[dict[str, Any]] = []
         thinking: list[dict[str, Any]] = []
         order: BlockOrder = []  # (the blocks' places, kept where Claude thought between its calls)
         searched: list[str] = []  # (the turn's web search blocks: `SEARCH_BLOCKS`)
+        sealed: list[str] = []
         for block in blocks:
             kind = block.get("type")
             if kind == "text":
@@ -307,11 +315,16 @@ class Translation:
                 order.append(("thinking", len(thinking) - 1))
             elif kind in SEARCH_BLOCKS and (kind != "server_tool_use" or block.get("name") == SEARCH_NAME):
                 searched.append(str(kind))
+                sealed += sealed_results(block)
             else:
                 self.drop(f"messages.{kind}")  # other server tools' use and results: Anthropic's own tools
-        if searched and not any(part["text"] for part in texts):
-            for kind in dict.fromkeys(searched):  # (what the search found is in no text of its turn: named)
-                self.drop(f"messages.{kind}")
+        # (What a search found is in no text of its turn: named, unless the parts of it sealed in its results bring it
+        # back, as a Responses turn's do: `open_search_context` names it where none opens.)
+        alone = list(dict.fromkeys(searched)) if not any(part["text"] for part in texts) else []
+        if sealed:
+            self.sealed.append((at, sealed, alone))
+        for kind in alone if not sealed else ():
+            self.drop(f"messages.{kind}")
         message: dict[str, Any] = {"role": "assistant"}
         if any("cache_control" in part for part in texts):
             message["content"] = texts
@@ -327,6 +340,26 @@ class Translation:
             if reasoning:
                 message["reasoning_content"] = reasoning
         return message
+
+    def open_search_context(self, chat: ChatRequest, seal: ReasoningSeal | None) -> None:
+        """Give each assistant turn of `chat` whose search results carry Gemini 3's own parts of its search, sealed
+        (`sealed`), those parts (`TOOL_CONTEXT`, as a Responses reasoning item's seal or a Chat client's message
+        brings them): the Gemini adapter sends them to Gemini 3 ahead of the turn's text and calls, and no other
+        model gets them. A seal that does not open (altered, or another gateway's) is left out and named, as a
+        Responses reasoning item's is (`UNREADABLE_SEARCH`), and so is then a search its turn has no text for (as
+        every such search is without a `seal` to open them with)."""
+        for position, tokens, alone in self.sealed:
+            parts: list[Any] = []
+            for payload in [seal.open(token) for token in tokens] if seal is not None else []:
+                fields = payload.get("fields") if payload is not None else None
+                if payload is None:
+                    self.drop(UNREADABLE_SEARCH)
+                elif isinstance(fields, dict) and isinstance(fields.get(TOOL_CONTEXT), list):
+                    parts += fields[TOOL_CONTEXT]
+            if parts:
+                chat.messages[position].reasoning_tool_context = parts
+            for kind in alone if not parts else ():
+                self.drop(f"messages.{kind}")
 
     def system(self, content: Blocks) -> dict[str, Any]:
         if isinstance(content, str):
@@ -357,7 +390,7 @@ class Translation:
                 [{"type": "text", "text": message.content}] if isinstance(message.content, str) else message.content
             )
             if message.role == "assistant":
-                messages.append(self.assistant(blocks))
+                messages.append(self.assistant(blocks, len(messages)))
                 continue
             parts = self.user_parts(blocks, messages)
             if parts:
@@ -489,14 +522,18 @@ class MessagesChatRequest(SearchOffered, ChatRequest):
         return self._prefill
 
 
+# A search result's seal that did not open (altered, or another gateway's): left out and named, as a Responses
+# reasoning item's is (`input[reasoning].encrypted_content`).
+UNREADABLE_SEARCH = "messages.web_search_tool_result.encrypted_content"
 # Anthropic's web search tool, by its type's prefix (`web_search_20250305`, `web_search_20260209`, ...).
 SEARCH_TOOLS = "web_search_"
 # The blocks of a web search in an assistant turn sent back (Claude's, or those a translation made of Gemini's
 # grounding: `messages_out.search_blocks`): its `server_tool_use` and its `web_search_tool_result`. A translation
 # leaves them out: their results are the search's own (Claude's sealed in `encrypted_content`, Gemini's pages by URL
-# alone), and the text of their turn carries what the search found, its pages there as citations. Left out unnamed
-# where the turn has text (naming them would mark every later turn of the conversation, a 400 under
-# `x-gateway-strict`), named where it has none, as a Responses request's `web_search_call` is.
+# alone), and the text of their turn carries what the search found, its pages there as citations; Gemini 3's own parts
+# of the search, sealed in a result, go back with the turn (`Translation.open_search_context`). Left out unnamed
+# where the turn has text or brings those parts back (naming them would mark every later turn of the conversation, a
+# 400 under `x-gateway-strict`), named where it has neither, as a Responses request's `web_search_call` is.
 SEARCH_BLOCKS = ("server_tool_use", "web_search_tool_result")
 
 
@@ -534,11 +571,28 @@ class EffortAlone(ThinkingConfig):
         return False
 
 
-def to_chat_request(req: MessagesCountRequest) -> tuple[ChatRequest, list[str]]:
-    """The internal request for a Messages one, and the Messages fields it cannot carry."""
+def to_chat_request(req: MessagesCountRequest, seal: ReasoningSeal | None = None) -> tuple[ChatRequest, list[str]]:
+    """The internal request for a Messages one, and the Messages fields it cannot carry; the sealed parts of Gemini 3's
+    searches its history carries opened with `seal` (`Translation.open_search_context`)."""
     translation = Translation()
     chat = translation.request(req)
+    if translation.sealed:
+        translation.open_search_context(chat, seal)
     return chat, translation.dropped
+
+
+def sealed_results(block: dict[str, Any]) -> list[str]:
+    """The seals a search result block carries (`messages_out.search_blocks`' `carried`), by the seal's prefix: any
+    other `encrypted_content` is Anthropic's (a page sealed for Claude), or empty."""
+    if block.get("type") != "web_search_tool_result" or not isinstance(block.get("content"), list):
+        return []
+    return [
+        result["encrypted_content"]
+        for result in block["content"]
+        if isinstance(result, dict)
+        and isinstance(result.get("encrypted_content"), str)
+        and result["encrypted_content"].startswith(ReasoningSeal.PREFIXES)
+    ]
 
 
 # --- the client's betas -----------------------------------------------------------------------------

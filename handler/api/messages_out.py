@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic_core import from_json
@@ -26,6 +26,7 @@ from handler.pipeline.passthrough import NativeReply, NativeStream, guarded, sse
 from handler.pipeline.pipeline import answered_as
 from handler.pipeline.pricing import Cost
 from handler.schemas import (
+    TOOL_CONTEXT,
     AssistantMessage,
     ChatCompletion,
     ChatCompletionChunk,
@@ -35,6 +36,9 @@ from handler.schemas import (
     ordered_parts,
 )
 from handler.wire import StreamEvent, interrupted
+
+if TYPE_CHECKING:
+    from handler.api.reasoning_seal import ReasoningSeal
 
 STOP_REASONS = {
     "stop": "end_turn",
@@ -135,21 +139,24 @@ def anthropic_usage(usage: Usage) -> dict[str, Any]:
 SEARCH_NAME = "web_search"
 
 
-def search_blocks(searches: Any) -> list[dict[str, Any]]:
+def search_blocks(searches: Any, carried: str = "") -> list[dict[str, Any]]:
     """The searches a provider's own search ran for a translated web search tool (`AssistantMessage.web_searches`:
     Gemini's grounding) as Claude's answer has its own: each a `server_tool_use` block (`name: "web_search"`, its
     `input.query`) and the `web_search_tool_result` block that answers it, the pages found as `web_search_result`s
     (`url`, `title`; the page's URL where Gemini gave no title). Their `encrypted_content`, which Anthropic fills with
-    the page's text sealed for Claude's next turn, is empty: Gemini gives no such text, and a later turn's search
-    blocks go to no model (`Translation.assistant`). A search that failed is the result's error
-    (`web_search_tool_result_error`, `unavailable`)."""
+    the page's text sealed for Claude's next turn, is empty: Gemini gives no such text. A search that failed is the
+    result's error (`web_search_tool_result_error`, `unavailable`).
+
+    `carried`: Gemini 3's own parts of the search, sealed (`sealed_context`), which ride in the first page's
+    `encrypted_content` to the turn that sends the blocks back (`Translation.assistant`). Where no page holds them
+    (a search that named none, or an answer whose search Gemini grounded nothing with: a function call), a result
+    of no page carries them (`url` and `title` empty), in the first search's list of results, or in a search of
+    its own whose query is unknown (`""`, as a grounding's that names none)."""
     blocks: list[dict[str, Any]] = []
     for search in searches if isinstance(searches, list) else ():
         action = search.get("action") if isinstance(search, dict) else None
         action = action if isinstance(action, dict) else {}
         query = action.get("query")
-        block_id = f"srvtoolu_{secrets.token_hex(12)}"
-        use = {"type": "server_tool_use", "id": block_id, "name": SEARCH_NAME, "input": {"query": query or ""}}
         pages = [
             page for page in action.get("sources") or () if isinstance(page, dict) and isinstance(page.get("url"), str)
         ]
@@ -165,8 +172,40 @@ def search_blocks(searches: Any) -> list[dict[str, Any]]:
         ]
         if search.get("status") == "failed":
             found = {"type": "web_search_tool_result_error", "error_code": "unavailable"}
-        blocks += [use, {"type": "web_search_tool_result", "tool_use_id": block_id, "content": found}]
+        blocks += _search(query or "", found)
+    if carried:
+        _carry(blocks, carried)
     return blocks
+
+
+def _search(query: str, found: Any) -> list[dict[str, Any]]:
+    """A search's `server_tool_use` block and the `web_search_tool_result` that answers it with `found`."""
+    block_id = f"srvtoolu_{secrets.token_hex(12)}"
+    use = {"type": "server_tool_use", "id": block_id, "name": SEARCH_NAME, "input": {"query": query}}
+    return [use, {"type": "web_search_tool_result", "tool_use_id": block_id, "content": found}]
+
+
+def _carry(blocks: list[dict[str, Any]], carried: str) -> None:
+    """Put the sealed parts (`carried`) in the first page's `encrypted_content` of the searches' `blocks`, else in a
+    result of no page (`search_blocks`)."""
+    results = [block["content"] for block in blocks if isinstance(block.get("content"), list)]
+    if results and results[0]:
+        results[0][0]["encrypted_content"] = carried
+        return
+    carrier = {"type": "web_search_result", "url": "", "title": "", "encrypted_content": carried, "page_age": None}
+    if results:
+        results[0].append(carrier)
+    else:
+        blocks += _search("", [carrier])
+
+
+def sealed_context(parts: Any, seal: ReasoningSeal | None) -> str:
+    """Gemini 3's own parts of a search (`TOOL_CONTEXT`: its `toolCall` and `toolResponse`, each with its thought
+    signature), sealed as a Responses reasoning item seals them (its `fields`), so that only this gateway opens them
+    and no client can forge them; "" where there are none, or no seal (a request that offered no search)."""
+    if not parts or not isinstance(parts, list) or seal is None:
+        return ""
+    return seal.seal({"fields": {TOOL_CONTEXT: parts}})
 
 
 def _arguments(raw: str, cut: bool) -> Any:
@@ -210,10 +249,13 @@ def stop_reason(finish_reason: str | None, stop_sequence: str | None, refused: b
     return "refusal" if refused and reason == "end_turn" else reason
 
 
-def to_message(completion: ChatCompletion, model: str, cost: Cost | None) -> dict[str, Any]:
-    """An Anthropic `message` for the first choice of a completion."""
+def to_message(
+    completion: ChatCompletion, model: str, cost: Cost | None, seal: ReasoningSeal | None = None
+) -> dict[str, Any]:
+    """An Anthropic `message` for the first choice of a completion (`seal`: what Gemini 3's own parts of a search are
+    sealed with, `sealed_context`)."""
     choice = completion.choices[0] if completion.choices else None
-    content = _content(choice) if choice is not None else []
+    content = _content(choice, seal) if choice is not None else []
     reason = choice.finish_reason if choice else None
     stop_sequence = choice.stop_sequence if choice else None
     refused = choice is not None and bool(choice.message.refusal)
@@ -232,7 +274,7 @@ def to_message(completion: ChatCompletion, model: str, cost: Cost | None) -> dic
     return message
 
 
-def _content(choice: Choice) -> list[dict[str, Any]]:
+def _content(choice: Choice, seal: ReasoningSeal | None) -> list[dict[str, Any]]:
     """A choice's content blocks: in the order Claude wrote them where the answer says one (`ordered`), else its
     thinking, its text, its calls."""
     message, cut = choice.message, choice.finish_reason == "length"
@@ -246,7 +288,8 @@ def _content(choice: Choice) -> list[dict[str, Any]]:
     elif message.reasoning_content:
         # Reasoning of another provider: shown as thinking, with no signature (it cannot go back to Claude).
         content.append({"type": "thinking", "thinking": message.reasoning_content, "signature": ""})
-    content += search_blocks(message.web_searches)  # (ahead of the text they ground, as Claude's are)
+    carried = sealed_context((message.model_extra or {}).get(TOOL_CONTEXT), seal)
+    content += search_blocks(message.web_searches, carried)  # (ahead of the text they ground, as Claude's are)
     if message.content or message.refusal:  # a refusal (a blocked prompt) is the answer's text
         content.append({"type": "text", "text": message.content or message.refusal})
     content.extend(_block("call", call, cut) for call in message.tool_calls or ())
@@ -280,8 +323,10 @@ def _block(kind: str, part: Any, cut: bool) -> dict[str, Any]:
 class EventWriter:
     """Turns the internal chunk stream into Anthropic's event sequence, block by block."""
 
-    def __init__(self, model: str, message_id: str) -> None:
+    def __init__(self, model: str, message_id: str, seal: ReasoningSeal | None = None) -> None:
         self.model = model
+        self.seal = seal  # (`sealed_context`'s)
+        self.context: list[Any] = []  # Gemini 3's own parts of a search not yet carried (`_searched`, `finish`)
         self.message_id = message_id
         self.index = -1
         self.open: tuple[str, int] | None = None
@@ -345,6 +390,9 @@ class EventWriter:
             if choice.index != 0:
                 continue
             delta = choice.delta
+            parts = (delta.model_extra or {}).get(TOOL_CONTEXT)
+            if isinstance(parts, list):
+                self.context += parts
             if delta.web_searches:
                 out += self._searched(delta.web_searches)
             if delta.reasoning_content:
@@ -368,9 +416,19 @@ class EventWriter:
         """The searches' blocks (`search_blocks`), as Anthropic streams its own: a `server_tool_use` block opened empty,
         its input as one `input_json_delta`, and its result block whole. They go where the provider gives them
         (Gemini: its grounding, with the text's end), after the text they ground: held back until then, the text
-        would stream late and, the stream cut before the grounding, never."""
+        would stream late and, the stream cut before the grounding, never. Gemini 3's own parts of the search, given
+        ahead of the text, ride in them (`search_blocks`' `carried`)."""
+        return self._search_events(search_blocks(searches, self._carried()))
+
+    def _carried(self) -> str:
+        """The parts of the search given so far and not yet carried, sealed (`sealed_context`)."""
+        carried = sealed_context(self.context, self.seal)
+        self.context = []
+        return carried
+
+    def _search_events(self, blocks: list[dict[str, Any]]) -> bytes:
         out = b""
-        for block in search_blocks(searches):
+        for block in blocks:
             if block["type"] == "server_tool_use":
                 out += self._switch("search", self.index + 1, {**block, "input": {}})
                 out += self._delta({"type": "input_json_delta", "partial_json": orjson.dumps(block["input"]).decode()})
@@ -403,16 +461,21 @@ class EventWriter:
         payload: dict[str, Any] = {"type": "message_delta", "delta": delta, "usage": anthropic_usage(usage)}
         if cost is not None:
             payload["cost"] = cost.as_event()
-        return self.closed() + sse_event("message_delta", payload) + sse_event("message_stop", {"type": "message_stop"})
+        out = self.closed()
+        if self.context:  # (parts of a search no grounding came with, as an answer that called a function has)
+            out += self._search_events(search_blocks([], self._carried()))
+        return out + sse_event("message_delta", payload) + sse_event("message_stop", {"type": "message_stop"})
 
     def closed(self) -> bytes:
         """The events that end the block still open (and a tool call whose arguments were held back)."""
         return self._calls(self.calls.flush()) + self._close()
 
 
-def anthropic_events(stream: ChunkStream, model: str, input_tokens: int) -> AsyncIterator[bytes]:
-    """The client's Anthropic event stream for an internal chunk stream."""
-    writer = EventWriter(model, f"msg_{stream.ex.request_id}")
+def anthropic_events(
+    stream: ChunkStream, model: str, input_tokens: int, seal: ReasoningSeal | None = None
+) -> AsyncIterator[bytes]:
+    """The client's Anthropic event stream for an internal chunk stream (`seal`: `EventWriter`'s)."""
+    writer = EventWriter(model, f"msg_{stream.ex.request_id}", seal)
 
     async def render() -> AsyncGenerator[bytes]:
         yield writer.start(input_tokens)

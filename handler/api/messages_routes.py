@@ -14,10 +14,10 @@ from handler.api.app import answer_response
 from handler.api.messages_api import (
     MessagesCountRequest,
     MessagesRequest,
+    Translation,
     carried_search,
     forbids_tools,
     lost_betas,
-    to_chat_request,
 )
 from handler.api.messages_out import anthropic_events, native_events, native_message, to_message
 from handler.api.request_fields import MESSAGES
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from handler.api.app import Api
+    from handler.api.reasoning_seal import Seals
     from handler.config import ModelConfig
 
 ANTHROPIC_RAW_HEADERS = frozenset(name.encode() for name in ANTHROPIC_HEADERS)
@@ -177,15 +178,25 @@ def estimated_tokens(req: ChatRequest) -> int:
 class MessagesRoutes:
     """The Messages API's handlers, bound to the gateway's `Api`."""
 
-    def __init__(self, api: Api) -> None:
+    def __init__(self, api: Api, seals: Seals) -> None:
         self.api = api
+        self.seals = seals  # (Gemini 3's own parts of a search ride sealed in a search result: `search_blocks`)
+
+    async def translated(self, body: MessagesCountRequest) -> tuple[ChatRequest, list[str]]:
+        """The internal request for a Messages one, and the Messages fields it cannot carry (`to_chat_request`), the
+        parts of Gemini 3's searches its history carries sealed opened with the gateway's seal (read only then)."""
+        translation = Translation()
+        req = translation.request(body)
+        if translation.sealed:
+            translation.open_search_context(req, await self.seals.seal())
+        return req, translation.dropped
 
     async def messages(self, request: Request) -> Response:
         api = self.api
         key = await api.authenticate(request, allow_x_api_key=True)
         data = await api.parse_json(request)
         body = api.validate(MessagesRequest, data, request)
-        req, untranslated = to_chat_request(body)
+        req, untranslated = await self.translated(body)
         ex = api.exchange(
             request, key, req.model, stream=req.stream, anthropic=True, extra=body.model_extra, known=MESSAGES
         )
@@ -195,13 +206,15 @@ class MessagesRoutes:
         # search of its own (Gemini's), the limit reserved (`Exchange.searched`: reserved there alone).
         untranslated = carried_search(req, data, untranslated)
         ex.searched = req if req.web_search is not None else None
+        # (What Gemini 3's own parts of a search, which come only with a search, are sealed with: `search_blocks`.)
+        seal = await self.seals.seal() if req.web_search is not None else None
         call = native_call(request, data, untranslated, left_out)
         if req.stream:
             stream, watch = await stream_head(request, pipeline.native_stream(call, req, ex), ex)
             if isinstance(stream, NativeStream):
                 events = native_events(stream)
             else:
-                events = anthropic_events(stream, req.model, estimate_prompt_tokens(req))
+                events = anthropic_events(stream, req.model, estimate_prompt_tokens(req), seal)
             return EventStream(
                 events, {**anthropic_headers(ex), "cache-control": "no-cache", "x-accel-buffering": "no"}, watch
             )
@@ -209,7 +222,7 @@ class MessagesRoutes:
         if isinstance(outcome, NativeReply):
             payload = native_message(outcome, ex.cost)
         else:
-            payload = to_message(outcome, req.model, ex.cost)
+            payload = to_message(outcome, req.model, ex.cost, seal)
         return api.answered(ex, json_answer(payload, anthropic_headers(ex)), payload)
 
     async def count_tokens(self, request: Request) -> Response:
@@ -222,7 +235,7 @@ class MessagesRoutes:
         key = await api.authenticate(request, allow_x_api_key=True)
         data = await api.parse_json(request)
         body = api.validate(MessagesCountRequest, data, request)
-        req, untranslated = to_chat_request(body)
+        req, untranslated = await self.translated(body)
         ex = api.exchange(
             request, key, req.model, stream=req.stream, anthropic=True, extra=body.model_extra, known=MESSAGES
         )

@@ -14,22 +14,18 @@ gateway keeping state; a stored response keeps it sealed in the store (`with_sea
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import itertools
 import operator
-import os
 import re
 import time
 from collections.abc import Collection, Mapping
 from typing import Any, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from handler.api.offered_search import SearchOffered
+from handler.api.reasoning_seal import ReasoningSeal
 from handler.errors import InvalidRequestError
 from handler.pipeline.pricing import Cost
 from handler.schemas import (
@@ -346,102 +342,6 @@ def _held(item_id: Any, sealed: Mapping[str, str]) -> bool:
     list or object, kept as sent in a stored conversation, would raise in the lookup: a 500 on the request that
     continues it)."""
     return isinstance(item_id, str) and item_id in sealed
-
-
-class ReasoningSeal:
-    """Seals what a provider needs back from its reasoning (text, signatures) into an opaque string the client
-    returns on the next turn, keyed by a secret every gateway process shares (see `ResponsesRoutes.seal`); without
-    one, a one-off random key.
-
-    Encrypted, not only signed: the payload is the reasoning as the provider wrote it (Claude's thinking, whose
-    signature covers its exact text, so it cannot be redacted there), which may quote a secret the gateway redacts
-    everywhere else. A `gwr2.` seal is a stream cipher built from the standard library's hashes (the gateway takes no
-    `cryptography`): the JSON XORed with a SHAKE-256 keystream of the cipher key and a random 16-byte nonce, then an
-    HMAC-SHA256 tag over the version, the nonce and the ciphertext (encrypt-then-MAC), checked in constant time before
-    anything is decrypted. The cipher and tag keys are derived apart from the secret (HMAC under labels of their own).
-    A `gwr1.` seal, what the gateway made before (base64 of the JSON and an HMAC tag over it: readable by anyone), is
-    still opened, checked by its tag, so that a conversation begun before the upgrade goes on; none is made now."""
-
-    PREFIX = "gwr2."
-    SIGNED = "gwr1."  # (signed only: opened, never made)
-    PREFIXES = (PREFIX, SIGNED)
-    NONCE_BYTES = 16
-    __slots__ = ("cipher_key", "tag_key", "signed_key", "items")
-
-    def __init__(self, secret: bytes | None = None) -> None:
-        root = secret or os.urandom(32)
-        self.cipher_key = hmac.new(root, b"gateway reasoning seal: cipher", hashlib.sha256).digest()
-        self.tag_key = hmac.new(root, b"gateway reasoning seal: tag", hashlib.sha256).digest()
-        self.signed_key = hashlib.sha256(b"gateway reasoning seal\x00" + root).digest()  # (`gwr1.`'s tag key)
-        self.items: dict[str, str] | None = None  # (see `for_response`)
-
-    def for_response(self) -> ReasoningSeal:
-        """The same seal, keeping what it seals for one response's reasoning items (`items`, by item id): the
-        gateway stores that beside the response, since the client gets it only when `include` asks."""
-        seal = object.__new__(ReasoningSeal)  # (`copy.copy` took a Responses request 7 µs)
-        seal.cipher_key, seal.tag_key, seal.signed_key = self.cipher_key, self.tag_key, self.signed_key
-        seal.items = {}
-        return seal
-
-    def _keystream_xor(self, data: bytes, nonce: bytes) -> bytes:
-        stream = hashlib.shake_256(self.cipher_key + nonce).digest(len(data))
-        return (int.from_bytes(data, "little") ^ int.from_bytes(stream, "little")).to_bytes(len(data), "little")
-
-    def _tag(self, nonce: bytes, ciphertext: bytes) -> bytes:
-        return hmac.new(self.tag_key, self.PREFIX.encode() + nonce + ciphertext, hashlib.sha256).digest()
-
-    def seal(self, payload: dict[str, Any]) -> str:
-        nonce = os.urandom(self.NONCE_BYTES)
-        ciphertext = self._keystream_xor(orjson.dumps(payload), nonce)
-        body = base64.urlsafe_b64encode(nonce + ciphertext).decode()
-        return self.PREFIX + body + "." + base64.urlsafe_b64encode(self._tag(nonce, ciphertext)).decode()
-
-    def seal_item(self, item_id: str, payload: dict[str, Any]) -> str:
-        """`seal`, for a reasoning item of the response being made."""
-        sealed = self.seal(payload)
-        if self.items is not None:
-            self.items[item_id] = sealed
-        return sealed
-
-    def open(self, token: str) -> dict[str, Any] | None:
-        """The sealed payload, or None for a blob not sealed by this key (or altered)."""
-        if not token.startswith(self.PREFIXES):
-            return None
-        body_b64, _, tag_b64 = token[len(self.PREFIX) :].partition(".")  # (both prefixes are five characters)
-        try:
-            body = base64.urlsafe_b64decode(body_b64)
-            tag = base64.urlsafe_b64decode(tag_b64)
-        except ValueError:
-            return None
-        if token.startswith(self.SIGNED):
-            if not hmac.compare_digest(tag, hmac.new(self.signed_key, body, hashlib.sha256).digest()):
-                return None
-        else:
-            nonce, ciphertext = body[: self.NONCE_BYTES], body[self.NONCE_BYTES :]
-            if len(nonce) < self.NONCE_BYTES or not hmac.compare_digest(tag, self._tag(nonce, ciphertext)):
-                return None
-            body = self._keystream_xor(ciphertext, nonce)
-        payload = orjson.loads(body)
-        return payload if isinstance(payload, dict) else None
-
-    def upgraded(self, token: str) -> str:
-        """A `gwr1.` seal of this key sealed anew (`gwr2.`), for what the gateway keeps: a conversation begun before
-        the upgrade would otherwise carry its readable seals into every turn it stores. Any other blob as it is."""
-        if not token.startswith(self.SIGNED):
-            return token
-        payload = self.open(token)
-        return token if payload is None else self.seal(payload)
-
-    def upgraded_items(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """`items` with the `gwr1.` seals of their reasoning items `upgraded`."""
-        return [
-            {**item, "encrypted_content": self.upgraded(item["encrypted_content"])}
-            if item.get("type") == "reasoning"
-            and isinstance(item.get("encrypted_content"), str)
-            and item["encrypted_content"].startswith(self.SIGNED)
-            else item
-            for item in items
-        ]
 
 
 def merge(fields: dict[str, Any], more: dict[str, Any]) -> None:

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
+from handler.api.reasoning_seal import ReasoningSeal
 from handler.api.responses_api import (
-    ReasoningSeal,
     ResponseIds,
     ResponsesRequest,
     input_items,

@@ -12,9 +12,7 @@ which would tell that it does).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import time
 from collections.abc import Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -26,7 +24,6 @@ from starlette.responses import Response
 from handler.api.app import answer_response
 from handler.api.request_fields import RESPONSES
 from handler.api.responses_api import (
-    ReasoningSeal,
     ResponseIds,
     ResponsesRequest,
     input_items,
@@ -57,6 +54,7 @@ from handler.wire import redact_error
 
 if TYPE_CHECKING:
     from handler.api.app import Api
+    from handler.api.reasoning_seal import Seals
 
 
 def stream_headers(ex: Exchange) -> dict[str, str]:
@@ -64,8 +62,6 @@ def stream_headers(ex: Exchange) -> dict[str, str]:
 
 
 logger = logging.getLogger("gateway")
-SEAL_SECRET_ID = "gateway-reasoning-seal"
-SEAL_SECRET_TTL = 10 * 365 * 86400
 # The most store reads one request's input may cost for the stored items it names by id (`StoredItems`: the items
 # `item_reference`s stand for, the kept reasoning of reasoning items sent back by value): before the key is
 # admitted, so that made-up ids cost no more than this (2,000 of them would be 2,000 reads, 8.9 s on DynamoDB,
@@ -216,21 +212,6 @@ class ResponseArchive:
             await self.store.put_response(unkept, newer_only=True)
         except StoreError as exc:
             logger.warning("why a response was not stored not kept: %s", exc, extra={"response_id": stored.id})
-
-    async def seal_secret(self) -> bytes:
-        """The gateway's own reasoning-seal secret, made once and kept in the store (under an id no client
-        can ask for: theirs start with `resp_`)."""
-        stored = await self.store.get_response(SEAL_SECRET_ID)
-        if stored is None:
-            now = time.time()
-            secret = os.urandom(32).hex().encode()
-            await self.store.put_response(StoredResponse(SEAL_SECRET_ID, "", [], now, now + SEAL_SECRET_TTL, secret))
-            # Two processes starting at once both write, and the first write stands (`put_response`): reading
-            # back, both use it. (Unconditional, the later write replaced the secret the first had sealed with.)
-            stored = await self.store.get_response(SEAL_SECRET_ID)
-        if stored is None:
-            raise StoreError("the reasoning seal's secret could not be read back")
-        return stored.body
 
     async def delete(self, response_id: str, key: KeyRecord) -> None:
         """Delete `key`'s stored response, or the 404 `find` gives; also when another delete took it between the
@@ -444,30 +425,13 @@ def refuse_duplicates(items: list[dict[str, Any]], history_ids: list[str]) -> No
 class ResponsesRoutes:
     """The Responses API's handlers, bound to the app's `Api`."""
 
-    def __init__(self, api: Api) -> None:
+    def __init__(self, api: Api, seals: Seals) -> None:
         self.api = api
         self.archive = ResponseArchive(api)
-        secret = api.gateway.responses_secret  # (read at start: a reference to nothing is refused there)
-        self._seal = ReasoningSeal(secret.encode()) if secret else None
-        self._sealing = asyncio.Lock()
+        self.seals = seals
         # Whether a provider keeps the answers it serves natively (`responses_store: true`): only then are the items'
         # provider ids looked up (`StoredItems.answered_of`).
         self.keeping = any(adapter.keeps_responses() for adapter in api.gateway.router.adapters.values())
-
-    async def seal(self) -> ReasoningSeal:
-        """The reasoning seal: keyed by the operator's secret, else by one the store keeps, so that every
-        process of the gateway (Lambda's instances, several workers) opens what another sealed."""
-        if self._seal is not None:
-            return self._seal
-        async with self._sealing:
-            if self._seal is None:
-                try:
-                    self._seal = ReasoningSeal(await self.archive.seal_secret())
-                except StoreError as exc:
-                    # Not kept for later requests: the next one tries the store again.
-                    logger.warning("reasoning seal key unavailable, sealing with a one-off key: %s", exc)
-                    return ReasoningSeal()
-            return self._seal
 
     async def create(self, request: Request) -> Response:
         api = self.api
@@ -506,7 +470,7 @@ class ResponsesRoutes:
         # turn it would store, and only for items that carry a provider's id.
         visible = await lookup.answered_of([*history, *items]) if self.keeping and body.stored else frozenset()
         # The translation is needed either way: admission estimates and caps the request in the internal form.
-        seal = (await self.seal()).for_response()
+        seal = (await self.seals.seal()).for_response()
         handed_back = with_sealed_reasoning(history, sealed)  # the stored turns as the provider needs them
         req, dropped = to_chat_request(body, handed_back, seal, {**sealed, **kept})
         if unread and "input[reasoning]" not in dropped:

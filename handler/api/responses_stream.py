@@ -15,9 +15,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from typing import Any
 
 from handler.api.call_order import CallOrder
+from handler.api.reasoning_seal import ReasoningSeal
 from handler.api.responses_api import (
     Namespaces,
-    ReasoningSeal,
     ResponseIds,
     ResponsesRequest,
     call_item,

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from handler.api.info_routes import InfoRoutes
     from handler.api.key_routes import KeyRoutes
     from handler.api.messages_routes import MessagesRoutes
+    from handler.api.reasoning_seal import Seals
     from handler.api.responses_routes import ResponsesRoutes
     from handler.dashboard.routes import Dashboard
 
@@ -111,13 +112,21 @@ class Endpoints:
     def messages(self) -> MessagesRoutes:
         from handler.api.messages_routes import MessagesRoutes
 
-        return MessagesRoutes(self.api)
+        return MessagesRoutes(self.api, self.seals)
 
     @cached_property
     def responses(self) -> ResponsesRoutes:
         from handler.api.responses_routes import ResponsesRoutes
 
-        return ResponsesRoutes(self.api)
+        return ResponsesRoutes(self.api, self.seals)
+
+    @cached_property
+    def seals(self) -> Seals:
+        """The gateway's seal, which the routes that seal share (`handler.api.reasoning_seal`)."""
+        from handler.api.reasoning_seal import Seals
+
+        gateway = self.api.gateway
+        return Seals(gateway.responses_secret, gateway.store)
 
     @cached_property
     def dashboard(self) -> Dashboard:

@@ -27,8 +27,7 @@ from openai.types.chat import ParsedChatCompletion
 from adapters.store import open_store
 from handler import redaction
 from handler.api.app import create_app
-from handler.api.responses_api import ReasoningSeal
-from handler.api.responses_routes import SEAL_SECRET_ID
+from handler.api.reasoning_seal import SEAL_SECRET_ID, ReasoningSeal
 from handler.ports import StoredResponse
 from tests.functional.agents_gateway import agents_gateway
 from tests.functional.conftest import FAKE_KEYS, Running

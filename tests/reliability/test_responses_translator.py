@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from adapters.providers.registry import REGISTRY
-from handler.api.responses_api import ReasoningSeal, ResponsesRequest, to_chat_request
+from handler.api.reasoning_seal import ReasoningSeal
+from handler.api.responses_api import ResponsesRequest, to_chat_request
 from handler.errors import InvalidRequestError
 from tests.reliability.test_translators import SECRET, check_provider_request, make
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import orjson
 import pytest
 
+from handler.api.reasoning_seal import ReasoningSeal
 from handler.pipeline.charges import DEFAULT_SEARCHES
+from handler.schemas import TOOL_CONTEXT
 from tests.functional.conftest import Running, anthropic_client, openai_client
 from tests.functional.responses.fleet import PRICE, SEARCH_USD
 from tests.functional.responses.test_responses_api import dropped
@@ -526,3 +529,123 @@ def test_gemini_3s_own_search_parts_come_back_with_the_next_turn(fleet: Running,
     assert parts[0] == {**SEARCH_CALL_PART, "thoughtSignature": "c2VhcmNoLXNpZw=="}
     assert parts[1]["toolResponse"]["id"] == "srch1"
     assert [list(part)[0] for part in parts[2:]] == ["functionCall"]
+
+
+MESSAGES_WEATHER: Any = {
+    "name": "get_weather",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+CALL_WEATHER = 'CALL get_weather {"city": "Paris"}'
+
+
+def sealed_search_answer(fleet: Running, key: str, asked: str, stream: bool) -> tuple[Any, list[Any]]:
+    """A Messages turn to Gemini 3 with the search beside a function (its tool context: the search's own `toolCall`
+    and `toolResponse` parts), by the official SDK whole or streamed, and the conversation the client sends next: its
+    question, the answer's blocks as the SDK gives them (`model_dump`, as Claude Code keeps them as they came), and
+    the function's result (a call) or a question."""
+    sdk = anthropic_client(fleet, key).messages
+    first: Any = [{"role": "user", "content": asked}]
+    tools: Any = [MESSAGES_SEARCH, MESSAGES_WEATHER]
+    if stream:
+        with sdk.stream(model="gemini-3", max_tokens=64, messages=first, tools=tools) as events:
+            answer = events.get_final_message()
+    else:
+        answer = sdk.create(model="gemini-3", max_tokens=64, messages=first, tools=tools)
+    calls = [block for block in answer.content if block.type == "tool_use"]
+    after: Any = [{"type": "tool_result", "tool_use_id": calls[0].id, "content": "sunny"}] if calls else "More?"
+    turns = [*first, {"role": "assistant", "content": [b.model_dump() for b in answer.content]}]
+    return answer, [*turns, {"role": "user", "content": after}]
+
+
+def search_results(content: list[Any]) -> list[Any]:
+    return [result for block in content if block.type == "web_search_tool_result" for result in block.content]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("asked", ["Hi", CALL_WEATHER], ids=["grounded_text", "function_call"])
+def test_gemini_3s_own_search_parts_ride_sealed_in_a_messages_answer(fleet: Running, asked: str, stream: bool) -> None:
+    """A Messages answer from Gemini 3 that searched carries the search's own parts (its signed `toolCall`, its
+    `toolResponse`) sealed in the first search result's `encrypted_content`, the field Anthropic seals its pages in
+    for later turns, which the SDK and Claude Code send back verbatim; every other result's is empty, as before. An
+    answer whose search named no page (its function call: Gemini grounds nothing) carries them in a result of no page
+    (`url` and `title` empty), which the SDK parses, whole and streamed. Sent back, the next turn gives Gemini 3 the
+    model turn with the parts ahead of its text or call, as the Chat and Responses routes do, and names nothing. The
+    Messages answer carried none (every `encrypted_content` empty; no result at all beside a call), and the next turn
+    went to Gemini 3 without them."""
+    key = fleet.mint(name=f"messages-search-context-{stream}-{asked[:4]}")
+    answer, turns = sealed_search_answer(fleet, key, asked, stream)
+    [carrier, *others] = search_results(answer.content)
+    assert carrier.encrypted_content.startswith("gwr2.") and [other.encrypted_content for other in others] == []
+    if asked == CALL_WEATHER:
+        assert (carrier.url, carrier.title) == ("", "")
+        kinds = ["tool_use", "server_tool_use", "web_search_tool_result"] if stream else ["server_tool_use"]
+        assert [block.type for block in answer.content][: len(kinds)] == kinds
+    else:
+        assert (carrier.url, carrier.title) == (URL, "example.com")
+    raw = anthropic_client(fleet, key).messages.with_raw_response.create(
+        model="gemini-3",
+        max_tokens=64,
+        messages=turns,
+        tools=[MESSAGES_SEARCH, MESSAGES_WEATHER],
+        extra_headers={"x-gateway-strict": "true"},
+    )
+    assert raw.parse().content and "x-gateway-dropped-params" not in raw.headers
+    contents = fleet.fakes["gemini"].state.requests[-1]["json"]["contents"]
+    assert [content["role"] for content in contents] == ["user", "model", "user"]
+    parts = contents[1]["parts"]
+    assert parts[0] == {**SEARCH_CALL_PART, "thoughtSignature": "c2VhcmNoLXNpZw=="}
+    assert parts[1]["toolResponse"]["id"] == "srch1"
+    assert [list(part)[0] for part in parts[2:]] == (["functionCall"] if asked == CALL_WEATHER else ["text"])
+
+
+@pytest.mark.parametrize("model", ["gemini", "gpt", "claude"])
+def test_gemini_3s_sealed_search_parts_go_to_no_other_model(fleet: Running, model: str) -> None:
+    """The same conversation sent to Gemini 2.5 (which refuses the tool context), to an OpenAI deployment or to Claude
+    carries none of the search's own parts: only Gemini 3 takes them back (Claude gets the history as sent, the parts
+    still sealed). The history carried no parts to leave out before."""
+    key = fleet.mint(name=f"messages-search-context-elsewhere-{model}")
+    answer, turns = sealed_search_answer(fleet, key, "Hi", stream=False)
+    assert search_results(answer.content)[0].encrypted_content.startswith("gwr2.")
+    sdk = anthropic_client(fleet, key).messages
+    again = sdk.create(model=model, max_tokens=64, messages=turns, tools=[MESSAGES_SEARCH, MESSAGES_WEATHER])
+    assert again.content
+    provider = {"gemini": "gemini", "gpt": "openai", "claude": "anthropic"}[model]
+    sent = orjson.dumps(fleet.fakes[provider].state.requests[-1]["json"]).decode()
+    assert "toolCall" not in sent and "c2VhcmNoLXNpZw==" not in sent and "srch1" not in sent
+    if model == "gemini":
+        contents = fleet.fakes["gemini"].state.requests[-1]["json"]["contents"]
+        assert contents[1] == {"role": "model", "parts": [{"text": "Hello from fake Gemini."}]}
+
+
+@pytest.mark.parametrize("whose", ["altered", "another_gateways"])
+def test_a_search_result_seal_that_does_not_open_is_left_out_and_named(fleet: Running, whose: str) -> None:
+    """A sealed search result altered, or sealed by another gateway (another key), opens nothing: the turn goes to
+    Gemini 3 without the parts, answered as usual (never a 500), and the seal is named, as a Responses reasoning
+    item's is (`messages.web_search_tool_result.encrypted_content`; a 400 under `x-gateway-strict`, as there). It was
+    not read at all: the turn went without the parts, and nothing was named."""
+    key = fleet.mint(name=f"messages-search-context-{whose}")
+    _, turns = sealed_search_answer(fleet, key, "Hi", stream=False)
+    [result] = turns[1]["content"][1]["content"]
+    sealed = result["encrypted_content"]
+    assert sealed.startswith("gwr2.")
+    if whose == "altered":
+        flipped = "A" if sealed[20] != "A" else "B"  # (a character of the nonce and ciphertext: the tag fails)
+        result["encrypted_content"] = sealed[:20] + flipped + sealed[21:]
+    else:
+        result["encrypted_content"] = ReasoningSeal(b"another gateway").seal(
+            {"fields": {TOOL_CONTEXT: [SEARCH_CALL_PART]}}
+        )
+    sdk = anthropic_client(fleet, key).messages
+    asked: Any = {
+        "model": "gemini-3",
+        "max_tokens": 64,
+        "messages": turns,
+        "tools": [MESSAGES_SEARCH, MESSAGES_WEATHER],
+    }
+    raw = sdk.with_raw_response.create(**asked)
+    assert raw.parse().content[-1].type == "text"
+    assert dropped(raw.headers) == ["messages.web_search_tool_result.encrypted_content"]
+    contents = fleet.fakes["gemini"].state.requests[-1]["json"]["contents"]
+    assert contents[1] == {"role": "model", "parts": [{"text": "Hello from fake Gemini."}]}
+    with pytest.raises(anthropic.BadRequestError):
+        sdk.create(**asked, extra_headers={"x-gateway-strict": "true"})

@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from adapters.store import dynamo_responses, open_store, responses
+from handler.api.reasoning_seal import Seals
 from handler.api.responses_routes import ResponseArchive, held_in
 from handler.errors import NotFoundError
 from handler.ports import MAX_HOLDERS, ResponseTooLarge, Store, StoredResponse, StoreError
@@ -318,8 +319,8 @@ async def test_two_processes_making_the_seal_secret_at_once_agree_on_it(store: S
         opened.put_response = on_the_wire(opened.put_response, delay)  # type: ignore[method-assign]
     later = open_store(store_url)  # a third, starting after them
     try:
-        first, second = await asyncio.gather(archive_on(store).seal_secret(), archive_on(other).seal_secret())
-        third = await archive_on(later).seal_secret()
+        first, second = await asyncio.gather(Seals(None, store).kept_secret(), Seals(None, other).kept_secret())
+        third = await Seals(None, later).kept_secret()
     finally:
         await other.close()
         await later.close()

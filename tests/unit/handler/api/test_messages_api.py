@@ -13,8 +13,9 @@ from handler.api.messages_api import (
     lost_betas,
     to_chat_request,
 )
+from handler.api.reasoning_seal import ReasoningSeal
 from handler.errors import InvalidRequestError
-from handler.schemas import ChatRequest
+from handler.schemas import TOOL_CONTEXT, ChatRequest
 
 CACHED = {"type": "ephemeral"}
 
@@ -284,3 +285,43 @@ def test_a_final_assistant_turn_with_text_is_a_prefill() -> None:
     for last in ({"role": "assistant", "content": [{"type": "text", "text": "Let me look."}, call]}, hi):
         assert translate(messages=[hi, last])[0].prefill is None
     assert translate(messages=[hi, {"role": "assistant", "content": ""}])[0].prefill is None
+
+
+SEAL = ReasoningSeal(b"unit")
+SEARCH_PARTS: Any = [{"toolCall": {"id": "s1", "args": {"queries": ["q"]}}, "thoughtSignature": "c2ln"}]
+
+
+def searched_turn(*encrypted: Any, text: str = "Found.") -> list[dict[str, Any]]:
+    """A conversation whose assistant turn holds a search's blocks, its results' `encrypted_content` `encrypted`."""
+    results = [{"type": "web_search_result", "url": "", "title": "", "encrypted_content": e} for e in encrypted]
+    use = {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "q"}}
+    found = {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": results}
+    turn = [use, found, *([{"type": "text", "text": text}] if text else [])]
+    return [{"role": "user", "content": "hi"}, {"role": "assistant", "content": turn}, {"role": "user", "content": "?"}]
+
+
+@pytest.mark.parametrize("text", ["Found.", ""])
+def test_a_search_results_seal_brings_gemini_3s_parts_back_to_its_turn(text: str) -> None:
+    """Gemini 3's own parts of a search, sealed in a search result (`messages_out.search_blocks`), are opened onto
+    the assistant turn they came with (`reasoning_tool_context`, which the Gemini adapter sends to Gemini 3 alone);
+    a search its turn has no text for is then not named, as a Responses turn that brings the parts back is not.
+    Anthropic's own `encrypted_content` and an empty one are no seal. The seal was not read."""
+    sealed = SEAL.seal({"fields": {TOOL_CONTEXT: SEARCH_PARTS}})
+    body = {"model": "m", "max_tokens": 9, "messages": searched_turn("", sealed, "EqgfCioIARgB", text=text)}
+    req, dropped = to_chat_request(MessagesRequest.model_validate(body), SEAL)
+    assert req.messages[1].reasoning_tool_context == SEARCH_PARTS and dropped == []
+    unopened, named = to_chat_request(MessagesRequest.model_validate(body))  # (no seal given: nothing opened)
+    alone = [] if text else ["messages.server_tool_use", "messages.web_search_tool_result"]
+    assert unopened.messages[1].reasoning_tool_context is None and named == alone
+
+
+@pytest.mark.parametrize("text", ["Found.", ""])
+@pytest.mark.parametrize("sealed", ["gwr2.not-a-seal", "gwr2.", "gwr1.e30=.AAAA", ReasoningSeal(b"other").seal({})])
+def test_a_search_results_seal_that_does_not_open_is_named_never_a_500(sealed: str, text: str) -> None:
+    """A seal altered, made up or another gateway's is left out and named, as a Responses reasoning item's is, and so
+    is then a search whose turn has no text; a result's `encrypted_content` of another type is no seal."""
+    body = {"model": "m", "max_tokens": 9, "messages": searched_turn(sealed, 5, None, text=text)}
+    req, dropped = to_chat_request(MessagesRequest.model_validate(body), SEAL)
+    assert req.messages[1].reasoning_tool_context is None
+    alone = [] if text else ["messages.server_tool_use", "messages.web_search_tool_result"]
+    assert dropped == ["messages.web_search_tool_result.encrypted_content", *alone]

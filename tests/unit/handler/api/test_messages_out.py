@@ -9,8 +9,10 @@ import orjson
 import pytest
 
 from handler.api.messages_out import EventWriter, to_message
+from handler.api.reasoning_seal import ReasoningSeal
 from handler.call_ids import claude_call_id
 from handler.schemas import (
+    TOOL_CONTEXT,
     AssistantMessage,
     ChatCompletion,
     ChatCompletionChunk,
@@ -18,7 +20,9 @@ from handler.schemas import (
     ChunkChoice,
     ChunkDelta,
     FunctionCall,
+    FunctionCallDelta,
     ToolCall,
+    ToolCallDelta,
     Usage,
 )
 
@@ -201,3 +205,74 @@ def test_a_whole_answer_keeps_claudes_thinking_between_its_calls_where_it_was() 
         ChatCompletion(id="c", created=0, model="m", choices=[choice.model_copy(update={"message": usual})]), "m", None
     )
     assert [block["type"] for block in kinds["content"]] == ["thinking", "thinking", "text", "tool_use", "tool_use"]
+
+
+SEAL = ReasoningSeal(b"unit")
+SEARCH_PARTS: Any = [{"toolCall": {"id": "s1"}, "thoughtSignature": "c2ln"}, {"toolResponse": {"id": "s1"}}]
+PAGES = [{"type": "url", "url": "https://a.example/", "title": "A"}, {"type": "url", "url": "https://b.example/"}]
+
+
+def searched(query: str, sources: list[Any] | None = None) -> dict[str, Any]:
+    action = {"type": "search", "query": query, **({"sources": sources} if sources is not None else {})}
+    return {"type": "web_search_call", "status": "completed", "action": action}
+
+
+def opened(result: dict[str, Any]) -> Any:
+    payload = SEAL.open(result["encrypted_content"])
+    return payload and payload["fields"][TOOL_CONTEXT]
+
+
+@pytest.mark.parametrize(
+    ("searches", "pages"),
+    [
+        ([searched("q", PAGES), searched("r")], ["https://a.example/", "https://b.example/"]),
+        ([searched("q")], [""]),
+        ([], [""]),
+    ],
+    ids=["pages", "no_page", "no_search"],
+)
+def test_gemini_3s_search_parts_ride_sealed_in_the_first_search_result(searches: list[Any], pages: list[str]) -> None:
+    """A whole answer's search parts (`TOOL_CONTEXT`) ride sealed in its first page's `encrypted_content`, the other
+    pages' empty; where no page holds them, in a result of no page (`url`, `title` empty) in the first search's
+    results, or in a search of their own (query unknown) ahead of the text. Without a seal, none: as before."""
+    message = AssistantMessage(content="Found.", web_searches=searches or None)
+    setattr(message, TOOL_CONTEXT, SEARCH_PARTS)  # noqa: B010 - (as the Gemini adapter sets it)
+    completion = ChatCompletion(id="1", created=0, model="m", choices=[Choice(message=message, finish_reason="stop")])
+    content = to_message(completion, "m", None, SEAL)["content"]
+    assert [block["type"] for block in content] == [
+        *["server_tool_use", "web_search_tool_result"] * max(1, len(searches)),
+        "text",
+    ]
+    assert content[0]["input"] == {"query": searches[0]["action"]["query"] if searches else ""}
+    results = content[1]["content"]
+    assert [result["url"] for result in results] == pages and opened(results[0]) == SEARCH_PARTS
+    assert [result["encrypted_content"] for result in results[1:]] == [""] * (len(pages) - 1)
+    unsealed = to_message(completion, "m", None)["content"]
+    assert all(result["encrypted_content"] == "" for block in unsealed[1::2] for result in block["content"])
+
+
+def test_a_streams_search_parts_ride_in_its_grounding_or_at_its_end() -> None:
+    """Streamed, the parts come ahead of the text and the grounding with its end: they ride in its first page. Parts
+    no grounding came with (an answer that called a function) ride in a search of their own at the stream's end,
+    after the call, before its `message_delta`."""
+    writer = EventWriter("m", "msg_1", SEAL)
+    raw = writer.chunk(chunk(**{TOOL_CONTEXT: SEARCH_PARTS}))
+    raw += writer.chunk(chunk(content="Found."))
+    raw += writer.chunk(chunk(web_searches=[searched("q", PAGES)]))
+    raw += writer.finish(Usage(), None)
+    started = [e["content_block"] for e in events(raw) if e["type"] == "content_block_start"]
+    assert [block["type"] for block in started] == ["text", "server_tool_use", "web_search_tool_result"]
+    assert opened(started[2]["content"][0]) == SEARCH_PARTS and started[2]["content"][1]["encrypted_content"] == ""
+    writer = EventWriter("m", "msg_2", SEAL)
+    call = ToolCallDelta(index=0, id="c1", type="function", function=FunctionCallDelta(name="f", arguments="{}"))
+    raw = writer.chunk(chunk(**{TOOL_CONTEXT: SEARCH_PARTS[:1]})) + writer.chunk(
+        chunk(**{TOOL_CONTEXT: SEARCH_PARTS[1:]})
+    )
+    raw += writer.chunk(chunk(tool_calls=[call])) + writer.finish(Usage(), None)
+    sent = events(raw)
+    started = [e["content_block"] for e in sent if e["type"] == "content_block_start"]
+    assert [block["type"] for block in started] == ["tool_use", "server_tool_use", "web_search_tool_result"]
+    [carrier] = started[2]["content"]
+    assert (carrier["url"], carrier["title"], opened(carrier)) == ("", "", SEARCH_PARTS)
+    assert [e["index"] for e in sent if e["type"] == "content_block_start"] == [0, 1, 2]
+    assert [e["type"] for e in sent[-2:]] == ["message_delta", "message_stop"]

@@ -19,10 +19,10 @@ from openai.types.responses import Response, ResponseStreamEvent, response_input
 from adapters.providers.gemini import GeminiAdapter
 from adapters.providers.openai import OpenAIAdapter
 from handler import schemas
+from handler.api.reasoning_seal import ReasoningSeal
 from handler.api.responses_api import (
     ITEM_TYPES,
     Namespaces,
-    ReasoningSeal,
     ResponseIds,
     ResponsesRequest,
     finish,

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from handler.api.responses_api import ReasoningSeal, ResponseIds, ResponsesRequest
+from handler.api.reasoning_seal import ReasoningSeal
+from handler.api.responses_api import ResponseIds, ResponsesRequest
 from handler.api.responses_native import Relay, StreamedOutput
 from handler.api.responses_stream import ResponsesEventWriter
 from handler.schemas import ChatCompletionChunk
