@@ -323,16 +323,18 @@ class RequestTracer:
         """The request's spans, built on the exporter's thread from what the request recorded."""
         trace.read_answer()
         span_data = self.span_data
+        # (Read once: a name the config does not name is cut and checked for the key's secret on each read.)
+        model = ex.named_model
         spans = [
             span_data(
                 trace.trace_id,
                 trace.span_id,
                 trace.parent_id,
-                f"{OPERATIONS.get(trace.path, 'chat')} {ex.named_model}",
+                f"{OPERATIONS.get(trace.path, 'chat')} {model}",
                 SERVER,
                 trace.clock(ex.started),
                 trace.clock(ended),
-                self._attributes(ex, trace, status, code, stream, ended),
+                self._attributes(ex, trace, model, status, code, stream, ended),
                 ERROR if status >= 500 else 0,
                 code or "" if status >= 500 else "",
             )
@@ -355,13 +357,13 @@ class RequestTracer:
         return spans
 
     def _attributes(
-        self, ex: Observed, trace: Trace, status: int, code: str | None, stream: bool, ended: float
+        self, ex: Observed, trace: Trace, model: str, status: int, code: str | None, stream: bool, ended: float
     ) -> Attributes:
         attempts = [s for s in trace.steps if s.name != "store.admit"]
         total_ms = (ended - ex.started) * 1000
         out: Attributes = [
             ("gen_ai.operation.name", OPERATIONS.get(trace.path, "chat")),
-            ("gen_ai.request.model", ex.named_model),
+            ("gen_ai.request.model", model),
             *trace.request,
             ("http.request.method", "POST"),
             ("http.route", trace.path),
