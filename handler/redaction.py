@@ -29,7 +29,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import cache
 from typing import Any
 
@@ -168,6 +168,72 @@ def _without_key_bodies(text: str) -> str:
     if not parts:
         return text
     parts.append(text[kept:])
+    return "".join(parts)
+
+
+SECRET_CHARS = 43  # a key's secret: `secrets.token_urlsafe(32)` (key_admin.py), base64url's letters, digits, - and _
+
+
+@cache
+def secret_run() -> re.Pattern[str]:
+    """A run of at least `SECRET_CHARS` of a secret's alphabet; compiled on the first value long enough to hold one."""
+    return re.compile(r"[A-Za-z0-9_\-]{43,}")
+
+
+def secret_windows(start: int, end: int, run: str) -> set[tuple[int, int]]:
+    """Where in a run of a secret's alphabet (`run`, at `start`..`end` of its value) a key's secret may stand: the
+    run's first and last `SECRET_CHARS`, and those that begin after or end before one of its `-` or `_` (a secret
+    joined to a name by them, `sess-<secret>`, `<secret>_2`, runs on with it: those are in the alphabet too)."""
+    size = SECRET_CHARS
+    windows = {(start, start + size), (end - size, end)}
+    for joint in joints().finditer(run):
+        at = start + joint.start()
+        if at + 1 + size <= end:
+            windows.add((at + 1, at + 1 + size))
+        if at - size >= start:
+            windows.add((at - size, at))
+    return windows
+
+
+@cache
+def joints() -> re.Pattern[str]:
+    """A `-` or `_` in a run of a secret's alphabet (`secret_windows`), found by `re`, not by a loop in Python."""
+    return re.compile(r"[-_]")
+
+
+def without_hashed_secrets(value: str, hashes: Sequence[str]) -> str:
+    """`value` with each secret alone whose hash is among `hashes` (SHA-256 in hex, as `keys.hash_secret` writes a
+    key's: a key's and its ancestors', as `keys.without_own_secret` and a captured prompt take them) redacted where it
+    stands
+    (`note=<secret>`, `sess:<secret>`, `sess-<secret>`). Only the places in a run of a secret's alphabet where a
+    secret may stand (`secret_windows`) are hashed and compared, each text once: a value shorter than a secret costs
+    a length's comparison, and a text that repeats itself (a run of `-`, a pasted file twice) no more than its
+    distinct windows. A run that is no secret of theirs (a 43-character session id) is kept as it is: no shape tells
+    a secret apart."""
+    if len(value) < SECRET_CHARS or not hashes:
+        return value
+    # (A set's look-up, not `hmac.compare_digest` with each: what its timing could tell is whether a hash of the
+    # client's own text is one of these, which says nothing of a secret it does not hold; it halves the cost.)
+    held = frozenset(hashes)
+    found: list[tuple[int, int]] = []
+    seen: dict[str, bool] = {}
+    for run in secret_run().finditer(value):
+        for start, end in secret_windows(run.start(), run.end(), run.group()):
+            text = value[start:end]
+            known = seen.get(text)
+            if known is None:
+                known = seen[text] = hashlib.sha256(text.encode()).hexdigest() in held
+            if known:
+                found.append((start, end))
+    if not found:
+        return value
+    parts: list[str] = []
+    kept = 0
+    for start, end in sorted(found):
+        if start >= kept:
+            parts += [value[kept:start], REDACTED]
+        kept = max(kept, end)  # (one overlapping another found: the redaction covers through its end)
+    parts.append(value[kept:])
     return "".join(parts)
 
 

@@ -1,5 +1,5 @@
-"""Session-wide test set-up: fake AWS credentials (no test may reach AWS), the DynamoDB server, and the SQLite stores
-a test leaves open closed after it."""
+"""Session-wide test set-up: fake AWS credentials (no test may reach AWS), hypothesis's profile (the same examples
+every run), the DynamoDB server, and the SQLite stores a test leaves open closed after it."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from adapters.store.sqlite import SQLiteStore
 from handler.pipeline.budgets import period_of
@@ -19,6 +20,13 @@ from tests.support.dynamo import CREDENTIALS, DynamoServer
 os.environ.update(CREDENTIALS)
 for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
     os.environ.pop(name, None)
+
+# Hypothesis draws the same examples every run (each test's from a hash of the test), with no example database and
+# no deadline: `make test` and CI never fail on an example no earlier run tried, nor pass on the rerun, nor fail on a
+# shared machine's pause. `HYPOTHESIS_PROFILE=explore` draws them at random, to look for what those examples miss.
+settings.register_profile("repeatable", derandomize=True, deadline=None)
+settings.register_profile("explore", derandomize=False, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or "repeatable")
 
 
 @pytest.fixture(scope="session")

@@ -50,7 +50,7 @@ from handler.pipeline.attribution import parse_tags, session_id
 from handler.pipeline.budgets import SETTLE_BY
 from handler.pipeline.exchange import Controls, Exchange, shut_down_before
 from handler.pipeline.gateway import Gateway
-from handler.pipeline.keys import hop_address, kept_unkeyed, network
+from handler.pipeline.keys import hop_address, kept_unkeyed, network, own_secret_hashes
 from handler.pipeline.pipeline import Pipeline
 from handler.pipeline.routing import RouteControls
 from handler.ports import STORE_DEADLINE, KeyRecord, StoreDeadlineError, StoreError
@@ -436,7 +436,9 @@ class Api:
         state["exchange"] = ex
         tracer = self.gateway.tracer
         if tracer is not None:
-            ex.trace = tracer.begin(request.headers, route_path(request.scope), state.get("body"))
+            # (The key's and its ancestors' secrets as hashes only, and only where content is captured: `captured`.)
+            own_secrets = own_secret_hashes(ex.lineage) if self.capture_content else ()
+            ex.trace = tracer.begin(request.headers, route_path(request.scope), state.get("body"), own_secrets)
         return ex
 
     # --- routes (the read routes: handler/api/info_routes.py) -----------------------------------

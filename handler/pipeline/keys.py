@@ -20,18 +20,16 @@ import hashlib
 import hmac
 import ipaddress
 import math
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from fnmatch import fnmatchcase
-from functools import cache
 from typing import TYPE_CHECKING, TypeAlias
 
 from handler.errors import AuthenticationError, PermissionDeniedError, model_not_allowed
 from handler.pipeline.attribution import stored_tags
 from handler.ports import KeyRecord, Store
-from handler.redaction import REDACTED, unkeyed, window
+from handler.redaction import SECRET_CHARS, unkeyed, window, without_hashed_secrets
 
 if TYPE_CHECKING:
     from typing_extensions import TypeIs  # (pydantic's dependency; only read by the type checker)
@@ -57,59 +55,19 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-SECRET_CHARS = 43  # a key's secret: `secrets.token_urlsafe(32)` (key_admin.py), base64url's letters, digits, - and _
-
-
-@cache
-def secret_run() -> re.Pattern[str]:
-    """A run of at least `SECRET_CHARS` of a secret's alphabet; compiled on the first value long enough to hold one."""
-    return re.compile(r"[A-Za-z0-9_\-]{43,}")
-
-
-def secret_windows(start: int, end: int, run: str) -> set[tuple[int, int]]:
-    """Where in a run of a secret's alphabet (`run`, at `start`..`end` of its value) a key's secret may stand: the
-    run's first and last `SECRET_CHARS`, and those that begin after or end before one of its `-` or `_` (a secret
-    joined to a name by them, `sess-<secret>`, `<secret>_2`, runs on with it: those are in the alphabet too)."""
-    size = SECRET_CHARS
-    windows = {(start, start + size), (end - size, end)}
-    for i, char in enumerate(run):
-        if char in "-_":
-            if start + i + 1 + size <= end:
-                windows.add((start + i + 1, start + i + 1 + size))
-            if start + i - size >= start:
-                windows.add((start + i - size, start + i))
-    return windows
+def own_secret_hashes(lineage: Sequence[KeyRecord]) -> tuple[str, ...]:
+    """The hashes of the secrets of a key and its ancestors (`lineage`), their previous ones too."""
+    return tuple(hashed for record in lineage for hashed in (record.secret_hash, record.prev_secret_hash) if hashed)
 
 
 def without_own_secret(value: str, lineage: Sequence[KeyRecord]) -> str:
     """`value`, a client's name for its user, its session or a tag (kept on the request's ledger line beside the ids
     of its key and the key's ancestors, `lineage`), with the secret of any of those keys redacted where it stands
-    (`note=<secret>`, `sess:<secret>`, `sess-<secret>`): the line's id beside it would make it the key whole for
-    whoever reads the line. Only the places in a run of a secret's alphabet where a secret may stand
-    (`secret_windows`) are hashed and compared with the keys' hashes, their previous ones too; a shorter value (a
-    UUID, a name) costs a length's comparison. A run that is no secret of theirs (a 43-character session id) is kept
-    as it is: no shape tells a secret apart."""
+    (`redaction.without_hashed_secrets`): the line's id beside it would make it the key whole for whoever reads the
+    line."""
     if len(value) < SECRET_CHARS:
         return value
-    held = [hashed for record in lineage for hashed in (record.secret_hash, record.prev_secret_hash) if hashed]
-    found: list[tuple[int, int]] = []
-    for run in secret_run().finditer(value):
-        for start, end in secret_windows(run.start(), run.end(), run.group()):
-            digest = hash_secret(value[start:end])
-            if any(hmac.compare_digest(digest, hashed) for hashed in held):
-                found.append((start, end))
-    if not found:
-        return value
-    parts: list[str] = []
-    kept = 0
-    for start, end in sorted(found):
-        if start >= kept:
-            parts += [value[kept:start], REDACTED]
-        elif end > kept:
-            pass  # (overlapping another found: the redaction covers through its end)
-        kept = max(kept, end)
-    parts.append(value[kept:])
-    return "".join(parts)
+    return without_hashed_secrets(value, own_secret_hashes(lineage))
 
 
 def kept_unkeyed(value: str, lineage: Sequence[KeyRecord], limit: int | None = None) -> str:

@@ -8,7 +8,8 @@ exporter; building, encoding and sending happen on the exporter's thread, off th
 W3C `traceparent` is continued (its trace id, the caller's span as parent, its sampling decision).
 
 Prompts and answers are exported only with `observability.otlp.capture_content: true`, and then with every
-known secret and credential-shaped value redacted (handler/redaction.py), as written or JSON-escaped (`captured`).
+known secret and credential-shaped value redacted (handler/redaction.py), as written or JSON-escaped, and the secret
+alone of the request's key or an ancestor (`captured`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import re
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -34,7 +35,7 @@ from handler.config import (
 )
 from handler.otlp_config import OtlpConfig
 from handler.records import Value
-from handler.redaction import redact_message, scrub
+from handler.redaction import redact_message, scrub, without_hashed_secrets
 
 if TYPE_CHECKING:
     from adapters.otlp.exporter import BatchExporter
@@ -98,6 +99,9 @@ class Trace:
     answer_chars: int = 0
     body: bytes | None = None  # a whole answer's head, kept only when content is captured (`answered`)
     answering: Step | None = None  # the attempt that answered: a stream's runs on to the stream's end
+    # The hashes of the secrets of the request's key and its ancestors, when content is captured (`captured`): only
+    # they, not the keys' records, are kept for the exporter's thread.
+    own_secrets: tuple[str, ...] = ()
 
     def requested(self, req: ChatRequest) -> None:
         """The request's sampling parameters, as the client sent them."""
@@ -228,12 +232,17 @@ def finish_reasons_of(answer: object) -> list[str]:
     return []
 
 
-def captured(content: bytes) -> str:
+def captured(content: bytes, own_secrets: Sequence[str]) -> str:
     """A captured prompt or answer (JSON, SSE events' data, or text) as exported: `scrub`bed as the client's bytes
-    are, then `redact_message`d, then cut. (`redact_message` alone reads the text as written: a secret a provider's
+    are, then `redact_message`d, then without the secret alone of the request's key or an ancestor (`own_secrets`,
+    their hashes: `without_hashed_secrets`; a key's user who pastes it in a prompt would have it exported whole,
+    since no shape tells it apart), then cut. (`redact_message` alone reads the text as written: a secret a provider's
     encoder JSON-escaped, `\\/` for `/`, would reach the client `[REDACTED]` and the collector whole.) Run on the
-    exporter's thread, for a request whose content is captured only."""
-    return redact_message(scrub(content).decode("utf-8", "replace"))[:CONTENT_CHARS]
+    exporter's thread, for a request whose content is captured only, on at most `CONTENT_CHARS + CUT_MARGIN`
+    characters: the own-secret check of a 1 MB prompt of base64url text (65 KiB of it kept) costs 3 ms
+    (docs/observability.md)."""
+    text = redact_message(scrub(content).decode("utf-8", "replace"))
+    return without_hashed_secrets(text, own_secrets)[:CONTENT_CHARS]
 
 
 def _continued(version: str, trace_id: str, parent_id: str, flags: str, rest: str | None) -> bool:
@@ -275,9 +284,12 @@ class RequestTracer:
         self.capture_content = capture_content
         self.region = region  # the gateway's own, for `cloud.region`; None where it is not known (left out)
 
-    def begin(self, headers: Mapping[str, str], path: str, body: bytes | None) -> Trace | None:
+    def begin(
+        self, headers: Mapping[str, str], path: str, body: bytes | None, own_secrets: tuple[str, ...]
+    ) -> Trace | None:
         """A request's trace: the caller's trace continued where a valid `traceparent` names one; None when
-        the caller's trace is not sampled (nothing is recorded or exported then)."""
+        the caller's trace is not sampled (nothing is recorded or exported then). `own_secrets`: the hashes of the
+        secrets of the request's key and its ancestors (`keys.own_secret_hashes`), kept when content is captured."""
         perf = time.perf_counter()
         random = os.urandom(24)
         trace_id, parent_id = random[:16], b""
@@ -290,6 +302,7 @@ class RequestTracer:
         if self.capture_content:
             trace.answer = []
             trace.prompt = body[: CONTENT_CHARS + CUT_MARGIN] if body else None  # (redacted, then cut: `_attributes`)
+            trace.own_secrets = own_secrets
         return trace
 
     def finish(self, ex: Observed, status: int, code: str | None, stream: bool, ended: float) -> None:
@@ -310,16 +323,18 @@ class RequestTracer:
         """The request's spans, built on the exporter's thread from what the request recorded."""
         trace.read_answer()
         span_data = self.span_data
+        # (Read once: a name the config does not name is cut and checked for the key's secret on each read.)
+        model = ex.named_model
         spans = [
             span_data(
                 trace.trace_id,
                 trace.span_id,
                 trace.parent_id,
-                f"{OPERATIONS.get(trace.path, 'chat')} {ex.named_model}",
+                f"{OPERATIONS.get(trace.path, 'chat')} {model}",
                 SERVER,
                 trace.clock(ex.started),
                 trace.clock(ended),
-                self._attributes(ex, trace, status, code, stream, ended),
+                self._attributes(ex, trace, model, status, code, stream, ended),
                 ERROR if status >= 500 else 0,
                 code or "" if status >= 500 else "",
             )
@@ -342,13 +357,13 @@ class RequestTracer:
         return spans
 
     def _attributes(
-        self, ex: Observed, trace: Trace, status: int, code: str | None, stream: bool, ended: float
+        self, ex: Observed, trace: Trace, model: str, status: int, code: str | None, stream: bool, ended: float
     ) -> Attributes:
         attempts = [s for s in trace.steps if s.name != "store.admit"]
         total_ms = (ended - ex.started) * 1000
         out: Attributes = [
             ("gen_ai.operation.name", OPERATIONS.get(trace.path, "chat")),
-            ("gen_ai.request.model", ex.named_model),
+            ("gen_ai.request.model", model),
             *trace.request,
             ("http.request.method", "POST"),
             ("http.route", trace.path),
@@ -396,9 +411,9 @@ class RequestTracer:
             out.append(("gen_ai.conversation.id", ex.controls.session))
         out += [(f"gateway.tag.{name}", value) for name, value in ex.controls.tags.items()]
         if trace.prompt is not None:
-            out.append(("gen_ai.input.messages", captured(trace.prompt)))
+            out.append(("gen_ai.input.messages", captured(trace.prompt, trace.own_secrets)))
         if trace.answer:
-            out.append(("gen_ai.output.messages", captured("".join(trace.answer).encode())))
+            out.append(("gen_ai.output.messages", captured("".join(trace.answer).encode(), trace.own_secrets)))
         return out
 
     def flush(self, timeout_s: float = 5.0) -> bool:

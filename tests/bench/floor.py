@@ -198,15 +198,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def serve_gateway(stack: ExitStack, env: dict[str, str], workdir: Path) -> tuple[str, str, int]:
-    from tests.bench.run import gateway_pid, mint_key, process, wait_ready
-    from tests.support.servers import free_port
+    from tests.bench.run import gateway_pid, gateway_serve, mint_key, wait_ready
 
     key = mint_key(env)
-    port = free_port()
-    serve = [sys.executable, "-m", "handler.entry.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    proc = stack.enter_context(process(serve, env, workdir / "gateway.log"))
-    wait_ready(f"http://127.0.0.1:{port}/health")
-    return f"http://127.0.0.1:{port}/v1/chat/completions", key, gateway_pid(proc)
+    proc, url = stack.enter_context(gateway_serve(env, workdir / "gateway.log"))
+    wait_ready(f"{url}/health")
+    return f"{url}/v1/chat/completions", key, gateway_pid(proc)
 
 
 def ledger_lines(path: Path) -> int:

@@ -37,7 +37,8 @@ from typing import Any
 import httpx
 
 from tests.bench import telemetry
-from tests.support.servers import free_port
+from tests.support.serve import printed_url
+from tests.support.servers import free_port, listening_socket
 
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM_KEY = "bench-upstream-key"
@@ -179,10 +180,10 @@ def bench_files(workdir: Path, upstream_port: int) -> dict[str, str]:
 
 @contextmanager
 def process(
-    args: list[str], env: dict[str, str] | None = None, log: Path | None = None
+    args: list[str], env: dict[str, str] | None = None, log: Path | None = None, pass_fds: tuple[int, ...] = ()
 ) -> Iterator[subprocess.Popen[bytes]]:
     out = log.open("wb") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, pass_fds=pass_fds)
     try:
         yield proc
     finally:
@@ -204,12 +205,13 @@ def bare_proxy(client: str, upstream: str) -> Iterator[str]:
 @contextmanager
 def uvicorn_app(app: str, environ: dict[str, str]) -> Iterator[tuple[str, int]]:
     """The ASGI app `app` (`module:name`) served by uvicorn as the gateway is (one worker, uvloop, httptools), with
-    `environ` added to the environment: its chat completions URL and its process id."""
-    port = free_port()
-    serve = [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--log-level", "warning",
+    `environ` added to the environment: its chat completions URL and its process id. It serves on a socket bound
+    here (`--fd`: no other process can take the port before it starts, tests/support/servers.py)."""
+    listener = listening_socket()
+    serve = [sys.executable, "-m", "uvicorn", app, "--fd", str(listener.fileno()), "--log-level", "warning",
              "--no-access-log", "--loop", "uvloop", "--http", "httptools"]  # fmt: skip
-    with process(serve, {**os.environ, **environ}) as served:
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    with listener, process(serve, {**os.environ, **environ}, pass_fds=(listener.fileno(),)) as served:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1/chat/completions"
         wait_ready(url)  # any answer will do (a GET here is a 405)
         yield url, served.pid
 
@@ -224,6 +226,15 @@ def nginx_upstream(workdir: Path) -> Iterator[tuple[str, dict[str, str]]]:
     with process(["nginx", "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "nginx.log")]):
         wait_ready(direct)
         yield direct, env
+
+
+@contextmanager
+def gateway_serve(env: dict[str, str], log: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`gateway serve` (with `args`) on a free port it binds itself (`--port 0`: one chosen here could be taken before
+    it binds it, tests/support/servers.py): the process and its base URL, as it prints it."""
+    serve = [sys.executable, "-m", "handler.entry.cli", "serve", "--host", "127.0.0.1", "--port", "0", *args]
+    with process(serve, env, log) as proc:
+        yield proc, printed_url(log, proc)
 
 
 def wait_ready(url: str, timeout: float = 30) -> None:
@@ -540,18 +551,16 @@ def run(duration: float, smoke: bool) -> dict[str, Any]:
     connections = [1, 8] if smoke else [1, 8, 64]
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
         workdir = Path(tmp)
-        upstream_port, gateway_port = free_port(), free_port()
+        upstream_port = free_port()
         upstream = f"http://127.0.0.1:{upstream_port}"
-        gateway = f"http://127.0.0.1:{gateway_port}"
         env = {**os.environ, **bench_files(workdir, upstream_port)}
         key = mint_key(env)
         cold_store = new_environments_store(workdir)
         nginx = ["nginx", "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "nginx-error.log")]
-        serve = [sys.executable, "-m", "handler.entry.cli", "serve", "--host", "127.0.0.1", "--port", str(gateway_port)]
         direct = f"{upstream}/v1/chat/completions"
         with (
             process(nginx),
-            process(serve, env, workdir / "gateway.log") as served,
+            gateway_serve(env, workdir / "gateway.log") as (served, gateway),
             bare_proxy("aiohttp", direct) as ref,
         ):
             wait_ready(direct)
@@ -658,28 +667,15 @@ def workers_scaling(
     store = workdir / "workers.db"
     workers_env = {**env, "GATEWAY_STORE": f"sqlite:///{store}"}
     workers_key = mint_key(workers_env)
-    port = free_port()
-    serve = [
-        sys.executable,
-        "-m",
-        "handler.entry.cli",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "2",
-    ]
-    with process(serve, workers_env, workdir / "gateway-workers.log"):
-        wait_ready(f"http://127.0.0.1:{port}/health")
-        two = f"http://127.0.0.1:{port}/v1/chat/completions"
+    with gateway_serve(workers_env, workdir / "gateway-workers.log", "--workers", "2") as (_, url):
+        wait_ready(f"{url}/health")
+        two = f"{url}/v1/chat/completions"
         since = time.time()
         warmed = wrk(two, workers_key, BODY, 8, 1, workdir)  # warm up both workers' connections
         targets = {"one worker": one, "two workers": two}
         scaling = interleaved(targets, key, 8, duration, workdir, rounds, keys={"two workers": workers_key})
         served = warmed["requests"] + scaling["two workers"]["requests"]
-        scaling["budget"] = budget_after(f"http://127.0.0.1:{port}", workers_env, workers_key, since, served)
+        scaling["budget"] = budget_after(url, workers_env, workers_key, since, served)
         return scaling
 
 
@@ -771,15 +767,13 @@ def dynamodb_calls(workdir: Path, upstream_port: int, requests: int) -> dict[str
             "AWS_SECRET_ACCESS_KEY": "testing",
         }
         key = mint_key(env)
-        port = free_port()
-        serve = [sys.executable, "-m", "handler.entry.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
         nginx = ["nginx", "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "nginx-error.log")]
-        with process(nginx), process(serve, env, workdir / "gateway-ddb.log"):
-            wait_ready(f"http://127.0.0.1:{port}/health")
+        with process(nginx), gateway_serve(env, workdir / "gateway-ddb.log") as (_, url):
+            wait_ready(f"{url}/health")
             wait_ready(f"{upstream}/v1/chat/completions")
-            statuses = asyncio.run(fire(f"http://127.0.0.1:{port}/v1/chat/completions", key, 1))  # key now cached
+            statuses = asyncio.run(fire(f"{url}/v1/chat/completions", key, 1))  # key now cached
             before = server.calls()
-            statuses += asyncio.run(fire(f"http://127.0.0.1:{port}/v1/chat/completions", key, requests))
+            statuses += asyncio.run(fire(f"{url}/v1/chat/completions", key, requests))
             time.sleep(0.5)  # settlements run after the answer
             calls = server.calls() - before
             log = (workdir / "gateway-ddb.log").read_text().splitlines()

@@ -27,7 +27,7 @@ from handler.pipeline.keys import KeyService, split_key
 from handler.ports import KeyRecord, LedgerItem, ThreadAnswer, UsageQuery
 from tests.conftest import outlives_the_test
 from tests.support.dynamo import DynamoServer
-from tests.support.servers import ServerThread, free_port
+from tests.support.servers import ServerThread, refusing_port
 
 FAKE_KEYS = {
     "OPENAI_API_KEY": "test-openai-key",
@@ -47,8 +47,8 @@ def available_fakes() -> dict[str, Any]:
 
 
 def closed_port() -> int:
-    """A loopback port nothing listens on: connections are refused at once."""
-    return free_port()
+    """A loopback port nothing listens on: connections are refused at once (`refusing_port`: held, never taken)."""
+    return refusing_port()
 
 
 def gateway_config(upstream_url: str, providers: set[str]) -> Config:

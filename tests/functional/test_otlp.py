@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import secrets
 import socket
 import statistics
 import time
@@ -18,6 +19,7 @@ import pytest
 
 from handler.config import ModelConfig, ObservabilityConfig, ProviderConfig
 from handler.otlp_config import OtlpConfig
+from handler.pipeline.keys import split_key
 from handler.telemetry.tracing import CONTENT_CHARS
 from tests.functional.conftest import FAKE_KEYS, Running, gateway_config, serve_gateway
 from tests.functional.test_lambda_events import replay
@@ -354,6 +356,47 @@ def test_a_secret_across_the_cut_of_a_captured_prompt_goes_out_redacted(
     key_id, secret_part = secret.split("_", 2)[1:]
     tail = prompt[len(head) + len(filler) :]  # what of the prompt stood where the key began
     assert key_id not in tail and secret_part[:3] not in tail and tail.startswith(" [REDACTED"), tail
+
+
+def test_a_keys_secret_alone_in_a_captured_prompt_or_answer_goes_out_redacted(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path: Path
+) -> None:
+    """A key's secret alone (43 characters, without `gwk_` and its id), pasted in a prompt by the key's user, went to
+    the collector whole in the prompt and in the answer that repeated it: no shape tells it apart, and only the ledger's
+    values were checked for it (`without_own_secret`). The request's key's and its ancestors' are redacted; 43
+    characters of the same alphabet that are no key's secret are kept."""
+    receiver = OtlpReceiver().start()
+    running, server = otlp_gateway(upstream, tmp_path, receiver.url, capture_content=True)
+    try:
+        parent = running.mint(name="parent")
+        parent_id, parent_secret = split_key(parent) or ("", "")
+        child = running.mint(name="child", parent_id=parent_id, ancestors=[parent_id])
+        own_secret = (split_key(child) or ("", ""))[1]
+        nobodys = secrets.token_urlsafe(32)
+        said = {}
+        for name, text, stream in [
+            ("own", f"note={own_secret} kept", False),
+            ("parent's", f"sess-{parent_secret}", False),
+            ("own, streamed", f"{own_secret}_2", True),
+            ("nobody's", f"id {nobodys}", False),
+        ]:
+            messages = [{"role": "user", "content": f"{SECRET_PROMPT} SAY {text}"}]
+            body = {"model": "gpt-4o-mini", "messages": messages, "stream": stream}
+            answer = post(running, "/v1/chat/completions", child, body)
+            assert answer.status_code == 200, answer.text
+            root, *_ = receiver.request_spans(answer.headers["x-request-id"])
+            said[name] = (root.attributes["gen_ai.input.messages"], root.attributes["gen_ai.output.messages"])
+    finally:
+        server.stop()
+        receiver.stop()
+    assert len(own_secret) == len(parent_secret) == len(nobodys) == 43
+    for prompt, answer in (said["own"], said["parent's"], said["own, streamed"]):
+        assert SECRET_PROMPT in prompt and "[REDACTED]" in prompt and "[REDACTED]" in answer, (prompt, answer)
+    assert "note=[REDACTED] kept" in said["own"][1] and "sess-[REDACTED]" in said["parent's"][1]
+    assert said["own, streamed"][1] == "[REDACTED]_2"
+    exported = b"".join(receiver.bodies)
+    assert own_secret.encode() not in exported and parent_secret.encode() not in exported
+    assert all(nobodys in captured for captured in said["nobody's"]), said["nobody's"]
 
 
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # AWS's documented example: an encoder may escape its `/`

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,8 @@ import yaml
 from handler.entry.cli import main
 from tests.functional.conftest import Running
 from tests.functional.test_metrics import labels, scrape
-from tests.support.serve import gateway_serve
-from tests.support.servers import ServerThread, free_port
+from tests.support.serve import Served, gateway_serve
+from tests.support.servers import PortTaken, ServerThread, on_a_free_port, said_port_taken
 
 PROMETHEUS = shutil.which("prometheus")
 MODEL = "regional"  # served by the fake OpenAI, in us-east-1: its series are this test's alone
@@ -51,26 +51,48 @@ def prometheus_server(job: dict[str, Any], folder: Path) -> Iterator[str]:
         pytest.skip("no prometheus binary (make tools installs Debian's package)")
     config = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s"}, "scrape_configs": [job]}
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = (folder / "prometheus.log").open("w")
-    process = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={folder / 'prometheus.yml'}",
-            f"--storage.tsdb.path={folder / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    url = f"http://127.0.0.1:{port}"
+    process, url = on_a_free_port(lambda port: started_prometheus(folder, port))
     try:
-        wait_for(lambda: httpx.get(f"{url}/-/ready").status_code == 200, "prometheus ready", folder)
         yield url
     finally:
         process.terminate()
         process.wait(10)
-        log.close()
+
+
+def started_prometheus(folder: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
+    """Prometheus on `folder`'s config, told to listen on `port` (it takes no socket): `PortTaken` where it found
+    the port taken, and ready only once the server that answers is this one (its config file is `folder`'s)."""
+    assert PROMETHEUS is not None
+    with (folder / "prometheus.log").open("w") as log:
+        process = subprocess.Popen(
+            [
+                PROMETHEUS,
+                f"--config.file={folder / 'prometheus.yml'}",
+                f"--storage.tsdb.path={folder / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            logged = (folder / "prometheus.log").read_text()
+            raise PortTaken(logged) if said_port_taken(logged) else AssertionError(f"prometheus ended:\n{logged}")
+        if httpx.get(f"{url}/-/ready", timeout=1).status_code != 200:
+            return False
+        flags = httpx.get(f"{url}/api/v1/status/flags", timeout=1).json()["data"]
+        return bool(flags["config.file"] == str(folder / "prometheus.yml"))
+
+    try:
+        wait_for(ready, "prometheus ready", folder)
+    except BaseException:
+        if process.poll() is None:
+            process.terminate()
+        process.wait(10)
+        raise
+    return process, url
 
 
 def wait_for(check: Any, what: str, folder: Path | None = None, timeout_s: float = 30) -> None:
@@ -140,8 +162,12 @@ def test_prometheus_scrapes_the_metrics_port_of_gateway_serve(
     """`observability.metrics_port`: `gateway serve` answers GET /metrics with no key on a port of its own; a
     fresh process, so Prometheus' figures are exactly what this test sent."""
     server, _ = upstream
-    metrics_port = free_port()
-    with gateway_serve(server.url, tmp_path, {"metrics_port": metrics_port}) as served:
+    with ExitStack() as stack:
+
+        def serving(port: int) -> tuple[Served, int]:  # (it can only be told its metrics port: `on_a_free_port`)
+            return stack.enter_context(gateway_serve(server.url, tmp_path, {"metrics_port": port})), port
+
+        served, metrics_port = on_a_free_port(serving)
         for _ in range(2):
             answer = httpx.post(
                 f"{served.url}/v1/chat/completions",

@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from tests.functional.conftest import Running
-from tests.support.servers import free_port
+from tests.support.serve import printed_url
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = "http://127.0.0.1:8080"
@@ -87,26 +86,22 @@ def test_make_demo_runs_the_fake_providers_and_prints_the_key_the_examples_use(
     recipe = re.search(r"^demo:.*\n\t(.*)$", (ROOT / "Makefile").read_text(), re.M)
     assert recipe and "-m tests.fakes.demo $(ARGS)" in recipe.group(1)
 
-    port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("GATEWAY_")}
     output = tmp_path / "demo.log"
     with output.open("w") as log:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "tests.fakes.demo", "--port", str(port), "--folder", str(tmp_path / "demo")],
+            # (`--port 0`: its gateway binds a free port, and says which, where one chosen before might be taken)
+            [sys.executable, "-m", "tests.fakes.demo", "--port", "0", "--folder", str(tmp_path / "demo")],
             cwd=ROOT,
             env=environ,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 30
-        while "gateway listening on" not in output.read_text():
-            assert demo.poll() is None and time.monotonic() < deadline, output.read_text()
-            time.sleep(0.1)
+        url = printed_url(output, demo)
         printed = output.read_text()
         key = re.search(r"^    export GATEWAY_KEY=(gwk_\S+)$", printed, re.M)
         assert key, printed
-        url = f"http://127.0.0.1:{port}"
 
         curl = next(code for code in examples("sh") if code.startswith("curl "))
         ran = subprocess.run(

@@ -81,7 +81,6 @@ def test_no_5xx_and_documented_errors(
         max_examples=EXAMPLES,
         deadline=None,
         suppress_health_check=list(HealthCheck),
-        derandomize=True,
         phases=[Phase.explicit, Phase.generate],
     )
     def run(case: Any) -> None:

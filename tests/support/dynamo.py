@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.support.servers import free_port
+from tests.support.servers import listening_socket
 
 ROOT = Path(__file__).resolve().parents[2]
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -76,19 +76,22 @@ class DynamoServer:
     """moto's DynamoDB on a loopback port, in a child process."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        self.listener = listening_socket()  # the child serves on it (`servers.listening_socket`)
+        self.port: int = self.listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> DynamoServer:
         env = {**os.environ, **CREDENTIALS}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.dynamo", str(self.port)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with self.listener:  # (the child's copy serves; this one closes once it is passed on)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.support.dynamo", str(self.listener.fileno())],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=[self.listener.fileno()],
+            )
         client = self.client()
         deadline = time.monotonic() + 30
         while True:
@@ -197,9 +200,10 @@ def normalize_sums() -> None:
     DynamoType.__sub__ = normalized(DynamoType.__sub__)  # type: ignore[method-assign]
 
 
-def main(port: int) -> None:
+def main(listener: int) -> None:
+    """moto's DynamoDB on the listening socket of file descriptor `listener`, which the parent bound."""
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-    from werkzeug.serving import run_simple
+    from werkzeug.serving import make_server
 
     normalize_sums()
     moto = DomainDispatcherApplication(create_backend_app)
@@ -213,7 +217,7 @@ def main(port: int) -> None:
         served[0] += 1
         return moto(environ, start_response)
 
-    run_simple("127.0.0.1", port, app, threaded=False, use_reloader=False)
+    make_server("127.0.0.1", 0, app, threaded=False, fd=listener).serve_forever()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.support.servers import free_port
+from tests.support.servers import PortTaken, said_port_taken
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,6 +44,20 @@ class Served:
         return time.monotonic() - started
 
 
+LISTENING = re.compile(r"^gateway listening on (http://\S+) ", re.M)
+
+
+def printed_url(log: Path, process: subprocess.Popen[bytes], wait_s: float = 30) -> str:
+    """The URL `gateway serve` (run by `process`, its output in `log`) says it listens on, once it says so: told
+    `--port 0`, it binds a free port before it says which."""
+    deadline = time.monotonic() + wait_s
+    while not (said := LISTENING.search(log.read_text())):
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise AssertionError(f"gateway serve did not start:\n{log.read_text()}")
+        time.sleep(0.05)
+    return said.group(1)
+
+
 @contextmanager
 def gateway_serve(
     upstream_url: str,
@@ -57,7 +72,8 @@ def gateway_serve(
     """`gateway serve` (with `args`) with one model, gpt-4o-mini at the fake OpenAI, and `observability` (and
     `gateway`: its settings, where given) in its config; each of `upstream_models` a model of that name at the same
     fake too (`drip`: a slow stream); its key made with `key_args` (`--budget-usd 1`); stopped (SIGTERM, as a service
-    manager does) at the end, unless the test stopped it already."""
+    manager does) at the end, unless the test stopped it already. It binds a free port itself (`--port 0`); one its
+    config names (`metrics_port`) found taken raises `PortTaken` (start it with `servers.on_a_free_port`)."""
     config = {
         **({"gateway": gateway} if gateway is not None else {}),
         "observability": observability,
@@ -85,17 +101,17 @@ def gateway_serve(
         text=True,
         check=True,
     )
-    port = free_port()
-    with (folder / "gateway.log").open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "handler.entry.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+    logged = folder / "gateway.log"
+    with logged.open("w") as log:
+        process = subprocess.Popen(  # (`--port 0`: it binds a free port itself, and says which: `servers`)
+            [sys.executable, "-m", "handler.entry.cli", "serve", "--host", "127.0.0.1", "--port", "0", *args],
             env=env,
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         try:
-            url = f"http://127.0.0.1:{port}"
+            url = printed_url(logged, process)
             deadline = time.monotonic() + 30
             while True:
                 try:
@@ -104,7 +120,9 @@ def gateway_serve(
                 except httpx.HTTPError:
                     pass
                 if time.monotonic() > deadline or process.poll() is not None:
-                    raise AssertionError(f"gateway serve did not start:\n{(folder / 'gateway.log').read_text()}")
+                    if said_port_taken(logged.read_text()):  # (a port of its config: `metrics_port`)
+                        raise PortTaken(logged.read_text())
+                    raise AssertionError(f"gateway serve did not start:\n{logged.read_text()}")
                 time.sleep(0.1)
             yield Served(url, json.loads(created.stdout)["key"], process)
         finally:

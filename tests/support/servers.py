@@ -1,4 +1,12 @@
-"""Real HTTP servers on loopback for functional tests: uvicorn in a background thread."""
+"""Real HTTP servers on loopback for functional tests: uvicorn in a background thread.
+
+A port chosen free (`free_port`) and bound later by a server is a window in which another test process, server or
+outgoing connection can take it: the server then fails "address already in use", or worse, the test talks to the
+other one. So a server that can take a socket is handed one already bound and listening (`listening_socket`:
+`ServerThread`, moto's `DynamoServer`), `gateway serve` is told `--port 0` and says where it listens, and one that
+can only be told a port (the Prometheus binary, `observability.metrics_port`) is started again on another when
+it says the port was taken (`on_a_free_port`). A port that must refuse connections is held bound (`refusing_port`).
+"""
 
 from __future__ import annotations
 
@@ -7,16 +15,58 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 
+Started = TypeVar("Started")
+ATTEMPTS = 5  # starts on another port before a server that keeps finding its port taken is a failure
+ADDRESS_IN_USE = ("address already in use", "errno 98")  # how a server says so (Linux's EADDRINUSE), lowercased
+_refusing: list[socket.socket] = []  # the sockets `refusing_port` holds, for the process's life
+
 
 def free_port() -> int:
+    """A loopback port free now, for a server that can only be told a port: start that one with `on_a_free_port`."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def listening_socket(port: int = 0) -> socket.socket:
+    """A socket bound to 127.0.0.1:`port` (0: a free one, which is then this socket's) and listening, for a server
+    to serve on: no other can take the port between its choice and the server's start."""
+    return socket.create_server(("127.0.0.1", port), backlog=2048)
+
+
+def refusing_port() -> int:
+    """A loopback port that refuses connections at once: bound, never listening, and held for the process's life, so
+    that no server another test starts can take it and answer."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _refusing.append(sock)
+    port: int = sock.getsockname()[1]
+    return port
+
+
+class PortTaken(Exception):
+    """A server could not listen on the port it was told: another took it after `free_port` chose it."""
+
+
+def said_port_taken(log: str) -> bool:
+    """Whether a server's log says it could not bind its port."""
+    lowered = log.lower()
+    return any(words in lowered for words in ADDRESS_IN_USE)
+
+
+def on_a_free_port(start: Callable[[int], Started], attempts: int = ATTEMPTS) -> Started:
+    """What `start` returns, given a free port: started again on another where it raises `PortTaken`."""
+    for _ in range(attempts - 1):
+        try:
+            return start(free_port())
+        except PortTaken:
+            continue
+    return start(free_port())
 
 
 class ServerThread:
@@ -31,7 +81,8 @@ class ServerThread:
         http: str = "auto",
     ) -> None:
         self.cleanup = cleanup
-        self.port = port or free_port()
+        self.listener = listening_socket(port or 0)  # (the server's from its start: `listening_socket`)
+        self.port: int = self.listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
             app,
@@ -55,7 +106,7 @@ class ServerThread:
     def _run(self) -> None:
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self.server.serve())
+        self.loop.run_until_complete(self.server.serve(sockets=[self.listener]))
         if self.cleanup is not None:
             self.loop.run_until_complete(self.cleanup())
         self.loop.run_until_complete(self.loop.shutdown_asyncgens())
@@ -72,7 +123,9 @@ class ServerThread:
 
     def stop(self) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=10)
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)
+        self.listener.close()  # (uvicorn closed it where it served; here where it never started)
 
 
 class SocketServer:

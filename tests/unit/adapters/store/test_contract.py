@@ -45,7 +45,7 @@ from handler.ports import (
     UsageQuery,
 )
 from tests.support.dynamo import DynamoServer, load_template, table_spec, ttl_attribute
-from tests.support.servers import free_port
+from tests.support.servers import refusing_port
 from tests.unit.adapters.store.memory_store import MemoryStore
 
 PERIOD = "total"
@@ -796,7 +796,7 @@ async def test_an_unreachable_home_leaves_leases_spendable_and_fails_closed_beyo
     key = uuid.uuid4().hex[:12]
     await reachable.admit(homed(key, 0.1))  # the first grant: a quarter of the budget
     await reachable.close()
-    cut_off = regional(LEASE_REGION, home_endpoint=f"http://127.0.0.1:{free_port()}")
+    cut_off = regional(LEASE_REGION, home_endpoint=f"http://127.0.0.1:{refusing_port()}")
     served = 0
     with pytest.raises(StoreError):
         for _ in range(10):

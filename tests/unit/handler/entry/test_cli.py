@@ -24,7 +24,6 @@ from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
 from handler.ports import ConflictError, KeyRecord, LedgerItem, Settlement, Store
 from tests.support.dynamo import DynamoServer
-from tests.support.servers import free_port
 from tests.unit.adapters.store.test_contract import line
 
 
@@ -390,17 +389,16 @@ def serve_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 def test_serve_says_it_listens_once_it_does(
     serve_here: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    port = free_port()
     seen: dict[str, object] = {}
 
     def serving(config: object, listener: socket.socket) -> None:
-        seen["printed"] = capsys.readouterr().out
-        with socket.create_connection(("127.0.0.1", port), timeout=2):  # refused, were nothing listening yet
+        seen["printed"], seen["port"] = capsys.readouterr().out, listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", seen["port"]), timeout=2):  # refused, were nothing listening yet
             seen["connected"] = True
 
     monkeypatch.setattr(cli, "_run_server", serving)
-    assert main(["serve", "--port", str(port)]) == 0
-    assert f"gateway listening on http://127.0.0.1:{port}" in str(seen["printed"]) and seen["connected"]
+    assert main(["serve", "--port", "0"]) == 0  # (serve binds a free port itself: one chosen before may be taken)
+    assert f"gateway listening on http://127.0.0.1:{seen['port']}" in str(seen["printed"]) and seen["connected"]
 
 
 @pytest.mark.parametrize(
@@ -436,17 +434,16 @@ def test_serve_on_an_ipv6_address_says_a_url_a_client_can_use(
     """`--host ::` printed `http://:::PORT`, no URL, and the `OPENAI_BASE_URL` advice built from it."""
     if not socket.has_ipv6:
         pytest.skip("no IPv6 on this machine")
-    port = free_port()
     seen: dict[str, object] = {}
 
     def serving(config: object, listener: socket.socket) -> None:
-        seen["printed"] = capsys.readouterr().out
-        with socket.create_connection(("::1", port), timeout=2):
+        seen["printed"], seen["port"] = capsys.readouterr().out, listener.getsockname()[1]
+        with socket.create_connection(("::1", seen["port"]), timeout=2):
             seen["connected"] = True
 
     monkeypatch.setattr(cli, "_run_server", serving)
-    assert main(["serve", "--host", "::", "--port", str(port)]) == 0
-    printed = str(seen["printed"])
+    assert main(["serve", "--host", "::", "--port", "0"]) == 0
+    printed, port = str(seen["printed"]), seen["port"]
     assert f"gateway listening on http://[::]:{port} " in printed and seen["connected"]
     assert f"OPENAI_BASE_URL=http://[::]:{port}/v1 " in printed
     httpx.URL(f"http://[::]:{port}/v1")  # (a URL a client parses)
@@ -502,7 +499,7 @@ def test_serve_refuses_an_empty_host_where_it_bound_every_interface(
     this machine only) and printed `gateway listening on http://:PORT`. Found by review."""
     monkeypatch.setattr(cli, "_run_server", lambda config, listener: pytest.fail("served"))
     with pytest.raises(SystemExit) as exited:
-        main(["serve", "--host", host, "--port", str(free_port())])
+        main(["serve", "--host", host, "--port", "0"])
     printed = capsys.readouterr()
     assert exited.value.code == 2 and printed.out == ""
     assert f"argument --host: '{host}' is no address: give 127.0.0.1 (this machine only), 0.0.0.0" in printed.err
@@ -547,7 +544,7 @@ def test_serve_on_a_host_that_is_not_this_machines_names_the_host_not_the_port(
     serve_here: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], host: str, said: str
 ) -> None:
     """`--host no.such.host.invalid` said "Stop what holds that port". Found by review."""
-    assert main(["serve", "--host", host, "--port", str(free_port())]) == 1
+    assert main(["serve", "--host", host, "--port", "0"]) == 1
     printed = capsys.readouterr()
     assert said in printed.err and "Give --host an address of this machine" in printed.err
     assert "Stop what holds that port" not in printed.err and printed.out == ""
@@ -558,7 +555,7 @@ def test_the_client_setup_serve_prints_belongs_in_another_shell(
     serve_here: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(cli, "_run_server", lambda config, listener: None)
-    assert main(["serve", "--port", str(free_port())]) == 0
+    assert main(["serve", "--port", "0"]) == 0
     out = capsys.readouterr().out
     assert "export GATEWAY_KEY=gwk_" in out and "OPENAI_API_KEY=$GATEWAY_KEY" in out
     assert "Not in the shell that starts the gateway" in out
@@ -570,10 +567,11 @@ def test_the_dashboard_command_serve_prints_signs_in_to_that_server(
     """Serve said "`gateway dashboard` opens it signed in" whatever its port and store: on port 9000, or on a store
     other than the default, that command opened a link to port 8080 or found none of the server's admin keys.
     Found by review."""
-    monkeypatch.setattr(cli, "_run_server", lambda config, listener: None)
+    bound: list[int] = []
+    monkeypatch.setattr(cli, "_run_server", lambda config, listener: bound.append(listener.getsockname()[1]))
     monkeypatch.setattr(os, "environ", os.environ.copy())  # (serve names its store in the environment)
-    port = free_port()
-    assert main(["serve", "--port", str(port)]) == 0
+    assert main(["serve", "--port", "0"]) == 0
+    port = bound[0]
     out = capsys.readouterr().out
     command = f"gateway dashboard --url http://127.0.0.1:{port} --store {serve_here}"
     assert f"`{command}` opens it signed in" in out
@@ -591,7 +589,7 @@ def test_serve_names_a_gateway_key_left_where_a_provider_key_belongs(
     monkeypatch.setattr(cli, "_run_server", lambda config, listener: None)
     monkeypatch.setenv("OPENAI_API_KEY", "gwk_abcdefghijkm_" + "s" * 43)
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-not-a-gateway-key")
-    assert main(["serve", "--port", str(free_port())]) == 0
+    assert main(["serve", "--port", "0"]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "holds a gateway key" in line]
     assert len(warnings) == 1 and warnings[0].startswith("warning: OPENAI_API_KEY holds a gateway key"), warnings
     assert "env -u OPENAI_API_KEY make serve" in warnings[0]
@@ -611,7 +609,7 @@ def test_serve_refuses_an_option_no_adapter_reads_before_it_binds(
     # (serve hands its config to its workers in the environment: a copy here, or every later test's gateway built
     # from the environment read this broken file)
     monkeypatch.setattr(os, "environ", os.environ.copy())
-    assert main(["serve", "--port", str(free_port()), "--config", str(config)]) == 2
+    assert main(["serve", "--port", "0", "--config", str(config)]) == 2
     printed = capsys.readouterr()
     assert "providers.up.base_ulr: not an option of provider type openai" in printed.err and printed.out == ""
 
@@ -655,7 +653,7 @@ def test_config_check_and_serve_name_every_error_of_a_file_in_one_run(
     assert printed.out == ""
     monkeypatch.setattr(cli, "_run_server", lambda config, listener: pytest.fail("served"))
     monkeypatch.setattr(os, "environ", os.environ.copy())  # (see the test above)
-    assert main(["serve", "--port", str(free_port()), "--config", str(path)]) == 2
+    assert main(["serve", "--port", "0", "--config", str(path)]) == 2
     printed = capsys.readouterr()
     assert printed.err.splitlines() == ["config error:", *lines] and printed.out == ""
 
@@ -789,7 +787,7 @@ def test_serve_and_config_check_refuse_what_start_up_would_before_anything_start
     assert printed.err.startswith(problem) and printed.out == ""
     monkeypatch.setattr(cli, "_run_server", lambda config, listener: pytest.fail("served"))
     monkeypatch.setattr(os, "environ", os.environ.copy())  # (see the test above)
-    assert main(["serve", "--port", str(free_port()), "--config", str(path)]) == 2
+    assert main(["serve", "--port", "0", "--config", str(path)]) == 2
     printed = capsys.readouterr()
     assert printed.err.startswith(f"config error:\n{problem}") and printed.out == ""
     assert "Traceback" not in printed.err and not (tmp_path / "gateway.db").exists()  # no key minted
@@ -846,7 +844,7 @@ def test_config_check_and_serve_say_which_provider_keys_resolve_to_nothing(
     assert printed.out == "ok: 8 providers (4 without a key: warned of above), 1 model\n"
     monkeypatch.setattr(cli, "_run_server", lambda config, listener: None)
     monkeypatch.setattr(os, "environ", os.environ.copy())  # (see the test above)
-    assert main(["serve", "--port", str(free_port()), "--config", str(path)]) == 0
+    assert main(["serve", "--port", "0", "--config", str(path)]) == 0
     printed = capsys.readouterr()
     assert printed.err == warnings and "gateway listening on" in printed.out
     assert "sk-" not in printed.err + printed.out
@@ -873,7 +871,7 @@ def test_config_check_and_serve_warn_of_a_gateway_region_they_cannot_place(
     assert printed.err == warning and printed.out == "ok: 1 provider, 1 model\n"
     monkeypatch.setattr(cli, "_run_server", lambda config, listener: None)
     monkeypatch.setattr(os, "environ", os.environ.copy())  # (see the test above)
-    assert main(["serve", "--port", str(free_port()), "--config", str(path)]) == 0
+    assert main(["serve", "--port", "0", "--config", str(path)]) == 0
     assert capsys.readouterr().err == warning
 
 
@@ -903,7 +901,7 @@ def test_config_check_serve_and_start_up_warn_of_providers_with_no_model(
     assert printed.err == warning and printed.out == "ok: 2 providers, 0 models\n"
     monkeypatch.setattr(cli, "_run_server", lambda config, listener: None)
     monkeypatch.setattr(os, "environ", os.environ.copy())  # (see the test above)
-    assert main(["serve", "--port", str(free_port()), "--config", str(path)]) == 0
+    assert main(["serve", "--port", "0", "--config", str(path)]) == 0
     assert capsys.readouterr().err == warning
     gateway = build_gateway(config_path=str(path), store_url="sqlite://", environ={})  # (a Lambda function's start)
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [warning[9:-1]]
@@ -932,7 +930,7 @@ def test_a_config_file_that_is_not_utf8_is_one_line_naming_the_file_and_the_byte
     assert printed.err == problem and printed.out == ""
     monkeypatch.setattr(cli, "_run_server", lambda config, listener: pytest.fail("served"))
     monkeypatch.setattr(os, "environ", os.environ.copy())  # (see the test above)
-    assert main(["serve", "--port", str(free_port()), "--config", str(path)]) == 2
+    assert main(["serve", "--port", "0", "--config", str(path)]) == 2
     printed = capsys.readouterr()
     assert printed.err == f"config error:\n{problem}" and printed.out == ""
 
@@ -945,14 +943,14 @@ def test_serve_on_a_store_with_keys_but_no_admin_key_says_how_to_make_one(
     monkeypatch.setattr(cli, "_run_server", lambda config, listener: None)
     assert main(["keys", "create", "--name", "ci", "--store", serve_here]) == 0
     capsys.readouterr()
-    assert main(["serve", "--port", str(free_port())]) == 0
+    assert main(["serve", "--port", "0"]) == 0
     out = capsys.readouterr().out
     assert "no live admin key" in out and "gwk_" not in out
     assert f"`gateway keys create --name admin --admin --store {serve_here}`" in out
 
     assert main(["keys", "create", "--name", "admin", "--admin", "--store", serve_here]) == 0
     capsys.readouterr()
-    assert main(["serve", "--port", str(free_port())]) == 0
+    assert main(["serve", "--port", "0"]) == 0
     out = capsys.readouterr().out
     assert "no live admin key" not in out and "gwk_" not in out  # the secret is not kept, let alone printed
     assert "Admin key: the one printed when this store was new" in out

@@ -180,7 +180,7 @@ def test_captured_content_is_redacted_as_the_clients_bytes_are(
     from handler.telemetry.tracing import captured
 
     only_secrets("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
-    exported = captured(written)
+    exported = captured(written, ())
     assert "The secret is [REDACTED]." in exported and "EXAMPLEKEY" not in exported
 
 
@@ -210,7 +210,7 @@ def test_a_whole_answer_is_not_kept_for_the_exporter_unless_its_content_is_captu
     queued answer stayed in memory (review). Now the finish reasons are read from the answer the route built, and the
     body is not kept at all: the exporter's thread has nothing to parse."""
     tracer = RequestTracer(Holding(), capture_content=False, region="us-east-1")  # type: ignore[arg-type]
-    trace = tracer.begin({}, "/v1/embeddings", None)
+    trace = tracer.begin({}, "/v1/embeddings", None, ())
     assert trace is not None
     trace.answered(embeddings_answer(2048, 1536))
     assert trace.body is None and trace.held() == 0
@@ -237,7 +237,7 @@ def test_a_whole_answers_finish_reasons_are_read_from_what_its_route_built() -> 
         ("/v1/responses", {"object": "response", "status": "incomplete", "output": []}, ["incomplete"]),
     ]
     for path, parsed, reasons in answers:
-        trace = tracer.begin({}, path, None)
+        trace = tracer.begin({}, path, None, ())
         assert trace is not None
         trace.answered(b'{"not": "read"}', parsed)
         trace.read_answer()
@@ -249,7 +249,7 @@ def test_a_captured_answer_keeps_only_the_head_it_can_export() -> None:
     character) is kept for the exporter's thread, and the queue counts it (`BatchExporter.queue_bytes`)."""
     holding = Holding()
     tracer = RequestTracer(holding, capture_content=True, region="us-east-1")  # type: ignore[arg-type]
-    trace = tracer.begin({}, "/v1/embeddings", b'{"model": "e", "input": "hi"}')
+    trace = tracer.begin({}, "/v1/embeddings", b'{"model": "e", "input": "hi"}', ())
     assert trace is not None
     answer = embeddings_answer(100, 1000)
     trace.answered(answer)

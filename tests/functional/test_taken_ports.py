@@ -1,0 +1,89 @@
+"""The test servers come up though another process takes the port `free_port` chose before they bind it (another
+test process's server, an outgoing connection): they were told that port and failed "address already in use", a
+flaky failure of whichever test started them (tests/support/servers.py)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from tests.functional import test_prometheus_scrape
+from tests.support import dynamo, serve, servers
+
+# Where a chosen port was looked up before the fix, each module by its own name: each is made to find it taken.
+CHOOSERS = (servers, dynamo, serve, test_prometheus_scrape)
+
+
+@pytest.fixture
+def taken(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], list[int]]]:
+    """`taken(count)`: the next `count` ports `free_port` chooses are listened on by another socket as soon as they
+    are chosen (the ports, as they are); those after are free."""
+    squatters: list[socket.socket] = []
+    chosen: list[int] = []
+    choose = servers.free_port
+
+    def take(count: int) -> list[int]:
+        def chosen_then_taken() -> int:
+            port = choose()
+            if len(chosen) < count:
+                chosen.append(port)
+                squatters.append(socket.create_server(("127.0.0.1", port)))
+            return port
+
+        for module in CHOOSERS:
+            monkeypatch.setattr(module, "free_port", chosen_then_taken, raising=False)
+        return chosen
+
+    yield take
+    for squatter in squatters:
+        squatter.close()
+
+
+async def hello(request: object) -> PlainTextResponse:
+    return PlainTextResponse("hello")
+
+
+def test_a_server_thread_serves_on_a_port_no_other_can_take(taken: Callable[[int], list[int]]) -> None:
+    squatted = taken(100)
+    server = servers.ServerThread(Starlette(routes=[Route("/", hello)])).start()
+    try:
+        assert httpx.get(server.url).text == "hello"
+    finally:
+        server.stop()
+    assert server.port not in squatted
+
+
+def test_the_dynamodb_server_serves_on_a_port_no_other_can_take(taken: Callable[[int], list[int]]) -> None:
+    squatted = taken(100)
+    server = dynamo.DynamoServer().start()
+    try:
+        assert server.client().list_tables()["TableNames"] == []
+    finally:
+        server.stop()
+    assert server.port not in squatted
+
+
+def test_gateway_serve_listens_on_a_port_no_other_can_take(taken: Callable[[int], list[int]], tmp_path: Path) -> None:
+    squatted = taken(100)
+    with serve.gateway_serve("http://127.0.0.1:9", tmp_path, {}) as served:
+        assert httpx.get(f"{served.url}/health").status_code == 200
+    assert httpx.URL(served.url).port not in squatted
+
+
+def test_prometheus_starts_again_on_another_port_where_its_port_was_taken(
+    taken: Callable[[int], list[int]], tmp_path: Path
+) -> None:
+    """The Prometheus binary takes only a port to listen on: where another took it, it says so and ends, and is
+    started again on another; the server that answers is checked to be this one."""
+    squatted = taken(1)
+    job = {"job_name": "nothing", "static_configs": [{"targets": ["127.0.0.1:9"]}]}
+    with test_prometheus_scrape.prometheus_server(job, tmp_path) as url:
+        assert httpx.get(f"{url}/-/ready").status_code == 200
+    assert len(squatted) == 1 and httpx.URL(url).port != squatted[0]
