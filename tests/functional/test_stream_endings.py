@@ -1439,3 +1439,92 @@ async def test_a_failure_beside_a_choice_it_finished_ends_the_stream_as_the_prov
     assert sent == "Hello"
     assert "Rate limit reached for gpt-4o" in error["message"], error
     assert {(line.status, line.cost_source, line.output_tokens) for line in lines} == {(502, "estimate", 2)}
+
+
+# --- a stream of no usable first event, its usage in it ------------------------------------------------------------
+# A provider that answers with no choice but its usage (10 in, 5 out): an OpenAI-compatible server's chunk of
+# `"choices": []` then `[DONE]`, a first chunk that fails its shape then the usage chunk, Gemini's `candidates: []`
+# beside its `usageMetadata`; whole, and streamed in one read.
+
+NO_ANSWER_USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+NO_ANSWER_PRICE = {"input": 1.0, "output": 2.0}
+NO_ANSWER_BILLED = round(10 * 1e-6 + 5 * 2e-6, 8)  # (the worst case, 50 out: $0.00011)
+GEMINI = {"type": "gemini", "api_key": "env:OPENAI_API_KEY", "base_url": "http://up"}
+
+
+def compatible_answer(choices: list[dict[str, Any]]) -> Callable[[httpx.Request], httpx.Response]:
+    """An OpenAI-compatible server's answer of `choices` (whole: as the message's; streamed: as one chunk's delta)
+    and the usage, whole or streamed as asked."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        head = {"id": "c1", "created": 1, "model": "x"}
+        if not orjson.loads(request.content).get("stream"):
+            said = {**head, "object": "chat.completion", "choices": choices, "usage": NO_ANSWER_USAGE}
+            return httpx.Response(200, json=said)
+        chunk = {**head, "object": "chat.completion.chunk"}
+        chunks = [{**chunk, "choices": choices}] if choices else []
+        chunks.append({**chunk, "choices": [], "usage": NO_ANSWER_USAGE})
+        body = b"".join(b"data: " + orjson.dumps(said) + b"\n\n" for said in chunks) + b"data: [DONE]\n\n"
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    return answer
+
+
+def gemini_without_candidates(request: httpx.Request) -> httpx.Response:
+    said = {"candidates": [], "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5}}
+    if "streamGenerateContent" not in str(request.url):
+        return httpx.Response(200, json=said)
+    return httpx.Response(
+        200, content=b"data: " + orjson.dumps(said) + b"\n\n", headers={"content-type": "text/event-stream"}
+    )
+
+
+NO_ANSWERS: dict[str, tuple[Callable[[httpx.Request], httpx.Response], dict[str, Any] | None, int]] = {
+    "no-choice": (compatible_answer([]), None, 200),
+    "misshapen-choice": (compatible_answer([{"index": 0, "finish_reason": "stop"}]), None, 502),
+    "gemini-no-candidates": (gemini_without_candidates, GEMINI, 502),
+}
+
+
+@pytest.mark.parametrize("api", list(CAPPED_BODIES))
+@pytest.mark.parametrize("case", list(NO_ANSWERS))
+async def test_a_stream_of_no_usable_first_event_is_billed_the_usage_its_provider_reported(case: str, api: str) -> None:
+    """A stream of no usable first event was the provider's malformed answer charged the request's worst case
+    ($0.00011 on a cap of 50 tokens out, 5.5 times the $0.00002 the provider reported), and told "the provider's
+    stream ended before its first event" though it had events, its usage among them, and ended with `[DONE]`; the
+    same answer whole was billed the usage (Gemini's without candidates, its worst case too) (found by review). Each
+    is billed the usage now, whole and streamed alike. An answer of no choice and its `[DONE]` is the answer the same
+    request gets whole, a 200 of no choice, streamed as one (chat `choices: []`, a Responses `response.completed`
+    of no output, a Messages `end_turn` of no content); a misshapen one is the malformed answer it is whole, its
+    message saying what came."""
+    upstream, provider, status = NO_ANSWERS[case]
+    served = await serve(
+        upstream,
+        {"m": {"deployments": [{"provider": "openai", "model": "x"}], "price": NO_ANSWER_PRICE}},
+        provider=provider,
+    )
+    path, body = CAPPED_BODIES[api]
+    body = {**body, "max_output_tokens" if api == "responses" else "max_tokens": 50}
+    whole = await served.post(path, {**body, "stream": False})
+    streamed = await served.post(path, body)
+    lines = await served.ledger()
+    await served.gateway.aclose()
+    assert whole.status_code == streamed.status_code == status, (whole.text, streamed.text)
+    assert "before its first event" not in streamed.text
+    assert [(line.status, round(line.cost_usd, 8), line.cost_source) for line in lines] == [
+        (status, NO_ANSWER_BILLED, "provider")
+    ] * 2, streamed.text
+    if status != 200:
+        return
+    events = [orjson.loads(data[6:]) for data in streamed.text.splitlines() if data.startswith("data: {")]
+    if api == "chat":
+        assert whole.json()["choices"] == [] and [event["choices"] for event in events] == [[]]
+        assert events[-1]["cost"]["provider_usd"] == NO_ANSWER_BILLED
+    elif api == "messages":
+        assert whole.json()["content"] == [] and whole.json()["stop_reason"] == "end_turn"
+        events = [event for event in events if event["type"] != "ping"]
+        assert [event["type"] for event in events] == ["message_start", "message_delta", "message_stop"]
+        assert events[1]["delta"]["stop_reason"] == "end_turn"
+    else:
+        assert whole.json()["output"] == [] and whole.json()["status"] == "completed"
+        assert (events[-1]["type"], events[-1]["response"]["output"]) == ("response.completed", [])
