@@ -1528,3 +1528,87 @@ async def test_a_stream_of_no_usable_first_event_is_billed_the_usage_its_provide
     else:
         assert whole.json()["output"] == [] and whole.json()["status"] == "completed"
         assert (events[-1]["type"], events[-1]["response"]["output"]) == ("response.completed", [])
+
+
+# --- a stream that breaks after its final usage --------------------------------------------------------------------
+# Each API's stream as far as the event that carries the provider's final usage (Chat Completions' finish and usage
+# chunks, Messages' `message_delta`, a Responses stream's `response.completed`), without the event that ends it
+# (`[DONE]`, `message_stop`): then its connection resets, or closes in order.
+
+
+def finished_but_unended(api: str) -> list[bytes]:
+    """`api`'s stream of "Hello", finished and its usage (5 in, 2 out) given, each event a read of its own."""
+    opening, _ = opening_and_delta(api)
+    if api == "chat":
+        head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m-x"}
+        finish = {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        usage = {**head, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
+        return [opening, b"data: " + orjson.dumps(finish) + b"\n\n", b"data: " + orjson.dumps(usage) + b"\n\n"]
+    if api == "messages":
+        delta = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}}
+        delta["usage"] = {"output_tokens": 2}
+        stop = sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+        return [opening, stop, sse("message_delta", delta)]
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed"}
+    message["content"] = [{"type": "output_text", "text": "Hello", "annotations": []}]
+    response = {"id": "resp_1", "object": "response", "created_at": 1, "model": "m-x", "status": "completed"}
+    response |= {"output": [message], "usage": {"input_tokens": 5, "output_tokens": 2, "total_tokens": 7}}
+    completed = {"type": "response.completed", "sequence_number": 9, "response": response}
+    return [opening, sse("response.completed", completed)]
+
+
+def then(parts: list[bytes], reset: bool) -> httpx.Response:
+    """A 200 stream of `parts`, a read each, then its connection reset (`reset`) or closed in order."""
+
+    async def body() -> AsyncIterator[bytes]:
+        for part in parts:
+            yield part
+            await asyncio.sleep(0)  # (a read of its own each)
+        if reset:
+            raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+    return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+
+
+@pytest.mark.parametrize("reset", [True, False], ids=["reset", "closed"])
+@pytest.mark.parametrize("api", list(SAME_READ_APIS))
+async def test_a_stream_broken_after_its_final_usage_tells_one_story_on_every_api(api: str, reset: bool) -> None:
+    """A Messages stream passed through whose connection reset after its `message_delta` (before `message_stop`)
+    sent its client Anthropic's `error` event, which the anthropic SDK raises, but was a 200 on its ledger line, log
+    and metrics (settled at its `message_delta`), while its breaker counted a failure (found by review). Chat
+    Completions and Responses held the event that carries the cost until their upstream ended, and a break before
+    their end marker was their in-stream error and a 502. Every API does so now: the client's stream ends on its
+    API's error (in place of the held event), the line is a 502 charged the usage the provider gave, and five such
+    streams open the deployment's breaker. The same stream closed in order after its final usage is a finished
+    one: a 200, no error."""
+    path, provider = SAME_READ_APIS[api]
+    parts = finished_but_unended(api)
+    served = await serve(lambda request: then(parts, reset), SAME_READ_MODELS, provider=provider)
+    asked: dict[str, Any] = {"model": "m", "stream": True, "max_tokens": 2000, "messages": HI}
+    answers = [
+        await served.post(path, {"model": "m", "stream": True, "input": "hi"} if api == "responses" else asked)
+        for _ in range(5)
+    ]
+    lines = await served.ledger()
+    state = served.gateway.router.breakers.state("openai/m-x@global")
+    await served.gateway.aclose()
+    events = [orjson.loads(data[6:]) for data in answers[-1].text.splitlines() if data.startswith("data: {")]
+    if api == "chat":
+        last, told_failed = events[-1], "error" in events[-1]
+        sent = "".join(event["choices"][0]["delta"].get("content") or "" for event in events if event.get("choices"))
+    elif api == "messages":
+        last, told_failed = events[-1], events[-1]["type"] == "error"
+        sent = "".join(event["delta"]["text"] for event in events if event["type"] == "content_block_delta")
+    else:
+        last, told_failed = events[-1]["response"], events[-1]["type"] == "response.failed"
+        assert events[-1]["type"] == ("response.failed" if reset else "response.completed")
+        sent = "".join(event["delta"] for event in events if event["type"] == "response.output_text.delta")
+    assert sent == "Hello"
+    assert told_failed == reset, answers[-1].text
+    assert {line.status for line in lines} == {502 if reset else 200}, answers[-1].text
+    assert state == ("open" if reset else "closed")
+    line = lines[-1]
+    assert (line.input_tokens, line.output_tokens) == (5, 2)
+    assert last["cost"]["provider_usd"] == line.cost_usd
+    if api == "messages":  # (the `message_delta` held: the `error` comes in its place)
+        assert [event["type"] for event in events].count("message_delta") == (0 if reset else 1)
