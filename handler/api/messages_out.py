@@ -56,29 +56,39 @@ def native_message(reply: NativeReply, cost: Cost | None) -> dict[str, Any]:
 
 def native_events(stream: NativeStream) -> AsyncIterator[bytes]:
     """The provider's events as it sent them; its `message_delta` (which carries the final usage) also
-    carries the gateway's cost, settled from that usage."""
+    carries the gateway's cost, settled from that usage. The `message_delta` and what follows it are held until
+    the provider's stream has ended, as the other APIs hold their last event (Chat Completions' cost, a Responses
+    stream's terminal event): a stream that breaks after it ends on the `error` event in its place, and its line,
+    log, metrics and breaker say it failed, as the client is told. (Settled at the `message_delta`, such a stream
+    was a 200 on its line while its client was sent the `error`, and its breaker counted a failure.)"""
 
     async def relay() -> AsyncGenerator[bytes]:
+        held: list[StreamEvent] = []  # the `message_delta` and the events after it
         async for batch in stream.batches():
             out = b""
             for event in batch:
-                if event.event != "message_delta":
+                if held or event.event == "message_delta":
+                    held.append(event)
+                else:
                     out += sse_frame(event)
-                    continue
-                await stream.complete()
-                if stream.schema_violation is not None:  # (an error event in place of it and `message_stop`)
-                    from handler.pipeline.schema_check import violated
-
-                    yield out
-                    raise violated(stream.schema_violation)
-                payload = orjson.loads(event.data)
-                cost = stream.ex.cost
-                payload["cost"] = cost.as_event() if cost else None
-                out += sse_event("message_delta", payload)
             yield out
         if not stream.meter.final:  # cut before its `message_delta`: the client is told, and the line says 502
             raise interrupted()
         await stream.complete()
+        if stream.schema_violation is not None:  # (an error event in place of it and `message_stop`)
+            from handler.pipeline.schema_check import violated
+
+            raise violated(stream.schema_violation)
+        out = b""
+        for event in held:
+            if event.event != "message_delta":
+                out += sse_frame(event)
+                continue
+            payload = orjson.loads(event.data)
+            cost = stream.ex.cost
+            payload["cost"] = cost.as_event() if cost else None
+            out += sse_event("message_delta", payload)
+        yield out
 
     async def failed(exc: GatewayError) -> bytes:
         return native_error(exc, stream.ex.cost)

@@ -6,6 +6,7 @@ a Lambda whose requests are whole answers never needs it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -56,20 +57,25 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
         """Whether the upstream stream ended with a choice (or every choice) left without its finish reason:
         what was sent is billed, but the answer is not whole. A stream that said it ended (OpenAI's `[DONE]`,
         which some compatible servers send with no finish reason) is whole."""
-        if getattr(self.parser, "ended", False):
+        if self._said_ended():
             return False
         return not self._finished_choices or self._choices.keys() != self._finished_choices
 
     def _items(self, events: list[StreamEvent]) -> list[ChatCompletionChunk]:
+        if self._salvaging:
+            self._salvage(events)
+            return []
         if self.sniffer.whole is not None:
             chunks = [c for e in events for c in self._whole(e.data)]
         else:
             chunks = []
+            fed = 0
             try:
                 for event in events:
                     chunks += self.parser.feed(event)
+                    fed += 1
             except Exception as error:  # (the parser raises the stream's error: the chunks before it go on first)
-                self._broke_off(error)
+                self._broke_off(error, events[fed + 1 :])
             else:
                 if self._finished:
                     chunks += self.parser.finish()
@@ -83,6 +89,14 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
             kept.append(chunk)
         self.redactor.redact(kept, self._finished or self._failure is not None, self._template)
         return kept
+
+    def _salvage(self, events: list[StreamEvent]) -> None:
+        for event in events:
+            with contextlib.suppress(Exception):  # (an event it cannot read says no usage: the next may)
+                self.parser.feed(event)
+
+    def _said_ended(self) -> bool:
+        return bool(getattr(self.parser, "ended", False))
 
     async def __aiter__(self) -> AsyncIterator[ChatCompletionChunk]:
         async for batch in self.batches():

@@ -14,6 +14,7 @@ that are not streamed never imports it (1.1 million instructions of its cold sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -156,6 +157,10 @@ class UpstreamStream(ABC, Generic[T]):
         self.ended_by: GatewayError | None = None
         # An error one of a read's events raised after the events before it brought items (`_broke_off`).
         self._failure: Exception | None = None
+        # A malformed answer before the first item: the rest is read for the provider's usage alone (`_salvage`),
+        # the events of its read after the one that failed (`_broke_off`) first.
+        self._salvaging = False
+        self._unread: list[StreamEvent] = []
         self.status = 0  # the status it was settled with (its ledger line's): 200, an error's, or 499
         self.schema = pipeline._enforced_schema(req, attempt, ex)
         self._text: list[str] = []  # the answer's text as it was handed out, where `schema` is enforced
@@ -166,14 +171,24 @@ class UpstreamStream(ABC, Generic[T]):
         """The items these decoded events bring (the provider has finished when `_finished` is set); where one of
         them is the stream's error (`_broke_off`), those the events before it bring, with all that was held."""
 
-    def _broke_off(self, error: Exception) -> None:
+    def _broke_off(self, error: Exception, unread: list[StreamEvent]) -> None:
         """One of a read's events is the stream's error (a server's failure, which it writes in the same read as
         its last words): the items of the events before it are handed out first, then it ends the stream
         (`batches`), or fails the attempt before the first item (`prime`). Raised at once, it would take them
-        along: the client would lose the text the meter had counted, and be charged for it."""
+        along: the client would lose the text the meter had counted, and be charged for it. `unread`: the events of
+        the read after it, which a malformed answer before the first item is read on for its usage (`_salvage`)."""
         self._failure = misshapen("stream event", error) if isinstance(error, SHAPE_ERRORS) else error
         if self._failure is not error:
             self._failure.__cause__ = error
+        self._unread = unread
+
+    def _salvage(self, events: list[StreamEvent]) -> None:
+        """Read `events`, which follow a malformed answer before the stream's first item, for the usage the provider
+        reports in them, and for nothing else: no item of them goes anywhere (`_billed_malformed`)."""
+
+    def _said_ended(self) -> bool:
+        """Whether the provider said its stream ended whole (OpenAI's `[DONE]`), where its API has such an event."""
+        return False
 
     @abstractmethod
     def _reported(self) -> Usage | None:
@@ -255,22 +270,58 @@ class UpstreamStream(ABC, Generic[T]):
         """Called with each batch as it goes to the client."""
 
     async def prime(self) -> None:
-        """Read until the first item. A stream that ends before any (a body of no events) is the provider's
-        malformed answer: retryable, so the plan goes on, and never a successful empty completion. (A whole JSON
-        body answering the stream's request is read by the stream itself, `_items`: an error object alone is the
-        provider's error.)"""
+        """Read until the first item. A stream that ends before any is the provider's malformed answer: retryable,
+        so the plan goes on; charged the usage the provider reported in it, where it did (`_billed_malformed`), as a
+        whole answer the gateway cannot use is, else its worst case. The one exception is the answer of no choice
+        whose stream said it ended whole (OpenAI's `[DONE]` after a chunk of `"choices": []` and its usage): that is
+        the answer the same request gets whole, a 200 of no choice, and it streams as one, billed that usage. (A
+        whole JSON body answering the stream's request is read by the stream itself, `_items`: an error object alone
+        is the provider's error.)"""
         try:
             while not self._pending and not self._finished and self._failure is None:
                 await self._pull()
             if self._failure is not None:  # (nothing has gone to the client: the next deployment is tried)
+                await self._billed_malformed(self._failure)
                 raise self._failure
             if not self._pending:
-                said = error_excerpt(self._head or b"")
-                raise malformed(f"the provider's stream ended before its first event: {said}")
+                usage = self._reported()
+                if usage is not None and plausible(usage) and self._said_ended():
+                    self._head = None
+                    return  # (the empty answer: its front-end writes its opening and its end, as a whole one's)
+                if usage is not None and plausible(usage):
+                    failure = malformed("the provider's stream ended with its usage and no answer")
+                else:
+                    said = error_excerpt(self._head or b"")
+                    failure = malformed(f"the provider's stream ended before its first event: {said}")
+                await self._billed_malformed(failure)
+                raise failure
             self._head = None
         except BaseException:
             await self.response.close()
             raise
+
+    async def _billed_malformed(self, failure: Exception) -> None:
+        """A malformed answer before the stream's first item (an event that fails its shape, a stream of its usage
+        alone) is billed what the provider reported in it (`UpstreamError.billed`), as the same answer whole is:
+        after an event that failed, the rest of the stream is read to its end for that usage alone (`_salvage`),
+        each read bounded as any is. Charged its worst case instead, a chat stream of no choice and a usage of 10
+        in and 5 out was billed 50 out, 5.5 times what the provider reported, where the same answer whole was billed
+        the usage. Where it reported none after the failure (a running count an event before it gave is not the
+        bill), or the rest cannot be read, its worst case stands: it ran the request for what the gateway cannot
+        see."""
+        if not isinstance(failure, UpstreamError) or failure.upstream_status != 200 or failure.billed is not None:
+            return  # (the provider's own error: not billed, failed over as its status is)
+        before = self._reported() if failure is self._failure else None
+        self._salvaging = True
+        self._salvage(self._unread)
+        try:
+            while not self._finished:
+                await self._pull()
+        except GatewayError:  # (a stall, a broken connection, a stream past its bound: its bill unread)
+            return
+        usage = self._reported()
+        if usage is not None and usage is not before and plausible(usage):
+            failure.billed = usage
 
     async def _pull(self) -> None:
         waited = time.perf_counter()
@@ -416,14 +467,24 @@ class NativeStream(UpstreamStream[StreamEvent]):
             # client, whose SDK failed on them (the official Anthropic SDK raised JSONDecodeError) and never read the
             # error event after them, nor what the stream was charged. The stream ends as one cut short.
             events = [event for event in events if whole_event(event)]
+        if self._salvaging:
+            self._salvage(events)
+            return []
+        fed = 0
         try:
             for event in events:
                 self.meter.feed(event)
+                fed += 1
         except Exception as error:  # (the meter raises the stream's error: an untyped `{"error": ...}`, Anthropic's)
-            self._broke_off(error)
-            events = events[: next(at for at, fed in enumerate(events) if fed is event)]  # (those it metered)
+            self._broke_off(error, events[fed + 1 :])
+            events = events[:fed]  # (those it metered)
         relayed = self.redactor.relay(events)
         return relayed + self.redactor.release() if self._finished or self._failure is not None else relayed
+
+    def _salvage(self, events: list[StreamEvent]) -> None:
+        for event in events:
+            with contextlib.suppress(Exception):  # (an event it cannot read says no usage: the next may)
+                self.meter.feed(event)
 
     def _whole(self, body: bytes) -> list[StreamEvent]:
         """A whole body where the provider's own stream was asked for: a whole answer of the API (read as the same

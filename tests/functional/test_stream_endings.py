@@ -1439,3 +1439,176 @@ async def test_a_failure_beside_a_choice_it_finished_ends_the_stream_as_the_prov
     assert sent == "Hello"
     assert "Rate limit reached for gpt-4o" in error["message"], error
     assert {(line.status, line.cost_source, line.output_tokens) for line in lines} == {(502, "estimate", 2)}
+
+
+# --- a stream of no usable first event, its usage in it ------------------------------------------------------------
+# A provider that answers with no choice but its usage (10 in, 5 out): an OpenAI-compatible server's chunk of
+# `"choices": []` then `[DONE]`, a first chunk that fails its shape then the usage chunk, Gemini's `candidates: []`
+# beside its `usageMetadata`; whole, and streamed in one read.
+
+NO_ANSWER_USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+NO_ANSWER_PRICE = {"input": 1.0, "output": 2.0}
+NO_ANSWER_BILLED = round(10 * 1e-6 + 5 * 2e-6, 8)  # (the worst case, 50 out: $0.00011)
+GEMINI = {"type": "gemini", "api_key": "env:OPENAI_API_KEY", "base_url": "http://up"}
+
+
+def compatible_answer(choices: list[dict[str, Any]]) -> Callable[[httpx.Request], httpx.Response]:
+    """An OpenAI-compatible server's answer of `choices` (whole: as the message's; streamed: as one chunk's delta)
+    and the usage, whole or streamed as asked."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        head = {"id": "c1", "created": 1, "model": "x"}
+        if not orjson.loads(request.content).get("stream"):
+            said = {**head, "object": "chat.completion", "choices": choices, "usage": NO_ANSWER_USAGE}
+            return httpx.Response(200, json=said)
+        chunk = {**head, "object": "chat.completion.chunk"}
+        chunks = [{**chunk, "choices": choices}] if choices else []
+        chunks.append({**chunk, "choices": [], "usage": NO_ANSWER_USAGE})
+        body = b"".join(b"data: " + orjson.dumps(said) + b"\n\n" for said in chunks) + b"data: [DONE]\n\n"
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    return answer
+
+
+def gemini_without_candidates(request: httpx.Request) -> httpx.Response:
+    said = {"candidates": [], "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5}}
+    if "streamGenerateContent" not in str(request.url):
+        return httpx.Response(200, json=said)
+    return httpx.Response(
+        200, content=b"data: " + orjson.dumps(said) + b"\n\n", headers={"content-type": "text/event-stream"}
+    )
+
+
+NO_ANSWERS: dict[str, tuple[Callable[[httpx.Request], httpx.Response], dict[str, Any] | None, int]] = {
+    "no-choice": (compatible_answer([]), None, 200),
+    "misshapen-choice": (compatible_answer([{"index": 0, "finish_reason": "stop"}]), None, 502),
+    "gemini-no-candidates": (gemini_without_candidates, GEMINI, 502),
+}
+
+
+@pytest.mark.parametrize("api", list(CAPPED_BODIES))
+@pytest.mark.parametrize("case", list(NO_ANSWERS))
+async def test_a_stream_of_no_usable_first_event_is_billed_the_usage_its_provider_reported(case: str, api: str) -> None:
+    """A stream of no usable first event was the provider's malformed answer charged the request's worst case
+    ($0.00011 on a cap of 50 tokens out, 5.5 times the $0.00002 the provider reported), and told "the provider's
+    stream ended before its first event" though it had events, its usage among them, and ended with `[DONE]`; the
+    same answer whole was billed the usage (Gemini's without candidates, its worst case too) (found by review). Each
+    is billed the usage now, whole and streamed alike. An answer of no choice and its `[DONE]` is the answer the same
+    request gets whole, a 200 of no choice, streamed as one (chat `choices: []`, a Responses `response.completed`
+    of no output, a Messages `end_turn` of no content); a misshapen one is the malformed answer it is whole, its
+    message saying what came."""
+    upstream, provider, status = NO_ANSWERS[case]
+    served = await serve(
+        upstream,
+        {"m": {"deployments": [{"provider": "openai", "model": "x"}], "price": NO_ANSWER_PRICE}},
+        provider=provider,
+    )
+    path, body = CAPPED_BODIES[api]
+    body = {**body, "max_output_tokens" if api == "responses" else "max_tokens": 50}
+    whole = await served.post(path, {**body, "stream": False})
+    streamed = await served.post(path, body)
+    lines = await served.ledger()
+    await served.gateway.aclose()
+    assert whole.status_code == streamed.status_code == status, (whole.text, streamed.text)
+    assert "before its first event" not in streamed.text
+    assert [(line.status, round(line.cost_usd, 8), line.cost_source) for line in lines] == [
+        (status, NO_ANSWER_BILLED, "provider")
+    ] * 2, streamed.text
+    if status != 200:
+        return
+    events = [orjson.loads(data[6:]) for data in streamed.text.splitlines() if data.startswith("data: {")]
+    if api == "chat":
+        assert whole.json()["choices"] == [] and [event["choices"] for event in events] == [[]]
+        assert events[-1]["cost"]["provider_usd"] == NO_ANSWER_BILLED
+    elif api == "messages":
+        assert whole.json()["content"] == [] and whole.json()["stop_reason"] == "end_turn"
+        events = [event for event in events if event["type"] != "ping"]
+        assert [event["type"] for event in events] == ["message_start", "message_delta", "message_stop"]
+        assert events[1]["delta"]["stop_reason"] == "end_turn"
+    else:
+        assert whole.json()["output"] == [] and whole.json()["status"] == "completed"
+        assert (events[-1]["type"], events[-1]["response"]["output"]) == ("response.completed", [])
+
+
+# --- a stream that breaks after its final usage --------------------------------------------------------------------
+# Each API's stream as far as the event that carries the provider's final usage (Chat Completions' finish and usage
+# chunks, Messages' `message_delta`, a Responses stream's `response.completed`), without the event that ends it
+# (`[DONE]`, `message_stop`): then its connection resets, or closes in order.
+
+
+def finished_but_unended(api: str) -> list[bytes]:
+    """`api`'s stream of "Hello", finished and its usage (5 in, 2 out) given, each event a read of its own."""
+    opening, _ = opening_and_delta(api)
+    if api == "chat":
+        head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m-x"}
+        finish = {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        usage = {**head, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
+        return [opening, b"data: " + orjson.dumps(finish) + b"\n\n", b"data: " + orjson.dumps(usage) + b"\n\n"]
+    if api == "messages":
+        delta = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}}
+        delta["usage"] = {"output_tokens": 2}
+        stop = sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+        return [opening, stop, sse("message_delta", delta)]
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed"}
+    message["content"] = [{"type": "output_text", "text": "Hello", "annotations": []}]
+    response = {"id": "resp_1", "object": "response", "created_at": 1, "model": "m-x", "status": "completed"}
+    response |= {"output": [message], "usage": {"input_tokens": 5, "output_tokens": 2, "total_tokens": 7}}
+    completed = {"type": "response.completed", "sequence_number": 9, "response": response}
+    return [opening, sse("response.completed", completed)]
+
+
+def then(parts: list[bytes], reset: bool) -> httpx.Response:
+    """A 200 stream of `parts`, a read each, then its connection reset (`reset`) or closed in order."""
+
+    async def body() -> AsyncIterator[bytes]:
+        for part in parts:
+            yield part
+            await asyncio.sleep(0)  # (a read of its own each)
+        if reset:
+            raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+    return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+
+
+@pytest.mark.parametrize("reset", [True, False], ids=["reset", "closed"])
+@pytest.mark.parametrize("api", list(SAME_READ_APIS))
+async def test_a_stream_broken_after_its_final_usage_tells_one_story_on_every_api(api: str, reset: bool) -> None:
+    """A Messages stream passed through whose connection reset after its `message_delta` (before `message_stop`)
+    sent its client Anthropic's `error` event, which the anthropic SDK raises, but was a 200 on its ledger line, log
+    and metrics (settled at its `message_delta`), while its breaker counted a failure (found by review). Chat
+    Completions and Responses held the event that carries the cost until their upstream ended, and a break before
+    their end marker was their in-stream error and a 502. Every API does so now: the client's stream ends on its
+    API's error (in place of the held event), the line is a 502 charged the usage the provider gave, and five such
+    streams open the deployment's breaker. The same stream closed in order after its final usage is a finished
+    one: a 200, no error."""
+    path, provider = SAME_READ_APIS[api]
+    parts = finished_but_unended(api)
+    served = await serve(lambda request: then(parts, reset), SAME_READ_MODELS, provider=provider)
+    asked: dict[str, Any] = {"model": "m", "stream": True, "max_tokens": 2000, "messages": HI}
+    answers = [
+        await served.post(path, {"model": "m", "stream": True, "input": "hi"} if api == "responses" else asked)
+        for _ in range(5)
+    ]
+    lines = await served.ledger()
+    state = served.gateway.router.breakers.state("openai/m-x@global")
+    await served.gateway.aclose()
+    events = [orjson.loads(data[6:]) for data in answers[-1].text.splitlines() if data.startswith("data: {")]
+    if api == "chat":
+        last, told_failed = events[-1], "error" in events[-1]
+        sent = "".join(event["choices"][0]["delta"].get("content") or "" for event in events if event.get("choices"))
+    elif api == "messages":
+        last, told_failed = events[-1], events[-1]["type"] == "error"
+        sent = "".join(event["delta"]["text"] for event in events if event["type"] == "content_block_delta")
+    else:
+        last, told_failed = events[-1]["response"], events[-1]["type"] == "response.failed"
+        assert events[-1]["type"] == ("response.failed" if reset else "response.completed")
+        sent = "".join(event["delta"] for event in events if event["type"] == "response.output_text.delta")
+    assert sent == "Hello"
+    assert told_failed == reset, answers[-1].text
+    assert {line.status for line in lines} == {502 if reset else 200}, answers[-1].text
+    assert state == ("open" if reset else "closed")
+    line = lines[-1]
+    assert (line.input_tokens, line.output_tokens) == (5, 2)
+    assert last["cost"]["provider_usd"] == line.cost_usd
+    if api == "messages":  # (the `message_delta` held: the `error` comes in its place)
+        assert [event["type"] for event in events].count("message_delta") == (0 if reset else 1)

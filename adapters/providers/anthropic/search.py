@@ -53,6 +53,7 @@ class Searches:
     def __init__(self) -> None:
         self.calls: dict[str, dict[str, Any]] = {}
         self._queries: dict[str, list[str]] = {}  # a streamed call's input so far (`input_json_delta` fragments)
+        self._left_given = False  # the searches left without results were given (`left`)
 
     def started(self, block_id: str | None, given: Any) -> None:
         """A `server_tool_use` block of the search tool (its `input`, whole in an answer, empty in a stream)."""
@@ -78,14 +79,7 @@ class Searches:
         call = self.calls.get(str(block.get("tool_use_id")))
         if call is None:
             return None
-        written = self._queries.pop(call["id"], None)
-        if written:
-            try:
-                query = orjson.loads("".join(written)).get("query")
-            except (ValueError, AttributeError):
-                query = None
-            if isinstance(query, str):
-                call["action"]["query"] = query
+        self._streamed_query(call)
         content = block.get("content")
         if isinstance(content, list):
             urls = [r["url"] for r in content if isinstance(r, dict) and isinstance(r.get("url"), str)]
@@ -94,6 +88,31 @@ class Searches:
         else:
             call["status"] = "failed"  # (`web_search_tool_result_error`: `max_uses_exceeded`, `unavailable`, ...)
         return call
+
+    def _streamed_query(self, call: dict[str, Any]) -> None:
+        """A streamed call's query, as its input's fragments wrote it (its block opened with none)."""
+        written = self._queries.pop(call["id"], None)
+        if written:
+            try:
+                query = orjson.loads("".join(written)).get("query")
+            except (ValueError, AttributeError):
+                query = None
+            if isinstance(query, str):
+                call["action"]["query"] = query
+
+    def left(self) -> list[dict[str, Any]]:
+        """The searches a streamed answer ends with no results for (Claude's `pause_turn`, which pauses its search
+        loop after writing a query), `searching`, each with the query it streamed; given once, at the answer's end,
+        as the whole answer keeps them (`done`). Given nowhere, a Responses stream's output lacked the
+        `web_search_call` its whole answer had, and a client sending back the items it got (Codex, `store: false`)
+        sent different history for the same answer."""
+        if self._left_given:
+            return []
+        self._left_given = True
+        left = [call for call in self.calls.values() if call["status"] == "searching"]
+        for call in left:
+            self._streamed_query(call)
+        return left
 
     def done(self) -> list[dict[str, Any]] | None:
         """The searches, those without results (a stream cut, a paused turn) as they were left."""

@@ -149,7 +149,9 @@ class AnthropicStreamParser:
             finish = _finish(delta.get("stop_reason"), self._json_answer, self._tools > 0)
             stop_sequence = delta.get("stop_sequence")
             ending = self._chunk(finish=finish, stop_sequence=stop_sequence if isinstance(stop_sequence, str) else None)
-            return [*self._empty_inputs(), ending]
+            left = self._searches.left() if self._searches is not None else []  # (a paused turn's, as its whole answer)
+            paused = [self._chunk(schemas.ChunkDelta(web_searches=[dict(call) for call in left]))] if left else []
+            return [*self._empty_inputs(), *paused, ending]
         if kind == "content_block_stop":
             index = int(payload.get("index", 0))
             return [*self._empty_inputs(index), *self._citations(index)]

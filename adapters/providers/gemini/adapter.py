@@ -922,7 +922,11 @@ class GeminiAdapter(ProviderAdapter):
         candidates = [c for c in data.get("candidates") or () if isinstance(c, dict)]
         blocked = block_message(data)
         if not candidates and not blocked:
-            raise malformed("upstream answered without candidates")
+            # Billed its usage where it gave one, as an answer it wrote and the gateway cannot use is: charged the
+            # request's worst case, 10 in and 5 out were billed 50 out.
+            unusable = malformed("upstream answered without candidates")
+            unusable.billed = usage_of(data.get("usageMetadata"))
+            raise unusable
         choices: list[Choice] = []
         names: ToolNames | None = None  # (made at the answer's first call)
         queries = 0  # the searches its candidates ran (Grounding with Google Search)

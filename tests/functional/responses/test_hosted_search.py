@@ -24,6 +24,7 @@ from handler.schemas import TOOL_CONTEXT
 from tests.functional.conftest import Running, anthropic_client, openai_client
 from tests.functional.responses.fleet import PRICE, SEARCH_USD
 from tests.functional.responses.test_responses_api import dropped
+from tests.support.inprocess import serve
 
 SEARCH: Any = [{"type": "web_search"}]
 SEARCHED = {"claude": "anthropic", "gemini": "gemini"}  # (the fleet's model on each provider with a search)
@@ -649,3 +650,70 @@ def test_a_search_result_seal_that_does_not_open_is_left_out_and_named(fleet: Ru
     assert contents[1] == {"role": "model", "parts": [{"text": "Hello from fake Gemini."}]}
     with pytest.raises(anthropic.BadRequestError):
         sdk.create(**asked, extra_headers={"x-gateway-strict": "true"})
+
+
+# Claude pauses its turn (`pause_turn`, its search loop at Anthropic's limit of iterations) after writing a search's
+# query, before its result: whole, and streamed (the query in an `input_json_delta`).
+PAUSED_START: Any = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5", "content": []}
+PAUSED_START |= {"stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 1}}
+PAUSED_SEARCH = {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search"}
+PAUSED_USAGE = {"input_tokens": 10, "output_tokens": 5, "server_tool_use": {"web_search_requests": 0}}
+
+
+def paused_sse(event: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps({"type": event, **data}) + b"\n\n"
+
+
+def paused_search(request: httpx.Request) -> httpx.Response:
+    """Claude's answer: "Let me search.", then a search's query, and its turn paused before the result."""
+    if not orjson.loads(request.content).get("stream"):
+        content = [{"type": "text", "text": "Let me search."}, {**PAUSED_SEARCH, "input": {"query": "x"}}]
+        whole = {**PAUSED_START, "content": content, "stop_reason": "pause_turn", "usage": PAUSED_USAGE}
+        return httpx.Response(200, json=whole)
+    text = {"type": "text_delta", "text": "Let me search."}
+    query = {"type": "input_json_delta", "partial_json": '{"query": "x"}'}
+    body = b"".join(
+        [
+            paused_sse("message_start", {"message": PAUSED_START}),
+            paused_sse("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+            paused_sse("content_block_delta", {"index": 0, "delta": text}),
+            paused_sse("content_block_stop", {"index": 0}),
+            paused_sse("content_block_start", {"index": 1, "content_block": {**PAUSED_SEARCH, "input": {}}}),
+            paused_sse("content_block_delta", {"index": 1, "delta": query}),
+            paused_sse("content_block_stop", {"index": 1}),
+            paused_sse("message_delta", {"delta": {"stop_reason": "pause_turn"}, "usage": PAUSED_USAGE}),
+            paused_sse("message_stop", {}),
+        ]
+    )
+    return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+
+async def test_a_paused_search_is_the_same_item_streamed_as_whole() -> None:
+    """Claude's turn paused after a search's query: its whole Responses answer held the `web_search_call` (status
+    `searching`, its query), which a client sending back the items it got (Codex, `store: false`) sends back as
+    history; its stream never announced it, and its `response.completed` lacked it, so the same answer was different
+    history by `stream` (found by review). The stream gives it at the answer's end, as the whole answer keeps it."""
+    served = await serve(
+        paused_search,
+        {"m": {"deployments": [{"provider": "openai", "model": "claude-haiku-4-5"}], "price": PRICE}},
+        provider={"type": "anthropic", "api_key": "env:OPENAI_API_KEY", "base_url": "http://up"},
+    )
+    body = {"model": "m", "input": "hi", "tools": SEARCH}
+    whole = await served.post("/v1/responses", body)
+    streamed = await served.post("/v1/responses", {**body, "stream": True})
+    await served.gateway.aclose()
+    assert whole.status_code == streamed.status_code == 200, (whole.text, streamed.text)
+    events = [orjson.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: ")]
+    added = [event["item"] for event in events if event["type"] == "response.output_item.added"]
+    assert "web_search_call" in [item["type"] for item in added], streamed.text
+
+    def searches(output: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+        calls = [item for item in output if item["type"] == "web_search_call"]
+        return [(call["status"], call["action"]["query"]) for call in calls]
+
+    completed = events[-1]["response"]
+    assert events[-1]["type"] == "response.completed"
+    assert searches(completed["output"]) == searches(whole.json()["output"]) == [("searching", "x")]
+    assert sorted(item["type"] for item in completed["output"]) == sorted(
+        item["type"] for item in whole.json()["output"]
+    )
