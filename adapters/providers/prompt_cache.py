@@ -46,6 +46,13 @@ DEFAULT_MINIMUM = 1024
 # models (Nova caches no tools: not placed for it). A pattern, compiled where it is first searched (`re`'s cache):
 # compiled here it would be a Lambda cold start's work, for deployments that may never see Bedrock.
 BEDROCK_UNCACHED = r"claude-(3-(sonnet|opus|haiku)|3-5-sonnet|v2|instant)"
+# Where a Converse request may hold a cache point, by model (AWS's "Prompt caching" page, its supported-models table:
+# "Fields that accept prompt cache checkpoints"): the Claude models Bedrock caches for, in `system`, `messages` and
+# `toolConfig.tools`; Amazon Nova in `system` and `messages` (a point there caches the tools before it too). Any other
+# model (Llama, Mistral, DeepSeek, the Claude models above) takes none: a cache point anywhere is Bedrock's refusal
+# of the whole request ("You invoked an unsupported model or your request did not allow prompt caching").
+CONVERSE_FIELDS = ("system", "messages", "tools")
+NOVA_FIELDS = ("system", "messages")
 
 
 @functools.lru_cache(maxsize=256)
@@ -55,6 +62,14 @@ def minimum_tokens(model: str, bedrock: bool = False) -> int | None:
     if bedrock and ("anthropic.claude" not in model or re.search(BEDROCK_UNCACHED, model)):
         return None
     return next((tokens for fragment, tokens in MINIMUM_TOKENS if fragment in model), DEFAULT_MINIMUM)
+
+
+def bedrock_cache_fields(model: str) -> tuple[str, ...]:
+    """The members of a Converse request where Bedrock takes a cache point from `model` (`CONVERSE_FIELDS`, Nova's
+    `NOVA_FIELDS`); none for a model it caches nothing for."""
+    if "amazon.nova" in model:
+        return NOVA_FIELDS
+    return CONVERSE_FIELDS if minimum_tokens(model, bedrock=True) is not None else ()
 
 
 def _tokens(value: Any) -> int:

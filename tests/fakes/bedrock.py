@@ -13,7 +13,10 @@ result's `status` from a model other than Claude and Nova, the only ones AWS's T
 `error` one without content) with a `ValidationException`.
 A request with cache points writes the prompt up to the last one (its usage says for how long, in `cacheDetails`)
 but for the longest prefix written before that ends at one of its points or at one of the 20 blocks before it, which
-it reads (the points themselves no part of a prefix), as Bedrock does for Claude. With tools and a `toolChoice` of
+it reads (the points themselves no part of a prefix), as Bedrock does for Claude. Only the models Bedrock caches for
+take cache points (`CACHING`, less `UNCACHED`; AWS's "Prompt caching" supported-models table), Amazon Nova in `system`
+and `messages` only, not in `toolConfig.tools`: a point anywhere else is a `ValidationException` (`_uncacheable`), and
+a model that caches nothing reports no cache reads or writes. With tools and a `toolChoice` of
 `any` or `tool` it answers with a `toolUse`; a system prompt that gives a JSON Schema gets an answer following it. A
 request asking for Claude's `thinking` (in `additionalModelRequestFields`) whose final assistant turn called a tool
 without opening with its signed reasoning is refused, as Anthropic refuses it, and so is Claude's reasoning without
@@ -117,6 +120,15 @@ OUTPUT_LIMITS = {"meta.llama3-3-70b-instruct": 8192}  # model id part -> the mos
 # Model id parts of models with tool use but no streaming tool use (AWS's "Supported models and model features").
 NO_STREAMING_TOOLS = ("meta.llama", "mistral.", "writer.palmyra")
 CACHE_TTLS = ("5m", "1h")  # botocore's CacheTTL
+# The models Bedrock caches prompts for (model id parts), but for the Claude models it does not cache for (a pattern):
+# Claude 3.7 Sonnet, 3.5 Haiku and the Claude 4 models; Amazon Nova, whose cache points go in `system` and `messages`.
+CACHING = ("anthropic.claude", "amazon.nova")
+UNCACHED = re.compile(r"claude-(3-(sonnet|opus|haiku)|3-5-sonnet|v2|instant)")
+NOVA = "amazon.nova"
+# Bedrock's words for a cache point to a model without prompt caching (strands-agents/harness-sdk#1807,
+# BerriAI/litellm#39210); the fake's own for one among Nova's tools, which AWS documents but whose words it does not.
+NO_CACHING = "You invoked an unsupported model or your request did not allow prompt caching. See the documentation."
+NO_TOOL_POINT = "This model doesn't support cachePoint in toolConfig.tools. Remove it and try again."
 BLOCK_FIELDS = {"text", "image", "document", "toolUse", "toolResult", "reasoningContent", "cachePoint"}
 # The betas Claude takes on Bedrock (`additionalModelRequestFields.anthropic_beta`, Bedrock's Claude request page);
 # any other is a ValidationException, "invalid beta flag".
@@ -387,6 +399,23 @@ def _invalid(body: dict[str, Any]) -> str | None:
     return None
 
 
+def caches(model: str) -> bool:
+    """Whether Bedrock caches prompts for `model` (`CACHING`, less `UNCACHED`)."""
+    return any(part in model for part in CACHING) and UNCACHED.search(model) is None
+
+
+def _uncacheable(body: dict[str, Any], model: str) -> str | None:
+    """A cache point Bedrock refuses: any, from a model it caches nothing for; one in `toolConfig.tools`, from Nova."""
+    tools = (body.get("toolConfig") or {}).get("tools") or ()
+    if NOVA in model and any("cachePoint" in tool for tool in tools):
+        return NO_TOOL_POINT
+    if caches(model):
+        return None
+    blocks = [*(body.get("system") or ()), *tools]
+    blocks += [block for message in body.get("messages") or () for block in message.get("content") or ()]
+    return NO_CACHING if any("cachePoint" in block for block in blocks) else None
+
+
 def _over_limit(body: dict[str, Any], model: str) -> str | None:
     """A `maxTokens` past the model's output limit, refused in Bedrock's words."""
     cap = (body.get("inferenceConfig") or {}).get("maxTokens")
@@ -510,9 +539,13 @@ def cache_use(body: dict[str, Any], cached: set[bytes]) -> tuple[int, int, str] 
     return read, written, ttl
 
 
-def usage_for(body: dict[str, Any], cached: set[bytes]) -> dict[str, Any]:
+def usage_for(body: dict[str, Any], cached: set[bytes], model: str) -> dict[str, Any]:
     """`USAGE`, or for a request with cache points its cached prefix written (the first time: `cacheDetails` says
-    for how long, as Bedrock reports writes by TTL) or read (`cache_use`)."""
+    for how long, as Bedrock reports writes by TTL) or read (`cache_use`); for a model Bedrock caches nothing for,
+    no cache reads or writes at all."""
+    if not caches(model):
+        uncached = {name: value for name, value in USAGE.items() if name != "cacheReadInputTokens"}
+        return {**uncached, "totalTokens": USAGE["inputTokens"] + USAGE["outputTokens"]}
     use = cache_use(body, cached)
     if use is None:
         return USAGE
@@ -643,7 +676,7 @@ def create_app() -> Starlette:
         if "denied" in model:
             return model, None, _error(403, "AccessDeniedException", DENIED)
         invalid = validate(body) or _unforceable(body, model) or _over_limit(body, model) or _unsigned_turn(body, model)
-        invalid = invalid or _unstatused(body, model)
+        invalid = invalid or _unstatused(body, model) or _uncacheable(body, model)
         if invalid is not None:
             return model, None, _error(400, "ValidationException", invalid)
         return model, body, None
@@ -652,7 +685,7 @@ def create_app() -> Starlette:
         model, body, failure = await guard(request)
         if failure is not None or body is None:
             return failure or _error(400, "ValidationException", "no body")
-        answer = {**answer_for(body, "thinker" in model, "redacts" in model), "usage": usage_for(body, cached)}
+        answer = {**answer_for(body, "thinker" in model, "redacts" in model), "usage": usage_for(body, cached, model)}
         answer = nova_reasoning(answer, body, model)
         return Response(orjson.dumps(malformed_answer(answer, model)), media_type="application/json")
 
@@ -668,7 +701,10 @@ def create_app() -> Starlette:
             if "stream-exception" in model:
                 yield exception_frame("throttlingException", "Too many tokens, please wait before trying again.")
                 return
-            answer = {**answer_for(body, "thinker" in model, "redacts" in model), "usage": usage_for(body, cached)}
+            answer = {
+                **answer_for(body, "thinker" in model, "redacts" in model),
+                "usage": usage_for(body, cached, model),
+            }
             answer = malformed_answer(nova_reasoning(answer, body, model), model)
             for frame in stream_frames(answer):
                 if answer["stopReason"] in MALFORMED.values() and b"messageStop" in frame:

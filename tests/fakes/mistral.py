@@ -13,7 +13,9 @@ A final assistant message marked `"prefix": true` is the prefix of the answer ("
 the content of the message"), and the answer repeats it at its start, as the examples of Mistral's guide show (the
 guide takes it off with `content[len(prefix):]`), whole and streamed; a final assistant message without the mark is
 refused as Mistral refuses it (400, "Expected last role User or Tool (or Assistant with prefix True) for serving but
-got assistant").
+got assistant"). A message in an order Mistral's validator refuses (`FOLLOWING`: only an assistant or another tool
+message after a tool message) is refused in its words and shape (400, "Unexpected role 'user' after role 'tool'",
+`invalid_request_message_order`, code 3230).
 It refuses what Mistral refuses: a top-level field outside its chat request (422, `extra_forbidden`, in the shape of
 Mistral's validation errors), `stream_options`, a tool-call id that is not nine letters and digits, and a
 `reasoning_effort` other than `high` or `none`, or sent to a model without adjustable reasoning (a 400 whose wording
@@ -64,8 +66,8 @@ EMBEDDING_FIELDS = frozenset({"model", "input", "metadata", "output_dimension", 
 EMBEDDING_SIZE = 3
 
 
-def _error(status: int, message: Any, kind: str) -> Response:
-    body = {"object": "error", "message": message, "type": kind, "param": None, "code": None}
+def _error(status: int, message: Any, kind: str, code: str | None = None) -> Response:
+    body = {"object": "error", "message": message, "type": kind, "param": None, "code": code}
     return Response(orjson.dumps(body), status, media_type="application/json")
 
 
@@ -85,6 +87,26 @@ def _unknown_fields(body: dict[str, Any], known: frozenset[str]) -> Response | N
     return None
 
 
+# The roles Mistral takes right after each role (`mistral_common`'s `_validate_message_order`, the validator of its
+# API); any other is refused, "Unexpected role 'user' after role 'tool'" (type `invalid_request_message_order`, code
+# 3230: avante-corp/avante.nvim#2562).
+FOLLOWING = {
+    "system": ("user", "assistant", "system"),
+    "user": ("assistant", "system", "user"),
+    "assistant": ("assistant", "user", "tool"),
+    "tool": ("assistant", "tool"),
+}
+
+
+def _out_of_order(messages: list[dict[str, Any]]) -> Response | None:
+    for previous, message in zip(messages, messages[1:], strict=False):
+        before, role = previous.get("role"), message.get("role")
+        if before in FOLLOWING and role not in FOLLOWING[before]:
+            message_order = f"Unexpected role '{role}' after role '{before}'"
+            return _error(400, message_order, "invalid_request_message_order", "3230")
+    return None
+
+
 def _refusal(body: dict[str, Any]) -> Response | None:
     extra = _unknown_fields(body, REQUEST_FIELDS)
     if extra is not None:
@@ -99,6 +121,9 @@ def _refusal(body: dict[str, Any]) -> Response | None:
                     "invalid_request_message_error",
                 )
     messages = body.get("messages") or [{}]
+    order = _out_of_order(messages)
+    if order is not None:
+        return order
     if messages[-1].get("role") == "assistant" and messages[-1].get("prefix") is not True:
         return _error(
             400,

@@ -14,7 +14,9 @@ API being this one), `no-quota` (OpenAI's 429 `insufficient_quota`: the account 
 (an answer without `usage`), `negative-usage` (usage with negative counts), `echo-auth` (a 400
 whose message quotes the request's authorization and `x-` headers back, as some upstream errors do),
 `echo-key-<form>` (a 400 quoting the request's key in part or encoded, `ECHOED_FORMS`), `reasoner`
-(DeepSeek's reasoning models: `reasoning_content` before the answer, `REASONING`), `ramp-limited` (`priority` asked
+(DeepSeek's reasoning models: `reasoning_content` before the answer, `REASONING`; so does any DeepSeek model in its
+thinking mode, `deepseek_thinks`, and there it refuses an earlier tool-calling assistant turn sent back without its
+`reasoning_content`, in DeepSeek's words, `LOST_REASONING`), `ramp-limited` (`priority` asked
 for and served at `default`, as the answer's `service_tier` says: OpenAI does past a project's priority ramp limits),
 `cut-call` (an answer that reached its output cap inside its tool call's arguments: `CUT_ARGUMENTS`, whole or
 streamed, and `finish_reason: length`), `vllm-*` (a model on vLLM's server: a `tool_choice` of type `allowed_tools`
@@ -177,6 +179,31 @@ def prompt_tokens(body: dict[str, Any]) -> int:
     return max(1, len(orjson.dumps(body.get("messages", body.get("input", "")))) // 4)
 
 
+# DeepSeek's refusal of a thinking-mode request whose earlier tool-calling assistant turn came back without its
+# `reasoning_content` (its thinking-mode guide: "For turns that do perform tool calls, the reasoning_content must be
+# fully passed back to the API in all subsequent requests").
+LOST_REASONING = "The reasoning_content in the thinking mode must be passed back to the API."
+
+
+def deepseek_thinks(body: dict[str, Any]) -> bool:
+    """Whether a request to a DeepSeek model runs in its thinking mode: `deepseek-reasoner`; deepseek-chat, the name
+    of its non-thinking mode, with `thinking: {"type": "enabled"}`; any other `deepseek-` model (`deepseek-v4-pro`)
+    unless `thinking: {"type": "disabled"}` ("Thinking mode is enabled by default")."""
+    model = str(body.get("model", ""))
+    if not model.startswith("deepseek"):
+        return False
+    switch = (body.get("thinking") or {}).get("type")
+    if model.startswith("deepseek-reasoner") or switch == "enabled":
+        return True
+    return not model.startswith("deepseek-chat") and switch != "disabled"
+
+
+def reasons(body: dict[str, Any]) -> bool:
+    """Whether the answer opens with `reasoning_content` (`REASONING`): a `reasoner` model's, and DeepSeek's in its
+    thinking mode (`deepseek_thinks`)."""
+    return "reasoner" in str(body.get("model", "")) or deepseek_thinks(body)
+
+
 def _problem(body: dict[str, Any]) -> str | None:
     """What the real API would refuse in a chat request, for the rules a translation may get wrong."""
     model = str(body.get("model", ""))
@@ -204,12 +231,13 @@ def _problem(body: dict[str, Any]) -> str | None:
         return "The 'metadata' parameter is only allowed when 'store' is enabled."
     if model.startswith("deepseek") and (body.get("response_format") or {}).get("type") == "json_schema":
         return "This response_format type is unavailable now"  # DeepSeek takes json_object only
-    switch = (body.get("thinking") or {}).get("type")
-    thinks = model.startswith("deepseek-reasoner") or switch == "enabled"
-    thinks = thinks or not model.startswith("deepseek-chat") and switch != "disabled"  # (on by default)
-    for name in ("logprobs", "top_logprobs") if model.startswith("deepseek") and thinks else ():
+    thinks = deepseek_thinks(body)
+    for name in ("logprobs", "top_logprobs") if thinks else ():
         if name in body:
             return f"{model} does not support the parameter `{name}`"
+    for message in body.get("messages") or () if thinks else ():
+        if message.get("role") == "assistant" and message.get("tool_calls") and "reasoning_content" not in message:
+            return LOST_REASONING
     if not model.startswith(EFFORT_TAKERS) and "reasoning_effort" in body:
         return "Unsupported parameter: 'reasoning_effort' is not supported with this model."
     sampling = _sampling_refused(body, model) if reasoning else None
@@ -594,7 +622,7 @@ def create_app() -> Starlette:
                 "cached_tokens": prompt_tokens(body) // 2 if "cache-hit" in model else 0,
                 "audio_tokens": 0,
             },
-            "completion_tokens_details": {"reasoning_tokens": 4 if "reasoner" in model else 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 4 if reasons(body) else 0, "audio_tokens": 0},
         }
         spoken = "audio" in (body.get("modalities") or ())
         if spoken:
@@ -615,7 +643,7 @@ def create_app() -> Starlette:
         message: dict[str, Any] = {"role": "assistant", "content": None if call else text, "refusal": None}
         if call:
             message["tool_calls"] = [call]
-        if "reasoner" in model:
+        if reasons(body):
             message["reasoning_content"] = REASONING
         if spoken:  # the text is the audio's transcript (the reference's `message.audio`), the content null
             message["content"] = None
@@ -666,7 +694,7 @@ def create_app() -> Starlette:
                 "type": "function",
                 "function": {"name": call["function"]["name"], "arguments": ""},
             }
-        if first is not None and "reasoner" not in model:
+        if first is not None and not reasons(body):
             # OpenAI's first delta of a call: no text (`content: null`), the call's id and name.
             head = {"role": "assistant", "content": None, "tool_calls": [first], "refusal": None}
             yield event([{"index": 0, "delta": head, "finish_reason": None}])
@@ -674,7 +702,7 @@ def create_app() -> Starlette:
             yield event(
                 [{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": None}, "finish_reason": None}]
             )
-            if "reasoner" in model:
+            if reasons(body):
                 for piece in (REASONING[:10], REASONING[10:]):
                     yield event([{"index": 0, "delta": {"reasoning_content": piece}, "finish_reason": None}])
             if first is not None:

@@ -12,12 +12,16 @@ import anthropic
 import botocore.session
 import httpx
 import openai
+import orjson
 import pytest
 
 from adapters import aws
+from adapters.providers.bedrock.adapter import sign
 from adapters.providers.registry import REGISTRY
+from adapters.sigv4 import Credentials
 from handler.config import parse_config
 from handler.pipeline.routing import RouteControls
+from handler.ports import UpstreamRequest
 from tests.fakes import bedrock as fake
 from tests.functional.conftest import Running, anthropic_client, serve_gateway
 from tests.support.servers import ServerThread
@@ -658,6 +662,90 @@ def test_an_hours_cache_marker_reaches_bedrock_and_its_writes_are_priced_at_the_
         assert written > 0 and line.cost_usd == pytest.approx(expected, rel=1e-9)
 
 
+def cache_points(body: dict[str, Any]) -> list[str]:
+    """Where a Converse body's cache points are: `system`, `tools` or `messages`, one entry a point."""
+    found = ["system" for block in body.get("system") or () if "cachePoint" in block]
+    found += ["tools" for block in (body.get("toolConfig") or {}).get("tools") or () if "cachePoint" in block]
+    return found + ["messages" for m in body["messages"] for block in m["content"] if "cachePoint" in block]
+
+
+def test_a_clients_cache_markers_reach_no_bedrock_model_that_caches_nothing(bedrock: Running) -> None:
+    """A client's own `cache_control` markers (Claude Code marks every request) went to every Bedrock model as cache
+    points, and Bedrock refuses a cache point to a model without prompt caching ("You invoked an unsupported model or
+    your request did not allow prompt caching"): every such request to Llama failed. They are left out, named, from
+    Messages and Chat clients alike; the fake billed Llama cache reads and writes it never makes (review provrev)."""
+    key = bedrock.mint(name="uncached-llama")
+    marked: Any = {"type": "ephemeral"}
+    system: Any = [{"type": "text", "text": "You are terse.", "cache_control": marked}]
+    user: Any = [{"role": "user", "content": [{"type": "text", "text": "Hi", "cache_control": marked}]}]
+    tool = {**named_tool("get_weather"), "cache_control": marked}
+    raw = anthropic_client(bedrock, key).messages.with_raw_response.create(
+        model="llama", max_tokens=100, system=system, messages=user
+    )
+    answer = raw.parse()
+    assert sent(bedrock)["model"] == LLAMA and cache_points(sent(bedrock)["json"]) == []
+    assert raw.headers["x-gateway-dropped-params"] == "messages.cache_control"
+    assert (answer.usage.cache_read_input_tokens, answer.usage.cache_creation_input_tokens) == (0, 0)
+    with openai.OpenAI(base_url=f"{bedrock.url}/v1", api_key=key, max_retries=0) as chat:
+        messages: Any = [{"role": "system", "content": system}, *user]
+        chatted = chat.chat.completions.with_raw_response.create(model="llama", messages=messages, tools=[tool])
+    assert cache_points(sent(bedrock)["json"]) == [] and chatted.parse().choices[0].message
+    assert chatted.headers["x-gateway-dropped-params"] == "messages.cache_control,tools.cache_control"
+    assert [line.cached_tokens for line in bedrock.ledger(key)] == [0, 0]
+
+
+def test_nova_gets_a_clients_cache_markers_in_system_and_messages_but_not_among_its_tools(bedrock: Running) -> None:
+    """Amazon Nova takes cache points in `system` and `messages`, not in `toolConfig.tools` (AWS's supported-models
+    table): a marked tool's point made Bedrock refuse the request. The others go, the tool's is left out and named."""
+    marked: Any = {"type": "ephemeral"}
+    raw = anthropic_client(bedrock, bedrock.mint(name="nova-cache")).messages.with_raw_response.create(
+        model="nova-2",
+        max_tokens=100,
+        system=[{"type": "text", "text": "You are terse.", "cache_control": marked}],
+        messages=[{"role": "user", "content": [{"type": "text", "text": "Hi", "cache_control": marked}]}],
+        tools=[{"name": "get_weather", "input_schema": {"type": "object"}, "cache_control": marked}],
+    )
+    assert raw.parse().content and raw.headers["x-gateway-dropped-params"] == "tools.cache_control"
+    assert sent(bedrock)["model"] == NOVA_2 and cache_points(sent(bedrock)["json"]) == ["system", "messages"]
+
+
+@pytest.mark.parametrize(
+    ("model", "where", "refused"),
+    [
+        (LLAMA, "messages", fake.NO_CACHING),
+        ("us.anthropic.claude-3-sonnet-20240229-v1:0", "system", fake.NO_CACHING),
+        (NOVA_2, "tools", fake.NO_TOOL_POINT),
+        (NOVA_2, "messages", None),
+        (MODEL, "tools", None),
+    ],
+)
+def test_the_fake_refuses_a_cache_point_where_bedrock_does(
+    bedrock: Running, model: str, where: str, refused: str | None
+) -> None:
+    """The fake cached for any model, and reported reads and writes for Llama: it now refuses a cache point as Bedrock
+    does, to a model without prompt caching and among Nova's tools, with a `ValidationException`."""
+    point = {"cachePoint": {"type": "default"}}
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": [{"text": "Hi"}]}]}
+    body["toolConfig"] = {"tools": [{"toolSpec": {"name": "f", "inputSchema": {"json": {"type": "object"}}}}]}
+    if where == "system":
+        body["system"] = [{"text": "Be terse."}, point]
+    else:
+        (body["messages"][0]["content"] if where == "messages" else body["toolConfig"]["tools"]).append(point)
+    request = UpstreamRequest(
+        "POST",
+        f"{bedrock.upstream.url}/model/{model}/converse",
+        {"content-type": "application/json"},
+        orjson.dumps(body),
+    )
+    sign(request, fake.REGION, Credentials(fake.ACCESS_KEY, fake.SECRET_KEY))
+    answer = httpx.post(request.url, headers=request.headers, content=request.body, timeout=10)
+    if refused is None:
+        assert answer.status_code == 200, answer.text
+    else:
+        assert answer.status_code == 400 and answer.headers["x-amzn-errortype"].startswith("ValidationException:")
+        assert answer.json() == {"message": refused}
+
+
 def test_throttling_falls_back_stream_and_not(client: openai.OpenAI) -> None:
     raw = client.chat.completions.with_raw_response.create(model="throttled", messages=HI)
     assert raw.parse().choices[0].message.content == fake.TEXT
@@ -790,8 +878,11 @@ def test_a_malformed_tool_use_fails_over_and_what_bedrock_billed_is_charged(bedr
     assert route.split(", ")[0].endswith("=invalid_response") and route.endswith(f"bedrock/{MODEL}@us-east-1=200")
     assert text == fake.TEXT
     miscalled, answered = bedrock.ledger(key)[-2:]
-    # The same usage billed twice: for the miscall, and for the answer.
-    assert miscalled.cost_usd == pytest.approx(2 * float(single.headers["x-gateway-cost-usd"]))
+    # Both usages billed: the miscall's (Llama's reads no cache: `PRICE`, 1 an input token and 2 an output one), and
+    # the answer's.
+    miscall = (fake.USAGE["inputTokens"] + 2 * fake.USAGE["outputTokens"]) / 1e6 if stream else None
+    answer = float(single.headers["x-gateway-cost-usd"])
+    assert miscalled.cost_usd == pytest.approx((miscall or answer) + answer)
     assert (miscalled.status, answered.status) == (200, 200)
     with openai.OpenAI(base_url=f"{bedrock.url}/v1", api_key=key, max_retries=0) as sdk:
         with pytest.raises(openai.APIStatusError) as alone:

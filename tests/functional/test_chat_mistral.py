@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import orjson
 import pytest
@@ -315,3 +316,80 @@ def test_a_tool_result_named_by_a_long_tool_name_goes_by_its_alias(mistral: Runn
     alias = body["tools"][0]["function"]["name"]
     assert alias != MCP_TOOL_NAME
     assert body["messages"][1]["tool_calls"][0]["function"]["name"] == body["messages"][2]["name"] == alias
+
+
+DOT = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+
+
+def roles(running: Running) -> list[str]:
+    return [message["role"] for message in sent(running)["json"]["messages"]]
+
+
+def test_a_messages_tool_result_turn_with_text_reaches_mistral_in_an_order_it_takes(mistral: Running) -> None:
+    """Claude Code adds text beside its tool results on most turns: translated, a user message right after the tool
+    message, which Mistral refuses ("Unexpected role 'user' after role 'tool'"): every later request of the
+    conversation failed (review provrev). A short assistant message goes between; the text and the result reach the
+    model whole, nothing named. An image a tool returned, which was left out (`messages.tool_result.image`), now goes
+    in a user message after it too."""
+    call = {"type": "tool_use", "id": "toolu_01A", "name": "get_weather", "input": {"city": "Oslo"}}
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": DOT}}
+    result = {"type": "tool_result", "tool_use_id": "toolu_01A", "content": [{"type": "text", "text": "sunny"}, image]}
+    raw = anthropic_client(mistral, mistral.mint(name="tool-then-text")).messages.with_raw_response.create(
+        model="small",
+        max_tokens=100,
+        tools=[{"name": "get_weather", "input_schema": {"type": "object"}}],
+        messages=[
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": [call]},
+            {"role": "user", "content": [result, {"type": "text", "text": "Answer in one word."}]},
+        ],
+    )
+    assert raw.parse().content and "x-gateway-dropped-params" not in raw.headers
+    assert roles(mistral) == ["user", "assistant", "tool", "assistant", "user", "user"]
+    messages = sent(mistral)["json"]["messages"]
+    assert messages[2]["content"] == [{"type": "text", "text": "sunny"}]
+    assert messages[3] == {"role": "assistant", "content": "(tool results received)"}
+    assert messages[4]["content"][1] == {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{DOT}"}}
+    assert messages[5]["content"] == [{"type": "text", "text": "Answer in one word."}]
+
+
+def test_a_chat_clients_user_message_after_a_tool_message_reaches_mistral_in_an_order_it_takes(
+    mistral: Running, client: openai.OpenAI
+) -> None:
+    """A Chat client's `[..., tool, user]` went as sent, and Mistral refused it."""
+    call = {"id": "abcDEF123", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    messages: Any = [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "abcDEF123", "content": "sunny"},
+        {"role": "user", "content": "And tomorrow?"},
+    ]
+    raw = client.chat.completions.with_raw_response.create(model="small", messages=messages, tools=[WEATHER_TOOL])
+    assert raw.parse().choices[0].message.content == fake.TEXT and "x-gateway-dropped-params" not in raw.headers
+    assert roles(mistral) == ["user", "assistant", "tool", "assistant", "user"]
+
+
+def test_the_fake_refuses_a_message_order_mistral_refuses(mistral: Running) -> None:
+    """The fake took any order, so the gateway's `tool, user` passed every test: it refuses it as Mistral does."""
+    call = {"id": "abcDEF123", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    body = {
+        "model": "mistral-small-latest",
+        "messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "abcDEF123", "content": "sunny"},
+            {"role": "user", "content": "thanks"},
+        ],
+    }
+    headers = {"authorization": f"Bearer {fake.API_KEY}"}
+    answer = httpx.post(f"{mistral.upstream.url}/v1/chat/completions", json=body, headers=headers, timeout=10)
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "object": "error",
+        "message": "Unexpected role 'user' after role 'tool'",
+        "type": "invalid_request_message_order",
+        "param": None,
+        "code": "3230",
+    }
+    body["messages"].insert(3, {"role": "assistant", "content": "(tool results received)"})
+    assert httpx.post(f"{mistral.upstream.url}/v1/chat/completions", json=body, headers=headers, timeout=10).is_success

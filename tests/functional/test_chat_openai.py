@@ -9,7 +9,9 @@ import httpx
 import openai
 import orjson
 import pytest
+from starlette.testclient import TestClient
 
+from tests.fakes import openai as fake
 from tests.fakes.openai import TEXT
 from tests.functional.conftest import Running, anthropic_client, openai_client
 from tests.support.tools import (
@@ -347,6 +349,50 @@ def test_deepseek_is_sent_the_reasoning_effort_it_takes(running: Running, key: s
     answer = httpx.post(f"{running.url}/v1/chat/completions", json=chat, headers={"authorization": f"Bearer {key}"})
     assert answer.status_code == 200, answer.text
     assert "x-gateway-dropped-params" not in answer.headers and sent[-1]["json"]["reasoning_effort"] == "high"
+
+
+DEEPSEEK_CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+BARE_TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+
+
+def test_the_fakes_deepseek_thinks_by_default_and_wants_a_tool_turns_reasoning_back() -> None:
+    """DeepSeek's thinking mode (on by default for `deepseek-v4-*`) answers with `reasoning_content`, and refuses a
+    request whose earlier tool-calling turn came back without it ("The reasoning_content in the thinking mode must be
+    passed back to the API"). The fake did neither for `deepseek-v4-pro`, so a gateway path losing a DeepSeek tool
+    turn's reasoning would have passed every test (review provrev)."""
+    url, headers = "/v1/chat/completions", {"authorization": f"Bearer {fake.API_KEY}"}
+    deepseek = TestClient(fake.create_app())
+    hi = {"model": "deepseek-v4-pro", "messages": [{"role": "user", "content": "Hi"}]}
+    answer = deepseek.post(url, json=hi, headers=headers)
+    assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["reasoning_content"] == fake.REASONING
+    off = deepseek.post(url, json={**hi, "thinking": {"type": "disabled"}}, headers=headers)
+    assert "reasoning_content" not in off.json()["choices"][0]["message"]
+    turns: Any = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [DEEPSEEK_CALL]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    lost = deepseek.post(url, json={**hi, "messages": turns, "tools": BARE_TOOLS}, headers=headers)
+    assert lost.status_code == 400 and lost.json()["error"]["message"] == fake.LOST_REASONING
+    turns[1]["reasoning_content"] = fake.REASONING
+    kept = deepseek.post(url, json={**hi, "messages": turns, "tools": BARE_TOOLS}, headers=headers)
+    assert kept.status_code == 200, kept.text
+
+
+def test_a_deepseek_tool_turns_reasoning_goes_back_to_it(running: Running, key: str) -> None:
+    """The gateway hands a thinking DeepSeek's reasoning to a Chat client and sends it back with the tool turn, which
+    the fake now checks as DeepSeek does."""
+    oa = client(running, key)
+    asked: Any = [{"role": "user", "content": 'CALL get_weather {"city": "Oslo"}'}]
+    first = oa.chat.completions.create(model="deepseek-v4-pro", messages=asked, tools=BARE_TOOLS)
+    turn = first.choices[0].message
+    assert turn.tool_calls and turn.model_extra and turn.model_extra["reasoning_content"] == fake.REASONING
+    result = {"role": "tool", "tool_call_id": turn.tool_calls[0].id, "content": "sunny"}
+    second = oa.chat.completions.create(
+        model="deepseek-v4-pro", messages=[*asked, turn.model_dump(exclude_none=True), result], tools=BARE_TOOLS
+    )
+    assert second.choices[0].message.content
+    assert running.fakes["openai"].state.requests[-1]["json"]["messages"][1]["reasoning_content"] == fake.REASONING
 
 
 def test_upstream_failures_fail_over_or_map(running: Running, key: str) -> None:

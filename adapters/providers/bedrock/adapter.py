@@ -454,6 +454,40 @@ def converse_messages(
     return system, messages
 
 
+# How `x-gateway-dropped-params` names a client's cache markers left out, by the member of the Converse request they
+# stood in: a system prompt's and a message's as the parts of messages they are in the gateway's form (as
+# `messages.name` or `messages.thinking` are named), a tool's as the tools' field.
+UNCACHED_NAMES = {
+    "system": "messages.cache_control",
+    "messages": "messages.cache_control",
+    "tools": "tools.cache_control",
+}
+
+
+def unsent_cache_points(body: dict[str, Any], model: str) -> list[str]:
+    """Take the cache points of the client's markers out of the members of the Converse `body` where Bedrock takes none
+    from `model` (`prompt_cache.bedrock_cache_fields`: Llama, Mistral, DeepSeek, Claude 3 take none, and Nova none
+    among its tools; a point there is Bedrock's refusal of the whole request), in place; and name each kind of marker
+    so left out (`UNCACHED_NAMES`). The model caches nothing there: the marker asked for what no request to it can
+    have, so it is named, where a provider that caches prefixes by itself (OpenAI, Gemini, Mistral, DeepSeek) leaves
+    it out without a word."""
+    members: list[tuple[str, list[dict[str, Any]]]] = [("system", body.get("system") or [])]
+    members.append(("tools", (body.get("toolConfig") or {}).get("tools") or []))
+    members += [("messages", message["content"]) for message in body["messages"]]
+    marked = [(member, blocks) for member, blocks in members if any("cachePoint" in block for block in blocks)]
+    if not marked:
+        return []  # (the usual request: `prompt_cache` is not imported for it)
+    from adapters.providers.prompt_cache import bedrock_cache_fields
+
+    taken = bedrock_cache_fields(model)
+    dropped: list[str] = []
+    for member, blocks in marked:
+        if member not in taken:
+            blocks[:] = [block for block in blocks if "cachePoint" not in block]
+            dropped.append(UNCACHED_NAMES[member])
+    return list(dict.fromkeys(dropped))
+
+
 def tool_turn_without_reasoning(messages: list[dict[str, Any]]) -> bool:
     """Whether the last assistant Converse turn called a tool without opening with Claude's signed reasoning (its
     text with a signature, or redacted): Bedrock refuses thinking then, as Anthropic does (see
@@ -774,6 +808,7 @@ class BedrockAdapter(ProviderAdapter):
             inference["stopSequences"] = req.stop_list()
         if inference:
             body["inferenceConfig"] = inference
+        dropped += unsent_cache_points(body, model)
         return body, list(dict.fromkeys(dropped))
 
     def converse_body(

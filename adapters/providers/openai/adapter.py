@@ -547,6 +547,25 @@ def media_after_results(messages: list[dict[str, Any]], refused: Collection[str]
     return list(dict.fromkeys(dropped))
 
 
+# The assistant message between a tool message and a user message that follows it (`answered_tool_turns`): short,
+# not empty (an assistant message needs content or calls), and saying only what happened.
+TOOL_RESULTS_READ = "(tool results received)"
+
+
+def answered_tool_turns(messages: list[dict[str, Any]]) -> None:
+    """An assistant message (`TOOL_RESULTS_READ`) before each user message that follows a tool message, in place, for
+    an API that takes only an assistant or another tool message there (`Profile.assistant_after_tools`: Mistral, whose
+    validator refuses the whole request otherwise, as other clients bridge it: avante.nvim, pi's
+    `requiresAssistantAfterToolResult`). A Messages client's tool results with text beside them (Claude Code's, on
+    most turns), a Chat client's own `[..., tool, user]`, and the user message carrying what a tool returned besides
+    text (`media_after_results`) all reach the model whole, in their order: nothing is left out, so nothing is named.
+    (A system message there is no better after an assistant message, which Mistral refuses it after too: sent as it
+    came.)"""
+    for index in range(len(messages) - 1, 0, -1):
+        if messages[index - 1].get("role") == "tool" and messages[index].get("role") == "user":
+            messages.insert(index, {"role": "assistant", "content": TOOL_RESULTS_READ})
+
+
 def _returns_media(messages: list[dict[str, Any]]) -> bool:
     """Whether a tool's result among `messages` holds a part other than text (`media_after_results`). (A loop, not
     generators: this is on every request, and a conversation of an agent's hundreds of tool results took it 2.5
@@ -891,6 +910,8 @@ class OpenAIAdapter(ProviderAdapter):
         dropped += apply_rules(body, profile.rules)
         if profile.media_after_tools:
             dropped += media_after_results(body["messages"], self.refused_parts(target))
+        if profile.assistant_after_tools:
+            answered_tool_turns(body["messages"])
         return body, dropped
 
     def refused_parts(self, target: Target) -> Collection[str]:

@@ -59,9 +59,11 @@ class Profile(Value):
     thinking mode does not take is left out and named (`unsent_in_thinking`). `media_after_tools` whether what a tool
     returned besides text (an image, a document) goes in a user message right after the turn's tool messages, which
     take text alone (`media_after_results` in the adapter): not where the API takes no image at all (DeepSeek's,
-    `part_types`) nor where it refuses a user message after a tool message (Mistral's: "Unexpected role 'user' after
-    role 'tool'", `invalid_request_message_order`); there it is left out and named (`messages.tool.image_url`). A
-    provider's `stream_usage` option overrides the profile's (`OpenAIAdapter`)."""
+    `part_types`); there it is left out and named (`messages.tool.image_url`). `assistant_after_tools` whether the
+    API takes nothing but an assistant or another tool message right after a tool message (Mistral's: "Unexpected
+    role 'user' after role 'tool'", `invalid_request_message_order`): a short assistant message goes before a user
+    message that follows one (`answered_tool_turns` in the adapter), the client's own and the one carrying what a tool
+    returned besides text alike. A provider's `stream_usage` option overrides the profile's (`OpenAIAdapter`)."""
 
     __slots__ = (
         "rules",
@@ -81,6 +83,7 @@ class Profile(Value):
         "gemini_thinking",
         "thinks_unasked",
         "media_after_tools",
+        "assistant_after_tools",
     )
 
     def __init__(
@@ -102,6 +105,7 @@ class Profile(Value):
         gemini_thinking: bool = False,
         thinks_unasked: bool = False,
         media_after_tools: bool = True,
+        assistant_after_tools: bool = False,
     ) -> None:
         self.rules: Final = rules
         self.stream_usage: Final = stream_usage
@@ -120,6 +124,7 @@ class Profile(Value):
         self.gemini_thinking: Final = gemini_thinking
         self.thinks_unasked: Final = thinks_unasked
         self.media_after_tools: Final = media_after_tools
+        self.assistant_after_tools: Final = assistant_after_tools
 
 
 # How an API that continues a final assistant message (`Profile.prefix`) begins its answer.
@@ -182,7 +187,7 @@ PROFILES: dict[str, Profile] = {
         roles={"developer": "system", "function": "tool"},
         prefix=REPEATS,
         allowed_tools=False,  # (its `tool_choice`: none, auto, any, required or a named function)
-        media_after_tools=False,  # (a user message after a tool message is its 400)
+        assistant_after_tools=True,  # (a user message right after a tool message is its 400)
     ),
     "groq": Profile(
         rules={

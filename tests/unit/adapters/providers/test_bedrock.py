@@ -1041,6 +1041,38 @@ def test_a_marked_tool_result_is_followed_by_a_cache_point() -> None:
     assert references.bedrock_request(body) == []  # Converse's shape: a cache point is a turn's content block
 
 
+@pytest.mark.parametrize(
+    ("model", "kept", "dropped"),
+    [
+        (MODEL, ["system", "messages", "tools"], []),
+        ("us.amazon.nova-pro-v1:0", ["system", "messages"], ["tools.cache_control"]),
+        ("us.amazon.nova-2-lite-v1:0", ["system", "messages"], ["tools.cache_control"]),
+        ("us.meta.llama3-3-70b-instruct-v1:0", [], ["messages.cache_control", "tools.cache_control"]),
+        ("mistral.mistral-large-2407-v1:0", [], ["messages.cache_control", "tools.cache_control"]),
+        ("us.deepseek.r1-v1:0", [], ["messages.cache_control", "tools.cache_control"]),
+        ("anthropic.claude-3-sonnet-20240229-v1:0", [], ["messages.cache_control", "tools.cache_control"]),
+    ],
+)
+def test_a_clients_cache_markers_become_points_only_where_the_model_takes_them(
+    model: str, kept: list[str], dropped: list[str]
+) -> None:
+    """A client's markers became cache points for every model, and Bedrock refuses the whole request for a point to
+    a model without prompt caching, or among Nova's tools (AWS's supported-models table): Claude Code's requests to
+    Llama failed (review provrev). The points go where the model takes them; the others are left out and named."""
+    marker = {"type": "ephemeral"}
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "Rules.", "cache_control": marker}]},
+        {"role": "user", "content": [{"type": "text", "text": "Q", "cache_control": marker}]},
+    ]
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}, "cache_control": marker}
+    body, not_honoured = built(request(messages=messages, tools=[tool]), target(model))
+    found = ["system" for block in body["system"] if "cachePoint" in block]
+    found += ["messages" for block in body["messages"][0]["content"] if "cachePoint" in block]
+    found += ["tools" for block in body["toolConfig"]["tools"] if "cachePoint" in block]
+    assert found == kept and not_honoured == dropped
+    assert body["system"][0] == {"text": "Rules."} and body["messages"][0]["content"][0] == {"text": "Q"}
+
+
 # Claude Code's betas for a model given as `name[1m]` (recorded from `claude -p`, 2.1.x).
 CLAUDE_CODE_BETAS = (
     "claude-code-20250219,context-1m-2025-08-07,interleaved-thinking-2025-05-14,context-management-2025-06-27,"

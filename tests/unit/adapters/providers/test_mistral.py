@@ -274,3 +274,25 @@ def test_a_usage_count_that_is_no_plain_integer_is_a_malformed_answer(count: obj
     with pytest.raises(UpstreamError) as raised:
         adapter().chat_response(orjson.dumps(answer), request(), target())
     assert raised.value.outcome == "invalid_response" and raised.value.billed is None
+
+
+@pytest.mark.parametrize("model", ["mistral-large-latest", "magistral-medium-latest"])
+def test_a_user_message_after_tool_messages_follows_an_assistant_one(model: str) -> None:
+    """Mistral takes only an assistant or another tool message right after a tool message (its validator: "Unexpected
+    role 'user' after role 'tool'", `invalid_request_message_order`): a Chat client's `[..., tool, user]` and a
+    Messages client's tool results with text beside them went as sent, and every later request of the conversation
+    failed (review provrev). An assistant message goes between, whatever the model; nothing is named."""
+    call = {"id": "abcDEF123", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": "Weather in Oslo and Bergen?"},
+        {"role": "assistant", "content": None, "tool_calls": [call, {**call, "id": "abcDEF124"}]},
+        {"role": "tool", "tool_call_id": "abcDEF123", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "abcDEF124", "content": "rain"},
+        {"role": "user", "content": "And tomorrow?"},
+        {"role": "assistant", "content": "Let me see.", "tool_calls": [{**call, "id": "abcDEF125"}]},
+        {"role": "tool", "tool_call_id": "abcDEF125", "content": "snow"},
+    ]
+    built = adapter().chat_request(request(messages=messages), target(model), stream=False)
+    sent = orjson.loads(built.request.body)["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool", "tool", "assistant", "user", "assistant", "tool"]
+    assert sent[4] == {"role": "assistant", "content": "(tool results received)"} and built.dropped == []
