@@ -395,6 +395,27 @@ def test_a_deepseek_tool_turns_reasoning_goes_back_to_it(running: Running, key: 
     assert running.fakes["openai"].state.requests[-1]["json"]["messages"][1]["reasoning_content"] == fake.REASONING
 
 
+@pytest.mark.parametrize("thinking", [None, {"type": "disabled"}])
+def test_a_tool_turn_another_model_made_goes_to_a_thinking_deepseek_with_an_empty_reasoning(
+    running: Running, key: str, thinking: Any
+) -> None:
+    """A conversation that moves to DeepSeek mid-task (an agent's `/model`) brings tool-calling turns another model
+    made, with no `reasoning_content`: DeepSeek's thinking mode refused them (its 400, the client's), and takes them
+    with the field empty. Outside thinking mode the turn goes as it came."""
+    turns: Any = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [DEEPSEEK_CALL]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    chat = {"model": "deepseek-v4-pro", "messages": turns, "tools": BARE_TOOLS}
+    if thinking is not None:
+        chat["thinking"] = thinking
+    answer = httpx.post(f"{running.url}/v1/chat/completions", json=chat, headers={"authorization": f"Bearer {key}"})
+    assert answer.status_code == 200, answer.text
+    assistant = running.fakes["openai"].state.requests[-1]["json"]["messages"][1]
+    assert assistant.get("reasoning_content") == ("" if thinking is None else None)
+
+
 def test_upstream_failures_fail_over_or_map(running: Running, key: str) -> None:
     oa = client(running, key)
     raw = oa.chat.completions.with_raw_response.create(model="flaky", messages=[{"role": "user", "content": "x"}])

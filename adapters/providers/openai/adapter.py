@@ -754,14 +754,21 @@ def unsent_in_thinking(body: dict[str, Any], thinks_unasked: bool = False) -> li
     unnamed (`deepseek-v4-pro` and `deepseek-v4-flash` think as its reasoner does)."""
     if body.keys().isdisjoint(THINKING_MODE_UNSENT):
         return []  # (the usual request: the model's rules are not looked up)
+    if not runs_in_thinking(body, thinks_unasked):
+        return []
+    return _unsent(body, THINKING_MODE_UNSENT)
+
+
+def runs_in_thinking(body: dict[str, Any], thinks_unasked: bool = False) -> bool:
+    """Whether DeepSeek runs `body` in its thinking mode (`unsent_in_thinking`): its reasoner always
+    (`ModelRules.thinking_mode`), any model the body turns it on for, and, where the API's models think unless told not
+    to (`thinks_unasked`), any the body does not turn it off for."""
     thinking = body.get("thinking")
     switch = thinking.get("type") if isinstance(thinking, dict) else None
     mode = rules_for(body["model"]).thinking_mode
     if mode is None:  # (as the API runs the model)
         mode = thinks_unasked and switch != "disabled"
-    if not (mode or switch == "enabled"):
-        return []
-    return _unsent(body, THINKING_MODE_UNSENT)
+    return bool(mode or switch == "enabled")
 
 
 def _unsent(body: dict[str, Any], names: tuple[str, ...]) -> list[str]:
