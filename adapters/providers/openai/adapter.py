@@ -559,11 +559,21 @@ def answered_tool_turns(messages: list[dict[str, Any]]) -> None:
     `requiresAssistantAfterToolResult`). A Messages client's tool results with text beside them (Claude Code's, on
     most turns), a Chat client's own `[..., tool, user]`, and the user message carrying what a tool returned besides
     text (`media_after_results`) all reach the model whole, in their order: nothing is left out, so nothing is named.
-    (A system message there is no better after an assistant message, which Mistral refuses it after too: sent as it
-    came.)"""
+    A system message after the model has spoken (after an assistant or a tool message, where Mistral refuses it too:
+    a Chat client's mid-conversation one, a Responses client's `developer` message, Claude Code's reminders) goes as a
+    user message in its place, as Claude Code writes its own reminders for Claude (and Mistral takes a user message
+    after a user message): bridged the same way after a tool message."""
+    for index in range(1, len(messages)):
+        if messages[index].get("role") == "system" and messages[index - 1].get("role") in AFTER_THE_MODEL:
+            messages[index] = {**messages[index], "role": "user"}
     for index in range(len(messages) - 1, 0, -1):
         if messages[index - 1].get("role") == "tool" and messages[index].get("role") == "user":
             messages.insert(index, {"role": "assistant", "content": TOOL_RESULTS_READ})
+
+
+# The messages after which Mistral takes no system message (mistral_common's `_validate_message_order`: a system
+# message only after a system or a user one).
+AFTER_THE_MODEL = ("assistant", "tool")
 
 
 def _returns_media(messages: list[dict[str, Any]]) -> bool:
