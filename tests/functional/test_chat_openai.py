@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from tests.fakes import openai as fake
 from tests.fakes.openai import TEXT
-from tests.functional.conftest import Running, anthropic_client, openai_client
+from tests.functional.conftest import Running, anthropic_client, fresh_minute, openai_client
 from tests.support.tools import (
     MCP_TOOL_NAME,
     allowed_tools,
@@ -149,6 +149,7 @@ def test_embeddings_of_token_ids_count_an_id_a_token_on_the_keys_tpm(running: Ru
     """Token ids (LangChain's `OpenAIEmbeddings` sends them) were counted by their digits: 5,000 ids of five digits as
     25,000 tokens, refused 429 on a tpm of 20,000 ("it needs about 25000"), and four lists of 1,000 as about 28,000
     (their repr). OpenAI bills them 5,000 and 4,000; so are they counted now, one input or a batch of them."""
+    fresh_minute()  # (the remaining tokens are the minute's: a minute turning between two requests starts afresh)
     oa = client(running, running.mint(name="ids", tpm=20_000))
     single = oa.embeddings.with_raw_response.create(model="text-embedding-3-small", input=[15339] * 5_000)
     assert len(single.parse().data) == 1 and single.parse().usage.prompt_tokens == 5_000
