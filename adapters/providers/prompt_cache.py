@@ -66,7 +66,11 @@ def minimum_tokens(model: str, bedrock: bool = False) -> int | None:
 
 def bedrock_cache_fields(model: str) -> tuple[str, ...]:
     """The members of a Converse request where Bedrock takes a cache point from `model` (`CONVERSE_FIELDS`, Nova's
-    `NOVA_FIELDS`); none for a model it caches nothing for."""
+    `NOVA_FIELDS`); none for a model it caches nothing for. An ARN (an application inference profile's, AWS's way to
+    tag a model's costs, or provisioned throughput's) names no model: a client's cache points go to it as they came,
+    as they did before any were left out (left out, Claude behind the profile would bill every turn uncached)."""
+    if model.startswith("arn:"):
+        return CONVERSE_FIELDS
     if "amazon.nova" in model:
         return NOVA_FIELDS
     return CONVERSE_FIELDS if minimum_tokens(model, bedrock=True) is not None else ()

@@ -341,6 +341,13 @@ class Translation:
                 message["reasoning_content"] = reasoning
         return message
 
+    def opened(self, chat: ChatRequest, seal: ReasoningSeal | None) -> tuple[ChatRequest, list[str]]:
+        """`chat`, this translation's request, with the parts of Gemini 3's searches its history carries sealed opened
+        with `seal` where there are any (`open_search_context`), and the Messages fields it cannot carry."""
+        if self.sealed:
+            self.open_search_context(chat, seal)
+        return chat, self.dropped
+
     def open_search_context(self, chat: ChatRequest, seal: ReasoningSeal | None) -> None:
         """Give each assistant turn of `chat` whose search results carry Gemini 3's own parts of its search, sealed
         (`sealed`), those parts (`TOOL_CONTEXT`, as a Responses reasoning item's seal or a Chat client's message
@@ -575,10 +582,7 @@ def to_chat_request(req: MessagesCountRequest, seal: ReasoningSeal | None = None
     """The internal request for a Messages one, and the Messages fields it cannot carry; the sealed parts of Gemini 3's
     searches its history carries opened with `seal` (`Translation.open_search_context`)."""
     translation = Translation()
-    chat = translation.request(req)
-    if translation.sealed:
-        translation.open_search_context(chat, seal)
-    return chat, translation.dropped
+    return translation.opened(translation.request(req), seal)
 
 
 def sealed_results(block: dict[str, Any]) -> list[str]:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from handler.api.app import Api
-    from handler.api.reasoning_seal import Seals
+    from handler.api.reasoning_seal import ReasoningSeal, Seals
     from handler.config import ModelConfig
 
 ANTHROPIC_RAW_HEADERS = frozenset(name.encode() for name in ANTHROPIC_HEADERS)
@@ -187,9 +187,12 @@ class MessagesRoutes:
         parts of Gemini 3's searches its history carries sealed opened with the gateway's seal (read only then)."""
         translation = Translation()
         req = translation.request(body)
-        if translation.sealed:
-            translation.open_search_context(req, await self.seals.seal())
-        return req, translation.dropped
+        return translation.opened(req, await self.seals.seal() if translation.sealed else None)
+
+    async def sealing(self, req: ChatRequest) -> ReasoningSeal | None:
+        """What a translated answer seals Gemini 3's own parts of a search with (`search_blocks`): they come only with
+        a search, so a request that offers none reads no seal; nor does one passed through (Claude seals its own)."""
+        return await self.seals.seal() if req.web_search is not None else None
 
     async def messages(self, request: Request) -> Response:
         api = self.api
@@ -206,15 +209,13 @@ class MessagesRoutes:
         # search of its own (Gemini's), the limit reserved (`Exchange.searched`: reserved there alone).
         untranslated = carried_search(req, data, untranslated)
         ex.searched = req if req.web_search is not None else None
-        # (What Gemini 3's own parts of a search, which come only with a search, are sealed with: `search_blocks`.)
-        seal = await self.seals.seal() if req.web_search is not None else None
         call = native_call(request, data, untranslated, left_out)
         if req.stream:
             stream, watch = await stream_head(request, pipeline.native_stream(call, req, ex), ex)
             if isinstance(stream, NativeStream):
                 events = native_events(stream)
             else:
-                events = anthropic_events(stream, req.model, estimate_prompt_tokens(req), seal)
+                events = anthropic_events(stream, req.model, estimate_prompt_tokens(req), await self.sealing(req))
             return EventStream(
                 events, {**anthropic_headers(ex), "cache-control": "no-cache", "x-accel-buffering": "no"}, watch
             )
@@ -222,7 +223,7 @@ class MessagesRoutes:
         if isinstance(outcome, NativeReply):
             payload = native_message(outcome, ex.cost)
         else:
-            payload = to_message(outcome, req.model, ex.cost, seal)
+            payload = to_message(outcome, req.model, ex.cost, await self.sealing(req))
         return api.answered(ex, json_answer(payload, anthropic_headers(ex)), payload)
 
     async def count_tokens(self, request: Request) -> Response:

@@ -401,7 +401,8 @@ def _invalid(body: dict[str, Any]) -> str | None:
 
 def caches(model: str) -> bool:
     """Whether Bedrock caches prompts for `model` (`CACHING`, less `UNCACHED`)."""
-    return any(part in model for part in CACHING) and UNCACHED.search(model) is None
+    # (An ARN, an application inference profile's, is taken for Claude's: the fake has no profile to look it up in.)
+    return model.startswith("arn:") or (any(part in model for part in CACHING) and UNCACHED.search(model) is None)
 
 
 def _uncacheable(body: dict[str, Any], model: str) -> str | None:

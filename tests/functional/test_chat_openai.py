@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from tests.fakes import openai as fake
 from tests.fakes.openai import TEXT
-from tests.functional.conftest import Running, anthropic_client, openai_client
+from tests.functional.conftest import Running, anthropic_client, fresh_minute, openai_client
 from tests.support.tools import (
     MCP_TOOL_NAME,
     allowed_tools,
@@ -149,6 +149,7 @@ def test_embeddings_of_token_ids_count_an_id_a_token_on_the_keys_tpm(running: Ru
     """Token ids (LangChain's `OpenAIEmbeddings` sends them) were counted by their digits: 5,000 ids of five digits as
     25,000 tokens, refused 429 on a tpm of 20,000 ("it needs about 25000"), and four lists of 1,000 as about 28,000
     (their repr). OpenAI bills them 5,000 and 4,000; so are they counted now, one input or a batch of them."""
+    fresh_minute()  # (the remaining tokens are the minute's: a minute turning between two requests starts afresh)
     oa = client(running, running.mint(name="ids", tpm=20_000))
     single = oa.embeddings.with_raw_response.create(model="text-embedding-3-small", input=[15339] * 5_000)
     assert len(single.parse().data) == 1 and single.parse().usage.prompt_tokens == 5_000
@@ -393,6 +394,27 @@ def test_a_deepseek_tool_turns_reasoning_goes_back_to_it(running: Running, key: 
     )
     assert second.choices[0].message.content
     assert running.fakes["openai"].state.requests[-1]["json"]["messages"][1]["reasoning_content"] == fake.REASONING
+
+
+@pytest.mark.parametrize("thinking", [None, {"type": "disabled"}])
+def test_a_tool_turn_another_model_made_goes_to_a_thinking_deepseek_with_an_empty_reasoning(
+    running: Running, key: str, thinking: Any
+) -> None:
+    """A conversation that moves to DeepSeek mid-task (an agent's `/model`) brings tool-calling turns another model
+    made, with no `reasoning_content`: DeepSeek's thinking mode refused them (its 400, the client's), and takes them
+    with the field empty. Outside thinking mode the turn goes as it came."""
+    turns: Any = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [DEEPSEEK_CALL]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    chat = {"model": "deepseek-v4-pro", "messages": turns, "tools": BARE_TOOLS}
+    if thinking is not None:
+        chat["thinking"] = thinking
+    answer = httpx.post(f"{running.url}/v1/chat/completions", json=chat, headers={"authorization": f"Bearer {key}"})
+    assert answer.status_code == 200, answer.text
+    assistant = running.fakes["openai"].state.requests[-1]["json"]["messages"][1]
+    assert assistant.get("reasoning_content") == ("" if thinking is None else None)
 
 
 def test_upstream_failures_fail_over_or_map(running: Running, key: str) -> None:

@@ -1141,3 +1141,34 @@ def test_the_anthropic_sdk_reads_the_gateways_request_id(agents: Running) -> Non
             sdk.messages.create(model="no-such-model", max_tokens=16, messages=[{"role": "user", "content": "Hi"}])
         assert missing.value.request_id is not None and missing.value.request_id.startswith("req_")
     assert message._request_id in {line.request_id for line in agents.ledger(key)}
+
+
+# --- the seal is read only where an answer is translated ----------------------------------------------------------
+
+
+def searching_claude(request: httpx.Request) -> httpx.Response:
+    """Anthropic's answer to a request offering its web search, which it did not run."""
+    message: Any = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m-x", "stop_reason": "end_turn"}
+    message |= {"content": [{"type": "text", "text": "Hi"}], "stop_sequence": None}
+    message["usage"] = {"input_tokens": 5, "output_tokens": 1, "server_tool_use": {"web_search_requests": 0}}
+    return httpx.Response(200, content=orjson.dumps(message), headers={"content-type": "application/json"})
+
+
+async def test_a_request_passed_through_to_claude_with_web_search_reads_no_seal() -> None:
+    """Gemini 3's own parts of a search ride sealed in a translated answer's search blocks; a request offering the
+    search read the seal's key from the store (and made it, the first time) before its deployment was known, so every
+    one passed through to Claude, which seals its own, did too, waiting on a failing store and logging it each time
+    (merge review). Now only a translated answer reads it."""
+    from handler.api.reasoning_seal import SEAL_SECRET_ID
+    from tests.support.inprocess import serve
+
+    anthropic_api = {"type": "anthropic", "api_key": "env:OPENAI_API_KEY", "base_url": "http://up", "web_search": True}
+    models = {"m": {"deployments": [{"provider": "openai", "model": "m-x"}], "price": {"input": 1, "output": 2}}}
+    served = await serve(searching_claude, models, provider=anthropic_api, priced_options={"web_search_usd": 0.01})
+    search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 2}
+    asked = [{"role": "user", "content": "What is new today?"}]
+    answer = await served.post("/v1/messages", {"model": "m", "max_tokens": 100, "messages": asked, "tools": [search]})
+    assert answer.status_code == 200, answer.text
+    kept = await served.gateway.store.get_response(SEAL_SECRET_ID)
+    await served.gateway.aclose()
+    assert kept is None, "the seal's key was made for requests that sealed nothing"

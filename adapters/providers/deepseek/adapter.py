@@ -2,7 +2,8 @@
 
 An answer's `reasoning_content` (message and stream delta) reaches the client, and a client's earlier
 assistant turns keep theirs on the way back: DeepSeek's thinking mode refuses a conversation whose
-tool-calling turns lost their reasoning. Usage reports cache hits as `prompt_cache_hit_tokens`, which
+tool-calling turns lost their reasoning (a tool-calling turn with none of DeepSeek's, another model's say, goes with
+an empty one: `with_reasoning_on_calls`). Usage reports cache hits as `prompt_cache_hit_tokens`, which
 the OpenAI adapter folds into `prompt_tokens_details.cached_tokens` for pricing. A Messages client's prefill is
 DeepSeek's Chat Prefix Completion, a beta served on its beta URL alone (`https://api.deepseek.com/beta`): a
 deployment whose `base_url` is that one continues it (the final assistant message marked `prefix: true`; the answer
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapters.providers.openai.adapter import OpenAIAdapter
+from adapters.providers.openai.adapter import OpenAIAdapter, runs_in_thinking
 from adapters.providers.openai.profiles import CONTINUES, PROFILES, Profile
 from adapters.providers.params import STRICT_SCHEMA, json_schema_instruction, strict_schema
 from handler.ports import ProviderAdapter, Target
@@ -61,6 +62,8 @@ class DeepSeekAdapter(OpenAIAdapter):
         word "json" in the prompt); the gateway's `enforce_schema` checks the answer where the model asks it. A strict
         format is named (`STRICT_SCHEMA`): nothing on DeepSeek constrains the answer to the schema."""
         body, dropped = super().chat_body(req, target, stream=stream)
+        if self.options.get("profile") is None and runs_in_thinking(body, PROFILE.thinks_unasked):
+            with_reasoning_on_calls(body["messages"])
         fmt = body.get("response_format")
         if self.options.get("profile") is None and isinstance(fmt, dict) and fmt.get("type") == "json_schema":
             spec = fmt.get("json_schema")
@@ -70,3 +73,16 @@ class DeepSeekAdapter(OpenAIAdapter):
             if strict_schema(req.response_format):
                 dropped.append(STRICT_SCHEMA)  # JSON mode holds the answer to JSON, not to the schema
         return body, dropped
+
+
+def with_reasoning_on_calls(messages: list[dict[str, Any]]) -> None:
+    """Give each tool-calling assistant turn of `messages` that has no `reasoning_content` an empty one, in place.
+    DeepSeek's thinking mode refuses a conversation whose tool-calling turn comes back without the field ("The
+    reasoning_content in the thinking mode must be passed back to the API", its 400; its guide: "for turns that do
+    perform tool calls, the reasoning_content must be fully passed back"), and takes it empty: such a turn has no
+    reasoning of DeepSeek's to pass back where another model made it (a conversation that changed model mid-task,
+    as an agent's `/model` does) or where a client's sealed reasoning did not open (named dropped there)."""
+    for message in messages:
+        if message.get("role") == "assistant" and message.get("tool_calls"):
+            if not isinstance(message.get("reasoning_content"), str):
+                message["reasoning_content"] = ""

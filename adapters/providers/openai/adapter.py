@@ -559,11 +559,21 @@ def answered_tool_turns(messages: list[dict[str, Any]]) -> None:
     `requiresAssistantAfterToolResult`). A Messages client's tool results with text beside them (Claude Code's, on
     most turns), a Chat client's own `[..., tool, user]`, and the user message carrying what a tool returned besides
     text (`media_after_results`) all reach the model whole, in their order: nothing is left out, so nothing is named.
-    (A system message there is no better after an assistant message, which Mistral refuses it after too: sent as it
-    came.)"""
+    A system message after the model has spoken (after an assistant or a tool message, where Mistral refuses it too:
+    a Chat client's mid-conversation one, a Responses client's `developer` message, Claude Code's reminders) goes as a
+    user message in its place, as Claude Code writes its own reminders for Claude (and Mistral takes a user message
+    after a user message): bridged the same way after a tool message."""
+    for index in range(1, len(messages)):
+        if messages[index].get("role") == "system" and messages[index - 1].get("role") in AFTER_THE_MODEL:
+            messages[index] = {**messages[index], "role": "user"}
     for index in range(len(messages) - 1, 0, -1):
         if messages[index - 1].get("role") == "tool" and messages[index].get("role") == "user":
             messages.insert(index, {"role": "assistant", "content": TOOL_RESULTS_READ})
+
+
+# The messages after which Mistral takes no system message (mistral_common's `_validate_message_order`: a system
+# message only after a system or a user one).
+AFTER_THE_MODEL = ("assistant", "tool")
 
 
 def _returns_media(messages: list[dict[str, Any]]) -> bool:
@@ -754,14 +764,21 @@ def unsent_in_thinking(body: dict[str, Any], thinks_unasked: bool = False) -> li
     unnamed (`deepseek-v4-pro` and `deepseek-v4-flash` think as its reasoner does)."""
     if body.keys().isdisjoint(THINKING_MODE_UNSENT):
         return []  # (the usual request: the model's rules are not looked up)
+    if not runs_in_thinking(body, thinks_unasked):
+        return []
+    return _unsent(body, THINKING_MODE_UNSENT)
+
+
+def runs_in_thinking(body: dict[str, Any], thinks_unasked: bool = False) -> bool:
+    """Whether DeepSeek runs `body` in its thinking mode (`unsent_in_thinking`): its reasoner always
+    (`ModelRules.thinking_mode`), any model the body turns it on for, and, where the API's models think unless told not
+    to (`thinks_unasked`), any the body does not turn it off for."""
     thinking = body.get("thinking")
     switch = thinking.get("type") if isinstance(thinking, dict) else None
     mode = rules_for(body["model"]).thinking_mode
     if mode is None:  # (as the API runs the model)
         mode = thinks_unasked and switch != "disabled"
-    if not (mode or switch == "enabled"):
-        return []
-    return _unsent(body, THINKING_MODE_UNSENT)
+    return bool(mode or switch == "enabled")
 
 
 def _unsent(body: dict[str, Any], names: tuple[str, ...]) -> list[str]:

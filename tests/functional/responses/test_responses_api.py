@@ -696,13 +696,12 @@ def test_reasoning_goes_back_to_the_provider_sealed(
 
     at = next(i for i, item in enumerate(back) if item.get("type") == "reasoning")
     back[at] = {**back[at], "summary": [], "encrypted_content": sealed[:-6] + "AAAAA="}  # altered: not trusted
-    # Not sent: and DeepSeek's thinking mode refuses a tool turn without its reasoning, as the fake now does (review
-    # provrev): the client's 400, in DeepSeek's words.
-    with pytest.raises(openai.BadRequestError) as refused:
-        sdk.responses.create(input=back, **{**settings, "model": "reasoner"})
-    assert "reasoning_content in the thinking mode must be passed back" in refused.value.message
+    # Not sent, and named; DeepSeek's thinking mode refuses a tool turn without the field (as the fake does, in
+    # DeepSeek's words), so the turn goes with an empty one: the client's 400 otherwise.
+    raw = sdk.responses.with_raw_response.create(input=back, **{**settings, "model": "reasoner"})
+    assert "input[reasoning].encrypted_content" in dropped(raw.headers)
     sent = fleet.fakes["openai"].state.requests[-1]["json"]["messages"]
-    assert "reasoning_content" not in next(m for m in sent if m["role"] == "assistant")
+    assert next(m for m in sent if m["role"] == "assistant")["reasoning_content"] == ""
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -1051,6 +1051,13 @@ def test_a_marked_tool_result_is_followed_by_a_cache_point() -> None:
         ("mistral.mistral-large-2407-v1:0", [], ["messages.cache_control", "tools.cache_control"]),
         ("us.deepseek.r1-v1:0", [], ["messages.cache_control", "tools.cache_control"]),
         ("anthropic.claude-3-sonnet-20240229-v1:0", [], ["messages.cache_control", "tools.cache_control"]),
+        # An application inference profile's ARN names no model (Claude behind it, say): the points go as they came
+        # (left out, they billed Claude Code's every turn uncached: merge review).
+        (
+            "arn:aws:bedrock:eu-central-1:123456789012:application-inference-profile/a1b2c3d4e5f6",
+            ["system", "messages", "tools"],
+            [],
+        ),
     ],
 )
 def test_a_clients_cache_markers_become_points_only_where_the_model_takes_them(

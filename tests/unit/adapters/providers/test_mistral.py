@@ -15,6 +15,7 @@ from handler.errors import UpstreamError
 from handler.ports import Target
 from handler.schemas import ChatRequest
 from handler.wire import SSEDecoder
+from tests.fakes.mistral import _out_of_order
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "mistral"
 NINE = re.compile(r"^[A-Za-z0-9]{9}$")
@@ -296,3 +297,31 @@ def test_a_user_message_after_tool_messages_follows_an_assistant_one(model: str)
     sent = orjson.loads(built.request.body)["messages"]
     assert [m["role"] for m in sent] == ["user", "assistant", "tool", "tool", "assistant", "user", "assistant", "tool"]
     assert sent[4] == {"role": "assistant", "content": "(tool results received)"} and built.dropped == []
+
+
+@pytest.mark.parametrize("role", ["system", "developer"])
+def test_a_system_message_after_the_model_spoke_goes_as_a_user_message(role: str) -> None:
+    """Mistral takes a system message only after a system or a user one ("Unexpected role 'system' after role 'tool'",
+    its validator): a Chat client's mid-conversation system message, or a Responses client's `developer` one (the
+    profile's `system`), after a tool or an assistant message went as sent, and Mistral refused the request (the fake
+    does, `_out_of_order`: merge review). It goes as a user message in its place, bridged after a tool message; the
+    first system message stays; nothing is named."""
+    call = {"id": "abcDEF123", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "abcDEF123", "content": "sunny"},
+        {"role": role, "content": "Answer in French from now on."},
+        {"role": "user", "content": "And tomorrow?"},
+        {"role": "assistant", "content": "Demain, il pleut."},
+        {"role": role, "content": "Now in German."},
+        {"role": "user", "content": "And Bergen?"},
+    ]
+    built = adapter().chat_request(request(messages=messages), target(), stream=False)
+    sent = orjson.loads(built.request.body)["messages"]
+    roles = ["system", "user", "assistant", "tool", "assistant", "user", "user", "assistant", "user", "user"]
+    assert [m["role"] for m in sent] == roles and built.dropped == []
+    assert sent[5] == {"role": "user", "content": "Answer in French from now on."}
+    assert sent[8] == {"role": "user", "content": "Now in German."}
+    assert _out_of_order(sent) is None
