@@ -64,6 +64,22 @@ def issued_reasoning(marked: Any) -> tuple[str, str] | None:
 # Anthropic's stream deltas that carry generated output, and the member holding it (the others, `signature_delta`
 # and `citations_delta`, carry none): what a stream's output is estimated from, and what its redaction reads.
 MESSAGES_DELTA_TEXT = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
+# The Responses API's events that stream text, in their `delta`, which a client joins (not `response.audio.delta`:
+# audio, in base64 pieces): what the relay's redaction, and a captured stream's text, read.
+RESPONSES_DELTAS = frozenset(
+    {
+        "response.output_text.delta",
+        "response.refusal.delta",
+        "response.function_call_arguments.delta",
+        "response.reasoning_text.delta",
+        "response.reasoning_summary_text.delta",
+        "response.custom_tool_call_input.delta",
+        "response.mcp_call_arguments.delta",
+        "response.code_interpreter_call_code.delta",
+        "response.audio.transcript.delta",
+    }
+)
+
 
 # Client headers Anthropic's API reads, forwarded unchanged to a deployment that speaks it.
 ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")

@@ -32,7 +32,7 @@ from handler.redaction import (
     tokens_redacted,
     withheld,
 )
-from handler.wire import MESSAGES_DELTA_TEXT, StreamEvent
+from handler.wire import MESSAGES_DELTA_TEXT, RESPONSES_DELTAS, StreamEvent
 
 if TYPE_CHECKING:
     from handler.schemas import ChatCompletionChunk, ChunkChoice, ChunkDelta
@@ -357,22 +357,6 @@ Located = tuple[Hashable, dict[str, Any], str]
 Locate = Callable[[StreamEvent], "tuple[Located, dict[str, Any]] | None"]
 # The channel of the text an event that carries none belongs to, without ending it (None: it belongs to none).
 Within = Callable[[StreamEvent], Hashable]
-
-# The Responses API's events that stream text (not `response.audio.delta`: audio, in base64 pieces).
-RESPONSES_DELTAS = frozenset(
-    {
-        "response.output_text.delta",
-        "response.refusal.delta",
-        "response.function_call_arguments.delta",
-        "response.reasoning_text.delta",
-        "response.reasoning_summary_text.delta",
-        "response.custom_tool_call_input.delta",
-        "response.mcp_call_arguments.delta",
-        "response.code_interpreter_call_code.delta",
-        "response.audio.transcript.delta",
-    }
-)
-
 
 # Events that may come between two deltas of one text and end nothing: Anthropic's `ping` ("any number of ping
 # events"), the Responses API's `keepalive`. They go on at once, ahead of the deltas held.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
 import secrets
 import socket
 import statistics
@@ -798,3 +799,64 @@ def test_a_huge_model_name_is_cut_in_the_answer_the_log_line_and_the_span(
         traced, "/v1/chat/completions", scoped, {"model": huge, "messages": [{"role": "user", "content": "x"}]}
     )
     assert answer.status_code == 404 and len(answer.content) < 1024
+
+
+# The deltas' texts in a captured pass-through stream's events, as a client's SDK joins them (and the whole texts
+# a Responses stream repeats in its `*.done` events and its last response).
+SHAPED = "sk-ant-api03-abcdefghijklmnop"  # a credential's shape, redacted in what is captured
+DELTA_TEXTS = re.compile(r'"(?:text|thinking|partial_json|delta)":"((?:[^"\\]|\\.)*)"')
+
+
+def said_in_a_passed_through_stream(running: Running, path: str, key: str, say: str) -> tuple[str, str]:
+    """What a pass-through stream told to `say` streams (four characters a delta), and its request id."""
+    if path == "/v1/messages":
+        body: dict[str, Any] = {"model": "claude-haiku-4-5", "max_tokens": 200, "stream": True}
+        body["messages"] = [{"role": "user", "content": f"SAY {say}"}]
+        return stream_text(running, path, body, {"x-api-key": key, "anthropic-version": "2023-06-01"})
+    body = {"model": "gpt-responses", "input": f"SAY {say}", "stream": True, "store": False}
+    return stream_text(running, path, body, {"authorization": f"Bearer {key}"})
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/responses"])
+def test_a_secret_said_across_a_passed_through_streams_deltas_goes_out_redacted(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path: Path, path: str
+) -> None:
+    """A pass-through stream (a Messages stream from Anthropic, a Responses stream from OpenAI) was captured as its
+    events one after another, and the secret alone of the request's key was looked for in them: said by the model
+    across several deltas (as a model streams a 43-character run of tokens), it was in no one event, and went to the
+    collector whole in pieces, which a reader of the span joins as the client's SDK does (review mergerev D2); so
+    did a credential's shape. Such a stream's answer now goes out as its text, redacted, as a translated stream's
+    does. The gateway's own secrets (a provider's key, the AWS secret key) cut across deltas never reached the
+    collector in pieces: the relay holds back what could begin one, and the stream it relays is what is captured;
+    with them alone, the events still go."""
+    receiver = OtlpReceiver().start()
+    aws = {"AWS_SECRET_ACCESS_KEY": AWS_SECRET, "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE"}
+    running, server = otlp_gateway(upstream, tmp_path, receiver.url, aws, capture_content=True)
+    provider_key = FAKE_KEYS["ANTHROPIC_API_KEY" if path == "/v1/messages" else "OPENAI_API_KEY"]
+    known = f"the provider's {provider_key} and AWS's {AWS_SECRET}"
+    try:
+        key = running.mint()
+        own_secret = (split_key(key) or ("", ""))[1]
+        said = {}
+        for name, say in [
+            ("own", f"Your key is {own_secret}, {known}."),
+            ("shaped", f"A key: {SHAPED}."),  # (no secret the gateway knows: shaped as a credential)
+            ("known", f"Only {known}."),
+        ]:
+            relayed, request_id = said_in_a_passed_through_stream(running, path, key, say)
+            client_joined = "".join(DELTA_TEXTS.findall(relayed))  # (what the client reads: no secret it knows)
+            assert provider_key not in client_joined and (name == "shaped") == (SHAPED in client_joined), relayed
+            root, *_ = receiver.request_spans(request_id)
+            said[name] = root.attributes["gen_ai.output.messages"]
+    finally:
+        server.stop()
+        receiver.stop()
+    assert len(own_secret) == 43
+    for exported in said.values():
+        joined = "".join(DELTA_TEXTS.findall(exported)).replace("\\/", "/")
+        for secret in (own_secret, provider_key, AWS_SECRET, SHAPED):
+            assert secret not in joined and secret not in exported, exported
+    assert said["own"] == "Your key is [REDACTED], the provider's [REDACTED] and AWS's [REDACTED]."
+    assert said["shaped"] == "A key: [REDACTED]."
+    known_said = "".join(DELTA_TEXTS.findall(said["known"])).replace("\\/", "/")
+    assert said["known"].startswith("{") and "the provider's [REDACTED] and AWS's [REDACTED]" in known_said

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 import time
@@ -17,8 +18,10 @@ from adapters.providers.registry import REGISTRY
 from handler.config import ConfigError, parse_config
 from handler.entry.cli import main
 from handler.otlp_config import OtlpConfig
+from handler.pipeline.keys import hash_secret
 from handler.schemas import ChatCompletion
 from handler.telemetry.tracing import ANSWER_BYTES, CONTENT_CHARS, CUT_MARGIN, RequestTracer, otlp_settings
+from handler.wire import StreamEvent
 
 ROOT = Path(__file__).resolve().parents[4]
 
@@ -294,3 +297,50 @@ def test_without_an_endpoint_no_tracing_code_is_imported(tmp_path: Path) -> None
     done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def block_delta(index: Any, kind: str, member: str, text: str) -> StreamEvent:
+    payload = {"type": "content_block_delta", "index": index, "delta": {"type": kind, member: text}}
+    return StreamEvent("content_block_delta", orjson.dumps(payload))
+
+
+def test_a_keys_secret_cut_across_interleaved_deltas_of_a_passed_through_stream_goes_out_redacted() -> None:
+    """A pass-through stream's captured answer is its events one after another: the secret of the request's key,
+    cut across deltas, was in no one event, and went to the collector whole in pieces (review mergerev D2). Its
+    text is kept too, by what the client joins (a content block), and where that text holds a redaction the span
+    carries it, redacted, in place of the events; each block's text on its own line."""
+    secret = secrets.token_urlsafe(32)
+    holding = Holding()
+    tracer = RequestTracer(holding, capture_content=True, region="us-east-1")  # type: ignore[arg-type]
+    trace = tracer.begin({}, "/v1/messages", b'{"model": "m"}', (hash_secret(secret),))
+    assert trace is not None
+    trace.relayed(
+        [
+            block_delta(0, "thinking_delta", "thinking", f"I say {secret[:20]}"),
+            block_delta(1, "text_delta", "text", "Your key is "),  # (another block between the secret's pieces)
+            block_delta(0, "thinking_delta", "thinking", secret[20:]),
+            block_delta(1, "text_delta", "text", f"{secret[:10]}"),
+            block_delta(1, "text_delta", "text", f"{secret[10:]}."),
+            block_delta([1], "text_delta", "text", "misshapen index"),  # (keys no dict: no failure on the loop)
+            StreamEvent("message_delta", b'{"type":"message_delta","delta":{"stop_reason":"end_turn"}}'),
+        ]
+    )
+    assert trace.output() == "I say [REDACTED]\nYour key is [REDACTED].\nmisshapen index"
+    tracer.finish(SimpleNamespace(trace=trace), 200, None, True, time.perf_counter())  # type: ignore[arg-type]
+    said = len(f"I say {secret}Your key is {secret}.misshapen index")
+    assert trace.said_chars == said and holding.sizes == [len(b'{"model": "m"}') + trace.answer_chars + said]
+
+
+def test_a_passed_through_streams_text_is_kept_only_when_captured_and_bounded_as_its_answer() -> None:
+    """Without a redaction in its text, the events go out as they came; uncaptured, no event is parsed for it."""
+    events = [
+        StreamEvent("response.output_text.delta", orjson.dumps({"type": "response.output_text.delta", "delta": d}))
+        for d in ["x" * CONTENT_CHARS, "y" * 2 * CUT_MARGIN]
+    ]
+    for capture in (False, True):
+        tracer = RequestTracer(Holding(), capture_content=capture, region="us-east-1")  # type: ignore[arg-type]
+        trace = tracer.begin({}, "/v1/responses", None, (hash_secret(secrets.token_urlsafe(32)),))
+        assert trace is not None
+        trace.relayed(events)
+        assert trace.said_chars == (CONTENT_CHARS + CUT_MARGIN if capture else 0)
+    assert trace.output() == "".join(trace.answer or ())[:CONTENT_CHARS] and trace.output().startswith("{")
