@@ -9,7 +9,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode
 
@@ -79,6 +79,33 @@ RESPONSES_DELTAS = frozenset(
         "response.audio.transcript.delta",
     }
 )
+# Where an event holds text a client joins: what it joins it into (a Messages block, a Responses part), the object
+# holding the text and the member it is in (`messages_text`, `responses_text`).
+Located = tuple[Hashable, dict[str, Any], str]
+
+
+def messages_text(payload: Any) -> Located | None:
+    """Where a Messages `content_block_delta`'s payload holds generated text (`MESSAGES_DELTA_TEXT`): its block, by
+    index, its delta and the member; None where it holds none."""
+    delta = payload.get("delta") if isinstance(payload, dict) else None
+    if not isinstance(delta, dict):
+        return None
+    member = MESSAGES_DELTA_TEXT.get(delta.get("type"))  # type: ignore[arg-type]
+    if member is None or not isinstance(delta.get(member), str):
+        return None
+    return payload.get("index"), delta, member
+
+
+def responses_text(payload: Any) -> Located | None:
+    """Where a Responses text delta's payload (`RESPONSES_DELTAS`) holds its text: its item's part (by type, item,
+    output, content and summary index), the payload and its `delta`; None for any other payload."""
+    if not isinstance(payload, dict) or payload.get("type") not in RESPONSES_DELTAS:
+        return None
+    if not isinstance(payload.get("delta"), str):
+        return None
+    get = payload.get
+    part = (get("type"), get("item_id"), get("output_index"), get("content_index"), get("summary_index"))
+    return part, payload, "delta"
 
 
 # Client headers Anthropic's API reads, forwarded unchanged to a deployment that speaks it.

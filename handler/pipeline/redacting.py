@@ -32,7 +32,7 @@ from handler.redaction import (
     tokens_redacted,
     withheld,
 )
-from handler.wire import MESSAGES_DELTA_TEXT, RESPONSES_DELTAS, StreamEvent
+from handler.wire import RESPONSES_DELTAS, Located, StreamEvent, messages_text, responses_text
 
 if TYPE_CHECKING:
     from handler.schemas import ChatCompletionChunk, ChunkChoice, ChunkDelta
@@ -353,7 +353,6 @@ def _chunk(like: ChatCompletionChunk, choices: list[ChunkChoice]) -> ChatComplet
 # --- a provider's own events ----------------------------------------------------------------------
 
 # Where a delta's text is: the event's channel (what the client joins it with), and the object and member holding it.
-Located = tuple[Hashable, dict[str, Any], str]
 Locate = Callable[[StreamEvent], "tuple[Located, dict[str, Any]] | None"]
 # The channel of the text an event that carries none belongs to, without ending it (None: it belongs to none).
 Within = Callable[[StreamEvent], Hashable]
@@ -370,17 +369,12 @@ RESPONSES_WITHIN = {
 
 
 def messages_delta(event: StreamEvent) -> tuple[Located, dict[str, Any]] | None:
-    """A Messages `content_block_delta`'s text: its block's (by index), in its delta."""
+    """A Messages `content_block_delta`'s text: its block's (by index), in its delta (`wire.messages_text`)."""
     if event.event != "content_block_delta":
         return None
     payload = orjson.loads(event.data)
-    delta = payload.get("delta") if isinstance(payload, dict) else None
-    if not isinstance(delta, dict):
-        return None
-    member = MESSAGES_DELTA_TEXT.get(delta.get("type"))  # type: ignore[arg-type]
-    if member is None or not isinstance(delta.get(member), str):
-        return None
-    return (payload.get("index"), delta, member), payload
+    located = messages_text(payload)
+    return None if located is None else (located, payload)
 
 
 def messages_within(event: StreamEvent) -> Hashable:
@@ -393,17 +387,13 @@ def messages_within(event: StreamEvent) -> Hashable:
 
 
 def responses_delta(event: StreamEvent) -> tuple[Located, dict[str, Any]] | None:
-    """A Responses text delta's text: its item's part (by type, item, output, content and summary index)."""
+    """A Responses text delta's text: its item's part (by type, item, output, content and summary index:
+    `wire.responses_text`)."""
     if event.event is not None and event.event not in RESPONSES_DELTAS:
         return None
-    payload = orjson.loads(event.data) if event.data and event.data != b"[DONE]" else None
-    if not isinstance(payload, dict) or payload.get("type") not in RESPONSES_DELTAS:
-        return None
-    if not isinstance(payload.get("delta"), str):
-        return None
-    get = payload.get
-    where = (get("type"), get("item_id"), get("output_index"), get("content_index"), get("summary_index"))
-    return (where, payload, "delta"), payload
+    payload: Any = orjson.loads(event.data) if event.data and event.data != b"[DONE]" else None
+    located = responses_text(payload)
+    return None if located is None else (located, payload)
 
 
 def responses_within(event: StreamEvent) -> Hashable:

@@ -36,7 +36,7 @@ from handler.config import (
 from handler.otlp_config import OtlpConfig
 from handler.records import Value
 from handler.redaction import redact_message, scrub, without_hashed_secrets
-from handler.wire import MESSAGES_DELTA_TEXT, RESPONSES_DELTAS
+from handler.wire import RESPONSES_DELTAS, messages_text, responses_text
 
 if TYPE_CHECKING:
     from adapters.otlp.exporter import BatchExporter
@@ -296,19 +296,13 @@ def said_by(name: str | None, data: bytes) -> tuple[Hashable, str] | None:
         return None
     try:
         payload = orjson.loads(data)
-    except orjson.JSONDecodeError:
+        located = messages_text(payload) if messages else responses_text(payload)
+    except (orjson.JSONDecodeError, TypeError):  # (not JSON; a delta's `type` a list or an object: no text)
         return None
-    if not isinstance(payload, dict):
+    if located is None:
         return None
-    get = payload.get
-    delta = get("delta")
-    if messages and isinstance(delta, dict):
-        kind = delta.get("type")
-        text = delta.get(MESSAGES_DELTA_TEXT.get(kind, "")) if isinstance(kind, str) else None
-        return (get("index"), text) if isinstance(text, str) else None
-    if isinstance(delta, str) and isinstance(kind := get("type"), str) and kind in RESPONSES_DELTAS:
-        return (kind, get("item_id"), get("output_index"), get("content_index"), get("summary_index")), delta
-    return None
+    channel, holder, member = located
+    return channel, holder[member]
 
 
 def _continued(version: str, trace_id: str, parent_id: str, flags: str, rest: str | None) -> bool:
