@@ -6,7 +6,6 @@ a Lambda whose requests are whole answers never needs it.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -90,10 +89,8 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
         self.redactor.redact(kept, self._finished or self._failure is not None, self._template)
         return kept
 
-    def _salvage(self, events: list[StreamEvent]) -> None:
-        for event in events:
-            with contextlib.suppress(Exception):  # (an event it cannot read says no usage: the next may)
-                self.parser.feed(event)
+    def _read(self, event: StreamEvent) -> None:
+        self.parser.feed(event)
 
     def _said_ended(self) -> bool:
         return bool(getattr(self.parser, "ended", False))

@@ -185,6 +185,13 @@ class UpstreamStream(ABC, Generic[T]):
     def _salvage(self, events: list[StreamEvent]) -> None:
         """Read `events`, which follow a malformed answer before the stream's first item, for the usage the provider
         reports in them, and for nothing else: no item of them goes anywhere (`_billed_malformed`)."""
+        for event in events:
+            with contextlib.suppress(Exception):  # (an event it cannot read says no usage: the next may)
+                self._read(event)
+
+    @abstractmethod
+    def _read(self, event: StreamEvent) -> None:
+        """Read one event into what counts the stream's usage (a chat stream's parser, a provider's meter)."""
 
     def _said_ended(self) -> bool:
         """Whether the provider said its stream ended whole (OpenAI's `[DONE]`), where its API has such an event."""
@@ -481,10 +488,8 @@ class NativeStream(UpstreamStream[StreamEvent]):
         relayed = self.redactor.relay(events)
         return relayed + self.redactor.release() if self._finished or self._failure is not None else relayed
 
-    def _salvage(self, events: list[StreamEvent]) -> None:
-        for event in events:
-            with contextlib.suppress(Exception):  # (an event it cannot read says no usage: the next may)
-                self.meter.feed(event)
+    def _read(self, event: StreamEvent) -> None:
+        self.meter.feed(event)
 
     def _whole(self, body: bytes) -> list[StreamEvent]:
         """A whole body where the provider's own stream was asked for: a whole answer of the API (read as the same
