@@ -62,10 +62,11 @@ class DeepSeekAdapter(OpenAIAdapter):
         word "json" in the prompt); the gateway's `enforce_schema` checks the answer where the model asks it. A strict
         format is named (`STRICT_SCHEMA`): nothing on DeepSeek constrains the answer to the schema."""
         body, dropped = super().chat_body(req, target, stream=stream)
-        if self.options.get("profile") is None and runs_in_thinking(body, PROFILE.thinks_unasked):
+        own = self.options.get("profile") is None  # (DeepSeek's own API, not a profile named in its place)
+        if own and runs_in_thinking(body, PROFILE.thinks_unasked):
             with_reasoning_on_calls(body["messages"])
         fmt = body.get("response_format")
-        if self.options.get("profile") is None and isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        if own and isinstance(fmt, dict) and fmt.get("type") == "json_schema":
             spec = fmt.get("json_schema")
             body["response_format"] = {"type": "json_object"}
             instruction = json_schema_instruction(spec.get("schema") if isinstance(spec, dict) else None)
