@@ -3,14 +3,15 @@
     python -m tests.bench.timeline [--duration 20] [--json FILE]
 
 The gateway is served in this process (uvicorn, the bench's config and embedded store, nginx upstream) with
-recorders attached, and wrk drives it at one connection. With one connection, a request can only arrive once
-the previous answer has gone, so each request's *window* runs from the previous answer's last byte to its own:
-about what the client waits (the network aside). Everything that ran in the process during a window is charged
-to it: garbage collections (`gc.callbacks`), the store's transactions (SQLite batches, with their commit and
-any checkpoint in it), request-line log writes, and every other event-loop callback that took long (settlement
-tasks, timers). The report compares the slowest 1 % of windows with the median request: how long each kind of
-work ran within them and how many of them it touched. The loop is asyncio's own here, not uvloop (its
-callbacks cannot be timed from Python), so absolute figures are a little higher than `gateway serve`'s.
+recorders attached, and wrk drives it at one connection. With one connection, a request can only arrive once the
+previous answer has gone, so each request's *window* runs from the previous answer's last byte to its own: about
+what the client waits (the network aside). Everything that ran in the process during a window is charged to it:
+garbage collections (`gc.callbacks`), the store's transactions (SQLite batches, with their commit and any checkpoint
+in it), request-line log writes, and every other event-loop callback that took long (settlement tasks, timers); the
+store's statements are counted, by their first words. The report compares the slowest 1 % of windows with the median
+request: how long each kind of work ran within them and how many of them it touched. The loop is asyncio's own here,
+not uvloop (its callbacks cannot be timed from Python), so absolute figures are a little higher than `gateway
+serve`'s.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ class Recorder:
 
     events: dict[str, list[tuple[float, float]]] = field(default_factory=lambda: defaultdict(list))
     requests: list[tuple[float, float]] = field(default_factory=list)  # (app entered, answer's last byte)
+    statements: Counter[str] = field(default_factory=Counter)  # the store's statements, by their first words
 
     def add(self, kind: str, started: float) -> None:
         self.events[kind].append((started, time.perf_counter()))
@@ -120,6 +122,7 @@ class TimedConnection:
     def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
         started = time.perf_counter()
         cursor = self.db.execute(sql, *args)
+        self.recorder.statements[" ".join(sql.split()[:3])] += 1
         if sql in ("BEGIN IMMEDIATE", "COMMIT"):
             self.recorder.add(f"store {sql.split()[0].lower()}", started)
         return cursor
@@ -215,6 +218,9 @@ def analyse(recorder: Recorder, skip: int = 200) -> dict[str, Any]:
             }
             for kind, v in kinds.items()
         },
+        "statements_per_request": {
+            sql: count / max(1, len(recorder.requests)) for sql, count in recorder.statements.most_common()
+        },
     }
 
 
@@ -239,6 +245,8 @@ def report(result: dict[str, Any]) -> str:
             f"| {kind} | {s['mean_ms']:.3f} | {s['share']:.0%} | {m['mean_ms']:.3f} | {m['share']:.0%} "
             f"| {total['count']} | {total['median_ms']:.3f} | {total['max_ms']:.2f} |"
         )
+    statements = ", ".join(f"{sql} {n:.3f}" for sql, n in result["statements_per_request"].items())
+    lines.append(f"the store's statements a request (BEGIN aside): {statements}")
     return "\n".join(lines)
 
 
