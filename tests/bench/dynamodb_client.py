@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tests.bench.run import nginx_server, process, wait_ready
-from tests.support.servers import free_port
+from tests.bench.run import nginx_on, nginx_server, wait_ready
+from tests.support.servers import listening_socket
 
 ANSWER = '{"Attributes":{"n":{"N":"2"}}}'
 REQUEST: dict[str, Any] = {
@@ -90,11 +90,11 @@ def main() -> int:
     args = parser.parse_args()
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         os.environ.setdefault(name, "bench")  # boto3 signs too; nginx checks nothing
-    with tempfile.TemporaryDirectory(prefix="gateway-ddb-client-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="gateway-ddb-client-") as tmp, listening_socket() as listener:
         workdir = Path(tmp)
-        port = free_port()
+        port = listener.getsockname()[1]
         (workdir / "nginx.conf").write_text(nginx_conf(port, workdir))
-        with process(["nginx", "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "nginx-error.log")]):
+        with nginx_on(listener, workdir):
             url = f"http://127.0.0.1:{port}"
             wait_ready(url)
             rows = asyncio.run(measure(url, args.calls))

@@ -38,7 +38,7 @@ import httpx
 
 from tests.bench import telemetry
 from tests.support.serve import printed_url
-from tests.support.servers import free_port, listening_socket
+from tests.support.servers import listening_socket
 
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM_KEY = "bench-upstream-key"
@@ -106,7 +106,7 @@ http {{
     keepalive_requests 1000000;
     keepalive_timeout 300s;
     server {{
-        listen 127.0.0.1:{port} reuseport;
+        listen 127.0.0.1:{port};
 {locations}
     }}
 }}
@@ -229,15 +229,28 @@ def uvicorn_app(app: str, environ: dict[str, str]) -> Iterator[tuple[str, int]]:
 
 
 @contextmanager
+def nginx_on(listener: socket.socket, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """nginx with `workdir`'s nginx.conf, whose `listen` names `listener`'s address, serving on `listener`, which it
+    inherits (the `NGINX` variable of its binary upgrades names the descriptor): no other process can take a port the
+    benchmark holds bound, where one chosen in advance could be taken before nginx bound it. (Another nginx may serve
+    on the same socket once the first has gone.)"""
+    fd = listener.fileno()
+    nginx = ["nginx", "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "nginx-error.log")]
+    with process(nginx, {**os.environ, "NGINX": f"{fd};"}, pass_fds=(fd,)) as proc:
+        yield proc
+
+
+@contextmanager
 def nginx_upstream(workdir: Path) -> Iterator[tuple[str, dict[str, str]]]:
     """nginx answering as in the benchmark, with the gateway's files in `workdir` (`bench_files`): the URL of its
     chat completions, and the environment that serves the gateway in front of it."""
-    upstream_port = free_port()
-    env = {**os.environ, **bench_files(workdir, upstream_port)}
-    direct = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
-    with process(["nginx", "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "nginx.log")]):
-        wait_ready(direct)
-        yield direct, env
+    with listening_socket() as listener:
+        upstream_port = listener.getsockname()[1]
+        env = {**os.environ, **bench_files(workdir, upstream_port)}
+        direct = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
+        with nginx_on(listener, workdir):
+            wait_ready(direct)
+            yield direct, env
 
 
 @contextmanager
@@ -561,17 +574,16 @@ def run(duration: float, smoke: bool) -> dict[str, Any]:
         raise SystemExit("the benchmark needs nginx and wrk: `make bench-tools` installs them")
     results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores, {sys.version.split()[0]}", "runs": []}
     connections = [1, 8] if smoke else [1, 8, 64]
-    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp, listening_socket() as upstream_listener:
         workdir = Path(tmp)
-        upstream_port = free_port()
+        upstream_port = upstream_listener.getsockname()[1]
         upstream = f"http://127.0.0.1:{upstream_port}"
         env = {**os.environ, **bench_files(workdir, upstream_port)}
         key = mint_key(env)
         cold_store = new_environments_store(workdir)
-        nginx = ["nginx", "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "nginx-error.log")]
         direct = f"{upstream}/v1/chat/completions"
         with (
-            process(nginx),
+            nginx_on(upstream_listener, workdir),
             gateway_serve(env, workdir / "gateway.log") as (served, gateway),
             bare_proxy("aiohttp", direct) as ref,
         ):
@@ -655,7 +667,7 @@ def run(duration: float, smoke: bool) -> dict[str, Any]:
         results["libraries_imported_ms"] = starts["imported"][0]
         results["restored_invocation_ms"] = starts["restored"][1]
         results["cold_instructions_m"] = None if smoke else cold_instructions(cold)
-        results["dynamodb"] = dynamodb_calls(workdir, upstream_port, 20 if smoke else 200)
+        results["dynamodb"] = dynamodb_calls(workdir, upstream_listener, 20 if smoke else 200)
     return results
 
 
@@ -761,14 +773,15 @@ def interleaved(
     }
 
 
-def dynamodb_calls(workdir: Path, upstream_port: int, requests: int) -> dict[str, Any]:
-    """Requests through a gateway on moto's DynamoDB server, which counts the calls it serves."""
+def dynamodb_calls(workdir: Path, upstream_listener: socket.socket, requests: int) -> dict[str, Any]:
+    """Requests through a gateway on moto's DynamoDB server, which counts the calls it serves (nginx on the
+    benchmark's upstream socket again, `upstream_listener`)."""
     from tests.support.dynamo import DynamoServer
 
     server = DynamoServer().start()
     try:
         table = server.create_table()
-        upstream = f"http://127.0.0.1:{upstream_port}"
+        upstream = f"http://127.0.0.1:{upstream_listener.getsockname()[1]}"
         (workdir / "config.yaml").write_text(json.dumps(bench_config(upstream)))
         env = {
             **os.environ,
@@ -779,8 +792,7 @@ def dynamodb_calls(workdir: Path, upstream_port: int, requests: int) -> dict[str
             "AWS_SECRET_ACCESS_KEY": "testing",
         }
         key = mint_key(env)
-        nginx = ["nginx", "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "nginx-error.log")]
-        with process(nginx), gateway_serve(env, workdir / "gateway-ddb.log") as (_, url):
+        with nginx_on(upstream_listener, workdir), gateway_serve(env, workdir / "gateway-ddb.log") as (_, url):
             wait_ready(f"{url}/health")
             wait_ready(f"{upstream}/v1/chat/completions")
             statuses = asyncio.run(fire(f"{url}/v1/chat/completions", key, 1))  # key now cached

@@ -22,6 +22,7 @@ import bisect
 import gc
 import json
 import os
+import socket
 import sqlite3
 import statistics
 import sys
@@ -34,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.bench.run import BODY, WRK_SCRIPT, bench_files, mint_key, process, wait_ready
-from tests.support.servers import free_port
+from tests.bench.run import BODY, WRK_SCRIPT, bench_files, mint_key, nginx_on, wait_ready
+from tests.support.servers import listening_socket
 
 # Loop callbacks shorter than this are the requests' own steps: not charged to a kind of their own.
 SLOW_CALLBACK_S = 0.0002
@@ -250,13 +251,13 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def serve_and_drive(app: Any, port: int, script: Path, duration: float) -> None:
+async def serve_and_drive(app: Any, listener: socket.socket, script: Path, duration: float) -> None:
+    """Serve `app` on `listener` (bound here: a port chosen in advance could be taken before the server bound it) and
+    drive it with wrk at one connection."""
     import uvicorn
 
     config = uvicorn.Config(
         app,
-        host="127.0.0.1",
-        port=port,
         log_level="warning",
         access_log=False,
         loop="asyncio",
@@ -264,10 +265,10 @@ async def serve_and_drive(app: Any, port: int, script: Path, duration: float) ->
         lifespan="off",
     )
     server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
     while not server.started:
         await asyncio.sleep(0.05)
-    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1/chat/completions"
     wrk = await asyncio.create_subprocess_exec(
         "wrk", "-t", "1", "-c", "1", "-d", f"{max(1, round(duration))}s", "-s", str(script), url,
         stdout=asyncio.subprocess.DEVNULL,
@@ -278,25 +279,24 @@ async def serve_and_drive(app: Any, port: int, script: Path, duration: float) ->
 
 
 def run(duration: float) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="gateway-timeline-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="gateway-timeline-") as tmp, listening_socket() as upstream_listener:
         workdir = Path(tmp)
-        upstream_port = free_port()
+        upstream_port = upstream_listener.getsockname()[1]
         upstream = f"http://127.0.0.1:{upstream_port}"
         env = bench_files(workdir, upstream_port)
         key = mint_key({**os.environ, **env})
         os.environ.update(env)
         script = workdir / "post.lua"
         script.write_text(WRK_SCRIPT.format(body=json.dumps(json.dumps(BODY)), key=key))
-        nginx = ["nginx", "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "nginx-error.log")]
-        with process(nginx), open(workdir / "gateway.log", "w") as log:
+        with nginx_on(upstream_listener, workdir), open(workdir / "gateway.log", "w") as log:
             wait_ready(f"{upstream}/v1/chat/completions")
             sys.stdout = log  # the request lines, as `gateway serve` writes them to its log
             try:
                 from handler.entry.asgi import app
 
                 recorder = Recorder()
-                with recording(recorder):
-                    asyncio.run(serve_and_drive(timed_app(app, recorder), free_port(), script, duration))
+                with recording(recorder), listening_socket() as listener:
+                    asyncio.run(serve_and_drive(timed_app(app, recorder), listener, script, duration))
             finally:
                 sys.stdout = sys.__stdout__
     return analyse(recorder)

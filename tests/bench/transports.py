@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.bench.run import BODY, bare_proxy, nginx_conf, process, wrk
-from tests.support.servers import free_port
+from tests.bench.run import BODY, bare_proxy, nginx_conf, nginx_on, wrk
+from tests.support.servers import listening_socket
 
 
 def main() -> int:
@@ -26,13 +26,12 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=8)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="gateway-transports-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="gateway-transports-") as tmp, listening_socket() as listener:
         workdir = Path(tmp)
-        upstream_port = free_port()
+        upstream_port = listener.getsockname()[1]
         (workdir / "nginx.conf").write_text(nginx_conf(upstream_port, workdir))
-        nginx = ["nginx", "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "nginx-error.log")]
         print(f"| client | req/s at {args.connections} connections | p50 ms | p99 ms |\n|---|---|---|---|")
-        with process(nginx):
+        with nginx_on(listener, workdir):
             time.sleep(0.5)
             for client in ("httpx", "httpx-aiohttp", "gateway", "aiohttp"):
                 with bare_proxy(client, f"http://127.0.0.1:{upstream_port}/v1/chat/completions") as url:

@@ -4,6 +4,7 @@ flaky failure of whichever test started them (tests/support/servers.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -87,3 +88,24 @@ def test_prometheus_starts_again_on_another_port_where_its_port_was_taken(
     with test_prometheus_scrape.prometheus_server(job, tmp_path) as url:
         assert httpx.get(f"{url}/-/ready").status_code == 200
     assert len(squatted) == 1 and httpx.URL(url).port != squatted[0]
+
+
+async def test_a_connection_accepted_on_a_test_servers_socket_sends_without_delay() -> None:
+    # `listening_socket` made its socket as protocol 0 (`socket.create_server`): asyncio sets TCP_NODELAY only where a
+    # socket says IPPROTO_TCP, so each answer of a server on it waited on Nagle's algorithm, 40 ms a request.
+    accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            sock = transport.get_extra_info("socket")
+            accepted.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    with servers.listening_socket() as listener:
+        server = await asyncio.get_running_loop().create_server(Probe, sock=listener)
+        async with server:
+            _, writer = await asyncio.open_connection(*listener.getsockname())
+            try:
+                assert await asyncio.wait_for(accepted, 5) != 0
+            finally:
+                writer.close()
