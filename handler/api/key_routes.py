@@ -87,7 +87,8 @@ class KeySpec(BaseModel):
     )
     budget_usd: float | None = Field(default=None, ge=0, le=MAX_BUDGET_USD, allow_inf_nan=False)
     budget_period: Literal["day", "month", "total"] = "total"
-    expires_in_seconds: float | None = Field(default=None, gt=0, le=MAX_EXPIRES_IN_SECONDS, allow_inf_nan=False)
+    # (At least a second: `1e-300` made a key, 201, whose secret was expired before it was stored.)
+    expires_in_seconds: float | None = Field(default=None, ge=1, le=MAX_EXPIRES_IN_SECONDS, allow_inf_nan=False)
     rpm: int | None = Field(default=None, ge=1, le=MAX_RATE_LIMIT)
     tpm: int | None = Field(default=None, ge=1, le=MAX_RATE_LIMIT)
     model_limits: (

@@ -73,15 +73,26 @@ def shipped_ceiling(upstream_model: str) -> int | None:
     return ceilings.get(entry) if entry is not None else None
 
 
+# Members an OpenAI-compatible server may read as a cap on its output of its own, before or beside `max_tokens`:
+# llama.cpp's `n_predict` (read first, -1 for no end), `max_new_tokens` (Hugging Face's generation parameters),
+# Ollama's `num_predict`, `max_length`, and the Responses API's `max_output_tokens`. A bounded request sends none
+# (`OutputCap.left_out`): beside a cap of 5 its worst case covered, `n_predict: 100000` had llama.cpp write 100,000
+# tokens, charged in full past the key's budget.
+OUTPUT_LENGTH_MEMBERS: Final = ("n_predict", "max_new_tokens", "num_predict", "max_length", "max_output_tokens")
+
+
 class OutputCap:
     """One request's cap, per attempt. A budgeted request (or one with `x-gateway-max-cost-usd`) always sends one:
     the client's own (lowered to the attempt's ceiling), else the ceiling (the gateway's default without one), never
-    more than its worst case covers (`reserved`: each attempt's when it was admitted). Any other request
+    more than its worst case covers (`reserved`: each attempt's when it was admitted), and no other member a server
+    could read as a cap of its own (`OUTPUT_LENGTH_MEMBERS`, left out and named: `left_out`). Any other request
     sends the client's own, lowered to the attempt's ceiling. The cap goes in the field the client used
     (`max_tokens` when it sent only that, else `max_completion_tokens`; an adapter renames it as its provider
-    needs)."""
+    needs); a client that sent both has each held to the cap (a server reads one or the other: TGI's chat route
+    knows `max_tokens` alone, and `max_tokens: 100000` beside a `max_completion_tokens: 5` its worst case covered
+    was charged 100,000 tokens past the budget)."""
 
-    __slots__ = ("req", "limit", "default", "legacy", "learned", "reserved")
+    __slots__ = ("req", "limit", "default", "legacy", "learned", "reserved", "left_out")
 
     def __init__(self, req: ChatRequest, default: int, learned: dict[str, int]) -> None:
         self.req = req
@@ -91,6 +102,7 @@ class OutputCap:
         self.learned = learned  # the gateway's: deployment label -> the ceiling its provider named
         # A bounded request's: the output tokens its worst case covers, by attempt (`id` of each of the plan's)
         self.reserved: dict[int, int] | None = None
+        self.left_out: list[str] = []  # a bounded request's `OUTPUT_LENGTH_MEMBERS`, as the client sent them
 
     def ceiling(self, attempt: Attempt) -> int | None:
         """The most the attempt's model writes: the lower of its configured `max_output_tokens` and the ceiling
@@ -139,10 +151,19 @@ class OutputCap:
         cap = self.sent(attempt)
         if cap is None:
             return None
+        req = self.req
         if self.legacy:
-            self.req.max_tokens = cap
+            req.max_tokens = cap
         else:
-            self.req.max_completion_tokens = cap
+            req.max_completion_tokens = cap
+            if req.max_tokens is not None and req.max_tokens > cap:  # (both sent: each held to the cap)
+                req.max_tokens = cap
+        if self.reserved is not None and req.__pydantic_extra__:
+            extra = req.__pydantic_extra__
+            for name in OUTPUT_LENGTH_MEMBERS:
+                if name in extra:
+                    del extra[name]
+                    self.left_out.append(name)
         return cap
 
     def lowered(self, attempt: Attempt, message: str) -> bool:

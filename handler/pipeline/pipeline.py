@@ -1008,6 +1008,8 @@ class Pipeline(Charges):
                 if ex.audio_output:
                     self._audio_priced(attempt)
                 built = build(attempt)
+                if ex.output_cap is not None and ex.output_cap.left_out:
+                    built.dropped += ex.output_cap.left_out  # (a bounded request's own caps: `OutputCap.left_out`)
                 ex.dropped_at[id(attempt)] = built.dropped
                 if ex.service_tier is not None:
                     self._tier_priced(ex, attempt, built.dropped)

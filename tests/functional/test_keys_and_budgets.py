@@ -384,6 +384,18 @@ def test_an_expiry_too_far_off_is_a_clear_400_on_each_store(on_each_store: Runni
         assert chat(running, longest.json()["key"]).status_code == 200
 
 
+def test_an_expiry_that_would_end_before_the_key_is_stored_is_a_400(running: Running) -> None:
+    # `expires_in_seconds: 1e-300` (or 0.0001) made a key, 201, whose secret was `401 key_expired` at its first use, its
+    # `expires_at` before its `created_at`, holding a place among its family's `max_children` until purged.
+    admin, parent = running.mint(admin=True), running.mint()
+    for short in (1e-300, 0.0001, 0.999):
+        for url, key in ((f"{running.url}/admin/keys", admin), (f"{running.url}/v1/keys", parent)):
+            refused = httpx.post(url, headers=headers(key), json={"name": "blink", "expires_in_seconds": short})
+            assert refused.status_code == 400 and refused.json()["error"]["param"] == "expires_in_seconds", refused.text
+    made = httpx.post(f"{running.url}/v1/keys", headers=headers(parent), json={"name": "s", "expires_in_seconds": 1})
+    assert made.status_code == 201 and made.json()["expires_at"] > made.json()["created_at"]
+
+
 def test_a_budget_the_store_cannot_hold_is_a_clear_400_on_each_store(on_each_store: Running) -> None:
     """`budget_usd` took any finite number: `1e200`, `1e-200` and `1.2e29` made keys (201) whose budgets DynamoDB
     cannot hold in a request's admission (a number of at most 38 digits, from 1e-130 to 9.99e125: every request a

@@ -649,11 +649,12 @@ PLAIN_MESSAGE = frozenset(("role", "content"))
 
 def plain_body(req: ChatRequest, target: Target, profile: Profile) -> dict[str, Any] | None:
     """The upstream body of a plain request (`PLAIN_FIELDS`: messages of text in `PLAIN_ROLES`) to a deployment whose
-    profile leaves such a body as it is and whose model does not reason (a reasoning model takes its cap as
-    `max_completion_tokens`), without the stream's members: the body `OpenAIAdapter.translated_body` makes of it, member
-    for member and in its order, built directly, without the request's dump and the passes over the body and its
-    messages that a translation needs (docs/performance.md has what they cost). None for any other request or
-    deployment. A field written null is sent null, as the translation's dump sends it."""
+    profile leaves such a body as it is (but for the name of its cap, `Profile.cap_as_max_tokens`) and whose model
+    does not reason (a reasoning model takes its cap as `max_completion_tokens`), without the stream's members: the
+    body `OpenAIAdapter.translated_body` makes of it, member for member and in its order, built directly, without the
+    request's dump and the passes over the body and its messages that a translation needs (docs/performance.md has
+    what they cost). None for any other request or deployment. A field written null is sent null, as the
+    translation's dump sends it."""
     fields = req.model_fields_set
     if type(req) is not ChatRequest or not fields <= PLAIN_FIELDS or req.model_extra:
         return None
@@ -673,7 +674,7 @@ def plain_body(req: ChatRequest, target: Target, profile: Profile) -> dict[str, 
     if "max_tokens" in fields:
         body["max_tokens"] = req.max_tokens
     if "max_completion_tokens" in fields:
-        body["max_completion_tokens"] = req.max_completion_tokens
+        body["max_tokens" if profile.cap_as_max_tokens else "max_completion_tokens"] = req.max_completion_tokens
     return body
 
 
@@ -922,6 +923,8 @@ class OpenAIAdapter(ProviderAdapter):
                 dropped.append(PREFILL)
         reasons = reasoning.openai_reasons(target)
         dropped += _reasoning(body, req, reasons, profile.thinking)
+        if profile.cap_as_max_tokens and not reasons and "max_completion_tokens" in body:
+            body["max_tokens"] = body.pop("max_completion_tokens")
         dropped += unsent_sampling(body, reasons)
         dropped += unsent_in_thinking(body, profile.thinks_unasked)
         dropped += apply_rules(body, profile.rules)

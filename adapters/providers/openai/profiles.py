@@ -63,7 +63,12 @@ class Profile(Value):
     API takes nothing but an assistant or another tool message right after a tool message (Mistral's: "Unexpected
     role 'user' after role 'tool'", `invalid_request_message_order`): a short assistant message goes before a user
     message that follows one (`answered_tool_turns` in the adapter), the client's own and the one carrying what a tool
-    returned besides text alike. A provider's `stream_usage` option overrides the profile's (`OpenAIAdapter`)."""
+    returned besides text alike. `cap_as_max_tokens` whether a model that does not reason is sent its cap as
+    `max_tokens` (a `max_completion_tokens` the request carries goes by that name; a reasoning model, by OpenAI's
+    rules, keeps `max_completion_tokens`, which OpenAI's reasoning models take alone): every OpenAI-compatible server
+    reads `max_tokens`, and some read nothing else (TGI's chat route; llama.cpp before it took both), where a
+    budgeted request's cap sent as `max_completion_tokens` was ignored and the answer ran on past the reservation.
+    A provider's `stream_usage` option overrides the profile's (`OpenAIAdapter`)."""
 
     __slots__ = (
         "rules",
@@ -84,6 +89,7 @@ class Profile(Value):
         "thinks_unasked",
         "media_after_tools",
         "assistant_after_tools",
+        "cap_as_max_tokens",
     )
 
     def __init__(
@@ -106,6 +112,7 @@ class Profile(Value):
         thinks_unasked: bool = False,
         media_after_tools: bool = True,
         assistant_after_tools: bool = False,
+        cap_as_max_tokens: bool = False,
     ) -> None:
         self.rules: Final = rules
         self.stream_usage: Final = stream_usage
@@ -125,6 +132,7 @@ class Profile(Value):
         self.thinks_unasked: Final = thinks_unasked
         self.media_after_tools: Final = media_after_tools
         self.assistant_after_tools: Final = assistant_after_tools
+        self.cap_as_max_tokens: Final = cap_as_max_tokens
 
 
 # How an API that continues a final assistant message (`Profile.prefix`) begins its answer.
@@ -145,7 +153,7 @@ PROFILES: dict[str, Profile] = {
     # own bounds. OpenAI's four stop sequences, applied to them, refused a list vLLM takes. An earlier turn's
     # `reasoning_details` goes back as it came: OpenRouter, which returns it, wants it back (a Gemini or Claude turn's
     # signed reasoning is in it), and a server that does not know the field ignores it as any other.
-    "compatible": Profile(stream_members=None, strip_message_fields=("reasoning_content",)),
+    "compatible": Profile(stream_members=None, strip_message_fields=("reasoning_content",), cap_as_max_tokens=True),
     "deepseek": Profile(
         rules={
             "max_completion_tokens": Rule(rename="max_tokens"),
