@@ -51,9 +51,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from handler.redaction import clipped, redact_secrets, said_clipped
+from handler.redaction import clipped, redact_secrets, said_clipped, without_hashed_secrets
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from handler.schemas import Usage
 
 
@@ -87,6 +89,15 @@ class GatewayError(Exception):
         self.param = clipped(param) if param else param
         self.headers = headers or {}
         self._retry_policy(retry)
+
+    def without_own_secrets(self, hashes: Sequence[str]) -> None:
+        """The message and `param` without the secret alone of the request's key or an ancestor (`hashes`, theirs:
+        `redaction.without_hashed_secrets`), which no shape tells apart: answered to whoever sent it, a message that
+        quotes a client's value (a model named by the key's secret, `team-<secret>`) gave back what a leaked log of
+        the answer, beside the key's id, makes the key whole."""
+        self.message = without_hashed_secrets(self.message, hashes)
+        if self.param:
+            self.param = without_hashed_secrets(self.param, hashes)
 
     def _retry_policy(self, retry: bool | None) -> None:
         """Settle `should_retry` (and what goes with it); `retry` is the raiser's own word, if it gave one."""

@@ -189,18 +189,20 @@ def error_response(request: Request, exc: GatewayError, observed: int | None = N
     """`exc` as the answer, in the error shape of the caller's API, with the request's headers; observed (its log
     line, its metrics) with its status, or `observed`: the status of the request's ledger line, where it differs."""
     anthropic = anthropic_caller(request)
+    state = request.scope.get("state", {})
+    ex: Exchange | None = state.get("exchange")
+    lineage: list[KeyRecord] | None = ex.lineage if ex is not None else state.get("lineage")  # (once the key was known)
+    if lineage:
+        exc.without_own_secrets(own_secret_hashes(lineage))
     body = exc.anthropic_body() if anthropic else exc.openai_body()
     status = exc.status_for(anthropic)
     headers = dict(exc.headers)
-    state = request.scope.get("state", {})
-    ex: Exchange | None = state.get("exchange")
     if ex is not None:
         headers = {**ex.headers(), **headers}
         observe(ex, observed or status, stream=ex.stream, code=exc.code)
     else:
         # (A path may hold what a client mistook for an id: a whole key, where `/admin/keys/{id}` wants its id.)
         path = route_path(request.scope)
-        lineage: list[KeyRecord] | None = state.get("lineage")  # (once the key was known)
         observe_failure(
             state.get("request_id"),
             path_clipped(path),

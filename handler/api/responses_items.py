@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from handler.errors import InvalidRequestError
 from handler.records import Value
+from handler.redaction import clipped
 
 ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
 TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
@@ -112,7 +113,7 @@ class PageAsked(Value):
                 )
         order = query.get("order", "desc")
         if order not in ("asc", "desc"):
-            raise InvalidRequestError(f"order must be 'asc' or 'desc', not '{order}'", param="order")
+            raise InvalidRequestError(f"order must be 'asc' or 'desc', not '{clipped(order)}'", param="order")
         return cls(limit, order, query.get("after") or None)
 
 
@@ -124,7 +125,9 @@ def page(items: Sequence[Mapping[str, Any]], ids: Sequence[str], asked: PageAske
     if asked.after is not None:
         found = next((n for n, position in enumerate(positions) if ids[position] == asked.after), None)
         if found is None:
-            raise InvalidRequestError(f"after: no item with id '{asked.after}' in this response", param="after")
+            raise InvalidRequestError(
+                f"after: no item with id '{clipped(asked.after)}' in this response", param="after"
+            )
         positions = positions[found + 1 :]
     shown = positions[: asked.limit]
     data = [listed(items[position], ids[position]) for position in shown]
