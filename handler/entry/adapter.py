@@ -74,13 +74,16 @@ class ReadOnce:
         # Mangum takes the event's method as it comes: `["GET"]` reached Starlette's router, which raised on it (a
         # 500). The path and query string are held to the types the app reads them as; the headers need no look:
         # Mangum encodes each, which raises on anything but a string.
-        method, path = scope["method"], scope["path"]
+        # So is the client's address (`requestContext.http.sourceIp`, `identity.sourceIp`): a number or an object
+        # there made the dashboard's sign-in, which reads it, a 500.
+        method, path, client = scope["method"], scope["path"], scope.get("client")
         if not (
             isinstance(method, str)
             and method
             and not method.strip(TOKEN)
             and isinstance(path, str)
             and isinstance(scope["query_string"], bytes)
+            and (client is None or isinstance(client[0], str | None))
         ):
             raise UnreadableEventError(NO_HTTP_REQUEST)
         # The path Mangum keeps as a str: one holding a lone surrogate (JSON's `"\ud800"`, which the Lambda runtime's

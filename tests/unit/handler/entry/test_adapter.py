@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from handler.api.app import answer_response
-from handler.entry.adapter import NO_UTF8, UnreadableEventError, lambda_adapter
+from handler.entry.adapter import NO_HTTP_REQUEST, NO_UTF8, UnreadableEventError, lambda_adapter
 from handler.entry.priming import Context
 from handler.redaction import NAME_CHARS
 
@@ -363,3 +363,24 @@ def test_a_path_of_other_unicode_is_served() -> None:
     answer = lambda_adapter(APP)({**v1_event(), "path": "/caf\u00e9/\U0001f600"}, Context())  # type: ignore[arg-type]
     assert answer["statusCode"] == 200 and json.loads(answer["body"])["path"] == "/caf\u00e9/\U0001f600"
     asyncio.get_event_loop().close()
+
+
+def source_ip_events(address: Any) -> dict[str, dict[str, Any]]:
+    """Events of each source whose client address (`sourceIp`) is `address`."""
+    v2, v1 = http_api_event(), v1_event()
+    v2["requestContext"]["http"]["sourceIp"] = address
+    v1["requestContext"] = {**v1.get("requestContext", {}), "identity": {"sourceIp": address}}
+    return {"http-api-2.0": v2, "http-api-1.0": v1}
+
+
+@pytest.mark.parametrize("address", [1.5, {"ip": "203.0.113.10"}, ["203.0.113.10"]], ids=["number", "object", "list"])
+@pytest.mark.parametrize("source", ["http-api-2.0", "http-api-1.0"])
+def test_a_client_address_that_is_not_text_is_refused_as_unreadable(source: str, address: Any) -> None:
+    # Taken as it came, it reached the dashboard's sign-in, which reads it as text: a 500 and a traceback.
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    try:
+        with pytest.raises(UnreadableEventError) as refused:
+            lambda_adapter(APP)(source_ip_events(address)[source], Context())  # type: ignore[arg-type]
+    finally:
+        asyncio.get_event_loop().close()
+    assert str(refused.value) == NO_HTTP_REQUEST
