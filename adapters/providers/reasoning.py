@@ -179,6 +179,21 @@ def openai_reasons(target: Target) -> bool:
     return reasons(target.model, OPENAI_REASONING_PREFIXES, prefix=True)
 
 
+# OpenAI's open-weight reasoning models, which OpenAI's own API does not serve: the servers that host them (vLLM,
+# TGI, llama.cpp, Groq, Bedrock) take their cap as `max_tokens`.
+OPEN_WEIGHT_PREFIXES = ("gpt-oss",)
+
+
+def takes_max_tokens(target: Target) -> bool:
+    """Whether a deployment of a server the gateway knows no better (`Profile.cap_as_max_tokens`) takes its cap as
+    `max_tokens`: any model but one of OpenAI's own API's reasoning models (`openai_reasons`, by name or as declared
+    with `reasoning: true`), which refuse it ("Use 'max_completion_tokens' instead"): such a server may be a proxy of
+    OpenAI's API. gpt-oss, a reasoning model OpenAI's API does not serve, takes it."""
+    return not openai_reasons(target) or (
+        "reasoning" not in target.options and reasons(target.model, OPEN_WEIGHT_PREFIXES, prefix=True)
+    )
+
+
 def gemini_thinks_unasked(model: str) -> bool:
     """Whether a Gemini model thinks on a request that names no reasoning, and Google bills its thoughts as output:
     one that reasons at a level (`ModelRules.thinking_levels`: Gemini 3 and later, and the `-latest` aliases), and

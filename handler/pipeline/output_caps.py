@@ -92,13 +92,14 @@ class OutputCap:
     knows `max_tokens` alone, and `max_tokens: 100000` beside a `max_completion_tokens: 5` its worst case covered
     was charged 100,000 tokens past the budget)."""
 
-    __slots__ = ("req", "limit", "default", "legacy", "learned", "reserved", "left_out")
+    __slots__ = ("req", "limit", "default", "legacy", "other", "learned", "reserved", "left_out")
 
     def __init__(self, req: ChatRequest, default: int, learned: dict[str, int]) -> None:
         self.req = req
         self.limit = req.output_limit()  # the client's, kept: `apply` overwrites the request's
         self.default = default
         self.legacy = req.max_tokens is not None and req.max_completion_tokens is None
+        self.other = None if self.legacy else req.max_tokens  # the client's `max_tokens` beside its other cap
         self.learned = learned  # the gateway's: deployment label -> the ceiling its provider named
         # A bounded request's: the output tokens its worst case covers, by attempt (`id` of each of the plan's)
         self.reserved: dict[int, int] | None = None
@@ -154,10 +155,13 @@ class OutputCap:
         req = self.req
         if self.legacy:
             req.max_tokens = cap
+            # (A `max_completion_tokens` written null beside it goes unsent: renamed to `max_tokens` for a provider
+            # that reads that, its null took the cap's place, and the answer ran to the server's own end.)
+            req.model_fields_set.discard("max_completion_tokens")
         else:
             req.max_completion_tokens = cap
-            if req.max_tokens is not None and req.max_tokens > cap:  # (both sent: each held to the cap)
-                req.max_tokens = cap
+            if self.other is not None:  # (both sent: each held to the cap, the client's own on each attempt)
+                req.max_tokens = min(self.other, cap)
         if self.reserved is not None and req.__pydantic_extra__:
             extra = req.__pydantic_extra__
             for name in OUTPUT_LENGTH_MEMBERS:

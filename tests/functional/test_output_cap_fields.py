@@ -57,7 +57,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
                 "local-llama": {
                     "deployments": [{"provider": "local", "model": "local-llama"}],
                     "price": {"input": 1.0, "output": 1000.0},  # $0.001 an output token
-                }
+                },
+                "oss": {
+                    "deployments": [{"provider": "local", "model": "openai/gpt-oss-20b"}],
+                    "price": {"input": 1.0, "output": 1000.0},
+                },
+                "o3-behind-a-proxy": {
+                    "deployments": [{"provider": "local", "model": "o3-mini"}],
+                    "price": {"input": 1.0, "output": 1000.0},
+                },
             },
         },
         set(REGISTRY),
@@ -71,8 +79,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         upstream.stop()
 
 
-def chat(served: Running, key: str, **fields: Any) -> httpx.Response:
-    body = {"model": "local-llama", "messages": [{"role": "user", "content": "Hi"}], **fields}
+def chat(served: Running, key: str, model: str = "local-llama", **fields: Any) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], **fields}
     return httpx.post(
         f"{served.url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}, timeout=30
     )
@@ -142,3 +150,32 @@ def test_a_server_the_gateway_knows_no_better_gets_the_cap_as_max_tokens(served:
     assert spent(served, key) < 4.2
     chat(served, key, max_completion_tokens=3)
     assert SEEN[-1]["max_tokens"] == 3 and "max_completion_tokens" not in SEEN[-1]
+
+
+@pytest.mark.parametrize("model", ["local-llama", "oss"])
+def test_a_cap_written_null_beside_max_tokens_does_not_take_its_place(served: Running, model: str) -> None:
+    # `max_completion_tokens: null` beside `max_tokens: 5`, renamed to `max_tokens` for such a server, took the cap's
+    # place: `max_tokens: null`, 2,000 tokens written, $2.00 charged on a $0.05 budget.
+    key = served.mint(budget_usd=0.05)
+    answer = chat(served, key, model, max_tokens=5, max_completion_tokens=None)
+    assert answer.status_code == 200, answer.text
+    assert SEEN[-1]["max_tokens"] == 5 and "max_completion_tokens" not in SEEN[-1], SEEN[-1]
+    assert spent(served, key) <= 0.05
+
+
+@pytest.mark.parametrize("fields", [{"max_tokens": 5}, {"max_completion_tokens": 5}], ids=["max_tokens", "completion"])
+def test_gpt_oss_served_by_such_a_server_gets_its_cap_as_max_tokens(served: Running, fields: dict[str, int]) -> None:
+    # gpt-oss is one of OpenAI's reasoning models by name, and OpenAI's reasoning models take `max_completion_tokens`
+    # alone; but OpenAI's API does not serve it: the servers that do (TGI's chat route) read `max_tokens`.
+    key = served.mint(budget_usd=0.05)
+    answer = chat(served, key, "oss", **fields)
+    assert answer.status_code == 200, answer.text
+    assert SEEN[-1]["max_tokens"] == 5 and "max_completion_tokens" not in SEEN[-1], SEEN[-1]
+    assert spent(served, key) <= 0.05
+
+
+def test_one_of_openais_own_reasoning_models_keeps_max_completion_tokens(served: Running) -> None:
+    # (Such a server may be a proxy of OpenAI's API, which refuses `max_tokens` for them.)
+    answer = chat(served, served.mint(budget_usd=1.0), "o3-behind-a-proxy", max_tokens=5)
+    assert answer.status_code == 200, answer.text
+    assert SEEN[-1]["max_completion_tokens"] == 5 and "max_tokens" not in SEEN[-1], SEEN[-1]

@@ -301,6 +301,6 @@ async def test_a_budgeted_stream_is_charged_within_what_it_reserved() -> None:
     reserved = round(10.0 - float(head["x-gateway-budget-remaining-usd"]), 12)  # (as the budget's sums are kept)
     line = await only_line(served, served.key)
     await served.gateway.aclose()
-    assert [body["max_completion_tokens"] for body in sent] == [4_096]
+    assert [body["max_tokens"] for body in sent] == [4_096]  # (a server with no profile: the cap as `max_tokens`)
     assert (line.status, line.cost_source, line.output_tokens) == (499, "estimate", 4_096), line
     assert line.cost_usd is not None and 0 < line.cost_usd <= reserved

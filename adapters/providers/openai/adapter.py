@@ -923,7 +923,7 @@ class OpenAIAdapter(ProviderAdapter):
                 dropped.append(PREFILL)
         reasons = reasoning.openai_reasons(target)
         dropped += _reasoning(body, req, reasons, profile.thinking)
-        if profile.cap_as_max_tokens and not reasons and "max_completion_tokens" in body:
+        if profile.cap_as_max_tokens and "max_completion_tokens" in body and reasoning.takes_max_tokens(target):
             body["max_tokens"] = body.pop("max_completion_tokens")
         dropped += unsent_sampling(body, reasons)
         dropped += unsent_in_thinking(body, profile.thinks_unasked)

@@ -63,11 +63,12 @@ class Profile(Value):
     API takes nothing but an assistant or another tool message right after a tool message (Mistral's: "Unexpected
     role 'user' after role 'tool'", `invalid_request_message_order`): a short assistant message goes before a user
     message that follows one (`answered_tool_turns` in the adapter), the client's own and the one carrying what a tool
-    returned besides text alike. `cap_as_max_tokens` whether a model that does not reason is sent its cap as
-    `max_tokens` (a `max_completion_tokens` the request carries goes by that name; a reasoning model, by OpenAI's
-    rules, keeps `max_completion_tokens`, which OpenAI's reasoning models take alone): every OpenAI-compatible server
-    reads `max_tokens`, and some read nothing else (TGI's chat route; llama.cpp before it took both), where a
-    budgeted request's cap sent as `max_completion_tokens` was ignored and the answer ran on past the reservation.
+    returned besides text alike. `cap_as_max_tokens` whether the cap goes as `max_tokens` (a `max_completion_tokens`
+    the request carries goes by that name) but to one of OpenAI's own API's reasoning models, which take
+    `max_completion_tokens` alone (`reasoning.takes_max_tokens`: such a server may be a proxy of OpenAI's API; gpt-oss,
+    served elsewhere, takes `max_tokens`): every OpenAI-compatible server reads `max_tokens`, and some read nothing
+    else (TGI's chat route; llama.cpp before it took both), where a budgeted request's cap sent as
+    `max_completion_tokens` was ignored and the answer ran on past the reservation.
     A provider's `stream_usage` option overrides the profile's (`OpenAIAdapter`)."""
 
     __slots__ = (

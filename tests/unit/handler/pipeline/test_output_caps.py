@@ -20,6 +20,7 @@ CONFIG = {
         # gpt-4o-mini by the operator's own name and a dated release, its ceiling left to the gateway's (16,384)
         "mini": {"deployments": [{"provider": "a", "model": "gpt-4o-mini-2024-07-18"}]},
         "lowered-mini": {"deployments": [{"provider": "a", "model": "gpt-4o-mini"}], "max_output_tokens": 9_000},
+        "small": {"deployments": [{"provider": "a", "model": "gpt-4o-mini"}], "max_output_tokens": 4_096},
     },
 }
 
@@ -169,3 +170,28 @@ def test_what_an_attempt_could_write_is_its_cap_else_its_ceiling_else_the_shippe
     assert OutputCap(request(), 4096, {}).sent(mini) is None
     assert OutputCap(request(max_tokens=20_000), 4096, {}).sent(mini) == 20_000
     assert OutputCap(request(), 4096, {}).of(mini) == 4096
+
+
+def test_a_fallback_gets_both_caps_as_it_would_tried_first() -> None:
+    # The client's `max_tokens` was held to the first attempt's cap in the request and never given back: a fallback
+    # whose ceiling allows more got 4,096 beside the client's 5,000.
+    alone = request(max_tokens=8000, max_completion_tokens=5000)
+    OutputCap(alone, 4096, {}).apply(attempt("known"))
+    assert (alone.max_tokens, alone.max_completion_tokens) == (5000, 5000)
+    req = request(max_tokens=8000, max_completion_tokens=5000)
+    cap = OutputCap(req, 4096, {})
+    cap.apply(attempt("small"))
+    assert (req.max_tokens, req.max_completion_tokens) == (4096, 4096)
+    cap.apply(attempt("known"))
+    assert (req.max_tokens, req.max_completion_tokens) == (5000, 5000)
+    below = request(max_tokens=7, max_completion_tokens=5000)  # (a `max_tokens` below the cap goes as written)
+    OutputCap(below, 4096, {}).apply(attempt("known"))
+    assert (below.max_tokens, below.max_completion_tokens) == (7, 5000)
+
+
+def test_a_cap_written_null_beside_max_tokens_goes_unsent() -> None:
+    # Renamed to `max_tokens` for a provider that reads that (DeepSeek, Mistral, Together, Ollama, a server with no
+    # profile), the null took the cap's place: the answer ran to the server's own end, past the reservation.
+    req = request(max_tokens=5, max_completion_tokens=None)  # type: ignore[arg-type]
+    OutputCap(req, 4096, {}).apply(attempt("known"))
+    assert req.max_tokens == 5 and "max_completion_tokens" not in req.model_fields_set
