@@ -156,7 +156,8 @@ def test_a_key_in_a_keys_name_is_refused_by_keys_create_and_printed_by_none(
         (["--budget-usd", "-5"], "--budget-usd: Input should be greater than or equal to 0"),  # every request a 402
         (["--rpm", "0"], "--rpm: Input should be greater than or equal to 1"),  # no limit at all
         (["--tpm", "-3"], "--tpm: Input should be greater than or equal to 1"),  # every request a 429
-        (["--expires-in", "0s"], "--expires-in: more than 0s"),  # a key that never expires
+        (["--expires-in", "0s"], "--expires-in: at least 1s"),  # a key that never expires
+        (["--expires-in", "0.5s"], "--expires-in: at least 1s"),  # a key expired before it is stored
         (["--expires-in", "99999999d"], "--expires-in: at most 3650d"),  # a TTL DynamoDB cannot hold: a 503 to retry
         (["--models", ","], "--models (item 1): String should have at least 1 character"),  # a key for no model
         (["--allow-ip", ",".join(f"10.0.0.{i}" for i in range(101))], "--allow-ip: List should have at most 100"),
