@@ -75,10 +75,19 @@ def shipped_ceiling(upstream_model: str) -> int | None:
 
 # Members an OpenAI-compatible server may read as a cap on its output of its own, before or beside `max_tokens`:
 # llama.cpp's `n_predict` (read first, -1 for no end), `max_new_tokens` (Hugging Face's generation parameters),
-# Ollama's `num_predict`, `max_length`, and the Responses API's `max_output_tokens`. A bounded request sends none
+# Ollama's `num_predict`, `max_length`, and the Responses API's `max_output_tokens`; and `best_of` (vLLM, TGI,
+# OpenAI's legacy completions), which has a server write that many sequences and return `n` of them, each to the cap:
+# billed for all it wrote, past the `n` sequences the worst case covers. A bounded request sends none
 # (`OutputCap.left_out`): beside a cap of 5 its worst case covered, `n_predict: 100000` had llama.cpp write 100,000
 # tokens, charged in full past the key's budget.
-OUTPUT_LENGTH_MEMBERS: Final = ("n_predict", "max_new_tokens", "num_predict", "max_length", "max_output_tokens")
+OUTPUT_LENGTH_MEMBERS: Final = (
+    "n_predict",
+    "max_new_tokens",
+    "num_predict",
+    "max_length",
+    "max_output_tokens",
+    "best_of",
+)
 
 
 class OutputCap:

@@ -1,7 +1,8 @@
 """A bounded request's output cap holds in every member a server may read as one (handler/pipeline/output_caps.py).
 
 The upstream here writes as many tokens as the cap it reads allows, as Hugging Face TGI's chat route does with
-`max_tokens` (the only cap it knows) and llama.cpp's server with `n_predict` (read before `max_tokens`): what the
+`max_tokens` (the only cap it knows) and llama.cpp's server with `n_predict` (read before `max_tokens`), and bills
+each of `best_of` sequences written to it, as servers that take `best_of` do: what the
 gateway reserved for must be what such a server can write, or a child key spends past its chain's budget."""
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ async def writes_to_its_cap(request: Request) -> JSONResponse:
     cap = body.get("n_predict")
     if not isinstance(cap, int) or cap < 0:
         cap = body.get("max_tokens") or UNCAPPED
+    best_of = body.get("best_of")
+    written = cap * best_of if isinstance(best_of, int) and best_of > 1 else cap  # (each sequence, billed)
     return JSONResponse(
         {
             "id": "chatcmpl-1",
@@ -39,7 +42,7 @@ async def writes_to_its_cap(request: Request) -> JSONResponse:
             "created": int(time.time()),
             "model": body["model"],
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "length"}],
-            "usage": {"prompt_tokens": 9, "completion_tokens": cap, "total_tokens": 9 + cap},
+            "usage": {"prompt_tokens": 9, "completion_tokens": written, "total_tokens": 9 + written},
         }
     )
 
@@ -112,7 +115,9 @@ def test_both_caps_go_as_one_with_openais_precedence_to_such_a_server(served: Ru
     assert SEEN[-1]["max_tokens"] == 50 and "max_completion_tokens" not in SEEN[-1]  # (OpenAI's: the newer field's)
 
 
-@pytest.mark.parametrize("member", ["n_predict", "max_new_tokens", "num_predict", "max_length", "max_output_tokens"])
+@pytest.mark.parametrize(
+    "member", ["n_predict", "max_new_tokens", "num_predict", "max_length", "max_output_tokens", "best_of"]
+)
 def test_a_member_a_server_reads_as_its_own_cap_is_not_sent_on_a_bounded_request(served: Running, member: str) -> None:
     key = served.mint(budget_usd=0.05)
     answer = chat(served, key, max_tokens=5, **{member: 100_000})
