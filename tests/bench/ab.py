@@ -26,7 +26,7 @@ from typing import Any
 
 from tests.bench.floor import cpu_seconds
 from tests.bench.run import BODY, PERCENTILES, nginx_upstream, uvicorn_app, wait_ready, wrk
-from tests.support.servers import free_port
+from tests.support.serve import printed_url
 
 # How a checkout is served: `gateway serve`, to which the address (and `--workers`) are added.
 SERVE = ["-m", "handler.entry.cli", "serve"]
@@ -43,16 +43,18 @@ def serve_checkout(
          "--rpm", "10000000", "--tpm", "1000000000", "--json"],
         cwd=root, env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    port = free_port()
-    serve = [sys.executable, *command, "--host", "127.0.0.1", "--port", str(port)]
+    # (`--port 0`: it binds a free port and says which; one chosen here could be taken before it bound it.)
+    serve = [sys.executable, *command, "--host", "127.0.0.1", "--port", "0"]
     serve += ["--workers", str(workers)] if workers > 1 else []
-    log = (workdir / "gateway.log").open("wb")
+    logged = workdir / "gateway.log"
+    log = logged.open("wb")
     stack.callback(log.close)
     served = subprocess.Popen(serve, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     stack.callback(served.wait)
     stack.callback(served.terminate)
-    wait_ready(f"http://127.0.0.1:{port}/health")
-    return f"http://127.0.0.1:{port}/v1/chat/completions", json.loads(minted)["key"], served.pid
+    url = printed_url(logged, served)
+    wait_ready(f"{url}/health")
+    return f"{url}/v1/chat/completions", json.loads(minted)["key"], served.pid
 
 
 def run(

@@ -5,8 +5,10 @@ flaky failure of whichever test started them (tests/support/servers.py)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -15,11 +17,13 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from tests.bench import ab
 from tests.functional import test_prometheus_scrape
 from tests.support import dynamo, serve, servers
 
 # Where a chosen port was looked up before the fix, each module by its own name: each is made to find it taken.
-CHOOSERS = (servers, dynamo, serve, test_prometheus_scrape)
+CHOOSERS = (servers, dynamo, serve, test_prometheus_scrape, ab)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -76,6 +80,16 @@ def test_gateway_serve_listens_on_a_port_no_other_can_take(taken: Callable[[int]
     with serve.gateway_serve("http://127.0.0.1:9", tmp_path, {}) as served:
         assert httpx.get(f"{served.url}/health").status_code == 200
     assert httpx.URL(served.url).port not in squatted
+
+
+def test_the_benchmarks_gateway_serves_on_a_port_no_other_can_take(
+    taken: Callable[[int], list[int]], tmp_path: Path
+) -> None:
+    squatted = taken(100)
+    with ExitStack() as stack:
+        url, _, _ = ab.serve_checkout(stack, ROOT, tmp_path, dict(os.environ))
+        assert httpx.get(url.replace("/v1/chat/completions", "/health")).status_code == 200
+    assert httpx.URL(url).port not in squatted
 
 
 def test_prometheus_starts_again_on_another_port_where_its_port_was_taken(
