@@ -250,13 +250,20 @@ def claude_block(entry: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in entry.items() if key != "index"}
 
 
-def stop_reason(finish_reason: str | None, stop_sequence: str | None, refused: bool = False) -> str:
+def stop_reason(
+    finish_reason: str | None, stop_sequence: str | None, refused: bool = False, called: bool = False
+) -> str:
     """Anthropic's stop reason: `stop_sequence` when the provider said which one fired; `refusal` for an answer
-    that refused (OpenAI's `refusal`, which ends as a plain `stop`)."""
+    that refused (OpenAI's `refusal`, which ends as a plain `stop`); `tool_use` for an answer that called a tool
+    (`called`) and ended as a plain `stop`, as OpenAI ends a call forced by a named `tool_choice` and Gemini's
+    OpenAI-compatible endpoint a streamed one: Anthropic says `tool_use`, and the Anthropic SDK's tool runner takes
+    `end_turn` for the last answer and runs none of its tools."""
     if stop_sequence:
         return "stop_sequence"
     reason = STOP_REASONS.get(finish_reason or "stop", "end_turn")
-    return "refusal" if refused and reason == "end_turn" else reason
+    if reason == "end_turn":
+        return "refusal" if refused else "tool_use" if called else reason
+    return reason
 
 
 def to_message(
@@ -269,13 +276,14 @@ def to_message(
     reason = choice.finish_reason if choice else None
     stop_sequence = choice.stop_sequence if choice else None
     refused = choice is not None and bool(choice.message.refusal)
+    called = choice is not None and bool(choice.message.tool_calls)
     message: dict[str, Any] = {
         "id": f"msg_{completion.id}",
         "type": "message",
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": stop_reason(reason, stop_sequence, refused),
+        "stop_reason": stop_reason(reason, stop_sequence, refused, called),
         "stop_sequence": stop_sequence,
         "usage": anthropic_usage(completion.usage or Usage()),
     }
@@ -343,6 +351,7 @@ class EventWriter:
         self.finish_reason: str | None = None
         self.stop_sequence: str | None = None
         self.refused = False
+        self.called = False  # a `tool_use` block was written (`stop_reason`)
         self.calls = CallOrder()
 
     def start(self, input_tokens: int) -> bytes:
@@ -459,19 +468,20 @@ class EventWriter:
                     "input": {},
                 }
                 out += self._switch("tool", call.index, block)
+                self.called = True
             if function and function.arguments:
                 out += self._delta({"type": "input_json_delta", "partial_json": function.arguments})
         return out
 
     def finish(self, usage: Usage, cost: Cost | None) -> bytes:
+        out = self.closed()  # (first: a call it writes is the stop reason's)
         delta = {
-            "stop_reason": stop_reason(self.finish_reason, self.stop_sequence, self.refused),
+            "stop_reason": stop_reason(self.finish_reason, self.stop_sequence, self.refused, self.called),
             "stop_sequence": self.stop_sequence,
         }
         payload: dict[str, Any] = {"type": "message_delta", "delta": delta, "usage": anthropic_usage(usage)}
         if cost is not None:
             payload["cost"] = cost.as_event()
-        out = self.closed()
         if self.context:  # (parts of a search no grounding came with, as an answer that called a function has)
             out += self._search_events(search_blocks([], self._carried()))
         return out + sse_event("message_delta", payload) + sse_event("message_stop", {"type": "message_stop"})

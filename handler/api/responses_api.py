@@ -1104,7 +1104,8 @@ def _items(
         output.append(message_item(ids.item("msg"), parts))
     spaces = Namespaces(req.tools)
     for call in message.tool_calls or ():
-        output.append(call_item(ids.item("fc"), call.id, call.function.name, call.function.arguments, spaces=spaces))
+        fc = ids.item("fc")  # (a call with no id, `""` from some servers, is called by its item's, as streamed)
+        output.append(call_item(fc, call.id or fc, call.function.name, call.function.arguments, spaces=spaces))
     return output
 
 
@@ -1151,7 +1152,7 @@ def _items_in_order(
         else:
             for call in same:
                 fc = ids.item("fc")
-                output.append(call_item(fc, call.id, call.function.name, call.function.arguments, spaces=spaces))
+                output.append(call_item(fc, call.id or fc, call.function.name, call.function.arguments, spaces=spaces))
     return output + searches
 
 

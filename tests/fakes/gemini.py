@@ -572,7 +572,7 @@ def _compatible_answer(body: dict[str, Any]) -> Response:
     if isinstance(turn, str):
         deltas: list[dict[str, Any]] = [{"content": piece} for piece in pieces(turn)]
     else:
-        deltas = [{"tool_calls": [{**turn, "index": 0}]}]
+        deltas = [{"tool_calls": [turn]}]  # (whole, in one delta, with no `index`: as Google streams a call)
     deltas[0]["role"] = "assistant"
     chunks = [
         {**head, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}

@@ -379,6 +379,31 @@ def signature_in_id(call: ToolCall | ToolCallDelta) -> None:
         call.id = signed
 
 
+def thought_signature(call: ToolCall | ToolCallDelta) -> str | None:
+    """The thought signature Gemini's OpenAI-compatible endpoint gave a call in its `extra_content`, if any."""
+    google = (call.extra_content or {}).get("google")
+    signature = google.get("thought_signature") if isinstance(google, dict) else None
+    return signature if isinstance(signature, str) and signature else None
+
+
+def late_signatures(chunk: ChatCompletionChunk) -> dict[tuple[int, int], dict[str, Any]]:
+    """The `extra_content` of `chunk`'s deltas that carry a thought signature for a call begun before (no id of
+    their own), by choice and call index, each taken out of its delta (a delta left with nothing else goes)."""
+    late: dict[tuple[int, int], dict[str, Any]] = {}
+    for choice in chunk.choices:
+        calls = choice.delta.tool_calls
+        for call in list(calls or ()):
+            if call.id or thought_signature(call) is None:
+                continue
+            late[(choice.index, call.index)] = call.extra_content  # type: ignore[assignment]
+            call.extra_content = None
+            if call.function is None and call.type is None and not call.model_extra:
+                calls.remove(call)  # type: ignore[union-attr]
+        if calls == []:
+            choice.delta.tool_calls = None
+    return late
+
+
 class OpenAIStreamParser:
     """Chunks are already in the gateway's form; this validates them and keeps the usage. A compatible API that
     differs in a chunk's shape overrides `conformed`. `model`, the deployment's, heads the chunks of a server that
@@ -403,6 +428,8 @@ class OpenAIStreamParser:
             self.repeated = RepeatedPrefix(repeated)
         self.model = model
         self.head: dict[str, Any] = {}  # what the chunks of a server that leaves their head out get (`_conform_head`)
+        self.calls: dict[Any, list[str | None]] = {}  # a server's calls streamed without `index` (`_indexed_calls`)
+        self.held: ChatCompletionChunk | None = None  # a call begun with no signature, its next chunk awaited
 
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
         data = event.data
@@ -436,9 +463,14 @@ class OpenAIStreamParser:
         try:
             chunk = validated(schemas.ChatCompletionChunk, payload, self.head, self.model)
         except ValidationError as exc:
-            unusable = billed_unusable(payload, exc, "stream event")
-            self.usage = unusable.billed or self.usage  # (a stream already begun is charged it as it ends)
-            raise unusable from exc
+            try:  # (a call with no `index`: numbered here, and read again; a chunk that reads is never looked at)
+                if not self._indexed_calls(payload):
+                    raise
+                chunk = validated(schemas.ChatCompletionChunk, payload, self.head, self.model)
+            except ValidationError:
+                unusable = billed_unusable(payload, exc, "stream event")
+                self.usage = unusable.billed or self.usage  # (a stream already begun is charged it as it ends)
+                raise unusable from exc
         if chunk.usage is not None:
             self.usage = normalize_usage(chunk.usage)
         if self.repeated is not None:
@@ -450,14 +482,70 @@ class OpenAIStreamParser:
                         call.function.name = self.names.client(call.function.name)
                     if self.signed:
                         signature_in_id(call)
+        if self.signed:
+            return self._signed_late(chunk)
         return [chunk]
 
     def finish(self) -> list[ChatCompletionChunk]:
-        return []
+        held, self.held = self.held, None
+        return [held] if held is not None else []
+
+    def _signed_late(self, chunk: ChatCompletionChunk) -> list[ChatCompletionChunk]:
+        """The chunks to relay once `chunk` is read, where calls carry their thought signatures (`signed`): a chunk
+        that begins a call with no signature is held until the next one, whose delta of the same call may bring it
+        (Gemini's OpenAI-compatible endpoint may give a signature in a delta of its own after its call's): then it
+        goes into the held call's id and `extra_content` and out of the late delta (a Chat client's stream helpers
+        join a string given twice into one), as if it had come with the call. A Messages or Responses client's call
+        takes its id from the call's first delta, and without the signature, Gemini 3 was sent Google's stand-in on
+        the next turn and went on without the reasoning behind the call."""
+        held, self.held = self.held, None
+        if held is not None:
+            late = late_signatures(chunk)
+            for choice in held.choices if late else ():
+                for call in choice.delta.tool_calls or ():
+                    extra = late.get((choice.index, call.index))
+                    if extra is not None and call.id and thought_signature(call) is None:
+                        call.extra_content = {**(call.extra_content or {}), **extra}
+                        signature_in_id(call)
+        out = [held] if held is not None else []
+        for choice in chunk.choices:
+            if any(call.id and thought_signature(call) is None for call in choice.delta.tool_calls or ()):
+                self.held = chunk
+                return out
+        out.append(chunk)
+        return out
 
     def conformed(self, payload: Any) -> Any:
         """A chunk's JSON in OpenAI's shape (it is already, from OpenAI)."""
         return payload
+
+    def _indexed_calls(self, payload: Any) -> bool:
+        """Number the tool-call deltas of `payload` that have no `index` (or `"index": null`), in place; whether any
+        had none. Gemini's OpenAI-compatible endpoint streams each call whole in one delta without one (the gateway's
+        `google` profile's host; as openai-python's own stream helpers had to learn), and read as required, every
+        streamed tool call from it was a 502. A delta with an id not seen before, or past the first of its chunk,
+        begins a call; one with an id seen before is that call's; one with no id goes on with the last call begun
+        (per choice, in `calls`: each call's id as it began, None for none)."""
+        numbered = False
+        for choice in payload.get("choices") or () if isinstance(payload, dict) else ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            deltas = delta.get("tool_calls") if isinstance(delta, dict) else None
+            if not isinstance(deltas, list):
+                continue
+            begun = self.calls.setdefault(choice.get("index", 0), [])
+            for position, call in enumerate(deltas):
+                if not isinstance(call, dict) or call.get("index") is not None:
+                    continue
+                call_id = call.get("id") or None
+                if call_id is not None and call_id in begun:
+                    call["index"] = begun.index(call_id)
+                elif call_id is not None or position or not begun:
+                    begun.append(call_id)
+                    call["index"] = len(begun) - 1
+                else:
+                    call["index"] = len(begun) - 1
+                numbered = True
+        return numbered
 
 
 def unreadable(blocks: Any) -> bool:
