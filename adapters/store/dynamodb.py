@@ -329,6 +329,13 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBThreads, DynamoDBSi
             for item in items.values():
                 self._note_closed(item)
             return Applied({key_id: self._counters(admission, key_id, item) for key_id, item in items.items()})
+        except StoreDeadlineError:
+            raise
+        except StoreError:
+            landed = await self._landed(write, single=len(updates) == 1)
+            if landed is None:
+                raise
+            return landed
         except ConditionFailed as exc:
             if exc.reasons:  # the transaction's, in the order of its updates
                 reasons = zip(updates, exc.reasons, strict=False)
@@ -369,6 +376,29 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBThreads, DynamoDBSi
         its minute of expiry is released, its rates count it twice in its minute (never an overspend)."""
         reservation = write.admission.reservation_id
         return any(item.get(LAST_ADMISSION, {}).get("S") == reservation for item in failed.values())
+
+    async def _landed(self, write: AdmissionWrite, single: bool) -> Applied | None:
+        """The admission `write` as applied, if it landed though every answer to it was lost (the client's attempts
+        timed out or were answered 5xx after the first was sent): its items, read once more, name it (`_already_
+        admitted`). Failed as the store's error instead, the request was answered 503 and sent nowhere, and its
+        reservation and its minute's rate counts stayed on the meter, known to nobody, until they expired (16
+        minutes: the client's retry refused 402, or 429 at rpm 1). None where no item names it (it did not land, or
+        another admission landed on each item since: then it counts as docs/store.md says) or none can be read."""
+        homes = {meter.key_id: meter.home_region for meter in write.meters}
+        keys = {k: self.leases.item_key(k, home) for k, home in homes.items()}
+        try:
+            answers = await asyncio.gather(
+                *(self._call("get_item", TableName=self.table, Key=key, ConsistentRead=True) for key in keys.values())
+            )
+        except StoreError:
+            return None
+        items = {key_id: answer.get("Item", {}) for key_id, answer in zip(keys, answers, strict=True)}
+        if not self._already_admitted(write, items):
+            return None
+        for item in items.values():
+            self._note_closed(item)
+        told = items if single else {k: item for k, item in items.items() if k in write.reported}
+        return Applied({key_id: self._counters(write.admission, key_id, item) for key_id, item in told.items()})
 
     async def _read_reported(self, write: AdmissionWrite) -> dict[str, Item]:
         """After a transaction (which returns no values): the items the snapshot reports, each in a consistent

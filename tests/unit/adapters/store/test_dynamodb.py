@@ -166,6 +166,74 @@ async def test_a_rate_only_admission_sent_again_after_its_answer_was_lost_counts
     await store.close()
 
 
+class LandsThenFails(httpx.AsyncBaseTransport):
+    """Forwards every request to moto, but `operation`'s next `left` calls: the first lands and its answer is lost (a
+    read timeout); the client's attempts after it are lost too (`then == "lost"`: each sent, refused by its own
+    condition, its answer lost) or answered 500 without reaching the table (`"500"`). `landing = False`: none of them
+    reaches the table, each answered 500."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.operation, self.then, self.left, self.landing = "", "lost", 0, True
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.left and request.headers["x-amz-target"].endswith(f".{self.operation}"):
+            self.left -= 1
+            if not self.landing or (self.then == "500" and self.left < 2):
+                body = {"__type": "com.amazonaws.dynamodb.v20120810#InternalServerError", "message": "injected"}
+                return httpx.Response(500, content=orjson.dumps(body), request=request)
+            await (await self.inner.handle_async_request(request)).aread()
+            raise httpx.ReadTimeout("applied, answer lost", request=request)
+        response = await self.inner.handle_async_request(request)
+        await response.aread()
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("then", ["lost", "500"])
+@pytest.mark.parametrize("operation", ["UpdateItem", "TransactWriteItems"])
+async def test_an_admission_that_landed_though_every_answer_was_lost_is_admitted_once(
+    dynamo: DynamoServer, operation: str, then: str
+) -> None:
+    """Every attempt of the client failed after the first landed: the admission failed as the store's error (a 503,
+    the request sent nowhere), and its reservation and rate count stayed on the meter, known to nobody, until they
+    expired (the client's retry refused: 402 on the budget, 429 at rpm 1). Its items, read once more, name it: it
+    is the request's, admitted once."""
+    transport = LandsThenFails()
+    client = DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url, transport=transport)
+    store = DynamoDBStore(client, dynamo.create_table(), owned=[client])
+    key, parent = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
+    charges = [BudgetCharge(key, PERIOD, 1.0, 0.4)]
+    if operation == "TransactWriteItems":  # a child and its budgeted parent: one transaction over both meters
+        charges.append(BudgetCharge(parent, PERIOD, 1.0, 0.4))
+    adm = Admission(uuid.uuid4().hex, key, charges, [RateCharge("rpm", this_minute(), 2, 1)], time.time() + 960)
+    transport.operation, transport.then, transport.left = operation, then, 3  # (the client's three attempts)
+    snapshot = await store.admit(adm)
+    assert transport.left == 0 and snapshot.rates == {"rpm": 1}
+    meter = await store.meter(key, PERIOD)
+    assert meter.committed_usd[PERIOD] == pytest.approx(0.4) and meter.rates == {"rpm": 1}
+    await store.settle(settlement(adm, 0.2, line(key, 0.2)))
+    for key_id in {charge.key_id for charge in charges}:
+        meter = await store.meter(key_id, PERIOD)
+        assert meter.committed_usd[PERIOD] == pytest.approx(0.2) and meter.spent_usd[PERIOD] == pytest.approx(0.2)
+    await store.close()
+
+
+async def test_an_admission_that_never_landed_fails_and_holds_nothing(dynamo: DynamoServer) -> None:
+    transport = LandsThenFails()
+    client = DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url, transport=transport)
+    store = DynamoDBStore(client, dynamo.create_table(), owned=[client])
+    key = uuid.uuid4().hex[:12]
+    adm = Admission(uuid.uuid4().hex, key, [BudgetCharge(key, PERIOD, 1.0, 0.4)], [], time.time() + 960)
+    transport.operation, transport.left, transport.landing = "UpdateItem", 3, False
+    with pytest.raises(StoreError):
+        await store.admit(adm)
+    assert (await store.meter(key, PERIOD)).committed_usd.get(PERIOD, 0.0) == 0.0
+    await store.close()
+
+
 async def test_a_token_correction_lands_only_in_the_minute_it_corrects(dynamo: DynamoServer) -> None:
     """A settlement checks its correction's minute against the clock, then writes: a request in the next minute
     (or a gateway whose clock is ahead) can restart the counter between the two. The correction, 900 tokens
