@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import random
 import time
@@ -109,8 +110,10 @@ from handler.ports import (
     StoreError,
     UsageQuery,
 )
+from handler.redaction import redact_message
 
 T = TypeVar("T")
+logger = logging.getLogger("gateway")
 METER_SK = "METER"
 LAST_ADMISSION = "q"  # on a meter item: the last admission written to it (`_admit_update`)
 SWEEP_SECONDS = 120.0  # a process releases a key's expired reservations this often, after settling on it
@@ -192,6 +195,7 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBThreads, DynamoDBSi
         # Items an admission (or a grant) saw holding closed periods, with the client of their region (`_prune`).
         self._closed: dict[tuple[str, str], tuple[Item, Any]] = {}
         self.sweep_phase: Callable[[], float] = random.random  # where in its first period a key's sweep falls
+        self.chores: set[asyncio.Task[None]] = set()  # what landed settlements left to do (`_after_settling`)
         self.page_size: int | None = None  # a query's `Limit` (None: DynamoDB's 1 MB pages)
         # Where settlements the table refused wait (handler/pipeline/spool.py): Lambda can write only under /tmp.
         folder = "/tmp" if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else ".gateway"  # noqa: S108
@@ -504,9 +508,7 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBThreads, DynamoDBSi
             outcome = await self._transact_settlement(settlement, updates)
             if isinstance(outcome, frozenset):
                 if not outcome:
-                    await self._cover_debts(settlement, updates)
-                    await self._sweep([u.key_id for u in updates if u.budgets])
-                    await self._prune()
+                    self._after_settling(settlement, updates)
                 return outcome
             updates = [
                 SettleUpdate(
@@ -563,6 +565,34 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBThreads, DynamoDBSi
             if not failed:
                 raise StoreError("DynamoDB transaction conflict; retry") from exc
             return frozenset(u.key_id for u, _ in failed)
+
+    def _after_settling(self, settlement: Settlement, updates: list[SettleUpdate]) -> None:
+        """What a landed settlement leaves to do, in a task of its own (`chores`), each part of it best effort: a
+        lease's debt charged at home (`_cover_debts`), the key's expired minutes released (`_sweep`), closed periods
+        pruned (`_prune`). Done inside the settlement, they held its end (the buffered function's answer, a stream's
+        last byte) past the one write it needs, and a slow one ran the settlement's bound out: written already, it was
+        spooled as one the store did not take, an ERROR line and `SpooledSettlementsAlarm` for nothing. Its store
+        calls end by the settlement's own deadline (`STORE_DEADLINE`, the task's context); `settled_chores` waits
+        for them."""
+        chore = asyncio.ensure_future(self._chores(settlement, updates))
+        self.chores.add(chore)
+        chore.add_done_callback(self._chore_done)
+
+    async def _chores(self, settlement: Settlement, updates: list[SettleUpdate]) -> None:
+        await self._cover_debts(settlement, updates)
+        await self._sweep([u.key_id for u in updates if u.budgets])
+        await self._prune()
+
+    def _chore_done(self, chore: asyncio.Task[None]) -> None:
+        self.chores.discard(chore)
+        if not chore.cancelled() and (failure := chore.exception()) is not None:
+            said = redact_message(f"{type(failure).__name__}: {failure}")
+            logger.warning("a settlement's housekeeping failed: %s", said)
+
+    async def settled_chores(self) -> None:
+        """Wait for what the landed settlements left to do (`_after_settling`)."""
+        while self.chores:
+            await asyncio.wait(list(self.chores))
 
     async def _cover_debts(self, settlement: Settlement, updates: list[SettleUpdate]) -> None:
         """What the settlement left a lease of this region owing charged to the key's home (`RegionLeases.cover_debt`:
@@ -983,6 +1013,7 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBThreads, DynamoDBSi
                 await client.close()  # its pools are dropped; the next call opens a connection
 
     async def close(self) -> None:
+        await self.settled_chores()  # (each bounded by its settlement's deadline, or by the client's timeouts)
         await self.leases.close()
         await self.reconnect()
 

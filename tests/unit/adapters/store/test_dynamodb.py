@@ -13,6 +13,7 @@ import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,9 +30,11 @@ from adapters.store.expressions import Expression, Item, num, read_num, text
 from adapters.store.records import EXPIRED_KEY_GRACE_SECONDS, LEDGER_TTL_SECONDS, key_purge_after
 from adapters.store.responses import pack
 from handler.dashboard.reports import ReportBuilder, parse_report, parse_views
-from handler.pipeline.budgets import period_of
+from handler.pipeline import budgets
+from handler.pipeline.budgets import SETTLE_BY, Meter, period_of
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
+from handler.pipeline.spool import SettlementSpool
 from handler.ports import (
     LEDGER_BATCH,
     Admission,
@@ -544,6 +547,7 @@ async def test_a_meter_item_keeps_only_its_open_periods(
         adm = Admission(uuid.uuid4().hex, key, [charge], [RateCharge("rpm", int(now[0] // 60), 100, 1)], now[0] + 900)
         await store.admit(adm)
         await store.settle(settlement(adm, 0.25, line(key, 0.25, now[0])))
+        await store.settled_chores()  # (what it left to do: `_after_settling`)
         last = charge.period
         now[0] += step
     (item,) = await store._meter_items(key)
@@ -572,6 +576,7 @@ async def test_a_meter_item_a_year_old_sheds_its_past_days_at_its_next_request(d
     adm = Admission(uuid.uuid4().hex, key, [BudgetCharge(key, "day:2028-01-01", 1.0, 0.5)], [], now[0] + 900)
     await store.admit(adm)
     await store.settle(settlement(adm, 0.25, line(key, 0.25, now[0])))
+    await store.settled_chores()  # (what it left to do: `_after_settling`)
     (item,) = await store._meter_items(key)
     assert periods_held(item) == {"day:2028-01-01"}
     assert len(client.conditions) >= 730 // 50
@@ -601,19 +606,23 @@ async def test_a_request_admitted_before_midnight_and_settled_after_is_charged_t
     today = admitted("day:2027-01-02", 900)
     await store.admit(today)  # it sees the closed day
     await store.settle(settlement(late, 0.25, line(key, 0.25, at(2027, 1, 1, 23, 59, 59))))
+    await store.settled_chores()  # (what it left to do: `_after_settling`)
     meter = await store.meter(key, day)
     assert meter.committed_usd[day] == pytest.approx(0.25 + 0.5) and meter.spent_usd[day] == pytest.approx(0.25)
     await store.settle(settlement(today, 0.1, line(key, 0.1, now[0])))
+    await store.settled_chores()  # (what it left to do: `_after_settling`)
     (item,) = await store._meter_items(key)
     assert day in periods_held(item)  # `long_running` still holds its reservation in it
     now[0] = at(2027, 1, 2, 1, 45)
     await store.settle(settlement(long_running, 0.3, line(key, 0.3, at(2027, 1, 1, 23, 59, 59))))
+    await store.settled_chores()  # (what it left to do: `_after_settling`)
     meter = await store.meter(key, day)
     assert meter.committed_usd[day] == pytest.approx(0.55) and meter.spent_usd[day] == pytest.approx(0.55)
     now[0] = at(2027, 1, 2, 3, 30)  # its reservation's minute has ended too
     tomorrow = admitted("day:2027-01-02", 900)
     await store.admit(tomorrow)
     await store.settle(settlement(tomorrow, 0.1, line(key, 0.1, now[0])))
+    await store.settled_chores()  # (what it left to do: `_after_settling`)
     (item,) = await store._meter_items(key)
     assert periods_held(item) == {"day:2027-01-02"}
     lines = await store.usage(UsageQuery([key], at(2027, 1, 1, 0), at(2027, 1, 2, 0)))
@@ -701,6 +710,7 @@ async def test_a_settlement_releases_its_keys_expired_minutes_now_and_then(dynam
         adm = Admission(uuid.uuid4().hex, key, [BudgetCharge(key, PERIOD, 1000.0, 0.5)], [], expires_at)
         await store.admit(adm)
         await store.settle(settlement(adm, 0.25, line(key, 0.25)))
+        await store.settled_chores()  # (what it left to do: `_after_settling`)
 
     def minutes(items: list[Any]) -> list[str]:
         return [name for item in items for name in item if name.startswith("x:")]
@@ -714,6 +724,44 @@ async def test_a_settlement_releases_its_keys_expired_minutes_now_and_then(dynam
     meter = await store.meter(key, PERIOD)
     assert meter.committed_usd[PERIOD] == pytest.approx(6 * 0.25) and meter.spent_usd[PERIOD] == pytest.approx(6 * 0.25)
     await store.close()
+
+
+async def test_a_settlement_that_landed_ends_without_the_housekeeping_after_it(
+    dynamo: DynamoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once its transaction landed, a settlement charged a lease's debt, swept the key's expired minutes and pruned
+    closed periods inside its bounded wait (`SETTLE_BY`): a slow sweep ran the bound out, and the settlement, written
+    already, was spooled as one the store did not take (an ERROR line, `SpooledSettlementsAlarm`), the buffered
+    function's answer or a stream's last byte held for it meanwhile (review dynrev, D3)."""
+    monkeypatch.setattr(budgets, "SETTLE_FIRST_DELAY_S", 0.001)
+    store = DynamoDBStore(dynamo.client(), dynamo.create_table())
+    spool = SettlementSpool(tmp_path / "spool.jsonl")
+    meter = Meter(store, KeyService(store, 0), 960, spool=spool)
+    key = record(budget_usd=1.0)
+    reservation = await meter.admit([key], "m", 0.5, 100, uuid.uuid4().hex)
+    done = meter.settlement(reservation, 0.2, 150, line(key.id, 0.2))
+    store._swept[key.id] = time.time() - SWEEP_SECONDS - 1  # this key's sweep falls due with this settlement
+    real = store.release_expired
+
+    async def slow_release(key_id: str, now: float, region: str | None = None) -> float:
+        await asyncio.sleep(1.5)  # DynamoDB slow to answer the sweep's query (throttled, say)
+        return await real(key_id, now, region)
+
+    monkeypatch.setattr(store, "release_expired", slow_release)
+    loop = asyncio.get_running_loop()
+    bound = SETTLE_BY.set(loop.time() + 0.5)  # half a second left for it
+    started = loop.time()
+    try:
+        await meter.settle(done)
+    finally:
+        SETTLE_BY.reset(bound)
+    waited = loop.time() - started
+    lines = await store.usage(UsageQuery([key.id], 0, time.time() + 1))
+    pending = spool.pending
+    await spool.close()
+    await store.close()
+    assert [item.request_id for item in lines] == [done.item.request_id]  # type: ignore[union-attr]
+    assert pending == 0 and waited < 0.5, (pending, waited)
 
 
 async def test_processes_started_together_do_not_all_sweep_a_key_at_once(dynamo: DynamoServer) -> None:
@@ -731,6 +779,7 @@ async def test_processes_started_together_do_not_all_sweep_a_key_at_once(dynamo:
         await store.admit(adm)
         before = dynamo.calls()
         await store.settle(settlement(adm, 0.25, line(key, 0.25)))
+        await store.settled_chores()  # (what it left to do: `_after_settling`)
         calls.append(dynamo.calls() - before)
         later = time.time() + SWEEP_SECONDS + 1  # its first period has passed, whatever its phase
         store.clock = lambda later=later: later
@@ -738,6 +787,7 @@ async def test_processes_started_together_do_not_all_sweep_a_key_at_once(dynamo:
         await store.admit(again)
         before = dynamo.calls()
         await store.settle(settlement(again, 0.25, line(key, 0.25)))
+        await store.settled_chores()  # (what it left to do: `_after_settling`)
         assert dynamo.calls() - before >= 2  # swept then: the key's items were queried after the transaction
         await store.close()
     assert calls == [1, 1, 1]  # the settlement's transaction alone
@@ -1789,7 +1839,9 @@ async def test_a_late_settlement_into_a_returned_lease_is_charged_at_home_once_a
     await here.return_idle_leases(force=True)  # idle: its expired reservation released, the $0.50 goes home
     remote.lose = "UpdateItem"  # the home's answer to the charge is lost, and the charge sent again
     await here.settle(settled_at(late, 0.5))  # $0.50 spent, its line written
+    await here.settled_chores()  # (what it left to do: `_after_settling`)
     await here.settle(settled_at(late, 0.5))  # sent again (re-driven from the spool): nothing more
+    await here.settled_chores()  # (what it left to do: `_after_settling`)
     lease, meter = await lease_and_meter(home, key)
     left = 1.0 - (await home.meter(key, PERIOD)).committed_usd[PERIOD]  # what `GET /v1/key` says
     assert left == pytest.approx(0.5)
