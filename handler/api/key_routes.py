@@ -63,8 +63,15 @@ MIN_BUDGET_USD = 1e-6
 # well within the 64-bit integers the stores write (`keys create --rpm 99999999999999999999999` would pass the spec,
 # then be a traceback from the store's JSON encoder; over HTTP the body's parser refuses such a number).
 MAX_RATE_LIMIT = 10**12
+# The most `model_limits` entries a key may have. Every one whose pattern matches a request's model binds it, on a
+# counter of its own, and on DynamoDB each is a clause of the admission's one update of the key's item, within its
+# limits of 4 KB and 300 operators an expression: 20 entries, an rpm and a tpm each, with the key's own rpm, tpm and
+# budget, make 263 operators and 3.2 KB; the 30 the bound of 100 let match one model made 383 and 4.7 KB, and every
+# request of the key to that model was refused by DynamoDB (a 503). (Admissions on the embedded store have no such
+# bound, but a key must serve on either.)
+MAX_MODEL_LIMITS = 20
 # A key route's body is read up to this, not the gateway's `max_body_bytes`: the largest a spec can be (a name,
-# 100 models and 100 model limits of 200 characters, 100 IP ranges, 16 tags of 128 characters; indented) is 54 KB.
+# 100 models and 20 model limits of 200 characters, 100 IP ranges, 16 tags of 128 characters; indented) is under 54 KB.
 KEY_BODY_BYTES = 128 * 1024
 # The most a page of `GET /admin/keys` weighs as the buffered Lambda function carries it (a JSON string: each `"`
 # escaped), well within its 6 MB (handler/api/answer_size.py) whatever `limit` asks for: a key's view may weigh
@@ -97,7 +104,7 @@ class KeySpec(BaseModel):
             dict[Literal["rpm", "tpm"], Annotated[int, Field(le=MAX_RATE_LIMIT)]],
         ]
         | None
-    ) = Field(default=None, max_length=100)
+    ) = Field(default=None, max_length=MAX_MODEL_LIMITS)
     allow_ips: list[Annotated[str, Field(max_length=MAX_RANGE_CHARS)]] | None = Field(
         default=None, max_length=MAX_ALLOW_IPS
     )

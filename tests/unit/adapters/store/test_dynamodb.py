@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from adapters.sigv4 import Credentials
 from adapters.store import open_store
@@ -29,6 +30,7 @@ from adapters.store.dynamodb_url import dynamodb_client
 from adapters.store.expressions import Expression, Item, num, read_num, text
 from adapters.store.records import EXPIRED_KEY_GRACE_SECONDS, LEDGER_TTL_SECONDS, key_purge_after
 from adapters.store.responses import pack
+from handler.api.key_routes import MAX_MODEL_LIMITS, KeySpec
 from handler.dashboard.reports import ReportBuilder, parse_report, parse_views
 from handler.pipeline import budgets
 from handler.pipeline.budgets import SETTLE_BY, Meter, period_of
@@ -90,6 +92,40 @@ CONTENTION = [
 
 
 ANY_CALL = "*"
+
+
+def patterns_matching(model: str, count: int) -> list[str]:
+    """`count` distinct glob patterns that each match `model`: its prefixes and suffixes around a `*`, and each of its
+    characters between two."""
+    found = [model[:n] + "*" for n in range(len(model) + 1)] + ["*" + model[n:] for n in range(1, len(model))]
+    found += ["*" + model[n] + "*" for n in range(len(model))]
+    return list(dict.fromkeys(found))[:count]
+
+
+def operators(expression: str) -> int:
+    """Comparators, logical operators and functions in an expression (DynamoDB's "operators or functions")."""
+    return len(re.findall(r"<=|>=|<>|=|<|>|\bAND\b|\bOR\b|\bNOT\b|\b[a-z_]+\(", expression))
+
+
+def test_an_admission_of_a_key_at_its_bounds_fits_dynamodbs_expression_limits() -> None:
+    """DynamoDB refuses an expression over 4 KB or of more than 300 operators and functions (moto checks neither).
+    Every `model_limits` entry matching the model is a clause of the admission's update of the key's item: 30 of them
+    (the spec allowed 100) made a condition of 4.7 KB and 383 operators, and every request of the key to that model was
+    a 503 (review dynrev, D2). At the spec's bound, with the key's own rpm, tpm and budget, it fits."""
+    patterns = patterns_matching("gpt-4o-mini", MAX_MODEL_LIMITS)
+    assert len(patterns) == MAX_MODEL_LIMITS
+    limits = {p: {"rpm": 1_000, "tpm": 1_000_000} for p in patterns}
+    key = record(model_limits=limits, budget_usd=10.0, rpm=5, tpm=5)
+    rates = Meter._rates(key, key, "gpt-4o-mini", int(time.time() // 60), 1_000)
+    assert len(rates) == 2 + 2 * MAX_MODEL_LIMITS  # every entry binds, rpm and tpm each on a counter of its own
+    admission = Admission("r" * 32, key.id, [BudgetCharge(key.id, PERIOD, 10.0, 0.01)], rates, time.time() + 960)
+    store = DynamoDBStore(None, "gateway")
+    (meter,) = store._admission_write(admission, set()).meters
+    update = store._admit_update(admission, meter)
+    for expression in (update["ConditionExpression"], update["UpdateExpression"]):
+        assert len(expression.encode()) <= 4096 and operators(expression) <= 300, (len(expression), expression)
+    with pytest.raises(ValidationError):
+        KeySpec(name="k", model_limits={**limits, "one-more*": {"rpm": 1}})
 
 
 class AnswerLost(httpx.AsyncBaseTransport):
