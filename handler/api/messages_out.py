@@ -26,6 +26,7 @@ from handler.pipeline.passthrough import NativeReply, NativeStream, guarded, sse
 from handler.pipeline.pipeline import answered_as
 from handler.pipeline.pricing import Cost
 from handler.schemas import (
+    LATER_MODULES,
     TOOL_CONTEXT,
     AssistantMessage,
     ChatCompletion,
@@ -38,8 +39,10 @@ from handler.schemas import (
 from handler.wire import StreamEvent, interrupted
 
 if TYPE_CHECKING:
+    from handler.api.json_prefix import JsonPrefix
     from handler.api.reasoning_seal import ReasoningSeal
 
+LATER_MODULES.add("handler.api.json_prefix")  # (a server's start-up and a snapshot import it: `EventWriter._calls`)
 STOP_REASONS = {
     "stop": "end_turn",
     "length": "max_tokens",
@@ -353,6 +356,10 @@ class EventWriter:
         self.refused = False
         self.called = False  # a `tool_use` block was written (`stop_reason`)
         self.calls = CallOrder()
+        # The open tool block's arguments: checked as they come (`_calls`), and as they came.
+        self.arguments: JsonPrefix | None = None
+        self.raw: list[str] = []
+        self.held = ""  # taken, not yet relayed: it ends inside a character's escape
 
     def start(self, input_tokens: int) -> bytes:
         message: dict[str, Any] = {
@@ -382,8 +389,16 @@ class EventWriter:
     def _close(self) -> bytes:
         if self.open is None:
             return b""
+        out = b""
+        if self.arguments is not None:
+            held = self.held
+            if self.arguments.broken:  # (its input made whole, the arguments as they came beside what went)
+                held += self.arguments.closing("".join(self.raw))
+            if held:
+                out = self._delta({"type": "input_json_delta", "partial_json": held})
+            self.arguments, self.raw, self.held = None, [], ""
         self.open = None
-        return sse_event("content_block_stop", {"type": "content_block_stop", "index": self.index})
+        return out + sse_event("content_block_stop", {"type": "content_block_stop", "index": self.index})
 
     def _delta(self, delta: dict[str, Any]) -> bytes:
         return sse_event("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
@@ -469,8 +484,22 @@ class EventWriter:
                 }
                 out += self._switch("tool", call.index, block)
                 self.called = True
+                from handler.api.json_prefix import JsonPrefix  # (with the first call streamed: `LATER_MODULES`)
+
+                self.arguments = JsonPrefix()
             if function and function.arguments:
-                out += self._delta({"type": "input_json_delta", "partial_json": function.arguments})
+                # Only what keeps them the start of a JSON object: the Anthropic SDK parses the fragments as they come,
+                # and fails the whole stream on one that cannot begin JSON (`{'city': 'Paris'}`, from a model on a
+                # compatible server); the block's end then makes its input whole (`_close`).
+                # A fragment that ends inside a character's escape waits for the one that completes it (`held`).
+                self.raw.append(function.arguments)
+                if self.arguments is None:
+                    out += self._delta({"type": "input_json_delta", "partial_json": function.arguments})
+                elif self.arguments.feed(function.arguments):
+                    self.held += function.arguments
+                    if not self.arguments.mid_character:
+                        out += self._delta({"type": "input_json_delta", "partial_json": self.held})
+                        self.held = ""
         return out
 
     def finish(self, usage: Usage, cost: Cost | None) -> bytes:

@@ -235,3 +235,49 @@ def test_a_chat_client_gets_a_late_signature_once_with_its_call(gateway: Running
     )
     deltas = [d.model_dump(exclude_none=True) for c in stream if c.choices for d in c.choices[0].delta.tool_calls or ()]
     assert [d.get("extra_content") for d in deltas] == [SIGNED], deltas
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [["{'city': 'Paris'}"], ["{", "'city'", ": 'Paris'}"], ['{"city": "Par', "is\x01", '"}']],
+    ids=["whole", "after-its-brace", "mid-string"],
+)
+def test_arguments_that_are_not_json_stream_to_a_messages_client_as_it_reads_them(
+    gateway: Running, key: str, pieces: list[str]
+) -> None:
+    """A model on a compatible server may write a call's arguments as no JSON (`{'city': 'Paris'}`): relayed as they
+    came in `input_json_delta`s, the Anthropic SDK's stream failed on them ("Unable to parse tool parameter JSON"), its
+    text and usage lost with them. What cannot begin an object is held back, and the input ends whole, the arguments
+    as they came in `_raw`: as the whole answer has it, where nothing went before its first member."""
+    arguments = "".join(pieces)
+    opened = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+    SCRIPTS["gpt-forced"] = {
+        "stream": [
+            chunk({"role": "assistant", "content": "Checking."}),
+            chunk({"tool_calls": [opened]}),
+            *(chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}) for piece in pieces),
+            chunk({}, "tool_calls"),
+            usage_chunk(),
+        ],
+        "whole": whole(
+            {
+                "role": "assistant",
+                "content": "Checking.",
+                "tool_calls": [{**opened, "function": {"name": "get_weather", "arguments": arguments}}],
+            },
+            "tool_calls",
+        ),
+    }
+    client = anthropic_client(gateway, key)
+    asked: Any = {"model": "gpt-forced", "max_tokens": 100, "messages": HI, "tools": MESSAGES_TOOLS}
+    with client.messages.stream(**asked) as stream:
+        streamed = stream.get_final_message()
+    assert streamed.content[0].type == "text" and streamed.content[0].text == "Checking."
+    (use,) = [block for block in streamed.content if block.type == "tool_use"]
+    assert use.input["_raw"] == arguments  # type: ignore[index]
+    if not pieces[0].startswith('{"'):  # (nothing went before its first member: all of it as the whole answer has it)
+        answered = client.messages.create(**asked)
+        assert [b.model_dump() for b in streamed.content] == [b.model_dump() for b in answered.content]
+    else:
+        assert use.input == {"city": "Par", "_raw": arguments}
+    assert streamed.usage.output_tokens == 5
