@@ -16,10 +16,24 @@ import re
 import orjson
 
 STRING_RUN = re.compile(r'[^"\\\x00-\x1f]*')
-# A number's start, as far as it has come (`-`, `0.`, `1e+`), and a whole one (RFC 8259).
-NUMBER_START = re.compile(r"-?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?(?:(?<=[0-9])[eE][+-]?[0-9]*)?)?")
-NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
-NUMBER_CHARS = frozenset("0123456789+-.eE")
+DIGITS = re.compile(r"[0-9]*")
+# A number read as RFC 8259 has it, one part at a time: where it stands (`SIGN` after `-`, `ZERO` a leading 0, `INT`
+# its other digits, `POINT` and `FRACTION`, `EXP` after `e`, `EXP_SIGN`, `EXP_DIGITS`), what each character takes
+# it to, and where it may end. Each character moves it once: a number of any length is read in time linear in it
+# (a pattern matched against all of it at each digit was quadratic: 80,000 digits, 2.2 s of the event loop).
+SIGN, ZERO, INT, POINT, FRACTION, EXP, EXP_SIGN, EXP_DIGITS = range(8)
+NUMBER_STEPS: dict[tuple[int, str], int] = {}
+for _digit in "0123456789":
+    NUMBER_STEPS.update({(SIGN, _digit): ZERO if _digit == "0" else INT, (INT, _digit): INT, (POINT, _digit): FRACTION})
+    NUMBER_STEPS.update({(FRACTION, _digit): FRACTION, (EXP, _digit): EXP_DIGITS, (EXP_SIGN, _digit): EXP_DIGITS})
+    NUMBER_STEPS[(EXP_DIGITS, _digit)] = EXP_DIGITS
+for _part in (ZERO, INT):
+    NUMBER_STEPS.update({(_part, "."): POINT, (_part, "e"): EXP, (_part, "E"): EXP})
+NUMBER_STEPS.update({(FRACTION, "e"): EXP, (FRACTION, "E"): EXP, (EXP, "+"): EXP_SIGN, (EXP, "-"): EXP_SIGN})
+WHOLE_NUMBER = frozenset({ZERO, INT, FRACTION, EXP_DIGITS})
+# The deepest the arguments may nest: the Anthropic SDK reads them with jiter, whose partial mode stops at a depth of
+# about 200 ("recursion limit exceeded", the whole stream failed); deeper is held back, as what is not JSON is.
+MAX_DEPTH = 128
 WHITESPACE = frozenset(" \t\n\r")
 LITERALS = {"t": "rue", "f": "alse", "n": "ull"}
 HEX = frozenset("0123456789abcdefABCDEF")
@@ -37,26 +51,27 @@ class JsonPrefix:
     """A streamed object's text, checked fragment by fragment (`feed`): each is taken whole or not at all, and once one
     is not, the rest are not either (`broken`); the state is then the last taken fragment's."""
 
-    __slots__ = ("stack", "mode", "key", "number", "literal", "hex", "high", "broken")
+    __slots__ = ("stack", "mode", "key", "number", "literal", "hex", "high", "members", "broken")
 
     def __init__(self) -> None:
         self.stack: list[str] = []  # the open containers, `{` or `[`
         self.mode = TOP
         self.key = False  # the string being read is a member's name
-        self.number = ""  # the number being read, as far as it has come
+        self.number = SIGN  # where the number being read stands (`NUMBER_STEPS`)
         self.literal = ""  # what is left of the literal being read
         self.hex = ""  # the digits of a `\u` escape read so far
         self.high = False  # the string's last character a `\u` escape of a high surrogate, its low one to come
+        self.members = False  # the outermost object has a member begun
         self.broken = False
 
     def feed(self, text: str) -> bool:
         """Whether the arguments with `text` after them are still the start of a JSON object: then it is taken."""
         if self.broken:
             return False
-        saved = (list(self.stack), self.mode, self.key, self.number, self.literal, self.hex, self.high)
+        saved = (list(self.stack), self.mode, self.key, self.number, self.literal, self.hex, self.high, self.members)
         if self._read(text):
             return True
-        self.stack, self.mode, self.key, self.number, self.literal, self.hex, self.high = saved
+        self.stack, self.mode, self.key, self.number, self.literal, self.hex, self.high, self.members = saved
         self.broken = True
         return False
 
@@ -103,12 +118,17 @@ class JsonPrefix:
                         return False  # (a surrogate's escape without its pair)
                     self.mode, self.high = STRING, not self.high and 0xD800 <= point <= 0xDBFF
             elif mode == NUMBER_MODE:
-                if c in NUMBER_CHARS:
-                    self.number += c
-                    if not NUMBER_START.fullmatch(self.number):
-                        return False
+                if self.number in (INT, FRACTION, EXP_DIGITS):  # (a run of digits, skipped at once)
+                    i = DIGITS.match(text, i - 1).end()  # type: ignore[union-attr]
+                    if i == end:
+                        return True
+                    c = text[i]
+                    i += 1
+                step = NUMBER_STEPS.get((self.number, c))
+                if step is not None:
+                    self.number = step
                     continue
-                if not NUMBER.fullmatch(self.number):
+                if self.number not in WHOLE_NUMBER:
                     return False
                 self.mode = self._after()
                 i -= 1  # (the character after the number, read as what follows a value)
@@ -130,12 +150,14 @@ class JsonPrefix:
                     stack.pop()
                     self.mode = self._after()
                 elif c in "{[":
+                    if len(stack) >= MAX_DEPTH:
+                        return False
                     stack.append(c)
                     self.mode = FIRST_KEY if c == "{" else FIRST_VALUE
                 elif c == '"':
                     self.mode, self.key = STRING, False
                 elif c == "-" or c.isdigit() and c.isascii():
-                    self.mode, self.number = NUMBER_MODE, c
+                    self.mode, self.number = NUMBER_MODE, NUMBER_STEPS[(SIGN, c)] if c != "-" else SIGN
                 elif c in LITERALS:
                     self.mode, self.literal = LITERAL, LITERALS[c]
                 else:
@@ -143,6 +165,7 @@ class JsonPrefix:
             elif mode in (KEY, FIRST_KEY):
                 if c == '"':
                     self.mode, self.key = STRING, True
+                    self.members = self.members or len(stack) == 1
                 elif c == "}" and mode == FIRST_KEY:
                     stack.pop()
                     self.mode = self._after()
@@ -167,6 +190,13 @@ class JsonPrefix:
 
     def _after(self) -> int:
         return AFTER if self.stack else DONE
+
+    @property
+    def done(self) -> bool:
+        """Whether the object has ended: a caller holds back its last brace until it knows nothing but whitespace
+        follows (two objects run together, `{"city": "Paris"}{"city": "Rome"}`, end as `_raw` beside the first's
+        members, as the whole answer has them as `_raw`, rather than as the first alone: `closing`)."""
+        return self.mode == DONE
 
     @property
     def mid_character(self) -> bool:
@@ -200,7 +230,7 @@ class JsonPrefix:
             out.append(self._string_end(mode) + '"')
             mode = COLON if self.key else AFTER
         elif mode == NUMBER_MODE:
-            out.append("" if NUMBER.fullmatch(self.number) else "0")
+            out.append("" if self.number in WHOLE_NUMBER else "0")
             mode = AFTER
         elif mode == LITERAL:
             out.append(self.literal)
@@ -214,6 +244,8 @@ class JsonPrefix:
         member = orjson.dumps(RAW).decode() + ":" + orjson.dumps(raw).decode()
         if mode == TOP:
             return "{" + member + "}"
+        if mode == DONE:  # (its last brace held back by the caller, `done`: what follows the object is the fault)
+            return ("," if self.members else "") + member + "}"
         for depth in range(len(self.stack), 0, -1):
             opened = self.stack[depth - 1]
             if opened == "{":

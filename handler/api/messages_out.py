@@ -393,7 +393,8 @@ class EventWriter:
         if self.arguments is not None:
             held = self.held
             if self.arguments.broken:  # (its input made whole, the arguments as they came beside what went)
-                held += self.arguments.closing("".join(self.raw))
+                # (After the object's end, held back: the closing ends it, with `_raw`.)
+                held = ("" if self.arguments.done else held) + self.arguments.closing("".join(self.raw))
             if held:
                 out = self._delta({"type": "input_json_delta", "partial_json": held})
             self.arguments, self.raw, self.held = None, [], ""
@@ -496,10 +497,15 @@ class EventWriter:
                 if self.arguments is None:
                     out += self._delta({"type": "input_json_delta", "partial_json": function.arguments})
                 elif self.arguments.feed(function.arguments):
-                    self.held += function.arguments
-                    if not self.arguments.mid_character:
-                        out += self._delta({"type": "input_json_delta", "partial_json": self.held})
-                        self.held = ""
+                    held = self.held + function.arguments
+                    # The object's last brace waits for the call's end, with what follows it: more than whitespace
+                    # there, and the input ends with `_raw` in it (`_close`).
+                    cut = held.rindex("}") if self.arguments.done else len(held)
+                    if self.arguments.mid_character or cut == 0:
+                        self.held = held
+                    else:
+                        out += self._delta({"type": "input_json_delta", "partial_json": held[:cut]})
+                        self.held = held[cut:]
         return out
 
     def finish(self, usage: Usage, cost: Cost | None) -> bytes:

@@ -74,6 +74,9 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
                     chunks += self.parser.feed(event)
                     fed += 1
             except Exception as error:  # (the parser raises the stream's error: the chunks before it go on first)
+                held_back = getattr(self.parser, "held_back", None)  # (and any it held for the next: `_signed_late`)
+                if held_back is not None:
+                    chunks += held_back()
                 self._broke_off(error, events[fed + 1 :])
             else:
                 if self._finished:

@@ -24,7 +24,12 @@ import pytest
 from tests.functional.conftest import Running, anthropic_client, openai_client
 from tests.support.scripted import REQUESTS, SCRIPTS, chunk, scripted_gateway, usage_chunk, whole
 
-MODELS = {"gemini-3-flash": "google", "gpt-forced": "compatible", "idless": "compatible"}
+MODELS = {
+    "gemini-3-flash": "google",
+    "gemini-2.5-flash": "google",
+    "gpt-forced": "compatible",
+    "idless": "compatible",
+}
 CHAT_TOOLS: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
 RESPONSES_TOOLS: Any = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
 MESSAGES_TOOLS: Any = [{"name": "get_weather", "input_schema": {"type": "object"}}]
@@ -238,12 +243,17 @@ def test_a_chat_client_gets_a_late_signature_once_with_its_call(gateway: Running
 
 
 @pytest.mark.parametrize(
-    "pieces",
-    [["{'city': 'Paris'}"], ["{", "'city'", ": 'Paris'}"], ['{"city": "Par', "is\x01", '"}']],
-    ids=["whole", "after-its-brace", "mid-string"],
+    ("pieces", "went"),
+    [
+        (["{'city': 'Paris'}"], {}),
+        (["{", "'city'", ": 'Paris'}"], {}),
+        (['{"city": "Par', "is\x01", '"}'], {"city": "Par"}),
+        (['{"city": "Paris"}', '{"city": "Rome"}'], {"city": "Paris"}),
+    ],
+    ids=["whole", "after-its-brace", "mid-string", "two-objects"],
 )
 def test_arguments_that_are_not_json_stream_to_a_messages_client_as_it_reads_them(
-    gateway: Running, key: str, pieces: list[str]
+    gateway: Running, key: str, pieces: list[str], went: dict[str, str]
 ) -> None:
     """A model on a compatible server may write a call's arguments as no JSON (`{'city': 'Paris'}`): relayed as they
     came in `input_json_delta`s, the Anthropic SDK's stream failed on them ("Unable to parse tool parameter JSON"), its
@@ -275,9 +285,56 @@ def test_arguments_that_are_not_json_stream_to_a_messages_client_as_it_reads_the
     assert streamed.content[0].type == "text" and streamed.content[0].text == "Checking."
     (use,) = [block for block in streamed.content if block.type == "tool_use"]
     assert use.input["_raw"] == arguments  # type: ignore[index]
-    if not pieces[0].startswith('{"'):  # (nothing went before its first member: all of it as the whole answer has it)
+    assert use.input == {**went, "_raw": arguments}
+    if not went:  # (nothing went before its first member: all of it as the whole answer has it)
         answered = client.messages.create(**asked)
         assert [b.model_dump() for b in streamed.content] == [b.model_dump() for b in answered.content]
-    else:
-        assert use.input == {"city": "Par", "_raw": arguments}
     assert streamed.usage.output_tokens == 5
+
+
+def test_a_delta_without_index_goes_on_with_the_call_begun_last_though_that_one_had_an_index(
+    gateway: Running, key: str
+) -> None:
+    """Only the calls of chunks that did not read were recorded: a call begun with its `index` was not, and a later
+    delta of it without one went on with an earlier call (review mergerev34)."""
+    c1 = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    c2 = {"index": 1, "id": "c2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":'}}
+    SCRIPTS["gpt-forced"] = {
+        "stream": [
+            chunk({"role": "assistant", "tool_calls": [c1]}),
+            chunk({"tool_calls": [c2]}),
+            chunk({"tool_calls": [{"function": {"arguments": '"Rome"}'}}]}),
+            chunk({}, "tool_calls"),
+            usage_chunk(),
+        ]
+    }
+    with openai_client(gateway, key).responses.stream(model="gpt-forced", input=HI, tools=RESPONSES_TOOLS) as s:
+        final = s.get_final_response()
+    calls = [(item.call_id, item.arguments) for item in final.output if item.type == "function_call"]
+    assert calls == [("c1", '{"city":"Paris"}'), ("c2", '{"city":"Rome"}')]
+
+
+@pytest.mark.parametrize("model", ["gpt-forced", "gemini-3-flash", "gemini-2.5-flash"])
+def test_a_call_streamed_before_the_providers_error_reaches_a_chat_client(
+    gateway: Running, key: str, model: str
+) -> None:
+    """A chunk that begins a call with no thought signature waits for the next (`_signed_late`); where the next is
+    the server's error, the call (which the provider billed) was dropped, and every call of Gemini 2.5, which never
+    signs, waited so (review mergerev34)."""
+    call = {"id": "function-call-1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    SCRIPTS[model] = {
+        "stream": [
+            chunk({"role": "assistant", "content": "Checking."}),
+            chunk({"tool_calls": [call]}),  # (no `index`: as Gemini's endpoint streams a call)
+            {"error": {"message": "the model is overloaded", "type": "server_error", "code": 503}},
+        ],
+        "done": False,
+    }
+    stream = openai_client(gateway, key).chat.completions.create(
+        model=model, messages=HI, tools=CHAT_TOOLS, stream=True
+    )
+    calls: list[Any] = []
+    with pytest.raises(openai.APIError):
+        for c in stream:
+            calls += [d for choice in c.choices for d in choice.delta.tool_calls or ()]
+    assert [d.id for d in calls] == ["function-call-1"], calls

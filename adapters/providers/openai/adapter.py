@@ -419,6 +419,9 @@ class OpenAIStreamParser:
         self.usage: Usage | None = None
         self.names = names  # a request with tools: its calls' names as the client gave them (`ToolNames.client`)
         self.signed = signed  # its calls' thought signatures ride in their ids too (`Profile.signed_calls`)
+        # A call begun without one waits for the next chunk, which may bring it (`_signed_late`): a model that signs
+        # its calls (Gemini 3; 2.5 never does, and each of its calls would wait for nothing).
+        self.waits = signed and rules_for(model).signed_function_calls
         self.ended = False  # `[DONE]` came: the stream is whole, with or without a finish reason
         # A Messages client's prefill the answer repeats (`Profile.prefix`), taken off its text.
         self.repeated: RepeatedPrefix | None = None
@@ -478,15 +481,25 @@ class OpenAIStreamParser:
         if (self.names is not None or self.signed) and chunk.choices:
             for choice in chunk.choices:
                 for call in choice.delta.tool_calls or ():
+                    if call.id:  # (a call begun, for a later delta without `index` to go on with: `_indexed_calls`)
+                        begun = self.calls.setdefault(choice.index, [])
+                        if call.index >= len(begun):
+                            begun += [None] * (call.index + 1 - len(begun))
+                        begun[call.index] = begun[call.index] or call.id
                     if self.names is not None and call.function is not None and call.function.name:
                         call.function.name = self.names.client(call.function.name)
                     if self.signed:
                         signature_in_id(call)
-        if self.signed:
+        if self.waits:
             return self._signed_late(chunk)
         return [chunk]
 
     def finish(self) -> list[ChatCompletionChunk]:
+        return self.held_back()
+
+    def held_back(self) -> list[ChatCompletionChunk]:
+        """The chunk held for the next (`_signed_late`), handed out: at the stream's end, or before its error (the
+        call the provider began, and billed, goes to the client before the error that ended the stream)."""
         held, self.held = self.held, None
         return [held] if held is not None else []
 
@@ -525,7 +538,8 @@ class OpenAIStreamParser:
         `google` profile's host; as openai-python's own stream helpers had to learn), and read as required, every
         streamed tool call from it was a 502. A delta with an id not seen before, or past the first of its chunk,
         begins a call; one with an id seen before is that call's; one with no id goes on with the last call begun
-        (per choice, in `calls`: each call's id as it began, None for none)."""
+        (per choice, in `calls`: each call's id by its index, None for none; a call begun with its `index` is there
+        too, `feed`)."""
         numbered = False
         for choice in payload.get("choices") or () if isinstance(payload, dict) else ():
             delta = choice.get("delta") if isinstance(choice, dict) else None

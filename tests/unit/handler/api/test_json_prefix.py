@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from typing import Any
 
 import orjson
 import pytest
 from pydantic_core import from_json
 
-from handler.api.json_prefix import JsonPrefix
+from handler.api.json_prefix import MAX_DEPTH, JsonPrefix
 
 # (A seeded generator, not hypothesis: thousands of documents a run, the same ones each time.)
 KEYS = ["a", "b", "c d", "é", ""]
@@ -70,6 +71,8 @@ def test_what_is_taken_begins_an_object_and_its_closing_makes_it_one_with_the_ar
             assert isinstance(from_json(taken, allow_partial=True) if taken.strip() else {}, dict), taken
         if arguments.broken:
             broken += 1
+            if arguments.done:  # (the object's last brace is held back by the caller: `JsonPrefix.done`)
+                taken = taken.rstrip()[:-1]
             whole = from_json(taken + arguments.closing(raw))  # (jiter, the Anthropic SDK's parser)
             assert isinstance(whole, dict), whole
             if arguments.stack == ["{"] or not taken.strip():
@@ -91,3 +94,38 @@ def test_arguments_not_json_from_their_first_character_close_as_the_whole_answer
     arguments = JsonPrefix()
     assert arguments.feed("{") and not arguments.feed("'city': 'Paris'}")
     assert orjson.loads("{" + arguments.closing("{'city': 'Paris'}")) == {"_raw": "{'city': 'Paris'}"}
+
+
+def fed_in(text: str, step: int) -> float:
+    arguments = JsonPrefix()
+    started = time.perf_counter()
+    for start in range(0, len(text), step):
+        assert arguments.feed(text[start : start + step])
+    return time.perf_counter() - started
+
+
+def test_a_long_number_is_read_in_time_linear_in_it() -> None:
+    """Each digit matched the whole number read so far against a pattern: 80,000 digits (a small model looping on
+    `0.3333...`) held the event loop 2.2 s (review mergerev34)."""
+    string_s = min(fed_in('{"a": "' + "3" * 100_000, 100) for _ in range(3))
+    number_s = min(fed_in('{"a": 0.' + "3" * 100_000, 100) for _ in range(3))
+    assert number_s < max(0.05, 20 * string_s), (number_s, string_s)
+
+
+def test_nesting_deeper_than_the_sdks_parser_reads_is_not_taken() -> None:
+    """jiter's partial mode, which the Anthropic SDK reads the fragments with, stops at a depth of about 200: deeper
+    arguments failed the whole stream (review mergerev34)."""
+    arguments = JsonPrefix()
+    taken = "".join(c for c in '{"a":' + "[" * 250 + "]" * 250 + "}" if arguments.feed(c))
+    assert arguments.broken and len(taken) == 5 + MAX_DEPTH - 1
+    from_json(taken, allow_partial=True)
+    assert from_json(taken + arguments.closing("x"))["_raw"] == "x"
+
+
+@pytest.mark.parametrize(("first", "members"), [('{"city":"Paris"}', True), ("{}", False)])
+def test_what_follows_the_object_is_the_fault_and_its_closing_adds_raw(first: str, members: bool) -> None:
+    arguments = JsonPrefix()
+    assert arguments.feed(first) and arguments.done and arguments.feed("  ")
+    assert not arguments.feed('{"city":"Rome"}')
+    closed = orjson.loads(first[:-1] + arguments.closing(first + '{"city":"Rome"}'))
+    assert closed == {**({"city": "Paris"} if members else {}), "_raw": first + '{"city":"Rome"}'}
