@@ -508,7 +508,11 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBThreads, DynamoDBSi
             outcome = await self._transact_settlement(settlement, updates)
             if isinstance(outcome, frozenset):
                 if not outcome:
-                    self._after_settling(settlement, updates)
+                    # What a lease owes for it is charged at home now, before the settlement ends (an invocation
+                    # that ended with it pending froze it with the environment, and the home admitted meanwhile
+                    # what the lease had spent): a call only where the lease took more than its reservation.
+                    await self._cover_debts(settlement, updates)
+                    self._after_settling(updates)
                 return outcome
             updates = [
                 SettleUpdate(
@@ -566,20 +570,20 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBThreads, DynamoDBSi
                 raise StoreError("DynamoDB transaction conflict; retry") from exc
             return frozenset(u.key_id for u, _ in failed)
 
-    def _after_settling(self, settlement: Settlement, updates: list[SettleUpdate]) -> None:
-        """What a landed settlement leaves to do, in a task of its own (`chores`), each part of it best effort: a
-        lease's debt charged at home (`_cover_debts`), the key's expired minutes released (`_sweep`), closed periods
-        pruned (`_prune`). Done inside the settlement, they held its end (the buffered function's answer, a stream's
-        last byte) past the one write it needs, and a slow one ran the settlement's bound out: written already, it was
-        spooled as one the store did not take, an ERROR line and `SpooledSettlementsAlarm` for nothing. Its store
-        calls end by the settlement's own deadline (`STORE_DEADLINE`, the task's context); `settled_chores` waits
-        for them."""
-        chore = asyncio.ensure_future(self._chores(settlement, updates))
+    def _after_settling(self, updates: list[SettleUpdate]) -> None:
+        """The housekeeping a landed settlement leaves, in a task of its own (`chores`), each part of it best effort
+        and done again later where it is not: the key's expired minutes released (`_sweep`, and by the next refusal),
+        closed periods pruned (`_prune`, noted again by the next admission). Done inside the settlement, they held
+        its end (the buffered function's answer, a stream's last byte) past the one write it needs, and a slow one
+        ran the settlement's bound out: written already, it was spooled as one the store did not take, an ERROR line
+        and `SpooledSettlementsAlarm` for nothing. Its store calls end by the settlement's own deadline
+        (`STORE_DEADLINE`, the task's context): on Lambda, a chore the environment's freeze catches is cut at its
+        thaw; `settled_chores` waits for them."""
+        chore = asyncio.ensure_future(self._chores(updates))
         self.chores.add(chore)
         chore.add_done_callback(self._chore_done)
 
-    async def _chores(self, settlement: Settlement, updates: list[SettleUpdate]) -> None:
-        await self._cover_debts(settlement, updates)
+    async def _chores(self, updates: list[SettleUpdate]) -> None:
         await self._sweep([u.key_id for u in updates if u.budgets])
         await self._prune()
 

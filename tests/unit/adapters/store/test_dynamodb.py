@@ -1875,9 +1875,7 @@ async def test_a_late_settlement_into_a_returned_lease_is_charged_at_home_once_a
     await here.return_idle_leases(force=True)  # idle: its expired reservation released, the $0.50 goes home
     remote.lose = "UpdateItem"  # the home's answer to the charge is lost, and the charge sent again
     await here.settle(settled_at(late, 0.5))  # $0.50 spent, its line written
-    await here.settled_chores()  # (what it left to do: `_after_settling`)
     await here.settle(settled_at(late, 0.5))  # sent again (re-driven from the spool): nothing more
-    await here.settled_chores()  # (what it left to do: `_after_settling`)
     lease, meter = await lease_and_meter(home, key)
     left = 1.0 - (await home.meter(key, PERIOD)).committed_usd[PERIOD]  # what `GET /v1/key` says
     assert left == pytest.approx(0.5)
