@@ -367,7 +367,8 @@ REGION_VARIABLES = ("AWS_REGION", "GATEWAY_REGION")
 
 
 def gateway_region(environ: Mapping[str, str]) -> str:
-    """The gateway's own region: `AWS_REGION` (Lambda sets it), else `GATEWAY_REGION`, else us-east-1. One that can
+    """The gateway's own region: `AWS_REGION` (Lambda sets it), else `GATEWAY_REGION`, else us-east-1, where a
+    gateway with neither is placed (shown as `global`: `shown_region`). One that can
     name no region is a `ConfigError` naming its variable, as a config's `region:` is (taken, `eu central` would be the
     gateway's region in `route explain` and `/v1/route`, and deployments ordered from nowhere)."""
     for variable in REGION_VARIABLES:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,12 +58,15 @@ def demo_config(urls: dict[str, str]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make demo", description="the gateway in front of fake providers")
     parser.add_argument("--port", type=int, default=8080, help="the gateway's port (default: 8080)")
-    parser.add_argument("--folder", default=".gateway/demo", help="its config and store, emptied at each start")
+    parser.add_argument("--folder", default=".gateway/demo", help="its config and store, made anew at each start")
     args = parser.parse_args(argv)
 
     folder = Path(args.folder)
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Its own files alone, made anew (the folder emptied whole, `--folder .gateway` lost `make serve`'s store and
+    # its admin key, `--folder .` the working tree).
+    for own in [folder / "config.yaml", *folder.glob("gateway.db*")]:
+        own.unlink(missing_ok=True)
     fakes = {name: ServerThread(module.create_app()).start() for name, module in FAKES.items()}
     try:
         config = folder / "config.yaml"

@@ -149,3 +149,24 @@ def test_make_demo_runs_the_fake_providers_and_prints_the_key_the_examples_use(
         demo.send_signal(signal.SIGINT)  # Ctrl-C
         returncode = demo.wait(15)
     assert returncode == 0, output.read_text()
+
+
+def test_make_demo_in_a_folder_of_the_users_makes_its_own_files_anew_and_keeps_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make demo ARGS='--folder DIR'` emptied DIR whole at each start: `--folder .gateway` deleted `make serve`'s store
+    and the admin key it prints once, `--folder .` the working tree (review docrev)."""
+    from tests.fakes import demo
+
+    folder = tmp_path / "mine"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "notes.txt").write_text("precious")
+    (folder / "sub" / "gateway.db").write_text("make serve's store")
+    (folder / "gateway.db-wal").write_text("the last demo's")
+    served: list[list[str]] = []
+    monkeypatch.setattr(demo, "gateway", lambda argv: served.append(argv) or 0)  # (not serving: the folder alone)
+    assert demo.main(["--port", "8099", "--folder", str(folder)]) == 0
+    assert (folder / "notes.txt").read_text() == "precious"
+    assert (folder / "sub" / "gateway.db").read_text() == "make serve's store"
+    assert not (folder / "gateway.db-wal").exists() and (folder / "config.yaml").exists()
+    assert served and served[0][:3] == ["serve", "--config", str(folder / "config.yaml")]

@@ -358,3 +358,15 @@ def test_the_conformance_corpus_figures_the_pages_give_are_the_corpus() -> None:
     said = tuple(int(group) for group in found.groups())
     assert said == (len(CASES), len(CHAT_CASES), len(MESSAGES_CASES), len(CASES) * len(MODELS))
     assert f"{len(CASES)} client requests through all" in (ROOT / "docs" / "testing.md").read_text()
+
+
+def test_the_gateways_own_region_by_default_is_given_as_it_shows_it() -> None:
+    """docs/interface.md gave it as `us-east-1`, which is where it is placed; `/health`, `/v1/route` and `route
+    explain` show `global`, as configuration.md says (review docrev)."""
+    from handler.pipeline.gateway import shown_region
+
+    said = re.search(
+        r"The gateway's own region: `AWS_REGION`, else `GATEWAY_REGION`, else `([^`]+)`",
+        (ROOT / "docs" / "interface.md").read_text(),
+    )
+    assert said is not None and said.group(1) == shown_region({})
