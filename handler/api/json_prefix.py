@@ -32,8 +32,8 @@ for _part in (ZERO, INT):
 NUMBER_STEPS.update({(FRACTION, "e"): EXP, (FRACTION, "E"): EXP, (EXP, "+"): EXP_SIGN, (EXP, "-"): EXP_SIGN})
 WHOLE_NUMBER = frozenset({ZERO, INT, FRACTION, EXP_DIGITS})
 # The deepest the arguments may nest: the Anthropic SDK reads them with jiter, whose partial mode stops at a depth of
-# about 200 ("recursion limit exceeded", the whole stream failed); deeper is held back, as what is not JSON is.
-MAX_DEPTH = 128
+# 202 ("recursion limit exceeded", the whole stream failed); deeper is held back, as what is not JSON is.
+MAX_DEPTH = 200
 WHITESPACE = frozenset(" \t\n\r")
 LITERALS = {"t": "rue", "f": "alse", "n": "ull"}
 HEX = frozenset("0123456789abcdefABCDEF")
@@ -51,7 +51,7 @@ class JsonPrefix:
     """A streamed object's text, checked fragment by fragment (`feed`): each is taken whole or not at all, and once one
     is not, the rest are not either (`broken`); the state is then the last taken fragment's."""
 
-    __slots__ = ("stack", "mode", "key", "number", "literal", "hex", "high", "members", "broken")
+    __slots__ = ("stack", "mode", "key", "number", "literal", "hex", "high", "broken")
 
     def __init__(self) -> None:
         self.stack: list[str] = []  # the open containers, `{` or `[`
@@ -61,17 +61,16 @@ class JsonPrefix:
         self.literal = ""  # what is left of the literal being read
         self.hex = ""  # the digits of a `\u` escape read so far
         self.high = False  # the string's last character a `\u` escape of a high surrogate, its low one to come
-        self.members = False  # the outermost object has a member begun
         self.broken = False
 
     def feed(self, text: str) -> bool:
         """Whether the arguments with `text` after them are still the start of a JSON object: then it is taken."""
         if self.broken:
             return False
-        saved = (list(self.stack), self.mode, self.key, self.number, self.literal, self.hex, self.high, self.members)
+        saved = (list(self.stack), self.mode, self.key, self.number, self.literal, self.hex, self.high)
         if self._read(text):
             return True
-        self.stack, self.mode, self.key, self.number, self.literal, self.hex, self.high, self.members = saved
+        self.stack, self.mode, self.key, self.number, self.literal, self.hex, self.high = saved
         self.broken = True
         return False
 
@@ -165,7 +164,6 @@ class JsonPrefix:
             elif mode in (KEY, FIRST_KEY):
                 if c == '"':
                     self.mode, self.key = STRING, True
-                    self.members = self.members or len(stack) == 1
                 elif c == "}" and mode == FIRST_KEY:
                     stack.pop()
                     self.mode = self._after()
@@ -192,18 +190,21 @@ class JsonPrefix:
         return AFTER if self.stack else DONE
 
     @property
-    def done(self) -> bool:
-        """Whether the object has ended: a caller holds back its last brace until it knows nothing but whitespace
-        follows (two objects run together, `{"city": "Paris"}{"city": "Rome"}`, end as `_raw` beside the first's
-        members, as the whole answer has them as `_raw`, rather than as the first alone: `closing`)."""
-        return self.mode == DONE
+    def waits(self) -> bool:
+        """Whether the text taken must wait for more before it is relayed: it ends inside a character's escape (a
+        backslash, a `u` escape's first digits, a high surrogate's escape whose low one is to come), or is whitespace
+        before the object, which a partial parse refuses alone (jiter: "lone leading surrogate", "EOF while parsing
+        a value")."""
+        return self.mode in (TOP, ESCAPE, UNICODE) or self.high
 
-    @property
-    def mid_character(self) -> bool:
-        """Whether the text taken ends inside a character's escape (a backslash, or a `u` escape's first digits, or a
-        high surrogate's escape whose low one is to come): a partial parse refuses it there (jiter: "lone leading
-        surrogate"), so it is relayed with what completes it."""
-        return self.mode in (ESCAPE, UNICODE) or self.high
+    def cut_partial(self, held: str) -> str:
+        """`held`, the text taken and not relayed (`waits`), without the character whose escape it ends inside (the
+        state then as before it): what the closing finishes is then text a strict parser reads whatever came of the
+        escape (a lone surrogate's, refused, would have been written back as it was)."""
+        cut = {ESCAPE: 1, UNICODE: 2 + len(self.hex)}.get(self.mode, 0) + (6 if self.high else 0)
+        if self.mode in (ESCAPE, UNICODE) or self.high:
+            self.mode, self.high, self.hex = STRING, False, ""
+        return held[: len(held) - cut] if cut else held
 
     def _string_end(self, mode: int) -> str:
         """What ends the string being read where it stands (an escape finished) as text strict parsers read: a high
@@ -244,8 +245,6 @@ class JsonPrefix:
         member = orjson.dumps(RAW).decode() + ":" + orjson.dumps(raw).decode()
         if mode == TOP:
             return "{" + member + "}"
-        if mode == DONE:  # (its last brace held back by the caller, `done`: what follows the object is the fault)
-            return ("," if self.members else "") + member + "}"
         for depth in range(len(self.stack), 0, -1):
             opened = self.stack[depth - 1]
             if opened == "{":

@@ -393,8 +393,7 @@ class EventWriter:
         if self.arguments is not None:
             held = self.held
             if self.arguments.broken:  # (its input made whole, the arguments as they came beside what went)
-                # (After the object's end, held back: the closing ends it, with `_raw`.)
-                held = ("" if self.arguments.done else held) + self.arguments.closing("".join(self.raw))
+                held = self.arguments.cut_partial(held) + self.arguments.closing("".join(self.raw))
             if held:
                 out = self._delta({"type": "input_json_delta", "partial_json": held})
             self.arguments, self.raw, self.held = None, [], ""
@@ -492,20 +491,18 @@ class EventWriter:
                 # Only what keeps them the start of a JSON object: the Anthropic SDK parses the fragments as they come,
                 # and fails the whole stream on one that cannot begin JSON (`{'city': 'Paris'}`, from a model on a
                 # compatible server); the block's end then makes its input whole (`_close`).
-                # A fragment that ends inside a character's escape waits for the one that completes it (`held`).
+                # A fragment that ends inside a character's escape waits for the one that completes it, and whitespace
+                # before the object for the object (the SDK's parser refuses whitespace alone): `held`.
                 self.raw.append(function.arguments)
                 if self.arguments is None:
                     out += self._delta({"type": "input_json_delta", "partial_json": function.arguments})
                 elif self.arguments.feed(function.arguments):
-                    held = self.held + function.arguments
-                    # The object's last brace waits for the call's end, with what follows it: more than whitespace
-                    # there, and the input ends with `_raw` in it (`_close`).
-                    cut = held.rindex("}") if self.arguments.done else len(held)
-                    if self.arguments.mid_character or cut == 0:
-                        self.held = held
-                    else:
-                        out += self._delta({"type": "input_json_delta", "partial_json": held[:cut]})
-                        self.held = held[cut:]
+                    if self.held or self.arguments.waits:
+                        self.held += function.arguments
+                    if self.arguments.waits:
+                        continue
+                    out += self._delta({"type": "input_json_delta", "partial_json": self.held or function.arguments})
+                    self.held = ""
         return out
 
     def finish(self, usage: Usage, cost: Cost | None) -> bytes:

@@ -81,6 +81,17 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
             else:
                 if self._finished:
                     chunks += self.parser.finish()
+        return self._kept(chunks, self._finished or self._failure is not None)
+
+    def _held_back(self) -> list[ChatCompletionChunk]:
+        held_back = getattr(self.parser, "held_back", None)
+        if held_back is None or self._salvaging or self.sniffer.whole is not None:
+            return []
+        return self._kept(held_back(), True)
+
+    def _kept(self, chunks: list[ChatCompletionChunk], final: bool) -> list[ChatCompletionChunk]:
+        """`chunks` as they are handed out (`final`: the stream's last): a chunk of usage alone goes no further (its
+        usage is the stream's, and a chunk's own is taken off), and each is redacted."""
         kept = []
         for chunk in chunks:
             if self._template is None:
@@ -89,7 +100,7 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
                 continue
             chunk.usage = None
             kept.append(chunk)
-        self.redactor.redact(kept, self._finished or self._failure is not None, self._template)
+        self.redactor.redact(kept, final, self._template)
         return kept
 
     def _read(self, event: StreamEvent) -> None:

@@ -189,6 +189,11 @@ class UpstreamStream(ABC, Generic[T]):
             with contextlib.suppress(Exception):  # (an event it cannot read says no usage: the next may)
                 self._read(event)
 
+    def _held_back(self) -> list[T]:
+        """The items held back for what was to come (a chat stream's parser's: `held_back`), handed out where the
+        stream's read breaks; none for most streams."""
+        return []
+
     @abstractmethod
     def _read(self, event: StreamEvent) -> None:
         """Read one event into what counts the stream's usage (a chat stream's parser, a provider's meter)."""
@@ -336,6 +341,13 @@ class UpstreamStream(ABC, Generic[T]):
             raw: bytes | None = await self._raw.__anext__()
         except StopAsyncIteration:
             raw = None
+        except GatewayError as exc:  # (a read that broke: the items held back go first, as before an event's error)
+            held = self._held_back()
+            if not held:
+                raise
+            self._pending.extend(held)
+            self._failure = exc
+            return
         finally:
             if self._head is None:
                 # Past the stream's head (`_failover` timed the attempt up to it), waiting on the provider as it

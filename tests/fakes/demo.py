@@ -63,18 +63,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     folder = Path(args.folder)
     folder.mkdir(parents=True, exist_ok=True)
-    # Its own files alone, made anew (the folder emptied whole, `--folder .gateway` lost `make serve`'s store and
-    # its admin key, `--folder .` the working tree).
-    for own in [folder / "config.yaml", *folder.glob("gateway.db*")]:
+    # Its own files alone, made anew, by names of their own (the folder emptied whole, `--folder .gateway` lost `make
+    # serve`'s store, `gateway.db`, and its admin key, `--folder .` the working tree; a user's `config.yaml` there was
+    # written over).
+    for own in [folder / "demo.yaml", *folder.glob("demo.db*")]:
         own.unlink(missing_ok=True)
     fakes = {name: ServerThread(module.create_app()).start() for name, module in FAKES.items()}
     try:
-        config = folder / "config.yaml"
+        config = folder / "demo.yaml"
         config.write_text(yaml.safe_dump(demo_config({name: fake.url for name, fake in fakes.items()})))
         os.environ.update({KEY_VARIABLES[name]: module.API_KEY for name, module in FAKES.items()})
         # Absolute, so that the `gateway` commands find it from any folder: without it they use (and `keys create`
         # creates) `make serve`'s store, whose keys this gateway refuses.
-        store = f"sqlite:///{(folder / 'gateway.db').resolve()}"
+        store = f"sqlite:///{(folder / 'demo.db').resolve()}"
         sys.stdout.write(
             "Demo: fake providers answer every model below with canned text; no provider key is needed and no "
             "request leaves this machine.\n"

@@ -155,18 +155,21 @@ def test_make_demo_in_a_folder_of_the_users_makes_its_own_files_anew_and_keeps_t
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`make demo ARGS='--folder DIR'` emptied DIR whole at each start: `--folder .gateway` deleted `make serve`'s store
-    and the admin key it prints once, `--folder .` the working tree (review docrev)."""
+    (`gateway.db`) and the admin key in it, `--folder .` the working tree (review docrev); then, its own files named as
+    `make serve`'s, it still deleted that store and wrote over a user's `config.yaml` (review mergerev34b)."""
     from tests.fakes import demo
 
-    folder = tmp_path / "mine"
+    folder = tmp_path / ".gateway"  # (`make serve`'s folder)
     (folder / "sub").mkdir(parents=True)
-    (folder / "notes.txt").write_text("precious")
-    (folder / "sub" / "gateway.db").write_text("make serve's store")
-    (folder / "gateway.db-wal").write_text("the last demo's")
+    mine = {"notes.txt": "precious", "gateway.db": "make serve's store", "gateway.db-wal": "its log",
+            "config.yaml": "a user's config", "sub/gateway.db": "another store"}  # fmt: skip
+    for name, text in mine.items():
+        (folder / name).write_text(text)
+    (folder / "demo.db-wal").write_text("the last demo's")
     served: list[list[str]] = []
     monkeypatch.setattr(demo, "gateway", lambda argv: served.append(argv) or 0)  # (not serving: the folder alone)
     assert demo.main(["--port", "8099", "--folder", str(folder)]) == 0
-    assert (folder / "notes.txt").read_text() == "precious"
-    assert (folder / "sub" / "gateway.db").read_text() == "make serve's store"
-    assert not (folder / "gateway.db-wal").exists() and (folder / "config.yaml").exists()
-    assert served and served[0][:3] == ["serve", "--config", str(folder / "config.yaml")]
+    assert {name: (folder / name).read_text() for name in mine} == mine
+    assert not (folder / "demo.db-wal").exists() and (folder / "demo.yaml").exists()
+    assert served and served[0][:3] == ["serve", "--config", str(folder / "demo.yaml")]
+    assert served[0][4] == f"sqlite:///{(folder / 'demo.db').resolve()}"

@@ -4,7 +4,7 @@ servers send that the fakes, which answer as each provider documents, do not."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,9 @@ from handler.config import parse_config
 from tests.functional.conftest import FAKE_KEYS, Running, serve_gateway
 from tests.support.servers import ServerThread
 
-# model -> {"stream": [chunk or bytes, ...], "whole": dict, "status": int}
+# model -> {"stream": [chunk or bytes or BREAK, ...], "whole": dict, "status": int}
 SCRIPTS: dict[str, dict[str, Any]] = {}
+BREAK = object()  # in a stream: the provider's connection drops there (the chunked body cut short)
 REQUESTS: list[dict[str, Any]] = []
 USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
 
@@ -59,10 +60,19 @@ async def answer(request: Request) -> Response:
     streamed = asked.get("stream") or "streamGenerateContent" in request.url.path
     if not streamed:
         return Response(orjson.dumps(script["whole"]), status, media_type="application/json")
-    parts = [c if isinstance(c, bytes) else b"data: " + orjson.dumps(c) + b"\n\n" for c in script["stream"]]
-    if script.get("done", True) and "/chat/completions" in request.url.path:
+    parts = [
+        c if isinstance(c, bytes) or c is BREAK else b"data: " + orjson.dumps(c) + b"\n\n" for c in script["stream"]
+    ]
+    if script.get("done", True) and BREAK not in parts and "/chat/completions" in request.url.path:
         parts.append(b"data: [DONE]\n\n")
-    return StreamingResponse(iter(parts), status, media_type="text/event-stream")
+
+    async def events() -> AsyncIterator[bytes]:
+        for part in parts:
+            if part is BREAK:
+                raise RuntimeError("the provider's connection dropped")  # (uvicorn cuts the chunked body)
+            yield part
+
+    return StreamingResponse(events(), status, media_type="text/event-stream")
 
 
 ROUTES = [

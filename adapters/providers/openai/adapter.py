@@ -404,6 +404,11 @@ def late_signatures(chunk: ChatCompletionChunk) -> dict[tuple[int, int], dict[st
     return late
 
 
+# The calls of a choice whose ids are kept for a later delta without `index` (`OpenAIStreamParser.calls`): a server's
+# `index` past it (or below 0) is relayed as it came, not kept (a list the size of `index: 10**9` was not made).
+MAX_CALLS = 1024
+
+
 class OpenAIStreamParser:
     """Chunks are already in the gateway's form; this validates them and keeps the usage. A compatible API that
     differs in a chunk's shape overrides `conformed`. `model`, the deployment's, heads the chunks of a server that
@@ -419,9 +424,9 @@ class OpenAIStreamParser:
         self.usage: Usage | None = None
         self.names = names  # a request with tools: its calls' names as the client gave them (`ToolNames.client`)
         self.signed = signed  # its calls' thought signatures ride in their ids too (`Profile.signed_calls`)
-        # A call begun without one waits for the next chunk, which may bring it (`_signed_late`): a model that signs
-        # its calls (Gemini 3; 2.5 never does, and each of its calls would wait for nothing).
-        self.waits = signed and rules_for(model).signed_function_calls
+        # A call begun without one waits for the next chunk, which may bring it (`_signed_late`): Gemini 3's and
+        # 2.5's alike (2.5 signs its calls where it thinks, though it takes them back unsigned).
+        self.waits = signed
         self.ended = False  # `[DONE]` came: the stream is whole, with or without a finish reason
         # A Messages client's prefill the answer repeats (`Profile.prefix`), taken off its text.
         self.repeated: RepeatedPrefix | None = None
@@ -481,7 +486,7 @@ class OpenAIStreamParser:
         if (self.names is not None or self.signed) and chunk.choices:
             for choice in chunk.choices:
                 for call in choice.delta.tool_calls or ():
-                    if call.id:  # (a call begun, for a later delta without `index` to go on with: `_indexed_calls`)
+                    if call.id and 0 <= call.index < MAX_CALLS:  # (a call begun, for a later delta without `index`)
                         begun = self.calls.setdefault(choice.index, [])
                         if call.index >= len(begun):
                             begun += [None] * (call.index + 1 - len(begun))
