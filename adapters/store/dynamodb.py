@@ -125,6 +125,7 @@ REPORT_CONCURRENCY = 8
 # The fewest lines a query of a listing's page asks for at once (`scan_usage_newest`).
 NEWEST_FIRST_PAGE = 4
 RELEASE_TRIES = 3  # a minute's bucket changed by a late settlement is read and released again
+DEBT_MARGIN_S = 0.1  # a lease's debt charged at home ends this long before its settlement's deadline
 RELEASE_CHUNK = 50  # expired reservations released by one update (DynamoDB: 300 operators, 4 KB an expression)
 FAILED = CONDITION_FAILED
 # The first letters of the attributes a budget period scopes, on a home meter and on a lease (`period_attribute`).
@@ -601,13 +602,25 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBThreads, DynamoDBSi
     async def _cover_debts(self, settlement: Settlement, updates: list[SettleUpdate]) -> None:
         """What the settlement left a lease of this region owing charged to the key's home (`RegionLeases.cover_debt`:
         no call unless it took more from the lease than its reservation). The settlement landed: a home that cannot
-        be reached leaves it to the lease's return, which the settlement watches it for, or a reclaim."""
-        for update in updates:
-            if not self.leases.remote(update.home_region):
-                continue
-            for charge, _ in update.budgets:
-                with contextlib.suppress(StoreError):
-                    await self.leases.cover_debt(settlement, charge, update.released)
+        be reached leaves it to the lease's return, which the settlement watches it for, or a reclaim. Under the
+        settlement's deadline (`STORE_DEADLINE`) it ends `DEBT_MARGIN_S` before it: a home that hung to the deadline
+        itself raced the settlement's own bound, and where that won, the landed settlement was spooled and alarmed."""
+        owing = [(update, charge) for update in updates if self.leases.remote(update.home_region)
+                 for charge, _ in update.budgets]  # fmt: skip
+        if not owing:
+            return
+        by = STORE_DEADLINE.get()
+        bound = None if by is None else STORE_DEADLINE.set(by - DEBT_MARGIN_S)
+        try:
+            async with asyncio.timeout_at(None if by is None else by - DEBT_MARGIN_S):
+                for update, charge in owing:
+                    with contextlib.suppress(StoreError):
+                        await self.leases.cover_debt(settlement, charge, update.released)
+        except TimeoutError:
+            pass  # (left to the lease's return, or a reclaim, as a home that cannot be reached)
+        finally:
+            if bound is not None:
+                STORE_DEADLINE.reset(bound)
 
     # --- expiry and reads ---------------------------------------------------------------------
 

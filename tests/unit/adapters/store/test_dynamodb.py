@@ -2028,3 +2028,35 @@ def test_a_store_url_without_a_region_takes_the_aws_variables_then_the_gateways_
     store = open_store("dynamodb://tbl?endpoint_url=http://127.0.0.1:9")
     assert isinstance(store, DynamoDBStore) and store.region == "us-east-1"
     asyncio.run(store.close())
+
+
+async def test_a_late_settlement_whose_home_hangs_is_not_spooled_for_the_debts_charge(
+    dynamo: DynamoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a lease owes is charged at home before the settlement ends, within the settlement's bound: a home that
+    hung to the bound itself raced it, and where the bound won, the landed settlement was spooled and alarmed as one
+    the store did not take (review mergerev34b). The charge now ends before it, left to the lease's return."""
+    monkeypatch.setattr(budgets, "SETTLE_FIRST_DELAY_S", 0.001)
+    _, _, here, _ = two_regions_losing(dynamo)
+    key = uuid.uuid4().hex[:12]
+    late = died(key, 0.5)
+    await here.admit(late)
+    await here.return_idle_leases(force=True)  # the late settlement will leave the lease owing
+
+    async def hangs(*_: object) -> None:
+        await asyncio.sleep(3)  # (the home region, slow to answer)
+
+    monkeypatch.setattr(here.leases, "cover_debt", hangs)
+    spool = SettlementSpool(tmp_path / "spool.jsonl")
+    meter = Meter(here, KeyService(here, 0), 960, spool=spool)
+    loop = asyncio.get_running_loop()
+    bound = SETTLE_BY.set(loop.time() + 0.5)
+    started = loop.time()
+    try:
+        await meter.settle(settled_at(late, 0.5))
+    finally:
+        SETTLE_BY.reset(bound)
+    waited, pending = loop.time() - started, spool.pending
+    await spool.close()
+    await here.close()
+    assert pending == 0 and waited < 0.5, (pending, waited)
