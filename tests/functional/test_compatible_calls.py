@@ -44,6 +44,13 @@ def google_call(n: int, city: str) -> dict[str, Any]:
     return {"extra_content": SIGNED, "function": function, "id": f"function-call-{n}", "type": "function"}
 
 
+def responses_calls(gateway: Running, key: str, model: str) -> list[tuple[str, str]]:
+    """The calls (`call_id`, `arguments`) a Responses client's stream gets of `model`'s scripted answer."""
+    with openai_client(gateway, key).responses.stream(model=model, input=HI, tools=RESPONSES_TOOLS) as stream:
+        final = stream.get_final_response()
+    return [(item.call_id, item.arguments) for item in final.output if item.type == "function_call"]
+
+
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     yield from scripted_gateway(tmp_path_factory.mktemp("compatible-calls"), MODELS)
@@ -109,10 +116,7 @@ def test_deltas_of_one_call_without_index_stay_one_call(gateway: Running, key: s
             usage_chunk(),
         ]
     }
-    with openai_client(gateway, key).responses.stream(model="gpt-forced", input=HI, tools=RESPONSES_TOOLS) as s:
-        final = s.get_final_response()
-    calls = [(item.call_id, item.arguments) for item in final.output if item.type == "function_call"]
-    assert calls == [("c1", '{"city":"Paris"}'), ("c2", "{}")]
+    assert responses_calls(gateway, key, "gpt-forced") == [("c1", '{"city":"Paris"}'), ("c2", "{}")]
 
 
 def test_a_stream_that_still_does_not_read_is_the_providers_malformed_answer(gateway: Running, key: str) -> None:
@@ -309,47 +313,28 @@ def test_a_delta_without_index_goes_on_with_the_call_begun_last_though_that_one_
             usage_chunk(),
         ]
     }
-    with openai_client(gateway, key).responses.stream(model="gpt-forced", input=HI, tools=RESPONSES_TOOLS) as s:
-        final = s.get_final_response()
-    calls = [(item.call_id, item.arguments) for item in final.output if item.type == "function_call"]
-    assert calls == [("c1", '{"city":"Paris"}'), ("c2", '{"city":"Rome"}')]
+    assert responses_calls(gateway, key, "gpt-forced") == [("c1", '{"city":"Paris"}'), ("c2", '{"city":"Rome"}')]
 
 
+OVERLOADED = {"error": {"message": "the model is overloaded", "type": "server_error", "code": 503}}
+
+
+@pytest.mark.parametrize("ending", [OVERLOADED, BREAK], ids=["providers-error", "connection-dropped"])
 @pytest.mark.parametrize("model", ["gpt-forced", "gemini-3-flash", "gemini-2.5-flash"])
-def test_a_call_streamed_before_the_providers_error_reaches_a_chat_client(
-    gateway: Running, key: str, model: str
+def test_a_call_streamed_before_the_stream_breaks_reaches_a_chat_client(
+    gateway: Running, key: str, model: str, ending: Any
 ) -> None:
     """A chunk that begins a call with no thought signature waits for the next (`_signed_late`); where the next is
-    the server's error, the call (which the provider billed) was dropped, and every call of Gemini 2.5, which never
-    signs, waited so (review mergerev34)."""
+    the server's error, or the connection drops, the call (which the provider billed) was dropped (reviews
+    mergerev34 and mergerev34b)."""
     call = {"id": "function-call-1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
     SCRIPTS[model] = {
         "stream": [
             chunk({"role": "assistant", "content": "Checking."}),
             chunk({"tool_calls": [call]}),  # (no `index`: as Gemini's endpoint streams a call)
-            {"error": {"message": "the model is overloaded", "type": "server_error", "code": 503}},
+            ending,
         ],
         "done": False,
-    }
-    stream = openai_client(gateway, key).chat.completions.create(
-        model=model, messages=HI, tools=CHAT_TOOLS, stream=True
-    )
-    calls: list[Any] = []
-    with pytest.raises(openai.APIError):
-        for c in stream:
-            calls += [d for choice in c.choices for d in choice.delta.tool_calls or ()]
-    assert [d.id for d in calls] == ["function-call-1"], calls
-
-
-@pytest.mark.parametrize("model", ["gpt-forced", "gemini-3-flash"])
-def test_a_call_streamed_before_the_connection_drops_reaches_a_chat_client(
-    gateway: Running, key: str, model: str
-) -> None:
-    """The held chunk went out before an in-stream error only; where the connection dropped instead, the call the
-    provider billed never reached the client (review mergerev34b)."""
-    call = {"id": "function-call-1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
-    SCRIPTS[model] = {
-        "stream": [chunk({"role": "assistant", "content": "Checking."}), chunk({"tool_calls": [call]}), BREAK]
     }
     stream = openai_client(gateway, key).chat.completions.create(
         model=model, messages=HI, tools=CHAT_TOOLS, stream=True
