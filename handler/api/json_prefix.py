@@ -197,6 +197,11 @@ class JsonPrefix:
         a value")."""
         return self.mode in (TOP, ESCAPE, UNICODE) or self.high
 
+    @property
+    def started(self) -> bool:
+        """Whether the object has begun (anything but whitespace taken)."""
+        return self.mode != TOP
+
     def cut_partial(self, held: str) -> str:
         """`held`, the text taken and not relayed (`waits`), without the character whose escape it ends inside (the
         state then as before it): what the closing finishes is then text a strict parser reads whatever came of the

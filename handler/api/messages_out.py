@@ -392,8 +392,11 @@ class EventWriter:
         out = b""
         if self.arguments is not None:
             held = self.held
-            if self.arguments.broken:  # (its input made whole, the arguments as they came beside what went)
-                held = self.arguments.cut_partial(held) + self.arguments.closing("".join(self.raw))
+            arguments = self.arguments
+            if arguments.broken or not arguments.started:  # (made whole, the arguments as they came beside what went)
+                held = arguments.cut_partial(held) + arguments.closing("".join(self.raw))
+            elif arguments.waits:  # (ended inside a character's escape: cut before it, the SDK's parser refuses it)
+                held = arguments.cut_partial(held)
             if held:
                 out = self._delta({"type": "input_json_delta", "partial_json": held})
             self.arguments, self.raw, self.held = None, [], ""
@@ -497,11 +500,11 @@ class EventWriter:
                 if self.arguments is None:
                     out += self._delta({"type": "input_json_delta", "partial_json": function.arguments})
                 elif self.arguments.feed(function.arguments):
-                    if self.held or self.arguments.waits:
-                        self.held += function.arguments
                     if self.arguments.waits:
+                        if self.arguments.started:  # (whitespace before the object goes nowhere: `_close`)
+                            self.held += function.arguments
                         continue
-                    out += self._delta({"type": "input_json_delta", "partial_json": self.held or function.arguments})
+                    out += self._delta({"type": "input_json_delta", "partial_json": self.held + function.arguments})
                     self.held = ""
         return out
 

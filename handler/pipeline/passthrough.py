@@ -341,13 +341,6 @@ class UpstreamStream(ABC, Generic[T]):
             raw: bytes | None = await self._raw.__anext__()
         except StopAsyncIteration:
             raw = None
-        except GatewayError as exc:  # (a read that broke: the items held back go first, as before an event's error)
-            held = self._held_back()
-            if not held:
-                raise
-            self._pending.extend(held)
-            self._failure = exc
-            return
         finally:
             if self._head is None:
                 # Past the stream's head (`_failover` timed the attempt up to it), waiting on the provider as it
@@ -389,24 +382,36 @@ class UpstreamStream(ABC, Generic[T]):
                 raise self._failure
             if self._finished:
                 return
-            if ends is None:
-                await self._pull()
-                continue
-            if time.perf_counter() >= ends:
-                raise deadline_passed(self.ex, "the stream's end")
-            if not timed:
-                try:
-                    await self._pull()
-                except UpstreamTimeoutError:
-                    if time.perf_counter() >= ends - CUT_SLACK_S:  # (the attempt's `total`, cut at `ends`)
-                        raise deadline_passed(self.ex, "the stream's end") from None
-                    raise
-                continue
             try:
-                async with asyncio.timeout(max(0.0, ends - time.perf_counter())):
-                    await self._pull()
-            except TimeoutError:
-                raise deadline_passed(self.ex, "the stream's end") from None
+                await self._read_within(ends, timed)
+            except GatewayError as exc:  # (what was held back for what was to come goes first, as before an event's)
+                held = self._held_back()
+                if not held:
+                    raise
+                self._pending.extend(held)
+                self._failure = exc
+
+    async def _read_within(self, ends: float | None, timed: bool) -> None:
+        """The next read (`_pull`), within the request's deadline (`ends`, timed apart where the client set one:
+        `timed`); past it, the deadline's error."""
+        if ends is None:
+            await self._pull()
+            return
+        if time.perf_counter() >= ends:
+            raise deadline_passed(self.ex, "the stream's end")
+        if not timed:
+            try:
+                await self._pull()
+            except UpstreamTimeoutError:
+                if time.perf_counter() >= ends - CUT_SLACK_S:  # (the attempt's `total`, cut at `ends`)
+                    raise deadline_passed(self.ex, "the stream's end") from None
+                raise
+            return
+        try:
+            async with asyncio.timeout(max(0.0, ends - time.perf_counter())):
+                await self._pull()
+        except TimeoutError:
+            raise deadline_passed(self.ex, "the stream's end") from None
 
     async def complete(self) -> None:
         """The upstream finished (with the error `failed` named, if it ended on one): check the answer against the

@@ -55,6 +55,11 @@ def demo_config(urls: dict[str, str]) -> dict[str, Any]:
     }
 
 
+# The demo's store, `demo.db`, and the files SQLite and the gateway keep beside it: the demo makes them anew, and
+# nothing else of the folder (a user's `demo.db.bak` there is theirs).
+DEMO_DB_FILES = ("", "-wal", "-shm", "-journal", "-checkpointer.lock", "-settlements.jsonl")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make demo", description="the gateway in front of fake providers")
     parser.add_argument("--port", type=int, default=8080, help="the gateway's port (default: 8080)")
@@ -66,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Its own files alone, made anew, by names of their own (the folder emptied whole, `--folder .gateway` lost `make
     # serve`'s store, `gateway.db`, and its admin key, `--folder .` the working tree; a user's `config.yaml` there was
     # written over).
-    for own in [folder / "demo.yaml", *folder.glob("demo.db*")]:
+    for own in [folder / "demo.yaml", *(folder / f"demo.db{end}" for end in DEMO_DB_FILES)]:
         own.unlink(missing_ok=True)
     fakes = {name: ServerThread(module.create_app()).start() for name, module in FAKES.items()}
     try:

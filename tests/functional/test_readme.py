@@ -173,3 +173,20 @@ def test_make_demo_in_a_folder_of_the_users_makes_its_own_files_anew_and_keeps_t
     assert not (folder / "demo.db-wal").exists() and (folder / "demo.yaml").exists()
     assert served and served[0][:3] == ["serve", "--config", str(folder / "demo.yaml")]
     assert served[0][4] == f"sqlite:///{(folder / 'demo.db').resolve()}"
+
+
+def test_make_demo_deletes_only_its_own_store_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`folder.glob("demo.db*")` deleted a user's `demo.dbml`, `demo.db.bak` or `demo.dbx` in the folder given (review
+    mergerev34c): the demo makes anew `demo.db` and the files SQLite and the gateway keep beside it, no others."""
+    from tests.fakes import demo
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    mine = {"demo.dbml": "Table users { id int }", "demo.db.bak": "yesterday's", "demo.dbx": "a user's"}
+    for name, text in mine.items():
+        (folder / name).write_text(text)
+    (folder / "demo.db-shm").write_text("the last demo's")
+    monkeypatch.setattr(demo, "gateway", lambda argv: 0)  # (not serving: the folder alone)
+    assert demo.main(["--port", "8099", "--folder", str(folder)]) == 0
+    assert not (folder / "demo.db-shm").exists()
+    assert {name: (folder / name).read_text() for name in mine if (folder / name).exists()} == mine
