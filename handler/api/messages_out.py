@@ -393,7 +393,7 @@ class EventWriter:
         if self.arguments is not None:
             held = self.held
             arguments = self.arguments
-            if arguments.broken or not arguments.started:  # (made whole, the arguments as they came beside what went)
+            if arguments.broken or self.raw and not arguments.started:  # (made whole, `_raw` beside what went)
                 held = arguments.cut_partial(held) + arguments.closing("".join(self.raw))
             elif arguments.waits:  # (ended inside a character's escape: cut before it, the SDK's parser refuses it)
                 held = arguments.cut_partial(held)

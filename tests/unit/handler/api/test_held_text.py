@@ -39,3 +39,11 @@ def test_whitespace_before_the_object_is_held_in_linear_time() -> None:
     inside = written_in('{"city": "Paris"', run)
     before = written_in("", run)
     assert before < 3 * inside, f"before the object: {before:.2f} s; inside it: {inside:.2f} s"
+
+
+def test_a_call_with_no_arguments_streams_none() -> None:
+    """A call whose arguments never come (a function of no parameters) is `input: {}`, as its whole answer is: its
+    block's end makes whole only arguments that came (`{"_raw": ""}` is no input of the model's)."""
+    writer = EventWriter("m", "msg_1")
+    events = writer.chunk(call_chunk("", opening=True)) + writer.closed()
+    assert b"input_json_delta" not in events and b"_raw" not in events
