@@ -5,7 +5,8 @@ scripted upstream: the call goes to the client before the error, billed once (re
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -49,10 +50,20 @@ async def answer(request: Request) -> Response:
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+def held_gateway(tmp: Path, configured: Callable[[dict[str, Any]], dict[str, Any]]) -> Iterator[Running]:
+    """A gateway in front of the scripted upstream (`answer`), its config `configured(google)` (`google`: a provider
+    of Gemini's OpenAI-compatible endpoint there, its profile to be named)."""
     server = ServerThread(Starlette(routes=[Route("/openai/v1/chat/completions", answer, methods=["POST"])])).start()
     google = {"type": "openai", "api_key": "env:GEMINI_API_KEY", "base_url": f"{server.url}/openai/v1"}
+    running, gateway_server = serve_gateway(
+        parse_config(configured(google), set(REGISTRY)), f"sqlite:///{tmp / 'gw.db'}", server, {}, FAKE_KEYS
+    )
+    yield running
+    gateway_server.stop()
+    server.stop()
+
+
+def many_deployments(google: dict[str, Any]) -> dict[str, Any]:
     providers = {"google": {**google, "profile": "google"}, "google2": {**google, "profile": "google"}}
     price = {"input": 1, "output": 2}
     deployments = [{"provider": "google", "model": "gemini-3-flash"}, {"provider": "google2", "model": "gemini-3-pro"}]
@@ -60,14 +71,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     for alias in ALIASES:  # (a provider of its own each: a breaker opened by one test's failures skips none of another)
         providers[alias] = {**google, "profile": "google"}
         models[alias] = {"deployments": [{"provider": alias, "model": "gemini-3-flash"}], "price": price}
-    config = {"gateway": {"timeouts": {"between_chunks": 2}}, "providers": providers, "models": models}
-    tmp = tmp_path_factory.mktemp("held-calls")
-    running, gateway_server = serve_gateway(
-        parse_config(config, set(REGISTRY)), f"sqlite:///{tmp / 'gw.db'}", server, {}, FAKE_KEYS
-    )
-    yield running
-    gateway_server.stop()
-    server.stop()
+    return {"gateway": {"timeouts": {"between_chunks": 2}}, "providers": providers, "models": models}
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    yield from held_gateway(tmp_path_factory.mktemp("held-calls"), many_deployments)
 
 
 @pytest.fixture(scope="module")

@@ -7,38 +7,27 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from starlette.applications import Starlette
-from starlette.routing import Route
 
-from adapters.providers.registry import REGISTRY
-from handler.config import parse_config
-from tests.functional.conftest import FAKE_KEYS, Running, serve_gateway
-from tests.functional.test_held_calls import SCRIPTS, UNSIGNED, answer, chat_calls
+from tests.functional.conftest import Running
+from tests.functional.test_held_calls import SCRIPTS, UNSIGNED, chat_calls, held_gateway
 from tests.support.scripted import chunk
-from tests.support.servers import ServerThread
+
+
+def one_deployment(google: dict[str, Any]) -> dict[str, Any]:
+    deployment = {
+        "deployments": [{"provider": "google", "model": "gemini-3-flash"}],
+        "price": {"input": 1, "output": 2},
+    }
+    return {
+        "gateway": {"timeouts": {"between_chunks": 60, "total": 2, "request": 2}},
+        "providers": {"google": {**google, "profile": "google"}},
+        "models": {"gemini-3-flash": deployment},
+    }
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    server = ServerThread(Starlette(routes=[Route("/openai/v1/chat/completions", answer, methods=["POST"])])).start()
-    google = {"type": "openai", "api_key": "env:GEMINI_API_KEY", "base_url": f"{server.url}/openai/v1"}
-    config = {
-        "gateway": {"timeouts": {"between_chunks": 60, "total": 2, "request": 2}},
-        "providers": {"google": {**google, "profile": "google"}},
-        "models": {
-            "gemini-3-flash": {
-                "deployments": [{"provider": "google", "model": "gemini-3-flash"}],
-                "price": {"input": 1, "output": 2},
-            }
-        },
-    }
-    tmp = tmp_path_factory.mktemp("held-bound")
-    running, gateway_server = serve_gateway(
-        parse_config(config, set(REGISTRY)), f"sqlite:///{tmp / 'gw.db'}", server, {}, FAKE_KEYS
-    )
-    yield running
-    gateway_server.stop()
-    server.stop()
+    yield from held_gateway(tmp_path_factory.mktemp("held-bound"), one_deployment)
 
 
 @pytest.fixture(scope="module")
