@@ -52,7 +52,7 @@ import os
 import random
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -389,16 +389,9 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBThreads, DynamoDBSi
         reservation and its minute's rate counts stayed on the meter, known to nobody, until they expired (16
         minutes: the client's retry refused 402, or 429 at rpm 1). None where no item names it (it did not land, or
         another admission landed on each item since: then it counts as docs/store.md says) or none can be read."""
-        homes = {meter.key_id: meter.home_region for meter in write.meters}
-        keys = {k: self.leases.item_key(k, home) for k, home in homes.items()}
-        try:
-            answers = await asyncio.gather(
-                *(self._call("get_item", TableName=self.table, Key=key, ConsistentRead=True) for key in keys.values())
-            )
-        except StoreError:
-            return None
-        items = {key_id: answer.get("Item", {}) for key_id, answer in zip(keys, answers, strict=True)}
-        if not self._already_admitted(write, items):
+        read = await self._read_items(write, [meter.key_id for meter in write.meters])
+        items = {key_id: item for key_id, item in read.items() if not isinstance(item, StoreError)}
+        if len(items) < len(read) or not self._already_admitted(write, items):
             return None
         for item in items.values():
             self._note_closed(item)
@@ -411,19 +404,23 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBThreads, DynamoDBSi
         on its items (a sibling's admission on a shared parent's meter, say) and costs twice the read units; the
         snapshot only tells the answer's headers what is left, item by item. A read that fails leaves its key
         unreported (those headers are then left out) rather than fail an admission already written."""
+        read = await self._read_items(write, write.reported)
+        return {key_id: item for key_id, item in read.items() if not isinstance(item, StoreError)}
+
+    async def _read_items(self, write: AdmissionWrite, key_ids: Iterable[str]) -> dict[str, Item | StoreError]:
+        """The items of `key_ids` on the meters `write` counts on (a key homed elsewhere: this region's lease), each in
+        a consistent `GetItem`, sent together; a read the store failed is its `StoreError`."""
         homes = {meter.key_id: meter.home_region for meter in write.meters}
-        keys = {k: self.leases.item_key(k, homes.get(k)) for k in write.reported}
+        keys = {k: self.leases.item_key(k, homes.get(k)) for k in key_ids}
         answers = await asyncio.gather(
             *(self._call("get_item", TableName=self.table, Key=key, ConsistentRead=True) for key in keys.values()),
             return_exceptions=True,
         )
-        found = {}
+        found: dict[str, Item | StoreError] = {}
         for key_id, answer in zip(keys, answers, strict=True):
-            if isinstance(answer, StoreError):
-                continue
-            if isinstance(answer, BaseException):
+            if isinstance(answer, BaseException) and not isinstance(answer, StoreError):
                 raise answer
-            found[key_id] = answer.get("Item", {})
+            found[key_id] = answer if isinstance(answer, StoreError) else answer.get("Item", {})
         return found
 
     def _counters(self, admission: Admission, key_id: str, item: Item) -> Counters:

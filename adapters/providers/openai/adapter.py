@@ -370,9 +370,8 @@ def signature_in_id(call: ToolCall | ToolCallDelta) -> None:
     Gemini writes its signatures' bytes) stays there alone: sent back altered, Gemini would refuse it, where the
     stand-in passes. A streamed call's id comes on its first delta; a signature on a later one stays in
     `extra_content` alone (Gemini's endpoint streams a call whole, in one delta)."""
-    google = (call.extra_content or {}).get("google")
-    signature = google.get("thought_signature") if isinstance(google, dict) else None
-    if not call.id or not isinstance(signature, str) or not signature:
+    signature = thought_signature(call)
+    if not call.id or signature is None:
         return
     signed = signed_call_id(call.id, signature)
     if call_signature(signed) == signature:
