@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import ipaddress
 import math
 import os
 import re
@@ -317,6 +318,19 @@ def _host(value: str) -> str:
     return value
 
 
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def client_url(host: str, bound: str, port: int) -> str:
+    """The URL a client on this machine reaches `gateway serve --host HOST` at, `bound` the address its socket is
+    bound to: on every interface (`0.0.0.0`, `::`, `0`), this machine's loopback address. `http://0.0.0.0:8080` is no
+    address to send to: macOS and Windows refuse it, and browsers block it (the dashboard's link)."""
+    if ipaddress.ip_address(bound).is_unspecified:
+        return _url("::1" if ":" in bound else "127.0.0.1", port)
+    return _url(host, port)
+
+
 def _run_server(config: uvicorn.Config, listener: socket.socket) -> None:
     """Serve on `listener` until a signal stops the server (its workers, with `--workers` above 1, each writing its
     figures to a folder of the server's, so that `/metrics` on any of them answers for all:
@@ -397,7 +411,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _warn(unkeyed + _start_up_warnings(config) + _open_files_for(config.gateway.limits.connections))
         _warn_of_gateway_keys_as_provider_keys(config, os.environ)
         secret, has_admin = asyncio.run(_admin_key_at_start(_store(None)))
-        url = f"http://[{args.host}]:{port}" if ":" in args.host else f"http://{args.host}:{port}"
+        url = client_url(args.host, listener.getsockname()[0], port)
         if not secret:
             sys.stdout.write(admin_key_notice(_store_url(None), has_admin))
         else:
@@ -414,7 +428,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 f"`{dashboard_command(url, _store_url(None))}` opens it signed in.\n\n"
             )
         source = os.environ.get("GATEWAY_CONFIG") or "the shipped default config"
-        sys.stdout.write(f"gateway listening on {url} (store {_store_url(None)}, {source}); Ctrl-C stops it\n")
+        where = "" if url == _url(args.host, port) else f"on every interface ({args.host}); "
+        sys.stdout.write(f"gateway listening on {url} ({where}store {_store_url(None)}, {source}); Ctrl-C stops it\n")
         sys.stdout.flush()
         server = uvicorn.Config(
             "handler.entry.asgi:app",

@@ -432,7 +432,8 @@ def test_serve_raises_its_open_file_limit_to_fit_its_connections_or_says_it_cann
 def test_serve_on_an_ipv6_address_says_a_url_a_client_can_use(
     serve_here: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`--host ::` printed `http://:::PORT`, no URL, and the `OPENAI_BASE_URL` advice built from it."""
+    """`--host ::` printed `http://:::PORT`, no URL, and the `OPENAI_BASE_URL` advice built from it; then
+    `http://[::]:PORT`, every interface's address, which is none to send to (as `0.0.0.0`: below)."""
     if not socket.has_ipv6:
         pytest.skip("no IPv6 on this machine")
     seen: dict[str, object] = {}
@@ -445,9 +446,32 @@ def test_serve_on_an_ipv6_address_says_a_url_a_client_can_use(
     monkeypatch.setattr(cli, "_run_server", serving)
     assert main(["serve", "--host", "::", "--port", "0"]) == 0
     printed, port = str(seen["printed"]), seen["port"]
-    assert f"gateway listening on http://[::]:{port} " in printed and seen["connected"]
-    assert f"OPENAI_BASE_URL=http://[::]:{port}/v1 " in printed
-    httpx.URL(f"http://[::]:{port}/v1")  # (a URL a client parses)
+    assert f"gateway listening on http://[::1]:{port} (on every interface (::); " in printed and seen["connected"]
+    assert f"OPENAI_BASE_URL=http://[::1]:{port}/v1 " in printed
+    httpx.URL(f"http://[::1]:{port}/v1")  # (a URL a client parses)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "0"])
+def test_serve_on_every_interface_says_the_url_this_machine_reaches_it_at(
+    serve_here: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], host: str
+) -> None:
+    """`--host 0.0.0.0` (every interface, as in a container) printed `http://0.0.0.0:PORT` as the gateway's URL and
+    in the `OPENAI_BASE_URL` and dashboard advice: no address to send to (macOS, Windows and browsers refuse it).
+    It says the loopback address, and that it listens on every interface. Found by review."""
+    seen: dict[str, object] = {}
+
+    def serving(config: object, listener: socket.socket) -> None:
+        seen["printed"], seen["port"] = capsys.readouterr().out, listener.getsockname()[1]
+        seen["bound"] = listener.getsockname()[0]
+
+    monkeypatch.setattr(cli, "_run_server", serving)
+    assert main(["serve", "--host", host, "--port", "0"]) == 0
+    printed, port = str(seen["printed"]), seen["port"]
+    assert seen["bound"] == "0.0.0.0"
+    assert f"gateway listening on http://127.0.0.1:{port} (on every interface ({host}); store " in printed
+    assert f"OPENAI_BASE_URL=http://127.0.0.1:{port}/v1 " in printed
+    assert f"ANTHROPIC_BASE_URL=http://127.0.0.1:{port} " in printed
+    assert "0.0.0.0:" not in printed and f"({host}); " in printed
 
 
 def test_serve_on_a_port_in_use_names_the_option_and_starts_nothing(
