@@ -519,7 +519,7 @@ def parse_config(data: Any, known_types: set[str]) -> Config:
     if parts is None:
         raise ConfigError(problems) from None
     validated, failed = parts
-    later = _cross_check(validated, known_types, failed)
+    later = _cross_check(validated, known_types, failed) + _left_out_deployments(data, validated, failed)
     raise ConfigError(problems + [p for p in later if p not in problems], validated) from None
 
 
@@ -721,6 +721,41 @@ def project_tier_problems(where: str, dep: DeploymentConfig, config: Config) -> 
     return []
 
 
+def _deployment_problems(where: str, dep: DeploymentConfig, config: Config, failed: Collection[str]) -> list[str]:
+    """What is wrong with a deployment against the providers: one it names that the file has not (or whose own
+    errors are said already: `failed`), options its provider's type does not take."""
+    if dep.provider not in config.providers:
+        return [] if dep.provider in failed else [f"{where}.provider: unknown provider '{dep.provider}'"]
+    problems = []
+    if dep.reasoning is not None and (kind := config.providers[dep.provider].type) not in OPENAI_API_TYPES:
+        problems.append(
+            f"{where}.reasoning: only for a deployment of OpenAI's API ({', '.join(OPENAI_API_TYPES)}), not of "
+            f"'{kind}' (its models' reasoning is told by their names)"
+        )
+    return problems + project_tier_problems(where, dep, config)
+
+
+def _left_out_deployments(data: dict[str, Any], config: Config, failed: Collection[str]) -> list[str]:
+    """The deployment problems of the models left out of `config` for errors of their own (a misspelt `fallback:`),
+    each deployment that validates on its own checked as a kept model's is: a deployment naming provider `opnai` was
+    said only once the model's own error was fixed, a round later."""
+    models = data.get("models")
+    if not isinstance(models, dict):
+        return []
+    problems: list[str] = []
+    for model, spec in models.items():
+        if model not in failed:
+            continue
+        deployments = spec.get("deployments") if isinstance(spec, dict) else None
+        for i, raw in enumerate(deployments if isinstance(deployments, list) else ()):
+            try:
+                dep = DeploymentConfig.model_validate(raw)
+            except ValidationError:
+                continue  # (its own errors are said)
+            problems += _deployment_problems(f"models.{model}.deployments[{i}]", dep, config, failed)
+    return problems
+
+
 def _cross_check(config: Config, known_types: set[str], failed: Collection[str] = ()) -> list[str]:
     """What no field's own check can say: settings against each other, and the names providers, models and
     fallbacks give one another. `failed`: names of providers and models the file gives whose own errors are said
@@ -743,15 +778,7 @@ def _cross_check(config: Config, known_types: set[str], failed: Collection[str] 
         elif model != model.strip():
             problems.append(f"models: model name '{model}' has spaces around it: write '{model.strip()}'")
         for i, dep in enumerate(spec.deployments):
-            if dep.provider not in config.providers:
-                if dep.provider not in failed:
-                    problems.append(f"models.{model}.deployments[{i}].provider: unknown provider '{dep.provider}'")
-            elif dep.reasoning is not None and (kind := config.providers[dep.provider].type) not in OPENAI_API_TYPES:
-                problems.append(
-                    f"models.{model}.deployments[{i}].reasoning: only for a deployment of OpenAI's API "
-                    f"({', '.join(OPENAI_API_TYPES)}), not of '{kind}' (its models' reasoning is told by their names)"
-                )
-            problems += project_tier_problems(f"models.{model}.deployments[{i}]", dep, config)
+            problems += _deployment_problems(f"models.{model}.deployments[{i}]", dep, config, failed)
         if isinstance(spec.price, Price):
             problems += price_option_problems(f"models.{model}.price", spec.price)
             if spec.kind == "chat" and "output" not in spec.price.model_fields_set:

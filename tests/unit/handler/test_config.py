@@ -492,6 +492,35 @@ def test_the_cross_checks_run_on_what_passed_the_fields_own_checks() -> None:
     ]
 
 
+def test_a_model_with_an_error_of_its_own_still_has_its_deployments_checked_against_the_providers() -> None:
+    """A model left out for an error of its own (a misspelt `fallback:`) had its deployments' provider names and
+    options checked only once that was fixed: `opnai` was said a round later (on Lambda, a deploy later). Found by
+    review (a newcomer's first hour)."""
+    data = {
+        "providers": {"openai": {"type": "openai"}, "claude": {"type": "anthropic"}},
+        "models": {
+            "m": {
+                "fallback": ["n"],
+                "deployments": [
+                    {"provider": "opnai", "model": "gpt-4o"},
+                    {"provider": "claude", "model": "claude-x", "reasoning": True},
+                    {"provider": "openai", "model": "gpt-4o", "default_service_tier": "auto"},
+                    {"provider": "openai", "modle": "gpt-4o"},
+                ],
+            },
+        },
+    }
+    assert problems(data) == [
+        "models.m.deployments[3].model: Field required",
+        "models.m.fallback: Extra inputs are not permitted",
+        "models.m.deployments[0].provider: unknown provider 'opnai'",
+        "models.m.deployments[1].reasoning: only for a deployment of OpenAI's API (openai, azure), not of 'anthropic' "
+        "(its models' reasoning is told by their names)",
+        "models.m.deployments[2].default_service_tier: 'auto' is the model's own prices, which need no setting: "
+        "leave it out",
+    ]
+
+
 def test_a_provider_or_model_with_errors_of_its_own_is_not_said_to_be_missing_where_it_is_named() -> None:
     data = {
         "providers": {"p": {"type": "openai", "base_url": "ftp://up"}},
