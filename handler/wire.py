@@ -597,20 +597,41 @@ def provider_said(member: str, words: str) -> str:
 
 def redact_error(error: Any) -> None:
     """A provider's error object that a 200 answer carries to the client (a Responses stream's `error` event, a
-    failed response's `error`) with its `message`, `code`, `param` and `type` redacted and cut as `upstream_error`
-    has them (`provider_said`), in place. Relayed as it came, only a known secret whole would be taken out (`scrub`):
-    OpenAI quotes a key back masked (`sk-proj-Zq8*****p6Ss`), and a provider may quote most of one, or the
-    authorization header in base64. An `error` member is redacted too: OpenAI's stream writes its `error` event's
-    words there, not at the top level its reference shows."""
+    failed response's `error`) redacted in place: its `message`, `code`, `param` and `type` redacted and cut as
+    `upstream_error` has them (`provider_said`), and every other string in it, a member's name too, redacted as they
+    are (`redact_upstream`). Relayed as it came, only a known secret whole would be taken out (`scrub`): OpenAI quotes
+    a key back masked (`sk-proj-Zq8*****p6Ss`), and a provider may quote most of one, or the authorization header in
+    base64, in any member (OpenRouter's and LiteLLM's errors carry the upstream's raw body in `metadata.raw`). An
+    `error` member is redacted as the object is: OpenAI's stream writes its `error` event's words there, not at the
+    top level its reference shows."""
     if not isinstance(error, dict):
         return
-    for holder in (error, error.get("error")):
-        if not isinstance(holder, dict):
-            continue
-        for member in ERROR_MEMBER_CHARS:
-            words = holder.get(member)
-            if isinstance(words, str):
-                holder[member] = provider_said(member, words)
+    for name, value in list(error.items()):
+        if name in ERROR_MEMBER_CHARS and isinstance(value, str):
+            error[name] = provider_said(name, value)
+        elif name == "error" and isinstance(value, dict):
+            redact_error(value)
+        else:
+            kept = redact_upstream(name)
+            if kept != name:
+                del error[name]
+            error[kept] = _redacted(value, 1)
+
+
+ERROR_DEPTH = 32  # the levels of an error object's members kept; deeper ones are dropped (no error nests so)
+
+
+def _redacted(value: Any, depth: int) -> Any:
+    """`value`, a member of an upstream's error object, with every string in it redacted (`redact_error`)."""
+    if isinstance(value, str):
+        return redact_upstream(value)
+    if depth >= ERROR_DEPTH and isinstance(value, dict | list):
+        return None
+    if isinstance(value, dict):
+        return {redact_upstream(k): _redacted(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v, depth + 1) for v in value]
+    return value
 
 
 def error_excerpt(body: bytes) -> str:
