@@ -496,13 +496,14 @@ def names_clipped(names: Iterable[str]) -> list[str]:
     return [unkeyed(name, NAME_CHARS) for name in names]
 
 
-def path_clipped(path: str, limit: int = NAME_CHARS) -> str:
+def path_clipped(path: str, limit: int = NAME_CHARS, hashes: Sequence[str] = ()) -> str:
     """A request's path as a log line carries it: `redact_message`ed (a path may hold what a client mistook for an
-    id: a whole key, a credential) and clipped to its first `limit` characters as `clipped` clips a name, cut
-    before it is redacted. Whole, a 60 KB path without a key would be a 60 KB log line and 10-30 ms of redaction."""
-    if len(path) <= limit:
-        return redact_message(path)
-    return redact_message(window(path, limit))[:limit]
+    id: a whole key, a credential), and without the secrets alone whose hashes are `hashes` (the request's key's:
+    beside its id, on the line, one would be the key whole), clipped to its first `limit` characters as `clipped`
+    clips a name, cut after it is redacted. Whole, a 60 KB path without a key would be a 60 KB log line and 10-30 ms
+    of redaction."""
+    text = path if len(path) <= limit else window(path, limit)
+    return without_hashed_secrets(redact_message(text), hashes)[:limit]
 
 
 def unkeyed(value: str, limit: int | None = None) -> str:

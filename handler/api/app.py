@@ -50,7 +50,7 @@ from handler.pipeline.attribution import parse_tags, session_id
 from handler.pipeline.budgets import SETTLE_BY
 from handler.pipeline.exchange import Controls, Exchange, shut_down_before
 from handler.pipeline.gateway import Gateway
-from handler.pipeline.keys import hop_address, kept_unkeyed, network, own_secret_hashes
+from handler.pipeline.keys import hash_secret, hop_address, kept_unkeyed, network, own_secret_hashes, split_key
 from handler.pipeline.pipeline import Pipeline
 from handler.pipeline.routing import RouteControls
 from handler.ports import STORE_DEADLINE, KeyRecord, StoreDeadlineError, StoreError
@@ -192,8 +192,9 @@ def error_response(request: Request, exc: GatewayError, observed: int | None = N
     state = request.scope.get("state", {})
     ex: Exchange | None = state.get("exchange")
     lineage: list[KeyRecord] | None = ex.lineage if ex is not None else state.get("lineage")  # (once the key was known)
-    if lineage:
-        exc.without_own_secrets(own_secret_hashes(lineage))
+    # (Before it was: the secret of the key the request presents, which a path may hold, or a name it gives.)
+    hashes = own_secret_hashes(lineage) if lineage else presented_secret_hashes(request.scope)
+    exc.without_own_secrets(hashes)
     body = exc.anthropic_body() if anthropic else exc.openai_body()
     status = exc.status_for(anthropic)
     headers = dict(exc.headers)
@@ -205,7 +206,7 @@ def error_response(request: Request, exc: GatewayError, observed: int | None = N
         path = route_path(request.scope)
         observe_failure(
             state.get("request_id"),
-            path_clipped(path),
+            path_clipped(path, hashes=hashes),
             status,
             exc.code,
             key_id=lineage[0].id if lineage else None,
@@ -218,6 +219,20 @@ def error_response(request: Request, exc: GatewayError, observed: int | None = N
             headers["request-id"] = state["request_id"]  # where Anthropic's SDK reads it (`_request_id`)
     headers["x-should-retry"] = "true" if exc.should_retry else "false"
     return json_response(body, status, headers)
+
+
+def presented_secret_hashes(scope: Any) -> tuple[str, ...]:
+    """The hash of the secret of the gateway key a request presents (`Authorization: Bearer`, `x-api-key`), where
+    the key was not read (an unknown route, a refusal before it): its error and its log lines are said without it,
+    as those of a request whose key was read are without its lineage's."""
+    headers = first_headers(scope)
+    hashes = []
+    for name in (b"authorization", b"x-api-key"):
+        value = headers.get(name)
+        parts = split_key(value.decode("latin-1").rpartition(" ")[2]) if value else None
+        if parts is not None:
+            hashes.append(hash_secret(parts[1]))
+    return tuple(hashes)
 
 
 class Api:

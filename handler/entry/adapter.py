@@ -20,7 +20,7 @@ from mangum.handlers.utils import handle_base64_response_body
 from mangum.protocols.http import HTTPCycle, HTTPCycleState
 from mangum.types import ASGI, LambdaContext, LambdaEvent, LambdaHandler, Message, Response, Scope
 
-from handler.api.app import TextHeaders, answered_before_the_app, anthropic_path, route_path
+from handler.api.app import TextHeaders, answered_before_the_app, anthropic_path, presented_secret_hashes, route_path
 from handler.errors import InvalidRequestError
 from handler.redaction import path_clipped
 from handler.telemetry.observability import RedactedText, logger
@@ -192,7 +192,10 @@ class OneCycle(HTTPCycle):
                 if self.answered is not None and not self.answered.done():
                     self.answered.set_result(None)
                 if self.logger.isEnabledFor(logging.INFO):  # (the clipping and redaction only for a line written)
-                    method, path = path_clipped(self.scope["method"]), path_clipped(self.scope["path"])
+                    # (Its path without the secret of the key the request presents: the request's own line,
+                    # beside it in the log, names the key's id.)
+                    path = path_clipped(self.scope["path"], hashes=presented_secret_hashes(self.scope))
+                    method = path_clipped(self.scope["method"])
                     self.logger.info(ACCESS_LINE, method, path, self.status)  # (redacted once: `RedactedText`)
         else:
             await super().send(message)  # the answer's start, and what Mangum refuses

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Final
 
 from handler.errors import RateLimitError, ServiceUnavailableError, UpstreamTimeoutError
 from handler.pipeline.budgets import Counted, RateHeaders, Reservation, remaining_usd
-from handler.pipeline.keys import without_own_secret
+from handler.pipeline.keys import kept_unkeyed, without_own_secret
 from handler.pipeline.output_caps import OutputCap
 from handler.pipeline.pricing import Cost, PromptEstimate, usd
 from handler.pipeline.routing import Attempt, RouteControls
 from handler.ports import KeyRecord, LedgerItem
 from handler.records import Value
-from handler.redaction import names_clipped
+from handler.redaction import NAME_CHARS
 from handler.telemetry.prometheus import REGISTRY
 
 if TYPE_CHECKING:
@@ -223,9 +223,10 @@ class Exchange:
             headers["x-gateway-route"] = ", ".join(self.route)
         if self.dropped or self.inbound_dropped:
             # The names come from the client's body: redacted and clipped as any name it chose (a field named by
-            # its key would be echoed whole, on a 200), then percent-encoded, so a header value stays Latin-1 with no
-            # CR/LF and the list's commas stay separators; the brackets of `tools[web_search]` are kept as written.
-            names = names_clipped([*self.inbound_dropped, *self.dropped])
+            # its key would be echoed whole, on a 200; by its key's secret alone, beside a log's key id), then
+            # percent-encoded, so a header value stays Latin-1 with no CR/LF and the list's commas stay separators;
+            # the brackets of `tools[web_search]` are kept as written.
+            names = [kept_unkeyed(name, self.lineage, NAME_CHARS) for name in (*self.inbound_dropped, *self.dropped)]
             headers["x-gateway-dropped-params"] = ",".join(urllib.parse.quote(n, safe="[]") for n in names)
         if self.cost is not None:
             provider = self.cost.provider_usd

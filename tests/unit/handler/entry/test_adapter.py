@@ -252,6 +252,33 @@ def test_a_long_path_is_clipped_in_the_invocations_log_line_and_a_key_in_it_reda
     asyncio.get_event_loop().close()
 
 
+def test_the_invocations_log_line_holds_no_secret_alone_of_the_key_the_request_presents(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The access line redacted a whole key in the path, but not the secret alone of the key the request presents
+    (`GET /v1/files/<secret>`): the request's own line beside it in the log names the key's id. Found by review."""
+    from handler.api.app import create_app
+    from handler.pipeline.gateway import build_gateway
+
+    app = create_app(build_gateway(store_url="sqlite://", environ={}))
+    secret = "S3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3cr3tX"  # (43 characters, as a key's secret)
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    caplog.set_level(logging.INFO, logger="mangum.http")
+    for name, value in (
+        ("authorization", f"Bearer gwk_abcdefghijkm_{secret}"),
+        ("x-api-key", f"gwk_abcdefghijkm_{secret}"),
+    ):
+        event = json.loads((EVENTS / "not-found-route.json").read_text())
+        event["rawPath"] = event["requestContext"]["http"]["path"] = f"/v1/files/{secret}"
+        event["headers"][name] = value
+        caplog.clear()
+        answer = lambda_adapter(app)(event, Context())  # type: ignore[arg-type]
+        assert answer["statusCode"] == 404 and secret not in answer["body"], answer["body"]
+        [line] = [record.getMessage() for record in caplog.records if record.name == "mangum.http"]
+        assert line == "GET /v1/files/[REDACTED] 404"
+    asyncio.get_event_loop().close()
+
+
 def test_a_long_method_is_clipped_in_the_invocations_answer_and_a_key_in_it_redacted() -> None:
     """An event's method is any token Mangum passes on: the 404's message (`<method> <path>: Not Found`) echoed a
     100 KB method whole, as its answer; it is clipped and redacted as the path beside it is."""
