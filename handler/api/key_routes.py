@@ -285,6 +285,13 @@ def beyond_authority(target: list[KeyRecord], authority: KeyRecord) -> str | Non
     longer. Past the steps the refusal says so (`StepsSpent`), never "not within" of models that may well be."""
     if authority.id in (target[0].id, *target[0].ancestors):
         return None
+    if target[0].admin and len(target) > 1:
+        # A dashboard session (an admin key with a parent) acts for the admin key it was made from
+        # (`KeyRoutes._authority`): held as its own record alone, an admin key for a day held the operator's session of
+        # 8 hours, rotated it, and with its new secret revoked the operator's own key.
+        why = beyond_authority(target[-1:], authority)
+        if why is not None:
+            return f"it is a dashboard session acting for admin key '{target[-1].id}', and held as that key: {why}"
     spending = spending_bounds(authority)
     if spending:
         return f"this admin key has {' and '.join(spending)} of its own, which a key outside its family escapes"

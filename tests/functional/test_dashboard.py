@@ -836,6 +836,45 @@ def test_a_dashboard_session_reads_and_revokes_but_cannot_mint_a_root_key_or_rot
     assert rotated.status_code == 200 and rotated.json()["key"] != admin
 
 
+def test_a_temporary_admin_key_cannot_take_the_operators_dashboard_session(
+    known: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A session (8 hours, its admin key's models and ranges) acts for the admin key it signed in as, but was held
+    to another admin key's bounds as its own record alone: an admin key for a day, every model, no budget, rotated
+    the operator's session, was handed its new secret, and with it revoked the operator's own key, which its bounds
+    keep it off. It is held as the key it acts for now. Found by review."""
+    operator = known.mint(admin=True, name="operator")
+    operator_id = (split_key(operator) or ("", ""))[0]
+    token = dashboard_link(known, capsys, "--key", operator_id).partition("#sign-in=")[2]
+    session = httpx.post(f"{known.url}/dashboard/sign-in", json={"token": token}).json()["key"]
+    session_id = (split_key(session) or ("", ""))[0]
+    day = {"name": "contractor", "admin": True, "expires_in_seconds": 86_400}
+    contractor = httpx.post(f"{known.url}/admin/keys", json=day, headers=headers(operator)).json()["key"]
+    listed = httpx.get(f"{known.url}/admin/keys?limit=1000", headers=headers(contractor)).json()["data"]
+    assert session_id in {k["id"] for k in listed}  # (every admin key reads the list)
+
+    for target in (operator_id, session_id):
+        for action, body in (("rotate", {"grace_seconds": 0}), ("revoke", {})):
+            refused = httpx.post(f"{known.url}/admin/keys/{target}/{action}", json=body, headers=headers(contractor))
+            assert refused.status_code == 403, (target, action, refused.text)
+            assert refused.json()["error"]["code"] == "admin_only" and "key" not in refused.json()
+            if target == session_id:
+                said = refused.json()["error"]["message"]
+                assert f"a dashboard session acting for admin key '{operator_id}'" in said
+                assert "it outlives this admin key" in said
+    assert httpx.get(f"{known.url}/admin/keys", headers=headers(operator)).status_code == 200
+    assert httpx.get(f"{known.url}/admin/keys", headers=headers(session)).status_code == 200
+    # The operator's own key still rotates and revokes its session; and an admin key with no bounds, the session's.
+    unbounded = httpx.post(f"{known.url}/admin/keys", json={"name": "peer", "admin": True}, headers=headers(operator))
+    peer = unbounded.json()["key"]
+    rotated = httpx.post(
+        f"{known.url}/admin/keys/{session_id}/rotate", json={"grace_seconds": 0}, headers=headers(peer)
+    )
+    assert rotated.status_code == 200, rotated.text
+    revoked = httpx.post(f"{known.url}/admin/keys/{session_id}/revoke", headers=headers(operator))
+    assert revoked.status_code == 200, revoked.text
+
+
 # --- a long report holds up no one ----------------------------------------------------------------------------
 
 CROWD = 60_000  # ledger lines of one client key: a report over them takes a second or more
