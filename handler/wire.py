@@ -595,6 +595,38 @@ def provider_said(member: str, words: str) -> str:
     return said_clipped(words, ERROR_MEMBER_CHARS[member], marked=member == "message")
 
 
+# Members of a request body by which an OpenAI-compatible aggregator or proxy picks the model, the provider or a paid
+# tool itself: OpenRouter's `models` (fallback models, tried when the first fails, a prompt too long for it among
+# others), `provider` (which of its providers serves the model, at that provider's price), `route` and `plugins` (its
+# web search, billed apart); LiteLLM's proxy's `fallbacks`, `context_window_fallbacks` and its client-side
+# `api_base`, `base_url`, `api_key` and `user_config` (another deployment's address or credentials). Sent as a client
+# wrote them, a key limited to a cheap model had its request answered by one it may not use, priced as the cheap
+# one. They are never sent, and named (a 400 under `x-gateway-strict`): the gateway's routing is the operator's.
+ROUTING_MEMBERS: Final = frozenset(
+    (
+        "models",
+        "provider",
+        "route",
+        "plugins",
+        "fallbacks",
+        "context_window_fallbacks",
+        "context_window_fallback_dict",
+        "api_base",
+        "base_url",
+        "api_key",
+        "user_config",
+    )
+)
+
+
+def unsent_routing(body: dict[str, Any]) -> list[str]:
+    """`body` without its `ROUTING_MEMBERS`, in place; the names of those it had."""
+    found = sorted(ROUTING_MEMBERS.intersection(body))
+    for name in found:
+        del body[name]
+    return found
+
+
 def redact_error(error: Any) -> None:
     """A provider's error object that a 200 answer carries to the client (a Responses stream's `error` event, a
     failed response's `error`) redacted in place: its `message`, `code`, `param` and `type` redacted and cut as

@@ -35,12 +35,14 @@ from handler.redaction import REDACTED, annotated, positions_moved, tokens_redac
 from handler.wire import (
     ISSUED_PREFIX,
     RESPONSES_TERMINAL,
+    ROUTING_MEMBERS,
     UNREADABLE_REASONING,
     event_payload,
     interrupted,
     issued,
     redact_error,
     said_status,
+    unsent_routing,
     upstream_error,
 )
 
@@ -90,6 +92,8 @@ class Relay:
         elif "input" in body.model_fields_set:
             items = body.input
         dropped = list(dropped or ())
+        if body.model_extra:
+            dropped += sorted(ROUTING_MEMBERS.intersection(body.model_extra))  # (not sent: `SentBody`)
         if isinstance(items, list):
             sent = [self._sendable(item) for item in items if not self._sealed_here(item)]
             if len(sent) < len(items):
@@ -218,6 +222,7 @@ class SentBody(Mapping[str, Any]):
         if self._built is None:
             sent = self._request.model_dump(exclude_unset=True, by_alias=True)
             sent.pop("previous_response_id", None)  # the gateway's id: the provider never saw it
+            unsent_routing(sent)  # (an aggregator's own routing: `handler.wire.ROUTING_MEMBERS`)
             if self._items is not None:
                 sent["input"] = self._items
             self._built = sent

@@ -48,7 +48,16 @@ from handler.schemas import (
     completion_id,
     reported,
 )
-from handler.wire import StreamEvent, error_excerpt, json_body, malformed, said_status, upstream_error, usage_count
+from handler.wire import (
+    StreamEvent,
+    error_excerpt,
+    json_body,
+    malformed,
+    said_status,
+    unsent_routing,
+    upstream_error,
+    usage_count,
+)
 
 M = TypeVar("M", bound=BaseModel)
 # The Responses API's wire (adapters/providers/openai/responses.py) is imported with the first Responses request
@@ -1034,6 +1043,8 @@ class OpenAIAdapter(ProviderAdapter):
         dropped += unsent_sampling(body, reasons)
         dropped += unsent_in_thinking(body, profile.thinks_unasked)
         dropped += apply_rules(body, profile.rules)
+        if req.model_extra:
+            dropped += unsent_routing(body)
         if profile.media_after_tools:
             dropped += media_after_results(body["messages"], self.refused_parts(target))
         if profile.assistant_after_tools:

@@ -1,0 +1,121 @@
+"""An aggregator's own routing members in a client's body are never sent. A member the gateway does not know goes
+on to a provider that speaks the client's API as written, and OpenRouter (served as an OpenAI-compatible
+deployment) reads `models` as fallback models, tried when the first fails (a prompt past its context among other
+failures): a key limited to a cheap model sent it with `"models": ["anthropic/claude-opus-4"]` and was answered by
+Opus, on the operator's account, charged at the cheap model's price. OpenRouter's `provider`, `route` and `plugins`
+and LiteLLM's `fallbacks` and client-side `api_base`/`api_key` choose as much. They are left out and named in
+`x-gateway-dropped-params`, a 400 under `x-gateway-strict`. Found by review."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from handler.wire import ROUTING_MEMBERS
+from tests.support.inprocess import serve
+
+MODELS = {
+    "llama-small": {
+        "deployments": [{"provider": "openai", "model": "meta-llama/llama-3.1-8b-instruct"}],
+        "price": {"input": 0.02, "output": 0.05},
+    }
+}
+ROUTING = {
+    "models": ["anthropic/claude-opus-4"],
+    "provider": {"order": ["anthropic"]},
+    "route": "fallback",
+    "plugins": [{"id": "web"}],
+    "fallbacks": ["gpt-4o"],
+    "api_base": "http://elsewhere",
+    "api_key": "sk-another",
+}
+NAMED = ",".join(sorted(ROUTING))
+HI = [{"role": "user", "content": "hi"}]
+COMPLETION = {
+    "id": "gen-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "meta-llama/llama-3.1-8b-instruct",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+}
+RESPONSE = {
+    "id": "resp_1",
+    "object": "response",
+    "status": "completed",
+    "model": "gpt-4o",
+    "output": [
+        {
+            "type": "message",
+            "id": "msg_1",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": "ok", "annotations": []}],
+        }
+    ],
+    "usage": {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4},
+}
+
+
+def recording(sent: list[dict[str, Any]]) -> Any:
+    def upstream(request: httpx.Request) -> httpx.Response:
+        sent.append(orjson.loads(request.content))
+        return httpx.Response(200, json=RESPONSE if request.url.path.endswith("/responses") else COMPLETION)
+
+    return upstream
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": "llama-small", "messages": HI}),
+        ("/v1/messages", {"model": "llama-small", "max_tokens": 5, "messages": HI}),
+        ("/v1/responses", {"model": "llama-small", "input": "hi"}),
+    ],
+    ids=["chat", "messages", "responses"],
+)
+async def test_an_aggregators_routing_members_are_never_sent_and_are_named(path: str, body: dict[str, Any]) -> None:
+    sent: list[dict[str, Any]] = []
+    served = await serve(recording(sent), MODELS)
+    try:
+        answer = await served.post(path, {**body, **ROUTING, "temperature": 0.5})
+    finally:
+        await served.gateway.aclose()
+    assert answer.status_code == 200, answer.text
+    [upstream_body] = sent
+    assert not ROUTING_MEMBERS & set(upstream_body), upstream_body
+    assert upstream_body["model"] == "meta-llama/llama-3.1-8b-instruct" and upstream_body["temperature"] == 0.5
+    assert set(answer.headers["x-gateway-dropped-params"].split(",")) >= set(NAMED.split(","))
+
+
+async def test_a_passed_through_responses_request_sends_no_routing_member() -> None:
+    sent: list[dict[str, Any]] = []
+    native = {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": "http://up/v1", "responses_api": "native"}
+    models = {"m": {"deployments": [{"provider": "openai", "model": "gpt-4o"}], "price": {"input": 1, "output": 2}}}
+    served = await serve(recording(sent), models, provider=native)
+    try:
+        answer = await served.post("/v1/responses", {"model": "m", "input": "hi", **ROUTING, "temperature": 0.5})
+    finally:
+        await served.gateway.aclose()
+    assert answer.status_code == 200, answer.text
+    [upstream_body] = sent
+    assert not ROUTING_MEMBERS & set(upstream_body) and upstream_body["temperature"] == 0.5, upstream_body
+    assert set(answer.headers["x-gateway-dropped-params"].split(",")) >= set(NAMED.split(","))
+
+
+async def test_under_strict_a_routing_member_is_the_clients_400_and_nothing_is_sent() -> None:
+    sent: list[dict[str, Any]] = []
+    served = await serve(recording(sent), MODELS)
+    try:
+        answer = await served.http.post(
+            "/v1/chat/completions",
+            json={"model": "llama-small", "messages": HI, "models": ["anthropic/claude-opus-4"]},
+            headers={"authorization": f"Bearer {served.key.key}", "x-gateway-strict": "true"},
+        )
+    finally:
+        await served.gateway.aclose()
+    assert answer.status_code == 400 and "models" in answer.json()["error"]["message"], answer.text
+    assert sent == []
