@@ -623,9 +623,46 @@ def lambda_time_left_s(scope: Any) -> float | None:
                 return web_adapter_time_left_s(request.headers.get("x-amzn-lambda-context"))
         return None
     try:
-        return max(0.1, (float(remaining()) - LAMBDA_MARGIN_MS) / 1000)
+        left = float(remaining())
     except (TypeError, ValueError):
         return None
+    gives_up = api_gateway_ms_left(scope.get("aws.event"))
+    if gives_up is not None and gives_up < left:
+        left = gives_up
+    return max(0.1, (left - LAMBDA_MARGIN_MS) / 1000)
+
+
+# How long API Gateway waits on the function from the moment it received the request: an HTTP API 30 s (its
+# integration's most), a REST API 29 s. Counted from then, a cold start's init included, which Lambda counts apart
+# from the function's Timeout (it has 10 s of its own): the invocation's time left alone would end an invocation
+# that followed an init of over 2.5 s after API Gateway had answered its bare 503.
+HTTP_API_WAITS_MS = 30_000
+REST_API_WAITS_MS = 29_000
+# An event's time of arrival is believed only this far in the past: the sample events (`sam local invoke -e
+# events/...`) carry a fixed one.
+ARRIVAL_BELIEVED_MS = 60_000
+
+
+def api_gateway_ms_left(event: Any) -> float | None:
+    """The milliseconds before API Gateway gives up on the request of a buffered invocation's `event` (its
+    `requestContext.timeEpoch`, an HTTP API's, or `requestTimeEpoch`, a REST API's), or None: another source (a
+    function URL waits as long as the function's Timeout; a load balancer has no such bound here), or a time of arrival
+    not to be believed."""
+    context = event.get("requestContext") if isinstance(event, dict) else None
+    if not isinstance(context, dict):
+        return None
+    arrived, waits = context.get("timeEpoch"), HTTP_API_WAITS_MS
+    if arrived is None:
+        arrived, waits = context.get("requestTimeEpoch"), REST_API_WAITS_MS
+    domain = context.get("domainName")
+    if isinstance(arrived, bool) or not isinstance(arrived, int | float):
+        return None
+    if isinstance(domain, str) and ".lambda-url." in domain:
+        return None
+    age = time.time() * 1000 - arrived
+    if not 0 <= age <= ARRIVAL_BELIEVED_MS:
+        return None
+    return waits - age
 
 
 def web_adapter_time_left_s(raw: str | None) -> float | None:

@@ -52,6 +52,36 @@ def test_a_lambda_invocation_caps_the_deadline_at_its_remaining_time() -> None:
     assert lambda_time_left_s(request(**{"aws.context": LambdaContext(100)}).scope) == pytest.approx(0.1)
 
 
+def arrived(ago_ms: float, **context: Any) -> dict[str, Any]:
+    return {"version": "2.0", "requestContext": {**context, "timeEpoch": int(time.time() * 1000 - ago_ms)}}
+
+
+def test_after_a_cold_start_the_deadline_ends_before_api_gateway_gives_up() -> None:
+    """API Gateway's HTTP API gives up 30 s after it received the request, a cold start's init included, which Lambda
+    counts apart from the function's Timeout (29 s): after an init of 4 s the deadline came 27.5 s into the
+    invocation, 31.5 s after the request's arrival, and API Gateway's bare 503 came first. Found by review."""
+    cold = request(**{"aws.context": LambdaContext(29_000), "aws.event": arrived(4_000)})
+    assert lambda_time_left_s(cold.scope) == pytest.approx(30 - 4 - 1.5, abs=0.05)
+    assert arrival_deadline_s(cold.scope) == pytest.approx(24.5, abs=0.05)
+    warm = request(**{"aws.context": LambdaContext(29_000), "aws.event": arrived(20)})
+    assert lambda_time_left_s(warm.scope) == pytest.approx(27.5, abs=0.05)  # (the invocation's own bound, sooner)
+    rest = {"requestContext": {"requestTimeEpoch": int(time.time() * 1000 - 4_000)}}  # (a REST API waits 29 s)
+    assert lambda_time_left_s(request(**{"aws.context": LambdaContext(29_000), "aws.event": rest}).scope) == (
+        pytest.approx(23.5, abs=0.05)
+    )
+    # A function URL waits as long as the function; a sample event's arrival (`sam local invoke`) is long past, one
+    # in the future is no arrival: the invocation's time alone.
+    for event in (
+        arrived(4_000, domainName="abc.lambda-url.us-east-1.on.aws"),
+        {"version": "2.0", "requestContext": {"timeEpoch": 1795514400000}},
+        arrived(-5_000),
+        arrived(4_000) | {"requestContext": {"timeEpoch": "soon"}},
+        {"requestContext": None},
+    ):
+        scope = request(**{"aws.context": LambdaContext(29_000), "aws.event": event}).scope
+        assert lambda_time_left_s(scope) == pytest.approx(27.5), event
+
+
 def test_behind_the_web_adapter_the_deadline_is_its_lambda_contexts(monkeypatch: pytest.MonkeyPatch) -> None:
     """The streaming function had no deadline of Lambda's: a slow upstream ran until the function was killed,
     unsettled. The adapter's `x-amzn-lambda-context` carries the invocation's deadline (epoch milliseconds)."""
