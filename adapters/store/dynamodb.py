@@ -103,6 +103,7 @@ from handler.ports import (
     STORE_DEADLINE,
     Admission,
     BudgetCharge,
+    KeyRecord,
     LedgerItem,
     MeterSnapshot,
     Settlement,
@@ -914,6 +915,45 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBThreads, DynamoDBSi
                 return await self._query(**request)
 
         return list(await asyncio.gather(*(one(r) for r in requests)))
+
+    async def retire_region(self, region: str) -> tuple[int, float, list[KeyRecord]]:
+        """For a region whose functions are gone (`gateway store retire-region`): bring home every lease it holds
+        of a key homed elsewhere (`RegionLeases.give_back_all`, through its endpoint: its replica is still there, and
+        no sweeper of it will ever run again), and find the live keys homed in it, whose records and budgets are
+        written through its replica alone (`dynamo_keys`, `region_leases`): deleted with them there, no region could
+        revoke such a key or grant another region its budget. Returns the leases brought home, the USD that came
+        with them, and those keys. Run again, it brings home what came free since (reservations that expired)."""
+        if region == self.region:
+            raise StoreError(f"{region} is this store's own region: open the store in a region that stays (?region=)")
+        leases = 0
+        returned = 0.0
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": "begins_with(pk, :meter) AND sk = :lease",
+            "ExpressionAttributeValues": {":meter": text("METER#"), ":lease": text(f"{LEASE_PREFIX}{region}")},
+        }
+        async for lease in scanned(self.client, **request):
+            record = await self.get_key(lease["pk"]["S"].removeprefix("METER#"))
+            home = record.home_region if record is not None else None
+            if home is None or home == region:
+                continue  # (no lease of a key homed there, nor of an unhomed key: its meter is the home's)
+            returned += await self.leases.give_back_all(lease, home, region)
+            leases += 1
+        homed: list[KeyRecord] = []
+        keys: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": "begins_with(pk, :key) AND sk = :keysk",
+            "ExpressionAttributeValues": {":key": text("KEY#"), ":keysk": text("KEY")},
+        }
+        now = self.clock()
+        async for item in scanned(self.client, **keys):
+            record = self._live(item)
+            if record is None or record.home_region != region or record.revoked_at is not None:
+                continue
+            if record.expires_at is not None and record.expires_at <= now:
+                continue
+            homed.append(record)
+        return leases, returned, sorted(homed, key=lambda r: r.id)
 
     async def migrate(self) -> int:
         """Bring items written by an older gateway to this layout; returns how many items it wrote. Run it once

@@ -624,6 +624,22 @@ class RegionLeases:
             self._unleased.pop((charge.key_id, p), None)
         return returned
 
+    async def give_back_all(self, lease: Item, home: str, region: str) -> float:
+        """Bring home every open period of `lease`, `region`'s lease of a key homed in `home`, whatever its last use,
+        through `region`'s endpoint, as `reclaim_idle` brings home an idle one (its expired reservations released, its
+        debts charged, its lost grants credited first); returns the USD that came home. For a region being retired
+        (`DynamoDBStore.retire_region`): nothing draws on its leases any more, and no sweeper there will return
+        them."""
+        key_id = lease["pk"]["S"].removeprefix("METER#")
+        periods = {name[2:] for name in lease if name[:2] in ("a:", "g:")}  # (a lease ever granted has its `g:P`)
+        returned = 0.0
+        for period in sorted(periods):
+            if period_closed(period, self.clock()):
+                continue  # (the home drops a closed period: a return would write it again)
+            returned += max(await self._give_back(HeldLease(key_id, period, home, 0.0), True, region), 0.0)
+            self._unleased.pop((key_id, period), None)
+        return returned
+
     def replica(self, region: str | None) -> Any:
         """The client of `region`'s replica: this region's own (None: this region), else `client_for`'s."""
         return self.local if region is None or region == self.region else self.client_for(region)

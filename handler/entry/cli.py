@@ -27,7 +27,7 @@ from handler.pipeline.gateway import DEFAULT_STORE_URL
 from handler.pipeline.key_admin import KeyAdmin, family_of, key_names
 from handler.pipeline.keys import NOT_THE_KEY, KeyService, is_key_id, may_hold_a_secret, split_key
 from handler.ports import KeyRecord, LedgerItem, Store, StoreError
-from handler.redaction import redact_message
+from handler.redaction import redact_message, unkeyed
 from handler.telemetry.prometheus import SHARED_ENV
 from handler.telemetry.tracing import otlp_settings
 
@@ -857,6 +857,41 @@ def cmd_store_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store_retire_region(args: argparse.Namespace) -> int:
+    """Before a region's replica is deleted (docs/deploying.md, "Retiring a region"), once its functions are gone:
+    bring home the budget leases it holds of keys homed elsewhere, and name the live keys homed in it, which need
+    its replica. Exit 0 when the replica may go, 1 while keys need it."""
+    region = args.region
+
+    async def run() -> tuple[int, float, list[KeyRecord]]:
+        store = _store(args.store, must_exist=True)
+        try:
+            retire = getattr(store, "retire_region", None)
+            if retire is None:
+                raise StoreError("regions are a DynamoDB store's (dynamodb://TABLE?region=R): this store has none")
+            found: tuple[int, float, list[KeyRecord]] = await retire(region)
+            return found
+        finally:
+            await store.close()
+
+    leases, returned, homed = asyncio.run(run())
+    sys.stdout.write(f"{region}: {leases} budget leases brought home (${returned:.6f} of budget back at their homes)\n")
+    if not homed:
+        sys.stdout.write(
+            f"no live key is homed in {region}: its replica may go:\n    aws dynamodb update-table --region "
+            f"<a region that stays> --table-name <table> --replica-updates 'Delete={{RegionName={region}}}'\n"
+        )
+        return 0
+    sys.stdout.write(
+        f"{len(homed)} live keys are homed in {region}: their records and budgets are written through its replica "
+        "alone, and deleted with it no region could revoke them or grant another region their budget. Keep the "
+        "replica (it needs no stack) until they are revoked or have expired, then run this again:\n"
+    )
+    for record in homed:
+        sys.stdout.write(f"    {record.id}  {unkeyed(record.name)}\n")
+    return 1
+
+
 def cmd_store_replay_logs(args: argparse.Namespace) -> int:
     """Land the settlements that log lines say were spooled (`settlement spooled: ...`), from a spool that is gone
     with its machine (a recycled Lambda environment's `/tmp`). A settlement the store already has changes nothing:
@@ -1046,6 +1081,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--store", help="store URL")
     replay.set_defaults(func=cmd_store_replay_logs)
+    retire = ssub.add_parser(
+        "retire-region",
+        help="once a region's functions are gone: bring home its budget leases, name the keys homed in it",
+    )
+    retire.add_argument("region", help="the region being retired (its replica still there)")
+    retire.add_argument("--store", help="store URL, in a region that stays: dynamodb://TABLE?region=R")
+    retire.set_defaults(func=cmd_store_retire_region)
 
     route = sub.add_parser("route", help="routing tools")
     rsub = route.add_subparsers(dest="route_command", required=True)

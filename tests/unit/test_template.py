@@ -189,6 +189,20 @@ def test_outputs_name_the_log_group_each_function_logs_to(template: dict[str, An
     assert re.findall(r"for output in (\w+) (\w+); do", store) == [("GatewayLogGroupName", "GatewayStreamLogGroupName")]
 
 
+def test_the_log_groups_outlive_the_stack(template: dict[str, Any]) -> None:
+    """Retiring a region deletes its stack, and the log groups went with it: a settlement spooled by an environment
+    Lambda recycled is in its function's log alone until `gateway store replay-logs` lands it (docs/store.md), so
+    that spend was never charged. Found by review (cfn-lint's I3011)."""
+    groups = {name: r for name, r in template["Resources"].items() if r["Type"] == "AWS::Logs::LogGroup"}
+    assert set(groups) == {"GatewayLogGroup", "GatewayStreamLogGroup"}
+    for group in groups.values():
+        assert group["DeletionPolicy"] == group["UpdateReplacePolicy"] == "Retain"
+    retiring = source("docs/deploying.md").partition("### Retiring a region")[2].partition("\n## ")[0]
+    steps = ["sam delete", "gateway store replay-logs", "gateway store retire-region", "--replica-updates 'Delete="]
+    assert all(step in retiring for step in steps)
+    assert [retiring.index(step) for step in steps] == sorted(retiring.index(step) for step in steps)
+
+
 def test_iam_is_scoped_to_the_table_the_secrets_prefix_and_bedrock(template: dict[str, Any]) -> None:
     [policy] = resources(template, "AWS::IAM::ManagedPolicy").values()
     statements = policy["Properties"]["PolicyDocument"]["Statement"]

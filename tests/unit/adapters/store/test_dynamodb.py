@@ -2060,3 +2060,89 @@ async def test_a_late_settlement_whose_home_hangs_is_not_spooled_for_the_debts_c
     await spool.close()
     await here.close()
     assert pending == 0 and waited < 0.5, (pending, waited)
+
+
+async def test_a_retired_region_s_leases_come_home_and_the_keys_homed_there_are_named(dynamo: DynamoServer) -> None:
+    """Retiring a region as docs/deploying.md said (its stack, then its replica) stranded what its replica alone
+    writes: the budget it held leased of keys homed elsewhere (granted at home for good: no sweeper of its runs
+    again, and another region's reclaim goes through its endpoint), and the keys homed in it, which no region could
+    revoke nor grant their budget once it was gone. `retire_region` brings the leases home and names those keys.
+    Found by review."""
+    here, home = two_regions(dynamo)
+    key = uuid.uuid4().hex[:12]
+    await home.create_key(record(key, budget_usd=1.0, home_region="us-east-1"))
+    homed = record(home_region="eu-west-1")
+    gone = [
+        record(home_region="eu-west-1", revoked_at=time.time()),
+        record(home_region="eu-west-1", expires_at=time.time() - 1),
+    ]
+    for made in (homed, *gone, record(home_region="us-east-1")):
+        await home.create_key(made)
+    charge = BudgetCharge(key, PERIOD, 1.0, 0.5, "us-east-1")
+    adm = Admission(uuid.uuid4().hex, key, [charge], [], time.time() + 60, "us-east-1")
+    await here.admit(adm)
+    spent = BudgetCharge(key, PERIOD, 1.0, 0.1, "us-east-1")
+    await here.settle(Settlement(adm.reservation_id, [spent], 0.5, [], line(key, 0.1), "us-east-1", adm.expires_at))
+
+    async def home_committed() -> float:
+        items = {i["sk"]["S"]: i for i in await home._meter_items(key)}
+        return read_num(items["METER"], f"c:{PERIOD}")  # (the home's own spend and every lease granted out)
+
+    leased = await home_committed()
+    assert leased > 0.1  # (eu-west-1's grant, more than it spent)
+    here.leases._held.clear()  # its functions are gone: nothing of it will ever give the lease back
+    here.leases._drew.clear()
+    await here.close()
+
+    retiring = DynamoDBStore(
+        DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url),
+        home.table,
+        time.time,
+        region="us-east-1",
+        client_for=lambda region: DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url),
+    )
+    leases, returned, keys = await retiring.retire_region("eu-west-1")
+    assert leases == 1 and returned == pytest.approx(leased - 0.1)
+    assert await home_committed() == pytest.approx(0.1)
+    assert (await home.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.1)
+    assert [k.id for k in keys] == [homed.id]
+    assert await retiring.retire_region("eu-west-1") == (1, 0.0, keys)  # (again: nothing more came free)
+    with pytest.raises(StoreError, match="this store's own region"):
+        await retiring.retire_region("us-east-1")
+    await retiring.close()
+    await home.close()
+
+
+def test_retire_region_says_whether_the_replica_may_go(
+    dynamo: DynamoServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`gateway store retire-region R`: exit 0 and the command that deletes R's replica where no live key is homed in
+    R; else exit 1, the keys named (by id and name), and the replica kept."""
+    from handler.entry.cli import main
+
+    table = dynamo.create_table()
+    url = dynamo.store_url(table)
+    assert main(["store", "retire-region", "eu-west-1", "--store", url]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith("eu-west-1: 0 budget leases brought home ($0.000000 of budget back at their homes)\n")
+    assert "no live key is homed in eu-west-1" in said and "'Delete={RegionName=eu-west-1}'" in said
+
+    async def home_one() -> KeyRecord:
+        store = open_store(url)
+        made = replace(record(home_region="eu-west-1"), name="team-eu")
+        await store.create_key(made)
+        await store.close()
+        return made
+
+    homed = asyncio.run(home_one())
+    assert main(["store", "retire-region", "eu-west-1", "--store", url]) == 1
+    said = capsys.readouterr().out
+    assert "1 live keys are homed in eu-west-1" in said and f"    {homed.id}  team-eu\n" in said
+    assert "Delete=" not in said
+    assert main(["store", "retire-region", "us-east-1", "--store", url]) == 2
+    assert "us-east-1 is this store's own region" in capsys.readouterr().err
+    embedded = f"sqlite:///{tmp_path / 'gateway.db'}"
+    assert main(["keys", "create", "--name", "k", "--store", embedded]) == 0
+    capsys.readouterr()
+    assert main(["store", "retire-region", "eu-west-1", "--store", embedded]) == 2
+    assert "regions are a DynamoDB store's" in capsys.readouterr().err
