@@ -57,7 +57,7 @@ from handler.ports import STORE_DEADLINE, KeyRecord, StoreDeadlineError, StoreEr
 from handler.redaction import echoed, names_clipped, path_clipped, scrub, unkeyed
 from handler.schemas import ChatRequest, PlainCompletion
 from handler.telemetry import prometheus
-from handler.telemetry.observability import observe, observe_failure
+from handler.telemetry.observability import TRACING_ON, observe, observe_failure
 from handler.wire import interrupted
 
 if TYPE_CHECKING:  # (the chunk model is built on a stream's first use: a cold start pays for none)
@@ -598,6 +598,20 @@ def from_web_adapter(request: Request) -> bool:
     return client is not None and client[0] in LOOPBACK
 
 
+def adopt_invocation_trace(scope: Any) -> None:
+    """Behind the Web Adapter, with tracing on: the invocation's X-Ray trace (the adapter's `x-amzn-trace-id`, believed
+    from the adapter itself, on loopback) made the process's `_X_AMZN_TRACE_ID`, where the X-Ray SDK reads a Lambda
+    invocation's trace. Lambda's Python runtime sets it per invocation; behind the adapter none runs (uvicorn was
+    started once, at init), so every subsegment was discarded, each with a warning in the function's log. An
+    environment serves one invocation at a time."""
+    if not TRACING_ON:
+        return
+    client = scope.get("client")
+    trace = first_headers(scope).get(b"x-amzn-trace-id")
+    if trace and client is not None and client[0] in LOOPBACK:
+        os.environ["_X_AMZN_TRACE_ID"] = trace.decode("latin-1")
+
+
 def lwa_source_ip(raw: str | None) -> str | None:
     if not raw:
         return None
@@ -944,6 +958,8 @@ class GatewayApp:
         state["request_id"] = request_id
         state["started"] = time.perf_counter()  # (a request refused before its exchange is timed from here)
         deadline_s = state["deadline_s"] = arrival_deadline_s(scope)
+        if BEHIND_WEB_ADAPTER:
+            adopt_invocation_trace(scope)
         if deadline_s is None:
             await self._serve(scope, receive, send, request_id)
             return

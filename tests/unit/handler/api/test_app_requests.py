@@ -82,6 +82,21 @@ def test_after_a_cold_start_the_deadline_ends_before_api_gateway_gives_up() -> N
         assert lambda_time_left_s(scope) == pytest.approx(27.5), event
 
 
+def test_behind_the_web_adapter_the_invocations_trace_is_the_adapters_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The X-Ray SDK reads a Lambda invocation's trace from `_X_AMZN_TRACE_ID`, which behind the adapter no runtime
+    sets: it is taken from the adapter's `x-amzn-trace-id`, on loopback only (a client's own header is no trace)."""
+    monkeypatch.setattr(app_module, "TRACING_ON", True)
+    monkeypatch.setenv("_X_AMZN_TRACE_ID", "Root=1-0-before")
+    trace = {"x-amzn-trace-id": "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1"}
+    app_module.adopt_invocation_trace(request(trace, client=("198.51.100.2", 5000)).scope)
+    assert app_module.os.environ["_X_AMZN_TRACE_ID"] == "Root=1-0-before"
+    app_module.adopt_invocation_trace(request(trace, client=("127.0.0.1", 5000)).scope)
+    assert app_module.os.environ["_X_AMZN_TRACE_ID"] == trace["x-amzn-trace-id"]
+    monkeypatch.setattr(app_module, "TRACING_ON", False)
+    app_module.adopt_invocation_trace(request({"x-amzn-trace-id": "Root=1-1-x"}, client=("127.0.0.1", 5000)).scope)
+    assert app_module.os.environ["_X_AMZN_TRACE_ID"] == trace["x-amzn-trace-id"]
+
+
 def test_behind_the_web_adapter_the_deadline_is_its_lambda_contexts(monkeypatch: pytest.MonkeyPatch) -> None:
     """The streaming function had no deadline of Lambda's: a slow upstream ran until the function was killed,
     unsettled. The adapter's `x-amzn-lambda-context` carries the invocation's deadline (epoch milliseconds)."""
