@@ -127,7 +127,9 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
             choices[index] = choices.get(index, 0) + content
             if choice.finish_reason:
                 self._finished_choices.add(index)
-            self._chars += content + len(delta.reasoning_content or "") + len(delta.refusal or "")
+            self._chars += content + len(delta.reasoning_content or "")
+            if delta.refusal and choice.finish_reason != "content_filter":  # (`pipeline.answer_chars`)
+                self._chars += len(delta.refusal)
             if text and self.schema is not None:
                 self._texts.setdefault(index, []).append(text)
             for call in delta.tool_calls or ():

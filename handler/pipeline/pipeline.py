@@ -1594,11 +1594,16 @@ def embedded_tokens(inputs: str | list[str] | list[int] | list[list[int]]) -> in
 
 
 def answer_chars(completion: ChatCompletion) -> int:
-    """The characters of everything an answer generated: text, reasoning, a refusal and tool-call arguments."""
+    """The characters of everything an answer generated: text, reasoning, a refusal and tool-call arguments. Not the
+    refusal of a choice its provider's filter ended (`content_filter`): the words of the filter, or the gateway's own
+    (a prompt Gemini blocked has no candidate, and Gemini's usage counts none out: counted, they made that usage
+    "impossible", and an estimate billed 16 output tokens of "Gemini blocked the prompt (...)")."""
     total = 0
     for choice in completion.choices:
         message = choice.message
-        total += len(message.content or "") + len(message.reasoning_content or "") + len(message.refusal or "")
+        total += len(message.content or "") + len(message.reasoning_content or "")
+        if message.refusal and choice.finish_reason != "content_filter":
+            total += len(message.refusal)
         for call in message.tool_calls or ():
             total += len(call.function.arguments or "") + len(call.function.name or "")
     return total
