@@ -228,7 +228,9 @@ class MistralAdapter(OpenAIAdapter):
         return dict(_conform_choices(data, "message"))
 
     def stream_parser(self, req: ChatRequest, target: Target) -> MistralStreamParser:
-        return MistralStreamParser(target.model, self.repeated_prefix(req, target), tool_names(req))
+        parser = MistralStreamParser(target.model, self.repeated_prefix(req, target), tool_names(req))
+        parser.opens_empty = True  # (a tool-only answer opens `content: ""`: `OpenAIStreamParser._opened`)
+        return parser
 
     def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> BuiltRequest:
         """OpenAI's embeddings request in Mistral's names; what Mistral has no field for (`user`) is dropped and

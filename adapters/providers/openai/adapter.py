@@ -69,7 +69,14 @@ LATER_MODULES.add("adapters.providers.prefill")  # (a Messages client's prefill'
 if TYPE_CHECKING:
     from adapters.providers.openai.responses import ResponsesMeter
     from adapters.providers.prefill import RepeatedPrefix
-    from handler.schemas import ChatCompletionChunk, EmbeddingsRequest, EmbeddingsResponse, ToolCall, ToolCallDelta
+    from handler.schemas import (
+        ChatCompletionChunk,
+        ChunkChoice,
+        EmbeddingsRequest,
+        EmbeddingsResponse,
+        ToolCall,
+        ToolCallDelta,
+    )
 
 
 def error_from_body(status: int, body: bytes, headers: Mapping[str, str], note: str = "") -> UpstreamError:
@@ -446,6 +453,11 @@ class OpenAIStreamParser:
         self.head: dict[str, Any] = {}  # what the chunks of a server that leaves their head out get (`_conform_head`)
         self.calls: dict[Any, list[str | None]] = {}  # a server's calls streamed without `index` (`_indexed_calls`)
         self.held: ChatCompletionChunk | None = None  # a call begun with no signature, its next chunk awaited
+        # A server that opens every answer `content: ""`, a tool call's too (Mistral's, Ollama's: not OpenAI's, which
+        # opens a call with `null`): its opening held until what comes first is known (`_opened`).
+        self.opens_empty = False
+        self.opening: ChatCompletionChunk | None = None
+        self.untexted: set[int] = set()  # the choices opened with a call (a refusal, reasoning), no text since
 
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
         data = event.data
@@ -503,18 +515,47 @@ class OpenAIStreamParser:
                         call.function.name = self.names.client(call.function.name)
                     if self.signed:
                         signature_in_id(call)
+        chunks = self._opened(chunk) if self.opens_empty else [chunk]
         if self.waits:
-            return self._signed_late(chunk)
-        return [chunk]
+            return [late for each in chunks for late in self._signed_late(each)]
+        return chunks
 
     def finish(self) -> list[ChatCompletionChunk]:
         return self.held_back()
 
     def held_back(self) -> list[ChatCompletionChunk]:
-        """The chunk held for the next (`_signed_late`), handed out: at the stream's end, or before its error (the
-        call the provider began, and billed, goes to the client before the error that ended the stream)."""
+        """The chunks held for the next (`_opened`, `_signed_late`), handed out: at the stream's end, or before its
+        error (the call the provider began, and billed, goes to the client before the error that ended the stream)."""
+        opening, self.opening = self.opening, None
         held, self.held = self.held, None
-        return [held] if held is not None else []
+        return [chunk for chunk in (opening, held) if chunk is not None]
+
+    def _opened(self, chunk: ChatCompletionChunk) -> list[ChatCompletionChunk]:
+        """The chunks to relay once `chunk` is read, from a server that opens a tool-only answer with `content: ""`
+        (and may end it with another): the opening (`role` and `content: ""` alone) is held until the next chunk
+        says what comes first, then goes with `content: null` before a call, a refusal or reasoning, as OpenAI's
+        does; and an empty `content` of a choice with no text yet, beside or after its call, is `null`. Relayed as
+        they came, a tool-only answer reached a Chat client with `content: ""`, whole and streamed (the SDK's stream
+        helper fired `content.delta` and finished with `""`), where OpenAI's, and every translated one, has None."""
+        held, self.opening = self.opening, None
+        if held is None and chunk.usage is None and chunk.choices and all(map(_empty_opening, chunk.choices)):
+            self.opening = chunk
+            return []
+        if held is not None:
+            firsts = {choice.index: choice.delta for choice in chunk.choices}
+            for choice in held.choices:
+                first = firsts.get(choice.index)
+                if first is not None and (first.tool_calls or first.refusal or first.reasoning_content):
+                    choice.delta.content = None
+                    self.untexted.add(choice.index)
+        for choice in chunk.choices:
+            delta = choice.delta
+            if delta.content == "" and (delta.tool_calls or choice.index in self.untexted):
+                delta.content = None
+                self.untexted.add(choice.index)
+            elif delta.content:
+                self.untexted.discard(choice.index)
+        return [chunk] if held is None else [held, chunk]
 
     def _signed_late(self, chunk: ChatCompletionChunk) -> list[ChatCompletionChunk]:
         """The chunks to relay once `chunk` is read, where calls carry their thought signatures (`signed`): a chunk
@@ -791,6 +832,20 @@ def plain_body(req: ChatRequest, target: Target, profile: Profile) -> dict[str, 
     if "max_completion_tokens" in fields:
         body["max_tokens" if profile.cap_as_max_tokens else "max_completion_tokens"] = req.max_completion_tokens
     return body
+
+
+def _empty_opening(choice: ChunkChoice) -> bool:
+    """Whether a stream's `choice` is an opening that says nothing of what comes: its role and `content: ""` alone."""
+    delta = choice.delta
+    return (
+        delta.role is not None
+        and delta.content == ""
+        and not delta.tool_calls
+        and delta.refusal is None
+        and delta.reasoning_content is None
+        and not delta.model_extra
+        and choice.finish_reason is None
+    )
 
 
 def _plain_tools(tools: list[dict[str, Any]] | None) -> None:
@@ -1172,6 +1227,9 @@ class OpenAIAdapter(ProviderAdapter):
         except ValidationError as exc:
             raise billed_unusable(data, exc, "answer") from exc
         completion.usage = normalize_usage(completion.usage)
+        for choice in completion.choices:
+            if choice.message.content == "" and choice.message.tool_calls:
+                choice.message.content = None  # (a tool-only answer of Mistral's or Ollama's: `_opened`)
         names = tool_names(req)
         signed = self.profile(target).signed_calls
         if names is not None or signed:
@@ -1197,8 +1255,12 @@ class OpenAIAdapter(ProviderAdapter):
         return data
 
     def stream_parser(self, req: ChatRequest, target: Target) -> OpenAIStreamParser:
-        signed = self.profile(target).signed_calls
-        return OpenAIStreamParser(target.model, self.repeated_prefix(req, target), tool_names(req), signed)
+        profile = self.profile(target)
+        parser = OpenAIStreamParser(
+            target.model, self.repeated_prefix(req, target), tool_names(req), profile.signed_calls
+        )
+        parser.opens_empty = profile is not PROFILES["openai"]  # (OpenAI's own opens a call with `null`)
+        return parser
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         if status in (400, 422) and b"stream_options" in body:  # (only a stream is sent `stream_options`)
