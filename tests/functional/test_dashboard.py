@@ -1184,3 +1184,46 @@ def test_the_dashboards_90_days_of_200_keys_spending_daily_are_answered_on_lambd
     assert len(by_day_key["data"]) == 21 * DAYS and by_day_key["folded"] == SPENDING_KEYS - 20
     assert sum(row["requests"] for row in by_day_key["data"]) == SPENDING_KEYS * DAYS
     assert by_day_model["folded"] == 0 and len(by_day_model["data"]) == 2 * DAYS
+
+
+def test_the_dashboards_load_lists_its_top_tag_names_whatever_names_clients_make_up() -> None:
+    """`top` bounded each grouping's rows but not `tag_names`, every distinct tag name of the window's lines, which a
+    client names (`x-gateway-tags`: 16 names a request, 128 characters each): 3,200 requests of one client key with
+    made-up names made the dashboard's load 6.8 MB, a 413 on the buffered Lambda function ("Could not load usage", no
+    figures) until those lines left the window, and the page drew an option for each of 51,200 names. With `top`, the
+    `top` names the most lines carry are listed, and `tag_names_folded` counts the rest. Found by review."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    requests = 3200
+    try:
+        gateway = build_gateway(store_url="sqlite://", environ={})
+
+        async def keys() -> tuple[str, str]:
+            admin = KeyRecord(id="", name="ops", secret_hash="", created_at=0, admin=True)
+            client = KeyRecord(id="", name="a client", secret_hash="", created_at=0)
+            made = [await KeyAdmin(gateway.keys).mint(admin), await KeyAdmin(gateway.keys).mint(client)]
+            return made[0].key, made[1].record.id
+
+        admin, client_id = loop.run_until_complete(keys())
+        now = time.time()
+        rows = []
+        for request in range(requests):
+            tags = {f"{request:06d}{tag:02d}".ljust(128, "x"): "1" for tag in range(16)}
+            tags["team"] = tags["env"] = "a"  # (the names the operator's clients use)
+            item = replace(line(client_id, 0.00001, ts=now - 60 - request), tags=tags)
+            rows.append((client_id, item.ts, item.request_id, ledger_to_json(item), "provider"))
+        gateway.store.db.executemany(
+            "INSERT INTO ledger (key_id, ts, request_id, data, cost_source) VALUES (?, ?, ?, ?, ?)", rows
+        )
+        limit = AnswerLimit()
+        handler = lambda_adapter(Settling(create_app(gateway, limit), gateway, limit))
+        answer = handler(event("GET", "/admin/usage", key=admin, query=dashboard_query(now)), None)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    assert answer["statusCode"] == 200, (answer["statusCode"], answer["body"][:300])
+    assert len(answer["body"]) < 1_000_000, f"{len(answer['body']):,} bytes"
+    body = orjson.loads(answer["body"])
+    (size,) = re.findall(r"\bconst TOP = (\d+);", asset("dashboard.js"))
+    assert len(body["tag_names"]) == int(size) and body["tag_names_folded"] == requests * 16 + 2 - int(size)
+    assert {"team", "env"} <= set(body["tag_names"])  # (carried by the most lines)
