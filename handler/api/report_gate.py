@@ -8,10 +8,11 @@ the while, and one key sending many at once would have everyone else's reports w
 
 So a process makes `REPORTS_AT_ONCE` at a time (two: a small report need not wait for a long one to end), the
 others waiting their turn in arrival order (their lines are not read yet: a waiting report holds no memory), and a
-key family (a key, its children, and a dashboard session of an admin key, all counted under their root key) has at
-most `REPORTS_PER_FAMILY` made or waiting at once: one more is a 429 `rate_limit_exceeded` with a `retry-after`, and
-the client tries again once one of its own is done. A dashboard asks for one report per load (its views in one,
-`view=`), so it never meets that bound alone.
+key family (a key and its children, counted under their root key) has at most `REPORTS_PER_FAMILY` made or waiting at
+once: one more is a 429 `rate_limit_exceeded` with a `retry-after`, and the client tries again once one of its own is
+done. The family's admin keys (an admin key and its dashboard sessions) count apart from the client keys it minted
+under it: counted with them, a client key holding two reports of its own had the operator's dashboard refused. A
+dashboard asks for one report per load (its views in one, `view=`), so it never meets that bound alone.
 """
 
 from __future__ import annotations
@@ -51,12 +52,14 @@ class ReportGate:
     def __init__(self, at_once: int = REPORTS_AT_ONCE, per_family: int = REPORTS_PER_FAMILY) -> None:
         self.turns = LoopSemaphore(at_once)
         self.per_family = per_family
-        self._held: dict[str, int] = {}  # root key id -> its reports made or waiting
+        self._held: dict[str, int] = {}  # root key id (`#admin`: its admin keys') -> its reports made or waiting
 
     @asynccontextmanager
     async def turn(self, caller: KeyRecord) -> AsyncIterator[None]:
         """Wait for this report's turn; a 429 if `caller`'s family has `per_family` reports in hand already."""
         family = caller.ancestors[0] if caller.ancestors else caller.id
+        if caller.admin:
+            family += "#admin"  # (its dashboard sessions', apart from the client keys under it)
         held = self._held.get(family, 0)
         if held >= self.per_family:
             raise RateLimitError(
