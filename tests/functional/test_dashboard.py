@@ -1227,3 +1227,103 @@ def test_the_dashboards_load_lists_its_top_tag_names_whatever_names_clients_make
     (size,) = re.findall(r"\bconst TOP = (\d+);", asset("dashboard.js"))
     assert len(body["tag_names"]) == int(size) and body["tag_names_folded"] == requests * 16 + 2 - int(size)
     assert {"team", "env"} <= set(body["tag_names"])  # (carried by the most lines)
+
+
+# --- the page's sign-in and session, found by review (dashrev) ------------------------------------------------
+
+
+@pytest.mark.skipif(chromium_missing() is not None, reason=chromium_missing() or "")
+def test_a_link_pasted_into_the_open_dashboard_tab_signs_in_and_leaves_the_address_bar(
+    running: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`gateway dashboard --no-open` prints the link; pasted into the tab already open on the dashboard, it changes the
+    fragment alone, which loads nothing: the page read a link only as it loaded, so the token stayed in the address bar
+    (and the history), unused, and nobody was signed in. A session the tab held is signed out first."""
+    admin = running.mint(admin=True, name="open-tab-admin")
+    admin_id = (split_key(admin) or ("", ""))[0]
+    links = [dashboard_link(running, capsys, "--key", admin_id) for _ in range(2)]
+    with Browser() as browser:
+        page = browser.new_page()
+        page.goto(links[0].partition("#")[0])  # the dashboard tab, on its key form
+        page.wait_for("document.documentElement.dataset.state === 'signed-out'")
+        sessions: list[str | None] = [None]
+        held = "sessionStorage.getItem('gateway.dashboard.adminKey')"
+        for link in links:  # (the second pasted into the tab the first signed in)
+            page.send("Page.navigate", {"url": link})
+            before = orjson.dumps(sessions[-1]).decode()
+            ready = "document.documentElement.dataset.state === 'ready'"
+            page.wait_for(f"{ready} && !location.href.includes('#') && {held} !== {before}")
+            sessions.append(page.evaluate(held))
+    _, first, second = sessions
+    assert first and second and first != second
+    assert httpx.get(f"{running.url}/v1/key", headers=headers(first)).status_code == 401  # (revoked)
+    assert httpx.get(f"{running.url}/v1/key", headers=headers(second)).status_code == 200
+
+
+# A proxy in front of the gateway refusing the next report (403), once.
+FORBIDDEN_ONCE = """(() => { const sent = window.fetch; window.forbidding = true;
+    window.fetch = async (...args) => {
+        if (!window.forbidding || !String(args[0]).startsWith('admin/usage')) return sent(...args);
+        window.forbidding = false;
+        return new Response(JSON.stringify({error: {message: 'Forbidden', code: 'forbidden'}}),
+            {status: 403, headers: {'content-type': 'application/json'}});
+    }; })()"""
+
+
+@pytest.mark.skipif(chromium_missing() is not None, reason=chromium_missing() or "")
+def test_a_load_refused_403_keeps_the_links_session_and_its_sign_out(
+    running: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Any 401 or 403 of a load had the page forget its key: a link's 8-hour admin session refused by a proxy, or
+    `ip_not_allowed` off the office network, lived on where nothing held it, and the page, offering no "Sign out",
+    could not revoke it. A 403 keeps it now, with "Sign out"; a 401 (the session ended) still forgets it."""
+    admin = running.mint(admin=True, name="forbidden-admin")
+    link = dashboard_link(running, capsys, "--key", (split_key(admin) or ("", ""))[0])
+    with Browser() as browser:
+        page = browser.new_page()
+        page.goto(link)
+        page.wait_for("document.documentElement.dataset.state === 'ready'")
+        session_key = page.evaluate("sessionStorage.getItem('gateway.dashboard.adminKey')")
+        page.evaluate(FORBIDDEN_ONCE)
+        page.evaluate("document.getElementById('refresh').click()")
+        page.wait_for("document.documentElement.dataset.state === 'error'")
+        after = page.evaluate(
+            "({held: sessionStorage.getItem('gateway.dashboard.adminKey'),"
+            " signOut: !document.getElementById('controls').hidden,"
+            " said: document.getElementById('status').textContent})"
+        )
+        assert after["held"] == session_key and after["signOut"] and "403 forbidden" in after["said"], after
+        page.evaluate("document.getElementById('sign-out').click()")
+        page.wait_for("document.documentElement.dataset.state === 'signed-out'")
+    assert httpx.get(f"{running.url}/v1/key", headers=headers(session_key)).status_code == 401
+
+
+@pytest.mark.skipif(chromium_missing() is not None, reason=chromium_missing() or "")
+def test_the_spend_by_control_names_the_grouping_the_table_shows(known: Running) -> None:
+    """ "Spend by tag team", then a filter whose lines carry no `team` tag: the control went back to "model", but the
+    table was drawn by the tag ("Tag team", one "(none)" row), and choosing "model", already selected, did nothing."""
+    admin = known.mint(admin=True, name="breakdown-admin")
+    with Browser() as browser:
+        page = browser.new_page()
+        page.goto(f"{known.url}/dashboard")
+        assert sign_in(page, admin) == "ready"
+        page.evaluate(
+            "(() => { const s = document.getElementById('breakdown'); s.value = 'tag:team';"
+            " s.dispatchEvent(new Event('change')); })()"
+        )
+        wait_ready(page)
+        page.evaluate(  # lines of env=dev carry no `team` tag
+            "(() => { document.getElementById('filter-tag').value = 'env=dev';"
+            " document.getElementById('filters').requestSubmit(); })()"
+        )
+        page.wait_for(
+            "document.documentElement.dataset.state === 'ready'"
+            " && document.getElementById('report').dataset.filter.includes('env=dev')"
+            " && document.getElementById('breakdown-name').textContent === 'Model'"
+        )
+        shown = page.evaluate(
+            "({control: document.getElementById('breakdown').value,"
+            " rows: [...document.getElementById('breakdown-table').tBodies[0].rows]"
+            ".map((r) => r.cells[0].textContent)})"
+        )
+    assert shown["control"] == "model" and "(none)" not in shown["rows"], shown

@@ -201,8 +201,14 @@
 
   function failed(error, mine) {
     if (mine !== generation || error instanceof Superseded) return;
-    if (error instanceof ApiError && (error.status === 401 || error.status === 403)) {
+    // A 401: the key no longer works (a session revoked or ended). A 403 of a link's session says nothing of the
+    // session (a proxy's refusal, `ip_not_allowed` from another network): forgotten then, it lived on for hours, and
+    // the page, holding it no more, could not sign it out; it stays, with "Sign out". A typed key is only forgotten.
+    const ended = error instanceof ApiError && error.status === 401;
+    const refused = error instanceof ApiError && error.status === 403 && !sessionStorage.getItem(SESSION_ID);
+    if (ended || refused) {
       sessionStorage.removeItem(STORAGE_KEY);
+      sessionStorage.removeItem(SESSION_ID);
       showSignIn(`${error.status} ${error.code}: ${error.message}`);
       document.documentElement.dataset.state = "refused";
       return;
@@ -247,12 +253,16 @@
       renderTopKeys(byKey, total[0] || null, keyLabel);
       renderLatency(body.latency);
       renderBreakdownChoices(body.tag_names || [], breakdown);
-      renderBreakdown(body, breakdown);
+      // A tag the new lines carry no more (another filter, another period): the control is back on "model", and the
+      // table follows it (drawn by the tag, it showed one "(none)" row under a control that said "model").
+      const chosen = $("breakdown").value;
+      if (chosen === breakdown) renderBreakdown(body, breakdown);
       section.dataset.filter = JSON.stringify(period.filter);
       section.hidden = false;
       shown = period;
       showFigures("fresh");
       ready(period);
+      if (chosen !== breakdown) loadBreakdown();
     } catch (error) {
       failed(error, mine);
     }
@@ -562,9 +572,13 @@
 
   // The token is in the fragment, which never reaches a server; it leaves the address bar (and so the history)
   // before anything else happens, and is traded once for a session key kept like a typed-in one.
-  async function signInFromLink() {
+  function takeToken() {
     const token = location.hash.slice(SIGN_IN_PREFIX.length);
     history.replaceState(null, "", location.pathname + location.search);
+    return token;
+  }
+
+  async function signInFromLink(token) {
     let body = null;
     let response = null;
     try {
@@ -602,7 +616,7 @@
     generation++;
     if (!session) {
       forget("Key forgotten.");
-      return;
+      return true;
     }
     const button = $("sign-out");
     button.disabled = true;
@@ -618,7 +632,7 @@
       });
       if (response.status === 401) {
         forget("Signed out; the session had ended already.");  // (revoked, or expired: no key works with it)
-        return;
+        return true;
       }
       if (!response.ok) {
         let error = {};
@@ -636,10 +650,11 @@
     }
     if (failure === null) {
       forget("Signed out; the session is revoked.");
-      return;
+      return true;
     }
     setState("sign-out-failed", `Not signed out: the session was not revoked (${failure}); it still works. ` +
       "Sign out again to retry.", true);
+    return false;
   }
 
   function forget(message) {
@@ -651,7 +666,25 @@
   // --- wiring ------------------------------------------------------------------------------
 
   async function begin() {
-    if (location.hash.startsWith(SIGN_IN_PREFIX) && !(await signInFromLink())) {
+    if (location.hash.startsWith(SIGN_IN_PREFIX) && !(await signInFromLink(takeToken()))) {
+      showSignIn("");
+      document.documentElement.dataset.state = "link-refused";
+      return;
+    }
+    $("link-error").hidden = true;
+    load();
+  }
+
+  // A link pasted into the open page changes its fragment alone, which loads nothing: read here as `begin` reads it at
+  // a load (ignored, the token stayed in the address bar and the history, unused). A session this page holds is
+  // signed out first (revoked: forgotten, it would live on where nothing holds it); kept if that fails, the new link
+  // is not used.
+  async function linkPasted() {
+    if (!location.hash.startsWith(SIGN_IN_PREFIX)) return;
+    const token = takeToken();
+    generation++;
+    if (sessionStorage.getItem(SESSION_ID) && !(await signOut())) return;
+    if (!(await signInFromLink(token))) {
       showSignIn("");
       document.documentElement.dataset.state = "link-refused";
       return;
@@ -684,6 +717,7 @@
     });
     $("refresh").addEventListener("click", load);
     $("sign-out").addEventListener("click", signOut);
+    window.addEventListener("hashchange", linkPasted);
     begin();
   }
 
