@@ -5,17 +5,24 @@ streamed, opens a call with `null`): the SDK's `chat.completions.stream(...)` fi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import openai
+import orjson
 import pytest
 from pydantic import BaseModel
 
+from adapters.providers.openai.adapter import OpenAIStreamParser
 from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
+from handler.wire import StreamEvent
 from tests.fakes import mistral as fake
 from tests.functional.conftest import Running, serve_gateway
+from tests.support.inprocess import serve
 from tests.support.scripted import SCRIPTS, chunk, scripted_gateway, usage_chunk, whole
 from tests.support.servers import ServerThread
 
@@ -135,10 +142,70 @@ def test_a_compatible_servers_tool_only_answer_has_null_content_and_its_text_ans
             final = stream.get_final_completion()
         assert "content.delta" not in kinds and final.choices[0].message.content is None
         assert final.choices[0].message.tool_calls[0].function.parsed_arguments == GetWeather(city="Oslo")  # type: ignore[index, union-attr]
-        # A text answer opens `""` as OpenAI's does, and an answer of nothing ends with its opening, handed out.
-        for model, text in (("compatible-text", "Hello"), ("compatible-empty", "")):
+        # A text answer's content is its text (opened `null`, as nothing was known of it yet), an empty one None.
+        for model, text in (("compatible-text", "Hello"), ("compatible-empty", None)):
             with sdk.chat.completions.stream(model=model, messages=CALL) as stream:
                 first = next(iter(stream))
                 final = stream.get_final_completion()
             assert final.choices[0].message.content == text, model
             assert first.type == "chunk" and first.chunk.choices[0].delta.role == "assistant"
+
+
+def event(index: int, delta: dict[str, Any], finish: str | None = None) -> StreamEvent:
+    choice = {"index": index, "delta": delta, "finish_reason": finish}
+    body = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [choice]}
+    return StreamEvent(None, orjson.dumps(body))
+
+
+def test_each_choice_of_a_tool_only_answer_has_null_content() -> None:
+    """With `n` > 1, a server that opens each choice in a chunk of its own (vLLM's): each choice is read apart (a hold
+    of one opening at a time let the second choice's `""` through). Found by review (mergerev35)."""
+    parser = OpenAIStreamParser("m")
+    parser.opens_empty = True
+
+    def call(name: str) -> dict[str, Any]:
+        return {"tool_calls": [{"index": 0, "id": f"call_{name}", "type": "function", "function": {"name": name}}]}
+
+    events = [
+        event(0, {"role": "assistant", "content": ""}),
+        event(1, {"role": "assistant", "content": ""}),
+        event(0, {"content": "", **call("a")}),
+        event(1, {"content": "", **call("b")}),
+        event(0, {}, "tool_calls"),
+        event(1, {}, "tool_calls"),
+        StreamEvent(None, b"[DONE]"),
+    ]
+    chunks = [c for e in events for c in parser.feed(e)] + parser.finish()
+    assert len(chunks) == 6  # (each as it came: none held)
+    said = [(choice.index, choice.delta.content) for c in chunks for choice in c.choices]
+    assert said == [(0, None), (1, None), (0, None), (1, None), (0, None), (1, None)]
+
+
+class Thinking(httpx.AsyncByteStream):
+    """A server that opens at once, then thinks (its reasoning not streamed) past the request's deadline."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"data: " + orjson.dumps(chunk({"role": "assistant", "content": ""})) + b"\n\n"
+        await asyncio.sleep(3)
+        yield b"data: " + orjson.dumps(chunk({"content": "Hi"}, "stop")) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+
+async def test_a_stream_that_opened_and_stalls_past_its_deadline_is_a_begun_stream() -> None:
+    """The opening, held until the next chunk said what came first, was no item of the stream: one that opened and
+    then stalled in thought past its deadline was taken for an attempt never answered, a bare 504 charged its reserved
+    worst case ($0.040009 for 4,000 tokens), where it is a 200 cut with its in-stream 504, charged its prompt; and the
+    client's first byte waited the whole thinking time. Found by review (mergerev35)."""
+    models = {"m": {"deployments": [{"provider": "openai", "model": "m-1"}], "price": {"input": 1, "output": 10}}}
+    served = await serve(lambda request: httpx.Response(200, stream=Thinking()), models)
+    try:
+        answer = await served.http.post(
+            "/v1/chat/completions",
+            json={"model": "m", "stream": True, "max_tokens": 4000, "messages": [{"role": "user", "content": "x"}]},
+            headers={"authorization": f"Bearer {served.key.key}", "x-gateway-deadline-ms": "600"},
+        )
+        [line] = await served.ledger()
+    finally:
+        await served.gateway.aclose()
+    assert answer.status_code == 200 and "upstream_timeout" in answer.text, (answer.status_code, answer.text[:300])
+    assert (line.output_tokens, line.cost_source) == (0, "estimate"), (line.output_tokens, line.cost_usd)

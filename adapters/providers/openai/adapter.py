@@ -71,7 +71,6 @@ if TYPE_CHECKING:
     from adapters.providers.prefill import RepeatedPrefix
     from handler.schemas import (
         ChatCompletionChunk,
-        ChunkChoice,
         EmbeddingsRequest,
         EmbeddingsResponse,
         ToolCall,
@@ -454,10 +453,9 @@ class OpenAIStreamParser:
         self.calls: dict[Any, list[str | None]] = {}  # a server's calls streamed without `index` (`_indexed_calls`)
         self.held: ChatCompletionChunk | None = None  # a call begun with no signature, its next chunk awaited
         # A server that opens every answer `content: ""`, a tool call's too (Mistral's, Ollama's: not OpenAI's, which
-        # opens a call with `null`): its opening held until what comes first is known (`_opened`).
+        # opens a call with `null`): its empty contents are `null` until a choice's first text (`_opened`).
         self.opens_empty = False
-        self.opening: ChatCompletionChunk | None = None
-        self.untexted: set[int] = set()  # the choices opened with a call (a refusal, reasoning), no text since
+        self.untexted: set[int] = set()  # the choices with no text yet
 
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
         data = event.data
@@ -515,47 +513,38 @@ class OpenAIStreamParser:
                         call.function.name = self.names.client(call.function.name)
                     if self.signed:
                         signature_in_id(call)
-        chunks = self._opened(chunk) if self.opens_empty else [chunk]
+        if self.opens_empty:
+            self._opened(chunk)
         if self.waits:
-            return [late for each in chunks for late in self._signed_late(each)]
-        return chunks
+            return self._signed_late(chunk)
+        return [chunk]
 
     def finish(self) -> list[ChatCompletionChunk]:
         return self.held_back()
 
     def held_back(self) -> list[ChatCompletionChunk]:
-        """The chunks held for the next (`_opened`, `_signed_late`), handed out: at the stream's end, or before its
-        error (the call the provider began, and billed, goes to the client before the error that ended the stream)."""
-        opening, self.opening = self.opening, None
+        """The chunk held for the next (`_signed_late`), handed out: at the stream's end, or before its error (the
+        call the provider began, and billed, goes to the client before the error that ended the stream)."""
         held, self.held = self.held, None
-        return [chunk for chunk in (opening, held) if chunk is not None]
+        return [held] if held is not None else []
 
-    def _opened(self, chunk: ChatCompletionChunk) -> list[ChatCompletionChunk]:
-        """The chunks to relay once `chunk` is read, from a server that opens a tool-only answer with `content: ""`
-        (and may end it with another): the opening (`role` and `content: ""` alone) is held until the next chunk
-        says what comes first, then goes with `content: null` before a call, a refusal or reasoning, as OpenAI's
-        does; and an empty `content` of a choice with no text yet, beside or after its call, is `null`. Relayed as
-        they came, a tool-only answer reached a Chat client with `content: ""`, whole and streamed (the SDK's stream
-        helper fired `content.delta` and finished with `""`), where OpenAI's, and every translated one, has None."""
-        held, self.opening = self.opening, None
-        if held is None and chunk.usage is None and chunk.choices and all(map(_empty_opening, chunk.choices)):
-            self.opening = chunk
-            return []
-        if held is not None:
-            firsts = {choice.index: choice.delta for choice in chunk.choices}
-            for choice in held.choices:
-                first = firsts.get(choice.index)
-                if first is not None and (first.tool_calls or first.refusal or first.reasoning_content):
-                    choice.delta.content = None
-                    self.untexted.add(choice.index)
+    def _opened(self, chunk: ChatCompletionChunk) -> None:
+        """`chunk`, from a server that opens every answer with `content: ""` and may write `""` beside or after its
+        calls, in place: an empty `content` of a choice with no text yet is `null`, as OpenAI opens a call (its
+        opening, role and `""` alone, goes at once, `null`: held until the next chunk said what came first, a stream
+        whose model thought for a minute had sent nothing, and its deadline or a stall was taken for no answer at
+        all, charged its worst case). Relayed as they came, a tool-only answer reached a Chat client with
+        `content: ""`, whole and streamed (the SDK's stream helper fired `content.delta` and finished with `""`),
+        where OpenAI's, and every translated one, has None. A text answer's content is its text; an answer of nothing
+        ends with None."""
         for choice in chunk.choices:
             delta = choice.delta
-            if delta.content == "" and (delta.tool_calls or choice.index in self.untexted):
-                delta.content = None
-                self.untexted.add(choice.index)
+            if delta.content == "":
+                if choice.index in self.untexted or delta.role is not None or delta.tool_calls:
+                    delta.content = None
+                    self.untexted.add(choice.index)
             elif delta.content:
                 self.untexted.discard(choice.index)
-        return [chunk] if held is None else [held, chunk]
 
     def _signed_late(self, chunk: ChatCompletionChunk) -> list[ChatCompletionChunk]:
         """The chunks to relay once `chunk` is read, where calls carry their thought signatures (`signed`): a chunk
@@ -832,20 +821,6 @@ def plain_body(req: ChatRequest, target: Target, profile: Profile) -> dict[str, 
     if "max_completion_tokens" in fields:
         body["max_tokens" if profile.cap_as_max_tokens else "max_completion_tokens"] = req.max_completion_tokens
     return body
-
-
-def _empty_opening(choice: ChunkChoice) -> bool:
-    """Whether a stream's `choice` is an opening that says nothing of what comes: its role and `content: ""` alone."""
-    delta = choice.delta
-    return (
-        delta.role is not None
-        and delta.content == ""
-        and not delta.tool_calls
-        and delta.refusal is None
-        and delta.reasoning_content is None
-        and not delta.model_extra
-        and choice.finish_reason is None
-    )
 
 
 def _plain_tools(tools: list[dict[str, Any]] | None) -> None:
