@@ -835,11 +835,14 @@ class PlainCompletion:
         self.usage = usage  # the usage the answer is charged and written with (the pipeline's, once settled)
 
     def chars(self) -> int:
-        """`answer_chars` of the answer: its choices' text and refusals (it has no reasoning nor tool calls)."""
+        """`answer_chars` of the answer: its choices' text and refusals (it has no reasoning nor tool calls), but the
+        refusal of a choice a filter ended (`content_filter`), as `answer_chars` counts."""
         total = 0
         for choice in self.choices:
             message = choice["message"]
-            total += len(message["content"] or "") + len(message["refusal"] or "")
+            total += len(message["content"] or "")
+            if message["refusal"] and choice.get("finish_reason") != "content_filter":
+                total += len(message["refusal"])
         return total
 
     def json(self) -> bytes:

@@ -44,6 +44,7 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
         self._whole_served: Served | None = None
         self._template: ChatCompletionChunk | None = None
         self._chars = 0
+        self._refused: dict[int, int] = {}  # each choice's refusal's characters, counted in `_chars`
         # Each choice handed out so far, with the characters of its text (for the redactor, which moves the positions
         # of the choice's annotations past a secret it redacts from that text).
         self._choices: dict[int, int] = {}
@@ -128,8 +129,12 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
             if choice.finish_reason:
                 self._finished_choices.add(index)
             self._chars += content + len(delta.reasoning_content or "")
-            if delta.refusal and choice.finish_reason != "content_filter":  # (`pipeline.answer_chars`)
+            if delta.refusal:
                 self._chars += len(delta.refusal)
+                self._refused[index] = self._refused.get(index, 0) + len(delta.refusal)
+            if choice.finish_reason == "content_filter" and index in self._refused:
+                # (The refusal of a choice a filter ended is no written output: `pipeline.answer_chars`.)
+                self._chars -= self._refused.pop(index)
             if text and self.schema is not None:
                 self._texts.setdefault(index, []).append(text)
             for call in delta.tool_calls or ():
