@@ -744,8 +744,8 @@ def _left_out_deployments(data: dict[str, Any], config: Config, failed: Collecti
         return []
     problems: list[str] = []
     for model, spec in models.items():
-        if model not in failed:
-            continue
+        if model not in failed or model in config.models:
+            continue  # (kept: checked with the rest; `failed` names the providers left out too)
         deployments = spec.get("deployments") if isinstance(spec, dict) else None
         for i, raw in enumerate(deployments if isinstance(deployments, list) else ()):
             try:

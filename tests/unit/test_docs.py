@@ -370,3 +370,15 @@ def test_the_gateways_own_region_by_default_is_given_as_it_shows_it() -> None:
         (ROOT / "docs" / "interface.md").read_text(),
     )
     assert said is not None and said.group(1) == shown_region({})
+
+
+@pytest.mark.parametrize("name", ["interface.md", "store.md", "deploying.md"])
+def test_where_the_lambda_deadline_is_stated_api_gateways_is_named(name: str) -> None:
+    """The buffered function's deadline is capped at API Gateway's too (`app.api_gateway_ms_left`); the pages that
+    stated the cap gave the invocation's remaining time alone. Found by review (mergerev35)."""
+    text = " ".join((ROOT / "docs" / name).read_text().split())
+    at = text.find("invocation's remaining time less 1.5 s")
+    assert at != -1
+    while at != -1:
+        assert "API Gateway" in text[max(0, at - 300) : at + 400], text[max(0, at - 300) : at + 400]
+        at = text.find("invocation's remaining time less 1.5 s", at + 1)

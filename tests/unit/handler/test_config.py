@@ -521,6 +521,21 @@ def test_a_model_with_an_error_of_its_own_still_has_its_deployments_checked_agai
     ]
 
 
+def test_a_kept_model_named_as_a_provider_left_out_has_its_deployments_checked_once() -> None:
+    """The names left out are the providers' and the models' alike: a model kept, named as a provider that was not
+    (a provider `groq` and its model `groq`), had its deployments' problems said twice. Found by review."""
+    data = {
+        "providers": {"groq": {"type": "openai", "base_url": 5}, "openai": {"type": "openai"}},
+        "models": {
+            "groq": {"deployments": [{"provider": "opnai", "model": "llama"}], "price": {"input": 1, "output": 2}}
+        },
+    }
+    said = problems(data)
+    assert [p for p in said if "unknown provider 'opnai'" in p] == [
+        "models.groq.deployments[0].provider: unknown provider 'opnai'"
+    ]
+
+
 def test_a_provider_or_model_with_errors_of_its_own_is_not_said_to_be_missing_where_it_is_named() -> None:
     data = {
         "providers": {"p": {"type": "openai", "base_url": "ftp://up"}},
