@@ -598,7 +598,8 @@ def provider_said(member: str, words: str) -> str:
 # Members of a request body by which an OpenAI-compatible aggregator or proxy picks the model, the provider or a paid
 # tool itself: OpenRouter's `models` (fallback models, tried when the first fails, a prompt too long for it among
 # others), `provider` (which of its providers serves the model, at that provider's price), `route` and `plugins` (its
-# web search, billed apart); LiteLLM's proxy's `fallbacks`, `context_window_fallbacks` and its client-side
+# web search, billed apart); Vercel's AI Gateway's `providerOptions` (its `gateway.models`, fallback models, and
+# `gateway.order`/`only`); LiteLLM's proxy's `fallbacks`, `context_window_fallbacks` and its client-side
 # `api_base`, `base_url`, `api_key` and `user_config` (another deployment's address or credentials). Sent as a client
 # wrote them, a key limited to a cheap model had its request answered by one it may not use, priced as the cheap
 # one. They are never sent, and named (a 400 under `x-gateway-strict`): the gateway's routing is the operator's.
@@ -615,6 +616,7 @@ ROUTING_MEMBERS: Final = frozenset(
         "base_url",
         "api_key",
         "user_config",
+        "providerOptions",  # (Vercel's AI Gateway: `providerOptions.gateway.models`, `order`, `only`)
     )
 )
 

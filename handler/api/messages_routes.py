@@ -31,7 +31,7 @@ from handler.pipeline.pricing import estimate_prompt_tokens
 from handler.ports import MESSAGES_API, KeyRecord, NativeCall
 from handler.schemas import ChatRequest
 from handler.telemetry.observability import observe
-from handler.wire import ANTHROPIC_HEADERS, forwarded_query
+from handler.wire import ANTHROPIC_HEADERS, forwarded_query, unsent_routing
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -205,6 +205,8 @@ class MessagesRoutes:
         )
         pipeline = api.pipeline
         left_out = server_tools(pipeline, ex, data)
+        if body.model_extra:
+            left_out += unsent_routing(data)  # (an aggregator's own: `handler.wire.ROUTING_MEMBERS`)
         # A translation carries the web search tool kept (priced) as the search it asks for, run by a provider with a
         # search of its own (Gemini's), the limit reserved (`Exchange.searched`: reserved there alone).
         untranslated = carried_search(req, data, untranslated)
@@ -240,7 +242,8 @@ class MessagesRoutes:
         ex = api.exchange(
             request, key, req.model, stream=req.stream, anthropic=True, extra=body.model_extra, known=MESSAGES
         )
-        counted = await api.pipeline.count_tokens(native_call(request, data, untranslated), req, ex)
+        dropped = unsent_routing(data) if body.model_extra else None
+        counted = await api.pipeline.count_tokens(native_call(request, data, untranslated, dropped), req, ex)
         headers = anthropic_headers(ex)
         payload: dict[str, Any] = {"input_tokens": counted}
         if counted is not None and ex.attempt is not None and ex.attempt.model != ex.model:

@@ -119,3 +119,65 @@ async def test_under_strict_a_routing_member_is_the_clients_400_and_nothing_is_s
         await served.gateway.aclose()
     assert answer.status_code == 400 and "models" in answer.json()["error"]["message"], answer.text
     assert sent == []
+
+
+MESSAGE = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-haiku-4-5",
+    "content": [{"type": "text", "text": "ok"}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 3, "output_tokens": 1},
+}
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+async def test_a_passed_through_messages_request_sends_no_routing_member(path: str) -> None:
+    """A Messages request passed through to an `anthropic`-type deployment went as written, its routing members with
+    it: LiteLLM's proxy serves `/v1/messages` (its `fallbacks`, `api_base`, `api_key`), and OpenRouter has an
+    Anthropic-compatible endpoint reading `models` and `provider`. Found by review (mergerev35)."""
+    sent: list[dict[str, Any]] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        sent.append(orjson.loads(request.content))
+        return httpx.Response(200, json={"input_tokens": 3} if request.url.path.endswith("count_tokens") else MESSAGE)
+
+    anthropic = {"type": "anthropic", "api_key": "env:OPENAI_API_KEY", "base_url": "http://up"}
+    models = {
+        "haiku": {
+            "deployments": [{"provider": "openai", "model": "claude-haiku-4-5"}],
+            "price": {"input": 1, "output": 5},
+        }
+    }
+    served = await serve(upstream, models, provider=anthropic)
+    try:
+        answer = await served.http.post(
+            path,
+            json={"model": "haiku", "max_tokens": 5, "messages": HI, **ROUTING},
+            headers={"x-api-key": served.key.key, "anthropic-version": "2023-06-01"},
+        )
+    finally:
+        await served.gateway.aclose()
+    assert answer.status_code == 200, answer.text
+    [body] = sent
+    assert not ROUTING_MEMBERS & set(body) and body["model"] == "claude-haiku-4-5", body
+    if path == "/v1/messages":
+        assert set(answer.headers["x-gateway-dropped-params"].split(",")) >= set(ROUTING)
+
+
+async def test_vercels_provider_options_are_not_sent() -> None:
+    """Vercel's AI Gateway (OpenAI-compatible) reads fallback models from `providerOptions.gateway.models` and the
+    providers from `providerOptions.gateway.order` and `only`. Found by review (mergerev35)."""
+    sent: list[dict[str, Any]] = []
+    served = await serve(recording(sent), MODELS)
+    try:
+        options = {"gateway": {"models": ["anthropic/claude-opus-4.1"], "order": ["anthropic"]}}
+        answer = await served.post(
+            "/v1/chat/completions", {"model": "llama-small", "messages": HI, "providerOptions": options}
+        )
+    finally:
+        await served.gateway.aclose()
+    assert answer.status_code == 200 and "providerOptions" not in sent[0], sent
+    assert "providerOptions" in answer.headers["x-gateway-dropped-params"].split(",")
