@@ -561,8 +561,13 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def csv_cell(value: Any) -> Any:
-    """A text cell as a spreadsheet will show it, never run it; numbers as they are."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+    """A text cell as a spreadsheet will show it, never run it; numbers as they are. A formula behind spaces or line
+    breaks counts (some importers trim a cell before they read it: ` =cmd|...` ran there), and so does one behind a
+    `;` (a semicolon locale's Excel splits an unquoted cell there: `x;=cmd|...`)."""
+    if isinstance(value, str) and (
+        value.lstrip(" \n\r\t").startswith(FORMULA_STARTS)
+        or any(part.lstrip().startswith(FORMULA_STARTS) for part in value.split(";")[1:])
+    ):
         return "'" + value
     return value
 

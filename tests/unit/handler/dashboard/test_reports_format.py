@@ -35,3 +35,13 @@ def test_csv_cells_a_caller_chose_are_never_formulas() -> None:
     text = to_csv(rows)
     assert "'=cmd|' /C calc'!A0" in text and ",'-2+3," in text and ",'+1+1," in text and ",'@SUM(A1)," in text
     assert "alice,ops,a-b,s-1," in text
+
+
+def test_csv_cells_are_no_formulas_behind_spaces_or_a_semicolon() -> None:
+    """Some importers trim a cell before reading it, and a semicolon locale's Excel splits an unquoted cell at `;`:
+    ` =cmd|...` and `x;=cmd|...` ran there. Found by review (dashrev)."""
+    rows = [
+        {"user": " =cmd|' /C calc'!A0", "key_name": "x;=1+1", "tag:team": "\n@SUM(A1)", "session": "a;b", "cost_usd": 1}
+    ]
+    text = to_csv(rows)
+    assert "' =cmd|' /C calc'!A0" in text and ",'x;=1+1," in text and "'\n@SUM(A1)" in text and ",a;b," in text
