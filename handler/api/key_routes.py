@@ -444,14 +444,14 @@ class KeyRoutes:
         # key under it too; in the root's home region, whichever region mints. Counted per parent, a key's 30
         # children minted 30 each in the same minute (930 keys in 3.5 s); in the region that minted, each region 30.
         minting = self.gateway.config.gateway.key_minting
-        root = lineage[-1]
-        mint = RateCharge("mint", 0, minting.per_minute, 1, root.id, root.home_region)
-        await self.api.pipeline.meter.count_request(parent, request.state.request_id, [mint], root.home_region)
-        if len(parent.ancestors) + 2 > minting.max_depth:
+        if len(parent.ancestors) + 2 > minting.max_depth:  # (before the count: a mint refused here is not counted)
             raise PermissionDeniedError(
                 f"a key may have at most {minting.max_depth - 1} ancestors (gateway.key_minting.max_depth)",
                 code="key_depth_limit",
             )
+        root = lineage[-1]
+        mint = RateCharge("mint", 0, minting.per_minute, 1, root.id, root.home_region)
+        await self.api.pipeline.meter.count_request(parent, request.state.request_id, [mint], root.home_region)
         child = replace(child, parent_id=parent.id, ancestors=[*parent.ancestors, parent.id])
         minted = await self.admin.mint_child(child, minting.max_children, lineage[-1].home_region)
         return self.api.json({**key_view(minted.record), "key": minted.key}, status=201, headers=SECRET_HEADERS)

@@ -654,8 +654,10 @@ def test_a_chain_of_keys_is_as_deep_as_a_store_transaction_allows(gw: Running) -
     for depth in range(2, 33):
         key = gw.mint(name=f"d{depth}", parent_id=chain[-1], ancestors=list(chain))
         chain.append(key_id_of(key))
-    too_deep = post(gw, "/v1/keys", key, {"name": "d33"})
-    assert too_deep.status_code == 403 and too_deep.json()["error"]["code"] == "key_depth_limit"
+    # Refused every time, never counted on the family's mints a minute (3 here): the fourth was a 429. (Review.)
+    for _ in range(5):
+        too_deep = post(gw, "/v1/keys", key, {"name": "d33"})
+        assert too_deep.status_code == 403 and too_deep.json()["error"]["code"] == "key_depth_limit"
     assert chat(gw, key).status_code == 200  # the deepest key works, settled on all 32
 
 
