@@ -629,6 +629,16 @@ def dashboard_link(running: Running, capsys: pytest.CaptureFixture[str], *extra:
     return link
 
 
+def signed_in_by_link(page: Page, running: Running, capsys: pytest.CaptureFixture[str], name: str) -> str:
+    """`page` signed in by a link of a new admin key named `name`; the session key the page holds."""
+    admin = running.mint(admin=True, name=name)
+    page.goto(dashboard_link(running, capsys, "--key", (split_key(admin) or ("", ""))[0]))
+    page.wait_for("['ready', 'link-refused'].includes(document.documentElement.dataset.state)")
+    assert page.evaluate("document.documentElement.dataset.state") == "ready"
+    session_key: str = page.evaluate("sessionStorage.getItem('gateway.dashboard.adminKey')")
+    return session_key
+
+
 @pytest.mark.skipif(chromium_missing() is not None, reason=chromium_missing() or "")
 def test_gateway_dashboard_opens_the_page_signed_in_once_and_the_token_stays_out_of_urls_and_logs(
     known: Running, capfd: pytest.CaptureFixture[str]
@@ -709,14 +719,9 @@ def test_sign_out_claims_no_revocation_the_gateway_refused_and_tries_again(
     revocation answered: refused (a 503 while the store throttles, a 409, a 502 from a gateway in between) or lost,
     the 8-hour admin session lived on, said revoked, and the operator could not try again (found by review). Now the
     page keeps the key, says the session was not revoked, and the next "Sign out" revokes it."""
-    admin = known.mint(admin=True, name="sign-out-admin")
-    link = dashboard_link(known, capsys, "--key", (split_key(admin) or ("", ""))[0])
     with Browser() as browser:
         page = browser.new_page()
-        page.goto(link)
-        page.wait_for("['ready', 'link-refused'].includes(document.documentElement.dataset.state)")
-        assert page.evaluate("document.documentElement.dataset.state") == "ready"
-        session_key = page.evaluate("sessionStorage.getItem('gateway.dashboard.adminKey')")
+        session_key = signed_in_by_link(page, known, capsys, "sign-out-admin")
         page.evaluate(REFUSED_REVOCATION)
         page.evaluate("document.getElementById('sign-out').click()")
         page.wait_for("['signed-out', 'sign-out-failed'].includes(document.documentElement.dataset.state)")
@@ -1277,13 +1282,9 @@ def test_a_load_refused_403_keeps_the_links_session_and_its_sign_out(
     """Any 401 or 403 of a load had the page forget its key: a link's 8-hour admin session refused by a proxy, or
     `ip_not_allowed` off the office network, lived on where nothing held it, and the page, offering no "Sign out",
     could not revoke it. A 403 keeps it now, with "Sign out"; a 401 (the session ended) still forgets it."""
-    admin = running.mint(admin=True, name="forbidden-admin")
-    link = dashboard_link(running, capsys, "--key", (split_key(admin) or ("", ""))[0])
     with Browser() as browser:
         page = browser.new_page()
-        page.goto(link)
-        page.wait_for("document.documentElement.dataset.state === 'ready'")
-        session_key = page.evaluate("sessionStorage.getItem('gateway.dashboard.adminKey')")
+        session_key = signed_in_by_link(page, running, capsys, "forbidden-admin")
         page.evaluate(FORBIDDEN_ONCE)
         page.evaluate("document.getElementById('refresh').click()")
         page.wait_for("document.documentElement.dataset.state === 'error'")
