@@ -57,7 +57,7 @@ def test_a_refusal_streamed_counts_in_the_estimate_of_a_stream_cut_before_its_us
 
     stream = ChunkStream.__new__(ChunkStream)
     stream._chars, stream.schema, stream._text = 0, None, []
-    stream._choices, stream._finished_choices = {}, set()
+    stream._choices, stream._finished_choices, stream._refused = {}, set(), {}
     for delta in ({"role": "assistant", "content": "", "refusal": None}, {"refusal": "I can't"}, {"refusal": " help."}):
         chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m"}
         stream._count(ChatCompletionChunk.model_validate({**chunk, "choices": [{"index": 0, "delta": delta}]}))
