@@ -25,7 +25,10 @@ class ModelRules(Value):
     (`toolConfig.includeServerSideToolInvocations`, Google's "Combine built-in tools and function calling"), which
     Gemini before 3 refuses ("Tool call context circulation is not enabled"), as it refuses the two together.
     `thinking_levels`: reasons at a `thinkingLevel` (Gemini 3's), not within a `thinkingBudget` (2.5's).
-    `no_penalties`: refuses a non-zero `presencePenalty` or `frequencyPenalty` (0, their default, passes).
+    `no_penalties`: refuses a non-zero `presencePenalty` or `frequencyPenalty` (0, their default, passes); through an
+    OpenAI-compatible API (`openai.adapter.unsent_for_model`), neither is sent.
+    `no_stop`: refuses `stop` (xAI's reasoning models: "presencePenalty, frequencyPenalty and stop parameters are not
+    supported by reasoning models. Adding them in the request would result in an error", its reasoning guide).
     `forced_tool_choice`: takes Converse's forced `toolChoice` (`any`, `tool`) on Bedrock, which refuses either from
     other models with a 400 ValidationException (only the Bedrock adapter reads it).
     `tool_result_status`: takes Converse's `status` on a tool result (`error` for a tool that failed), which AWS's
@@ -56,7 +59,7 @@ class ModelRules(Value):
         "one_sampling_knob", "completion_tokens_field", "signed_function_calls", "tools_with_json_mode",
         "media_in_function_responses", "no_penalties", "forced_tool_choice", "no_streaming_tools",
         "reasoning_on_off", "openai_efforts", "thinking_mode", "tool_result_status", "takes_sampling",
-        "thinking_levels", "search_beside_functions",
+        "thinking_levels", "search_beside_functions", "no_stop",
     )  # fmt: skip
 
     def __init__(
@@ -76,6 +79,7 @@ class ModelRules(Value):
         takes_sampling: bool = False,
         thinking_levels: bool = False,
         search_beside_functions: bool = False,
+        no_stop: bool = False,
     ) -> None:
         self.one_sampling_knob: Final = one_sampling_knob
         self.completion_tokens_field: Final = completion_tokens_field
@@ -92,6 +96,7 @@ class ModelRules(Value):
         self.takes_sampling: Final = takes_sampling
         self.thinking_levels: Final = thinking_levels
         self.search_beside_functions: Final = search_beside_functions
+        self.no_stop: Final = no_stop
 
 
 NO_RULES = ModelRules()
@@ -158,6 +163,10 @@ MODEL_RULES: tuple[tuple[str, ModelRules], ...] = (
     (r"claude-(3|(sonnet|haiku|opus)-\d)|amazon\.nova-", ModelRules(forced_tool_choice=True, tool_result_status=True)),
     (r"meta\.llama|mistral\.|writer\.palmyra", ModelRules(no_streaming_tools=True)),
     (r"^(mistral-small-(latest|2603)|mistral-medium-3-5)", ModelRules(reasoning_on_off=True)),
+    (
+        r"^grok-(3-mini|4(?!.*non-reasoning)|code-fast)",
+        ModelRules(no_penalties=True, no_stop=True),
+    ),  # (xAI's reasoning)
     (r"^deepseek-reasoner", ModelRules(thinking_mode=True)),
     (r"^deepseek-chat", ModelRules(thinking_mode=False)),
 )

@@ -108,3 +108,27 @@ def scripted_gateway(tmp: Path, models: dict[str, str]) -> Iterator[Running]:
     yield running
     gateway_server.stop()
     server.stop()
+
+
+PROFILED_PRICE = {"input": 1.0, "cached_input": 0.1, "output": 2.0}  # USD per 1M tokens
+
+
+def profiled_gateway(tmp: Path, models: dict[str, dict[str, Any]]) -> Iterator[Running]:
+    """A gateway in front of the scripted upstream with a provider of its own for each of `models` (model name ->
+    provider body, its `base_url` filled in with the scripted server's): for a profile's shapes (xAI, Groq, Azure)."""
+    server = ServerThread(Starlette(routes=ROUTES)).start()
+    providers = {}
+    for name, provider in models.items():
+        # (Azure's versionless API is `{endpoint}/openai/v1/...`: the scripted server's root is the endpoint)
+        base = server.url if provider.get("type") == "azure" else f"{server.url}/openai/v1"
+        providers[f"p-{name}"] = {"api_key": "env:OPENAI_API_KEY", "base_url": base, **provider}
+    config = {
+        "providers": providers,
+        "models": {m: {"deployments": [{"provider": f"p-{m}", "model": m}], "price": PROFILED_PRICE} for m in models},
+    }
+    running, gateway_server = serve_gateway(
+        parse_config(config, set(REGISTRY)), f"sqlite:///{tmp / 'gw.db'}", server, {}, FAKE_KEYS
+    )
+    yield running
+    gateway_server.stop()
+    server.stop()

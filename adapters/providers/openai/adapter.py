@@ -150,7 +150,8 @@ STREAM_OPTIONS_REFUSED = (
 
 def normalize_usage(usage: Usage | None) -> Usage | None:
     """Fold provider variants into the gateway's usage: DeepSeek reports cache hits as
-    `prompt_cache_hit_tokens` rather than `prompt_tokens_details.cached_tokens`. The counts the gateway bills that
+    `prompt_cache_hit_tokens` rather than `prompt_tokens_details.cached_tokens`, xAI a reasoning model's reasoning
+    beside `completion_tokens` rather than in it. The counts the gateway bills that
     `Usage` does not declare (those, and the details' `audio_tokens`) are read as its declared ones are: one that
     is not a plain integer makes the answer malformed (`usage_count`), not read as 0."""
     if usage is None:
@@ -158,6 +159,12 @@ def normalize_usage(usage: Usage | None) -> Usage | None:
     for details in (usage.prompt_tokens_details, usage.completion_tokens_details):
         if details is not None and details.model_extra:
             usage_count(details.model_extra, "audio_tokens")
+    reasoning = usage.reasoning_tokens
+    if reasoning and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens + reasoning:
+        # xAI counts a reasoning model's reasoning beside `completion_tokens`, not in it (its total has both), and
+        # bills it at the output price: grok-3-mini's 386 reasoning tokens were charged as none, its answer at 1
+        # output token, $0.000014 where xAI bills $0.000786. Read as OpenAI counts it, in the completion.
+        usage.completion_tokens += reasoning
     if not usage.model_extra:
         return usage
     hits = usage_count(usage.model_extra, "prompt_cache_hit_tokens")
@@ -927,6 +934,20 @@ def runs_in_thinking(body: dict[str, Any], thinks_unasked: bool = False) -> bool
     return bool(mode or switch == "enabled")
 
 
+PENALTIES = ("presence_penalty", "frequency_penalty")
+
+
+def unsent_for_model(body: dict[str, Any]) -> list[str]:
+    """Leave out (in place) what the model refuses outright, by its rules (`ModelRules.no_penalties`, `no_stop`), and
+    name those that asked for anything: a Chat client's `stop` (a Messages client's `stop_sequences`) to grok-4 was
+    xAI's 400, where the answer could come with `stop` named as dropped."""
+    if "stop" not in body and "presence_penalty" not in body and "frequency_penalty" not in body:
+        return []  # (the usual request: the model's rules are not looked up)
+    rules = rules_for(body["model"])
+    names = (*(PENALTIES if rules.no_penalties else ()), *(("stop",) if rules.no_stop else ()))
+    return _unsent(body, names) if names else []
+
+
 def _unsent(body: dict[str, Any], names: tuple[str, ...]) -> list[str]:
     """`names` left out of `body` (in place), and those of them that asked for anything (`params.asks`; a temperature
     or top_p of 1, their default, asks nothing either)."""
@@ -1072,6 +1093,7 @@ class OpenAIAdapter(ProviderAdapter):
             body["max_tokens"] = body.pop("max_completion_tokens")
         dropped += unsent_sampling(body, reasons)
         dropped += unsent_in_thinking(body, profile.thinks_unasked)
+        dropped += unsent_for_model(body)
         dropped += apply_rules(body, profile.rules)
         if req.model_extra:
             dropped += unsent_routing(body)
