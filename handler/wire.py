@@ -308,7 +308,8 @@ OVERLOADED = 529  # Anthropic's status for its API overloaded (its in-stream `ov
 # it; Anthropic's 529 overloaded), but those that say the server will never take the request as sent; and these 4xx:
 # a request timeout, a conflict, too early, a rate limit. (Listed one by one, the 5xx would leave a 522 no passing
 # failure: not failed over, never opening the breaker, and its client told not to retry.)
-PASSING_4XX = frozenset({408, 409, 425, 429})
+# (Groq's 498 `capacity_exceeded`: its flex tier full for now, which its docs say to retry with a backoff.)
+PASSING_4XX = frozenset({408, 409, 425, 429, 498})
 LASTING_5XX = frozenset({501, 505})  # Not Implemented, HTTP Version Not Supported: the same again, whenever sent
 # A provider's refusal of the deployment itself, whatever the request: its key (401: rotated, revoked), its account
 # (402: out of balance, as DeepSeek answers), its permissions, region or network (403). The operator's to fix, never
@@ -337,6 +338,15 @@ REFUSED_400 = (
 # A 429's codes or types for an account out of credit, not a rate limit to wait out: OpenAI's `insufficient_quota`
 # ("You exceeded your current quota, please check your plan and billing details"), DeepSeek's 402 under another status.
 EXHAUSTED_429_TYPES = frozenset({"insufficient_quota"})
+# And in the words of providers that give no such code: xAI's team out of credit or past its monthly limit ("Your team
+# ... has either used all available credits or reached its monthly spending limit", code "Some resource has been
+# exhausted"): relayed as a rate limit, its client retried against a spent account and the breaker never counted it.
+EXHAUSTED_429 = r"(?i)used all available credits|reached its monthly spending limit|does(?:n't| not) have any credits"
+# A 413 of a provider's per-minute token limit, not of the request's size alone: Groq's tier refuses a request past its
+# organisation's tokens a minute ("Request too large for model ... on tokens per minute (TPM): Limit 6000, Requested
+# 14368"), `rate_limit_exceeded`: the account's limit, which another deployment may not have (the client was told its
+# request was invalid, a 400, and the fallback never tried).
+ACCOUNT_LIMIT_413_TYPES = frozenset({"rate_limit_exceeded"})
 # The same in a 404's words, for providers that give no such code: Anthropic's `model: <name>`, Google's
 # `models/<name> is not found for API version v1beta`, OpenAI-compatible servers' `The model `x` does not exist`
 # (vLLM) or `model "x" not found` (Ollama), Azure's words for its deployment; and a path the server does not have at
@@ -360,6 +370,12 @@ def missing_deployment() -> re.Pattern[str]:
 
 
 @functools.cache
+def exhausted_429() -> re.Pattern[str]:
+    """`EXHAUSTED_429`, compiled on the first 429 that may need it, not at a cold start."""
+    return re.compile(EXHAUSTED_429)
+
+
+@functools.cache
 def refused_400() -> re.Pattern[str]:
     """`REFUSED_400`, compiled on the first 400 that may need it, not at a cold start."""
     return re.compile(REFUSED_400)
@@ -372,11 +388,13 @@ def deployment_at_fault(status: int, message: str, code: object, param: object, 
     404 whose `param` names a part of the request other than `model` is the client's, whatever its words."""
     if status in DEPLOYMENT_FAULT_STATUSES:
         return True
-    if status not in (400, 404, 429) or (isinstance(param, str) and param and param != "model"):
+    if status not in (400, 404, 413, 429) or (isinstance(param, str) and param and param != "model"):
         return False
     kinds = {kind.lower() for kind in (code, upstream_type) if isinstance(kind, str)}
+    if status == 413:
+        return not kinds.isdisjoint(ACCOUNT_LIMIT_413_TYPES)
     if status == 429:
-        return not kinds.isdisjoint(EXHAUSTED_429_TYPES)
+        return not kinds.isdisjoint(EXHAUSTED_429_TYPES) or exhausted_429().search(message) is not None
     if status == 400:
         return not kinds.isdisjoint(REFUSED_400_TYPES) or refused_400().search(message) is not None
     return not kinds.isdisjoint(MISSING_DEPLOYMENT_TYPES) or missing_deployment().search(message) is not None
