@@ -374,10 +374,14 @@ def _without_masked_keys(text: str) -> str:
 # business reading: each is redacted, its `org-` or `proj_` kept, and the words around it, the reason, stay. An
 # organisation's or project's id is 20 or more letters and digits, not all of them small letters (a word:
 # `org-internationalization`); an account id twelve digits that are no part of a longer number, word or id (a UUID's
-# last group, `1.123456789012`).
+# last group, `1.123456789012`). Groq's organisation too, `org_` and a ULID (its 429 "Rate limit reached for model ...
+# in organization `org_01kjh7p9n8f1qs6nz2bz77vy6b`"), and xAI's team, a UUID after `team` ("Your team 16f2151a-...
+# has either used all available credits", a 403's `console.x.ai/team/<uuid>`).
 ACCOUNT_IDS = (
     r"(?<![\w-])(org-|proj_)(?=[a-z]*[A-Z0-9])[A-Za-z0-9]{20,}"
     r"|(?<![\w-])(?<![0-9]\.)[0-9]{12}(?![\w-])(?!\.[0-9])"
+    r"|(?<![\w-])(org_)[0-9A-Za-z]{26}(?![0-9A-Za-z])"
+    r"|((?i:team\s+|/team/))[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?![0-9a-fA-F])"
 )
 
 
@@ -387,13 +391,13 @@ def account_ids() -> re.Pattern[str]:
 
 
 def _account(match: re.Match[str]) -> str:
-    return (match.group(1) or "") + REDACTED
+    return (match.group(1) or match.group(2) or match.group(3) or "") + REDACTED
 
 
 def _without_account_ids(text: str) -> str:
     """`text` with the operator's account at a provider (`ACCOUNT_IDS`) redacted: a substring search where no
     organisation or project is named and a regular expression's scan otherwise (errors only)."""
-    if "org-" in text or "proj_" in text or any(digit in text for digit in "0123456789"):
+    if "org-" in text or "proj_" in text or "org_" in text or any(digit in text for digit in "0123456789"):
         return account_ids().sub(_account, text)
     return text
 
