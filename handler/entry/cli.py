@@ -487,17 +487,19 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{exc}\n")
         return 1
     _warn(unkeyed + _start_up_warnings(config))
-    from handler.pipeline.pricing import builtin_prices, price_for
+    from handler.pipeline.pricing import ARN_UNPRICED, arn_model, builtin_prices, price_for
 
     problems = []
     for name, spec in config.models.items():
         for i, dep in enumerate(spec.deployments):
             if spec.price is None and price_for(name, spec, dep.model) is None:
-                profile = builtin_prices().unknown_profile(dep.model)
+                profile = builtin_prices().unknown_profile(arn_model(dep.model) or dep.model)
                 why = (
                     f" (the built-in table prices its model, but not through the inference profile '{profile}', "
                     "which may cost otherwise)"
                     if profile
+                    else f" (an ARN that {ARN_UNPRICED})"
+                    if dep.model.startswith("arn:") and arn_model(dep.model) is None
                     else ""
                 )
                 problems.append(

@@ -103,10 +103,34 @@ def price_for(model: str, spec: ModelConfig, upstream_model: str) -> Price | Non
     if spec.price == "unknown":
         return None
     table = builtin_prices()
+    if upstream_model.startswith("arn:"):
+        named = arn_model(upstream_model)
+        if named is None:
+            return None  # (`ARN_UNPRICED`)
+        upstream_model = named
     price = table.find(upstream_model)
     if price is not None or table.unknown_profile(upstream_model) is not None:
         return price
     return table.find(model)
+
+
+# A Bedrock ARN that names a model or a system inference profile is priced as that id; one that names none (an
+# application inference profile, which copies a system profile's routing and price, `us.` say, 1.1 times `global.`;
+# provisioned throughput, billed by the hour; a custom or imported model) has no built-in price: priced by the public
+# name, Claude Sonnet 4.5 through an application profile copied from `us.` was charged $3/$15 for $3.30/$16.50, and
+# `config check` said nothing. Its model's `price:` says what it costs.
+ARN_PRICED = ("foundation-model/", "inference-profile/")
+ARN_UNPRICED = "names no model the built-in table can price (an application inference profile, provisioned throughput)"
+
+
+def arn_model(arn: str) -> str | None:
+    """The model or system inference profile a Bedrock ARN names (`...:foundation-model/<id>`,
+    `...:inference-profile/<id>`), else None (`ARN_UNPRICED`)."""
+    resource = arn.rpartition(":")[2]
+    for kind in ARN_PRICED:
+        if resource.startswith(kind):
+            return resource[len(kind) :]
+    return None
 
 
 def upstream_price(models: Mapping[str, ModelConfig], upstream_model: str) -> Price | None:
