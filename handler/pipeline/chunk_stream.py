@@ -137,8 +137,9 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
                 self._chars -= self._refused.pop(index)
             if text and self.schema is not None:
                 self._texts.setdefault(index, []).append(text)
-            for call in delta.tool_calls or ():
-                self._chars += len(call.function.arguments or "") if call.function else 0
+            for call in delta.tool_calls or ():  # (its name and arguments, as `pipeline.answer_chars` counts them)
+                if call.function:
+                    self._chars += len(call.function.arguments or "") + len(call.function.name or "")
 
     def _answers(self) -> list[str]:
         """Every choice's text, in the order of their indices (with `n: 2`, only the first was checked)."""
