@@ -142,8 +142,9 @@ def test_a_compatible_servers_tool_only_answer_has_null_content_and_its_text_ans
             final = stream.get_final_completion()
         assert "content.delta" not in kinds and final.choices[0].message.content is None
         assert final.choices[0].message.tool_calls[0].function.parsed_arguments == GetWeather(city="Oslo")  # type: ignore[index, union-attr]
-        # A text answer's content is its text (opened `null`, as nothing was known of it yet), an empty one None.
-        for model, text in (("compatible-text", "Hello"), ("compatible-empty", None)):
+        # A text answer's content is its text (opened `null`, as nothing was known of it yet), an empty one `""`, as
+        # whole (and OpenAI's).
+        for model, text in (("compatible-text", "Hello"), ("compatible-empty", "")):
             with sdk.chat.completions.stream(model=model, messages=CALL) as stream:
                 first = next(iter(stream))
                 final = stream.get_final_completion()
@@ -177,8 +178,8 @@ def test_each_choice_of_a_tool_only_answer_has_null_content() -> None:
     ]
     chunks = [c for e in events for c in parser.feed(e)] + parser.finish()
     assert len(chunks) == 6  # (each as it came: none held)
-    said = [(choice.index, choice.delta.content) for c in chunks for choice in c.choices]
-    assert said == [(0, None), (1, None), (0, None), (1, None), (0, None), (1, None)]
+    said = [orjson.loads(c.model_dump_json())["choices"][0]["delta"].get("content", "left out") for c in chunks]
+    assert said == [None, None, None, None, "left out", "left out"]  # (written `null`)
 
 
 class Thinking(httpx.AsyncByteStream):
@@ -209,3 +210,64 @@ async def test_a_stream_that_opened_and_stalls_past_its_deadline_is_a_begun_stre
         await served.gateway.aclose()
     assert answer.status_code == 200 and "upstream_timeout" in answer.text, (answer.status_code, answer.text[:300])
     assert (line.output_tokens, line.cost_source) == (0, "estimate"), (line.output_tokens, line.cost_usd)
+
+
+EMPTY_HEAD = {"id": "c", "created": 1, "model": "m-1"}
+EMPTY_USAGE = {"prompt_tokens": 3, "completion_tokens": 0, "total_tokens": 3}
+
+
+def empty_sse(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    body = {
+        **EMPTY_HEAD,
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+def empty_upstream(request: httpx.Request) -> httpx.Response:
+    if orjson.loads(request.content).get("stream"):
+        events = empty_sse({"role": "assistant", "content": ""}) + empty_sse({"content": ""}, "stop")
+        usage = {**EMPTY_HEAD, "object": "chat.completion.chunk", "choices": [], "usage": EMPTY_USAGE}
+        events += b"data: " + orjson.dumps(usage) + b"\n\ndata: [DONE]\n\n"
+        return httpx.Response(200, content=events, headers={"content-type": "text/event-stream"})
+    message = {"role": "assistant", "content": ""}
+    choice = {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}
+    return httpx.Response(
+        200, json={**EMPTY_HEAD, "object": "chat.completion", "choices": [choice], "usage": EMPTY_USAGE}
+    )
+
+
+async def test_an_answer_of_nothing_has_the_same_content_whole_and_streamed() -> None:
+    """A compatible server's answer of nothing (a reasoning model out of tokens): `""` whole, and streamed, where its
+    opening is written null (it ended None streamed). Found by review (mergerev35b)."""
+    models = {"m": {"deployments": [{"provider": "openai", "model": "m-1"}], "price": {"input": 1, "output": 10}}}
+    provider = {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": "http://compatible.example/v1"}
+    served = await serve(empty_upstream, models, provider=provider)
+    try:
+        sdk = openai.AsyncOpenAI(base_url="http://gw/v1", api_key=served.key.key, http_client=served.http)
+        messages: Any = [{"role": "user", "content": "x"}]
+        whole = await sdk.chat.completions.create(model="m", messages=messages)
+        async with sdk.chat.completions.stream(model="m", messages=messages) as stream:
+            streamed = await stream.get_final_completion()
+    finally:
+        await served.gateway.aclose()
+    assert whole.choices[0].message.content == ""
+    assert streamed.choices[0].message.content == whole.choices[0].message.content, streamed.choices[0].message.content
+
+
+async def test_a_compatible_servers_stream_opens_with_content_null_as_the_docs_say() -> None:
+    """Written `null`, as OpenAI's opening of a call is, not left out (`{"role": "assistant"}`). (mergerev35b)"""
+    models = {"m": {"deployments": [{"provider": "openai", "model": "m-1"}], "price": {"input": 1, "output": 10}}}
+    provider = {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": "http://compatible.example/v1"}
+    served = await serve(empty_upstream, models, provider=provider)
+    try:
+        answer = await served.http.post(
+            "/v1/chat/completions",
+            json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+            headers={"authorization": f"Bearer {served.key.key}"},
+        )
+    finally:
+        await served.gateway.aclose()
+    first = orjson.loads(answer.text.split("\n\n")[0].removeprefix("data: "))
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": None}, first["choices"][0]["delta"]

@@ -463,6 +463,7 @@ class OpenAIStreamParser:
         # opens a call with `null`): its empty contents are `null` until a choice's first text (`_opened`).
         self.opens_empty = False
         self.untexted: set[int] = set()  # the choices with no text yet
+        self.blank: set[int] = set()  # those of them with no call or refusal either (an answer of nothing, so far)
 
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
         data = event.data
@@ -537,21 +538,31 @@ class OpenAIStreamParser:
 
     def _opened(self, chunk: ChatCompletionChunk) -> None:
         """`chunk`, from a server that opens every answer with `content: ""` and may write `""` beside or after its
-        calls, in place: an empty `content` of a choice with no text yet is `null`, as OpenAI opens a call (its
-        opening, role and `""` alone, goes at once, `null`: held until the next chunk said what came first, a stream
-        whose model thought for a minute had sent nothing, and its deadline or a stall was taken for no answer at
-        all, charged its worst case). Relayed as they came, a tool-only answer reached a Chat client with
-        `content: ""`, whole and streamed (the SDK's stream helper fired `content.delta` and finished with `""`),
-        where OpenAI's, and every translated one, has None. A text answer's content is its text; an answer of nothing
-        ends with None."""
+        calls, in place: an empty `content` of a choice with no text yet is written `null`, as OpenAI opens a call;
+        and a choice that ends with no text, call or refusal ends `""`, as its whole answer has it (and OpenAI's).
+        Relayed as they came, a tool-only answer reached a Chat client with `content: ""`, whole and streamed (the
+        SDK's stream helper fired `content.delta` and finished with `""`), where OpenAI's, and every translated one,
+        has None. (The opening goes at once: held until the next chunk said what came first, a stream whose model
+        thought for a minute had sent nothing, and its deadline or a stall was taken for no answer at all, charged its
+        worst case.)"""
+        from handler.chunks import SENT_NULL  # (made with the stream's first chunk: `handler.schemas.LATER`)
+
         for choice in chunk.choices:
-            delta = choice.delta
-            if delta.content == "":
-                if choice.index in self.untexted or delta.role is not None or delta.tool_calls:
-                    delta.content = None
-                    self.untexted.add(choice.index)
+            delta, index = choice.delta, choice.index
+            if delta.content == "":  # (`""`, or null as sent: `SENT_NULL`)
+                if index in self.untexted or delta.role is not None or delta.tool_calls:
+                    if index not in self.untexted and not delta.tool_calls and not delta.refusal:
+                        self.blank.add(index)
+                    delta.content = SENT_NULL
+                    self.untexted.add(index)
             elif delta.content:
-                self.untexted.discard(choice.index)
+                self.untexted.discard(index)
+                self.blank.discard(index)
+            if delta.tool_calls or delta.refusal:
+                self.blank.discard(index)
+            if choice.finish_reason and index in self.blank:
+                self.blank.discard(index)
+                delta.content = ""  # (an answer of nothing)
 
     def _signed_late(self, chunk: ChatCompletionChunk) -> list[ChatCompletionChunk]:
         """The chunks to relay once `chunk` is read, where calls carry their thought signatures (`signed`): a chunk
