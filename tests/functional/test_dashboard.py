@@ -1328,3 +1328,31 @@ def test_the_spend_by_control_names_the_grouping_the_table_shows(known: Running)
             ".map((r) => r.cells[0].textContent)})"
         )
     assert shown["control"] == "model" and "(none)" not in shown["rows"], shown
+
+
+HELD_KEY = "sessionStorage.getItem('gateway.dashboard.adminKey')"
+PAGE_STATE = "document.documentElement.dataset.state"
+
+
+@pytest.mark.skipif(chromium_missing() is not None, reason=chromium_missing() or "")
+def test_a_pasted_link_that_cannot_sign_in_leaves_the_held_session_signed_in(
+    running: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A link that no longer works (used already: the same link pasted again, or one expired) pasted into a tab
+    signed in: the page revoked its session before it tried the link, so the failed link signed the operator out, for
+    nothing in its place. The link is traded first now, and a failed one leaves the session as it was. (mergerev35b)"""
+    admin = running.mint(admin=True, name="paste-fails-admin")
+    link = dashboard_link(running, capsys, "--key", (split_key(admin) or ("", ""))[0])
+    with Browser() as browser:
+        page = browser.new_page()
+        page.goto(link)
+        page.wait_for(f"{PAGE_STATE} === 'ready'")
+        session = page.evaluate(HELD_KEY)
+        page.send("Page.navigate", {"url": link})  # (the same link again: used)
+        page.wait_for("!location.href.includes('#') && !document.getElementById('link-error').hidden")
+        page.wait_for(f"!['signing-out', 'loading'].includes({PAGE_STATE})")
+        after = page.evaluate(
+            f"({{state: {PAGE_STATE}, held: {HELD_KEY}, form: !document.getElementById('sign-in').hidden}})"
+        )
+    live = httpx.get(f"{running.url}/v1/key", headers=headers(session)).status_code
+    assert (live, after["held"], after["form"]) == (200, session, False), (live, after)

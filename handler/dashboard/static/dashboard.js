@@ -621,40 +621,46 @@
     const button = $("sign-out");
     button.disabled = true;
     setState("signing-out", "Revoking the session…");
-    let failure = null;
-    try {
-      const response = await fetch("admin/keys/" + encodeURIComponent(session) + "/revoke", {
-        method: "POST",
-        headers: { authorization: "Bearer " + adminKey() },
-        cache: "no-store",
-        credentials: "omit",
-        referrerPolicy: "no-referrer",
-      });
-      if (response.status === 401) {
-        forget("Signed out; the session had ended already.");  // (revoked, or expired: no key works with it)
-        return true;
-      }
-      if (!response.ok) {
-        let error = {};
-        try {
-          error = (await response.json()).error || {};
-        } catch (_) {
-          error = {};
-        }
-        failure = `${response.status} ${error.code || "http_" + response.status}: ${error.message || response.statusText}`;
-      }
-    } catch (error) {
-      failure = `the gateway did not answer (${error})`;
-    } finally {
-      button.disabled = false;
-    }
+    const failure = await revoke(adminKey(), session);
+    button.disabled = false;
     if (failure === null) {
       forget("Signed out; the session is revoked.");
+      return true;
+    }
+    if (failure === ENDED) {
+      forget("Signed out; the session had ended already.");  // (revoked, or expired: no key works with it)
       return true;
     }
     setState("sign-out-failed", `Not signed out: the session was not revoked (${failure}); it still works. ` +
       "Sign out again to retry.", true);
     return false;
+  }
+
+  const ENDED = "ended";
+
+  // The session `id` revoked with its own `key`: null once revoked, `ENDED` where it had ended already (a 401: no key
+  // works with it), else what went wrong.
+  async function revoke(key, id) {
+    try {
+      const response = await fetch("admin/keys/" + encodeURIComponent(id) + "/revoke", {
+        method: "POST",
+        headers: { authorization: "Bearer " + key },
+        cache: "no-store",
+        credentials: "omit",
+        referrerPolicy: "no-referrer",
+      });
+      if (response.status === 401) return ENDED;
+      if (response.ok) return null;
+      let error = {};
+      try {
+        error = (await response.json()).error || {};
+      } catch (_) {
+        error = {};
+      }
+      return `${response.status} ${error.code || "http_" + response.status}: ${error.message || response.statusText}`;
+    } catch (error) {
+      return `the gateway did not answer (${error})`;
+    }
   }
 
   function forget(message) {
@@ -676,21 +682,33 @@
   }
 
   // A link pasted into the open page changes its fragment alone, which loads nothing: read here as `begin` reads it at
-  // a load (ignored, the token stayed in the address bar and the history, unused). A session this page holds is
-  // signed out first (revoked: forgotten, it would live on where nothing holds it); kept if that fails, the new link
-  // is not used.
+  // a load (ignored, the token stayed in the address bar and the history, unused). Its token is traded first: a link
+  // that no longer works (used, expired) leaves the page as it was, its session with it. Then a session this page
+  // held is revoked (forgotten unrevoked, it would live on where nothing holds it); a revocation refused is said, and
+  // the new session kept.
   async function linkPasted() {
     if (!location.hash.startsWith(SIGN_IN_PREFIX)) return;
     const token = takeToken();
     generation++;
-    if (sessionStorage.getItem(SESSION_ID) && !(await signOut())) return;
+    const before = { key: adminKey(), session: sessionStorage.getItem(SESSION_ID) };
     if (!(await signInFromLink(token))) {
-      showSignIn("");
-      document.documentElement.dataset.state = "link-refused";
+      if (!before.key) {
+        showSignIn("");
+        document.documentElement.dataset.state = "link-refused";
+      }
       return;
     }
     $("link-error").hidden = true;
-    load();
+    let failure = null;
+    if (before.session && before.key) {
+      failure = await revoke(before.key, before.session);
+      if (failure === ENDED) failure = null;
+    }
+    await load();
+    if (failure !== null) {
+      setState("sign-out-failed", `Signed in; the previous session was not revoked (${failure}): it still works ` +
+        "until it expires.", true);
+    }
   }
 
   function start() {
