@@ -272,7 +272,9 @@ USAGE_PARAMETERS = [
         "in": "query",
         "required": False,
         "description": "each grouping keeps its N groups of most spend (over the window, its days summed), the rest "
-        "summed in `other` rows whose groups but `day` are null (one a day, or one), `folded` counting them; JSON only",
+        "summed in `other` rows whose groups but `day` are null (one a day, or one), `folded` counting them; and "
+        "`tag_names` lists the names it groups or filters by and N others, `tag_names_folded` counting the rest; JSON "
+        "only",
         "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
     },
 ]

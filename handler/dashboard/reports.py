@@ -498,10 +498,11 @@ class ReportBuilder:
         self.top = top  # (`parse_top`: `fold` keeps each grouping's groups of most spend)
         self.sums = [Sums(spec.group_by), *(Sums(groups) for groups in views or [])]
         self.times = Times()
-        # Each tag name's count of lines. A client names its tags (16 a request, 128 characters each): listed whole,
-        # 3,200 requests of made-up names made the dashboard's answer 6.8 MB, a 413 on the buffered Lambda function
-        # for every load of the next 30 to 90 days. With `top`, the answer lists the `top` names the most lines carry.
-        self.tag_lines: dict[str, int] = {}
+        # Each tag name's key families, spend and lines (`TagName`). A client names its tags (16 a request, 128
+        # characters each): listed whole, 3,200 requests of made-up names made the dashboard's answer 6.8 MB, a 413 on
+        # the buffered Lambda function for every load of the next 30 to 90 days. With `top`, the answer lists the
+        # names it groups or filters by and the `top` others most used (`answer`).
+        self.tags: dict[str, TagName] = {}
         self.key_ids: set[str] = set()  # whose names the rows grouped by key show
         self.read = 0  # lines the store gave, the filter's included
 
@@ -516,9 +517,13 @@ class ReportBuilder:
                 sums.add(item, figures)
             self.times.add(item)
             if item.tags:
-                counts = self.tag_lines
+                family = item.ancestors[0] if item.ancestors else item.key_id
+                spend = (item.cost_usd or 0.0) + item.fee_usd
                 for name in item.tags:
-                    counts[name] = counts.get(name, 0) + 1
+                    seen = self.tags.get(name)
+                    if seen is None:
+                        seen = self.tags[name] = TagName()
+                    seen.add(family, spend)
             self.key_ids.add(item.key_id)
 
     def fold(self) -> None:
@@ -537,12 +542,42 @@ class ReportBuilder:
             return to_csv(rows, columns(self.spec.group_by, names))
         views = None if self.views is None else [(s.group_by, s.rows(names)) for s in self.sums[1:]]
         folded = [sums.folded for sums in self.sums]
-        tag_names: Iterable[str] = self.tag_lines
+        tag_names: Iterable[str] = self.tags
         tags_folded = 0
-        if self.top is not None and len(self.tag_lines) > self.top:
-            tag_names = sorted(self.tag_lines, key=lambda name: (-self.tag_lines[name], name))[: self.top]
-            tags_folded = len(self.tag_lines) - self.top
+        if self.top is not None and len(self.tags) > self.top:
+            # The names the report groups or filters by, then those the most key families use, then spend (one
+            # client's made-up names count once each: ranked by lines, 32 names of one busy key pushed the operator's
+            # `team`, nearly all the spend, out of the list, and the dashboard's control with it).
+            groups = [self.spec.group_by, *(self.views or [])]
+            asked = {g[4:] for grouping in groups for g in grouping if g.startswith("tag:")} | set(
+                self.spec.filter.tags
+            )
+            kept = [name for name in self.tags if name in asked]
+            others = sorted(
+                (name for name in self.tags if name not in asked), key=lambda name: self.tags[name].rank(name)
+            )
+            tag_names = kept + others[: max(self.top - len(kept), 0)]
+            tags_folded = len(self.tags) - len(tag_names)
         return report_object(self.spec, self.times.summary(), tag_names, rows, views, folded, self.top, tags_folded)
+
+
+class TagName:
+    """What a report's lines say of one tag name: the key families that use it (their roots), its spend, its lines."""
+
+    __slots__ = ("families", "spend", "lines")
+
+    def __init__(self) -> None:
+        self.families: set[str] = set()
+        self.spend = 0.0
+        self.lines = 0
+
+    def add(self, family: str, spend: float) -> None:
+        self.families.add(family)
+        self.spend += spend
+        self.lines += 1
+
+    def rank(self, name: str) -> tuple[int, float, int, str]:
+        return (-len(self.families), -self.spend, -self.lines, name)
 
 
 def usd_display(value: Decimal) -> str:

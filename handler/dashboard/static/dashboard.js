@@ -252,7 +252,7 @@
       stackedBars($("chart-key"), period.days, byDayKey, "key", keyLabel);
       renderTopKeys(byKey, total[0] || null, keyLabel);
       renderLatency(body.latency);
-      renderBreakdownChoices(body.tag_names || [], breakdown);
+      renderBreakdownChoices(body.tag_names || [], breakdown, body.tag_names_folded || 0);
       // A tag the new lines carry no more (another filter, another period): the control is back on "model", and the
       // table follows it (drawn by the tag, it showed one "(none)" row under a control that said "model").
       const chosen = $("breakdown").value;
@@ -346,10 +346,13 @@
   }
 
   // The fixed groupings, then one `tag:NAME` per tag name the period's lines carry.
-  function renderBreakdownChoices(tagNames, selected) {
+  // Past the `TOP` the gateway lists (`tag_names_folded`: the names most key families use are listed), the rest are
+  // counted in an option of their own, which picks nothing.
+  function renderBreakdownChoices(tagNames, selected, folded) {
     const select = $("breakdown");
-    for (const option of [...select.options]) if (option.value.startsWith("tag:")) option.remove();
+    for (const option of [...select.options]) if (option.value.startsWith("tag:") || option.disabled) option.remove();
     for (const name of [...tagNames].sort(byText)) select.append(el("option", { value: "tag:" + name }, "tag " + name));
+    if (folded) select.append(el("option", { value: "", disabled: "" }, `${count(folded)} more tag names, not listed`));
     select.value = [...select.options].some((o) => o.value === selected) ? selected : "model";
   }
 
