@@ -540,9 +540,10 @@ def _validate(data: dict[str, Any]) -> Config:
 
 def _valid_parts(data: dict[str, Any], exc: ValidationError | None) -> tuple[Config, set[str]] | None:
     """The config of what in `data` has no error of `exc`'s: a section with one (`gateway:`, `observability:`) at its
-    defaults, a provider or model with one left out, a top-level name that is no section dropped; and the names of
-    the providers and models left out (a deployment or a fallback naming one is not said again as naming nothing).
-    None where what is left does not validate either."""
+    defaults, a provider or model with one left out, a top-level name that is no section dropped; and the providers
+    and models left out, each by its section and name (`providers.NAME`, `models.NAME`: a deployment or a fallback
+    naming one is not said again as naming nothing, and a provider's name hides no model's). None where what is left
+    does not validate either."""
     kept = dict(data)
     failed: set[str] = set()
     for err in exc.errors() if exc is not None else ():
@@ -550,11 +551,11 @@ def _valid_parts(data: dict[str, Any], exc: ValidationError | None) -> tuple[Con
         if section in ("providers", "models") and rest and isinstance(kept.get(section), dict):
             name = str(rest[0])
             kept[section] = {k: v for k, v in kept[section].items() if k != name}
-            failed.add(name)
+            failed.add(f"{section}.{name}")
         elif section in ("gateway", "observability"):
             kept[section] = {}
         elif section in ("providers", "models"):  # (no mapping, or a name the section refuses)
-            failed |= set(kept[section]) if isinstance(kept[section], dict) else set()
+            failed |= {f"{section}.{name}" for name in kept[section]} if isinstance(kept[section], dict) else set()
             kept[section] = {}
         else:
             kept.pop(str(section), None)
@@ -725,7 +726,8 @@ def _deployment_problems(where: str, dep: DeploymentConfig, config: Config, fail
     """What is wrong with a deployment against the providers: one it names that the file has not (or whose own
     errors are said already: `failed`), options its provider's type does not take."""
     if dep.provider not in config.providers:
-        return [] if dep.provider in failed else [f"{where}.provider: unknown provider '{dep.provider}'"]
+        said = f"providers.{dep.provider}" in failed
+        return [] if said else [f"{where}.provider: unknown provider '{dep.provider}'"]
     problems = []
     if dep.reasoning is not None and (kind := config.providers[dep.provider].type) not in OPENAI_API_TYPES:
         problems.append(
@@ -744,8 +746,8 @@ def _left_out_deployments(data: dict[str, Any], config: Config, failed: Collecti
         return []
     problems: list[str] = []
     for model, spec in models.items():
-        if model not in failed or model in config.models:
-            continue  # (kept: checked with the rest; `failed` names the providers left out too)
+        if f"models.{model}" not in failed:
+            continue  # (kept: checked with the rest)
         deployments = spec.get("deployments") if isinstance(spec, dict) else None
         for i, raw in enumerate(deployments if isinstance(deployments, list) else ()):
             try:
@@ -758,8 +760,8 @@ def _left_out_deployments(data: dict[str, Any], config: Config, failed: Collecti
 
 def _cross_check(config: Config, known_types: set[str], failed: Collection[str] = ()) -> list[str]:
     """What no field's own check can say: settings against each other, and the names providers, models and
-    fallbacks give one another. `failed`: names of providers and models the file gives whose own errors are said
-    already (left out of `config`: `_valid_parts`), which a deployment or fallback may name."""
+    fallbacks give one another. `failed`: the providers and models the file gives whose own errors are said already
+    (`providers.NAME`, `models.NAME`, left out of `config`: `_valid_parts`), which a deployment or fallback may name."""
     problems = bound_problems(config.gateway)
     if not problems:  # (the lifetimes' check reads these settings as valid)
         problems += lifetime_problems(config.gateway)
@@ -789,7 +791,7 @@ def _cross_check(config: Config, known_types: set[str], failed: Collection[str] 
                 )
         for i, fallback in enumerate(spec.fallbacks):
             if fallback not in config.models:
-                if fallback not in failed:
+                if f"models.{fallback}" not in failed:
                     problems.append(f"models.{model}.fallbacks[{i}]: unknown model '{fallback}'")
             elif fallback == model:
                 problems.append(f"models.{model}.fallbacks[{i}]: a model cannot fall back to itself")

@@ -609,3 +609,25 @@ def test_a_region_row_of_measured_latencies_whose_every_entry_is_commented_out_m
     text += "models:\n  m: {deployments: [{provider: openai, model: gpt-4o}]}\n"
     latencies = parse_config(yaml.safe_load(text), REGISTRY).gateway.region_latency_ms
     assert latencies == {"us-east-1": {}, "eu-west-1": {"us-east-1": 80.0}}
+
+
+def test_a_provider_and_a_model_left_out_hide_nothing_named_as_the_other() -> None:
+    """The providers and the models left out were one set of names: a model left out (`groq`, a misspelt key) hid a
+    deployment naming a provider `groq` the file does not have, and a provider left out (`small`) a fallback naming a
+    model `small` it does not have, each said a round later. Found by review (mergerev35b)."""
+    price = {"input": 1, "output": 2}
+    model_out = {
+        "providers": {"openai": {"type": "openai"}},
+        "models": {
+            "groq": {"deployments": [{"provider": "openai", "model": "llama"}], "price": price, "fallback": ["x"]},
+            "other": {"deployments": [{"provider": "groq", "model": "llama"}], "price": price},
+        },
+    }
+    assert "models.other.deployments[0].provider: unknown provider 'groq'" in problems(model_out)
+    provider_out = {
+        "providers": {"openai": {"type": "openai"}, "small": {"type": "openai", "base_url": 5}},
+        "models": {
+            "big": {"deployments": [{"provider": "openai", "model": "gpt"}], "price": price, "fallbacks": ["small"]}
+        },
+    }
+    assert "models.big.fallbacks[0]: unknown model 'small'" in problems(provider_out)
