@@ -126,7 +126,8 @@ ARN_UNPRICED = "names no model the built-in table can price (an application infe
 def arn_model(arn: str) -> str | None:
     """The model or system inference profile a Bedrock ARN names (`...:foundation-model/<id>`,
     `...:inference-profile/<id>`), else None (`ARN_UNPRICED`)."""
-    resource = arn.rpartition(":")[2]
+    parts = arn.split(":", 5)  # (arn:partition:service:region:account:resource; a model id holds `:0` itself)
+    resource = parts[5] if len(parts) == 6 else ""
     for kind in ARN_PRICED:
         if resource.startswith(kind):
             return resource[len(kind) :]

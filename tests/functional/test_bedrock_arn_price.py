@@ -1,6 +1,6 @@
 """A Bedrock deployment named by an ARN that names no model (an application inference profile, a provisioned
-throughput) was priced as the public model name's built-in price: Anthropic's own (the global profile's), silently. Found by
-review.
+throughput) was priced as the public model name's built-in price: Anthropic's own (the global profile's),
+silently. Found by review.
 
 The built-in table prices a geographic or in-Region Claude Sonnet 4.5 10% above the global profile
 (handler/pipeline/prices.yaml, `bedrock-regional/...`) and refuses an inference profile it does not price rather than
@@ -19,7 +19,7 @@ import pytest
 
 from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
-from handler.pipeline.pricing import price_for
+from handler.pipeline.pricing import arn_model, price_for
 
 NAME = "claude-sonnet-4-5"
 PROFILE_ARN = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3d4e5f6"
@@ -42,3 +42,26 @@ def test_an_in_region_id_is_priced_regional() -> None:  # (the control)
 @pytest.mark.parametrize("arn", [PROFILE_ARN, PROVISIONED_ARN], ids=["application-inference-profile", "provisioned"])
 def test_an_arn_that_names_no_model_is_not_priced_as_anthropics_global_price(arn: str) -> None:
     assert price(arn) != (3.00, 15.00)  # unpriced (None: `config check` names it), as an unknown profile is
+
+
+# A model's id holds a version after a colon (`...-v1:0`): read as what follows an ARN's last colon, `0`, every ARN of
+# a model or a system profile was taken for one that names no model, unpriced. (mergerev35c)
+FOUNDATION = "arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-sonnet-4-5-20250929-v1:0"
+SYSTEM_PROFILE = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+
+
+@pytest.mark.parametrize(
+    ("arn", "named"),
+    [
+        (FOUNDATION, "anthropic.claude-sonnet-4-5-20250929-v1:0"),
+        (SYSTEM_PROFILE, "us.anthropic.claude-sonnet-4-5-20250929-v1:0"),
+    ],
+    ids=["foundation-model", "inference-profile"],
+)
+def test_arn_model_keeps_the_ids_version(arn: str, named: str) -> None:
+    assert arn_model(arn) == named
+
+
+@pytest.mark.parametrize("arn", [FOUNDATION, SYSTEM_PROFILE], ids=["foundation-model", "inference-profile"])
+def test_a_versioned_model_arn_is_priced_as_the_id_it_names(arn: str) -> None:
+    assert price(arn) == (3.30, 16.50)  # the in-Region / `us.` price, as the bare id is priced
