@@ -358,6 +358,9 @@ class UpstreamError(GatewayError):
         # rate-limited batch, sent again alone: `Pipeline._other_batches`).
         self.retried = 0
         self.deployment_fault = False
+        # A failure of this request alone on the deployment, which serves others (Groq's 413 of a request past its
+        # tier's tokens a minute): failed over, never counted on the deployment's breaker.
+        self.spares_breaker = False
         # The provider's own words, `code` and `param` (`upstream_error`): a rejected request's, for the client.
         self.said: str | None = None
         self.provider_code: str | None = None

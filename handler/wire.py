@@ -539,6 +539,7 @@ def upstream_error(
         upstream_type=upstream_type,
     )
     error.deployment_fault = at_fault
+    error.spares_breaker = at_fault and status == 413  # (too large for the tier's minute: smaller ones are served)
     error.said = message
     error.provider_code = code if isinstance(code, str) and code else None
     error.provider_param = param if isinstance(param, str) and param else None

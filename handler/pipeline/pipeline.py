@@ -1119,7 +1119,8 @@ class Pipeline(Charges):
                         # from every key.
                         breakers.success(label)
                         break
-                    breakers.failure(label, err.rate_limited, err.overloaded)
+                    if not err.spares_breaker:
+                        breakers.failure(label, err.rate_limited, err.overloaded)
                     # (A try sent again here was not billed: one billed in part gets no wait, `_retry_wait`, and
                     # those the provider may bill before this attempt were covered as it went out.)
                     wait = self._retry_wait(ex, err) if retry < retries else None

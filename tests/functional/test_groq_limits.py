@@ -94,3 +94,24 @@ def test_groqs_tier_tokens_per_minute_413_fails_over_to_the_fallback(gateway: Ru
     )
     assert answer.status_code == 200, (answer.status_code, answer.text)
     assert answer.json()["choices"][0]["message"]["content"] == "from the fallback"
+
+
+def test_request_sized_413s_do_not_open_the_deployments_breaker(tmp_path: Path) -> None:
+    """Groq's 413 refuses one request for its size against the tier's minute, and serves a smaller one at once:
+    counted on the breaker, five clients' big prompts in a row took Groq away from every key. (mergerev35c)"""
+    gateway_gen = gateway_of(tmp_path)
+    gateway = next(gateway_gen)
+    key = gateway.mint(name="groq-413-breaker")
+    headers = {"authorization": f"Bearer {key}"}
+    SCRIPTS["llama-backup"] = {"whole": whole({"role": "assistant", "content": "from the fallback"})}
+    SCRIPTS["llama-flex"] = {"status": 413, "whole": TPM}
+    big = {"model": "llama-flex", "messages": [{"role": "user", "content": "a long prompt " * 50}]}
+    for _ in range(6):  # (the breaker's default threshold is 5)
+        httpx.post(f"{gateway.url}/v1/chat/completions", json=big, headers=headers, timeout=30)
+    SCRIPTS["llama-flex"] = {"whole": whole({"role": "assistant", "content": "from groq"})}  # a small request fits
+    small = {"model": "llama-flex", "messages": [{"role": "user", "content": "hi"}]}
+    answer = httpx.post(f"{gateway.url}/v1/chat/completions", json=small, headers=headers, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert "breaker-open" not in answer.headers.get("x-gateway-route", ""), answer.headers.get("x-gateway-route")
+    assert answer.json()["choices"][0]["message"]["content"] == "from groq"
+    next(gateway_gen, None)
