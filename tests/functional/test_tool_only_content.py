@@ -271,3 +271,22 @@ async def test_a_compatible_servers_stream_opens_with_content_null_as_the_docs_s
         await served.gateway.aclose()
     first = orjson.loads(answer.text.split("\n\n")[0].removeprefix("data: "))
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": None}, first["choices"][0]["delta"]
+
+
+def test_an_audio_answer_streamed_ends_without_text_content() -> None:
+    """An audio answer (its words in `delta.audio`) has no text: taken for an answer of nothing, it ended `""`
+    streamed, where it has `content: null` whole. (mergerev35c)"""
+    parser = OpenAIStreamParser("gpt-4o-audio-preview")
+    parser.opens_empty = True  # (any profile but OpenAI's own)
+    events = [
+        event(0, {"role": "assistant", "content": None, "refusal": None, "audio": {"id": "audio_1", "transcript": ""}}),
+        event(0, {"audio": {"transcript": "Hello", "data": "UklGRg=="}}),
+        event(0, {"audio": {"expires_at": 1, "transcript": " there"}}),
+        event(0, {}, "stop"),
+        StreamEvent(None, b"[DONE]"),
+    ]
+    chunks = [c for e in events for c in parser.feed(e)] + parser.finish()
+    written = [
+        orjson.loads(c.model_dump_json())["choices"][0]["delta"].get("content", "left out") for c in chunks if c.choices
+    ]
+    assert "" not in written, written  # (OpenAI's own: content null throughout; whole: `content: null`)

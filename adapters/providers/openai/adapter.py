@@ -558,8 +558,8 @@ class OpenAIStreamParser:
             elif delta.content:
                 self.untexted.discard(index)
                 self.blank.discard(index)
-            if delta.tool_calls or delta.refusal:
-                self.blank.discard(index)
+            if delta.tool_calls or delta.refusal or (delta.model_extra and delta.model_extra.get("audio")):
+                self.blank.discard(index)  # (an answer of a call, a refusal or audio: its content stays null)
             if choice.finish_reason and index in self.blank:
                 self.blank.discard(index)
                 delta.content = ""  # (an answer of nothing)
