@@ -1409,3 +1409,41 @@ def test_spend_by_a_tag_survives_a_client_making_up_tag_names(running: Running) 
         )
     assert shown["name"] == "Tag team" and "tag:team" in shown["offered"], shown
     assert "" in shown["offered"]  # (the option counting the names left out: 33 names, 20 listed)
+
+
+# The next report answers 2 s late (a slow store), so the pasted link lands while its load is in flight.
+SLOW_ONCE = """(() => { const sent = window.fetch; window.slowing = true;
+    window.fetch = async (...args) => {
+        if (window.slowing && String(args[0]).startsWith('admin/usage')) {
+            window.slowing = false;
+            await new Promise((r) => setTimeout(r, 2000));
+        }
+        return sent(...args);
+    }; })()"""
+
+
+@pytest.mark.skipif(chromium_missing() is not None, reason=chromium_missing() or "")
+def test_a_dead_link_pasted_during_a_load_does_not_leave_the_page_loading(
+    running: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A link that no longer works, pasted while a load was in flight: the load was superseded and none made after,
+    so the page stayed "Loading…" (greyed, busy) with its session held. (mergerev35c)"""
+    admin = running.mint(admin=True, name="paste-during-load-admin")
+    link = dashboard_link(running, capsys, "--key", (split_key(admin) or ("", ""))[0])
+    with Browser() as browser:
+        page = browser.new_page()
+        page.goto(link)
+        page.wait_for(f"{PAGE_STATE} === 'ready'")
+        session = page.evaluate(HELD_KEY)
+        page.evaluate(SLOW_ONCE)
+        page.evaluate("document.getElementById('refresh').click()")
+        page.wait_for(f"{PAGE_STATE} === 'loading'")
+        page.send("Page.navigate", {"url": link})  # (the same link again: used)
+        page.wait_for("!location.href.includes('#') && !document.getElementById('link-error').hidden")
+        page.wait_for(f"{PAGE_STATE} === 'ready'")
+        after = page.evaluate(
+            f"({{state: {PAGE_STATE}, held: {HELD_KEY}, status: document.getElementById('status').textContent,"
+            " busy: document.getElementById('figures').getAttribute('aria-busy')})"
+        )
+    assert after["held"] == session, after
+    assert after["state"] != "loading" and after["busy"] != "true", after

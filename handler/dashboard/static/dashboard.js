@@ -698,6 +698,8 @@
       if (!before.key) {
         showSignIn("");
         document.documentElement.dataset.state = "link-refused";
+      } else {
+        load();  // (the page as it was: a load in flight when the link came was superseded)
       }
       return;
     }
