@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -55,10 +56,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     yield from gateway_of(tmp_path_factory.mktemp("groq"))
 
 
-@pytest.mark.parametrize("status", [429, 498])  # (429: the control, failed over today)
-def test_groqs_flex_capacity_498_fails_over_to_the_fallback(gateway: Running, status: int) -> None:
+def answered_by_the_fallback(gateway: Running, status: int, error: dict[str, Any]) -> None:
+    """`llama-flex` answering `status` with `error`: the request is answered by its fallback, `llama-backup`."""
     key = gateway.mint(name=f"groq-{status}")
-    SCRIPTS["llama-flex"] = {"status": status, "whole": CAPACITY}
+    SCRIPTS["llama-flex"] = {"status": status, "whole": error}
     SCRIPTS["llama-backup"] = {"whole": whole({"role": "assistant", "content": "from the fallback"})}
     body = {"model": "llama-flex", "messages": [{"role": "user", "content": "hi"}]}
     answer = httpx.post(
@@ -66,6 +67,11 @@ def test_groqs_flex_capacity_498_fails_over_to_the_fallback(gateway: Running, st
     )
     assert answer.status_code == 200, (answer.status_code, answer.text)
     assert answer.json()["choices"][0]["message"]["content"] == "from the fallback"
+
+
+@pytest.mark.parametrize("status", [429, 498])  # (429: the control, failed over before)
+def test_groqs_flex_capacity_498_fails_over_to_the_fallback(gateway: Running, status: int) -> None:
+    answered_by_the_fallback(gateway, status, CAPACITY)
 
 
 # Groq's on-demand tier refuses a request past the organization's tokens-per-minute allowance (its `max_tokens`
@@ -85,15 +91,7 @@ TPM = {
 
 
 def test_groqs_tier_tokens_per_minute_413_fails_over_to_the_fallback(gateway: Running) -> None:
-    key = gateway.mint(name="groq-413")
-    SCRIPTS["llama-flex"] = {"status": 413, "whole": TPM}
-    SCRIPTS["llama-backup"] = {"whole": whole({"role": "assistant", "content": "from the fallback"})}
-    body = {"model": "llama-flex", "messages": [{"role": "user", "content": "hi"}]}
-    answer = httpx.post(
-        f"{gateway.url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}, timeout=30
-    )
-    assert answer.status_code == 200, (answer.status_code, answer.text)
-    assert answer.json()["choices"][0]["message"]["content"] == "from the fallback"
+    answered_by_the_fallback(gateway, 413, TPM)
 
 
 def test_request_sized_413s_do_not_open_the_deployments_breaker(tmp_path: Path) -> None:
