@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -536,14 +536,7 @@ class DynamoDBKeys:
         if self.region is None:
             return 0
         homed = 0
-        request: dict[str, Any] = {
-            "TableName": self.table,
-            "FilterExpression": "begins_with(pk, :key) AND sk = :keysk",
-            "ProjectionExpression": "#data",
-            "ExpressionAttributeNames": {"#data": "data"},
-            "ExpressionAttributeValues": {":key": text("KEY#"), ":keysk": text("KEY")},
-        }
-        async for item in scanned(self.client, **request):
+        async for item in self._key_items():
             record = key_from_json(item["data"]["S"])
             if record.home_region is not None:
                 continue
@@ -555,6 +548,18 @@ class DynamoDBKeys:
                 continue
             homed += 1
         return homed
+
+    def _key_items(self) -> AsyncIterator[Item]:
+        """Every key's record item (its `data` and `ttl`), in one paginated scan of the table: the store's tools'
+        (`migrate`'s `_home_keys`, `retire_region`), never a request's."""
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": "begins_with(pk, :key) AND sk = :keysk",
+            "ProjectionExpression": "#data, #ttl",
+            "ExpressionAttributeNames": {"#data": "data", "#ttl": "ttl"},
+            "ExpressionAttributeValues": {":key": text("KEY#"), ":keysk": text("KEY")},
+        }
+        return scanned(self.client, **request)
 
     async def list_keys(self, parent_id: str | None = None) -> list[KeyRecord]:
         condition = "gsi1pk = :keys"

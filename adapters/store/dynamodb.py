@@ -940,13 +940,8 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBThreads, DynamoDBSi
             returned += await self.leases.give_back_all(lease, home, region)
             leases += 1
         homed: list[KeyRecord] = []
-        keys: dict[str, Any] = {
-            "TableName": self.table,
-            "FilterExpression": "begins_with(pk, :key) AND sk = :keysk",
-            "ExpressionAttributeValues": {":key": text("KEY#"), ":keysk": text("KEY")},
-        }
         now = self.clock()
-        async for item in scanned(self.client, **keys):
+        async for item in self._key_items():
             record = self._live(item)
             if record is None or record.home_region != region or record.revoked_at is not None:
                 continue
