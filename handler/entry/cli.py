@@ -493,13 +493,14 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     for name, spec in config.models.items():
         for i, dep in enumerate(spec.deployments):
             if spec.price is None and price_for(name, spec, dep.model) is None:
-                profile = builtin_prices().unknown_profile(arn_model(dep.model) or dep.model)
+                named = arn_model(dep.model) if dep.model.startswith("arn:") else dep.model
+                profile = builtin_prices().unknown_profile(named) if named is not None else None
                 why = (
                     f" (the built-in table prices its model, but not through the inference profile '{profile}', "
                     "which may cost otherwise)"
                     if profile
                     else f" (an ARN that {ARN_UNPRICED})"
-                    if dep.model.startswith("arn:") and arn_model(dep.model) is None
+                    if named is None
                     else ""
                 )
                 problems.append(
