@@ -648,7 +648,7 @@ def unsent_routing(body: dict[str, Any]) -> list[str]:
     return found
 
 
-def redact_error(error: Any) -> None:
+def redact_error(error: Any, depth: int = 0) -> None:
     """A provider's error object that a 200 answer carries to the client (a Responses stream's `error` event, a
     failed response's `error`) redacted in place: its `message`, `code`, `param` and `type` redacted and cut as
     `upstream_error` has them (`provider_said`), and every other string in it, a member's name too, redacted as they
@@ -656,19 +656,20 @@ def redact_error(error: Any) -> None:
     a key back masked (`sk-proj-Zq8*****p6Ss`), and a provider may quote most of one, or the authorization header in
     base64, in any member (OpenRouter's and LiteLLM's errors carry the upstream's raw body in `metadata.raw`). An
     `error` member is redacted as the object is: OpenAI's stream writes its `error` event's words there, not at the
-    top level its reference shows."""
+    top level its reference shows. `depth`: the object's own, whose members nest deeper than `ERROR_DEPTH` are dropped
+    (an `error` in an `error` a thousand deep was past Python's recursion)."""
     if not isinstance(error, dict):
         return
     for name, value in list(error.items()):
         if name in ERROR_MEMBER_CHARS and isinstance(value, str):
             error[name] = provider_said(name, value)
-        elif name == "error" and isinstance(value, dict):
-            redact_error(value)
+        elif name == "error" and isinstance(value, dict) and depth + 1 < ERROR_DEPTH:
+            redact_error(value, depth + 1)
         else:
             kept = redact_upstream(name)
             if kept != name:
                 del error[name]
-            error[kept] = _redacted(value, 1)
+            error[kept] = _redacted(value, depth + 1)
 
 
 ERROR_DEPTH = 32  # the levels of an error object's members kept; deeper ones are dropped (no error nests so)

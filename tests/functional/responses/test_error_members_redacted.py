@@ -94,3 +94,17 @@ def test_every_string_of_an_error_object_is_redacted_names_too_and_nothing_nests
     while isinstance(part, list):
         depth, part = depth + 1, part[0]
     assert part is None and depth == ERROR_DEPTH - 1
+
+
+def test_an_error_nested_in_errors_past_the_depth_is_dropped_not_a_recursion_error() -> None:
+    """An `error` in an `error` is redacted as the object is; a thousand deep (orjson reads 1,024) it went past
+    Python's recursion limit. Past `ERROR_DEPTH` it is dropped. (Own read of the change.)"""
+    error: dict[str, Any] = {"message": KEY[3:]}
+    for _ in range(1_500):
+        error = {"error": error, "raw": KEY[3:]}
+    redact_error(error)
+    depth, part = 0, error
+    while isinstance(part.get("error"), dict):
+        assert part["raw"] == "[REDACTED]"
+        depth, part = depth + 1, part["error"]
+    assert depth == ERROR_DEPTH - 1 and part["error"] is None
