@@ -418,7 +418,10 @@ class Pipeline(Charges):
             return attempt.adapter.count_tokens_response(await response.read())
 
         def build(attempt: Attempt) -> BuiltRequest:
-            return attempt.adapter.count_tokens_request(call, req, attempt.target)
+            built = attempt.adapter.count_tokens_request(call, req, attempt.target)
+            if call.dropped and attempt.adapter.speaks(call.api, attempt.target):
+                built.dropped = [*call.dropped, *built.dropped]  # (the client's body as sent, less what it named)
+            return built
 
         try:
             count = await self._deadline(ex, self._failover(ex, counting, build, accept, breakers))
