@@ -983,7 +983,12 @@ class GeminiAdapter(ProviderAdapter):
         if usage is not None and queries:
             from adapters.providers.gemini.search import billed_searches
 
-            usage.set_count("web_searches", billed_searches(target.model, queries))
+            # (By the model that ran, as a stream reads it: a deployment may name Google's moving alias, which names
+            # no generation, and Gemini 3 bills each query where 2.5 bills the prompt.)
+            ran = data.get("modelVersion")
+            usage.set_count(
+                "web_searches", billed_searches(ran if isinstance(ran, str) and ran else target.model, queries)
+            )
         return ChatCompletion(
             id=f"chatcmpl-{response_id}" if isinstance(response_id, str) else completion_id(),
             created=int(time.time()),

@@ -11,8 +11,10 @@ import pytest
 
 from adapters.providers.gemini import GeminiAdapter
 from adapters.providers.gemini.search import grounding
+from adapters.providers.gemini.stream import GeminiStreamParser
 from handler.ports import Target
 from handler.schemas import ChatRequest
+from handler.wire import StreamEvent
 
 URL = "https://example.com/"
 USAGE = {"promptTokenCount": 5, "candidatesTokenCount": 2, "totalTokenCount": 7}
@@ -223,3 +225,31 @@ def test_a_chat_clients_turn_brings_back_gemini_3s_own_search_parts(model: str, 
     again = searching(messages=[{"role": "user", "content": "hi"}, turn, {"role": "user", "content": "more"}])
     body, _ = adapter.chat_body(again, target(model))
     assert body["contents"][1]["parts"] == [*(SEARCHED_PARTS if restored else []), {"text": "hello"}]
+
+
+ALIASED_META = {"webSearchQueries": ["a", "b", "c"], "groundingChunks": [{"web": {"uri": "https://example.com/"}}]}
+ALIASED_ANSWER = {
+    "candidates": [
+        {
+            "content": {"role": "model", "parts": [{"text": "hello"}]},
+            "finishReason": "STOP",
+            "groundingMetadata": ALIASED_META,
+        }
+    ],
+    "usageMetadata": USAGE,
+    "modelVersion": "gemini-3-flash-preview",
+}
+
+
+def test_a_gemini_3_answer_through_an_alias_is_charged_each_query_whole_as_streamed() -> None:
+    """Which generation ran (Gemini 3 bills each query, 2.5 the prompt) is read from the answer's `modelVersion`,
+    whole as streamed: a deployment may name Google's moving alias (`gemini-flash-latest`), which names none, and a
+    whole answer of three queries was charged one search. Found by review (gemrev36)."""
+    aliased = target("gemini-flash-latest")  # (Google's alias for its newest Flash)
+    parser = GeminiStreamParser(aliased.model, searched=True)
+    parser.feed(StreamEvent(None, orjson.dumps(ALIASED_ANSWER)))
+    streamed = parser.usage
+    assert streamed is not None and streamed.web_searches == 3  # (the stream: by `modelVersion`)
+    whole = GeminiAdapter("g", "AIza-test-key", {}).chat_response(orjson.dumps(ALIASED_ANSWER), searching(), aliased)
+    assert whole.usage is not None
+    assert whole.usage.web_searches == 3, whole.usage.web_searches

@@ -325,3 +325,37 @@ def test_a_system_message_after_the_model_spoke_goes_as_a_user_message(role: str
     assert sent[5] == {"role": "user", "content": "Answer in French from now on."}
     assert sent[8] == {"role": "user", "content": "Now in German."}
     assert _out_of_order(sent) is None
+
+
+def test_a_mistral_cache_hit_is_billed_at_a_tenth_of_the_input_price() -> None:
+    """Mistral bills cached prompt tokens at 10% of the input price (docs.mistral.ai, "Prompt caching"), counted in
+    `prompt_tokens_details.cached_tokens`: the built-in prices had no `cached_input`, so a cache hit was billed at the
+    full input price, about 7.7 times Mistral's bill on its own example. Found by review (gemrev36)."""
+    from handler.config import FeeConfig
+    from handler.pipeline.pricing import builtin_prices, cost_of
+
+    adapter = MistralAdapter("mistral", "m-key", {})
+    target = Target("mistral", "mistral", "mistral-large-latest", "global", adapter.base_url("global", None))
+    req = ChatRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    # Mistral's own documented example: 1013 prompt tokens, 1008 of them read from the cache.
+    answer = {
+        "id": "cmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "mistral-large-latest",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {
+            "prompt_tokens": 1013,
+            "completion_tokens": 10,
+            "total_tokens": 1023,
+            "prompt_tokens_details": {"cached_tokens": 1008},
+        },
+    }
+    completion = adapter.chat_response(orjson.dumps(answer), req, target)
+    assert completion.usage is not None and completion.usage.cached_tokens == 1008  # (read)
+    price = builtin_prices().find("mistral-large-latest")
+    cost = cost_of(completion.usage, price, FeeConfig())
+    # Mistral bills 5 x $0.50 + 1008 x $0.05 + 10 x $1.50 per million = $0.0000679
+    expected = (5 * 0.50 + 1008 * 0.05 + 10 * 1.50) / 1_000_000
+    assert cost.provider_usd is not None
+    assert abs(cost.provider_usd - expected) < 1e-12, (cost.provider_usd, expected)
