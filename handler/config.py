@@ -262,6 +262,10 @@ class Price(BaseModel):
         default=None, ge=0, description="audio output tokens (`completion_tokens_details.audio_tokens`); none: no audio"
     )
     long_context: LongContextPrice | None = None
+    # USD per search, in the unit the model's provider bills its searches in (Claude: each search; Gemini 3: each
+    # query; Gemini 2.5: each grounded prompt; OpenAI's search models: each request), in place of
+    # `gateway.priced_options.web_search_usd` for this model (which still decides whether searches run at all).
+    web_search: float | None = Field(default=None, ge=0)
     # Multipliers on all of these prices, by option and value, of the options of a Messages request passed through to
     # Anthropic that change them (`PRICE_OPTIONS`): `{speed: {fast: 6.0}, inference_geo: {us: 1.1}}`. Any other value
     # but `standard` and `global` (the prices above) is refused (400), as an unpriced option is. And OpenAI's

@@ -404,7 +404,8 @@ class Charges:
         cost = cost_of(usage, self._price(ex, attempt, served), self.fee, samplings)
         # (At most the searches reserved, `Exchange.searches`: Gemini's search takes no limit, and Gemini 3 bills each
         # query it ran, past the reservation's.)
-        searched = min(usage.web_searches, ex.searches) * ex.search_usd if ex.search_usd else 0.0
+        searches = min(usage.web_searches, ex.searches)
+        searched = searches * self._search_usd(ex, attempt) if searches else 0.0
         apart = self._per_request_usd(ex, attempt) + searched
         if served is not None and served.others:
             apart += self._others_usd(ex, attempt, served)
@@ -416,6 +417,17 @@ class Charges:
             provider = cost.provider_usd + apart
             cost = cost._replace(provider_usd=provider, fee_usd=fee_for(provider, self.fee))
         return cost
+
+    @staticmethod
+    def _search_usd(ex: Exchange, attempt: Attempt) -> float:
+        """The price of a search `attempt` runs: its model's own (`price.web_search`, the built-in table's for Claude,
+        $10 a thousand searches, and Gemini, $14 a thousand queries from 3 on and $35 a thousand grounded prompts
+        before), else the gateway's (`priced_options.web_search_usd`, `Exchange.search_usd`). One price for every
+        provider billed at least one of them wrong: at $0.01 a Gemini 2.5 grounded prompt was charged $0.01 for
+        Google's $0.035."""
+        price = price_for(attempt.model, attempt.spec, attempt.target.model)
+        own = None if price is None else price.web_search
+        return ex.search_usd if own is None else own
 
     @staticmethod
     def _per_request_usd(ex: Exchange, attempt: Attempt) -> float:
@@ -431,7 +443,7 @@ class Charges:
             or "web_search_options" in ex.dropped_at.get(id(attempt), ex.dropped)
         ):
             return 0.0
-        return ex.per_request_usd
+        return Charges._search_usd(ex, attempt) if ex.per_request_usd else 0.0
 
     def _others_usd(self, ex: Exchange, attempt: Attempt, served: Served) -> float:
         """What the tokens other models ran for the answer cost (Anthropic's advisor), each at its own model's price

@@ -820,7 +820,8 @@ class Pipeline(Charges):
             tokens = seen + unseen  # (its worst case, `PromptEstimate.tokens`, its images priced once)
             prompt, shown = max(prompt, tokens), max(shown, seen)
             case = worst_case_usd(tokens, written, self._price(ex, attempt, worst=True), self.fee, ex.audio_output)
-            apart = self._per_request_usd(ex, attempt) + self._searches_at(ex, attempt) * ex.search_usd
+            searches = self._searches_at(ex, attempt)
+            apart = self._per_request_usd(ex, attempt) + (searches * self._search_usd(ex, attempt) if searches else 0.0)
             if ex.advisors and case is not None:  # (Anthropic's advisor tool: another model's calls, billed apart)
                 apart += self._advisors_usd(ex, attempt, tokens, written)
             if case is not None and apart:
