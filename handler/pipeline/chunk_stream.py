@@ -49,6 +49,12 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
         # of the choice's annotations past a secret it redacts from that text).
         self._choices: dict[int, int] = {}
         self._finished_choices: set[int] = set()
+        # Each choice the parser has brought, and those it has brought the finish reason of, as they are read (not
+        # handed out): whether the usage read at or after the last of them is the provider's final one
+        # (`_reported_final`).
+        self._read_choices: set[int] = set()
+        self._read_finished: set[int] = set()
+        self._final_usage = False
         self._texts: dict[int, list[str]] = {}  # each choice's text as it was handed out, where a schema is enforced
         self.redactor = ChunkRedactor(self._choices)
 
@@ -72,8 +78,11 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
             fed = 0
             try:
                 for event in events:
-                    chunks += self.parser.feed(event)
+                    before = self.parser.usage
+                    fed_chunks = self.parser.feed(event)
+                    chunks += fed_chunks
                     fed += 1
+                    self._read_ends(fed_chunks, before)
             except Exception as error:  # (the parser raises the stream's error: the chunks before it go on first)
                 held_back = getattr(self.parser, "held_back", None)  # (and any it held for the next: `_signed_late`)
                 if held_back is not None:
@@ -83,6 +92,28 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
                 if self._finished:
                     chunks += self.parser.finish()
         return self._kept(chunks, self._finished or self._failure is not None)
+
+    def _read_ends(self, chunks: list[ChatCompletionChunk], before: object) -> None:
+        """Note the choices `chunks` (one event's) bring and end, and whether the event gave the stream's final usage:
+        a usage read (anew: not the one held `before` it) once every choice it brought has its finish reason
+        (OpenAI's chunk of usage alone after the finish, Anthropic's `message_delta`, Gemini's finishing chunk, a
+        server's usage on every chunk, the finishing one's among them). Read so, a stream cut before its end marker
+        (`[DONE]`, `message_stop`, the close) is charged the provider's usage, not an estimate of what was relayed
+        (found by review, streamrev36: 100 tokens out, the worst case, for the provider's 20)."""
+        for chunk in chunks:
+            for choice in chunk.choices:
+                self._read_choices.add(choice.index)
+                if choice.finish_reason:
+                    self._read_finished.add(choice.index)
+        ended = bool(self._read_choices) and self._read_choices == self._read_finished
+        usage = self.parser.usage
+        if not ended:
+            self._final_usage = False  # (a choice brought after the usage: the answer goes on)
+        elif usage is not None and usage is not before:
+            self._final_usage = True
+
+    def _reported_final(self) -> bool:
+        return self._final_usage
 
     def _held_back(self) -> list[ChatCompletionChunk]:
         held_back = getattr(self.parser, "held_back", None)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
+import orjson
 
 from adapters.providers.registry import REGISTRY
 from handler.api.app import create_app
@@ -15,6 +17,7 @@ from handler.pipeline.gateway import Gateway, build_gateway
 from handler.pipeline.key_admin import KeyAdmin, MintedKey
 from handler.pipeline.keys import KeyService
 from handler.ports import KeyRecord, LedgerItem, Store, UsageQuery
+from tests.support.asgi import post_scope
 
 Upstream = Callable[[httpx.Request], httpx.Response]
 PROVIDER_KEYS = {"OPENAI_API_KEY": "sk-test-000000000000", "AZURE_OPENAI_API_KEY": "azkey-0000000000000000"}
@@ -29,6 +32,35 @@ class Served:
 
     async def get(self, path: str) -> httpx.Response:
         return await self.http.get(path, headers={"authorization": f"Bearer {self.key.key}"})
+
+    async def left(self, path: str, body: dict[str, Any], after_s: float) -> list[bytes]:
+        """`body` posted to `path` by a client that leaves (its connection gone, as a server tells the app) `after_s`
+        seconds in: the pieces of the answer's body it had by then."""
+        raw = orjson.dumps(body)
+        headers = [
+            (b"authorization", f"Bearer {self.key.key}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(raw)).encode()),
+        ]
+        gone = asyncio.Event()
+        messages = [{"type": "http.request", "body": raw, "more_body": False}]
+        pieces: list[bytes] = []
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop()
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body" and not gone.is_set():
+                pieces.append(message.get("body", b""))
+
+        asyncio.get_running_loop().call_later(after_s, gone.set)
+        await asyncio.wait_for(
+            create_app(self.gateway)(post_scope(path, headers, ("127.0.0.1", 5555)), receive, send), 10
+        )
+        return pieces
 
     async def ledger(self) -> list[LedgerItem]:
         await self.gateway.drain()
