@@ -142,6 +142,9 @@ def idle_lines() -> re.Pattern[bytes]:
     return re.compile(IDLE_LINES)
 
 
+BOM = b"\xef\xbb\xbf"  # U+FEFF in UTF-8: one opening an event stream is ignored (WHATWG HTML, 9.2.5)
+
+
 class SSEDecoder:
     """Incremental decoder for `text/event-stream` (the WHATWG rules: `event:`, `data:`, blank line).
 
@@ -155,10 +158,14 @@ class SSEDecoder:
     then on its reads are read with each CRLF and CR made an LF (`_bare_cr`). A stream of LF or CRLF lines pays a
     substring search of its reads without an LF alone (the end of a long event, cut by the read)."""
 
-    __slots__ = ("_idle", "_partial", "_held", "_event", "_data", "_cr", "_cr_ended")
+    __slots__ = ("_idle", "_opening", "_partial", "_held", "_event", "_data", "_cr", "_cr_ended")
 
     def __init__(self) -> None:
         self._idle = idle_lines()
+        # The stream's first bytes, until it is known whether they are a byte order mark, which the rules have
+        # ignored (read as part of a field's name, it lost the stream's first event: a server's first words); None
+        # once known.
+        self._opening: bytes | None = b""
         self._partial: list[bytes] = []  # the unfinished last line, as the reads brought it
         self._held = 0  # bytes since the last event
         self._event: str | None = None
@@ -167,6 +174,14 @@ class SSEDecoder:
         self._cr_ended = False  # (CR lines) the last read ended in CR: an LF beginning the next is that line's end
 
     def feed(self, chunk: bytes) -> list[StreamEvent]:
+        if self._opening is not None:
+            chunk = self._opening + chunk
+            if len(chunk) < len(BOM) and BOM.startswith(chunk):  # (a mark perhaps, cut by the read)
+                self._opening = chunk
+                return []
+            self._opening = None
+            if chunk.startswith(BOM):
+                chunk = chunk[len(BOM) :]
         if self._cr:
             chunk = self._bare_cr(chunk)
         events: list[StreamEvent] = []

@@ -147,3 +147,21 @@ def test_events_whose_lines_end_in_a_bare_cr_survive_any_split(step: int) -> Non
     expected = decode(lf, 4096)
     assert expected == [StreamEvent("a", b'{"x": 1}\n2'), StreamEvent(None, b"[DONE]")]
     assert decode(lf.replace(b"\n", b"\r"), step) == expected
+
+
+@pytest.mark.parametrize("cut", [None, 1, 2, 3, 4])
+def test_a_byte_order_mark_opening_the_stream_is_ignored(cut: int | None) -> None:
+    """The SSE rules (WHATWG HTML, 9.2.5) ignore one U+FEFF opening the stream: read as part of the first field's
+    name (`\\ufeffdata`), it lost the stream's first event, a server's first words (`cut`: the mark split across the
+    first reads). Found by review (streamrev36)."""
+    stream = b'\xef\xbb\xbfdata: {"a":1}\n\ndata: {"b":2}\n\n'
+    decoder = SSEDecoder()
+    reads = [stream] if cut is None else [stream[:cut], stream[cut:]]
+    events = [event for read in reads for event in decoder.feed(read)]
+    assert [event.data for event in events] == [b'{"a":1}', b'{"b":2}']
+
+
+def test_only_an_opening_byte_order_mark_is_ignored() -> None:
+    """A mark later in the stream is not the stream's: it stays in the data it stands in."""
+    events = SSEDecoder().feed(b'data: {"a":1}\n\ndata: \xef\xbb\xbfx\n\n')
+    assert [event.data for event in events] == [b'{"a":1}', b"\xef\xbb\xbfx"]
