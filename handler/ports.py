@@ -110,13 +110,16 @@ def reasoning_issuer(provider: str, base_url: str) -> str:
 class UpstreamRequest:
     """An HTTP request ready to send: the adapter has applied auth, URL and body."""
 
-    __slots__ = ("method", "url", "headers", "body")
+    __slots__ = ("method", "url", "headers", "body", "written")
 
     def __init__(self, method: str, url: str, headers: dict[str, str], body: bytes) -> None:
         self.method = method
         self.url = url
         self.headers = headers
         self.body = body
+        # Whether it went out: on a connection to the provider (the gateway's own client says once it wrote it; any
+        # other transport is taken to have sent it as it was handed over). One cut before is charged nothing.
+        self.written = False
 
 
 class BuiltRequest:

@@ -51,7 +51,7 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 import httptools
 import httpx
@@ -59,6 +59,13 @@ import httpx
 from adapters.http import ACCEPT_ENCODING, IDENTITY
 from adapters.http.environment import Proxy, ProxyRules, tls_context
 from handler.records import Value
+
+
+class Written(Protocol):
+    """What a request's sender is told of it (`Http1Transport.exchange`): whether it went out on a connection."""
+
+    written: bool
+
 
 DEFAULT_PORTS = {b"http": 80, b"https": 443}
 HIGH_WATER = 256 * 1024  # buffered body bytes at which reading from the socket pauses
@@ -624,6 +631,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         read_timeout: float | None,
         total_timeout: float | None = None,
         head_timeout: float | None = None,
+        sent: Written | None = None,
     ) -> tuple[int, list[tuple[bytes, bytes]], Http1Stream]:
         """Send a request framed by `head` (see `request_head`) and wait for the answer's status line and
         headers; the body comes from the stream, and closing the stream returns the connection.
@@ -634,9 +642,10 @@ class Http1Transport(httpx.AsyncBaseTransport):
         says which side of the request's sending it ran out on: `httpx.PoolTimeout` before (the origin never
         saw it), `HeadTimeout` after (the origin may bill it); so does a close before the answer not retried:
         a reset, or `HungUp` (closed in order once the request was out whole). `total_timeout` bounds the
-        answer's end."""
+        answer's end. `sent`'s `written` says, whenever the exchange is cut (a deadline, a client gone), whether the
+        request had gone out on a connection: one cut while its connection was opened never reached the origin."""
         pool = self._pool(url)
-        sent = False
+        written = False
         try:
             async with asyncio.timeout(head_timeout):
                 connection, reused = await pool.acquire(connect_timeout)
@@ -648,14 +657,18 @@ class Http1Transport(httpx.AsyncBaseTransport):
                     try:
                         sent_at = pool.loop.time()
                         connection.send(head, body, head_only)
-                        sent = True
+                        written = True
+                        if sent is not None:
+                            sent.written = True
                         await connection.head_done
                     except httpx.TransportError:
                         connection.close()
                         if not reused or connection.received or pool.loop.time() - sent_at > STALE_CLOSE_S:
                             pool.release(connection)
                             raise
-                        sent = False  # (the origin never read it: a timeout from here on is the new connection's)
+                        written = False  # (the origin never read it: a timeout from here on is the new connection's)
+                        if sent is not None:
+                            sent.written = False
                         try:
                             connection, reused = await pool.connect(connect_timeout), False  # (the same slot)
                         except BaseException:
@@ -669,7 +682,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
                     stream = Http1Stream(connection, pool, read_timeout, deadline)
                     return connection.status, connection.headers, stream
         except TimeoutError:
-            if sent:
+            if written:
                 raise HeadTimeout(f"{url.host} sent no answer within {head_timeout} s of the request") from None
             raise httpx.PoolTimeout(f"no connection to {url.host} within {head_timeout} s") from None
 

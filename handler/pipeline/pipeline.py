@@ -915,6 +915,21 @@ class Pipeline(Charges):
         cap = ex.output_cap.written_at_most(attempt) if ex.output_cap is not None and attempt is not None else None
         return Usage.of(prompt, output if cap is None else min(output, cap)), "estimate"
 
+    def _cut_connecting(self, ex: Exchange, attempt: Attempt, started: float, went_out_at: float) -> None:
+        """`attempt` cut (its deadline, its client gone, the server stopping) while its connection was opened: the
+        provider never saw it, so it is no attempt in flight to charge its worst case for, but one that never went
+        out, as one the connect timeout ends (`=connect_timeout`; `=client_closed` where the client left). Charged as
+        sent, a tight deadline in front of an unreachable region cost each request its worst case (found by review,
+        streamrev36). `went_out_at`: when the attempt before it went out, 0.0 if none did (nothing then stays
+        counted on the rate limits, `_unanswered`)."""
+        cancelled = ex.client_left or self.gateway.stopping
+        outcome = ("client_closed" if ex.client_left else "server_shutting_down") if cancelled else "connect_timeout"
+        ex.route.append(f"{attempt.target.label}={outcome}")
+        ex.upstream_ms += (time.perf_counter() - started) * 1000
+        if ex.trace is not None:
+            ex.trace.attempt(attempt, started, 0, outcome)
+        ex.inflight, ex.inflight_at = None, went_out_at
+
     async def _unanswered(self, ex: Exchange, exc: BaseException) -> None:
         """Settle a request that ends with no answer to relay. Sent and never answered (a deadline, the Lambda
         time cap, the client gone) or sent and timed out: the provider may still run it to the end, so the
@@ -968,6 +983,9 @@ class Pipeline(Charges):
             async with asyncio.timeout(max(0.0, remaining)):
                 return await work
         except TimeoutError:
+            if ex.inflight_at == 0.0:  # (nothing went out: cut while the first connection opened, `_cut_connecting`)
+                nothing = "a connection to the provider opened: nothing was sent, nothing is charged"
+                raise deadline_passed(ex, nothing) from None
             raise deadline_passed(ex, "an answer") from None
 
     async def _failover(
@@ -1054,7 +1072,7 @@ class Pipeline(Charges):
                         skipped = skipped or not breakers.rate_limited(label)
                         passed = True
                         break
-                ex.inflight_at = started
+                went_out_at, ex.inflight_at = ex.inflight_at, started
                 ex.inflight = attempt
                 ex.sent_to.add(attempt.model)
                 if ex.unsent_counts:  # (it goes out: what its own limits counted stays counted)
@@ -1065,7 +1083,12 @@ class Pipeline(Charges):
                 ex.inflight_status = 0
                 try:
                     async with span("upstream", provider=attempt.target.provider, region=attempt.target.region):
-                        response = await self.gateway.upstream.send(built.request, within=within)
+                        try:
+                            response = await self.gateway.upstream.send(built.request, within=within)
+                        except asyncio.CancelledError:
+                            if not built.request.written:
+                                self._cut_connecting(ex, attempt, started, went_out_at)
+                            raise
                     if response.status >= 400:
                         ex.inflight_status = response.status  # (cut while its body is read: an error, not billed)
                         body = await response.read_error()

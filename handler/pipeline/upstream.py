@@ -221,6 +221,7 @@ class UpstreamClient:
         limit = min(timeouts.first_byte if first_byte_timeout is None else first_byte_timeout, total)
         http1 = self._http1
         built = None if http1 else self._request(request.method, request.url, request.headers, request.body)
+        request.written = built is not None  # (the gateway's own client says when it writes it)
         try:
             if built is not None:
                 async with asyncio.timeout(limit):
@@ -246,6 +247,7 @@ class UpstreamClient:
                     timeouts.between_chunks,
                     total,
                     head_timeout=limit,
+                    sent=request,
                 )
                 answer = UpstreamResponse(status, headers, stream)
         except AnswerRefused as exc:
