@@ -183,6 +183,9 @@ ApiBaseUrl = Annotated[str, AfterValidator(api_base_url)]
 IpNetwork = Annotated[str, AfterValidator(ip_network)]
 Region = Annotated[str, AfterValidator(region_name)]
 SecretReference = Annotated[str, AfterValidator(secret_reference)]
+# An amount in USD (a price, a fee) is a finite number: `ge=0` alone takes YAML's `.inf`, which made every request's
+# worst case infinite, a 500 at request time for a config that `config check` said was fine.
+Amount = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 # Each part's own validator is built on its first direct use (`defer_build`); Config's, built at import, holds
@@ -238,10 +241,10 @@ class LongContextPrice(BaseModel):
     model_config = STRICT
 
     threshold: int = Field(gt=0, description="prompt tokens above which the long-context prices apply")
-    input: float = Field(ge=0)
-    output: float = Field(ge=0)
-    cached_input: float | None = Field(default=None, ge=0)
-    cache_write: float | None = Field(default=None, ge=0)
+    input: Amount
+    output: Amount
+    cached_input: Amount | None = None
+    cache_write: Amount | None = None
 
 
 class Price(BaseModel):
@@ -249,23 +252,23 @@ class Price(BaseModel):
 
     model_config = STRICT
 
-    input: float = Field(ge=0)
+    input: Amount
     # (Unset: an embedding model's, whose answers have no output tokens; a chat model's is refused, `_cross_check`.)
-    output: float = Field(default=0.0, ge=0)
-    cached_input: float | None = Field(default=None, ge=0)
-    cache_write: float | None = Field(default=None, ge=0)
-    cache_write_1h: float | None = Field(
-        default=None, ge=0, description="a write cached for an hour (Claude's, on Anthropic or Bedrock)"
+    output: Amount = 0.0
+    cached_input: Amount | None = None
+    cache_write: Amount | None = None
+    cache_write_1h: Amount | None = Field(
+        default=None, description="a write cached for an hour (Claude's, on Anthropic or Bedrock)"
     )
-    audio_input: float | None = Field(default=None, ge=0, description="audio prompt tokens, where they cost more")
-    audio_output: float | None = Field(
-        default=None, ge=0, description="audio output tokens (`completion_tokens_details.audio_tokens`); none: no audio"
+    audio_input: Amount | None = Field(default=None, description="audio prompt tokens, where they cost more")
+    audio_output: Amount | None = Field(
+        default=None, description="audio output tokens (`completion_tokens_details.audio_tokens`); none: no audio"
     )
     long_context: LongContextPrice | None = None
     # USD per search, in the unit the model's provider bills its searches in (Claude: each search; Gemini 3: each
     # query; Gemini 2.5: each grounded prompt; OpenAI's search models: each request), in place of
     # `gateway.priced_options.web_search_usd` for this model (which still decides whether searches run at all).
-    web_search: float | None = Field(default=None, ge=0)
+    web_search: Amount | None = None
     # Multipliers on all of these prices, by option and value, of the options of a Messages request passed through to
     # Anthropic that change them (`PRICE_OPTIONS`): `{speed: {fast: 6.0}, inference_geo: {us: 1.1}}`. Any other value
     # but `standard` and `global` (the prices above) is refused (400), as an unpriced option is. And OpenAI's
@@ -348,7 +351,7 @@ class PricedOptions(BaseModel):
     # USD per web search: a Chat Completions request that asks for it (`web_search_options`), and each search
     # a provider's own search tool runs (Anthropic's `web_search_*`, the Responses API's `web_search`). None:
     # `web_search_options` is refused and the search tools are left out (named dropped).
-    web_search_usd: float | None = Field(default=None, ge=0)
+    web_search_usd: Amount | None = None
     # Audio output (`modalities: [audio]`, `audio`): allowed at all. Its tokens are priced at each model's
     # `price.audio_output`; a deployment whose price has none cannot take such a request (the next may).
     audio_output: bool = False
@@ -660,12 +663,17 @@ BOUND_KINDS: Final[dict[str, tuple[Callable[[Any, Any], bool], str]]] = {
 
 def bound_problems(settings: GatewaySettings) -> list[str]:
     """Each numeric setting outside its bound (`SETTING_BOUNDS`), as pydantic says it: `gateway.timeouts.connect:
-    Input should be greater than 0` (a NaN is outside every bound)."""
+    Input should be greater than 0` (a NaN is outside every bound). An infinite one is within `ge=0`, and refused as
+    pydantic's `allow_inf_nan=False` refuses it: a fee of `.inf` made every request a 500 (its worst case no amount
+    a budget can reserve), and a duration of it waits for ever."""
     problems = []
     for path, rules in SETTING_BOUNDS.items():
         value: Any = settings
         for part in path.split("."):
             value = getattr(value, part)
+        if isinstance(value, float) and math.isinf(value):
+            problems.append(f"gateway.{path}: Input should be a finite number")
+            continue
         for rule, bound in rules.items():
             inside, words = BOUND_KINDS[rule]
             if not inside(value, bound):

@@ -829,6 +829,13 @@ class Pipeline(Charges):
             if worst is not None and (case is None or case > worst):
                 worst_model = attempt.model
             worst = None if case is None or worst is None else max(worst, case)
+        if worst is not None and not math.isfinite(worst):
+            # A price or fee past what a float counts (1e300 USD is finite, and taken at load): no budget could
+            # reserve it, and a key without one would be charged it.
+            raise BudgetExceededError(
+                f"the worst-case cost of this request at model '{worst_model}' is more than the gateway can count (a "
+                "price or fee in its config is too large): no key can spend it"
+            )
         if ex.controls.max_cost_usd is not None:
             if worst is None:
                 raise CostLimitError(

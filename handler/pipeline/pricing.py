@@ -733,7 +733,8 @@ def worst_case_usd(
     `audio_output` may price above text). An hour's cache write is among the input prices where the model bills
     cache writes (the price names `cache_write` or `cache_write_1h`: Claude's models); the estimate is not always
     enough to cover it at the 5-minute rate (CJK text runs about 1.5 times its tokens). (Audio input, dearer at some
-    providers, is estimated from its base64 text: thousands of times its tokens.)"""
+    providers, is estimated from its base64 text: thousands of times its tokens.) Infinite where it is more than a
+    float holds (a fee of 1e300 USD, finite, is past it in nano-dollars), which its caller refuses."""
     if price is None:
         return None
     unit = _effective(price, prompt_tokens)
@@ -742,7 +743,9 @@ def worst_case_usd(
         input_rate = max(input_rate, hour_rate(unit))
     output_rate = max(unit["output"], audio_output_rate(unit)) if audio_output else unit["output"]
     provider = (prompt_tokens * input_rate + max_output * output_rate) / 1_000_000
-    return math.ceil((provider + fee_for(provider, fee)) * 1e9) / 1e9
+    nanos = (provider + fee_for(provider, fee)) * 1e9
+    # (No ceiling of an infinity, nor of a NaN, an infinity times a fee's 0 percent: either raised out of the request.)
+    return math.ceil(nanos) / 1e9 if math.isfinite(nanos) else math.inf
 
 
 def usd(value: float) -> str:

@@ -1812,3 +1812,41 @@ async def test_a_token_count_a_stopping_server_cuts_in_flight_leaves_its_line() 
     [line] = await served.ledger()
     await served.gateway.aclose()
     assert (line.status, line.upstream_model, line.cost_usd) == (499, "claude-x", 0.0), line
+
+
+@pytest.mark.parametrize(
+    ("price", "fee"),
+    [({"input": 1.0, "output": 2.0}, {"per_request_usd": 1e300}), ({"input": 1.0, "output": 1e305}, {})],
+)
+@pytest.mark.parametrize("budgeted", [True, False])
+async def test_a_worst_case_past_what_a_float_holds_is_refused_not_a_500(
+    price: dict[str, float], fee: dict[str, float], budgeted: bool
+) -> None:
+    """A fee of 1e300 USD, or a price whose worst case is past 1e308, is finite and taken at load, but its worst
+    case in nano-dollars is infinite: `worst_case_usd` raised OverflowError (`math.ceil(inf)`), and every request
+    was a 500. It is a 402 saying why, on a key without a budget too, and nothing is sent.
+    Found by review (oprev36)."""
+    sent: list[httpx.Request] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, json=completion())
+
+    model = {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": price}
+    served = await serve(upstream, {"m": model}, fee=fee)
+    key = served.key
+    if not budgeted:
+        record = KeyRecord(id="", name="free", secret_hash="", created_at=0)
+        key = await KeyAdmin(KeyService(served.gateway.store, 0)).mint(record)
+    reply = await served.http.post(
+        "/v1/chat/completions",
+        json={"model": "m", "messages": HI},
+        headers={"authorization": f"Bearer {key.key}"},
+    )
+    await served.gateway.aclose()
+    assert reply.status_code == 402, reply.text
+    error = reply.json()["error"]
+    assert error["code"] == "budget_exceeded"
+    assert "more than the gateway can count" in error["message"]
+    assert reply.headers["x-should-retry"] == "false"
+    assert sent == []

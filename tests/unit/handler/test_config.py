@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from importlib import resources
 from pathlib import Path
 
@@ -465,6 +466,43 @@ def test_a_setting_outside_its_bound_is_refused_in_pydantics_words(
         section = {part: section}
     assert problems({"gateway": section}) == [problem]
     assert set(config_module.SETTING_BOUNDS) >= {".".join(setting)}
+
+
+@pytest.mark.parametrize(
+    ("gateway", "price", "problem"),
+    [
+        ({"fee": {"per_request_usd": math.inf}}, None, "gateway.fee.per_request_usd: Input should be a finite number"),
+        ({"timeouts": {"request": math.inf}}, None, "gateway.timeouts.request: Input should be a finite number"),
+        ({"responses_ttl_seconds": math.inf}, None, "gateway.responses_ttl_seconds: Input should be a finite number"),
+        ({"key_cache_seconds": math.inf}, None, "gateway.key_cache_seconds: Input should be a finite number"),
+        (
+            {"priced_options": {"web_search_usd": math.inf}},
+            None,
+            "gateway.priced_options.web_search_usd: Input should be a finite number",
+        ),
+        ({}, {"input": math.inf, "output": 1.0}, "models.m.price.input: Input should be a finite number"),
+        (
+            {},
+            {"input": 1.0, "output": 1.0, "web_search": math.inf},
+            "models.m.price.web_search: Input should be a finite number",
+        ),
+        (
+            {},
+            {"input": 1.0, "output": 1.0, "long_context": {"threshold": 1, "input": 1.0, "output": math.nan}},
+            "models.m.price.long_context.output: Input should be a finite number",
+        ),
+    ],
+)
+def test_a_price_fee_or_duration_that_is_not_a_finite_number_is_refused_at_load(
+    gateway: dict[str, object], price: dict[str, object] | None, problem: str
+) -> None:
+    """`.inf` is within `ge=0`: a fee or a price of it passed `config check`, and every request was then a 500 (its
+    worst case, `math.ceil(inf)`, raised); a TTL or a timeout of it, a wait for ever. Found by review (oprev36)."""
+    model: dict[str, object] = {"deployments": [{"provider": "p", "model": "a"}]}
+    if price is not None:
+        model["price"] = price
+    data = {"gateway": gateway, "providers": {"p": {"type": "openai", "api_key": "env:X"}}, "models": {"m": model}}
+    assert problems(data) == [problem]
 
 
 def test_the_cross_checks_run_on_what_passed_the_fields_own_checks() -> None:
