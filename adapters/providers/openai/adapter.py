@@ -1022,6 +1022,14 @@ class OpenAIAdapter(ProviderAdapter):
         self._profiles: dict[str, Profile] = {}
         self._serves_responses: dict[str, bool] = {}
 
+    @classmethod
+    def option_problem(cls, option: str, value: Any) -> str | None:
+        if option == "responses_store" and value is not None and not isinstance(value, bool):
+            # (`"false"`, quoted or written by a template, was read as `bool("false")`: the provider was told to keep
+            # every response it served natively, the opposite of what was written.)
+            return f"true or false (unquoted), not {value!r:.60}"
+        return None
+
     def takes_search_options(self, target: Target) -> bool:
         # (A server the gateway has no profile for that does not search ignores it, as any member it does not know,
         # or refuses it; a profile whose API runs no search for it leaves it out: DeepSeek's, Ollama's.)

@@ -96,6 +96,20 @@ def test_the_responses_api_options_are_refused_where_the_api_has_none(kind: str,
     assert problem.startswith(f"providers.up.{next(iter(option))}: not an option of provider type {kind}")
 
 
+@pytest.mark.parametrize("written", ["false", "no", "off", [True], 0])
+@pytest.mark.parametrize("kind", ["openai", "azure"])
+def test_a_responses_store_that_is_no_boolean_is_refused(kind: str, written: Any) -> None:
+    """`responses_store: "false"` (quoted, or written by a template) passed `config check` and was read as
+    `bool("false")`, true: the provider was told to keep every response it served natively (`store: true`), the
+    opposite of what was written. `stream_usage`, the option beside it, took only a boolean.
+    Found by review (oprev36)."""
+    provider = {"type": kind, "base_url": "https://r.openai.azure.com", "responses_store": written}
+    assert unread_options(config(provider), REGISTRY) == [
+        f"providers.up.responses_store: true or false (unquoted), not {written!r}"
+    ]
+    assert unread_options(config({**provider, "responses_store": False}), REGISTRY) == []
+
+
 def test_start_up_names_every_error_of_the_file_and_each_option_its_adapter_does_not_read(tmp_path: Path) -> None:
     """The Lambda function's start-up failed on a file's first stage of errors alone: its misspelt setting, then the
     provider a deployment misnames, then the option no adapter reads, a deploy each. Found by review."""
