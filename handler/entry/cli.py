@@ -633,7 +633,9 @@ def _created_record(args: argparse.Namespace) -> KeyRecord:
         "expires_in_seconds": args.expires_in,
         "rpm": args.rpm,
         "tpm": args.tpm,
-        "allow_ips": args.allow_ip.split(",") if args.allow_ip else None,
+        # (An empty `--allow-ip`, `"$OFFICE_CIDRS"` unset, is `['']`, refused as `--models ''` is: as no value, it
+        # minted a key any address could use.)
+        "allow_ips": args.allow_ip.split(",") if args.allow_ip is not None else None,
         "tags": parse_tags(args.tags, "--tags") or None,
         "admin": args.admin,
     }

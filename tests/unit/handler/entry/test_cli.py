@@ -184,6 +184,17 @@ def test_keys_create_refuses_what_the_key_api_refuses_naming_the_flag(
     assert orjson.loads(capsys.readouterr().out) == []
 
 
+def test_an_empty_allow_ip_is_refused_as_an_empty_models_is(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--allow-ip "$OFFICE_CIDRS"` with the variable unset minted a key any address could use (`"allow_ips": []`,
+    exit 0) where the operator asked for an address scope: an empty value was taken as no flag, where `--models ''`
+    is refused. Found by review (oprev36)."""
+    store = f"sqlite:///{tmp_path / 'gateway.db'}"
+    assert main(["keys", "--store", store, "create", "--name", "k", "--allow-ip", ""]) == 2
+    assert capsys.readouterr().err.startswith("--allow-ip: '' is not an IP address or CIDR range")
+    assert main(["keys", "--store", store, "list"]) == 0
+    assert orjson.loads(capsys.readouterr().out) == []
+
+
 def test_keys_rotate_caps_the_grace_as_the_http_route_does(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`keys rotate --grace 99999999d` kept the old secret working for 270,000 years, where the HTTP route refuses
     more than 7 days: now the route's cap, exit 2, and the key is left as it was. Its message named the route's
