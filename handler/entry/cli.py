@@ -706,6 +706,12 @@ def cmd_usage(args: argparse.Namespace) -> int:
         sys.stderr.write(f"--json is --format json: not with --format {args.format}\n")
         return 2
     output = "json" if args.json else args.format or "table"
+    for flag, value in (("--key", args.key), ("--tag", args.tag)):
+        if value is not None and not value.strip():
+            # (Read as no filter, `--key "$KEY_ID"` with the variable unset reported every key's spend as that key's;
+            # an empty `--user` is refused the same way.)
+            sys.stderr.write(f"{flag} is empty, which would filter nothing: give its value, or leave {flag} out\n")
+            return 2
     try:
         spec = parse_report(args.since, args.until, args.group_by, args.tag, args.user, args.session, args.request_id)
         page = parse_page(spec, args.limit, args.cursor)

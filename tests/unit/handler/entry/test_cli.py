@@ -1210,6 +1210,20 @@ def test_usage_of_a_key_the_store_never_had_says_so(store_url: str, capsys: pyte
     assert [row["requests"] for row in orjson.loads(capsys.readouterr().out)["data"]] == [1]
 
 
+@pytest.mark.parametrize("flag", ["--key", "--tag"])
+def test_usage_refuses_an_empty_key_or_tag_as_it_refuses_an_empty_user(
+    store_url: str, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    """`gateway usage --key "$KEY_ID"` with the variable unset printed every key's spend as if it were that key's,
+    exit 0 (an empty id was no filter); so did `--tag ''`. `--user ''` is refused, exit 2.
+    Found by review (oprev36)."""
+    settle_lines(store_url, [line("somekeyid12", 0.01)])
+    assert main(["usage", "--store", store_url, flag, "", "--format", "json"]) == 2
+    printed = capsys.readouterr()
+    assert printed.err == f"{flag} is empty, which would filter nothing: give its value, or leave {flag} out\n"
+    assert printed.out == ""
+
+
 def test_dashboard_key_given_the_whole_key_does_not_print_it_back(
     store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
