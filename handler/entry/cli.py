@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from handler.api.key_routes import key_view, no_such_key
-from handler.config import Config, ConfigError, responses_secret
+from handler.config import Config, ConfigError, region_name, responses_secret
 from handler.pipeline.attribution import parse_tags
 from handler.pipeline.gateway import DEFAULT_STORE_URL
 from handler.pipeline.key_admin import KeyAdmin, family_of, key_names
@@ -954,17 +954,27 @@ def _unread_secret(kind: str, name: str) -> str:
 
 def cmd_route_explain(args: argparse.Namespace) -> int:
     from adapters.providers.registry import REGISTRY
-    from handler.pipeline.gateway import build_adapters, gateway_region, shown_region
-    from handler.pipeline.routing import RouteControls, Router, any_model
+    from handler.pipeline.gateway import build_adapters, gateway_region, gateway_region_warning, shown_region
+    from handler.pipeline.routing import RouteControls, Router, any_model, unplaced_gateway
 
     try:
         config = _read_config(args.config or os.environ.get("GATEWAY_CONFIG") or None)
-        region = args.region or gateway_region(os.environ)
+        # `--region` is checked and warned of as `AWS_REGION` is: taken as written, `eu central` was shown as the
+        # gateway's region and every deployment ranked from nowhere, and `mars-1` was not said to be unknown.
+        if args.region is None:
+            region, unplaced = gateway_region(os.environ), gateway_region_warning(config, os.environ)
+        else:
+            try:
+                region = region_name(args.region)
+            except ValueError as exc:
+                raise ConfigError([f"--region: {exc}"]) from None
+            unplaced = unplaced_gateway(region, "--region", config.gateway.region_latency_ms)
         # (A key no HTTP header can carry, as start-up refuses it: a `ConfigError` here, not a traceback.)
         router = Router(config, build_adapters(config, REGISTRY, os.environ, _unread_secret), region)
     except ConfigError as exc:  # (the router's too: a region it cannot place, a profile outside its geography)
         sys.stderr.write(f"{exc}\n")
         return 1
+    _warn([unplaced] if unplaced else [])
     from handler.errors import GatewayError
 
     try:

@@ -1032,6 +1032,32 @@ def test_a_region_in_the_environment_is_checked_as_a_configs_region_is(
     assert printed.err == said and printed.out == ""
 
 
+def test_route_explain_checks_its_region_flag_as_it_checks_aws_region(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--region 'eu central'`, the setting `AWS_REGION` refuses, was shown as the gateway's region and every
+    deployment ranked from nowhere (`distance_km: 40000`); `--region mars-1` got none of the warning that
+    `GATEWAY_REGION=mars-1` gets. Found by review (oprev36)."""
+    for variable in ("AWS_REGION", "GATEWAY_REGION"):
+        monkeypatch.delenv(variable, raising=False)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "providers:\n  o: {type: openai, api_key: env:NONE_SET_OPFIX36}\n"
+        "models:\n  m: {deployments: [{provider: o, model: gpt-4o-mini, region: eu-west-1}]}\n"
+    )
+    assert main(["route", "explain", "m", "--config", str(config), "--region", "eu central"]) == 1
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert (
+        printed.err
+        == "--region: 'eu central' is not a region name (letters, digits, '-', '_' or '.', as eu-central-1)\n"
+    )
+    assert main(["route", "explain", "m", "--config", str(config), "--region", "mars-1"]) == 0
+    printed = capsys.readouterr()
+    assert printed.err.startswith("warning: the gateway's region 'mars-1' (--region) is not one it knows the place of")
+    assert orjson.loads(printed.out)["gateway_region"] == "mars-1"
+
+
 @pytest.mark.parametrize(
     "argv", [["config", "check"], ["route", "explain", "gpt-4o-mini"]], ids=["config-check", "route-explain"]
 )
