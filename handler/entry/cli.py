@@ -55,8 +55,17 @@ def parse_duration(text: str) -> float:
         return 0.0
     match = DURATION.match(text.strip())
     if not match:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a duration like 30m, 12h or 7d (or 0)")
+        raise argparse.ArgumentTypeError(f"'{text}' is not a duration like 30m, 12h or 7d")
     return float(match.group(1)) * UNITS[match.group(2)]
+
+
+def parse_grace(text: str) -> float:
+    """`keys rotate --grace`: a duration, whose error offers the `0` a grace may be. (Said by `--expires-in` too,
+    the `0` was offered where it is then refused: `--expires-in: at least 1s`.)"""
+    try:
+        return parse_duration(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a duration like 30m, 12h or 7d (or 0)") from None
 
 
 def duration_text(seconds: float) -> str:
@@ -1058,7 +1067,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("id")
     rotate.add_argument(
-        "--grace", type=parse_duration, default=3600.0, help="30m, 12h, at most 7d; 0 ends it at once (default: 1h)"
+        "--grace", type=parse_grace, default=3600.0, help="30m, 12h, at most 7d; 0 ends it at once (default: 1h)"
     )
     keys.set_defaults(func=cmd_keys)
 

@@ -228,6 +228,16 @@ def test_keys_rotate_grace_0_ends_the_old_secret_at_once_as_the_docs_say(
     assert "'30' is not a duration like 30m, 12h or 7d (or 0)" in capsys.readouterr().err
 
 
+def test_the_expiry_error_offers_only_what_expires_in_takes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--expires-in 1y` said `'1y' is not a duration like 30m, 12h or 7d (or 0)`, and `--expires-in 0`, as offered,
+    was refused (`--expires-in: at least 1s`): the `0` is `--grace`'s, whose parser it shares.
+    Found by review (oprev36)."""
+    store = f"sqlite:///{tmp_path / 'gateway.db'}"
+    with pytest.raises(SystemExit, match="2"):
+        main(["keys", "--store", store, "create", "--name", "k", "--expires-in", "1y"])
+    assert capsys.readouterr().err.endswith("argument --expires-in: '1y' is not a duration like 30m, 12h or 7d\n")
+
+
 def test_json_is_taken_by_every_command_whose_output_is_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
