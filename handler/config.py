@@ -617,6 +617,18 @@ def multiplier_problems(where: str, rates: Mapping[str, float], tiers: bool = Fa
     ]
 
 
+def latency_problems(table: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """Each round trip of `gateway.region_latency_ms` that is negative or not a number (YAML's `.nan`, `.inf`): a NaN
+    orders nothing, so the deployment it measured kept its place ahead of nearer ones, and a negative one ranked its
+    deployment ahead of the gateway's own region's."""
+    return [
+        f"gateway.region_latency_ms.{source}.{region}: not a round trip (a finite number of ms, 0 or more)"
+        for source, measured in table.items()
+        for region, rtt in measured.items()
+        if not (math.isfinite(rtt) and rtt >= 0)
+    ]
+
+
 # What a reservation outlives its request's longest life (`timeouts.request`) by: the settlement's writes after the
 # request ends (retried for seconds before the spool takes it), and the clocks of the other gateways on the store
 # (another region's), which release an expired reservation by their own clock.
@@ -779,6 +791,7 @@ def _cross_check(config: Config, known_types: set[str], failed: Collection[str] 
         problems += lifetime_problems(config.gateway)
     tiers = config.gateway.priced_options.service_tier
     problems += multiplier_problems("gateway.priced_options.service_tier", tiers, tiers=True)
+    problems += latency_problems(config.gateway.region_latency_ms)
     for name, provider in config.providers.items():
         if provider.type not in known_types:
             kinds = ", ".join(sorted(known_types))

@@ -505,6 +505,22 @@ def test_a_price_fee_or_duration_that_is_not_a_finite_number_is_refused_at_load(
     assert problems(data) == [problem]
 
 
+def test_a_measured_round_trip_is_a_finite_number_of_ms_not_below_zero() -> None:
+    """`region_latency_ms` took `.nan`, `.inf` and negative round trips: `route explain` showed `rtt_ms: null` for a
+    NaN and still ranked its deployment first, ahead of one measured at -100 ms (a NaN orders nothing), where
+    `timeouts`' bounds are checked. Found by review (oprev36)."""
+    measured = {"eu-west-1": math.nan, "us-west-2": -100.0, "ap-south-1": math.inf, "eu-central-1": 0.0}
+    data = {
+        "gateway": {"region_latency_ms": {"US-East-1": measured}},
+        "providers": {"p": {"type": "openai", "api_key": "env:X"}},
+        "models": {"m": {"deployments": [{"provider": "p", "model": "a"}]}},
+    }
+    assert problems(data) == [
+        f"gateway.region_latency_ms.us-east-1.{region}: not a round trip (a finite number of ms, 0 or more)"
+        for region in ("eu-west-1", "us-west-2", "ap-south-1")
+    ]
+
+
 def test_the_cross_checks_run_on_what_passed_the_fields_own_checks() -> None:
     """A file whose fields failed their own checks was said to have those errors alone: a misspelt setting, then (once
     fixed) the provider a deployment misnames, a round each (on Lambda, a deploy each). Found by review."""
