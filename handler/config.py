@@ -747,12 +747,19 @@ def project_tier_problems(where: str, dep: DeploymentConfig, config: Config) -> 
 
 
 def _deployment_problems(where: str, dep: DeploymentConfig, config: Config, failed: Collection[str]) -> list[str]:
-    """What is wrong with a deployment against the providers: one it names that the file has not (or whose own
-    errors are said already: `failed`), options its provider's type does not take."""
+    """What is wrong with a deployment: an upstream model's name that is blank or has spaces around it (checked here
+    for the cold start's sake, as a public model's name is: `model: ""`, a template's unset variable, sent every
+    request upstream with no model, the provider's 400 or 404 at request time); and against the providers, one it
+    names that the file has not (or whose own errors are said already: `failed`), options its provider's type does
+    not take."""
+    problems = []
+    if not dep.model.strip():
+        problems.append(f"{where}.model: the upstream model's name may not be empty")
+    elif dep.model != dep.model.strip():
+        problems.append(f"{where}.model: '{dep.model}' has spaces around it: write '{dep.model.strip()}'")
     if dep.provider not in config.providers:
         said = f"providers.{dep.provider}" in failed
-        return [] if said else [f"{where}.provider: unknown provider '{dep.provider}'"]
-    problems = []
+        return problems if said else [*problems, f"{where}.provider: unknown provider '{dep.provider}'"]
     if dep.reasoning is not None and (kind := config.providers[dep.provider].type) not in OPENAI_API_TYPES:
         problems.append(
             f"{where}.reasoning: only for a deployment of OpenAI's API ({', '.join(OPENAI_API_TYPES)}), not of "

@@ -521,6 +521,25 @@ def test_a_measured_round_trip_is_a_finite_number_of_ms_not_below_zero() -> None
     ]
 
 
+@pytest.mark.parametrize(
+    ("model", "problem"),
+    [
+        ("", "the upstream model's name may not be empty"),
+        ("   ", "the upstream model's name may not be empty"),
+        (" gpt-4o-mini", "' gpt-4o-mini' has spaces around it: write 'gpt-4o-mini'"),
+    ],
+)
+def test_a_deployment_names_an_upstream_model(model: str, problem: str) -> None:
+    """`model: ""` (a template's unset variable) passed `config check` with `ok`: every request then went upstream
+    with no model (Gemini's URL `/models/:generateContent`), the provider's 400 or 404 at request time. A public
+    model's name may not be blank; nor may the upstream one. Found by review (oprev36)."""
+    data = {
+        "providers": {"p": {"type": "openai", "api_key": "env:X"}},
+        "models": {"m": {"deployments": [{"provider": "p", "model": model}], "price": {"input": 1, "output": 1}}},
+    }
+    assert problems(data) == [f"models.m.deployments[0].model: {problem}"]
+
+
 def test_the_cross_checks_run_on_what_passed_the_fields_own_checks() -> None:
     """A file whose fields failed their own checks was said to have those errors alone: a misspelt setting, then (once
     fixed) the provider a deployment misnames, a round each (on Lambda, a deploy each). Found by review."""
