@@ -15,6 +15,7 @@ answer (`AzureStreamParser`).
 
 from __future__ import annotations
 
+import datetime
 import functools
 import urllib.parse
 from collections.abc import Mapping
@@ -86,6 +87,31 @@ def dated(version: str) -> bool:
     """Whether an api-version is one of Azure's dated ones (`2024-10-21`, `2025-04-01-preview`), not a name of the
     versionless API's (`v1`, `preview`, `latest`), which follows OpenAI's."""
     return version[:4].isdigit()
+
+
+# The names of the versionless v1 API's versions (docs/configuration.md); any other api-version is a dated one.
+VERSIONLESS = ("v1", "latest", "preview")
+
+
+def api_version_problem(value: Any) -> str | None:
+    """What is wrong with an `api_version` option, else None: a dated version (`2024-10-21`, which YAML reads as a
+    date unquoted; `2025-04-01-preview`), a name of the versionless API, or none (the default). Taken as written,
+    `[1]` was sent as `api-version=[1]`, `"2024-10-21 "` with its space, and a word such as `v2` called the
+    versionless API unsaid."""
+    if value is None or type(value) is datetime.date:
+        return None
+    if isinstance(value, str) and (value in VERSIONLESS or _dated_version(value)):
+        return None
+    return f"an api-version, dated (2024-10-21, 2025-04-01-preview) or v1, latest or preview; not {value!r:.60}"
+
+
+def _dated_version(text: str) -> bool:
+    """Whether `text` is a date (`YYYY-MM-DD`), alone or with a suffix of letters (`-preview`)."""
+    date, suffix = text[:10], text[11:]
+    digits = date[:4] + date[5:7] + date[8:10]
+    if not (len(date) == 10 and date[4] == date[7] == "-" and digits.isascii() and digits.isdigit()):
+        return False
+    return len(text) == 10 or (text[10] == "-" and suffix.isascii() and suffix.isalpha())
 
 
 def conform_to_version(body: dict[str, Any], version: str, dropped: list[str]) -> None:
@@ -307,6 +333,12 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         # AZURE_OPENAI_API_KEY) unless `headers` names one too; nor does `auth: none` send the key.
         if isinstance(extra, dict) and any(str(header).lower() == "authorization" for header in extra):
             self.requires_key = False
+
+    @classmethod
+    def option_problem(cls, option: str, value: Any) -> str | None:
+        if option == "api_version":
+            return api_version_problem(value)
+        return super().option_problem(option, value)
 
     def headers(self) -> dict[str, str]:
         # (`secret` and the configured headers read here, not at construction: a key or a header's value in a secret

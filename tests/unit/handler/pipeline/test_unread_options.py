@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,20 @@ def test_a_responses_store_that_is_no_boolean_is_refused(kind: str, written: Any
         f"providers.up.responses_store: true or false (unquoted), not {written!r}"
     ]
     assert unread_options(config({**provider, "responses_store": False}), REGISTRY) == []
+
+
+@pytest.mark.parametrize("written", [[1], "2024-10-21 ", "v2", 20241021])
+def test_an_azure_api_version_is_a_version_or_a_name_of_the_versionless_api(written: Any) -> None:
+    """`api_version: [1]` was sent as `api-version=[1]`, `"2024-10-21 "` with its trailing space, and `v2` called the
+    versionless API without a word: each passed `config check`, and failed every request to the resource (or
+    called another API than meant). Found by review (oprev36)."""
+    provider = {"type": "azure", "base_url": "https://r.openai.azure.com", "api_version": written}
+    said = f"an api-version, dated (2024-10-21, 2025-04-01-preview) or v1, latest or preview; not {written!r}"
+    assert unread_options(config(provider), REGISTRY) == [f"providers.up.api_version: {said}"]
+    deployed = config({**provider, "api_version": "v1"}, {"api_version": written})
+    assert unread_options(deployed, REGISTRY) == [f"models.m.deployments[0].api_version: {said}"]
+    # (`api_version: 2024-10-21` unquoted, as the docs write it, is a date to YAML.)
+    assert unread_options(config({**provider, "api_version": datetime.date(2024, 10, 21)}), REGISTRY) == []
 
 
 def test_start_up_names_every_error_of_the_file_and_each_option_its_adapter_does_not_read(tmp_path: Path) -> None:
