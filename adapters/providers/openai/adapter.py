@@ -1010,24 +1010,22 @@ class OpenAIAdapter(ProviderAdapter):
             # (`auth: off`, `None` or `false` read the type's environment key and sent it to `base_url`.)
             raise ValueError(f"auth takes one value, 'none' (send no key), or is left out; not {auth_shown(auth)}")
         self.requires_key = auth != "none"
-        responses_api = self.options.get("responses_api")
-        if responses_api not in (None, "native", "translate"):
-            raise ValueError(f"responses_api must be 'native' or 'translate', not '{responses_api}'")
-        stream_usage = self.options.get("stream_usage")
-        if stream_usage is not None and not isinstance(stream_usage, bool):
-            raise ValueError(f"stream_usage must be true or false, not '{stream_usage}'")
-        # Whether a stream asks for its usage (`stream_options.include_usage`): the profile's choice unless set.
-        self.stream_usage: bool | None = stream_usage
+        # Whether a stream asks for its usage (`stream_options.include_usage`): the profile's choice unless set
+        # (a boolean, as `option_problem` checked it).
+        self.stream_usage: bool | None = self.options.get("stream_usage")
         # By deployment base URL, as the options and the URL make them (read on every request, parsed once).
         self._profiles: dict[str, Profile] = {}
         self._serves_responses: dict[str, bool] = {}
 
     @classmethod
     def option_problem(cls, option: str, value: Any) -> str | None:
-        if option == "responses_store" and value is not None and not isinstance(value, bool):
+        # (Here, not in the constructor, which stopped at the first: each option's error is said, under its path.)
+        if option in ("responses_store", "stream_usage") and value is not None and not isinstance(value, bool):
             # (`"false"`, quoted or written by a template, was read as `bool("false")`: the provider was told to keep
             # every response it served natively, the opposite of what was written.)
             return f"true or false (unquoted), not {value!r:.60}"
+        if option == "responses_api" and value not in (None, "native", "translate"):
+            return f"'native' or 'translate', not {value!r:.60}"
         return None
 
     def takes_search_options(self, target: Target) -> bool:

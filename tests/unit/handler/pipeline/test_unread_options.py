@@ -111,6 +111,18 @@ def test_a_responses_store_that_is_no_boolean_is_refused(kind: str, written: Any
     assert unread_options(config({**provider, "responses_store": False}), REGISTRY) == []
 
 
+def test_every_bad_option_value_of_a_provider_is_named_at_once() -> None:
+    """`responses_api: bogus` beside `stream_usage: maybe` named the first alone (the adapter's constructor stopped
+    there), and the second a round later (on Lambda, a deploy later), where one run names every error of the file.
+    Found by review (oprev36)."""
+    provider = {"type": "openai", "responses_api": "bogus", "stream_usage": "maybe", "responses_store": "no"}
+    assert unread_options(config(provider), REGISTRY) == [
+        "providers.up.responses_api: 'native' or 'translate', not 'bogus'",
+        "providers.up.stream_usage: true or false (unquoted), not 'maybe'",
+        "providers.up.responses_store: true or false (unquoted), not 'no'",
+    ]
+
+
 @pytest.mark.parametrize("written", [[1], "2024-10-21 ", "v2", 20241021])
 def test_an_azure_api_version_is_a_version_or_a_name_of_the_versionless_api(written: Any) -> None:
     """`api_version: [1]` was sent as `api-version=[1]`, `"2024-10-21 "` with its trailing space, and `v2` called the
