@@ -1062,18 +1062,12 @@ def reference_hint(reference: str | None, what: str = "the key") -> str:
     return "replace the provider's literal api_key with a provider key (better: a reference such as env:NAME)"
 
 
-# The fewest characters of `gateway.responses_secret` (not counting spaces around them): it keys the seal, and
-# whoever holds a sealed answer could find a shorter one by trying. The store's own secret is 64 hex digits.
-MIN_SEAL_SECRET_CHARS = 32
-
-
 def responses_secret(
     settings: GatewaySettings, environ: Mapping[str, str] | None = None, fetch: SecretFetcher | None = None
 ) -> str | None:
     """`gateway.responses_secret` resolved at start: None where none is set (the seal's key is then one the store
     keeps). A reference that resolves to nothing, or whose store cannot be read, is a `ConfigError` naming it, as an
-    OTLP header's is: else `env:UNSET` would be replaced, unsaid, by the store's secret. So is one shorter than
-    `MIN_SEAL_SECRET_CHARS`, which is never shown."""
+    OTLP header's is: else `env:UNSET` would be replaced, unsaid, by the store's secret."""
     reference = settings.responses_secret
     if reference is None:
         return None
@@ -1087,15 +1081,6 @@ def responses_secret(
             [
                 f"gateway.responses_secret: {shown} resolves to nothing: {hint}, or leave responses_secret out (the "
                 "seal's key is then one the gateway keeps in its store)"
-            ]
-        )
-    if len(secret.strip()) < MIN_SEAL_SECRET_CHARS:
-        shown = reference if reference.startswith(("env:", *SECRET_STORES)) else "the value written"
-        raise ConfigError(
-            [
-                f"gateway.responses_secret: {shown} is shorter than {MIN_SEAL_SECRET_CHARS} characters, too short "
-                "to key the seal (whoever holds a sealed answer could find it by trying): give a random one, such as "
-                "`openssl rand -hex 32` makes, or leave responses_secret out"
             ]
         )
     return secret
