@@ -922,20 +922,35 @@ class Pipeline(Charges):
         cap = ex.output_cap.written_at_most(attempt) if ex.output_cap is not None and attempt is not None else None
         return Usage.of(prompt, output if cap is None else min(output, cap)), "estimate"
 
-    def _cut_connecting(self, ex: Exchange, attempt: Attempt, started: float, went_out_at: float) -> None:
+    def _cut_connecting(
+        self,
+        ex: Exchange,
+        attempt: Attempt,
+        started: float,
+        went_out: tuple[float, bool, Counted | None, list[Counted] | None],
+    ) -> None:
         """`attempt` cut (its deadline, its client gone, the server stopping) while its connection was opened: the
         provider never saw it, so it is no attempt in flight to charge its worst case for, but one that never went
         out, as one the connect timeout ends (`=connect_timeout`; `=client_closed` where the client left). Charged as
         sent, a tight deadline in front of an unreachable region cost each request its worst case (found by review,
-        streamrev36). `went_out_at`: when the attempt before it went out, 0.0 if none did (nothing then stays
-        counted on the rate limits, `_unanswered`)."""
+        streamrev36). `went_out`, what `_failover` changed as it went out, undone: when the attempt before it went
+        out (0.0 if none did: nothing then stays counted on the rate limits, `_unanswered`), whether its model had
+        been sent to before, the count of its model's own limits and its advisors' that it took as sent (a token
+        count's, a fallback's: kept, they stayed counted for a request never sent; found by review, mergerev36)."""
         cancelled = ex.client_left or self.gateway.stopping
         outcome = ("client_closed" if ex.client_left else "server_shutting_down") if cancelled else "connect_timeout"
         ex.route.append(f"{attempt.target.label}={outcome}")
         ex.upstream_ms += (time.perf_counter() - started) * 1000
         if ex.trace is not None:
             ex.trace.attempt(attempt, started, 0, outcome)
+        went_out_at, sent_before, counted, advisors = went_out
         ex.inflight, ex.inflight_at = None, went_out_at
+        if not sent_before:
+            ex.sent_to.discard(attempt.model)
+        if counted is not None:
+            ex.unsent_counts[attempt.model] = counted
+        if advisors is not None:
+            ex.advisor_sent, ex.unsent_advisors = False, advisors
 
     async def _unanswered(self, ex: Exchange, exc: BaseException) -> None:
         """Settle a request that ends with no answer to relay. Sent and never answered (a deadline, the Lambda
@@ -1079,12 +1094,14 @@ class Pipeline(Charges):
                         skipped = skipped or not breakers.rate_limited(label)
                         passed = True
                         break
-                went_out_at, ex.inflight_at = ex.inflight_at, started
-                ex.inflight = attempt
+                # (What it changes as it goes out is kept until it is known to have: `_cut_connecting` undoes it.)
+                went_out_at, sent_before, counted, advisors = ex.inflight_at, attempt.model in ex.sent_to, None, None
+                ex.inflight_at, ex.inflight = started, attempt
                 ex.sent_to.add(attempt.model)
                 if ex.unsent_counts:  # (it goes out: what its own limits counted stays counted)
-                    ex.unsent_counts.pop(attempt.model, None)
+                    counted = ex.unsent_counts.pop(attempt.model, None)
                 if ex.advisors and not ex.advisor_sent and self._sent_as_written(ex, attempt):
+                    advisors = ex.unsent_advisors
                     ex.advisor_sent = True
                     ex.unsent_advisors = []  # (it is sent the tool: what its advisors' limits counted stays counted)
                 ex.inflight_status = 0
@@ -1094,7 +1111,8 @@ class Pipeline(Charges):
                             response = await self.gateway.upstream.send(built.request, within=within)
                         except asyncio.CancelledError:
                             if not built.request.written:
-                                self._cut_connecting(ex, attempt, started, went_out_at)
+                                went_out = went_out_at, sent_before, counted, advisors
+                                self._cut_connecting(ex, attempt, started, went_out)
                             raise
                     if response.status >= 400:
                         ex.inflight_status = response.status  # (cut while its body is read: an error, not billed)
