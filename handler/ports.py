@@ -427,6 +427,11 @@ class ProviderAdapter(ABC):
         translated request's search goes to no other: left out, and named."""
         return False
 
+    def billed_searches_at_most(self, target: Target, searches: int) -> int:
+        """The most searches the provider bills an answer that may run `searches` (the request's limit): each, but
+        where it bills an answer's searches as one (Gemini before 3, per grounded prompt). The worst case reserved."""
+        return searches
+
     def sent_search(self, target: Target, req: ChatRequest) -> tuple[WebSearch | None, list[str]]:
         """`req`'s web search (`ChatRequest.web_search`) where it goes to the provider as its own search tool
         (`hosts_search`), else None, with the search named dropped by the client's name for it (`WebSearch.unsent`):

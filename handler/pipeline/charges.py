@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from handler.config import OPENAI_TIERS, PLAIN_TIERS, SERVICE_TIER
+from handler.config import OPENAI_TIERS, PLAIN_TIERS, SERVICE_TIER, Price
 from handler.errors import InvalidRequestError, PermissionDeniedError, StrictParamsError
 from handler.pipeline.keys import allows_model
 from handler.pipeline.pricing import (
@@ -34,7 +34,7 @@ from handler.schemas import DEFAULT_SEARCHES
 if TYPE_CHECKING:
     from collections.abc import Collection
 
-    from handler.config import FeeConfig, Price
+    from handler.config import FeeConfig
     from handler.pipeline.exchange import Exchange
     from handler.pipeline.gateway import Gateway
     from handler.pipeline.routing import Attempt
@@ -42,6 +42,11 @@ if TYPE_CHECKING:
     from handler.schemas import ChatRequest, Usage
 
 log = logging.getLogger("gateway")
+
+# The provider types whose own search tool the built-in table's `web_search` prices (Anthropic's web search, Gemini's
+# Grounding with Google Search).
+OWN_SEARCH_TOOLS = frozenset({"anthropic", "gemini"})
+
 # The calls to Anthropic's advisor tool a request may make when the tool sets no `max_uses` (Anthropic's own default is
 # no limit): the limit sent, and the worst case reserved. The advisor is consulted at the few moments a plan matters.
 DEFAULT_ADVISOR_USES = 3
@@ -179,7 +184,7 @@ class Charges:
         if not ex.searches:
             return 0
         if Charges._sent_as_written(ex, attempt) or Charges._searched_at(ex, attempt):
-            return ex.searches
+            return attempt.adapter.billed_searches_at_most(attempt.target, ex.searches)
         return 0
 
     @staticmethod
@@ -420,12 +425,18 @@ class Charges:
 
     @staticmethod
     def _search_usd(ex: Exchange, attempt: Attempt) -> float:
-        """The price of a search `attempt` runs: its model's own (`price.web_search`, the built-in table's for Claude,
-        $10 a thousand searches, and Gemini, $14 a thousand queries from 3 on and $35 a thousand grounded prompts
-        before), else the gateway's (`priced_options.web_search_usd`, `Exchange.search_usd`). One price for every
-        provider billed at least one of them wrong: at $0.01 a Gemini 2.5 grounded prompt was charged $0.01 for
-        Google's $0.035."""
-        price = price_for(attempt.model, attempt.spec, attempt.target.model)
+        """The price of a search `attempt` runs: its model's own (`price.web_search`: the config's, else the built-in
+        table's at the provider whose search tool it prices, Claude's on Anthropic, $10 a thousand searches, and
+        Gemini's, $35 a thousand grounded prompts for 2.5), else the gateway's (`priced_options.web_search_usd`,
+        `Exchange.search_usd`). One price for every provider billed at least one of them wrong: at $0.01 a Gemini 2.5
+        grounded prompt was charged $0.01 for Google's $0.035."""
+        price = attempt.spec.price
+        if not isinstance(price, Price):
+            # The built-in table's is the price of the provider's own search tool, where that provider runs it: a
+            # compatible server serving Claude (LiteLLM, OpenRouter) bills its own (found by review, mergerev36).
+            if attempt.target.provider_type not in OWN_SEARCH_TOOLS:
+                return ex.search_usd
+            price = price_for(attempt.model, attempt.spec, attempt.target.model)
         own = None if price is None else price.web_search
         return ex.search_usd if own is None else own
 

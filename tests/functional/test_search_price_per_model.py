@@ -88,16 +88,43 @@ async def test_a_gemini_25_grounded_answer_is_charged_googles_price_for_a_ground
     asked = {"model": "flash", "messages": HI, "max_tokens": 50, "web_search_options": {}}
     headers = {"authorization": f"Bearer {served.key.key}"}
     try:
-        # Reserved at Google's price too: ten searches at $0.035 pass no $0.30 cap, at the gateway's $0.02 they did.
-        capped = await served.http.post(
-            "/v1/chat/completions", json=asked, headers={**headers, "x-gateway-max-cost-usd": "0.3"}
-        )
-        assert capped.status_code == 402, capped.text
-        answer = await served.http.post("/v1/chat/completions", json=asked, headers=headers)
-        assert answer.status_code == 200, answer.text
+        # Reserved at Google's price too, and for the one grounded prompt it bills (not the ten searches a request
+        # may run: $0.35 held for $0.035; found by review, mergerev36): $0.035 passes no $0.034 cap, but a $0.036 one.
+        for cap, status in (("0.034", 402), ("0.036", 200)):
+            capped = {**headers, "x-gateway-max-cost-usd": cap}
+            answer = await served.http.post("/v1/chat/completions", json=asked, headers=capped)
+            assert answer.status_code == status, answer.text
         [line] = await served.ledger()
     finally:
         await served.gateway.aclose()
     # Three queries, one grounded prompt, at $35 a thousand.
     assert line.cost_usd == pytest.approx((10 * 0.30 + 2 * 2.50) / 1e6 + 0.035)
     assert orjson.loads(answer.content)["choices"][0]["message"]["content"] == "news"
+
+
+async def test_a_compatible_servers_per_request_search_fee_is_the_gateways_price() -> None:
+    """`web_search_options` sent to an OpenAI-compatible server (a LiteLLM or OpenRouter proxy) serving Claude is
+    billed once a request at the gateway's `web_search_usd`: the built-in table's Claude price is Anthropic's, per
+    search of its own tool, and was charged in its place. Found by review (mergerev36)."""
+    answer = {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "claude-sonnet-4-5",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "news"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
+    }
+    models = {"sonnet": {"deployments": [{"provider": "openai", "model": "claude-sonnet-4-5"}]}}
+    served = await serve(
+        lambda request: httpx.Response(200, json=answer), models, priced_options={"web_search_usd": 0.025}
+    )
+    asked = {"model": "sonnet", "messages": HI, "max_tokens": 50, "web_search_options": {}}
+    try:
+        answered = await served.http.post(
+            "/v1/chat/completions", json=asked, headers={"authorization": f"Bearer {served.key.key}"}
+        )
+        assert answered.status_code == 200, answered.text
+        [line] = await served.ledger()
+    finally:
+        await served.gateway.aclose()
+    assert line.cost_usd == pytest.approx((10 * 3.0 + 2 * 15.0) / 1e6 + 0.025)

@@ -1005,6 +1005,13 @@ class GeminiAdapter(ProviderAdapter):
     def hosts_search(self, target: Target, req: ChatRequest) -> bool:
         return searches_beside(req, target.model)  # (Grounding with Google Search: gemini/search.py)
 
+    def billed_searches_at_most(self, target: Target, searches: int) -> int:
+        # Gemini 2.5 bills one grounded prompt however many queries it ran (reserved ten, a request was held $0.35
+        # for its $0.035: found by review, mergerev36); a moving alias names no generation, so it may bill each.
+        from adapters.providers.gemini.search import bills_per_prompt
+
+        return min(searches, 1) if bills_per_prompt(target.model) else searches
+
     def counts_tokens(self, target: Target) -> bool:
         return True
 

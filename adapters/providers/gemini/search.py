@@ -29,6 +29,13 @@ GENERATION = re.compile(r"gemini-(\d+)")
 PER_QUERY_FROM = 3
 
 
+def bills_per_prompt(model: str) -> bool:
+    """Whether `model` is a Gemini before 3, which Google bills per grounded prompt, not per query (a model whose
+    generation its name does not tell, a moving alias, is not known to)."""
+    generation = GENERATION.search(model)
+    return generation is not None and int(generation.group(1)) < PER_QUERY_FROM
+
+
 def billed_searches(model: str, queries: int) -> int:
     """The searches Google bills an answer that ran `queries`: each, from Gemini 3 on; one grounded prompt before."""
     generation = GENERATION.search(model)
