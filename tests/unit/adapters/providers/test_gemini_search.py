@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from adapters.providers.gemini import GeminiAdapter
-from adapters.providers.gemini.search import grounding
+from adapters.providers.gemini.search import billed_searches, bills_per_prompt, grounding
 from adapters.providers.gemini.stream import GeminiStreamParser
 from handler.ports import Target
 from handler.schemas import ChatRequest
@@ -253,3 +253,13 @@ def test_a_gemini_3_answer_through_an_alias_is_charged_each_query_whole_as_strea
     whole = GeminiAdapter("g", "AIza-test-key", {}).chat_response(orjson.dumps(ALIASED_ANSWER), searching(), aliased)
     assert whole.usage is not None
     assert whole.usage.web_searches == 3, whole.usage.web_searches
+
+
+@pytest.mark.parametrize("model", ["gemini-flash-latest", "gemini-pro-latest", "gemini-3-flash-preview"])
+def test_a_model_whose_generation_is_not_known_to_be_before_3_is_charged_each_query(model: str) -> None:
+    """Reserved every search (`bills_per_prompt`: not known to bill per prompt), a moving alias was charged one
+    grounded prompt where its answer's `modelVersion` named no generation either: three Gemini 3 queries charged as
+    one. Found by review (mergerev36b)."""
+    assert not bills_per_prompt(model)
+    assert billed_searches(model, 3) == 3
+    assert billed_searches("gemini-2.5-flash", 3) == 1
