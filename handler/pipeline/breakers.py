@@ -60,6 +60,13 @@ class Breakers:
         s.probe_at = now
         return True
 
+    def forgo(self, label: str) -> None:
+        """Give back the probe `allow` took for a request that never went out (cut while its connection opened): the
+        next request may take it."""
+        s = self._states.get(label)
+        if s is not None:
+            s.probe_at = None
+
     def gate(self, label: str) -> str | None:
         """Whether a request may try this deployment now, taking nothing: `closed`, or `half-open` with its one probe
         free, which `allow` takes only once something is sent (a request passed over on the way, as `=unsupported`,
@@ -165,6 +172,9 @@ class CountBreakers:
         if not self.deployments.available(label):
             return self.deployments.rate_limited(label)
         return self.counts.rate_limited(label)
+
+    def forgo(self, label: str) -> None:
+        self.counts.forgo(label)
 
     def success(self, label: str) -> None:
         self.counts.success(label)

@@ -78,6 +78,12 @@ Answered = tuple[ChatCompletion, Served | None]
 PlainAnswered = tuple[ChatCompletion | PlainCompletion, Served | None]
 C = TypeVar("C", bound=ChatCompletion | PlainCompletion)
 log = logging.getLogger("gateway")
+# The outcomes of an attempt that never reached its provider (no connection within the wait, or refused): free, and
+# what it counted as it went out is given back (`Pipeline._unsent`).
+NEVER_SENT = frozenset({"connect_timeout", "connect_error"})
+# What an attempt going out changed (`Pipeline._unsent`): when the attempt before it went out, whether its model had
+# been sent to, the count of its model's own limits and its advisors' it took as sent.
+WentOut = tuple[float, bool, "Counted | None", "list[Counted] | None"]
 MAX_USER_CHARS = 256
 # The batches of one embeddings request in flight at once, where the API takes fewer inputs a call than the client
 # sent (`ProviderAdapter.embedding_batch`): OpenAI's 2,048 inputs are 21 of Gemini's batches.
@@ -927,7 +933,8 @@ class Pipeline(Charges):
         ex: Exchange,
         attempt: Attempt,
         started: float,
-        went_out: tuple[float, bool, Counted | None, list[Counted] | None],
+        went_out: WentOut,
+        probe: Breakers | CountBreakers | None = None,
     ) -> None:
         """`attempt` cut (its deadline, its client gone, the server stopping) while its connection was opened: the
         provider never saw it, so it is no attempt in flight to charge its worst case for, but one that never went
@@ -936,15 +943,29 @@ class Pipeline(Charges):
         streamrev36). `went_out`, what `_failover` changed as it went out, undone: when the attempt before it went
         out (0.0 if none did: nothing then stays counted on the rate limits, `_unanswered`), whether its model had
         been sent to before, the count of its model's own limits and its advisors' that it took as sent (a token
-        count's, a fallback's: kept, they stayed counted for a request never sent; found by review, mergerev36)."""
+        count's, a fallback's: kept, they stayed counted for a request never sent; found by review, mergerev36).
+        `probe`: the breakers whose half-open breaker's one probe it took, given back for the next request (kept, every
+        key passed the deployment over as `=breaker-open` for a cooldown with nothing sent to it; mergerev36b)."""
         cancelled = ex.client_left or self.gateway.stopping
         outcome = ("client_closed" if ex.client_left else "server_shutting_down") if cancelled else "connect_timeout"
         ex.route.append(f"{attempt.target.label}={outcome}")
         ex.upstream_ms += (time.perf_counter() - started) * 1000
         if ex.trace is not None:
             ex.trace.attempt(attempt, started, 0, outcome)
+        ex.inflight = None
+        self._unsent(ex, attempt, went_out)
+        if probe is not None:
+            probe.forgo(attempt.target.label)
+
+    @staticmethod
+    def _unsent(ex: Exchange, attempt: Attempt, went_out: WentOut) -> None:
+        """Undo what `_failover` changed as `attempt` went out, where it never reached the provider (`went_out`:
+        see `_cut_connecting`): a request none of whose attempts did then gives back all it counted on the rate
+        limits (`_unanswered`), as one with nothing sent does. Where the connect timeout or a refused connection
+        ended it, the next minute's request of a `rpm: 1` key was refused as if it had been sent (found by review,
+        mergerev36b)."""
         went_out_at, sent_before, counted, advisors = went_out
-        ex.inflight, ex.inflight_at = None, went_out_at
+        ex.inflight_at = went_out_at
         if not sent_before:
             ex.sent_to.discard(attempt.model)
         if counted is not None:
@@ -1075,6 +1096,7 @@ class Pipeline(Charges):
             lowered = False  # sent again within a ceiling the provider named: once per attempt at most
             rekeyed = False  # sent again with its key read again after a 401: once per attempt at most
             probing = gate == "half-open"  # its breaker's one probe is taken as the attempt goes out
+            probe: Breakers | CountBreakers | None = None  # (the breakers whose probe it took, until it is sent)
             while True:
                 started = time.perf_counter()
                 # What is left of the request's deadline bounds the attempt's answer (its `total`), so that the
@@ -1094,6 +1116,7 @@ class Pipeline(Charges):
                         skipped = skipped or not breakers.rate_limited(label)
                         passed = True
                         break
+                    probe = breakers
                 # (What it changes as it goes out is kept until it is known to have: `_cut_connecting` undoes it.)
                 went_out_at, sent_before, counted, advisors = ex.inflight_at, attempt.model in ex.sent_to, None, None
                 ex.inflight_at, ex.inflight = started, attempt
@@ -1112,8 +1135,10 @@ class Pipeline(Charges):
                         except asyncio.CancelledError:
                             if not built.request.written:
                                 went_out = went_out_at, sent_before, counted, advisors
-                                self._cut_connecting(ex, attempt, started, went_out)
+                                self._cut_connecting(ex, attempt, started, went_out, probe)
                             raise
+                        finally:
+                            probe = None  # (sent: its outcome, or its cut, is the probe's)
                     if response.status >= 400:
                         ex.inflight_status = response.status  # (cut while its body is read: an error, not billed)
                         body = await response.read_error()
@@ -1122,6 +1147,8 @@ class Pipeline(Charges):
                 except UpstreamError as err:
                     failed.append(err)
                     ex.inflight = None
+                    if err.outcome in NEVER_SENT:  # (it never reached the provider: what going out took, given back)
+                        self._unsent(ex, attempt, (went_out_at, sent_before, counted, advisors))
                     if 200 <= err.upstream_status < 300 and err.billed is None:
                         # A success it could not read, nor its usage: the provider ran it and bills it, for what
                         # the gateway cannot see, so it is charged as one cut in flight is (its worst case), and

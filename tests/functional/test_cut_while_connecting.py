@@ -52,12 +52,13 @@ def unconnectable() -> Iterator[int]:
     listener.close()
 
 
-async def gateway(port: int, kind: str = "openai") -> Served:
+async def gateway(port: int, kind: str = "openai", connect_s: float = 5) -> Served:
     """The gateway over its own HTTP/1.1 client, its provider (of type `kind`) at `port`, a key with one request a
     minute."""
     base_url = f"http://127.0.0.1:{port}" + ("/v1" if kind == "openai" else "")
+    timeouts = {"connect": connect_s, "first_byte": 5, "between_chunks": 5}
     data: dict[str, Any] = {
-        "gateway": {"timeouts": {"connect": 5, "first_byte": 5, "between_chunks": 5}},
+        "gateway": {"timeouts": timeouts, "max_retries_per_deployment": 0},
         "providers": {"up": {"type": kind, "api_key": "env:OPENAI_API_KEY", "base_url": base_url}},
         "models": {"m": {"deployments": [{"provider": "up", "model": "m"}], "price": {"input": 1.0, "output": 2.0}}},
     }
@@ -108,3 +109,40 @@ async def test_a_token_count_cut_while_connecting_gives_back_its_count(unconnect
         await served.gateway.aclose()
     assert first.headers["x-gateway-route"] == "up/m@global=connect_timeout", first.headers
     assert second.status_code != 429, second.text
+
+
+async def test_a_request_the_connect_timeout_ends_gives_back_its_count(unconnectable: int) -> None:
+    """An attempt the connect timeout ends never went out either (`=connect_timeout`, free): it kept its request of
+    the minute all the same, where one cut at the same point by its deadline gave it back, so a key with `rpm: 1` was
+    refused its next request (429). Found by review (mergerev36b)."""
+    await asyncio.sleep(0.1)
+    served = await gateway(unconnectable, connect_s=0.3)
+    body = {"model": "m", "messages": HI, "max_tokens": 100}
+    try:
+        first = await served.post("/v1/chat/completions", body)
+        await served.gateway.drain()
+        second = await served.post("/v1/chat/completions", body)
+    finally:
+        await served.gateway.aclose()
+    assert first.headers["x-gateway-route"] == "up/m@global=connect_timeout", first.headers
+    assert second.status_code == 504, second.text  # (its connection timed out too; not refused 429)
+
+
+async def test_a_client_gone_while_connecting_gives_back_the_half_open_breakers_probe(unconnectable: int) -> None:
+    """A half-open breaker lets one probe through, taken as the attempt goes out: one whose client left while its
+    connection opened (nothing sent, nothing the deployment did wrong) kept it, and every key passed the deployment
+    over as `=breaker-open` for a cooldown. Found by review (mergerev36b)."""
+    await asyncio.sleep(0.1)
+    served = await gateway(unconnectable)
+    breakers, label, now = served.gateway.router.breakers, "up/m@global", [1000.0]
+    breakers.clock = lambda: now[0]
+    for _ in range(breakers.threshold):
+        breakers.failure(label)
+    now[0] += breakers.cooldown + 1  # (past its cooldown: half-open)
+    assert breakers.gate(label) == "half-open"
+    try:
+        await served.left("/v1/chat/completions", {"model": "m", "messages": HI, "max_tokens": 100}, after_s=0.3)
+        await served.gateway.drain()
+    finally:
+        await served.gateway.aclose()
+    assert breakers.gate(label) == "half-open"  # (the next request may probe it)
