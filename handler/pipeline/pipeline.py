@@ -867,6 +867,11 @@ class Pipeline(Charges):
             if reservation.admission is not None and not self.meter.held(reservation):
                 await self._reserve(ex, reservation)
         except BudgetExceededError as exc:
+            # What the chain's budgets leave, as every answer to a key with a budget says it (`Exchange.headers`):
+            # the refusal is where a client needs it most. One store read, on a refusal alone.
+            with contextlib.suppress(StoreError):
+                left = await self.meter.remaining(ex.lineage)
+                ex.budget_remaining = None if left is None else max(left, 0.0)
             if worst is None:  # no max_tokens lowers an unknown price: only a model with a known one serves
                 raise BudgetExceededError(unpriced(worst_model, ex.model), code=exc.code, headers=exc.headers) from None
             lower = lowered_by(worst_model, ex.model, lowers)
