@@ -357,12 +357,21 @@ async def unshare(task: asyncio.Task[None] | None) -> None:
 
 async def render() -> bytes:
     """The text `GET /metrics` answers: this process's figures, and with `--workers` every worker's, summed
-    (this one's as they are, the others' as they last wrote them: at most `SHARE_INTERVAL_S` old)."""
+    (this one's as they are, the others' as they last wrote them: at most `SHARE_INTERVAL_S` old). This one's are
+    written first, as the figures it answers with: the next scrape, which another worker may answer (each a connection
+    of its own), reads at least them. Written only on schedule, a request this worker had answered within the second
+    was in one scrape and not in the next, and Prometheus read the counter's fall as a reset (found by review,
+    ifacerev36)."""
     if _shared is None:
         return REGISTRY.render()
+    state = REGISTRY.state()
+    data = _shared._due()
+    if data is not None:
+        with contextlib.suppress(OSError):  # (the server removed its folder: it is stopping)
+            await asyncio.to_thread(_shared._write, data)
     others = await asyncio.to_thread(_shared.others)
     server = Registry()
-    server.absorb(REGISTRY.state())
+    server.absorb(state)
     for state in others:
         server.absorb(state)
     return server.render()

@@ -91,3 +91,43 @@ def test_the_workers_figures_summed_are_the_figures_of_one_process_that_served_i
     for state in files[0].others():
         server.absorb(state)
     assert server.render() == alone.render()
+
+
+def requests_total(text: str) -> float:
+    for family in text_string_to_metric_families(text):
+        if family.name == "gateway_requests":
+            return sum(sample.value for sample in family.samples if sample.labels.get("model") == "m")
+    return 0.0
+
+
+def answered(registry: prometheus.Registry) -> None:
+    registry.record(model="m", provider="p", region="global", status=200, code=None, seconds=0.01, added_seconds=0.001)
+
+
+async def test_a_counter_never_goes_down_from_one_workers_scrape_to_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `gateway serve --workers N`, a scrape on one worker answers with its own figures live and the others' as
+    last written (once a second): a scrape on worker A, then one on worker B within that second (each scrape a
+    connection of its own), had A's latest request in the first and not in the second, a fall Prometheus reads as a
+    counter reset. A worker now writes what it answers with first. Found by review (ifacerev36)."""
+    worker_a, worker_b = prometheus.Registry(["m"], ["p"]), prometheus.Registry(["m"], ["p"])
+    shared_a = prometheus.Shared(tmp_path, worker_a)
+    shared_b = prometheus.Shared(tmp_path, worker_b)
+    answered(worker_b)
+    answered(worker_a)
+    for shared in (shared_a, shared_b):  # each worker's periodic write
+        data = shared._due()
+        assert data is not None
+        shared._write(data)
+    answered(worker_a)  # a request worker A answers within the second before its next write
+
+    async def scrape(registry: prometheus.Registry, shared: prometheus.Shared) -> float:
+        monkeypatch.setattr(prometheus, "REGISTRY", registry)
+        monkeypatch.setattr(prometheus, "_shared", shared)
+        return requests_total((await prometheus.render()).decode())
+
+    first = await scrape(worker_a, shared_a)  # the scrape worker A took
+    second = await scrape(worker_b, shared_b)  # the next, which worker B took
+    assert first == 3
+    assert second >= first, f"gateway_requests_total went from {first} to {second}: a counter reset to Prometheus"
