@@ -48,7 +48,7 @@ from handler.pipeline.exchange import Exchange
 from handler.pipeline.passthrough import NativeReply, NativeStream
 from handler.pipeline.pipeline import Pipeline
 from handler.ports import STORE_DEADLINE, KeyRecord, ResponseTooLarge, StoredResponse, StoreError
-from handler.redaction import scrub
+from handler.redaction import clipped, scrub
 from handler.schemas import PlainCompletion
 from handler.wire import redact_error
 
@@ -67,6 +67,9 @@ logger = logging.getLogger("gateway")
 # admitted, so that made-up ids cost no more than this (2,000 of them would be 2,000 reads, 8.9 s on DynamoDB,
 # before the request's 429). A client's own turns need one or two: the last response holds the turns it continued.
 MAX_KEPT_READS = 8
+# OpenAI's code for a `previous_response_id` it cannot continue (a 400), which clients recover from by sending the
+# whole conversation.
+PREVIOUS_NOT_FOUND = "previous_response_not_found"
 MAX_INDEXED_ID = 256  # the longest item id indexed (a provider's are some 50 characters; a DynamoDB key, 2 KB)
 UNKEPT = "unkept"  # a record that stands for a response answered but not kept: why, for the client
 # Beside a stored conversation: the provider's ids of its items that were answered to the key or a key under it (the
@@ -145,22 +148,32 @@ class ResponseArchive:
         return stored.key_id == key.id or key.id in stored.ancestors
 
     async def find(self, response_id: str, key: KeyRecord, param: str | None = None) -> dict[str, Any]:
-        """The stored `{"items": [...], "response": {...}}`, or a 404 alike for unknown and not yours. One the
-        store could not keep (`keep`) says why to its key: a 404 read, a 400 continued (`param`)."""
+        """The stored `{"items": [...], "response": {...}}`, or a 404 alike for unknown and not yours; continued
+        (`param`), OpenAI's 400 `previous_response_not_found`, on which a client sends the whole conversation again
+        (a 404 `not_found` it took for a wrong URL: found by review, storerev36). One the store could not keep
+        (`keep`) says why to its key: a 404 read, that 400 continued."""
         record = await self._record(response_id, key)
+        named = clipped(response_id)
         if record is None:
-            raise NotFoundError(f"Response with id '{response_id}' not found.", code="not_found", param=param)
+            if param is not None:
+                raise InvalidRequestError(
+                    f"Previous response with id '{named}' not found.", code=PREVIOUS_NOT_FOUND, param=param
+                )
+            raise NotFoundError(f"Response with id '{named}' not found.", code="not_found")
         if UNKEPT in record:
-            why = f"Response with id '{response_id}' was answered but not stored (`store: false` in it): "
-            why += f"{record[UNKEPT]}."
+            why = f"Response with id '{named}' was answered but not stored (`store: false` in it): {record[UNKEPT]}."
             if param is None:
                 raise NotFoundError(why, code="not_found")
-            raise InvalidRequestError(f"{why} Continue from an earlier response, or start anew.", param=param)
+            why += " Continue from an earlier response, or start anew."
+            raise InvalidRequestError(why, code=PREVIOUS_NOT_FOUND, param=param)
         return record
 
     async def _record(self, response_id: str, key: KeyRecord) -> dict[str, Any] | None:
-        """The stored record of `response_id` if `key` may see it, else None (unknown, expired, another's)."""
-        stored = await self.store.get_response(response_id) if response_id.startswith("resp_") else None
+        """The stored record of `response_id` if `key` may see it, else None (unknown, expired, another's; an id
+        longer than any the gateway gives, which DynamoDB refuses as a key: a 503 saying to retry, found by review,
+        storerev36)."""
+        known = response_id.startswith("resp_") and len(response_id) <= MAX_INDEXED_ID
+        stored = await self.store.get_response(response_id) if known else None
         if stored is None or not self._visible(stored, key):
             return None
         record: dict[str, Any] = orjson.loads(stored.body)

@@ -53,9 +53,10 @@ def test_a_stored_response_is_read_continued_and_deleted(on_each_store: Running)
     assert deleted.status_code == 200 and deleted.json() == {"id": first.id, "object": "response", "deleted": True}
     with pytest.raises(openai.NotFoundError):
         sdk.responses.retrieve(first.id)
-    with pytest.raises(openai.NotFoundError) as caught:
+    with pytest.raises(openai.BadRequestError) as caught:  # (OpenAI's 400 `previous_response_not_found`)
         sdk.responses.create(model="gpt-4o-mini", input="And now?", previous_response_id=first.id)
     assert isinstance(caught.value.body, dict) and caught.value.body["param"] == "previous_response_id"
+    assert caught.value.body["code"] == "previous_response_not_found"
 
 
 def test_of_deletes_racing_one_deletes_and_the_others_find_nothing(on_each_store: Running) -> None:
@@ -88,7 +89,8 @@ def test_only_the_maker_and_its_ancestors_see_a_response(on_each_store: Running)
         assert answer.status_code == 404 and answer.json()["error"]["code"] == "not_found"
         assert httpx.delete(url, headers=bearer(outsider)).status_code == 404
         continued: Any = {"model": "gpt-4o-mini", "input": "Hi", "previous_response_id": made.id}
-        assert httpx.post(f"{running.url}/v1/responses", json=continued, headers=bearer(outsider)).status_code == 404
+        refused = httpx.post(f"{running.url}/v1/responses", json=continued, headers=bearer(outsider))
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "previous_response_not_found"
     assert httpx.get(url, headers=bearer(child)).status_code == 200
 
 
