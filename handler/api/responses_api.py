@@ -889,8 +889,10 @@ def response_usage(usage: Usage) -> dict[str, Any]:
 class ResponseIds:
     """The ids of one response and its output items, derived from the gateway's request id."""
 
-    # An output item's id: its type's prefix, the request id's 32 hex digits, its count in the response.
-    ITEM_ID = re.compile(r"[a-z]+_([0-9a-f]{32})[0-9]{3,}")
+    # An output item's id: its type's prefix, the request id's 32 hex digits, its count in the response (3 to 6
+    # digits: no response has a million items). Unbounded, one OpenAI id in some 1,850, 48 hex digits the last 16 of
+    # them decimal, read as the gateway's, naming a response that never was (found by review, storerev36).
+    ITEM_ID = re.compile(r"[a-z]+_([0-9a-f]{32})[0-9]{3,6}")
     # An input item's made id (`responses_items.item_ids`): its type's prefix, the id of the response that first kept
     # it without `resp_` (the gateway's, or a provider's on a response passed through: OpenAI's `resp_<hex>`), and
     # its position there after a `_`.
