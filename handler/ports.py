@@ -34,9 +34,10 @@ class Target(Value):
     it, and what a region pin matches). Both are its region, but for a Bedrock global inference profile
     (`global.anthropic...`), which is called in a source region and which AWS routes to any commercial region:
     `global`. Reported and pinned by its source region, one called from us-east-1 said it ran there, and a pin to
-    us-east-1, asked so as to keep requests in that region, sent them to it."""
+    us-east-1, asked so as to keep requests in that region, sent them to it. `endpoint` tells it apart from another
+    deployment of the same provider, model and region at another base URL (`Router`): empty where none is."""
 
-    __slots__ = ("provider", "provider_type", "model", "region", "base_url", "options", "runs_in")
+    __slots__ = ("provider", "provider_type", "model", "region", "base_url", "options", "runs_in", "endpoint")
 
     def __init__(
         self,
@@ -47,6 +48,7 @@ class Target(Value):
         base_url: str,
         options: Mapping[str, Any] = MappingProxyType({}),
         runs_in: str | None = None,
+        endpoint: str = "",
     ) -> None:
         self.provider: Final = provider
         self.provider_type: Final = provider_type
@@ -55,10 +57,16 @@ class Target(Value):
         self.base_url: Final = base_url
         self.options: Final = options
         self.runs_in: Final = runs_in or region
+        self.endpoint: Final = endpoint
 
     @property
     def label(self) -> str:
-        """`provider/model@region`, as `x-gateway-route` names an attempt."""
+        """`provider/model@region`, as `x-gateway-route` names an attempt and its breaker is keyed, with
+        `[endpoint]` after it where another deployment has the same name at another base URL: named alike, two
+        Azure resources or two vLLM servers shared one breaker, the healthy one's answers clearing the failures of
+        the dead one, whose breaker never opened."""
+        if self.endpoint:
+            return f"{self.provider}/{self.model}@{self.region}[{self.endpoint}]"
         return f"{self.provider}/{self.model}@{self.region}"
 
     @property

@@ -12,8 +12,9 @@ import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Final
+from urllib.parse import urlsplit
 
-from handler.config import Config, ConfigError, ModelConfig, Price, reference_hint
+from handler.config import Config, ConfigError, DeploymentConfig, ModelConfig, Price, reference_hint
 from handler.errors import (
     GatewayError,
     InvalidRequestError,
@@ -302,6 +303,17 @@ def unplaced_gateway(region: str, named_by: str, latency_ms: Mapping[str, Mappin
     )
 
 
+def endpoint_names(urls: set[str]) -> dict[str, str]:
+    """What tells apart deployments of one provider, model and region at each of `urls` (`Target.endpoint`): their
+    hosts (with the port) where those differ, else the URLs but their scheme, else the URLs. From the config alone,
+    so the same in every process and after a restart, as a breaker's key and a ledger's route must be."""
+    for name in (lambda url: urlsplit(url).netloc, lambda url: url.partition("://")[2]):
+        names = {url: name(url) for url in urls}
+        if len(set(names.values())) == len(urls):
+            return names
+    return {url: url for url in urls}
+
+
 def a_model(kind: str) -> str:
     """A kind of model with its article: `a chat model`, `an embedding model`."""
     return f"{'an' if kind[:1] in ('a', 'e', 'i', 'o', 'u') else 'a'} {kind} model"
@@ -416,9 +428,36 @@ class Router:
         # the last of them said it (`time.monotonic`): empty while none has, and settling reads nothing more.
         self.heard_tiers: dict[int, dict[str, float]] = {}
         problems: list[str] = []
+        self._endpoints = self._named_apart()
         self._targets = {model: self._build(model, spec, problems) for model, spec in config.models.items()}
         if problems:
             raise ConfigError(list(dict.fromkeys(problems)))  # (a provider's region, once for all its deployments)
+
+    def _region(self, dep: DeploymentConfig) -> str:
+        """The region `dep` is called in: its own, its provider's, else where it runs unnamed (the gateway's own for a
+        regional API, a geographic inference profile's nearest, else `global`)."""
+        region = dep.region or self.config.providers[dep.provider].region
+        if region is not None:
+            return region
+        adapter = self.adapters[dep.provider]
+        geography = adapter.geography(dep.model)
+        return self._home(geography) if geography else (self.region if adapter.regional else GLOBAL)
+
+    def _named_apart(self) -> dict[tuple[str, str], str]:
+        """`Target.endpoint` of each deployment (by its `provider/model@region` and its base URL) that shares that name
+        with one at another base URL; the same deployment listed twice, at one URL, is one deployment."""
+        urls: dict[str, set[str]] = {}
+        for spec in self.config.models.values():
+            for dep in spec.deployments:
+                region = self._region(dep)
+                base_url = self.adapters[dep.provider].base_url(region, dep.base_url)
+                urls.setdefault(f"{dep.provider}/{dep.model}@{region}", set()).add(base_url)
+        return {
+            (label, url): name
+            for label, shared in urls.items()
+            if len(shared) > 1
+            for url, name in endpoint_names(shared).items()
+        }
 
     def _build(self, model: str, spec: ModelConfig, problems: list[str]) -> list[Attempt]:
         """`model`'s attempts, nearest first. One of `problems`: a deployment's region the gateway cannot place (its
@@ -432,12 +471,11 @@ class Router:
             provider = self.config.providers[dep.provider]
             where = f"models.{model}.deployments[{i}]" if dep.region else f"providers.{dep.provider}"
             geography = adapter.geography(dep.model)
-            region = dep.region or provider.region
-            if region is None:  # (the gateway's own, warned of where unknown: `unplaced_gateway`)
-                region = self._home(geography) if geography else (self.region if adapter.regional else GLOBAL)
-            elif not placed(region, latency):
+            region = self._region(dep)
+            named = dep.region or provider.region  # (None: the gateway's own, warned of: `unplaced_gateway`)
+            if named is not None and not placed(region, latency):
                 problems.append(f"{where}.region: {unplaced(region)}")
-            elif geography is not None and not geography.takes(region):
+            elif named is not None and geography is not None and not geography.takes(region):
                 problems.append(outside(f"models.{model}.deployments[{i}]", dep.model, region, geography, where))
             base_url = adapter.base_url(region, dep.base_url)
             options = dict(dep.model_extra or {})
@@ -445,7 +483,8 @@ class Router:
                 options["reasoning"] = dep.reasoning
             # (A global inference profile runs wherever AWS routes it, whichever region it is called in.)
             runs_in = GLOBAL if geography is not None and geography.name == GLOBAL else None
-            target = Target(dep.provider, provider.type, dep.model, region, base_url, options, runs_in)
+            endpoint = self._endpoints.get((f"{dep.provider}/{dep.model}@{region}", base_url), "")
+            target = Target(dep.provider, provider.type, dep.model, region, base_url, options, runs_in, endpoint)
             km = distance_km(self.region, region)
             measured = self._latency.get(region.lower())
             rtt = measured if measured is not None else km * ESTIMATED_RTT_MS_PER_KM
@@ -657,6 +696,8 @@ class Router:
             }
             if a.target.runs_in != a.target.region:  # (a global inference profile: the region it is called in)
                 entry["source_region"] = a.target.region
+            if a.target.endpoint:  # (named alike but for it: the name `x-gateway-route` gives it)
+                entry["deployment"] = a.target.label
             if not self._keyed(a):
                 entry |= {"skipped": "provider_not_configured", "hint": self._key_hint(a)}
             explained.append(entry)

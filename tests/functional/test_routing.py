@@ -12,8 +12,18 @@ import openai
 import orjson
 import pytest
 
+from adapters.providers.registry import REGISTRY
+from handler.config import parse_config
 from tests.fakes.openai import TEXT
-from tests.functional.conftest import FAKE_KEYS, Running, fresh_minute, gateway_config, openai_client, serving
+from tests.functional.conftest import (
+    FAKE_KEYS,
+    Running,
+    closed_port,
+    fresh_minute,
+    gateway_config,
+    openai_client,
+    serving,
+)
 from tests.support.servers import ServerThread
 
 HI = [{"role": "user", "content": "Hi"}]
@@ -339,6 +349,50 @@ def test_one_keys_schema_no_answer_fits_does_not_open_the_breaker_for_every_key(
             assert refused.status_code == (200 if stream else 502) and "schema_violation" in refused.text
         assert breakers.state("openai/gpt-4o-mini@global") == "closed"
         assert route_of(own_breakers, alice, "gpt-4o-mini") == "openai/gpt-4o-mini@global=200"
+
+
+@pytest.fixture
+def two_endpoints(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    """One provider's one model at two base URLs (a deployment's own `base_url`), the first of them dead."""
+    server, _ = upstream
+    data = {
+        "providers": {"local": {"type": "openai", "api_key": "env:OPENAI_API_KEY"}},
+        "models": {
+            "llama": {
+                "deployments": [
+                    {"provider": "local", "model": "gpt-4o-mini", "base_url": f"http://127.0.0.1:{closed_port()}/v1"},
+                    {"provider": "local", "model": "gpt-4o-mini", "base_url": f"{server.url}/openai/v1"},
+                ],
+                "price": {"input": 1, "output": 2},
+            }
+        },
+    }
+    store = f"sqlite:///{Path(tmp_path_factory.mktemp('endpoints')) / 'gateway.db'}"
+    yield from serving(parse_config(data, set(REGISTRY)), store, upstream, FAKE_KEYS)
+
+
+def test_a_dead_endpoint_is_taken_out_of_rotation_and_named_apart_from_a_healthy_one(two_endpoints: Running) -> None:
+    """Two deployments of one provider and model that differ only by `base_url` shared one breaker and one name,
+    `local/gpt-4o-mini@global`: the healthy one's answers cleared the dead one's failures, so its breaker never opened
+    and every request was sent to it first, and the route named both attempts alike. Found by review (routerev36)."""
+    key = two_endpoints.mint(name="endpoints")
+    routes = []
+    for _ in range(7):
+        answer = httpx.post(
+            f"{two_endpoints.url}/v1/chat/completions",
+            json={"model": "llama", "messages": HI},
+            headers={"authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+        routes.append((answer.status_code, answer.headers.get("x-gateway-route") or ""))
+    assert all(status == 200 for status, _ in routes), routes
+    # Five failures in a row at the dead endpoint open its breaker: the sixth request and later pass it over.
+    assert all("=breaker-open" in route for _, route in routes[5:]), routes
+    names = [part.rsplit("=", 1)[0] for part in routes[0][1].split(", ")]
+    assert len(set(names)) == len(names) == 2, routes[0]
+    assert all(name.startswith("local/gpt-4o-mini@global[127.0.0.1:") for name in names), names
 
 
 AUDIO = {"type": "input_audio", "input_audio": {"data": "UklGRiQAAABXQVZFZm10IBAAAAABAAEA", "format": "wav"}}

@@ -295,3 +295,40 @@ async def test_a_count_names_the_deployments_passed_over_as_a_requests_route_doe
     req = ChatRequest.model_validate({"model": "down", "messages": [{"role": "user", "content": "Hi"}]})
     assert await pipeline.count_tokens(NativeCall(MESSAGES_API, {}, {}), req, ex) is None
     assert ", ".join(ex.route) == route
+
+
+def test_deployments_named_alike_but_for_their_base_url_are_named_apart_by_it() -> None:
+    """Two deployments of one provider, model and region at two base URLs had one name, `provider/model@region`,
+    which keys their breaker and names them in `x-gateway-route`: each is named by its host, the same in every
+    router built from the config, while a name only one deployment has (or one deployment listed twice, at one
+    URL) stays as it was. Found by review (routerev36)."""
+    deployments = [
+        {"provider": "a", "model": "llama", "base_url": "http://vllm-b:8000/v1"},
+        {"provider": "a", "model": "llama", "base_url": "http://vllm-a:8000/v1"},
+        {"provider": "a", "model": "llama", "base_url": "http://vllm-a:8000/v1"},
+        {"provider": "a", "model": "other"},
+    ]
+    same_host = [
+        {"provider": "a", "model": "qwen", "base_url": "http://vllm:8000/one/v1"},
+        {"provider": "a", "model": "qwen", "base_url": "http://vllm:8000/two/v1"},
+    ]
+    data = {
+        "providers": {"a": {"type": "openai", "api_key": "env:A"}},
+        "models": {"m": {"deployments": deployments}, "n": {"deployments": same_host}},
+    }
+    config = parse_config(data, set(REGISTRY))
+    for _ in range(2):
+        built = Router(config, build_adapters(config, REGISTRY, {"A": "x"}), "us-east-1")
+        labels = [a.target.label for a in built.plan("m", RouteControls(), any_model)]
+        assert labels == [
+            "a/llama@global[vllm-b:8000]",
+            "a/llama@global[vllm-a:8000]",
+            "a/llama@global[vllm-a:8000]",
+            "a/other@global",
+        ]
+        assert [a.target.label for a in built.plan("n", RouteControls(), any_model)] == [
+            "a/qwen@global[vllm:8000/one/v1]",
+            "a/qwen@global[vllm:8000/two/v1]",
+        ]
+        explained = built.explain("m", RouteControls(), any_model)
+        assert [entry.get("deployment") for entry in explained] == [*labels[:3], None]
