@@ -119,6 +119,10 @@ def answered_as(
 
 # The longest `retry-after` the gateway waits out itself before retrying a deployment; a longer wait is the client's.
 MAX_RETRY_WAIT_S = 5
+# What a retry waited for must have left of the request's deadline beyond `CUT_SLACK_S`, for the provider to answer it:
+# waited out with less, the deadline cut the retry (or left too little to send it), a 504 for a request whose 429 the
+# client could have been told of at once, or whose next deployment could have answered.
+RETRY_ANSWER_S = 1.0
 # The `retry-after` of a 429 whose providers named no wait (Bedrock's ThrottlingException): the least the header can
 # say. Codex retries a 429 only when it carries one (without, it gave up after the one request).
 UNNAMED_WAIT_S = 1
@@ -1208,6 +1212,8 @@ class Pipeline(Charges):
                     # (A try sent again here was not billed: one billed in part gets no wait, `_retry_wait`, and
                     # those the provider may bill before this attempt were covered as it went out.)
                     wait = self._retry_wait(ex, err) if retry < retries else None
+                    if wait and self._another_now(plan, position, breakers):
+                        wait = None  # (failing over now is sooner than waiting: the next may answer at once)
                     if wait is not None:
                         retry += 1
                         waited = time.perf_counter()
@@ -1284,8 +1290,9 @@ class Pipeline(Charges):
     def _retry_wait(ex: Exchange, err: UpstreamError) -> float | None:
         """The wait the gateway waits out before sending a deployment's failure to it again, if it does: only a
         429's (a 503 or 529 with a short `retry-after` waited out would hold back a healthy next deployment), at
-        most `MAX_RETRY_WAIT_S`, ending before the request's deadline (waited past it, the deadline would cut it, and
-        the next deployment never be tried)."""
+        most `MAX_RETRY_WAIT_S`, ending `RETRY_ANSWER_S` and the `CUT_SLACK_S` a send needs before the request's
+        deadline (waited closer to it, the deadline would cut the retry or leave no time to send it, a 504, and the
+        next deployment never be tried)."""
         wait = err.retry_after
         if not err.rate_limited or wait is None or wait > MAX_RETRY_WAIT_S:
             return None
@@ -1294,7 +1301,16 @@ class Pipeline(Charges):
             # not sent again whole, each batch answered billed twice: its limited batch was sent again alone
             # (`_other_batches`), as long as waiting could help.
             return None
-        return wait if ex.ends_at is None or time.perf_counter() + wait < ex.ends_at else None
+        if ex.ends_at is None or time.perf_counter() + wait + CUT_SLACK_S + RETRY_ANSWER_S < ex.ends_at:
+            return wait
+        return None
+
+    @staticmethod
+    def _another_now(plan: list[Attempt], position: int, breakers: Breakers | CountBreakers) -> bool:
+        """Whether a deployment after `plan[position]`, another than it, may be tried now (its breaker lets a request
+        through): then its 429's wait is not waited out, the request failed over at once."""
+        label = plan[position].target.label
+        return any(a.target.label != label and breakers.available(a.target.label) for a in plan[position + 1 :])
 
     @staticmethod
     def _unretried(ex: Exchange, limited: UpstreamError, retries: int) -> str:
@@ -1306,7 +1322,11 @@ class Pipeline(Charges):
         wait = math.ceil(limited.retry_after)
         if limited.retry_after > MAX_RETRY_WAIT_S:
             return f"the provider's retry-after of {wait} s is past the {MAX_RETRY_WAIT_S} s the gateway waits itself"
-        return f"the provider's retry-after of {wait} s would end past the request's deadline"
+        if ex.ends_at is not None and time.perf_counter() + limited.retry_after >= ex.ends_at:
+            return f"the provider's retry-after of {wait} s would end past the request's deadline"
+        if ex.ends_at is not None and time.perf_counter() + limited.retry_after + RETRY_ANSWER_S >= ex.ends_at:
+            return f"the provider's retry-after of {wait} s would leave too little of the request's deadline to answer"
+        return "it failed over to the next deployment rather than wait"
 
     async def _fallback_refused(self, ex: Exchange, model: str) -> bool:
         """Whether a fallback `model`'s own per-model limits (the key's or an ancestor's) refuse the request,

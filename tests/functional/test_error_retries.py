@@ -54,6 +54,8 @@ WAIT_MODELS = {
     "lone-infinite-ms": lone("openai", "lone-fail-429;retry-after-ms=inf"),
     "lone-huge": lone("openai", "lone-fail-429;retry-after=1e300"),
     "limited-past-deadline": then_healthy("openai", "fail-429;retry-after=4"),
+    "limited-a-second": then_healthy("openai", "fail-429;retry-after=1"),
+    "lone-limited-a-second": lone("openai", "lone-fail-429;retry-after=1"),
     "lone-limited-past-deadline": lone("openai", "lone-fail-429;retry-after=3"),
     "unavailable-waiting": then_healthy("openai", "fail-503;retry-after=3"),
     "overloaded-waiting": then_healthy(
@@ -699,6 +701,53 @@ def test_a_wait_past_the_deadline_is_not_waited_the_next_deployment_answers(gw: 
     assert answer.headers["x-gateway-route"] == (
         "openai/fail-429;retry-after=4@global=429, openai/gpt-4o-mini@global=200"
     )
+
+
+@pytest.mark.usefixtures("no_gc_pauses")
+@pytest.mark.parametrize("deadline", [None, "1010", "1500"])
+def test_a_429_is_failed_over_at_once_rather_than_waited_while_a_next_deployment_may_answer(
+    gw: Running, deadline: str | None
+) -> None:
+    """A 429 with `retry-after: 1` and a healthy next deployment: the gateway waited the second out, and under a
+    deadline of 1010 ms then had under 10 ms left to send the retry, a 504 with the next deployment never tried; under
+    1500 ms the retry went out with half a second for its answer. It fails over at once. Found by review
+    (routerev36)."""
+    client = sdk_openai(gw, gw.mint(), Counter()).with_options(max_retries=0)
+    started = time.perf_counter()
+    answer = client.chat.completions.with_raw_response.create(
+        model="limited-a-second",
+        messages=HI,  # type: ignore[arg-type]
+        extra_headers={"x-gateway-deadline-ms": deadline} if deadline else None,
+    )
+    elapsed = time.perf_counter() - started
+    client.close()
+    assert answer.status_code == 200 and elapsed < 0.9, elapsed
+    assert answer.headers["x-gateway-route"] == (
+        "openai/fail-429;retry-after=1@global=429, openai/gpt-4o-mini@global=200"
+    )
+
+
+@pytest.mark.usefixtures("no_gc_pauses")
+def test_a_lone_429s_wait_is_waited_only_where_it_leaves_its_retry_time_to_be_answered(gw: Running) -> None:
+    """A lone deployment's 429 with `retry-after: 1` is still waited out and sent again where the deadline leaves
+    its retry time for an answer, and passed on at once where it would not (it was waited for a retry sent with
+    half a second left). Found by review (routerev36)."""
+    client = sdk_openai(gw, gw.mint(), Counter()).with_options(max_retries=0)
+    routes = {}
+    for deadline in ("3000", "1500"):
+        with pytest.raises(openai.RateLimitError) as raised:
+            client.chat.completions.create(
+                model="lone-limited-a-second",
+                messages=HI,  # type: ignore[arg-type]
+                extra_headers={"x-gateway-deadline-ms": deadline},
+            )
+        routes[deadline] = raised.value.response.headers["x-gateway-route"]
+        if deadline == "1500":
+            said = "(the provider's retry-after of 1 s would leave too little of the request's deadline to answer)"
+            assert said in raised.value.response.text
+    client.close()
+    once = "openai/lone-fail-429;retry-after=1@global=429"
+    assert routes == {"3000": f"{once}, {once}", "1500": once}
 
 
 @pytest.mark.usefixtures("no_gc_pauses")

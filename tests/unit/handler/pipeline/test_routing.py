@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import time
 from functools import partial
 from types import SimpleNamespace
 
@@ -10,10 +11,17 @@ import pytest
 
 from adapters.providers.registry import REGISTRY
 from handler.config import ConfigError, parse_config
-from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError, ServiceUnavailableError
-from handler.pipeline.exchange import Controls, Exchange
+from handler.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
+    UpstreamError,
+)
+from handler.pipeline.breakers import Breakers
+from handler.pipeline.exchange import CUT_SLACK_S, Controls, Exchange
 from handler.pipeline.gateway import build_adapters, check_routes
-from handler.pipeline.pipeline import Pipeline
+from handler.pipeline.pipeline import RETRY_ANSWER_S, Pipeline
 from handler.pipeline.routing import Attempt, RouteControls, Router, any_model
 from handler.ports import MESSAGES_API, KeyRecord, NativeCall
 from handler.schemas import ChatRequest
@@ -332,3 +340,32 @@ def test_deployments_named_alike_but_for_their_base_url_are_named_apart_by_it() 
         ]
         explained = built.explain("m", RouteControls(), any_model)
         assert [entry.get("deployment") for entry in explained] == [*labels[:3], None]
+
+
+def test_a_429_wait_that_leaves_no_time_for_the_retrys_answer_is_not_waited() -> None:
+    """A 429's `retry-after` was waited out when it ended anywhere before the deadline: ending in its last 10 ms
+    (`CUT_SLACK_S`), the retry was never sent and the request was a 504, its next deployment never tried; ending
+    half a second before it, the retry went out with too little time for a provider's answer. Found by review
+    (routerev36)."""
+    err = UpstreamError("Rate limit reached", upstream_status=429, retryable=True, retry_after=1.0)
+    now = time.perf_counter()
+    for left in (CUT_SLACK_S / 2, 0.5, RETRY_ANSWER_S):
+        assert Pipeline._retry_wait(SimpleNamespace(ends_at=now + 1.0 + left), err) is None, left  # type: ignore[arg-type]
+    assert Pipeline._retry_wait(SimpleNamespace(ends_at=now + 3.0), err) == 1.0  # type: ignore[arg-type]
+    assert Pipeline._retry_wait(SimpleNamespace(ends_at=None), err) == 1.0  # type: ignore[arg-type]
+
+
+def test_a_429_is_failed_over_rather_than_waited_where_another_deployment_may_be_tried_now() -> None:
+    """Waiting a deployment's `retry-after` held back a next deployment that could answer at once. Only another
+    deployment whose breaker lets a request through counts, not the same one listed again. Found by review
+    (routerev36)."""
+    plan = router("us-east-1").plan("m", RouteControls(), any_model)
+    breakers = Breakers()
+    assert Pipeline._another_now(plan, 0, breakers)
+    assert not Pipeline._another_now(plan, len(plan) - 1, breakers)
+    for a in plan[1:]:
+        for _ in range(breakers.threshold):
+            breakers.failure(a.target.label)
+    assert not Pipeline._another_now(plan, 0, breakers)
+    twice = [plan[0], plan[0]]
+    assert not Pipeline._another_now(twice, 0, Breakers())
