@@ -441,7 +441,9 @@ class Router:
             return region
         adapter = self.adapters[dep.provider]
         geography = adapter.geography(dep.model)
-        return self._home(geography) if geography else (self.region if adapter.regional else GLOBAL)
+        # (An AWS region in lowercase, as AWS signs and addresses it: `GATEWAY_REGION=EU-Central-1` was taken as
+        # written, and each request signed for a region AWS does not know.)
+        return self._home(geography) if geography else (self.region.lower() if adapter.regional else GLOBAL)
 
     def _named_apart(self) -> dict[tuple[str, str], str]:
         """`Target.endpoint` of each deployment (by its `provider/model@region` and its base URL) that shares that name
@@ -460,9 +462,10 @@ class Router:
         }
 
     def _build(self, model: str, spec: ModelConfig, problems: list[str]) -> list[Attempt]:
-        """`model`'s attempts, nearest first. One of `problems`: a deployment's region the gateway cannot place (its
-        distance unknown, it would be ranked last unsaid), a geographic inference profile's region outside its geography
-        (AWS refuses it there), a `default_service_tier` its model has no price for."""
+        """`model`'s attempts, nearest first. One of `problems`: an AWS region not in lowercase, a deployment's region
+        the gateway cannot place (its distance unknown, it would be ranked last unsaid), a geographic inference
+        profile's region outside its geography (AWS refuses it there), a `default_service_tier` its model has no price
+        for."""
         attempts = []
         gateway_tiers = self.config.gateway.priced_options.service_tier
         latency = self.config.gateway.region_latency_ms
@@ -473,7 +476,13 @@ class Router:
             geography = adapter.geography(dep.model)
             region = self._region(dep)
             named = dep.region or provider.region  # (None: the gateway's own, warned of: `unplaced_gateway`)
-            if named is not None and not placed(region, latency):
+            if named is not None and adapter.regional and region != region.lower():
+                # (Placed in any case, it passed, and was signed and addressed as written: refused by AWS each time.)
+                problems.append(
+                    f"{where}.region: '{region}' is an AWS region, which AWS names in lowercase: write it "
+                    f"'{region.lower()}'"
+                )
+            elif named is not None and not placed(region, latency):
                 problems.append(f"{where}.region: {unplaced(region)}")
             elif named is not None and geography is not None and not geography.takes(region):
                 problems.append(outside(f"models.{model}.deployments[{i}]", dep.model, region, geography, where))
@@ -505,8 +514,8 @@ class Router:
     def _home(self, geography: Geography) -> str:
         """The region a deployment of `geography`'s model that names none runs in: the gateway's own where it is of
         the geography (as any Bedrock deployment's), else the nearest of its regions every account has."""
-        if geography.takes(self.region):
-            return self.region
+        if geography.takes(self.region.lower()):
+            return self.region.lower()
         return min(geography.defaults, key=lambda region: distance_km(self.region, region))
 
     def ran_unasked(self, attempt: Attempt, tier: str) -> None:

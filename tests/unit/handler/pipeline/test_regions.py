@@ -8,11 +8,11 @@ from typing import Any
 import botocore.loaders
 import pytest
 
-from adapters.providers.bedrock.adapter import INFERENCE_GEOGRAPHIES, BedrockAdapter
+from adapters.providers.bedrock.adapter import INFERENCE_GEOGRAPHIES, BedrockAdapter, aws_region
 from adapters.providers.registry import REGISTRY
 from handler.config import ConfigError, parse_config
 from handler.errors import ServiceUnavailableError
-from handler.pipeline.gateway import build_adapters, build_gateway, gateway_region_warning
+from handler.pipeline.gateway import build_adapters, build_gateway, check_routes, gateway_region_warning
 from handler.pipeline.routing import (
     AWS_PLACES,
     AZURE_PLACES,
@@ -349,3 +349,44 @@ def test_health_and_route_show_the_gateway_s_region_as_answers_show_a_deployment
     assert gateway.region == gateway.router.region == routed_from
     with TestClient(create_app(gateway)) as client:
         assert client.get("/health").json() == {"status": "ok", "region": shown}
+
+
+@pytest.mark.parametrize(
+    "model", ["anthropic.claude-haiku-4-5-20251001-v1:0", "eu.anthropic.claude-haiku-4-5-20251001-v1:0"]
+)
+@pytest.mark.parametrize("on", ["deployment", "provider"])
+def test_an_aws_region_in_another_case_is_refused_at_load_naming_its_field(model: str, on: str) -> None:
+    """A Bedrock `region: EU-Central-1` passed `config check` and start (regions are placed in any case), then was
+    signed and addressed as written, which AWS refuses for every request; on an `eu.` profile it was refused as
+    outside the profile's geography, which it is not. Refused for its case, at load, naming the field, as `config
+    check` and start both build the router. Found by review (routerev36)."""
+    deployment = {"provider": "bedrock", "model": model} | ({"region": "EU-Central-1"} if on == "deployment" else {})
+    provider = {"type": "bedrock"} | ({"region": "EU-Central-1"} if on == "provider" else {})
+    config = parse_config(
+        {"providers": {"bedrock": provider}, "models": {"m": {"deployments": [deployment]}}}, set(REGISTRY)
+    )
+    field = "models.m.deployments[0].region" if on == "deployment" else "providers.bedrock.region"
+    said = f"{field}: 'EU-Central-1' is an AWS region, which AWS names in lowercase: write it 'eu-central-1'"
+    with pytest.raises(ConfigError) as checked:  # (`gateway config check`)
+        check_routes(config, REGISTRY, "eu-central-1")
+    with pytest.raises(ConfigError) as started:
+        Router(config, build_adapters(config, REGISTRY, {}), "eu-central-1")
+    assert checked.value.problems == started.value.problems == [said]
+
+
+def test_the_gateways_own_region_in_another_case_is_signed_and_addressed_in_lowercase() -> None:
+    """`GATEWAY_REGION=EU-Central-1` and a Bedrock deployment that names no region: it ran in `EU-Central-1`, signed
+    and addressed as written. Found by review (routerev36)."""
+    model = "anthropic.claude-haiku-4-5-20251001-v1:0"
+    config = parse_config(
+        {
+            "providers": {"bedrock": {"type": "bedrock"}},
+            "models": {"m": {"deployments": [{"provider": "bedrock", "model": model}]}},
+        },
+        set(REGISTRY),
+    )
+    [attempt] = Router(config, build_adapters(config, REGISTRY, {}), "EU-Central-1").plan(
+        "m", RouteControls(), any_model
+    )
+    assert (attempt.target.region, aws_region(attempt.target.region)) == ("eu-central-1", "eu-central-1")
+    assert "bedrock-runtime.eu-central-1.amazonaws.com" in attempt.target.base_url
