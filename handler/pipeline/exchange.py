@@ -211,6 +211,13 @@ class Exchange:
         (`Router.unasked_tiers`)."""
         return self.service_tier is None and not self.plain_tier
 
+    @property
+    def attempts(self) -> int:
+        """The tries sent (or set out to be: a refused connection is one) among `route`'s entries, not those passed over
+        with nothing sent: the EMF `fallbacks`, one less, counted every entry, so deployments passed over for their
+        open breakers, as a request every one of whose breakers was open, counted as failovers."""
+        return sum(not entry.endswith(PASSED_OVER) for entry in self.route)
+
     def headers(self) -> dict[str, str]:
         """The gateway's headers for this answer, as far as they are known."""
         headers = {"x-request-id": self.request_id}
@@ -254,6 +261,10 @@ class Exchange:
         )
         return headers
 
+
+# The outcomes `x-gateway-route` names a deployment or fallback passed over with, nothing sent to it: its open
+# breaker, a request it cannot take, a fallback's own limit or one out of the key's scope.
+PASSED_OVER = ("=breaker-open", "=unsupported", "=rate_limited", "=model_not_allowed")
 
 # How near the request's deadline a timeout of its upstream read must come to be taken for the deadline's: a timer may
 # run a little before its time.

@@ -89,6 +89,8 @@ class Observed(Protocol):
     @property
     def route(self) -> Sequence[str]: ...
     @property
+    def attempts(self) -> int: ...
+    @property
     def started(self) -> float: ...
     @property
     def store_ms(self) -> float: ...
@@ -364,7 +366,7 @@ def observe(
         ("gateway_overhead", "Milliseconds", fields["gateway_ms"]),
         ("requests", "Count", 1),
         ("errors", "Count", 1 if status >= 500 else 0),
-        ("fallbacks", "Count", max(0, len(ex.route) - 1)),
+        ("fallbacks", "Count", max(0, ex.attempts - 1)),
     ]
     if cost is not None:
         values += [("input_tokens", "Count", cost.usage.prompt_tokens)]
