@@ -44,6 +44,13 @@ class Breakers:
             return "closed"
         return "open" if self.clock() - s.opened_at < self.cooldown else "half-open"
 
+    def shown(self, label: str) -> str:
+        """`state` as `/v1/route` and `route explain` show it: `probing` for a half-open breaker whose one probe is
+        under way, as every request passes the deployment over then (said to be `half-open`, it seemed one may probe
+        it, while one with nothing else to try was refused)."""
+        state = self.state(label)
+        return "probing" if state == "half-open" and self.gate(label) is None else state
+
     def allow(self, label: str) -> bool:
         """Whether to send to this deployment now; a half-open breaker lets one probe through, which this takes: call
         it once the request goes out (`gate` says beforehand whether it may)."""

@@ -699,7 +699,7 @@ class Router:
                 "distance_km": round(a.distance_km, 1),
                 "rtt_ms": round(a.rtt_ms, 1),
                 "rtt": "measured" if a.measured else "estimated",
-                "breaker": self.breakers.state(a.target.label),
+                "breaker": self.breakers.shown(a.target.label),
                 "role": "primary" if a.model == model else "fallback",
                 "pinned": bool(controls.provider or controls.region),
             }

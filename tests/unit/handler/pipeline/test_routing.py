@@ -369,3 +369,30 @@ def test_a_429_is_failed_over_rather_than_waited_where_another_deployment_may_be
     assert not Pipeline._another_now(plan, 0, breakers)
     twice = [plan[0], plan[0]]
     assert not Pipeline._another_now(twice, 0, Breakers())
+
+
+def test_explain_says_probing_while_a_half_open_breakers_probe_is_under_way() -> None:
+    """While a half-open breaker's one probe is under way, every request passes the deployment over and one with
+    nothing else to try is refused; `route explain` and `/v1/route` said `half-open`, that one request may probe
+    it. Found by review (routerev36)."""
+    config = parse_config(
+        {
+            "providers": {"openai": {"type": "openai", "api_key": "env:A"}},
+            "models": {"m": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]}},
+        },
+        set(REGISTRY),
+    )
+    now = [1000.0]
+    built = Router(config, build_adapters(config, REGISTRY, {"A": "x"}), "us-east-1")
+    built.breakers.clock = lambda: now[0]
+    label = "openai/gpt-4o-mini@global"
+    for _ in range(built.breakers.threshold):
+        built.breakers.failure(label)
+    now[0] += built.breakers.cooldown + 1
+    [entry] = built.explain("m", RouteControls(), any_model)
+    assert entry["breaker"] == "half-open"
+    assert built.breakers.allow(label)  # a request takes the probe
+    refusal = built.shed(built.plan("m", RouteControls(), any_model))
+    assert refusal is not None and refusal.code == "no_deployment_available"
+    [entry] = built.explain("m", RouteControls(), any_model)
+    assert entry["breaker"] == "probing"
