@@ -366,7 +366,7 @@ def observe(
         ("gateway_overhead", "Milliseconds", fields["gateway_ms"]),
         ("requests", "Count", 1),
         ("errors", "Count", 1 if status >= 500 else 0),
-        ("fallbacks", "Count", max(0, ex.attempts - 1)),
+        ("fallbacks", "Count", max(0, ex.attempts - 1) if len(ex.route) > 1 else 0),  # (one entry: none, unread)
     ]
     if cost is not None:
         values += [("input_tokens", "Count", cost.usage.prompt_tokens)]
