@@ -1212,8 +1212,6 @@ class Pipeline(Charges):
                     # (A try sent again here was not billed: one billed in part gets no wait, `_retry_wait`, and
                     # those the provider may bill before this attempt were covered as it went out.)
                     wait = self._retry_wait(ex, err) if retry < retries else None
-                    if wait and self._another_now(plan, position, breakers):
-                        wait = None  # (failing over now is sooner than waiting: the next may answer at once)
                     if wait is not None:
                         retry += 1
                         waited = time.perf_counter()
@@ -1306,13 +1304,6 @@ class Pipeline(Charges):
         return None
 
     @staticmethod
-    def _another_now(plan: list[Attempt], position: int, breakers: Breakers | CountBreakers) -> bool:
-        """Whether a deployment after `plan[position]`, another than it, may be tried now (its breaker lets a request
-        through): then its 429's wait is not waited out, the request failed over at once."""
-        label = plan[position].target.label
-        return any(a.target.label != label and breakers.available(a.target.label) for a in plan[position + 1 :])
-
-    @staticmethod
     def _unretried(ex: Exchange, limited: UpstreamError, retries: int) -> str:
         """Why the gateway did not retry a deployment's 429, in its answer's words."""
         if retries == 0:
@@ -1324,9 +1315,7 @@ class Pipeline(Charges):
             return f"the provider's retry-after of {wait} s is past the {MAX_RETRY_WAIT_S} s the gateway waits itself"
         if ex.ends_at is not None and time.perf_counter() + limited.retry_after >= ex.ends_at:
             return f"the provider's retry-after of {wait} s would end past the request's deadline"
-        if ex.ends_at is not None and time.perf_counter() + limited.retry_after + RETRY_ANSWER_S >= ex.ends_at:
-            return f"the provider's retry-after of {wait} s would leave too little of the request's deadline to answer"
-        return "it failed over to the next deployment rather than wait"
+        return f"the provider's retry-after of {wait} s would leave too little of the request's deadline to answer"
 
     async def _fallback_refused(self, ex: Exchange, model: str) -> bool:
         """Whether a fallback `model`'s own per-model limits (the key's or an ancestor's) refuse the request,

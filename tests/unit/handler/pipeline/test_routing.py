@@ -18,7 +18,6 @@ from handler.errors import (
     ServiceUnavailableError,
     UpstreamError,
 )
-from handler.pipeline.breakers import Breakers
 from handler.pipeline.exchange import CUT_SLACK_S, Controls, Exchange
 from handler.pipeline.gateway import build_adapters, check_routes
 from handler.pipeline.pipeline import RETRY_ANSWER_S, Pipeline
@@ -353,22 +352,6 @@ def test_a_429_wait_that_leaves_no_time_for_the_retrys_answer_is_not_waited() ->
         assert Pipeline._retry_wait(SimpleNamespace(ends_at=now + 1.0 + left), err) is None, left  # type: ignore[arg-type]
     assert Pipeline._retry_wait(SimpleNamespace(ends_at=now + 3.0), err) == 1.0  # type: ignore[arg-type]
     assert Pipeline._retry_wait(SimpleNamespace(ends_at=None), err) == 1.0  # type: ignore[arg-type]
-
-
-def test_a_429_is_failed_over_rather_than_waited_where_another_deployment_may_be_tried_now() -> None:
-    """Waiting a deployment's `retry-after` held back a next deployment that could answer at once. Only another
-    deployment whose breaker lets a request through counts, not the same one listed again. Found by review
-    (routerev36)."""
-    plan = router("us-east-1").plan("m", RouteControls(), any_model)
-    breakers = Breakers()
-    assert Pipeline._another_now(plan, 0, breakers)
-    assert not Pipeline._another_now(plan, len(plan) - 1, breakers)
-    for a in plan[1:]:
-        for _ in range(breakers.threshold):
-            breakers.failure(a.target.label)
-    assert not Pipeline._another_now(plan, 0, breakers)
-    twice = [plan[0], plan[0]]
-    assert not Pipeline._another_now(twice, 0, Breakers())
 
 
 def test_explain_says_probing_while_a_half_open_breakers_probe_is_under_way() -> None:
