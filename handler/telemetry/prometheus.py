@@ -19,6 +19,7 @@ import asyncio
 import bisect
 import contextlib
 import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -287,35 +288,62 @@ class Shared:
         # The process id and a random part: a worker the server starts in place of one that died may get its id,
         # and must not write over the figures the dead one left (they stay in the server's sums).
         self.path = folder / f"worker-{os.getpid()}-{os.urandom(4).hex()}.json"
-        self._written: float | None = None  # the fingerprint of the figures last written
+        self._written: float | None = None  # the fingerprint of the figures last taken to be written
+        # Each taking of the figures is numbered, and a write lands only if no later one has (under `_on_file`'s
+        # lock, in whichever thread writes): the periodic write and a scrape's may overlap, and the older figures
+        # landing last left a counter lower on file than a scrape had answered (found by review, mergerev36c).
+        self._taken = 0
+        self._on_file = 0
+        self._file_lock = threading.Lock()
 
-    def _due(self) -> bytes | None:
-        """The figures to write, if they changed since the last write (read on the event loop: consistent)."""
+    def _due(self, state: dict[str, Any] | None = None) -> tuple[int, bytes] | None:
+        """The figures to write (`state`, else as they are), numbered, if they changed since the last taken (read on
+        the event loop with the fingerprint, and no await between: consistent)."""
         mark = self.registry.fingerprint()
         if mark == self._written:
             return None
         self._written = mark
-        return orjson.dumps(self.registry.state())
+        self._taken += 1
+        return self._taken, orjson.dumps(self.registry.state() if state is None else state)
 
-    def _write(self, data: bytes) -> None:
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_bytes(data)
-        os.replace(temporary, self.path)  # a reader sees the previous figures or these, never half of them
+    def _write(self, taken: tuple[int, bytes]) -> None:
+        number, data = taken
+        with self._file_lock:
+            if number <= self._on_file:  # (later figures are on file already)
+                return
+            temporary = self.path.with_suffix(f".{number}.tmp")
+            temporary.write_bytes(data)
+            os.replace(temporary, self.path)  # a reader sees the previous figures or these, never half of them
+            self._on_file = number
+
+    async def answered(self) -> dict[str, Any]:
+        """This worker's figures for a scrape to answer with, on file before it answers: the next scrape, which
+        another worker may answer, reads at least them."""
+        state = self.registry.state()
+        due = self._due(state)
+        if due is None and self._on_file < self._taken:  # (the same figures, their write not landed yet: again)
+            self._taken += 1
+            due = self._taken, orjson.dumps(state)
+        if due is not None:
+            with contextlib.suppress(OSError):  # (the server removed its folder: it is stopping)
+                await asyncio.to_thread(self._write, due)
+        return state
 
     async def run(self) -> None:
         """Write the figures every `SHARE_INTERVAL_S` while they change (until cancelled)."""
         while True:
             await asyncio.sleep(SHARE_INTERVAL_S)
-            data = self._due()
-            if data is not None:
-                await asyncio.to_thread(self._write, data)
+            due = self._due()
+            if due is not None:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(self._write, due)
 
     def close(self) -> None:
         """The last figures, written on the worker's way out."""
-        data = self._due()
-        if data is not None:
+        due = self._due()
+        if due is not None:
             with contextlib.suppress(OSError):  # (the server removed its folder first: nobody will read them)
-                self._write(data)
+                self._write(due)
 
     def others(self) -> list[dict[str, Any]]:
         """Every other worker's figures as last written (those of a worker that has exited too: what it counted
@@ -364,11 +392,7 @@ async def render() -> bytes:
     ifacerev36)."""
     if _shared is None:
         return REGISTRY.render()
-    state = REGISTRY.state()
-    data = _shared._due()
-    if data is not None:
-        with contextlib.suppress(OSError):  # (the server removed its folder: it is stopping)
-            await asyncio.to_thread(_shared._write, data)
+    state = await _shared.answered()
     others = await asyncio.to_thread(_shared.others)
     server = Registry()
     server.absorb(state)

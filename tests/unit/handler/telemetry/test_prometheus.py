@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import orjson
@@ -130,4 +132,55 @@ async def test_a_counter_never_goes_down_from_one_workers_scrape_to_the_others(
     first = await scrape(worker_a, shared_a)  # the scrape worker A took
     second = await scrape(worker_b, shared_b)  # the next, which worker B took
     assert first == 3
+    assert second >= first, f"gateway_requests_total went from {first} to {second}: a counter reset to Prometheus"
+
+
+async def test_a_periodic_write_in_flight_does_not_land_older_figures_over_a_scrapes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The periodic writer takes figures (1 request) and hands them to a thread; before that thread writes, a scrape
+    on this worker takes newer figures (2), answers with them and writes them on another thread. The older write then
+    lands last: the worker's file says 1, `_written` says 2 is written, so nothing rewrites it until the next request,
+    and a scrape the other worker answers reads 1 after one that said 2: a counter fall. Each taking of the figures
+    is numbered now, and a write lands only if no later one has. Found by review (mergerev36c)."""
+    worker_a, worker_b = prometheus.Registry(["m"], ["p"]), prometheus.Registry(["m"], ["p"])
+    shared_a, shared_b = prometheus.Shared(tmp_path, worker_a), prometheus.Shared(tmp_path, worker_b)
+    monkeypatch.setattr(prometheus, "SHARE_INTERVAL_S", 0.01)
+    blocked, go = threading.Event(), threading.Event()
+    real_write_bytes = Path.write_bytes
+    calls = []
+
+    def write_bytes(self: Path, data: bytes) -> int:  # the periodic writer's thread scheduled late (first write)
+        calls.append(data)
+        if len(calls) == 1:
+            blocked.set()
+            go.wait(5)
+        return real_write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+
+    async def scrape(registry: prometheus.Registry, shared: prometheus.Shared) -> float:
+        monkeypatch.setattr(prometheus, "REGISTRY", registry)
+        monkeypatch.setattr(prometheus, "_shared", shared)
+        return requests_total((await prometheus.render()).decode())
+
+    answered(worker_a)
+    periodic = asyncio.create_task(shared_a.run())
+    try:
+        for _ in range(500):
+            if blocked.is_set():
+                break
+            await asyncio.sleep(0.01)
+        assert blocked.is_set()
+        answered(worker_a)  # a second request, then a scrape on worker A
+        first = await scrape(worker_a, shared_a)
+        go.set()
+        await asyncio.sleep(0.2)  # the periodic write lands; the writer runs on (nothing changed: no write)
+        second = await scrape(worker_b, shared_b)  # the next scrape, on worker B
+    finally:
+        go.set()
+        periodic.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await periodic
+    assert first == 2
     assert second >= first, f"gateway_requests_total went from {first} to {second}: a counter reset to Prometheus"
