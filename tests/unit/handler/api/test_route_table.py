@@ -203,3 +203,12 @@ def test_the_router_is_built_on_the_first_request_off_the_direct_lane() -> None:
     assert app._starlette is not None and app.starlette.state is app.state  # one state, set before and after
     assert app.starlette.state.gateway is app.state.gateway
     assert client.get("/nowhere").json()["error"]["code"] == "not_found"
+
+
+def test_openapi_names_previous_response_not_found_as_a_400() -> None:
+    """A `previous_response_id` that cannot be continued is OpenAI's 400 `previous_response_not_found`, as the
+    document says now (it said a 404 `not_found`). Found by review (mergerev36c)."""
+    answers = openapi_document()["paths"]["/v1/responses"]["post"]["responses"]
+    said = {status: str(answer) for status, answer in answers.items()}
+    assert "previous_response_id" not in said.get("404", ""), said.get("404")
+    assert "previous_response_not_found" in said.get("400", ""), said.get("400")
