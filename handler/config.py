@@ -183,9 +183,6 @@ ApiBaseUrl = Annotated[str, AfterValidator(api_base_url)]
 IpNetwork = Annotated[str, AfterValidator(ip_network)]
 Region = Annotated[str, AfterValidator(region_name)]
 SecretReference = Annotated[str, AfterValidator(secret_reference)]
-# An amount in USD (a price, a fee) is a finite number: `ge=0` alone takes YAML's `.inf`, which made every request's
-# worst case infinite, a 500 at request time for a config that `config check` said was fine.
-Amount = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 # Each part's own validator is built on its first direct use (`defer_build`); Config's, built at import, holds
@@ -241,10 +238,11 @@ class LongContextPrice(BaseModel):
     model_config = STRICT
 
     threshold: int = Field(gt=0, description="prompt tokens above which the long-context prices apply")
-    input: Amount
-    output: Amount
-    cached_input: Amount | None = None
-    cache_write: Amount | None = None
+    # (Each amount 0 or more and finite, checked in `_cross_check`: `amount_problems`.)
+    input: float
+    output: float
+    cached_input: float | None = None
+    cache_write: float | None = None
 
 
 class Price(BaseModel):
@@ -252,23 +250,21 @@ class Price(BaseModel):
 
     model_config = STRICT
 
-    input: Amount
+    # Each amount 0 or more and finite, checked in `_cross_check` (`amount_problems`): a pydantic bound on each field
+    # (`ge=0`, `allow_inf_nan`) cost every Lambda cold start 2.2 million instructions.
+    input: float
     # (Unset: an embedding model's, whose answers have no output tokens; a chat model's is refused, `_cross_check`.)
-    output: Amount = 0.0
-    cached_input: Amount | None = None
-    cache_write: Amount | None = None
-    cache_write_1h: Amount | None = Field(
-        default=None, description="a write cached for an hour (Claude's, on Anthropic or Bedrock)"
-    )
-    audio_input: Amount | None = Field(default=None, description="audio prompt tokens, where they cost more")
-    audio_output: Amount | None = Field(
-        default=None, description="audio output tokens (`completion_tokens_details.audio_tokens`); none: no audio"
-    )
+    output: float = 0.0
+    cached_input: float | None = None
+    cache_write: float | None = None
+    cache_write_1h: float | None = None  # a write cached for an hour (Claude's, on Anthropic or Bedrock)
+    audio_input: float | None = None  # audio prompt tokens, where they cost more
+    audio_output: float | None = None  # audio output tokens (`completion_tokens_details.audio_tokens`); none: no audio
     long_context: LongContextPrice | None = None
     # USD per search, in the unit the model's provider bills its searches in (Claude: each search; Gemini 3: each
     # query; Gemini 2.5: each grounded prompt; OpenAI's search models: each request), in place of
     # `gateway.priced_options.web_search_usd` for this model (which still decides whether searches run at all).
-    web_search: Amount | None = None
+    web_search: float | None = None
     # Multipliers on all of these prices, by option and value, of the options of a Messages request passed through to
     # Anthropic that change them (`PRICE_OPTIONS`): `{speed: {fast: 6.0}, inference_geo: {us: 1.1}}`. Any other value
     # but `standard` and `global` (the prices above) is refused (400), as an unpriced option is. And OpenAI's
@@ -351,7 +347,7 @@ class PricedOptions(BaseModel):
     # USD per web search: a Chat Completions request that asks for it (`web_search_options`), and each search
     # a provider's own search tool runs (Anthropic's `web_search_*`, the Responses API's `web_search`). None:
     # `web_search_options` is refused and the search tools are left out (named dropped).
-    web_search_usd: Amount | None = None
+    web_search_usd: float | None = Field(default=None, ge=0)
     # Audio output (`modalities: [audio]`, `audio`): allowed at all. Its tokens are priced at each model's
     # `price.audio_output`; a deployment whose price has none cannot take such a request (the next may).
     audio_output: bool = False
@@ -588,6 +584,30 @@ PLAIN_TIERS = ("auto", "default")
 OPENAI_TIERS = (*PLAIN_TIERS, "flex", "scale", "priority")
 
 
+# A price's amounts (USD per 1M tokens, a search's), each checked in `_cross_check` (`amount_problems`).
+PRICE_AMOUNTS: Final = (
+    "input", "output", "cached_input", "cache_write", "cache_write_1h", "audio_input", "audio_output", "web_search"
+)  # fmt: skip
+
+
+def amount_problems(where: str, price: Price | LongContextPrice) -> list[str]:
+    """Each amount of `price` (`where`: its path in the config) that is below 0, not a number, or infinite, said as
+    pydantic says a bound: within `ge=0`, YAML's `.inf` made every request's worst case infinite, a 500 at request
+    time for a config `config check` said was fine (found by review, oprev36)."""
+    problems = []
+    for name in PRICE_AMOUNTS:
+        amount = getattr(price, name, None)
+        if amount is None:
+            continue
+        if not amount >= 0:  # (a NaN too)
+            problems.append(f"{where}.{name}: Input should be greater than or equal to 0")
+        elif math.isinf(amount):
+            problems.append(f"{where}.{name}: Input should be a finite number")
+    if isinstance(price, Price) and price.long_context is not None:
+        problems += amount_problems(f"{where}.long_context", price.long_context)
+    return problems
+
+
 def price_option_problems(where: str, price: Price) -> list[str]:
     """What is wrong with `price.options` (`where`: its path in the config): an option no request has, a service
     tier that is always at the plain price, or a multiplier that is negative or not a number (YAML's `.nan`,
@@ -798,6 +818,9 @@ def _cross_check(config: Config, known_types: set[str], failed: Collection[str] 
         problems += lifetime_problems(config.gateway)
     tiers = config.gateway.priced_options.service_tier
     problems += multiplier_problems("gateway.priced_options.service_tier", tiers, tiers=True)
+    searched = config.gateway.priced_options.web_search_usd
+    if searched is not None and math.isinf(searched):  # (as a price's amount: `amount_problems`)
+        problems.append("gateway.priced_options.web_search_usd: Input should be a finite number")
     problems += latency_problems(config.gateway.region_latency_ms)
     for name, provider in config.providers.items():
         if provider.type not in known_types:
@@ -814,6 +837,7 @@ def _cross_check(config: Config, known_types: set[str], failed: Collection[str] 
         for i, dep in enumerate(spec.deployments):
             problems += _deployment_problems(f"models.{model}.deployments[{i}]", dep, config, failed)
         if isinstance(spec.price, Price):
+            problems += amount_problems(f"models.{model}.price", spec.price)
             problems += price_option_problems(f"models.{model}.price", spec.price)
             if spec.kind == "chat" and "output" not in spec.price.model_fields_set:
                 # (Its output tokens would be charged $0: only an embedding model's answer has none.)

@@ -51,7 +51,7 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 import httptools
 import httpx
@@ -60,11 +60,12 @@ from adapters.http import ACCEPT_ENCODING, IDENTITY
 from adapters.http.environment import Proxy, ProxyRules, tls_context
 from handler.records import Value
 
+if TYPE_CHECKING:  # (a type alone: a Protocol class built at import costs every cold start)
 
-class Written(Protocol):
-    """What a request's sender is told of it (`Http1Transport.exchange`): whether it went out on a connection."""
+    class Written(Protocol):
+        """What a request's sender is told of it (`Http1Transport.exchange`): whether it went out on a connection."""
 
-    written: bool
+        written: bool
 
 
 DEFAULT_PORTS = {b"http": 80, b"https": 443}

@@ -72,6 +72,10 @@ if TYPE_CHECKING:
     from handler.pipeline.threads import HeldThreads  # (with the first thread's answer)
     from handler.schemas import EmbeddingsRequest, EmbeddingsResponse
 
+    # What an attempt going out changed (`Pipeline._unsent`): when the attempt before it went out, whether its model
+    # had been sent to, the count of its model's own limits and its advisors' it took as sent.
+    WentOut = tuple[float, bool, Counted | None, list[Counted] | None]
+
 T = TypeVar("T")
 # A whole answer in the internal form, and what it says of how it was served (`ProviderAdapter.chat_answer`).
 Answered = tuple[ChatCompletion, Served | None]
@@ -81,9 +85,6 @@ log = logging.getLogger("gateway")
 # The outcomes of an attempt that never reached its provider (no connection within the wait, or refused): free, and
 # what it counted as it went out is given back (`Pipeline._unsent`).
 NEVER_SENT = frozenset({"connect_timeout", "connect_error"})
-# What an attempt going out changed (`Pipeline._unsent`): when the attempt before it went out, whether its model had
-# been sent to, the count of its model's own limits and its advisors' it took as sent.
-WentOut = tuple[float, bool, "Counted | None", "list[Counted] | None"]
 MAX_USER_CHARS = 256
 # The batches of one embeddings request in flight at once, where the API takes fewer inputs a call than the client
 # sent (`ProviderAdapter.embedding_batch`): OpenAI's 2,048 inputs are 21 of Gemini's batches.

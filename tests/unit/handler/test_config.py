@@ -488,8 +488,13 @@ def test_a_setting_outside_its_bound_is_refused_in_pydantics_words(
         ),
         (
             {},
-            {"input": 1.0, "output": 1.0, "long_context": {"threshold": 1, "input": 1.0, "output": math.nan}},
+            {"input": 1.0, "output": 1.0, "long_context": {"threshold": 1, "input": 1.0, "output": math.inf}},
             "models.m.price.long_context.output: Input should be a finite number",
+        ),
+        (
+            {},
+            {"input": 1.0, "output": 1.0, "long_context": {"threshold": 1, "input": 1.0, "output": math.nan}},
+            "models.m.price.long_context.output: Input should be greater than or equal to 0",
         ),
     ],
 )
