@@ -590,21 +590,24 @@ PRICE_AMOUNTS: Final = (
 )  # fmt: skip
 
 
-def amount_problems(where: str, price: Price | LongContextPrice) -> list[str]:
-    """Each amount of `price` (`where`: its path in the config) that is below 0, not a number, or infinite, said as
-    pydantic says a bound: within `ge=0`, YAML's `.inf` made every request's worst case infinite, a 500 at request
-    time for a config `config check` said was fine (found by review, oprev36)."""
+def amount_problems(where: str, price: Price | LongContextPrice | Mapping[str, Any]) -> list[str]:
+    """Each amount of `price` (`where`: its path in the config; as read, or as written, for a model left out for
+    another error) that is below 0, not a number, or infinite, said as pydantic says a bound: within `ge=0`, YAML's
+    `.inf` made every request's worst case infinite, a 500 at request time for a config `config check` said was fine
+    (found by review, oprev36). An amount of another type is pydantic's to say."""
+    read = price.get if isinstance(price, Mapping) else lambda name: getattr(price, name, None)
     problems = []
     for name in PRICE_AMOUNTS:
-        amount = getattr(price, name, None)
-        if amount is None:
+        amount = read(name)
+        if not isinstance(amount, int | float) or isinstance(amount, bool):
             continue
         if not amount >= 0:  # (a NaN too)
             problems.append(f"{where}.{name}: Input should be greater than or equal to 0")
         elif math.isinf(amount):
             problems.append(f"{where}.{name}: Input should be a finite number")
-    if isinstance(price, Price) and price.long_context is not None:
-        problems += amount_problems(f"{where}.long_context", price.long_context)
+    long_context = read("long_context")
+    if isinstance(long_context, LongContextPrice | Mapping):
+        problems += amount_problems(f"{where}.long_context", long_context)
     return problems
 
 
@@ -799,6 +802,11 @@ def _left_out_deployments(data: dict[str, Any], config: Config, failed: Collecti
     for model, spec in models.items():
         if f"models.{model}" not in failed:
             continue  # (kept: checked with the rest)
+        raw_price = spec.get("price") if isinstance(spec, dict) else None
+        if isinstance(raw_price, dict):
+            # Its amounts' bounds too, as written, as pydantic said them with its other errors when they were the
+            # fields' own (found by review, mergerev36d).
+            problems += amount_problems(f"models.{model}.price", raw_price)
         deployments = spec.get("deployments") if isinstance(spec, dict) else None
         for i, raw in enumerate(deployments if isinstance(deployments, list) else ()):
             try:
