@@ -296,15 +296,18 @@ class Shared:
         self._on_file = 0
         self._file_lock = threading.Lock()
 
-    def _due(self, state: dict[str, Any] | None = None) -> tuple[int, bytes] | None:
-        """The figures to write (`state`, else as they are), numbered, if they changed since the last taken (read on
-        the event loop with the fingerprint, and no await between: consistent)."""
+    def _due(self) -> tuple[dict[str, Any], tuple[int, bytes] | None]:
+        """The figures as they are, and their write, numbered, if they changed since the last taken. The fingerprint
+        is read first: a count another thread adds between the two reads (the OTLP exporter's dropped spans) is then
+        in the figures written, and changes the next fingerprint; read after them, it was in the fingerprint and not
+        on file, and never written (found by review, mergerev36d)."""
         mark = self.registry.fingerprint()
+        state = self.registry.state()
         if mark == self._written:
-            return None
+            return state, None
         self._written = mark
         self._taken += 1
-        return self._taken, orjson.dumps(self.registry.state() if state is None else state)
+        return state, (self._taken, orjson.dumps(state))
 
     def _write(self, taken: tuple[int, bytes]) -> None:
         number, data = taken
@@ -312,15 +315,18 @@ class Shared:
             if number <= self._on_file:  # (later figures are on file already)
                 return
             temporary = self.path.with_suffix(f".{number}.tmp")
-            temporary.write_bytes(data)
-            os.replace(temporary, self.path)  # a reader sees the previous figures or these, never half of them
+            try:
+                temporary.write_bytes(data)
+                os.replace(temporary, self.path)  # a reader sees the previous figures or these, never half of them
+            except OSError:
+                temporary.unlink(missing_ok=True)  # (each failed write's would stay in the server's folder)
+                raise
             self._on_file = number
 
     async def answered(self) -> dict[str, Any]:
         """This worker's figures for a scrape to answer with, on file before it answers: the next scrape, which
         another worker may answer, reads at least them."""
-        state = self.registry.state()
-        due = self._due(state)
+        state, due = self._due()
         if due is None and self._on_file < self._taken:  # (the same figures, their write not landed yet: again)
             self._taken += 1
             due = self._taken, orjson.dumps(state)
@@ -333,14 +339,14 @@ class Shared:
         """Write the figures every `SHARE_INTERVAL_S` while they change (until cancelled)."""
         while True:
             await asyncio.sleep(SHARE_INTERVAL_S)
-            due = self._due()
+            _, due = self._due()
             if due is not None:
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(self._write, due)
 
     def close(self) -> None:
         """The last figures, written on the worker's way out."""
-        due = self._due()
+        _, due = self._due()
         if due is not None:
             with contextlib.suppress(OSError):  # (the server removed its folder first: nobody will read them)
                 self._write(due)

@@ -119,9 +119,9 @@ async def test_a_counter_never_goes_down_from_one_workers_scrape_to_the_others(
     answered(worker_b)
     answered(worker_a)
     for shared in (shared_a, shared_b):  # each worker's periodic write
-        data = shared._due()
-        assert data is not None
-        shared._write(data)
+        _, due = shared._due()
+        assert due is not None
+        shared._write(due)
     answered(worker_a)  # a request worker A answers within the second before its next write
 
     async def scrape(registry: prometheus.Registry, shared: prometheus.Shared) -> float:
@@ -184,3 +184,70 @@ async def test_a_periodic_write_in_flight_does_not_land_older_figures_over_a_scr
             await periodic
     assert first == 2
     assert second >= first, f"gateway_requests_total went from {first} to {second}: a counter reset to Prometheus"
+
+
+def dropped_total(text: str) -> float:
+    for family in text_string_to_metric_families(text):
+        if family.name.startswith("gateway_") and "dropped" in family.name:
+            return sum(sample.value for sample in family.samples if sample.name.endswith("_total"))
+    return 0.0
+
+
+async def test_a_span_dropped_between_a_scrapes_state_and_its_fingerprint_is_not_lost_from_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Shared.answered` takes `registry.state()` first and the fingerprint after (in `_due(state)`). The OTLP
+    exporter's thread counts a dropped span (`spans_dropped`) at any time: one counted between the two is in the
+    fingerprint (`_written`) and not in the figures written. The next scrape on this worker answers with it (its state
+    is live) and writes nothing (the fingerprint has not moved, `_on_file == _taken`); a scrape the other worker
+    answers then reads this worker's file without it: the counter falls, a reset to Prometheus. The fingerprint is
+    read first now. Found by review (mergerev36d)."""
+    worker_a, worker_b = prometheus.Registry(["m"], ["p"]), prometheus.Registry(["m"], ["p"])
+    shared_a, shared_b = prometheus.Shared(tmp_path, worker_a), prometheus.Shared(tmp_path, worker_b)
+    real_state = worker_a.state
+    calls = []
+
+    def state() -> dict:
+        taken = real_state()
+        calls.append(1)
+        if len(calls) == 1:
+            worker_a.spans_dropped(1)  # the exporter's thread, right after the scrape took the figures
+        return taken
+
+    monkeypatch.setattr(worker_a, "state", state)
+
+    async def scrape(registry: prometheus.Registry, shared: prometheus.Shared) -> float:
+        monkeypatch.setattr(prometheus, "REGISTRY", registry)
+        monkeypatch.setattr(prometheus, "_shared", shared)
+        return dropped_total((await prometheus.render()).decode())
+
+    assert await scrape(worker_a, shared_a) == 0  # took the figures before the span
+    first = await scrape(worker_a, shared_a)  # the next scrape on A: the span, live
+    second = await scrape(worker_b, shared_b)  # the next, on worker B: A's file
+    assert first == 1
+    assert second >= first, f"the dropped-spans counter went from {first} to {second}: a counter reset to Prometheus"
+
+
+def test_a_write_that_fails_leaves_no_temporary_file_in_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails part-way (a full disk: the file opened, its bytes not all written) leaves its `.N.tmp`
+    file behind, and each later failure another of its own (the temporary's name is numbered). Found by review
+    (mergerev36d)."""
+    worker = prometheus.Registry(["m"], ["p"])
+    shared = prometheus.Shared(tmp_path, worker)
+    real_write_bytes = Path.write_bytes
+
+    def full_disk(self: Path, data: bytes) -> int:
+        real_write_bytes(self, data[:3])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    for _ in range(3):
+        worker.spans_dropped(1)
+        _, due = shared._due()
+        assert due is not None
+        with pytest.raises(OSError):
+            shared._write(due)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [], f"left in the server's folder: {left}"
