@@ -305,7 +305,10 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda o: o.proxied(
             o.stream_or(o.ANY_OBJECT, "a `response` object, or its SSE event sequence"),
             o.ref("ResponsesRequest"),
-            errors={"400": "previous_response_not_found (previous_response_id)", "404": "model_not_found"},
+            errors={
+                "400": "invalid_request, previous_response_not_found (previous_response_id)",
+                "404": "model_not_found",
+            },
         ),
         direct=True,
     ),

@@ -212,3 +212,11 @@ def test_openapi_names_previous_response_not_found_as_a_400() -> None:
     said = {status: str(answer) for status, answer in answers.items()}
     assert "previous_response_id" not in said.get("404", ""), said.get("404")
     assert "previous_response_not_found" in said.get("400", ""), said.get("400")
+
+
+def test_post_responses_400_still_names_invalid_request() -> None:
+    """Its 400 `previous_response_not_found` named beside the `invalid_request` every authenticated route answers
+    (it had replaced it). Found by review (mergerev36d)."""
+    said = openapi_document()["paths"]["/v1/responses"]["post"]["responses"]["400"]["description"]
+    assert "previous_response_not_found" in said, said
+    assert "invalid_request" in said, f"POST /v1/responses' 400 no longer names invalid_request: {said!r}"
