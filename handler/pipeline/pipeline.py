@@ -82,9 +82,6 @@ Answered = tuple[ChatCompletion, Served | None]
 PlainAnswered = tuple[ChatCompletion | PlainCompletion, Served | None]
 C = TypeVar("C", bound=ChatCompletion | PlainCompletion)
 log = logging.getLogger("gateway")
-# The outcomes of an attempt that never reached its provider (no connection within the wait, or refused): free, and
-# what it counted as it went out is given back (`Pipeline._unsent`).
-NEVER_SENT = frozenset({"connect_timeout", "connect_error"})
 MAX_USER_CHARS = 256
 # The batches of one embeddings request in flight at once, where the API takes fewer inputs a call than the client
 # sent (`ProviderAdapter.embedding_batch`): OpenAI's 2,048 inputs are 21 of Gemini's batches.
@@ -969,11 +966,10 @@ class Pipeline(Charges):
 
     @staticmethod
     def _unsent(ex: Exchange, attempt: Attempt, went_out: WentOut) -> None:
-        """Undo what `_failover` changed as `attempt` went out, where it never reached the provider (`went_out`:
-        see `_cut_connecting`): a request none of whose attempts did then gives back all it counted on the rate
-        limits (`_unanswered`), as one with nothing sent does. Where the connect timeout or a refused connection
-        ended it, the next minute's request of a `rpm: 1` key was refused as if it had been sent (found by review,
-        mergerev36b)."""
+        """Undo what `_failover` changed as `attempt` went out, where it was cut before it reached the provider
+        (`went_out`: see `_cut_connecting`): a request none of whose attempts did then gives back all it counted on
+        the rate limits (`_unanswered`), as one with nothing sent does. (An attempt the connect timeout or a refused
+        connection ends stays a request the gateway tried: counted on its requests a minute, its tokens given back.)"""
         went_out_at, sent_before, counted, advisors = went_out
         ex.inflight_at = went_out_at
         if not sent_before:
@@ -1157,8 +1153,6 @@ class Pipeline(Charges):
                 except UpstreamError as err:
                     failed.append(err)
                     ex.inflight = None
-                    if err.outcome in NEVER_SENT:  # (it never reached the provider: what going out took, given back)
-                        self._unsent(ex, attempt, (went_out_at, sent_before, counted, advisors))
                     if 200 <= err.upstream_status < 300 and err.billed is None:
                         # A success it could not read, nor its usage: the provider ran it and bills it, for what
                         # the gateway cannot see, so it is charged as one cut in flight is (its worst case), and
