@@ -407,15 +407,7 @@ class DynamoDBKeys:
 
     async def _scan_keys(self) -> list[KeyRecord]:
         """Every key record the table holds that is not yet purged (one paginated, consistent scan)."""
-        request: dict[str, Any] = {
-            "TableName": self.table,
-            "FilterExpression": "begins_with(pk, :key) AND sk = :keysk",
-            "ProjectionExpression": "#data, #ttl",
-            "ExpressionAttributeNames": {"#data": "data", "#ttl": "ttl"},
-            "ExpressionAttributeValues": {":key": text("KEY#"), ":keysk": text("KEY")},
-            "ConsistentRead": True,
-        }
-        return [record async for item in scanned(self.client, **request) if (record := self._live(item)) is not None]
+        return [record async for item in self._key_items(consistent=True) if (record := self._live(item)) is not None]
 
     async def _links(self, parent_id: str, client: Any | None = None) -> list[Item]:
         return await self._query(
@@ -549,9 +541,9 @@ class DynamoDBKeys:
             homed += 1
         return homed
 
-    def _key_items(self) -> AsyncIterator[Item]:
-        """Every key's record item (its `data` and `ttl`), in one paginated scan of the table: the store's tools'
-        (`migrate`'s `_home_keys`, `retire_region`), never a request's."""
+    def _key_items(self, consistent: bool = False) -> AsyncIterator[Item]:
+        """Every key's record item (its `data` and `ttl`), in one paginated scan of the table (`consistent`: a
+        strongly consistent one): the store's tools' (`migrate`, `retire_region`), never a request's."""
         request: dict[str, Any] = {
             "TableName": self.table,
             "FilterExpression": "begins_with(pk, :key) AND sk = :keysk",
@@ -559,6 +551,8 @@ class DynamoDBKeys:
             "ExpressionAttributeNames": {"#data": "data", "#ttl": "ttl"},
             "ExpressionAttributeValues": {":key": text("KEY#"), ":keysk": text("KEY")},
         }
+        if consistent:
+            request["ConsistentRead"] = True
         return scanned(self.client, **request)
 
     async def list_keys(self, parent_id: str | None = None) -> list[KeyRecord]:
