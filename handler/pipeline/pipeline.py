@@ -72,8 +72,8 @@ if TYPE_CHECKING:
     from handler.pipeline.threads import HeldThreads  # (with the first thread's answer)
     from handler.schemas import EmbeddingsRequest, EmbeddingsResponse
 
-    # What an attempt going out changed (`Pipeline._unsent`): when the attempt before it went out, whether its model
-    # had been sent to, the count of its model's own limits and its advisors' it took as sent.
+    # What an attempt going out changed (`Pipeline._cut_connecting` undoes it): when the attempt before it went out,
+    # whether its model had been sent to, the count of its model's own limits and its advisors' it took as sent.
     WentOut = tuple[float, bool, Counted | None, list[Counted] | None]
 
 T = TypeVar("T")
@@ -959,19 +959,10 @@ class Pipeline(Charges):
         ex.upstream_ms += (time.perf_counter() - started) * 1000
         if ex.trace is not None:
             ex.trace.attempt(attempt, started, 0, outcome)
-        ex.inflight = None
-        self._unsent(ex, attempt, went_out)
+        went_out_at, sent_before, counted, advisors = went_out
+        ex.inflight, ex.inflight_at = None, went_out_at
         if probe is not None:
             probe.forgo(attempt.target.label)
-
-    @staticmethod
-    def _unsent(ex: Exchange, attempt: Attempt, went_out: WentOut) -> None:
-        """Undo what `_failover` changed as `attempt` went out, where it was cut before it reached the provider
-        (`went_out`: see `_cut_connecting`): a request none of whose attempts did then gives back all it counted on
-        the rate limits (`_unanswered`), as one with nothing sent does. (An attempt the connect timeout or a refused
-        connection ends stays a request the gateway tried: counted on its requests a minute, its tokens given back.)"""
-        went_out_at, sent_before, counted, advisors = went_out
-        ex.inflight_at = went_out_at
         if not sent_before:
             ex.sent_to.discard(attempt.model)
         if counted is not None:
