@@ -347,7 +347,7 @@ class PricedOptions(BaseModel):
     # USD per web search: a Chat Completions request that asks for it (`web_search_options`), and each search
     # a provider's own search tool runs (Anthropic's `web_search_*`, the Responses API's `web_search`). None:
     # `web_search_options` is refused and the search tools are left out (named dropped).
-    web_search_usd: float | None = Field(default=None, ge=0)
+    web_search_usd: float | None = None  # (0 or more and finite: `SETTING_BOUNDS`)
     # Audio output (`modalities: [audio]`, `audio`): allowed at all. Its tokens are priced at each model's
     # `price.audio_output`; a deployment whose price has none cannot take such a request (the next may).
     audio_output: bool = False
@@ -686,6 +686,7 @@ SETTING_BOUNDS: Final[dict[str, dict[str, float]]] = {
     "default_max_output_tokens": {"gt": 0},
     "max_retries_per_deployment": {"ge": 0, "le": 5},
     "responses_ttl_seconds": {"gt": 0},
+    "priced_options.web_search_usd": {"ge": 0},  # (unset: none)
 }
 # Each kind of bound: the comparison a value inside it passes, and pydantic's words for it.
 BOUND_KINDS: Final[dict[str, tuple[Callable[[Any, Any], bool], str]]] = {
@@ -706,6 +707,8 @@ def bound_problems(settings: GatewaySettings) -> list[str]:
         value: Any = settings
         for part in path.split("."):
             value = getattr(value, part)
+        if value is None:
+            continue
         if isinstance(value, float) and math.isinf(value):
             problems.append(f"gateway.{path}: Input should be a finite number")
             continue
@@ -826,9 +829,6 @@ def _cross_check(config: Config, known_types: set[str], failed: Collection[str] 
         problems += lifetime_problems(config.gateway)
     tiers = config.gateway.priced_options.service_tier
     problems += multiplier_problems("gateway.priced_options.service_tier", tiers, tiers=True)
-    searched = config.gateway.priced_options.web_search_usd
-    if searched is not None and math.isinf(searched):  # (as a price's amount: `amount_problems`)
-        problems.append("gateway.priced_options.web_search_usd: Input should be a finite number")
     problems += latency_problems(config.gateway.region_latency_ms)
     for name, provider in config.providers.items():
         if provider.type not in known_types:
