@@ -48,6 +48,12 @@ class EmbeddingsRequest(BaseModel):
             return [self]
         return [self.model_copy(update={"input": inputs[i : i + most]}) for i in range(0, len(inputs), most)]
 
+    def input_count(self) -> int:
+        """How many inputs this request has, each answered by one embedding (a string, or a list of token ids, is
+        one)."""
+        inputs = self.input
+        return 1 if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)) else len(inputs)
+
 
 class Embedding(BaseModel):
     model_config = OPEN

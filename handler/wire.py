@@ -732,8 +732,9 @@ def malformed(message: str, outcome: str = "invalid_response") -> UpstreamError:
     return UpstreamError(message, upstream_status=200, retryable=True, outcome=outcome)
 
 
-# What a provider's parser raises on a shape it did not expect (pydantic's ValidationError is a ValueError).
-SHAPE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, IndexError)
+# What a provider's parser raises on a shape it did not expect (pydantic's ValidationError is a ValueError; a number
+# past what it is packed as, `struct.pack("<f", 1e40)`, an OverflowError).
+SHAPE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError)
 
 
 def no_count(value: Any) -> bool:

@@ -249,7 +249,11 @@ class MessagesRoutes:
         if counted is not None and ex.attempt is not None and ex.attempt.model != ex.model:
             payload["counted_by"] = ex.attempt.model
         if counted is None:
-            payload = {"input_tokens": estimated_tokens(req), "estimate": True}
+            # A thread's `continue` reads what its thread holds too, where this process knows it (counted as its
+            # last question alone, a thread of 40,000 tokens told a client it had nearly all its context left:
+            # found by review, embrev37).
+            held = api.pipeline.thread_size(data.get("thread")) if isinstance(data, dict) else 0
+            payload = {"input_tokens": estimated_tokens(req) + held, "estimate": True}
             headers["x-gateway-estimate"] = "true"
         response = json_answer(payload, headers)
         observe(ex, 200)

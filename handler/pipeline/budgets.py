@@ -336,13 +336,17 @@ class Meter:
         self._admitted(reservation, snapshot)
         return True
 
-    async def write(self, reservation: Reservation, key: KeyRecord) -> None:
-        """The store's admission of `reservation` (`key`'s request), or its refusal as the client's error."""
+    async def write(self, reservation: Reservation, key: KeyRecord, needs: tuple[str, str] | None = None) -> None:
+        """The store's admission of `reservation` (`key`'s request), or its refusal as the client's error (`needs`:
+        what a request too large for a tokens limit is told its tokens are and what lowers them, where it is no
+        prompt and output: an embeddings request's inputs)."""
         admission = reservation.admission
         assert admission is not None
         started = time.perf_counter()
         window = int(reservation.admitted_at // 60)
-        snapshot = await self._admit(admission, key, reservation.amount_usd, window, advice=reservation.advice)
+        snapshot = await self._admit(
+            admission, key, reservation.amount_usd, window, advice=reservation.advice, needs=needs
+        )
         reservation.store_ms = (time.perf_counter() - started) * 1000
         self._admitted(reservation, snapshot)
 
@@ -524,9 +528,11 @@ class Meter:
         window: int,
         region: str | None = None,
         advice: int = 0,
+        needs: tuple[str, str] | None = None,
     ) -> MeterSnapshot:
         """One store admission (in `region`, where given), with its refusals as the client's errors (`advice`: what
-        its own `tpm` counts for the advisor tool's calls, which a request too large for it is told)."""
+        its own `tpm` counts for the advisor tool's calls, which a request too large for it is told; `needs`: see
+        `write`)."""
         try:
             try:
                 async with span("store.admit"):
@@ -557,14 +563,15 @@ class Meter:
             wait = max(1, math.ceil(refused.retry_after))
             whose = "this key's" if refused.key_id == key.id else "a parent key's"
             if refused.requested is not None:  # as OpenAI answers it: a 429 that says not to retry
-                needs, lower = "the prompt and the output it may produce", "max_tokens"
+                what, lower = "the prompt and the output it may produce", "lower max_tokens or shorten the prompt"
                 if advice and refused.limit_name == "tpm":
-                    needs = f"the prompt, the output it may produce and {advice} its advisor tool's calls may run"
-                    lower = "max_tokens, the advisor's max_uses or max_tokens"
+                    what = f"the prompt, the output it may produce and {advice} its advisor tool's calls may run"
+                    lower = "lower max_tokens, the advisor's max_uses or max_tokens, or shorten the prompt"
+                if needs is not None:  # (an embeddings request has no output, and no max_tokens: found by embrev37)
+                    what, lower = needs
                 raise RateLimitError(
                     f"request too large for {whose} {refused.limit_name} limit of {refused.limit} tokens per minute: "
-                    f"it needs about {refused.requested} ({needs}); lower {lower} or shorten the prompt, no minute "
-                    "will admit it as it is",
+                    f"it needs about {refused.requested} ({what}); {lower}, no minute will admit it as it is",
                     retry=False,  # (`retry-after` stays, as on every 429; the SDKs read x-should-retry first)
                     headers={"retry-after": str(wait), **self._refusal_headers(admission.rates, refused, wait)},
                 ) from None

@@ -557,15 +557,19 @@ class Pipeline(Charges):
         if isinstance(req.user, str) and req.user and ex.user is None:
             # (Attributed as a chat request's `user` is: `_admit`.)
             ex.user = kept_unkeyed(req.user, ex.lineage, MAX_USER_CHARS)
-        ex.prompt = PromptEstimate(embedded_tokens(req.input), ())
-        await self._admit_tokens(ex, plan, [0] * len(plan), lowers="sending fewer or shorter inputs")
+        # The budget's worst case holds the inputs' bound; the rate limits count their estimate, as a chat prompt's
+        # (at the bound, 60 KB of English, some 13,000 tokens, was refused by a `tpm` of 50,000 as no minute would
+        # admit it: found by review, embrev37).
+        ex.prompt = PromptEstimate(embedded_estimate(req.input), (), text_bound=embedded_tokens(req.input))
+        inputs = ("its inputs", "send fewer or shorter inputs")
+        await self._admit_tokens(ex, plan, [0] * len(plan), lowers="sending fewer or shorter inputs", needs=inputs)
 
         # The attempt's batches (`ProviderAdapter.embedding_batch`), each with its upstream request: all built before
         # the first is sent, so that one the adapter refuses is the client's 400 before anything is spent.
         batches: list[tuple[EmbeddingsRequest, BuiltRequest]] = []
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> EmbeddingsResponse:
-            first = attempt.adapter.embeddings_response(await response.read(), batches[0][0], attempt.target)
+            first = embeddings_read(attempt, await response.read(), batches[0][0])
             if len(batches) == 1:
                 return first
             return await self._other_batches(ex, attempt, first, batches[1:])
@@ -582,7 +586,9 @@ class Pipeline(Charges):
             raise
         # An answer without `usage` (an OpenAI-like server may send none) is not free: the prompt's estimate, as a chat
         # answer's is (not 0 tokens, $0, "provider").
-        reported = Usage.of(result.usage.prompt_tokens, 0) if "usage" in result.model_fields_set else None
+        # Nor is one that counts 0 tokens for the inputs it embedded (llama.cpp's compatible server answers so).
+        counted = "usage" in result.model_fields_set and (result.usage.prompt_tokens or not embedded_tokens(req.input))
+        reported = Usage.of(result.usage.prompt_tokens, 0) if counted else None
         usage, source = self._checked(reported, ex, lambda: 0)
         if ex.attempt is not None and not ex.attempt.adapter.counts_embedding_tokens:
             source = "estimate"  # (the adapter's count: the provider's answer has none)
@@ -627,7 +633,11 @@ class Pipeline(Charges):
                 retried += 1
                 ex.route.append(f"{attempt.target.label}={failure.outcome}")  # (a try of its own, as `_failover`'s)
                 await asyncio.sleep(wait)  # (the provider's wait, outside the gate: the other batches go on)
-            return attempt.adapter.embeddings_response(body, part, attempt.target)
+            try:
+                return embeddings_read(attempt, body, part)
+            except UpstreamError as unreadable:  # (answered, so billed: its inputs' estimate, with those answered)
+                unreadable.billed = Usage.of(embedded_estimate(part.input), 0)
+                raise
 
         outcomes = await asyncio.gather(*(one(part, built) for part, built in rest), return_exceptions=True)
         answers = [first]
@@ -645,7 +655,8 @@ class Pipeline(Charges):
         # it fails again), else the first.
         failure = min(failures, key=lambda err: (not err.billable, err.retryable))
         if not failure.billable:
-            failure.billed = Usage.of(sum(answer.usage.prompt_tokens for answer in answers), 0)
+            unread = sum(failed.billed.prompt_tokens for failed in failures if failed.billed is not None)
+            failure.billed = Usage.of(sum(answer.usage.prompt_tokens for answer in answers) + unread, 0)
             self._billed_unusable(ex, attempt, failure)
         raise failure
 
@@ -800,6 +811,13 @@ class Pipeline(Charges):
         held = self.threads.holds(thread.get("previous_message_id"), {attempt.target.model for attempt in native})
         return window if held is None else min(held, window)
 
+    def thread_size(self, thread: object) -> int:
+        """What a message thread's `continue` (`thread`, a request's member) reads beyond its own messages, where this
+        process relayed the answer it continues (`HeldThreads`); else, and for any other request, 0."""
+        if self.threads is None or not isinstance(thread, dict) or thread.get("type") != "continue":
+            return 0
+        return self.threads.size(thread.get("previous_message_id")) or 0
+
     def thread_answered(self, ex: Exchange, message_id: object, usage: Usage, served: Served | None) -> None:
         """An answer of a thread, relayed whole or streamed, that the provider gave `usage` for (`served`: the tokens
         other models wrote into it, an advisor's): its thread's size is known here for a `continue` of it
@@ -813,10 +831,18 @@ class Pipeline(Charges):
         others = sum(other.completion_tokens for _, other in served.others) if served is not None else 0
         self.threads.answered(message_id, ex.attempt.target.model, usage, others)
 
-    async def _admit_tokens(self, ex: Exchange, plan: list[Attempt], outputs: list[int], lowers: str) -> None:
+    async def _admit_tokens(
+        self,
+        ex: Exchange,
+        plan: list[Attempt],
+        outputs: list[int],
+        lowers: str,
+        needs: tuple[str, str] | None = None,
+    ) -> None:
         """Reserve the plan's worst case: the dearest attempt's, each at its own output tokens (`outputs`, in the
         plan's order), and the most tokens any attempt shows on the rate limits. A refusal says what `lowers` it (an
-        embeddings request has no max_tokens)."""
+        embeddings request has no max_tokens), and one too large for a tokens limit what the tokens are and what
+        lowers them where they are no prompt and output (`needs`: `Meter.write`)."""
         estimate = ex.prompt or PromptEstimate(0, ())
         worst: float | None = 0.0
         worst_model = ex.model  # the model of the worst case; with an unknown price, the first model without one
@@ -867,7 +893,7 @@ class Pipeline(Charges):
             advice = self._advice(ex, plan, shown, output) if ex.advisors else 0
             reservation = self.meter.reservation(ex.lineage, ex.model, worst, tokens, ex.request_id, advice)
             if reservation.admission is not None and not self.meter.held(reservation):
-                await self._reserve(ex, reservation)
+                await self._reserve(ex, reservation, needs)
         except BudgetExceededError as exc:
             # What the chain's budgets leave, as every answer to a key with a budget says it (`Exchange.headers`):
             # the refusal is where a client needs it most. One store read, on a refusal alone.
@@ -885,7 +911,7 @@ class Pipeline(Charges):
         if ex.trace is not None and reservation.admission is not None:  # (no budget, no limits: no round trip)
             ex.trace.store("store.admit", reservation.store_ms)
 
-    async def _reserve(self, ex: Exchange, reservation: Reservation) -> None:
+    async def _reserve(self, ex: Exchange, reservation: Reservation, needs: tuple[str, str] | None = None) -> None:
         """The store's write of the request's reservation (`Meter.write`), waited for however often the request is
         cancelled meanwhile (`outlasting`): a cancellation (a server stopping past its grace, once or more) would cut
         the wait and the write with it, after the store had written a reservation then neither settled nor
@@ -897,7 +923,7 @@ class Pipeline(Charges):
             ex.reservation = reservation
             await self._unanswered(ex, cut)
 
-        await self._written(ex, self.meter.write(reservation, ex.key), released)
+        await self._written(ex, self.meter.write(reservation, ex.key, needs), released)
 
     async def _written(
         self, ex: Exchange, write: Awaitable[T], given_back: Callable[[T, asyncio.CancelledError], Awaitable[None]]
@@ -1658,14 +1684,42 @@ async def outlasting(writing: asyncio.Future[T]) -> T:
                 raise
 
 
+def embeddings_read(attempt: Attempt, body: bytes, part: EmbeddingsRequest) -> EmbeddingsResponse:
+    """The answer to `part` (an embeddings request, or one of its batches) as the adapter reads it, checked to hold
+    one embedding an input, indexed 0 to n - 1. One the adapter chokes on is the provider's malformed answer, failed
+    over, not the gateway's 500 (a Gemini vector of strings or nulls was one); one short of vectors, or indexed
+    otherwise, is too: joined with the next batch's, it filed each vector after the gap under another input's index,
+    in a 200 (found by review, embrev37)."""
+    try:
+        answer = attempt.adapter.embeddings_response(body, part, attempt.target)
+    except SHAPE_ERRORS as exc:
+        raise misshapen("embeddings answer", exc) from exc
+    inputs = part.input_count()
+    if sorted(item.index for item in answer.data) != list(range(inputs)):
+        raise malformed(f"upstream answered {len(answer.data)} embeddings for {inputs} inputs, or misindexed them")
+    return answer
+
+
+def embedded_estimate(inputs: str | list[str] | list[int] | list[list[int]]) -> int:
+    """An embeddings request's input tokens, estimated as a chat prompt's text is (`prompt_estimate`: about two
+    UTF-8 bytes a token, a token id a token), for the key's rate limits: its bound (`embedded_tokens`) is the
+    budget's worst case."""
+    if isinstance(inputs, str):
+        return len(inputs.encode()) // 2 + 1
+    return sum(
+        len(item.encode()) // 2 + 1 if isinstance(item, str) else 1 if isinstance(item, int) else len(item)
+        for item in inputs
+    )
+
+
 def embedded_tokens(inputs: str | list[str] | list[int] | list[list[int]]) -> int:
-    """An embeddings request's input tokens at most, for its admission (the key's `tpm`, the budget's worst case) and
-    the line of an answer that has no usage: token ids are tokens (`list[int]`, one input; `list[list[int]]`, several),
-    text one token a UTF-8 byte, which no byte-level tokenizer exceeds. About two bytes a token is no bound: digits
-    and letters mixed (ids, hashes, codes) are a cl100k token a byte, and two requests of 8,000 such bytes, each
-    reserved as 4,001 tokens, would spend twice a key's budget. At embedding prices the bound costs a reservation
-    next to nothing. An id is one token, not its digits (5,000 ids would be 25,000 tokens, refused on a key's tpm of
-    20,000), nor a list of them its repr (about 7 an id)."""
+    """An embeddings request's input tokens at most, for the budget's worst case (the key's rate limits, and the line
+    of an answer that has no usage, take its estimate: `embedded_estimate`): token ids are tokens (`list[int]`, one
+    input; `list[list[int]]`, several), text one token a UTF-8 byte, which no byte-level tokenizer exceeds. About two
+    bytes a token is no bound: digits and letters mixed (ids, hashes, codes) are a cl100k token a byte, and two
+    requests of 8,000 such bytes, each reserved as 4,001 tokens, would spend twice a key's budget. At embedding
+    prices the bound costs a reservation next to nothing. An id is one token, not its digits (5,000 ids would be
+    25,000 tokens, refused on a key's tpm of 20,000), nor a list of them its repr (about 7 an id)."""
     if isinstance(inputs, str):
         return len(inputs.encode())
     return sum(

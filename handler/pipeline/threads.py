@@ -52,6 +52,12 @@ class HeldThreads:
             del self._held[next(iter(self._held))]
         self._held[message_id] = (model, usage.prompt_tokens + usage.completion_tokens + others)
 
+    def size(self, previous_message_id: object) -> int | None:
+        """The tokens a thread holds after `previous_message_id`, as its provider counted them, whatever model reads
+        it next; None where that is not known here."""
+        known = self._held.get(previous_message_id) if isinstance(previous_message_id, str) else None
+        return None if known is None else known[1]
+
     def holds(self, previous_message_id: object, models: set[str]) -> int | None:
         """The most input tokens a thread holds after `previous_message_id`, margin included, for a `continue` of it
         that any of `models` (upstream models) may serve; None where that is not known here."""

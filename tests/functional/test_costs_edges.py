@@ -667,9 +667,9 @@ async def test_an_embeddings_usage_without_its_count_is_none_and_the_input_estim
     usage: dict[str, Any] | None,
 ) -> None:
     """Embeddings of 10,000 characters whose usage says `prompt_tokens: null` (or `usage: {}`): the input estimated
-    (10,000 tokens, a token a byte: its bound), as for an answer without `usage`. Read as 0, it was billed $0 as the
-    provider's count (found by review); `usage: null` was the provider's malformed answer, a 502 charged its worst
-    case."""
+    (5,001 tokens, about two bytes a token, as a chat prompt's text), as for an answer without `usage`. Read as 0, it
+    was billed $0 as the provider's count (found by review); `usage: null` was the provider's malformed answer, a 502
+    charged its worst case."""
 
     def upstream(request: httpx.Request) -> httpx.Response:
         data = [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]
@@ -681,8 +681,8 @@ async def test_an_embeddings_usage_without_its_count_is_none_and_the_input_estim
     [line] = await served.ledger()
     await served.gateway.aclose()
     assert answer.status_code == 200, answer.text
-    assert (line.status, line.cost_source, line.input_tokens) == (200, "estimate", 10_000)
-    assert line.cost_usd == pytest.approx(0.01)
+    assert (line.status, line.cost_source, line.input_tokens) == (200, "estimate", 5_001)
+    assert line.cost_usd == pytest.approx(0.005001)
 
 
 BEDROCK = {"type": "bedrock", "base_url": "http://up", "region": "us-east-1"}
@@ -912,7 +912,7 @@ async def test_embeddings_of_token_ids_are_reserved_an_id_a_token_and_an_answer_
     """Token ids were reserved by their digits: 5,000 ids of five digits as 25,000 tokens ($0.025 at $1 a million),
     refused 402 on a $0.01 budget they fit ($0.005). And an answer without `usage` (an OpenAI-like server's) was
     charged nothing, its line 0 tokens from the `provider`. Now ids are an id a token, reserved and estimated, and
-    text a token a byte (the bound it is reserved at)."""
+    text reserved a token a byte (its bound) and estimated at about two bytes a token, as a chat prompt's."""
 
     def no_usage(request: httpx.Request) -> httpx.Response:
         inputs = orjson.loads(request.content)["input"]
@@ -931,9 +931,9 @@ async def test_embeddings_of_token_ids_are_reserved_an_id_a_token_and_an_answer_
     assert [(line.input_tokens, line.cost_source) for line in lines] == [
         (5_000, "estimate"),
         (3_000, "estimate"),
-        (11, "estimate"),
+        (6, "estimate"),
     ]
-    assert sum(line.cost_usd or 0.0 for line in lines) == pytest.approx(8_011 / 1e6)
+    assert sum(line.cost_usd or 0.0 for line in lines) == pytest.approx(8_006 / 1e6)
     await served.gateway.aclose()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import functools
 import logging
+import math
 import mimetypes
 import re
 import secrets
@@ -1057,8 +1058,11 @@ class GeminiAdapter(ProviderAdapter):
         items: list[Embedding] = []
         for index, item in enumerate(embeddings):
             values = item.get("values") if isinstance(item, dict) else None
-            if not isinstance(values, list):
-                raise malformed("upstream embedding has no values")
+            # Numbers, each finite (a bool, `"1e400"` or a null is no value: `true` was read as 1.0, `"1e400"` as an
+            # infinity written as null; found by review, embrev37), and within float32 for base64 (`struct` refuses
+            # one past it: the pipeline's malformed answer).
+            if not isinstance(values, list) or not all(type(v) in (int, float) and math.isfinite(v) for v in values):
+                raise malformed("upstream embedding has no values, or values that are not finite numbers")
             vector: list[float] | str = [float(v) for v in values]
             if req.encoding_format == "base64":
                 vector = base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
