@@ -316,11 +316,12 @@ class Api:
         declared = header(request, b"content-type")
         content_type = (JSON if declared is None else declared).split(";", 1)[0].strip().lower()
         if content_type and content_type != JSON and not content_type.endswith("+json"):
-            raise InvalidRequestError(f"content-type must be application/json, not '{content_type}'")
+            # (Echoed as `echoed` has it: a token templated into the header came back whole; edgerev37.)
+            raise InvalidRequestError(f"content-type must be application/json, not {echoed(content_type)}")
         coding = header(request, b"content-encoding")
         if coding is not None and coding.strip().lower() not in ("", "identity"):
             raise UnsupportedEncodingError(
-                f"request bodies in content-encoding '{coding.strip()[:40]}' are not accepted; send the JSON uncoded",
+                f"request bodies in content-encoding {echoed(coding.strip())} are not accepted; send the JSON uncoded",
                 headers={"accept-encoding": "identity"},
             )
         raw = await self.body(request, max_bytes)
@@ -394,7 +395,8 @@ class Api:
         if auth:
             scheme, _, value = auth.partition(" ")
             if scheme.lower() == "bearer":
-                token = value.strip()
+                # (An empty one, a script's unset variable, is none: it hid an `x-api-key` sent beside it; edgerev37.)
+                token = value.strip() or None
         if token is None and allow_x_api_key:
             token = request.headers.get("x-api-key")
             if not token:  # an Anthropic client: its SDK and Claude Code send `x-api-key`

@@ -38,7 +38,7 @@ from handler.pipeline.key_admin import (
 from handler.pipeline.keys import ID_LENGTH, NOT_THE_KEY, is_key_id, kept_unkeyed, may_hold_a_secret, network
 from handler.pipeline.pricing import dollars
 from handler.ports import KeyPlace, KeyRecord, RateCharge, UsageQuery
-from handler.redaction import unkeyed
+from handler.redaction import echoed, unkeyed
 
 if TYPE_CHECKING:
     from handler.api.app import Api
@@ -644,7 +644,7 @@ class KeyRoutes:
         top = parse_top(params.get("top"))
         shape = params.get("format") or "json"
         if shape not in ("json", "csv"):
-            raise InvalidRequestError(f"format must be json or csv, not '{shape}'", param="format")
+            raise InvalidRequestError(f"format must be json or csv, not {echoed(shape)}", param="format")
         if shape == "csv" and views:
             raise InvalidRequestError("view is for the JSON format: a CSV holds one table", param="view")
         if shape == "csv" and top is not None:
@@ -687,7 +687,7 @@ class KeyRoutes:
             )
         shape = params.get("format") or "json"
         if shape not in ("json", "csv"):
-            raise InvalidRequestError(f"format must be json or csv, not '{shape}'", param="format")
+            raise InvalidRequestError(f"format must be json or csv, not {echoed(shape)}", param="format")
         async with self.reports.turn(caller):
             await listing.fill(self.gateway.store, key_ids)
             if recordless is not None and not listing.read:

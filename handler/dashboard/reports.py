@@ -22,7 +22,7 @@ from handler.pipeline.attribution import MAX_TAGS, parse_tags, tag_name
 from handler.pipeline.pricing import exact, usd
 from handler.ports import LedgerItem
 from handler.records import Value
-from handler.redaction import unkeyed
+from handler.redaction import echoed, unkeyed
 
 GROUPS = ("key", "model", "day")
 # `group_by=request`: no grouping but the lines themselves, one row each, a page at a time
@@ -94,7 +94,8 @@ def parse_group_by(text: str | None, name: str = "group_by") -> list[str]:
     unknown = [g for g in groups if g not in GROUPS and g not in ATTRIBUTION and not re.fullmatch(TAG_GROUP, g)]
     if unknown:
         raise InvalidRequestError(
-            f"{name} takes key, model, day, user, session and tag:NAME, not {', '.join(unknown)}", param=name
+            f"{name} takes key, model, day, user, session and tag:NAME, not {', '.join(map(echoed, unknown))}",
+            param=name,
         )
     for group in groups:
         if group.startswith("tag:"):

@@ -63,7 +63,7 @@ from handler.errors import AuthenticationError, NotFoundError, PermissionDeniedE
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import hash_secret
 from handler.ports import KeyRecord, Store
-from handler.redaction import clipped, unkeyed
+from handler.redaction import clipped, echoed, unkeyed
 
 SIGN_IN_SECONDS = 60
 SESSION_SECONDS = 8 * 3600
@@ -230,7 +230,7 @@ class Dashboard:
         name = request.path_params["name"]
         found = self.assets.get(name)
         if found is None:
-            raise NotFoundError(f"no dashboard asset '{name}'", code="not_found")
+            raise NotFoundError(f"no dashboard asset {echoed(name)}", code="not_found")
         body, media_type = found
         return Response(body, media_type=media_type, headers=SECURITY_HEADERS)
 

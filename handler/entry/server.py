@@ -108,6 +108,8 @@ def anthropic_head(url: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
     return anthropic_path(url.decode("latin-1"), any(name == b"anthropic-version" for name, _ in headers))
 
 
+# The most requests that may wait, pipelined on one connection, behind the one being answered (`on_headers_complete`).
+MOST_PIPELINED = 32
 NO_LINGER = struct.pack("ii", 1, 0)  # (SO_LINGER on, 0 s: a close resets the connection, its unsent bytes dropped)
 QUIET = logging.Logger("gateway.refused")  # (a connection refused so: uvicorn's word on it would mislead)
 QUIET.disabled = True
@@ -144,6 +146,15 @@ def chunked_end(piece: bytes, at: int) -> tuple[bool, int]:
         at += size + 2
 
 
+def last_chunk(line: bytes) -> bool:
+    """Whether `line` (the start of a chunked body's unfinished line) is its last chunk's size line, with the trailers
+    after it."""
+    try:
+        return int(line.split(b"\r\n", 1)[0].partition(b";")[0], 16) == 0
+    except ValueError:
+        return False
+
+
 def framing(headers: list[tuple[bytes, bytes]]) -> tuple[int, bool]:
     """A request's body framing as its headers give it: its `Content-Length` (as the parser took it: digits; 0 where
     none) and whether it is chunked."""
@@ -156,7 +167,20 @@ def framing(headers: list[tuple[bytes, bytes]]) -> tuple[int, bool]:
     return length, chunked
 
 
-class UnchunkedCycle(RequestResponseCycle):
+class BoundedCycle(RequestResponseCycle):
+    """A request's cycle that closes its connection after an answer written before the request's body was whole (no
+    key's 401, a 405, a 413 by its `Content-Length`): RFC 9112 (9.6) lets a server that will not read a body close
+    the connection, and kept open, the protocol went on feeding the parser whatever body the client sent, for
+    `gateway.timeouts.request_head` after the answer (a keyless client's body of one-byte chunks held the loop with a
+    callback each: every `/health` waited a second; found by review, edgerev37). The answer says `connection: close`."""
+
+    async def send(self, message: ASGISendEvent) -> None:
+        if not self.response_started and self.more_body and message["type"] == "http.response.start":
+            self.keep_alive = False
+        await super().send(message)
+
+
+class UnchunkedCycle(BoundedCycle):
     """The answer to an HTTP/1.0 request: one of no length (a stream) is written as it comes, unframed, its end the
     connection's close (uvicorn closes every HTTP/1.0 connection once answered). uvicorn wrote it chunked, which RFC
     9112 (6.1) forbids to a request that is not HTTP/1.1: a client of HTTP/1.0 (`curl -0`, ab, a proxy's hop) read the
@@ -351,6 +375,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self._refuse()
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """A header of the head; a field after a chunked body (a trailer) is not added to the request's headers, which
+        the app read when it began (RFC 9110 6.5.1: trailers are not merged into the header section unless their
+        definitions allow it; the gateway reads none): uvicorn appended them to `scope["headers"]`, where the request's
+        controls, read again once its body was read, saw them. Their bytes are held to the head's bound (`_follow`)."""
+        if self.in_head:
+            super().on_header(name, value)
+
     def on_message_begin(self) -> None:
         if not self.received:  # (no piece since the last request ended, which counted the piece it began in)
             self._pipelined()
@@ -423,6 +455,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.chunks_left = (at - len(whole), b"")
         else:
             rest = whole[at:]
+            if len(rest) > self.bound and last_chunk(rest):
+                # Its trailers past the head's bound: the parser gathers a trailer's value as it gathers a header's, by
+                # appending each piece, and one of 119 MB (no key needed) held every `/health` up to 3.8 s (found by
+                # review, edgerev37). Refused as a head past it is.
+                self.chunks_left = None
+                self._refuse_trailers()
+                return
             self.chunks_left = (0, rest) if len(rest) <= self.bound else None
 
     def _head_end_in(self, piece: bytes, earlier: bytes) -> int:
@@ -443,6 +482,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             headers = (getattr(self, "headers", None) or []) if url is None else []
             anthropic = anthropic_head(getattr(self, "url", b"") if url is None else url, headers)
             self._close_with(too_large_answer(self.bound, anthropic))
+
+    def _refuse_trailers(self) -> None:
+        """The running request's trailers past the head's bound: answered 431 with the app's request id where no answer
+        has begun (the app, whose read of the body ends now, observes it so: `BODY_LATE`), and the connection closed."""
+        cycle = self.cycle
+        self.refused = True
+        if not cycle.response_started:
+            error = HeadersTooLargeError(f"the request's trailer fields exceed {self.bound} bytes")
+            state = cycle.scope["state"]
+            state[BODY_LATE] = error
+            anthropic = anthropic_head(self.url, self.headers)
+            status_line = b"431 Request Header Fields Too Large"
+            self.transport.write(refusal(error, status_line, anthropic, state.get("request_id")))
+        self.transport.close()
+        cycle.disconnected = True  # (as the connection's loss marks it: the app's read of the body ends now)
+        cycle.message_event.set()
 
     def _refuse_head(self, error: GatewayError, status_line: bytes) -> NoReturn:
         """A whole head refused (`error`, in the error shape of its API), the connection closed, and the parser
@@ -626,10 +681,24 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 ),
                 b"400 Bad Request",
             )
+        if self.cycle is not None and not self.cycle.response_complete and len(self.pipeline) >= MOST_PIPELINED:
+            # Every head of a read is parsed in one callback and queued behind the running request, a cycle each, and
+            # held until the client reads the answers before it: 256 KiB of pipelined `GET /health`, some 7,700
+            # requests, from a client that reads nothing (no key needed), took a worker 15 MB a connection, held up
+            # to `gateway.timeouts.request` (found by review, edgerev37). Past a handful the rest is refused, once
+            # the answers before it are written, and the connection closed.
+            self._refuse_head(
+                OverloadedError(
+                    f"more than {MOST_PIPELINED} requests pipelined on one connection are not served; send them on "
+                    "more connections, or wait for the answers",
+                    code="server_busy",
+                ),
+                b"503 Service Unavailable",
+            )
         super().on_headers_complete()
         self.scope["http_version"] = version  # (uvicorn's is the parser's: `1.2` where it is served as 1.1)
-        if version != "1.1" and self.cycle is not None and self.cycle.scope is self.scope:
-            self.cycle.__class__ = UnchunkedCycle
+        if self.cycle is not None and self.cycle.scope is self.scope:
+            self.cycle.__class__ = BoundedCycle if version == "1.1" else UnchunkedCycle
         if upgrade:
             self._ignore_upgrade()
 

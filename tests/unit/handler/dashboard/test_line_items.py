@@ -118,7 +118,7 @@ def test_request_lists_the_lines_alone_and_is_no_view() -> None:
         with pytest.raises(InvalidRequestError, match="lists the lines one a row: not with other groups"):
             parse_report(None, None, group_by)
     with pytest.raises(
-        InvalidRequestError, match="view takes key, model, day, user, session and tag:NAME, not request"
+        InvalidRequestError, match="view takes key, model, day, user, session and tag:NAME, not 'request'"
     ):
         parse_views(["request"])
     assert parse_page(parse_report(None, None, "model"), None, None) is None

@@ -1,0 +1,71 @@
+"""What a client with no key could hold a worker with, past the bounds on a request's head (found by review,
+edgerev37): one read of pipelined requests (256 KiB of `GET /health` is some 7,700 of them) was parsed and queued
+whole, held until the client read the answers before each; a request answered before its body was read (no key's 401,
+a 405) kept its connection reading that body, a callback a chunk, for `gateway.timeouts.request_head`; and a chunked
+body's trailer fields were gathered without the head's bound, and added to the request's headers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from handler.config import GatewaySettings
+from handler.entry import server
+from tests.unit.handler.entry.test_server import READS, Connection
+
+HEALTH = b"GET /whole HTTP/1.1\r\nhost: x\r\n\r\n"
+
+
+async def test_one_read_of_pipelined_requests_queues_a_bounded_number_of_them() -> None:
+    connection = Connection()
+    connection.protocol.data_received(HEALTH * 2000)  # 66 KB: one read
+    queued = len(connection.protocol.pipeline)
+    connection.close()
+    # A handful may wait behind the running request (a client's pipeline of a few); not every head of the read.
+    assert queued <= 64, f"{queued} requests of one read were parsed and queued behind the first"
+
+
+async def test_a_connection_whose_request_was_answered_before_its_body_stops_reading_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = GatewaySettings.model_validate({"timeouts": {"request_head": 5, "request_body": 5}})
+    monkeypatch.setattr(server, "served_settings", lambda: settings)
+    READS.clear()
+    connection = Connection()
+    # (`/whole` takes GET: Starlette answers this POST 405 without reading its body, as the gateway answers a
+    # keyless one 401.)
+    await connection.send(b"POST /whole HTTP/1.1\r\nhost: g\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n")
+    assert await connection.answers(1) == [b"405"]
+    for _ in range(50):  # the client goes on sending its body, a byte a chunk
+        await connection.send(b"1\r\na\r\n" * 1000)
+    await asyncio.sleep(0.1)
+    head = connection.written.partition(b"\r\n\r\n")[0].lower()
+    closed = connection.transport.closed
+    connection.close()
+    assert closed, f"the connection still reads the body of a request already answered (answer's head: {head!r})"
+
+
+async def test_a_chunked_bodys_trailer_past_the_header_bound_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = GatewaySettings.model_validate(
+        {"timeouts": {"request_head": 5, "request_body": 5}, "limits": {"request_header_bytes": 8192}}
+    )
+    monkeypatch.setattr(server, "served_settings", lambda: settings)
+    READS.clear()
+    connection = Connection()
+    head = b"POST /echo HTTP/1.1\r\nhost: g\r\ntransfer-encoding: chunked\r\n\r\n"
+    await connection.send(head + b"2\r\n{}\r\n0\r\nx-trailer: ")
+    piece = b"a" * 65536
+    for _ in range(64):  # 4 MiB of one trailer field's value: 512 times the bound on the head
+        if connection.transport.closed:
+            break
+        await connection.send(piece)
+    await connection.send(b"\r\n\r\n")
+    await asyncio.sleep(0.05)
+    appended = [len(value) for name, value in connection.protocol.headers if name == b"x-trailer"]
+    closed, statuses = connection.transport.closed, connection.statuses()
+    connection.close()
+    # The bound the head is held to holds for the trailers too: the connection is refused (431, or closed) once they
+    # pass it, and no trailer field of megabytes is gathered nor appended to the request's headers.
+    assert closed, f"4 MiB of one trailer were read and gathered (statuses {statuses}, appended: {appended} bytes)"
+    assert not appended or max(appended) <= 8192, appended
