@@ -608,9 +608,15 @@ class KeyRoutes:
         `gateway usage --key` exits 1 (not an empty 200); one whose record is gone (purged after its expiry or
         revocation) is known by its lines in the window or its children's links, and reports them."""
         caller = await self._admin(request)
-        key_id = request.query_params.get("key")
-        if not key_id:
+        given = request.query_params.getlist("key")
+        if not given:
             return await self._usage(request, caller, None)
+        if len(given) > 1 or not given[0].strip():
+            # Read as no filter (an empty one), or as its last (`?key=ID&key=`), a script's `?key=$KEY_ID` with the
+            # variable unset was answered every key's spend as that key's (as `gateway usage --key ''` was; found by
+            # review, usagerev37).
+            raise InvalidRequestError("key takes one key's id, given once and not empty", param="key")
+        key_id = given[0]
         if may_hold_a_secret(key_id):  # a key, secret and all: never echoed (as `gateway usage --key` has it)
             raise InvalidRequestError(f"key takes {NOT_THE_KEY}", param="key")
         if not is_key_id(key_id):  # (not a store read: `is_key_id`)
@@ -628,6 +634,8 @@ class KeyRoutes:
         lines held every other request of the process for 10 s, and five at once from one client key for 43 s.
         `recordless`: a key asked for with no record and no children, a 404 unless it has lines in the window."""
         params = request.query_params
+        # Filters and tag names as the caller's lines keep them: its own secret alone in one is redacted there.
+        kept = partial(kept_unkeyed, lineage=self.api.lineage(request))
         spec = parse_report(
             params.get("since"),
             params.get("until"),
@@ -636,11 +644,12 @@ class KeyRoutes:
             params.get("user"),
             params.get("session"),
             params.get("request_id"),
+            kept,
         )
         page = parse_page(spec, params.get("limit"), params.get("cursor"))
         if page is not None:
             return await self._listing(request, caller, key_ids, recordless, LineListing(spec, page))
-        views = parse_views(params.getlist("view"))
+        views = parse_views(params.getlist("view"), kept)
         top = parse_top(params.get("top"))
         shape = params.get("format") or "json"
         if shape not in ("json", "csv"):

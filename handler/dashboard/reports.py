@@ -10,7 +10,7 @@ import operator
 import re
 import time
 from array import array
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -79,9 +79,10 @@ TAG_GROUP = r"tag:[A-Za-z0-9_.:/@+-]{1,128}"  # (`re` caches it compiled, from t
 MAX_GROUPS = len(GROUPS) + len(ATTRIBUTION) + MAX_TAGS
 
 
-def parse_group_by(text: str | None, name: str = "group_by") -> list[str]:
+def parse_group_by(text: str | None, name: str = "group_by", kept: Callable[[str], str] = unkeyed) -> list[str]:
     """`key`, `model`, `day`, `user`, `session` and `tag:NAME` (the value of one `x-gateway-tags` name), at most
-    `MAX_GROUPS` of them; `name`: the parameter, in the error."""
+    `MAX_GROUPS` of them; `name`: the parameter, in the error; `kept`: a value as the caller's lines keep it (a tag's
+    name that changes under it is refused, as the header refuses it: `tag_name`)."""
     if not text:
         return []
     groups = [g.strip() for g in text.split(",") if g.strip()]
@@ -99,7 +100,7 @@ def parse_group_by(text: str | None, name: str = "group_by") -> list[str]:
         )
     for group in groups:
         if group.startswith("tag:"):
-            tag_name(group[4:], name)  # (a report echoes its groups)
+            tag_name(group[4:], name, kept)  # (a report echoes its groups)
     return list(dict.fromkeys(groups))
 
 
@@ -117,12 +118,12 @@ def parse_top(text: str | None) -> int | None:
     return int(text)
 
 
-def parse_views(texts: list[str]) -> list[list[str]]:
+def parse_views(texts: list[str], kept: Callable[[str], str] = unkeyed) -> list[list[str]]:
     """`view`, up to `MAX_VIEWS` times: more groupings of the same lines in one answer, each written as `group_by`
     is (empty: one row in all). The dashboard asks for its five in one report, which reads the lines once."""
     if len(texts) > MAX_VIEWS:
         raise InvalidRequestError(f"view may be given at most {MAX_VIEWS} times, not {len(texts)}", param="view")
-    return [parse_group_by(text, "view") for text in texts]
+    return [parse_group_by(text, "view", kept) for text in texts]
 
 
 def group_value(item: LedgerItem, group: str) -> str:
@@ -196,16 +197,28 @@ class LineFilter(Value):
         return {"tags": self.tags, "user": self.user, "session": self.session, "request_id": self.request_id}
 
 
-def parse_filter(tags: str | None, user: str | None, session: str | None, request_id: str | None = None) -> LineFilter:
+def parse_filter(
+    tags: str | None,
+    user: str | None,
+    session: str | None,
+    request_id: str | None = None,
+    kept: Callable[[str], str] = unkeyed,
+) -> LineFilter:
     """`tag=team=search,env=prod` (every pair must match, the header's syntax), `user=...`, `session=...`,
-    `request_id=...`."""
+    `request_id=...`. `kept`: a value as the caller's lines keep it (`unkeyed`, or a request's own, which knows the
+    secrets of its key and its ancestors too)."""
     named = (("user", user), ("session", session), ("request_id", request_id))
     for name, value in named:
         if value is not None and not 0 < len(value) <= MAX_FILTER_CHARS:
             raise InvalidRequestError(f"{name} must be 1 to {MAX_FILTER_CHARS} characters", param=name)
-    # Each value as a line keeps it, a key in it redacted: it matches the lines, and the report echoes no key.
-    user, session, request_id = (None if value is None else unkeyed(value) for _, value in named)
-    return LineFilter(parse_tags(tags, "tag"), user, session, request_id)
+    if tags is not None and not tags.strip():
+        # Read as no filter, a script's `?tag=$TEAM` with the variable unset was answered every key's spend as that
+        # team's (as `gateway usage --tag ''` was; found by review, usagerev37).
+        raise InvalidRequestError("tag must be name=value pairs, not empty", param="tag")
+    # Each value as a line keeps it, a key in it redacted: it matches the lines, and the report echoes no key (nor
+    # the caller's own secret alone, which its lines keep redacted: echoed whole, it matched none; usagerev37).
+    user, session, request_id = (None if value is None else kept(value) for _, value in named)
+    return LineFilter(parse_tags(tags, "tag", kept), user, session, request_id)
 
 
 class ReportSpec(Value):
@@ -232,16 +245,18 @@ def parse_report(
     user: str | None = None,
     session: str | None = None,
     request_id: str | None = None,
+    kept: Callable[[str], str] = unkeyed,
 ) -> ReportSpec:
-    """Validate a report's parameters (a 400 naming the bad one)."""
+    """Validate a report's parameters (a 400 naming the bad one; `kept`: see `parse_filter`)."""
     start, end = window(since, until)
-    return ReportSpec(start, end, parse_grouping(group_by), parse_filter(tag, user, session, request_id))
+    grouping = parse_grouping(group_by, kept)
+    return ReportSpec(start, end, grouping, parse_filter(tag, user, session, request_id, kept))
 
 
-def parse_grouping(text: str | None) -> list[str]:
+def parse_grouping(text: str | None, kept: Callable[[str], str] = unkeyed) -> list[str]:
     """A report's `group_by`: `parse_group_by`'s groups, or `request` alone (`LINES`), the lines listed."""
     if text is None or LINES not in (group.strip() for group in text.split(",")):
-        return parse_group_by(text)
+        return parse_group_by(text, kept=kept)
     if {group.strip() for group in text.split(",") if group.strip()} != {LINES}:
         raise InvalidRequestError(
             f"group_by={LINES} lists the lines one a row: not with other groups", param="group_by"

@@ -412,7 +412,7 @@ class Pipeline(Charges):
             if own is not None:
                 ex.counted.append(own)
                 ex.unsent_counts[ex.model] = own
-            await self._unanswered(ex, cut)
+            await self._unanswered(ex, cut, counting=True)
 
         counted = await self._written(
             ex, self.meter.admit_count(ex.lineage, ex.model, f"{ex.request_id}#count"), given_back
@@ -436,14 +436,16 @@ class Pipeline(Charges):
         except GatewayError as err:
             if ex.inflight_at == 0.0:  # (nothing was sent: what it counted is given back, and its answer tells none)
                 ex.limit_headers = {}
-            await self._unanswered(ex, err)
-            if isinstance(err, UpstreamError) or isinstance(err.__cause__, UpstreamError) or shed(err):
-                return None  # the provider would not count (now, or this prompt, or its breaker is open): an estimate
+            # The provider would not count (now, or this prompt, or its breaker is open): the route's estimate.
+            estimated = isinstance(err, UpstreamError) or isinstance(err.__cause__, UpstreamError) or shed(err)
+            await self._unanswered(ex, err, counting=True, answered=200 if estimated else None)
+            if estimated:
+                return None
             raise
         except asyncio.CancelledError as cut:
             # A stopping server past its grace: settled as any request it cuts is (a count in flight leaves its line,
-            # one not sent gives back what it counted).
-            await self._unanswered(ex, cut)
+            # free, one not sent gives back what it counted).
+            await self._unanswered(ex, cut, counting=True)
             raise
         await self._settle(ex, Usage.of(0, 0), 200, background=True, free=True)
         with contextlib.suppress(StoreError):  # (the count is made and free: a store that fails its read tells none)
@@ -996,11 +998,16 @@ class Pipeline(Charges):
         if advisors is not None:
             ex.advisor_sent, ex.unsent_advisors = False, advisors
 
-    async def _unanswered(self, ex: Exchange, exc: BaseException) -> None:
+    async def _unanswered(
+        self, ex: Exchange, exc: BaseException, counting: bool = False, answered: int | None = None
+    ) -> None:
         """Settle a request that ends with no answer to relay. Sent and never answered (a deadline, the Lambda
         time cap, the client gone) or sent and timed out: the provider may still run it to the end, so the
         reserved worst case is charged. Answered with an error: one line at no cost. Never sent: the
-        reservation is released, and what it counted on the rate limits given back."""
+        reservation is released, and what it counted on the rate limits given back. `counting`: a token count's,
+        free whatever ends it (it reserved nothing: charged as one cut in flight, it paid the per-request fee, which
+        no budget counted), its line's status `answered` where the client is answered anyway (its estimate's 200:
+        the line said the 502 or 504 the client never had; found by review, usagerev37)."""
         if ex.inflight is not None:
             # The attempt cut in flight ends the route, with the time it waited on the provider (a deadline's
             # 504 named no attempt at all, and said `upstream;dur=0`).
@@ -1025,12 +1032,16 @@ class Pipeline(Charges):
         if ex.inflight is not None:
             ex.attempt, ex.inflight = ex.inflight, None
             status = CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else getattr(exc, "status", 500)
+            if counting:
+                await self._settle(ex, Usage.of(0, 0), answered or status, background=True, free=True)
+                return
             await self._settle(ex, None, status, background=True, source="reserved")
         elif ex.answered is not None:
             # The status the client is answered (a provider's 500 is the client's 502), as its log line and
             # metrics say; the provider's own is in the line's route.
             ex.attempt, upstream_status = ex.answered
             status = exc.status_for(ex.anthropic) if isinstance(exc, GatewayError) else upstream_status
+            status = answered or status
             # The error itself costs nothing; answers billed and thrown away on the way cost what they did, and the
             # line counts their tokens beside their cost (not 0 in, 0 out at a price).
             counted = ex.wasted_usage or Usage.of(0, 0)
@@ -1505,6 +1516,7 @@ class Pipeline(Charges):
         if served is not None or self.gateway.router.heard_tiers:  # (an answer that says how it ran, a tier learned)
             self._ran_unasked(ex, attempt, served, usage is not None and source != "reserved" and not free)
         unseen = source == "reserved"  # (the answer's own worst case is charged: `source` may say so for `missed` too)
+        charged: Usage | None = None  # the worst cases of `missed`, which the line counts as it charges them
         if unseen or ex.missed:  # (rare: the worst case is built only when it is charged)
             if source == "reserved" and served is None and attempt is not None:
                 served = self._unanswered_tier(ex, attempt)
@@ -1513,6 +1525,7 @@ class Pipeline(Charges):
                 for missed in ex.missed:  # attempts before this one that the provider may bill
                     worst = self._worst(ex, reservation, missed)
                     self._waste(ex, missed, worst, self._unanswered_tier(ex, missed), reserved=True)
+                    charged = worst if charged is None else charged.plus(worst)
                 if ex.missed:
                     # Part of the cost is their reserved worst case, no count the provider gave: the line says so
                     # (`provider` would have reports count it as known exactly).
@@ -1530,6 +1543,10 @@ class Pipeline(Charges):
             # with the one relayed, whose own counts its client is told (`ex.cost.usage`). An error's line (`free`)
             # is passed theirs as its `usage` (`_unanswered`).
             billed = usage if free or ex.wasted_usage is None else usage.plus(ex.wasted_usage)
+            if charged is not None:
+                # And the worst cases charged for the attempts before it that may have run unanswered (counted out,
+                # a line charged an attempt's 50 tokens out and counted the served answer's 7; usagerev37).
+                billed = billed.plus(charged)
             tokens = billed.prompt_tokens + billed.completion_tokens
             ex.budget_remaining = remaining_usd(reservation, actual)
             if ex.budget_remaining is not None:

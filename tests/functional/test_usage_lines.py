@@ -1,0 +1,109 @@
+"""Ledger lines of token counts and of attempts charged before the served one (found by review, usagerev37): a count
+is free whatever ends it (cut by its deadline, it was charged the per-request fee, which no budget counted), and a
+count answered as an estimate is a 200 on its line, as its client was answered; a line counts the tokens of each
+attempt it charges a worst case for (it charged an unanswered attempt's 50 tokens out and counted the served
+answer's 7)."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from adapters.providers.registry import REGISTRY
+from handler.api.app import create_app
+from handler.config import parse_config
+from handler.pipeline.gateway import build_gateway
+from handler.pipeline.key_admin import KeyAdmin
+from handler.pipeline.keys import KeyService
+from handler.ports import KeyRecord
+from tests.functional.conftest import Running
+
+COUNT_DELAY_S = 2.0
+
+
+async def upstream(request: httpx.Request) -> httpx.Response:
+    if request.url.path.endswith("/count_tokens"):
+        await asyncio.sleep(COUNT_DELAY_S)  # slower than the request's deadline
+        return httpx.Response(200, json={"input_tokens": 42})
+    return httpx.Response(404)
+
+
+async def counted_past_the_deadline(tmp_path: Path) -> tuple[httpx.Response, dict[str, Any], dict[str, Any]]:
+    data = {
+        "gateway": {"fee": {"per_request_usd": 0.01}},
+        "providers": {"anthropic": {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": "http://up"}},
+        "models": {"claude-haiku-4-5": {"deployments": [{"provider": "anthropic", "model": "claude-haiku-4-5"}]}},
+    }
+    gateway = build_gateway(
+        config=parse_config(data, set(REGISTRY)),
+        store_url=f"sqlite:///{tmp_path / 'gateway.db'}",
+        environ={"ANTHROPIC_API_KEY": "sk-ant-test-0000000000"},
+        transport=httpx.MockTransport(upstream),
+    )
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(gateway)), base_url="http://gw", timeout=30)
+    try:
+        record = KeyRecord(id="", name="k", secret_hash="", created_at=0, budget_usd=5.0, budget_period="month")
+        key = (await KeyAdmin(KeyService(gateway.store, 0)).mint(record)).key
+        headers = {"authorization": f"Bearer {key}", "anthropic-version": "2023-06-01"}
+        body = {"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "Hi"}]}
+        answer = await http.post(
+            "/v1/messages/count_tokens", json=body, headers={**headers, "x-gateway-deadline-ms": "400"}
+        )
+        await asyncio.sleep(0.2)
+        await gateway.drain()
+        listing = (await http.get("/v1/usage", params={"group_by": "request"}, headers=headers)).json()
+        me = (await http.get("/v1/key", headers=headers)).json()
+        return answer, listing, me
+    finally:
+        await http.aclose()
+        await gateway.aclose()
+
+
+async def test_a_count_cut_by_its_deadline_charges_no_fee_its_budget_never_counts(tmp_path: Path) -> None:
+    answer, listing, me = await counted_past_the_deadline(tmp_path)
+    assert answer.status_code == 200 and answer.json().get("estimate") is True  # answered as an estimate
+    (row,) = listing["data"]
+    reported = Decimal(str(row["total_usd"]))
+    # The report and the key's own figure must agree (docs/usage.md, docs/keys-and-budgets.md), and a count is free.
+    assert reported == Decimal(str(me["spent_usd"])), (row, me["spent_usd"])
+    assert reported == 0, f"a token count charged {reported} USD ({row['cost_source']}, fee {row['fee_usd']})"
+    assert answer.headers.get("x-gateway-fee-usd") in (None, "0")
+
+
+async def test_a_count_answered_as_an_estimate_is_no_504_on_its_line(tmp_path: Path) -> None:
+    answer, listing, _ = await counted_past_the_deadline(tmp_path)
+    (row,) = listing["data"]
+    # docs/usage.md: a line's `status` is "what the client was answered".
+    assert row["status"] == answer.status_code, (row["status"], answer.status_code, row["route"])
+
+
+HI = [{"role": "user", "content": "Hi"}]
+CAP = 50  # the output cap sent: the thrown-away attempt's worst case output
+
+
+@pytest.mark.parametrize("model", ["garbage", "slow-then-ok"])
+def test_a_line_counts_the_tokens_of_the_attempt_it_charges_before_the_served_one(running: Running, model: str) -> None:
+    key = running.mint(name=f"thrown-away-{model}")
+    answer = httpx.post(
+        f"{running.url}/v1/chat/completions",
+        json={"model": model, "messages": HI, "max_tokens": CAP},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert answer.status_code == 200
+    served_output = answer.json()["usage"]["completion_tokens"]
+    (line,) = running.ledger(key)
+    # Charged: the served answer (gpt-4o-mini) and the thrown-away attempt's worst case ($1/$2 a million, CAP out).
+    thrown_away_usd = (line.cost_usd or 0) - (
+        answer.json()["usage"]["prompt_tokens"] * 0.15 + served_output * 0.6
+    ) / 1e6
+    assert thrown_away_usd >= CAP * 2 / 1e6 - 1e-12, line
+    assert line.output_tokens >= served_output + CAP, (
+        f"{line.route}: charged {line.cost_usd} USD ({line.cost_source}) for the thrown-away attempt's {CAP} output "
+        f"tokens and the served {served_output}, but counts {line.output_tokens} output tokens"
+    )
