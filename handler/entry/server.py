@@ -487,9 +487,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """The running request's trailers past the head's bound: answered 431 with the app's request id where no answer
         has begun (the app, whose read of the body ends now, observes it so: `BODY_LATE`), and the connection closed."""
         cycle = self.cycle
+        error = HeadersTooLargeError(f"the request's trailer fields exceed {self.bound} bytes")
+        queued = next((entry for entry in self.pipeline if entry[0] is cycle), None)
+        if queued is not None:
+            # Pipelined behind a request being answered, and never begun: dropped, and its 431 written once the
+            # answers before it are (written at once, it took the place of the running request's answer, which was
+            # then cut and charged as its client's leaving; found by review, mergerev37).
+            self.pipeline.remove(queued)
+            self._close_with(
+                refusal(error, b"431 Request Header Fields Too Large", anthropic_head(self.url, self.headers))
+            )
+            return
         self.refused = True
         if not cycle.response_started:
-            error = HeadersTooLargeError(f"the request's trailer fields exceed {self.bound} bytes")
             state = cycle.scope["state"]
             state[BODY_LATE] = error
             anthropic = anthropic_head(self.url, self.headers)

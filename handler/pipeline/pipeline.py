@@ -571,7 +571,13 @@ class Pipeline(Charges):
         batches: list[tuple[EmbeddingsRequest, BuiltRequest]] = []
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> EmbeddingsResponse:
-            first = embeddings_read(attempt, await response.read(), batches[0][0])
+            try:
+                first = embeddings_read(attempt, await response.read(), batches[0][0])
+            except UpstreamError as unreadable:
+                # Billed its own batch, as a later batch's is (`_other_batches`), not as an attempt missed, whose
+                # worst case is every input's bound, the batches never sent among them (found by review, mergerev37).
+                self._billed_unusable(ex, attempt, unreadable)
+                raise
             if len(batches) == 1:
                 return first
             return await self._other_batches(ex, attempt, first, batches[1:])
@@ -635,11 +641,7 @@ class Pipeline(Charges):
                 retried += 1
                 ex.route.append(f"{attempt.target.label}={failure.outcome}")  # (a try of its own, as `_failover`'s)
                 await asyncio.sleep(wait)  # (the provider's wait, outside the gate: the other batches go on)
-            try:
-                return embeddings_read(attempt, body, part)
-            except UpstreamError as unreadable:  # (answered, so billed: its inputs' estimate, with those answered)
-                unreadable.billed = Usage.of(embedded_estimate(part.input), 0)
-                raise
+            return embeddings_read(attempt, body, part)
 
         outcomes = await asyncio.gather(*(one(part, built) for part, built in rest), return_exceptions=True)
         answers = [first]
@@ -1543,11 +1545,13 @@ class Pipeline(Charges):
             # with the one relayed, whose own counts its client is told (`ex.cost.usage`). An error's line (`free`)
             # is passed theirs as its `usage` (`_unanswered`).
             billed = usage if free or ex.wasted_usage is None else usage.plus(ex.wasted_usage)
+            tokens = billed.prompt_tokens + billed.completion_tokens  # (what the rate limits settle to)
             if charged is not None:
                 # And the worst cases charged for the attempts before it that may have run unanswered (counted out,
-                # a line charged an attempt's 50 tokens out and counted the served answer's 7; usagerev37).
+                # a line charged an attempt's 50 tokens out and counted the served answer's 7; usagerev37). Not on
+                # the rate limits: a worst case is a token a byte and the whole cap, which a key's tpm never counts
+                # (a request served for 8,005 tokens took 48,121 of its minute; mergerev37).
                 billed = billed.plus(charged)
-            tokens = billed.prompt_tokens + billed.completion_tokens
             ex.budget_remaining = remaining_usd(reservation, actual)
             if ex.budget_remaining is not None:
                 ex.cost = ex.cost._replace(budget_remaining_usd=ex.budget_remaining)
@@ -1706,14 +1710,20 @@ def embeddings_read(attempt: Attempt, body: bytes, part: EmbeddingsRequest) -> E
     one embedding an input, indexed 0 to n - 1. One the adapter chokes on is the provider's malformed answer, failed
     over, not the gateway's 500 (a Gemini vector of strings or nulls was one); one short of vectors, or indexed
     otherwise, is too: joined with the next batch's, it filed each vector after the gap under another input's index,
-    in a 200 (found by review, embrev37)."""
+    in a 200 (found by review, embrev37). Such an answer is billed (`UpstreamError.billed`) its inputs' estimate."""
     try:
-        answer = attempt.adapter.embeddings_response(body, part, attempt.target)
-    except SHAPE_ERRORS as exc:
-        raise misshapen("embeddings answer", exc) from exc
-    inputs = part.input_count()
-    if sorted(item.index for item in answer.data) != list(range(inputs)):
-        raise malformed(f"upstream answered {len(answer.data)} embeddings for {inputs} inputs, or misindexed them")
+        try:
+            answer = attempt.adapter.embeddings_response(body, part, attempt.target)
+        except SHAPE_ERRORS as exc:
+            raise misshapen("embeddings answer", exc) from exc
+        inputs = part.input_count()
+        if sorted(item.index for item in answer.data) != list(range(inputs)):
+            raise malformed(f"upstream answered {len(answer.data)} embeddings for {inputs} inputs, or misindexed them")
+    except UpstreamError as unreadable:
+        if unreadable.outcome == "invalid_response" and unreadable.billed is None:
+            # Answered, so run and billed: its inputs' estimate (no usage of it could be read).
+            unreadable.billed = Usage.of(embedded_estimate(part.input), 0)
+        raise
     return answer
 
 

@@ -278,3 +278,50 @@ async def test_the_estimate_of_a_continue_counts_the_conversation_its_thread_hol
     assert counted.json().get("estimate") is True and counted.headers["x-gateway-estimate"] == "true"
     # Was: {"input_tokens": 3, "estimate": true} for a thread holding 40,003 tokens.
     assert counted.json()["input_tokens"] >= HELD, counted.json()
+
+
+GEMINI = {"type": "gemini", "api_key": "env:GEMINI_API_KEY", "base_url": "http://up"}
+ENV = {"GEMINI_API_KEY": "gk-test-000000000000"}
+TEXTS = [f"{i:05d} " + "word " * 19 for i in range(2_000)]  # 2,000 inputs of 101 bytes: 20 batches of 100
+BATCH_BOUND = sum(len(text.encode()) for text in TEXTS[:100])  # a token a byte: the most the short batch bills
+
+
+def models() -> dict[str, Any]:
+    deployments = [
+        {"provider": "openai", "model": "gemini-embedding-short"},
+        {"provider": "openai", "model": "gemini-embedding-good"},
+    ]
+    return {"emb": {"kind": "embedding", "deployments": deployments, "price": {"input": 1.0}}}
+
+
+@pytest.mark.parametrize("short", ["first", "second"])
+async def test_a_batch_answered_short_is_billed_for_its_own_inputs_alone(short: str) -> None:
+    """A batch answered short, the first or a later one, is billed its own inputs' estimate: the first was charged as
+    an attempt missed, every input's bound, the batches never sent among them (found by review, mergerev37)."""
+
+    def answering(request: httpx.Request) -> httpx.Response:
+        texts = [item["content"]["parts"][0]["text"] for item in orjson.loads(request.content)["requests"]]
+        vectors = [{"values": [0.5]} for _ in texts]
+        unusable = texts[0] == TEXTS[0 if short == "first" else 100]
+        if "gemini-embedding-short" in request.url.path and unusable:
+            vectors = vectors[:-1]
+        return httpx.Response(200, content=orjson.dumps({"embeddings": vectors}))
+
+    s = await serve(answering, models(), provider=GEMINI, environ=ENV)
+    try:
+        answer = await s.post("/v1/embeddings", {"model": "emb", "input": TEXTS, "encoding_format": "float"})
+        assert answer.status_code == 200, answer.text
+        served = answer.json()["usage"]["prompt_tokens"]
+        [line] = await s.ledger()
+        thrown = line.input_tokens - served
+        # The deployment that answered short was sent some batches (one, or all 20 when a later one was short); what
+        # it can bill for the batch it answered short is at most that batch's bound, and each batch it answered whole
+        # its own count, about what the served answer counts for it.
+        answered_whole = 0 if short == "first" else served * 19 // 20
+        assert thrown <= answered_whole + BATCH_BOUND, (
+            f"the {short} batch answered short: line counts {line.input_tokens} tokens in ({line.cost_source}, "
+            f"{line.route}), {thrown} past the served answer's {served}; the short batch's bound is {BATCH_BOUND}"
+        )
+    finally:
+        await s.http.aclose()
+        await s.gateway.aclose()

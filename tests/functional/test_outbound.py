@@ -294,16 +294,21 @@ def test_a_head_pipelined_behind_a_request_in_the_same_read_passes_at_the_bound(
 @pytest.mark.parametrize("cut", [-1000, 1, 2, 3], ids=["in-the-body", "empty-line-1", "empty-line-2", "empty-line-3"])
 @pytest.mark.parametrize(("size", "status"), [(65_536, b"200"), (65_537, b"431")], ids=["at", "past"])
 def test_a_pipelined_head_is_bounded_exactly_when_the_request_before_it_came_in_two_reads(
-    served: ServerThread, cut: int, size: int, status: bytes
+    served: ServerThread, running: Running, cut: int, size: int, status: bytes
 ) -> None:
     """The request before it written in two parts (its body cut, or the empty line that ends its head), the second
     part in one write with the pipelined head: what of the request before it came in that read is found from where
     its head ended (across the two reads), and only the rest is counted: a head of the bound passes, one byte more
-    is refused."""
-    head_length = WITH_BODY.index(b"\r\n\r\n") + 4
-    at = len(WITH_BODY) + cut if cut < 0 else head_length - cut
+    is refused. The request before it is answered once its body is read (a key's, whose body is no JSON: a 400); one
+    answered before (a 405) closes its connection after the answer, its body cut (`server.BoundedCycle`)."""
+    key = running.mint().encode()
+    before = WITH_BODY.replace(b"POST /health ", b"POST /v1/chat/completions ").replace(
+        b"host: gateway\r\n", b"host: gateway\r\nauthorization: Bearer " + key + b"\r\n"
+    )
+    head_length = before.index(b"\r\n\r\n") + 4
+    at = len(before) + cut if cut < 0 else head_length - cut
     with socket.create_connection(("127.0.0.1", served.port)) as sock:
-        written_in_parts(sock, WITH_BODY + closing_head(size), [at], 0.2)
+        written_in_parts(sock, before + closing_head(size), [at], 0.2)
         answers = answers_until_closed(sock)
     statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answers)
     assert statuses[-1] == status, answers[-400:]

@@ -22,6 +22,7 @@ from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
 from handler.ports import KeyRecord, LedgerItem, Settlement
 from tests.support.dynamo import DynamoServer
+from tests.support.inprocess import serve
 
 MODELS = {"m": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": {"input": 1, "output": 2}}}
 
@@ -271,3 +272,43 @@ async def test_a_family_listing_page_reads_a_query_a_key_of_the_family(
     finally:
         await http.aclose()
         await gateway.aclose()
+
+
+def completion() -> dict[str, Any]:
+    return {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+
+
+MODELS = {
+    "m": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": {"input": 1.0, "output": 2.0}}
+}
+
+
+async def test_a_tag_filter_given_twice_is_refused_or_matches_both() -> None:
+    """`?tag=team=a&tag=env=prod` was read as its last, `env=prod` alone: every team's spend reported (found by
+    review, mergerev37)."""
+    s = await serve(lambda request: httpx.Response(200, json=completion()), MODELS)
+    try:
+        auth = {"authorization": f"Bearer {s.key.key}"}
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        for tags in ("team=a,env=prod", "team=b,env=prod"):
+            answer = await s.http.post("/v1/chat/completions", json=body, headers={**auth, "x-gateway-tags": tags})
+            assert answer.status_code == 200, answer.text
+        await s.gateway.drain()
+        report = await s.http.get("/v1/usage", params=[("tag", "team=a"), ("tag", "env=prod")], headers=auth)
+        if report.status_code == 400:
+            return  # refused, as `key` given twice is
+        assert report.status_code == 200, report.text
+        requests = sum(row["requests"] for row in report.json()["data"])
+        assert requests == 1, (
+            f"tag=team=a&tag=env=prod reported {requests} requests (filter {report.json().get('filter')})"
+        )
+    finally:
+        await s.http.aclose()
+        await s.gateway.aclose()

@@ -21,7 +21,8 @@ from handler.pipeline.gateway import build_gateway
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
 from handler.ports import KeyRecord
-from tests.functional.conftest import Running
+from tests.functional.conftest import Running, fresh_minute
+from tests.support.inprocess import serve
 
 COUNT_DELAY_S = 2.0
 
@@ -107,3 +108,68 @@ def test_a_line_counts_the_tokens_of_the_attempt_it_charges_before_the_served_on
         f"{line.route}: charged {line.cost_usd} USD ({line.cost_source}) for the thrown-away attempt's {CAP} output "
         f"tokens and the served {served_output}, but counts {line.output_tokens} output tokens"
     )
+
+
+TPM = 1_000_000
+TEXT = "word " * 8_000  # 40,000 bytes of English: estimated 20,000 tokens, bound 40,000 (the provider's: ~8,000)
+CAP = 100
+
+
+def completion(prompt: int, output: int) -> dict[str, Any]:
+    return {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output},
+    }
+
+
+def missed_then_served(request: httpx.Request) -> httpx.Response:
+    if b'"bad-model"' in request.content:
+        return httpx.Response(200, content=b"<html>not json</html>")  # a 200 it cannot read: a missed attempt
+    return httpx.Response(200, json=completion(8_000, 5))
+
+
+MODELS = {
+    "m": {
+        "deployments": [{"provider": "openai", "model": "bad-model"}, {"provider": "openai", "model": "gpt-4o-mini"}],
+        "price": {"input": 0.01, "output": 0.01},
+    },
+    "small": {
+        "deployments": [{"provider": "openai", "model": "gpt-4o-mini"}],
+        "price": {"input": 0.01, "output": 0.01},
+    },
+}
+
+
+async def test_a_missed_attempt_counts_no_token_a_byte_bound_on_the_keys_tpm() -> None:
+    """A line counts a missed attempt's worst case (above); the key's tpm does not: a worst case is a token a byte
+    and the whole cap, which a tpm never counts (a request served for 8,005 tokens took 48,121 of its key's minute;
+    found by review, mergerev37)."""
+    fresh_minute()
+    served = await serve(missed_then_served, MODELS)
+    try:
+        record = KeyRecord(id="", name="t", secret_hash="", created_at=0, tpm=TPM, budget_usd=10.0)
+        key = (await KeyAdmin(KeyService(served.gateway.store, 0)).mint(record)).key
+        headers = {"authorization": f"Bearer {key}"}
+        body = {"model": "m", "messages": [{"role": "user", "content": TEXT}], "max_tokens": CAP}
+        answer = await served.http.post("/v1/chat/completions", json=body, headers=headers)
+        assert answer.status_code == 200, answer.text
+        admitted = TPM - int(answer.headers["x-ratelimit-remaining-tokens"])  # its estimate and its cap
+        await asyncio.sleep(0.1)
+        await served.gateway.drain()
+        probe = {"model": "small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+        after = await served.http.post("/v1/chat/completions", json=probe, headers=headers)
+        assert after.status_code == 200, after.text
+        counted = TPM - int(after.headers["x-ratelimit-remaining-tokens"]) - 3  # (less the probe's own estimate)
+        # Served: 8,005 tokens. The missed attempt may have run: at most what its admission counted stays counted
+        # (docs: "sent and never answered: what it counted stays counted"), its estimate and its cap.
+        assert counted <= 8_005 + admitted + 10, (
+            f"the key's tpm counts {counted} tokens for a request admitted at {admitted} and served for 8,005: its "
+            f"missed attempt counted at the bound, a token a byte ({len(TEXT.encode())}) plus its cap"
+        )
+    finally:
+        await served.http.aclose()
+        await served.gateway.aclose()

@@ -69,3 +69,29 @@ async def test_a_chunked_bodys_trailer_past_the_header_bound_is_refused(monkeypa
     # pass it, and no trailer field of megabytes is gathered nor appended to the request's headers.
     assert closed, f"4 MiB of one trailer were read and gathered (statuses {statuses}, appended: {appended} bytes)"
     assert not appended or max(appended) <= 8192, appended
+
+
+@pytest.fixture
+def bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = GatewaySettings.model_validate(
+        {"timeouts": {"request_head": 5, "request_body": 5}, "limits": {"request_header_bytes": 8192}}
+    )
+    monkeypatch.setattr(server, "served_settings", lambda: settings)
+    READS.clear()
+
+
+async def test_a_pipelined_requests_trailer_refusal_follows_the_answer_before_it(bounded: None) -> None:
+    """The 431 of a request pipelined behind another, its trailers past the bound, comes after that one's answer:
+    written at once, it took its place, and the running request was cut and charged (found by review, mergerev37)."""
+    connection = Connection()
+    first = b"GET /slow HTTP/1.1\r\nhost: g\r\n\r\n"  # a stream of 0.4 s, answered first
+    second = b"POST /echo HTTP/1.1\r\nhost: g\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nx-trailer: "
+    await connection.send(first + second + b"a" * 20_000)  # one read: its trailer already past the 8 KiB bound
+    statuses = await connection.answers(2, within_s=2)
+    written = connection.written
+    connection.close()
+    assert statuses[:1] == [b"200"], (
+        f"the first request's answer was replaced by the pipelined one's refusal: statuses {statuses}, "
+        f"written {written[:200]!r}"
+    )
+    assert written.count(b"data: on") == 4, written[:400]
