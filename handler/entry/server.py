@@ -484,8 +484,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._close_with(too_large_answer(self.bound, anthropic))
 
     def _refuse_trailers(self) -> None:
-        """The running request's trailers past the head's bound: answered 431 with the app's request id where no answer
-        has begun (the app, whose read of the body ends now, observes it so: `BODY_LATE`), and the connection closed."""
+        """The last request's trailers past the head's bound: a 431 (`_end_running`), and the connection closed."""
         cycle = self.cycle
         error = HeadersTooLargeError(f"the request's trailer fields exceed {self.bound} bytes")
         queued = next((entry for entry in self.pipeline if entry[0] is cycle), None)
@@ -498,13 +497,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 refusal(error, b"431 Request Header Fields Too Large", anthropic_head(self.url, self.headers))
             )
             return
+        self._end_running(error, b"431 Request Header Fields Too Large")
+
+    def _end_running(self, error: GatewayError, status_line: bytes) -> None:
+        """The running request ended while its body was read: answered `error` with the app's request id where no
+        answer has begun (the app, whose read of the body ends now as a client's leaving does, is given the error,
+        `BODY_LATE`, and observes the request as answered so, not as a 499), and the connection closed."""
+        cycle = self.cycle
         self.refused = True
         if not cycle.response_started:
             state = cycle.scope["state"]
             state[BODY_LATE] = error
-            anthropic = anthropic_head(self.url, self.headers)
-            status_line = b"431 Request Header Fields Too Large"
-            self.transport.write(refusal(error, status_line, anthropic, state.get("request_id")))
+            self.transport.write(
+                refusal(error, status_line, anthropic_head(self.url, self.headers), state.get("request_id"))
+            )
         self.transport.close()
         cycle.disconnected = True  # (as the connection's loss marks it: the app's read of the body ends now)
         cycle.message_event.set()
@@ -561,35 +567,24 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _body_late(self, within: float, by_deadline: bool) -> None:
         """The body's time ran out: a request not answered yet is answered 408 (`gateway.timeouts.request_body`) or
-        its deadline's 504, with the app's request id, and the connection closed. The app, whose read of the body
-        now ends as a client's leaving does, is given the error (`BODY_LATE`), and observes the request as answered
-        so, not as a 499. One already answering is cut."""
+        its deadline's 504 (`_end_running`). One already answering is cut."""
         self.body_timer = None
         cycle = self.cycle
         if self.transport.is_closing() or self.refused or cycle.response_complete:
             return
-        self.refused = True
-        if not cycle.response_started:
-            error: GatewayError
-            if by_deadline:
-                error = UpstreamTimeoutError(
-                    f"the deadline of {within * 1000:.0f} ms (x-gateway-deadline-ms) passed before the request's "
-                    "body was whole: nothing was sent, nothing is charged"
-                )
-                status_line = b"504 Gateway Timeout"
-            else:
-                error = RequestTimeoutError(
-                    f"the request's body was not whole within {within:g} s of its head (gateway.timeouts."
-                    "request_body): nothing was sent, nothing is charged"
-                )
-                status_line = b"408 Request Timeout"
-            state = cycle.scope["state"]
-            state[BODY_LATE] = error
-            anthropic = anthropic_head(self.url, self.headers)
-            self.transport.write(refusal(error, status_line, anthropic, state.get("request_id")))
-        self.transport.close()
-        cycle.disconnected = True  # (as the connection's loss marks it: the app's read of the body ends now)
-        cycle.message_event.set()
+        error: GatewayError
+        if by_deadline:
+            error = UpstreamTimeoutError(
+                f"the deadline of {within * 1000:.0f} ms (x-gateway-deadline-ms) passed before the request's "
+                "body was whole: nothing was sent, nothing is charged"
+            )
+            self._end_running(error, b"504 Gateway Timeout")
+        else:
+            error = RequestTimeoutError(
+                f"the request's body was not whole within {within:g} s of its head (gateway.timeouts."
+                "request_body): nothing was sent, nothing is charged"
+            )
+            self._end_running(error, b"408 Request Timeout")
 
     def on_response_complete(self) -> None:
         """An answer is written: the next request's starts (uvicorn's), or, once every request before a refused
