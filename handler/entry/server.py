@@ -110,6 +110,9 @@ def anthropic_head(url: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
 
 # The most requests that may wait, pipelined on one connection, behind the one being answered (`on_headers_complete`).
 MOST_PIPELINED = 32
+# How long a connection whose request was answered before its body was read goes on reading (and dropping) what its
+# client sends, after the answer's end (`BoundedHttpToolsProtocol._linger`).
+LINGER_S = 2.0
 NO_LINGER = struct.pack("ii", 1, 0)  # (SO_LINGER on, 0 s: a close resets the connection, its unsent bytes dropped)
 QUIET = logging.Logger("gateway.refused")  # (a connection refused so: uvicorn's word on it would mislead)
 QUIET.disabled = True
@@ -168,15 +171,22 @@ def framing(headers: list[tuple[bytes, bytes]]) -> tuple[int, bool]:
 
 
 class BoundedCycle(RequestResponseCycle):
-    """A request's cycle that closes its connection after an answer written before the request's body was whole (no
+    """A request's cycle that ends its connection after an answer written before the request's body was whole (no
     key's 401, a 405, a 413 by its `Content-Length`): RFC 9112 (9.6) lets a server that will not read a body close
     the connection, and kept open, the protocol went on feeding the parser whatever body the client sent, for
     `gateway.timeouts.request_head` after the answer (a keyless client's body of one-byte chunks held the loop with a
-    callback each: every `/health` waited a second; found by review, edgerev37). The answer says `connection: close`."""
+    callback each: every `/health` waited a second; found by review, edgerev37). The answer says `connection: close`;
+    the connection is then closed as a lingering close does (`BoundedHttpToolsProtocol._linger`), not at once: closed
+    with the client's body unread, the kernel resets it, and a reset that overtakes the answer loses it."""
+
+    lingers = False
 
     async def send(self, message: ASGISendEvent) -> None:
-        if not self.response_started and self.more_body and message["type"] == "http.response.start":
-            self.keep_alive = False
+        if message["type"] == "http.response.start":
+            if not self.response_started and self.more_body:
+                self.keep_alive, self.lingers = False, True  # (uvicorn writes `connection: close`)
+        elif self.lingers and not message.get("more_body", False):
+            self.keep_alive = True  # (uvicorn would close at once: its protocol lingers, `on_response_complete`)
         await super().send(message)
 
 
@@ -589,7 +599,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         """An answer is written: the next request's starts (uvicorn's), or, once every request before a refused
         head is answered, its held refusal (`_close_with`), and the connection closed. Then the next head's timer,
-        where no request waits to be answered (else the body's of the one now started, where its body goes on)."""
+        where no request waits to be answered (else the body's of the one now started, where its body goes on). An
+        answer written before its request's body was whole ends the connection (`BoundedCycle`, `_linger`)."""
+        if getattr(self.cycle, "lingers", False) and not self.transport.is_closing():
+            self._linger()
+            return
         pending = self.pending
         if pending is not None and not self.pipeline and not self.transport.is_closing():
             self.pending = None
@@ -608,6 +622,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.head_timer = self.loop.call_later(self.head_s, self._head_late)
         elif not self.pipeline and (not self.in_head or self.upgrade_left):
             self._time_the_body()  # (an ignored upgrade's body goes on past its head, which the parser took as whole)
+
+    def _linger(self) -> None:
+        """A lingering close: the answer's end sent (`write_eof`, a FIN after its bytes), what the client still sends
+        read and dropped (no parser: a read a call, whatever its chunks), and the connection closed once the client
+        closes its side (asyncio's transport closes at its EOF, uvicorn's `eof_received` keeping it no longer) or
+        `LINGER_S` has passed. Closed at once with the client's body unread, the kernel resets the
+        connection, and over a network a reset that overtakes the answer loses it (the client reads a reset where a
+        401 was written)."""
+        self.server_state.total_requests += 1
+        self.refused = True  # (`data_received` drops what comes)
+        self._stop_timers()
+        with contextlib.suppress(NotImplementedError, OSError, RuntimeError):
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+        self.flow.resume_reading()
+        self.head_timer = self.loop.call_later(LINGER_S, self.transport.close)
 
     def send_400_response(self, msg: str) -> None:
         """A head the HTTP parser refuses (a CR or NUL in a header's value, two `Content-Length`s): the client's 400

@@ -1163,3 +1163,14 @@ def test_gateway_serve_writes_a_whole_answer_read_slowly_past_its_requests_end(t
     assert head.startswith(b"HTTP/1.1 200 "), head[:200]
     length = announced(answer)
     assert len(content) == length, f"{len(content):,} of {length:,} bytes of a settled 200 arrived ({connection})"
+
+
+@pytest.mark.parametrize("size", [100_000, 4_000_000])
+def test_a_keyless_request_answered_before_its_body_is_read_reads_its_401(served: ServerThread, size: int) -> None:
+    """Answered 401 before its body is read, the connection ends after the answer (`connection: close`), in a
+    lingering close: closed at once with the body unread, the kernel resets it, and a reset overtaking the answer
+    loses it. The client, still writing its body, reads the 401 whole (`connection: close` where the body was not
+    whole when it was answered, which depends on how fast it came)."""
+    for _ in range(3):
+        answer = httpx.post(f"{served.url}/v1/chat/completions", content=b"x" * size, timeout=10)
+        assert answer.status_code == 401, answer.text

@@ -82,6 +82,7 @@ class Recorded(asyncio.Transport):
         super().__init__()
         self.writes: list[bytes] = []
         self.closed = False
+        self.eof = False  # (`write_eof`: the protocol's end of the connection sent)
         self.protocol: asyncio.BaseProtocol | None = None  # (set where a protocol hands the transport over)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
@@ -102,6 +103,12 @@ class Recorded(asyncio.Transport):
 
     def close(self) -> None:
         self.closed = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
 
     def pause_reading(self) -> None:
         pass
