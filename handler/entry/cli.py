@@ -715,6 +715,15 @@ def cmd_usage(args: argparse.Namespace) -> int:
         sys.stderr.write(f"--json is --format json: not with --format {args.format}\n")
         return 2
     output = "json" if args.json else args.format or "table"
+    for name in USAGE_ONCE:
+        given = getattr(args, name)
+        if given is not None and len(given) > 1:
+            # (Read as its last, `--tag team=a --tag env=prod` reported every team's `env=prod` spend; as over HTTP, a
+            # filter is given once: found by review, mergerevb37.)
+            flag = "--" + name.replace("_", "-")
+            sys.stderr.write(f"{flag} is given {len(given)} times: give it once\n")
+            return 2
+        setattr(args, name, None if given is None else given[0])
     for flag, value in (("--key", args.key), ("--tag", args.tag)):
         if value is not None and not value.strip():
             # (Read as no filter, `--key "$KEY_ID"` with the variable unset reported every key's spend as that key's;
@@ -995,6 +1004,10 @@ def cmd_route_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+# `gateway usage`'s options that take one value (`cmd_usage`).
+USAGE_ONCE = ("key", "since", "until", "group_by", "tag", "user", "session", "request_id", "limit", "cursor")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="One API key in front of many LLM providers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1073,20 +1086,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     usage = sub.add_parser("usage", help="cost line items, grouped")
     usage.add_argument("--store", help="store URL")
-    usage.add_argument("--key", help="one key id (its children included)")
-    usage.add_argument("--since", help="YYYY-MM-DD, ISO time or epoch seconds, UTC (default: 30 days ago)")
-    usage.add_argument("--until", help="YYYY-MM-DD, ISO time or epoch seconds, UTC (default: now)")
+    # (Each of these taken once: `append` here, refused given twice in `cmd_usage`, `USAGE_ONCE`.)
+    usage.add_argument("--key", action="append", help="one key id (its children included)")
     usage.add_argument(
-        "--group-by", help="any of key,model,day,user,session,tag:NAME; or request alone: the lines, a row each"
+        "--since", action="append", help="YYYY-MM-DD, ISO time or epoch seconds, UTC (default: 30 days ago)"
     )
-    usage.add_argument("--tag", help="only lines carrying every one of these tags: team=search,env=prod")
-    usage.add_argument("--user", help="only this end user's lines")
-    usage.add_argument("--session", help="only this agent session's lines")
-    usage.add_argument("--request-id", help="only the line of this request (its x-request-id)")
+    usage.add_argument("--until", action="append", help="YYYY-MM-DD, ISO time or epoch seconds, UTC (default: now)")
     usage.add_argument(
-        "--limit", help="with --group-by request: lines a page, newest first (default 100, at most 1000)"
+        "--group-by",
+        action="append",
+        help="any of key,model,day,user,session,tag:NAME; or request alone: the lines, a row each",
     )
-    usage.add_argument("--cursor", help="with --group-by request: the page after the one whose next_cursor this is")
+    usage.add_argument(
+        "--tag", action="append", help="only lines carrying every one of these tags: team=search,env=prod"
+    )
+    usage.add_argument("--user", action="append", help="only this end user's lines")
+    usage.add_argument("--session", action="append", help="only this agent session's lines")
+    usage.add_argument("--request-id", action="append", help="only the line of this request (its x-request-id)")
+    usage.add_argument(
+        "--limit",
+        action="append",
+        help="with --group-by request: lines a page, newest first (default 100, at most 1000)",
+    )
+    usage.add_argument(
+        "--cursor", action="append", help="with --group-by request: the page after the one whose next_cursor this is"
+    )
     usage.add_argument("--format", choices=["table", "csv", "json"], help="default: table")
     usage.add_argument("--json", action="store_true", help="the same as --format json")
     usage.set_defaults(func=cmd_usage)

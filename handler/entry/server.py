@@ -186,7 +186,10 @@ class BoundedCycle(RequestResponseCycle):
             if not self.response_started and self.more_body:
                 self.keep_alive, self.lingers = False, True  # (uvicorn writes `connection: close`)
         elif self.lingers and not message.get("more_body", False):
-            self.keep_alive = True  # (uvicorn would close at once: its protocol lingers, `on_response_complete`)
+            # uvicorn would close at once: the protocol lingers instead, told by this cycle (its last parsed may be
+            # another, pipelined behind: judged by it, the connection neither closed nor lingered; mergerevb37).
+            self.keep_alive = True
+            self.on_response = self.on_response.__self__._linger  # type: ignore[attr-defined]
         await super().send(message)
 
 
@@ -600,10 +603,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """An answer is written: the next request's starts (uvicorn's), or, once every request before a refused
         head is answered, its held refusal (`_close_with`), and the connection closed. Then the next head's timer,
         where no request waits to be answered (else the body's of the one now started, where its body goes on). An
-        answer written before its request's body was whole ends the connection (`BoundedCycle`, `_linger`)."""
-        if getattr(self.cycle, "lingers", False) and not self.transport.is_closing():
-            self._linger()
-            return
+        answer written before its request's body was whole ends the connection instead (`BoundedCycle`, `_linger`)."""
         pending = self.pending
         if pending is not None and not self.pipeline and not self.transport.is_closing():
             self.pending = None
@@ -631,7 +631,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         connection, and over a network a reset that overtakes the answer loses it (the client reads a reset where a
         401 was written)."""
         self.server_state.total_requests += 1
-        self.refused = True  # (`data_received` drops what comes)
+        if self.transport.is_closing():
+            return
+        self.refused = True  # (`data_received` drops what comes, a request pipelined behind it too)
         self._stop_timers()
         with contextlib.suppress(NotImplementedError, OSError, RuntimeError):
             if self.transport.can_write_eof():

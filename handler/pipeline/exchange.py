@@ -66,7 +66,7 @@ class Exchange:
         "rejected", "client_left", "fallbacks", "counted", "stream", "native_api", "native_options", "anthropic",
         "audio_output", "ledger_item", "ends_at", "lifetime_s", "wasted_usage", "unsent_counts", "sent_to", "reserving",
         "advisors", "advised", "dropped_at", "advisor_models", "unsent_advisors", "advisor_params", "advisor_counts",
-        "advisor_sent", "cap_param",
+        "advisor_sent", "cap_param", "waste_estimated",
     )  # fmt: skip
 
     def __init__(
@@ -128,6 +128,7 @@ class Exchange:
         # the next attempt goes out.
         self.rejected = 0
         self.wasted_usage: Usage | None = None
+        self.waste_estimated = False  # (counts of them the gateway estimated: an unusable embeddings batch's)
         # A worst case more reserved for each of them before the next attempt went out (`Meter.reserve_again`).
         self.extra: list[Reservation] = []
         self.prompt: PromptEstimate | None = None

@@ -576,6 +576,7 @@ class Pipeline(Charges):
             except UpstreamError as unreadable:
                 # Billed its own batch, as a later batch's is (`_other_batches`), not as an attempt missed, whose
                 # worst case is every input's bound, the batches never sent among them (found by review, mergerev37).
+                ex.waste_estimated = ex.waste_estimated or unreadable.billed is not None
                 self._billed_unusable(ex, attempt, unreadable)
                 raise
             if len(batches) == 1:
@@ -660,6 +661,7 @@ class Pipeline(Charges):
         failure = min(failures, key=lambda err: (not err.billable, err.retryable))
         if not failure.billable:
             unread = sum(failed.billed.prompt_tokens for failed in failures if failed.billed is not None)
+            ex.waste_estimated = ex.waste_estimated or unread > 0
             failure.billed = Usage.of(sum(answer.usage.prompt_tokens for answer in answers) + unread, 0)
             self._billed_unusable(ex, attempt, failure)
         raise failure
@@ -1546,6 +1548,12 @@ class Pipeline(Charges):
             # is passed theirs as its `usage` (`_unanswered`).
             billed = usage if free or ex.wasted_usage is None else usage.plus(ex.wasted_usage)
             tokens = billed.prompt_tokens + billed.completion_tokens  # (what the rate limits settle to)
+            if unseen:
+                # Its own worst case (a token a byte and the whole cap) is what it is charged, not what its rate limits
+                # count: what the admission counted stays counted, with what was thrown away on the way (a 40 KB
+                # prompt admitted at 20,109 settled the key's tpm at 40,116; found by review, mergerevb37).
+                thrown = ex.wasted_usage
+                tokens = reservation.tokens + (0 if thrown is None else thrown.prompt_tokens + thrown.completion_tokens)
             if charged is not None:
                 # And the worst cases charged for the attempts before it that may have run unanswered (counted out,
                 # a line charged an attempt's 50 tokens out and counted the served answer's 7; usagerev37). Not on
@@ -1578,7 +1586,8 @@ class Pipeline(Charges):
                 store_ms=ex.store_ms,
                 upstream_ms=ex.upstream_ms,
                 route=", ".join(ex.route),
-                cost_source=source,
+                # (A cost some of whose counts the gateway estimated is no provider's count: mergerevb37.)
+                cost_source="estimate" if ex.waste_estimated and source == "provider" else source,
                 tags=line_tags(ex.lineage, ex.controls.tags),
                 user=ex.user,
                 session=ex.controls.session,

@@ -26,6 +26,7 @@ from handler.api.app import create_app
 from handler.config import parse_config
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
+from handler.pipeline.pipeline import embedded_estimate
 from handler.ports import KeyRecord
 from tests.functional.conftest import Running, fresh_minute, openai_client, serving
 from tests.support.inprocess import Served, serve
@@ -322,6 +323,30 @@ async def test_a_batch_answered_short_is_billed_for_its_own_inputs_alone(short: 
             f"the {short} batch answered short: line counts {line.input_tokens} tokens in ({line.cost_source}, "
             f"{line.route}), {thrown} past the served answer's {served}; the short batch's bound is {BATCH_BOUND}"
         )
+    finally:
+        await s.http.aclose()
+        await s.gateway.aclose()
+
+
+# Review mergerevb37: every deployment answers the first batch short. Its counts are right (each deployment's batch
+# estimate, once, no worst case: sound), but the line says `cost_source: provider` for what is the gateway's estimate
+# alone (no count of the provider's was read): before eb8e964a's parent it said `reserved`; `provider` has reports count
+# it as known exactly (`Pipeline._settle`).
+async def test_every_deployment_answering_the_first_batch_short_is_billed_its_estimate_and_says_so() -> None:
+    def answering(request: httpx.Request) -> httpx.Response:
+        texts = [item["content"]["parts"][0]["text"] for item in orjson.loads(request.content)["requests"]]
+        vectors = [{"values": [0.5]} for _ in texts][:-1]  # always one short
+        return httpx.Response(200, content=orjson.dumps({"embeddings": vectors}))
+
+    s = await serve(answering, models(), provider=GEMINI, environ=ENV)
+    try:
+        answer = await s.post("/v1/embeddings", {"model": "emb", "input": TEXTS, "encoding_format": "float"})
+        assert answer.status_code == 502, answer.text
+        [line] = await s.ledger()
+        batch = embedded_estimate(TEXTS[:100])
+        assert line.input_tokens == 2 * batch, (line.input_tokens, batch, line.cost_source, line.route, line.status)
+        assert line.cost_usd is not None and line.cost_usd > 0, line
+        assert line.cost_source == "estimate", (line.cost_source, line.route)
     finally:
         await s.http.aclose()
         await s.gateway.aclose()

@@ -173,3 +173,63 @@ async def test_a_missed_attempt_counts_no_token_a_byte_bound_on_the_keys_tpm() -
     finally:
         await served.http.aclose()
         await served.gateway.aclose()
+
+
+# Review mergerevb37: a request sent and never answered settles its key's tpm to its worst case (a token a byte and
+# the whole cap), not to what its admission counted (docs/keys-and-budgets.md: "sent and never answered ...: what it
+# counted stays counted"); mergerev37 took the worst case off the tpm for a missed attempt followed by a served
+# one only.
+LONG_TEXT = "word " * 8_000  # 40,000 bytes of English: estimated 20,000 tokens, bound 40,000
+LONG_CAP = 100
+
+NEVER_ANSWERED_MODELS: dict[str, Any] = {
+    "bad": {"deployments": [{"provider": "openai", "model": "bad-model"}], "price": {"input": 0.01, "output": 0.01}},
+    "small": {
+        "deployments": [{"provider": "openai", "model": "gpt-4o-mini"}],
+        "price": {"input": 0.01, "output": 0.01},
+    },
+}
+
+
+def unreadable_or_served(request: httpx.Request) -> httpx.Response:
+    if b'"bad-model"' in request.content:
+        return httpx.Response(200, content=b"<html>not json</html>")  # a 200 it cannot read: a missed attempt
+    usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+    choice = {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+    return httpx.Response(
+        200,
+        json={
+            "id": "c",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "gpt-4o-mini",
+            "choices": [choice],
+            "usage": usage,
+        },
+    )
+
+
+async def test_a_request_never_answered_keeps_on_the_tpm_what_its_admission_counted() -> None:
+    fresh_minute()
+    served = await serve(unreadable_or_served, NEVER_ANSWERED_MODELS)
+    try:
+        record = KeyRecord(id="", name="t", secret_hash="", created_at=0, tpm=TPM, budget_usd=10.0)
+        key = (await KeyAdmin(KeyService(served.gateway.store, 0)).mint(record)).key
+        headers = {"authorization": f"Bearer {key}"}
+        body = {"model": "bad", "messages": [{"role": "user", "content": LONG_TEXT}], "max_tokens": LONG_CAP}
+        answer = await served.http.post("/v1/chat/completions", json=body, headers=headers)
+        assert answer.status_code == 502, answer.text
+        admitted = TPM - int(answer.headers["x-ratelimit-remaining-tokens"])  # its estimate and its cap
+        await asyncio.sleep(0.1)
+        await served.gateway.drain()
+        probe = {"model": "small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+        after = await served.http.post("/v1/chat/completions", json=probe, headers=headers)
+        assert after.status_code == 200, after.text
+        counted = TPM - int(after.headers["x-ratelimit-remaining-tokens"]) - 3  # (less the probe's own estimate)
+        assert counted <= admitted + 10, (
+            f"the key's tpm counts {counted} tokens for a request admitted at {admitted} and never answered: its "
+            f"worst case, a token a byte ({len(LONG_TEXT.encode())}) plus its cap, not what it counted"
+        )
+    finally:
+        await served.http.aclose()
+        await served.gateway.aclose()

@@ -1326,9 +1326,10 @@ def test_usage_lists_lines_a_page_at_a_time_on_each_store(store_url: str, capsys
     assert capsys.readouterr().err == "no key with id 'nosuchkeyid' (nor any usage of it in the window)\n"
     for bad, said in (
         (["--limit", "0"], "limit must be a whole number from 1 to 1000\n"),
-        (["--cursor", "later"], "cursor takes the next_cursor of the listing before (TS:REQUEST_ID, a row's ts"),
+        (["--limit", "2", "--cursor", "later"], "cursor takes the next_cursor of the listing before (TS:REQUEST_ID"),
+        (["--limit", "2", "--limit", "3"], "--limit is given 2 times: give it once"),  # (not read as its last)
     ):
-        assert main([*argv, *bad]) == 2
+        assert main([*argv[:-2], *bad]) == 2
         assert capsys.readouterr().err.startswith(said)
     assert main(["usage", "--store", store_url, "--group-by", "model", "--limit", "2"]) == 2
     assert capsys.readouterr().err == "limit pages a listing of lines: give group_by=request\n"
@@ -1380,3 +1381,25 @@ def test_keys_list_reads_a_page_and_says_the_next_pages_cursor(
     ):
         assert main(["keys", "list", "--store", store_url, *flags]) == 2
         assert capsys.readouterr() == ("", said)
+
+
+# Review mergerevb37: `gateway usage --tag team=a --tag env=prod` reads its last `--tag` alone (argparse's `store`),
+# and reports every team's `env=prod` spend, exit 0: the CLI twin of the HTTP `?tag=…&tag=…` that mergerev37 made a 400
+# (docs/usage.md: "a parameter that takes one value given twice" is refused over HTTP; the CLI refuses an empty `--tag`
+# "for the same reason").
+@pytest.mark.parametrize("flag", ["--tag", "--user"])
+def test_usage_refuses_a_filter_given_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str) -> None:
+    store = f"sqlite:///{tmp_path / 'gateway.db'}"
+    assert main(["keys", "--store", store, "create", "--name", "k", "--json"]) == 0
+    capsys.readouterr()
+    values = {"--tag": ("team=a", "env=prod"), "--user": ("ann", "bob")}[flag]
+    code = main(["usage", "--store", store, flag, values[0], flag, values[1], "--json"])
+    printed = capsys.readouterr()
+    if code == 0 and flag == "--tag":  # (or both read, as one filter: the lines carrying both tags)
+        filtered = orjson.loads(printed.out)["filter"]["tags"]
+        if filtered == {"team": "a", "env": "prod"}:
+            return
+    assert code == 2, (
+        f"`usage {flag} {values[0]} {flag} {values[1]}` exit {code}, read as its last: "
+        f"{orjson.loads(printed.out).get('filter') if printed.out.startswith('{') else printed.out[:200]}"
+    )

@@ -109,3 +109,38 @@ async def test_a_pipelined_requests_trailer_refusal_follows_the_answer_before_it
         f"written {written[:200]!r}"
     )
     assert written.count(b"data: on") == 4, written[:400]
+
+
+# Review mergerevb37: the lingering close is decided on `self.cycle`, the last request parsed, not the one whose
+# answer is complete.
+@pytest.fixture
+def lingering(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = GatewaySettings.model_validate({"timeouts": {"request_head": 5, "request_body": 5}})
+    monkeypatch.setattr(server, "served_settings", lambda: settings)
+    monkeypatch.setattr(server, "LINGER_S", 0.3)
+
+
+async def test_an_answer_saying_connection_close_ends_the_connection_with_a_request_pipelined_behind_it(
+    lingering: None,
+) -> None:
+    """A request answered before its body was whole says `connection: close` (`BoundedCycle`), and its connection is to
+    end after it (RFC 9112 9.6: no further request processed). Where its answer's write waited (the client reading an
+    earlier answer slowly) while the rest of its body and a pipelined request came, `on_response_complete` looked at
+    `self.cycle` (the pipelined request's, which does not linger), so the connection neither ended nor lingered:
+    the pipelined request was answered, on a connection whose last answer said it was closing."""
+    connection = Connection()
+    connection.protocol.pause_writing()  # (the client is slow to read an earlier answer: the next write waits)
+    # `/whole` takes GET: Starlette answers this POST 405 without reading its body (as a keyless one is 401).
+    await connection.send(b"POST /whole HTTP/1.1\r\nhost: g\r\ncontent-length: 10\r\n\r\n12345")
+    await asyncio.sleep(0.05)  # the app's answer begins, its write waiting
+    await connection.send(b"67890GET /whole HTTP/1.1\r\nhost: g\r\n\r\n")  # its body's rest, and a request behind it
+    connection.protocol.resume_writing()
+    statuses = await connection.answers(2, within_s=1)
+    await asyncio.sleep(0.5)  # past the linger
+    written, eof, closed = connection.written, connection.transport.eof, connection.transport.closed
+    connection.close()
+    head = written.partition(b"\r\n\r\n")[0].lower()
+    assert statuses[:1] == [b"405"] and b"connection: close" in head, written[:300]
+    assert statuses == [b"405"] and (eof or closed), (
+        f"after an answer saying `connection: close`: statuses {statuses}, end sent {eof}, closed {closed}"
+    )
