@@ -233,6 +233,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     request's body unfinished to the body's end, or its answer's."""
 
     in_head = True
+    head_fields = 0  # the head's fields among `headers` (`on_message_complete`)
     received = 0
     heads = 0  # the heads parsed on this connection
     refused = False
@@ -387,14 +388,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.data_received(data[room:])
         else:
             self._refuse()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        """A header of the head; a field after a chunked body (a trailer) is not added to the request's headers, which
-        the app read when it began (RFC 9110 6.5.1: trailers are not merged into the header section unless their
-        definitions allow it; the gateway reads none): uvicorn appended them to `scope["headers"]`, where the request's
-        controls, read again once its body was read, saw them. Their bytes are held to the head's bound (`_follow`)."""
-        if self.in_head:
-            super().on_header(name, value)
 
     def on_message_begin(self) -> None:
         if not self.received:  # (no piece since the last request ended, which counted the piece it began in)
@@ -658,6 +651,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        self.head_fields = len(self.headers)  # (what comes after the head's fields is a trailer: `on_message_complete`)
         self.heads += 1
         self.chunks_left = None
         self.head_done_in, self.head_done_before = self.reading, self.received - len(self.reading)
@@ -782,6 +776,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         (`_ignore_upgrade`)."""
 
     def on_message_complete(self) -> None:
+        # A chunked body's trailer fields are no headers of the request (RFC 9110 6.5.1: not merged into the header
+        # section unless their definitions allow it; the gateway reads none): uvicorn appends them to
+        # `scope["headers"]`, where the request's controls, read again once its body was read, saw them. Taken off
+        # here, in the parser's callback that follows them, before the app can run again (a check on every header
+        # instead would cost each request a call a header). Their bytes are held to the head's bound (`_follow`).
+        del self.headers[self.head_fields :]
         # The next request's head begins after this one's end: in the next piece, or in this one (`_pipelined`).
         self.ended_before = self.received - len(self.reading)
         self.in_head = True

@@ -144,3 +144,16 @@ async def test_an_answer_saying_connection_close_ends_the_connection_with_a_requ
     assert statuses == [b"405"] and (eof or closed), (
         f"after an answer saying `connection: close`: statuses {statuses}, end sent {eof}, closed {closed}"
     )
+
+
+async def test_a_chunked_bodys_trailer_is_no_header_of_the_request(bounded: None) -> None:
+    """A trailer within the bound is read and dropped: uvicorn appended it to `scope["headers"]`, where the request's
+    controls, read again once its body was read, saw it (RFC 9110 6.5.1)."""
+    connection = Connection()
+    await connection.send(
+        b"POST /echo HTTP/1.1\r\nhost: g\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nx-trailer: 1\r\n\r\n"
+    )
+    assert await connection.answers(1) == [b"200"]
+    names = [name for name, _ in connection.protocol.headers]
+    connection.close()
+    assert b"transfer-encoding" in names and b"x-trailer" not in names, names
