@@ -20,7 +20,7 @@ from handler.api.answer_size import as_json_string
 from handler.api.key_spend import KeySpends
 from handler.api.report_gate import ReportGate
 from handler.dashboard.line_items import LineListing, parse_limit, parse_page
-from handler.dashboard.reports import ReportBuilder, parse_report, parse_top, parse_views
+from handler.dashboard.reports import REPORT_ONCE, ReportBuilder, parse_report, parse_top, parse_views
 from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from handler.pipeline.attribution import line_tags, stored_tags, validate_tags
 from handler.pipeline.budgets import period_of
@@ -350,8 +350,8 @@ def wider_model_limit(child: KeyRecord, parent: KeyRecord, whose: str, patterns:
                 )
 
 
-# A report's parameters that take one value (`view` may be given several times).
-ONCE = ("since", "until", "group_by", "tag", "user", "session", "request_id", "format", "top", "limit", "cursor")
+# A report's parameters that take one value over HTTP (`view` may be given several times).
+ONCE = (*REPORT_ONCE, "format", "top")
 
 
 class KeyRoutes:

@@ -104,6 +104,9 @@ def parse_group_by(text: str | None, name: str = "group_by", kept: Callable[[str
     return list(dict.fromkeys(groups))
 
 
+# A report's parameters that take one value on every surface, refused given twice (`?tag=team=a&tag=env=prod` was
+# read as its last: every team's `env=prod` spend); `view` may repeat.
+REPORT_ONCE = ("since", "until", "group_by", "tag", "user", "session", "request_id", "limit", "cursor")
 MAX_VIEWS = 8
 MAX_TOP = 1000
 

@@ -699,6 +699,7 @@ async def _listed_keys(store: Store, limit: str | None, cursor: str | None) -> i
 def cmd_usage(args: argparse.Namespace) -> int:
     from handler.dashboard.line_items import LineListing, parse_page
     from handler.dashboard.reports import (
+        REPORT_ONCE,
         aggregate,
         columns,
         latency,
@@ -715,7 +716,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
         sys.stderr.write(f"--json is --format json: not with --format {args.format}\n")
         return 2
     output = "json" if args.json else args.format or "table"
-    for name in USAGE_ONCE:
+    for name in ("key", *REPORT_ONCE):
         given = getattr(args, name)
         if given is not None and len(given) > 1:
             # (Read as its last, `--tag team=a --tag env=prod` reported every team's `env=prod` spend; as over HTTP, a
@@ -1004,10 +1005,6 @@ def cmd_route_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-# `gateway usage`'s options that take one value (`cmd_usage`).
-USAGE_ONCE = ("key", "since", "until", "group_by", "tag", "user", "session", "request_id", "limit", "cursor")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="One API key in front of many LLM providers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1086,7 +1083,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     usage = sub.add_parser("usage", help="cost line items, grouped")
     usage.add_argument("--store", help="store URL")
-    # (Each of these taken once: `append` here, refused given twice in `cmd_usage`, `USAGE_ONCE`.)
+    # (Each of these taken once: `append` here, refused given twice in `cmd_usage`, `REPORT_ONCE`.)
     usage.add_argument("--key", action="append", help="one key id (its children included)")
     usage.add_argument(
         "--since", action="append", help="YYYY-MM-DD, ISO time or epoch seconds, UTC (default: 30 days ago)"

@@ -576,7 +576,8 @@ class Pipeline(Charges):
             except UpstreamError as unreadable:
                 # Billed its own batch, as a later batch's is (`_other_batches`), not as an attempt missed, whose
                 # worst case is every input's bound, the batches never sent among them (found by review, mergerev37).
-                ex.waste_estimated = ex.waste_estimated or unreadable.billed is not None
+                if unreadable.billed is not None:  # (its inputs' estimate: `embeddings_read`)
+                    ex.waste_estimated = True
                 self._billed_unusable(ex, attempt, unreadable)
                 raise
             if len(batches) == 1:
@@ -661,7 +662,8 @@ class Pipeline(Charges):
         failure = min(failures, key=lambda err: (not err.billable, err.retryable))
         if not failure.billable:
             unread = sum(failed.billed.prompt_tokens for failed in failures if failed.billed is not None)
-            ex.waste_estimated = ex.waste_estimated or unread > 0
+            if unread:
+                ex.waste_estimated = True
             failure.billed = Usage.of(sum(answer.usage.prompt_tokens for answer in answers) + unread, 0)
             self._billed_unusable(ex, attempt, failure)
         raise failure
@@ -1740,12 +1742,7 @@ def embedded_estimate(inputs: str | list[str] | list[int] | list[list[int]]) -> 
     """An embeddings request's input tokens, estimated as a chat prompt's text is (`prompt_estimate`: about two
     UTF-8 bytes a token, a token id a token), for the key's rate limits: its bound (`embedded_tokens`) is the
     budget's worst case."""
-    if isinstance(inputs, str):
-        return len(inputs.encode()) // 2 + 1
-    return sum(
-        len(item.encode()) // 2 + 1 if isinstance(item, str) else 1 if isinstance(item, int) else len(item)
-        for item in inputs
-    )
+    return inputs_tokens(inputs, lambda size: size // 2 + 1)
 
 
 def embedded_tokens(inputs: str | list[str] | list[int] | list[list[int]]) -> int:
@@ -1756,10 +1753,16 @@ def embedded_tokens(inputs: str | list[str] | list[int] | list[list[int]]) -> in
     requests of 8,000 such bytes, each reserved as 4,001 tokens, would spend twice a key's budget. At embedding
     prices the bound costs a reservation next to nothing. An id is one token, not its digits (5,000 ids would be
     25,000 tokens, refused on a key's tpm of 20,000), nor a list of them its repr (about 7 an id)."""
+    return inputs_tokens(inputs, lambda size: size)
+
+
+def inputs_tokens(inputs: str | list[str] | list[int] | list[list[int]], text: Callable[[int], int]) -> int:
+    """An embeddings request's input tokens: each text's as `text` takes its UTF-8 size, a token id a token."""
     if isinstance(inputs, str):
-        return len(inputs.encode())
+        return text(len(inputs.encode()))
     return sum(
-        len(item.encode()) if isinstance(item, str) else 1 if isinstance(item, int) else len(item) for item in inputs
+        text(len(item.encode())) if isinstance(item, str) else 1 if isinstance(item, int) else len(item)
+        for item in inputs
     )
 
 
